@@ -1,0 +1,64 @@
+"""Logging: one structured line per event; JSON on a dyno, readable text on a terminal.
+
+Context (team, channel, outbox ids…) travels in ``extra=``. A filter masks anything
+that looks like a credential, as a last line of defence: code never logs tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+_SECRET = re.compile(r"(xox[abposr]-[A-Za-z0-9-]+|Bearer\s+[A-Za-z0-9._~+/=-]+)")
+
+
+def _mask(value: str) -> str:
+    return _SECRET.sub("[redacted]", value)
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": _mask(record.getMessage()),
+        }
+        for key, value in _context(record).items():
+            line[key] = _mask(value) if isinstance(value, str) else value
+        if record.exc_info:
+            line["exc"] = _mask(self.formatException(record.exc_info))
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        context = " ".join(f"{k}={v}" for k, v in _context(record).items())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if context:
+            text += f"  [{context}]"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return _mask(text)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure the root logger once; ``fmt`` is json, text or auto (text on a TTY)."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's access log would be one line per Slack event; keep it at warning.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

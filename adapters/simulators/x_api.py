@@ -1,0 +1,1511 @@
+"""A fake X (Twitter) API v2 for Direct Messages, served by aiohttp.
+
+Used by the test suite and by the bridge's local sandbox mode. It implements the slice of X the
+bridge talks to (see /work/shared/x-api/NOTES.md):
+
+* OAuth 2.0 Authorization Code with PKCE (``/i/oauth2/authorize``, ``/2/oauth2/token``,
+  ``/2/oauth2/revoke``), rotating single-use refresh tokens, confidential and public clients;
+* ``/2/users/me`` and ``/2/users/by/username/{username}``;
+* the three DM POST endpoints, DM event listing (``/2/dm_events`` and per conversation),
+  lookup and deletion;
+* v2 media upload (one-shot and chunked, with processing status);
+* per-user/per-app DM rate limits with X's headers, and fault injection.
+
+Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
+every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
+:attr:`FakeX.violations` (tests assert it stays empty). All state is plain attributes.
+
+Quick use::
+
+    async with run_fake_x() as (fake, base_url):
+        fake.add_user("1001", "alice")
+        ...
+
+or with pytest-aiohttp: ``server = await aiohttp_server(fake.app)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import math
+import secrets
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+
+from aiohttp import web
+from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
+
+from adapters.simulators.openapi import FormPart, SpecValidator, media_type_of, parse_form
+
+__all__ = [
+    "DEFAULT_SCOPES",
+    "DM_POST_TEMPLATES",
+    "FAULT_KINDS",
+    "AccessToken",
+    "AuthCode",
+    "Conversation",
+    "DmEvent",
+    "FakeX",
+    "Fault",
+    "FaultKind",
+    "MediaUpload",
+    "RecordedRequest",
+    "RefreshToken",
+    "TokenGrant",
+    "XUser",
+    "one_to_one_id",
+    "run_fake_x",
+]
+
+FaultKind = Literal["503", "timeout", "lost_response", "429", "401", "403"]
+#: Fault kinds accepted by :meth:`FakeX.inject`.
+FAULT_KINDS: frozenset[str] = frozenset({"503", "timeout", "lost_response", "429", "401", "403"})
+
+#: Scopes the bridge asks for (NOTES §5.1); the default for :meth:`FakeX.issue_token`.
+DEFAULT_SCOPES: frozenset[str] = frozenset(
+    {"dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write"}
+)
+
+#: The three DM POST endpoints, which share one set of rate-limit windows (NOTES §4.1).
+DM_POST_TEMPLATES: frozenset[str] = frozenset(
+    {
+        "/2/dm_conversations",
+        "/2/dm_conversations/with/{participant_id}/messages",
+        "/2/dm_conversations/{dm_conversation_id}/messages",
+    }
+)
+
+AUTHORIZE_PATHS = ("/i/oauth2/authorize", "/2/oauth2/authorize")
+TOKEN_PATH = "/2/oauth2/token"
+REVOKE_PATH = "/2/oauth2/revoke"
+_OAUTH_PATHS = frozenset({*AUTHORIZE_PATHS, TOKEN_PATH, REVOKE_PATH})
+
+PROBLEM_JSON = "application/problem+json"
+_PROBLEM_BASE = "https://api.x.com/2/problems/"
+_MB = 1024 * 1024
+_FIRST_ID = 1_880_000_000_000_000_001  # 19 digits, leaves room to grow within ^[0-9]{1,19}$
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass
+class XUser:
+    """A user account known to the fake."""
+
+    id: str
+    username: str
+    name: str
+    accepts_dms: bool = True
+    """False: DMs to this user are refused with 403 and ``receives_your_dm`` is false."""
+    created_at: float = 1_262_304_000.0
+    description: str = ""
+
+
+@dataclass
+class Conversation:
+    """A DM conversation."""
+
+    id: str
+    kind: Literal["OneToOne", "Group"]
+    participants: frozenset[str]
+    created_at: float
+    creator_id: str | None = None
+
+
+@dataclass
+class DmEvent:
+    """An accepted Direct Message (``MessageCreate`` event)."""
+
+    id: str
+    conversation_id: str
+    sender_id: str
+    text: str | None
+    media_ids: tuple[str, ...]
+    created_at: float
+    event_type: str = "MessageCreate"
+    deleted: bool = False
+    """Set by ``DELETE /2/dm_events/{id}``; deleted events are hidden from the API."""
+
+
+@dataclass
+class MediaUpload:
+    """An uploaded (or uploading) media item."""
+
+    id: str
+    media_key: str
+    category: str
+    media_type: str | None
+    owner_id: str
+    created_at: float
+    total_bytes: int | None = None
+    additional_owners: tuple[str, ...] = ()
+    segments: dict[int, bytes] = field(default_factory=dict)
+    data: bytes = b""
+    """The complete media (set by one-shot upload or finalize)."""
+    state: Literal["initialized", "pending", "in_progress", "succeeded", "failed"] = "initialized"
+    status_polls: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether the media can be attached to a DM."""
+        return self.state == "succeeded"
+
+
+@dataclass
+class AuthCode:
+    """An OAuth 2.0 authorization code handed out by ``/i/oauth2/authorize``."""
+
+    code: str
+    challenge: str
+    redirect_uri: str
+    user_id: str
+    scopes: frozenset[str]
+    issued_at: float
+
+
+@dataclass
+class AccessToken:
+    """An OAuth 2.0 user access token."""
+
+    token: str
+    user_id: str
+    scopes: frozenset[str]
+    expires_at: float
+    revoked: bool = False
+
+
+@dataclass
+class RefreshToken:
+    """An OAuth 2.0 refresh token (single use: rotated on every refresh)."""
+
+    token: str
+    user_id: str
+    scopes: frozenset[str]
+    used: bool = False
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """Tokens minted directly by :meth:`FakeX.issue_token`."""
+
+    access_token: str
+    refresh_token: str | None
+    expires_at: float
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received (``Authorization`` left out of ``headers``)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    """Lower-cased header names."""
+    json: Any
+    """Parsed JSON body, or ``None`` if the body was not JSON."""
+    form: dict[str, str] | None
+    """URL-encoded or multipart text fields (file parts as ``<N bytes>``), else ``None``."""
+    user_id: str | None
+    """The user whose valid access token the request carried, if any."""
+    at: float
+
+
+@dataclass
+class Fault:
+    """A pending injected fault (see :meth:`FakeX.inject`)."""
+
+    kind: FaultKind
+    remaining: int
+    path_contains: str | None = None
+
+
+@dataclass
+class _Window:
+    start: float
+    count: int = 0
+
+
+#: RFC 7636 S256 transform (authlib's helper, typed here).
+_s256_challenge: Callable[[str], str] = _untyped_s256
+
+_CLOSING: web.AppKey[asyncio.Event] = web.AppKey("fake_x_closing", asyncio.Event)
+_BODY: web.RequestKey[bytes] = web.RequestKey("fake_x_body", bytes)
+_USER: web.RequestKey[XUser] = web.RequestKey("fake_x_user", XUser)
+_PARTS: web.RequestKey[list[FormPart]] = web.RequestKey("fake_x_form_parts", list)
+
+
+def one_to_one_id(a: str, b: str) -> str:
+    """The ``dm_conversation_id`` of the one-to-one conversation between two user IDs."""
+    low, high = sorted((a, b), key=lambda v: (len(v), v))
+    return f"{low}-{high}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v for v in (value or "").split(",") if v]
+
+
+# ------------------------------------------------------------------------ responses
+
+
+def _json(status: int, body: Any, *, content_type: str = "application/json") -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type=content_type)
+
+
+def _about_blank(status: int, title: str, detail: str | None = None) -> web.Response:
+    body = {"title": title, "type": "about:blank", "status": status, "detail": detail or title}
+    return _json(status, body, content_type=PROBLEM_JSON)
+
+
+def _legacy_error(status: int, code: int, message: str) -> web.Response:
+    return _json(status, {"errors": [{"code": code, "message": message}]})
+
+
+def _invalid_request(detail: str, *, parameter: str | None = None, value: str | None = None) -> web.Response:
+    body: dict[str, Any] = {
+        "title": "Invalid Request",
+        "type": _PROBLEM_BASE + "invalid-request",
+        "status": 400,
+        "detail": detail,
+    }
+    if parameter is not None:
+        body["parameter"] = parameter
+    if value is not None:
+        body["value"] = value
+    return _json(400, body, content_type=PROBLEM_JSON)
+
+
+def _not_found_problem(resource_type: str, resource_id: str, parameter: str) -> dict[str, Any]:
+    return {
+        "title": "Not Found Error",
+        "type": _PROBLEM_BASE + "resource-not-found",
+        "status": 404,
+        "detail": f"Could not find {resource_type} with {parameter}: [{resource_id}].",
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "parameter": parameter,
+        "value": resource_id,
+    }
+
+
+def _not_found(resource_type: str, resource_id: str, parameter: str) -> web.Response:
+    return _json(404, _not_found_problem(resource_type, resource_id, parameter), content_type=PROBLEM_JSON)
+
+
+def _not_authorized(resource_type: str, resource_id: str, parameter: str) -> web.Response:
+    body = {
+        "title": "Forbidden",
+        "type": _PROBLEM_BASE + "not-authorized-for-resource",
+        "status": 403,
+        "detail": f"Sorry, you are not authorized to access this {resource_type}.",
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "parameter": parameter,
+        "value": resource_id,
+    }
+    return _json(403, body, content_type=PROBLEM_JSON)
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return _json(status, {"error": error, "error_description": description})
+
+
+_MEDIA_KINDS = {
+    "dm_image": "image",
+    "tweet_image": "image",
+    "dm_gif": "gif",
+    "tweet_gif": "gif",
+    "dm_video": "video",
+    "tweet_video": "video",
+    "amplify_video": "video",
+    "subtitles": "subtitles",
+}
+_MEDIA_KEY_PREFIX = {"image": "3", "gif": "16", "video": "7", "subtitles": "3"}
+_MEDIA_API_TYPE = {"image": "photo", "gif": "animated_gif", "video": "video", "subtitles": "photo"}
+
+
+def _media_kind(category: str | None, media_type: str | None) -> str:
+    if category:
+        return _MEDIA_KINDS.get(category, "image")
+    if media_type == "image/gif":
+        return "gif"
+    if media_type and media_type.startswith("video/"):
+        return "video"
+    return "image"
+
+
+def _sniff_image(data: bytes) -> tuple[str, int, int]:
+    """Best-effort (mime type, width, height) of PNG/GIF/JPEG bytes; 1x1 if unknown."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return "image/png", width, height
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return "image/gif", width, height
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg", 1, 1
+    return "image/jpeg", 1, 1
+
+
+# ----------------------------------------------------------------------------- FakeX
+
+
+class FakeX:
+    """An in-process fake of the X API v2 DM surface (an aiohttp application).
+
+    All state is in public attributes that tests may read and change at any time, e.g.
+    ``fake.user_limit_15m = 3`` takes effect on the next request (windows keep their counts).
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: SpecValidator | None = None,
+        client_id: str = "test-client",
+        client_secret: str | None = "test-secret",
+        access_token_ttl: int = 7200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec: SpecValidator = spec if spec is not None else SpecValidator.default()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        """``None`` makes the app a public client (``client_id`` in the body, no Basic auth)."""
+        self.access_token_ttl = access_token_ttl
+        self.clock = clock
+
+        # Users and OAuth.
+        self.users: dict[str, XUser] = {}
+        self.authorizing_user_id: str | None = None
+        """Who approves ``/i/oauth2/authorize``; defaults to the first user added."""
+        self.deny_next_authorize = False
+        """If set, the next authorize redirects with ``error=access_denied`` (then resets)."""
+        self.redirect_uris: set[str] | None = None
+        """Registered callback URLs; ``None`` accepts any ``redirect_uri``."""
+        self.auth_code_ttl = 30.0
+        self.auth_codes: dict[str, AuthCode] = {}
+        self.access_tokens: dict[str, AccessToken] = {}
+        self.refresh_tokens: dict[str, RefreshToken] = {}
+        self.token_requests: list[dict[str, Any]] = []
+        """One dict per ``/2/oauth2/token`` call: grant_type, client_auth, status, error."""
+
+        # DMs.
+        self.conversations: dict[str, Conversation] = {}
+        self.events: list[DmEvent] = []
+        self.max_text_length = 10_000
+        self.max_attachments = 1
+        self.dm_refusal_body: Literal["problem", "code349"] = "problem"
+        """Body of the 403 for a recipient with ``accepts_dms=False``."""
+
+        # Media.
+        self.media: dict[str, MediaUpload] = {}
+        self.media_processing_polls = 1
+        """STATUS polls answering ``in_progress`` before ``succeeded`` (gif/video finalize)."""
+        self.media_processing_fails = False
+        """If set, processing ends in ``failed`` instead of ``succeeded``."""
+        self.media_check_after_secs = 1
+        self.media_ttl_seconds = 86_400
+        self.media_size_limits: dict[str, int] = {"image": 5 * _MB, "gif": 15 * _MB, "video": 512 * _MB}
+        self.max_chunk_bytes = 5 * _MB
+
+        # Rate limits (NOTES §4), shared by the three DM POST endpoints.
+        self.user_limit_15m = 200
+        self.user_limit_24h = 1000
+        self.app_limit_24h = 15_000
+        self.window_15m_seconds = 900.0
+        self.window_24h_seconds = 86_400.0
+        self.send_24h_headers = True
+        self.rate_limit_body: Literal["problem", "code88"] = "problem"
+        self.rate_limited_count = 0
+        """429s served, both real rate limits and injected ``"429"`` faults."""
+        self._user_15m: dict[str, _Window] = {}
+        self._user_24h: dict[str, _Window] = {}
+        self._app_24h: _Window | None = None
+
+        # Faults and hooks.
+        self.faults: list[Fault] = []
+        self.faults_served: list[tuple[str, str]] = []
+        """(kind, path) of every injected fault that fired."""
+        self.timeout_seconds = 30.0
+        self.injected_reset_seconds = 60.0
+        self.override_headers: dict[str, str] = {}
+        """Headers forced onto every DM POST response (after the computed rate-limit headers)."""
+        self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
+        """Called with every response before it is sent (may mutate headers or fake state)."""
+
+        # Observability.
+        self.violations: list[str] = []
+        self.all_requests: list[RecordedRequest] = []
+
+        self._ids = itertools.count(_FIRST_ID)
+        self._app: web.Application | None = None
+
+    # ------------------------------------------------------------------ setup API
+
+    def add_user(
+        self, user_id: str, username: str, name: str | None = None, accepts_dms: bool = True
+    ) -> None:
+        """Register a user; the first one added becomes :attr:`authorizing_user_id`."""
+        self.users[user_id] = XUser(
+            id=user_id, username=username, name=name or username, accepts_dms=accepts_dms
+        )
+        if self.authorizing_user_id is None:
+            self.authorizing_user_id = user_id
+
+    def issue_token(
+        self, user_id: str, scopes: frozenset[str] | set[str] = DEFAULT_SCOPES, *, refresh: bool | None = None
+    ) -> TokenGrant:
+        """Mint tokens for ``user_id`` without the OAuth dance (refresh token iff ``offline.access``)."""
+        scope_set = frozenset(scopes)
+        with_refresh = "offline.access" in scope_set if refresh is None else refresh
+        access, refresh_token, expires_at = self._mint(user_id, scope_set, with_refresh)
+        return TokenGrant(access, refresh_token, expires_at, scope_set)
+
+    def revoke_user_tokens(self, user_id: str) -> None:
+        """Invalidate every access and refresh token of a user (as if they revoked the app)."""
+        for access in self.access_tokens.values():
+            if access.user_id == user_id:
+                access.revoked = True
+        for refresh in self.refresh_tokens.values():
+            if refresh.user_id == user_id:
+                refresh.revoked = True
+
+    def create_group(self, creator_id: str, participant_ids: list[str]) -> str:
+        """Create a group conversation directly (no message, no rate limit); returns its ID."""
+        conv = Conversation(
+            id=self._new_id(),
+            kind="Group",
+            participants=frozenset([creator_id, *participant_ids]),
+            created_at=self.clock(),
+            creator_id=creator_id,
+        )
+        self.conversations[conv.id] = conv
+        return conv.id
+
+    def inject(self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None) -> None:
+        """Make the next ``count`` matching requests fail.
+
+        Without ``path_contains`` faults hit the DM POST endpoints only; with it, any request whose
+        path contains the string (OAuth and media included). Kinds:
+
+        * ``"503"``: 503 about:blank problem; nothing recorded, no rate-limit use.
+        * ``"timeout"``: wait :attr:`timeout_seconds` (or until shutdown), then 503; nothing recorded.
+        * ``"lost_response"``: the request IS processed (DM recorded, quota used), then the
+          connection is dropped without a response.
+        * ``"429"``: a rate-limit 429 (:attr:`rate_limit_body` shape) with
+          ``x-rate-limit-remaining: 0`` and a reset :attr:`injected_reset_seconds` from now.
+        * ``"401"`` / ``"403"``: about:blank Unauthorized / Forbidden.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self.faults.append(Fault(kind=kind, remaining=count, path_contains=path_contains))
+
+    def clear_faults(self) -> None:
+        """Drop every pending injected fault."""
+        self.faults.clear()
+
+    # ----------------------------------------------------------------- query API
+
+    def messages_in(self, conversation_id: str, *, include_deleted: bool = False) -> list[DmEvent]:
+        """Accepted messages of one conversation, oldest first."""
+        return [
+            e
+            for e in self.events
+            if e.conversation_id == conversation_id and (include_deleted or not e.deleted)
+        ]
+
+    @property
+    def dm_posts(self) -> int:
+        """Number of DM POST requests received (any outcome; ``len(events)`` counts accepted ones)."""
+        count = 0
+        for req in self.all_requests:
+            if req.method == "POST":
+                found = self.spec.match("POST", req.path)
+                if found is not None and found.path_template in DM_POST_TEMPLATES:
+                    count += 1
+        return count
+
+    def rate_limit_headers(self, user_id: str) -> dict[str, str]:
+        """The rate-limit headers a DM POST by ``user_id`` would carry right now."""
+        w15 = self._window(self._user_15m, user_id, self.window_15m_seconds)
+        headers = {
+            "x-rate-limit-limit": str(self.user_limit_15m),
+            "x-rate-limit-remaining": str(max(0, self.user_limit_15m - w15.count)),
+            "x-rate-limit-reset": str(math.ceil(w15.start + self.window_15m_seconds)),
+        }
+        if self.send_24h_headers:
+            w24 = self._window(self._user_24h, user_id, self.window_24h_seconds)
+            app = self._app_window()
+            headers.update(
+                {
+                    "x-user-limit-24hour-limit": str(self.user_limit_24h),
+                    "x-user-limit-24hour-remaining": str(max(0, self.user_limit_24h - w24.count)),
+                    "x-user-limit-24hour-reset": str(math.ceil(w24.start + self.window_24h_seconds)),
+                    "x-app-limit-24hour-limit": str(self.app_limit_24h),
+                    "x-app-limit-24hour-remaining": str(max(0, self.app_limit_24h - app.count)),
+                    "x-app-limit-24hour-reset": str(math.ceil(app.start + self.window_24h_seconds)),
+                }
+            )
+        return headers
+
+    # ---------------------------------------------------------------------- app
+
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application (built once; use :meth:`make_app` for a fresh one)."""
+        if self._app is None:
+            self._app = self.make_app()
+        return self._app
+
+    def make_app(self) -> web.Application:
+        """Build a new aiohttp application serving this fake's state."""
+        app = web.Application(middlewares=[self._middleware], client_max_size=600 * _MB)
+        app[_CLOSING] = asyncio.Event()
+
+        async def _on_shutdown(app: web.Application) -> None:
+            app[_CLOSING].set()
+
+        app.on_shutdown.append(_on_shutdown)
+        routes = [
+            web.get(AUTHORIZE_PATHS[0], self._authorize),
+            web.get(AUTHORIZE_PATHS[1], self._authorize),
+            web.post(TOKEN_PATH, self._token),
+            web.post(REVOKE_PATH, self._revoke),
+            web.get("/2/users/me", self._users_me),
+            web.get("/2/users/by/username/{username}", self._user_by_username),
+            web.post("/2/dm_conversations", self._create_group),
+            web.post("/2/dm_conversations/with/{participant_id}/messages", self._send_to_participant),
+            web.post("/2/dm_conversations/{dm_conversation_id}/messages", self._send_to_conversation),
+            web.get("/2/dm_conversations/with/{participant_id}/dm_events", self._events_with_participant),
+            web.get("/2/dm_conversations/{id}/dm_events", self._events_in_conversation),
+            web.get("/2/dm_events", self._all_events),
+            web.get("/2/dm_events/{event_id}", self._get_event),
+            web.delete("/2/dm_events/{event_id}", self._delete_event),
+            web.post("/2/media/upload", self._media_upload),
+            web.get("/2/media/upload", self._media_status),
+            web.post("/2/media/upload/initialize", self._media_initialize),
+            web.post("/2/media/upload/{id}/append", self._media_append),
+            web.post("/2/media/upload/{id}/finalize", self._media_finalize),
+        ]
+        app.add_routes(routes)
+        return app
+
+    # --------------------------------------------------------------- middleware
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        body = await request.read()
+        request[_BODY] = body
+        self._record(request, body)
+        path = request.path
+        response: web.StreamResponse
+        if path in _OAUTH_PATHS:
+            fault = self._take_fault(path, is_dm_post=False)
+            response = await self._apply_fault(request, fault, None, handler)
+            return self._finish(request, response, None, None)
+
+        found = self.spec.match(request.method, path)
+        if found is None:
+            self.violations.append(f"{request.method} {path}: not an operation in the spec")
+            return self._finish(request, _about_blank(404, "Not Found", f"No route for {path}"), None, None)
+        template = found.path_template
+        is_dm_post = request.method == "POST" and template in DM_POST_TEMPLATES
+        bearer_user = self._bearer_user(request)
+
+        problems = self.spec.validate_request(
+            request.method, path, dict(request.query), request.headers.get("Content-Type"), body
+        )
+        if problems:
+            self.violations.extend(f"{request.method} {path}: {p}" for p in problems)
+            response = _invalid_request("; ".join(problems))
+            return self._finish(request, response, template, bearer_user if is_dm_post else None)
+
+        denied = self._authorize_request(request, found.operation)
+        if denied is not None:
+            return self._finish(request, denied, template, bearer_user if is_dm_post else None)
+        user = request[_USER]
+
+        fault = self._take_fault(path, is_dm_post=is_dm_post)
+        if fault is not None and fault.kind != "lost_response":
+            response = await self._apply_fault(request, fault, user.id if is_dm_post else None, handler)
+            return self._finish(request, response, template, user if is_dm_post else None)
+
+        if is_dm_post and not self._consume(user.id):
+            return self._finish(request, self._rate_limited(), template, user)
+
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self.violations.append(f"{request.method} {path}: {template} is not implemented by FakeX")
+            response = _about_blank(exc.status, exc.reason)
+        except Exception as exc:
+            self.violations.append(f"{request.method} {path}: FakeX crashed: {exc!r}")
+            raise
+        response = self._finish(request, response, template, user if is_dm_post else None)
+        if fault is not None:
+            response = await self._drop_connection(request, fault)
+        return response
+
+    def _finish(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        template: str | None,
+        rate_user: XUser | None,
+    ) -> web.StreamResponse:
+        if rate_user is not None:
+            for key, value in self.rate_limit_headers(rate_user.id).items():
+                response.headers.setdefault(key, value)
+            response.headers.update(self.override_headers)
+        if template is not None and isinstance(response, web.Response) and response.body is not None:
+            ctype = response.content_type
+            if ctype == "application/json" or ctype.endswith("+json"):
+                raw = response.body
+                try:
+                    document = json.loads(raw if isinstance(raw, bytes | str) else b"")
+                except ValueError:
+                    self.violations.append(f"{request.method} {request.path}: response is not valid JSON")
+                else:
+                    problems = self.spec.validate_response(
+                        request.method, template, response.status, ctype, document
+                    )
+                    self.violations.extend(f"{request.method} {request.path}: {p}" for p in problems)
+        if self.response_hook is not None:
+            self.response_hook(request, response)
+        return response
+
+    def _record(self, request: web.Request, body: bytes) -> None:
+        ctype = media_type_of(request.headers.get("Content-Type"))
+        parsed: Any = None
+        form: dict[str, str] | None = None
+        if ctype == "application/json" or ctype.endswith("+json"):
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(body)
+        elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            with contextlib.suppress(ValueError):
+                form = {
+                    p.name: (
+                        p.text if p.filename is None and len(p.value) < 4096 else f"<{len(p.value)} bytes>"
+                    )
+                    for p in self._parts(request)
+                }
+        user = self._bearer_user(request)
+        self.all_requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers={k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
+                json=parsed,
+                form=form,
+                user_id=user.id if user is not None else None,
+                at=self.clock(),
+            )
+        )
+
+    # --------------------------------------------------------------------- auth
+
+    def _bearer_user(self, request: web.Request) -> XUser | None:
+        token = self._access_token(request)
+        return self.users.get(token.user_id) if token is not None else None
+
+    def _access_token(self, request: web.Request) -> AccessToken | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        token = self.access_tokens.get(value.strip())
+        if token is None or token.revoked or self.clock() >= token.expires_at:
+            return None
+        return token
+
+    def _authorize_request(self, request: web.Request, operation: Mapping[str, Any]) -> web.Response | None:
+        token = self._access_token(request)
+        user = self.users.get(token.user_id) if token is not None else None
+        if token is None or user is None:
+            return _about_blank(401, "Unauthorized")
+        required = self.spec.required_scopes(operation)
+        if required is None or not required <= token.scopes:
+            return _about_blank(403, "Forbidden")
+        request[_USER] = user
+        return None
+
+    # ------------------------------------------------------------- rate limits
+
+    def _window(self, store: dict[str, _Window], key: str, length: float) -> _Window:
+        now = self.clock()
+        window = store.get(key)
+        if window is None or now >= window.start + length:
+            window = _Window(start=now)
+            store[key] = window
+        return window
+
+    def _app_window(self) -> _Window:
+        now = self.clock()
+        if self._app_24h is None or now >= self._app_24h.start + self.window_24h_seconds:
+            self._app_24h = _Window(start=now)
+        return self._app_24h
+
+    def _consume(self, user_id: str) -> bool:
+        windows = [
+            (self._window(self._user_15m, user_id, self.window_15m_seconds), self.user_limit_15m),
+            (self._window(self._user_24h, user_id, self.window_24h_seconds), self.user_limit_24h),
+            (self._app_window(), self.app_limit_24h),
+        ]
+        if any(window.count >= limit for window, limit in windows):
+            return False
+        for window, _ in windows:
+            window.count += 1
+        return True
+
+    def _rate_limited(self) -> web.Response:
+        self.rate_limited_count += 1
+        if self.rate_limit_body == "code88":
+            return _legacy_error(429, 88, "Rate limit exceeded")
+        return _about_blank(429, "Too Many Requests")
+
+    # ------------------------------------------------------------------- faults
+
+    def _take_fault(self, path: str, *, is_dm_post: bool) -> Fault | None:
+        for fault in self.faults:
+            applies = is_dm_post if fault.path_contains is None else fault.path_contains in path
+            if applies:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.faults.remove(fault)
+                self.faults_served.append((fault.kind, path))
+                return fault
+        return None
+
+    async def _apply_fault(
+        self, request: web.Request, fault: Fault | None, rate_user_id: str | None, handler: _Handler
+    ) -> web.StreamResponse:
+        if fault is None:
+            return await handler(request)
+        if fault.kind == "lost_response":
+            await handler(request)
+            return await self._drop_connection(request, fault)
+        if fault.kind == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
+            return _about_blank(503, "Service Unavailable")
+        if fault.kind == "503":
+            return _about_blank(503, "Service Unavailable")
+        if fault.kind == "401":
+            return _about_blank(401, "Unauthorized")
+        if fault.kind == "403":
+            return _about_blank(403, "Forbidden")
+        # "429"
+        response = self._rate_limited()
+        if rate_user_id is not None:
+            response.headers.update(self.rate_limit_headers(rate_user_id))
+        response.headers["x-rate-limit-remaining"] = "0"
+        response.headers["x-rate-limit-reset"] = str(math.ceil(self.clock() + self.injected_reset_seconds))
+        response.headers.setdefault("x-rate-limit-limit", str(self.user_limit_15m))
+        return response
+
+    async def _drop_connection(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        """Close the client connection without answering (the work was already done)."""
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        # Nothing can be written any more; hand aiohttp an empty response it will fail to send.
+        return web.Response(status=204)
+
+    # -------------------------------------------------------------------- OAuth
+
+    async def _authorize(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        if query.get("client_id") != self.client_id:
+            return _oauth_error(400, "invalid_request", "Value passed for the client_id was invalid.")
+        redirect_uri = query.get("redirect_uri", "")
+        if not redirect_uri or (self.redirect_uris is not None and redirect_uri not in self.redirect_uris):
+            return _oauth_error(400, "invalid_request", "Value passed for the redirect_uri was invalid.")
+        state = query.get("state")
+
+        def redirect(params: dict[str, str]) -> web.Response:
+            if state is not None:
+                params["state"] = state
+            parts = urlsplit(redirect_uri)
+            merged = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *params.items()])
+            return web.Response(status=302, headers={"Location": urlunsplit(parts._replace(query=merged))})
+
+        def fail(description: str, error: str = "invalid_request") -> web.Response:
+            return redirect({"error": error, "error_description": description})
+
+        if query.get("response_type") != "code":
+            return fail("response_type must be 'code'.", "unsupported_response_type")
+        scopes = frozenset(query.get("scope", "").split())
+        unknown = scopes - self.spec.oauth2_scopes()
+        if not scopes or unknown:
+            return fail(f"Invalid scope(s): {sorted(unknown)}.", "invalid_scope")
+        if not state or len(state) > 500:
+            return fail("Missing or invalid parameter [state].")
+        challenge = query.get("code_challenge", "")
+        if not challenge:
+            return fail("Missing required parameter [code_challenge].")
+        if query.get("code_challenge_method") != "S256":
+            return fail("code_challenge_method must be S256.")
+        if self.deny_next_authorize:
+            self.deny_next_authorize = False
+            return redirect({"error": "access_denied"})
+        user_id = self.authorizing_user_id
+        if user_id is None or user_id not in self.users:
+            return fail("No user is signed in.", "access_denied")
+        code = secrets.token_urlsafe(24)
+        self.auth_codes[code] = AuthCode(
+            code=code,
+            challenge=challenge,
+            redirect_uri=redirect_uri,
+            user_id=user_id,
+            scopes=scopes,
+            issued_at=self.clock(),
+        )
+        return redirect({"code": code})
+
+    def _client_auth(self, request: web.Request, form: Mapping[str, str]) -> tuple[str, web.Response | None]:
+        """Authenticate the client per NOTES §5.1; returns (mode, error response or None)."""
+        if self.client_secret is not None:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "basic":
+                try:
+                    decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    decoded = ""
+                cid, sep, secret = decoded.partition(":")
+                if sep and unquote_plus(cid) == self.client_id and unquote_plus(secret) == self.client_secret:
+                    return "basic", None
+            return "none", _oauth_error(401, "unauthorized_client", "Missing valid authorization header")
+        if form.get("client_id") != self.client_id:
+            return "none", _oauth_error(400, "invalid_request", "Missing required parameter [client_id].")
+        return "body", None
+
+    def _parts(self, request: web.Request) -> list[FormPart]:
+        """The request's form fields, parsed once (raises ValueError if it is not a valid form)."""
+        parts = request.get(_PARTS)
+        if parts is None:
+            parts = parse_form(request.headers.get("Content-Type"), request[_BODY])
+            request[_PARTS] = parts
+        return parts
+
+    def _form(self, request: web.Request) -> dict[str, str] | None:
+        if media_type_of(request.headers.get("Content-Type")) != "application/x-www-form-urlencoded":
+            return None
+        try:
+            parts = self._parts(request)
+        except ValueError:
+            return None
+        return {p.name: p.text for p in parts}
+
+    def _mint(
+        self, user_id: str, scopes: frozenset[str], with_refresh: bool
+    ) -> tuple[str, str | None, float]:
+        access = secrets.token_urlsafe(32)
+        expires_at = self.clock() + self.access_token_ttl
+        self.access_tokens[access] = AccessToken(access, user_id, scopes, expires_at)
+        refresh: str | None = None
+        if with_refresh:
+            refresh = secrets.token_urlsafe(32)
+            self.refresh_tokens[refresh] = RefreshToken(refresh, user_id, scopes)
+        return access, refresh, expires_at
+
+    def _token_response(self, user_id: str, scopes: frozenset[str]) -> web.Response:
+        access, refresh, _ = self._mint(user_id, scopes, "offline.access" in scopes)
+        body: dict[str, Any] = {
+            "token_type": "bearer",
+            "expires_in": self.access_token_ttl,
+            "access_token": access,
+            "scope": " ".join(sorted(scopes)),
+        }
+        if refresh is not None:
+            body["refresh_token"] = refresh
+        return _json(200, body)
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        form = self._form(request)
+        entry: dict[str, Any] = {"grant_type": form.get("grant_type") if form else None}
+        self.token_requests.append(entry)
+        response = self._token_exchange(request, form, entry)
+        entry["status"] = response.status
+        if response.status != 200 and isinstance(response.body, bytes):
+            entry["error"] = json.loads(response.body).get("error")
+        return response
+
+    def _token_exchange(
+        self, request: web.Request, form: dict[str, str] | None, entry: dict[str, Any]
+    ) -> web.Response:
+        if form is None:
+            return _oauth_error(400, "invalid_request", "Body must be application/x-www-form-urlencoded.")
+        mode, denied = self._client_auth(request, form)
+        entry["client_auth"] = mode
+        if denied is not None:
+            return denied
+        grant = form.get("grant_type")
+        if grant == "authorization_code":
+            entry["code"] = form.get("code")
+            code = self.auth_codes.pop(form.get("code", ""), None)  # single use, whatever happens
+            if code is None or self.clock() - code.issued_at > self.auth_code_ttl:
+                return _oauth_error(
+                    400, "invalid_request", "Value passed for the authorization code was invalid."
+                )
+            if form.get("redirect_uri") != code.redirect_uri:
+                return _oauth_error(400, "invalid_request", "Value passed for the redirect_uri was invalid.")
+            verifier = form.get("code_verifier", "")
+            if not verifier or _s256_challenge(verifier) != code.challenge:
+                return _oauth_error(400, "invalid_request", "Value passed for the code_verifier was invalid.")
+            return self._token_response(code.user_id, code.scopes)
+        if grant == "refresh_token":
+            old = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if old is None or old.used or old.revoked:
+                return _oauth_error(400, "invalid_request", "Value passed for the token was invalid.")
+            old.used = True  # rotation: each refresh token works once
+            return self._token_response(old.user_id, old.scopes)
+        return _oauth_error(400, "unsupported_grant_type", "Unsupported grant_type.")
+
+    async def _revoke(self, request: web.Request) -> web.StreamResponse:
+        form = self._form(request)
+        if form is None:
+            return _oauth_error(400, "invalid_request", "Body must be application/x-www-form-urlencoded.")
+        _, denied = self._client_auth(request, form)
+        if denied is not None:
+            return denied
+        token = form.get("token", "")
+        if token in self.access_tokens:
+            self.access_tokens[token].revoked = True
+        if token in self.refresh_tokens:
+            self.refresh_tokens[token].revoked = True
+        return _json(200, {"revoked": True})
+
+    # -------------------------------------------------------------------- users
+
+    def _user_json(self, user: XUser, fields: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": user.id, "name": user.name, "username": user.username}
+        for name in fields:
+            if name == "receives_your_dm":
+                out[name] = user.accepts_dms
+            elif name == "created_at":
+                out[name] = _iso(user.created_at)
+            elif name in ("protected", "verified", "parody"):
+                out[name] = False
+            elif name == "description":
+                out[name] = user.description
+            elif name == "verified_type":
+                out[name] = "none"
+            elif name == "profile_image_url":
+                out[name] = f"https://pbs.twimg.com/profile_images/{user.id}/avatar_normal.png"
+        return out
+
+    async def _users_me(self, request: web.Request) -> web.StreamResponse:
+        fields = _csv(request.query.get("user.fields"))
+        return _json(200, {"data": self._user_json(request[_USER], fields)})
+
+    async def _user_by_username(self, request: web.Request) -> web.StreamResponse:
+        username = request.match_info["username"]
+        fields = _csv(request.query.get("user.fields"))
+        for user in self.users.values():
+            if user.username.lower() == username.lower():
+                return _json(200, {"data": self._user_json(user, fields)})
+        problem = _not_found_problem("user", username, "username")
+        problem.pop("status")
+        return _json(200, {"errors": [problem]})
+
+    # ---------------------------------------------------------------------- DMs
+
+    def _new_id(self) -> str:
+        return str(next(self._ids))
+
+    def _refusal(self) -> web.Response:
+        if self.dm_refusal_body == "code349":
+            return _legacy_error(403, 349, "You cannot send messages to this user.")
+        return _about_blank(403, "Forbidden", "You cannot send messages to this user.")
+
+    def _check_message(
+        self, sender: XUser, message: Mapping[str, Any]
+    ) -> tuple[str | None, tuple[str, ...]] | web.Response:
+        text = message.get("text")
+        attachments = message.get("attachments") or []
+        if text is None and not attachments:
+            return _invalid_request("A message needs text or an attachment.", parameter="text")
+        if text is not None and len(text) > self.max_text_length:
+            return _invalid_request(
+                f"Text is longer than {self.max_text_length} characters.",
+                parameter="text",
+                value=str(len(text)),
+            )
+        if len(attachments) > self.max_attachments:
+            return _invalid_request(
+                f"Only {self.max_attachments} attachment per message is supported.", parameter="attachments"
+            )
+        media_ids: list[str] = []
+        for attachment in attachments:
+            media_id = str(attachment.get("media_id"))
+            media = self.media.get(media_id)
+            usable = (
+                media is not None
+                and (media.owner_id == sender.id or sender.id in media.additional_owners)
+                and media.ready
+                and self.clock() < media.created_at + self.media_ttl_seconds
+            )
+            if not usable:
+                return _invalid_request(
+                    f"Media [{media_id}] is not available to the sender (unknown, not owned, not "
+                    "processed or expired).",
+                    parameter="media_id",
+                    value=media_id,
+                )
+            media_ids.append(media_id)
+        return text, tuple(media_ids)
+
+    def _record_message(
+        self, conv: Conversation, sender: XUser, text: str | None, media_ids: tuple[str, ...]
+    ) -> web.Response:
+        event = DmEvent(
+            id=self._new_id(),
+            conversation_id=conv.id,
+            sender_id=sender.id,
+            text=text,
+            media_ids=media_ids,
+            created_at=self.clock(),
+        )
+        self.events.append(event)
+        return _json(201, {"data": {"dm_conversation_id": conv.id, "dm_event_id": event.id}})
+
+    def _one_to_one(self, a: str, b: str) -> Conversation:
+        conv_id = one_to_one_id(a, b)
+        conv = self.conversations.get(conv_id)
+        if conv is None:
+            conv = Conversation(conv_id, "OneToOne", frozenset((a, b)), self.clock(), creator_id=a)
+            self.conversations[conv_id] = conv
+        return conv
+
+    async def _send_to_participant(self, request: web.Request) -> web.StreamResponse:
+        sender = request[_USER]
+        participant_id = request.match_info["participant_id"]
+        recipient = self.users.get(participant_id)
+        if recipient is None:
+            return _invalid_request(
+                f"User [{participant_id}] does not exist.", parameter="participant_id", value=participant_id
+            )
+        if not recipient.accepts_dms and recipient.id != sender.id:
+            return self._refusal()
+        checked = self._check_message(sender, json.loads(request[_BODY]))
+        if isinstance(checked, web.Response):
+            return checked
+        return self._record_message(self._one_to_one(sender.id, recipient.id), sender, *checked)
+
+    async def _create_group(self, request: web.Request) -> web.StreamResponse:
+        sender = request[_USER]
+        body = json.loads(request[_BODY])
+        others = [pid for pid in dict.fromkeys(body["participant_ids"]) if pid != sender.id]
+        for pid in others:
+            if pid not in self.users:
+                return _invalid_request(
+                    f"User [{pid}] does not exist.", parameter="participant_ids", value=pid
+                )
+        if len(others) < 2:
+            return _invalid_request(
+                "A group needs at least two other participants.", parameter="participant_ids"
+            )
+        if any(not self.users[pid].accepts_dms for pid in others):
+            return self._refusal()
+        checked = self._check_message(sender, body["message"])
+        if isinstance(checked, web.Response):
+            return checked
+        conv = self.conversations[self.create_group(sender.id, others)]
+        return self._record_message(conv, sender, *checked)
+
+    def _conversation_for(self, user: XUser, conv_id: str) -> Conversation | web.Response:
+        """Look up a conversation the user may access (1:1 IDs naming the user exist implicitly)."""
+        conv = self.conversations.get(conv_id)
+        if conv is None and "-" in conv_id:
+            a, _, b = conv_id.partition("-")
+            if user.id in (a, b) and a in self.users and b in self.users and one_to_one_id(a, b) == conv_id:
+                conv = self._one_to_one(a, b)
+        if conv is None:
+            return _not_found("dm_conversation", conv_id, "dm_conversation_id")
+        if user.id not in conv.participants:
+            return _not_authorized("dm_conversation", conv_id, "dm_conversation_id")
+        return conv
+
+    async def _send_to_conversation(self, request: web.Request) -> web.StreamResponse:
+        sender = request[_USER]
+        conv = self._conversation_for(sender, request.match_info["dm_conversation_id"])
+        if isinstance(conv, web.Response):
+            return conv
+        if conv.kind == "OneToOne":
+            (other,) = conv.participants - {sender.id} or {sender.id}
+            if not self.users[other].accepts_dms and other != sender.id:
+                return self._refusal()
+        checked = self._check_message(sender, json.loads(request[_BODY]))
+        if isinstance(checked, web.Response):
+            return checked
+        return self._record_message(conv, sender, *checked)
+
+    # ------------------------------------------------------------- DM lookups
+
+    def _event_json(self, event: DmEvent, fields: set[str], expansions: set[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": event.id, "event_type": event.event_type}
+        if event.text is not None:
+            out["text"] = event.text
+        if "created_at" in fields:
+            out["created_at"] = _iso(event.created_at)
+        if "dm_conversation_id" in fields:
+            out["dm_conversation_id"] = event.conversation_id
+        if "sender_id" in expansions:
+            out["sender_id"] = event.sender_id
+        if event.media_ids and ("attachments" in fields or "attachments.media_keys" in expansions):
+            out["attachments"] = {
+                "media_keys": [self.media[m].media_key for m in event.media_ids if m in self.media]
+            }
+        return out
+
+    def _includes(
+        self, events: list[DmEvent], expansions: set[str], user_fields: list[str]
+    ) -> dict[str, Any]:
+        includes: dict[str, Any] = {}
+        if "sender_id" in expansions:
+            senders = dict.fromkeys(e.sender_id for e in events)
+            users = [self._user_json(self.users[s], user_fields) for s in senders if s in self.users]
+            if users:
+                includes["users"] = users
+        if "attachments.media_keys" in expansions:
+            media = [
+                {
+                    "media_key": self.media[m].media_key,
+                    "type": _MEDIA_API_TYPE[_media_kind(self.media[m].category, None)],
+                }
+                for e in events
+                for m in e.media_ids
+                if m in self.media
+            ]
+            if media:
+                includes["media"] = media
+        return includes
+
+    def _list_events(self, request: web.Request, convs: list[Conversation]) -> web.Response:
+        query = request.query
+        fields = set(_csv(query.get("dm_event.fields")))
+        expansions = set(_csv(query.get("expansions")))
+        event_types = set(_csv(query.get("event_types"))) or {
+            "MessageCreate",
+            "ParticipantsJoin",
+            "ParticipantsLeave",
+        }
+        max_results = int(query.get("max_results", "100"))
+        events = [e for conv in convs for e in self.messages_in(conv.id)]
+        events = sorted(
+            (e for e in events if e.event_type in event_types), key=lambda e: int(e.id), reverse=True
+        )
+        token = query.get("pagination_token")
+        if token is not None:
+            before = _decode_token(token)
+            if before is None:
+                return _invalid_request(
+                    "Invalid pagination_token.", parameter="pagination_token", value=token
+                )
+            events = [e for e in events if int(e.id) < before]
+        page, rest = events[:max_results], events[max_results:]
+        body: dict[str, Any] = {}
+        if page:
+            body["data"] = [self._event_json(e, fields, expansions) for e in page]
+            includes = self._includes(page, expansions, _csv(query.get("user.fields")))
+            if includes:
+                body["includes"] = includes
+        meta: dict[str, Any] = {"result_count": len(page)}
+        if page and rest:
+            meta["next_token"] = _encode_token(int(page[-1].id))
+        body["meta"] = meta
+        return _json(200, body)
+
+    async def _events_in_conversation(self, request: web.Request) -> web.StreamResponse:
+        conv = self._conversation_for(request[_USER], request.match_info["id"])
+        if isinstance(conv, web.Response):
+            return conv
+        return self._list_events(request, [conv])
+
+    async def _all_events(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        mine = [c for c in self.conversations.values() if user.id in c.participants]
+        return self._list_events(request, mine)
+
+    async def _events_with_participant(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        participant_id = request.match_info["participant_id"]
+        conv = self.conversations.get(one_to_one_id(user.id, participant_id))
+        return self._list_events(request, [] if conv is None else [conv])
+
+    def _visible_event(self, user: XUser, event_id: str) -> DmEvent | None:
+        for event in self.events:
+            if event.id == event_id and not event.deleted:
+                conv = self.conversations.get(event.conversation_id)
+                if conv is not None and user.id in conv.participants:
+                    return event
+        return None
+
+    async def _get_event(self, request: web.Request) -> web.StreamResponse:
+        event_id = request.match_info["event_id"]
+        event = self._visible_event(request[_USER], event_id)
+        if event is None:
+            problem = _not_found_problem("dm_event", event_id, "event_id")
+            problem.pop("status")
+            return _json(200, {"errors": [problem]})
+        fields = set(_csv(request.query.get("dm_event.fields")))
+        expansions = set(_csv(request.query.get("expansions")))
+        body: dict[str, Any] = {"data": self._event_json(event, fields, expansions)}
+        includes = self._includes([event], expansions, _csv(request.query.get("user.fields")))
+        if includes:
+            body["includes"] = includes
+        return _json(200, body)
+
+    async def _delete_event(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        event_id = request.match_info["event_id"]
+        event = self._visible_event(user, event_id)
+        if event is None:
+            return _not_found("dm_event", event_id, "event_id")
+        if event.sender_id != user.id:
+            return _not_authorized("dm_event", event_id, "event_id")
+        event.deleted = True
+        return _json(200, {"data": {"deleted": True}})
+
+    # -------------------------------------------------------------------- media
+
+    def _media_limit_error(self, kind: str, size: int) -> web.Response | None:
+        limit = self.media_size_limits.get(kind)
+        if limit is not None and size > limit:
+            return _invalid_request(
+                f"Media of type {kind} must be at most {limit} bytes; got {size}.",
+                parameter="total_bytes",
+                value=str(size),
+            )
+        return None
+
+    def _new_media(
+        self, owner: XUser, category: str, media_type: str | None, additional_owners: tuple[str, ...]
+    ) -> MediaUpload:
+        media_id = self._new_id()
+        kind = _media_kind(category, media_type)
+        upload = MediaUpload(
+            id=media_id,
+            media_key=f"{_MEDIA_KEY_PREFIX[kind]}_{media_id}",
+            category=category,
+            media_type=media_type,
+            owner_id=owner.id,
+            created_at=self.clock(),
+            additional_owners=additional_owners,
+        )
+        self.media[media_id] = upload
+        return upload
+
+    def _media_data(self, upload: MediaUpload, *, status: bool = False) -> dict[str, Any]:
+        kind = _media_kind(upload.category, upload.media_type)
+        data: dict[str, Any] = {
+            "id": upload.id,
+            "media_key": upload.media_key,
+            "expires_after_secs": max(0, int(upload.created_at + self.media_ttl_seconds - self.clock())),
+        }
+        if upload.state != "initialized":
+            data["size"] = len(upload.data)
+        if kind in ("image", "gif") and upload.data:
+            image_type, width, height = _sniff_image(upload.data)
+            data["image"] = {"image_type": image_type, "w": width, "h": height}
+        elif kind == "video":
+            data["video"] = {"video_type": upload.media_type or "video/mp4"}
+        if upload.state in ("pending", "in_progress", "failed") or (status and upload.state == "succeeded"):
+            info: dict[str, Any] = {"state": upload.state}
+            if upload.state in ("pending", "in_progress"):
+                info["check_after_secs"] = self.media_check_after_secs
+            progress = {"pending": 0, "in_progress": 50, "succeeded": 100}.get(upload.state)
+            if progress is not None:
+                info["progress_percent"] = progress
+            data["processing_info"] = info
+        return data
+
+    def _owned_media(self, user: XUser, media_id: str) -> MediaUpload | web.Response:
+        upload = self.media.get(media_id)
+        if upload is None:
+            return _not_found("media", media_id, "media_id")
+        if upload.owner_id != user.id and user.id not in upload.additional_owners:
+            return _not_authorized("media", media_id, "media_id")
+        return upload
+
+    async def _media_upload(self, request: web.Request) -> web.StreamResponse:
+        """One-shot upload (multipart raw bytes, or JSON with base64 ``media``)."""
+        user = request[_USER]
+        ctype = request.headers.get("Content-Type")
+        fields: dict[str, str] = {}
+        data = b""
+        if media_type_of(ctype) == "multipart/form-data":
+            for part in self._parts(request):
+                if part.name == "media":
+                    data = part.value
+                else:
+                    fields[part.name] = part.text
+        else:
+            document = json.loads(request[_BODY])
+            fields = {k: v for k, v in document.items() if k != "media" and isinstance(v, str)}
+            try:
+                data = base64.b64decode(str(document.get("media", "")), validate=True)
+            except binascii.Error:
+                return _invalid_request("media must be base64 encoded.", parameter="media")
+        category = fields.get("media_category", "dm_image")
+        too_big = self._media_limit_error(_media_kind(category, None), len(data))
+        if too_big is not None:
+            return too_big
+        owners = tuple(_csv(fields.get("additional_owners")))
+        upload = self._new_media(user, category, None, owners)
+        upload.data = data
+        upload.state = "succeeded"
+        return _json(200, {"data": self._media_data(upload)})
+
+    async def _media_initialize(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        document = json.loads(request[_BODY])
+        category = document.get("media_category")
+        media_type = document.get("media_type")
+        total = document.get("total_bytes")
+        kind = _media_kind(category, media_type)
+        if total is not None:
+            too_big = self._media_limit_error(kind, int(total))
+            if too_big is not None:
+                return too_big
+        owners = tuple(str(o) for o in document.get("additional_owners", []))
+        upload = self._new_media(user, category or f"dm_{kind}", media_type, owners)
+        upload.total_bytes = total
+        return _json(200, {"data": self._media_data(upload)})
+
+    async def _media_append(self, request: web.Request) -> web.StreamResponse:
+        upload = self._owned_media(request[_USER], request.match_info["id"])
+        if isinstance(upload, web.Response):
+            return upload
+        if upload.state != "initialized":
+            return _invalid_request("Media upload was already finalized.", parameter="id", value=upload.id)
+        ctype = request.headers.get("Content-Type")
+        chunk = b""
+        index = 0
+        if media_type_of(ctype) == "multipart/form-data":
+            for part in self._parts(request):
+                if part.name == "media":
+                    chunk = part.value
+                elif part.name == "segment_index":
+                    index = int(part.text)
+        else:
+            document = json.loads(request[_BODY])
+            index = int(document["segment_index"])
+            try:
+                chunk = base64.b64decode(str(document["media"]), validate=True)
+            except binascii.Error:
+                return _invalid_request("media must be base64 encoded.", parameter="media")
+        if len(chunk) > self.max_chunk_bytes:
+            return _invalid_request(
+                f"A chunk must be at most {self.max_chunk_bytes} bytes.",
+                parameter="media",
+                value=str(len(chunk)),
+            )
+        upload.segments[index] = chunk
+        expires_at = int(upload.created_at + self.media_ttl_seconds)
+        return _json(200, {"data": {"expires_at": expires_at}})
+
+    async def _media_finalize(self, request: web.Request) -> web.StreamResponse:
+        upload = self._owned_media(request[_USER], request.match_info["id"])
+        if isinstance(upload, web.Response):
+            return upload
+        if upload.state != "initialized":
+            return _invalid_request("Media upload was already finalized.", parameter="id", value=upload.id)
+        indexes = sorted(upload.segments)
+        if not indexes or indexes != list(range(len(indexes))):
+            return _invalid_request(f"Segments must be 0..n-1 without gaps; got {indexes}.", parameter="id")
+        data = b"".join(upload.segments[i] for i in indexes)
+        if upload.total_bytes is not None and len(data) != upload.total_bytes:
+            return _invalid_request(
+                f"Received {len(data)} bytes but total_bytes was {upload.total_bytes}.", parameter="id"
+            )
+        kind = _media_kind(upload.category, upload.media_type)
+        too_big = self._media_limit_error(kind, len(data))
+        if too_big is not None:
+            return too_big
+        upload.data = data
+        upload.segments.clear()
+        needs_processing = kind in ("gif", "video")
+        if needs_processing:
+            upload.state = "pending"
+        else:
+            upload.state = "failed" if self.media_processing_fails else "succeeded"
+        return _json(200, {"data": self._media_data(upload)})
+
+    async def _media_status(self, request: web.Request) -> web.StreamResponse:
+        upload = self._owned_media(request[_USER], request.query["media_id"])
+        if isinstance(upload, web.Response):
+            return upload
+        if upload.state in ("pending", "in_progress"):
+            upload.status_polls += 1
+            if upload.status_polls > self.media_processing_polls:
+                upload.state = "failed" if self.media_processing_fails else "succeeded"
+            else:
+                upload.state = "in_progress"
+        return _json(200, {"data": self._media_data(upload, status=True)})
+
+
+# ------------------------------------------------------------------ pagination tokens
+
+
+def _encode_token(event_id: int) -> str:
+    return base64.b32hexencode(f"before:{event_id}".encode()).decode().rstrip("=").lower()
+
+
+def _decode_token(token: str) -> int | None:
+    padded = token.upper() + "=" * (-len(token) % 8)
+    try:
+        text = base64.b32hexdecode(padded).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    prefix, _, value = text.partition(":")
+    if prefix != "before" or not value.isdigit():
+        return None
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+@contextlib.asynccontextmanager
+async def run_fake_x(
+    fake: FakeX | None = None, *, host: str = "127.0.0.1", port: int = 0, **kwargs: Any
+) -> AsyncIterator[tuple[FakeX, str]]:
+    """Serve a :class:`FakeX` on ``host`` (a free port by default) for the ``async with`` body.
+
+    Yields ``(fake, base_url)`` with ``base_url`` like ``"http://127.0.0.1:54321"``. Extra keyword
+    arguments construct the fake when none is given. Hanging requests (``"timeout"`` faults) are
+    released on exit, so cleanup is quick.
+    """
+    server = fake if fake is not None else FakeX(**kwargs)
+    runner = web.AppRunner(server.make_app(), shutdown_timeout=2.0, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = cast(tuple[str, int], runner.addresses[0])
+        yield server, f"http://{host}:{bound[1]}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,640 @@
+"""The ``Store`` port on SQLite (sqlite-utils), owned by one thread.
+
+Every method hops to a single-worker executor that opened the connection, so
+SQLite is never touched from the event loop and writes are serialised without
+locks (the pattern datasette uses for its write thread). WAL mode lets the
+operator's CLI read while the web process writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+from sqlite_utils import Database
+
+from adapters.crypto import TokenCipher
+from bridge.model import (
+    Account,
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OAuthState,
+    OutboxItem,
+    OutboxState,
+    Sent,
+    Target,
+    TokenSet,
+    XUser,
+)
+from migrations import PENDING_STATES, migrations
+
+log = logging.getLogger("adapters.sqlite_store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is plenty
+
+
+def open_database(path: str) -> Database:
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = Database(conn)
+    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute("PRAGMA foreign_keys = ON")
+    if path != ":memory:" and db.journal_mode != "wal":
+        db.enable_wal()
+    # WAL + NORMAL survives a killed process (the dyno case); only an OS crash may
+    # roll back the last transactions.
+    db.execute("PRAGMA synchronous = NORMAL")
+    migrations.apply(db)
+    return db
+
+
+def pending_migrations(path: str) -> list[str]:
+    """Names of migrations not yet applied (for ``doctor``)."""
+    db = Database(sqlite3.connect(path))
+    try:
+        return [m.name for m in migrations.pending(db)]
+    finally:
+        db.close()
+
+
+class SqliteStore:
+    """SQLite implementation of ``bridge.ports.Store``."""
+
+    def __init__(self, path: str, cipher: TokenCipher) -> None:
+        self.path = path
+        self._cipher = cipher
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: Database | None = None
+        self._owner: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self._db = open_database(self.path)
+        self._owner = threading.get_ident()
+        log.info("database ready", extra={"path": self.path})
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        assert self._db is not None
+        self._db.close()
+        self._db = None
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def db(self) -> Database:
+        assert self._db is not None, "store not open"
+        assert threading.get_ident() == self._owner, "SQLite touched outside its owner thread"
+        return self._db
+
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+    def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    # -- health ------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return await self._call(lambda: self._one("SELECT 1 AS ok") is not None)
+
+    # -- accounts ----------------------------------------------------------
+
+    def _account(self, row: dict[str, Any]) -> Account:
+        refresh = row["refresh_token"]
+        return Account(
+            id=row["id"],
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            x_user_id=row["x_user_id"],
+            x_username=row["x_username"],
+            tokens=TokenSet(
+                access_token=self._cipher.decrypt(row["access_token"]),
+                refresh_token=self._cipher.decrypt(refresh) if refresh else None,
+                expires_at=row["expires_at"],
+                scope=row["scope"] or "",
+            ),
+            needs_reconnect=bool(row["needs_reconnect"]),
+        )
+
+    def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
+        return {
+            "access_token": self._cipher.encrypt(tokens.access_token),
+            "refresh_token": self._cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
+            "expires_at": tokens.expires_at,
+            "scope": tokens.scope,
+        }
+
+    async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
+        return await self._call(self._save_account, team_id, slack_user_id, user, tokens)
+
+    def _save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
+        columns = {
+            "x_user_id": user.id,
+            "x_username": user.username,
+            "needs_reconnect": 0,
+            **self._token_columns(tokens),
+        }
+        with self.db.atomic():
+            self.db.execute(
+                """
+                INSERT INTO accounts (team_id, slack_user_id, x_user_id, x_username, access_token,
+                                      refresh_token, expires_at, scope, needs_reconnect,
+                                      created_at, updated_at)
+                VALUES (:team_id, :slack_user_id, :x_user_id, :x_username, :access_token,
+                        :refresh_token, :expires_at, :scope, 0, unixepoch('subsec'), unixepoch('subsec'))
+                ON CONFLICT (team_id, slack_user_id) DO UPDATE SET
+                    x_user_id = excluded.x_user_id, x_username = excluded.x_username,
+                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                    expires_at = excluded.expires_at, scope = excluded.scope,
+                    needs_reconnect = 0, updated_at = excluded.updated_at
+                """,
+                {"team_id": team_id, "slack_user_id": slack_user_id, **columns},
+            )
+        row = self._one(
+            "SELECT * FROM accounts WHERE team_id = ? AND slack_user_id = ?", [team_id, slack_user_id]
+        )
+        assert row is not None
+        return self._account(row)
+
+    async def get_account(self, account_id: int) -> Account | None:
+        return await self._call(self._get_account, account_id)
+
+    def _get_account(self, account_id: int) -> Account | None:
+        row = self._one("SELECT * FROM accounts WHERE id = ?", [account_id])
+        return self._account(row) if row else None
+
+    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
+        def work() -> Account | None:
+            row = self._one(
+                "SELECT * FROM accounts WHERE team_id = ? AND slack_user_id = ?", [team_id, slack_user_id]
+            )
+            return self._account(row) if row else None
+
+        return await self._call(work)
+
+    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
+        def work() -> None:
+            columns = self._token_columns(tokens)
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE accounts SET access_token = :access_token, refresh_token = :refresh_token, "
+                    "expires_at = :expires_at, scope = :scope, updated_at = unixepoch('subsec') "
+                    "WHERE id = :id",
+                    {**columns, "id": account_id},
+                )
+
+        await self._call(work)
+
+    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None:
+        def work() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE accounts SET needs_reconnect = ? WHERE id = ?", [int(needs), account_id]
+                )
+
+        await self._call(work)
+
+    async def list_accounts(self) -> list[Account]:
+        return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
+
+    # -- OAuth states ------------------------------------------------------
+
+    async def save_oauth_state(self, state: OAuthState) -> None:
+        def work() -> None:
+            with self.db.atomic():
+                # Expired states are useless; sweep them whenever a new one is made.
+                self.db.execute("DELETE FROM oauth_states WHERE expires_at < unixepoch() - 3600")
+                self.db.table("oauth_states").insert(
+                    {
+                        "state": state.state,
+                        "code_verifier": self._cipher.encrypt(state.code_verifier),
+                        "team_id": state.team_id,
+                        "slack_user_id": state.slack_user_id,
+                        "channel_id": state.channel_id,
+                        "response_url": state.response_url,
+                        "expires_at": state.expires_at,
+                        "used": 0,
+                    }
+                )
+
+        await self._call(work)
+
+    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            with self.db.atomic():
+                # One UPDATE decides: a state is used once, even by racing callbacks.
+                row = self._one(
+                    "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
+                    "RETURNING *",
+                    [state, now],
+                )
+            if row is None:
+                return None
+            return OAuthState(
+                state=row["state"],
+                code_verifier=self._cipher.decrypt(row["code_verifier"]),
+                team_id=row["team_id"],
+                slack_user_id=row["slack_user_id"],
+                channel_id=row["channel_id"] or "",
+                response_url=row["response_url"],
+                expires_at=row["expires_at"],
+            )
+
+        return await self._call(work)
+
+    # -- mappings ----------------------------------------------------------
+
+    @staticmethod
+    def _mapping(row: dict[str, Any]) -> Mapping:
+        return Mapping(
+            team_id=row["team_id"],
+            channel_id=row["channel_id"],
+            kind=MappingKind(row["kind"]),
+            account_id=row["account_id"],
+            conversation_id=row["conversation_id"],
+            participant_id=row["participant_id"],
+            created_by=row["created_by"] or "",
+            created_at=row["created_at"] or 0.0,
+        )
+
+    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+        def work() -> Mapping | None:
+            row = self._one(
+                "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?", [team_id, channel_id]
+            )
+            return self._mapping(row) if row else None
+
+        return await self._call(work)
+
+    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
+        def work() -> Mapping | None:
+            with self.db.atomic():
+                cursor = self.db.execute(
+                    """
+                    INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
+                                          participant_id, created_by, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                    """,
+                    [
+                        mapping.team_id,
+                        mapping.channel_id,
+                        mapping.kind.value,
+                        mapping.account_id,
+                        mapping.conversation_id,
+                        mapping.participant_id,
+                        mapping.created_by,
+                        mapping.created_at,
+                    ],
+                )
+            return mapping if cursor.rowcount == 1 else None
+
+        return await self._call(work)
+
+    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+        def work() -> Mapping | None:
+            with self.db.atomic():
+                row = self._one(
+                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? RETURNING *",
+                    [team_id, channel_id],
+                )
+            return self._mapping(row) if row else None
+
+        return await self._call(work)
+
+    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
+        def work() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ?",
+                    [conversation_id, team_id, channel_id],
+                )
+
+        await self._call(work)
+
+    async def list_mappings(self) -> list[Mapping]:
+        return await self._call(
+            lambda: [
+                self._mapping(r) for r in self._rows("SELECT * FROM mappings ORDER BY team_id, channel_id")
+            ]
+        )
+
+    # -- relay -------------------------------------------------------------
+
+    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+        return await self._call(self._accept, message, mapping, now)
+
+    def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+        target = mapping.target
+        source = {
+            "user_id": message.user_id,
+            "text": message.text,
+            "blocks": list(message.blocks),
+            "files": list(message.files),
+            "thread_ts": message.thread_ts,
+            "subtype": message.subtype,
+        }
+        with self.db.atomic():
+            if message.event_id is not None:
+                seen = self.db.execute(
+                    "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    [message.event_id, now],
+                )
+                if seen.rowcount == 0:
+                    return False
+            cursor = self.db.execute(
+                """
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, author_id,
+                                    account_id, target_participant, target_conversation, text, source,
+                                    state, attempts, next_attempt_at, created_at, hourglass)
+                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0)
+                ON CONFLICT DO NOTHING
+                """,
+                [
+                    message.team_id,
+                    message.channel_id,
+                    message.ts,
+                    message.user_id,
+                    mapping.account_id,
+                    target.participant_id,
+                    target.conversation_id,
+                    json.dumps(source, separators=(",", ":")),
+                    now,
+                ],
+            )
+            if cursor.rowcount == 0:
+                return False
+            row_id = cursor.lastrowid
+            self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [row_id])
+        return True
+
+    async def prune_seen_events(self, now: float) -> int:
+        def work() -> int:
+            with self.db.atomic():
+                cursor = self.db.execute(
+                    "DELETE FROM seen_events WHERE seen_at < ?", [now - SEEN_EVENTS_KEEP_SECONDS]
+                )
+            return cursor.rowcount
+
+        return await self._call(work)
+
+    # -- outbox ------------------------------------------------------------
+
+    @staticmethod
+    def _item(row: dict[str, Any]) -> OutboxItem:
+        return OutboxItem(
+            id=row["id"],
+            seq=row["seq"],
+            part=row["part"],
+            parts_total=row["parts_total"],
+            team_id=row["team_id"],
+            channel_id=row["channel_id"],
+            slack_ts=row["slack_ts"],
+            author_id=row["author_id"] or "",
+            account_id=row["account_id"],
+            target=Target(
+                participant_id=row["target_participant"], conversation_id=row["target_conversation"]
+            ),
+            text=row["text"],
+            source=json.loads(row["source"] or "{}"),
+            state=OutboxState(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"] or 0.0,
+            last_error=row["last_error"],
+            dm_event_id=row["dm_event_id"],
+            created_at=row["created_at"],
+            sending_since=row["sending_since"],
+            held_since=row["held_since"],
+            hourglass=bool(row["hourglass"]),
+        )
+
+    async def outbox_heads(self) -> list[OutboxItem]:
+        def work() -> list[OutboxItem]:
+            # SQLite returns the other columns from the row where MIN() was found.
+            rows = self._rows(
+                f"""
+                SELECT *, MIN(seq * 1000 + part) AS _order FROM outbox INDEXED BY outbox_pending
+                WHERE state IN {PENDING_STATES}
+                GROUP BY team_id, channel_id
+                """
+            )
+            return [self._item(r) for r in rows]
+
+        return await self._call(work)
+
+    async def render(self, item_id: int, parts: Sequence[str]) -> OutboxItem:
+        def work() -> OutboxItem:
+            assert parts, "a message renders to at least one part"
+            with self.db.atomic():
+                row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+                assert row is not None
+                self.db.execute(
+                    "UPDATE outbox SET text = ?, parts_total = ? WHERE id = ?",
+                    [parts[0], len(parts), item_id],
+                )
+                for index, text in enumerate(parts[1:], start=1):
+                    self.db.execute(
+                        """
+                        INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts,
+                                            author_id, account_id, target_participant,
+                                            target_conversation, text, source, state, attempts,
+                                            next_attempt_at, created_at, hourglass)
+                        SELECT seq, ?, ?, team_id, channel_id, slack_ts, author_id, account_id,
+                               target_participant, target_conversation, ?, '{}', 'queued', 0, 0,
+                               created_at, 0
+                        FROM outbox WHERE id = ?
+                        ON CONFLICT DO NOTHING
+                        """,
+                        [index, len(parts), text, item_id],
+                    )
+            updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+            assert updated is not None
+            return self._item(updated)
+
+        return await self._call(work)
+
+    def _update(self, sql: str, params: Sequence[Any]) -> None:
+        with self.db.atomic():
+            self.db.execute(sql, params)
+
+    async def mark_sending(self, item_id: int, now: float) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? WHERE id = ?",
+            [now, item_id],
+        )
+
+    async def mark_sent(self, item_id: int, sent: Sent, now: float) -> None:
+        def work() -> None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
+                    "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
+                    "RETURNING team_id, channel_id, slack_ts, part, target_participant",
+                    [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
+                )
+                assert row is not None
+                self.db.execute(
+                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                    "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        row["team_id"],
+                        row["channel_id"],
+                        row["slack_ts"],
+                        row["part"],
+                        sent.dm_conversation_id,
+                        sent.dm_event_id,
+                        now,
+                    ],
+                )
+                if row["target_participant"]:
+                    # X names the 1-to-1 conversation on first send; keep it for status and reads.
+                    self.db.execute(
+                        "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
+                        "AND kind = 'dm' AND participant_id = ? AND conversation_id IS NOT ?",
+                        [
+                            sent.dm_conversation_id,
+                            row["team_id"],
+                            row["channel_id"],
+                            row["target_participant"],
+                            sent.dm_conversation_id,
+                        ],
+                    )
+
+        await self._call(work)
+
+    async def reschedule(
+        self,
+        item_id: int,
+        state: OutboxState,
+        next_attempt_at: float,
+        error: str | None,
+        *,
+        held_since: float | None = None,
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
+            "held_since = COALESCE(held_since, ?) WHERE id = ?",
+            [state.value, next_attempt_at, error, held_since, item_id],
+        )
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        await self._call(
+            self._update, "UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ?", [error, item_id]
+        )
+
+    async def set_hourglass(self, item_id: int, on: bool) -> None:
+        await self._call(self._update, "UPDATE outbox SET hourglass = ? WHERE id = ?", [int(on), item_id])
+
+    async def set_held_since(self, item_id: int, since: float | None) -> None:
+        await self._call(self._update, "UPDATE outbox SET held_since = ? WHERE id = ?", [since, item_id])
+
+    async def release_account(self, account_id: int, now: float) -> int:
+        def work() -> int:
+            with self.db.atomic():
+                cursor = self.db.execute(
+                    "UPDATE outbox SET state = 'queued', next_attempt_at = ? "
+                    "WHERE account_id = ? AND state = 'waiting'",
+                    [now, account_id],
+                )
+            return cursor.rowcount
+
+        return await self._call(work)
+
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        def work() -> set[str]:
+            if not event_ids:
+                return set()
+            marks = ",".join("?" * len(event_ids))
+            rows = self._rows(
+                f"SELECT dm_event_id FROM message_map WHERE dm_event_id IN ({marks})", event_ids
+            )
+            return {r["dm_event_id"] for r in rows}
+
+        return await self._call(work)
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            where = ["1 = 1"]
+            params: list[Any] = []
+            if team_id is not None:
+                where.append("team_id = ?")
+                params.append(team_id)
+            if channel_id is not None:
+                where.append("channel_id = ?")
+                params.append(channel_id)
+            clause = " AND ".join(where)
+            counts = {
+                r["state"]: r["n"]
+                for r in self._rows(
+                    f"SELECT state, COUNT(*) AS n FROM outbox WHERE {clause} GROUP BY state", params
+                )
+            }
+            oldest = self._one(
+                f"SELECT MIN(created_at) AS t FROM outbox WHERE {clause} AND state IN {PENDING_STATES}",
+                params,
+            )
+            return {
+                "counts": counts,
+                "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
+                "oldest_pending_at": oldest["t"] if oldest else None,
+            }
+
+        return await self._call(work)
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]:
+        def work() -> list[OutboxItem]:
+            marks = ",".join("?" * len(states))
+            rows = self._rows(
+                f"SELECT * FROM outbox WHERE state IN ({marks}) ORDER BY seq, part LIMIT ?",
+                [*(s.value for s in states), limit],
+            )
+            return [self._item(r) for r in rows]
+
+        return await self._call(work)
+
+    async def get_item(self, item_id: int) -> OutboxItem | None:
+        def work() -> OutboxItem | None:
+            row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+            return self._item(row) if row else None
+
+        return await self._call(work)
+
+    # -- budgets -----------------------------------------------------------
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        return await self._call(lambda: self._rows("SELECT key, limit_, remaining, reset_at FROM budgets"))
+
+    async def save_budget(self, key: str, limit: int, remaining: int, reset_at: float) -> None:
+        await self._call(
+            self._update,
+            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
+            "reset_at = excluded.reset_at",
+            [key, limit, remaining, reset_at],
+        )

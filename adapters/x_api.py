@@ -1,0 +1,243 @@
+"""The ``XClient`` port over aiohttp: X API v2, user context.
+
+Requests follow X's OpenAPI spec (v2.167). Responses are turned into the core's
+terms here: rate-limit headers into ``RateFacts``, failures into the ``XError``
+family, so nothing above this module sees HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
+from bridge.model import DmEvent, Sent, Target, XUser
+
+log = logging.getLogger("adapters.x_api")
+
+# Legacy numeric codes X still uses for DM refusals (NOTES §3.3), in words a Slack user can act on.
+REFUSAL_CODES = {
+    349: "the recipient does not accept DMs from this account (their settings, or a block)",
+    150: "the recipient only accepts DMs from accounts they follow",
+    151: "X rejected the message (it may look like a duplicate)",
+    226: "X's spam filter flagged the message as automated",
+    354: "the message is longer than X allows",
+    93: "the X app is not allowed to send Direct Messages",
+    476: "the recipient only accepts DMs from verified accounts",
+}
+
+
+def rate_facts(headers: Mapping[str, str]) -> RateFacts:
+    """Read X's rate-limit headers; absent or malformed ones stay None."""
+
+    def number(name: str) -> int | None:
+        raw = headers.get(name)
+        try:
+            return int(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    def epoch(name: str) -> float | None:
+        value = number(name)
+        return float(value) if value is not None else None
+
+    return RateFacts(
+        window_limit=number("x-rate-limit-limit"),
+        window_remaining=number("x-rate-limit-remaining"),
+        window_reset=epoch("x-rate-limit-reset"),
+        user_day_limit=number("x-user-limit-24hour-limit"),
+        user_day_remaining=number("x-user-limit-24hour-remaining"),
+        user_day_reset=epoch("x-user-limit-24hour-reset"),
+        app_day_limit=number("x-app-limit-24hour-limit"),
+        app_day_remaining=number("x-app-limit-24hour-remaining"),
+        app_day_reset=epoch("x-app-limit-24hour-reset"),
+    )
+
+
+def latest_reset(facts: RateFacts, now: float) -> float:
+    """When a 429 ends: a spent 24-hour cap wins over the 15-minute window (NOTES §4.5)."""
+    resets = []
+    if facts.user_day_remaining == 0 and facts.user_day_reset:
+        resets.append(facts.user_day_reset)
+    if facts.app_day_remaining == 0 and facts.app_day_reset:
+        resets.append(facts.app_day_reset)
+    if not resets and facts.window_reset:
+        resets.append(facts.window_reset)
+    later = [r for r in resets if r > now]
+    return max(later) if later else now + 60.0
+
+
+def describe_error(status: int, payload: Any) -> str:
+    """One sentence from either error shape: problem+json or ``{"errors": [{code, message}]}``."""
+    if isinstance(payload, dict):
+        errors = payload.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            code = first.get("code")
+            if isinstance(code, int) and code in REFUSAL_CODES:
+                return REFUSAL_CODES[code]
+            message = first.get("message") or first.get("detail")
+            if message:
+                return str(message)
+        detail = payload.get("detail") or payload.get("title")
+        if detail:
+            return str(detail)
+    return f"HTTP {status}"
+
+
+def _parse_time(raw: Any) -> float | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class XApiClient:
+    """Implements ``bridge.ports.XClient``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, *, timeout: float = 20.0) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], Any]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                method, self._base + path, json=body, params=params, headers=headers, timeout=self._timeout
+            ) as response:
+                try:
+                    payload = await response.json(content_type=None)
+                except ValueError:
+                    payload = None
+                status, response_headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # No answer: the request may or may not have reached X (status None = ambiguous).
+            raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
+        log.debug(
+            "X request",
+            extra={
+                "method": method,
+                "path": path,
+                "status": status,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return status, response_headers, payload
+
+    def _raise_for(self, status: int, headers: Mapping[str, str], payload: Any) -> RateFacts:
+        facts = rate_facts(headers)
+        if 200 <= status < 300:
+            return facts
+        reason = describe_error(status, payload)
+        if status == 401:
+            raise XAuthExpired(f"X rejected the access token: {reason}", status=status, facts=facts)
+        if status == 429:
+            reset_at = latest_reset(facts, time.time())
+            raise XRateLimited(f"X rate limit: {reason}", reset_at=reset_at, facts=facts)
+        if status >= 500 or status == 408:
+            raise XTransient(f"X failed with HTTP {status}: {reason}", status=status, facts=facts)
+        raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts)
+
+    @staticmethod
+    def _sent(payload: Any) -> Sent:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict) or "dm_event_id" not in data:
+            raise XTransient("X answered 201 without a dm_event_id")
+        return Sent(dm_conversation_id=str(data["dm_conversation_id"]), dm_event_id=str(data["dm_event_id"]))
+
+    async def me(self, token: str) -> XUser:
+        status, headers, payload = await self._call("GET", "/2/users/me", token)
+        self._raise_for(status, headers, payload)
+        user = _user(payload)
+        if user is None:
+            raise XTransient("X's /2/users/me answer had no user")
+        return user
+
+    async def user_by_username(self, token: str, username: str) -> XUser | None:
+        path = f"/2/users/by/username/{quote(username, safe='')}"
+        status, headers, payload = await self._call(
+            "GET", path, token, params={"user.fields": "receives_your_dm"}
+        )
+        if status == 404:
+            return None
+        self._raise_for(status, headers, payload)
+        return _user(payload)
+
+    async def send(self, token: str, target: Target, text: str) -> tuple[Sent, RateFacts]:
+        if target.participant_id is not None:
+            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
+        else:
+            path = f"/2/dm_conversations/{target.conversation_id}/messages"
+        status, headers, payload = await self._call("POST", path, token, body={"text": text})
+        facts = self._raise_for(status, headers, payload)
+        return self._sent(payload), facts
+
+    async def create_group(
+        self, token: str, participant_ids: Sequence[str], text: str
+    ) -> tuple[Sent, RateFacts]:
+        body = {
+            "conversation_type": "Group",
+            "participant_ids": list(participant_ids),
+            "message": {"text": text},
+        }
+        status, headers, payload = await self._call("POST", "/2/dm_conversations", token, body=body)
+        facts = self._raise_for(status, headers, payload)
+        return self._sent(payload), facts
+
+    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]:
+        if target.conversation_id is not None:
+            path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
+        else:
+            path = f"/2/dm_conversations/with/{target.participant_id}/dm_events"
+        params = {
+            "max_results": str(max_results),
+            "event_types": "MessageCreate",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id",
+            "expansions": "sender_id",
+        }
+        status, headers, payload = await self._call("GET", path, token, params=params)
+        self._raise_for(status, headers, payload)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        events = []
+        for raw in data if isinstance(data, list) else []:
+            if isinstance(raw, dict) and "id" in raw:
+                events.append(
+                    DmEvent(
+                        id=str(raw["id"]),
+                        text=str(raw.get("text", "")),
+                        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+                        created_at=_parse_time(raw.get("created_at")),
+                    )
+                )
+        return events
+
+
+def _user(payload: Any) -> XUser | None:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict) or "id" not in data:
+        return None
+    receives = data.get("receives_your_dm")
+    return XUser(
+        id=str(data["id"]),
+        username=str(data.get("username", "")),
+        name=str(data.get("name", "")),
+        receives_your_dm=receives if isinstance(receives, bool) else None,
+    )

@@ -1,0 +1,164 @@
+"""X's DM budget: per-account 15-minute and 24-hour windows and the app's 24-hour window.
+
+Seeded from settings (the documented 200 / 1,000 / 15,000) and corrected by every
+DM POST response's headers, the stricter of the two winning. The worker asks
+``blocked_until`` before each send and never sends while a known remaining count
+is 0, so in steady state the bridge provokes no 429 at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.errors import RateFacts
+from bridge.ports import Store
+
+log = logging.getLogger("bridge.budget")
+
+FIFTEEN_MINUTES = 15 * 60.0
+ONE_DAY = 24 * 3600.0
+APP = "app"
+# When a 429 carries no usable reset, wait this long before trying again.
+FALLBACK_PAUSE = 60.0
+
+
+@dataclass
+class Window:
+    """One fixed window. ``reset_at == 0`` means not started: it starts at first use."""
+
+    key: str
+    length: float
+    configured: int
+    limit: int
+    remaining: int
+    reset_at: float = 0.0
+
+    def roll(self, now: float) -> None:
+        if self.reset_at and now >= self.reset_at:
+            self.remaining = self.limit
+            self.reset_at = 0.0
+
+    def blocked_until(self, now: float) -> float | None:
+        self.roll(now)
+        if self.remaining > 0:
+            return None
+        return self.reset_at or None
+
+    def consume(self, now: float) -> None:
+        self.roll(now)
+        if not self.reset_at:
+            self.reset_at = now + self.length
+        self.remaining = max(0, self.remaining - 1)
+
+    def observe(self, limit: int | None, remaining: int | None, reset: float | None, *, shared: bool) -> None:
+        """Take what X reported. ``shared`` windows (the app's) also keep local counts, since
+        other accounts' sends may be in flight that this response does not yet include."""
+        if remaining is None:
+            return
+        header_limit = limit if limit is not None else max(self.limit, remaining)
+        used = max(0, header_limit - remaining)
+        effective_limit = min(self.configured, header_limit)
+        new_remaining = max(0, min(remaining, effective_limit - used))
+        if shared and reset is not None and abs(reset - self.reset_at) < 1.0:
+            new_remaining = min(new_remaining, self.remaining)
+        self.limit = effective_limit
+        self.remaining = new_remaining
+        if reset is not None:
+            self.reset_at = reset
+
+    def exhaust(self, reset: float) -> None:
+        self.remaining = 0
+        self.reset_at = max(self.reset_at, reset)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"limit": self.limit, "remaining": self.remaining, "reset_at": self.reset_at or None}
+
+
+class Budget:
+    """All windows, persisted to the store after each change so restarts respect them."""
+
+    def __init__(self, store: Store, *, user_15m: int, user_24h: int, app_24h: int) -> None:
+        self._store = store
+        self._limits = {"15m": (FIFTEEN_MINUTES, user_15m), "24h": (ONE_DAY, user_24h)}
+        self._app_limit = app_24h
+        self._windows: dict[str, Window] = {}
+
+    async def load(self) -> None:
+        for row in await self._store.load_budgets():
+            window = self._window(row["key"])
+            window.limit = min(window.configured, row["limit_"])
+            window.remaining = min(window.limit, row["remaining"])
+            window.reset_at = row["reset_at"] or 0.0
+
+    def _window(self, key: str) -> Window:
+        window = self._windows.get(key)
+        if window is None:
+            if key == f"{APP}:24h":
+                length, configured = ONE_DAY, self._app_limit
+            else:
+                length, configured = self._limits[key.rsplit(":", 1)[1]]
+            window = Window(key, length, configured, configured, configured)
+            self._windows[key] = window
+        return window
+
+    def _account_windows(self, account_id: int) -> tuple[Window, Window, Window]:
+        return (
+            self._window(f"account:{account_id}:15m"),
+            self._window(f"account:{account_id}:24h"),
+            self._window(f"{APP}:24h"),
+        )
+
+    def blocked_until(self, account_id: int, now: float) -> float | None:
+        """None when a DM may go now; otherwise the latest reset among exhausted windows."""
+        blocks = [w.blocked_until(now) for w in self._account_windows(account_id)]
+        waits = [b for b in blocks if b is not None]
+        return max(waits) if waits else None
+
+    async def consume(self, account_id: int, now: float) -> None:
+        """Count a DM POST before it is sent (so concurrent senders cannot overspend)."""
+        for window in self._account_windows(account_id):
+            window.consume(now)
+        await self._persist(account_id)
+
+    async def observe(self, account_id: int, facts: RateFacts) -> None:
+        """Correct the windows from one DM POST response's headers."""
+        if facts.is_empty():
+            return
+        minute, day, app = self._account_windows(account_id)
+        minute.observe(facts.window_limit, facts.window_remaining, facts.window_reset, shared=False)
+        day.observe(facts.user_day_limit, facts.user_day_remaining, facts.user_day_reset, shared=False)
+        app.observe(facts.app_day_limit, facts.app_day_remaining, facts.app_day_reset, shared=True)
+        await self._persist(account_id)
+
+    async def rate_limited(self, account_id: int, facts: RateFacts, reset_at: float, now: float) -> float:
+        """X said 429: pause until the latest applicable reset and return it.
+
+        The 24-hour headers are checked first: a 429 from a daily cap can arrive with
+        ``x-rate-limit-remaining`` above 0, and retrying every 15 minutes would be wrong.
+        """
+        await self.observe(account_id, facts)
+        minute, day, app = self._account_windows(account_id)
+        exhausted = False
+        if facts.user_day_remaining == 0 and facts.user_day_reset:
+            day.exhaust(facts.user_day_reset)
+            exhausted = True
+        if facts.app_day_remaining == 0 and facts.app_day_reset:
+            app.exhaust(facts.app_day_reset)
+            exhausted = True
+        if not exhausted:
+            minute.exhaust(reset_at if reset_at > now else now + FALLBACK_PAUSE)
+        await self._persist(account_id)
+        until = self.blocked_until(account_id, now)
+        return until if until is not None else now + FALLBACK_PAUSE
+
+    def snapshot(self, account_id: int, now: float) -> dict[str, dict[str, Any]]:
+        minute, day, app = self._account_windows(account_id)
+        for window in (minute, day, app):
+            window.roll(now)
+        return {"15m": minute.snapshot(), "24h": day.snapshot(), "app_24h": app.snapshot()}
+
+    async def _persist(self, account_id: int) -> None:
+        for window in self._account_windows(account_id):
+            await self._store.save_budget(window.key, window.limit, window.remaining, window.reset_at)

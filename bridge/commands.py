@@ -1,0 +1,553 @@
+"""The `/xdm` command: a pure parser, and the service that carries commands out.
+
+Every command is answered within Slack's 3 seconds: ``CommandService.handle``
+returns the immediate reply and, for work that needs X, a follow-up coroutine
+that reports through ``response_url`` when X has answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bridge.budget import Budget
+from bridge.errors import CommandError, RateFacts, XAuthExpired, XAuthRevoked, XError, XRateLimited
+from bridge.model import (
+    X_CONVERSATION_ID,
+    X_USER_ID,
+    X_USERNAME,
+    Account,
+    Mapping,
+    MappingKind,
+    OAuthState,
+    Sent,
+    Target,
+    XUser,
+)
+from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
+from bridge.tokens import TokenManager
+
+log = logging.getLogger("bridge.commands")
+
+MIN_GROUP = 2
+MAX_GROUP = 49
+STATE_TTL = 600.0
+
+HELP = """*Bridge this channel to an X (Twitter) DM conversation*
+• `/xdm connect` – connect your X account (messages are sent as the account of whoever mapped the channel)
+• `/xdm new-group @alice @bob … [opening message]` – start a new X group DM (2 to 49 people)
+  and bridge this channel to it
+• `/xdm dm @alice [message]` – bridge this channel to your 1-to-1 DM with @alice
+• `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
+• `/xdm unlink` – stop bridging this channel
+• `/xdm status` – this channel's mapping, its X account and what is waiting
+Participants are X handles (`@name`) or numeric X user ids."""
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Participant:
+    """An X user named by handle or by numeric id."""
+
+    username: str | None = None
+    user_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"@{self.username}" if self.username else str(self.user_id)
+
+
+@dataclass(frozen=True)
+class Connect:
+    pass
+
+
+@dataclass(frozen=True)
+class Help:
+    unknown: str | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class Unlink:
+    pass
+
+
+@dataclass(frozen=True)
+class NewGroup:
+    participants: tuple[Participant, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class DirectMessage:
+    participant: Participant
+    message: str
+
+
+@dataclass(frozen=True)
+class Link:
+    conversation_id: str
+
+
+Command = Connect | Help | Status | Unlink | NewGroup | DirectMessage | Link
+
+_SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
+_X_PROFILE = re.compile(
+    r"^<?https?://(?:www\.|mobile\.)?(?:x|twitter)\.com/([A-Za-z0-9_]{1,15})/?(?:\|[^>]*)?>?$"
+)
+
+
+def _participant(token: str) -> Participant | None:
+    """A participant if ``token`` names one, else None (the message starts there)."""
+    if token.startswith("@"):
+        name = token[1:]
+        if not X_USERNAME.match(name):
+            raise CommandError(f"`{token}` is not a valid X handle (letters, digits and _, up to 15).")
+        return Participant(username=name)
+    if X_USER_ID.match(token):
+        return Participant(user_id=token)
+    slack_user = _SLACK_USER.match(token)
+    if slack_user:
+        label = slack_user.group(2) or slack_user.group(1)
+        raise CommandError(
+            f"`@{label}` is a Slack member, not an X account. "
+            "Give their X handle (like `@name`) or X user id."
+        )
+    profile = _X_PROFILE.match(token)
+    if profile:
+        return Participant(username=profile.group(1))
+    return None
+
+
+def _split_participants(words: list[str]) -> tuple[list[Participant], str]:
+    participants: list[Participant] = []
+    for index, word in enumerate(words):
+        if word == "--":
+            return participants, " ".join(words[index + 1 :])
+        found = _participant(word)
+        if found is None:
+            return participants, " ".join(words[index:])
+        participants.append(found)
+    return participants, ""
+
+
+def parse(text: str) -> Command:
+    """Parse the text after `/xdm`. Raises ``CommandError`` with a message for the user."""
+    words = text.split()
+    if not words:
+        return Help()
+    verb, rest = words[0].lower(), words[1:]
+    if verb == "connect":
+        return Connect()
+    if verb in ("help", "-h", "--help", "?"):
+        return Help()
+    if verb == "status":
+        return Status()
+    if verb in ("unlink", "disconnect-channel"):
+        return Unlink()
+    if verb == "new-group":
+        participants, message = _split_participants(rest)
+        unique = list(dict.fromkeys(participants))
+        if len(unique) < MIN_GROUP:
+            raise CommandError(
+                f"A group needs at least {MIN_GROUP} other participants (you gave {len(unique)}). "
+                "Usage: `/xdm new-group @alice @bob [opening message]`; for one person use `/xdm dm @alice`."
+            )
+        if len(unique) > MAX_GROUP:
+            raise CommandError(
+                f"X allows at most {MAX_GROUP} other participants in a group (you gave {len(unique)})."
+            )
+        return NewGroup(tuple(unique), message)
+    if verb == "dm":
+        if not rest:
+            raise CommandError("Usage: `/xdm dm @alice [message]` (an X handle or numeric X user id).")
+        found = _participant(rest[0])
+        if found is None:
+            raise CommandError(f"`{rest[0]}` is not an X handle (`@name`) or a numeric X user id.")
+        return DirectMessage(found, " ".join(rest[1:]))
+    if verb == "link":
+        if len(rest) != 1:
+            raise CommandError("Usage: `/xdm link <conversation id>`, e.g. `/xdm link 123-456`.")
+        conversation_id = rest[0]
+        if not X_CONVERSATION_ID.match(conversation_id):
+            raise CommandError(
+                f"`{conversation_id}` is not an X conversation id: a 1-to-1 id looks like `123-456` "
+                "(two user ids), a group id is 15 to 19 digits."
+            )
+        return Link(conversation_id)
+    return Help(unknown=words[0])
+
+
+# -- carrying out ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who ran the command, where, and where to answer later."""
+
+    team_id: str
+    channel_id: str
+    user_id: str
+    response_url: str | None = None
+    channel_name: str = ""
+    user_name: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What Slack shows at once; ``follow_up`` runs after the acknowledgement."""
+
+    text: str
+    in_channel: bool = False
+    follow_up: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+
+
+class CommandService:
+    """Carries out parsed commands through the ports."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        x: XClient,
+        oauth: XOAuth,
+        tokens: TokenManager,
+        budget: Budget,
+        slack: SlackClient,
+        clock: Clock,
+        oauth_ready: str | None,
+        on_mapped: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``oauth_ready`` is None when connecting works, else the reason it does not."""
+        self._store = store
+        self._x = x
+        self._oauth = oauth
+        self._tokens = tokens
+        self._budget = budget
+        self._slack = slack
+        self._clock = clock
+        self._oauth_ready = oauth_ready
+        self._on_mapped = on_mapped
+
+    async def handle(self, ctx: CommandContext, text: str) -> Reply:
+        """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
+        try:
+            command = parse(text)
+            return await self._dispatch(ctx, command)
+        except CommandError as exc:
+            return Reply(f":x: {exc}")
+
+    async def _dispatch(self, ctx: CommandContext, command: Command) -> Reply:
+        match command:
+            case Help(unknown=unknown):
+                prefix = f"I don't know `{unknown}`.\n" if unknown else ""
+                return Reply(prefix + HELP)
+            case Connect():
+                return await self._connect(ctx)
+            case Status():
+                return await self._status(ctx)
+            case Unlink():
+                return await self._unlink(ctx)
+            case Link(conversation_id=conversation_id):
+                return await self._link(ctx, conversation_id)
+            case NewGroup() | DirectMessage():
+                account = await self._mapping_account(ctx)
+                await self._refuse_if_mapped(ctx)
+                if isinstance(command, NewGroup):
+                    job = self._new_group(ctx, account, command)
+                    note = f"Creating an X group with {_names(command.participants)}…"
+                else:
+                    job = self._direct(ctx, account, command)
+                    note = f"Setting up the DM with {command.participant}…"
+                return Reply(note, follow_up=lambda: self._report(ctx, job))
+        raise AssertionError(f"unhandled command {command!r}")
+
+    # -- simple commands ------------------------------------------------------
+
+    async def _connect(self, ctx: CommandContext) -> Reply:
+        if self._oauth_ready is not None:
+            return Reply(f":x: Connecting X accounts is not set up on this bridge: {self._oauth_ready}")
+        request = self._oauth.begin()
+        await self._store.save_oauth_state(
+            OAuthState(
+                state=request.state,
+                code_verifier=request.code_verifier,
+                team_id=ctx.team_id,
+                slack_user_id=ctx.user_id,
+                channel_id=ctx.channel_id,
+                response_url=ctx.response_url,
+                expires_at=self._clock.now() + STATE_TTL,
+            )
+        )
+        return Reply(
+            f"<{request.url}|Connect your X account> (the link works once, for 10 minutes). "
+            "Mappings you make afterwards send as that account."
+        )
+
+    async def _status(self, ctx: CommandContext) -> Reply:
+        mapping = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        lines: list[str] = []
+        if mapping is None:
+            lines.append("This channel is not bridged to X. See `/xdm help`.")
+        else:
+            lines.append(f"This channel is bridged to {_describe(mapping)}.")
+            account = await self._store.get_account(mapping.account_id)
+            if account is not None:
+                state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
+                lines.append(
+                    f"Messages are sent as @{account.x_username} (<@{account.slack_user_id}>){state}."
+                )
+                lines.append(self._budget_line(account.id))
+        summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
+        pending = summary["pending"]
+        if pending:
+            age = self._clock.now() - (summary["oldest_pending_at"] or self._clock.now())
+            lines.append(f"{pending} message(s) waiting to go to X; the oldest for {_duration(age)}.")
+        else:
+            lines.append("No messages waiting.")
+        failed = summary["counts"].get("failed", 0)
+        if failed:
+            lines.append(f"{failed} message(s) could not be sent (marked :warning:).")
+        own = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if own is None:
+            lines.append("You have not connected an X account (`/xdm connect`).")
+        elif mapping is None or own.id != mapping.account_id:
+            lines.append(f"Your X account: @{own.x_username}.")
+        return Reply("\n".join(lines))
+
+    def _budget_line(self, account_id: int) -> str:
+        now = self._clock.now()
+        windows = self._budget.snapshot(account_id, now)
+        parts = []
+        for label, key in (("15 min", "15m"), ("24 h", "24h"), ("app, 24 h", "app_24h")):
+            window = windows[key]
+            reset = window["reset_at"]
+            when = f", resets {_clock_time(reset)}" if reset else ""
+            parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
+        return "X DM budget left: " + "; ".join(parts) + "."
+
+    async def _unlink(self, ctx: CommandContext) -> Reply:
+        mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
+        if mapping is None:
+            return Reply("This channel is not bridged to X; nothing to unlink.")
+        summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
+        waiting = summary["pending"]
+        tail = f" {waiting} message(s) already accepted will still be delivered." if waiting else ""
+        log.info("channel unlinked", extra={"team": ctx.team_id, "channel": ctx.channel_id})
+        return Reply(
+            f"<@{ctx.user_id}> stopped bridging this channel to {_describe(mapping)}. "
+            f"New messages here no longer go to X.{tail}",
+            in_channel=True,
+        )
+
+    async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
+        account = await self._mapping_account(ctx)
+        mapping = await self._map(ctx, account, MappingKind.LINK, conversation_id=conversation_id)
+        return Reply(self._mapped_text(ctx, mapping, account), in_channel=True)
+
+    # -- commands that talk to X ----------------------------------------------
+
+    async def _new_group(self, ctx: CommandContext, account: Account, command: NewGroup) -> Reply:
+        users = [await self._resolve(account, p) for p in command.participants]
+        ids = list(dict.fromkeys(u.id for u in users if u.id != account.x_user_id))
+        if len(ids) < MIN_GROUP:
+            raise CommandError(
+                f"A group needs at least {MIN_GROUP} people besides you (@{account.x_username})."
+            )
+        opening = command.message or (
+            f"This group is bridged to #{ctx.channel_name or ctx.channel_id} on Slack."
+        )
+        await self._refuse_if_mapped(ctx)
+        sent = await self._send_now(account, lambda token: self._x.create_group(token, ids, opening))
+        mapping = await self._map(ctx, account, MappingKind.GROUP, conversation_id=sent.dm_conversation_id)
+        return Reply(
+            self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users]), in_channel=True
+        )
+
+    async def _direct(self, ctx: CommandContext, account: Account, command: DirectMessage) -> Reply:
+        user = await self._resolve(account, command.participant)
+        if user.id == account.x_user_id:
+            raise CommandError("That is your own X account; name someone else.")
+        conversation_id = _one_to_one(account.x_user_id, user.id)
+        if command.message:
+            target = Target(participant_id=user.id)
+            text = command.message
+            sent = await self._send_now(account, lambda token: self._x.send(token, target, text))
+            conversation_id = sent.dm_conversation_id
+        mapping = await self._map(
+            ctx, account, MappingKind.DM, conversation_id=conversation_id, participant_id=user.id
+        )
+        warn = ""
+        if user.receives_your_dm is False:
+            warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
+        return Reply(self._mapped_text(ctx, mapping, account, [f"@{user.username}"]) + warn, in_channel=True)
+
+    async def _report(self, ctx: CommandContext, job: Awaitable[Reply]) -> None:
+        """Run a follow-up and post its outcome through response_url."""
+        try:
+            reply = await job
+        except CommandError as exc:
+            reply = Reply(f":x: {exc}")
+        except XError as exc:
+            log.warning(
+                "command failed at X",
+                extra={"team": ctx.team_id, "channel": ctx.channel_id, "error": str(exc)},
+            )
+            reply = Reply(f":x: X refused: {exc}")
+        except XAuthRevoked:
+            reply = Reply(":x: Your X account needs to be reconnected: run `/xdm connect`.")
+        if ctx.response_url:
+            await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
+        else:
+            await self._slack.post_ephemeral(ctx.team_id, ctx.channel_id, ctx.user_id, reply.text)
+
+    async def _send_now(
+        self, account: Account, call: Callable[[str], Awaitable[tuple[Sent, RateFacts]]]
+    ) -> Sent:
+        """Send one DM outside the outbox, within the same budget and token rules."""
+        now = self._clock.now()
+        blocked = self._budget.blocked_until(account.id, now)
+        if blocked is not None:
+            raise CommandError(
+                f"@{account.x_username} has used its X DM allowance for now; "
+                f"try again after {_clock_time(blocked)}."
+            )
+        token = await self._tokens.access_token(account)
+        await self._budget.consume(account.id, now)
+        try:
+            try:
+                result, facts = await call(token)
+            except XAuthExpired:
+                token = await self._tokens.after_unauthorized(account, token)
+                result, facts = await call(token)
+        except XRateLimited as exc:
+            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, self._clock.now())
+            raise CommandError(f"X's rate limit was reached; try again after {_clock_time(until)}.") from exc
+        except XError as exc:
+            await self._budget.observe(account.id, exc.facts)
+            raise
+        await self._budget.observe(account.id, facts)
+        return result
+
+    async def _resolve(self, account: Account, participant: Participant) -> XUser:
+        if participant.user_id is not None:
+            return XUser(id=participant.user_id, username=participant.user_id)
+        assert participant.username is not None
+        token = await self._tokens.access_token(account)
+        try:
+            user = await self._x.user_by_username(token, participant.username)
+        except XAuthExpired:
+            token = await self._tokens.after_unauthorized(account, token)
+            user = await self._x.user_by_username(token, participant.username)
+        if user is None:
+            raise CommandError(f"X has no user @{participant.username}.")
+        return user
+
+    # -- helpers --------------------------------------------------------------
+
+    async def _mapping_account(self, ctx: CommandContext) -> Account:
+        account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if account is None:
+            raise CommandError("Connect your X account first: run `/xdm connect`.")
+        if account.needs_reconnect:
+            raise CommandError(
+                f"Your X account @{account.x_username} needs reconnecting: run `/xdm connect`."
+            )
+        return account
+
+    async def _refuse_if_mapped(self, ctx: CommandContext) -> None:
+        existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        if existing is not None:
+            raise CommandError(
+                f"This channel is already bridged to {_describe(existing)}. Run `/xdm unlink` first."
+            )
+
+    async def _map(
+        self,
+        ctx: CommandContext,
+        account: Account,
+        kind: MappingKind,
+        *,
+        conversation_id: str | None = None,
+        participant_id: str | None = None,
+    ) -> Mapping:
+        mapping = Mapping(
+            team_id=ctx.team_id,
+            channel_id=ctx.channel_id,
+            kind=kind,
+            account_id=account.id,
+            conversation_id=conversation_id,
+            participant_id=participant_id,
+            created_by=ctx.user_id,
+            created_at=self._clock.now(),
+        )
+        created = await self._store.create_mapping(mapping)
+        if created is None:
+            existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+            shown = _describe(existing) if existing else "another conversation"
+            extra = (
+                f" (X conversation `{conversation_id}` was created; `/xdm link` can use it)"
+                if kind is MappingKind.GROUP
+                else ""
+            )
+            raise CommandError(f"This channel is already bridged to {shown}. Run `/xdm unlink` first.{extra}")
+        log.info(
+            "channel mapped",
+            extra={
+                "team": ctx.team_id,
+                "channel": ctx.channel_id,
+                "kind": kind.value,
+                "account_id": account.id,
+            },
+        )
+        self._on_mapped()
+        return created
+
+    @staticmethod
+    def _mapped_text(
+        ctx: CommandContext, mapping: Mapping, account: Account, names: list[str] | None = None
+    ) -> str:
+        who = f" with {', '.join(names)}" if names else ""
+        return (
+            f"<@{ctx.user_id}> bridged this channel to {_describe(mapping)}{who}. "
+            f"Messages posted here are sent to X as @{account.x_username}."
+        )
+
+
+def _describe(mapping: Mapping) -> str:
+    if mapping.kind is MappingKind.GROUP:
+        return f"X group conversation `{mapping.conversation_id}`"
+    if mapping.kind is MappingKind.DM:
+        return f"the X 1-to-1 DM with user `{mapping.participant_id}`"
+    return f"X conversation `{mapping.conversation_id}`"
+
+
+def _names(participants: tuple[Participant, ...]) -> str:
+    return ", ".join(str(p) for p in participants)
+
+
+def _one_to_one(a: str, b: str) -> str:
+    low, high = sorted((int(a), int(b)))
+    return f"{low}-{high}"
+
+
+def _clock_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds}s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

@@ -1,0 +1,397 @@
+"""The delivery worker: drains the outbox into X, exactly once, in order, within budget.
+
+Rules it keeps:
+- only the oldest unfinished row of a channel (its *head*) may be sent, so a
+  channel's messages reach X in the order they were posted;
+- one send in flight per X account (the budget is then exact), accounts in
+  parallel; channels that share an account take turns (least recently served first);
+- a row is marked ``sending`` (committed) before its POST; a row found in that
+  state later (a crash, a timeout) is reconciled against the conversation's
+  recent events before any resend, because X has no idempotency key;
+- nothing accepted is dropped: rate limits and reconnections make rows wait,
+  transient errors back off, only X's permanent refusals fail a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from bridge import translate
+from bridge.budget import Budget
+from bridge.errors import (
+    XAuthExpired,
+    XAuthRevoked,
+    XRateLimited,
+    XRefused,
+    XTransient,
+)
+from bridge.model import Account, OutboxItem, OutboxState, Sent, Target
+from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.tokens import TokenManager
+
+log = logging.getLogger("bridge.delivery")
+
+UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
+RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent events
+SENT = "white_check_mark"
+WARNING = "warning"
+HOURGLASS = "hourglass_flowing_sand"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Knobs, mostly for tests; the defaults are production values."""
+
+    relay_format: str = "{name}: {text}"
+    retry_base: float = 2.0
+    retry_cap: float = 300.0
+    hourglass_after: float = 5.0
+    max_parallel_accounts: int = 8
+    rescan_every: float = 30.0
+    min_scan_interval: float = 0.005
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter (half to full of the exponential step)."""
+    step = min(cap, base * (2 ** max(0, attempts - 1)))
+    return random.uniform(step / 2, step)
+
+
+class Delivery:
+    """Owns the background task that sends outbox rows."""
+
+    def __init__(
+        self,
+        store: Store,
+        x: XClient,
+        slack: SlackClient,
+        tokens: TokenManager,
+        budget: Budget,
+        clock: Clock,
+        config: DeliveryConfig | None = None,
+    ) -> None:
+        self._store = store
+        self._x = x
+        self._slack = slack
+        self._tokens = tokens
+        self._budget = budget
+        self._clock = clock
+        self._config = config or DeliveryConfig()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._busy: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._served: dict[tuple[str, str], int] = defaultdict(int)
+        self._turn = 0
+        self.heartbeat: float = 0.0
+        self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
+
+    # -- control -----------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something changed (new rows, a reconnection): look again now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The worker loop; returns when ``stop`` is called."""
+        last_scan = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            since = loop.time() - last_scan
+            if since < self._config.min_scan_interval:
+                # Coalesce bursts of wake-ups (hundreds of accepted events a second).
+                await asyncio.sleep(self._config.min_scan_interval - since)
+            self._wake.clear()
+            last_scan = loop.time()
+            try:
+                delay = await self._schedule()
+            except Exception:
+                log.exception("delivery scheduling failed; retrying")
+                delay = 1.0
+            self.heartbeat = self._clock.now()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+
+    async def stop(self, grace: float = 20.0) -> None:
+        """Stop taking new sends; let in-flight sends finish for up to ``grace`` seconds.
+
+        A send cut off here stays ``sending`` in the database and is reconciled
+        against X on the next start, so abandoning it is safe.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.warning("abandoned in-flight sends at shutdown", extra={"count": len(pending)})
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- scheduling --------------------------------------------------------
+
+    async def _schedule(self) -> float:
+        """Start what may start; return how long to sleep before looking again."""
+        now = self._clock.now()
+        heads = await self._store.outbox_heads()
+        by_account: dict[int, list[OutboxItem]] = defaultdict(list)
+        wake_at = now + self._config.rescan_every
+        for item in heads:
+            if item.next_attempt_at > now:
+                if item.next_attempt_at < UNTIL_RECONNECTED:
+                    wake_at = min(wake_at, item.next_attempt_at)
+                continue
+            by_account[item.account_id].append(item)
+
+        for account_id, items in by_account.items():
+            if account_id in self._busy:
+                continue
+            blocked = self._budget.blocked_until(account_id, now)
+            if blocked is not None:
+                wake_at = min(wake_at, blocked)
+                await self._hold(items, now, blocked)
+                wake_at = min(wake_at, *(self._hourglass_due(i, now) for i in items))
+                continue
+            if len(self._busy) >= self._config.max_parallel_accounts:
+                break
+            item = min(items, key=lambda i: (self._served[(i.team_id, i.channel_id)], i.seq, i.part))
+            self._turn += 1
+            self._served[(item.team_id, item.channel_id)] = self._turn
+            self._start(item)
+        return wake_at - now
+
+    def _start(self, item: OutboxItem) -> None:
+        self._busy.add(item.account_id)
+        task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._busy.discard(item.account_id)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _hold(self, items: list[OutboxItem], now: float, until: float) -> None:
+        """Mark heads held for budget as waiting; past a few seconds, show the hourglass."""
+        for item in items:
+            if item.state is OutboxState.QUEUED:
+                await self._store.reschedule(
+                    item.id,
+                    OutboxState.WAITING,
+                    item.next_attempt_at,
+                    f"waiting for X's rate limit until {_hhmm(until)}",
+                    held_since=now,
+                )
+            held_since = item.held_since if item.held_since is not None else now
+            if not item.hourglass and now - held_since >= self._config.hourglass_after:
+                await self._store.set_hourglass(item.id, True)
+                await self._react(item, HOURGLASS)
+
+    def _hourglass_due(self, item: OutboxItem, now: float) -> float:
+        if item.hourglass:
+            return now + self._config.rescan_every
+        held_since = item.held_since if item.held_since is not None else now
+        return max(now, held_since + self._config.hourglass_after)
+
+    # -- one send ----------------------------------------------------------
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        try:
+            account = await self._store.get_account(item.account_id)
+            if account is None:
+                await self._fail(item, "the X account this channel sends as was disconnected")
+                return
+            if account.needs_reconnect:
+                await self._park(item, account)
+                return
+            if item.text is None:
+                item = await self._render(item)
+            if item.state is OutboxState.SENDING and await self._reconcile(item, account):
+                return
+            await self._send(item, account)
+        except XRateLimited as exc:
+            # From reading events back (reconciliation): a different window from DM POSTs.
+            log.warning("X read limit hit while reconciling", extra=_ids(item, until=exc.reset_at))
+            await self._store.reschedule(
+                item.id, item.state, exc.reset_at, f"rate limited until {_hhmm(exc.reset_at)}"
+            )
+        except XTransient as exc:
+            await self._retry_later(item, exc)
+        except XRefused as exc:
+            await self._fail(item, str(exc))
+        except (XAuthExpired, XAuthRevoked):
+            account = await self._store.get_account(item.account_id)
+            if account is not None:
+                await self._park(item, account)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("unexpected delivery error", extra=_ids(item))
+            await self._retry_later(item, exc)
+
+    async def _send(self, item: OutboxItem, account: Account) -> None:
+        assert item.text is not None
+        token = await self._tokens.access_token(account)
+        now = self._clock.now()
+        await self._budget.consume(account.id, now)
+        await self._store.mark_sending(item.id, now)
+        try:
+            try:
+                sent, facts = await self._x.send(token, item.target, item.text)
+            except XAuthExpired:
+                token = await self._tokens.after_unauthorized(account, token)
+                sent, facts = await self._x.send(token, item.target, item.text)
+        except XTransient as exc:
+            # The POST may have reached X: keep the row "sending" so it is reconciled,
+            # unless X itself answered (a 5xx means it did not take the message).
+            await self._budget.observe(account.id, exc.facts)
+            state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
+            await self._retry_later(replace(item, state=state, attempts=item.attempts + 1), exc)
+            return
+        except XRateLimited as exc:
+            now = self._clock.now()
+            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
+            log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
+            await self._store.reschedule(
+                item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
+            )
+            return
+        except XRefused as exc:
+            await self._budget.observe(account.id, exc.facts)
+            raise
+        await self._budget.observe(account.id, facts)
+        await self._sent(item, sent)
+
+    async def _sent(self, item: OutboxItem, sent: Sent) -> None:
+        await self._store.mark_sent(item.id, sent, self._clock.now())
+        log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
+        if item.hourglass:
+            await self._unreact(item, HOURGLASS)
+        if item.part == item.parts_total - 1:
+            await self._react(item, SENT)
+        if self.on_event is not None:
+            await self.on_event("sent", item)
+
+    async def _reconcile(self, item: OutboxItem, account: Account) -> bool:
+        """Did an earlier attempt reach X? Look for our own message among recent events."""
+        token = await self._tokens.access_token(account)
+        target = item.target
+        events = await self._x.recent_events(token, target)
+        since = (item.sending_since or item.created_at) - RECONCILE_SKEW
+        candidates = [
+            e
+            for e in events
+            if e.sender_id == account.x_user_id
+            and e.text == item.text
+            and (e.created_at is None or e.created_at >= since)
+        ]
+        if candidates:
+            known = await self._store.known_event_ids([e.id for e in candidates])
+            for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
+                if event.id not in known:
+                    conversation = target.conversation_id or _one_to_one(account.x_user_id, target)
+                    log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
+                    await self._sent(item, Sent(dm_conversation_id=conversation, dm_event_id=event.id))
+                    return True
+        log.info("reconciled: not on X, sending again", extra=_ids(item))
+        return False
+
+    async def _render(self, item: OutboxItem) -> OutboxItem:
+        source = item.source
+        text = str(source.get("text") or "")
+        blocks = source.get("blocks") or None
+        names = {
+            uid: await self._slack.display_name(item.team_id, uid)
+            for uid in translate.mentioned_user_ids(text, blocks)
+        }
+        body = translate.to_plain(text, blocks, user_names=names)
+        if not body.strip():
+            raise XRefused("the message has no text to send (files are not relayed yet)")
+        name = await self._slack.display_name(item.team_id, item.author_id)
+        parts = translate.render_parts(body, name=name, fmt=self._config.relay_format)
+        return await self._store.render(item.id, parts)
+
+    # -- outcomes ------------------------------------------------------------
+
+    async def _retry_later(self, item: OutboxItem, exc: Exception) -> None:
+        attempts = max(1, item.attempts)
+        delay = backoff(attempts, self._config.retry_base, self._config.retry_cap)
+        state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.QUEUED
+        log.warning(
+            "X send failed for now; retrying", extra=_ids(item, error=str(exc), retry_in=round(delay, 2))
+        )
+        await self._store.reschedule(
+            item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
+        )
+
+    async def _fail(self, item: OutboxItem, reason: str) -> None:
+        await self._store.mark_failed(item.id, reason)
+        log.warning("X refused the message", extra=_ids(item, reason=reason))
+        if item.hourglass:
+            await self._unreact(item, HOURGLASS)
+        await self._react(item, WARNING)
+        if item.author_id:
+            await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
+        if self.on_event is not None:
+            await self.on_event("failed", item)
+
+    async def _park(self, item: OutboxItem, account: Account) -> None:
+        state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
+        await self._store.reschedule(
+            item.id,
+            state,
+            UNTIL_RECONNECTED,
+            f"waiting for <@{account.slack_user_id}> to reconnect @{account.x_username} with /xdm connect",
+        )
+
+    async def _react(self, item: OutboxItem, name: str) -> None:
+        try:
+            await self._slack.add_reaction(item.team_id, item.channel_id, item.slack_ts, name)
+        except Exception as exc:  # a missing reaction must never stop delivery
+            log.warning("could not add reaction", extra=_ids(item, reaction=name, error=str(exc)))
+
+    async def _unreact(self, item: OutboxItem, name: str) -> None:
+        try:
+            await self._slack.remove_reaction(item.team_id, item.channel_id, item.slack_ts, name)
+        except Exception as exc:
+            log.warning("could not remove reaction", extra=_ids(item, reaction=name, error=str(exc)))
+
+    async def _ephemeral(self, item: OutboxItem, text: str) -> None:
+        try:
+            await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
+        except Exception as exc:
+            log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
+
+
+def _one_to_one(own_id: str, target: Target) -> str:
+    assert target.participant_id is not None
+    low, high = sorted((int(own_id), int(target.participant_id)))
+    return f"{low}-{high}"
+
+
+def _hhmm(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+
+
+def _ids(item: OutboxItem, **more: object) -> dict[str, object]:
+    return {
+        "team": item.team_id,
+        "channel": item.channel_id,
+        "outbox_id": item.id,
+        "account_id": item.account_id,
+        "slack_ts": item.slack_ts,
+        "part": item.part,
+        **more,
+    }

@@ -1,0 +1,99 @@
+"""The bridge's error hierarchy.
+
+::
+
+    BridgeError
+    ├── ConfigError          a setting is missing or malformed (names the variable)
+    ├── CommandError         a Slack user's mistake; carries the text they should see
+    ├── OAuthStateError      a bad, reused or expired OAuth ``state``
+    └── XError               something X said or did not say
+        ├── XTransient       5xx, timeout, connection error: try again later
+        ├── XRateLimited     429: wait until ``reset_at``
+        ├── XRefused         a permanent 4xx: do not retry, tell the author
+        └── XAuthExpired     401 or a refresh that failed for good: reconnect
+
+Adapters translate library exceptions into these at the boundary; the core never
+sees an aiohttp or slack_sdk exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """A required setting is missing or malformed."""
+
+
+class CommandError(BridgeError):
+    """A `/xdm` command cannot be done; ``str(err)`` is shown to the user."""
+
+
+class OAuthStateError(BridgeError):
+    """The OAuth callback carried a state we did not issue, already used, or expired."""
+
+
+@dataclass
+class RateFacts:
+    """What one X response said about the budgets it draws on (all optional).
+
+    ``window_*`` is the endpoint's own (15-minute) window, ``user_day_*`` the
+    per-user 24-hour cap and ``app_day_*`` the per-app 24-hour cap.
+    Resets are Unix epoch seconds.
+    """
+
+    window_limit: int | None = None
+    window_remaining: int | None = None
+    window_reset: float | None = None
+    user_day_limit: int | None = None
+    user_day_remaining: int | None = None
+    user_day_reset: float | None = None
+    app_day_limit: int | None = None
+    app_day_remaining: int | None = None
+    app_day_reset: float | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+
+class XError(BridgeError):
+    """X answered with an error, or did not answer."""
+
+    def __init__(self, message: str, *, status: int | None = None, facts: RateFacts | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.facts = facts or RateFacts()
+
+
+class XTransient(XError):
+    """A failure worth retrying later: 5xx, timeout, lost connection."""
+
+
+class XRateLimited(XError):
+    """HTTP 429. ``reset_at`` is the latest applicable reset (epoch seconds)."""
+
+    def __init__(self, message: str, *, reset_at: float, facts: RateFacts | None = None) -> None:
+        super().__init__(message, status=429, facts=facts)
+        self.reset_at = reset_at
+
+
+class XRefused(XError):
+    """A permanent refusal (400, 403, 404…): ``str(err)`` explains it to a person."""
+
+
+class XAuthExpired(XError):
+    """The access token was rejected, or the account must be reconnected."""
+
+
+@dataclass
+class XAuthRevoked(BridgeError):
+    """A token refresh failed for good: the account needs `/xdm connect` again."""
+
+    reason: str = field(default="refresh token rejected")
+
+    def __str__(self) -> str:
+        return self.reason

@@ -1,0 +1,191 @@
+"""Domain values. Plain frozen dataclasses: no I/O, no library types."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+# X ids are strings of digits; a conversation id is "a-b" (1-to-1) or 15-19 digits (group).
+X_USER_ID = re.compile(r"^[0-9]{1,19}$")
+X_CONVERSATION_ID = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
+X_USERNAME = re.compile(r"^[A-Za-z0-9_]{1,15}$")
+
+
+class MappingKind(StrEnum):
+    """How a channel's messages reach X; decides the endpoint used for each message."""
+
+    GROUP = "group"  # created by /xdm new-group; POST /2/dm_conversations/{id}/messages
+    DM = "dm"  # /xdm dm; POST /2/dm_conversations/with/{participant_id}/messages
+    LINK = "link"  # /xdm link; POST /2/dm_conversations/{id}/messages
+
+
+class OutboxState(StrEnum):
+    """Life of one outbox row (one part of one Slack message)."""
+
+    QUEUED = "queued"  # ready once next_attempt_at has passed
+    SENDING = "sending"  # a POST may be in flight; reconcile before any resend
+    WAITING = "waiting"  # held for budget, or for the account to be reconnected
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """An OAuth 2.0 token response, with ``expires_at`` in epoch seconds."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_at: float | None
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A Slack user's connected X account. Tokens are plaintext here; the store encrypts them."""
+
+    id: int
+    team_id: str
+    slack_user_id: str
+    x_user_id: str
+    x_username: str
+    tokens: TokenSet
+    needs_reconnect: bool = False
+
+
+@dataclass(frozen=True)
+class OAuthState:
+    """An authorization in progress, bound to the Slack user who started it."""
+
+    state: str
+    code_verifier: str = field(repr=False)
+    team_id: str
+    slack_user_id: str
+    channel_id: str
+    response_url: str | None
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one DM goes: by participant (1-to-1) or by conversation id."""
+
+    participant_id: str | None = None
+    conversation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.participant_id is None) == (self.conversation_id is None):
+            raise ValueError("a Target names exactly one of participant_id / conversation_id")
+
+    def describe(self) -> str:
+        if self.participant_id is not None:
+            return f"1-to-1 with X user {self.participant_id}"
+        return f"conversation {self.conversation_id}"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A Slack channel bound to one X DM conversation, sent as ``account_id``."""
+
+    team_id: str
+    channel_id: str
+    kind: MappingKind
+    account_id: int
+    conversation_id: str | None
+    participant_id: str | None
+    created_by: str
+    created_at: float
+
+    @property
+    def target(self) -> Target:
+        if self.kind is MappingKind.DM:
+            assert self.participant_id is not None
+            return Target(participant_id=self.participant_id)
+        assert self.conversation_id is not None
+        return Target(conversation_id=self.conversation_id)
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A Slack message event, reduced to what relaying needs."""
+
+    team_id: str
+    channel_id: str
+    ts: str
+    user_id: str | None
+    text: str
+    event_id: str | None = None
+    subtype: str | None = None
+    bot_id: str | None = None
+    thread_ts: str | None = None
+    blocks: tuple[dict[str, Any], ...] = ()
+    files: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def is_from_bot(self) -> bool:
+        return self.bot_id is not None or self.subtype == "bot_message" or self.user_id is None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One DM to send: one part of one accepted Slack message."""
+
+    id: int
+    seq: int  # the accepting row's id; orders messages within a channel
+    part: int
+    parts_total: int
+    team_id: str
+    channel_id: str
+    slack_ts: str
+    author_id: str
+    account_id: int
+    target: Target
+    text: str | None  # None until rendered from ``source``
+    source: dict[str, Any]
+    state: OutboxState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    dm_event_id: str | None
+    created_at: float
+    sending_since: float | None
+    held_since: float | None
+    hourglass: bool
+
+
+@dataclass(frozen=True)
+class XUser:
+    """The little we need of an X user."""
+
+    id: str
+    username: str
+    name: str = ""
+    receives_your_dm: bool | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """X accepted a DM."""
+
+    dm_conversation_id: str
+    dm_event_id: str
+
+
+@dataclass(frozen=True)
+class DmEvent:
+    """A message seen when reading a conversation back (for crash reconciliation)."""
+
+    id: str
+    text: str
+    sender_id: str | None
+    created_at: float | None
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """A fresh authorize URL with the secrets that must be kept to finish it."""
+
+    url: str
+    state: str
+    code_verifier: str = field(repr=False)

@@ -1,0 +1,220 @@
+"""One frozen ``Settings`` object, built once from the environment.
+
+Nothing else in the code base reads ``os.environ``. Every problem found is
+reported as one line naming the variable, so an operator can fix it without
+reading code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+
+SCOPES = ("dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write")
+KEYGEN_HINT = "run `xdm-bridge keygen` to make one"
+
+ThreadPolicy = Literal["all", "broadcast", "none"]
+EditPolicy = Literal["correction", "ignore"]
+LogFormat = Literal["auto", "json", "text"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Secrets are kept out of ``repr``."""
+
+    signing_secret: str = field(repr=False)
+    bot_token: str = field(repr=False)
+    x_client_id: str
+    encryption_keys: tuple[str, ...] = field(repr=False)
+    x_client_secret: str | None = field(default=None, repr=False)
+    port: int = 3000
+    database_path: str = "bridge.db"
+    slack_api_url: str = "https://slack.com/api/"
+    public_url: str | None = None
+    x_api_url: str = "https://api.x.com"
+    x_authorize_url: str = "https://x.com/i/oauth2/authorize"
+    x_token_url: str = "https://api.x.com/2/oauth2/token"
+    x_user_limit_15m: int = 200
+    x_user_limit_24h: int = 1000
+    x_app_limit_24h: int = 15000
+    x_timeout_seconds: float = 20.0
+    relay_format: str = "{name}: {text}"
+    relay_threads: ThreadPolicy = "all"
+    relay_edits: EditPolicy = "correction"
+    log_level: str = "INFO"
+    log_format: LogFormat = "auto"
+
+    @property
+    def redirect_uri(self) -> str | None:
+        """Where X sends the browser back after consent, or None without ``PUBLIC_URL``."""
+        return f"{self.public_url}/x/oauth/callback" if self.public_url else None
+
+    @property
+    def x_confidential(self) -> bool:
+        """With a client secret X wants HTTP Basic on the token endpoint."""
+        return bool(self.x_client_secret)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build from ``env`` (default ``os.environ``); raise ``ConfigError`` listing every problem."""
+        return _Reader(os.environ if env is None else env).build()
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first, so one start shows them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def get(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def required(self, name: str, meaning: str) -> str:
+        value = self.get(name)
+        if value is None:
+            self.problems.append(f"{name} is not set: {meaning}")
+            return ""
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a whole number")
+            return default
+        if not low <= value <= high:
+            self.problems.append(f"{name}={value} is out of range ({low} to {high})")
+            return default
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a number")
+            return default
+        if not low <= value <= high:
+            self.problems.append(f"{name}={value} is out of range ({low} to {high})")
+            return default
+        return value
+
+    def url(self, name: str, default: str | None) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.problems.append(f"{name}={raw!r} is not an http(s) URL")
+            return default
+        return raw
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        if raw.lower() not in allowed:
+            self.problems.append(f"{name}={raw!r} must be one of: {', '.join(allowed)}")
+            return default
+        return raw.lower()
+
+    def fernet_keys(self) -> tuple[str, ...]:
+        raw = self.get("BRIDGE_ENCRYPTION_KEY")
+        if raw is None:
+            self.problems.append(
+                f"BRIDGE_ENCRYPTION_KEY is not set: X tokens are stored encrypted; {KEYGEN_HINT}"
+            )
+            return ()
+        keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+        for index, key in enumerate(keys, start=1):
+            if not _is_fernet_key(key):
+                self.problems.append(
+                    f"BRIDGE_ENCRYPTION_KEY key #{index} is not a Fernet key "
+                    f"(32 url-safe base64 bytes); {KEYGEN_HINT}"
+                )
+        return keys
+
+    def relay_format(self) -> str:
+        fmt = self.get("RELAY_FORMAT") or "{name}: {text}"
+        try:
+            fmt.format(name="n", text="t")
+        except (KeyError, IndexError, ValueError):
+            self.problems.append(f"RELAY_FORMAT={fmt!r} may use only {{name}} and {{text}}")
+            return "{name}: {text}"
+        if "{text}" not in fmt:
+            self.problems.append(f"RELAY_FORMAT={fmt!r} must contain {{text}}")
+            return "{name}: {text}"
+        return fmt
+
+    def build(self) -> Settings:
+        signing_secret = self.required(
+            "SLACK_SIGNING_SECRET", "the Slack app's Signing Secret (Basic Information)"
+        )
+        bot_token = self.required("SLACK_BOT_TOKEN", "the Slack app's Bot User OAuth Token (xoxb-…)")
+        if bot_token and not bot_token.startswith("xoxb-"):
+            self.problems.append("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        client_id = self.required("X_CLIENT_ID", "the X app's OAuth 2.0 Client ID")
+        keys = self.fernet_keys()
+        x_api_url = (self.url("X_API_URL", "https://api.x.com") or "https://api.x.com").rstrip("/")
+        public_url = self.url("PUBLIC_URL", None)
+        slack_api_url = self.url("SLACK_API_URL", "https://slack.com/api/") or "https://slack.com/api/"
+        settings = Settings(
+            signing_secret=signing_secret,
+            bot_token=bot_token,
+            x_client_id=client_id,
+            x_client_secret=self.get("X_CLIENT_SECRET"),
+            encryption_keys=keys,
+            port=self.integer("PORT", 3000, low=1, high=65535),
+            database_path=self.get("DATABASE_PATH") or "bridge.db",
+            slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
+            public_url=public_url.rstrip("/") if public_url else None,
+            x_api_url=x_api_url,
+            x_authorize_url=self.url("X_AUTHORIZE_URL", "https://x.com/i/oauth2/authorize")
+            or "https://x.com/i/oauth2/authorize",
+            x_token_url=self.url("X_TOKEN_URL", None) or f"{x_api_url}/2/oauth2/token",
+            x_user_limit_15m=self.integer("X_USER_LIMIT_15M", 200, low=1, high=1_000_000),
+            x_user_limit_24h=self.integer("X_USER_LIMIT_24H", 1000, low=1, high=10_000_000),
+            x_app_limit_24h=self.integer("X_APP_LIMIT_24H", 15000, low=1, high=100_000_000),
+            x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
+            relay_format=self.relay_format(),
+            relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
+            relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
+            log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+            log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
+        )
+        if self.problems:
+            raise ConfigError("\n".join(self.problems))
+        return settings
+
+
+_KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+=*$")
+
+
+def _is_fernet_key(key: str) -> bool:
+    if not _KEY_CHARS.match(key):
+        return False
+    try:
+        return len(base64.urlsafe_b64decode(key.encode())) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def database_path(env: Mapping[str, str] | None = None) -> str:
+    """Just ``DATABASE_PATH``, for commands (``migrate``) that need nothing else."""
+    source = os.environ if env is None else env
+    return source.get("DATABASE_PATH", "").strip() or "bridge.db"

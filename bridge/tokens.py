@@ -1,0 +1,92 @@
+"""Access tokens that are fresh when used.
+
+X access tokens live two hours and refresh tokens rotate: each refresh returns
+a new one and the old one stops working. So refreshes are serialised per
+account (one ``asyncio.Lock`` each), the account is re-read under the lock, and
+the new pair is saved before the access token is used: a crash after X rotated
+the token but before we saved it is the only way to lose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+from bridge.errors import XAuthRevoked, XTransient
+from bridge.model import Account
+from bridge.ports import Clock, Store, XOAuth
+
+log = logging.getLogger("bridge.tokens")
+
+REFRESH_LEEWAY = 120.0  # refresh this long before expiry, so a send never carries a dying token
+
+RevokedHook = Callable[[Account, str], Awaitable[None]]
+
+
+class TokenManager:
+    """Hands out usable access tokens; marks accounts for reconnection when X refuses a refresh."""
+
+    def __init__(self, store: Store, oauth: XOAuth, clock: Clock, on_revoked: RevokedHook) -> None:
+        self._store = store
+        self._oauth = oauth
+        self._clock = clock
+        self._on_revoked = on_revoked
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, account_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(account_id, asyncio.Lock())
+
+    def _fresh(self, account: Account) -> bool:
+        expires_at = account.tokens.expires_at
+        return expires_at is None or expires_at - REFRESH_LEEWAY > self._clock.now()
+
+    async def access_token(self, account: Account) -> str:
+        """A token good for the next request, refreshing first when it is about to expire."""
+        if account.needs_reconnect:
+            raise XAuthRevoked("the X account needs to be reconnected")
+        if self._fresh(account):
+            return account.tokens.access_token
+        async with self._lock(account.id):
+            current = await self._reload(account)
+            if self._fresh(current):
+                return current.tokens.access_token
+            return await self._refresh(current)
+
+    async def after_unauthorized(self, account: Account, rejected: str) -> str:
+        """X said 401 to ``rejected``: refresh once (unless someone already has) and return the new token."""
+        async with self._lock(account.id):
+            current = await self._reload(account)
+            if current.tokens.access_token != rejected:
+                return current.tokens.access_token
+            return await self._refresh(current)
+
+    async def _reload(self, account: Account) -> Account:
+        current = await self._store.get_account(account.id)
+        if current is None:
+            raise XAuthRevoked("the X account was disconnected")
+        if current.needs_reconnect:
+            raise XAuthRevoked("the X account needs to be reconnected")
+        return current
+
+    async def _refresh(self, account: Account) -> str:
+        refresh_token = account.tokens.refresh_token
+        if not refresh_token:
+            await self._revoke(account, "X gave no refresh token (was offline.access granted?)")
+        try:
+            tokens = await self._oauth.refresh(refresh_token)
+        except XAuthRevoked as exc:
+            await self._revoke(account, str(exc))
+        except XTransient:
+            log.warning("token refresh failed for now; will retry", extra={"account_id": account.id})
+            raise
+        await self._store.update_tokens(account.id, tokens)
+        log.info("refreshed X token", extra={"account_id": account.id})
+        return tokens.access_token
+
+    async def _revoke(self, account: Account, reason: str) -> NoReturn:
+        await self._store.set_needs_reconnect(account.id, True)
+        log.warning("X account needs reconnection", extra={"account_id": account.id, "reason": reason})
+        await self._on_revoked(account, reason)
+        raise XAuthRevoked(reason)

@@ -1,0 +1,131 @@
+"""Schema migrations: numbered, append-only. Never edit one that has shipped; add the next.
+
+Applied at start-up by ``xdm-bridge serve`` and alone by ``xdm-bridge migrate``
+(sqlite-utils' built-in ``Migrations``: each runs in a transaction together with
+its row in ``_sqlite_migrations``).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("xdm_bridge")
+
+PENDING_STATES = "('queued', 'sending', 'waiting')"
+
+
+@migrations(name="0001_initial")
+def m0001_initial(db: Database) -> None:
+    db.table("accounts").create(
+        {
+            "id": int,
+            "team_id": str,
+            "slack_user_id": str,
+            "x_user_id": str,
+            "x_username": str,
+            "access_token": str,  # Fernet ciphertext
+            "refresh_token": str,  # Fernet ciphertext, may be NULL
+            "expires_at": float,
+            "scope": str,
+            "needs_reconnect": int,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"team_id", "slack_user_id", "x_user_id", "x_username", "access_token"},
+        defaults={"needs_reconnect": 0, "scope": ""},
+    )
+    db.table("accounts").create_index(["team_id", "slack_user_id"], unique=True)
+
+    db.table("oauth_states").create(
+        {
+            "state": str,
+            "code_verifier": str,  # Fernet ciphertext
+            "team_id": str,
+            "slack_user_id": str,
+            "channel_id": str,
+            "response_url": str,
+            "expires_at": float,
+            "used": int,
+        },
+        pk="state",
+        not_null={"code_verifier", "team_id", "slack_user_id", "expires_at"},
+        defaults={"used": 0},
+    )
+
+    db.table("mappings").create(
+        {
+            "team_id": str,
+            "channel_id": str,
+            "kind": str,
+            "account_id": int,
+            "conversation_id": str,
+            "participant_id": str,
+            "created_by": str,
+            "created_at": float,
+        },
+        pk=("team_id", "channel_id"),
+        not_null={"kind", "account_id"},
+        foreign_keys=[("account_id", "accounts", "id")],
+    )
+
+    db.table("outbox").create(
+        {
+            "id": int,
+            "seq": int,
+            "part": int,
+            "parts_total": int,
+            "team_id": str,
+            "channel_id": str,
+            "slack_ts": str,
+            "author_id": str,
+            "account_id": int,
+            "target_participant": str,
+            "target_conversation": str,
+            "text": str,
+            "source": str,  # JSON: what rendering needs
+            "state": str,
+            "attempts": int,
+            "next_attempt_at": float,
+            "last_error": str,
+            "dm_event_id": str,
+            "created_at": float,
+            "sending_since": float,
+            "held_since": float,
+            "hourglass": int,
+            "sent_at": float,
+        },
+        pk="id",
+        not_null={"seq", "part", "team_id", "channel_id", "slack_ts", "account_id", "state"},
+        defaults={"attempts": 0, "hourglass": 0, "parts_total": 1, "next_attempt_at": 0.0},
+        foreign_keys=[("account_id", "accounts", "id")],
+    )
+    db.table("outbox").create_index(["team_id", "channel_id", "slack_ts", "part"], unique=True)
+    db.execute(
+        "CREATE INDEX outbox_pending ON outbox (team_id, channel_id, seq, part) "
+        f"WHERE state IN {PENDING_STATES}"
+    )
+    db.execute("CREATE INDEX outbox_account_state ON outbox (account_id, state)")
+
+    db.table("message_map").create(
+        {
+            "team_id": str,
+            "channel_id": str,
+            "slack_ts": str,
+            "part": int,
+            "conversation_id": str,
+            "dm_event_id": str,
+            "created_at": float,
+        },
+        pk=("team_id", "channel_id", "slack_ts", "part"),
+        not_null={"dm_event_id"},
+    )
+    db.table("message_map").create_index(["dm_event_id"], unique=True)
+
+    db.table("budgets").create(
+        {"key": str, "limit_": int, "remaining": int, "reset_at": float},
+        pk="key",
+    )
+
+    db.table("seen_events").create({"event_id": str, "seen_at": float}, pk="event_id")
+    db.table("seen_events").create_index(["seen_at"])

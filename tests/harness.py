@@ -1,0 +1,196 @@
+"""A whole bridge on loopback between the simulators, for integration tests.
+
+Fake X and fake Slack are real aiohttp servers; the bridge is the real web app,
+started the way ``xdm-bridge serve`` starts it, and every request to it is signed
+the way Slack signs. Nothing of our own is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from adapters.crypto import generate_key
+from adapters.simulators.slack_api import FakeSlack, SlackResult, SlackSender, run_fake_slack
+from adapters.simulators.x_api import FakeX, run_fake_x
+from adapters.web import create_app
+from bridge.delivery import DeliveryConfig
+from bridge.settings import Settings
+
+SIGNING_SECRET = "test-signing-secret"
+TEAM = "T0001"
+ME = "1000"  # the X account Slack users connect in tests
+ALICE, BOB, CAROL, DORA = "2001", "2002", "2003", "2004"
+FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def bridge_env(db_path: Path, x_url: str, slack_api_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment a deployed bridge would have, pointed at the simulators."""
+    env = {
+        "PORT": str(port),
+        "DATABASE_PATH": str(db_path),
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_API_URL": slack_api_url,
+        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "X_CLIENT_ID": "test-client",
+        "X_CLIENT_SECRET": "test-secret",
+        "X_API_URL": x_url,
+        "X_AUTHORIZE_URL": f"{x_url}/i/oauth2/authorize",
+        "BRIDGE_ENCRYPTION_KEY": generate_key(),
+        "X_TIMEOUT_SECONDS": "2",
+        "LOG_FORMAT": "text",
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Bridge:
+    """Handles on every server plus helpers that act like Slack, a browser and X."""
+
+    x: FakeX
+    x_url: str
+    slack: FakeSlack
+    slack_url: str
+    url: str
+    settings: Settings
+    session: aiohttp.ClientSession
+    sender: SlackSender
+    app: web.Application
+    db_path: Path
+    user_names: dict[str, str] = field(default_factory=dict)
+
+    async def command(
+        self, text: str, *, user: str = "U100", channel: str = "C100"
+    ) -> tuple[SlackResult, str]:
+        """Run `/xdm …` as Slack would; returns the ack and the response_url used."""
+        response_url = self.slack.new_response_url()
+        result = await self.sender.command(
+            text, user_id=user, channel_id=channel, response_url=response_url, channel_name="support"
+        )
+        return result, response_url
+
+    async def follow_up(self, response_url: str, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th message posted to ``response_url`` (the command's later answer)."""
+        responses = await self.slack.wait_for_response(response_url, count=count, timeout=10.0)
+        return responses[count - 1]
+
+    async def connect(self, *, user: str = "U100", channel: str = "C100", x_user: str = ME) -> str:
+        """`/xdm connect`, then the browser's trip through X; returns the callback page's HTML."""
+        ack, _ = await self.command("connect", user=user, channel=channel)
+        url = authorize_url(ack.text)
+        self.x.authorizing_user_id = x_user
+        async with self.session.get(url, allow_redirects=False) as response:
+            assert response.status == 302, await response.text()
+            location = response.headers["Location"]
+        async with self.session.get(location) as response:
+            page = await response.text()
+            assert response.status == 200, page
+        return page
+
+    async def map_link(
+        self, conversation_id: str, *, user: str = "U100", channel: str = "C100"
+    ) -> SlackResult:
+        ack, _ = await self.command(f"link {conversation_id}", user=user, channel=channel)
+        assert ack.status == 200
+        return ack
+
+    async def post(
+        self, text: str, *, channel: str = "C100", user: str = "U100", **kw: Any
+    ) -> tuple[SlackResult, str]:
+        """A person posts in a channel; returns Slack's HTTP result and the message ts."""
+        result, ts, _ = await self.sender.message(channel, user, text, **kw)
+        return result, ts
+
+    async def wait_reaction(self, channel: str, ts: str, name: str, timeout: float = 10.0) -> None:
+        await self.slack.wait_for(
+            lambda c: (
+                c.method == "reactions.add"
+                and c.params.get("timestamp") == ts
+                and c.params.get("name") == name
+                and c.params.get("channel") == channel
+            ),
+            timeout=timeout,
+        )
+
+    async def wait_dms(self, count: int, timeout: float = 10.0) -> None:
+        await wait_until(lambda: len(self.x.events) >= count, timeout, f"{count} DMs at X")
+
+    def texts(self, conversation_id: str | None = None) -> list[str]:
+        events = self.x.events if conversation_id is None else self.x.messages_in(conversation_id)
+        return [e.text for e in events]
+
+
+def authorize_url(ack_text: str) -> str:
+    match = re.search(r"<(https?://[^|>]+)\|", ack_text)
+    assert match, f"no authorize link in {ack_text!r}"
+    return match.group(1).replace("&amp;", "&")
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_bridge(
+    tmp_path: Path,
+    *,
+    delivery: DeliveryConfig = FAST,
+    env: dict[str, str] | None = None,
+    fake_x: FakeX | None = None,
+) -> AsyncIterator[Bridge]:
+    """Start fake X, fake Slack and the bridge; stop them all afterwards."""
+    async with AsyncExitStack() as stack:
+        x, x_url = await stack.enter_async_context(run_fake_x(fake_x))
+        x.add_user(ME, "bridge_owner", "Bridge Owner")
+        for user_id, handle in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DORA, "dora")):
+            x.add_user(user_id, handle, handle.title())
+        x.authorizing_user_id = ME
+        slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
+        slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
+        slack.add_user("U200", display_name="", real_name="Grace Hopper")
+        slack.add_channel("C100", "support")
+        port = free_port()
+        db_path = tmp_path / "bridge.db"
+        settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
+        app = create_app(settings, delivery_config=delivery)
+        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        url = f"http://127.0.0.1:{port}"
+        sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
+        bridge = Bridge(x, x_url, slack, slack_url, url, settings, session, sender, app, db_path)
+        yield bridge
+        assert x.violations == [], "requests or responses outside X's OpenAPI spec:\n" + "\n".join(
+            x.violations
+        )

@@ -1,0 +1,251 @@
+"""`/xdm` end to end: signed slash commands in, X calls and Slack replies out."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from tests.harness import ALICE, BOB, ME, authorize_url, query_of, running_bridge
+
+
+async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        ack, response_url = await bridge.command("connect")
+        assert ack.status == 200
+        params = query_of(authorize_url(ack.text))
+        assert params["response_type"] == "code"
+        assert params["client_id"] == "test-client"
+        assert params["redirect_uri"] == f"{bridge.url}/x/oauth/callback"
+        assert params["scope"] == "dm.read dm.write tweet.read users.read offline.access media.write"
+        assert params["code_challenge_method"] == "S256"
+        assert len(params["state"]) >= 32 and len(params["code_challenge"]) == 43
+
+        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+            location = response.headers["Location"]
+        async with bridge.session.get(location) as response:
+            page = await response.text()
+        assert response.status == 200
+        assert "@bridge_owner" in page and "text/html" in response.headers["Content-Type"]
+
+        told = await bridge.follow_up(response_url)
+        assert "Connected X account @bridge_owner" in told["text"]
+        grants = [r["grant_type"] for r in bridge.x.token_requests]
+        assert grants == ["authorization_code"]
+
+        rows = (
+            sqlite3.connect(bridge.db_path)
+            .execute(
+                "SELECT team_id, slack_user_id, x_user_id, x_username, access_token, refresh_token "
+                "FROM accounts"
+            )
+            .fetchall()
+        )
+        assert len(rows) == 1
+        team, slack_user, x_user, username, access, refresh = rows[0]
+        assert (team, slack_user, x_user, username) == ("T0001", "U100", ME, "bridge_owner")
+        live_tokens = set(bridge.x.access_tokens) | set(bridge.x.refresh_tokens)
+        assert access not in live_tokens and refresh not in live_tokens  # stored encrypted
+        assert access.startswith("gAAAA")  # a Fernet token
+
+
+async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        async with bridge.session.get(f"{bridge.url}/x/oauth/callback?state=forged&code=abc") as response:
+            assert response.status == 400
+            assert "not valid" in await response.text()
+
+        await bridge.connect()
+        # The state just used cannot be replayed.
+        ack, _ = await bridge.command("connect", user="U200")
+        url = authorize_url(ack.text)
+        async with bridge.session.get(url, allow_redirects=False) as response:
+            location = response.headers["Location"]
+        async with bridge.session.get(location) as response:
+            assert response.status == 200
+        async with bridge.session.get(location) as response:
+            assert response.status == 400
+
+        # An expired state is refused even with a fresh code.
+        ack, _ = await bridge.command("connect", user="U300")
+        url = authorize_url(ack.text)
+        with sqlite3.connect(bridge.db_path) as db:
+            db.execute("UPDATE oauth_states SET expires_at = 0 WHERE used = 0")
+        async with bridge.session.get(url, allow_redirects=False) as response:
+            location = response.headers["Location"]
+        async with bridge.session.get(location) as response:
+            assert response.status == 400
+            assert "expired" in await response.text()
+
+        users = [r[0] for r in sqlite3.connect(bridge.db_path).execute("SELECT slack_user_id FROM accounts")]
+        assert sorted(users) == ["U100", "U200"]
+
+
+async def test_declined_authorization_connects_nothing(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        ack, response_url = await bridge.command("connect")
+        bridge.x.deny_next_authorize = True
+        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+            location = response.headers["Location"]
+        async with bridge.session.get(location) as response:
+            assert response.status == 200
+            assert "cancelled" in await response.text()
+        assert "cancelled" in (await bridge.follow_up(response_url))["text"]
+        assert sqlite3.connect(bridge.db_path).execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 0
+
+
+async def test_new_group_creates_conversation_and_tells_channel(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        ack, response_url = await bridge.command("new-group @alice @bob Welcome aboard")
+        assert ack.status == 200 and "Creating an X group" in ack.text
+        told = await bridge.follow_up(response_url)
+        assert told["response_type"] == "in_channel"
+        assert "@alice" in told["text"] and "@bob" in told["text"] and "@bridge_owner" in told["text"]
+
+        [conversation] = [c for c in bridge.x.conversations.values() if len(c.participants) == 3]
+        assert set(conversation.participants) == {ME, ALICE, BOB}
+        assert bridge.texts(conversation.id) == ["Welcome aboard"]
+
+        # Messages in the channel now go to that group, through /2/dm_conversations/{id}/messages.
+        _, ts = await bridge.post("hello group")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert bridge.texts(conversation.id) == ["Welcome aboard", "Ada: hello group"]
+        posts = [r.path for r in bridge.x.all_requests if r.method == "POST" and r.path.endswith("/messages")]
+        assert posts == [f"/2/dm_conversations/{conversation.id}/messages"]
+
+
+async def test_new_group_default_opening_names_channel_and_numeric_ids(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        _, response_url = await bridge.command(f"new-group {ALICE} {BOB}")
+        await bridge.follow_up(response_url)
+        [event] = bridge.x.events
+        assert event.text == "This group is bridged to #support on Slack."
+
+
+async def test_new_group_errors_are_specific(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        ack, _ = await bridge.command("new-group @alice @bob")
+        assert "/xdm connect" in ack.text  # not connected yet
+
+        await bridge.connect()
+        ack, _ = await bridge.command("new-group @alice")
+        assert "at least 2" in ack.text
+        many = " ".join(str(3000 + i) for i in range(50))
+        ack, _ = await bridge.command(f"new-group {many}")
+        assert "at most 49" in ack.text
+        ack, _ = await bridge.command("new-group @alice @this_is_way_too_long_for_x")
+        assert "not a valid X handle" in ack.text
+        ack, _ = await bridge.command("new-group <@U123|bob> @alice")
+        assert "Slack member" in ack.text
+
+        ack, response_url = await bridge.command("new-group @alice @nobody_here")
+        assert ack.status == 200
+        told = await bridge.follow_up(response_url)
+        assert "X has no user @nobody_here" in told["text"]
+        assert bridge.x.conversations == {}
+        assert bridge.x.dm_posts == 0
+
+
+async def test_mapped_channel_refuses_second_mapping(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await bridge.map_link("1000-2001")
+        for text in ("link 1000-2002", "new-group @alice @bob", "dm @carol"):
+            ack, _ = await bridge.command(text)
+            assert "already bridged to X conversation `1000-2001`" in ack.text, text
+        assert bridge.x.dm_posts == 0
+
+
+async def test_dm_with_message_sends_and_maps_one_to_one(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        ack, response_url = await bridge.command("dm @alice Hi Alice")
+        assert ack.status == 200
+        told = await bridge.follow_up(response_url)
+        assert told["response_type"] == "in_channel" and "@alice" in told["text"]
+        assert bridge.texts("1000-2001") == ["Hi Alice"]
+
+        _, ts = await bridge.post("second")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        paths = [
+            r.path for r in bridge.x.all_requests if r.method == "POST" and "/dm_conversations" in r.path
+        ]
+        assert paths == [f"/2/dm_conversations/with/{ALICE}/messages"] * 2
+        assert bridge.texts("1000-2001") == ["Hi Alice", "Ada: second"]
+        row = sqlite3.connect(bridge.db_path).execute(
+            "SELECT kind, conversation_id, participant_id FROM mappings"
+        )
+        assert row.fetchone() == ("dm", "1000-2001", ALICE)
+
+
+async def test_dm_without_message_maps_without_sending(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        _, response_url = await bridge.command("dm @bob")
+        told = await bridge.follow_up(response_url)
+        assert "1-to-1" in told["text"]
+        assert bridge.x.dm_posts == 0
+        ack, _ = await bridge.command("dm")
+        assert "Usage" in ack.text
+        ack, _ = await bridge.command("dm hello")
+        assert "not an X handle" in ack.text
+
+
+async def test_link_validates_conversation_id(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        for bad in ("abc", "123", "12-ab", "1234567890123456789012"):
+            ack, _ = await bridge.command(f"link {bad}")
+            assert "is not an X conversation id" in ack.text, bad
+        ack, _ = await bridge.command("link")
+        assert "Usage" in ack.text
+        ack = await bridge.map_link("1000-2001")
+        assert "bridged this channel to X conversation `1000-2001`" in ack.text
+        assert ack.json()["response_type"] == "in_channel"
+
+
+async def test_unlink_status_help(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        ack, _ = await bridge.command("status")
+        assert "not bridged" in ack.text and "/xdm connect" in ack.text
+        await bridge.connect()
+        await bridge.map_link("1000-2001")
+        ack, _ = await bridge.command("status")
+        assert "X conversation `1000-2001`" in ack.text
+        assert "sent as @bridge_owner" in ack.text
+        assert "No messages waiting" in ack.text
+        assert "X DM budget left" in ack.text
+
+        ack, _ = await bridge.command("unlink")
+        assert ack.json()["response_type"] == "in_channel"
+        assert "stopped bridging" in ack.text
+        ack, _ = await bridge.command("unlink")
+        assert "nothing to unlink" in ack.text
+
+        await bridge.post("not relayed any more")
+        ack, _ = await bridge.command("help")
+        assert "/xdm new-group" in ack.text and "/xdm link" in ack.text
+        ack, _ = await bridge.command("frobnicate")
+        assert "I don't know `frobnicate`" in ack.text and "/xdm dm" in ack.text
+        assert bridge.x.dm_posts == 0
+
+
+async def test_connect_without_public_url_says_why(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env={"PUBLIC_URL": ""}) as bridge:
+        ack, _ = await bridge.command("connect")
+        assert "PUBLIC_URL is not set" in ack.text
+
+
+async def test_commands_ack_fast_while_x_hangs(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.timeout_seconds = 5.0
+        bridge.x.inject("timeout", path_contains="/2/users/by/username")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ack, response_url = await bridge.command("new-group @alice @bob")
+        assert ack.status == 200 and loop.time() - started < 2.0
+        told = await bridge.follow_up(response_url)
+        assert "X" in told["text"]  # the failure is reported later, not swallowed
