@@ -65,6 +65,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The real bridge between local simulators of Slack and X, with a web page to drive it."""
+    from adapters import sandbox
+
+    return sandbox.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdm-bridge", description="Relay Slack channel messages into X (Twitter) DM conversations."
@@ -77,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
+    sandbox_parser.set_defaults(func=cmd_sandbox)
+    from adapters import sandbox
+
+    sandbox.add_arguments(sandbox_parser)
     return parser
 
 

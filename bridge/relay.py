@@ -30,6 +30,7 @@ class Relay:
         self._clock = clock
         self._wake = wake
         self._threads = threads
+        self.on_accepted: Callable[[IncomingMessage], None] | None = None
 
     def wanted(self, message: IncomingMessage) -> bool:
         """Would this message be relayed if its channel is mapped?"""
@@ -56,6 +57,8 @@ class Relay:
                 extra={"team": message.team_id, "channel": message.channel_id, "slack_ts": message.ts},
             )
             self._wake()
+            if self.on_accepted is not None:
+                self.on_accepted(message)
         else:
             log.info(
                 "duplicate delivery ignored",

@@ -67,9 +67,11 @@ __all__ = [
     "run_fake_x",
 ]
 
-FaultKind = Literal["503", "timeout", "lost_response", "429", "401", "403"]
+FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"]
 #: Fault kinds accepted by :meth:`FakeX.inject`.
-FAULT_KINDS: frozenset[str] = frozenset({"503", "timeout", "lost_response", "429", "401", "403"})
+FAULT_KINDS: frozenset[str] = frozenset(
+    {"503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"}
+)
 
 #: Scopes the bridge asks for (NOTES §5.1); the default for :meth:`FakeX.issue_token`.
 DEFAULT_SCOPES: frozenset[str] = frozenset(
@@ -511,6 +513,8 @@ class FakeX:
         * ``"timeout"``: wait :attr:`timeout_seconds` (or until shutdown), then 503; nothing recorded.
         * ``"lost_response"``: the request IS processed (DM recorded, quota used), then the
           connection is dropped without a response.
+        * ``"record_then_hang"``: the request IS processed, then the answer is held back for
+          :attr:`timeout_seconds` (or until shutdown): the moment to kill a client mid-send.
         * ``"429"``: a rate-limit 429 (:attr:`rate_limit_body` shape) with
           ``x-rate-limit-remaining: 0`` and a reset :attr:`injected_reset_seconds` from now.
         * ``"401"`` / ``"403"``: about:blank Unauthorized / Forbidden.
@@ -647,7 +651,7 @@ class FakeX:
         user = request[_USER]
 
         fault = self._take_fault(path, is_dm_post=is_dm_post)
-        if fault is not None and fault.kind != "lost_response":
+        if fault is not None and fault.kind not in ("lost_response", "record_then_hang"):
             response = await self._apply_fault(request, fault, user.id if is_dm_post else None, handler)
             return self._finish(request, response, template, user if is_dm_post else None)
 
@@ -663,7 +667,10 @@ class FakeX:
             self.violations.append(f"{request.method} {path}: FakeX crashed: {exc!r}")
             raise
         response = self._finish(request, response, template, user if is_dm_post else None)
-        if fault is not None:
+        if fault is not None and fault.kind == "record_then_hang":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
+        elif fault is not None:
             response = await self._drop_connection(request, fault)
         return response
 
