@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -15,9 +17,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bridge.media import FileTooLarge, FileUnavailable, file_name, human_size
+
 log = logging.getLogger("adapters.slack_api")
 
 NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier 4) quiet
+# A large video may take a while, so no total limit; a stalled connection is what to give up on.
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
+DOWNLOAD_CHUNK = 256 * 1024
 
 
 def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
@@ -93,3 +100,65 @@ class SlackApi:
         )
         if response.status_code >= 300:
             log.warning("response_url refused the reply", extra={"status": response.status_code})
+
+    async def download_file(self, team_id: str, file: Mapping[str, Any], *, max_bytes: int) -> bytes:
+        """The bytes of a Slack file, fetched from ``url_private_download`` with the bot token.
+
+        Falls back to ``url_private``, then to ``files.info`` when the event carried no URL.
+        Raises ``FileUnavailable`` (``retryable`` for no answer or a 5xx): an HTML answer
+        means the bot token cannot read the file (``files:read`` missing, or no access);
+        more than ``max_bytes`` raises ``FileTooLarge`` without reading the rest.
+        """
+        name = file_name(file)
+        url = await self._file_url(file)
+        token = self._client.token
+        if not token:
+            raise FileUnavailable(f"{name}: the bridge has no Slack bot token to download it with")
+        try:
+            async with self._session.get(
+                url, headers={"Authorization": f"Bearer {token}"}, timeout=DOWNLOAD_TIMEOUT
+            ) as response:
+                self._check_download(name, file, response, max_bytes)
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                    body.extend(chunk)
+                    if len(body) > max_bytes:
+                        raise FileTooLarge(f"{name} is over {human_size(max_bytes)}, the limit for it")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FileUnavailable(
+                f"{name}: Slack did not deliver the file ({type(exc).__name__})", retryable=True
+            ) from exc
+        return bytes(body)
+
+    async def _file_url(self, file: Mapping[str, Any]) -> str:
+        url = file.get("url_private_download") or file.get("url_private")
+        if not url and file.get("id"):
+            # Events may carry only the file id (file_access: check_file_info).
+            try:
+                response = await self._client.files_info(file=str(file["id"]))
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                raise FileUnavailable(f"{file_name(file)}: Slack's files.info said {error}") from exc
+            info = response.get("file") or {}
+            url = info.get("url_private_download") or info.get("url_private")
+        if not url:
+            raise FileUnavailable(f"{file_name(file)}: Slack gave no download link for it")
+        return str(url)
+
+    @staticmethod
+    def _check_download(
+        name: str, file: Mapping[str, Any], response: aiohttp.ClientResponse, max_bytes: int
+    ) -> None:
+        if response.status >= 500 or response.status == 429:
+            raise FileUnavailable(f"{name}: Slack answered HTTP {response.status}", retryable=True)
+        if response.status != 200:
+            raise FileUnavailable(f"{name}: Slack answered HTTP {response.status} (deleted, or no access)")
+        if response.content_type == "text/html" and file.get("mimetype") != "text/html":
+            # Slack serves its sign-in page instead of the file when the token may not read it.
+            raise FileUnavailable(
+                f"{name}: Slack sent a web page instead of the file; the bot token lacks the "
+                "files:read scope (reinstall the app) or cannot access this file"
+            )
+        if response.content_length is not None and response.content_length > max_bytes:
+            size = human_size(response.content_length)
+            raise FileTooLarge(f"{name} is {size}; the limit for it is {human_size(max_bytes)}")

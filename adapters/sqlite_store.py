@@ -28,7 +28,9 @@ from bridge.model import (
     MappingKind,
     OAuthState,
     OutboxItem,
+    OutboxKind,
     OutboxState,
+    RenderedPart,
     Sent,
     Target,
     TokenSet,
@@ -366,15 +368,16 @@ class SqliteStore:
                     return False
             cursor = self.db.execute(
                 """
-                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, author_id,
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
                                     account_id, target_participant, target_conversation, text, source,
-                                    state, attempts, next_attempt_at, created_at, hourglass)
-                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0)
+                                    state, attempts, next_attempt_at, created_at, hourglass, kind)
+                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, 'message')
                 ON CONFLICT DO NOTHING
                 """,
                 [
                     message.team_id,
                     message.channel_id,
+                    message.ts,
                     message.ts,
                     message.user_id,
                     mapping.account_id,
@@ -428,6 +431,10 @@ class SqliteStore:
             sending_since=row["sending_since"],
             held_since=row["held_since"],
             hourglass=bool(row["hourglass"]),
+            kind=OutboxKind(row["kind"] or "message"),
+            ref_ts=row["ref_ts"] or row["slack_ts"],
+            media=json.loads(row["media"]) if row["media"] else None,
+            media_id=row["media_id"],
         )
 
     async def outbox_heads(self) -> list[OutboxItem]:
@@ -444,34 +451,153 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def render(self, item_id: int, parts: Sequence[str]) -> OutboxItem:
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
         def work() -> OutboxItem:
             assert parts, "a message renders to at least one part"
             with self.db.atomic():
-                row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
-                assert row is not None
+                first = parts[0]
                 self.db.execute(
-                    "UPDATE outbox SET text = ?, parts_total = ? WHERE id = ?",
-                    [parts[0], len(parts), item_id],
+                    "UPDATE outbox SET text = ?, media = ?, parts_total = ? WHERE id = ?",
+                    [first.text, _json_or_none(first.media), len(parts), item_id],
                 )
-                for index, text in enumerate(parts[1:], start=1):
+                for index, part in enumerate(parts[1:], start=1):
                     self.db.execute(
                         """
-                        INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts,
+                        INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
                                             author_id, account_id, target_participant,
-                                            target_conversation, text, source, state, attempts,
-                                            next_attempt_at, created_at, hourglass)
-                        SELECT seq, ?, ?, team_id, channel_id, slack_ts, author_id, account_id,
-                               target_participant, target_conversation, ?, '{}', 'queued', 0, 0,
-                               created_at, 0
+                                            target_conversation, text, media, source, state, attempts,
+                                            next_attempt_at, created_at, hourglass, kind)
+                        SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
+                               target_participant, target_conversation, ?, ?, '{}', 'queued', 0, 0,
+                               created_at, 0, kind
                         FROM outbox WHERE id = ?
                         ON CONFLICT DO NOTHING
                         """,
-                        [index, len(parts), text, item_id],
+                        [index, len(parts), part.text, _json_or_none(part.media), item_id],
                     )
             updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
             assert updated is not None
             return self._item(updated)
+
+        return await self._call(work)
+
+    async def set_media_id(self, item_id: int, media_id: str) -> None:
+        await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
+
+    async def accept_edit(
+        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
+    ) -> str:
+        """An edit of a relayed message: "updated" when the original was not yet rendered (its text
+        is simply replaced), "queued" when a correction row was added, "unknown" otherwise."""
+
+        def work() -> str:
+            with self.db.atomic():
+                original = self._one(
+                    "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? AND part = 0 "
+                    "AND kind = 'message'",
+                    [team_id, channel_id, ref_ts],
+                )
+                if original is None:
+                    return "unknown"
+                if original["text"] is None and original["state"] == "queued":
+                    merged = {**json.loads(original["source"] or "{}"), **source}
+                    self.db.execute(
+                        "UPDATE outbox SET source = ? WHERE id = ?", [json.dumps(merged), original["id"]]
+                    )
+                    return "updated"
+                cursor = self._insert_follow_up(original, OutboxKind.EDIT, edit_ts, source, now)
+                return "queued" if cursor else "unknown"
+
+        return await self._call(work)
+
+    async def accept_delete(
+        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
+    ) -> str:
+        """A Slack delete: "cancelled" when nothing had reached X yet, "queued" when a delete row
+        was added for the DMs X has, "unknown" when the message was never relayed."""
+
+        def work() -> str:
+            with self.db.atomic():
+                rows = self._rows(
+                    "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
+                    "AND kind IN ('message', 'edit') ORDER BY seq, part",
+                    [team_id, channel_id, ref_ts],
+                )
+                if not rows:
+                    return "unknown"
+                # Parts not yet handed to X are simply not sent.
+                self.db.execute(
+                    "UPDATE outbox SET state = 'cancelled', "
+                    "last_error = 'deleted in Slack before it was sent' "
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
+                    [team_id, channel_id, ref_ts],
+                )
+                reached = [r for r in rows if r["state"] in ("sent", "sending")]
+                if not reached:
+                    return "cancelled"
+                original = rows[0]
+                inserted = self._insert_follow_up(original, OutboxKind.DELETE, delete_ts, {}, now)
+                return "queued" if inserted else "unknown"
+
+        return await self._call(work)
+
+    def _insert_follow_up(
+        self, original: dict[str, Any], kind: OutboxKind, key_ts: str, source: dict[str, Any], now: float
+    ) -> bool:
+        cursor = self.db.execute(
+            """
+            INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
+                                account_id, target_participant, target_conversation, text, source,
+                                state, attempts, next_attempt_at, created_at, hourglass, kind)
+            VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, ?)
+            ON CONFLICT DO NOTHING
+            """,
+            [
+                original["team_id"],
+                original["channel_id"],
+                f"{key_ts}:{kind.value}",
+                original["ref_ts"] or original["slack_ts"],
+                original["author_id"],
+                original["account_id"],
+                original["target_participant"],
+                original["target_conversation"],
+                json.dumps(source, separators=(",", ":")),
+                now,
+                kind.value,
+            ],
+        )
+        if cursor.rowcount == 0:
+            return False
+        self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [cursor.lastrowid])
+        return True
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+
+        def work() -> list[str]:
+            rows = self._rows(
+                "SELECT dm_event_id FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
+                "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+                "ORDER BY seq, part",
+                [team_id, channel_id, ref_ts],
+            )
+            return [r["dm_event_id"] for r in rows]
+
+        return await self._call(work)
+
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
+        """The Slack text of a message we accepted (thread replies quote their parent)."""
+
+        def work() -> str | None:
+            row = self._one(
+                "SELECT source FROM outbox "
+                "WHERE team_id = ? AND channel_id = ? AND slack_ts = ? AND part = 0",
+                [team_id, channel_id, ts],
+            )
+            if row is None:
+                return None
+            text = json.loads(row["source"] or "{}").get("text")
+            return str(text) if text else None
 
         return await self._call(work)
 
@@ -539,6 +665,13 @@ class SqliteStore:
             "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
             "held_since = COALESCE(held_since, ?) WHERE id = ?",
             [state.value, next_attempt_at, error, held_since, item_id],
+        )
+
+    async def mark_done(self, item_id: int, now: float) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
+            [now, item_id],
         )
 
     async def mark_failed(self, item_id: int, error: str) -> None:
@@ -638,3 +771,7 @@ class SqliteStore:
             "reset_at = excluded.reset_at",
             [key, limit, remaining, reset_at],
         )
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, separators=(",", ":")) if value is not None else None

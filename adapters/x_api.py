@@ -7,6 +7,8 @@ family, so nothing above this module sees HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +22,9 @@ from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTran
 from bridge.model import DmEvent, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x_api")
+
+MB = 1024 * 1024
+MAX_SEGMENTS = 1000  # append's segment_index is 0..999 (spec AppendMediaUploadRequest)
 
 # Legacy numeric codes X still uses for DM refusals (NOTES §3.3), in words a Slack user can act on.
 REFUSAL_CODES = {
@@ -103,10 +108,20 @@ def _parse_time(raw: Any) -> float | None:
 class XApiClient:
     """Implements ``bridge.ports.XClient``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, *, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        timeout: float = 20.0,
+        media_timeout: float = 120.0,
+        chunk_bytes: int = 4 * MB,
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._media_timeout = media_timeout  # upper bound on waiting for X to process a GIF/video
+        self._chunk_bytes = chunk_bytes
 
     async def _call(
         self,
@@ -116,12 +131,19 @@ class XApiClient:
         *,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        form: aiohttp.FormData | None = None,
     ) -> tuple[int, Mapping[str, str], Any]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         started = time.monotonic()
         try:
             async with self._session.request(
-                method, self._base + path, json=body, params=params, headers=headers, timeout=self._timeout
+                method,
+                self._base + path,
+                json=body,
+                data=form,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
             ) as response:
                 try:
                     payload = await response.json(content_type=None)
@@ -181,12 +203,22 @@ class XApiClient:
         self._raise_for(status, headers, payload)
         return _user(payload)
 
-    async def send(self, token: str, target: Target, text: str) -> tuple[Sent, RateFacts]:
+    async def send(
+        self, token: str, target: Target, text: str, *, media_id: str | None = None
+    ) -> tuple[Sent, RateFacts]:
+        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file."""
         if target.participant_id is not None:
             path = f"/2/dm_conversations/with/{target.participant_id}/messages"
         else:
             path = f"/2/dm_conversations/{target.conversation_id}/messages"
-        status, headers, payload = await self._call("POST", path, token, body={"text": text})
+        body: dict[str, Any] = {}
+        if text:
+            body["text"] = text
+        if media_id is not None:
+            body["attachments"] = [{"media_id": media_id}]
+        if not body:
+            raise ValueError("a DM needs text or a media_id")
+        status, headers, payload = await self._call("POST", path, token, body=body)
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
@@ -228,6 +260,136 @@ class XApiClient:
                     )
                 )
         return events
+
+    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+        """Upload DM media and return its ``media_id`` once X can attach it (usable for 24 h).
+
+        ``dm_image`` goes as one multipart ``POST /2/media/upload``; ``dm_gif`` and ``dm_video``
+        go through initialize / append (chunks of at most ``chunk_bytes``) / finalize, then
+        ``STATUS`` is polled as X's ``check_after_secs`` says. Processing that fails raises
+        ``XRefused`` with X's reason; still unfinished after ``media_timeout`` seconds raises
+        ``XTransient``. HTTP failures map as for every call (401, 429, 4xx, 5xx).
+        """
+        if not data:
+            raise ValueError("cannot upload empty media")
+        if category == "dm_image":
+            payload = await self._upload_one_shot(token, data, media_type, category)
+        else:
+            payload = await self._upload_chunked(token, data, media_type, category)
+        media_id = _media_id(payload)
+        await self._await_processing(token, media_id, category, payload)
+        return media_id
+
+    async def _upload_one_shot(self, token: str, data: bytes, media_type: str, category: str) -> Any:
+        form = aiohttp.FormData()
+        # A file object, not bytes: aiohttp streams it (raw bytes over 1 MB trigger a ResourceWarning).
+        form.add_field("media", io.BytesIO(data), filename="media", content_type=media_type)
+        form.add_field("media_category", category)
+        status, headers, payload = await self._call("POST", "/2/media/upload", token, form=form)
+        self._raise_for(status, headers, payload)
+        return payload
+
+    async def _upload_chunked(self, token: str, data: bytes, media_type: str, category: str) -> Any:
+        init = {"media_type": media_type, "total_bytes": len(data), "media_category": category}
+        status, headers, payload = await self._call("POST", "/2/media/upload/initialize", token, body=init)
+        self._raise_for(status, headers, payload)
+        media_id = _media_id(payload)
+        chunk = max(self._chunk_bytes, -(-len(data) // MAX_SEGMENTS))
+        for index, start in enumerate(range(0, len(data), chunk)):
+            form = aiohttp.FormData()
+            form.add_field(
+                "media",
+                io.BytesIO(data[start : start + chunk]),
+                filename="chunk",
+                content_type="application/octet-stream",
+            )
+            form.add_field("segment_index", str(index))
+            path = f"/2/media/upload/{media_id}/append"
+            status, headers, payload = await self._call("POST", path, token, form=form)
+            self._raise_for(status, headers, payload)
+        path = f"/2/media/upload/{media_id}/finalize"
+        status, headers, payload = await self._call("POST", path, token)
+        self._raise_for(status, headers, payload)
+        return payload
+
+    async def _await_processing(self, token: str, media_id: str, category: str, payload: Any) -> None:
+        deadline = time.monotonic() + self._media_timeout
+        info = _processing_info(payload)
+        while info is not None and info.get("state") != "succeeded":
+            if info.get("state") == "failed":
+                kind = MEDIA_WORDS.get(category, "media")
+                raise XRefused(f"X could not process the {kind}: {_processing_error(info)}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise XTransient(
+                    f"X had not finished processing media {media_id} after {self._media_timeout:g} s"
+                )
+            wait = info.get("check_after_secs")
+            delay = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 1.0
+            await asyncio.sleep(min(max(delay, 0.0), remaining))
+            params = {"media_id": media_id, "command": "STATUS"}
+            status, headers, payload = await self._call("GET", "/2/media/upload", token, params=params)
+            self._raise_for(status, headers, payload)
+            info = _processing_info(payload)
+            log.debug("X media status", extra={"media_id": media_id, "state": (info or {}).get("state")})
+
+    async def delete_event(self, token: str, event_id: str) -> None:
+        """Delete a DM the token's user sent (X hides it from the sender's view only).
+
+        An event X no longer knows (404, or a ``resource-not-found`` partial error) counts
+        as deleted; anything else X refuses raises the usual ``XError``.
+        """
+        path = f"/2/dm_events/{quote(event_id, safe='')}"
+        status, headers, payload = await self._call("DELETE", path, token)
+        if status == 404 or (200 <= status < 300 and _only_not_found(payload)):
+            log.info("DM event already gone", extra={"event_id": event_id})
+            return
+        self._raise_for(status, headers, payload)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict) or data.get("deleted") is not True:
+            reason = describe_error(status, payload)
+            raise XRefused(f"X did not delete DM event {event_id}: {reason}", status=status)
+
+
+MEDIA_WORDS = {"dm_image": "image", "dm_gif": "GIF", "dm_video": "video"}
+
+
+def _media_id(payload: Any) -> str:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("id"), str | int):
+        return str(data["id"])
+    if isinstance(payload, dict) and payload.get("errors"):
+        raise XRefused(f"X refused the media: {describe_error(200, payload)}")
+    raise XTransient("X's media answer had no media id")
+
+
+def _processing_info(payload: Any) -> dict[str, Any] | None:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    info = data.get("processing_info") if isinstance(data, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def _processing_error(info: Mapping[str, Any]) -> str:
+    error = info.get("error")
+    if isinstance(error, dict):
+        text = error.get("message") or error.get("name")
+        if text:
+            return str(text)
+    return "processing failed"
+
+
+def _only_not_found(payload: Any) -> bool:
+    """A 2xx answer carrying no data and only ``resource-not-found`` errors."""
+    if not isinstance(payload, dict) or payload.get("data") is not None:
+        return False
+    errors = payload.get("errors")
+    return (
+        isinstance(errors, list)
+        and bool(errors)
+        and all(
+            isinstance(e, dict) and str(e.get("type", "")).endswith("/resource-not-found") for e in errors
+        )
+    )
 
 
 def _user(payload: Any) -> XUser | None:

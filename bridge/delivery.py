@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from bridge import translate
 from bridge.budget import Budget
@@ -32,7 +33,8 @@ from bridge.errors import (
     XRefused,
     XTransient,
 )
-from bridge.model import Account, OutboxItem, OutboxState, Sent, Target
+from bridge.media import FileUnavailable, MediaPlan, plan_files, plan_media
+from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, Target
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -43,6 +45,10 @@ RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent 
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
+DELETE_NOTE = (
+    "Deleted on X as well. Note that X removes a DM only from the sending account's view: "
+    "the other people in the conversation may still see it."
+)
 
 
 @dataclass(frozen=True)
@@ -216,8 +222,13 @@ class Delivery:
             if account.needs_reconnect:
                 await self._park(item, account)
                 return
+            if item.kind is OutboxKind.DELETE:
+                await self._delete(item, account)
+                return
             if item.text is None:
                 item = await self._render(item)
+                if item.text is None:
+                    return
             if item.state is OutboxState.SENDING and await self._reconcile(item, account):
                 return
             await self._send(item, account)
@@ -231,6 +242,11 @@ class Delivery:
             await self._retry_later(item, exc)
         except XRefused as exc:
             await self._fail(item, str(exc))
+        except FileUnavailable as exc:
+            if exc.retryable:
+                await self._retry_later(item, exc)
+            else:
+                await self._fail(item, str(exc))
         except (XAuthExpired, XAuthRevoked):
             account = await self._store.get_account(item.account_id)
             if account is not None:
@@ -244,15 +260,16 @@ class Delivery:
     async def _send(self, item: OutboxItem, account: Account) -> None:
         assert item.text is not None
         token = await self._tokens.access_token(account)
+        media_id = await self._media_id(item, token) if item.media else None
         now = self._clock.now()
         await self._budget.consume(account.id, now)
         await self._store.mark_sending(item.id, now)
         try:
             try:
-                sent, facts = await self._x.send(token, item.target, item.text)
+                sent, facts = await self._x.send(token, item.target, item.text, media_id=media_id)
             except XAuthExpired:
                 token = await self._tokens.after_unauthorized(account, token)
-                sent, facts = await self._x.send(token, item.target, item.text)
+                sent, facts = await self._x.send(token, item.target, item.text, media_id=media_id)
         except XTransient as exc:
             # The POST may have reached X: keep the row "sending" so it is reconciled,
             # unless X itself answered (a 5xx means it did not take the message).
@@ -279,10 +296,39 @@ class Delivery:
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
-        if item.part == item.parts_total - 1:
+        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE:
             await self._react(item, SENT)
         if self.on_event is not None:
             await self.on_event("sent", item)
+
+    async def _media_id(self, item: OutboxItem, token: str) -> str:
+        """Upload the part's Slack file to X once; a retry reuses X's id."""
+        if item.media_id:
+            return item.media_id
+        assert item.media is not None
+        plan = plan_media(item.media)
+        if not isinstance(plan, MediaPlan):
+            raise XRefused(plan.reason)
+        data = await self._slack.download_file(item.team_id, item.media, max_bytes=plan.max_bytes)
+        media_id = await self._x.upload_media(token, data, media_type=plan.media_type, category=plan.category)
+        await self._store.set_media_id(item.id, media_id)
+        log.info("uploaded file to X", extra=_ids(item, file=plan.name, category=plan.category))
+        return media_id
+
+    async def _delete(self, item: OutboxItem, account: Account) -> None:
+        """Delete X's copies of a message deleted in Slack (only the sender's view, X says)."""
+        event_ids = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
+        token = await self._tokens.access_token(account)
+        for event_id in event_ids:
+            try:
+                await self._x.delete_event(token, event_id)
+            except XAuthExpired:
+                token = await self._tokens.after_unauthorized(account, token)
+                await self._x.delete_event(token, event_id)
+        await self._store.mark_done(item.id, self._clock.now())
+        log.info("deleted on X", extra=_ids(item, events=len(event_ids)))
+        if item.author_id and event_ids:
+            await self._ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> bool:
         """Did an earlier attempt reach X? Look for our own message among recent events."""
@@ -309,6 +355,7 @@ class Delivery:
         return False
 
     async def _render(self, item: OutboxItem) -> OutboxItem:
+        """Turn the Slack message into the DMs X will get: text parts, then one DM per file."""
         source = item.source
         text = str(source.get("text") or "")
         blocks = source.get("blocks") or None
@@ -317,11 +364,44 @@ class Delivery:
             for uid in translate.mentioned_user_ids(text, blocks)
         }
         body = translate.to_plain(text, blocks, user_names=names)
-        if not body.strip():
-            raise XRefused("the message has no text to send (files are not relayed yet)")
+        thread_ts = source.get("thread_ts")
+        if thread_ts and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE:
+            parent = await self._store.message_text(item.team_id, item.channel_id, str(thread_ts))
+            quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
+            body = f"{quote}\n{body}" if body.strip() else quote
         name = await self._slack.display_name(item.team_id, item.author_id)
-        parts = translate.render_parts(body, name=name, fmt=self._config.relay_format)
+        if item.kind is OutboxKind.EDIT:
+            name = f"{name} (edited)"
+        files = [f for f in source.get("files") or [] if isinstance(f, dict)]
+        plans, skipped = plan_files(files)
+        parts = self._parts(body, name, plans, files)
+        if skipped:
+            listed = "\n".join(f"• {s.reason}" for s in skipped)
+            await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
+        if not parts:
+            reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
+            await self._fail(item, reason)
+            return item
         return await self._store.render(item.id, parts)
+
+    def _parts(
+        self, body: str, name: str, plans: list[MediaPlan], files: list[dict[str, Any]]
+    ) -> list[RenderedPart]:
+        """Text parts first; X takes one file per DM, so the first file rides with the
+        first part and each further file is a DM of its own."""
+        fmt = self._config.relay_format
+        texts = translate.render_parts(body, name=name, fmt=fmt) if body.strip() else []
+        if plans and not texts:
+            texts = translate.render_parts(f"[{plans[0].name}]", name=name, fmt=fmt)
+        by_id = {str(f.get("id") or ""): f for f in files}
+        parts = [RenderedPart(t) for t in texts]
+        for index, plan in enumerate(plans):
+            file = by_id.get(plan.file_id, {})
+            if index == 0 and parts:
+                parts[0] = RenderedPart(parts[0].text, file)
+            else:
+                parts.append(RenderedPart("", file))
+        return parts
 
     # -- outcomes ------------------------------------------------------------
 
@@ -358,13 +438,13 @@ class Delivery:
 
     async def _react(self, item: OutboxItem, name: str) -> None:
         try:
-            await self._slack.add_reaction(item.team_id, item.channel_id, item.slack_ts, name)
+            await self._slack.add_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:  # a missing reaction must never stop delivery
             log.warning("could not add reaction", extra=_ids(item, reaction=name, error=str(exc)))
 
     async def _unreact(self, item: OutboxItem, name: str) -> None:
         try:
-            await self._slack.remove_reaction(item.team_id, item.channel_id, item.slack_ts, name)
+            await self._slack.remove_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:
             log.warning("could not remove reaction", extra=_ids(item, reaction=name, error=str(exc)))
 

@@ -29,6 +29,15 @@ class OutboxState(StrEnum):
     WAITING = "waiting"  # held for budget, or for the account to be reconnected
     SENT = "sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # deleted in Slack before it was sent
+
+
+class OutboxKind(StrEnum):
+    """What a row asks of X."""
+
+    MESSAGE = "message"  # a new message (or one part of it)
+    EDIT = "edit"  # a correction after a Slack edit
+    DELETE = "delete"  # delete the DMs relayed for ``ref_ts``
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,21 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True)
+class MessageChange:
+    """A Slack ``message_changed`` event: ``ts`` is the edited message, ``event_ts`` the edit."""
+
+    team_id: str
+    channel_id: str
+    ts: str
+    event_ts: str
+    text: str
+    previous_text: str
+    user_id: str | None = None
+    bot_id: str | None = None
+    blocks: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """One DM to send: one part of one accepted Slack message."""
 
@@ -152,6 +176,18 @@ class OutboxItem:
     sending_since: float | None
     held_since: float | None
     hourglass: bool
+    kind: OutboxKind = OutboxKind.MESSAGE
+    ref_ts: str = ""  # the Slack message this row is about (reactions go there)
+    media: dict[str, Any] | None = None  # a Slack file to attach
+    media_id: str | None = None  # X's id for it, once uploaded
+
+
+@dataclass(frozen=True)
+class RenderedPart:
+    """One DM of a rendered message: text, and at most one file (X takes one per DM)."""
+
+    text: str
+    media: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ SQLite store runs its work on one owner thread behind these coroutines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping as FileInfo
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from bridge.model import (
     OAuthState,
     OutboxItem,
     OutboxState,
+    RenderedPart,
     Sent,
     Target,
     TokenSet,
@@ -69,9 +71,25 @@ class Store(Protocol):
         """Per channel, the oldest row not yet sent or failed: only heads may be sent."""
         ...
 
-    async def render(self, item_id: int, parts: Sequence[str]) -> OutboxItem:
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
         """Give an unrendered row its text; extra parts become rows right behind it."""
         ...
+
+    async def set_media_id(self, item_id: int, media_id: str) -> None: ...
+    async def accept_edit(
+        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
+    ) -> str:
+        """ "updated" (not yet sent: text replaced), "queued" (a correction follows) or "unknown"."""
+        ...
+
+    async def accept_delete(
+        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
+    ) -> str:
+        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown"."""
+        ...
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]: ...
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
 
     async def mark_sending(self, item_id: int, now: float) -> None: ...
     async def mark_sent(self, item_id: int, sent: Sent, now: float) -> None:
@@ -88,6 +106,10 @@ class Store(Protocol):
         held_since: float | None = None,
     ) -> None:
         """Set state and next attempt; ``held_since`` records when a hold began (kept if already set)."""
+        ...
+
+    async def mark_done(self, item_id: int, now: float) -> None:
+        """Finish a row that has no DM of its own (a delete)."""
         ...
 
     async def mark_failed(self, item_id: int, error: str) -> None: ...
@@ -114,11 +136,27 @@ class XClient(Protocol):
 
     async def me(self, token: str) -> XUser: ...
     async def user_by_username(self, token: str, username: str) -> XUser | None: ...
-    async def send(self, token: str, target: Target, text: str) -> tuple[Sent, RateFacts]: ...
+    async def send(
+        self, token: str, target: Target, text: str, *, media_id: str | None = None
+    ) -> tuple[Sent, RateFacts]:
+        """Send one DM; empty ``text`` is left out, so a ``media_id`` alone is a valid DM."""
+        ...
+
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
     ) -> tuple[Sent, RateFacts]: ...
     async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]: ...
+    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+        """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
+
+        Raises ``XRefused`` when X refuses or fails to process it, ``XTransient`` when
+        processing outlasts the client's media timeout.
+        """
+        ...
+
+    async def delete_event(self, token: str, event_id: str) -> None:
+        """Delete a DM the token's user sent; an event X no longer knows is not an error."""
+        ...
 
 
 class XOAuth(Protocol):
@@ -140,3 +178,9 @@ class SlackClient(Protocol):
     async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
     async def display_name(self, team_id: str, user_id: str) -> str: ...
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
+    async def download_file(self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int) -> bytes:
+        """The bytes of a Slack ``files[]`` element, fetched with the bot token.
+
+        Raises ``bridge.media.FileUnavailable`` (``FileTooLarge`` past ``max_bytes``).
+        """
+        ...

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from bridge.model import IncomingMessage
+from bridge.model import IncomingMessage, MessageChange
 from bridge.ports import Clock, Store
-from bridge.settings import ThreadPolicy
+from bridge.settings import EditPolicy, ThreadPolicy
 
 log = logging.getLogger("bridge.relay")
 
@@ -24,12 +24,19 @@ class Relay:
     """Turns Slack message events into outbox rows."""
 
     def __init__(
-        self, store: Store, clock: Clock, wake: Callable[[], None], *, threads: ThreadPolicy = "all"
+        self,
+        store: Store,
+        clock: Clock,
+        wake: Callable[[], None],
+        *,
+        threads: ThreadPolicy = "all",
+        edits: EditPolicy = "correction",
     ) -> None:
         self._store = store
         self._clock = clock
         self._wake = wake
         self._threads = threads
+        self._edits = edits
         self.on_accepted: Callable[[IncomingMessage], None] | None = None
 
     def wanted(self, message: IncomingMessage) -> bool:
@@ -65,3 +72,32 @@ class Relay:
                 extra={"team": message.team_id, "channel": message.channel_id, "event_id": message.event_id},
             )
         return accepted
+
+    async def edit(self, change: MessageChange) -> str:
+        """A ``message_changed`` event. Only a real change of text is an edit (unfurls are not).
+
+        Returns what happened: "ignored", "unknown" (never relayed), "updated" (not yet sent,
+        so the new text simply replaces the old) or "queued" (a correction will follow).
+        """
+        if self._edits == "ignore" or change.bot_id is not None or change.text == change.previous_text:
+            return "ignored"
+        if await self._store.get_mapping(change.team_id, change.channel_id) is None:
+            return "ignored"
+        source = {"text": change.text, "blocks": list(change.blocks), "user_id": change.user_id}
+        outcome = await self._store.accept_edit(
+            change.team_id, change.channel_id, change.ts, change.event_ts, source, self._clock.now()
+        )
+        log.info("edit", extra={"team": change.team_id, "channel": change.channel_id, "outcome": outcome})
+        if outcome == "queued":
+            self._wake()
+        return outcome
+
+    async def delete(self, team_id: str, channel_id: str, deleted_ts: str, event_ts: str) -> str:
+        """A ``message_deleted`` event: delete X's copies, or cancel parts not yet sent."""
+        outcome = await self._store.accept_delete(
+            team_id, channel_id, deleted_ts, event_ts, self._clock.now()
+        )
+        log.info("delete", extra={"team": team_id, "channel": channel_id, "outcome": outcome})
+        if outcome == "queued":
+            self._wake()
+        return outcome

@@ -678,7 +678,9 @@ def render_parts(
       digits of ``n``, so the chunk size is recomputed until ``n``'s width is stable.
 
     Parts are never empty; the chunks keep every non-whitespace character of ``body`` in order
-    (only whitespace at split points, and at chunk edges, is dropped).
+    (only whitespace at split points, and at chunk edges, is dropped; a blank body that does
+    not fit becomes ``""``). If the numbering of very many parts leaves no room for text at a
+    tiny ``limit``, the name is shortened further before giving up.
 
     Raises ``ValueError`` if ``fmt`` uses fields other than a single plain ``{text}`` and any
     number of plain ``{name}``, or if ``limit`` is too small to hold one character per part.
@@ -688,11 +690,12 @@ def render_parts(
     if len(whole) <= limit:
         return [whole]
     name = _fit_name(fmt, name, limit // 2, name_uses)
-    whole = fmt.format(name=name, text=body)
-    if len(whole) <= limit or not body.strip():
-        if len(whole) > limit:
-            raise ValueError(f"limit={limit} cannot hold the format {fmt!r}")
+    text = body if body.strip() else ""  # a blank body carries nothing worth splitting
+    whole = fmt.format(name=name, text=text)
+    if len(whole) <= limit:
         return [whole]
+    if not text:
+        raise ValueError(f"limit={limit} cannot hold the format {fmt!r}")
     overhead = len(fmt.format(name=name, text=""))
     digits = 1
     while True:

@@ -129,3 +129,20 @@ def m0001_initial(db: Database) -> None:
 
     db.table("seen_events").create({"event_id": str, "seen_at": float}, pk="event_id")
     db.table("seen_events").create_index(["seen_at"])
+
+
+@migrations(name="0002_outbox_kinds_and_media")
+def m0002_outbox_kinds_and_media(db: Database) -> None:
+    """Edits, deletes and files (issue 4).
+
+    ``kind`` is message | edit | delete; ``ref_ts`` is the Slack message an edit or a
+    delete is about (reactions and the message map use it); ``media`` is the Slack
+    file a part carries (JSON) and ``media_id`` X's id for it once uploaded, so a
+    retry does not upload twice.
+    """
+    outbox = db.table("outbox")
+    outbox.add_column("kind", str, not_null_default="message")
+    outbox.add_column("ref_ts", str)
+    outbox.add_column("media", str)
+    outbox.add_column("media_id", str)
+    db.execute("UPDATE outbox SET ref_ts = slack_ts WHERE ref_ts IS NULL")

@@ -635,6 +635,27 @@ def test_render_parts_does_not_split_emoji_sequence() -> None:
     assert any(family in p for p in parts)
 
 
+def test_render_parts_tiny_limit_gives_name_room_to_numbering() -> None:
+    # limit 12: one char per part → 60 parts; " (60/60)" beside "ann: " leaves no room for
+    # text, so the name shrinks to "…" rather than failing
+    parts = render_parts(" ".join(["ab"] * 30), name="ann", limit=12)
+    assert len(parts) == 60
+    assert parts[0] == "…: a (1/60)"
+    assert parts[-1] == "…: b (60/60)"
+    assert all(len(p) <= 12 for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param("", ["N" * 17 + "…: "], id="empty"),
+        pytest.param(" \n" * 30, ["N" * 17 + "…: "], id="blank"),
+    ],
+)
+def test_render_parts_blank_body(body: str, expected: list[str]) -> None:
+    assert render_parts(body, name="N" * 40, limit=40) == expected
+
+
 @pytest.mark.parametrize(
     ("fmt", "limit"),
     [

@@ -1,0 +1,108 @@
+"""SlackApi.download_file against the fake Slack over loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from adapters.simulators.slack_api import FakeSlack, run_fake_slack
+from adapters.slack_api import SlackApi, web_client
+from bridge.media import FileTooLarge, FileUnavailable
+
+TEAM = "T0001"
+
+
+@dataclass
+class Env:
+    fake: FakeSlack
+    session: aiohttp.ClientSession
+
+    def slack(self, token: str | None = None) -> SlackApi:
+        client = web_client(token or self.fake.bot_token, self.fake.api_url, self.session)
+        return SlackApi(client, self.session)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    async with run_fake_slack(team_id=TEAM) as (fake, _), aiohttp.ClientSession() as session:
+        yield Env(fake, session)
+
+
+async def test_download_uses_the_bot_token_and_the_download_url(env: Env) -> None:
+    content = os.urandom(300_000)
+    file = env.fake.add_file("F1", name="shot.png", mimetype="image/png", filetype="png", content=content)
+    assert await env.slack().download_file(TEAM, file, max_bytes=5 * 1024 * 1024) == content
+    (download,) = env.fake.downloads
+    assert download.authorized and download.file_id == "F1" and "/download/" in download.path
+
+
+async def test_download_falls_back_to_url_private_then_files_info(env: Env) -> None:
+    file = env.fake.add_file("F2", name="a.gif", mimetype="image/gif", filetype="gif", content=b"GIF89a..")
+    without_download = {k: v for k, v in file.items() if k != "url_private_download"}
+    assert await env.slack().download_file(TEAM, without_download, max_bytes=100) == b"GIF89a.."
+    assert "/download/" not in env.fake.downloads[-1].path
+    # An event may carry only the id (file_access: check_file_info): files.info supplies the URL.
+    bare = {"id": "F2", "name": "a.gif", "file_access": "check_file_info"}
+    assert await env.slack().download_file(TEAM, bare, max_bytes=100) == b"GIF89a.."
+    assert [c.method for c in env.fake.calls][-1] == "files.info"
+
+
+async def test_html_answer_means_the_token_cannot_read_files(env: Env) -> None:
+    file = env.fake.add_file("F3", name="shot.png", mimetype="image/png", filetype="png", content=b"png")
+    with pytest.raises(FileUnavailable, match="files:read") as caught:
+        await env.slack("xoxb-not-the-bot").download_file(TEAM, file, max_bytes=100)
+    assert "shot.png" in str(caught.value) and not caught.value.retryable
+    assert env.fake.downloads[-1].authorized is False
+
+
+async def test_too_big_is_refused(env: Env) -> None:
+    content = b"x" * 2048
+    file = env.fake.add_file("F4", name="clip.mp4", mimetype="video/mp4", filetype="mp4", content=content)
+    with pytest.raises(FileTooLarge, match=re.escape("clip.mp4 is 2 KB; the limit for it is 1 KB")):
+        await env.slack().download_file(TEAM, file, max_bytes=1024)
+    # Exactly at the cap is fine.
+    assert await env.slack().download_file(TEAM, file, max_bytes=2048) == content
+
+
+async def test_missing_file_is_not_retryable(env: Env) -> None:
+    file = env.fake.add_file("F5", name="gone.png", mimetype="image/png", filetype="png", content=b"png")
+    ghost = {**file, "url_private_download": file["url_private_download"].replace("F5", "F404")}
+    with pytest.raises(FileUnavailable, match="HTTP 404") as caught:
+        await env.slack().download_file(TEAM, ghost, max_bytes=100)
+    assert not caught.value.retryable
+    with pytest.raises(FileUnavailable, match="file_not_found"):
+        await env.slack().download_file(TEAM, {"id": "F404", "name": "x.png"}, max_bytes=100)
+
+
+async def test_too_big_without_content_length_stops_while_streaming(
+    env: Env, aiohttp_server: AiohttpServer
+) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        # Like a CDN answering with Transfer-Encoding: chunked: the size is only known by reading.
+        assert request.headers["Authorization"] == f"Bearer {env.fake.bot_token}"
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"v" * 65536)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/files-pri/T0001-F6/download/long.mp4", chunked)
+    server = await aiohttp_server(app)
+    file = {
+        "id": "F6",
+        "name": "long.mp4",
+        "url_private_download": str(server.make_url("/files-pri/T0001-F6/download/long.mp4")),
+    }
+    with pytest.raises(FileTooLarge, match=re.escape("long.mp4 is over 1 MB, the limit for it")):
+        await env.slack().download_file(TEAM, file, max_bytes=1024 * 1024)
+    assert await env.slack().download_file(TEAM, file, max_bytes=4 * 1024 * 1024) == b"v" * 4 * 1024 * 1024
