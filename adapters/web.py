@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from adapters.crypto import TokenCipher
+from adapters.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.slack_api import SlackApi, web_client
 from adapters.slack_app import build_bolt_app
 from adapters.sqlite_store import SqliteStore
@@ -39,6 +44,7 @@ log = logging.getLogger("adapters.web")
 
 SHUTDOWN_GRACE = 20.0  # of the 30 s a dyno gets after SIGTERM
 MAX_BODY = 1024 * 1024  # Slack payloads are far smaller; anything bigger is refused
+SLACK_MAX_SKEW = 300  # Bolt refuses requests whose timestamp is further off than this
 
 
 class SystemClock:
@@ -84,11 +90,13 @@ class Services:
     connect: ConnectService
     background: Background
     started_at: float
+    verifier: SignatureVerifier
 
 
 SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
 SERVICES = web.AppKey("services", Services)
+METRICS = web.AppKey("metrics", BridgeMetrics)
 
 
 def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = None) -> web.Application:
@@ -96,10 +104,12 @@ def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = N
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
+    app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/oauth/callback", x_oauth_callback)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus_metrics)
     return app
 
 
@@ -108,7 +118,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     clock = SystemClock()
     store = SqliteStore(settings.database_path, TokenCipher(settings.encryption_keys))
     await store.open()
-    session = aiohttp.ClientSession()
+    metrics = app[METRICS]
+    session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
         slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
         slack = SlackApi(slack_client, session)
@@ -135,7 +146,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
-        relay = Relay(store, clock, delivery.wake, threads=settings.relay_threads)
+        relay = Relay(store, clock, delivery.wake, threads=settings.relay_threads, edits=settings.relay_edits)
+        relay.on_accepted = metrics.message_accepted
+        delivery.on_event = metrics.delivery_hook(store.get_item)
+        metrics.bind(store, budget, clock)
         commands = CommandService(
             store=store,
             x=x,
@@ -155,7 +169,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             commands=commands,
             spawn=background.spawn,
         )
-        app[SERVICES] = Services(settings, store, delivery, bolt, connect, background, clock.now())
+        app[SERVICES] = Services(
+            settings,
+            store,
+            delivery,
+            bolt,
+            connect,
+            background,
+            clock.now(),
+            SignatureVerifier(settings.signing_secret),
+        )
         worker = asyncio.create_task(delivery.run(), name="delivery")
         log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
         yield
@@ -170,15 +193,73 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def slack_events(request: web.Request) -> web.StreamResponse:
-    """Events API, slash commands and interactivity: verified and dispatched by Bolt."""
+    """Events API, slash commands and interactivity: verified and dispatched by Bolt.
+
+    The signature, the encoding and the body's shape are checked here first: Bolt parses
+    the body before it verifies anything, and a malformed body would otherwise be a 500.
+    """
     timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
     if not timestamp.isdigit():
-        # Bolt would raise inside int() and answer 500; a bad timestamp is a bad request.
         return web.json_response({"error": "invalid request"}, status=401)
     services = request.app[SERVICES]
-    bolt_request = await to_bolt_request(request)
+    raw = await request.read()
+    try:
+        body = raw.decode("utf-8")  # Slack always sends UTF-8, whatever a header claims
+    except UnicodeDecodeError:
+        return _bad_request("body is not UTF-8")
+    signature = request.headers.get("X-Slack-Signature", "")
+    if not services.verifier.is_valid(body, timestamp, signature):
+        skew = round(time.time() - int(timestamp))
+        log.warning(
+            "Slack request refused: signature does not verify",
+            extra={
+                "clock_skew_seconds": skew,
+                "likely_cause": "server clock or a replayed request"
+                if abs(skew) > SLACK_MAX_SKEW
+                else "SLACK_SIGNING_SECRET differs from the Slack app's Signing Secret",
+            },
+        )
+        return web.json_response({"error": "invalid request"}, status=401)
+    problem = malformed_slack_body(request.content_type, body)
+    if problem is not None:
+        log.info("malformed Slack request ignored", extra={"reason": problem})
+        return _bad_request(problem)
+    try:
+        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # Bolt reads team/user/channel/authorizations as it builds the request.
+        log.info("Slack request with fields of the wrong type ignored", extra={"error": repr(exc)[:200]})
+        return _bad_request("fields of the wrong type")
     bolt_response = await services.bolt.async_dispatch(bolt_request)
     return await to_aiohttp_response(bolt_response)
+
+
+def malformed_slack_body(content_type: str, body: str) -> str | None:
+    """Why a verified body is not something Slack sends, or None when its shape is fine."""
+    try:
+        if content_type == "application/json":
+            parsed = json.loads(body)
+            if not isinstance(parsed, dict):
+                return "JSON body is not an object"
+            if parsed.get("type") == "event_callback" and not isinstance(parsed.get("event"), dict):
+                return "event_callback without an event object"
+            return None
+        if content_type == "application/x-www-form-urlencoded":
+            form = parse_qs(body, keep_blank_values=True)
+            if "payload" in form:
+                payload = json.loads(form["payload"][0])
+                if not isinstance(payload, dict):
+                    return "interactivity payload is not a JSON object"
+                if not isinstance(payload.get("actions", []), list):
+                    return "interactivity payload's actions is not a list"
+            return None
+    except (ValueError, RecursionError):
+        return "body does not parse"
+    return f"unsupported content type {content_type or '(none)'}"
+
+
+def _bad_request(reason: str) -> web.Response:
+    return web.json_response({"error": "invalid request", "reason": reason}, status=400)
 
 
 async def x_oauth_callback(request: web.Request) -> web.Response:
@@ -206,20 +287,42 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 once the database answers."""
+    """200 while the database answers and the delivery worker checks in; 503 otherwise."""
     services = request.app[SERVICES]
+    now = time.time()
     try:
         database_ok = await services.store.ping()
+        reconnect: list[str] | None = sorted(
+            a.x_username for a in await services.store.list_accounts() if a.needs_reconnect
+        )
     except Exception:
-        database_ok = False
+        log.exception("health check: database error")
+        database_ok, reconnect = False, None
     heartbeat = services.delivery.heartbeat
+    stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
+    worker = worker_state(heartbeat, now, now - services.started_at, stale_after)
+    healthy = database_ok and worker != "stale"
     body = {
-        "status": "ok" if database_ok else "unavailable",
+        "status": "ok" if healthy else "unavailable",
         "database": "ok" if database_ok else "error",
-        "worker_heartbeat_age": round(time.time() - heartbeat, 1) if heartbeat else None,
-        "uptime": round(time.time() - services.started_at, 1),
+        "worker": worker,
+        "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
+        "accounts_needing_reconnect": None
+        if reconnect is None
+        else {"count": len(reconnect), "usernames": reconnect},
+        "uptime": round(now - services.started_at, 1),
     }
-    return web.json_response(body, status=200 if database_ok else 503)
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; gauges are computed now, from the store and the budgets."""
+    metrics = request.app[METRICS]
+    try:
+        await metrics.refresh()
+    except Exception:  # counters and latencies are still worth serving
+        log.exception("metrics: could not read the outbox or budgets")
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _page(title: str, message: str, status: int) -> web.Response:

@@ -1,0 +1,227 @@
+"""Prometheus metrics for ``GET /metrics``, one registry per web application.
+
+Counters follow the core's hooks (``Relay.on_accepted``, ``Delivery.on_event``);
+gauges are computed when scraped, from the store (on its own thread) and the
+budget; request latencies come from an aiohttp ``TraceConfig`` on the shared
+client session, labelled X or Slack by URL prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from adapters.x_api import REFUSAL_CODES
+from bridge.budget import Budget
+from bridge.model import OutboxItem, OutboxKind
+from bridge.ports import Clock, Store
+
+log = logging.getLogger("adapters.metrics")
+
+# The classic text format: every Prometheus version (and most other scrapers) reads it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+
+# Failure reasons, kept few so the label stays low-cardinality.
+_REFUSALS = {
+    REFUSAL_CODES[349]: "recipient_refuses_dms",
+    REFUSAL_CODES[150]: "recipient_refuses_dms",
+    REFUSAL_CODES[476]: "recipient_refuses_dms",
+    REFUSAL_CODES[226]: "spam_filter",
+    REFUSAL_CODES[151]: "duplicate",
+    REFUSAL_CODES[354]: "too_long",
+    REFUSAL_CODES[93]: "app_not_permitted",
+}
+_BY_PHRASE = (
+    ("was disconnected", "account_disconnected"),
+    ("no text to send", "empty_message"),
+    ("dropped by operator", "dropped"),
+    ("(HTTP 403)", "forbidden"),
+    ("(HTTP 404)", "not_found"),
+    ("(HTTP 400)", "bad_request"),
+)
+FAILURE_REASONS = (*sorted(set(_REFUSALS.values())), *(r for _, r in _BY_PHRASE), "other")
+
+_ID_SEGMENT = re.compile(r"(?<=.)/[0-9][0-9-]*(?=/|$)")  # not the leading /2 (the API version)
+_USERNAME = re.compile(r"/by/username/[^/]+")
+
+
+def failure_reason(error: str | None) -> str:
+    """A short label for why X refused a message, from the row's ``last_error``."""
+    text = error or ""
+    for phrase, reason in _REFUSALS.items():
+        if phrase in text:
+            return reason
+    for phrase, reason in _BY_PHRASE:
+        if phrase in text:
+            return reason
+    return "other"
+
+
+def x_endpoint(path: str) -> str:
+    """``/2/dm_conversations/123-456/messages`` → ``/2/dm_conversations/{id}/messages``."""
+    return _ID_SEGMENT.sub("/{id}", _USERNAME.sub("/by/username/{username}", path))
+
+
+def worker_state(heartbeat: float, now: float, uptime: float, stale_after: float) -> str:
+    """``ok`` while the delivery loop checks in, ``starting`` before its first pass, else ``stale``."""
+    if heartbeat:
+        return "ok" if now - heartbeat <= stale_after else "stale"
+    return "starting" if uptime <= stale_after else "stale"
+
+
+ItemLookup = Callable[[int], Awaitable[OutboxItem | None]]
+
+
+class BridgeMetrics:
+    """The bridge's metrics, in their own ``CollectorRegistry`` (several apps may share a process)."""
+
+    def __init__(self, *, x_api_url: str, slack_api_url: str) -> None:
+        self.registry = CollectorRegistry()
+        self._x_prefix = x_api_url.rstrip("/")
+        self._slack_prefix = slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/"
+        registry = self.registry
+        self.accepted = Counter(
+            "messages_accepted", "Slack messages committed to the outbox", registry=registry
+        )
+        self.relayed = Counter(
+            "messages_relayed",
+            "Slack messages delivered to X (a split message counts once)",
+            registry=registry,
+        )
+        self.failed = Counter(
+            "messages_failed", "Outbox rows X refused for good, by reason", ["reason"], registry=registry
+        )
+        for reason in FAILURE_REASONS:
+            self.failed.labels(reason)
+        self.outbox_depth = Gauge(
+            "outbox_depth", "Outbox rows not yet sent (queued, sending or waiting)", registry=registry
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unsent outbox row (0 when empty)",
+            registry=registry,
+        )
+        self.rate_remaining = Gauge(
+            "x_rate_limit_remaining",
+            "DM sends left in each X rate-limit window, for accounts with mapped channels",
+            ["account", "window"],
+            registry=registry,
+        )
+        self.x_seconds = Histogram(
+            "x_request_seconds",
+            "Latency of requests to the X API (to response headers)",
+            ["method", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.slack_seconds = Histogram(
+            "slack_request_seconds",
+            "Latency of Slack Web API calls (to response headers)",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._store: Store | None = None
+        self._budget: Budget | None = None
+        self._clock: Clock | None = None
+
+    # -- counters, from the core's hooks -----------------------------------------
+
+    def message_accepted(self, message: object) -> None:
+        self.accepted.inc()
+
+    def delivery_hook(self, lookup: ItemLookup) -> Callable[[str, OutboxItem], Awaitable[None]]:
+        """``Delivery.on_event``; ``lookup`` re-reads a failed row for the reason just recorded."""
+
+        async def on_event(kind: str, item: OutboxItem) -> None:
+            # Runs inside the worker's delivery of ``item``: it must never raise into it.
+            try:
+                if kind == "sent":
+                    # Corrections and deletions are not messages; a split message counts at its last part.
+                    if item.kind is OutboxKind.MESSAGE and item.part >= item.parts_total - 1:
+                        self.relayed.inc()
+                elif kind == "failed":
+                    current = await lookup(item.id)
+                    self.failed.labels(failure_reason(current.last_error if current else None)).inc()
+            except Exception:
+                log.exception("metrics: could not count a delivery event", extra={"outbox_id": item.id})
+
+        return on_event
+
+    # -- gauges, at scrape time ----------------------------------------------------
+
+    def bind(self, store: Store, budget: Budget, clock: Clock) -> None:
+        self._store, self._budget, self._clock = store, budget, clock
+
+    async def refresh(self) -> None:
+        """Recompute the gauges; store calls run on the store's thread."""
+        if self._store is None or self._budget is None or self._clock is None:
+            return
+        now = self._clock.now()
+        summary = await self._store.outbox_summary()
+        self.outbox_depth.set(summary["pending"])
+        oldest = summary["oldest_pending_at"]
+        self.outbox_oldest_age.set(max(0.0, now - oldest) if oldest else 0.0)
+        mapped = {m.account_id for m in await self._store.list_mappings()}
+        accounts = [a for a in await self._store.list_accounts() if a.id in mapped]
+        remaining: dict[tuple[str, str], int] = {}
+        for account in accounts:
+            snapshot = self._budget.snapshot(account.id, now)
+            for window in ("15m", "24h"):
+                key = (account.x_username, window)
+                value = snapshot[window]["remaining"]
+                # One X user connected by two Slack users shares X's windows: the lower count is true.
+                remaining[key] = min(value, remaining.get(key, value))
+            remaining[("app", "24h")] = snapshot["app_24h"]["remaining"]
+        self.rate_remaining.clear()
+        for (account_label, window), value in remaining.items():
+            self.rate_remaining.labels(account_label, window).set(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- request latency -----------------------------------------------------------
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        trace: aiohttp.TraceConfig = aiohttp.TraceConfig()
+        trace.on_request_start.append(self._on_start)
+        trace.on_request_end.append(self._on_end)
+        trace.on_request_exception.append(self._on_exception)
+        return trace
+
+    async def _on_start(
+        self, session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        ctx.started = time.monotonic()
+
+    async def _on_end(
+        self, session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        self._observe(params.method, str(params.url), ctx)
+
+    async def _on_exception(
+        self,
+        session: aiohttp.ClientSession,
+        ctx: SimpleNamespace,
+        params: aiohttp.TraceRequestExceptionParams,
+    ) -> None:
+        self._observe(params.method, str(params.url), ctx)
+
+    def _observe(self, method: str, url: str, ctx: SimpleNamespace) -> None:
+        started = getattr(ctx, "started", None)
+        if started is None:
+            return
+        elapsed = time.monotonic() - started
+        path = url.split("?", 1)[0]
+        if path.startswith(self._slack_prefix):
+            self.slack_seconds.labels(path[len(self._slack_prefix) :] or "unknown").observe(elapsed)
+        elif path.startswith(self._x_prefix):
+            self.x_seconds.labels(method, x_endpoint(path[len(self._x_prefix) :])).observe(elapsed)

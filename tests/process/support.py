@@ -1,0 +1,108 @@
+"""Running `python -m bridge serve` as a subprocess, between fakes running in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from adapters.crypto import TokenCipher
+from adapters.simulators.slack_api import FakeSlack, SlackSender, run_fake_slack
+from adapters.simulators.x_api import FakeX, run_fake_x
+from adapters.sqlite_store import SqliteStore
+from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from tests.harness import ALICE, BOB, CAROL, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class World:
+    x: FakeX
+    slack: FakeSlack
+    env: dict[str, str]
+    url: str
+    session: aiohttp.ClientSession
+    sender: SlackSender
+    db_path: Path
+
+
+@asynccontextmanager
+async def world(
+    tmp_path: Path, channels: Callable[[FakeX], dict[str, str]], **env: str
+) -> AsyncIterator[World]:
+    """Fakes running, a connected account and mapped channels in the database; no server yet."""
+    async with AsyncExitStack() as stack:
+        x, x_url = await stack.enter_async_context(run_fake_x())
+        x.add_user(ME, "bridge_owner")
+        for user_id, handle in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol")):
+            x.add_user(user_id, handle)
+        slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
+        slack.add_user("U100", display_name="Ada")
+        port = free_port()
+        db_path = tmp_path / "bridge.db"
+        full_env = bridge_env(db_path, x_url, f"{slack_url}/api/", port, LOG_FORMAT="json", **env)
+        store = SqliteStore(str(db_path), TokenCipher([full_env["BRIDGE_ENCRYPTION_KEY"]]))
+        await store.open()
+        grant = x.issue_token(ME)
+        account = await store.save_account(
+            TEAM,
+            "U100",
+            XUser(ME, "bridge_owner"),
+            TokenSet(grant.access_token, grant.refresh_token, grant.expires_at),
+        )
+        for channel, conversation in channels(x).items():
+            await store.create_mapping(
+                Mapping(TEAM, channel, MappingKind.LINK, account.id, conversation, None, "U100", time.time())
+            )
+        await store.close()
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        url = f"http://127.0.0.1:{port}"
+        sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
+        yield World(x, slack, full_env, url, session, sender, db_path)
+
+
+class Server:
+    """One `python -m bridge serve` subprocess."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, url: str, session: aiohttp.ClientSession) -> None:
+        log = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1",
+            env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.process.returncode is None, self.log_path.read_text()
+            try:
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        raise AssertionError("server did not become healthy:\n" + self.log_path.read_text())
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 30)
