@@ -139,6 +139,12 @@ class Bridge:
         return [e.text for e in events]
 
 
+async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str = "C100") -> None:
+    """The usual start: U100 connects X account 1000 and links ``channel`` to ``conversation``."""
+    await bridge.connect()
+    await bridge.map_link(conversation, channel=channel)
+
+
 def authorize_url(ack_text: str) -> str:
     match = re.search(r"<(https?://[^|>]+)\|", ack_text)
     assert match, f"no authorize link in {ack_text!r}"

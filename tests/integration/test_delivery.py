@@ -10,12 +10,7 @@ from typing import Literal
 import pytest
 from aiohttp import web
 
-from tests.harness import Bridge, running_bridge, wait_until
-
-
-async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str = "C100") -> None:
-    await bridge.connect()
-    await bridge.map_link(conversation, channel=channel)
+from tests.harness import Bridge, linked, running_bridge, wait_until
 
 
 def outbox(bridge: Bridge) -> list[tuple[str, str, str | None]]:

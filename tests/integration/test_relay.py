@@ -8,12 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.harness import ALICE, Bridge, running_bridge, wait_until
-
-
-async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str = "C100") -> None:
-    await bridge.connect()
-    await bridge.map_link(conversation, channel=channel)
+from tests.harness import ALICE, linked, running_bridge, wait_until
 
 
 async def test_message_relayed_with_display_name_and_check_mark(tmp_path: Path) -> None:
