@@ -1,13 +1,679 @@
-"""``xdm-bridge sandbox``: placeholder until the sandbox lands (issue 5)."""
+"""``xdm-bridge sandbox``: the real bridge between local simulators of Slack and X, with a page to drive it.
+
+One process, everything on 127.0.0.1 — nothing leaves the machine::
+
+    browser ──▶ sandbox page + JSON API ──signed requests, as Slack sends them──▶ real bridge
+                      │                                                          │      │
+                      └──── reads the simulators' state ──▶ fake Slack ◀─ Web API ┘      │
+                                                            fake X     ◀── X API v2 ─────┘
+
+The page never talks to the bridge itself. What the person types in the channel box becomes a
+signed slash command (``/xdm …``, with a ``response_url`` on the fake Slack) or a signed
+``message`` event, so it takes the same road as in production: signature check at
+``/slack/events``, the outbox, the delivery worker, HTTP to the fake X, reactions through the
+fake Slack Web API. ``/xdm connect``'s authorize link is followed server-side on a click, through
+the fake X's consent and the bridge's real ``/x/oauth/callback``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import html
+import importlib.resources
+import logging
+import re
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+import webbrowser
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import emoji
+from aiohttp import web
+
+from adapters.crypto import generate_key
+from adapters.logs import setup_logging
+from adapters.simulators.slack_api import (
+    RESPONSE_URL_MAX_USES,
+    RESPONSE_URL_TTL_SECONDS,
+    FakeSlack,
+    SlackSender,
+    run_fake_slack,
+)
+from adapters.simulators.x_api import FakeX, run_fake_x
+from adapters.web import create_app
+from bridge.delivery import DeliveryConfig
+from bridge.settings import Settings
+
+log = logging.getLogger("adapters.sandbox")
+
+HOST = "127.0.0.1"
+LABEL = "Simulation — nothing leaves this machine"
+NOT_RELAYED_NOTE = "replies from X are not relayed to Slack yet (two-way relay is a later feature)"
+
+# The simulated world: one workspace, one person, one channel; a few people on X.
+TEAM_ID, TEAM_NAME = "T0SANDBOX", "Sandbox workspace"
+SLACK_USER_ID, SLACK_USER_NAME = "U0SANDBOX", "You"
+CHANNEL_ID, CHANNEL_NAME = "C0SANDBOX", "sandbox"
+BOT_TOKEN = "xoxb-sandbox"
+X_CLIENT_ID = "sandbox-client"
+YOUR_X_ID, YOUR_X_USERNAME = "1000", "you"
+X_PEOPLE = (
+    (YOUR_X_ID, YOUR_X_USERNAME, "You"),
+    ("2001", "alice", "Alice"),
+    ("2002", "bob", "Bob"),
+    ("2003", "carol", "Carol"),
+)
+
+REACTION_EMOJI = {"white_check_mark": "✅", "warning": "⚠️", "hourglass_flowing_sand": "⏳"}
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class SandboxError(Exception):
+    """A problem the person starting the sandbox can fix (the message says how)."""
+
+
+# ------------------------------------------------------------------ Slack text → page parts
+
+
+_TOKEN = re.compile(r"<([^<>\n]+)>|`([^`\n]+)`|\*([^*\n]+)\*")
+
+
+def slack_escape(text: str) -> str:
+    """Encode typed text the way Slack does in event and command payloads."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str) -> str:
+    return str(emoji.emojize(html.unescape(text), language="alias"))
+
+
+def text_parts(text: str, *, users: Mapping[str, str], authorize_url: str) -> list[dict[str, str]]:
+    """Slack ``mrkdwn`` as a list of safe parts for the page to render with ``textContent``.
+
+    Parts are ``text``, ``bold``, ``code``, ``mention`` and ``link`` (http(s) only); a link to
+    ``authorize_url`` is marked ``"action": "authorize"`` so the page shows it as a button.
+    """
+    parts: list[dict[str, str]] = []
+    pos = 0
+    for match in _TOKEN.finditer(text):
+        if match.start() > pos:
+            parts.append({"type": "text", "text": _plain(text[pos : match.start()])})
+        pos = match.end()
+        token, code, bold = match.groups()
+        if code is not None:
+            parts.append({"type": "code", "text": html.unescape(code)})
+        elif bold is not None:
+            parts.append({"type": "bold", "text": _plain(bold)})
+        else:
+            parts.append(_token_part(token, users, authorize_url))
+    if pos < len(text):
+        parts.append({"type": "text", "text": _plain(text[pos:])})
+    return parts
+
+
+def _token_part(token: str, users: Mapping[str, str], authorize_url: str) -> dict[str, str]:
+    target, _, label = token.partition("|")
+    if target.startswith("@"):
+        return {"type": "mention", "text": "@" + (users.get(target[1:]) or label or target[1:])}
+    if target.startswith("#"):
+        return {"type": "mention", "text": "#" + (label or target[1:])}
+    if target.startswith("!"):
+        return {"type": "mention", "text": "@" + (label or target[1:]).split("^")[-1]}
+    url = html.unescape(target)
+    if urlsplit(url).scheme not in ("http", "https"):
+        return {"type": "text", "text": html.unescape(token)}
+    part = {"type": "link", "url": url, "text": html.unescape(label) if label else url}
+    if url.startswith(authorize_url + "?"):
+        part["action"] = "authorize"
+    return part
+
+
+# ------------------------------------------------------------------------------ the sandbox
+
+
+@dataclass
+class _Entry:
+    """Something the page shows in the channel that the simulators do not keep themselves."""
+
+    at: float
+    kind: Literal["message", "command", "reply", "note"]
+    text: str
+    only_you: bool
+    ts: str | None = None
+    """A person's message: its Slack ts (reactions are looked up live)."""
+    response_url: str | None = None
+    """A slash command: where the bridge's later answers go."""
+
+
+@dataclass
+class Sandbox:
+    """The running simulators and bridge, and what the person did on the page."""
+
+    x: FakeX
+    x_url: str
+    slack: FakeSlack
+    slack_url: str
+    bridge_url: str
+    data_dir: Path
+    session: aiohttp.ClientSession
+    sender: SlackSender
+    url: str = ""
+    """The page's address, once it is served."""
+    _entries: list[_Entry] = field(default_factory=list)
+    _response_times: dict[tuple[str, int], float] = field(default_factory=dict)
+    _replies_from_x: set[str] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.x_url}/i/oauth2/authorize"
+
+    # -- the channel box --------------------------------------------------------
+
+    async def say(self, text: str) -> dict[str, Any]:
+        """What the person typed in #sandbox: ``/xdm …`` is a slash command, anything else a message."""
+        text = text.strip()
+        if not text:
+            raise SandboxError("Type a message or a /xdm command.")
+        head, *rest = text.split(None, 1)
+        if head == "/xdm":
+            return await self.command("".join(rest).strip())
+        if head.startswith("/"):
+            self._note(f"{head} is not a command here. This workspace only has /xdm — try `/xdm help`.")
+            return {"sent": "nothing"}
+        return await self.message(text)
+
+    async def message(self, text: str) -> dict[str, Any]:
+        """Post a message in #sandbox: a signed ``message`` event to the bridge."""
+        ts = self.sender.new_ts()
+        self._entries.append(_Entry(float(ts), "message", slack_escape(text), only_you=False, ts=ts))
+        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, slack_escape(text), ts=ts)
+        if result.status != 200:
+            self._note(f"The bridge answered the message event with HTTP {result.status}; Slack would retry.")
+        return {"sent": "message", "ts": ts, "status": result.status}
+
+    async def command(self, text: str) -> dict[str, Any]:
+        """Run ``/xdm text``: a signed slash command whose ``response_url`` is on the fake Slack."""
+        response_url = self.slack.new_response_url()
+        entry = _Entry(
+            time.time(), "command", f"/xdm {text}".strip(), only_you=True, response_url=response_url
+        )
+        self._entries.append(entry)
+        self._watch(response_url)
+        result = await self.sender.command(
+            slack_escape(text),
+            user_id=SLACK_USER_ID,
+            channel_id=CHANNEL_ID,
+            response_url=response_url,
+            user_name="you",
+            channel_name=CHANNEL_NAME,
+            team_domain="sandbox",
+        )
+        if result.status != 200:
+            self._note(f"The bridge answered the slash command with HTTP {result.status}.")
+            return {"sent": "command", "status": result.status}
+        try:
+            ack = result.json()
+        except ValueError:
+            ack = {"text": result.text}
+        if isinstance(ack, dict) and ack.get("text"):
+            in_channel = ack.get("response_type") == "in_channel"
+            entry.only_you = not in_channel
+            self._entries.append(_Entry(time.time(), "reply", str(ack["text"]), only_you=not in_channel))
+        return {"sent": "command", "status": result.status}
+
+    def _note(self, text: str) -> None:
+        self._entries.append(_Entry(time.time(), "note", text, only_you=True))
+
+    def _watch(self, response_url: str) -> None:
+        """Note when each answer reaches the response_url, so the channel shows them in order."""
+        response_id = response_url.rsplit("/", 1)[-1]
+
+        async def watch() -> None:
+            for count in range(1, RESPONSE_URL_MAX_USES + 1):
+                try:
+                    await self.slack.wait_for_response(
+                        response_url, count=count, timeout=RESPONSE_URL_TTL_SECONDS
+                    )
+                except AssertionError:  # the URL expired unused
+                    return
+                self._response_times.setdefault((response_id, count - 1), time.time())
+
+        task = asyncio.create_task(watch(), name=f"sandbox-watch-{response_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the X side -------------------------------------------------------------
+
+    async def authorize(self, url: str, *, approve: bool) -> dict[str, Any]:
+        """The browser's trip for ``/xdm connect``: the fake X's consent, then the bridge's callback."""
+        if not url.startswith(self.authorize_url + "?"):
+            raise SandboxError("That is not a link to the simulated X's authorize page.")
+        self.x.authorizing_user_id = YOUR_X_ID
+        self.x.deny_next_authorize = not approve
+        async with self.session.get(url, allow_redirects=False) as response:
+            location = response.headers.get("Location", "")
+            if response.status != 302 or not location.startswith(self.bridge_url + "/"):
+                raise SandboxError(
+                    f"The simulated X did not send you back to the bridge ({response.status})."
+                )
+        async with self.session.get(location, allow_redirects=False) as response:
+            page = await response.text()
+            status = response.status
+        title = _between(page, "<h1>", "</h1>") or f"HTTP {status}"
+        said = _between(page, "<p>", "</p>")
+        verb = "approved" if approve else "cancelled"
+        self._note(f"Simulated X: you {verb}. The bridge's /x/oauth/callback answered {status}: {title}.")
+        return {"status": status, "title": title, "message": said}
+
+    async def reply_on_x(self, conversation_id: str, username: str, text: str) -> dict[str, Any]:
+        """Someone on X writes in a conversation: a real DM POST to the fake X with their token."""
+        text = text.strip()
+        if not text:
+            raise SandboxError("Type a reply first.")
+        conversation = self.x.conversations.get(conversation_id)
+        if conversation is None:
+            raise SandboxError("There is no such conversation on the simulated X.")
+        users = {self.x.users[uid].username: uid for uid in conversation.participants if uid in self.x.users}
+        user_id = users.get(username.lstrip("@"))
+        if user_id is None or user_id == YOUR_X_ID:
+            raise SandboxError(f"@{username} is not someone else in that conversation.")
+        token = self.x.issue_token(user_id).access_token
+        async with self.session.post(
+            f"{self.x_url}/2/dm_conversations/{conversation_id}/messages",
+            json={"text": text},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            body = await response.json(content_type=None)
+            if response.status != 201:
+                raise SandboxError(f"The simulated X refused the reply ({response.status}): {body}")
+        event_id = str(body["data"]["dm_event_id"])
+        self._replies_from_x.add(event_id)
+        return {"dm_event_id": event_id}
+
+    # -- what the page shows ----------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything the page shows, read from the simulators and this sandbox's own log."""
+        channel = self._channel_items()
+        connected = any(t.user_id == YOUR_X_ID and not t.revoked for t in self.x.access_tokens.values())
+        bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values())
+        relayed = any(
+            "white_check_mark" in self.slack.reactions(CHANNEL_ID, e.ts) for e in self._entries if e.ts
+        )
+        return {
+            "label": LABEL,
+            "workspace": TEAM_NAME,
+            "channel": {"id": CHANNEL_ID, "name": CHANNEL_NAME},
+            "you": {"slack": SLACK_USER_NAME, "x": YOUR_X_USERNAME},
+            "steps": {"connected": connected, "bridged": bridged, "relayed": relayed},
+            "messages": channel,
+            "x": {
+                "you": YOUR_X_USERNAME,
+                "people": [
+                    {"username": u.username, "name": u.name, "you": u.id == YOUR_X_ID}
+                    for u in self.x.users.values()
+                ],
+                "conversations": self._conversations(),
+            },
+            "servers": {"bridge": self.bridge_url, "x": self.x_url, "slack": self.slack_url},
+        }
+
+    def _channel_items(self) -> list[dict[str, Any]]:
+        users = {SLACK_USER_ID: SLACK_USER_NAME}
+        items: list[tuple[float, int, dict[str, Any]]] = []
+
+        def add(
+            at: float, kind: str, text: str, *, author: str, only_you: bool, via: str, **more: Any
+        ) -> None:
+            parts = text_parts(text, users=users, authorize_url=self.authorize_url)
+            item = {"kind": kind, "author": author, "only_you": only_you, "via": via, "parts": parts}
+            items.append((at, len(items), {**item, **more}))
+
+        for entry in self._entries:
+            if entry.kind == "message" and entry.ts is not None:
+                names = sorted(self.slack.reactions(CHANNEL_ID, entry.ts))
+                reactions = [{"name": n, "emoji": REACTION_EMOJI.get(n) or _plain(f":{n}:")} for n in names]
+                add(
+                    entry.at,
+                    "message",
+                    entry.text,
+                    author=SLACK_USER_NAME,
+                    only_you=False,
+                    via="message event",
+                    ts=entry.ts,
+                    reactions=reactions,
+                )
+            elif entry.kind == "command":
+                add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you, via="")
+            elif entry.kind == "reply":
+                add(entry.at, "bot", entry.text, author="xdm-bridge", only_you=entry.only_you, via="reply")
+            else:
+                add(entry.at, "note", entry.text, author="Sandbox", only_you=True, via="sandbox")
+            if entry.response_url is not None:
+                response_id = entry.response_url.rsplit("/", 1)[-1]
+                for index, payload in enumerate(self.slack.responses.get(response_id, [])):
+                    if payload.get("delete_original") or not payload.get("text"):
+                        continue
+                    at = self._response_times.setdefault((response_id, index), time.time())
+                    only_you = payload.get("response_type") != "in_channel"
+                    add(
+                        at,
+                        "bot",
+                        str(payload["text"]),
+                        author="xdm-bridge",
+                        only_you=only_you,
+                        via="response_url",
+                    )
+        for ephemeral in self.slack.ephemerals(SLACK_USER_ID):
+            if ephemeral["channel"] == CHANNEL_ID:
+                at = float(ephemeral["message_ts"])
+                add(
+                    at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True, via="chat.postEphemeral"
+                )
+        for post in self.slack.posted(CHANNEL_ID):
+            add(
+                float(post["ts"]),
+                "bot",
+                str(post.get("text", "")),
+                author="xdm-bridge",
+                only_you=False,
+                via="chat.postMessage",
+            )
+        items.sort(key=lambda t: (t[0], t[1]))
+        return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
+
+    def _conversations(self) -> list[dict[str, Any]]:
+        out = []
+        for conversation in sorted(self.x.conversations.values(), key=lambda c: c.created_at):
+            names = {
+                uid: self.x.users[uid].username for uid in conversation.participants if uid in self.x.users
+            }
+            others = sorted(n for uid, n in names.items() if uid != YOUR_X_ID)
+            title = ("Group with " if conversation.kind == "Group" else "DM with ") + ", ".join(
+                f"@{n}" for n in others
+            )
+            messages = []
+            for event in self.x.messages_in(conversation.id):
+                sender = self.x.users.get(event.sender_id)
+                from_x = event.id in self._replies_from_x
+                messages.append(
+                    {
+                        "id": event.id,
+                        "sender": sender.username if sender else event.sender_id,
+                        "sender_name": sender.name if sender else event.sender_id,
+                        "you": event.sender_id == YOUR_X_ID,
+                        "text": event.text if event.text is not None else "[attachment]",
+                        "at": event.created_at,
+                        "note": NOT_RELAYED_NOTE if from_x else "",
+                    }
+                )
+            out.append(
+                {
+                    "id": conversation.id,
+                    "kind": conversation.kind,
+                    "title": title,
+                    "participants": [YOUR_X_USERNAME, *others] if YOUR_X_ID in names else others,
+                    "reply_as": others,
+                    "messages": messages,
+                }
+            )
+        return out
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def _between(page: str, start: str, end: str) -> str:
+    _, found, tail = page.partition(start)
+    return html.unescape(tail.partition(end)[0]) if found else ""
+
+
+# ---------------------------------------------------------------------------- the page
+
+
+SANDBOX = web.AppKey("sandbox", Sandbox)
+
+
+def page_app(sandbox: Sandbox) -> web.Application:
+    """The sandbox page and its small JSON API."""
+    app = web.Application(client_max_size=64 * 1024)
+    app[SANDBOX] = sandbox
+    app.router.add_get("/", _index)
+    app.router.add_get("/api/state", _state)
+    app.router.add_post("/api/slack", _slack)
+    app.router.add_post("/api/authorize", _authorize)
+    app.router.add_post("/api/x/reply", _x_reply)
+    return app
+
+
+def _page_html() -> str:
+    return importlib.resources.files("adapters.simulators").joinpath("sandbox.html").read_text("utf-8")
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text=_page_html(), content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def _state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SANDBOX].state(), headers={"Cache-Control": "no-store"})
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
+
+
+async def _answer(work: Awaitable[dict[str, Any]]) -> web.Response:
+    try:
+        return web.json_response({"ok": True, **await work})
+    except SandboxError as exc:
+        return web.json_response({"ok": False, "error": str(exc)}, status=400)
+
+
+async def _slack(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return await _answer(request.app[SANDBOX].say(str(body.get("text", ""))))
+
+
+async def _authorize(request: web.Request) -> web.Response:
+    body = await _body(request)
+    approve = body.get("approve", True) is not False
+    return await _answer(request.app[SANDBOX].authorize(str(body.get("url", "")), approve=approve))
+
+
+async def _x_reply(request: web.Request) -> web.Response:
+    body = await _body(request)
+    sandbox = request.app[SANDBOX]
+    fields = (str(body.get(name, "")) for name in ("conversation_id", "username", "text"))
+    return await _answer(sandbox.reply_on_x(*fields))
+
+
+# ------------------------------------------------------------------------- composition
+
+
+def _loopback_socket(port: int = 0) -> socket.socket:
+    """A socket bound on 127.0.0.1 (any free port for 0), handed to aiohttp's ``SockSite``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        raise SandboxError(
+            f"cannot listen on {HOST}:{port} ({exc.strerror}); choose another --port"
+        ) from None
+    return sock
+
+
+def bridge_env(
+    data_dir: Path, *, x_url: str, slack_url: str, bridge_url: str, signing_secret: str, x_client_secret: str
+) -> dict[str, str]:
+    """The environment a deployed bridge would have, pointed at the simulators."""
+    return {
+        "PORT": str(urlsplit(bridge_url).port),
+        "DATABASE_PATH": str(data_dir / "bridge.db"),
+        "SLACK_SIGNING_SECRET": signing_secret,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_API_URL": f"{slack_url}/api/",
+        "PUBLIC_URL": bridge_url,
+        "X_CLIENT_ID": X_CLIENT_ID,
+        "X_CLIENT_SECRET": x_client_secret,
+        "X_API_URL": x_url,
+        "X_AUTHORIZE_URL": f"{x_url}/i/oauth2/authorize",
+        "BRIDGE_ENCRYPTION_KEY": generate_key(),
+        "X_TIMEOUT_SECONDS": "5",
+        "LOG_FORMAT": "text",
+    }
+
+
+@asynccontextmanager
+async def running_sandbox(
+    *, port: int = 0, delivery_config: DeliveryConfig | None = None
+) -> AsyncIterator[Sandbox]:
+    """Start fake X, fake Slack, the real bridge and the page; stop them all (and delete the data) after."""
+    async with AsyncExitStack() as stack:
+        page_socket = stack.enter_context(_loopback_socket(port))  # first: a busy port stops us early
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xdm-sandbox-")))
+        signing_secret, x_client_secret = secrets.token_hex(16), secrets.token_urlsafe(24)
+        x, x_url = await stack.enter_async_context(
+            run_fake_x(client_id=X_CLIENT_ID, client_secret=x_client_secret)
+        )
+        for user_id, username, name in X_PEOPLE:
+            x.add_user(user_id, username, name)
+        x.authorizing_user_id = YOUR_X_ID
+        slack, slack_url = await stack.enter_async_context(
+            run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")
+        )
+        slack.add_user(SLACK_USER_ID, display_name=SLACK_USER_NAME, real_name=SLACK_USER_NAME)
+        slack.add_channel(CHANNEL_ID, CHANNEL_NAME)
+
+        bridge_socket = stack.enter_context(_loopback_socket())
+        bridge_url = f"http://{HOST}:{bridge_socket.getsockname()[1]}"
+        env = bridge_env(
+            data_dir,
+            x_url=x_url,
+            slack_url=slack_url,
+            bridge_url=bridge_url,
+            signing_secret=signing_secret,
+            x_client_secret=x_client_secret,
+        )
+        settings = Settings.from_env(env)
+        bridge = web.AppRunner(create_app(settings, delivery_config=delivery_config), access_log=None)
+        await bridge.setup()
+        stack.push_async_callback(bridge.cleanup)
+        await web.SockSite(bridge, bridge_socket).start()
+
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
+        sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
+        stack.push_async_callback(sandbox.close)
+
+        page = web.AppRunner(page_app(sandbox), access_log=None, shutdown_timeout=1.0)
+        await page.setup()
+        stack.push_async_callback(page.cleanup)
+        await web.SockSite(page, page_socket).start()
+        sandbox.url = f"http://{HOST}:{page_socket.getsockname()[1]}/"
+        yield sandbox
+        if x.violations:
+            log.warning("requests outside X's OpenAPI spec", extra={"violations": x.violations})
+
+
+# ------------------------------------------------------------------------------ the CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page")
+    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
+    parser.add_argument(
+        "--open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open the page in a browser (default: only when run from a terminal)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="how much the bridge logs to stderr (default info)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("xdm-bridge sandbox is not built yet")
+    """Run until Ctrl-C (or SIGTERM); everything stops cleanly and the temporary data is deleted."""
+    setup_logging(args.log_level.upper(), "text")
+    try:
+        return asyncio.run(_serve(args))
+    except SandboxError as exc:
+        print(f"xdm-bridge sandbox: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C while starting up; everything started was stopped
+        return EXIT_INTERRUPTED
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows' default loop
+            loop.add_signal_handler(signum, stop.set)
+    async with running_sandbox(port=args.port) as sandbox:
+        print(_banner(sandbox), flush=True)
+        should_open = sys.stdout.isatty() if args.open is None else args.open
+        if should_open:
+            await asyncio.to_thread(webbrowser.open, sandbox.url)
+        await stop.wait()
+        print("\nStopping the sandbox…", flush=True)
+    print(f"Stopped. {sandbox.data_dir} was deleted.", flush=True)
+    return EXIT_OK
+
+
+def _banner(sandbox: Sandbox) -> str:
+    rule = "─" * 72
+    return "\n".join(
+        [
+            rule,
+            f"  xdm-bridge sandbox · {LABEL}",
+            "",
+            f"  Open  {sandbox.url}",
+            "",
+            f"  real bridge      {sandbox.bridge_url}  (signed Slack requests go to /slack/events)",
+            f"  simulated X      {sandbox.x_url}",
+            f"  simulated Slack  {sandbox.slack_url}",
+            f"  data             {sandbox.data_dir}  (deleted when you stop)",
+            "",
+            "  Press Ctrl-C to stop.",
+            rule,
+        ]
+    )
+
+
+__all__ = [
+    "LABEL",
+    "Sandbox",
+    "SandboxError",
+    "add_arguments",
+    "page_app",
+    "run",
+    "running_sandbox",
+    "text_parts",
+]

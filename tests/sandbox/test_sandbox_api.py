@@ -1,0 +1,183 @@
+"""The sandbox's JSON API, in-process: everything it shows comes through the real bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.sandbox import LABEL, Sandbox, SandboxError, running_sandbox, text_parts
+from bridge.delivery import DeliveryConfig
+
+FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=0.5)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with running_sandbox(port=0, delivery_config=FAST) as running:
+        yield running
+        assert running.x.violations == []
+
+
+async def call(session: aiohttp.ClientSession, sandbox: Sandbox, path: str, body: dict[str, Any]) -> Any:
+    async with session.post(sandbox.url + path.lstrip("/"), json=body) as response:
+        return response.status, await response.json()
+
+
+async def state_when(
+    session: aiohttp.ClientSession, sandbox: Sandbox, ready: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """Poll GET /api/state as the page does until ``ready`` holds."""
+    state: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                async with session.get(sandbox.url + "api/state") as response:
+                    state = await response.json()
+                if ready(state):
+                    return state
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"never saw {what}; last state: {state}") from None
+
+
+def text_of(item: dict[str, Any]) -> str:
+    return "".join(part["text"] for part in item["parts"])
+
+
+def authorize_link(state: dict[str, Any]) -> str | None:
+    links = [p["url"] for m in state["messages"] for p in m["parts"] if p.get("action") == "authorize"]
+    return links[-1] if links else None
+
+
+async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(sandbox.url) as response:
+            page = await response.text()
+        assert response.status == 200 and LABEL in page
+
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+        assert (status, answer["sent"]) == (200, "command")
+        state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+        assert state["steps"] == {"connected": False, "bridged": False, "relayed": False}
+        [ack] = [m for m in state["messages"] if m["kind"] == "bot"]
+        assert ack["only_you"] and "Connect your X account" in text_of(ack)
+
+        url = authorize_link(state)
+        status, answer = await call(session, sandbox, "/api/authorize", {"url": url, "approve": True})
+        assert (status, answer["status"], answer["title"]) == (200, 200, "X account connected")
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any("Connected X account @you" in text_of(m) for m in s["messages"]),
+            "the connect follow-up",
+        )
+        assert state["steps"]["connected"] is True
+
+        await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
+        state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
+        [group] = state["x"]["conversations"]
+        assert group["kind"] == "Group" and group["title"] == "Group with @alice, @bob"
+        assert group["participants"] == ["you", "alice", "bob"]
+        assert [(m["sender"], m["text"]) for m in group["messages"]] == [("you", "hi")]
+
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "fish & <chips> :tada:"})
+        assert (status, answer["status"]) == (200, 200)
+        ts = answer["ts"]
+
+        def delivered(s: dict[str, Any]) -> bool:
+            [message] = [m for m in s["messages"] if m.get("ts") == ts]
+            return bool(message["reactions"]) and len(s["x"]["conversations"][0]["messages"]) == 2
+
+        state = await state_when(session, sandbox, delivered, "the relayed message and its ✅")
+        [message] = [m for m in state["messages"] if m.get("ts") == ts]
+        assert message["reactions"] == [{"name": "white_check_mark", "emoji": "✅"}]
+        assert text_of(message) == "fish & <chips> 🎉" and not message["only_you"]
+        assert state["x"]["conversations"][0]["messages"][-1]["text"] == "You: fish & <chips> 🎉"
+        assert state["steps"] == {"connected": True, "bridged": True, "relayed": True}
+        # The channel reads in the order things happened.
+        order = [m["at"] for m in state["messages"]]
+        assert order == sorted(order)
+
+        # The event really was signed and sent to the bridge; X got the DM over HTTP.
+        posts = [
+            r.path for r in sandbox.x.all_requests if r.method == "POST" and r.path.endswith("/messages")
+        ]
+        assert posts == [f"/2/dm_conversations/{group['id']}/messages"]
+
+
+async def test_reply_on_x_is_recorded_as_from_alice_with_a_note(sandbox: Sandbox) -> None:
+    conversation_id = sandbox.x.create_group("1000", ["2001", "2002"])
+    async with aiohttp.ClientSession() as session:
+        body = {"conversation_id": conversation_id, "username": "alice", "text": "hello from X"}
+        status, answer = await call(session, sandbox, "/api/x/reply", body)
+        assert status == 200 and answer["ok"]
+        [event] = sandbox.x.events
+        assert (event.sender_id, event.text, event.conversation_id) == (
+            "2001",
+            "hello from X",
+            conversation_id,
+        )
+
+        state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the reply")
+        [shown] = state["x"]["conversations"][0]["messages"]
+        assert shown["sender"] == "alice" and not shown["you"]
+        assert "not relayed to Slack yet" in shown["note"]
+        assert state["messages"] == []  # nothing reached the channel
+
+        refused = {"conversation_id": conversation_id, "username": "carol", "text": "let me in"}
+        status, answer = await call(session, sandbox, "/api/x/reply", refused)
+        assert status == 400 and "not someone else" in answer["error"]
+        assert len(sandbox.x.events) == 1
+
+
+async def test_mistakes_are_answered_not_sent(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession() as session:
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "   "})
+        assert status == 400 and not answer["ok"]
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "/giphy cats"})
+        assert status == 200 and answer["sent"] == "nothing"
+        status, answer = await call(
+            session, sandbox, "/api/authorize", {"url": "http://example.com/steal", "approve": True}
+        )
+        assert status == 400 and "authorize page" in answer["error"]
+        state = await state_when(session, sandbox, lambda s: bool(s["messages"]), "the note")
+        [note] = state["messages"]
+        assert note["kind"] == "note" and "/giphy is not a command here" in text_of(note)
+    assert sandbox.x.all_requests == []
+
+
+async def test_a_busy_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SandboxError, match=f"127.0.0.1:{port}.*--port"):
+            async with running_sandbox(port=port):
+                pass
+
+
+def test_slack_text_becomes_safe_parts() -> None:
+    authorize = "http://127.0.0.1:1/i/oauth2/authorize"
+    text = (
+        f"<{authorize}?a=1&amp;b=2|Connect> *now* <@U1> `/xdm help` a &lt;b&gt; :x: "
+        "<javascript:alert(1)|click> <https://example.com>"
+    )
+    parts = text_parts(text, users={"U1": "You"}, authorize_url=authorize)
+    assert parts == [
+        {"type": "link", "url": f"{authorize}?a=1&b=2", "text": "Connect", "action": "authorize"},
+        {"type": "text", "text": " "},
+        {"type": "bold", "text": "now"},
+        {"type": "text", "text": " "},
+        {"type": "mention", "text": "@You"},
+        {"type": "text", "text": " "},
+        {"type": "code", "text": "/xdm help"},
+        {"type": "text", "text": " a <b> ❌ "},
+        {"type": "text", "text": "javascript:alert(1)|click"},
+        {"type": "text", "text": " "},
+        {"type": "link", "url": "https://example.com", "text": "https://example.com"},
+    ]

@@ -1,0 +1,191 @@
+"""`xdm-bridge sandbox` as a newcomer uses it: the real command, its page in headless Chromium.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``bash .ci/run`` installs them). Without
+them this test fails and says so: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.harness import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 10.0
+
+
+class SandboxProcess:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, out: Path, err: Path) -> None:
+        self.process, self.url, self.out, self.err = process, url, out, err
+
+    def output(self) -> str:
+        return self.out.read_text() + self.err.read_text()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
+    """``xdm-bridge sandbox --port <free> --no-open``, started the way a person starts it."""
+    port = free_port()
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    command = [str(Path(sys.executable).with_name("xdm-bridge")), "sandbox", "--port", str(port), "--no-open"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    running = SandboxProcess(process, f"http://127.0.0.1:{port}/", out, err)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"xdm-bridge sandbox exited with {process.returncode}:\n{running.output()}")
+            try:
+                with urllib.request.urlopen(running.url, timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the sandbox page never answered:\n{running.output()}")
+                time.sleep(0.1)
+        yield running
+    finally:
+        if process.poll() is None:  # the test failed early: stop it as Ctrl-C would, so it cleans up
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not found: this browser test needs Debian's chromium and "
+            "chromium-driver. `bash .ci/run` installs them (apt-get install chromium chromium-driver)."
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def type_in(driver: WebDriver, box: str, text: str) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, box)
+    field.clear()
+    field.send_keys(text, Keys.ENTER)
+
+
+def wait_for(
+    driver: WebDriver, css: str, text: str = "", what: str = "", *, click: bool = False
+) -> WebElement:
+    """The first element matching ``css`` whose text contains ``text`` (clicked, if asked).
+
+    The page rebuilds a pane when its state changes, so an element found a moment ago may be
+    gone: the search simply runs again.
+    """
+
+    def found(d: WebDriver) -> WebElement | Literal[False]:
+        for element in d.find_elements(By.CSS_SELECTOR, css):
+            if text in element.text:
+                if click:
+                    element.click()
+                return element
+        return False
+
+    wait: WebDriverWait[WebDriver] = WebDriverWait(
+        driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    try:
+        element = wait.until(found)
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"never saw {what or css + ' ' + repr(text)}; the page shows:\n{page}") from None
+    return element
+
+
+def test_a_channel_message_reaches_x_and_gets_its_check_mark(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(sandbox.url)
+    assert "Simulation — nothing leaves this machine" in browser.find_element(By.ID, "banner").text
+
+    # /xdm connect, then the authorize button, the simulated X consent, the bridge's callback.
+    type_in(browser, "#slack-input", "/xdm connect")
+    wait_for(browser, ".authorize-button", "Connect your X account", click=True)
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "consent-approve").is_displayed())
+    browser.find_element(By.ID, "consent-approve").click()
+    wait_for(browser, "#slack-messages .msg.bot", "Connected X account @you", "the connect follow-up")
+    wait_for(browser, "#slack-messages .msg.note", "answered 200: X account connected")
+
+    type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
+    wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")
+    wait_for(browser, "#x-messages .x-message.mine .bubble", "hi")
+    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to X group")
+
+    type_in(browser, "#slack-input", "Hello from the browser")
+    wait_for(browser, "#x-messages .x-message.mine .bubble", "You: Hello from the browser", "the relayed DM")
+    check = wait_for(
+        browser, '.msg.message[data-ts] .reaction[data-name="white_check_mark"]', "✅", "the ✅ reaction"
+    )
+    assert check.text.startswith("✅")
+    [message] = [
+        m
+        for m in browser.find_elements(By.CSS_SELECTOR, "#slack-messages .msg.message")
+        if "Hello from" in m.text
+    ]
+    assert "✅" in message.text and re.fullmatch(r"\d+\.\d{6}", message.get_attribute("data-ts") or "")
+
+    # Alice answers on X; it shows there, marked as not relayed yet.
+    type_in(browser, "#x-input", "Hi, from X")
+    reply = wait_for(browser, '#x-messages .x-message[data-sender="alice"]', "Hi, from X", "Alice's reply")
+    assert "not relayed to Slack yet" in reply.text
+    assert all(
+        step.get_attribute("class") == "step done" for step in browser.find_elements(By.CSS_SELECTOR, ".step")
+    )
+
+    screenshot = tmp_path / "sandbox.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+    # Ctrl-C stops everything: the bridge's cleanup runs and the temporary data is deleted.
+    data = re.search(r"data\s+(\S+)", sandbox.out.read_text())
+    assert data and Path(data.group(1)).is_dir()
+    sandbox.process.send_signal(signal.SIGINT)
+    assert sandbox.process.wait(timeout=15) == 0, sandbox.output()
+    assert "shut down cleanly" in sandbox.err.read_text()
+    assert not Path(data.group(1)).exists()
