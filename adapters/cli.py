@@ -1,17 +1,25 @@
 """``xdm-bridge``: the command line, and where the process starts.
 
+``serve``, ``migrate``, ``keygen`` and ``sandbox`` run the bridge; ``doctor``,
+``mappings``, ``accounts`` and ``outbox`` are for operators (``--json`` for scripts).
 Exit codes: 0 success, 1 a check or operation failed, 2 bad configuration or usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import sqlite3
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
+from adapters import admin
 from adapters.crypto import generate_key
 from adapters.logs import setup_logging
 from adapters.sqlite_store import open_database
@@ -72,6 +80,130 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return sandbox.run(args)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check configuration, database, Slack and every X account; print each problem with its fix."""
+    from adapters import doctor
+
+    report = asyncio.run(doctor.run())
+    _emit(args, report.as_json(), report.text)
+    return report.exit_code
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """Bridged channels."""
+    rows = _with_db(admin.list_mappings)
+    _emit(args, rows, lambda: admin.mappings_text(rows))
+    return EXIT_OK
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    """Connected X accounts (never their tokens)."""
+    now = time.time()
+    rows = _with_db(lambda db: admin.list_accounts(db, now))
+    _emit(args, rows, lambda: admin.accounts_text(rows, now))
+    return EXIT_OK
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """List waiting and failed messages."""
+    now = time.time()
+    states = tuple(args.state) if args.state else admin.LISTED_STATES
+
+    def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return admin.list_outbox(db, states, args.limit, now), admin.outbox_summary(db, now)
+
+    items, summary = _with_db(read)
+    _emit(args, {"summary": summary, "items": items}, lambda: admin.outbox_text(items, summary, now))
+    return EXIT_OK
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    """Make rows due now; a running server picks them up within its rescan interval."""
+    outcome = _with_db(lambda db: admin.retry(db, args.ids, all_failed=args.all_failed))
+    return _report_outcome(args, outcome, "retried", "queued for another attempt")
+
+
+def cmd_outbox_drop(args: argparse.Namespace) -> int:
+    """Give up on unsent rows (marked failed: "dropped by operator")."""
+    outcome = _with_db(lambda db: admin.drop(db, args.ids))
+    return _report_outcome(args, outcome, "dropped", f"marked failed ({admin.DROPPED})")
+
+
+def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str, meaning: str) -> int:
+    def text() -> str:
+        lines = []
+        if outcome.done:
+            lines.append(f"{len(outcome.done)} row(s) {meaning}: {', '.join(map(str, outcome.done))}")
+        elif not outcome.skipped:
+            lines.append(f"nothing to do: no rows {verb}")
+        lines.extend(f"row {i} not {verb}: {reason}" for i, reason in outcome.skipped.items())
+        return "\n".join(lines)
+
+    _emit(args, outcome.as_json(verb), text)
+    return EXIT_FAILED if outcome.skipped else EXIT_OK
+
+
+def _with_db(work: Callable[[Any], Any]) -> Any:
+    try:
+        with admin.connect(database_path()) as db:
+            return work(db)
+    except admin.AdminError as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    except sqlite3.DatabaseError as exc:  # not a database, locked past the timeout, read-only disk…
+        print(f"xdm-bridge: database {database_path()}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text())
+
+
+def _json_flag(parser: argparse.ArgumentParser, *, default: Any = False) -> None:
+    parser.add_argument("--json", action="store_true", default=default, help="machine-readable output")
+
+
+def _add_operator_commands(sub: Any) -> None:
+    doctor = sub.add_parser("doctor", help="check configuration, database, Slack and X; print fixes")
+    _json_flag(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+    mappings = sub.add_parser("mappings", help="list bridged channels")
+    _json_flag(mappings)
+    mappings.set_defaults(func=cmd_mappings)
+    accounts = sub.add_parser("accounts", help="list connected X accounts (never their tokens)")
+    _json_flag(accounts)
+    accounts.set_defaults(func=cmd_accounts)
+
+    outbox = sub.add_parser(
+        "outbox",
+        help="list waiting and failed messages; retry or drop them",
+        description="Without an action: list rows that are queued, sending, waiting or failed.",
+    )
+    _json_flag(outbox)
+    outbox.add_argument("--state", action="append", choices=admin.LISTED_STATES, help="only this state")
+    outbox.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    outbox.set_defaults(func=cmd_outbox)
+    actions = outbox.add_subparsers(dest="action", metavar="ACTION")
+    retry = actions.add_parser(
+        "retry",
+        help="send rows again now (failed, waiting or queued ones)",
+        description=cmd_outbox_retry.__doc__,
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID", help="outbox row id")
+    which.add_argument("--all-failed", action="store_true", help="every failed row")
+    _json_flag(retry, default=argparse.SUPPRESS)
+    retry.set_defaults(func=cmd_outbox_retry)
+    drop_ = actions.add_parser(
+        "drop",
+        help='give up on unsent rows (marked failed, "dropped by operator")',
+        description=admin.__doc__,
+    )
+    drop_.add_argument("ids", nargs="+", type=int, metavar="ID", help="outbox row id")
+    _json_flag(drop_, default=argparse.SUPPRESS)
+    drop_.set_defaults(func=cmd_outbox_drop)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdm-bridge", description="Relay Slack channel messages into X (Twitter) DM conversations."
@@ -89,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters import sandbox
 
     sandbox.add_arguments(sandbox_parser)
+    _add_operator_commands(sub)
     return parser
 
 

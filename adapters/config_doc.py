@@ -1,0 +1,108 @@
+"""Every environment variable ``bridge.settings`` reads, with its meaning and default.
+
+One table feeds ``xdm-bridge doctor`` (the fix printed next to a configuration
+problem), and the tests check that ``.env.example``, ``app.json`` and the README
+list exactly these names and that ``bridge/settings.py`` reads exactly these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    meaning: str
+    default: str | None  # None: required (or, where ``required`` is False, unset by default)
+    required: bool = False
+    secret: bool = False
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar(
+        "SLACK_SIGNING_SECRET",
+        "the Slack app's Signing Secret (Basic Information → App Credentials)",
+        None,
+        required=True,
+        secret=True,
+    ),
+    EnvVar(
+        "SLACK_BOT_TOKEN",
+        "the Bot User OAuth Token, xoxb-… (OAuth & Permissions, after installing the app)",
+        None,
+        required=True,
+        secret=True,
+    ),
+    EnvVar("X_CLIENT_ID", "the X app's OAuth 2.0 Client ID (Keys and tokens)", None, required=True),
+    EnvVar(
+        "X_CLIENT_SECRET",
+        "the X app's OAuth 2.0 Client Secret (a Web App is a confidential client); unset for a public client",
+        None,
+        secret=True,
+    ),
+    EnvVar(
+        "BRIDGE_ENCRYPTION_KEY",
+        "Fernet key(s) encrypting X tokens at rest, comma-separated, newest first; "
+        "`xdm-bridge keygen` prints one",
+        None,
+        required=True,
+        secret=True,
+    ),
+    EnvVar(
+        "PUBLIC_URL",
+        "the bridge's public https origin; X sends people back to {PUBLIC_URL}/x/oauth/callback "
+        "(needed for /xdm connect)",
+        None,
+    ),
+    EnvVar("PORT", "HTTP port to listen on (platforms set it)", "3000"),
+    EnvVar(
+        "DATABASE_PATH",
+        "the SQLite file; put it on a persistent disk (see Persistence)",
+        "bridge.db",
+    ),
+    EnvVar(
+        "SLACK_API_URL", "Slack Web API base URL (tests and the sandbox change it)", "https://slack.com/api/"
+    ),
+    EnvVar("X_API_URL", "X API base URL", "https://api.x.com"),
+    EnvVar("X_AUTHORIZE_URL", "X's OAuth 2.0 authorize page", "https://x.com/i/oauth2/authorize"),
+    EnvVar("X_TOKEN_URL", "X's OAuth 2.0 token endpoint", "{X_API_URL}/2/oauth2/token"),
+    EnvVar(
+        "X_USER_LIMIT_15M",
+        "DM sends per X account per 15 minutes before the bridge holds messages "
+        "(X's headers correct it; the stricter wins)",
+        "200",
+    ),
+    EnvVar("X_USER_LIMIT_24H", "DM sends per X account per 24 hours (corrected by X's headers)", "1000"),
+    EnvVar("X_APP_LIMIT_24H", "DM sends per X app per 24 hours (corrected by X's headers)", "15000"),
+    EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
+    EnvVar(
+        "RELAY_FORMAT",
+        "how a relayed message reads on X; may use {name} and must use {text}",
+        "{name}: {text}",
+    ),
+    EnvVar(
+        "RELAY_THREADS",
+        "which thread replies are relayed: all, broadcast (only 'also send to channel') or none",
+        "all",
+    ),
+    EnvVar(
+        "RELAY_EDITS",
+        "what editing a relayed Slack message does: correction (the new text replaces it if not "
+        "yet sent, else a correction DM follows) or ignore",
+        "correction",
+    ),
+    EnvVar("LOG_LEVEL", "debug, info, warning or error", "info"),
+    EnvVar("LOG_FORMAT", "json, text, or auto (text on a terminal, JSON otherwise)", "auto"),
+)
+
+BY_NAME = {var.name: var for var in ENV_VARS}
+
+
+def fix_for(problem: str) -> str:
+    """The fix to print under one ``ConfigError`` line, which always starts with the variable's name."""
+    name = problem.split("=", 1)[0].split(" ", 1)[0]
+    var = BY_NAME.get(name)
+    if var is None:
+        return "see the Configuration section of the README"
+    return f"set {name}: {var.meaning} (see .env.example)"

@@ -1,0 +1,48 @@
+"""What the bridge asks of Slack: Web API methods, events and the scopes each needs.
+
+``manifest.yml`` must request exactly the scopes below; a test reads the adapters'
+source and fails when a Slack Web API call or an event listener appears that is
+not listed here, so the manifest cannot silently fall behind the code.
+``xdm-bridge doctor`` compares the installed token's scopes with ``BOT_SCOPES``.
+"""
+
+from __future__ import annotations
+
+# Web API method (as Slack names it) → bot scopes it needs. ``auth.test`` needs none.
+METHOD_SCOPES: dict[str, tuple[str, ...]] = {
+    "auth.test": (),  # Bolt calls it on start-up; doctor calls it
+    "chat.postMessage": ("chat:write",),  # also to a user id: the app's Messages tab
+    "chat.postEphemeral": ("chat:write",),
+    "reactions.add": ("reactions:write",),
+    "reactions.remove": ("reactions:write",),
+    "users.info": ("users:read",),
+    "files.info": ("files:read",),  # and GET url_private_download with the bot token
+}
+
+# Event subscription (as the manifest names it) → bot scopes it needs.
+EVENT_SCOPES: dict[str, tuple[str, ...]] = {
+    "message.channels": ("channels:history",),
+    "message.groups": ("groups:history",),
+    "member_joined_channel": ("channels:read", "groups:read"),
+    "member_left_channel": ("channels:read", "groups:read"),
+    "app_uninstalled": (),
+    "tokens_revoked": (),
+}
+
+COMMAND_SCOPES: tuple[str, ...] = ("commands",)
+
+
+def bot_scopes() -> frozenset[str]:
+    """Every scope the code needs: the manifest's ``oauth_config.scopes.bot``."""
+    scopes: set[str] = set(COMMAND_SCOPES)
+    for needed in (*METHOD_SCOPES.values(), *EVENT_SCOPES.values()):
+        scopes.update(needed)
+    return frozenset(scopes)
+
+
+BOT_SCOPES = bot_scopes()
+
+
+def slack_method(python_name: str) -> str:
+    """``chat_postMessage`` → ``chat.postMessage`` (AsyncWebClient's naming)."""
+    return python_name.replace("_", ".")

@@ -1,0 +1,170 @@
+"""/metrics, /healthz and the log lines an operator relies on, on a running bridge."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.metrics import failure_reason, worker_state, x_endpoint
+from adapters.web import METRICS, create_app
+from adapters.x_api import REFUSAL_CODES
+from bridge.settings import Settings
+from tests.harness import ALICE, Bridge, running_bridge, wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(bridge: Bridge) -> Samples:
+    async with bridge.session.get(f"{bridge.url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over every label set that includes ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+async def linked(bridge: Bridge) -> None:
+    await bridge.connect()
+    await bridge.map_link("1000-2001")
+
+
+async def test_metrics_after_relaying_a_message(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        before = await scrape(bridge)
+        assert value(before, "messages_accepted_total") == 0
+        assert value(before, "messages_failed_total", reason="recipient_refuses_dms") == 0
+
+        _, ts = await bridge.post("measured")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        await wait_until(
+            lambda: bridge.app[METRICS].registry.get_sample_value("messages_relayed_total") == 1,
+            5,
+            "relayed counter",
+        )
+        after = await scrape(bridge)
+        assert value(after, "messages_accepted_total") == 1
+        assert value(after, "messages_relayed_total") == 1
+        assert value(after, "outbox_depth") == 0
+        assert value(after, "outbox_oldest_age_seconds") == 0
+        # The fake X reports 200/15 min; one DM was sent through this account.
+        assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="15m") == 199
+        assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="24h") == 999
+        assert ("x_rate_limit_remaining", (("account", "app"), ("window", "24h"))) in after
+        sent = total(
+            after, "x_request_seconds_count", method="POST", endpoint="/2/dm_conversations/{id}/messages"
+        )
+        assert sent == 1
+        assert total(after, "x_request_seconds_count", endpoint="/2/users/me") >= 1
+        assert total(after, "x_request_seconds_count", endpoint="/2/oauth2/token") == 1
+        assert total(after, "slack_request_seconds_count", method="reactions.add") >= 1
+        assert total(after, "slack_request_seconds_count", method="users.info") >= 1
+        assert total(after, "x_request_seconds_sum") > 0
+
+
+async def test_refusals_are_counted_by_reason(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        bridge.x.users[ALICE].accepts_dms = False
+        bridge.x.dm_refusal_body = "code349"
+        await linked(bridge)
+        registry = bridge.app[METRICS].registry
+        _, ts = await bridge.post("nobody home")
+        await bridge.wait_reaction("C100", ts, "warning")
+        await wait_until(
+            lambda: (
+                registry.get_sample_value("messages_failed_total", {"reason": "recipient_refuses_dms"}) == 1
+            ),
+            5,
+            "failure",
+        )
+        samples = await scrape(bridge)
+        assert value(samples, "messages_failed_total", reason="recipient_refuses_dms") == 1
+        assert value(samples, "messages_relayed_total") == 0
+
+
+async def test_waiting_messages_show_in_depth_and_healthz_names_accounts_to_reconnect(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+            healthy = await response.json()
+        assert response.status == 200
+        assert healthy["worker"] == "ok" and healthy["worker_heartbeat_age"] < 5
+        assert healthy["accounts_needing_reconnect"] == {"count": 0, "usernames": []}
+
+        with sqlite3.connect(bridge.db_path) as db:
+            db.execute("UPDATE accounts SET needs_reconnect = 1")
+        result, _ = await bridge.post("held")
+        assert result.status == 200
+
+        def parked() -> bool:
+            row = sqlite3.connect(bridge.db_path).execute("SELECT state FROM outbox").fetchone()
+            return row is not None and row[0] == "waiting"
+
+        await wait_until(parked, 5, "the message parked for reconnection")
+        samples = await scrape(bridge)
+        assert value(samples, "outbox_depth") == 1
+        assert value(samples, "outbox_oldest_age_seconds") > 0
+        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+            body = await response.json()
+        assert response.status == 200  # a user's reconnection is not the process's health
+        assert body["accounts_needing_reconnect"] == {"count": 1, "usernames": ["bridge_owner"]}
+        assert body["status"] == "ok" and body["database"] == "ok"
+
+
+async def test_bad_signature_is_logged_with_the_likely_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        caplog.set_level(logging.WARNING, logger="adapters.web")
+        body = b'{"type": "event_callback"}'
+        headers = bridge.sender.sign(body)
+        headers["X-Slack-Signature"] = "v0=" + "0" * 64
+        async with bridge.session.post(f"{bridge.url}/slack/events", data=body, headers=headers) as response:
+            assert response.status == 401
+        [record] = [r for r in caplog.records if "signature does not verify" in r.getMessage()]
+        assert "SLACK_SIGNING_SECRET" in record.__dict__["likely_cause"]
+        assert abs(record.__dict__["clock_skew_seconds"]) <= 5
+
+        stale = bridge.sender.sign(body, timestamp=1_000_000_000)
+        async with bridge.session.post(f"{bridge.url}/slack/events", data=body, headers=stale) as response:
+            assert response.status == 401
+        assert any("server clock" in str(r.__dict__.get("likely_cause")) for r in caplog.records)
+
+
+def test_each_app_has_its_own_registry() -> None:
+    settings = Settings(signing_secret="s", bot_token="xoxb-t", x_client_id="c", encryption_keys=("k",))
+    first, second = create_app(settings), create_app(settings)
+    assert first[METRICS].registry is not second[METRICS].registry
+    first[METRICS].accepted.inc()
+    assert b"messages_accepted_total 1.0" in first[METRICS].render()
+    assert b"messages_accepted_total 0.0" in second[METRICS].render()
+
+
+def test_failure_reasons_stay_few() -> None:
+    assert failure_reason(f"X refused it (HTTP 403): {REFUSAL_CODES[349]}") == "recipient_refuses_dms"
+    assert failure_reason(f"X refused it (HTTP 403): {REFUSAL_CODES[226]}") == "spam_filter"
+    assert failure_reason("X refused it (HTTP 403): Forbidden") == "forbidden"
+    assert failure_reason("the X account this channel sends as was disconnected") == "account_disconnected"
+    assert failure_reason("something new") == "other" and failure_reason(None) == "other"
+    assert x_endpoint("/2/dm_conversations/with/2001/messages") == "/2/dm_conversations/with/{id}/messages"
+    assert x_endpoint("/2/users/by/username/alice") == "/2/users/by/username/{username}"
+    assert worker_state(heartbeat=100.0, now=150.0, uptime=500.0, stale_after=60.0) == "ok"
+    assert worker_state(heartbeat=100.0, now=170.0, uptime=500.0, stale_after=60.0) == "stale"
+    assert worker_state(heartbeat=0.0, now=170.0, uptime=10.0, stale_after=60.0) == "starting"
