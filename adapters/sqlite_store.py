@@ -348,6 +348,19 @@ class SqliteStore:
     async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
         return await self._call(self._accept, message, mapping, now)
 
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> bool | None:
+        """Look up the channel's mapping and commit in one trip to the owner thread (the hot path
+        before Slack's 200). None when the channel is not mapped, else as ``accept``."""
+
+        def work() -> bool | None:
+            row = self._one(
+                "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?",
+                [message.team_id, message.channel_id],
+            )
+            return None if row is None else self._accept(message, self._mapping(row), now)
+
+        return await self._call(work)
+
     def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
         target = mapping.target
         source = {
@@ -764,13 +777,22 @@ class SqliteStore:
         return await self._call(lambda: self._rows("SELECT key, limit_, remaining, reset_at FROM budgets"))
 
     async def save_budget(self, key: str, limit: int, remaining: int, reset_at: float) -> None:
-        await self._call(
-            self._update,
-            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
-            "reset_at = excluded.reset_at",
-            [key, limit, remaining, reset_at],
-        )
+        await self.save_budgets([(key, limit, remaining, reset_at)])
+
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """Several windows in one transaction (a send touches three)."""
+
+        def work() -> None:
+            with self.db.atomic():
+                for window in windows:
+                    self.db.execute(
+                        "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
+                        "remaining = excluded.remaining, reset_at = excluded.reset_at",
+                        list(window),
+                    )
+
+        await self._call(work)
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

@@ -160,5 +160,6 @@ class Budget:
         return {"15m": minute.snapshot(), "24h": day.snapshot(), "app_24h": app.snapshot()}
 
     async def _persist(self, account_id: int) -> None:
-        for window in self._account_windows(account_id):
-            await self._store.save_budget(window.key, window.limit, window.remaining, window.reset_at)
+        await self._store.save_budgets(
+            [(w.key, w.limit, w.remaining, w.reset_at) for w in self._account_windows(account_id)]
+        )

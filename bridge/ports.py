@@ -66,6 +66,10 @@ class Store(Protocol):
         """Commit the message to the outbox; False when this event or message was seen before."""
         ...
 
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> bool | None:
+        """``accept`` with the channel's mapping looked up in the same transaction; None if unmapped."""
+        ...
+
     # outbox (the delivery worker)
     async def outbox_heads(self) -> list[OutboxItem]:
         """Per channel, the oldest row not yet sent or failed: only heads may be sent."""
@@ -127,6 +131,9 @@ class Store(Protocol):
     # budgets (rate-limit windows), persisted so restarts keep respecting them
     async def load_budgets(self) -> list[dict[str, Any]]: ...
     async def save_budget(self, key: str, limit: int, remaining: int, reset_at: float) -> None: ...
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """(key, limit, remaining, reset_at) for several windows, in one transaction."""
+        ...
 
     async def ping(self) -> bool: ...
 

@@ -54,10 +54,9 @@ class Relay:
         """Commit ``message`` to the outbox if it should go to X; True when newly accepted."""
         if not self.wanted(message):
             return False
-        mapping = await self._store.get_mapping(message.team_id, message.channel_id)
-        if mapping is None:
+        accepted = await self._store.accept_if_mapped(message, self._clock.now())
+        if accepted is None:
             return False
-        accepted = await self._store.accept(message, mapping, self._clock.now())
         if accepted:
             log.info(
                 "accepted for relay",
