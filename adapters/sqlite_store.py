@@ -452,12 +452,16 @@ class SqliteStore:
 
     async def outbox_heads(self) -> list[OutboxItem]:
         def work() -> list[OutboxItem]:
-            # SQLite returns the other columns from the row where MIN() was found.
+            # One index lookup per channel with unfinished rows (pending_channels, kept by
+            # triggers), not a scan of the whole backlog.
             rows = self._rows(
                 f"""
-                SELECT *, MIN(seq * 1000 + part) AS _order FROM outbox INDEXED BY outbox_pending
-                WHERE state IN {PENDING_STATES}
-                GROUP BY team_id, channel_id
+                SELECT o.* FROM pending_channels AS p
+                JOIN outbox AS o ON o.id = (
+                    SELECT id FROM outbox INDEXED BY outbox_pending
+                    WHERE team_id = p.team_id AND channel_id = p.channel_id AND state IN {PENDING_STATES}
+                    ORDER BY seq, part LIMIT 1
+                )
                 """
             )
             return [self._item(r) for r in rows]

@@ -146,3 +146,65 @@ def m0002_outbox_kinds_and_media(db: Database) -> None:
     outbox.add_column("media", str)
     outbox.add_column("media_id", str)
     db.execute("UPDATE outbox SET ref_ts = slack_ts WHERE ref_ts IS NULL")
+
+
+@migrations(name="0003_pending_channels")
+def m0003_pending_channels(db: Database) -> None:
+    """Channels with unfinished outbox rows, kept exact by triggers.
+
+    The worker looks for each channel's oldest unfinished row after every send.
+    Scanning all pending rows made that O(backlog), so a backlog slowed delivery,
+    which grew the backlog; with this table it is one index lookup per channel.
+    Triggers (not application code) keep it right, so the CLI's retry and drop
+    keep it right too.
+    """
+    db.execute(
+        "CREATE TABLE pending_channels (team_id TEXT NOT NULL, channel_id TEXT NOT NULL, "
+        "PRIMARY KEY (team_id, channel_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        f"""
+        CREATE TRIGGER outbox_pending_insert AFTER INSERT ON outbox
+        WHEN NEW.state IN {PENDING_STATES}
+        BEGIN
+            INSERT OR IGNORE INTO pending_channels (team_id, channel_id) VALUES (NEW.team_id, NEW.channel_id);
+        END
+        """
+    )
+    db.execute(
+        f"""
+        CREATE TRIGGER outbox_pending_reopen AFTER UPDATE OF state ON outbox
+        WHEN NEW.state IN {PENDING_STATES}
+        BEGIN
+            INSERT OR IGNORE INTO pending_channels (team_id, channel_id) VALUES (NEW.team_id, NEW.channel_id);
+        END
+        """
+    )
+    db.execute(
+        f"""
+        CREATE TRIGGER outbox_pending_finish AFTER UPDATE OF state ON outbox
+        WHEN NEW.state NOT IN {PENDING_STATES} AND NOT EXISTS (
+            SELECT 1 FROM outbox INDEXED BY outbox_pending
+            WHERE team_id = NEW.team_id AND channel_id = NEW.channel_id AND state IN {PENDING_STATES}
+        )
+        BEGIN
+            DELETE FROM pending_channels WHERE team_id = NEW.team_id AND channel_id = NEW.channel_id;
+        END
+        """
+    )
+    db.execute(
+        f"""
+        CREATE TRIGGER outbox_pending_delete AFTER DELETE ON outbox
+        WHEN NOT EXISTS (
+            SELECT 1 FROM outbox INDEXED BY outbox_pending
+            WHERE team_id = OLD.team_id AND channel_id = OLD.channel_id AND state IN {PENDING_STATES}
+        )
+        BEGIN
+            DELETE FROM pending_channels WHERE team_id = OLD.team_id AND channel_id = OLD.channel_id;
+        END
+        """
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO pending_channels (team_id, channel_id) "
+        f"SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}"
+    )
