@@ -622,16 +622,26 @@ class SqliteStore:
         with self.db.atomic():
             self.db.execute(sql, params)
 
-    async def mark_sending(self, item_id: int, now: float) -> None:
-        await self._call(
-            self._update,
-            "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? WHERE id = ?",
-            [now, item_id],
-        )
-
-    async def mark_sent(self, item_id: int, sent: Sent, now: float) -> None:
+    async def mark_sending(
+        self, item_id: int, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> None:
         def work() -> None:
             with self.db.atomic():
+                self.db.execute(
+                    "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? "
+                    "WHERE id = ?",
+                    [now, item_id],
+                )
+                self._save_budgets(budgets)
+
+        await self._call(work)
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> None:
+        def work() -> None:
+            with self.db.atomic():
+                self._save_budgets(budgets)
                 row = self._one(
                     "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
                     "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
@@ -788,15 +798,18 @@ class SqliteStore:
 
         def work() -> None:
             with self.db.atomic():
-                for window in windows:
-                    self.db.execute(
-                        "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
-                        "remaining = excluded.remaining, reset_at = excluded.reset_at",
-                        list(window),
-                    )
+                self._save_budgets(windows)
 
         await self._call(work)
+
+    def _save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        for window in windows:
+            self.db.execute(
+                "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
+                "remaining = excluded.remaining, reset_at = excluded.reset_at",
+                list(window),
+            )
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

@@ -17,6 +17,8 @@ from bridge.ports import Store
 
 log = logging.getLogger("bridge.budget")
 
+BudgetRow = tuple[str, int, int, float]  # key, limit, remaining, reset_at
+
 FIFTEEN_MINUTES = 15 * 60.0
 ONE_DAY = 24 * 3600.0
 APP = "app"
@@ -116,21 +118,35 @@ class Budget:
         waits = [b for b in blocks if b is not None]
         return max(waits) if waits else None
 
-    async def consume(self, account_id: int, now: float) -> None:
-        """Count a DM POST before it is sent (so concurrent senders cannot overspend)."""
+    def count(self, account_id: int, now: float) -> list[BudgetRow]:
+        """Count a DM POST before it is sent (so concurrent senders cannot overspend).
+
+        Returns the windows' new state for the caller to persist with its own write.
+        """
         for window in self._account_windows(account_id):
             window.consume(now)
-        await self._persist(account_id)
+        return self.rows(account_id)
+
+    def correct(self, account_id: int, facts: RateFacts) -> list[BudgetRow]:
+        """Correct the windows from one DM POST response's headers; returns them to persist."""
+        if not facts.is_empty():
+            minute, day, app = self._account_windows(account_id)
+            minute.observe(facts.window_limit, facts.window_remaining, facts.window_reset, shared=False)
+            day.observe(facts.user_day_limit, facts.user_day_remaining, facts.user_day_reset, shared=False)
+            app.observe(facts.app_day_limit, facts.app_day_remaining, facts.app_day_reset, shared=True)
+        return self.rows(account_id)
+
+    def rows(self, account_id: int) -> list[BudgetRow]:
+        return [(w.key, w.limit, w.remaining, w.reset_at) for w in self._account_windows(account_id)]
+
+    async def consume(self, account_id: int, now: float) -> None:
+        """``count`` and persist at once."""
+        await self._store.save_budgets(self.count(account_id, now))
 
     async def observe(self, account_id: int, facts: RateFacts) -> None:
-        """Correct the windows from one DM POST response's headers."""
-        if facts.is_empty():
-            return
-        minute, day, app = self._account_windows(account_id)
-        minute.observe(facts.window_limit, facts.window_remaining, facts.window_reset, shared=False)
-        day.observe(facts.user_day_limit, facts.user_day_remaining, facts.user_day_reset, shared=False)
-        app.observe(facts.app_day_limit, facts.app_day_remaining, facts.app_day_reset, shared=True)
-        await self._persist(account_id)
+        """``correct`` and persist at once."""
+        if not facts.is_empty():
+            await self._store.save_budgets(self.correct(account_id, facts))
 
     async def rate_limited(self, account_id: int, facts: RateFacts, reset_at: float, now: float) -> float:
         """X said 429: pause until the latest applicable reset and return it.
@@ -160,6 +176,4 @@ class Budget:
         return {"15m": minute.snapshot(), "24h": day.snapshot(), "app_24h": app.snapshot()}
 
     async def _persist(self, account_id: int) -> None:
-        await self._store.save_budgets(
-            [(w.key, w.limit, w.remaining, w.reset_at) for w in self._account_windows(account_id)]
-        )
+        await self._store.save_budgets(self.rows(account_id))

@@ -19,13 +19,13 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge import translate
-from bridge.budget import Budget
+from bridge.budget import Budget, BudgetRow
 from bridge.errors import (
     XAuthExpired,
     XAuthRevoked,
@@ -262,8 +262,7 @@ class Delivery:
         token = await self._tokens.access_token(account)
         media_id = await self._media_id(item, token) if item.media else None
         now = self._clock.now()
-        await self._budget.consume(account.id, now)
-        await self._store.mark_sending(item.id, now)
+        await self._store.mark_sending(item.id, now, self._budget.count(account.id, now))
         try:
             try:
                 sent, facts = await self._x.send(token, item.target, item.text, media_id=media_id)
@@ -288,11 +287,10 @@ class Delivery:
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
-        await self._budget.observe(account.id, facts)
-        await self._sent(item, sent)
+        await self._sent(item, sent, self._budget.correct(account.id, facts))
 
-    async def _sent(self, item: OutboxItem, sent: Sent) -> None:
-        await self._store.mark_sent(item.id, sent, self._clock.now())
+    async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> None:
+        await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
         if item.hourglass:
             await self._unreact(item, HOURGLASS)

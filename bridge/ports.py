@@ -95,8 +95,15 @@ class Store(Protocol):
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]: ...
     async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
 
-    async def mark_sending(self, item_id: int, now: float) -> None: ...
-    async def mark_sent(self, item_id: int, sent: Sent, now: float) -> None:
+    async def mark_sending(
+        self, item_id: int, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> None:
+        """Committed before the POST; ``budgets`` are saved in the same transaction."""
+        ...
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> None:
         """Record the DM in the message map (and the conversation id on a 1-to-1 mapping)."""
         ...
 
