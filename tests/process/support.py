@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +33,13 @@ class World:
     session: aiohttp.ClientSession
     sender: SlackSender
     db_path: Path
+    servers: list[Server] = field(default_factory=list)
+
+    def server(self, log_path: Path) -> Server:
+        """A server for this world; it is killed when the world ends, even if the test failed."""
+        server = Server(self.env, log_path)
+        self.servers.append(server)
+        return server
 
 
 @asynccontextmanager
@@ -67,7 +74,13 @@ async def world(
         session = await stack.enter_async_context(aiohttp.ClientSession())
         url = f"http://127.0.0.1:{port}"
         sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
-        yield World(x, slack, full_env, url, session, sender, db_path)
+        w = World(x, slack, full_env, url, session, sender, db_path)
+        try:
+            yield w
+        finally:
+            for server in w.servers:
+                if server.process is not None and server.process.returncode is None:
+                    await server.kill()
 
 
 class Server:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from adapters.simulators.x_api import FakeX
 from tests.harness import ALICE, BOB, CAROL, ME, wait_until
-from tests.process.support import ROOT, Server, world
+from tests.process.support import ROOT, world
 
 
 async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_order(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_ord
     async with world(tmp_path, make_groups, X_TIMEOUT_SECONDS="10") as w:
         w.x.user_limit_15m = 12  # spread delivery over a few windows so there is a "mid"
         w.x.window_15m_seconds = 1.0
-        server = Server(w.env, tmp_path / "server.log")
+        server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
 
         expected: dict[str, list[str]] = {c: [] for c in groups}
@@ -66,7 +66,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_ord
 
 async def test_sigterm_finishes_in_flight_send_and_exits_cleanly(tmp_path: Path) -> None:
     async with world(tmp_path, lambda x: {"C100": "1000-2001"}) as w:
-        server = Server(w.env, tmp_path / "server.log")
+        server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
         result, ts, _ = await w.sender.message("C100", "U100", "before shutdown")
         assert result.status == 200

@@ -68,7 +68,7 @@ async def test_soak_with_faults_retries_and_two_kills(tmp_path: Path) -> None:
         w.x.timeout_seconds = 2.0
         w.x.injected_reset_seconds = 1.0
         w.x.rate_limit_body = "code88"
-        server = Server(w.env, tmp_path / "server.log")
+        server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
         expected: dict[str, list[str]] = {f"C{i:02d}": [] for i in range(CHANNELS)}
 
