@@ -59,7 +59,7 @@ class DeliveryConfig:
     retry_base: float = 2.0
     retry_cap: float = 300.0
     hourglass_after: float = 5.0
-    max_parallel_accounts: int = 8
+    max_parallel_accounts: int = 32
     rescan_every: float = 30.0
     min_scan_interval: float = 0.005
 
