@@ -233,8 +233,9 @@ class Delivery:
                 return
             await self._send(item, account)
         except XRateLimited as exc:
-            # From reading events back (reconciliation): a different window from DM POSTs.
-            log.warning("X read limit hit while reconciling", extra=_ids(item, until=exc.reset_at))
+            # From reading events back, uploading media or deleting: each has its own window,
+            # separate from the DM POST budget, so only this row waits.
+            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=exc.reset_at))
             await self._store.reschedule(
                 item.id, item.state, exc.reset_at, f"rate limited until {_hhmm(exc.reset_at)}"
             )
