@@ -790,9 +790,6 @@ class SqliteStore:
     async def load_budgets(self) -> list[dict[str, Any]]:
         return await self._call(lambda: self._rows("SELECT key, limit_, remaining, reset_at FROM budgets"))
 
-    async def save_budget(self, key: str, limit: int, remaining: int, reset_at: float) -> None:
-        await self.save_budgets([(key, limit, remaining, reset_at)])
-
     async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
         """Several windows in one transaction (a send touches three)."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bridge.budget import Budget
-from bridge.errors import CommandError, RateFacts, XAuthExpired, XAuthRevoked, XError, XRateLimited
+from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
@@ -26,6 +26,7 @@ from bridge.model import (
     Sent,
     Target,
     XUser,
+    one_to_one_id,
 )
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
@@ -377,7 +378,7 @@ class CommandService:
         user = await self._resolve(account, command.participant)
         if user.id == account.x_user_id:
             raise CommandError("That is your own X account; name someone else.")
-        conversation_id = _one_to_one(account.x_user_id, user.id)
+        conversation_id = one_to_one_id(account.x_user_id, user.id)
         if command.message:
             target = Target(participant_id=user.id)
             text = command.message
@@ -424,11 +425,7 @@ class CommandService:
         token = await self._tokens.access_token(account)
         await self._budget.consume(account.id, now)
         try:
-            try:
-                result, facts = await call(token)
-            except XAuthExpired:
-                token = await self._tokens.after_unauthorized(account, token)
-                result, facts = await call(token)
+            result, facts = await self._tokens.call(account, call, token=token)
         except XRateLimited as exc:
             until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, self._clock.now())
             raise CommandError(f"X's rate limit was reached; try again after {_clock_time(until)}.") from exc
@@ -442,12 +439,8 @@ class CommandService:
         if participant.user_id is not None:
             return XUser(id=participant.user_id, username=participant.user_id)
         assert participant.username is not None
-        token = await self._tokens.access_token(account)
-        try:
-            user = await self._x.user_by_username(token, participant.username)
-        except XAuthExpired:
-            token = await self._tokens.after_unauthorized(account, token)
-            user = await self._x.user_by_username(token, participant.username)
+        username = participant.username
+        user = await self._tokens.call(account, lambda token: self._x.user_by_username(token, username))
         if user is None:
             raise CommandError(f"X has no user @{participant.username}.")
         return user
@@ -533,11 +526,6 @@ def _describe(mapping: Mapping) -> str:
 
 def _names(participants: tuple[Participant, ...]) -> str:
     return ", ".join(str(p) for p in participants)
-
-
-def _one_to_one(a: str, b: str) -> str:
-    low, high = sorted((int(a), int(b)))
-    return f"{low}-{high}"
 
 
 def _clock_time(epoch: float) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import defaultdict
@@ -34,7 +35,7 @@ from bridge.errors import (
     XTransient,
 )
 from bridge.media import FileUnavailable, MediaPlan, plan_files, plan_media
-from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, Target
+from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -265,11 +266,10 @@ class Delivery:
         now = self._clock.now()
         await self._store.mark_sending(item.id, now, self._budget.count(account.id, now))
         try:
-            try:
-                sent, facts = await self._x.send(token, item.target, item.text, media_id=media_id)
-            except XAuthExpired:
-                token = await self._tokens.after_unauthorized(account, token)
-                sent, facts = await self._x.send(token, item.target, item.text, media_id=media_id)
+            text = item.text
+            sent, facts = await self._tokens.call(
+                account, lambda t: self._x.send(t, item.target, text, media_id=media_id), token=token
+            )
         except XTransient as exc:
             # The POST may have reached X: keep the row "sending" so it is reconciled,
             # unless X itself answered (a 5xx means it did not take the message).
@@ -317,13 +317,8 @@ class Delivery:
     async def _delete(self, item: OutboxItem, account: Account) -> None:
         """Delete X's copies of a message deleted in Slack (only the sender's view, X says)."""
         event_ids = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
-        token = await self._tokens.access_token(account)
         for event_id in event_ids:
-            try:
-                await self._x.delete_event(token, event_id)
-            except XAuthExpired:
-                token = await self._tokens.after_unauthorized(account, token)
-                await self._x.delete_event(token, event_id)
+            await self._tokens.call(account, functools.partial(self._x.delete_event, event_id=event_id))
         await self._store.mark_done(item.id, self._clock.now())
         log.info("deleted on X", extra=_ids(item, events=len(event_ids)))
         if item.author_id and event_ids:
@@ -346,7 +341,9 @@ class Delivery:
             known = await self._store.known_event_ids([e.id for e in candidates])
             for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
                 if event.id not in known:
-                    conversation = target.conversation_id or _one_to_one(account.x_user_id, target)
+                    conversation = target.conversation_id or one_to_one_id(
+                        account.x_user_id, str(target.participant_id)
+                    )
                     log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
                     await self._sent(item, Sent(dm_conversation_id=conversation, dm_event_id=event.id))
                     return True
@@ -452,12 +449,6 @@ class Delivery:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
             log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
-
-
-def _one_to_one(own_id: str, target: Target) -> str:
-    assert target.participant_id is not None
-    low, high = sorted((int(own_id), int(target.participant_id)))
-    return f"{low}-{high}"
 
 
 def _hhmm(epoch: float) -> str:

@@ -13,6 +13,12 @@ X_CONVERSATION_ID = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
 X_USERNAME = re.compile(r"^[A-Za-z0-9_]{1,15}$")
 
 
+def one_to_one_id(a: str, b: str) -> str:
+    """X's id of the 1-to-1 conversation between two users: the smaller id first."""
+    low, high = sorted((int(a), int(b)))
+    return f"{low}-{high}"
+
+
 class MappingKind(StrEnum):
     """How a channel's messages reach X; decides the endpoint used for each message."""
 

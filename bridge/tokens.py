@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from bridge.errors import XAuthRevoked, XTransient
+from bridge.errors import XAuthExpired, XAuthRevoked, XTransient
 from bridge.model import Account
 from bridge.ports import Clock, Store, XOAuth
 
@@ -23,6 +23,7 @@ log = logging.getLogger("bridge.tokens")
 REFRESH_LEEWAY = 120.0  # refresh this long before expiry, so a send never carries a dying token
 
 RevokedHook = Callable[[Account, str], Awaitable[None]]
+T = TypeVar("T")
 
 
 class TokenManager:
@@ -53,6 +54,19 @@ class TokenManager:
             if self._fresh(current):
                 return current.tokens.access_token
             return await self._refresh(current)
+
+    async def call(
+        self, account: Account, request: Callable[[str], Awaitable[T]], *, token: str | None = None
+    ) -> T:
+        """Run one X request with a usable token; on a 401, refresh once and run it again.
+
+        ``token`` is one the caller already fetched with ``access_token``.
+        """
+        token = token if token is not None else await self.access_token(account)
+        try:
+            return await request(token)
+        except XAuthExpired:
+            return await request(await self.after_unauthorized(account, token))
 
     async def after_unauthorized(self, account: Account, rejected: str) -> str:
         """X said 401 to ``rejected``: refresh once (unless someone already has) and return the new token."""
