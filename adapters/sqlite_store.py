@@ -22,6 +22,7 @@ from sqlite_utils import Database
 
 from adapters.crypto import TokenCipher
 from bridge.model import (
+    Accepted,
     Account,
     IncomingMessage,
     Mapping,
@@ -346,22 +347,29 @@ class SqliteStore:
     # -- relay -------------------------------------------------------------
 
     async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
-        return await self._call(self._accept, message, mapping, now)
+        return await self._call(lambda: self._accept(message, mapping, now) is not None)
 
-    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> bool | None:
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         """Look up the channel's mapping and commit in one trip to the owner thread (the hot path
-        before Slack's 200). None when the channel is not mapped, else as ``accept``."""
+        before Slack's 200). None when the channel is not mapped."""
 
-        def work() -> bool | None:
+        def work() -> Accepted | None:
             row = self._one(
                 "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?",
                 [message.team_id, message.channel_id],
             )
-            return None if row is None else self._accept(message, self._mapping(row), now)
+            if row is None:
+                return None
+            row_id = self._accept(message, self._mapping(row), now)
+            if row_id is None:
+                return Accepted(new=False)
+            head = self._channel_head(message.team_id, message.channel_id)
+            return Accepted(new=True, head=self._item(head) if head and head["id"] == row_id else None)
 
         return await self._call(work)
 
-    def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+    def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> int | None:
+        """The new row's id; None when this event or message was accepted before."""
         target = mapping.target
         source = {
             "user_id": message.user_id,
@@ -378,7 +386,7 @@ class SqliteStore:
                     [message.event_id, now],
                 )
                 if seen.rowcount == 0:
-                    return False
+                    return None
             cursor = self.db.execute(
                 """
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
@@ -401,10 +409,10 @@ class SqliteStore:
                 ],
             )
             if cursor.rowcount == 0:
-                return False
+                return None
             row_id = cursor.lastrowid
             self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [row_id])
-        return True
+        return row_id
 
     async def prune_seen_events(self, now: float) -> int:
         def work() -> int:
@@ -468,35 +476,47 @@ class SqliteStore:
 
         return await self._call(work)
 
+    def _channel_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
+        """The channel's oldest unfinished row: the only one that may be sent."""
+        return self._one(
+            f"SELECT * FROM outbox INDEXED BY outbox_pending WHERE team_id = ? AND channel_id = ? "
+            f"AND state IN {PENDING_STATES} ORDER BY seq, part LIMIT 1",
+            [team_id, channel_id],
+        )
+
     async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
         def work() -> OutboxItem:
-            assert parts, "a message renders to at least one part"
             with self.db.atomic():
-                first = parts[0]
-                self.db.execute(
-                    "UPDATE outbox SET text = ?, media = ?, parts_total = ? WHERE id = ?",
-                    [first.text, _json_or_none(first.media), len(parts), item_id],
-                )
-                for index, part in enumerate(parts[1:], start=1):
-                    self.db.execute(
-                        """
-                        INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                            author_id, account_id, target_participant,
-                                            target_conversation, text, media, source, state, attempts,
-                                            next_attempt_at, created_at, hourglass, kind)
-                        SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
-                               target_participant, target_conversation, ?, ?, '{}', 'queued', 0, 0,
-                               created_at, 0, kind
-                        FROM outbox WHERE id = ?
-                        ON CONFLICT DO NOTHING
-                        """,
-                        [index, len(parts), part.text, _json_or_none(part.media), item_id],
-                    )
+                self._write_render(item_id, parts)
             updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
             assert updated is not None
             return self._item(updated)
 
         return await self._call(work)
+
+    def _write_render(self, item_id: int, parts: Sequence[RenderedPart]) -> None:
+        """The first part's text on the row itself; further parts as rows right behind it."""
+        assert parts, "a message renders to at least one part"
+        first = parts[0]
+        self.db.execute(
+            "UPDATE outbox SET text = ?, media = ?, parts_total = ? WHERE id = ?",
+            [first.text, _json_or_none(first.media), len(parts), item_id],
+        )
+        for index, part in enumerate(parts[1:], start=1):
+            self.db.execute(
+                """
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant,
+                                    target_conversation, text, media, source, state, attempts,
+                                    next_attempt_at, created_at, hourglass, kind)
+                SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
+                       target_participant, target_conversation, ?, ?, '{}', 'queued', 0, 0,
+                       created_at, 0, kind
+                FROM outbox WHERE id = ?
+                ON CONFLICT DO NOTHING
+                """,
+                [index, len(parts), part.text, _json_or_none(part.media), item_id],
+            )
 
     async def set_media_id(self, item_id: int, media_id: str) -> None:
         await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
@@ -623,23 +643,40 @@ class SqliteStore:
             self.db.execute(sql, params)
 
     async def mark_sending(
-        self, item_id: int, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> None:
-        def work() -> None:
+        self,
+        item_id: int,
+        now: float,
+        budgets: Sequence[tuple[str, int, int, float]] = (),
+        *,
+        parts: Sequence[RenderedPart] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> OutboxItem | None:
+        def work() -> OutboxItem | None:
             with self.db.atomic():
+                row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+                if row is None or not OutboxState(row["state"]).pending:
+                    return None  # cancelled (deleted in Slack), or finished, since it was read
+                if parts is not None:
+                    # Rendered from ``source``: an edit that landed since then must not be lost.
+                    if row["text"] is not None or json.loads(row["source"] or "{}") != source:
+                        return None
+                    self._write_render(item_id, parts)
                 self.db.execute(
                     "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? "
                     "WHERE id = ?",
                     [now, item_id],
                 )
                 self._save_budgets(budgets)
+                updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+            assert updated is not None
+            return self._item(updated)
 
-        await self._call(work)
+        return await self._call(work)
 
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> None:
-        def work() -> None:
+    ) -> OutboxItem | None:
+        def work() -> OutboxItem | None:
             with self.db.atomic():
                 self._save_budgets(budgets)
                 row = self._one(
@@ -675,8 +712,10 @@ class SqliteStore:
                             sent.dm_conversation_id,
                         ],
                     )
+                following = self._channel_head(row["team_id"], row["channel_id"])
+            return None if following is None else self._item(following)
 
-        await self._call(work)
+        return await self._call(work)
 
     async def reschedule(
         self,

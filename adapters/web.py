@@ -36,6 +36,7 @@ from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
+from bridge.model import Account
 from bridge.relay import Relay
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
@@ -140,13 +141,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             app_24h=settings.x_app_limit_24h,
         )
         await budget.load()
-        # Connecting wakes the worker (parked rows may go); a refused refresh tells the owner.
+
+        def connected(account: Account) -> None:
+            # New tokens for the worker, and parked rows may go now.
+            tokens.forget(account.id)
+            delivery.wake()
+
+        # A refused refresh tells the owner.
         connect = ConnectService(
-            store=store, oauth=oauth, x=x, slack=slack, clock=clock, on_connected=lambda: delivery.wake()
+            store=store, oauth=oauth, x=x, slack=slack, clock=clock, on_connected=connected
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
-        relay = Relay(store, clock, delivery.wake, threads=settings.relay_threads, edits=settings.relay_edits)
+        relay = Relay(
+            store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
+        )
         relay.on_accepted = metrics.message_accepted
         delivery.on_event = metrics.delivery_hook(store.get_item)
         metrics.bind(store, budget, clock)

@@ -23,7 +23,7 @@ class ConnectService:
         x: XClient,
         slack: SlackClient,
         clock: Clock,
-        on_connected: Callable[[], None] = lambda: None,
+        on_connected: Callable[[Account], None] = lambda account: None,
     ) -> None:
         self._store = store
         self._oauth = oauth
@@ -74,7 +74,7 @@ class ConnectService:
             f":white_check_mark: Connected X account @{user.username}. "
             f"Channels you map now send as @{user.username}.{tail}",
         )
-        self._on_connected()
+        self._on_connected(account)
         return account
 
     async def _tell(self, response_url: str | None, pending: OAuthState, text: str) -> None:

@@ -5,6 +5,9 @@ Rules it keeps:
   channel's messages reach X in the order they were posted;
 - one send in flight per X account (the budget is then exact), accounts in
   parallel; channels that share an account take turns (least recently served first);
+  a channel with its account to itself goes straight on to its next row when one is
+  sent, without waiting for the next scan;
+- a send waits for nothing it does not need: the ✅ and friends go to Slack after it;
 - a row is marked ``sending`` (committed) before its POST; a row found in that
   state later (a crash, a timeout) is reconciled against the conversation's
   recent events before any resend, because X has no idempotency key;
@@ -94,7 +97,9 @@ class Delivery:
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[int] = set()
+        self._contended: set[int] = set()  # accounts with more than one channel due (last scan)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._turn = 0
         self.heartbeat: float = 0.0
@@ -105,6 +110,33 @@ class Delivery:
     def wake(self) -> None:
         """Something changed (new rows, a reconnection): look again now."""
         self._wake.set()
+
+    def offer(self, head: OutboxItem | None) -> None:
+        """New work. A channel's head whose account is idle starts at once, with no scan;
+        anything else (or None) is left to the scheduler's next look."""
+        if head is not None and self._may_start(head):
+            self._serve(head)
+            self._start(head)
+        else:
+            self.wake()
+
+    def _may_start(self, item: OutboxItem) -> bool:
+        """May a new task start ``item`` now, as the scheduler would?"""
+        return (
+            item.account_id not in self._busy
+            and len(self._busy) < self._config.max_parallel_accounts
+            and self._clear_to_send(item)
+        )
+
+    def _clear_to_send(self, item: OutboxItem) -> bool:
+        """Due, within budget, and no other channel of its account waiting for a turn."""
+        now = self._clock.now()
+        return not (
+            self._stopping
+            or item.account_id in self._contended
+            or item.next_attempt_at > now
+            or self._budget.blocked_until(item.account_id, now) is not None
+        )
 
     async def run(self) -> None:
         """The worker loop; returns when ``stop`` is called."""
@@ -134,13 +166,17 @@ class Delivery:
         """
         self._stopping = True
         self._wake.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        deadline = asyncio.get_running_loop().time() + grace
+        for tasks, what in ((self._tasks, "in-flight sends"), (self._followups, "Slack reactions")):
+            if not tasks:
+                continue
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(set(tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-                log.warning("abandoned in-flight sends at shutdown", extra={"count": len(pending)})
+                log.warning(f"abandoned {what} at shutdown", extra={"count": len(pending)})
 
     @property
     def in_flight(self) -> int:
@@ -160,6 +196,11 @@ class Delivery:
                     wake_at = min(wake_at, item.next_attempt_at)
                 continue
             by_account[item.account_id].append(item)
+        self._contended = {
+            account_id
+            for account_id, items in by_account.items()
+            if len({(i.team_id, i.channel_id) for i in items}) > 1
+        }
 
         for account_id, items in by_account.items():
             if account_id in self._busy:
@@ -173,14 +214,17 @@ class Delivery:
             if len(self._busy) >= self._config.max_parallel_accounts:
                 break
             item = min(items, key=lambda i: (self._served[(i.team_id, i.channel_id)], i.seq, i.part))
-            self._turn += 1
-            self._served[(item.team_id, item.channel_id)] = self._turn
+            self._serve(item)
             self._start(item)
         return wake_at - now
 
+    def _serve(self, item: OutboxItem) -> None:
+        self._turn += 1
+        self._served[(item.team_id, item.channel_id)] = self._turn
+
     def _start(self, item: OutboxItem) -> None:
         self._busy.add(item.account_id)
-        task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
+        task = asyncio.create_task(self._drive(item), name=f"deliver-{item.id}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -212,27 +256,55 @@ class Delivery:
         held_since = item.held_since if item.held_since is not None else now
         return max(now, held_since + self._config.hourglass_after)
 
+    def _follow_up(self, work: Awaitable[None], item: OutboxItem) -> None:
+        """Run Slack-side work after a send without holding the account's next send."""
+        task = asyncio.ensure_future(work)
+        task.set_name(f"follow-up-{item.id}")
+        self._followups.add(task)
+        task.add_done_callback(self._followups.discard)
+
     # -- one send ----------------------------------------------------------
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _drive(self, item: OutboxItem) -> None:
+        """Deliver ``item``, then its channel's next rows while the account has nothing else due."""
+        current: OutboxItem | None = item
+        while current is not None:
+            current = self._next_in_turn(current, await self._deliver(current))
+
+    def _next_in_turn(self, done: OutboxItem, following: OutboxItem | None) -> OutboxItem | None:
+        """The channel's next row, if this task may send it now (the scheduler would pick it anyway);
+        otherwise the account is released and the scheduler decides (⏳, turns, wake-ups)."""
+        if following is None or following.account_id != done.account_id or not self._clear_to_send(following):
+            return None
+        self._serve(following)
+        return following
+
+    async def _deliver(self, item: OutboxItem) -> OutboxItem | None:
+        """Deliver one row; returns the channel's next row when this one reached X."""
         try:
-            account = await self._store.get_account(item.account_id)
+            account = await self._tokens.account(item.account_id)
             if account is None:
                 await self._fail(item, "the X account this channel sends as was disconnected")
-                return
+                return None
             if account.needs_reconnect:
                 await self._park(item, account)
-                return
+                return None
             if item.kind is OutboxKind.DELETE:
                 await self._delete(item, account)
-                return
+                return None
+            parts: list[RenderedPart] | None = None
             if item.text is None:
-                item = await self._render(item)
-                if item.text is None:
-                    return
-            if item.state is OutboxState.SENDING and await self._reconcile(item, account):
-                return
-            await self._send(item, account)
+                parts = await self._render(item)
+                if parts is None:
+                    return None
+                if any(p.media is not None for p in parts):
+                    # Uploads come before the claim and may fail for good: keep every part first.
+                    item, parts = await self._store.render(item.id, parts), None
+            if item.state is OutboxState.SENDING:
+                found = await self._reconcile(item, account)
+                if found is not None:
+                    return await self._sent(item, found)
+            return await self._send(item, account, parts)
         except XRateLimited as exc:
             # From reading events back, uploading media or deleting: each has its own window,
             # separate from the DM POST budget, so only this row waits.
@@ -250,7 +322,7 @@ class Delivery:
             else:
                 await self._fail(item, str(exc))
         except (XAuthExpired, XAuthRevoked):
-            account = await self._store.get_account(item.account_id)
+            account = await self._tokens.account(item.account_id)
             if account is not None:
                 await self._park(item, account)
         except asyncio.CancelledError:
@@ -258,13 +330,29 @@ class Delivery:
         except Exception as exc:
             log.exception("unexpected delivery error", extra=_ids(item))
             await self._retry_later(item, exc)
+        return None
 
-    async def _send(self, item: OutboxItem, account: Account) -> None:
-        assert item.text is not None
+    async def _send(
+        self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None
+    ) -> OutboxItem | None:
+        """Claim the row (rendering it in the same write when ``parts`` are given), POST, record."""
         token = await self._tokens.access_token(account)
         media_id = await self._media_id(item, token) if item.media else None
         now = self._clock.now()
-        await self._store.mark_sending(item.id, now, self._budget.count(account.id, now))
+        # Counted before the claim; a claim refused below leaves the window one too full until X's
+        # next headers correct it: erring on the safe side, and only after a Slack edit or delete.
+        claimed = await self._store.mark_sending(
+            item.id,
+            now,
+            self._budget.count(account.id, now),
+            parts=parts,
+            source=item.source if parts is not None else None,
+        )
+        if claimed is None:
+            log.info("outbox row changed before its send; looking again", extra=_ids(item))
+            return None
+        item = claimed
+        assert item.text is not None
         try:
             text = item.text
             sent, facts = await self._tokens.call(
@@ -275,8 +363,8 @@ class Delivery:
             # unless X itself answered (a 5xx means it did not take the message).
             await self._budget.observe(account.id, exc.facts)
             state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
-            await self._retry_later(replace(item, state=state, attempts=item.attempts + 1), exc)
-            return
+            await self._retry_later(replace(item, state=state), exc)
+            return None
         except XRateLimited as exc:
             now = self._clock.now()
             until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
@@ -284,15 +372,36 @@ class Delivery:
             await self._store.reschedule(
                 item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
             )
-            return
+            return None
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
-        await self._sent(item, sent, self._budget.correct(account.id, facts))
+        except (XAuthExpired, XAuthRevoked):
+            raise  # X answered 401: it did not take the message
+        except Exception as exc:
+            # Not an answer from X, so X may have the message: the claimed row stays "sending"
+            # and is reconciled before any resend (the caller's handler would requeue it).
+            log.exception("unexpected error sending to X", extra=_ids(item))
+            await self._retry_later(item, exc)
+            return None
+        try:
+            return await self._sent(item, sent, self._budget.correct(account.id, facts))
+        except Exception as exc:
+            # X has it, we could not record it: left "sending", reconciliation will find it.
+            log.exception("could not record a DM that X took", extra=_ids(item))
+            await self._retry_later(item, exc)
+            return None
 
-    async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> None:
-        await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
+    async def _sent(
+        self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()
+    ) -> OutboxItem | None:
+        following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
+        self._follow_up(self._acknowledge(item), item)
+        return following
+
+    async def _acknowledge(self, item: OutboxItem) -> None:
+        """Slack's side of a send: the ✅ on a message's last part, the ⏳ gone."""
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
         if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE:
@@ -324,7 +433,7 @@ class Delivery:
         if item.author_id and event_ids:
             await self._ephemeral(item, DELETE_NOTE)
 
-    async def _reconcile(self, item: OutboxItem, account: Account) -> bool:
+    async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
         """Did an earlier attempt reach X? Look for our own message among recent events."""
         token = await self._tokens.access_token(account)
         target = item.target
@@ -345,13 +454,14 @@ class Delivery:
                         account.x_user_id, str(target.participant_id)
                     )
                     log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
-                    await self._sent(item, Sent(dm_conversation_id=conversation, dm_event_id=event.id))
-                    return True
+                    return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
         log.info("reconciled: not on X, sending again", extra=_ids(item))
-        return False
+        return None
 
-    async def _render(self, item: OutboxItem) -> OutboxItem:
-        """Turn the Slack message into the DMs X will get: text parts, then one DM per file."""
+    async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:
+        """Turn the Slack message into the DMs X will get: text parts, then one DM per file.
+
+        None when there is nothing X can take (the row is failed and the author told)."""
         source = item.source
         text = str(source.get("text") or "")
         blocks = source.get("blocks") or None
@@ -377,8 +487,8 @@ class Delivery:
         if not parts:
             reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
             await self._fail(item, reason)
-            return item
-        return await self._store.render(item.id, parts)
+            return None
+        return parts
 
     def _parts(
         self, body: str, name: str, plans: list[MediaPlan], files: list[dict[str, Any]]

@@ -37,6 +37,11 @@ class OutboxState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"  # deleted in Slack before it was sent
 
+    @property
+    def pending(self) -> bool:
+        """Not finished: the row still has to reach X (or be given up on)."""
+        return self in (OutboxState.QUEUED, OutboxState.SENDING, OutboxState.WAITING)
+
 
 class OutboxKind(StrEnum):
     """What a row asks of X."""
@@ -186,6 +191,14 @@ class OutboxItem:
     ref_ts: str = ""  # the Slack message this row is about (reactions go there)
     media: dict[str, Any] | None = None  # a Slack file to attach
     media_id: str | None = None  # X's id for it, once uploaded
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the store did with a message from a mapped channel."""
+
+    new: bool  # False: Slack's retry, or a message already accepted
+    head: OutboxItem | None = None  # the new row, when it is next to send in its channel
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from bridge.errors import RateFacts
 from bridge.model import (
+    Accepted,
     Account,
     AuthorizationRequest,
     DmEvent,
@@ -66,8 +67,11 @@ class Store(Protocol):
         """Commit the message to the outbox; False when this event or message was seen before."""
         ...
 
-    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> bool | None:
-        """``accept`` with the channel's mapping looked up in the same transaction; None if unmapped."""
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
+        """``accept`` with the channel's mapping looked up in the same transaction; None if unmapped.
+
+        The new row comes back when it is its channel's head, so it can be sent without a scan.
+        """
         ...
 
     # outbox (the delivery worker)
@@ -96,15 +100,29 @@ class Store(Protocol):
     async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
 
     async def mark_sending(
-        self, item_id: int, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> None:
-        """Committed before the POST; ``budgets`` are saved in the same transaction."""
+        self,
+        item_id: int,
+        now: float,
+        budgets: Sequence[tuple[str, int, int, float]] = (),
+        *,
+        parts: Sequence[RenderedPart] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> OutboxItem | None:
+        """Claim a row for its POST, committed before it; ``budgets`` are saved in the same transaction.
+
+        With ``parts`` the row is rendered in the same transaction, but only if its source is
+        still ``source`` (an edit may have landed meanwhile). Returns the row as claimed, or None
+        when it was cancelled, finished or edited since it was read: nothing is written then.
+        """
         ...
 
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> None:
-        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping)."""
+    ) -> OutboxItem | None:
+        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping).
+
+        Returns the channel's new head (its next unfinished row), if any, read in the same trip.
+        """
         ...
 
     async def reschedule(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from bridge.model import IncomingMessage, MessageChange
+from bridge.model import IncomingMessage, MessageChange, OutboxItem
 from bridge.ports import Clock, Store
 from bridge.settings import EditPolicy, ThreadPolicy
 
@@ -21,20 +21,24 @@ RELAYED_SUBTYPES = frozenset({None, "thread_broadcast", "file_share", "me_messag
 
 
 class Relay:
-    """Turns Slack message events into outbox rows."""
+    """Turns Slack message events into outbox rows.
+
+    ``ready`` is told about new work: the new row itself when it can be sent right away
+    (its channel's head), else None (the worker looks for it).
+    """
 
     def __init__(
         self,
         store: Store,
         clock: Clock,
-        wake: Callable[[], None],
+        ready: Callable[[OutboxItem | None], None],
         *,
         threads: ThreadPolicy = "all",
         edits: EditPolicy = "correction",
     ) -> None:
         self._store = store
         self._clock = clock
-        self._wake = wake
+        self._ready = ready
         self._threads = threads
         self._edits = edits
         self.on_accepted: Callable[[IncomingMessage], None] | None = None
@@ -57,12 +61,12 @@ class Relay:
         accepted = await self._store.accept_if_mapped(message, self._clock.now())
         if accepted is None:
             return False
-        if accepted:
+        if accepted.new:
             log.info(
                 "accepted for relay",
                 extra={"team": message.team_id, "channel": message.channel_id, "slack_ts": message.ts},
             )
-            self._wake()
+            self._ready(accepted.head)
             if self.on_accepted is not None:
                 self.on_accepted(message)
         else:
@@ -70,7 +74,7 @@ class Relay:
                 "duplicate delivery ignored",
                 extra={"team": message.team_id, "channel": message.channel_id, "event_id": message.event_id},
             )
-        return accepted
+        return accepted.new
 
     async def edit(self, change: MessageChange) -> str:
         """A ``message_changed`` event. Only a real change of text is an edit (unfurls are not).
@@ -88,7 +92,7 @@ class Relay:
         )
         log.info("edit", extra={"team": change.team_id, "channel": change.channel_id, "outcome": outcome})
         if outcome == "queued":
-            self._wake()
+            self._ready(None)
         return outcome
 
     async def delete(self, team_id: str, channel_id: str, deleted_ts: str, event_ts: str) -> str:
@@ -98,5 +102,5 @@ class Relay:
         )
         log.info("delete", extra={"team": team_id, "channel": channel_id, "outcome": outcome})
         if outcome == "queued":
-            self._wake()
+            self._ready(None)
         return outcome

@@ -5,6 +5,11 @@ a new one and the old one stops working. So refreshes are serialised per
 account (one ``asyncio.Lock`` each), the account is re-read under the lock, and
 the new pair is saved before the access token is used: a crash after X rotated
 the token but before we saved it is the only way to lose it.
+
+The worker asks for an account on every send, so accounts are kept here for a
+short while: every change this process makes (a refresh, a refusal, a
+reconnection through ``forget``) updates the copy at once, and the time limit
+covers changes made from outside (the CLI).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 from bridge.errors import XAuthExpired, XAuthRevoked, XTransient
@@ -21,6 +27,7 @@ from bridge.ports import Clock, Store, XOAuth
 log = logging.getLogger("bridge.tokens")
 
 REFRESH_LEEWAY = 120.0  # refresh this long before expiry, so a send never carries a dying token
+ACCOUNT_TTL = 30.0  # how long a cached account is trusted without reading it again
 
 RevokedHook = Callable[[Account, str], Awaitable[None]]
 T = TypeVar("T")
@@ -35,6 +42,27 @@ class TokenManager:
         self._clock = clock
         self._on_revoked = on_revoked
         self._locks: dict[int, asyncio.Lock] = {}
+        self._accounts: dict[int, tuple[float, Account]] = {}
+
+    async def account(self, account_id: int) -> Account | None:
+        """The account (None once disconnected), read from the database at most every ``ACCOUNT_TTL``."""
+        now = self._clock.now()
+        cached = self._accounts.get(account_id)
+        if cached is not None and 0.0 <= now - cached[0] < ACCOUNT_TTL:
+            return cached[1]
+        account = await self._store.get_account(account_id)
+        self._remember(account_id, account)
+        return account
+
+    def forget(self, account_id: int) -> None:
+        """The account changed elsewhere (reconnected): read it again next time."""
+        self._accounts.pop(account_id, None)
+
+    def _remember(self, account_id: int, account: Account | None) -> None:
+        if account is None:
+            self._accounts.pop(account_id, None)
+        else:
+            self._accounts[account_id] = (self._clock.now(), account)
 
     def _lock(self, account_id: int) -> asyncio.Lock:
         return self._locks.setdefault(account_id, asyncio.Lock())
@@ -78,6 +106,7 @@ class TokenManager:
 
     async def _reload(self, account: Account) -> Account:
         current = await self._store.get_account(account.id)
+        self._remember(account.id, current)
         if current is None:
             raise XAuthRevoked("the X account was disconnected")
         if current.needs_reconnect:
@@ -96,11 +125,13 @@ class TokenManager:
             log.warning("token refresh failed for now; will retry", extra={"account_id": account.id})
             raise
         await self._store.update_tokens(account.id, tokens)
+        self._remember(account.id, replace(account, tokens=tokens))
         log.info("refreshed X token", extra={"account_id": account.id})
         return tokens.access_token
 
     async def _revoke(self, account: Account, reason: str) -> NoReturn:
         await self._store.set_needs_reconnect(account.id, True)
+        self._remember(account.id, replace(account, needs_reconnect=True))
         log.warning("X account needs reconnection", extra={"account_id": account.id, "reason": reason})
         await self._on_revoked(account, reason)
         raise XAuthRevoked(reason)

@@ -356,6 +356,7 @@ class FakeSlack:
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
+        self._holds: dict[str, asyncio.Event] = {}
 
         self._handlers: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "api.test": self._api_test,
@@ -510,6 +511,12 @@ class FakeSlack:
         """Answer the next ``count`` calls to ``method`` with HTTP 429 and ``Retry-After``."""
         self._ratelimits.setdefault(method, []).extend([retry_after] * count)
 
+    def hold(self, method: str) -> asyncio.Event:
+        """Keep every answer to ``method`` waiting until the returned event is set (a slow Slack).
+
+        Held calls are recorded when they are answered."""
+        return self._holds.setdefault(method, asyncio.Event())
+
     def fail_next(self, method: str, error: str, *, count: int = 1, status: int = 200) -> None:
         """Answer the next ``count`` calls to ``method`` with ``{"ok": false, "error": error}``.
 
@@ -633,6 +640,9 @@ class FakeSlack:
 
     async def _handle_api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        gate = self._holds.get(method)
+        if gate is not None:
+            await gate.wait()
         headers = {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers}
         params: dict[str, Any] = dict(request.query)
         status = 200

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from adapters.crypto import TokenCipher, generate_key
 from adapters.sqlite_store import SqliteStore
-from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
+from bridge.model import (
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    TokenSet,
+    XUser,
+)
 
 PENDING = ("queued", "sending", "waiting")
 
@@ -103,3 +114,109 @@ async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
         assert sorted(h.channel_id for h in heads) == ["C0", "C2"]
     finally:
         await store.close()
+
+
+# -- the worker's trips: accept hands back a head, mark_sending claims, mark_sent hands on -------
+
+
+@contextlib.asynccontextmanager
+async def one_channel(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Mapping]]:
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        await store.create_mapping(mapping)
+        yield store, mapping
+    finally:
+        await store.close()
+
+
+def message(n: int, text: str | None = None) -> IncomingMessage:
+    return IncomingMessage("T1", "C1", f"{n}.000", "U1", text or f"m{n}", event_id=f"E{n}")
+
+
+async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        first = await store.accept_if_mapped(message(1), 1.0)
+        assert first is not None and first.new and first.head is not None
+        assert first.head.slack_ts == "1.000" and first.head.source["text"] == "m1"
+        second = await store.accept_if_mapped(message(2), 2.0)
+        assert second is not None and second.new and second.head is None  # behind m1
+        again = await store.accept_if_mapped(message(2), 3.0)
+        assert again is not None and not again.new
+        unmapped = IncomingMessage("T1", "C9", "4.000", "U1", "x", event_id="E4")
+        assert await store.accept_if_mapped(unmapped, 4.0) is None
+
+
+async def test_mark_sent_hands_on_the_channels_next_row(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        for n in (1, 2):
+            await store.accept_if_mapped(message(n), float(n))
+        [head] = await store.outbox_heads()
+        claimed = await store.mark_sending(head.id, 5.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        assert claimed is not None and claimed.state is OutboxState.SENDING and claimed.text == "Me: m1"
+        following = await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
+        assert following is not None and following.slack_ts == "2.000"
+        assert [h.id for h in await store.outbox_heads()] == [following.id]
+        assert await store.mark_sent(following.id, Sent("1000-2001", "9002"), 7.0) is None
+
+
+async def test_claim_renders_every_part_and_saves_budgets_in_one_write(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [head] = await store.outbox_heads()
+        parts = [RenderedPart("(1/2) Me: a"), RenderedPart("(2/2) Me: b")]
+        budget = ("user:1:15m", 200, 199, 900.0)
+        claimed = await store.mark_sending(head.id, 5.0, [budget], parts=parts, source=head.source)
+        assert claimed is not None
+        assert (claimed.text, claimed.parts_total, claimed.attempts) == ("(1/2) Me: a", 2, 1)
+        db = sqlite3.connect(tmp_path / "store.db")
+        rows = db.execute("SELECT part, text, state FROM outbox ORDER BY part").fetchall()
+        assert rows == [(0, "(1/2) Me: a", "sending"), (1, "(2/2) Me: b", "queued")]
+        saved = [(r["key"], r["remaining"]) for r in await store.load_budgets()]
+        assert ("user:1:15m", 199) in saved
+
+
+async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [head] = await store.outbox_heads()
+        assert await store.accept_delete("T1", "C1", "1.000", "2.000", 2.0) == "cancelled"
+        budget = ("user:1:15m", 200, 199, 900.0)
+        claim = await store.mark_sending(
+            head.id, 3.0, [budget], parts=[RenderedPart("Me: m1")], source=head.source
+        )
+        assert claim is None
+        row = (
+            sqlite3.connect(tmp_path / "store.db")
+            .execute("SELECT state, text, attempts FROM outbox")
+            .fetchone()
+        )
+        assert row == ("cancelled", None, 0)
+        assert await store.load_budgets() == []  # nothing written
+
+
+async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1, "tpyo"), 1.0)
+        [stale] = await store.outbox_heads()
+        edit = {"text": "typo", "blocks": [], "user_id": "U1"}
+        assert await store.accept_edit("T1", "C1", "1.000", "2.000", edit, 2.0) == "updated"
+        assert (
+            await store.mark_sending(stale.id, 3.0, parts=[RenderedPart("Me: tpyo")], source=stale.source)
+            is None
+        )
+        [fresh] = await store.outbox_heads()
+        assert fresh.text is None and fresh.source["text"] == "typo"
+        claimed = await store.mark_sending(
+            fresh.id, 4.0, parts=[RenderedPart("Me: typo")], source=fresh.source
+        )
+        assert claimed is not None and claimed.text == "Me: typo"
+
+
+def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
+    from migrations import PENDING_STATES
+
+    in_sql = {s.strip(" '") for s in PENDING_STATES.strip("()").split(",")}
+    assert in_sql == {s.value for s in OutboxState if s.pending}

@@ -118,6 +118,20 @@ async def test_headers_that_shrink_the_budget_mid_run_are_obeyed(tmp_path: Path)
         assert bridge.texts() == [f"Ada: m{i}" for i in range(8)]
 
 
+async def test_sends_do_not_wait_for_slack_reactions(tmp_path: Path) -> None:
+    """A slow Slack holds the ✅, never the next DM."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        gate = bridge.slack.hold("reactions.add")
+        stamps = [ts for _, ts in [await bridge.post(f"m{i}") for i in range(3)]]
+        await bridge.wait_dms(3)
+        assert bridge.texts() == ["Ada: m0", "Ada: m1", "Ada: m2"]
+        assert bridge.slack.calls_to("reactions.add") == []
+        gate.set()
+        for ts in stamps:
+            await bridge.wait_reaction("C100", ts, "white_check_mark")
+
+
 async def test_held_message_shows_hourglass_then_check_mark(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge)

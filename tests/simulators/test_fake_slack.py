@@ -114,6 +114,19 @@ async def test_reactions(fake: FakeSlack, client: AsyncWebClient) -> None:
     assert fake.reactions("C1", "1700000000.000100") == {"white_check_mark"}
 
 
+async def test_held_method_answers_only_when_released(fake: FakeSlack, client: AsyncWebClient) -> None:
+    gate = fake.hold("reactions.add")
+    call = asyncio.create_task(
+        client.reactions_add(channel="C1", timestamp="1700000000.000100", name="white_check_mark")
+    )
+    await client.auth_test()  # other methods are not held
+    await asyncio.sleep(0.05)
+    assert not call.done() and fake.calls_to("reactions.add") == []
+    gate.set()
+    await call
+    assert fake.reactions("C1", "1700000000.000100") == {"white_check_mark"}
+
+
 async def test_users_and_conversations_info(fake: FakeSlack, client: AsyncWebClient) -> None:
     fake.add_user("U1", display_name="alice", real_name="Alice Liddell")
     fake.add_channel("C1", "launch", is_private=True)
