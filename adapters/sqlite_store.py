@@ -360,11 +360,20 @@ class SqliteStore:
             )
             if row is None:
                 return None
+            # A channel with nothing unfinished before this message has it as its head. (This
+            # thread is the only writer, so nothing changes between this read and the insert.)
+            queue_was_empty = (
+                self._one(
+                    "SELECT 1 AS busy FROM pending_channels WHERE team_id = ? AND channel_id = ?",
+                    [message.team_id, message.channel_id],
+                )
+                is None
+            )
             row_id = self._accept(message, self._mapping(row), now)
             if row_id is None:
                 return Accepted(new=False)
-            head = self._channel_head(message.team_id, message.channel_id)
-            return Accepted(new=True, head=self._item(head) if head and head["id"] == row_id else None)
+            head = self._one("SELECT * FROM outbox WHERE id = ?", [row_id]) if queue_was_empty else None
+            return Accepted(new=True, head=self._item(head) if head else None)
 
         return await self._call(work)
 

@@ -68,6 +68,17 @@ class DeliveryConfig:
     min_scan_interval: float = 0.005
 
 
+@dataclass(frozen=True)
+class _After:
+    """What one delivery leaves for its account's task."""
+
+    following: OutboxItem | None = None  # the channel's next row, when this one reached X
+    settled: bool = False  # reached X: nothing changed that the scheduler must look at
+
+
+LOOK_AGAIN = _After()
+
+
 def backoff(attempts: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter (half to full of the exponential step)."""
     step = min(cap, base * (2 ** max(0, attempts - 1)))
@@ -97,8 +108,10 @@ class Delivery:
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy: set[int] = set()
+        self._serving: dict[int, tuple[str, str]] = {}  # busy account -> the channel it is sending
+        self._recheck: set[int] = set()  # busy accounts offered work: scan when their task ends
         self._contended: set[int] = set()  # accounts with more than one channel due (last scan)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._turn = 0
@@ -114,9 +127,14 @@ class Delivery:
     def offer(self, head: OutboxItem | None) -> None:
         """New work. A channel's head whose account is idle starts at once, with no scan;
         anything else (or None) is left to the scheduler's next look."""
-        if head is not None and self._may_start(head):
+        if head is None:
+            self.wake()
+        elif self._may_start(head):
             self._serve(head)
             self._start(head)
+        elif self._serving.get(head.account_id) == (head.team_id, head.channel_id):
+            # That channel's task will reach this row itself; if it stops first, it scans.
+            self._recheck.add(head.account_id)
         else:
             self.wake()
 
@@ -142,11 +160,13 @@ class Delivery:
         """The worker loop; returns when ``stop`` is called."""
         last_scan = 0.0
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        while True:
             since = loop.time() - last_scan
             if since < self._config.min_scan_interval:
                 # Coalesce bursts of wake-ups (hundreds of accepted events a second).
                 await asyncio.sleep(self._config.min_scan_interval - since)
+            if self._stopping:
+                break  # checked after the pause too: ``stop`` may have woken us during it
             self._wake.clear()
             last_scan = loop.time()
             try:
@@ -167,7 +187,11 @@ class Delivery:
         self._stopping = True
         self._wake.set()
         deadline = asyncio.get_running_loop().time() + grace
-        for tasks, what in ((self._tasks, "in-flight sends"), (self._followups, "Slack reactions")):
+        groups: tuple[tuple[set[Any], str], ...] = (
+            (self._tasks, "in-flight sends"),
+            (self._followups, "Slack reactions"),
+        )
+        for tasks, what in groups:
             if not tasks:
                 continue
             timeout = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -176,7 +200,7 @@ class Delivery:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-                log.warning(f"abandoned {what} at shutdown", extra={"count": len(pending)})
+                log.warning("abandoned work at shutdown", extra={"what": what, "count": len(pending)})
 
     @property
     def in_flight(self) -> int:
@@ -221,16 +245,23 @@ class Delivery:
     def _serve(self, item: OutboxItem) -> None:
         self._turn += 1
         self._served[(item.team_id, item.channel_id)] = self._turn
+        self._serving[item.account_id] = (item.team_id, item.channel_id)
 
     def _start(self, item: OutboxItem) -> None:
-        self._busy.add(item.account_id)
+        account_id = item.account_id
+        self._busy.add(account_id)
         task = asyncio.create_task(self._drive(item), name=f"deliver-{item.id}")
         self._tasks.add(task)
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[bool]) -> None:
             self._tasks.discard(t)
-            self._busy.discard(item.account_id)
-            self._wake.set()
+            self._busy.discard(account_id)
+            self._serving.pop(account_id, None)
+            # Look again unless the task emptied its channel and nothing else waits for the account.
+            waiting = account_id in self._recheck or account_id in self._contended
+            self._recheck.discard(account_id)
+            if waiting or t.cancelled() or t.exception() is not None or t.result():
+                self._wake.set()
 
         task.add_done_callback(done)
 
@@ -265,11 +296,17 @@ class Delivery:
 
     # -- one send ----------------------------------------------------------
 
-    async def _drive(self, item: OutboxItem) -> None:
-        """Deliver ``item``, then its channel's next rows while the account has nothing else due."""
-        current: OutboxItem | None = item
-        while current is not None:
-            current = self._next_in_turn(current, await self._deliver(current))
+    async def _drive(self, item: OutboxItem) -> bool:
+        """Deliver ``item``, then its channel's next rows while the account has nothing else due.
+
+        Returns whether the scheduler should look again (anything but an emptied channel)."""
+        current = item
+        while True:
+            after = await self._deliver(current)
+            following = self._next_in_turn(current, after.following)
+            if following is None:
+                return not after.settled or after.following is not None
+            current = following
 
     def _next_in_turn(self, done: OutboxItem, following: OutboxItem | None) -> OutboxItem | None:
         """The channel's next row, if this task may send it now (the scheduler would pick it anyway);
@@ -279,24 +316,24 @@ class Delivery:
         self._serve(following)
         return following
 
-    async def _deliver(self, item: OutboxItem) -> OutboxItem | None:
-        """Deliver one row; returns the channel's next row when this one reached X."""
+    async def _deliver(self, item: OutboxItem) -> _After:
+        """Deliver one row; when it reached X, say which row is next in its channel."""
         try:
             account = await self._tokens.account(item.account_id)
             if account is None:
                 await self._fail(item, "the X account this channel sends as was disconnected")
-                return None
+                return LOOK_AGAIN
             if account.needs_reconnect:
                 await self._park(item, account)
-                return None
+                return LOOK_AGAIN
             if item.kind is OutboxKind.DELETE:
                 await self._delete(item, account)
-                return None
+                return LOOK_AGAIN
             parts: list[RenderedPart] | None = None
             if item.text is None:
                 parts = await self._render(item)
                 if parts is None:
-                    return None
+                    return LOOK_AGAIN
                 if any(p.media is not None for p in parts):
                     # Uploads come before the claim and may fail for good: keep every part first.
                     item, parts = await self._store.render(item.id, parts), None
@@ -330,11 +367,9 @@ class Delivery:
         except Exception as exc:
             log.exception("unexpected delivery error", extra=_ids(item))
             await self._retry_later(item, exc)
-        return None
+        return LOOK_AGAIN
 
-    async def _send(
-        self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None
-    ) -> OutboxItem | None:
+    async def _send(self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None) -> _After:
         """Claim the row (rendering it in the same write when ``parts`` are given), POST, record."""
         token = await self._tokens.access_token(account)
         media_id = await self._media_id(item, token) if item.media else None
@@ -350,7 +385,7 @@ class Delivery:
         )
         if claimed is None:
             log.info("outbox row changed before its send; looking again", extra=_ids(item))
-            return None
+            return LOOK_AGAIN
         item = claimed
         assert item.text is not None
         try:
@@ -364,7 +399,7 @@ class Delivery:
             await self._budget.observe(account.id, exc.facts)
             state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
             await self._retry_later(replace(item, state=state), exc)
-            return None
+            return LOOK_AGAIN
         except XRateLimited as exc:
             now = self._clock.now()
             until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
@@ -372,7 +407,7 @@ class Delivery:
             await self._store.reschedule(
                 item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
             )
-            return None
+            return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
@@ -383,22 +418,20 @@ class Delivery:
             # and is reconciled before any resend (the caller's handler would requeue it).
             log.exception("unexpected error sending to X", extra=_ids(item))
             await self._retry_later(item, exc)
-            return None
+            return LOOK_AGAIN
         try:
             return await self._sent(item, sent, self._budget.correct(account.id, facts))
         except Exception as exc:
             # X has it, we could not record it: left "sending", reconciliation will find it.
             log.exception("could not record a DM that X took", extra=_ids(item))
             await self._retry_later(item, exc)
-            return None
+            return LOOK_AGAIN
 
-    async def _sent(
-        self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()
-    ) -> OutboxItem | None:
+    async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> _After:
         following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
         self._follow_up(self._acknowledge(item), item)
-        return following
+        return _After(following, settled=True)
 
     async def _acknowledge(self, item: OutboxItem) -> None:
         """Slack's side of a send: the ✅ on a message's last part, the ⏳ gone."""

@@ -31,7 +31,9 @@ SIGNING_SECRET = "test-signing-secret"
 TEAM = "T0001"
 ME = "1000"  # the X account Slack users connect in tests
 ALICE, BOB, CAROL, DORA = "2001", "2002", "2003", "2004"
-FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=0.5)
+# Quick retries, and no periodic rescan to hide behind: a lost wake-up of the worker makes a
+# test time out instead of costing it a fraction of a second.
+FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=600.0)
 
 
 def free_port() -> int:

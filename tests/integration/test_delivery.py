@@ -153,6 +153,7 @@ async def test_held_message_shows_hourglass_then_check_mark(tmp_path: Path) -> N
 
 
 async def test_channels_sharing_an_account_take_turns(tmp_path: Path) -> None:
+    # Every hand-over between channels must wake the worker (FAST has no periodic rescan).
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge, "1000-2001", "C100")
         await bridge.map_link("1000-2002", channel="C200")
