@@ -257,10 +257,13 @@ class Delivery:
             self._tasks.discard(t)
             self._busy.discard(account_id)
             self._serving.pop(account_id, None)
+            failed = not t.cancelled() and t.exception() is not None
+            if failed:  # _deliver handles every error; this would be a bug in the worker itself
+                log.error("delivery task failed", exc_info=t.exception())
             # Look again unless the task emptied its channel and nothing else waits for the account.
             waiting = account_id in self._recheck or account_id in self._contended
             self._recheck.discard(account_id)
-            if waiting or t.cancelled() or t.exception() is not None or t.result():
+            if waiting or failed or t.cancelled() or t.result():
                 self._wake.set()
 
         task.add_done_callback(done)
