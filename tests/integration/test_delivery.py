@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Literal
@@ -130,6 +131,25 @@ async def test_sends_do_not_wait_for_slack_reactions(tmp_path: Path) -> None:
         gate.set()
         for ts in stamps:
             await bridge.wait_reaction("C100", ts, "white_check_mark")
+
+
+async def test_shutdown_waits_for_reactions_still_on_their_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="adapters.web")
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        gate = bridge.slack.hold("reactions.add")
+        _, ts = await bridge.post("just before shutdown")
+        await bridge.wait_dms(1)
+        asyncio.get_running_loop().call_later(0.5, gate.set)
+        slack = bridge.slack
+    [reaction] = slack.calls_to("reactions.add")
+    assert reaction.ok and slack.reactions("C100", ts) == {"white_check_mark"}
+    # Slack answered the ✅ before the bridge called itself stopped (and closed its HTTP session).
+    [stopped] = [r for r in caplog.records if r.getMessage() == "shut down cleanly"]
+    assert reaction.at < stopped.created
+    assert not [r for r in caplog.records if r.getMessage() == "could not add reaction"]
 
 
 async def test_held_message_shows_hourglass_then_check_mark(tmp_path: Path) -> None:
