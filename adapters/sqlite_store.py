@@ -223,6 +223,11 @@ class SqliteStore:
     async def list_accounts(self) -> list[Account]:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
 
+    async def usernames_needing_reconnect(self) -> list[str]:
+        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        sql = "SELECT x_username FROM accounts WHERE needs_reconnect ORDER BY x_username"
+        return await self._call(lambda: [r["x_username"] for r in self._rows(sql)])
+
     # -- OAuth states ------------------------------------------------------
 
     async def save_oauth_state(self, state: OAuthState) -> None:

@@ -301,9 +301,7 @@ async def healthz(request: web.Request) -> web.Response:
     now = time.time()
     try:
         database_ok = await services.store.ping()
-        reconnect: list[str] | None = sorted(
-            a.x_username for a in await services.store.list_accounts() if a.needs_reconnect
-        )
+        reconnect: list[str] | None = await services.store.usernames_needing_reconnect()
     except Exception:
         log.exception("health check: database error")
         database_ok, reconnect = False, None
