@@ -377,8 +377,7 @@ class SqliteStore:
             row_id = self._accept(message, self._mapping(row), now)
             if row_id is None:
                 return Accepted(new=False)
-            head = self._one("SELECT * FROM outbox WHERE id = ?", [row_id]) if queue_was_empty else None
-            return Accepted(new=True, head=self._item(head) if head else None)
+            return Accepted(new=True, head=self._outbox_item(row_id) if queue_was_empty else None)
 
         return await self._call(work)
 
@@ -502,9 +501,9 @@ class SqliteStore:
         def work() -> OutboxItem:
             with self.db.atomic():
                 self._write_render(item_id, parts)
-            updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+            updated = self._outbox_item(item_id)
             assert updated is not None
-            return self._item(updated)
+            return updated
 
         return await self._call(work)
 
@@ -667,12 +666,12 @@ class SqliteStore:
     ) -> OutboxItem | None:
         def work() -> OutboxItem | None:
             with self.db.atomic():
-                row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
-                if row is None or not OutboxState(row["state"]).pending:
+                current = self._outbox_item(item_id)
+                if current is None or not current.state.pending:
                     return None  # cancelled (deleted in Slack), or finished, since it was read
                 if parts is not None:
                     # Rendered from ``source``: an edit that landed since then must not be lost.
-                    if row["text"] is not None or json.loads(row["source"] or "{}") != source:
+                    if current.text is not None or current.source != source:
                         return None
                     self._write_render(item_id, parts)
                 self.db.execute(
@@ -681,9 +680,9 @@ class SqliteStore:
                     [now, item_id],
                 )
                 self._save_budgets(budgets)
-                updated = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
-            assert updated is not None
-            return self._item(updated)
+                claimed = self._outbox_item(item_id)
+            assert claimed is not None
+            return claimed
 
         return await self._call(work)
 
@@ -832,11 +831,11 @@ class SqliteStore:
         return await self._call(work)
 
     async def get_item(self, item_id: int) -> OutboxItem | None:
-        def work() -> OutboxItem | None:
-            row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
-            return self._item(row) if row else None
+        return await self._call(self._outbox_item, item_id)
 
-        return await self._call(work)
+    def _outbox_item(self, item_id: int) -> OutboxItem | None:
+        row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
+        return self._item(row) if row else None
 
     # -- budgets -----------------------------------------------------------
 
