@@ -107,7 +107,6 @@ class Delivery:
         self._config = config or DeliveryConfig()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._busy: set[int] = set()
         self._serving: dict[int, tuple[str, str]] = {}  # busy account -> the channel it is sending
         self._recheck: set[int] = set()  # busy accounts offered work: scan when their task ends
         self._contended: set[int] = set()  # accounts with more than one channel due (last scan)
@@ -130,7 +129,6 @@ class Delivery:
         if head is None:
             self.wake()
         elif self._may_start(head):
-            self._serve(head)
             self._start(head)
         elif self._serving.get(head.account_id) == (head.team_id, head.channel_id):
             # That channel's task will reach this row itself; if it stops first, it scans.
@@ -141,8 +139,8 @@ class Delivery:
     def _may_start(self, item: OutboxItem) -> bool:
         """May a new task start ``item`` now, as the scheduler would?"""
         return (
-            item.account_id not in self._busy
-            and len(self._busy) < self._config.max_parallel_accounts
+            item.account_id not in self._serving
+            and len(self._serving) < self._config.max_parallel_accounts
             and self._clear_to_send(item)
         )
 
@@ -227,7 +225,7 @@ class Delivery:
         }
 
         for account_id, items in by_account.items():
-            if account_id in self._busy:
+            if account_id in self._serving:
                 continue
             blocked = self._budget.blocked_until(account_id, now)
             if blocked is not None:
@@ -235,27 +233,27 @@ class Delivery:
                 await self._hold(items, now, blocked)
                 wake_at = min(wake_at, *(self._hourglass_due(i, now) for i in items))
                 continue
-            if len(self._busy) >= self._config.max_parallel_accounts:
+            if len(self._serving) >= self._config.max_parallel_accounts:
                 break
             item = min(items, key=lambda i: (self._served[(i.team_id, i.channel_id)], i.seq, i.part))
-            self._serve(item)
             self._start(item)
         return wake_at - now
 
     def _serve(self, item: OutboxItem) -> None:
+        """The item's channel has its turn; its account is busy until the task sending it ends."""
         self._turn += 1
         self._served[(item.team_id, item.channel_id)] = self._turn
         self._serving[item.account_id] = (item.team_id, item.channel_id)
 
     def _start(self, item: OutboxItem) -> None:
+        """A task for the item's account: it sends this item, then its channel's next while it may."""
         account_id = item.account_id
-        self._busy.add(account_id)
+        self._serve(item)
         task = asyncio.create_task(self._drive(item), name=f"deliver-{item.id}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[bool]) -> None:
             self._tasks.discard(t)
-            self._busy.discard(account_id)
             self._serving.pop(account_id, None)
             failed = not t.cancelled() and t.exception() is not None
             if failed:  # _deliver handles every error; this would be a bug in the worker itself
