@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from adapters.simulators.openapi import SpecValidator
-from adapters.simulators.slack_api import FakeSlack
-from adapters.simulators.x_api import FakeX
+from adapters.sandbox.fake_slack import FakeSlack
+from adapters.sandbox.fake_x import FakeX
+from adapters.sandbox.openapi import SpecValidator
 
 TEAM = "T0001"
 MARKER = re.compile(r"\bbench (\S+)")

@@ -3,7 +3,7 @@
     python bench/instrument.py serve --host 127.0.0.1     (env as for xdm-bridge serve,
                                                             plus BENCH_TRACE_OUT=path.json)
 
-Before handing over to ``adapters.cli.main`` it wraps, at run time and without editing them,
+Before handing over to ``adapters.ops.cli.main`` it wraps, at run time and without editing them,
 the coroutine methods of the SQLite store, the X and Slack clients, the token manager, the
 budget, the relay and the delivery worker, and the SQLite owner thread's ``_call`` (split into
 time queued for the thread, time running on it, and time until the event loop resumed the
@@ -55,7 +55,7 @@ def _wrap_class(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> N
 
 
 def _wrap_store_call() -> None:
-    from adapters.sqlite_store import SqliteStore
+    from adapters.store.sqlite import SqliteStore
 
     async def _call(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -103,10 +103,10 @@ def _dump() -> None:
 
 
 def install() -> None:
-    from adapters import web
-    from adapters.slack_api import SlackApi
-    from adapters.sqlite_store import SqliteStore
-    from adapters.x_api import XApiClient
+    from adapters.slack.api import SlackApi
+    from adapters.store.sqlite import SqliteStore
+    from adapters.web import app as web
+    from adapters.x.api import XApiClient
     from bridge.budget import Budget
     from bridge.delivery import Delivery
     from bridge.relay import Relay
@@ -141,7 +141,7 @@ def main() -> int:
     interval = os.environ.get("BENCH_SWITCH_INTERVAL")
     if interval:  # experiment: how much of the SQLite thread's queueing is GIL hand-off
         sys.setswitchinterval(float(interval))
-    from adapters.cli import main as cli_main
+    from adapters.ops.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

@@ -51,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapters.crypto import TokenCipher, generate_key  # noqa: E402
-from adapters.simulators.slack_api import SlackSender  # noqa: E402
-from adapters.sqlite_store import SqliteStore, open_database  # noqa: E402
+from adapters.sandbox.fake_slack import SlackSender  # noqa: E402
+from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
+from adapters.store.sqlite import SqliteStore, open_database  # noqa: E402
 from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -283,7 +283,7 @@ def bridge_argv() -> list[str]:
     script = Path(sys.executable).with_name("xdm-bridge")
     if script.exists():
         return [str(script), "serve", "--host", "127.0.0.1"]
-    return [sys.executable, "-m", "adapters.cli", "serve", "--host", "127.0.0.1"]
+    return [sys.executable, "-m", "adapters.ops.cli", "serve", "--host", "127.0.0.1"]
 
 
 async def wait_healthy(session: aiohttp.ClientSession, url: str, proc: Proc, limit_s: float = 120.0) -> None:

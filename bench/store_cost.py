@@ -26,8 +26,8 @@ for path in (ROOT, ROOT / "bench"):
 
 from run import TEAM, bulk_insert  # noqa: E402
 
-from adapters.crypto import TokenCipher, generate_key  # noqa: E402
-from adapters.sqlite_store import SqliteStore  # noqa: E402
+from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
+from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser  # noqa: E402
 
 CHANNELS = 10

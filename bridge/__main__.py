@@ -1,5 +1,5 @@
 """``python -m bridge``: the same as the ``xdm-bridge`` command."""
 
-from adapters.cli import main
+from adapters.ops.cli import main
 
 raise SystemExit(main())

@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.crypto import generate_key
-from adapters.simulators.slack_api import FakeSlack, SlackResult, SlackSender, run_fake_slack
-from adapters.simulators.x_api import FakeX, run_fake_x
-from adapters.web import create_app
+from adapters.sandbox.fake_slack import FakeSlack, SlackResult, SlackSender, run_fake_slack
+from adapters.sandbox.fake_x import FakeX, run_fake_x
+from adapters.store.crypto import generate_key
+from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
 from bridge.settings import Settings
 

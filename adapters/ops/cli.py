@@ -19,14 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters import admin
-from adapters.crypto import generate_key
-from adapters.logs import setup_logging
-from adapters.sqlite_store import open_database
+from adapters.ops import admin
+from adapters.store.crypto import generate_key
+from adapters.store.sqlite import open_database
+from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError
 from bridge.settings import Settings, database_path
 
-log = logging.getLogger("adapters.cli")
+log = logging.getLogger("adapters.ops.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
-    from adapters.web import create_app
+    from adapters.web.app import create_app
 
     web.run_app(
         create_app(settings),
@@ -75,14 +75,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The real bridge between local simulators of Slack and X, with a web page to drive it."""
-    from adapters import sandbox
+    from adapters.sandbox import sandbox
 
     return sandbox.run(args)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check configuration, database, Slack and every X account; print each problem with its fix."""
-    from adapters import doctor
+    from adapters.ops import doctor
 
     report = asyncio.run(doctor.run())
     _emit(args, report.as_json(), report.text)
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
-    from adapters import sandbox
+    from adapters.sandbox import sandbox
 
     sandbox.add_arguments(sandbox_parser)
     _add_operator_commands(sub)

@@ -23,11 +23,11 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters import admin
-from adapters.config_doc import fix_for
-from adapters.crypto import TokenCipher
-from adapters.slack_scopes import BOT_SCOPES
-from adapters.x_api import XApiClient
+from adapters.ops import admin
+from adapters.ops.config_doc import fix_for
+from adapters.slack.scopes import BOT_SCOPES
+from adapters.store.crypto import TokenCipher
+from adapters.x.api import XApiClient
 from bridge.errors import ConfigError, XAuthExpired, XError, XRateLimited, XRefused
 from bridge.settings import SCOPES, Settings
 

@@ -1,7 +1,7 @@
 """A fake X (Twitter) API v2 for Direct Messages, served by aiohttp.
 
 Used by the test suite and by the bridge's local sandbox mode. It implements the slice of X the
-bridge talks to (see /work/shared/x-api/NOTES.md):
+bridge talks to (see docs/reference/x-api/NOTES.md):
 
 * OAuth 2.0 Authorization Code with PKCE (``/i/oauth2/authorize``, ``/2/oauth2/token``,
   ``/2/oauth2/revoke``), rotating single-use refresh tokens, confidential and public clients;
@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
 
-from adapters.simulators.openapi import FormPart, SpecValidator, media_type_of, parse_form
+from adapters.sandbox.openapi import FormPart, SpecValidator, media_type_of, parse_form
 
 __all__ = [
     "DEFAULT_SCOPES",

@@ -1,6 +1,6 @@
 """Validate HTTP requests and responses against X's OpenAPI spec.
 
-The fake X API (:mod:`adapters.simulators.x_api`) runs every request it receives and every JSON
+The fake X API (:mod:`adapters.sandbox.fake_x`) runs every request it receives and every JSON
 response it emits through :class:`SpecValidator`, so the test suite notices as soon as the bridge
 (or the fake itself) drifts from what the real API documents.
 
@@ -52,7 +52,7 @@ HTTP_METHODS: frozenset[str] = frozenset(
     {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 )
 
-# Known drift, accepted on purpose (see /work/shared/x-api/NOTES.md §1.2 and §3.2).
+# Known drift, accepted on purpose (see docs/reference/x-api/NOTES.md §1.2 and §3.2).
 # Spec 2.167 dropped the generic ``about:blank`` problem from the ``Problem`` union and its
 # ``application/json`` error schema is a bare ``Error {code, message}``. Yet the live API sends:
 #   * ``{"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}``

@@ -42,21 +42,21 @@ import aiohttp
 import emoji
 from aiohttp import web
 
-from adapters.crypto import generate_key
-from adapters.logs import setup_logging
-from adapters.simulators.slack_api import (
+from adapters.sandbox.fake_slack import (
     RESPONSE_URL_MAX_USES,
     RESPONSE_URL_TTL_SECONDS,
     FakeSlack,
     SlackSender,
     run_fake_slack,
 )
-from adapters.simulators.x_api import FakeX, run_fake_x
-from adapters.web import create_app
+from adapters.sandbox.fake_x import FakeX, run_fake_x
+from adapters.store.crypto import generate_key
+from adapters.web.app import create_app
+from adapters.web.logs import setup_logging
 from bridge.delivery import DeliveryConfig
 from bridge.settings import Settings
 
-log = logging.getLogger("adapters.sandbox")
+log = logging.getLogger("adapters.sandbox.sandbox")
 
 HOST = "127.0.0.1"
 LABEL = "Simulation — nothing leaves this machine"
@@ -463,7 +463,7 @@ def page_app(sandbox: Sandbox) -> web.Application:
 
 
 def _page_html() -> str:
-    return importlib.resources.files("adapters.simulators").joinpath("sandbox.html").read_text("utf-8")
+    return importlib.resources.files("adapters.sandbox").joinpath("sandbox.html").read_text("utf-8")
 
 
 async def _index(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.media import FileTooLarge, FileUnavailable, file_name, human_size
 
-log = logging.getLogger("adapters.slack_api")
+log = logging.getLogger("adapters.slack.api")
 
 NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier 4) quiet
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.

@@ -20,7 +20,7 @@ from bridge.commands import CommandContext, CommandService
 from bridge.model import IncomingMessage, MessageChange
 from bridge.relay import Relay
 
-log = logging.getLogger("adapters.slack_app")
+log = logging.getLogger("adapters.slack.app")
 
 Spawn = Callable[[Awaitable[None], str], None]
 
@@ -112,7 +112,7 @@ def build_bolt_app(
         client=client,
         process_before_response=True,
         raise_error_for_unhandled_request=False,
-        logger=logging.getLogger("adapters.slack_app.bolt"),
+        logger=logging.getLogger("adapters.slack.app.bolt"),
     )
 
     @app.event("message")

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
-from adapters.crypto import TokenCipher
+from adapters.store.crypto import TokenCipher
 from bridge.model import (
     Accepted,
     Account,
@@ -39,7 +39,7 @@ from bridge.model import (
 )
 from migrations import PENDING_STATES, migrations
 
-log = logging.getLogger("adapters.sqlite_store")
+log = logging.getLogger("adapters.store.sqlite")
 
 P = ParamSpec("P")
 T = TypeVar("T")

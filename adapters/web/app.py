@@ -24,13 +24,13 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from adapters.crypto import TokenCipher
-from adapters.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
-from adapters.slack_api import SlackApi, web_client
-from adapters.slack_app import build_bolt_app
-from adapters.sqlite_store import SqliteStore
-from adapters.x_api import XApiClient
-from adapters.x_oauth import XOAuthClient
+from adapters.slack.api import SlackApi, web_client
+from adapters.slack.app import build_bolt_app
+from adapters.store.crypto import TokenCipher
+from adapters.store.sqlite import SqliteStore
+from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
+from adapters.x.api import XApiClient
+from adapters.x.oauth import XOAuthClient
 from bridge.budget import Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
@@ -41,7 +41,7 @@ from bridge.relay import Relay
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 
-log = logging.getLogger("adapters.web")
+log = logging.getLogger("adapters.web.app")
 
 SHUTDOWN_GRACE = 20.0  # of the 30 s a dyno gets after SIGTERM
 MAX_BODY = 1024 * 1024  # Slack payloads are far smaller; anything bigger is refused

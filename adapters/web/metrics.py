@@ -18,12 +18,12 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from adapters.x_api import REFUSAL_CODES
+from adapters.x.api import REFUSAL_CODES
 from bridge.budget import Budget
 from bridge.model import OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
 
-log = logging.getLogger("adapters.metrics")
+log = logging.getLogger("adapters.web.metrics")
 
 # The classic text format: every Prometheus version (and most other scrapers) reads it.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

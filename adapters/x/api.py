@@ -21,7 +21,7 @@ import aiohttp
 from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
 from bridge.model import DmEvent, Sent, Target, XUser
 
-log = logging.getLogger("adapters.x_api")
+log = logging.getLogger("adapters.x.api")
 
 MB = 1024 * 1024
 MAX_SEGMENTS = 1000  # append's segment_index is 0..999 (spec AppendMediaUploadRequest)

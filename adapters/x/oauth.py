@@ -22,7 +22,7 @@ from bridge.errors import XAuthRevoked, XTransient
 from bridge.model import AuthorizationRequest, TokenSet
 from bridge.settings import SCOPES
 
-log = logging.getLogger("adapters.x_oauth")
+log = logging.getLogger("adapters.x.oauth")
 
 VERIFIER_LENGTH = 64  # RFC 7636 allows 43-128 characters
 # Errors after which the refresh token will never work again.

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from adapters.simulators.slack_api import FakeSlack, run_fake_slack
-from adapters.slack_api import SlackApi, web_client
+from adapters.sandbox.fake_slack import FakeSlack, run_fake_slack
+from adapters.slack.api import SlackApi, web_client
 from bridge.media import FileTooLarge, FileUnavailable
 
 TEAM = "T0001"

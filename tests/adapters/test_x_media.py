@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from adapters.simulators.x_api import FakeX, one_to_one_id, run_fake_x
-from adapters.x_api import XApiClient
+from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
+from adapters.x.api import XApiClient
 from bridge.errors import XAuthExpired, XRefused, XTransient
 from bridge.media import MB, MediaPlan, SkippedFile, plan_media
 from bridge.model import Target

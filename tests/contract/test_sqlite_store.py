@@ -8,8 +8,8 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from adapters.crypto import TokenCipher, generate_key
-from adapters.sqlite_store import SqliteStore
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
 from bridge.model import (
     IncomingMessage,
     Mapping,

@@ -136,7 +136,7 @@ async def test_sends_do_not_wait_for_slack_reactions(tmp_path: Path) -> None:
 async def test_shutdown_waits_for_reactions_still_on_their_way(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.web")
+    caplog.set_level(logging.INFO, logger="adapters.web.app")
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge)
         gate = bridge.slack.hold("reactions.add")

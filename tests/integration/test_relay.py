@@ -42,7 +42,7 @@ async def test_outbox_row_committed_before_slack_gets_200(tmp_path: Path) -> Non
 async def test_bot_unmapped_and_non_message_events_never_relayed(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge)
-        fixtures = Path(__file__).parents[2].parent / "shared" / "slack-fixtures"
+        fixtures = Path(__file__).parents[1] / "fixtures" / "slack"
         for name in (
             "event-message-bot_message-classic.json",
             "event-message-from-app-bot-no-subtype.json",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.cli import main
-from adapters.crypto import TokenCipher, generate_key
-from adapters.sqlite_store import SqliteStore
+from adapters.ops.cli import main
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
 from tests.harness import ALICE, ME, TEAM, running_bridge
 

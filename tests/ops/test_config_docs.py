@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from adapters.config_doc import BY_NAME, ENV_VARS, fix_for
+from adapters.ops.config_doc import BY_NAME, ENV_VARS, fix_for
 from bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,12 +15,12 @@ from typing import Any
 from aiohttp import web
 from sqlite_utils import Database
 
-from adapters import doctor
-from adapters.config_doc import ENV_VARS
-from adapters.crypto import TokenCipher
-from adapters.simulators.slack_api import FakeSlack, run_fake_slack
-from adapters.simulators.x_api import FakeX, run_fake_x
-from adapters.sqlite_store import SqliteStore
+from adapters.ops import doctor
+from adapters.ops.config_doc import ENV_VARS
+from adapters.sandbox.fake_slack import FakeSlack, run_fake_slack
+from adapters.sandbox.fake_x import FakeX, run_fake_x
+from adapters.store.crypto import TokenCipher
+from adapters.store.sqlite import SqliteStore
 from bridge.model import TokenSet, XUser
 from migrations import migrations
 from tests.harness import ALICE, BOB, ME, TEAM, bridge_env, free_port

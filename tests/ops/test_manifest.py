@@ -1,7 +1,7 @@
 """manifest.yml against the code: routes, Bolt listeners, Slack Web API calls and their scopes.
 
 Adding a listener, a Slack API call or a route without updating the manifest (and
-adapters/slack_scopes.py) fails here, before a deployed app silently lacks a scope.
+adapters/slack/scopes.py) fails here, before a deployed app silently lacks a scope.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_scopes import BOT_SCOPES, COMMAND_SCOPES, EVENT_SCOPES, METHOD_SCOPES, slack_method
-from adapters.web import SERVICES, create_app
+from adapters.slack.scopes import BOT_SCOPES, COMMAND_SCOPES, EVENT_SCOPES, METHOD_SCOPES, slack_method
+from adapters.web.app import SERVICES, create_app
 from bridge.settings import Settings
 from tests.harness import running_bridge
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "manifest.yml"
 # Code that talks to the real Slack. The simulators and the sandbox only talk to simulated Slack.
-NOT_REAL_SLACK = ("adapters/simulators/", "adapters/sandbox")
+NOT_REAL_SLACK = ("adapters/sandbox/", "adapters/sandbox/sandbox")
 SLACK_METHODS = {name for name in vars(AsyncWebClient) if not name.startswith("_")}
 
 
@@ -104,7 +104,7 @@ def test_every_slack_api_call_in_the_adapters_has_its_scopes_listed() -> None:
     assert "reactions.add" in calls and "users.info" in calls, "the AST scan found no Slack calls at all"
     unlisted = {method: where for method, where in calls.items() if method not in METHOD_SCOPES}
     assert not unlisted, (
-        f"Slack Web API calls without an entry in adapters/slack_scopes.METHOD_SCOPES: {unlisted}; "
+        f"Slack Web API calls without an entry in adapters/slack/scopes.METHOD_SCOPES: {unlisted}; "
         "add the method with its scopes, and the scopes to manifest.yml"
     )
     # And nothing listed that the code no longer calls (Bolt itself calls auth.test).
@@ -154,5 +154,5 @@ async def test_bolt_listeners_and_manifest_subscriptions_match(
         orphans = [i for i in range(len(listeners)) if i not in covered]
         assert not orphans, (
             f"Bolt listeners {orphans} match nothing manifest.yml subscribes to: add the event "
-            "(and its scopes in adapters/slack_scopes.py) to the manifest"
+            "(and its scopes in adapters/slack/scopes.py) to the manifest"
         )

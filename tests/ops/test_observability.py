@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.metrics import failure_reason, worker_state, x_endpoint
-from adapters.web import METRICS, create_app
-from adapters.x_api import REFUSAL_CODES
+from adapters.web.app import METRICS, create_app
+from adapters.web.metrics import failure_reason, worker_state, x_endpoint
+from adapters.x.api import REFUSAL_CODES
 from bridge.settings import Settings
 from tests.harness import ALICE, Bridge, running_bridge, wait_until
 
@@ -132,7 +132,7 @@ async def test_bad_signature_is_logged_with_the_likely_cause(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_bridge(tmp_path) as bridge:
-        caplog.set_level(logging.WARNING, logger="adapters.web")
+        caplog.set_level(logging.WARNING, logger="adapters.web.app")
         body = b'{"type": "event_callback"}'
         headers = bridge.sender.sign(body)
         headers["X-Slack-Signature"] = "v0=" + "0" * 64

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.crypto import TokenCipher
-from adapters.simulators.slack_api import FakeSlack, SlackSender, run_fake_slack
-from adapters.simulators.x_api import FakeX, run_fake_x
-from adapters.sqlite_store import SqliteStore
+from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
+from adapters.sandbox.fake_x import FakeX, run_fake_x
+from adapters.store.crypto import TokenCipher
+from adapters.store.sqlite import SqliteStore
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
 from tests.harness import ALICE, BOB, CAROL, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
 

@@ -12,7 +12,7 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
-from adapters.simulators.x_api import FakeX
+from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, BOB, ME, wait_until
 from tests.process.support import Server, World, world
 

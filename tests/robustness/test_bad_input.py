@@ -111,7 +111,7 @@ async def assert_still_relays(bridge: Bridge) -> None:
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Tracebacks or ERROR lines from our code (Bolt's logger is ours: adapters.slack_app.bolt)."""
+    """Tracebacks or ERROR lines from our code (Bolt's logger is ours: adapters.slack.app.bolt)."""
     return [
         f"{r.name}: {r.getMessage()}"
         for r in caplog.records

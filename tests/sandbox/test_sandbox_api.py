@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.sandbox import LABEL, Sandbox, SandboxError, running_sandbox, text_parts
+from adapters.sandbox.sandbox import LABEL, Sandbox, SandboxError, running_sandbox, text_parts
 from bridge.delivery import DeliveryConfig
 
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=0.5)

@@ -1,4 +1,4 @@
-"""Tests for the fake Slack (adapters.simulators.slack_api) over real HTTP."""
+"""Tests for the fake Slack (adapters.sandbox.fake_slack) over real HTTP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from adapters.simulators.slack_api import (
+from adapters.sandbox.fake_slack import (
     RESPONSE_URL_MAX_USES,
     FakeSlack,
     SlackSender,
@@ -26,7 +26,7 @@ from adapters.simulators.slack_api import (
     run_fake_slack,
 )
 
-FIXTURES = Path("/work/shared/slack-fixtures")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "slack"
 TOKEN = "xoxb-test"
 SECRET = "s3cr3t-signing"
 

@@ -1,4 +1,4 @@
-"""Tests of the fake X API itself (adapters/simulators), over real HTTP on 127.0.0.1."""
+"""Tests of the fake X API itself (adapters/sandbox), over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from adapters.simulators.openapi import SpecValidator
-from adapters.simulators.x_api import FakeX, one_to_one_id, run_fake_x
+from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
+from adapters.sandbox.openapi import SpecValidator
 
 ALICE, BOB, CAROL, DAVE = "1001", "2002", "3003", "99"
 REDIRECT = "http://127.0.0.1:8765/callback"

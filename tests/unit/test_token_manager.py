@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.crypto import TokenCipher, generate_key
-from adapters.sqlite_store import SqliteStore
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
 from bridge.errors import XAuthRevoked
 from bridge.model import Account, TokenSet, XUser
 from bridge.tokens import ACCOUNT_TTL, TokenManager

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bridge.translate import X_TEXT_LIMIT, mentioned_user_ids, quote_parent, render_parts, to_plain
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "slack-fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "slack"
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

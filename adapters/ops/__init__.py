@@ -1,0 +1,1 @@
+"""Operator tools: the xdm-bridge CLI, doctor, admin commands."""

@@ -1,0 +1,1 @@
+"""The edge to Slack: Web API client, Bolt listeners, scopes."""

@@ -1,0 +1,1 @@
+"""The web process: the aiohttp application, its lifecycle, metrics and logs."""
