@@ -81,8 +81,17 @@ class Window:
 class Budget:
     """All windows, persisted to the store after each change so restarts respect them."""
 
-    def __init__(self, store: Store, *, user_15m: int, user_24h: int, app_24h: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        user_15m: int,
+        user_24h: int,
+        app_24h: int,
+        fallback_pause: float = FALLBACK_PAUSE,
+    ) -> None:
         self._store = store
+        self._fallback_pause = fallback_pause
         self._limits = {"15m": (FIFTEEN_MINUTES, user_15m), "24h": (ONE_DAY, user_24h)}
         self._app_limit = app_24h
         self._windows: dict[str, Window] = {}
@@ -163,11 +172,15 @@ class Budget:
         if facts.app_day_remaining == 0 and facts.app_day_reset:
             app.exhaust(facts.app_day_reset)
             exhausted = True
-        if not exhausted:
-            minute.exhaust(reset_at if reset_at > now else now + FALLBACK_PAUSE)
+        if not exhausted and facts.window_reset is not None and facts.window_reset > now:
+            minute.exhaust(reset_at)
+        elif not exhausted:
+            # X named no time: pause for the fallback, not until the end of our own guess of the
+            # window (which can be 15 minutes away, for one 429 that may have been a glitch).
+            minute.remaining, minute.reset_at = 0, now + self._fallback_pause
         await self._persist(account_id)
         until = self.blocked_until(account_id, now)
-        return until if until is not None else now + FALLBACK_PAUSE
+        return until if until is not None else now + self._fallback_pause
 
     def snapshot(self, account_id: int, now: float) -> dict[str, dict[str, Any]]:
         minute, day, app = self._account_windows(account_id)

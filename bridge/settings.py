@@ -46,6 +46,7 @@ class Settings:
     x_user_limit_24h: int = 1000
     x_app_limit_24h: int = 15000
     x_timeout_seconds: float = 20.0
+    x_retry_cap_seconds: float = 300.0
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
     relay_edits: EditPolicy = "correction"
@@ -191,6 +192,7 @@ class _Reader:
             x_user_limit_24h=self.integer("X_USER_LIMIT_24H", 1000, low=1, high=10_000_000),
             x_app_limit_24h=self.integer("X_APP_LIMIT_24H", 15000, low=1, high=100_000_000),
             x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
+            x_retry_cap_seconds=self.number("X_RETRY_CAP_SECONDS", 300.0, low=1.0, high=3600.0),
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]

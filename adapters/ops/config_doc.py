@@ -77,6 +77,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("X_APP_LIMIT_24H", "DM sends per X app per 24 hours (corrected by X's headers)", "15000"),
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(
+        "X_RETRY_CAP_SECONDS",
+        "the longest wait before trying X again when X gave no time (backoff after failures; "
+        "a 429 without a usable reset waits at most 60 s, or this if shorter)",
+        "300",
+    ),
+    EnvVar(
         "RELAY_FORMAT",
         "how a relayed message reads on X; may use {name} and must use {text}",
         "{name}: {text}",

@@ -33,13 +33,15 @@ import contextlib
 import itertools
 import json
 import math
+import random
 import secrets
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -51,6 +53,7 @@ __all__ = [
     "DEFAULT_SCOPES",
     "DM_POST_TEMPLATES",
     "FAULT_KINDS",
+    "RATE_LIMIT_SHAPES",
     "AccessToken",
     "AuthCode",
     "Conversation",
@@ -58,7 +61,9 @@ __all__ = [
     "FakeX",
     "Fault",
     "FaultKind",
+    "FaultModel",
     "MediaUpload",
+    "ModelDecision",
     "RecordedRequest",
     "RefreshToken",
     "TokenGrant",
@@ -369,6 +374,162 @@ def _sniff_image(data: bytes) -> tuple[str, int, int]:
     return "image/jpeg", 1, 1
 
 
+# ---------------------------------------------------------------------------- fault model
+
+#: What a :class:`FaultModel` may answer a request with (``"ok"``: X behaves).
+ModelOutcome = Literal[
+    "ok",
+    "5xx",
+    "timeout",
+    "hang_after_recording",
+    "lost_response",
+    "reset",
+    "401",
+    "429",
+    "malformed_before",
+    "malformed_after",
+]
+
+#: The default mix: mostly success, every fault present. Weights, not probabilities.
+DEFAULT_MIX: Mapping[str, float] = {
+    "ok": 70.0,
+    "5xx": 6.0,
+    "timeout": 2.0,
+    "hang_after_recording": 2.0,
+    "lost_response": 3.0,
+    "reset": 3.0,
+    "401": 2.0,
+    "429": 6.0,
+    "malformed_before": 2.0,
+    "malformed_after": 2.0,
+}
+
+#: Shapes of the rate-limit headers on a model 429. ``plausible`` is what X sends; the others are
+#: what a bad proxy, a bug at X or a unit mix-up would send, and a client must survive them all.
+RATE_LIMIT_SHAPES: tuple[str, ...] = (
+    "plausible",  # remaining 0, reset a few seconds ahead, epoch seconds
+    "plausible",
+    "day_cap",  # the 24-hour user cap spent (reset a few seconds ahead), 15-minute window not
+    "milliseconds",  # reset in epoch milliseconds
+    "negative",  # reset -1
+    "past_9999",  # reset after 9999-12-31 (overflows datetime)
+    "in_the_past",  # reset an hour ago
+    "not_a_number",  # reset "soon", remaining "none"
+    "missing",  # no rate-limit headers at all
+)
+
+#: Requests the model may upset: the token endpoint only with failures that leave the refresh
+#: token unused (a lost answer to a refresh costs real X's rotating token too: no client survives).
+_TOKEN_OUTCOMES = frozenset({"ok", "5xx", "reset"})
+_RECORDING_OUTCOMES = frozenset({"hang_after_recording", "lost_response", "malformed_after"})
+
+
+@dataclass(frozen=True)
+class ModelDecision:
+    """What the fault model chose for one request."""
+
+    outcome: str
+    shape: str | None = None  # for "429": one of RATE_LIMIT_SHAPES
+    status: int = 503  # for "5xx"
+    reset_in: float = 2.0  # for plausible 429s: seconds until the reset
+
+    @property
+    def label(self) -> str:
+        return f"{self.outcome}:{self.shape}" if self.shape else self.outcome
+
+
+@dataclass
+class FaultModel:
+    """X on a bad day, deterministic from ``seed``.
+
+    The ``n``-th request the fake receives (counting every request the model may touch) gets
+    an outcome drawn from ``mix`` by ``random.Random(f"{seed}:{n}")``, so the same seed makes
+    the same sequence of decisions (which request gets which depends on the client's timing).
+    After ``max_streak`` faults in a row on one path the next request on it succeeds, so a
+    row's backoff stays bounded. Outcomes:
+
+    * ``5xx``: 500/502/503/504 problem+json, nothing recorded.
+    * ``timeout``: nothing recorded, no answer before :attr:`FakeX.timeout_seconds` (then 503).
+    * ``hang_after_recording``: the request IS processed (DM recorded, quota used), then the
+      answer is held for :attr:`FakeX.timeout_seconds`: the client times out after X acted.
+    * ``lost_response``: processed, then the connection is dropped without an answer.
+    * ``reset``: the connection is dropped before anything is processed.
+    * ``401``: the presented access token is revoked and 401 returned; the refresh token
+      still works, so refreshing recovers.
+    * ``429``: a rate-limit 429 (nothing recorded) whose headers take one of
+      :data:`RATE_LIMIT_SHAPES`; a plausible reset is ``reset_in`` seconds ahead.
+    * ``malformed_before``: **off-spec on purpose**: a 502 with an HTML body from "the edge",
+      nothing recorded.
+    * ``malformed_after``: **off-spec on purpose**: processed, then a 2xx answered with JSON cut
+      in half (``{"data": {"dm_conv``).
+
+    Every other response still follows X's spec and is validated like any other.
+    """
+
+    seed: int
+    mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    shapes: tuple[str, ...] = RATE_LIMIT_SHAPES
+    max_streak: int = 3
+    reset_in: tuple[float, float] = (1.0, 3.0)
+    drawn: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    _streaks: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.mix) - set(get_args(ModelOutcome))
+        if unknown:
+            raise ValueError(f"unknown outcomes {sorted(unknown)}")
+
+    def decide(self, method: str, path: str, *, token_endpoint: bool = False) -> ModelDecision:
+        """The outcome for the next request (``path`` keys the streak limit)."""
+        rng = random.Random(f"{self.seed}:{self.drawn}")
+        self.drawn += 1
+        names = [k for k, w in self.mix.items() if w > 0 and (not token_endpoint or k in _TOKEN_OUTCOMES)]
+        outcome = rng.choices(names, [self.mix[k] for k in names])[0] if names else "ok"
+        key = f"{method} {path}"
+        if outcome != "ok" and self._streaks.get(key, 0) >= self.max_streak:
+            outcome = "ok"
+        self._streaks[key] = 0 if outcome == "ok" else self._streaks.get(key, 0) + 1
+        decision = ModelDecision(
+            outcome,
+            shape=rng.choice(self.shapes) if outcome == "429" else None,
+            status=rng.choice((500, 502, 503, 504)),
+            reset_in=rng.uniform(*self.reset_in),
+        )
+        self.outcomes[decision.label] += 1
+        return decision
+
+
+def rate_limit_shape_headers(shape: str, now: float, reset_in: float, limit: int) -> dict[str, str]:
+    """The headers of a 429 of the given :data:`RATE_LIMIT_SHAPES` shape."""
+    soon = str(math.ceil(now + reset_in))
+    if shape == "missing":
+        return {}
+    if shape == "day_cap":
+        return {
+            "x-rate-limit-limit": str(limit),
+            "x-rate-limit-remaining": str(max(1, limit // 2)),
+            "x-rate-limit-reset": soon,
+            "x-user-limit-24hour-limit": "1000",
+            "x-user-limit-24hour-remaining": "0",
+            "x-user-limit-24hour-reset": soon,
+        }
+    reset = {
+        "plausible": soon,
+        "milliseconds": str(math.ceil((now + reset_in) * 1000)),
+        "negative": "-1",
+        "past_9999": str(253_402_300_800 + 86_400 * 365),
+        "in_the_past": str(int(now - 3600)),
+        "not_a_number": "soon",
+    }[shape]
+    remaining = "none" if shape == "not_a_number" else "0"
+    return {
+        "x-rate-limit-limit": str(limit),
+        "x-rate-limit-remaining": remaining,
+        "x-rate-limit-reset": reset,
+    }
+
+
 # ----------------------------------------------------------------------------- FakeX
 
 
@@ -453,6 +614,11 @@ class FakeX:
         """Headers forced onto every DM POST response (after the computed rate-limit headers)."""
         self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
         """Called with every response before it is sent (may mutate headers or fake state)."""
+        self.fault_model: FaultModel | None = None
+        """When set, every API request (and the token endpoint) is answered from its seeded mix;
+        faults queued with :meth:`inject` go first."""
+        self.model_log: list[tuple[float, str, str, str]] = []
+        """(time, outcome label, method, path) of every request the fault model did not let pass."""
 
         # Observability.
         self.violations: list[str] = []
@@ -626,6 +792,10 @@ class FakeX:
         response: web.StreamResponse
         if path in _OAUTH_PATHS:
             fault = self._take_fault(path, is_dm_post=False)
+            token_decision = self._model_decision(request, token_endpoint=True) if fault is None else None
+            if token_decision is not None:
+                response = await self._model_before(request, token_decision, None)
+                return self._finish(request, response, None, None)
             response = await self._apply_fault(request, fault, None, handler)
             return self._finish(request, response, None, None)
 
@@ -655,6 +825,11 @@ class FakeX:
             response = await self._apply_fault(request, fault, user.id if is_dm_post else None, handler)
             return self._finish(request, response, template, user if is_dm_post else None)
 
+        decision = self._model_decision(request) if fault is None else None
+        if decision is not None and decision.outcome not in _RECORDING_OUTCOMES:
+            response = await self._model_before(request, decision, user if is_dm_post else None)
+            return self._finish(request, response, template, None)
+
         if is_dm_post and not self._consume(user.id):
             return self._finish(request, self._rate_limited(), template, user)
 
@@ -667,6 +842,8 @@ class FakeX:
             self.violations.append(f"{request.method} {path}: FakeX crashed: {exc!r}")
             raise
         response = self._finish(request, response, template, user if is_dm_post else None)
+        if decision is not None:
+            return await self._model_after(request, decision, response)
         if fault is not None and fault.kind == "record_then_hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
@@ -832,7 +1009,67 @@ class FakeX:
         response.headers.setdefault("x-rate-limit-limit", str(self.user_limit_15m))
         return response
 
-    async def _drop_connection(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+    def _model_decision(self, request: web.Request, *, token_endpoint: bool = False) -> ModelDecision | None:
+        """The fault model's decision for this request; None when there is no model or it says "ok"."""
+        if self.fault_model is None:
+            return None
+        decision = self.fault_model.decide(request.method, request.path, token_endpoint=token_endpoint)
+        if decision.outcome == "ok":
+            return None
+        self.model_log.append((self.clock(), decision.label, request.method, request.path))
+        return decision
+
+    async def _model_before(
+        self, request: web.Request, decision: ModelDecision, rate_user: XUser | None
+    ) -> web.StreamResponse:
+        """A fault model outcome in which X does nothing."""
+        outcome = decision.outcome
+        if outcome == "5xx":
+            titles = {500: "Internal Server Error", 502: "Bad Gateway", 504: "Gateway Timeout"}
+            return _about_blank(decision.status, titles.get(decision.status, "Service Unavailable"))
+        if outcome == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
+            return _about_blank(503, "Service Unavailable")
+        if outcome == "reset":
+            return await self._drop_connection(request)
+        if outcome == "401":
+            token = self._access_token(request)
+            if token is not None:
+                token.revoked = True  # the refresh token still works: refreshing recovers
+            return _about_blank(401, "Unauthorized")
+        if outcome == "429":
+            response = self._rate_limited()
+            limit = self.user_limit_15m if rate_user is not None else 900
+            shape = decision.shape or "plausible"
+            response.headers.update(rate_limit_shape_headers(shape, self.clock(), decision.reset_in, limit))
+            return response
+        # "malformed_before": an edge proxy's page, not X's JSON (deliberately off-spec).
+        body = "<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
+        return web.Response(status=502, text=body, content_type="text/html")
+
+    async def _model_after(
+        self, request: web.Request, decision: ModelDecision, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """A fault model outcome after X did the work (recorded the DM, stored the media...)."""
+        if decision.outcome == "hang_after_recording":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
+            return response
+        if decision.outcome == "lost_response":
+            return await self._drop_connection(request)
+        # "malformed_after": the answer cut in half (deliberately off-spec, so not validated).
+        if not 200 <= response.status < 300 or not isinstance(response, web.Response):
+            return response
+        raw = response.body if isinstance(response.body, bytes) else b"{}"
+        cut = web.Response(status=response.status, body=raw[: max(1, len(raw) // 2)])
+        for key, value in response.headers.items():
+            if key.lower().startswith("x-"):
+                cut.headers[key] = value
+        cut.content_type = "application/json"
+        return cut
+
+    async def _drop_connection(self, request: web.Request, fault: Fault | None = None) -> web.StreamResponse:
         """Close the client connection without answering (the work was already done)."""
         transport = request.transport
         if transport is not None:

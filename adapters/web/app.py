@@ -31,7 +31,7 @@ from adapters.store.sqlite import SqliteStore
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.x.api import XApiClient
 from adapters.x.oauth import XOAuthClient
-from bridge.budget import Budget
+from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
@@ -104,7 +104,9 @@ def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = N
     """The bridge's web application; resources start with the app and stop with it."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
-    app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
+    app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(
+        relay_format=settings.relay_format, retry_cap=settings.x_retry_cap_seconds
+    )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
@@ -124,7 +126,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
         slack = SlackApi(slack_client, session)
-        x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
+        fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
+        x = XApiClient(
+            session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
+        )
         oauth = XOAuthClient(
             session,
             client_id=settings.x_client_id,
@@ -139,6 +144,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_15m=settings.x_user_limit_15m,
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
+            fallback_pause=fallback_pause,
         )
         await budget.load()
 

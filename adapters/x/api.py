@@ -65,7 +65,7 @@ def rate_facts(headers: Mapping[str, str]) -> RateFacts:
     )
 
 
-def latest_reset(facts: RateFacts, now: float) -> float:
+def latest_reset(facts: RateFacts, now: float, fallback: float = 60.0) -> float:
     """When a 429 ends: a spent 24-hour cap wins over the 15-minute window (NOTES §4.5)."""
     resets = []
     if facts.user_day_remaining == 0 and facts.user_day_reset:
@@ -75,7 +75,7 @@ def latest_reset(facts: RateFacts, now: float) -> float:
     if not resets and facts.window_reset:
         resets.append(facts.window_reset)
     later = [r for r in resets if r > now]
-    return max(later) if later else now + 60.0
+    return max(later) if later else now + fallback
 
 
 def describe_error(status: int, payload: Any) -> str:
@@ -116,12 +116,14 @@ class XApiClient:
         timeout: float = 20.0,
         media_timeout: float = 120.0,
         chunk_bytes: int = 4 * MB,
+        fallback_pause: float = 60.0,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._media_timeout = media_timeout  # upper bound on waiting for X to process a GIF/video
         self._chunk_bytes = chunk_bytes
+        self._fallback_pause = fallback_pause  # a 429 with no usable reset waits this long
 
     async def _call(
         self,
@@ -172,7 +174,7 @@ class XApiClient:
         if status == 401:
             raise XAuthExpired(f"X rejected the access token: {reason}", status=status, facts=facts)
         if status == 429:
-            reset_at = latest_reset(facts, time.time())
+            reset_at = latest_reset(facts, time.time(), self._fallback_pause)
             raise XRateLimited(f"X rate limit: {reason}", reset_at=reset_at, facts=facts)
         if status >= 500 or status == 408:
             raise XTransient(f"X failed with HTTP {status}: {reason}", status=status, facts=facts)

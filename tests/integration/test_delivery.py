@@ -11,6 +11,7 @@ from typing import Literal
 import pytest
 from aiohttp import web
 
+from adapters.sandbox.fake_x import FaultModel
 from tests.harness import Bridge, linked, running_bridge, wait_until
 
 
@@ -211,3 +212,20 @@ async def test_permanent_failure_does_not_block_the_channel_and_order_holds(tmp_
         await wait_until(lambda: len(bridge.x.events) == 5, 15.0, "five DMs")
         assert bridge.texts() == [f"Ada: n{i}" for i in range(5)]
         assert [row[0] for row in outbox(bridge)] == stamps
+
+
+async def test_429_without_a_usable_reset_pauses_for_the_fallback_not_the_whole_window(
+    tmp_path: Path,
+) -> None:
+    # Found by the fault model (seed 11): a 429 with no rate-limit headers held the account
+    # until the end of the bridge's own 15-minute window instead of the documented fallback.
+    async with running_bridge(tmp_path, env={"X_RETRY_CAP_SECONDS": "1"}) as bridge:
+        await linked(bridge)
+        _, first = await bridge.post("one")
+        await bridge.wait_reaction("C100", first, "white_check_mark")
+        # Every other request to a path is a 429 that carries no rate-limit header at all.
+        bridge.x.fault_model = FaultModel(0, mix={"429": 1.0}, shapes=("missing",), max_streak=1)
+        _, second = await bridge.post("two")
+        await bridge.wait_reaction("C100", second, "white_check_mark", timeout=15.0)
+        assert bridge.texts() == ["Ada: one", "Ada: two"]
+        assert [label for _, label, _, _ in bridge.x.model_log] == ["429:missing"]
