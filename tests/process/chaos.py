@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
-from adapters.sandbox.fake_x import FakeX, FaultModel, run_fake_x
+from adapters.sandbox.fake_x import RATE_LIMIT_SHAPES, FakeX, FaultModel, run_fake_x
 from adapters.store.crypto import TokenCipher
 from adapters.store.sqlite import SqliteStore
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
@@ -136,6 +136,7 @@ class Chaos:
     url: str
     db_path: Path
     conversations: dict[str, str]  # channel -> conversation id (once known)
+    channels: tuple[ChannelSpec, ...] = CHANNELS
     messages: list[Message] = field(default_factory=list)
     report: Report = field(init=False)
 
@@ -144,7 +145,9 @@ class Chaos:
 
 
 @asynccontextmanager
-async def chaos_world(tmp_path: Path, seed: int, **env: str) -> AsyncIterator[Chaos]:
+async def chaos_world(
+    tmp_path: Path, seed: int, channels: tuple[ChannelSpec, ...] = CHANNELS, **env: str
+) -> AsyncIterator[Chaos]:
     """Fakes, two connected accounts, the channels mapped; the server started."""
     async with AsyncExitStack() as stack:
         x, x_url = await stack.enter_async_context(run_fake_x())
@@ -179,12 +182,12 @@ async def chaos_world(tmp_path: Path, seed: int, **env: str) -> AsyncIterator[Ch
             X_APP_LIMIT_24H=big,
             **env,
         )
-        conversations = await _seed_database(db_path, full_env["BRIDGE_ENCRYPTION_KEY"], x)
+        conversations = await _seed_database(db_path, full_env["BRIDGE_ENCRYPTION_KEY"], x, channels)
         session = await stack.enter_async_context(aiohttp.ClientSession())
         url = f"http://127.0.0.1:{port}"
         sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
         server = Server(full_env, tmp_path / "server.log")
-        chaos = Chaos(seed, x, slack, sender, session, server, url, db_path, conversations)
+        chaos = Chaos(seed, x, slack, sender, session, server, url, db_path, conversations, channels)
         try:
             await server.start(url, session)
             yield chaos
@@ -193,7 +196,9 @@ async def chaos_world(tmp_path: Path, seed: int, **env: str) -> AsyncIterator[Ch
                 await server.kill()
 
 
-async def _seed_database(db_path: Path, key: str, x: FakeX) -> dict[str, str]:
+async def _seed_database(
+    db_path: Path, key: str, x: FakeX, channels: tuple[ChannelSpec, ...]
+) -> dict[str, str]:
     store = SqliteStore(str(db_path), TokenCipher([key]))
     await store.open()
     accounts = {}
@@ -206,7 +211,7 @@ async def _seed_database(db_path: Path, key: str, x: FakeX) -> dict[str, str]:
             TokenSet(grant.access_token, grant.refresh_token, grant.expires_at),
         )
     conversations: dict[str, str] = {}
-    for spec in CHANNELS:
+    for spec in channels:
         account = accounts[spec.account]
         if spec.kind is MappingKind.DM:
             conversation, participant = None, spec.members[0]
@@ -226,7 +231,7 @@ async def _seed_database(db_path: Path, key: str, x: FakeX) -> dict[str, str]:
         )
         await store.create_mapping(mapping)
     await store.close()
-    for spec in CHANNELS:
+    for spec in channels:
         if spec.kind is MappingKind.DM:
             owner = ME if spec.account == "A" else OTHER_ME
             low, high = sorted((owner, spec.members[0]), key=lambda v: (len(v), v))
@@ -301,7 +306,7 @@ async def play_slack(chaos: Chaos, rng: random.Random, count: int) -> None:
     """Post ``count`` messages over the channels, with edits and deletes of earlier ones."""
     by_channel: dict[str, list[Message]] = defaultdict(list)
     for index in range(count):
-        spec = rng.choice(CHANNELS)
+        spec = rng.choice(chaos.channels)
         author, name = AUTHORS[spec.account]
         message = Message(spec.channel, index, chaos.sender.new_ts(), author, name, [])
         message.versions.append(message.text(0))
@@ -376,13 +381,20 @@ async def _wait_settled(chaos: Chaos, channels: set[str] | None, timeout: float,
 
 
 async def run_seed(
-    tmp_path: Path, seed: int, *, messages: int = 36, kills: int = 2, settle_timeout: float = 60.0
+    tmp_path: Path,
+    seed: int,
+    *,
+    messages: int = 36,
+    kills: int = 2,
+    settle_timeout: float = 60.0,
+    channels: tuple[ChannelSpec, ...] = CHANNELS,
+    shapes: tuple[str, ...] = RATE_LIMIT_SHAPES,
 ) -> Report:
     """One randomized run; returns its report (``problems`` empty when every promise held)."""
     started = time.monotonic()
     rng = random.Random(seed)
-    async with chaos_world(tmp_path, seed) as chaos:
-        chaos.x.fault_model = FaultModel(seed)
+    async with chaos_world(tmp_path, seed, channels) as chaos:
+        chaos.x.fault_model = FaultModel(seed, shapes=shapes)
         sick = chaos.conversations[SICK_CHANNEL]
         chaos.x.inject("503", count=10**9, path_contains=sick)
         done = asyncio.Event()
@@ -395,7 +407,7 @@ async def run_seed(
             killer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await killer
-        others = {c.channel for c in CHANNELS} - {SICK_CHANNEL}
+        others = {c.channel for c in channels} - {SICK_CHANNEL}
         healthy = await _wait_settled(chaos, others, settle_timeout, "the channels other than the broken one")
         chaos.x.clear_faults()
         if healthy:
@@ -437,7 +449,7 @@ def check(chaos: Chaos) -> None:
         problems.append(f"{report.peak_per_second} requests to X in one second (bound {SPIN_BOUND})")
 
     # Every DM on X is one we meant to send, once.
-    owners = {spec.channel: (ME if spec.account == "A" else OTHER_ME) for spec in CHANNELS}
+    owners = {spec.channel: (ME if spec.account == "A" else OTHER_ME) for spec in chaos.channels}
     texts: dict[str, tuple[Message, int, bool]] = {}
     for m in chaos.messages:
         for v, text in enumerate(m.versions):
@@ -510,7 +522,7 @@ def check(chaos: Chaos) -> None:
 
     # Per-channel order: the DMs of a channel's rows are in the rows' order.
     by_id = {e.id: e for e in x.events}
-    for channel in {c.channel for c in CHANNELS}:
+    for channel in {c.channel for c in chaos.channels}:
         sent = [r for r in rows if r["channel_id"] == channel and r["dm_event_id"] and r["kind"] != "delete"]
         ids = [int(r["dm_event_id"]) for r in sent if r["dm_event_id"] in by_id]
         if ids != sorted(ids):
