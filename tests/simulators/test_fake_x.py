@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 import struct
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
+from adapters.sandbox.fake_x import RATE_LIMIT_SHAPES, FakeX, FaultModel, one_to_one_id, run_fake_x
 from adapters.sandbox.openapi import SpecValidator
 
 ALICE, BOB, CAROL, DAVE = "1001", "2002", "3003", "99"
@@ -589,6 +590,94 @@ async def test_timeout_fault_hangs_without_recording(env: Env) -> None:
     env.fake.timeout_seconds = 0.05
     assert (await _send(env, BOB)).status == 503
     assert env.fake.events == []
+
+
+# ------------------------------------------------------------------------ fault model
+
+
+def test_fault_model_is_deterministic_from_its_seed() -> None:
+    def labels(seed: int) -> list[str]:
+        model = FaultModel(seed)
+        return [model.decide("POST", f"/2/path/{i % 3}").label for i in range(300)]
+
+    assert labels(5) == labels(5)
+    assert labels(5) != labels(6)
+    drawn = set(labels(5))
+    assert {"ok", "5xx", "timeout", "hang_after_recording", "lost_response", "reset", "401"} <= drawn
+    assert {"malformed_before", "malformed_after"} <= drawn and any(d.startswith("429:") for d in drawn)
+
+
+def test_fault_model_lets_a_path_through_after_max_streak_faults() -> None:
+    model = FaultModel(1, mix={"5xx": 1.0}, max_streak=2)
+    assert [model.decide("GET", "/a").outcome for _ in range(6)] == ["5xx", "5xx", "ok"] * 2
+    token = FaultModel(1, mix={"lost_response": 1.0, "401": 1.0})
+    assert {token.decide("POST", "/t", token_endpoint=True).outcome for _ in range(20)} == {"ok"}
+
+
+async def test_fault_model_401_revokes_the_token_and_a_refresh_recovers(env: Env) -> None:
+    grant = env.fake.issue_token(ALICE)
+    assert grant.refresh_token is not None
+    headers = {"Authorization": f"Bearer {grant.access_token}"}
+    env.fake.fault_model = FaultModel(3, mix={"401": 1.0}, max_streak=1)
+    assert (await _send(env, BOB, headers=headers)).status == 401
+    assert (await _send(env, BOB, headers=headers)).status == 401  # revoked now, not a fault any more
+    env.fake.fault_model = None
+    status, body = await _refresh(env, grant.refresh_token)
+    assert status == 200
+    assert (await _send(env, BOB, headers={"Authorization": f"Bearer {body['access_token']}"})).status == 201
+    assert env.fake.violations == []
+
+
+@pytest.mark.parametrize("shape", sorted(set(RATE_LIMIT_SHAPES)))
+async def test_fault_model_429_header_shapes(env: Env, shape: str) -> None:
+    env.fake.fault_model = FaultModel(0, mix={"429": 1.0}, shapes=(shape,), reset_in=(2.0, 2.0))
+    resp = await _send(env, BOB)
+    assert resp.status == 429 and env.fake.events == []
+    reset = resp.headers.get("x-rate-limit-reset")
+    expected = {
+        "plausible": str(int(env.clock.now + 2)),
+        "day_cap": str(int(env.clock.now + 2)),
+        "milliseconds": str(int((env.clock.now + 2) * 1000)),
+        "negative": "-1",
+        "in_the_past": str(int(env.clock.now - 3600)),
+        "not_a_number": "soon",
+        "missing": None,
+    }
+    if shape == "past_9999":
+        assert reset is not None and int(reset) > 253_402_300_799
+    else:
+        assert reset == expected[shape]
+    if shape == "missing":
+        assert not [h for h in resp.headers if h.lower().startswith("x-")]
+    assert env.fake.violations == []
+
+
+async def test_fault_model_faults_after_recording_keep_the_dm(env: Env) -> None:
+    env.fake.timeout_seconds = 5.0
+    for outcome in ("lost_response", "hang_after_recording"):
+        env.fake.fault_model = FaultModel(0, mix={outcome: 1.0})
+        with pytest.raises((aiohttp.ClientConnectionError, TimeoutError)):
+            await env.http.post(
+                DM_WITH.format(BOB),
+                json={"text": outcome},
+                headers=env.auth(),
+                timeout=aiohttp.ClientTimeout(total=0.3),
+            )
+    env.fake.fault_model = FaultModel(0, mix={"malformed_after": 1.0})
+    cut = await _send(env, BOB, "cut")
+    assert cut.status == 201
+    with pytest.raises(ValueError):
+        await cut.json()
+    assert [e.text for e in env.fake.events] == ["lost_response", "hang_after_recording", "cut"]
+    env.fake.fault_model = FaultModel(
+        0, mix={"malformed_before": 1.0, "reset": 1.0, "5xx": 1.0, "timeout": 1.0}, max_streak=100
+    )
+    env.fake.timeout_seconds = 0.05
+    for _ in range(8):
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            assert (await _send(env, BOB, "never")).status in (500, 502, 503, 504)
+    assert len(env.fake.events) == 3
+    assert env.fake.violations == []  # the cut answers are deliberately not validated
 
 
 async def test_fault_path_filter(env: Env) -> None:
