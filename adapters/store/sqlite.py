@@ -575,11 +575,13 @@ class SqliteStore:
                 )
                 if not rows:
                     return "unknown"
-                # Parts not yet handed to X are simply not sent.
+                # Parts not yet handed to X are simply not sent. (Only the message's own parts and
+                # corrections: a delete row queued by an earlier copy of this event must stay.)
                 self.db.execute(
                     "UPDATE outbox SET state = 'cancelled', "
                     "last_error = 'deleted in Slack before it was sent' "
-                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND kind IN ('message', 'edit') "
+                    "AND state IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]

@@ -215,6 +215,22 @@ async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(tmp_path:
         assert claimed is not None and claimed.text == "Me: typo"
 
 
+async def test_slack_retrying_a_delete_does_not_cancel_the_delete(tmp_path: Path) -> None:
+    # Found by the fault model (bench/fault_soak.py seed 103): Slack delivered one
+    # message_deleted twice; the second cancelled the first's queued delete row (same ref_ts),
+    # then could not add its own (same key), so the DM stayed on X.
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [head] = await store.outbox_heads()
+        await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 3.0)
+        assert await store.accept_delete("T1", "C1", "1.000", "4.000", 4.0) == "queued"
+        await store.accept_delete("T1", "C1", "1.000", "4.000", 5.0)  # Slack's retry
+        [delete] = await store.outbox_heads()
+        assert delete.kind.value == "delete" and delete.state is OutboxState.QUEUED
+        assert await store.relayed_events("T1", "C1", "1.000") == ["9001"]
+
+
 def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
     from migrations import PENDING_STATES
 
