@@ -471,6 +471,8 @@ class FaultModel:
     shapes: tuple[str, ...] = RATE_LIMIT_SHAPES
     max_streak: int = 3
     reset_in: tuple[float, float] = (1.0, 3.0)
+    path_contains: str | None = None
+    """Only requests whose path contains this are upset (all when None)."""
     drawn: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     _streaks: dict[str, int] = field(default_factory=dict)
@@ -482,6 +484,8 @@ class FaultModel:
 
     def decide(self, method: str, path: str, *, token_endpoint: bool = False) -> ModelDecision:
         """The outcome for the next request (``path`` keys the streak limit)."""
+        if self.path_contains is not None and self.path_contains not in path:
+            return ModelDecision("ok")
         rng = random.Random(f"{self.seed}:{self.drawn}")
         self.drawn += 1
         names = [k for k, w in self.mix.items() if w > 0 and (not token_endpoint or k in _TOKEN_OUTCOMES)]

@@ -147,11 +147,15 @@ class XApiClient:
                 headers=headers,
                 timeout=self._timeout,
             ) as response:
+                status, response_headers = response.status, response.headers
                 try:
                     payload = await response.json(content_type=None)
                 except ValueError:
-                    payload = None
-                status, response_headers = response.status, response.headers
+                    if 200 <= status < 300:
+                        # X acted (or not) and said so in words we cannot read: as unclear as no
+                        # answer at all (status None), so a send is reconciled, never assumed.
+                        raise XTransient(f"X answered HTTP {status} with a body that is not JSON") from None
+                    payload = None  # an error page; its status says enough
         except (aiohttp.ClientError, TimeoutError) as exc:
             # No answer: the request may or may not have reached X (status None = ambiguous).
             raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
@@ -249,9 +253,12 @@ class XApiClient:
         }
         status, headers, payload = await self._call("GET", path, token, params=params)
         self._raise_for(status, headers, payload)
-        data = payload.get("data") if isinstance(payload, dict) else None
+        data = payload.get("data", []) if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            # Not "no events": an answer we cannot read must never let a send be repeated.
+            raise XTransient("X's list of DM events could not be read")
         events = []
-        for raw in data if isinstance(data, list) else []:
+        for raw in data:
             if isinstance(raw, dict) and "id" in raw:
                 events.append(
                     DmEvent(

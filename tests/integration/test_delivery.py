@@ -229,3 +229,21 @@ async def test_429_without_a_usable_reset_pauses_for_the_fallback_not_the_whole_
         await bridge.wait_reaction("C100", second, "white_check_mark", timeout=15.0)
         assert bridge.texts() == ["Ada: one", "Ada: two"]
         assert [label for _, label, _, _ in bridge.x.model_log] == ["429:missing"]
+
+
+async def test_a_read_back_answer_that_cannot_be_read_never_concludes_not_sent(tmp_path: Path) -> None:
+    # Found by the fault model (bench/fault_soak.py seed 103): X took the DM, the answer was
+    # lost, and the read-back came as 200 with half a JSON body; that read as "no events", so
+    # the DM was sent again.
+    async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "0.5"}) as bridge:
+        await linked(bridge)
+        bridge.x.inject("lost_response")
+        # The first read-back is cut in half; the next one is whole.
+        bridge.x.fault_model = FaultModel(
+            0, mix={"malformed_after": 1.0}, max_streak=1, path_contains="/dm_events"
+        )
+        _, ts = await bridge.post("did it arrive")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        await asyncio.sleep(0.3)
+        assert bridge.texts() == ["Ada: did it arrive"]
+        assert [label for _, label, _, _ in bridge.x.model_log] == ["malformed_after"]
