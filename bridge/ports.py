@@ -134,7 +134,8 @@ class Store(Protocol):
         *,
         held_since: float | None = None,
     ) -> None:
-        """Set state and next attempt; ``held_since`` records when a hold began (kept if already set)."""
+        """Set state and next attempt of a row still pending (a cancelled or finished row is left
+        alone); ``held_since`` records when a hold began (kept if already set)."""
         ...
 
     async def mark_done(self, item_id: int, now: float) -> None:

@@ -741,10 +741,12 @@ class SqliteStore:
         *,
         held_since: float | None = None,
     ) -> None:
+        # Only a row still pending: the caller's copy may predate a Slack delete that cancelled it,
+        # and writing its state back would resurrect the message.
         await self._call(
             self._update,
             "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "held_since = COALESCE(held_since, ?) WHERE id = ?",
+            f"held_since = COALESCE(held_since, ?) WHERE id = ? AND state IN {PENDING_STATES}",
             [state.value, next_attempt_at, error, held_since, item_id],
         )
 
@@ -757,7 +759,9 @@ class SqliteStore:
 
     async def mark_failed(self, item_id: int, error: str) -> None:
         await self._call(
-            self._update, "UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ?", [error, item_id]
+            self._update,
+            f"UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ? AND state IN {PENDING_STATES}",
+            [error, item_id],
         )
 
     async def set_hourglass(self, item_id: int, on: bool) -> None:

@@ -231,6 +231,26 @@ async def test_slack_retrying_a_delete_does_not_cancel_the_delete(tmp_path: Path
         assert await store.relayed_events("T1", "C1", "1.000") == ["9001"]
 
 
+async def test_a_row_cancelled_in_slack_stays_cancelled_whatever_a_stale_reader_writes(
+    tmp_path: Path,
+) -> None:
+    # Found by the fault model (bench/fault_soak.py seed 205): the worker read a row, Slack's
+    # delete cancelled it, then the worker held it for the rate limit from its stale copy: the
+    # hold wrote "waiting" over "cancelled" and the deleted message went to X.
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [stale] = await store.outbox_heads()
+        assert await store.accept_delete("T1", "C1", "1.000", "2.000", 2.0) == "cancelled"
+        await store.reschedule(
+            stale.id, OutboxState.WAITING, 9.0, "waiting for X's rate limit", held_since=3.0
+        )
+        await store.reschedule(stale.id, OutboxState.QUEUED, 9.0, "X failed with HTTP 503")
+        await store.mark_failed(stale.id, "X refused it")
+        assert await store.outbox_heads() == []
+        db = sqlite3.connect(tmp_path / "store.db")
+        assert db.execute("SELECT state FROM outbox").fetchall() == [("cancelled",)]
+
+
 def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
     from migrations import PENDING_STATES
 

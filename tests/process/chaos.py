@@ -52,7 +52,7 @@ REFUSER = "2099"  # accepts no DMs: every message to them fails, and their autho
 SICK_CHANNEL = "C02"  # its conversation fails every request until the others have settled
 REFUSING_CHANNEL = "C04"
 AUTHORS = {"A": ("U100", "Ada"), "B": ("U200", "Bea")}
-SPIN_BOUND = 150  # requests to X in any one second; a hot retry loop makes hundreds
+SPIN_BOUND = 100  # requests to X in any one second; calm runs peak near 25, a hot retry loop makes hundreds
 FINAL_STATES = ("sent", "failed", "cancelled")
 
 
