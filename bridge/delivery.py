@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge import translate
+from bridge import reconcile, translate
 from bridge.budget import Budget, BudgetRow
 from bridge.errors import (
     XAuthExpired,
@@ -45,7 +45,7 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
-RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent events
+READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
@@ -113,6 +113,7 @@ class Delivery:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
+        self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
@@ -468,28 +469,47 @@ class Delivery:
             await self._ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
-        """Did an earlier attempt reach X? Look for our own message among recent events."""
-        token = await self._tokens.access_token(account)
-        target = item.target
-        events = await self._x.recent_events(token, target)
-        since = (item.sending_since or item.created_at) - RECONCILE_SKEW
-        candidates = [
-            e
-            for e in events
-            if e.sender_id == account.x_user_id
-            and e.text == item.text
-            and (e.created_at is None or e.created_at >= since)
-        ]
-        if candidates:
-            known = await self._store.known_event_ids([e.id for e in candidates])
-            for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
-                if event.id not in known:
-                    conversation = target.conversation_id or one_to_one_id(
-                        account.x_user_id, str(target.participant_id)
-                    )
-                    log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
-                    return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
-        log.info("reconciled: not on X, sending again", extra=_ids(item))
+        """Did an earlier attempt reach X? Read the conversation back until events are older
+        than the attempt (see bridge/reconcile), within the read budget.
+
+        When the budget runs out first, the row waits for it (still ``sending``: never resent
+        while undecided) and the reading goes on from where it stopped.
+        """
+        assert item.text is not None
+        scan = self._scans.get(item.id)
+        if scan is None or scan.text != item.text:
+            scan = reconcile.Scan(item.sending_since or item.created_at, account.x_user_id, item.text)
+        passed = 0
+        while not scan.done:
+            page = await self._tokens.call(
+                account,
+                functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
+            )
+            now = self._clock.now()
+            passed += 1
+            if scan.take(page, now):
+                break
+            self._scans[item.id] = scan
+            spent = page.facts.window_remaining == 0
+            if spent or passed >= reconcile.MAX_PAGES_PER_PASS:
+                reset = page.facts.window_reset
+                until = scan.to_local(reset) if spent and reset is not None else now + 60.0
+                until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
+                log.info(
+                    "reconciling: read budget spent; reading on later", extra=_ids(item, pages=scan.pages)
+                )
+                raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
+        self._scans.pop(item.id, None)
+        known = await self._store.known_event_ids([e.id for e in scan.candidates])
+        event = scan.oldest(known)
+        if event is not None:
+            target = item.target
+            conversation = target.conversation_id or one_to_one_id(
+                account.x_user_id, str(target.participant_id)
+            )
+            log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
+            return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 
     async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:

@@ -15,7 +15,7 @@ from bridge.model import (
     Accepted,
     Account,
     AuthorizationRequest,
-    DmEvent,
+    EventPage,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -176,7 +176,12 @@ class XClient(Protocol):
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
     ) -> tuple[Sent, RateFacts]: ...
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]: ...
+    async def event_page(
+        self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
+    ) -> EventPage:
+        """One page of the conversation's message events, newest first (``next_token`` pages back)."""
+        ...
+
     async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
         """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
 

@@ -12,14 +12,15 @@ import io
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
-from bridge.model import DmEvent, Sent, Target, XUser
+from bridge.model import DmEvent, EventPage, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x.api")
 
@@ -234,7 +235,14 @@ class XApiClient:
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]:
+    async def event_page(
+        self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
+    ) -> EventPage:
+        """One page of a conversation's ``MessageCreate`` events, newest first.
+
+        Links come back as X stores them (``t.co``) with the expanded URLs from the events'
+        entities; ``server_time`` is X's ``Date`` header, so callers can judge times by X's clock.
+        """
         if target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
@@ -242,24 +250,23 @@ class XApiClient:
         params = {
             "max_results": str(max_results),
             "event_types": "MessageCreate",
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities",
             "expansions": "sender_id",
         }
+        if pagination_token is not None:
+            params["pagination_token"] = pagination_token
         status, headers, payload = await self._call("GET", path, token, params=params)
-        self._raise_for(status, headers, payload)
+        facts = self._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
-        events = []
-        for raw in data if isinstance(data, list) else []:
-            if isinstance(raw, dict) and "id" in raw:
-                events.append(
-                    DmEvent(
-                        id=str(raw["id"]),
-                        text=str(raw.get("text", "")),
-                        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-                        created_at=_parse_time(raw.get("created_at")),
-                    )
-                )
-        return events
+        events = tuple(_event(raw) for raw in (data if isinstance(data, list) else []) if _is_event(raw))
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        next_token = meta.get("next_token") if isinstance(meta, dict) else None
+        return EventPage(
+            events=events,
+            next_token=next_token if isinstance(next_token, str) and next_token else None,
+            server_time=_http_date(headers.get("Date")),
+            facts=facts,
+        )
 
     async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
         """Upload DM media and return its ``media_id`` once X can attach it (usable for 24 h).
@@ -390,6 +397,49 @@ def _only_not_found(payload: Any) -> bool:
             isinstance(e, dict) and str(e.get("type", "")).endswith("/resource-not-found") for e in errors
         )
     )
+
+
+def _is_event(raw: Any) -> bool:
+    return isinstance(raw, dict) and isinstance(raw.get("id"), str | int)
+
+
+def _event(raw: dict[str, Any]) -> DmEvent:
+    links: list[tuple[str, str]] = []
+    entities = raw.get("entities")
+    urls = entities.get("urls") if isinstance(entities, dict) else None
+    for url in urls if isinstance(urls, list) else []:
+        if (
+            isinstance(url, dict)
+            and isinstance(url.get("url"), str)
+            and isinstance(url.get("expanded_url"), str)
+        ):
+            links.append((url["url"], url["expanded_url"]))
+    return DmEvent(
+        id=str(raw["id"]),
+        text=str(raw.get("text", "")),
+        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+        created_at=_parse_time(raw.get("created_at")),
+        links=tuple(links),
+    )
+
+
+# X's clock is trusted only within these years; anything else is a broken header.
+_PLAUSIBLE_DATES = (
+    datetime(2000, 1, 1, tzinfo=UTC).timestamp(),
+    datetime(2200, 1, 1, tzinfo=UTC).timestamp(),
+)
+
+
+def _http_date(raw: str | None) -> float | None:
+    """An HTTP ``Date`` header as epoch seconds; None when absent or not a plausible date."""
+    if not raw:
+        return None
+    try:
+        when = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    low, high = _PLAUSIBLE_DATES
+    return when if low <= when < high else None
 
 
 def _user(payload: Any) -> XUser | None:
