@@ -10,6 +10,7 @@
         ├── XTransient       5xx, timeout, connection error: try again later
         ├── XRateLimited     429: wait until ``reset_at``
         ├── XRefused         a permanent 4xx: do not retry, tell the author
+        │   └── XMediaUnavailable  the attached media id is unknown or expired: upload again
         └── XAuthExpired     401 or a refresh that failed for good: reconnect
 
 Adapters translate library exceptions into these at the boundary; the core never
@@ -83,6 +84,10 @@ class XRateLimited(XError):
 
 class XRefused(XError):
     """A permanent refusal (400, 403, 404…): ``str(err)`` explains it to a person."""
+
+
+class XMediaUnavailable(XRefused):
+    """X refused a DM because of its attachment: the media id is unknown to X, or expired."""
 
 
 class XAuthExpired(XError):

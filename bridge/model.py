@@ -193,6 +193,8 @@ class OutboxItem:
     ref_ts: str = ""  # the Slack message this row is about (reactions go there)
     media: dict[str, Any] | None = None  # a Slack file to attach
     media_id: str | None = None  # X's id for it, once uploaded
+    media_uploaded_at: float | None = None  # when ``media_id`` was obtained (X keeps it 24 h)
+    media_unfinished: int = 0  # uploads begun and never finished: crashes, if it grows
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
+from bridge.errors import RateFacts, XAuthExpired, XMediaUnavailable, XRateLimited, XRefused, XTransient
+from bridge.media import BytesSource, MediaSource, read_exactly
 from bridge.model import DmEvent, EventPage, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x.api")
@@ -220,6 +221,11 @@ class XApiClient:
         if not body:
             raise ValueError("a DM needs text or a media_id")
         status, headers, payload = await self._call("POST", path, token, body=body)
+        if media_id is not None and status == 400 and _about_media(payload):
+            reason = describe_error(status, payload)
+            raise XMediaUnavailable(
+                f"X refused the attachment: {reason}", status=status, facts=rate_facts(headers)
+            )
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
@@ -268,21 +274,28 @@ class XApiClient:
             facts=facts,
         )
 
-    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+    async def upload_media(
+        self, token: str, media: MediaSource | bytes, *, media_type: str, category: str
+    ) -> str:
         """Upload DM media and return its ``media_id`` once X can attach it (usable for 24 h).
 
-        ``dm_image`` goes as one multipart ``POST /2/media/upload``; ``dm_gif`` and ``dm_video``
-        go through initialize / append (chunks of at most ``chunk_bytes``) / finalize, then
-        ``STATUS`` is polled as X's ``check_after_secs`` says. Processing that fails raises
-        ``XRefused`` with X's reason; still unfinished after ``media_timeout`` seconds raises
-        ``XTransient``. HTTP failures map as for every call (401, 429, 4xx, 5xx).
+        ``dm_image`` (at most 5 MB) goes as one multipart ``POST /2/media/upload``; ``dm_gif``
+        and ``dm_video`` go through initialize (with the size) / append / finalize, each append
+        read from ``media`` as it is sent, so memory holds one chunk (``chunk_bytes``, more
+        only when 1,000 segments need it), never the file. ``STATUS`` is then polled as X's
+        ``check_after_secs`` says. Processing that fails raises ``XRefused`` with X's reason;
+        still unfinished after ``media_timeout`` seconds raises ``XTransient``. HTTP failures
+        map as for every call (401, 429, 4xx, 5xx).
         """
-        if not data:
+        source = BytesSource(media) if isinstance(media, bytes) else media
+        if source.size <= 0:
             raise ValueError("cannot upload empty media")
         if category == "dm_image":
-            payload = await self._upload_one_shot(token, data, media_type, category)
+            payload = await self._upload_one_shot(
+                token, await read_exactly(source, source.size), media_type, category
+            )
         else:
-            payload = await self._upload_chunked(token, data, media_type, category)
+            payload = await self._upload_chunked(token, source, media_type, category)
         media_id = _media_id(payload)
         await self._await_processing(token, media_id, category, payload)
         return media_id
@@ -296,24 +309,32 @@ class XApiClient:
         self._raise_for(status, headers, payload)
         return payload
 
-    async def _upload_chunked(self, token: str, data: bytes, media_type: str, category: str) -> Any:
-        init = {"media_type": media_type, "total_bytes": len(data), "media_category": category}
+    async def _upload_chunked(self, token: str, source: MediaSource, media_type: str, category: str) -> Any:
+        total = source.size
+        init = {"media_type": media_type, "total_bytes": total, "media_category": category}
         status, headers, payload = await self._call("POST", "/2/media/upload/initialize", token, body=init)
         self._raise_for(status, headers, payload)
         media_id = _media_id(payload)
-        chunk = max(self._chunk_bytes, -(-len(data) // MAX_SEGMENTS))
-        for index, start in enumerate(range(0, len(data), chunk)):
+        chunk = max(self._chunk_bytes, -(-total // MAX_SEGMENTS))
+        sent = 0
+        for index in range(MAX_SEGMENTS):
+            if sent >= total:
+                break
+            piece = await read_exactly(source, min(chunk, total - sent))
+            if not piece:
+                break
+            sent += len(piece)
             form = aiohttp.FormData()
             form.add_field(
-                "media",
-                io.BytesIO(data[start : start + chunk]),
-                filename="chunk",
-                content_type="application/octet-stream",
+                "media", io.BytesIO(piece), filename="chunk", content_type="application/octet-stream"
             )
             form.add_field("segment_index", str(index))
+            del piece  # the form holds the only reference: one chunk in memory at a time
             path = f"/2/media/upload/{media_id}/append"
             status, headers, payload = await self._call("POST", path, token, form=form)
             self._raise_for(status, headers, payload)
+        if sent != total:
+            raise XTransient(f"the file gave {sent} bytes of the {total} announced to X")
         path = f"/2/media/upload/{media_id}/finalize"
         status, headers, payload = await self._call("POST", path, token)
         self._raise_for(status, headers, payload)
@@ -397,6 +418,20 @@ def _only_not_found(payload: Any) -> bool:
             isinstance(e, dict) and str(e.get("type", "")).endswith("/resource-not-found") for e in errors
         )
     )
+
+
+def _about_media(payload: Any) -> bool:
+    """Whether a 400 names the attachment (its ``parameter``, or a message about media)."""
+    if not isinstance(payload, dict):
+        return False
+    problems = [payload, *(e for e in payload.get("errors") or [] if isinstance(e, dict))]
+    for problem in problems:
+        if str(problem.get("parameter") or "") in ("media_id", "attachments", "attachments.media_id"):
+            return True
+        words = f"{problem.get('detail') or ''} {problem.get('message') or ''}".lower()
+        if "media" in words or "attachment" in words:
+            return True
+    return False
 
 
 def _is_event(raw: Any) -> bool:
