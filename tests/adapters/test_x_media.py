@@ -170,3 +170,46 @@ async def test_delete_of_someone_elses_event_is_refused(env: Env) -> None:
     with pytest.raises(XRefused, match="HTTP 403"):
         await env.x.delete_event(env.token, sent.dm_event_id)
     assert not env.fake.events[-1].deleted
+
+
+class CountingSource:
+    """A MediaSource that records how much was asked of it at once, like a Slack stream."""
+
+    def __init__(self, data: bytes, piece: int = 100_000) -> None:
+        self.data = data
+        self.at = 0
+        self.piece = piece  # a network stream hands out less than asked
+        self.largest_ask = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def read(self, n: int) -> bytes:
+        self.largest_ask = max(self.largest_ask, n)
+        piece = self.data[self.at : self.at + min(n, self.piece)]
+        self.at += len(piece)
+        return piece
+
+
+async def test_chunked_upload_reads_the_source_a_chunk_at_a_time(env: Env) -> None:
+    data = os.urandom(3 * MB + 17)
+    source = CountingSource(data)
+    x = env.client(chunk_bytes=MB)
+    media_id = await x.upload_media(env.token, source, media_type="video/mp4", category="dm_video")
+    assert env.fake.media[media_id].data == data
+    assert source.largest_ask <= MB  # never more than one chunk asked of the stream
+    init = next(r for r in env.fake.all_requests if r.path.endswith("/initialize"))
+    assert init.json is not None and init.json["total_bytes"] == len(data)  # size told before any byte
+    assert len(env.requests("POST", "/append")) == 4
+
+
+async def test_a_source_shorter_than_announced_is_not_finalized(env: Env) -> None:
+    class Short(CountingSource):
+        @property
+        def size(self) -> int:
+            return len(self.data) + 10
+
+    with pytest.raises(XTransient, match="bytes of the"):
+        await env.x.upload_media(env.token, Short(gif(5000)), media_type="image/gif", category="dm_gif")
+    assert env.requests("POST", "/finalize") == []
