@@ -13,7 +13,7 @@ import pytest
 
 from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
 from adapters.x.api import XApiClient
-from bridge.errors import XAuthExpired, XRefused, XTransient
+from bridge.errors import XAuthExpired, XMediaUnavailable, XRefused, XTransient
 from bridge.media import MB, MediaPlan, SkippedFile, plan_media
 from bridge.model import Target
 
@@ -213,3 +213,16 @@ async def test_a_source_shorter_than_announced_is_not_finalized(env: Env) -> Non
     with pytest.raises(XTransient, match="bytes of the"):
         await env.x.upload_media(env.token, Short(gif(5000)), media_type="image/gif", category="dm_gif")
     assert env.requests("POST", "/finalize") == []
+
+
+async def test_an_expired_media_id_is_told_apart_from_other_refusals(env: Env) -> None:
+    media_id = await env.x.upload_media(env.token, png(), media_type="image/png", category="dm_image")
+    env.fake.media[media_id].created_at -= 25 * 3600  # X keeps media 24 h
+    with pytest.raises(XMediaUnavailable, match="attachment"):
+        await env.x.send(env.token, Target(participant_id=BOB), "late", media_id=media_id)
+    env.fake.max_text_length = 3
+    fresh = await env.x.upload_media(env.token, png(), media_type="image/png", category="dm_image")
+    with pytest.raises(XRefused) as caught:
+        await env.x.send(env.token, Target(participant_id=BOB), "too long", media_id=fresh)
+    assert not isinstance(caught.value, XMediaUnavailable)
+    assert env.fake.events == []
