@@ -8,8 +8,13 @@ bridge talks to (see docs/reference/x-api/NOTES.md):
 * ``/2/users/me`` and ``/2/users/by/username/{username}``;
 * the three DM POST endpoints, DM event listing (``/2/dm_events`` and per conversation),
   lookup and deletion;
-* v2 media upload (one-shot and chunked, with processing status);
-* per-user/per-app DM rate limits with X's headers, and fault injection.
+* v2 media upload (one-shot and chunked, with processing status), media ids that expire;
+* per-user/per-app DM rate limits with X's headers, the read window (``enforce_read_limit``),
+  and fault injection.
+
+Like X, it stores a DM's links as ``t.co`` addresses (the expanded URLs come back in
+``entities.urls``) and dates its answers by its own :attr:`FakeX.clock` (the ``Date`` header),
+which may disagree with the client's.
 
 Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
 every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
