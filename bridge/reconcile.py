@@ -25,6 +25,9 @@ from bridge.model import DmEvent, EventPage
 
 MARGIN = 120.0  # seconds before the attempt (on X's clock) that still count as "this attempt"
 MAX_PAGES_PER_PASS = 15  # X's read budget: 15 reads per 15 minutes per user (NOTES §4.2)
+# 10,000 events after one attempt is beyond any real conversation (X sends 15 per 15 minutes):
+# a reading that long is X paging in circles, and must end rather than hold the channel forever.
+MAX_PAGES = 100
 
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
@@ -91,8 +94,9 @@ class Scan:
                 continue
             if event.sender_id == self.sender_id and same_text(self.text, event):
                 self.candidates.append(event)
+        repeated = page.next_token is not None and page.next_token == self.token
         self.token = page.next_token
-        if self.token is None or not page.events:
+        if self.token is None or not page.events or repeated or self.pages >= MAX_PAGES:
             self.done = True
         return self.done
 

@@ -51,3 +51,10 @@ def test_reading_goes_on_while_events_are_newer_than_the_attempt() -> None:
     assert not scan.take(first, now=10_600.0) and scan.token == "page-two-token-xx" and scan.offset == 0.0
     last = EventPage(events=(event("Ada: hi", id="9", at=9_990.0),), next_token=None, server_time=None)
     assert scan.take(last, now=10_601.0) and [e.id for e in scan.candidates] == ["9"]
+
+
+def test_a_reading_that_goes_in_circles_ends() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    page = EventPage(events=(event("other", at=10_500.0),), next_token="same-token-again!", server_time=None)
+    assert not scan.take(page, now=10_600.0)
+    assert scan.take(page, now=10_601.0)  # X handed out the same token twice
