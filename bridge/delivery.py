@@ -560,7 +560,8 @@ class Delivery:
         assert item.text is not None
         scan = self._scans.get(item.id)
         if scan is None or scan.text != item.text:
-            scan = reconcile.Scan(item.sending_since or item.created_at, account.x_user_id, item.text)
+            attempt_at = item.sending_since or item.created_at
+            scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
         passed = 0
         while not scan.done:
             page = await self._tokens.call(

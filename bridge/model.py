@@ -240,6 +240,7 @@ class DmEvent:
     sender_id: str | None
     created_at: float | None  # X's clock
     links: tuple[tuple[str, str], ...] = ()  # (t.co address, expanded URL), as X reported them
+    media_keys: tuple[str, ...] = ()  # attachments, as X's media keys ("<type>_<media id>")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ class Scan:
     attempt_at: float  # when the attempt was claimed, on our clock
     sender_id: str
     text: str
+    media_id: str | None = None  # the attempt's attachment, if any
     offset: float | None = None  # our clock minus X's, from the first page read
     token: str | None = None  # where the next page starts
     pages: int = 0
@@ -92,13 +93,22 @@ class Scan:
             if event.created_at is not None and event.created_at < cutoff:
                 self.done = True  # newest first: everything from here on is older still
                 continue
-            if event.sender_id == self.sender_id and same_text(self.text, event):
+            if event.sender_id == self.sender_id and same_text(self.text, event) and self._same_media(event):
                 self.candidates.append(event)
         repeated = page.next_token is not None and page.next_token == self.token
         self.token = page.next_token
         if self.token is None or not page.events or repeated or self.pages >= MAX_PAGES:
             self.done = True
         return self.done
+
+    def _same_media(self, event: DmEvent) -> bool:
+        """An event listing attachments carries ours (X's media key ends in the media id),
+        or none when we attached none. One listing nothing is not held against it."""
+        if not event.media_keys:
+            return True
+        return self.media_id is not None and any(
+            k.rsplit("_", 1)[-1] == self.media_id for k in event.media_keys
+        )
 
     def to_local(self, x_time: float) -> float:
         """A time on X's clock (a rate-limit reset, say) on ours."""

@@ -256,7 +256,7 @@ class XApiClient:
         params = {
             "max_results": str(max_results),
             "event_types": "MessageCreate",
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
             "expansions": "sender_id",
         }
         if pagination_token is not None:
@@ -449,12 +449,15 @@ def _event(raw: dict[str, Any]) -> DmEvent:
             and isinstance(url.get("expanded_url"), str)
         ):
             links.append((url["url"], url["expanded_url"]))
+    attachments = raw.get("attachments")
+    keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
     return DmEvent(
         id=str(raw["id"]),
         text=str(raw.get("text", "")),
         sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
         created_at=_parse_time(raw.get("created_at")),
         links=tuple(links),
+        media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
     )
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, ME, Bridge, linked, running_bridge
+from tests.integration.test_fidelity import GIF, PNG
 
 CONVERSATION = "1000-2001"
 LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}
@@ -118,3 +119,25 @@ async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         resent = [e for e in bridge.x.events if e.text == "Ada: again" and e is not earlier]
         assert len(resent) == 1 and state_of(bridge, ts) == ("sent", resent[0].id)
+
+
+async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        bridge.x.media_check_after_secs = 0
+        bridge.x.timeout_seconds = 3.0
+        photo = bridge.slack.add_file("F1", name="a.png", mimetype="image/png", filetype="png", content=PNG)
+        anim = bridge.slack.add_file("F2", name="b.gif", mimetype="image/gif", filetype="gif", content=GIF)
+
+        def lose_the_second(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages") and response.status == 201:
+                bridge.x.response_hook = None
+                bridge.x.inject("record_then_hang")  # the file-only part's answer is lost
+
+        bridge.x.response_hook = lose_the_second
+        _, ts = await bridge.post("two files", files=[photo, anim], blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)
+        first, second = bridge.x.events
+        assert first.text == "Ada: two files" and not second.text and len(second.media_ids) == 1
+        assert dm_posts(bridge) == 2 and len(dm_reads(bridge)) == 1

@@ -58,3 +58,13 @@ def test_a_reading_that_goes_in_circles_ends() -> None:
     page = EventPage(events=(event("other", at=10_500.0),), next_token="same-token-again!", server_time=None)
     assert not scan.take(page, now=10_600.0)
     assert scan.take(page, now=10_601.0)  # X handed out the same token twice
+
+
+def test_attachments_tell_file_only_dms_apart() -> None:
+    scan = Scan(attempt_at=1000.0, sender_id="1000", text="", media_id="77")
+    theirs = DmEvent(id="11", text="", sender_id="1000", created_at=1001.0, media_keys=("3_76",))
+    ours = DmEvent(id="12", text="", sender_id="1000", created_at=1002.0, media_keys=("3_77",))
+    plain = DmEvent(id="13", text="", sender_id="1000", created_at=1003.0)
+    scan.take(EventPage(events=(plain, ours, theirs), next_token=None, server_time=None), now=1004.0)
+    assert [e.id for e in scan.candidates] == ["13", "12"]
+    assert not Scan(1000.0, "1000", "", None)._same_media(ours)  # we attached nothing
