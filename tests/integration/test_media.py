@@ -104,3 +104,20 @@ async def test_file_x_refuses_for_good_does_not_cost_the_text(tmp_path: Path) ->
         assert "wave.gif" in notes[0] and "goes without it" in notes[0]
         assert "more.gif" in notes[1] and "X could not process the GIF" in notes[1]
         assert [state for state, _ in outbox_errors(bridge)] == ["sent", "failed"]
+
+
+async def test_a_file_slack_will_not_give_costs_only_itself(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        photo = bridge.slack.add_file(
+            "F1", name="gone.png", mimetype="image/png", filetype="png", content=PNG
+        )
+        deleted = {**photo, "url_private_download": photo["url_private_download"].replace("F1", "F404")}
+        ghost = {"id": "F405", "file_access": "check_file_info"}  # files.info: file_not_found
+        _, ts = await bridge.post("still worth reading", files=[deleted, ghost], blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        await wait_until(lambda: len(bridge.slack.ephemerals()) == 2, 10.0, "both files reported")
+        assert bridge.texts() == ["Ada: still worth reading"] and bridge.x.media == {}
+        notes = " ".join(e["text"] for e in bridge.slack.ephemerals("U100"))
+        assert "F405" in notes and "file_not_found" in notes
+        assert "gone.png" in notes and "HTTP 404" in notes
