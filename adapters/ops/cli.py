@@ -204,6 +204,24 @@ def _add_operator_commands(sub: Any) -> None:
     drop_.set_defaults(func=cmd_outbox_drop)
 
 
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    # Here rather than in the sandbox module: building the parser must not import the
+    # sandbox, so that `serve` loads nothing of it.
+    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
+    parser.add_argument(
+        "--open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open the page in a browser (default: only when run from a terminal)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="how much the bridge logs to stderr (default info)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdm-bridge", description="Relay Slack channel messages into X (Twitter) DM conversations."
@@ -218,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
-    from adapters.sandbox import sandbox
-
-    sandbox.add_arguments(sandbox_parser)
+    _sandbox_arguments(sandbox_parser)
     _add_operator_commands(sub)
     return parser
 

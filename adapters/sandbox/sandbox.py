@@ -602,22 +602,6 @@ async def running_sandbox(
 # ------------------------------------------------------------------------------ the CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
-    parser.add_argument(
-        "--open",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="open the page in a browser (default: only when run from a terminal)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="how much the bridge logs to stderr (default info)",
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run until Ctrl-C (or SIGTERM); everything stops cleanly and the temporary data is deleted."""
     setup_logging(args.log_level.upper(), "text")
@@ -671,7 +655,6 @@ __all__ = [
     "LABEL",
     "Sandbox",
     "SandboxError",
-    "add_arguments",
     "page_app",
     "run",
     "running_sandbox",

@@ -12,6 +12,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, BOB, CAROL, ME, wait_until
 from tests.process.support import ROOT, world
@@ -123,3 +125,16 @@ async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
     } <= tables
     names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
     assert names == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
+
+
+async def test_the_process_harness_fails_a_test_on_a_request_outside_x_spec(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="outside X's OpenAPI spec"):
+        async with world(tmp_path, lambda x: {}) as w:
+            base = w.env["X_API_URL"]
+            # What a broken bridge could send: a DM with a field X does not define.
+            async with w.session.post(
+                f"{base}/2/dm_conversations/1000-2001/messages",
+                json={"text": "hi", "colour": "red"},
+                headers={"Authorization": "Bearer nothing"},
+            ):
+                pass
