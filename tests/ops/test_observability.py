@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,19 @@ def test_failure_reasons_stay_few() -> None:
     assert worker_state(heartbeat=100.0, now=150.0, uptime=500.0, stale_after=60.0) == "ok"
     assert worker_state(heartbeat=100.0, now=170.0, uptime=500.0, stale_after=60.0) == "stale"
     assert worker_state(heartbeat=0.0, now=170.0, uptime=10.0, stale_after=60.0) == "starting"
+
+
+async def test_start_up_warns_about_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a dyno: the bot token is in the environment, which Bolt also reads on its own.
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-the-environment")
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with running_bridge(tmp_path) as bridge:
+            await linked(bridge)  # the first Slack request, where Bolt checks its token
+    noisy = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+    assert [str(w.message) for w in caught] == []
+    assert any(r.getMessage() == "bridge ready" for r in caplog.records)  # the capture did see start-up
