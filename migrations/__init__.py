@@ -208,3 +208,13 @@ def m0003_pending_channels(db: Database) -> None:
         "INSERT OR IGNORE INTO pending_channels (team_id, channel_id) "
         f"SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}"
     )
+
+
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)

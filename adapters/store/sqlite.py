@@ -312,6 +312,7 @@ class SqliteStore:
             participant_id=row["participant_id"],
             created_by=row["created_by"] or "",
             created_at=row["created_at"] or 0.0,
+            participant_username=row.get("participant_username"),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -329,8 +330,8 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_username)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -341,6 +342,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        mapping.participant_username,
                     ],
                 )
             return mapping if cursor.rowcount == 1 else None

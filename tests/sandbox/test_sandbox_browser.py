@@ -156,7 +156,7 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
     wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")
     wait_for(browser, "#x-messages .x-message.mine .bubble", "hi")
-    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to X group")
+    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to a new X group")
 
     type_in(browser, "#slack-input", "Hello from the browser")
     wait_for(browser, "#x-messages .x-message.mine .bubble", "You: Hello from the browser", "the relayed DM")
