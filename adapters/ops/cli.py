@@ -84,7 +84,7 @@ def _operator_error(problem: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending migrations and exit (Procfile ``release:``)."""
+    """Apply pending migrations and exit (`serve` applies them too, as it starts)."""
     setup_logging("INFO", "text")
     path = database_path()
     existed = os.path.exists(path)

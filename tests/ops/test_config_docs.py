@@ -98,9 +98,25 @@ def test_readme_configuration_table_lists_every_variable() -> None:
     assert in_table == documented()
 
 
-def test_procfile_runs_migrate_on_release_and_serve_on_web() -> None:
-    procfile = (ROOT / "Procfile").read_text().splitlines()
-    assert "web: xdm-bridge serve" in procfile and "release: xdm-bridge migrate" in procfile
+def test_procfiles_serve_on_web_and_migrate_on_no_throwaway_release_dyno() -> None:
+    # Heroku's release phase runs on a dyno whose disk is thrown away: migrating SQLite there
+    # changes nothing the web dyno sees. `serve` migrates as it starts.
+    for name in ("Procfile", "deploy/Procfile.litestream"):
+        lines = (ROOT / name).read_text().splitlines()
+        assert any(line.startswith("web: ") and "xdm-bridge serve" in line for line in lines), name
+        assert not any(line.startswith("release:") for line in lines), name
+
+
+def test_every_command_in_the_readme_copies_as_one_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        for line in block.splitlines():
+            assert not line.rstrip().endswith("\\"), f"continued line: {line}"
+    # Inline commands too: a code span that breaks across lines pastes as two commands.
+    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", readme, flags=re.DOTALL))
+    assert [span for span in spans if "\n" in span] == []
 
 
 def test_fix_names_the_variable_and_where_to_find_it() -> None:
