@@ -198,3 +198,23 @@ async def test_port_in_use_stops_serve_with_one_line_before_touching_the_databas
         line == f"xdm-bridge: PORT={port}: 127.0.0.1:{port} is already in use (another process listens there)"
     )
     assert not (tmp_path / "b.db").exists()
+
+
+async def test_placeholders_from_the_docs_stop_start_up_naming_each_variable(tmp_path: Path) -> None:
+    env = bridge_env(
+        tmp_path / "b.db",
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/api/",
+        free_port(),
+        SLACK_BOT_TOKEN="xoxb-…",
+        PUBLIC_URL="https://YOUR-HOST",
+    )
+    code, _, err = await start_with(env, "serve", "--host", "127.0.0.1")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines() == [
+        "xdm-bridge: configuration error: SLACK_BOT_TOKEN still holds a placeholder (contains '…') "
+        "from the README or .env.example: put the real value there",
+        "xdm-bridge: configuration error: PUBLIC_URL still holds a placeholder (contains 'YOUR-HOST') "
+        "from the README or .env.example: put the real value there",
+    ]
+    assert not (tmp_path / "b.db").exists()
