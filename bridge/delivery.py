@@ -31,12 +31,16 @@ from typing import Any
 from bridge import reconcile, translate
 from bridge.budget import Budget, BudgetRow
 from bridge.errors import (
+    BridgeError,
+    Failure,
+    Undeliverable,
     XAuthExpired,
     XAuthRevoked,
     XMediaUnavailable,
     XRateLimited,
     XRefused,
     XTransient,
+    failure_of,
 )
 from bridge.media import (
     MAX_UNFINISHED_UPLOADS,
@@ -127,6 +131,8 @@ class Delivery:
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
+        # Told why a row failed for good, as a type (metrics count it; sentences may change).
+        self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
 
     # -- control -----------------------------------------------------------
 
@@ -333,7 +339,12 @@ class Delivery:
         try:
             account = await self._tokens.account(item.account_id)
             if account is None:
-                await self._fail(item, "the X account this channel sends as was disconnected")
+                await self._fail(
+                    item,
+                    Undeliverable(
+                        "the X account this channel sends as was disconnected", Failure.ACCOUNT_DISCONNECTED
+                    ),
+                )
                 return LOOK_AGAIN
             if account.needs_reconnect:
                 await self._park(item, account)
@@ -364,12 +375,12 @@ class Delivery:
         except XTransient as exc:
             await self._retry_later(item, exc)
         except XRefused as exc:
-            await self._fail(item, str(exc))
+            await self._fail(item, exc)
         except FileUnavailable as exc:
             if exc.retryable:
                 await self._retry_later(item, exc)
             else:
-                await self._fail(item, str(exc))
+                await self._fail(item, exc)
         except (XAuthExpired, XAuthRevoked):
             account = await self._tokens.account(item.account_id)
             if account is not None:
@@ -533,6 +544,8 @@ class Delivery:
             await self._ephemeral(item, f":warning: A file of your message was not sent to X: {reason}")
             if self.on_event is not None:
                 await self.on_event("failed", item)
+            if self.on_failed is not None:
+                await self.on_failed(item, Failure.FILE_UNUSABLE)
             return
         await self._store.drop_media(item.id)
         log.warning("file not sent to X; the text goes alone", extra=_ids(item, reason=reason))
@@ -625,8 +638,11 @@ class Delivery:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
             await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
         if not parts:
-            reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
-            await self._fail(item, reason)
+            if skipped:
+                error = Undeliverable("; ".join(s.reason for s in skipped), Failure.FILE_UNUSABLE)
+            else:
+                error = Undeliverable("the message has no text or file to send", Failure.EMPTY_MESSAGE)
+            await self._fail(item, error)
             return None
         return parts
 
@@ -683,7 +699,9 @@ class Delivery:
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
         )
 
-    async def _fail(self, item: OutboxItem, reason: str) -> None:
+    async def _fail(self, item: OutboxItem, error: BridgeError) -> None:
+        """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
+        reason = str(error)
         await self._store.mark_failed(item.id, reason)
         log.warning("X refused the message", extra=_ids(item, reason=reason))
         if item.hourglass:
@@ -693,6 +711,8 @@ class Delivery:
             await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
         if self.on_event is not None:
             await self.on_event("failed", item)
+        if self.on_failed is not None:
+            await self.on_failed(item, failure_of(error))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING

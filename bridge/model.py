@@ -118,6 +118,7 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
 
     @property
     def target(self) -> Target:

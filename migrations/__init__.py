@@ -223,3 +223,13 @@ def m0005_media_lifetime_and_attempts(db: Database) -> None:
     outbox = db.table("outbox")
     outbox.add_column("media_uploaded_at", float)
     outbox.add_column("media_unfinished", int, not_null_default=0)
+
+
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)
