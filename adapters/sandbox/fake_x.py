@@ -10,7 +10,8 @@ bridge talks to (see docs/reference/x-api/NOTES.md):
   lookup and deletion;
 * v2 media upload (one-shot and chunked, with processing status), media ids that expire;
 * per-user/per-app DM rate limits with X's headers, the read window (``enforce_read_limit``),
-  and fault injection.
+  fault injection one fault at a time (:meth:`FakeX.inject`), and X on a bad day
+  (:attr:`FakeX.fault_model`, a :class:`FaultModel`: every request answered from a seeded mix).
 
 Like X, it stores a DM's links as ``t.co`` addresses (the expanded URLs come back in
 ``entities.urls``) and dates its answers by its own :attr:`FakeX.clock` (the ``Date`` header),
@@ -18,7 +19,9 @@ which may disagree with the client's.
 
 Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
 every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
-:attr:`FakeX.violations` (tests assert it stays empty). All state is plain attributes.
+:attr:`FakeX.violations` (tests assert it stays empty). The only answers off X's spec are the
+fault model's two malformed kinds, on purpose (an HTML 502 from the edge, a 2xx cut in half).
+All state is plain attributes.
 
 Quick use::
 
