@@ -529,7 +529,11 @@ def _names(participants: tuple[Participant, ...]) -> str:
 
 
 def _clock_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+    """A time of day for people; total, since a reset may come from X's headers."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+    except (OverflowError, ValueError, OSError):
+        return "later"
 
 
 def _duration(seconds: float) -> str:

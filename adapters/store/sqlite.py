@@ -35,6 +35,7 @@ from bridge.model import (
     Sent,
     Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 from migrations import PENDING_STATES, migrations
@@ -469,10 +470,35 @@ class SqliteStore:
             ref_ts=row["ref_ts"] or row["slack_ts"],
             media=json.loads(row["media"]) if row["media"] else None,
             media_id=row["media_id"],
+            deleted=row.get("deleted_at") is not None,
         )
 
-    async def outbox_heads(self) -> list[OutboxItem]:
-        def work() -> list[OutboxItem]:
+    @classmethod
+    def _readable(cls, row: dict[str, Any]) -> OutboxItem | Unreadable:
+        """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+        try:
+            return cls._item(row)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            log.error("outbox row cannot be read", extra={"outbox_id": row.get("id"), "error": str(exc)})
+
+            def text(name: str) -> str:
+                value = row.get(name)
+                return value if isinstance(value, str) else ""
+
+            account_id = row.get("account_id")
+            return Unreadable(
+                id=row["id"],
+                team_id=text("team_id"),
+                channel_id=text("channel_id"),
+                slack_ts=text("slack_ts"),
+                ref_ts=text("ref_ts") or text("slack_ts"),
+                author_id=text("author_id"),
+                account_id=account_id if isinstance(account_id, int) else None,
+                reason=f"the bridge's stored copy of it could not be read ({exc})",
+            )
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        def work() -> list[OutboxItem | Unreadable]:
             # One index lookup per channel with unfinished rows (pending_channels, kept by
             # triggers), not a scan of the whole backlog.
             rows = self._rows(
@@ -485,7 +511,8 @@ class SqliteStore:
                 )
                 """
             )
-            return [self._item(r) for r in rows]
+            # Row by row: one unreadable row is reported as such, and stops nobody else.
+            return [self._readable(r) for r in rows]
 
         return await self._call(work)
 
@@ -549,10 +576,24 @@ class SqliteStore:
                 )
                 if original is None:
                     return "unknown"
-                if original["text"] is None and original["state"] == "queued":
+                parts = self._rows(
+                    "SELECT state FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                    "AND kind = 'message'",
+                    [team_id, channel_id, ref_ts],
+                )
+                if original["deleted_at"] is None and all(p["state"] in ("queued", "waiting") for p in parts):
+                    # Nothing of it was handed to X: the new text replaces the old, rendered or not.
+                    # The row is rendered again from the new source (its further parts with it).
                     merged = {**json.loads(original["source"] or "{}"), **source}
                     self.db.execute(
-                        "UPDATE outbox SET source = ? WHERE id = ?", [json.dumps(merged), original["id"]]
+                        "DELETE FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                        "AND kind = 'message' AND part > 0",
+                        [team_id, channel_id, ref_ts],
+                    )
+                    self.db.execute(
+                        "UPDATE outbox SET source = ?, text = NULL, media = NULL, media_id = NULL, "
+                        "parts_total = 1 WHERE id = ?",
+                        [json.dumps(merged), original["id"]],
                     )
                     return "updated"
                 cursor = self._insert_follow_up(original, OutboxKind.EDIT, edit_ts, source, now)
@@ -582,6 +623,12 @@ class SqliteStore:
                     "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
+                # A part caught mid-send may or may not be on X: it is read back, never sent again.
+                self.db.execute(
+                    "UPDATE outbox SET deleted_at = ? "
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state = 'sending'",
+                    [now, team_id, channel_id, ref_ts],
+                )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]
                 if not reached:
                     return "cancelled"
@@ -610,7 +657,8 @@ class SqliteStore:
                 original["author_id"],
                 original["account_id"],
                 original["target_participant"],
-                original["target_conversation"],
+                # One target only: a 1-to-1 row is addressed by its participant.
+                None if original["target_participant"] else original["target_conversation"],
                 json.dumps(source, separators=(",", ":")),
                 now,
                 kind.value,
@@ -651,7 +699,7 @@ class SqliteStore:
 
         return await self._call(work)
 
-    def _update(self, sql: str, params: Sequence[Any]) -> None:
+    def _update(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> None:
         with self.db.atomic():
             self.db.execute(sql, params)
 
@@ -667,8 +715,10 @@ class SqliteStore:
         def work() -> OutboxItem | None:
             with self.db.atomic():
                 current = self._outbox_item(item_id)
-                if current is None or not current.state.pending:
+                if current is None or not current.state.pending or current.deleted:
                     return None  # cancelled (deleted in Slack), or finished, since it was read
+                if parts is None and current.text is None:
+                    return None  # an edit reset its text since it was read: render it again
                 if parts is not None:
                     # Rendered from ``source``: an edit that landed since then must not be lost.
                     if current.text is not None or current.source != source:
@@ -693,8 +743,11 @@ class SqliteStore:
             with self.db.atomic():
                 self._save_budgets(budgets)
                 row = self._one(
+                    # A row names one target: a 1-to-1 row keeps its participant (the conversation
+                    # id goes to the message map and the mapping below, not beside it).
                     "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
-                    "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
+                    "CASE WHEN target_participant IS NULL THEN COALESCE(target_conversation, ?) END, "
+                    "sent_at = ?, last_error = NULL WHERE id = ? "
                     "RETURNING team_id, channel_id, slack_ts, part, target_participant",
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
@@ -726,7 +779,9 @@ class SqliteStore:
                         ],
                     )
                 following = self._channel_head(row["team_id"], row["channel_id"])
-            return None if following is None else self._item(following)
+            head = None if following is None else self._readable(following)
+            # An unreadable head is left to the scheduler, which fails it (the send is recorded).
+            return head if isinstance(head, OutboxItem) else None
 
         return await self._call(work)
 
@@ -739,11 +794,20 @@ class SqliteStore:
         *,
         held_since: float | None = None,
     ) -> None:
+        # A row deleted in Slack mid-send never goes back to a state that would send it:
+        # once X is known not to have it, it is cancelled.
         await self._call(
             self._update,
-            "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "held_since = COALESCE(held_since, ?) WHERE id = ?",
-            [state.value, next_attempt_at, error, held_since, item_id],
+            "UPDATE outbox SET state = CASE WHEN deleted_at IS NOT NULL AND :state IN ('queued', 'waiting') "
+            "THEN 'cancelled' ELSE :state END, next_attempt_at = :next, last_error = :error, "
+            "held_since = COALESCE(held_since, :held) WHERE id = :id",
+            {
+                "state": state.value,
+                "next": next_attempt_at,
+                "error": error,
+                "held": held_since,
+                "id": item_id,
+            },
         )
 
     async def mark_done(self, item_id: int, now: float) -> None:
@@ -767,9 +831,11 @@ class SqliteStore:
     async def release_account(self, account_id: int, now: float) -> int:
         def work() -> int:
             with self.db.atomic():
+                # Every unfinished row, whatever it waited for: a ``sending`` one stays ``sending``
+                # (it is read back before any resend); the others are simply due again.
                 cursor = self.db.execute(
-                    "UPDATE outbox SET state = 'queued', next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'waiting'",
+                    "UPDATE outbox SET state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+                    f"next_attempt_at = ? WHERE account_id = ? AND state IN {PENDING_STATES}",
                     [now, account_id],
                 )
             return cursor.rowcount
