@@ -236,8 +236,12 @@ class Delivery:
         wake_at = now + self._config.rescan_every
         for item in heads:
             if isinstance(item, Unreadable):
-                await self._fail(item, item.reason)
-                wake_at = now  # its channel's next row is the head now
+                try:
+                    await self._fail(item, item.reason)
+                    wake_at = now  # its channel's next row is the head now
+                except Exception:
+                    log.exception("could not fail an unreadable outbox row", extra={"outbox_id": item.id})
+                    wake_at = min(wake_at, now + CRASH_PAUSE)
                 continue
             if item.next_attempt_at > now:
                 if item.next_attempt_at < UNTIL_RECONNECTED:

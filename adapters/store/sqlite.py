@@ -442,34 +442,41 @@ class SqliteStore:
 
     @staticmethod
     def _item(row: dict[str, Any]) -> OutboxItem:
+        """The row as the core's value. SQLite keeps any type in any column, so each value is
+        checked as it is read: a row that does not fit raises (``_readable`` reports it)."""
+        source = json.loads(row["source"] or "{}")
+        media = json.loads(row["media"]) if row["media"] else None
+        if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
+            raise TypeError("source or media is not a JSON object")
         return OutboxItem(
-            id=row["id"],
-            seq=row["seq"],
-            part=row["part"],
-            parts_total=row["parts_total"],
-            team_id=row["team_id"],
-            channel_id=row["channel_id"],
-            slack_ts=row["slack_ts"],
-            author_id=row["author_id"] or "",
-            account_id=row["account_id"],
+            id=_int(row["id"]),
+            seq=_int(row["seq"]),
+            part=_int(row["part"]),
+            parts_total=_int(row["parts_total"]),
+            team_id=_text(row["team_id"]),
+            channel_id=_text(row["channel_id"]),
+            slack_ts=_text(row["slack_ts"]),
+            author_id=_text(row["author_id"] or ""),
+            account_id=_int(row["account_id"]),
             target=Target(
-                participant_id=row["target_participant"], conversation_id=row["target_conversation"]
+                participant_id=_text_or_none(row["target_participant"]),
+                conversation_id=_text_or_none(row["target_conversation"]),
             ),
-            text=row["text"],
-            source=json.loads(row["source"] or "{}"),
+            text=_text_or_none(row["text"]),
+            source=source,
             state=OutboxState(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"] or 0.0,
+            attempts=_int(row["attempts"] or 0),
+            next_attempt_at=_time(row["next_attempt_at"] or 0.0),
             last_error=row["last_error"],
-            dm_event_id=row["dm_event_id"],
-            created_at=row["created_at"],
-            sending_since=row["sending_since"],
-            held_since=row["held_since"],
+            dm_event_id=_text_or_none(row["dm_event_id"]),
+            created_at=_time(row["created_at"] or 0.0),
+            sending_since=None if row["sending_since"] is None else _time(row["sending_since"]),
+            held_since=None if row["held_since"] is None else _time(row["held_since"]),
             hourglass=bool(row["hourglass"]),
             kind=OutboxKind(row["kind"] or "message"),
-            ref_ts=row["ref_ts"] or row["slack_ts"],
-            media=json.loads(row["media"]) if row["media"] else None,
-            media_id=row["media_id"],
+            ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
+            media=media,
+            media_id=_text_or_none(row["media_id"]),
             deleted=row.get("deleted_at") is not None,
         )
 
@@ -925,6 +932,28 @@ class SqliteStore:
                 "remaining = excluded.remaining, reset_at = excluded.reset_at",
                 list(window),
             )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _time(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise TypeError(f"{value!r} is not a time")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

@@ -80,18 +80,25 @@ async def test_corrupt_row_is_failed_with_its_reason_and_every_other_row_flows(t
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge, "1000-2001", "C100")
         await bridge.map_link("1000-2002", channel="C200")
-        # A row no code path should write (both targets; a kind that does not exist), at the head
-        # of C100: it must be failed, its author told, and it must stop no one.
+        # Rows no code path should write, at the head of C100 (both targets; a kind that does not
+        # exist; a time that is text; a source that is not JSON): each must be failed, its author
+        # told, and none may stop anyone.
+        corrupt = [
+            ("1.000001", "message", ALICE, 0, '{"text":"x"}'),
+            ("1.000002", "frobnicate", None, 0, '{"text":"x"}'),
+            ("1.000003", "message", None, "soon", '{"text":"x"}'),
+            ("1.000004", "message", None, 0, "{not json"),
+        ]
         with sqlite3.connect(bridge.db_path) as db:
             account_id = db.execute("SELECT id FROM accounts").fetchone()[0]
-            for ts, kind, participant in (("1.000001", "message", ALICE), ("1.000002", "frobnicate", None)):
+            for ts, kind, participant, next_at, source in corrupt:
                 cursor = db.execute(
                     "INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, "
                     "author_id, account_id, target_participant, target_conversation, text, source, state, "
                     "attempts, next_attempt_at, created_at, hourglass, kind) VALUES "
-                    "(0, 0, 1, 'T0001', 'C100', ?, ?, 'U100', ?, ?, '1000-2001', NULL, '{\"text\":\"x\"}', "
-                    "'queued', 0, 0, ?, 0, ?)",
-                    [ts, ts, account_id, participant, time.time(), kind],
+                    "(0, 0, 1, 'T0001', 'C100', ?, ?, 'U100', ?, ?, '1000-2001', NULL, ?, "
+                    "'queued', 0, ?, ?, 0, ?)",
+                    [ts, ts, account_id, participant, source, next_at, time.time(), kind],
                 )
                 db.execute("UPDATE outbox SET seq = id WHERE id = ?", [cursor.lastrowid])
         _, other = await bridge.post("other channel", channel="C200")
@@ -100,10 +107,10 @@ async def test_corrupt_row_is_failed_with_its_reason_and_every_other_row_flows(t
         await bridge.wait_reaction("C100", same, "white_check_mark")
         assert sorted(bridge.texts()) == ["Ada: other channel", "Ada: same channel, after the bad rows"]
         bad = rows(bridge, "SELECT state, last_error FROM outbox WHERE slack_ts LIKE '1.00000%' ORDER BY id")
-        assert [state for state, _ in bad] == ["failed", "failed"]
+        assert [state for state, _ in bad] == ["failed"] * len(corrupt)
         assert all("could not be read" in (error or "") for _, error in bad)
         told = [e["text"] for e in bridge.slack.ephemerals("U100")]
-        assert sum("not sent to X" in t and "could not be read" in t for t in told) == 2
+        assert sum("not sent to X" in t and "could not be read" in t for t in told) == len(corrupt)
 
 
 async def test_edit_and_delete_in_a_one_to_one_dm_channel_reach_x(tmp_path: Path) -> None:
