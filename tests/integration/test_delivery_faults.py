@@ -244,9 +244,10 @@ async def test_429_with_absurd_reset_on_upload_or_read_back_does_not_spin(tmp_pa
 
 
 async def test_delete_of_a_sending_message_never_sends_it(tmp_path: Path) -> None:
-    async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "0.5"}) as bridge:
+    # The delete must land while the POST is in doubt: give it a generous second and a half.
+    async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "1.5"}) as bridge:
         await linked(bridge)
-        bridge.x.timeout_seconds = 2.0
+        bridge.x.timeout_seconds = 3.0
         bridge.x.inject("timeout")  # X did not take it, but the bridge cannot know
         _, ts = await bridge.post("please do not send")
         await first_post_timed_out(bridge)
