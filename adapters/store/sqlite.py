@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from adapters.store.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
@@ -49,7 +51,31 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is
 
 
 def open_database(path: str) -> Database:
-    """Open (creating if needed), set the pragmas every connection needs, apply migrations."""
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations.
+
+    Raises ``StoreUnavailable`` naming what is wrong with ``path`` when it cannot.
+    """
+    try:
+        return _open_database(path)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"DATABASE_PATH={path!r}: {_why_unusable(path, exc)}") from exc
+
+
+def _why_unusable(path: str, exc: sqlite3.Error) -> str:
+    """The operator's view of a failed open: which folder or file is the problem."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a folder; it must name a file inside one"
+    if not os.path.exists(folder):
+        return f"the folder {folder} does not exist (create it, or point at a persistent disk)"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"cannot write in {folder} (check its permissions, or that the disk is not read-only)"
+    return f"cannot open or update the database: {exc}"
+
+
+def _open_database(path: str) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 5000")
@@ -287,6 +313,7 @@ class SqliteStore:
             participant_id=row["participant_id"],
             created_by=row["created_by"] or "",
             created_at=row["created_at"] or 0.0,
+            participant_username=row.get("participant_username"),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -304,8 +331,8 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_username)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -316,6 +343,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        mapping.participant_username,
                     ],
                 )
             return mapping if cursor.rowcount == 1 else None
@@ -470,13 +498,17 @@ class SqliteStore:
             last_error=row["last_error"],
             dm_event_id=_text_or_none(row["dm_event_id"]),
             created_at=_time(row["created_at"] or 0.0),
-            sending_since=None if row["sending_since"] is None else _time(row["sending_since"]),
-            held_since=None if row["held_since"] is None else _time(row["held_since"]),
+            sending_since=_time_or_none(row["sending_since"]),
+            held_since=_time_or_none(row["held_since"]),
             hourglass=bool(row["hourglass"]),
             kind=OutboxKind(row["kind"] or "message"),
             ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
             media=media,
             media_id=_text_or_none(row["media_id"]),
+            media_uploaded_at=None
+            if row.get("media_uploaded_at") is None
+            else _time(row["media_uploaded_at"]),
+            media_unfinished=_int(row.get("media_unfinished") or 0),
             deleted=row.get("deleted_at") is not None,
         )
 
@@ -565,8 +597,30 @@ class SqliteStore:
                 [index, len(parts), part.text, _json_or_none(part.media), item_id],
             )
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None:
-        await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media_id = ?, media_uploaded_at = ?, media_unfinished = 0 WHERE id = ?",
+            [media_id, uploaded_at, item_id],
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._call(
+            self._update, "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = ?", [item_id]
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET media_unfinished = 0 WHERE id = ?", [item_id])
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = ?",
+            [item_id],
+        )
 
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
@@ -599,7 +653,7 @@ class SqliteStore:
                     )
                     self.db.execute(
                         "UPDATE outbox SET source = ?, text = NULL, media = NULL, media_id = NULL, "
-                        "parts_total = 1 WHERE id = ?",
+                        "media_uploaded_at = NULL, parts_total = 1 WHERE id = ?",
                         [json.dumps(merged), original["id"]],
                     )
                     return "updated"
@@ -944,6 +998,10 @@ def _time(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise TypeError(f"{value!r} is not a time")
     return float(value)
+
+
+def _time_or_none(value: Any) -> float | None:
+    return None if value is None else _time(value)
 
 
 def _text(value: Any) -> str:
