@@ -156,6 +156,24 @@ async def test_401_on_read_back_or_upload_refreshes_and_delivers(tmp_path: Path,
         assert grants == ["refresh_token"]
 
 
+@pytest.mark.parametrize("where", [None, "/dm_events"])
+async def test_a_401_that_outlives_a_refresh_is_retried_not_parked_silently(
+    tmp_path: Path, where: str | None
+) -> None:
+    # X refuses the token, then the token just refreshed: not proof the account is gone (its
+    # refresh worked), so neither a silent park nor a flag: the row tries again later.
+    async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "0.5"}) as bridge:
+        await linked(bridge)
+        bridge.x.timeout_seconds = 2.0
+        if where is not None:
+            bridge.x.inject("timeout")  # the row is read back before a resend
+        bridge.x.inject("401", count=2, path_contains=where)
+        _, ts = await bridge.post("twice refused")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert bridge.texts() == ["Ada: twice refused"]
+        assert rows(bridge, "SELECT needs_reconnect FROM accounts") == [(0,)]
+
+
 async def test_account_revoked_during_read_back_is_flagged_told_and_released_by_reconnect(
     tmp_path: Path,
 ) -> None:
