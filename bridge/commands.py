@@ -28,6 +28,7 @@ from bridge.model import (
     XUser,
     one_to_one_id,
 )
+from bridge.permissions import Permissions
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
 
@@ -227,6 +228,7 @@ class CommandService:
         clock: Clock,
         oauth_ready: str | None,
         on_mapped: Callable[[], None] = lambda: None,
+        permissions: Permissions | None = None,
     ) -> None:
         """``oauth_ready`` is None when connecting works, else the reason it does not."""
         self._store = store
@@ -238,6 +240,7 @@ class CommandService:
         self._clock = clock
         self._oauth_ready = oauth_ready
         self._on_mapped = on_mapped
+        self._permissions = permissions or Permissions(slack)
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -259,10 +262,11 @@ class CommandService:
             case Unlink():
                 return await self._unlink(ctx)
             case Link(conversation_id=conversation_id):
+                await self._may_map(ctx)
                 return await self._link(ctx, conversation_id)
             case NewGroup() | DirectMessage():
                 account = await self._mapping_account(ctx)
-                await self._refuse_if_mapped(ctx)
+                await self._may_map(ctx)
                 if isinstance(command, NewGroup):
                     job = self._new_group(ctx, account, command)
                     note = f"Creating an X group with {_names(command.participants)}…"
@@ -337,6 +341,9 @@ class CommandService:
         return "X DM budget left: " + "; ".join(parts) + "."
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
+        existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        if existing is not None:
+            await self._may_change(ctx, existing, "unlink")
         mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
         if mapping is None:
             return Reply("This channel is not bridged to X; nothing to unlink.")
@@ -457,9 +464,21 @@ class CommandService:
             )
         return account
 
+    async def _may_map(self, ctx: CommandContext) -> None:
+        """The rules of ``bridge.permissions`` for making a mapping here; raises the refusal."""
+        await self._permissions.may_map(ctx.team_id, ctx.channel_id, ctx.user_id)
+        await self._refuse_if_mapped(ctx)
+
+    async def _may_change(self, ctx: CommandContext, mapping: Mapping, what: str) -> None:
+        account = await self._store.get_account(mapping.account_id)
+        owner = account.slack_user_id if account is not None else None
+        await self._permissions.may_change(ctx.team_id, ctx.user_id, mapping, owner, what)
+
     async def _refuse_if_mapped(self, ctx: CommandContext) -> None:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
         if existing is not None:
+            # Replacing is unlinking and mapping again: only those who may unlink may replace.
+            await self._may_change(ctx, existing, "replace")
             raise CommandError(
                 f"This channel is already bridged to {_describe(existing)}. Run `/xdm unlink` first."
             )

@@ -220,6 +220,19 @@ class XUser:
 
 
 @dataclass(frozen=True)
+class SlackMember:
+    """What permissions need to know of a Slack user (``users.info``)."""
+
+    user_id: str
+    is_admin: bool = False
+    is_owner: bool = False
+
+    @property
+    def is_admin_or_owner(self) -> bool:
+        return self.is_admin or self.is_owner
+
+
+@dataclass(frozen=True)
 class Sent:
     """X accepted a DM."""
 

@@ -23,6 +23,7 @@ from bridge.model import (
     OutboxState,
     RenderedPart,
     Sent,
+    SlackMember,
     Target,
     TokenSet,
     XUser,
@@ -208,6 +209,22 @@ class SlackClient(Protocol):
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
     async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
     async def display_name(self, team_id: str, user_id: str) -> str: ...
+    async def member(self, team_id: str, user_id: str) -> SlackMember | None:
+        """Whether ``user_id`` is a workspace admin or owner (``users.info``); None if Slack cannot say."""
+        ...
+
+    async def bot_in_channel(self, team_id: str, channel_id: str) -> bool | None:
+        """Whether the bot is a member of the channel (``conversations.info`` ``is_member``).
+
+        False also when Slack does not show the bot the channel at all (a private channel it
+        is not in); None when Slack could not be asked.
+        """
+        ...
+
+    async def bot_name(self, team_id: str) -> str:
+        """The bot's user name, for "/invite @name" (``auth.test``)."""
+        ...
+
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
     async def download_file(self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int) -> bytes:
         """The bytes of a Slack ``files[]`` element, fetched with the bot token.

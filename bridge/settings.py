@@ -51,6 +51,9 @@ class Settings:
     relay_edits: EditPolicy = "correction"
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+    admin_only: bool = False
+    allowed_users: frozenset[str] = frozenset()
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def redirect_uri(self) -> str | None:
@@ -133,6 +136,29 @@ class _Reader:
             return default
         return raw.lower()
 
+    def flag(self, name: str) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return False
+        value = raw.lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            self.problems.append(f"{name}={raw!r} must be 1 or 0")
+            return False
+        return value in ("1", "true", "yes", "on")
+
+    def slack_user_ids(self, name: str) -> frozenset[str]:
+        raw = self.get(name)
+        if raw is None:
+            return frozenset()
+        ids = [part.strip() for part in raw.split(",") if part.strip()]
+        bad = [i for i in ids if not _SLACK_USER_ID.match(i)]
+        if bad:
+            self.problems.append(
+                f"{name} holds {', '.join(repr(b) for b in bad)}: "
+                "give Slack user ids (U…/W…), comma-separated"
+            )
+        return frozenset(i for i in ids if _SLACK_USER_ID.match(i))
+
     def fernet_keys(self) -> tuple[str, ...]:
         raw = self.get("BRIDGE_ENCRYPTION_KEY")
         if raw is None:
@@ -196,12 +222,16 @@ class _Reader:
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
             log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
             log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
+            admin_only=self.flag("XDM_ADMIN_ONLY"),
+            allowed_users=self.slack_user_ids("XDM_ALLOWED_USERS"),
+            metrics_token=self.get("METRICS_TOKEN"),
         )
         if self.problems:
             raise ConfigError("\n".join(self.problems))
         return settings
 
 
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+=*$")
 
 

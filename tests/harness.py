@@ -184,7 +184,9 @@ async def running_bridge(
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
         slack.add_user("U200", display_name="", real_name="Grace Hopper")
+        slack.add_user("U300", display_name="Cleo", real_name="Cleo Admin", is_admin=True)
         slack.add_channel("C100", "support")
+        slack.add_channel("C200", "sales")
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))

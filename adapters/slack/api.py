@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.media import FileTooLarge, FileUnavailable, file_name, human_size
+from bridge.model import SlackMember
 
 log = logging.getLogger("adapters.slack.api")
 
@@ -48,6 +49,7 @@ class SlackApi:
         self._client = client
         self._session = session
         self._names: dict[tuple[str, str], tuple[float, str]] = {}
+        self._bot_name: str | None = None
 
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
         try:
@@ -92,6 +94,40 @@ class SlackApi:
         )
         self._names[key] = (now + NAME_TTL, str(name))
         return str(name)
+
+    async def member(self, team_id: str, user_id: str) -> SlackMember | None:
+        """Asked afresh each time: a permission must not outlive an admin's demotion."""
+        try:
+            response = await self._client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.warning("users.info failed", extra={"user": user_id, "error": exc.response.get("error")})
+            return None
+        user = response.get("user") or {}
+        return SlackMember(
+            user_id=user_id, is_admin=user.get("is_admin") is True, is_owner=user.get("is_owner") is True
+        )
+
+    async def bot_in_channel(self, team_id: str, channel_id: str) -> bool | None:
+        try:
+            response = await self._client.conversations_info(channel=channel_id)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error == "channel_not_found":  # a private channel the bot is not in looks like this
+                return False
+            log.warning("conversations.info failed", extra={"channel": channel_id, "error": error})
+            return None
+        channel = response.get("channel") or {}
+        # Slack leaves is_member out of DMs; the bot is always in a DM it can see.
+        return channel.get("is_member") is True or channel.get("is_im") is True
+
+    async def bot_name(self, team_id: str) -> str:
+        if self._bot_name is None:
+            try:
+                response = await self._client.auth_test()
+                self._bot_name = str(response.get("user") or "xdm")
+            except SlackApiError:
+                return "xdm"
+        return self._bot_name
 
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None:
         webhook = AsyncWebhookClient(response_url, session=self._session)

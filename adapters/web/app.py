@@ -37,6 +37,7 @@ from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
 from bridge.model import Account
+from bridge.permissions import Permissions, Policy
 from bridge.relay import Relay
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
@@ -169,6 +170,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
             on_mapped=delivery.wake,
+            permissions=Permissions(
+                slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
+            ),
         )
         background = Background()
         bolt = build_bolt_app(

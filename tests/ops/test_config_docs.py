@@ -11,7 +11,7 @@ from adapters.ops.config_doc import BY_NAME, ENV_VARS, fix_for
 from bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-READERS = {"get", "required", "integer", "number", "url", "choice"}
+READERS = {"get", "required", "integer", "number", "url", "choice", "flag", "slack_user_ids"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]+$")
 
 
