@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bridge.budget import Budget
+from bridge.connect import ConnectService
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
 from bridge.model import (
     X_CONVERSATION_ID,
@@ -46,6 +47,7 @@ HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
 • `/xdm unlink` – stop bridging this channel
 • `/xdm status` – this channel's mapping, its X account and what is waiting
+• `/xdm disconnect` – revoke the bridge's access to your X account; your channels pause until you reconnect
 Participants are X handles (`@name`) or numeric X user ids."""
 
 
@@ -84,6 +86,11 @@ class Unlink:
 
 
 @dataclass(frozen=True)
+class Disconnect:
+    pass
+
+
+@dataclass(frozen=True)
 class NewGroup:
     participants: tuple[Participant, ...]
     message: str
@@ -100,7 +107,7 @@ class Link:
     conversation_id: str
 
 
-Command = Connect | Help | Status | Unlink | NewGroup | DirectMessage | Link
+Command = Connect | Help | Status | Unlink | Disconnect | NewGroup | DirectMessage | Link
 
 _SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
 _X_PROFILE = re.compile(
@@ -156,6 +163,8 @@ def parse(text: str) -> Command:
         return Status()
     if verb in ("unlink", "disconnect-channel"):
         return Unlink()
+    if verb == "disconnect":
+        return Disconnect()
     if verb == "new-group":
         participants, message = _split_participants(rest)
         unique = list(dict.fromkeys(participants))
@@ -229,6 +238,7 @@ class CommandService:
         oauth_ready: str | None,
         on_mapped: Callable[[], None] = lambda: None,
         permissions: Permissions | None = None,
+        connections: ConnectService | None = None,
     ) -> None:
         """``oauth_ready`` is None when connecting works, else the reason it does not."""
         self._store = store
@@ -241,6 +251,7 @@ class CommandService:
         self._oauth_ready = oauth_ready
         self._on_mapped = on_mapped
         self._permissions = permissions or Permissions(slack)
+        self._connections = connections
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -261,7 +272,10 @@ class CommandService:
                 return await self._status(ctx)
             case Unlink():
                 return await self._unlink(ctx)
+            case Disconnect():
+                return await self._disconnect(ctx)
             case Link(conversation_id=conversation_id):
+                await self._mapping_account(ctx)  # "connect first" comes before the channel's rules
                 await self._may_map(ctx)
                 return await self._link(ctx, conversation_id)
             case NewGroup() | DirectMessage():
@@ -308,6 +322,11 @@ class CommandService:
             account = await self._store.get_account(mapping.account_id)
             if account is not None:
                 state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
+                if mapping.paused_at is not None:
+                    state = (
+                        f" – *paused*: the account was disconnected; messages wait until "
+                        f"<@{account.slack_user_id}> runs `/xdm connect`"
+                    )
                 lines.append(
                     f"Messages are sent as @{account.x_username} (<@{account.slack_user_id}>){state}."
                 )
@@ -356,6 +375,32 @@ class CommandService:
             f"New messages here no longer go to X.{tail}",
             in_channel=True,
         )
+
+    async def _disconnect(self, ctx: CommandContext) -> Reply:
+        account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if account is None or account.disconnected:
+            return Reply("You have no X account connected to this bridge; nothing to disconnect.")
+        connections = self._connections
+        if connections is None:
+            return Reply(":x: Disconnecting is not available on this bridge.")
+
+        async def work() -> Reply:
+            done = await connections.disconnect(account, ctx.user_id)
+            self._tokens.forget(account.id)
+            revoked = (
+                "X revoked the bridge's access"
+                if done.revoked
+                else "X did not confirm the revocation (remove the app at x.com/settings/connected_apps "
+                "to be sure)"
+            )
+            channels = ", ".join(f"<#{m.channel_id}>" for m in done.paused)
+            paused = f" Paused: {channels}; messages there wait." if channels else ""
+            return Reply(
+                f":white_check_mark: Disconnected X account @{account.x_username}: {revoked}, and the "
+                f"bridge deleted its tokens.{paused} Run `/xdm connect` to resume."
+            )
+
+        return Reply(f"Disconnecting @{account.x_username}…", follow_up=lambda: self._report(ctx, work()))
 
     async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
         account = await self._mapping_account(ctx)

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from bridge.errors import OAuthStateError
-from bridge.model import Account, OAuthState
+from bridge.errors import OAuthStateError, XError
+from bridge.model import Account, Mapping, OAuthState
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 
 log = logging.getLogger("bridge.connect")
 
 
+OPERATOR = "operator"  # ``by`` when the CLI disconnects an account
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """What disconnecting an account did."""
+
+    account: Account
+    paused: list[Mapping]
+    revoked: bool  # X confirmed the revocation of every token we held
+
+
+def who(by: str) -> str:
+    """How an announcement names the person (or operator) who acted."""
+    return "The bridge's operator" if by == OPERATOR else f"<@{by}>"
+
+
 class ConnectService:
-    """Completes authorizations started by `/xdm connect`."""
+    """Completes authorizations started by `/xdm connect`, and disconnects accounts."""
 
     def __init__(
         self,
@@ -24,6 +42,7 @@ class ConnectService:
         slack: SlackClient,
         clock: Clock,
         on_connected: Callable[[Account], None] = lambda account: None,
+        on_disconnected: Callable[[Account], None] = lambda account: None,
     ) -> None:
         self._store = store
         self._oauth = oauth
@@ -31,6 +50,7 @@ class ConnectService:
         self._slack = slack
         self._clock = clock
         self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
 
     async def complete(self, state: str, code: str | None, error: str | None) -> Account | None:
         """Finish one authorization. Raises ``OAuthStateError`` for a bad, used or expired state.
@@ -58,6 +78,7 @@ class ConnectService:
             raise
         account = await self._store.save_account(pending.team_id, pending.slack_user_id, user, tokens)
         released = await self._store.release_account(account.id, self._clock.now())
+        resumed = await self._store.resume_mappings(account.id)
         log.info(
             "X account connected",
             extra={
@@ -75,7 +96,58 @@ class ConnectService:
             f"Channels you map now send as @{user.username}.{tail}",
         )
         self._on_connected(account)
+        for mapping in resumed:
+            await self._announce(
+                mapping,
+                f":arrow_forward: <@{account.slack_user_id}> connected X account @{user.username}: "
+                f"this channel's bridge to X resumes, sending as @{user.username}. "
+                "Messages that waited are on their way.",
+            )
         return account
+
+    async def disconnect(self, account: Account, by: str) -> Disconnected:
+        """Delete the account's tokens, pause its mappings (announced in each channel), revoke at X.
+
+        ``by`` is the Slack user who asked, or ``OPERATOR``. The tokens are deleted before X is
+        asked, so a revocation X never confirms still leaves nothing usable behind. Waiting
+        messages stay waiting; connecting again (the same Slack user) resumes them.
+        """
+        paused = await self._store.disconnect_account(account.id, self._clock.now(), by)
+        self._on_disconnected(account)
+        revoked = True
+        # The refresh token first: it is the one that could mint new access tokens.
+        for token in (account.tokens.refresh_token, account.tokens.access_token):
+            if not token:
+                continue
+            try:
+                await self._oauth.revoke(token)
+            except XError as exc:
+                revoked = False
+                log.warning(
+                    "X did not confirm a token revocation",
+                    extra={"account_id": account.id, "error": type(exc).__name__, "status": exc.status},
+                )
+        log.info(
+            "X account disconnected",
+            extra={"account_id": account.id, "by": by, "paused": len(paused), "revoked": revoked},
+        )
+        for mapping in paused:
+            await self._announce(
+                mapping,
+                f":double_vertical_bar: {who(by)} disconnected X account @{account.x_username}, so this "
+                "channel's bridge to X is paused. Messages posted here wait, and go to X when "
+                f"<@{account.slack_user_id}> runs `/xdm connect` again.",
+            )
+        return Disconnected(account, paused, revoked)
+
+    async def _announce(self, mapping: Mapping, text: str) -> None:
+        try:
+            await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
+        except Exception as exc:  # one channel's failure must not keep the others uninformed
+            log.warning(
+                "could not announce in the channel",
+                extra={"channel": mapping.channel_id, "error": type(exc).__name__},
+            )
 
     async def _tell(self, response_url: str | None, pending: OAuthState, text: str) -> None:
         try:

@@ -72,6 +72,7 @@ class Account:
     x_username: str
     tokens: TokenSet
     needs_reconnect: bool = False
+    disconnected: bool = False  # by its owner or an operator: no tokens are stored
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    paused_at: float | None = None  # its account was disconnected; messages wait for a reconnection
+    paused_by: str | None = None
 
     @property
     def target(self) -> Target:

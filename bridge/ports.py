@@ -48,6 +48,18 @@ class Store(Protocol):
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
     async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        """In one transaction: delete the account's tokens, mark it disconnected (and needing
+        reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
+
+        The account row stays, so its outbox rows keep waiting for it. Returns the mappings
+        paused now. ``save_account`` for the same Slack user clears the disconnection.
+        """
+        ...
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        """Un-pause the account's paused mappings (it is connected again); returns them."""
+        ...
 
     # OAuth states
     async def save_oauth_state(self, state: OAuthState) -> None: ...
@@ -198,6 +210,13 @@ class XOAuth(Protocol):
     async def exchange(self, code: str, code_verifier: str) -> TokenSet: ...
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Raise ``XAuthRevoked`` when X refuses the refresh token for good."""
+        ...
+
+    async def revoke(self, token: str) -> None:
+        """Ask X to revoke an access or refresh token (``POST /2/oauth2/revoke``).
+
+        Raises ``XTransient`` when X did not confirm (no answer, 5xx) and ``XRefused`` for a 4xx.
+        """
         ...
 
 

@@ -208,3 +208,23 @@ def m0003_pending_channels(db: Database) -> None:
         "INSERT OR IGNORE INTO pending_channels (team_id, channel_id) "
         f"SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}"
     )
+
+
+@migrations(name="0007_disconnect_and_connect_page")
+def m0007_disconnect_and_connect_page(db: Database) -> None:
+    """Disconnecting an account, pausing its mappings, and a connect flow bound to one browser (issue 12).
+
+    ``accounts.disconnected_at``: the owner (or an operator) disconnected it; its tokens are
+    gone (``access_token`` is then empty, ``refresh_token`` NULL) and it needs reconnecting.
+    ``mappings.paused_at`` / ``paused_by``: the mapping's account was disconnected; messages
+    wait until the same person connects again. ``oauth_states.browser_hash``: SHA-256 of
+    the cookie set when the person confirmed on the bridge's page, so only that browser
+    can finish the flow; ``slack_user_name`` and ``team_name`` are what that page shows.
+    """
+    db.table("accounts").add_column("disconnected_at", float)
+    db.table("mappings").add_column("paused_at", float)
+    db.table("mappings").add_column("paused_by", str)
+    oauth_states = db.table("oauth_states")
+    oauth_states.add_column("browser_hash", str)
+    oauth_states.add_column("slack_user_name", str)
+    oauth_states.add_column("team_name", str)

@@ -1,7 +1,8 @@
 """``xdm-bridge``: the command line, and where the process starts.
 
 ``serve``, ``migrate``, ``keygen`` and ``sandbox`` run the bridge; ``doctor``,
-``mappings``, ``accounts`` and ``outbox`` are for operators (``--json`` for scripts).
+``mappings``, ``accounts`` (and ``accounts disconnect``), ``outbox`` and ``rotate-keys``
+are for operators (``--json`` for scripts).
 Exit codes: 0 success, 1 a check or operation failed, 2 bad configuration or usage.
 """
 
@@ -104,6 +105,36 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_accounts_disconnect(args: argparse.Namespace) -> int:
+    """Revoke an account's X tokens, delete them and pause its mappings (as `/xdm disconnect` does)."""
+    settings = _settings()
+    from adapters.ops.accounts import NoSuchAccount, disconnect
+
+    _with_db(admin.list_accounts)  # exits with the reason when there is no usable database
+    try:
+        done = asyncio.run(disconnect(settings, args.id))
+    except NoSuchAccount as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    data = {
+        "disconnected": done.account.id,
+        "x_username": done.account.x_username,
+        "revoked_at_x": done.revoked,
+        "paused": [{"team_id": m.team_id, "channel_id": m.channel_id} for m in done.paused],
+    }
+
+    def text() -> str:
+        revoked = "X revoked its tokens" if done.revoked else "X did NOT confirm the revocation"
+        channels = ", ".join(m.channel_id for m in done.paused) or "none"
+        return (
+            f"disconnected account {done.account.id} (@{done.account.x_username}): {revoked}; "
+            f"tokens deleted; paused mappings: {channels}"
+        )
+
+    _emit(args, data, text)
+    return EXIT_OK
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """List waiting and failed messages."""
     now = time.time()
@@ -173,6 +204,15 @@ def _add_operator_commands(sub: Any) -> None:
     accounts = sub.add_parser("accounts", help="list connected X accounts (never their tokens)")
     _json_flag(accounts)
     accounts.set_defaults(func=cmd_accounts)
+    account_actions = accounts.add_subparsers(dest="action", metavar="ACTION")
+    disconnect = account_actions.add_parser(
+        "disconnect",
+        help="revoke an account's X tokens, delete them and pause its mappings",
+        description=cmd_accounts_disconnect.__doc__,
+    )
+    disconnect.add_argument("id", type=int, metavar="ID", help="account id (see `xdm-bridge accounts`)")
+    _json_flag(disconnect, default=argparse.SUPPRESS)
+    disconnect.set_defaults(func=cmd_accounts_disconnect)
 
     outbox = sub.add_parser(
         "outbox",

@@ -150,7 +150,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         # A refused refresh tells the owner.
         connect = ConnectService(
-            store=store, oauth=oauth, x=x, slack=slack, clock=clock, on_connected=connected
+            store=store,
+            oauth=oauth,
+            x=x,
+            slack=slack,
+            clock=clock,
+            on_connected=connected,
+            on_disconnected=lambda account: tokens.forget(account.id),
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
@@ -170,6 +176,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
             on_mapped=delivery.wake,
+            connections=connect,
             permissions=Permissions(
                 slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
             ),
