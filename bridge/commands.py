@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from bridge.budget import Budget
 from bridge.connect import ConnectService
@@ -211,6 +212,7 @@ class CommandContext:
     response_url: str | None = None
     channel_name: str = ""
     user_name: str = ""
+    team_name: str = ""  # the workspace's domain, as the slash command names it
 
 
 @dataclass(frozen=True)
@@ -239,8 +241,10 @@ class CommandService:
         on_mapped: Callable[[], None] = lambda: None,
         permissions: Permissions | None = None,
         connections: ConnectService | None = None,
+        connect_page: str = "",
     ) -> None:
-        """``oauth_ready`` is None when connecting works, else the reason it does not."""
+        """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
+        then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
         self._store = store
         self._x = x
         self._oauth = oauth
@@ -252,6 +256,7 @@ class CommandService:
         self._on_mapped = on_mapped
         self._permissions = permissions or Permissions(slack)
         self._connections = connections
+        self._connect_page = connect_page
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -305,10 +310,16 @@ class CommandService:
                 channel_id=ctx.channel_id,
                 response_url=ctx.response_url,
                 expires_at=self._clock.now() + STATE_TTL,
+                slack_user_name=ctx.user_name,
+                team_name=ctx.team_name,
             )
         )
+        # The bridge's page first, never X's: it names who the X account will belong to and
+        # binds the flow to the browser that confirms, so a forwarded link cannot be finished
+        # by someone else.
+        link = f"{self._connect_page}?{urlencode({'state': request.state})}"
         return Reply(
-            f"<{request.url}|Connect your X account> (the link works once, for 10 minutes). "
+            f"<{link}|Connect your X account> (the link works once, for 10 minutes; do not share it). "
             "Mappings you make afterwards send as that account."
         )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.errors import OAuthStateError, XError
+from bridge.errors import OAuthBrowserError, OAuthStateError, XError
 from bridge.model import Account, Mapping, OAuthState
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 
@@ -14,6 +15,11 @@ log = logging.getLogger("bridge.connect")
 
 
 OPERATOR = "operator"  # ``by`` when the CLI disconnects an account
+
+
+def browser_hash(browser_key: str) -> str:
+    """What the store keeps of a browser's cookie: enough to recognise it, useless to steal."""
+    return hashlib.sha256(browser_key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,55 @@ class ConnectService:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
 
-    async def complete(self, state: str, code: str | None, error: str | None) -> Account | None:
-        """Finish one authorization. Raises ``OAuthStateError`` for a bad, used or expired state.
+    async def pending(self, state: str) -> OAuthState:
+        """The flow the connect page describes; raises ``OAuthStateError`` when it cannot go on."""
+        found = await self._store.get_oauth_state(state, self._clock.now()) if state else None
+        if found is None:
+            raise OAuthStateError(
+                "This link is not valid: it was already used or opened, has expired, "
+                "or was not issued by this bridge."
+            )
+        return found
 
-        Returns None when the user declined on X (they are told in Slack).
-        Other failures (X refusing the code) propagate as ``XError``/``XAuthRevoked``
-        after the user has been told.
+    async def confirm(self, state: str, browser_key: str) -> tuple[OAuthState, str]:
+        """The person confirmed on the connect page: bind the flow to their browser's ``browser_key``.
+
+        Returns the flow and X's authorize URL to send the browser to. Only that browser can
+        complete the callback afterwards (``complete``).
         """
-        pending = await self._store.consume_oauth_state(state, self._clock.now()) if state else None
+        found = (
+            await self._store.confirm_oauth_state(state, self._clock.now(), browser_hash(browser_key))
+            if state
+            else None
+        )
+        if found is None:
+            raise OAuthStateError(
+                "This link is not valid: it was already used or confirmed, has expired, "
+                "or was not issued by this bridge."
+            )
+        log.info("X connection confirmed in a browser", extra={"team": found.team_id})
+        return found, self._oauth.authorize_url(found.state, found.code_verifier)
+
+    async def complete(
+        self, state: str, code: str | None, error: str | None, browser_key: str | None
+    ) -> tuple[Account, OAuthState] | None:
+        """Finish one authorization in the browser that confirmed it (``browser_key``, its cookie).
+
+        Raises ``OAuthBrowserError`` without that cookie and ``OAuthStateError`` for a bad, used
+        or expired state: nothing is stored then. Returns None when the user declined on X (they
+        are told in Slack). Other failures (X refusing the code) propagate as
+        ``XError``/``XAuthRevoked`` after the user has been told.
+        """
+        if not browser_key:
+            raise OAuthBrowserError(
+                "This connection can only be finished in the browser where it was confirmed on the "
+                "bridge's page, and this browser did not confirm it. Nothing was connected."
+            )
+        pending = (
+            await self._store.consume_oauth_state(state, self._clock.now(), browser_hash(browser_key))
+            if state
+            else None
+        )
         if pending is None:
             raise OAuthStateError(
                 "This link is not valid: it was already used, has expired, or was not issued by this bridge."
@@ -103,7 +150,7 @@ class ConnectService:
                 f"this channel's bridge to X resumes, sending as @{user.username}. "
                 "Messages that waited are on their way.",
             )
-        return account
+        return account, pending
 
     async def disconnect(self, account: Account, by: str) -> Disconnected:
         """Delete the account's tokens, pause its mappings (announced in each channel), revoke at X.

@@ -6,6 +6,7 @@
     ├── ConfigError          a setting is missing or malformed (names the variable)
     ├── CommandError         a Slack user's mistake; carries the text they should see
     ├── OAuthStateError      a bad, reused or expired OAuth ``state``
+    │   └── OAuthBrowserError    the callback reached a browser that did not confirm the flow
     └── XError               something X said or did not say
         ├── XTransient       5xx, timeout, connection error: try again later
         ├── XRateLimited     429: wait until ``reset_at``
@@ -35,6 +36,10 @@ class CommandError(BridgeError):
 
 class OAuthStateError(BridgeError):
     """The OAuth callback carried a state we did not issue, already used, or expired."""
+
+
+class OAuthBrowserError(OAuthStateError):
+    """The flow was confirmed in another browser (or not at all): its cookie is missing here."""
 
 
 @dataclass

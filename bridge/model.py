@@ -86,6 +86,8 @@ class OAuthState:
     channel_id: str
     response_url: str | None
     expires_at: float
+    slack_user_name: str = ""  # what the bridge's connect page shows (from the slash command)
+    team_name: str = ""
 
 
 @dataclass(frozen=True)

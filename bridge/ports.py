@@ -63,7 +63,22 @@ class Store(Protocol):
 
     # OAuth states
     async def save_oauth_state(self, state: OAuthState) -> None: ...
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None: ...
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        """The flow, if it is unused, unexpired and not yet confirmed in a browser (read only)."""
+        ...
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Bind the flow to the browser that confirmed it on the connect page.
+
+        Sets ``browser_hash`` only where none is set yet (one browser per flow); None when the
+        state is unknown, used, expired or already confirmed.
+        """
+        ...
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Use the flow once: only if unused, unexpired and confirmed by the browser whose cookie
+        hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
+        ...
 
     # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
@@ -207,6 +222,10 @@ class XOAuth(Protocol):
     """OAuth 2.0 Authorization Code with PKCE against X."""
 
     def begin(self) -> AuthorizationRequest: ...
+    def authorize_url(self, state: str, code_verifier: str) -> str:
+        """X's authorize URL for a flow ``begin`` started (its S256 challenge from the verifier)."""
+        ...
+
     async def exchange(self, code: str, code_verifier: str) -> TokenSet: ...
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Raise ``XAuthRevoked`` when X refuses the refresh token for good."""

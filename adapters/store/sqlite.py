@@ -278,31 +278,59 @@ class SqliteStore:
                         "response_url": state.response_url,
                         "expires_at": state.expires_at,
                         "used": 0,
+                        "slack_user_name": state.slack_user_name,
+                        "team_name": state.team_name,
                     }
                 )
 
         await self._call(work)
 
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
+    def _oauth_state(self, row: dict[str, Any]) -> OAuthState:
+        return OAuthState(
+            state=row["state"],
+            code_verifier=self._cipher.decrypt(row["code_verifier"]),
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            channel_id=row["channel_id"] or "",
+            response_url=row["response_url"],
+            expires_at=row["expires_at"],
+            slack_user_name=row.get("slack_user_name") or "",
+            team_name=row.get("team_name") or "",
+        )
+
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            row = self._one(
+                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
+                "AND browser_hash IS NULL",
+                [state, now],
+            )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
+                    "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
+                    [browser_hash, state, now],
+                )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         def work() -> OAuthState | None:
             with self.db.atomic():
                 # One UPDATE decides: a state is used once, even by racing callbacks.
                 row = self._one(
                     "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                    "RETURNING *",
-                    [state, now],
+                    "AND browser_hash = ? RETURNING *",
+                    [state, now, browser_hash],
                 )
-            if row is None:
-                return None
-            return OAuthState(
-                state=row["state"],
-                code_verifier=self._cipher.decrypt(row["code_verifier"]),
-                team_id=row["team_id"],
-                slack_user_id=row["slack_user_id"],
-                channel_id=row["channel_id"] or "",
-                response_url=row["response_url"],
-                expires_at=row["expires_at"],
-            )
+            return self._oauth_state(row) if row else None
 
         return await self._call(work)
 

@@ -59,17 +59,22 @@ class XOAuthClient:
     def begin(self) -> AuthorizationRequest:
         state = generate_token(32)
         verifier = generate_token(VERIFIER_LENGTH)
-        url = prepare_grant_uri(
+        return AuthorizationRequest(
+            url=self.authorize_url(state, verifier), state=state, code_verifier=verifier
+        )
+
+    def authorize_url(self, state: str, code_verifier: str) -> str:
+        url: str = prepare_grant_uri(
             self._authorize_url,
             self._client_id,
             "code",
             redirect_uri=self._redirect_uri,
             scope=" ".join(SCOPES),
             state=state,
-            code_challenge=create_s256_code_challenge(verifier),  # type: ignore[no-untyped-call]
+            code_challenge=create_s256_code_challenge(code_verifier),  # type: ignore[no-untyped-call]
             code_challenge_method="S256",
         )
-        return AuthorizationRequest(url=url, state=state, code_verifier=verifier)
+        return url
 
     async def exchange(self, code: str, code_verifier: str) -> TokenSet:
         body = prepare_token_request(
