@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -26,6 +27,8 @@ NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
@@ -50,6 +53,8 @@ class SlackApi:
         self._session = session
         self._names: dict[tuple[str, str], tuple[float, str]] = {}
         self._bot_name: str | None = None
+        api = urlsplit(client.base_url)
+        self._api_origin = (api.scheme, api.netloc.lower())
 
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
         try:
@@ -150,21 +155,64 @@ class SlackApi:
         token = self._client.token
         if not token:
             raise FileUnavailable(f"{name}: the bridge has no Slack bot token to download it with")
+        # Redirects are followed here, not by aiohttp, so that every hop is checked before the
+        # bot token goes with it: the token must never reach a host that is not Slack's.
         try:
-            async with self._session.get(
-                url, headers={"Authorization": f"Bearer {token}"}, timeout=DOWNLOAD_TIMEOUT
-            ) as response:
-                self._check_download(name, file, response, max_bytes)
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                    body.extend(chunk)
-                    if len(body) > max_bytes:
-                        raise FileTooLarge(f"{name} is over {human_size(max_bytes)}, the limit for it")
+            for _ in range(MAX_REDIRECTS + 1):
+                self._require_slack_host(name, file, url)
+                async with self._session.get(
+                    url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=DOWNLOAD_TIMEOUT,
+                    allow_redirects=False,
+                ) as response:
+                    if response.status in REDIRECTS and response.headers.get("Location"):
+                        url = urljoin(url, response.headers["Location"])
+                        continue
+                    self._check_download(name, file, response, max_bytes)
+                    body = bytearray()
+                    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                        body.extend(chunk)
+                        if len(body) > max_bytes:
+                            raise FileTooLarge(f"{name} is over {human_size(max_bytes)}, the limit for it")
+                    return bytes(body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise FileUnavailable(
                 f"{name}: Slack did not deliver the file ({type(exc).__name__})", retryable=True
             ) from exc
-        return bytes(body)
+        raise FileUnavailable(f"{name}: Slack redirected the download more than {MAX_REDIRECTS} times")
+
+    def slack_file_host(self, url: str) -> bool:
+        """Whether ``url`` may be fetched with the bot token: https on Slack's own hosts
+        (slack.com and its subdomains, such as files.slack.com), or SLACK_API_URL's origin
+        (the sandbox and the tests point it at a simulator)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return False
+        host = (parts.hostname or "").lower()
+        if parts.username is not None or parts.password is not None:
+            return False
+        if (
+            parts.scheme == "https"
+            and port in (None, 443)
+            and (host == "slack.com" or host.endswith(".slack.com"))
+        ):
+            return True
+        return (parts.scheme, parts.netloc.lower()) == self._api_origin
+
+    def _require_slack_host(self, name: str, file: Mapping[str, Any], url: str) -> None:
+        if self.slack_file_host(url):
+            return
+        log.warning(
+            "file download refused: not one of Slack's file hosts",
+            extra={"file_id": str(file.get("id", ""))[:40], "host": (urlsplit(url).hostname or "")[:100]},
+        )
+        raise FileUnavailable(
+            f"{name} could not be fetched: its address is not on Slack's file servers, "
+            "so the bridge did not download it"
+        )
 
     async def _file_url(self, file: Mapping[str, Any]) -> str:
         url = file.get("url_private_download") or file.get("url_private")
