@@ -248,3 +248,12 @@ def database_path(env: Mapping[str, str] | None = None) -> str:
     """Just ``DATABASE_PATH``, for commands (``migrate``) that need nothing else."""
     source = os.environ if env is None else env
     return source.get("DATABASE_PATH", "").strip() or "bridge.db"
+
+
+def encryption_keys(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Just ``BRIDGE_ENCRYPTION_KEY`` (checked), for ``migrate`` and ``rotate-keys``."""
+    reader = _Reader(os.environ if env is None else env)
+    keys = reader.fernet_keys()
+    if reader.problems:
+        raise ConfigError("\n".join(reader.problems))
+    return keys

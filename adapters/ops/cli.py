@@ -21,11 +21,12 @@ from typing import Any
 from aiohttp import web
 
 from adapters.ops import admin
-from adapters.store.crypto import generate_key
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError
-from bridge.settings import Settings, database_path
+from bridge.settings import Settings, database_path, encryption_keys
 
 log = logging.getLogger("adapters.ops.cli")
 
@@ -41,9 +42,34 @@ def _settings() -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
+    """Why the configured keys cannot serve this database, or None. No secrets stored: no problem."""
+    if keys is None:
+        try:
+            keys = encryption_keys()
+        except ConfigError as exc:
+            if check_keys(db, None).total == 0:
+                return None  # nothing to open yet; serve will insist on a key
+            return str(exc).splitlines()[0]
+    return check_keys(db, TokenCipher(keys)).problem()
+
+
+def _stop_on_key_problem(path: str, keys: Sequence[str] | None) -> None:
+    db = open_database(path)
+    try:
+        problem = _key_problem(db, keys)
+    finally:
+        db.close()
+    if problem is not None:
+        print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
+    # Before anything listens: a key that cannot open the stored tokens must not look healthy.
+    _stop_on_key_problem(settings.database_path, settings.encryption_keys)
     setup_logging(settings.log_level, settings.log_format)
     from adapters.web.app import create_app
 
@@ -62,9 +88,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit (Procfile ``release:``)."""
     setup_logging("INFO", "text")
     path = database_path()
-    db = open_database(path)
-    db.close()
+    _stop_on_key_problem(path, None)  # also applies the migrations
     print(f"database {path} is up to date")
+    return EXIT_OK
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored secret under the newest BRIDGE_ENCRYPTION_KEY key."""
+    try:
+        keys = encryption_keys()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"xdm-bridge: configuration error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        count = _with_db(lambda db: rotate_keys(db, TokenCipher(keys)))
+    except ValueError as exc:
+        print(f"xdm-bridge: nothing changed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    older = " Older keys can now be removed from BRIDGE_ENCRYPTION_KEY." if len(keys) > 1 else ""
+    print(f"re-encrypted {count} stored secret(s) under the newest key.{older}")
     return EXIT_OK
 
 
@@ -256,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt stored secrets under the newest BRIDGE_ENCRYPTION_KEY key (then drop the old one)",
+    ).set_defaults(func=cmd_rotate_keys)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
     from adapters.sandbox import sandbox
