@@ -420,8 +420,21 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
     return response
 
 
+def operator_authorized(request: web.Request) -> bool:
+    """The request carries ``METRICS_TOKEN`` as a bearer token (compared in constant time)."""
+    token = request.app[SETTINGS].metrics_token
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the database answers and the delivery worker checks in; 503 otherwise."""
+    """200 while the database answers and the delivery worker checks in; 503 otherwise.
+
+    The public learns only up or down; the details (worker, accounts to reconnect by
+    name) need ``METRICS_TOKEN`` as a bearer token.
+    """
     services = request.app[SERVICES]
     now = time.time()
     try:
@@ -444,11 +457,23 @@ async def healthz(request: web.Request) -> web.Response:
         else {"count": len(reconnect), "usernames": reconnect},
         "uptime": round(now - services.started_at, 1),
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    if not operator_authorized(request):
+        body = {"status": body["status"]}
+    return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; gauges are computed now, from the store and the budgets."""
+    """Prometheus text format; gauges are computed now, from the store and the budgets.
+
+    With ``METRICS_TOKEN`` set, only requests bearing it are served (Prometheus:
+    ``authorization: {credentials: …}``).
+    """
+    if request.app[SETTINGS].metrics_token and not operator_authorized(request):
+        return web.json_response(
+            {"error": "METRICS_TOKEN required as a bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="xdm-bridge metrics"'},
+        )
     metrics = request.app[METRICS]
     try:
         await metrics.refresh()
