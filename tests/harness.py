@@ -23,6 +23,7 @@ from aiohttp import web
 from adapters.sandbox.fake_slack import FakeSlack, SlackResult, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
+from adapters.web import edge
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
 from bridge.settings import Settings
@@ -215,11 +216,9 @@ async def running_bridge(
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
         app = create_app(settings, delivery_config=delivery)
-        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-        await runner.setup()
+        runner = edge.runner(app, shutdown_timeout=2.0)  # the edge `xdm-bridge serve` listens behind
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
+        await edge.start(runner, "127.0.0.1", port)
         # unsafe: keep cookies for an IP address (the bridge is 127.0.0.1), as a browser does.
         session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=browser_cookies()))
         url = f"http://127.0.0.1:{port}"

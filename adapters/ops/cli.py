@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from adapters.ops import admin
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.keys import check_keys, rotate_keys
@@ -71,16 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Before anything listens: a key that cannot open the stored tokens must not look healthy.
     _stop_on_key_problem(settings.database_path, settings.encryption_keys)
     setup_logging(settings.log_level, settings.log_format)
+    from adapters.web import edge
     from adapters.web.app import create_app
 
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=settings.port,
-        shutdown_timeout=10.0,
-        access_log=None,
-        print=None,
-    )
+    edge.serve(create_app(settings), host=args.host, port=settings.port, shutdown_timeout=10.0)
     return EXIT_OK
 
 
