@@ -56,6 +56,12 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
 
     @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret's value, for the log filter to mask."""
+        values = (self.signing_secret, self.bot_token, self.x_client_secret, self.metrics_token)
+        return tuple(v for v in (*values, *self.encryption_keys) if v)
+
+    @property
     def redirect_uri(self) -> str | None:
         """Where X sends the browser back after consent, or None without ``PUBLIC_URL``."""
         return f"{self.public_url}/x/oauth/callback" if self.public_url else None

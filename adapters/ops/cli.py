@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     # Before anything listens: a key that cannot open the stored tokens must not look healthy.
     _stop_on_key_problem(settings.database_path, settings.encryption_keys)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, settings.secrets)
     from adapters.web import edge
     from adapters.web.app import create_app
 
