@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -230,15 +231,27 @@ class GuardedSite(web.BaseSite):
     """A TCP site whose every connection goes through a ``Guard``."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, guard: Guard, *, backlog: int | None = None
+        self,
+        runner: web.BaseRunner,
+        guard: Guard,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        sock: socket.socket | None = None,
+        backlog: int | None = None,
     ) -> None:
+        """Listen on ``host:port``, or on ``sock`` (bound already, so a port in use is found early)."""
         super().__init__(runner, backlog=backlog or accept_backlog())
         self._host = host
         self._port = port
+        self._sock = sock
         self.guard = guard
 
     @property
     def name(self) -> str:
+        if self._sock is not None:
+            host, port = self._sock.getsockname()[:2]
+            return f"http://{host}:{port}"
         return f"http://{self._host}:{self._port}"
 
     async def start(self) -> None:
@@ -250,9 +263,12 @@ class GuardedSite(web.BaseSite):
             return GuardedConnection(self.guard, server())
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            connection, self._host, self._port, backlog=self._backlog, reuse_address=True
-        )
+        if self._sock is not None:
+            self._server = await loop.create_server(connection, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                connection, self._host, self._port, backlog=self._backlog, reuse_address=True
+            )
 
 
 def runner(app: web.Application, *, shutdown_timeout: float, handle_signals: bool = False) -> web.AppRunner:
@@ -269,24 +285,29 @@ def runner(app: web.Application, *, shutdown_timeout: float, handle_signals: boo
     )
 
 
-async def start(app_runner: web.AppRunner, host: str, port: int) -> GuardedSite:
-    """Listen on ``host:port`` behind the app's guard (``runner`` must have made the runner)."""
+async def start(
+    app_runner: web.AppRunner,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+) -> GuardedSite:
+    """Listen on ``host:port`` (or ``sock``) behind the app's guard (``runner`` made the runner)."""
     await app_runner.setup()
-    site = GuardedSite(app_runner, host, port, app_runner.app[GUARD])
+    site = GuardedSite(app_runner, app_runner.app[GUARD], host=host, port=port, sock=sock)
     await site.start()
     return site
 
 
-def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float) -> None:
+def serve(app: web.Application, *, sock: socket.socket, shutdown_timeout: float) -> None:
     """``web.run_app`` for the guarded edge: serve until SIGTERM or SIGINT, then drain and stop."""
 
     async def main() -> None:
         app_runner = runner(app, shutdown_timeout=shutdown_timeout, handle_signals=True)
         try:
-            await start(app_runner, host, port)
-            log.info(
-                "listening", extra={"host": host, "port": port, "max_connections": app[GUARD].max_connections}
-            )
+            site = await start(app_runner, sock=sock)
+            cap = app[GUARD].max_connections
+            log.info("listening", extra={"address": site.name, "max_connections": cap})
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:
             await app_runner.cleanup()
