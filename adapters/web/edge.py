@@ -266,6 +266,7 @@ class GuardedSite(web.BaseSite):
         if self._sock is not None:
             self._server = await loop.create_server(connection, sock=self._sock, backlog=self._backlog)
         else:
+            assert self._port is not None, "a port, or a bound socket"
             self._server = await loop.create_server(
                 connection, self._host, self._port, backlog=self._backlog, reuse_address=True
             )
