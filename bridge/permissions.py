@@ -37,6 +37,8 @@ def policy_refusal(policy: Policy, user_id: str, member: SlackMember | None) -> 
     """Why ``user_id`` may not make a mapping under ``policy``, or None when they may."""
     if not policy.restricted or (member is not None and member.is_admin_or_owner):
         return None
+    if not policy.admin_only and user_id in policy.allowed_users:
+        return None  # listed: no need for Slack's word on their role
     if member is None:
         return "Slack did not say whether you are a workspace admin, which bridging here needs; try again."
     if policy.admin_only:
@@ -44,8 +46,6 @@ def policy_refusal(policy: Policy, user_id: str, member: SlackMember | None) -> 
             "Only workspace admins and owners may bridge channels on this bridge (XDM_ADMIN_ONLY is set). "
             "Ask one of them."
         )
-    if user_id in policy.allowed_users:
-        return None
     return (
         "You are not among the people allowed to bridge channels (XDM_ALLOWED_USERS lists them; "
         "workspace admins and owners always may). Ask one of them, or the bridge's operator."

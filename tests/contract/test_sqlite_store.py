@@ -252,3 +252,30 @@ async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(t
         assert await store.resume_mappings(account.id) == []
     finally:
         await store.close()
+
+
+async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(tmp_path: Path) -> None:
+    from bridge.model import OAuthState
+
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
+        await store.save_oauth_state(state)
+        shown = await store.get_oauth_state("s1", 10.0)
+        assert shown is not None and (shown.slack_user_name, shown.team_name) == ("ada", "fake")
+        assert await store.get_oauth_state("s1", 1000.0) is None  # expired
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # not confirmed yet
+
+        confirmed = await store.confirm_oauth_state("s1", 10.0, "hash-a")
+        assert confirmed is not None and confirmed.code_verifier == "verifier"
+        assert await store.confirm_oauth_state("s1", 10.0, "hash-b") is None  # one browser only
+        assert await store.get_oauth_state("s1", 10.0) is None  # the page no longer shows it
+
+        assert await store.consume_oauth_state("s1", 10.0, "hash-b") is None  # another browser
+        used = await store.consume_oauth_state("s1", 10.0, "hash-a")
+        assert used is not None and used.slack_user_id == "U1"
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # single use
+        assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
+    finally:
+        await store.close()

@@ -96,3 +96,26 @@ def test_policy_settings_are_read_and_checked() -> None:
         assert "XDM_ADMIN_ONLY='maybe'" in str(exc) and "XDM_ALLOWED_USERS holds '@bob'" in str(exc)
     else:
         raise AssertionError("bad policy settings were accepted")
+
+
+def test_policy_refusal_names_the_setting_and_lets_admins_through() -> None:
+    from bridge.model import SlackMember
+    from bridge.permissions import Policy, policy_refusal
+
+    member, admin, owner = (
+        SlackMember("U1"),
+        SlackMember("U2", is_admin=True),
+        SlackMember("U3", is_owner=True),
+    )
+    assert policy_refusal(Policy(), "U1", member) is None
+    assert policy_refusal(Policy(), "U1", None) is None  # no rules: Slack need not be asked
+    only_admins = Policy(admin_only=True)
+    assert "XDM_ADMIN_ONLY" in (policy_refusal(only_admins, "U1", member) or "")
+    assert (
+        policy_refusal(only_admins, "U2", admin) is None and policy_refusal(only_admins, "U3", owner) is None
+    )
+    assert "try again" in (policy_refusal(only_admins, "U1", None) or "")  # fail closed
+    listed = Policy(allowed_users=frozenset({"U1"}))
+    assert policy_refusal(listed, "U1", member) is None and policy_refusal(listed, "U2", admin) is None
+    assert "XDM_ALLOWED_USERS" in (policy_refusal(listed, "U9", SlackMember("U9")) or "")
+    assert policy_refusal(listed, "U1", None) is None  # listed people need no users.info
