@@ -962,14 +962,7 @@ class SqliteStore:
                     f"next_attempt_at = ? WHERE account_id = ? AND state IN {PENDING_STATES}",
                     [now, account_id],
                 )
-                # A row parked mid-send stays 'sending' (it is reconciled before any resend),
-                # but it must become due again too, or it would wait forever.
-                in_flight = self.db.execute(
-                    "UPDATE outbox SET next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'sending' AND next_attempt_at >= 1e15",
-                    [now, account_id],
-                )
-            return cursor.rowcount + in_flight.rowcount
+            return cursor.rowcount
 
         return await self._call(work)
 
