@@ -210,6 +210,25 @@ def m0003_pending_channels(db: Database) -> None:
     )
 
 
+@migrations(name="0004_outbox_deleted_and_one_target")
+def m0004_outbox_deleted_and_one_target(db: Database) -> None:
+    """Deletes that catch a send in flight, and rows that name exactly one target (issue 11).
+
+    ``deleted_at``: when Slack deleted the message while its row was ``sending`` (X may or may
+    not have it). Such a row may be read back (and its DM deleted on X if it landed) but never
+    sent again.
+
+    A sent 1-to-1 row used to get the conversation id written beside its participant, and the
+    edit and delete rows copied from it then named two targets, which no code can read: the
+    participant is kept (it is how the row was addressed) and the copy is dropped.
+    """
+    db.table("outbox").add_column("deleted_at", float)
+    db.execute(
+        "UPDATE outbox SET target_conversation = NULL "
+        "WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL"
+    )
+
+
 @migrations(name="0005_media_lifetime_and_attempts")
 def m0005_media_lifetime_and_attempts(db: Database) -> None:
     """X's media ids expire, and an upload must never crash the process twice (issue 11).
@@ -223,6 +242,26 @@ def m0005_media_lifetime_and_attempts(db: Database) -> None:
     outbox = db.table("outbox")
     outbox.add_column("media_uploaded_at", float)
     outbox.add_column("media_unfinished", int, not_null_default=0)
+
+
+@migrations(name="0007_disconnect_and_connect_page")
+def m0007_disconnect_and_connect_page(db: Database) -> None:
+    """Disconnecting an account, pausing its mappings, and a connect flow bound to one browser (issue 12).
+
+    ``accounts.disconnected_at``: the owner (or an operator) disconnected it; its tokens are
+    gone (``access_token`` is then empty, ``refresh_token`` NULL) and it needs reconnecting.
+    ``mappings.paused_at`` / ``paused_by``: the mapping's account was disconnected; messages
+    wait until the same person connects again. ``oauth_states.browser_hash``: SHA-256 of
+    the cookie set when the person confirmed on the bridge's page, so only that browser
+    can finish the flow; ``slack_user_name`` and ``team_name`` are what that page shows.
+    """
+    db.table("accounts").add_column("disconnected_at", float)
+    db.table("mappings").add_column("paused_at", float)
+    db.table("mappings").add_column("paused_by", str)
+    oauth_states = db.table("oauth_states")
+    oauth_states.add_column("browser_hash", str)
+    oauth_states.add_column("slack_user_name", str)
+    oauth_states.add_column("team_name", str)
 
 
 @migrations(name="0009_mapping_participant_username")
