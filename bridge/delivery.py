@@ -568,7 +568,8 @@ class Delivery:
         than the attempt (see bridge/reconcile), within the read budget.
 
         When the budget runs out first, the row waits for it (still ``sending``: never resent
-        while undecided) and the reading goes on from where it stopped.
+        while undecided) and the reading goes on from where it stopped. A reading X ends before
+        it got back to the attempt decides nothing: the row waits and reads again.
         """
         assert item.text is not None
         scan = self._scans.get(item.id)
@@ -605,6 +606,11 @@ class Delivery:
             )
             log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
             return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        if not scan.reached:
+            # X ended the reading before it got back to the attempt (paging in circles, say):
+            # not finding it proves nothing, so the row stays "sending" and is read again later.
+            log.warning("reconciling: X's paging ended early; reading again later", extra=_ids(item))
+            raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
         log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 

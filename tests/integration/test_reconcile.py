@@ -141,3 +141,40 @@ async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: 
         first, second = bridge.x.events
         assert first.text == "Ada: two files" and not second.text and len(second.media_ids) == 1
         assert dm_posts(bridge) == 2 and len(dm_reads(bridge)) == 1
+
+
+async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pages_right(
+    tmp_path: Path,
+) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        first_page: list[bytes] = []
+        circled: list[str] = []
+
+        def hook(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages"):
+                for i in range(150):  # our lost DM ends up on the second page
+                    bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
+            elif request.method == "GET" and request.path.endswith("/dm_events"):
+                assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+                if "pagination_token" not in request.query:
+                    first_page.append(response.body)
+                elif first_page:  # X hands the first page out again, with the same token
+                    response.body = first_page[0]
+                    circled.append(request.query["pagination_token"])
+
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.response_hook = hook
+        _, ts = await bridge.post("lost in the loop", blocks=[])
+        for _ in range(400):  # until X went round in circles three readings running, or a resend
+            if len(circled) >= 3 or dm_posts(bridge) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert len(circled) >= 3  # it read again each time, and each time decided nothing
+        bridge.x.response_hook = None  # X pages properly again
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        ours = [e for e in bridge.x.events if e.text == "Ada: lost in the loop"]
+        assert len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
