@@ -578,10 +578,17 @@ class Delivery:
             scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
         passed = 0
         while not scan.done:
-            page = await self._tokens.call(
-                account,
-                functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
-            )
+            try:
+                page = await self._tokens.call(
+                    account,
+                    functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
+                )
+            except XRefused as exc:
+                # X would not show the conversation (a page token gone stale while the reading
+                # waited, a 403): that says nothing about whether the attempt landed. The row
+                # stays "sending" and the reading starts over, later.
+                self._scans.pop(item.id, None)
+                raise XTransient(f"could not read the conversation back: {exc}", facts=exc.facts) from exc
             now = self._clock.now()
             passed += 1
             if scan.take(page, now):

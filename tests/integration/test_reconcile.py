@@ -7,6 +7,7 @@ stays ``sending`` and the worker must find the DM among the conversation's event
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -178,3 +179,38 @@ async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pag
         ours = [e for e in bridge.x.events if e.text == "Ada: lost in the loop"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
         assert state_of(bridge, ts) == ("sent", ours[0].id)
+
+
+async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        refused: list[str] = []
+
+        def hook(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages"):
+                for i in range(150):  # our lost DM ends up on the second page
+                    bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
+            elif request.method == "GET" and "pagination_token" in request.query and not refused:
+                # The token went stale while the reading waited (for the read budget, say).
+                assert isinstance(response, web.Response)
+                refused.append(request.query["pagination_token"])
+                response.set_status(400)
+                response.body = json.dumps(
+                    {
+                        "errors": [{"parameters": {"pagination_token": ["x"]}, "message": "Invalid token"}],
+                        "title": "Invalid Request",
+                        "detail": "One or more parameters to your request was invalid.",
+                        "type": "https://api.twitter.com/2/problems/invalid-request",
+                    }
+                ).encode()
+
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.response_hook = hook
+        _, ts = await bridge.post("token went stale", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+        ours = [e for e in bridge.x.events if e.text == "Ada: token went stale"]
+        assert refused and len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
