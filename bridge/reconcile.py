@@ -15,7 +15,7 @@ Two things make a plain comparison miss our own send, and so send it twice:
 - clocks: the attempt's time is ours, the events' times are X's. The attempt is moved onto
   X's clock with the offset between our clock and X's ``Date`` header (of the same read),
   so a bridge clock ahead of X's cannot push our send out of the window. The offset only
-  ever moves the cutoff earlier: a ``Date`` ahead of ours (a wrong clock at X's front end,
+  ever moves the cutoff earlier, by a day at most: a ``Date`` ahead of ours (a wrong clock at X's front end,
   or ours behind) costs a few more pages, never a send judged older than it was;
 - links: X stores every link in a DM as a ``t.co`` address. Each is put back from the
   expanded URL X returns in the event's entities, links are normalised on both sides, and
@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from bridge.model import DmEvent, EventPage
 
 MARGIN = 120.0  # seconds before the attempt (on X's clock) that still count as "this attempt"
+# The most our clock is believed to run ahead of X's: a Date header further behind is broken,
+# and would otherwise send the reading back through the whole conversation.
+MAX_SKEW = 24 * 3600.0
 MAX_PAGES_PER_PASS = 15  # X's read budget: 15 reads per 15 minutes per user (NOTES §4.2)
 # 10,000 events after one attempt is beyond any real conversation (X sends 15 per 15 minutes):
 # a reading that long is X paging in circles, and must end rather than hold the channel forever.
@@ -89,7 +92,7 @@ class Scan:
     @property
     def cutoff(self) -> float:
         """The attempt on X's clock, less the margin: events older than this are not it."""
-        return self.attempt_at - max(0.0, self.offset or 0.0) - MARGIN
+        return self.attempt_at - min(max(0.0, self.offset or 0.0), MAX_SKEW) - MARGIN
 
     def take(self, page: EventPage, now: float) -> bool:
         """Look through one page (read at ``now`` on our clock); True when the reading is done."""

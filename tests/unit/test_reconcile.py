@@ -118,3 +118,12 @@ def test_events_older_than_the_attempt_are_a_reading_that_reached_it() -> None:
     scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
     page = EventPage(events=(event("other", at=1_000.0),), next_token="more-pages-here!", server_time=None)
     assert scan.take(page, now=10_600.0) and scan.reached
+
+
+def test_a_date_header_years_behind_reads_back_a_day_not_the_whole_conversation() -> None:
+    # A Date years in the past would move the cutoff years back: every page of the
+    # conversation read, then undecided, again and again. A day of skew is the most it buys.
+    scan = Scan(attempt_at=1_000_000.0, sender_id="1000", text="Ada: hi")
+    two_days_back = event("other", at=1_000_000.0 - 2 * 86_400)
+    page = EventPage(events=(two_days_back,), next_token="more-pages-here!", server_time=1_000.0)
+    assert scan.take(page, now=1_000_050.0) and scan.reached
