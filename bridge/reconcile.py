@@ -15,8 +15,9 @@ Two things make a plain comparison miss our own send, and so send it twice:
 - clocks: the attempt's time is ours, the events' times are X's. The attempt is moved onto
   X's clock with the offset between our clock and X's ``Date`` header (of the same read),
   so a bridge clock ahead of X's cannot push our send out of the window. The offset only
-  ever moves the cutoff earlier, by a day at most: a ``Date`` ahead of ours (a wrong clock at X's front end,
-  or ours behind) costs a few more pages, never a send judged older than it was;
+  ever moves the cutoff earlier, by a day at most: a ``Date`` ahead of ours (a wrong clock
+  at X's front end, or ours behind) costs a few more pages, never a send judged older
+  than it was;
 - links: X stores every link in a DM as a ``t.co`` address. Each is put back from the
   expanded URL X returns in the event's entities, links are normalised on both sides, and
   a ``t.co`` address X did not expand matches any link of ours in its place.
