@@ -153,36 +153,19 @@ async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}/files-pri/T0001-F11/download/cut.mp4"
+    return server, f"http://127.0.0.1:{port}/"
 
 
 async def test_a_download_cut_short_of_its_content_length_is_retryable(env: Env) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: 300000\r\n\r\n"
-    server, url = await raw_server(head + b"v" * 100_000)  # promised 300 kB, gave 100 kB
-    file = {"id": "F11", "name": "cut.mp4", "url_private_download": url}
+    server, origin = await raw_server(head + b"v" * 100_000)  # promised 300 kB, gave 100 kB
+    file = {"id": "F11", "name": "cut.mp4", "url_private_download": origin + "files-pri/T0001-F11/cut.mp4"}
+    # Slack's "API" is that server too, so the bridge will fetch files from it.
+    slack = SlackApi(web_client(env.fake.bot_token, origin + "api/", env.session), env.session)
     async with server:
         with pytest.raises(FileUnavailable) as caught:
-            async with env.slack().open_file(TEAM, file, max_bytes=1024 * 1024) as source:
+            async with slack.open_file(TEAM, file, max_bytes=1024 * 1024) as source:
                 assert source.size == 300_000
                 while await source.read(64 * 1024):
                     pass
     assert caught.value.retryable and "cut.mp4" in str(caught.value)
-
-
-async def test_a_download_that_redirects_is_followed(env: Env, aiohttp_server: AiohttpServer) -> None:
-    async def moved(request: web.Request) -> web.StreamResponse:
-        raise web.HTTPFound("/cdn/clip.mp4")
-
-    async def cdn(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=b"m" * 70_000, content_type="video/mp4")
-
-    app = web.Application()
-    app.router.add_get("/files-pri/T0001-F12/download/clip.mp4", moved)
-    app.router.add_get("/cdn/clip.mp4", cdn)
-    server = await aiohttp_server(app)
-    file = {
-        "id": "F12",
-        "name": "clip.mp4",
-        "url_private_download": str(server.make_url("/files-pri/T0001-F12/download/clip.mp4")),
-    }
-    assert await env.slack().download_file(TEAM, file, max_bytes=1024 * 1024) == b"m" * 70_000
