@@ -20,7 +20,8 @@ Two things make a plain comparison miss our own send, and so send it twice:
   than it was;
 - links: X stores every link in a DM as a ``t.co`` address. Each is put back from the
   expanded URL X returns in the event's entities, links are normalised on both sides, and
-  a ``t.co`` address X did not expand matches any link of ours in its place.
+  a ``t.co`` address X did not expand matches any link of ours in its place. A DM with
+  media may also end in a link X added to the attachment itself: that one is left out.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ MAX_PAGES = 100
 
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
+_TRAILING_T_CO = re.compile(r"\s*https?://t\.co/[A-Za-z0-9]+\s*$")
+# Where X's older DM format pointed the t.co link it appended to a DM with media (INBOUND.md).
+_MEDIA_PAGE = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/", re.IGNORECASE)
 
 
 def comparable(text: str) -> str:
@@ -54,10 +58,11 @@ def comparable(text: str) -> str:
 
 
 def expanded(event: DmEvent) -> str:
-    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for."""
+    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for;
+    a link X added for the attachment itself (to ``…/messages/media/…``) is taken out."""
     text = event.text
     for short, full in event.links:
-        text = text.replace(short, full, 1)
+        text = text.replace(short, "" if _MEDIA_PAGE.match(full) else full, 1)
     return text
 
 
@@ -66,6 +71,11 @@ def same_text(ours: str, event: DmEvent) -> bool:
     theirs = expanded(event)
     if comparable(theirs) == comparable(ours):
         return True
+    if event.media_keys:
+        # A DM with media may end in a t.co link to it that X did not expand for us.
+        bare = _TRAILING_T_CO.sub("", theirs)
+        if bare != theirs and comparable(bare) == comparable(ours):
+            return True
     pieces = _T_CO.split(theirs.strip())
     if len(pieces) == 1:
         return False

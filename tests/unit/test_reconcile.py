@@ -127,3 +127,35 @@ def test_a_date_header_years_behind_reads_back_a_day_not_the_whole_conversation(
     two_days_back = event("other", at=1_000_000.0 - 2 * 86_400)
     page = EventPage(events=(two_days_back,), next_token="more-pages-here!", server_time=1_000.0)
     assert scan.take(page, now=1_000_050.0) and scan.reached
+
+
+def test_the_link_x_adds_for_an_attachment_is_not_held_against_our_text() -> None:
+    # X's older DM format (and perhaps v2) ends a DM with media with a t.co link to the
+    # attachment, which the text we sent never had.
+    media_page = {"https://t.co/m3d": "https://twitter.com/messages/media/1880000000000000005"}
+    with_entity = DmEvent(
+        id="12",
+        text="Ada: photo https://t.co/m3d",
+        sender_id="1000",
+        created_at=1001.0,
+        links=tuple(media_page.items()),
+        media_keys=("3_77",),
+    )
+    assert same_text("Ada: photo", with_entity)
+    file_only = DmEvent(
+        id="13",
+        text="https://t.co/m3d",
+        sender_id="1000",
+        created_at=1001.0,
+        links=tuple(media_page.items()),
+        media_keys=("3_77",),
+    )
+    assert same_text("", file_only)
+    no_entity = DmEvent(
+        id="14", text="Ada: photo https://t.co/m3d", sender_id="1000", created_at=1001.0, media_keys=("3_77",)
+    )
+    assert same_text("Ada: photo", no_entity)
+    assert not same_text("Ada: photos", no_entity)
+    # Without an attachment, a trailing link is the text's own and must match ours.
+    plain = DmEvent(id="15", text="Ada: photo https://t.co/m3d", sender_id="1000", created_at=1001.0)
+    assert not same_text("Ada: photo", plain)
