@@ -24,7 +24,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -419,11 +419,11 @@ class Delivery:
                 account, lambda t: self._x.send(t, item.target, text, media_id=media_id), token=token
             )
         except XTransient as exc:
-            # The POST may have reached X: keep the row "sending" so it is reconciled,
-            # unless X itself answered (a 5xx means it did not take the message).
+            # The POST may have reached X: keep the row "sending" so it is reconciled. A 5xx
+            # is no proof either way: X's front end answers 503/504 after its back end took
+            # the DM often enough to post it twice.
             await self._budget.observe(account.id, exc.facts)
-            state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
-            await self._retry_later(replace(item, state=state), exc)
+            await self._retry_later(item, exc)
             return LOOK_AGAIN
         except XRateLimited as exc:
             now = self._clock.now()

@@ -214,3 +214,32 @@ async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tm
         assert refused and len(ours) == 1 and dm_posts(bridge) == 1
         assert state_of(bridge, ts) == ("sent", ours[0].id)
         assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
+
+
+async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: Path) -> None:
+    # X's front end answering 503/504 after the back end took the DM is a well-known way to
+    # post twice: a 5xx does not prove X did not act.
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+
+        def fail_after_recording(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages") and response.status == 201:
+                bridge.x.response_hook = None
+                assert isinstance(response, web.Response)
+                response.set_status(504)
+                response.body = json.dumps(
+                    {
+                        "title": "Gateway Timeout",
+                        "detail": "Gateway Timeout",
+                        "type": "about:blank",
+                        "status": 504,
+                    }
+                ).encode()
+
+        bridge.x.response_hook = fail_after_recording
+        _, ts = await bridge.post("answered 504", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+        ours = [e for e in bridge.x.events if e.text == "Ada: answered 504"]
+        assert len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
