@@ -705,6 +705,12 @@ class Delivery:
         attempts = max(1, item.attempts)
         delay = backoff(attempts, self._config.retry_base, self._config.retry_cap)
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.QUEUED
+        if state is OutboxState.SENDING and item.sending_since is not None:
+            # Reading back makes no new claim, so ``attempts`` stays put while X keeps failing
+            # the read: let the wait grow with how long the row has been undecided instead.
+            undecided = max(0.0, self._clock.now() - item.sending_since)
+            step = min(self._config.retry_cap, undecided / 2)
+            delay = max(delay, random.uniform(step / 2, step))
         log.warning(
             "X send failed for now; retrying", extra=_ids(item, error=str(exc), retry_in=round(delay, 2))
         )
