@@ -17,9 +17,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
+from bridge.translate import render_parts
 
 SCOPES = ("dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write")
 KEYGEN_HINT = "run `xdm-bridge keygen` to make one"
+DEFAULT_RELAY_FORMAT = "{name}: {text}"
 
 ThreadPolicy = Literal["all", "broadcast", "none"]
 EditPolicy = Literal["correction", "ignore"]
@@ -150,15 +152,16 @@ class _Reader:
         return keys
 
     def relay_format(self) -> str:
-        fmt = self.get("RELAY_FORMAT") or "{name}: {text}"
+        fmt = self.get("RELAY_FORMAT") or DEFAULT_RELAY_FORMAT
+        # Render a sample with the worker's own code: what passes here renders every message.
         try:
-            fmt.format(name="n", text="t")
-        except (KeyError, IndexError, ValueError):
-            self.problems.append(f"RELAY_FORMAT={fmt!r} may use only {{name}} and {{text}}")
-            return "{name}: {text}"
-        if "{text}" not in fmt:
-            self.problems.append(f"RELAY_FORMAT={fmt!r} must contain {{text}}")
-            return "{name}: {text}"
+            render_parts("sample text", name="Sample Name", fmt=fmt)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            self.problems.append(
+                f"RELAY_FORMAT={fmt!r} does not render a message: use {{text}} exactly once and "
+                "{name} any number of times, with no other fields, conversions or format specs"
+            )
+            return DEFAULT_RELAY_FORMAT
         return fmt
 
     def build(self) -> Settings:

@@ -78,7 +78,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(
         "RELAY_FORMAT",
-        "how a relayed message reads on X; may use {name} and must use {text}",
+        "how a relayed message reads on X; may use {name}, must use {text} exactly once, nothing else",
         "{name}: {text}",
     ),
     EnvVar(
