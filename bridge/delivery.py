@@ -45,6 +45,8 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
+MENTION_LOOKUPS = 50  # users.info calls one message may cost for its mentions
+UNNAMED_USER = "someone"  # a mention beyond that bound, with no label of its own
 RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent events
 SENT = "white_check_mark"
 WARNING = "warning"
@@ -499,11 +501,11 @@ class Delivery:
         source = item.source
         text = str(source.get("text") or "")
         blocks = source.get("blocks") or None
-        names = {
-            uid: await self._slack.display_name(item.team_id, uid)
-            for uid in translate.mentioned_user_ids(text, blocks)
-        }
-        body = translate.to_plain(text, blocks, user_names=names)
+        # Each mentioned user once, and only so many: a message naming thousands of people must
+        # not become thousands of users.info calls (the rest read "@someone").
+        mentioned = sorted(translate.mentioned_user_ids(text, blocks))[:MENTION_LOOKUPS]
+        names = {uid: await self._slack.display_name(item.team_id, uid) for uid in mentioned}
+        body = translate.to_plain(text, blocks, user_names=names, unnamed_user=UNNAMED_USER)
         thread_ts = source.get("thread_ts")
         if thread_ts and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE:
             parent = await self._store.message_text(item.team_id, item.channel_id, str(thread_ts))

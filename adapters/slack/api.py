@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from cachetools import TTLCache
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -22,6 +22,7 @@ from bridge.media import FileTooLarge, FileUnavailable, file_name, human_size
 log = logging.getLogger("adapters.slack.api")
 
 NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier 4) quiet
+NAME_CACHE_SIZE = 10_000  # least recently used names go first, so memory stays bounded
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
@@ -44,10 +45,16 @@ def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None 
 class SlackApi:
     """Implements ``bridge.ports.SlackClient`` for one workspace's bot token."""
 
-    def __init__(self, client: AsyncWebClient, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        session: aiohttp.ClientSession,
+        *,
+        name_cache_size: int = NAME_CACHE_SIZE,
+    ) -> None:
         self._client = client
         self._session = session
-        self._names: dict[tuple[str, str], tuple[float, str]] = {}
+        self._names: TTLCache[tuple[str, str], str] = TTLCache(maxsize=name_cache_size, ttl=NAME_TTL)
 
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
         try:
@@ -70,17 +77,16 @@ class SlackApi:
         await self._client.chat_postMessage(channel=channel_id, text=text)
 
     async def display_name(self, team_id: str, user_id: str) -> str:
-        """The author's display name, else real name, else handle; cached for an hour."""
+        """The author's display name, else real name, else handle; cached (LRU) for an hour."""
         key = (team_id, user_id)
         cached = self._names.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            return cached
         try:
             response = await self._client.users_info(user=user_id)
         except SlackApiError as exc:
             log.warning("users.info failed", extra={"user": user_id, "error": exc.response.get("error")})
-            return cached[1] if cached else user_id
+            return user_id
         user = response.get("user") or {}
         profile = user.get("profile") or {}
         name = (
@@ -90,7 +96,7 @@ class SlackApi:
             or user.get("name")
             or user_id
         )
-        self._names[key] = (now + NAME_TTL, str(name))
+        self._names[key] = str(name)
         return str(name)
 
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None:
