@@ -148,6 +148,18 @@ class Store(Protocol):
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+        """Delete at most ``batch`` rows of each kind past retention; returns how many went.
+
+        Finished outbox rows and message maps created before ``keep_after``; Slack event ids
+        past Slack's retry horizon. Unfinished rows are never deleted.
+        """
+        ...
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
+        ...
+
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...

@@ -51,6 +51,7 @@ class Settings:
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
     relay_edits: EditPolicy = "correction"
+    retention_days: int = 30
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
 
@@ -197,6 +198,7 @@ class _Reader:
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
+            retention_days=self.integer("RETENTION_DAYS", 30, low=1, high=3650),
             log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
             log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
         )

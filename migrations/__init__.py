@@ -208,3 +208,13 @@ def m0003_pending_channels(db: Database) -> None:
         "INSERT OR IGNORE INTO pending_channels (team_id, channel_id) "
         f"SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}"
     )
+
+
+@migrations(name="0006_retention_indexes")
+def m0006_retention_indexes(db: Database) -> None:
+    """Retention (issue 11): finished rows and message maps are pruned by age in small batches.
+
+    Without these, each batch would scan the whole history to find the old rows.
+    """
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_created_at ON outbox (created_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS message_map_created_at ON message_map (created_at)")

@@ -92,6 +92,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "yet sent, else a correction DM follows) or ignore",
         "correction",
     ),
+    EnvVar(
+        "RETENTION_DAYS",
+        "days a relayed message is kept so that editing or deleting it in Slack reaches X "
+        "(X's own event window is 30); older finished rows are pruned hourly",
+        "30",
+    ),
     EnvVar("LOG_LEVEL", "debug, info, warning or error", "info"),
     EnvVar("LOG_FORMAT", "json, text, or auto (text on a terminal, JSON otherwise)", "auto"),
 )
