@@ -482,12 +482,26 @@ class Delivery:
             and e.text == item.text
             and (e.created_at is None or e.created_at >= since)
         ]
+        if target.new_group is not None:
+            # The group may have been created: among all the account's conversations, a group
+            # whose first event we can see is our opening message.
+            first: dict[str, str] = {}
+            for event in sorted(events, key=lambda e: int(e.id) if e.id.isdigit() else 0):
+                if event.conversation_id:
+                    first.setdefault(event.conversation_id, event.id)
+            candidates = [
+                e
+                for e in candidates
+                if e.conversation_id and "-" not in e.conversation_id and first.get(e.conversation_id) == e.id
+            ]
         if candidates:
             known = await self._store.known_event_ids([e.id for e in candidates])
             for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
                 if event.id not in known:
-                    conversation = target.conversation_id or one_to_one_id(
-                        account.x_user_id, str(target.participant_id)
+                    conversation = (
+                        target.conversation_id
+                        or (event.conversation_id if target.new_group is not None else None)
+                        or one_to_one_id(account.x_user_id, str(target.participant_id))
                     )
                     log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
                     return Sent(dm_conversation_id=conversation, dm_event_id=event.id)

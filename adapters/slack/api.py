@@ -73,8 +73,9 @@ class SlackApi:
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
         await self._client.chat_postEphemeral(channel=channel_id, user=user_id, text=text)
 
-    async def post_message(self, team_id: str, channel_id: str, text: str) -> None:
-        await self._client.chat_postMessage(channel=channel_id, text=text)
+    async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
+        response = await self._client.chat_postMessage(channel=channel_id, text=text)
+        return str(response.get("ts") or "")
 
     async def display_name(self, team_id: str, user_id: str) -> str:
         """The author's display name, else real name, else handle; cached (LRU) for an hour."""

@@ -286,6 +286,7 @@ class SqliteStore:
             participant_id=row["participant_id"],
             created_by=row["created_by"] or "",
             created_at=row["created_at"] or 0.0,
+            group_participants=tuple(json.loads(row["participant_ids"] or "[]")),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -303,8 +304,8 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_ids)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -315,6 +316,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
                     ],
                 )
             return mapping if cursor.rowcount == 1 else None
@@ -403,9 +405,10 @@ class SqliteStore:
             cursor = self.db.execute(
                 """
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
-                                    account_id, target_participant, target_conversation, text, source,
-                                    state, attempts, next_attempt_at, created_at, hourglass, kind)
-                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, 'message')
+                                    account_id, target_participant, target_conversation, target_group,
+                                    text, source, state, attempts, next_attempt_at, created_at,
+                                    hourglass, kind)
+                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, 'message')
                 ON CONFLICT DO NOTHING
                 """,
                 [
@@ -417,6 +420,7 @@ class SqliteStore:
                     mapping.account_id,
                     target.participant_id,
                     target.conversation_id,
+                    None if target.new_group is None else json.dumps(list(target.new_group)),
                     json.dumps(source, separators=(",", ":")),
                     now,
                 ],
@@ -477,9 +481,7 @@ class SqliteStore:
             slack_ts=row["slack_ts"],
             author_id=row["author_id"] or "",
             account_id=row["account_id"],
-            target=Target(
-                participant_id=row["target_participant"], conversation_id=row["target_conversation"]
-            ),
+            target=_target(row),
             text=row["text"],
             source=json.loads(row["source"] or "{}"),
             state=OutboxState(row["state"]),
@@ -546,11 +548,11 @@ class SqliteStore:
                 """
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
                                     author_id, account_id, target_participant,
-                                    target_conversation, text, media, source, state, attempts,
-                                    next_attempt_at, created_at, hourglass, kind)
+                                    target_conversation, target_group, text, media, source, state,
+                                    attempts, next_attempt_at, created_at, hourglass, kind)
                 SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
-                       target_participant, target_conversation, ?, ?, '{}', 'queued', 0, 0,
-                       created_at, 0, kind
+                       target_participant, target_conversation, target_group, ?, ?, '{}', 'queued',
+                       0, 0, created_at, 0, kind
                 FROM outbox WHERE id = ?
                 ON CONFLICT DO NOTHING
                 """,
@@ -623,9 +625,9 @@ class SqliteStore:
         cursor = self.db.execute(
             """
             INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
-                                account_id, target_participant, target_conversation, text, source,
-                                state, attempts, next_attempt_at, created_at, hourglass, kind)
-            VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, ?)
+                                account_id, target_participant, target_conversation, target_group, text,
+                                source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+            VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, ?)
             ON CONFLICT DO NOTHING
             """,
             [
@@ -637,6 +639,7 @@ class SqliteStore:
                 original["account_id"],
                 original["target_participant"],
                 original["target_conversation"],
+                original["target_group"],
                 json.dumps(source, separators=(",", ":")),
                 now,
                 kind.value,
@@ -721,7 +724,7 @@ class SqliteStore:
                 row = self._one(
                     "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
                     "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
-                    "RETURNING team_id, channel_id, slack_ts, part, target_participant",
+                    "RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group",
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
                 assert row is not None
@@ -751,10 +754,25 @@ class SqliteStore:
                             sent.dm_conversation_id,
                         ],
                     )
+                if row["target_group"]:
+                    self._group_created(row["team_id"], row["channel_id"], sent.dm_conversation_id)
                 following = self._channel_head(row["team_id"], row["channel_id"])
             return None if following is None else self._item(following)
 
         return await self._call(work)
+
+    def _group_created(self, team_id: str, channel_id: str, conversation_id: str) -> None:
+        """X created the channel's group: the mapping and every row still to send now name it."""
+        self.db.execute(
+            "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
+            "AND kind = 'group' AND conversation_id IS NULL",
+            [conversation_id, team_id, channel_id],
+        )
+        self.db.execute(
+            "UPDATE outbox SET target_conversation = ? WHERE team_id = ? AND channel_id = ? "
+            "AND target_conversation IS NULL AND target_participant IS NULL AND target_group IS NOT NULL",
+            [conversation_id, team_id, channel_id],
+        )
 
     async def reschedule(
         self,
@@ -885,6 +903,13 @@ class SqliteStore:
                 "remaining = excluded.remaining, reset_at = excluded.reset_at",
                 list(window),
             )
+
+
+def _target(row: dict[str, Any]) -> Target:
+    """A row's target; a group X has created (``target_conversation``) wins over creating it."""
+    if row["target_conversation"] is None and row["target_participant"] is None and row["target_group"]:
+        return Target(new_group=tuple(json.loads(row["target_group"])))
+    return Target(participant_id=row["target_participant"], conversation_id=row["target_conversation"])
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

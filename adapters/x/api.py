@@ -206,11 +206,10 @@ class XApiClient:
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
-        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file."""
-        if target.participant_id is not None:
-            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
-        else:
-            path = f"/2/dm_conversations/{target.conversation_id}/messages"
+        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file.
+
+        A ``new_group`` target creates the group (``POST /2/dm_conversations``) with this DM.
+        """
         body: dict[str, Any] = {}
         if text:
             body["text"] = text
@@ -218,6 +217,13 @@ class XApiClient:
             body["attachments"] = [{"media_id": media_id}]
         if not body:
             raise ValueError("a DM needs text or a media_id")
+        if target.new_group is not None:
+            path = "/2/dm_conversations"
+            body = {"conversation_type": "Group", "participant_ids": list(target.new_group), "message": body}
+        elif target.participant_id is not None:
+            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
+        else:
+            path = f"/2/dm_conversations/{target.conversation_id}/messages"
         status, headers, payload = await self._call("POST", path, token, body=body)
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
@@ -235,7 +241,9 @@ class XApiClient:
         return self._sent(payload), facts
 
     async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]:
-        if target.conversation_id is not None:
+        if target.new_group is not None:
+            path = "/2/dm_events"  # the group's id is not known yet: every conversation of the account
+        elif target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
             path = f"/2/dm_conversations/with/{target.participant_id}/dm_events"
@@ -257,6 +265,9 @@ class XApiClient:
                         text=str(raw.get("text", "")),
                         sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
                         created_at=_parse_time(raw.get("created_at")),
+                        conversation_id=str(raw["dm_conversation_id"])
+                        if raw.get("dm_conversation_id")
+                        else None,
                     )
                 )
         return events
