@@ -31,11 +31,15 @@ from typing import Any
 from bridge import translate
 from bridge.budget import Budget, BudgetRow
 from bridge.errors import (
+    BridgeError,
+    Failure,
+    Undeliverable,
     XAuthExpired,
     XAuthRevoked,
     XRateLimited,
     XRefused,
     XTransient,
+    failure_of,
 )
 from bridge.media import FileUnavailable, MediaPlan, plan_files, plan_media
 from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
@@ -118,6 +122,8 @@ class Delivery:
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
+        # Told why a row failed for good, as a type (metrics count it; sentences may change).
+        self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
 
     # -- control -----------------------------------------------------------
 
@@ -324,7 +330,12 @@ class Delivery:
         try:
             account = await self._tokens.account(item.account_id)
             if account is None:
-                await self._fail(item, "the X account this channel sends as was disconnected")
+                await self._fail(
+                    item,
+                    Undeliverable(
+                        "the X account this channel sends as was disconnected", Failure.ACCOUNT_DISCONNECTED
+                    ),
+                )
                 return LOOK_AGAIN
             if account.needs_reconnect:
                 await self._park(item, account)
@@ -355,12 +366,12 @@ class Delivery:
         except XTransient as exc:
             await self._retry_later(item, exc)
         except XRefused as exc:
-            await self._fail(item, str(exc))
+            await self._fail(item, exc)
         except FileUnavailable as exc:
             if exc.retryable:
                 await self._retry_later(item, exc)
             else:
-                await self._fail(item, str(exc))
+                await self._fail(item, exc)
         except (XAuthExpired, XAuthRevoked):
             account = await self._tokens.account(item.account_id)
             if account is not None:
@@ -452,7 +463,7 @@ class Delivery:
         assert item.media is not None
         plan = plan_media(item.media)
         if not isinstance(plan, MediaPlan):
-            raise XRefused(plan.reason)
+            raise XRefused(plan.reason, failure=Failure.FILE_UNUSABLE)
         data = await self._slack.download_file(item.team_id, item.media, max_bytes=plan.max_bytes)
         media_id = await self._x.upload_media(token, data, media_type=plan.media_type, category=plan.category)
         await self._store.set_media_id(item.id, media_id)
@@ -535,8 +546,11 @@ class Delivery:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
             await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
         if not parts:
-            reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
-            await self._fail(item, reason)
+            if skipped:
+                error = Undeliverable("; ".join(s.reason for s in skipped), Failure.FILE_UNUSABLE)
+            else:
+                error = Undeliverable("the message has no text or file to send", Failure.EMPTY_MESSAGE)
+            await self._fail(item, error)
             return None
         return parts
 
@@ -572,7 +586,9 @@ class Delivery:
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
         )
 
-    async def _fail(self, item: OutboxItem, reason: str) -> None:
+    async def _fail(self, item: OutboxItem, error: BridgeError) -> None:
+        """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
+        reason = str(error)
         await self._store.mark_failed(item.id, reason)
         log.warning("X refused the message", extra=_ids(item, reason=reason))
         if item.hourglass:
@@ -582,6 +598,8 @@ class Delivery:
             await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
         if self.on_event is not None:
             await self.on_event("failed", item)
+        if self.on_failed is not None:
+            await self.on_failed(item, failure_of(error))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Failure
 
 MB = 1024 * 1024
 
@@ -63,6 +63,8 @@ class FileUnavailable(BridgeError):
     ``retryable`` is True for failures worth trying again later (no answer, a 5xx),
     False when trying again cannot help until someone changes something.
     """
+
+    failure = Failure.FILE_UNUSABLE
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)

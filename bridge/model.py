@@ -124,6 +124,7 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
     group_participants: tuple[str, ...] = ()  # a /xdm new-group's others, kept until X creates it
 
     @property

@@ -210,6 +210,16 @@ def m0003_pending_channels(db: Database) -> None:
     )
 
 
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)
+
+
 @migrations(name="0006_retention_and_group_creation")
 def m0006_retention_and_group_creation(db: Database) -> None:
     """Issue 11: retention indexes, and groups created through the outbox.

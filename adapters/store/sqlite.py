@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from adapters.store.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
@@ -48,7 +50,31 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is
 
 
 def open_database(path: str) -> Database:
-    """Open (creating if needed), set the pragmas every connection needs, apply migrations."""
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations.
+
+    Raises ``StoreUnavailable`` naming what is wrong with ``path`` when it cannot.
+    """
+    try:
+        return _open_database(path)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"DATABASE_PATH={path!r}: {_why_unusable(path, exc)}") from exc
+
+
+def _why_unusable(path: str, exc: sqlite3.Error) -> str:
+    """The operator's view of a failed open: which folder or file is the problem."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a folder; it must name a file inside one"
+    if not os.path.exists(folder):
+        return f"the folder {folder} does not exist (create it, or point at a persistent disk)"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"cannot write in {folder} (check its permissions, or that the disk is not read-only)"
+    return f"cannot open or update the database: {exc}"
+
+
+def _open_database(path: str) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 5000")
@@ -286,7 +312,8 @@ class SqliteStore:
             participant_id=row["participant_id"],
             created_by=row["created_by"] or "",
             created_at=row["created_at"] or 0.0,
-            group_participants=tuple(json.loads(row["participant_ids"] or "[]")),
+            participant_username=row.get("participant_username"),
+            group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -304,8 +331,9 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at, participant_ids)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_username,
+                                          participant_ids)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -316,6 +344,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        mapping.participant_username,
                         json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
                     ],
                 )

@@ -160,7 +160,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
         )
         relay.on_accepted = metrics.message_accepted
-        delivery.on_event = metrics.delivery_hook(store.get_item)
+        delivery.on_event = metrics.delivery_hook()
+        delivery.on_failed = metrics.failure_hook()
         metrics.bind(store, budget, clock)
         commands = CommandService(
             store=store,

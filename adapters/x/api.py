@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
+from bridge.errors import Failure, RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
 from bridge.model import DmEvent, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x.api")
@@ -35,6 +35,15 @@ REFUSAL_CODES = {
     354: "the message is longer than X allows",
     93: "the X app is not allowed to send Direct Messages",
     476: "the recipient only accepts DMs from verified accounts",
+}
+REFUSAL_FAILURES = {
+    349: Failure.RECIPIENT_REFUSES_DMS,
+    150: Failure.RECIPIENT_REFUSES_DMS,
+    476: Failure.RECIPIENT_REFUSES_DMS,
+    226: Failure.SPAM_FILTER,
+    151: Failure.DUPLICATE,
+    354: Failure.TOO_LONG,
+    93: Failure.APP_NOT_PERMITTED,
 }
 
 
@@ -76,6 +85,16 @@ def latest_reset(facts: RateFacts, now: float) -> float:
         resets.append(facts.window_reset)
     later = [r for r in resets if r > now]
     return max(later) if later else now + 60.0
+
+
+def error_code(payload: Any) -> int | None:
+    """The legacy ``errors[0].code`` of an error answer, if it has one."""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        code = errors[0].get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    return None
 
 
 def describe_error(status: int, payload: Any) -> str:
@@ -176,7 +195,8 @@ class XApiClient:
             raise XRateLimited(f"X rate limit: {reason}", reset_at=reset_at, facts=facts)
         if status >= 500 or status == 408:
             raise XTransient(f"X failed with HTTP {status}: {reason}", status=status, facts=facts)
-        raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts)
+        failure = REFUSAL_FAILURES.get(error_code(payload) or 0)
+        raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts, failure=failure)
 
     @staticmethod
     def _sent(payload: Any) -> Sent:
@@ -329,7 +349,8 @@ class XApiClient:
         while info is not None and info.get("state") != "succeeded":
             if info.get("state") == "failed":
                 kind = MEDIA_WORDS.get(category, "media")
-                raise XRefused(f"X could not process the {kind}: {_processing_error(info)}")
+                reason = _processing_error(info)
+                raise XRefused(f"X could not process the {kind}: {reason}", failure=Failure.FILE_UNUSABLE)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise XTransient(
@@ -370,7 +391,7 @@ def _media_id(payload: Any) -> str:
     if isinstance(data, dict) and isinstance(data.get("id"), str | int):
         return str(data["id"])
     if isinstance(payload, dict) and payload.get("errors"):
-        raise XRefused(f"X refused the media: {describe_error(200, payload)}")
+        raise XRefused(f"X refused the media: {describe_error(200, payload)}", failure=Failure.FILE_UNUSABLE)
     raise XTransient("X's media answer had no media id")
 
 
