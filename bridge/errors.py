@@ -12,6 +12,7 @@
         ├── XTransient       5xx, timeout, connection error: try again later
         ├── XRateLimited     429: wait until ``reset_at``
         ├── XRefused         a permanent 4xx: do not retry, tell the author
+        │   └── XMediaUnavailable  the attached media id is unknown or expired: upload again
         └── XAuthExpired     401 or a refresh that failed for good: reconnect
 
 Adapters translate library exceptions into these at the boundary; the core never
@@ -140,6 +141,10 @@ class XRefused(XError):
     ) -> None:
         super().__init__(message, status=status, facts=facts)
         self.failure = failure or _BY_STATUS.get(status or 0, Failure.OTHER)
+
+
+class XMediaUnavailable(XRefused):
+    """X refused a DM because of its attachment: the media id is unknown to X, or expired."""
 
 
 class XAuthExpired(XError):

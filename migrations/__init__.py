@@ -210,14 +210,19 @@ def m0003_pending_channels(db: Database) -> None:
     )
 
 
-@migrations(name="0009_mapping_participant_username")
-def m0009_mapping_participant_username(db: Database) -> None:
-    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+@migrations(name="0005_media_lifetime_and_attempts")
+def m0005_media_lifetime_and_attempts(db: Database) -> None:
+    """X's media ids expire, and an upload must never crash the process twice (issue 11).
 
-    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
-    mappings made before, or from a numeric id: they are shown by id, as before.
+    ``media_uploaded_at`` is when ``media_id`` was obtained, so an id older than X's 24 h
+    lifetime is uploaded again instead of being refused. ``media_unfinished`` counts uploads
+    begun and never finished (set before the download starts, cleared when the upload ends
+    either way): one that keeps climbing means the upload takes the process down, and the
+    file is then given up while the message's text still goes.
     """
-    db.table("mappings").add_column("participant_username", str)
+    outbox = db.table("outbox")
+    outbox.add_column("media_uploaded_at", float)
+    outbox.add_column("media_unfinished", int, not_null_default=0)
 
 
 @migrations(name="0006_retention_and_group_creation")
@@ -233,3 +238,13 @@ def m0006_retention_and_group_creation(db: Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS message_map_created_at ON message_map (created_at)")
     db.table("mappings").add_column("participant_ids", str)
     db.table("outbox").add_column("target_group", str)
+
+
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)

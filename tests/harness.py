@@ -25,6 +25,7 @@ from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
+from bridge.ports import Clock
 from bridge.settings import Settings
 
 SIGNING_SECRET = "test-signing-secret"
@@ -174,6 +175,7 @@ async def running_bridge(
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
     before_start: Callable[[FakeSlack], None] | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Bridge]:
     """Start fake X, fake Slack and the bridge; stop them all afterwards.
 
@@ -194,7 +196,7 @@ async def running_bridge(
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
-        app = create_app(settings, delivery_config=delivery)
+        app = create_app(settings, delivery_config=delivery, clock=clock)
         runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -526,6 +526,8 @@ class SqliteStore:
             ref_ts=row["ref_ts"] or row["slack_ts"],
             media=json.loads(row["media"]) if row["media"] else None,
             media_id=row["media_id"],
+            media_uploaded_at=row.get("media_uploaded_at"),
+            media_unfinished=row.get("media_unfinished") or 0,
         )
 
     async def outbox_heads(self) -> list[OutboxItem]:
@@ -588,8 +590,30 @@ class SqliteStore:
                 [index, len(parts), part.text, _json_or_none(part.media), item_id],
             )
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None:
-        await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media_id = ?, media_uploaded_at = ?, media_unfinished = 0 WHERE id = ?",
+            [media_id, uploaded_at, item_id],
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._call(
+            self._update, "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = ?", [item_id]
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET media_unfinished = 0 WHERE id = ?", [item_id])
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = ?",
+            [item_id],
+        )
 
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float

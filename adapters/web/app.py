@@ -38,6 +38,7 @@ from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
 from bridge.model import Account
+from bridge.ports import Clock
 from bridge.relay import Relay
 from bridge.retention import prune_forever
 from bridge.settings import Settings
@@ -101,12 +102,19 @@ SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
-def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = None) -> web.Application:
-    """The bridge's web application; resources start with the app and stop with it."""
+def create_app(
+    settings: Settings, *, delivery_config: DeliveryConfig | None = None, clock: Clock | None = None
+) -> web.Application:
+    """The bridge's web application; resources start with the app and stop with it.
+
+    ``clock`` is for tests that need time to pass (X's 24-hour media lifetime, say).
+    """
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[CLOCK] = clock or SystemClock()
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
@@ -119,7 +127,7 @@ def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = N
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    clock = SystemClock()
+    clock = app[CLOCK]
     store = SqliteStore(settings.database_path, TokenCipher(settings.encryption_keys))
     await store.open()
     metrics = app[METRICS]
