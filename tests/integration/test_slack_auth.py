@@ -23,8 +23,12 @@ def accepted_rows(bridge: Bridge) -> int:
     return int(n)
 
 
+OPERATOR = "operator-token-for-the-health-details"
+
+
 async def health(bridge: Bridge) -> dict[str, object]:
-    async with bridge.session.get(f"{bridge.url}/healthz") as response:
+    headers = {"Authorization": f"Bearer {OPERATOR}"}  # the details are for the operator
+    async with bridge.session.get(f"{bridge.url}/healthz", headers=headers) as response:
         body: dict[str, object] = await response.json()
         return body
 
@@ -33,7 +37,7 @@ async def test_events_get_5xx_while_auth_test_fails_and_the_retry_is_relayed_onc
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with running_bridge(tmp_path, before_start=slack_down) as bridge:
+    async with running_bridge(tmp_path, before_start=slack_down, env={"METRICS_TOKEN": OPERATOR}) as bridge:
         await wait_until(lambda: bool(bridge.slack.calls_to("auth.test")), 10.0, "a start-up auth.test")
         assert (await health(bridge))["slack"] == "unauthorized"
         # Slack is unreachable (for the bridge): the event must not be acknowledged.
