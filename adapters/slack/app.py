@@ -83,11 +83,17 @@ class SlackAuthorization:
     def ready(self) -> bool:
         return self.result is not None
 
-    async def attempt(self) -> bool:
-        """One ``auth.test``; True once authorized. Failures are logged, one line each."""
+    async def attempt(self, *, unless_tried_since: float | None = None) -> bool:
+        """One ``auth.test``; True once authorized. Failures are logged, one line each.
+
+        With ``unless_tried_since``, an attempt made since then (one this call waited for)
+        stands: its failure is not followed at once by another call.
+        """
         async with self._lock:
             if self.result is not None:
                 return True
+            if unless_tried_since is not None and self._last_attempt >= unless_tried_since:
+                return False
             self._last_attempt = time.monotonic()
             try:
                 response = await self._client.auth_test()
@@ -122,10 +128,12 @@ class SlackAuthorization:
         """Authorized, or try now (briefly, and not more often than ``AUTH_ON_REQUEST_EVERY``)."""
         if self.result is not None:
             return True
-        if self._lock.locked() or time.monotonic() - self._last_attempt < AUTH_ON_REQUEST_EVERY:
+        recent = time.monotonic() - AUTH_ON_REQUEST_EVERY
+        if not self._lock.locked() and self._last_attempt >= recent:
             return False
+        # An attempt in flight (the start-up one, say) is waited for, not repeated.
         try:
-            return await asyncio.wait_for(self.attempt(), AUTH_ON_REQUEST_TIMEOUT)
+            return await asyncio.wait_for(self.attempt(unless_tried_since=recent), AUTH_ON_REQUEST_TIMEOUT)
         except TimeoutError:
             return False
 
