@@ -170,7 +170,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
         )
-        await budget.load()
+        await budget.load(clock.now())
 
         def connected(account: Account) -> None:
             # New tokens for the worker, and parked rows may go now.
