@@ -31,7 +31,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,6 +75,8 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
+MENTION_LOOKUPS = 50  # users.info calls one message may cost for its mentions
+UNNAMED_USER = "someone"  # a mention beyond that bound, with no label of its own
 READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
 CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
@@ -464,11 +466,11 @@ class Delivery:
                 account, lambda t: self._x.send(t, item.target, text, media_id=media_id), token=token
             )
         except XTransient as exc:
-            # The POST may have reached X: keep the row "sending" so it is reconciled,
-            # unless X itself answered (a 5xx means it did not take the message).
+            # The POST may have reached X: keep the row "sending" so it is reconciled. A 5xx
+            # is no proof either way: X's front end answers 503/504 after its back end took
+            # the DM often enough to post it twice.
             await self._budget.observe(account.id, exc.facts)
-            state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
-            await self._retry_later(replace(item, state=state), exc)
+            await self._retry_later(item, exc)
             return LOOK_AGAIN
         except XRateLimited as exc:
             now = self._clock.now()
@@ -614,7 +616,8 @@ class Delivery:
         than the attempt (see bridge/reconcile), within the read budget.
 
         When the budget runs out first, the row waits for it (still ``sending``: never resent
-        while undecided) and the reading goes on from where it stopped.
+        while undecided) and the reading goes on from where it stopped. A reading X ends before
+        it got back to the attempt decides nothing: the row waits and reads again.
         """
         assert item.text is not None
         scan = self._scans.get(item.id)
@@ -629,7 +632,9 @@ class Delivery:
                     functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
                 )
             except XRefused as exc:
-                # A refusal says nothing about whether X has the message: read again later.
+                # A refusal says nothing about whether X has the message: read again later, from
+                # the newest page (a page token may have gone stale while the reading waited).
+                self._scans.pop(item.id, None)
                 raise XTransient(
                     f"X did not let the bridge check whether it has the message ({exc})",
                     status=exc.status,
@@ -650,15 +655,28 @@ class Delivery:
                 )
                 raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
         self._scans.pop(item.id, None)
+        target = item.target
+        if target.new_group is not None:
+            # Creating a group: the account's events in every conversation were read, and only
+            # a group (not a 1-to-1 "a-b") no row has claimed can be the one this attempt made.
+            scan.candidates = [
+                c for c in scan.candidates if c.conversation_id and "-" not in c.conversation_id
+            ]
         known = await self._store.known_event_ids([e.id for e in scan.candidates])
         event = scan.oldest(known)
         if event is not None:
-            target = item.target
-            conversation = target.conversation_id or one_to_one_id(
-                account.x_user_id, str(target.participant_id)
+            conversation = (
+                target.conversation_id
+                or (event.conversation_id if target.new_group is not None else None)
+                or one_to_one_id(account.x_user_id, str(target.participant_id))
             )
             log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
             return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        if not scan.reached:
+            # X ended the reading before it got back to the attempt (paging in circles, say):
+            # not finding it proves nothing, so the row stays "sending" and is read again later.
+            log.warning("reconciling: X's paging ended early; reading again later", extra=_ids(item))
+            raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
         log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 
@@ -670,7 +688,9 @@ class Delivery:
         """
         try:
             text, blocks, thread_ts, stubs = _source_fields(item.source)
-            mentioned = translate.mentioned_user_ids(text, blocks)
+            # Each mentioned user once, and only so many: a message naming thousands of people
+            # must not become thousands of users.info calls (the rest read "@someone").
+            mentioned = sorted(translate.mentioned_user_ids(text, blocks))[:MENTION_LOOKUPS]
         except Exception as exc:
             await self._unrenderable(item, exc)
             return None
@@ -684,7 +704,7 @@ class Delivery:
             name = f"{name} (edited)"
         files, unresolved = await self._resolve_files(item, stubs)
         try:
-            body = translate.to_plain(text, blocks, user_names=names)
+            body = translate.to_plain(text, blocks, user_names=names, unnamed_user=UNNAMED_USER)
             if quoting:
                 quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
                 body = f"{quote}\n{body}" if body.strip() else quote
@@ -835,6 +855,10 @@ class Delivery:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
             log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
+
+
+def _is_group(conversation_id: str | None) -> bool:
+    return bool(conversation_id) and "-" not in str(conversation_id)
 
 
 def _hhmm(epoch: float) -> str:

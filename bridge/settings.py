@@ -18,9 +18,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
+from bridge.translate import render_parts
 
 SCOPES = ("dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write")
 KEYGEN_HINT = "run `xdm-bridge keygen` to make one"
+DEFAULT_RELAY_FORMAT = "{name}: {text}"
 
 ThreadPolicy = Literal["all", "broadcast", "none"]
 EditPolicy = Literal["correction", "ignore"]
@@ -53,6 +55,7 @@ class Settings:
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
     relay_edits: EditPolicy = "correction"
+    retention_days: int = 30
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
     admin_only: bool = False
@@ -129,7 +132,17 @@ class _Reader:
                 "(plain http only for localhost or 127.0.0.1)"
             )
             return None
-        return url.rstrip("/")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            # Paths are appended to it ({PUBLIC_URL}/x/oauth/callback): anything after them breaks.
+            self.problems.append(
+                f"PUBLIC_URL={url!r} must be the bridge's origin, like https://bridge.example.org, "
+                "with no user name, query (?) or fragment (#)"
+            )
+            return None
+        # X compares the callback URL letter for letter with the one registered: scheme and
+        # host in the one spelling they have (lower case), whatever case was typed here.
+        origin = parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower())
+        return origin.geturl().rstrip("/")
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         raw = self.get(name)
@@ -164,7 +177,12 @@ class _Reader:
         if raw is None:
             return default
         parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts.port  # noqa: B018 (raises on a port out of range or not a number)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} has a port that is not a number from 1 to 65535")
+            return default
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problems.append(f"{name}={raw!r} is not an http(s) URL")
             return default
         return raw
@@ -218,15 +236,16 @@ class _Reader:
         return keys
 
     def relay_format(self) -> str:
-        fmt = self.get("RELAY_FORMAT") or "{name}: {text}"
+        fmt = self.get("RELAY_FORMAT") or DEFAULT_RELAY_FORMAT
+        # Render a sample with the worker's own code: what passes here renders every message.
         try:
-            fmt.format(name="n", text="t")
-        except (KeyError, IndexError, ValueError):
-            self.problems.append(f"RELAY_FORMAT={fmt!r} may use only {{name}} and {{text}}")
-            return "{name}: {text}"
-        if "{text}" not in fmt:
-            self.problems.append(f"RELAY_FORMAT={fmt!r} must contain {{text}}")
-            return "{name}: {text}"
+            render_parts("sample text", name="Sample Name", fmt=fmt)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            self.problems.append(
+                f"RELAY_FORMAT={fmt!r} does not render a message: use {{text}} exactly once and "
+                "{name} any number of times, with no other fields, conversions or format specs"
+            )
+            return DEFAULT_RELAY_FORMAT
         return fmt
 
     def build(self) -> Settings:
@@ -263,6 +282,7 @@ class _Reader:
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
+            retention_days=self.integer("RETENTION_DAYS", 30, low=1, high=3650),
             log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
             log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
             admin_only=self.flag("XDM_ADMIN_ONLY"),
@@ -275,8 +295,9 @@ class _Reader:
 
 
 # What the README, .env.example and app.json show where a real value belongs: an ellipsis,
-# YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix.
-_PLACEHOLDER = re.compile(r"…|\.\.\.|\byour[-_][a-z0-9-]+", re.IGNORECASE)
+# YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix. Only those words:
+# real hosts and paths say "your-" too (bridge.your-company.com, /data/your_team).
+_PLACEHOLDER = re.compile(r"…|\.\.\.|\byour-(?:host|app|bridge(?:-[0-9]+)?)\b", re.IGNORECASE)
 _BARE_PREFIXES = {"SLACK_BOT_TOKEN": "xoxb-"}
 _FREE_TEXT = {"RELAY_FORMAT"}  # a person's wording, where "..." may well be meant
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,10 @@ log = logging.getLogger("adapters.x.api")
 
 MB = 1024 * 1024
 MAX_SEGMENTS = 1000  # append's segment_index is 0..999 (spec AppendMediaUploadRequest)
+# The least pause before each STATUS poll, doubling from one poll to the next up to the cap:
+# X's "check again after 0 s" is taken at its word once, not 3,000 times in three seconds.
+POLL_FLOOR = 0.05
+POLL_FLOOR_CAP = 5.0
 
 # Legacy numeric codes X still uses for DM refusals (NOTES §3.3), in words a Slack user can act on.
 REFUSAL_CODES = {
@@ -263,11 +268,10 @@ class XApiClient:
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
-        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file."""
-        if target.participant_id is not None:
-            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
-        else:
-            path = f"/2/dm_conversations/{target.conversation_id}/messages"
+        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file.
+
+        A ``new_group`` target creates the group (``POST /2/dm_conversations``) with this DM.
+        """
         body: dict[str, Any] = {}
         if text:
             body["text"] = text
@@ -275,6 +279,13 @@ class XApiClient:
             body["attachments"] = [{"media_id": media_id}]
         if not body:
             raise ValueError("a DM needs text or a media_id")
+        if target.new_group is not None:
+            path = "/2/dm_conversations"
+            body = {"conversation_type": "Group", "participant_ids": list(target.new_group), "message": body}
+        elif target.participant_id is not None:
+            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
+        else:
+            path = f"/2/dm_conversations/{target.conversation_id}/messages"
         status, headers, payload = await self._call("POST", path, token, body=body)
         if media_id is not None and status == 400 and _about_media(payload):
             reason = describe_error(status, payload)
@@ -307,7 +318,9 @@ class XApiClient:
         Links come back as X stores them (``t.co``) with the expanded URLs from the events'
         entities; ``server_time`` is X's ``Date`` header, so callers can judge times by X's clock.
         """
-        if target.conversation_id is not None:
+        if target.new_group is not None:
+            path = "/2/dm_events"  # the group's id is not known yet: every conversation of the account
+        elif target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
             path = f"/2/dm_conversations/with/{target.participant_id}/dm_events"
@@ -406,6 +419,7 @@ class XApiClient:
 
     async def _await_processing(self, token: str, media_id: str, category: str, payload: Any) -> None:
         deadline = time.monotonic() + self._media_timeout
+        polls = 0
         info = _processing_info(payload)
         while info is not None and info.get("state") != "succeeded":
             if info.get("state") == "failed":
@@ -418,8 +432,12 @@ class XApiClient:
                     f"X had not finished processing media {media_id} after {self._media_timeout:g} s"
                 )
             wait = info.get("check_after_secs")
-            delay = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 1.0
-            await asyncio.sleep(min(max(delay, 0.0), remaining))
+            delay = 1.0  # when X gives no usable figure; NaN, for one, would sleep forever
+            if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
+                delay = float(wait)
+            floor = min(POLL_FLOOR_CAP, POLL_FLOOR * 2**polls)
+            polls += 1
+            await asyncio.sleep(min(max(delay, floor), remaining))
             params = {"media_id": media_id, "command": "STATUS"}
             status, headers, payload = await self._call("GET", "/2/media/upload", token, params=params)
             self._raise_for(status, headers, payload)
@@ -523,6 +541,7 @@ def _event(raw: dict[str, Any]) -> DmEvent:
         created_at=_parse_time(raw.get("created_at")),
         links=tuple(links),
         media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
+        conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
     )
 
 
