@@ -17,7 +17,8 @@ After the run, with X still faulty, every row must settle, and then:
 * no channel waits on another: one channel's conversation is broken (every request to it fails)
   until every other channel has settled;
 * the worker never spins: the requests to X in any one second stay bounded, and X hears
-  nothing once everything has settled.
+  nothing once everything has settled;
+* nothing unexpected: the server logs no error (the worker logs what it did not foresee).
 
 KNOWN_GAP: the ✅ is added after the row is marked sent and is not recorded anywhere, so a SIGKILL
 in between loses it for good (the DM is on X once; only Slack's mark is missing). Making it
@@ -463,6 +464,15 @@ def check(chaos: Chaos) -> None:
     report.faults = Counter(label for _, label, _, _ in x.model_log)
     report.faults.update(f"injected:{kind}" for kind, _ in x.faults_served)
     problems.extend(f"X spec: {v}" for v in x.violations[:5])
+
+    # The worker catches what it did not expect and logs it as an error: none of that may happen.
+    errors: Counter[str] = Counter()
+    for line in chaos.server.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+                errors[str(record.get("msg"))] += 1
+    problems.extend(f"the server logged an error {n} times: {msg}" for msg, n in errors.items())
 
     # Requests per second: the worker never spins.
     per_second = Counter(int(r.at) for r in x.all_requests)
