@@ -416,13 +416,18 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
+        params: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = ? AND created_at = ?"
+            params += [made.created_by, made.created_at]
+
         def work() -> Mapping | None:
             with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? RETURNING *",
-                    [team_id, channel_id],
-                )
+                row = self._one(sql + " RETURNING *", params)
             return self._mapping(row) if row else None
 
         return await self._call(work)
