@@ -80,10 +80,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Before anything listens: a key that cannot open the stored tokens must not look healthy.
         _stop_on_key_problem(settings.database_path, settings.encryption_keys)
+        # A wrong or revoked bot token is a configuration error, not an outage to wait out.
+        _stop_on_slack_refusal(settings)
         edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
     except StoreUnavailable as exc:
         return _operator_error(str(exc))
     return EXIT_OK
+
+
+def _stop_on_slack_refusal(settings: Settings) -> None:
+    from adapters.slack.api import TOKEN_FIX, token_refusal
+
+    refusal = asyncio.run(token_refusal(settings.bot_token, settings.slack_api_url))
+    if refusal is not None:
+        raise SystemExit(_operator_error(f"SLACK_BOT_TOKEN: Slack refuses it ({refusal}); {TOKEN_FIX}"))
 
 
 def _listen(host: str, port: int) -> socket.socket:

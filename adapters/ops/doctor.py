@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.ops import admin
 from adapters.ops.config_doc import fix_for
+from adapters.slack.api import SLACK_TOKEN_REFUSED, TOKEN_FIX
 from adapters.slack.scopes import BOT_SCOPES
 from adapters.store.crypto import TokenCipher
 from adapters.x.api import XApiClient
@@ -36,8 +37,6 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXPIRY_LEEWAY = 60.0
 REQUEST_TIMEOUT = 10.0
 STUCK_AFTER = 3600.0  # an unsent row older than this is worth a look
-
-SLACK_TOKEN_ERRORS = {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"}
 
 
 @dataclass
@@ -205,11 +204,8 @@ async def slack(
         response = await client.auth_test()
     except SlackApiError as exc:
         error = str(exc.response.get("error") or exc.response.status_code)
-        if error in SLACK_TOKEN_ERRORS:
-            fix = (
-                "copy the Bot User OAuth Token (xoxb-…) from the Slack app's OAuth & Permissions page "
-                "into SLACK_BOT_TOKEN (reinstall the app if it was revoked)"
-            )
+        if error in SLACK_TOKEN_REFUSED:
+            fix = TOKEN_FIX
         else:
             fix = "see https://api.slack.com/methods/auth.test for this error"
         checks.append(Check("slack", "fail", f"auth.test failed: {error}", fix))

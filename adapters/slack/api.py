@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -19,6 +19,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
@@ -39,11 +40,85 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 SLACK_TRANSIENT = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "request_timeout", "service_unavailable"}
 )
+# Slack's answers that mean the bot token itself is refused, for good: waiting will not help,
+# only a new SLACK_BOT_TOKEN (reinstalling the app) will.
+SLACK_TOKEN_REFUSED = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "team_access_not_granted",
+        "ekm_access_denied",
+    }
+)
+TOKEN_FIX = (
+    "copy the Bot User OAuth Token (xoxb-…) from the Slack app's OAuth & Permissions page "
+    "into SLACK_BOT_TOKEN (reinstall the app if it was revoked or removed)"
+)
+START_UP_CHECK_TIMEOUT = 10  # seconds; a slower Slack is a blip, which the running bridge waits out
 
 
-def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
+async def token_refusal(token: str, base_url: str) -> str | None:
+    """Slack's error when it refuses ``token`` for good (one ``auth.test``), else None.
+
+    None too when Slack does not answer or answers with a blip (5xx, ``ratelimited``): the
+    bridge starts then, and keeps trying as it runs.
+    """
+    async with aiohttp.ClientSession() as session:
+        client = AsyncWebClient(
+            token=token, base_url=base_url, session=session, timeout=START_UP_CHECK_TIMEOUT
+        )
+        try:
+            await client.auth_test()
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            return str(error) if error in SLACK_TOKEN_REFUSED else None
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+    return None
+
+
+class SlackWebClient(AsyncWebClient):
+    """An AsyncWebClient that reports a refused bot token (any method) to ``on_token_refused``."""
+
+    on_token_refused: Callable[[str], None] | None = None
+
+    async def api_call(
+        self,
+        api_method: str,
+        *,
+        http_verb: str = "POST",
+        files: dict[str, Any] | None = None,
+        data: dict[str, Any] | aiohttp.FormData | None = None,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> AsyncSlackResponse:
+        try:
+            return await super().api_call(
+                api_method,
+                http_verb=http_verb,
+                files=files,
+                data=data,
+                params=params,
+                json=json,
+                headers=headers,
+                auth=auth,
+            )
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error in SLACK_TOKEN_REFUSED and self.on_token_refused is not None:
+                self.on_token_refused(str(error))
+            raise
+
+
+def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> SlackWebClient:
     """An AsyncWebClient that retries connection errors, 5xx and 429 (honouring Retry-After)."""
-    return AsyncWebClient(
+    return SlackWebClient(
         token=token,
         base_url=base_url,
         session=session,

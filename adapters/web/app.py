@@ -467,7 +467,8 @@ def operator_authorized(request: web.Request) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the database answers and the delivery worker checks in; 503 otherwise.
+    """200 while the database answers, the delivery worker checks in and Slack accepts the bot
+    token; 503 otherwise ("down" when Slack refused the token for good).
 
     The public learns only up or down; the details (worker, accounts to reconnect by
     name) need ``METRICS_TOKEN`` as a bearer token.
@@ -483,13 +484,18 @@ async def healthz(request: web.Request) -> web.Response:
     heartbeat = services.delivery.heartbeat
     stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
     worker = worker_state(heartbeat, now, now - services.started_at, stale_after)
-    healthy = database_ok and worker != "stale"
+    refused = services.slack_auth.refused  # down, not a blip: only a new SLACK_BOT_TOKEN helps
+    healthy = database_ok and worker != "stale" and refused is None
     body = {
-        "status": "ok" if healthy else "unavailable",
+        "status": "ok" if healthy else "down" if refused else "unavailable",
         "database": "ok" if database_ok else "error",
         "worker": worker,
         "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
-        "slack": "authorized" if services.slack_auth.ready else "unauthorized",
+        "slack": f"refused ({refused})"
+        if refused
+        else "authorized"
+        if services.slack_auth.ready
+        else "unauthorized",
         "accounts_needing_reconnect": None
         if reconnect is None
         else {"count": len(reconnect), "usernames": reconnect},

@@ -220,3 +220,18 @@ async def test_placeholders_from_the_docs_stop_start_up_naming_each_variable(tmp
         "from the README or .env.example: put the real value there",
     ]
     assert not (tmp_path / "b.db").exists()
+
+
+async def test_a_refused_slack_token_stops_serve_with_one_line_naming_it(tmp_path: Path) -> None:
+    async with world(tmp_path, lambda x: {}, SLACK_BOT_TOKEN="xoxb-not-the-real-one") as w:
+        code, _, err = await start_with(w.env, "serve", "--host", "127.0.0.1")
+        assert code == 2, err
+        line = one_line_no_traceback(err)
+        assert line.startswith("xdm-bridge: SLACK_BOT_TOKEN: Slack refuses it (invalid_auth)"), line
+        assert "Bot User OAuth Token" in line and "xoxb-not-the-real-one" not in line
+        for error in ("token_revoked", "account_inactive"):
+            w.slack.fail_next("auth.test", error)
+            code, _, err = await start_with(
+                {**w.env, "SLACK_BOT_TOKEN": "xoxb-test"}, "serve", "--host", "127.0.0.1"
+            )
+            assert code == 2 and f"({error})" in one_line_no_traceback(err)
