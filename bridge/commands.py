@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from bridge.budget import Budget
-from bridge.connect import ConnectService
+from bridge.connect import ConnectService, held_notice
 from bridge.errors import CommandError, XAuthRevoked, XError
 from bridge.model import (
     X_CONVERSATION_ID,
@@ -348,7 +348,12 @@ class CommandService:
                     sender = f"your X account @{account.x_username}"
                 else:
                     sender = f"@{account.x_username}, the X account <@{account.slack_user_id}> connected"
-                lines.append(f"Messages are sent as {sender}{state}.")
+                if mapping.held_for is not None:
+                    lines.append(
+                        "*Paused*: " + held_notice(mapping, account).removeprefix(":double_vertical_bar: ")
+                    )
+                else:
+                    lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
@@ -357,6 +362,11 @@ class CommandService:
             lines.append(f"{pending} message(s) waiting to go to X; the oldest for {_duration(age)}.")
         else:
             lines.append("No messages waiting.")
+        held = summary["counts"].get("held", 0)
+        if held:
+            lines.append(
+                f"{held} message(s) written for another X account wait for it to be connected again."
+            )
         failed = summary["counts"].get("failed", 0)
         if failed:
             lines.append(f"{failed} message(s) could not be sent (marked :warning:).")

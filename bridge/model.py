@@ -38,6 +38,7 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"  # deleted in Slack before it was sent
+    HELD = "held"  # written for an X account no longer connected; waits for it (not pending)
 
     @property
     def pending(self) -> bool:
@@ -133,6 +134,10 @@ class Mapping:
     paused_by: str | None = None
     participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
     group_participants: tuple[str, ...] = ()  # a /xdm new-group's others, kept until X creates it
+    # Paused because its owner connected another X account: the X user id (and handle) whose
+    # conversation this is; it resumes only when that account is connected again.
+    held_for: str | None = None
+    held_for_username: str | None = None
 
     @property
     def target(self) -> Target:

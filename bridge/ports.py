@@ -61,7 +61,21 @@ class Store(Protocol):
         ...
 
     async def resume_mappings(self, account_id: int) -> list[Mapping]:
-        """Un-pause the account's paused mappings (it is connected again); returns them."""
+        """Un-pause the account's paused mappings (it is connected again); returns them.
+
+        Mappings held for another X account (``hold_for_previous_account``) stay paused."""
+        ...
+
+    async def hold_for_previous_account(
+        self, account_id: int, previous: XUser, current: XUser, now: float
+    ) -> list[Mapping]:
+        """The account now connects ``current`` instead of ``previous``: hold what was theirs.
+
+        Mappings and unsent rows held for ``current`` are released (due now, in the state they
+        had). When ``previous`` is another X user, every mapping of the account bound to a
+        conversation id is paused and held for ``previous``, and every unsent row for a
+        conversation id goes to state ``held``; returns the mappings newly held.
+        """
         ...
 
     # OAuth states

@@ -287,3 +287,23 @@ def m0009_mapping_participant_username(db: Database) -> None:
     mappings made before, or from a numeric id: they are shown by id, as before.
     """
     db.table("mappings").add_column("participant_username", str)
+
+
+@migrations(name="0012_held_for_previous_account")
+def m0012_held_for_previous_account(db: Database) -> None:
+    """Mappings and messages held for the X account they were made with.
+
+    When a Slack user connects a different X account, a mapping bound to a conversation
+    id (and every unsent message for such a conversation) belonged to the old account:
+    sending it as the new one would put a stranger into that conversation. Such mappings
+    stay paused with ``held_for`` (the old X user id; ``held_for_username`` for people to
+    read), and their unsent rows go to state ``held`` (not pending, so a channel mapped
+    again is not stuck behind them) with ``held_for`` and the state they had
+    (``held_state``). Connecting the old account again releases both.
+    """
+    mappings = db.table("mappings")
+    mappings.add_column("held_for", str)
+    mappings.add_column("held_for_username", str)
+    outbox = db.table("outbox")
+    outbox.add_column("held_for", str)
+    outbox.add_column("held_state", str)

@@ -268,10 +268,50 @@ class SqliteStore:
     async def resume_mappings(self, account_id: int) -> list[Mapping]:
         def work() -> list[Mapping]:
             with self.db.atomic():
+                # Not those held for another X account (``hold_for_previous_account``).
                 rows = self._rows(
                     "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
-                    "WHERE account_id = ? AND paused_at IS NOT NULL RETURNING *",
+                    "WHERE account_id = ? AND paused_at IS NOT NULL AND held_for IS NULL RETURNING *",
                     [account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
+    async def hold_for_previous_account(
+        self, account_id: int, previous: XUser, current: XUser, now: float
+    ) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                rows: list[dict[str, Any]] = []
+                if previous.id != current.id:
+                    # A conversation id is the previous account's conversation; a 1-to-1 by person
+                    # (kind dm) or a group not created yet is not anyone's yet.
+                    rows = self._rows(
+                        "UPDATE mappings SET paused_at = COALESCE(paused_at, ?), "
+                        "paused_by = COALESCE(paused_by, ?), held_for = ?, held_for_username = ? "
+                        "WHERE account_id = ? AND held_for IS NULL AND kind != 'dm' "
+                        "AND conversation_id IS NOT NULL RETURNING *",
+                        [now, "switch", previous.id, previous.username, account_id],
+                    )
+                    self.db.execute(
+                        "UPDATE outbox SET held_state = state, state = 'held', held_for = ? "
+                        f"WHERE account_id = ? AND state IN {PENDING_STATES} "
+                        "AND target_conversation IS NOT NULL",
+                        [previous.id, account_id],
+                    )
+                # Then what was held for the account connected now is its own again (resumed and
+                # released by resume_mappings and release_account, like any paused mapping).
+                self.db.execute(
+                    "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
+                    "WHERE account_id = ? AND held_for = ?",
+                    [account_id, current.id],
+                )
+                self.db.execute(
+                    "UPDATE outbox SET state = COALESCE(held_state, 'queued'), held_for = NULL, "
+                    "held_state = NULL, next_attempt_at = ? "
+                    "WHERE account_id = ? AND state = 'held' AND held_for = ?",
+                    [now, account_id, current.id],
                 )
             return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
 
@@ -378,6 +418,8 @@ class SqliteStore:
             paused_by=row.get("paused_by"),
             participant_username=row.get("participant_username"),
             group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
+            held_for=row.get("held_for"),
+            held_for_username=row.get("held_for_username"),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -526,8 +568,8 @@ class SqliteStore:
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
                                     account_id, target_participant, target_conversation, target_group,
                                     text, source, state, attempts, next_attempt_at, created_at,
-                                    hourglass, kind)
-                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, 'message')
+                                    hourglass, kind, held_for, held_state)
+                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, 0, 0, ?, 0, 'message', ?, ?)
                 ON CONFLICT DO NOTHING
                 """,
                 [
@@ -541,7 +583,11 @@ class SqliteStore:
                     target.conversation_id,
                     None if target.new_group is None else json.dumps(list(target.new_group)),
                     json.dumps(source, separators=(",", ":")),
+                    # Posted in a channel held for another X account: it waits for that account.
+                    "held" if mapping.held_for else "queued",
                     now,
+                    mapping.held_for,
+                    "queued" if mapping.held_for else None,
                 ],
             )
             if cursor.rowcount == 0:
@@ -560,7 +606,8 @@ class SqliteStore:
                 ).rowcount
                 deleted += self.db.execute(
                     f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_created_at "
-                    f"WHERE created_at < ? AND state NOT IN {PENDING_STATES} ORDER BY created_at LIMIT ?)",
+                    f"WHERE created_at < ? AND state NOT IN {PENDING_STATES} AND state != 'held' "
+                    "ORDER BY created_at LIMIT ?)",
                     [keep_after, batch],
                 ).rowcount
                 deleted += self.db.execute(
