@@ -801,9 +801,10 @@ class SqliteStore:
                 )
                 if original is None:
                     return "unknown"
+                # A held part is judged by the state it had (``held_state``).
                 parts = self._rows(
-                    "SELECT state FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
-                    "AND kind = 'message'",
+                    "SELECT COALESCE(held_state, state) AS state FROM outbox WHERE team_id = ? "
+                    "AND channel_id = ? AND slack_ts = ? AND kind = 'message'",
                     [team_id, channel_id, ref_ts],
                 )
                 if original["deleted_at"] is None and all(p["state"] in ("queued", "waiting") for p in parts):
@@ -834,24 +835,27 @@ class SqliteStore:
 
         def work() -> str:
             with self.db.atomic():
+                # A held row is judged by the state it had (``held_state``).
                 rows = self._rows(
-                    "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
-                    "AND kind IN ('message', 'edit') ORDER BY seq, part",
+                    "SELECT *, COALESCE(held_state, state) AS state FROM outbox WHERE team_id = ? "
+                    "AND channel_id = ? AND ref_ts = ? AND kind IN ('message', 'edit') ORDER BY seq, part",
                     [team_id, channel_id, ref_ts],
                 )
                 if not rows:
                     return "unknown"
                 # Parts not yet handed to X are simply not sent.
                 self.db.execute(
-                    "UPDATE outbox SET state = 'cancelled', "
+                    "UPDATE outbox SET state = 'cancelled', held_for = NULL, held_state = NULL, "
                     "last_error = 'deleted in Slack before it was sent' "
-                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
+                    "AND COALESCE(held_state, state) IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
                 # A part caught mid-send may or may not be on X: it is read back, never sent again.
                 self.db.execute(
                     "UPDATE outbox SET deleted_at = ? "
-                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state = 'sending'",
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
+                    "AND COALESCE(held_state, state) = 'sending'",
                     [now, team_id, channel_id, ref_ts],
                 )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]
@@ -893,6 +897,19 @@ class SqliteStore:
         if cursor.rowcount == 0:
             return False
         self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [cursor.lastrowid])
+        if original["target_conversation"] and not original["target_participant"]:
+            # Into a conversation held for another X account (the original, or the channel, is):
+            # the correction or delete waits for that account, as the original does.
+            mapping = self._one(
+                "SELECT held_for FROM mappings WHERE team_id = ? AND channel_id = ?",
+                [original["team_id"], original["channel_id"]],
+            )
+            held_for = original["held_for"] or (mapping["held_for"] if mapping else None)
+            if held_for:
+                self.db.execute(
+                    "UPDATE outbox SET state = 'held', held_state = 'queued', held_for = ? WHERE id = ?",
+                    [held_for, cursor.lastrowid],
+                )
         return True
 
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:

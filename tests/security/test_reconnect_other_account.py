@@ -131,3 +131,57 @@ async def test_reconnecting_the_same_account_resumes_everything(tmp_path: Path) 
         assert {e.sender_id for e in bridge.x.events} == {ME}
         assert rows(bridge.db_path, "SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
         assert not any("not @" in n for n in notices(bridge, "C100"))
+
+
+async def test_edits_and_deletes_in_a_held_channel_wait_for_the_old_account_too(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        _, sent_ts = await bridge.post("sent as bridge_owner", blocks=[])
+        await bridge.wait_reaction("C100", sent_ts, "white_check_mark")
+        await bridge.connect(x_user=CAROL)
+        _, held_ts = await bridge.post("held for bridge_owner", blocks=[])
+        # A correction of what bridge_owner sent, and a delete: neither may go as @carol.
+        await edit(bridge, sent_ts, "sent as bridge_owner", "sent as bridge_owner, corrected")
+        await edit(bridge, held_ts, "held for bridge_owner", "held, and edited")
+        held_rows = rows(bridge.db_path, "SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
+        assert held_rows == [("message", "held"), ("edit", "held")]
+        await delete(bridge, sent_ts, "sent as bridge_owner, corrected")
+        # The correction never reached X, so it is simply dropped; the delete waits.
+        held_rows = rows(bridge.db_path, "SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
+        assert held_rows == [("message", "held"), ("delete", "held")]
+        assert [e.sender_id for e in bridge.x.events] == [ME]
+        assert not any(e.deleted for e in bridge.x.events)
+
+        await bridge.connect(x_user=ME)
+        await wait_until(lambda: bridge.x.events[0].deleted, 10.0, "bridge_owner's delete")
+        await wait_until(lambda: len(bridge.x.events) >= 2, 10.0, "the held message")
+        assert {e.sender_id for e in bridge.x.events} == {ME}
+        assert [e.text for e in bridge.x.events if not e.deleted] == ["Ada: held, and edited"]
+
+
+async def edit(bridge: Bridge, ts: str, old: str, new: str) -> None:
+    edit_ts = bridge.sender.new_ts()
+    event = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": "C100",
+        "hidden": True,
+        "ts": edit_ts,
+        "event_ts": edit_ts,
+        "message": {"type": "message", "user": "U100", "text": new, "ts": ts},
+        "previous_message": {"type": "message", "user": "U100", "text": old, "ts": ts},
+    }
+    assert (await bridge.sender.event(event)).status == 200
+
+
+async def delete(bridge: Bridge, ts: str, text: str) -> None:
+    event = {
+        "type": "message",
+        "subtype": "message_deleted",
+        "channel": "C100",
+        "hidden": True,
+        "deleted_ts": ts,
+        "ts": bridge.sender.new_ts(),
+        "previous_message": {"type": "message", "user": "U100", "text": text, "ts": ts},
+    }
+    assert (await bridge.sender.event(event)).status == 200
