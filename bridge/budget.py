@@ -1,23 +1,35 @@
-"""X's DM budget: per-account 15-minute and 24-hour windows and the app's 24-hour window.
+"""X's DM budgets: sends (per-account 15-minute and 24-hour windows and the app's 24-hour
+window) and reads (per-account 15-minute window for the DM event GETs).
 
 Seeded from settings (the documented 200 / 1,000 / 15,000) and corrected by every
 DM POST response's headers, the stricter of the two winning. The worker asks
 ``blocked_until`` before each send and never sends while a known remaining count
 is 0, so in steady state the bridge provokes no 429 at all.
+
+Reads: X documents 15 per 15 minutes per user for ``GET /2/dm_events`` and the same,
+counted separately, for one conversation's events. The bridge plans both from ONE
+window (the inbound poller, delivery's read-back after a crash, backfill): every read
+is counted before it goes, reads of one account never overlap (``reading``), and a
+response's headers can only lower what is left (whichever endpoint answered), never
+raise it, so neither of X's counters can be overrun.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from bridge.errors import RateFacts
+from bridge.errors import RateFacts, XError, XRateLimited
 from bridge.ports import Store
 
 log = logging.getLogger("bridge.budget")
 
 BudgetRow = tuple[str, int, int, float]  # key, limit, remaining, reset_at
+T = TypeVar("T")
 
 FIFTEEN_MINUTES = 15 * 60.0
 ONE_DAY = 24 * 3600.0
@@ -81,11 +93,20 @@ class Window:
 class Budget:
     """All windows, persisted to the store after each change so restarts respect them."""
 
-    def __init__(self, store: Store, *, user_15m: int, user_24h: int, app_24h: int) -> None:
+    def __init__(
+        self, store: Store, *, user_15m: int, user_24h: int, app_24h: int, reads_15m: int = 15
+    ) -> None:
         self._store = store
-        self._limits = {"15m": (FIFTEEN_MINUTES, user_15m), "24h": (ONE_DAY, user_24h)}
+        self._limits = {
+            "15m": (FIFTEEN_MINUTES, user_15m),
+            "24h": (ONE_DAY, user_24h),
+            "reads": (FIFTEEN_MINUTES, reads_15m),
+        }
         self._app_limit = app_24h
         self._windows: dict[str, Window] = {}
+        self._read_locks: dict[int, asyncio.Lock] = {}
+        self._reset_from_headers: set[str] = set()
+        self.reads_made = 0  # every read request sent (bench and tests)
 
     async def load(self) -> None:
         for row in await self._store.load_budgets():
@@ -177,3 +198,80 @@ class Budget:
 
     async def _persist(self, account_id: int) -> None:
         await self._store.save_budgets(self.rows(account_id))
+
+    # -- reads -------------------------------------------------------------
+
+    def _read_window(self, account_id: int) -> Window:
+        return self._window(f"account:{account_id}:reads")
+
+    def read_blocked_until(self, account_id: int, now: float, *, keep: int = 0) -> float | None:
+        """None when a read may go now leaving ``keep`` reads in the window; else when it resets."""
+        window = self._read_window(account_id)
+        window.roll(now)
+        if window.remaining > keep:
+            return None
+        return window.reset_at or now + FALLBACK_PAUSE
+
+    def reads_left(self, account_id: int, now: float) -> tuple[int, int, float | None]:
+        """(remaining, limit, reset_at) of the account's read window."""
+        window = self._read_window(account_id)
+        window.roll(now)
+        return window.remaining, window.limit, window.reset_at or None
+
+    @asynccontextmanager
+    async def reading(self, account_id: int) -> AsyncIterator[None]:
+        """Hold the account's read turn: its reads go one at a time, so headers are exact."""
+        lock = self._read_locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def read(
+        self,
+        account_id: int,
+        now: Callable[[], float],
+        call: Callable[[], Awaitable[tuple[T, RateFacts]]],
+        *,
+        keep: int = 0,
+    ) -> T:
+        """Make one read within the account's read window; raise ``XRateLimited`` (without asking
+        X) when it would leave fewer than ``keep`` reads for others."""
+        async with self.reading(account_id):
+            started = now()
+            blocked = self.read_blocked_until(account_id, started, keep=keep)
+            if blocked is not None:
+                raise XRateLimited("the DM read budget is spent for now", reset_at=blocked)
+            window = self._read_window(account_id)
+            if not window.reset_at or started >= window.reset_at:
+                self._reset_from_headers.discard(window.key)  # a new window: its end is our guess
+            window.consume(started)
+            self.reads_made += 1
+            await self._store.save_budgets([self._row(window)])
+            try:
+                result, facts = await call()
+            except XRateLimited as exc:
+                window.exhaust(exc.reset_at)
+                await self._store.save_budgets([self._row(window)])
+                raise
+            except XError as exc:
+                await self._observe_read(window, exc.facts)
+                raise
+            await self._observe_read(window, facts)
+            return result
+
+    async def _observe_read(self, window: Window, facts: RateFacts) -> None:
+        """Headers only lower what is left (and may move the reset later): safe for both endpoints."""
+        if facts.window_remaining is None:
+            return
+        if facts.window_limit is not None:
+            window.limit = min(window.configured, facts.window_limit)
+        window.remaining = max(0, min(window.remaining, facts.window_remaining, window.limit))
+        if facts.window_reset is not None:
+            # X's reset replaces our guess; after that, the later of the two endpoints' resets.
+            known = window.key in self._reset_from_headers
+            window.reset_at = max(window.reset_at, facts.window_reset) if known else facts.window_reset
+            self._reset_from_headers.add(window.key)
+        await self._store.save_budgets([self._row(window)])
+
+    @staticmethod
+    def _row(window: Window) -> BudgetRow:
+        return (window.key, window.limit, window.remaining, window.reset_at)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from bridge.budget import Budget
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
+from bridge.inbound import Inbound
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
@@ -227,6 +228,7 @@ class CommandService:
         clock: Clock,
         oauth_ready: str | None,
         on_mapped: Callable[[], None] = lambda: None,
+        inbound: Inbound | None = None,
     ) -> None:
         """``oauth_ready`` is None when connecting works, else the reason it does not."""
         self._store = store
@@ -238,6 +240,7 @@ class CommandService:
         self._clock = clock
         self._oauth_ready = oauth_ready
         self._on_mapped = on_mapped
+        self._inbound = inbound
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -308,6 +311,7 @@ class CommandService:
                     f"Messages are sent as @{account.x_username} (<@{account.slack_user_id}>){state}."
                 )
                 lines.append(self._budget_line(account.id))
+                lines.append(await self._inbound_line(account.id))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
         if pending:
@@ -335,6 +339,21 @@ class CommandService:
             when = f", resets {_clock_time(reset)}" if reset else ""
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
+
+    async def _inbound_line(self, account_id: int) -> str:
+        """How X → Slack is doing: push or polling, last event, next read, reads left."""
+        now = self._clock.now()
+        summary = await self._store.inbound_summary(account_id)
+        push = self._inbound is not None and self._inbound.push_active(account_id)
+        way = "push (polling as a safety net)" if push else "polling"
+        last = summary["last_event_at"]
+        seen = f"last X event seen {_clock_time(last)}" if last else "no X event seen yet"
+        next_at = self._inbound.next_poll_at(account_id) if self._inbound is not None else None
+        upcoming = f"next read {_clock_time(max(now, next_at))}" if next_at else "next read soon"
+        remaining, limit, reset = self._budget.reads_left(account_id, now)
+        resets = f", resets {_clock_time(reset)}" if reset else ""
+        waiting = f"; {summary['pending']} waiting to be posted here" if summary["pending"] else ""
+        return f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets}){waiting}."
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
         mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
@@ -433,6 +452,10 @@ class CommandService:
             await self._budget.observe(account.id, exc.facts)
             raise
         await self._budget.observe(account.id, facts)
+        # Reading it back later must never post it into Slack as if someone wrote it on X.
+        await self._store.record_own_event(
+            account.id, result.dm_conversation_id, result.dm_event_id, self._clock.now()
+        )
         return result
 
     async def _resolve(self, account: Account, participant: Participant) -> XUser:

@@ -469,9 +469,13 @@ class Delivery:
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
         """Did an earlier attempt reach X? Look for our own message among recent events."""
-        token = await self._tokens.access_token(account)
         target = item.target
-        events = await self._x.recent_events(token, target)
+        # A read: it draws on the account's one DM read budget, shared with the inbound poller.
+        events = await self._budget.read(
+            account.id,
+            self._clock.now,
+            lambda: self._tokens.call(account, lambda token: self._x.recent_events(token, target)),
+        )
         since = (item.sending_since or item.created_at) - RECONCILE_SKEW
         candidates = [
             e

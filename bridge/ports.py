@@ -16,6 +16,10 @@ from bridge.model import (
     Account,
     AuthorizationRequest,
     DmEvent,
+    EventPage,
+    InboundEvent,
+    InboundItem,
+    InboundState,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -153,6 +157,56 @@ class Store(Protocol):
     ) -> dict[str, Any]: ...
     async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
 
+    # inbound (X → Slack)
+    async def get_cursor(self, account_id: int) -> str | None:
+        """The newest X ``dm_event_id`` already taken for this account, or None before its first read."""
+        ...
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """Record X events (oldest first) and advance the account's cursor, in one transaction.
+
+        Each event lands once, whoever reads it (unique ``dm_event_id``). It is queued for the
+        channel bridging its conversation, or kept as skipped: no channel bridges it, it is a
+        DM the bridge sent (in the message map, or an outbox row ``sending`` the same text in
+        that channel), or it was recorded before. The cursor only ever moves forward.
+        Returns how many events were queued for Slack.
+        """
+        ...
+
+    async def record_own_event(
+        self, account_id: int, conversation_id: str, dm_event_id: str, now: float
+    ) -> None:
+        """Remember a DM the bridge sent outside the outbox, so reading it back never posts it."""
+        ...
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
+        ...
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        """Claim a row for ``chat.postMessage`` (committed before the call); None if it is finished."""
+        ...
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        """Record the Slack message (and a message-map entry); returns the channel's next head."""
+        ...
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        """Set a row's state and next attempt (leaving ``posting`` forgets when the post began)."""
+        ...
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        """Slack said 429: nothing more is posted to this channel before ``until``."""
+        ...
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state and ``pending``."""
+        ...
+
     # budgets (rate-limit windows), persisted so restarts keep respecting them
     async def load_budgets(self) -> list[dict[str, Any]]: ...
     async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
@@ -176,7 +230,22 @@ class XClient(Protocol):
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
     ) -> tuple[Sent, RateFacts]: ...
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]: ...
+    async def recent_events(
+        self, token: str, target: Target, max_results: int = 50
+    ) -> tuple[list[DmEvent], RateFacts]:
+        """One conversation's newest events (a read: it draws on the DM read budget)."""
+        ...
+
+    async def dm_events(
+        self, token: str, *, max_results: int, pagination_token: str | None = None
+    ) -> tuple[EventPage, RateFacts]:
+        """One page of every conversation's events, newest first (``GET /2/dm_events``)."""
+        ...
+
+    async def download_dm_media(self, token: str, url: str) -> bytes:
+        """The bytes of a DM attachment, from the TON URL X gave for it."""
+        ...
+
     async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
         """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
 
@@ -207,6 +276,26 @@ class SlackClient(Protocol):
     async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
     async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
+    async def post_as(
+        self,
+        team_id: str,
+        channel_id: str,
+        text: str,
+        *,
+        username: str,
+        icon_url: str | None,
+        metadata: dict[str, Any],
+    ) -> str:
+        """Post as someone else (``chat:write.customize``) with message metadata; returns the ts.
+
+        Raises ``SlackRateLimited`` (Retry-After), ``SlackTransient`` or ``SlackRefused``.
+        """
+        ...
+
+    async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
+        """The ts of a message we posted since ``oldest`` whose metadata carries ``event_id``."""
+        ...
+
     async def display_name(self, team_id: str, user_id: str) -> str: ...
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
     async def download_file(self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int) -> bytes:

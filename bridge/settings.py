@@ -45,6 +45,9 @@ class Settings:
     x_user_limit_15m: int = 200
     x_user_limit_24h: int = 1000
     x_app_limit_24h: int = 15000
+    x_read_limit_15m: int = 15
+    backfill_messages: int = 20
+    inbound_poll_seconds: float = 180.0
     x_timeout_seconds: float = 20.0
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
@@ -190,6 +193,9 @@ class _Reader:
             x_user_limit_15m=self.integer("X_USER_LIMIT_15M", 200, low=1, high=1_000_000),
             x_user_limit_24h=self.integer("X_USER_LIMIT_24H", 1000, low=1, high=10_000_000),
             x_app_limit_24h=self.integer("X_APP_LIMIT_24H", 15000, low=1, high=100_000_000),
+            x_read_limit_15m=self.integer("X_READ_LIMIT_15M", 15, low=1, high=10_000),
+            backfill_messages=self.integer("BACKFILL_MESSAGES", 20, low=0, high=100),
+            inbound_poll_seconds=self.number("INBOUND_POLL_SECONDS", 180.0, low=0.05, high=3600.0),
             x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]

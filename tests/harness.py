@@ -25,6 +25,7 @@ from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
+from bridge.inbound import InboundConfig
 from bridge.settings import Settings
 
 SIGNING_SECRET = "test-signing-secret"
@@ -34,6 +35,12 @@ ALICE, BOB, CAROL, DORA = "2001", "2002", "2003", "2004"
 # Quick retries, and no periodic rescan to hide behind: a lost wake-up of the worker makes a
 # test time out instead of costing it a fraction of a second.
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=600.0)
+# Polling as in production, paced by the read budget, but idle polls come quickly: the fake X
+# runs read windows of READ_WINDOW seconds instead of 15 minutes (its headers say so).
+FAST_INBOUND = InboundConfig(
+    min_interval=0.05, idle_interval=0.2, push_interval=1.0, retry_base=0.05, retry_cap=0.5
+)
+READ_WINDOW = 2.0
 
 
 def free_port() -> int:
@@ -171,6 +178,7 @@ async def running_bridge(
     tmp_path: Path,
     *,
     delivery: DeliveryConfig = FAST,
+    inbound: InboundConfig = FAST_INBOUND,
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
 ) -> AsyncIterator[Bridge]:
@@ -181,6 +189,7 @@ async def running_bridge(
         for user_id, handle in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DORA, "dora")):
             x.add_user(user_id, handle, handle.title())
         x.authorizing_user_id = ME
+        x.window_read_seconds = READ_WINDOW
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
         slack.add_user("U200", display_name="", real_name="Grace Hopper")
@@ -188,7 +197,7 @@ async def running_bridge(
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
-        app = create_app(settings, delivery_config=delivery)
+        app = create_app(settings, delivery_config=delivery, inbound_config=inbound)
         runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -75,6 +75,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("X_USER_LIMIT_24H", "DM sends per X account per 24 hours (corrected by X's headers)", "1000"),
     EnvVar("X_APP_LIMIT_24H", "DM sends per X app per 24 hours (corrected by X's headers)", "15000"),
+    EnvVar(
+        "X_READ_LIMIT_15M",
+        "DM event reads per X account per 15 minutes, shared by inbound polling, backfill and "
+        "delivery's read-back (X's headers can only lower it)",
+        "15",
+    ),
+    EnvVar(
+        "INBOUND_POLL_SECONDS",
+        "how often an idle X account is read for new DMs, at most (busy ones are read as often as "
+        "X's read budget allows)",
+        "180",
+    ),
+    EnvVar(
+        "BACKFILL_MESSAGES",
+        "messages of history posted once when a channel is linked to a conversation (0 for none)",
+        "20",
+    ),
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(
         "RELAY_FORMAT",

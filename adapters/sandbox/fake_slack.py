@@ -357,6 +357,7 @@ class FakeSlack:
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
         self._holds: dict[str, asyncio.Event] = {}
+        self._drops: dict[str, int] = {}
 
         self._handlers: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "api.test": self._api_test,
@@ -369,6 +370,7 @@ class FakeSlack:
             "reactions.remove": self._reactions_remove,
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._conversations_history,
             "files.info": self._files_info,
         }
 
@@ -516,6 +518,11 @@ class FakeSlack:
 
         Held calls are recorded when they are answered."""
         return self._holds.setdefault(method, asyncio.Event())
+
+    def drop_after(self, method: str, count: int = 1) -> None:
+        """Carry out the next ``count`` calls to ``method``, then close the connection without an
+        answer (Slack did it, the caller never hears so)."""
+        self._drops[method] = self._drops.get(method, 0) + count
 
     def fail_next(self, method: str, error: str, *, count: int = 1, status: int = 200) -> None:
         """Answer the next ``count`` calls to ``method`` with ``{"ok": false, "error": error}``.
@@ -666,6 +673,10 @@ class FakeSlack:
             )
         )
         self._notify()
+        if self._drops.get(method):
+            self._drops[method] -= 1
+            if request.transport is not None:
+                request.transport.abort()
         return web.json_response(body, status=status, headers=extra_headers)
 
     @staticmethod
@@ -892,6 +903,34 @@ class FakeSlack:
         if channel is None:
             raise _SlackError("channel_not_found")
         return {"ok": True, "channel": channel}
+
+    def _conversations_history(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        """Newest first, from ``oldest`` on; ``metadata`` only with ``include_all_metadata``
+        (as Slack does); ``cursor`` is an offset into the list."""
+        channel = self._resolve_channel(params)
+        oldest = float(_opt_str(params, "oldest") or 0)
+        limit = int(_opt_str(params, "limit") or 100)
+        offset = int(_opt_str(params, "cursor") or 0)
+        with_metadata = _truthy(params.get("include_all_metadata"))
+        found = sorted(
+            (m for (c, ts), m in self._messages.items() if c == channel and float(ts) >= oldest),
+            key=lambda m: float(m["ts"]),
+            reverse=True,
+        )
+        page = found[offset : offset + limit]
+        messages = []
+        for message in page:
+            shown = {k: v for k, v in message.items() if k != "channel"}
+            if not with_metadata:
+                shown.pop("metadata", None)
+            messages.append(shown)
+        more = offset + limit < len(found)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(offset + limit) if more else ""},
+        }
 
     def _files_info(self, params: dict[str, Any], base: str) -> dict[str, Any]:
         file_id = _opt_str(params, "file") or ""

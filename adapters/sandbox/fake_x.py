@@ -87,6 +87,15 @@ DM_POST_TEMPLATES: frozenset[str] = frozenset(
     }
 )
 
+#: The DM event listings, each with its own read window per user (INBOUND.md §5).
+DM_READ_TEMPLATES: frozenset[str] = frozenset(
+    {
+        "/2/dm_events",
+        "/2/dm_conversations/{id}/dm_events",
+        "/2/dm_conversations/with/{participant_id}/dm_events",
+    }
+)
+
 AUTHORIZE_PATHS = ("/i/oauth2/authorize", "/2/oauth2/authorize")
 TOKEN_PATH = "/2/oauth2/token"
 REVOKE_PATH = "/2/oauth2/revoke"
@@ -139,6 +148,8 @@ class DmEvent:
     media_ids: tuple[str, ...]
     created_at: float
     event_type: str = "MessageCreate"
+    participant_ids: tuple[str, ...] = ()
+    """Who joined or left (``ParticipantsJoin`` / ``ParticipantsLeave``)."""
     deleted: bool = False
     """Set by ``DELETE /2/dm_events/{id}``; deleted events are hidden from the API."""
 
@@ -439,6 +450,13 @@ class FakeX:
         self.rate_limit_body: Literal["problem", "code88"] = "problem"
         self.rate_limited_count = 0
         """429s served, both real rate limits and injected ``"429"`` faults."""
+        # Reads (INBOUND.md §5): 15 per 15 minutes per user for each DM event listing endpoint,
+        # counted separately per endpoint, with the usual headers.
+        self.read_limit_15m = 15
+        self.window_read_seconds = 900.0
+        self.read_rate_limited_count = 0
+        """429s served on DM event GETs for exceeding :attr:`read_limit_15m`."""
+        self._reads: dict[str, _Window] = {}
         self._user_15m: dict[str, _Window] = {}
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
@@ -502,6 +520,41 @@ class FakeX:
         )
         self.conversations[conv.id] = conv
         return conv.id
+
+    def add_event(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        text: str | None = None,
+        *,
+        event_type: str = "MessageCreate",
+        participant_ids: tuple[str, ...] = (),
+        media_ids: tuple[str, ...] = (),
+    ) -> DmEvent:
+        """Record an event as if someone acted on X itself (no API call, no rate limit).
+
+        A 1-to-1 conversation id naming two known users is created on first use."""
+        conv = self.conversations.get(conversation_id)
+        if conv is None:
+            a, _, b = conversation_id.partition("-")
+            conv = self._one_to_one(a, b)
+        event = DmEvent(
+            id=self._new_id(),
+            conversation_id=conv.id,
+            sender_id=sender_id,
+            text=text,
+            media_ids=media_ids,
+            created_at=self.clock(),
+            event_type=event_type,
+            participant_ids=participant_ids,
+        )
+        self.events.append(event)
+        return event
+
+    def read_windows(self, user_id: str) -> dict[str, int]:
+        """Reads counted in each DM event listing endpoint's current window for ``user_id``."""
+        prefix = f"{user_id} "
+        return {k[len(prefix) :]: w.count for k, w in self._reads.items() if k.startswith(prefix)}
 
     def inject(self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None) -> None:
         """Make the next ``count`` matching requests fail.
@@ -657,6 +710,17 @@ class FakeX:
 
         if is_dm_post and not self._consume(user.id):
             return self._finish(request, self._rate_limited(), template, user)
+        if request.method == "GET" and template in DM_READ_TEMPLATES:
+            window = self._window(self._reads, f"{user.id} {template}", self.window_read_seconds)
+            if window.count >= self.read_limit_15m:
+                self.read_rate_limited_count += 1
+                limited = self._rate_limited()
+                limited.headers.update(self._read_headers(window))
+                return self._finish(request, limited, template, None)
+            window.count += 1
+            response = await handler(request)
+            response.headers.update(self._read_headers(window))
+            return self._finish(request, response, template, None)
 
         try:
             response = await handler(request)
@@ -785,6 +849,13 @@ class FakeX:
         for window, _ in windows:
             window.count += 1
         return True
+
+    def _read_headers(self, window: _Window) -> dict[str, str]:
+        return {
+            "x-rate-limit-limit": str(self.read_limit_15m),
+            "x-rate-limit-remaining": str(max(0, self.read_limit_15m - window.count)),
+            "x-rate-limit-reset": str(math.ceil(window.start + self.window_read_seconds)),
+        }
 
     def _rate_limited(self) -> web.Response:
         self.rate_limited_count += 1
@@ -1181,6 +1252,8 @@ class FakeX:
             out["dm_conversation_id"] = event.conversation_id
         if "sender_id" in expansions:
             out["sender_id"] = event.sender_id
+        if "participant_ids" in expansions and event.participant_ids:
+            out["participant_ids"] = list(event.participant_ids)
         if event.media_ids and ("attachments" in fields or "attachments.media_keys" in expansions):
             out["attachments"] = {
                 "media_keys": [self.media[m].media_key for m in event.media_ids if m in self.media]
@@ -1191,8 +1264,11 @@ class FakeX:
         self, events: list[DmEvent], expansions: set[str], user_fields: list[str]
     ) -> dict[str, Any]:
         includes: dict[str, Any] = {}
-        if "sender_id" in expansions:
-            senders = dict.fromkeys(e.sender_id for e in events)
+        if "sender_id" in expansions or "participant_ids" in expansions:
+            senders = dict.fromkeys(
+                [e.sender_id for e in events if "sender_id" in expansions]
+                + [p for e in events if "participant_ids" in expansions for p in e.participant_ids]
+            )
             users = [self._user_json(self.users[s], user_fields) for s in senders if s in self.users]
             if users:
                 includes["users"] = users

@@ -36,6 +36,7 @@ from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
+from bridge.inbound import Inbound, InboundConfig
 from bridge.model import Account
 from bridge.relay import Relay
 from bridge.settings import Settings
@@ -87,6 +88,7 @@ class Services:
     settings: Settings
     store: SqliteStore
     delivery: Delivery
+    inbound: Inbound
     bolt: AsyncApp
     connect: ConnectService
     background: Background
@@ -96,15 +98,26 @@ class Services:
 
 SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
+INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 
 
-def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    delivery_config: DeliveryConfig | None = None,
+    inbound_config: InboundConfig | None = None,
+) -> web.Application:
     """The bridge's web application; resources start with the app and stop with it."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
+    app[INBOUND_CONFIG] = inbound_config or InboundConfig(
+        backfill=settings.backfill_messages,
+        idle_interval=settings.inbound_poll_seconds,
+        min_interval=min(5.0, settings.inbound_poll_seconds),
+    )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
@@ -123,7 +136,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
         slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-        slack = SlackApi(slack_client, session)
+        poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
+        slack = SlackApi(slack_client, session, poster)
         x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
         oauth = XOAuthClient(
             session,
@@ -139,6 +153,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_15m=settings.x_user_limit_15m,
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
+            reads_15m=settings.x_read_limit_15m,
         )
         await budget.load()
 
@@ -146,6 +161,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
             delivery.wake()
+            inbound.poll_soon(account.id)
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -153,6 +169,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
+        inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
+
+        def mapped() -> None:
+            delivery.wake()
+            inbound.poll_soon()
+
         relay = Relay(
             store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
         )
@@ -168,7 +190,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             slack=slack,
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
-            on_mapped=delivery.wake,
+            on_mapped=mapped,
+            inbound=inbound,
         )
         background = Background()
         bolt = build_bolt_app(
@@ -182,6 +205,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             settings,
             store,
             delivery,
+            inbound,
             bolt,
             connect,
             background,
@@ -189,11 +213,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             SignatureVerifier(settings.signing_secret),
         )
         worker = asyncio.create_task(delivery.run(), name="delivery")
+        inbound_worker = asyncio.create_task(inbound.run(), name="inbound")
         log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
         yield
-        log.info("shutting down: finishing in-flight sends")
-        await delivery.stop(SHUTDOWN_GRACE)
+        log.info("shutting down: finishing in-flight sends and posts")
+        await asyncio.gather(delivery.stop(SHUTDOWN_GRACE), inbound.stop(SHUTDOWN_GRACE / 2))
         await worker
+        await inbound_worker
         await background.drain(5.0)
     finally:
         await session.close()

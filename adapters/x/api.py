@@ -8,8 +8,11 @@ family, so nothing above this module sees HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -19,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 
 from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
-from bridge.model import DmEvent, Sent, Target, XUser
+from bridge.model import DmEvent, EventPage, Sent, Target, XEvent, XUser
 
 log = logging.getLogger("adapters.x.api")
 
@@ -234,7 +237,9 @@ class XApiClient:
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]:
+    async def recent_events(
+        self, token: str, target: Target, max_results: int = 50
+    ) -> tuple[list[DmEvent], RateFacts]:
         if target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
@@ -246,7 +251,7 @@ class XApiClient:
             "expansions": "sender_id",
         }
         status, headers, payload = await self._call("GET", path, token, params=params)
-        self._raise_for(status, headers, payload)
+        facts = self._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         events = []
         for raw in data if isinstance(data, list) else []:
@@ -259,7 +264,52 @@ class XApiClient:
                         created_at=_parse_time(raw.get("created_at")),
                     )
                 )
-        return events
+        return events, facts
+
+    async def dm_events(
+        self, token: str, *, max_results: int, pagination_token: str | None = None
+    ) -> tuple[EventPage, RateFacts]:
+        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first).
+
+        ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
+        them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
+        """
+        params = {
+            "max_results": str(max(1, min(100, max_results))),
+            "event_types": "MessageCreate,ParticipantsJoin,ParticipantsLeave",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,attachments",
+            "expansions": "sender_id,participant_ids,attachments.media_keys",
+            "user.fields": "username,name,profile_image_url",
+            "media.fields": "media_key,type,url,preview_image_url",
+        }
+        if pagination_token:
+            params["pagination_token"] = pagination_token
+        status, headers, payload = await self._call("GET", "/2/dm_events", token, params=params)
+        facts = self._raise_for(status, headers, payload)
+        return _event_page(payload), facts
+
+    async def download_dm_media(self, token: str, url: str) -> bytes:
+        """``GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}``, the three parts
+        taken from the TON URL (INBOUND.md §6). Raises ``XRefused`` for a URL that is not one."""
+        parts = ton_parts(url)
+        if parts is None:
+            raise XRefused("the attachment has no downloadable DM media URL")
+        path = "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._session.get(
+                self._base + path, headers=headers, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                status, response_headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
+        if status != 200:
+            payload: Any = None
+            with contextlib.suppress(ValueError):
+                payload = json.loads(body)
+            self._raise_for(status, response_headers, payload)
+        return body
 
     async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
         """Upload DM media and return its ``media_id`` once X can attach it (usable for 24 h).
@@ -402,4 +452,56 @@ def _user(payload: Any) -> XUser | None:
         username=str(data.get("username", "")),
         name=str(data.get("name", "")),
         receives_your_dm=receives if isinstance(receives, bool) else None,
+        profile_image_url=str(data.get("profile_image_url") or ""),
+    )
+
+
+_TON = re.compile(r"/1\.1/ton/data/dm/([0-9]{1,19})/([0-9]{1,19})/([A-Za-z0-9_.-]{1,50})$")
+
+
+def ton_parts(url: str) -> tuple[str, str, str] | None:
+    """``(dm_id, media_id, resource_id)`` of a legacy TON URL, or None."""
+    match = _TON.search(url.split("?", 1)[0])
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
+def _event_page(payload: Any) -> EventPage:
+    """Parse a ``GET /2/dm_events`` answer; anything malformed is dropped, not raised."""
+    body: dict[str, Any] = payload if isinstance(payload, dict) else {}
+    includes: dict[str, Any] = body["includes"] if isinstance(body.get("includes"), dict) else {}
+    users: dict[str, XUser] = {}
+    for raw in includes.get("users") or []:
+        user = _user({"data": raw})
+        if user is not None:
+            users[user.id] = user
+    media = {
+        str(m["media_key"]): m
+        for m in includes.get("media") or []
+        if isinstance(m, dict) and isinstance(m.get("media_key"), str)
+    }
+    events: list[XEvent] = []
+    for raw in body.get("data") or []:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].isdigit():
+            continue
+        attachments: dict[str, Any] = raw["attachments"] if isinstance(raw.get("attachments"), dict) else {}
+        keys = [k for k in attachments.get("media_keys") or [] if isinstance(k, str)]
+        participants = raw.get("participant_ids")
+        events.append(
+            XEvent(
+                id=raw["id"],
+                kind=str(raw.get("event_type") or "MessageCreate"),
+                conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
+                sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+                text=str(raw.get("text") or ""),
+                created_at=_parse_time(raw.get("created_at")),
+                participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
+                media=tuple(media.get(k, {"media_key": k}) for k in keys),
+            )
+        )
+    meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    next_token = meta.get("next_token")
+    return EventPage(
+        events=tuple(events),
+        users=users,
+        next_token=next_token if isinstance(next_token, str) and next_token else None,
     )
