@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge import translate
 from bridge.budget import Budget
 from bridge.errors import (
+    SlackError,
     SlackRateLimited,
     SlackRefused,
     SlackTransient,
@@ -39,6 +41,7 @@ from bridge.errors import (
     XAuthRevoked,
     XError,
     XRateLimited,
+    XRefused,
 )
 from bridge.model import Account, EventPage, InboundEvent, InboundItem, InboundState, XEvent, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient
@@ -49,6 +52,7 @@ log = logging.getLogger("bridge.inbound")
 METADATA_TYPE = "xdm_bridge_inbound"  # Slack message metadata event_type of our posts
 HISTORY_SKEW = 120.0  # look this far before a post began when searching Slack's history
 MAX_USERNAME = 80  # Slack truncates longer usernames
+MAX_MEDIA_BYTES = 512 * 1024 * 1024  # X's largest DM media (video)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class Inbound:
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
         self._busy: set[tuple[str, str]] = set()
+        self._backfills: dict[int, set[str]] = {}  # account -> conversations whose history is wanted
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
@@ -170,6 +175,12 @@ class Inbound:
         else:
             self._next_poll.pop(account_id, None)
         self._poll_wake.set()
+
+    def backfill(self, account_id: int, conversation_id: str) -> None:
+        """A channel was just bridged to this conversation: post its recent history, once."""
+        if self._config.backfill > 0:
+            self._backfills.setdefault(account_id, set()).add(conversation_id)
+            self._poll_wake.set()
 
     def wake(self) -> None:
         """New rows are queued: post them."""
@@ -212,6 +223,7 @@ class Inbound:
         """Poll every account that is due; return how long until the next one is."""
         now = self._clock.now()
         accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
+        await asyncio.gather(*(self._backfill_account(a) for a in accounts if self._backfills.get(a.id)))
         due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
         await asyncio.gather(*(self._poll_account(a) for a in due))
         upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
@@ -311,6 +323,42 @@ class Inbound:
 
         return await self._budget.read(account.id, self._clock.now, call, keep=self._config.reserve)
 
+    async def _backfill_account(self, account: Account) -> None:
+        """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
+        as history. Reads come from the reserve the poller leaves; a spent budget waits."""
+        wanted = self._backfills.get(account.id, set())
+        size = self._config.backfill
+        for conversation_id in sorted(wanted):
+
+            async def call(conversation_id: str = conversation_id) -> tuple[EventPage, Any]:
+                return await self._tokens.call(
+                    account,
+                    lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
+                )
+
+            try:
+                page = await self._budget.read(account.id, self._clock.now, call)
+            except XRateLimited as exc:
+                self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
+                return
+            except (XError, XAuthRevoked) as exc:
+                log.warning(
+                    "could not read a conversation's history",
+                    extra={"account_id": account.id, "conversation": conversation_id, "error": str(exc)},
+                )
+                wanted.discard(conversation_id)
+                continue
+            wanted.discard(conversation_id)
+            messages = sorted((e for e in page.events if e.kind == "MessageCreate"), key=lambda e: int(e.id))[
+                -self._config.backfill :
+            ]
+            events = [inbound_event(e, page.users, "backfill") for e in messages]
+            queued = await self.take(account.id, events)
+            log.info(
+                "history queued for Slack",
+                extra={"account_id": account.id, "conversation": conversation_id, "count": queued},
+            )
+
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (push, backfill); returns how many were new."""
         queued = await self._store.take_inbound(account_id, events, None, self._clock.now())
@@ -367,6 +415,7 @@ class Inbound:
         """Post one row exactly once; returns the channel's next row when this one is done."""
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
         try:
+            item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
                 since = (item.posting_since or item.created_at) - HISTORY_SKEW
                 found = await self._slack.find_posted(item.team_id, item.channel_id, item.dm_event_id, since)
@@ -407,6 +456,47 @@ class Inbound:
             )
             return None
         return await self._posted(item, ts)
+
+    async def _bring_media(self, item: InboundItem) -> InboundItem:
+        """Fetch each attachment from X and share it into the channel, once (progress is kept in
+        the row). One that cannot be brought over is noted; the text goes anyway."""
+        payload = dict(item.payload)
+        media = [m for m in payload.get("media") or [] if isinstance(m, dict)]
+        done = list(payload.get("media_done") or [])
+        failed = list(payload.get("media_failed") or [])
+        pending = [m for m in media if str(m.get("media_key")) not in done + failed]
+        if not pending:
+            return item
+        account = await self._tokens.account(item.account_id)
+        sender = payload.get("sender") or {}
+        for entry in pending:
+            key = str(entry.get("media_key"))
+            url = str(entry.get("url") or "")
+            try:
+                if account is None:
+                    raise XRefused("the X account was disconnected")
+                data = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+                if len(data) > MAX_MEDIA_BYTES:
+                    raise XRefused("the attachment is too large")
+                name = url.rsplit("/", 1)[-1] if url else f"{key}.bin"
+                title = f"From {_handle(sender)} on X" if sender else "From X"
+                await self._slack.upload_file(item.team_id, item.channel_id, name, data, title=title)
+                done.append(key)
+            except SlackRateLimited:
+                raise
+            except (XError, XAuthRevoked, SlackError) as exc:
+                log.warning(
+                    "an X attachment could not be brought over",
+                    extra={"channel": item.channel_id, "dm_event_id": item.dm_event_id, "error": str(exc)},
+                )
+                failed.append(key)
+            # Progress is kept after each file, so a retry never uploads one twice.
+            payload.update(media_done=done, media_failed=failed)
+            if failed:
+                many = "attachments" if len(failed) > 1 else "an attachment"
+                payload["media_note"] = f"{many} could not be brought over from X"
+            await self._store.set_inbound_payload(item.id, payload)
+        return replace(item, payload=payload)
 
     async def _posted(self, item: InboundItem, ts: str) -> InboundItem | None:
         following = await self._store.mark_posted(item.id, ts, self._clock.now())

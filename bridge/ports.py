@@ -199,6 +199,10 @@ class Store(Protocol):
         """Set a row's state and next attempt (leaving ``posting`` forgets when the post began)."""
         ...
 
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        """Replace a row's payload (media brought over so far, a note), so a retry resumes there."""
+        ...
+
     async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
         """Slack said 429: nothing more is posted to this channel before ``until``."""
         ...
@@ -237,9 +241,15 @@ class XClient(Protocol):
         ...
 
     async def dm_events(
-        self, token: str, *, max_results: int, pagination_token: str | None = None
+        self,
+        token: str,
+        *,
+        max_results: int,
+        pagination_token: str | None = None,
+        conversation_id: str | None = None,
     ) -> tuple[EventPage, RateFacts]:
-        """One page of every conversation's events, newest first (``GET /2/dm_events``)."""
+        """One page of events, newest first: every conversation's (``GET /2/dm_events``) or,
+        with ``conversation_id``, that one's. Each is a read on the DM read budget."""
         ...
 
     async def download_dm_media(self, token: str, url: str) -> bytes:
@@ -290,6 +300,12 @@ class SlackClient(Protocol):
 
         Raises ``SlackRateLimited`` (Retry-After), ``SlackTransient`` or ``SlackRefused``.
         """
+        ...
+
+    async def upload_file(
+        self, team_id: str, channel_id: str, filename: str, data: bytes, *, title: str
+    ) -> str:
+        """Share a file into a channel (``files:write``); returns Slack's file id."""
         ...
 
     async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:

@@ -358,6 +358,10 @@ class FakeSlack:
         self._watchers: set[asyncio.Event] = set()
         self._holds: dict[str, asyncio.Event] = {}
         self._drops: dict[str, int] = {}
+        self._uploads: dict[str, dict[str, Any]] = {}
+        self._upload_seq = 0
+        #: Files shared into channels with files.completeUploadExternal: channel, id, title, content.
+        self.shared_files: list[dict[str, Any]] = []
 
         self._handlers: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "api.test": self._api_test,
@@ -371,6 +375,8 @@ class FakeSlack:
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
             "conversations.history": self._conversations_history,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
             "files.info": self._files_info,
         }
 
@@ -379,6 +385,7 @@ class FakeSlack:
         self.app.router.add_route("POST", "/api/{method}", self._handle_api)
         self.app.router.add_post("/response/{response_id}", self._handle_response_url)
         self.app.router.add_get("/files-pri/{team_file}/{tail:.+}", self._handle_file)
+        self.app.router.add_post("/upload/{file_id}", self._handle_upload)
 
     # ---------------------------------------------------------------- configuration
 
@@ -931,6 +938,46 @@ class FakeSlack:
             "has_more": more,
             "response_metadata": {"next_cursor": str(offset + limit) if more else ""},
         }
+
+    def _files_get_upload_url(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        filename = _opt_str(params, "filename")
+        length = _opt_str(params, "length")
+        if not filename:
+            raise _SlackError("invalid_arguments")
+        if not length or not length.isdigit() or int(length) <= 0:
+            raise _SlackError("invalid_length")
+        self._upload_seq += 1
+        file_id = f"FUP{self._upload_seq:06d}"
+        self._uploads[file_id] = {"filename": filename, "length": int(length), "content": None}
+        return {"ok": True, "upload_url": f"{base}/upload/{file_id}", "file_id": file_id}
+
+    def _files_complete_upload(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        files = _json_field(params.get("files"))
+        if not isinstance(files, list) or not files:
+            raise _SlackError("invalid_arguments")
+        channel = _opt_str(params, "channel_id")
+        done = []
+        for entry in files:
+            file_id = str(entry.get("id")) if isinstance(entry, dict) else ""
+            upload = self._uploads.get(file_id)
+            if upload is None or upload["content"] is None:
+                raise _SlackError("file_not_found")
+            if len(upload["content"]) != upload["length"]:
+                raise _SlackError("file_upload_size_mismatch")
+            title = str(entry.get("title") or upload["filename"])
+            done.append({"id": file_id, "title": title})
+            if channel:
+                self.shared_files.append(
+                    {"channel": channel, "id": file_id, "title": title, "content": upload["content"]}
+                )
+        return {"ok": True, "files": done}
+
+    async def _handle_upload(self, request: web.Request) -> web.Response:
+        upload = self._uploads.get(request.match_info["file_id"])
+        if upload is None:
+            return web.Response(status=404, text="no such upload")
+        upload["content"] = await request.read()
+        return web.Response(status=200, text=f"OK - {len(upload['content'])}")
 
     def _files_info(self, params: dict[str, Any], base: str) -> dict[str, Any]:
         file_id = _opt_str(params, "file") or ""

@@ -551,6 +551,26 @@ class FakeX:
         self.events.append(event)
         return event
 
+    def add_media(self, owner_id: str, data: bytes, media_type: str = "image/jpeg") -> str:
+        """A processed DM attachment owned by ``owner_id`` (as if uploaded on X); returns its id."""
+        category = (
+            "dm_gif"
+            if media_type == "image/gif"
+            else "dm_video"
+            if media_type.startswith("video/")
+            else "dm_image"
+        )
+        upload = self._new_media(self.users[owner_id], category, media_type, ())
+        upload.data = data
+        upload.state = "succeeded"
+        return upload.id
+
+    def ton_url(self, event_id: str, media_id: str) -> str:
+        """The legacy TON URL of a DM attachment: its last three parts name the download."""
+        upload = self.media[media_id]
+        extension = (upload.media_type or "image/jpeg").rsplit("/", 1)[-1]
+        return f"https://ton.twitter.com/1.1/ton/data/dm/{event_id}/{media_id}/m{media_id}.{extension}"
+
     def read_windows(self, user_id: str) -> dict[str, int]:
         """Reads counted in each DM event listing endpoint's current window for ``user_id``."""
         prefix = f"{user_id} "
@@ -659,6 +679,7 @@ class FakeX:
             web.get("/2/dm_events", self._all_events),
             web.get("/2/dm_events/{event_id}", self._get_event),
             web.delete("/2/dm_events/{event_id}", self._delete_event),
+            web.get("/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}", self._dm_media_download),
             web.post("/2/media/upload", self._media_upload),
             web.get("/2/media/upload", self._media_status),
             web.post("/2/media/upload/initialize", self._media_initialize),
@@ -1261,7 +1282,11 @@ class FakeX:
         return out
 
     def _includes(
-        self, events: list[DmEvent], expansions: set[str], user_fields: list[str]
+        self,
+        events: list[DmEvent],
+        expansions: set[str],
+        user_fields: list[str],
+        media_fields: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         includes: dict[str, Any] = {}
         if "sender_id" in expansions or "participant_ids" in expansions:
@@ -1277,6 +1302,8 @@ class FakeX:
                 {
                     "media_key": self.media[m].media_key,
                     "type": _MEDIA_API_TYPE[_media_kind(self.media[m].category, None)],
+                    # X's v2 answer for legacy DM media: the TON URL (INBOUND.md §6).
+                    **({"url": self.ton_url(e.id, m)} if "url" in media_fields else {}),
                 }
                 for e in events
                 for m in e.media_ids
@@ -1312,7 +1339,9 @@ class FakeX:
         body: dict[str, Any] = {}
         if page:
             body["data"] = [self._event_json(e, fields, expansions) for e in page]
-            includes = self._includes(page, expansions, _csv(query.get("user.fields")))
+            includes = self._includes(
+                page, expansions, _csv(query.get("user.fields")), frozenset(_csv(query.get("media.fields")))
+            )
             if includes:
                 body["includes"] = includes
         meta: dict[str, Any] = {"result_count": len(page)}
@@ -1360,6 +1389,17 @@ class FakeX:
         if includes:
             body["includes"] = includes
         return _json(200, body)
+
+    async def _dm_media_download(self, request: web.Request) -> web.StreamResponse:
+        """Raw bytes of a legacy DM attachment, for a participant of the DM's conversation."""
+        event_id, media_id = request.match_info["dm_id"], request.match_info["media_id"]
+        event = self._visible_event(request[_USER], event_id)
+        upload = self.media.get(media_id)
+        if event is None or upload is None or media_id not in event.media_ids:
+            return _not_found("media", media_id, "media_id")
+        if request.match_info["resource_id"] != self.ton_url(event_id, media_id).rsplit("/", 1)[-1]:
+            return _not_found("media", request.match_info["resource_id"], "resource_id")
+        return web.Response(body=upload.data, content_type="application/octet-stream")
 
     async def _delete_event(self, request: web.Request) -> web.StreamResponse:
         user = request[_USER]

@@ -110,6 +110,26 @@ class SlackApi:
             raise SlackTransient("chat.postMessage answered without a ts")
         return ts
 
+    async def upload_file(
+        self, team_id: str, channel_id: str, filename: str, data: bytes, *, title: str
+    ) -> str:
+        """Share a file into a channel: ``files.getUploadURLExternal``, the bytes, then
+        ``files.completeUploadExternal``. Returns Slack's file id."""
+        try:
+            ticket = await self._client.files_getUploadURLExternal(filename=filename, length=len(data))
+            upload_url, file_id = str(ticket["upload_url"]), str(ticket["file_id"])
+            async with self._session.post(upload_url, data=data, timeout=DOWNLOAD_TIMEOUT) as response:
+                if response.status != 200:
+                    raise SlackTransient(f"Slack's upload URL answered HTTP {response.status}")
+            await self._client.files_completeUploadExternal(
+                files=[{"id": file_id, "title": title}], channel_id=channel_id
+            )
+        except SlackApiError as exc:
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
+        return file_id
+
     async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
         """Search ``conversations.history`` since ``oldest`` for our post carrying ``event_id``."""
         cursor: str | None = None

@@ -17,6 +17,9 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "chat.postEphemeral": ("chat:write",),
     # After a crash: was this X event already posted? (its metadata carries the dm_event_id)
     "conversations.history": ("channels:history", "groups:history"),
+    # Media in X messages, shared into the bridged channel.
+    "files.getUploadURLExternal": ("files:write",),
+    "files.completeUploadExternal": ("files:write",),
     "reactions.add": ("reactions:write",),
     "reactions.remove": ("reactions:write",),
     "users.info": ("users:read",),

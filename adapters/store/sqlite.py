@@ -47,7 +47,8 @@ log = logging.getLogger("adapters.store.sqlite")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is plenty
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0
+NOT_BRIDGED = "no channel bridges this conversation"  # Slack retries within minutes; a day is plenty
 
 
 def open_database(path: str) -> Database:
@@ -879,7 +880,10 @@ class SqliteStore:
         return await self._call(work)
 
     def _take_one(self, account_id: int, own_id: str | None, event: InboundEvent, now: float) -> int:
-        if self._one("SELECT 1 AS known FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]):
+        known = self._one(
+            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
+        )
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == NOT_BRIDGED):
             return 0
         mapping = (
             self._one(
@@ -892,12 +896,27 @@ class SqliteStore:
         )
         state, why = InboundState.QUEUED, None
         if mapping is None:
-            state, why = InboundState.SKIPPED, "no channel bridges this conversation"
+            state, why = InboundState.SKIPPED, NOT_BRIDGED
         elif self._one("SELECT 1 AS ours FROM message_map WHERE dm_event_id = ?", [event.dm_event_id]):
             state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
         elif event.sender_id is not None and event.sender_id == own_id and self._outbox_echo(mapping, event):
             state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
         payload = {**event.payload, "from_self": event.sender_id is not None and event.sender_id == own_id}
+        if known is not None:
+            # Read before any channel bridged its conversation; now the channel's history wants it.
+            if state is not InboundState.QUEUED or mapping is None:
+                return 0
+            self.db.execute(
+                "UPDATE inbound SET team_id = ?, channel_id = ?, payload = ?, origin = 'backfill', "
+                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = ?",
+                [
+                    mapping["team_id"],
+                    mapping["channel_id"],
+                    json.dumps(payload, separators=(",", ":")),
+                    known["id"],
+                ],
+            )
+            return 1
         cursor = self.db.execute(
             """
             INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
@@ -1036,6 +1055,13 @@ class SqliteStore:
             "UPDATE inbound SET state = ?, next_attempt_at = ?, last_error = ?, "
             "posting_since = CASE WHEN ? = 'posting' THEN posting_since END WHERE id = ?",
             [state.value, next_attempt_at, error, state.value, item_id],
+        )
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET payload = ? WHERE id = ?",
+            [json.dumps(payload, separators=(",", ":")), item_id],
         )
 
     async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -267,9 +268,15 @@ class XApiClient:
         return events, facts
 
     async def dm_events(
-        self, token: str, *, max_results: int, pagination_token: str | None = None
+        self,
+        token: str,
+        *,
+        max_results: int,
+        pagination_token: str | None = None,
+        conversation_id: str | None = None,
     ) -> tuple[EventPage, RateFacts]:
-        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first).
+        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first), or of
+        one conversation's (``GET /2/dm_conversations/{id}/dm_events``) for backfill.
 
         ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
         them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
@@ -284,9 +291,17 @@ class XApiClient:
         }
         if pagination_token:
             params["pagination_token"] = pagination_token
-        status, headers, payload = await self._call("GET", "/2/dm_events", token, params=params)
+        path = f"/2/dm_conversations/{conversation_id}/dm_events" if conversation_id else "/2/dm_events"
+        status, headers, payload = await self._call("GET", path, token, params=params)
         facts = self._raise_for(status, headers, payload)
-        return _event_page(payload), facts
+        page = _event_page(payload)
+        if conversation_id:
+            # The per-conversation answer may leave dm_conversation_id out: it is the one asked for.
+            events = tuple(
+                e if e.conversation_id else replace(e, conversation_id=conversation_id) for e in page.events
+            )
+            page = replace(page, events=events)
+        return page, facts
 
     async def download_dm_media(self, token: str, url: str) -> bytes:
         """``GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}``, the three parts

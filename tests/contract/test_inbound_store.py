@@ -127,3 +127,22 @@ async def test_rescheduling_and_holding_a_channel(store: Store) -> None:
     await store.hold_channel("T1", "C1", 30.0)
     [held] = await store.inbound_heads()
     assert held.state is InboundState.QUEUED and held.posting_since is None and held.next_attempt_at == 30.0
+
+
+async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be_queued(store: Store) -> None:
+    account = await bridged(store, conversation="other")
+    # Read while nothing bridged it: kept, not queued.
+    assert await store.take_inbound(account.id, [event("7")], "7", 1.0) == 0
+    await store.create_mapping(
+        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 2.0)
+    )
+    history = InboundEvent(
+        "7", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "history": True}, "backfill"
+    )
+    assert await store.take_inbound(account.id, [history], None, 3.0) == 1
+    assert await store.take_inbound(account.id, [history], None, 4.0) == 0  # once
+    [head] = await store.inbound_heads()
+    assert head.channel_id == "C2" and head.origin == "backfill" and head.payload["history"] is True
+    await store.set_inbound_payload(head.id, {**head.payload, "media_done": ["3_1"]})
+    [again] = await store.inbound_heads()
+    assert again.payload["media_done"] == ["3_1"]

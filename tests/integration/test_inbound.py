@@ -176,3 +176,57 @@ async def test_zero_429s_under_a_tightened_read_budget(tmp_path: Path) -> None:
         reads = sorted(r.at for r in bridge.x.all_requests if r.path == "/2/dm_events")
         # However eager its configuration, it never read more than X's window allows.
         assert all(sum(1 for t in reads if start <= t < start + READ_WINDOW) <= 3 for start in reads), reads
+
+
+async def test_media_in_an_x_message_is_brought_into_the_channel(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 40
+        media_id = bridge.x.add_media(ALICE, picture)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "look at this", media_ids=(media_id,))
+        await wait_posts(bridge, 1)
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C100" and shared["content"] == picture
+        assert shared["title"] == "From @alice on X"
+        [download] = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/media/")]
+        assert download.path == f"/2/dm_conversations/media/{event.id}/{media_id}/m{media_id}.jpeg"
+        assert [m["text"] for m in posts(bridge)] == ["look at this"]
+
+
+async def test_media_that_cannot_be_fetched_still_lets_the_text_through_with_a_note(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        media_id = bridge.x.add_media(ALICE, b"\xff\xd8\xff data")
+        bridge.x.inject("403", path_contains="/2/dm_conversations/media/")
+        bridge.x.add_event(CONVERSATION, ALICE, "see attached", media_ids=(media_id,))
+        await wait_posts(bridge, 1)
+        assert [m["text"] for m in posts(bridge)] == [
+            "see attached\n_(an attachment could not be brought over from X)_"
+        ]
+        assert bridge.slack.shared_files == []
+
+
+async def test_linking_a_conversation_with_history_posts_it_once_oldest_first(tmp_path: Path) -> None:
+    config = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
+    async with running_bridge(tmp_path, inbound=config) as bridge:
+        for i in range(5):
+            bridge.x.add_event(CONVERSATION, ALICE if i % 2 else ME, f"old {i}")
+        await bridge.connect()
+        await bridge.map_link(CONVERSATION)
+        await wait_posts(bridge, 3)
+        bridge.x.add_event(CONVERSATION, ALICE, "new")
+        await wait_posts(bridge, 4)
+        # Unlinking and linking again brings nothing twice.
+        await bridge.command("unlink")
+        await bridge.map_link(CONVERSATION)
+        await asyncio.sleep(0.6)
+        assert [m["text"] for m in posts(bridge)] == [
+            "old 2\n_(sent from X; history)_",
+            "old 3\n_(history)_",
+            "old 4\n_(sent from X; history)_",
+            "new",
+        ]
+        history = [
+            r for r in bridge.x.all_requests if r.path == f"/2/dm_conversations/{CONVERSATION}/dm_events"
+        ]
+        assert history and history[0].query["max_results"] == "3"
