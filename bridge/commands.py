@@ -528,7 +528,7 @@ class CommandService:
         self._on_mapped()
         if self._inbound is not None and created.conversation_id and kind is not MappingKind.GROUP:
             # A new group has no history; a linked conversation or an existing DM may.
-            self._inbound.backfill(account.id, created.conversation_id)
+            self._inbound.backfill(account.id, created.conversation_id, created.created_at)
         return created
 
     @staticmethod

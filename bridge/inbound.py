@@ -160,7 +160,8 @@ class Inbound:
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
         self._busy: set[tuple[str, str]] = set()
-        self._backfills: dict[int, set[str]] = {}  # account -> conversations whose history is wanted
+        # account -> {conversation whose history is wanted: when it was bridged}
+        self._backfills: dict[int, dict[str, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
@@ -176,10 +177,11 @@ class Inbound:
             self._next_poll.pop(account_id, None)
         self._poll_wake.set()
 
-    def backfill(self, account_id: int, conversation_id: str) -> None:
-        """A channel was just bridged to this conversation: post its recent history, once."""
+    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel was just bridged to this conversation: post its history (what was written
+        before ``bridged_at``; the poller takes what comes after), once."""
         if self._config.backfill > 0:
-            self._backfills.setdefault(account_id, set()).add(conversation_id)
+            self._backfills.setdefault(account_id, {})[conversation_id] = bridged_at
             self._poll_wake.set()
 
     def wake(self) -> None:
@@ -326,9 +328,9 @@ class Inbound:
     async def _backfill_account(self, account: Account) -> None:
         """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
         as history. Reads come from the reserve the poller leaves; a spent budget waits."""
-        wanted = self._backfills.get(account.id, set())
+        wanted = self._backfills.get(account.id, {})
         size = self._config.backfill
-        for conversation_id in sorted(wanted):
+        for conversation_id, bridged_at in sorted(wanted.items()):
 
             async def call(conversation_id: str = conversation_id) -> tuple[EventPage, Any]:
                 return await self._tokens.call(
@@ -346,12 +348,13 @@ class Inbound:
                     "could not read a conversation's history",
                     extra={"account_id": account.id, "conversation": conversation_id, "error": str(exc)},
                 )
-                wanted.discard(conversation_id)
+                wanted.pop(conversation_id, None)
                 continue
-            wanted.discard(conversation_id)
-            messages = sorted((e for e in page.events if e.kind == "MessageCreate"), key=lambda e: int(e.id))[
-                -self._config.backfill :
+            wanted.pop(conversation_id, None)
+            older = [
+                e for e in page.events if e.kind == "MessageCreate" and (e.created_at or 0.0) < bridged_at
             ]
+            messages = sorted(older, key=lambda e: int(e.id))[-self._config.backfill :]
             events = [inbound_event(e, page.users, "backfill") for e in messages]
             queued = await self.take(account.id, events)
             log.info(

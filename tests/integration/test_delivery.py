@@ -45,6 +45,7 @@ async def test_timeout_without_delivery_is_reconciled_then_resent_once(tmp_path:
             if r.method == "GET"
             and r.path.startswith("/2/dm_conversations/")
             and r.path.endswith("/dm_events")
+            and r.query.get("event_types") == "MessageCreate"  # not the history read on linking
         ]
         assert len(reads) == 1  # it looked before sending again
 
