@@ -207,6 +207,10 @@ class Store(Protocol):
         """Slack said 429: nothing more is posted to this channel before ``until``."""
         ...
 
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
+        ...
+
     async def inbound_summary(self, account_id: int) -> dict[str, Any]:
         """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state and ``pending``."""
         ...
@@ -266,6 +270,28 @@ class XClient(Protocol):
 
     async def delete_event(self, token: str, event_id: str) -> None:
         """Delete a DM the token's user sent; an event X no longer knows is not an error."""
+        ...
+
+
+class XApp(Protocol):
+    """X's app-only surface for push: webhooks (Bearer) and activity subscriptions."""
+
+    async def list_webhooks(self) -> list[dict[str, Any]]: ...
+    async def create_webhook(self, url: str) -> dict[str, Any]:
+        """Register ``url``; X checks it with a CRC first. Returns ``{id, url, valid, created_at}``."""
+        ...
+
+    async def validate_webhook(self, webhook_id: str) -> bool:
+        """Re-run the CRC; True when the webhook is valid again."""
+        ...
+
+    async def replay(self, webhook_id: str, start: float, end: float) -> str:
+        """Ask X to push again what it pushed (or tried to) between ``start`` and ``end``."""
+        ...
+
+    async def list_subscriptions(self) -> list[dict[str, Any]]: ...
+    async def subscribe(self, user_token: str, event_type: str, user_id: str, webhook_id: str) -> None:
+        """Subscribe a user to a private event type, with that user's own token."""
         ...
 
 

@@ -35,6 +35,8 @@ class Settings:
     x_client_id: str
     encryption_keys: tuple[str, ...] = field(repr=False)
     x_client_secret: str | None = field(default=None, repr=False)
+    x_consumer_secret: str | None = field(default=None, repr=False)
+    x_bearer_token: str | None = field(default=None, repr=False)
     port: int = 3000
     database_path: str = "bridge.db"
     slack_api_url: str = "https://slack.com/api/"
@@ -59,6 +61,13 @@ class Settings:
     def redirect_uri(self) -> str | None:
         """Where X sends the browser back after consent, or None without ``PUBLIC_URL``."""
         return f"{self.public_url}/x/oauth/callback" if self.public_url else None
+
+    @property
+    def push_url(self) -> str | None:
+        """Where X pushes DMs, when push is configured (both secrets and ``PUBLIC_URL``)."""
+        if self.public_url and self.x_consumer_secret and self.x_bearer_token:
+            return f"{self.public_url}/x/webhook"
+        return None
 
     @property
     def x_confidential(self) -> bool:
@@ -181,6 +190,8 @@ class _Reader:
             bot_token=bot_token,
             x_client_id=client_id,
             x_client_secret=self.get("X_CLIENT_SECRET"),
+            x_consumer_secret=self.get("X_CONSUMER_SECRET"),
+            x_bearer_token=self.get("X_BEARER_TOKEN"),
             encryption_keys=keys,
             port=self.integer("PORT", 3000, low=1, high=65535),
             database_path=self.get("DATABASE_PATH") or "bridge.db",

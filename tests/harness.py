@@ -181,6 +181,7 @@ async def running_bridge(
     inbound: InboundConfig = FAST_INBOUND,
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[Bridge]:
     """Start fake X, fake Slack and the bridge; stop them all afterwards."""
     async with AsyncExitStack() as stack:
@@ -194,7 +195,7 @@ async def running_bridge(
         slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
         slack.add_user("U200", display_name="", real_name="Grace Hopper")
         slack.add_channel("C100", "support")
-        port = free_port()
+        port = port or free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
         app = create_app(settings, delivery_config=delivery, inbound_config=inbound)

@@ -42,6 +42,19 @@ ENV_VARS: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "X_CONSUMER_SECRET",
+        "the X app's OAuth 1.0a API Key Secret (Keys and tokens); X signs webhook deliveries with "
+        "it. With X_BEARER_TOKEN and PUBLIC_URL it turns on push at {PUBLIC_URL}/x/webhook",
+        None,
+        secret=True,
+    ),
+    EnvVar(
+        "X_BEARER_TOKEN",
+        "the X app's Bearer Token (Keys and tokens), which manages the webhook and its subscriptions",
+        None,
+        secret=True,
+    ),
+    EnvVar(
         "BRIDGE_ENCRYPTION_KEY",
         "Fernet key(s) encrypting X tokens at rest, comma-separated, newest first; "
         "`xdm-bridge keygen` prints one",

@@ -30,18 +30,21 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import math
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
 
@@ -108,6 +111,12 @@ _FIRST_ID = 1_880_000_000_000_000_001  # 19 digits, leaves room to grow within ^
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def sign(secret: str, message: bytes) -> str:
+    """``sha256=`` + base64(HMAC-SHA256): X's CRC answer and its delivery signature."""
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(digest).decode()
 
 
 # ---------------------------------------------------------------------------- records
@@ -257,6 +266,9 @@ class _Window:
 
 #: RFC 7636 S256 transform (authlib's helper, typed here).
 _s256_challenge: Callable[[str], str] = _untyped_s256
+
+#: Who an app-only Bearer token acts as (never a participant in anything).
+APP_USER = XUser(id="0", username="app", name="app")
 
 _CLOSING: web.AppKey[asyncio.Event] = web.AppKey("fake_x_closing", asyncio.Event)
 _BODY: web.RequestKey[bytes] = web.RequestKey("fake_x_body", bytes)
@@ -461,6 +473,22 @@ class FakeX:
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
 
+        # Webhooks and XAA subscriptions (INBOUND.md §1-3): app Bearer token, consumer secret.
+        self.app_bearer_token = "test-app-bearer"
+        self.consumer_secret = "test-consumer-secret"
+        self.webhooks: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.deliveries: list[dict[str, Any]] = []
+        """Every push attempted: webhook_id, body, status (None: dropped on purpose), at."""
+        self.replays: list[dict[str, Any]] = []
+        self.push_drop = 0
+        """Drop the next N deliveries (X's push is not guaranteed)."""
+        self.push_duplicate = 0
+        """Deliver the next N twice (X warns of duplicates)."""
+        self.push_groups = False
+        """X's push may miss group conversations (INBOUND.md §3); the fake does by default."""
+        self._push_tasks: set[asyncio.Task[None]] = set()
+
         # Faults and hooks.
         self.faults: list[Fault] = []
         self.faults_served: list[tuple[str, str]] = []
@@ -549,6 +577,7 @@ class FakeX:
             participant_ids=participant_ids,
         )
         self.events.append(event)
+        self._push(event)
         return event
 
     def add_media(self, owner_id: str, data: bytes, media_type: str = "image/jpeg") -> str:
@@ -680,6 +709,13 @@ class FakeX:
             web.get("/2/dm_events/{event_id}", self._get_event),
             web.delete("/2/dm_events/{event_id}", self._delete_event),
             web.get("/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}", self._dm_media_download),
+            web.get("/2/webhooks", self._webhooks_list),
+            web.post("/2/webhooks", self._webhooks_create),
+            web.post("/2/webhooks/replay", self._webhooks_replay),
+            web.put("/2/webhooks/{webhook_id}", self._webhooks_validate),
+            web.delete("/2/webhooks/{webhook_id}", self._webhooks_delete),
+            web.get("/2/activity/subscriptions", self._subscriptions_list),
+            web.post("/2/activity/subscriptions", self._subscriptions_create),
             web.post("/2/media/upload", self._media_upload),
             web.get("/2/media/upload", self._media_status),
             web.post("/2/media/upload/initialize", self._media_initialize),
@@ -818,6 +854,10 @@ class FakeX:
 
     # --------------------------------------------------------------------- auth
 
+    def _is_app_bearer(self, request: web.Request) -> bool:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.app_bearer_token)
+
     def _bearer_user(self, request: web.Request) -> XUser | None:
         token = self._access_token(request)
         return self.users.get(token.user_id) if token is not None else None
@@ -833,6 +873,12 @@ class FakeX:
         return token
 
     def _authorize_request(self, request: web.Request, operation: Mapping[str, Any]) -> web.Response | None:
+        if self._is_app_bearer(request):
+            schemes = {k for r in operation.get("security", []) if isinstance(r, Mapping) for k in r}
+            if "BearerToken" not in schemes:
+                return _about_blank(403, "Forbidden", "This endpoint needs a user token.")
+            request[_USER] = APP_USER
+            return None
         token = self._access_token(request)
         user = self.users.get(token.user_id) if token is not None else None
         if token is None or user is None:
@@ -1188,6 +1234,7 @@ class FakeX:
             created_at=self.clock(),
         )
         self.events.append(event)
+        self._push(event)
         return _json(201, {"data": {"dm_conversation_id": conv.id, "dm_event_id": event.id}})
 
     def _one_to_one(self, a: str, b: str) -> Conversation:
@@ -1412,6 +1459,198 @@ class FakeX:
         event.deleted = True
         return _json(200, {"data": {"deleted": True}})
 
+    # ------------------------------------------------------------ webhooks / XAA
+
+    async def _crc(self, url: str) -> bool:
+        """X's CRC: GET url?crc_token=…; the answer must be the HMAC of the token."""
+        token = secrets.token_urlsafe(24)
+        try:
+            async with aiohttp.ClientSession() as session:
+                separator = "&" if "?" in url else "?"
+                async with session.get(
+                    f"{url}{separator}crc_token={token}", timeout=aiohttp.ClientTimeout(10)
+                ) as r:
+                    if r.status != 200:
+                        return False
+                    body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+        expected = sign(self.consumer_secret, token.encode())
+        answer = body.get("response_token") if isinstance(body, dict) else None
+        return isinstance(answer, str) and hmac.compare_digest(answer, expected)
+
+    async def _webhooks_list(self, request: web.Request) -> web.StreamResponse:
+        data = [dict(w) for w in self.webhooks.values()]
+        return _json(200, {"data": data, "meta": {"result_count": len(data)}})
+
+    async def _webhooks_create(self, request: web.Request) -> web.StreamResponse:
+        url = json.loads(request[_BODY])["url"]
+        if any(w["url"] == url for w in self.webhooks.values()):
+            return _invalid_request("DuplicateUrlFailed", parameter="url", value=url)
+        if not await self._crc(url):
+            return _invalid_request("CrcValidationFailed", parameter="url", value=url)
+        webhook = {"id": self._new_id(), "url": url, "valid": True, "created_at": _iso(self.clock())}
+        self.webhooks[webhook["id"]] = webhook
+        return _json(200, {"data": dict(webhook)})
+
+    async def _webhooks_validate(self, request: web.Request) -> web.StreamResponse:
+        webhook = self.webhooks.get(request.match_info["webhook_id"])
+        if webhook is None:
+            return _not_found("webhook", request.match_info["webhook_id"], "webhook_id")
+        webhook["valid"] = await self._crc(webhook["url"])
+        return _json(200, {"data": {"valid": webhook["valid"]}})
+
+    async def _webhooks_delete(self, request: web.Request) -> web.StreamResponse:
+        webhook = self.webhooks.pop(request.match_info["webhook_id"], None)
+        if webhook is None:
+            return _not_found("webhook", request.match_info["webhook_id"], "webhook_id")
+        return _json(200, {"data": {"deleted": True}})
+
+    async def _webhooks_replay(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(request[_BODY])
+        webhook = self.webhooks.get(body["webhook_id"])
+        if webhook is None:
+            return _not_found("webhook", body["webhook_id"], "webhook_id")
+        start = datetime.strptime(body["from_date"], "%Y%m%d%H%M").replace(tzinfo=UTC).timestamp()
+        end = datetime.strptime(body["to_date"], "%Y%m%d%H%M").replace(tzinfo=UTC).timestamp() + 60
+        job = {"job_id": self._new_id(), "created_at": _iso(self.clock())}
+        self.replays.append({**body, **job})
+        again = [d for d in self.deliveries if d["webhook_id"] == webhook["id"] and start <= d["at"] < end]
+        for delivery in again:
+            self._spawn(self._deliver(webhook, delivery["body"], replay=True))
+        return _json(200, {"data": job})
+
+    async def _subscriptions_list(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, {"data": [dict(s) for s in self.subscriptions.values()]})
+
+    async def _subscriptions_create(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        body = json.loads(request[_BODY])
+        event_type, user_id = body["event_type"], str(body["filter"].get("user_id", ""))
+        if event_type.startswith(("dm.", "chat.")) and (user is APP_USER or user.id != user_id):
+            # Private events: only with the monitored user's own token (INBOUND.md §1).
+            return _about_blank(403, "Forbidden", "Private events need the user's own token.")
+        webhook_id = body.get("webhook_id")
+        if webhook_id is not None and webhook_id not in self.webhooks:
+            return _invalid_request("Unknown webhook_id.", parameter="webhook_id", value=str(webhook_id))
+        for existing in self.subscriptions.values():
+            if existing["event_type"] == event_type and existing["filter"]["user_id"] == user_id:
+                return _invalid_request("DuplicateSubscription", parameter="event_type", value=event_type)
+        now = _iso(self.clock())
+        subscription: dict[str, Any] = {
+            "subscription_id": self._new_id(),
+            "event_type": event_type,
+            "filter": {"user_id": user_id},
+            "created_at": now,
+            "updated_at": now,
+        }
+        for key in ("tag", "webhook_id"):
+            if body.get(key) is not None:
+                subscription[key] = body[key]
+        self.subscriptions[subscription["subscription_id"]] = subscription
+        return _json(200, {"data": {"subscription": dict(subscription)}})
+
+    def payload_for(self, event: DmEvent, event_type: str, user_id: str, tag: str | None) -> dict[str, Any]:
+        """A delivery as X documents it: the legacy ``direct_message_events`` shape."""
+        conv = self.conversations[event.conversation_id]
+        recipient = next(iter(sorted(conv.participants - {event.sender_id})), event.sender_id)
+        users = {
+            uid: {"data": {"id": uid, "username": self.users[uid].username, "name": self.users[uid].name}}
+            for uid in (event.sender_id, recipient)
+            if uid in self.users
+        }
+        data: dict[str, Any] = {
+            "event_uuid": str(-secrets.randbelow(10**18)),
+            "filter": {"user_id": user_id},
+            "event_type": event_type,
+            "payload": {
+                "direct_message_events": [
+                    {
+                        "type": "message_create",
+                        "id": event.id,
+                        "created_timestamp": str(int(event.created_at * 1000)),
+                        "message_create": {
+                            "target": {"recipient_id": recipient},
+                            "sender_id": event.sender_id,
+                            "message_data": {
+                                "text": event.text or "",
+                                "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []},
+                            },
+                        },
+                    }
+                ],
+                "users": users,
+            },
+        }
+        if tag is not None:
+            data["tag"] = tag
+        return {"data": data}
+
+    def _push(self, event: DmEvent) -> None:
+        """Push a new MessageCreate to every subscribed webhook (dm.received / dm.sent)."""
+        conv = self.conversations.get(event.conversation_id)
+        if event.event_type != "MessageCreate" or conv is None:
+            return
+        if conv.kind == "Group" and not self.push_groups:
+            return
+        for subscription in list(self.subscriptions.values()):
+            user_id = subscription["filter"]["user_id"]
+            kind = subscription["event_type"]
+            wanted = (kind == "dm.sent" and event.sender_id == user_id) or (
+                kind == "dm.received" and event.sender_id != user_id and user_id in conv.participants
+            )
+            webhook = self.webhooks.get(str(subscription.get("webhook_id")))
+            if wanted and webhook is not None and webhook["valid"]:
+                body = json.dumps(self.payload_for(event, kind, user_id, subscription.get("tag"))).encode()
+                self._spawn(self._deliver(webhook, body))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            work.close()
+            return  # no loop (a test building state): nothing can be pushed
+        task = loop.create_task(work)
+        self._push_tasks.add(task)
+        task.add_done_callback(self._push_tasks.discard)
+
+    async def _deliver(self, webhook: dict[str, Any], body: bytes, *, replay: bool = False) -> None:
+        record: dict[str, Any] = {
+            "webhook_id": webhook["id"],
+            "body": body,
+            "status": None,
+            "at": self.clock(),
+        }
+        if not replay:
+            self.deliveries.append(record)
+        if not replay and self.push_drop > 0:
+            self.push_drop -= 1
+            return
+        copies = 1
+        if not replay and self.push_duplicate > 0:
+            self.push_duplicate -= 1
+            copies = 2
+        headers = {
+            "Content-Type": "application/json",
+            "x-twitter-webhooks-signature": sign(self.consumer_secret, body),
+        }
+        for _ in range(copies):
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        webhook["url"], data=body, headers=headers, timeout=aiohttp.ClientTimeout(10)
+                    ) as r,
+                ):
+                    record["status"] = r.status
+            except (aiohttp.ClientError, TimeoutError):
+                record["status"] = "error"
+
+    async def wait_pushes(self) -> None:
+        """Let every delivery in flight finish (tests)."""
+        while self._push_tasks:
+            await asyncio.wait(set(self._push_tasks))
+
     # -------------------------------------------------------------------- media
 
     def _media_limit_error(self, kind: str, size: int) -> web.Response | None:
@@ -1631,4 +1870,8 @@ async def run_fake_x(
         bound = cast(tuple[str, int], runner.addresses[0])
         yield server, f"http://{host}:{bound[1]}"
     finally:
+        for task in list(server._push_tasks):
+            task.cancel()
+        if server._push_tasks:
+            await asyncio.wait(set(server._push_tasks))
         await runner.cleanup()

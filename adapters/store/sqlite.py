@@ -1072,6 +1072,13 @@ class SqliteStore:
             [until, team_id, channel_id],
         )
 
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        def work() -> float | None:
+            row = self._one("SELECT MAX(created_at) AS t FROM inbound WHERE origin = ?", [origin])
+            return row["t"] if row else None
+
+        return await self._call(work)
+
     async def inbound_summary(self, account_id: int) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])

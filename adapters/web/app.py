@@ -9,6 +9,7 @@ ones; anything cut off stays ``sending`` and is reconciled on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
@@ -29,7 +30,8 @@ from adapters.slack.app import build_bolt_app
 from adapters.store.crypto import TokenCipher
 from adapters.store.sqlite import SqliteStore
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
-from adapters.x.api import XApiClient
+from adapters.x import push as x_push
+from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import XOAuthClient
 from bridge.budget import Budget
 from bridge.commands import CommandService
@@ -38,6 +40,7 @@ from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
 from bridge.inbound import Inbound, InboundConfig
 from bridge.model import Account
+from bridge.push import Push
 from bridge.relay import Relay
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
@@ -89,6 +92,7 @@ class Services:
     store: SqliteStore
     delivery: Delivery
     inbound: Inbound
+    push: Push | None
     bolt: AsyncApp
     connect: ConnectService
     background: Background
@@ -122,6 +126,8 @@ def create_app(
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/oauth/callback", x_oauth_callback)
+    app.router.add_get("/x/webhook", x_webhook_crc)
+    app.router.add_post("/x/webhook", x_webhook_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
     return app
@@ -162,6 +168,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             tokens.forget(account.id)
             delivery.wake()
             inbound.poll_soon(account.id)
+            if push is not None:
+                push.recheck()
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -170,6 +178,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
+        push: Push | None = None
+        if settings.push_url and settings.x_bearer_token:
+            push = Push(
+                store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url
+            )
+            inbound.push_active = push.active
 
         def mapped() -> None:
             delivery.wake()
@@ -206,6 +220,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             store,
             delivery,
             inbound,
+            push,
             bolt,
             connect,
             background,
@@ -214,17 +229,69 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         worker = asyncio.create_task(delivery.run(), name="delivery")
         inbound_worker = asyncio.create_task(inbound.run(), name="inbound")
+        # Push is set up once the server answers X's CRC, so after start-up, not before it.
+        push_worker = asyncio.create_task(_push_after_start(push), name="push") if push else None
         log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
         yield
         log.info("shutting down: finishing in-flight sends and posts")
         await asyncio.gather(delivery.stop(SHUTDOWN_GRACE), inbound.stop(SHUTDOWN_GRACE / 2))
         await worker
         await inbound_worker
+        if push is not None and push_worker is not None:
+            push.stop()
+            push_worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await push_worker
         await background.drain(5.0)
     finally:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+async def _push_after_start(push: Push) -> None:
+    await asyncio.sleep(0.5)  # let the site start listening: registering makes X call us back
+    try:
+        await push.run()
+    except Exception:
+        log.exception("X push upkeep failed; polling carries on")
+
+
+async def x_webhook_crc(request: web.Request) -> web.Response:
+    """X's CRC check: prove we hold the consumer secret. 404 when push is not configured."""
+    settings = request.app[SETTINGS]
+    token = request.query.get("crc_token", "")
+    if not settings.x_consumer_secret:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not token:
+        return web.json_response({"error": "crc_token missing"}, status=400)
+    return web.json_response(x_push.crc_response(settings.x_consumer_secret, token))
+
+
+async def x_webhook_delivery(request: web.Request) -> web.Response:
+    """A push from X: verified, then committed to the inbound queue before the 200.
+
+    Anything whose signature does not verify is refused with 401 and nothing is taken."""
+    settings = request.app[SETTINGS]
+    services = request.app[SERVICES]
+    body = await request.read()
+    signature = request.headers.get(x_push.SIGNATURE_HEADER)
+    if not settings.x_consumer_secret or services.push is None:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not x_push.verify(settings.x_consumer_secret, body, signature):
+        log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
+        return web.json_response({"error": "invalid signature"}, status=401)
+    try:
+        delivery = x_push.parse_delivery(body)
+    except x_push.MalformedDelivery as exc:
+        log.info("X push not understood; ignored", extra={"reason": str(exc)})
+        return web.json_response({"error": "malformed delivery"}, status=400)
+    queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    log.info(
+        "X push taken",
+        extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
+    )
+    return web.json_response({"ok": True})
 
 
 async def slack_events(request: web.Request) -> web.StreamResponse:

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -520,3 +520,66 @@ def _event_page(payload: Any) -> EventPage:
         users=users,
         next_token=next_token if isinstance(next_token, str) and next_token else None,
     )
+
+
+class XAppClient:
+    """X's app-only (Bearer) surface: webhooks and the app's activity subscriptions.
+
+    Implements ``bridge.ports.XApp``."""
+
+    def __init__(self, api: XApiClient, bearer_token: str) -> None:
+        self._api = api
+        self._token = bearer_token
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        status, headers, payload = await self._api._call(method, path, self._token, body=body)
+        self._api._raise_for(status, headers, payload)
+        return payload
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        payload = await self._json("GET", "/2/webhooks")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [w for w in data or [] if isinstance(w, dict) and "id" in w]
+
+    async def create_webhook(self, url: str) -> dict[str, Any]:
+        """``POST /2/webhooks``: X runs the CRC against ``url`` before answering."""
+        payload = await self._json("POST", "/2/webhooks", {"url": url})
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict) or "id" not in data:
+            raise XRefused(f"X did not create the webhook: {describe_error(200, payload)}")
+        return data
+
+    async def validate_webhook(self, webhook_id: str) -> bool:
+        """``PUT /2/webhooks/{id}``: re-run the CRC (re-enables an invalid webhook)."""
+        payload = await self._json("PUT", f"/2/webhooks/{quote(webhook_id, safe='')}")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return isinstance(data, dict) and data.get("valid") is True
+
+    async def replay(self, webhook_id: str, start: float, end: float) -> str:
+        """``POST /2/webhooks/replay`` for [start, end] (UTC minutes, both inclusive)."""
+        body = {
+            "webhook_id": webhook_id,
+            "from_date": datetime.fromtimestamp(start, UTC).strftime("%Y%m%d%H%M"),
+            "to_date": datetime.fromtimestamp(end, UTC).strftime("%Y%m%d%H%M"),
+        }
+        payload = await self._json("POST", "/2/webhooks/replay", body)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return str(data.get("job_id")) if isinstance(data, dict) else ""
+
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
+        payload = await self._json("GET", "/2/activity/subscriptions")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [s for s in data or [] if isinstance(s, dict)]
+
+    async def subscribe(self, user_token: str, event_type: str, user_id: str, webhook_id: str) -> None:
+        """``POST /2/activity/subscriptions`` with the monitored user's own token (private events)."""
+        body = {
+            "event_type": event_type,
+            "filter": {"user_id": user_id},
+            "tag": f"xdm-bridge:{user_id}",
+            "webhook_id": webhook_id,
+        }
+        status, headers, payload = await self._api._call(
+            "POST", "/2/activity/subscriptions", user_token, body=body
+        )
+        self._api._raise_for(status, headers, payload)

@@ -146,3 +146,13 @@ async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be
     await store.set_inbound_payload(head.id, {**head.payload, "media_done": ["3_1"]})
     [again] = await store.inbound_heads()
     assert again.payload["media_done"] == ["3_1"]
+
+
+async def test_latest_inbound_at_by_origin(store: Store) -> None:
+    account = await bridged(store)
+    assert await store.latest_inbound_at("push") is None
+    pushed = InboundEvent("3", "MessageCreate", CONVERSATION, ALICE, {"text": "x"}, "push")
+    await store.take_inbound(account.id, [pushed], None, 50.0)
+    await store.take_inbound(account.id, [event("4")], "4", 60.0)
+    assert await store.latest_inbound_at("push") == 50.0
+    assert await store.latest_inbound_at("poll") == 60.0
