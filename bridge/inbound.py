@@ -159,6 +159,7 @@ class Inbound:
         self._stopping = False
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
+        self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._busy: set[tuple[str, str]] = set()
         # account -> {conversation whose history is wanted: when it was bridged}
         self._backfills: dict[int, dict[str, float]] = {}
@@ -225,6 +226,11 @@ class Inbound:
         """Poll every account that is due; return how long until the next one is."""
         now = self._clock.now()
         accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
+        self._has_groups = {
+            m.account_id
+            for m in await self._store.list_mappings()
+            if m.conversation_id and "-" not in m.conversation_id  # a group's id has no "-"
+        }
         await asyncio.gather(*(self._backfill_account(a) for a in accounts if self._backfills.get(a.id)))
         due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
         await asyncio.gather(*(self._poll_account(a) for a in due))
@@ -268,7 +274,9 @@ class Inbound:
         interval = max(config.min_interval, paced)
         if now - self._last_activity.get(account_id, -1e18) > config.active_for:
             interval = max(interval, config.idle_interval)
-        if self.push_active(account_id):
+        if self.push_active(account_id) and account_id not in self._has_groups:
+            # Push may miss group conversations (INBOUND.md §3): only without any is polling a
+            # mere safety net.
             interval = max(interval, config.push_interval)
         return interval
 
@@ -307,6 +315,8 @@ class Inbound:
                 default=self._clock.now(),
             )
             collected = [e for e in collected if e.created_at is not None and e.created_at >= since]
+            # With no event at all yet, everything X shows later is new: "0" says "read before".
+            newest = newest or "0"
             log.info("inbound cursor set", extra={"account_id": account.id, "newest": newest})
         events = [inbound_event(e, users, "poll") for e in sorted(collected, key=lambda e: int(e.id))]
         queued = await self._store.take_inbound(account.id, events, newest, self._clock.now())

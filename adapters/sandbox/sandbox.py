@@ -60,7 +60,7 @@ log = logging.getLogger("adapters.sandbox.sandbox")
 
 HOST = "127.0.0.1"
 LABEL = "Simulation — nothing leaves this machine"
-NOT_RELAYED_NOTE = "replies from X are not relayed to Slack yet (two-way relay is a later feature)"
+FROM_X_NOTE = "typed on X: the bridge reads it (push for 1-to-1, polling for groups) and posts it in Slack"
 
 # The simulated world: one workspace, one person, one channel; a few people on X.
 TEAM_ID, TEAM_NAME = "T0SANDBOX", "Sandbox workspace"
@@ -384,13 +384,14 @@ class Sandbox:
                     at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True, via="chat.postEphemeral"
                 )
         for post in self.slack.posted(CHANNEL_ID):
+            as_sender = post.get("username")  # an X reply, posted as its sender
             add(
                 float(post["ts"]),
                 "bot",
                 str(post.get("text", "")),
-                author="xdm-bridge",
+                author=str(as_sender or "xdm-bridge"),
                 only_you=False,
-                via="chat.postMessage",
+                via="chat.postMessage as the X sender" if as_sender else "chat.postMessage",
             )
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
@@ -417,7 +418,7 @@ class Sandbox:
                         "you": event.sender_id == YOUR_X_ID,
                         "text": event.text if event.text is not None else "[attachment]",
                         "at": event.created_at,
-                        "note": NOT_RELAYED_NOTE if from_x else "",
+                        "note": FROM_X_NOTE if from_x else "",
                     }
                 )
             out.append(
@@ -527,7 +528,15 @@ def _loopback_socket(port: int = 0) -> socket.socket:
 
 
 def bridge_env(
-    data_dir: Path, *, x_url: str, slack_url: str, bridge_url: str, signing_secret: str, x_client_secret: str
+    data_dir: Path,
+    *,
+    x_url: str,
+    slack_url: str,
+    bridge_url: str,
+    signing_secret: str,
+    x_client_secret: str,
+    x_consumer_secret: str,
+    x_bearer_token: str,
 ) -> dict[str, str]:
     """The environment a deployed bridge would have, pointed at the simulators."""
     return {
@@ -544,6 +553,10 @@ def bridge_env(
         "BRIDGE_ENCRYPTION_KEY": generate_key(),
         "X_TIMEOUT_SECONDS": "5",
         "LOG_FORMAT": "text",
+        # X → Slack as deployed: push (real time for 1-to-1) and polling (groups), quick when idle.
+        "X_CONSUMER_SECRET": x_consumer_secret,
+        "X_BEARER_TOKEN": x_bearer_token,
+        "INBOUND_POLL_SECONDS": "2",
     }
 
 
@@ -562,6 +575,9 @@ async def running_sandbox(
         for user_id, username, name in X_PEOPLE:
             x.add_user(user_id, username, name)
         x.authorizing_user_id = YOUR_X_ID
+        # X's read budget is 15 per 15 minutes; the simulation's window is 30 s so that group
+        # replies (which X does not push) show within seconds, paced by the same budget logic.
+        x.window_read_seconds = 30.0
         slack, slack_url = await stack.enter_async_context(
             run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")
         )
@@ -577,6 +593,8 @@ async def running_sandbox(
             bridge_url=bridge_url,
             signing_secret=signing_secret,
             x_client_secret=x_client_secret,
+            x_consumer_secret=x.consumer_secret,
+            x_bearer_token=x.app_bearer_token,
         )
         settings = Settings.from_env(env)
         bridge = web.AppRunner(create_app(settings, delivery_config=delivery_config), access_log=None)
