@@ -654,15 +654,24 @@ class FakeSlack:
 
     async def _handle_api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        gate = self._holds.get(method)
-        if gate is not None:
-            await gate.wait()
         headers = {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers}
         params: dict[str, Any] = dict(request.query)
         status = 200
         extra_headers: dict[str, str] = {}
+        # The request is read in full before a hold, as Slack would have it even if the
+        # caller dies while waiting for the answer.
+        unreadable: _SlackError | None = None
         try:
-            params.update(await self._read_body(request))
+            raw = await self._read_body(request)
+        except _SlackError as exc:
+            raw, unreadable = {}, exc
+        gate = self._holds.get(method)
+        if gate is not None:
+            await gate.wait()
+        try:
+            if unreadable is not None:
+                raise unreadable
+            params.update(raw)
             body = self._dispatch(method, params, headers, self.base_url or str(request.url.origin()))
         except _SlackError as exc:
             status = exc.status

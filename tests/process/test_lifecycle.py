@@ -122,4 +122,4 @@ async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
         "seen_events",
     } <= tables
     names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
-    assert names == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
+    assert names == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels", "0008_inbound"]
