@@ -160,6 +160,7 @@ class Inbound:
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
+        self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._busy: set[tuple[str, str]] = set()
         # account -> {conversation whose history is wanted: when it was bridged}
         self._backfills: dict[int, dict[str, float]] = {}
@@ -318,6 +319,7 @@ class Inbound:
             # With no event at all yet, everything X shows later is new: "0" says "read before".
             newest = newest or "0"
             log.info("inbound cursor set", extra={"account_id": account.id, "newest": newest})
+        self._recent_new[account.id] = len(collected)
         events = [inbound_event(e, users, "poll") for e in sorted(collected, key=lambda e: int(e.id))]
         queued = await self._store.take_inbound(account.id, events, newest, self._clock.now())
         if queued:
@@ -326,7 +328,14 @@ class Inbound:
         return queued
 
     async def _read_page(self, account: Account, pagination_token: str | None) -> EventPage:
-        size = self._config.page_size
+        # X bills every event returned and has no "since": ask for about as many as came last
+        # time, plus one to see the cursor, paging back (another read) only when all were new.
+        expected = self._recent_new.get(account.id, 0) + 1
+        size = (
+            max(2, min(self._config.page_size, expected))
+            if pagination_token is None
+            else self._config.page_size
+        )
 
         async def call() -> tuple[EventPage, Any]:
             return await self._tokens.call(
