@@ -84,6 +84,7 @@ class Run:
         self.x.add_user(ME, "bridge_owner", "Bridge Owner")
         self.x.add_user(ALICE, "alice", "Alice")
         self.x.window_read_seconds = self.window
+        self.x.enforce_read_limit = True
         self.x.response_hook = self._count_reads
         db_path = self.tmp / f"bench-{'push' if self.push else 'poll'}.db"
         key = generate_key()

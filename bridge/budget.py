@@ -1,8 +1,10 @@
 """X's DM budgets: sends (per-account 15-minute and 24-hour windows and the app's 24-hour
 window) and reads (per-account 15-minute window for the DM event GETs).
 
-Seeded from settings (the documented 200 / 1,000 / 15,000) and corrected by every
-DM POST response's headers, the stricter of the two winning. The worker asks
+Seeded with what X documents today (15 per 15 minutes and 1,440 per 24 hours per
+user, 1,440 per 24 hours per app) and corrected by every DM POST response's
+headers, up or down: X knows the app's tier, the bridge does not. A limit the
+operator set is a ceiling instead: headers may lower it, never raise it. The worker asks
 ``blocked_until`` before each send and never sends while a known remaining count
 is 0, so in steady state the bridge provokes no 429 at all.
 
@@ -36,15 +38,45 @@ ONE_DAY = 24 * 3600.0
 APP = "app"
 # When a 429 carries no usable reset, wait this long before trying again.
 FALLBACK_PAUSE = 60.0
+# X's documented DM POST limits (docs/reference/x-api/NOTES.md §4), the starting point when
+# the operator set none.
+DEFAULT_USER_15M = 15
+DEFAULT_USER_24H = 1440
+DEFAULT_APP_24H = 1440
+DEFAULT_READS_15M = 15  # GET /2/dm_events and one conversation's events, each (INBOUND.md §5)
+# No window of X's lasts longer than a day: a reset further ahead than this is not believed.
+MAX_RESET_AHEAD = ONE_DAY + 15 * 60.0
+MAX_COUNT = 10**9  # a limit or remaining count beyond this is not a count
+
+
+def plausible_reset(reset: float | None, now: float) -> float | None:
+    """``reset`` if it is a time within X's longest window from ``now``; otherwise None.
+
+    The adapter already drops implausible headers; this guards what the store hands back
+    (an older version saved whatever X sent) and what the core is given.
+    """
+    if reset is None or not isinstance(reset, int | float) or reset != reset:  # NaN
+        return None
+    if reset <= 0 or reset > now + MAX_RESET_AHEAD:
+        return None
+    return float(reset)
+
+
+def _count(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return default
 
 
 @dataclass
 class Window:
-    """One fixed window. ``reset_at == 0`` means not started: it starts at first use."""
+    """One fixed window. ``reset_at == 0`` means not started: it starts at first use.
+
+    ``ceiling`` is the operator's limit (None: none set, X's headers alone decide)."""
 
     key: str
     length: float
-    configured: int
+    ceiling: int | None
     limit: int
     remaining: int
     reset_at: float = 0.0
@@ -73,14 +105,18 @@ class Window:
             return
         header_limit = limit if limit is not None else max(self.limit, remaining)
         used = max(0, header_limit - remaining)
-        effective_limit = min(self.configured, header_limit)
+        effective_limit = self.capped(header_limit)
         new_remaining = max(0, min(remaining, effective_limit - used))
         if shared and reset is not None and abs(reset - self.reset_at) < 1.0:
-            new_remaining = min(new_remaining, self.remaining)
+            # Our own count of sends in this window, carried over to the limit X now reports.
+            new_remaining = min(new_remaining, max(0, effective_limit - (self.limit - self.remaining)))
         self.limit = effective_limit
         self.remaining = new_remaining
         if reset is not None:
             self.reset_at = reset
+
+    def capped(self, limit: int) -> int:
+        return limit if self.ceiling is None else min(self.ceiling, limit)
 
     def exhaust(self, reset: float) -> None:
         self.remaining = 0
@@ -94,35 +130,54 @@ class Budget:
     """All windows, persisted to the store after each change so restarts respect them."""
 
     def __init__(
-        self, store: Store, *, user_15m: int, user_24h: int, app_24h: int, reads_15m: int = 15
+        self,
+        store: Store,
+        *,
+        user_15m: int | None = None,
+        user_24h: int | None = None,
+        app_24h: int | None = None,
+        reads_15m: int | None = None,
     ) -> None:
+        """Each limit: the operator's ceiling, or None to start from X's documented figure."""
         self._store = store
         self._limits = {
-            "15m": (FIFTEEN_MINUTES, user_15m),
-            "24h": (ONE_DAY, user_24h),
-            "reads": (FIFTEEN_MINUTES, reads_15m),
+            "15m": (FIFTEEN_MINUTES, user_15m, DEFAULT_USER_15M),
+            "24h": (ONE_DAY, user_24h, DEFAULT_USER_24H),
+            "reads": (FIFTEEN_MINUTES, reads_15m, DEFAULT_READS_15M),
         }
-        self._app_limit = app_24h
+        self._app_limit = (ONE_DAY, app_24h, DEFAULT_APP_24H)
         self._windows: dict[str, Window] = {}
         self._read_locks: dict[int, asyncio.Lock] = {}
         self._reset_from_headers: set[str] = set()
         self.reads_made = 0  # every read request sent (bench and tests)
 
-    async def load(self) -> None:
+    async def load(self, now: float) -> None:
+        """Read the saved windows; values no window could have (an old version saved X's
+        headers unchecked) are dropped, so one bad row cannot wedge an account or a status."""
         for row in await self._store.load_budgets():
-            window = self._window(row["key"])
-            window.limit = min(window.configured, row["limit_"])
-            window.remaining = min(window.limit, row["remaining"])
-            window.reset_at = row["reset_at"] or 0.0
+            key = str(row.get("key") or "")
+            if key != f"{APP}:24h" and key.rsplit(":", 1)[-1] not in self._limits:
+                log.warning("unknown budget window ignored", extra={"key": key})
+                continue
+            window = self._window(key)
+            reset_at = plausible_reset(row.get("reset_at"), now)
+            if reset_at is None and row.get("reset_at"):
+                log.warning("implausible saved budget reset ignored", extra={"key": key})
+            window.limit = window.capped(_count(row.get("limit_"), window.limit))
+            window.remaining = min(window.limit, _count(row.get("remaining"), window.limit))
+            window.reset_at = reset_at or 0.0
+            if not window.reset_at:
+                window.remaining = window.limit  # a window with no known end is not exhausted
 
     def _window(self, key: str) -> Window:
         window = self._windows.get(key)
         if window is None:
             if key == f"{APP}:24h":
-                length, configured = ONE_DAY, self._app_limit
+                length, ceiling, default = self._app_limit
             else:
-                length, configured = self._limits[key.rsplit(":", 1)[1]]
-            window = Window(key, length, configured, configured, configured)
+                length, ceiling, default = self._limits[key.rsplit(":", 1)[1]]
+            start = default if ceiling is None else ceiling
+            window = Window(key, length, ceiling, start, start)
             self._windows[key] = window
         return window
 
@@ -185,7 +240,8 @@ class Budget:
             app.exhaust(facts.app_day_reset)
             exhausted = True
         if not exhausted:
-            minute.exhaust(reset_at if reset_at > now else now + FALLBACK_PAUSE)
+            believed = plausible_reset(reset_at, now)
+            minute.exhaust(believed if believed is not None and believed > now else now + FALLBACK_PAUSE)
         await self._persist(account_id)
         until = self.blocked_until(account_id, now)
         return until if until is not None else now + FALLBACK_PAUSE
@@ -263,7 +319,7 @@ class Budget:
         if facts.window_remaining is None:
             return
         if facts.window_limit is not None:
-            window.limit = min(window.configured, facts.window_limit)
+            window.limit = window.capped(facts.window_limit)
         window.remaining = max(0, min(window.remaining, facts.window_remaining, window.limit))
         if facts.window_reset is not None:
             # X's reset replaces our guess; after that, the later of the two endpoints' resets.

@@ -12,8 +12,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from bridge.budget import Budget
+from bridge.connect import ConnectService
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
 from bridge.inbound import Inbound
 from bridge.model import (
@@ -29,6 +31,7 @@ from bridge.model import (
     XUser,
     one_to_one_id,
 )
+from bridge.permissions import Permissions
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
 
@@ -40,12 +43,12 @@ STATE_TTL = 600.0
 
 HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm connect` – connect your X account (messages are sent as the account of whoever mapped the channel)
-• `/xdm new-group @alice @bob … [opening message]` – start a new X group DM (2 to 49 people)
-  and bridge this channel to it
+• `/xdm new-group @alice @bob … [opening message]` – bridge this channel to a new X group DM (2 to 49 people)
 • `/xdm dm @alice [message]` – bridge this channel to your 1-to-1 DM with @alice
 • `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
 • `/xdm unlink` – stop bridging this channel
 • `/xdm status` – this channel's mapping, its X account and what is waiting
+• `/xdm disconnect` – revoke the bridge's access to your X account; your channels pause until you reconnect
 Participants are X handles (`@name`) or numeric X user ids."""
 
 
@@ -84,6 +87,11 @@ class Unlink:
 
 
 @dataclass(frozen=True)
+class Disconnect:
+    pass
+
+
+@dataclass(frozen=True)
 class NewGroup:
     participants: tuple[Participant, ...]
     message: str
@@ -100,7 +108,7 @@ class Link:
     conversation_id: str
 
 
-Command = Connect | Help | Status | Unlink | NewGroup | DirectMessage | Link
+Command = Connect | Help | Status | Unlink | Disconnect | NewGroup | DirectMessage | Link
 
 _SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
 _X_PROFILE = re.compile(
@@ -156,6 +164,8 @@ def parse(text: str) -> Command:
         return Status()
     if verb in ("unlink", "disconnect-channel"):
         return Unlink()
+    if verb == "disconnect":
+        return Disconnect()
     if verb == "new-group":
         participants, message = _split_participants(rest)
         unique = list(dict.fromkeys(participants))
@@ -202,6 +212,7 @@ class CommandContext:
     response_url: str | None = None
     channel_name: str = ""
     user_name: str = ""
+    team_name: str = ""  # the workspace's domain, as the slash command names it
 
 
 @dataclass(frozen=True)
@@ -228,9 +239,13 @@ class CommandService:
         clock: Clock,
         oauth_ready: str | None,
         on_mapped: Callable[[], None] = lambda: None,
+        permissions: Permissions | None = None,
+        connections: ConnectService | None = None,
+        connect_page: str = "",
         inbound: Inbound | None = None,
     ) -> None:
-        """``oauth_ready`` is None when connecting works, else the reason it does not."""
+        """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
+        then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
         self._store = store
         self._x = x
         self._oauth = oauth
@@ -240,6 +255,9 @@ class CommandService:
         self._clock = clock
         self._oauth_ready = oauth_ready
         self._on_mapped = on_mapped
+        self._permissions = permissions or Permissions(slack)
+        self._connections = connections
+        self._connect_page = connect_page
         self._inbound = inbound
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
@@ -261,11 +279,15 @@ class CommandService:
                 return await self._status(ctx)
             case Unlink():
                 return await self._unlink(ctx)
+            case Disconnect():
+                return await self._disconnect(ctx)
             case Link(conversation_id=conversation_id):
+                await self._mapping_account(ctx)  # "connect first" comes before the channel's rules
+                await self._may_map(ctx)
                 return await self._link(ctx, conversation_id)
             case NewGroup() | DirectMessage():
                 account = await self._mapping_account(ctx)
-                await self._refuse_if_mapped(ctx)
+                await self._may_map(ctx)
                 if isinstance(command, NewGroup):
                     job = self._new_group(ctx, account, command)
                     note = f"Creating an X group with {_names(command.participants)}…"
@@ -280,6 +302,7 @@ class CommandService:
     async def _connect(self, ctx: CommandContext) -> Reply:
         if self._oauth_ready is not None:
             return Reply(f":x: Connecting X accounts is not set up on this bridge: {self._oauth_ready}")
+        current = await self._store.account_for_user(ctx.team_id, ctx.user_id)
         request = self._oauth.begin()
         await self._store.save_oauth_state(
             OAuthState(
@@ -290,10 +313,23 @@ class CommandService:
                 channel_id=ctx.channel_id,
                 response_url=ctx.response_url,
                 expires_at=self._clock.now() + STATE_TTL,
+                slack_user_name=ctx.user_name,
+                team_name=ctx.team_name,
             )
         )
+        # The bridge's page first, never X's: it names who the X account will belong to and
+        # binds the flow to the browser that confirms, so a forwarded link cannot be finished
+        # by someone else.
+        link = f"{self._connect_page}?{urlencode({'state': request.state})}"
+        if current is not None and not current.disconnected:
+            state = ", which *needs reconnecting*" if current.needs_reconnect else ""
+            return Reply(
+                f"You are connected as @{current.x_username} on X{state}. "
+                f"<{link}|Reconnect> to renew that access or to switch to another X account "
+                "(the link works once, for 10 minutes; do not share it)."
+            )
         return Reply(
-            f"<{request.url}|Connect your X account> (the link works once, for 10 minutes). "
+            f"<{link}|Connect your X account> (the link works once, for 10 minutes; do not share it). "
             "Mappings you make afterwards send as that account."
         )
 
@@ -307,9 +343,16 @@ class CommandService:
             account = await self._store.get_account(mapping.account_id)
             if account is not None:
                 state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
-                lines.append(
-                    f"Messages are sent as @{account.x_username} (<@{account.slack_user_id}>){state}."
-                )
+                if mapping.paused_at is not None:
+                    state = (
+                        f" – *paused*: the account was disconnected; messages wait until "
+                        f"<@{account.slack_user_id}> runs `/xdm connect`"
+                    )
+                if account.slack_user_id == ctx.user_id:
+                    sender = f"your X account @{account.x_username}"
+                else:
+                    sender = f"@{account.x_username}, the X account <@{account.slack_user_id}> connected"
+                lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
                 lines.append(await self._inbound_line(account.id))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
@@ -336,7 +379,7 @@ class CommandService:
         for label, key in (("15 min", "15m"), ("24 h", "24h"), ("app, 24 h", "app_24h")):
             window = windows[key]
             reset = window["reset_at"]
-            when = f", resets {_clock_time(reset)}" if reset else ""
+            when = f", resets {_clock_time(reset, now)}" if reset else ""
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
 
@@ -347,15 +390,18 @@ class CommandService:
         push = self._inbound is not None and self._inbound.push_active(account_id)
         way = "push (polling as a safety net)" if push else "polling"
         last = summary["last_event_at"]
-        seen = f"last X event seen {_clock_time(last)}" if last else "no X event seen yet"
+        seen = f"last X event seen {_clock_time(last, now)}" if last else "no X event seen yet"
         next_at = self._inbound.next_poll_at(account_id) if self._inbound is not None else None
-        upcoming = f"next read {_clock_time(max(now, next_at))}" if next_at else "next read soon"
+        upcoming = f"next read {_clock_time(max(now, next_at), now)}" if next_at else "next read soon"
         remaining, limit, reset = self._budget.reads_left(account_id, now)
-        resets = f", resets {_clock_time(reset)}" if reset else ""
+        resets = f", resets {_clock_time(reset, now)}" if reset else ""
         waiting = f"; {summary['pending']} waiting to be posted here" if summary["pending"] else ""
         return f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets}){waiting}."
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
+        existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        if existing is not None:
+            await self._may_change(ctx, existing, "unlink")
         mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
         if mapping is None:
             return Reply("This channel is not bridged to X; nothing to unlink.")
@@ -368,6 +414,32 @@ class CommandService:
             f"New messages here no longer go to X.{tail}",
             in_channel=True,
         )
+
+    async def _disconnect(self, ctx: CommandContext) -> Reply:
+        account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if account is None or account.disconnected:
+            return Reply("You have no X account connected to this bridge; nothing to disconnect.")
+        connections = self._connections
+        if connections is None:
+            return Reply(":x: Disconnecting is not available on this bridge.")
+
+        async def work() -> Reply:
+            done = await connections.disconnect(account, ctx.user_id)
+            self._tokens.forget(account.id)
+            revoked = (
+                "X revoked the bridge's access"
+                if done.revoked
+                else "X did not confirm the revocation (remove the app at x.com/settings/connected_apps "
+                "to be sure)"
+            )
+            channels = ", ".join(f"<#{m.channel_id}>" for m in done.paused)
+            paused = f" Paused: {channels}; messages there wait." if channels else ""
+            return Reply(
+                f":white_check_mark: Disconnected X account @{account.x_username}: {revoked}, and the "
+                f"bridge deleted its tokens.{paused} Run `/xdm connect` to resume."
+            )
+
+        return Reply(f"Disconnecting @{account.x_username}…", follow_up=lambda: self._report(ctx, work()))
 
     async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
         account = await self._mapping_account(ctx)
@@ -404,12 +476,17 @@ class CommandService:
             sent = await self._send_now(account, lambda token: self._x.send(token, target, text))
             conversation_id = sent.dm_conversation_id
         mapping = await self._map(
-            ctx, account, MappingKind.DM, conversation_id=conversation_id, participant_id=user.id
+            ctx,
+            account,
+            MappingKind.DM,
+            conversation_id=conversation_id,
+            participant_id=user.id,
+            participant_username=user.username if user.username != user.id else None,
         )
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
-        return Reply(self._mapped_text(ctx, mapping, account, [f"@{user.username}"]) + warn, in_channel=True)
+        return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
 
     async def _report(self, ctx: CommandContext, job: Awaitable[Reply]) -> None:
         """Run a follow-up and post its outcome through response_url."""
@@ -439,7 +516,7 @@ class CommandService:
         if blocked is not None:
             raise CommandError(
                 f"@{account.x_username} has used its X DM allowance for now; "
-                f"try again after {_clock_time(blocked)}."
+                f"try again after {_clock_time(blocked, now)}."
             )
         token = await self._tokens.access_token(account)
         await self._budget.consume(account.id, now)
@@ -447,7 +524,8 @@ class CommandService:
             result, facts = await self._tokens.call(account, call, token=token)
         except XRateLimited as exc:
             until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, self._clock.now())
-            raise CommandError(f"X's rate limit was reached; try again after {_clock_time(until)}.") from exc
+            when = _clock_time(until, self._clock.now())
+            raise CommandError(f"X's rate limit was reached; try again after {when}.") from exc
         except XError as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
@@ -480,9 +558,21 @@ class CommandService:
             )
         return account
 
+    async def _may_map(self, ctx: CommandContext) -> None:
+        """The rules of ``bridge.permissions`` for making a mapping here; raises the refusal."""
+        await self._permissions.may_map(ctx.team_id, ctx.channel_id, ctx.user_id)
+        await self._refuse_if_mapped(ctx)
+
+    async def _may_change(self, ctx: CommandContext, mapping: Mapping, what: str) -> None:
+        account = await self._store.get_account(mapping.account_id)
+        owner = account.slack_user_id if account is not None else None
+        await self._permissions.may_change(ctx.team_id, ctx.user_id, mapping, owner, what)
+
     async def _refuse_if_mapped(self, ctx: CommandContext) -> None:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
         if existing is not None:
+            # Replacing is unlinking and mapping again: only those who may unlink may replace.
+            await self._may_change(ctx, existing, "replace")
             raise CommandError(
                 f"This channel is already bridged to {_describe(existing)}. Run `/xdm unlink` first."
             )
@@ -495,6 +585,7 @@ class CommandService:
         *,
         conversation_id: str | None = None,
         participant_id: str | None = None,
+        participant_username: str | None = None,
     ) -> Mapping:
         mapping = Mapping(
             team_id=ctx.team_id,
@@ -505,6 +596,7 @@ class CommandService:
             participant_id=participant_id,
             created_by=ctx.user_id,
             created_at=self._clock.now(),
+            participant_username=participant_username,
         )
         created = await self._store.create_mapping(mapping)
         if created is None:
@@ -535,10 +627,15 @@ class CommandService:
     def _mapped_text(
         ctx: CommandContext, mapping: Mapping, account: Account, names: list[str] | None = None
     ) -> str:
-        who = f" with {', '.join(names)}" if names else ""
+        if mapping.kind is MappingKind.DM:
+            where = f"their DMs with {_person(mapping)}"
+        elif mapping.kind is MappingKind.GROUP and names:
+            where = f"a new X group with {_listed(names)} (`{mapping.conversation_id}`)"
+        else:
+            where = _describe(mapping)
         return (
-            f"<@{ctx.user_id}> bridged this channel to {_describe(mapping)}{who}. "
-            f"Messages posted here are sent to X as @{account.x_username}."
+            f"<@{ctx.user_id}> bridged this channel to {where}. "
+            f"Messages posted here go to X as @{account.x_username}."
         )
 
 
@@ -546,16 +643,36 @@ def _describe(mapping: Mapping) -> str:
     if mapping.kind is MappingKind.GROUP:
         return f"X group conversation `{mapping.conversation_id}`"
     if mapping.kind is MappingKind.DM:
-        return f"the X 1-to-1 DM with user `{mapping.participant_id}`"
+        return f"the 1-to-1 X DMs with {_person(mapping)}"
     return f"X conversation `{mapping.conversation_id}`"
+
+
+def _person(mapping: Mapping) -> str:
+    """A 1-to-1 mapping's other person: @handle when known, else their X user id."""
+    if mapping.participant_username:
+        return f"@{mapping.participant_username}"
+    return f"X user `{mapping.participant_id}`"
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _names(participants: tuple[Participant, ...]) -> str:
     return ", ".join(str(p) for p in participants)
 
 
-def _clock_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+def _clock_time(epoch: float, now: float) -> str:
+    """``14:05 UTC``; with the date when that is more than 12 hours away (a daily window).
+
+    Total: a reset may come from X's headers, and no value of it may make a command fail."""
+    try:
+        moment = datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, ValueError, OSError):
+        return "later"
+    if epoch - now > 12 * 3600:
+        return f"{moment:%a} {moment.day} {moment:%b}, {moment:%H:%M} UTC"
+    return f"{moment:%H:%M} UTC"
 
 
 def _duration(seconds: float) -> str:

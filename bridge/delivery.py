@@ -13,6 +13,13 @@ Rules it keeps:
   recent events before any resend, because X has no idempotency key;
 - nothing accepted is dropped: rate limits and reconnections make rows wait,
   transient errors back off, only X's permanent refusals fail a row.
+- one row never stops another: a row that cannot be read or rendered is failed with
+  its reason (its author told) and the rest flows; every retry path waits first (a
+  crashed task pauses its account), so nothing spins against X;
+- every X call goes through the token manager's one refresh-on-401 path;
+- an unclear read-back (a refusal, an error, garbage) never concludes "not sent": the
+  row stays ``sending`` and reads again later;
+- a row deleted in Slack while ``sending`` is only read back, never sent again.
 """
 
 from __future__ import annotations
@@ -28,24 +35,51 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge import translate
-from bridge.budget import Budget, BudgetRow
+from bridge import reconcile, translate
+from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
 from bridge.errors import (
+    BridgeError,
+    Failure,
+    RateFacts,
+    Undeliverable,
     XAuthExpired,
     XAuthRevoked,
+    XMediaUnavailable,
     XRateLimited,
     XRefused,
     XTransient,
+    failure_of,
 )
-from bridge.media import FileUnavailable, MediaPlan, plan_files, plan_media
-from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
+from bridge.media import (
+    MAX_UNFINISHED_UPLOADS,
+    MEDIA_REUSE_SECONDS,
+    FileUnavailable,
+    MediaPlan,
+    SkippedFile,
+    file_name,
+    plan_files,
+    plan_media,
+)
+from bridge.model import (
+    Account,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    Unreadable,
+    one_to_one_id,
+)
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
-RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent events
+READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
+MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
+CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
+MAX_UNEXPECTED = 5  # unexpected errors before an unsent row is failed rather than retried
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
@@ -113,9 +147,14 @@ class Delivery:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
+        self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
+        self._failures: dict[int, int] = defaultdict(int)  # row -> failed attempts since it last moved
+        self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
+        # Told why a row failed for good, as a type (metrics count it; sentences may change).
+        self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
 
     # -- control -----------------------------------------------------------
 
@@ -151,6 +190,7 @@ class Delivery:
             self._stopping
             or item.account_id in self._contended
             or item.next_attempt_at > now
+            or self._cooldown.get(item.account_id, 0.0) > now
             or self._budget.blocked_until(item.account_id, now) is not None
         )
 
@@ -213,6 +253,14 @@ class Delivery:
         by_account: dict[int, list[OutboxItem]] = defaultdict(list)
         wake_at = now + self._config.rescan_every
         for item in heads:
+            if isinstance(item, Unreadable):
+                try:
+                    await self._fail(item, Undeliverable(item.reason, Failure.OTHER))
+                    wake_at = now  # its channel's next row is the head now
+                except Exception:
+                    log.exception("could not fail an unreadable outbox row", extra={"outbox_id": item.id})
+                    wake_at = min(wake_at, now + CRASH_PAUSE)
+                continue
             if item.next_attempt_at > now:
                 if item.next_attempt_at < UNTIL_RECONNECTED:
                     wake_at = min(wake_at, item.next_attempt_at)
@@ -227,6 +275,11 @@ class Delivery:
         for account_id, items in by_account.items():
             if account_id in self._serving:
                 continue
+            cooldown = self._cooldown.get(account_id, 0.0)
+            if cooldown > now:
+                wake_at = min(wake_at, cooldown)
+                continue
+            self._cooldown.pop(account_id, None)
             blocked = self._budget.blocked_until(account_id, now)
             if blocked is not None:
                 wake_at = min(wake_at, blocked)
@@ -258,6 +311,8 @@ class Delivery:
             failed = not t.cancelled() and t.exception() is not None
             if failed:  # _deliver handles every error; this would be a bug in the worker itself
                 log.error("delivery task failed", exc_info=t.exception())
+                # Its row did not move: starting it again at once would spin against X.
+                self._cooldown[account_id] = self._clock.now() + CRASH_PAUSE
             # Look again unless the task emptied its channel and nothing else waits for the account.
             waiting = account_id in self._recheck or account_id in self._contended
             self._recheck.discard(account_id)
@@ -322,7 +377,12 @@ class Delivery:
         try:
             account = await self._tokens.account(item.account_id)
             if account is None:
-                await self._fail(item, "the X account this channel sends as was disconnected")
+                await self._fail(
+                    item,
+                    Undeliverable(
+                        "the X account this channel sends as was disconnected", Failure.ACCOUNT_DISCONNECTED
+                    ),
+                )
                 return LOOK_AGAIN
             if account.needs_reconnect:
                 await self._park(item, account)
@@ -331,7 +391,7 @@ class Delivery:
                 await self._delete(item, account)
                 return LOOK_AGAIN
             parts: list[RenderedPart] | None = None
-            if item.text is None:
+            if item.text is None and not item.deleted:
                 parts = await self._render(item)
                 if parts is None:
                     return LOOK_AGAIN
@@ -342,38 +402,48 @@ class Delivery:
                 found = await self._reconcile(item, account)
                 if found is not None:
                     return await self._sent(item, found)
+            if item.deleted:
+                # Deleted in Slack mid-send, and X does not have it: it is never sent again.
+                await self._cancel(item)
+                return LOOK_AGAIN
             return await self._send(item, account, parts)
         except XRateLimited as exc:
             # From reading events back, uploading media or deleting: each has its own window,
             # separate from the DM POST budget, so only this row waits.
-            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=exc.reset_at))
-            await self._store.reschedule(
-                item.id, item.state, exc.reset_at, f"rate limited until {_hhmm(exc.reset_at)}"
-            )
+            until = self._pause_until(exc.reset_at)
+            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=until))
+            await self._store.reschedule(item.id, item.state, until, f"rate limited until {_hhmm(until)}")
         except XTransient as exc:
             await self._retry_later(item, exc)
         except XRefused as exc:
-            await self._fail(item, str(exc))
+            await self._fail(item, exc)
         except FileUnavailable as exc:
             if exc.retryable:
                 await self._retry_later(item, exc)
             else:
-                await self._fail(item, str(exc))
-        except (XAuthExpired, XAuthRevoked):
+                await self._fail(item, exc)
+        except (XAuthExpired, XAuthRevoked) as exc:
+            # Parked only when the account really needs reconnecting: then it is flagged and its
+            # owner was told (TokenManager), and `/xdm connect` releases the row. Anything else
+            # (a disconnection seen late, a 401 that outlived a refresh) is tried again later.
             account = await self._tokens.account(item.account_id)
-            if account is not None:
+            if account is not None and account.needs_reconnect:
                 await self._park(item, account)
+            else:
+                await self._retry_later(item, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("unexpected delivery error", extra=_ids(item))
-            await self._retry_later(item, exc)
+            await self._unexpected(item, exc)
         return LOOK_AGAIN
 
     async def _send(self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None) -> _After:
         """Claim the row (rendering it in the same write when ``parts`` are given), POST, record."""
         token = await self._tokens.access_token(account)
-        media_id = await self._media_id(item, token) if item.media else None
+        media_id, fresh = await self._media_id(item, account) if item.media else (None, False)
+        if item.media and media_id is None and not item.text:
+            return LOOK_AGAIN  # a file alone, given up: its row was failed and the author told
         now = self._clock.now()
         # Counted before the claim; a claim refused below leaves the window one too full until X's
         # next headers correct it: erring on the safe side, and only after a Slack edit or delete.
@@ -409,6 +479,11 @@ class Delivery:
                 item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
             )
             return LOOK_AGAIN
+        except XMediaUnavailable as exc:
+            # X refused the POST (it did not take the message) because of the attached file.
+            await self._budget.observe(account.id, exc.facts)
+            await self._media_refused(item, exc, fresh)
+            return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
@@ -430,6 +505,7 @@ class Delivery:
 
     async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> _After:
         following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
+        self._failures.pop(item.id, None)
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
         self._follow_up(self._acknowledge(item), item)
         return _After(following, settled=True)
@@ -438,24 +514,91 @@ class Delivery:
         """Slack's side of a send: the ✅ on a message's last part, the ⏳ gone."""
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
-        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE:
+        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE and not item.deleted:
             await self._react(item, SENT)
         if self.on_event is not None:
             await self.on_event("sent", item)
 
-    async def _media_id(self, item: OutboxItem, token: str) -> str:
-        """Upload the part's Slack file to X once; a retry reuses X's id."""
-        if item.media_id:
-            return item.media_id
+    async def _media_id(self, item: OutboxItem, account: Account) -> tuple[str | None, bool]:
+        """X's id for the part's file, and whether it was uploaded just now.
+
+        An id is reused on a retry while X still keeps it (24 h, less a margin). None means the
+        file was given up for good (X or Slack refused it, or uploading it keeps killing the
+        process): the part's text goes alone and the author is told which file did not.
+        """
         assert item.media is not None
+        now = self._clock.now()
+        uploaded_at = item.media_uploaded_at
+        if item.media_id and uploaded_at is not None and 0 <= now - uploaded_at < MEDIA_REUSE_SECONDS:
+            return item.media_id, False
         plan = plan_media(item.media)
         if not isinstance(plan, MediaPlan):
-            raise XRefused(plan.reason)
-        data = await self._slack.download_file(item.team_id, item.media, max_bytes=plan.max_bytes)
-        media_id = await self._x.upload_media(token, data, media_type=plan.media_type, category=plan.category)
-        await self._store.set_media_id(item.id, media_id)
+            await self._without_file(item, plan.reason)
+            return None, False
+        if item.media_unfinished >= MAX_UNFINISHED_UPLOADS:
+            # Begun that often and never finished: the process died during it (out of memory, say).
+            # Trying again would take it down again, and every other channel with it.
+            reason = f"{plan.name}: the bridge stopped {item.media_unfinished} times while uploading it"
+            await self._without_file(item, reason)
+            return None, False
+        await self._store.begin_media_upload(item.id)  # committed before the risky part
+        try:
+            media_id = await self._tokens.call(account, functools.partial(self._upload, item, plan))
+        except (XRefused, FileUnavailable) as exc:
+            if isinstance(exc, FileUnavailable) and exc.retryable:
+                raise
+            reason = str(exc) if isinstance(exc, FileUnavailable) else f"{plan.name}: {exc}"
+            await self._without_file(item, reason)
+            return None, False
+        finally:
+            # It ended without taking the process down (a refusal and a shutdown included).
+            await self._store.end_media_upload(item.id)
+        await self._store.set_media_id(item.id, media_id, self._clock.now())
         log.info("uploaded file to X", extra=_ids(item, file=plan.name, category=plan.category))
-        return media_id
+        return media_id, True
+
+    async def _upload(self, item: OutboxItem, plan: MediaPlan, token: str) -> str:
+        """Stream the Slack file into X's upload: memory holds a chunk, never the file."""
+        assert item.media is not None
+        async with self._slack.open_file(item.team_id, item.media, max_bytes=plan.max_bytes) as source:
+            return await self._x.upload_media(
+                token, source, media_type=plan.media_type, category=plan.category
+            )
+
+    async def _media_refused(self, item: OutboxItem, exc: XMediaUnavailable, fresh: bool) -> None:
+        """X did not take the DM because of its media id: upload again, unless it was new."""
+        if fresh:
+            await self._without_file(item, f"{file_name(item.media or {})}: {exc}")
+            if not item.text:
+                return
+            reason = "X refused the file; sending the text alone"
+        else:
+            log.info(
+                "X no longer knows the media id; uploading again", extra=_ids(item, media_id=item.media_id)
+            )
+            await self._store.set_media_id(item.id, None)
+            reason = "X no longer had the file; uploading it again"
+        await self._store.reschedule(item.id, OutboxState.QUEUED, self._clock.now(), reason)
+
+    async def _without_file(self, item: OutboxItem, reason: str) -> None:
+        """Give up a part's file for good; its text still goes. A part that is only the file fails."""
+        if not item.text:
+            await self._store.mark_failed(item.id, reason)
+            log.warning("file not sent to X", extra=_ids(item, reason=reason))
+            if item.hourglass:
+                await self._unreact(item, HOURGLASS)
+            await self._react(item, WARNING)
+            await self._ephemeral(item, f":warning: A file of your message was not sent to X: {reason}")
+            if self.on_event is not None:
+                await self.on_event("failed", item)
+            if self.on_failed is not None:
+                await self.on_failed(item, Failure.FILE_UNUSABLE)
+            return
+        await self._store.drop_media(item.id)
+        log.warning("file not sent to X; the text goes alone", extra=_ids(item, reason=reason))
+        await self._ephemeral(
+            item, f":warning: A file was not sent to X: {reason}. The text of your message goes without it."
+        )
 
     async def _delete(self, item: OutboxItem, account: Account) -> None:
         """Delete X's copies of a message deleted in Slack (only the sender's view, X says)."""
@@ -468,65 +611,131 @@ class Delivery:
             await self._ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
-        """Did an earlier attempt reach X? Look for our own message among recent events."""
-        target = item.target
-        # A read: it draws on the account's one DM read budget, shared with the inbound poller.
-        events = await self._budget.read(
-            account.id,
-            self._clock.now,
-            lambda: self._tokens.call(account, lambda token: self._x.recent_events(token, target)),
-        )
-        since = (item.sending_since or item.created_at) - RECONCILE_SKEW
-        candidates = [
-            e
-            for e in events
-            if e.sender_id == account.x_user_id
-            and e.text == item.text
-            and (e.created_at is None or e.created_at >= since)
-        ]
-        if candidates:
-            known = await self._store.known_event_ids([e.id for e in candidates])
-            for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
-                if event.id not in known:
-                    conversation = target.conversation_id or one_to_one_id(
-                        account.x_user_id, str(target.participant_id)
-                    )
-                    log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
-                    return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
-        log.info("reconciled: not on X, sending again", extra=_ids(item))
+        """Did an earlier attempt reach X? Read the conversation back until events are older
+        than the attempt (see bridge/reconcile), within the read budget.
+
+        When the budget runs out first, the row waits for it (still ``sending``: never resent
+        while undecided) and the reading goes on from where it stopped.
+        """
+        assert item.text is not None
+        scan = self._scans.get(item.id)
+        if scan is None or scan.text != item.text:
+            attempt_at = item.sending_since or item.created_at
+            scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
+        passed = 0
+        while not scan.done:
+            read = functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token)
+
+            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
+                page = await self._tokens.call(account, read)
+                return page, page.facts
+
+            try:
+                # A read: it draws on the account's one DM read budget, shared with inbound polling.
+                page = await self._budget.read(account.id, self._clock.now, read_page)
+            except XRefused as exc:
+                # A refusal says nothing about whether X has the message: read again later.
+                raise XTransient(
+                    f"X did not let the bridge check whether it has the message ({exc})",
+                    status=exc.status,
+                    facts=exc.facts,
+                ) from exc
+            now = self._clock.now()
+            passed += 1
+            if scan.take(page, now):
+                break
+            self._scans[item.id] = scan
+            spent = page.facts.window_remaining == 0
+            if spent or passed >= reconcile.MAX_PAGES_PER_PASS:
+                reset = page.facts.window_reset
+                until = scan.to_local(reset) if spent and reset is not None else now + 60.0
+                until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
+                log.info(
+                    "reconciling: read budget spent; reading on later", extra=_ids(item, pages=scan.pages)
+                )
+                raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
+        self._scans.pop(item.id, None)
+        known = await self._store.known_event_ids([e.id for e in scan.candidates])
+        event = scan.oldest(known)
+        if event is not None:
+            target = item.target
+            conversation = target.conversation_id or one_to_one_id(
+                account.x_user_id, str(target.participant_id)
+            )
+            log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
+            return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 
     async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:
         """Turn the Slack message into the DMs X will get: text parts, then one DM per file.
 
-        None when there is nothing X can take (the row is failed and the author told)."""
-        source = item.source
-        text = str(source.get("text") or "")
-        blocks = source.get("blocks") or None
-        names = {
-            uid: await self._slack.display_name(item.team_id, uid)
-            for uid in translate.mentioned_user_ids(text, blocks)
-        }
-        body = translate.to_plain(text, blocks, user_names=names)
-        thread_ts = source.get("thread_ts")
-        if thread_ts and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE:
-            parent = await self._store.message_text(item.team_id, item.channel_id, str(thread_ts))
-            quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
-            body = f"{quote}\n{body}" if body.strip() else quote
+        None when there is nothing X can take, or the stored message cannot be turned into
+        DMs at all (the row is failed and the author told: the same input would fail again).
+        """
+        try:
+            text, blocks, thread_ts, stubs = _source_fields(item.source)
+            mentioned = translate.mentioned_user_ids(text, blocks)
+        except Exception as exc:
+            await self._unrenderable(item, exc)
+            return None
+        names = {uid: await self._slack.display_name(item.team_id, uid) for uid in mentioned}
+        quoting = thread_ts is not None and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE
+        parent = None
+        if quoting and thread_ts is not None:
+            parent = await self._store.message_text(item.team_id, item.channel_id, thread_ts)
         name = await self._slack.display_name(item.team_id, item.author_id)
         if item.kind is OutboxKind.EDIT:
             name = f"{name} (edited)"
-        files = [f for f in source.get("files") or [] if isinstance(f, dict)]
-        plans, skipped = plan_files(files)
-        parts = self._parts(body, name, plans, files)
+        files, unresolved = await self._resolve_files(item, stubs)
+        try:
+            body = translate.to_plain(text, blocks, user_names=names)
+            if quoting:
+                quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
+                body = f"{quote}\n{body}" if body.strip() else quote
+            plans, skipped = plan_files(files)
+            skipped += unresolved
+            parts = self._parts(body, name, plans, files)
+        except Exception as exc:
+            await self._unrenderable(item, exc)
+            return None
         if skipped:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
             await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
         if not parts:
-            reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
-            await self._fail(item, reason)
+            if skipped:
+                error = Undeliverable("; ".join(s.reason for s in skipped), Failure.FILE_UNUSABLE)
+            else:
+                error = Undeliverable("the message has no text or file to send", Failure.EMPTY_MESSAGE)
+            await self._fail(item, error)
             return None
         return parts
+
+    async def _unrenderable(self, item: OutboxItem, exc: Exception) -> None:
+        log.error("outbox row cannot be rendered", extra=_ids(item), exc_info=exc)
+        reason = f"the bridge could not turn it into a DM ({type(exc).__name__}: {exc})"
+        await self._fail(item, Undeliverable(reason, Failure.OTHER))
+
+    async def _resolve_files(
+        self, item: OutboxItem, files: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[SkippedFile]]:
+        """Files an event carried only as stubs (``file_access: check_file_info``), completed
+        through files.info; a file Slack will not describe is skipped with Slack's reason."""
+        resolved: list[dict[str, Any]] = []
+        skipped: list[SkippedFile] = []
+        for file in files:
+            if file.get("file_access") != "check_file_info" or not file.get("id"):
+                resolved.append(file)
+                continue
+            try:
+                info = await self._slack.file_info(item.team_id, str(file["id"]))
+            except FileUnavailable as exc:
+                if exc.retryable:
+                    raise  # nothing is sent yet: the whole message waits and renders again
+                skipped.append(SkippedFile(str(file["id"]), file_name(file), f"{file_name(file)}: {exc}"))
+                continue
+            resolved.append({**file, **info, "file_access": "visible"})
+        return resolved, skipped
 
     def _parts(
         self, body: str, name: str, plans: list[MediaPlan], files: list[dict[str, Any]]
@@ -549,8 +758,16 @@ class Delivery:
 
     # -- outcomes ------------------------------------------------------------
 
+    def _pause_until(self, reset_at: float) -> float:
+        """When a rate-limited row may try again: never at once, never past X's longest window."""
+        now = self._clock.now()
+        return min(max(reset_at, now + MIN_RATE_PAUSE), now + MAX_RESET_AHEAD)
+
     async def _retry_later(self, item: OutboxItem, exc: Exception) -> None:
-        attempts = max(1, item.attempts)
+        # Failures since the row last moved count too: a row that fails before its claim (a
+        # read-back, an upload) backs off as one that fails after it.
+        self._failures[item.id] += 1
+        attempts = max(1, item.attempts, self._failures[item.id])
         delay = backoff(attempts, self._config.retry_base, self._config.retry_cap)
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.QUEUED
         log.warning(
@@ -560,16 +777,42 @@ class Delivery:
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
         )
 
-    async def _fail(self, item: OutboxItem, reason: str) -> None:
+    async def _unexpected(self, item: OutboxItem, exc: Exception) -> None:
+        """An error no rule covers (a bug, a corrupt value): retried a few times, then an unsent
+        row is failed with the reason, so it cannot hold its channel forever. A ``sending`` row
+        keeps being read back instead: X may have it."""
+        if item.state is not OutboxState.SENDING and self._failures[item.id] + 1 >= MAX_UNEXPECTED:
+            reason = f"the bridge kept failing on it ({type(exc).__name__}: {exc})"
+            await self._fail(item, Undeliverable(reason, Failure.OTHER))
+        else:
+            await self._retry_later(item, exc)
+
+    async def _cancel(self, item: OutboxItem) -> None:
+        reason = "deleted in Slack before it was sent"
+        await self._store.reschedule(item.id, OutboxState.CANCELLED, 0.0, reason)
+        self._failures.pop(item.id, None)
+        self._scans.pop(item.id, None)
+        log.info("deleted in Slack mid-send and not on X: not sent", extra=_ids(item))
+
+    async def _fail(self, item: OutboxItem | Unreadable, error: BridgeError) -> None:
+        """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
+        reason = str(error)
         await self._store.mark_failed(item.id, reason)
-        log.warning("X refused the message", extra=_ids(item, reason=reason))
+        self._failures.pop(item.id, None)
+        log.warning("message not sent to X", extra=_ids(item, reason=reason))
+        if not item.team_id or not item.channel_id:
+            return  # nothing in Slack to mark or tell (an unreadable row lost even these)
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
         await self._react(item, WARNING)
         if item.author_id:
             await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
+        if not isinstance(item, OutboxItem):
+            return
         if self.on_event is not None:
             await self.on_event("failed", item)
+        if self.on_failed is not None:
+            await self.on_failed(item, failure_of(error))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
@@ -580,19 +823,19 @@ class Delivery:
             f"waiting for <@{account.slack_user_id}> to reconnect @{account.x_username} with /xdm connect",
         )
 
-    async def _react(self, item: OutboxItem, name: str) -> None:
+    async def _react(self, item: OutboxItem | Unreadable, name: str) -> None:
         try:
             await self._slack.add_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:  # a missing reaction must never stop delivery
             log.warning("could not add reaction", extra=_ids(item, reaction=name, error=str(exc)))
 
-    async def _unreact(self, item: OutboxItem, name: str) -> None:
+    async def _unreact(self, item: OutboxItem | Unreadable, name: str) -> None:
         try:
             await self._slack.remove_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:
             log.warning("could not remove reaction", extra=_ids(item, reaction=name, error=str(exc)))
 
-    async def _ephemeral(self, item: OutboxItem, text: str) -> None:
+    async def _ephemeral(self, item: OutboxItem | Unreadable, text: str) -> None:
         try:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
@@ -600,10 +843,26 @@ class Delivery:
 
 
 def _hhmm(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+    """A time of day for people; total, since a reset may come from X's headers."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        return "later"
 
 
-def _ids(item: OutboxItem, **more: object) -> dict[str, object]:
+def _source_fields(source: Any) -> tuple[str, list[Any] | None, str | None, list[dict[str, Any]]]:
+    """Text, blocks, thread_ts and files of a stored Slack message; raises if it is not one."""
+    if not isinstance(source, dict):
+        raise TypeError(f"the stored message is a {type(source).__name__}, not an object")
+    blocks = source.get("blocks") or None
+    if blocks is not None and not isinstance(blocks, list):
+        raise TypeError("the stored blocks are not a list")
+    thread_ts = source.get("thread_ts")
+    files = [f for f in source.get("files") or [] if isinstance(f, dict)]
+    return str(source.get("text") or ""), blocks, str(thread_ts) if thread_ts else None, files
+
+
+def _ids(item: OutboxItem | Unreadable, **more: object) -> dict[str, object]:
     return {
         "team": item.team_id,
         "channel": item.channel_id,

@@ -43,7 +43,7 @@ from bridge.errors import (
     XRateLimited,
     XRefused,
 )
-from bridge.model import Account, EventPage, InboundEvent, InboundItem, InboundState, XEvent, XUser
+from bridge.model import Account, InboundEvent, InboundItem, InboundState, InboxPage, XEvent, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -327,7 +327,7 @@ class Inbound:
             self.wake()
         return queued
 
-    async def _read_page(self, account: Account, pagination_token: str | None) -> EventPage:
+    async def _read_page(self, account: Account, pagination_token: str | None) -> InboxPage:
         # X bills every event returned and has no "since": ask for about as many as came last
         # time, plus one to see the cursor, paging back (another read) only when all were new.
         expected = self._recent_new.get(account.id, 0) + 1
@@ -337,7 +337,7 @@ class Inbound:
             else self._config.page_size
         )
 
-        async def call() -> tuple[EventPage, Any]:
+        async def call() -> tuple[InboxPage, Any]:
             return await self._tokens.call(
                 account, lambda t: self._x.dm_events(t, max_results=size, pagination_token=pagination_token)
             )
@@ -351,7 +351,7 @@ class Inbound:
         size = self._config.backfill
         for conversation_id, bridged_at in sorted(wanted.items()):
 
-            async def call(conversation_id: str = conversation_id) -> tuple[EventPage, Any]:
+            async def call(conversation_id: str = conversation_id) -> tuple[InboxPage, Any]:
                 return await self._tokens.call(
                     account,
                     lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
@@ -436,6 +436,8 @@ class Inbound:
     async def _post(self, item: InboundItem) -> InboundItem | None:
         """Post one row exactly once; returns the channel's next row when this one is done."""
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
+        if item.payload.get("from_self") and item.state is InboundState.QUEUED and await self._own_echo(item):
+            return None
         try:
             item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
@@ -478,6 +480,26 @@ class Inbound:
             )
             return None
         return await self._posted(item, ts)
+
+    async def _own_echo(self, item: InboundItem) -> bool:
+        """A DM the connected account sent: from X itself (post it), or one of ours whose send is
+        still being settled (X rewrites links, so its text need not match the outbox)? While
+        the channel has a send in doubt, wait; then the message map decides."""
+        summary = await self._store.outbox_summary(item.team_id, item.channel_id)
+        if summary["counts"].get("sending"):
+            until = self._clock.now() + max(self._config.retry_base, 0.5)
+            await self._store.reschedule_inbound(
+                item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
+            )
+            return True
+        if await self._store.known_event_ids([item.dm_event_id]):
+            log.info("our own DM read back: not posted", extra={"dm_event_id": item.dm_event_id})
+            await self._store.reschedule_inbound(
+                item.id, InboundState.SKIPPED, 0.0, "relayed from Slack by the bridge"
+            )
+            self._post_wake.set()
+            return True
+        return False
 
     async def _bring_media(self, item: InboundItem) -> InboundItem:
         """Fetch each attachment from X and share it into the channel, once (progress is kept in

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bridge.errors import RateFacts
+
 # X ids are strings of digits; a conversation id is "a-b" (1-to-1) or 15-19 digits (group).
 X_USER_ID = re.compile(r"^[0-9]{1,19}$")
 X_CONVERSATION_ID = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
@@ -72,6 +74,7 @@ class Account:
     x_username: str
     tokens: TokenSet
     needs_reconnect: bool = False
+    disconnected: bool = False  # by its owner or an operator: no tokens are stored
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class OAuthState:
     channel_id: str
     response_url: str | None
     expires_at: float
+    slack_user_name: str = ""  # what the bridge's connect page shows (from the slash command)
+    team_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    paused_at: float | None = None  # its account was disconnected; messages wait for a reconnection
+    paused_by: str | None = None
+    participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
 
     @property
     def target(self) -> Target:
@@ -191,6 +199,27 @@ class OutboxItem:
     ref_ts: str = ""  # the Slack message this row is about (reactions go there)
     media: dict[str, Any] | None = None  # a Slack file to attach
     media_id: str | None = None  # X's id for it, once uploaded
+    media_uploaded_at: float | None = None  # when ``media_id`` was obtained (X keeps it 24 h)
+    media_unfinished: int = 0  # uploads begun and never finished: crashes, if it grows
+    deleted: bool = False  # deleted in Slack while ``sending``: it may be read back, never sent again
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An outbox row whose stored columns do not make an ``OutboxItem`` (a bug wrote it, or an
+    old version did): it is failed with ``reason`` and its author told, never sent, and it holds
+    up no one. Only the columns needed to say so are kept (each may be empty)."""
+
+    id: int
+    team_id: str
+    channel_id: str
+    slack_ts: str
+    ref_ts: str
+    author_id: str
+    account_id: int | None
+    reason: str
+    hourglass: bool = False
+    part: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,6 +250,19 @@ class XUser:
 
 
 @dataclass(frozen=True)
+class SlackMember:
+    """What permissions need to know of a Slack user (``users.info``)."""
+
+    user_id: str
+    is_admin: bool = False
+    is_owner: bool = False
+
+    @property
+    def is_admin_or_owner(self) -> bool:
+        return self.is_admin or self.is_owner
+
+
+@dataclass(frozen=True)
 class Sent:
     """X accepted a DM."""
 
@@ -233,9 +275,21 @@ class DmEvent:
     """A message seen when reading a conversation back (for crash reconciliation)."""
 
     id: str
-    text: str
+    text: str  # as X stores it: every link rewritten to a t.co address
     sender_id: str | None
-    created_at: float | None
+    created_at: float | None  # X's clock
+    links: tuple[tuple[str, str], ...] = ()  # (t.co address, expanded URL), as X reported them
+    media_keys: tuple[str, ...] = ()  # attachments, as X's media keys ("<type>_<media id>")
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a conversation's events, newest first, and what X said about reading it."""
+
+    events: tuple[DmEvent, ...]
+    next_token: str | None  # ask for the next (older) page with this
+    server_time: float | None  # X's clock when it answered (its Date header), if plausible
+    facts: RateFacts = field(default_factory=RateFacts)  # the read window's budget
 
 
 class InboundState(StrEnum):
@@ -266,7 +320,7 @@ class XEvent:
 
 
 @dataclass(frozen=True)
-class EventPage:
+class InboxPage:
     """One page of ``GET /2/dm_events`` (newest first) and the users it names."""
 
     events: tuple[XEvent, ...]

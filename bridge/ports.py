@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping as FileInfo
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from bridge.errors import RateFacts
+from bridge.media import MediaSource
 from bridge.model import (
     Accepted,
     Account,
     AuthorizationRequest,
-    DmEvent,
     EventPage,
     InboundEvent,
     InboundItem,
     InboundState,
+    InboxPage,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -27,8 +29,10 @@ from bridge.model import (
     OutboxState,
     RenderedPart,
     Sent,
+    SlackMember,
     Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 
@@ -51,10 +55,37 @@ class Store(Protocol):
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
     async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        """In one transaction: delete the account's tokens, mark it disconnected (and needing
+        reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
+
+        The account row stays, so its outbox rows keep waiting for it. Returns the mappings
+        paused now. ``save_account`` for the same Slack user clears the disconnection.
+        """
+        ...
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        """Un-pause the account's paused mappings (it is connected again); returns them."""
+        ...
 
     # OAuth states
     async def save_oauth_state(self, state: OAuthState) -> None: ...
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None: ...
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        """The flow, if it is unused, unexpired and not yet confirmed in a browser (read only)."""
+        ...
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Bind the flow to the browser that confirmed it on the connect page.
+
+        Sets ``browser_hash`` only where none is set yet (one browser per flow); None when the
+        state is unknown, used, expired or already confirmed.
+        """
+        ...
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Use the flow once: only if unused, unexpired and confirmed by the browser whose cookie
+        hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
+        ...
 
     # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
@@ -79,25 +110,51 @@ class Store(Protocol):
         ...
 
     # outbox (the delivery worker)
-    async def outbox_heads(self) -> list[OutboxItem]:
-        """Per channel, the oldest row not yet sent or failed: only heads may be sent."""
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
+
+        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
+        pending): the worker fails it, so it holds up neither its channel nor anyone else.
+        """
         ...
 
     async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
         """Give an unrendered row its text; extra parts become rows right behind it."""
         ...
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None: ...
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
+        ...
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
+        ...
+
+    async def end_media_upload(self, item_id: int) -> None:
+        """The upload attempt ended without taking the process down."""
+        ...
+
+    async def drop_media(self, item_id: int) -> None:
+        """Give up the row's file for good; its text (if any) goes alone."""
+        ...
+
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
     ) -> str:
-        """ "updated" (not yet sent: text replaced), "queued" (a correction follows) or "unknown"."""
+        """ "updated" (no part handed to X yet, in any unsent state: the text is replaced and the
+        row rendered again), "queued" (a correction follows) or "unknown"."""
         ...
 
     async def accept_delete(
         self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
     ) -> str:
-        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown"."""
+        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown".
+
+        A part caught ``sending`` is marked deleted: it is read back (and deleted on X if it
+        landed) but never sent again; ``reschedule`` turns it ``cancelled`` instead of requeuing.
+        """
         ...
 
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]: ...
@@ -148,7 +205,9 @@ class Store(Protocol):
     async def mark_failed(self, item_id: int, error: str) -> None: ...
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
     async def release_account(self, account_id: int, now: float) -> int:
-        """Requeue rows waiting for this account's reconnection; returns how many."""
+        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
+        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
+        Returns how many."""
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
@@ -238,10 +297,10 @@ class XClient(Protocol):
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
     ) -> tuple[Sent, RateFacts]: ...
-    async def recent_events(
-        self, token: str, target: Target, max_results: int = 50
-    ) -> tuple[list[DmEvent], RateFacts]:
-        """One conversation's newest events (a read: it draws on the DM read budget)."""
+    async def event_page(
+        self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
+    ) -> EventPage:
+        """One page of the conversation's message events, newest first (``next_token`` pages back)."""
         ...
 
     async def dm_events(
@@ -251,7 +310,7 @@ class XClient(Protocol):
         max_results: int,
         pagination_token: str | None = None,
         conversation_id: str | None = None,
-    ) -> tuple[EventPage, RateFacts]:
+    ) -> tuple[InboxPage, RateFacts]:
         """One page of events, newest first: every conversation's (``GET /2/dm_events``) or,
         with ``conversation_id``, that one's. Each is a read on the DM read budget."""
         ...
@@ -260,8 +319,10 @@ class XClient(Protocol):
         """The bytes of a DM attachment, from the TON URL X gave for it."""
         ...
 
-    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+    async def upload_media(self, token: str, media: MediaSource, *, media_type: str, category: str) -> str:
         """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
+
+        ``media`` is read piece by piece into X's chunked upload: memory stays bounded by a chunk.
 
         Raises ``XRefused`` when X refuses or fails to process it, ``XTransient`` when
         processing outlasts the client's media timeout.
@@ -299,9 +360,20 @@ class XOAuth(Protocol):
     """OAuth 2.0 Authorization Code with PKCE against X."""
 
     def begin(self) -> AuthorizationRequest: ...
+    def authorize_url(self, state: str, code_verifier: str) -> str:
+        """X's authorize URL for a flow ``begin`` started (its S256 challenge from the verifier)."""
+        ...
+
     async def exchange(self, code: str, code_verifier: str) -> TokenSet: ...
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Raise ``XAuthRevoked`` when X refuses the refresh token for good."""
+        ...
+
+    async def revoke(self, token: str) -> None:
+        """Ask X to revoke an access or refresh token (``POST /2/oauth2/revoke``).
+
+        Raises ``XTransient`` when X did not confirm (no answer, 5xx) and ``XRefused`` for a 4xx.
+        """
         ...
 
 
@@ -339,10 +411,36 @@ class SlackClient(Protocol):
         ...
 
     async def display_name(self, team_id: str, user_id: str) -> str: ...
-    async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
-    async def download_file(self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int) -> bytes:
-        """The bytes of a Slack ``files[]`` element, fetched with the bot token.
+    async def member(self, team_id: str, user_id: str) -> SlackMember | None:
+        """Whether ``user_id`` is a workspace admin or owner (``users.info``); None if Slack cannot say."""
+        ...
 
-        Raises ``bridge.media.FileUnavailable`` (``FileTooLarge`` past ``max_bytes``).
+    async def bot_in_channel(self, team_id: str, channel_id: str) -> bool | None:
+        """Whether the bot is a member of the channel (``conversations.info`` ``is_member``).
+
+        False also when Slack does not show the bot the channel at all (a private channel it
+        is not in); None when Slack could not be asked.
+        """
+        ...
+
+    async def bot_name(self, team_id: str) -> str:
+        """The bot's user name, for "/invite @name" (``auth.test``)."""
+        ...
+
+    async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
+    async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
+        """The full ``files[]`` object of a file an event carried only as a stub (``check_file_info``).
+
+        Raises ``bridge.media.FileUnavailable`` (``retryable`` when Slack did not answer).
+        """
+        ...
+
+    def open_file(
+        self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int
+    ) -> AbstractAsyncContextManager[MediaSource]:
+        """A Slack ``files[]`` element's bytes as a stream, fetched with the bot token.
+
+        Refuses before reading anything when Slack's size is over ``max_bytes``. Raises
+        ``bridge.media.FileUnavailable`` (``FileTooLarge`` past ``max_bytes``).
         """
         ...

@@ -210,6 +210,60 @@ def m0003_pending_channels(db: Database) -> None:
     )
 
 
+@migrations(name="0004_outbox_deleted_and_one_target")
+def m0004_outbox_deleted_and_one_target(db: Database) -> None:
+    """Deletes that catch a send in flight, and rows that name exactly one target (issue 11).
+
+    ``deleted_at``: when Slack deleted the message while its row was ``sending`` (X may or may
+    not have it). Such a row may be read back (and its DM deleted on X if it landed) but never
+    sent again.
+
+    A sent 1-to-1 row used to get the conversation id written beside its participant, and the
+    edit and delete rows copied from it then named two targets, which no code can read: the
+    participant is kept (it is how the row was addressed) and the copy is dropped.
+    """
+    db.table("outbox").add_column("deleted_at", float)
+    db.execute(
+        "UPDATE outbox SET target_conversation = NULL "
+        "WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL"
+    )
+
+
+@migrations(name="0005_media_lifetime_and_attempts")
+def m0005_media_lifetime_and_attempts(db: Database) -> None:
+    """X's media ids expire, and an upload must never crash the process twice (issue 11).
+
+    ``media_uploaded_at`` is when ``media_id`` was obtained, so an id older than X's 24 h
+    lifetime is uploaded again instead of being refused. ``media_unfinished`` counts uploads
+    begun and never finished (set before the download starts, cleared when the upload ends
+    either way): one that keeps climbing means the upload takes the process down, and the
+    file is then given up while the message's text still goes.
+    """
+    outbox = db.table("outbox")
+    outbox.add_column("media_uploaded_at", float)
+    outbox.add_column("media_unfinished", int, not_null_default=0)
+
+
+@migrations(name="0007_disconnect_and_connect_page")
+def m0007_disconnect_and_connect_page(db: Database) -> None:
+    """Disconnecting an account, pausing its mappings, and a connect flow bound to one browser (issue 12).
+
+    ``accounts.disconnected_at``: the owner (or an operator) disconnected it; its tokens are
+    gone (``access_token`` is then empty, ``refresh_token`` NULL) and it needs reconnecting.
+    ``mappings.paused_at`` / ``paused_by``: the mapping's account was disconnected; messages
+    wait until the same person connects again. ``oauth_states.browser_hash``: SHA-256 of
+    the cookie set when the person confirmed on the bridge's page, so only that browser
+    can finish the flow; ``slack_user_name`` and ``team_name`` are what that page shows.
+    """
+    db.table("accounts").add_column("disconnected_at", float)
+    db.table("mappings").add_column("paused_at", float)
+    db.table("mappings").add_column("paused_by", str)
+    oauth_states = db.table("oauth_states")
+    oauth_states.add_column("browser_hash", str)
+    oauth_states.add_column("slack_user_name", str)
+    oauth_states.add_column("team_name", str)
+
+
 @migrations(name="0008_inbound")
 def m0008_inbound(db: Database) -> None:
     """X → Slack (issue 13).
@@ -259,3 +313,13 @@ def m0008_inbound(db: Database) -> None:
         pk="account_id",
         foreign_keys=[("account_id", "accounts", "id")],
     )
+
+
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)

@@ -1,7 +1,8 @@
 """``xdm-bridge``: the command line, and where the process starts.
 
 ``serve``, ``migrate``, ``keygen`` and ``sandbox`` run the bridge; ``doctor``,
-``mappings``, ``accounts`` and ``outbox`` are for operators (``--json`` for scripts).
+``mappings``, ``accounts`` (and ``accounts disconnect``), ``outbox`` and ``rotate-keys``
+are for operators (``--json`` for scripts).
 Exit codes: 0 success, 1 a check or operation failed, 2 bad configuration or usage.
 """
 
@@ -9,22 +10,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import os
+import socket
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from adapters.ops import admin
-from adapters.store.crypto import generate_key
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
-from bridge.errors import ConfigError
-from bridge.settings import Settings, database_path
+from bridge.errors import ConfigError, StoreUnavailable
+from bridge.settings import Settings, database_path, encryption_keys
+from migrations import migrations
 
 log = logging.getLogger("adapters.ops.cli")
 
@@ -40,30 +44,111 @@ def _settings() -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
+    """Why the configured keys cannot serve this database, or None. No secrets stored: no problem."""
+    if keys is None:
+        try:
+            keys = encryption_keys()
+        except ConfigError as exc:
+            if check_keys(db, None).total == 0:
+                return None  # nothing to open yet; serve will insist on a key
+            return str(exc).splitlines()[0]
+    return check_keys(db, TokenCipher(keys)).problem()
+
+
+def _stop_on_key_problem(path: str, keys: Sequence[str] | None) -> None:
+    db = open_database(path)
+    try:
+        problem = _key_problem(db, keys)
+    finally:
+        db.close()
+    if problem is not None:
+        print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, settings.secrets)
+    from adapters.web import edge
     from adapters.web.app import create_app
 
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=settings.port,
-        shutdown_timeout=10.0,
-        access_log=None,
-        print=None,
-    )
+    # Bound before anything else starts: a port in use must not first open the database
+    # and start a delivery worker beside the process that holds the port.
+    sock = _listen(args.host, settings.port)
+    try:
+        # Before anything listens: a key that cannot open the stored tokens must not look healthy.
+        _stop_on_key_problem(settings.database_path, settings.encryption_keys)
+        edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
+    except StoreUnavailable as exc:
+        return _operator_error(str(exc))
     return EXIT_OK
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=_family(host), backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            problem = f"PORT={port}: {host}:{port} is already in use (another process listens there)"
+        elif exc.errno == errno.EACCES:
+            problem = f"PORT={port}: not allowed to listen on {host}:{port} (ports below 1024 need root)"
+        else:
+            problem = f"PORT={port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise SystemExit(_operator_error(problem)) from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _operator_error(problem: str) -> int:
+    """An operator's mistake: one line naming it, exit 2, no traceback."""
+    print(f"xdm-bridge: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending migrations and exit (Procfile ``release:``)."""
+    """Apply pending migrations and exit (`serve` applies them too, as it starts)."""
     setup_logging("INFO", "text")
     path = database_path()
-    db = open_database(path)
-    db.close()
-    print(f"database {path} is up to date")
+    existed = os.path.exists(path)
+    try:
+        db = open_database(path)
+    except StoreUnavailable as exc:
+        return _operator_error(str(exc))
+    try:
+        version = len(migrations.applied(db))
+        # The release phase (or a deploy script) stops here when the key cannot open the secrets.
+        problem = _key_problem(db, None)
+    finally:
+        db.close()
+    if problem is not None:
+        print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if existed:
+        print(f"database {path} is up to date (version {version})")
+    else:
+        print(f"created database {path} at version {version}")
+    return EXIT_OK
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored secret under the newest BRIDGE_ENCRYPTION_KEY key."""
+    try:
+        keys = encryption_keys()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"xdm-bridge: configuration error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        count = _with_db(lambda db: rotate_keys(db, TokenCipher(keys)))
+    except ValueError as exc:
+        print(f"xdm-bridge: nothing changed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    older = " Older keys can now be removed from BRIDGE_ENCRYPTION_KEY." if len(keys) > 1 else ""
+    print(f"re-encrypted {count} stored secret(s) under the newest key.{older}")
     return EXIT_OK
 
 
@@ -130,6 +215,36 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     now = time.time()
     rows = _with_db(lambda db: admin.list_accounts(db, now))
     _emit(args, rows, lambda: admin.accounts_text(rows, now))
+    return EXIT_OK
+
+
+def cmd_accounts_disconnect(args: argparse.Namespace) -> int:
+    """Revoke an account's X tokens, delete them and pause its mappings (as `/xdm disconnect` does)."""
+    settings = _settings()
+    from adapters.ops.accounts import NoSuchAccount, disconnect
+
+    _with_db(admin.list_accounts)  # exits with the reason when there is no usable database
+    try:
+        done = asyncio.run(disconnect(settings, args.id))
+    except NoSuchAccount as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    data = {
+        "disconnected": done.account.id,
+        "x_username": done.account.x_username,
+        "revoked_at_x": done.revoked,
+        "paused": [{"team_id": m.team_id, "channel_id": m.channel_id} for m in done.paused],
+    }
+
+    def text() -> str:
+        revoked = "X revoked its tokens" if done.revoked else "X did NOT confirm the revocation"
+        channels = ", ".join(m.channel_id for m in done.paused) or "none"
+        return (
+            f"disconnected account {done.account.id} (@{done.account.x_username}): {revoked}; "
+            f"tokens deleted; paused mappings: {channels}"
+        )
+
+    _emit(args, data, text)
     return EXIT_OK
 
 
@@ -207,6 +322,15 @@ def _add_operator_commands(sub: Any) -> None:
     accounts = sub.add_parser("accounts", help="list connected X accounts (never their tokens)")
     _json_flag(accounts)
     accounts.set_defaults(func=cmd_accounts)
+    account_actions = accounts.add_subparsers(dest="action", metavar="ACTION")
+    disconnect = account_actions.add_parser(
+        "disconnect",
+        help="revoke an account's X tokens, delete them and pause its mappings",
+        description=cmd_accounts_disconnect.__doc__,
+    )
+    disconnect.add_argument("id", type=int, metavar="ID", help="account id (see `xdm-bridge accounts`)")
+    _json_flag(disconnect, default=argparse.SUPPRESS)
+    disconnect.set_defaults(func=cmd_accounts_disconnect)
 
     outbox = sub.add_parser(
         "outbox",
@@ -238,6 +362,24 @@ def _add_operator_commands(sub: Any) -> None:
     drop_.set_defaults(func=cmd_outbox_drop)
 
 
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    # Here rather than in the sandbox module: building the parser must not import the
+    # sandbox, so that `serve` loads nothing of it.
+    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
+    parser.add_argument(
+        "--open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open the page in a browser (default: only when run from a terminal)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="how much the bridge logs to stderr (default info)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdm-bridge", description="Relay Slack channel messages into X (Twitter) DM conversations."
@@ -250,11 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt stored secrets under the newest BRIDGE_ENCRYPTION_KEY key (then drop the old one)",
+    ).set_defaults(func=cmd_rotate_keys)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
-    from adapters.sandbox import sandbox
-
-    sandbox.add_arguments(sandbox_parser)
+    _sandbox_arguments(sandbox_parser)
     _add_operator_commands(sub)
     return parser
 

@@ -82,17 +82,25 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("X_TOKEN_URL", "X's OAuth 2.0 token endpoint", "{X_API_URL}/2/oauth2/token"),
     EnvVar(
         "X_USER_LIMIT_15M",
-        "DM sends per X account per 15 minutes before the bridge holds messages "
-        "(X's headers correct it; the stricter wins)",
-        "200",
+        "a ceiling on DM sends per X account per 15 minutes; X's headers may lower it, never raise it. "
+        "Unset: start from X's documented 15 and follow X's headers either way",
+        None,
     ),
-    EnvVar("X_USER_LIMIT_24H", "DM sends per X account per 24 hours (corrected by X's headers)", "1000"),
-    EnvVar("X_APP_LIMIT_24H", "DM sends per X app per 24 hours (corrected by X's headers)", "15000"),
+    EnvVar(
+        "X_USER_LIMIT_24H",
+        "a ceiling on DM sends per X account per 24 hours (unset: X's documented 1,440, then X's headers)",
+        None,
+    ),
+    EnvVar(
+        "X_APP_LIMIT_24H",
+        "a ceiling on DM sends per X app per 24 hours (unset: X's documented 1,440, then X's headers)",
+        None,
+    ),
     EnvVar(
         "X_READ_LIMIT_15M",
-        "DM event reads per X account per 15 minutes, shared by inbound polling, backfill and "
-        "delivery's read-back (X's headers can only lower it)",
-        "15",
+        "a ceiling on DM event reads per X account per 15 minutes, shared by inbound polling, backfill "
+        "and delivery's read-back; X's headers may lower it, never raise it. Unset: X's documented 15",
+        None,
     ),
     EnvVar(
         "INBOUND_POLL_SECONDS",
@@ -121,6 +129,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "what editing a relayed Slack message does: correction (the new text replaces it if not "
         "yet sent, else a correction DM follows) or ignore",
         "correction",
+    ),
+    EnvVar(
+        "XDM_ADMIN_ONLY",
+        "1: only workspace admins and owners may bridge channels (anyone may still unlink their own)",
+        "0",
+    ),
+    EnvVar(
+        "XDM_ALLOWED_USERS",
+        "Slack user ids (comma-separated) who may bridge channels; admins and owners always may. "
+        "Unset: everyone",
+        None,
+    ),
+    EnvVar(
+        "METRICS_TOKEN",
+        "bearer token /metrics requires, and that /healthz needs for its details; unset: /metrics is public",
+        None,
+        secret=True,
     ),
     EnvVar("LOG_LEVEL", "debug, info, warning or error", "info"),
     EnvVar("LOG_FORMAT", "json, text, or auto (text on a terminal, JSON otherwise)", "auto"),

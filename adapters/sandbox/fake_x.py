@@ -8,8 +8,13 @@ bridge talks to (see docs/reference/x-api/NOTES.md):
 * ``/2/users/me`` and ``/2/users/by/username/{username}``;
 * the three DM POST endpoints, DM event listing (``/2/dm_events`` and per conversation),
   lookup and deletion;
-* v2 media upload (one-shot and chunked, with processing status);
-* per-user/per-app DM rate limits with X's headers, and fault injection.
+* v2 media upload (one-shot and chunked, with processing status), media ids that expire;
+* per-user/per-app DM rate limits with X's headers, the read window (``enforce_read_limit``),
+  and fault injection.
+
+Like X, it stores a DM's links as ``t.co`` addresses (the expanded URLs come back in
+``entities.urls``) and dates its answers by its own :attr:`FakeX.clock` (the ``Date`` header),
+which may disagree with the client's.
 
 Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
 every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
@@ -35,12 +40,14 @@ import hmac
 import itertools
 import json
 import math
+import re
 import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -65,15 +72,17 @@ __all__ = [
     "RecordedRequest",
     "RefreshToken",
     "TokenGrant",
+    "UrlEntity",
     "XUser",
     "one_to_one_id",
     "run_fake_x",
+    "shorten_links",
 ]
 
-FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"]
+FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403", "garbage"]
 #: Fault kinds accepted by :meth:`FakeX.inject`.
 FAULT_KINDS: frozenset[str] = frozenset(
-    {"503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"}
+    {"503", "timeout", "lost_response", "record_then_hang", "429", "401", "403", "garbage"}
 )
 
 #: Scopes the bridge asks for (NOTES §5.1); the default for :meth:`FakeX.issue_token`.
@@ -90,10 +99,11 @@ DM_POST_TEMPLATES: frozenset[str] = frozenset(
     }
 )
 
-#: The DM event listings, each with its own read window per user (INBOUND.md §5).
+#: The DM event reads, each with its own per-user 15-minute window (NOTES §4.2: 15 per 15 min).
 DM_READ_TEMPLATES: frozenset[str] = frozenset(
     {
         "/2/dm_events",
+        "/2/dm_events/{event_id}",
         "/2/dm_conversations/{id}/dm_events",
         "/2/dm_conversations/with/{participant_id}/dm_events",
     }
@@ -146,6 +156,18 @@ class Conversation:
     creator_id: str | None = None
 
 
+@dataclass(frozen=True)
+class UrlEntity:
+    """A link X found in a DM's text and replaced with a ``t.co`` address."""
+
+    start: int
+    end: int
+    url: str
+    """The ``t.co`` address, at ``[start, end)`` of the stored text."""
+    expanded_url: str
+    display_url: str
+
+
 @dataclass
 class DmEvent:
     """An accepted Direct Message (``MessageCreate`` event)."""
@@ -154,6 +176,7 @@ class DmEvent:
     conversation_id: str
     sender_id: str
     text: str | None
+    """The text as the sender posted it (what a person reading the DM sees)."""
     media_ids: tuple[str, ...]
     created_at: float
     event_type: str = "MessageCreate"
@@ -161,6 +184,9 @@ class DmEvent:
     """Who joined or left (``ParticipantsJoin`` / ``ParticipantsLeave``)."""
     deleted: bool = False
     """Set by ``DELETE /2/dm_events/{id}``; deleted events are hidden from the API."""
+    stored_text: str | None = None
+    """What X keeps and answers reads with: every link rewritten to ``t.co``; see :attr:`urls`."""
+    urls: tuple[UrlEntity, ...] = ()
 
 
 @dataclass
@@ -288,6 +314,36 @@ def _iso(ts: float) -> str:
 
 def _csv(value: str | None) -> list[str]:
     return [v for v in (value or "").split(",") if v]
+
+
+# What X's link detection takes for a URL: a scheme, or a bare "www."/domain with a known TLD.
+_LINK = re.compile(
+    r"(?:https?://|www\.)[^\s<>\"]+[^\s<>\".,;:!?)\]'}]"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|dev|co|uk|de)\b(?:/[^\s<>\"]*[^\s<>\".,;:!?)\]'}])?",
+    re.IGNORECASE,
+)
+
+
+def shorten_links(text: str, mint: Callable[[], str]) -> tuple[str, tuple[UrlEntity, ...]]:
+    """Rewrite every link in ``text`` to a ``t.co`` address, as X stores a DM (NOTES §2.6 entities).
+
+    ``expanded_url`` carries a scheme even when the sender wrote a bare domain, as X's does.
+    """
+    out: list[str] = []
+    urls: list[UrlEntity] = []
+    position = 0
+    for match in _LINK.finditer(text):
+        link = match.group(0)
+        short = f"https://t.co/{mint()}"
+        out.append(text[position : match.start()])
+        start = sum(len(piece) for piece in out)
+        out.append(short)
+        expanded = link if re.match(r"https?://", link, re.IGNORECASE) else f"http://{link}"
+        display = re.sub(r"^https?://", "", link, flags=re.IGNORECASE)
+        urls.append(UrlEntity(start, start + len(short), short, expanded, display[:30]))
+        position = match.end()
+    out.append(text[position:])
+    return "".join(out), tuple(urls)
 
 
 # ------------------------------------------------------------------------ responses
@@ -462,14 +518,15 @@ class FakeX:
         self.rate_limit_body: Literal["problem", "code88"] = "problem"
         self.rate_limited_count = 0
         """429s served, both real rate limits and injected ``"429"`` faults."""
-        # Reads (INBOUND.md §5): 15 per 15 minutes per user for each DM event listing endpoint,
-        # counted separately per endpoint, with the usual headers.
         self.read_limit_15m = 15
-        self.window_read_seconds = 900.0
+        """Per user and read endpoint, as X documents; ``enforce_read_limit`` makes it bite."""
+        self.enforce_read_limit = False
+        self.window_read_seconds: float | None = None
+        """The read window's length; None: the same as :attr:`window_15m_seconds`."""
         self.read_rate_limited_count = 0
-        """429s served on DM event GETs for exceeding :attr:`read_limit_15m`."""
-        self._reads: dict[str, _Window] = {}
+        """429s served on DM event reads for exceeding :attr:`read_limit_15m`."""
         self._user_15m: dict[str, _Window] = {}
+        self._reads_15m: dict[str, _Window] = {}
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
 
@@ -496,6 +553,8 @@ class FakeX:
         self.timeout_seconds = 30.0
         self.injected_reset_seconds = 60.0
         self.override_headers: dict[str, str] = {}
+        self.fault_headers: dict[str, str] = {}
+        """Headers forced onto every injected fault's response (see :meth:`inject`)."""
         """Headers forced onto every DM POST response (after the computed rate-limit headers)."""
         self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
         """Called with every response before it is sent (may mutate headers or fake state)."""
@@ -566,19 +625,9 @@ class FakeX:
         if conv is None:
             a, _, b = conversation_id.partition("-")
             conv = self._one_to_one(a, b)
-        event = DmEvent(
-            id=self._new_id(),
-            conversation_id=conv.id,
-            sender_id=sender_id,
-            text=text,
-            media_ids=media_ids,
-            created_at=self.clock(),
-            event_type=event_type,
-            participant_ids=participant_ids,
+        return self._store_event(
+            conv, sender_id, text, media_ids, event_type=event_type, participant_ids=participant_ids
         )
-        self.events.append(event)
-        self._push(event)
-        return event
 
     def add_media(self, owner_id: str, data: bytes, media_type: str = "image/jpeg") -> str:
         """A processed DM attachment owned by ``owner_id`` (as if uploaded on X); returns its id."""
@@ -603,7 +652,7 @@ class FakeX:
     def read_windows(self, user_id: str) -> dict[str, int]:
         """Reads counted in each DM event listing endpoint's current window for ``user_id``."""
         prefix = f"{user_id} "
-        return {k[len(prefix) :]: w.count for k, w in self._reads.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: w.count for k, w in self._reads_15m.items() if k.startswith(prefix)}
 
     def inject(self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None) -> None:
         """Make the next ``count`` matching requests fail.
@@ -620,6 +669,10 @@ class FakeX:
         * ``"429"``: a rate-limit 429 (:attr:`rate_limit_body` shape) with
           ``x-rate-limit-remaining: 0`` and a reset :attr:`injected_reset_seconds` from now.
         * ``"401"`` / ``"403"``: about:blank Unauthorized / Forbidden.
+        * ``"garbage"``: HTTP 200 whose body is not JSON (nothing processed).
+
+        :attr:`fault_headers` are set on every injected fault's response last (e.g. an absurd
+        ``x-rate-limit-reset`` on a 429).
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
@@ -767,17 +820,17 @@ class FakeX:
 
         if is_dm_post and not self._consume(user.id):
             return self._finish(request, self._rate_limited(), template, user)
-        if request.method == "GET" and template in DM_READ_TEMPLATES:
-            window = self._window(self._reads, f"{user.id} {template}", self.window_read_seconds)
-            if window.count >= self.read_limit_15m:
+        read_key = (
+            f"{user.id} {template}" if request.method == "GET" and template in DM_READ_TEMPLATES else None
+        )
+        if read_key is not None:
+            window = self._window(self._reads_15m, read_key, self._read_window_seconds)
+            if self.enforce_read_limit and window.count >= self.read_limit_15m:
                 self.read_rate_limited_count += 1
-                limited = self._rate_limited()
-                limited.headers.update(self._read_headers(window))
-                return self._finish(request, limited, template, None)
+                return self._finish(
+                    request, self._read_headers(self._rate_limited(), read_key), template, None
+                )
             window.count += 1
-            response = await handler(request)
-            response.headers.update(self._read_headers(window))
-            return self._finish(request, response, template, None)
 
         try:
             response = await handler(request)
@@ -787,12 +840,29 @@ class FakeX:
         except Exception as exc:
             self.violations.append(f"{request.method} {path}: FakeX crashed: {exc!r}")
             raise
+        if read_key is not None:
+            self._read_headers(response, read_key)
         response = self._finish(request, response, template, user if is_dm_post else None)
         if fault is not None and fault.kind == "record_then_hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
         elif fault is not None:
             response = await self._drop_connection(request, fault)
+        return response
+
+    @property
+    def _read_window_seconds(self) -> float:
+        return self.window_read_seconds or self.window_15m_seconds
+
+    def _read_headers(self, response: web.StreamResponse, read_key: str) -> web.StreamResponse:
+        window = self._window(self._reads_15m, read_key, self._read_window_seconds)
+        response.headers.update(
+            {
+                "x-rate-limit-limit": str(self.read_limit_15m),
+                "x-rate-limit-remaining": str(max(0, self.read_limit_15m - window.count)),
+                "x-rate-limit-reset": str(math.ceil(window.start + self._read_window_seconds)),
+            }
+        )
         return response
 
     def _finish(
@@ -802,6 +872,8 @@ class FakeX:
         template: str | None,
         rate_user: XUser | None,
     ) -> web.StreamResponse:
+        # X's own clock, which need not agree with the client's (aiohttp would use the real one).
+        response.headers.setdefault("Date", formatdate(self.clock(), usegmt=True))
         if rate_user is not None:
             for key, value in self.rate_limit_headers(rate_user.id).items():
                 response.headers.setdefault(key, value)
@@ -917,13 +989,6 @@ class FakeX:
             window.count += 1
         return True
 
-    def _read_headers(self, window: _Window) -> dict[str, str]:
-        return {
-            "x-rate-limit-limit": str(self.read_limit_15m),
-            "x-rate-limit-remaining": str(max(0, self.read_limit_15m - window.count)),
-            "x-rate-limit-reset": str(math.ceil(window.start + self.window_read_seconds)),
-        }
-
     def _rate_limited(self) -> web.Response:
         self.rate_limited_count += 1
         if self.rate_limit_body == "code88":
@@ -955,12 +1020,19 @@ class FakeX:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
             return _about_blank(503, "Service Unavailable")
+        response = self._fault_response(fault, rate_user_id)
+        response.headers.update(self.fault_headers)
+        return response
+
+    def _fault_response(self, fault: Fault, rate_user_id: str | None) -> web.Response:
         if fault.kind == "503":
             return _about_blank(503, "Service Unavailable")
         if fault.kind == "401":
             return _about_blank(401, "Unauthorized")
         if fault.kind == "403":
             return _about_blank(403, "Forbidden")
+        if fault.kind == "garbage":
+            return web.Response(status=200, text="<html>upstream hiccup</html>", content_type="text/html")
         # "429"
         response = self._rate_limited()
         if rate_user_id is not None:
@@ -1222,19 +1294,44 @@ class FakeX:
             media_ids.append(media_id)
         return text, tuple(media_ids)
 
-    def _record_message(
-        self, conv: Conversation, sender: XUser, text: str | None, media_ids: tuple[str, ...]
-    ) -> web.Response:
+    def add_message(self, conversation_id: str, sender_id: str, text: str) -> DmEvent:
+        """Record a DM as if ``sender_id`` had sent it from X's own app (no request, no rate limit)."""
+        return self._store_event(self.conversations[conversation_id], sender_id, text, ())
+
+    def _store_event(
+        self,
+        conv: Conversation,
+        sender_id: str,
+        text: str | None,
+        media_ids: tuple[str, ...],
+        *,
+        event_type: str = "MessageCreate",
+        participant_ids: tuple[str, ...] = (),
+    ) -> DmEvent:
+        stored, urls = shorten_links(text, self._short_code) if text is not None else (None, ())
         event = DmEvent(
             id=self._new_id(),
             conversation_id=conv.id,
-            sender_id=sender.id,
+            sender_id=sender_id,
             text=text,
             media_ids=media_ids,
             created_at=self.clock(),
+            stored_text=stored,
+            urls=urls,
+            event_type=event_type,
+            participant_ids=participant_ids,
         )
         self.events.append(event)
         self._push(event)
+        return event
+
+    def _short_code(self) -> str:
+        return secrets.token_urlsafe(8).replace("-", "a").replace("_", "b")[:10]
+
+    def _record_message(
+        self, conv: Conversation, sender: XUser, text: str | None, media_ids: tuple[str, ...]
+    ) -> web.Response:
+        event = self._store_event(conv, sender.id, text, media_ids)
         return _json(201, {"data": {"dm_conversation_id": conv.id, "dm_event_id": event.id}})
 
     def _one_to_one(self, a: str, b: str) -> Conversation:
@@ -1312,8 +1409,21 @@ class FakeX:
 
     def _event_json(self, event: DmEvent, fields: set[str], expansions: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"id": event.id, "event_type": event.event_type}
-        if event.text is not None:
-            out["text"] = event.text
+        if event.stored_text is not None:
+            out["text"] = event.stored_text
+        if event.urls and "entities" in fields:
+            out["entities"] = {
+                "urls": [
+                    {
+                        "start": u.start,
+                        "end": u.end,
+                        "url": u.url,
+                        "expanded_url": u.expanded_url,
+                        "display_url": u.display_url,
+                    }
+                    for u in event.urls
+                ]
+            }
         if "created_at" in fields:
             out["created_at"] = _iso(event.created_at)
         if "dm_conversation_id" in fields:

@@ -62,9 +62,10 @@ HOST = "127.0.0.1"
 LABEL = "Simulation — nothing leaves this machine"
 FROM_X_NOTE = "typed on X: the bridge reads it (push for 1-to-1, polling for groups) and posts it in Slack"
 
-# The simulated world: one workspace, one person, one channel; a few people on X.
+# The simulated world: one workspace, you and two teammates, one channel; a few people on X.
 TEAM_ID, TEAM_NAME = "T0SANDBOX", "Sandbox workspace"
 SLACK_USER_ID, SLACK_USER_NAME = "U0SANDBOX", "You"
+SLACK_PEOPLE = ((SLACK_USER_ID, SLACK_USER_NAME), ("U0ADA", "Ada"), ("U0GRACE", "Grace"))
 CHANNEL_ID, CHANNEL_NAME = "C0SANDBOX", "sandbox"
 BOT_TOKEN = "xoxb-sandbox"
 X_CLIENT_ID = "sandbox-client"
@@ -93,6 +94,25 @@ _TOKEN = re.compile(r"<([^<>\n]+)>|`([^`\n]+)`|\*([^*\n]+)\*")
 def slack_escape(text: str) -> str:
     """Encode typed text the way Slack does in event and command payloads."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# What Slack's composer turns into markup as it sends: a web address, or @name of a member.
+# Trailing punctuation ends a link, as it does in Slack ("see https://x.com." links x.com).
+_TYPED = re.compile(r"(?P<url>\bhttps?://[^\s<>]*[^\s<>.,;:!?)\]'\"])|(?<![\w@])@(?P<name>[\w.\-]*\w)")
+
+
+def slack_markup(text: str, members: Mapping[str, str]) -> str:
+    """Typed text as Slack puts it in a ``message`` event: escaped, links in ``<…>``, and each
+    ``@name`` of a known member (``members``: user id → name) as ``<@Uxxx>``; other text as typed."""
+    ids = {name.lower(): user_id for user_id, name in members.items()}
+
+    def markup(match: re.Match[str]) -> str:
+        if match.group("url"):
+            return f"<{match.group('url')}>"
+        user_id = ids.get(match.group("name").lower())
+        return f"<@{user_id}>" if user_id else match.group(0)
+
+    return _TYPED.sub(markup, slack_escape(text))
 
 
 def _plain(text: str) -> str:
@@ -178,7 +198,8 @@ class Sandbox:
 
     @property
     def authorize_url(self) -> str:
-        return f"{self.x_url}/i/oauth2/authorize"
+        """Where `/xdm connect` links: the bridge's own page, which goes on to X when confirmed."""
+        return f"{self.bridge_url}/x/connect"
 
     # -- the channel box --------------------------------------------------------
 
@@ -198,8 +219,9 @@ class Sandbox:
     async def message(self, text: str) -> dict[str, Any]:
         """Post a message in #sandbox: a signed ``message`` event to the bridge."""
         ts = self.sender.new_ts()
-        self._entries.append(_Entry(float(ts), "message", slack_escape(text), only_you=False, ts=ts))
-        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, slack_escape(text), ts=ts)
+        sent = slack_markup(text, dict(SLACK_PEOPLE))
+        self._entries.append(_Entry(float(ts), "message", sent, only_you=False, ts=ts))
+        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, sent, ts=ts)
         if result.status != 200:
             self._note(f"The bridge answered the message event with HTTP {result.status}; Slack would retry.")
         return {"sent": "message", "ts": ts, "status": result.status}
@@ -258,11 +280,20 @@ class Sandbox:
     # -- the X side -------------------------------------------------------------
 
     async def authorize(self, url: str, *, approve: bool) -> dict[str, Any]:
-        """The browser's trip for ``/xdm connect``: the fake X's consent, then the bridge's callback."""
+        """The browser's trip for ``/xdm connect``: the bridge's page (confirmed), the fake X's
+        consent, then the bridge's callback, with the cookies a browser would keep."""
         if not url.startswith(self.authorize_url + "?"):
-            raise SandboxError("That is not a link to the simulated X's authorize page.")
+            raise SandboxError("That is not a link to the bridge's X authorize page.")
         self.x.authorizing_user_id = YOUR_X_ID
         self.x.deny_next_authorize = not approve
+        async with self.session.get(url) as response:
+            page = await response.text()
+            fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
+        async with self.session.post(self.authorize_url, data=fields, allow_redirects=False) as response:
+            url = response.headers.get("Location", "")
+            if response.status != 303 or not url.startswith(self.x_url + "/"):
+                title = _between(await response.text(), "<h1>", "</h1>") or f"HTTP {response.status}"
+                raise SandboxError(f"The bridge's connect page did not send you on to X: {title}.")
         async with self.session.get(url, allow_redirects=False) as response:
             location = response.headers.get("Location", "")
             if response.status != 302 or not location.startswith(self.bridge_url + "/"):
@@ -332,14 +363,14 @@ class Sandbox:
         }
 
     def _channel_items(self) -> list[dict[str, Any]]:
-        users = {SLACK_USER_ID: SLACK_USER_NAME}
+        users = dict(SLACK_PEOPLE)
         items: list[tuple[float, int, dict[str, Any]]] = []
 
-        def add(
-            at: float, kind: str, text: str, *, author: str, only_you: bool, via: str, **more: Any
-        ) -> None:
+        # How each answer reached Slack (ack, response_url, chat.postEphemeral…) is the bridge's
+        # business: Slack shows them all alike, and so does the page.
+        def add(at: float, kind: str, text: str, *, author: str, only_you: bool, **more: Any) -> None:
             parts = text_parts(text, users=users, authorize_url=self.authorize_url)
-            item = {"kind": kind, "author": author, "only_you": only_you, "via": via, "parts": parts}
+            item = {"kind": kind, "author": author, "only_you": only_you, "parts": parts}
             items.append((at, len(items), {**item, **more}))
 
         for entry in self._entries:
@@ -352,16 +383,15 @@ class Sandbox:
                     entry.text,
                     author=SLACK_USER_NAME,
                     only_you=False,
-                    via="message event",
                     ts=entry.ts,
                     reactions=reactions,
                 )
             elif entry.kind == "command":
-                add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you, via="")
+                add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you)
             elif entry.kind == "reply":
-                add(entry.at, "bot", entry.text, author="xdm-bridge", only_you=entry.only_you, via="reply")
+                add(entry.at, "bot", entry.text, author="xdm-bridge", only_you=entry.only_you)
             else:
-                add(entry.at, "note", entry.text, author="Sandbox", only_you=True, via="sandbox")
+                add(entry.at, "note", entry.text, author="Sandbox", only_you=True)
             if entry.response_url is not None:
                 response_id = entry.response_url.rsplit("/", 1)[-1]
                 for index, payload in enumerate(self.slack.responses.get(response_id, [])):
@@ -369,20 +399,11 @@ class Sandbox:
                         continue
                     at = self._response_times.setdefault((response_id, index), time.time())
                     only_you = payload.get("response_type") != "in_channel"
-                    add(
-                        at,
-                        "bot",
-                        str(payload["text"]),
-                        author="xdm-bridge",
-                        only_you=only_you,
-                        via="response_url",
-                    )
+                    add(at, "bot", str(payload["text"]), author="xdm-bridge", only_you=only_you)
         for ephemeral in self.slack.ephemerals(SLACK_USER_ID):
             if ephemeral["channel"] == CHANNEL_ID:
                 at = float(ephemeral["message_ts"])
-                add(
-                    at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True, via="chat.postEphemeral"
-                )
+                add(at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True)
         for post in self.slack.posted(CHANNEL_ID):
             as_sender = post.get("username")  # an X reply, posted as its sender
             add(
@@ -391,7 +412,6 @@ class Sandbox:
                 str(post.get("text", "")),
                 author=str(as_sender or "xdm-bridge"),
                 only_you=False,
-                via="chat.postMessage as the X sender" if as_sender else "chat.postMessage",
             )
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
@@ -578,10 +598,12 @@ async def running_sandbox(
         # X's read budget is 15 per 15 minutes; the simulation's window is 30 s so that group
         # replies (which X does not push) show within seconds, paced by the same budget logic.
         x.window_read_seconds = 30.0
+        x.enforce_read_limit = True
         slack, slack_url = await stack.enter_async_context(
             run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")
         )
-        slack.add_user(SLACK_USER_ID, display_name=SLACK_USER_NAME, real_name=SLACK_USER_NAME)
+        for user_id, name in SLACK_PEOPLE:
+            slack.add_user(user_id, display_name=name, real_name=name)
         slack.add_channel(CHANNEL_ID, CHANNEL_NAME)
 
         bridge_socket = stack.enter_context(_loopback_socket())
@@ -602,7 +624,10 @@ async def running_sandbox(
         stack.push_async_callback(bridge.cleanup)
         await web.SockSite(bridge, bridge_socket).start()
 
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        # A browser's cookies, IP address hosts included: the connect flow is bound to them.
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        )
         sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
         sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
         stack.push_async_callback(sandbox.close)
@@ -618,22 +643,6 @@ async def running_sandbox(
 
 
 # ------------------------------------------------------------------------------ the CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
-    parser.add_argument(
-        "--open",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="open the page in a browser (default: only when run from a terminal)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="how much the bridge logs to stderr (default info)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -689,7 +698,6 @@ __all__ = [
     "LABEL",
     "Sandbox",
     "SandboxError",
-    "add_arguments",
     "page_app",
     "run",
     "running_sandbox",

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from adapters.store.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
@@ -38,6 +40,7 @@ from bridge.model import (
     Sent,
     Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 from migrations import PENDING_STATES, migrations
@@ -52,7 +55,31 @@ NOT_BRIDGED = "no channel bridges this conversation"  # Slack retries within min
 
 
 def open_database(path: str) -> Database:
-    """Open (creating if needed), set the pragmas every connection needs, apply migrations."""
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations.
+
+    Raises ``StoreUnavailable`` naming what is wrong with ``path`` when it cannot.
+    """
+    try:
+        return _open_database(path)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"DATABASE_PATH={path!r}: {_why_unusable(path, exc)}") from exc
+
+
+def _why_unusable(path: str, exc: sqlite3.Error) -> str:
+    """The operator's view of a failed open: which folder or file is the problem."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a folder; it must name a file inside one"
+    if not os.path.exists(folder):
+        return f"the folder {folder} does not exist (create it, or point at a persistent disk)"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"cannot write in {folder} (check its permissions, or that the disk is not read-only)"
+    return f"cannot open or update the database: {exc}"
+
+
+def _open_database(path: str) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 5000")
@@ -130,7 +157,7 @@ class SqliteStore:
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: dict[str, Any]) -> Account:
-        refresh = row["refresh_token"]
+        refresh, access = row["refresh_token"], row["access_token"]
         return Account(
             id=row["id"],
             team_id=row["team_id"],
@@ -138,12 +165,13 @@ class SqliteStore:
             x_user_id=row["x_user_id"],
             x_username=row["x_username"],
             tokens=TokenSet(
-                access_token=self._cipher.decrypt(row["access_token"]),
+                access_token=self._cipher.decrypt(access) if access else "",
                 refresh_token=self._cipher.decrypt(refresh) if refresh else None,
                 expires_at=row["expires_at"],
                 scope=row["scope"] or "",
             ),
             needs_reconnect=bool(row["needs_reconnect"]),
+            disconnected=row.get("disconnected_at") is not None,
         )
 
     def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
@@ -176,7 +204,7 @@ class SqliteStore:
                     x_user_id = excluded.x_user_id, x_username = excluded.x_username,
                     access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                     expires_at = excluded.expires_at, scope = excluded.scope,
-                    needs_reconnect = 0, updated_at = excluded.updated_at
+                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
                 """,
                 {"team_id": team_id, "slack_user_id": slack_user_id, **columns},
             )
@@ -224,12 +252,44 @@ class SqliteStore:
 
         await self._call(work)
 
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
+                    "needs_reconnect = 1, disconnected_at = ?, updated_at = ? WHERE id = ?",
+                    [now, now, account_id],
+                )
+                rows = self._rows(
+                    "UPDATE mappings SET paused_at = ?, paused_by = ? "
+                    "WHERE account_id = ? AND paused_at IS NULL RETURNING *",
+                    [now, by, account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                rows = self._rows(
+                    "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
+                    "WHERE account_id = ? AND paused_at IS NOT NULL RETURNING *",
+                    [account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
     async def list_accounts(self) -> list[Account]:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
 
     async def usernames_needing_reconnect(self) -> list[str]:
         """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
-        sql = "SELECT x_username FROM accounts WHERE needs_reconnect ORDER BY x_username"
+        sql = (
+            "SELECT x_username FROM accounts WHERE needs_reconnect AND disconnected_at IS NULL "
+            "ORDER BY x_username"
+        )
         return await self._call(lambda: [r["x_username"] for r in self._rows(sql)])
 
     # -- OAuth states ------------------------------------------------------
@@ -249,31 +309,59 @@ class SqliteStore:
                         "response_url": state.response_url,
                         "expires_at": state.expires_at,
                         "used": 0,
+                        "slack_user_name": state.slack_user_name,
+                        "team_name": state.team_name,
                     }
                 )
 
         await self._call(work)
 
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
+    def _oauth_state(self, row: dict[str, Any]) -> OAuthState:
+        return OAuthState(
+            state=row["state"],
+            code_verifier=self._cipher.decrypt(row["code_verifier"]),
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            channel_id=row["channel_id"] or "",
+            response_url=row["response_url"],
+            expires_at=row["expires_at"],
+            slack_user_name=row.get("slack_user_name") or "",
+            team_name=row.get("team_name") or "",
+        )
+
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            row = self._one(
+                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
+                "AND browser_hash IS NULL",
+                [state, now],
+            )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
+                    "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
+                    [browser_hash, state, now],
+                )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         def work() -> OAuthState | None:
             with self.db.atomic():
                 # One UPDATE decides: a state is used once, even by racing callbacks.
                 row = self._one(
                     "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                    "RETURNING *",
-                    [state, now],
+                    "AND browser_hash = ? RETURNING *",
+                    [state, now, browser_hash],
                 )
-            if row is None:
-                return None
-            return OAuthState(
-                state=row["state"],
-                code_verifier=self._cipher.decrypt(row["code_verifier"]),
-                team_id=row["team_id"],
-                slack_user_id=row["slack_user_id"],
-                channel_id=row["channel_id"] or "",
-                response_url=row["response_url"],
-                expires_at=row["expires_at"],
-            )
+            return self._oauth_state(row) if row else None
 
         return await self._call(work)
 
@@ -290,6 +378,9 @@ class SqliteStore:
             participant_id=row["participant_id"],
             created_by=row["created_by"] or "",
             created_at=row["created_at"] or 0.0,
+            paused_at=row.get("paused_at"),
+            paused_by=row.get("paused_by"),
+            participant_username=row.get("participant_username"),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -307,8 +398,8 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_username)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -319,6 +410,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        mapping.participant_username,
                     ],
                 )
             return mapping if cursor.rowcount == 1 else None
@@ -445,38 +537,74 @@ class SqliteStore:
 
     @staticmethod
     def _item(row: dict[str, Any]) -> OutboxItem:
+        """The row as the core's value. SQLite keeps any type in any column, so each value is
+        checked as it is read: a row that does not fit raises (``_readable`` reports it)."""
+        source = json.loads(row["source"] or "{}")
+        media = json.loads(row["media"]) if row["media"] else None
+        if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
+            raise TypeError("source or media is not a JSON object")
         return OutboxItem(
-            id=row["id"],
-            seq=row["seq"],
-            part=row["part"],
-            parts_total=row["parts_total"],
-            team_id=row["team_id"],
-            channel_id=row["channel_id"],
-            slack_ts=row["slack_ts"],
-            author_id=row["author_id"] or "",
-            account_id=row["account_id"],
+            id=_int(row["id"]),
+            seq=_int(row["seq"]),
+            part=_int(row["part"]),
+            parts_total=_int(row["parts_total"]),
+            team_id=_text(row["team_id"]),
+            channel_id=_text(row["channel_id"]),
+            slack_ts=_text(row["slack_ts"]),
+            author_id=_text(row["author_id"] or ""),
+            account_id=_int(row["account_id"]),
             target=Target(
-                participant_id=row["target_participant"], conversation_id=row["target_conversation"]
+                participant_id=_text_or_none(row["target_participant"]),
+                conversation_id=_text_or_none(row["target_conversation"]),
             ),
-            text=row["text"],
-            source=json.loads(row["source"] or "{}"),
+            text=_text_or_none(row["text"]),
+            source=source,
             state=OutboxState(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"] or 0.0,
+            attempts=_int(row["attempts"] or 0),
+            next_attempt_at=_time(row["next_attempt_at"] or 0.0),
             last_error=row["last_error"],
-            dm_event_id=row["dm_event_id"],
-            created_at=row["created_at"],
-            sending_since=row["sending_since"],
-            held_since=row["held_since"],
+            dm_event_id=_text_or_none(row["dm_event_id"]),
+            created_at=_time(row["created_at"] or 0.0),
+            sending_since=_time_or_none(row["sending_since"]),
+            held_since=_time_or_none(row["held_since"]),
             hourglass=bool(row["hourglass"]),
             kind=OutboxKind(row["kind"] or "message"),
-            ref_ts=row["ref_ts"] or row["slack_ts"],
-            media=json.loads(row["media"]) if row["media"] else None,
-            media_id=row["media_id"],
+            ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
+            media=media,
+            media_id=_text_or_none(row["media_id"]),
+            media_uploaded_at=None
+            if row.get("media_uploaded_at") is None
+            else _time(row["media_uploaded_at"]),
+            media_unfinished=_int(row.get("media_unfinished") or 0),
+            deleted=row.get("deleted_at") is not None,
         )
 
-    async def outbox_heads(self) -> list[OutboxItem]:
-        def work() -> list[OutboxItem]:
+    @classmethod
+    def _readable(cls, row: dict[str, Any]) -> OutboxItem | Unreadable:
+        """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+        try:
+            return cls._item(row)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            log.error("outbox row cannot be read", extra={"outbox_id": row.get("id"), "error": str(exc)})
+
+            def text(name: str) -> str:
+                value = row.get(name)
+                return value if isinstance(value, str) else ""
+
+            account_id = row.get("account_id")
+            return Unreadable(
+                id=row["id"],
+                team_id=text("team_id"),
+                channel_id=text("channel_id"),
+                slack_ts=text("slack_ts"),
+                ref_ts=text("ref_ts") or text("slack_ts"),
+                author_id=text("author_id"),
+                account_id=account_id if isinstance(account_id, int) else None,
+                reason=f"the bridge's stored copy of it could not be read ({exc})",
+            )
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        def work() -> list[OutboxItem | Unreadable]:
             # One index lookup per channel with unfinished rows (pending_channels, kept by
             # triggers), not a scan of the whole backlog.
             rows = self._rows(
@@ -489,7 +617,8 @@ class SqliteStore:
                 )
                 """
             )
-            return [self._item(r) for r in rows]
+            # Row by row: one unreadable row is reported as such, and stops nobody else.
+            return [self._readable(r) for r in rows]
 
         return await self._call(work)
 
@@ -535,8 +664,30 @@ class SqliteStore:
                 [index, len(parts), part.text, _json_or_none(part.media), item_id],
             )
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None:
-        await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media_id = ?, media_uploaded_at = ?, media_unfinished = 0 WHERE id = ?",
+            [media_id, uploaded_at, item_id],
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._call(
+            self._update, "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = ?", [item_id]
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET media_unfinished = 0 WHERE id = ?", [item_id])
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = ?",
+            [item_id],
+        )
 
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
@@ -553,10 +704,24 @@ class SqliteStore:
                 )
                 if original is None:
                     return "unknown"
-                if original["text"] is None and original["state"] == "queued":
+                parts = self._rows(
+                    "SELECT state FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                    "AND kind = 'message'",
+                    [team_id, channel_id, ref_ts],
+                )
+                if original["deleted_at"] is None and all(p["state"] in ("queued", "waiting") for p in parts):
+                    # Nothing of it was handed to X: the new text replaces the old, rendered or not.
+                    # The row is rendered again from the new source (its further parts with it).
                     merged = {**json.loads(original["source"] or "{}"), **source}
                     self.db.execute(
-                        "UPDATE outbox SET source = ? WHERE id = ?", [json.dumps(merged), original["id"]]
+                        "DELETE FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                        "AND kind = 'message' AND part > 0",
+                        [team_id, channel_id, ref_ts],
+                    )
+                    self.db.execute(
+                        "UPDATE outbox SET source = ?, text = NULL, media = NULL, media_id = NULL, "
+                        "media_uploaded_at = NULL, parts_total = 1 WHERE id = ?",
+                        [json.dumps(merged), original["id"]],
                     )
                     return "updated"
                 cursor = self._insert_follow_up(original, OutboxKind.EDIT, edit_ts, source, now)
@@ -586,6 +751,12 @@ class SqliteStore:
                     "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
+                # A part caught mid-send may or may not be on X: it is read back, never sent again.
+                self.db.execute(
+                    "UPDATE outbox SET deleted_at = ? "
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state = 'sending'",
+                    [now, team_id, channel_id, ref_ts],
+                )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]
                 if not reached:
                     return "cancelled"
@@ -614,7 +785,8 @@ class SqliteStore:
                 original["author_id"],
                 original["account_id"],
                 original["target_participant"],
-                original["target_conversation"],
+                # One target only: a 1-to-1 row is addressed by its participant.
+                None if original["target_participant"] else original["target_conversation"],
                 json.dumps(source, separators=(",", ":")),
                 now,
                 kind.value,
@@ -655,7 +827,7 @@ class SqliteStore:
 
         return await self._call(work)
 
-    def _update(self, sql: str, params: Sequence[Any]) -> None:
+    def _update(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> None:
         with self.db.atomic():
             self.db.execute(sql, params)
 
@@ -671,8 +843,10 @@ class SqliteStore:
         def work() -> OutboxItem | None:
             with self.db.atomic():
                 current = self._outbox_item(item_id)
-                if current is None or not current.state.pending:
+                if current is None or not current.state.pending or current.deleted:
                     return None  # cancelled (deleted in Slack), or finished, since it was read
+                if parts is None and current.text is None:
+                    return None  # an edit reset its text since it was read: render it again
                 if parts is not None:
                     # Rendered from ``source``: an edit that landed since then must not be lost.
                     if current.text is not None or current.source != source:
@@ -697,8 +871,11 @@ class SqliteStore:
             with self.db.atomic():
                 self._save_budgets(budgets)
                 row = self._one(
+                    # A row names one target: a 1-to-1 row keeps its participant (the conversation
+                    # id goes to the message map and the mapping below, not beside it).
                     "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
-                    "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
+                    "CASE WHEN target_participant IS NULL THEN COALESCE(target_conversation, ?) END, "
+                    "sent_at = ?, last_error = NULL WHERE id = ? "
                     "RETURNING team_id, channel_id, slack_ts, part, target_participant",
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
@@ -730,7 +907,9 @@ class SqliteStore:
                         ],
                     )
                 following = self._channel_head(row["team_id"], row["channel_id"])
-            return None if following is None else self._item(following)
+            head = None if following is None else self._readable(following)
+            # An unreadable head is left to the scheduler, which fails it (the send is recorded).
+            return head if isinstance(head, OutboxItem) else None
 
         return await self._call(work)
 
@@ -743,11 +922,20 @@ class SqliteStore:
         *,
         held_since: float | None = None,
     ) -> None:
+        # A row deleted in Slack mid-send never goes back to a state that would send it:
+        # once X is known not to have it, it is cancelled.
         await self._call(
             self._update,
-            "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "held_since = COALESCE(held_since, ?) WHERE id = ?",
-            [state.value, next_attempt_at, error, held_since, item_id],
+            "UPDATE outbox SET state = CASE WHEN deleted_at IS NOT NULL AND :state IN ('queued', 'waiting') "
+            "THEN 'cancelled' ELSE :state END, next_attempt_at = :next, last_error = :error, "
+            "held_since = COALESCE(held_since, :held) WHERE id = :id",
+            {
+                "state": state.value,
+                "next": next_attempt_at,
+                "error": error,
+                "held": held_since,
+                "id": item_id,
+            },
         )
 
     async def mark_done(self, item_id: int, now: float) -> None:
@@ -771,9 +959,11 @@ class SqliteStore:
     async def release_account(self, account_id: int, now: float) -> int:
         def work() -> int:
             with self.db.atomic():
+                # Every unfinished row, whatever it waited for: a ``sending`` one stays ``sending``
+                # (it is read back before any resend); the others are simply due again.
                 cursor = self.db.execute(
-                    "UPDATE outbox SET state = 'queued', next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'waiting'",
+                    "UPDATE outbox SET state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+                    f"next_attempt_at = ? WHERE account_id = ? AND state IN {PENDING_STATES}",
                     [now, account_id],
                 )
             return cursor.rowcount
@@ -1130,6 +1320,32 @@ class SqliteStore:
 def _snowflake(event_id: str) -> int:
     """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
     return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _time(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise TypeError(f"{value!r} is not a time")
+    return float(value)
+
+
+def _time_or_none(value: Any) -> float | None:
+    return None if value is None else _time(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

@@ -14,6 +14,7 @@ from bridge.model import (
     IncomingMessage,
     Mapping,
     MappingKind,
+    OutboxItem,
     OutboxState,
     RenderedPart,
     Sent,
@@ -220,3 +221,157 @@ def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
 
     in_sql = {s.strip(" '") for s in PENDING_STATES.strip("()").split(",")}
     assert in_sql == {s.value for s in OutboxState if s.pending}
+
+
+# -- issue 11: deletes mid-send, edits before any send, reconnection releases everything --------
+
+
+async def test_a_sending_row_deleted_in_slack_is_never_claimed_or_requeued(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [head] = await store.outbox_heads()
+        claimed = await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        assert claimed is not None
+        assert await store.accept_delete("T1", "C1", "1.000", "3.000", 3.0) == "queued"
+        [sending] = [h for h in await store.outbox_heads() if h.id == head.id]
+        assert isinstance(sending, OutboxItem) and sending.deleted and sending.state is OutboxState.SENDING
+        assert await store.mark_sending(head.id, 4.0) is None
+        await store.reschedule(head.id, OutboxState.QUEUED, 5.0, "X said 503: it does not have it")
+        row = sqlite3.connect(tmp_path / "store.db").execute(
+            "SELECT state FROM outbox WHERE id = ?", [head.id]
+        )
+        assert row.fetchone() == ("cancelled",)
+
+
+async def test_an_edit_before_any_part_reached_x_replaces_a_rendered_message(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, _):
+        await store.accept_if_mapped(message(1, "long and wrong"), 1.0)
+        [head] = await store.outbox_heads()
+        await store.render(head.id, [RenderedPart("(1/2) Me: long"), RenderedPart("(2/2) Me: wrong")])
+        await store.reschedule(head.id, OutboxState.WAITING, 0.0, "waiting for X's rate limit")
+        edit = {"text": "short and right", "blocks": [], "user_id": "U1"}
+        assert await store.accept_edit("T1", "C1", "1.000", "2.000", edit, 2.0) == "updated"
+        [fresh] = await store.outbox_heads()
+        assert isinstance(fresh, OutboxItem)
+        assert fresh.text is None and fresh.parts_total == 1 and fresh.source["text"] == "short and right"
+        assert sqlite3.connect(tmp_path / "store.db").execute("SELECT COUNT(*) FROM outbox").fetchone() == (
+            1,
+        )
+        assert await store.mark_sending(fresh.id, 3.0) is None  # must be rendered again first
+
+
+async def test_reconnecting_releases_every_unfinished_row_of_the_account(tmp_path: Path) -> None:
+    async with one_channel(tmp_path) as (store, mapping):
+        for n in (1, 2, 3):
+            other = Mapping(
+                "T1", f"C{n}0", MappingKind.LINK, mapping.account_id, "1000-2001", None, "U1", 0.0
+            )
+            await store.create_mapping(other)
+            accepted = await store.accept_if_mapped(
+                IncomingMessage("T1", f"C{n}0", f"{n}.000", "U1", "m", event_id=f"E{n}"), 1.0
+            )
+            assert accepted is not None and accepted.head is not None
+            if n == 1:
+                await store.reschedule(accepted.head.id, OutboxState.WAITING, 1e15, "reconnect")
+            elif n == 2:
+                await store.mark_sending(
+                    accepted.head.id, 2.0, parts=[RenderedPart("x")], source=accepted.head.source
+                )
+                await store.reschedule(accepted.head.id, OutboxState.SENDING, 1e15, "reconnect")
+            else:
+                await store.reschedule(accepted.head.id, OutboxState.QUEUED, 500.0, "backing off")
+        assert await store.release_account(mapping.account_id, 10.0) == 3
+        rows = sqlite3.connect(tmp_path / "store.db").execute(
+            "SELECT channel_id, state, next_attempt_at FROM outbox ORDER BY channel_id"
+        )
+        assert rows.fetchall() == [("C10", "queued", 10.0), ("C20", "sending", 10.0), ("C30", "queued", 10.0)]
+
+
+async def test_migration_keeps_one_target_on_rows_an_old_version_wrote_with_two(tmp_path: Path) -> None:
+    """Before 0004 a sent 1-to-1 row got its conversation beside its participant, and edit and
+    delete rows copied both: unreadable, they stopped every channel. 0004 keeps the participant."""
+    from sqlite_utils import Database
+
+    from migrations import migrations
+
+    db_path = tmp_path / "old.db"
+    old = Database(sqlite3.connect(db_path))
+    migrations.apply(old, stop_before="0004_outbox_deleted_and_one_target")
+    old.execute(
+        "INSERT INTO accounts (id, team_id, slack_user_id, x_user_id, x_username, access_token) "
+        "VALUES (1, 'T1', 'U1', '1000', 'me', 'x')"
+    )
+    old.execute(
+        "INSERT INTO outbox (seq, part, team_id, channel_id, slack_ts, ref_ts, account_id, "
+        "target_participant, target_conversation, state, created_at, kind, source) "
+        "VALUES (1, 0, 'T1', 'C1', '2.000:delete', '1.000', 1, '2001', '1000-2001', 'queued', 0, "
+        "'delete', '{}')"
+    )
+    old.close()
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        [head] = await store.outbox_heads()
+        assert isinstance(head, OutboxItem) and head.target.participant_id == "2001"
+        assert head.target.conversation_id is None and not head.deleted
+    finally:
+        await store.close()
+
+
+async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
+        other = await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("b", "s", 5.0))
+        for channel, owner in (("C1", account), ("C2", account), ("C3", other)):
+            mapping = Mapping(
+                "T1", channel, MappingKind.LINK, owner.id, "1000-2001", None, owner.slack_user_id, 0
+            )
+            await store.create_mapping(mapping)
+
+        paused = await store.disconnect_account(account.id, 100.0, "U1")
+        assert [(m.channel_id, m.paused_at, m.paused_by) for m in paused] == [
+            ("C1", 100.0, "U1"),
+            ("C2", 100.0, "U1"),
+        ]
+        gone = await store.get_account(account.id)
+        assert gone is not None and gone.disconnected and gone.needs_reconnect
+        assert gone.tokens.access_token == "" and gone.tokens.refresh_token is None
+        assert await store.disconnect_account(account.id, 200.0, "U1") == []  # already paused
+        untouched = await store.get_mapping("T1", "C3")
+        assert untouched is not None and untouched.paused_at is None
+
+        again = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("c", "t", 9.0))
+        assert again.id == account.id and not again.disconnected and not again.needs_reconnect
+        assert [m.channel_id for m in await store.resume_mappings(account.id)] == ["C1", "C2"]
+        assert await store.resume_mappings(account.id) == []
+    finally:
+        await store.close()
+
+
+async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(tmp_path: Path) -> None:
+    from bridge.model import OAuthState
+
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
+        await store.save_oauth_state(state)
+        shown = await store.get_oauth_state("s1", 10.0)
+        assert shown is not None and (shown.slack_user_name, shown.team_name) == ("ada", "fake")
+        assert await store.get_oauth_state("s1", 1000.0) is None  # expired
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # not confirmed yet
+
+        confirmed = await store.confirm_oauth_state("s1", 10.0, "hash-a")
+        assert confirmed is not None and confirmed.code_verifier == "verifier"
+        assert await store.confirm_oauth_state("s1", 10.0, "hash-b") is None  # one browser only
+        assert await store.get_oauth_state("s1", 10.0) is None  # the page no longer shows it
+
+        assert await store.consume_oauth_state("s1", 10.0, "hash-b") is None  # another browser
+        used = await store.consume_oauth_state("s1", 10.0, "hash-a")
+        assert used is not None and used.slack_user_id == "U1"
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # single use
+        assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
+    finally:
+        await store.close()

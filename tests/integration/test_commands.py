@@ -13,7 +13,9 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
     async with running_bridge(tmp_path) as bridge:
         ack, response_url = await bridge.command("connect")
         assert ack.status == 200
-        params = query_of(authorize_url(ack.text))
+        assert authorize_url(ack.text).startswith(f"{bridge.url}/x/connect?state=")  # the bridge's page first
+        x_url = await bridge.confirm(authorize_url(ack.text))
+        params = query_of(x_url)
         assert params["response_type"] == "code"
         assert params["client_id"] == "test-client"
         assert params["redirect_uri"] == f"{bridge.url}/x/oauth/callback"
@@ -21,7 +23,7 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
         assert params["code_challenge_method"] == "S256"
         assert len(params["state"]) >= 32 and len(params["code_challenge"]) == 43
 
-        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
             page = await response.text()
@@ -53,12 +55,12 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
     async with running_bridge(tmp_path) as bridge:
         async with bridge.session.get(f"{bridge.url}/x/oauth/callback?state=forged&code=abc") as response:
             assert response.status == 400
-            assert "not valid" in await response.text()
+            assert "did not confirm it" in await response.text()  # no flow cookie in this browser
 
         await bridge.connect()
         # The state just used cannot be replayed.
         ack, _ = await bridge.command("connect", user="U200")
-        url = authorize_url(ack.text)
+        url = await bridge.confirm(authorize_url(ack.text))
         async with bridge.session.get(url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
@@ -68,7 +70,7 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
 
         # An expired state is refused even with a fresh code.
         ack, _ = await bridge.command("connect", user="U300")
-        url = authorize_url(ack.text)
+        url = await bridge.confirm(authorize_url(ack.text))
         with sqlite3.connect(bridge.db_path) as db:
             db.execute("UPDATE oauth_states SET expires_at = 0 WHERE used = 0")
         async with bridge.session.get(url, allow_redirects=False) as response:
@@ -85,7 +87,8 @@ async def test_declined_authorization_connects_nothing(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         ack, response_url = await bridge.command("connect")
         bridge.x.deny_next_authorize = True
-        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+        x_url = await bridge.confirm(authorize_url(ack.text))
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
             assert response.status == 200
@@ -185,7 +188,7 @@ async def test_dm_without_message_maps_without_sending(tmp_path: Path) -> None:
         await bridge.connect()
         _, response_url = await bridge.command("dm @bob")
         told = await bridge.follow_up(response_url)
-        assert "1-to-1" in told["text"]
+        assert "their DMs with @bob" in told["text"]
         assert bridge.x.dm_posts == 0
         ack, _ = await bridge.command("dm")
         assert "Usage" in ack.text
@@ -214,7 +217,7 @@ async def test_unlink_status_help(tmp_path: Path) -> None:
         await bridge.map_link("1000-2001")
         ack, _ = await bridge.command("status")
         assert "X conversation `1000-2001`" in ack.text
-        assert "sent as @bridge_owner" in ack.text
+        assert "sent as your X account @bridge_owner" in ack.text
         assert "No messages waiting" in ack.text
         assert "X DM budget left" in ack.text
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import time
@@ -35,9 +36,11 @@ class World:
     db_path: Path
     servers: list[Server] = field(default_factory=list)
 
-    def server(self, log_path: Path) -> Server:
-        """A server for this world; it is killed when the world ends, even if the test failed."""
-        server = Server(self.env, log_path)
+    def server(self, log_path: Path, *, max_files: int | None = None) -> Server:
+        """A server for this world; it is killed when the world ends, even if the test failed.
+
+        ``max_files`` lowers the process's file descriptor limit (RLIMIT_NOFILE)."""
+        server = Server(self.env, log_path, max_files=max_files)
         self.servers.append(server)
         return server
 
@@ -81,21 +84,32 @@ async def world(
             for server in w.servers:
                 if server.process is not None and server.process.returncode is None:
                     await server.kill()
+        # As in-process tests (tests/harness.py): a request or answer outside X's spec fails the test.
+        assert x.violations == [], "requests or responses outside X's OpenAPI spec:\n" + "\n".join(
+            x.violations
+        )
 
 
 class Server:
     """One `python -m bridge serve` subprocess."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, max_files: int | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        self.max_files = max_files
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, url: str, session: aiohttp.ClientSession) -> None:
         log = self.log_path.open("ab")
+        limit = self.max_files
+
+        def lower_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1",
-            env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log,
+            env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log, preexec_fn=lower_limit,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 20

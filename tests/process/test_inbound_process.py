@@ -18,6 +18,7 @@ FAST = {"INBOUND_POLL_SECONDS": "0.2", "X_TIMEOUT_SECONDS": "30"}
 
 def channel(x: FakeX) -> dict[str, str]:
     x.window_read_seconds = 2.0  # X's read window, shortened: the bridge paces by its headers
+    x.enforce_read_limit = True
     return {"C100": CONVERSATION}
 
 
