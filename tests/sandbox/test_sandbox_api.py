@@ -118,7 +118,7 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
             "the reply",
         )
         [reply] = [m for m in state["messages"] if m["author"] == "Alice (@alice)"]
-        assert text_of(reply) == "chips & fish" and reply["via"] == "chat.postMessage as the X sender"
+        assert text_of(reply) == "chips & fish" and reply["kind"] == "bot"
         assert state["steps"] == {"connected": True, "bridged": True, "relayed": True}
         # The channel reads in the order things happened.
         order = [m["at"] for m in state["messages"]]
