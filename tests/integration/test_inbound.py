@@ -230,3 +230,22 @@ async def test_linking_a_conversation_with_history_posts_it_once_oldest_first(tm
             r for r in bridge.x.all_requests if r.path == f"/2/dm_conversations/{CONVERSATION}/dm_events"
         ]
         assert history and history[0].query["max_results"] == "3"
+
+
+async def test_our_message_with_links_is_not_posted_back_though_x_rewrote_them(tmp_path: Path) -> None:
+    """X stores links as t.co, so the text read back differs from what the bridge sent."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        _, ts = await bridge.post("see <https://example.com/a|the page> and example.org")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        [event] = bridge.x.events
+        assert event.stored_text is not None and "t.co/" in event.stored_text
+        reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
+        await wait_until(
+            lambda: sum(r.path == "/2/dm_events" for r in bridge.x.all_requests) > reads + 1,
+            10,
+            "two more reads",
+        )
+        await asyncio.sleep(0.3)
+        assert posts(bridge) == []
+        assert len(bridge.x.events) == 1
