@@ -43,7 +43,16 @@ from bridge.errors import (
     XRateLimited,
     XRefused,
 )
-from bridge.model import Account, InboundEvent, InboundItem, InboundState, InboxPage, XEvent, XUser
+from bridge.model import (
+    Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
+    InboxPage,
+    MappingKind,
+    XEvent,
+    XUser,
+)
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -230,7 +239,8 @@ class Inbound:
         self._has_groups = {
             m.account_id
             for m in await self._store.list_mappings()
-            if m.conversation_id and "-" not in m.conversation_id  # a group's id has no "-"
+            # A group (one being created has no id yet); a linked group's id has no "-".
+            if m.kind is MappingKind.GROUP or (m.conversation_id and "-" not in m.conversation_id)
         }
         await asyncio.gather(*(self._backfill_account(a) for a in accounts if self._backfills.get(a.id)))
         due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]

@@ -211,6 +211,18 @@ class Store(Protocol):
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+        """Delete at most ``batch`` rows of each kind past retention; returns how many went.
+
+        Finished outbox rows and message maps created before ``keep_after``; Slack event ids
+        past Slack's retry horizon. Unfinished rows are never deleted.
+        """
+        ...
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
+        ...
+
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...
@@ -232,12 +244,6 @@ class Store(Protocol):
         that channel), or it was recorded before. The cursor only ever moves forward.
         Returns how many events were queued for Slack.
         """
-        ...
-
-    async def record_own_event(
-        self, account_id: int, conversation_id: str, dm_event_id: str, now: float
-    ) -> None:
-        """Remember a DM the bridge sent outside the outbox, so reading it back never posts it."""
         ...
 
     async def inbound_heads(self) -> list[InboundItem]:
@@ -291,7 +297,10 @@ class XClient(Protocol):
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
-        """Send one DM; empty ``text`` is left out, so a ``media_id`` alone is a valid DM."""
+        """Send one DM; empty ``text`` is left out, so a ``media_id`` alone is a valid DM.
+
+        A ``target.new_group`` creates that group with this DM (``Sent`` names the new group).
+        """
         ...
 
     async def create_group(
@@ -300,7 +309,10 @@ class XClient(Protocol):
     async def event_page(
         self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
     ) -> EventPage:
-        """One page of the conversation's message events, newest first (``next_token`` pages back)."""
+        """One page of the conversation's message events, newest first (``next_token`` pages back).
+
+        For a ``new_group`` target (its id not known yet), the account's events in every conversation.
+        """
         ...
 
     async def dm_events(
@@ -383,7 +395,9 @@ class SlackClient(Protocol):
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
-    async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
+    async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
+        """Post as the bot; returns the message's ts."""
+
     async def post_as(
         self,
         team_id: str,

@@ -595,9 +595,9 @@ async def running_sandbox(
         for user_id, username, name in X_PEOPLE:
             x.add_user(user_id, username, name)
         x.authorizing_user_id = YOUR_X_ID
-        # X's read budget is 15 per 15 minutes; the simulation's window is 30 s so that group
+        # X's read budget is 15 per 15 minutes; the simulation's window is 10 s so that group
         # replies (which X does not push) show within seconds, paced by the same budget logic.
-        x.window_read_seconds = 30.0
+        x.window_read_seconds = 10.0
         x.enforce_read_limit = True
         slack, slack_url = await stack.enter_async_context(
             run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")

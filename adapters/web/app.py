@@ -29,7 +29,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
-from adapters.slack.app import build_bolt_app
+from adapters.slack.app import SlackAuthorization, build_bolt_app
 from adapters.store.crypto import TokenCipher
 from adapters.store.sqlite import SqliteStore
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
@@ -47,6 +47,7 @@ from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
 from bridge.relay import Relay
+from bridge.retention import prune_forever
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 
@@ -116,6 +117,7 @@ class Services:
     background: Background
     started_at: float
     verifier: SignatureVerifier
+    slack_auth: SlackAuthorization
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -246,9 +248,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
         )
         background = Background()
+        slack_auth = SlackAuthorization(slack_client)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
-            client=slack_client,
+            authorization=slack_auth,
             relay=relay,
             commands=commands,
             spawn=background.spawn,
@@ -264,6 +267,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             background,
             clock.now(),
             SignatureVerifier(settings.signing_secret),
+            slack_auth,
+        )
+        authorizing = asyncio.create_task(slack_auth.keep_trying(), name="slack-auth")
+        pruning = asyncio.create_task(
+            prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
         worker = asyncio.create_task(delivery.run(), name="delivery")
         inbound_worker = asyncio.create_task(inbound.run(), name="inbound")
@@ -274,6 +282,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         log.info("shutting down: finishing in-flight sends and posts")
         await asyncio.gather(delivery.stop(SHUTDOWN_GRACE), inbound.stop(SHUTDOWN_GRACE / 2))
         await worker
+        authorizing.cancel()
+        pruning.cancel()
         await inbound_worker
         if push is not None and push_worker is not None:
             push.stop()
@@ -281,6 +291,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await push_worker
         await background.drain(5.0)
+        for task in (authorizing, pruning):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
         await session.close()
         await store.close()
@@ -364,6 +377,13 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     if problem is not None:
         log.info("malformed Slack request ignored", extra={"reason": problem})
         return _bad_request(problem)
+    if not await services.slack_auth.on_request() and needs_authorization(request.content_type, body):
+        # Not 200: Slack retries the event later, when the bridge can commit it.
+        return web.json_response(
+            {"error": "not ready", "reason": "Slack auth.test has not succeeded yet"},
+            status=503,
+            headers={"Retry-After": "10"},
+        )
     try:
         bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
@@ -396,6 +416,13 @@ def malformed_slack_body(content_type: str, body: str) -> str | None:
     except (ValueError, RecursionError):
         return "body does not parse"
     return f"unsupported content type {content_type or '(none)'}"
+
+
+def needs_authorization(content_type: str, body: str) -> bool:
+    """Everything but Slack's URL check and SSL check needs the bot's identity (well-formed body)."""
+    if content_type == "application/json":
+        return bool(json.loads(body).get("type") != "url_verification")
+    return "ssl_check" not in parse_qs(body, keep_blank_values=True)
 
 
 def _bad_request(reason: str) -> web.Response:
@@ -553,6 +580,7 @@ async def healthz(request: web.Request) -> web.Response:
         "database": "ok" if database_ok else "error",
         "worker": worker,
         "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
+        "slack": "authorized" if services.slack_auth.ready else "unauthorized",
         "accounts_needing_reconnect": None
         if reconnect is None
         else {"count": len(reconnect), "usernames": reconnect},
