@@ -399,11 +399,16 @@ class CommandService:
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
-        if existing is not None:
-            await self._may_change(ctx, existing, "unlink")
-        mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
-        if mapping is None:
+        if existing is None:
             return Reply("This channel is not bridged to X; nothing to unlink.")
+        await self._may_change(ctx, existing, "unlink")
+        # Only the mapping just checked: one made since (by someone this user may not overrule)
+        # is not this command's to delete.
+        mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id, made=existing)
+        if mapping is None:
+            return Reply(
+                "This channel's bridge changed while you unlinked it; run `/xdm status`, then try again."
+            )
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         waiting = summary["pending"]
         tail = f" {waiting} message(s) already accepted will still be delivered." if waiting else ""

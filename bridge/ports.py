@@ -93,7 +93,21 @@ class Store(Protocol):
         """Insert; return None when the channel is already mapped (nothing written)."""
         ...
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        """Unmap the channel; with ``made``, only if its mapping is still that one (whoever
+        checked ``made`` must not delete a mapping made since). Returns what was deleted."""
+        ...
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        """X refused for good to create the group ``group``: unmap the channel if it still waits
+        for that group, and return the mapping removed and the channel's unfinished rows
+        addressed to that group (for the caller to fail), in one transaction."""
+        ...
+
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[Mapping]: ...
 

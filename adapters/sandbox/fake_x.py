@@ -466,7 +466,12 @@ class FakeX:
         client_secret: str | None = "test-secret",
         access_token_ttl: int = 7200,
         clock: Callable[[], float] = time.time,
+        user_limit_15m: int = 15,
+        user_limit_24h: int = 1440,
+        app_limit_24h: int = 1440,
     ) -> None:
+        """The DM limits default to what X documents today (NOTES §4.1: 15 per 15 minutes and
+        1,440 per 24 hours per user, 1,440 per 24 hours per app); a test that sends more opts in."""
         self.spec: SpecValidator = spec if spec is not None else SpecValidator.default()
         self.client_id = client_id
         self.client_secret = client_secret
@@ -509,9 +514,9 @@ class FakeX:
         self.max_chunk_bytes = 5 * _MB
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
-        self.user_limit_15m = 200
-        self.user_limit_24h = 1000
-        self.app_limit_24h = 15_000
+        self.user_limit_15m = user_limit_15m
+        self.user_limit_24h = user_limit_24h
+        self.app_limit_24h = app_limit_24h
         self.window_15m_seconds = 900.0
         self.window_24h_seconds = 86_400.0
         self.send_24h_headers = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
@@ -33,6 +34,8 @@ NAME_CACHE_SIZE = 10_000  # least recently used names go first, so memory stays 
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
+# A host name as DNS spells it: a resolver reads ``evil.example\x00.slack.com`` as evil.example.
+_HOSTNAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # files.info errors worth trying again later (Slack's own words for "not now").
 SLACK_TRANSIENT = frozenset(
@@ -335,6 +338,7 @@ class SlackApi:
         if (
             parts.scheme == "https"
             and port in (None, 443)
+            and _HOSTNAME.fullmatch(host)
             and (host == "slack.com" or host.endswith(".slack.com"))
         ):
             return True

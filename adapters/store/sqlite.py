@@ -420,14 +420,40 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
+        params: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = ? AND created_at = ?"
+            params += [made.created_by, made.created_at]
+
         def work() -> Mapping | None:
             with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? RETURNING *",
-                    [team_id, channel_id],
-                )
+                row = self._one(sql + " RETURNING *", params)
             return self._mapping(row) if row else None
+
+        return await self._call(work)
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        members = json.dumps(list(group))  # as create_mapping and accept write it
+
+        def work() -> tuple[Mapping | None, list[OutboxItem]]:
+            with self.db.atomic():
+                row = self._one(
+                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
+                    "AND conversation_id IS NULL AND participant_ids = ? RETURNING *",
+                    [team_id, channel_id, members],
+                )
+                rows = self._rows(
+                    f"SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND target_group = ? "
+                    f"AND state IN {PENDING_STATES} ORDER BY seq, part",
+                    [team_id, channel_id, members],
+                )
+            return (self._mapping(row) if row else None), [self._item(r) for r in rows]
 
         return await self._call(work)
 

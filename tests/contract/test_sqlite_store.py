@@ -375,3 +375,21 @@ async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(tm
         assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
     finally:
         await store.close()
+
+
+async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(tmp_path: Path) -> None:
+    """`/xdm unlink` checks who may unlink the mapping it read, then deletes: a mapping someone
+    else made in between (the first unlinked meanwhile) must not be what that delete removes."""
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        checked = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        await store.create_mapping(checked)
+        assert await store.delete_mapping("T1", "C1", made=checked) is not None
+        since = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2002", None, "U2", 2.0)
+        await store.create_mapping(since)
+        assert await store.delete_mapping("T1", "C1", made=checked) is None
+        assert await store.get_mapping("T1", "C1") == since
+    finally:
+        await store.close()
