@@ -80,14 +80,16 @@ class SlackNotAuthorized(Exception):
 class SlackAuthorization:
     """The bot's identity (``auth.test``), fetched once and cached for Bolt's ``authorize``."""
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, *others: AsyncWebClient) -> None:
+        """``client`` calls ``auth.test``; a refusal Slack gives it or ``others`` is noted."""
         self._client = client
         self._lock = asyncio.Lock()
         self._last_attempt = float("-inf")
         self.result: AuthorizeResult | None = None
         self.refused: str | None = None  # why Slack no longer accepts the bot token, for good
-        if isinstance(client, SlackWebClient):
-            client.on_token_refused = self.token_refused
+        for watched in (client, *others):
+            if isinstance(watched, SlackWebClient):
+                watched.on_token_refused = self.token_refused
 
     @property
     def ready(self) -> bool:
