@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.errors import OAuthBrowserError, OAuthStateError, XError
-from bridge.model import Account, Mapping, OAuthState
+from bridge.model import Account, Mapping, OAuthState, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 
 log = logging.getLogger("bridge.connect")
@@ -34,6 +34,18 @@ class Disconnected:
 def who(by: str) -> str:
     """How an announcement names the person (or operator) who acted."""
     return "The bridge's operator" if by == OPERATOR else f"<@{by}>"
+
+
+def held_notice(mapping: Mapping, account: Account) -> str:
+    """What a channel held for another X account is told (also what `/xdm status` says there)."""
+    old = mapping.held_for_username or mapping.held_for
+    return (
+        f":double_vertical_bar: <@{account.slack_user_id}> now connects X account @{account.x_username}, "
+        f"not @{old}, and this channel is bridged to @{old}'s conversation: it stays paused, so "
+        f"nothing is sent there as @{account.x_username}. Messages posted here wait for @{old} "
+        f"(they go if @{old} is connected again). To bridge this channel as @{account.x_username}, "
+        "run `/xdm unlink`, then `/xdm link` or `/xdm dm`."
+    )
 
 
 class ConnectService:
@@ -123,7 +135,11 @@ class ConnectService:
         except Exception as exc:
             await self._tell(pending.response_url, pending, f":x: Connecting your X account failed: {exc}")
             raise
+        before = await self._store.account_for_user(pending.team_id, pending.slack_user_id)
         account = await self._store.save_account(pending.team_id, pending.slack_user_id, user, tokens)
+        # Before anything is released: what belongs to another X account must not go as this one.
+        previous = XUser(before.x_user_id, before.x_username) if before is not None else user
+        held = await self._store.hold_for_previous_account(account.id, previous, user, self._clock.now())
         released = await self._store.release_account(account.id, self._clock.now())
         resumed = await self._store.resume_mappings(account.id)
         log.info(
@@ -136,6 +152,12 @@ class ConnectService:
             },
         )
         tail = f" {released} waiting message(s) are on their way." if released else ""
+        if held:
+            channels = ", ".join(f"<#{m.channel_id}>" for m in held)
+            tail += (
+                f" {channels} stay paused: they are bridged to @{previous.username}'s conversations, "
+                "not this account's (`/xdm status` there says how to map them again)."
+            )
         await self._tell(
             pending.response_url,
             pending,
@@ -150,6 +172,8 @@ class ConnectService:
                 f"this channel's bridge to X resumes, sending as @{user.username}. "
                 "Messages that waited are on their way.",
             )
+        for mapping in held:
+            await self._announce(mapping, held_notice(mapping, account))
         return account, pending
 
     async def disconnect(self, account: Account, by: str) -> Disconnected:

@@ -40,6 +40,7 @@ from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
 from bridge.errors import (
     BridgeError,
     Failure,
+    RateFacts,
     Undeliverable,
     XAuthExpired,
     XAuthRevoked,
@@ -629,11 +630,15 @@ class Delivery:
             scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
         passed = 0
         while not scan.done:
+            read = functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token)
+
+            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
+                page = await self._tokens.call(account, read)
+                return page, page.facts
+
             try:
-                page = await self._tokens.call(
-                    account,
-                    functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
-                )
+                # A read: it draws on the account's one DM read budget, shared with inbound polling.
+                page = await self._budget.read(account.id, self._clock.now, read_page)
             except XRefused as exc:
                 # A refusal says nothing about whether X has the message: read again later, from
                 # the newest page (a page token may have gone stale while the reading waited).

@@ -80,10 +80,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Before anything listens: a key that cannot open the stored tokens must not look healthy.
         _stop_on_key_problem(settings.database_path, settings.encryption_keys)
+        # A wrong or revoked bot token is a configuration error, not an outage to wait out.
+        _stop_on_slack_refusal(settings)
         edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
     except StoreUnavailable as exc:
         return _operator_error(str(exc))
     return EXIT_OK
+
+
+def _stop_on_slack_refusal(settings: Settings) -> None:
+    from adapters.slack.api import TOKEN_FIX, token_refusal
+
+    refusal = asyncio.run(token_refusal(settings.bot_token, settings.slack_api_url))
+    if refusal is not None:
+        raise SystemExit(_operator_error(f"SLACK_BOT_TOKEN: Slack refuses it ({refusal}); {TOKEN_FIX}"))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -172,6 +182,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = asyncio.run(doctor.run())
     _emit(args, report.as_json(), report.text)
     return report.exit_code
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """X's push: show it, (re)register it, or replay what it pushed."""
+    from adapters.ops import webhook
+    from bridge.errors import XError
+
+    settings = _settings()
+    try:
+        if args.action == "register":
+            result = asyncio.run(webhook.register(settings))
+            _emit(args, result, lambda: f"webhook {result['action']}: {result['webhook']}")
+        elif args.action == "replay":
+            result = asyncio.run(webhook.replay(settings, args.minutes))
+            _emit(
+                args,
+                result,
+                lambda: f"replay of the last {args.minutes} min requested: job {result['job_id']}",
+            )
+        else:
+            report = asyncio.run(webhook.status(settings))
+            _emit(args, report, lambda: webhook.status_text(report))
+    except webhook.PushNotConfigured as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except XError as exc:
+        print(f"xdm-bridge: X refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_mappings(args: argparse.Namespace) -> int:
@@ -282,6 +321,11 @@ def _add_operator_commands(sub: Any) -> None:
     doctor = sub.add_parser("doctor", help="check configuration, database, Slack and X; print fixes")
     _json_flag(doctor)
     doctor.set_defaults(func=cmd_doctor)
+    hook = sub.add_parser("webhook", help="X push: status, register (while the server runs) or replay")
+    hook.add_argument("action", choices=("status", "register", "replay"), nargs="?", default="status")
+    hook.add_argument("--minutes", type=int, default=60, help="replay: how far back (default 60, max 1440)")
+    _json_flag(hook)
+    hook.set_defaults(func=cmd_webhook)
     mappings = sub.add_parser("mappings", help="list bridged channels")
     _json_flag(mappings)
     mappings.set_defaults(func=cmd_mappings)

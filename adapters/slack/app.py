@@ -10,6 +10,11 @@ the event 200 with a "reinstall" text without running the listener: Slack would 
 retry and the message would be lost. So :class:`SlackAuthorization` calls it at
 start-up (retrying), caches the answer for Bolt, and the web handler answers 503
 while it has none, so Slack retries.
+
+A refused token (``invalid_auth``, ``token_revoked``…, or the ``app_uninstalled`` and
+``tokens_revoked`` events) is not a blip: it is not retried, and ``/healthz`` says down
+until an operator sets a new ``SLACK_BOT_TOKEN``. Events keep being answered (and
+messages committed) with the identity already cached, so nothing Slack sends is lost.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from slack_bolt.logger.messages import warning_client_prioritized_and_token_skip
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.api import SLACK_TOKEN_REFUSED, SlackWebClient
 from bridge.commands import CommandContext, CommandService
 from bridge.model import IncomingMessage, MessageChange
 from bridge.relay import Relay
@@ -56,8 +62,9 @@ class _ClientWinsNotice(logging.Filter):
 BOLT_LOG = logging.getLogger("adapters.slack.app.bolt")
 BOLT_LOG.addFilter(_ClientWinsNotice())
 
-# Events the manifest subscribes to besides messages; acknowledged so Slack does not retry them.
-QUIET_EVENTS = ("member_joined_channel", "member_left_channel", "app_uninstalled", "tokens_revoked")
+# Events the manifest subscribes to besides messages (and app_uninstalled, tokens_revoked, which
+# have their own listeners); acknowledged so Slack does not retry them.
+QUIET_EVENTS = ("member_joined_channel", "member_left_channel")
 
 
 AUTH_RETRY_BASE = 1.0  # seconds before the start-up auth.test is tried again; doubles
@@ -73,15 +80,36 @@ class SlackNotAuthorized(Exception):
 class SlackAuthorization:
     """The bot's identity (``auth.test``), fetched once and cached for Bolt's ``authorize``."""
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, *others: AsyncWebClient) -> None:
+        """``client`` calls ``auth.test``; a refusal Slack gives it or ``others`` is noted."""
         self._client = client
         self._lock = asyncio.Lock()
         self._last_attempt = float("-inf")
         self.result: AuthorizeResult | None = None
+        self.refused: str | None = None  # why Slack no longer accepts the bot token, for good
+        for watched in (client, *others):
+            if isinstance(watched, SlackWebClient):
+                watched.on_token_refused = self.token_refused
 
     @property
     def ready(self) -> bool:
         return self.result is not None
+
+    def token_refused(self, reason: str) -> None:
+        """Slack refused the bot token for good (``reason``: its error, or the event that said so).
+
+        Said once in the log; ``/healthz`` reports down from now on. Nothing is retried: only a
+        new token (and a restart) helps.
+        """
+        if self.refused is not None:
+            return
+        self.refused = reason
+        log.error(
+            "Slack refuses the bot token (%s): nothing reaches Slack until SLACK_BOT_TOKEN holds the "
+            "app's current Bot User OAuth Token (xoxb-…, on its OAuth & Permissions page; reinstall the "
+            "app if it was removed) and the bridge is restarted",
+            reason,
+        )
 
     async def attempt(self, *, unless_tried_since: float | None = None) -> bool:
         """One ``auth.test``; True once authorized. Failures are logged, one line each.
@@ -92,6 +120,8 @@ class SlackAuthorization:
         async with self._lock:
             if self.result is not None:
                 return True
+            if self.refused is not None:
+                return False
             if unless_tried_since is not None and self._last_attempt >= unless_tried_since:
                 return False
             self._last_attempt = time.monotonic()
@@ -99,6 +129,9 @@ class SlackAuthorization:
                 response = await self._client.auth_test()
             except SlackApiError as exc:
                 reason = str(exc.response.get("error") or exc.response.status_code)
+                if reason in SLACK_TOKEN_REFUSED:
+                    self.token_refused(reason)  # a SlackWebClient has said so already
+                    return False
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"no answer ({type(exc).__name__})"
             else:
@@ -120,7 +153,7 @@ class SlackAuthorization:
     async def keep_trying(self) -> None:
         """Start-up: try until authorized, backing off; requests may succeed sooner (``on_request``)."""
         delay = AUTH_RETRY_BASE
-        while not await self.attempt():
+        while not await self.attempt() and self.refused is None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, AUTH_RETRY_CAP)
 
@@ -128,6 +161,8 @@ class SlackAuthorization:
         """Authorized, or try now (briefly, and not more often than ``AUTH_ON_REQUEST_EVERY``)."""
         if self.result is not None:
             return True
+        if self.refused is not None:
+            return False
         recent = time.monotonic() - AUTH_ON_REQUEST_EVERY
         if not self._lock.locked() and self._last_attempt >= recent:
             return False
@@ -263,6 +298,17 @@ def build_bolt_app(
 
     for name in QUIET_EVENTS:
         app.event(name)(_ignore)
+
+    @app.event("app_uninstalled")
+    async def on_uninstalled() -> None:
+        authorization.token_refused("app_uninstalled")
+
+    @app.event("tokens_revoked")
+    async def on_tokens_revoked(event: dict[str, Any]) -> None:
+        tokens = event.get("tokens")
+        # User tokens may be revoked too; the bridge holds only the bot's.
+        if isinstance(tokens, dict) and tokens.get("bot"):
+            authorization.token_refused("tokens_revoked")
 
     @app.command("/xdm")
     async def on_xdm(ack: AsyncAck, command: dict[str, Any]) -> None:

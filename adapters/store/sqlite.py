@@ -26,6 +26,9 @@ from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
     IncomingMessage,
     Mapping,
     MappingKind,
@@ -47,7 +50,8 @@ log = logging.getLogger("adapters.store.sqlite")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is plenty
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0
+NOT_BRIDGED = "no channel bridges this conversation"  # Slack retries within minutes; a day is plenty
 
 
 def open_database(path: str) -> Database:
@@ -268,10 +272,50 @@ class SqliteStore:
     async def resume_mappings(self, account_id: int) -> list[Mapping]:
         def work() -> list[Mapping]:
             with self.db.atomic():
+                # Not those held for another X account (``hold_for_previous_account``).
                 rows = self._rows(
                     "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
-                    "WHERE account_id = ? AND paused_at IS NOT NULL RETURNING *",
+                    "WHERE account_id = ? AND paused_at IS NOT NULL AND held_for IS NULL RETURNING *",
                     [account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
+    async def hold_for_previous_account(
+        self, account_id: int, previous: XUser, current: XUser, now: float
+    ) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                rows: list[dict[str, Any]] = []
+                if previous.id != current.id:
+                    # A conversation id is the previous account's conversation; a 1-to-1 by person
+                    # (kind dm) or a group not created yet is not anyone's yet.
+                    rows = self._rows(
+                        "UPDATE mappings SET paused_at = COALESCE(paused_at, ?), "
+                        "paused_by = COALESCE(paused_by, ?), held_for = ?, held_for_username = ? "
+                        "WHERE account_id = ? AND held_for IS NULL AND kind != 'dm' "
+                        "AND conversation_id IS NOT NULL RETURNING *",
+                        [now, "switch", previous.id, previous.username, account_id],
+                    )
+                    self.db.execute(
+                        "UPDATE outbox SET held_state = state, state = 'held', held_for = ? "
+                        f"WHERE account_id = ? AND state IN {PENDING_STATES} "
+                        "AND target_conversation IS NOT NULL",
+                        [previous.id, account_id],
+                    )
+                # Then what was held for the account connected now is its own again (resumed and
+                # released by resume_mappings and release_account, like any paused mapping).
+                self.db.execute(
+                    "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
+                    "WHERE account_id = ? AND held_for = ?",
+                    [account_id, current.id],
+                )
+                self.db.execute(
+                    "UPDATE outbox SET state = COALESCE(held_state, 'queued'), held_for = NULL, "
+                    "held_state = NULL, next_attempt_at = ? "
+                    "WHERE account_id = ? AND state = 'held' AND held_for = ?",
+                    [now, account_id, current.id],
                 )
             return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
 
@@ -378,6 +422,8 @@ class SqliteStore:
             paused_by=row.get("paused_by"),
             participant_username=row.get("participant_username"),
             group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
+            held_for=row.get("held_for"),
+            held_for_username=row.get("held_for_username"),
         )
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
@@ -526,8 +572,8 @@ class SqliteStore:
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
                                     account_id, target_participant, target_conversation, target_group,
                                     text, source, state, attempts, next_attempt_at, created_at,
-                                    hourglass, kind)
-                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'queued', 0, 0, ?, 0, 'message')
+                                    hourglass, kind, held_for, held_state)
+                VALUES (0, 0, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, 0, 0, ?, 0, 'message', ?, ?)
                 ON CONFLICT DO NOTHING
                 """,
                 [
@@ -541,7 +587,11 @@ class SqliteStore:
                     target.conversation_id,
                     None if target.new_group is None else json.dumps(list(target.new_group)),
                     json.dumps(source, separators=(",", ":")),
+                    # Posted in a channel held for another X account: it waits for that account.
+                    "held" if mapping.held_for else "queued",
                     now,
+                    mapping.held_for,
+                    "queued" if mapping.held_for else None,
                 ],
             )
             if cursor.rowcount == 0:
@@ -560,7 +610,8 @@ class SqliteStore:
                 ).rowcount
                 deleted += self.db.execute(
                     f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_created_at "
-                    f"WHERE created_at < ? AND state NOT IN {PENDING_STATES} ORDER BY created_at LIMIT ?)",
+                    f"WHERE created_at < ? AND state NOT IN {PENDING_STATES} AND state != 'held' "
+                    "ORDER BY created_at LIMIT ?)",
                     [keep_after, batch],
                 ).rowcount
                 deleted += self.db.execute(
@@ -754,9 +805,10 @@ class SqliteStore:
                 )
                 if original is None:
                     return "unknown"
+                # A held part is judged by the state it had (``held_state``).
                 parts = self._rows(
-                    "SELECT state FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
-                    "AND kind = 'message'",
+                    "SELECT COALESCE(held_state, state) AS state FROM outbox WHERE team_id = ? "
+                    "AND channel_id = ? AND slack_ts = ? AND kind = 'message'",
                     [team_id, channel_id, ref_ts],
                 )
                 if original["deleted_at"] is None and all(p["state"] in ("queued", "waiting") for p in parts):
@@ -787,9 +839,10 @@ class SqliteStore:
 
         def work() -> str:
             with self.db.atomic():
+                # A held row is judged by the state it had (``held_state``).
                 rows = self._rows(
-                    "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
-                    "AND kind IN ('message', 'edit') ORDER BY seq, part",
+                    "SELECT *, COALESCE(held_state, state) AS state FROM outbox WHERE team_id = ? "
+                    "AND channel_id = ? AND ref_ts = ? AND kind IN ('message', 'edit') ORDER BY seq, part",
                     [team_id, channel_id, ref_ts],
                 )
                 if not rows:
@@ -797,16 +850,17 @@ class SqliteStore:
                 # Parts not yet handed to X are simply not sent. (Only the message's own parts and
                 # corrections: a delete row queued by an earlier copy of this event must stay.)
                 self.db.execute(
-                    "UPDATE outbox SET state = 'cancelled', "
+                    "UPDATE outbox SET state = 'cancelled', held_for = NULL, held_state = NULL, "
                     "last_error = 'deleted in Slack before it was sent' "
                     "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND kind IN ('message', 'edit') "
-                    "AND state IN ('queued', 'waiting')",
+                    "AND COALESCE(held_state, state) IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
                 # A part caught mid-send may or may not be on X: it is read back, never sent again.
                 self.db.execute(
                     "UPDATE outbox SET deleted_at = ? "
-                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state = 'sending'",
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
+                    "AND COALESCE(held_state, state) = 'sending'",
                     [now, team_id, channel_id, ref_ts],
                 )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]
@@ -848,6 +902,19 @@ class SqliteStore:
         if cursor.rowcount == 0:
             return False
         self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [cursor.lastrowid])
+        if original["target_conversation"] and not original["target_participant"]:
+            # Into a conversation held for another X account (the original, or the channel, is):
+            # the correction or delete waits for that account, as the original does.
+            mapping = self._one(
+                "SELECT held_for FROM mappings WHERE team_id = ? AND channel_id = ?",
+                [original["team_id"], original["channel_id"]],
+            )
+            held_for = original["held_for"] or (mapping["held_for"] if mapping else None)
+            if held_for:
+                self.db.execute(
+                    "UPDATE outbox SET state = 'held', held_state = 'queued', held_for = ? WHERE id = ?",
+                    [held_for, cursor.lastrowid],
+                )
         return True
 
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
@@ -1103,6 +1170,256 @@ class SqliteStore:
         row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
         return self._item(row) if row else None
 
+    # -- inbound (X → Slack) ----------------------------------------------
+
+    async def get_cursor(self, account_id: int) -> str | None:
+        def work() -> str | None:
+            row = self._one("SELECT newest_event_id FROM cursors WHERE account_id = ?", [account_id])
+            return row["newest_event_id"] if row else None
+
+        return await self._call(work)
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """Queue X events (oldest first) and move the account's cursor, in one transaction.
+
+        Events already known (by ``dm_event_id``) are left alone; events the bridge sent
+        itself, or whose conversation no channel bridges, are kept as ``skipped`` so a later
+        read does not bill them to Slack again. Returns how many were queued for Slack.
+        """
+
+        def work() -> int:
+            queued = 0
+            with self.db.atomic():
+                account = self._one("SELECT x_user_id FROM accounts WHERE id = ?", [account_id])
+                own_id = account["x_user_id"] if account else None
+                for event in events:
+                    queued += self._take_one(account_id, own_id, event, now)
+                if newest_event_id is not None:
+                    self.db.execute(
+                        "INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (account_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+                        "updated_at = excluded.updated_at "
+                        "WHERE CAST(excluded.newest_event_id AS INTEGER) > CAST(newest_event_id AS INTEGER)",
+                        [account_id, newest_event_id, now],
+                    )
+            return queued
+
+        return await self._call(work)
+
+    def _take_one(self, account_id: int, own_id: str | None, event: InboundEvent, now: float) -> int:
+        known = self._one(
+            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
+        )
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == NOT_BRIDGED):
+            return 0
+        mapping = (
+            self._one(
+                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = ? "
+                "ORDER BY account_id = ? DESC, created_at LIMIT 1",
+                [event.conversation_id, account_id],
+            )
+            if event.conversation_id
+            else None
+        )
+        state, why = InboundState.QUEUED, None
+        if mapping is None:
+            state, why = InboundState.SKIPPED, NOT_BRIDGED
+        elif self._one("SELECT 1 AS ours FROM message_map WHERE dm_event_id = ?", [event.dm_event_id]):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+        elif event.sender_id is not None and event.sender_id == own_id and self._outbox_echo(mapping, event):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+        payload = {**event.payload, "from_self": event.sender_id is not None and event.sender_id == own_id}
+        if known is not None:
+            # Read before any channel bridged its conversation; now the channel's history wants it.
+            if state is not InboundState.QUEUED or mapping is None:
+                return 0
+            self.db.execute(
+                "UPDATE inbound SET team_id = ?, channel_id = ?, payload = ?, origin = 'backfill', "
+                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = ?",
+                [
+                    mapping["team_id"],
+                    mapping["channel_id"],
+                    json.dumps(payload, separators=(",", ":")),
+                    known["id"],
+                ],
+            )
+            return 1
+        cursor = self.db.execute(
+            """
+            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
+                                 event_type, sender_id, payload, origin, state, attempts,
+                                 next_attempt_at, last_error, created_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
+            ON CONFLICT (dm_event_id) DO NOTHING
+            """,
+            [
+                event.dm_event_id,
+                _snowflake(event.dm_event_id),
+                account_id,
+                event.conversation_id,
+                mapping["team_id"] if mapping else None,
+                mapping["channel_id"] if mapping else None,
+                event.kind,
+                event.sender_id,
+                json.dumps(payload, separators=(",", ":")),
+                event.origin,
+                state.value,
+                why,
+                now,
+            ],
+        )
+        return int(cursor.rowcount == 1 and state is InboundState.QUEUED)
+
+    def _outbox_echo(self, mapping: dict[str, Any], event: InboundEvent) -> bool:
+        """A DM of ours that X has but the outbox has not recorded yet (its POST is in flight)."""
+        text = event.payload.get("text")
+        return (
+            self._one(
+                "SELECT 1 AS echo FROM outbox WHERE team_id = ? AND channel_id = ? AND state = 'sending' "
+                "AND text = ? LIMIT 1",
+                [mapping["team_id"], mapping["channel_id"], text],
+            )
+            is not None
+        )
+
+    @staticmethod
+    def _inbound_item(row: dict[str, Any]) -> InboundItem:
+        return InboundItem(
+            id=row["id"],
+            dm_event_id=row["dm_event_id"],
+            seq=row["seq"],
+            account_id=row["account_id"],
+            conversation_id=row["conversation_id"] or "",
+            team_id=row["team_id"] or "",
+            channel_id=row["channel_id"] or "",
+            kind=row["event_type"] or "MessageCreate",
+            sender_id=row["sender_id"],
+            payload=json.loads(row["payload"] or "{}"),
+            origin=row["origin"],
+            state=InboundState(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"] or 0.0,
+            posting_since=row["posting_since"],
+            slack_ts=row["slack_ts"],
+            created_at=row["created_at"] or 0.0,
+        )
+
+    def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
+            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            [team_id, channel_id],
+        )
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        def work() -> list[InboundItem]:
+            rows = self._rows(
+                "SELECT i.* FROM inbound AS i JOIN ("
+                "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
+                "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
+                ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq"
+            )
+            return [self._inbound_item(r) for r in rows]
+
+        return await self._call(work)
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        def work() -> InboundItem | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
+                    "posting_since = COALESCE(posting_since, ?) "
+                    "WHERE id = ? AND state IN ('queued', 'posting') RETURNING *",
+                    [now, item_id],
+                )
+            return self._inbound_item(row) if row else None
+
+        return await self._call(work)
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        def work() -> InboundItem | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE inbound SET state = 'posted', slack_ts = ?, posted_at = ?, last_error = NULL "
+                    "WHERE id = ? RETURNING *",
+                    [slack_ts, now, item_id],
+                )
+                assert row is not None
+                self.db.execute(
+                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                    "dm_event_id, created_at) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        row["team_id"],
+                        row["channel_id"],
+                        slack_ts,
+                        row["conversation_id"],
+                        row["dm_event_id"],
+                        now,
+                    ],
+                )
+                following = self._inbound_head(row["team_id"], row["channel_id"])
+            return None if following is None else self._inbound_item(following)
+
+        return await self._call(work)
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET state = ?, next_attempt_at = ?, last_error = ?, "
+            "posting_since = CASE WHEN ? = 'posting' THEN posting_since END WHERE id = ?",
+            [state.value, next_attempt_at, error, state.value, item_id],
+        )
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET payload = ? WHERE id = ?",
+            [json.dumps(payload, separators=(",", ":")), item_id],
+        )
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET next_attempt_at = MAX(next_attempt_at, ?) WHERE team_id = ? "
+            "AND channel_id = ? AND state IN ('queued', 'posting')",
+            [until, team_id, channel_id],
+        )
+
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        def work() -> float | None:
+            row = self._one("SELECT MAX(created_at) AS t FROM inbound WHERE origin = ?", [origin])
+            return row["t"] if row else None
+
+        return await self._call(work)
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
+            counts = {
+                r["state"]: r["n"]
+                for r in self._rows(
+                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = ? GROUP BY state",
+                    [account_id],
+                )
+            }
+            last = self._one(
+                "SELECT MAX(created_at) AS t FROM inbound WHERE account_id = ? AND origin != 'sent'",
+                [account_id],
+            )
+            return {
+                "newest_event_id": cursor["newest_event_id"] if cursor else None,
+                "read_at": cursor["updated_at"] if cursor else None,
+                "last_event_at": last["t"] if last else None,
+                "counts": counts,
+                "pending": counts.get("queued", 0) + counts.get("posting", 0),
+            }
+
+        return await self._call(work)
+
     # -- budgets -----------------------------------------------------------
 
     async def load_budgets(self) -> list[dict[str, Any]]:
@@ -1125,6 +1442,11 @@ class SqliteStore:
                 "remaining = excluded.remaining, reset_at = excluded.reset_at",
                 list(window),
             )
+
+
+def _snowflake(event_id: str) -> int:
+    """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
+    return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0
 
 
 def _target(row: dict[str, Any]) -> Target:

@@ -33,16 +33,19 @@ from adapters.slack.app import SlackAuthorization, build_bolt_app
 from adapters.store.crypto import TokenCipher
 from adapters.store.sqlite import SqliteStore
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
-from adapters.x.api import XApiClient
+from adapters.x import push as x_push
+from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import XOAuthClient
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthStateError
+from bridge.inbound import Inbound, InboundConfig
 from bridge.model import Account
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
+from bridge.push import Push
 from bridge.relay import Relay
 from bridge.retention import prune_forever
 from bridge.settings import Settings
@@ -107,6 +110,8 @@ class Services:
     settings: Settings
     store: SqliteStore
     delivery: Delivery
+    inbound: Inbound
+    push: Push | None
     bolt: AsyncApp
     connect: ConnectService
     background: Background
@@ -117,13 +122,18 @@ class Services:
 
 SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
+INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
 def create_app(
-    settings: Settings, *, delivery_config: DeliveryConfig | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    delivery_config: DeliveryConfig | None = None,
+    inbound_config: InboundConfig | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
     """The bridge's web application; resources start with the app and stop with it.
 
@@ -135,12 +145,19 @@ def create_app(
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(
         relay_format=settings.relay_format, retry_cap=settings.x_retry_cap_seconds
     )
+    app[INBOUND_CONFIG] = inbound_config or InboundConfig(
+        backfill=settings.backfill_messages,
+        idle_interval=settings.inbound_poll_seconds,
+        min_interval=min(5.0, settings.inbound_poll_seconds),
+    )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/connect", connect_page)
     app.router.add_post("/x/connect", connect_confirm)
     app.router.add_get("/x/oauth/callback", x_oauth_callback)
+    app.router.add_get("/x/webhook", x_webhook_crc)
+    app.router.add_post("/x/webhook", x_webhook_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
     return app
@@ -155,7 +172,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
         slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-        slack = SlackApi(slack_client, session)
+        poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
+        slack = SlackApi(slack_client, session, poster)
         fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
         x = XApiClient(
             session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
@@ -175,6 +193,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
             fallback_pause=fallback_pause,
+            reads_15m=settings.x_read_limit_15m,
         )
         await budget.load(clock.now())
 
@@ -182,6 +201,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
             delivery.wake()
+            inbound.poll_soon(account.id)
+            if push is not None:
+                push.recheck()
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -195,6 +217,18 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
+        inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
+        push: Push | None = None
+        if settings.push_url and settings.x_bearer_token:
+            push = Push(
+                store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url
+            )
+            inbound.push_active = push.active
+
+        def mapped() -> None:
+            delivery.wake()
+            inbound.poll_soon()
+
         relay = Relay(
             store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
         )
@@ -211,7 +245,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             slack=slack,
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
-            on_mapped=delivery.wake,
+            on_mapped=mapped,
+            inbound=inbound,
             connections=connect,
             connect_page=f"{settings.public_url}{CONNECT_PATH}",
             permissions=Permissions(
@@ -219,7 +254,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
         )
         background = Background()
-        slack_auth = SlackAuthorization(slack_client)
+        slack_auth = SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
             authorization=slack_auth,
@@ -231,6 +266,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             settings,
             store,
             delivery,
+            inbound,
+            push,
             bolt,
             connect,
             background,
@@ -243,13 +280,22 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
         worker = asyncio.create_task(delivery.run(), name="delivery")
+        inbound_worker = asyncio.create_task(inbound.run(), name="inbound")
+        # Push is set up once the server answers X's CRC, so after start-up, not before it.
+        push_worker = asyncio.create_task(_push_after_start(push), name="push") if push else None
         log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
         yield
-        log.info("shutting down: finishing in-flight sends")
-        await delivery.stop(SHUTDOWN_GRACE)
+        log.info("shutting down: finishing in-flight sends and posts")
+        await asyncio.gather(delivery.stop(SHUTDOWN_GRACE), inbound.stop(SHUTDOWN_GRACE / 2))
         await worker
         authorizing.cancel()
         pruning.cancel()
+        await inbound_worker
+        if push is not None and push_worker is not None:
+            push.stop()
+            push_worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await push_worker
         await background.drain(5.0)
         for task in (authorizing, pruning):
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,6 +304,51 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+async def _push_after_start(push: Push) -> None:
+    await asyncio.sleep(0.5)  # let the site start listening: registering makes X call us back
+    try:
+        await push.run()
+    except Exception:
+        log.exception("X push upkeep failed; polling carries on")
+
+
+async def x_webhook_crc(request: web.Request) -> web.Response:
+    """X's CRC check: prove we hold the consumer secret. 404 when push is not configured."""
+    settings = request.app[SETTINGS]
+    token = request.query.get("crc_token", "")
+    if not settings.x_consumer_secret:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not token:
+        return web.json_response({"error": "crc_token missing"}, status=400)
+    return web.json_response(x_push.crc_response(settings.x_consumer_secret, token))
+
+
+async def x_webhook_delivery(request: web.Request) -> web.Response:
+    """A push from X: verified, then committed to the inbound queue before the 200.
+
+    Anything whose signature does not verify is refused with 401 and nothing is taken."""
+    settings = request.app[SETTINGS]
+    services = request.app[SERVICES]
+    body = await request.read()
+    signature = request.headers.get(x_push.SIGNATURE_HEADER)
+    if not settings.x_consumer_secret or services.push is None:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not x_push.verify(settings.x_consumer_secret, body, signature):
+        log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
+        return web.json_response({"error": "invalid signature"}, status=401)
+    try:
+        delivery = x_push.parse_delivery(body)
+    except x_push.MalformedDelivery as exc:
+        log.info("X push not understood; ignored", extra={"reason": str(exc)})
+        return web.json_response({"error": "malformed delivery"}, status=400)
+    queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    log.info(
+        "X push taken",
+        extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
+    )
+    return web.json_response({"ok": True})
 
 
 async def slack_events(request: web.Request) -> web.StreamResponse:
@@ -473,7 +564,8 @@ def operator_authorized(request: web.Request) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the database answers and the delivery worker checks in; 503 otherwise.
+    """200 while the database answers, the delivery worker checks in and Slack accepts the bot
+    token; 503 otherwise ("down" when Slack refused the token for good).
 
     The public learns only up or down; the details (worker, accounts to reconnect by
     name) need ``METRICS_TOKEN`` as a bearer token.
@@ -489,13 +581,18 @@ async def healthz(request: web.Request) -> web.Response:
     heartbeat = services.delivery.heartbeat
     stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
     worker = worker_state(heartbeat, now, now - services.started_at, stale_after)
-    healthy = database_ok and worker != "stale"
+    refused = services.slack_auth.refused  # down, not a blip: only a new SLACK_BOT_TOKEN helps
+    healthy = database_ok and worker != "stale" and refused is None
     body = {
-        "status": "ok" if healthy else "unavailable",
+        "status": "ok" if healthy else "down" if refused else "unavailable",
         "database": "ok" if database_ok else "error",
         "worker": worker,
         "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
-        "slack": "authorized" if services.slack_auth.ready else "unauthorized",
+        "slack": f"refused ({refused})"
+        if refused
+        else "authorized"
+        if services.slack_auth.ready
+        else "unauthorized",
         "accounts_needing_reconnect": None
         if reconnect is None
         else {"count": len(reconnect), "usernames": reconnect},

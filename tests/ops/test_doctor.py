@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from sqlite_utils import Database
 
@@ -208,3 +209,14 @@ async def test_missing_slack_scopes_are_named(tmp_path: Path, aiohttp_server: Ai
     assert "channels:history" in scopes.detail and "reactions:write" in scopes.detail
     assert "chat:write," not in scopes.detail
     assert scopes.fix is not None and "reinstall" in scopes.fix
+
+
+@pytest.mark.parametrize("error", ["token_revoked", "account_inactive", "no_permission"])
+async def test_a_revoked_or_refused_slack_token_is_reported_with_its_fix(tmp_path: Path, error: str) -> None:
+    async with world(tmp_path) as w:
+        w.slack.fail_next("auth.test", error)
+        report = await doctor.run(w.env)
+        assert report.exit_code == 1
+        [slack] = by_name(report, "slack")
+        assert slack.status == "fail" and error in slack.detail
+        assert slack.fix is not None and "SLACK_BOT_TOKEN" in slack.fix and "reinstall" in slack.fix

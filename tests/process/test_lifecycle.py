@@ -131,8 +131,8 @@ async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
     names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
     assert names[:3] == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
     assert "0005_media_lifetime_and_attempts" in names and names == sorted(names)
-    assert "0004_outbox_deleted_and_one_target" in names
-    assert names[-1] == "0009_mapping_participant_username"
+    assert "0004_outbox_deleted_and_one_target" in names and "0008_inbound" in names
+    assert names[-1] == "0012_held_for_previous_account"
 
 
 async def test_the_process_harness_fails_a_test_on_a_request_outside_x_spec(tmp_path: Path) -> None:
@@ -220,3 +220,18 @@ async def test_placeholders_from_the_docs_stop_start_up_naming_each_variable(tmp
         "from the README or .env.example: put the real value there",
     ]
     assert not (tmp_path / "b.db").exists()
+
+
+async def test_a_refused_slack_token_stops_serve_with_one_line_naming_it(tmp_path: Path) -> None:
+    async with world(tmp_path, lambda x: {}, SLACK_BOT_TOKEN="xoxb-not-the-real-one") as w:
+        code, _, err = await start_with(w.env, "serve", "--host", "127.0.0.1")
+        assert code == 2, err
+        line = one_line_no_traceback(err)
+        assert line.startswith("xdm-bridge: SLACK_BOT_TOKEN: Slack refuses it (invalid_auth)"), line
+        assert "Bot User OAuth Token" in line and "xoxb-not-the-real-one" not in line
+        for error in ("token_revoked", "account_inactive"):
+            w.slack.fail_next("auth.test", error)
+            code, _, err = await start_with(
+                {**w.env, "SLACK_BOT_TOKEN": "xoxb-test"}, "serve", "--host", "127.0.0.1"
+            )
+            assert code == 2 and f"({error})" in one_line_no_traceback(err)
