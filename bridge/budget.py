@@ -312,7 +312,13 @@ class Budget:
             try:
                 result, facts = await call()
             except XRateLimited as exc:
-                window.exhaust(exc.reset_at)
+                reset = exc.facts.window_reset if exc.facts is not None else None
+                if reset is not None and reset > started:
+                    window.exhaust(exc.reset_at)
+                else:
+                    # X named no time: pause for the fallback, not until the end of our own
+                    # guess of the window (read-backs before a resend wait on this too).
+                    window.remaining, window.reset_at = 0, started + self._fallback_pause
                 await self._store.save_budgets([self._row(window)])
                 raise
             except XError as exc:

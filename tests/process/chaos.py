@@ -175,7 +175,7 @@ async def chaos_world(
         ):
             x.add_user(user_id, handle)
         x.add_user(REFUSER, "zed", accepts_dms=False)
-        x.user_limit_15m = x.user_limit_24h = x.app_limit_24h = 10**6
+        x.user_limit_15m = x.user_limit_24h = x.app_limit_24h = x.read_limit_15m = 10**6
         x.timeout_seconds = 1.5  # a held answer outlives the bridge's 1 s timeout
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         for user_id, name in AUTHORS.values():
@@ -194,6 +194,7 @@ async def chaos_world(
             X_USER_LIMIT_15M=big,
             X_USER_LIMIT_24H=big,
             X_APP_LIMIT_24H=big,
+            X_READ_LIMIT_15M="10000",  # read-backs and the inbound poller share X's read window
             **env,
         )
         conversations = await _seed_database(db_path, full_env["BRIDGE_ENCRYPTION_KEY"], x, channels)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.budget import Budget
-from bridge.errors import RateFacts
+from bridge.errors import RateFacts, XRateLimited
 from bridge.settings import Settings
 
 NOW = 1_000_000.0
@@ -95,5 +97,27 @@ async def test_a_restart_keeps_what_headers_taught_and_still_caps_at_the_ceiling
         capped = Budget(store, user_15m=50)
         await capped.load(NOW)
         assert capped.snapshot(ACCOUNT, NOW)["15m"] == {"limit": 50, "remaining": 50, "reset_at": NOW + 900}
+    finally:
+        await store.close()
+
+
+async def test_a_read_429_naming_no_reset_pauses_reads_for_the_fallback_not_the_window(
+    tmp_path: Path,
+) -> None:
+    # Found by the fault model (tests/process/test_fault_model.py seeds 11 and 37 after inbound
+    # landed): a read answered 429 with no usable reset held every read of the account, read-backs
+    # before a resend included, until the end of the bridge's own 15-minute guess.
+    store = SqliteStore(str(tmp_path / "b.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        budget = Budget(store, fallback_pause=2.0)
+
+        async def limited() -> tuple[None, RateFacts]:
+            raise XRateLimited("429", reset_at=NOW + 2.0, facts=RateFacts())
+
+        with pytest.raises(XRateLimited):
+            await budget.read(ACCOUNT, lambda: NOW, limited)
+        assert budget.read_blocked_until(ACCOUNT, NOW) == NOW + 2.0
+        assert budget.read_blocked_until(ACCOUNT, NOW + 2.0) is None
     finally:
         await store.close()
