@@ -230,8 +230,10 @@ async def test_429_without_a_usable_reset_pauses_for_the_fallback_not_the_whole_
         await linked(bridge)
         _, first = await bridge.post("one")
         await bridge.wait_reaction("C100", first, "white_check_mark")
-        # Every other request to a path is a 429 that carries no rate-limit header at all.
-        bridge.x.fault_model = FaultModel(0, mix={"429": 1.0}, shapes=("missing",), max_streak=1)
+        # Every other DM POST is a 429 that carries no rate-limit header at all.
+        bridge.x.fault_model = FaultModel(
+            0, mix={"429": 1.0}, shapes=("missing",), max_streak=1, path_contains="/messages"
+        )
         _, second = await bridge.post("two")
         await bridge.wait_reaction("C100", second, "white_check_mark", timeout=15.0)
         assert bridge.texts() == ["Ada: one", "Ada: two"]
