@@ -255,4 +255,5 @@ async def test_a_read_back_answer_that_cannot_be_read_never_concludes_not_sent(t
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         await asyncio.sleep(0.3)
         assert bridge.texts() == ["Ada: did it arrive"]
-        assert [label for _, label, _, _ in bridge.x.model_log] == ["malformed_after"]
+        read_backs = [label for _, label, _, path in bridge.x.model_log if "/dm_conversations/" in path]
+        assert read_backs == ["malformed_after"]  # (the inbound poller's reads are cut too; no matter)
