@@ -102,6 +102,9 @@ class DeliveryConfig:
     max_parallel_accounts: int = 32
     rescan_every: float = 30.0
     min_scan_interval: float = 0.005
+    #: At start, the ✅ of messages sent this recently is added again (a kill may have cut it off).
+    recheck_sent_within: float = 300.0
+    recheck_sent_limit: int = 50
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Delivery:
         """The worker loop; returns when ``stop`` is called."""
         last_scan = 0.0
         loop = asyncio.get_running_loop()
+        self._follow_up(self._recheck_recent_sends(), None)
         while True:
             since = loop.time() - last_scan
             if since < self._config.min_scan_interval:
@@ -345,10 +349,10 @@ class Delivery:
         held_since = item.held_since if item.held_since is not None else now
         return max(now, held_since + self._config.hourglass_after)
 
-    def _follow_up(self, work: Awaitable[None], item: OutboxItem) -> None:
+    def _follow_up(self, work: Awaitable[None], item: OutboxItem | None) -> None:
         """Run Slack-side work after a send without holding the account's next send."""
         task = asyncio.ensure_future(work)
-        task.set_name(f"follow-up-{item.id}")
+        task.set_name(f"follow-up-{item.id if item else 'start'}")
         self._followups.add(task)
         task.add_done_callback(self._followups.discard)
 
@@ -872,6 +876,25 @@ class Delivery:
             UNTIL_RECONNECTED,
             f"waiting for <@{account.slack_user_id}> to reconnect @{account.x_username} with /xdm connect",
         )
+
+    async def _recheck_recent_sends(self) -> None:
+        """Give the messages sent just before this worker started their ✅ (and take their ⏳).
+
+        Marking a row sent and reacting in Slack are two steps; a process killed between them
+        leaves a delivered message unmarked. Adding a reaction Slack already has is harmless,
+        so the last few minutes' sends are simply marked again, one at a time (Slack's tier).
+        """
+        since = self._clock.now() - self._config.recheck_sent_within
+        try:
+            items = await self._store.recently_sent(since, self._config.recheck_sent_limit)
+        except Exception as exc:  # a missing ✅ must never stop delivery
+            log.warning("could not list recent sends to mark", extra={"error": str(exc)})
+            return
+        for item in reversed(items):  # oldest first, as they were sent
+            if item.hourglass:
+                await self._unreact(item, HOURGLASS)
+            if not item.deleted:
+                await self._react(item, SENT)
 
     async def _react(self, item: OutboxItem | Unreadable, name: str) -> None:
         try:

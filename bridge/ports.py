@@ -256,6 +256,13 @@ class Store(Protocol):
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...
     async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        """The last parts of messages marked sent at or after ``since``, newest first.
+
+        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
+        and reacting in Slack would otherwise leave a delivered message without its mark.
+        """
+        ...
 
     # inbound (X → Slack)
     async def get_cursor(self, account_id: int) -> str | None:

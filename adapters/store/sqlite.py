@@ -1163,6 +1163,19 @@ class SqliteStore:
 
         return await self._call(work)
 
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        def work() -> list[OutboxItem]:
+            # created_at bounds the scan to the retention index: a row sent since ``since`` was
+            # created at most a day of rate-limit holds before it (older ones are not worth a scan).
+            rows = self._rows(
+                "SELECT * FROM outbox WHERE created_at >= ? AND state = 'sent' AND kind = 'message' "
+                "AND sent_at >= ? AND part = parts_total - 1 ORDER BY sent_at DESC LIMIT ?",
+                [since - 86_400, since, limit],
+            )
+            return [item for item in map(self._readable, rows) if isinstance(item, OutboxItem)]
+
+        return await self._call(work)
+
     async def get_item(self, item_id: int) -> OutboxItem | None:
         return await self._call(self._outbox_item, item_id)
 

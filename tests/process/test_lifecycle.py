@@ -235,3 +235,22 @@ async def test_a_refused_slack_token_stops_serve_with_one_line_naming_it(tmp_pat
                 {**w.env, "SLACK_BOT_TOKEN": "xoxb-test"}, "serve", "--host", "127.0.0.1"
             )
             assert code == 2 and f"({error})" in one_line_no_traceback(err)
+
+
+async def test_a_check_mark_that_never_reached_slack_is_added_by_the_next_process(tmp_path: Path) -> None:
+    # The row is marked sent, then the ✅ is lost (Slack failed it here; a SIGKILL between the
+    # two steps loses it the same way). The next process marks the last minutes' sends again.
+    async with world(tmp_path, lambda x: {"C0": x.create_group(ME, [ALICE, BOB])}) as w:
+        w.slack.fail_next("reactions.add", "internal_error")
+        server = w.server(tmp_path / "server.log")
+        await server.start(w.url, w.session)
+        result, ts, _ = await w.sender.message("C0", "U100", "hello")
+        assert result.status == 200
+        await wait_until(lambda: len(w.x.events) == 1, 20, "the DM at X")
+        await wait_until(lambda: any(c.method == "reactions.add" for c in w.slack.calls), 20, "the failed ✅")
+        assert "white_check_mark" not in w.slack.reactions("C0", ts)
+        await server.kill()
+
+        await server.start(w.url, w.session)
+        await wait_until(lambda: "white_check_mark" in w.slack.reactions("C0", ts), 20, "the ✅ again")
+        assert len(w.x.events) == 1  # marked, not sent again
