@@ -24,7 +24,7 @@ from adapters.store.crypto import generate_key
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError
-from bridge.settings import Settings, database_path
+from bridge.settings import Settings, database_path, database_url, redacted
 
 log = logging.getLogger("adapters.ops.cli")
 
@@ -60,11 +60,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit (Procfile ``release:``)."""
     setup_logging("INFO", "text")
+    url = _database_url()
+    if url is not None:
+        import asyncpg
+
+        from adapters.store import postgres
+
+        try:
+            asyncio.run(postgres.migrate(url))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"database {redacted(url)} is up to date")
+        return EXIT_OK
     path = database_path()
     db = open_database(path)
     db.close()
     print(f"database {path} is up to date")
     return EXIT_OK
+
+
+def _database_url() -> str | None:
+    try:
+        return database_url()
+    except ConfigError as exc:
+        print(f"xdm-bridge: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -144,6 +165,13 @@ def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str,
 
 
 def _with_db(work: Callable[[Any], Any]) -> Any:
+    if _database_url() is not None:
+        print(
+            "xdm-bridge: this command reads SQLite only so far; with DATABASE_URL set, use psql "
+            "(the tables and columns are the same)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_FAILED)
     try:
         with admin.connect(database_path()) as db:
             return work(db)

@@ -57,8 +57,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("PORT", "HTTP port to listen on (platforms set it)", "3000"),
     EnvVar(
+        "DATABASE_URL",
+        "a postgres:// or postgresql:// URL (Heroku Postgres, Render, Fly, Neon set it; sslmode honoured): "
+        "everything is kept in PostgreSQL; unset: SQLite",
+        None,
+        secret=True,
+    ),
+    EnvVar(
         "DATABASE_PATH",
-        "the SQLite file; put it on a persistent disk (see Persistence)",
+        "the SQLite file, when DATABASE_URL is unset; put it on a persistent disk (see Persistence)",
         "bridge.db",
     ),
     EnvVar(

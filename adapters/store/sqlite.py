@@ -20,20 +20,19 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
+from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from bridge.model import (
     Accepted,
     Account,
     IncomingMessage,
     Mapping,
-    MappingKind,
     OAuthState,
     OutboxItem,
     OutboxKind,
     OutboxState,
     RenderedPart,
     Sent,
-    Target,
     TokenSet,
     XUser,
 )
@@ -126,29 +125,10 @@ class SqliteStore:
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: dict[str, Any]) -> Account:
-        refresh = row["refresh_token"]
-        return Account(
-            id=row["id"],
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
-            x_user_id=row["x_user_id"],
-            x_username=row["x_username"],
-            tokens=TokenSet(
-                access_token=self._cipher.decrypt(row["access_token"]),
-                refresh_token=self._cipher.decrypt(refresh) if refresh else None,
-                expires_at=row["expires_at"],
-                scope=row["scope"] or "",
-            ),
-            needs_reconnect=bool(row["needs_reconnect"]),
-        )
+        return rows.account(row, self._cipher)
 
     def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
-        return {
-            "access_token": self._cipher.encrypt(tokens.access_token),
-            "refresh_token": self._cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
-            "expires_at": tokens.expires_at,
-            "scope": tokens.scope,
-        }
+        return rows.token_columns(tokens, self._cipher)
 
     async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
         return await self._call(self._save_account, team_id, slack_user_id, user, tokens)
@@ -277,16 +257,7 @@ class SqliteStore:
 
     @staticmethod
     def _mapping(row: dict[str, Any]) -> Mapping:
-        return Mapping(
-            team_id=row["team_id"],
-            channel_id=row["channel_id"],
-            kind=MappingKind(row["kind"]),
-            account_id=row["account_id"],
-            conversation_id=row["conversation_id"],
-            participant_id=row["participant_id"],
-            created_by=row["created_by"] or "",
-            created_at=row["created_at"] or 0.0,
-        )
+        return rows.mapping(row)
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
         def work() -> Mapping | None:
@@ -441,35 +412,7 @@ class SqliteStore:
 
     @staticmethod
     def _item(row: dict[str, Any]) -> OutboxItem:
-        return OutboxItem(
-            id=row["id"],
-            seq=row["seq"],
-            part=row["part"],
-            parts_total=row["parts_total"],
-            team_id=row["team_id"],
-            channel_id=row["channel_id"],
-            slack_ts=row["slack_ts"],
-            author_id=row["author_id"] or "",
-            account_id=row["account_id"],
-            target=Target(
-                participant_id=row["target_participant"], conversation_id=row["target_conversation"]
-            ),
-            text=row["text"],
-            source=json.loads(row["source"] or "{}"),
-            state=OutboxState(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"] or 0.0,
-            last_error=row["last_error"],
-            dm_event_id=row["dm_event_id"],
-            created_at=row["created_at"],
-            sending_since=row["sending_since"],
-            held_since=row["held_since"],
-            hourglass=bool(row["hourglass"]),
-            kind=OutboxKind(row["kind"] or "message"),
-            ref_ts=row["ref_ts"] or row["slack_ts"],
-            media=json.loads(row["media"]) if row["media"] else None,
-            media_id=row["media_id"],
-        )
+        return rows.item(row)
 
     async def outbox_heads(self) -> list[OutboxItem]:
         def work() -> list[OutboxItem]:

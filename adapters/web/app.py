@@ -1,9 +1,10 @@
 """The web process: one aiohttp application, and the composition root that wires it.
 
-``cleanup_ctx`` owns every resource: the SQLite owner thread, the HTTP session,
-the delivery worker and the command follow-ups. On SIGTERM (``run_app`` handles
-it) the worker stops taking new sends and gets a grace period for in-flight
-ones; anything cut off stays ``sending`` and is reconciled on the next start.
+``cleanup_ctx`` owns every resource: the store (SQLite's owner thread or a
+PostgreSQL pool), the HTTP session, the delivery worker and the command
+follow-ups. On SIGTERM (``run_app`` handles it) the worker stops taking new sends
+and gets a grace period for in-flight ones; anything cut off stays ``sending``
+and is reconciled on the next start.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import build_bolt_app
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import AnyStore, describe, make_store
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.x.api import XApiClient
 from adapters.x.oauth import XOAuthClient
@@ -85,7 +85,7 @@ class Services:
     """Everything the routes need, built once per process."""
 
     settings: Settings
-    store: SqliteStore
+    store: AnyStore
     delivery: Delivery
     bolt: AsyncApp
     connect: ConnectService
@@ -117,7 +117,7 @@ def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = N
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     clock = SystemClock()
-    store = SqliteStore(settings.database_path, TokenCipher(settings.encryption_keys))
+    store = make_store(settings)
     await store.open()
     metrics = app[METRICS]
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
@@ -189,7 +189,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             SignatureVerifier(settings.signing_secret),
         )
         worker = asyncio.create_task(delivery.run(), name="delivery")
-        log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
+        log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
         log.info("shutting down: finishing in-flight sends")
         await delivery.stop(SHUTDOWN_GRACE)

@@ -1,14 +1,12 @@
-"""The SQLite store's outbox bookkeeping, checked against plain SQL over the same rows."""
+"""The stores' outbox bookkeeping, checked against plain SQL over the same rows, on both engines."""
 
 from __future__ import annotations
 
 import contextlib
 import random
-import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
     IncomingMessage,
@@ -20,16 +18,16 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
+from tests.contract.conftest import Engine
 
 PENDING = ("queued", "sending", "waiting")
 
 
-def naive_heads(db_path: Path) -> set[int]:
+async def naive_heads(engine: Engine) -> set[int]:
     """The oldest unfinished row of each channel, by a full scan (the definition)."""
-    db = sqlite3.connect(db_path)
-    rows = db.execute(
-        "SELECT id, team_id, channel_id, seq, part FROM outbox WHERE state IN (?, ?, ?)", PENDING
-    ).fetchall()
+    rows = await engine.sql(
+        "SELECT id, team_id, channel_id, seq, part FROM outbox WHERE state IN (?, ?, ?)", *PENDING
+    )
     heads: dict[tuple[str, str], tuple[int, int, int]] = {}
     for row_id, team, channel, seq, part in rows:
         key = (team, channel)
@@ -38,9 +36,8 @@ def naive_heads(db_path: Path) -> set[int]:
     return {v[0] for v in heads.values()}
 
 
-async def test_heads_match_a_full_scan_through_random_transitions(tmp_path: Path) -> None:
-    db_path = tmp_path / "store.db"
-    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+async def test_heads_match_a_full_scan_through_random_transitions(engine: Engine) -> None:
+    store = engine.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
@@ -55,7 +52,7 @@ async def test_heads_match_a_full_scan_through_random_transitions(tmp_path: Path
         for step in range(400):
             action = rng.random()
             heads = await store.outbox_heads()
-            assert {h.id for h in heads} == naive_heads(db_path), f"step {step}"
+            assert {h.id for h in heads} == await naive_heads(engine), f"step {step}"
             if action < 0.45 or not heads:
                 ts += 1
                 channel = rng.choice(channels)
@@ -73,45 +70,9 @@ async def test_heads_match_a_full_scan_through_random_transitions(tmp_path: Path
                 await store.accept_delete("T1", head.channel_id, head.slack_ts, f"{ts}.999", float(ts))
             else:
                 # What `xdm-bridge outbox retry` does to a failed row, straight in SQL.
-                with sqlite3.connect(db_path) as db:
-                    db.execute("UPDATE outbox SET state = 'queued' WHERE state = 'failed'")
-        final = sqlite3.connect(db_path)
-        pending = {
-            r
-            for r in final.execute(
-                "SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN (?, ?, ?)", PENDING
-            )
-        }
-        assert set(final.execute("SELECT team_id, channel_id FROM pending_channels")) == pending
-    finally:
-        await store.close()
-
-
-async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
-    """A database written before 0003 gets its pending channels when it migrates."""
-    from sqlite_utils import Database
-
-    from migrations import migrations
-
-    db_path = tmp_path / "old.db"
-    old = Database(sqlite3.connect(db_path))
-    migrations.apply(old, stop_before="0003_pending_channels")
-    old.execute(
-        "INSERT INTO accounts (id, team_id, slack_user_id, x_user_id, x_username, access_token) "
-        "VALUES (1, 'T1', 'U1', '1', 'me', 'x')"
-    )
-    for i, state in enumerate(("queued", "sent", "waiting")):
-        old.execute(
-            "INSERT INTO outbox (seq, part, team_id, channel_id, slack_ts, account_id, target_conversation, "
-            "state, created_at) VALUES (?, 0, 'T1', ?, ?, 1, '1-2', ?, 0)",
-            [i + 1, f"C{i}", f"{i}.0", state],
-        )
-    old.close()
-    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
-    await store.open()
-    try:
+                await engine.sql("UPDATE outbox SET state = 'queued' WHERE state = 'failed'")
         heads = await store.outbox_heads()
-        assert sorted(h.channel_id for h in heads) == ["C0", "C2"]
+        assert {h.id for h in heads} == await naive_heads(engine)
     finally:
         await store.close()
 
@@ -120,8 +81,8 @@ async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def one_channel(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Mapping]]:
-    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+async def one_channel(engine: Engine) -> AsyncIterator[tuple[SqliteStore | PostgresStore, Mapping]]:
+    store = engine.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
@@ -136,8 +97,8 @@ def message(n: int, text: str | None = None) -> IncomingMessage:
     return IncomingMessage("T1", "C1", f"{n}.000", "U1", text or f"m{n}", event_id=f"E{n}")
 
 
-async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(tmp_path: Path) -> None:
-    async with one_channel(tmp_path) as (store, _):
+async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
         first = await store.accept_if_mapped(message(1), 1.0)
         assert first is not None and first.new and first.head is not None
         assert first.head.slack_ts == "1.000" and first.head.source["text"] == "m1"
@@ -149,8 +110,8 @@ async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(tmp_path: 
         assert await store.accept_if_mapped(unmapped, 4.0) is None
 
 
-async def test_mark_sent_hands_on_the_channels_next_row(tmp_path: Path) -> None:
-    async with one_channel(tmp_path) as (store, _):
+async def test_mark_sent_hands_on_the_channels_next_row(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
         for n in (1, 2):
             await store.accept_if_mapped(message(n), float(n))
         [head] = await store.outbox_heads()
@@ -162,8 +123,8 @@ async def test_mark_sent_hands_on_the_channels_next_row(tmp_path: Path) -> None:
         assert await store.mark_sent(following.id, Sent("1000-2001", "9002"), 7.0) is None
 
 
-async def test_claim_renders_every_part_and_saves_budgets_in_one_write(tmp_path: Path) -> None:
-    async with one_channel(tmp_path) as (store, _):
+async def test_claim_renders_every_part_and_saves_budgets_in_one_write(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1), 1.0)
         [head] = await store.outbox_heads()
         parts = [RenderedPart("(1/2) Me: a"), RenderedPart("(2/2) Me: b")]
@@ -171,15 +132,14 @@ async def test_claim_renders_every_part_and_saves_budgets_in_one_write(tmp_path:
         claimed = await store.mark_sending(head.id, 5.0, [budget], parts=parts, source=head.source)
         assert claimed is not None
         assert (claimed.text, claimed.parts_total, claimed.attempts) == ("(1/2) Me: a", 2, 1)
-        db = sqlite3.connect(tmp_path / "store.db")
-        rows = db.execute("SELECT part, text, state FROM outbox ORDER BY part").fetchall()
+        rows = await engine.sql("SELECT part, text, state FROM outbox ORDER BY part")
         assert rows == [(0, "(1/2) Me: a", "sending"), (1, "(2/2) Me: b", "queued")]
         saved = [(r["key"], r["remaining"]) for r in await store.load_budgets()]
         assert ("user:1:15m", 199) in saved
 
 
-async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(tmp_path: Path) -> None:
-    async with one_channel(tmp_path) as (store, _):
+async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1), 1.0)
         [head] = await store.outbox_heads()
         assert await store.accept_delete("T1", "C1", "1.000", "2.000", 2.0) == "cancelled"
@@ -188,17 +148,12 @@ async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(tmp_path: 
             head.id, 3.0, [budget], parts=[RenderedPart("Me: m1")], source=head.source
         )
         assert claim is None
-        row = (
-            sqlite3.connect(tmp_path / "store.db")
-            .execute("SELECT state, text, attempts FROM outbox")
-            .fetchone()
-        )
-        assert row == ("cancelled", None, 0)
+        assert await engine.sql("SELECT state, text, attempts FROM outbox") == [("cancelled", None, 0)]
         assert await store.load_budgets() == []  # nothing written
 
 
-async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(tmp_path: Path) -> None:
-    async with one_channel(tmp_path) as (store, _):
+async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1, "tpyo"), 1.0)
         [stale] = await store.outbox_heads()
         edit = {"text": "typo", "blocks": [], "user_id": "U1"}
@@ -217,6 +172,8 @@ async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(tmp_path:
 
 def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
     from migrations import PENDING_STATES
+    from migrations.postgres import PENDING_STATES as PG_PENDING_STATES
 
-    in_sql = {s.strip(" '") for s in PENDING_STATES.strip("()").split(",")}
-    assert in_sql == {s.value for s in OutboxState if s.pending}
+    for states in (PENDING_STATES, PG_PENDING_STATES):
+        in_sql = {s.strip(" '") for s in states.strip("()").split(",")}
+        assert in_sql == {s.value for s in OutboxState if s.pending}

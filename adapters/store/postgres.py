@@ -1,0 +1,708 @@
+"""The ``Store`` port on PostgreSQL (asyncpg), for ``DATABASE_URL``.
+
+Same tables, same semantics as ``adapters/store/sqlite.py`` (one contract suite runs
+against both), but several instances may share the database, so what the SQLite store
+gets from its single writer thread is done here with locks:
+
+- a message is accepted, and a channel's head handed on, under a lock on the channel's
+  mapping row (``FOR NO KEY UPDATE``): ids (and so the send order) are drawn in commit
+  order per channel, and "this row is its channel's head" is decided with no race;
+- a claim (``mark_sending``), an edit and a delete lock the outbox row they read;
+- a token refresh runs under a lock on the account's row (``refresh_lock``), so X's
+  single-use refresh token is spent once across instances.
+
+Heads are found by a loose index scan over the partial ``outbox_pending`` index: one
+probe per channel with unfinished rows, not a scan of the backlog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from adapters.store import rows
+from adapters.store.crypto import TokenCipher
+from bridge.model import (
+    Accepted,
+    Account,
+    IncomingMessage,
+    Mapping,
+    OAuthState,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    TokenSet,
+    XUser,
+)
+from migrations import postgres as pg_migrations
+from migrations.postgres import PENDING_STATES
+
+log = logging.getLogger("adapters.store.postgres")
+
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries within minutes
+NOW = "extract(epoch from clock_timestamp())::double precision"
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).split("://", 1)[0] in ("postgres", "postgresql")
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection (``sslmode`` and the rest of the URL are asyncpg's to honour)."""
+    return await asyncpg.connect(url)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply pending migrations (``xdm-bridge migrate``); the names applied."""
+    conn = await connect(url)
+    try:
+        return await pg_migrations.apply(conn)
+    finally:
+        await conn.close()
+
+
+class PostgresStore:
+    """PostgreSQL implementation of ``bridge.ports.Store``."""
+
+    def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
+        self.url = url
+        self._cipher = cipher
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        conn = await connect(self.url)
+        try:
+            await pg_migrations.apply(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        log.info("database ready", extra={"engine": "postgresql"})
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "store not open"
+        return self._pool
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        async with self._tx() as conn:
+            return await conn.execute(sql, *args)
+
+    # -- health ------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.pool.fetchval("SELECT 1") == 1)
+
+    # -- accounts ----------------------------------------------------------
+
+    async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
+        columns = rows.token_columns(tokens, self._cipher)
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                f"""
+                INSERT INTO accounts (team_id, slack_user_id, x_user_id, x_username, access_token,
+                                      refresh_token, expires_at, scope, needs_reconnect,
+                                      created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, {NOW}, {NOW})
+                ON CONFLICT (team_id, slack_user_id) DO UPDATE SET
+                    x_user_id = excluded.x_user_id, x_username = excluded.x_username,
+                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                    expires_at = excluded.expires_at, scope = excluded.scope,
+                    needs_reconnect = 0, updated_at = excluded.updated_at
+                RETURNING *
+                """,
+                team_id,
+                slack_user_id,
+                user.id,
+                user.username,
+                columns["access_token"],
+                columns["refresh_token"],
+                columns["expires_at"],
+                columns["scope"],
+            )
+        assert row is not None
+        return rows.account(row, self._cipher)
+
+    async def get_account(self, account_id: int) -> Account | None:
+        row = await self.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+        return rows.account(row, self._cipher) if row else None
+
+    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM accounts WHERE team_id = $1 AND slack_user_id = $2", team_id, slack_user_id
+        )
+        return rows.account(row, self._cipher) if row else None
+
+    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
+        await self._update_tokens(self.pool, account_id, tokens)
+
+    async def _update_tokens(self, conn: Any, account_id: int, tokens: TokenSet) -> None:
+        columns = rows.token_columns(tokens, self._cipher)
+        await conn.execute(
+            f"UPDATE accounts SET access_token = $1, refresh_token = $2, expires_at = $3, scope = $4, "
+            f"updated_at = {NOW} WHERE id = $5",
+            columns["access_token"],
+            columns["refresh_token"],
+            columns["expires_at"],
+            columns["scope"],
+            account_id,
+        )
+
+    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None:
+        await self._execute("UPDATE accounts SET needs_reconnect = $1 WHERE id = $2", int(needs), account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        return [
+            rows.account(r, self._cipher) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")
+        ]
+
+    async def usernames_needing_reconnect(self) -> list[str]:
+        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        found = await self.pool.fetch(
+            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 ORDER BY x_username"
+        )
+        return [r["x_username"] for r in found]
+
+    # -- OAuth states ------------------------------------------------------
+
+    async def save_oauth_state(self, state: OAuthState) -> None:
+        async with self._tx() as conn:
+            # Expired states are useless; sweep them whenever a new one is made.
+            await conn.execute(f"DELETE FROM oauth_states WHERE expires_at < {NOW} - 3600")
+            await conn.execute(
+                "INSERT INTO oauth_states (state, code_verifier, team_id, slack_user_id, channel_id, "
+                "response_url, expires_at, used) VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+                state.state,
+                self._cipher.encrypt(state.code_verifier),
+                state.team_id,
+                state.slack_user_id,
+                state.channel_id,
+                state.response_url,
+                state.expires_at,
+            )
+
+    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
+        row = await self.pool.fetchrow(
+            "UPDATE oauth_states SET used = 1 WHERE state = $1 AND used = 0 AND expires_at > $2 RETURNING *",
+            state,
+            now,
+        )
+        if row is None:
+            return None
+        return OAuthState(
+            state=row["state"],
+            code_verifier=self._cipher.decrypt(row["code_verifier"]),
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            channel_id=row["channel_id"] or "",
+            response_url=row["response_url"],
+            expires_at=row["expires_at"],
+        )
+
+    # -- mappings ----------------------------------------------------------
+
+    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2", team_id, channel_id
+        )
+        return rows.mapping(row) if row else None
+
+    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
+        status = await self._execute(
+            """
+            INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
+                                  participant_id, created_by, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
+            """,
+            mapping.team_id,
+            mapping.channel_id,
+            mapping.kind.value,
+            mapping.account_id,
+            mapping.conversation_id,
+            mapping.participant_id,
+            mapping.created_by,
+            mapping.created_at,
+        )
+        return mapping if status == "INSERT 0 1" else None
+
+    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+        row = await self.pool.fetchrow(
+            "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 RETURNING *", team_id, channel_id
+        )
+        return rows.mapping(row) if row else None
+
+    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
+        await self._execute(
+            "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3",
+            conversation_id,
+            team_id,
+            channel_id,
+        )
+
+    async def list_mappings(self) -> list[Mapping]:
+        found = await self.pool.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
+        return [rows.mapping(r) for r in found]
+
+    # -- relay -------------------------------------------------------------
+
+    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+        async with self._tx() as conn:
+            await self._lock_channel(conn, message.team_id, message.channel_id)
+            return await self._accept(conn, message, mapping, now) is not None
+
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
+        async with self._tx() as conn:
+            row = await self._lock_channel(conn, message.team_id, message.channel_id)
+            if row is None:
+                return None
+            # Under the channel's lock nothing else accepts or finishes a row of this channel,
+            # so "nothing unfinished before it" stays true until this commits.
+            busy = await conn.fetchval(
+                f"SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES} "
+                "LIMIT 1",
+                message.team_id,
+                message.channel_id,
+            )
+            inserted = await self._accept(conn, message, rows.mapping(row), now)
+            if inserted is None:
+                return Accepted(new=False)
+            return Accepted(new=True, head=None if busy else rows.item(inserted))
+
+    @staticmethod
+    async def _lock_channel(conn: Conn, team_id: str, channel_id: str) -> Any:
+        """The channel's mapping row, locked until commit (serialises a channel's accepts and sends)."""
+        return await conn.fetchrow(
+            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE",
+            team_id,
+            channel_id,
+        )
+
+    async def _accept(self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float) -> Any:
+        """The new row; None when this event or message was accepted before."""
+        if message.event_id is not None:
+            seen = await conn.execute(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                message.event_id,
+                now,
+            )
+            if seen == "INSERT 0 0":
+                return None
+        target = mapping.target
+        return await conn.fetchrow(
+            """
+            WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
+            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                author_id, account_id, target_participant, target_conversation, text,
+                                source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, NULL, $8, 'queued', 0, 0, $9, 0,
+                   'message'
+            FROM n
+            ON CONFLICT DO NOTHING
+            RETURNING *
+            """,
+            message.team_id,
+            message.channel_id,
+            message.ts,
+            message.user_id,
+            mapping.account_id,
+            target.participant_id,
+            target.conversation_id,
+            rows.message_source(message),
+            now,
+        )
+
+    async def prune_seen_events(self, now: float) -> int:
+        status = await self._execute(
+            "DELETE FROM seen_events WHERE seen_at < $1", now - SEEN_EVENTS_KEEP_SECONDS
+        )
+        return int(status.split()[-1])
+
+    # -- outbox ------------------------------------------------------------
+
+    async def outbox_heads(self) -> list[OutboxItem]:
+        # A loose index scan: hop from channel to channel along outbox_pending, then take each
+        # channel's first row; one probe per channel, whatever the backlog.
+        found = await self.pool.fetch(
+            f"""
+            WITH RECURSIVE channels (team_id, channel_id) AS (
+                (SELECT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}
+                 ORDER BY team_id, channel_id LIMIT 1)
+                UNION ALL
+                SELECT next.team_id, next.channel_id FROM channels AS c, LATERAL (
+                    SELECT team_id, channel_id FROM outbox
+                    WHERE state IN {PENDING_STATES} AND (team_id, channel_id) > (c.team_id, c.channel_id)
+                    ORDER BY team_id, channel_id LIMIT 1
+                ) AS next
+            )
+            SELECT head.* FROM channels AS c, LATERAL (
+                SELECT * FROM outbox
+                WHERE team_id = c.team_id AND channel_id = c.channel_id AND state IN {PENDING_STATES}
+                ORDER BY seq, part LIMIT 1
+            ) AS head
+            """
+        )
+        return [rows.item(r) for r in found]
+
+    @staticmethod
+    async def _channel_head(conn: Conn, team_id: str, channel_id: str) -> Any:
+        return await conn.fetchrow(
+            f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES} "
+            "ORDER BY seq, part LIMIT 1",
+            team_id,
+            channel_id,
+        )
+
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
+        async with self._tx() as conn:
+            await self._write_render(conn, item_id, parts)
+            row = await conn.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
+        assert row is not None
+        return rows.item(row)
+
+    @staticmethod
+    async def _write_render(conn: Conn, item_id: int, parts: Sequence[RenderedPart]) -> None:
+        """The first part's text on the row itself; further parts as rows right behind it."""
+        assert parts, "a message renders to at least one part"
+        first = parts[0]
+        await conn.execute(
+            "UPDATE outbox SET text = $1, media = $2, parts_total = $3 WHERE id = $4",
+            first.text,
+            rows.json_or_none(first.media),
+            len(parts),
+            item_id,
+        )
+        if len(parts) > 1:
+            await conn.executemany(
+                """
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant, target_conversation,
+                                    text, media, source, state, attempts, next_attempt_at, created_at,
+                                    hourglass, kind)
+                SELECT seq, $1, $2, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
+                       target_participant, target_conversation, $3, $4, '{}', 'queued', 0, 0,
+                       created_at, 0, kind
+                FROM outbox WHERE id = $5
+                ON CONFLICT DO NOTHING
+                """,
+                [
+                    (index, len(parts), part.text, rows.json_or_none(part.media), item_id)
+                    for index, part in enumerate(parts[1:], start=1)
+                ],
+            )
+
+    async def set_media_id(self, item_id: int, media_id: str) -> None:
+        await self._execute("UPDATE outbox SET media_id = $1 WHERE id = $2", media_id, item_id)
+
+    async def accept_edit(
+        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
+    ) -> str:
+        """As the SQLite store: "updated", "queued" or "unknown"."""
+        async with self._tx() as conn:
+            await self._lock_channel(conn, team_id, channel_id)
+            original = await conn.fetchrow(
+                "SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 AND part = 0 "
+                "AND kind = 'message' FOR UPDATE",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if original is None:
+                return "unknown"
+            if original["text"] is None and original["state"] == "queued":
+                merged = {**json.loads(original["source"] or "{}"), **source}
+                await conn.execute(
+                    "UPDATE outbox SET source = $1 WHERE id = $2", json.dumps(merged), original["id"]
+                )
+                return "updated"
+            inserted = await self._insert_follow_up(conn, original, OutboxKind.EDIT, edit_ts, source, now)
+            return "queued" if inserted else "unknown"
+
+    async def accept_delete(
+        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
+    ) -> str:
+        """As the SQLite store: "cancelled", "queued" or "unknown"."""
+        async with self._tx() as conn:
+            await self._lock_channel(conn, team_id, channel_id)
+            found = await conn.fetch(
+                "SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
+                "AND kind IN ('message', 'edit') ORDER BY seq, part FOR UPDATE",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if not found:
+                return "unknown"
+            # Parts not yet handed to X are simply not sent.
+            await conn.execute(
+                "UPDATE outbox SET state = 'cancelled', last_error = 'deleted in Slack before it was sent' "
+                "WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 AND state IN ('queued', 'waiting')",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if not [r for r in found if r["state"] in ("sent", "sending")]:
+                return "cancelled"
+            inserted = await self._insert_follow_up(conn, found[0], OutboxKind.DELETE, delete_ts, {}, now)
+            return "queued" if inserted else "unknown"
+
+    @staticmethod
+    async def _insert_follow_up(
+        conn: Conn, original: Any, kind: OutboxKind, key_ts: str, source: dict[str, Any], now: float
+    ) -> bool:
+        row = await conn.fetchrow(
+            """
+            WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
+            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                author_id, account_id, target_participant, target_conversation, text,
+                                source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, 'queued', 0, 0, $10, 0, $11
+            FROM n
+            ON CONFLICT DO NOTHING
+            RETURNING id
+            """,
+            original["team_id"],
+            original["channel_id"],
+            f"{key_ts}:{kind.value}",
+            original["ref_ts"] or original["slack_ts"],
+            original["author_id"],
+            original["account_id"],
+            original["target_participant"],
+            original["target_conversation"],
+            json.dumps(source, separators=(",", ":")),
+            now,
+            kind.value,
+        )
+        return row is not None
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+        found = await self.pool.fetch(
+            "SELECT dm_event_id FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
+            "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+            "ORDER BY seq, part",
+            team_id,
+            channel_id,
+            ref_ts,
+        )
+        return [r["dm_event_id"] for r in found]
+
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
+        """The Slack text of a message we accepted (thread replies quote their parent)."""
+        source = await self.pool.fetchval(
+            "SELECT source FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 AND part = 0",
+            team_id,
+            channel_id,
+            ts,
+        )
+        if source is None:
+            return None
+        text = json.loads(source or "{}").get("text")
+        return str(text) if text else None
+
+    async def mark_sending(
+        self,
+        item_id: int,
+        now: float,
+        budgets: Sequence[tuple[str, int, int, float]] = (),
+        *,
+        parts: Sequence[RenderedPart] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> OutboxItem | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow("SELECT * FROM outbox WHERE id = $1 FOR UPDATE", item_id)
+            current = rows.item(row) if row else None
+            if current is None or not current.state.pending:
+                return None  # cancelled (deleted in Slack), or finished, since it was read
+            if parts is not None:
+                # Rendered from ``source``: an edit that landed since then must not be lost.
+                if current.text is not None or current.source != source:
+                    return None
+                await self._write_render(conn, item_id, parts)
+            claimed = await conn.fetchrow(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = $1 "
+                "WHERE id = $2 RETURNING *",
+                now,
+                item_id,
+            )
+            await self._save_budgets(conn, budgets)
+        assert claimed is not None
+        return rows.item(claimed)
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> OutboxItem | None:
+        async with self._tx() as conn:
+            where = await conn.fetchrow("SELECT team_id, channel_id FROM outbox WHERE id = $1", item_id)
+            assert where is not None
+            await self._lock_channel(conn, where["team_id"], where["channel_id"])
+            await self._save_budgets(conn, budgets)
+            row = await conn.fetchrow(
+                "UPDATE outbox SET state = 'sent', dm_event_id = $1, target_conversation = "
+                "COALESCE(target_conversation, $2), sent_at = $3, last_error = NULL WHERE id = $4 "
+                "RETURNING team_id, channel_id, slack_ts, part, target_participant",
+                sent.dm_event_id,
+                sent.dm_conversation_id,
+                now,
+                item_id,
+            )
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                "dm_event_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                row["team_id"],
+                row["channel_id"],
+                row["slack_ts"],
+                row["part"],
+                sent.dm_conversation_id,
+                sent.dm_event_id,
+                now,
+            )
+            if row["target_participant"]:
+                # X names the 1-to-1 conversation on first send; keep it for status and reads.
+                await conn.execute(
+                    "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3 "
+                    "AND kind = 'dm' AND participant_id = $4 AND conversation_id IS DISTINCT FROM $1",
+                    sent.dm_conversation_id,
+                    row["team_id"],
+                    row["channel_id"],
+                    row["target_participant"],
+                )
+            following = await self._channel_head(conn, row["team_id"], row["channel_id"])
+        return None if following is None else rows.item(following)
+
+    async def reschedule(
+        self,
+        item_id: int,
+        state: OutboxState,
+        next_attempt_at: float,
+        error: str | None,
+        *,
+        held_since: float | None = None,
+    ) -> None:
+        await self._execute(
+            "UPDATE outbox SET state = $1, next_attempt_at = $2, last_error = $3, "
+            "held_since = COALESCE(held_since, $4) WHERE id = $5",
+            state.value,
+            next_attempt_at,
+            error,
+            held_since,
+            item_id,
+        )
+
+    async def mark_done(self, item_id: int, now: float) -> None:
+        await self._execute(
+            "UPDATE outbox SET state = 'sent', sent_at = $1, last_error = NULL WHERE id = $2", now, item_id
+        )
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        await self._execute(
+            "UPDATE outbox SET state = 'failed', last_error = $1 WHERE id = $2", error, item_id
+        )
+
+    async def set_hourglass(self, item_id: int, on: bool) -> None:
+        await self._execute("UPDATE outbox SET hourglass = $1 WHERE id = $2", int(on), item_id)
+
+    async def set_held_since(self, item_id: int, since: float | None) -> None:
+        await self._execute("UPDATE outbox SET held_since = $1 WHERE id = $2", since, item_id)
+
+    async def release_account(self, account_id: int, now: float) -> int:
+        status = await self._execute(
+            "UPDATE outbox SET state = 'queued', next_attempt_at = $1 "
+            "WHERE account_id = $2 AND state = 'waiting'",
+            now,
+            account_id,
+        )
+        return int(status.split()[-1])
+
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        found = await self.pool.fetch(
+            "SELECT dm_event_id FROM message_map WHERE dm_event_id = ANY($1::text[])", list(event_ids)
+        )
+        return {r["dm_event_id"] for r in found}
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        where = ["1 = 1"]
+        params: list[Any] = []
+        if team_id is not None:
+            params.append(team_id)
+            where.append(f"team_id = ${len(params)}")
+        if channel_id is not None:
+            params.append(channel_id)
+            where.append(f"channel_id = ${len(params)}")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            counts = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    f"SELECT state, COUNT(*) AS n FROM outbox WHERE {clause} GROUP BY state", *params
+                )
+            }
+            oldest = await conn.fetchval(
+                f"SELECT MIN(created_at) FROM outbox WHERE {clause} AND state IN {PENDING_STATES}", *params
+            )
+        return {
+            "counts": counts,
+            "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
+            "oldest_pending_at": oldest,
+        }
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]:
+        found = await self.pool.fetch(
+            "SELECT * FROM outbox WHERE state = ANY($1::text[]) ORDER BY seq, part LIMIT $2",
+            [s.value for s in states],
+            limit,
+        )
+        return [rows.item(r) for r in found]
+
+    async def get_item(self, item_id: int) -> OutboxItem | None:
+        row = await self.pool.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
+        return rows.item(row) if row else None
+
+    # -- budgets -----------------------------------------------------------
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        return [
+            dict(r) for r in await self.pool.fetch("SELECT key, limit_, remaining, reset_at FROM budgets")
+        ]
+
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """Several windows in one transaction (a send touches three)."""
+        async with self._tx() as conn:
+            await self._save_budgets(conn, windows)
+
+    @staticmethod
+    async def _save_budgets(conn: Conn, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        if not windows:
+            return
+        await conn.executemany(
+            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
+            "remaining = excluded.remaining, reset_at = excluded.reset_at",
+            [tuple(w) for w in windows],
+        )

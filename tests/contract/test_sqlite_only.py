@@ -1,0 +1,62 @@
+"""What only the SQLite store has: its migration history and the trigger-kept pending_channels."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
+from bridge.model import IncomingMessage, Mapping, MappingKind, Sent, TokenSet, XUser
+
+
+async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
+    """A database written before 0003 gets its pending channels when it migrates."""
+    from sqlite_utils import Database
+
+    from migrations import migrations
+
+    db_path = tmp_path / "old.db"
+    old = Database(sqlite3.connect(db_path))
+    migrations.apply(old, stop_before="0003_pending_channels")
+    old.execute(
+        "INSERT INTO accounts (id, team_id, slack_user_id, x_user_id, x_username, access_token) "
+        "VALUES (1, 'T1', 'U1', '1', 'me', 'x')"
+    )
+    for i, state in enumerate(("queued", "sent", "waiting")):
+        old.execute(
+            "INSERT INTO outbox (seq, part, team_id, channel_id, slack_ts, account_id, target_conversation, "
+            "state, created_at) VALUES (?, 0, 'T1', ?, ?, 1, '1-2', ?, 0)",
+            [i + 1, f"C{i}", f"{i}.0", state],
+        )
+    old.close()
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        heads = await store.outbox_heads()
+        assert sorted(h.channel_id for h in heads) == ["C0", "C2"]
+    finally:
+        await store.close()
+
+
+async def test_pending_channels_is_exactly_the_channels_with_unfinished_rows(tmp_path: Path) -> None:
+    db_path = tmp_path / "store.db"
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        for channel in ("C1", "C2"):
+            mapping = Mapping("T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            await store.create_mapping(mapping)
+            await store.accept(
+                IncomingMessage("T1", channel, "1.000", "U1", "m", event_id=channel), mapping, 1.0
+            )
+        [first, _] = sorted(await store.outbox_heads(), key=lambda h: h.channel_id)
+        await store.mark_sent(first.id, Sent("1000-2001", "9001"), 2.0)
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE outbox SET state = 'failed' WHERE channel_id = 'C2'")
+            assert db.execute("SELECT team_id, channel_id FROM pending_channels").fetchall() == []
+            db.execute("UPDATE outbox SET state = 'queued' WHERE channel_id = 'C2'")
+            assert db.execute("SELECT team_id, channel_id FROM pending_channels").fetchall() == [("T1", "C2")]
+    finally:
+        await store.close()
