@@ -30,3 +30,21 @@ async def pg_url(pg_server: str) -> AsyncIterator[str]:
     url = await pg.create_database(pg_server)
     yield url
     await pg.drop_database(pg_server, url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def on_both_stores(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    """Run the test once on SQLite and once on PostgreSQL: the harness and the process tests'
+    world take their database from ``tests.harness.DATABASE_ENV``."""
+    from tests import harness
+
+    if request.param == "sqlite":
+        yield {}
+        return
+    server = request.getfixturevalue("pg_server")
+    url = await pg.create_database(server)
+    monkeypatch.setattr(harness, "DATABASE_ENV", {"DATABASE_URL": url})
+    yield harness.DATABASE_ENV
+    await pg.drop_database(server, url)

@@ -26,6 +26,7 @@ from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
 from bridge.settings import Settings
+from tests import pg
 
 SIGNING_SECRET = "test-signing-secret"
 TEAM = "T0001"
@@ -34,6 +35,11 @@ ALICE, BOB, CAROL, DORA = "2001", "2002", "2003", "2004"
 # Quick retries, and no periodic rescan to hide behind: a lost wake-up of the worker makes a
 # test time out instead of costing it a fraction of a second.
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=600.0)
+
+
+# The database every bridge started here uses: empty for SQLite at the test's DATABASE_PATH, or
+# {"DATABASE_URL": …} (the ``on_both_stores`` fixture sets it for the tests that run on both).
+DATABASE_ENV: dict[str, str] = {}
 
 
 def free_port() -> int:
@@ -60,6 +66,7 @@ def bridge_env(db_path: Path, x_url: str, slack_api_url: str, port: int, **extra
         "X_TIMEOUT_SECONDS": "2",
         "LOG_FORMAT": "text",
     }
+    env.update(DATABASE_ENV)
     env.update(extra)
     return env
 
@@ -135,6 +142,10 @@ class Bridge:
 
     async def wait_dms(self, count: int, timeout: float = 10.0) -> None:
         await wait_until(lambda: len(self.x.events) >= count, timeout, f"{count} DMs at X")
+
+    async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Plain SQL (``?`` placeholders) on the bridge's database, whichever store it runs on."""
+        return await pg.query(self.settings.database_url or str(self.db_path), query, *params)
 
     def texts(self, conversation_id: str | None = None) -> list[str]:
         events = self.x.events if conversation_id is None else self.x.messages_in(conversation_id)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -23,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -115,6 +118,20 @@ async def drop_database(admin_url: str, url: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+async def query(location: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Plain SQL (``?`` placeholders) on a bridge database: a SQLite path or a PostgreSQL URL."""
+    if not location.startswith(("postgres://", "postgresql://")):
+        with sqlite3.connect(location) as db:
+            return [tuple(r) for r in db.execute(sql, params).fetchall()]
+    numbered = iter(range(1, 10_000))
+    sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
+    conn = await asyncpg.connect(location)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql, *params)]
     finally:
         await conn.close()
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
@@ -36,16 +33,7 @@ class Engine:
 
     async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         """Run plain SQL (``?`` placeholders) on the store's database, outside the store."""
-        if self.name == "sqlite":
-            with sqlite3.connect(self.location) as db:
-                return [tuple(r) for r in db.execute(query, params).fetchall()]
-        numbered = iter(range(1, 1000))
-        query = re.sub(r"\?", lambda _: f"${next(numbered)}", query)
-        conn = await asyncpg.connect(self.location)
-        try:
-            return [tuple(r) for r in await conn.fetch(query, *params)]
-        finally:
-            await conn.close()
+        return await pg.query(self.location, query, *params)
 
 
 @pytest.fixture(params=ENGINES)

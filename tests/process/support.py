@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import make_store
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.settings import Settings
+from tests import pg
 from tests.harness import ALICE, BOB, CAROL, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +36,10 @@ class World:
     sender: SlackSender
     db_path: Path
     servers: list[Server] = field(default_factory=list)
+
+    async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Plain SQL (``?`` placeholders) on the world's database, SQLite or PostgreSQL."""
+        return await pg.query(self.env.get("DATABASE_URL") or str(self.db_path), query, *params)
 
     def server(self, log_path: Path) -> Server:
         """A server for this world; it is killed when the world ends, even if the test failed."""
@@ -57,7 +63,7 @@ async def world(
         port = free_port()
         db_path = tmp_path / "bridge.db"
         full_env = bridge_env(db_path, x_url, f"{slack_url}/api/", port, LOG_FORMAT="json", **env)
-        store = SqliteStore(str(db_path), TokenCipher([full_env["BRIDGE_ENCRYPTION_KEY"]]))
+        store = make_store(Settings.from_env(full_env))
         await store.open()
         grant = x.issue_token(ME)
         account = await store.save_account(
