@@ -24,7 +24,7 @@ from adapters.store.crypto import generate_key
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError
-from bridge.settings import Settings, database_path, database_url, redacted
+from bridge.settings import Settings, database_path, database_url, database_url_problem, redacted
 
 log = logging.getLogger("adapters.ops.cli")
 
@@ -86,6 +86,36 @@ def _database_url() -> str | None:
     except ConfigError as exc:
         print(f"xdm-bridge: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_copy_db(args: argparse.Namespace) -> int:
+    """Copy this bridge's database into an empty one (SQLite <-> PostgreSQL) and verify the counts."""
+    import asyncpg
+
+    from adapters.ops import copy_db
+    from adapters.store import postgres
+
+    source = _database_url() or database_path()
+    target = args.to
+    if postgres.is_postgres_url(target):
+        problem = database_url_problem(target)
+        if problem:
+            print(f"xdm-bridge: --to: {problem.replace('DATABASE_URL', 'the URL')}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        copied = copy_db.copy(source, target)
+    except (copy_db.CopyError, OSError, sqlite3.DatabaseError, asyncpg.PostgresError) as exc:
+        print(f"xdm-bridge: copy-db: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    where = redacted(target) if postgres.is_postgres_url(target) else target
+    print(f"copied {_where(source)} to {where}; every table's count verified:")
+    for table, count in copied.counts.items():
+        print(f"  {table}: {count}")
+    return EXIT_OK
+
+
+def _where(location: str) -> str:
+    return redacted(location) if "://" in location else location
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -244,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    copy = sub.add_parser(
+        "copy-db",
+        help="copy the database into an empty one (SQLite <-> PostgreSQL), verifying counts",
+        description="Copies every table from DATABASE_URL (or DATABASE_PATH) into the empty database "
+        "given by --to, migrated first, then compares each table's count. Stop the bridge first; "
+        "the target needs the same BRIDGE_ENCRYPTION_KEY.",
+    )
+    copy.add_argument("--to", required=True, metavar="URL_OR_PATH", help="postgres:// URL or SQLite file")
+    copy.set_defaults(func=cmd_copy_db)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
     from adapters.sandbox import sandbox
