@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as FileInfo
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from bridge.errors import RateFacts
@@ -160,6 +161,11 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> bool: ...
+
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
+        so across every instance sharing the store only one refresh per account may run at a time."""
+        ...
 
 
 class XClient(Protocol):

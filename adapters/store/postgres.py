@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,8 @@ log = logging.getLogger("adapters.store.postgres")
 
 SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries within minutes
 NOW = "extract(epoch from clock_timestamp())::double precision"
+OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
+REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -78,6 +81,8 @@ class PostgresStore:
         self._cipher = cipher
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
+        self.instance_id = uuid.uuid4().hex[:12]
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -272,6 +277,29 @@ class PostgresStore:
             await self._lock_channel(conn, message.team_id, message.channel_id)
             return await self._accept(conn, message, mapping, now) is not None
 
+    async def _notify(self, conn: Conn) -> None:
+        """Wake the leader's worker (on whichever instance) when this transaction commits."""
+        await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    async def notify_outbox(self) -> None:
+        """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""
+        await self.pool.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while an account's token is re-read and refreshed: one refresh at a time across every
+        instance, since X's refresh tokens are single-use. A session advisory lock on a connection of
+        its own, so the store's other calls (reading, saving the new tokens) never wait on it."""
+        return self._advisory(REFRESH_LOCK, account_id)
+
+    @asynccontextmanager
+    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", space, key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", space, key)
+
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         async with self._tx() as conn:
             row = await self._lock_channel(conn, message.team_id, message.channel_id)
@@ -301,6 +329,14 @@ class PostgresStore:
 
     async def _accept(self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float) -> Any:
         """The new row; None when this event or message was accepted before."""
+        row = await self._insert_message(conn, message, mapping, now)
+        if row is not None:
+            await self._notify(conn)
+        return row
+
+    async def _insert_message(
+        self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float
+    ) -> Any:
         if message.event_id is not None:
             seen = await conn.execute(
                 "INSERT INTO seen_events (event_id, seen_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -437,6 +473,8 @@ class PostgresStore:
                 )
                 return "updated"
             inserted = await self._insert_follow_up(conn, original, OutboxKind.EDIT, edit_ts, source, now)
+            if inserted:
+                await self._notify(conn)
             return "queued" if inserted else "unknown"
 
     async def accept_delete(
@@ -465,6 +503,8 @@ class PostgresStore:
             if not [r for r in found if r["state"] in ("sent", "sending")]:
                 return "cancelled"
             inserted = await self._insert_follow_up(conn, found[0], OutboxKind.DELETE, delete_ts, {}, now)
+            if inserted:
+                await self._notify(conn)
             return "queued" if inserted else "unknown"
 
     @staticmethod

@@ -14,8 +14,9 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
@@ -116,6 +117,12 @@ class SqliteStore:
     def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[None]:
+        """Nothing to hold: one process owns a SQLite file, and ``TokenManager``'s own lock
+        already serialises its refreshes."""
+        yield
 
     # -- health ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -27,8 +27,11 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import build_bolt_app
+from adapters.store.leader import Leadership
+from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
+from adapters.web.worker import Worker
 from adapters.x.api import XApiClient
 from adapters.x.oauth import XOAuthClient
 from bridge.budget import Budget
@@ -86,7 +89,7 @@ class Services:
 
     settings: Settings
     store: AnyStore
-    delivery: Delivery
+    worker: Worker
     bolt: AsyncApp
     connect: ConnectService
     background: Background
@@ -145,19 +148,22 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         def connected(account: Account) -> None:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
-            delivery.wake()
+            worker.wake()
 
         # A refused refresh tells the owner.
         connect = ConnectService(
             store=store, oauth=oauth, x=x, slack=slack, clock=clock, on_connected=connected
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
-        delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
-        relay = Relay(
-            store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
-        )
+
+        def make_delivery() -> Delivery:
+            delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
+            delivery.on_event = metrics.delivery_hook(store.get_item)
+            return delivery
+
+        worker = _worker(store, make_delivery, budget, app[DELIVERY_CONFIG])
+        relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
-        delivery.on_event = metrics.delivery_hook(store.get_item)
         metrics.bind(store, budget, clock)
         commands = CommandService(
             store=store,
@@ -168,7 +174,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             slack=slack,
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
-            on_mapped=delivery.wake,
+            on_mapped=worker.wake,
         )
         background = Background()
         bolt = build_bolt_app(
@@ -181,24 +187,38 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[SERVICES] = Services(
             settings,
             store,
-            delivery,
+            worker,
             bolt,
             connect,
             background,
             clock.now(),
             SignatureVerifier(settings.signing_secret),
         )
-        worker = asyncio.create_task(delivery.run(), name="delivery")
+        running = asyncio.create_task(worker.run(), name="delivery")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
         log.info("shutting down: finishing in-flight sends")
-        await delivery.stop(SHUTDOWN_GRACE)
-        await worker
+        await worker.stop(SHUTDOWN_GRACE)
+        await running
         await background.drain(5.0)
     finally:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+def _worker(store: AnyStore, make: Callable[[], Delivery], budget: Budget, config: DeliveryConfig) -> Worker:
+    """On PostgreSQL the worker runs only while this instance holds the leader lock."""
+
+    async def before_lead() -> None:
+        await budget.load()  # the previous leader spent from the same windows
+
+    if not isinstance(store, PostgresStore):
+        return Worker(make, before_lead=before_lead)
+    worker: Worker
+    leadership = Leadership(store.url, instance=store.instance_id, on_notify=lambda: worker.wake())
+    worker = Worker(make, before_lead=before_lead, leadership=leadership, notify=store.notify_outbox)
+    return worker
 
 
 async def slack_events(request: web.Request) -> web.StreamResponse:
@@ -305,9 +325,13 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception:
         log.exception("health check: database error")
         database_ok, reconnect = False, None
-    heartbeat = services.delivery.heartbeat
+    heartbeat = services.worker.heartbeat
     stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
-    worker = worker_state(heartbeat, now, now - services.started_at, stale_after)
+    worker = (
+        worker_state(heartbeat, now, now - services.started_at, stale_after)
+        if services.worker.role == "leader"
+        else "standby"  # another instance leads delivery; this one serves HTTP
+    )
     healthy = database_ok and worker != "stale"
     body = {
         "status": "ok" if healthy else "unavailable",

@@ -1,0 +1,100 @@
+"""This instance's delivery worker: always on SQLite; on PostgreSQL only while it leads.
+
+A leadership term gets a fresh ``Delivery`` (its budgets re-read first: the previous
+leader spent them). Until then, or after losing the lock, the instance is a standby:
+what it accepts reaches the leader through the accept's ``NOTIFY``, and a wake-up
+(a reconnection, a new mapping) is passed on the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from adapters.store.leader import Leadership
+from bridge.delivery import Delivery
+from bridge.model import OutboxItem
+
+log = logging.getLogger("adapters.web.worker")
+
+Role = Literal["leader", "standby"]
+
+
+class Worker:
+    """Starts, stops and forwards to the current ``Delivery``, if this instance has one."""
+
+    def __init__(
+        self,
+        make: Callable[[], Delivery],
+        *,
+        before_lead: Callable[[], Awaitable[None]],
+        leadership: Leadership | None = None,
+        notify: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._make = make
+        self._before_lead = before_lead
+        self._leadership = leadership
+        self._notify = notify
+        self._stopping = False
+        self._notifying: set[asyncio.Task[None]] = set()
+        self.current: Delivery | None = None
+
+    @property
+    def role(self) -> Role:
+        return "leader" if self._leadership is None or self._leadership.leading else "standby"
+
+    @property
+    def heartbeat(self) -> float:
+        return self.current.heartbeat if self.current is not None else 0.0
+
+    def offer(self, head: OutboxItem | None) -> None:
+        if self.current is not None:
+            self.current.offer(head)
+        # A standby has nothing to do: the accept's NOTIFY reaches the leader at commit.
+
+    def wake(self) -> None:
+        if self.current is not None:
+            self.current.wake()
+        elif self._notify is not None:
+            task = asyncio.create_task(self._pass_on(self._notify), name="notify-leader")
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
+
+    @staticmethod
+    async def _pass_on(notify: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await notify()
+        except Exception:  # the leader's periodic rescan still finds the rows
+            log.exception("could not wake the leader")
+
+    async def run(self) -> None:
+        if self._leadership is None:
+            await self._lead()
+        else:
+            await self._leadership.run(self._lead)
+
+    async def _lead(self) -> None:
+        await self._before_lead()
+        if self._stopping:
+            return
+        delivery = self._make()
+        self.current = delivery
+        try:
+            await delivery.run()
+        except asyncio.CancelledError:
+            # Leadership lost: another instance may be sending already, so nothing more may go
+            # out from here. Cut-off sends stay ``sending``; the new leader reads X back first.
+            await delivery.stop(0.0)
+            raise
+        finally:
+            self.current = None
+
+    async def stop(self, grace: float) -> None:
+        """Finish in-flight sends (up to ``grace``), then give up the leadership."""
+        self._stopping = True
+        if self._leadership is not None:
+            self._leadership.stop()
+        if self.current is not None:
+            await self.current.stop(grace)
