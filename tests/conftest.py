@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -38,13 +39,32 @@ async def on_both_stores(
 ) -> AsyncIterator[dict[str, str]]:
     """Run the test once on SQLite and once on PostgreSQL: the harness and the process tests'
     world take their database from ``tests.harness.DATABASE_ENV``."""
-    from tests import harness
-
     if request.param == "sqlite":
         yield {}
         return
+    async with _on_postgres(request, monkeypatch) as env:
+        yield env
+
+
+@pytest.fixture
+async def on_postgres(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    """The harness and the process tests' world on a fresh PostgreSQL database (several instances)."""
+    async with _on_postgres(request, monkeypatch) as env:
+        yield env
+
+
+@asynccontextmanager
+async def _on_postgres(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    from tests import harness
+
     server = request.getfixturevalue("pg_server")
     url = await pg.create_database(server)
     monkeypatch.setattr(harness, "DATABASE_ENV", {"DATABASE_URL": url})
-    yield harness.DATABASE_ENV
-    await pg.drop_database(server, url)
+    try:
+        yield harness.DATABASE_ENV
+    finally:
+        await pg.drop_database(server, url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -44,16 +45,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
+    from adapters.store.sqlite import DatabaseInUse, single_instance
     from adapters.web.app import create_app
 
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=settings.port,
-        shutdown_timeout=10.0,
-        access_log=None,
-        print=None,
-    )
+    guard = contextlib.nullcontext() if settings.database_url else single_instance(settings.database_path)
+    try:
+        with guard:
+            web.run_app(
+                create_app(settings),
+                host=args.host,
+                port=settings.port,
+                shutdown_timeout=10.0,
+                access_log=None,
+                print=None,
+            )
+    except DatabaseInUse as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

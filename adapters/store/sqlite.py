@@ -9,14 +9,16 @@ operator's CLI read while the web process writes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
@@ -60,6 +62,40 @@ def open_database(path: str) -> Database:
     db.execute("PRAGMA synchronous = NORMAL")
     migrations.apply(db)
     return db
+
+
+class DatabaseInUse(Exception):
+    """Another ``serve`` holds this SQLite file; the message says what to do."""
+
+
+@contextmanager
+def single_instance(path: str) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively while ``serve`` runs: SQLite has one writer, the bridge's
+    worker assumes it is the only one sending, so a second ``serve`` on the same file refuses to
+    start. The kernel drops the lock when the process ends, however it ends (SIGKILL included)."""
+    if path == ":memory:":
+        yield
+        return
+    lock_path = f"{path}.lock"
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise DatabaseInUse(
+                f"another xdm-bridge serve (pid {holder}) is using the SQLite database {path}; "
+                "SQLite allows one instance: stop that one first, or set DATABASE_URL (PostgreSQL) "
+                "to run several"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def pending_migrations(path: str) -> list[str]:

@@ -41,9 +41,14 @@ class World:
         """Plain SQL (``?`` placeholders) on the world's database, SQLite or PostgreSQL."""
         return await pg.query(self.env.get("DATABASE_URL") or str(self.db_path), query, *params)
 
-    def server(self, log_path: Path) -> Server:
-        """A server for this world; it is killed when the world ends, even if the test failed."""
-        server = Server(self.env, log_path)
+    def server(self, log_path: Path, *, port: int | None = None) -> Server:
+        """A server for this world; it is killed when the world ends, even if the test failed.
+
+        ``port``: another instance on the same database, listening elsewhere (``server.url``)."""
+        env = dict(self.env)
+        if port is not None:
+            env.update(PORT=str(port), PUBLIC_URL=f"http://127.0.0.1:{port}")
+        server = Server(env, log_path)
         self.servers.append(server)
         return server
 
@@ -96,6 +101,16 @@ class Server:
         self.env = env
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+
+    async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
+        """The /healthz body, or None while the server does not answer."""
+        try:
+            async with session.get(f"{self.url}/healthz") as response:
+                body: dict[str, Any] = await response.json()
+                return body
+        except aiohttp.ClientError:
+            return None
 
     async def start(self, url: str, session: aiohttp.ClientSession) -> None:
         log = self.log_path.open("ab")
