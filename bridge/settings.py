@@ -39,6 +39,8 @@ class Settings:
     database_path: str = "bridge.db"
     # PostgreSQL when set (it may hold a password, so it stays out of ``repr``); SQLite otherwise.
     database_url: str | None = field(default=None, repr=False)
+    # SQLite only: serve restores from and replicates to this Litestream replica.
+    litestream_replica_url: str | None = field(default=None, repr=False)
     slack_api_url: str = "https://slack.com/api/"
     public_url: str | None = None
     x_api_url: str = "https://api.x.com"
@@ -161,6 +163,23 @@ class _Reader:
             return None
         return raw
 
+    def litestream_replica_url(self) -> str | None:
+        raw = self.get("LITESTREAM_REPLICA_URL")
+        if raw is None:
+            return None
+        if "://" not in raw:
+            self.problems.append(
+                f"LITESTREAM_REPLICA_URL={raw!r} is not a replica URL (s3://bucket/path, file:///path, …)"
+            )
+            return None
+        if self.get("DATABASE_URL"):
+            self.problems.append(
+                "LITESTREAM_REPLICA_URL replicates the SQLite file, but DATABASE_URL selects PostgreSQL: "
+                "unset one of them"
+            )
+            return None
+        return raw
+
     def relay_format(self) -> str:
         fmt = self.get("RELAY_FORMAT") or "{name}: {text}"
         try:
@@ -194,6 +213,7 @@ class _Reader:
             port=self.integer("PORT", 3000, low=1, high=65535),
             database_path=self.get("DATABASE_PATH") or "bridge.db",
             database_url=self.database_url(),
+            litestream_replica_url=self.litestream_replica_url(),
             slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
             public_url=public_url.rstrip("/") if public_url else None,
             x_api_url=x_api_url,

@@ -45,6 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
+    if settings.litestream_replica_url and not args.replicated:
+        return _serve_under_litestream(args, settings)
     from adapters.store.sqlite import DatabaseInUse, single_instance
     from adapters.web.app import create_app
 
@@ -63,6 +65,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"xdm-bridge: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _serve_under_litestream(args: argparse.Namespace, settings: Settings) -> int:
+    """Restore the SQLite file if missing, then become `litestream replicate -exec "serve"`."""
+    from adapters.ops import litestream
+
+    assert settings.litestream_replica_url is not None
+    try:
+        litestream.restore_if_missing(settings.database_path, settings.litestream_replica_url)
+        serve = [sys.executable, "-m", "bridge", "serve", "--host", args.host, "--replicated"]
+        litestream.exec_replicating(settings.database_path, settings.litestream_replica_url, serve)
+    except (litestream.LitestreamError, OSError) as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -277,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the web process (applies migrations first)")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    # Set on the child that `litestream replicate -exec` runs (LITESTREAM_REPLICA_URL).
+    serve.add_argument("--replicated", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply pending database migrations and exit").set_defaults(
         func=cmd_migrate

@@ -69,6 +69,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "bridge.db",
     ),
     EnvVar(
+        "LITESTREAM_REPLICA_URL",
+        "SQLite only: a Litestream replica URL (s3://bucket/path, file:///path, …); serve restores the "
+        "database from it when the file is missing and replicates to it while it runs",
+        None,
+        secret=True,
+    ),
+    EnvVar(
         "SLACK_API_URL", "Slack Web API base URL (tests and the sandbox change it)", "https://slack.com/api/"
     ),
     EnvVar("X_API_URL", "X API base URL", "https://api.x.com"),

@@ -97,3 +97,13 @@ def test_migrate_applies_postgresql_migrations_once(
         assert code == 2 and "DATABASE_URL must be a postgres://" in out
     finally:
         asyncio.run(pg.drop_database(pg_server, url))
+
+
+def test_litestream_replicates_sqlite_only() -> None:
+    settings = Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "s3://bucket/bridge"})
+    assert settings.litestream_replica_url == "s3://bucket/bridge"
+    assert "bucket" not in repr(settings)
+    with pytest.raises(ConfigError, match="DATABASE_URL selects PostgreSQL: unset one of them"):
+        Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "s3://b/p", "DATABASE_URL": "postgres://h/x"})
+    with pytest.raises(ConfigError, match="is not a replica URL"):
+        Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "bucket/path"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -117,6 +118,7 @@ class Server:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1",
             env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log,
+            start_new_session=True,  # its own process group: a kill takes any child (Litestream's) too
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 20
@@ -133,7 +135,8 @@ class Server:
 
     async def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
 
     async def terminate(self) -> int:
