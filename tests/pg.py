@@ -55,8 +55,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def throwaway_server() -> Iterator[str]:
-    """Start a private server; yield its admin URL; stop it and remove its files."""
+def throwaway_server(*, durable: bool = False) -> Iterator[str]:
+    """Start a private server; yield its admin URL; stop it and remove its files.
+
+    ``durable``: PostgreSQL's own defaults (for ``bench/``); else fsync is off, for speed."""
     bindir = _bindir()
     root = Path(tempfile.mkdtemp(prefix="xdm-pg-"))
     data = root / "data"
@@ -81,7 +83,9 @@ def throwaway_server() -> Iterator[str]:
         user=user,
     )
     # fsync off: a test server's data is disposable, and the tests kill clients, never the server.
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not durable:
+        options += " -c fsync=off"
     subprocess.run(
         [bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-o", options, "start"],
         check=True,

@@ -92,7 +92,9 @@ class PostgresStore:
             await pg_migrations.apply(conn)
         finally:
             await conn.close()
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self._pool_size, reset=_keep_session
+        )
         log.info("database ready", extra={"engine": "postgresql"})
 
     async def close(self) -> None:
@@ -277,50 +279,23 @@ class PostgresStore:
             await self._lock_channel(conn, message.team_id, message.channel_id)
             return await self._accept(conn, message, mapping, now) is not None
 
-    async def _notify(self, conn: Conn) -> None:
-        """Wake the leader's worker (on whichever instance) when this transaction commits."""
-        await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
-
-    async def notify_outbox(self) -> None:
-        """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""
-        await self.pool.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
-
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
-        """Held while an account's token is re-read and refreshed: one refresh at a time across every
-        instance, since X's refresh tokens are single-use. A session advisory lock on a connection of
-        its own, so the store's other calls (reading, saving the new tokens) never wait on it."""
-        return self._advisory(REFRESH_LOCK, account_id)
-
-    @asynccontextmanager
-    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
-        async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", space, key)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", space, key)
-
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         async with self._tx() as conn:
             row = await self._lock_channel(conn, message.team_id, message.channel_id)
             if row is None:
                 return None
-            # Under the channel's lock nothing else accepts or finishes a row of this channel,
-            # so "nothing unfinished before it" stays true until this commits.
-            busy = await conn.fetchval(
-                f"SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES} "
-                "LIMIT 1",
-                message.team_id,
-                message.channel_id,
-            )
             inserted = await self._accept(conn, message, rows.mapping(row), now)
             if inserted is None:
                 return Accepted(new=False)
-            return Accepted(new=True, head=None if busy else rows.item(inserted))
+            # Under the channel's lock nothing else accepts or finishes a row of this channel, so
+            # "nothing unfinished before it" (read after the lock was taken) holds until commit.
+            return Accepted(new=True, head=None if inserted["busy_before"] else rows.item(inserted))
 
     @staticmethod
     async def _lock_channel(conn: Conn, team_id: str, channel_id: str) -> Any:
-        """The channel's mapping row, locked until commit (serialises a channel's accepts and sends)."""
+        """The channel's mapping row, locked until commit (serialises a channel's accepts and sends).
+
+        Its own statement: what follows must read the database as it is once the lock is held."""
         return await conn.fetchrow(
             "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE",
             team_id,
@@ -328,35 +303,36 @@ class PostgresStore:
         )
 
     async def _accept(self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float) -> Any:
-        """The new row; None when this event or message was accepted before."""
-        row = await self._insert_message(conn, message, mapping, now)
-        if row is not None:
-            await self._notify(conn)
-        return row
-
-    async def _insert_message(
-        self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float
-    ) -> Any:
-        if message.event_id is not None:
-            seen = await conn.execute(
-                "INSERT INTO seen_events (event_id, seen_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                message.event_id,
-                now,
-            )
-            if seen == "INSERT 0 0":
-                return None
+        """The new row (with ``busy_before``: the channel had unfinished rows), in one statement:
+        dedupe by event id, the insert, and the NOTIFY that wakes the leader at commit. None when
+        this event or message was accepted before."""
         target = mapping.target
         return await conn.fetchrow(
-            """
-            WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
-            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                author_id, account_id, target_participant, target_conversation, text,
-                                source, state, attempts, next_attempt_at, created_at, hourglass, kind)
-            SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, NULL, $8, 'queued', 0, 0, $9, 0,
-                   'message'
-            FROM n
-            ON CONFLICT DO NOTHING
-            RETURNING *
+            f"""
+            WITH seen AS (
+                INSERT INTO seen_events (event_id, seen_at) SELECT $10::text, $9 WHERE $10::text IS NOT NULL
+                ON CONFLICT DO NOTHING RETURNING 1
+            ),
+            fresh AS (SELECT ($10::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
+            busy AS (
+                SELECT EXISTS (
+                    SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES}
+                ) AS before
+            ),
+            n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
+            ins AS (
+                INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant, target_conversation, text,
+                                    source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+                SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, NULL, $8, 'queued', 0, 0, $9, 0,
+                       'message'
+                FROM n
+                ON CONFLICT DO NOTHING
+                RETURNING *
+            ),
+            note AS (SELECT pg_notify($11, $12) FROM ins)
+            SELECT ins.*, (SELECT before FROM busy) AS busy_before, (SELECT COUNT(*) FROM note) AS notified
+            FROM ins
             """,
             message.team_id,
             message.channel_id,
@@ -367,7 +343,33 @@ class PostgresStore:
             target.conversation_id,
             rows.message_source(message),
             now,
+            message.event_id,
+            OUTBOX_CHANNEL,
+            self.instance_id,
         )
+
+    async def _notify(self, conn: Conn) -> None:
+        """Wake the leader's worker (on whichever instance) when this transaction commits."""
+        await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    async def notify_outbox(self) -> None:
+        """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""
+        await self.pool.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while an account's token is re-read and refreshed: one refresh at a time across every
+        instance, since X's refresh tokens are single-use. An advisory lock in a transaction on a
+        connection of its own, so the store's other calls (reading, saving the new tokens) never wait
+        on it."""
+        return self._advisory(REFRESH_LOCK, account_id)
+
+    @asynccontextmanager
+    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
+        # A transaction-level lock: however the holder ends (an error, a cancellation, a dead
+        # connection), the transaction ends and the lock with it.
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
+            yield
 
     async def prune_seen_events(self, now: float) -> int:
         status = await self._execute(
@@ -570,66 +572,105 @@ class PostgresStore:
         parts: Sequence[RenderedPart] | None = None,
         source: dict[str, Any] | None = None,
     ) -> OutboxItem | None:
-        async with self._tx() as conn:
-            row = await conn.fetchrow("SELECT * FROM outbox WHERE id = $1 FOR UPDATE", item_id)
-            current = rows.item(row) if row else None
-            if current is None or not current.state.pending:
-                return None  # cancelled (deleted in Slack), or finished, since it was read
-            if parts is not None:
-                # Rendered from ``source``: an edit that landed since then must not be lost.
-                if current.text is not None or current.source != source:
-                    return None
-                await self._write_render(conn, item_id, parts)
-            claimed = await conn.fetchrow(
-                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = $1 "
-                "WHERE id = $2 RETURNING *",
-                now,
-                item_id,
-            )
-            await self._save_budgets(conn, budgets)
-        assert claimed is not None
-        return rows.item(claimed)
+        # One statement: the claim re-checks its conditions on the row as it is when locked, so a
+        # delete or an edit that landed since the row was read makes it claim nothing.
+        if parts is None:
+            render, extra = "", ""
+            condition = ""
+            texts: list[str] = []
+            medias: list[str | None] = []
+            first: RenderedPart | None = None
+        else:
+            assert parts, "a message renders to at least one part"
+            first = parts[0]
+            render = ", text = $8, media = $9, parts_total = $10"
+            condition = " AND text IS NULL AND source::jsonb IS NOT DISTINCT FROM $7::jsonb"
+            texts = [p.text for p in parts[1:]]
+            medias = [rows.json_or_none(p.media) for p in parts[1:]]
+            extra = """,
+            extra AS (
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
+                                    account_id, target_participant, target_conversation, text, media,
+                                    source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+                SELECT c.seq, p.ord::integer, $10, c.team_id, c.channel_id, c.slack_ts, c.ref_ts, c.author_id,
+                       c.account_id, c.target_participant, c.target_conversation, p.text, p.media, '{}',
+                       'queued', 0, 0, c.created_at, 0, c.kind
+                FROM claimed AS c, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p (text, media, ord)
+                ON CONFLICT DO NOTHING
+            )"""
+        args: list[Any] = [item_id, now, *_budget_columns(budgets)]
+        if parts is not None and first is not None:
+            args += [
+                json.dumps(source),
+                first.text,
+                rows.json_or_none(first.media),
+                len(parts),
+                texts,
+                medias,
+            ]
+        row = await self.pool.fetchrow(
+            f"""
+            WITH claimed AS (
+                UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = $2{render}
+                WHERE id = $1 AND state IN {PENDING_STATES}{condition}
+                RETURNING *
+            ),
+            budget AS ({_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {_ON_BUDGET_CONFLICT}){extra}
+            SELECT * FROM claimed
+            """,
+            *args,
+        )
+        return rows.item(row) if row else None
 
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:
+        keys, limits, remaining, resets = _budget_columns(budgets)
         async with self._tx() as conn:
-            where = await conn.fetchrow("SELECT team_id, channel_id FROM outbox WHERE id = $1", item_id)
-            assert where is not None
-            await self._lock_channel(conn, where["team_id"], where["channel_id"])
-            await self._save_budgets(conn, budgets)
-            row = await conn.fetchrow(
-                "UPDATE outbox SET state = 'sent', dm_event_id = $1, target_conversation = "
-                "COALESCE(target_conversation, $2), sent_at = $3, last_error = NULL WHERE id = $4 "
-                "RETURNING team_id, channel_id, slack_ts, part, target_participant",
+            # The channel's lock first, so the next head read below sees every accept committed.
+            await conn.execute(
+                "SELECT 1 FROM mappings WHERE (team_id, channel_id) = "
+                "(SELECT team_id, channel_id FROM outbox WHERE id = $1) FOR NO KEY UPDATE",
+                item_id,
+            )
+            following = await conn.fetchrow(
+                f"""
+                WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
+                sent AS (
+                    UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
+                        target_conversation = COALESCE(target_conversation, $2)
+                    WHERE id = $8
+                    RETURNING team_id, channel_id, slack_ts, part, target_participant
+                ),
+                mapped AS (
+                    INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id,
+                                             dm_event_id, created_at)
+                    SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+                    ON CONFLICT DO NOTHING
+                ),
+                -- X names the 1-to-1 conversation on first send; keep it for status and reads.
+                named AS (
+                    UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
+                    WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
+                      AND m.channel_id = s.channel_id AND m.kind = 'dm'
+                      AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
+                )
+                SELECT head.* FROM sent AS s, LATERAL (
+                    SELECT * FROM outbox
+                    WHERE team_id = s.team_id AND channel_id = s.channel_id AND state IN {PENDING_STATES}
+                      AND id <> $8
+                    ORDER BY seq, part LIMIT 1
+                ) AS head
+                """,
                 sent.dm_event_id,
                 sent.dm_conversation_id,
+                keys,
+                limits,
+                remaining,
+                resets,
                 now,
                 item_id,
             )
-            assert row is not None
-            await conn.execute(
-                "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                "dm_event_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                row["team_id"],
-                row["channel_id"],
-                row["slack_ts"],
-                row["part"],
-                sent.dm_conversation_id,
-                sent.dm_event_id,
-                now,
-            )
-            if row["target_participant"]:
-                # X names the 1-to-1 conversation on first send; keep it for status and reads.
-                await conn.execute(
-                    "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3 "
-                    "AND kind = 'dm' AND participant_id = $4 AND conversation_id IS DISTINCT FROM $1",
-                    sent.dm_conversation_id,
-                    row["team_id"],
-                    row["channel_id"],
-                    row["target_participant"],
-                )
-            following = await self._channel_head(conn, row["team_id"], row["channel_id"])
         return None if following is None else rows.item(following)
 
     async def reschedule(
@@ -738,11 +779,38 @@ class PostgresStore:
 
     @staticmethod
     async def _save_budgets(conn: Conn, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        if not windows:
-            return
-        await conn.executemany(
-            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
-            "remaining = excluded.remaining, reset_at = excluded.reset_at",
-            [tuple(w) for w in windows],
-        )
+        if windows:
+            save = (
+                _SAVE_BUDGETS.replace("$3", "$1").replace("$4", "$2").replace("$5", "$3").replace("$6", "$4")
+            )
+            await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection returns to the pool: the store changes no session state
+    (its only lock is transaction-level), and asyncpg's default reset costs a round trip per call."""
+
+
+# The budget windows as four arrays ($3..$6 of the statements that save them with other work).
+_SAVE_BUDGETS = (
+    "INSERT INTO budgets (key, limit_, remaining, reset_at) "
+    "SELECT * FROM unnest($3::text[], $4::integer[], $5::integer[], $6::double precision[])"
+)
+_ON_BUDGET_CONFLICT = (
+    "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
+    "reset_at = excluded.reset_at"
+)
+
+
+def _budget_columns(
+    windows: Sequence[tuple[str, int, int, float]],
+) -> tuple[list[str], list[int], list[int], list[float]]:
+    """Column arrays, one row per key (the last wins, as saving them one by one would)."""
+    latest = {key: (key, limit, remaining, reset) for key, limit, remaining, reset in windows}
+    keys = list(latest)
+    return (
+        keys,
+        [latest[k][1] for k in keys],
+        [latest[k][2] for k in keys],
+        [float(latest[k][3]) for k in keys],
+    )
