@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -140,7 +141,9 @@ async def query(location: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         await conn.close()
 
 
-if __name__ == "__main__":
+def _serve_until_signalled() -> None:
+    # SIGTERM too (a background job ignores SIGINT): the server must be stopped, not orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with throwaway_server() as url:
         print(url, flush=True)
         try:
@@ -148,3 +151,7 @@ if __name__ == "__main__":
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+if __name__ == "__main__":
+    _serve_until_signalled()
