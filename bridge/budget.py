@@ -1,7 +1,9 @@
 """X's DM budget: per-account 15-minute and 24-hour windows and the app's 24-hour window.
 
-Seeded from settings (the documented 200 / 1,000 / 15,000) and corrected by every
-DM POST response's headers, the stricter of the two winning. The worker asks
+Seeded with what X documents today (15 per 15 minutes and 1,440 per 24 hours per
+user, 1,440 per 24 hours per app) and corrected by every DM POST response's
+headers, up or down: X knows the app's tier, the bridge does not. A limit the
+operator set is a ceiling instead: headers may lower it, never raise it. The worker asks
 ``blocked_until`` before each send and never sends while a known remaining count
 is 0, so in steady state the bridge provokes no 429 at all.
 """
@@ -24,15 +26,22 @@ ONE_DAY = 24 * 3600.0
 APP = "app"
 # When a 429 carries no usable reset, wait this long before trying again.
 FALLBACK_PAUSE = 60.0
+# X's documented DM POST limits (docs/reference/x-api/NOTES.md §4), the starting point when
+# the operator set none.
+DEFAULT_USER_15M = 15
+DEFAULT_USER_24H = 1440
+DEFAULT_APP_24H = 1440
 
 
 @dataclass
 class Window:
-    """One fixed window. ``reset_at == 0`` means not started: it starts at first use."""
+    """One fixed window. ``reset_at == 0`` means not started: it starts at first use.
+
+    ``ceiling`` is the operator's limit (None: none set, X's headers alone decide)."""
 
     key: str
     length: float
-    configured: int
+    ceiling: int | None
     limit: int
     remaining: int
     reset_at: float = 0.0
@@ -61,14 +70,18 @@ class Window:
             return
         header_limit = limit if limit is not None else max(self.limit, remaining)
         used = max(0, header_limit - remaining)
-        effective_limit = min(self.configured, header_limit)
+        effective_limit = self.capped(header_limit)
         new_remaining = max(0, min(remaining, effective_limit - used))
         if shared and reset is not None and abs(reset - self.reset_at) < 1.0:
-            new_remaining = min(new_remaining, self.remaining)
+            # Our own count of sends in this window, carried over to the limit X now reports.
+            new_remaining = min(new_remaining, max(0, effective_limit - (self.limit - self.remaining)))
         self.limit = effective_limit
         self.remaining = new_remaining
         if reset is not None:
             self.reset_at = reset
+
+    def capped(self, limit: int) -> int:
+        return limit if self.ceiling is None else min(self.ceiling, limit)
 
     def exhaust(self, reset: float) -> None:
         self.remaining = 0
@@ -81,16 +94,27 @@ class Window:
 class Budget:
     """All windows, persisted to the store after each change so restarts respect them."""
 
-    def __init__(self, store: Store, *, user_15m: int, user_24h: int, app_24h: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        user_15m: int | None = None,
+        user_24h: int | None = None,
+        app_24h: int | None = None,
+    ) -> None:
+        """Each limit: the operator's ceiling, or None to start from X's documented figure."""
         self._store = store
-        self._limits = {"15m": (FIFTEEN_MINUTES, user_15m), "24h": (ONE_DAY, user_24h)}
-        self._app_limit = app_24h
+        self._limits = {
+            "15m": (FIFTEEN_MINUTES, user_15m, DEFAULT_USER_15M),
+            "24h": (ONE_DAY, user_24h, DEFAULT_USER_24H),
+        }
+        self._app_limit = (ONE_DAY, app_24h, DEFAULT_APP_24H)
         self._windows: dict[str, Window] = {}
 
     async def load(self) -> None:
         for row in await self._store.load_budgets():
             window = self._window(row["key"])
-            window.limit = min(window.configured, row["limit_"])
+            window.limit = window.capped(row["limit_"])
             window.remaining = min(window.limit, row["remaining"])
             window.reset_at = row["reset_at"] or 0.0
 
@@ -98,10 +122,11 @@ class Budget:
         window = self._windows.get(key)
         if window is None:
             if key == f"{APP}:24h":
-                length, configured = ONE_DAY, self._app_limit
+                length, ceiling, default = self._app_limit
             else:
-                length, configured = self._limits[key.rsplit(":", 1)[1]]
-            window = Window(key, length, configured, configured, configured)
+                length, ceiling, default = self._limits[key.rsplit(":", 1)[1]]
+            start = default if ceiling is None else ceiling
+            window = Window(key, length, ceiling, start, start)
             self._windows[key] = window
         return window
 

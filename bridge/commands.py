@@ -39,8 +39,7 @@ STATE_TTL = 600.0
 
 HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm connect` – connect your X account (messages are sent as the account of whoever mapped the channel)
-• `/xdm new-group @alice @bob … [opening message]` – start a new X group DM (2 to 49 people)
-  and bridge this channel to it
+• `/xdm new-group @alice @bob … [opening message]` – bridge this channel to a new X group DM (2 to 49 people)
 • `/xdm dm @alice [message]` – bridge this channel to your 1-to-1 DM with @alice
 • `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
 • `/xdm unlink` – stop bridging this channel
@@ -277,6 +276,7 @@ class CommandService:
     async def _connect(self, ctx: CommandContext) -> Reply:
         if self._oauth_ready is not None:
             return Reply(f":x: Connecting X accounts is not set up on this bridge: {self._oauth_ready}")
+        current = await self._store.account_for_user(ctx.team_id, ctx.user_id)
         request = self._oauth.begin()
         await self._store.save_oauth_state(
             OAuthState(
@@ -289,6 +289,13 @@ class CommandService:
                 expires_at=self._clock.now() + STATE_TTL,
             )
         )
+        if current is not None:
+            state = ", which *needs reconnecting*" if current.needs_reconnect else ""
+            return Reply(
+                f"You are connected as @{current.x_username} on X{state}. "
+                f"<{request.url}|Reconnect> to renew that access or to switch to another X account "
+                "(the link works once, for 10 minutes)."
+            )
         return Reply(
             f"<{request.url}|Connect your X account> (the link works once, for 10 minutes). "
             "Mappings you make afterwards send as that account."
@@ -304,9 +311,11 @@ class CommandService:
             account = await self._store.get_account(mapping.account_id)
             if account is not None:
                 state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
-                lines.append(
-                    f"Messages are sent as @{account.x_username} (<@{account.slack_user_id}>){state}."
-                )
+                if account.slack_user_id == ctx.user_id:
+                    sender = f"your X account @{account.x_username}"
+                else:
+                    sender = f"@{account.x_username}, the X account <@{account.slack_user_id}> connected"
+                lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
@@ -332,7 +341,7 @@ class CommandService:
         for label, key in (("15 min", "15m"), ("24 h", "24h"), ("app, 24 h", "app_24h")):
             window = windows[key]
             reset = window["reset_at"]
-            when = f", resets {_clock_time(reset)}" if reset else ""
+            when = f", resets {_clock_time(reset, now)}" if reset else ""
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
 
@@ -385,12 +394,17 @@ class CommandService:
             sent = await self._send_now(account, lambda token: self._x.send(token, target, text))
             conversation_id = sent.dm_conversation_id
         mapping = await self._map(
-            ctx, account, MappingKind.DM, conversation_id=conversation_id, participant_id=user.id
+            ctx,
+            account,
+            MappingKind.DM,
+            conversation_id=conversation_id,
+            participant_id=user.id,
+            participant_username=user.username if user.username != user.id else None,
         )
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
-        return Reply(self._mapped_text(ctx, mapping, account, [f"@{user.username}"]) + warn, in_channel=True)
+        return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
 
     async def _report(self, ctx: CommandContext, job: Awaitable[Reply]) -> None:
         """Run a follow-up and post its outcome through response_url."""
@@ -420,7 +434,7 @@ class CommandService:
         if blocked is not None:
             raise CommandError(
                 f"@{account.x_username} has used its X DM allowance for now; "
-                f"try again after {_clock_time(blocked)}."
+                f"try again after {_clock_time(blocked, now)}."
             )
         token = await self._tokens.access_token(account)
         await self._budget.consume(account.id, now)
@@ -428,7 +442,8 @@ class CommandService:
             result, facts = await self._tokens.call(account, call, token=token)
         except XRateLimited as exc:
             until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, self._clock.now())
-            raise CommandError(f"X's rate limit was reached; try again after {_clock_time(until)}.") from exc
+            when = _clock_time(until, self._clock.now())
+            raise CommandError(f"X's rate limit was reached; try again after {when}.") from exc
         except XError as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
@@ -472,6 +487,7 @@ class CommandService:
         *,
         conversation_id: str | None = None,
         participant_id: str | None = None,
+        participant_username: str | None = None,
     ) -> Mapping:
         mapping = Mapping(
             team_id=ctx.team_id,
@@ -482,6 +498,7 @@ class CommandService:
             participant_id=participant_id,
             created_by=ctx.user_id,
             created_at=self._clock.now(),
+            participant_username=participant_username,
         )
         created = await self._store.create_mapping(mapping)
         if created is None:
@@ -509,10 +526,15 @@ class CommandService:
     def _mapped_text(
         ctx: CommandContext, mapping: Mapping, account: Account, names: list[str] | None = None
     ) -> str:
-        who = f" with {', '.join(names)}" if names else ""
+        if mapping.kind is MappingKind.DM:
+            where = f"their DMs with {_person(mapping)}"
+        elif mapping.kind is MappingKind.GROUP and names:
+            where = f"a new X group with {_listed(names)} (`{mapping.conversation_id}`)"
+        else:
+            where = _describe(mapping)
         return (
-            f"<@{ctx.user_id}> bridged this channel to {_describe(mapping)}{who}. "
-            f"Messages posted here are sent to X as @{account.x_username}."
+            f"<@{ctx.user_id}> bridged this channel to {where}. "
+            f"Messages posted here go to X as @{account.x_username}."
         )
 
 
@@ -520,16 +542,31 @@ def _describe(mapping: Mapping) -> str:
     if mapping.kind is MappingKind.GROUP:
         return f"X group conversation `{mapping.conversation_id}`"
     if mapping.kind is MappingKind.DM:
-        return f"the X 1-to-1 DM with user `{mapping.participant_id}`"
+        return f"the 1-to-1 X DMs with {_person(mapping)}"
     return f"X conversation `{mapping.conversation_id}`"
+
+
+def _person(mapping: Mapping) -> str:
+    """A 1-to-1 mapping's other person: @handle when known, else their X user id."""
+    if mapping.participant_username:
+        return f"@{mapping.participant_username}"
+    return f"X user `{mapping.participant_id}`"
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _names(participants: tuple[Participant, ...]) -> str:
     return ", ".join(str(p) for p in participants)
 
 
-def _clock_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+def _clock_time(epoch: float, now: float) -> str:
+    """``14:05 UTC``; with the date when that is more than 12 hours away (a daily window)."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    if epoch - now > 12 * 3600:
+        return f"{moment:%a} {moment.day} {moment:%b}, {moment:%H:%M} UTC"
+    return f"{moment:%H:%M} UTC"
 
 
 def _duration(seconds: float) -> str:

@@ -71,8 +71,8 @@ class ConnectService:
         await self._tell(
             pending.response_url,
             pending,
-            f":white_check_mark: Connected X account @{user.username}. "
-            f"Channels you map now send as @{user.username}.{tail}",
+            f":white_check_mark: Connected X account @{user.username}: "
+            f"channels you bridge from now on send as this account.{tail}",
         )
         self._on_connected(account)
         return account

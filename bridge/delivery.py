@@ -28,16 +28,30 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge import translate
+from bridge import reconcile, translate
 from bridge.budget import Budget, BudgetRow
 from bridge.errors import (
+    BridgeError,
+    Failure,
+    Undeliverable,
     XAuthExpired,
     XAuthRevoked,
+    XMediaUnavailable,
     XRateLimited,
     XRefused,
     XTransient,
+    failure_of,
 )
-from bridge.media import FileUnavailable, MediaPlan, plan_files, plan_media
+from bridge.media import (
+    MAX_UNFINISHED_UPLOADS,
+    MEDIA_REUSE_SECONDS,
+    FileUnavailable,
+    MediaPlan,
+    SkippedFile,
+    file_name,
+    plan_files,
+    plan_media,
+)
 from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
@@ -45,7 +59,7 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
-RECONCILE_SKEW = 120.0  # clock difference tolerated when matching our own sent events
+READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
@@ -113,9 +127,12 @@ class Delivery:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
+        self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
+        # Told why a row failed for good, as a type (metrics count it; sentences may change).
+        self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
 
     # -- control -----------------------------------------------------------
 
@@ -322,7 +339,12 @@ class Delivery:
         try:
             account = await self._tokens.account(item.account_id)
             if account is None:
-                await self._fail(item, "the X account this channel sends as was disconnected")
+                await self._fail(
+                    item,
+                    Undeliverable(
+                        "the X account this channel sends as was disconnected", Failure.ACCOUNT_DISCONNECTED
+                    ),
+                )
                 return LOOK_AGAIN
             if account.needs_reconnect:
                 await self._park(item, account)
@@ -353,12 +375,12 @@ class Delivery:
         except XTransient as exc:
             await self._retry_later(item, exc)
         except XRefused as exc:
-            await self._fail(item, str(exc))
+            await self._fail(item, exc)
         except FileUnavailable as exc:
             if exc.retryable:
                 await self._retry_later(item, exc)
             else:
-                await self._fail(item, str(exc))
+                await self._fail(item, exc)
         except (XAuthExpired, XAuthRevoked):
             account = await self._tokens.account(item.account_id)
             if account is not None:
@@ -373,7 +395,9 @@ class Delivery:
     async def _send(self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None) -> _After:
         """Claim the row (rendering it in the same write when ``parts`` are given), POST, record."""
         token = await self._tokens.access_token(account)
-        media_id = await self._media_id(item, token) if item.media else None
+        media_id, fresh = await self._media_id(item, account) if item.media else (None, False)
+        if item.media and media_id is None and not item.text:
+            return LOOK_AGAIN  # a file alone, given up: its row was failed and the author told
         now = self._clock.now()
         # Counted before the claim; a claim refused below leaves the window one too full until X's
         # next headers correct it: erring on the safe side, and only after a Slack edit or delete.
@@ -409,6 +433,11 @@ class Delivery:
                 item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
             )
             return LOOK_AGAIN
+        except XMediaUnavailable as exc:
+            # X refused the POST (it did not take the message) because of the attached file.
+            await self._budget.observe(account.id, exc.facts)
+            await self._media_refused(item, exc, fresh)
+            return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             raise
@@ -443,19 +472,86 @@ class Delivery:
         if self.on_event is not None:
             await self.on_event("sent", item)
 
-    async def _media_id(self, item: OutboxItem, token: str) -> str:
-        """Upload the part's Slack file to X once; a retry reuses X's id."""
-        if item.media_id:
-            return item.media_id
+    async def _media_id(self, item: OutboxItem, account: Account) -> tuple[str | None, bool]:
+        """X's id for the part's file, and whether it was uploaded just now.
+
+        An id is reused on a retry while X still keeps it (24 h, less a margin). None means the
+        file was given up for good (X or Slack refused it, or uploading it keeps killing the
+        process): the part's text goes alone and the author is told which file did not.
+        """
         assert item.media is not None
+        now = self._clock.now()
+        uploaded_at = item.media_uploaded_at
+        if item.media_id and uploaded_at is not None and 0 <= now - uploaded_at < MEDIA_REUSE_SECONDS:
+            return item.media_id, False
         plan = plan_media(item.media)
         if not isinstance(plan, MediaPlan):
-            raise XRefused(plan.reason)
-        data = await self._slack.download_file(item.team_id, item.media, max_bytes=plan.max_bytes)
-        media_id = await self._x.upload_media(token, data, media_type=plan.media_type, category=plan.category)
-        await self._store.set_media_id(item.id, media_id)
+            await self._without_file(item, plan.reason)
+            return None, False
+        if item.media_unfinished >= MAX_UNFINISHED_UPLOADS:
+            # Begun that often and never finished: the process died during it (out of memory, say).
+            # Trying again would take it down again, and every other channel with it.
+            reason = f"{plan.name}: the bridge stopped {item.media_unfinished} times while uploading it"
+            await self._without_file(item, reason)
+            return None, False
+        await self._store.begin_media_upload(item.id)  # committed before the risky part
+        try:
+            media_id = await self._tokens.call(account, functools.partial(self._upload, item, plan))
+        except (XRefused, FileUnavailable) as exc:
+            if isinstance(exc, FileUnavailable) and exc.retryable:
+                raise
+            reason = str(exc) if isinstance(exc, FileUnavailable) else f"{plan.name}: {exc}"
+            await self._without_file(item, reason)
+            return None, False
+        finally:
+            # It ended without taking the process down (a refusal and a shutdown included).
+            await self._store.end_media_upload(item.id)
+        await self._store.set_media_id(item.id, media_id, self._clock.now())
         log.info("uploaded file to X", extra=_ids(item, file=plan.name, category=plan.category))
-        return media_id
+        return media_id, True
+
+    async def _upload(self, item: OutboxItem, plan: MediaPlan, token: str) -> str:
+        """Stream the Slack file into X's upload: memory holds a chunk, never the file."""
+        assert item.media is not None
+        async with self._slack.open_file(item.team_id, item.media, max_bytes=plan.max_bytes) as source:
+            return await self._x.upload_media(
+                token, source, media_type=plan.media_type, category=plan.category
+            )
+
+    async def _media_refused(self, item: OutboxItem, exc: XMediaUnavailable, fresh: bool) -> None:
+        """X did not take the DM because of its media id: upload again, unless it was new."""
+        if fresh:
+            await self._without_file(item, f"{file_name(item.media or {})}: {exc}")
+            if not item.text:
+                return
+            reason = "X refused the file; sending the text alone"
+        else:
+            log.info(
+                "X no longer knows the media id; uploading again", extra=_ids(item, media_id=item.media_id)
+            )
+            await self._store.set_media_id(item.id, None)
+            reason = "X no longer had the file; uploading it again"
+        await self._store.reschedule(item.id, OutboxState.QUEUED, self._clock.now(), reason)
+
+    async def _without_file(self, item: OutboxItem, reason: str) -> None:
+        """Give up a part's file for good; its text still goes. A part that is only the file fails."""
+        if not item.text:
+            await self._store.mark_failed(item.id, reason)
+            log.warning("file not sent to X", extra=_ids(item, reason=reason))
+            if item.hourglass:
+                await self._unreact(item, HOURGLASS)
+            await self._react(item, WARNING)
+            await self._ephemeral(item, f":warning: A file of your message was not sent to X: {reason}")
+            if self.on_event is not None:
+                await self.on_event("failed", item)
+            if self.on_failed is not None:
+                await self.on_failed(item, Failure.FILE_UNUSABLE)
+            return
+        await self._store.drop_media(item.id)
+        log.warning("file not sent to X; the text goes alone", extra=_ids(item, reason=reason))
+        await self._ephemeral(
+            item, f":warning: A file was not sent to X: {reason}. The text of your message goes without it."
+        )
 
     async def _delete(self, item: OutboxItem, account: Account) -> None:
         """Delete X's copies of a message deleted in Slack (only the sender's view, X says)."""
@@ -468,28 +564,48 @@ class Delivery:
             await self._ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
-        """Did an earlier attempt reach X? Look for our own message among recent events."""
-        token = await self._tokens.access_token(account)
-        target = item.target
-        events = await self._x.recent_events(token, target)
-        since = (item.sending_since or item.created_at) - RECONCILE_SKEW
-        candidates = [
-            e
-            for e in events
-            if e.sender_id == account.x_user_id
-            and e.text == item.text
-            and (e.created_at is None or e.created_at >= since)
-        ]
-        if candidates:
-            known = await self._store.known_event_ids([e.id for e in candidates])
-            for event in sorted(candidates, key=lambda e: int(e.id) if e.id.isdigit() else 0):
-                if event.id not in known:
-                    conversation = target.conversation_id or one_to_one_id(
-                        account.x_user_id, str(target.participant_id)
-                    )
-                    log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
-                    return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
-        log.info("reconciled: not on X, sending again", extra=_ids(item))
+        """Did an earlier attempt reach X? Read the conversation back until events are older
+        than the attempt (see bridge/reconcile), within the read budget.
+
+        When the budget runs out first, the row waits for it (still ``sending``: never resent
+        while undecided) and the reading goes on from where it stopped.
+        """
+        assert item.text is not None
+        scan = self._scans.get(item.id)
+        if scan is None or scan.text != item.text:
+            attempt_at = item.sending_since or item.created_at
+            scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
+        passed = 0
+        while not scan.done:
+            page = await self._tokens.call(
+                account,
+                functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
+            )
+            now = self._clock.now()
+            passed += 1
+            if scan.take(page, now):
+                break
+            self._scans[item.id] = scan
+            spent = page.facts.window_remaining == 0
+            if spent or passed >= reconcile.MAX_PAGES_PER_PASS:
+                reset = page.facts.window_reset
+                until = scan.to_local(reset) if spent and reset is not None else now + 60.0
+                until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
+                log.info(
+                    "reconciling: read budget spent; reading on later", extra=_ids(item, pages=scan.pages)
+                )
+                raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
+        self._scans.pop(item.id, None)
+        known = await self._store.known_event_ids([e.id for e in scan.candidates])
+        event = scan.oldest(known)
+        if event is not None:
+            target = item.target
+            conversation = target.conversation_id or one_to_one_id(
+                account.x_user_id, str(target.participant_id)
+            )
+            log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
+            return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 
     async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:
@@ -512,17 +628,44 @@ class Delivery:
         name = await self._slack.display_name(item.team_id, item.author_id)
         if item.kind is OutboxKind.EDIT:
             name = f"{name} (edited)"
-        files = [f for f in source.get("files") or [] if isinstance(f, dict)]
+        files, unresolved = await self._resolve_files(
+            item, [f for f in source.get("files") or [] if isinstance(f, dict)]
+        )
         plans, skipped = plan_files(files)
+        skipped += unresolved
         parts = self._parts(body, name, plans, files)
         if skipped:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
             await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
         if not parts:
-            reason = "; ".join(s.reason for s in skipped) or "the message has no text or file to send"
-            await self._fail(item, reason)
+            if skipped:
+                error = Undeliverable("; ".join(s.reason for s in skipped), Failure.FILE_UNUSABLE)
+            else:
+                error = Undeliverable("the message has no text or file to send", Failure.EMPTY_MESSAGE)
+            await self._fail(item, error)
             return None
         return parts
+
+    async def _resolve_files(
+        self, item: OutboxItem, files: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[SkippedFile]]:
+        """Files an event carried only as stubs (``file_access: check_file_info``), completed
+        through files.info; a file Slack will not describe is skipped with Slack's reason."""
+        resolved: list[dict[str, Any]] = []
+        skipped: list[SkippedFile] = []
+        for file in files:
+            if file.get("file_access") != "check_file_info" or not file.get("id"):
+                resolved.append(file)
+                continue
+            try:
+                info = await self._slack.file_info(item.team_id, str(file["id"]))
+            except FileUnavailable as exc:
+                if exc.retryable:
+                    raise  # nothing is sent yet: the whole message waits and renders again
+                skipped.append(SkippedFile(str(file["id"]), file_name(file), f"{file_name(file)}: {exc}"))
+                continue
+            resolved.append({**file, **info, "file_access": "visible"})
+        return resolved, skipped
 
     def _parts(
         self, body: str, name: str, plans: list[MediaPlan], files: list[dict[str, Any]]
@@ -556,7 +699,9 @@ class Delivery:
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
         )
 
-    async def _fail(self, item: OutboxItem, reason: str) -> None:
+    async def _fail(self, item: OutboxItem, error: BridgeError) -> None:
+        """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
+        reason = str(error)
         await self._store.mark_failed(item.id, reason)
         log.warning("X refused the message", extra=_ids(item, reason=reason))
         if item.hourglass:
@@ -566,6 +711,8 @@ class Delivery:
             await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
         if self.on_event is not None:
             await self.on_event("failed", item)
+        if self.on_failed is not None:
+            await self.on_failed(item, failure_of(error))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING

@@ -6,19 +6,51 @@
     ├── ConfigError          a setting is missing or malformed (names the variable)
     ├── CommandError         a Slack user's mistake; carries the text they should see
     ├── OAuthStateError      a bad, reused or expired OAuth ``state``
+    ├── StoreUnavailable     the database cannot be opened or written (names the path and why)
+    ├── Undeliverable        a message the bridge itself cannot send (no account, nothing to send)
     └── XError               something X said or did not say
         ├── XTransient       5xx, timeout, connection error: try again later
         ├── XRateLimited     429: wait until ``reset_at``
         ├── XRefused         a permanent 4xx: do not retry, tell the author
+        │   └── XMediaUnavailable  the attached media id is unknown or expired: upload again
         └── XAuthExpired     401 or a refresh that failed for good: reconnect
 
 Adapters translate library exceptions into these at the boundary; the core never
-sees an aiohttp or slack_sdk exception.
+sees an aiohttp or slack_sdk exception. A message that fails for good carries a
+:class:`Failure`, set where the cause is known, so that counting failures never
+depends on how the sentence for the author is worded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Failure(StrEnum):
+    """Why a message will never reach X, in few words (the ``reason`` label of the failure metric)."""
+
+    RECIPIENT_REFUSES_DMS = "recipient_refuses_dms"
+    SPAM_FILTER = "spam_filter"
+    DUPLICATE = "duplicate"
+    TOO_LONG = "too_long"
+    APP_NOT_PERMITTED = "app_not_permitted"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    ACCOUNT_DISCONNECTED = "account_disconnected"
+    EMPTY_MESSAGE = "empty_message"
+    FILE_UNUSABLE = "file_unusable"
+    OTHER = "other"
+
+
+_BY_STATUS = {400: Failure.BAD_REQUEST, 403: Failure.FORBIDDEN, 404: Failure.NOT_FOUND}
+
+
+def failure_of(error: BaseException) -> Failure:
+    """The :class:`Failure` an error carries (``OTHER`` for one that carries none)."""
+    failure = getattr(error, "failure", None)
+    return failure if isinstance(failure, Failure) else Failure.OTHER
 
 
 class BridgeError(Exception):
@@ -35,6 +67,18 @@ class CommandError(BridgeError):
 
 class OAuthStateError(BridgeError):
     """The OAuth callback carried a state we did not issue, already used, or expired."""
+
+
+class StoreUnavailable(BridgeError):
+    """The database cannot be opened, created or migrated; ``str(err)`` names the path and why."""
+
+
+class Undeliverable(BridgeError):
+    """A message the bridge cannot send for a reason of its own; ``str(err)`` tells the author."""
+
+    def __init__(self, message: str, failure: Failure) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 @dataclass
@@ -82,7 +126,25 @@ class XRateLimited(XError):
 
 
 class XRefused(XError):
-    """A permanent refusal (400, 403, 404…): ``str(err)`` explains it to a person."""
+    """A permanent refusal (400, 403, 404…): ``str(err)`` explains it to a person.
+
+    ``failure`` is what X's error code says when the adapter knows it, else what the status says.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        facts: RateFacts | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        super().__init__(message, status=status, facts=facts)
+        self.failure = failure or _BY_STATUS.get(status or 0, Failure.OTHER)
+
+
+class XMediaUnavailable(XRefused):
+    """X refused a DM because of its attachment: the media id is unknown to X, or expired."""
 
 
 class XAuthExpired(XError):

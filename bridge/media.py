@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Failure
 
 MB = 1024 * 1024
+#: X keeps an uploaded media id for 24 h (NOTES §6); one older than this is uploaded again.
+MEDIA_REUSE_SECONDS = 23 * 3600.0
+#: Uploads of one row begun and never finished (the process died) before its file is given up.
+MAX_UNFINISHED_UPLOADS = 2
 
 DM_IMAGE = "dm_image"
 DM_GIF = "dm_gif"
@@ -64,6 +68,8 @@ class FileUnavailable(BridgeError):
     False when trying again cannot help until someone changes something.
     """
 
+    failure = Failure.FILE_UNUSABLE
+
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
@@ -71,6 +77,48 @@ class FileUnavailable(BridgeError):
 
 class FileTooLarge(FileUnavailable):
     """The download was bigger than the cap it was given (the listed size was wrong or absent)."""
+
+
+class MediaSource(Protocol):
+    """A file's bytes as a stream: ``size`` known up front (X's upload needs it first),
+    read in pieces so no more than a piece is ever held in memory."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end); ``b""`` once everything was read."""
+        ...
+
+
+class BytesSource:
+    """A :class:`MediaSource` over bytes already in memory (small files, tests)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    async def read(self, n: int) -> bytes:
+        piece = self._data[self._at : self._at + n]
+        self._at += len(piece)
+        return bytes(piece)
+
+
+async def read_exactly(source: MediaSource, n: int) -> bytes:
+    """``n`` bytes from ``source`` (fewer only at its end), however it splits them."""
+    pieces: list[bytes] = []
+    wanted = n
+    while wanted > 0:
+        piece = await source.read(wanted)
+        if not piece:
+            break
+        pieces.append(piece)
+        wanted -= len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 @dataclass(frozen=True)

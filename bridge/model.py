@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bridge.errors import RateFacts
+
 # X ids are strings of digits; a conversation id is "a-b" (1-to-1) or 15-19 digits (group).
 X_USER_ID = re.compile(r"^[0-9]{1,19}$")
 X_CONVERSATION_ID = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
@@ -116,6 +118,7 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
 
     @property
     def target(self) -> Target:
@@ -191,6 +194,8 @@ class OutboxItem:
     ref_ts: str = ""  # the Slack message this row is about (reactions go there)
     media: dict[str, Any] | None = None  # a Slack file to attach
     media_id: str | None = None  # X's id for it, once uploaded
+    media_uploaded_at: float | None = None  # when ``media_id`` was obtained (X keeps it 24 h)
+    media_unfinished: int = 0  # uploads begun and never finished: crashes, if it grows
 
 
 @dataclass(frozen=True)
@@ -232,9 +237,21 @@ class DmEvent:
     """A message seen when reading a conversation back (for crash reconciliation)."""
 
     id: str
-    text: str
+    text: str  # as X stores it: every link rewritten to a t.co address
     sender_id: str | None
-    created_at: float | None
+    created_at: float | None  # X's clock
+    links: tuple[tuple[str, str], ...] = ()  # (t.co address, expanded URL), as X reported them
+    media_keys: tuple[str, ...] = ()  # attachments, as X's media keys ("<type>_<media id>")
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a conversation's events, newest first, and what X said about reading it."""
+
+    events: tuple[DmEvent, ...]
+    next_token: str | None  # ask for the next (older) page with this
+    server_time: float | None  # X's clock when it answered (its Date header), if plausible
+    facts: RateFacts = field(default_factory=RateFacts)  # the read window's budget
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from bridge.errors import RateFacts
+from bridge.media import MediaSource
 from bridge.model import (
     Accepted,
     Account,
     AuthorizationRequest,
-    DmEvent,
+    EventPage,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -84,7 +85,24 @@ class Store(Protocol):
         """Give an unrendered row its text; extra parts become rows right behind it."""
         ...
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None: ...
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
+        ...
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
+        ...
+
+    async def end_media_upload(self, item_id: int) -> None:
+        """The upload attempt ended without taking the process down."""
+        ...
+
+    async def drop_media(self, item_id: int) -> None:
+        """Give up the row's file for good; its text (if any) goes alone."""
+        ...
+
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
     ) -> str:
@@ -182,9 +200,16 @@ class XClient(Protocol):
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
     ) -> tuple[Sent, RateFacts]: ...
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]: ...
-    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+    async def event_page(
+        self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
+    ) -> EventPage:
+        """One page of the conversation's message events, newest first (``next_token`` pages back)."""
+        ...
+
+    async def upload_media(self, token: str, media: MediaSource, *, media_type: str, category: str) -> str:
         """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
+
+        ``media`` is read piece by piece into X's chunked upload: memory stays bounded by a chunk.
 
         Raises ``XRefused`` when X refuses or fails to process it, ``XTransient`` when
         processing outlasts the client's media timeout.
@@ -215,9 +240,19 @@ class SlackClient(Protocol):
     async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
     async def display_name(self, team_id: str, user_id: str) -> str: ...
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
-    async def download_file(self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int) -> bytes:
-        """The bytes of a Slack ``files[]`` element, fetched with the bot token.
+    async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
+        """The full ``files[]`` object of a file an event carried only as a stub (``check_file_info``).
 
-        Raises ``bridge.media.FileUnavailable`` (``FileTooLarge`` past ``max_bytes``).
+        Raises ``bridge.media.FileUnavailable`` (``retryable`` when Slack did not answer).
+        """
+        ...
+
+    def open_file(
+        self, team_id: str, file: FileInfo[str, Any], *, max_bytes: int
+    ) -> AbstractAsyncContextManager[MediaSource]:
+        """A Slack ``files[]`` element's bytes as a stream, fetched with the bot token.
+
+        Refuses before reading anything when Slack's size is over ``max_bytes``. Raises
+        ``bridge.media.FileUnavailable`` (``FileTooLarge`` past ``max_bytes``).
         """
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -46,9 +47,11 @@ class Settings:
     x_api_url: str = "https://api.x.com"
     x_authorize_url: str = "https://x.com/i/oauth2/authorize"
     x_token_url: str = "https://api.x.com/2/oauth2/token"
-    x_user_limit_15m: int = 200
-    x_user_limit_24h: int = 1000
-    x_app_limit_24h: int = 15000
+    # None: not set, so X's documented limit is only a starting point that X's headers move
+    # either way; a number: the operator's ceiling, which X's headers may lower but never raise.
+    x_user_limit_15m: int | None = None
+    x_user_limit_24h: int | None = None
+    x_app_limit_24h: int | None = None
     x_timeout_seconds: float = 20.0
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
@@ -78,17 +81,49 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+        self.placeholders: set[str] = set()
 
     def get(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
-        return value or None
+        if not value:
+            return None
+        shown = placeholder(name, value)
+        if shown is not None:
+            if name not in self.placeholders:
+                self.placeholders.add(name)
+                self.problems.append(
+                    f"{name} still holds a placeholder ({shown}) from the README or .env.example: "
+                    "put the real value there"
+                )
+            return None
+        return value
 
     def required(self, name: str, meaning: str) -> str:
         value = self.get(name)
         if value is None:
-            self.problems.append(f"{name} is not set: {meaning}")
+            if name not in self.placeholders:
+                self.problems.append(f"{name} is not set: {meaning}")
             return ""
         return value
+
+    def limit(self, name: str, *, high: int) -> int | None:
+        """A rate-limit ceiling, or None when unset (X's documented figure, moved by its headers)."""
+        if self.get(name) is None:
+            return None
+        return self.integer(name, 1, low=1, high=high)
+
+    def public_url(self) -> str | None:
+        url = self.url("PUBLIC_URL", None)
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+            self.problems.append(
+                f"PUBLIC_URL={url!r} must be https: Slack and X call it from the internet "
+                "(plain http only for localhost or 127.0.0.1)"
+            )
+            return None
+        return url.rstrip("/")
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         raw = self.get(name)
@@ -202,7 +237,7 @@ class _Reader:
         client_id = self.required("X_CLIENT_ID", "the X app's OAuth 2.0 Client ID")
         keys = self.fernet_keys()
         x_api_url = (self.url("X_API_URL", "https://api.x.com") or "https://api.x.com").rstrip("/")
-        public_url = self.url("PUBLIC_URL", None)
+        public_url = self.public_url()
         slack_api_url = self.url("SLACK_API_URL", "https://slack.com/api/") or "https://slack.com/api/"
         settings = Settings(
             signing_secret=signing_secret,
@@ -215,14 +250,14 @@ class _Reader:
             database_url=self.database_url(),
             litestream_replica_url=self.litestream_replica_url(),
             slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
-            public_url=public_url.rstrip("/") if public_url else None,
+            public_url=public_url,
             x_api_url=x_api_url,
             x_authorize_url=self.url("X_AUTHORIZE_URL", "https://x.com/i/oauth2/authorize")
             or "https://x.com/i/oauth2/authorize",
             x_token_url=self.url("X_TOKEN_URL", None) or f"{x_api_url}/2/oauth2/token",
-            x_user_limit_15m=self.integer("X_USER_LIMIT_15M", 200, low=1, high=1_000_000),
-            x_user_limit_24h=self.integer("X_USER_LIMIT_24H", 1000, low=1, high=10_000_000),
-            x_app_limit_24h=self.integer("X_APP_LIMIT_24H", 15000, low=1, high=100_000_000),
+            x_user_limit_15m=self.limit("X_USER_LIMIT_15M", high=1_000_000),
+            x_user_limit_24h=self.limit("X_USER_LIMIT_24H", high=10_000_000),
+            x_app_limit_24h=self.limit("X_APP_LIMIT_24H", high=100_000_000),
             x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
@@ -233,6 +268,35 @@ class _Reader:
         if self.problems:
             raise ConfigError("\n".join(self.problems))
         return settings
+
+
+# What the README, .env.example and app.json show where a real value belongs: an ellipsis,
+# YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix.
+_PLACEHOLDER = re.compile(r"…|\.\.\.|\byour[-_][a-z0-9-]+", re.IGNORECASE)
+_BARE_PREFIXES = {"SLACK_BOT_TOKEN": "xoxb-"}
+_FREE_TEXT = {"RELAY_FORMAT"}  # a person's wording, where "..." may well be meant
+
+
+def placeholder(name: str, value: str) -> str | None:
+    """What gives ``value`` away as a placeholder rather than a real value, or None.
+
+    Only the giveaway is returned, never the value: a secret pasted with a stray "…" stays private.
+    """
+    if name in _FREE_TEXT:
+        return None
+    if value == _BARE_PREFIXES.get(name):
+        return f"only the prefix {value!r}"
+    match = _PLACEHOLDER.search(value)
+    return None if match is None else f"contains {match.group(0)!r}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+=*$")

@@ -208,3 +208,28 @@ def m0003_pending_channels(db: Database) -> None:
         "INSERT OR IGNORE INTO pending_channels (team_id, channel_id) "
         f"SELECT DISTINCT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}"
     )
+
+
+@migrations(name="0005_media_lifetime_and_attempts")
+def m0005_media_lifetime_and_attempts(db: Database) -> None:
+    """X's media ids expire, and an upload must never crash the process twice (issue 11).
+
+    ``media_uploaded_at`` is when ``media_id`` was obtained, so an id older than X's 24 h
+    lifetime is uploaded again instead of being refused. ``media_unfinished`` counts uploads
+    begun and never finished (set before the download starts, cleared when the upload ends
+    either way): one that keeps climbing means the upload takes the process down, and the
+    file is then given up while the message's text still goes.
+    """
+    outbox = db.table("outbox")
+    outbox.add_column("media_uploaded_at", float)
+    outbox.add_column("media_unfinished", int, not_null_default=0)
+
+
+@migrations(name="0009_mapping_participant_username")
+def m0009_mapping_participant_username(db: Database) -> None:
+    """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).
+
+    `/xdm status` names people by handle; X's ids are all a 1-to-1 mapping kept. Null for
+    mappings made before, or from a numeric id: they are shown by id, as before.
+    """
+    db.table("mappings").add_column("participant_username", str)

@@ -130,6 +130,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX idx_seen_events_seen_at ON seen_events (seen_at);
         """,
     ),
+    (
+        # SQLite's 0005 (issue 11): when X's media id was obtained (it expires after 24 h), and
+        # uploads begun and never finished (one that keeps climbing takes the process down).
+        "0002_media_lifetime_and_attempts",
+        """
+        ALTER TABLE outbox ADD COLUMN media_uploaded_at DOUBLE PRECISION;
+        ALTER TABLE outbox ADD COLUMN media_unfinished INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
+        # SQLite's 0009 (issue 10): the X handle of a 1-to-1 mapping's other person.
+        "0003_mapping_participant_username",
+        "ALTER TABLE mappings ADD COLUMN participant_username TEXT;",
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -25,6 +25,7 @@ from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
+from bridge.ports import Clock
 from bridge.settings import Settings
 from tests import pg
 
@@ -184,6 +185,7 @@ async def running_bridge(
     delivery: DeliveryConfig = FAST,
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Bridge]:
     """Start fake X, fake Slack and the bridge; stop them all afterwards."""
     async with AsyncExitStack() as stack:
@@ -199,7 +201,7 @@ async def running_bridge(
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
-        app = create_app(settings, delivery_config=delivery)
+        app = create_app(settings, delivery_config=delivery, clock=clock)
         runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
+import socket
 import sqlite3
 import sys
 import time
@@ -24,8 +27,9 @@ from adapters.ops import admin
 from adapters.store.crypto import generate_key
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, StoreUnavailable
 from bridge.settings import Settings, database_path, database_url, database_url_problem, redacted
+from migrations import migrations
 
 log = logging.getLogger("adapters.ops.cli")
 
@@ -50,20 +54,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from adapters.store.sqlite import DatabaseInUse, single_instance
     from adapters.web.app import create_app
 
+    # Bound before anything else starts: a port in use must not first open the database
+    # and start a delivery worker beside the process that holds the port.
+    sock = _listen(args.host, settings.port)
     guard = contextlib.nullcontext() if settings.database_url else single_instance(settings.database_path)
     try:
         with guard:
-            web.run_app(
-                create_app(settings),
-                host=args.host,
-                port=settings.port,
-                shutdown_timeout=10.0,
-                access_log=None,
-                print=None,
-            )
+            web.run_app(create_app(settings), sock=sock, shutdown_timeout=10.0, access_log=None, print=None)
     except DatabaseInUse as exc:
         print(f"xdm-bridge: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except StoreUnavailable as exc:
+        return _operator_error(str(exc))
     return EXIT_OK
 
 
@@ -81,8 +83,31 @@ def _serve_under_litestream(args: argparse.Namespace, settings: Settings) -> int
         return EXIT_FAILED
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=_family(host), backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            problem = f"PORT={port}: {host}:{port} is already in use (another process listens there)"
+        elif exc.errno == errno.EACCES:
+            problem = f"PORT={port}: not allowed to listen on {host}:{port} (ports below 1024 need root)"
+        else:
+            problem = f"PORT={port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise SystemExit(_operator_error(problem)) from None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _operator_error(problem: str) -> int:
+    """An operator's mistake: one line naming it, exit 2, no traceback."""
+    print(f"xdm-bridge: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending migrations and exit (Procfile ``release:``)."""
+    """Apply pending migrations and exit (`serve` applies them too, as it starts)."""
     setup_logging("INFO", "text")
     url = _database_url()
     if url is not None:
@@ -98,9 +123,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"database {redacted(url)} is up to date")
         return EXIT_OK
     path = database_path()
-    db = open_database(path)
-    db.close()
-    print(f"database {path} is up to date")
+    existed = os.path.exists(path)
+    try:
+        db = open_database(path)
+    except StoreUnavailable as exc:
+        return _operator_error(str(exc))
+    try:
+        version = len(migrations.applied(db))
+    finally:
+        db.close()
+    if existed:
+        print(f"database {path} is up to date (version {version})")
+    else:
+        print(f"created database {path} at version {version}")
     return EXIT_OK
 
 
@@ -286,6 +321,24 @@ def _add_operator_commands(sub: Any) -> None:
     drop_.set_defaults(func=cmd_outbox_drop)
 
 
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    # Here rather than in the sandbox module: building the parser must not import the
+    # sandbox, so that `serve` loads nothing of it.
+    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
+    parser.add_argument(
+        "--open",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open the page in a browser (default: only when run from a terminal)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="how much the bridge logs to stderr (default info)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdm-bridge", description="Relay Slack channel messages into X (Twitter) DM conversations."
@@ -311,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy.set_defaults(func=cmd_copy_db)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
-    from adapters.sandbox import sandbox
-
-    sandbox.add_arguments(sandbox_parser)
+    _sandbox_arguments(sandbox_parser)
     _add_operator_commands(sub)
     return parser
 

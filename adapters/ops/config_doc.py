@@ -83,12 +83,20 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("X_TOKEN_URL", "X's OAuth 2.0 token endpoint", "{X_API_URL}/2/oauth2/token"),
     EnvVar(
         "X_USER_LIMIT_15M",
-        "DM sends per X account per 15 minutes before the bridge holds messages "
-        "(X's headers correct it; the stricter wins)",
-        "200",
+        "a ceiling on DM sends per X account per 15 minutes; X's headers may lower it, never raise it. "
+        "Unset: start from X's documented 15 and follow X's headers either way",
+        None,
     ),
-    EnvVar("X_USER_LIMIT_24H", "DM sends per X account per 24 hours (corrected by X's headers)", "1000"),
-    EnvVar("X_APP_LIMIT_24H", "DM sends per X app per 24 hours (corrected by X's headers)", "15000"),
+    EnvVar(
+        "X_USER_LIMIT_24H",
+        "a ceiling on DM sends per X account per 24 hours (unset: X's documented 1,440, then X's headers)",
+        None,
+    ),
+    EnvVar(
+        "X_APP_LIMIT_24H",
+        "a ceiling on DM sends per X app per 24 hours (unset: X's documented 1,440, then X's headers)",
+        None,
+    ),
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(
         "RELAY_FORMAT",

@@ -8,8 +8,13 @@ bridge talks to (see docs/reference/x-api/NOTES.md):
 * ``/2/users/me`` and ``/2/users/by/username/{username}``;
 * the three DM POST endpoints, DM event listing (``/2/dm_events`` and per conversation),
   lookup and deletion;
-* v2 media upload (one-shot and chunked, with processing status);
-* per-user/per-app DM rate limits with X's headers, and fault injection.
+* v2 media upload (one-shot and chunked, with processing status), media ids that expire;
+* per-user/per-app DM rate limits with X's headers, the read window (``enforce_read_limit``),
+  and fault injection.
+
+Like X, it stores a DM's links as ``t.co`` addresses (the expanded URLs come back in
+``entities.urls``) and dates its answers by its own :attr:`FakeX.clock` (the ``Date`` header),
+which may disagree with the client's.
 
 Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
 every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
@@ -33,12 +38,14 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -62,9 +69,11 @@ __all__ = [
     "RecordedRequest",
     "RefreshToken",
     "TokenGrant",
+    "UrlEntity",
     "XUser",
     "one_to_one_id",
     "run_fake_x",
+    "shorten_links",
 ]
 
 FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"]
@@ -84,6 +93,16 @@ DM_POST_TEMPLATES: frozenset[str] = frozenset(
         "/2/dm_conversations",
         "/2/dm_conversations/with/{participant_id}/messages",
         "/2/dm_conversations/{dm_conversation_id}/messages",
+    }
+)
+
+#: The DM event reads, each with its own per-user 15-minute window (NOTES §4.2: 15 per 15 min).
+DM_READ_TEMPLATES: frozenset[str] = frozenset(
+    {
+        "/2/dm_events",
+        "/2/dm_events/{event_id}",
+        "/2/dm_conversations/{id}/dm_events",
+        "/2/dm_conversations/with/{participant_id}/dm_events",
     }
 )
 
@@ -128,6 +147,18 @@ class Conversation:
     creator_id: str | None = None
 
 
+@dataclass(frozen=True)
+class UrlEntity:
+    """A link X found in a DM's text and replaced with a ``t.co`` address."""
+
+    start: int
+    end: int
+    url: str
+    """The ``t.co`` address, at ``[start, end)`` of the stored text."""
+    expanded_url: str
+    display_url: str
+
+
 @dataclass
 class DmEvent:
     """An accepted Direct Message (``MessageCreate`` event)."""
@@ -136,11 +167,15 @@ class DmEvent:
     conversation_id: str
     sender_id: str
     text: str | None
+    """The text as the sender posted it (what a person reading the DM sees)."""
     media_ids: tuple[str, ...]
     created_at: float
     event_type: str = "MessageCreate"
     deleted: bool = False
     """Set by ``DELETE /2/dm_events/{id}``; deleted events are hidden from the API."""
+    stored_text: str | None = None
+    """What X keeps and answers reads with: every link rewritten to ``t.co``; see :attr:`urls`."""
+    urls: tuple[UrlEntity, ...] = ()
 
 
 @dataclass
@@ -265,6 +300,36 @@ def _iso(ts: float) -> str:
 
 def _csv(value: str | None) -> list[str]:
     return [v for v in (value or "").split(",") if v]
+
+
+# What X's link detection takes for a URL: a scheme, or a bare "www."/domain with a known TLD.
+_LINK = re.compile(
+    r"(?:https?://|www\.)[^\s<>\"]+[^\s<>\".,;:!?)\]'}]"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|dev|co|uk|de)\b(?:/[^\s<>\"]*[^\s<>\".,;:!?)\]'}])?",
+    re.IGNORECASE,
+)
+
+
+def shorten_links(text: str, mint: Callable[[], str]) -> tuple[str, tuple[UrlEntity, ...]]:
+    """Rewrite every link in ``text`` to a ``t.co`` address, as X stores a DM (NOTES §2.6 entities).
+
+    ``expanded_url`` carries a scheme even when the sender wrote a bare domain, as X's does.
+    """
+    out: list[str] = []
+    urls: list[UrlEntity] = []
+    position = 0
+    for match in _LINK.finditer(text):
+        link = match.group(0)
+        short = f"https://t.co/{mint()}"
+        out.append(text[position : match.start()])
+        start = sum(len(piece) for piece in out)
+        out.append(short)
+        expanded = link if re.match(r"https?://", link, re.IGNORECASE) else f"http://{link}"
+        display = re.sub(r"^https?://", "", link, flags=re.IGNORECASE)
+        urls.append(UrlEntity(start, start + len(short), short, expanded, display[:30]))
+        position = match.end()
+    out.append(text[position:])
+    return "".join(out), tuple(urls)
 
 
 # ------------------------------------------------------------------------ responses
@@ -439,7 +504,11 @@ class FakeX:
         self.rate_limit_body: Literal["problem", "code88"] = "problem"
         self.rate_limited_count = 0
         """429s served, both real rate limits and injected ``"429"`` faults."""
+        self.read_limit_15m = 15
+        """Per user and read endpoint, as X documents; ``enforce_read_limit`` makes it bite."""
+        self.enforce_read_limit = False
         self._user_15m: dict[str, _Window] = {}
+        self._reads_15m: dict[str, _Window] = {}
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
 
@@ -657,6 +726,16 @@ class FakeX:
 
         if is_dm_post and not self._consume(user.id):
             return self._finish(request, self._rate_limited(), template, user)
+        read_key = (
+            f"{user.id} {template}" if request.method == "GET" and template in DM_READ_TEMPLATES else None
+        )
+        if read_key is not None:
+            window = self._window(self._reads_15m, read_key, self.window_15m_seconds)
+            if self.enforce_read_limit and window.count >= self.read_limit_15m:
+                return self._finish(
+                    request, self._read_headers(self._rate_limited(), read_key), template, None
+                )
+            window.count += 1
 
         try:
             response = await handler(request)
@@ -666,12 +745,25 @@ class FakeX:
         except Exception as exc:
             self.violations.append(f"{request.method} {path}: FakeX crashed: {exc!r}")
             raise
+        if read_key is not None:
+            self._read_headers(response, read_key)
         response = self._finish(request, response, template, user if is_dm_post else None)
         if fault is not None and fault.kind == "record_then_hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
         elif fault is not None:
             response = await self._drop_connection(request, fault)
+        return response
+
+    def _read_headers(self, response: web.StreamResponse, read_key: str) -> web.StreamResponse:
+        window = self._window(self._reads_15m, read_key, self.window_15m_seconds)
+        response.headers.update(
+            {
+                "x-rate-limit-limit": str(self.read_limit_15m),
+                "x-rate-limit-remaining": str(max(0, self.read_limit_15m - window.count)),
+                "x-rate-limit-reset": str(math.ceil(window.start + self.window_15m_seconds)),
+            }
+        )
         return response
 
     def _finish(
@@ -681,6 +773,8 @@ class FakeX:
         template: str | None,
         rate_user: XUser | None,
     ) -> web.StreamResponse:
+        # X's own clock, which need not agree with the client's (aiohttp would use the real one).
+        response.headers.setdefault("Date", formatdate(self.clock(), usegmt=True))
         if rate_user is not None:
             for key, value in self.rate_limit_headers(rate_user.id).items():
                 response.headers.setdefault(key, value)
@@ -1084,18 +1178,34 @@ class FakeX:
             media_ids.append(media_id)
         return text, tuple(media_ids)
 
-    def _record_message(
-        self, conv: Conversation, sender: XUser, text: str | None, media_ids: tuple[str, ...]
-    ) -> web.Response:
+    def add_message(self, conversation_id: str, sender_id: str, text: str) -> DmEvent:
+        """Record a DM as if ``sender_id`` had sent it from X's own app (no request, no rate limit)."""
+        return self._store_event(self.conversations[conversation_id], sender_id, text, ())
+
+    def _store_event(
+        self, conv: Conversation, sender_id: str, text: str | None, media_ids: tuple[str, ...]
+    ) -> DmEvent:
+        stored, urls = shorten_links(text, self._short_code) if text is not None else (None, ())
         event = DmEvent(
             id=self._new_id(),
             conversation_id=conv.id,
-            sender_id=sender.id,
+            sender_id=sender_id,
             text=text,
             media_ids=media_ids,
             created_at=self.clock(),
+            stored_text=stored,
+            urls=urls,
         )
         self.events.append(event)
+        return event
+
+    def _short_code(self) -> str:
+        return secrets.token_urlsafe(8).replace("-", "a").replace("_", "b")[:10]
+
+    def _record_message(
+        self, conv: Conversation, sender: XUser, text: str | None, media_ids: tuple[str, ...]
+    ) -> web.Response:
+        event = self._store_event(conv, sender.id, text, media_ids)
         return _json(201, {"data": {"dm_conversation_id": conv.id, "dm_event_id": event.id}})
 
     def _one_to_one(self, a: str, b: str) -> Conversation:
@@ -1173,8 +1283,21 @@ class FakeX:
 
     def _event_json(self, event: DmEvent, fields: set[str], expansions: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"id": event.id, "event_type": event.event_type}
-        if event.text is not None:
-            out["text"] = event.text
+        if event.stored_text is not None:
+            out["text"] = event.stored_text
+        if event.urls and "entities" in fields:
+            out["entities"] = {
+                "urls": [
+                    {
+                        "start": u.start,
+                        "end": u.end,
+                        "url": u.url,
+                        "expanded_url": u.expanded_url,
+                        "display_url": u.display_url,
+                    }
+                    for u in event.urls
+                ]
+            }
         if "created_at" in fields:
             out["created_at"] = _iso(event.created_at)
         if "dm_conversation_id" in fields:

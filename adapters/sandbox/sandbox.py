@@ -62,9 +62,10 @@ HOST = "127.0.0.1"
 LABEL = "Simulation — nothing leaves this machine"
 NOT_RELAYED_NOTE = "replies from X are not relayed to Slack yet (two-way relay is a later feature)"
 
-# The simulated world: one workspace, one person, one channel; a few people on X.
+# The simulated world: one workspace, you and two teammates, one channel; a few people on X.
 TEAM_ID, TEAM_NAME = "T0SANDBOX", "Sandbox workspace"
 SLACK_USER_ID, SLACK_USER_NAME = "U0SANDBOX", "You"
+SLACK_PEOPLE = ((SLACK_USER_ID, SLACK_USER_NAME), ("U0ADA", "Ada"), ("U0GRACE", "Grace"))
 CHANNEL_ID, CHANNEL_NAME = "C0SANDBOX", "sandbox"
 BOT_TOKEN = "xoxb-sandbox"
 X_CLIENT_ID = "sandbox-client"
@@ -93,6 +94,25 @@ _TOKEN = re.compile(r"<([^<>\n]+)>|`([^`\n]+)`|\*([^*\n]+)\*")
 def slack_escape(text: str) -> str:
     """Encode typed text the way Slack does in event and command payloads."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# What Slack's composer turns into markup as it sends: a web address, or @name of a member.
+# Trailing punctuation ends a link, as it does in Slack ("see https://x.com." links x.com).
+_TYPED = re.compile(r"(?P<url>\bhttps?://[^\s<>]*[^\s<>.,;:!?)\]'\"])|(?<![\w@])@(?P<name>[\w.\-]*\w)")
+
+
+def slack_markup(text: str, members: Mapping[str, str]) -> str:
+    """Typed text as Slack puts it in a ``message`` event: escaped, links in ``<…>``, and each
+    ``@name`` of a known member (``members``: user id → name) as ``<@Uxxx>``; other text as typed."""
+    ids = {name.lower(): user_id for user_id, name in members.items()}
+
+    def markup(match: re.Match[str]) -> str:
+        if match.group("url"):
+            return f"<{match.group('url')}>"
+        user_id = ids.get(match.group("name").lower())
+        return f"<@{user_id}>" if user_id else match.group(0)
+
+    return _TYPED.sub(markup, slack_escape(text))
 
 
 def _plain(text: str) -> str:
@@ -198,8 +218,9 @@ class Sandbox:
     async def message(self, text: str) -> dict[str, Any]:
         """Post a message in #sandbox: a signed ``message`` event to the bridge."""
         ts = self.sender.new_ts()
-        self._entries.append(_Entry(float(ts), "message", slack_escape(text), only_you=False, ts=ts))
-        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, slack_escape(text), ts=ts)
+        sent = slack_markup(text, dict(SLACK_PEOPLE))
+        self._entries.append(_Entry(float(ts), "message", sent, only_you=False, ts=ts))
+        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, sent, ts=ts)
         if result.status != 200:
             self._note(f"The bridge answered the message event with HTTP {result.status}; Slack would retry.")
         return {"sent": "message", "ts": ts, "status": result.status}
@@ -332,14 +353,14 @@ class Sandbox:
         }
 
     def _channel_items(self) -> list[dict[str, Any]]:
-        users = {SLACK_USER_ID: SLACK_USER_NAME}
+        users = dict(SLACK_PEOPLE)
         items: list[tuple[float, int, dict[str, Any]]] = []
 
-        def add(
-            at: float, kind: str, text: str, *, author: str, only_you: bool, via: str, **more: Any
-        ) -> None:
+        # How each answer reached Slack (ack, response_url, chat.postEphemeral…) is the bridge's
+        # business: Slack shows them all alike, and so does the page.
+        def add(at: float, kind: str, text: str, *, author: str, only_you: bool, **more: Any) -> None:
             parts = text_parts(text, users=users, authorize_url=self.authorize_url)
-            item = {"kind": kind, "author": author, "only_you": only_you, "via": via, "parts": parts}
+            item = {"kind": kind, "author": author, "only_you": only_you, "parts": parts}
             items.append((at, len(items), {**item, **more}))
 
         for entry in self._entries:
@@ -352,16 +373,15 @@ class Sandbox:
                     entry.text,
                     author=SLACK_USER_NAME,
                     only_you=False,
-                    via="message event",
                     ts=entry.ts,
                     reactions=reactions,
                 )
             elif entry.kind == "command":
-                add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you, via="")
+                add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you)
             elif entry.kind == "reply":
-                add(entry.at, "bot", entry.text, author="xdm-bridge", only_you=entry.only_you, via="reply")
+                add(entry.at, "bot", entry.text, author="xdm-bridge", only_you=entry.only_you)
             else:
-                add(entry.at, "note", entry.text, author="Sandbox", only_you=True, via="sandbox")
+                add(entry.at, "note", entry.text, author="Sandbox", only_you=True)
             if entry.response_url is not None:
                 response_id = entry.response_url.rsplit("/", 1)[-1]
                 for index, payload in enumerate(self.slack.responses.get(response_id, [])):
@@ -369,29 +389,13 @@ class Sandbox:
                         continue
                     at = self._response_times.setdefault((response_id, index), time.time())
                     only_you = payload.get("response_type") != "in_channel"
-                    add(
-                        at,
-                        "bot",
-                        str(payload["text"]),
-                        author="xdm-bridge",
-                        only_you=only_you,
-                        via="response_url",
-                    )
+                    add(at, "bot", str(payload["text"]), author="xdm-bridge", only_you=only_you)
         for ephemeral in self.slack.ephemerals(SLACK_USER_ID):
             if ephemeral["channel"] == CHANNEL_ID:
                 at = float(ephemeral["message_ts"])
-                add(
-                    at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True, via="chat.postEphemeral"
-                )
+                add(at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True)
         for post in self.slack.posted(CHANNEL_ID):
-            add(
-                float(post["ts"]),
-                "bot",
-                str(post.get("text", "")),
-                author="xdm-bridge",
-                only_you=False,
-                via="chat.postMessage",
-            )
+            add(float(post["ts"]), "bot", str(post.get("text", "")), author="xdm-bridge", only_you=False)
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
 
@@ -565,7 +569,8 @@ async def running_sandbox(
         slack, slack_url = await stack.enter_async_context(
             run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")
         )
-        slack.add_user(SLACK_USER_ID, display_name=SLACK_USER_NAME, real_name=SLACK_USER_NAME)
+        for user_id, name in SLACK_PEOPLE:
+            slack.add_user(user_id, display_name=name, real_name=name)
         slack.add_channel(CHANNEL_ID, CHANNEL_NAME)
 
         bridge_socket = stack.enter_context(_loopback_socket())
@@ -600,22 +605,6 @@ async def running_sandbox(
 
 
 # ------------------------------------------------------------------------------ the CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8000, help="port of the sandbox page (default 8000)")
-    parser.add_argument(
-        "--open",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="open the page in a browser (default: only when run from a terminal)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="how much the bridge logs to stderr (default info)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -671,7 +660,6 @@ __all__ = [
     "LABEL",
     "Sandbox",
     "SandboxError",
-    "add_arguments",
     "page_app",
     "run",
     "running_sandbox",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import IO, Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -17,7 +19,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bridge.media import FileTooLarge, FileUnavailable, file_name, human_size
+from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 
 log = logging.getLogger("adapters.slack.api")
 
@@ -25,6 +27,10 @@ NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
+# files.info errors worth trying again later (Slack's own words for "not now").
+SLACK_TRANSIENT = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "request_timeout", "service_unavailable"}
+)
 
 
 def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
@@ -102,44 +108,75 @@ class SlackApi:
             log.warning("response_url refused the reply", extra={"status": response.status_code})
 
     async def download_file(self, team_id: str, file: Mapping[str, Any], *, max_bytes: int) -> bytes:
-        """The bytes of a Slack file, fetched from ``url_private_download`` with the bot token.
+        """The whole file in memory: for small files only (see :meth:`open_file`)."""
+        async with self.open_file(team_id, file, max_bytes=max_bytes) as source:
+            return await read_exactly(source, source.size)
+
+    async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
+        """``files.info``'s file object, for an event that carried only a stub (``check_file_info``)."""
+        try:
+            response = await self._client.files_info(file=file_id)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            raise FileUnavailable(
+                f"{file_id}: Slack's files.info said {error}", retryable=error in SLACK_TRANSIENT
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FileUnavailable(f"{file_id}: Slack did not answer files.info", retryable=True) from exc
+        info = response.get("file")
+        if not isinstance(info, dict):
+            raise FileUnavailable(f"{file_id}: Slack's files.info had no file in it")
+        return dict(info)
+
+    @contextlib.asynccontextmanager
+    async def open_file(
+        self, team_id: str, file: Mapping[str, Any], *, max_bytes: int
+    ) -> AsyncIterator[MediaSource]:
+        """A Slack file as a stream, from ``url_private_download`` with the bot token.
 
         Falls back to ``url_private``, then to ``files.info`` when the event carried no URL.
-        Raises ``FileUnavailable`` (``retryable`` for no answer or a 5xx): an HTML answer
-        means the bot token cannot read the file (``files:read`` missing, or no access);
-        more than ``max_bytes`` raises ``FileTooLarge`` without reading the rest.
+        A listed size or a ``Content-Length`` over ``max_bytes`` raises ``FileTooLarge``
+        before the body is read. With neither (a chunked answer) the file is spooled to a
+        temporary file on disk, never to memory, so X can be told its size first.
+        Raises ``FileUnavailable`` (``retryable`` for no answer or a 5xx); an HTML answer
+        means the bot token cannot read the file (``files:read`` missing, or no access).
         """
         name = file_name(file)
+        listed = file.get("size")
+        if isinstance(listed, int) and not isinstance(listed, bool) and listed > max_bytes:
+            raise FileTooLarge(f"{name} is {human_size(listed)}; the limit for it is {human_size(max_bytes)}")
         url = await self._file_url(file)
         token = self._client.token
         if not token:
             raise FileUnavailable(f"{name}: the bridge has no Slack bot token to download it with")
-        try:
-            async with self._session.get(
-                url, headers={"Authorization": f"Bearer {token}"}, timeout=DOWNLOAD_TIMEOUT
-            ) as response:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    self._session.get(
+                        url, headers={"Authorization": f"Bearer {token}"}, timeout=DOWNLOAD_TIMEOUT
+                    )
+                )
                 self._check_download(name, file, response, max_bytes)
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                    body.extend(chunk)
-                    if len(body) > max_bytes:
-                        raise FileTooLarge(f"{name} is over {human_size(max_bytes)}, the limit for it")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FileUnavailable(
-                f"{name}: Slack did not deliver the file ({type(exc).__name__})", retryable=True
-            ) from exc
-        return bytes(body)
+                source: MediaSource
+                if response.content_length is not None:
+                    source = _StreamSource(name, response.content, response.content_length)
+                else:
+                    spool = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by the stack)
+                    source = await _spool(name, response.content, spool, max_bytes)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise FileUnavailable(
+                    f"{name}: Slack did not deliver the file ({type(exc).__name__})", retryable=True
+                ) from exc
+            yield source
 
     async def _file_url(self, file: Mapping[str, Any]) -> str:
         url = file.get("url_private_download") or file.get("url_private")
         if not url and file.get("id"):
             # Events may carry only the file id (file_access: check_file_info).
             try:
-                response = await self._client.files_info(file=str(file["id"]))
-            except SlackApiError as exc:
-                error = exc.response.get("error")
-                raise FileUnavailable(f"{file_name(file)}: Slack's files.info said {error}") from exc
-            info = response.get("file") or {}
+                info = await self.file_info("", str(file["id"]))
+            except FileUnavailable as exc:
+                raise FileUnavailable(f"{file_name(file)}: {exc}", retryable=exc.retryable) from exc
             url = info.get("url_private_download") or info.get("url_private")
         if not url:
             raise FileUnavailable(f"{file_name(file)}: Slack gave no download link for it")
@@ -162,3 +199,57 @@ class SlackApi:
         if response.content_length is not None and response.content_length > max_bytes:
             size = human_size(response.content_length)
             raise FileTooLarge(f"{name} is {size}; the limit for it is {human_size(max_bytes)}")
+
+
+class _StreamSource:
+    """The body of Slack's answer, read as X's upload asks for it (aiohttp buffers a little)."""
+
+    def __init__(self, name: str, content: aiohttp.StreamReader, size: int) -> None:
+        self._name = name
+        self._content = content
+        self._size = size
+        self._left = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, n: int) -> bytes:
+        if self._left <= 0:
+            return b""
+        try:
+            piece = await self._content.read(min(n, self._left))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FileUnavailable(
+                f"{self._name}: Slack's download broke off ({type(exc).__name__})", retryable=True
+            ) from exc
+        if not piece:
+            raise FileUnavailable(f"{self._name}: Slack's download ended early", retryable=True)
+        self._left -= len(piece)
+        return piece
+
+
+class _FileSource:
+    """A file spooled to disk."""
+
+    def __init__(self, spool: IO[bytes], size: int) -> None:
+        self._spool = spool
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, n: int) -> bytes:
+        return self._spool.read(n)
+
+
+async def _spool(name: str, content: aiohttp.StreamReader, spool: IO[bytes], max_bytes: int) -> MediaSource:
+    size = 0
+    async for chunk in content.iter_chunked(DOWNLOAD_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileTooLarge(f"{name} is over {human_size(max_bytes)}, the limit for it")
+        spool.write(chunk)
+    spool.seek(0)
+    return _FileSource(spool, size)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.commands import CommandContext, CommandService
@@ -23,6 +24,22 @@ from bridge.relay import Relay
 log = logging.getLogger("adapters.slack.app")
 
 Spawn = Callable[[Awaitable[None], str], None]
+
+
+class _ClientWinsNotice(logging.Filter):
+    """Drops Bolt's "As you gave `client` as well, `token` will be unused" on every start.
+
+    Bolt reads ``SLACK_BOT_TOKEN`` from the environment by itself, even when given a client,
+    and there is no argument that stops it. The client we give it carries the token Settings
+    read from that same variable, so the notice tells an operator nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+BOLT_LOG = logging.getLogger("adapters.slack.app.bolt")
+BOLT_LOG.addFilter(_ClientWinsNotice())
 
 # Events the manifest subscribes to besides messages; acknowledged so Slack does not retry them.
 QUIET_EVENTS = ("member_joined_channel", "member_left_channel", "app_uninstalled", "tokens_revoked")
@@ -112,7 +129,7 @@ def build_bolt_app(
         client=client,
         process_before_response=True,
         raise_error_for_unhandled_request=False,
-        logger=logging.getLogger("adapters.slack.app.bolt"),
+        logger=BOLT_LOG,
     )
 
     @app.event("message")

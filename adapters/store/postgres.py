@@ -240,8 +240,8 @@ class PostgresStore:
         status = await self._execute(
             """
             INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                  participant_id, created_by, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
+                                  participant_id, created_by, created_at, participant_username)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING
             """,
             mapping.team_id,
             mapping.channel_id,
@@ -251,6 +251,7 @@ class PostgresStore:
             mapping.participant_id,
             mapping.created_by,
             mapping.created_at,
+            mapping.participant_username,
         )
         return mapping if status == "INSERT 0 1" else None
 
@@ -450,8 +451,30 @@ class PostgresStore:
                 ],
             )
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None:
-        await self._execute("UPDATE outbox SET media_id = $1 WHERE id = $2", media_id, item_id)
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._execute(
+            "UPDATE outbox SET media_id = $1, media_uploaded_at = $2, media_unfinished = 0 WHERE id = $3",
+            media_id,
+            uploaded_at,
+            item_id,
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._execute(
+            "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = $1", item_id
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._execute("UPDATE outbox SET media_unfinished = 0 WHERE id = $1", item_id)
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._execute(
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = $1",
+            item_id,
+        )
 
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float

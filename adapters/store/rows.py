@@ -23,6 +23,7 @@ class Row(Protocol):
     """A database row by column name: a dict from sqlite-utils, a Record from asyncpg."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+    def get(self, key: str, /) -> Any: ...
 
 
 def account(row: Row, cipher: TokenCipher) -> Account:
@@ -62,6 +63,7 @@ def mapping(row: Row) -> Mapping:
         participant_id=row["participant_id"],
         created_by=row["created_by"] or "",
         created_at=row["created_at"] or 0.0,
+        participant_username=row.get("participant_username"),
     )
 
 
@@ -95,6 +97,8 @@ def item(row: Row) -> OutboxItem:
         ref_ts=row["ref_ts"] or row["slack_ts"],
         media=json.loads(row["media"]) if row["media"] else None,
         media_id=row["media_id"],
+        media_uploaded_at=row.get("media_uploaded_at"),
+        media_unfinished=row.get("media_unfinished") or 0,
     )
 
 

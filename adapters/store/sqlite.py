@@ -25,6 +25,7 @@ from sqlite_utils import Database
 
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
@@ -50,7 +51,31 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is
 
 
 def open_database(path: str) -> Database:
-    """Open (creating if needed), set the pragmas every connection needs, apply migrations."""
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations.
+
+    Raises ``StoreUnavailable`` naming what is wrong with ``path`` when it cannot.
+    """
+    try:
+        return _open_database(path)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"DATABASE_PATH={path!r}: {_why_unusable(path, exc)}") from exc
+
+
+def _why_unusable(path: str, exc: sqlite3.Error) -> str:
+    """The operator's view of a failed open: which folder or file is the problem."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "is a folder; it must name a file inside one"
+    if not os.path.exists(folder):
+        return f"the folder {folder} does not exist (create it, or point at a persistent disk)"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"cannot write in {folder} (check its permissions, or that the disk is not read-only)"
+    return f"cannot open or update the database: {exc}"
+
+
+def _open_database(path: str) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 5000")
@@ -317,8 +342,8 @@ class SqliteStore:
                 cursor = self.db.execute(
                     """
                     INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                                          participant_id, created_by, created_at, participant_username)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                     """,
                     [
                         mapping.team_id,
@@ -329,6 +354,7 @@ class SqliteStore:
                         mapping.participant_id,
                         mapping.created_by,
                         mapping.created_at,
+                        mapping.participant_username,
                     ],
                 )
             return mapping if cursor.rowcount == 1 else None
@@ -517,8 +543,30 @@ class SqliteStore:
                 [index, len(parts), part.text, _json_or_none(part.media), item_id],
             )
 
-    async def set_media_id(self, item_id: int, media_id: str) -> None:
-        await self._call(self._update, "UPDATE outbox SET media_id = ? WHERE id = ?", [media_id, item_id])
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media_id = ?, media_uploaded_at = ?, media_unfinished = 0 WHERE id = ?",
+            [media_id, uploaded_at, item_id],
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._call(
+            self._update, "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = ?", [item_id]
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET media_unfinished = 0 WHERE id = ?", [item_id])
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._call(
+            self._update,
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = ?",
+            [item_id],
+        )
 
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float

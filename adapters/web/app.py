@@ -40,6 +40,7 @@ from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthStateError
 from bridge.model import Account
+from bridge.ports import Clock
 from bridge.relay import Relay
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
@@ -101,12 +102,19 @@ SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
-def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = None) -> web.Application:
-    """The bridge's web application; resources start with the app and stop with it."""
+def create_app(
+    settings: Settings, *, delivery_config: DeliveryConfig | None = None, clock: Clock | None = None
+) -> web.Application:
+    """The bridge's web application; resources start with the app and stop with it.
+
+    ``clock`` is for tests that need time to pass (X's 24-hour media lifetime, say).
+    """
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[CLOCK] = clock or SystemClock()
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
@@ -119,7 +127,7 @@ def create_app(settings: Settings, *, delivery_config: DeliveryConfig | None = N
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    clock = SystemClock()
+    clock = app[CLOCK]
     store = make_store(settings)
     await store.open()
     metrics = app[METRICS]
@@ -158,7 +166,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         def make_delivery() -> Delivery:
             delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
-            delivery.on_event = metrics.delivery_hook(store.get_item)
+            delivery.on_event = metrics.delivery_hook()
+            delivery.on_failed = metrics.failure_hook()
             return delivery
 
         worker = _worker(store, make_delivery, budget, app[DELIVERY_CONFIG])

@@ -18,8 +18,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from adapters.x.api import REFUSAL_CODES
 from bridge.budget import Budget
+from bridge.errors import Failure
 from bridge.model import OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
 
@@ -29,40 +29,12 @@ log = logging.getLogger("adapters.web.metrics")
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 
-# Failure reasons, kept few so the label stays low-cardinality.
-_REFUSALS = {
-    REFUSAL_CODES[349]: "recipient_refuses_dms",
-    REFUSAL_CODES[150]: "recipient_refuses_dms",
-    REFUSAL_CODES[476]: "recipient_refuses_dms",
-    REFUSAL_CODES[226]: "spam_filter",
-    REFUSAL_CODES[151]: "duplicate",
-    REFUSAL_CODES[354]: "too_long",
-    REFUSAL_CODES[93]: "app_not_permitted",
-}
-_BY_PHRASE = (
-    ("was disconnected", "account_disconnected"),
-    ("no text to send", "empty_message"),
-    ("dropped by operator", "dropped"),
-    ("(HTTP 403)", "forbidden"),
-    ("(HTTP 404)", "not_found"),
-    ("(HTTP 400)", "bad_request"),
-)
-FAILURE_REASONS = (*sorted(set(_REFUSALS.values())), *(r for _, r in _BY_PHRASE), "other")
+# Failure reasons come typed from the core (bridge.errors.Failure), kept few so the label stays
+# low-cardinality; every one is exported from the start, at 0.
+FAILURE_REASONS = tuple(f.value for f in Failure)
 
 _ID_SEGMENT = re.compile(r"(?<=.)/[0-9][0-9-]*(?=/|$)")  # not the leading /2 (the API version)
 _USERNAME = re.compile(r"/by/username/[^/]+")
-
-
-def failure_reason(error: str | None) -> str:
-    """A short label for why X refused a message, from the row's ``last_error``."""
-    text = error or ""
-    for phrase, reason in _REFUSALS.items():
-        if phrase in text:
-            return reason
-    for phrase, reason in _BY_PHRASE:
-        if phrase in text:
-            return reason
-    return "other"
 
 
 def x_endpoint(path: str) -> str:
@@ -75,9 +47,6 @@ def worker_state(heartbeat: float, now: float, uptime: float, stale_after: float
     if heartbeat:
         return "ok" if now - heartbeat <= stale_after else "stale"
     return "starting" if uptime <= stale_after else "stale"
-
-
-ItemLookup = Callable[[int], Awaitable[OutboxItem | None]]
 
 
 class BridgeMetrics:
@@ -138,23 +107,23 @@ class BridgeMetrics:
     def message_accepted(self, message: object) -> None:
         self.accepted.inc()
 
-    def delivery_hook(self, lookup: ItemLookup) -> Callable[[str, OutboxItem], Awaitable[None]]:
-        """``Delivery.on_event``; ``lookup`` re-reads a failed row for the reason just recorded."""
+    def delivery_hook(self) -> Callable[[str, OutboxItem], Awaitable[None]]:
+        """``Delivery.on_event``: counts relayed messages."""
 
         async def on_event(kind: str, item: OutboxItem) -> None:
-            # Runs inside the worker's delivery of ``item``: it must never raise into it.
-            try:
-                if kind == "sent":
-                    # Corrections and deletions are not messages; a split message counts at its last part.
-                    if item.kind is OutboxKind.MESSAGE and item.part >= item.parts_total - 1:
-                        self.relayed.inc()
-                elif kind == "failed":
-                    current = await lookup(item.id)
-                    self.failed.labels(failure_reason(current.last_error if current else None)).inc()
-            except Exception:
-                log.exception("metrics: could not count a delivery event", extra={"outbox_id": item.id})
+            # Corrections and deletions are not messages; a split message counts at its last part.
+            if kind == "sent" and item.kind is OutboxKind.MESSAGE and item.part >= item.parts_total - 1:
+                self.relayed.inc()
 
         return on_event
+
+    def failure_hook(self) -> Callable[[OutboxItem, Failure], Awaitable[None]]:
+        """``Delivery.on_failed``: counts rows X will never get, by their typed reason."""
+
+        async def on_failed(item: OutboxItem, failure: Failure) -> None:
+            self.failed.labels(failure.value).inc()
+
+        return on_failed
 
     # -- gauges, at scrape time ----------------------------------------------------
 

@@ -12,14 +12,24 @@ import io
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
-from bridge.model import DmEvent, Sent, Target, XUser
+from bridge.errors import (
+    Failure,
+    RateFacts,
+    XAuthExpired,
+    XMediaUnavailable,
+    XRateLimited,
+    XRefused,
+    XTransient,
+)
+from bridge.media import BytesSource, MediaSource, read_exactly
+from bridge.model import DmEvent, EventPage, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x.api")
 
@@ -35,6 +45,15 @@ REFUSAL_CODES = {
     354: "the message is longer than X allows",
     93: "the X app is not allowed to send Direct Messages",
     476: "the recipient only accepts DMs from verified accounts",
+}
+REFUSAL_FAILURES = {
+    349: Failure.RECIPIENT_REFUSES_DMS,
+    150: Failure.RECIPIENT_REFUSES_DMS,
+    476: Failure.RECIPIENT_REFUSES_DMS,
+    226: Failure.SPAM_FILTER,
+    151: Failure.DUPLICATE,
+    354: Failure.TOO_LONG,
+    93: Failure.APP_NOT_PERMITTED,
 }
 
 
@@ -76,6 +95,16 @@ def latest_reset(facts: RateFacts, now: float) -> float:
         resets.append(facts.window_reset)
     later = [r for r in resets if r > now]
     return max(later) if later else now + 60.0
+
+
+def error_code(payload: Any) -> int | None:
+    """The legacy ``errors[0].code`` of an error answer, if it has one."""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        code = errors[0].get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    return None
 
 
 def describe_error(status: int, payload: Any) -> str:
@@ -176,7 +205,8 @@ class XApiClient:
             raise XRateLimited(f"X rate limit: {reason}", reset_at=reset_at, facts=facts)
         if status >= 500 or status == 408:
             raise XTransient(f"X failed with HTTP {status}: {reason}", status=status, facts=facts)
-        raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts)
+        failure = REFUSAL_FAILURES.get(error_code(payload) or 0)
+        raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts, failure=failure)
 
     @staticmethod
     def _sent(payload: Any) -> Sent:
@@ -219,6 +249,14 @@ class XApiClient:
         if not body:
             raise ValueError("a DM needs text or a media_id")
         status, headers, payload = await self._call("POST", path, token, body=body)
+        if media_id is not None and status == 400 and _about_media(payload):
+            reason = describe_error(status, payload)
+            raise XMediaUnavailable(
+                f"X refused the attachment: {reason}",
+                status=status,
+                facts=rate_facts(headers),
+                failure=Failure.FILE_UNUSABLE,
+            )
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
@@ -234,7 +272,14 @@ class XApiClient:
         facts = self._raise_for(status, headers, payload)
         return self._sent(payload), facts
 
-    async def recent_events(self, token: str, target: Target, max_results: int = 50) -> list[DmEvent]:
+    async def event_page(
+        self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
+    ) -> EventPage:
+        """One page of a conversation's ``MessageCreate`` events, newest first.
+
+        Links come back as X stores them (``t.co``) with the expanded URLs from the events'
+        entities; ``server_time`` is X's ``Date`` header, so callers can judge times by X's clock.
+        """
         if target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
@@ -242,40 +287,46 @@ class XApiClient:
         params = {
             "max_results": str(max_results),
             "event_types": "MessageCreate",
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
             "expansions": "sender_id",
         }
+        if pagination_token is not None:
+            params["pagination_token"] = pagination_token
         status, headers, payload = await self._call("GET", path, token, params=params)
-        self._raise_for(status, headers, payload)
+        facts = self._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
-        events = []
-        for raw in data if isinstance(data, list) else []:
-            if isinstance(raw, dict) and "id" in raw:
-                events.append(
-                    DmEvent(
-                        id=str(raw["id"]),
-                        text=str(raw.get("text", "")),
-                        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-                        created_at=_parse_time(raw.get("created_at")),
-                    )
-                )
-        return events
+        events = tuple(_event(raw) for raw in (data if isinstance(data, list) else []) if _is_event(raw))
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        next_token = meta.get("next_token") if isinstance(meta, dict) else None
+        return EventPage(
+            events=events,
+            next_token=next_token if isinstance(next_token, str) and next_token else None,
+            server_time=_http_date(headers.get("Date")),
+            facts=facts,
+        )
 
-    async def upload_media(self, token: str, data: bytes, *, media_type: str, category: str) -> str:
+    async def upload_media(
+        self, token: str, media: MediaSource | bytes, *, media_type: str, category: str
+    ) -> str:
         """Upload DM media and return its ``media_id`` once X can attach it (usable for 24 h).
 
-        ``dm_image`` goes as one multipart ``POST /2/media/upload``; ``dm_gif`` and ``dm_video``
-        go through initialize / append (chunks of at most ``chunk_bytes``) / finalize, then
-        ``STATUS`` is polled as X's ``check_after_secs`` says. Processing that fails raises
-        ``XRefused`` with X's reason; still unfinished after ``media_timeout`` seconds raises
-        ``XTransient``. HTTP failures map as for every call (401, 429, 4xx, 5xx).
+        ``dm_image`` (at most 5 MB) goes as one multipart ``POST /2/media/upload``; ``dm_gif``
+        and ``dm_video`` go through initialize (with the size) / append / finalize, each append
+        read from ``media`` as it is sent, so memory holds one chunk (``chunk_bytes``, more
+        only when 1,000 segments need it), never the file. ``STATUS`` is then polled as X's
+        ``check_after_secs`` says. Processing that fails raises ``XRefused`` with X's reason;
+        still unfinished after ``media_timeout`` seconds raises ``XTransient``. HTTP failures
+        map as for every call (401, 429, 4xx, 5xx).
         """
-        if not data:
+        source = BytesSource(media) if isinstance(media, bytes) else media
+        if source.size <= 0:
             raise ValueError("cannot upload empty media")
         if category == "dm_image":
-            payload = await self._upload_one_shot(token, data, media_type, category)
+            payload = await self._upload_one_shot(
+                token, await read_exactly(source, source.size), media_type, category
+            )
         else:
-            payload = await self._upload_chunked(token, data, media_type, category)
+            payload = await self._upload_chunked(token, source, media_type, category)
         media_id = _media_id(payload)
         await self._await_processing(token, media_id, category, payload)
         return media_id
@@ -289,24 +340,32 @@ class XApiClient:
         self._raise_for(status, headers, payload)
         return payload
 
-    async def _upload_chunked(self, token: str, data: bytes, media_type: str, category: str) -> Any:
-        init = {"media_type": media_type, "total_bytes": len(data), "media_category": category}
+    async def _upload_chunked(self, token: str, source: MediaSource, media_type: str, category: str) -> Any:
+        total = source.size
+        init = {"media_type": media_type, "total_bytes": total, "media_category": category}
         status, headers, payload = await self._call("POST", "/2/media/upload/initialize", token, body=init)
         self._raise_for(status, headers, payload)
         media_id = _media_id(payload)
-        chunk = max(self._chunk_bytes, -(-len(data) // MAX_SEGMENTS))
-        for index, start in enumerate(range(0, len(data), chunk)):
+        chunk = max(self._chunk_bytes, -(-total // MAX_SEGMENTS))
+        sent = 0
+        for index in range(MAX_SEGMENTS):
+            if sent >= total:
+                break
+            piece = await read_exactly(source, min(chunk, total - sent))
+            if not piece:
+                break
+            sent += len(piece)
             form = aiohttp.FormData()
             form.add_field(
-                "media",
-                io.BytesIO(data[start : start + chunk]),
-                filename="chunk",
-                content_type="application/octet-stream",
+                "media", io.BytesIO(piece), filename="chunk", content_type="application/octet-stream"
             )
             form.add_field("segment_index", str(index))
+            del piece  # the form holds the only reference: one chunk in memory at a time
             path = f"/2/media/upload/{media_id}/append"
             status, headers, payload = await self._call("POST", path, token, form=form)
             self._raise_for(status, headers, payload)
+        if sent != total:
+            raise XTransient(f"the file gave {sent} bytes of the {total} announced to X")
         path = f"/2/media/upload/{media_id}/finalize"
         status, headers, payload = await self._call("POST", path, token)
         self._raise_for(status, headers, payload)
@@ -318,7 +377,8 @@ class XApiClient:
         while info is not None and info.get("state") != "succeeded":
             if info.get("state") == "failed":
                 kind = MEDIA_WORDS.get(category, "media")
-                raise XRefused(f"X could not process the {kind}: {_processing_error(info)}")
+                reason = _processing_error(info)
+                raise XRefused(f"X could not process the {kind}: {reason}", failure=Failure.FILE_UNUSABLE)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise XTransient(
@@ -359,7 +419,7 @@ def _media_id(payload: Any) -> str:
     if isinstance(data, dict) and isinstance(data.get("id"), str | int):
         return str(data["id"])
     if isinstance(payload, dict) and payload.get("errors"):
-        raise XRefused(f"X refused the media: {describe_error(200, payload)}")
+        raise XRefused(f"X refused the media: {describe_error(200, payload)}", failure=Failure.FILE_UNUSABLE)
     raise XTransient("X's media answer had no media id")
 
 
@@ -390,6 +450,66 @@ def _only_not_found(payload: Any) -> bool:
             isinstance(e, dict) and str(e.get("type", "")).endswith("/resource-not-found") for e in errors
         )
     )
+
+
+def _about_media(payload: Any) -> bool:
+    """Whether a 400 names the attachment (its ``parameter``, or a message about media)."""
+    if not isinstance(payload, dict):
+        return False
+    problems = [payload, *(e for e in payload.get("errors") or [] if isinstance(e, dict))]
+    for problem in problems:
+        if str(problem.get("parameter") or "") in ("media_id", "attachments", "attachments.media_id"):
+            return True
+        words = f"{problem.get('detail') or ''} {problem.get('message') or ''}".lower()
+        if "media" in words or "attachment" in words:
+            return True
+    return False
+
+
+def _is_event(raw: Any) -> bool:
+    return isinstance(raw, dict) and isinstance(raw.get("id"), str | int)
+
+
+def _event(raw: dict[str, Any]) -> DmEvent:
+    links: list[tuple[str, str]] = []
+    entities = raw.get("entities")
+    urls = entities.get("urls") if isinstance(entities, dict) else None
+    for url in urls if isinstance(urls, list) else []:
+        if (
+            isinstance(url, dict)
+            and isinstance(url.get("url"), str)
+            and isinstance(url.get("expanded_url"), str)
+        ):
+            links.append((url["url"], url["expanded_url"]))
+    attachments = raw.get("attachments")
+    keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
+    return DmEvent(
+        id=str(raw["id"]),
+        text=str(raw.get("text", "")),
+        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+        created_at=_parse_time(raw.get("created_at")),
+        links=tuple(links),
+        media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
+    )
+
+
+# X's clock is trusted only within these years; anything else is a broken header.
+_PLAUSIBLE_DATES = (
+    datetime(2000, 1, 1, tzinfo=UTC).timestamp(),
+    datetime(2200, 1, 1, tzinfo=UTC).timestamp(),
+)
+
+
+def _http_date(raw: str | None) -> float | None:
+    """An HTTP ``Date`` header as epoch seconds; None when absent or not a plausible date."""
+    if not raw:
+        return None
+    try:
+        when = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    low, high = _PLAUSIBLE_DATES
+    return when if low <= when < high else None
 
 
 def _user(payload: Any) -> XUser | None:

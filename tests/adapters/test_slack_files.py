@@ -106,3 +106,34 @@ async def test_too_big_without_content_length_stops_while_streaming(
     with pytest.raises(FileTooLarge, match=re.escape("long.mp4 is over 1 MB, the limit for it")):
         await env.slack().download_file(TEAM, file, max_bytes=1024 * 1024)
     assert await env.slack().download_file(TEAM, file, max_bytes=4 * 1024 * 1024) == b"v" * 4 * 1024 * 1024
+
+
+async def test_listed_size_over_the_cap_is_refused_before_any_download(env: Env) -> None:
+    file = env.fake.add_file("F8", name="huge.mp4", mimetype="video/mp4", filetype="mp4", content=b"v" * 10)
+    with pytest.raises(FileTooLarge, match=re.escape("huge.mp4 is 600 MB; the limit for it is 512 MB")):
+        async with env.slack().open_file(
+            TEAM, {**file, "size": 600 * 1024 * 1024}, max_bytes=512 * 1024 * 1024
+        ):
+            pass
+    assert env.fake.downloads == []
+
+
+async def test_open_file_streams_with_the_size_up_front(env: Env) -> None:
+    content = os.urandom(1_500_000)
+    file = env.fake.add_file("F9", name="clip.mp4", mimetype="video/mp4", filetype="mp4", content=content)
+    async with env.slack().open_file(TEAM, file, max_bytes=2 * 1024 * 1024) as source:
+        assert source.size == len(content)
+        pieces = []
+        while piece := await source.read(64 * 1024):
+            assert len(piece) <= 64 * 1024
+            pieces.append(piece)
+    assert b"".join(pieces) == content
+
+
+async def test_file_info_resolves_a_stub_and_says_why_not(env: Env) -> None:
+    env.fake.add_file("F10", name="stub.png", mimetype="image/png", filetype="png", content=b"png")
+    info = await env.slack().file_info(TEAM, "F10")
+    assert info["name"] == "stub.png" and info["mimetype"] == "image/png" and info["size"] == 3
+    with pytest.raises(FileUnavailable, match="file_not_found") as caught:
+        await env.slack().file_info(TEAM, "F404")
+    assert not caught.value.retryable

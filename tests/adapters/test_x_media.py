@@ -13,7 +13,7 @@ import pytest
 
 from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
 from adapters.x.api import XApiClient
-from bridge.errors import XAuthExpired, XRefused, XTransient
+from bridge.errors import XAuthExpired, XMediaUnavailable, XRefused, XTransient
 from bridge.media import MB, MediaPlan, SkippedFile, plan_media
 from bridge.model import Target
 
@@ -170,3 +170,59 @@ async def test_delete_of_someone_elses_event_is_refused(env: Env) -> None:
     with pytest.raises(XRefused, match="HTTP 403"):
         await env.x.delete_event(env.token, sent.dm_event_id)
     assert not env.fake.events[-1].deleted
+
+
+class CountingSource:
+    """A MediaSource that records how much was asked of it at once, like a Slack stream."""
+
+    def __init__(self, data: bytes, piece: int = 100_000) -> None:
+        self.data = data
+        self.at = 0
+        self.piece = piece  # a network stream hands out less than asked
+        self.largest_ask = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def read(self, n: int) -> bytes:
+        self.largest_ask = max(self.largest_ask, n)
+        piece = self.data[self.at : self.at + min(n, self.piece)]
+        self.at += len(piece)
+        return piece
+
+
+async def test_chunked_upload_reads_the_source_a_chunk_at_a_time(env: Env) -> None:
+    data = os.urandom(3 * MB + 17)
+    source = CountingSource(data)
+    x = env.client(chunk_bytes=MB)
+    media_id = await x.upload_media(env.token, source, media_type="video/mp4", category="dm_video")
+    assert env.fake.media[media_id].data == data
+    assert source.largest_ask <= MB  # never more than one chunk asked of the stream
+    init = next(r for r in env.fake.all_requests if r.path.endswith("/initialize"))
+    assert init.json is not None and init.json["total_bytes"] == len(data)  # size told before any byte
+    assert len(env.requests("POST", "/append")) == 4
+
+
+async def test_a_source_shorter_than_announced_is_not_finalized(env: Env) -> None:
+    class Short(CountingSource):
+        @property
+        def size(self) -> int:
+            return len(self.data) + 10
+
+    with pytest.raises(XTransient, match="bytes of the"):
+        await env.x.upload_media(env.token, Short(gif(5000)), media_type="image/gif", category="dm_gif")
+    assert env.requests("POST", "/finalize") == []
+
+
+async def test_an_expired_media_id_is_told_apart_from_other_refusals(env: Env) -> None:
+    media_id = await env.x.upload_media(env.token, png(), media_type="image/png", category="dm_image")
+    env.fake.media[media_id].created_at -= 25 * 3600  # X keeps media 24 h
+    with pytest.raises(XMediaUnavailable, match="attachment"):
+        await env.x.send(env.token, Target(participant_id=BOB), "late", media_id=media_id)
+    env.fake.max_text_length = 3
+    fresh = await env.x.upload_media(env.token, png(), media_type="image/png", category="dm_image")
+    with pytest.raises(XRefused) as caught:
+        await env.x.send(env.token, Target(participant_id=BOB), "too long", media_id=fresh)
+    assert not isinstance(caught.value, XMediaUnavailable)
+    assert env.fake.events == []

@@ -242,3 +242,34 @@ async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> Non
             {"key": "app:24h", "limit_": 15000, "remaining": 14000, "reset_at": 86400.0},
             {"key": "user:1:15m", "limit_": 15, "remaining": 3, "reset_at": 950.5},
         ]
+
+
+async def test_media_upload_bookkeeping(engine: Engine) -> None:
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        await store.accept(msg(1), mapping, 1.0)
+        [head] = await store.outbox_heads()
+        await store.render(head.id, [RenderedPart("Me: m1", {"id": "F1", "name": "a.png"})])
+        await store.begin_media_upload(head.id)
+        await store.begin_media_upload(head.id)
+        item = await store.get_item(head.id)
+        assert item is not None and item.media_unfinished == 2
+        await store.end_media_upload(head.id)
+        await store.set_media_id(head.id, "m-1", 50.0)
+        item = await store.get_item(head.id)
+        assert item is not None
+        assert (item.media_id, item.media_uploaded_at, item.media_unfinished) == ("m-1", 50.0, 0)
+        await store.drop_media(head.id)
+        item = await store.get_item(head.id)
+        assert item is not None and (item.media, item.media_id, item.media_uploaded_at) == (None, None, None)
+        assert item.text == "Me: m1"
+
+
+async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping(
+            "T1", "C1", MappingKind.DM, account.id, None, "2001", "U1", 0.0, participant_username="alice"
+        )
+        await store.create_mapping(mapping)
+        assert await store.get_mapping("T1", "C1") == mapping

@@ -185,7 +185,7 @@ async def test_dm_without_message_maps_without_sending(tmp_path: Path) -> None:
         await bridge.connect()
         _, response_url = await bridge.command("dm @bob")
         told = await bridge.follow_up(response_url)
-        assert "1-to-1" in told["text"]
+        assert "their DMs with @bob" in told["text"]
         assert bridge.x.dm_posts == 0
         ack, _ = await bridge.command("dm")
         assert "Usage" in ack.text
@@ -214,7 +214,7 @@ async def test_unlink_status_help(tmp_path: Path) -> None:
         await bridge.map_link("1000-2001")
         ack, _ = await bridge.command("status")
         assert "X conversation `1000-2001`" in ack.text
-        assert "sent as @bridge_owner" in ack.text
+        assert "sent as your X account @bridge_owner" in ack.text
         assert "No messages waiting" in ack.text
         assert "X DM budget left" in ack.text
 

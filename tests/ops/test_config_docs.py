@@ -7,11 +7,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from adapters.ops.config_doc import BY_NAME, ENV_VARS, fix_for
+from adapters.store.crypto import generate_key
+from bridge.errors import ConfigError
 from bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-READERS = {"get", "required", "integer", "number", "url", "choice"}
+READERS = {"get", "required", "integer", "number", "url", "choice", "limit"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]+$")
 
 
@@ -94,9 +98,26 @@ def test_readme_configuration_table_lists_every_variable() -> None:
     assert in_table == documented()
 
 
-def test_procfile_runs_migrate_on_release_and_serve_on_web() -> None:
-    procfile = (ROOT / "Procfile").read_text().splitlines()
-    assert "web: xdm-bridge serve" in procfile and "release: xdm-bridge migrate" in procfile
+def test_procfile_serves_on_web_and_migrates_in_the_release_phase() -> None:
+    # app.json provisions Heroku Postgres: the release phase migrates the database every dyno
+    # shares before the new code serves. (On SQLite it would migrate a throwaway dyno's copy,
+    # harmlessly; `serve` migrates as it starts, which is what counts there.)
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    assert "web: xdm-bridge serve" in lines and "release: xdm-bridge migrate" in lines
+    app = json.loads((ROOT / "app.json").read_text())
+    assert [a["plan"].split(":")[0] for a in app["addons"]] == ["heroku-postgresql"]
+
+
+def test_every_command_in_the_readme_copies_as_one_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        for line in block.splitlines():
+            assert not line.rstrip().endswith("\\"), f"continued line: {line}"
+    # Inline commands too: a code span that breaks across lines pastes as two commands.
+    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", readme, flags=re.DOTALL))
+    assert [span for span in spans if "\n" in span] == []
 
 
 def test_fix_names_the_variable_and_where_to_find_it() -> None:
@@ -104,3 +125,87 @@ def test_fix_names_the_variable_and_where_to_find_it() -> None:
     assert "whole number" not in fix_for("PORT='x' is not a whole number")
     assert fix_for("PORT='x' is not a whole number").startswith("set PORT:")
     assert "README" in fix_for("SOMETHING_ELSE went wrong")
+
+
+# Variables whose documented examples can only ever be placeholders (secrets, ids, the host).
+NO_REAL_EXAMPLE = ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN", "X_CLIENT_ID", "X_CLIENT_SECRET", "PUBLIC_URL")
+
+
+def documented_examples() -> set[tuple[str, str]]:
+    """Every ``NAME=value`` the README and .env.example show for those variables, and app.json's e.g."""
+    text = (ROOT / "README.md").read_text() + "\n" + (ROOT / ".env.example").read_text()
+    found = set()
+    for name in NO_REAL_EXAMPLE:
+        for value in re.findall(rf"\b{name}=([^\s`\\]+)", text):
+            if not value.startswith("$("):  # a command that makes the real value
+                found.add((name, value))
+    app = json.loads((ROOT / "app.json").read_text())
+    for name in NO_REAL_EXAMPLE:
+        for value in re.findall(r"e\.g\. (\S+?)[\s,;)]", app["env"][name]["description"] + " "):
+            found.add((name, value))
+    return found
+
+
+def complete_env(**extra: str) -> dict[str, str]:
+    env = {
+        "SLACK_SIGNING_SECRET": "0123abcd",
+        "SLACK_BOT_TOKEN": "xoxb-1-2-abc",
+        "X_CLIENT_ID": "client-id",
+        "BRIDGE_ENCRYPTION_KEY": generate_key(),
+    }
+    env.update(extra)
+    return env
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    try:
+        Settings.from_env(env)
+    except ConfigError as exc:
+        return str(exc).splitlines()
+    return []
+
+
+def test_every_placeholder_the_docs_show_is_refused_naming_its_variable() -> None:
+    examples = documented_examples()
+    # The ones the issue names, so a docs change cannot quietly empty this test.
+    assert {
+        ("SLACK_BOT_TOKEN", "xoxb-…"),
+        ("SLACK_BOT_TOKEN", "xoxb-"),
+        ("X_CLIENT_ID", "…"),
+        ("PUBLIC_URL", "https://YOUR-HOST"),
+        ("PUBLIC_URL", "https://your-host"),
+        ("PUBLIC_URL", "https://your-bridge-1234.herokuapp.com"),
+        ("PUBLIC_URL", "https://your-app.herokuapp.com"),
+    } <= examples
+    for name, value in sorted(examples):
+        found = problems(complete_env(**{name: value}))
+        assert len(found) == 1 and found[0].startswith(f"{name} still holds a placeholder"), (name, value)
+        assert "README or .env.example" in found[0]
+
+
+def test_a_placeholder_in_a_secret_is_named_without_echoing_the_secret() -> None:
+    [line] = problems(complete_env(SLACK_SIGNING_SECRET="d3adbeef-real-part…"))
+    assert line.startswith("SLACK_SIGNING_SECRET") and "d3adbeef" not in line
+
+
+def test_real_looking_values_are_not_mistaken_for_placeholders() -> None:
+    assert (
+        problems(
+            complete_env(PUBLIC_URL="https://bridge-7f3a.herokuapp.com", RELAY_FORMAT="{name}... {text}")
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://bridge.example.org", "http://localhost:3000", "http://127.0.0.1:8000", "http://[::1]:3000"],
+)
+def test_public_url_is_https_or_loopback(url: str) -> None:
+    assert problems(complete_env(PUBLIC_URL=url)) == []
+
+
+def test_plain_http_public_url_off_loopback_is_refused() -> None:
+    [line] = problems(complete_env(PUBLIC_URL="http://bridge.example.org"))
+    assert line.startswith("PUBLIC_URL='http://bridge.example.org' must be https")
+    assert fix_for(line).startswith("set PUBLIC_URL:")

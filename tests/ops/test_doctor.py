@@ -157,6 +157,23 @@ async def test_missing_configuration_exits_2_naming_the_variable(tmp_path: Path)
     assert not (tmp_path / "bridge.db").exists()
 
 
+async def test_placeholders_copied_from_the_docs_exit_2_naming_each_variable(tmp_path: Path) -> None:
+    env = bridge_env(
+        tmp_path / "bridge.db",
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/api/",
+        3000,
+        SLACK_BOT_TOKEN="xoxb-…",
+        PUBLIC_URL="https://your-bridge-1234.herokuapp.com",
+    )
+    code, out = await cli({**clean_environ(), **env}, "doctor")
+    assert code == 2, out
+    failed = [line for line in out.splitlines() if "[FAIL]" in line]
+    assert len(failed) == 2, out
+    assert "SLACK_BOT_TOKEN still holds a placeholder" in failed[0]
+    assert "PUBLIC_URL still holds a placeholder" in failed[1]
+
+
 async def test_database_missing_or_behind(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     env = bridge_env(tmp_path / "absent.db", dead, f"{dead}/api/", 3000, PUBLIC_URL="https://b.example")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.web.app import METRICS, create_app
-from adapters.web.metrics import failure_reason, worker_state, x_endpoint
-from adapters.x.api import REFUSAL_CODES
+from adapters.web.metrics import FAILURE_REASONS, worker_state, x_endpoint
+from adapters.x.api import REFUSAL_CODES, REFUSAL_FAILURES, XApiClient
+from bridge import tokens
+from bridge.errors import Failure, XRefused
 from bridge.settings import Settings
 from tests.harness import ALICE, Bridge, running_bridge, wait_until
 
@@ -64,7 +67,7 @@ async def test_metrics_after_relaying_a_message(tmp_path: Path) -> None:
         assert value(after, "messages_relayed_total") == 1
         assert value(after, "outbox_depth") == 0
         assert value(after, "outbox_oldest_age_seconds") == 0
-        # The fake X reports 200/15 min; one DM was sent through this account.
+        # The bridge starts at X's documented 15/15 min; the fake X's headers say 200 and win.
         assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="15m") == 199
         assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="24h") == 999
         assert ("x_rate_limit_remaining", (("account", "app"), ("window", "24h"))) in after
@@ -157,14 +160,114 @@ def test_each_app_has_its_own_registry() -> None:
     assert b"messages_accepted_total 0.0" in second[METRICS].render()
 
 
-def test_failure_reasons_stay_few() -> None:
-    assert failure_reason(f"X refused it (HTTP 403): {REFUSAL_CODES[349]}") == "recipient_refuses_dms"
-    assert failure_reason(f"X refused it (HTTP 403): {REFUSAL_CODES[226]}") == "spam_filter"
-    assert failure_reason("X refused it (HTTP 403): Forbidden") == "forbidden"
-    assert failure_reason("the X account this channel sends as was disconnected") == "account_disconnected"
-    assert failure_reason("something new") == "other" and failure_reason(None) == "other"
+def test_endpoints_and_worker_state_are_labelled_few_ways() -> None:
     assert x_endpoint("/2/dm_conversations/with/2001/messages") == "/2/dm_conversations/with/{id}/messages"
     assert x_endpoint("/2/users/by/username/alice") == "/2/users/by/username/{username}"
     assert worker_state(heartbeat=100.0, now=150.0, uptime=500.0, stale_after=60.0) == "ok"
     assert worker_state(heartbeat=100.0, now=170.0, uptime=500.0, stale_after=60.0) == "stale"
     assert worker_state(heartbeat=0.0, now=170.0, uptime=10.0, stale_after=60.0) == "starting"
+
+
+async def test_start_up_warns_about_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a dyno: the bot token is in the environment, which Bolt also reads on its own.
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-the-environment")
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with running_bridge(tmp_path) as bridge:
+            await linked(bridge)  # the first Slack request, where Bolt checks its token
+    noisy = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+    assert [str(w.message) for w in caught] == []
+    assert any(r.getMessage() == "bridge ready" for r in caplog.records)  # the capture did see start-up
+
+
+async def failed_count(bridge: Bridge, reason: str, count: int) -> None:
+    registry = bridge.app[METRICS].registry
+    await wait_until(
+        lambda: registry.get_sample_value("messages_failed_total", {"reason": reason}) == count, 5, reason
+    )
+
+
+async def test_each_way_a_message_fails_is_counted_under_its_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No path in the bridge deletes an account; an operator's hand in the database does, and the
+    # worker trusts its copy of an account for ACCOUNT_TTL. Trust it for no time at all here.
+    monkeypatch.setattr(tokens, "ACCOUNT_TTL", 0.0)
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        fired: list[str] = []
+
+        async def fails(reason: str, text: str, **kw: object) -> None:
+            _, ts = await bridge.post(text, **kw)  # type: ignore[arg-type]
+            await bridge.wait_reaction("C100", ts, "warning")
+            await failed_count(bridge, reason, 1)
+            fired.append(reason)
+
+        await fails("empty_message", "", blocks=[])
+        pdf = bridge.slack.add_file(
+            "F3", name="report.pdf", mimetype="application/pdf", filetype="pdf", content=b"%PDF-1.4"
+        )
+        await fails("file_unusable", "", files=[pdf], blocks=[])
+        bridge.x.inject("403")
+        await fails("forbidden", "forbidden today")
+        bridge.x.max_text_length = 5
+        await fails("bad_request", "longer than five")
+        bridge.x.max_text_length = 10_000
+        bridge.x.users[ALICE].accepts_dms = False
+        bridge.x.dm_refusal_body = "code349"
+        await fails("recipient_refuses_dms", "nobody home")
+        bridge.x.users[ALICE].accepts_dms = True
+        # An accepted message whose account is gone by the time it may be sent (X held it back).
+        bridge.x.injected_reset_seconds = 1.0
+        bridge.x.inject("429")
+        _, ts = await bridge.post("after the account went")
+
+        def waiting() -> bool:
+            row = (
+                sqlite3.connect(bridge.db_path)
+                .execute("SELECT state FROM outbox ORDER BY id DESC")
+                .fetchone()
+            )
+            return row is not None and row[0] == "waiting"
+
+        await wait_until(waiting, 5, "the message held by the 429")
+        with sqlite3.connect(bridge.db_path) as db:
+            db.execute("PRAGMA foreign_keys = OFF")
+            db.execute("DELETE FROM accounts")
+        await bridge.wait_reaction("C100", ts, "warning")
+        await failed_count(bridge, "account_disconnected", 1)
+        fired.append("account_disconnected")
+
+        samples = await scrape(bridge)
+        counted = {dict(ls)["reason"]: v for (n, ls), v in samples.items() if n == "messages_failed_total"}
+        assert set(counted) == set(FAILURE_REASONS)  # every reason is exported, at 0 until it fires
+        assert {r for r, v in counted.items() if v} == set(fired) and all(counted[r] == 1 for r in fired)
+
+
+def test_x_error_codes_become_typed_failures_whatever_the_wording() -> None:
+    raise_for = XApiClient._raise_for
+    client = XApiClient.__new__(XApiClient)  # _raise_for reads nothing of the client's state
+    expected = {
+        349: "recipient_refuses_dms",
+        150: "recipient_refuses_dms",
+        476: "recipient_refuses_dms",
+        226: "spam_filter",
+        151: "duplicate",
+        354: "too_long",
+        93: "app_not_permitted",
+    }
+    assert {code: f.value for code, f in REFUSAL_FAILURES.items()} == expected
+    assert set(REFUSAL_FAILURES) == set(REFUSAL_CODES)
+    for code, reason in expected.items():
+        body = {"errors": [{"code": code, "message": "any words at all"}]}
+        with pytest.raises(XRefused) as caught:
+            raise_for(client, 403, {}, body)
+        assert caught.value.failure is Failure(reason)
+    for status, reason in ((400, "bad_request"), (403, "forbidden"), (404, "not_found"), (410, "other")):
+        with pytest.raises(XRefused) as caught:
+            raise_for(client, status, {}, {"title": "Something", "detail": "new wording"})
+        assert caught.value.failure is Failure(reason)

@@ -93,6 +93,10 @@ async def world(
             for server in w.servers:
                 if server.process is not None and server.process.returncode is None:
                     await server.kill()
+        # As in-process tests (tests/harness.py): a request or answer outside X's spec fails the test.
+        assert x.violations == [], "requests or responses outside X's OpenAPI spec:\n" + "\n".join(
+            x.violations
+        )
 
 
 class Server:

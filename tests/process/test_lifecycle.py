@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from adapters.sandbox.fake_x import FakeX
-from tests.harness import ALICE, BOB, CAROL, ME, wait_until
+from migrations import migrations
+from tests.harness import ALICE, BOB, CAROL, ME, bridge_env, free_port, wait_until
 from tests.process.support import ROOT, world
 
 
@@ -103,15 +106,17 @@ async def test_missing_configuration_stops_start_up_with_one_line_each(tmp_path:
 
 
 async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_PATH": str(tmp_path / "m.db")}
+    path = tmp_path / "m.db"
+    said = []
     for _ in range(2):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "migrate", env=env, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, err.decode()
-        assert b"up to date" in out
+        code, out, err = await start_with({"DATABASE_PATH": str(path)}, "migrate")
+        assert code == 0, err
+        said.append(out.strip())
+    version = len(migrations.pending(Database(memory=True)))
+    assert said == [
+        f"created database {path} at version {version}",
+        f"database {path} is up to date (version {version})",
+    ]
     db = sqlite3.connect(tmp_path / "m.db")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {
@@ -124,4 +129,93 @@ async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
         "seen_events",
     } <= tables
     names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
-    assert names == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
+    assert names[:3] == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
+    assert "0005_media_lifetime_and_attempts" in names and names == sorted(names)
+    assert names[-1] == "0009_mapping_participant_username"
+
+
+async def test_the_process_harness_fails_a_test_on_a_request_outside_x_spec(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="outside X's OpenAPI spec"):
+        async with world(tmp_path, lambda x: {}) as w:
+            base = w.env["X_API_URL"]
+            # What a broken bridge could send: a DM with a field X does not define.
+            async with w.session.post(
+                f"{base}/2/dm_conversations/1000-2001/messages",
+                json={"text": "hi", "colour": "red"},
+                headers={"Authorization": "Bearer nothing"},
+            ):
+                pass
+
+
+async def start_with(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run ``python -m bridge ARGS`` to its end; returns the exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args, env={**os.environ, **env}, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def one_line_no_traceback(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    # The JSON log may say "database ready" before a later problem; the problem is one plain line.
+    plain = [line for line in lines if not line.startswith("{")]
+    assert len(plain) == 1, stderr
+    return plain[0]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("missing/deeper/bridge.db", "does not exist"),
+        ("a-file/bridge.db", "is not a folder"),
+        ("", "is a folder"),
+    ],
+)
+async def test_unusable_database_path_stops_serve_and_migrate_with_one_line(
+    tmp_path: Path, where: str, expected: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    path = str(tmp_path / where) if where else str(tmp_path)
+    env = bridge_env(Path(path), "http://127.0.0.1:9", "http://127.0.0.1:9/api/", free_port())
+    for command in (("serve", "--host", "127.0.0.1"), ("migrate",)):
+        code, _, err = await start_with({**env, "DATABASE_PATH": path}, *command)
+        assert code == 2, err
+        line = one_line_no_traceback(err)
+        assert line.startswith(f"xdm-bridge: DATABASE_PATH={path!r}: ") and expected in line, line
+
+
+async def test_port_in_use_stops_serve_with_one_line_before_touching_the_database(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = bridge_env(tmp_path / "b.db", "http://127.0.0.1:9", "http://127.0.0.1:9/api/", port)
+        code, _, err = await start_with(env, "serve", "--host", "127.0.0.1")
+    assert code == 2, err
+    line = one_line_no_traceback(err)
+    assert (
+        line == f"xdm-bridge: PORT={port}: 127.0.0.1:{port} is already in use (another process listens there)"
+    )
+    assert not (tmp_path / "b.db").exists()
+
+
+async def test_placeholders_from_the_docs_stop_start_up_naming_each_variable(tmp_path: Path) -> None:
+    env = bridge_env(
+        tmp_path / "b.db",
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/api/",
+        free_port(),
+        SLACK_BOT_TOKEN="xoxb-…",
+        PUBLIC_URL="https://YOUR-HOST",
+    )
+    code, _, err = await start_with(env, "serve", "--host", "127.0.0.1")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines() == [
+        "xdm-bridge: configuration error: SLACK_BOT_TOKEN still holds a placeholder (contains '…') "
+        "from the README or .env.example: put the real value there",
+        "xdm-bridge: configuration error: PUBLIC_URL still holds a placeholder (contains 'YOUR-HOST') "
+        "from the README or .env.example: put the real value there",
+    ]
+    assert not (tmp_path / "b.db").exists()

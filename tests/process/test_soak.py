@@ -64,7 +64,7 @@ async def test_soak_with_faults_retries_and_two_kills(tmp_path: Path) -> None:
     big = str(10**6)
     limits = {"X_USER_LIMIT_15M": big, "X_USER_LIMIT_24H": big, "X_APP_LIMIT_24H": big}
     async with world(tmp_path, mappings, X_TIMEOUT_SECONDS="1", LOG_LEVEL="warning", **limits) as w:
-        # The documented 200 per 15 minutes would make this a 2.5-hour test; the budget
+        # X's documented 15 per 15 minutes would make this a day-long test; the budget
         # itself is proven in tests/integration/test_delivery.py.
         w.x.user_limit_15m = w.x.user_limit_24h = w.x.app_limit_24h = 10**6
         w.x.timeout_seconds = 2.0

@@ -10,7 +10,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.sandbox.sandbox import LABEL, Sandbox, SandboxError, running_sandbox, text_parts
+from adapters.sandbox.sandbox import (
+    LABEL,
+    SLACK_PEOPLE,
+    Sandbox,
+    SandboxError,
+    running_sandbox,
+    slack_markup,
+    text_parts,
+)
 from bridge.delivery import DeliveryConfig
 
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=0.5)
@@ -181,3 +189,39 @@ def test_slack_text_becomes_safe_parts() -> None:
         {"type": "text", "text": " "},
         {"type": "link", "url": "https://example.com", "text": "https://example.com"},
     ]
+
+
+def test_typed_text_becomes_slack_markup_as_slack_sends_it() -> None:
+    members = dict(SLACK_PEOPLE)
+    typed = "hi @ada, @Grace and @nobody: see https://example.com/a?b=1&c=2. <b> mail me@ada.org"
+    assert slack_markup(typed, members) == (
+        "hi <@U0ADA>, <@U0GRACE> and @nobody: see <https://example.com/a?b=1&amp;c=2>. "
+        "&lt;b&gt; mail me@ada.org"
+    )
+    assert slack_markup("(http://x.example/path)", members) == "(<http://x.example/path>)"
+
+
+async def test_mentions_and_links_typed_in_the_channel_are_translated_on_the_way_to_x(
+    sandbox: Sandbox,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+        state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+        await call(session, sandbox, "/api/authorize", {"url": authorize_link(state), "approve": True})
+        await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
+        await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
+
+        typed = "@ada look: https://example.com/" + "a" * 200
+        status, answer = await call(session, sandbox, "/api/slack", {"text": typed})
+        assert status == 200
+        state = await state_when(
+            session, sandbox, lambda s: len(s["x"]["conversations"][0]["messages"]) == 2, "the relayed DM"
+        )
+        [message] = [m for m in state["messages"] if m.get("ts") == answer["ts"]]
+        assert [p["type"] for p in message["parts"]] == ["mention", "text", "link"]
+        assert message["parts"][0]["text"] == "@Ada"
+        # On X, Slack's <@U0ADA> reads as the person's name and <https://…> as the bare address.
+        relayed = state["x"]["conversations"][0]["messages"][-1]["text"]
+        assert relayed == "You: @Ada look: https://example.com/" + "a" * 200
+        # The channel shows what Slack shows: no word of how each answer travelled.
+        assert all("via" not in m for m in state["messages"])

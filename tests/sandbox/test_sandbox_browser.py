@@ -156,7 +156,7 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
     wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")
     wait_for(browser, "#x-messages .x-message.mine .bubble", "hi")
-    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to X group")
+    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to a new X group")
 
     type_in(browser, "#slack-input", "Hello from the browser")
     wait_for(browser, "#x-messages .x-message.mine .bubble", "You: Hello from the browser", "the relayed DM")
@@ -170,6 +170,19 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
         if "Hello from" in m.text
     ]
     assert "✅" in message.text and re.fullmatch(r"\d+\.\d{6}", message.get_attribute("data-ts") or "")
+
+    # A 220-character address wraps in both panes instead of widening the page.
+    long_url = "https://example.com/" + "a" * 200
+    type_in(browser, "#slack-input", f"read @Ada {long_url}")
+    wait_for(browser, "#x-messages .x-message.mine .bubble", long_url, "the long DM")
+    link = wait_for(browser, "#slack-messages .msg.message a", long_url, "the link in Slack")
+    assert link.get_attribute("href") == long_url
+    wait_for(browser, "#slack-messages .msg.message", "read @Ada", "the mention in Slack")
+    widths = browser.execute_script(
+        "const x = document.getElementById('x').getBoundingClientRect();"
+        "return [document.documentElement.scrollWidth, window.innerWidth, x.right];"
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[1], widths
 
     # Alice answers on X; it shows there, marked as not relayed yet.
     type_in(browser, "#x-input", "Hi, from X")

@@ -461,6 +461,46 @@ async def test_dm_events_listing(env: Env) -> None:
     assert env.fake.violations == []
 
 
+async def test_links_are_stored_as_t_co_with_expanded_entities(env: Env) -> None:
+    text = "see https://Example.com/a?b=1, www.example.org and docs.example.net/x."
+    assert (await _send(env, BOB, text)).status == 201
+    event = env.fake.events[-1]
+    assert event.text == text  # what was posted, for tests to read
+    assert event.stored_text is not None and "example" not in event.stored_text.lower()
+    params = {"dm_event.fields": "text,entities", "event_types": "MessageCreate"}
+    conv = f"{ALICE}-{BOB}"
+    async with env.http.get(f"/2/dm_conversations/{conv}/dm_events", params=params, headers=env.auth()) as r:
+        [data] = (await r.json())["data"]
+    assert data["text"] == event.stored_text
+    urls = data["entities"]["urls"]
+    assert [u["expanded_url"] for u in urls] == [
+        "https://Example.com/a?b=1",
+        "http://www.example.org",
+        "http://docs.example.net/x",
+    ]
+    assert all(
+        data["text"][u["start"] : u["end"]] == u["url"] and u["url"].startswith("https://t.co/") for u in urls
+    )
+    assert env.fake.violations == []
+
+
+async def test_answers_carry_xs_clock_and_reads_have_their_own_window(env: Env) -> None:
+    env.fake.enforce_read_limit = True
+    env.fake.read_limit_15m = 2
+    path = f"/2/dm_conversations/with/{BOB}/dm_events"
+    statuses = []
+    for _ in range(3):
+        async with env.http.get(path, headers=env.auth()) as r:
+            statuses.append(r.status)
+            assert r.headers["Date"] == "Fri, 15 Jan 2027 08:00:00 GMT"  # the fake's clock, not the real one
+            remaining = r.headers["x-rate-limit-remaining"]
+    assert statuses == [200, 200, 429] and remaining == "0"
+    assert (await _send(env, BOB, "sends are not reads")).status == 201
+    env.clock.now += 900
+    async with env.http.get(path, headers=env.auth()) as r:
+        assert r.status == 200 and r.headers["x-rate-limit-remaining"] == "1"
+
+
 async def test_get_and_delete_event(env: Env) -> None:
     resp = await _send(env, BOB, "oops")
     event_id = (await resp.json())["data"]["dm_event_id"]

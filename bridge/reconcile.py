@@ -1,0 +1,120 @@
+"""Did an earlier attempt reach X? The pure half of reading a conversation back.
+
+A row left ``sending`` (a crash, a time-out) may or may not be on X, and X has no
+idempotency key. So the worker reads the conversation back, newest first, page by page,
+until the events are older than the attempt, and takes the oldest event of ours with the
+same text that no other row has claimed. A :class:`Scan` is that reading's state; it can
+stop when the read budget is spent and go on later from where it was.
+
+Two things make a plain comparison miss our own send, and so send it twice:
+
+- clocks: the attempt's time is ours, the events' times are X's. The attempt is moved onto
+  X's clock with the offset between our clock and X's ``Date`` header (of the same read),
+  so a bridge clock ahead of X's cannot push our send out of the window;
+- links: X stores every link in a DM as a ``t.co`` address. Each is put back from the
+  expanded URL X returns in the event's entities, links are normalised on both sides, and
+  a ``t.co`` address X did not expand matches any link of ours in its place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bridge.model import DmEvent, EventPage
+
+MARGIN = 120.0  # seconds before the attempt (on X's clock) that still count as "this attempt"
+MAX_PAGES_PER_PASS = 15  # X's read budget: 15 reads per 15 minutes per user (NOTES §4.2)
+# 10,000 events after one attempt is beyond any real conversation (X sends 15 per 15 minutes):
+# a reading that long is X paging in circles, and must end rather than hold the channel forever.
+MAX_PAGES = 100
+
+_SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
+_T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
+
+
+def comparable(text: str) -> str:
+    """``text`` with links in one spelling: no scheme, host in lower case, no lone trailing slash."""
+
+    def one(match: re.Match[str]) -> str:
+        host, rest = match.group(1).lower(), match.group(2)
+        return host + ("" if rest == "/" else rest)
+
+    return _SCHEME_URL.sub(one, text).strip()
+
+
+def expanded(event: DmEvent) -> str:
+    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for."""
+    text = event.text
+    for short, full in event.links:
+        text = text.replace(short, full, 1)
+    return text
+
+
+def same_text(ours: str, event: DmEvent) -> bool:
+    """Whether ``event`` carries the text we sent, whatever X did to its links."""
+    theirs = expanded(event)
+    if comparable(theirs) == comparable(ours):
+        return True
+    pieces = _T_CO.split(theirs.strip())
+    if len(pieces) == 1:
+        return False
+    # Links X rewrote without telling us the original: any link-like word of ours fits there.
+    pattern = r"\S+".join(re.escape(piece) for piece in pieces)
+    return re.fullmatch(pattern, ours.strip()) is not None
+
+
+@dataclass
+class Scan:
+    """Reading one conversation back for one attempt; feed it pages with :meth:`take`."""
+
+    attempt_at: float  # when the attempt was claimed, on our clock
+    sender_id: str
+    text: str
+    media_id: str | None = None  # the attempt's attachment, if any
+    offset: float | None = None  # our clock minus X's, from the first page read
+    token: str | None = None  # where the next page starts
+    pages: int = 0
+    done: bool = False
+    candidates: list[DmEvent] = field(default_factory=list)
+
+    @property
+    def cutoff(self) -> float:
+        """The attempt on X's clock, less the margin: events older than this are not it."""
+        return self.attempt_at - (self.offset or 0.0) - MARGIN
+
+    def take(self, page: EventPage, now: float) -> bool:
+        """Look through one page (read at ``now`` on our clock); True when the reading is done."""
+        if self.offset is None:
+            self.offset = now - page.server_time if page.server_time is not None else 0.0
+        self.pages += 1
+        cutoff = self.cutoff
+        for event in page.events:
+            if event.created_at is not None and event.created_at < cutoff:
+                self.done = True  # newest first: everything from here on is older still
+                continue
+            if event.sender_id == self.sender_id and same_text(self.text, event) and self._same_media(event):
+                self.candidates.append(event)
+        repeated = page.next_token is not None and page.next_token == self.token
+        self.token = page.next_token
+        if self.token is None or not page.events or repeated or self.pages >= MAX_PAGES:
+            self.done = True
+        return self.done
+
+    def _same_media(self, event: DmEvent) -> bool:
+        """An event listing attachments carries ours (X's media key ends in the media id),
+        or none when we attached none. One listing nothing is not held against it."""
+        if not event.media_keys:
+            return True
+        return self.media_id is not None and any(
+            k.rsplit("_", 1)[-1] == self.media_id for k in event.media_keys
+        )
+
+    def to_local(self, x_time: float) -> float:
+        """A time on X's clock (a rate-limit reset, say) on ours."""
+        return x_time + (self.offset or 0.0)
+
+    def oldest(self, claimed: set[str]) -> DmEvent | None:
+        """The earliest candidate no other row has claimed (the attempt came before any resend)."""
+        free = [e for e in self.candidates if e.id not in claimed]
+        return min(free, key=lambda e: (len(e.id), e.id), default=None)

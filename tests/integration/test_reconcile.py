@@ -1,0 +1,143 @@
+"""A send whose answer was lost is read back from X before any resend: never twice, never lost.
+
+Each test loses the answer to one POST that X did record (``record_then_hang``), so the row
+stays ``sending`` and the worker must find the DM among the conversation's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from adapters.sandbox.fake_x import FakeX
+from tests.harness import ALICE, ME, Bridge, linked, running_bridge
+from tests.integration.test_fidelity import GIF, PNG
+
+CONVERSATION = "1000-2001"
+LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}
+
+
+def dm_reads(bridge: Bridge) -> list[dict[str, str]]:
+    return [r.query for r in bridge.x.all_requests if r.method == "GET" and r.path.endswith("/dm_events")]
+
+
+def dm_posts(bridge: Bridge) -> int:
+    return sum(1 for r in bridge.x.all_requests if r.method == "POST" and r.path.endswith("/messages"))
+
+
+def flood_while_hung(bridge: Bridge, count: int) -> None:
+    """While the lost POST hangs, ``count`` DMs land in the conversation (Alice, and us from X's app)."""
+
+    def hook(request: web.Request, response: web.StreamResponse) -> None:
+        if request.method == "POST" and request.path.endswith("/messages") and bridge.x.response_hook:
+            bridge.x.response_hook = None
+            for i in range(count):
+                sender = ME if i % 10 == 0 else ALICE
+                bridge.x.add_message(CONVERSATION, sender, f"meanwhile {i}")
+
+    bridge.x.response_hook = hook
+
+
+async def lose_one_answer(bridge: Bridge, text: str) -> str:
+    bridge.x.timeout_seconds = 3.0
+    bridge.x.inject("record_then_hang")
+    _, ts = await bridge.post(text, blocks=[])
+    await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+    await asyncio.sleep(0.3)  # room for a duplicate to show up
+    return ts
+
+
+def state_of(bridge: Bridge, ts: str) -> tuple[str, str | None]:
+    row = sqlite3.connect(bridge.db_path).execute(
+        "SELECT state, dm_event_id FROM outbox WHERE slack_ts = ?", [ts]
+    )
+    state, event_id = row.fetchone()
+    return state, event_id
+
+
+async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        flood_while_hung(bridge, 150)  # X pages hold at most 100 events
+        ts = await lose_one_answer(bridge, "before the flood")
+        ours = [e for e in bridge.x.events if e.text == "Ada: before the flood"]
+        assert len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        reads = dm_reads(bridge)
+        assert len(reads) == 2 and "pagination_token" in reads[1]  # paged back, and no further
+
+
+async def test_read_budget_spent_mid_read_back_waits_then_reads_on(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        bridge.x.enforce_read_limit = True
+        bridge.x.read_limit_15m = 1
+        bridge.x.window_15m_seconds = 1.0
+        flood_while_hung(bridge, 250)
+        ts = await lose_one_answer(bridge, "before a bigger flood")
+        assert [e.text for e in bridge.x.events].count("Ada: before a bigger flood") == 1
+        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sent"
+        assert bridge.x.rate_limited_count == 0  # it waited for the window instead of hitting it
+        reads = dm_reads(bridge)
+        assert len(reads) == 3 and all("pagination_token" in r for r in reads[1:])
+
+
+async def test_bridge_clock_ahead_of_x_is_no_duplicate(tmp_path: Path) -> None:
+    x_behind = FakeX(clock=lambda: time.time() - 300.0)  # X's clock 5 minutes behind the bridge's
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS, fake_x=x_behind) as bridge:
+        await linked(bridge)
+        ts = await lose_one_answer(bridge, "clocks disagree")
+        assert bridge.texts() == ["Ada: clocks disagree"] and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", bridge.x.events[0].id)
+
+
+async def test_a_message_with_links_is_recognised_though_x_rewrote_them(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        text = "docs at <https://Example.com/a/b?c=1> and <http://example.org/|the site>, or example.net"
+        ts = await lose_one_answer(bridge, text)
+        [event] = bridge.x.events
+        assert event.stored_text is not None and "https://t.co/" in event.stored_text
+        assert "example" not in event.stored_text  # X keeps only t.co addresses
+        assert dm_posts(bridge) == 1 and state_of(bridge, ts) == ("sent", event.id)
+
+
+async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "0.5"}) as bridge:
+        await linked(bridge)
+        await bridge.post("warm up", blocks=[])
+        await bridge.wait_dms(1)
+        earlier = bridge.x.add_message(CONVERSATION, ME, "Ada: again")
+        earlier.created_at -= 3600.0  # typed in X's app an hour ago
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("timeout")  # this time X did not take it
+        _, ts = await bridge.post("again", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        resent = [e for e in bridge.x.events if e.text == "Ada: again" and e is not earlier]
+        assert len(resent) == 1 and state_of(bridge, ts) == ("sent", resent[0].id)
+
+
+async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        bridge.x.media_check_after_secs = 0
+        bridge.x.timeout_seconds = 3.0
+        photo = bridge.slack.add_file("F1", name="a.png", mimetype="image/png", filetype="png", content=PNG)
+        anim = bridge.slack.add_file("F2", name="b.gif", mimetype="image/gif", filetype="gif", content=GIF)
+
+        def lose_the_second(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages") and response.status == 201:
+                bridge.x.response_hook = None
+                bridge.x.inject("record_then_hang")  # the file-only part's answer is lost
+
+        bridge.x.response_hook = lose_the_second
+        _, ts = await bridge.post("two files", files=[photo, anim], blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)
+        first, second = bridge.x.events
+        assert first.text == "Ada: two files" and not second.text and len(second.media_ids) == 1
+        assert dm_posts(bridge) == 2 and len(dm_reads(bridge)) == 1

@@ -1,0 +1,99 @@
+"""The DM budget's starting figures, and how X's headers move them (bridge/budget.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
+from bridge.budget import Budget
+from bridge.errors import RateFacts
+from bridge.settings import Settings
+
+NOW = 1_000_000.0
+ACCOUNT = 1
+
+
+def headers(limit: int, remaining: int, *, day: tuple[int, int] | None = None) -> RateFacts:
+    """What a DM POST answer says: the 15-minute window and, optionally, the 24-hour caps."""
+    facts = RateFacts(window_limit=limit, window_remaining=remaining, window_reset=NOW + 900)
+    if day is not None:
+        facts.user_day_limit, facts.user_day_remaining, facts.user_day_reset = day[0], day[1], NOW + 86400
+        facts.app_day_limit, facts.app_day_remaining, facts.app_day_reset = day[0], day[1], NOW + 86400
+    return facts
+
+
+def limits(budget: Budget) -> dict[str, Any]:
+    snap = budget.snapshot(ACCOUNT, NOW)
+    return {k: (v["limit"], v["remaining"]) for k, v in snap.items()}
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {
+        "SLACK_SIGNING_SECRET": "s",
+        "SLACK_BOT_TOKEN": "xoxb-1",
+        "X_CLIENT_ID": "c",
+        "BRIDGE_ENCRYPTION_KEY": generate_key(),
+        **extra,
+    }
+
+
+def budget_from(settings: Settings) -> Budget:
+    # Stores are only touched by load/consume/observe; count/correct are pure.
+    return Budget(
+        None,  # type: ignore[arg-type]
+        user_15m=settings.x_user_limit_15m,
+        user_24h=settings.x_user_limit_24h,
+        app_24h=settings.x_app_limit_24h,
+    )
+
+
+def test_unset_limits_start_at_what_x_documents_today() -> None:
+    settings = Settings.from_env(env())
+    assert (settings.x_user_limit_15m, settings.x_user_limit_24h, settings.x_app_limit_24h) == (None,) * 3
+    assert limits(budget_from(settings)) == {"15m": (15, 15), "24h": (1440, 1440), "app_24h": (1440, 1440)}
+
+
+def test_without_a_ceiling_headers_raise_the_limit() -> None:
+    budget = budget_from(Settings.from_env(env()))
+    budget.count(ACCOUNT, NOW)
+    budget.correct(ACCOUNT, headers(200, 199, day=(15000, 14999)))
+    assert limits(budget) == {"15m": (200, 199), "24h": (15000, 14999), "app_24h": (15000, 14999)}
+
+
+def test_without_a_ceiling_headers_lower_the_limit() -> None:
+    budget = budget_from(Settings.from_env(env()))
+    budget.count(ACCOUNT, NOW)
+    budget.correct(ACCOUNT, headers(5, 4, day=(500, 499)))
+    assert limits(budget) == {"15m": (5, 4), "24h": (500, 499), "app_24h": (500, 499)}
+
+
+def test_a_limit_set_in_the_environment_is_a_ceiling_headers_only_lower() -> None:
+    settings = Settings.from_env(env(X_USER_LIMIT_15M="50", X_USER_LIMIT_24H="300", X_APP_LIMIT_24H="400"))
+    assert (settings.x_user_limit_15m, settings.x_user_limit_24h, settings.x_app_limit_24h) == (50, 300, 400)
+    budget = budget_from(settings)
+    assert limits(budget) == {"15m": (50, 50), "24h": (300, 300), "app_24h": (400, 400)}
+    budget.count(ACCOUNT, NOW)
+    budget.correct(ACCOUNT, headers(200, 199, day=(15000, 14999)))  # X would allow more: not taken
+    assert limits(budget) == {"15m": (50, 49), "24h": (300, 299), "app_24h": (400, 399)}
+    budget.count(ACCOUNT, NOW)
+    budget.correct(ACCOUNT, headers(10, 8, day=(250, 248)))  # X allows less: obeyed
+    assert limits(budget) == {"15m": (10, 8), "24h": (250, 248), "app_24h": (250, 248)}
+
+
+async def test_a_restart_keeps_what_headers_taught_and_still_caps_at_the_ceiling(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "b.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        learned = Budget(store)
+        await learned.consume(ACCOUNT, NOW)
+        await learned.observe(ACCOUNT, headers(200, 199))
+        unset = Budget(store)
+        await unset.load()
+        assert unset.snapshot(ACCOUNT, NOW)["15m"]["limit"] == 200
+        capped = Budget(store, user_15m=50)
+        await capped.load()
+        assert capped.snapshot(ACCOUNT, NOW)["15m"] == {"limit": 50, "remaining": 50, "reset_at": NOW + 900}
+    finally:
+        await store.close()
