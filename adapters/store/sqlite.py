@@ -102,7 +102,13 @@ def single_instance(path: str) -> Iterator[None]:
         yield
         return
     lock_path = f"{path}.lock"
-    with open(lock_path, "a+") as handle:
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
+    except OSError:
+        # The folder is missing or read-only: opening the database fails next, naming the problem.
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
