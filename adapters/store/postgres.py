@@ -659,6 +659,11 @@ class PostgresStore:
             following = await conn.fetchrow(
                 f"""
                 WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
+                -- This commit need not wait for the disk: if the server lost it, the row would be
+                -- 'sending' again and read back from X before any resend, as after any crash
+                -- between the POST and here; and the next row's claim (a waiting commit) writes
+                -- the log up to itself, so it never survives without this.
+                relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
                 sent AS (
                     UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
                         target_conversation = COALESCE(target_conversation, $2)
@@ -678,7 +683,7 @@ class PostgresStore:
                       AND m.channel_id = s.channel_id AND m.kind = 'dm'
                       AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
                 )
-                SELECT head.* FROM sent AS s, LATERAL (
+                SELECT head.* FROM relaxed, sent AS s, LATERAL (
                     SELECT * FROM outbox
                     WHERE team_id = s.team_id AND channel_id = s.channel_id AND state IN {PENDING_STATES}
                       AND id <> $8
