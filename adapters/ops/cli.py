@@ -254,13 +254,9 @@ def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str,
 
 
 def _with_db(work: Callable[[Any], Any]) -> Any:
-    if _database_url() is not None:
-        print(
-            "xdm-bridge: this command reads SQLite only so far; with DATABASE_URL set, use psql "
-            "(the tables and columns are the same)",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_FAILED)
+    url = _database_url()
+    if url is not None:
+        return _with_postgres(url, work)
     try:
         with admin.connect(database_path()) as db:
             return work(db)
@@ -269,6 +265,29 @@ def _with_db(work: Callable[[Any], Any]) -> Any:
         raise SystemExit(EXIT_FAILED) from None
     except sqlite3.DatabaseError as exc:  # not a database, locked past the timeout, read-only disk…
         print(f"xdm-bridge: database {database_path()}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def _with_postgres(url: str, work: Callable[[Any], Any]) -> Any:
+    """The same commands on PostgreSQL (``adapters/ops/pg_admin.py`` gives ``admin`` its database)."""
+    import asyncpg
+
+    from adapters.ops import pg_admin
+
+    try:
+        with pg_admin.connect(url) as db:
+            return work(db)
+    except admin.AdminError as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    except asyncpg.SerializationError:
+        print(
+            "xdm-bridge: the running bridge changed those rows at the same moment; run it again",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_FAILED) from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_FAILED) from None
 
 
