@@ -7,15 +7,19 @@ stays ``sending`` and the worker must find the DM among the conversation's event
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, ME, Bridge, linked, running_bridge
 from tests.integration.test_fidelity import GIF, PNG
+
+# Every reconciliation test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 CONVERSATION = "1000-2001"
 LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}
@@ -51,12 +55,9 @@ async def lose_one_answer(bridge: Bridge, text: str) -> str:
     return ts
 
 
-def state_of(bridge: Bridge, ts: str) -> tuple[str, str | None]:
-    row = sqlite3.connect(bridge.db_path).execute(
-        "SELECT state, dm_event_id FROM outbox WHERE slack_ts = ?", [ts]
-    )
-    state, event_id = row.fetchone()
-    return state, event_id
+async def state_of(bridge: Bridge, ts: str) -> tuple[Any, ...]:
+    [row] = await bridge.sql("SELECT state, dm_event_id FROM outbox WHERE slack_ts = ?", ts)
+    return row
 
 
 async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_p
         ts = await lose_one_answer(bridge, "before the flood")
         ours = [e for e in bridge.x.events if e.text == "Ada: before the flood"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
         reads = dm_reads(bridge)
         assert len(reads) == 2 and "pagination_token" in reads[1]  # paged back, and no further
 
@@ -80,7 +81,7 @@ async def test_read_budget_spent_mid_read_back_waits_then_reads_on(tmp_path: Pat
         flood_while_hung(bridge, 250)
         ts = await lose_one_answer(bridge, "before a bigger flood")
         assert [e.text for e in bridge.x.events].count("Ada: before a bigger flood") == 1
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sent"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sent"
         assert bridge.x.rate_limited_count == 0  # it waited for the window instead of hitting it
         reads = dm_reads(bridge)
         assert len(reads) == 3 and all("pagination_token" in r for r in reads[1:])
@@ -92,7 +93,7 @@ async def test_bridge_clock_ahead_of_x_is_no_duplicate(tmp_path: Path) -> None:
         await linked(bridge)
         ts = await lose_one_answer(bridge, "clocks disagree")
         assert bridge.texts() == ["Ada: clocks disagree"] and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", bridge.x.events[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", bridge.x.events[0].id)
 
 
 async def test_a_message_with_links_is_recognised_though_x_rewrote_them(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ async def test_a_message_with_links_is_recognised_though_x_rewrote_them(tmp_path
         [event] = bridge.x.events
         assert event.stored_text is not None and "https://t.co/" in event.stored_text
         assert "example" not in event.stored_text  # X keeps only t.co addresses
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts) == ("sent", event.id)
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts)) == ("sent", event.id)
 
 
 async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_
         _, ts = await bridge.post("again", blocks=[])
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         resent = [e for e in bridge.x.events if e.text == "Ada: again" and e is not earlier]
-        assert len(resent) == 1 and state_of(bridge, ts) == ("sent", resent[0].id)
+        assert len(resent) == 1 and (await state_of(bridge, ts)) == ("sent", resent[0].id)
 
 
 async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: Path) -> None:
