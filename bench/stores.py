@@ -40,6 +40,8 @@ from bench import run as harness  # noqa: E402
 from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
 from tests import pg  # noqa: E402
 
+METRICS_TOKEN = "bench-operator"
+
 
 async def prepare(
     session: aiohttp.ClientSession, store: SqliteStore | PostgresStore, fakes: harness.Fakes
@@ -71,6 +73,7 @@ async def start(
 ) -> harness.Server:
     port = harness.free_port()
     env = harness.bridge_env(port, tmp / "bridge.db", fakes, key)
+    env["METRICS_TOKEN"] = METRICS_TOKEN  # /healthz tells who leads only to the operator
     if url:
         env["DATABASE_URL"] = url
     started = time.monotonic()
@@ -149,7 +152,8 @@ async def leading(session: aiohttp.ClientSession, servers: Sequence[harness.Serv
     while time.monotonic() < deadline:
         for server in servers:
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{server.url}/healthz") as r:
+                headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+                async with session.get(f"{server.url}/healthz", headers=headers) as r:
                     if (await r.json())["worker"] in ("ok", "starting"):
                         return server
         await asyncio.sleep(0.01)

@@ -12,8 +12,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from bridge.budget import Budget
+from bridge.connect import ConnectService
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
 from bridge.model import (
     X_CONVERSATION_ID,
@@ -28,6 +30,7 @@ from bridge.model import (
     XUser,
     one_to_one_id,
 )
+from bridge.permissions import Permissions
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
 
@@ -44,6 +47,7 @@ HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
 • `/xdm unlink` – stop bridging this channel
 • `/xdm status` – this channel's mapping, its X account and what is waiting
+• `/xdm disconnect` – revoke the bridge's access to your X account; your channels pause until you reconnect
 Participants are X handles (`@name`) or numeric X user ids."""
 
 
@@ -82,6 +86,11 @@ class Unlink:
 
 
 @dataclass(frozen=True)
+class Disconnect:
+    pass
+
+
+@dataclass(frozen=True)
 class NewGroup:
     participants: tuple[Participant, ...]
     message: str
@@ -98,7 +107,7 @@ class Link:
     conversation_id: str
 
 
-Command = Connect | Help | Status | Unlink | NewGroup | DirectMessage | Link
+Command = Connect | Help | Status | Unlink | Disconnect | NewGroup | DirectMessage | Link
 
 _SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
 _X_PROFILE = re.compile(
@@ -154,6 +163,8 @@ def parse(text: str) -> Command:
         return Status()
     if verb in ("unlink", "disconnect-channel"):
         return Unlink()
+    if verb == "disconnect":
+        return Disconnect()
     if verb == "new-group":
         participants, message = _split_participants(rest)
         unique = list(dict.fromkeys(participants))
@@ -200,6 +211,7 @@ class CommandContext:
     response_url: str | None = None
     channel_name: str = ""
     user_name: str = ""
+    team_name: str = ""  # the workspace's domain, as the slash command names it
 
 
 @dataclass(frozen=True)
@@ -226,8 +238,12 @@ class CommandService:
         clock: Clock,
         oauth_ready: str | None,
         on_mapped: Callable[[], None] = lambda: None,
+        permissions: Permissions | None = None,
+        connections: ConnectService | None = None,
+        connect_page: str = "",
     ) -> None:
-        """``oauth_ready`` is None when connecting works, else the reason it does not."""
+        """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
+        then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
         self._store = store
         self._x = x
         self._oauth = oauth
@@ -237,6 +253,9 @@ class CommandService:
         self._clock = clock
         self._oauth_ready = oauth_ready
         self._on_mapped = on_mapped
+        self._permissions = permissions or Permissions(slack)
+        self._connections = connections
+        self._connect_page = connect_page
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -257,11 +276,15 @@ class CommandService:
                 return await self._status(ctx)
             case Unlink():
                 return await self._unlink(ctx)
+            case Disconnect():
+                return await self._disconnect(ctx)
             case Link(conversation_id=conversation_id):
+                await self._mapping_account(ctx)  # "connect first" comes before the channel's rules
+                await self._may_map(ctx)
                 return await self._link(ctx, conversation_id)
             case NewGroup() | DirectMessage():
                 account = await self._mapping_account(ctx)
-                await self._refuse_if_mapped(ctx)
+                await self._may_map(ctx)
                 if isinstance(command, NewGroup):
                     job = self._new_group(ctx, account, command)
                     note = f"Creating an X group with {_names(command.participants)}…"
@@ -287,17 +310,23 @@ class CommandService:
                 channel_id=ctx.channel_id,
                 response_url=ctx.response_url,
                 expires_at=self._clock.now() + STATE_TTL,
+                slack_user_name=ctx.user_name,
+                team_name=ctx.team_name,
             )
         )
-        if current is not None:
+        # The bridge's page first, never X's: it names who the X account will belong to and
+        # binds the flow to the browser that confirms, so a forwarded link cannot be finished
+        # by someone else.
+        link = f"{self._connect_page}?{urlencode({'state': request.state})}"
+        if current is not None and not current.disconnected:
             state = ", which *needs reconnecting*" if current.needs_reconnect else ""
             return Reply(
                 f"You are connected as @{current.x_username} on X{state}. "
-                f"<{request.url}|Reconnect> to renew that access or to switch to another X account "
-                "(the link works once, for 10 minutes)."
+                f"<{link}|Reconnect> to renew that access or to switch to another X account "
+                "(the link works once, for 10 minutes; do not share it)."
             )
         return Reply(
-            f"<{request.url}|Connect your X account> (the link works once, for 10 minutes). "
+            f"<{link}|Connect your X account> (the link works once, for 10 minutes; do not share it). "
             "Mappings you make afterwards send as that account."
         )
 
@@ -311,6 +340,11 @@ class CommandService:
             account = await self._store.get_account(mapping.account_id)
             if account is not None:
                 state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
+                if mapping.paused_at is not None:
+                    state = (
+                        f" – *paused*: the account was disconnected; messages wait until "
+                        f"<@{account.slack_user_id}> runs `/xdm connect`"
+                    )
                 if account.slack_user_id == ctx.user_id:
                     sender = f"your X account @{account.x_username}"
                 else:
@@ -346,6 +380,9 @@ class CommandService:
         return "X DM budget left: " + "; ".join(parts) + "."
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
+        existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        if existing is not None:
+            await self._may_change(ctx, existing, "unlink")
         mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
         if mapping is None:
             return Reply("This channel is not bridged to X; nothing to unlink.")
@@ -358,6 +395,32 @@ class CommandService:
             f"New messages here no longer go to X.{tail}",
             in_channel=True,
         )
+
+    async def _disconnect(self, ctx: CommandContext) -> Reply:
+        account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if account is None or account.disconnected:
+            return Reply("You have no X account connected to this bridge; nothing to disconnect.")
+        connections = self._connections
+        if connections is None:
+            return Reply(":x: Disconnecting is not available on this bridge.")
+
+        async def work() -> Reply:
+            done = await connections.disconnect(account, ctx.user_id)
+            self._tokens.forget(account.id)
+            revoked = (
+                "X revoked the bridge's access"
+                if done.revoked
+                else "X did not confirm the revocation (remove the app at x.com/settings/connected_apps "
+                "to be sure)"
+            )
+            channels = ", ".join(f"<#{m.channel_id}>" for m in done.paused)
+            paused = f" Paused: {channels}; messages there wait." if channels else ""
+            return Reply(
+                f":white_check_mark: Disconnected X account @{account.x_username}: {revoked}, and the "
+                f"bridge deleted its tokens.{paused} Run `/xdm connect` to resume."
+            )
+
+        return Reply(f"Disconnecting @{account.x_username}…", follow_up=lambda: self._report(ctx, work()))
 
     async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
         account = await self._mapping_account(ctx)
@@ -472,9 +535,21 @@ class CommandService:
             )
         return account
 
+    async def _may_map(self, ctx: CommandContext) -> None:
+        """The rules of ``bridge.permissions`` for making a mapping here; raises the refusal."""
+        await self._permissions.may_map(ctx.team_id, ctx.channel_id, ctx.user_id)
+        await self._refuse_if_mapped(ctx)
+
+    async def _may_change(self, ctx: CommandContext, mapping: Mapping, what: str) -> None:
+        account = await self._store.get_account(mapping.account_id)
+        owner = account.slack_user_id if account is not None else None
+        await self._permissions.may_change(ctx.team_id, ctx.user_id, mapping, owner, what)
+
     async def _refuse_if_mapped(self, ctx: CommandContext) -> None:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
         if existing is not None:
+            # Replacing is unlinking and mapping again: only those who may unlink may replace.
+            await self._may_change(ctx, existing, "replace")
             raise CommandError(
                 f"This channel is already bridged to {_describe(existing)}. Run `/xdm unlink` first."
             )

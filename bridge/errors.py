@@ -6,6 +6,7 @@
     ├── ConfigError          a setting is missing or malformed (names the variable)
     ├── CommandError         a Slack user's mistake; carries the text they should see
     ├── OAuthStateError      a bad, reused or expired OAuth ``state``
+    │   └── OAuthBrowserError    the callback reached a browser that did not confirm the flow
     ├── StoreUnavailable     the database cannot be opened or written (names the path and why)
     ├── Undeliverable        a message the bridge itself cannot send (no account, nothing to send)
     └── XError               something X said or did not say
@@ -67,6 +68,10 @@ class CommandError(BridgeError):
 
 class OAuthStateError(BridgeError):
     """The OAuth callback carried a state we did not issue, already used, or expired."""
+
+
+class OAuthBrowserError(OAuthStateError):
+    """The flow was confirmed in another browser (or not at all): its cookie is missing here."""
 
 
 class StoreUnavailable(BridgeError):

@@ -74,6 +74,7 @@ class Account:
     x_username: str
     tokens: TokenSet
     needs_reconnect: bool = False
+    disconnected: bool = False  # by its owner or an operator: no tokens are stored
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class OAuthState:
     channel_id: str
     response_url: str | None
     expires_at: float
+    slack_user_name: str = ""  # what the bridge's connect page shows (from the slash command)
+    team_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class Mapping:
     participant_id: str | None
     created_by: str
     created_at: float
+    paused_at: float | None = None  # its account was disconnected; messages wait for a reconnection
+    paused_by: str | None = None
     participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
 
     @property
@@ -222,6 +227,19 @@ class XUser:
     username: str
     name: str = ""
     receives_your_dm: bool | None = None
+
+
+@dataclass(frozen=True)
+class SlackMember:
+    """What permissions need to know of a Slack user (``users.info``)."""
+
+    user_id: str
+    is_admin: bool = False
+    is_owner: bool = False
+
+    @property
+    def is_admin_or_owner(self) -> bool:
+        return self.is_admin or self.is_owner
 
 
 @dataclass(frozen=True)

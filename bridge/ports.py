@@ -25,6 +25,7 @@ from bridge.model import (
     OutboxState,
     RenderedPart,
     Sent,
+    SlackMember,
     Target,
     TokenSet,
     XUser,
@@ -49,10 +50,37 @@ class Store(Protocol):
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
     async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        """In one transaction: delete the account's tokens, mark it disconnected (and needing
+        reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
+
+        The account row stays, so its outbox rows keep waiting for it. Returns the mappings
+        paused now. ``save_account`` for the same Slack user clears the disconnection.
+        """
+        ...
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        """Un-pause the account's paused mappings (it is connected again); returns them."""
+        ...
 
     # OAuth states
     async def save_oauth_state(self, state: OAuthState) -> None: ...
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None: ...
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        """The flow, if it is unused, unexpired and not yet confirmed in a browser (read only)."""
+        ...
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Bind the flow to the browser that confirmed it on the connect page.
+
+        Sets ``browser_hash`` only where none is set yet (one browser per flow); None when the
+        state is unknown, used, expired or already confirmed.
+        """
+        ...
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        """Use the flow once: only if unused, unexpired and confirmed by the browser whose cookie
+        hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
+        ...
 
     # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
@@ -225,9 +253,20 @@ class XOAuth(Protocol):
     """OAuth 2.0 Authorization Code with PKCE against X."""
 
     def begin(self) -> AuthorizationRequest: ...
+    def authorize_url(self, state: str, code_verifier: str) -> str:
+        """X's authorize URL for a flow ``begin`` started (its S256 challenge from the verifier)."""
+        ...
+
     async def exchange(self, code: str, code_verifier: str) -> TokenSet: ...
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Raise ``XAuthRevoked`` when X refuses the refresh token for good."""
+        ...
+
+    async def revoke(self, token: str) -> None:
+        """Ask X to revoke an access or refresh token (``POST /2/oauth2/revoke``).
+
+        Raises ``XTransient`` when X did not confirm (no answer, 5xx) and ``XRefused`` for a 4xx.
+        """
         ...
 
 
@@ -239,6 +278,22 @@ class SlackClient(Protocol):
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
     async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
     async def display_name(self, team_id: str, user_id: str) -> str: ...
+    async def member(self, team_id: str, user_id: str) -> SlackMember | None:
+        """Whether ``user_id`` is a workspace admin or owner (``users.info``); None if Slack cannot say."""
+        ...
+
+    async def bot_in_channel(self, team_id: str, channel_id: str) -> bool | None:
+        """Whether the bot is a member of the channel (``conversations.info`` ``is_member``).
+
+        False also when Slack does not show the bot the channel at all (a private channel it
+        is not in); None when Slack could not be asked.
+        """
+        ...
+
+    async def bot_name(self, team_id: str) -> str:
+        """The bot's user name, for "/invite @name" (``auth.test``)."""
+        ...
+
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
     async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
         """The full ``files[]`` object of a file an event carried only as a stub (``check_file_info``).

@@ -58,6 +58,15 @@ class Settings:
     relay_edits: EditPolicy = "correction"
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+    admin_only: bool = False
+    allowed_users: frozenset[str] = frozenset()
+    metrics_token: str | None = field(default=None, repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret's value, for the log filter to mask."""
+        values = (self.signing_secret, self.bot_token, self.x_client_secret, self.metrics_token)
+        return tuple(v for v in (*values, *self.encryption_keys) if v)
 
     @property
     def redirect_uri(self) -> str | None:
@@ -172,6 +181,29 @@ class _Reader:
             return default
         return raw.lower()
 
+    def flag(self, name: str) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return False
+        value = raw.lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            self.problems.append(f"{name}={raw!r} must be 1 or 0")
+            return False
+        return value in ("1", "true", "yes", "on")
+
+    def slack_user_ids(self, name: str) -> frozenset[str]:
+        raw = self.get(name)
+        if raw is None:
+            return frozenset()
+        ids = [part.strip() for part in raw.split(",") if part.strip()]
+        bad = [i for i in ids if not _SLACK_USER_ID.match(i)]
+        if bad:
+            self.problems.append(
+                f"{name} holds {', '.join(repr(b) for b in bad)}: "
+                "give Slack user ids (U…/W…), comma-separated"
+            )
+        return frozenset(i for i in ids if _SLACK_USER_ID.match(i))
+
     def fernet_keys(self) -> tuple[str, ...]:
         raw = self.get("BRIDGE_ENCRYPTION_KEY")
         if raw is None:
@@ -264,6 +296,9 @@ class _Reader:
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
             log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
             log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
+            admin_only=self.flag("XDM_ADMIN_ONLY"),
+            allowed_users=self.slack_user_ids("XDM_ALLOWED_USERS"),
+            metrics_token=self.get("METRICS_TOKEN"),
         )
         if self.problems:
             raise ConfigError("\n".join(self.problems))
@@ -299,6 +334,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+=*$")
 
 
@@ -355,3 +391,12 @@ def database_path(env: Mapping[str, str] | None = None) -> str:
     """Just ``DATABASE_PATH``, for commands (``migrate``) that need nothing else."""
     source = os.environ if env is None else env
     return source.get("DATABASE_PATH", "").strip() or "bridge.db"
+
+
+def encryption_keys(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Just ``BRIDGE_ENCRYPTION_KEY`` (checked), for ``migrate`` and ``rotate-keys``."""
+    reader = _Reader(os.environ if env is None else env)
+    keys = reader.fernet_keys()
+    if reader.problems:
+        raise ConfigError("\n".join(reader.problems))
+    return keys

@@ -225,6 +225,26 @@ def m0005_media_lifetime_and_attempts(db: Database) -> None:
     outbox.add_column("media_unfinished", int, not_null_default=0)
 
 
+@migrations(name="0007_disconnect_and_connect_page")
+def m0007_disconnect_and_connect_page(db: Database) -> None:
+    """Disconnecting an account, pausing its mappings, and a connect flow bound to one browser (issue 12).
+
+    ``accounts.disconnected_at``: the owner (or an operator) disconnected it; its tokens are
+    gone (``access_token`` is then empty, ``refresh_token`` NULL) and it needs reconnecting.
+    ``mappings.paused_at`` / ``paused_by``: the mapping's account was disconnected; messages
+    wait until the same person connects again. ``oauth_states.browser_hash``: SHA-256 of
+    the cookie set when the person confirmed on the bridge's page, so only that browser
+    can finish the flow; ``slack_user_name`` and ``team_name`` are what that page shows.
+    """
+    db.table("accounts").add_column("disconnected_at", float)
+    db.table("mappings").add_column("paused_at", float)
+    db.table("mappings").add_column("paused_by", str)
+    oauth_states = db.table("oauth_states")
+    oauth_states.add_column("browser_hash", str)
+    oauth_states.add_column("slack_user_name", str)
+    oauth_states.add_column("team_name", str)
+
+
 @migrations(name="0009_mapping_participant_username")
 def m0009_mapping_participant_username(db: Database) -> None:
     """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).

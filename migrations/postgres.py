@@ -144,6 +144,19 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0003_mapping_participant_username",
         "ALTER TABLE mappings ADD COLUMN participant_username TEXT;",
     ),
+    (
+        # SQLite's 0007 (issue 12): disconnecting an account pauses its mappings; a connect flow
+        # bound to one browser (browser_hash), with what the bridge's page shows.
+        "0004_disconnect_and_connect_page",
+        """
+        ALTER TABLE accounts ADD COLUMN disconnected_at DOUBLE PRECISION;
+        ALTER TABLE mappings ADD COLUMN paused_at DOUBLE PRECISION;
+        ALTER TABLE mappings ADD COLUMN paused_by TEXT;
+        ALTER TABLE oauth_states ADD COLUMN browser_hash TEXT;
+        ALTER TABLE oauth_states ADD COLUMN slack_user_name TEXT;
+        ALTER TABLE oauth_states ADD COLUMN team_name TEXT;
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -23,6 +23,7 @@ from aiohttp import web
 from adapters.sandbox.fake_slack import FakeSlack, SlackResult, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
+from adapters.web import edge
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
 from bridge.ports import Clock
@@ -33,6 +34,7 @@ SIGNING_SECRET = "test-signing-secret"
 TEAM = "T0001"
 ME = "1000"  # the X account Slack users connect in tests
 ALICE, BOB, CAROL, DORA = "2001", "2002", "2003", "2004"
+HANDLES = {"U100": "ada", "U200": "grace", "U300": "cleo"}  # Slack's user_name in slash commands
 # Quick retries, and no periodic rescan to hide behind: a lost wake-up of the worker makes a
 # test time out instead of costing it a fraction of a second.
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=600.0)
@@ -94,7 +96,12 @@ class Bridge:
         """Run `/xdm …` as Slack would; returns the ack and the response_url used."""
         response_url = self.slack.new_response_url()
         result = await self.sender.command(
-            text, user_id=user, channel_id=channel, response_url=response_url, channel_name="support"
+            text,
+            user_id=user,
+            channel_id=channel,
+            response_url=response_url,
+            channel_name="support",
+            user_name=HANDLES.get(user, ""),
         )
         return result, response_url
 
@@ -103,10 +110,23 @@ class Bridge:
         responses = await self.slack.wait_for_response(response_url, count=count, timeout=10.0)
         return responses[count - 1]
 
+    async def confirm(self, page_url: str, session: aiohttp.ClientSession | None = None) -> str:
+        """Open the bridge's connect page and press its button, as a browser would (cookies
+        kept in ``session``'s jar); returns X's authorize URL the bridge sends the browser to."""
+        browser = session or self.session
+        async with browser.get(page_url) as response:
+            page = await response.text()
+            assert response.status == 200, page
+        fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
+        async with browser.post(f"{self.url}/x/connect", data=fields, allow_redirects=False) as response:
+            assert response.status == 303, await response.text()
+            return response.headers["Location"]
+
     async def connect(self, *, user: str = "U100", channel: str = "C100", x_user: str = ME) -> str:
-        """`/xdm connect`, then the browser's trip through X; returns the callback page's HTML."""
+        """`/xdm connect`, the bridge's page, then the browser's trip through X; returns the
+        callback page's HTML."""
         ack, _ = await self.command("connect", user=user, channel=channel)
-        url = authorize_url(ack.text)
+        url = await self.confirm(authorize_url(ack.text))
         self.x.authorizing_user_id = x_user
         async with self.session.get(url, allow_redirects=False) as response:
             assert response.status == 302, await response.text()
@@ -159,6 +179,11 @@ async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str =
     await bridge.map_link(conversation, channel=channel)
 
 
+def browser_cookies() -> aiohttp.CookieJar:
+    """A cookie jar that behaves like a browser's on http://127.0.0.1."""
+    return aiohttp.CookieJar(unsafe=True)
+
+
 def authorize_url(ack_text: str) -> str:
     match = re.search(r"<(https?://[^|>]+)\|", ack_text)
     assert match, f"no authorize link in {ack_text!r}"
@@ -197,17 +222,18 @@ async def running_bridge(
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
         slack.add_user("U200", display_name="", real_name="Grace Hopper")
+        slack.add_user("U300", display_name="Cleo", real_name="Cleo Admin", is_admin=True)
         slack.add_channel("C100", "support")
+        slack.add_channel("C200", "sales")
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
         app = create_app(settings, delivery_config=delivery, clock=clock)
-        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-        await runner.setup()
+        runner = edge.runner(app, shutdown_timeout=2.0)  # the edge `xdm-bridge serve` listens behind
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        await edge.start(runner, "127.0.0.1", port)
+        # unsafe: keep cookies for an IP address (the bridge is 127.0.0.1), as a browser does.
+        session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=browser_cookies()))
         url = f"http://127.0.0.1:{port}"
         sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
         bridge = Bridge(x, x_url, slack, slack_url, url, settings, session, sender, app, db_path)

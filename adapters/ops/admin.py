@@ -91,6 +91,7 @@ def list_accounts(db: Database, now: float | None = None) -> list[dict[str, Any]
         """
         SELECT a.id, a.team_id, a.slack_user_id, a.x_user_id, a.x_username, a.expires_at, a.scope,
                a.needs_reconnect, a.refresh_token IS NOT NULL AS has_refresh_token, a.created_at,
+               a.disconnected_at,
                (SELECT COUNT(*) FROM mappings m WHERE m.account_id = a.id) AS mappings
         FROM accounts a ORDER BY a.team_id, a.x_username, a.id
         """
@@ -106,6 +107,7 @@ def list_accounts(db: Database, now: float | None = None) -> list[dict[str, Any]
                 "x_user_id": row["x_user_id"],
                 "x_username": row["x_username"],
                 "needs_reconnect": bool(row["needs_reconnect"]),
+                "disconnected_at": row["disconnected_at"],
                 "token_expires_at": expires_at,
                 "token_expired": expires_at is not None and expires_at <= now,
                 "has_refresh_token": bool(row["has_refresh_token"]),
@@ -297,7 +299,9 @@ def accounts_text(accounts: list[dict[str, Any]], now: float) -> str:
         return "No X accounts connected. People connect theirs with /xdm connect in Slack."
     rows = []
     for a in accounts:
-        if a["needs_reconnect"]:
+        if a.get("disconnected_at") is not None:
+            status = "disconnected"
+        elif a["needs_reconnect"]:
             status = "NEEDS RECONNECT"
         elif a["token_expired"]:
             status = "token expired (refreshed on next send)" if a["has_refresh_token"] else "EXPIRED"

@@ -1,7 +1,8 @@
 """``xdm-bridge``: the command line, and where the process starts.
 
 ``serve``, ``migrate``, ``keygen`` and ``sandbox`` run the bridge; ``doctor``,
-``mappings``, ``accounts`` and ``outbox`` are for operators (``--json`` for scripts).
+``mappings``, ``accounts`` (and ``accounts disconnect``), ``outbox`` and ``rotate-keys``
+are for operators (``--json`` for scripts).
 Exit codes: 0 success, 1 a check or operation failed, 2 bad configuration or usage.
 """
 
@@ -21,14 +22,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from adapters.ops import admin
-from adapters.store.crypto import generate_key
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError, StoreUnavailable
-from bridge.settings import Settings, database_path, database_url, database_url_problem, redacted
+from bridge.settings import (
+    Settings,
+    database_path,
+    database_url,
+    database_url_problem,
+    encryption_keys,
+    redacted,
+)
 from migrations import migrations
 
 log = logging.getLogger("adapters.ops.cli")
@@ -45,13 +52,45 @@ def _settings() -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
+    """Why the configured keys cannot serve this database, or None. No secrets stored: no problem."""
+    if keys is None:
+        try:
+            keys = encryption_keys()
+        except ConfigError as exc:
+            if check_keys(db, None).total == 0:
+                return None  # nothing to open yet; serve will insist on a key
+            return str(exc).splitlines()[0]
+    return check_keys(db, TokenCipher(keys)).problem()
+
+
+def _stop_on_key_problem(settings: Settings) -> None:
+    if settings.database_url:
+        from adapters.ops import pg_admin
+        from adapters.store import postgres
+
+        asyncio.run(postgres.migrate(settings.database_url))
+        with pg_admin.connect(settings.database_url) as pg_db:
+            problem = _key_problem(pg_db, settings.encryption_keys)
+    else:
+        db = open_database(settings.database_path)
+        try:
+            problem = _key_problem(db, settings.encryption_keys)
+        finally:
+            db.close()
+    if problem is not None:
+        print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, settings.secrets)
     if settings.litestream_replica_url and not args.replicated:
         return _serve_under_litestream(args, settings)
     from adapters.store.sqlite import DatabaseInUse, single_instance
+    from adapters.web import edge
     from adapters.web.app import create_app
 
     # Bound before anything else starts: a port in use must not first open the database
@@ -60,7 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     guard = contextlib.nullcontext() if settings.database_url else single_instance(settings.database_path)
     try:
         with guard:
-            web.run_app(create_app(settings), sock=sock, shutdown_timeout=10.0, access_log=None, print=None)
+            # Before anything listens: a key that cannot open the stored tokens must not look healthy.
+            _stop_on_key_problem(settings)
+            edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
     except DatabaseInUse as exc:
         print(f"xdm-bridge: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -113,13 +154,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if url is not None:
         import asyncpg
 
+        from adapters.ops import pg_admin
         from adapters.store import postgres
 
         try:
             asyncio.run(postgres.migrate(url))
+            # The release phase stops here when the key cannot open the stored secrets.
+            with pg_admin.connect(url) as pg_db:
+                problem = _key_problem(pg_db, None)
         except (OSError, asyncpg.PostgresError) as exc:
             print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        if problem is not None:
+            print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
         print(f"database {redacted(url)} is up to date")
         return EXIT_OK
     path = database_path()
@@ -130,8 +178,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return _operator_error(str(exc))
     try:
         version = len(migrations.applied(db))
+        # The release phase (or a deploy script) stops here when the key cannot open the secrets.
+        problem = _key_problem(db, None)
     finally:
         db.close()
+    if problem is not None:
+        print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     if existed:
         print(f"database {path} is up to date (version {version})")
     else:
@@ -177,6 +230,24 @@ def _where(location: str) -> str:
     return redacted(location) if "://" in location else location
 
 
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored secret under the newest BRIDGE_ENCRYPTION_KEY key."""
+    try:
+        keys = encryption_keys()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"xdm-bridge: configuration error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        count = _with_db(lambda db: rotate_keys(db, TokenCipher(keys)))
+    except ValueError as exc:
+        print(f"xdm-bridge: nothing changed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    older = " Older keys can now be removed from BRIDGE_ENCRYPTION_KEY." if len(keys) > 1 else ""
+    print(f"re-encrypted {count} stored secret(s) under the newest key.{older}")
+    return EXIT_OK
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Print a new BRIDGE_ENCRYPTION_KEY."""
     print(generate_key())
@@ -211,6 +282,36 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     now = time.time()
     rows = _with_db(lambda db: admin.list_accounts(db, now))
     _emit(args, rows, lambda: admin.accounts_text(rows, now))
+    return EXIT_OK
+
+
+def cmd_accounts_disconnect(args: argparse.Namespace) -> int:
+    """Revoke an account's X tokens, delete them and pause its mappings (as `/xdm disconnect` does)."""
+    settings = _settings()
+    from adapters.ops.accounts import NoSuchAccount, disconnect
+
+    _with_db(admin.list_accounts)  # exits with the reason when there is no usable database
+    try:
+        done = asyncio.run(disconnect(settings, args.id))
+    except NoSuchAccount as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    data = {
+        "disconnected": done.account.id,
+        "x_username": done.account.x_username,
+        "revoked_at_x": done.revoked,
+        "paused": [{"team_id": m.team_id, "channel_id": m.channel_id} for m in done.paused],
+    }
+
+    def text() -> str:
+        revoked = "X revoked its tokens" if done.revoked else "X did NOT confirm the revocation"
+        channels = ", ".join(m.channel_id for m in done.paused) or "none"
+        return (
+            f"disconnected account {done.account.id} (@{done.account.x_username}): {revoked}; "
+            f"tokens deleted; paused mappings: {channels}"
+        )
+
+    _emit(args, data, text)
     return EXIT_OK
 
 
@@ -309,6 +410,15 @@ def _add_operator_commands(sub: Any) -> None:
     accounts = sub.add_parser("accounts", help="list connected X accounts (never their tokens)")
     _json_flag(accounts)
     accounts.set_defaults(func=cmd_accounts)
+    account_actions = accounts.add_subparsers(dest="action", metavar="ACTION")
+    disconnect = account_actions.add_parser(
+        "disconnect",
+        help="revoke an account's X tokens, delete them and pause its mappings",
+        description=cmd_accounts_disconnect.__doc__,
+    )
+    disconnect.add_argument("id", type=int, metavar="ID", help="account id (see `xdm-bridge accounts`)")
+    _json_flag(disconnect, default=argparse.SUPPRESS)
+    disconnect.set_defaults(func=cmd_accounts_disconnect)
 
     outbox = sub.add_parser(
         "outbox",
@@ -381,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("--to", required=True, metavar="URL_OR_PATH", help="postgres:// URL or SQLite file")
     copy.set_defaults(func=cmd_copy_db)
+    sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt stored secrets under the newest BRIDGE_ENCRYPTION_KEY key (then drop the old one)",
+    ).set_defaults(func=cmd_rotate_keys)
     sandbox_parser = sub.add_parser("sandbox", help="try the bridge locally against simulated Slack and X")
     sandbox_parser.set_defaults(func=cmd_sandbox)
     _sandbox_arguments(sandbox_parser)

@@ -114,6 +114,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "yet sent, else a correction DM follows) or ignore",
         "correction",
     ),
+    EnvVar(
+        "XDM_ADMIN_ONLY",
+        "1: only workspace admins and owners may bridge channels (anyone may still unlink their own)",
+        "0",
+    ),
+    EnvVar(
+        "XDM_ALLOWED_USERS",
+        "Slack user ids (comma-separated) who may bridge channels; admins and owners always may. "
+        "Unset: everyone",
+        None,
+    ),
+    EnvVar(
+        "METRICS_TOKEN",
+        "bearer token /metrics requires, and that /healthz needs for its details; unset: /metrics is public",
+        None,
+        secret=True,
+    ),
     EnvVar("LOG_LEVEL", "debug, info, warning or error", "info"),
     EnvVar("LOG_FORMAT", "json, text, or auto (text on a terminal, JSON otherwise)", "auto"),
 )

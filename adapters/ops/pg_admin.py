@@ -22,8 +22,10 @@ T = TypeVar("T")
 
 
 def _numbered(sql: str) -> str:
-    """``?`` placeholders (sqlite3's) as ``$1, $2, …`` (PostgreSQL's)."""
+    """``?`` placeholders (sqlite3's) as ``$1, $2, …`` (PostgreSQL's); SQLite's ``unixepoch()``
+    (the shared key checks use it) as PostgreSQL's clock."""
     counter = iter(range(1, 10_000))
+    sql = sql.replace("unixepoch()", "extract(epoch from now())")
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 

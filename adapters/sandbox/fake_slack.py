@@ -396,8 +396,13 @@ class FakeSlack:
         deleted: bool = False,
         image_url: str | None = None,
         email: str | None = None,
+        is_admin: bool = False,
+        is_owner: bool = False,
     ) -> dict[str, Any]:
-        """Register a user for ``users.info`` and return the ``user`` object it will answer."""
+        """Register a user for ``users.info`` and return the ``user`` object it will answer.
+
+        ``is_owner`` implies ``is_admin``, as in Slack.
+        """
         image = image_url or f"https://avatars.slack-edge.com/fake/{user_id}_192.png"
         profile: dict[str, Any] = {
             "display_name": display_name,
@@ -424,8 +429,8 @@ class FakeSlack:
             "tz_label": "Greenwich Mean Time",
             "tz_offset": 0,
             "profile": profile,
-            "is_admin": False,
-            "is_owner": False,
+            "is_admin": is_admin or is_owner,
+            "is_owner": is_owner,
             "is_bot": is_bot,
             "is_app_user": False,
             "updated": int(self.clock()),

@@ -198,7 +198,8 @@ class Sandbox:
 
     @property
     def authorize_url(self) -> str:
-        return f"{self.x_url}/i/oauth2/authorize"
+        """Where `/xdm connect` links: the bridge's own page, which goes on to X when confirmed."""
+        return f"{self.bridge_url}/x/connect"
 
     # -- the channel box --------------------------------------------------------
 
@@ -279,11 +280,20 @@ class Sandbox:
     # -- the X side -------------------------------------------------------------
 
     async def authorize(self, url: str, *, approve: bool) -> dict[str, Any]:
-        """The browser's trip for ``/xdm connect``: the fake X's consent, then the bridge's callback."""
+        """The browser's trip for ``/xdm connect``: the bridge's page (confirmed), the fake X's
+        consent, then the bridge's callback, with the cookies a browser would keep."""
         if not url.startswith(self.authorize_url + "?"):
-            raise SandboxError("That is not a link to the simulated X's authorize page.")
+            raise SandboxError("That is not a link to the bridge's X authorize page.")
         self.x.authorizing_user_id = YOUR_X_ID
         self.x.deny_next_authorize = not approve
+        async with self.session.get(url) as response:
+            page = await response.text()
+            fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
+        async with self.session.post(self.authorize_url, data=fields, allow_redirects=False) as response:
+            url = response.headers.get("Location", "")
+            if response.status != 303 or not url.startswith(self.x_url + "/"):
+                title = _between(await response.text(), "<h1>", "</h1>") or f"HTTP {response.status}"
+                raise SandboxError(f"The bridge's connect page did not send you on to X: {title}.")
         async with self.session.get(url, allow_redirects=False) as response:
             location = response.headers.get("Location", "")
             if response.status != 302 or not location.startswith(self.bridge_url + "/"):
@@ -589,7 +599,10 @@ async def running_sandbox(
         stack.push_async_callback(bridge.cleanup)
         await web.SockSite(bridge, bridge_socket).start()
 
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        # A browser's cookies, IP address hosts included: the connect flow is bound to them.
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        )
         sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
         sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
         stack.push_async_callback(sandbox.close)

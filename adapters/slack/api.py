@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -20,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
+from bridge.model import SlackMember
 
 log = logging.getLogger("adapters.slack.api")
 
@@ -27,6 +29,8 @@ NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # files.info errors worth trying again later (Slack's own words for "not now").
 SLACK_TRANSIENT = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "request_timeout", "service_unavailable"}
@@ -54,6 +58,9 @@ class SlackApi:
         self._client = client
         self._session = session
         self._names: dict[tuple[str, str], tuple[float, str]] = {}
+        self._bot_name: str | None = None
+        api = urlsplit(client.base_url)
+        self._api_origin = (api.scheme, api.netloc.lower())
 
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
         try:
@@ -98,6 +105,40 @@ class SlackApi:
         )
         self._names[key] = (now + NAME_TTL, str(name))
         return str(name)
+
+    async def member(self, team_id: str, user_id: str) -> SlackMember | None:
+        """Asked afresh each time: a permission must not outlive an admin's demotion."""
+        try:
+            response = await self._client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.warning("users.info failed", extra={"user": user_id, "error": exc.response.get("error")})
+            return None
+        user = response.get("user") or {}
+        return SlackMember(
+            user_id=user_id, is_admin=user.get("is_admin") is True, is_owner=user.get("is_owner") is True
+        )
+
+    async def bot_in_channel(self, team_id: str, channel_id: str) -> bool | None:
+        try:
+            response = await self._client.conversations_info(channel=channel_id)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error == "channel_not_found":  # a private channel the bot is not in looks like this
+                return False
+            log.warning("conversations.info failed", extra={"channel": channel_id, "error": error})
+            return None
+        channel = response.get("channel") or {}
+        # Slack leaves is_member out of DMs; the bot is always in a DM it can see.
+        return channel.get("is_member") is True or channel.get("is_im") is True
+
+    async def bot_name(self, team_id: str) -> str:
+        if self._bot_name is None:
+            try:
+                response = await self._client.auth_test()
+                self._bot_name = str(response.get("user") or "xdm")
+            except SlackApiError:
+                return "xdm"
+        return self._bot_name
 
     async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None:
         webhook = AsyncWebhookClient(response_url, session=self._session)
@@ -151,11 +192,7 @@ class SlackApi:
             raise FileUnavailable(f"{name}: the bridge has no Slack bot token to download it with")
         async with contextlib.AsyncExitStack() as stack:
             try:
-                response = await stack.enter_async_context(
-                    self._session.get(
-                        url, headers={"Authorization": f"Bearer {token}"}, timeout=DOWNLOAD_TIMEOUT
-                    )
-                )
+                response = await self._get_from_slack(stack, name, file, url, token)
                 self._check_download(name, file, response, max_bytes)
                 source: MediaSource
                 if response.content_length is not None:
@@ -168,6 +205,61 @@ class SlackApi:
                     f"{name}: Slack did not deliver the file ({type(exc).__name__})", retryable=True
                 ) from exc
             yield source
+
+    async def _get_from_slack(
+        self, stack: contextlib.AsyncExitStack, name: str, file: Mapping[str, Any], url: str, token: str
+    ) -> aiohttp.ClientResponse:
+        """GET ``url`` with the bot token, following redirects here rather than in aiohttp, so
+        that every hop is checked before the token goes with it: it must never reach a host
+        that is not Slack's."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._require_slack_host(name, file, url)
+            response = await stack.enter_async_context(
+                self._session.get(
+                    url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=DOWNLOAD_TIMEOUT,
+                    allow_redirects=False,
+                )
+            )
+            if response.status in REDIRECTS and response.headers.get("Location"):
+                url = urljoin(url, response.headers["Location"])
+                response.release()
+                continue
+            return response
+        raise FileUnavailable(f"{name}: Slack redirected the download more than {MAX_REDIRECTS} times")
+
+    def slack_file_host(self, url: str) -> bool:
+        """Whether ``url`` may be fetched with the bot token: https on Slack's own hosts
+        (slack.com and its subdomains, such as files.slack.com), or SLACK_API_URL's origin
+        (the sandbox and the tests point it at a simulator)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return False
+        host = (parts.hostname or "").lower()
+        if parts.username is not None or parts.password is not None:
+            return False
+        if (
+            parts.scheme == "https"
+            and port in (None, 443)
+            and (host == "slack.com" or host.endswith(".slack.com"))
+        ):
+            return True
+        return (parts.scheme, parts.netloc.lower()) == self._api_origin
+
+    def _require_slack_host(self, name: str, file: Mapping[str, Any], url: str) -> None:
+        if self.slack_file_host(url):
+            return
+        log.warning(
+            "file download refused: not one of Slack's file hosts",
+            extra={"file_id": str(file.get("id", ""))[:40], "host": (urlsplit(url).hostname or "")[:100]},
+        )
+        raise FileUnavailable(
+            f"{name} could not be fetched: its address is not on Slack's file servers, "
+            "so the bridge did not download it"
+        )
 
     async def _file_url(self, file: Mapping[str, Any]) -> str:
         url = file.get("url_private_download") or file.get("url_private")

@@ -164,6 +164,7 @@ def build_bolt_app(
             response_url=command.get("response_url"),
             channel_name=str(command.get("channel_name") or ""),
             user_name=str(command.get("user_name") or ""),
+            team_name=str(command.get("team_domain") or ""),
         )
         reply = await commands.handle(ctx, scrub(str(command.get("text") or "")))
         await ack(text=reply.text, response_type="in_channel" if reply.in_channel else "ephemeral")

@@ -15,7 +15,9 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "chat.postEphemeral": ("chat:write",),
     "reactions.add": ("reactions:write",),
     "reactions.remove": ("reactions:write",),
-    "users.info": ("users:read",),
+    "users.info": ("users:read",),  # display names; is_admin / is_owner for permissions
+    # is the bot in the channel before it is bridged? (public: channels:read, private: groups:read)
+    "conversations.info": ("channels:read", "groups:read"),
     "files.info": ("files:read",),  # and GET url_private_download with the bot token
 }
 

@@ -34,6 +34,14 @@ class TokenCipher:
                 "(was the key that encrypted it removed?)"
             ) from exc
 
+    def opens(self, ciphertext: str) -> bool:
+        """Whether one of the keys decrypts ``ciphertext``."""
+        try:
+            self._fernet.decrypt(ciphertext.encode())
+        except InvalidToken:
+            return False
+        return True
+
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt under the newest key."""
         return self._fernet.rotate(ciphertext.encode()).decode()

@@ -136,7 +136,7 @@ class PostgresStore:
                     x_user_id = excluded.x_user_id, x_username = excluded.x_username,
                     access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                     expires_at = excluded.expires_at, scope = excluded.scope,
-                    needs_reconnect = 0, updated_at = excluded.updated_at
+                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
                 RETURNING *
                 """,
                 team_id,
@@ -187,9 +187,36 @@ class PostgresStore:
     async def usernames_needing_reconnect(self) -> list[str]:
         """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
         found = await self.pool.fetch(
-            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 ORDER BY x_username"
+            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 AND disconnected_at IS NULL "
+            "ORDER BY x_username"
         )
         return [r["x_username"] for r in found]
+
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        """Forget the account's tokens and pause its mappings (as the SQLite store)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
+                "needs_reconnect = 1, disconnected_at = $1, updated_at = $1 WHERE id = $2",
+                now,
+                account_id,
+            )
+            paused = await conn.fetch(
+                "UPDATE mappings SET paused_at = $1, paused_by = $2 "
+                "WHERE account_id = $3 AND paused_at IS NULL RETURNING *",
+                now,
+                by,
+                account_id,
+            )
+        return sorted((rows.mapping(r) for r in paused), key=lambda m: (m.team_id, m.channel_id))
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        resumed = await self.pool.fetch(
+            "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
+            "WHERE account_id = $1 AND paused_at IS NOT NULL RETURNING *",
+            account_id,
+        )
+        return sorted((rows.mapping(r) for r in resumed), key=lambda m: (m.team_id, m.channel_id))
 
     # -- OAuth states ------------------------------------------------------
 
@@ -199,7 +226,8 @@ class PostgresStore:
             await conn.execute(f"DELETE FROM oauth_states WHERE expires_at < {NOW} - 3600")
             await conn.execute(
                 "INSERT INTO oauth_states (state, code_verifier, team_id, slack_user_id, channel_id, "
-                "response_url, expires_at, used) VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+                "response_url, expires_at, used, slack_user_name, team_name) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)",
                 state.state,
                 self._cipher.encrypt(state.code_verifier),
                 state.team_id,
@@ -207,17 +235,11 @@ class PostgresStore:
                 state.channel_id,
                 state.response_url,
                 state.expires_at,
+                state.slack_user_name,
+                state.team_name,
             )
 
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
-        # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
-        row = await self.pool.fetchrow(
-            "UPDATE oauth_states SET used = 1 WHERE state = $1 AND used = 0 AND expires_at > $2 RETURNING *",
-            state,
-            now,
-        )
-        if row is None:
-            return None
+    def _oauth_state(self, row: Any) -> OAuthState:
         return OAuthState(
             state=row["state"],
             code_verifier=self._cipher.decrypt(row["code_verifier"]),
@@ -226,7 +248,40 @@ class PostgresStore:
             channel_id=row["channel_id"] or "",
             response_url=row["response_url"],
             expires_at=row["expires_at"],
+            slack_user_name=row["slack_user_name"] or "",
+            team_name=row["team_name"] or "",
         )
+
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM oauth_states WHERE state = $1 AND used = 0 AND expires_at > $2 "
+            "AND browser_hash IS NULL",
+            state,
+            now,
+        )
+        return self._oauth_state(row) if row else None
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        # One UPDATE decides, even between instances: one browser confirms a state.
+        row = await self.pool.fetchrow(
+            "UPDATE oauth_states SET browser_hash = $1 WHERE state = $2 AND used = 0 "
+            "AND expires_at > $3 AND browser_hash IS NULL RETURNING *",
+            browser_hash,
+            state,
+            now,
+        )
+        return self._oauth_state(row) if row else None
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
+        row = await self.pool.fetchrow(
+            "UPDATE oauth_states SET used = 1 WHERE state = $1 AND used = 0 AND expires_at > $2 "
+            "AND browser_hash = $3 RETURNING *",
+            state,
+            now,
+            browser_hash,
+        )
+        return self._oauth_state(row) if row else None
 
     # -- mappings ----------------------------------------------------------
 
@@ -737,13 +792,22 @@ class PostgresStore:
         await self._execute("UPDATE outbox SET held_since = $1 WHERE id = $2", since, item_id)
 
     async def release_account(self, account_id: int, now: float) -> int:
-        status = await self._execute(
-            "UPDATE outbox SET state = 'queued', next_attempt_at = $1 "
-            "WHERE account_id = $2 AND state = 'waiting'",
-            now,
-            account_id,
-        )
-        return int(status.split()[-1])
+        async with self._tx() as conn:
+            waiting = await conn.execute(
+                "UPDATE outbox SET state = 'queued', next_attempt_at = $1 "
+                "WHERE account_id = $2 AND state = 'waiting'",
+                now,
+                account_id,
+            )
+            # A row parked mid-send stays 'sending' (it is reconciled before any resend), but it
+            # must become due again too, or it would wait forever.
+            in_flight = await conn.execute(
+                "UPDATE outbox SET next_attempt_at = $1 "
+                "WHERE account_id = $2 AND state = 'sending' AND next_attempt_at >= 1e15",
+                now,
+                account_id,
+            )
+        return int(waiting.split()[-1]) + int(in_flight.split()[-1])
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:

@@ -27,7 +27,7 @@ class Row(Protocol):
 
 
 def account(row: Row, cipher: TokenCipher) -> Account:
-    refresh = row["refresh_token"]
+    refresh, access = row["refresh_token"], row["access_token"]
     return Account(
         id=row["id"],
         team_id=row["team_id"],
@@ -35,12 +35,13 @@ def account(row: Row, cipher: TokenCipher) -> Account:
         x_user_id=row["x_user_id"],
         x_username=row["x_username"],
         tokens=TokenSet(
-            access_token=cipher.decrypt(row["access_token"]),
+            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
             refresh_token=cipher.decrypt(refresh) if refresh else None,
             expires_at=row["expires_at"],
             scope=row["scope"] or "",
         ),
         needs_reconnect=bool(row["needs_reconnect"]),
+        disconnected=row.get("disconnected_at") is not None,
     )
 
 
@@ -63,6 +64,8 @@ def mapping(row: Row) -> Mapping:
         participant_id=row["participant_id"],
         created_by=row["created_by"] or "",
         created_at=row["created_at"] or 0.0,
+        paused_at=row.get("paused_at"),
+        paused_by=row.get("paused_by"),
         participant_username=row.get("participant_username"),
     )
 

@@ -226,7 +226,7 @@ class SqliteStore:
                     x_user_id = excluded.x_user_id, x_username = excluded.x_username,
                     access_token = excluded.access_token, refresh_token = excluded.refresh_token,
                     expires_at = excluded.expires_at, scope = excluded.scope,
-                    needs_reconnect = 0, updated_at = excluded.updated_at
+                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
                 """,
                 {"team_id": team_id, "slack_user_id": slack_user_id, **columns},
             )
@@ -274,12 +274,44 @@ class SqliteStore:
 
         await self._call(work)
 
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
+                    "needs_reconnect = 1, disconnected_at = ?, updated_at = ? WHERE id = ?",
+                    [now, now, account_id],
+                )
+                rows = self._rows(
+                    "UPDATE mappings SET paused_at = ?, paused_by = ? "
+                    "WHERE account_id = ? AND paused_at IS NULL RETURNING *",
+                    [now, by, account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        def work() -> list[Mapping]:
+            with self.db.atomic():
+                rows = self._rows(
+                    "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
+                    "WHERE account_id = ? AND paused_at IS NOT NULL RETURNING *",
+                    [account_id],
+                )
+            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
+
+        return await self._call(work)
+
     async def list_accounts(self) -> list[Account]:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
 
     async def usernames_needing_reconnect(self) -> list[str]:
         """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
-        sql = "SELECT x_username FROM accounts WHERE needs_reconnect ORDER BY x_username"
+        sql = (
+            "SELECT x_username FROM accounts WHERE needs_reconnect AND disconnected_at IS NULL "
+            "ORDER BY x_username"
+        )
         return await self._call(lambda: [r["x_username"] for r in self._rows(sql)])
 
     # -- OAuth states ------------------------------------------------------
@@ -299,31 +331,59 @@ class SqliteStore:
                         "response_url": state.response_url,
                         "expires_at": state.expires_at,
                         "used": 0,
+                        "slack_user_name": state.slack_user_name,
+                        "team_name": state.team_name,
                     }
                 )
 
         await self._call(work)
 
-    async def consume_oauth_state(self, state: str, now: float) -> OAuthState | None:
+    def _oauth_state(self, row: dict[str, Any]) -> OAuthState:
+        return OAuthState(
+            state=row["state"],
+            code_verifier=self._cipher.decrypt(row["code_verifier"]),
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            channel_id=row["channel_id"] or "",
+            response_url=row["response_url"],
+            expires_at=row["expires_at"],
+            slack_user_name=row.get("slack_user_name") or "",
+            team_name=row.get("team_name") or "",
+        )
+
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            row = self._one(
+                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
+                "AND browser_hash IS NULL",
+                [state, now],
+            )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        def work() -> OAuthState | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
+                    "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
+                    [browser_hash, state, now],
+                )
+            return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         def work() -> OAuthState | None:
             with self.db.atomic():
                 # One UPDATE decides: a state is used once, even by racing callbacks.
                 row = self._one(
                     "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                    "RETURNING *",
-                    [state, now],
+                    "AND browser_hash = ? RETURNING *",
+                    [state, now, browser_hash],
                 )
-            if row is None:
-                return None
-            return OAuthState(
-                state=row["state"],
-                code_verifier=self._cipher.decrypt(row["code_verifier"]),
-                team_id=row["team_id"],
-                slack_user_id=row["slack_user_id"],
-                channel_id=row["channel_id"] or "",
-                response_url=row["response_url"],
-                expires_at=row["expires_at"],
-            )
+            return self._oauth_state(row) if row else None
 
         return await self._call(work)
 
@@ -812,7 +872,14 @@ class SqliteStore:
                     "WHERE account_id = ? AND state = 'waiting'",
                     [now, account_id],
                 )
-            return cursor.rowcount
+                # A row parked mid-send stays 'sending' (it is reconciled before any resend),
+                # but it must become due again too, or it would wait forever.
+                in_flight = self.db.execute(
+                    "UPDATE outbox SET next_attempt_at = ? "
+                    "WHERE account_id = ? AND state = 'sending' AND next_attempt_at >= 1e15",
+                    [now, account_id],
+                )
+            return cursor.rowcount + in_flight.rowcount
 
         return await self._call(work)
 

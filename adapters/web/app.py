@@ -10,9 +10,12 @@ and is reconciled on the next start.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import html
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,8 +41,9 @@ from bridge.budget import Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
-from bridge.errors import BridgeError, OAuthStateError
+from bridge.errors import BridgeError, OAuthBrowserError, OAuthStateError
 from bridge.model import Account
+from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.relay import Relay
 from bridge.settings import Settings
@@ -50,6 +54,19 @@ log = logging.getLogger("adapters.web.app")
 SHUTDOWN_GRACE = 20.0  # of the 30 s a dyno gets after SIGTERM
 MAX_BODY = 1024 * 1024  # Slack payloads are far smaller; anything bigger is refused
 SLACK_MAX_SKEW = 300  # Bolt refuses requests whose timestamp is further off than this
+CONNECT_PATH = "/x/connect"
+CALLBACK_PATH = "/x/oauth/callback"
+CSRF_COOKIE = "xdm_csrf"
+FLOW_TTL = 600  # seconds; as long as the flow's state lives
+# Pages that show a flow must not be framed (a hidden "Continue" button), cached or leak
+# their URL (it holds the state) through Referer.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class SystemClock:
@@ -119,6 +136,8 @@ def create_app(
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
+    app.router.add_get("/x/connect", connect_page)
+    app.router.add_post("/x/connect", connect_confirm)
     app.router.add_get("/x/oauth/callback", x_oauth_callback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
@@ -160,7 +179,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         # A refused refresh tells the owner.
         connect = ConnectService(
-            store=store, oauth=oauth, x=x, slack=slack, clock=clock, on_connected=connected
+            store=store,
+            oauth=oauth,
+            x=x,
+            slack=slack,
+            clock=clock,
+            on_connected=connected,
+            on_disconnected=lambda account: tokens.forget(account.id),
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
 
@@ -184,6 +209,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
             on_mapped=worker.wake,
+            connections=connect,
+            connect_page=f"{settings.public_url}{CONNECT_PATH}",
+            permissions=Permissions(
+                slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
+            ),
         )
         background = Background()
         bolt = build_bolt_app(
@@ -300,32 +330,140 @@ def _bad_request(reason: str) -> web.Response:
     return web.json_response({"error": "invalid request", "reason": reason}, status=400)
 
 
-async def x_oauth_callback(request: web.Request) -> web.Response:
-    """Where X sends the browser after consent."""
+def flow_cookie(state: str) -> str:
+    """The cookie that binds one flow to the browser that confirmed it (one per flow, so two
+    flows in one browser do not clash); named from a hash, so the state is not repeated."""
+    return "xdm_flow_" + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _secure(request: web.Request) -> bool:
+    public = request.app[SETTINGS].public_url or ""
+    return public.startswith("https://")
+
+
+async def connect_page(request: web.Request) -> web.Response:
+    """The page `/xdm connect` links to: who the X account will belong to, and a button to go on."""
     services = request.app[SERVICES]
     state = request.query.get("state", "")
     try:
-        account = await services.connect.complete(
-            state, request.query.get("code"), request.query.get("error")
+        pending = await services.connect.pending(state)
+    except OAuthStateError as exc:
+        return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
+    csrf = secrets.token_urlsafe(32)
+    user = pending.slack_user_name or pending.slack_user_id
+    team = pending.team_name or pending.team_id
+    body = (
+        f"<p>The X account you approve next will be connected to the Slack user "
+        f"<strong>{html.escape(user)}</strong> ({html.escape(pending.slack_user_id)}) in the workspace "
+        f"<strong>{html.escape(team)}</strong> ({html.escape(pending.team_id)}). Channels that person "
+        "bridges will send X direct messages in that X account's name.</p>"
+        "<p>Continue only if you ran <code>/xdm connect</code> in Slack yourself just now. "
+        "If someone sent you this link, close this page.</p>"
+        f"<form method=post action='{CONNECT_PATH}'>"
+        f"<input type=hidden name=state value='{html.escape(state, quote=True)}'>"
+        f"<input type=hidden name=csrf value='{csrf}'>"
+        "<button type=submit>Continue to X</button></form>"
+    )
+    response = _html_page("Connect an X account to Slack", body, 200)
+    # Double submit: a form posted from another site would lack this (SameSite=Strict) cookie.
+    response.set_cookie(
+        CSRF_COOKIE,
+        csrf,
+        max_age=FLOW_TTL,
+        path=CONNECT_PATH,
+        httponly=True,
+        samesite="Strict",
+        secure=_secure(request),
+    )
+    return response
+
+
+async def connect_confirm(request: web.Request) -> web.Response:
+    """The person confirmed: bind the flow to this browser with a cookie, then on to X."""
+    services = request.app[SERVICES]
+    form = await request.post()
+    state, csrf = str(form.get("state", "")), str(form.get("csrf", ""))
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not csrf or not cookie or not hmac.compare_digest(csrf, cookie):
+        log.info("connect confirmation refused: no matching page cookie")
+        return _page(
+            "This confirmation cannot be used",
+            "Confirm on the bridge's own page, in the browser that opened it. Run /xdm connect in "
+            "Slack for a new link.",
+            403,
         )
+    browser_key = secrets.token_urlsafe(32)
+    try:
+        _, x_url = await services.connect.confirm(state, browser_key)
+    except OAuthStateError as exc:
+        return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
+    response = web.Response(
+        status=303, headers={"Location": x_url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
+    # Lax: the callback is a top-level GET from X, which Lax cookies accompany.
+    response.set_cookie(
+        flow_cookie(state),
+        browser_key,
+        max_age=FLOW_TTL,
+        path=CALLBACK_PATH,
+        httponly=True,
+        samesite="Lax",
+        secure=_secure(request),
+    )
+    response.del_cookie(CSRF_COOKIE, path=CONNECT_PATH)
+    return response
+
+
+async def x_oauth_callback(request: web.Request) -> web.Response:
+    """Where X sends the browser after consent; completes only in the browser that confirmed."""
+    services = request.app[SERVICES]
+    state = request.query.get("state", "")
+    cookie_name = flow_cookie(state)
+    try:
+        done = await services.connect.complete(
+            state, request.query.get("code"), request.query.get("error"), request.cookies.get(cookie_name)
+        )
+    except OAuthBrowserError as exc:
+        log.warning("X callback refused: the browser did not confirm this flow")
+        return _page("Not connected", str(exc) + " Run /xdm connect in Slack to start again.", 400)
     except OAuthStateError as exc:
         return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
     except BridgeError as exc:
-        log.warning("X connection failed", extra={"error": str(exc)})
+        log.warning("X connection failed", extra={"error": type(exc).__name__})
         return _page("Connecting failed", f"X did not complete the connection: {exc}", 502)
-    if account is None:
-        return _page(
+    if done is None:
+        response = _page(
             "Not connected", "You cancelled on X; nothing was connected. You can close this tab.", 200
         )
-    return _page(
-        "X account connected",
-        f"@{account.x_username} is now connected to Slack. You can close this tab and return to Slack.",
-        200,
-    )
+    else:
+        account, pending = done
+        user = pending.slack_user_name or pending.slack_user_id
+        team = pending.team_name or pending.team_id
+        response = _page(
+            "X account connected",
+            f"X account @{account.x_username} is now connected to the Slack user {user} "
+            f"({pending.slack_user_id}) in the workspace {team}. You can close this tab and return to Slack.",
+            200,
+        )
+    response.del_cookie(cookie_name, path=CALLBACK_PATH)
+    return response
+
+
+def operator_authorized(request: web.Request) -> bool:
+    """The request carries ``METRICS_TOKEN`` as a bearer token (compared in constant time)."""
+    token = request.app[SETTINGS].metrics_token
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the database answers and the delivery worker checks in; 503 otherwise."""
+    """200 while the database answers and the delivery worker checks in; 503 otherwise.
+
+    The public learns only up or down; the details (worker, accounts to reconnect by
+    name) need ``METRICS_TOKEN`` as a bearer token.
+    """
     services = request.app[SERVICES]
     now = time.time()
     try:
@@ -352,11 +490,23 @@ async def healthz(request: web.Request) -> web.Response:
         else {"count": len(reconnect), "usernames": reconnect},
         "uptime": round(now - services.started_at, 1),
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    if not operator_authorized(request):
+        body = {"status": body["status"]}
+    return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; gauges are computed now, from the store and the budgets."""
+    """Prometheus text format; gauges are computed now, from the store and the budgets.
+
+    With ``METRICS_TOKEN`` set, only requests bearing it are served (Prometheus:
+    ``authorization: {credentials: …}``).
+    """
+    if request.app[SETTINGS].metrics_token and not operator_authorized(request):
+        return web.json_response(
+            {"error": "METRICS_TOKEN required as a bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="xdm-bridge metrics"'},
+        )
     metrics = request.app[METRICS]
     try:
         await metrics.refresh()
@@ -366,11 +516,16 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 
 def _page(title: str, message: str, status: int) -> web.Response:
+    return _html_page(title, f"<p>{html.escape(message)}</p>", status)
+
+
+def _html_page(title: str, inner: str, status: int) -> web.Response:
+    """A page around ``inner``, HTML the caller has escaped."""
     body = (
         "<!doctype html><html lang=en><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)} · xdm-bridge</title>"
         "<body style='font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem'>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
+        f"<h1>{html.escape(title)}</h1>{inner}</body></html>"
     )
-    return web.Response(text=body, status=status, content_type="text/html")
+    return web.Response(text=body, status=status, content_type="text/html", headers=PAGE_HEADERS)

@@ -14,10 +14,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
-_SECRET = re.compile(r"(xox[abposr]-[A-Za-z0-9-]+|Bearer\s+[A-Za-z0-9._~+/=-]+)")
+# Bot tokens, and bearer or basic credentials (16+ characters, so "Basic Information" stays).
+_SECRET = re.compile(
+    r"(xox[abposr]-[A-Za-z0-9-]+|Bearer\s+[A-Za-z0-9._~+/=-]+|Basic\s+[A-Za-z0-9+/]{16,}={0,2})"
+)
+_KNOWN: list[str] = []  # the configured secrets' values, longest first
 
 
 def _mask(value: str) -> str:
+    for secret in _KNOWN:
+        if secret in value:
+            value = value.replace(secret, "[redacted]")
     return _SECRET.sub("[redacted]", value)
 
 
@@ -52,8 +59,13 @@ class TextFormatter(logging.Formatter):
         return _mask(text)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Configure the root logger once; ``fmt`` is json, text or auto (text on a TTY)."""
+def setup_logging(level: str = "INFO", fmt: str = "auto", secrets: tuple[str, ...] = ()) -> None:
+    """Configure the root logger once; ``fmt`` is json, text or auto (text on a TTY).
+
+    ``secrets`` (the configured ones: signing secret, tokens, keys) are masked wherever they
+    would appear, whatever logged them; tokens made at run time are masked by their shape.
+    """
+    _KNOWN[:] = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())

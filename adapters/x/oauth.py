@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from authlib.common.security import generate_token
@@ -18,7 +19,7 @@ from authlib.oauth2.rfc6749 import OAuth2Token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from bridge.errors import XAuthRevoked, XTransient
+from bridge.errors import XAuthRevoked, XRefused, XTransient
 from bridge.model import AuthorizationRequest, TokenSet
 from bridge.settings import SCOPES
 
@@ -50,23 +51,30 @@ class XOAuthClient:
         self._client_secret = client_secret
         self._authorize_url = authorize_url
         self._token_url = token_url
+        # X serves revoke next to its token endpoint: /2/oauth2/token → /2/oauth2/revoke.
+        self._revoke_url = token_url.rsplit("/", 1)[0] + "/revoke"
         self._redirect_uri = redirect_uri
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     def begin(self) -> AuthorizationRequest:
         state = generate_token(32)
         verifier = generate_token(VERIFIER_LENGTH)
-        url = prepare_grant_uri(
+        return AuthorizationRequest(
+            url=self.authorize_url(state, verifier), state=state, code_verifier=verifier
+        )
+
+    def authorize_url(self, state: str, code_verifier: str) -> str:
+        url: str = prepare_grant_uri(
             self._authorize_url,
             self._client_id,
             "code",
             redirect_uri=self._redirect_uri,
             scope=" ".join(SCOPES),
             state=state,
-            code_challenge=create_s256_code_challenge(verifier),  # type: ignore[no-untyped-call]
+            code_challenge=create_s256_code_challenge(code_verifier),  # type: ignore[no-untyped-call]
             code_challenge_method="S256",
         )
-        return AuthorizationRequest(url=url, state=state, code_verifier=verifier)
+        return url
 
     async def exchange(self, code: str, code_verifier: str) -> TokenSet:
         body = prepare_token_request(
@@ -91,19 +99,24 @@ class XOAuthClient:
             raise XAuthRevoked(f"X refused to refresh the token: {_oauth_error(payload)}")
         raise XTransient(f"token refresh failed with HTTP {status}", status=status)
 
+    async def revoke(self, token: str) -> None:
+        body = urlencode({"token": token, **self._public_client_id()})
+        status, payload = await self._token_request(body, url=self._revoke_url)
+        if status != 200:
+            raise XRefused(f"X did not revoke the token: {_oauth_error(payload)}", status=status)
+
     def _public_client_id(self) -> dict[str, str]:
         # Public clients name themselves in the body; confidential ones use HTTP Basic.
         return {} if self._client_secret else {"client_id": self._client_id}
 
-    async def _token_request(self, body: str) -> tuple[int, dict[str, Any]]:
+    async def _token_request(self, body: str, *, url: str | None = None) -> tuple[int, dict[str, Any]]:
+        url = url or self._token_url
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         if self._client_secret:
             auth = ClientAuth(self._client_id, self._client_secret, "client_secret_basic")
-            _, headers, body = auth.prepare("POST", self._token_url, headers, body)  # type: ignore[no-untyped-call]
+            _, headers, body = auth.prepare("POST", url, headers, body)  # type: ignore[no-untyped-call]
         try:
-            async with self._session.post(
-                self._token_url, data=body, headers=headers, timeout=self._timeout
-            ) as response:
+            async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as response:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -103,9 +103,11 @@ async def test_too_big_without_content_length_stops_while_streaming(
         "name": "long.mp4",
         "url_private_download": str(server.make_url("/files-pri/T0001-F6/download/long.mp4")),
     }
+    # This server stands in for Slack's file host, so it is the client's Slack API origin.
+    slack = SlackApi(web_client(env.fake.bot_token, str(server.make_url("/api/")), env.session), env.session)
     with pytest.raises(FileTooLarge, match=re.escape("long.mp4 is over 1 MB, the limit for it")):
-        await env.slack().download_file(TEAM, file, max_bytes=1024 * 1024)
-    assert await env.slack().download_file(TEAM, file, max_bytes=4 * 1024 * 1024) == b"v" * 4 * 1024 * 1024
+        await slack.download_file(TEAM, file, max_bytes=1024 * 1024)
+    assert await slack.download_file(TEAM, file, max_bytes=4 * 1024 * 1024) == b"v" * 4 * 1024 * 1024
 
 
 async def test_listed_size_over_the_cap_is_refused_before_any_download(env: Env) -> None:

@@ -79,10 +79,12 @@ async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine
         state = OAuthState("s1", "verifier", "T1", "U1", "C1", "https://hooks/1", now + 600)
         await store.save_oauth_state(state)
         await store.save_oauth_state(OAuthState("s2", "v2", "T1", "U1", "C1", None, now + 1))
-        results = await asyncio.gather(*(store.consume_oauth_state("s1", now) for _ in range(5)))
+        assert await store.confirm_oauth_state("s1", now, "browser") is not None
+        assert await store.confirm_oauth_state("s2", now, "browser") is not None
+        results = await asyncio.gather(*(store.consume_oauth_state("s1", now, "browser") for _ in range(5)))
         assert [r for r in results if r is not None] == [state]
-        assert await store.consume_oauth_state("s2", now + 1) is None  # expired
-        assert await store.consume_oauth_state("nope", now) is None
+        assert await store.consume_oauth_state("s2", now + 1, "browser") is None  # expired
+        assert await store.consume_oauth_state("nope", now, "browser") is None
 
 
 async def test_a_channel_maps_once_until_unmapped(engine: Engine) -> None:
@@ -273,3 +275,60 @@ async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
         )
         await store.create_mapping(mapping)
         assert await store.get_mapping("T1", "C1") == mapping
+
+
+async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
+        other = await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("b", "s", 5.0))
+        for channel, owner in (("C1", account), ("C2", account), ("C3", other)):
+            mapping = Mapping(
+                "T1", channel, MappingKind.LINK, owner.id, "1000-2001", None, owner.slack_user_id, 0
+            )
+            await store.create_mapping(mapping)
+
+        paused = await store.disconnect_account(account.id, 100.0, "U1")
+        assert [(m.channel_id, m.paused_at, m.paused_by) for m in paused] == [
+            ("C1", 100.0, "U1"),
+            ("C2", 100.0, "U1"),
+        ]
+        gone = await store.get_account(account.id)
+        assert gone is not None and gone.disconnected and gone.needs_reconnect
+        assert gone.tokens.access_token == "" and gone.tokens.refresh_token is None
+        assert await store.disconnect_account(account.id, 200.0, "U1") == []  # already paused
+        untouched = await store.get_mapping("T1", "C3")
+        assert untouched is not None and untouched.paused_at is None
+
+        again = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("c", "t", 9.0))
+        assert again.id == account.id and not again.disconnected and not again.needs_reconnect
+        assert [m.channel_id for m in await store.resume_mappings(account.id)] == ["C1", "C2"]
+        assert await store.resume_mappings(account.id) == []
+    finally:
+        await store.close()
+
+
+async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
+        await store.save_oauth_state(state)
+        shown = await store.get_oauth_state("s1", 10.0)
+        assert shown is not None and (shown.slack_user_name, shown.team_name) == ("ada", "fake")
+        assert await store.get_oauth_state("s1", 1000.0) is None  # expired
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # not confirmed yet
+
+        confirmed = await store.confirm_oauth_state("s1", 10.0, "hash-a")
+        assert confirmed is not None and confirmed.code_verifier == "verifier"
+        assert await store.confirm_oauth_state("s1", 10.0, "hash-b") is None  # one browser only
+        assert await store.get_oauth_state("s1", 10.0) is None  # the page no longer shows it
+
+        assert await store.consume_oauth_state("s1", 10.0, "hash-b") is None  # another browser
+        used = await store.consume_oauth_state("s1", 10.0, "hash-a")
+        assert used is not None and used.slack_user_id == "U1"
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # single use
+        assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
+    finally:
+        await store.close()

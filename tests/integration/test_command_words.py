@@ -70,5 +70,5 @@ async def test_help_has_one_line_per_command(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         lines = (await said(bridge, "help")).splitlines()
         commands = [line for line in lines if line.startswith("• `/xdm ")]
-        assert len(commands) == 6
+        assert len(commands) == 7  # connect, new-group, dm, link, unlink, status, disconnect
         assert lines == [lines[0], *commands, lines[-1]]  # a title, the commands, one footnote

@@ -17,7 +17,9 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
     async with running_bridge(tmp_path) as bridge:
         ack, response_url = await bridge.command("connect")
         assert ack.status == 200
-        params = query_of(authorize_url(ack.text))
+        assert authorize_url(ack.text).startswith(f"{bridge.url}/x/connect?state=")  # the bridge's page first
+        x_url = await bridge.confirm(authorize_url(ack.text))
+        params = query_of(x_url)
         assert params["response_type"] == "code"
         assert params["client_id"] == "test-client"
         assert params["redirect_uri"] == f"{bridge.url}/x/oauth/callback"
@@ -25,7 +27,7 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
         assert params["code_challenge_method"] == "S256"
         assert len(params["state"]) >= 32 and len(params["code_challenge"]) == 43
 
-        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
             page = await response.text()
@@ -52,12 +54,12 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
     async with running_bridge(tmp_path) as bridge:
         async with bridge.session.get(f"{bridge.url}/x/oauth/callback?state=forged&code=abc") as response:
             assert response.status == 400
-            assert "not valid" in await response.text()
+            assert "did not confirm it" in await response.text()  # no flow cookie in this browser
 
         await bridge.connect()
         # The state just used cannot be replayed.
         ack, _ = await bridge.command("connect", user="U200")
-        url = authorize_url(ack.text)
+        url = await bridge.confirm(authorize_url(ack.text))
         async with bridge.session.get(url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
@@ -67,7 +69,7 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
 
         # An expired state is refused even with a fresh code.
         ack, _ = await bridge.command("connect", user="U300")
-        url = authorize_url(ack.text)
+        url = await bridge.confirm(authorize_url(ack.text))
         await bridge.sql("UPDATE oauth_states SET expires_at = 0 WHERE used = 0")
         async with bridge.session.get(url, allow_redirects=False) as response:
             location = response.headers["Location"]
@@ -83,7 +85,8 @@ async def test_declined_authorization_connects_nothing(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         ack, response_url = await bridge.command("connect")
         bridge.x.deny_next_authorize = True
-        async with bridge.session.get(authorize_url(ack.text), allow_redirects=False) as response:
+        x_url = await bridge.confirm(authorize_url(ack.text))
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
             assert response.status == 200

@@ -205,8 +205,9 @@ async def test_revoked_account_waits_then_flows_after_reconnect(tmp_path: Path) 
 
 
 async def test_healthz_reports_database(tmp_path: Path) -> None:
-    async with running_bridge(tmp_path) as bridge:
-        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+    async with running_bridge(tmp_path, env={"METRICS_TOKEN": "ops-token"}) as bridge:
+        headers = {"Authorization": "Bearer ops-token"}
+        async with bridge.session.get(f"{bridge.url}/healthz", headers=headers) as response:
             body = await response.json()
         assert response.status == 200
         assert body["status"] == "ok" and body["database"] == "ok"

@@ -15,7 +15,7 @@ from bridge.errors import ConfigError
 from bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-READERS = {"get", "required", "integer", "number", "url", "choice", "limit"}
+READERS = {"get", "required", "integer", "number", "url", "choice", "limit", "flag", "slack_user_ids"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]+$")
 
 

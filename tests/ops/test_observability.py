@@ -21,8 +21,14 @@ from tests.harness import ALICE, Bridge, running_bridge, wait_until
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def operator(bridge: Bridge) -> dict[str, str]:
+    """The Authorization an operator's scraper sends when METRICS_TOKEN is set."""
+    token = bridge.settings.metrics_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 async def scrape(bridge: Bridge) -> Samples:
-    async with bridge.session.get(f"{bridge.url}/metrics") as response:
+    async with bridge.session.get(f"{bridge.url}/metrics", headers=operator(bridge)) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = await response.text()
@@ -103,9 +109,9 @@ async def test_refusals_are_counted_by_reason(tmp_path: Path) -> None:
 
 
 async def test_waiting_messages_show_in_depth_and_healthz_names_accounts_to_reconnect(tmp_path: Path) -> None:
-    async with running_bridge(tmp_path) as bridge:
+    async with running_bridge(tmp_path, env={"METRICS_TOKEN": "ops-token"}) as bridge:
         await linked(bridge)
-        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+        async with bridge.session.get(f"{bridge.url}/healthz", headers=operator(bridge)) as response:
             healthy = await response.json()
         assert response.status == 200
         assert healthy["worker"] == "ok" and healthy["worker_heartbeat_age"] < 5
@@ -124,7 +130,7 @@ async def test_waiting_messages_show_in_depth_and_healthz_names_accounts_to_reco
         samples = await scrape(bridge)
         assert value(samples, "outbox_depth") == 1
         assert value(samples, "outbox_oldest_age_seconds") > 0
-        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+        async with bridge.session.get(f"{bridge.url}/healthz", headers=operator(bridge)) as response:
             body = await response.json()
         assert response.status == 200  # a user's reconnection is not the process's health
         assert body["accounts_needing_reconnect"] == {"count": 1, "usernames": ["bridge_owner"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 import time
@@ -42,14 +43,15 @@ class World:
         """Plain SQL (``?`` placeholders) on the world's database, SQLite or PostgreSQL."""
         return await pg.query(self.env.get("DATABASE_URL") or str(self.db_path), query, *params)
 
-    def server(self, log_path: Path, *, port: int | None = None) -> Server:
+    def server(self, log_path: Path, *, port: int | None = None, max_files: int | None = None) -> Server:
         """A server for this world; it is killed when the world ends, even if the test failed.
 
-        ``port``: another instance on the same database, listening elsewhere (``server.url``)."""
+        ``port``: another instance on the same database, listening elsewhere (``server.url``).
+        ``max_files`` lowers the process's file descriptor limit (RLIMIT_NOFILE)."""
         env = dict(self.env)
         if port is not None:
             env.update(PORT=str(port), PUBLIC_URL=f"http://127.0.0.1:{port}")
-        server = Server(env, log_path)
+        server = Server(env, log_path, max_files=max_files)
         self.servers.append(server)
         return server
 
@@ -102,16 +104,19 @@ async def world(
 class Server:
     """One `python -m bridge serve` subprocess."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, max_files: int | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        self.max_files = max_files
         self.process: asyncio.subprocess.Process | None = None
         self.url = f"http://127.0.0.1:{env['PORT']}"
 
     async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
-        """The /healthz body, or None while the server does not answer."""
+        """The /healthz body (in full with the world's METRICS_TOKEN), or None while it does not answer."""
+        token = self.env.get("METRICS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            async with session.get(f"{self.url}/healthz") as response:
+            async with session.get(f"{self.url}/healthz", headers=headers) as response:
                 body: dict[str, Any] = await response.json()
                 return body
         except aiohttp.ClientError:
@@ -119,9 +124,15 @@ class Server:
 
     async def start(self, url: str, session: aiohttp.ClientSession) -> None:
         log = self.log_path.open("ab")
+        limit = self.max_files
+
+        def lower_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1",
-            env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log,
+            env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log, preexec_fn=lower_limit,
             start_new_session=True,  # its own process group: a kill takes any child (Litestream's) too
         )  # fmt: skip
         log.close()

@@ -57,7 +57,7 @@ async def test_two_instances_share_the_work_and_a_standby_takes_over_a_killed_le
         groups.update({f"C{i}": x.create_group(ME, [ALICE, BOB, CAROL]) for i in range(4)})
         return groups
 
-    async with world(tmp_path, make_groups, X_TIMEOUT_SECONDS="10") as w:
+    async with world(tmp_path, make_groups, X_TIMEOUT_SECONDS="10", METRICS_TOKEN="operator") as w:
         w.x.user_limit_15m = 12  # delivery spread over windows, so the kill lands mid-delivery
         w.x.window_15m_seconds = 1.0
         servers = [w.server(tmp_path / "a.log"), w.server(tmp_path / "b.log", port=free_port())]

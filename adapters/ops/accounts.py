@@ -1,0 +1,64 @@
+"""``xdm-bridge accounts disconnect``: what `/xdm disconnect` does, for an operator.
+
+The CLI is its own process, so it builds the few pieces it needs (the store, an HTTP
+session, X's OAuth client, the Slack client for the channel notices) and runs the
+core's ``ConnectService.disconnect``. A running server notices within its account
+cache's lifetime (``bridge.tokens.ACCOUNT_TTL``); until then a send with the revoked
+token is refused by X and parks like any other.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+
+from adapters.slack.api import SlackApi, web_client
+from adapters.store.select import make_store
+from adapters.x.api import XApiClient
+from adapters.x.oauth import XOAuthClient
+from bridge.connect import OPERATOR, ConnectService, Disconnected
+from bridge.settings import Settings
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class NoSuchAccount(Exception):
+    """The id names no account, or one already disconnected; ``str`` says which."""
+
+
+async def disconnect(settings: Settings, account_id: int) -> Disconnected:
+    """Revoke, delete the tokens, pause the account's mappings and tell their channels.
+
+    The database must exist (the caller checks: a typo must not create an empty one).
+    """
+    store = make_store(settings)  # SQLite, or PostgreSQL with DATABASE_URL
+    await store.open()
+    try:
+        async with aiohttp.ClientSession() as session:
+            account = await store.get_account(account_id)
+            if account is None:
+                raise NoSuchAccount(f"no X account with id {account_id} (see `xdm-bridge accounts`)")
+            if account.disconnected:
+                raise NoSuchAccount(f"account {account_id} (@{account.x_username}) is already disconnected")
+            service = ConnectService(
+                store=store,
+                oauth=XOAuthClient(
+                    session,
+                    client_id=settings.x_client_id,
+                    client_secret=settings.x_client_secret,
+                    authorize_url=settings.x_authorize_url,
+                    token_url=settings.x_token_url,
+                    redirect_uri=settings.redirect_uri,
+                    timeout=settings.x_timeout_seconds,
+                ),
+                x=XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds),
+                slack=SlackApi(web_client(settings.bot_token, settings.slack_api_url, session), session),
+                clock=SystemClock(),
+            )
+            return await service.disconnect(account, OPERATOR)
+    finally:
+        await store.close()

@@ -1,0 +1,87 @@
+"""Checking ``BRIDGE_ENCRYPTION_KEY`` against the stored secrets, and rotating them to the newest key.
+
+A key that cannot open what is stored must stop ``migrate`` (the release phase, so a
+bad deploy never goes live) and ``serve``: otherwise the bridge starts, reports healthy,
+and every send and `/xdm status` fails. Plain functions over one sqlite-utils
+``Database``, for the CLI (its own process, before any server work starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from adapters.store.crypto import TokenCipher
+
+# (table, key column, secret columns, which rows still matter)
+SECRETS = (
+    ("accounts", "id", ("access_token", "refresh_token"), "1 = 1"),
+    ("oauth_states", "state", ("code_verifier",), "used = 0 AND expires_at > unixepoch()"),
+)
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """How many stored secrets the configured keys open."""
+
+    total: int
+    unreadable: int
+
+    def problem(self) -> str | None:
+        """One line naming the variable and what to do, or None when every secret opens."""
+        if not self.unreadable:
+            return None
+        return (
+            f"BRIDGE_ENCRYPTION_KEY cannot decrypt {self.unreadable} of the {self.total} secrets stored in "
+            "the database: it lacks the key they were encrypted with. Put that key back (newest first: "
+            "BRIDGE_ENCRYPTION_KEY=new,old) and run `xdm-bridge rotate-keys` before dropping it."
+        )
+
+
+def _ciphertexts(db: Database) -> list[tuple[str, str, str, object, str]]:
+    found: list[tuple[str, str, str, object, str]] = []
+    for table, key, columns, live in SECRETS:
+        if not db[table].exists():
+            continue
+        for column in columns:
+            sql = (
+                f"SELECT {key} AS k, {column} AS c FROM {table} "
+                f"WHERE {live} AND {column} IS NOT NULL AND {column} != ''"
+            )
+            found.extend((table, key, column, row["k"], row["c"]) for row in db.query(sql))
+    return found
+
+
+def check_keys(db: Database, cipher: TokenCipher | None) -> KeyCheck:
+    """Try every live stored secret with the configured keys (``None``: only count them)."""
+    secrets = _ciphertexts(db)
+    if cipher is None:
+        return KeyCheck(total=len(secrets), unreadable=0)
+    return KeyCheck(total=len(secrets), unreadable=sum(not cipher.opens(c) for *_, c in secrets))
+
+
+def rotate_keys(db: Database, cipher: TokenCipher) -> int:
+    """Re-encrypt every stored secret under the newest key, in one transaction; returns how many.
+
+    Used and expired OAuth states are deleted first (nothing reads them). Raises
+    ``ValueError`` (the ``KeyCheck`` problem) without changing anything when a secret
+    cannot be opened.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db["oauth_states"].exists():
+            db.execute("DELETE FROM oauth_states WHERE used = 1 OR expires_at <= unixepoch()")
+        secrets = _ciphertexts(db)
+        unreadable = sum(not cipher.opens(c) for *_, c in secrets)
+        if unreadable:
+            raise ValueError(KeyCheck(len(secrets), unreadable).problem())
+        for table, key, column, row_key, ciphertext in secrets:
+            db.execute(
+                f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [cipher.rotate(ciphertext), row_key]
+            )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return len(secrets)

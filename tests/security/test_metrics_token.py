@@ -1,0 +1,34 @@
+"""METRICS_TOKEN guards /metrics; /healthz tells the public only up or down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness import running_bridge
+
+
+async def test_metrics_need_the_token_and_healthz_details_too(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env={"METRICS_TOKEN": "s3cret-metrics"}) as bridge:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-metrics"}):
+            async with bridge.session.get(f"{bridge.url}/metrics", headers=headers) as response:
+                assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
+                assert "bridge_" not in await response.text()
+        good = {"Authorization": "Bearer s3cret-metrics"}
+        async with bridge.session.get(f"{bridge.url}/metrics", headers=good) as response:
+            assert response.status == 200 and "outbox_depth" in await response.text()
+
+        async with bridge.session.get(f"{bridge.url}/healthz") as response:
+            assert response.status == 200 and await response.json() == {"status": "ok"}
+        async with bridge.session.get(f"{bridge.url}/healthz", headers=good) as response:
+            details = await response.json()
+            assert details["database"] == "ok" and "accounts_needing_reconnect" in details
+
+
+async def test_without_a_token_metrics_stay_open_but_healthz_details_do_not(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        async with bridge.session.get(f"{bridge.url}/metrics") as response:
+            assert response.status == 200
+        async with bridge.session.get(
+            f"{bridge.url}/healthz", headers={"Authorization": "Bearer "}
+        ) as response:
+            assert await response.json() == {"status": "ok"}
