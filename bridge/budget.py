@@ -31,6 +31,28 @@ FALLBACK_PAUSE = 60.0
 DEFAULT_USER_15M = 15
 DEFAULT_USER_24H = 1440
 DEFAULT_APP_24H = 1440
+# No window of X's lasts longer than a day: a reset further ahead than this is not believed.
+MAX_RESET_AHEAD = ONE_DAY + 15 * 60.0
+MAX_COUNT = 10**9  # a limit or remaining count beyond this is not a count
+
+
+def plausible_reset(reset: float | None, now: float) -> float | None:
+    """``reset`` if it is a time within X's longest window from ``now``; otherwise None.
+
+    The adapter already drops implausible headers; this guards what the store hands back
+    (an older version saved whatever X sent) and what the core is given.
+    """
+    if reset is None or not isinstance(reset, int | float) or reset != reset:  # NaN
+        return None
+    if reset <= 0 or reset > now + MAX_RESET_AHEAD:
+        return None
+    return float(reset)
+
+
+def _count(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return default
 
 
 @dataclass
@@ -111,12 +133,23 @@ class Budget:
         self._app_limit = (ONE_DAY, app_24h, DEFAULT_APP_24H)
         self._windows: dict[str, Window] = {}
 
-    async def load(self) -> None:
+    async def load(self, now: float) -> None:
+        """Read the saved windows; values no window could have (an old version saved X's
+        headers unchecked) are dropped, so one bad row cannot wedge an account or a status."""
         for row in await self._store.load_budgets():
-            window = self._window(row["key"])
-            window.limit = window.capped(row["limit_"])
-            window.remaining = min(window.limit, row["remaining"])
-            window.reset_at = row["reset_at"] or 0.0
+            key = str(row.get("key") or "")
+            if key != f"{APP}:24h" and key.rsplit(":", 1)[-1] not in self._limits:
+                log.warning("unknown budget window ignored", extra={"key": key})
+                continue
+            window = self._window(key)
+            reset_at = plausible_reset(row.get("reset_at"), now)
+            if reset_at is None and row.get("reset_at"):
+                log.warning("implausible saved budget reset ignored", extra={"key": key})
+            window.limit = window.capped(_count(row.get("limit_"), window.limit))
+            window.remaining = min(window.limit, _count(row.get("remaining"), window.limit))
+            window.reset_at = reset_at or 0.0
+            if not window.reset_at:
+                window.remaining = window.limit  # a window with no known end is not exhausted
 
     def _window(self, key: str) -> Window:
         window = self._windows.get(key)
@@ -189,7 +222,8 @@ class Budget:
             app.exhaust(facts.app_day_reset)
             exhausted = True
         if not exhausted:
-            minute.exhaust(reset_at if reset_at > now else now + FALLBACK_PAUSE)
+            believed = plausible_reset(reset_at, now)
+            minute.exhaust(believed if believed is not None and believed > now else now + FALLBACK_PAUSE)
         await self._persist(account_id)
         until = self.blocked_until(account_id, now)
         return until if until is not None else now + FALLBACK_PAUSE

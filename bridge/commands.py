@@ -637,8 +637,13 @@ def _names(participants: tuple[Participant, ...]) -> str:
 
 
 def _clock_time(epoch: float, now: float) -> str:
-    """``14:05 UTC``; with the date when that is more than 12 hours away (a daily window)."""
-    moment = datetime.fromtimestamp(epoch, UTC)
+    """``14:05 UTC``; with the date when that is more than 12 hours away (a daily window).
+
+    Total: a reset may come from X's headers, and no value of it may make a command fail."""
+    try:
+        moment = datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, ValueError, OSError):
+        return "later"
     if epoch - now > 12 * 3600:
         return f"{moment:%a} {moment.day} {moment:%b}, {moment:%H:%M} UTC"
     return f"{moment:%H:%M} UTC"

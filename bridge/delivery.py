@@ -13,6 +13,13 @@ Rules it keeps:
   recent events before any resend, because X has no idempotency key;
 - nothing accepted is dropped: rate limits and reconnections make rows wait,
   transient errors back off, only X's permanent refusals fail a row.
+- one row never stops another: a row that cannot be read or rendered is failed with
+  its reason (its author told) and the rest flows; every retry path waits first (a
+  crashed task pauses its account), so nothing spins against X;
+- every X call goes through the token manager's one refresh-on-401 path;
+- an unclear read-back (a refusal, an error, garbage) never concludes "not sent": the
+  row stays ``sending`` and reads again later;
+- a row deleted in Slack while ``sending`` is only read back, never sent again.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge import reconcile, translate
-from bridge.budget import Budget, BudgetRow
+from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
 from bridge.errors import (
     BridgeError,
     Failure,
@@ -52,7 +59,16 @@ from bridge.media import (
     plan_files,
     plan_media,
 )
-from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
+from bridge.model import (
+    Account,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    Unreadable,
+    one_to_one_id,
+)
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -60,6 +76,9 @@ log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
 READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
+MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
+CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
+MAX_UNEXPECTED = 5  # unexpected errors before an unsent row is failed rather than retried
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
@@ -128,6 +147,8 @@ class Delivery:
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
+        self._failures: dict[int, int] = defaultdict(int)  # row -> failed attempts since it last moved
+        self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
         self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
@@ -168,6 +189,7 @@ class Delivery:
             self._stopping
             or item.account_id in self._contended
             or item.next_attempt_at > now
+            or self._cooldown.get(item.account_id, 0.0) > now
             or self._budget.blocked_until(item.account_id, now) is not None
         )
 
@@ -230,6 +252,14 @@ class Delivery:
         by_account: dict[int, list[OutboxItem]] = defaultdict(list)
         wake_at = now + self._config.rescan_every
         for item in heads:
+            if isinstance(item, Unreadable):
+                try:
+                    await self._fail(item, Undeliverable(item.reason, Failure.OTHER))
+                    wake_at = now  # its channel's next row is the head now
+                except Exception:
+                    log.exception("could not fail an unreadable outbox row", extra={"outbox_id": item.id})
+                    wake_at = min(wake_at, now + CRASH_PAUSE)
+                continue
             if item.next_attempt_at > now:
                 if item.next_attempt_at < UNTIL_RECONNECTED:
                     wake_at = min(wake_at, item.next_attempt_at)
@@ -244,6 +274,11 @@ class Delivery:
         for account_id, items in by_account.items():
             if account_id in self._serving:
                 continue
+            cooldown = self._cooldown.get(account_id, 0.0)
+            if cooldown > now:
+                wake_at = min(wake_at, cooldown)
+                continue
+            self._cooldown.pop(account_id, None)
             blocked = self._budget.blocked_until(account_id, now)
             if blocked is not None:
                 wake_at = min(wake_at, blocked)
@@ -275,6 +310,8 @@ class Delivery:
             failed = not t.cancelled() and t.exception() is not None
             if failed:  # _deliver handles every error; this would be a bug in the worker itself
                 log.error("delivery task failed", exc_info=t.exception())
+                # Its row did not move: starting it again at once would spin against X.
+                self._cooldown[account_id] = self._clock.now() + CRASH_PAUSE
             # Look again unless the task emptied its channel and nothing else waits for the account.
             waiting = account_id in self._recheck or account_id in self._contended
             self._recheck.discard(account_id)
@@ -353,7 +390,7 @@ class Delivery:
                 await self._delete(item, account)
                 return LOOK_AGAIN
             parts: list[RenderedPart] | None = None
-            if item.text is None:
+            if item.text is None and not item.deleted:
                 parts = await self._render(item)
                 if parts is None:
                     return LOOK_AGAIN
@@ -364,14 +401,17 @@ class Delivery:
                 found = await self._reconcile(item, account)
                 if found is not None:
                     return await self._sent(item, found)
+            if item.deleted:
+                # Deleted in Slack mid-send, and X does not have it: it is never sent again.
+                await self._cancel(item)
+                return LOOK_AGAIN
             return await self._send(item, account, parts)
         except XRateLimited as exc:
             # From reading events back, uploading media or deleting: each has its own window,
             # separate from the DM POST budget, so only this row waits.
-            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=exc.reset_at))
-            await self._store.reschedule(
-                item.id, item.state, exc.reset_at, f"rate limited until {_hhmm(exc.reset_at)}"
-            )
+            until = self._pause_until(exc.reset_at)
+            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=until))
+            await self._store.reschedule(item.id, item.state, until, f"rate limited until {_hhmm(until)}")
         except XTransient as exc:
             await self._retry_later(item, exc)
         except XRefused as exc:
@@ -381,15 +421,20 @@ class Delivery:
                 await self._retry_later(item, exc)
             else:
                 await self._fail(item, exc)
-        except (XAuthExpired, XAuthRevoked):
+        except (XAuthExpired, XAuthRevoked) as exc:
+            # Parked only when the account really needs reconnecting: then it is flagged and its
+            # owner was told (TokenManager), and `/xdm connect` releases the row. Anything else
+            # (a disconnection seen late, a 401 that outlived a refresh) is tried again later.
             account = await self._tokens.account(item.account_id)
-            if account is not None:
+            if account is not None and account.needs_reconnect:
                 await self._park(item, account)
+            else:
+                await self._retry_later(item, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("unexpected delivery error", extra=_ids(item))
-            await self._retry_later(item, exc)
+            await self._unexpected(item, exc)
         return LOOK_AGAIN
 
     async def _send(self, item: OutboxItem, account: Account, parts: list[RenderedPart] | None) -> _After:
@@ -459,6 +504,7 @@ class Delivery:
 
     async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> _After:
         following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
+        self._failures.pop(item.id, None)
         log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
         self._follow_up(self._acknowledge(item), item)
         return _After(following, settled=True)
@@ -467,7 +513,7 @@ class Delivery:
         """Slack's side of a send: the ✅ on a message's last part, the ⏳ gone."""
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
-        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE:
+        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE and not item.deleted:
             await self._react(item, SENT)
         if self.on_event is not None:
             await self.on_event("sent", item)
@@ -577,10 +623,18 @@ class Delivery:
             scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
         passed = 0
         while not scan.done:
-            page = await self._tokens.call(
-                account,
-                functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
-            )
+            try:
+                page = await self._tokens.call(
+                    account,
+                    functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
+                )
+            except XRefused as exc:
+                # A refusal says nothing about whether X has the message: read again later.
+                raise XTransient(
+                    f"X did not let the bridge check whether it has the message ({exc})",
+                    status=exc.status,
+                    facts=exc.facts,
+                ) from exc
             now = self._clock.now()
             passed += 1
             if scan.take(page, now):
@@ -611,29 +665,35 @@ class Delivery:
     async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:
         """Turn the Slack message into the DMs X will get: text parts, then one DM per file.
 
-        None when there is nothing X can take (the row is failed and the author told)."""
-        source = item.source
-        text = str(source.get("text") or "")
-        blocks = source.get("blocks") or None
-        names = {
-            uid: await self._slack.display_name(item.team_id, uid)
-            for uid in translate.mentioned_user_ids(text, blocks)
-        }
-        body = translate.to_plain(text, blocks, user_names=names)
-        thread_ts = source.get("thread_ts")
-        if thread_ts and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE:
-            parent = await self._store.message_text(item.team_id, item.channel_id, str(thread_ts))
-            quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
-            body = f"{quote}\n{body}" if body.strip() else quote
+        None when there is nothing X can take, or the stored message cannot be turned into
+        DMs at all (the row is failed and the author told: the same input would fail again).
+        """
+        try:
+            text, blocks, thread_ts, stubs = _source_fields(item.source)
+            mentioned = translate.mentioned_user_ids(text, blocks)
+        except Exception as exc:
+            await self._unrenderable(item, exc)
+            return None
+        names = {uid: await self._slack.display_name(item.team_id, uid) for uid in mentioned}
+        quoting = thread_ts is not None and thread_ts != item.ref_ts and item.kind is OutboxKind.MESSAGE
+        parent = None
+        if quoting and thread_ts is not None:
+            parent = await self._store.message_text(item.team_id, item.channel_id, thread_ts)
         name = await self._slack.display_name(item.team_id, item.author_id)
         if item.kind is OutboxKind.EDIT:
             name = f"{name} (edited)"
-        files, unresolved = await self._resolve_files(
-            item, [f for f in source.get("files") or [] if isinstance(f, dict)]
-        )
-        plans, skipped = plan_files(files)
-        skipped += unresolved
-        parts = self._parts(body, name, plans, files)
+        files, unresolved = await self._resolve_files(item, stubs)
+        try:
+            body = translate.to_plain(text, blocks, user_names=names)
+            if quoting:
+                quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
+                body = f"{quote}\n{body}" if body.strip() else quote
+            plans, skipped = plan_files(files)
+            skipped += unresolved
+            parts = self._parts(body, name, plans, files)
+        except Exception as exc:
+            await self._unrenderable(item, exc)
+            return None
         if skipped:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
             await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
@@ -645,6 +705,11 @@ class Delivery:
             await self._fail(item, error)
             return None
         return parts
+
+    async def _unrenderable(self, item: OutboxItem, exc: Exception) -> None:
+        log.error("outbox row cannot be rendered", extra=_ids(item), exc_info=exc)
+        reason = f"the bridge could not turn it into a DM ({type(exc).__name__}: {exc})"
+        await self._fail(item, Undeliverable(reason, Failure.OTHER))
 
     async def _resolve_files(
         self, item: OutboxItem, files: list[dict[str, Any]]
@@ -688,8 +753,16 @@ class Delivery:
 
     # -- outcomes ------------------------------------------------------------
 
+    def _pause_until(self, reset_at: float) -> float:
+        """When a rate-limited row may try again: never at once, never past X's longest window."""
+        now = self._clock.now()
+        return min(max(reset_at, now + MIN_RATE_PAUSE), now + MAX_RESET_AHEAD)
+
     async def _retry_later(self, item: OutboxItem, exc: Exception) -> None:
-        attempts = max(1, item.attempts)
+        # Failures since the row last moved count too: a row that fails before its claim (a
+        # read-back, an upload) backs off as one that fails after it.
+        self._failures[item.id] += 1
+        attempts = max(1, item.attempts, self._failures[item.id])
         delay = backoff(attempts, self._config.retry_base, self._config.retry_cap)
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.QUEUED
         log.warning(
@@ -699,16 +772,38 @@ class Delivery:
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
         )
 
-    async def _fail(self, item: OutboxItem, error: BridgeError) -> None:
+    async def _unexpected(self, item: OutboxItem, exc: Exception) -> None:
+        """An error no rule covers (a bug, a corrupt value): retried a few times, then an unsent
+        row is failed with the reason, so it cannot hold its channel forever. A ``sending`` row
+        keeps being read back instead: X may have it."""
+        if item.state is not OutboxState.SENDING and self._failures[item.id] + 1 >= MAX_UNEXPECTED:
+            reason = f"the bridge kept failing on it ({type(exc).__name__}: {exc})"
+            await self._fail(item, Undeliverable(reason, Failure.OTHER))
+        else:
+            await self._retry_later(item, exc)
+
+    async def _cancel(self, item: OutboxItem) -> None:
+        reason = "deleted in Slack before it was sent"
+        await self._store.reschedule(item.id, OutboxState.CANCELLED, 0.0, reason)
+        self._failures.pop(item.id, None)
+        self._scans.pop(item.id, None)
+        log.info("deleted in Slack mid-send and not on X: not sent", extra=_ids(item))
+
+    async def _fail(self, item: OutboxItem | Unreadable, error: BridgeError) -> None:
         """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
         reason = str(error)
         await self._store.mark_failed(item.id, reason)
-        log.warning("X refused the message", extra=_ids(item, reason=reason))
+        self._failures.pop(item.id, None)
+        log.warning("message not sent to X", extra=_ids(item, reason=reason))
+        if not item.team_id or not item.channel_id:
+            return  # nothing in Slack to mark or tell (an unreadable row lost even these)
         if item.hourglass:
             await self._unreact(item, HOURGLASS)
         await self._react(item, WARNING)
         if item.author_id:
             await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
+        if not isinstance(item, OutboxItem):
+            return
         if self.on_event is not None:
             await self.on_event("failed", item)
         if self.on_failed is not None:
@@ -723,19 +818,19 @@ class Delivery:
             f"waiting for <@{account.slack_user_id}> to reconnect @{account.x_username} with /xdm connect",
         )
 
-    async def _react(self, item: OutboxItem, name: str) -> None:
+    async def _react(self, item: OutboxItem | Unreadable, name: str) -> None:
         try:
             await self._slack.add_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:  # a missing reaction must never stop delivery
             log.warning("could not add reaction", extra=_ids(item, reaction=name, error=str(exc)))
 
-    async def _unreact(self, item: OutboxItem, name: str) -> None:
+    async def _unreact(self, item: OutboxItem | Unreadable, name: str) -> None:
         try:
             await self._slack.remove_reaction(item.team_id, item.channel_id, item.ref_ts, name)
         except Exception as exc:
             log.warning("could not remove reaction", extra=_ids(item, reaction=name, error=str(exc)))
 
-    async def _ephemeral(self, item: OutboxItem, text: str) -> None:
+    async def _ephemeral(self, item: OutboxItem | Unreadable, text: str) -> None:
         try:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
@@ -743,10 +838,26 @@ class Delivery:
 
 
 def _hhmm(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+    """A time of day for people; total, since a reset may come from X's headers."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        return "later"
 
 
-def _ids(item: OutboxItem, **more: object) -> dict[str, object]:
+def _source_fields(source: Any) -> tuple[str, list[Any] | None, str | None, list[dict[str, Any]]]:
+    """Text, blocks, thread_ts and files of a stored Slack message; raises if it is not one."""
+    if not isinstance(source, dict):
+        raise TypeError(f"the stored message is a {type(source).__name__}, not an object")
+    blocks = source.get("blocks") or None
+    if blocks is not None and not isinstance(blocks, list):
+        raise TypeError("the stored blocks are not a list")
+    thread_ts = source.get("thread_ts")
+    files = [f for f in source.get("files") or [] if isinstance(f, dict)]
+    return str(source.get("text") or ""), blocks, str(thread_ts) if thread_ts else None, files
+
+
+def _ids(item: OutboxItem | Unreadable, **more: object) -> dict[str, object]:
     return {
         "team": item.team_id,
         "channel": item.channel_id,

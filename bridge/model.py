@@ -201,6 +201,25 @@ class OutboxItem:
     media_id: str | None = None  # X's id for it, once uploaded
     media_uploaded_at: float | None = None  # when ``media_id`` was obtained (X keeps it 24 h)
     media_unfinished: int = 0  # uploads begun and never finished: crashes, if it grows
+    deleted: bool = False  # deleted in Slack while ``sending``: it may be read back, never sent again
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An outbox row whose stored columns do not make an ``OutboxItem`` (a bug wrote it, or an
+    old version did): it is failed with ``reason`` and its author told, never sent, and it holds
+    up no one. Only the columns needed to say so are kept (each may be empty)."""
+
+    id: int
+    team_id: str
+    channel_id: str
+    slack_ts: str
+    ref_ts: str
+    author_id: str
+    account_id: int | None
+    reason: str
+    hourglass: bool = False
+    part: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from bridge.model import (
     SlackMember,
     Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 
@@ -105,8 +106,12 @@ class Store(Protocol):
         ...
 
     # outbox (the delivery worker)
-    async def outbox_heads(self) -> list[OutboxItem]:
-        """Per channel, the oldest row not yet sent or failed: only heads may be sent."""
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
+
+        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
+        pending): the worker fails it, so it holds up neither its channel nor anyone else.
+        """
         ...
 
     async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
@@ -134,13 +139,18 @@ class Store(Protocol):
     async def accept_edit(
         self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
     ) -> str:
-        """ "updated" (not yet sent: text replaced), "queued" (a correction follows) or "unknown"."""
+        """ "updated" (no part handed to X yet, in any unsent state: the text is replaced and the
+        row rendered again), "queued" (a correction follows) or "unknown"."""
         ...
 
     async def accept_delete(
         self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
     ) -> str:
-        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown"."""
+        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown".
+
+        A part caught ``sending`` is marked deleted: it is read back (and deleted on X if it
+        landed) but never sent again; ``reschedule`` turns it ``cancelled`` instead of requeuing.
+        """
         ...
 
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]: ...
@@ -191,7 +201,9 @@ class Store(Protocol):
     async def mark_failed(self, item_id: int, error: str) -> None: ...
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
     async def release_account(self, account_id: int, now: float) -> int:
-        """Requeue rows waiting for this account's reconnection; returns how many."""
+        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
+        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
+        Returns how many."""
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...

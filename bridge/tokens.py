@@ -90,13 +90,26 @@ class TokenManager:
     ) -> T:
         """Run one X request with a usable token; on a 401, refresh once and run it again.
 
+        Every X call the bridge makes on an account's behalf goes through here (sends,
+        read-backs, uploads, deletes, lookups), so a token X stopped accepting is refreshed
+        in one place. A refresh X refuses flags the account and tells its owner
+        (``XAuthRevoked``); a 401 to the token just refreshed is not proof of that, so it is
+        ``XTransient``: the caller tries again later.
+
         ``token`` is one the caller already fetched with ``access_token``.
         """
         token = token if token is not None else await self.access_token(account)
         try:
             return await request(token)
         except XAuthExpired:
-            return await request(await self.after_unauthorized(account, token))
+            fresh = await self.after_unauthorized(account, token)
+        try:
+            return await request(fresh)
+        except XAuthExpired as exc:
+            log.warning("X refused a freshly refreshed token", extra={"account_id": account.id})
+            raise XTransient(
+                f"X refused the account's new token too ({exc})", status=exc.status, facts=exc.facts
+            ) from exc
 
     async def after_unauthorized(self, account: Account, rejected: str) -> str:
         """X said 401 to ``rejected``: refresh once (unless someone already has) and return the new token."""

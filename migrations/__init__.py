@@ -210,6 +210,25 @@ def m0003_pending_channels(db: Database) -> None:
     )
 
 
+@migrations(name="0004_outbox_deleted_and_one_target")
+def m0004_outbox_deleted_and_one_target(db: Database) -> None:
+    """Deletes that catch a send in flight, and rows that name exactly one target (issue 11).
+
+    ``deleted_at``: when Slack deleted the message while its row was ``sending`` (X may or may
+    not have it). Such a row may be read back (and its DM deleted on X if it landed) but never
+    sent again.
+
+    A sent 1-to-1 row used to get the conversation id written beside its participant, and the
+    edit and delete rows copied from it then named two targets, which no code can read: the
+    participant is kept (it is how the row was addressed) and the copy is dropped.
+    """
+    db.table("outbox").add_column("deleted_at", float)
+    db.execute(
+        "UPDATE outbox SET target_conversation = NULL "
+        "WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL"
+    )
+
+
 @migrations(name="0005_media_lifetime_and_attempts")
 def m0005_media_lifetime_and_attempts(db: Database) -> None:
     """X's media ids expire, and an upload must never crash the process twice (issue 11).

@@ -157,6 +157,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE oauth_states ADD COLUMN team_name TEXT;
         """,
     ),
+    (
+        # SQLite's 0004 (issue 11): a delete that catches a send in flight (deleted_at: read back,
+        # never sent again), and rows that name exactly one target (a 1-to-1 row keeps its
+        # participant; the conversation id an old version wrote beside it goes).
+        "0005_outbox_deleted_and_one_target",
+        """
+        ALTER TABLE outbox ADD COLUMN deleted_at DOUBLE PRECISION;
+        UPDATE outbox SET target_conversation = NULL
+        WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL;
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -76,10 +76,10 @@ __all__ = [
     "shorten_links",
 ]
 
-FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"]
+FaultKind = Literal["503", "timeout", "lost_response", "record_then_hang", "429", "401", "403", "garbage"]
 #: Fault kinds accepted by :meth:`FakeX.inject`.
 FAULT_KINDS: frozenset[str] = frozenset(
-    {"503", "timeout", "lost_response", "record_then_hang", "429", "401", "403"}
+    {"503", "timeout", "lost_response", "record_then_hang", "429", "401", "403", "garbage"}
 )
 
 #: Scopes the bridge asks for (NOTES §5.1); the default for :meth:`FakeX.issue_token`.
@@ -519,6 +519,8 @@ class FakeX:
         self.timeout_seconds = 30.0
         self.injected_reset_seconds = 60.0
         self.override_headers: dict[str, str] = {}
+        self.fault_headers: dict[str, str] = {}
+        """Headers forced onto every injected fault's response (see :meth:`inject`)."""
         """Headers forced onto every DM POST response (after the computed rate-limit headers)."""
         self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
         """Called with every response before it is sent (may mutate headers or fake state)."""
@@ -587,6 +589,10 @@ class FakeX:
         * ``"429"``: a rate-limit 429 (:attr:`rate_limit_body` shape) with
           ``x-rate-limit-remaining: 0`` and a reset :attr:`injected_reset_seconds` from now.
         * ``"401"`` / ``"403"``: about:blank Unauthorized / Forbidden.
+        * ``"garbage"``: HTTP 200 whose body is not JSON (nothing processed).
+
+        :attr:`fault_headers` are set on every injected fault's response last (e.g. an absurd
+        ``x-rate-limit-reset`` on a 429).
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
@@ -911,12 +917,19 @@ class FakeX:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request.app[_CLOSING].wait(), self.timeout_seconds)
             return _about_blank(503, "Service Unavailable")
+        response = self._fault_response(fault, rate_user_id)
+        response.headers.update(self.fault_headers)
+        return response
+
+    def _fault_response(self, fault: Fault, rate_user_id: str | None) -> web.Response:
         if fault.kind == "503":
             return _about_blank(503, "Service Unavailable")
         if fault.kind == "401":
             return _about_blank(401, "Unauthorized")
         if fault.kind == "403":
             return _about_blank(403, "Forbidden")
+        if fault.kind == "garbage":
+            return web.Response(status=200, text="<html>upstream hiccup</html>", content_type="text/html")
         # "429"
         response = self._rate_limited()
         if rate_user_id is not None:

@@ -40,6 +40,7 @@ from bridge.model import (
     RenderedPart,
     Sent,
     TokenSet,
+    Unreadable,
     XUser,
 )
 from migrations import postgres as pg_migrations
@@ -435,7 +436,7 @@ class PostgresStore:
 
     # -- outbox ------------------------------------------------------------
 
-    async def outbox_heads(self) -> list[OutboxItem]:
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         # A loose index scan: hop from channel to channel along outbox_pending, then take each
         # channel's first row; one probe per channel, whatever the backlog.
         found = await self.pool.fetch(
@@ -457,7 +458,26 @@ class PostgresStore:
             ) AS head
             """
         )
-        return [rows.item(r) for r in found]
+        # Row by row: one unreadable row is reported as such, and stops nobody else.
+        return [self._readable(r) for r in found]
+
+    @staticmethod
+    def _readable(row: Any) -> OutboxItem | Unreadable:
+        """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+        try:
+            return rows.item(row)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            log.error("outbox row cannot be read", extra={"outbox_id": row["id"], "error": str(exc)})
+            return Unreadable(
+                id=row["id"],
+                team_id=row["team_id"],
+                channel_id=row["channel_id"],
+                slack_ts=row["slack_ts"],
+                ref_ts=row["ref_ts"] or row["slack_ts"],
+                author_id=row["author_id"] or "",
+                account_id=row["account_id"],
+                reason=f"the bridge's stored copy of it could not be read ({exc})",
+            )
 
     @staticmethod
     async def _channel_head(conn: Conn, team_id: str, channel_id: str) -> Any:
@@ -546,10 +566,29 @@ class PostgresStore:
             )
             if original is None:
                 return "unknown"
-            if original["text"] is None and original["state"] == "queued":
+            states = await conn.fetch(
+                "SELECT state FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
+                "AND kind = 'message'",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if original["deleted_at"] is None and all(r["state"] in ("queued", "waiting") for r in states):
+                # Nothing of it was handed to X: the new text replaces the old, rendered or not.
+                # The row is rendered again from the new source (its further parts with it).
                 merged = {**json.loads(original["source"] or "{}"), **source}
                 await conn.execute(
-                    "UPDATE outbox SET source = $1 WHERE id = $2", json.dumps(merged), original["id"]
+                    "DELETE FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
+                    "AND kind = 'message' AND part > 0",
+                    team_id,
+                    channel_id,
+                    ref_ts,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET source = $1, text = NULL, media = NULL, media_id = NULL, "
+                    "media_uploaded_at = NULL, parts_total = 1 WHERE id = $2",
+                    json.dumps(merged),
+                    original["id"],
                 )
                 return "updated"
             inserted = await self._insert_follow_up(conn, original, OutboxKind.EDIT, edit_ts, source, now)
@@ -576,6 +615,15 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE outbox SET state = 'cancelled', last_error = 'deleted in Slack before it was sent' "
                 "WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 AND state IN ('queued', 'waiting')",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            # A part caught mid-send may or may not be on X: it is read back, never sent again.
+            await conn.execute(
+                "UPDATE outbox SET deleted_at = $1 "
+                "WHERE team_id = $2 AND channel_id = $3 AND ref_ts = $4 AND state = 'sending'",
+                now,
                 team_id,
                 channel_id,
                 ref_ts,
@@ -609,7 +657,8 @@ class PostgresStore:
             original["author_id"],
             original["account_id"],
             original["target_participant"],
-            original["target_conversation"],
+            # One target only: a 1-to-1 row is addressed by its participant.
+            None if original["target_participant"] else original["target_conversation"],
             json.dumps(source, separators=(",", ":")),
             now,
             kind.value,
@@ -654,7 +703,7 @@ class PostgresStore:
         # delete or an edit that landed since the row was read makes it claim nothing.
         if parts is None:
             render, extra = "", ""
-            condition = ""
+            condition = " AND text IS NOT NULL"  # an edit reset its text since it was read: render again
             texts: list[str] = []
             medias: list[str | None] = []
             first: RenderedPart | None = None
@@ -690,7 +739,7 @@ class PostgresStore:
             f"""
             WITH claimed AS (
                 UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = $2{render}
-                WHERE id = $1 AND state IN {PENDING_STATES}{condition}
+                WHERE id = $1 AND state IN {PENDING_STATES} AND deleted_at IS NULL{condition}
                 RETURNING *
             ),
             budget AS ({_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {_ON_BUDGET_CONFLICT}){extra}
@@ -721,7 +770,8 @@ class PostgresStore:
                 relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
                 sent AS (
                     UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
-                        target_conversation = COALESCE(target_conversation, $2)
+                        target_conversation = CASE WHEN target_participant IS NULL
+                                                   THEN COALESCE(target_conversation, $2) END
                     WHERE id = $8
                     RETURNING team_id, channel_id, slack_ts, part, target_participant
                 ),
@@ -754,7 +804,9 @@ class PostgresStore:
                 now,
                 item_id,
             )
-        return None if following is None else rows.item(following)
+        head = None if following is None else self._readable(following)
+        # An unreadable head is left to the scheduler, which fails it (the send is recorded).
+        return head if isinstance(head, OutboxItem) else None
 
     async def reschedule(
         self,
@@ -765,8 +817,11 @@ class PostgresStore:
         *,
         held_since: float | None = None,
     ) -> None:
+        # A row deleted in Slack mid-send never goes back to a state that would send it: once X is
+        # known not to have it, it is cancelled.
         await self._execute(
-            "UPDATE outbox SET state = $1, next_attempt_at = $2, last_error = $3, "
+            "UPDATE outbox SET state = CASE WHEN deleted_at IS NOT NULL AND $1 IN ('queued', 'waiting') "
+            "THEN 'cancelled' ELSE $1 END, next_attempt_at = $2, last_error = $3, "
             "held_since = COALESCE(held_since, $4) WHERE id = $5",
             state.value,
             next_attempt_at,
@@ -792,22 +847,15 @@ class PostgresStore:
         await self._execute("UPDATE outbox SET held_since = $1 WHERE id = $2", since, item_id)
 
     async def release_account(self, account_id: int, now: float) -> int:
-        async with self._tx() as conn:
-            waiting = await conn.execute(
-                "UPDATE outbox SET state = 'queued', next_attempt_at = $1 "
-                "WHERE account_id = $2 AND state = 'waiting'",
-                now,
-                account_id,
-            )
-            # A row parked mid-send stays 'sending' (it is reconciled before any resend), but it
-            # must become due again too, or it would wait forever.
-            in_flight = await conn.execute(
-                "UPDATE outbox SET next_attempt_at = $1 "
-                "WHERE account_id = $2 AND state = 'sending' AND next_attempt_at >= 1e15",
-                now,
-                account_id,
-            )
-        return int(waiting.split()[-1]) + int(in_flight.split()[-1])
+        # Every unfinished row, whatever it waited for: a ``sending`` one stays ``sending`` (it is
+        # read back before any resend); the others are simply due again.
+        status = await self._execute(
+            "UPDATE outbox SET state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+            f"next_attempt_at = $1 WHERE account_id = $2 AND state IN {PENDING_STATES}",
+            now,
+            account_id,
+        )
+        return int(status.split()[-1])
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:

@@ -81,10 +81,7 @@ def item(row: Row) -> OutboxItem:
         slack_ts=row["slack_ts"],
         author_id=row["author_id"] or "",
         account_id=row["account_id"],
-        # A sent 1-to-1 row also records the conversation X named; its target stays the participant.
-        target=Target(participant_id=row["target_participant"], conversation_id=None)
-        if row["target_participant"]
-        else Target(participant_id=None, conversation_id=row["target_conversation"]),
+        target=Target(participant_id=row["target_participant"], conversation_id=row["target_conversation"]),
         text=row["text"],
         source=json.loads(row["source"] or "{}"),
         state=OutboxState(row["state"]),
@@ -102,6 +99,7 @@ def item(row: Row) -> OutboxItem:
         media_id=row["media_id"],
         media_uploaded_at=row.get("media_uploaded_at"),
         media_unfinished=row.get("media_unfinished") or 0,
+        deleted=row.get("deleted_at") is not None,
     )
 
 

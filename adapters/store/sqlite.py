@@ -37,7 +37,9 @@ from bridge.model import (
     OutboxState,
     RenderedPart,
     Sent,
+    Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 from migrations import PENDING_STATES, migrations
@@ -547,10 +549,74 @@ class SqliteStore:
 
     @staticmethod
     def _item(row: dict[str, Any]) -> OutboxItem:
-        return rows.item(row)
+        """The row as the core's value. SQLite keeps any type in any column, so each value is
+        checked as it is read: a row that does not fit raises (``_readable`` reports it)."""
+        source = json.loads(row["source"] or "{}")
+        media = json.loads(row["media"]) if row["media"] else None
+        if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
+            raise TypeError("source or media is not a JSON object")
+        return OutboxItem(
+            id=_int(row["id"]),
+            seq=_int(row["seq"]),
+            part=_int(row["part"]),
+            parts_total=_int(row["parts_total"]),
+            team_id=_text(row["team_id"]),
+            channel_id=_text(row["channel_id"]),
+            slack_ts=_text(row["slack_ts"]),
+            author_id=_text(row["author_id"] or ""),
+            account_id=_int(row["account_id"]),
+            target=Target(
+                participant_id=_text_or_none(row["target_participant"]),
+                conversation_id=_text_or_none(row["target_conversation"]),
+            ),
+            text=_text_or_none(row["text"]),
+            source=source,
+            state=OutboxState(row["state"]),
+            attempts=_int(row["attempts"] or 0),
+            next_attempt_at=_time(row["next_attempt_at"] or 0.0),
+            last_error=row["last_error"],
+            dm_event_id=_text_or_none(row["dm_event_id"]),
+            created_at=_time(row["created_at"] or 0.0),
+            sending_since=_time_or_none(row["sending_since"]),
+            held_since=_time_or_none(row["held_since"]),
+            hourglass=bool(row["hourglass"]),
+            kind=OutboxKind(row["kind"] or "message"),
+            ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
+            media=media,
+            media_id=_text_or_none(row["media_id"]),
+            media_uploaded_at=None
+            if row.get("media_uploaded_at") is None
+            else _time(row["media_uploaded_at"]),
+            media_unfinished=_int(row.get("media_unfinished") or 0),
+            deleted=row.get("deleted_at") is not None,
+        )
 
-    async def outbox_heads(self) -> list[OutboxItem]:
-        def work() -> list[OutboxItem]:
+    @classmethod
+    def _readable(cls, row: dict[str, Any]) -> OutboxItem | Unreadable:
+        """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+        try:
+            return cls._item(row)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            log.error("outbox row cannot be read", extra={"outbox_id": row.get("id"), "error": str(exc)})
+
+            def text(name: str) -> str:
+                value = row.get(name)
+                return value if isinstance(value, str) else ""
+
+            account_id = row.get("account_id")
+            return Unreadable(
+                id=row["id"],
+                team_id=text("team_id"),
+                channel_id=text("channel_id"),
+                slack_ts=text("slack_ts"),
+                ref_ts=text("ref_ts") or text("slack_ts"),
+                author_id=text("author_id"),
+                account_id=account_id if isinstance(account_id, int) else None,
+                reason=f"the bridge's stored copy of it could not be read ({exc})",
+            )
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        def work() -> list[OutboxItem | Unreadable]:
             # One index lookup per channel with unfinished rows (pending_channels, kept by
             # triggers), not a scan of the whole backlog.
             rows = self._rows(
@@ -563,7 +629,8 @@ class SqliteStore:
                 )
                 """
             )
-            return [self._item(r) for r in rows]
+            # Row by row: one unreadable row is reported as such, and stops nobody else.
+            return [self._readable(r) for r in rows]
 
         return await self._call(work)
 
@@ -649,10 +716,24 @@ class SqliteStore:
                 )
                 if original is None:
                     return "unknown"
-                if original["text"] is None and original["state"] == "queued":
+                parts = self._rows(
+                    "SELECT state FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                    "AND kind = 'message'",
+                    [team_id, channel_id, ref_ts],
+                )
+                if original["deleted_at"] is None and all(p["state"] in ("queued", "waiting") for p in parts):
+                    # Nothing of it was handed to X: the new text replaces the old, rendered or not.
+                    # The row is rendered again from the new source (its further parts with it).
                     merged = {**json.loads(original["source"] or "{}"), **source}
                     self.db.execute(
-                        "UPDATE outbox SET source = ? WHERE id = ?", [json.dumps(merged), original["id"]]
+                        "DELETE FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? "
+                        "AND kind = 'message' AND part > 0",
+                        [team_id, channel_id, ref_ts],
+                    )
+                    self.db.execute(
+                        "UPDATE outbox SET source = ?, text = NULL, media = NULL, media_id = NULL, "
+                        "media_uploaded_at = NULL, parts_total = 1 WHERE id = ?",
+                        [json.dumps(merged), original["id"]],
                     )
                     return "updated"
                 cursor = self._insert_follow_up(original, OutboxKind.EDIT, edit_ts, source, now)
@@ -682,6 +763,12 @@ class SqliteStore:
                     "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state IN ('queued', 'waiting')",
                     [team_id, channel_id, ref_ts],
                 )
+                # A part caught mid-send may or may not be on X: it is read back, never sent again.
+                self.db.execute(
+                    "UPDATE outbox SET deleted_at = ? "
+                    "WHERE team_id = ? AND channel_id = ? AND ref_ts = ? AND state = 'sending'",
+                    [now, team_id, channel_id, ref_ts],
+                )
                 reached = [r for r in rows if r["state"] in ("sent", "sending")]
                 if not reached:
                     return "cancelled"
@@ -710,7 +797,8 @@ class SqliteStore:
                 original["author_id"],
                 original["account_id"],
                 original["target_participant"],
-                original["target_conversation"],
+                # One target only: a 1-to-1 row is addressed by its participant.
+                None if original["target_participant"] else original["target_conversation"],
                 json.dumps(source, separators=(",", ":")),
                 now,
                 kind.value,
@@ -751,7 +839,7 @@ class SqliteStore:
 
         return await self._call(work)
 
-    def _update(self, sql: str, params: Sequence[Any]) -> None:
+    def _update(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> None:
         with self.db.atomic():
             self.db.execute(sql, params)
 
@@ -767,8 +855,10 @@ class SqliteStore:
         def work() -> OutboxItem | None:
             with self.db.atomic():
                 current = self._outbox_item(item_id)
-                if current is None or not current.state.pending:
+                if current is None or not current.state.pending or current.deleted:
                     return None  # cancelled (deleted in Slack), or finished, since it was read
+                if parts is None and current.text is None:
+                    return None  # an edit reset its text since it was read: render it again
                 if parts is not None:
                     # Rendered from ``source``: an edit that landed since then must not be lost.
                     if current.text is not None or current.source != source:
@@ -793,8 +883,11 @@ class SqliteStore:
             with self.db.atomic():
                 self._save_budgets(budgets)
                 row = self._one(
+                    # A row names one target: a 1-to-1 row keeps its participant (the conversation
+                    # id goes to the message map and the mapping below, not beside it).
                     "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
-                    "COALESCE(target_conversation, ?), sent_at = ?, last_error = NULL WHERE id = ? "
+                    "CASE WHEN target_participant IS NULL THEN COALESCE(target_conversation, ?) END, "
+                    "sent_at = ?, last_error = NULL WHERE id = ? "
                     "RETURNING team_id, channel_id, slack_ts, part, target_participant",
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
@@ -826,7 +919,9 @@ class SqliteStore:
                         ],
                     )
                 following = self._channel_head(row["team_id"], row["channel_id"])
-            return None if following is None else self._item(following)
+            head = None if following is None else self._readable(following)
+            # An unreadable head is left to the scheduler, which fails it (the send is recorded).
+            return head if isinstance(head, OutboxItem) else None
 
         return await self._call(work)
 
@@ -839,11 +934,20 @@ class SqliteStore:
         *,
         held_since: float | None = None,
     ) -> None:
+        # A row deleted in Slack mid-send never goes back to a state that would send it:
+        # once X is known not to have it, it is cancelled.
         await self._call(
             self._update,
-            "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "held_since = COALESCE(held_since, ?) WHERE id = ?",
-            [state.value, next_attempt_at, error, held_since, item_id],
+            "UPDATE outbox SET state = CASE WHEN deleted_at IS NOT NULL AND :state IN ('queued', 'waiting') "
+            "THEN 'cancelled' ELSE :state END, next_attempt_at = :next, last_error = :error, "
+            "held_since = COALESCE(held_since, :held) WHERE id = :id",
+            {
+                "state": state.value,
+                "next": next_attempt_at,
+                "error": error,
+                "held": held_since,
+                "id": item_id,
+            },
         )
 
     async def mark_done(self, item_id: int, now: float) -> None:
@@ -867,19 +971,14 @@ class SqliteStore:
     async def release_account(self, account_id: int, now: float) -> int:
         def work() -> int:
             with self.db.atomic():
+                # Every unfinished row, whatever it waited for: a ``sending`` one stays ``sending``
+                # (it is read back before any resend); the others are simply due again.
                 cursor = self.db.execute(
-                    "UPDATE outbox SET state = 'queued', next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'waiting'",
+                    "UPDATE outbox SET state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+                    f"next_attempt_at = ? WHERE account_id = ? AND state IN {PENDING_STATES}",
                     [now, account_id],
                 )
-                # A row parked mid-send stays 'sending' (it is reconciled before any resend),
-                # but it must become due again too, or it would wait forever.
-                in_flight = self.db.execute(
-                    "UPDATE outbox SET next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'sending' AND next_attempt_at >= 1e15",
-                    [now, account_id],
-                )
-            return cursor.rowcount + in_flight.rowcount
+            return cursor.rowcount
 
         return await self._call(work)
 
@@ -966,6 +1065,32 @@ class SqliteStore:
                 "remaining = excluded.remaining, reset_at = excluded.reset_at",
                 list(window),
             )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _time(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise TypeError(f"{value!r} is not a time")
+    return float(value)
+
+
+def _time_or_none(value: Any) -> float | None:
+    return None if value is None else _time(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

@@ -170,7 +170,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
         )
-        await budget.load()
+        await budget.load(clock.now())
 
         def connected(account: Account) -> None:
             # New tokens for the worker, and parked rows may go now.
@@ -195,7 +195,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             delivery.on_failed = metrics.failure_hook()
             return delivery
 
-        worker = _worker(store, make_delivery, budget, app[DELIVERY_CONFIG])
+        worker = _worker(store, make_delivery, budget, clock)
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
         metrics.bind(store, budget, clock)
@@ -246,11 +246,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     log.info("shut down cleanly")
 
 
-def _worker(store: AnyStore, make: Callable[[], Delivery], budget: Budget, config: DeliveryConfig) -> Worker:
+def _worker(store: AnyStore, make: Callable[[], Delivery], budget: Budget, clock: Clock) -> Worker:
     """On PostgreSQL the worker runs only while this instance holds the leader lock."""
 
     async def before_lead() -> None:
-        await budget.load()  # the previous leader spent from the same windows
+        await budget.load(clock.now())  # the previous leader spent from the same windows
 
     if not isinstance(store, PostgresStore):
         return Worker(make, before_lead=before_lead)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bridge.budget import MAX_COUNT, MAX_RESET_AHEAD
 from bridge.errors import (
     Failure,
     RateFacts,
@@ -57,19 +58,38 @@ REFUSAL_FAILURES = {
 }
 
 
-def rate_facts(headers: Mapping[str, str]) -> RateFacts:
-    """Read X's rate-limit headers; absent or malformed ones stay None."""
+def rate_facts(headers: Mapping[str, str], now: float | None = None) -> RateFacts:
+    """Read X's rate-limit headers; absent, malformed or implausible ones stay None.
+
+    Counts must be whole numbers from 0 to ``MAX_COUNT``; a reset must be epoch seconds
+    after ``now`` and at most ``MAX_RESET_AHEAD`` later. What fails is dropped here, at the
+    edge, so nothing past it (the budget, the database, ``/xdm status``) ever sees it.
+    """
+    now = time.time() if now is None else now
+
+    def digits(name: str) -> int | None:
+        raw = headers.get(name)
+        if raw is None:
+            return None
+        raw = raw.strip()
+        if raw.isascii() and raw.isdigit() and len(raw) <= 12:
+            return int(raw)
+        log.warning("X rate-limit header ignored", extra={"header": name, "value": raw[:40]})
+        return None
 
     def number(name: str) -> int | None:
-        raw = headers.get(name)
-        try:
-            return int(raw) if raw is not None else None
-        except ValueError:
+        value = digits(name)
+        if value is not None and value > MAX_COUNT:
+            log.warning("X rate-limit count ignored", extra={"header": name, "value": value})
             return None
+        return value
 
     def epoch(name: str) -> float | None:
-        value = number(name)
-        return float(value) if value is not None else None
+        value = digits(name)
+        if value is not None and not now < value <= now + MAX_RESET_AHEAD:
+            log.warning("X rate-limit reset ignored", extra={"header": name, "value": value})
+            return None
+        return None if value is None else float(value)
 
     return RateFacts(
         window_limit=number("x-rate-limit-limit"),
@@ -194,14 +214,15 @@ class XApiClient:
         return status, response_headers, payload
 
     def _raise_for(self, status: int, headers: Mapping[str, str], payload: Any) -> RateFacts:
-        facts = rate_facts(headers)
+        now = time.time()
+        facts = rate_facts(headers, now)
         if 200 <= status < 300:
             return facts
         reason = describe_error(status, payload)
         if status == 401:
             raise XAuthExpired(f"X rejected the access token: {reason}", status=status, facts=facts)
         if status == 429:
-            reset_at = latest_reset(facts, time.time())
+            reset_at = latest_reset(facts, now)
             raise XRateLimited(f"X rate limit: {reason}", reset_at=reset_at, facts=facts)
         if status >= 500 or status == 408:
             raise XTransient(f"X failed with HTTP {status}: {reason}", status=status, facts=facts)
@@ -294,9 +315,15 @@ class XApiClient:
             params["pagination_token"] = pagination_token
         status, headers, payload = await self._call("GET", path, token, params=params)
         facts = self._raise_for(status, headers, payload)
-        data = payload.get("data") if isinstance(payload, dict) else None
-        events = tuple(_event(raw) for raw in (data if isinstance(data, list) else []) if _is_event(raw))
-        meta = payload.get("meta") if isinstance(payload, dict) else None
+        # An answer that is not a list of events says nothing: "no events" must never be read
+        # into it (the caller would conclude a DM is not on X, and send it twice).
+        if not isinstance(payload, dict):
+            raise XTransient("X's list of DM events was not JSON", status=status, facts=facts)
+        data = payload.get("data", [])
+        if not isinstance(data, list):
+            raise XTransient("X's list of DM events had no list of events", status=status, facts=facts)
+        events = tuple(_event(raw) for raw in data if _is_event(raw))
+        meta = payload.get("meta")
         next_token = meta.get("next_token") if isinstance(meta, dict) else None
         return EventPage(
             events=events,

@@ -12,6 +12,7 @@ from bridge.model import (
     IncomingMessage,
     Mapping,
     MappingKind,
+    OutboxItem,
     OutboxState,
     RenderedPart,
     Sent,
@@ -177,3 +178,60 @@ def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
     for states in (PENDING_STATES, PG_PENDING_STATES):
         in_sql = {s.strip(" '") for s in states.strip("()").split(",")}
         assert in_sql == {s.value for s in OutboxState if s.pending}
+
+
+# -- issue 11: deletes mid-send, edits before any send, reconnection releases everything --------
+
+
+async def test_a_sending_row_deleted_in_slack_is_never_claimed_or_requeued(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
+        await store.accept_if_mapped(message(1), 1.0)
+        [head] = await store.outbox_heads()
+        claimed = await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        assert claimed is not None
+        assert await store.accept_delete("T1", "C1", "1.000", "3.000", 3.0) == "queued"
+        [sending] = [h for h in await store.outbox_heads() if h.id == head.id]
+        assert isinstance(sending, OutboxItem) and sending.deleted and sending.state is OutboxState.SENDING
+        assert await store.mark_sending(head.id, 4.0) is None
+        await store.reschedule(head.id, OutboxState.QUEUED, 5.0, "X said 503: it does not have it")
+        assert await engine.sql("SELECT state FROM outbox WHERE id = ?", head.id) == [("cancelled",)]
+
+
+async def test_an_edit_before_any_part_reached_x_replaces_a_rendered_message(engine: Engine) -> None:
+    async with one_channel(engine) as (store, _):
+        await store.accept_if_mapped(message(1, "long and wrong"), 1.0)
+        [head] = await store.outbox_heads()
+        await store.render(head.id, [RenderedPart("(1/2) Me: long"), RenderedPart("(2/2) Me: wrong")])
+        await store.reschedule(head.id, OutboxState.WAITING, 0.0, "waiting for X's rate limit")
+        edit = {"text": "short and right", "blocks": [], "user_id": "U1"}
+        assert await store.accept_edit("T1", "C1", "1.000", "2.000", edit, 2.0) == "updated"
+        [fresh] = await store.outbox_heads()
+        assert isinstance(fresh, OutboxItem)
+        assert fresh.text is None and fresh.parts_total == 1 and fresh.source["text"] == "short and right"
+        assert await engine.sql("SELECT COUNT(*) FROM outbox") == [(1,)]
+        assert await store.mark_sending(fresh.id, 3.0) is None  # must be rendered again first
+
+
+async def test_reconnecting_releases_every_unfinished_row_of_the_account(engine: Engine) -> None:
+    async with one_channel(engine) as (store, mapping):
+        for n in (1, 2, 3):
+            other = Mapping(
+                "T1", f"C{n}0", MappingKind.LINK, mapping.account_id, "1000-2001", None, "U1", 0.0
+            )
+            await store.create_mapping(other)
+            accepted = await store.accept_if_mapped(
+                IncomingMessage("T1", f"C{n}0", f"{n}.000", "U1", "m", event_id=f"E{n}"), 1.0
+            )
+            assert accepted is not None and accepted.head is not None
+            if n == 1:
+                await store.reschedule(accepted.head.id, OutboxState.WAITING, 1e15, "reconnect")
+            elif n == 2:
+                await store.mark_sending(
+                    accepted.head.id, 2.0, parts=[RenderedPart("x")], source=accepted.head.source
+                )
+                await store.reschedule(accepted.head.id, OutboxState.SENDING, 1e15, "reconnect")
+            else:
+                await store.reschedule(accepted.head.id, OutboxState.QUEUED, 500.0, "backing off")
+        assert await store.release_account(mapping.account_id, 10.0) == 3
+        rows = await engine.sql("SELECT channel_id, state, next_attempt_at FROM outbox ORDER BY channel_id")
+        assert rows == [("C10", "queued", 10.0), ("C20", "sending", 10.0), ("C30", "queued", 10.0)]

@@ -221,7 +221,7 @@ async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
         )
         await store.set_held_since(head.id, None)
         assert await store.release_account(mapping.account_id, 30.0) == 1
-        assert await store.release_account(mapping.account_id, 30.0) == 0
+        assert await store.release_account(mapping.account_id, 30.0) == 1  # still unfinished: due again
         [queued] = await store.list_outbox([OutboxState.QUEUED])
         assert (queued.state, queued.next_attempt_at, queued.held_since) == (OutboxState.QUEUED, 30.0, None)
         await store.mark_failed(head.id, "refused")

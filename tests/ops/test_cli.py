@@ -13,7 +13,16 @@ import pytest
 from adapters.ops.cli import main
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
-from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
+from bridge.model import (
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    TokenSet,
+    XUser,
+)
 from tests.harness import ALICE, ME, TEAM, running_bridge
 
 ACCESS, REFRESH = "access-token-plaintext", "refresh-token-plaintext"
@@ -50,7 +59,9 @@ async def fill(db_path: Path) -> Rows:
             ids[1], "X refused it (HTTP 403): the recipient only accepts DMs from verified"
         )
         await store.reschedule(ids[2], OutboxState.WAITING, 1e15, "waiting for <@U100> to reconnect")
-        await store.mark_sending(ids[4], now)
+        # A claim renders an unrendered row in the same write (an edit may have reset its text).
+        [last] = [item for item in await store.list_outbox([OutboxState.QUEUED]) if item.id == ids[4]]
+        await store.mark_sending(ids[4], now, parts=[RenderedPart("Ada: message 4")], source=last.source)
         return Rows(sent=ids[0], failed=ids[1], waiting=ids[2], queued=ids[3], sending=ids[4])
     finally:
         await store.close()

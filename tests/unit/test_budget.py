@@ -90,10 +90,10 @@ async def test_a_restart_keeps_what_headers_taught_and_still_caps_at_the_ceiling
         await learned.consume(ACCOUNT, NOW)
         await learned.observe(ACCOUNT, headers(200, 199))
         unset = Budget(store)
-        await unset.load()
+        await unset.load(NOW)
         assert unset.snapshot(ACCOUNT, NOW)["15m"]["limit"] == 200
         capped = Budget(store, user_15m=50)
-        await capped.load()
+        await capped.load(NOW)
         assert capped.snapshot(ACCOUNT, NOW)["15m"] == {"limit": 50, "remaining": 50, "reset_at": NOW + 900}
     finally:
         await store.close()
