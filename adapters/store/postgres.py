@@ -84,6 +84,10 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
         self.instance_id = uuid.uuid4().hex[:12]
+        # Whether new rows are announced with NOTIFY: a standby's must wake the leader, the leader's
+        # own are offered to its worker directly, and every NOTIFY serialises commits database-wide
+        # (PostgreSQL takes one lock for the notification queue until the commit is on disk).
+        self.announce = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -387,7 +391,7 @@ class PostgresStore:
                 ON CONFLICT DO NOTHING
                 RETURNING *
             ),
-            note AS (SELECT pg_notify($11, $12) FROM ins)
+            note AS (SELECT pg_notify($11, $12) FROM ins WHERE $13)
             SELECT ins.*, (SELECT before FROM busy) AS busy_before, (SELECT COUNT(*) FROM note) AS notified
             FROM ins
             """,
@@ -403,11 +407,13 @@ class PostgresStore:
             message.event_id,
             OUTBOX_CHANNEL,
             self.instance_id,
+            self.announce,
         )
 
     async def _notify(self, conn: Conn) -> None:
         """Wake the leader's worker (on whichever instance) when this transaction commits."""
-        await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+        if self.announce:
+            await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
 
     async def notify_outbox(self) -> None:
         """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""

@@ -254,9 +254,20 @@ def _worker(store: AnyStore, make: Callable[[], Delivery], budget: Budget, clock
 
     if not isinstance(store, PostgresStore):
         return Worker(make, before_lead=before_lead)
+    pg_store = store
+
+    async def lead() -> None:
+        await before_lead()
+        pg_store.announce = False  # the leader offers its own rows to its worker directly
+
+    def standby() -> None:
+        pg_store.announce = True
+
     worker: Worker
     leadership = Leadership(store.url, instance=store.instance_id, on_notify=lambda: worker.wake())
-    worker = Worker(make, before_lead=before_lead, leadership=leadership, notify=store.notify_outbox)
+    worker = Worker(
+        make, before_lead=lead, after_lead=standby, leadership=leadership, notify=store.notify_outbox
+    )
     return worker
 
 

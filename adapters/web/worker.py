@@ -30,11 +30,13 @@ class Worker:
         make: Callable[[], Delivery],
         *,
         before_lead: Callable[[], Awaitable[None]],
+        after_lead: Callable[[], None] | None = None,
         leadership: Leadership | None = None,
         notify: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._make = make
         self._before_lead = before_lead
+        self._after_lead = after_lead
         self._leadership = leadership
         self._notify = notify
         self._stopping = False
@@ -90,6 +92,8 @@ class Worker:
             raise
         finally:
             self.current = None
+            if self._after_lead is not None:
+                self._after_lead()
 
     async def stop(self, grace: float) -> None:
         """Finish in-flight sends (up to ``grace``), then give up the leadership."""
