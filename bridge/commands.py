@@ -16,17 +16,16 @@ from urllib.parse import urlencode
 
 from bridge.budget import Budget
 from bridge.connect import ConnectService
-from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited
+from bridge.errors import CommandError, XAuthRevoked, XError
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
     X_USERNAME,
     Account,
+    IncomingMessage,
     Mapping,
     MappingKind,
     OAuthState,
-    Sent,
-    Target,
     XUser,
     one_to_one_id,
 )
@@ -439,9 +438,11 @@ class CommandService:
         opening = command.message or (
             f"This group is bridged to #{ctx.channel_name or ctx.channel_id} on Slack."
         )
-        await self._refuse_if_mapped(ctx)
-        sent = await self._send_now(account, lambda token: self._x.create_group(token, ids, opening))
-        mapping = await self._map(ctx, account, MappingKind.GROUP, conversation_id=sent.dm_conversation_id)
+        # The channel is mapped first, to a group still to create: a doubled or retried command
+        # finds it mapped, so X never gets two groups. The opening message creates the group
+        # from the outbox (claimed before its POST, read back from X if the answer is lost).
+        mapping = await self._map(ctx, account, MappingKind.GROUP, group_participants=tuple(ids))
+        await self._queue_opening(ctx, mapping, opening)
         return Reply(
             self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users]), in_channel=True
         )
@@ -451,11 +452,6 @@ class CommandService:
         if user.id == account.x_user_id:
             raise CommandError("That is your own X account; name someone else.")
         conversation_id = one_to_one_id(account.x_user_id, user.id)
-        if command.message:
-            target = Target(participant_id=user.id)
-            text = command.message
-            sent = await self._send_now(account, lambda token: self._x.send(token, target, text))
-            conversation_id = sent.dm_conversation_id
         mapping = await self._map(
             ctx,
             account,
@@ -464,10 +460,35 @@ class CommandService:
             participant_id=user.id,
             participant_username=user.username if user.username != user.id else None,
         )
+        if command.message:
+            await self._queue_opening(ctx, mapping, command.message)
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
         return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
+
+    async def _queue_opening(self, ctx: CommandContext, mapping: Mapping, text: str) -> None:
+        """The opening message goes through the outbox like a message posted in the channel.
+
+        It is shown in the channel (the bot's post carries its ✅ or ⚠️) and sent as the
+        command's author, translated and formatted as any channel message.
+        """
+        shown = f"<@{ctx.user_id}>'s opening message to X:\n{text}"
+        try:
+            ts = await self._slack.post_message(ctx.team_id, ctx.channel_id, shown)
+        except Exception as exc:  # not in the channel, say: the message still goes, without ✅
+            log.warning("could not show the opening message", extra={"error": str(exc)[:200]})
+            ts = ""
+        now = self._clock.now()
+        message = IncomingMessage(
+            team_id=ctx.team_id,
+            channel_id=ctx.channel_id,
+            ts=ts or f"{now:.6f}",
+            user_id=ctx.user_id,
+            text=text,
+        )
+        await self._store.accept(message, mapping, now)
+        self._on_mapped()
 
     async def _report(self, ctx: CommandContext, job: Awaitable[Reply]) -> None:
         """Run a follow-up and post its outcome through response_url."""
@@ -487,31 +508,6 @@ class CommandService:
             await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
         else:
             await self._slack.post_ephemeral(ctx.team_id, ctx.channel_id, ctx.user_id, reply.text)
-
-    async def _send_now(
-        self, account: Account, call: Callable[[str], Awaitable[tuple[Sent, RateFacts]]]
-    ) -> Sent:
-        """Send one DM outside the outbox, within the same budget and token rules."""
-        now = self._clock.now()
-        blocked = self._budget.blocked_until(account.id, now)
-        if blocked is not None:
-            raise CommandError(
-                f"@{account.x_username} has used its X DM allowance for now; "
-                f"try again after {_clock_time(blocked, now)}."
-            )
-        token = await self._tokens.access_token(account)
-        await self._budget.consume(account.id, now)
-        try:
-            result, facts = await self._tokens.call(account, call, token=token)
-        except XRateLimited as exc:
-            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, self._clock.now())
-            when = _clock_time(until, self._clock.now())
-            raise CommandError(f"X's rate limit was reached; try again after {when}.") from exc
-        except XError as exc:
-            await self._budget.observe(account.id, exc.facts)
-            raise
-        await self._budget.observe(account.id, facts)
-        return result
 
     async def _resolve(self, account: Account, participant: Participant) -> XUser:
         if participant.user_id is not None:
@@ -563,6 +559,7 @@ class CommandService:
         conversation_id: str | None = None,
         participant_id: str | None = None,
         participant_username: str | None = None,
+        group_participants: tuple[str, ...] = (),
     ) -> Mapping:
         mapping = Mapping(
             team_id=ctx.team_id,
@@ -574,17 +571,13 @@ class CommandService:
             created_by=ctx.user_id,
             created_at=self._clock.now(),
             participant_username=participant_username,
+            group_participants=group_participants,
         )
         created = await self._store.create_mapping(mapping)
         if created is None:
             existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
             shown = _describe(existing) if existing else "another conversation"
-            extra = (
-                f" (X conversation `{conversation_id}` was created; `/xdm link` can use it)"
-                if kind is MappingKind.GROUP
-                else ""
-            )
-            raise CommandError(f"This channel is already bridged to {shown}. Run `/xdm unlink` first.{extra}")
+            raise CommandError(f"This channel is already bridged to {shown}. Run `/xdm unlink` first.")
         log.info(
             "channel mapped",
             extra={
@@ -604,7 +597,8 @@ class CommandService:
         if mapping.kind is MappingKind.DM:
             where = f"their DMs with {_person(mapping)}"
         elif mapping.kind is MappingKind.GROUP and names:
-            where = f"a new X group with {_listed(names)} (`{mapping.conversation_id}`)"
+            # The group is created by the opening message, from the outbox: no id yet.
+            where = f"a new X group with {_listed(names)}"
         else:
             where = _describe(mapping)
         return (
@@ -614,6 +608,8 @@ class CommandService:
 
 
 def _describe(mapping: Mapping) -> str:
+    if mapping.kind is MappingKind.GROUP and mapping.conversation_id is None:
+        return "a new X group conversation (being created)"
     if mapping.kind is MappingKind.GROUP:
         return f"X group conversation `{mapping.conversation_id}`"
     if mapping.kind is MappingKind.DM:

@@ -75,6 +75,8 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.delivery")
 
 UNTIL_RECONNECTED = 1e15  # next_attempt_at of rows parked until their account is reconnected
+MENTION_LOOKUPS = 50  # users.info calls one message may cost for its mentions
+UNNAMED_USER = "someone"  # a mention beyond that bound, with no label of its own
 READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
 CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
@@ -650,12 +652,20 @@ class Delivery:
                 )
                 raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
         self._scans.pop(item.id, None)
+        target = item.target
+        if target.new_group is not None:
+            # Creating a group: the account's events in every conversation were read, and only
+            # a group (not a 1-to-1 "a-b") no row has claimed can be the one this attempt made.
+            scan.candidates = [
+                c for c in scan.candidates if c.conversation_id and "-" not in c.conversation_id
+            ]
         known = await self._store.known_event_ids([e.id for e in scan.candidates])
         event = scan.oldest(known)
         if event is not None:
-            target = item.target
-            conversation = target.conversation_id or one_to_one_id(
-                account.x_user_id, str(target.participant_id)
+            conversation = (
+                target.conversation_id
+                or (event.conversation_id if target.new_group is not None else None)
+                or one_to_one_id(account.x_user_id, str(target.participant_id))
             )
             log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
             return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
@@ -670,7 +680,9 @@ class Delivery:
         """
         try:
             text, blocks, thread_ts, stubs = _source_fields(item.source)
-            mentioned = translate.mentioned_user_ids(text, blocks)
+            # Each mentioned user once, and only so many: a message naming thousands of people
+            # must not become thousands of users.info calls (the rest read "@someone").
+            mentioned = sorted(translate.mentioned_user_ids(text, blocks))[:MENTION_LOOKUPS]
         except Exception as exc:
             await self._unrenderable(item, exc)
             return None
@@ -684,7 +696,7 @@ class Delivery:
             name = f"{name} (edited)"
         files, unresolved = await self._resolve_files(item, stubs)
         try:
-            body = translate.to_plain(text, blocks, user_names=names)
+            body = translate.to_plain(text, blocks, user_names=names, unnamed_user=UNNAMED_USER)
             if quoting:
                 quote = translate.quote_parent(translate.to_plain(parent) if parent else "a thread")
                 body = f"{quote}\n{body}" if body.strip() else quote
@@ -835,6 +847,10 @@ class Delivery:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
             log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
+
+
+def _is_group(conversation_id: str | None) -> bool:
+    return bool(conversation_id) and "-" not in str(conversation_id)
 
 
 def _hhmm(epoch: float) -> str:

@@ -94,18 +94,26 @@ class OAuthState:
 
 @dataclass(frozen=True)
 class Target:
-    """Where one DM goes: by participant (1-to-1) or by conversation id."""
+    """Where one DM goes: by participant (1-to-1), by conversation id, or a group to create.
+
+    ``new_group`` (the other participants' X ids) is the target of a ``/xdm new-group``
+    channel's messages until X has created the group: the first of them creates it.
+    """
 
     participant_id: str | None = None
     conversation_id: str | None = None
+    new_group: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if (self.participant_id is None) == (self.conversation_id is None):
-            raise ValueError("a Target names exactly one of participant_id / conversation_id")
+        named = [v for v in (self.participant_id, self.conversation_id, self.new_group) if v is not None]
+        if len(named) != 1:
+            raise ValueError("a Target names exactly one of participant_id / conversation_id / new_group")
 
     def describe(self) -> str:
         if self.participant_id is not None:
             return f"1-to-1 with X user {self.participant_id}"
+        if self.new_group is not None:
+            return f"a new group with X users {', '.join(self.new_group)}"
         return f"conversation {self.conversation_id}"
 
 
@@ -124,12 +132,15 @@ class Mapping:
     paused_at: float | None = None  # its account was disconnected; messages wait for a reconnection
     paused_by: str | None = None
     participant_username: str | None = None  # a 1-to-1's other person, when known (for people to read)
+    group_participants: tuple[str, ...] = ()  # a /xdm new-group's others, kept until X creates it
 
     @property
     def target(self) -> Target:
         if self.kind is MappingKind.DM:
             assert self.participant_id is not None
             return Target(participant_id=self.participant_id)
+        if self.conversation_id is None and self.kind is MappingKind.GROUP:
+            return Target(new_group=self.group_participants)
         assert self.conversation_id is not None
         return Target(conversation_id=self.conversation_id)
 
@@ -279,6 +290,7 @@ class DmEvent:
     created_at: float | None  # X's clock
     links: tuple[tuple[str, str], ...] = ()  # (t.co address, expanded URL), as X reported them
     media_keys: tuple[str, ...] = ()  # attachments, as X's media keys ("<type>_<media id>")
+    conversation_id: str | None = None  # read from the account's events (a group being created)
 
 
 @dataclass(frozen=True)

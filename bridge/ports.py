@@ -207,6 +207,18 @@ class Store(Protocol):
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+        """Delete at most ``batch`` rows of each kind past retention; returns how many went.
+
+        Finished outbox rows and message maps created before ``keep_after``; Slack event ids
+        past Slack's retry horizon. Unfinished rows are never deleted.
+        """
+        ...
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
+        ...
+
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...
@@ -234,7 +246,10 @@ class XClient(Protocol):
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
-        """Send one DM; empty ``text`` is left out, so a ``media_id`` alone is a valid DM."""
+        """Send one DM; empty ``text`` is left out, so a ``media_id`` alone is a valid DM.
+
+        A ``target.new_group`` creates that group with this DM (``Sent`` names the new group).
+        """
         ...
 
     async def create_group(
@@ -243,7 +258,10 @@ class XClient(Protocol):
     async def event_page(
         self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
     ) -> EventPage:
-        """One page of the conversation's message events, newest first (``next_token`` pages back)."""
+        """One page of the conversation's message events, newest first (``next_token`` pages back).
+
+        For a ``new_group`` target (its id not known yet), the account's events in every conversation.
+        """
         ...
 
     async def upload_media(self, token: str, media: MediaSource, *, media_type: str, category: str) -> str:
@@ -288,7 +306,10 @@ class SlackClient(Protocol):
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
-    async def post_message(self, team_id: str, channel_id: str, text: str) -> None: ...
+    async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
+        """Post as the bot; returns the message's ts."""
+        ...
+
     async def display_name(self, team_id: str, user_id: str) -> str: ...
     async def member(self, team_id: str, user_id: str) -> SlackMember | None:
         """Whether ``user_id`` is a workspace admin or owner (``users.info``); None if Slack cannot say."""

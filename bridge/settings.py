@@ -18,9 +18,11 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from bridge.errors import ConfigError
+from bridge.translate import render_parts
 
 SCOPES = ("dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write")
 KEYGEN_HINT = "run `xdm-bridge keygen` to make one"
+DEFAULT_RELAY_FORMAT = "{name}: {text}"
 
 ThreadPolicy = Literal["all", "broadcast", "none"]
 EditPolicy = Literal["correction", "ignore"]
@@ -56,6 +58,7 @@ class Settings:
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
     relay_edits: EditPolicy = "correction"
+    retention_days: int = 30
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
     admin_only: bool = False
@@ -248,15 +251,16 @@ class _Reader:
         return raw
 
     def relay_format(self) -> str:
-        fmt = self.get("RELAY_FORMAT") or "{name}: {text}"
+        fmt = self.get("RELAY_FORMAT") or DEFAULT_RELAY_FORMAT
+        # Render a sample with the worker's own code: what passes here renders every message.
         try:
-            fmt.format(name="n", text="t")
-        except (KeyError, IndexError, ValueError):
-            self.problems.append(f"RELAY_FORMAT={fmt!r} may use only {{name}} and {{text}}")
-            return "{name}: {text}"
-        if "{text}" not in fmt:
-            self.problems.append(f"RELAY_FORMAT={fmt!r} must contain {{text}}")
-            return "{name}: {text}"
+            render_parts("sample text", name="Sample Name", fmt=fmt)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            self.problems.append(
+                f"RELAY_FORMAT={fmt!r} does not render a message: use {{text}} exactly once and "
+                "{name} any number of times, with no other fields, conversions or format specs"
+            )
+            return DEFAULT_RELAY_FORMAT
         return fmt
 
     def build(self) -> Settings:
@@ -294,6 +298,7 @@ class _Reader:
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]
             relay_edits=self.choice("RELAY_EDITS", "correction", ("correction", "ignore")),  # type: ignore[arg-type]
+            retention_days=self.integer("RETENTION_DAYS", 30, low=1, high=3650),
             log_level=self.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
             log_format=self.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
             admin_only=self.flag("XDM_ADMIN_ONLY"),

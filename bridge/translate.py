@@ -185,8 +185,10 @@ class _Names:
         user_names: Mapping[str, str] | None,
         channel_names: Mapping[str, str] | None,
         text: str = "",
+        unnamed_user: str | None = None,
     ) -> None:
         self.users: Mapping[str, str] = user_names or {}
+        self.unnamed_user = unnamed_user
         self.channels: Mapping[str, str] = channel_names or {}
         self.user_labels: dict[str, str] = {}
         self.channel_labels: dict[str, str] = {}
@@ -205,7 +207,9 @@ class _Names:
                 self.group_labels.setdefault(ref[len("!subteam^") :].split("^")[0], label)
 
     def user(self, user_id: str, label: str = "") -> str:
-        name = self.users.get(user_id) or label or self.user_labels.get(user_id) or user_id
+        name = (
+            self.users.get(user_id) or label or self.user_labels.get(user_id) or self.unnamed_user or user_id
+        )
         return "@" + name.removeprefix("@")
 
     def channel(self, channel_id: str, label: str = "") -> str:
@@ -495,13 +499,15 @@ def to_plain(
     *,
     user_names: Mapping[str, str] | None = None,
     channel_names: Mapping[str, str] | None = None,
+    unnamed_user: str | None = None,
 ) -> str:
     """Slack wire text (or rich_text blocks when present) → plain text.
 
     * Blocks are used when every block is ``rich_text`` and they render cleanly to non-blank
       text; otherwise ``text`` is parsed. Labels found in ``text`` (``<#C1|general>``,
       ``<@U1|bob>``, ``<!subteam^S1|@team>``) also name the ids in blocks, which carry none.
-    * Mentions: ``@`` + ``user_names[id]``, else the token label, else the id. Channels likewise
+    * Mentions: ``@`` + ``user_names[id]``, else the token label, else ``unnamed_user`` when
+      given (a caller that did not look everyone up), else the id. Channels likewise
       with ``#``. Broadcasts → ``@here`` / ``@channel`` / ``@everyone``; user groups → their label.
     * Links: ``label (url)``, or just the URL if the label is empty or equals the URL (with or
       without scheme); ``mailto:`` links show the address.
@@ -511,7 +517,7 @@ def to_plain(
 
     Never raises for a ``str`` text and any blocks value.
     """
-    names = _Names(user_names, channel_names, text)
+    names = _Names(user_names, channel_names, text, unnamed_user)
     if blocks is not None:
         rendered = _blocks_to_plain(blocks, names)
         if rendered is not None and (rendered.strip() or not text.strip()):

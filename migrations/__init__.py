@@ -244,6 +244,21 @@ def m0005_media_lifetime_and_attempts(db: Database) -> None:
     outbox.add_column("media_unfinished", int, not_null_default=0)
 
 
+@migrations(name="0006_retention_and_group_creation")
+def m0006_retention_and_group_creation(db: Database) -> None:
+    """Issue 11: retention indexes, and groups created through the outbox.
+
+    Finished rows and message maps are pruned by age in small batches; without the indexes
+    each batch would scan the whole history. ``/xdm new-group`` maps the channel at once and
+    its opening message creates the group from the outbox: until X answers, the mapping keeps
+    the participants (``participant_ids``, JSON) and the rows their copy (``target_group``).
+    """
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_created_at ON outbox (created_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS message_map_created_at ON message_map (created_at)")
+    db.table("mappings").add_column("participant_ids", str)
+    db.table("outbox").add_column("target_group", str)
+
+
 @migrations(name="0007_disconnect_and_connect_page")
 def m0007_disconnect_and_connect_page(db: Database) -> None:
     """Disconnecting an account, pausing its mappings, and a connect flow bound to one browser (issue 12).

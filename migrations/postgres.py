@@ -168,6 +168,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL;
         """,
     ),
+    (
+        # SQLite's 0006 (issue 11): retention prunes by age in batches (indexes), and groups
+        # created through the outbox (the mapping's participants, the rows' copy of them).
+        "0006_retention_and_group_creation",
+        """
+        CREATE INDEX IF NOT EXISTS outbox_created_at ON outbox (created_at);
+        CREATE INDEX IF NOT EXISTS message_map_created_at ON message_map (created_at);
+        ALTER TABLE mappings ADD COLUMN participant_ids TEXT;
+        ALTER TABLE outbox ADD COLUMN target_group TEXT;
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

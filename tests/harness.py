@@ -210,9 +210,13 @@ async def running_bridge(
     delivery: DeliveryConfig = FAST,
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
+    before_start: Callable[[FakeSlack], None] | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[Bridge]:
-    """Start fake X, fake Slack and the bridge; stop them all afterwards."""
+    """Start fake X, fake Slack and the bridge; stop them all afterwards.
+
+    ``before_start`` may set up fake Slack (a failing ``auth.test``, say) before the bridge starts.
+    """
     async with AsyncExitStack() as stack:
         x, x_url = await stack.enter_async_context(run_fake_x(fake_x))
         x.add_user(ME, "bridge_owner", "Bridge Owner")
@@ -225,6 +229,8 @@ async def running_bridge(
         slack.add_user("U300", display_name="Cleo", real_name="Cleo Admin", is_admin=True)
         slack.add_channel("C100", "support")
         slack.add_channel("C200", "sales")
+        if before_start is not None:
+            before_start(slack)
         port = free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))

@@ -100,7 +100,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(
         "RELAY_FORMAT",
-        "how a relayed message reads on X; may use {name} and must use {text}",
+        "how a relayed message reads on X; may use {name}, must use {text} exactly once, nothing else",
         "{name}: {text}",
     ),
     EnvVar(
@@ -113,6 +113,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "what editing a relayed Slack message does: correction (the new text replaces it if not "
         "yet sent, else a correction DM follows) or ignore",
         "correction",
+    ),
+    EnvVar(
+        "RETENTION_DAYS",
+        "days a relayed message is kept so that editing or deleting it in Slack reaches X "
+        "(X's own event window is 30); older finished rows are pruned hourly",
+        "30",
     ),
     EnvVar(
         "XDM_ADMIN_ONLY",

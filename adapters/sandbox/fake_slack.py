@@ -529,6 +529,10 @@ class FakeSlack:
         """
         self._failures.setdefault(method, []).extend([(error, status)] * count)
 
+    def stop_failing(self, method: str) -> None:
+        """Forget failures still queued by :meth:`fail_next` for ``method`` (Slack is back)."""
+        self._failures.pop(method, None)
+
     def clear_calls(self) -> None:
         """Forget recorded calls (state such as messages and reactions is kept)."""
         self.calls.clear()

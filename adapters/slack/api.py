@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from cachetools import TTLCache
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -26,6 +26,7 @@ from bridge.model import SlackMember
 log = logging.getLogger("adapters.slack.api")
 
 NAME_TTL = 3600.0  # display names change rarely; an hour keeps users.info (Tier 4) quiet
+NAME_CACHE_SIZE = 10_000  # least recently used names go first, so memory stays bounded
 # A large video may take a while, so no total limit; a stalled connection is what to give up on.
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
@@ -54,10 +55,16 @@ def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None 
 class SlackApi:
     """Implements ``bridge.ports.SlackClient`` for one workspace's bot token."""
 
-    def __init__(self, client: AsyncWebClient, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        session: aiohttp.ClientSession,
+        *,
+        name_cache_size: int = NAME_CACHE_SIZE,
+    ) -> None:
         self._client = client
         self._session = session
-        self._names: dict[tuple[str, str], tuple[float, str]] = {}
+        self._names: TTLCache[tuple[str, str], str] = TTLCache(maxsize=name_cache_size, ttl=NAME_TTL)
         self._bot_name: str | None = None
         api = urlsplit(client.base_url)
         self._api_origin = (api.scheme, api.netloc.lower())
@@ -79,21 +86,21 @@ class SlackApi:
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
         await self._client.chat_postEphemeral(channel=channel_id, user=user_id, text=text)
 
-    async def post_message(self, team_id: str, channel_id: str, text: str) -> None:
-        await self._client.chat_postMessage(channel=channel_id, text=text)
+    async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
+        response = await self._client.chat_postMessage(channel=channel_id, text=text)
+        return str(response.get("ts") or "")
 
     async def display_name(self, team_id: str, user_id: str) -> str:
-        """The author's display name, else real name, else handle; cached for an hour."""
+        """The author's display name, else real name, else handle; cached (LRU) for an hour."""
         key = (team_id, user_id)
         cached = self._names.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            return cached
         try:
             response = await self._client.users_info(user=user_id)
         except SlackApiError as exc:
             log.warning("users.info failed", extra={"user": user_id, "error": exc.response.get("error")})
-            return cached[1] if cached else user_id
+            return user_id
         user = response.get("user") or {}
         profile = user.get("profile") or {}
         name = (
@@ -103,7 +110,7 @@ class SlackApi:
             or user.get("name")
             or user_id
         )
-        self._names[key] = (now + NAME_TTL, str(name))
+        self._names[key] = str(name)
         return str(name)
 
     async def member(self, team_id: str, user_id: str) -> SlackMember | None:

@@ -4,17 +4,28 @@ Bolt runs with ``process_before_response=True``: a message event is committed to
 the outbox before Slack gets its 200 (if the commit fails Slack gets a 500 and
 retries, so nothing is lost). Slash commands acknowledge at once and carry on
 in a tracked background task.
+
+Bolt would call ``auth.test`` lazily on the first event and, if that failed, answer
+the event 200 with a "reinstall" text without running the listener: Slack would not
+retry and the message would be lost. So :class:`SlackAuthorization` calls it at
+start-up (retrying), caches the answer for Bolt, and the web handler answers 503
+while it has none, so Slack retries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncAck, AsyncApp
-from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped, warning_token_skipped
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.commands import CommandContext, CommandService
@@ -35,7 +46,11 @@ class _ClientWinsNotice(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+        # Likewise "token will be ignored" next to our ``authorize``: it is the same token.
+        return record.getMessage() not in (
+            warning_client_prioritized_and_token_skipped(),
+            warning_token_skipped(),
+        )
 
 
 BOLT_LOG = logging.getLogger("adapters.slack.app.bolt")
@@ -43,6 +58,90 @@ BOLT_LOG.addFilter(_ClientWinsNotice())
 
 # Events the manifest subscribes to besides messages; acknowledged so Slack does not retry them.
 QUIET_EVENTS = ("member_joined_channel", "member_left_channel", "app_uninstalled", "tokens_revoked")
+
+
+AUTH_RETRY_BASE = 1.0  # seconds before the start-up auth.test is tried again; doubles
+AUTH_RETRY_CAP = 60.0
+AUTH_ON_REQUEST_EVERY = 2.0  # a request may try auth.test itself at most this often
+AUTH_ON_REQUEST_TIMEOUT = 2.0  # and waits no longer (Slack wants an answer within 3 s)
+
+
+class SlackNotAuthorized(Exception):
+    """Bolt was asked to authorize a request before ``auth.test`` succeeded."""
+
+
+class SlackAuthorization:
+    """The bot's identity (``auth.test``), fetched once and cached for Bolt's ``authorize``."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+        self._lock = asyncio.Lock()
+        self._last_attempt = float("-inf")
+        self.result: AuthorizeResult | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.result is not None
+
+    async def attempt(self, *, unless_tried_since: float | None = None) -> bool:
+        """One ``auth.test``; True once authorized. Failures are logged, one line each.
+
+        With ``unless_tried_since``, an attempt made since then (one this call waited for)
+        stands: its failure is not followed at once by another call.
+        """
+        async with self._lock:
+            if self.result is not None:
+                return True
+            if unless_tried_since is not None and self._last_attempt >= unless_tried_since:
+                return False
+            self._last_attempt = time.monotonic()
+            try:
+                response = await self._client.auth_test()
+            except SlackApiError as exc:
+                reason = str(exc.response.get("error") or exc.response.status_code)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = f"no answer ({type(exc).__name__})"
+            else:
+                self.result = AuthorizeResult.from_auth_test_response(
+                    auth_test_response=response, bot_token=self._client.token
+                )
+                log.info(
+                    "Slack authorized",
+                    extra={"team": self.result.team_id, "bot_user_id": self.result.bot_user_id},
+                )
+                return True
+            log.warning(
+                "Slack auth.test failed: %s; Slack requests are answered 503 (Slack retries events) "
+                "until it succeeds",
+                reason,
+            )
+            return False
+
+    async def keep_trying(self) -> None:
+        """Start-up: try until authorized, backing off; requests may succeed sooner (``on_request``)."""
+        delay = AUTH_RETRY_BASE
+        while not await self.attempt():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, AUTH_RETRY_CAP)
+
+    async def on_request(self) -> bool:
+        """Authorized, or try now (briefly, and not more often than ``AUTH_ON_REQUEST_EVERY``)."""
+        if self.result is not None:
+            return True
+        recent = time.monotonic() - AUTH_ON_REQUEST_EVERY
+        if not self._lock.locked() and self._last_attempt >= recent:
+            return False
+        # An attempt in flight (the start-up one, say) is waited for, not repeated.
+        try:
+            return await asyncio.wait_for(self.attempt(unless_tried_since=recent), AUTH_ON_REQUEST_TIMEOUT)
+        except TimeoutError:
+            return False
+
+    async def authorize(self) -> AuthorizeResult:
+        """Bolt's ``authorize``: the cached identity, never a call to Slack."""
+        if self.result is None:
+            raise SlackNotAuthorized("auth.test has not succeeded yet")
+        return self.result
 
 
 def scrub(text: str) -> str:
@@ -118,15 +217,25 @@ def message_change(body: dict[str, Any], event: dict[str, Any]) -> MessageChange
 def build_bolt_app(
     *,
     signing_secret: str,
-    client: AsyncWebClient,
+    authorization: SlackAuthorization,
     relay: Relay,
     commands: CommandService,
     spawn: Spawn,
 ) -> AsyncApp:
-    """The Bolt app for one workspace (bot token in ``client``)."""
+    """The Bolt app for one workspace, authorized by ``authorization``.
+
+    Requests reach it verified: the web handler checks each signature once, so Bolt's own
+    check is off.
+    """
+
+    async def authorize() -> AuthorizeResult:
+        # A plain function: Bolt passes arguments by the names it finds in the signature.
+        return await authorization.authorize()
+
     app = AsyncApp(
         signing_secret=signing_secret,
-        client=client,
+        authorize=authorize,
+        request_verification_enabled=False,
         process_before_response=True,
         raise_error_for_unhandled_request=False,
         logger=BOLT_LOG,

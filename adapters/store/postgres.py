@@ -300,8 +300,9 @@ class PostgresStore:
         status = await self._execute(
             """
             INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                  participant_id, created_by, created_at, participant_username)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING
+                                  participant_id, created_by, created_at, participant_username,
+                                  participant_ids)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
             """,
             mapping.team_id,
             mapping.channel_id,
@@ -312,6 +313,7 @@ class PostgresStore:
             mapping.created_by,
             mapping.created_at,
             mapping.participant_username,
+            json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
         )
         return mapping if status == "INSERT 0 1" else None
 
@@ -383,10 +385,11 @@ class PostgresStore:
             n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
             ins AS (
                 INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                    author_id, account_id, target_participant, target_conversation, text,
-                                    source, state, attempts, next_attempt_at, created_at, hourglass, kind)
-                SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, NULL, $8, 'queued', 0, 0, $9, 0,
-                       'message'
+                                    author_id, account_id, target_participant, target_conversation,
+                                    target_group, text, source, state, attempts, next_attempt_at,
+                                    created_at, hourglass, kind)
+                SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, $14, NULL, $8, 'queued', 0, 0,
+                       $9, 0, 'message'
                 FROM n
                 ON CONFLICT DO NOTHING
                 RETURNING *
@@ -408,6 +411,7 @@ class PostgresStore:
             OUTBOX_CHANNEL,
             self.instance_id,
             self.announce,
+            None if target.new_group is None else json.dumps(list(target.new_group)),
         )
 
     async def _notify(self, conn: Conn) -> None:
@@ -434,11 +438,40 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
             yield
 
-    async def prune_seen_events(self, now: float) -> int:
-        status = await self._execute(
-            "DELETE FROM seen_events WHERE seen_at < $1", now - SEEN_EVENTS_KEEP_SECONDS
+    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+        """Delete at most ``batch`` rows of each kind past retention (as the SQLite store)."""
+        async with self._tx() as conn:
+            deleted = 0
+            for sql, args in (
+                (
+                    "DELETE FROM seen_events WHERE event_id IN (SELECT event_id FROM seen_events "
+                    "WHERE seen_at < $1 ORDER BY seen_at LIMIT $2)",
+                    (now - SEEN_EVENTS_KEEP_SECONDS, batch),
+                ),
+                (
+                    f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE created_at < $1 "
+                    f"AND state NOT IN {PENDING_STATES} ORDER BY created_at LIMIT $2)",
+                    (keep_after, batch),
+                ),
+                (
+                    "DELETE FROM message_map WHERE (team_id, channel_id, slack_ts, part) IN ("
+                    "SELECT team_id, channel_id, slack_ts, part FROM message_map WHERE created_at < $1 "
+                    "ORDER BY created_at LIMIT $2)",
+                    (keep_after, batch),
+                ),
+            ):
+                status = await conn.execute(sql, *args)
+                deleted += int(status.split()[-1])
+        return deleted
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` and ``oldest_pending_at``, from the partial index of unfinished rows."""
+        row = await self.pool.fetchrow(
+            "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox "
+            f"WHERE state IN {PENDING_STATES}"
         )
-        return int(status.split()[-1])
+        assert row is not None
+        return {"pending": int(row["pending"] or 0), "oldest_pending_at": row["oldest"]}
 
     # -- outbox ------------------------------------------------------------
 
@@ -518,11 +551,11 @@ class PostgresStore:
                 """
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
                                     author_id, account_id, target_participant, target_conversation,
-                                    text, media, source, state, attempts, next_attempt_at, created_at,
-                                    hourglass, kind)
+                                    target_group, text, media, source, state, attempts, next_attempt_at,
+                                    created_at, hourglass, kind)
                 SELECT seq, $1, $2, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
-                       target_participant, target_conversation, $3, $4, '{}', 'queued', 0, 0,
-                       created_at, 0, kind
+                       target_participant, target_conversation, target_group, $3, $4, '{}', 'queued', 0,
+                       0, created_at, 0, kind
                 FROM outbox WHERE id = $5
                 ON CONFLICT DO NOTHING
                 """,
@@ -649,9 +682,11 @@ class PostgresStore:
             """
             WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
             INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                author_id, account_id, target_participant, target_conversation, text,
-                                source, state, attempts, next_attempt_at, created_at, hourglass, kind)
-            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, 'queued', 0, 0, $10, 0, $11
+                                author_id, account_id, target_participant, target_conversation,
+                                target_group, text, source, state, attempts, next_attempt_at, created_at,
+                                hourglass, kind)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9, 'queued', 0, 0, $10, 0,
+                   $11
             FROM n
             ON CONFLICT DO NOTHING
             RETURNING id
@@ -668,6 +703,7 @@ class PostgresStore:
             json.dumps(source, separators=(",", ":")),
             now,
             kind.value,
+            original["target_group"],
         )
         return row is not None
 
@@ -723,11 +759,12 @@ class PostgresStore:
             extra = """,
             extra AS (
                 INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
-                                    account_id, target_participant, target_conversation, text, media,
-                                    source, state, attempts, next_attempt_at, created_at, hourglass, kind)
+                                    account_id, target_participant, target_conversation, target_group,
+                                    text, media, source, state, attempts, next_attempt_at, created_at,
+                                    hourglass, kind)
                 SELECT c.seq, p.ord::integer, $10, c.team_id, c.channel_id, c.slack_ts, c.ref_ts, c.author_id,
-                       c.account_id, c.target_participant, c.target_conversation, p.text, p.media, '{}',
-                       'queued', 0, 0, c.created_at, 0, c.kind
+                       c.account_id, c.target_participant, c.target_conversation, c.target_group, p.text,
+                       p.media, '{}', 'queued', 0, 0, c.created_at, 0, c.kind
                 FROM claimed AS c, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p (text, media, ord)
                 ON CONFLICT DO NOTHING
             )"""
@@ -779,7 +816,7 @@ class PostgresStore:
                         target_conversation = CASE WHEN target_participant IS NULL
                                                    THEN COALESCE(target_conversation, $2) END
                     WHERE id = $8
-                    RETURNING team_id, channel_id, slack_ts, part, target_participant
+                    RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
                 ),
                 mapped AS (
                     INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id,
@@ -794,12 +831,14 @@ class PostgresStore:
                       AND m.channel_id = s.channel_id AND m.kind = 'dm'
                       AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
                 )
-                SELECT head.* FROM relaxed, sent AS s, LATERAL (
+                SELECT s.team_id AS sent_team, s.channel_id AS sent_channel, s.target_group AS sent_group,
+                       head.*
+                FROM relaxed, sent AS s LEFT JOIN LATERAL (
                     SELECT * FROM outbox
                     WHERE team_id = s.team_id AND channel_id = s.channel_id AND state IN {PENDING_STATES}
                       AND id <> $8
                     ORDER BY seq, part LIMIT 1
-                ) AS head
+                ) AS head ON true
                 """,
                 sent.dm_event_id,
                 sent.dm_conversation_id,
@@ -810,7 +849,29 @@ class PostgresStore:
                 now,
                 item_id,
             )
-        head = None if following is None else self._readable(following)
+            if following is not None and following["sent_group"]:
+                # X created the channel's group: the mapping and every row still to send name it
+                # (read again below, so the next row does not create another group).
+                team, channel = following["sent_team"], following["sent_channel"]
+                await conn.execute(
+                    "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3 "
+                    "AND kind = 'group' AND conversation_id IS NULL",
+                    sent.dm_conversation_id,
+                    team,
+                    channel,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET target_conversation = $1 WHERE team_id = $2 AND channel_id = $3 "
+                    "AND target_conversation IS NULL AND target_participant IS NULL "
+                    "AND target_group IS NOT NULL",
+                    sent.dm_conversation_id,
+                    team,
+                    channel,
+                )
+                following = await self._channel_head(conn, team, channel)
+        if following is None or following["id"] is None:
+            return None
+        head = self._readable(following)
         # An unreadable head is left to the scheduler, which fails it (the send is recorded).
         return head if isinstance(head, OutboxItem) else None
 

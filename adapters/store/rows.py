@@ -67,6 +67,7 @@ def mapping(row: Row) -> Mapping:
         paused_at=row.get("paused_at"),
         paused_by=row.get("paused_by"),
         participant_username=row.get("participant_username"),
+        group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
     )
 
 
@@ -81,7 +82,7 @@ def item(row: Row) -> OutboxItem:
         slack_ts=row["slack_ts"],
         author_id=row["author_id"] or "",
         account_id=row["account_id"],
-        target=Target(participant_id=row["target_participant"], conversation_id=row["target_conversation"]),
+        target=target(row),
         text=row["text"],
         source=json.loads(row["source"] or "{}"),
         state=OutboxState(row["state"]),
@@ -101,6 +102,15 @@ def item(row: Row) -> OutboxItem:
         media_unfinished=row.get("media_unfinished") or 0,
         deleted=row.get("deleted_at") is not None,
     )
+
+
+def target(row: Row) -> Target:
+    """A row's target; a group X has created (``target_conversation``) wins over creating it."""
+    participant, conversation = row["target_participant"], row["target_conversation"]
+    group = row.get("target_group")
+    if participant is None and conversation is None and group:
+        return Target(new_group=tuple(str(member) for member in json.loads(group)))
+    return Target(participant_id=participant, conversation_id=conversation)
 
 
 def message_source(message: IncomingMessage) -> str:

@@ -10,6 +10,7 @@ and is reconciled on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
@@ -29,7 +30,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
-from adapters.slack.app import build_bolt_app
+from adapters.slack.app import SlackAuthorization, build_bolt_app
 from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
@@ -46,6 +47,7 @@ from bridge.model import Account
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.relay import Relay
+from bridge.retention import prune_forever
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 
@@ -113,6 +115,7 @@ class Services:
     background: Background
     started_at: float
     verifier: SignatureVerifier
+    slack_auth: SlackAuthorization
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -216,9 +219,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
         )
         background = Background()
+        slack_auth = SlackAuthorization(slack_client)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
-            client=slack_client,
+            authorization=slack_auth,
             relay=relay,
             commands=commands,
             spawn=background.spawn,
@@ -232,6 +236,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             background,
             clock.now(),
             SignatureVerifier(settings.signing_secret),
+            slack_auth,
+        )
+        authorizing = asyncio.create_task(slack_auth.keep_trying(), name="slack-auth")
+        pruning = asyncio.create_task(
+            prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
         running = asyncio.create_task(worker.run(), name="delivery")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
@@ -239,7 +248,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         log.info("shutting down: finishing in-flight sends")
         await worker.stop(SHUTDOWN_GRACE)
         await running
+        authorizing.cancel()
+        pruning.cancel()
         await background.drain(5.0)
+        for task in (authorizing, pruning):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
         await session.close()
         await store.close()
@@ -303,6 +317,13 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     if problem is not None:
         log.info("malformed Slack request ignored", extra={"reason": problem})
         return _bad_request(problem)
+    if not await services.slack_auth.on_request() and needs_authorization(request.content_type, body):
+        # Not 200: Slack retries the event later, when the bridge can commit it.
+        return web.json_response(
+            {"error": "not ready", "reason": "Slack auth.test has not succeeded yet"},
+            status=503,
+            headers={"Retry-After": "10"},
+        )
     try:
         bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
@@ -335,6 +356,13 @@ def malformed_slack_body(content_type: str, body: str) -> str | None:
     except (ValueError, RecursionError):
         return "body does not parse"
     return f"unsupported content type {content_type or '(none)'}"
+
+
+def needs_authorization(content_type: str, body: str) -> bool:
+    """Everything but Slack's URL check and SSL check needs the bot's identity (well-formed body)."""
+    if content_type == "application/json":
+        return bool(json.loads(body).get("type") != "url_verification")
+    return "ssl_check" not in parse_qs(body, keep_blank_values=True)
 
 
 def _bad_request(reason: str) -> web.Response:
@@ -496,6 +524,7 @@ async def healthz(request: web.Request) -> web.Response:
         "database": "ok" if database_ok else "error",
         "worker": worker,
         "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
+        "slack": "authorized" if services.slack_auth.ready else "unauthorized",
         "accounts_needing_reconnect": None
         if reconnect is None
         else {"count": len(reconnect), "usernames": reconnect},

@@ -135,9 +135,9 @@ class BridgeMetrics:
         if self._store is None or self._budget is None or self._clock is None:
             return
         now = self._clock.now()
-        summary = await self._store.outbox_summary()
-        self.outbox_depth.set(summary["pending"])
-        oldest = summary["oldest_pending_at"]
+        gauges = await self._store.outbox_gauges()
+        self.outbox_depth.set(gauges["pending"])
+        oldest = gauges["oldest_pending_at"]
         self.outbox_oldest_age.set(max(0.0, now - oldest) if oldest else 0.0)
         mapped = {m.account_id for m in await self._store.list_mappings()}
         accounts = [a for a in await self._store.list_accounts() if a.id in mapped]

@@ -257,11 +257,10 @@ class XApiClient:
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
-        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file."""
-        if target.participant_id is not None:
-            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
-        else:
-            path = f"/2/dm_conversations/{target.conversation_id}/messages"
+        """Send one DM; ``media_id`` (from :meth:`upload_media`) attaches X's one allowed file.
+
+        A ``new_group`` target creates the group (``POST /2/dm_conversations``) with this DM.
+        """
         body: dict[str, Any] = {}
         if text:
             body["text"] = text
@@ -269,6 +268,13 @@ class XApiClient:
             body["attachments"] = [{"media_id": media_id}]
         if not body:
             raise ValueError("a DM needs text or a media_id")
+        if target.new_group is not None:
+            path = "/2/dm_conversations"
+            body = {"conversation_type": "Group", "participant_ids": list(target.new_group), "message": body}
+        elif target.participant_id is not None:
+            path = f"/2/dm_conversations/with/{target.participant_id}/messages"
+        else:
+            path = f"/2/dm_conversations/{target.conversation_id}/messages"
         status, headers, payload = await self._call("POST", path, token, body=body)
         if media_id is not None and status == 400 and _about_media(payload):
             reason = describe_error(status, payload)
@@ -301,7 +307,9 @@ class XApiClient:
         Links come back as X stores them (``t.co``) with the expanded URLs from the events'
         entities; ``server_time`` is X's ``Date`` header, so callers can judge times by X's clock.
         """
-        if target.conversation_id is not None:
+        if target.new_group is not None:
+            path = "/2/dm_events"  # the group's id is not known yet: every conversation of the account
+        elif target.conversation_id is not None:
             path = f"/2/dm_conversations/{target.conversation_id}/dm_events"
         else:
             path = f"/2/dm_conversations/with/{target.participant_id}/dm_events"
@@ -517,6 +525,7 @@ def _event(raw: dict[str, Any]) -> DmEvent:
         created_at=_parse_time(raw.get("created_at")),
         links=tuple(links),
         media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
+        conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
     )
 
 

@@ -116,8 +116,9 @@ async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) 
             "pending": 2,
             "oldest_pending_at": 1.0,
         }
-        assert await store.prune_seen_events(1.0 + 24 * 3600 + 1.5) == 1  # E…1 is older than a day
-        assert await store.prune_seen_events(1.0 + 24 * 3600 + 1.5) == 0
+        later = 1.0 + 24 * 3600 + 1.5
+        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 1  # E…1 is older than a day
+        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 0
 
 
 async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Engine) -> None:

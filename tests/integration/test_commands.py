@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ALICE, BOB, ME, authorize_url, query_of, running_bridge
+from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, query_of, running_bridge
 
 # Every command test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -95,6 +95,15 @@ async def test_declined_authorization_connects_nothing(tmp_path: Path) -> None:
         assert await bridge.sql("SELECT COUNT(*) FROM accounts") == [(0,)]
 
 
+async def opening_ts(bridge: Bridge) -> str:
+    """The ts of the bot's post showing a command's opening message (its ✅ goes there)."""
+    [call] = await bridge.slack.wait_for(
+        lambda c: c.method == "chat.postMessage" and "opening message" in str(c.params.get("text")),
+        timeout=10.0,
+    )
+    return str(call.response["ts"])
+
+
 async def test_new_group_creates_conversation_and_tells_channel(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         await bridge.connect()
@@ -104,14 +113,16 @@ async def test_new_group_creates_conversation_and_tells_channel(tmp_path: Path) 
         assert told["response_type"] == "in_channel"
         assert "@alice" in told["text"] and "@bob" in told["text"] and "@bridge_owner" in told["text"]
 
+        # The opening message creates the group from the outbox, ✅ on its post in the channel.
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark")
         [conversation] = [c for c in bridge.x.conversations.values() if len(c.participants) == 3]
         assert set(conversation.participants) == {ME, ALICE, BOB}
-        assert bridge.texts(conversation.id) == ["Welcome aboard"]
+        assert bridge.texts(conversation.id) == ["Ada: Welcome aboard"]
 
         # Messages in the channel now go to that group, through /2/dm_conversations/{id}/messages.
         _, ts = await bridge.post("hello group")
         await bridge.wait_reaction("C100", ts, "white_check_mark")
-        assert bridge.texts(conversation.id) == ["Welcome aboard", "Ada: hello group"]
+        assert bridge.texts(conversation.id) == ["Ada: Welcome aboard", "Ada: hello group"]
         posts = [r.path for r in bridge.x.all_requests if r.method == "POST" and r.path.endswith("/messages")]
         assert posts == [f"/2/dm_conversations/{conversation.id}/messages"]
 
@@ -121,8 +132,9 @@ async def test_new_group_default_opening_names_channel_and_numeric_ids(tmp_path:
         await bridge.connect()
         _, response_url = await bridge.command(f"new-group {ALICE} {BOB}")
         await bridge.follow_up(response_url)
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark")
         [event] = bridge.x.events
-        assert event.text == "This group is bridged to #support on Slack."
+        assert event.text == "Ada: This group is bridged to #support on Slack."
 
 
 async def test_new_group_errors_are_specific(tmp_path: Path) -> None:
@@ -166,7 +178,8 @@ async def test_dm_with_message_sends_and_maps_one_to_one(tmp_path: Path) -> None
         assert ack.status == 200
         told = await bridge.follow_up(response_url)
         assert told["response_type"] == "in_channel" and "@alice" in told["text"]
-        assert bridge.texts("1000-2001") == ["Hi Alice"]
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark")
+        assert bridge.texts("1000-2001") == ["Ada: Hi Alice"]
 
         _, ts = await bridge.post("second")
         await bridge.wait_reaction("C100", ts, "white_check_mark")
@@ -174,7 +187,7 @@ async def test_dm_with_message_sends_and_maps_one_to_one(tmp_path: Path) -> None
             r.path for r in bridge.x.all_requests if r.method == "POST" and "/dm_conversations" in r.path
         ]
         assert paths == [f"/2/dm_conversations/with/{ALICE}/messages"] * 2
-        assert bridge.texts("1000-2001") == ["Hi Alice", "Ada: second"]
+        assert bridge.texts("1000-2001") == ["Ada: Hi Alice", "Ada: second"]
         rows = await bridge.sql("SELECT kind, conversation_id, participant_id FROM mappings")
         assert rows == [("dm", "1000-2001", ALICE)]
 

@@ -91,7 +91,8 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
         [group] = state["x"]["conversations"]
         assert group["kind"] == "Group" and group["title"] == "Group with @alice, @bob"
         assert group["participants"] == ["you", "alice", "bob"]
-        assert [(m["sender"], m["text"]) for m in group["messages"]] == [("you", "hi")]
+        # The opening goes through the outbox, formatted like any channel message.
+        assert [(m["sender"], m["text"]) for m in group["messages"]] == [("you", "You: hi")]
 
         status, answer = await call(session, sandbox, "/api/slack", {"text": "fish & <chips> :tada:"})
         assert (status, answer["status"]) == (200, 200)

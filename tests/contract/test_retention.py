@@ -1,0 +1,77 @@
+"""Retention: what Slack retries and X edits no longer need is pruned, in bounded batches."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
+from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
+from bridge.retention import prune
+from tests.contract.conftest import Engine
+
+DAY = 86_400.0
+
+
+def count(db_path: Path, table: str) -> int:
+    with sqlite3.connect(db_path) as db:
+        (n,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    return int(n)
+
+
+async def test_prune_keeps_what_edits_deletes_and_retries_need(engine: Engine) -> None:
+    """On both stores."""
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        await store.create_mapping(mapping)
+        now = 100 * DAY
+        # 40 old messages (35 days), sent; 1 old one still waiting; 5 recent sent ones.
+        for i in range(46):
+            at = now - 35 * DAY if i < 41 else now - DAY
+            message = IncomingMessage("T1", "C1", f"{1000 + i}.000100", "U1", f"m{i}", event_id=f"Ev{i}")
+            assert await store.accept(message, mapping, at)
+        rows = await store.list_outbox([OutboxState.QUEUED], limit=100)
+        for row in rows:
+            if row.slack_ts != "1040.000100":
+                await store.mark_sent(row.id, Sent("1000-2001", f"90{row.id}"), row.created_at + 1)
+        waiting = next(r for r in rows if r.slack_ts == "1040.000100")
+        await store.reschedule(waiting.id, OutboxState.WAITING, 1e15, "held")
+
+        deleted = await prune(store, now, retention_days=30, batch=7)
+
+        assert await engine.sql("SELECT COUNT(*) FROM outbox") == [(6,)]  # the waiting row stays
+        assert await engine.sql("SELECT COUNT(*) FROM message_map") == [(5,)]
+        assert await engine.sql("SELECT COUNT(*) FROM seen_events") == [(5,)]
+        assert deleted == 40 + 40 + 41
+        # A recent message can still be edited or deleted: its map is there.
+        assert await store.relayed_events("T1", "C1", "1045.000100") == ["90" + str(rows[-1].id)]
+        assert await store.relayed_events("T1", "C1", "1000.000100") == []
+        assert (await store.outbox_gauges())["pending"] == 1
+    finally:
+        await store.close()
+
+
+async def test_gauges_read_only_the_pending_index(tmp_path: Path) -> None:
+    db_path = tmp_path / "store.db"
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        await store.create_mapping(mapping)
+        for i in range(4):
+            assert await store.accept(IncomingMessage("T1", "C1", f"{i}.1", "U1", "m"), mapping, 10.0 + i)
+        first = (await store.list_outbox([OutboxState.QUEUED]))[0]
+        await store.mark_sent(first.id, Sent("1000-2001", "9"), 20.0)
+        assert await store.outbox_gauges() == {"pending": 3, "oldest_pending_at": 11.0}
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as db:
+        plan = " ".join(
+            str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {SqliteStore.GAUGES_SQL}").fetchall()
+        )
+    assert "INDEX outbox_pending" in plan, plan  # the backlog's index, not a scan of the history

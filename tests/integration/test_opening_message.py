@@ -1,0 +1,79 @@
+"""A command's opening message goes through the outbox: formatted, reconciled, never doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapters.sandbox.fake_x import FaultKind
+from tests.harness import ALICE, BOB, ME, Bridge, running_bridge
+
+
+async def opening_ts(bridge: Bridge) -> str:
+    [call] = await bridge.slack.wait_for(
+        lambda c: c.method == "chat.postMessage" and "opening message" in str(c.params.get("text")),
+        timeout=10.0,
+    )
+    return str(call.response["ts"])
+
+
+def groups(bridge: Bridge) -> list[str]:
+    return [c.id for c in bridge.x.conversations.values() if set(c.participants) == {ME, ALICE, BOB}]
+
+
+def mapped_conversation(bridge: Bridge) -> str | None:
+    with sqlite3.connect(bridge.db_path) as db:
+        row = db.execute("SELECT conversation_id FROM mappings WHERE channel_id = 'C100'").fetchone()
+    return None if row is None else row[0]
+
+
+async def test_dm_opening_message_reads_like_a_channel_message(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        # Slack escapes &, < and > in a slash command's text, as in a message's.
+        await bridge.command("dm @alice Q&amp;A &lt;today&gt; :tada:")
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark")
+        assert bridge.texts("1000-2001") == ["Ada: Q&A <today> 🎉"]
+
+
+@pytest.mark.parametrize("fault", ["lost_response", "record_then_hang"])
+async def test_group_created_once_when_the_answer_is_lost(tmp_path: Path, fault: FaultKind) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject(fault, path_contains="/2/dm_conversations")
+        _, response_url = await bridge.command("new-group @alice @bob Welcome aboard")
+        told = await bridge.follow_up(response_url)
+        assert told["response_type"] == "in_channel", told
+        # Posted while X holds the answer: it waits behind the opening and goes to the new group.
+        _, meanwhile = await bridge.post("meanwhile", blocks=[])
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark", timeout=20.0)
+        await bridge.wait_reaction("C100", meanwhile, "white_check_mark", timeout=20.0)
+        [group] = groups(bridge)
+        assert bridge.texts(group) == ["Ada: Welcome aboard", "Ada: meanwhile"]
+        assert mapped_conversation(bridge) == group
+        assert any(r.path == "/2/dm_events" for r in bridge.x.all_requests)  # settled by reading
+
+        _, ts = await bridge.post("next message")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert bridge.texts(group) == ["Ada: Welcome aboard", "Ada: meanwhile", "Ada: next message"]
+        assert groups(bridge) == [group]
+
+
+async def test_a_doubled_or_retried_command_never_makes_two_groups(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        (_, first), (_, second) = await asyncio.gather(
+            bridge.command("new-group @alice @bob Hello"), bridge.command("new-group @alice @bob Hello")
+        )
+        answers = [(await bridge.follow_up(url))["text"] for url in (first, second) if url]
+        assert sum("already bridged" in a for a in answers) <= 1
+        await bridge.wait_reaction("C100", await opening_ts(bridge), "white_check_mark")
+        # The user retries once more after it worked.
+        ack, _ = await bridge.command("new-group @alice @bob Hello")
+        assert "already bridged" in ack.text
+        assert len(groups(bridge)) == 1
+        assert bridge.texts(groups(bridge)[0]) == ["Ada: Hello"]
