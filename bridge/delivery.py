@@ -31,7 +31,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -466,11 +466,11 @@ class Delivery:
                 account, lambda t: self._x.send(t, item.target, text, media_id=media_id), token=token
             )
         except XTransient as exc:
-            # The POST may have reached X: keep the row "sending" so it is reconciled,
-            # unless X itself answered (a 5xx means it did not take the message).
+            # The POST may have reached X: keep the row "sending" so it is reconciled. A 5xx
+            # is no proof either way: X's front end answers 503/504 after its back end took
+            # the DM often enough to post it twice.
             await self._budget.observe(account.id, exc.facts)
-            state = OutboxState.SENDING if exc.status is None else OutboxState.QUEUED
-            await self._retry_later(replace(item, state=state), exc)
+            await self._retry_later(item, exc)
             return LOOK_AGAIN
         except XRateLimited as exc:
             now = self._clock.now()
@@ -616,7 +616,8 @@ class Delivery:
         than the attempt (see bridge/reconcile), within the read budget.
 
         When the budget runs out first, the row waits for it (still ``sending``: never resent
-        while undecided) and the reading goes on from where it stopped.
+        while undecided) and the reading goes on from where it stopped. A reading X ends before
+        it got back to the attempt decides nothing: the row waits and reads again.
         """
         assert item.text is not None
         scan = self._scans.get(item.id)
@@ -631,7 +632,9 @@ class Delivery:
                     functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
                 )
             except XRefused as exc:
-                # A refusal says nothing about whether X has the message: read again later.
+                # A refusal says nothing about whether X has the message: read again later, from
+                # the newest page (a page token may have gone stale while the reading waited).
+                self._scans.pop(item.id, None)
                 raise XTransient(
                     f"X did not let the bridge check whether it has the message ({exc})",
                     status=exc.status,
@@ -669,6 +672,11 @@ class Delivery:
             )
             log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
             return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        if not scan.reached:
+            # X ended the reading before it got back to the attempt (paging in circles, say):
+            # not finding it proves nothing, so the row stays "sending" and is read again later.
+            log.warning("reconciling: X's paging ended early; reading again later", extra=_ids(item))
+            raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
         log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
         return None
 

@@ -6,14 +6,22 @@ until the events are older than the attempt, and takes the oldest event of ours 
 same text that no other row has claimed. A :class:`Scan` is that reading's state; it can
 stop when the read budget is spent and go on later from where it was.
 
+Only a reading that got back to the attempt (an event older than it, or the start of the
+conversation) can say "not on X". One that X ends otherwise (a page token seen before, more
+pages than any real conversation has) is undecided: the row must not be sent again on it.
+
 Two things make a plain comparison miss our own send, and so send it twice:
 
 - clocks: the attempt's time is ours, the events' times are X's. The attempt is moved onto
   X's clock with the offset between our clock and X's ``Date`` header (of the same read),
-  so a bridge clock ahead of X's cannot push our send out of the window;
+  so a bridge clock ahead of X's cannot push our send out of the window. The offset only
+  ever moves the cutoff earlier, by a day at most: a ``Date`` ahead of ours (a wrong clock
+  at X's front end, or ours behind) costs a few more pages, never a send judged older
+  than it was;
 - links: X stores every link in a DM as a ``t.co`` address. Each is put back from the
   expanded URL X returns in the event's entities, links are normalised on both sides, and
-  a ``t.co`` address X did not expand matches any link of ours in its place.
+  a ``t.co`` address X did not expand matches any link of ours in its place. A DM with
+  media may also end in a link X added to the attachment itself: that one is left out.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from dataclasses import dataclass, field
 from bridge.model import DmEvent, EventPage
 
 MARGIN = 120.0  # seconds before the attempt (on X's clock) that still count as "this attempt"
+# The most our clock is believed to run ahead of X's: a Date header further behind is broken,
+# and would otherwise send the reading back through the whole conversation.
+MAX_SKEW = 24 * 3600.0
 MAX_PAGES_PER_PASS = 15  # X's read budget: 15 reads per 15 minutes per user (NOTES §4.2)
 # 10,000 events after one attempt is beyond any real conversation (X sends 15 per 15 minutes):
 # a reading that long is X paging in circles, and must end rather than hold the channel forever.
@@ -31,6 +42,9 @@ MAX_PAGES = 100
 
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
+_TRAILING_T_CO = re.compile(r"\s*https?://t\.co/[A-Za-z0-9]+\s*$")
+# Where X's older DM format pointed the t.co link it appended to a DM with media (INBOUND.md).
+_MEDIA_PAGE = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/", re.IGNORECASE)
 
 
 def comparable(text: str) -> str:
@@ -44,10 +58,11 @@ def comparable(text: str) -> str:
 
 
 def expanded(event: DmEvent) -> str:
-    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for."""
+    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for;
+    a link X added for the attachment itself (to ``…/messages/media/…``) is taken out."""
     text = event.text
     for short, full in event.links:
-        text = text.replace(short, full, 1)
+        text = text.replace(short, "" if _MEDIA_PAGE.match(full) else full, 1)
     return text
 
 
@@ -56,6 +71,11 @@ def same_text(ours: str, event: DmEvent) -> bool:
     theirs = expanded(event)
     if comparable(theirs) == comparable(ours):
         return True
+    if event.media_keys:
+        # A DM with media may end in a t.co link to it that X did not expand for us.
+        bare = _TRAILING_T_CO.sub("", theirs)
+        if bare != theirs and comparable(bare) == comparable(ours):
+            return True
     pieces = _T_CO.split(theirs.strip())
     if len(pieces) == 1:
         return False
@@ -76,12 +96,14 @@ class Scan:
     token: str | None = None  # where the next page starts
     pages: int = 0
     done: bool = False
+    reached: bool = False  # got back to the attempt: finding nothing then means "not on X"
     candidates: list[DmEvent] = field(default_factory=list)
+    seen_tokens: set[str] = field(default_factory=set)
 
     @property
     def cutoff(self) -> float:
         """The attempt on X's clock, less the margin: events older than this are not it."""
-        return self.attempt_at - (self.offset or 0.0) - MARGIN
+        return self.attempt_at - min(max(0.0, self.offset or 0.0), MAX_SKEW) - MARGIN
 
     def take(self, page: EventPage, now: float) -> bool:
         """Look through one page (read at ``now`` on our clock); True when the reading is done."""
@@ -91,14 +113,18 @@ class Scan:
         cutoff = self.cutoff
         for event in page.events:
             if event.created_at is not None and event.created_at < cutoff:
-                self.done = True  # newest first: everything from here on is older still
+                self.reached = True  # newest first: everything from here on is older still
                 continue
             if event.sender_id == self.sender_id and same_text(self.text, event) and self._same_media(event):
                 self.candidates.append(event)
-        repeated = page.next_token is not None and page.next_token == self.token
+        if self.token is not None:
+            self.seen_tokens.add(self.token)
         self.token = page.next_token
-        if self.token is None or not page.events or repeated or self.pages >= MAX_PAGES:
-            self.done = True
+        if self.token is None:
+            self.reached = True  # the start of the conversation (as far as X keeps it)
+        # An empty page that points further back is read on: X may page through a gap.
+        circling = self.token is not None and self.token in self.seen_tokens
+        self.done = self.reached or circling or self.pages >= MAX_PAGES
         return self.done
 
     def _same_media(self, event: DmEvent) -> bool:

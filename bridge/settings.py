@@ -135,7 +135,17 @@ class _Reader:
                 "(plain http only for localhost or 127.0.0.1)"
             )
             return None
-        return url.rstrip("/")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            # Paths are appended to it ({PUBLIC_URL}/x/oauth/callback): anything after them breaks.
+            self.problems.append(
+                f"PUBLIC_URL={url!r} must be the bridge's origin, like https://bridge.example.org, "
+                "with no user name, query (?) or fragment (#)"
+            )
+            return None
+        # X compares the callback URL letter for letter with the one registered: scheme and
+        # host in the one spelling they have (lower case), whatever case was typed here.
+        origin = parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower())
+        return origin.geturl().rstrip("/")
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         raw = self.get(name)
@@ -170,7 +180,12 @@ class _Reader:
         if raw is None:
             return default
         parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts.port  # noqa: B018 (raises on a port out of range or not a number)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} has a port that is not a number from 1 to 65535")
+            return default
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problems.append(f"{name}={raw!r} is not an http(s) URL")
             return default
         return raw
@@ -311,8 +326,9 @@ class _Reader:
 
 
 # What the README, .env.example and app.json show where a real value belongs: an ellipsis,
-# YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix.
-_PLACEHOLDER = re.compile(r"…|\.\.\.|\byour[-_][a-z0-9-]+", re.IGNORECASE)
+# YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix. Only those words:
+# real hosts and paths say "your-" too (bridge.your-company.com, /data/your_team).
+_PLACEHOLDER = re.compile(r"…|\.\.\.|\byour-(?:host|app|bridge(?:-[0-9]+)?)\b", re.IGNORECASE)
 _BARE_PREFIXES = {"SLACK_BOT_TOKEN": "xoxb-"}
 _FREE_TEXT = {"RELAY_FORMAT"}  # a person's wording, where "..." may well be meant
 

@@ -369,7 +369,10 @@ class Sandbox:
         # How each answer reached Slack (ack, response_url, chat.postEphemeral…) is the bridge's
         # business: Slack shows them all alike, and so does the page.
         def add(at: float, kind: str, text: str, *, author: str, only_you: bool, **more: Any) -> None:
-            parts = text_parts(text, users=users, authorize_url=self.authorize_url)
+            if kind == "command":  # shown as typed ("used `/xdm …`"): it is not mrkdwn
+                parts = [{"type": "text", "text": text}]
+            else:
+                parts = text_parts(text, users=users, authorize_url=self.authorize_url)
             item = {"kind": kind, "author": author, "only_you": only_you, "parts": parts}
             items.append((at, len(items), {**item, **more}))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,10 @@ log = logging.getLogger("adapters.x.api")
 
 MB = 1024 * 1024
 MAX_SEGMENTS = 1000  # append's segment_index is 0..999 (spec AppendMediaUploadRequest)
+# The least pause before each STATUS poll, doubling from one poll to the next up to the cap:
+# X's "check again after 0 s" is taken at its word once, not 3,000 times in three seconds.
+POLL_FLOOR = 0.05
+POLL_FLOOR_CAP = 5.0
 
 # Legacy numeric codes X still uses for DM refusals (NOTES §3.3), in words a Slack user can act on.
 REFUSAL_CODES = {
@@ -408,6 +413,7 @@ class XApiClient:
 
     async def _await_processing(self, token: str, media_id: str, category: str, payload: Any) -> None:
         deadline = time.monotonic() + self._media_timeout
+        polls = 0
         info = _processing_info(payload)
         while info is not None and info.get("state") != "succeeded":
             if info.get("state") == "failed":
@@ -420,8 +426,12 @@ class XApiClient:
                     f"X had not finished processing media {media_id} after {self._media_timeout:g} s"
                 )
             wait = info.get("check_after_secs")
-            delay = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 1.0
-            await asyncio.sleep(min(max(delay, 0.0), remaining))
+            delay = 1.0  # when X gives no usable figure; NaN, for one, would sleep forever
+            if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait):
+                delay = float(wait)
+            floor = min(POLL_FLOOR_CAP, POLL_FLOOR * 2**polls)
+            polls += 1
+            await asyncio.sleep(min(max(delay, floor), remaining))
             params = {"media_id": media_id, "command": "STATUS"}
             status, headers, payload = await self._call("GET", "/2/media/upload", token, params=params)
             self._raise_for(status, headers, payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
@@ -139,3 +140,32 @@ async def test_file_info_resolves_a_stub_and_says_why_not(env: Env) -> None:
     with pytest.raises(FileUnavailable, match="file_not_found") as caught:
         await env.slack().file_info(TEAM, "F404")
     assert not caught.value.retryable
+
+
+async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server that answers every request with ``answer`` as is, then hangs up."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/"
+
+
+async def test_a_download_cut_short_of_its_content_length_is_retryable(env: Env) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: 300000\r\n\r\n"
+    server, origin = await raw_server(head + b"v" * 100_000)  # promised 300 kB, gave 100 kB
+    file = {"id": "F11", "name": "cut.mp4", "url_private_download": origin + "files-pri/T0001-F11/cut.mp4"}
+    # Slack's "API" is that server too, so the bridge will fetch files from it.
+    slack = SlackApi(web_client(env.fake.bot_token, origin + "api/", env.session), env.session)
+    async with server:
+        with pytest.raises(FileUnavailable) as caught:
+            async with slack.open_file(TEAM, file, max_bytes=1024 * 1024) as source:
+                assert source.size == 300_000
+                while await source.read(64 * 1024):
+                    pass
+    assert caught.value.retryable and "cut.mp4" in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import zlib
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX, one_to_one_id, run_fake_x
 from adapters.x.api import XApiClient
@@ -226,3 +228,29 @@ async def test_an_expired_media_id_is_told_apart_from_other_refusals(env: Env) -
         await env.x.send(env.token, Target(participant_id=BOB), "too long", media_id=fresh)
     assert not isinstance(caught.value, XMediaUnavailable)
     assert env.fake.events == []
+
+
+def answer_check_after(env: Env, raw: bytes) -> None:
+    """X's processing answers say ``check_after_secs: <raw>`` (after the spec check saw 0)."""
+
+    def hook(request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            response.body = response.body.replace(b'"check_after_secs": 0', b'"check_after_secs": ' + raw)
+
+    env.fake.response_hook = hook
+
+
+async def test_a_check_after_that_is_not_a_number_does_not_hang_the_upload(env: Env) -> None:
+    env.fake.media_processing_polls = 2
+    answer_check_after(env, b"NaN")  # Python's json reads it; sleeping on it would never end
+    upload = env.x.upload_media(env.token, gif(512), media_type="image/gif", category="dm_gif")
+    assert await asyncio.wait_for(upload, timeout=60.0)
+    assert len(env.requests("GET", "/2/media/upload")) == 3
+
+
+async def test_x_saying_check_again_now_forever_is_polled_with_growing_pauses(env: Env) -> None:
+    env.fake.media_processing_polls = 1_000_000  # never done, and always "check after 0 s"
+    x = env.client(media_timeout=3.0)
+    with pytest.raises(XTransient, match="had not finished processing"):
+        await x.upload_media(env.token, gif(512), media_type="image/gif", category="dm_gif")
+    assert len(env.requests("GET", "/2/media/upload")) <= 12  # not hundreds in a hot loop

@@ -7,6 +7,7 @@ stays ``sending`` and the worker must find the DM among the conversation's event
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,122 @@ async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: 
         first, second = bridge.x.events
         assert first.text == "Ada: two files" and not second.text and len(second.media_ids) == 1
         assert dm_posts(bridge) == 2 and len(dm_reads(bridge)) == 1
+
+
+async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pages_right(
+    tmp_path: Path,
+) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        first_page: list[bytes] = []
+        circled: list[str] = []
+
+        def hook(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages"):
+                for i in range(150):  # our lost DM ends up on the second page
+                    bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
+            elif request.method == "GET" and request.path.endswith("/dm_events"):
+                assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+                if "pagination_token" not in request.query:
+                    first_page.append(response.body)
+                elif first_page:  # X hands the first page out again, with the same token
+                    response.body = first_page[0]
+                    circled.append(request.query["pagination_token"])
+
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.response_hook = hook
+        _, ts = await bridge.post("lost in the loop", blocks=[])
+        for _ in range(400):  # until X went round in circles three readings running, or a resend
+            if len(circled) >= 3 or dm_posts(bridge) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert len(circled) >= 3  # it read again each time, and each time decided nothing
+        bridge.x.response_hook = None  # X pages properly again
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        ours = [e for e in bridge.x.events if e.text == "Ada: lost in the loop"]
+        assert len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
+
+
+async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        refused: list[str] = []
+
+        def hook(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages"):
+                for i in range(150):  # our lost DM ends up on the second page
+                    bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
+            elif request.method == "GET" and "pagination_token" in request.query and not refused:
+                # The token went stale while the reading waited (for the read budget, say).
+                assert isinstance(response, web.Response)
+                refused.append(request.query["pagination_token"])
+                response.set_status(400)
+                response.body = json.dumps(
+                    {
+                        "errors": [{"parameters": {"pagination_token": ["x"]}, "message": "Invalid token"}],
+                        "title": "Invalid Request",
+                        "detail": "One or more parameters to your request was invalid.",
+                        "type": "https://api.twitter.com/2/problems/invalid-request",
+                    }
+                ).encode()
+
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.response_hook = hook
+        _, ts = await bridge.post("token went stale", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+        ours = [e for e in bridge.x.events if e.text == "Ada: token went stale"]
+        assert refused and len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
+
+
+async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: Path) -> None:
+    # X's front end answering 503/504 after the back end took the DM is a well-known way to
+    # post twice: a 5xx does not prove X did not act.
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+
+        def fail_after_recording(request: web.Request, response: web.StreamResponse) -> None:
+            if request.method == "POST" and request.path.endswith("/messages") and response.status == 201:
+                bridge.x.response_hook = None
+                assert isinstance(response, web.Response)
+                response.set_status(504)
+                response.body = json.dumps(
+                    {
+                        "title": "Gateway Timeout",
+                        "detail": "Gateway Timeout",
+                        "type": "about:blank",
+                        "status": 504,
+                    }
+                ).encode()
+
+        bridge.x.response_hook = fail_after_recording
+        _, ts = await bridge.post("answered 504", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+        ours = [e for e in bridge.x.events if e.text == "Ada: answered 504"]
+        assert len(ours) == 1 and dm_posts(bridge) == 1
+        assert state_of(bridge, ts) == ("sent", ours[0].id)
+
+
+async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.inject("403", count=100_000, path_contains="/dm_events")
+        _, ts = await bridge.post("read me back", blocks=[])
+        await asyncio.sleep(4.0)  # the harness retries from 50 ms, capped at 0.5 s
+        refused = len(dm_reads(bridge))
+        # Reading back adds no attempt (no new claim), so the wait must grow by itself:
+        # not a read every 50 ms (dozens by now), but a few, then one per cap.
+        assert 2 <= refused <= 25, refused
+        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        bridge.x.clear_faults()
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        assert [e.text for e in bridge.x.events] == ["Ada: read me back"] and dm_posts(bridge) == 1

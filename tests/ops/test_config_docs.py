@@ -209,3 +209,35 @@ def test_plain_http_public_url_off_loopback_is_refused() -> None:
     [line] = problems(complete_env(PUBLIC_URL="http://bridge.example.org"))
     assert line.startswith("PUBLIC_URL='http://bridge.example.org' must be https")
     assert fix_for(line).startswith("set PUBLIC_URL:")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PUBLIC_URL", "https://bridge.your-company.com"),  # real hosts may say "your-"
+        ("PUBLIC_URL", "https://your-move.io"),
+        ("PUBLIC_URL", "https://xdm.your-apps.example"),
+        ("DATABASE_PATH", "/data/your_team/bridge.db"),
+    ],
+)
+def test_real_values_that_happen_to_say_your_are_not_placeholders(name: str, value: str) -> None:
+    assert problems(complete_env(**{name: value})) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bridge.example.org?x=1",
+        "https://bridge.example.org/#top",
+        "https://user:pw@bridge.example.org",
+        "https://bridge.example.org:99999",
+    ],
+)
+def test_public_url_must_be_an_origin_x_can_append_a_path_to(url: str) -> None:
+    [line] = problems(complete_env(PUBLIC_URL=url))
+    assert line.startswith("PUBLIC_URL=") and "PUBLIC_URL" in fix_for(line)
+
+
+def test_public_url_in_capitals_is_used_in_the_spelling_x_compares() -> None:
+    settings = Settings.from_env(complete_env(PUBLIC_URL="HTTPS://Bridge.Example.ORG/"))
+    assert settings.redirect_uri == "https://bridge.example.org/x/oauth/callback"

@@ -226,3 +226,14 @@ async def test_mentions_and_links_typed_in_the_channel_are_translated_on_the_way
         assert relayed == "You: @Ada look: https://example.com/" + "a" * 200
         # The channel shows what Slack shows: no word of how each answer travelled.
         assert all("via" not in m for m in state["messages"])
+
+
+async def test_a_command_is_shown_as_typed_angle_brackets_and_all(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession() as session:
+        typed = "/xdm dm @alice Q&A <today> *now*"
+        status, _ = await call(session, sandbox, "/api/slack", {"text": typed})
+        state = await state_when(
+            session, sandbox, lambda s: any(m["kind"] == "command" for m in s["messages"]), "the command"
+        )
+        [command] = [m for m in state["messages"] if m["kind"] == "command"]
+        assert status == 200 and text_of(command) == typed

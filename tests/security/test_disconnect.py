@@ -57,11 +57,10 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
 
         result, second = await bridge.post("posted while paused", channel="C200")
         assert result.status == 200
-        await wait_until(
-            lambda: rows(bridge.db_path, "SELECT COUNT(*) FROM outbox WHERE state = 'waiting'") == [(2,)],
-            10.0,
-            "both messages waiting",
-        )
+        # Both held: the one X answered 503 stays "sending" (a 5xx may still have reached X,
+        # so it is read back before any resend), the other waits.
+        held = "SELECT COUNT(*) FROM outbox WHERE state IN ('waiting', 'sending')"
+        await wait_until(lambda: rows(bridge.db_path, held) == [(2,)], 10.0, "both messages waiting")
         assert bridge.x.events == []  # nothing reached X in between
         ack, _ = await bridge.command("status", channel="C200")
         assert "paused" in ack.text and "2 message(s) waiting" not in ack.text  # one per channel

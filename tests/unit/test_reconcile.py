@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge.model import DmEvent, EventPage
-from bridge.reconcile import MARGIN, Scan, comparable, same_text
+from bridge.reconcile import MARGIN, MAX_PAGES, Scan, comparable, same_text
 
 
 def event(
@@ -68,3 +68,94 @@ def test_attachments_tell_file_only_dms_apart() -> None:
     scan.take(EventPage(events=(plain, ours, theirs), next_token=None, server_time=None), now=1004.0)
     assert [e.id for e in scan.candidates] == ["13", "12"]
     assert not Scan(1000.0, "1000", "", None)._same_media(ours)  # we attached nothing
+
+
+def test_a_date_header_ahead_of_xs_events_cannot_hide_our_send() -> None:
+    # X's Date says an hour later than both our clock and its own event times (a front end
+    # with a wrong clock): trusting it would put the cutoff after our send and resend it.
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    ours = event("Ada: hi", id="12", at=10_001.0)
+    page = EventPage(events=(ours,), next_token=None, server_time=10_050.0 + 3600.0)
+    assert scan.take(page, now=10_050.0)
+    assert scan.candidates == [ours] and scan.reached
+
+
+def test_an_empty_page_that_points_further_back_is_read_on() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    empty = EventPage(events=(), next_token="page-two-token-xx", server_time=None)
+    assert not scan.take(empty, now=10_050.0)
+    ours = event("Ada: hi", id="12", at=10_001.0)
+    assert scan.take(EventPage(events=(ours,), next_token=None, server_time=None), now=10_051.0)
+    assert scan.candidates == [ours] and scan.reached
+
+
+def test_an_empty_conversation_is_a_reading_that_reached_the_start() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    assert scan.take(EventPage(events=(), next_token=None, server_time=None), now=10_050.0)
+    assert scan.reached and scan.candidates == []
+
+
+def test_a_reading_in_circles_of_any_length_ends_undecided() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    newer = (event("other", at=10_500.0),)
+    tokens = ["token-aaaaaaaaaaaaa", "token-bbbbbbbbbbbbb", "token-aaaaaaaaaaaaa"]
+    done = [scan.take(EventPage(events=newer, next_token=t, server_time=None), now=10_600.0) for t in tokens]
+    assert done == [False, False, True]
+    assert not scan.reached  # it never got back to the attempt: no "not sent" from this
+
+
+def test_a_reading_that_never_gets_back_to_the_attempt_ends_undecided() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    newer = (event("other", at=10_500.0),)
+    for n in range(MAX_PAGES):
+        page = EventPage(events=newer, next_token=f"token-{n:016d}", server_time=None)
+        if scan.take(page, now=10_600.0):
+            break
+    assert scan.done and scan.pages == MAX_PAGES and not scan.reached
+
+
+def test_events_older_than_the_attempt_are_a_reading_that_reached_it() -> None:
+    scan = Scan(attempt_at=10_000.0, sender_id="1000", text="Ada: hi")
+    page = EventPage(events=(event("other", at=1_000.0),), next_token="more-pages-here!", server_time=None)
+    assert scan.take(page, now=10_600.0) and scan.reached
+
+
+def test_a_date_header_years_behind_reads_back_a_day_not_the_whole_conversation() -> None:
+    # A Date years in the past would move the cutoff years back: every page of the
+    # conversation read, then undecided, again and again. A day of skew is the most it buys.
+    scan = Scan(attempt_at=1_000_000.0, sender_id="1000", text="Ada: hi")
+    two_days_back = event("other", at=1_000_000.0 - 2 * 86_400)
+    page = EventPage(events=(two_days_back,), next_token="more-pages-here!", server_time=1_000.0)
+    assert scan.take(page, now=1_000_050.0) and scan.reached
+
+
+def test_the_link_x_adds_for_an_attachment_is_not_held_against_our_text() -> None:
+    # X's older DM format (and perhaps v2) ends a DM with media with a t.co link to the
+    # attachment, which the text we sent never had.
+    media_page = {"https://t.co/m3d": "https://twitter.com/messages/media/1880000000000000005"}
+    with_entity = DmEvent(
+        id="12",
+        text="Ada: photo https://t.co/m3d",
+        sender_id="1000",
+        created_at=1001.0,
+        links=tuple(media_page.items()),
+        media_keys=("3_77",),
+    )
+    assert same_text("Ada: photo", with_entity)
+    file_only = DmEvent(
+        id="13",
+        text="https://t.co/m3d",
+        sender_id="1000",
+        created_at=1001.0,
+        links=tuple(media_page.items()),
+        media_keys=("3_77",),
+    )
+    assert same_text("", file_only)
+    no_entity = DmEvent(
+        id="14", text="Ada: photo https://t.co/m3d", sender_id="1000", created_at=1001.0, media_keys=("3_77",)
+    )
+    assert same_text("Ada: photo", no_entity)
+    assert not same_text("Ada: photos", no_entity)
+    # Without an attachment, a trailing link is the text's own and must match ours.
+    plain = DmEvent(id="15", text="Ada: photo https://t.co/m3d", sender_id="1000", created_at=1001.0)
+    assert not same_text("Ada: photo", plain)
