@@ -173,13 +173,13 @@ async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pag
             if len(circled) >= 3 or dm_posts(bridge) > 1:
                 break
             await asyncio.sleep(0.05)
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sending"
         assert len(circled) >= 3  # it read again each time, and each time decided nothing
         bridge.x.response_hook = None  # X pages properly again
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         ours = [e for e in bridge.x.events if e.text == "Ada: lost in the loop"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
 
 
 async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tm
         await asyncio.sleep(0.3)  # room for a duplicate to show up
         ours = [e for e in bridge.x.events if e.text == "Ada: token went stale"]
         assert refused and len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
         assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
 
 
@@ -243,7 +243,7 @@ async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: P
         await asyncio.sleep(0.3)  # room for a duplicate to show up
         ours = [e for e in bridge.x.events if e.text == "Ada: answered 504"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
 
 
 async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path
         # Reading back adds no attempt (no new claim), so the wait must grow by itself:
         # not a read every 50 ms (dozens by now), but a few, then one per cap.
         assert 2 <= refused <= 25, refused
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sending"
         bridge.x.clear_faults()
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         assert [e.text for e in bridge.x.events] == ["Ada: read me back"] and dm_posts(bridge) == 1
