@@ -1,4 +1,5 @@
-"""X's DM budget: per-account 15-minute and 24-hour windows and the app's 24-hour window.
+"""X's DM budgets: sends (per-account 15-minute and 24-hour windows and the app's 24-hour
+window) and reads (per-account 15-minute window for the DM event GETs).
 
 Seeded with what X documents today (15 per 15 minutes and 1,440 per 24 hours per
 user, 1,440 per 24 hours per app) and corrected by every DM POST response's
@@ -6,20 +7,31 @@ headers, up or down: X knows the app's tier, the bridge does not. A limit the
 operator set is a ceiling instead: headers may lower it, never raise it. The worker asks
 ``blocked_until`` before each send and never sends while a known remaining count
 is 0, so in steady state the bridge provokes no 429 at all.
+
+Reads: X documents 15 per 15 minutes per user for ``GET /2/dm_events`` and the same,
+counted separately, for one conversation's events. The bridge plans both from ONE
+window (the inbound poller, delivery's read-back after a crash, backfill): every read
+is counted before it goes, reads of one account never overlap (``reading``), and a
+response's headers can only lower what is left (whichever endpoint answered), never
+raise it, so neither of X's counters can be overrun.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from bridge.errors import RateFacts
+from bridge.errors import RateFacts, XError, XRateLimited
 from bridge.ports import Store
 
 log = logging.getLogger("bridge.budget")
 
 BudgetRow = tuple[str, int, int, float]  # key, limit, remaining, reset_at
+T = TypeVar("T")
 
 FIFTEEN_MINUTES = 15 * 60.0
 ONE_DAY = 24 * 3600.0
@@ -31,6 +43,7 @@ FALLBACK_PAUSE = 60.0
 DEFAULT_USER_15M = 15
 DEFAULT_USER_24H = 1440
 DEFAULT_APP_24H = 1440
+DEFAULT_READS_15M = 15  # GET /2/dm_events and one conversation's events, each (INBOUND.md §5)
 # No window of X's lasts longer than a day: a reset further ahead than this is not believed.
 MAX_RESET_AHEAD = ONE_DAY + 15 * 60.0
 MAX_COUNT = 10**9  # a limit or remaining count beyond this is not a count
@@ -123,15 +136,20 @@ class Budget:
         user_15m: int | None = None,
         user_24h: int | None = None,
         app_24h: int | None = None,
+        reads_15m: int | None = None,
     ) -> None:
         """Each limit: the operator's ceiling, or None to start from X's documented figure."""
         self._store = store
         self._limits = {
             "15m": (FIFTEEN_MINUTES, user_15m, DEFAULT_USER_15M),
             "24h": (ONE_DAY, user_24h, DEFAULT_USER_24H),
+            "reads": (FIFTEEN_MINUTES, reads_15m, DEFAULT_READS_15M),
         }
         self._app_limit = (ONE_DAY, app_24h, DEFAULT_APP_24H)
         self._windows: dict[str, Window] = {}
+        self._read_locks: dict[int, asyncio.Lock] = {}
+        self._reset_from_headers: set[str] = set()
+        self.reads_made = 0  # every read request sent (bench and tests)
 
     async def load(self, now: float) -> None:
         """Read the saved windows; values no window could have (an old version saved X's
@@ -236,3 +254,80 @@ class Budget:
 
     async def _persist(self, account_id: int) -> None:
         await self._store.save_budgets(self.rows(account_id))
+
+    # -- reads -------------------------------------------------------------
+
+    def _read_window(self, account_id: int) -> Window:
+        return self._window(f"account:{account_id}:reads")
+
+    def read_blocked_until(self, account_id: int, now: float, *, keep: int = 0) -> float | None:
+        """None when a read may go now leaving ``keep`` reads in the window; else when it resets."""
+        window = self._read_window(account_id)
+        window.roll(now)
+        if window.remaining > keep:
+            return None
+        return window.reset_at or now + FALLBACK_PAUSE
+
+    def reads_left(self, account_id: int, now: float) -> tuple[int, int, float | None]:
+        """(remaining, limit, reset_at) of the account's read window."""
+        window = self._read_window(account_id)
+        window.roll(now)
+        return window.remaining, window.limit, window.reset_at or None
+
+    @asynccontextmanager
+    async def reading(self, account_id: int) -> AsyncIterator[None]:
+        """Hold the account's read turn: its reads go one at a time, so headers are exact."""
+        lock = self._read_locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def read(
+        self,
+        account_id: int,
+        now: Callable[[], float],
+        call: Callable[[], Awaitable[tuple[T, RateFacts]]],
+        *,
+        keep: int = 0,
+    ) -> T:
+        """Make one read within the account's read window; raise ``XRateLimited`` (without asking
+        X) when it would leave fewer than ``keep`` reads for others."""
+        async with self.reading(account_id):
+            started = now()
+            blocked = self.read_blocked_until(account_id, started, keep=keep)
+            if blocked is not None:
+                raise XRateLimited("the DM read budget is spent for now", reset_at=blocked)
+            window = self._read_window(account_id)
+            if not window.reset_at or started >= window.reset_at:
+                self._reset_from_headers.discard(window.key)  # a new window: its end is our guess
+            window.consume(started)
+            self.reads_made += 1
+            await self._store.save_budgets([self._row(window)])
+            try:
+                result, facts = await call()
+            except XRateLimited as exc:
+                window.exhaust(exc.reset_at)
+                await self._store.save_budgets([self._row(window)])
+                raise
+            except XError as exc:
+                await self._observe_read(window, exc.facts)
+                raise
+            await self._observe_read(window, facts)
+            return result
+
+    async def _observe_read(self, window: Window, facts: RateFacts) -> None:
+        """Headers only lower what is left (and may move the reset later): safe for both endpoints."""
+        if facts.window_remaining is None:
+            return
+        if facts.window_limit is not None:
+            window.limit = window.capped(facts.window_limit)
+        window.remaining = max(0, min(window.remaining, facts.window_remaining, window.limit))
+        if facts.window_reset is not None:
+            # X's reset replaces our guess; after that, the later of the two endpoints' resets.
+            known = window.key in self._reset_from_headers
+            window.reset_at = max(window.reset_at, facts.window_reset) if known else facts.window_reset
+            self._reset_from_headers.add(window.key)
+        await self._store.save_budgets([self._row(window)])
+
+    @staticmethod
+    def _row(window: Window) -> BudgetRow:
+        return (window.key, window.limit, window.remaining, window.reset_at)

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from bridge.budget import Budget
 from bridge.connect import ConnectService
 from bridge.errors import CommandError, XAuthRevoked, XError
+from bridge.inbound import Inbound
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
@@ -240,6 +241,7 @@ class CommandService:
         permissions: Permissions | None = None,
         connections: ConnectService | None = None,
         connect_page: str = "",
+        inbound: Inbound | None = None,
     ) -> None:
         """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
         then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
@@ -255,6 +257,7 @@ class CommandService:
         self._permissions = permissions or Permissions(slack)
         self._connections = connections
         self._connect_page = connect_page
+        self._inbound = inbound
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -350,6 +353,7 @@ class CommandService:
                     sender = f"@{account.x_username}, the X account <@{account.slack_user_id}> connected"
                 lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
+                lines.append(await self._inbound_line(account.id))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
         if pending:
@@ -378,13 +382,33 @@ class CommandService:
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
 
+    async def _inbound_line(self, account_id: int) -> str:
+        """How X → Slack is doing: push or polling, last event, next read, reads left."""
+        now = self._clock.now()
+        summary = await self._store.inbound_summary(account_id)
+        push = self._inbound is not None and self._inbound.push_active(account_id)
+        way = "push (polling as a safety net)" if push else "polling"
+        last = summary["last_event_at"]
+        seen = f"last X event seen {_clock_time(last, now)}" if last else "no X event seen yet"
+        next_at = self._inbound.next_poll_at(account_id) if self._inbound is not None else None
+        upcoming = f"next read {_clock_time(max(now, next_at), now)}" if next_at else "next read soon"
+        remaining, limit, reset = self._budget.reads_left(account_id, now)
+        resets = f", resets {_clock_time(reset, now)}" if reset else ""
+        waiting = f"; {summary['pending']} waiting to be posted here" if summary["pending"] else ""
+        return f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets}){waiting}."
+
     async def _unlink(self, ctx: CommandContext) -> Reply:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
-        if existing is not None:
-            await self._may_change(ctx, existing, "unlink")
-        mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id)
-        if mapping is None:
+        if existing is None:
             return Reply("This channel is not bridged to X; nothing to unlink.")
+        await self._may_change(ctx, existing, "unlink")
+        # Only the mapping just checked: one made since (by someone this user may not overrule)
+        # is not this command's to delete.
+        mapping = await self._store.delete_mapping(ctx.team_id, ctx.channel_id, made=existing)
+        if mapping is None:
+            return Reply(
+                "This channel's bridge changed while you unlinked it; run `/xdm status`, then try again."
+            )
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         waiting = summary["pending"]
         tail = f" {waiting} message(s) already accepted will still be delivered." if waiting else ""
@@ -588,6 +612,9 @@ class CommandService:
             },
         )
         self._on_mapped()
+        if self._inbound is not None and created.conversation_id and kind is not MappingKind.GROUP:
+            # A new group has no history; a linked conversation or an existing DM may.
+            self._inbound.backfill(account.id, created.conversation_id, created.created_at)
         return created
 
     @staticmethod

@@ -40,6 +40,7 @@ from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
 from bridge.errors import (
     BridgeError,
     Failure,
+    RateFacts,
     Undeliverable,
     XAuthExpired,
     XAuthRevoked,
@@ -487,6 +488,9 @@ class Delivery:
             return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
+            if item.target.new_group is not None:
+                await self._group_refused(item, exc)
+                return LOOK_AGAIN
             raise
         except (XAuthExpired, XAuthRevoked):
             raise  # X answered 401: it did not take the message
@@ -626,11 +630,15 @@ class Delivery:
             scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
         passed = 0
         while not scan.done:
+            read = functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token)
+
+            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
+                page = await self._tokens.call(account, read)
+                return page, page.facts
+
             try:
-                page = await self._tokens.call(
-                    account,
-                    functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token),
-                )
+                # A read: it draws on the account's one DM read budget, shared with inbound polling.
+                page = await self._budget.read(account.id, self._clock.now, read_page)
             except XRefused as exc:
                 # A refusal says nothing about whether X has the message: read again later, from
                 # the newest page (a page token may have gone stale while the reading waited).
@@ -828,6 +836,33 @@ class Delivery:
             await self.on_event("failed", item)
         if self.on_failed is not None:
             await self.on_failed(item, failure_of(error))
+
+    async def _group_refused(self, item: OutboxItem, error: XRefused) -> None:
+        """X refused for good to create the group this row was to create.
+
+        No group exists, so the channel is unmapped (it would be a bridge to nothing) and the
+        channel told who may try again. The rows waiting behind it for that group fail with the
+        same reason rather than each asking X again.
+        """
+        assert item.target.new_group is not None
+        await self._fail(item, error)
+        mapping, behind = await self._store.abandon_group(
+            item.team_id, item.channel_id, item.target.new_group
+        )
+        for other in behind:
+            await self._fail(other, error)
+        if mapping is None:
+            return  # unlinked or remapped meanwhile: nothing of the channel's to undo
+        log.warning("X refused to create a group; channel unmapped", extra=_ids(item, failed=len(behind)))
+        text = (
+            f":x: X could not create the group this channel was bridged to ({error}), so this channel "
+            f"is no longer bridged to X. <@{mapping.created_by}> may run `/xdm new-group` again once "
+            "that is fixed."
+        )
+        try:
+            await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
+        except Exception as exc:  # the authors were told in their ephemerals
+            log.warning("could not tell the channel", extra=_ids(item, error=str(exc)[:200]))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING

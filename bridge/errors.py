@@ -15,6 +15,10 @@
         ├── XRefused         a permanent 4xx: do not retry, tell the author
         │   └── XMediaUnavailable  the attached media id is unknown or expired: upload again
         └── XAuthExpired     401 or a refresh that failed for good: reconnect
+    └── SlackError           something Slack's Web API said or did not say
+        ├── SlackTransient   5xx, timeout, connection error: try again later
+        ├── SlackRateLimited 429: wait ``retry_after`` seconds
+        └── SlackRefused     a permanent error (channel_not_found, not_in_channel…)
 
 Adapters translate library exceptions into these at the boundary; the core never
 sees an aiohttp or slack_sdk exception. A message that fails for good carries a
@@ -164,3 +168,23 @@ class XAuthRevoked(BridgeError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class SlackError(BridgeError):
+    """Slack's Web API answered with an error, or did not answer."""
+
+
+class SlackTransient(SlackError):
+    """Worth retrying later."""
+
+
+class SlackRateLimited(SlackError):
+    """HTTP 429 from Slack: try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SlackRefused(SlackError):
+    """A permanent refusal (the bot is not in the channel, the channel is gone…)."""

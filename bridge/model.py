@@ -257,6 +257,7 @@ class XUser:
     username: str
     name: str = ""
     receives_your_dm: bool | None = None
+    profile_image_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,77 @@ class EventPage:
     next_token: str | None  # ask for the next (older) page with this
     server_time: float | None  # X's clock when it answered (its Date header), if plausible
     facts: RateFacts = field(default_factory=RateFacts)  # the read window's budget
+
+
+class InboundState(StrEnum):
+    """Life of one inbound row (one X event on its way into Slack)."""
+
+    QUEUED = "queued"  # to post once next_attempt_at has passed
+    POSTING = "posting"  # chat.postMessage may be in flight: look in Slack's history first
+    POSTED = "posted"
+    SKIPPED = "skipped"  # our own send, an echo, or no channel bridges its conversation
+
+
+@dataclass(frozen=True)
+class XEvent:
+    """One DM event read from X (by poll or push), in the core's terms.
+
+    ``kind`` is X's ``event_type`` (MessageCreate, ParticipantsJoin, ParticipantsLeave);
+    ``media`` holds what X said of each attachment (``media_key``, ``type``, ``url``).
+    """
+
+    id: str
+    kind: str
+    conversation_id: str | None
+    sender_id: str | None
+    text: str = ""
+    created_at: float | None = None
+    participant_ids: tuple[str, ...] = ()
+    media: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    """One page of ``GET /2/dm_events`` (newest first) and the users it names."""
+
+    events: tuple[XEvent, ...]
+    users: dict[str, XUser]
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """An X event as handed to the store: ``payload`` is what posting it needs."""
+
+    dm_event_id: str
+    kind: str
+    conversation_id: str | None
+    sender_id: str | None
+    payload: dict[str, Any]
+    origin: str = "poll"  # poll | push | backfill
+
+
+@dataclass(frozen=True)
+class InboundItem:
+    """One inbound row: an X event to post into a Slack channel."""
+
+    id: int
+    dm_event_id: str
+    seq: int
+    account_id: int
+    conversation_id: str
+    team_id: str
+    channel_id: str
+    kind: str
+    sender_id: str | None
+    payload: dict[str, Any]
+    origin: str
+    state: InboundState
+    attempts: int
+    next_attempt_at: float
+    posting_since: float | None
+    slack_ts: str | None
+    created_at: float
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from bridge.model import (
     Account,
     AuthorizationRequest,
     EventPage,
+    InboundEvent,
+    InboundItem,
+    InboundState,
+    InboxPage,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -89,7 +93,21 @@ class Store(Protocol):
         """Insert; return None when the channel is already mapped (nothing written)."""
         ...
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        """Unmap the channel; with ``made``, only if its mapping is still that one (whoever
+        checked ``made`` must not delete a mapping made since). Returns what was deleted."""
+        ...
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        """X refused for good to create the group ``group``: unmap the channel if it still waits
+        for that group, and return the mapping removed and the channel's unfinished rows
+        addressed to that group (for the caller to fail), in one transaction."""
+        ...
+
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[Mapping]: ...
 
@@ -224,6 +242,58 @@ class Store(Protocol):
     ) -> dict[str, Any]: ...
     async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
 
+    # inbound (X → Slack)
+    async def get_cursor(self, account_id: int) -> str | None:
+        """The newest X ``dm_event_id`` already taken for this account, or None before its first read."""
+        ...
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """Record X events (oldest first) and advance the account's cursor, in one transaction.
+
+        Each event lands once, whoever reads it (unique ``dm_event_id``). It is queued for the
+        channel bridging its conversation, or kept as skipped: no channel bridges it, it is a
+        DM the bridge sent (in the message map, or an outbox row ``sending`` the same text in
+        that channel), or it was recorded before. The cursor only ever moves forward.
+        Returns how many events were queued for Slack.
+        """
+        ...
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
+        ...
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        """Claim a row for ``chat.postMessage`` (committed before the call); None if it is finished."""
+        ...
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        """Record the Slack message (and a message-map entry); returns the channel's next head."""
+        ...
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        """Set a row's state and next attempt (leaving ``posting`` forgets when the post began)."""
+        ...
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        """Replace a row's payload (media brought over so far, a note), so a retry resumes there."""
+        ...
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        """Slack said 429: nothing more is posted to this channel before ``until``."""
+        ...
+
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
+        ...
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state and ``pending``."""
+        ...
+
     # budgets (rate-limit windows), persisted so restarts keep respecting them
     async def load_budgets(self) -> list[dict[str, Any]]: ...
     async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
@@ -264,6 +334,22 @@ class XClient(Protocol):
         """
         ...
 
+    async def dm_events(
+        self,
+        token: str,
+        *,
+        max_results: int,
+        pagination_token: str | None = None,
+        conversation_id: str | None = None,
+    ) -> tuple[InboxPage, RateFacts]:
+        """One page of events, newest first: every conversation's (``GET /2/dm_events``) or,
+        with ``conversation_id``, that one's. Each is a read on the DM read budget."""
+        ...
+
+    async def download_dm_media(self, token: str, url: str) -> bytes:
+        """The bytes of a DM attachment, from the TON URL X gave for it."""
+        ...
+
     async def upload_media(self, token: str, media: MediaSource, *, media_type: str, category: str) -> str:
         """Upload DM media (``category`` dm_image/dm_gif/dm_video); the id is ready to attach.
 
@@ -276,6 +362,28 @@ class XClient(Protocol):
 
     async def delete_event(self, token: str, event_id: str) -> None:
         """Delete a DM the token's user sent; an event X no longer knows is not an error."""
+        ...
+
+
+class XApp(Protocol):
+    """X's app-only surface for push: webhooks (Bearer) and activity subscriptions."""
+
+    async def list_webhooks(self) -> list[dict[str, Any]]: ...
+    async def create_webhook(self, url: str) -> dict[str, Any]:
+        """Register ``url``; X checks it with a CRC first. Returns ``{id, url, valid, created_at}``."""
+        ...
+
+    async def validate_webhook(self, webhook_id: str) -> bool:
+        """Re-run the CRC; True when the webhook is valid again."""
+        ...
+
+    async def replay(self, webhook_id: str, start: float, end: float) -> str:
+        """Ask X to push again what it pushed (or tried to) between ``start`` and ``end``."""
+        ...
+
+    async def list_subscriptions(self) -> list[dict[str, Any]]: ...
+    async def subscribe(self, user_token: str, event_type: str, user_id: str, webhook_id: str) -> None:
+        """Subscribe a user to a private event type, with that user's own token."""
         ...
 
 
@@ -308,6 +416,31 @@ class SlackClient(Protocol):
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
     async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
         """Post as the bot; returns the message's ts."""
+
+    async def post_as(
+        self,
+        team_id: str,
+        channel_id: str,
+        text: str,
+        *,
+        username: str,
+        icon_url: str | None,
+        metadata: dict[str, Any],
+    ) -> str:
+        """Post as someone else (``chat:write.customize``) with message metadata; returns the ts.
+
+        Raises ``SlackRateLimited`` (Retry-After), ``SlackTransient`` or ``SlackRefused``.
+        """
+        ...
+
+    async def upload_file(
+        self, team_id: str, channel_id: str, filename: str, data: bytes, *, title: str
+    ) -> str:
+        """Share a file into a channel (``files:write``); returns Slack's file id."""
+        ...
+
+    async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
+        """The ts of a message we posted since ``oldest`` whose metadata carries ``event_id``."""
         ...
 
     async def display_name(self, team_id: str, user_id: str) -> str: ...

@@ -38,6 +38,8 @@ class Settings:
     x_client_id: str
     encryption_keys: tuple[str, ...] = field(repr=False)
     x_client_secret: str | None = field(default=None, repr=False)
+    x_consumer_secret: str | None = field(default=None, repr=False)
+    x_bearer_token: str | None = field(default=None, repr=False)
     port: int = 3000
     database_path: str = "bridge.db"
     # PostgreSQL when set (it may hold a password, so it stays out of ``repr``); SQLite otherwise.
@@ -54,6 +56,9 @@ class Settings:
     x_user_limit_15m: int | None = None
     x_user_limit_24h: int | None = None
     x_app_limit_24h: int | None = None
+    x_read_limit_15m: int | None = None  # as above, for DM event reads (X documents 15)
+    backfill_messages: int = 20
+    inbound_poll_seconds: float = 180.0
     x_timeout_seconds: float = 20.0
     relay_format: str = "{name}: {text}"
     relay_threads: ThreadPolicy = "all"
@@ -75,6 +80,13 @@ class Settings:
     def redirect_uri(self) -> str | None:
         """Where X sends the browser back after consent, or None without ``PUBLIC_URL``."""
         return f"{self.public_url}/x/oauth/callback" if self.public_url else None
+
+    @property
+    def push_url(self) -> str | None:
+        """Where X pushes DMs, when push is configured (both secrets and ``PUBLIC_URL``)."""
+        if self.public_url and self.x_consumer_secret and self.x_bearer_token:
+            return f"{self.public_url}/x/webhook"
+        return None
 
     @property
     def x_confidential(self) -> bool:
@@ -295,6 +307,8 @@ class _Reader:
             bot_token=bot_token,
             x_client_id=client_id,
             x_client_secret=self.get("X_CLIENT_SECRET"),
+            x_consumer_secret=self.get("X_CONSUMER_SECRET"),
+            x_bearer_token=self.get("X_BEARER_TOKEN"),
             encryption_keys=keys,
             port=self.integer("PORT", 3000, low=1, high=65535),
             database_path=self.get("DATABASE_PATH") or "bridge.db",
@@ -309,6 +323,9 @@ class _Reader:
             x_user_limit_15m=self.limit("X_USER_LIMIT_15M", high=1_000_000),
             x_user_limit_24h=self.limit("X_USER_LIMIT_24H", high=10_000_000),
             x_app_limit_24h=self.limit("X_APP_LIMIT_24H", high=100_000_000),
+            x_read_limit_15m=self.limit("X_READ_LIMIT_15M", high=10_000),
+            backfill_messages=self.integer("BACKFILL_MESSAGES", 20, low=0, high=100),
+            inbound_poll_seconds=self.number("INBOUND_POLL_SECONDS", 180.0, low=0.05, high=3600.0),
             x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
             relay_format=self.relay_format(),
             relay_threads=self.choice("RELAY_THREADS", "all", ("all", "broadcast", "none")),  # type: ignore[arg-type]

@@ -720,3 +720,9 @@ def render_parts(
             break
         digits = len(str(total))
     return [fmt.format(name=name, text=f"{chunk} ({i}/{total})") for i, chunk in enumerate(chunks, start=1)]
+
+
+def to_slack(text: str) -> str:
+    """X's plain text as Slack message text: only ``&``, ``<`` and ``>`` need escaping
+    (Slack would read ``<…>`` as a link or mention)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -279,6 +279,57 @@ def m0007_disconnect_and_connect_page(db: Database) -> None:
     oauth_states.add_column("team_name", str)
 
 
+@migrations(name="0008_inbound")
+def m0008_inbound(db: Database) -> None:
+    """X → Slack (issue 13).
+
+    ``inbound``: one row per X event to post into Slack, unique by ``dm_event_id`` so an
+    event read by push and by poll (or twice by either) is handled once. ``seq`` is the
+    snowflake as an integer: X's order within a channel. ``state`` is queued | posting
+    (committed before ``chat.postMessage``; after a crash Slack's history is searched for
+    the message's metadata before posting again) | posted | skipped (ours, an echo, or a
+    conversation no channel bridges).
+    ``cursors``: per account, the newest X event already taken from ``GET /2/dm_events``,
+    so a restart neither reposts nor skips.
+    """
+    db.table("inbound").create(
+        {
+            "id": int,
+            "dm_event_id": str,
+            "seq": int,
+            "account_id": int,
+            "conversation_id": str,
+            "team_id": str,
+            "channel_id": str,
+            "event_type": str,
+            "sender_id": str,
+            "payload": str,  # JSON: text, sender's name/handle/avatar, media, participants
+            "origin": str,  # poll | push | backfill | sent (a DM the bridge itself sent)
+            "state": str,
+            "attempts": int,
+            "next_attempt_at": float,
+            "posting_since": float,
+            "slack_ts": str,
+            "last_error": str,
+            "created_at": float,
+            "posted_at": float,
+        },
+        pk="id",
+        not_null={"dm_event_id", "seq", "state", "origin"},
+        defaults={"attempts": 0, "next_attempt_at": 0.0},
+    )
+    db.table("inbound").create_index(["dm_event_id"], unique=True)
+    db.execute(
+        "CREATE INDEX inbound_pending ON inbound (team_id, channel_id, seq) "
+        "WHERE state IN ('queued', 'posting')"
+    )
+    db.table("cursors").create(
+        {"account_id": int, "newest_event_id": str, "updated_at": float},
+        pk="account_id",
+        foreign_keys=[("account_id", "accounts", "id")],
+    )
+
+
 @migrations(name="0009_mapping_participant_username")
 def m0009_mapping_participant_username(db: Database) -> None:
     """The X handle of a 1-to-1 mapping's other person, as known when it was mapped (issue 10).

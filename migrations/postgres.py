@@ -179,10 +179,59 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE outbox ADD COLUMN target_group TEXT;
         """,
     ),
+    (
+        # SQLite's 0008 (issue 13): X → Slack. ``inbound``: one row per X event to post into
+        # Slack, unique by ``dm_event_id`` (push and poll, on any instance, meet here); ``seq`` is
+        # the snowflake as an integer (X's order in a channel); ``state`` is queued | posting |
+        # posted | skipped. ``cursors``: per account, the newest X event taken from a read.
+        "0007_inbound",
+        """
+        CREATE TABLE inbound (
+            id BIGSERIAL PRIMARY KEY,
+            dm_event_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            account_id BIGINT,
+            conversation_id TEXT,
+            team_id TEXT,
+            channel_id TEXT,
+            event_type TEXT,
+            sender_id TEXT,
+            payload TEXT,                    -- JSON: text, sender's name/handle/avatar, media
+            origin TEXT NOT NULL,            -- poll | push | backfill | sent
+            state TEXT NOT NULL,
+            attempts INTEGER DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION DEFAULT 0.0,
+            posting_since DOUBLE PRECISION,
+            slack_ts TEXT,
+            last_error TEXT,
+            created_at DOUBLE PRECISION,
+            posted_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX idx_inbound_dm_event_id ON inbound (dm_event_id);
+        CREATE INDEX inbound_pending ON inbound (team_id, channel_id, seq)
+            WHERE state IN ('queued', 'posting');
+
+        CREATE TABLE cursors (
+            account_id BIGINT PRIMARY KEY REFERENCES accounts (id),
+            newest_event_id TEXT,
+            updated_at DOUBLE PRECISION
+        );
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
-TABLES = ("accounts", "oauth_states", "mappings", "outbox", "message_map", "budgets", "seen_events")
+TABLES = (
+    "accounts",
+    "oauth_states",
+    "mappings",
+    "outbox",
+    "message_map",
+    "budgets",
+    "seen_events",
+    "inbound",
+    "cursors",
+)
 
 
 async def _ensure_table(conn: asyncpg.Connection) -> None:

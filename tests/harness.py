@@ -26,6 +26,7 @@ from adapters.store.crypto import generate_key
 from adapters.web import edge
 from adapters.web.app import create_app
 from bridge.delivery import DeliveryConfig
+from bridge.inbound import InboundConfig
 from bridge.ports import Clock
 from bridge.settings import Settings
 from tests import pg
@@ -38,6 +39,13 @@ HANDLES = {"U100": "ada", "U200": "grace", "U300": "cleo"}  # Slack's user_name 
 # Quick retries, and no periodic rescan to hide behind: a lost wake-up of the worker makes a
 # test time out instead of costing it a fraction of a second.
 FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, rescan_every=600.0)
+# Polling as in production, paced by the read budget, but idle polls come quickly: the fake X
+# runs read windows of READ_WINDOW seconds instead of 15 minutes (its headers say so).
+# No history on linking unless a test asks for it (its read would meet faults meant for others).
+FAST_INBOUND = InboundConfig(
+    min_interval=0.05, idle_interval=0.2, push_interval=1.0, retry_base=0.05, retry_cap=0.5, backfill=0
+)
+READ_WINDOW = 2.0
 
 
 # The database every bridge started here uses: empty for SQLite at the test's DATABASE_PATH, or
@@ -208,8 +216,10 @@ async def running_bridge(
     tmp_path: Path,
     *,
     delivery: DeliveryConfig = FAST,
+    inbound: InboundConfig = FAST_INBOUND,
     env: dict[str, str] | None = None,
     fake_x: FakeX | None = None,
+    port: int | None = None,
     before_start: Callable[[FakeSlack], None] | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[Bridge]:
@@ -223,6 +233,8 @@ async def running_bridge(
         for user_id, handle in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DORA, "dora")):
             x.add_user(user_id, handle, handle.title())
         x.authorizing_user_id = ME
+        x.window_read_seconds = READ_WINDOW
+        x.enforce_read_limit = True  # a read over X's budget is a 429, as at X
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         slack.add_user("U100", display_name="Ada", real_name="Ada Lovelace")
         slack.add_user("U200", display_name="", real_name="Grace Hopper")
@@ -231,10 +243,10 @@ async def running_bridge(
         slack.add_channel("C200", "sales")
         if before_start is not None:
             before_start(slack)
-        port = free_port()
+        port = port or free_port()
         db_path = tmp_path / "bridge.db"
         settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
-        app = create_app(settings, delivery_config=delivery, clock=clock)
+        app = create_app(settings, delivery_config=delivery, inbound_config=inbound, clock=clock)
         runner = edge.runner(app, shutdown_timeout=2.0)  # the edge `xdm-bridge serve` listens behind
         stack.push_async_callback(runner.cleanup)
         await edge.start(runner, "127.0.0.1", port)

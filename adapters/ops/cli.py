@@ -270,6 +270,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """X's push: show it, (re)register it, or replay what it pushed."""
+    from adapters.ops import webhook
+    from bridge.errors import XError
+
+    settings = _settings()
+    try:
+        if args.action == "register":
+            result = asyncio.run(webhook.register(settings))
+            _emit(args, result, lambda: f"webhook {result['action']}: {result['webhook']}")
+        elif args.action == "replay":
+            result = asyncio.run(webhook.replay(settings, args.minutes))
+            _emit(
+                args,
+                result,
+                lambda: f"replay of the last {args.minutes} min requested: job {result['job_id']}",
+            )
+        else:
+            report = asyncio.run(webhook.status(settings))
+            _emit(args, report, lambda: webhook.status_text(report))
+    except webhook.PushNotConfigured as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except XError as exc:
+        print(f"xdm-bridge: X refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_mappings(args: argparse.Namespace) -> int:
     """Bridged channels."""
     rows = _with_db(admin.list_mappings)
@@ -404,6 +433,11 @@ def _add_operator_commands(sub: Any) -> None:
     doctor = sub.add_parser("doctor", help="check configuration, database, Slack and X; print fixes")
     _json_flag(doctor)
     doctor.set_defaults(func=cmd_doctor)
+    hook = sub.add_parser("webhook", help="X push: status, register (while the server runs) or replay")
+    hook.add_argument("action", choices=("status", "register", "replay"), nargs="?", default="status")
+    hook.add_argument("--minutes", type=int, default=60, help="replay: how far back (default 60, max 1440)")
+    _json_flag(hook)
+    hook.set_defaults(func=cmd_webhook)
     mappings = sub.add_parser("mappings", help="list bridged channels")
     _json_flag(mappings)
     mappings.set_defaults(func=cmd_mappings)

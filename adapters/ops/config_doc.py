@@ -42,6 +42,19 @@ ENV_VARS: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "X_CONSUMER_SECRET",
+        "the X app's OAuth 1.0a API Key Secret (Keys and tokens); X signs webhook deliveries with "
+        "it. With X_BEARER_TOKEN and PUBLIC_URL it turns on push at {PUBLIC_URL}/x/webhook",
+        None,
+        secret=True,
+    ),
+    EnvVar(
+        "X_BEARER_TOKEN",
+        "the X app's Bearer Token (Keys and tokens), which manages the webhook and its subscriptions",
+        None,
+        secret=True,
+    ),
+    EnvVar(
         "BRIDGE_ENCRYPTION_KEY",
         "Fernet key(s) encrypting X tokens at rest, comma-separated, newest first; "
         "`xdm-bridge keygen` prints one",
@@ -96,6 +109,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "X_APP_LIMIT_24H",
         "a ceiling on DM sends per X app per 24 hours (unset: X's documented 1,440, then X's headers)",
         None,
+    ),
+    EnvVar(
+        "X_READ_LIMIT_15M",
+        "a ceiling on DM event reads per X account per 15 minutes, shared by inbound polling, backfill "
+        "and delivery's read-back; X's headers may lower it, never raise it. Unset: X's documented 15",
+        None,
+    ),
+    EnvVar(
+        "INBOUND_POLL_SECONDS",
+        "how often an idle X account is read for new DMs, at most (busy ones are read as often as "
+        "X's read budget allows)",
+        "180",
+    ),
+    EnvVar(
+        "BACKFILL_MESSAGES",
+        "messages of history posted once when a channel is linked to a conversation (0 for none)",
+        "20",
     ),
     EnvVar("X_TIMEOUT_SECONDS", "timeout of one request to X, in seconds", "20"),
     EnvVar(

@@ -149,7 +149,7 @@ async def _write_postgres(url: str, data: dict[str, Table]) -> None:
                     tuple(_coerce(v, types[c]) for c, v in zip(columns, row, strict=True)) for row in rows
                 ]
                 await conn.copy_records_to_table(table, records=records, columns=columns)
-            for table in ("accounts", "outbox"):
+            for table in ("accounts", "outbox", "inbound"):
                 # Ids were copied as they were; new rows continue after them.
                 await conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "

@@ -27,7 +27,7 @@ from adapters.ops import admin
 from adapters.ops.config_doc import fix_for
 from adapters.slack.scopes import BOT_SCOPES
 from adapters.store.crypto import TokenCipher
-from adapters.x.api import XApiClient
+from adapters.x.api import XApiClient, XAppClient
 from bridge.errors import ConfigError, XAuthExpired, XError, XRateLimited, XRefused
 from bridge.settings import SCOPES, Settings, redacted
 
@@ -96,6 +96,7 @@ async def run(env: Mapping[str, str] | None = None) -> Report:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await slack(settings, session, mapped_teams, checks)
         await x_accounts(settings, session, accounts, checks)
+        await push(settings, session, checks)
     failed = any(c.status == "fail" for c in checks)
     return Report(checks, EXIT_FAILED if failed else EXIT_OK)
 
@@ -400,6 +401,54 @@ async def _x_account(account: dict[str, Any], cipher: TokenCipher, x: XApiClient
         )
     valid = "no expiry" if expires_at is None else f"valid for {admin.age(expires_at - now)}"
     return Check(name, "ok", f"token works ({valid}), owned by {owner}")
+
+
+async def push(settings: Settings, session: aiohttp.ClientSession, checks: list[Check]) -> None:
+    """X's push (optional): is our webhook registered and valid?"""
+    if settings.push_url is None or settings.x_bearer_token is None:
+        checks.append(
+            Check(
+                "x push",
+                "ok",
+                "not configured: replies from X arrive by polling (set X_CONSUMER_SECRET and "
+                "X_BEARER_TOKEN for real time)",
+            )
+        )
+        return
+    x = XApiClient(session, settings.x_api_url, timeout=min(REQUEST_TIMEOUT, settings.x_timeout_seconds))
+    try:
+        webhooks = await XAppClient(x, settings.x_bearer_token).list_webhooks()
+    except XError as exc:
+        checks.append(
+            Check(
+                "x push",
+                "fail",
+                f"X refused the app Bearer token: {exc}",
+                "check X_BEARER_TOKEN (Keys and tokens)",
+            )
+        )
+        return
+    mine = next((w for w in webhooks if w.get("url") == settings.push_url), None)
+    if mine is None:
+        checks.append(
+            Check(
+                "x push",
+                "warn",
+                f"no webhook registered for {settings.push_url}; polling carries on",
+                "start the server (it registers itself), or run `xdm-bridge webhook register` while it runs",
+            )
+        )
+    elif not mine.get("valid"):
+        checks.append(
+            Check(
+                "x push",
+                "warn",
+                f"webhook {mine['id']} is invalid (X stopped pushing); polling carries on",
+                "check X_CONSUMER_SECRET is the API Key Secret, then `xdm-bridge webhook register`",
+            )
+        )
+    else:
+        checks.append(Check("x push", "ok", f"webhook {mine['id']} is valid for {settings.push_url}"))
 
 
 def _x_refusal_fix(message: str, reconnect: str) -> str:

@@ -357,6 +357,11 @@ class FakeSlack:
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
         self._holds: dict[str, asyncio.Event] = {}
+        self._drops: dict[str, int] = {}
+        self._uploads: dict[str, dict[str, Any]] = {}
+        self._upload_seq = 0
+        #: Files shared into channels with files.completeUploadExternal: channel, id, title, content.
+        self.shared_files: list[dict[str, Any]] = []
 
         self._handlers: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "api.test": self._api_test,
@@ -369,6 +374,9 @@ class FakeSlack:
             "reactions.remove": self._reactions_remove,
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._conversations_history,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
             "files.info": self._files_info,
         }
 
@@ -377,6 +385,7 @@ class FakeSlack:
         self.app.router.add_route("POST", "/api/{method}", self._handle_api)
         self.app.router.add_post("/response/{response_id}", self._handle_response_url)
         self.app.router.add_get("/files-pri/{team_file}/{tail:.+}", self._handle_file)
+        self.app.router.add_post("/upload/{file_id}", self._handle_upload)
 
     # ---------------------------------------------------------------- configuration
 
@@ -522,6 +531,11 @@ class FakeSlack:
         Held calls are recorded when they are answered."""
         return self._holds.setdefault(method, asyncio.Event())
 
+    def drop_after(self, method: str, count: int = 1) -> None:
+        """Carry out the next ``count`` calls to ``method``, then close the connection without an
+        answer (Slack did it, the caller never hears so)."""
+        self._drops[method] = self._drops.get(method, 0) + count
+
     def fail_next(self, method: str, error: str, *, count: int = 1, status: int = 200) -> None:
         """Answer the next ``count`` calls to ``method`` with ``{"ok": false, "error": error}``.
 
@@ -649,15 +663,24 @@ class FakeSlack:
 
     async def _handle_api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        gate = self._holds.get(method)
-        if gate is not None:
-            await gate.wait()
         headers = {k: request.headers[k] for k in _RECORDED_HEADERS if k in request.headers}
         params: dict[str, Any] = dict(request.query)
         status = 200
         extra_headers: dict[str, str] = {}
+        # The request is read in full before a hold, as Slack would have it even if the
+        # caller dies while waiting for the answer.
+        unreadable: _SlackError | None = None
         try:
-            params.update(await self._read_body(request))
+            raw = await self._read_body(request)
+        except _SlackError as exc:
+            raw, unreadable = {}, exc
+        gate = self._holds.get(method)
+        if gate is not None:
+            await gate.wait()
+        try:
+            if unreadable is not None:
+                raise unreadable
+            params.update(raw)
             body = self._dispatch(method, params, headers, self.base_url or str(request.url.origin()))
         except _SlackError as exc:
             status = exc.status
@@ -675,6 +698,10 @@ class FakeSlack:
             )
         )
         self._notify()
+        if self._drops.get(method):
+            self._drops[method] -= 1
+            if request.transport is not None:
+                request.transport.abort()
         return web.json_response(body, status=status, headers=extra_headers)
 
     @staticmethod
@@ -901,6 +928,74 @@ class FakeSlack:
         if channel is None:
             raise _SlackError("channel_not_found")
         return {"ok": True, "channel": channel}
+
+    def _conversations_history(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        """Newest first, from ``oldest`` on; ``metadata`` only with ``include_all_metadata``
+        (as Slack does); ``cursor`` is an offset into the list."""
+        channel = self._resolve_channel(params)
+        oldest = float(_opt_str(params, "oldest") or 0)
+        limit = int(_opt_str(params, "limit") or 100)
+        offset = int(_opt_str(params, "cursor") or 0)
+        with_metadata = _truthy(params.get("include_all_metadata"))
+        found = sorted(
+            (m for (c, ts), m in self._messages.items() if c == channel and float(ts) >= oldest),
+            key=lambda m: float(m["ts"]),
+            reverse=True,
+        )
+        page = found[offset : offset + limit]
+        messages = []
+        for message in page:
+            shown = {k: v for k, v in message.items() if k != "channel"}
+            if not with_metadata:
+                shown.pop("metadata", None)
+            messages.append(shown)
+        more = offset + limit < len(found)
+        return {
+            "ok": True,
+            "messages": messages,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(offset + limit) if more else ""},
+        }
+
+    def _files_get_upload_url(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        filename = _opt_str(params, "filename")
+        length = _opt_str(params, "length")
+        if not filename:
+            raise _SlackError("invalid_arguments")
+        if not length or not length.isdigit() or int(length) <= 0:
+            raise _SlackError("invalid_length")
+        self._upload_seq += 1
+        file_id = f"FUP{self._upload_seq:06d}"
+        self._uploads[file_id] = {"filename": filename, "length": int(length), "content": None}
+        return {"ok": True, "upload_url": f"{base}/upload/{file_id}", "file_id": file_id}
+
+    def _files_complete_upload(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        files = _json_field(params.get("files"))
+        if not isinstance(files, list) or not files:
+            raise _SlackError("invalid_arguments")
+        channel = _opt_str(params, "channel_id")
+        done = []
+        for entry in files:
+            file_id = str(entry.get("id")) if isinstance(entry, dict) else ""
+            upload = self._uploads.get(file_id)
+            if upload is None or upload["content"] is None:
+                raise _SlackError("file_not_found")
+            if len(upload["content"]) != upload["length"]:
+                raise _SlackError("file_upload_size_mismatch")
+            title = str(entry.get("title") or upload["filename"])
+            done.append({"id": file_id, "title": title})
+            if channel:
+                self.shared_files.append(
+                    {"channel": channel, "id": file_id, "title": title, "content": upload["content"]}
+                )
+        return {"ok": True, "files": done}
+
+    async def _handle_upload(self, request: web.Request) -> web.Response:
+        upload = self._uploads.get(request.match_info["file_id"])
+        if upload is None:
+            return web.Response(status=404, text="no such upload")
+        upload["content"] = await request.read()
+        return web.Response(status=200, text=f"OK - {len(upload['content'])}")
 
     def _files_info(self, params: dict[str, Any], base: str) -> dict[str, Any]:
         file_id = _opt_str(params, "file") or ""

@@ -35,6 +35,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -42,13 +44,14 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
 
@@ -120,6 +123,12 @@ _FIRST_ID = 1_880_000_000_000_000_001  # 19 digits, leaves room to grow within ^
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def sign(secret: str, message: bytes) -> str:
+    """``sha256=`` + base64(HMAC-SHA256): X's CRC answer and its delivery signature."""
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(digest).decode()
+
+
 # ---------------------------------------------------------------------------- records
 
 
@@ -171,6 +180,8 @@ class DmEvent:
     media_ids: tuple[str, ...]
     created_at: float
     event_type: str = "MessageCreate"
+    participant_ids: tuple[str, ...] = ()
+    """Who joined or left (``ParticipantsJoin`` / ``ParticipantsLeave``)."""
     deleted: bool = False
     """Set by ``DELETE /2/dm_events/{id}``; deleted events are hidden from the API."""
     stored_text: str | None = None
@@ -281,6 +292,9 @@ class _Window:
 
 #: RFC 7636 S256 transform (authlib's helper, typed here).
 _s256_challenge: Callable[[str], str] = _untyped_s256
+
+#: Who an app-only Bearer token acts as (never a participant in anything).
+APP_USER = XUser(id="0", username="app", name="app")
 
 _CLOSING: web.AppKey[asyncio.Event] = web.AppKey("fake_x_closing", asyncio.Event)
 _BODY: web.RequestKey[bytes] = web.RequestKey("fake_x_body", bytes)
@@ -452,7 +466,12 @@ class FakeX:
         client_secret: str | None = "test-secret",
         access_token_ttl: int = 7200,
         clock: Callable[[], float] = time.time,
+        user_limit_15m: int = 15,
+        user_limit_24h: int = 1440,
+        app_limit_24h: int = 1440,
     ) -> None:
+        """The DM limits default to what X documents today (NOTES §4.1: 15 per 15 minutes and
+        1,440 per 24 hours per user, 1,440 per 24 hours per app); a test that sends more opts in."""
         self.spec: SpecValidator = spec if spec is not None else SpecValidator.default()
         self.client_id = client_id
         self.client_secret = client_secret
@@ -495,9 +514,9 @@ class FakeX:
         self.max_chunk_bytes = 5 * _MB
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
-        self.user_limit_15m = 200
-        self.user_limit_24h = 1000
-        self.app_limit_24h = 15_000
+        self.user_limit_15m = user_limit_15m
+        self.user_limit_24h = user_limit_24h
+        self.app_limit_24h = app_limit_24h
         self.window_15m_seconds = 900.0
         self.window_24h_seconds = 86_400.0
         self.send_24h_headers = True
@@ -507,10 +526,30 @@ class FakeX:
         self.read_limit_15m = 15
         """Per user and read endpoint, as X documents; ``enforce_read_limit`` makes it bite."""
         self.enforce_read_limit = False
+        self.window_read_seconds: float | None = None
+        """The read window's length; None: the same as :attr:`window_15m_seconds`."""
+        self.read_rate_limited_count = 0
+        """429s served on DM event reads for exceeding :attr:`read_limit_15m`."""
         self._user_15m: dict[str, _Window] = {}
         self._reads_15m: dict[str, _Window] = {}
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
+
+        # Webhooks and XAA subscriptions (INBOUND.md §1-3): app Bearer token, consumer secret.
+        self.app_bearer_token = "test-app-bearer"
+        self.consumer_secret = "test-consumer-secret"
+        self.webhooks: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.deliveries: list[dict[str, Any]] = []
+        """Every push attempted: webhook_id, body, status (None: dropped on purpose), at."""
+        self.replays: list[dict[str, Any]] = []
+        self.push_drop = 0
+        """Drop the next N deliveries (X's push is not guaranteed)."""
+        self.push_duplicate = 0
+        """Deliver the next N twice (X warns of duplicates)."""
+        self.push_groups = False
+        """X's push may miss group conversations (INBOUND.md §3); the fake does by default."""
+        self._push_tasks: set[asyncio.Task[None]] = set()
 
         # Faults and hooks.
         self.faults: list[Fault] = []
@@ -573,6 +612,52 @@ class FakeX:
         )
         self.conversations[conv.id] = conv
         return conv.id
+
+    def add_event(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        text: str | None = None,
+        *,
+        event_type: str = "MessageCreate",
+        participant_ids: tuple[str, ...] = (),
+        media_ids: tuple[str, ...] = (),
+    ) -> DmEvent:
+        """Record an event as if someone acted on X itself (no API call, no rate limit).
+
+        A 1-to-1 conversation id naming two known users is created on first use."""
+        conv = self.conversations.get(conversation_id)
+        if conv is None:
+            a, _, b = conversation_id.partition("-")
+            conv = self._one_to_one(a, b)
+        return self._store_event(
+            conv, sender_id, text, media_ids, event_type=event_type, participant_ids=participant_ids
+        )
+
+    def add_media(self, owner_id: str, data: bytes, media_type: str = "image/jpeg") -> str:
+        """A processed DM attachment owned by ``owner_id`` (as if uploaded on X); returns its id."""
+        category = (
+            "dm_gif"
+            if media_type == "image/gif"
+            else "dm_video"
+            if media_type.startswith("video/")
+            else "dm_image"
+        )
+        upload = self._new_media(self.users[owner_id], category, media_type, ())
+        upload.data = data
+        upload.state = "succeeded"
+        return upload.id
+
+    def ton_url(self, event_id: str, media_id: str) -> str:
+        """The legacy TON URL of a DM attachment: its last three parts name the download."""
+        upload = self.media[media_id]
+        extension = (upload.media_type or "image/jpeg").rsplit("/", 1)[-1]
+        return f"https://ton.twitter.com/1.1/ton/data/dm/{event_id}/{media_id}/m{media_id}.{extension}"
+
+    def read_windows(self, user_id: str) -> dict[str, int]:
+        """Reads counted in each DM event listing endpoint's current window for ``user_id``."""
+        prefix = f"{user_id} "
+        return {k[len(prefix) :]: w.count for k, w in self._reads_15m.items() if k.startswith(prefix)}
 
     def inject(self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None) -> None:
         """Make the next ``count`` matching requests fail.
@@ -681,6 +766,14 @@ class FakeX:
             web.get("/2/dm_events", self._all_events),
             web.get("/2/dm_events/{event_id}", self._get_event),
             web.delete("/2/dm_events/{event_id}", self._delete_event),
+            web.get("/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}", self._dm_media_download),
+            web.get("/2/webhooks", self._webhooks_list),
+            web.post("/2/webhooks", self._webhooks_create),
+            web.post("/2/webhooks/replay", self._webhooks_replay),
+            web.put("/2/webhooks/{webhook_id}", self._webhooks_validate),
+            web.delete("/2/webhooks/{webhook_id}", self._webhooks_delete),
+            web.get("/2/activity/subscriptions", self._subscriptions_list),
+            web.post("/2/activity/subscriptions", self._subscriptions_create),
             web.post("/2/media/upload", self._media_upload),
             web.get("/2/media/upload", self._media_status),
             web.post("/2/media/upload/initialize", self._media_initialize),
@@ -736,8 +829,9 @@ class FakeX:
             f"{user.id} {template}" if request.method == "GET" and template in DM_READ_TEMPLATES else None
         )
         if read_key is not None:
-            window = self._window(self._reads_15m, read_key, self.window_15m_seconds)
+            window = self._window(self._reads_15m, read_key, self._read_window_seconds)
             if self.enforce_read_limit and window.count >= self.read_limit_15m:
+                self.read_rate_limited_count += 1
                 return self._finish(
                     request, self._read_headers(self._rate_limited(), read_key), template, None
                 )
@@ -761,13 +855,17 @@ class FakeX:
             response = await self._drop_connection(request, fault)
         return response
 
+    @property
+    def _read_window_seconds(self) -> float:
+        return self.window_read_seconds or self.window_15m_seconds
+
     def _read_headers(self, response: web.StreamResponse, read_key: str) -> web.StreamResponse:
-        window = self._window(self._reads_15m, read_key, self.window_15m_seconds)
+        window = self._window(self._reads_15m, read_key, self._read_window_seconds)
         response.headers.update(
             {
                 "x-rate-limit-limit": str(self.read_limit_15m),
                 "x-rate-limit-remaining": str(max(0, self.read_limit_15m - window.count)),
-                "x-rate-limit-reset": str(math.ceil(window.start + self.window_15m_seconds)),
+                "x-rate-limit-reset": str(math.ceil(window.start + self._read_window_seconds)),
             }
         )
         return response
@@ -833,6 +931,10 @@ class FakeX:
 
     # --------------------------------------------------------------------- auth
 
+    def _is_app_bearer(self, request: web.Request) -> bool:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.app_bearer_token)
+
     def _bearer_user(self, request: web.Request) -> XUser | None:
         token = self._access_token(request)
         return self.users.get(token.user_id) if token is not None else None
@@ -848,6 +950,12 @@ class FakeX:
         return token
 
     def _authorize_request(self, request: web.Request, operation: Mapping[str, Any]) -> web.Response | None:
+        if self._is_app_bearer(request):
+            schemes = {k for r in operation.get("security", []) if isinstance(r, Mapping) for k in r}
+            if "BearerToken" not in schemes:
+                return _about_blank(403, "Forbidden", "This endpoint needs a user token.")
+            request[_USER] = APP_USER
+            return None
         token = self._access_token(request)
         user = self.users.get(token.user_id) if token is not None else None
         if token is None or user is None:
@@ -1196,7 +1304,14 @@ class FakeX:
         return self._store_event(self.conversations[conversation_id], sender_id, text, ())
 
     def _store_event(
-        self, conv: Conversation, sender_id: str, text: str | None, media_ids: tuple[str, ...]
+        self,
+        conv: Conversation,
+        sender_id: str,
+        text: str | None,
+        media_ids: tuple[str, ...],
+        *,
+        event_type: str = "MessageCreate",
+        participant_ids: tuple[str, ...] = (),
     ) -> DmEvent:
         stored, urls = shorten_links(text, self._short_code) if text is not None else (None, ())
         event = DmEvent(
@@ -1208,8 +1323,11 @@ class FakeX:
             created_at=self.clock(),
             stored_text=stored,
             urls=urls,
+            event_type=event_type,
+            participant_ids=participant_ids,
         )
         self.events.append(event)
+        self._push(event)
         return event
 
     def _short_code(self) -> str:
@@ -1317,6 +1435,8 @@ class FakeX:
             out["dm_conversation_id"] = event.conversation_id
         if "sender_id" in expansions:
             out["sender_id"] = event.sender_id
+        if "participant_ids" in expansions and event.participant_ids:
+            out["participant_ids"] = list(event.participant_ids)
         if event.media_ids and ("attachments" in fields or "attachments.media_keys" in expansions):
             out["attachments"] = {
                 "media_keys": [self.media[m].media_key for m in event.media_ids if m in self.media]
@@ -1324,11 +1444,18 @@ class FakeX:
         return out
 
     def _includes(
-        self, events: list[DmEvent], expansions: set[str], user_fields: list[str]
+        self,
+        events: list[DmEvent],
+        expansions: set[str],
+        user_fields: list[str],
+        media_fields: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         includes: dict[str, Any] = {}
-        if "sender_id" in expansions:
-            senders = dict.fromkeys(e.sender_id for e in events)
+        if "sender_id" in expansions or "participant_ids" in expansions:
+            senders = dict.fromkeys(
+                [e.sender_id for e in events if "sender_id" in expansions]
+                + [p for e in events if "participant_ids" in expansions for p in e.participant_ids]
+            )
             users = [self._user_json(self.users[s], user_fields) for s in senders if s in self.users]
             if users:
                 includes["users"] = users
@@ -1337,6 +1464,8 @@ class FakeX:
                 {
                     "media_key": self.media[m].media_key,
                     "type": _MEDIA_API_TYPE[_media_kind(self.media[m].category, None)],
+                    # X's v2 answer for legacy DM media: the TON URL (INBOUND.md §6).
+                    **({"url": self.ton_url(e.id, m)} if "url" in media_fields else {}),
                 }
                 for e in events
                 for m in e.media_ids
@@ -1372,7 +1501,9 @@ class FakeX:
         body: dict[str, Any] = {}
         if page:
             body["data"] = [self._event_json(e, fields, expansions) for e in page]
-            includes = self._includes(page, expansions, _csv(query.get("user.fields")))
+            includes = self._includes(
+                page, expansions, _csv(query.get("user.fields")), frozenset(_csv(query.get("media.fields")))
+            )
             if includes:
                 body["includes"] = includes
         meta: dict[str, Any] = {"result_count": len(page)}
@@ -1421,6 +1552,17 @@ class FakeX:
             body["includes"] = includes
         return _json(200, body)
 
+    async def _dm_media_download(self, request: web.Request) -> web.StreamResponse:
+        """Raw bytes of a legacy DM attachment, for a participant of the DM's conversation."""
+        event_id, media_id = request.match_info["dm_id"], request.match_info["media_id"]
+        event = self._visible_event(request[_USER], event_id)
+        upload = self.media.get(media_id)
+        if event is None or upload is None or media_id not in event.media_ids:
+            return _not_found("media", media_id, "media_id")
+        if request.match_info["resource_id"] != self.ton_url(event_id, media_id).rsplit("/", 1)[-1]:
+            return _not_found("media", request.match_info["resource_id"], "resource_id")
+        return web.Response(body=upload.data, content_type="application/octet-stream")
+
     async def _delete_event(self, request: web.Request) -> web.StreamResponse:
         user = request[_USER]
         event_id = request.match_info["event_id"]
@@ -1431,6 +1573,198 @@ class FakeX:
             return _not_authorized("dm_event", event_id, "event_id")
         event.deleted = True
         return _json(200, {"data": {"deleted": True}})
+
+    # ------------------------------------------------------------ webhooks / XAA
+
+    async def _crc(self, url: str) -> bool:
+        """X's CRC: GET url?crc_token=…; the answer must be the HMAC of the token."""
+        token = secrets.token_urlsafe(24)
+        try:
+            async with aiohttp.ClientSession() as session:
+                separator = "&" if "?" in url else "?"
+                async with session.get(
+                    f"{url}{separator}crc_token={token}", timeout=aiohttp.ClientTimeout(10)
+                ) as r:
+                    if r.status != 200:
+                        return False
+                    body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+        expected = sign(self.consumer_secret, token.encode())
+        answer = body.get("response_token") if isinstance(body, dict) else None
+        return isinstance(answer, str) and hmac.compare_digest(answer, expected)
+
+    async def _webhooks_list(self, request: web.Request) -> web.StreamResponse:
+        data = [dict(w) for w in self.webhooks.values()]
+        return _json(200, {"data": data, "meta": {"result_count": len(data)}})
+
+    async def _webhooks_create(self, request: web.Request) -> web.StreamResponse:
+        url = json.loads(request[_BODY])["url"]
+        if any(w["url"] == url for w in self.webhooks.values()):
+            return _invalid_request("DuplicateUrlFailed", parameter="url", value=url)
+        if not await self._crc(url):
+            return _invalid_request("CrcValidationFailed", parameter="url", value=url)
+        webhook = {"id": self._new_id(), "url": url, "valid": True, "created_at": _iso(self.clock())}
+        self.webhooks[webhook["id"]] = webhook
+        return _json(200, {"data": dict(webhook)})
+
+    async def _webhooks_validate(self, request: web.Request) -> web.StreamResponse:
+        webhook = self.webhooks.get(request.match_info["webhook_id"])
+        if webhook is None:
+            return _not_found("webhook", request.match_info["webhook_id"], "webhook_id")
+        webhook["valid"] = await self._crc(webhook["url"])
+        return _json(200, {"data": {"valid": webhook["valid"]}})
+
+    async def _webhooks_delete(self, request: web.Request) -> web.StreamResponse:
+        webhook = self.webhooks.pop(request.match_info["webhook_id"], None)
+        if webhook is None:
+            return _not_found("webhook", request.match_info["webhook_id"], "webhook_id")
+        return _json(200, {"data": {"deleted": True}})
+
+    async def _webhooks_replay(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(request[_BODY])
+        webhook = self.webhooks.get(body["webhook_id"])
+        if webhook is None:
+            return _not_found("webhook", body["webhook_id"], "webhook_id")
+        start = datetime.strptime(body["from_date"], "%Y%m%d%H%M").replace(tzinfo=UTC).timestamp()
+        end = datetime.strptime(body["to_date"], "%Y%m%d%H%M").replace(tzinfo=UTC).timestamp() + 60
+        job = {"job_id": self._new_id(), "created_at": _iso(self.clock())}
+        self.replays.append({**body, **job})
+        again = [d for d in self.deliveries if d["webhook_id"] == webhook["id"] and start <= d["at"] < end]
+        for delivery in again:
+            self._spawn(self._deliver(webhook, delivery["body"], replay=True))
+        return _json(200, {"data": job})
+
+    async def _subscriptions_list(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, {"data": [dict(s) for s in self.subscriptions.values()]})
+
+    async def _subscriptions_create(self, request: web.Request) -> web.StreamResponse:
+        user = request[_USER]
+        body = json.loads(request[_BODY])
+        event_type, user_id = body["event_type"], str(body["filter"].get("user_id", ""))
+        if event_type.startswith(("dm.", "chat.")) and (user is APP_USER or user.id != user_id):
+            # Private events: only with the monitored user's own token (INBOUND.md §1).
+            return _about_blank(403, "Forbidden", "Private events need the user's own token.")
+        webhook_id = body.get("webhook_id")
+        if webhook_id is not None and webhook_id not in self.webhooks:
+            return _invalid_request("Unknown webhook_id.", parameter="webhook_id", value=str(webhook_id))
+        for existing in self.subscriptions.values():
+            if existing["event_type"] == event_type and existing["filter"]["user_id"] == user_id:
+                return _invalid_request("DuplicateSubscription", parameter="event_type", value=event_type)
+        now = _iso(self.clock())
+        subscription: dict[str, Any] = {
+            "subscription_id": self._new_id(),
+            "event_type": event_type,
+            "filter": {"user_id": user_id},
+            "created_at": now,
+            "updated_at": now,
+        }
+        for key in ("tag", "webhook_id"):
+            if body.get(key) is not None:
+                subscription[key] = body[key]
+        self.subscriptions[subscription["subscription_id"]] = subscription
+        return _json(200, {"data": {"subscription": dict(subscription)}})
+
+    def payload_for(self, event: DmEvent, event_type: str, user_id: str, tag: str | None) -> dict[str, Any]:
+        """A delivery as X documents it: the legacy ``direct_message_events`` shape."""
+        conv = self.conversations[event.conversation_id]
+        recipient = next(iter(sorted(conv.participants - {event.sender_id})), event.sender_id)
+        users = {
+            uid: {"data": {"id": uid, "username": self.users[uid].username, "name": self.users[uid].name}}
+            for uid in (event.sender_id, recipient)
+            if uid in self.users
+        }
+        data: dict[str, Any] = {
+            "event_uuid": str(-secrets.randbelow(10**18)),
+            "filter": {"user_id": user_id},
+            "event_type": event_type,
+            "payload": {
+                "direct_message_events": [
+                    {
+                        "type": "message_create",
+                        "id": event.id,
+                        "created_timestamp": str(int(event.created_at * 1000)),
+                        "message_create": {
+                            "target": {"recipient_id": recipient},
+                            "sender_id": event.sender_id,
+                            "message_data": {
+                                "text": event.text or "",
+                                "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []},
+                            },
+                        },
+                    }
+                ],
+                "users": users,
+            },
+        }
+        if tag is not None:
+            data["tag"] = tag
+        return {"data": data}
+
+    def _push(self, event: DmEvent) -> None:
+        """Push a new MessageCreate to every subscribed webhook (dm.received / dm.sent)."""
+        conv = self.conversations.get(event.conversation_id)
+        if event.event_type != "MessageCreate" or conv is None:
+            return
+        if conv.kind == "Group" and not self.push_groups:
+            return
+        for subscription in list(self.subscriptions.values()):
+            user_id = subscription["filter"]["user_id"]
+            kind = subscription["event_type"]
+            wanted = (kind == "dm.sent" and event.sender_id == user_id) or (
+                kind == "dm.received" and event.sender_id != user_id and user_id in conv.participants
+            )
+            webhook = self.webhooks.get(str(subscription.get("webhook_id")))
+            if wanted and webhook is not None and webhook["valid"]:
+                body = json.dumps(self.payload_for(event, kind, user_id, subscription.get("tag"))).encode()
+                self._spawn(self._deliver(webhook, body))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            work.close()
+            return  # no loop (a test building state): nothing can be pushed
+        task = loop.create_task(work)
+        self._push_tasks.add(task)
+        task.add_done_callback(self._push_tasks.discard)
+
+    async def _deliver(self, webhook: dict[str, Any], body: bytes, *, replay: bool = False) -> None:
+        record: dict[str, Any] = {
+            "webhook_id": webhook["id"],
+            "body": body,
+            "status": None,
+            "at": self.clock(),
+        }
+        if not replay:
+            self.deliveries.append(record)
+        if not replay and self.push_drop > 0:
+            self.push_drop -= 1
+            return
+        copies = 1
+        if not replay and self.push_duplicate > 0:
+            self.push_duplicate -= 1
+            copies = 2
+        headers = {
+            "Content-Type": "application/json",
+            "x-twitter-webhooks-signature": sign(self.consumer_secret, body),
+        }
+        for _ in range(copies):
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        webhook["url"], data=body, headers=headers, timeout=aiohttp.ClientTimeout(10)
+                    ) as r,
+                ):
+                    record["status"] = r.status
+            except (aiohttp.ClientError, TimeoutError):
+                record["status"] = "error"
+
+    async def wait_pushes(self) -> None:
+        """Let every delivery in flight finish (tests)."""
+        while self._push_tasks:
+            await asyncio.wait(set(self._push_tasks))
 
     # -------------------------------------------------------------------- media
 
@@ -1651,4 +1985,8 @@ async def run_fake_x(
         bound = cast(tuple[str, int], runner.addresses[0])
         yield server, f"http://{host}:{bound[1]}"
     finally:
+        for task in list(server._push_tasks):
+            task.cancel()
+        if server._push_tasks:
+            await asyncio.wait(set(server._push_tasks))
         await runner.cleanup()

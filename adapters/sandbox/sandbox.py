@@ -60,7 +60,7 @@ log = logging.getLogger("adapters.sandbox.sandbox")
 
 HOST = "127.0.0.1"
 LABEL = "Simulation — nothing leaves this machine"
-NOT_RELAYED_NOTE = "replies from X are not relayed to Slack yet (two-way relay is a later feature)"
+FROM_X_NOTE = "typed on X: the bridge reads it (push for 1-to-1, polling for groups) and posts it in Slack"
 
 # The simulated world: one workspace, you and two teammates, one channel; a few people on X.
 TEAM_ID, TEAM_NAME = "T0SANDBOX", "Sandbox workspace"
@@ -408,7 +408,14 @@ class Sandbox:
                 at = float(ephemeral["message_ts"])
                 add(at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True)
         for post in self.slack.posted(CHANNEL_ID):
-            add(float(post["ts"]), "bot", str(post.get("text", "")), author="xdm-bridge", only_you=False)
+            as_sender = post.get("username")  # an X reply, posted as its sender
+            add(
+                float(post["ts"]),
+                "bot",
+                str(post.get("text", "")),
+                author=str(as_sender or "xdm-bridge"),
+                only_you=False,
+            )
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
 
@@ -434,7 +441,7 @@ class Sandbox:
                         "you": event.sender_id == YOUR_X_ID,
                         "text": event.text if event.text is not None else "[attachment]",
                         "at": event.created_at,
-                        "note": NOT_RELAYED_NOTE if from_x else "",
+                        "note": FROM_X_NOTE if from_x else "",
                     }
                 )
             out.append(
@@ -544,7 +551,15 @@ def _loopback_socket(port: int = 0) -> socket.socket:
 
 
 def bridge_env(
-    data_dir: Path, *, x_url: str, slack_url: str, bridge_url: str, signing_secret: str, x_client_secret: str
+    data_dir: Path,
+    *,
+    x_url: str,
+    slack_url: str,
+    bridge_url: str,
+    signing_secret: str,
+    x_client_secret: str,
+    x_consumer_secret: str,
+    x_bearer_token: str,
 ) -> dict[str, str]:
     """The environment a deployed bridge would have, pointed at the simulators."""
     return {
@@ -561,6 +576,10 @@ def bridge_env(
         "BRIDGE_ENCRYPTION_KEY": generate_key(),
         "X_TIMEOUT_SECONDS": "5",
         "LOG_FORMAT": "text",
+        # X → Slack as deployed: push (real time for 1-to-1) and polling (groups), quick when idle.
+        "X_CONSUMER_SECRET": x_consumer_secret,
+        "X_BEARER_TOKEN": x_bearer_token,
+        "INBOUND_POLL_SECONDS": "2",
     }
 
 
@@ -579,6 +598,10 @@ async def running_sandbox(
         for user_id, username, name in X_PEOPLE:
             x.add_user(user_id, username, name)
         x.authorizing_user_id = YOUR_X_ID
+        # X's read budget is 15 per 15 minutes; the simulation's window is 10 s so that group
+        # replies (which X does not push) show within seconds, paced by the same budget logic.
+        x.window_read_seconds = 10.0
+        x.enforce_read_limit = True
         slack, slack_url = await stack.enter_async_context(
             run_fake_slack(team_id=TEAM_ID, bot_token=BOT_TOKEN, team_name=TEAM_NAME, team_domain="sandbox")
         )
@@ -595,6 +618,8 @@ async def running_sandbox(
             bridge_url=bridge_url,
             signing_secret=signing_secret,
             x_client_secret=x_client_secret,
+            x_consumer_secret=x.consumer_secret,
+            x_bearer_token=x.app_bearer_token,
         )
         settings = Settings.from_env(env)
         bridge = web.AppRunner(create_app(settings, delivery_config=delivery_config), access_log=None)

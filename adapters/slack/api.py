@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
@@ -12,6 +13,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from cachetools import TTLCache
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -20,6 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bridge.errors import SlackRateLimited, SlackRefused, SlackTransient
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 from bridge.model import SlackMember
 
@@ -31,6 +34,8 @@ NAME_CACHE_SIZE = 10_000  # least recently used names go first, so memory stays 
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15.0, sock_read=60.0)
 DOWNLOAD_CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
+# A host name as DNS spells it: a resolver reads ``evil.example\x00.slack.com`` as evil.example.
+_HOSTNAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # files.info errors worth trying again later (Slack's own words for "not now").
 SLACK_TRANSIENT = frozenset(
@@ -38,18 +43,22 @@ SLACK_TRANSIENT = frozenset(
 )
 
 
-def web_client(token: str, base_url: str, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
-    """An AsyncWebClient that retries connection errors, 5xx and 429 (honouring Retry-After)."""
-    return AsyncWebClient(
-        token=token,
-        base_url=base_url,
-        session=session,
-        retry_handlers=[
+def web_client(
+    token: str, base_url: str, session: aiohttp.ClientSession | None = None, *, idempotent: bool = True
+) -> AsyncWebClient:
+    """An AsyncWebClient that retries connection errors, 5xx and 429 (honouring Retry-After).
+
+    ``idempotent=False`` is for calls that must not be repeated blindly (posting a message:
+    a lost answer may hide a post Slack made): only a 429, which Slack did not act on, is retried.
+    """
+    handlers: list[AsyncRetryHandler] = [AsyncRateLimitErrorRetryHandler(max_retry_count=3)]
+    if idempotent:
+        handlers = [
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncServerErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
-        ],
-    )
+            *handlers,
+        ]
+    return AsyncWebClient(token=token, base_url=base_url, session=session, retry_handlers=handlers)
 
 
 class SlackApi:
@@ -59,10 +68,13 @@ class SlackApi:
         self,
         client: AsyncWebClient,
         session: aiohttp.ClientSession,
+        poster: AsyncWebClient | None = None,
         *,
         name_cache_size: int = NAME_CACHE_SIZE,
     ) -> None:
+        """``poster`` posts X messages; it must not retry anything Slack may have done."""
         self._client = client
+        self._poster = poster or client
         self._session = session
         self._names: TTLCache[tuple[str, str], str] = TTLCache(maxsize=name_cache_size, ttl=NAME_TTL)
         self._bot_name: str | None = None
@@ -89,6 +101,81 @@ class SlackApi:
     async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
         response = await self._client.chat_postMessage(channel=channel_id, text=text)
         return str(response.get("ts") or "")
+
+    async def post_as(
+        self,
+        team_id: str,
+        channel_id: str,
+        text: str,
+        *,
+        username: str,
+        icon_url: str | None,
+        metadata: dict[str, Any],
+    ) -> str:
+        """``chat.postMessage`` with ``username``/``icon_url`` (``chat:write.customize``) and
+        message metadata; Slack's failures become the core's ``SlackError`` family."""
+        try:
+            response = await self._poster.chat_postMessage(
+                channel=channel_id,
+                text=text,
+                username=username,
+                icon_url=icon_url or None,
+                metadata=metadata,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
+        ts = response.get("ts")
+        if not isinstance(ts, str):
+            raise SlackTransient("chat.postMessage answered without a ts")
+        return ts
+
+    async def upload_file(
+        self, team_id: str, channel_id: str, filename: str, data: bytes, *, title: str
+    ) -> str:
+        """Share a file into a channel: ``files.getUploadURLExternal``, the bytes, then
+        ``files.completeUploadExternal``. Returns Slack's file id."""
+        try:
+            ticket = await self._client.files_getUploadURLExternal(filename=filename, length=len(data))
+            upload_url, file_id = str(ticket["upload_url"]), str(ticket["file_id"])
+            async with self._session.post(upload_url, data=data, timeout=DOWNLOAD_TIMEOUT) as response:
+                if response.status != 200:
+                    raise SlackTransient(f"Slack's upload URL answered HTTP {response.status}")
+            await self._client.files_completeUploadExternal(
+                files=[{"id": file_id, "title": title}], channel_id=channel_id
+            )
+        except SlackApiError as exc:
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
+        return file_id
+
+    async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
+        """Search ``conversations.history`` since ``oldest`` for our post carrying ``event_id``."""
+        cursor: str | None = None
+        try:
+            while True:
+                response = await self._client.conversations_history(
+                    channel=channel_id,
+                    oldest=f"{max(0.0, oldest):.6f}",
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+                for message in response.get("messages") or []:
+                    payload = (message.get("metadata") or {}).get("event_payload") or {}
+                    if payload.get("dm_event_id") == event_id:
+                        return str(message.get("ts"))
+                cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+                if not cursor:
+                    return None
+        except SlackApiError as exc:
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
 
     async def display_name(self, team_id: str, user_id: str) -> str:
         """The author's display name, else real name, else handle; cached (LRU) for an hour."""
@@ -251,6 +338,7 @@ class SlackApi:
         if (
             parts.scheme == "https"
             and port in (None, 443)
+            and _HOSTNAME.fullmatch(host)
             and (host == "slack.com" or host.endswith(".slack.com"))
         ):
             return True
@@ -298,6 +386,22 @@ class SlackApi:
         if response.content_length is not None and response.content_length > max_bytes:
             size = human_size(response.content_length)
             raise FileTooLarge(f"{name} is {size}; the limit for it is {human_size(max_bytes)}")
+
+
+def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | SlackRefused:
+    """Slack's error, as the core's type: 429, retryable, or a refusal to act on."""
+    status = exc.response.status_code
+    error = str(exc.response.get("error") or f"HTTP {status}")
+    if status == 429 or error == "ratelimited":
+        raw = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after") or "1"
+        try:
+            retry_after = float(raw[0] if isinstance(raw, list) else raw)
+        except ValueError:
+            retry_after = 1.0
+        return SlackRateLimited(f"Slack rate limit ({error})", retry_after=retry_after)
+    if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable", "request_timeout"):
+        return SlackTransient(f"Slack failed: {error}")
+    return SlackRefused(f"Slack refused: {error}")
 
 
 class _StreamSource:

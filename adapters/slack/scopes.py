@@ -11,8 +11,15 @@ from __future__ import annotations
 # Web API method (as Slack names it) → bot scopes it needs. ``auth.test`` needs none.
 METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "auth.test": (),  # Bolt calls it on start-up; doctor calls it
-    "chat.postMessage": ("chat:write",),  # also to a user id: the app's Messages tab
+    # Also to a user id (the app's Messages tab); X replies are posted as their sender,
+    # and username/icon_url need chat:write.customize.
+    "chat.postMessage": ("chat:write", "chat:write.customize"),
     "chat.postEphemeral": ("chat:write",),
+    # After a crash: was this X event already posted? (its metadata carries the dm_event_id)
+    "conversations.history": ("channels:history", "groups:history"),
+    # Media in X messages, shared into the bridged channel.
+    "files.getUploadURLExternal": ("files:write",),
+    "files.completeUploadExternal": ("files:write",),
     "reactions.add": ("reactions:write",),
     "reactions.remove": ("reactions:write",),
     "users.info": ("users:read",),  # display names; is_admin / is_owner for permissions

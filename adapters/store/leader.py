@@ -8,7 +8,8 @@ The new leader's worker finds rows left ``sending`` among the heads and settles 
 as after a crash: it reads X back before any resend.
 
 The leader's connection also ``LISTEN``s on the outbox channel: a row accepted by any
-instance wakes the leader's worker (the accept's ``NOTIFY`` is sent at its commit).
+instance wakes the leader's worker (the accept's ``NOTIFY`` is sent at its commit); and on
+the inbound channel: an X event pushed to a standby wakes the leader's poster.
 
 If the leader's own connection fails, it stops leading at once (cancelling its
 work): another instance may already hold the lock, and two workers must never send.
@@ -24,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from adapters.store.postgres import OUTBOX_CHANNEL, connect
+from adapters.store.postgres import INBOUND_CHANNEL, OUTBOX_CHANNEL, connect
 
 log = logging.getLogger("adapters.store.leader")
 
@@ -40,11 +41,13 @@ class Leadership:
         *,
         instance: str,
         on_notify: Callable[[], None],
+        on_inbound: Callable[[str], None] | None = None,
         poll: float = 0.5,
     ) -> None:
         self._url = url
         self._instance = instance
         self._on_notify = on_notify
+        self._on_inbound = on_inbound
         self._poll = poll
         self.leading = False
         self._stopping = asyncio.Event()
@@ -76,6 +79,8 @@ class Leadership:
             else:
                 return
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
+            if self._on_inbound is not None:
+                await conn.add_listener(INBOUND_CHANNEL, self._inbound_notified)
             log.info("leading: this instance runs delivery", extra={"instance": self._instance})
             self.leading = True
             try:
@@ -109,3 +114,9 @@ class Leadership:
     def _notified(self, connection: Any, pid: int, channel: str, payload: object) -> None:
         if payload != self._instance:  # our own accepts were already offered to our worker
             self._on_notify()
+
+    def _inbound_notified(self, connection: Any, pid: int, channel: str, payload: object) -> None:
+        # "<instance>" (rows queued) or "<instance>:<what>" (a wake-up passed on by a standby).
+        instance, _, what = str(payload).partition(":")
+        if instance != self._instance and self._on_inbound is not None:
+            self._on_inbound(what)

@@ -31,6 +31,9 @@ from adapters.store.crypto import TokenCipher
 from bridge.model import (
     Accepted,
     Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -51,6 +54,7 @@ log = logging.getLogger("adapters.store.postgres")
 SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries within minutes
 NOW = "extract(epoch from clock_timestamp())::double precision"
 OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
+INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
 REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -317,11 +321,38 @@ class PostgresStore:
         )
         return mapping if status == "INSERT 0 1" else None
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
-        row = await self.pool.fetchrow(
-            "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 RETURNING *", team_id, channel_id
-        )
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2"
+        args: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = $3 AND created_at = $4"
+            args += [made.created_by, made.created_at]
+        row = await self.pool.fetchrow(sql + " RETURNING *", *args)
         return rows.mapping(row) if row else None
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        members = json.dumps(list(group))  # as create_mapping and accept write it
+        async with self._tx() as conn:
+            # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
+            row = await conn.fetchrow(
+                "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 AND kind = 'group' "
+                "AND conversation_id IS NULL AND participant_ids = $3 RETURNING *",
+                team_id,
+                channel_id,
+                members,
+            )
+            found = await conn.fetch(
+                f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND target_group = $3 "
+                f"AND state IN {PENDING_STATES} ORDER BY seq, part",
+                team_id,
+                channel_id,
+                members,
+            )
+        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
         await self._execute(
@@ -422,6 +453,12 @@ class PostgresStore:
     async def notify_outbox(self) -> None:
         """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""
         await self.pool.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    async def notify_inbound(self, what: str = "") -> None:
+        """Wake the leader's inbound worker now; ``what`` names a wake-up beyond "rows are queued"
+        (``poll``: an account connected or a channel was mapped, read X soon)."""
+        payload = f"{self.instance_id}:{what}" if what else self.instance_id
+        await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 
     def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
         """Held while an account's token is re-read and refreshed: one refresh at a time across every
@@ -972,6 +1009,216 @@ class PostgresStore:
         row = await self.pool.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
         return rows.item(row) if row else None
 
+    # -- inbound (X → Slack) ----------------------------------------------
+
+    async def get_cursor(self, account_id: int) -> str | None:
+        value = await self.pool.fetchval(
+            "SELECT newest_event_id FROM cursors WHERE account_id = $1", account_id
+        )
+        return None if value is None else str(value)
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """As the SQLite store's; any instance may take (a push reaches whichever X calls), and the
+        unique ``dm_event_id`` makes the first commit win. Queued rows written by a standby wake the
+        leader's poster with a ``NOTIFY`` on ``INBOUND_CHANNEL`` at commit."""
+        queued = 0
+        async with self._tx() as conn:
+            own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
+            for event in events:
+                queued += await self._take_one(conn, account_id, own_id, event, now)
+            if newest_event_id is not None:
+                await conn.execute(
+                    f"""
+                    INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES ($1, $2, $3)
+                    ON CONFLICT (account_id) DO UPDATE
+                    SET newest_event_id = excluded.newest_event_id, updated_at = excluded.updated_at
+                    WHERE {_snowflake_sql("excluded.newest_event_id")}
+                          > {_snowflake_sql("cursors.newest_event_id")}
+                    """,
+                    account_id,
+                    newest_event_id,
+                    now,
+                )
+            if queued and self.announce:
+                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, self.instance_id)
+        return queued
+
+    async def _take_one(
+        self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
+    ) -> int:
+        known = await conn.fetchrow(
+            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = $1 FOR UPDATE", event.dm_event_id
+        )
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
+            return 0
+        mapping = (
+            await conn.fetchrow(
+                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = $1 "
+                "ORDER BY account_id = $2 DESC, created_at LIMIT 1",
+                event.conversation_id,
+                account_id,
+            )
+            if event.conversation_id
+            else None
+        )
+        state, why = InboundState.QUEUED, None
+        from_self = event.sender_id is not None and event.sender_id == own_id
+        if mapping is None:
+            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
+        elif await conn.fetchval("SELECT 1 FROM message_map WHERE dm_event_id = $1", event.dm_event_id):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+        elif from_self and await conn.fetchval(
+            "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
+            "AND text = $3 LIMIT 1",
+            mapping["team_id"],
+            mapping["channel_id"],
+            event.payload.get("text"),
+        ):
+            # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+        payload = json.dumps({**event.payload, "from_self": from_self}, separators=(",", ":"))
+        if known is not None:
+            # Read before any channel bridged its conversation; now the channel's history wants it.
+            if state is not InboundState.QUEUED or mapping is None:
+                return 0
+            await conn.execute(
+                "UPDATE inbound SET team_id = $1, channel_id = $2, payload = $3, origin = 'backfill', "
+                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = $4",
+                mapping["team_id"],
+                mapping["channel_id"],
+                payload,
+                known["id"],
+            )
+            return 1
+        status = await conn.execute(
+            """
+            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
+                                 event_type, sender_id, payload, origin, state, attempts,
+                                 next_attempt_at, last_error, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13)
+            ON CONFLICT (dm_event_id) DO NOTHING
+            """,
+            event.dm_event_id,
+            rows.snowflake(event.dm_event_id),
+            account_id,
+            event.conversation_id,
+            mapping["team_id"] if mapping else None,
+            mapping["channel_id"] if mapping else None,
+            event.kind,
+            event.sender_id,
+            payload,
+            event.origin,
+            state.value,
+            why,
+            now,
+        )
+        return int(status == "INSERT 0 1" and state is InboundState.QUEUED)
+
+    @staticmethod
+    async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
+        return await conn.fetchrow(
+            "SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
+            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            team_id,
+            channel_id,
+        )
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        found = await self.pool.fetch(
+            "SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
+            "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq"
+        )
+        return [rows.inbound_item(r) for r in found]
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        row = await self.pool.fetchrow(
+            "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
+            "posting_since = COALESCE(posting_since, $1) "
+            "WHERE id = $2 AND state IN ('queued', 'posting') RETURNING *",
+            now,
+            item_id,
+        )
+        return rows.inbound_item(row) if row else None
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "UPDATE inbound SET state = 'posted', slack_ts = $1, posted_at = $2, last_error = NULL "
+                "WHERE id = $3 RETURNING *",
+                slack_ts,
+                now,
+                item_id,
+            )
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                "dm_event_id, created_at) VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT DO NOTHING",
+                row["team_id"],
+                row["channel_id"],
+                slack_ts,
+                row["conversation_id"],
+                row["dm_event_id"],
+                now,
+            )
+            following = await self._inbound_head(conn, row["team_id"], row["channel_id"])
+        return None if following is None else rows.inbound_item(following)
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        await self._execute(
+            "UPDATE inbound SET state = $1, next_attempt_at = $2, last_error = $3, "
+            "posting_since = CASE WHEN $1 = 'posting' THEN posting_since END WHERE id = $4",
+            state.value,
+            next_attempt_at,
+            error,
+            item_id,
+        )
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        await self._execute(
+            "UPDATE inbound SET payload = $1 WHERE id = $2",
+            json.dumps(payload, separators=(",", ":")),
+            item_id,
+        )
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        await self._execute(
+            "UPDATE inbound SET next_attempt_at = GREATEST(next_attempt_at, $1) WHERE team_id = $2 "
+            "AND channel_id = $3 AND state IN ('queued', 'posting')",
+            until,
+            team_id,
+            channel_id,
+        )
+
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        value = await self.pool.fetchval("SELECT MAX(created_at) FROM inbound WHERE origin = $1", origin)
+        return None if value is None else float(value)
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
+            counts = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = $1 GROUP BY state",
+                    account_id,
+                )
+            }
+            last = await conn.fetchval(
+                "SELECT MAX(created_at) FROM inbound WHERE account_id = $1 AND origin != 'sent'",
+                account_id,
+            )
+        return {
+            "newest_event_id": cursor["newest_event_id"] if cursor else None,
+            "read_at": cursor["updated_at"] if cursor else None,
+            "last_event_at": last,
+            "counts": counts,
+            "pending": counts.get("queued", 0) + counts.get("posting", 0),
+        }
+
     # -- budgets -----------------------------------------------------------
 
     async def load_budgets(self) -> list[dict[str, Any]]:
@@ -1021,3 +1268,8 @@ def _budget_columns(
         [latest[k][2] for k in keys],
         [float(latest[k][3]) for k in keys],
     )
+
+
+def _snowflake_sql(column: str) -> str:
+    """An event id as a number, for comparing (non-digits count as 0, as SQLite's CAST)."""
+    return f"(CASE WHEN {column} ~ '^[0-9]+$' THEN {column}::numeric ELSE 0 END)"

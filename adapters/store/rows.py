@@ -8,6 +8,8 @@ from typing import Any, Protocol
 from adapters.store.crypto import TokenCipher
 from bridge.model import (
     Account,
+    InboundItem,
+    InboundState,
     IncomingMessage,
     Mapping,
     MappingKind,
@@ -128,3 +130,33 @@ def message_source(message: IncomingMessage) -> str:
 
 def json_or_none(value: dict[str, Any] | None) -> str | None:
     return json.dumps(value, separators=(",", ":")) if value is not None else None
+
+
+NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
+
+
+def snowflake(event_id: str) -> int:
+    """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
+    return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0
+
+
+def inbound_item(row: Row) -> InboundItem:
+    return InboundItem(
+        id=row["id"],
+        dm_event_id=row["dm_event_id"],
+        seq=row["seq"],
+        account_id=row["account_id"],
+        conversation_id=row["conversation_id"] or "",
+        team_id=row["team_id"] or "",
+        channel_id=row["channel_id"] or "",
+        kind=row["event_type"] or "MessageCreate",
+        sender_id=row["sender_id"],
+        payload=json.loads(row["payload"] or "{}"),
+        origin=row["origin"],
+        state=InboundState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"] or 0.0,
+        posting_since=row["posting_since"],
+        slack_ts=row["slack_ts"],
+        created_at=row["created_at"] or 0.0,
+    )

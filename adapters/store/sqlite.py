@@ -29,6 +29,9 @@ from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
     IncomingMessage,
     Mapping,
     OAuthState,
@@ -431,14 +434,40 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def delete_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
+        params: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = ? AND created_at = ?"
+            params += [made.created_by, made.created_at]
+
         def work() -> Mapping | None:
             with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? RETURNING *",
-                    [team_id, channel_id],
-                )
+                row = self._one(sql + " RETURNING *", params)
             return self._mapping(row) if row else None
+
+        return await self._call(work)
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        members = json.dumps(list(group))  # as create_mapping and accept write it
+
+        def work() -> tuple[Mapping | None, list[OutboxItem]]:
+            with self.db.atomic():
+                row = self._one(
+                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
+                    "AND conversation_id IS NULL AND participant_ids = ? RETURNING *",
+                    [team_id, channel_id, members],
+                )
+                rows = self._rows(
+                    f"SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND target_group = ? "
+                    f"AND state IN {PENDING_STATES} ORDER BY seq, part",
+                    [team_id, channel_id, members],
+                )
+            return (self._mapping(row) if row else None), [self._item(r) for r in rows]
 
         return await self._call(work)
 
@@ -1085,6 +1114,234 @@ class SqliteStore:
     def _outbox_item(self, item_id: int) -> OutboxItem | None:
         row = self._one("SELECT * FROM outbox WHERE id = ?", [item_id])
         return self._item(row) if row else None
+
+    # -- inbound (X → Slack) ----------------------------------------------
+
+    async def get_cursor(self, account_id: int) -> str | None:
+        def work() -> str | None:
+            row = self._one("SELECT newest_event_id FROM cursors WHERE account_id = ?", [account_id])
+            return row["newest_event_id"] if row else None
+
+        return await self._call(work)
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """Queue X events (oldest first) and move the account's cursor, in one transaction.
+
+        Events already known (by ``dm_event_id``) are left alone; events the bridge sent
+        itself, or whose conversation no channel bridges, are kept as ``skipped`` so a later
+        read does not bill them to Slack again. Returns how many were queued for Slack.
+        """
+
+        def work() -> int:
+            queued = 0
+            with self.db.atomic():
+                account = self._one("SELECT x_user_id FROM accounts WHERE id = ?", [account_id])
+                own_id = account["x_user_id"] if account else None
+                for event in events:
+                    queued += self._take_one(account_id, own_id, event, now)
+                if newest_event_id is not None:
+                    self.db.execute(
+                        "INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (account_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+                        "updated_at = excluded.updated_at "
+                        "WHERE CAST(excluded.newest_event_id AS INTEGER) > CAST(newest_event_id AS INTEGER)",
+                        [account_id, newest_event_id, now],
+                    )
+            return queued
+
+        return await self._call(work)
+
+    def _take_one(self, account_id: int, own_id: str | None, event: InboundEvent, now: float) -> int:
+        known = self._one(
+            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
+        )
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
+            return 0
+        mapping = (
+            self._one(
+                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = ? "
+                "ORDER BY account_id = ? DESC, created_at LIMIT 1",
+                [event.conversation_id, account_id],
+            )
+            if event.conversation_id
+            else None
+        )
+        state, why = InboundState.QUEUED, None
+        if mapping is None:
+            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
+        elif self._one("SELECT 1 AS ours FROM message_map WHERE dm_event_id = ?", [event.dm_event_id]):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+        elif event.sender_id is not None and event.sender_id == own_id and self._outbox_echo(mapping, event):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+        payload = {**event.payload, "from_self": event.sender_id is not None and event.sender_id == own_id}
+        if known is not None:
+            # Read before any channel bridged its conversation; now the channel's history wants it.
+            if state is not InboundState.QUEUED or mapping is None:
+                return 0
+            self.db.execute(
+                "UPDATE inbound SET team_id = ?, channel_id = ?, payload = ?, origin = 'backfill', "
+                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = ?",
+                [
+                    mapping["team_id"],
+                    mapping["channel_id"],
+                    json.dumps(payload, separators=(",", ":")),
+                    known["id"],
+                ],
+            )
+            return 1
+        cursor = self.db.execute(
+            """
+            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
+                                 event_type, sender_id, payload, origin, state, attempts,
+                                 next_attempt_at, last_error, created_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
+            ON CONFLICT (dm_event_id) DO NOTHING
+            """,
+            [
+                event.dm_event_id,
+                rows.snowflake(event.dm_event_id),
+                account_id,
+                event.conversation_id,
+                mapping["team_id"] if mapping else None,
+                mapping["channel_id"] if mapping else None,
+                event.kind,
+                event.sender_id,
+                json.dumps(payload, separators=(",", ":")),
+                event.origin,
+                state.value,
+                why,
+                now,
+            ],
+        )
+        return int(cursor.rowcount == 1 and state is InboundState.QUEUED)
+
+    def _outbox_echo(self, mapping: dict[str, Any], event: InboundEvent) -> bool:
+        """A DM of ours that X has but the outbox has not recorded yet (its POST is in flight)."""
+        text = event.payload.get("text")
+        return (
+            self._one(
+                "SELECT 1 AS echo FROM outbox WHERE team_id = ? AND channel_id = ? AND state = 'sending' "
+                "AND text = ? LIMIT 1",
+                [mapping["team_id"], mapping["channel_id"], text],
+            )
+            is not None
+        )
+
+    def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
+            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            [team_id, channel_id],
+        )
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        def work() -> list[InboundItem]:
+            found = self._rows(
+                "SELECT i.* FROM inbound AS i JOIN ("
+                "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
+                "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
+                ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq"
+            )
+            return [rows.inbound_item(r) for r in found]
+
+        return await self._call(work)
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        def work() -> InboundItem | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
+                    "posting_since = COALESCE(posting_since, ?) "
+                    "WHERE id = ? AND state IN ('queued', 'posting') RETURNING *",
+                    [now, item_id],
+                )
+            return rows.inbound_item(row) if row else None
+
+        return await self._call(work)
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        def work() -> InboundItem | None:
+            with self.db.atomic():
+                row = self._one(
+                    "UPDATE inbound SET state = 'posted', slack_ts = ?, posted_at = ?, last_error = NULL "
+                    "WHERE id = ? RETURNING *",
+                    [slack_ts, now, item_id],
+                )
+                assert row is not None
+                self.db.execute(
+                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                    "dm_event_id, created_at) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        row["team_id"],
+                        row["channel_id"],
+                        slack_ts,
+                        row["conversation_id"],
+                        row["dm_event_id"],
+                        now,
+                    ],
+                )
+                following = self._inbound_head(row["team_id"], row["channel_id"])
+            return None if following is None else rows.inbound_item(following)
+
+        return await self._call(work)
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET state = ?, next_attempt_at = ?, last_error = ?, "
+            "posting_since = CASE WHEN ? = 'posting' THEN posting_since END WHERE id = ?",
+            [state.value, next_attempt_at, error, state.value, item_id],
+        )
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET payload = ? WHERE id = ?",
+            [json.dumps(payload, separators=(",", ":")), item_id],
+        )
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        await self._call(
+            self._update,
+            "UPDATE inbound SET next_attempt_at = MAX(next_attempt_at, ?) WHERE team_id = ? "
+            "AND channel_id = ? AND state IN ('queued', 'posting')",
+            [until, team_id, channel_id],
+        )
+
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        def work() -> float | None:
+            row = self._one("SELECT MAX(created_at) AS t FROM inbound WHERE origin = ?", [origin])
+            return row["t"] if row else None
+
+        return await self._call(work)
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
+            counts = {
+                r["state"]: r["n"]
+                for r in self._rows(
+                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = ? GROUP BY state",
+                    [account_id],
+                )
+            }
+            last = self._one(
+                "SELECT MAX(created_at) AS t FROM inbound WHERE account_id = ? AND origin != 'sent'",
+                [account_id],
+            )
+            return {
+                "newest_event_id": cursor["newest_event_id"] if cursor else None,
+                "read_at": cursor["updated_at"] if cursor else None,
+                "last_event_at": last["t"] if last else None,
+                "counts": counts,
+                "pending": counts.get("queued", 0) + counts.get("posting", 0),
+            }
+
+        return await self._call(work)
 
     # -- budgets -----------------------------------------------------------
 

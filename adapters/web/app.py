@@ -35,17 +35,20 @@ from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
-from adapters.web.worker import Worker
-from adapters.x.api import XApiClient
+from adapters.web.worker import Job, Worker
+from adapters.x import push as x_push
+from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import XOAuthClient
 from bridge.budget import Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthStateError
+from bridge.inbound import Inbound, InboundConfig
 from bridge.model import Account
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
+from bridge.push import Push
 from bridge.relay import Relay
 from bridge.retention import prune_forever
 from bridge.settings import Settings
@@ -110,6 +113,8 @@ class Services:
     settings: Settings
     store: AnyStore
     worker: Worker
+    inbound: Inbound
+    push: Push | None
     bolt: AsyncApp
     connect: ConnectService
     background: Background
@@ -120,13 +125,18 @@ class Services:
 
 SETTINGS = web.AppKey("settings", Settings)
 DELIVERY_CONFIG = web.AppKey("delivery_config", DeliveryConfig)
+INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 
 def create_app(
-    settings: Settings, *, delivery_config: DeliveryConfig | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    delivery_config: DeliveryConfig | None = None,
+    inbound_config: InboundConfig | None = None,
+    clock: Clock | None = None,
 ) -> web.Application:
     """The bridge's web application; resources start with the app and stop with it.
 
@@ -136,12 +146,19 @@ def create_app(
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
     app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(relay_format=settings.relay_format)
+    app[INBOUND_CONFIG] = inbound_config or InboundConfig(
+        backfill=settings.backfill_messages,
+        idle_interval=settings.inbound_poll_seconds,
+        min_interval=min(5.0, settings.inbound_poll_seconds),
+    )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/connect", connect_page)
     app.router.add_post("/x/connect", connect_confirm)
     app.router.add_get("/x/oauth/callback", x_oauth_callback)
+    app.router.add_get("/x/webhook", x_webhook_crc)
+    app.router.add_post("/x/webhook", x_webhook_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
     return app
@@ -156,7 +173,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
         slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-        slack = SlackApi(slack_client, session)
+        poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
+        slack = SlackApi(slack_client, session, poster)
         x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
         oauth = XOAuthClient(
             session,
@@ -172,6 +190,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             user_15m=settings.x_user_limit_15m,
             user_24h=settings.x_user_limit_24h,
             app_24h=settings.x_app_limit_24h,
+            reads_15m=settings.x_read_limit_15m,
         )
         await budget.load(clock.now())
 
@@ -179,6 +198,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
             worker.wake()
+            wake_inbound(poll=True, account_id=account.id)
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -191,6 +211,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             on_disconnected=lambda account: tokens.forget(account.id),
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
+        inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
+        push: Push | None = None
+        if settings.push_url and settings.x_bearer_token:
+            push = Push(
+                store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url
+            )
+            inbound.push_active = push.active
 
         def make_delivery() -> Delivery:
             delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
@@ -198,7 +225,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             delivery.on_failed = metrics.failure_hook()
             return delivery
 
-        worker = _worker(store, make_delivery, budget, clock)
+        worker = _worker(store, make_delivery, budget, clock, inbound, push)
+
+        def wake_inbound(*, poll: bool, account_id: int | None = None) -> None:
+            """Here if this instance leads; else passed on to the leader (PostgreSQL)."""
+            if worker.current is not None or not isinstance(store, PostgresStore):
+                inbound.poll_soon(account_id)
+                if push is not None:
+                    push.recheck()
+            else:
+                worker.pass_on(lambda: store.notify_inbound("poll" if poll else ""))
+
+        def mapped() -> None:
+            worker.wake()
+            wake_inbound(poll=True)
+
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
         metrics.bind(store, budget, clock)
@@ -211,7 +252,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             slack=slack,
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
-            on_mapped=worker.wake,
+            on_mapped=mapped,
+            inbound=inbound,
             connections=connect,
             connect_page=f"{settings.public_url}{CONNECT_PATH}",
             permissions=Permissions(
@@ -231,6 +273,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             settings,
             store,
             worker,
+            inbound,
+            push,
             bolt,
             connect,
             background,
@@ -242,10 +286,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         pruning = asyncio.create_task(
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
-        running = asyncio.create_task(worker.run(), name="delivery")
+        running = asyncio.create_task(worker.run(), name="leader-work")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
-        log.info("shutting down: finishing in-flight sends")
+        log.info("shutting down: finishing in-flight sends and posts")
         await worker.stop(SHUTDOWN_GRACE)
         await running
         authorizing.cancel()
@@ -260,29 +304,120 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     log.info("shut down cleanly")
 
 
-def _worker(store: AnyStore, make: Callable[[], Delivery], budget: Budget, clock: Clock) -> Worker:
-    """On PostgreSQL the worker runs only while this instance holds the leader lock."""
+def _worker(
+    store: AnyStore,
+    make: Callable[[], Delivery],
+    budget: Budget,
+    clock: Clock,
+    inbound: Inbound,
+    push: Push | None,
+) -> Worker:
+    """Delivery, the inbound poller and poster, and push upkeep: the work that talks to X, run
+    by the one instance that leads (on PostgreSQL, while it holds the leader lock)."""
+    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2))]
+    if push is not None:
+        jobs.append(_push_job(push))
 
     async def before_lead() -> None:
         await budget.load(clock.now())  # the previous leader spent from the same windows
 
     if not isinstance(store, PostgresStore):
-        return Worker(make, before_lead=before_lead)
+        return Worker(make, before_lead=before_lead, jobs=tuple(jobs))
     pg_store = store
 
     async def lead() -> None:
         await before_lead()
-        pg_store.announce = False  # the leader offers its own rows to its worker directly
+        pg_store.announce = False  # the leader offers its own rows to its workers directly
 
     def standby() -> None:
         pg_store.announce = True
 
+    def inbound_notified(what: str) -> None:
+        # A standby queued pushed events (wake the poster) or saw a connect or a mapping (read soon).
+        inbound.wake()
+        if what == "poll":
+            inbound.poll_soon()
+            if push is not None:
+                push.recheck()
+
     worker: Worker
-    leadership = Leadership(store.url, instance=store.instance_id, on_notify=lambda: worker.wake())
+    leadership = Leadership(
+        store.url,
+        instance=store.instance_id,
+        on_notify=lambda: worker.wake(),
+        on_inbound=inbound_notified,
+    )
     worker = Worker(
-        make, before_lead=lead, after_lead=standby, leadership=leadership, notify=store.notify_outbox
+        make,
+        before_lead=lead,
+        after_lead=standby,
+        leadership=leadership,
+        notify=store.notify_outbox,
+        jobs=tuple(jobs),
     )
     return worker
+
+
+def _push_job(push: Push) -> Job:
+    """Push upkeep as a leader job: registration, subscriptions, replay of the downtime."""
+    running: list[asyncio.Task[None]] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(_push_after_start(push), name="push")
+        running[:] = [task]
+        await asyncio.wait({task})  # a cancelled term stops the task through ``stop``
+
+    async def stop(grace: float) -> None:
+        push.stop()
+        for task in running:  # an X call in flight need not finish: the next leader re-checks
+            task.cancel()
+
+    return Job("push", run, stop)
+
+
+async def _push_after_start(push: Push) -> None:
+    await asyncio.sleep(0.5)  # let the site start listening: registering makes X call us back
+    try:
+        await push.run()
+    except Exception:
+        log.exception("X push upkeep failed; polling carries on")
+
+
+async def x_webhook_crc(request: web.Request) -> web.Response:
+    """X's CRC check: prove we hold the consumer secret. 404 when push is not configured."""
+    settings = request.app[SETTINGS]
+    token = request.query.get("crc_token", "")
+    if not settings.x_consumer_secret:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not token:
+        return web.json_response({"error": "crc_token missing"}, status=400)
+    return web.json_response(x_push.crc_response(settings.x_consumer_secret, token))
+
+
+async def x_webhook_delivery(request: web.Request) -> web.Response:
+    """A push from X: verified, then committed to the inbound queue before the 200.
+
+    Anything whose signature does not verify is refused with 401 and nothing is taken."""
+    settings = request.app[SETTINGS]
+    services = request.app[SERVICES]
+    body = await request.read()
+    signature = request.headers.get(x_push.SIGNATURE_HEADER)
+    if not settings.x_consumer_secret or services.push is None:
+        return web.json_response({"error": "push is not configured"}, status=404)
+    if not x_push.verify(settings.x_consumer_secret, body, signature):
+        log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
+        return web.json_response({"error": "invalid signature"}, status=401)
+    try:
+        delivery = x_push.parse_delivery(body)
+    except x_push.MalformedDelivery as exc:
+        log.info("X push not understood; ignored", extra={"reason": str(exc)})
+        return web.json_response({"error": "malformed delivery"}, status=400)
+    queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    log.info(
+        "X push taken",
+        extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
+    )
+    return web.json_response({"ok": True})
 
 
 async def slack_events(request: web.Request) -> web.StreamResponse:

@@ -10,8 +10,9 @@ find no room. So every connection here is wrapped:
   within the keep-alive time plus ``HEAD_TIMEOUT``), else it is closed;
 * a body must arrive within ``BODY_TIMEOUT`` (``body_deadline`` middleware), else 408;
 * at most ``max_connections`` are open, well under the process's descriptor limit; at the
-  cap the oldest connection still waiting for its head is dropped to admit the new one,
-  so a flood of slow clients cannot shut out a real one;
+  cap the oldest connection whose request has not fully arrived (head or body) is dropped
+  to admit the new one, so a flood of slow clients, trickling heads or bodies, cannot shut
+  out a real one;
 * what is dropped is counted and logged at most once per ``LOG_EVERY`` seconds.
 
 Only asyncio's public protocol interface is used: the wrapper forwards to aiohttp's own
@@ -95,13 +96,13 @@ class Guard:
         self._last_log = 0.0
 
     def admit(self, connection: GuardedConnection) -> bool:
-        """Make room for ``connection``; False when every open one is mid-request (refuse it)."""
+        """Make room for ``connection``; False when every open one is being answered (refuse it)."""
         if len(self.open) >= self.max_connections:
-            waiting = next((c for c in self.open if not c.head_done), None)
+            waiting = next((c for c in self.open if not c.handling), None)
             if waiting is None:
                 self.dropped("refused: every connection busy")
                 return False
-            waiting.close("evicted: waiting for its request head when the connection cap was reached")
+            waiting.close("evicted: its request had not arrived when the connection cap was reached")
         self.open[connection] = None
         self.by_handler[connection.inner] = connection
         return True
@@ -135,6 +136,7 @@ class GuardedConnection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
         self.head_done = False
+        self.handling = False  # a whole request is in and being answered: never evicted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -165,6 +167,7 @@ class GuardedConnection(asyncio.Protocol):
     def request_done(self) -> None:
         """A response went out: the next request's head has the keep-alive time plus its own."""
         self.head_done = False
+        self.handling = False
         self._tail = b""
         self._arm(KEEPALIVE_TIMEOUT + self._guard.head_timeout)
 
@@ -207,22 +210,23 @@ async def body_deadline(
 ) -> web.StreamResponse:
     """Read a request's body within ``BODY_TIMEOUT`` (408 otherwise); then tell the connection's
     guard the request is done, so the next head on a kept-alive connection is timed too."""
+    guard = request.app.get(GUARD)
+    connection = guard.by_handler.get(request.protocol) if guard is not None else None
     try:
         if request.can_read_body:
             try:
                 async with asyncio.timeout(BODY_TIMEOUT):
                     await request.read()  # cached: handlers read it again for free
             except TimeoutError:
-                guard = request.app.get(GUARD)
                 if guard is not None:
                     guard.dropped("closed: request body not sent in time")
                 return web.json_response(
                     {"error": "request body not sent in time"}, status=408, headers={"Connection": "close"}
                 )
+        if connection is not None:
+            connection.handling = True  # till its answer is out: a slow body may be evicted, not this
         return await handler(request)
     finally:
-        guard = request.app.get(GUARD)
-        connection = guard.by_handler.get(request.protocol) if guard is not None else None
         if connection is not None:
             connection.request_done()
 

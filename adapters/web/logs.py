@@ -28,6 +28,20 @@ def _mask(value: str) -> str:
     return _SECRET.sub("[redacted]", value)
 
 
+def _masked(value: Any) -> Any:
+    """``value`` for a JSON line, with every string in it masked: context may be headers, a
+    list or an exception object, whose text ``json.dumps(default=str)`` would write unmasked."""
+    if isinstance(value, str):
+        return _mask(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {_mask(str(k)): _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_masked(v) for v in value]
+    return _mask(str(value))
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
@@ -41,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             "msg": _mask(record.getMessage()),
         }
         for key, value in _context(record).items():
-            line[key] = _mask(value) if isinstance(value, str) else value
+            line[key] = _masked(value)
         if record.exc_info:
             line["exc"] = _mask(self.formatException(record.exc_info))
         return json.dumps(line, default=str)

@@ -1,17 +1,19 @@
-"""This instance's delivery worker: always on SQLite; on PostgreSQL only while it leads.
+"""This instance's workers that talk to X: always on SQLite; on PostgreSQL only while it leads.
 
 A leadership term gets a fresh ``Delivery`` (its budgets re-read first: the previous
-leader spent them). Until then, or after losing the lock, the instance is a standby:
-what it accepts reaches the leader through the accept's ``NOTIFY``, and a wake-up
-(a reconnection, a new mapping) is passed on the same way.
+leader spent them) and runs the other leader jobs beside it: the inbound poller and
+poster, and push upkeep. Until then, or after losing the lock, the instance is a standby:
+what it accepts (an outbox row, a pushed X event) reaches the leader through a ``NOTIFY``
+at commit, and a wake-up (a reconnection, a new mapping) is passed on the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from adapters.store.leader import Leadership
 from bridge.delivery import Delivery
@@ -20,6 +22,17 @@ from bridge.model import OutboxItem
 log = logging.getLogger("adapters.web.worker")
 
 Role = Literal["leader", "standby"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Leader-only work beside delivery: ``run`` until ``stop(grace)`` is called.
+
+    ``run`` may be called again after ``stop`` (a later leadership term)."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    stop: Callable[[float], Awaitable[None]]
 
 
 class Worker:
@@ -33,8 +46,11 @@ class Worker:
         after_lead: Callable[[], None] | None = None,
         leadership: Leadership | None = None,
         notify: Callable[[], Awaitable[None]] | None = None,
+        jobs: tuple[Job, ...] = (),
     ) -> None:
         self._make = make
+        self._jobs = jobs
+        self._running: dict[str, asyncio.Task[None]] = {}
         self._before_lead = before_lead
         self._after_lead = after_lead
         self._leadership = leadership
@@ -60,9 +76,13 @@ class Worker:
         if self.current is not None:
             self.current.wake()
         elif self._notify is not None:
-            task = asyncio.create_task(self._pass_on(self._notify), name="notify-leader")
-            self._notifying.add(task)
-            task.add_done_callback(self._notifying.discard)
+            self.pass_on(self._notify)
+
+    def pass_on(self, notify: Callable[[], Awaitable[None]]) -> None:
+        """Send a wake-up to the leader in the background (a standby has no worker of its own)."""
+        task = asyncio.create_task(self._pass_on(notify), name="notify-leader")
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     @staticmethod
     async def _pass_on(notify: Callable[[], Awaitable[None]]) -> None:
@@ -83,22 +103,29 @@ class Worker:
             return
         delivery = self._make()
         self.current = delivery
+        self._running = {job.name: asyncio.create_task(job.run(), name=job.name) for job in self._jobs}
         try:
             await delivery.run()
+            await asyncio.gather(*self._running.values())
         except asyncio.CancelledError:
             # Leadership lost: another instance may be sending already, so nothing more may go
-            # out from here. Cut-off sends stay ``sending``; the new leader reads X back first.
-            await delivery.stop(0.0)
+            # out from here. Cut-off sends stay ``sending`` and cut-off posts ``posting``; the new
+            # leader reads X (or Slack) back first.
+            await asyncio.gather(delivery.stop(0.0), *(job.stop(0.0) for job in self._jobs))
+            for task in self._running.values():
+                task.cancel()
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
             raise
         finally:
             self.current = None
+            self._running = {}
             if self._after_lead is not None:
                 self._after_lead()
 
     async def stop(self, grace: float) -> None:
-        """Finish in-flight sends (up to ``grace``), then give up the leadership."""
+        """Finish in-flight sends and posts (up to ``grace``), then give up the leadership."""
         self._stopping = True
         if self._leadership is not None:
             self._leadership.stop()
         if self.current is not None:
-            await self.current.stop(grace)
+            await asyncio.gather(self.current.stop(grace), *(job.stop(grace) for job in self._jobs))

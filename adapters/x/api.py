@@ -8,11 +8,15 @@ family, so nothing above this module sees HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -31,7 +35,7 @@ from bridge.errors import (
     XTransient,
 )
 from bridge.media import BytesSource, MediaSource, read_exactly
-from bridge.model import DmEvent, EventPage, Sent, Target, XUser
+from bridge.model import DmEvent, EventPage, InboxPage, Sent, Target, XEvent, XUser
 
 log = logging.getLogger("adapters.x.api")
 
@@ -345,6 +349,65 @@ class XApiClient:
             facts=facts,
         )
 
+    async def dm_events(
+        self,
+        token: str,
+        *,
+        max_results: int,
+        pagination_token: str | None = None,
+        conversation_id: str | None = None,
+    ) -> tuple[InboxPage, RateFacts]:
+        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first), or of
+        one conversation's (``GET /2/dm_conversations/{id}/dm_events``) for backfill.
+
+        ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
+        them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
+        """
+        params = {
+            "max_results": str(max(1, min(100, max_results))),
+            "event_types": "MessageCreate,ParticipantsJoin,ParticipantsLeave",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,attachments",
+            "expansions": "sender_id,participant_ids,attachments.media_keys",
+            "user.fields": "username,name,profile_image_url",
+            "media.fields": "media_key,type,url,preview_image_url",
+        }
+        if pagination_token:
+            params["pagination_token"] = pagination_token
+        path = f"/2/dm_conversations/{conversation_id}/dm_events" if conversation_id else "/2/dm_events"
+        status, headers, payload = await self._call("GET", path, token, params=params)
+        facts = self._raise_for(status, headers, payload)
+        page = _inbox_page(payload)
+        if conversation_id:
+            # The per-conversation answer may leave dm_conversation_id out: it is the one asked for.
+            events = tuple(
+                e if e.conversation_id else replace(e, conversation_id=conversation_id) for e in page.events
+            )
+            page = replace(page, events=events)
+        return page, facts
+
+    async def download_dm_media(self, token: str, url: str) -> bytes:
+        """``GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}``, the three parts
+        taken from the TON URL (INBOUND.md §6). Raises ``XRefused`` for a URL that is not one."""
+        parts = ton_parts(url)
+        if parts is None:
+            raise XRefused("the attachment has no downloadable DM media URL")
+        path = "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._session.get(
+                self._base + path, headers=headers, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                status, response_headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
+        if status != 200:
+            payload: Any = None
+            with contextlib.suppress(ValueError):
+                payload = json.loads(body)
+            self._raise_for(status, response_headers, payload)
+        return body
+
     async def upload_media(
         self, token: str, media: MediaSource | bytes, *, media_type: str, category: str
     ) -> str:
@@ -568,4 +631,119 @@ def _user(payload: Any) -> XUser | None:
         username=str(data.get("username", "")),
         name=str(data.get("name", "")),
         receives_your_dm=receives if isinstance(receives, bool) else None,
+        profile_image_url=str(data.get("profile_image_url") or ""),
     )
+
+
+_TON = re.compile(r"/1\.1/ton/data/dm/([0-9]{1,19})/([0-9]{1,19})/([A-Za-z0-9_.-]{1,50})$")
+
+
+def ton_parts(url: str) -> tuple[str, str, str] | None:
+    """``(dm_id, media_id, resource_id)`` of a legacy TON URL, or None."""
+    match = _TON.search(url.split("?", 1)[0])
+    return (match.group(1), match.group(2), match.group(3)) if match else None
+
+
+def _inbox_page(payload: Any) -> InboxPage:
+    """Parse a ``GET /2/dm_events`` answer; anything malformed is dropped, not raised."""
+    body: dict[str, Any] = payload if isinstance(payload, dict) else {}
+    includes: dict[str, Any] = body["includes"] if isinstance(body.get("includes"), dict) else {}
+    users: dict[str, XUser] = {}
+    for raw in includes.get("users") or []:
+        user = _user({"data": raw})
+        if user is not None:
+            users[user.id] = user
+    media = {
+        str(m["media_key"]): m
+        for m in includes.get("media") or []
+        if isinstance(m, dict) and isinstance(m.get("media_key"), str)
+    }
+    events: list[XEvent] = []
+    for raw in body.get("data") or []:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].isdigit():
+            continue
+        attachments: dict[str, Any] = raw["attachments"] if isinstance(raw.get("attachments"), dict) else {}
+        keys = [k for k in attachments.get("media_keys") or [] if isinstance(k, str)]
+        participants = raw.get("participant_ids")
+        events.append(
+            XEvent(
+                id=raw["id"],
+                kind=str(raw.get("event_type") or "MessageCreate"),
+                conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
+                sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+                text=str(raw.get("text") or ""),
+                created_at=_parse_time(raw.get("created_at")),
+                participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
+                media=tuple(media.get(k, {"media_key": k}) for k in keys),
+            )
+        )
+    meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    next_token = meta.get("next_token")
+    return InboxPage(
+        events=tuple(events),
+        users=users,
+        next_token=next_token if isinstance(next_token, str) and next_token else None,
+    )
+
+
+class XAppClient:
+    """X's app-only (Bearer) surface: webhooks and the app's activity subscriptions.
+
+    Implements ``bridge.ports.XApp``."""
+
+    def __init__(self, api: XApiClient, bearer_token: str) -> None:
+        self._api = api
+        self._token = bearer_token
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        status, headers, payload = await self._api._call(method, path, self._token, body=body)
+        self._api._raise_for(status, headers, payload)
+        return payload
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        payload = await self._json("GET", "/2/webhooks")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [w for w in data or [] if isinstance(w, dict) and "id" in w]
+
+    async def create_webhook(self, url: str) -> dict[str, Any]:
+        """``POST /2/webhooks``: X runs the CRC against ``url`` before answering."""
+        payload = await self._json("POST", "/2/webhooks", {"url": url})
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict) or "id" not in data:
+            raise XRefused(f"X did not create the webhook: {describe_error(200, payload)}")
+        return data
+
+    async def validate_webhook(self, webhook_id: str) -> bool:
+        """``PUT /2/webhooks/{id}``: re-run the CRC (re-enables an invalid webhook)."""
+        payload = await self._json("PUT", f"/2/webhooks/{quote(webhook_id, safe='')}")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return isinstance(data, dict) and data.get("valid") is True
+
+    async def replay(self, webhook_id: str, start: float, end: float) -> str:
+        """``POST /2/webhooks/replay`` for [start, end] (UTC minutes, both inclusive)."""
+        body = {
+            "webhook_id": webhook_id,
+            "from_date": datetime.fromtimestamp(start, UTC).strftime("%Y%m%d%H%M"),
+            "to_date": datetime.fromtimestamp(end, UTC).strftime("%Y%m%d%H%M"),
+        }
+        payload = await self._json("POST", "/2/webhooks/replay", body)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return str(data.get("job_id")) if isinstance(data, dict) else ""
+
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
+        payload = await self._json("GET", "/2/activity/subscriptions")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [s for s in data or [] if isinstance(s, dict)]
+
+    async def subscribe(self, user_token: str, event_type: str, user_id: str, webhook_id: str) -> None:
+        """``POST /2/activity/subscriptions`` with the monitored user's own token (private events)."""
+        body = {
+            "event_type": event_type,
+            "filter": {"user_id": user_id},
+            "tag": f"xdm-bridge:{user_id}",
+            "webhook_id": webhook_id,
+        }
+        status, headers, payload = await self._api._call(
+            "POST", "/2/activity/subscriptions", user_token, body=body
+        )
+        self._api._raise_for(status, headers, payload)

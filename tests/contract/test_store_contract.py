@@ -333,3 +333,40 @@ async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(en
         assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
     finally:
         await store.close()
+
+
+async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(engine: Engine) -> None:
+    """`/xdm unlink` checks who may unlink the mapping it read, then deletes: a mapping someone
+    else made in between (the first unlinked meanwhile) must not be what that delete removes."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        checked = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        await store.create_mapping(checked)
+        assert await store.delete_mapping("T1", "C1", made=checked) is not None
+        since = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2002", None, "U2", 2.0)
+        await store.create_mapping(since)
+        assert await store.delete_mapping("T1", "C1", made=checked) is None
+        assert await store.get_mapping("T1", "C1") == since
+
+
+async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(engine: Engine) -> None:
+    """X refused the group for good: the mapping goes, and the rows addressed to that group come
+    back for the caller to fail; another group's channel, or a created group, is left alone."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        group = ("2001", "2002")
+        waiting = Mapping(
+            "T1", "C1", MappingKind.GROUP, account.id, None, None, "U1", 1.0, group_participants=group
+        )
+        await store.create_mapping(waiting)
+        for n in (1, 2):
+            assert (await store.accept_if_mapped(msg(n), float(n))) is not None
+        assert await store.abandon_group("T1", "C1", ("2001", "2003")) == (None, [])
+        assert await store.get_mapping("T1", "C1") == waiting
+
+        removed, pending = await store.abandon_group("T1", "C1", group)
+        assert removed == waiting and await store.get_mapping("T1", "C1") is None
+        assert [(p.slack_ts, p.target.new_group) for p in pending] == [("1.000", group), ("2.000", group)]
+        for item in pending:
+            await store.mark_failed(item.id, "X refused the group")
+        assert await store.abandon_group("T1", "C1", group) == (None, [])

@@ -40,7 +40,14 @@ async def test_timeout_without_delivery_is_reconciled_then_resent_once(tmp_path:
         _, ts = await bridge.post("slow network")
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts() == ["Ada: slow network"]
-        reads = [r for r in bridge.x.all_requests if r.method == "GET" and r.path.endswith("/dm_events")]
+        reads = [
+            r
+            for r in bridge.x.all_requests
+            if r.method == "GET"
+            and r.path.startswith("/2/dm_conversations/")
+            and r.path.endswith("/dm_events")
+            and r.query.get("event_types") == "MessageCreate"  # not the history read on linking
+        ]
         assert len(reads) == 1  # it looked before sending again
 
 

@@ -63,8 +63,14 @@ async def delete(bridge: Bridge, ts: str, text: str, channel: str = "C100") -> N
 
 
 def requests_to(bridge: Bridge, fragment: str, method: str | None = None) -> int:
+    """Requests from delivery (inbound's reads of X are left out: they are not delivery's)."""
     return sum(
-        1 for r in bridge.x.all_requests if fragment in r.path and (method is None or r.method == method)
+        1
+        for r in bridge.x.all_requests
+        if fragment in r.path
+        and (method is None or r.method == method)
+        and r.path != "/2/dm_events"
+        and r.query.get("event_types") != "MessageCreate,ParticipantsJoin,ParticipantsLeave"
     )
 
 
@@ -142,7 +148,7 @@ async def test_401_on_read_back_or_upload_refreshes_and_delivers(tmp_path: Path,
         bridge.x.timeout_seconds = 2.0
         refreshes = len(bridge.x.token_requests)
         bridge.x.inject("401", path_contains=where)
-        if where == "/dm_events":
+        if where.endswith("/dm_events"):
             bridge.x.inject("timeout")  # the POST times out: the row is read back before a resend
             _, ts = await bridge.post("read me back")
         else:
@@ -236,14 +242,16 @@ async def test_stored_absurd_budget_is_sanitised_on_start(tmp_path: Path) -> Non
         await bridge.wait_reaction("C100", ts, "white_check_mark")
 
 
-@pytest.mark.parametrize("where", ["/media/upload", "/dm_events"])
+# The read-back's own path: the inbound poller's GET /2/dm_events shares the read budget, and a
+# 429 there would (rightly) hold every read of the account, the read-back included.
+@pytest.mark.parametrize("where", ["/media/upload", "/1000-2001/dm_events"])
 async def test_429_with_absurd_reset_on_upload_or_read_back_does_not_spin(tmp_path: Path, where: str) -> None:
     async with running_bridge(tmp_path, env={"X_TIMEOUT_SECONDS": "0.5"}) as bridge:
         await linked(bridge)
         bridge.x.timeout_seconds = 2.0
         bridge.x.fault_headers = {"x-rate-limit-reset": "1700000000000"}
         bridge.x.inject("429", count=1000, path_contains=where)
-        if where == "/dm_events":
+        if where.endswith("/dm_events"):
             bridge.x.inject("timeout")
             await bridge.post("read back under a 429")
         else:
@@ -333,7 +341,8 @@ async def test_unclear_read_back_waits_and_reads_again(tmp_path: Path, answer: s
         await linked(bridge)
         bridge.x.timeout_seconds = 2.0
         bridge.x.inject("record_then_hang")  # X has it
-        bridge.x.inject(answer, count=2, path_contains="/dm_events")  # type: ignore[arg-type]
+        # The conversation's read-back, not the inbound poller's GET /2/dm_events.
+        bridge.x.inject(answer, count=2, path_contains="/1000-2001/dm_events")  # type: ignore[arg-type]
         _, ts = await bridge.post("it did arrive")
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=10.0)
         assert bridge.texts() == ["Ada: it did arrive"] and bridge.x.dm_posts == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sandbox.fake_x import FaultKind
-from tests.harness import ALICE, BOB, ME, Bridge, running_bridge
+from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
 
 
 async def opening_ts(bridge: Bridge) -> str:
@@ -77,3 +77,35 @@ async def test_a_doubled_or_retried_command_never_makes_two_groups(tmp_path: Pat
         assert "already bridged" in ack.text
         assert len(groups(bridge)) == 1
         assert bridge.texts(groups(bridge)[0]) == ["Ada: Hello"]
+
+
+async def test_a_group_x_refuses_for_good_unbridges_the_channel_and_says_so(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.users[BOB].accepts_dms = False  # X refuses any group with Bob in it: a 403
+        _, response_url = await bridge.command("new-group @alice @bob Welcome aboard")
+        await bridge.follow_up(response_url)
+        # Posted while the opening message waits: it would have gone to the same group.
+        _, queued = await bridge.post("second", blocks=[])
+        opening = await opening_ts(bridge)
+        await bridge.wait_reaction("C100", opening, "warning", timeout=10.0)
+        await bridge.wait_reaction("C100", queued, "warning", timeout=10.0)
+        creating = [r for r in bridge.x.all_requests if (r.method, r.path) == ("POST", "/2/dm_conversations")]
+        assert len(creating) == 1  # the queued message did not ask X again
+        assert groups(bridge) == []
+        # The channel is told, and no longer bridged to a group that will never exist.
+        [note] = await bridge.slack.wait_for(
+            lambda c: c.method == "chat.postMessage" and "could not create" in str(c.params.get("text"))
+        )
+        text = str(note.params["text"])
+        assert note.params["channel"] == "C100" and "<@U100>" in text and "no longer bridged" in text, text
+        assert any("Forbidden" in e["text"] or "cannot" in e["text"] for e in bridge.slack.ephemerals("U100"))
+        with sqlite3.connect(bridge.db_path) as db:
+            assert db.execute("SELECT count(*) FROM mappings WHERE channel_id = 'C100'").fetchone() == (0,)
+        status, _ = await bridge.command("status")
+        assert "not bridged" in status.text and "2 message(s) could not be sent" in status.text, status.text
+        # The maker may try again once X would accept the group.
+        bridge.x.users[BOB].accepts_dms = True
+        ack, _ = await bridge.command("new-group @alice @bob Second try")
+        assert "already bridged" not in ack.text
+        await wait_until(lambda: len(groups(bridge)) == 1, 10.0, "the second try's group")

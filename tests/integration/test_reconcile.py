@@ -27,7 +27,15 @@ LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}
 
 
 def dm_reads(bridge: Bridge) -> list[dict[str, str]]:
-    return [r.query for r in bridge.x.all_requests if r.method == "GET" and r.path.endswith("/dm_events")]
+    """Delivery's read-backs (not the inbound poller's GET /2/dm_events, nor history on linking)."""
+    return [
+        r.query
+        for r in bridge.x.all_requests
+        if r.method == "GET"
+        and r.path.startswith("/2/dm_conversations/")
+        and r.path.endswith("/dm_events")
+        and r.query.get("event_types") == "MessageCreate"
+    ]
 
 
 def dm_posts(bridge: Bridge) -> int:
@@ -75,10 +83,11 @@ async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_p
 
 async def test_read_budget_spent_mid_read_back_waits_then_reads_on(tmp_path: Path) -> None:
     async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
-        await linked(bridge)
+        # X's read limit from the start: the inbound poller shares the budget from its first read.
         bridge.x.enforce_read_limit = True
         bridge.x.read_limit_15m = 1
-        bridge.x.window_15m_seconds = 1.0
+        bridge.x.window_15m_seconds = bridge.x.window_read_seconds = 1.0
+        await linked(bridge)
         flood_while_hung(bridge, 250)
         ts = await lose_one_answer(bridge, "before a bigger flood")
         assert [e.text for e in bridge.x.events].count("Ada: before a bigger flood") == 1

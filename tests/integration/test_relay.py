@@ -47,6 +47,7 @@ async def test_bot_unmapped_and_non_message_events_never_relayed(tmp_path: Path)
         fixtures = Path(__file__).parents[1] / "fixtures" / "slack"
         for name in (
             "event-message-bot_message-classic.json",
+            "event-message-bot_message-username-icons.json",  # the shape of our X replies' echo
             "event-message-from-app-bot-no-subtype.json",
             "event-message-channel_join.json",
         ):

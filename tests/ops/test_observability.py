@@ -56,6 +56,7 @@ async def linked(bridge: Bridge) -> None:
 
 async def test_metrics_after_relaying_a_message(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
+        bridge.x.user_limit_15m, bridge.x.user_limit_24h = 40, 1000
         await linked(bridge)
         before = await scrape(bridge)
         assert value(before, "messages_accepted_total") == 0
@@ -73,8 +74,8 @@ async def test_metrics_after_relaying_a_message(tmp_path: Path) -> None:
         assert value(after, "messages_relayed_total") == 1
         assert value(after, "outbox_depth") == 0
         assert value(after, "outbox_oldest_age_seconds") == 0
-        # The bridge starts at X's documented 15/15 min; the fake X's headers say 200 and win.
-        assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="15m") == 199
+        # The bridge starts at X's documented 15 / 1,440; X's headers (here 40 / 1,000) win.
+        assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="15m") == 39
         assert value(after, "x_rate_limit_remaining", account="bridge_owner", window="24h") == 999
         assert ("x_rate_limit_remaining", (("account", "app"), ("window", "24h"))) in after
         sent = total(

@@ -131,7 +131,7 @@ async def test_migrate_applies_schema_and_is_idempotent(tmp_path: Path) -> None:
     names = [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
     assert names[:3] == ["0001_initial", "0002_outbox_kinds_and_media", "0003_pending_channels"]
     assert "0005_media_lifetime_and_attempts" in names and names == sorted(names)
-    assert "0004_outbox_deleted_and_one_target" in names
+    assert "0004_outbox_deleted_and_one_target" in names and "0008_inbound" in names
     assert names[-1] == "0009_mapping_participant_username"
 
 

@@ -67,6 +67,9 @@ async def test_soak_with_faults_retries_and_two_kills(tmp_path: Path) -> None:
         # X's documented 15 per 15 minutes would make this a day-long test; the budget
         # itself is proven in tests/integration/test_delivery.py.
         w.x.user_limit_15m = w.x.user_limit_24h = w.x.app_limit_24h = 10**6
+        # Reading back after a lost answer spends X's read budget (15 per 15 minutes, shared with
+        # inbound polling); a 2-second window keeps the same pacing logic and a short test.
+        w.x.window_read_seconds = 2.0
         w.x.timeout_seconds = 2.0
         w.x.injected_reset_seconds = 1.0
         w.x.rate_limit_body = "code88"

@@ -107,6 +107,19 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
         assert message["reactions"] == [{"name": "white_check_mark", "emoji": "✅"}]
         assert text_of(message) == "fish & <chips> 🎉" and not message["only_you"]
         assert state["x"]["conversations"][0]["messages"][-1]["text"] == "You: fish & <chips> 🎉"
+
+        # Alice answers on X: the real inbound path posts it in the channel as Alice.
+        body = {"conversation_id": group["id"], "username": "alice", "text": "chips & fish"}
+        status, _ = await call(session, sandbox, "/api/x/reply", body)
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m["author"] == "Alice (@alice)" for m in s["messages"]),
+            "the reply",
+        )
+        [reply] = [m for m in state["messages"] if m["author"] == "Alice (@alice)"]
+        assert text_of(reply) == "chips & fish" and reply["kind"] == "bot"
         assert state["steps"] == {"connected": True, "bridged": True, "relayed": True}
         # The channel reads in the order things happened.
         order = [m["at"] for m in state["messages"]]
@@ -114,12 +127,15 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
 
         # The event really was signed and sent to the bridge; X got the DM over HTTP.
         posts = [
-            r.path for r in sandbox.x.all_requests if r.method == "POST" and r.path.endswith("/messages")
+            (r.path, r.user_id)
+            for r in sandbox.x.all_requests
+            if r.method == "POST" and r.path.endswith("/messages")
         ]
-        assert posts == [f"/2/dm_conversations/{group['id']}/messages"]
+        # The bridge's relay (as you), then Alice's reply typed on the simulated X (as her).
+        assert posts == [(f"/2/dm_conversations/{group['id']}/messages", u) for u in ("1000", "2001")]
 
 
-async def test_reply_on_x_is_recorded_as_from_alice_with_a_note(sandbox: Sandbox) -> None:
+async def test_reply_on_x_is_recorded_as_from_alice_and_reaches_the_channel(sandbox: Sandbox) -> None:
     conversation_id = sandbox.x.create_group("1000", ["2001", "2002"])
     async with aiohttp.ClientSession() as session:
         body = {"conversation_id": conversation_id, "username": "alice", "text": "hello from X"}
@@ -135,8 +151,9 @@ async def test_reply_on_x_is_recorded_as_from_alice_with_a_note(sandbox: Sandbox
         state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the reply")
         [shown] = state["x"]["conversations"][0]["messages"]
         assert shown["sender"] == "alice" and not shown["you"]
-        assert "not relayed to Slack yet" in shown["note"]
-        assert state["messages"] == []  # nothing reached the channel
+        assert "posts it in Slack" in shown["note"]
+        # The group is not bridged to this channel, so the bridge keeps it out of Slack.
+        assert state["messages"] == []
 
         refused = {"conversation_id": conversation_id, "username": "carol", "text": "let me in"}
         status, answer = await call(session, sandbox, "/api/x/reply", refused)

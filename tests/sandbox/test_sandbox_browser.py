@@ -184,10 +184,12 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     )
     assert widths[0] <= widths[1] and widths[2] <= widths[1], widths
 
-    # Alice answers on X; it shows there, marked as not relayed yet.
+    # Alice answers on X; it shows there, and the bridge posts it in the channel as Alice.
     type_in(browser, "#x-input", "Hi, from X")
     reply = wait_for(browser, '#x-messages .x-message[data-sender="alice"]', "Hi, from X", "Alice's reply")
-    assert "not relayed to Slack yet" in reply.text
+    assert "posts it in Slack" in reply.text
+    relayed = wait_for(browser, "#slack-messages .msg.bot", "Hi, from X", "Alice's reply in the Slack pane")
+    assert "Alice (@alice)" in relayed.text
     assert all(
         step.get_attribute("class") == "step done" for step in browser.find_elements(By.CSS_SELECTOR, ".step")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from pathlib import Path
@@ -107,3 +108,58 @@ async def test_used_and_expired_states_are_refused_and_store_nothing(tmp_path: P
         async with bridge.session.get(authorize_url(ack.text)) as response:
             assert response.status == 400 and "expired" in await response.text()
         assert accounts(bridge) == [("U100", "1000")]
+
+
+async def test_flow_cookies_are_secure_behind_an_https_public_url(tmp_path: Path) -> None:
+    """Behind the platform's router the bridge itself is spoken to in plain http: the cookies
+    are Secure because PUBLIC_URL is https, not because of how the request arrived."""
+    async with running_bridge(tmp_path, env={"PUBLIC_URL": "https://bridge.example"}) as bridge:
+        ack, _ = await bridge.command("connect")
+        link = authorize_url(ack.text).replace("https://bridge.example", bridge.url)
+        async with aiohttp.ClientSession() as browser:  # keeps no Secure cookie over http
+            async with browser.get(link) as response:
+                page = await response.text()
+                [csrf_cookie] = response.headers.getall("Set-Cookie")
+            fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
+            async with browser.post(
+                f"{bridge.url}/x/connect",
+                data=fields,
+                headers={"Cookie": f"xdm_csrf={fields['csrf']}"},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 303
+                flow_cookie = next(c for c in response.headers.getall("Set-Cookie") if "xdm_flow_" in c)
+        for cookie, same_site in ((csrf_cookie, "Strict"), (flow_cookie, "Lax")):
+            attributes = {a.strip().split("=")[0].lower(): a for a in cookie.split(";")[1:]}
+            assert {"secure", "httponly", "path", "max-age"} <= attributes.keys(), cookie
+            assert attributes["samesite"].strip() == f"SameSite={same_site}", cookie
+
+
+async def test_another_flows_cookie_or_an_expired_flow_does_not_finish_it(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        # The attacker's own flow, confirmed in their browser: they hold its cookie's value.
+        attacker = aiohttp.ClientSession(cookie_jar=browser_cookies())
+        async with attacker:
+            ack, _ = await bridge.command("connect", user="U200")
+            await bridge.confirm(authorize_url(ack.text), attacker)
+            [own] = [c.value for c in attacker.cookie_jar if c.key.startswith("xdm_flow_")]
+            # The victim's flow: the attacker has its callback (a leaked URL) and renames their
+            # cookie to this flow's name.
+            ack, _ = await bridge.command("connect")
+            x_url = await bridge.confirm(authorize_url(ack.text))
+            async with bridge.session.get(x_url, allow_redirects=False) as response:
+                callback = response.headers["Location"]
+            state = re.search(r"state=([\w-]+)", callback)
+            assert state is not None
+            name = f"xdm_flow_{hashlib.sha256(state.group(1).encode()).hexdigest()[:16]}"
+            async with attacker.get(callback, headers={"Cookie": f"{name}={own}"}) as response:
+                page = await response.text()
+                # Refused on the cookie's value, not for want of a cookie.
+                assert response.status == 400 and "cannot be used" in page, page
+        assert accounts(bridge) == []
+        # The victim's own browser, after the flow's 10 minutes: refused too, nothing stored.
+        with sqlite3.connect(bridge.db_path) as db:
+            db.execute("UPDATE oauth_states SET expires_at = 0")
+        async with bridge.session.get(callback) as response:
+            assert response.status == 400 and "expired" in await response.text()
+        assert accounts(bridge) == [] and bridge.x.token_requests == []

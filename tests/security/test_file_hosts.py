@@ -78,6 +78,11 @@ async def test_slack_hosts_are_allowed(url: str) -> None:
         "https://evil.example/?files.slack.com",
         "ftp://files.slack.com/a.png",
         "https://[::1/a.png",
+        # The resolver stops at a NUL: this name is looked up as evil.example (TLS then refuses
+        # the name, but the request must not get that far).
+        "https://evil.example\x00.slack.com/a.png",
+        "https://evil.example;.slack.com/a.png",
+        "https://evil.example%2f.slack.com/a.png",
     ],
 )
 async def test_other_hosts_are_refused(url: str) -> None:

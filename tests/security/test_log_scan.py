@@ -147,3 +147,29 @@ def test_the_log_masks_configured_secrets_and_credential_shapes() -> None:
         logs._KNOWN[:] = []
     assert "a-configured-secret-value" not in line and "abc.DEF" not in line and "dGVzdC1j" not in line
     assert "Basic Information" in line
+
+
+def test_context_that_is_not_a_string_is_masked_too() -> None:
+    """A library's ``extra=`` may carry headers or an exception object: they are masked as
+    they are written out, not only when they arrive as strings."""
+    import logging
+
+    from adapters.web import logs
+
+    logs._KNOWN[:] = ["a-configured-secret-value"]
+    try:
+        record = logging.makeLogRecord(
+            {
+                "msg": "request failed",
+                "levelname": "WARNING",
+                "headers": {"Authorization": "Bearer abc.DEF-123", "X-Secret": "a-configured-secret-value"},
+                "error": ValueError("token xoxb-1-2-abcdef rejected"),
+                "tokens": ["a-configured-secret-value"],
+            }
+        )
+        lines = [logs.JsonFormatter().format(record), logs.TextFormatter().format(record)]
+    finally:
+        logs._KNOWN[:] = []
+    for line in lines:
+        assert "a-configured-secret-value" not in line and "abc.DEF" not in line, line
+        assert "xoxb-1-2" not in line, line

@@ -129,3 +129,22 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(
         writer.close()
         result, _ = await bridge.post("still fine")
         assert result.status == 200
+
+
+async def test_connections_trickling_a_body_cannot_shut_out_a_real_event(tmp_path: Path) -> None:
+    """A slow body (R.U.D.Y.): heads sent at once, bodies a byte at a time. At the connection
+    cap those are no more deserving than a slow head: a real event must still get in."""
+    async with running_bridge(tmp_path) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        guard = bridge.app[GUARD]
+        guard.max_connections = 4
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for _, writer in slow:
+            writer.write(b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            await writer.drain()
+        await wait_until(lambda: sum(c.head_done for c in guard.open) == 4, 5.0, "four heads in")
+        async with asyncio.timeout(SLACK_DEADLINE):  # what Slack allows, not a speed target
+            result, _ = await bridge.post("a real event")
+        assert result.status == 200, result.text
+        for _, writer in slow:
+            writer.transport.abort()

@@ -530,8 +530,10 @@ async def test_rate_limit_429(env: Env, shape: str) -> None:
     assert ok.headers["x-rate-limit-limit"] == "2" and ok.headers["x-rate-limit-remaining"] == "1"
     reset = int(ok.headers["x-rate-limit-reset"])
     assert reset == int(env.clock.now + 900)
-    assert ok.headers["x-user-limit-24hour-remaining"] == "999"
-    assert ok.headers["x-app-limit-24hour-remaining"] == "14999"
+    # X's documented limits today, the fake's defaults (NOTES §4.1).
+    assert ok.headers["x-user-limit-24hour-limit"] == "1440"
+    assert ok.headers["x-user-limit-24hour-remaining"] == "1439"
+    assert ok.headers["x-app-limit-24hour-remaining"] == "1439"
     # The three DM POST endpoints share the window.
     async with env.http.post(
         f"/2/dm_conversations/{one_to_one_id(ALICE, DAVE)}/messages", json={"text": "x"}, headers=headers

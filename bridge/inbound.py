@@ -1,0 +1,562 @@
+"""X → Slack: read what people answer on X and post it into the bridged channel.
+
+Two workers, one queue:
+- the *poller* reads ``GET /2/dm_events`` for each connected account (one request covers
+  all its conversations, groups included), newest first, paging back only until the last
+  event already taken; new events and the moved cursor are committed together, so a
+  restart neither reposts nor skips. Reads draw on the one read budget that delivery's
+  read-back also uses (``Budget.read``); the interval spreads what is left of the window
+  over the time left in it, faster while a conversation is busy, slower when idle or
+  when push delivers, and a read is never made that would provoke a 429.
+- the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
+  X sender, one channel head at a time (X's order), exactly once: the row is marked
+  ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
+  a row found ``posting`` later is looked up in the channel's history before any repost.
+  Slack's 429 holds the channel back (in order); nothing is dropped.
+
+Echoes never happen: events the bridge sent are recognised by the store (message map,
+or the outbox row still ``sending`` that text) and never posted; the Slack listener
+ignores bot posts, so what this module posts is never relayed to X.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bridge import translate
+from bridge.budget import Budget
+from bridge.errors import (
+    SlackError,
+    SlackRateLimited,
+    SlackRefused,
+    SlackTransient,
+    XAuthExpired,
+    XAuthRevoked,
+    XError,
+    XRateLimited,
+    XRefused,
+)
+from bridge.model import (
+    Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
+    InboxPage,
+    MappingKind,
+    XEvent,
+    XUser,
+)
+from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.tokens import TokenManager
+
+log = logging.getLogger("bridge.inbound")
+
+METADATA_TYPE = "xdm_bridge_inbound"  # Slack message metadata event_type of our posts
+HISTORY_SKEW = 120.0  # look this far before a post began when searching Slack's history
+MAX_USERNAME = 80  # Slack truncates longer usernames
+MAX_MEDIA_BYTES = 512 * 1024 * 1024  # X's largest DM media (video)
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    """Knobs, mostly for tests; the defaults are production values."""
+
+    page_size: int = 10  # max_results: X bills each event read, so keep pages small
+    max_pages: int = 5  # per poll; a longer gap is caught up on the next polls
+    reserve: int = 2  # reads left in each window for delivery's read-back and backfill
+    min_interval: float = 5.0
+    idle_interval: float = 180.0  # no new event for ``active_for``: poll at most this often
+    active_for: float = 600.0
+    push_interval: float = 900.0  # with push working, polling is only a safety net
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    backfill: int = 20
+
+
+def _backoff(attempts: int, base: float, cap: float) -> float:
+    step = min(cap, base * (2 ** max(0, attempts - 1)))
+    return random.uniform(step / 2, step)
+
+
+def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
+    if user is None:
+        return {"id": user_id, "username": "", "name": "", "avatar": ""}
+    return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
+
+
+def inbound_event(event: XEvent, users: dict[str, XUser], origin: str) -> InboundEvent:
+    """What the store keeps of an X event: everything posting it needs, nothing secret."""
+    payload: dict[str, Any] = {
+        "text": event.text,
+        "created_at": event.created_at,
+        "sender": _user_json(users.get(event.sender_id or ""), event.sender_id),
+    }
+    if event.media:
+        payload["media"] = [dict(m) for m in event.media]
+    if event.participant_ids:
+        payload["participants"] = [_user_json(users.get(p), p) for p in event.participant_ids]
+    if origin == "backfill":
+        payload["history"] = True
+    return InboundEvent(
+        dm_event_id=event.id,
+        kind=event.kind,
+        conversation_id=event.conversation_id,
+        sender_id=event.sender_id,
+        payload=payload,
+        origin=origin,
+    )
+
+
+def _handle(user: dict[str, Any]) -> str:
+    return f"@{user['username']}" if user.get("username") else f"X user {user.get('id')}"
+
+
+def render(item: InboundItem) -> tuple[str, str, str | None]:
+    """(text, username, icon_url) of the Slack post for one inbound row."""
+    payload = item.payload
+    sender = payload.get("sender") or {"id": item.sender_id}
+    name = str(sender.get("name") or "")
+    handle = _handle(sender)
+    username = f"{name} ({handle})" if name else handle
+    icon = str(sender.get("avatar") or "") or None
+    if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
+        who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
+        verb = "joined" if item.kind == "ParticipantsJoin" else "left"
+        return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
+    text = translate.to_slack(str(payload.get("text") or ""))
+    notes = []
+    if payload.get("from_self"):
+        notes.append("sent from X")
+    if payload.get("history"):
+        notes.append("history")
+    if payload.get("media_note"):
+        notes.append(str(payload["media_note"]))
+    if notes:
+        text = f"{text}\n_({'; '.join(notes)})_" if text else f"_({'; '.join(notes)})_"
+    return text or "(empty message)", username[:MAX_USERNAME], icon
+
+
+class Inbound:
+    """Owns the poller and the poster (both in the leader's process)."""
+
+    def __init__(
+        self,
+        store: Store,
+        x: XClient,
+        slack: SlackClient,
+        tokens: TokenManager,
+        budget: Budget,
+        clock: Clock,
+        config: InboundConfig | None = None,
+    ) -> None:
+        self._store = store
+        self._x = x
+        self._slack = slack
+        self._tokens = tokens
+        self._budget = budget
+        self._clock = clock
+        self._config = config or InboundConfig()
+        self._poll_wake = asyncio.Event()
+        self._post_wake = asyncio.Event()
+        self._stopping = False
+        self._next_poll: dict[int, float] = {}
+        self._last_activity: dict[int, float] = {}
+        self._has_groups: set[int] = set()  # accounts with a bridged group conversation
+        self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
+        self._busy: set[tuple[str, str]] = set()
+        # account -> {conversation whose history is wanted: when it was bridged}
+        self._backfills: dict[int, dict[str, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.push_active: Callable[[int], bool] = lambda account_id: False
+        self.heartbeat = 0.0
+        self.on_posted: Callable[[InboundItem], None] | None = None
+
+    # -- control -----------------------------------------------------------
+
+    def poll_soon(self, account_id: int | None = None) -> None:
+        """Read now (within budget): a mapping was made, an account connected."""
+        if account_id is None:
+            self._next_poll.clear()
+        else:
+            self._next_poll.pop(account_id, None)
+        self._poll_wake.set()
+
+    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel was just bridged to this conversation: post its history (what was written
+        before ``bridged_at``; the poller takes what comes after), once."""
+        if self._config.backfill > 0:
+            self._backfills.setdefault(account_id, {})[conversation_id] = bridged_at
+            self._poll_wake.set()
+
+    def wake(self) -> None:
+        """New rows are queued: post them."""
+        self._post_wake.set()
+
+    def next_poll_at(self, account_id: int) -> float | None:
+        return self._next_poll.get(account_id)
+
+    async def run(self) -> None:
+        """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
+        that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
+        self._stopping = False
+        await asyncio.gather(self._poll_loop(), self._post_loop())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking new work; posts cut off here stay ``posting`` and are checked on restart."""
+        self._stopping = True
+        self._poll_wake.set()
+        self._post_wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    # -- polling -----------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            self._poll_wake.clear()
+            try:
+                delay = await self._poll_due()
+            except Exception:
+                log.exception("inbound polling failed; retrying")
+                delay = self._config.min_interval
+            self.heartbeat = self._clock.now()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_wake.wait(), timeout=max(0.0, delay))
+
+    async def _poll_due(self) -> float:
+        """Poll every account that is due; return how long until the next one is."""
+        now = self._clock.now()
+        accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
+        self._has_groups = {
+            m.account_id
+            for m in await self._store.list_mappings()
+            # A group (one being created has no id yet); a linked group's id has no "-".
+            if m.kind is MappingKind.GROUP or (m.conversation_id and "-" not in m.conversation_id)
+        }
+        await asyncio.gather(*(self._backfill_account(a) for a in accounts if self._backfills.get(a.id)))
+        due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
+        await asyncio.gather(*(self._poll_account(a) for a in due))
+        upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
+        return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
+
+    async def _poll_account(self, account: Account) -> None:
+        try:
+            queued = await self.poll(account)
+            if queued:
+                self._last_activity[account.id] = self._clock.now()
+        except XRateLimited as exc:
+            log.info("DM reads wait for the budget", extra={"account_id": account.id, "until": exc.reset_at})
+            self._next_poll[account.id] = max(exc.reset_at, self._clock.now() + self._config.min_interval)
+            return
+        except (XAuthExpired, XAuthRevoked):
+            log.warning("cannot read DMs: the account needs reconnecting", extra={"account_id": account.id})
+            self._next_poll[account.id] = self._clock.now() + self._config.idle_interval
+            return
+        except XError as exc:
+            log.warning("reading DMs failed", extra={"account_id": account.id, "error": str(exc)})
+            self._next_poll[account.id] = self._clock.now() + self._config.min_interval * 4
+            return
+        self._next_poll[account.id] = self._clock.now() + self.interval(account.id)
+
+    def interval(self, account_id: int) -> float:
+        """Seconds to the next read: what is left of the window spread over the time left in it
+        (keeping ``reserve`` reads back), never faster than ``min_interval``; slower when idle,
+        slower still when push delivers (but polling never stops)."""
+        config = self._config
+        now = self._clock.now()
+        remaining, limit, reset_at = self._budget.reads_left(account_id, now)
+        spare = remaining - config.reserve
+        window = 15 * 60.0
+        if spare <= 0:
+            paced = (reset_at - now) if reset_at else window / max(1, limit - config.reserve)
+        elif reset_at:
+            paced = (reset_at - now) / spare
+        else:
+            paced = window / max(1, limit - config.reserve)
+        interval = max(config.min_interval, paced)
+        if now - self._last_activity.get(account_id, -1e18) > config.active_for:
+            interval = max(interval, config.idle_interval)
+        if self.push_active(account_id) and account_id not in self._has_groups:
+            # Push may miss group conversations (INBOUND.md §3): only without any is polling a
+            # mere safety net.
+            interval = max(interval, config.push_interval)
+        return interval
+
+    async def poll(self, account: Account) -> int:
+        """Read new events for one account and queue them; returns how many were queued."""
+        cursor = await self._store.get_cursor(account.id)
+        floor = int(cursor) if cursor and cursor.isdigit() else None
+        collected: list[XEvent] = []
+        users: dict[str, XUser] = {}
+        newest: str | None = None
+        token: str | None = None
+        reached = False
+        for _ in range(self._config.max_pages):
+            page = await self._read_page(account, token)
+            users.update(page.users)
+            for event in page.events:
+                if newest is None or int(event.id) > int(newest):
+                    newest = event.id
+                if floor is not None and int(event.id) <= floor:
+                    reached = True
+                    break
+                collected.append(event)
+            if reached or page.next_token is None or floor is None:
+                break
+            token = page.next_token
+        else:
+            log.warning(
+                "more new DM events than one poll reads; the rest come on the next polls",
+                extra={"account_id": account.id, "pages": self._config.max_pages},
+            )
+        if floor is None:
+            # The first read of an account sets the starting point: what was written since its
+            # first channel was bridged is new; anything older is history (backfill's job).
+            since = min(
+                (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
+                default=self._clock.now(),
+            )
+            collected = [e for e in collected if e.created_at is not None and e.created_at >= since]
+            # With no event at all yet, everything X shows later is new: "0" says "read before".
+            newest = newest or "0"
+            log.info("inbound cursor set", extra={"account_id": account.id, "newest": newest})
+        self._recent_new[account.id] = len(collected)
+        events = [inbound_event(e, users, "poll") for e in sorted(collected, key=lambda e: int(e.id))]
+        queued = await self._store.take_inbound(account.id, events, newest, self._clock.now())
+        if queued:
+            log.info("X events queued for Slack", extra={"account_id": account.id, "count": queued})
+            self.wake()
+        return queued
+
+    async def _read_page(self, account: Account, pagination_token: str | None) -> InboxPage:
+        # X bills every event returned and has no "since": ask for about as many as came last
+        # time, plus one to see the cursor, paging back (another read) only when all were new.
+        expected = self._recent_new.get(account.id, 0) + 1
+        size = (
+            max(2, min(self._config.page_size, expected))
+            if pagination_token is None
+            else self._config.page_size
+        )
+
+        async def call() -> tuple[InboxPage, Any]:
+            return await self._tokens.call(
+                account, lambda t: self._x.dm_events(t, max_results=size, pagination_token=pagination_token)
+            )
+
+        return await self._budget.read(account.id, self._clock.now, call, keep=self._config.reserve)
+
+    async def _backfill_account(self, account: Account) -> None:
+        """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
+        as history. Reads come from the reserve the poller leaves; a spent budget waits."""
+        wanted = self._backfills.get(account.id, {})
+        size = self._config.backfill
+        for conversation_id, bridged_at in sorted(wanted.items()):
+
+            async def call(conversation_id: str = conversation_id) -> tuple[InboxPage, Any]:
+                return await self._tokens.call(
+                    account,
+                    lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
+                )
+
+            try:
+                page = await self._budget.read(account.id, self._clock.now, call)
+            except XRateLimited as exc:
+                self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
+                return
+            except (XError, XAuthRevoked) as exc:
+                log.warning(
+                    "could not read a conversation's history",
+                    extra={"account_id": account.id, "conversation": conversation_id, "error": str(exc)},
+                )
+                wanted.pop(conversation_id, None)
+                continue
+            wanted.pop(conversation_id, None)
+            older = [
+                e for e in page.events if e.kind == "MessageCreate" and (e.created_at or 0.0) < bridged_at
+            ]
+            messages = sorted(older, key=lambda e: int(e.id))[-self._config.backfill :]
+            events = [inbound_event(e, page.users, "backfill") for e in messages]
+            queued = await self.take(account.id, events)
+            log.info(
+                "history queued for Slack",
+                extra={"account_id": account.id, "conversation": conversation_id, "count": queued},
+            )
+
+    async def take(self, account_id: int, events: list[InboundEvent]) -> int:
+        """Queue events that came some other way (push, backfill); returns how many were new."""
+        queued = await self._store.take_inbound(account_id, events, None, self._clock.now())
+        if queued:
+            self._last_activity[account_id] = self._clock.now()
+            self.wake()
+        return queued
+
+    # -- posting -----------------------------------------------------------
+
+    async def _post_loop(self) -> None:
+        while not self._stopping:
+            self._post_wake.clear()
+            try:
+                delay = await self._schedule()
+            except Exception:
+                log.exception("inbound posting failed; retrying")
+                delay = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._post_wake.wait(), timeout=max(0.0, delay))
+
+    async def _schedule(self) -> float:
+        now = self._clock.now()
+        wake_at = now + 30.0
+        for head in await self._store.inbound_heads():
+            key = (head.team_id, head.channel_id)
+            if key in self._busy:
+                continue
+            if head.next_attempt_at > now:
+                wake_at = min(wake_at, head.next_attempt_at)
+                continue
+            self._busy.add(key)
+            task = asyncio.create_task(self._drive(head), name=f"inbound-{head.channel_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return wake_at - now
+
+    async def _drive(self, item: InboundItem) -> None:
+        """Post the channel's head, then its next rows while they are due."""
+        key = (item.team_id, item.channel_id)
+        current: InboundItem | None = item
+        try:
+            while current is not None and not self._stopping:
+                current = await self._post(current)
+                if current is not None and current.next_attempt_at > self._clock.now():
+                    break
+        except Exception:
+            log.exception("inbound post failed", extra={"channel": item.channel_id})
+        finally:
+            self._busy.discard(key)
+            self._post_wake.set()
+
+    async def _post(self, item: InboundItem) -> InboundItem | None:
+        """Post one row exactly once; returns the channel's next row when this one is done."""
+        ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
+        if item.payload.get("from_self") and item.state is InboundState.QUEUED and await self._own_echo(item):
+            return None
+        try:
+            item = await self._bring_media(item)
+            if item.state is InboundState.POSTING:
+                since = (item.posting_since or item.created_at) - HISTORY_SKEW
+                found = await self._slack.find_posted(item.team_id, item.channel_id, item.dm_event_id, since)
+                if found is not None:
+                    log.info("already in Slack: not posting again", extra=ids)
+                    return await self._posted(item, found)
+            claimed = await self._store.mark_posting(item.id, self._clock.now())
+            if claimed is None:
+                return None
+            text, username, icon = render(claimed)
+            metadata = {"event_type": METADATA_TYPE, "event_payload": {"dm_event_id": item.dm_event_id}}
+            ts = await self._slack.post_as(
+                item.team_id, item.channel_id, text, username=username, icon_url=icon, metadata=metadata
+            )
+        except SlackRateLimited as exc:
+            # A 429 means Slack did not post it: the row (and the channel behind it) waits.
+            until = self._clock.now() + max(1.0, exc.retry_after)
+            log.warning(
+                "Slack rate limit: holding the channel", extra={**ids, "retry_after": exc.retry_after}
+            )
+            await self._store.reschedule_inbound(item.id, InboundState.QUEUED, until, str(exc))
+            await self._store.hold_channel(item.team_id, item.channel_id, until)
+            return None
+        except SlackTransient as exc:
+            # It may have been posted: stay "posting" so the history is checked before a retry.
+            delay = _backoff(item.attempts + 1, self._config.retry_base, self._config.retry_cap)
+            log.warning("Slack post failed for now", extra={**ids, "error": str(exc)})
+            await self._store.reschedule_inbound(
+                item.id, InboundState.POSTING, self._clock.now() + delay, str(exc)
+            )
+            return None
+        except SlackRefused as exc:
+            # The bot left the channel, say: keep it, retry slowly (nothing accepted is dropped).
+            delay = self._config.retry_cap
+            log.warning("Slack refused the post", extra={**ids, "error": str(exc)})
+            await self._store.reschedule_inbound(
+                item.id, InboundState.QUEUED, self._clock.now() + delay, str(exc)
+            )
+            return None
+        return await self._posted(item, ts)
+
+    async def _own_echo(self, item: InboundItem) -> bool:
+        """A DM the connected account sent: from X itself (post it), or one of ours whose send is
+        still being settled (X rewrites links, so its text need not match the outbox)? While
+        the channel has a send in doubt, wait; then the message map decides."""
+        summary = await self._store.outbox_summary(item.team_id, item.channel_id)
+        if summary["counts"].get("sending"):
+            until = self._clock.now() + max(self._config.retry_base, 0.5)
+            await self._store.reschedule_inbound(
+                item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
+            )
+            return True
+        if await self._store.known_event_ids([item.dm_event_id]):
+            log.info("our own DM read back: not posted", extra={"dm_event_id": item.dm_event_id})
+            await self._store.reschedule_inbound(
+                item.id, InboundState.SKIPPED, 0.0, "relayed from Slack by the bridge"
+            )
+            self._post_wake.set()
+            return True
+        return False
+
+    async def _bring_media(self, item: InboundItem) -> InboundItem:
+        """Fetch each attachment from X and share it into the channel, once (progress is kept in
+        the row). One that cannot be brought over is noted; the text goes anyway."""
+        payload = dict(item.payload)
+        media = [m for m in payload.get("media") or [] if isinstance(m, dict)]
+        done = list(payload.get("media_done") or [])
+        failed = list(payload.get("media_failed") or [])
+        pending = [m for m in media if str(m.get("media_key")) not in done + failed]
+        if not pending:
+            return item
+        account = await self._tokens.account(item.account_id)
+        sender = payload.get("sender") or {}
+        for entry in pending:
+            key = str(entry.get("media_key"))
+            url = str(entry.get("url") or "")
+            try:
+                if account is None:
+                    raise XRefused("the X account was disconnected")
+                data = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+                if len(data) > MAX_MEDIA_BYTES:
+                    raise XRefused("the attachment is too large")
+                name = url.rsplit("/", 1)[-1] if url else f"{key}.bin"
+                title = f"From {_handle(sender)} on X" if sender else "From X"
+                await self._slack.upload_file(item.team_id, item.channel_id, name, data, title=title)
+                done.append(key)
+            except SlackRateLimited:
+                raise
+            except (XError, XAuthRevoked, SlackError) as exc:
+                log.warning(
+                    "an X attachment could not be brought over",
+                    extra={"channel": item.channel_id, "dm_event_id": item.dm_event_id, "error": str(exc)},
+                )
+                failed.append(key)
+            # Progress is kept after each file, so a retry never uploads one twice.
+            payload.update(media_done=done, media_failed=failed)
+            if failed:
+                many = "attachments" if len(failed) > 1 else "an attachment"
+                payload["media_note"] = f"{many} could not be brought over from X"
+            await self._store.set_inbound_payload(item.id, payload)
+        return replace(item, payload=payload)
+
+    async def _posted(self, item: InboundItem, ts: str) -> InboundItem | None:
+        following = await self._store.mark_posted(item.id, ts, self._clock.now())
+        log.info("posted to Slack", extra={"channel": item.channel_id, "dm_event_id": item.dm_event_id})
+        if self.on_posted is not None:
+            self.on_posted(item)
+        return following

@@ -1,0 +1,93 @@
+"""X → Slack through SIGKILL: the real `xdm-bridge serve` killed mid-read and mid-post."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from adapters.sandbox.fake_x import FakeX
+from bridge.inbound import METADATA_TYPE
+from tests.harness import ALICE, ME, wait_until
+from tests.process.support import world
+
+CONVERSATION = f"{ME}-{ALICE}"
+FAST = {"INBOUND_POLL_SECONDS": "0.2", "X_TIMEOUT_SECONDS": "30"}
+
+
+def channel(x: FakeX) -> dict[str, str]:
+    x.window_read_seconds = 2.0  # X's read window, shortened: the bridge paces by its headers
+    x.enforce_read_limit = True
+    return {"C100": CONVERSATION}
+
+
+def states(db_path: Path) -> list[str]:
+    return [r[0] for r in sqlite3.connect(db_path).execute("SELECT state FROM inbound ORDER BY seq")]
+
+
+def texts(posts: list[dict[str, Any]]) -> list[str]:
+    return [m["text"] for m in posts if (m.get("metadata") or {}).get("event_type") == METADATA_TYPE]
+
+
+async def test_sigkill_mid_read_then_restart_posts_everything_once_in_order(tmp_path: Path) -> None:
+    async with world(tmp_path, channel, **FAST) as w:
+        server = w.server(tmp_path / "server.log")
+        await server.start(w.url, w.session)
+        await wait_until(
+            lambda: sqlite3.connect(w.db_path).execute("SELECT 1 FROM cursors").fetchone() is not None,
+            20,
+            "the first read",
+        )
+        for i in range(3):
+            w.x.add_event(CONVERSATION, ALICE, f"before {i}")
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 3, 20, "three posts")
+        # The next read hangs at X; the process dies while it is in flight.
+        w.x.timeout_seconds = 30.0
+        w.x.inject("timeout", path_contains="/2/dm_events")
+        for i in range(3):
+            w.x.add_event(CONVERSATION, ALICE, f"during {i}")
+        await wait_until(lambda: any(k == "timeout" for k, _ in w.x.faults_served), 20, "a read in flight")
+        await server.kill()
+        await server.start(w.url, w.session)
+        w.x.add_event(CONVERSATION, ALICE, "after")
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 7, 30, "all seven posts")
+        await asyncio.sleep(1.0)  # room for a duplicate to show up
+        assert await server.terminate() == 0
+        assert texts(w.slack.posted("C100")) == [
+            *(f"before {i}" for i in range(3)),
+            *(f"during {i}" for i in range(3)),
+            "after",
+        ]
+        assert w.x.read_rate_limited_count == 0
+
+
+async def test_sigkill_mid_post_to_slack_then_restart_does_not_post_twice(tmp_path: Path) -> None:
+    async with world(tmp_path, channel, **FAST) as w:
+        server = w.server(tmp_path / "server.log")
+        await server.start(w.url, w.session)
+        await wait_until(
+            lambda: sqlite3.connect(w.db_path).execute("SELECT 1 FROM cursors").fetchone() is not None,
+            20,
+            "the first read",
+        )
+        gate = w.slack.hold("chat.postMessage")
+        w.x.add_event(CONVERSATION, ALICE, "exactly once")
+        await wait_until(lambda: states(w.db_path) == ["posting"], 20, "a post in flight")
+        await server.kill()
+        gate.set()  # Slack carries out the post the dead process sent
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 1, 10, "Slack's copy")
+        w.slack.calls.clear()
+        await server.start(w.url, w.session)
+        w.x.add_event(CONVERSATION, ALICE, "and then this")
+        await wait_until(lambda: states(w.db_path) == ["posted", "posted"], 30, "both rows settled")
+        await asyncio.sleep(0.5)
+        assert await server.terminate() == 0
+        assert texts(w.slack.posted("C100")) == ["exactly once", "and then this"]
+        # After the restart it looked in the channel's history instead of posting again.
+        assert [
+            c.method for c in w.slack.calls if c.method in ("conversations.history", "chat.postMessage")
+        ] == [
+            "conversations.history",
+            "chat.postMessage",
+        ]
