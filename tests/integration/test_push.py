@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import pytest
 
 from adapters.ops import doctor, webhook
 from adapters.sandbox.fake_x import FakeX, sign
@@ -15,6 +16,8 @@ from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, ME, Bridge, free_port, linked, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 # Polling as a safety net only every few seconds once push works, so a post that arrives
 # quickly came by push.
@@ -41,17 +44,17 @@ async def pushing(
         await x.wait_pushes()
 
 
-def origins(bridge: Bridge) -> dict[str, str]:
-    rows = sqlite3.connect(bridge.db_path).execute(
-        "SELECT dm_event_id, origin FROM inbound WHERE state = 'posted'"
-    )
-    return dict(rows.fetchall())
+async def origins(bridge: Bridge) -> dict[str, str]:
+    return dict(await bridge.sql("SELECT dm_event_id, origin FROM inbound WHERE state = 'posted'"))
 
 
 async def settled(bridge: Bridge, count: int) -> dict[str, str]:
     """How the posted events came in, once ``count`` rows are marked posted."""
-    await wait_until(lambda: len(origins(bridge)) >= count, 10, f"{count} rows posted")
-    return origins(bridge)
+    for _ in range(1000):
+        if len(found := await origins(bridge)) >= count:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {count} rows posted")
 
 
 async def subscribed(bridge: Bridge) -> None:
@@ -145,9 +148,9 @@ async def test_a_forged_push_is_refused_and_nothing_is_posted(tmp_path: Path) ->
                 assert response.status == 401
         await asyncio.sleep(0.3)
         assert posts(bridge) == []
-        assert sqlite3.connect(bridge.db_path).execute(
-            "SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'"
-        ).fetchone() == (0,)
+        assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'") == [
+            (0,)
+        ]
 
 
 async def test_what_was_pushed_while_the_bridge_was_down_is_replayed(tmp_path: Path) -> None:
