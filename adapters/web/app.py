@@ -240,6 +240,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             worker.wake()
             wake_inbound(poll=True)
 
+        leaders_inbound = _LeadersInbound(inbound, worker, store)
+
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
         metrics.bind(store, budget, clock)
@@ -253,7 +255,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
             on_mapped=mapped,
-            inbound=inbound,
+            inbound=leaders_inbound,
             connections=connect,
             connect_page=f"{settings.public_url}{CONNECT_PATH}",
             permissions=Permissions(
@@ -333,12 +335,17 @@ def _worker(
         pg_store.announce = True
 
     def inbound_notified(what: str) -> None:
-        # A standby queued pushed events (wake the poster) or saw a connect or a mapping (read soon).
+        # A standby queued pushed events (wake the poster), saw a connect or a mapping (read
+        # soon), or linked a channel whose history is wanted.
         inbound.wake()
         if what == "poll":
             inbound.poll_soon()
             if push is not None:
                 push.recheck()
+        elif what.startswith(BACKFILL + " "):
+            with contextlib.suppress(ValueError):
+                _, account_id, bridged_at, conversation_id = what.split(" ", 3)
+                inbound.backfill(int(account_id), conversation_id, float(bridged_at))
 
     worker: Worker
     leadership = Leadership(
@@ -356,6 +363,33 @@ def _worker(
         jobs=tuple(jobs),
     )
     return worker
+
+
+BACKFILL = "backfill"  # NOTIFY payload: "backfill <account id> <bridged at> <conversation id>"
+
+
+class _LeadersInbound:
+    """``Inbound`` as commands see it on any instance: history a standby's `/xdm link` wants is
+    read by the leader (told by NOTIFY), since only the leader reads X."""
+
+    def __init__(self, inbound: Inbound, worker: Worker, store: AnyStore) -> None:
+        self._inbound = inbound
+        self._worker = worker
+        self._store = store
+
+    def push_active(self, account_id: int) -> bool:
+        return self._inbound.push_active(account_id)
+
+    def next_poll_at(self, account_id: int) -> float | None:
+        return self._inbound.next_poll_at(account_id)
+
+    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        store = self._store
+        if self._worker.current is not None or not isinstance(store, PostgresStore):
+            self._inbound.backfill(account_id, conversation_id, bridged_at)
+            return
+        what = f"{BACKFILL} {account_id} {bridged_at!r} {conversation_id}"
+        self._worker.pass_on(lambda: store.notify_inbound(what))
 
 
 def _push_job(push: Push) -> Job:

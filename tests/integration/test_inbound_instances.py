@@ -11,6 +11,7 @@ import pytest
 from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
 from adapters.web.app import SERVICES
+from bridge.inbound import InboundConfig
 from tests.harness import ALICE, ME, running_bridge
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
 from tests.integration.test_push import PUSHED, push_env, pushing, settled, subscribed
@@ -43,3 +44,26 @@ async def test_a_push_the_standby_takes_is_posted_by_the_leader_at_once(tmp_path
             assert posts(standby) == []  # the standby never posts
             assert standby.app[SERVICES].worker.role == "standby"
             assert standby.app[SERVICES].worker.current is None  # no delivery, no poller, no upkeep
+
+
+async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path: Path) -> None:
+    config = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
+    x, key = FakeX(), generate_key()
+    env = {"BRIDGE_ENCRYPTION_KEY": key}
+    async with running_bridge(tmp_path / "a", inbound=config, env=env, fake_x=x) as leader:
+        for i in range(5):
+            x.add_event(CONVERSATION, ALICE, f"old {i}")
+        async with running_bridge(tmp_path / "b", inbound=config, env=env, fake_x=x) as standby:
+            assert standby.app[SERVICES].worker.role == "standby"
+            await standby.connect()
+            await standby.map_link(CONVERSATION)  # the standby's command: only the leader reads X
+            await wait_posts(leader, 3)
+            x.add_event(CONVERSATION, ALICE, "new")
+            await wait_posts(leader, 4)
+            assert [m["text"] for m in posts(leader)] == [
+                "old 2\n_(history)_",
+                "old 3\n_(history)_",
+                "old 4\n_(history)_",
+                "new",
+            ]
+            assert posts(standby) == []
