@@ -456,7 +456,7 @@ class PostgresStore:
 
     async def notify_inbound(self, what: str = "") -> None:
         """Wake the leader's inbound worker now; ``what`` names a wake-up beyond "rows are queued"
-        (``poll``: an account connected or a channel was mapped, read X soon)."""
+        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push)."""
         payload = f"{self.instance_id}:{what}" if what else self.instance_id
         await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 

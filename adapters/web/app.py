@@ -198,7 +198,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
             worker.wake()
-            wake_inbound(poll=True, account_id=account.id)
+            wake_inbound(connected=True, account_id=account.id)
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -227,18 +227,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         worker = _worker(store, make_delivery, budget, clock, inbound, push)
 
-        def wake_inbound(*, poll: bool, account_id: int | None = None) -> None:
-            """Here if this instance leads; else passed on to the leader (PostgreSQL)."""
+        def wake_inbound(*, connected: bool, account_id: int | None = None) -> None:
+            """Read X soon (and, for a new connection, subscribe it to push): here if this
+            instance leads, else passed on to the leader (PostgreSQL)."""
             if worker.current is not None or not isinstance(store, PostgresStore):
                 inbound.poll_soon(account_id)
-                if push is not None:
+                if connected and push is not None:
                     push.recheck()
             else:
-                worker.pass_on(lambda: store.notify_inbound("poll" if poll else ""))
+                worker.pass_on(lambda: store.notify_inbound("connected" if connected else "poll"))
 
         def mapped() -> None:
             worker.wake()
-            wake_inbound(poll=True)
+            wake_inbound(connected=False)
 
         leaders_inbound = _LeadersInbound(inbound, worker, store)
 
@@ -338,10 +339,10 @@ def _worker(
         # A standby queued pushed events (wake the poster), saw a connect or a mapping (read
         # soon), or linked a channel whose history is wanted.
         inbound.wake()
-        if what == "poll":
+        if what in ("poll", "connected"):
             inbound.poll_soon()
-            if push is not None:
-                push.recheck()
+        if what == "connected" and push is not None:
+            push.recheck()
         elif what.startswith(BACKFILL + " "):
             with contextlib.suppress(ValueError):
                 _, account_id, bridged_at, conversation_id = what.split(" ", 3)
