@@ -56,6 +56,7 @@ NOW = "extract(epoch from clock_timestamp())::double precision"
 OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
 INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
 REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
+INBOUND_LOCK = 0x786E  # pg_advisory_xact_lock(INBOUND_LOCK, account id): one inbound take per account
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -1025,6 +1026,10 @@ class PostgresStore:
         leader's poster with a ``NOTIFY`` on ``INBOUND_CHANNEL`` at commit."""
         queued = 0
         async with self._tx() as conn:
+            # One take per account at a time, in the order they came (PostgreSQL queues lock
+            # requests): as the SQLite store's single writer, so pushes delivered one after the
+            # other are not committed out of X's order by two pool connections racing.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", INBOUND_LOCK, account_id)
             own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
             for event in events:
                 queued += await self._take_one(conn, account_id, own_id, event, now)

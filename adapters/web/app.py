@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -121,6 +121,9 @@ class Services:
     started_at: float
     verifier: SignatureVerifier
     slack_auth: SlackAuthorization
+    # Pushes are taken one at a time, in the order they arrived: X's order within a channel
+    # survives a store whose calls could otherwise finish in any order (PostgreSQL's pool).
+    taking_pushes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -447,7 +450,8 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     except x_push.MalformedDelivery as exc:
         log.info("X push not understood; ignored", extra={"reason": str(exc)})
         return web.json_response({"error": "malformed delivery"}, status=400)
-    queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    async with services.taking_pushes:
+        queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
     log.info(
         "X push taken",
         extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from adapters.ops import doctor, webhook
 from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
+from adapters.web.app import SERVICES
 from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, ME, Bridge, free_port, linked, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
@@ -70,6 +72,14 @@ async def subscribed(bridge: Bridge) -> None:
     )
     [webhook] = bridge.x.webhooks.values()
     assert webhook["valid"] and webhook["url"] == f"{bridge.url}/x/webhook"
+    # A read scheduled before push was active may still come within the idle interval and race
+    # the push of a new event: wait until the poller has slowed down to its safety-net pace.
+    inbound = bridge.app[SERVICES].inbound
+    await wait_until(
+        lambda: (inbound.next_poll_at(1) or 0.0) > time.time() + PUSHED.push_interval / 2,
+        10,
+        "polling slowed to a safety net",
+    )
 
 
 async def test_crc_answers_with_the_hmac_of_the_token(tmp_path: Path) -> None:
