@@ -166,7 +166,8 @@ async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pag
             if request.method == "POST" and request.path.endswith("/messages"):
                 for i in range(150):  # our lost DM ends up on the second page
                     bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
-            elif request.method == "GET" and request.path.endswith("/dm_events"):
+            elif request.method == "GET" and request.path.startswith("/2/dm_conversations/"):
+                # Delivery's read-back of the conversation; the inbound poller reads /2/dm_events.
                 assert isinstance(response, web.Response) and isinstance(response.body, bytes)
                 if "pagination_token" not in request.query:
                     first_page.append(response.body)
