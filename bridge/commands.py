@@ -12,12 +12,12 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlencode
 
 from bridge.budget import Budget
 from bridge.connect import ConnectService, held_notice
 from bridge.errors import CommandError, XAuthRevoked, XError
-from bridge.inbound import Inbound
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
@@ -201,6 +201,14 @@ def parse(text: str) -> Command:
 # -- carrying out ----------------------------------------------------------------
 
 
+class InboundControl(Protocol):
+    """What commands ask of X → Slack: ``Inbound``, or whatever passes it on to the leader."""
+
+    def push_active(self, account_id: int) -> bool: ...
+    def next_poll_at(self, account_id: int) -> float | None: ...
+    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """Who ran the command, where, and where to answer later."""
@@ -241,7 +249,7 @@ class CommandService:
         permissions: Permissions | None = None,
         connections: ConnectService | None = None,
         connect_page: str = "",
-        inbound: Inbound | None = None,
+        inbound: InboundControl | None = None,
     ) -> None:
         """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
         then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""

@@ -203,7 +203,9 @@ class Inbound:
         return self._next_poll.get(account_id)
 
     async def run(self) -> None:
-        """Both loops; returns when ``stop`` is called."""
+        """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
+        that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
+        self._stopping = False
         await asyncio.gather(self._poll_loop(), self._post_loop())
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -324,6 +324,11 @@ class Store(Protocol):
 
     async def ping(self) -> bool: ...
 
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
+        so across every instance sharing the store only one refresh per account may run at a time."""
+        ...
+
 
 class XClient(Protocol):
     """X API v2, user context. Raises the ``XError`` family; ``facts`` carry rate-limit headers."""

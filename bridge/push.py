@@ -75,7 +75,9 @@ class Push:
         self._recheck.set()
 
     async def run(self) -> None:
-        """Set up, replay the downtime, then re-check hourly until ``stop``."""
+        """Set up, replay the downtime, then re-check hourly until ``stop``. May run again after
+        ``stop`` (an instance that leads again on PostgreSQL)."""
+        self._stop.clear()
         started = self._clock.now()
         await self.ensure()
         with contextlib.suppress(XError, XAuthRevoked):

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from bridge.errors import ConfigError
 from bridge.translate import render_parts
@@ -42,6 +42,10 @@ class Settings:
     x_bearer_token: str | None = field(default=None, repr=False)
     port: int = 3000
     database_path: str = "bridge.db"
+    # PostgreSQL when set (it may hold a password, so it stays out of ``repr``); SQLite otherwise.
+    database_url: str | None = field(default=None, repr=False)
+    # SQLite only: serve restores from and replicates to this Litestream replica.
+    litestream_replica_url: str | None = field(default=None, repr=False)
     slack_api_url: str = "https://slack.com/api/"
     public_url: str | None = None
     x_api_url: str = "https://api.x.com"
@@ -247,6 +251,33 @@ class _Reader:
                 )
         return keys
 
+    def database_url(self) -> str | None:
+        raw = self.get("DATABASE_URL")
+        if raw is None:
+            return None
+        problem = database_url_problem(raw)
+        if problem:
+            self.problems.append(problem)
+            return None
+        return raw
+
+    def litestream_replica_url(self) -> str | None:
+        raw = self.get("LITESTREAM_REPLICA_URL")
+        if raw is None:
+            return None
+        if "://" not in raw:
+            self.problems.append(
+                f"LITESTREAM_REPLICA_URL={raw!r} is not a replica URL (s3://bucket/path, file:///path, …)"
+            )
+            return None
+        if self.get("DATABASE_URL"):
+            self.problems.append(
+                "LITESTREAM_REPLICA_URL replicates the SQLite file, but DATABASE_URL selects PostgreSQL: "
+                "unset one of them"
+            )
+            return None
+        return raw
+
     def relay_format(self) -> str:
         fmt = self.get("RELAY_FORMAT") or DEFAULT_RELAY_FORMAT
         # Render a sample with the worker's own code: what passes here renders every message.
@@ -282,6 +313,8 @@ class _Reader:
             encryption_keys=keys,
             port=self.integer("PORT", 3000, low=1, high=65535),
             database_path=self.get("DATABASE_PATH") or "bridge.db",
+            database_url=self.database_url(),
+            litestream_replica_url=self.litestream_replica_url(),
             slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
             public_url=public_url,
             x_api_url=x_api_url,
@@ -352,6 +385,46 @@ def _is_fernet_key(key: str) -> bool:
         return len(base64.urlsafe_b64decode(key.encode())) == 32
     except (binascii.Error, ValueError):
         return False
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``DATABASE_URL`` cannot be used, or None (the line names the variable, never the password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return (
+            "DATABASE_URL must be a postgres:// or postgresql:// URL "
+            "(leave it unset to keep SQLite at DATABASE_PATH)"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        return "DATABASE_URL names no host"
+    sslmode = parse_qs(parts.query).get("sslmode", [None])[0]
+    if sslmode is not None and sslmode not in SSL_MODES:
+        return f"DATABASE_URL sslmode={sslmode!r} must be one of: {', '.join(SSL_MODES)}"
+    return None
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """Just ``DATABASE_URL`` (None: SQLite), for commands that need nothing else; ConfigError if unusable."""
+    source = os.environ if env is None else env
+    raw = source.get("DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    problem = database_url_problem(raw)
+    if problem:
+        raise ConfigError(problem)
+    return raw
+
+
+def redacted(url: str) -> str:
+    """A database URL fit for logs: the password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def database_path(env: Mapping[str, str] | None = None) -> str:

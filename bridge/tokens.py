@@ -2,7 +2,9 @@
 
 X access tokens live two hours and refresh tokens rotate: each refresh returns
 a new one and the old one stops working. So refreshes are serialised per
-account (one ``asyncio.Lock`` each), the account is re-read under the lock, and
+account (one ``asyncio.Lock`` each in this process, and the store's
+``refresh_lock`` across instances sharing a database), the account is re-read
+under the lock, and
 the new pair is saved before the access token is used: a crash after X rotated
 the token but before we saved it is the only way to lose it.
 
@@ -77,7 +79,7 @@ class TokenManager:
             raise XAuthRevoked("the X account needs to be reconnected")
         if self._fresh(account):
             return account.tokens.access_token
-        async with self._lock(account.id):
+        async with self._lock(account.id), self._store.refresh_lock(account.id):
             current = await self._reload(account)
             if self._fresh(current):
                 return current.tokens.access_token
@@ -111,7 +113,7 @@ class TokenManager:
 
     async def after_unauthorized(self, account: Account, rejected: str) -> str:
         """X said 401 to ``rejected``: refresh once (unless someone already has) and return the new token."""
-        async with self._lock(account.id):
+        async with self._lock(account.id), self._store.refresh_lock(account.id):
             current = await self._reload(account)
             if current.tokens.access_token != rejected:
                 return current.tokens.access_token

@@ -29,6 +29,7 @@ from bridge.delivery import DeliveryConfig
 from bridge.inbound import InboundConfig
 from bridge.ports import Clock
 from bridge.settings import Settings
+from tests import pg
 
 SIGNING_SECRET = "test-signing-secret"
 TEAM = "T0001"
@@ -45,6 +46,11 @@ FAST_INBOUND = InboundConfig(
     min_interval=0.05, idle_interval=0.2, push_interval=1.0, retry_base=0.05, retry_cap=0.5, backfill=0
 )
 READ_WINDOW = 2.0
+
+
+# The database every bridge started here uses: empty for SQLite at the test's DATABASE_PATH, or
+# {"DATABASE_URL": …} (the ``on_both_stores`` fixture sets it for the tests that run on both).
+DATABASE_ENV: dict[str, str] = {}
 
 
 def free_port() -> int:
@@ -71,6 +77,7 @@ def bridge_env(db_path: Path, x_url: str, slack_api_url: str, port: int, **extra
         "X_TIMEOUT_SECONDS": "2",
         "LOG_FORMAT": "text",
     }
+    env.update(DATABASE_ENV)
     env.update(extra)
     return env
 
@@ -164,6 +171,10 @@ class Bridge:
 
     async def wait_dms(self, count: int, timeout: float = 10.0) -> None:
         await wait_until(lambda: len(self.x.events) >= count, timeout, f"{count} DMs at X")
+
+    async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Plain SQL (``?`` placeholders) on the bridge's database, whichever store it runs on."""
+        return await pg.query(self.settings.database_url or str(self.db_path), query, *params)
 
     def texts(self, conversation_id: str | None = None) -> list[str]:
         events = self.x.events if conversation_id is None else self.x.messages_in(conversation_id)

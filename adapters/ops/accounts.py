@@ -14,8 +14,7 @@ import time
 import aiohttp
 
 from adapters.slack.api import SlackApi, web_client
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import make_store
 from adapters.x.api import XApiClient
 from adapters.x.oauth import XOAuthClient
 from bridge.connect import OPERATOR, ConnectService, Disconnected
@@ -36,7 +35,7 @@ async def disconnect(settings: Settings, account_id: int) -> Disconnected:
 
     The database must exist (the caller checks: a typo must not create an empty one).
     """
-    store = SqliteStore(settings.database_path, TokenCipher(settings.encryption_keys))
+    store = make_store(settings)  # SQLite, or PostgreSQL with DATABASE_URL
     await store.open()
     try:
         async with aiohttp.ClientSession() as session:

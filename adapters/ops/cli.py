@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -27,7 +28,14 @@ from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError, StoreUnavailable
-from bridge.settings import Settings, database_path, encryption_keys
+from bridge.settings import (
+    Settings,
+    database_path,
+    database_url,
+    database_url_problem,
+    encryption_keys,
+    redacted,
+)
 from migrations import migrations
 
 log = logging.getLogger("adapters.ops.cli")
@@ -56,12 +64,20 @@ def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
     return check_keys(db, TokenCipher(keys)).problem()
 
 
-def _stop_on_key_problem(path: str, keys: Sequence[str] | None) -> None:
-    db = open_database(path)
-    try:
-        problem = _key_problem(db, keys)
-    finally:
-        db.close()
+def _stop_on_key_problem(settings: Settings) -> None:
+    if settings.database_url:
+        from adapters.ops import pg_admin
+        from adapters.store import postgres
+
+        asyncio.run(postgres.migrate(settings.database_url))
+        with pg_admin.connect(settings.database_url) as pg_db:
+            problem = _key_problem(pg_db, settings.encryption_keys)
+    else:
+        db = open_database(settings.database_path)
+        try:
+            problem = _key_problem(db, settings.encryption_keys)
+        finally:
+            db.close()
     if problem is not None:
         print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
@@ -71,18 +87,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the web process (migrations first)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets)
+    if settings.litestream_replica_url and not args.replicated:
+        return _serve_under_litestream(args, settings)
+    from adapters.store.sqlite import DatabaseInUse, single_instance
     from adapters.web import edge
     from adapters.web.app import create_app
 
     # Bound before anything else starts: a port in use must not first open the database
     # and start a delivery worker beside the process that holds the port.
     sock = _listen(args.host, settings.port)
+    guard = contextlib.nullcontext() if settings.database_url else single_instance(settings.database_path)
     try:
-        # Before anything listens: a key that cannot open the stored tokens must not look healthy.
-        _stop_on_key_problem(settings.database_path, settings.encryption_keys)
-        # A wrong or revoked bot token is a configuration error, not an outage to wait out.
-        _stop_on_slack_refusal(settings)
-        edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
+        with guard:
+            # Before anything listens: a key that cannot open the stored tokens must not look healthy.
+            _stop_on_key_problem(settings)
+            # A wrong or revoked bot token is a configuration error, not an outage to wait out.
+            _stop_on_slack_refusal(settings)
+            edge.serve(create_app(settings), sock=sock, shutdown_timeout=10.0)
+    except DatabaseInUse as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreUnavailable as exc:
         return _operator_error(str(exc))
     return EXIT_OK
@@ -94,6 +118,20 @@ def _stop_on_slack_refusal(settings: Settings) -> None:
     refusal = asyncio.run(token_refusal(settings.bot_token, settings.slack_api_url))
     if refusal is not None:
         raise SystemExit(_operator_error(f"SLACK_BOT_TOKEN: Slack refuses it ({refusal}); {TOKEN_FIX}"))
+
+
+def _serve_under_litestream(args: argparse.Namespace, settings: Settings) -> int:
+    """Restore the SQLite file if missing, then become `litestream replicate -exec "serve"`."""
+    from adapters.ops import litestream
+
+    assert settings.litestream_replica_url is not None
+    try:
+        litestream.restore_if_missing(settings.database_path, settings.litestream_replica_url)
+        serve = [sys.executable, "-m", "bridge", "serve", "--host", args.host, "--replicated"]
+        litestream.exec_replicating(settings.database_path, settings.litestream_replica_url, serve)
+    except (litestream.LitestreamError, OSError) as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -122,6 +160,26 @@ def _operator_error(problem: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit (`serve` applies them too, as it starts)."""
     setup_logging("INFO", "text")
+    url = _database_url()
+    if url is not None:
+        import asyncpg
+
+        from adapters.ops import pg_admin
+        from adapters.store import postgres
+
+        try:
+            asyncio.run(postgres.migrate(url))
+            # The release phase stops here when the key cannot open the stored secrets.
+            with pg_admin.connect(url) as pg_db:
+                problem = _key_problem(pg_db, None)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if problem is not None:
+            print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"database {redacted(url)} is up to date")
+        return EXIT_OK
     path = database_path()
     existed = os.path.exists(path)
     try:
@@ -142,6 +200,44 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"created database {path} at version {version}")
     return EXIT_OK
+
+
+def _database_url() -> str | None:
+    try:
+        return database_url()
+    except ConfigError as exc:
+        print(f"xdm-bridge: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_copy_db(args: argparse.Namespace) -> int:
+    """Copy this bridge's database into an empty one (SQLite <-> PostgreSQL) and verify the counts."""
+    import asyncpg
+
+    from adapters.ops import copy_db
+    from adapters.store import postgres
+
+    source = _database_url() or database_path()
+    target = args.to
+    if postgres.is_postgres_url(target):
+        problem = database_url_problem(target)
+        if problem:
+            print(f"xdm-bridge: --to: {problem.replace('DATABASE_URL', 'the URL')}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        copied = copy_db.copy(source, target)
+    except (copy_db.CopyError, OSError, sqlite3.DatabaseError, asyncpg.PostgresError) as exc:
+        print(f"xdm-bridge: copy-db: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    where = redacted(target) if postgres.is_postgres_url(target) else target
+    print(f"copied {_where(source)} to {where}; every table's count verified:")
+    for table, count in copied.counts.items():
+        print(f"  {table}: {count}")
+    return EXIT_OK
+
+
+def _where(location: str) -> str:
+    return redacted(location) if "://" in location else location
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
@@ -298,6 +394,9 @@ def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str,
 
 
 def _with_db(work: Callable[[Any], Any]) -> Any:
+    url = _database_url()
+    if url is not None:
+        return _with_postgres(url, work)
     try:
         with admin.connect(database_path()) as db:
             return work(db)
@@ -306,6 +405,29 @@ def _with_db(work: Callable[[Any], Any]) -> Any:
         raise SystemExit(EXIT_FAILED) from None
     except sqlite3.DatabaseError as exc:  # not a database, locked past the timeout, read-only disk…
         print(f"xdm-bridge: database {database_path()}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def _with_postgres(url: str, work: Callable[[Any], Any]) -> Any:
+    """The same commands on PostgreSQL (``adapters/ops/pg_admin.py`` gives ``admin`` its database)."""
+    import asyncpg
+
+    from adapters.ops import pg_admin
+
+    try:
+        with pg_admin.connect(url) as db:
+            return work(db)
+    except admin.AdminError as exc:
+        print(f"xdm-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    except asyncpg.SerializationError:
+        print(
+            "xdm-bridge: the running bridge changed those rows at the same moment; run it again",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_FAILED) from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_FAILED) from None
 
 
@@ -397,11 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the web process (applies migrations first)")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    # Set on the child that `litestream replicate -exec` runs (LITESTREAM_REPLICA_URL).
+    serve.add_argument("--replicated", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply pending database migrations and exit").set_defaults(
         func=cmd_migrate
     )
     sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    copy = sub.add_parser(
+        "copy-db",
+        help="copy the database into an empty one (SQLite <-> PostgreSQL), verifying counts",
+        description="Copies every table from DATABASE_URL (or DATABASE_PATH) into the empty database "
+        "given by --to, migrated first, then compares each table's count. Stop the bridge first; "
+        "the target needs the same BRIDGE_ENCRYPTION_KEY.",
+    )
+    copy.add_argument("--to", required=True, metavar="URL_OR_PATH", help="postgres:// URL or SQLite file")
+    copy.set_defaults(func=cmd_copy_db)
     sub.add_parser(
         "rotate-keys",
         help="re-encrypt stored secrets under the newest BRIDGE_ENCRYPTION_KEY key (then drop the old one)",

@@ -70,9 +70,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("PORT", "HTTP port to listen on (platforms set it)", "3000"),
     EnvVar(
+        "DATABASE_URL",
+        "a postgres:// or postgresql:// URL (Heroku Postgres, Render, Fly, Neon set it; sslmode honoured): "
+        "everything is kept in PostgreSQL; unset: SQLite",
+        None,
+        secret=True,
+    ),
+    EnvVar(
         "DATABASE_PATH",
-        "the SQLite file; put it on a persistent disk (see Persistence)",
+        "the SQLite file, when DATABASE_URL is unset; put it on a persistent disk (see Persistence)",
         "bridge.db",
+    ),
+    EnvVar(
+        "LITESTREAM_REPLICA_URL",
+        "SQLite only: a Litestream replica URL (s3://bucket/path, file:///path, …); serve restores the "
+        "database from it when the file is missing and replicates to it while it runs",
+        None,
+        secret=True,
     ),
     EnvVar(
         "SLACK_API_URL", "Slack Web API base URL (tests and the sandbox change it)", "https://slack.com/api/"

@@ -30,7 +30,7 @@ from adapters.slack.scopes import BOT_SCOPES
 from adapters.store.crypto import TokenCipher
 from adapters.x.api import XApiClient, XAppClient
 from bridge.errors import ConfigError, XAuthExpired, XError, XRateLimited, XRefused
-from bridge.settings import SCOPES, Settings
+from bridge.settings import SCOPES, Settings, redacted
 
 Status = Literal["ok", "warn", "fail"]
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -87,7 +87,10 @@ async def run(env: Mapping[str, str] | None = None) -> Report:
         ]
         return Report(problems, EXIT_CONFIG)
     checks = configuration(settings)
-    accounts, mapped_teams = database(settings, checks)
+    if settings.database_url:
+        accounts, mapped_teams = await postgres_database(settings, checks)
+    else:
+        accounts, mapped_teams = database(settings, checks)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await slack(settings, session, mapped_teams, checks)
@@ -164,6 +167,67 @@ def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, An
             f"{len(teams)} workspace(s) with bridged channels",
         )
     )
+    checks.extend(_outbox_checks(summary))
+    return accounts, teams
+
+
+async def postgres_database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]], set[str]]:
+    """``database`` for ``DATABASE_URL``: reachable, migrated, and what it holds."""
+    import asyncpg
+
+    from adapters.store import postgres
+    from migrations import postgres as pg_migrations
+
+    assert settings.database_url is not None
+    where = redacted(settings.database_url)
+    try:
+        conn = await postgres.connect(settings.database_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        fix = "check DATABASE_URL (host, password, sslmode) and that the database accepts connections"
+        checks.append(Check("database", "fail", f"{where}: {exc}", fix))
+        return [], set()
+    try:
+        pending = await pg_migrations.pending(conn)
+        if pending:
+            checks.append(
+                Check(
+                    "database",
+                    "fail",
+                    f"{where}: {len(pending)} migration(s) pending ({', '.join(pending)})",
+                    "run `xdm-bridge migrate` (the release phase does; `serve` applies them at start)",
+                )
+            )
+            return [], set()
+        accounts = [
+            dict(r)
+            for r in await conn.fetch(
+                "SELECT id, team_id, slack_user_id, x_user_id, x_username, access_token, refresh_token, "
+                "expires_at, scope, needs_reconnect FROM accounts ORDER BY id"
+            )
+        ]
+        teams = {r["team_id"] for r in await conn.fetch("SELECT DISTINCT team_id FROM mappings")}
+        counts = {
+            r["state"]: r["n"]
+            for r in await conn.fetch("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
+        }
+        oldest = await conn.fetchval(
+            "SELECT MIN(created_at) FROM outbox WHERE state IN ('queued', 'sending', 'waiting')"
+        )
+    finally:
+        await conn.close()
+    checks.append(
+        Check(
+            "database",
+            "ok",
+            f"{where}: schema up to date; {len(accounts)} account(s), "
+            f"{len(teams)} workspace(s) with bridged channels",
+        )
+    )
+    summary = {
+        "pending": sum(counts.get(s, 0) for s in admin.PENDING),
+        "failed": counts.get("failed", 0),
+        "oldest_pending_age_seconds": round(time.time() - oldest, 1) if oldest else None,
+    }
     checks.extend(_outbox_checks(summary))
     return accounts, teams
 

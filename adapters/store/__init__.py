@@ -1,1 +1,1 @@
-"""Where the bridge keeps what it must not forget: the SQLite store and its encryption."""
+"""Where the bridge keeps what it must not forget: SQLite or PostgreSQL, and the encryption."""

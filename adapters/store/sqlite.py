@@ -9,18 +9,21 @@ operator's CLI read while the web process writes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
+from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from bridge.errors import StoreUnavailable
 from bridge.model import (
@@ -31,7 +34,6 @@ from bridge.model import (
     InboundState,
     IncomingMessage,
     Mapping,
-    MappingKind,
     OAuthState,
     OutboxItem,
     OutboxKind,
@@ -50,8 +52,7 @@ log = logging.getLogger("adapters.store.sqlite")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0
-NOT_BRIDGED = "no channel bridges this conversation"  # Slack retries within minutes; a day is plenty
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is plenty
 
 
 def open_database(path: str) -> Database:
@@ -91,6 +92,46 @@ def _open_database(path: str) -> Database:
     db.execute("PRAGMA synchronous = NORMAL")
     migrations.apply(db)
     return db
+
+
+class DatabaseInUse(Exception):
+    """Another ``serve`` holds this SQLite file; the message says what to do."""
+
+
+@contextmanager
+def single_instance(path: str) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively while ``serve`` runs: SQLite has one writer, the bridge's
+    worker assumes it is the only one sending, so a second ``serve`` on the same file refuses to
+    start. The kernel drops the lock when the process ends, however it ends (SIGKILL included)."""
+    if path == ":memory:":
+        yield
+        return
+    lock_path = f"{path}.lock"
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
+    except OSError:
+        # The folder is missing or read-only: opening the database fails next, naming the problem.
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise DatabaseInUse(
+                f"another xdm-bridge serve (pid {holder}) is using the SQLite database {path}; "
+                "SQLite allows one instance: stop that one first, or set DATABASE_URL (PostgreSQL) "
+                "to run several"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def pending_migrations(path: str) -> list[str]:
@@ -149,6 +190,12 @@ class SqliteStore:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
+    @asynccontextmanager
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[None]:
+        """Nothing to hold: one process owns a SQLite file, and ``TokenManager``'s own lock
+        already serialises its refreshes."""
+        yield
+
     # -- health ------------------------------------------------------------
 
     async def ping(self) -> bool:
@@ -157,30 +204,10 @@ class SqliteStore:
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: dict[str, Any]) -> Account:
-        refresh, access = row["refresh_token"], row["access_token"]
-        return Account(
-            id=row["id"],
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
-            x_user_id=row["x_user_id"],
-            x_username=row["x_username"],
-            tokens=TokenSet(
-                access_token=self._cipher.decrypt(access) if access else "",
-                refresh_token=self._cipher.decrypt(refresh) if refresh else None,
-                expires_at=row["expires_at"],
-                scope=row["scope"] or "",
-            ),
-            needs_reconnect=bool(row["needs_reconnect"]),
-            disconnected=row.get("disconnected_at") is not None,
-        )
+        return rows.account(row, self._cipher)
 
     def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
-        return {
-            "access_token": self._cipher.encrypt(tokens.access_token),
-            "refresh_token": self._cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
-            "expires_at": tokens.expires_at,
-            "scope": tokens.scope,
-        }
+        return rows.token_columns(tokens, self._cipher)
 
     async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
         return await self._call(self._save_account, team_id, slack_user_id, user, tokens)
@@ -409,22 +436,7 @@ class SqliteStore:
 
     @staticmethod
     def _mapping(row: dict[str, Any]) -> Mapping:
-        return Mapping(
-            team_id=row["team_id"],
-            channel_id=row["channel_id"],
-            kind=MappingKind(row["kind"]),
-            account_id=row["account_id"],
-            conversation_id=row["conversation_id"],
-            participant_id=row["participant_id"],
-            created_by=row["created_by"] or "",
-            created_at=row["created_at"] or 0.0,
-            paused_at=row.get("paused_at"),
-            paused_by=row.get("paused_by"),
-            participant_username=row.get("participant_username"),
-            group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
-            held_for=row.get("held_for"),
-            held_for_username=row.get("held_for_username"),
-        )
+        return rows.mapping(row)
 
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
         def work() -> Mapping | None:
@@ -1225,7 +1237,7 @@ class SqliteStore:
         known = self._one(
             "SELECT id, state, last_error FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
         )
-        if known is not None and not (event.origin == "backfill" and known["last_error"] == NOT_BRIDGED):
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
             return 0
         mapping = (
             self._one(
@@ -1238,7 +1250,7 @@ class SqliteStore:
         )
         state, why = InboundState.QUEUED, None
         if mapping is None:
-            state, why = InboundState.SKIPPED, NOT_BRIDGED
+            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
         elif self._one("SELECT 1 AS ours FROM message_map WHERE dm_event_id = ?", [event.dm_event_id]):
             state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
         elif event.sender_id is not None and event.sender_id == own_id and self._outbox_echo(mapping, event):
@@ -1269,7 +1281,7 @@ class SqliteStore:
             """,
             [
                 event.dm_event_id,
-                _snowflake(event.dm_event_id),
+                rows.snowflake(event.dm_event_id),
                 account_id,
                 event.conversation_id,
                 mapping["team_id"] if mapping else None,
@@ -1297,28 +1309,6 @@ class SqliteStore:
             is not None
         )
 
-    @staticmethod
-    def _inbound_item(row: dict[str, Any]) -> InboundItem:
-        return InboundItem(
-            id=row["id"],
-            dm_event_id=row["dm_event_id"],
-            seq=row["seq"],
-            account_id=row["account_id"],
-            conversation_id=row["conversation_id"] or "",
-            team_id=row["team_id"] or "",
-            channel_id=row["channel_id"] or "",
-            kind=row["event_type"] or "MessageCreate",
-            sender_id=row["sender_id"],
-            payload=json.loads(row["payload"] or "{}"),
-            origin=row["origin"],
-            state=InboundState(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"] or 0.0,
-            posting_since=row["posting_since"],
-            slack_ts=row["slack_ts"],
-            created_at=row["created_at"] or 0.0,
-        )
-
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(
             "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
@@ -1328,13 +1318,13 @@ class SqliteStore:
 
     async def inbound_heads(self) -> list[InboundItem]:
         def work() -> list[InboundItem]:
-            rows = self._rows(
+            found = self._rows(
                 "SELECT i.* FROM inbound AS i JOIN ("
                 "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
                 "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
                 ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq"
             )
-            return [self._inbound_item(r) for r in rows]
+            return [rows.inbound_item(r) for r in found]
 
         return await self._call(work)
 
@@ -1347,7 +1337,7 @@ class SqliteStore:
                     "WHERE id = ? AND state IN ('queued', 'posting') RETURNING *",
                     [now, item_id],
                 )
-            return self._inbound_item(row) if row else None
+            return rows.inbound_item(row) if row else None
 
         return await self._call(work)
 
@@ -1373,7 +1363,7 @@ class SqliteStore:
                     ],
                 )
                 following = self._inbound_head(row["team_id"], row["channel_id"])
-            return None if following is None else self._inbound_item(following)
+            return None if following is None else rows.inbound_item(following)
 
         return await self._call(work)
 
@@ -1455,11 +1445,6 @@ class SqliteStore:
                 "remaining = excluded.remaining, reset_at = excluded.reset_at",
                 list(window),
             )
-
-
-def _snowflake(event_id: str) -> int:
-    """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
-    return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0
 
 
 def _target(row: dict[str, Any]) -> Target:

@@ -1,9 +1,10 @@
 """The web process: one aiohttp application, and the composition root that wires it.
 
-``cleanup_ctx`` owns every resource: the SQLite owner thread, the HTTP session,
-the delivery worker and the command follow-ups. On SIGTERM (``run_app`` handles
-it) the worker stops taking new sends and gets a grace period for in-flight
-ones; anything cut off stays ``sending`` and is reconciled on the next start.
+``cleanup_ctx`` owns every resource: the store (SQLite's owner thread or a
+PostgreSQL pool), the HTTP session, the delivery worker and the command
+follow-ups. On SIGTERM (``run_app`` handles it) the worker stops taking new sends
+and gets a grace period for in-flight ones; anything cut off stays ``sending``
+and is reconciled on the next start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -30,9 +31,11 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.leader import Leadership
+from adapters.store.postgres import PostgresStore
+from adapters.store.select import AnyStore, describe, make_store
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
+from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
 from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import XOAuthClient
@@ -108,8 +111,8 @@ class Services:
     """Everything the routes need, built once per process."""
 
     settings: Settings
-    store: SqliteStore
-    delivery: Delivery
+    store: AnyStore
+    worker: Worker
     inbound: Inbound
     push: Push | None
     bolt: AsyncApp
@@ -118,6 +121,9 @@ class Services:
     started_at: float
     verifier: SignatureVerifier
     slack_auth: SlackAuthorization
+    # Pushes are taken one at a time, in the order they arrived: X's order within a channel
+    # survives a store whose calls could otherwise finish in any order (PostgreSQL's pool).
+    taking_pushes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -166,7 +172,7 @@ def create_app(
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     clock = app[CLOCK]
-    store = SqliteStore(settings.database_path, TokenCipher(settings.encryption_keys))
+    store = make_store(settings)
     await store.open()
     metrics = app[METRICS]
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
@@ -200,10 +206,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         def connected(account: Account) -> None:
             # New tokens for the worker, and parked rows may go now.
             tokens.forget(account.id)
-            delivery.wake()
-            inbound.poll_soon(account.id)
-            if push is not None:
-                push.recheck()
+            worker.wake()
+            wake_inbound(connected=True, account_id=account.id)
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -216,7 +220,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             on_disconnected=lambda account: tokens.forget(account.id),
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
-        delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
         push: Push | None = None
         if settings.push_url and settings.x_bearer_token:
@@ -225,16 +228,32 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             )
             inbound.push_active = push.active
 
-        def mapped() -> None:
-            delivery.wake()
-            inbound.poll_soon()
+        def make_delivery() -> Delivery:
+            delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
+            delivery.on_event = metrics.delivery_hook()
+            delivery.on_failed = metrics.failure_hook()
+            return delivery
 
-        relay = Relay(
-            store, clock, delivery.offer, threads=settings.relay_threads, edits=settings.relay_edits
-        )
+        worker = _worker(store, make_delivery, budget, clock, inbound, push)
+
+        def wake_inbound(*, connected: bool, account_id: int | None = None) -> None:
+            """Read X soon (and, for a new connection, subscribe it to push): here if this
+            instance leads, else passed on to the leader (PostgreSQL)."""
+            if worker.current is not None or not isinstance(store, PostgresStore):
+                inbound.poll_soon(account_id)
+                if connected and push is not None:
+                    push.recheck()
+            else:
+                worker.pass_on(lambda: store.notify_inbound("connected" if connected else "poll"))
+
+        def mapped() -> None:
+            worker.wake()
+            wake_inbound(connected=False)
+
+        leaders_inbound = _LeadersInbound(inbound, worker, store)
+
+        relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
-        delivery.on_event = metrics.delivery_hook()
-        delivery.on_failed = metrics.failure_hook()
         metrics.bind(store, budget, clock)
         commands = CommandService(
             store=store,
@@ -246,7 +265,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
             on_mapped=mapped,
-            inbound=inbound,
+            inbound=leaders_inbound,
             connections=connect,
             connect_page=f"{settings.public_url}{CONNECT_PATH}",
             permissions=Permissions(
@@ -265,7 +284,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[SERVICES] = Services(
             settings,
             store,
-            delivery,
+            worker,
             inbound,
             push,
             bolt,
@@ -279,23 +298,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         pruning = asyncio.create_task(
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
-        worker = asyncio.create_task(delivery.run(), name="delivery")
-        inbound_worker = asyncio.create_task(inbound.run(), name="inbound")
-        # Push is set up once the server answers X's CRC, so after start-up, not before it.
-        push_worker = asyncio.create_task(_push_after_start(push), name="push") if push else None
-        log.info("bridge ready", extra={"port": settings.port, "database": settings.database_path})
+        running = asyncio.create_task(worker.run(), name="leader-work")
+        log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
         log.info("shutting down: finishing in-flight sends and posts")
-        await asyncio.gather(delivery.stop(SHUTDOWN_GRACE), inbound.stop(SHUTDOWN_GRACE / 2))
-        await worker
+        await worker.stop(SHUTDOWN_GRACE)
+        await running
         authorizing.cancel()
         pruning.cancel()
-        await inbound_worker
-        if push is not None and push_worker is not None:
-            push.stop()
-            push_worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await push_worker
         await background.drain(5.0)
         for task in (authorizing, pruning):
             with contextlib.suppress(asyncio.CancelledError):
@@ -304,6 +314,109 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+def _worker(
+    store: AnyStore,
+    make: Callable[[], Delivery],
+    budget: Budget,
+    clock: Clock,
+    inbound: Inbound,
+    push: Push | None,
+) -> Worker:
+    """Delivery, the inbound poller and poster, and push upkeep: the work that talks to X, run
+    by the one instance that leads (on PostgreSQL, while it holds the leader lock)."""
+    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2))]
+    if push is not None:
+        jobs.append(_push_job(push))
+
+    async def before_lead() -> None:
+        await budget.load(clock.now())  # the previous leader spent from the same windows
+
+    if not isinstance(store, PostgresStore):
+        return Worker(make, before_lead=before_lead, jobs=tuple(jobs))
+    pg_store = store
+
+    async def lead() -> None:
+        await before_lead()
+        pg_store.announce = False  # the leader offers its own rows to its workers directly
+
+    def standby() -> None:
+        pg_store.announce = True
+
+    def inbound_notified(what: str) -> None:
+        # A standby queued pushed events (wake the poster), saw a connect or a mapping (read
+        # soon), or linked a channel whose history is wanted.
+        inbound.wake()
+        if what in ("poll", "connected"):
+            inbound.poll_soon()
+        if what == "connected" and push is not None:
+            push.recheck()
+        elif what.startswith(BACKFILL + " "):
+            with contextlib.suppress(ValueError):
+                _, account_id, bridged_at, conversation_id = what.split(" ", 3)
+                inbound.backfill(int(account_id), conversation_id, float(bridged_at))
+
+    worker: Worker
+    leadership = Leadership(
+        store.url,
+        instance=store.instance_id,
+        on_notify=lambda: worker.wake(),
+        on_inbound=inbound_notified,
+    )
+    worker = Worker(
+        make,
+        before_lead=lead,
+        after_lead=standby,
+        leadership=leadership,
+        notify=store.notify_outbox,
+        jobs=tuple(jobs),
+    )
+    return worker
+
+
+BACKFILL = "backfill"  # NOTIFY payload: "backfill <account id> <bridged at> <conversation id>"
+
+
+class _LeadersInbound:
+    """``Inbound`` as commands see it on any instance: history a standby's `/xdm link` wants is
+    read by the leader (told by NOTIFY), since only the leader reads X."""
+
+    def __init__(self, inbound: Inbound, worker: Worker, store: AnyStore) -> None:
+        self._inbound = inbound
+        self._worker = worker
+        self._store = store
+
+    def push_active(self, account_id: int) -> bool:
+        return self._inbound.push_active(account_id)
+
+    def next_poll_at(self, account_id: int) -> float | None:
+        return self._inbound.next_poll_at(account_id)
+
+    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        store = self._store
+        if self._worker.current is not None or not isinstance(store, PostgresStore):
+            self._inbound.backfill(account_id, conversation_id, bridged_at)
+            return
+        what = f"{BACKFILL} {account_id} {bridged_at!r} {conversation_id}"
+        self._worker.pass_on(lambda: store.notify_inbound(what))
+
+
+def _push_job(push: Push) -> Job:
+    """Push upkeep as a leader job: registration, subscriptions, replay of the downtime."""
+    running: list[asyncio.Task[None]] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(_push_after_start(push), name="push")
+        running[:] = [task]
+        await asyncio.wait({task})  # a cancelled term stops the task through ``stop``
+
+    async def stop(grace: float) -> None:
+        push.stop()
+        for task in running:  # an X call in flight need not finish: the next leader re-checks
+            task.cancel()
+
+    return Job("push", run, stop)
 
 
 async def _push_after_start(push: Push) -> None:
@@ -343,7 +456,8 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     except x_push.MalformedDelivery as exc:
         log.info("X push not understood; ignored", extra={"reason": str(exc)})
         return web.json_response({"error": "malformed delivery"}, status=400)
-    queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    async with services.taking_pushes:
+        queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
     log.info(
         "X push taken",
         extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
@@ -578,9 +692,13 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception:
         log.exception("health check: database error")
         database_ok, reconnect = False, None
-    heartbeat = services.delivery.heartbeat
+    heartbeat = services.worker.heartbeat
     stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
-    worker = worker_state(heartbeat, now, now - services.started_at, stale_after)
+    worker = (
+        worker_state(heartbeat, now, now - services.started_at, stale_after)
+        if services.worker.role == "leader"
+        else "standby"  # another instance leads delivery; this one serves HTTP
+    )
     refused = services.slack_auth.refused  # down, not a blip: only a new SLACK_BOT_TOKEN helps
     healthy = database_ok and worker != "stale" and refused is None
     body = {

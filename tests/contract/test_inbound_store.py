@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from adapters.store.crypto import TokenCipher, generate_key
-from adapters.store.sqlite import SqliteStore
 from bridge.model import (
     Account,
     InboundEvent,
@@ -22,19 +19,20 @@ from bridge.model import (
     XUser,
 )
 from bridge.ports import Store
+from tests.contract.conftest import Engine
 
 ME, ALICE = "1000", "2001"
 CONVERSATION = f"{ME}-{ALICE}"
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    sqlite = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
-    await sqlite.open()
+@pytest.fixture
+async def store(engine: Engine) -> AsyncIterator[Store]:
+    opened = engine.store()
+    await opened.open()
     try:
-        yield sqlite
+        yield opened
     finally:
-        await sqlite.close()
+        await opened.close()
 
 
 async def bridged(store: Store, channel: str = "C1", conversation: str = CONVERSATION) -> Account:

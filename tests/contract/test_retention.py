@@ -9,6 +9,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
 from bridge.retention import prune
+from tests.contract.conftest import Engine
 
 DAY = 86_400.0
 
@@ -19,9 +20,9 @@ def count(db_path: Path, table: str) -> int:
     return int(n)
 
 
-async def test_prune_keeps_what_edits_deletes_and_retries_need(tmp_path: Path) -> None:
-    db_path = tmp_path / "store.db"
-    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+async def test_prune_keeps_what_edits_deletes_and_retries_need(engine: Engine) -> None:
+    """On both stores."""
+    store = engine.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
@@ -42,9 +43,9 @@ async def test_prune_keeps_what_edits_deletes_and_retries_need(tmp_path: Path) -
 
         deleted = await prune(store, now, retention_days=30, batch=7)
 
-        assert count(db_path, "outbox") == 6  # the waiting row is never pruned, whatever its age
-        assert count(db_path, "message_map") == 5
-        assert count(db_path, "seen_events") == 5
+        assert await engine.sql("SELECT COUNT(*) FROM outbox") == [(6,)]  # the waiting row stays
+        assert await engine.sql("SELECT COUNT(*) FROM message_map") == [(5,)]
+        assert await engine.sql("SELECT COUNT(*) FROM seen_events") == [(5,)]
         assert deleted == 40 + 40 + 41
         # A recent message can still be edited or deleted: its map is there.
         assert await store.relayed_events("T1", "C1", "1045.000100") == ["90" + str(rows[-1].id)]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, query_of, running_bridge
+
+# Every command test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> None:
@@ -35,13 +39,8 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
         grants = [r["grant_type"] for r in bridge.x.token_requests]
         assert grants == ["authorization_code"]
 
-        rows = (
-            sqlite3.connect(bridge.db_path)
-            .execute(
-                "SELECT team_id, slack_user_id, x_user_id, x_username, access_token, refresh_token "
-                "FROM accounts"
-            )
-            .fetchall()
+        rows = await bridge.sql(
+            "SELECT team_id, slack_user_id, x_user_id, x_username, access_token, refresh_token FROM accounts"
         )
         assert len(rows) == 1
         team, slack_user, x_user, username, access, refresh = rows[0]
@@ -71,15 +70,14 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
         # An expired state is refused even with a fresh code.
         ack, _ = await bridge.command("connect", user="U300")
         url = await bridge.confirm(authorize_url(ack.text))
-        with sqlite3.connect(bridge.db_path) as db:
-            db.execute("UPDATE oauth_states SET expires_at = 0 WHERE used = 0")
+        await bridge.sql("UPDATE oauth_states SET expires_at = 0 WHERE used = 0")
         async with bridge.session.get(url, allow_redirects=False) as response:
             location = response.headers["Location"]
         async with bridge.session.get(location) as response:
             assert response.status == 400
             assert "expired" in await response.text()
 
-        users = [r[0] for r in sqlite3.connect(bridge.db_path).execute("SELECT slack_user_id FROM accounts")]
+        users = [r[0] for r in await bridge.sql("SELECT slack_user_id FROM accounts")]
         assert sorted(users) == ["U100", "U200"]
 
 
@@ -94,7 +92,7 @@ async def test_declined_authorization_connects_nothing(tmp_path: Path) -> None:
             assert response.status == 200
             assert "cancelled" in await response.text()
         assert "cancelled" in (await bridge.follow_up(response_url))["text"]
-        assert sqlite3.connect(bridge.db_path).execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 0
+        assert await bridge.sql("SELECT COUNT(*) FROM accounts") == [(0,)]
 
 
 async def opening_ts(bridge: Bridge) -> str:
@@ -190,10 +188,8 @@ async def test_dm_with_message_sends_and_maps_one_to_one(tmp_path: Path) -> None
         ]
         assert paths == [f"/2/dm_conversations/with/{ALICE}/messages"] * 2
         assert bridge.texts("1000-2001") == ["Ada: Hi Alice", "Ada: second"]
-        row = sqlite3.connect(bridge.db_path).execute(
-            "SELECT kind, conversation_id, participant_id FROM mappings"
-        )
-        assert row.fetchone() == ("dm", "1000-2001", ALICE)
+        rows = await bridge.sql("SELECT kind, conversation_id, participant_id FROM mappings")
+        assert rows == [("dm", "1000-2001", ALICE)]
 
 
 async def test_dm_without_message_maps_without_sending(tmp_path: Path) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from aiohttp import web
@@ -14,10 +13,12 @@ from aiohttp import web
 from adapters.sandbox.fake_x import FaultModel
 from tests.harness import Bridge, linked, running_bridge, wait_until
 
+# Every delivery test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
-def outbox(bridge: Bridge) -> list[tuple[str, str, str | None]]:
-    db = sqlite3.connect(bridge.db_path)
-    return db.execute("SELECT slack_ts, state, dm_event_id FROM outbox ORDER BY id").fetchall()
+
+async def outbox(bridge: Bridge) -> list[tuple[Any, ...]]:
+    return await bridge.sql("SELECT slack_ts, state, dm_event_id FROM outbox ORDER BY id")
 
 
 def windows(times: list[float], length: float) -> list[int]:
@@ -61,7 +62,7 @@ async def test_response_lost_after_x_recorded_is_not_sent_twice(tmp_path: Path, 
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         await asyncio.sleep(0.3)
         assert bridge.texts() == ["Ada: did it arrive"]
-        [(_, state, event_id)] = outbox(bridge)
+        [(_, state, event_id)] = await outbox(bridge)
         assert state == "sent" and event_id == bridge.x.events[0].id
         posts = [r for r in bridge.x.all_requests if r.method == "POST" and r.path.endswith("/messages")]
         assert len(posts) == 1
@@ -218,7 +219,7 @@ async def test_permanent_failure_does_not_block_the_channel_and_order_holds(tmp_
         stamps = [(await bridge.post(f"n{i}"))[1] for i in range(5)]
         await wait_until(lambda: len(bridge.x.events) == 5, 15.0, "five DMs")
         assert bridge.texts() == [f"Ada: n{i}" for i in range(5)]
-        assert [row[0] for row in outbox(bridge)] == stamps
+        assert [row[0] for row in await outbox(bridge)] == stamps
 
 
 async def test_429_without_a_usable_reset_pauses_for_the_fallback_not_the_whole_window(

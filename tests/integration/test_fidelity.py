@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.harness import linked, running_bridge
+
+# Every fidelity test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -40,10 +44,10 @@ async def test_long_message_split_into_numbered_parts_all_mapped(tmp_path: Path)
         texts = bridge.texts()
         assert len(texts) >= 3 and all(len(t) <= 10_000 for t in texts)
         assert all(t.startswith("Ada: ") for t in texts)
-        rows = sqlite3.connect(bridge.db_path).execute(
-            "SELECT part, dm_event_id FROM message_map WHERE slack_ts = ? ORDER BY part", [ts]
+        rows = await bridge.sql(
+            "SELECT part, dm_event_id FROM message_map WHERE slack_ts = ? ORDER BY part", ts
         )
-        assert [r[1] for r in rows.fetchall()] == [e.id for e in bridge.x.events]
+        assert [r[1] for r in rows] == [e.id for e in bridge.x.events]
 
 
 async def test_thread_reply_quotes_its_parent(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from adapters.sandbox.fake_x import FakeX
 from bridge.inbound import METADATA_TYPE, InboundConfig
@@ -13,16 +14,17 @@ from tests.harness import ALICE, BOB, CAROL, ME, READ_WINDOW, Bridge, linked, ru
 
 CONVERSATION = f"{ME}-{ALICE}"
 
-
-def cursor(bridge: Bridge) -> str | None:
-    row = sqlite3.connect(bridge.db_path).execute("SELECT newest_event_id FROM cursors").fetchone()
-    return row[0] if row else None
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def ready(bridge: Bridge, conversation: str = CONVERSATION) -> None:
     """Linked, and the poller has taken its first read (its starting point)."""
     await linked(bridge, conversation)
-    await wait_until(lambda: cursor(bridge) is not None or _polled(bridge.x), 10, "the first read")
+    await wait_until(lambda: _polled(bridge.x), 10, "the first read")
+    for _ in range(1000):  # the read's answer taken: the cursor is where new events start
+        if await bridge.sql("SELECT newest_event_id FROM cursors"):
+            return
+        await asyncio.sleep(0.01)
 
 
 def _polled(x: FakeX) -> bool:
@@ -79,10 +81,8 @@ async def test_what_the_bridge_sent_is_never_posted_back(tmp_path: Path) -> None
         await wait_posts(bridge, 1)
         await asyncio.sleep(0.5)
         assert [m["text"] for m in posts(bridge)] == ["an answer"]
-        states = sqlite3.connect(bridge.db_path).execute(
-            "SELECT state, COUNT(*) FROM inbound GROUP BY state ORDER BY state"
-        )
-        assert dict(states.fetchall()) == {"posted": 1, "skipped": 3}
+        states = await bridge.sql("SELECT state, COUNT(*) FROM inbound GROUP BY state ORDER BY state")
+        assert dict(states) == {"posted": 1, "skipped": 3}
         # Slack tells the bridge about its own post (bot_message with a username): not relayed.
         echo = {k: v for k, v in posts(bridge)[0].items() if k != "metadata"}
         result = await bridge.sender.event({**echo, "channel": "C100"})
@@ -144,23 +144,17 @@ async def test_a_post_whose_answer_is_lost_is_found_in_history_not_posted_twice(
         await ready(bridge)
         bridge.slack.drop_after("chat.postMessage")
         event = bridge.x.add_event(CONVERSATION, ALICE, "only once")
-        await wait_until(
-            lambda: (
-                sqlite3.connect(bridge.db_path).execute("SELECT state FROM inbound").fetchall()
-                == [("posted",)]
-            ),
-            10,
-            "the row settled",
-        )
+        for _ in range(1000):
+            if await bridge.sql("SELECT state FROM inbound") == [("posted",)]:
+                break
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0.3)
         assert [m["text"] for m in posts(bridge)] == ["only once"]
         assert len(bridge.slack.calls_to("chat.postMessage")) == 1
         [lookup] = bridge.slack.calls_to("conversations.history")
         assert lookup.params["channel"] == "C100"
-        ts = sqlite3.connect(bridge.db_path).execute(
-            "SELECT slack_ts FROM message_map WHERE dm_event_id = ?", [event.id]
-        )
-        assert ts.fetchone() == (posts(bridge)[0]["ts"],)
+        ts = await bridge.sql("SELECT slack_ts FROM message_map WHERE dm_event_id = ?", event.id)
+        assert ts == [(posts(bridge)[0]["ts"],)]
 
 
 async def test_zero_429s_under_a_tightened_read_budget(tmp_path: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import Bridge, linked, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
+
+# Every media test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 class ShiftedClock:
@@ -30,9 +34,8 @@ def uploads(bridge: Bridge) -> list[str]:
     return [r.path for r in bridge.x.all_requests if r.method == "POST" and r.path == "/2/media/upload"]
 
 
-def outbox_errors(bridge: Bridge) -> list[tuple[str, str | None]]:
-    db = sqlite3.connect(bridge.db_path)
-    return db.execute("SELECT state, last_error FROM outbox ORDER BY id").fetchall()
+async def outbox_errors(bridge: Bridge) -> list[tuple[Any, ...]]:
+    return await bridge.sql("SELECT state, last_error FROM outbox ORDER BY id")
 
 
 async def held_past_a_day(bridge: Bridge, clock: ShiftedClock) -> list[int]:
@@ -72,7 +75,7 @@ async def test_media_id_x_no_longer_knows_is_uploaded_again(tmp_path: Path) -> N
     async with running_bridge(tmp_path, fake_x=FakeX(clock=clock)) as bridge:
         await linked(bridge)
         assert await held_past_a_day(bridge, clock) == [503, 400, 201]
-        assert outbox_errors(bridge) == [("sent", None)]
+        assert await outbox_errors(bridge) == [("sent", None)]
 
 
 async def test_file_shared_as_a_stub_is_resolved_through_files_info(tmp_path: Path) -> None:
@@ -103,7 +106,7 @@ async def test_file_x_refuses_for_good_does_not_cost_the_text(tmp_path: Path) ->
         notes = [e["text"] for e in bridge.slack.ephemerals("U100")]
         assert "wave.gif" in notes[0] and "goes without it" in notes[0]
         assert "more.gif" in notes[1] and "X could not process the GIF" in notes[1]
-        assert [state for state, _ in outbox_errors(bridge)] == ["sent", "failed"]
+        assert [state for state, _ in await outbox_errors(bridge)] == ["sent", "failed"]
 
 
 async def test_a_file_slack_will_not_give_costs_only_itself(tmp_path: Path) -> None:

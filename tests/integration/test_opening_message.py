@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from adapters.sandbox.fake_x import FaultKind
 from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def opening_ts(bridge: Bridge) -> str:
@@ -24,10 +25,9 @@ def groups(bridge: Bridge) -> list[str]:
     return [c.id for c in bridge.x.conversations.values() if set(c.participants) == {ME, ALICE, BOB}]
 
 
-def mapped_conversation(bridge: Bridge) -> str | None:
-    with sqlite3.connect(bridge.db_path) as db:
-        row = db.execute("SELECT conversation_id FROM mappings WHERE channel_id = 'C100'").fetchone()
-    return None if row is None else row[0]
+async def mapped_conversation(bridge: Bridge) -> str | None:
+    found = await bridge.sql("SELECT conversation_id FROM mappings WHERE channel_id = 'C100'")
+    return found[0][0] if found else None
 
 
 async def test_dm_opening_message_reads_like_a_channel_message(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ async def test_group_created_once_when_the_answer_is_lost(tmp_path: Path, fault:
         await bridge.wait_reaction("C100", meanwhile, "white_check_mark", timeout=20.0)
         [group] = groups(bridge)
         assert bridge.texts(group) == ["Ada: Welcome aboard", "Ada: meanwhile"]
-        assert mapped_conversation(bridge) == group
+        assert await mapped_conversation(bridge) == group
         assert any(r.path == "/2/dm_events" for r in bridge.x.all_requests)  # settled by reading
 
         _, ts = await bridge.post("next message")
@@ -100,8 +100,7 @@ async def test_a_group_x_refuses_for_good_unbridges_the_channel_and_says_so(tmp_
         text = str(note.params["text"])
         assert note.params["channel"] == "C100" and "<@U100>" in text and "no longer bridged" in text, text
         assert any("Forbidden" in e["text"] or "cannot" in e["text"] for e in bridge.slack.ephemerals("U100"))
-        with sqlite3.connect(bridge.db_path) as db:
-            assert db.execute("SELECT count(*) FROM mappings WHERE channel_id = 'C100'").fetchone() == (0,)
+        assert await bridge.sql("SELECT count(*) FROM mappings WHERE channel_id = 'C100'") == [(0,)]
         status, _ = await bridge.command("status")
         assert "not bridged" in status.text and "2 message(s) could not be sent" in status.text, status.text
         # The maker may try again once X would accept the group.

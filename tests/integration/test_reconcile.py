@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, ME, Bridge, linked, running_bridge
 from tests.integration.test_fidelity import GIF, PNG
+
+# Every reconciliation test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 CONVERSATION = "1000-2001"
 LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}
@@ -60,12 +64,9 @@ async def lose_one_answer(bridge: Bridge, text: str) -> str:
     return ts
 
 
-def state_of(bridge: Bridge, ts: str) -> tuple[str, str | None]:
-    row = sqlite3.connect(bridge.db_path).execute(
-        "SELECT state, dm_event_id FROM outbox WHERE slack_ts = ?", [ts]
-    )
-    state, event_id = row.fetchone()
-    return state, event_id
+async def state_of(bridge: Bridge, ts: str) -> tuple[Any, ...]:
+    [row] = await bridge.sql("SELECT state, dm_event_id FROM outbox WHERE slack_ts = ?", ts)
+    return row
 
 
 async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ async def test_more_than_a_page_of_dms_after_the_lost_send_is_no_duplicate(tmp_p
         ts = await lose_one_answer(bridge, "before the flood")
         ours = [e for e in bridge.x.events if e.text == "Ada: before the flood"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
         reads = dm_reads(bridge)
         assert len(reads) == 2 and "pagination_token" in reads[1]  # paged back, and no further
 
@@ -90,7 +91,7 @@ async def test_read_budget_spent_mid_read_back_waits_then_reads_on(tmp_path: Pat
         flood_while_hung(bridge, 250)
         ts = await lose_one_answer(bridge, "before a bigger flood")
         assert [e.text for e in bridge.x.events].count("Ada: before a bigger flood") == 1
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sent"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sent"
         assert bridge.x.rate_limited_count == 0  # it waited for the window instead of hitting it
         reads = dm_reads(bridge)
         assert len(reads) == 3 and all("pagination_token" in r for r in reads[1:])
@@ -102,7 +103,7 @@ async def test_bridge_clock_ahead_of_x_is_no_duplicate(tmp_path: Path) -> None:
         await linked(bridge)
         ts = await lose_one_answer(bridge, "clocks disagree")
         assert bridge.texts() == ["Ada: clocks disagree"] and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", bridge.x.events[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", bridge.x.events[0].id)
 
 
 async def test_a_message_with_links_is_recognised_though_x_rewrote_them(tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ async def test_a_message_with_links_is_recognised_though_x_rewrote_them(tmp_path
         [event] = bridge.x.events
         assert event.stored_text is not None and "https://t.co/" in event.stored_text
         assert "example" not in event.stored_text  # X keeps only t.co addresses
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts) == ("sent", event.id)
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts)) == ("sent", event.id)
 
 
 async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ async def test_the_same_text_sent_by_hand_long_before_is_not_taken_for_ours(tmp_
         _, ts = await bridge.post("again", blocks=[])
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         resent = [e for e in bridge.x.events if e.text == "Ada: again" and e is not earlier]
-        assert len(resent) == 1 and state_of(bridge, ts) == ("sent", resent[0].id)
+        assert len(resent) == 1 and (await state_of(bridge, ts)) == ("sent", resent[0].id)
 
 
 async def test_a_file_only_dm_whose_answer_was_lost_is_not_sent_twice(tmp_path: Path) -> None:
@@ -165,7 +166,8 @@ async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pag
             if request.method == "POST" and request.path.endswith("/messages"):
                 for i in range(150):  # our lost DM ends up on the second page
                     bridge.x.add_message(CONVERSATION, ALICE, f"meanwhile {i}")
-            elif request.method == "GET" and request.path.endswith("/dm_events"):
+            elif request.method == "GET" and request.path.startswith("/2/dm_conversations/"):
+                # Delivery's read-back of the conversation; the inbound poller reads /2/dm_events.
                 assert isinstance(response, web.Response) and isinstance(response.body, bytes)
                 if "pagination_token" not in request.query:
                     first_page.append(response.body)
@@ -181,13 +183,13 @@ async def test_a_reading_x_sends_in_circles_never_resends_and_decides_once_x_pag
             if len(circled) >= 3 or dm_posts(bridge) > 1:
                 break
             await asyncio.sleep(0.05)
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sending"
         assert len(circled) >= 3  # it read again each time, and each time decided nothing
         bridge.x.response_hook = None  # X pages properly again
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         ours = [e for e in bridge.x.events if e.text == "Ada: lost in the loop"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
 
 
 async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tmp_path: Path) -> None:
@@ -221,7 +223,7 @@ async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tm
         await asyncio.sleep(0.3)  # room for a duplicate to show up
         ours = [e for e in bridge.x.events if e.text == "Ada: token went stale"]
         assert refused and len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
         assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
 
 
@@ -251,7 +253,7 @@ async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: P
         await asyncio.sleep(0.3)  # room for a duplicate to show up
         ours = [e for e in bridge.x.events if e.text == "Ada: answered 504"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
-        assert state_of(bridge, ts) == ("sent", ours[0].id)
+        assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
 
 
 async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path: Path) -> None:
@@ -266,7 +268,7 @@ async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path
         # Reading back adds no attempt (no new claim), so the wait must grow by itself:
         # not a read every 50 ms (dozens by now), but a few, then one per cap.
         assert 2 <= refused <= 25, refused
-        assert dm_posts(bridge) == 1 and state_of(bridge, ts)[0] == "sending"
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sending"
         bridge.x.clear_faults()
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         assert [e.text for e in bridge.x.events] == ["Ada: read me back"] and dm_posts(bridge) == 1

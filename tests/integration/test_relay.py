@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 
-from tests.harness import ALICE, linked, running_bridge, wait_until
+import pytest
+
+from tests.harness import ALICE, linked, running_bridge
+
+# Every relay test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def test_message_relayed_with_display_name_and_check_mark(tmp_path: Path) -> None:
@@ -22,10 +26,8 @@ async def test_message_relayed_with_display_name_and_check_mark(tmp_path: Path) 
         _, ts2 = await bridge.post("second", user="U200")
         await bridge.wait_reaction("C100", ts2, "white_check_mark")
         assert bridge.texts("1000-2001")[-1] == "Grace Hopper: second"
-        row = sqlite3.connect(bridge.db_path).execute(
-            "SELECT slack_ts, part, conversation_id FROM message_map ORDER BY created_at"
-        )
-        assert [r[0] for r in row.fetchall()] == [ts, ts2]
+        rows = await bridge.sql("SELECT slack_ts, part, conversation_id FROM message_map ORDER BY created_at")
+        assert [r[0] for r in rows] == [ts, ts2]
 
 
 async def test_outbox_row_committed_before_slack_gets_200(tmp_path: Path) -> None:
@@ -35,7 +37,7 @@ async def test_outbox_row_committed_before_slack_gets_200(tmp_path: Path) -> Non
         bridge.x.inject("timeout")  # X hangs: the row must still be durable at the 200
         result, ts = await bridge.post("durable")
         assert result.status == 200
-        rows = sqlite3.connect(bridge.db_path).execute("SELECT slack_ts FROM outbox").fetchall()
+        rows = await bridge.sql("SELECT slack_ts FROM outbox")
         assert rows == [(ts,)]
 
 
@@ -101,9 +103,8 @@ async def test_forged_signature_and_stale_timestamp_rejected(tmp_path: Path) -> 
         assert forged_cmd.status == 401
         await asyncio.sleep(0.2)
         assert bridge.x.dm_posts == 0
-        rows = sqlite3.connect(bridge.db_path).execute("SELECT COUNT(*) FROM outbox").fetchone()
-        assert rows == (0,)
-        assert sqlite3.connect(bridge.db_path).execute("SELECT COUNT(*) FROM mappings").fetchone() == (1,)
+        assert await bridge.sql("SELECT COUNT(*) FROM outbox") == [(0,)]
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(1,)]
 
 
 async def test_relay_through_participant_endpoint(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ async def test_403_marks_warning_and_tells_author(tmp_path: Path) -> None:
         assert ephemeral.params["user"] == "U100"
         assert "was not sent to X" in ephemeral.params["text"]
         assert "white_check_mark" not in bridge.slack.reactions("C100", ts)
-        state = sqlite3.connect(bridge.db_path).execute("SELECT state, last_error FROM outbox").fetchone()
+        [state] = await bridge.sql("SELECT state, last_error FROM outbox")
         assert state[0] == "failed" and state[1]
         # The next message is not held up by the failed one.
         _, ts2 = await bridge.post("next")
@@ -190,11 +191,11 @@ async def test_revoked_account_waits_then_flows_after_reconnect(tmp_path: Path) 
         await bridge.slack.wait_for(
             lambda c: c.method == "chat.postMessage" and c.params.get("channel") == "U100", timeout=10.0
         )
-        db = sqlite3.connect(bridge.db_path)
-        await wait_until(
-            lambda: db.execute("SELECT state FROM outbox").fetchone()[0] == "waiting", 5.0, "waiting row"
-        )
-        assert db.execute("SELECT needs_reconnect FROM accounts").fetchone() == (1,)
+        deadline = time.monotonic() + 5.0
+        while await bridge.sql("SELECT state FROM outbox") != [("waiting",)]:
+            assert time.monotonic() < deadline, "timed out waiting for the waiting row"
+            await asyncio.sleep(0.01)
+        assert await bridge.sql("SELECT needs_reconnect FROM accounts") == [(1,)]
         ack, _ = await bridge.command("new-group @alice @bob")
         assert "needs reconnecting" in ack.text
 

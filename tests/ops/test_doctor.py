@@ -20,9 +20,9 @@ from adapters.ops import doctor
 from adapters.ops.config_doc import ENV_VARS
 from adapters.sandbox.fake_slack import FakeSlack, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import AnyStore, make_store
 from bridge.model import TokenSet, XUser
+from bridge.settings import Settings
 from migrations import migrations
 from tests.harness import ALICE, BOB, ME, TEAM, bridge_env, free_port
 
@@ -36,7 +36,7 @@ class World:
     x: FakeX
     slack: FakeSlack
     env: dict[str, str]
-    store: SqliteStore
+    store: AnyStore
 
 
 @asynccontextmanager
@@ -49,7 +49,7 @@ async def world(tmp_path: Path, **env: str) -> AsyncIterator[World]:
         slack, slack_url = await stack.enter_async_context(run_fake_slack(team_id=TEAM))
         full_env = bridge_env(tmp_path / "bridge.db", x_url, f"{slack_url}/api/", free_port(), **env)
         full_env["PUBLIC_URL"] = "https://bridge.example.com"
-        store = SqliteStore(full_env["DATABASE_PATH"], TokenCipher([full_env["BRIDGE_ENCRYPTION_KEY"]]))
+        store = make_store(Settings.from_env(full_env))
         await store.open()
         stack.push_async_callback(store.close)
         yield World(x, slack, full_env, store)
@@ -89,6 +89,7 @@ def by_name(report: doctor.Report, prefix: str) -> list[doctor.Check]:
     return [c for c in report.checks if c.name.startswith(prefix)]
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_all_good_exits_0_and_says_what_it_checked(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         await connect(w, "U100", ME)
@@ -106,6 +107,7 @@ async def test_all_good_exits_0_and_says_what_it_checked(tmp_path: Path) -> None
         assert {c["status"] for c in data["checks"]} == {"ok"}
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_each_problem_is_reported_with_its_fix(tmp_path: Path) -> None:
     async with world(tmp_path, SLACK_BOT_TOKEN="xoxb-not-the-real-one") as w:
         revoked = await connect(w, "U100", ME)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -12,14 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
-from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import make_store
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.settings import Settings
+from tests import pg
 from tests.harness import ALICE, BOB, CAROL, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +39,19 @@ class World:
     db_path: Path
     servers: list[Server] = field(default_factory=list)
 
-    def server(self, log_path: Path, *, max_files: int | None = None) -> Server:
+    async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Plain SQL (``?`` placeholders) on the world's database, SQLite or PostgreSQL."""
+        return await pg.query(self.env.get("DATABASE_URL") or str(self.db_path), query, *params)
+
+    def server(self, log_path: Path, *, port: int | None = None, max_files: int | None = None) -> Server:
         """A server for this world; it is killed when the world ends, even if the test failed.
 
+        ``port``: another instance on the same database, listening elsewhere (``server.url``).
         ``max_files`` lowers the process's file descriptor limit (RLIMIT_NOFILE)."""
-        server = Server(self.env, log_path, max_files=max_files)
+        env = dict(self.env)
+        if port is not None:
+            env.update(PORT=str(port), PUBLIC_URL=f"http://127.0.0.1:{port}")
+        server = Server(env, log_path, max_files=max_files)
         self.servers.append(server)
         return server
 
@@ -60,7 +71,7 @@ async def world(
         port = free_port()
         db_path = tmp_path / "bridge.db"
         full_env = bridge_env(db_path, x_url, f"{slack_url}/api/", port, LOG_FORMAT="json", **env)
-        store = SqliteStore(str(db_path), TokenCipher([full_env["BRIDGE_ENCRYPTION_KEY"]]))
+        store = make_store(Settings.from_env(full_env))
         await store.open()
         grant = x.issue_token(ME)
         account = await store.save_account(
@@ -98,6 +109,18 @@ class Server:
         self.log_path = log_path
         self.max_files = max_files
         self.process: asyncio.subprocess.Process | None = None
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+
+    async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
+        """The /healthz body (in full with the world's METRICS_TOKEN), or None while it does not answer."""
+        token = self.env.get("METRICS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with session.get(f"{self.url}/healthz", headers=headers) as response:
+                body: dict[str, Any] = await response.json()
+                return body
+        except aiohttp.ClientError:
+            return None
 
     async def start(self, url: str, session: aiohttp.ClientSession) -> None:
         log = self.log_path.open("ab")
@@ -110,6 +133,7 @@ class Server:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1",
             env={**os.environ, **self.env}, cwd=ROOT, stdout=log, stderr=log, preexec_fn=lower_limit,
+            start_new_session=True,  # its own process group: a kill takes any child (Litestream's) too
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 20
@@ -126,7 +150,8 @@ class Server:
 
     async def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
 
     async def terminate(self) -> int:

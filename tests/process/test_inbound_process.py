@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from adapters.sandbox.fake_x import FakeX
 from bridge.inbound import METADATA_TYPE
 from tests.harness import ALICE, ME, wait_until
-from tests.process.support import world
+from tests.process.support import World, world
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 CONVERSATION = f"{ME}-{ALICE}"
 FAST = {"INBOUND_POLL_SECONDS": "0.2", "X_TIMEOUT_SECONDS": "30"}
@@ -22,8 +26,26 @@ def channel(x: FakeX) -> dict[str, str]:
     return {"C100": CONVERSATION}
 
 
-def states(db_path: Path) -> list[str]:
-    return [r[0] for r in sqlite3.connect(db_path).execute("SELECT state FROM inbound ORDER BY seq")]
+async def states(w: World) -> list[str]:
+    return [r[0] for r in await w.sql("SELECT state FROM inbound ORDER BY seq")]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """``wait_until`` for a check that reads the database (either store)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def read_once(w: World) -> bool:
+    return bool(await w.sql("SELECT 1 FROM cursors"))
+
+
+async def _is(found: Awaitable[list[str]], wanted: list[str]) -> bool:
+    return await found == wanted
 
 
 def texts(posts: list[dict[str, Any]]) -> list[str]:
@@ -34,11 +56,7 @@ async def test_sigkill_mid_read_then_restart_posts_everything_once_in_order(tmp_
     async with world(tmp_path, channel, **FAST) as w:
         server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
-        await wait_until(
-            lambda: sqlite3.connect(w.db_path).execute("SELECT 1 FROM cursors").fetchone() is not None,
-            20,
-            "the first read",
-        )
+        await eventually(lambda: read_once(w), 20, "the first read")
         for i in range(3):
             w.x.add_event(CONVERSATION, ALICE, f"before {i}")
         await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 3, 20, "three posts")
@@ -66,21 +84,17 @@ async def test_sigkill_mid_post_to_slack_then_restart_does_not_post_twice(tmp_pa
     async with world(tmp_path, channel, **FAST) as w:
         server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
-        await wait_until(
-            lambda: sqlite3.connect(w.db_path).execute("SELECT 1 FROM cursors").fetchone() is not None,
-            20,
-            "the first read",
-        )
+        await eventually(lambda: read_once(w), 20, "the first read")
         gate = w.slack.hold("chat.postMessage")
         w.x.add_event(CONVERSATION, ALICE, "exactly once")
-        await wait_until(lambda: states(w.db_path) == ["posting"], 20, "a post in flight")
+        await eventually(lambda: _is(states(w), ["posting"]), 20, "a post in flight")
         await server.kill()
         gate.set()  # Slack carries out the post the dead process sent
         await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 1, 10, "Slack's copy")
         w.slack.calls.clear()
         await server.start(w.url, w.session)
         w.x.add_event(CONVERSATION, ALICE, "and then this")
-        await wait_until(lambda: states(w.db_path) == ["posted", "posted"], 30, "both rows settled")
+        await eventually(lambda: _is(states(w), ["posted", "posted"]), 30, "both rows settled")
         await asyncio.sleep(0.5)
         assert await server.terminate() == 0
         assert texts(w.slack.posted("C100")) == ["exactly once", "and then this"]

@@ -22,6 +22,7 @@ from tests.harness import ALICE, BOB, CAROL, ME, bridge_env, free_port, wait_unt
 from tests.process.support import ROOT, world
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_order(tmp_path: Path) -> None:
     groups: dict[str, str] = {}
 
@@ -51,8 +52,8 @@ async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_ord
         w.x.timeout_seconds = 30.0
         w.x.inject("record_then_hang")
         await wait_until(lambda: any(k == "record_then_hang" for k, _ in w.x.faults_served), 20, "hung send")
-        state = sqlite3.connect(w.db_path).execute("SELECT COUNT(*) FROM outbox WHERE state = 'sending'")
-        assert state.fetchone() == (1,)  # the row that X has, but we do not know it
+        state = await w.sql("SELECT COUNT(*) FROM outbox WHERE state = 'sending'")
+        assert state == [(1,)]  # the row that X has, but we do not know it
         await server.kill()
         await server.start(w.url, w.session)
 
@@ -62,13 +63,12 @@ async def test_sigkill_mid_delivery_then_restart_delivers_everything_once_in_ord
         for channel, conversation in groups.items():
             assert [e.text for e in w.x.messages_in(conversation)] == expected[channel], channel
         assert len(w.x.events) == 60
-        rows = (
-            sqlite3.connect(w.db_path).execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
-        )
+        rows = await w.sql("SELECT state, COUNT(*) FROM outbox GROUP BY state")
         assert rows == [("sent", 60)]
         assert "reconciled: X had the message already" in (tmp_path / "server.log").read_text()
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_sigterm_finishes_in_flight_send_and_exits_cleanly(tmp_path: Path) -> None:
     async with world(tmp_path, lambda x: {"C100": "1000-2001"}) as w:
         server = w.server(tmp_path / "server.log")

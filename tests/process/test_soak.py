@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, BOB, ME, wait_until
@@ -48,13 +49,14 @@ async def inject_faults(x: FakeX, stop: asyncio.Event) -> Counter[str]:
     injected: Counter[str] = Counter()
     while not stop.is_set():
         kind = rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
-        x.inject(kind)  # type: ignore[arg-type]
+        x.inject(kind)
         injected[kind] += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), FAULT_EVERY)
     return injected
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_soak_with_faults_retries_and_two_kills(tmp_path: Path) -> None:
     def mappings(x: FakeX) -> dict[str, str]:
         return {f"C{i:02d}": x.create_group(ME, [ALICE, BOB]) for i in range(CHANNELS)}
@@ -97,7 +99,7 @@ async def test_soak_with_faults_retries_and_two_kills(tmp_path: Path) -> None:
         for channel, events in conversations.items():
             assert [e.text for e in events] == expected[channel], channel
         assert len(w.x.events) == MESSAGES
-        states = dict(sqlite3.connect(w.db_path).execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+        states = dict(await w.sql("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
         assert states == {"sent": MESSAGES}
         assert retries > MESSAGES // 4
         assert all(injected[k] > 0 for k in FAULT_KINDS), injected

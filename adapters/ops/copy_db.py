@@ -1,0 +1,213 @@
+"""``xdm-bridge copy-db --to <url or path>``: move a deployment between SQLite and PostgreSQL.
+
+Copies every bridge table from the configured database (``DATABASE_URL``, else
+``DATABASE_PATH``) into an empty target, migrated first, in one transaction on the
+target, then counts every table on both sides and fails unless they agree. Tokens are
+copied as they are stored (Fernet ciphertext), so the target needs the same
+``BRIDGE_ENCRYPTION_KEY``. Stop the bridge while copying: rows written meanwhile would
+not be copied (the counts would then say so).
+
+SQLite is read and written here in plain blocking calls: this is a short-lived command
+with no event loop serving anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from adapters.store import postgres
+from adapters.store.sqlite import open_database
+from migrations.postgres import TABLES
+
+Table = tuple[list[str], list[tuple[Any, ...]]]
+
+# Tables only one engine has, derived from the others: never copied.
+DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence"}
+
+
+class CopyError(Exception):
+    """The copy was refused or did not verify; the message says why (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Copied:
+    counts: dict[str, int]
+
+
+def copy(source: str, target: str) -> Copied:
+    """Copy ``source`` into the empty ``target`` (each a PostgreSQL URL or a SQLite path)."""
+    if source == target:
+        raise CopyError("the source and the target are the same database")
+    if not postgres.is_postgres_url(source) and not os.path.exists(source):
+        raise CopyError(f"no database at {source}: check DATABASE_PATH")
+    data = _read(source)
+    _write(target, data)
+    theirs = _counts(target, list(data))
+    ours = {table: len(rows) for table, (_, rows) in data.items()}
+    if theirs != ours:
+        raise CopyError(f"counts differ after the copy: source {ours}, target {theirs}")
+    return Copied(ours)
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _read(location: str) -> dict[str, Table]:
+    if postgres.is_postgres_url(location):
+        return asyncio.run(_read_postgres(location))
+    return _read_sqlite(location)
+
+
+def _read_sqlite(path: str) -> dict[str, Table]:
+    open_database(path).close()  # the schema up to date, so the columns match the target's
+    db = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        _check_tables(names, path)
+        data: dict[str, Table] = {}
+        for table in TABLES:
+            cursor = db.execute(f"SELECT * FROM {table}")
+            data[table] = ([d[0] for d in cursor.description], [tuple(r) for r in cursor.fetchall()])
+        return data
+    finally:
+        db.close()
+
+
+async def _read_postgres(url: str) -> dict[str, Table]:
+    await postgres.migrate(url)
+    conn = await postgres.connect(url)
+    try:
+        names = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        ]
+        _check_tables(names, "the PostgreSQL database")
+        data: dict[str, Table] = {}
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for table in TABLES:
+                columns = await _pg_columns(conn, table)
+                rows = await conn.fetch(f"SELECT {', '.join(columns)} FROM {table}")
+                data[table] = (columns, [tuple(r) for r in rows])
+        return data
+    finally:
+        await conn.close()
+
+
+def _check_tables(names: Sequence[str], where: str) -> None:
+    unknown = sorted(set(names) - set(TABLES) - DERIVED)
+    if unknown:
+        raise CopyError(f"{where} has tables this copy does not know: {', '.join(unknown)}")
+
+
+# -- writing ----------------------------------------------------------------------
+
+
+def _write(location: str, data: dict[str, Table]) -> None:
+    if postgres.is_postgres_url(location):
+        asyncio.run(_write_postgres(location, data))
+    else:
+        _write_sqlite(location, data)
+
+
+def _write_sqlite(path: str, data: dict[str, Table]) -> None:
+    db = open_database(path)  # creates and migrates
+    try:
+        conn = db.conn
+        _refuse_non_empty({t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in data})
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, (columns, rows) in data.items():
+                marks = ", ".join("?" * len(columns))
+                conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        db.close()
+
+
+async def _write_postgres(url: str, data: dict[str, Table]) -> None:
+    await postgres.migrate(url)
+    conn = await postgres.connect(url)
+    try:
+        _refuse_non_empty({t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in data})
+        async with conn.transaction():
+            for table, (columns, rows) in data.items():
+                types = await _pg_types(conn, table)
+                missing = [c for c in columns if c not in types]
+                if missing:
+                    raise CopyError(f"PostgreSQL's {table} has no column(s) {', '.join(missing)}")
+                records = [
+                    tuple(_coerce(v, types[c]) for c, v in zip(columns, row, strict=True)) for row in rows
+                ]
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+            for table in ("accounts", "outbox", "inbound"):
+                # Ids were copied as they were; new rows continue after them.
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+                )
+    finally:
+        await conn.close()
+
+
+def _refuse_non_empty(counts: dict[str, int]) -> None:
+    filled = {t: n for t, n in counts.items() if n}
+    if filled:
+        listed = ", ".join(f"{t} ({n})" for t, n in filled.items())
+        raise CopyError(f"the target already holds rows in {listed}: copy only into an empty database")
+
+
+async def _pg_columns(conn: asyncpg.Connection, table: str) -> list[str]:
+    return list(await _pg_types(conn, table))
+
+
+async def _pg_types(conn: asyncpg.Connection, table: str) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        table,
+    )
+    return {r["column_name"]: r["data_type"] for r in rows}
+
+
+def _coerce(value: Any, data_type: str) -> Any:
+    """SQLite keeps what it was given; PostgreSQL's binary COPY wants the column's own type."""
+    if value is None:
+        return None
+    if data_type == "double precision":
+        return float(value)
+    if data_type in ("bigint", "integer"):
+        return int(value)
+    if data_type == "text":
+        return str(value)
+    return value
+
+
+# -- verifying --------------------------------------------------------------------
+
+
+def _counts(location: str, tables: Sequence[str]) -> dict[str, int]:
+    if postgres.is_postgres_url(location):
+        return asyncio.run(_pg_counts(location, tables))
+    db = sqlite3.connect(location)
+    try:
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+    finally:
+        db.close()
+
+
+async def _pg_counts(url: str, tables: Sequence[str]) -> dict[str, int]:
+    conn = await postgres.connect(url)
+    try:
+        return {t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in tables}
+    finally:
+        await conn.close()

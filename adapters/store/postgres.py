@@ -1,0 +1,1348 @@
+"""The ``Store`` port on PostgreSQL (asyncpg), for ``DATABASE_URL``.
+
+Same tables, same semantics as ``adapters/store/sqlite.py`` (one contract suite runs
+against both), but several instances may share the database, so what the SQLite store
+gets from its single writer thread is done here with locks:
+
+- a message is accepted, and a channel's head handed on, under a lock on the channel's
+  mapping row (``FOR NO KEY UPDATE``): ids (and so the send order) are drawn in commit
+  order per channel, and "this row is its channel's head" is decided with no race;
+- a claim (``mark_sending``), an edit and a delete lock the outbox row they read;
+- a token refresh runs under a lock on the account's row (``refresh_lock``), so X's
+  single-use refresh token is spent once across instances.
+
+Heads are found by a loose index scan over the partial ``outbox_pending`` index: one
+probe per channel with unfinished rows, not a scan of the backlog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from adapters.store import rows
+from adapters.store.crypto import TokenCipher
+from bridge.model import (
+    Accepted,
+    Account,
+    InboundEvent,
+    InboundItem,
+    InboundState,
+    IncomingMessage,
+    Mapping,
+    OAuthState,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    TokenSet,
+    Unreadable,
+    XUser,
+)
+from migrations import postgres as pg_migrations
+from migrations.postgres import PENDING_STATES
+
+log = logging.getLogger("adapters.store.postgres")
+
+SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries within minutes
+NOW = "extract(epoch from clock_timestamp())::double precision"
+OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
+INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
+REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
+INBOUND_LOCK = 0x786E  # pg_advisory_xact_lock(INBOUND_LOCK, account id): one inbound take per account
+
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).split("://", 1)[0] in ("postgres", "postgresql")
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection (``sslmode`` and the rest of the URL are asyncpg's to honour)."""
+    return await asyncpg.connect(url)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply pending migrations (``xdm-bridge migrate``); the names applied."""
+    conn = await connect(url)
+    try:
+        return await pg_migrations.apply(conn)
+    finally:
+        await conn.close()
+
+
+class PostgresStore:
+    """PostgreSQL implementation of ``bridge.ports.Store``."""
+
+    def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
+        self.url = url
+        self._cipher = cipher
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
+        self.instance_id = uuid.uuid4().hex[:12]
+        # Whether new rows are announced with NOTIFY: a standby's must wake the leader, the leader's
+        # own are offered to its worker directly, and every NOTIFY serialises commits database-wide
+        # (PostgreSQL takes one lock for the notification queue until the commit is on disk).
+        self.announce = True
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        conn = await connect(self.url)
+        try:
+            await pg_migrations.apply(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self._pool_size, reset=_keep_session
+        )
+        log.info("database ready", extra={"engine": "postgresql"})
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "store not open"
+        return self._pool
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        async with self._tx() as conn:
+            return await conn.execute(sql, *args)
+
+    # -- health ------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.pool.fetchval("SELECT 1") == 1)
+
+    # -- accounts ----------------------------------------------------------
+
+    async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
+        columns = rows.token_columns(tokens, self._cipher)
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                f"""
+                INSERT INTO accounts (team_id, slack_user_id, x_user_id, x_username, access_token,
+                                      refresh_token, expires_at, scope, needs_reconnect,
+                                      created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, {NOW}, {NOW})
+                ON CONFLICT (team_id, slack_user_id) DO UPDATE SET
+                    x_user_id = excluded.x_user_id, x_username = excluded.x_username,
+                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
+                    expires_at = excluded.expires_at, scope = excluded.scope,
+                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
+                RETURNING *
+                """,
+                team_id,
+                slack_user_id,
+                user.id,
+                user.username,
+                columns["access_token"],
+                columns["refresh_token"],
+                columns["expires_at"],
+                columns["scope"],
+            )
+        assert row is not None
+        return rows.account(row, self._cipher)
+
+    async def get_account(self, account_id: int) -> Account | None:
+        row = await self.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+        return rows.account(row, self._cipher) if row else None
+
+    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM accounts WHERE team_id = $1 AND slack_user_id = $2", team_id, slack_user_id
+        )
+        return rows.account(row, self._cipher) if row else None
+
+    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
+        await self._update_tokens(self.pool, account_id, tokens)
+
+    async def _update_tokens(self, conn: Any, account_id: int, tokens: TokenSet) -> None:
+        columns = rows.token_columns(tokens, self._cipher)
+        await conn.execute(
+            f"UPDATE accounts SET access_token = $1, refresh_token = $2, expires_at = $3, scope = $4, "
+            f"updated_at = {NOW} WHERE id = $5",
+            columns["access_token"],
+            columns["refresh_token"],
+            columns["expires_at"],
+            columns["scope"],
+            account_id,
+        )
+
+    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None:
+        await self._execute("UPDATE accounts SET needs_reconnect = $1 WHERE id = $2", int(needs), account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        return [
+            rows.account(r, self._cipher) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")
+        ]
+
+    async def usernames_needing_reconnect(self) -> list[str]:
+        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        found = await self.pool.fetch(
+            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 AND disconnected_at IS NULL "
+            "ORDER BY x_username"
+        )
+        return [r["x_username"] for r in found]
+
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+        """Forget the account's tokens and pause its mappings (as the SQLite store)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
+                "needs_reconnect = 1, disconnected_at = $1, updated_at = $1 WHERE id = $2",
+                now,
+                account_id,
+            )
+            paused = await conn.fetch(
+                "UPDATE mappings SET paused_at = $1, paused_by = $2 "
+                "WHERE account_id = $3 AND paused_at IS NULL RETURNING *",
+                now,
+                by,
+                account_id,
+            )
+        return sorted((rows.mapping(r) for r in paused), key=lambda m: (m.team_id, m.channel_id))
+
+    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+        resumed = await self.pool.fetch(
+            # Not those held for another X account (``hold_for_previous_account``).
+            "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
+            "WHERE account_id = $1 AND paused_at IS NOT NULL AND held_for IS NULL RETURNING *",
+            account_id,
+        )
+        return sorted((rows.mapping(r) for r in resumed), key=lambda m: (m.team_id, m.channel_id))
+
+    async def hold_for_previous_account(
+        self, account_id: int, previous: XUser, current: XUser, now: float
+    ) -> list[Mapping]:
+        async with self._tx() as conn:
+            held: list[Any] = []
+            if previous.id != current.id:
+                # A conversation id is the previous account's conversation; a 1-to-1 by person
+                # (kind dm) or a group not created yet is not anyone's yet.
+                held = await conn.fetch(
+                    "UPDATE mappings SET paused_at = COALESCE(paused_at, $1), "
+                    "paused_by = COALESCE(paused_by, 'switch'), held_for = $2, held_for_username = $3 "
+                    "WHERE account_id = $4 AND held_for IS NULL AND kind != 'dm' "
+                    "AND conversation_id IS NOT NULL RETURNING *",
+                    now,
+                    previous.id,
+                    previous.username,
+                    account_id,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET held_state = state, state = 'held', held_for = $1 "
+                    f"WHERE account_id = $2 AND state IN {PENDING_STATES} "
+                    "AND target_conversation IS NOT NULL",
+                    previous.id,
+                    account_id,
+                )
+            # What was held for the account connected now is its own again.
+            await conn.execute(
+                "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
+                "WHERE account_id = $1 AND held_for = $2",
+                account_id,
+                current.id,
+            )
+            await conn.execute(
+                "UPDATE outbox SET state = COALESCE(held_state, 'queued'), held_for = NULL, "
+                "held_state = NULL, next_attempt_at = $1 "
+                "WHERE account_id = $2 AND state = 'held' AND held_for = $3",
+                now,
+                account_id,
+                current.id,
+            )
+        return sorted((rows.mapping(r) for r in held), key=lambda m: (m.team_id, m.channel_id))
+
+    # -- OAuth states ------------------------------------------------------
+
+    async def save_oauth_state(self, state: OAuthState) -> None:
+        async with self._tx() as conn:
+            # Expired states are useless; sweep them whenever a new one is made.
+            await conn.execute(f"DELETE FROM oauth_states WHERE expires_at < {NOW} - 3600")
+            await conn.execute(
+                "INSERT INTO oauth_states (state, code_verifier, team_id, slack_user_id, channel_id, "
+                "response_url, expires_at, used, slack_user_name, team_name) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)",
+                state.state,
+                self._cipher.encrypt(state.code_verifier),
+                state.team_id,
+                state.slack_user_id,
+                state.channel_id,
+                state.response_url,
+                state.expires_at,
+                state.slack_user_name,
+                state.team_name,
+            )
+
+    def _oauth_state(self, row: Any) -> OAuthState:
+        return OAuthState(
+            state=row["state"],
+            code_verifier=self._cipher.decrypt(row["code_verifier"]),
+            team_id=row["team_id"],
+            slack_user_id=row["slack_user_id"],
+            channel_id=row["channel_id"] or "",
+            response_url=row["response_url"],
+            expires_at=row["expires_at"],
+            slack_user_name=row["slack_user_name"] or "",
+            team_name=row["team_name"] or "",
+        )
+
+    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM oauth_states WHERE state = $1 AND used = 0 AND expires_at > $2 "
+            "AND browser_hash IS NULL",
+            state,
+            now,
+        )
+        return self._oauth_state(row) if row else None
+
+    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        # One UPDATE decides, even between instances: one browser confirms a state.
+        row = await self.pool.fetchrow(
+            "UPDATE oauth_states SET browser_hash = $1 WHERE state = $2 AND used = 0 "
+            "AND expires_at > $3 AND browser_hash IS NULL RETURNING *",
+            browser_hash,
+            state,
+            now,
+        )
+        return self._oauth_state(row) if row else None
+
+    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
+        # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
+        row = await self.pool.fetchrow(
+            "UPDATE oauth_states SET used = 1 WHERE state = $1 AND used = 0 AND expires_at > $2 "
+            "AND browser_hash = $3 RETURNING *",
+            state,
+            now,
+            browser_hash,
+        )
+        return self._oauth_state(row) if row else None
+
+    # -- mappings ----------------------------------------------------------
+
+    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2", team_id, channel_id
+        )
+        return rows.mapping(row) if row else None
+
+    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
+        status = await self._execute(
+            """
+            INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
+                                  participant_id, created_by, created_at, participant_username,
+                                  participant_ids)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+            """,
+            mapping.team_id,
+            mapping.channel_id,
+            mapping.kind.value,
+            mapping.account_id,
+            mapping.conversation_id,
+            mapping.participant_id,
+            mapping.created_by,
+            mapping.created_at,
+            mapping.participant_username,
+            json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
+        )
+        return mapping if status == "INSERT 0 1" else None
+
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: Mapping | None = None
+    ) -> Mapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2"
+        args: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = $3 AND created_at = $4"
+            args += [made.created_by, made.created_at]
+        row = await self.pool.fetchrow(sql + " RETURNING *", *args)
+        return rows.mapping(row) if row else None
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[Mapping | None, list[OutboxItem]]:
+        members = json.dumps(list(group))  # as create_mapping and accept write it
+        async with self._tx() as conn:
+            # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
+            row = await conn.fetchrow(
+                "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 AND kind = 'group' "
+                "AND conversation_id IS NULL AND participant_ids = $3 RETURNING *",
+                team_id,
+                channel_id,
+                members,
+            )
+            found = await conn.fetch(
+                f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND target_group = $3 "
+                f"AND state IN {PENDING_STATES} ORDER BY seq, part",
+                team_id,
+                channel_id,
+                members,
+            )
+        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
+
+    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
+        await self._execute(
+            "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3",
+            conversation_id,
+            team_id,
+            channel_id,
+        )
+
+    async def list_mappings(self) -> list[Mapping]:
+        found = await self.pool.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
+        return [rows.mapping(r) for r in found]
+
+    # -- relay -------------------------------------------------------------
+
+    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+        async with self._tx() as conn:
+            await self._lock_channel(conn, message.team_id, message.channel_id)
+            return await self._accept(conn, message, mapping, now) is not None
+
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
+        async with self._tx() as conn:
+            row = await self._lock_channel(conn, message.team_id, message.channel_id)
+            if row is None:
+                return None
+            inserted = await self._accept(conn, message, rows.mapping(row), now)
+            if inserted is None:
+                return Accepted(new=False)
+            # Under the channel's lock nothing else accepts or finishes a row of this channel, so
+            # "nothing unfinished before it" (read after the lock was taken) holds until commit.
+            return Accepted(new=True, head=None if inserted["busy_before"] else rows.item(inserted))
+
+    @staticmethod
+    async def _lock_channel(conn: Conn, team_id: str, channel_id: str) -> Any:
+        """The channel's mapping row, locked until commit (serialises a channel's accepts and sends).
+
+        Its own statement: what follows must read the database as it is once the lock is held."""
+        return await conn.fetchrow(
+            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE",
+            team_id,
+            channel_id,
+        )
+
+    async def _accept(self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float) -> Any:
+        """The new row (with ``busy_before``: the channel had unfinished rows), in one statement:
+        dedupe by event id, the insert, and the NOTIFY that wakes the leader at commit. None when
+        this event or message was accepted before."""
+        target = mapping.target
+        return await conn.fetchrow(
+            f"""
+            WITH seen AS (
+                INSERT INTO seen_events (event_id, seen_at) SELECT $10::text, $9 WHERE $10::text IS NOT NULL
+                ON CONFLICT DO NOTHING RETURNING 1
+            ),
+            fresh AS (SELECT ($10::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
+            busy AS (
+                SELECT EXISTS (
+                    SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES}
+                ) AS before
+            ),
+            n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
+            ins AS (
+                INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant, target_conversation,
+                                    target_group, text, source, state, attempts, next_attempt_at,
+                                    created_at, hourglass, kind, held_for, held_state)
+                SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, $14, NULL, $8,
+                       CASE WHEN $15::text IS NULL THEN 'queued' ELSE 'held' END, 0, 0,
+                       $9, 0, 'message', $15::text, CASE WHEN $15::text IS NULL THEN NULL ELSE 'queued' END
+                FROM n
+                ON CONFLICT DO NOTHING
+                RETURNING *
+            ),
+            note AS (SELECT pg_notify($11, $12) FROM ins WHERE $13)
+            SELECT ins.*, (SELECT before FROM busy) AS busy_before, (SELECT COUNT(*) FROM note) AS notified
+            FROM ins
+            """,
+            message.team_id,
+            message.channel_id,
+            message.ts,
+            message.user_id,
+            mapping.account_id,
+            target.participant_id,
+            target.conversation_id,
+            rows.message_source(message),
+            now,
+            message.event_id,
+            OUTBOX_CHANNEL,
+            self.instance_id,
+            self.announce,
+            None if target.new_group is None else json.dumps(list(target.new_group)),
+            # Posted in a channel held for another X account: it waits for that account.
+            mapping.held_for,
+        )
+
+    async def _notify(self, conn: Conn) -> None:
+        """Wake the leader's worker (on whichever instance) when this transaction commits."""
+        if self.announce:
+            await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    async def notify_outbox(self) -> None:
+        """Wake the leader's worker now (a reconnection or a new mapping may have freed rows)."""
+        await self.pool.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, self.instance_id)
+
+    async def notify_inbound(self, what: str = "") -> None:
+        """Wake the leader's inbound worker now; ``what`` names a wake-up beyond "rows are queued"
+        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push)."""
+        payload = f"{self.instance_id}:{what}" if what else self.instance_id
+        await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
+
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while an account's token is re-read and refreshed: one refresh at a time across every
+        instance, since X's refresh tokens are single-use. An advisory lock in a transaction on a
+        connection of its own, so the store's other calls (reading, saving the new tokens) never wait
+        on it."""
+        return self._advisory(REFRESH_LOCK, account_id)
+
+    @asynccontextmanager
+    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
+        # A transaction-level lock: however the holder ends (an error, a cancellation, a dead
+        # connection), the transaction ends and the lock with it.
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
+            yield
+
+    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+        """Delete at most ``batch`` rows of each kind past retention (as the SQLite store)."""
+        async with self._tx() as conn:
+            deleted = 0
+            for sql, args in (
+                (
+                    "DELETE FROM seen_events WHERE event_id IN (SELECT event_id FROM seen_events "
+                    "WHERE seen_at < $1 ORDER BY seen_at LIMIT $2)",
+                    (now - SEEN_EVENTS_KEEP_SECONDS, batch),
+                ),
+                (
+                    f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE created_at < $1 "
+                    f"AND state NOT IN {PENDING_STATES} AND state != 'held' ORDER BY created_at LIMIT $2)",
+                    (keep_after, batch),
+                ),
+                (
+                    "DELETE FROM message_map WHERE (team_id, channel_id, slack_ts, part) IN ("
+                    "SELECT team_id, channel_id, slack_ts, part FROM message_map WHERE created_at < $1 "
+                    "ORDER BY created_at LIMIT $2)",
+                    (keep_after, batch),
+                ),
+            ):
+                status = await conn.execute(sql, *args)
+                deleted += int(status.split()[-1])
+        return deleted
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` and ``oldest_pending_at``, from the partial index of unfinished rows."""
+        row = await self.pool.fetchrow(
+            "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox "
+            f"WHERE state IN {PENDING_STATES}"
+        )
+        assert row is not None
+        return {"pending": int(row["pending"] or 0), "oldest_pending_at": row["oldest"]}
+
+    # -- outbox ------------------------------------------------------------
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        # A loose index scan: hop from channel to channel along outbox_pending, then take each
+        # channel's first row; one probe per channel, whatever the backlog.
+        found = await self.pool.fetch(
+            f"""
+            WITH RECURSIVE channels (team_id, channel_id) AS (
+                (SELECT team_id, channel_id FROM outbox WHERE state IN {PENDING_STATES}
+                 ORDER BY team_id, channel_id LIMIT 1)
+                UNION ALL
+                SELECT next.team_id, next.channel_id FROM channels AS c, LATERAL (
+                    SELECT team_id, channel_id FROM outbox
+                    WHERE state IN {PENDING_STATES} AND (team_id, channel_id) > (c.team_id, c.channel_id)
+                    ORDER BY team_id, channel_id LIMIT 1
+                ) AS next
+            )
+            SELECT head.* FROM channels AS c, LATERAL (
+                SELECT * FROM outbox
+                WHERE team_id = c.team_id AND channel_id = c.channel_id AND state IN {PENDING_STATES}
+                ORDER BY seq, part LIMIT 1
+            ) AS head
+            """
+        )
+        # Row by row: one unreadable row is reported as such, and stops nobody else.
+        return [self._readable(r) for r in found]
+
+    @staticmethod
+    def _readable(row: Any) -> OutboxItem | Unreadable:
+        """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+        try:
+            return rows.item(row)
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            log.error("outbox row cannot be read", extra={"outbox_id": row["id"], "error": str(exc)})
+            return Unreadable(
+                id=row["id"],
+                team_id=row["team_id"],
+                channel_id=row["channel_id"],
+                slack_ts=row["slack_ts"],
+                ref_ts=row["ref_ts"] or row["slack_ts"],
+                author_id=row["author_id"] or "",
+                account_id=row["account_id"],
+                reason=f"the bridge's stored copy of it could not be read ({exc})",
+            )
+
+    @staticmethod
+    async def _channel_head(conn: Conn, team_id: str, channel_id: str) -> Any:
+        return await conn.fetchrow(
+            f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES} "
+            "ORDER BY seq, part LIMIT 1",
+            team_id,
+            channel_id,
+        )
+
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
+        async with self._tx() as conn:
+            await self._write_render(conn, item_id, parts)
+            row = await conn.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
+        assert row is not None
+        return rows.item(row)
+
+    @staticmethod
+    async def _write_render(conn: Conn, item_id: int, parts: Sequence[RenderedPart]) -> None:
+        """The first part's text on the row itself; further parts as rows right behind it."""
+        assert parts, "a message renders to at least one part"
+        first = parts[0]
+        await conn.execute(
+            "UPDATE outbox SET text = $1, media = $2, parts_total = $3 WHERE id = $4",
+            first.text,
+            rows.json_or_none(first.media),
+            len(parts),
+            item_id,
+        )
+        if len(parts) > 1:
+            await conn.executemany(
+                """
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant, target_conversation,
+                                    target_group, text, media, source, state, attempts, next_attempt_at,
+                                    created_at, hourglass, kind)
+                SELECT seq, $1, $2, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
+                       target_participant, target_conversation, target_group, $3, $4, '{}', 'queued', 0,
+                       0, created_at, 0, kind
+                FROM outbox WHERE id = $5
+                ON CONFLICT DO NOTHING
+                """,
+                [
+                    (index, len(parts), part.text, rows.json_or_none(part.media), item_id)
+                    for index, part in enumerate(parts[1:], start=1)
+                ],
+            )
+
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        await self._execute(
+            "UPDATE outbox SET media_id = $1, media_uploaded_at = $2, media_unfinished = 0 WHERE id = $3",
+            media_id,
+            uploaded_at,
+            item_id,
+        )
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        await self._execute(
+            "UPDATE outbox SET media_unfinished = media_unfinished + 1 WHERE id = $1", item_id
+        )
+
+    async def end_media_upload(self, item_id: int) -> None:
+        await self._execute("UPDATE outbox SET media_unfinished = 0 WHERE id = $1", item_id)
+
+    async def drop_media(self, item_id: int) -> None:
+        await self._execute(
+            "UPDATE outbox SET media = NULL, media_id = NULL, media_uploaded_at = NULL, "
+            "media_unfinished = 0 WHERE id = $1",
+            item_id,
+        )
+
+    async def accept_edit(
+        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
+    ) -> str:
+        """As the SQLite store: "updated", "queued" or "unknown"."""
+        async with self._tx() as conn:
+            await self._lock_channel(conn, team_id, channel_id)
+            original = await conn.fetchrow(
+                "SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 AND part = 0 "
+                "AND kind = 'message' FOR UPDATE",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if original is None:
+                return "unknown"
+            states = await conn.fetch(
+                "SELECT state FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
+                "AND kind = 'message'",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if original["deleted_at"] is None and all(r["state"] in ("queued", "waiting") for r in states):
+                # Nothing of it was handed to X: the new text replaces the old, rendered or not.
+                # The row is rendered again from the new source (its further parts with it).
+                merged = {**json.loads(original["source"] or "{}"), **source}
+                await conn.execute(
+                    "DELETE FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
+                    "AND kind = 'message' AND part > 0",
+                    team_id,
+                    channel_id,
+                    ref_ts,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET source = $1, text = NULL, media = NULL, media_id = NULL, "
+                    "media_uploaded_at = NULL, parts_total = 1 WHERE id = $2",
+                    json.dumps(merged),
+                    original["id"],
+                )
+                return "updated"
+            inserted = await self._insert_follow_up(conn, original, OutboxKind.EDIT, edit_ts, source, now)
+            if inserted:
+                await self._notify(conn)
+            return "queued" if inserted else "unknown"
+
+    async def accept_delete(
+        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
+    ) -> str:
+        """As the SQLite store: "cancelled", "queued" or "unknown"."""
+        async with self._tx() as conn:
+            await self._lock_channel(conn, team_id, channel_id)
+            found = await conn.fetch(
+                "SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
+                "AND kind IN ('message', 'edit') ORDER BY seq, part FOR UPDATE",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            if not found:
+                return "unknown"
+            # Parts not yet handed to X are simply not sent (only the message's own parts and
+            # corrections: a delete row queued by an earlier copy of this event must stay). A held
+            # row is judged by the state it had.
+            await conn.execute(
+                "UPDATE outbox SET state = 'cancelled', held_for = NULL, held_state = NULL, "
+                "last_error = 'deleted in Slack before it was sent' "
+                "WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 AND kind IN ('message', 'edit') "
+                "AND COALESCE(held_state, state) IN ('queued', 'waiting')",
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            # A part caught mid-send may or may not be on X: it is read back, never sent again.
+            await conn.execute(
+                "UPDATE outbox SET deleted_at = $1 "
+                "WHERE team_id = $2 AND channel_id = $3 AND ref_ts = $4 "
+                "AND COALESCE(held_state, state) = 'sending'",
+                now,
+                team_id,
+                channel_id,
+                ref_ts,
+            )
+            reached = [r for r in found if (r["held_state"] or r["state"]) in ("sent", "sending")]
+            if not reached:
+                return "cancelled"
+            inserted = await self._insert_follow_up(conn, found[0], OutboxKind.DELETE, delete_ts, {}, now)
+            if inserted:
+                await self._notify(conn)
+            return "queued" if inserted else "unknown"
+
+    @staticmethod
+    async def _insert_follow_up(
+        conn: Conn, original: Any, kind: OutboxKind, key_ts: str, source: dict[str, Any], now: float
+    ) -> bool:
+        row = await conn.fetchrow(
+            """
+            WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
+            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                author_id, account_id, target_participant, target_conversation,
+                                target_group, text, source, state, attempts, next_attempt_at, created_at,
+                                hourglass, kind)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9, 'queued', 0, 0, $10, 0,
+                   $11
+            FROM n
+            ON CONFLICT DO NOTHING
+            RETURNING id
+            """,
+            original["team_id"],
+            original["channel_id"],
+            f"{key_ts}:{kind.value}",
+            original["ref_ts"] or original["slack_ts"],
+            original["author_id"],
+            original["account_id"],
+            original["target_participant"],
+            # One target only: a 1-to-1 row is addressed by its participant.
+            None if original["target_participant"] else original["target_conversation"],
+            json.dumps(source, separators=(",", ":")),
+            now,
+            kind.value,
+            original["target_group"],
+        )
+        return row is not None
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+        found = await self.pool.fetch(
+            "SELECT dm_event_id FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
+            "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+            "ORDER BY seq, part",
+            team_id,
+            channel_id,
+            ref_ts,
+        )
+        return [r["dm_event_id"] for r in found]
+
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
+        """The Slack text of a message we accepted (thread replies quote their parent)."""
+        source = await self.pool.fetchval(
+            "SELECT source FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 AND part = 0",
+            team_id,
+            channel_id,
+            ts,
+        )
+        if source is None:
+            return None
+        text = json.loads(source or "{}").get("text")
+        return str(text) if text else None
+
+    async def mark_sending(
+        self,
+        item_id: int,
+        now: float,
+        budgets: Sequence[tuple[str, int, int, float]] = (),
+        *,
+        parts: Sequence[RenderedPart] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> OutboxItem | None:
+        # One statement: the claim re-checks its conditions on the row as it is when locked, so a
+        # delete or an edit that landed since the row was read makes it claim nothing.
+        if parts is None:
+            render, extra = "", ""
+            condition = " AND text IS NOT NULL"  # an edit reset its text since it was read: render again
+            texts: list[str] = []
+            medias: list[str | None] = []
+            first: RenderedPart | None = None
+        else:
+            assert parts, "a message renders to at least one part"
+            first = parts[0]
+            render = ", text = $8, media = $9, parts_total = $10"
+            condition = " AND text IS NULL AND source::jsonb IS NOT DISTINCT FROM $7::jsonb"
+            texts = [p.text for p in parts[1:]]
+            medias = [rows.json_or_none(p.media) for p in parts[1:]]
+            extra = """,
+            extra AS (
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
+                                    account_id, target_participant, target_conversation, target_group,
+                                    text, media, source, state, attempts, next_attempt_at, created_at,
+                                    hourglass, kind)
+                SELECT c.seq, p.ord::integer, $10, c.team_id, c.channel_id, c.slack_ts, c.ref_ts, c.author_id,
+                       c.account_id, c.target_participant, c.target_conversation, c.target_group, p.text,
+                       p.media, '{}', 'queued', 0, 0, c.created_at, 0, c.kind
+                FROM claimed AS c, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p (text, media, ord)
+                ON CONFLICT DO NOTHING
+            )"""
+        args: list[Any] = [item_id, now, *_budget_columns(budgets)]
+        if parts is not None and first is not None:
+            args += [
+                json.dumps(source),
+                first.text,
+                rows.json_or_none(first.media),
+                len(parts),
+                texts,
+                medias,
+            ]
+        row = await self.pool.fetchrow(
+            f"""
+            WITH claimed AS (
+                UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = $2{render}
+                WHERE id = $1 AND state IN {PENDING_STATES} AND deleted_at IS NULL{condition}
+                RETURNING *
+            ),
+            budget AS ({_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {_ON_BUDGET_CONFLICT}){extra}
+            SELECT * FROM claimed
+            """,
+            *args,
+        )
+        return rows.item(row) if row else None
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> OutboxItem | None:
+        keys, limits, remaining, resets = _budget_columns(budgets)
+        async with self._tx() as conn:
+            # The channel's lock first, so the next head read below sees every accept committed.
+            await conn.execute(
+                "SELECT 1 FROM mappings WHERE (team_id, channel_id) = "
+                "(SELECT team_id, channel_id FROM outbox WHERE id = $1) FOR NO KEY UPDATE",
+                item_id,
+            )
+            following = await conn.fetchrow(
+                f"""
+                WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
+                -- This commit need not wait for the disk: if the server lost it, the row would be
+                -- 'sending' again and read back from X before any resend, as after any crash
+                -- between the POST and here; and the next row's claim (a waiting commit) writes
+                -- the log up to itself, so it never survives without this.
+                relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+                sent AS (
+                    UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
+                        target_conversation = CASE WHEN target_participant IS NULL
+                                                   THEN COALESCE(target_conversation, $2) END
+                    WHERE id = $8
+                    RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
+                ),
+                mapped AS (
+                    INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id,
+                                             dm_event_id, created_at)
+                    SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+                    ON CONFLICT DO NOTHING
+                ),
+                -- X names the 1-to-1 conversation on first send; keep it for status and reads.
+                named AS (
+                    UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
+                    WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
+                      AND m.channel_id = s.channel_id AND m.kind = 'dm'
+                      AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
+                )
+                SELECT s.team_id AS sent_team, s.channel_id AS sent_channel, s.target_group AS sent_group,
+                       head.*
+                FROM relaxed, sent AS s LEFT JOIN LATERAL (
+                    SELECT * FROM outbox
+                    WHERE team_id = s.team_id AND channel_id = s.channel_id AND state IN {PENDING_STATES}
+                      AND id <> $8
+                    ORDER BY seq, part LIMIT 1
+                ) AS head ON true
+                """,
+                sent.dm_event_id,
+                sent.dm_conversation_id,
+                keys,
+                limits,
+                remaining,
+                resets,
+                now,
+                item_id,
+            )
+            if following is not None and following["sent_group"]:
+                # X created the channel's group: the mapping and every row still to send name it
+                # (read again below, so the next row does not create another group).
+                team, channel = following["sent_team"], following["sent_channel"]
+                await conn.execute(
+                    "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3 "
+                    "AND kind = 'group' AND conversation_id IS NULL",
+                    sent.dm_conversation_id,
+                    team,
+                    channel,
+                )
+                await conn.execute(
+                    "UPDATE outbox SET target_conversation = $1 WHERE team_id = $2 AND channel_id = $3 "
+                    "AND target_conversation IS NULL AND target_participant IS NULL "
+                    "AND target_group IS NOT NULL",
+                    sent.dm_conversation_id,
+                    team,
+                    channel,
+                )
+                following = await self._channel_head(conn, team, channel)
+        if following is None or following["id"] is None:
+            return None
+        head = self._readable(following)
+        # An unreadable head is left to the scheduler, which fails it (the send is recorded).
+        return head if isinstance(head, OutboxItem) else None
+
+    async def reschedule(
+        self,
+        item_id: int,
+        state: OutboxState,
+        next_attempt_at: float,
+        error: str | None,
+        *,
+        held_since: float | None = None,
+    ) -> None:
+        # A row deleted in Slack mid-send never goes back to a state that would send it: once X is
+        # known not to have it, it is cancelled.
+        await self._execute(
+            "UPDATE outbox SET state = CASE WHEN deleted_at IS NOT NULL AND $1 IN ('queued', 'waiting') "
+            "THEN 'cancelled' ELSE $1 END, next_attempt_at = $2, last_error = $3, "
+            # Only a row still pending: the caller's copy may predate a Slack delete that
+            # cancelled it, and writing its state back would resurrect the message.
+            f"held_since = COALESCE(held_since, $4) WHERE id = $5 AND state IN {PENDING_STATES}",
+            state.value,
+            next_attempt_at,
+            error,
+            held_since,
+            item_id,
+        )
+
+    async def mark_done(self, item_id: int, now: float) -> None:
+        await self._execute(
+            "UPDATE outbox SET state = 'sent', sent_at = $1, last_error = NULL WHERE id = $2", now, item_id
+        )
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        await self._execute(
+            "UPDATE outbox SET state = 'failed', last_error = $1 "
+            f"WHERE id = $2 AND state IN {PENDING_STATES}",
+            error,
+            item_id,
+        )
+
+    async def set_hourglass(self, item_id: int, on: bool) -> None:
+        await self._execute("UPDATE outbox SET hourglass = $1 WHERE id = $2", int(on), item_id)
+
+    async def set_held_since(self, item_id: int, since: float | None) -> None:
+        await self._execute("UPDATE outbox SET held_since = $1 WHERE id = $2", since, item_id)
+
+    async def release_account(self, account_id: int, now: float) -> int:
+        # Every unfinished row, whatever it waited for: a ``sending`` one stays ``sending`` (it is
+        # read back before any resend); the others are simply due again.
+        status = await self._execute(
+            "UPDATE outbox SET state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END, "
+            f"next_attempt_at = $1 WHERE account_id = $2 AND state IN {PENDING_STATES}",
+            now,
+            account_id,
+        )
+        return int(status.split()[-1])
+
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        found = await self.pool.fetch(
+            "SELECT dm_event_id FROM message_map WHERE dm_event_id = ANY($1::text[])", list(event_ids)
+        )
+        return {r["dm_event_id"] for r in found}
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        where = ["1 = 1"]
+        params: list[Any] = []
+        if team_id is not None:
+            params.append(team_id)
+            where.append(f"team_id = ${len(params)}")
+        if channel_id is not None:
+            params.append(channel_id)
+            where.append(f"channel_id = ${len(params)}")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            counts = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    f"SELECT state, COUNT(*) AS n FROM outbox WHERE {clause} GROUP BY state", *params
+                )
+            }
+            oldest = await conn.fetchval(
+                f"SELECT MIN(created_at) FROM outbox WHERE {clause} AND state IN {PENDING_STATES}", *params
+            )
+        return {
+            "counts": counts,
+            "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
+            "oldest_pending_at": oldest,
+        }
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]:
+        found = await self.pool.fetch(
+            "SELECT * FROM outbox WHERE state = ANY($1::text[]) ORDER BY seq, part LIMIT $2",
+            [s.value for s in states],
+            limit,
+        )
+        return [rows.item(r) for r in found]
+
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        # created_at bounds the scan to its index, as on SQLite.
+        found = await self.pool.fetch(
+            "SELECT * FROM outbox WHERE created_at >= $1 AND state = 'sent' AND kind = 'message' "
+            "AND sent_at >= $2 AND part = parts_total - 1 ORDER BY sent_at DESC LIMIT $3",
+            since - 86_400,
+            since,
+            limit,
+        )
+        return [rows.item(r) for r in found]
+
+    async def get_item(self, item_id: int) -> OutboxItem | None:
+        row = await self.pool.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
+        return rows.item(row) if row else None
+
+    # -- inbound (X → Slack) ----------------------------------------------
+
+    async def get_cursor(self, account_id: int) -> str | None:
+        value = await self.pool.fetchval(
+            "SELECT newest_event_id FROM cursors WHERE account_id = $1", account_id
+        )
+        return None if value is None else str(value)
+
+    async def take_inbound(
+        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+    ) -> int:
+        """As the SQLite store's; any instance may take (a push reaches whichever X calls), and the
+        unique ``dm_event_id`` makes the first commit win. Queued rows written by a standby wake the
+        leader's poster with a ``NOTIFY`` on ``INBOUND_CHANNEL`` at commit."""
+        queued = 0
+        async with self._tx() as conn:
+            # One take per account at a time, in the order they came (PostgreSQL queues lock
+            # requests): as the SQLite store's single writer, so pushes delivered one after the
+            # other are not committed out of X's order by two pool connections racing.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", INBOUND_LOCK, account_id)
+            own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
+            for event in events:
+                queued += await self._take_one(conn, account_id, own_id, event, now)
+            if newest_event_id is not None:
+                await conn.execute(
+                    f"""
+                    INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES ($1, $2, $3)
+                    ON CONFLICT (account_id) DO UPDATE
+                    SET newest_event_id = excluded.newest_event_id, updated_at = excluded.updated_at
+                    WHERE {_snowflake_sql("excluded.newest_event_id")}
+                          > {_snowflake_sql("cursors.newest_event_id")}
+                    """,
+                    account_id,
+                    newest_event_id,
+                    now,
+                )
+            if queued and self.announce:
+                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, self.instance_id)
+        return queued
+
+    async def _take_one(
+        self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
+    ) -> int:
+        known = await conn.fetchrow(
+            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = $1 FOR UPDATE", event.dm_event_id
+        )
+        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
+            return 0
+        mapping = (
+            await conn.fetchrow(
+                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = $1 "
+                "ORDER BY account_id = $2 DESC, created_at LIMIT 1",
+                event.conversation_id,
+                account_id,
+            )
+            if event.conversation_id
+            else None
+        )
+        state, why = InboundState.QUEUED, None
+        from_self = event.sender_id is not None and event.sender_id == own_id
+        if mapping is None:
+            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
+        elif await conn.fetchval("SELECT 1 FROM message_map WHERE dm_event_id = $1", event.dm_event_id):
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+        elif from_self and await conn.fetchval(
+            "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
+            "AND text = $3 LIMIT 1",
+            mapping["team_id"],
+            mapping["channel_id"],
+            event.payload.get("text"),
+        ):
+            # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+        payload = json.dumps({**event.payload, "from_self": from_self}, separators=(",", ":"))
+        if known is not None:
+            # Read before any channel bridged its conversation; now the channel's history wants it.
+            if state is not InboundState.QUEUED or mapping is None:
+                return 0
+            await conn.execute(
+                "UPDATE inbound SET team_id = $1, channel_id = $2, payload = $3, origin = 'backfill', "
+                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = $4",
+                mapping["team_id"],
+                mapping["channel_id"],
+                payload,
+                known["id"],
+            )
+            return 1
+        status = await conn.execute(
+            """
+            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
+                                 event_type, sender_id, payload, origin, state, attempts,
+                                 next_attempt_at, last_error, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13)
+            ON CONFLICT (dm_event_id) DO NOTHING
+            """,
+            event.dm_event_id,
+            rows.snowflake(event.dm_event_id),
+            account_id,
+            event.conversation_id,
+            mapping["team_id"] if mapping else None,
+            mapping["channel_id"] if mapping else None,
+            event.kind,
+            event.sender_id,
+            payload,
+            event.origin,
+            state.value,
+            why,
+            now,
+        )
+        return int(status == "INSERT 0 1" and state is InboundState.QUEUED)
+
+    @staticmethod
+    async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
+        return await conn.fetchrow(
+            "SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
+            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            team_id,
+            channel_id,
+        )
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        found = await self.pool.fetch(
+            "SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
+            "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq"
+        )
+        return [rows.inbound_item(r) for r in found]
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        row = await self.pool.fetchrow(
+            "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
+            "posting_since = COALESCE(posting_since, $1) "
+            "WHERE id = $2 AND state IN ('queued', 'posting') RETURNING *",
+            now,
+            item_id,
+        )
+        return rows.inbound_item(row) if row else None
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "UPDATE inbound SET state = 'posted', slack_ts = $1, posted_at = $2, last_error = NULL "
+                "WHERE id = $3 RETURNING *",
+                slack_ts,
+                now,
+                item_id,
+            )
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                "dm_event_id, created_at) VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT DO NOTHING",
+                row["team_id"],
+                row["channel_id"],
+                slack_ts,
+                row["conversation_id"],
+                row["dm_event_id"],
+                now,
+            )
+            following = await self._inbound_head(conn, row["team_id"], row["channel_id"])
+        return None if following is None else rows.inbound_item(following)
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        await self._execute(
+            "UPDATE inbound SET state = $1, next_attempt_at = $2, last_error = $3, "
+            "posting_since = CASE WHEN $1 = 'posting' THEN posting_since END WHERE id = $4",
+            state.value,
+            next_attempt_at,
+            error,
+            item_id,
+        )
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        await self._execute(
+            "UPDATE inbound SET payload = $1 WHERE id = $2",
+            json.dumps(payload, separators=(",", ":")),
+            item_id,
+        )
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        await self._execute(
+            "UPDATE inbound SET next_attempt_at = GREATEST(next_attempt_at, $1) WHERE team_id = $2 "
+            "AND channel_id = $3 AND state IN ('queued', 'posting')",
+            until,
+            team_id,
+            channel_id,
+        )
+
+    async def latest_inbound_at(self, origin: str) -> float | None:
+        value = await self.pool.fetchval("SELECT MAX(created_at) FROM inbound WHERE origin = $1", origin)
+        return None if value is None else float(value)
+
+    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
+            counts = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = $1 GROUP BY state",
+                    account_id,
+                )
+            }
+            last = await conn.fetchval(
+                "SELECT MAX(created_at) FROM inbound WHERE account_id = $1 AND origin != 'sent'",
+                account_id,
+            )
+        return {
+            "newest_event_id": cursor["newest_event_id"] if cursor else None,
+            "read_at": cursor["updated_at"] if cursor else None,
+            "last_event_at": last,
+            "counts": counts,
+            "pending": counts.get("queued", 0) + counts.get("posting", 0),
+        }
+
+    # -- budgets -----------------------------------------------------------
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        return [
+            dict(r) for r in await self.pool.fetch("SELECT key, limit_, remaining, reset_at FROM budgets")
+        ]
+
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """Several windows in one transaction (a send touches three)."""
+        async with self._tx() as conn:
+            await self._save_budgets(conn, windows)
+
+    @staticmethod
+    async def _save_budgets(conn: Conn, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        if windows:
+            save = (
+                _SAVE_BUDGETS.replace("$3", "$1").replace("$4", "$2").replace("$5", "$3").replace("$6", "$4")
+            )
+            await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection returns to the pool: the store changes no session state
+    (its only lock is transaction-level), and asyncpg's default reset costs a round trip per call."""
+
+
+# The budget windows as four arrays ($3..$6 of the statements that save them with other work).
+_SAVE_BUDGETS = (
+    "INSERT INTO budgets (key, limit_, remaining, reset_at) "
+    "SELECT * FROM unnest($3::text[], $4::integer[], $5::integer[], $6::double precision[])"
+)
+_ON_BUDGET_CONFLICT = (
+    "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
+    "reset_at = excluded.reset_at"
+)
+
+
+def _budget_columns(
+    windows: Sequence[tuple[str, int, int, float]],
+) -> tuple[list[str], list[int], list[int], list[float]]:
+    """Column arrays, one row per key (the last wins, as saving them one by one would)."""
+    latest = {key: (key, limit, remaining, reset) for key, limit, remaining, reset in windows}
+    keys = list(latest)
+    return (
+        keys,
+        [latest[k][1] for k in keys],
+        [latest[k][2] for k in keys],
+        [float(latest[k][3]) for k in keys],
+    )
+
+
+def _snowflake_sql(column: str) -> str:
+    """An event id as a number, for comparing (non-digits count as 0, as SQLite's CAST)."""
+    return f"(CASE WHEN {column} ~ '^[0-9]+$' THEN {column}::numeric ELSE 0 END)"

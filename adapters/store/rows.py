@@ -1,0 +1,164 @@
+"""Rows to domain values and back, shared by both stores (their tables have the same columns)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from adapters.store.crypto import TokenCipher
+from bridge.model import (
+    Account,
+    InboundItem,
+    InboundState,
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    Target,
+    TokenSet,
+)
+
+
+class Row(Protocol):
+    """A database row by column name: a dict from sqlite-utils, a Record from asyncpg."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+    def get(self, key: str, /) -> Any: ...
+
+
+def account(row: Row, cipher: TokenCipher) -> Account:
+    refresh, access = row["refresh_token"], row["access_token"]
+    return Account(
+        id=row["id"],
+        team_id=row["team_id"],
+        slack_user_id=row["slack_user_id"],
+        x_user_id=row["x_user_id"],
+        x_username=row["x_username"],
+        tokens=TokenSet(
+            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
+            refresh_token=cipher.decrypt(refresh) if refresh else None,
+            expires_at=row["expires_at"],
+            scope=row["scope"] or "",
+        ),
+        needs_reconnect=bool(row["needs_reconnect"]),
+        disconnected=row.get("disconnected_at") is not None,
+    )
+
+
+def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
+    return {
+        "access_token": cipher.encrypt(tokens.access_token),
+        "refresh_token": cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
+        "expires_at": tokens.expires_at,
+        "scope": tokens.scope,
+    }
+
+
+def mapping(row: Row) -> Mapping:
+    return Mapping(
+        team_id=row["team_id"],
+        channel_id=row["channel_id"],
+        kind=MappingKind(row["kind"]),
+        account_id=row["account_id"],
+        conversation_id=row["conversation_id"],
+        participant_id=row["participant_id"],
+        created_by=row["created_by"] or "",
+        created_at=row["created_at"] or 0.0,
+        paused_at=row.get("paused_at"),
+        paused_by=row.get("paused_by"),
+        participant_username=row.get("participant_username"),
+        group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
+        held_for=row.get("held_for"),
+        held_for_username=row.get("held_for_username"),
+    )
+
+
+def item(row: Row) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        seq=row["seq"],
+        part=row["part"],
+        parts_total=row["parts_total"],
+        team_id=row["team_id"],
+        channel_id=row["channel_id"],
+        slack_ts=row["slack_ts"],
+        author_id=row["author_id"] or "",
+        account_id=row["account_id"],
+        target=target(row),
+        text=row["text"],
+        source=json.loads(row["source"] or "{}"),
+        state=OutboxState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"] or 0.0,
+        last_error=row["last_error"],
+        dm_event_id=row["dm_event_id"],
+        created_at=row["created_at"],
+        sending_since=row["sending_since"],
+        held_since=row["held_since"],
+        hourglass=bool(row["hourglass"]),
+        kind=OutboxKind(row["kind"] or "message"),
+        ref_ts=row["ref_ts"] or row["slack_ts"],
+        media=json.loads(row["media"]) if row["media"] else None,
+        media_id=row["media_id"],
+        media_uploaded_at=row.get("media_uploaded_at"),
+        media_unfinished=row.get("media_unfinished") or 0,
+        deleted=row.get("deleted_at") is not None,
+    )
+
+
+def target(row: Row) -> Target:
+    """A row's target; a group X has created (``target_conversation``) wins over creating it."""
+    participant, conversation = row["target_participant"], row["target_conversation"]
+    group = row.get("target_group")
+    if participant is None and conversation is None and group:
+        return Target(new_group=tuple(str(member) for member in json.loads(group)))
+    return Target(participant_id=participant, conversation_id=conversation)
+
+
+def message_source(message: IncomingMessage) -> str:
+    """The JSON an accepted message keeps for rendering."""
+    source = {
+        "user_id": message.user_id,
+        "text": message.text,
+        "blocks": list(message.blocks),
+        "files": list(message.files),
+        "thread_ts": message.thread_ts,
+        "subtype": message.subtype,
+    }
+    return json.dumps(source, separators=(",", ":"))
+
+
+def json_or_none(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, separators=(",", ":")) if value is not None else None
+
+
+NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
+
+
+def snowflake(event_id: str) -> int:
+    """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
+    return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0
+
+
+def inbound_item(row: Row) -> InboundItem:
+    return InboundItem(
+        id=row["id"],
+        dm_event_id=row["dm_event_id"],
+        seq=row["seq"],
+        account_id=row["account_id"],
+        conversation_id=row["conversation_id"] or "",
+        team_id=row["team_id"] or "",
+        channel_id=row["channel_id"] or "",
+        kind=row["event_type"] or "MessageCreate",
+        sender_id=row["sender_id"],
+        payload=json.loads(row["payload"] or "{}"),
+        origin=row["origin"],
+        state=InboundState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"] or 0.0,
+        posting_since=row["posting_since"],
+        slack_ts=row["slack_ts"],
+        created_at=row["created_at"] or 0.0,
+    )

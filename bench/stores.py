@@ -1,0 +1,251 @@
+"""The two stores side by side: Slack ack and relay figures on SQLite and on PostgreSQL, and how long
+a standby takes to lead when the PostgreSQL leader is SIGKILLed.
+
+    .venv/bin/python bench/stores.py             # about 3 minutes on 2 cores
+    .venv/bin/python bench/stores.py --quick     # about a minute
+
+The same harness as ``bench/run.py`` (its fakes, load generator and figures): ``xdm-bridge
+serve`` as a subprocess, driven open-loop with signed Slack events; relay is from handing an
+event to aiohttp until the fake X receives the DM. PostgreSQL is ``TEST_DATABASE_URL`` when set,
+else a throwaway server started here from the machine's binaries with PostgreSQL's durable
+defaults (fsync and synchronous_commit on: what Heroku Postgres runs).
+
+Takeover: two instances on one database; the leader (found through ``/healthz``) is SIGKILLed;
+measured until the standby reports itself leader, and until a message posted to the standby
+right after the kill reaches X.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from adapters.sandbox.fake_slack import SlackSender  # noqa: E402
+from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
+from adapters.store.postgres import PostgresStore  # noqa: E402
+from adapters.store.sqlite import SqliteStore  # noqa: E402
+from bench import run as harness  # noqa: E402
+from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from tests import pg  # noqa: E402
+
+METRICS_TOKEN = "bench-operator"
+
+
+async def prepare(
+    session: aiohttp.ClientSession, store: SqliteStore | PostgresStore, fakes: harness.Fakes
+) -> None:
+    """One X account per Slack user and one mapped channel each, as ``bench/run.py`` does."""
+    await store.open()
+    try:
+        for index in range(harness.ACCOUNTS):
+            x_user = str(1000 + index)
+            async with session.post(f"{fakes.control_url}/issue", params={"user_id": x_user}) as r:
+                grant = await r.json()
+            account = await store.save_account(
+                harness.TEAM,
+                f"U{100 + index}",
+                XUser(id=x_user, username=f"bench{index}"),
+                TokenSet(grant["access_token"], grant["refresh_token"], grant["expires_at"], grant["scope"]),
+            )
+            channel = f"C{100 + index}"
+            await store.create_mapping(
+                Mapping(harness.TEAM, channel, MappingKind.LINK, account.id, f"{x_user}-{harness.PEER}",
+                        None, f"U{100 + index}", time.time())
+            )  # fmt: skip
+    finally:
+        await store.close()
+
+
+async def start(
+    session: aiohttp.ClientSession, tmp: Path, fakes: harness.Fakes, key: str, label: str, url: str | None
+) -> harness.Server:
+    port = harness.free_port()
+    env = harness.bridge_env(port, tmp / "bridge.db", fakes, key)
+    env["METRICS_TOKEN"] = METRICS_TOKEN  # /healthz tells who leads only to the operator
+    if url:
+        env["DATABASE_URL"] = url
+    started = time.monotonic()
+    proc = harness.Proc(
+        f"bridge-{label}", harness.bridge_argv(), env, tmp / f"bridge-{label}.log", pipe=False
+    )
+    server_url = f"http://127.0.0.1:{port}"
+    await harness.wait_healthy(session, server_url, proc)
+    return harness.Server(proc, server_url, time.monotonic() - started)
+
+
+async def loads(
+    session: aiohttp.ClientSession,
+    tmp: Path,
+    fakes: harness.Fakes,
+    url: str | None,
+    rates: Sequence[int],
+    seconds: float,
+) -> dict[int, harness.Run]:
+    key = generate_key()
+    cipher = TokenCipher([key])
+    store = PostgresStore(url, cipher) if url else SqliteStore(str(tmp / "bridge.db"), cipher)
+    await prepare(session, store, fakes)
+    label = "postgres" if url else "sqlite"
+    server = await start(session, tmp, fakes, key, label, url)
+    sender = SlackSender(session, f"{server.url}/slack/events", harness.SECRET, team_id=harness.TEAM)
+    runs = {}
+    try:
+        await harness.run_load(session, sender, server, fakes, 100, 1.0, f"{label}-warm", relay=True)
+        for rate in rates:
+            harness.note(f"{label}: {rate} events/s for {seconds:.0f} s")
+            runs[rate] = await harness.run_load(
+                session, sender, server, fakes, rate, seconds, f"{label}-{rate}", relay=True
+            )
+    finally:
+        server.proc.stop()
+    return runs
+
+
+async def takeover(
+    session: aiohttp.ClientSession, tmp: Path, fakes: harness.Fakes, url: str, rounds: int
+) -> list[tuple[float, float]]:
+    """(seconds until the standby leads, seconds until a message posted after the kill reaches X)."""
+    key = generate_key()
+    await prepare(session, PostgresStore(url, TokenCipher([key])), fakes)
+    figures = []
+    servers = [await start(session, tmp, fakes, key, f"takeover-{i}", url) for i in range(2)]
+    try:
+        for n in range(rounds):
+            leader = await leading(session, servers)
+            [standby] = [s for s in servers if s is not leader]
+            sender = SlackSender(session, f"{standby.url}/slack/events", harness.SECRET, team_id=harness.TEAM)
+            [shot] = harness.build_shots(sender, 1, f"takeover{n}")
+            killed = time.monotonic()
+            leader.proc.popen.kill()
+            leader.proc.popen.wait()
+            async with session.post(f"{standby.url}/slack/events", data=shot.body, headers=shot.headers) as r:
+                assert r.status == 200, await r.text()
+            await leading(session, [standby])
+            led = time.monotonic() - killed
+            while shot.marker not in fakes.arrivals:
+                await fakes.pull(session)
+                await asyncio.sleep(0.01)
+            figures.append((led, fakes.arrivals[shot.marker] - killed))
+            harness.note(f"takeover {n + 1}: leading after {led:.2f} s")
+            # The killed one comes back as the standby for the next round.
+            servers = [standby, await start(session, tmp, fakes, key, f"takeover-r{n}", url)]
+    finally:
+        for server in servers:
+            server.proc.stop()
+    return figures
+
+
+async def leading(session: aiohttp.ClientSession, servers: Sequence[harness.Server]) -> harness.Server:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for server in servers:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+                async with session.get(f"{server.url}/healthz", headers=headers) as r:
+                    if (await r.json())["worker"] in ("ok", "starting"):
+                        return server
+        await asyncio.sleep(0.01)
+    raise RuntimeError("no instance leads")
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    import os
+
+    given = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if given:
+        yield given
+        return
+    with pg.throwaway_server(durable=True) as url:
+        yield url
+
+
+async def main_async(quick: bool) -> int:
+    rates = (50, 200) if quick else (50, 200, 500)
+    seconds = 3.0 if quick else 8.0
+    rounds = 2 if quick else 5
+    tmp = Path(tempfile.mkdtemp(prefix="xdm-bench-stores-"))
+    fakes = await harness.start_fakes(tmp, validate=False)
+    try:
+        async with aiohttp.ClientSession() as session:
+            with postgres() as server_url:
+                db = await pg.create_database(server_url)
+                lite_tmp, pg_tmp = tmp / "sqlite", tmp / "postgres"
+                lite_tmp.mkdir()
+                pg_tmp.mkdir()
+                results = {
+                    "SQLite": await loads(session, lite_tmp, fakes, None, rates, seconds),
+                    "PostgreSQL": await loads(session, pg_tmp, fakes, db, rates, seconds),
+                }
+                takeover_db = await pg.create_database(server_url)
+                (tmp / "takeover").mkdir()
+                taken = await takeover(session, tmp / "takeover", fakes, takeover_db, rounds)
+    finally:
+        fakes.proc.stop()
+    print("\n".join(report(results, taken, rates, seconds)))
+    return 0
+
+
+def report(
+    results: dict[str, dict[int, harness.Run]],
+    taken: list[tuple[float, float]],
+    rates: Sequence[int],
+    seconds: float,
+) -> list[str]:
+    lines = [*harness.machine_info(), ""]
+    lines.append(f"Ack and relay, open loop, {seconds:.0f} s per rate, 10 accounts and channels (ms):")
+    lines.append(
+        "| rate/s | store | ack p50 | ack p99 | relay p50 | relay p99 | delivered/s | lost | failed "
+        "| bridge CPU µs/event |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for rate in rates:
+        for store, runs in results.items():
+            r = runs[rate]
+            cells = [
+                *(harness.fmt(harness.pct(values, q)) for values in (r.ack_ms, r.relay_ms) for q in (50, 99)),
+                harness.fmt(r.delivered_rate, 0),
+                str(r.lost),
+                str(sum(r.failures.values())),
+                harness.fmt(r.server_us_per_event, 0),
+            ]
+            lines.append(f"| {rate} | {store} | {' | '.join(cells)} |")
+    lines.append("")
+    lines.append("PostgreSQL / SQLite (p50; target: within 2x):")
+    for rate in rates:
+        lite, post = results["SQLite"][rate], results["PostgreSQL"][rate]
+        ack = harness.pct(post.ack_ms, 50) / harness.pct(lite.ack_ms, 50)
+        relay = harness.pct(post.relay_ms, 50) / harness.pct(lite.relay_ms, 50)
+        lines.append(f"- {rate}/s: ack {ack:.2f}x, relay {relay:.2f}x")
+    lines.append("")
+    leads = [t for t, _ in taken]
+    arrivals = [a for _, a in taken]
+    lines.append(
+        f"Leader takeover after SIGKILL ({len(taken)} rounds): standby leads after "
+        f"{', '.join(f'{t:.2f}' for t in leads)} s (max {max(leads):.2f}); a message posted to the standby "
+        f"right after the kill reached X after {', '.join(f'{a:.2f}' for a in arrivals)} s"
+    )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer takeovers")
+    args = parser.parse_args(argv)
+    return asyncio.run(main_async(args.quick))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""PostgreSQL schema migrations: numbered, append-only. Never edit one that has shipped; add the next.
+
+The same tables as the SQLite migrations in ``migrations/__init__.py`` reach after all
+of theirs, so ``xdm-bridge copy-db`` can move rows across column for column. The
+numbering is PostgreSQL's own (the SQLite history cannot be replayed here: sqlite-utils'
+``add_column`` and SQLite triggers do not exist in PostgreSQL).
+
+One small version table, ``schema_migrations``, as sqlite-utils keeps
+``_sqlite_migrations``: each step runs in a transaction together with its row, so a
+failed step rolls back and stays pending. A session advisory lock serialises
+instances that start at once (a rolling deploy), so a step never runs twice.
+
+Why not a migration tool shared by both engines: sqlite-utils' ``Migrations`` already
+owns the SQLite history, and the tools that speak both (Alembic, yoyo) would bring
+SQLAlchemy or a second, parallel history for SQLite; a list of SQL strings is all this
+needs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+log = logging.getLogger("migrations.postgres")
+
+MIGRATION_LOCK = 0x78646D0001  # pg_advisory_lock key: "xdm" + 1, one per database
+PENDING_STATES = "('queued', 'sending', 'waiting')"
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        f"""
+        CREATE TABLE accounts (
+            id BIGSERIAL PRIMARY KEY,
+            team_id TEXT NOT NULL,
+            slack_user_id TEXT NOT NULL,
+            x_user_id TEXT NOT NULL,
+            x_username TEXT NOT NULL,
+            access_token TEXT NOT NULL,      -- Fernet ciphertext
+            refresh_token TEXT,              -- Fernet ciphertext
+            expires_at DOUBLE PRECISION,
+            scope TEXT DEFAULT '',
+            needs_reconnect INTEGER DEFAULT 0,
+            created_at DOUBLE PRECISION,
+            updated_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX idx_accounts_team_id_slack_user_id ON accounts (team_id, slack_user_id);
+
+        CREATE TABLE oauth_states (
+            state TEXT PRIMARY KEY,
+            code_verifier TEXT NOT NULL,     -- Fernet ciphertext
+            team_id TEXT NOT NULL,
+            slack_user_id TEXT NOT NULL,
+            channel_id TEXT,
+            response_url TEXT,
+            expires_at DOUBLE PRECISION NOT NULL,
+            used INTEGER DEFAULT 0
+        );
+
+        CREATE TABLE mappings (
+            team_id TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            account_id BIGINT NOT NULL REFERENCES accounts (id),
+            conversation_id TEXT,
+            participant_id TEXT,
+            created_by TEXT,
+            created_at DOUBLE PRECISION,
+            PRIMARY KEY (team_id, channel_id)
+        );
+
+        CREATE TABLE outbox (
+            id BIGSERIAL PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            part INTEGER NOT NULL,
+            parts_total INTEGER DEFAULT 1,
+            team_id TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            slack_ts TEXT NOT NULL,
+            author_id TEXT,
+            account_id BIGINT NOT NULL REFERENCES accounts (id),
+            target_participant TEXT,
+            target_conversation TEXT,
+            text TEXT,
+            source TEXT,                     -- JSON: what rendering needs
+            state TEXT NOT NULL,
+            attempts INTEGER DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION DEFAULT 0.0,
+            last_error TEXT,
+            dm_event_id TEXT,
+            created_at DOUBLE PRECISION,
+            sending_since DOUBLE PRECISION,
+            held_since DOUBLE PRECISION,
+            hourglass INTEGER DEFAULT 0,
+            sent_at DOUBLE PRECISION,
+            kind TEXT NOT NULL DEFAULT 'message',
+            ref_ts TEXT,
+            media TEXT,
+            media_id TEXT
+        );
+        CREATE UNIQUE INDEX idx_outbox_team_id_channel_id_slack_ts_part
+            ON outbox (team_id, channel_id, slack_ts, part);
+        -- Heads are found by a loose index scan over this index (one probe per channel),
+        -- so a backlog does not slow the worker down.
+        CREATE INDEX outbox_pending ON outbox (team_id, channel_id, seq, part)
+            WHERE state IN {PENDING_STATES};
+        CREATE INDEX outbox_account_state ON outbox (account_id, state);
+
+        CREATE TABLE message_map (
+            team_id TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            slack_ts TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            conversation_id TEXT,
+            dm_event_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION,
+            PRIMARY KEY (team_id, channel_id, slack_ts, part)
+        );
+        CREATE UNIQUE INDEX idx_message_map_dm_event_id ON message_map (dm_event_id);
+
+        CREATE TABLE budgets (
+            key TEXT PRIMARY KEY,
+            limit_ INTEGER,
+            remaining INTEGER,
+            reset_at DOUBLE PRECISION
+        );
+
+        CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION);
+        CREATE INDEX idx_seen_events_seen_at ON seen_events (seen_at);
+        """,
+    ),
+    (
+        # SQLite's 0005 (issue 11): when X's media id was obtained (it expires after 24 h), and
+        # uploads begun and never finished (one that keeps climbing takes the process down).
+        "0002_media_lifetime_and_attempts",
+        """
+        ALTER TABLE outbox ADD COLUMN media_uploaded_at DOUBLE PRECISION;
+        ALTER TABLE outbox ADD COLUMN media_unfinished INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
+        # SQLite's 0009 (issue 10): the X handle of a 1-to-1 mapping's other person.
+        "0003_mapping_participant_username",
+        "ALTER TABLE mappings ADD COLUMN participant_username TEXT;",
+    ),
+    (
+        # SQLite's 0007 (issue 12): disconnecting an account pauses its mappings; a connect flow
+        # bound to one browser (browser_hash), with what the bridge's page shows.
+        "0004_disconnect_and_connect_page",
+        """
+        ALTER TABLE accounts ADD COLUMN disconnected_at DOUBLE PRECISION;
+        ALTER TABLE mappings ADD COLUMN paused_at DOUBLE PRECISION;
+        ALTER TABLE mappings ADD COLUMN paused_by TEXT;
+        ALTER TABLE oauth_states ADD COLUMN browser_hash TEXT;
+        ALTER TABLE oauth_states ADD COLUMN slack_user_name TEXT;
+        ALTER TABLE oauth_states ADD COLUMN team_name TEXT;
+        """,
+    ),
+    (
+        # SQLite's 0004 (issue 11): a delete that catches a send in flight (deleted_at: read back,
+        # never sent again), and rows that name exactly one target (a 1-to-1 row keeps its
+        # participant; the conversation id an old version wrote beside it goes).
+        "0005_outbox_deleted_and_one_target",
+        """
+        ALTER TABLE outbox ADD COLUMN deleted_at DOUBLE PRECISION;
+        UPDATE outbox SET target_conversation = NULL
+        WHERE target_participant IS NOT NULL AND target_conversation IS NOT NULL;
+        """,
+    ),
+    (
+        # SQLite's 0006 (issue 11): retention prunes by age in batches (indexes), and groups
+        # created through the outbox (the mapping's participants, the rows' copy of them).
+        "0006_retention_and_group_creation",
+        """
+        CREATE INDEX IF NOT EXISTS outbox_created_at ON outbox (created_at);
+        CREATE INDEX IF NOT EXISTS message_map_created_at ON message_map (created_at);
+        ALTER TABLE mappings ADD COLUMN participant_ids TEXT;
+        ALTER TABLE outbox ADD COLUMN target_group TEXT;
+        """,
+    ),
+    (
+        # SQLite's 0008 (issue 13): X → Slack. ``inbound``: one row per X event to post into
+        # Slack, unique by ``dm_event_id`` (push and poll, on any instance, meet here); ``seq`` is
+        # the snowflake as an integer (X's order in a channel); ``state`` is queued | posting |
+        # posted | skipped. ``cursors``: per account, the newest X event taken from a read.
+        "0007_inbound",
+        """
+        CREATE TABLE inbound (
+            id BIGSERIAL PRIMARY KEY,
+            dm_event_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            account_id BIGINT,
+            conversation_id TEXT,
+            team_id TEXT,
+            channel_id TEXT,
+            event_type TEXT,
+            sender_id TEXT,
+            payload TEXT,                    -- JSON: text, sender's name/handle/avatar, media
+            origin TEXT NOT NULL,            -- poll | push | backfill | sent
+            state TEXT NOT NULL,
+            attempts INTEGER DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION DEFAULT 0.0,
+            posting_since DOUBLE PRECISION,
+            slack_ts TEXT,
+            last_error TEXT,
+            created_at DOUBLE PRECISION,
+            posted_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX idx_inbound_dm_event_id ON inbound (dm_event_id);
+        CREATE INDEX inbound_pending ON inbound (team_id, channel_id, seq)
+            WHERE state IN ('queued', 'posting');
+
+        CREATE TABLE cursors (
+            account_id BIGINT PRIMARY KEY REFERENCES accounts (id),
+            newest_event_id TEXT,
+            updated_at DOUBLE PRECISION
+        );
+        """,
+    ),
+    (
+        # SQLite's 0012: mappings and unsent messages held for the X account they were made
+        # with, after their Slack user connected a different one (see hold_for_previous_account).
+        "0008_held_for_previous_account",
+        """
+        ALTER TABLE mappings ADD COLUMN held_for TEXT, ADD COLUMN held_for_username TEXT;
+        ALTER TABLE outbox ADD COLUMN held_for TEXT, ADD COLUMN held_state TEXT;
+        """,
+    ),
+)
+
+# Tables in an order that satisfies the foreign keys (for copy-db and for tests).
+TABLES = (
+    "accounts",
+    "oauth_states",
+    "mappings",
+    "outbox",
+    "message_map",
+    "budgets",
+    "seen_events",
+    "inbound",
+    "cursors",
+)
+
+
+async def _ensure_table(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+
+
+async def applied(conn: asyncpg.Connection) -> list[str]:
+    """Names of the migrations already applied (empty on a new database)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return []
+    return [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")]
+
+
+async def pending(conn: asyncpg.Connection) -> list[str]:
+    """Names of the migrations not yet applied (for ``doctor``)."""
+    done = set(await applied(conn))
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+async def apply(conn: asyncpg.Connection) -> list[str]:
+    """Apply every pending migration, each in its own transaction; return the names applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await _ensure_table(conn)
+        done = set(await applied(conn))
+        ran = []
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            log.info("migration applied", extra={"migration": name})
+            ran.append(name)
+        return ran
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

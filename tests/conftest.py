@@ -1,0 +1,70 @@
+"""Fixtures shared by every test directory: a PostgreSQL server when a test asks for one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests import pg
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """An admin URL: ``TEST_DATABASE_URL`` when set, else a throwaway server started here."""
+    given = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if given:
+        yield given
+        return
+    try:
+        with pg.throwaway_server() as url:
+            yield url
+    except pg.PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+async def pg_url(pg_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped after it."""
+    url = await pg.create_database(pg_server)
+    yield url
+    await pg.drop_database(pg_server, url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def on_both_stores(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    """Run the test once on SQLite and once on PostgreSQL: the harness and the process tests'
+    world take their database from ``tests.harness.DATABASE_ENV``."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with _on_postgres(request, monkeypatch) as env:
+        yield env
+
+
+@pytest.fixture
+async def on_postgres(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    """The harness and the process tests' world on a fresh PostgreSQL database (several instances)."""
+    async with _on_postgres(request, monkeypatch) as env:
+        yield env
+
+
+@asynccontextmanager
+async def _on_postgres(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    from tests import harness
+
+    server = request.getfixturevalue("pg_server")
+    url = await pg.create_database(server)
+    monkeypatch.setattr(harness, "DATABASE_ENV", {"DATABASE_URL": url})
+    try:
+        yield harness.DATABASE_ENV
+    finally:
+        await pg.drop_database(server, url)

@@ -1,0 +1,47 @@
+"""Every contract test runs against both stores: the behaviour they share is specified here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.postgres import PostgresStore
+from adapters.store.sqlite import SqliteStore
+from tests import pg
+
+ENGINES = ("sqlite", "postgres")
+
+
+@dataclass
+class Engine:
+    """Which store, how to make another on the same database, and plain SQL beside it."""
+
+    name: str
+    location: str  # a file path or a PostgreSQL URL
+    key: str
+
+    def store(self) -> SqliteStore | PostgresStore:
+        cipher = TokenCipher([self.key])
+        if self.name == "sqlite":
+            return SqliteStore(self.location, cipher)
+        return PostgresStore(self.location, cipher)
+
+    async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run plain SQL (``?`` placeholders) on the store's database, outside the store."""
+        return await pg.query(self.location, query, *params)
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    if request.param == "sqlite":
+        yield Engine("sqlite", str(tmp_path / "store.db"), generate_key())
+        return
+    server = request.getfixturevalue("pg_server")  # started only when a PostgreSQL case runs
+    url = await pg.create_database(server)
+    yield Engine("postgres", url, generate_key())
+    await pg.drop_database(server, url)

@@ -1,0 +1,59 @@
+"""Two instances on one PostgreSQL database refresh the same X account at once: X sees one refresh."""
+
+from __future__ import annotations
+
+import asyncio
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.postgres import PostgresStore
+from bridge.errors import XAuthRevoked
+from bridge.model import Account, TokenSet, XUser
+from bridge.tokens import TokenManager
+
+
+class Clock:
+    def now(self) -> float:
+        return 1_000_000.0
+
+
+class SingleUseRefresh:
+    """X's token endpoint as a port: each refresh token works once (X rotates them), slowly."""
+
+    def __init__(self) -> None:
+        self.spent: set[str] = set()
+        self.calls = 0
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        self.calls += 1
+        await asyncio.sleep(0.05)  # the window in which a second instance could race
+        if refresh_token in self.spent:
+            raise XAuthRevoked("invalid_request: Value passed for the token was invalid.")
+        self.spent.add(refresh_token)
+        n = len(self.spent)
+        return TokenSet(f"access-{n}", f"refresh-{n}", 2_000_000.0)
+
+
+async def test_two_instances_refreshing_at_once_spend_the_refresh_token_once(pg_url: str) -> None:
+    key = generate_key()
+    stores = [PostgresStore(pg_url, TokenCipher([key])) for _ in range(2)]
+    for store in stores:
+        await store.open()
+    try:
+        expired = TokenSet("access-0", "refresh-0", 1_000_000.0 - 10)  # needs a refresh
+        account = await stores[0].save_account("T1", "U1", XUser("1000", "me"), expired)
+        x = SingleUseRefresh()
+        revoked: list[int] = []
+
+        async def told(acc: Account, reason: str) -> None:
+            revoked.append(acc.id)
+
+        managers = [TokenManager(store, x, Clock(), told) for store in stores]  # type: ignore[arg-type]
+        tokens = await asyncio.gather(*(m.access_token(account) for m in managers for _ in range(3)))
+        assert set(tokens) == {"access-1"}
+        assert x.calls == 1 and revoked == []
+        saved = await stores[1].get_account(account.id)
+        assert saved is not None and not saved.needs_reconnect
+        assert saved.tokens.refresh_token == "refresh-1"
+    finally:
+        for store in stores:
+            await store.close()

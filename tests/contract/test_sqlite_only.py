@@ -1,0 +1,93 @@
+"""What only the SQLite store has: its migration history and the trigger-kept pending_channels."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
+from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxItem, Sent, TokenSet, XUser
+
+
+async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
+    """A database written before 0003 gets its pending channels when it migrates."""
+    from sqlite_utils import Database
+
+    from migrations import migrations
+
+    db_path = tmp_path / "old.db"
+    old = Database(sqlite3.connect(db_path))
+    migrations.apply(old, stop_before="0003_pending_channels")
+    old.execute(
+        "INSERT INTO accounts (id, team_id, slack_user_id, x_user_id, x_username, access_token) "
+        "VALUES (1, 'T1', 'U1', '1', 'me', 'x')"
+    )
+    for i, state in enumerate(("queued", "sent", "waiting")):
+        old.execute(
+            "INSERT INTO outbox (seq, part, team_id, channel_id, slack_ts, account_id, target_conversation, "
+            "state, created_at) VALUES (?, 0, 'T1', ?, ?, 1, '1-2', ?, 0)",
+            [i + 1, f"C{i}", f"{i}.0", state],
+        )
+    old.close()
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        heads = await store.outbox_heads()
+        assert sorted(h.channel_id for h in heads) == ["C0", "C2"]
+    finally:
+        await store.close()
+
+
+async def test_pending_channels_is_exactly_the_channels_with_unfinished_rows(tmp_path: Path) -> None:
+    db_path = tmp_path / "store.db"
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        for channel in ("C1", "C2"):
+            mapping = Mapping("T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            await store.create_mapping(mapping)
+            await store.accept(
+                IncomingMessage("T1", channel, "1.000", "U1", "m", event_id=channel), mapping, 1.0
+            )
+        [first, _] = sorted(await store.outbox_heads(), key=lambda h: h.channel_id)
+        await store.mark_sent(first.id, Sent("1000-2001", "9001"), 2.0)
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE outbox SET state = 'failed' WHERE channel_id = 'C2'")
+            assert db.execute("SELECT team_id, channel_id FROM pending_channels").fetchall() == []
+            db.execute("UPDATE outbox SET state = 'queued' WHERE channel_id = 'C2'")
+            assert db.execute("SELECT team_id, channel_id FROM pending_channels").fetchall() == [("T1", "C2")]
+    finally:
+        await store.close()
+
+
+async def test_migration_keeps_one_target_on_rows_an_old_version_wrote_with_two(tmp_path: Path) -> None:
+    """Before 0004 a sent 1-to-1 row got its conversation beside its participant, and edit and
+    delete rows copied both: unreadable, they stopped every channel. 0004 keeps the participant."""
+    from sqlite_utils import Database
+
+    from migrations import migrations
+
+    db_path = tmp_path / "old.db"
+    old = Database(sqlite3.connect(db_path))
+    migrations.apply(old, stop_before="0004_outbox_deleted_and_one_target")
+    old.execute(
+        "INSERT INTO accounts (id, team_id, slack_user_id, x_user_id, x_username, access_token) "
+        "VALUES (1, 'T1', 'U1', '1000', 'me', 'x')"
+    )
+    old.execute(
+        "INSERT INTO outbox (seq, part, team_id, channel_id, slack_ts, ref_ts, account_id, "
+        "target_participant, target_conversation, state, created_at, kind, source) "
+        "VALUES (1, 0, 'T1', 'C1', '2.000:delete', '1.000', 1, '2001', '1000-2001', 'queued', 0, "
+        "'delete', '{}')"
+    )
+    old.close()
+    store = SqliteStore(str(db_path), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        [head] = await store.outbox_heads()
+        assert isinstance(head, OutboxItem) and head.target.participant_id == "2001"
+        assert head.target.conversation_id is None and not head.deleted
+    finally:
+        await store.close()

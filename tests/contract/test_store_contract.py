@@ -1,0 +1,426 @@
+"""The Store port's behaviour, method by method, on both engines (what a new store must do)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from adapters.store.postgres import PostgresStore
+from adapters.store.sqlite import SqliteStore
+from bridge.model import (
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OAuthState,
+    OutboxState,
+    RenderedPart,
+    Sent,
+    TokenSet,
+    XUser,
+)
+from tests.contract.conftest import Engine
+
+AnyStore = SqliteStore | PostgresStore
+
+
+@asynccontextmanager
+async def opened(engine: Engine) -> AsyncIterator[AnyStore]:
+    store = engine.store()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def linked(store: AnyStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK) -> Mapping:
+    account = await store.account_for_user("T1", "U1")
+    if account is None:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+    if kind is MappingKind.DM:
+        mapping = Mapping("T1", channel, kind, account.id, None, "2001", "U1", 0.0)
+    else:
+        mapping = Mapping("T1", channel, kind, account.id, "1000-2001", None, "U1", 0.0)
+    assert await store.create_mapping(mapping) == mapping
+    return mapping
+
+
+def msg(n: int, channel: str = "C1", **kw: object) -> IncomingMessage:
+    return IncomingMessage("T1", channel, f"{n}.000", "U1", f"m{n}", event_id=f"E{channel}{n}", **kw)  # type: ignore[arg-type]
+
+
+async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: Engine) -> None:
+    async with opened(engine) as store:
+        first = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("acc-1", "ref-1", 10.0))
+        await store.set_needs_reconnect(first.id, True)
+        assert await store.usernames_needing_reconnect() == ["me"]
+        again = await store.save_account(
+            "T1", "U1", XUser("1001", "me2"), TokenSet("acc-2", None, None, "dm.read")
+        )
+        assert again.id == first.id and again.x_username == "me2" and not again.needs_reconnect
+        assert again.tokens == TokenSet("acc-2", None, None, "dm.read")
+        await store.update_tokens(first.id, TokenSet("acc-3", "ref-3", 99.5))
+        fetched = await store.get_account(first.id)
+        assert fetched is not None and fetched.tokens == TokenSet("acc-3", "ref-3", 99.5)
+        assert await store.account_for_user("T1", "U1") == fetched
+        assert await store.account_for_user("T1", "U2") is None and await store.get_account(999) is None
+        other = await store.save_account("T1", "U2", XUser("1002", "you"), TokenSet("x", "y", None))
+        assert [a.id for a in await store.list_accounts()] == [first.id, other.id]
+        assert await store.usernames_needing_reconnect() == []
+    raw = await engine.sql("SELECT access_token, refresh_token FROM accounts")
+    assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
+
+
+async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine: Engine) -> None:
+    async with opened(engine) as store:
+        now = time.time()  # saving sweeps states long expired by the wall clock
+        state = OAuthState("s1", "verifier", "T1", "U1", "C1", "https://hooks/1", now + 600)
+        await store.save_oauth_state(state)
+        await store.save_oauth_state(OAuthState("s2", "v2", "T1", "U1", "C1", None, now + 1))
+        assert await store.confirm_oauth_state("s1", now, "browser") is not None
+        assert await store.confirm_oauth_state("s2", now, "browser") is not None
+        results = await asyncio.gather(*(store.consume_oauth_state("s1", now, "browser") for _ in range(5)))
+        assert [r for r in results if r is not None] == [state]
+        assert await store.consume_oauth_state("s2", now + 1, "browser") is None  # expired
+        assert await store.consume_oauth_state("nope", now, "browser") is None
+
+
+async def test_a_channel_maps_once_until_unmapped(engine: Engine) -> None:
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        assert await store.create_mapping(mapping) is None
+        assert await store.get_mapping("T1", "C1") == mapping
+        await store.set_conversation_id("T1", "C1", "1000-2002")
+        moved = await store.get_mapping("T1", "C1")
+        assert moved is not None and moved.conversation_id == "1000-2002"
+        await linked(store, "C0")
+        assert [m.channel_id for m in await store.list_mappings()] == ["C0", "C1"]
+        assert await store.delete_mapping("T1", "C1") == moved
+        assert await store.delete_mapping("T1", "C1") is None and await store.get_mapping("T1", "C1") is None
+
+
+async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) -> None:
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        assert await store.accept(msg(1), mapping, 1.0)
+        assert not await store.accept(msg(1), mapping, 2.0)  # Slack's retry: same event id
+        retried_under_a_new_id = IncomingMessage("T1", "C1", "1.000", "U1", "m1", event_id="other")
+        assert not await store.accept(retried_under_a_new_id, mapping, 3.0)
+        accepted = await store.accept_if_mapped(msg(2), 4.0)
+        assert accepted is not None and accepted.new and accepted.head is None  # m1 is first
+        assert await store.accept_if_mapped(msg(2), 5.0) == type(accepted)(new=False)
+        assert await store.outbox_summary() == {
+            "counts": {"queued": 2},
+            "pending": 2,
+            "oldest_pending_at": 1.0,
+        }
+        later = 1.0 + 24 * 3600 + 1.5
+        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 1  # E…1 is older than a day
+        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 0
+
+
+async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Engine) -> None:
+    """On PostgreSQL two instances accept at once; each channel's first row is handed on once."""
+    async with opened(engine) as one:
+        other = engine.store() if engine.name == "postgres" else one
+        if other is not one:
+            await other.open()
+        try:
+            await linked(one)
+            await linked(one, "C2")
+            results = await asyncio.gather(
+                *(
+                    (one if n % 2 else other).accept_if_mapped(msg(n, channel), float(n))
+                    for n in range(1, 41)
+                    for channel in ("C1", "C2")
+                )
+            )
+            assert all(r is not None and r.new for r in results)
+            heads = [r.head for r in results if r is not None and r.head is not None]
+            assert sorted(h.channel_id for h in heads) == ["C1", "C2"]
+            for head in heads:
+                rows = await engine.sql("SELECT MIN(seq) FROM outbox WHERE channel_id = ?", head.channel_id)
+                assert rows == [(head.seq,)]
+        finally:
+            if other is not one:
+                await other.close()
+
+
+async def test_sending_records_the_message_map_and_names_the_dm_conversation(engine: Engine) -> None:
+    async with opened(engine) as store:
+        await linked(store, "C1", MappingKind.DM)
+        await store.accept_if_mapped(msg(1), 1.0)
+        [head] = await store.outbox_heads()
+        assert head.target.participant_id == "2001"
+        claimed = await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        assert claimed is not None and claimed.sending_since == 2.0
+        assert await store.mark_sending(head.id, 2.5) is not None  # a resend after a crash claims again
+        assert await store.mark_sent(head.id, Sent("1000-2001", "9001"), 3.0) is None
+        mapping = await store.get_mapping("T1", "C1")
+        assert mapping is not None and mapping.conversation_id == "1000-2001"
+        assert await store.known_event_ids(["9001", "9002"]) == {"9001"}
+        assert await store.known_event_ids([]) == set()
+        assert await store.relayed_events("T1", "C1", "1.000") == ["9001"]
+        assert await store.message_text("T1", "C1", "1.000") == "m1"
+        assert await store.message_text("T1", "C1", "9.000") is None
+        item = await store.get_item(head.id)
+        assert item is not None and (item.state, item.dm_event_id, item.attempts) == (
+            OutboxState.SENT,
+            "9001",
+            2,
+        )
+        assert await store.mark_sending(head.id, 4.0) is None  # finished rows are never claimed
+        assert await store.outbox_heads() == []
+
+
+async def test_edits_and_deletes(engine: Engine) -> None:
+    async with opened(engine) as store:
+        await linked(store)
+        for n in (1, 2):
+            await store.accept_if_mapped(msg(n), float(n))
+        edit = {"text": "m1!", "blocks": [], "user_id": "U1"}
+        assert await store.accept_edit("T1", "C1", "1.000", "5.000", edit, 5.0) == "updated"
+        assert await store.accept_edit("T1", "C1", "7.000", "7.100", edit, 5.0) == "unknown"
+        [head] = await store.outbox_heads()
+        assert head.source["text"] == "m1!"
+        await store.mark_sending(head.id, 6.0, parts=[RenderedPart("Me: m1!")], source=head.source)
+        following = await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
+        assert following is not None and following.slack_ts == "2.000"
+        assert await store.accept_edit("T1", "C1", "1.000", "8.000", {"text": "m1?"}, 8.0) == "queued"
+        assert await store.accept_delete("T1", "C1", "2.000", "9.000", 9.0) == "cancelled"
+        assert await store.accept_delete("T1", "C1", "1.000", "9.500", 9.5) == "queued"
+        assert await store.accept_delete("T1", "C1", "3.000", "9.600", 9.6) == "unknown"
+        kinds = await engine.sql("SELECT kind, state FROM outbox ORDER BY seq, part")
+        assert kinds == [
+            ("message", "sent"),
+            ("message", "cancelled"),
+            ("edit", "cancelled"),  # the message is deleted: no point correcting it first
+            ("delete", "queued"),
+        ]
+        [deletion] = await store.outbox_heads()
+        assert deletion.kind.value == "delete" and deletion.ref_ts == "1.000"
+
+
+async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        await store.accept(msg(1), mapping, 1.0)
+        [head] = await store.outbox_heads()
+        await store.reschedule(head.id, OutboxState.WAITING, 1e15, "reconnect", held_since=10.0)
+        await store.reschedule(head.id, OutboxState.WAITING, 1e15, "reconnect", held_since=20.0)
+        await store.set_hourglass(head.id, True)
+        await store.set_media_id(head.id, "media-1")
+        item = await store.get_item(head.id)
+        assert item is not None
+        assert (item.held_since, item.hourglass, item.media_id, item.last_error) == (
+            10.0,
+            True,
+            "media-1",
+            "reconnect",
+        )
+        await store.set_held_since(head.id, None)
+        assert await store.release_account(mapping.account_id, 30.0) == 1
+        assert await store.release_account(mapping.account_id, 30.0) == 1  # still unfinished: due again
+        [queued] = await store.list_outbox([OutboxState.QUEUED])
+        assert (queued.state, queued.next_attempt_at, queued.held_since) == (OutboxState.QUEUED, 30.0, None)
+        await store.mark_failed(head.id, "refused")
+        assert [i.last_error for i in await store.list_outbox([OutboxState.FAILED])] == ["refused"]
+        await store.accept(msg(2), mapping, 2.0)
+        [second] = await store.outbox_heads()
+        await store.mark_done(second.id, 40.0)
+        assert (await store.outbox_summary("T1", "C1"))["counts"] == {"failed": 1, "sent": 1}
+        assert (await store.outbox_summary("T1", "C9"))["pending"] == 0
+
+
+async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> None:
+    async with opened(engine) as store:
+        assert await store.ping()
+        await store.save_budgets([("user:1:15m", 200, 150, 900.0), ("app:24h", 15000, 14000, 86400.0)])
+        await store.save_budgets([("user:1:15m", 15, 3, 950.5)])
+        assert await store.save_budgets([]) is None
+        loaded = sorted(await store.load_budgets(), key=lambda b: b["key"])
+        assert loaded == [
+            {"key": "app:24h", "limit_": 15000, "remaining": 14000, "reset_at": 86400.0},
+            {"key": "user:1:15m", "limit_": 15, "remaining": 3, "reset_at": 950.5},
+        ]
+
+
+async def test_media_upload_bookkeeping(engine: Engine) -> None:
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        await store.accept(msg(1), mapping, 1.0)
+        [head] = await store.outbox_heads()
+        await store.render(head.id, [RenderedPart("Me: m1", {"id": "F1", "name": "a.png"})])
+        await store.begin_media_upload(head.id)
+        await store.begin_media_upload(head.id)
+        item = await store.get_item(head.id)
+        assert item is not None and item.media_unfinished == 2
+        await store.end_media_upload(head.id)
+        await store.set_media_id(head.id, "m-1", 50.0)
+        item = await store.get_item(head.id)
+        assert item is not None
+        assert (item.media_id, item.media_uploaded_at, item.media_unfinished) == ("m-1", 50.0, 0)
+        await store.drop_media(head.id)
+        item = await store.get_item(head.id)
+        assert item is not None and (item.media, item.media_id, item.media_uploaded_at) == (None, None, None)
+        assert item.text == "Me: m1"
+
+
+async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping(
+            "T1", "C1", MappingKind.DM, account.id, None, "2001", "U1", 0.0, participant_username="alice"
+        )
+        await store.create_mapping(mapping)
+        assert await store.get_mapping("T1", "C1") == mapping
+
+
+async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
+        other = await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("b", "s", 5.0))
+        for channel, owner in (("C1", account), ("C2", account), ("C3", other)):
+            mapping = Mapping(
+                "T1", channel, MappingKind.LINK, owner.id, "1000-2001", None, owner.slack_user_id, 0
+            )
+            await store.create_mapping(mapping)
+
+        paused = await store.disconnect_account(account.id, 100.0, "U1")
+        assert [(m.channel_id, m.paused_at, m.paused_by) for m in paused] == [
+            ("C1", 100.0, "U1"),
+            ("C2", 100.0, "U1"),
+        ]
+        gone = await store.get_account(account.id)
+        assert gone is not None and gone.disconnected and gone.needs_reconnect
+        assert gone.tokens.access_token == "" and gone.tokens.refresh_token is None
+        assert await store.disconnect_account(account.id, 200.0, "U1") == []  # already paused
+        untouched = await store.get_mapping("T1", "C3")
+        assert untouched is not None and untouched.paused_at is None
+
+        again = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("c", "t", 9.0))
+        assert again.id == account.id and not again.disconnected and not again.needs_reconnect
+        assert [m.channel_id for m in await store.resume_mappings(account.id)] == ["C1", "C2"]
+        assert await store.resume_mappings(account.id) == []
+    finally:
+        await store.close()
+
+
+async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
+        await store.save_oauth_state(state)
+        shown = await store.get_oauth_state("s1", 10.0)
+        assert shown is not None and (shown.slack_user_name, shown.team_name) == ("ada", "fake")
+        assert await store.get_oauth_state("s1", 1000.0) is None  # expired
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # not confirmed yet
+
+        confirmed = await store.confirm_oauth_state("s1", 10.0, "hash-a")
+        assert confirmed is not None and confirmed.code_verifier == "verifier"
+        assert await store.confirm_oauth_state("s1", 10.0, "hash-b") is None  # one browser only
+        assert await store.get_oauth_state("s1", 10.0) is None  # the page no longer shows it
+
+        assert await store.consume_oauth_state("s1", 10.0, "hash-b") is None  # another browser
+        used = await store.consume_oauth_state("s1", 10.0, "hash-a")
+        assert used is not None and used.slack_user_id == "U1"
+        assert await store.consume_oauth_state("s1", 10.0, "hash-a") is None  # single use
+        assert await store.confirm_oauth_state("nope", 10.0, "hash-a") is None
+    finally:
+        await store.close()
+
+
+async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(engine: Engine) -> None:
+    """`/xdm unlink` checks who may unlink the mapping it read, then deletes: a mapping someone
+    else made in between (the first unlinked meanwhile) must not be what that delete removes."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        checked = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        await store.create_mapping(checked)
+        assert await store.delete_mapping("T1", "C1", made=checked) is not None
+        since = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2002", None, "U2", 2.0)
+        await store.create_mapping(since)
+        assert await store.delete_mapping("T1", "C1", made=checked) is None
+        assert await store.get_mapping("T1", "C1") == since
+
+
+async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(engine: Engine) -> None:
+    """X refused the group for good: the mapping goes, and the rows addressed to that group come
+    back for the caller to fail; another group's channel, or a created group, is left alone."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        group = ("2001", "2002")
+        waiting = Mapping(
+            "T1", "C1", MappingKind.GROUP, account.id, None, None, "U1", 1.0, group_participants=group
+        )
+        await store.create_mapping(waiting)
+        for n in (1, 2):
+            assert (await store.accept_if_mapped(msg(n), float(n))) is not None
+        assert await store.abandon_group("T1", "C1", ("2001", "2003")) == (None, [])
+        assert await store.get_mapping("T1", "C1") == waiting
+
+        removed, pending = await store.abandon_group("T1", "C1", group)
+        assert removed == waiting and await store.get_mapping("T1", "C1") is None
+        assert [(p.slack_ts, p.target.new_group) for p in pending] == [("1.000", group), ("2.000", group)]
+        for item in pending:
+            await store.mark_failed(item.id, "X refused the group")
+        assert await store.abandon_group("T1", "C1", group) == (None, [])
+
+
+async def test_slack_retrying_a_delete_does_not_cancel_the_delete(engine: Engine) -> None:
+    # Found by the fault model (bench/fault_soak.py seed 103): Slack delivered one
+    # message_deleted twice; the second cancelled the first's queued delete row (same ref_ts),
+    # then could not add its own (same key), so the DM stayed on X.
+    async with opened(engine) as store:
+        await linked(store)
+        await store.accept_if_mapped(msg(1), 1.0)
+        [head] = await store.outbox_heads()
+        await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 3.0)
+        assert await store.accept_delete("T1", "C1", "1.000", "4.000", 4.0) == "queued"
+        await store.accept_delete("T1", "C1", "1.000", "4.000", 5.0)  # Slack's retry
+        [delete] = await store.outbox_heads()
+        assert delete.kind.value == "delete" and delete.state is OutboxState.QUEUED
+        assert await store.relayed_events("T1", "C1", "1.000") == ["9001"]
+
+
+async def test_a_row_cancelled_in_slack_stays_cancelled_whatever_a_stale_reader_writes(
+    engine: Engine,
+) -> None:
+    # Found by the fault model (bench/fault_soak.py seed 205): the worker read a row, Slack's
+    # delete cancelled it, then the worker held it for the rate limit from its stale copy: the
+    # hold wrote "waiting" over "cancelled" and the deleted message went to X.
+    async with opened(engine) as store:
+        await linked(store)
+        await store.accept_if_mapped(msg(1), 1.0)
+        [stale] = await store.outbox_heads()
+        assert await store.accept_delete("T1", "C1", "1.000", "2.000", 2.0) == "cancelled"
+        await store.reschedule(
+            stale.id, OutboxState.WAITING, 9.0, "waiting for X's rate limit", held_since=3.0
+        )
+        await store.reschedule(stale.id, OutboxState.QUEUED, 9.0, "X failed with HTTP 503")
+        await store.mark_failed(stale.id, "X refused it")
+        assert await store.outbox_heads() == []
+        assert await engine.sql("SELECT state FROM outbox") == [("cancelled",)]
+
+
+async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine: Engine) -> None:
+    async with opened(engine) as store:
+        await linked(store)
+        for n in (1, 2, 3):
+            await store.accept_if_mapped(msg(n), float(n))
+        for sent_at in (10.0, 20.0):
+            [head] = await store.outbox_heads()
+            await store.mark_sending(
+                head.id, sent_at, parts=[RenderedPart(f"Me: {head.slack_ts}")], source=head.source
+            )
+            await store.mark_sent(head.id, Sent("1000-2001", f"90{sent_at:.0f}"), sent_at)
+        recent = await store.recently_sent(15.0, 10)
+        assert [item.slack_ts for item in recent] == ["2.000"]  # 1 was sent before, 3 not yet
+        assert [item.slack_ts for item in await store.recently_sent(0.0, 10)] == ["2.000", "1.000"]
+        assert len(await store.recently_sent(0.0, 1)) == 1

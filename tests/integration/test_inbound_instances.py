@@ -1,0 +1,69 @@
+"""X → Slack with two instances on one PostgreSQL database: any instance takes X's pushes,
+only the leader reads X and posts into Slack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.sandbox.fake_x import FakeX, sign
+from adapters.store.crypto import generate_key
+from adapters.web.app import SERVICES
+from bridge.inbound import InboundConfig
+from tests.harness import ALICE, ME, running_bridge
+from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
+from tests.integration.test_push import PUSHED, push_env, pushing, settled, subscribed
+
+pytestmark = pytest.mark.usefixtures("on_postgres")
+
+
+async def test_a_push_the_standby_takes_is_posted_by_the_leader_at_once(tmp_path: Path) -> None:
+    x, key = FakeX(), generate_key()
+    async with pushing(tmp_path / "a", fake_x=x, key=key) as leader:
+        await subscribed(leader)
+        env = push_env(x) | {"BRIDGE_ENCRYPTION_KEY": key}
+        async with running_bridge(tmp_path / "b", inbound=PUSHED, env=env, fake_x=x) as standby:
+            x.push_drop = 1  # X's own push (to the leader's URL) is lost: this one reaches the standby
+            event = x.add_event(CONVERSATION, ALICE, "pushed to the standby")
+            body = json.dumps(x.payload_for(event, "dm.received", ME, None)).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "x-twitter-webhooks-signature": sign(x.consumer_secret, body),
+            }
+            async with standby.session.post(
+                f"{standby.url}/x/webhook", data=body, headers=headers
+            ) as response:
+                assert response.status == 200  # committed by the standby before the 200
+            # The leader's poster waits up to 30 s between scans and its safety-net read comes
+            # every 5 s (and would find the row already taken): only the NOTIFY wakes it sooner.
+            await wait_posts(leader, 1, timeout=4.0)
+            assert await settled(leader, 1) == {event.id: "push"}
+            assert [m["text"] for m in posts(leader)] == ["pushed to the standby"]
+            assert posts(standby) == []  # the standby never posts
+            assert standby.app[SERVICES].worker.role == "standby"
+            assert standby.app[SERVICES].worker.current is None  # no delivery, no poller, no upkeep
+
+
+async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path: Path) -> None:
+    config = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
+    x, key = FakeX(), generate_key()
+    env = {"BRIDGE_ENCRYPTION_KEY": key}
+    async with running_bridge(tmp_path / "a", inbound=config, env=env, fake_x=x) as leader:
+        for i in range(5):
+            x.add_event(CONVERSATION, ALICE, f"old {i}")
+        async with running_bridge(tmp_path / "b", inbound=config, env=env, fake_x=x) as standby:
+            assert standby.app[SERVICES].worker.role == "standby"
+            await standby.connect()
+            await standby.map_link(CONVERSATION)  # the standby's command: only the leader reads X
+            await wait_posts(leader, 3)
+            x.add_event(CONVERSATION, ALICE, "new")
+            await wait_posts(leader, 4)
+            assert [m["text"] for m in posts(leader)] == [
+                "old 2\n_(history)_",
+                "old 3\n_(history)_",
+                "old 4\n_(history)_",
+                "new",
+            ]
+            assert posts(standby) == []

@@ -1,0 +1,121 @@
+"""`xdm-bridge copy-db`: SQLite into PostgreSQL and back, nothing lost, counts verified."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from adapters.ops.cli import main
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.postgres import PostgresStore
+from adapters.store.sqlite import SqliteStore
+from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
+from tests import pg
+
+AnyStore = SqliteStore | PostgresStore
+
+
+async def fill(store: AnyStore) -> None:
+    await store.open()
+    try:
+        account = await store.save_account(
+            "T1", "U1", XUser("1000", "me"), TokenSet("secret-a", "secret-r", 5.0)
+        )
+        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        await store.create_mapping(mapping)
+        for n in range(1, 4):
+            await store.accept(
+                IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), mapping, n
+            )
+        [head] = await store.outbox_heads()
+        await store.mark_sending(
+            head.id,
+            5.0,
+            [("user:1:15m", 200, 199, 900.0)],
+            parts=[RenderedPart("Me: m1")],
+            source=head.source,
+        )
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
+    finally:
+        await store.close()
+
+
+async def snapshot(store: AnyStore) -> tuple[object, ...]:
+    await store.open()
+    try:
+        return (
+            await store.list_accounts(),
+            await store.list_mappings(),
+            [(h.slack_ts, h.source, h.state) for h in await store.outbox_heads()],
+            await store.known_event_ids(["9001"]),
+            await store.load_budgets(),
+            (await store.outbox_summary())["counts"],
+        )
+    finally:
+        await store.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_sqlite_to_postgresql_and_back(
+    tmp_path: Path, pg_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = TokenCipher([generate_key()])
+    original = tmp_path / "bridge.db"
+    asyncio.run(fill(SqliteStore(str(original), key)))
+    url = asyncio.run(pg.create_database(pg_server))
+    try:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv("DATABASE_PATH", str(original))
+        code, out = run(capsys, "copy-db", "--to", url)
+        assert code == 0, out
+        assert "outbox: 3" in out and "accounts: 1" in out
+        before = asyncio.run(snapshot(SqliteStore(str(original), key)))
+        assert asyncio.run(snapshot(PostgresStore(url, key))) == before
+
+        code, out = run(capsys, "copy-db", "--to", url)  # never into a database with rows
+        assert code == 1 and "copy only into an empty database" in out
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        back = tmp_path / "back.db"
+        code, out = run(capsys, "copy-db", "--to", str(back))
+        assert code == 0, out
+        assert asyncio.run(snapshot(SqliteStore(str(back), key))) == before
+
+        async def new_row_after_copied_ids() -> int:
+            store = PostgresStore(url, key)
+            await store.open()
+            try:
+                mapping = await store.get_mapping("T1", "C1")
+                assert mapping is not None
+                message = IncomingMessage("T1", "C1", "4.0", "U1", "m4", event_id="E4")
+                accepted = await store.accept_if_mapped(message, 7.0)
+                assert accepted is not None and accepted.new
+                rows = await pg.query(url, "SELECT MAX(id) FROM outbox")
+                return int(rows[0][0])
+            finally:
+                await store.close()
+
+        assert asyncio.run(new_row_after_copied_ids()) == 4  # the sequence continues after the copy
+    finally:
+        asyncio.run(pg.drop_database(pg_server, url))
+
+
+def test_copy_db_from_a_missing_file_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_PATH", str(tmp_path / "nope.db"))
+    code, out = run(capsys, "copy-db", "--to", str(tmp_path / "other.db"))
+    assert code == 1 and "no database at" in out
+    code, out = run(capsys, "copy-db", "--to", "postgres://h/x?sslmode=bogus")
+    assert code == 2 and "sslmode" in out
