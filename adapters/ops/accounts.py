@@ -16,7 +16,7 @@ import aiohttp
 from adapters.slack.api import SlackApi, web_client
 from adapters.store.select import make_store
 from adapters.x.api import XApiClient
-from adapters.x.oauth import XOAuthClient
+from adapters.x.oauth import oauth_client
 from bridge.connect import OPERATOR, ConnectService, Disconnected
 from bridge.settings import Settings
 
@@ -46,15 +46,7 @@ async def disconnect(settings: Settings, account_id: int) -> Disconnected:
                 raise NoSuchAccount(f"account {account_id} (@{account.x_username}) is already disconnected")
             service = ConnectService(
                 store=store,
-                oauth=XOAuthClient(
-                    session,
-                    client_id=settings.x_client_id,
-                    client_secret=settings.x_client_secret,
-                    authorize_url=settings.x_authorize_url,
-                    token_url=settings.x_token_url,
-                    redirect_uri=settings.redirect_uri,
-                    timeout=settings.x_timeout_seconds,
-                ),
+                oauth=oauth_client(session, settings),
                 x=XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds),
                 slack=SlackApi(web_client(settings.bot_token, settings.slack_api_url, session), session),
                 clock=SystemClock(),

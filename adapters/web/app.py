@@ -38,7 +38,7 @@ from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
 from adapters.x.api import XApiClient, XAppClient
-from adapters.x.oauth import XOAuthClient
+from adapters.x.oauth import oauth_client
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
@@ -184,15 +184,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         x = XApiClient(
             session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
         )
-        oauth = XOAuthClient(
-            session,
-            client_id=settings.x_client_id,
-            client_secret=settings.x_client_secret,
-            authorize_url=settings.x_authorize_url,
-            token_url=settings.x_token_url,
-            redirect_uri=settings.redirect_uri,
-            timeout=settings.x_timeout_seconds,
-        )
+        oauth = oauth_client(session, settings)
         budget = Budget(
             store,
             user_15m=settings.x_user_limit_15m,

@@ -21,7 +21,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from bridge.errors import XAuthRevoked, XRefused, XTransient
 from bridge.model import AuthorizationRequest, TokenSet
-from bridge.settings import SCOPES
+from bridge.settings import SCOPES, Settings
 
 log = logging.getLogger("adapters.x.oauth")
 
@@ -148,3 +148,16 @@ def _oauth_error(payload: dict[str, Any]) -> str:
     error = payload.get("error") or "unknown error"
     description = payload.get("error_description")
     return f"{error} ({description})" if description else str(error)
+
+
+def oauth_client(session: aiohttp.ClientSession, settings: Settings) -> XOAuthClient:
+    """The X OAuth client as this deployment's settings describe it (serve and operator commands)."""
+    return XOAuthClient(
+        session,
+        client_id=settings.x_client_id,
+        client_secret=settings.x_client_secret,
+        authorize_url=settings.x_authorize_url,
+        token_url=settings.x_token_url,
+        redirect_uri=settings.redirect_uri,
+        timeout=settings.x_timeout_seconds,
+    )
