@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -9,6 +10,18 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tests import pg
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Put the root logger back after each test: ``setup_logging`` (called by the CLI run
+    in-process) points it at the stderr pytest captured for that test, which is closed
+    afterwards, so a later test's log line from a worker thread would hit a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
