@@ -1359,7 +1359,8 @@ class PostgresStore:
 
     async def pending_backfills(self) -> list[tuple[int, str, float]]:
         found = await self.pool.fetch(
-            "SELECT account_id, conversation_id, bridged_at FROM backfills ORDER BY account_id, conversation_id"
+            "SELECT account_id, conversation_id, bridged_at FROM backfills "
+            "ORDER BY account_id, conversation_id"
         )
         return [(int(r["account_id"]), str(r["conversation_id"]), float(r["bridged_at"])) for r in found]
 

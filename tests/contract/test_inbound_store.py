@@ -166,7 +166,10 @@ async def test_a_backfill_request_survives_a_restart_until_it_is_finished(engine
     second = engine.store()  # another process on the same database: the request is still there
     await second.open()
     try:
-        assert await second.pending_backfills() == [(account.id, CONVERSATION, 5.0), (account.id, "other", 6.0)]
+        assert await second.pending_backfills() == [
+            (account.id, CONVERSATION, 5.0),
+            (account.id, "other", 6.0),
+        ]
         # Linked again while the first backfill ran: that one finishing does not drop the new one.
         await second.request_backfill(account.id, CONVERSATION, 9.0)
         await second.finish_backfill(account.id, CONVERSATION, 5.0)
