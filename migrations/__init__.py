@@ -372,6 +372,9 @@ def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
     ``bridged_at`` splits history (before) from what the poller takes (after).
     ``read_schedule``: when the leader reads an account's DMs next, so `/xdm status` on any
     instance can say it.
+    ``parked_cursors``: the read cursor of an X account its Slack user switched away from,
+    put back when that account is connected again (so nothing it got meanwhile is skipped
+    because the other account's events have higher ids).
     """
     db.execute("DROP INDEX IF EXISTS idx_inbound_dm_event_id")
     db.execute(
@@ -386,4 +389,8 @@ def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
     db.table("read_schedule").create(
         {"account_id": int, "next_read_at": float, "updated_at": float},
         pk="account_id",
+    )
+    db.table("parked_cursors").create(
+        {"account_id": int, "x_user_id": str, "newest_event_id": str, "updated_at": float},
+        pk=("account_id", "x_user_id"),
     )

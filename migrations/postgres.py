@@ -231,7 +231,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         # SQLite's 0013: inbound unique per (event, channel), so two channels bridged to one
         # conversation each get each event once; a channel's wanted history kept until it is
         # queued (``backfills``); the leader's next read of each account (``read_schedule``),
-        # so `/xdm status` on a standby can say it.
+        # so `/xdm status` on a standby can say it; the read cursor of an X account switched away
+        # from, put back when it is connected again (``parked_cursors``).
         "0009_inbound_per_channel_backfills_schedule",
         """
         DROP INDEX IF EXISTS idx_inbound_dm_event_id;
@@ -248,6 +249,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             account_id BIGINT PRIMARY KEY,
             next_read_at DOUBLE PRECISION,
             updated_at DOUBLE PRECISION
+        );
+        CREATE TABLE parked_cursors (
+            account_id BIGINT NOT NULL,
+            x_user_id TEXT NOT NULL,
+            newest_event_id TEXT,
+            updated_at DOUBLE PRECISION,
+            PRIMARY KEY (account_id, x_user_id)
         );
         """,
     ),
@@ -266,6 +274,7 @@ TABLES = (
     "cursors",
     "backfills",
     "read_schedule",
+    "parked_cursors",
 )
 
 

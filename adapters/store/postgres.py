@@ -229,6 +229,34 @@ class PostgresStore:
         )
         return sorted((rows.mapping(r) for r in resumed), key=lambda m: (m.team_id, m.channel_id))
 
+    @staticmethod
+    async def _switch_cursor(
+        conn: Conn, account_id: int, previous_id: str, current_id: str, now: float
+    ) -> None:
+        """As the SQLite store's: the read cursor is the X account's; the previous one's is
+        parked, the current one's put back (or none: a first read)."""
+        await conn.execute(
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
+            "SELECT account_id, $1, newest_event_id, $2 FROM cursors WHERE account_id = $3 "
+            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+            "updated_at = excluded.updated_at",
+            previous_id,
+            now,
+            account_id,
+        )
+        await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
+        await conn.execute(
+            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
+            "SELECT account_id, newest_event_id, $1 FROM parked_cursors "
+            "WHERE account_id = $2 AND x_user_id = $3",
+            now,
+            account_id,
+            current_id,
+        )
+        await conn.execute(
+            "DELETE FROM parked_cursors WHERE account_id = $1 AND x_user_id = $2", account_id, current_id
+        )
+
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
     ) -> list[Mapping]:
@@ -254,6 +282,7 @@ class PostgresStore:
                     previous.id,
                     account_id,
                 )
+                await self._switch_cursor(conn, account_id, previous.id, current.id, now)
             # What was held for the account connected now is its own again.
             await conn.execute(
                 "UPDATE mappings SET held_for = NULL, held_for_username = NULL "

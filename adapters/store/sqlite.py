@@ -331,6 +331,7 @@ class SqliteStore:
                         "AND target_conversation IS NOT NULL",
                         [previous.id, account_id],
                     )
+                    self._switch_cursor(account_id, previous.id, current.id, now)
                 # Then what was held for the account connected now is its own again (resumed and
                 # released by resume_mappings and release_account, like any paused mapping).
                 self.db.execute(
@@ -347,6 +348,28 @@ class SqliteStore:
             return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
 
         return await self._call(work)
+
+    def _switch_cursor(self, account_id: int, previous_id: str, current_id: str, now: float) -> None:
+        """The read cursor is the X account's: the previous one's is parked (its ids say nothing
+        of the new account's inbox, and the new one's higher ids would make it skip what it gets
+        meanwhile), the current one's put back, or none: a first read (see ``Inbound.poll``)."""
+        self.db.execute(
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
+            "SELECT account_id, ?, newest_event_id, ? FROM cursors WHERE account_id = ? "
+            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+            "updated_at = excluded.updated_at",
+            [previous_id, now, account_id],
+        )
+        self.db.execute("DELETE FROM cursors WHERE account_id = ?", [account_id])
+        self.db.execute(
+            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
+            "SELECT account_id, newest_event_id, ? FROM parked_cursors "
+            "WHERE account_id = ? AND x_user_id = ?",
+            [now, account_id, current_id],
+        )
+        self.db.execute(
+            "DELETE FROM parked_cursors WHERE account_id = ? AND x_user_id = ?", [account_id, current_id]
+        )
 
     async def list_accounts(self) -> list[Account]:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])

@@ -14,7 +14,7 @@ import pytest
 from adapters.sandbox.fake_x import DmEvent, FakeX, sign
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_push import pushing, subscribed
 
@@ -118,3 +118,43 @@ async def test_status_of_a_group_channel_says_it_comes_by_polling_even_with_push
         assert re.search(r"; next read (\d\d:\d\d UTC|soon);", line), line
         status, _ = await bridge.command("status")
         assert "From X: push (polling as a safety net)" in status.text
+
+
+async def test_unlinking_a_paused_channel_posts_what_waited_for_it(tmp_path: Path) -> None:
+    """As messages already accepted for X still go after an unlink, what X people wrote while the
+    channel was bridged (and paused) is not lost: it is posted once the channel stops waiting."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        _, url = await bridge.command("disconnect")
+        await bridge.follow_up(url)
+        await deliver(bridge, bridge.x.add_event(CONVERSATION, ALICE, "while paused"))
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == []
+        unlinked, _ = await bridge.command("unlink")
+        assert "1 message(s) from X that waited are posted here now." in unlinked.text
+        await wait_posts(bridge, 1)
+        assert texts(bridge) == ["while paused"]
+
+
+async def test_what_the_previous_account_got_while_its_channel_was_held_arrives_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The read cursor belongs to the X account it was read with: the new account's newer events
+    must not make the old account's skip what it got meanwhile."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        await bridge.connect(x_user=DORA)  # C100 is held for @bridge_owner
+        held = bridge.x.add_event(CONVERSATION, ALICE, "while held")
+        newer = bridge.x.add_event(f"{ALICE}-{DORA}", ALICE, "to dora")
+        assert int(newer.id) > int(held.id)
+        for _ in range(1000):  # the new account's read has moved its cursor past that
+            if await bridge.sql("SELECT 1 FROM cursors WHERE newest_event_id = ?", newer.id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the new account never read its DMs")
+        assert texts(bridge) == []
+        await bridge.connect(x_user=ME)  # the previous account again: released
+        await wait_posts(bridge, 1)
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == ["while held"]
