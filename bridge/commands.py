@@ -405,7 +405,8 @@ class CommandService:
         now = self._clock.now()
         account_id = mapping.account_id
         summary = await self._store.inbound_summary(account_id, mapping.team_id, mapping.channel_id)
-        push = self._inbound is not None and self._inbound.push_active(account_id)
+        # This instance's push state if it leads; a standby's says what the leader last saved.
+        push = (self._inbound is not None and self._inbound.push_active(account_id)) or summary["pushed"]
         if _is_group(mapping):
             # X's push may miss group conversations (INBOUND.md §3): they come by reading.
             way = "polling (X does not push group conversations)"

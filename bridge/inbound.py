@@ -263,7 +263,9 @@ class Inbound:
         for account in due:
             if account.id in self._next_poll:
                 # Kept in the store: `/xdm status` on any instance says when the next read is.
-                await self._store.set_next_read(account.id, self._next_poll[account.id])
+                await self._store.set_next_read(
+                    account.id, self._next_poll[account.id], pushed=self.push_active(account.id)
+                )
         upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
 

@@ -319,7 +319,8 @@ class Store(Protocol):
         self, account_id: int, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]:
         """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state, ``pending``
-        (the account's), ``channel_pending`` (the given channel's) and ``next_read_at``."""
+        (the account's), ``channel_pending`` (the given channel's), ``next_read_at`` and
+        ``pushed`` (as the leader last saved them)."""
         ...
 
     async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
@@ -327,8 +328,9 @@ class Store(Protocol):
         what the bridge posted from X do not count)."""
         ...
 
-    async def set_next_read(self, account_id: int, at: float) -> None:
-        """When the leader reads this account's DMs next (for `/xdm status` on any instance)."""
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
+        """When the leader reads this account's DMs next, and whether X pushes to it (for
+        `/xdm status` on any instance)."""
         ...
 
     async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:

@@ -370,8 +370,8 @@ def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
     ``backfills``: a channel's history wanted (`/xdm link` or `/xdm dm` of a conversation
     with history), kept until the history is queued, so a crash does not lose the request;
     ``bridged_at`` splits history (before) from what the poller takes (after).
-    ``read_schedule``: when the leader reads an account's DMs next, so `/xdm status` on any
-    instance can say it.
+    ``read_schedule``: when the leader reads an account's DMs next and whether X pushes to it,
+    so `/xdm status` on any instance can say it.
     ``parked_cursors``: the read cursor of an X account its Slack user switched away from,
     put back when that account is connected again (so nothing it got meanwhile is skipped
     because the other account's events have higher ids).
@@ -387,7 +387,7 @@ def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
         not_null={"bridged_at"},
     )
     db.table("read_schedule").create(
-        {"account_id": int, "next_read_at": float, "updated_at": float},
+        {"account_id": int, "next_read_at": float, "pushed": int, "updated_at": float},
         pk="account_id",
     )
     db.table("parked_cursors").create(

@@ -248,6 +248,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE read_schedule (
             account_id BIGINT PRIMARY KEY,
             next_read_at DOUBLE PRECISION,
+            pushed BOOLEAN NOT NULL DEFAULT FALSE,
             updated_at DOUBLE PRECISION
         );
         CREATE TABLE parked_cursors (

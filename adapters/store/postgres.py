@@ -1337,8 +1337,8 @@ class PostgresStore:
     ) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
-            next_read_at = await conn.fetchval(
-                "SELECT next_read_at FROM read_schedule WHERE account_id = $1", account_id
+            schedule = await conn.fetchrow(
+                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = $1", account_id
             )
             here = await conn.fetchval(
                 "SELECT COUNT(*) FROM inbound WHERE team_id = $1 AND channel_id = $2 "
@@ -1364,16 +1364,21 @@ class PostgresStore:
             "counts": counts,
             "pending": counts.get("queued", 0) + counts.get("posting", 0),
             "channel_pending": int(here or 0),
-            "next_read_at": None if next_read_at is None else float(next_read_at),
+            "next_read_at": (
+                float(schedule["next_read_at"]) if schedule and schedule["next_read_at"] is not None else None
+            ),
+            "pushed": bool(schedule["pushed"]) if schedule else False,
         }
 
-    async def set_next_read(self, account_id: int, at: float) -> None:
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
         await self._execute(
-            "INSERT INTO read_schedule (account_id, next_read_at, updated_at) VALUES ($1, $2, $2) "
+            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) "
+            "VALUES ($1, $2, $3, $2) "
             "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
-            "updated_at = excluded.updated_at",
+            "pushed = excluded.pushed, updated_at = excluded.updated_at",
             account_id,
             at,
+            pushed,
         )
 
     async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:

@@ -1456,7 +1456,9 @@ class SqliteStore:
     ) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
-            schedule = self._one("SELECT next_read_at FROM read_schedule WHERE account_id = ?", [account_id])
+            schedule = self._one(
+                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = ?", [account_id]
+            )
             here = self._one(
                 "SELECT COUNT(*) AS n FROM inbound WHERE team_id = ? AND channel_id = ? "
                 "AND state IN ('queued', 'posting')",
@@ -1481,17 +1483,18 @@ class SqliteStore:
                 "pending": counts.get("queued", 0) + counts.get("posting", 0),
                 "channel_pending": here["n"] if here else 0,
                 "next_read_at": schedule["next_read_at"] if schedule else None,
+                "pushed": bool(schedule["pushed"]) if schedule else False,
             }
 
         return await self._call(work)
 
-    async def set_next_read(self, account_id: int, at: float) -> None:
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
         await self._call(
             self._update,
-            "INSERT INTO read_schedule (account_id, next_read_at, updated_at) VALUES (?, ?, ?) "
+            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
-            "updated_at = excluded.updated_at",
-            [account_id, at, at],
+            "pushed = excluded.pushed, updated_at = excluded.updated_at",
+            [account_id, at, int(pushed), at],
         )
 
     async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:

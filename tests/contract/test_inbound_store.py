@@ -255,12 +255,13 @@ async def test_the_next_read_is_kept_for_every_instance(engine: Engine) -> None:
         account = await bridged(first)
         assert (await first.inbound_summary(account.id))["next_read_at"] is None
         await first.set_next_read(account.id, 123.5)
-        await first.set_next_read(account.id, 130.0)
+        await first.set_next_read(account.id, 130.0, pushed=True)
     finally:
         await first.close()
     second = engine.store()
     await second.open()
     try:
-        assert (await second.inbound_summary(account.id))["next_read_at"] == 130.0
+        summary = await second.inbound_summary(account.id)
+        assert summary["next_read_at"] == 130.0 and summary["pushed"] is True
     finally:
         await second.close()

@@ -46,6 +46,13 @@ async def test_a_push_the_standby_takes_is_posted_by_the_leader_at_once(tmp_path
             assert posts(standby) == []  # the standby never posts
             assert standby.app[SERVICES].worker.role == "standby"
             assert standby.app[SERVICES].worker.current is None  # no delivery, no poller, no upkeep
+            # The standby does no push upkeep, yet its status says what the leader's does.
+            for _ in range(1000):
+                if await leader.sql("SELECT 1 FROM read_schedule WHERE pushed"):
+                    break
+                await asyncio.sleep(0.01)
+            status, _ = await standby.command("status")
+            assert "From X: push (polling as a safety net)" in status.text
 
 
 async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path: Path) -> None:
