@@ -12,11 +12,16 @@ Two workers, one queue:
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
   a row found ``posting`` later is looked up in the channel's history before any repost.
-  Slack's 429 holds the channel back (in order); nothing is dropped.
+  Slack's 429 holds the channel back (in order); nothing is dropped. A paused channel (its
+  account disconnected, or held for a previous X account) is not posted to: its rows wait.
 
-Echoes never happen: events the bridge sent are recognised by the store (message map,
-or the outbox row still ``sending`` that text) and never posted; the Slack listener
-ignores bot posts, so what this module posts is never relayed to X.
+Every channel bridged to a conversation gets each event once (rows are per event and
+channel). Echoes never happen: events the bridge sent from a channel are recognised by the
+store (message map, or the outbox row still ``sending`` that text) and never posted back
+there; in another channel on the same conversation they are news, marked as sent from the
+first. The Slack listener ignores bot posts, so what this module posts is never relayed to X.
+History asked for on linking is a row in the store until it is queued, so a crash between
+the request and the read does not lose it.
 """
 
 from __future__ import annotations
