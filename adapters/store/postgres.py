@@ -1251,7 +1251,8 @@ class PostgresStore:
     async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
         return await conn.fetchrow(
             "SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
-            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
+            "team_id = $1 AND channel_id = $2 AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
             team_id,
             channel_id,
         )

@@ -1360,8 +1360,9 @@ class SqliteStore:
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(
             "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
-            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
-            [team_id, channel_id],
+            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
+            "team_id = ? AND channel_id = ? AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
+            [team_id, channel_id, team_id, channel_id],
         )
 
     async def inbound_heads(self) -> list[InboundItem]:

@@ -195,6 +195,18 @@ async def test_a_paused_channel_keeps_its_events_until_it_is_resumed(store: Stor
     assert head.dm_event_id == "1"
 
 
+async def test_a_channel_paused_while_it_posts_hands_over_no_next_row(store: Store) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0)
+    [head] = await store.inbound_heads()
+    await store.mark_posting(head.id, 2.0)
+    await store.disconnect_account(account.id, 3.0, "U1")
+    assert await store.mark_posted(head.id, "1700.000100", 4.0) is None  # "2" waits for the resume
+    await store.resume_mappings(account.id)
+    [following] = await store.inbound_heads()
+    assert following.dm_event_id == "2"
+
+
 async def test_a_channel_held_for_a_previous_account_keeps_its_events_until_released(store: Store) -> None:
     account = await bridged(store)
     await store.take_inbound(account.id, [event("1")], "1", 1.0)
