@@ -358,6 +358,19 @@ class InboundEvent:
 
 
 @dataclass(frozen=True)
+class ReadGap:
+    """A read of an account's DMs that one poll could not finish (X had more new events than
+    it reads at once): the next polls go on from ``token`` back to the cursor, which moves to
+    ``newest`` only then. Posting to the account's channels waits meanwhile (X's order)."""
+
+    token: str | None  # X's pagination token where the last poll stopped; None: start again
+    newest: str  # the newest event this read saw: the cursor once the gap is closed
+    oldest: str | None  # the oldest event read so far
+    restarts: int = 0  # how often X refused the token and the read started again from the newest
+    opened_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class InboundItem:
     """One inbound row: an X event to post into a Slack channel."""
 

@@ -27,6 +27,7 @@ from bridge.model import (
     OAuthState,
     OutboxItem,
     OutboxState,
+    ReadGap,
     RenderedPart,
     Sent,
     SlackMember,
@@ -103,8 +104,11 @@ class Store(Protocol):
 
     # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
-    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
-        """Insert; return None when the channel is already mapped (nothing written)."""
+    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
+        """Insert; return None when the channel is already mapped (nothing written). With
+        ``history`` (and a conversation id), the conversation's history is asked for in the
+        same transaction (as ``request_backfill`` at ``created_at``): a crash cannot leave a
+        mapping whose history request was lost."""
         ...
 
     async def delete_mapping(
@@ -269,8 +273,18 @@ class Store(Protocol):
         """The newest X ``dm_event_id`` already taken for this account, or None before its first read."""
         ...
 
+    async def read_gap(self, account_id: int) -> ReadGap | None:
+        """The account's unfinished read (kept by ``take_inbound``), or None."""
+        ...
+
     async def take_inbound(
-        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+        self,
+        account_id: int,
+        events: Sequence[InboundEvent],
+        newest_event_id: str | None,
+        now: float,
+        *,
+        gap: ReadGap | None = None,
     ) -> int:
         """Record X events (oldest first) and advance the account's cursor, in one transaction.
 
@@ -280,7 +294,11 @@ class Store(Protocol):
         channels bridged since it was asked for), skipped in the channel it was sent from (in
         the message map, or an outbox row ``sending`` the same text there; elsewhere it is
         news, with ``sent_from_channel`` in its payload), or kept as skipped when no channel
-        bridges it. The cursor only ever moves forward.
+        bridges it. ``from_self`` in a row's payload says its channel's own X account sent it
+        (whichever account read it). The cursor only ever moves forward, and moving it closes
+        the account's gap. With ``gap`` the read is unfinished: the cursor stays, the gap is
+        kept (replacing any), and every channel of the account (or with a row it took) waits
+        until the gap is closed, so nothing newer is posted before the older events still to come.
         Returns how many events were queued for Slack.
         """
         ...

@@ -394,3 +394,30 @@ def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
         {"account_id": int, "x_user_id": str, "newest_event_id": str, "updated_at": float},
         pk=("account_id", "x_user_id"),
     )
+
+
+@migrations(name="0016_message_map_per_channel_and_read_gaps")
+def m0016_message_map_per_channel_and_read_gaps(db: Database) -> None:
+    """The message map per channel, and a read left unfinished kept across polls (issue 13).
+
+    ``message_map`` was unique by ``dm_event_id``: an X event posted into a second channel
+    bridged to the same conversation got no map row there, so a thread reply to that post
+    could not find what it answers. It is unique by (``dm_event_id``, channel) now.
+
+    ``cursors.gap_*``: one poll reads at most so many pages; when X has more new events than
+    that, the cursor stays where it was (``newest_event_id``, the floor) and the read goes on
+    from ``gap_token`` (X's pagination token) on the next polls, until it reaches the floor;
+    only then does the cursor move to ``gap_newest`` (the newest event that read saw).
+    ``gap_oldest`` is the oldest event read so far, ``gap_restarts`` how often X refused the
+    token (the read then starts again from the newest), ``gap_opened_at`` when it began.
+    """
+    db.execute("DROP INDEX IF EXISTS idx_message_map_dm_event_id")
+    db.execute(
+        "CREATE UNIQUE INDEX message_map_event_channel ON message_map (dm_event_id, team_id, channel_id)"
+    )
+    cursors = db.table("cursors")
+    cursors.add_column("gap_token", str)
+    cursors.add_column("gap_newest", str)
+    cursors.add_column("gap_oldest", str)
+    cursors.add_column("gap_restarts", int, not_null_default=0)
+    cursors.add_column("gap_opened_at", float)

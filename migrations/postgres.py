@@ -260,6 +260,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        # SQLite's 0016: the message map unique per (event, channel), so a post into a second
+        # channel bridged to one conversation is mapped too; a read X had more new events for
+        # than one poll takes goes on from X's pagination token on the next polls (``gap_*``)
+        # and the cursor moves only once it reaches where it was.
+        "0012_message_map_per_channel_and_read_gaps",
+        """
+        DROP INDEX IF EXISTS idx_message_map_dm_event_id;
+        CREATE UNIQUE INDEX message_map_event_channel ON message_map (dm_event_id, team_id, channel_id);
+        ALTER TABLE cursors ADD COLUMN gap_token TEXT, ADD COLUMN gap_newest TEXT,
+            ADD COLUMN gap_oldest TEXT, ADD COLUMN gap_restarts INTEGER NOT NULL DEFAULT 0,
+            ADD COLUMN gap_opened_at DOUBLE PRECISION;
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

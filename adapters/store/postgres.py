@@ -40,6 +40,7 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    ReadGap,
     RenderedPart,
     Sent,
     TokenSet,
@@ -373,26 +374,32 @@ class PostgresStore:
         )
         return rows.mapping(row) if row else None
 
-    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
-        status = await self._execute(
-            """
-            INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                  participant_id, created_by, created_at, participant_username,
-                                  participant_ids)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
-            """,
-            mapping.team_id,
-            mapping.channel_id,
-            mapping.kind.value,
-            mapping.account_id,
-            mapping.conversation_id,
-            mapping.participant_id,
-            mapping.created_by,
-            mapping.created_at,
-            mapping.participant_username,
-            json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
-        )
-        return mapping if status == "INSERT 0 1" else None
+    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
+        async with self._tx() as conn:
+            status = await conn.execute(
+                """
+                INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
+                                      participant_id, created_by, created_at, participant_username,
+                                      participant_ids)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+                """,
+                mapping.team_id,
+                mapping.channel_id,
+                mapping.kind.value,
+                mapping.account_id,
+                mapping.conversation_id,
+                mapping.participant_id,
+                mapping.created_by,
+                mapping.created_at,
+                mapping.participant_username,
+                json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
+            )
+            created = status == "INSERT 0 1"
+            if created and history and mapping.conversation_id:
+                await self._request_backfill(
+                    conn, mapping.account_id, mapping.conversation_id, mapping.created_at
+                )
+        return mapping if created else None
 
     async def delete_mapping(
         self, team_id: str, channel_id: str, *, made: Mapping | None = None
@@ -839,13 +846,22 @@ class PostgresStore:
         return [r["dm_event_id"] for r in found]
 
     async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
-        """The Slack text of a message we accepted (thread replies quote their parent)."""
+        """As the SQLite store's: accepted from Slack, or posted from X (the channel's map)."""
         source = await self.pool.fetchval(
             "SELECT source FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 AND part = 0",
             team_id,
             channel_id,
             ts,
         )
+        if source is None:
+            source = await self.pool.fetchval(
+                "SELECT i.payload FROM message_map AS m JOIN inbound AS i "
+                "ON i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id AND i.channel_id = m.channel_id "
+                "WHERE m.team_id = $1 AND m.channel_id = $2 AND m.slack_ts = $3 AND m.part = 0",
+                team_id,
+                channel_id,
+                ts,
+            )
         if source is None:
             return None
         text = json.loads(source or "{}").get("text")
@@ -1116,10 +1132,17 @@ class PostgresStore:
         return None if value is None else str(value)
 
     async def take_inbound(
-        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+        self,
+        account_id: int,
+        events: Sequence[InboundEvent],
+        newest_event_id: str | None,
+        now: float,
+        *,
+        gap: ReadGap | None = None,
     ) -> int:
-        """As the SQLite store's; any instance may take (a push reaches whichever X calls), and the
-        unique ``dm_event_id`` makes the first commit win. Queued rows written by a standby wake the
+        """As the SQLite store's (a ``gap`` kept leaves the cursor; moving it closes the gap); any
+        instance may take (a push reaches whichever X calls), and the unique key makes the first
+        commit win. Queued rows written by a standby wake the
         leader's poster with a ``NOTIFY`` on ``INBOUND_CHANNEL`` at commit."""
         queued = 0
         async with self._tx() as conn:
@@ -1130,22 +1153,48 @@ class PostgresStore:
             own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
             for event in events:
                 queued += await self._take_one(conn, account_id, own_id, event, now)
-            if newest_event_id is not None:
+            if gap is not None:
+                await conn.execute(
+                    "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
+                    "gap_restarts, gap_opened_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                    "ON CONFLICT (account_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                    "gap_token = excluded.gap_token, gap_newest = excluded.gap_newest, "
+                    "gap_oldest = excluded.gap_oldest, gap_restarts = excluded.gap_restarts, "
+                    "gap_opened_at = excluded.gap_opened_at",
+                    account_id,
+                    now,
+                    gap.token,
+                    gap.newest,
+                    gap.oldest,
+                    gap.restarts,
+                    gap.opened_at,
+                )
+            elif newest_event_id is not None:
                 await conn.execute(
                     f"""
                     INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES ($1, $2, $3)
                     ON CONFLICT (account_id) DO UPDATE
                     SET newest_event_id = excluded.newest_event_id, updated_at = excluded.updated_at
-                    WHERE {_snowflake_sql("excluded.newest_event_id")}
+                    WHERE cursors.newest_event_id IS NULL
+                          OR {_snowflake_sql("excluded.newest_event_id")}
                           > {_snowflake_sql("cursors.newest_event_id")}
                     """,
                     account_id,
                     newest_event_id,
                     now,
                 )
+                await conn.execute(
+                    "UPDATE cursors SET gap_token = NULL, gap_newest = NULL, gap_oldest = NULL, "
+                    "gap_restarts = 0, gap_opened_at = NULL WHERE account_id = $1",
+                    account_id,
+                )
             if queued and self.announce:
                 await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, self.instance_id)
         return queued
+
+    async def read_gap(self, account_id: int) -> ReadGap | None:
+        row = await self.pool.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
+        return rows.read_gap(row) if row else None
 
     async def _take_one(
         self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
@@ -1158,15 +1207,15 @@ class PostgresStore:
         }
         mappings = (
             await conn.fetch(
-                "SELECT team_id, channel_id, created_at FROM mappings WHERE conversation_id = $1 "
-                "ORDER BY account_id = $2 DESC, created_at",
+                "SELECT m.team_id, m.channel_id, m.created_at, a.x_user_id FROM mappings AS m "
+                "LEFT JOIN accounts AS a ON a.id = m.account_id WHERE m.conversation_id = $1 "
+                "ORDER BY m.account_id = $2 DESC, m.created_at",
                 event.conversation_id,
                 account_id,
             )
             if event.conversation_id
             else []
         )
-        from_self = event.sender_id is not None and event.sender_id == own_id
         sent_from = await self._sent_from(conn, event.dm_event_id)
         queued = 0
         for mapping in mappings:
@@ -1174,6 +1223,8 @@ class PostgresStore:
             if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
                 continue
             state, why = InboundState.QUEUED, None
+            # "From self" is the channel's own X account's message, whichever account read it.
+            from_self = rows.from_self(event, mapping["x_user_id"])
             payload = {**event.payload, "from_self": from_self}
             if sent_from == where:
                 state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
@@ -1191,7 +1242,7 @@ class PostgresStore:
             queued += await self._insert_inbound(conn, account_id, event, where, payload, state, why, now)
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
-            payload = {**event.payload, "from_self": from_self}
+            payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
             await self._insert_inbound(
                 conn, account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
@@ -1250,21 +1301,20 @@ class PostgresStore:
     @staticmethod
     async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
         return await conn.fetchrow(
-            "SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
-            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
-            "team_id = $1 AND channel_id = $2 AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
+            "SELECT i.* FROM (SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
+            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
+            f"WHERE NOT ({rows.INBOUND_WAITS})",
             team_id,
             channel_id,
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
-        # A paused channel (its account disconnected, or held for a previous X account) keeps
-        # its rows until it is resumed; one no longer bridged still gets what was taken for it.
+        # A channel waits (rows.INBOUND_WAITS) with its rows kept; one no longer bridged still
+        # gets what was taken for it.
         found = await self.pool.fetch(
             "SELECT * FROM (SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
             "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq) AS i "
-            "WHERE NOT EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id "
-            "AND m.channel_id = i.channel_id AND m.paused_at IS NOT NULL)"
+            f"WHERE NOT ({rows.INBOUND_WAITS})"
         )
         return [rows.inbound_item(r) for r in found]
 
@@ -1383,7 +1433,12 @@ class PostgresStore:
         )
 
     async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        await self._execute(
+        async with self._tx() as conn:
+            await self._request_backfill(conn, account_id, conversation_id, bridged_at)
+
+    @staticmethod
+    async def _request_backfill(conn: Conn, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        await conn.execute(
             "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
             "VALUES ($1, $2, $3, $3) ON CONFLICT (account_id, conversation_id) DO UPDATE "
             "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",

@@ -17,6 +17,7 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    ReadGap,
     Target,
     TokenSet,
 )
@@ -136,6 +137,37 @@ def json_or_none(value: dict[str, Any] | None) -> str | None:
 
 
 NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
+
+
+# When a channel's next inbound row (``i``) waits, SQL shared by both stores: the channel is
+# paused (its account disconnected, or held for a previous X account) until it is resumed; or
+# a read of the DMs of its account (or of the account that took the row) is unfinished (a
+# gap, see ``ReadGap``): older events are still to come, and X's order comes first.
+INBOUND_WAITS = (
+    "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+    "AND m.paused_at IS NOT NULL) "
+    "OR EXISTS (SELECT 1 FROM cursors AS c WHERE c.gap_newest IS NOT NULL AND (c.account_id = i.account_id "
+    "OR c.account_id IN (SELECT m.account_id FROM mappings AS m WHERE m.team_id = i.team_id "
+    "AND m.channel_id = i.channel_id)))"
+)
+
+
+def read_gap(row: Row) -> ReadGap | None:
+    """The unfinished read kept in a ``cursors`` row, if any."""
+    if row["gap_newest"] is None:
+        return None
+    return ReadGap(
+        token=row["gap_token"],
+        newest=str(row["gap_newest"]),
+        oldest=None if row["gap_oldest"] is None else str(row["gap_oldest"]),
+        restarts=int(row["gap_restarts"] or 0),
+        opened_at=float(row["gap_opened_at"] or 0.0),
+    )
+
+
+def from_self(event: InboundEvent, x_user_id: str | None) -> bool:
+    """Did the X account ``x_user_id`` itself send this event (from X's app, say)?"""
+    return event.sender_id is not None and event.sender_id == x_user_id
 
 
 def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> bool:

@@ -38,6 +38,7 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    ReadGap,
     RenderedPart,
     Sent,
     Target,
@@ -470,7 +471,7 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def create_mapping(self, mapping: Mapping) -> Mapping | None:
+    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
         def work() -> Mapping | None:
             with self.db.atomic():
                 cursor = self.db.execute(
@@ -493,6 +494,8 @@ class SqliteStore:
                         json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
                     ],
                 )
+                if cursor.rowcount == 1 and history and mapping.conversation_id:
+                    self._request_backfill(mapping.account_id, mapping.conversation_id, mapping.created_at)
             return mapping if cursor.rowcount == 1 else None
 
         return await self._call(work)
@@ -967,7 +970,8 @@ class SqliteStore:
         return await self._call(work)
 
     async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
-        """The Slack text of a message we accepted (thread replies quote their parent)."""
+        """The text of a message in the channel: one we accepted from Slack, or one we posted from
+        X (found through the channel's message map). Thread replies quote their parent."""
 
         def work() -> str | None:
             row = self._one(
@@ -975,6 +979,14 @@ class SqliteStore:
                 "WHERE team_id = ? AND channel_id = ? AND slack_ts = ? AND part = 0",
                 [team_id, channel_id, ts],
             )
+            if row is None:
+                row = self._one(
+                    "SELECT i.payload AS source FROM message_map AS m JOIN inbound AS i "
+                    "ON i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id "
+                    "AND i.channel_id = m.channel_id WHERE m.team_id = ? AND m.channel_id = ? "
+                    "AND m.slack_ts = ? AND m.part = 0",
+                    [team_id, channel_id, ts],
+                )
             if row is None:
                 return None
             text = json.loads(row["source"] or "{}").get("text")
@@ -1228,13 +1240,21 @@ class SqliteStore:
         return await self._call(work)
 
     async def take_inbound(
-        self, account_id: int, events: Sequence[InboundEvent], newest_event_id: str | None, now: float
+        self,
+        account_id: int,
+        events: Sequence[InboundEvent],
+        newest_event_id: str | None,
+        now: float,
+        *,
+        gap: ReadGap | None = None,
     ) -> int:
         """Queue X events (oldest first) and move the account's cursor, in one transaction.
 
         Events already known (by ``dm_event_id``) are left alone; events the bridge sent
         itself, or whose conversation no channel bridges, are kept as ``skipped`` so a later
-        read does not bill them to Slack again. Returns how many were queued for Slack.
+        read does not bill them to Slack again. With ``gap`` the read is unfinished: the
+        cursor stays and the gap is kept (the account's channels wait); moving the cursor
+        closes any gap. Returns how many were queued for Slack.
         """
 
         def work() -> int:
@@ -1244,15 +1264,38 @@ class SqliteStore:
                 own_id = account["x_user_id"] if account else None
                 for event in events:
                     queued += self._take_one(account_id, own_id, event, now)
-                if newest_event_id is not None:
+                if gap is not None:
+                    self.db.execute(
+                        "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
+                        "gap_restarts, gap_opened_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (account_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                        "gap_token = excluded.gap_token, gap_newest = excluded.gap_newest, "
+                        "gap_oldest = excluded.gap_oldest, gap_restarts = excluded.gap_restarts, "
+                        "gap_opened_at = excluded.gap_opened_at",
+                        [account_id, now, gap.token, gap.newest, gap.oldest, gap.restarts, gap.opened_at],
+                    )
+                elif newest_event_id is not None:
                     self.db.execute(
                         "INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES (?, ?, ?) "
                         "ON CONFLICT (account_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
                         "updated_at = excluded.updated_at "
-                        "WHERE CAST(excluded.newest_event_id AS INTEGER) > CAST(newest_event_id AS INTEGER)",
+                        "WHERE newest_event_id IS NULL "
+                        "OR CAST(excluded.newest_event_id AS INTEGER) > CAST(newest_event_id AS INTEGER)",
                         [account_id, newest_event_id, now],
                     )
+                    self.db.execute(
+                        "UPDATE cursors SET gap_token = NULL, gap_newest = NULL, gap_oldest = NULL, "
+                        "gap_restarts = 0, gap_opened_at = NULL WHERE account_id = ?",
+                        [account_id],
+                    )
             return queued
+
+        return await self._call(work)
+
+    async def read_gap(self, account_id: int) -> ReadGap | None:
+        def work() -> ReadGap | None:
+            row = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
+            return rows.read_gap(row) if row else None
 
         return await self._call(work)
 
@@ -1265,14 +1308,14 @@ class SqliteStore:
         }
         mappings = (
             self._rows(
-                "SELECT team_id, channel_id, created_at FROM mappings WHERE conversation_id = ? "
-                "ORDER BY account_id = ? DESC, created_at",
+                "SELECT m.team_id, m.channel_id, m.created_at, a.x_user_id FROM mappings AS m "
+                "LEFT JOIN accounts AS a ON a.id = m.account_id WHERE m.conversation_id = ? "
+                "ORDER BY m.account_id = ? DESC, m.created_at",
                 [event.conversation_id, account_id],
             )
             if event.conversation_id
             else []
         )
-        from_self = event.sender_id is not None and event.sender_id == own_id
         sent_from = self._sent_from(event.dm_event_id)
         queued = 0
         for mapping in mappings:
@@ -1280,6 +1323,8 @@ class SqliteStore:
             if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
                 continue
             state, why = InboundState.QUEUED, None
+            # "From self" is the channel's own X account's message, whichever account read it.
+            from_self = rows.from_self(event, mapping["x_user_id"])
             payload = {**event.payload, "from_self": from_self}
             if sent_from == where:
                 state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
@@ -1290,7 +1335,7 @@ class SqliteStore:
             queued += self._insert_inbound(account_id, event, where, payload, state, why, now)
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
-            payload = {**event.payload, "from_self": from_self}
+            payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
             self._insert_inbound(
                 account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
@@ -1359,23 +1404,22 @@ class SqliteStore:
 
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(
-            "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
-            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
-            "team_id = ? AND channel_id = ? AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
-            [team_id, channel_id, team_id, channel_id],
+            "SELECT i.* FROM (SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? "
+            "AND channel_id = ? AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
+            f"WHERE NOT ({rows.INBOUND_WAITS})",
+            [team_id, channel_id],
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
         def work() -> list[InboundItem]:
-            # A paused channel (its account disconnected, or held for a previous X account) keeps
-            # its rows until it is resumed; one no longer bridged still gets what was taken for it.
+            # A channel waits (rows.INBOUND_WAITS) with its rows kept; one no longer bridged still
+            # gets what was taken for it.
             found = self._rows(
                 "SELECT i.* FROM inbound AS i JOIN ("
                 "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
                 "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
                 ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq "
-                "WHERE NOT EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id "
-                "AND m.channel_id = i.channel_id AND m.paused_at IS NOT NULL)"
+                f"WHERE NOT ({rows.INBOUND_WAITS})"
             )
             return [rows.inbound_item(r) for r in found]
 
@@ -1499,8 +1543,14 @@ class SqliteStore:
         )
 
     async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        await self._call(
-            self._update,
+        def work() -> None:
+            with self.db.atomic():
+                self._request_backfill(account_id, conversation_id, bridged_at)
+
+        await self._call(work)
+
+    def _request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        self.db.execute(
             "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE "
             "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",

@@ -13,6 +13,7 @@ from bridge.model import (
     IncomingMessage,
     Mapping,
     MappingKind,
+    ReadGap,
     RenderedPart,
     Sent,
     TokenSet,
@@ -275,5 +276,101 @@ async def test_the_next_read_is_kept_for_every_instance(engine: Engine) -> None:
     try:
         summary = await second.inbound_summary(account.id)
         assert summary["next_read_at"] == 130.0 and summary["pushed"] is True
+    finally:
+        await second.close()
+
+
+async def test_linking_with_history_writes_the_request_with_the_mapping_in_one_step(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser(ME, "me"), TokenSet("a", "r", None))
+        linked = Mapping("T1", "C1", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 7.0)
+        assert await store.create_mapping(linked, history=True) == linked
+        assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
+        # The channel was mapped already: neither the mapping nor a request is written.
+        again = Mapping("T1", "C1", MappingKind.LINK, account.id, "other", None, "U1", 8.0)
+        assert await store.create_mapping(again, history=True) is None
+        assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
+        # Without history (a new group, or backfill off): no request.
+        plain = Mapping("T1", "C2", MappingKind.LINK, account.id, "third", None, "U1", 9.0)
+        assert await store.create_mapping(plain) == plain
+        assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
+    finally:
+        await store.close()
+
+
+async def test_a_post_into_a_second_channel_is_mapped_there_too(store: Store) -> None:
+    account = await bridged(store)
+    await store.create_mapping(
+        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+    )
+    await store.take_inbound(account.id, [event("1", "is the outage over?")], "1", 1.0)
+    for head, ts in zip(
+        sorted(await store.inbound_heads(), key=lambda h: h.channel_id),
+        ("1700.000100", "1700.000200"),
+        strict=True,
+    ):
+        await store.mark_posting(head.id, 2.0)
+        await store.mark_posted(head.id, ts, 3.0)
+    # A Slack thread reply to either post finds the X message it answers.
+    assert await store.message_text("T1", "C1", "1700.000100") == "is the outage over?"
+    assert await store.message_text("T1", "C2", "1700.000200") == "is the outage over?"
+    assert await store.known_event_ids(["1"]) == {"1"}
+    assert await store.sent_from("1") is None  # posted from X, not sent from Slack
+
+
+async def test_from_self_is_judged_by_each_channels_own_account(store: Store) -> None:
+    group = "1500000000000000001"
+    mine = await store.save_account("T1", "U1", XUser(ME, "me"), TokenSet("a", "r", None))
+    dora = await store.save_account("T1", "U2", XUser("3000", "dora"), TokenSet("b", "r", None))
+    await store.create_mapping(Mapping("T1", "C1", MappingKind.LINK, mine.id, group, None, "U1", 0.0))
+    await store.create_mapping(Mapping("T1", "C2", MappingKind.LINK, dora.id, group, None, "U2", 0.0))
+    # Sent by @me from X's app, read with @dora's token: from self in C1 only.
+    assert await store.take_inbound(dora.id, [event("5", "from my phone", ME, group)], "5", 1.0) == 2
+    heads = {h.channel_id: h for h in await store.inbound_heads()}
+    assert {c: h.payload["from_self"] for c, h in heads.items()} == {"C1": True, "C2": False}
+    for head in heads.values():
+        await store.mark_posting(head.id, 2.0)
+        await store.mark_posted(head.id, f"1700.00010{head.channel_id[-1]}", 3.0)
+    # Sent by @dora, read with @me's token: from self in C2 only.
+    assert await store.take_inbound(mine.id, [event("6", "hers", "3000", group)], "6", 4.0) == 2
+    heads = {h.channel_id: h for h in await store.inbound_heads()}
+    assert {c: h.payload["from_self"] for c, h in heads.items()} == {"C1": False, "C2": True}
+
+
+async def test_an_unfinished_read_holds_the_accounts_channels_and_survives_a_restart(engine: Engine) -> None:
+    first = engine.store()
+    await first.open()
+    try:
+        account = await bridged(first)
+        await first.take_inbound(account.id, [event("10")], "10", 1.0)
+        [head] = await first.inbound_heads()
+        await first.mark_posting(head.id, 1.5)
+        await first.mark_posted(head.id, "1700.000100", 1.5)
+        # X had more new events than one poll reads: the newest are taken, the rest is a gap.
+        gap = ReadGap(token="tok-1", newest="60", oldest="51", opened_at=2.0)
+        assert await first.take_inbound(account.id, [event("51"), event("60")], None, 2.0, gap=gap) == 2
+        assert await first.get_cursor(account.id) == "10"  # not moved: the gap is not closed
+        assert await first.inbound_heads() == []  # nothing newer goes before the older ones
+        pushed = InboundEvent("61", "MessageCreate", CONVERSATION, ALICE, {"text": "p"}, "push")
+        assert await first.take_inbound(account.id, [pushed], None, 2.5) == 1
+        assert await first.inbound_heads() == []  # a push meanwhile waits too
+    finally:
+        await first.close()
+    second = engine.store()  # a restart mid-gap: the read goes on where it stopped
+    await second.open()
+    try:
+        assert await second.read_gap(account.id) == gap
+        further = ReadGap(token="tok-2", newest="60", oldest="31", restarts=1, opened_at=2.0)
+        await second.take_inbound(account.id, [event("31"), event("40")], None, 3.0, gap=further)
+        assert await second.read_gap(account.id) == further
+        # Back at the cursor: the gap is closed, the cursor moves to the newest, posting resumes
+        # with the oldest event.
+        assert await second.take_inbound(account.id, [event("11"), event("20")], "60", 4.0) == 2
+        assert await second.read_gap(account.id) is None
+        assert await second.get_cursor(account.id) == "60"
+        [head] = await second.inbound_heads()
+        assert head.dm_event_id == "11"
     finally:
         await second.close()
