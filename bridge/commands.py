@@ -205,7 +205,8 @@ class InboundControl(Protocol):
     """What commands ask of X → Slack: ``Inbound``, or whatever passes it on to the leader."""
 
     def push_active(self, account_id: int) -> bool: ...
-    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None: ...
+    def wants_history(self) -> bool: ...
+    async def history_requested(self, account_id: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -632,7 +633,15 @@ class CommandService:
             participant_username=participant_username,
             group_participants=group_participants,
         )
-        created = await self._store.create_mapping(mapping)
+        # A linked conversation or an existing DM may have history (a new group has none). The
+        # request is written with the mapping, in one transaction: a crash cannot split them.
+        history = (
+            self._inbound is not None
+            and self._inbound.wants_history()
+            and bool(mapping.conversation_id)
+            and kind is not MappingKind.GROUP
+        )
+        created = await self._store.create_mapping(mapping, history=history)
         if created is None:
             existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
             shown = _describe(existing) if existing else "another conversation"
@@ -647,10 +656,8 @@ class CommandService:
             },
         )
         self._on_mapped()
-        if self._inbound is not None and created.conversation_id and kind is not MappingKind.GROUP:
-            # A new group has no history; a linked conversation or an existing DM may. Kept in
-            # the store before the answer: a crash from here on does not lose it.
-            await self._inbound.backfill(account.id, created.conversation_id, created.created_at)
+        if history and self._inbound is not None:
+            await self._inbound.history_requested(account.id)
         return created
 
     @staticmethod

@@ -201,13 +201,16 @@ class Inbound:
         self._poll_wake.set()
         self._post_wake.set()
 
-    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """A channel was just bridged to this conversation: post its history (what was written
-        before ``bridged_at``; the poller takes what comes after), once. The request is kept in
-        the store until the history is queued, so a crash before then does not lose it."""
-        if self._config.backfill > 0:
-            await self._store.request_backfill(account_id, conversation_id, bridged_at)
-            self._poll_wake.set()
+    def wants_history(self) -> bool:
+        """Is a newly bridged conversation's history posted (``backfill`` messages of it)?"""
+        return self._config.backfill > 0
+
+    async def history_requested(self, account_id: int) -> None:
+        """A channel was just bridged and its history asked for (the request was written with the
+        mapping, ``Store.create_mapping``): read it soon. What was written before the channel was
+        bridged is posted once, marked as history; the poller takes what comes after. The request
+        stays in the store until the history is queued, so a crash before then does not lose it."""
+        self._poll_wake.set()
 
     def wake(self) -> None:
         """New rows are queued: post them."""

@@ -375,9 +375,12 @@ class _LeadersInbound:
     def push_active(self, account_id: int) -> bool:
         return self._inbound.push_active(account_id)
 
-    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+    def wants_history(self) -> bool:
+        return self._inbound.wants_history()
+
+    async def history_requested(self, account_id: int) -> None:
         store = self._store
-        await self._inbound.backfill(account_id, conversation_id, bridged_at)
+        await self._inbound.history_requested(account_id)
         if self._worker.current is None and isinstance(store, PostgresStore):
             self._worker.pass_on(lambda: store.notify_inbound("poll"))
 
