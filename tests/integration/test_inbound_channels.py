@@ -158,3 +158,53 @@ async def test_what_the_previous_account_got_while_its_channel_was_held_arrives_
         await wait_posts(bridge, 1)
         await asyncio.sleep(0.3)
         assert texts(bridge) == ["while held"]
+
+
+async def test_a_thread_reply_to_an_x_message_in_the_second_channel_quotes_it(tmp_path: Path) -> None:
+    """Both channels on one conversation map the X message to their own post, so a Slack thread
+    reply to it in either finds what it answers."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        await bridge.map_link(CONVERSATION, channel="C200")
+        bridge.x.add_event(CONVERSATION, ALICE, "Is the outage over?")
+        await wait_posts(bridge, 1, "C100")
+        await wait_posts(bridge, 1, "C200")
+        for channel in ("C200", "C100"):
+            [post] = posts(bridge, channel)
+            _, reply = await bridge.post(
+                f"Yes, since noon ({channel})", channel=channel, thread_ts=post["ts"]
+            )
+            await bridge.wait_reaction(channel, reply, "white_check_mark")
+            quoted = bridge.texts(CONVERSATION)[-1]
+            assert "Is the outage over?" in quoted and quoted.endswith(f"Yes, since noon ({channel})"), quoted
+        rows = await bridge.sql(
+            "SELECT channel_id FROM message_map WHERE dm_event_id IN "
+            "(SELECT dm_event_id FROM inbound WHERE origin = 'poll') ORDER BY channel_id"
+        )
+        assert rows == [("C100",), ("C200",)]
+
+
+async def test_sent_from_x_is_marked_only_in_the_channel_of_the_account_that_sent_it(tmp_path: Path) -> None:
+    """Two Slack users bridge one X group with their own X accounts: a message one of them typed
+    in X's app is "sent from X" in their channel, and simply news in the other's, whichever
+    account's read took it."""
+    async with running_bridge(tmp_path) as bridge:
+        group = bridge.x.create_group(ME, [ALICE, DORA])
+        await bridge.connect()
+        await bridge.map_link(group, channel="C100")
+        await bridge.connect(user="U200", channel="C200", x_user=DORA)
+        await bridge.map_link(group, user="U200", channel="C200")
+        await wait_until(
+            lambda: sum(r.path == "/2/dm_events" for r in bridge.x.all_requests) >= 2, 10, "both first reads"
+        )
+        for _ in range(1000):
+            if len(await bridge.sql("SELECT newest_event_id FROM cursors")) == 2:
+                break
+            await asyncio.sleep(0.01)
+        bridge.x.add_event(group, ME, "from my phone")
+        bridge.x.add_event(group, DORA, "from hers")
+        await wait_posts(bridge, 2, "C100")
+        await wait_posts(bridge, 2, "C200")
+        await asyncio.sleep(0.3)
+        assert texts(bridge, "C100") == ["from my phone\n_(sent from X)_", "from hers"]
+        assert texts(bridge, "C200") == ["from my phone", "from hers\n_(sent from X)_"]
