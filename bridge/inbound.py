@@ -33,7 +33,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge import translate
@@ -56,6 +56,7 @@ from bridge.model import (
     InboundState,
     InboxPage,
     MappingKind,
+    ReadGap,
     XEvent,
     XUser,
 )
@@ -84,6 +85,46 @@ class InboundConfig:
     retry_base: float = 1.0
     retry_cap: float = 300.0
     backfill: int = 20
+    token_restarts: int = 3  # X refused an unfinished read's token: read again from the newest
+
+
+@dataclass
+class _Read:
+    """One poll's read of an account's DMs, going on from the unfinished read ``gap`` if any."""
+
+    start: ReadGap | None
+    collected: list[XEvent] = field(default_factory=list)
+    users: dict[str, XUser] = field(default_factory=dict)
+    pages: int = 0
+    finished: bool = False  # back at the cursor, or at the end of what X shows
+
+    def __post_init__(self) -> None:
+        self.token = self.start.token if self.start else None
+        self.newest = self.start.newest if self.start else None
+        self.oldest = self.start.oldest if self.start else None
+        self.restarts = self.start.restarts if self.start else 0
+
+    def take(self, page: InboxPage, floor: int | None) -> None:
+        """The page's events newer than ``floor`` (the cursor); finished at the cursor."""
+        self.pages += 1
+        self.users.update(page.users)
+        for event in page.events:
+            if self.newest is None or int(event.id) > int(self.newest):
+                self.newest = event.id
+            if floor is not None and int(event.id) <= floor:
+                self.finished = True
+                return
+            if self.oldest is None or int(event.id) < int(self.oldest):
+                self.oldest = event.id
+            self.collected.append(event)
+        self.token = page.next_token
+        self.finished = page.next_token is None
+
+    def left(self, now: float) -> ReadGap:
+        """What the next polls go on from."""
+        assert self.newest is not None
+        opened_at = self.start.opened_at if self.start else now
+        return ReadGap(self.token, self.newest, self.oldest, self.restarts, opened_at)
 
 
 def _backoff(attempts: int, base: float, cap: float) -> float:
@@ -321,60 +362,107 @@ class Inbound:
         return interval
 
     async def poll(self, account: Account) -> int:
-        """Read new events for one account and queue them; returns how many were queued."""
+        """Read new events for one account and queue them; returns how many were queued.
+
+        Newest first, back to the cursor. When X has more new events than one poll reads
+        (``max_pages``), or the read is cut short (the budget, X failing), the read is left
+        unfinished: a gap kept in the store with X's pagination token. The next polls (after a
+        restart too) page on from there, and the cursor moves only once they reach it. The
+        account's channels post nothing meanwhile: nothing newer goes before the older events
+        still to come (X's order), and a burst arrives whole, a poll interval or more later.
+        """
         cursor = await self._store.get_cursor(account.id)
+        gap = await self._store.read_gap(account.id)
         floor = int(cursor) if cursor and cursor.isdigit() else None
-        collected: list[XEvent] = []
-        users: dict[str, XUser] = {}
-        newest: str | None = None
-        token: str | None = None
-        reached = False
-        for _ in range(self._config.max_pages):
-            page = await self._read_page(account, token)
-            users.update(page.users)
-            for event in page.events:
-                if newest is None or int(event.id) > int(newest):
-                    newest = event.id
-                if floor is not None and int(event.id) <= floor:
-                    reached = True
+        read = _Read(gap)
+        failure: XError | None = None
+        while read.pages < self._config.max_pages and not read.finished:
+            try:
+                page = await self._read_page(account, read.token, full=gap is not None or read.pages > 0)
+            except XRefused as exc:
+                if read.token is None or exc.status != 400:
+                    raise
+                # X no longer knows the token (expired: X does not say how long one lives).
+                read.pages += 1
+                if not self._token_refused(account, read, floor):
                     break
-                collected.append(event)
-            if reached or page.next_token is None or floor is None:
+                continue
+            except XError as exc:
+                if read.pages == 0 or floor is None:
+                    raise
+                failure = exc  # what was read so far is kept (a gap); the poll fails after that
                 break
-            token = page.next_token
-        else:
-            log.warning(
-                "more new DM events than one poll reads; the rest come on the next polls",
-                extra={"account_id": account.id, "pages": self._config.max_pages},
-            )
+            read.take(page, floor)
+            if floor is None:
+                break
         if floor is None:
+            read.finished = True  # the first read only sets the starting point (below)
             # The first read of an account sets the starting point: what was written since its
             # first channel was bridged is new; anything older is history (backfill's job).
             since = min(
                 (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
                 default=self._clock.now(),
             )
-            collected = [e for e in collected if e.created_at is not None and e.created_at >= since]
+            read.collected = [e for e in read.collected if e.created_at is not None and e.created_at >= since]
             # With no event at all yet, everything X shows later is new: "0" says "read before".
-            newest = newest or "0"
-            log.info("inbound cursor set", extra={"account_id": account.id, "newest": newest})
-        self._recent_new[account.id] = len(collected)
-        events = [inbound_event(e, users, "poll") for e in sorted(collected, key=lambda e: int(e.id))]
-        queued = await self._store.take_inbound(account.id, events, newest, self._clock.now())
+            read.newest = read.newest or "0"
+            log.info("inbound cursor set", extra={"account_id": account.id, "newest": read.newest})
+        self._recent_new[account.id] = len(read.collected)
+        events = [
+            inbound_event(e, read.users, "poll") for e in sorted(read.collected, key=lambda e: int(e.id))
+        ]
+        now = self._clock.now()
+        left = None if read.finished or read.newest is None else read.left(now)
+        ids = {"account_id": account.id}
+        if left is not None and gap is None:
+            log.warning(
+                "more new DM events than one poll reads: the next polls read on from where this one "
+                "stopped; this account's channels wait until then, to keep X's order",
+                extra={**ids, "pages": read.pages, "cut_short": None if failure is None else str(failure)},
+            )
+        queued = await self._store.take_inbound(
+            account.id, events, None if left is not None else read.newest, now, gap=left
+        )
         if queued:
-            log.info("X events queued for Slack", extra={"account_id": account.id, "count": queued})
+            log.info("X events queued for Slack", extra={**ids, "count": queued})
             self.wake()
+        if gap is not None and left is None:
+            log.info("the unfinished DM read is complete: posting resumes", extra=ids)
+            self.wake()  # the rows it held are due now, though none may be new
+        if failure is not None:
+            raise failure
         return queued
 
-    async def _read_page(self, account: Account, pagination_token: str | None) -> InboxPage:
-        # X bills every event returned and has no "since": ask for about as many as came last
-        # time, plus one to see the cursor, paging back (another read) only when all were new.
-        expected = self._recent_new.get(account.id, 0) + 1
-        size = (
-            max(2, min(self._config.page_size, expected))
-            if pagination_token is None
-            else self._config.page_size
+    def _token_refused(self, account: Account, read: _Read, floor: int | None) -> bool:
+        """X refused the pagination token of an unfinished read. Read back from the newest again
+        (what was read already is read, and billed, again; nothing is lost): True. After
+        ``token_restarts`` of those, give the gap up: the read counts as finished, and events
+        older than the oldest read and newer than the old cursor are never read (X shows no
+        way to reach them without a token): False."""
+        read.restarts += 1
+        ids = {"account_id": account.id, "restarts": read.restarts}
+        if read.restarts > self._config.token_restarts:
+            log.warning(
+                "X refused the pagination token again: the unfinished DM read is given up; events "
+                "newer than the old cursor and older than the oldest read are not posted",
+                extra={**ids, "cursor": floor, "oldest_read": read.oldest},
+            )
+            read.finished = True
+            return False
+        log.warning(
+            "X refused the saved pagination token (expired?): reading back from the newest event "
+            "again; events already taken are read (and billed) again, none is lost",
+            extra=ids,
         )
+        read.token = None
+        return True
+
+    async def _read_page(self, account: Account, pagination_token: str | None, *, full: bool) -> InboxPage:
+        # X bills every event returned and has no "since": ask for about as many as came last
+        # time, plus one to see the cursor, paging back (another read, a full page) only when
+        # all were new.
+        expected = self._recent_new.get(account.id, 0) + 1
+        size = self._config.page_size if full else max(2, min(self._config.page_size, expected))
 
         async def call() -> tuple[InboxPage, Any]:
             return await self._tokens.call(

@@ -721,6 +721,7 @@ class FakeX:
 
         # Faults and hooks.
         self.faults: list[Fault] = []
+        self.pagination_epoch = 0  # tokens issued before the current epoch are refused (expired)
         self.faults_served: list[tuple[str, str]] = []
         """(kind, path) of every injected fault that fired."""
         self.timeout_seconds = 30.0
@@ -857,6 +858,11 @@ class FakeX:
         if count < 1:
             raise ValueError("count must be >= 1")
         self.faults.append(Fault(kind=kind, remaining=count, path_contains=path_contains))
+
+    def expire_pagination_tokens(self) -> None:
+        """Every ``next_token`` handed out so far expires: X answers 400 to it, as to a bad token
+        (X does not document how long its pagination tokens live)."""
+        self.pagination_epoch += 1
 
     def clear_faults(self) -> None:
         """Drop every pending injected fault."""
@@ -1735,7 +1741,7 @@ class FakeX:
         )
         token = query.get("pagination_token")
         if token is not None:
-            before = _decode_token(token)
+            before = _decode_token(token, self.pagination_epoch)
             if before is None:
                 return _invalid_request(
                     "Invalid pagination_token.", parameter="pagination_token", value=token
@@ -1752,7 +1758,7 @@ class FakeX:
                 body["includes"] = includes
         meta: dict[str, Any] = {"result_count": len(page)}
         if page and rest:
-            meta["next_token"] = _encode_token(int(page[-1].id))
+            meta["next_token"] = _encode_token(int(page[-1].id), self.pagination_epoch)
         body["meta"] = meta
         return _json(200, body)
 
@@ -2191,18 +2197,20 @@ class FakeX:
 # ------------------------------------------------------------------ pagination tokens
 
 
-def _encode_token(event_id: int) -> str:
-    return base64.b32hexencode(f"before:{event_id}".encode()).decode().rstrip("=").lower()
+def _encode_token(event_id: int, epoch: int) -> str:
+    return base64.b32hexencode(f"before:{event_id}:{epoch}".encode()).decode().rstrip("=").lower()
 
 
-def _decode_token(token: str) -> int | None:
+def _decode_token(token: str, epoch: int) -> int | None:
+    """The event id a token pages back from; None for a token that is not one, or expired (issued
+    before the current ``epoch``)."""
     padded = token.upper() + "=" * (-len(token) % 8)
     try:
         text = base64.b32hexdecode(padded).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    prefix, _, value = text.partition(":")
-    if prefix != "before" or not value.isdigit():
+    prefix, value, issued = [*text.split(":"), "", ""][:3]
+    if prefix != "before" or not value.isdigit() or issued != str(epoch):
         return None
     return int(value)
 
