@@ -410,6 +410,9 @@ def m0016_message_map_per_channel_and_read_gaps(db: Database) -> None:
     only then does the cursor move to ``gap_newest`` (the newest event that read saw).
     ``gap_oldest`` is the oldest event read so far, ``gap_restarts`` how often X refused the
     token (the read then starts again from the newest), ``gap_opened_at`` when it began.
+    ``parked_cursors.gap_newest``/``gap_oldest``: an unfinished read of an X account its Slack
+    user switched away from; when it is back, the read starts again from the newest (the token
+    is long gone) and its channels wait until it reaches the cursor.
     """
     db.execute("DROP INDEX IF EXISTS idx_message_map_dm_event_id")
     db.execute(
@@ -421,3 +424,6 @@ def m0016_message_map_per_channel_and_read_gaps(db: Database) -> None:
     cursors.add_column("gap_oldest", str)
     cursors.add_column("gap_restarts", int, not_null_default=0)
     cursors.add_column("gap_opened_at", float)
+    parked = db.table("parked_cursors")
+    parked.add_column("gap_newest", str)
+    parked.add_column("gap_oldest", str)

@@ -264,7 +264,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         # SQLite's 0016: the message map unique per (event, channel), so a post into a second
         # channel bridged to one conversation is mapped too; a read X had more new events for
         # than one poll takes goes on from X's pagination token on the next polls (``gap_*``)
-        # and the cursor moves only once it reaches where it was.
+        # and the cursor moves only once it reaches where it was (parked with its cursor when the
+        # Slack user switches X accounts).
         "0012_message_map_per_channel_and_read_gaps",
         """
         DROP INDEX IF EXISTS idx_message_map_dm_event_id;
@@ -272,6 +273,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE cursors ADD COLUMN gap_token TEXT, ADD COLUMN gap_newest TEXT,
             ADD COLUMN gap_oldest TEXT, ADD COLUMN gap_restarts INTEGER NOT NULL DEFAULT 0,
             ADD COLUMN gap_opened_at DOUBLE PRECISION;
+        ALTER TABLE parked_cursors ADD COLUMN gap_newest TEXT, ADD COLUMN gap_oldest TEXT;
         """,
     ),
 )

@@ -237,18 +237,20 @@ class PostgresStore:
         """As the SQLite store's: the read cursor is the X account's; the previous one's is
         parked, the current one's put back (or none: a first read)."""
         await conn.execute(
-            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
-            "SELECT account_id, $1, newest_event_id, $2 FROM cursors WHERE account_id = $3 "
-            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
-            "updated_at = excluded.updated_at",
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, gap_newest, gap_oldest, "
+            "updated_at) SELECT account_id, $1, newest_event_id, gap_newest, gap_oldest, $2 FROM cursors "
+            "WHERE account_id = $3 ON CONFLICT (account_id, x_user_id) DO UPDATE SET "
+            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
+            "gap_oldest = excluded.gap_oldest, updated_at = excluded.updated_at",
             previous_id,
             now,
             account_id,
         )
         await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
         await conn.execute(
-            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
-            "SELECT account_id, newest_event_id, $1 FROM parked_cursors "
+            "INSERT INTO cursors (account_id, newest_event_id, gap_newest, gap_oldest, gap_opened_at, "
+            "updated_at) SELECT account_id, newest_event_id, gap_newest, gap_oldest, "
+            "CASE WHEN gap_newest IS NOT NULL THEN $1::double precision END, $1 FROM parked_cursors "
             "WHERE account_id = $2 AND x_user_id = $3",
             now,
             account_id,

@@ -353,20 +353,24 @@ class SqliteStore:
     def _switch_cursor(self, account_id: int, previous_id: str, current_id: str, now: float) -> None:
         """The read cursor is the X account's: the previous one's is parked (its ids say nothing
         of the new account's inbox, and the new one's higher ids would make it skip what it gets
-        meanwhile), the current one's put back, or none: a first read (see ``Inbound.poll``)."""
+        meanwhile), the current one's put back, or none: a first read (see ``Inbound.poll``).
+        An unfinished read is parked with it and put back without its token (long expired by
+        then): the read starts again from the newest, its channels waiting until it is done."""
         self.db.execute(
-            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
-            "SELECT account_id, ?, newest_event_id, ? FROM cursors WHERE account_id = ? "
-            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
-            "updated_at = excluded.updated_at",
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, gap_newest, gap_oldest, "
+            "updated_at) SELECT account_id, ?, newest_event_id, gap_newest, gap_oldest, ? FROM cursors "
+            "WHERE account_id = ? ON CONFLICT (account_id, x_user_id) DO UPDATE SET "
+            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
+            "gap_oldest = excluded.gap_oldest, updated_at = excluded.updated_at",
             [previous_id, now, account_id],
         )
         self.db.execute("DELETE FROM cursors WHERE account_id = ?", [account_id])
         self.db.execute(
-            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
-            "SELECT account_id, newest_event_id, ? FROM parked_cursors "
+            "INSERT INTO cursors (account_id, newest_event_id, gap_newest, gap_oldest, gap_opened_at, "
+            "updated_at) SELECT account_id, newest_event_id, gap_newest, gap_oldest, "
+            "CASE WHEN gap_newest IS NOT NULL THEN ? END, ? FROM parked_cursors "
             "WHERE account_id = ? AND x_user_id = ?",
-            [now, account_id, current_id],
+            [now, now, account_id, current_id],
         )
         self.db.execute(
             "DELETE FROM parked_cursors WHERE account_id = ? AND x_user_id = ?", [account_id, current_id]

@@ -374,3 +374,20 @@ async def test_an_unfinished_read_holds_the_accounts_channels_and_survives_a_res
         assert head.dm_event_id == "11"
     finally:
         await second.close()
+
+
+async def test_an_unfinished_read_is_parked_with_its_x_account_and_read_again_when_it_is_back(
+    store: Store,
+) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("10")], "10", 1.0)
+    gap = ReadGap(token="tok-1", newest="60", oldest="51", opened_at=2.0)
+    await store.take_inbound(account.id, [event("51"), event("60")], None, 2.0, gap=gap)
+    await store.hold_for_previous_account(account.id, XUser(ME, "me"), XUser("3000", "other"), 3.0)
+    assert await store.read_gap(account.id) is None and await store.get_cursor(account.id) is None
+    # Back: the cursor and the unfinished read return; the token (long expired) does not.
+    await store.hold_for_previous_account(account.id, XUser("3000", "other"), XUser(ME, "me"), 4.0)
+    await store.resume_mappings(account.id)
+    assert await store.get_cursor(account.id) == "10"
+    assert await store.read_gap(account.id) == ReadGap(None, "60", "51", 0, 4.0)
+    assert await store.inbound_heads() == []  # still waiting for the older events
