@@ -421,6 +421,11 @@ class CommandService:
         resets = f", resets {_clock_time(reset, now)}" if reset else ""
         line = f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets})"
         waiting = summary["channel_pending"]
+        if summary["catching_up"]:
+            line += (
+                "; catching up: X had more new messages than one read takes, so what came waits "
+                "until the older ones are read, to be posted in X's order"
+            )
         if waiting and mapping.paused_at is not None:
             return (
                 f"{line}.\n{waiting} message(s) from X wait to be posted here until the channel is resumed."

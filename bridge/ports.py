@@ -336,7 +336,8 @@ class Store(Protocol):
     async def inbound_summary(
         self, account_id: int, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]:
-        """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state, ``pending``
+        """``newest_event_id``, ``read_at``, ``catching_up`` (a read is unfinished, see
+        ``take_inbound``), ``last_event_at``, ``counts`` by state, ``pending``
         (the account's), ``channel_pending`` (the given channel's), ``next_read_at`` and
         ``pushed`` (as the leader last saved them)."""
         ...

@@ -1413,6 +1413,7 @@ class PostgresStore:
         return {
             "newest_event_id": cursor["newest_event_id"] if cursor else None,
             "read_at": cursor["updated_at"] if cursor else None,
+            "catching_up": bool(cursor and cursor["gap_newest"] is not None),
             "last_event_at": last,
             "counts": counts,
             "pending": counts.get("queued", 0) + counts.get("posting", 0),

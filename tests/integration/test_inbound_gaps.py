@@ -64,6 +64,8 @@ async def stopped_mid_gap(tmp_path: Path, x: FakeX, env: dict[str, str]) -> list
         x.inject("timeout", count=1000, path_contains="/2/dm_events")
         await asyncio.sleep(0.2)
         assert texts(bridge) == []  # nothing newer went before the older events still to come
+        status, _ = await bridge.command("status")
+        assert "catching up: X had more new messages than one read takes" in status.text
     x.clear_faults()
     return ids
 
