@@ -4,7 +4,10 @@ Two workers, one queue:
 - the *poller* reads ``GET /2/dm_events`` for each connected account (one request covers
   all its conversations, groups included), newest first, paging back only until the last
   event already taken; new events and the moved cursor are committed together, so a
-  restart neither reposts nor skips. Reads draw on the one read budget that delivery's
+  restart neither reposts nor skips. A burst bigger than one poll reads is an unfinished
+  read (a gap, with X's pagination token) kept in the store: the next polls go on from
+  there, the cursor moves when it is closed, and the account's channels wait meanwhile
+  (X's order). Reads draw on the one read budget that delivery's
   read-back also uses (``Budget.read``); the interval spreads what is left of the window
   over the time left in it, faster while a conversation is busy, slower when idle or
   when push delivers, and a read is never made that would provoke a 429.
