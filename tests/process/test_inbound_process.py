@@ -148,3 +148,36 @@ async def test_sigkill_before_a_linked_channels_history_is_read_then_restart_pos
         ]
         assert await w.sql("SELECT * FROM backfills") == []
         assert w.x.read_rate_limited_count == 0
+
+
+async def test_sigkill_mid_burst_then_restart_reads_on_and_posts_it_whole_once_in_order(
+    tmp_path: Path,
+) -> None:
+    """More new events than one poll reads (5 pages of 10): the process dies after the first
+    part was read, in the middle of reading on; after the restart the read goes on from X's
+    pagination token kept in the database, and Slack gets the whole burst in X's order."""
+    burst = 64
+    async with world(tmp_path, channel, **FAST) as w:
+        server = w.server(tmp_path / "server.log")
+        await server.start(w.url, w.session)
+        await eventually(lambda: read_once(w), 20, "the first read")
+        for i in range(burst):
+            w.x.add_event(CONVERSATION, ALICE, f"burst {i}")
+        await eventually(lambda: _gap_open(w), 30, "a read left unfinished")
+        w.x.timeout_seconds = 30.0
+        w.x.inject("timeout", count=1000, path_contains="/2/dm_events")
+        await wait_until(lambda: any(k == "timeout" for k, _ in w.x.faults_served), 20, "a read in flight")
+        await server.kill()
+        assert await _gap_open(w)  # killed mid-gap
+        assert texts(w.slack.posted("C100")) == []  # nothing newer went before the older ones
+        w.x.clear_faults()
+        await server.start(w.url, w.session)
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == burst, 60, "the whole burst")
+        await asyncio.sleep(1.0)  # room for a duplicate to show up
+        assert await server.terminate() == 0
+        assert texts(w.slack.posted("C100")) == [f"burst {i}" for i in range(burst)]
+        assert w.x.read_rate_limited_count == 0
+
+
+async def _gap_open(w: World) -> bool:
+    return bool(await w.sql("SELECT 1 FROM cursors WHERE gap_newest IS NOT NULL"))
