@@ -141,14 +141,15 @@ NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not
 
 # When a channel's next inbound row (``i``) waits, SQL shared by both stores: the channel is
 # paused (its account disconnected, or held for a previous X account) until it is resumed; or
-# a read of the DMs of its account (or of the account that took the row) is unfinished (a
-# gap, see ``ReadGap``): older events are still to come, and X's order comes first.
+# it is bridged and a read of the DMs of its account (or of the account that took the row) is
+# unfinished (a gap, see ``ReadGap``): older events are still to come, and X's order comes
+# first. A channel no longer bridged gets nothing more, so it waits for nothing.
 INBOUND_WAITS = (
     "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
     "AND m.paused_at IS NOT NULL) "
-    "OR EXISTS (SELECT 1 FROM cursors AS c WHERE c.gap_newest IS NOT NULL AND (c.account_id = i.account_id "
-    "OR c.account_id IN (SELECT m.account_id FROM mappings AS m WHERE m.team_id = i.team_id "
-    "AND m.channel_id = i.channel_id)))"
+    "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
+    "AND (c.account_id = m.account_id OR c.account_id = i.account_id) "
+    "WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id)"
 )
 
 

@@ -391,3 +391,7 @@ async def test_an_unfinished_read_is_parked_with_its_x_account_and_read_again_wh
     assert await store.get_cursor(account.id) == "10"
     assert await store.read_gap(account.id) == ReadGap(None, "60", "51", 0, 4.0)
     assert await store.inbound_heads() == []  # still waiting for the older events
+    # Unlinked: nothing more comes for the channel, so what it has is posted (in order).
+    await store.delete_mapping("T1", "C1")
+    [head] = await store.inbound_heads()
+    assert head.dm_event_id == "10"
