@@ -93,7 +93,7 @@ class InboundConfig:
 
 @dataclass
 class _Read:
-    """One poll's read of an account's DMs, going on from the unfinished read ``gap`` if any."""
+    """One poll's read of an account's DMs, going on from the unfinished read ``start`` if any."""
 
     start: ReadGap | None
     collected: list[XEvent] = field(default_factory=list)
