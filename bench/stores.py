@@ -1,8 +1,9 @@
 """The two stores side by side: Slack ack and relay figures on SQLite and on PostgreSQL, and how long
 a standby takes to lead when the PostgreSQL leader is SIGKILLed.
 
-    .venv/bin/python bench/stores.py             # about 3 minutes on 2 cores
-    .venv/bin/python bench/stores.py --quick     # about a minute
+    .venv/bin/python bench/stores.py             # about 70 s on 2 cores
+    .venv/bin/python bench/stores.py --quick     # about 20 s
+    .venv/bin/python bench/stores.py --keep      # keep the temp dir (the bridges' logs)
 
 The same harness as ``bench/run.py`` (its fakes, load generator and figures): ``xdm-bridge
 serve`` as a subprocess, driven open-loop with signed Slack events; relay is from handing an
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import sys
 import tempfile
 import time
@@ -172,7 +174,7 @@ def postgres() -> Iterator[str]:
         yield url
 
 
-async def main_async(quick: bool) -> int:
+async def main_async(quick: bool, keep: bool = False) -> int:
     rates = (50, 200) if quick else (50, 200, 500)
     seconds = 3.0 if quick else 8.0
     rounds = 2 if quick else 5
@@ -194,6 +196,10 @@ async def main_async(quick: bool) -> int:
                 taken = await takeover(session, tmp / "takeover", fakes, takeover_db, rounds)
     finally:
         fakes.proc.stop()
+        if keep:
+            harness.note(f"kept {tmp} (logs, SQLite databases)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print("\n".join(report(results, taken, rates, seconds)))
     return 0
 
@@ -301,8 +307,9 @@ def targets(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer takeovers")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, SQLite databases)")
     args = parser.parse_args(argv)
-    return asyncio.run(main_async(args.quick))
+    return asyncio.run(main_async(args.quick, args.keep))
 
 
 if __name__ == "__main__":
