@@ -1427,7 +1427,8 @@ _ACCEPT_LOCKED = _accept_sql(
 # is one round trip and one transaction, where a client-side transaction costs four (BEGIN, lock,
 # statement, COMMIT).
 _FUNCTIONS = f"""
-CREATE FUNCTION pg_temp.xdm_accept(text, text, text, text, text, double precision, text, text, text, boolean)
+CREATE OR REPLACE FUNCTION pg_temp.xdm_accept(text, text, text, text, text, double precision, text, text,
+                                                text, boolean)
 RETURNS TABLE (busy_before boolean, item outbox) LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -1457,8 +1458,8 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION pg_temp.xdm_mark_sent(text, text, text[], integer[], integer[], double precision[],
-                                      double precision, bigint)
+CREATE OR REPLACE FUNCTION pg_temp.xdm_mark_sent(text, text, text[], integer[], integer[],
+                                                   double precision[], double precision, bigint)
 RETURNS outbox LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
