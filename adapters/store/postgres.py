@@ -1218,18 +1218,18 @@ class PostgresStore:
         return await conn.fetchrow(
             "SELECT i.* FROM (SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
             "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
-            f"WHERE NOT ({rows.INBOUND_WAITS})",
+            f"WHERE NOT ({_INBOUND_WAITS})",
             team_id,
             channel_id,
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
-        # A channel waits (rows.INBOUND_WAITS) with its rows kept; one no longer bridged still
+        # A channel waits (rows.inbound_waits) with its rows kept; one no longer bridged still
         # gets what was taken for it.
         found = await self.pool.fetch(
             "SELECT * FROM (SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
             "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq) AS i "
-            f"WHERE NOT ({rows.INBOUND_WAITS})"
+            f"WHERE NOT ({_INBOUND_WAITS})"
         )
         return [rows.inbound_item(r) for r in found]
 
@@ -1584,3 +1584,6 @@ async def _define_functions(conn: asyncpg.Connection) -> None:
 def _snowflake_sql(column: str) -> str:
     """An event id as a number, for comparing (non-digits count as 0, as SQLite's CAST)."""
     return f"(CASE WHEN {column} ~ '^[0-9]+$' THEN {column}::numeric ELSE 0 END)"
+
+
+_INBOUND_WAITS = rows.inbound_waits(_snowflake_sql)

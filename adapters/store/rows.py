@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from adapters.store.crypto import TokenCipher
@@ -139,18 +140,25 @@ def json_or_none(value: dict[str, Any] | None) -> str | None:
 NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
 
 
-# When a channel's next inbound row (``i``) waits, SQL shared by both stores: the channel is
-# paused (its account disconnected, or held for a previous X account) until it is resumed; or
-# it is bridged and a read of the DMs of its account (or of the account that took the row) is
-# unfinished (a gap, see ``ReadGap``): older events are still to come, and X's order comes
-# first. A channel no longer bridged gets nothing more, so it waits for nothing.
-INBOUND_WAITS = (
-    "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
-    "AND m.paused_at IS NOT NULL) "
-    "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
-    "AND (c.account_id = m.account_id OR c.account_id = i.account_id) "
-    "WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id)"
-)
+# When a channel's next inbound row (``i``) waits, SQL shared by both stores (``number`` turns an
+# event id column into a number the engine compares): the channel is paused (its account
+# disconnected, or held for a previous X account) until it is resumed; or it is bridged and a
+# read of its account's DMs is unfinished (a gap, see ``ReadGap``): older events are still to
+# come, and X's order comes first. A row another account's read took waits on that account's
+# gap only until the channel's own account has read past it (all older events are rows then):
+# an account that is never read again (disconnected mid-gap) holds no one else's channel for
+# ever. A channel no longer bridged gets nothing more, so it waits for nothing.
+def inbound_waits(number: Callable[[str], str]) -> str:
+    return (
+        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+        "AND m.paused_at IS NOT NULL) "
+        "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
+        "AND c.account_id = m.account_id WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id) "
+        "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
+        "AND c.account_id = i.account_id WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+        "AND m.account_id <> i.account_id AND NOT EXISTS (SELECT 1 FROM cursors AS own "
+        f"WHERE own.account_id = m.account_id AND {number('own.newest_event_id')} >= i.seq))"
+    )
 
 
 def read_gap(row: Row) -> ReadGap | None:

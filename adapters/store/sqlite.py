@@ -49,6 +49,8 @@ from bridge.model import (
 from migrations import PENDING_STATES, migrations
 
 log = logging.getLogger("adapters.store.sqlite")
+# Event ids are text (X's snowflakes); compared as numbers.
+_INBOUND_WAITS = rows.inbound_waits(lambda column: f"CAST({column} AS INTEGER)")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -1410,20 +1412,20 @@ class SqliteStore:
         return self._one(
             "SELECT i.* FROM (SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? "
             "AND channel_id = ? AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
-            f"WHERE NOT ({rows.INBOUND_WAITS})",
+            f"WHERE NOT ({_INBOUND_WAITS})",
             [team_id, channel_id],
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
         def work() -> list[InboundItem]:
-            # A channel waits (rows.INBOUND_WAITS) with its rows kept; one no longer bridged still
+            # A channel waits (rows.inbound_waits) with its rows kept; one no longer bridged still
             # gets what was taken for it.
             found = self._rows(
                 "SELECT i.* FROM inbound AS i JOIN ("
                 "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
                 "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
                 ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq "
-                f"WHERE NOT ({rows.INBOUND_WAITS})"
+                f"WHERE NOT ({_INBOUND_WAITS})"
             )
             return [rows.inbound_item(r) for r in found]
 

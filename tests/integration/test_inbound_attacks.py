@@ -1,0 +1,94 @@
+"""X → Slack on X's bad days and a hostile user's: an unfinished read whose account goes away,
+pagination that goes round in circles, pages out of X's order, nonsense events, and Slack
+refusing one row or one channel. Each holds the promise: every event once, in X's order, and
+one bad row, channel or account never stops anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from adapters.sandbox.fake_x import FakeX
+from tests.harness import ALICE, DORA, ME, Bridge, running_bridge
+from tests.integration.test_inbound import posts, wait_posts
+from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
+
+BURST = 20
+
+
+def texts(bridge: Bridge, channel: str = "C100") -> list[str]:
+    return [m["text"] for m in posts(bridge, channel)]
+
+
+def reader(x: FakeX, request: web.Request) -> str | None:
+    """The X user a request reads DMs as (from its Bearer token)."""
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    found = x.access_tokens.get(token)
+    return found.user_id if found is not None else None
+
+
+def on_reads(x: FakeX, rewrite: Callable[[web.Request, web.Response], None]) -> None:
+    """Rewrite X's answers to ``GET /2/dm_events`` (after the fake checked them against the spec)."""
+
+    def hook(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/2/dm_events" and isinstance(response, web.Response):
+            rewrite(request, response)
+
+    x.response_hook = hook
+
+
+def refuse_reads_of(x: FakeX, users: set[str]) -> None:
+    """X answers 503 to the DM reads of ``users`` (changed in place to start and stop)."""
+
+    def rewrite(request: web.Request, response: web.Response) -> None:
+        if reader(x, request) in users:
+            response.set_status(503)
+            response.body = json.dumps({"title": "Service Unavailable", "type": "about:blank"}).encode()
+
+    on_reads(x, rewrite)
+
+
+async def two_accounts_on_one_group(bridge: Bridge) -> str:
+    """U100 (X account ME) bridges C100 and U200 (DORA) bridges C200 to one group; both first
+    reads taken."""
+    group = bridge.x.create_group(ME, [ALICE, DORA])
+    await bridge.connect()
+    await bridge.map_link(group, channel="C100")
+    await bridge.connect(user="U200", channel="C200", x_user=DORA)
+    await bridge.map_link(group, user="U200", channel="C200")
+    for _ in range(2000):
+        if len(await bridge.sql("SELECT 1 FROM cursors WHERE newest_event_id IS NOT NULL")) == 2:
+            return group
+        await asyncio.sleep(0.01)
+    raise AssertionError("both accounts' first reads")
+
+
+async def test_an_unfinished_read_of_a_disconnected_account_does_not_hold_another_accounts_channel(
+    tmp_path: Path,
+) -> None:
+    """ME's read of a burst is cut short (a gap) after it took rows for both channels; then U100
+    disconnects ME. ME is never read again, so its gap never closes: DORA's channel must not wait
+    on it. DORA's own reads bring the rest, and C200 gets the whole burst once, in X's order."""
+    async with running_bridge(tmp_path, inbound=SMALL_READS) as bridge:
+        group = await two_accounts_on_one_group(bridge)
+        blocked = {DORA}
+        refuse_reads_of(bridge.x, blocked)
+        sent = [bridge.x.add_event(group, ALICE, f"m{i}") for i in range(BURST)]
+        await gap_open(bridge)
+        _, response_url = await bridge.command("disconnect")
+        await bridge.follow_up(response_url)
+        blocked.clear()  # X answers DORA again
+        await wait_posts(bridge, BURST, "C200", timeout=30.0)
+        await asyncio.sleep(0.3)
+        assert texts(bridge, "C200") == [f"m{i}" for i in range(BURST)]
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge, "C200")] == [
+            e.id for e in sent
+        ]
+        assert texts(bridge, "C100") == []  # paused: it waits for ME to be connected again
