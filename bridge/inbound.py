@@ -106,22 +106,42 @@ class _Read:
         self.newest = self.start.newest if self.start else None
         self.oldest = self.start.oldest if self.start else None
         self.restarts = self.start.restarts if self.start else 0
+        # The oldest event of this poll's page before, which a page asked for with its token
+        # must go past. (Not the gap's oldest: after X refused a token, the read back from the
+        # newest goes through events older than that again.)
+        self.behind: int | None = None
 
-    def take(self, page: InboxPage, floor: int | None) -> None:
-        """The page's events newer than ``floor`` (the cursor); finished at the cursor."""
+    def take(self, page: InboxPage, floor: int | None) -> bool:
+        """The page's events newer than ``floor`` (the cursor); finished at the cursor. False
+        when X's pagination goes nowhere: a page asked for with a token names that token again,
+        or shows nothing older than the page before (X going round in circles)."""
+        asked = self.token
         self.pages += 1
         self.users.update(page.users)
+        ids = [int(event.id) for event in page.events]
         for event in page.events:
             if self.newest is None or int(event.id) > int(self.newest):
                 self.newest = event.id
             if floor is not None and int(event.id) <= floor:
                 self.finished = True
-                return
+                continue
             if self.oldest is None or int(event.id) < int(self.oldest):
                 self.oldest = event.id
             self.collected.append(event)
+        if self.finished:
+            return True
+        stuck = (
+            asked is not None
+            and page.next_token is not None
+            and (
+                page.next_token == asked
+                or (self.behind is not None and bool(ids) and min(ids) >= self.behind)
+            )
+        )
+        self.behind = min(ids) if ids else self.behind
         self.token = page.next_token
         self.finished = page.next_token is None
+        return not stuck
 
     def left(self, now: float) -> ReadGap:
         """What the next polls go on from."""
@@ -395,7 +415,10 @@ class Inbound:
                     raise
                 failure = exc  # what was read so far is kept (a gap); the poll fails after that
                 break
-            read.take(page, floor)
+            if not read.take(page, floor):
+                if not self._token_refused(account, read, floor, looping=True):
+                    break
+                continue
             if floor is None:
                 break
         if floor is None:
@@ -436,28 +459,32 @@ class Inbound:
             raise failure
         return queued
 
-    def _token_refused(self, account: Account, read: _Read, floor: int | None) -> bool:
-        """X refused the pagination token of an unfinished read. Read back from the newest again
-        (what was read already is read, and billed, again; nothing is lost): True. After
-        ``token_restarts`` of those, give the gap up: the read counts as finished, and events
-        older than the oldest read and newer than the old cursor are never read (X shows no
-        way to reach them without a token): False."""
+    def _token_refused(
+        self, account: Account, read: _Read, floor: int | None, *, looping: bool = False
+    ) -> bool:
+        """X refused the pagination token of an unfinished read (``looping``: its pages go
+        nowhere). Read back from the newest again (what was read already is read, and billed,
+        again; nothing is lost): True. After ``token_restarts`` of those, give the gap up: the
+        read counts as finished, and events older than the oldest read and newer than the old
+        cursor are never read (X shows no way to reach them without a token): False."""
         read.restarts += 1
+        why = "X's pagination goes round in circles" if looping else "X refused the saved pagination token"
         ids = {"account_id": account.id, "restarts": read.restarts}
         if read.restarts > self._config.token_restarts:
             log.warning(
-                "X refused the pagination token again: the unfinished DM read is given up; events "
+                f"{why} again: the unfinished DM read is given up; events "
                 "newer than the old cursor and older than the oldest read are not posted",
                 extra={**ids, "cursor": floor, "oldest_read": read.oldest},
             )
             read.finished = True
             return False
         log.warning(
-            "X refused the saved pagination token (expired?): reading back from the newest event "
+            f"{why}{'' if looping else ' (expired?)'}: reading back from the newest event "
             "again; events already taken are read (and billed) again, none is lost",
             extra=ids,
         )
         read.token = None
+        read.behind = None
         return True
 
     async def _read_page(self, account: Account, pagination_token: str | None, *, full: bool) -> InboxPage:

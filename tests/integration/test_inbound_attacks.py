@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
-from tests.harness import ALICE, DORA, ME, Bridge, running_bridge
-from tests.integration.test_inbound import posts, wait_posts
+from tests.harness import ALICE, DORA, ME, Bridge, running_bridge, wait_until
+from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -92,3 +93,78 @@ async def test_an_unfinished_read_of_a_disconnected_account_does_not_hold_anothe
             e.id for e in sent
         ]
         assert texts(bridge, "C100") == []  # paused: it waits for ME to be connected again
+
+
+def token_loops(x: FakeX) -> None:
+    """X's pagination goes round in circles: a page asked for with a token names that same
+    token as the next one (the same page again, for ever)."""
+
+    def rewrite(request: web.Request, response: web.Response) -> None:
+        asked = request.query.get("pagination_token")
+        if asked is None or response.status != 200 or not isinstance(response.body, bytes):
+            return
+        body = json.loads(response.body)
+        body.setdefault("meta", {})["next_token"] = asked
+        response.body = json.dumps(body).encode()
+
+    on_reads(x, rewrite)
+
+
+async def test_a_pagination_token_that_loops_does_not_hold_the_channels_for_ever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The burst's read never reaches the cursor: X keeps answering the same page. The bridge
+    sees it goes nowhere, reads back from the newest a few times (as for an expired token), then
+    gives the gap up with one warning: what it read is posted in X's order, and the account's
+    later messages flow again."""
+    caplog.set_level(logging.INFO, logger="bridge.inbound")
+    async with running_bridge(tmp_path, inbound=SMALL_READS) as bridge:
+        await ready(bridge)
+        token_loops(bridge.x)
+        [bridge.x.add_event(CONVERSATION, ALICE, f"m{i}") for i in range(BURST)]
+        await gap_open(bridge)
+        await wait_until(lambda: len(texts(bridge)) >= 5, 30.0, "the newest events")
+        got = texts(bridge)
+        assert got == [f"m{i}" for i in range(BURST - len(got), BURST)]
+        bridge.x.response_hook = None  # X is itself again
+        bridge.x.add_event(CONVERSATION, ALICE, "later")
+        await wait_until(lambda: texts(bridge)[-1:] == ["later"], 30.0, "a later message")
+        assert texts(bridge) == [*got, "later"]
+        assert await bridge.sql("SELECT gap_newest FROM cursors") == [(None,)]
+        assert bridge.x.read_rate_limited_count == 0
+    assert [r for r in caplog.records if "given up" in r.getMessage()]
+
+
+async def test_an_event_older_than_the_cursor_in_the_middle_of_a_page_does_not_hide_newer_ones(
+    tmp_path: Path,
+) -> None:
+    """X's page is not in its own order: an event the bridge read long ago comes between two new
+    ones. The read stops at the cursor, but not before taking the whole page: the new event after
+    the old one is not lost (the cursor moves past it with the page)."""
+    async with running_bridge(tmp_path) as bridge:
+        old = bridge.x.add_event(CONVERSATION, ALICE, "old")
+        await ready(bridge)
+        await asyncio.sleep(0.3)  # idle: the next read asks for a small page
+        old_json = {
+            "id": old.id,
+            "event_type": "MessageCreate",
+            "text": "old",
+            "dm_conversation_id": CONVERSATION,
+            "sender_id": ALICE,
+        }
+
+        def rewrite(request: web.Request, response: web.Response) -> None:
+            if request.query.get("pagination_token") or not isinstance(response.body, bytes):
+                return
+            body = json.loads(response.body)
+            data = body.get("data") or []
+            if len(data) >= 2 and old.id not in {e["id"] for e in data}:
+                data.insert(1, old_json)
+                response.body = json.dumps(body).encode()
+
+        on_reads(bridge.x, rewrite)
+        bridge.x.add_event(CONVERSATION, ALICE, "new 1")
+        bridge.x.add_event(CONVERSATION, ALICE, "new 2")
+        await wait_posts(bridge, 2, timeout=10.0)
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == ["new 1", "new 2"]
