@@ -190,7 +190,9 @@ def inbound_event(
 
 
 def _handle(user: dict[str, Any]) -> str:
-    return f"@{user['username']}" if user.get("username") else f"X user {user.get('id')}"
+    if user.get("username"):
+        return f"@{user['username']}"
+    return f"X user {user['id']}" if user.get("id") else "someone on X"
 
 
 def render(item: InboundItem) -> tuple[str, str, str | None]:

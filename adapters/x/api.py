@@ -371,7 +371,7 @@ class XApiClient:
         """
         params = {
             "max_results": str(max(1, min(100, max_results))),
-            "event_types": "MessageCreate,ParticipantsJoin,ParticipantsLeave",
+            "event_types": ",".join(_DM_EVENT_KINDS),
             "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,attachments",
             "expansions": "sender_id,participant_ids,attachments.media_keys",
             "user.fields": "username,name,profile_image_url",
@@ -650,6 +650,9 @@ def ton_parts(url: str) -> tuple[str, str, str] | None:
     return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
+_DM_EVENT_KINDS = ("MessageCreate", "ParticipantsJoin", "ParticipantsLeave")  # what dm_events asks for
+
+
 def _inbox_page(payload: Any) -> InboxPage:
     """Parse a ``GET /2/dm_events`` answer; anything malformed is dropped, not raised."""
     body: dict[str, Any] = payload if isinstance(payload, dict) else {}
@@ -668,6 +671,8 @@ def _inbox_page(payload: Any) -> InboxPage:
     for raw in body.get("data") or []:
         if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].isdigit():
             continue
+        if raw.get("event_type", "MessageCreate") not in _DM_EVENT_KINDS:
+            continue  # not a kind asked for (X's nonsense): nothing to post
         attachments: dict[str, Any] = raw["attachments"] if isinstance(raw.get("attachments"), dict) else {}
         keys = [k for k in attachments.get("media_keys") or [] if isinstance(k, str)]
         participants = raw.get("participant_ids")

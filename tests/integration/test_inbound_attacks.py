@@ -168,3 +168,39 @@ async def test_an_event_older_than_the_cursor_in_the_middle_of_a_page_does_not_h
         await wait_posts(bridge, 2, timeout=10.0)
         await asyncio.sleep(0.3)
         assert texts(bridge) == ["new 1", "new 2"]
+
+
+async def test_nonsense_events_from_x_are_posted_sensibly_or_left_out(tmp_path: Path) -> None:
+    """X's page has an event of a kind the bridge did not ask for, a message with neither text
+    nor sender, one from someone X does not describe (not a participant), and a huge one. The
+    unknown kind is left out; the rest are posted in order, each once, with a readable sender;
+    the message after them is posted too."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        odd = [bridge.x.add_event(CONVERSATION, ALICE, f"odd {i}") for i in range(4)]
+        huge = "many words " * 20_000
+
+        def rewrite(request: web.Request, response: web.Response) -> None:
+            if not isinstance(response.body, bytes):
+                return
+            body = json.loads(response.body)
+            for event in body.get("data") or []:
+                if event["id"] == odd[0].id:
+                    event["event_type"] = "MessageReactionCreate"
+                elif event["id"] == odd[1].id:
+                    event.pop("text", None)
+                    event.pop("sender_id", None)
+                elif event["id"] == odd[2].id:
+                    event["sender_id"] = "999"
+                elif event["id"] == odd[3].id:
+                    event["text"] = huge
+            response.body = json.dumps(body).encode()
+
+        on_reads(bridge.x, rewrite)
+        bridge.x.add_event(CONVERSATION, ALICE, "after")
+        await wait_posts(bridge, 4, timeout=10.0)
+        await asyncio.sleep(0.3)
+        got = posts(bridge)
+        assert [m["text"] for m in got] == ["(empty message)", "odd 2", huge, "after"]
+        senders = ["someone on X", "X user 999", "Alice (@alice)", "Alice (@alice)"]
+        assert [m["username"] for m in got] == senders
