@@ -188,3 +188,8 @@ class SlackRateLimited(SlackError):
 
 class SlackRefused(SlackError):
     """A permanent refusal (the bot is not in the channel, the channel is gone…)."""
+
+
+class SlackChannelRefused(SlackRefused):
+    """Slack refuses the channel itself (archived, the bot not in it, gone): nothing can be
+    posted or shared there until someone changes that, whatever is sent."""

@@ -42,6 +42,7 @@ from typing import Any
 from bridge import translate
 from bridge.budget import Budget
 from bridge.errors import (
+    SlackChannelRefused,
     SlackError,
     SlackRateLimited,
     SlackRefused,
@@ -711,8 +712,8 @@ class Inbound:
                 title = f"From {_handle(sender)} on X" if sender else "From X"
                 await self._slack.upload_file(item.team_id, item.channel_id, name, data, title=title)
                 done.append(key)
-            except SlackRateLimited:
-                raise
+            except (SlackRateLimited, SlackChannelRefused):
+                raise  # not the attachment's fault: the row waits, the file goes with it later
             except (XError, XAuthRevoked, SlackError) as exc:
                 log.warning(
                     "an X attachment could not be brought over",

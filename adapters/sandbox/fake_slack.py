@@ -353,6 +353,9 @@ class FakeSlack:
         self._reactions: dict[tuple[str, str], set[str]] = {}
         self._ratelimits: dict[str, list[int]] = {}
         self._failures: dict[str, list[tuple[str, int]]] = {}
+        self.channel_errors: dict[str, str] = {}
+        """Channels every call naming them (``channel`` or ``channel_id``) is refused for, with
+        this error, until removed: ``is_archived``, ``not_in_channel``, ``channel_not_found``."""
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
@@ -752,6 +755,9 @@ class FakeSlack:
         if pending_fail:
             error, status = pending_fail.pop(0)
             raise _SlackError(error, status=status)
+        named = params.get("channel") or params.get("channel_id")
+        if isinstance(named, str) and named in self.channel_errors:
+            raise _SlackError(self.channel_errors[named])
         return handler(params, base)
 
     # ---------------------------------------------------------------- method handlers

@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bridge.errors import SlackRateLimited, SlackRefused, SlackTransient
+from bridge.errors import SlackChannelRefused, SlackRateLimited, SlackRefused, SlackTransient
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 from bridge.model import SlackMember
 
@@ -463,6 +463,10 @@ class SlackApi:
             raise FileTooLarge(f"{name} is {size}; the limit for it is {human_size(max_bytes)}")
 
 
+# Slack's errors that are about the channel, not what was sent to it.
+CHANNEL_REFUSALS = frozenset({"channel_not_found", "not_in_channel", "is_archived", "restricted_action"})
+
+
 def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | SlackRefused:
     """Slack's error, as the core's type: 429, retryable, or a refusal to act on."""
     status = exc.response.status_code
@@ -476,6 +480,8 @@ def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | Slac
         return SlackRateLimited(f"Slack rate limit ({error})", retry_after=retry_after)
     if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable", "request_timeout"):
         return SlackTransient(f"Slack failed: {error}")
+    if error in CHANNEL_REFUSALS:
+        return SlackChannelRefused(f"Slack refused the channel: {error}")
     return SlackRefused(f"Slack refused: {error}")
 
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
-from tests.harness import ALICE, DORA, ME, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
 
@@ -204,3 +204,31 @@ async def test_nonsense_events_from_x_are_posted_sensibly_or_left_out(tmp_path: 
         assert [m["text"] for m in got] == ["(empty message)", "odd 2", huge, "after"]
         senders = ["someone on X", "X user 999", "Alice (@alice)", "Alice (@alice)"]
         assert [m["username"] for m in got] == senders
+
+
+@pytest.mark.parametrize("error", ["is_archived", "not_in_channel", "channel_not_found"])
+async def test_a_channel_slack_refuses_waits_alone_and_gets_everything_once_it_is_back(
+    tmp_path: Path, error: str
+) -> None:
+    """Slack refuses every post to C100 (archived, the bot removed, gone): C200 keeps getting its
+    messages meanwhile; C100's wait, text and attachment, and arrive once, in order, when Slack
+    takes them again."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        await bridge.map_link(f"{ME}-{BOB}", channel="C200")
+        bridge.slack.channel_errors["C100"] = error
+        picture = b"\\xff\\xd8\\xff" + bytes(range(256)) * 8
+        media_id = bridge.x.add_media(ALICE, picture)
+        bridge.x.add_event(CONVERSATION, ALICE, "first", media_ids=(media_id,))
+        bridge.x.add_event(CONVERSATION, ALICE, "second")
+        bridge.x.add_event(f"{ME}-{BOB}", BOB, "elsewhere")
+        await wait_posts(bridge, 1, "C200")
+        refused = len(bridge.slack.calls)
+        await wait_until(lambda: len(bridge.slack.calls) > refused + 2, 10.0, "more tries at C100")
+        assert texts(bridge) == []
+        del bridge.slack.channel_errors["C100"]
+        await wait_posts(bridge, 2, timeout=10.0)
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == ["first", "second"]
+        assert [f["content"] for f in bridge.slack.shared_files if f["channel"] == "C100"] == [picture]
+        assert texts(bridge, "C200") == ["elsewhere"]
