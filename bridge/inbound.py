@@ -660,10 +660,13 @@ class Inbound:
         channel), or from this channel (never posted back)? X rewrites links, so the text need
         not match the outbox: while a channel on this conversation has a send in doubt, wait;
         then the message map decides. Returns the row to post (its note set), or None."""
+        # Only a send by the X account that wrote this DM can be its echo: another account's send
+        # in doubt (never to be settled, if that account was disconnected) is no reason to wait.
+        senders = {a.id for a in await self._store.list_accounts() if a.x_user_id == item.sender_id}
         channels = {(item.team_id, item.channel_id)} | {
             (m.team_id, m.channel_id)
             for m in await self._store.list_mappings()
-            if m.conversation_id and m.conversation_id == item.conversation_id
+            if m.conversation_id and m.conversation_id == item.conversation_id and m.account_id in senders
         }
         for team_id, channel_id in sorted(channels):
             summary = await self._store.outbox_summary(team_id, channel_id)

@@ -232,3 +232,26 @@ async def test_a_channel_slack_refuses_waits_alone_and_gets_everything_once_it_i
         assert texts(bridge) == ["first", "second"]
         assert [f["content"] for f in bridge.slack.shared_files if f["channel"] == "C100"] == [picture]
         assert texts(bridge, "C200") == ["elsewhere"]
+
+
+async def test_a_send_left_in_doubt_by_a_disconnected_account_does_not_hold_another_accounts_own_messages(
+    tmp_path: Path,
+) -> None:
+    """U100's send to the group is in doubt (X took it, the answer never came) when U100
+    disconnects ME: it can never be settled. DORA then writes in the group from X's app. That
+    cannot be an echo of ME's send (DORA sent it), so C200 gets it, marked as sent from X."""
+    async with running_bridge(tmp_path) as bridge:
+        group = await two_accounts_on_one_group(bridge)
+        bridge.x.inject("record_then_hang")
+        await bridge.post("hello from slack")
+        await bridge.wait_dms(1)
+        _, response_url = await bridge.command("disconnect")
+        await bridge.follow_up(response_url)
+        for _ in range(1000):
+            if await bridge.sql("SELECT 1 FROM outbox WHERE state = 'sending'"):
+                break
+            await asyncio.sleep(0.01)
+        bridge.x.add_event(group, DORA, "from my phone")
+        mine = "from my phone\n_(sent from X)_"
+        await wait_until(lambda: mine in texts(bridge, "C200"), 10.0, "DORA's own message in C200")
+        assert texts(bridge, "C200")[-1] == mine
