@@ -171,7 +171,12 @@ class Push:
     async def take(self, user_id: str, events: Sequence[XEvent], users: dict[str, XUser]) -> int:
         """A verified delivery for the subscription of X user ``user_id``: into the queue."""
         self.state.last_delivery_at = self._clock.now()
-        accounts: list[Account] = [a for a in await self._store.list_accounts() if a.x_user_id == user_id]
+        # As polling: not for an account that is disconnected (its owner took the bridge's access
+        # back, so its DMs are not kept) or must reconnect. Nothing is lost: push only speeds things
+        # up, and the read from the kept cursor after reconnecting brings the same events.
+        accounts: list[Account] = [
+            a for a in await self._store.list_accounts() if a.x_user_id == user_id and not a.needs_reconnect
+        ]
         queued = 0
         for account in accounts:
             queued += await self._inbound.take(account.id, [inbound_event(e, users, "push") for e in events])

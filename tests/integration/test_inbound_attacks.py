@@ -18,6 +18,7 @@ from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
+from tests.integration.test_push import pushing, subscribed
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -255,3 +256,23 @@ async def test_a_send_left_in_doubt_by_a_disconnected_account_does_not_hold_anot
         mine = "from my phone\n_(sent from X)_"
         await wait_until(lambda: mine in texts(bridge, "C200"), 10.0, "DORA's own message in C200")
         assert texts(bridge, "C200")[-1] == mine
+
+
+async def test_a_push_for_a_disconnected_account_is_not_kept_and_nothing_is_lost_on_reconnect(
+    tmp_path: Path,
+) -> None:
+    """U100 disconnected ME (the bridge may no longer read its DMs), but X still pushes ME's DMs
+    to the webhook: the bridge keeps none of them. When U100 connects ME again, the read from
+    the kept cursor brings the message into the channel, once."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        _, response_url = await bridge.command("disconnect")
+        await bridge.follow_up(response_url)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "while you were away")
+        await bridge.x.wait_pushes()
+        assert [d["status"] for d in bridge.x.deliveries][-1:] == [200]
+        assert await bridge.sql("SELECT dm_event_id FROM inbound") == []
+        await bridge.connect()
+        await wait_posts(bridge, 1, timeout=10.0)
+        await asyncio.sleep(0.3)
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [event.id]
