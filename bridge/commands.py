@@ -447,12 +447,12 @@ class CommandService:
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         waiting = summary["pending"]
         tail = f" {waiting} message(s) already accepted will still be delivered." if waiting else ""
-        if mapping.paused_at is not None:
-            # What X people wrote while it was bridged waited for the pause; it is not lost.
-            inbound = await self._store.inbound_summary(mapping.account_id, ctx.team_id, ctx.channel_id)
-            if inbound["channel_pending"]:
-                tail += f" {inbound['channel_pending']} message(s) from X that waited are posted here now."
-                self._on_mapped()  # wakes the poster
+        # What X people wrote while it was bridged waited (for the pause, or for an unfinished
+        # read of X): nothing more comes for the channel now, so it is posted, not lost.
+        inbound = await self._store.inbound_summary(mapping.account_id, ctx.team_id, ctx.channel_id)
+        if inbound["channel_pending"]:
+            tail += f" {inbound['channel_pending']} message(s) from X that waited are posted here now."
+            self._on_mapped()  # wakes the poster
         log.info("channel unlinked", extra={"team": ctx.team_id, "channel": ctx.channel_id})
         return Reply(
             f"<@{ctx.user_id}> stopped bridging this channel to {_describe(mapping)}. "

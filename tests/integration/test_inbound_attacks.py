@@ -276,3 +276,21 @@ async def test_a_push_for_a_disconnected_account_is_not_kept_and_nothing_is_lost
         await wait_posts(bridge, 1, timeout=10.0)
         await asyncio.sleep(0.3)
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [event.id]
+
+
+async def test_unlinking_a_channel_held_by_an_unfinished_read_posts_what_it_has_at_once(
+    tmp_path: Path,
+) -> None:
+    """C100 waits for ME's unfinished read (X hangs on the next pages). Unlinked, it gets nothing
+    more, so what was taken for it is posted now, in X's order (not at the poster's next idle
+    look), and the unlink says so."""
+    async with running_bridge(tmp_path, inbound=SMALL_READS) as bridge:
+        await ready(bridge)
+        [bridge.x.add_event(CONVERSATION, ALICE, f"m{i}") for i in range(BURST)]
+        await gap_open(bridge)
+        bridge.x.inject("timeout", count=1000, path_contains="/2/dm_events")
+        taken = len(await bridge.sql("SELECT 1 FROM inbound WHERE state = 'queued'"))
+        ack, _ = await bridge.command("unlink")
+        assert f"{taken} message(s) from X that waited are posted here now" in ack.text
+        await wait_posts(bridge, taken, timeout=10.0)
+        assert texts(bridge) == [f"m{i}" for i in range(BURST - taken, BURST)]
