@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
+from adapters.store.crypto import generate_key
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
@@ -294,3 +295,26 @@ async def test_unlinking_a_channel_held_by_an_unfinished_read_posts_what_it_has_
         assert f"{taken} message(s) from X that waited are posted here now" in ack.text
         await wait_posts(bridge, taken, timeout=10.0)
         assert texts(bridge) == [f"m{i}" for i in range(BURST - taken, BURST)]
+
+
+async def test_a_channel_held_by_slacks_429_at_a_restart_is_posted_once_in_order_after_it(
+    tmp_path: Path,
+) -> None:
+    """A Slack 429 storm holds C100 when the bridge stops: the hold and the rows are in the
+    store, so the next bridge waits out the rest of Retry-After and posts them all, in order."""
+    x = FakeX()
+    env = {"BRIDGE_ENCRYPTION_KEY": generate_key()}
+    async with running_bridge(tmp_path, env=env, fake_x=x) as bridge:
+        await ready(bridge)
+        bridge.slack.ratelimit_next("chat.postMessage", count=50, retry_after=2)
+        ids = [x.add_event(CONVERSATION, ALICE, f"m{i}").id for i in range(3)]
+        for _ in range(1000):
+            if await bridge.sql("SELECT 1 FROM inbound WHERE last_error LIKE '%rate limit%'"):
+                break
+            await asyncio.sleep(0.01)
+        assert texts(bridge) == []
+    async with running_bridge(tmp_path, env=env, fake_x=x) as again:
+        await wait_posts(again, 3, timeout=10.0)
+        await asyncio.sleep(0.3)
+        assert texts(again) == ["m0", "m1", "m2"]
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(again)] == ids
