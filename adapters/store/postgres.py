@@ -689,9 +689,10 @@ class PostgresStore:
             )
             if original is None:
                 return "unknown"
+            # A held part is judged by the state it had (``held_state``).
             states = await conn.fetch(
-                "SELECT state FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
-                "AND kind = 'message'",
+                "SELECT COALESCE(held_state, state) AS state FROM outbox WHERE team_id = $1 "
+                "AND channel_id = $2 AND slack_ts = $3 AND kind = 'message'",
                 team_id,
                 channel_id,
                 ref_ts,
@@ -768,15 +769,25 @@ class PostgresStore:
     async def _insert_follow_up(
         conn: Conn, original: Any, kind: OutboxKind, key_ts: str, source: dict[str, Any], now: float
     ) -> bool:
+        held_for = None
+        if original["target_conversation"] and not original["target_participant"]:
+            # Into a conversation held for another X account (the original, or the channel, is):
+            # the correction or delete waits for that account, as the original does.
+            held_for = original["held_for"] or await conn.fetchval(
+                "SELECT held_for FROM mappings WHERE team_id = $1 AND channel_id = $2",
+                original["team_id"],
+                original["channel_id"],
+            )
         row = await conn.fetchrow(
             """
             WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
             INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
                                 author_id, account_id, target_participant, target_conversation,
                                 target_group, text, source, state, attempts, next_attempt_at, created_at,
-                                hourglass, kind)
-            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9, 'queued', 0, 0, $10, 0,
-                   $11
+                                hourglass, kind, held_for, held_state)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9,
+                   CASE WHEN $13::text IS NULL THEN 'queued' ELSE 'held' END, 0, 0, $10, 0, $11,
+                   $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE 'queued' END
             FROM n
             ON CONFLICT DO NOTHING
             RETURNING id
@@ -794,6 +805,7 @@ class PostgresStore:
             now,
             kind.value,
             original["target_group"],
+            held_for,
         )
         return row is not None
 

@@ -203,6 +203,51 @@ async def test_edits_and_deletes(engine: Engine) -> None:
         assert deletion.kind.value == "delete" and deletion.ref_ts == "1.000"
 
 
+async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_for_it(
+    engine: Engine,
+) -> None:
+    # The account now connects @carol: what was written for 1000's conversation must not go as her,
+    # corrections and deletes included, and a message never sent is simply edited in place.
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        await store.accept(msg(1), mapping, 1.0)
+        [head] = await store.outbox_heads()
+        await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 2.0)
+        await store.accept_if_mapped(msg(2), 3.0)
+        me, carol = XUser("1000", "me"), XUser("2003", "carol")
+        [held] = await store.hold_for_previous_account(mapping.account_id, me, carol, 4.0)
+        assert (held.channel_id, held.held_for) == ("C1", "1000")
+        await store.accept_if_mapped(msg(3), 5.0)  # posted after the switch: held too
+
+        assert await store.accept_edit("T1", "C1", "2.000", "6.000", {"text": "m2!"}, 6.0) == "updated"
+        assert await store.accept_edit("T1", "C1", "1.000", "7.000", {"text": "m1!"}, 7.0) == "queued"
+        assert await store.accept_delete("T1", "C1", "3.000", "8.000", 8.0) == "cancelled"
+        assert await store.outbox_heads() == []  # nothing may go as @carol
+        rows_now = await engine.sql(
+            "SELECT kind, slack_ts, state, held_state, held_for FROM outbox ORDER BY seq"
+        )
+        assert rows_now == [
+            ("message", "1.000", "sent", None, None),
+            ("message", "2.000", "held", "queued", "1000"),
+            ("message", "3.000", "cancelled", None, None),
+            ("edit", "7.000:edit", "held", "queued", "1000"),
+        ]
+
+        await store.hold_for_previous_account(mapping.account_id, carol, me, 9.0)  # 1000 is back
+        heads = await store.outbox_heads()
+        assert [(h.kind.value, h.slack_ts, h.source.get("text")) for h in heads] == [
+            ("message", "2.000", "m2!")
+        ]
+        released = await engine.sql("SELECT kind, state FROM outbox WHERE held_for IS NULL ORDER BY seq")
+        assert released == [
+            ("message", "sent"),
+            ("message", "queued"),
+            ("message", "cancelled"),
+            ("edit", "queued"),
+        ]
+
+
 async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
     async with opened(engine) as store:
         mapping = await linked(store)
