@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Protocol
 
 from adapters.store.crypto import TokenCipher
@@ -76,6 +77,11 @@ def mapping(row: Row) -> Mapping:
 
 
 def item(row: Row) -> OutboxItem:
+    """The row as the core's value; a row no code path writes raises (``_readable`` reports it)."""
+    source = json.loads(row["source"] or "{}")
+    media = json.loads(row["media"]) if row["media"] else None
+    if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
+        raise TypeError("source or media is not a JSON object")
     return OutboxItem(
         id=row["id"],
         seq=row["seq"],
@@ -88,10 +94,10 @@ def item(row: Row) -> OutboxItem:
         account_id=row["account_id"],
         target=target(row),
         text=row["text"],
-        source=json.loads(row["source"] or "{}"),
+        source=source,
         state=OutboxState(row["state"]),
         attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"] or 0.0,
+        next_attempt_at=time(row["next_attempt_at"] or 0.0),
         last_error=row["last_error"],
         dm_event_id=row["dm_event_id"],
         created_at=row["created_at"],
@@ -100,12 +106,20 @@ def item(row: Row) -> OutboxItem:
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
         ref_ts=row["ref_ts"] or row["slack_ts"],
-        media=json.loads(row["media"]) if row["media"] else None,
+        media=media,
         media_id=row["media_id"],
         media_uploaded_at=row.get("media_uploaded_at"),
         media_unfinished=row.get("media_unfinished") or 0,
         deleted=row.get("deleted_at") is not None,
     )
+
+
+def time(value: Any) -> float:
+    """A stored time; NaN or infinity is none (a row due at NaN would never wait, nor at
+    infinity ever go, and either would hold its channel)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a time")
+    return float(value)
 
 
 def target(row: Row) -> Target:
@@ -157,7 +171,7 @@ def inbound_item(row: Row) -> InboundItem:
         origin=row["origin"],
         state=InboundState(row["state"]),
         attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"] or 0.0,
+        next_attempt_at=time(row["next_attempt_at"] or 0.0),
         posting_since=row["posting_since"],
         slack_ts=row["slack_ts"],
         created_at=row["created_at"] or 0.0,

@@ -1464,9 +1464,7 @@ def _int(value: Any) -> int:
 
 
 def _time(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise TypeError(f"{value!r} is not a time")
-    return float(value)
+    return rows.time(value)
 
 
 def _time_or_none(value: Any) -> float | None:
