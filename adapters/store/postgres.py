@@ -85,6 +85,7 @@ class PostgresStore:
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
         self.url = url
         self._cipher = cipher
+        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
@@ -133,6 +134,9 @@ class PostgresStore:
 
     # -- accounts ----------------------------------------------------------
 
+    def _account(self, row: Any) -> Account:
+        return rows.account(row, self._cipher, self._unreadable_accounts)
+
     async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
         columns = rows.token_columns(tokens, self._cipher)
         async with self._tx() as conn:
@@ -159,17 +163,17 @@ class PostgresStore:
                 columns["scope"],
             )
         assert row is not None
-        return rows.account(row, self._cipher)
+        return self._account(row)
 
     async def get_account(self, account_id: int) -> Account | None:
         row = await self.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
-        return rows.account(row, self._cipher) if row else None
+        return self._account(row) if row else None
 
     async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
         row = await self.pool.fetchrow(
             "SELECT * FROM accounts WHERE team_id = $1 AND slack_user_id = $2", team_id, slack_user_id
         )
-        return rows.account(row, self._cipher) if row else None
+        return self._account(row) if row else None
 
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
         await self._update_tokens(self.pool, account_id, tokens)
@@ -190,17 +194,16 @@ class PostgresStore:
         await self._execute("UPDATE accounts SET needs_reconnect = $1 WHERE id = $2", int(needs), account_id)
 
     async def list_accounts(self) -> list[Account]:
-        return [
-            rows.account(r, self._cipher) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")
-        ]
+        return [self._account(r) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")]
 
     async def usernames_needing_reconnect(self) -> list[str]:
-        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        """X usernames of accounts whose refresh X refused or whose tokens no key opens (for
+        /healthz: no token is kept decrypted)."""
         found = await self.pool.fetch(
-            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 AND disconnected_at IS NULL "
-            "ORDER BY x_username"
+            "SELECT x_username, needs_reconnect, access_token, refresh_token FROM accounts "
+            "WHERE disconnected_at IS NULL ORDER BY x_username"
         )
-        return [r["x_username"] for r in found]
+        return [r["x_username"] for r in found if rows.needs_reconnect(r, self._cipher)]
 
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
         """Forget the account's tokens and pause its mappings (as the SQLite store)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any, Protocol
 
 from adapters.store.crypto import TokenCipher
+from bridge.errors import ConfigError
 from bridge.model import (
     Account,
     InboundItem,
@@ -21,6 +23,8 @@ from bridge.model import (
     TokenSet,
 )
 
+log = logging.getLogger(__name__)
+
 
 class Row(Protocol):
     """A database row by column name: a dict from sqlite-utils, a Record from asyncpg."""
@@ -29,23 +33,49 @@ class Row(Protocol):
     def get(self, key: str, /) -> Any: ...
 
 
-def account(row: Row, cipher: TokenCipher) -> Account:
+def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
+    """The account; one whose stored tokens no key opens (its key rotated away, its ciphertext
+    corrupt) reads as needing reconnection, with no tokens, so it costs only itself: it is
+    not polled, its rows are parked, and connecting it again writes tokens that open. It is
+    logged once (by id, never a token) per store: ``reported`` holds the ids told."""
     refresh, access = row["refresh_token"], row["access_token"]
+    try:
+        tokens = TokenSet(
+            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
+            refresh_token=cipher.decrypt(refresh) if refresh else None,
+            expires_at=row["expires_at"],
+            scope=row["scope"] or "",
+        )
+    except (ConfigError, AttributeError, TypeError, ValueError):  # not a key's, or not even text
+        if row["id"] not in reported:
+            reported.add(row["id"])
+            log.error(
+                "an X account's stored tokens cannot be decrypted: it needs reconnecting",
+                extra={"account_id": row["id"]},
+            )
+        tokens, unreadable = TokenSet("", None, None, row["scope"] or ""), True
+    else:
+        reported.discard(row["id"])
+        unreadable = False
     return Account(
         id=row["id"],
         team_id=row["team_id"],
         slack_user_id=row["slack_user_id"],
         x_user_id=row["x_user_id"],
         x_username=row["x_username"],
-        tokens=TokenSet(
-            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["expires_at"],
-            scope=row["scope"] or "",
-        ),
-        needs_reconnect=bool(row["needs_reconnect"]),
+        tokens=tokens,
+        needs_reconnect=unreadable or bool(row["needs_reconnect"]),
         disconnected=row.get("disconnected_at") is not None,
     )
+
+
+def needs_reconnect(row: Row, cipher: TokenCipher) -> bool:
+    """Whether the account must be connected again: X refused its refresh, or no key opens its
+    stored tokens (checked without keeping what they say)."""
+    if row["needs_reconnect"]:
+        return True
+    tokens = [t for t in (row["access_token"], row["refresh_token"]) if t]
+    return not all(isinstance(t, str) and cipher.opens(t) for t in tokens)
 
 
 def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:

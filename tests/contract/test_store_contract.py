@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
+from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
@@ -71,6 +75,45 @@ async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: 
         assert await store.usernames_needing_reconnect() == []
     raw = await engine.sql("SELECT access_token, refresh_token FROM accounts")
     assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
+
+
+async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its key rotated away, or its ciphertext corrupt: listing accounts (inbound polling, push
+    # subscriptions) must still hand out everyone else, and the bad one reads as needing
+    # reconnection (parked, told in status and health) rather than raising.
+    async with opened(engine) as store:
+        good = await store.save_account("T1", "U1", XUser("1000", "good"), TokenSet("acc-g", "ref-g", 10.0))
+        bad = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-b", "ref-b", 10.0))
+        other_key = TokenCipher([generate_key()]).encrypt("acc-under-a-retired-key")
+        await engine.sql(
+            "UPDATE accounts SET access_token = ?, refresh_token = ? WHERE id = ?",
+            other_key,
+            "corrupt-ciphertext",
+            bad.id,
+        )
+        with caplog.at_level(logging.INFO):
+            listed = await store.list_accounts()
+            again = await store.list_accounts()
+            fetched = await store.get_account(bad.id)
+            by_user = await store.account_for_user("T1", "U2")
+        assert listed == again and [a.id for a in listed] == [good.id, bad.id]
+        assert listed[0] == good and not listed[0].needs_reconnect
+        unreadable = listed[1]
+        assert unreadable.needs_reconnect and unreadable.x_username == "bad"
+        assert unreadable.tokens.access_token == "" and unreadable.tokens.refresh_token is None
+        assert fetched == unreadable and by_user == unreadable
+        assert await store.usernames_needing_reconnect() == ["bad"]
+        lines = [r for r in caplog.records if getattr(r, "account_id", None) == bad.id]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]  # once, not per listing
+        logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+        assert "corrupt-ciphertext" not in logged and other_key not in logged and "acc-b" not in logged
+        # Connecting again writes new tokens: the account is whole again.
+        mended = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-n", "ref-n", 20.0))
+        assert mended.id == bad.id and not mended.needs_reconnect
+        assert await store.get_account(bad.id) == mended
+        assert await store.usernames_needing_reconnect() == []
 
 
 async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine: Engine) -> None:
