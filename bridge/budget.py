@@ -282,6 +282,21 @@ class Budget:
         window.roll(now)
         return window.remaining, window.limit, window.reset_at or None
 
+    async def stored_reads_left(self, account_id: int, now: float) -> tuple[int, int, float | None]:
+        """``reads_left`` as the store has it (every read is saved before it is made): what the
+        leader has spent, seen from any instance (a standby's own windows are never used)."""
+        mine = self._read_window(account_id)
+        window = Window(mine.key, mine.length, mine.ceiling, mine.limit, mine.remaining, mine.reset_at)
+        for row in await self._store.load_budgets():
+            if row.get("key") == window.key:
+                window.limit = window.capped(_count(row.get("limit_"), window.limit))
+                window.remaining = min(window.limit, _count(row.get("remaining"), window.limit))
+                window.reset_at = plausible_reset(row.get("reset_at"), now) or 0.0
+                if not window.reset_at:
+                    window.remaining = window.limit
+        window.roll(now)
+        return window.remaining, window.limit, window.reset_at or None
+
     @asynccontextmanager
     async def reading(self, account_id: int) -> AsyncIterator[None]:
         """Hold the account's read turn: its reads go one at a time, so headers are exact."""

@@ -205,8 +205,7 @@ class InboundControl(Protocol):
     """What commands ask of X → Slack: ``Inbound``, or whatever passes it on to the leader."""
 
     def push_active(self, account_id: int) -> bool: ...
-    def next_poll_at(self, account_id: int) -> float | None: ...
-    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None: ...
+    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -366,7 +365,7 @@ class CommandService:
                 else:
                     lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
-                lines.append(await self._inbound_line(account.id))
+                lines.append(await self._inbound_line(mapping))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
         if pending:
@@ -400,20 +399,32 @@ class CommandService:
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
 
-    async def _inbound_line(self, account_id: int) -> str:
-        """How X → Slack is doing: push or polling, last event, next read, reads left."""
+    async def _inbound_line(self, mapping: Mapping) -> str:
+        """How X → Slack is doing: push or polling, last event, next read, reads left, and what
+        waits for this channel. Read from the store, so any instance (a standby too) says it."""
         now = self._clock.now()
-        summary = await self._store.inbound_summary(account_id)
-        push = self._inbound is not None and self._inbound.push_active(account_id)
-        way = "push (polling as a safety net)" if push else "polling"
+        account_id = mapping.account_id
+        summary = await self._store.inbound_summary(account_id, mapping.team_id, mapping.channel_id)
+        # This instance's push state if it leads; a standby's says what the leader last saved.
+        push = (self._inbound is not None and self._inbound.push_active(account_id)) or summary["pushed"]
+        if _is_group(mapping):
+            # X's push may miss group conversations (INBOUND.md §3): they come by reading.
+            way = "polling (X does not push group conversations)"
+        else:
+            way = "push (polling as a safety net)" if push else "polling"
         last = summary["last_event_at"]
         seen = f"last X event seen {_clock_time(last, now)}" if last else "no X event seen yet"
-        next_at = self._inbound.next_poll_at(account_id) if self._inbound is not None else None
+        next_at = summary["next_read_at"]
         upcoming = f"next read {_clock_time(max(now, next_at), now)}" if next_at else "next read soon"
-        remaining, limit, reset = self._budget.reads_left(account_id, now)
+        remaining, limit, reset = await self._budget.stored_reads_left(account_id, now)
         resets = f", resets {_clock_time(reset, now)}" if reset else ""
-        waiting = f"; {summary['pending']} waiting to be posted here" if summary["pending"] else ""
-        return f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets}){waiting}."
+        line = f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets})"
+        waiting = summary["channel_pending"]
+        if waiting and mapping.paused_at is not None:
+            return (
+                f"{line}.\n{waiting} message(s) from X wait to be posted here until the channel is resumed."
+            )
+        return f"{line}; {waiting} waiting to be posted here." if waiting else f"{line}."
 
     async def _unlink(self, ctx: CommandContext) -> Reply:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
@@ -430,6 +441,12 @@ class CommandService:
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         waiting = summary["pending"]
         tail = f" {waiting} message(s) already accepted will still be delivered." if waiting else ""
+        if mapping.paused_at is not None:
+            # What X people wrote while it was bridged waited for the pause; it is not lost.
+            inbound = await self._store.inbound_summary(mapping.account_id, ctx.team_id, ctx.channel_id)
+            if inbound["channel_pending"]:
+                tail += f" {inbound['channel_pending']} message(s) from X that waited are posted here now."
+                self._on_mapped()  # wakes the poster
         log.info("channel unlinked", extra={"team": ctx.team_id, "channel": ctx.channel_id})
         return Reply(
             f"<@{ctx.user_id}> stopped bridging this channel to {_describe(mapping)}. "
@@ -631,8 +648,9 @@ class CommandService:
         )
         self._on_mapped()
         if self._inbound is not None and created.conversation_id and kind is not MappingKind.GROUP:
-            # A new group has no history; a linked conversation or an existing DM may.
-            self._inbound.backfill(account.id, created.conversation_id, created.created_at)
+            # A new group has no history; a linked conversation or an existing DM may. Kept in
+            # the store before the answer: a crash from here on does not lose it.
+            await self._inbound.backfill(account.id, created.conversation_id, created.created_at)
         return created
 
     @staticmethod
@@ -650,6 +668,13 @@ class CommandService:
             f"<@{ctx.user_id}> bridged this channel to {where}. "
             f"Messages posted here go to X as @{account.x_username}."
         )
+
+
+def _is_group(mapping: Mapping) -> bool:
+    """A group conversation: made as one, or linked by a group id (a 1-to-1 id has a "-")."""
+    return mapping.kind is MappingKind.GROUP or bool(
+        mapping.conversation_id and "-" not in mapping.conversation_id
+    )
 
 
 def _describe(mapping: Mapping) -> str:

@@ -12,11 +12,16 @@ Two workers, one queue:
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
   a row found ``posting`` later is looked up in the channel's history before any repost.
-  Slack's 429 holds the channel back (in order); nothing is dropped.
+  Slack's 429 holds the channel back (in order); nothing is dropped. A paused channel (its
+  account disconnected, or held for a previous X account) is not posted to: its rows wait.
 
-Echoes never happen: events the bridge sent are recognised by the store (message map,
-or the outbox row still ``sending`` that text) and never posted; the Slack listener
-ignores bot posts, so what this module posts is never relayed to X.
+Every channel bridged to a conversation gets each event once (rows are per event and
+channel). Echoes never happen: events the bridge sent from a channel are recognised by the
+store (message map, or the outbox row still ``sending`` that text) and never posted back
+there; in another channel on the same conversation they are news, marked as sent from the
+first. The Slack listener ignores bot posts, so what this module posts is never relayed to X.
+History asked for on linking is a row in the store until it is queued, so a crash between
+the request and the read does not lose it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -91,8 +97,11 @@ def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
 
 
-def inbound_event(event: XEvent, users: dict[str, XUser], origin: str) -> InboundEvent:
-    """What the store keeps of an X event: everything posting it needs, nothing secret."""
+def inbound_event(
+    event: XEvent, users: dict[str, XUser], origin: str, bridged_at: float | None = None
+) -> InboundEvent:
+    """What the store keeps of an X event: everything posting it needs, nothing secret.
+    History (``origin`` backfill) carries when its channel was bridged: it is for that channel."""
     payload: dict[str, Any] = {
         "text": event.text,
         "created_at": event.created_at,
@@ -104,6 +113,8 @@ def inbound_event(event: XEvent, users: dict[str, XUser], origin: str) -> Inboun
         payload["participants"] = [_user_json(users.get(p), p) for p in event.participant_ids]
     if origin == "backfill":
         payload["history"] = True
+        if bridged_at is not None:
+            payload["bridged_at"] = bridged_at
     return InboundEvent(
         dm_event_id=event.id,
         kind=event.kind,
@@ -132,7 +143,9 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
         return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
     text = translate.to_slack(str(payload.get("text") or ""))
     notes = []
-    if payload.get("from_self"):
+    if payload.get("sent_from_channel"):
+        notes.append(f"sent from Slack in <#{payload['sent_from_channel']}>")
+    elif payload.get("from_self"):
         notes.append("sent from X")
     if payload.get("history"):
         notes.append("history")
@@ -171,8 +184,6 @@ class Inbound:
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._busy: set[tuple[str, str]] = set()
-        # account -> {conversation whose history is wanted: when it was bridged}
-        self._backfills: dict[int, dict[str, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
@@ -181,18 +192,21 @@ class Inbound:
     # -- control -----------------------------------------------------------
 
     def poll_soon(self, account_id: int | None = None) -> None:
-        """Read now (within budget): a mapping was made, an account connected."""
+        """Read now (within budget): a mapping was made, an account connected (its paused
+        channels may post what waits for them, too)."""
         if account_id is None:
             self._next_poll.clear()
         else:
             self._next_poll.pop(account_id, None)
         self._poll_wake.set()
+        self._post_wake.set()
 
-    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
         """A channel was just bridged to this conversation: post its history (what was written
-        before ``bridged_at``; the poller takes what comes after), once."""
+        before ``bridged_at``; the poller takes what comes after), once. The request is kept in
+        the store until the history is queued, so a crash before then does not lose it."""
         if self._config.backfill > 0:
-            self._backfills.setdefault(account_id, {})[conversation_id] = bridged_at
+            await self._store.request_backfill(account_id, conversation_id, bridged_at)
             self._poll_wake.set()
 
     def wake(self) -> None:
@@ -200,6 +214,7 @@ class Inbound:
         self._post_wake.set()
 
     def next_poll_at(self, account_id: int) -> float | None:
+        """When this instance (leading) reads the account next; the store has it for all."""
         return self._next_poll.get(account_id)
 
     async def run(self) -> None:
@@ -244,9 +259,18 @@ class Inbound:
             # A group (one being created has no id yet); a linked group's id has no "-".
             if m.kind is MappingKind.GROUP or (m.conversation_id and "-" not in m.conversation_id)
         }
-        await asyncio.gather(*(self._backfill_account(a) for a in accounts if self._backfills.get(a.id)))
+        wanted: dict[int, list[tuple[str, float]]] = {}
+        for account_id, conversation_id, bridged_at in await self._store.pending_backfills():
+            wanted.setdefault(account_id, []).append((conversation_id, bridged_at))
+        await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in accounts if a.id in wanted))
         due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
         await asyncio.gather(*(self._poll_account(a) for a in due))
+        for account in due:
+            if account.id in self._next_poll:
+                # Kept in the store: `/xdm status` on any instance says when the next read is.
+                await self._store.set_next_read(
+                    account.id, self._next_poll[account.id], pushed=self.push_active(account.id)
+                )
         upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
 
@@ -356,12 +380,16 @@ class Inbound:
 
         return await self._budget.read(account.id, self._clock.now, call, keep=self._config.reserve)
 
-    async def _backfill_account(self, account: Account) -> None:
+    async def _backfill_account(self, account: Account, wanted: list[tuple[str, float]]) -> None:
         """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
-        as history. Reads come from the reserve the poller leaves; a spent budget waits."""
-        wanted = self._backfills.get(account.id, {})
+        as history. Reads come from the reserve the poller leaves; a spent budget waits. The
+        request is finished only once its history is queued (a crash before reads it again:
+        the queue's unique key keeps what was queued from being queued twice)."""
         size = self._config.backfill
-        for conversation_id, bridged_at in sorted(wanted.items()):
+        for conversation_id, bridged_at in wanted:
+            if size <= 0:
+                await self._store.finish_backfill(account.id, conversation_id, bridged_at)
+                continue
 
             async def call(conversation_id: str = conversation_id) -> tuple[InboxPage, Any]:
                 return await self._tokens.call(
@@ -369,29 +397,35 @@ class Inbound:
                     lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
                 )
 
+            ids = {"account_id": account.id, "conversation": conversation_id}
             try:
                 page = await self._budget.read(account.id, self._clock.now, call)
             except XRateLimited as exc:
                 self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
                 return
-            except (XError, XAuthRevoked) as exc:
-                log.warning(
-                    "could not read a conversation's history",
-                    extra={"account_id": account.id, "conversation": conversation_id, "error": str(exc)},
-                )
-                wanted.pop(conversation_id, None)
+            except XRefused as exc:
+                # X will not show this conversation to this account: there is no history to post.
+                log.warning("could not read a conversation's history", extra={**ids, "error": str(exc)})
+                await self._store.finish_backfill(account.id, conversation_id, bridged_at)
                 continue
-            wanted.pop(conversation_id, None)
+            except (XError, XAuthRevoked) as exc:
+                # Kept: read again later (after a reconnect, if the account needs one).
+                log.warning(
+                    "reading a conversation's history failed; trying again", extra={**ids, "error": str(exc)}
+                )
+                self._next_poll[account.id] = min(
+                    self._next_poll.get(account.id, math.inf),
+                    self._clock.now() + self._config.min_interval * 4,
+                )
+                continue
             older = [
                 e for e in page.events if e.kind == "MessageCreate" and (e.created_at or 0.0) < bridged_at
             ]
-            messages = sorted(older, key=lambda e: int(e.id))[-self._config.backfill :]
-            events = [inbound_event(e, page.users, "backfill") for e in messages]
+            messages = sorted(older, key=lambda e: int(e.id))[-size:]
+            events = [inbound_event(e, page.users, "backfill", bridged_at) for e in messages]
             queued = await self.take(account.id, events)
-            log.info(
-                "history queued for Slack",
-                extra={"account_id": account.id, "conversation": conversation_id, "count": queued},
-            )
+            await self._store.finish_backfill(account.id, conversation_id, bridged_at)
+            log.info("history queued for Slack", extra={**ids, "count": queued})
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (push, backfill); returns how many were new."""
@@ -448,8 +482,11 @@ class Inbound:
     async def _post(self, item: InboundItem) -> InboundItem | None:
         """Post one row exactly once; returns the channel's next row when this one is done."""
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
-        if item.payload.get("from_self") and item.state is InboundState.QUEUED and await self._own_echo(item):
-            return None
+        if item.payload.get("from_self") and item.state is InboundState.QUEUED:
+            checked = await self._own_echo(item)
+            if checked is None:
+                return None
+            item = checked
         try:
             item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
@@ -493,25 +530,38 @@ class Inbound:
             return None
         return await self._posted(item, ts)
 
-    async def _own_echo(self, item: InboundItem) -> bool:
-        """A DM the connected account sent: from X itself (post it), or one of ours whose send is
-        still being settled (X rewrites links, so its text need not match the outbox)? While
-        the channel has a send in doubt, wait; then the message map decides."""
-        summary = await self._store.outbox_summary(item.team_id, item.channel_id)
-        if summary["counts"].get("sending"):
-            until = self._clock.now() + max(self._config.retry_base, 0.5)
-            await self._store.reschedule_inbound(
-                item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
-            )
-            return True
-        if await self._store.known_event_ids([item.dm_event_id]):
+    async def _own_echo(self, item: InboundItem) -> InboundItem | None:
+        """A DM the connected account sent: from X itself (post it, marked so), from another
+        channel bridged to the same conversation (news here: post it, marked as sent from that
+        channel), or from this channel (never posted back)? X rewrites links, so the text need
+        not match the outbox: while a channel on this conversation has a send in doubt, wait;
+        then the message map decides. Returns the row to post (its note set), or None."""
+        channels = {(item.team_id, item.channel_id)} | {
+            (m.team_id, m.channel_id)
+            for m in await self._store.list_mappings()
+            if m.conversation_id and m.conversation_id == item.conversation_id
+        }
+        for team_id, channel_id in sorted(channels):
+            summary = await self._store.outbox_summary(team_id, channel_id)
+            if summary["counts"].get("sending"):
+                until = self._clock.now() + max(self._config.retry_base, 0.5)
+                await self._store.reschedule_inbound(
+                    item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
+                )
+                return None
+        origin = await self._store.sent_from(item.dm_event_id)
+        if origin == (item.team_id, item.channel_id):
             log.info("our own DM read back: not posted", extra={"dm_event_id": item.dm_event_id})
             await self._store.reschedule_inbound(
                 item.id, InboundState.SKIPPED, 0.0, "relayed from Slack by the bridge"
             )
             self._post_wake.set()
-            return True
-        return False
+            return None
+        if origin is not None and item.payload.get("sent_from_channel") != origin[1]:
+            payload = {**item.payload, "sent_from_channel": origin[1]}
+            await self._store.set_inbound_payload(item.id, payload)
+            return replace(item, payload=payload)
+        return item
 
     async def _bring_media(self, item: InboundItem) -> InboundItem:
         """Fetch each attachment from X and share it into the channel, once (progress is kept in

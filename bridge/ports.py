@@ -274,10 +274,13 @@ class Store(Protocol):
     ) -> int:
         """Record X events (oldest first) and advance the account's cursor, in one transaction.
 
-        Each event lands once, whoever reads it (unique ``dm_event_id``). It is queued for the
-        channel bridging its conversation, or kept as skipped: no channel bridges it, it is a
-        DM the bridge sent (in the message map, or an outbox row ``sending`` the same text in
-        that channel), or it was recorded before. The cursor only ever moves forward.
+        Each event lands once per channel, whoever reads it (unique ``dm_event_id`` and
+        channel). It is queued for every channel bridging its conversation (an event seen
+        before only where that channel was bridged before it was written; history only for
+        channels bridged since it was asked for), skipped in the channel it was sent from (in
+        the message map, or an outbox row ``sending`` the same text there; elsewhere it is
+        news, with ``sent_from_channel`` in its payload), or kept as skipped when no channel
+        bridges it. The cursor only ever moves forward.
         Returns how many events were queued for Slack.
         """
         ...
@@ -312,8 +315,35 @@ class Store(Protocol):
         """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
         ...
 
-    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
-        """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state and ``pending``."""
+    async def inbound_summary(
+        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        """``newest_event_id``, ``read_at``, ``last_event_at``, ``counts`` by state, ``pending``
+        (the account's), ``channel_pending`` (the given channel's), ``next_read_at`` and
+        ``pushed`` (as the leader last saved them)."""
+        ...
+
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
+        what the bridge posted from X do not count)."""
+        ...
+
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
+        """When the leader reads this account's DMs next, and whether X pushes to it (for
+        `/xdm status` on any instance)."""
+        ...
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
+        ``finish_backfill`` (a later request for the same conversation replaces it)."""
+        ...
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        """(account id, conversation id, bridged at) of every history still wanted."""
+        ...
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
         ...
 
     # budgets (rate-limit windows), persisted so restarts keep respecting them

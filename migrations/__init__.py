@@ -358,3 +358,39 @@ def m0012_held_for_previous_account(db: Database) -> None:
     outbox = db.table("outbox")
     outbox.add_column("held_for", str)
     outbox.add_column("held_state", str)
+
+
+@migrations(name="0013_inbound_per_channel_backfills_schedule")
+def m0013_inbound_per_channel_backfills_schedule(db: Database) -> None:
+    """X → Slack, per channel and across restarts.
+
+    ``inbound`` is unique by (``dm_event_id``, channel), not by event: two channels bridged
+    to one X conversation each get each event once (a row of a conversation no channel
+    bridges has no channel; COALESCE makes it one row too).
+    ``backfills``: a channel's history wanted (`/xdm link` or `/xdm dm` of a conversation
+    with history), kept until the history is queued, so a crash does not lose the request;
+    ``bridged_at`` splits history (before) from what the poller takes (after).
+    ``read_schedule``: when the leader reads an account's DMs next and whether X pushes to it,
+    so `/xdm status` on any instance can say it.
+    ``parked_cursors``: the read cursor of an X account its Slack user switched away from,
+    put back when that account is connected again (so nothing it got meanwhile is skipped
+    because the other account's events have higher ids).
+    """
+    db.execute("DROP INDEX IF EXISTS idx_inbound_dm_event_id")
+    db.execute(
+        "CREATE UNIQUE INDEX inbound_event_channel ON inbound "
+        "(dm_event_id, COALESCE(team_id, ''), COALESCE(channel_id, ''))"
+    )
+    db.table("backfills").create(
+        {"account_id": int, "conversation_id": str, "bridged_at": float, "requested_at": float},
+        pk=("account_id", "conversation_id"),
+        not_null={"bridged_at"},
+    )
+    db.table("read_schedule").create(
+        {"account_id": int, "next_read_at": float, "pushed": int, "updated_at": float},
+        pk="account_id",
+    )
+    db.table("parked_cursors").create(
+        {"account_id": int, "x_user_id": str, "newest_event_id": str, "updated_at": float},
+        pk=("account_id", "x_user_id"),
+    )

@@ -227,6 +227,39 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE outbox ADD COLUMN held_for TEXT, ADD COLUMN held_state TEXT;
         """,
     ),
+    (
+        # SQLite's 0013: inbound unique per (event, channel), so two channels bridged to one
+        # conversation each get each event once; a channel's wanted history kept until it is
+        # queued (``backfills``); the leader's next read of each account (``read_schedule``),
+        # so `/xdm status` on a standby can say it; the read cursor of an X account switched away
+        # from, put back when it is connected again (``parked_cursors``).
+        "0009_inbound_per_channel_backfills_schedule",
+        """
+        DROP INDEX IF EXISTS idx_inbound_dm_event_id;
+        CREATE UNIQUE INDEX inbound_event_channel ON inbound
+            (dm_event_id, COALESCE(team_id, ''), COALESCE(channel_id, ''));
+        CREATE TABLE backfills (
+            account_id BIGINT NOT NULL,
+            conversation_id TEXT NOT NULL,
+            bridged_at DOUBLE PRECISION NOT NULL,
+            requested_at DOUBLE PRECISION,
+            PRIMARY KEY (account_id, conversation_id)
+        );
+        CREATE TABLE read_schedule (
+            account_id BIGINT PRIMARY KEY,
+            next_read_at DOUBLE PRECISION,
+            pushed BOOLEAN NOT NULL DEFAULT FALSE,
+            updated_at DOUBLE PRECISION
+        );
+        CREATE TABLE parked_cursors (
+            account_id BIGINT NOT NULL,
+            x_user_id TEXT NOT NULL,
+            newest_event_id TEXT,
+            updated_at DOUBLE PRECISION,
+            PRIMARY KEY (account_id, x_user_id)
+        );
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -240,6 +273,9 @@ TABLES = (
     "seen_events",
     "inbound",
     "cursors",
+    "backfills",
+    "read_schedule",
+    "parked_cursors",
 )
 
 

@@ -232,6 +232,34 @@ class PostgresStore:
         )
         return sorted((rows.mapping(r) for r in resumed), key=lambda m: (m.team_id, m.channel_id))
 
+    @staticmethod
+    async def _switch_cursor(
+        conn: Conn, account_id: int, previous_id: str, current_id: str, now: float
+    ) -> None:
+        """As the SQLite store's: the read cursor is the X account's; the previous one's is
+        parked, the current one's put back (or none: a first read)."""
+        await conn.execute(
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
+            "SELECT account_id, $1, newest_event_id, $2 FROM cursors WHERE account_id = $3 "
+            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+            "updated_at = excluded.updated_at",
+            previous_id,
+            now,
+            account_id,
+        )
+        await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
+        await conn.execute(
+            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
+            "SELECT account_id, newest_event_id, $1 FROM parked_cursors "
+            "WHERE account_id = $2 AND x_user_id = $3",
+            now,
+            account_id,
+            current_id,
+        )
+        await conn.execute(
+            "DELETE FROM parked_cursors WHERE account_id = $1 AND x_user_id = $2", account_id, current_id
+        )
+
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
     ) -> list[Mapping]:
@@ -257,6 +285,7 @@ class PostgresStore:
                     previous.id,
                     account_id,
                 )
+                await self._switch_cursor(conn, account_id, previous.id, current.id, now)
             # What was held for the account connected now is its own again.
             await conn.execute(
                 "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
@@ -1136,67 +1165,81 @@ class PostgresStore:
     async def _take_one(
         self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
     ) -> int:
-        known = await conn.fetchrow(
-            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = $1 FOR UPDATE", event.dm_event_id
-        )
-        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
-            return 0
-        mapping = (
-            await conn.fetchrow(
-                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = $1 "
-                "ORDER BY account_id = $2 DESC, created_at LIMIT 1",
+        known = {
+            (r["team_id"], r["channel_id"])
+            for r in await conn.fetch(
+                "SELECT team_id, channel_id FROM inbound WHERE dm_event_id = $1", event.dm_event_id
+            )
+        }
+        mappings = (
+            await conn.fetch(
+                "SELECT team_id, channel_id, created_at FROM mappings WHERE conversation_id = $1 "
+                "ORDER BY account_id = $2 DESC, created_at",
                 event.conversation_id,
                 account_id,
             )
             if event.conversation_id
-            else None
+            else []
         )
-        state, why = InboundState.QUEUED, None
         from_self = event.sender_id is not None and event.sender_id == own_id
-        if mapping is None:
-            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
-        elif await conn.fetchval("SELECT 1 FROM message_map WHERE dm_event_id = $1", event.dm_event_id):
-            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
-        elif from_self and await conn.fetchval(
-            "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
-            "AND text = $3 LIMIT 1",
-            mapping["team_id"],
-            mapping["channel_id"],
-            event.payload.get("text"),
-        ):
-            # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
-            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
-        payload = json.dumps({**event.payload, "from_self": from_self}, separators=(",", ":"))
-        if known is not None:
-            # Read before any channel bridged its conversation; now the channel's history wants it.
-            if state is not InboundState.QUEUED or mapping is None:
-                return 0
-            await conn.execute(
-                "UPDATE inbound SET team_id = $1, channel_id = $2, payload = $3, origin = 'backfill', "
-                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = $4",
+        sent_from = await self._sent_from(conn, event.dm_event_id)
+        queued = 0
+        for mapping in mappings:
+            where = (mapping["team_id"], mapping["channel_id"])
+            if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
+                continue
+            state, why = InboundState.QUEUED, None
+            payload = {**event.payload, "from_self": from_self}
+            if sent_from == where:
+                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+            elif sent_from is not None:
+                payload["sent_from_channel"] = sent_from[1]  # news here: sent from the other channel
+            elif from_self and await conn.fetchval(
+                "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
+                "AND text = $3 LIMIT 1",
                 mapping["team_id"],
                 mapping["channel_id"],
-                payload,
-                known["id"],
+                event.payload.get("text"),
+            ):
+                # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
+                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+            queued += await self._insert_inbound(conn, account_id, event, where, payload, state, why, now)
+        if not known and not mappings:
+            # Kept so a later read does not bill it to Slack again; a backfill may still want it.
+            payload = {**event.payload, "from_self": from_self}
+            await self._insert_inbound(
+                conn, account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
-            return 1
+        return queued
+
+    @staticmethod
+    async def _insert_inbound(
+        conn: Conn,
+        account_id: int,
+        event: InboundEvent,
+        where: tuple[str | None, str | None],
+        payload: dict[str, Any],
+        state: InboundState,
+        why: str | None,
+        now: float,
+    ) -> int:
         status = await conn.execute(
             """
             INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
                                  event_type, sender_id, payload, origin, state, attempts,
                                  next_attempt_at, last_error, created_at)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13)
-            ON CONFLICT (dm_event_id) DO NOTHING
+            ON CONFLICT DO NOTHING
             """,
             event.dm_event_id,
             rows.snowflake(event.dm_event_id),
             account_id,
             event.conversation_id,
-            mapping["team_id"] if mapping else None,
-            mapping["channel_id"] if mapping else None,
+            where[0],
+            where[1],
             event.kind,
             event.sender_id,
-            payload,
+            json.dumps(payload, separators=(",", ":")),
             event.origin,
             state.value,
             why,
@@ -1205,18 +1248,38 @@ class PostgresStore:
         return int(status == "INSERT 0 1" and state is InboundState.QUEUED)
 
     @staticmethod
+    async def _sent_from(conn: Conn, dm_event_id: str) -> tuple[str, str] | None:
+        # The message map also records what the bridge posted from X: those have an inbound row.
+        row = await conn.fetchrow(
+            "SELECT m.team_id, m.channel_id FROM message_map AS m WHERE m.dm_event_id = $1 AND NOT EXISTS "
+            "(SELECT 1 FROM inbound AS i WHERE i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id "
+            "AND i.channel_id = m.channel_id AND i.slack_ts = m.slack_ts) LIMIT 1",
+            dm_event_id,
+        )
+        return (row["team_id"], row["channel_id"]) if row else None
+
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        async with self.pool.acquire() as conn:
+            return await self._sent_from(conn, dm_event_id)
+
+    @staticmethod
     async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
         return await conn.fetchrow(
             "SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
-            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
+            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
+            "team_id = $1 AND channel_id = $2 AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
             team_id,
             channel_id,
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
+        # A paused channel (its account disconnected, or held for a previous X account) keeps
+        # its rows until it is resumed; one no longer bridged still gets what was taken for it.
         found = await self.pool.fetch(
-            "SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
-            "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq"
+            "SELECT * FROM (SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
+            "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq) AS i "
+            "WHERE NOT EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id "
+            "AND m.channel_id = i.channel_id AND m.paused_at IS NOT NULL)"
         )
         return [rows.inbound_item(r) for r in found]
 
@@ -1285,9 +1348,20 @@ class PostgresStore:
         value = await self.pool.fetchval("SELECT MAX(created_at) FROM inbound WHERE origin = $1", origin)
         return None if value is None else float(value)
 
-    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+    async def inbound_summary(
+        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
+            schedule = await conn.fetchrow(
+                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = $1", account_id
+            )
+            here = await conn.fetchval(
+                "SELECT COUNT(*) FROM inbound WHERE team_id = $1 AND channel_id = $2 "
+                "AND state IN ('queued', 'posting')",
+                team_id,
+                channel_id,
+            )
             counts = {
                 r["state"]: r["n"]
                 for r in await conn.fetch(
@@ -1305,7 +1379,48 @@ class PostgresStore:
             "last_event_at": last,
             "counts": counts,
             "pending": counts.get("queued", 0) + counts.get("posting", 0),
+            "channel_pending": int(here or 0),
+            "next_read_at": (
+                float(schedule["next_read_at"]) if schedule and schedule["next_read_at"] is not None else None
+            ),
+            "pushed": bool(schedule["pushed"]) if schedule else False,
         }
+
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
+        await self._execute(
+            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) "
+            "VALUES ($1, $2, $3, $2) "
+            "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
+            "pushed = excluded.pushed, updated_at = excluded.updated_at",
+            account_id,
+            at,
+            pushed,
+        )
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        await self._execute(
+            "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
+            "VALUES ($1, $2, $3, $3) ON CONFLICT (account_id, conversation_id) DO UPDATE "
+            "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
+            account_id,
+            conversation_id,
+            bridged_at,
+        )
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        found = await self.pool.fetch(
+            "SELECT account_id, conversation_id, bridged_at FROM backfills "
+            "ORDER BY account_id, conversation_id"
+        )
+        return [(int(r["account_id"]), str(r["conversation_id"]), float(r["bridged_at"])) for r in found]
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        await self._execute(
+            "DELETE FROM backfills WHERE account_id = $1 AND conversation_id = $2 AND bridged_at = $3",
+            account_id,
+            conversation_id,
+            bridged_at,
+        )
 
     # -- budgets -----------------------------------------------------------
 

@@ -11,6 +11,7 @@ from adapters.store.crypto import TokenCipher
 from bridge.errors import ConfigError
 from bridge.model import (
     Account,
+    InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
@@ -179,6 +180,19 @@ def json_or_none(value: dict[str, Any] | None) -> str | None:
 
 
 NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
+
+
+def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> bool:
+    """Is this X event for a channel bridged at ``bridged_at``? History (a backfill) is for the
+    channels bridged when it was asked for (``bridged_at`` in its payload) or since; an event
+    first seen now is news everywhere its conversation is bridged; one seen before (a replayed
+    or doubled push) only where the channel was bridged before it was written, so a channel
+    linked later does not get an old message as if it were new."""
+    if event.origin == "backfill":
+        asked = event.payload.get("bridged_at")
+        return not isinstance(asked, (int, float)) or bridged_at >= asked
+    written = event.payload.get("created_at")
+    return not already_taken or not isinstance(written, (int, float)) or written >= bridged_at
 
 
 def snowflake(event_id: str) -> int:

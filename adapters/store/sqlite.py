@@ -332,6 +332,7 @@ class SqliteStore:
                         "AND target_conversation IS NOT NULL",
                         [previous.id, account_id],
                     )
+                    self._switch_cursor(account_id, previous.id, current.id, now)
                 # Then what was held for the account connected now is its own again (resumed and
                 # released by resume_mappings and release_account, like any paused mapping).
                 self.db.execute(
@@ -348,6 +349,28 @@ class SqliteStore:
             return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
 
         return await self._call(work)
+
+    def _switch_cursor(self, account_id: int, previous_id: str, current_id: str, now: float) -> None:
+        """The read cursor is the X account's: the previous one's is parked (its ids say nothing
+        of the new account's inbox, and the new one's higher ids would make it skip what it gets
+        meanwhile), the current one's put back, or none: a first read (see ``Inbound.poll``)."""
+        self.db.execute(
+            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, updated_at) "
+            "SELECT account_id, ?, newest_event_id, ? FROM cursors WHERE account_id = ? "
+            "ON CONFLICT (account_id, x_user_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
+            "updated_at = excluded.updated_at",
+            [previous_id, now, account_id],
+        )
+        self.db.execute("DELETE FROM cursors WHERE account_id = ?", [account_id])
+        self.db.execute(
+            "INSERT INTO cursors (account_id, newest_event_id, updated_at) "
+            "SELECT account_id, newest_event_id, ? FROM parked_cursors "
+            "WHERE account_id = ? AND x_user_id = ?",
+            [now, account_id, current_id],
+        )
+        self.db.execute(
+            "DELETE FROM parked_cursors WHERE account_id = ? AND x_user_id = ?", [account_id, current_id]
+        )
 
     async def list_accounts(self) -> list[Account]:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
@@ -1238,58 +1261,70 @@ class SqliteStore:
         return await self._call(work)
 
     def _take_one(self, account_id: int, own_id: str | None, event: InboundEvent, now: float) -> int:
-        known = self._one(
-            "SELECT id, state, last_error FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
-        )
-        if known is not None and not (event.origin == "backfill" and known["last_error"] == rows.NOT_BRIDGED):
-            return 0
-        mapping = (
-            self._one(
-                "SELECT team_id, channel_id FROM mappings WHERE conversation_id = ? "
-                "ORDER BY account_id = ? DESC, created_at LIMIT 1",
+        known = {
+            (r["team_id"], r["channel_id"]): r
+            for r in self._rows(
+                "SELECT id, team_id, channel_id FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
+            )
+        }
+        mappings = (
+            self._rows(
+                "SELECT team_id, channel_id, created_at FROM mappings WHERE conversation_id = ? "
+                "ORDER BY account_id = ? DESC, created_at",
                 [event.conversation_id, account_id],
             )
             if event.conversation_id
-            else None
+            else []
         )
-        state, why = InboundState.QUEUED, None
-        if mapping is None:
-            state, why = InboundState.SKIPPED, rows.NOT_BRIDGED
-        elif self._one("SELECT 1 AS ours FROM message_map WHERE dm_event_id = ?", [event.dm_event_id]):
-            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
-        elif event.sender_id is not None and event.sender_id == own_id and self._outbox_echo(mapping, event):
-            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
-        payload = {**event.payload, "from_self": event.sender_id is not None and event.sender_id == own_id}
-        if known is not None:
-            # Read before any channel bridged its conversation; now the channel's history wants it.
-            if state is not InboundState.QUEUED or mapping is None:
-                return 0
-            self.db.execute(
-                "UPDATE inbound SET team_id = ?, channel_id = ?, payload = ?, origin = 'backfill', "
-                "state = 'queued', last_error = NULL, next_attempt_at = 0 WHERE id = ?",
-                [
-                    mapping["team_id"],
-                    mapping["channel_id"],
-                    json.dumps(payload, separators=(",", ":")),
-                    known["id"],
-                ],
+        from_self = event.sender_id is not None and event.sender_id == own_id
+        sent_from = self._sent_from(event.dm_event_id)
+        queued = 0
+        for mapping in mappings:
+            where = (mapping["team_id"], mapping["channel_id"])
+            if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
+                continue
+            state, why = InboundState.QUEUED, None
+            payload = {**event.payload, "from_self": from_self}
+            if sent_from == where:
+                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+            elif sent_from is not None:
+                payload["sent_from_channel"] = sent_from[1]  # news here: sent from the other channel
+            elif from_self and self._outbox_echo(mapping, event):
+                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
+            queued += self._insert_inbound(account_id, event, where, payload, state, why, now)
+        if not known and not mappings:
+            # Kept so a later read does not bill it to Slack again; a backfill may still want it.
+            payload = {**event.payload, "from_self": from_self}
+            self._insert_inbound(
+                account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
-            return 1
+        return queued
+
+    def _insert_inbound(
+        self,
+        account_id: int,
+        event: InboundEvent,
+        where: tuple[str | None, str | None],
+        payload: dict[str, Any],
+        state: InboundState,
+        why: str | None,
+        now: float,
+    ) -> int:
         cursor = self.db.execute(
             """
             INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
                                  event_type, sender_id, payload, origin, state, attempts,
                                  next_attempt_at, last_error, created_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
-            ON CONFLICT (dm_event_id) DO NOTHING
+            ON CONFLICT DO NOTHING
             """,
             [
                 event.dm_event_id,
                 rows.snowflake(event.dm_event_id),
                 account_id,
                 event.conversation_id,
-                mapping["team_id"] if mapping else None,
-                mapping["channel_id"] if mapping else None,
+                where[0],
+                where[1],
                 event.kind,
                 event.sender_id,
                 json.dumps(payload, separators=(",", ":")),
@@ -1300,6 +1335,19 @@ class SqliteStore:
             ],
         )
         return int(cursor.rowcount == 1 and state is InboundState.QUEUED)
+
+    def _sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        # The message map also records what the bridge posted from X: those have an inbound row.
+        row = self._one(
+            "SELECT m.team_id, m.channel_id FROM message_map AS m WHERE m.dm_event_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM inbound AS i WHERE i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id "
+            "AND i.channel_id = m.channel_id AND i.slack_ts = m.slack_ts) LIMIT 1",
+            [dm_event_id],
+        )
+        return (row["team_id"], row["channel_id"]) if row else None
+
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        return await self._call(self._sent_from, dm_event_id)
 
     def _outbox_echo(self, mapping: dict[str, Any], event: InboundEvent) -> bool:
         """A DM of ours that X has but the outbox has not recorded yet (its POST is in flight)."""
@@ -1316,17 +1364,22 @@ class SqliteStore:
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(
             "SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? AND channel_id = ? "
-            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1",
-            [team_id, channel_id],
+            "AND state IN ('queued', 'posting') AND NOT EXISTS (SELECT 1 FROM mappings WHERE "
+            "team_id = ? AND channel_id = ? AND paused_at IS NOT NULL) ORDER BY seq LIMIT 1",
+            [team_id, channel_id, team_id, channel_id],
         )
 
     async def inbound_heads(self) -> list[InboundItem]:
         def work() -> list[InboundItem]:
+            # A paused channel (its account disconnected, or held for a previous X account) keeps
+            # its rows until it is resumed; one no longer bridged still gets what was taken for it.
             found = self._rows(
                 "SELECT i.* FROM inbound AS i JOIN ("
                 "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
                 "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
-                ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq"
+                ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq "
+                "WHERE NOT EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id "
+                "AND m.channel_id = i.channel_id AND m.paused_at IS NOT NULL)"
             )
             return [rows.inbound_item(r) for r in found]
 
@@ -1403,9 +1456,19 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def inbound_summary(self, account_id: int) -> dict[str, Any]:
+    async def inbound_summary(
+        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
+            schedule = self._one(
+                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = ?", [account_id]
+            )
+            here = self._one(
+                "SELECT COUNT(*) AS n FROM inbound WHERE team_id = ? AND channel_id = ? "
+                "AND state IN ('queued', 'posting')",
+                [team_id, channel_id],
+            )
             counts = {
                 r["state"]: r["n"]
                 for r in self._rows(
@@ -1423,9 +1486,47 @@ class SqliteStore:
                 "last_event_at": last["t"] if last else None,
                 "counts": counts,
                 "pending": counts.get("queued", 0) + counts.get("posting", 0),
+                "channel_pending": here["n"] if here else 0,
+                "next_read_at": schedule["next_read_at"] if schedule else None,
+                "pushed": bool(schedule["pushed"]) if schedule else False,
             }
 
         return await self._call(work)
+
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
+        await self._call(
+            self._update,
+            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
+            "pushed = excluded.pushed, updated_at = excluded.updated_at",
+            [account_id, at, int(pushed), at],
+        )
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        await self._call(
+            self._update,
+            "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE "
+            "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
+            [account_id, conversation_id, bridged_at, bridged_at],
+        )
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        def work() -> list[tuple[int, str, float]]:
+            found = self._rows(
+                "SELECT account_id, conversation_id, bridged_at FROM backfills "
+                "ORDER BY account_id, conversation_id"
+            )
+            return [(r["account_id"], r["conversation_id"], r["bridged_at"]) for r in found]
+
+        return await self._call(work)
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        await self._call(
+            self._update,
+            "DELETE FROM backfills WHERE account_id = ? AND conversation_id = ? AND bridged_at = ?",
+            [account_id, conversation_id, bridged_at],
+        )
 
     # -- budgets -----------------------------------------------------------
 

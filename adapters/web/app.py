@@ -337,17 +337,13 @@ def _worker(
         pg_store.announce = True
 
     def inbound_notified(what: str) -> None:
-        # A standby queued pushed events (wake the poster), saw a connect or a mapping (read
-        # soon), or linked a channel whose history is wanted.
+        # A standby queued pushed events (wake the poster), or saw a connect or a mapping (read
+        # soon: a history it asked for is in the store).
         inbound.wake()
         if what in ("poll", "connected"):
             inbound.poll_soon()
         if what == "connected" and push is not None:
             push.recheck()
-        elif what.startswith(BACKFILL + " "):
-            with contextlib.suppress(ValueError):
-                _, account_id, bridged_at, conversation_id = what.split(" ", 3)
-                inbound.backfill(int(account_id), conversation_id, float(bridged_at))
 
     worker: Worker
     leadership = Leadership(
@@ -367,12 +363,9 @@ def _worker(
     return worker
 
 
-BACKFILL = "backfill"  # NOTIFY payload: "backfill <account id> <bridged at> <conversation id>"
-
-
 class _LeadersInbound:
     """``Inbound`` as commands see it on any instance: history a standby's `/xdm link` wants is
-    read by the leader (told by NOTIFY), since only the leader reads X."""
+    kept in the store and read by the leader (woken by NOTIFY), since only the leader reads X."""
 
     def __init__(self, inbound: Inbound, worker: Worker, store: AnyStore) -> None:
         self._inbound = inbound
@@ -382,16 +375,11 @@ class _LeadersInbound:
     def push_active(self, account_id: int) -> bool:
         return self._inbound.push_active(account_id)
 
-    def next_poll_at(self, account_id: int) -> float | None:
-        return self._inbound.next_poll_at(account_id)
-
-    def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+    async def backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
         store = self._store
-        if self._worker.current is not None or not isinstance(store, PostgresStore):
-            self._inbound.backfill(account_id, conversation_id, bridged_at)
-            return
-        what = f"{BACKFILL} {account_id} {bridged_at!r} {conversation_id}"
-        self._worker.pass_on(lambda: store.notify_inbound(what))
+        await self._inbound.backfill(account_id, conversation_id, bridged_at)
+        if self._worker.current is None and isinstance(store, PostgresStore):
+            self._worker.pass_on(lambda: store.notify_inbound("poll"))
 
 
 def _push_job(push: Push) -> Job:

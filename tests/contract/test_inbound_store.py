@@ -152,3 +152,128 @@ async def test_latest_inbound_at_by_origin(store: Store) -> None:
     await store.take_inbound(account.id, [event("4")], "4", 60.0)
     assert await store.latest_inbound_at("push") == 50.0
     assert await store.latest_inbound_at("poll") == 60.0
+
+
+async def test_a_backfill_request_survives_a_restart_until_it_is_finished(engine: Engine) -> None:
+    first = engine.store()
+    await first.open()
+    try:
+        account = await bridged(first)
+        await first.request_backfill(account.id, CONVERSATION, 5.0)
+        await first.request_backfill(account.id, "other", 6.0)
+    finally:
+        await first.close()
+    second = engine.store()  # another process on the same database: the request is still there
+    await second.open()
+    try:
+        assert await second.pending_backfills() == [
+            (account.id, CONVERSATION, 5.0),
+            (account.id, "other", 6.0),
+        ]
+        # Linked again while the first backfill ran: that one finishing does not drop the new one.
+        await second.request_backfill(account.id, CONVERSATION, 9.0)
+        await second.finish_backfill(account.id, CONVERSATION, 5.0)
+        await second.finish_backfill(account.id, "other", 6.0)
+        assert await second.pending_backfills() == [(account.id, CONVERSATION, 9.0)]
+        await second.finish_backfill(account.id, CONVERSATION, 9.0)
+        assert await second.pending_backfills() == []
+    finally:
+        await second.close()
+
+
+async def test_a_paused_channel_keeps_its_events_until_it_is_resumed(store: Store) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1")], "1", 1.0)
+    await store.disconnect_account(account.id, 2.0, "U1")
+    # Read while paused (a push, or a read made before the disconnect): kept, not posted.
+    await store.take_inbound(account.id, [event("2")], "2", 3.0)
+    assert await store.inbound_heads() == []
+    summary = await store.inbound_summary(account.id, "T1", "C1")
+    assert summary["channel_pending"] == 2
+    await store.resume_mappings(account.id)
+    [head] = await store.inbound_heads()
+    assert head.dm_event_id == "1"
+
+
+async def test_a_channel_paused_while_it_posts_hands_over_no_next_row(store: Store) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0)
+    [head] = await store.inbound_heads()
+    await store.mark_posting(head.id, 2.0)
+    await store.disconnect_account(account.id, 3.0, "U1")
+    assert await store.mark_posted(head.id, "1700.000100", 4.0) is None  # "2" waits for the resume
+    await store.resume_mappings(account.id)
+    [following] = await store.inbound_heads()
+    assert following.dm_event_id == "2"
+
+
+async def test_a_channel_held_for_a_previous_account_keeps_its_events_until_released(store: Store) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1")], "1", 1.0)
+    await store.hold_for_previous_account(account.id, XUser(ME, "me"), XUser("3000", "other"), 2.0)
+    assert await store.inbound_heads() == []
+    # The previous account connected again: released and resumed, the events go in order.
+    await store.hold_for_previous_account(account.id, XUser("3000", "other"), XUser(ME, "me"), 3.0)
+    await store.resume_mappings(account.id)
+    [head] = await store.inbound_heads()
+    assert head.dm_event_id == "1"
+
+
+async def test_two_channels_on_one_conversation_each_get_each_event_once(store: Store) -> None:
+    account = await bridged(store)
+    await store.create_mapping(
+        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+    )
+    assert await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0) == 4
+    assert await store.take_inbound(account.id, [event("1"), event("2")], "2", 2.0) == 0  # push + poll
+    heads = sorted((h.channel_id, h.dm_event_id) for h in await store.inbound_heads())
+    assert heads == [("C1", "1"), ("C2", "1")]
+    # A push replayed later is not news in a channel bridged after the event was written.
+    await store.create_mapping(
+        Mapping("T1", "C3", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 50.0)
+    )
+    old = InboundEvent("1", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "created_at": 10.0}, "push")
+    assert await store.take_inbound(account.id, [old], None, 60.0) == 0
+
+
+async def test_a_message_sent_from_one_channel_is_news_in_the_other_but_not_in_its_own(store: Store) -> None:
+    account = await bridged(store)
+    await store.create_mapping(
+        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+    )
+    accepted = await store.accept_if_mapped(IncomingMessage("T1", "C1", "1.0001", "U1", "hello"), 1.0)
+    assert accepted is not None and accepted.head is not None
+    item = await store.mark_sending(
+        accepted.head.id, 1.0, parts=[RenderedPart("Ada: hello")], source=accepted.head.source
+    )
+    assert item is not None
+    await store.mark_sent(item.id, Sent(CONVERSATION, "20"), 2.0)
+    assert await store.sent_from("20") == ("T1", "C1")
+    assert await store.take_inbound(account.id, [event("20", "Ada: hello", ME)], "20", 3.0) == 1
+    [head] = await store.inbound_heads()
+    assert head.channel_id == "C2" and head.payload["from_self"] is True
+    assert head.payload["sent_from_channel"] == "C1"
+    # Posted into C2: that makes it no message sent from C2.
+    await store.mark_posting(head.id, 4.0)
+    await store.mark_posted(head.id, "1700.000200", 5.0)
+    assert await store.sent_from("20") == ("T1", "C1")
+    assert await store.sent_from("21") is None
+
+
+async def test_the_next_read_is_kept_for_every_instance(engine: Engine) -> None:
+    first = engine.store()
+    await first.open()
+    try:
+        account = await bridged(first)
+        assert (await first.inbound_summary(account.id))["next_read_at"] is None
+        await first.set_next_read(account.id, 123.5)
+        await first.set_next_read(account.id, 130.0, pushed=True)
+    finally:
+        await first.close()
+    second = engine.store()
+    await second.open()
+    try:
+        summary = await second.inbound_summary(account.id)
+        assert summary["next_read_at"] == 130.0 and summary["pushed"] is True
+    finally:
+        await second.close()

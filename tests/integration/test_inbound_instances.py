@@ -3,7 +3,9 @@ only the leader reads X and posts into Slack."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
 from adapters.web.app import SERVICES
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, ME, running_bridge
+from tests.harness import ALICE, ME, Bridge, running_bridge
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
 from tests.integration.test_push import PUSHED, push_env, pushing, settled, subscribed
 
@@ -44,6 +46,13 @@ async def test_a_push_the_standby_takes_is_posted_by_the_leader_at_once(tmp_path
             assert posts(standby) == []  # the standby never posts
             assert standby.app[SERVICES].worker.role == "standby"
             assert standby.app[SERVICES].worker.current is None  # no delivery, no poller, no upkeep
+            # The standby does no push upkeep, yet its status says what the leader's does.
+            for _ in range(1000):
+                if await leader.sql("SELECT 1 FROM read_schedule WHERE pushed"):
+                    break
+                await asyncio.sleep(0.01)
+            status, _ = await standby.command("status")
+            assert "From X: push (polling as a safety net)" in status.text
 
 
 async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path: Path) -> None:
@@ -67,3 +76,31 @@ async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path
                 "new",
             ]
             assert posts(standby) == []
+
+
+async def test_status_on_the_standby_shows_the_leaders_next_read_and_reads_left(tmp_path: Path) -> None:
+    # One read, then the next a while off: both instances must say the same.
+    config = InboundConfig(min_interval=0.05, idle_interval=600.0, retry_base=0.05, retry_cap=0.5, backfill=0)
+    x, key = FakeX(), generate_key()
+    env = {"BRIDGE_ENCRYPTION_KEY": key}
+    async with running_bridge(tmp_path / "a", inbound=config, env=env, fake_x=x) as leader:
+        x.window_read_seconds = 600.0  # the harness shortens it; this test wants one window
+        async with running_bridge(tmp_path / "b", inbound=config, env=env, fake_x=x) as standby:
+            await standby.connect()
+            await standby.map_link(CONVERSATION)
+            for _ in range(1000):
+                if await leader.sql("SELECT next_read_at FROM read_schedule WHERE next_read_at > 0"):
+                    break
+                await asyncio.sleep(0.01)
+
+            async def inbound_line(bridge: Bridge) -> str:
+                status, _ = await bridge.command("status")
+                said = json.loads(status.text)["text"]
+                return next(n for n in said.splitlines() if n.startswith("From X:"))
+
+            on_standby = await inbound_line(standby)
+            assert "next read soon" not in on_standby
+            assert re.search(r"; next read \d\d:\d\d UTC; reads left (\d+)/(\d+)", on_standby)
+            assert on_standby == await inbound_line(leader)
+            reads = re.search(r"reads left (\d+)/(\d+)", on_standby)
+            assert reads is not None and int(reads[1]) < int(reads[2])  # the leader's read counted

@@ -105,3 +105,46 @@ async def test_sigkill_mid_post_to_slack_then_restart_does_not_post_twice(tmp_pa
             "conversations.history",
             "chat.postMessage",
         ]
+
+
+async def test_sigkill_before_a_linked_channels_history_is_read_then_restart_posts_it_once(
+    tmp_path: Path,
+) -> None:
+    def unbridged(x: FakeX) -> dict[str, str]:
+        channel(x)
+        for i in range(3):
+            x.add_event(CONVERSATION, ALICE, f"old {i}")
+        return {}  # the test links the channel itself: that asks for the history
+
+    history = f"/2/dm_conversations/{CONVERSATION}/dm_events"
+    async with world(tmp_path, unbridged, **FAST) as w:
+        w.slack.add_channel("C100", "support")
+        server = w.server(tmp_path / "server.log")
+        await server.start(w.url, w.session)
+        # The history read hangs at X; the process dies while it is in flight.
+        w.x.timeout_seconds = 30.0
+        w.x.inject("timeout", path_contains=history)
+        linked = await w.sender.command(
+            f"link {CONVERSATION}",
+            user_id="U100",
+            channel_id="C100",
+            response_url=w.slack.new_response_url(),
+        )
+        assert linked.status == 200 and "bridged this channel" in linked.text
+        await wait_until(lambda: any(k == "timeout" for k, _ in w.x.faults_served), 20, "the history read")
+        await server.kill()
+        assert texts(w.slack.posted("C100")) == []
+        await server.start(w.url, w.session)
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 3, 30, "the history")
+        w.x.add_event(CONVERSATION, ALICE, "new")
+        await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 4, 30, "the new message")
+        await asyncio.sleep(1.0)  # room for a duplicate to show up
+        assert await server.terminate() == 0
+        assert texts(w.slack.posted("C100")) == [
+            "old 0\n_(history)_",
+            "old 1\n_(history)_",
+            "old 2\n_(history)_",
+            "new",
+        ]
+        assert await w.sql("SELECT * FROM backfills") == []
+        assert w.x.read_rate_limited_count == 0

@@ -1,0 +1,160 @@
+"""X → Slack per channel: paused and held channels wait, two channels on one conversation each
+get everything once, history asked for survives a restart, and `/xdm status` says how X's
+messages come in (on any instance, for groups too)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from adapters.sandbox.fake_x import DmEvent, FakeX, sign
+from adapters.store.crypto import generate_key
+from bridge.inbound import InboundConfig
+from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
+from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
+from tests.integration.test_push import pushing, subscribed
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
+
+HISTORY = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
+
+
+def texts(bridge: Bridge, channel: str = "C100") -> list[str]:
+    return [m["text"] for m in posts(bridge, channel)]
+
+
+async def deliver(bridge: Bridge, event: DmEvent) -> None:
+    """X pushes ``event`` to the bridge's webhook, signed as X signs it."""
+    body = json.dumps(bridge.x.payload_for(event, "dm.received", ME, None)).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "x-twitter-webhooks-signature": sign(bridge.x.consumer_secret, body),
+    }
+    async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+        assert response.status == 200
+
+
+async def test_a_paused_channel_shows_nothing_from_x_until_resumed_then_everything_in_order(
+    tmp_path: Path,
+) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        bridge.x.add_event(CONVERSATION, ALICE, "before")
+        await wait_posts(bridge, 1)
+        _, url = await bridge.command("disconnect")
+        await bridge.follow_up(url)
+        # Pushes X made while the account was being disconnected: taken, not lost, not shown.
+        for text in ("while paused 1", "while paused 2"):
+            await deliver(bridge, bridge.x.add_event(CONVERSATION, ALICE, text))
+        await asyncio.sleep(0.5)
+        assert texts(bridge) == ["before"]
+        status, _ = await bridge.command("status")
+        assert "2 message(s) from X wait to be posted here until the channel is resumed" in status.text
+        await bridge.connect()
+        await wait_posts(bridge, 3)
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == ["before", "while paused 1", "while paused 2"]
+
+
+async def test_two_channels_on_one_conversation_each_get_each_message_once(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        await bridge.map_link(CONVERSATION, channel="C200")
+        bridge.x.add_event(CONVERSATION, ALICE, "to both")
+        await wait_posts(bridge, 1, "C100")
+        await wait_posts(bridge, 1, "C200")
+        # Sent from C100: news in C200 (marked as from C100), never back in C100.
+        _, ts = await bridge.post("from support", channel="C100")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        await wait_posts(bridge, 2, "C200")
+        bridge.x.add_event(CONVERSATION, ALICE, "to both again")
+        await wait_posts(bridge, 2, "C100")
+        await wait_posts(bridge, 3, "C200")
+        await asyncio.sleep(0.5)  # more reads: nothing twice
+        assert texts(bridge, "C100") == ["to both", "to both again"]
+        [first, relayed, last] = posts(bridge, "C200")
+        assert (first["text"], last["text"]) == ("to both", "to both again")
+        assert relayed["text"].endswith("from support\n_(sent from Slack in <#C100>)_")
+        assert relayed["username"] == "Bridge Owner (@bridge_owner)"
+
+
+async def test_history_asked_for_just_before_a_restart_is_posted_once_after_it(tmp_path: Path) -> None:
+    x = FakeX()
+    env = {"BRIDGE_ENCRYPTION_KEY": generate_key()}  # the same for both runs: one database
+    for i in range(5):
+        x.add_event(CONVERSATION, ALICE, f"old {i}")
+    history = f"/2/dm_conversations/{CONVERSATION}/dm_events"
+    async with running_bridge(tmp_path, inbound=HISTORY, env=env, fake_x=x) as bridge:
+        await bridge.connect()
+        x.inject("timeout", path_contains=history)  # the history read hangs: the bridge stops meanwhile
+        await bridge.map_link(CONVERSATION)
+        await wait_until(lambda: any(k == "timeout" for k, _ in x.faults_served), 10, "the history read")
+    assert texts(bridge) == []
+    reads = sum(r.path == history for r in x.all_requests)
+    async with running_bridge(tmp_path, inbound=HISTORY, env=env, fake_x=x) as again:
+        await wait_posts(again, 3)
+        x.add_event(CONVERSATION, ALICE, "new")
+        await wait_posts(again, 4)
+        await asyncio.sleep(0.5)
+        assert texts(again) == ["old 2\n_(history)_", "old 3\n_(history)_", "old 4\n_(history)_", "new"]
+        assert await again.sql("SELECT * FROM backfills") == []
+        # Read once more after the restart, then never again (the request is finished).
+        assert sum(r.path == history for r in x.all_requests) == reads + 1
+
+
+async def test_status_of_a_group_channel_says_it_comes_by_polling_even_with_push(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)  # C100: a 1-to-1, pushed
+        group = bridge.x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        status, _ = await bridge.command("status", channel="C200")
+        said = json.loads(status.text)["text"]
+        line = next(n for n in said.splitlines() if n.startswith("From X:"))
+        assert line.startswith("From X: polling (X does not push group conversations); ")
+        assert re.search(r"; next read (\d\d:\d\d UTC|soon);", line), line
+        status, _ = await bridge.command("status")
+        assert "From X: push (polling as a safety net)" in status.text
+
+
+async def test_unlinking_a_paused_channel_posts_what_waited_for_it(tmp_path: Path) -> None:
+    """As messages already accepted for X still go after an unlink, what X people wrote while the
+    channel was bridged (and paused) is not lost: it is posted once the channel stops waiting."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        _, url = await bridge.command("disconnect")
+        await bridge.follow_up(url)
+        await deliver(bridge, bridge.x.add_event(CONVERSATION, ALICE, "while paused"))
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == []
+        unlinked, _ = await bridge.command("unlink")
+        assert "1 message(s) from X that waited are posted here now." in unlinked.text
+        await wait_posts(bridge, 1)
+        assert texts(bridge) == ["while paused"]
+
+
+async def test_what_the_previous_account_got_while_its_channel_was_held_arrives_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The read cursor belongs to the X account it was read with: the new account's newer events
+    must not make the old account's skip what it got meanwhile."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        await bridge.connect(x_user=DORA)  # C100 is held for @bridge_owner
+        held = bridge.x.add_event(CONVERSATION, ALICE, "while held")
+        newer = bridge.x.add_event(f"{ALICE}-{DORA}", ALICE, "to dora")
+        assert int(newer.id) > int(held.id)
+        for _ in range(1000):  # the new account's read has moved its cursor past that
+            if await bridge.sql("SELECT 1 FROM cursors WHERE newest_event_id = ?", newer.id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the new account never read its DMs")
+        assert texts(bridge) == []
+        await bridge.connect(x_user=ME)  # the previous account again: released
+        await wait_posts(bridge, 1)
+        await asyncio.sleep(0.3)
+        assert texts(bridge) == ["while held"]
