@@ -342,7 +342,12 @@ class Budget:
             except XRateLimited as exc:
                 reset = exc.facts.window_reset if exc.facts is not None else None
                 if reset is not None and reset > started:
-                    window.exhaust(exc.reset_at)
+                    # X's word on the counter that refused, even sooner than the end an earlier
+                    # answer gave the window: taking the later of the two held every read-back
+                    # that long. If the other endpoint's counter is still spent, its own 429
+                    # names its reset in turn.
+                    window.remaining, window.reset_at = 0, plausible_reset(exc.reset_at, started) or reset
+                    self._reset_from_headers.add(window.key)
                 else:
                     # X named no time: pause for the fallback, not until the end of our own
                     # guess of the window (read-backs before a resend wait on this too).

@@ -166,3 +166,30 @@ async def test_a_refusal_x_counted_or_a_read_x_may_have_served_is_counted(tmp_pa
         assert budget.reads_left(ACCOUNT, NOW) == (7, 15, NOW + 60)
     finally:
         await store.close()
+
+
+async def test_a_read_429_naming_a_reset_pauses_reads_until_then_not_the_end_headers_gave_earlier(
+    tmp_path: Path,
+) -> None:
+    # Found by the fault model (tests/process/test_fault_model.py, seed 23 under load): a read
+    # answered 429 "reset in 3 s" while the window's end, from an earlier read's headers, was 15
+    # minutes ahead; the later of the two held every read-back before a resend for 15 minutes.
+    store = SqliteStore(str(tmp_path / "b.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        budget = Budget(store)
+
+        async def fine() -> tuple[None, RateFacts]:
+            return None, RateFacts(window_limit=15, window_remaining=14, window_reset=NOW + 900)
+
+        async def limited() -> tuple[None, RateFacts]:
+            facts = RateFacts(window_limit=15, window_remaining=0, window_reset=NOW + 3)
+            raise XRateLimited("429", reset_at=NOW + 3, facts=facts)
+
+        await budget.read(ACCOUNT, lambda: NOW, fine)
+        with pytest.raises(XRateLimited):
+            await budget.read(ACCOUNT, lambda: NOW, limited)
+        assert budget.read_blocked_until(ACCOUNT, NOW) == NOW + 3
+        assert budget.read_blocked_until(ACCOUNT, NOW + 3) is None
+    finally:
+        await store.close()
