@@ -1,12 +1,17 @@
 """The SQLite store's cost per relayed message, with 10 and with 100,000 mappings.
 
     .venv/bin/python bench/store_cost.py            # 3,000 messages, 3 alternating repetitions
+    .venv/bin/python bench/store_cost.py --postgres # the same three calls on PostgreSQL
 
 ``bench/run.py`` compares whole-bridge ack latency on the two databases; at 200 events/s that is
 2–3 ms, so a fraction of a millisecond of machine noise moves the ratio by tens of percent. This
 isolates the database's share: the three store calls a relayed message makes (accept, claim with
 render, mark sent), timed on the store's own owner thread with no HTTP and no other process. The
 big database is filled exactly as ``bench/run.py`` fills it (``bulk_insert``).
+
+``--postgres``: the same calls on the PostgreSQL store (``TEST_DATABASE_URL``, else a throwaway
+durable server started here), 10 mappings only: wall time per message, and the CPU this process
+spends on it (asyncpg's side; the server's is its own).
 """
 
 from __future__ import annotations
@@ -27,14 +32,21 @@ for path in (ROOT, ROOT / "bench"):
 from run import TEAM, bulk_insert  # noqa: E402
 
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
+from adapters.store.postgres import PostgresStore  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser  # noqa: E402
 
 CHANNELS = 10
 
 
-async def build(path: Path, key: str, bulk: int) -> None:
-    store = SqliteStore(str(path), TokenCipher([key]))
+def store_at(location: Path | str, key: str) -> SqliteStore | PostgresStore:
+    if isinstance(location, str):
+        return PostgresStore(location, TokenCipher([key]))
+    return SqliteStore(str(location), TokenCipher([key]))
+
+
+async def build(location: Path | str, key: str, bulk: int) -> None:
+    store = store_at(location, key)
     await store.open()
     try:
         for i in range(CHANNELS):
@@ -48,16 +60,20 @@ async def build(path: Path, key: str, bulk: int) -> None:
     finally:
         await store.close()
     if bulk:
-        bulk_insert(path, bulk)
+        assert isinstance(location, Path), "bulk_insert fills a SQLite file"
+        bulk_insert(location, bulk)
 
 
-async def relay(path: Path, key: str, count: int, run: int) -> tuple[float, float]:
-    """Microseconds per message: wall time, and CPU time of the store's owner thread."""
-    store = SqliteStore(str(path), TokenCipher([key]))
+async def relay(location: Path | str, key: str, count: int, run: int) -> tuple[float, float]:
+    """Microseconds per message: wall time, and CPU time of the store's owner thread (SQLite) or
+    of this process (PostgreSQL: asyncpg's share)."""
+    store = store_at(location, key)
     await store.open()
     loop = asyncio.get_running_loop()
 
     async def owner_cpu() -> float:
+        if isinstance(store, PostgresStore):
+            return time.process_time()
         # The owner thread's own CPU clock, read on that thread (the executor is private: bench only).
         return await loop.run_in_executor(store._executor, time.thread_time)
 
@@ -111,6 +127,24 @@ async def main_async(count: int, reps: int, bulk: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def postgres_async(count: int, reps: int) -> None:
+    from bench.stores import postgres
+    from tests import pg
+
+    key = generate_key()
+    with postgres() as server:
+        url = await pg.create_database(server)
+        await build(url, key, 0)
+        await relay(url, key, 200, -1)  # warm-up
+        figures = [await relay(url, key, count, rep) for rep in range(reps)]
+    print(
+        f"PostgreSQL store cost per relayed message (accept + claim + mark sent), {count:,} messages x {reps}"
+    )
+    walls = ", ".join(f"{w:.0f}" for w, _ in figures)
+    cpus = ", ".join(f"{c:.0f}" for _, c in figures)
+    print(f"  {CHANNELS} mappings: wall {walls} µs; this process's CPU {cpus} µs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,8 +152,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--bulk", type=int, default=100_000)
+    parser.add_argument("--postgres", action="store_true", help="the PostgreSQL store, 10 mappings")
     args = parser.parse_args()
-    asyncio.run(main_async(args.messages, args.reps, args.bulk))
+    if args.postgres:
+        asyncio.run(postgres_async(args.messages, args.reps))
+    else:
+        asyncio.run(main_async(args.messages, args.reps, args.bulk))
     return 0
 
 

@@ -104,7 +104,7 @@ class PostgresStore:
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=self._pool_size, reset=_keep_session
+            self.url, min_size=1, max_size=self._pool_size, reset=_keep_session, init=_define_functions
         )
         log.info("database ready", extra={"engine": "postgresql"})
 
@@ -445,21 +445,35 @@ class PostgresStore:
     # -- relay -------------------------------------------------------------
 
     async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
+        target = mapping.target
         async with self._tx() as conn:
             await self._lock_channel(conn, message.team_id, message.channel_id)
-            return await self._accept(conn, message, mapping, now) is not None
+            inserted = await conn.fetchrow(
+                _ACCEPT_GIVEN,
+                *self._accept_args(message, now),
+                mapping.account_id,
+                target.participant_id,
+                target.conversation_id,
+                None if target.new_group is None else json.dumps(list(target.new_group)),
+                # Posted in a channel held for another X account: it waits for that account.
+                mapping.held_for,
+            )
+        return inserted is not None
 
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
-        async with self._tx() as conn:
-            row = await self._lock_channel(conn, message.team_id, message.channel_id)
-            if row is None:
-                return None
-            inserted = await self._accept(conn, message, rows.mapping(row), now)
-            if inserted is None:
-                return Accepted(new=False)
-            # Under the channel's lock nothing else accepts or finishes a row of this channel, so
-            # "nothing unfinished before it" (read after the lock was taken) holds until commit.
-            return Accepted(new=True, head=None if inserted["busy_before"] else rows.item(inserted))
+        # One round trip and one commit (``xdm_accept``): the channel's lock, then the insert.
+        found = await self.pool.fetchrow(
+            "SELECT a.busy_before, (a.item).* FROM pg_temp.xdm_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+            "$10) AS a",
+            *self._accept_args(message, now),
+        )
+        if found is None:
+            return None
+        if found["id"] is None:
+            return Accepted(new=False)
+        # Under the channel's lock nothing else accepts or finishes a row of this channel, so
+        # "nothing unfinished before it" (read after the lock was taken) holds until commit.
+        return Accepted(new=True, head=None if found["busy_before"] else rows.item(found))
 
     @staticmethod
     async def _lock_channel(conn: Conn, team_id: str, channel_id: str) -> Any:
@@ -472,56 +486,19 @@ class PostgresStore:
             channel_id,
         )
 
-    async def _accept(self, conn: Conn, message: IncomingMessage, mapping: Mapping, now: float) -> Any:
-        """The new row (with ``busy_before``: the channel had unfinished rows), in one statement:
-        dedupe by event id, the insert, and the NOTIFY that wakes the leader at commit. None when
-        this event or message was accepted before."""
-        target = mapping.target
-        return await conn.fetchrow(
-            f"""
-            WITH seen AS (
-                INSERT INTO seen_events (event_id, seen_at) SELECT $10::text, $9 WHERE $10::text IS NOT NULL
-                ON CONFLICT DO NOTHING RETURNING 1
-            ),
-            fresh AS (SELECT ($10::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
-            busy AS (
-                SELECT EXISTS (
-                    SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES}
-                ) AS before
-            ),
-            n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
-            ins AS (
-                INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                    author_id, account_id, target_participant, target_conversation,
-                                    target_group, text, source, state, attempts, next_attempt_at,
-                                    created_at, hourglass, kind, held_for, held_state)
-                SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, $5, $6, $7, $14, NULL, $8,
-                       CASE WHEN $15::text IS NULL THEN 'queued' ELSE 'held' END, 0, 0,
-                       $9, 0, 'message', $15::text, CASE WHEN $15::text IS NULL THEN NULL ELSE 'queued' END
-                FROM n
-                ON CONFLICT DO NOTHING
-                RETURNING *
-            ),
-            note AS (SELECT pg_notify($11, $12) FROM ins WHERE $13)
-            SELECT ins.*, (SELECT before FROM busy) AS busy_before, (SELECT COUNT(*) FROM note) AS notified
-            FROM ins
-            """,
+    def _accept_args(self, message: IncomingMessage, now: float) -> tuple[Any, ...]:
+        """$1..$10 of ``_accept_sql`` (the message's; the mapping's follow for ``_ACCEPT_GIVEN``)."""
+        return (
             message.team_id,
             message.channel_id,
             message.ts,
             message.user_id,
-            mapping.account_id,
-            target.participant_id,
-            target.conversation_id,
             rows.message_source(message),
             now,
             message.event_id,
             OUTBOX_CHANNEL,
             self.instance_id,
             self.announce,
-            None if target.new_group is None else json.dumps(list(target.new_group)),
-            # Posted in a channel held for another X account: it waits for that account.
-            mapping.held_for,
         )
 
     async def _notify(self, conn: Conn) -> None:
@@ -929,80 +906,16 @@ class PostgresStore:
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:
-        keys, limits, remaining, resets = _budget_columns(budgets)
-        async with self._tx() as conn:
-            # The channel's lock first, so the next head read below sees every accept committed.
-            await conn.execute(
-                "SELECT 1 FROM mappings WHERE (team_id, channel_id) = "
-                "(SELECT team_id, channel_id FROM outbox WHERE id = $1) FOR NO KEY UPDATE",
-                item_id,
-            )
-            following = await conn.fetchrow(
-                f"""
-                WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
-                -- This commit need not wait for the disk: if the server lost it, the row would be
-                -- 'sending' again and read back from X before any resend, as after any crash
-                -- between the POST and here; and the next row's claim (a waiting commit) writes
-                -- the log up to itself, so it never survives without this.
-                relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
-                sent AS (
-                    UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
-                        target_conversation = CASE WHEN target_participant IS NULL
-                                                   THEN COALESCE(target_conversation, $2) END
-                    WHERE id = $8
-                    RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
-                ),
-                mapped AS (
-                    INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id,
-                                             dm_event_id, created_at)
-                    SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
-                    ON CONFLICT DO NOTHING
-                ),
-                -- X names the 1-to-1 conversation on first send; keep it for status and reads.
-                named AS (
-                    UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
-                    WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
-                      AND m.channel_id = s.channel_id AND m.kind = 'dm'
-                      AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
-                )
-                SELECT s.team_id AS sent_team, s.channel_id AS sent_channel, s.target_group AS sent_group,
-                       head.*
-                FROM relaxed, sent AS s LEFT JOIN LATERAL (
-                    SELECT * FROM outbox
-                    WHERE team_id = s.team_id AND channel_id = s.channel_id AND state IN {PENDING_STATES}
-                      AND id <> $8
-                    ORDER BY seq, part LIMIT 1
-                ) AS head ON true
-                """,
-                sent.dm_event_id,
-                sent.dm_conversation_id,
-                keys,
-                limits,
-                remaining,
-                resets,
-                now,
-                item_id,
-            )
-            if following is not None and following["sent_group"]:
-                # X created the channel's group: the mapping and every row still to send name it
-                # (read again below, so the next row does not create another group).
-                team, channel = following["sent_team"], following["sent_channel"]
-                await conn.execute(
-                    "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3 "
-                    "AND kind = 'group' AND conversation_id IS NULL",
-                    sent.dm_conversation_id,
-                    team,
-                    channel,
-                )
-                await conn.execute(
-                    "UPDATE outbox SET target_conversation = $1 WHERE team_id = $2 AND channel_id = $3 "
-                    "AND target_conversation IS NULL AND target_participant IS NULL "
-                    "AND target_group IS NOT NULL",
-                    sent.dm_conversation_id,
-                    team,
-                    channel,
-                )
-                following = await self._channel_head(conn, team, channel)
+        # One round trip and one commit (``xdm_mark_sent``): the channel's lock, the bookkeeping,
+        # and the channel's next row.
+        following = await self.pool.fetchrow(
+            "SELECT * FROM pg_temp.xdm_mark_sent($1, $2, $3, $4, $5, $6, $7, $8)",
+            sent.dm_event_id,
+            sent.dm_conversation_id,
+            *_budget_columns(budgets),
+            now,
+            item_id,
+        )
         if following is None or following["id"] is None:
             return None
         head = self._readable(following)
@@ -1471,6 +1384,158 @@ def _budget_columns(
         [latest[k][2] for k in keys],
         [float(latest[k][3]) for k in keys],
     )
+
+
+def _accept_sql(*, account: str, participant: str, conversation: str, group: str, held_for: str) -> str:
+    """A message's row, in one statement: dedupe by event id, the insert, and the NOTIFY that wakes
+    the leader at commit ($8: channel, $9: this instance, $10: whether to announce). ``ins``
+    returns the new row as ``item``; ``busy`` says the channel had unfinished rows; ``note`` must
+    be read by the final SELECT for its NOTIFY to happen. The mapping's values are SQL
+    expressions: parameters when the caller has the mapping, the locked row's in ``xdm_accept``.
+    Only what follows a lock on the channel's mapping row may run it (see ``_lock_channel``)."""
+    return f"""
+        WITH seen AS (
+            INSERT INTO seen_events (event_id, seen_at) SELECT $7::text, $6 WHERE $7::text IS NOT NULL
+            ON CONFLICT DO NOTHING RETURNING 1
+        ),
+        fresh AS (SELECT ($7::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
+        busy AS (
+            SELECT EXISTS (
+                SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES}
+            ) AS before
+        ),
+        n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
+        ins AS (
+            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                author_id, account_id, target_participant, target_conversation,
+                                target_group, text, source, state, attempts, next_attempt_at,
+                                created_at, hourglass, kind, held_for, held_state)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, {account}, {participant}, {conversation}, {group},
+                   NULL, $5, CASE WHEN {held_for} IS NULL THEN 'queued' ELSE 'held' END, 0, 0, $6, 0,
+                   'message', {held_for}, CASE WHEN {held_for} IS NULL THEN NULL ELSE 'queued' END
+            FROM n
+            ON CONFLICT DO NOTHING
+            RETURNING outbox AS item
+        ),
+        note AS (SELECT pg_notify($8, $9) FROM ins WHERE $10)"""
+
+
+# ``accept`` with the caller's mapping (after ``_lock_channel`` in the same transaction).
+_ACCEPT_GIVEN = (
+    _accept_sql(account="$11", participant="$12", conversation="$13", group="$14", held_for="$15::text")
+    + " SELECT (SELECT COUNT(*) FROM note) AS notified FROM ins"
+)
+
+# ``xdm_accept``'s, with the values of the mapping row it locked (PL/pgSQL variables).
+_ACCEPT_LOCKED = _accept_sql(
+    account="m.account_id",
+    participant="m_participant",
+    conversation="m_conversation",
+    group="m_group",
+    held_for="m.held_for",
+)
+
+# Functions the hot path calls, defined on each pool connection in ``pg_temp`` (so they always
+# match the code that calls them, across a rolling deploy, with no schema change). Each runs a
+# lock and then the statements that must read the database as it is once the lock is held: a
+# PL/pgSQL statement takes a fresh snapshot, a CTE in the locking statement would not. The whole
+# is one round trip and one transaction, where a client-side transaction costs four (BEGIN, lock,
+# statement, COMMIT).
+_FUNCTIONS = f"""
+CREATE OR REPLACE FUNCTION pg_temp.xdm_accept(text, text, text, text, text, double precision, text, text,
+                                                text, boolean)
+RETURNS TABLE (busy_before boolean, item outbox) LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    m mappings;
+    m_participant text;
+    m_conversation text;
+    m_group text;
+BEGIN
+    -- The channel's mapping row, locked until commit (as _lock_channel); none: not mapped.
+    SELECT * INTO m FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- Mapping.target: a DM names its participant, a group X has not created yet its members.
+    IF m.kind = 'dm' THEN
+        m_participant := m.participant_id;
+    ELSIF m.kind = 'group' AND m.conversation_id IS NULL THEN
+        m_group := COALESCE(m.participant_ids, '[]');
+    ELSE
+        m_conversation := m.conversation_id;
+    END IF;
+    RETURN QUERY {_ACCEPT_LOCKED}
+    SELECT (SELECT before FROM busy), ins.item FROM ins WHERE (SELECT COUNT(*) FROM note) >= 0;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::boolean, NULL::outbox;  -- accepted before
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pg_temp.xdm_mark_sent(text, text, text[], integer[], integer[],
+                                                   double precision[], double precision, bigint)
+RETURNS outbox LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    done record;
+    head outbox;
+BEGIN
+    -- The channel's lock first, so the next head read below sees every accept committed.
+    PERFORM 1 FROM mappings
+    WHERE (team_id, channel_id) = (SELECT team_id, channel_id FROM outbox WHERE id = $8) FOR NO KEY UPDATE;
+    -- This commit need not wait for the disk: if the server lost it, the row would be 'sending'
+    -- again and read back from X before any resend, as after any crash between the POST and
+    -- here; and the next row's claim (a waiting commit) writes the log up to itself, so it never
+    -- survives without this.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
+    sent AS (
+        UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
+            target_conversation = CASE WHEN target_participant IS NULL
+                                       THEN COALESCE(target_conversation, $2) END
+        WHERE id = $8
+        RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
+    ),
+    mapped AS (
+        INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id,
+                                 created_at)
+        SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+        ON CONFLICT DO NOTHING
+    ),
+    -- X names the 1-to-1 conversation on first send; keep it for status and reads.
+    named AS (
+        UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
+        WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
+          AND m.channel_id = s.channel_id AND m.kind = 'dm'
+          AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
+    )
+    SELECT team_id, channel_id, target_group INTO done FROM sent;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF done.target_group IS NOT NULL THEN
+        -- X created the channel's group: the mapping and every row still to send name it (so
+        -- the next row does not create another group).
+        UPDATE mappings SET conversation_id = $2
+        WHERE team_id = done.team_id AND channel_id = done.channel_id AND kind = 'group'
+          AND conversation_id IS NULL;
+        UPDATE outbox SET target_conversation = $2
+        WHERE team_id = done.team_id AND channel_id = done.channel_id AND target_conversation IS NULL
+          AND target_participant IS NULL AND target_group IS NOT NULL;
+    END IF;
+    SELECT * INTO head FROM outbox
+    WHERE team_id = done.team_id AND channel_id = done.channel_id AND state IN {PENDING_STATES}
+    ORDER BY seq, part LIMIT 1;
+    RETURN head;
+END
+$fn$;
+"""
+
+
+async def _define_functions(conn: asyncpg.Connection) -> None:
+    """The pool's ``init``: this connection's ``pg_temp`` functions (``_FUNCTIONS``)."""
+    await conn.execute(_FUNCTIONS)
 
 
 def _snowflake_sql(column: str) -> str:

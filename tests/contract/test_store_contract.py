@@ -191,6 +191,59 @@ async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Eng
                 await other.close()
 
 
+async def test_an_accept_racing_the_channels_last_send_is_handed_on_exactly_once(engine: Engine) -> None:
+    """A row is handed on by its accept (its channel was idle) or by the previous row's
+    ``mark_sent`` (which returns the channel's next row): never both, never neither, when the two
+    commit at the same moment (on PostgreSQL from two instances)."""
+    async with opened(engine) as sender:
+        accepter = engine.store() if engine.name == "postgres" else sender
+        if accepter is not sender:
+            await accepter.open()
+        try:
+            await linked(sender)
+            first = await accepter.accept_if_mapped(msg(0), 0.0)
+            assert first is not None and first.head is not None
+            head = first.head
+            for n in range(1, 151):
+                parts = [RenderedPart(f"Me: {head.source['text']}")]
+                assert await sender.mark_sending(head.id, float(n), parts=parts, source=head.source)
+                accepted, following = await asyncio.gather(
+                    accepter.accept_if_mapped(msg(n), float(n)),
+                    sender.mark_sent(head.id, Sent("1000-2001", f"{9000 + n}"), float(n)),
+                )
+                assert accepted is not None and accepted.new
+                handed = [h for h in (accepted.head, following) if h is not None]
+                assert [h.slack_ts for h in handed] == [f"{n}.000"], f"message {n}"
+                head = handed[0]
+        finally:
+            if accepter is not sender:
+                await accepter.close()
+
+
+async def test_the_first_send_to_a_new_group_names_it_for_the_rows_behind(engine: Engine) -> None:
+    """X creates the group on the first send; the mapping and the next row then address it, so no
+    second group is created."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        group = ("2001", "2002")
+        await store.create_mapping(
+            Mapping(
+                "T1", "C1", MappingKind.GROUP, account.id, None, None, "U1", 1.0, group_participants=group
+            )
+        )
+        first = await store.accept_if_mapped(msg(1), 1.0)
+        assert first is not None and first.head is not None and first.head.target.new_group == group
+        assert (await store.accept_if_mapped(msg(2), 2.0)) == type(first)(new=True, head=None)
+        assert await store.mark_sending(
+            first.head.id, 3.0, parts=[RenderedPart("Me: m1")], source=first.head.source
+        )
+        following = await store.mark_sent(first.head.id, Sent("G1", "9001"), 4.0)
+        assert following is not None and following.slack_ts == "2.000"
+        assert following.target.conversation_id == "G1" and following.target.new_group is None
+        mapping = await store.get_mapping("T1", "C1")
+        assert mapping is not None and mapping.conversation_id == "G1"
+
+
 async def test_sending_records_the_message_map_and_names_the_dm_conversation(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store, "C1", MappingKind.DM)
