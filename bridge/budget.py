@@ -13,7 +13,8 @@ counted separately, for one conversation's events. The bridge plans both from ON
 window (the inbound poller, delivery's read-back after a crash, backfill): every read
 is counted before it goes, reads of one account never overlap (``reading``), and a
 response's headers can only lower what is left (whichever endpoint answered), never
-raise it, so neither of X's counters can be overrun.
+raise it, so neither of X's counters can be overrun. A read X refused (4xx) without rate
+headers is given back: X's limiter puts its headers on every answer it counted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bridge.errors import RateFacts, XError, XRateLimited
+from bridge.errors import RateFacts, XAuthExpired, XError, XRateLimited, XRefused
 from bridge.ports import Store
 
 log = logging.getLogger("bridge.budget")
@@ -321,15 +322,32 @@ class Budget:
             window = self._read_window(account_id)
             if not window.reset_at or started >= window.reset_at:
                 self._reset_from_headers.discard(window.key)  # a new window: its end is our guess
+            before = (window.remaining, window.reset_at)
             window.consume(started)
             self.reads_made += 1
             await self._store.save_budgets([self._row(window)])
             try:
                 result, facts = await call()
+            except (XRefused, XAuthExpired) as exc:
+                if exc.facts.window_remaining is None:
+                    # Refused before X's limiter counted it (a counted answer carries its headers):
+                    # kept, such reads would spend the window for nothing and hold every read of
+                    # the account, read-backs included, until the end the bridge guessed for it.
+                    # The read turn is still held, so nothing else moved the window meanwhile.
+                    window.remaining, window.reset_at = before
+                    await self._store.save_budgets([self._row(window)])
+                else:
+                    await self._observe_read(window, exc.facts)
+                raise
             except XRateLimited as exc:
                 reset = exc.facts.window_reset if exc.facts is not None else None
                 if reset is not None and reset > started:
-                    window.exhaust(exc.reset_at)
+                    # X's word on the counter that refused, even sooner than the end an earlier
+                    # answer gave the window: taking the later of the two held every read-back
+                    # that long. If the other endpoint's counter is still spent, its own 429
+                    # names its reset in turn.
+                    window.remaining, window.reset_at = 0, plausible_reset(exc.reset_at, started) or reset
+                    self._reset_from_headers.add(window.key)
                 else:
                     # X named no time: pause for the fallback, not until the end of our own
                     # guess of the window (read-backs before a resend wait on this too).

@@ -86,6 +86,7 @@ class PostgresStore:
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
         self.url = url
         self._cipher = cipher
+        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
@@ -134,6 +135,9 @@ class PostgresStore:
 
     # -- accounts ----------------------------------------------------------
 
+    def _account(self, row: Any) -> Account:
+        return rows.account(row, self._cipher, self._unreadable_accounts)
+
     async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
         columns = rows.token_columns(tokens, self._cipher)
         async with self._tx() as conn:
@@ -160,17 +164,17 @@ class PostgresStore:
                 columns["scope"],
             )
         assert row is not None
-        return rows.account(row, self._cipher)
+        return self._account(row)
 
     async def get_account(self, account_id: int) -> Account | None:
         row = await self.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
-        return rows.account(row, self._cipher) if row else None
+        return self._account(row) if row else None
 
     async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
         row = await self.pool.fetchrow(
             "SELECT * FROM accounts WHERE team_id = $1 AND slack_user_id = $2", team_id, slack_user_id
         )
-        return rows.account(row, self._cipher) if row else None
+        return self._account(row) if row else None
 
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
         await self._update_tokens(self.pool, account_id, tokens)
@@ -191,17 +195,16 @@ class PostgresStore:
         await self._execute("UPDATE accounts SET needs_reconnect = $1 WHERE id = $2", int(needs), account_id)
 
     async def list_accounts(self) -> list[Account]:
-        return [
-            rows.account(r, self._cipher) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")
-        ]
+        return [self._account(r) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")]
 
     async def usernames_needing_reconnect(self) -> list[str]:
-        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        """X usernames of accounts whose refresh X refused or whose tokens no key opens (for
+        /healthz: no token is kept decrypted)."""
         found = await self.pool.fetch(
-            "SELECT x_username FROM accounts WHERE needs_reconnect <> 0 AND disconnected_at IS NULL "
-            "ORDER BY x_username"
+            "SELECT x_username, needs_reconnect, access_token, refresh_token FROM accounts "
+            "WHERE disconnected_at IS NULL ORDER BY x_username"
         )
-        return [r["x_username"] for r in found]
+        return [r["x_username"] for r in found if rows.needs_reconnect(r, self._cipher)]
 
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
         """Forget the account's tokens and pause its mappings (as the SQLite store)."""
@@ -704,9 +707,10 @@ class PostgresStore:
             )
             if original is None:
                 return "unknown"
+            # A held part is judged by the state it had (``held_state``).
             states = await conn.fetch(
-                "SELECT state FROM outbox WHERE team_id = $1 AND channel_id = $2 AND slack_ts = $3 "
-                "AND kind = 'message'",
+                "SELECT COALESCE(held_state, state) AS state FROM outbox WHERE team_id = $1 "
+                "AND channel_id = $2 AND slack_ts = $3 AND kind = 'message'",
                 team_id,
                 channel_id,
                 ref_ts,
@@ -783,15 +787,25 @@ class PostgresStore:
     async def _insert_follow_up(
         conn: Conn, original: Any, kind: OutboxKind, key_ts: str, source: dict[str, Any], now: float
     ) -> bool:
+        held_for = None
+        if original["target_conversation"] and not original["target_participant"]:
+            # Into a conversation held for another X account (the original, or the channel, is):
+            # the correction or delete waits for that account, as the original does.
+            held_for = original["held_for"] or await conn.fetchval(
+                "SELECT held_for FROM mappings WHERE team_id = $1 AND channel_id = $2",
+                original["team_id"],
+                original["channel_id"],
+            )
         row = await conn.fetchrow(
             """
             WITH n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id)
             INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
                                 author_id, account_id, target_participant, target_conversation,
                                 target_group, text, source, state, attempts, next_attempt_at, created_at,
-                                hourglass, kind)
-            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9, 'queued', 0, 0, $10, 0,
-                   $11
+                                hourglass, kind, held_for, held_state)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $4, $5, $6, $7, $8, $12, NULL, $9,
+                   CASE WHEN $13::text IS NULL THEN 'queued' ELSE 'held' END, 0, 0, $10, 0, $11,
+                   $13::text, CASE WHEN $13::text IS NULL THEN NULL ELSE 'queued' END
             FROM n
             ON CONFLICT DO NOTHING
             RETURNING id
@@ -809,6 +823,7 @@ class PostgresStore:
             now,
             kind.value,
             original["target_group"],
+            held_for,
         )
         return row is not None
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from adapters.store.crypto import TokenCipher
+from bridge.errors import ConfigError
 from bridge.model import (
     Account,
     InboundEvent,
@@ -23,6 +26,8 @@ from bridge.model import (
     TokenSet,
 )
 
+log = logging.getLogger(__name__)
+
 
 class Row(Protocol):
     """A database row by column name: a dict from sqlite-utils, a Record from asyncpg."""
@@ -31,23 +36,49 @@ class Row(Protocol):
     def get(self, key: str, /) -> Any: ...
 
 
-def account(row: Row, cipher: TokenCipher) -> Account:
+def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
+    """The account; one whose stored tokens no key opens (its key rotated away, its ciphertext
+    corrupt) reads as needing reconnection, with no tokens, so it costs only itself: it is
+    not polled, its rows are parked, and connecting it again writes tokens that open. It is
+    logged once (by id, never a token) per store: ``reported`` holds the ids told."""
     refresh, access = row["refresh_token"], row["access_token"]
+    try:
+        tokens = TokenSet(
+            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
+            refresh_token=cipher.decrypt(refresh) if refresh else None,
+            expires_at=row["expires_at"],
+            scope=row["scope"] or "",
+        )
+    except (ConfigError, AttributeError, TypeError, ValueError):  # not a key's, or not even text
+        if row["id"] not in reported:
+            reported.add(row["id"])
+            log.error(
+                "an X account's stored tokens cannot be decrypted: it needs reconnecting",
+                extra={"account_id": row["id"]},
+            )
+        tokens, unreadable = TokenSet("", None, None, row["scope"] or ""), True
+    else:
+        reported.discard(row["id"])
+        unreadable = False
     return Account(
         id=row["id"],
         team_id=row["team_id"],
         slack_user_id=row["slack_user_id"],
         x_user_id=row["x_user_id"],
         x_username=row["x_username"],
-        tokens=TokenSet(
-            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["expires_at"],
-            scope=row["scope"] or "",
-        ),
-        needs_reconnect=bool(row["needs_reconnect"]),
+        tokens=tokens,
+        needs_reconnect=unreadable or bool(row["needs_reconnect"]),
         disconnected=row.get("disconnected_at") is not None,
     )
+
+
+def needs_reconnect(row: Row, cipher: TokenCipher) -> bool:
+    """Whether the account must be connected again: X refused its refresh, or no key opens its
+    stored tokens (checked without keeping what they say)."""
+    if row["needs_reconnect"]:
+        return True
+    tokens = [t for t in (row["access_token"], row["refresh_token"]) if t]
+    return not all(isinstance(t, str) and cipher.opens(t) for t in tokens)
 
 
 def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
@@ -79,6 +110,11 @@ def mapping(row: Row) -> Mapping:
 
 
 def item(row: Row) -> OutboxItem:
+    """The row as the core's value; a row no code path writes raises (``_readable`` reports it)."""
+    source = json.loads(row["source"] or "{}")
+    media = json.loads(row["media"]) if row["media"] else None
+    if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
+        raise TypeError("source or media is not a JSON object")
     return OutboxItem(
         id=row["id"],
         seq=row["seq"],
@@ -91,10 +127,10 @@ def item(row: Row) -> OutboxItem:
         account_id=row["account_id"],
         target=target(row),
         text=row["text"],
-        source=json.loads(row["source"] or "{}"),
+        source=source,
         state=OutboxState(row["state"]),
         attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"] or 0.0,
+        next_attempt_at=time(row["next_attempt_at"] or 0.0),
         last_error=row["last_error"],
         dm_event_id=row["dm_event_id"],
         created_at=row["created_at"],
@@ -103,12 +139,20 @@ def item(row: Row) -> OutboxItem:
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
         ref_ts=row["ref_ts"] or row["slack_ts"],
-        media=json.loads(row["media"]) if row["media"] else None,
+        media=media,
         media_id=row["media_id"],
         media_uploaded_at=row.get("media_uploaded_at"),
         media_unfinished=row.get("media_unfinished") or 0,
         deleted=row.get("deleted_at") is not None,
     )
+
+
+def time(value: Any) -> float:
+    """A stored time; NaN or infinity is none (a row due at NaN would never wait, nor at
+    infinity ever go, and either would hold its channel)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a time")
+    return float(value)
 
 
 def target(row: Row) -> Target:
@@ -212,7 +256,7 @@ def inbound_item(row: Row) -> InboundItem:
         origin=row["origin"],
         state=InboundState(row["state"]),
         attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"] or 0.0,
+        next_attempt_at=time(row["next_attempt_at"] or 0.0),
         posting_since=row["posting_since"],
         slack_ts=row["slack_ts"],
         created_at=row["created_at"] or 0.0,

@@ -152,6 +152,7 @@ class SqliteStore:
     def __init__(self, path: str, cipher: TokenCipher) -> None:
         self.path = path
         self._cipher = cipher
+        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: Database | None = None
         self._owner: int | None = None
@@ -207,7 +208,7 @@ class SqliteStore:
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: dict[str, Any]) -> Account:
-        return rows.account(row, self._cipher)
+        return rows.account(row, self._cipher, self._unreadable_accounts)
 
     def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
         return rows.token_columns(tokens, self._cipher)
@@ -382,12 +383,15 @@ class SqliteStore:
         return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
 
     async def usernames_needing_reconnect(self) -> list[str]:
-        """X usernames of accounts whose refresh X refused (for /healthz: no token is decrypted)."""
+        """X usernames of accounts whose refresh X refused or whose tokens no key opens (for
+        /healthz: no token is kept decrypted)."""
         sql = (
-            "SELECT x_username FROM accounts WHERE needs_reconnect AND disconnected_at IS NULL "
-            "ORDER BY x_username"
+            "SELECT x_username, needs_reconnect, access_token, refresh_token FROM accounts "
+            "WHERE disconnected_at IS NULL ORDER BY x_username"
         )
-        return await self._call(lambda: [r["x_username"] for r in self._rows(sql)])
+        return await self._call(
+            lambda: [r["x_username"] for r in self._rows(sql) if rows.needs_reconnect(r, self._cipher)]
+        )
 
     # -- OAuth states ------------------------------------------------------
 
@@ -1622,9 +1626,7 @@ def _int(value: Any) -> int:
 
 
 def _time(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise TypeError(f"{value!r} is not a time")
-    return float(value)
+    return rows.time(value)
 
 
 def _time_or_none(value: Any) -> float | None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
+from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
@@ -71,6 +75,45 @@ async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: 
         assert await store.usernames_needing_reconnect() == []
     raw = await engine.sql("SELECT access_token, refresh_token FROM accounts")
     assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
+
+
+async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its key rotated away, or its ciphertext corrupt: listing accounts (inbound polling, push
+    # subscriptions) must still hand out everyone else, and the bad one reads as needing
+    # reconnection (parked, told in status and health) rather than raising.
+    async with opened(engine) as store:
+        good = await store.save_account("T1", "U1", XUser("1000", "good"), TokenSet("acc-g", "ref-g", 10.0))
+        bad = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-b", "ref-b", 10.0))
+        other_key = TokenCipher([generate_key()]).encrypt("acc-under-a-retired-key")
+        await engine.sql(
+            "UPDATE accounts SET access_token = ?, refresh_token = ? WHERE id = ?",
+            other_key,
+            "corrupt-ciphertext",
+            bad.id,
+        )
+        with caplog.at_level(logging.INFO):
+            listed = await store.list_accounts()
+            again = await store.list_accounts()
+            fetched = await store.get_account(bad.id)
+            by_user = await store.account_for_user("T1", "U2")
+        assert listed == again and [a.id for a in listed] == [good.id, bad.id]
+        assert listed[0] == good and not listed[0].needs_reconnect
+        unreadable = listed[1]
+        assert unreadable.needs_reconnect and unreadable.x_username == "bad"
+        assert unreadable.tokens.access_token == "" and unreadable.tokens.refresh_token is None
+        assert fetched == unreadable and by_user == unreadable
+        assert await store.usernames_needing_reconnect() == ["bad"]
+        lines = [r for r in caplog.records if getattr(r, "account_id", None) == bad.id]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]  # once, not per listing
+        logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+        assert "corrupt-ciphertext" not in logged and other_key not in logged and "acc-b" not in logged
+        # Connecting again writes new tokens: the account is whole again.
+        mended = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-n", "ref-n", 20.0))
+        assert mended.id == bad.id and not mended.needs_reconnect
+        assert await store.get_account(bad.id) == mended
+        assert await store.usernames_needing_reconnect() == []
 
 
 async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine: Engine) -> None:
@@ -254,6 +297,51 @@ async def test_edits_and_deletes(engine: Engine) -> None:
         ]
         [deletion] = await store.outbox_heads()
         assert deletion.kind.value == "delete" and deletion.ref_ts == "1.000"
+
+
+async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_for_it(
+    engine: Engine,
+) -> None:
+    # The account now connects @carol: what was written for 1000's conversation must not go as her,
+    # corrections and deletes included, and a message never sent is simply edited in place.
+    async with opened(engine) as store:
+        mapping = await linked(store)
+        await store.accept(msg(1), mapping, 1.0)
+        [head] = await store.outbox_heads()
+        await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 2.0)
+        await store.accept_if_mapped(msg(2), 3.0)
+        me, carol = XUser("1000", "me"), XUser("2003", "carol")
+        [held] = await store.hold_for_previous_account(mapping.account_id, me, carol, 4.0)
+        assert (held.channel_id, held.held_for) == ("C1", "1000")
+        await store.accept_if_mapped(msg(3), 5.0)  # posted after the switch: held too
+
+        assert await store.accept_edit("T1", "C1", "2.000", "6.000", {"text": "m2!"}, 6.0) == "updated"
+        assert await store.accept_edit("T1", "C1", "1.000", "7.000", {"text": "m1!"}, 7.0) == "queued"
+        assert await store.accept_delete("T1", "C1", "3.000", "8.000", 8.0) == "cancelled"
+        assert await store.outbox_heads() == []  # nothing may go as @carol
+        rows_now = await engine.sql(
+            "SELECT kind, slack_ts, state, held_state, held_for FROM outbox ORDER BY seq"
+        )
+        assert rows_now == [
+            ("message", "1.000", "sent", None, None),
+            ("message", "2.000", "held", "queued", "1000"),
+            ("message", "3.000", "cancelled", None, None),
+            ("edit", "7.000:edit", "held", "queued", "1000"),
+        ]
+
+        await store.hold_for_previous_account(mapping.account_id, carol, me, 9.0)  # 1000 is back
+        heads = await store.outbox_heads()
+        assert [(h.kind.value, h.slack_ts, h.source.get("text")) for h in heads] == [
+            ("message", "2.000", "m2!")
+        ]
+        released = await engine.sql("SELECT kind, state FROM outbox WHERE held_for IS NULL ORDER BY seq")
+        assert released == [
+            ("message", "sent"),
+            ("message", "queued"),
+            ("message", "cancelled"),
+            ("edit", "queued"),
+        ]
 
 
 async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:

@@ -8,10 +8,8 @@ or its author is told why; nothing waits silently forever; one bad row stalls no
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,13 +23,17 @@ PNG = (
 )
 
 
-def rows(bridge: Bridge, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(bridge.db_path) as db:
-        return db.execute(sql, params).fetchall()
+# Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
-def states(bridge: Bridge) -> list[tuple[str, str, str]]:
-    return [(r[0], r[1], r[2]) for r in rows(bridge, "SELECT slack_ts, kind, state FROM outbox ORDER BY id")]
+def on_postgres(bridge: Bridge) -> bool:
+    return bridge.settings.database_url is not None
+
+
+async def states(bridge: Bridge) -> list[tuple[str, str, str]]:
+    found = await bridge.sql("SELECT slack_ts, kind, state FROM outbox ORDER BY id")
+    return [(r[0], r[1], r[2]) for r in found]
 
 
 async def edit(bridge: Bridge, ts: str, old: str, new: str, channel: str = "C100") -> None:
@@ -87,32 +89,44 @@ async def test_corrupt_row_is_failed_with_its_reason_and_every_other_row_flows(t
         await linked(bridge, "1000-2001", "C100")
         await bridge.map_link("1000-2002", channel="C200")
         # Rows no code path should write, at the head of C100 (both targets; a kind that does not
-        # exist; a time that is text; a source that is not JSON): each must be failed, its author
-        # told, and none may stop anyone.
+        # exist; a time that is no time: text where SQLite keeps any type, NaN in PostgreSQL's
+        # typed column, infinity in both; a source that is not JSON, or JSON that is no object): each must be
+        # failed, its author told, and none may stop anyone.
+        no_time: object = float("nan") if on_postgres(bridge) else "soon"
         corrupt = [
-            ("1.000001", "message", ALICE, 0, '{"text":"x"}'),
-            ("1.000002", "frobnicate", None, 0, '{"text":"x"}'),
-            ("1.000003", "message", None, "soon", '{"text":"x"}'),
-            ("1.000004", "message", None, 0, "{not json"),
+            ("1.000001", "message", ALICE, 0.0, '{"text":"x"}'),
+            ("1.000002", "frobnicate", None, 0.0, '{"text":"x"}'),
+            ("1.000003", "message", None, no_time, '{"text":"x"}'),
+            ("1.000004", "message", None, 0.0, "{not json"),
+            ("1.000005", "message", None, 0.0, '["x"]'),
+            ("1.000006", "message", None, float("inf"), '{"text":"x"}'),  # never due, yet the head
         ]
-        with sqlite3.connect(bridge.db_path) as db:
-            account_id = db.execute("SELECT id FROM accounts").fetchone()[0]
-            for ts, kind, participant, next_at, source in corrupt:
-                cursor = db.execute(
-                    "INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, "
-                    "author_id, account_id, target_participant, target_conversation, text, source, state, "
-                    "attempts, next_attempt_at, created_at, hourglass, kind) VALUES "
-                    "(0, 0, 1, 'T0001', 'C100', ?, ?, 'U100', ?, ?, '1000-2001', NULL, ?, "
-                    "'queued', 0, ?, ?, 0, ?)",
-                    [ts, ts, account_id, participant, source, next_at, time.time(), kind],
-                )
-                db.execute("UPDATE outbox SET seq = id WHERE id = ?", [cursor.lastrowid])
+        [(account_id,)] = await bridge.sql("SELECT id FROM accounts")
+        for ts, kind, participant, next_at, source in corrupt:
+            [(row_id,)] = await bridge.sql(
+                "INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, "
+                "author_id, account_id, target_participant, target_conversation, text, source, state, "
+                "attempts, next_attempt_at, created_at, hourglass, kind) VALUES "
+                "(0, 0, 1, 'T0001', 'C100', ?, ?, 'U100', ?, ?, '1000-2001', NULL, ?, "
+                "'queued', 0, ?, ?, 0, ?) RETURNING id",
+                ts,
+                ts,
+                account_id,
+                participant,
+                source,
+                next_at,
+                time.time(),
+                kind,
+            )
+            await bridge.sql("UPDATE outbox SET seq = id WHERE id = ?", row_id)
         _, other = await bridge.post("other channel", channel="C200")
         _, same = await bridge.post("same channel, after the bad rows", channel="C100")
         await bridge.wait_reaction("C200", other, "white_check_mark")
         await bridge.wait_reaction("C100", same, "white_check_mark")
         assert sorted(bridge.texts()) == ["Ada: other channel", "Ada: same channel, after the bad rows"]
-        bad = rows(bridge, "SELECT state, last_error FROM outbox WHERE slack_ts LIKE '1.00000%' ORDER BY id")
+        bad = await bridge.sql(
+            "SELECT state, last_error FROM outbox WHERE slack_ts LIKE '1.00000%' ORDER BY id"
+        )
         assert [state for state, _ in bad] == ["failed"] * len(corrupt)
         assert all("could not be read" in (error or "") for _, error in bad)
         told = [e["text"] for e in bridge.slack.ephemerals("U100")]
@@ -135,7 +149,7 @@ async def test_edit_and_delete_in_a_one_to_one_dm_channel_reach_x(tmp_path: Path
         # And the other channel was never held up by these follow-ups.
         _, other = await bridge.post("still flowing", channel="C200")
         await bridge.wait_reaction("C200", other, "white_check_mark")
-        assert not [s for s in states(bridge) if s[2] not in ("sent",)]
+        assert not [s for s in await states(bridge) if s[2] not in ("sent",)]
 
 
 # -- 2. every X call refreshes on a 401; a dead account is flagged, told, and released ----------
@@ -177,7 +191,7 @@ async def test_a_401_that_outlives_a_refresh_is_retried_not_parked_silently(
         _, ts = await bridge.post("twice refused")
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts() == ["Ada: twice refused"]
-        assert rows(bridge, "SELECT needs_reconnect FROM accounts") == [(0,)]
+        assert await bridge.sql("SELECT needs_reconnect FROM accounts") == [(0,)]
 
 
 async def test_account_revoked_during_read_back_is_flagged_told_and_released_by_reconnect(
@@ -194,12 +208,12 @@ async def test_account_revoked_during_read_back_is_flagged_told_and_released_by_
             lambda c: c.method == "chat.postMessage" and "/xdm connect" in str(c.params.get("text"))
         )
         assert told
-        assert rows(bridge, "SELECT needs_reconnect FROM accounts") == [(1,)]
-        assert rows(bridge, "SELECT state FROM outbox") == [("sending",)]
+        assert await bridge.sql("SELECT needs_reconnect FROM accounts") == [(1,)]
+        assert await bridge.sql("SELECT state FROM outbox") == [("sending",)]
         await bridge.connect()
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts() == ["Ada: caught mid-send"]
-        assert rows(bridge, "SELECT needs_reconnect FROM accounts") == [(0,)]
+        assert await bridge.sql("SELECT needs_reconnect FROM accounts") == [(0,)]
 
 
 # -- 3. absurd rate-limit headers are ignored or bounded at the edge ----------------------------
@@ -218,7 +232,7 @@ async def test_absurd_reset_header_is_not_saved_and_status_answers(tmp_path: Pat
         ack, _ = await bridge.command("status")
         assert ack.status == 200 and "X DM budget left" in ack.text
         horizon = time.time() + 2 * 86_400
-        for key, reset_at in rows(bridge, "SELECT key, reset_at FROM budgets"):
+        for key, reset_at in await bridge.sql("SELECT key, reset_at FROM budgets"):
             assert reset_at is None or 0 <= reset_at < horizon, (key, reset_at)
 
 
@@ -227,13 +241,12 @@ async def test_stored_absurd_budget_is_sanitised_on_start(tmp_path: Path) -> Non
     fake_x = FakeX()  # the same X across both runs: it still knows the account's tokens
     async with running_bridge(tmp_path, env=env, fake_x=fake_x) as bridge:
         await linked(bridge)
-        with sqlite3.connect(bridge.db_path) as db:
-            account_id = db.execute("SELECT id FROM accounts").fetchone()[0]
-            db.execute(
-                "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, 200, 0, 1.7e12), "
-                "('app:24h', 15000, -3, -50)",
-                [f"account:{account_id}:15m"],
-            )
+        [(account_id,)] = await bridge.sql("SELECT id FROM accounts")
+        await bridge.sql(
+            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, 200, 0, 1.7e12), "
+            "('app:24h', 15000, -3, -50)",
+            f"account:{account_id}:15m",
+        )
     # The same database, a new process: an old bridge saved these before the edge checked them.
     async with running_bridge(tmp_path, env=env, fake_x=fake_x) as bridge:
         ack, _ = await bridge.command("status")
@@ -282,7 +295,7 @@ async def test_delete_of_a_sending_message_never_sends_it(tmp_path: Path) -> Non
         await bridge.wait_reaction("C100", after, "white_check_mark")
         assert bridge.texts() == ["Ada: next one"]
         assert requests_to(bridge, "/dm_events", "GET") >= 1  # it looked before giving up
-        assert ("message", "cancelled") in [(k, s) for t, k, s in states(bridge) if t == ts]
+        assert ("message", "cancelled") in [(k, s) for t, k, s in await states(bridge) if t == ts]
 
 
 async def test_delete_of_a_sending_message_that_landed_deletes_it_on_x(tmp_path: Path) -> None:

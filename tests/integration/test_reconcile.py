@@ -254,3 +254,21 @@ async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: P
         ours = [e for e in bridge.x.events if e.text == "Ada: answered 504"]
         assert len(ours) == 1 and dm_posts(bridge) == 1
         assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
+
+
+async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env=LOSE_ANSWERS) as bridge:
+        await linked(bridge)
+        bridge.x.timeout_seconds = 3.0
+        bridge.x.inject("record_then_hang")
+        bridge.x.inject("403", count=100_000, path_contains="/dm_events")
+        _, ts = await bridge.post("read me back", blocks=[])
+        await asyncio.sleep(4.0)  # the harness retries from 50 ms, capped at 0.5 s
+        refused = len(dm_reads(bridge))
+        # Reading back adds no attempt (no new claim), so the wait must grow by itself:
+        # not a read every 50 ms (dozens by now), but a few, then one per cap.
+        assert 2 <= refused <= 25, refused
+        assert dm_posts(bridge) == 1 and (await state_of(bridge, ts))[0] == "sending"
+        bridge.x.clear_faults()
+        await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
+        assert [e.text for e in bridge.x.events] == ["Ada: read me back"] and dm_posts(bridge) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,12 @@ def slack_down(slack: FakeSlack) -> None:
     slack.fail_next("auth.test", "fatal_error", count=10_000)
 
 
-def accepted_rows(bridge: Bridge) -> int:
-    with sqlite3.connect(bridge.db_path) as db:
-        (n,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+# Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
+
+
+async def accepted_rows(bridge: Bridge) -> int:
+    [(n,)] = await bridge.sql("SELECT COUNT(*) FROM outbox")
     return int(n)
 
 
@@ -60,7 +62,7 @@ async def test_events_get_5xx_while_auth_test_fails_and_the_retry_is_relayed_onc
         assert again.status == 200
         await bridge.wait_reaction("C100", str(event["ts"]), "white_check_mark")
         assert bridge.texts() == ["Ada: sent during the blip"]
-        assert accepted_rows(bridge) == 1
+        assert (await accepted_rows(bridge)) == 1
 
 
 async def test_auth_test_is_called_once_not_per_request(tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ async def test_a_token_revoked_while_running_turns_health_down_and_events_are_st
         later = bridge.sender.message_event("C100", "U100", "still kept", blocks=[])
         assert (await bridge.sender.event(later, event_id="Ev0LATER")).status == 200
         await wait_until(lambda: len(bridge.x.events) == 2, 10.0, "the second message reaches X")
-        assert accepted_rows(bridge) == 2
+        assert (await accepted_rows(bridge)) == 2
         assert len(refusal_lines(caplog)) == 1
 
 
@@ -160,4 +162,4 @@ async def test_uninstall_and_revocation_events_turn_health_down(
         posted, _ = await bridge.post("after the event", blocks=[])
         assert posted.status == 200
         await wait_until(lambda: bool(bridge.x.events), 10.0, "the message reaches X")
-        assert accepted_rows(bridge) == 1
+        assert (await accepted_rows(bridge)) == 1

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.ops.cli import main
 from tests.harness import Bridge, bridge_env, linked, running_bridge, wait_until
 
+# Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
-def rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db_path) as db:
-        return db.execute(sql).fetchall()
+
+async def rows_until(
+    bridge: Bridge, sql: str, done: Callable[[list[tuple[Any, ...]]], bool], what: str
+) -> None:
+    """Wait (up to 10 s) until ``sql`` on the bridge's database answers what ``done`` accepts."""
+    found: list[tuple[Any, ...]] = []
+    for _ in range(500):
+        found = await bridge.sql(sql)
+        if done(found):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"waiting for {what}: {sql} gave {found}")
 
 
 def x_tokens_live(bridge: Bridge, user_id: str) -> list[str]:
@@ -36,9 +48,7 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         await bridge.map_link("1000-2002", channel="C200")
         bridge.x.inject("503", count=10_000)  # X is down: the first message keeps waiting to be sent
         _, first = await bridge.post("queued before disconnect")
-        await wait_until(
-            lambda: rows(bridge.db_path, "SELECT attempts FROM outbox")[0][0] >= 1, 10.0, "a failed attempt"
-        )
+        await rows_until(bridge, "SELECT attempts FROM outbox", lambda r: r[0][0] >= 1, "a failed attempt")
 
         ack, response_url = await bridge.command("disconnect")
         assert "Disconnecting @bridge_owner" in ack.text
@@ -48,8 +58,8 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         assert "<#C100>" in told["text"] and "<#C200>" in told["text"]
 
         assert x_tokens_live(bridge, "1000") == []  # revoked at X, refresh and access token
-        assert rows(bridge.db_path, "SELECT access_token, refresh_token FROM accounts") == [("", None)]
-        paused = rows(bridge.db_path, "SELECT channel_id, paused_by FROM mappings ORDER BY channel_id")
+        assert await bridge.sql("SELECT access_token, refresh_token FROM accounts") == [("", None)]
+        paused = await bridge.sql("SELECT channel_id, paused_by FROM mappings ORDER BY channel_id")
         assert paused == [("C100", "U100"), ("C200", "U100")]
         for channel in ("C100", "C200"):
             await wait_until(lambda channel=channel: bool(notices(bridge, channel)), 5.0, "a notice")
@@ -60,7 +70,7 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         # Both held: the one X answered 503 stays "sending" (a 5xx may still have reached X,
         # so it is read back before any resend), the other waits.
         held = "SELECT COUNT(*) FROM outbox WHERE state IN ('waiting', 'sending')"
-        await wait_until(lambda: rows(bridge.db_path, held) == [(2,)], 10.0, "both messages waiting")
+        await rows_until(bridge, held, lambda r: r == [(2,)], "both messages waiting")
         assert bridge.x.events == []  # nothing reached X in between
         ack, _ = await bridge.command("status", channel="C200")
         assert "paused" in ack.text and "2 message(s) waiting" not in ack.text  # one per channel
@@ -71,7 +81,7 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         await bridge.wait_reaction("C100", first, "white_check_mark")
         await bridge.wait_reaction("C200", second, "white_check_mark")
         assert sorted(bridge.texts()) == ["Ada: posted while paused", "Ada: queued before disconnect"]
-        assert rows(bridge.db_path, "SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
         assert any("resumes" in n for n in notices(bridge, "C200"))
 
 

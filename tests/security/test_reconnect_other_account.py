@@ -8,15 +8,27 @@ channel is told how to map again.
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.harness import ALICE, BOB, CAROL, ME, Bridge, linked, running_bridge, wait_until
 
+# Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("on_both_stores")
 
-def rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db_path) as db:
-        return db.execute(sql).fetchall()
+
+async def rows_become(bridge: Bridge, sql: str, expected: list[tuple[Any, ...]], what: str) -> None:
+    """Wait (up to 10 s) until ``sql`` on the bridge's database answers ``expected``."""
+    found: list[tuple[Any, ...]] = []
+    for _ in range(500):
+        found = await bridge.sql(sql)
+        if found == expected:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"waiting for {what}: {sql} gave {found}, not {expected}")
 
 
 def notices(bridge: Bridge, channel: str) -> list[str]:
@@ -37,9 +49,10 @@ async def disconnected_with_waiting_messages(bridge: Bridge) -> None:
     await bridge.follow_up(response_url)
     await bridge.post("written for bridge_owner", blocks=[])
     await bridge.post("to bob, whoever sends it", channel="C200", blocks=[])
-    await wait_until(
-        lambda: rows(bridge.db_path, "SELECT COUNT(*) FROM outbox WHERE state = 'waiting'") == [(2,)],
-        10.0,
+    await rows_become(
+        bridge,
+        "SELECT COUNT(*) FROM outbox WHERE state = 'waiting'",
+        [(2,)],
         "both messages parked until a reconnection",
     )
 
@@ -57,9 +70,7 @@ async def test_reconnecting_as_another_account_keeps_the_old_accounts_conversati
         await wait_until(lambda: bool(bridge.texts()), 10.0, "the dm mapping's message")
         assert [(e.sender_id, e.text) for e in bridge.x.events] == [(CAROL, "Ada: to bob, whoever sends it")]
         assert bridge.x.events[0].conversation_id == f"{BOB}-{CAROL}"
-        held = rows(
-            bridge.db_path, "SELECT channel_id, paused_at IS NOT NULL FROM mappings ORDER BY channel_id"
-        )
+        held = await bridge.sql("SELECT channel_id, paused_at IS NOT NULL FROM mappings ORDER BY channel_id")
         assert held == [("C100", 1), ("C200", 0)]
         await wait_until(
             lambda: any("@carol" in n and "@bridge_owner" in n for n in notices(bridge, "C100")),
@@ -85,7 +96,7 @@ async def test_reconnecting_as_another_account_keeps_the_old_accounts_conversati
         await bridge.post("as carol now", blocks=[])
         await wait_until(lambda: len(bridge.x.events) == 2, 10.0, "the new mapping's message")
         assert [(e.sender_id, e.text) for e in bridge.x.events][1] == (CAROL, "Ada: as carol now")
-        assert rows(bridge.db_path, "SELECT COUNT(*) FROM outbox WHERE state = 'held'") == [(2,)]
+        assert await bridge.sql("SELECT COUNT(*) FROM outbox WHERE state = 'held'") == [(2,)]
 
         # bridge_owner connected again: what was written for it goes, as it, to its conversation.
         await bridge.connect(x_user=ME)
@@ -105,7 +116,7 @@ async def test_switching_back_to_the_old_account_resumes_the_held_channel(tmp_pa
         await bridge.connect(x_user=ME)
         await wait_until(lambda: bool(bridge.x.messages_in(f"{ME}-{ALICE}")), 10.0, "the held message")
         assert bridge.texts(f"{ME}-{ALICE}") == ["Ada: written for bridge_owner"]
-        assert rows(bridge.db_path, "SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
         ack, _ = await bridge.command("status")
         assert "paused" not in ack.text and "held" not in ack.text
 
@@ -120,7 +131,7 @@ async def test_reconnecting_as_another_account_without_disconnecting_holds_the_l
         ack, _ = await bridge.command("status")
         assert "@bob" in ack.text and "@bridge_owner" in ack.text and "1 message(s)" in ack.text
         assert bridge.x.events == []
-        assert rows(bridge.db_path, "SELECT paused_at IS NOT NULL FROM mappings") == [(1,)]
+        assert await bridge.sql("SELECT paused_at IS NOT NULL FROM mappings") == [(1,)]
 
 
 async def test_reconnecting_the_same_account_resumes_everything(tmp_path: Path) -> None:
@@ -129,7 +140,7 @@ async def test_reconnecting_the_same_account_resumes_everything(tmp_path: Path) 
         await bridge.connect(x_user=ME)
         await wait_until(lambda: len(bridge.x.events) == 2, 10.0, "both waiting messages")
         assert {e.sender_id for e in bridge.x.events} == {ME}
-        assert rows(bridge.db_path, "SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings WHERE paused_at IS NOT NULL") == [(0,)]
         assert not any("not @" in n for n in notices(bridge, "C100"))
 
 
@@ -143,11 +154,11 @@ async def test_edits_and_deletes_in_a_held_channel_wait_for_the_old_account_too(
         # A correction of what bridge_owner sent, and a delete: neither may go as @carol.
         await edit(bridge, sent_ts, "sent as bridge_owner", "sent as bridge_owner, corrected")
         await edit(bridge, held_ts, "held for bridge_owner", "held, and edited")
-        held_rows = rows(bridge.db_path, "SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
+        held_rows = await bridge.sql("SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
         assert held_rows == [("message", "held"), ("edit", "held")]
         await delete(bridge, sent_ts, "sent as bridge_owner, corrected")
         # The correction never reached X, so it is simply dropped; the delete waits.
-        held_rows = rows(bridge.db_path, "SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
+        held_rows = await bridge.sql("SELECT kind, state FROM outbox WHERE state = 'held' ORDER BY id")
         assert held_rows == [("message", "held"), ("delete", "held")]
         assert [e.sender_id for e in bridge.x.events] == [ME]
         assert not any(e.deleted for e in bridge.x.events)
