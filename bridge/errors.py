@@ -19,6 +19,8 @@
         ├── SlackTransient   5xx, timeout, connection error: try again later
         ├── SlackRateLimited 429: wait ``retry_after`` seconds
         └── SlackRefused     a permanent error (channel_not_found, not_in_channel…)
+            ├── SlackChannelRefused  the channel itself: nothing goes there until it changes
+            └── SlackMessageRefused  this one message, for what it is (msg_too_long…)
 
 Adapters translate library exceptions into these at the boundary; the core never
 sees an aiohttp or slack_sdk exception. A message that fails for good carries a
@@ -193,3 +195,13 @@ class SlackRefused(SlackError):
 class SlackChannelRefused(SlackRefused):
     """Slack refuses the channel itself (archived, the bot not in it, gone): nothing can be
     posted or shared there until someone changes that, whatever is sent."""
+
+
+class SlackMessageRefused(SlackRefused):
+    """Slack refuses this one message for what it is (too long, bad blocks or metadata…): sent
+    again it would be refused again, while another message to the same channel may be taken.
+    ``error`` is Slack's word for it."""
+
+    def __init__(self, message: str, *, error: str) -> None:
+        super().__init__(message)
+        self.error = error

@@ -35,6 +35,7 @@ import functools
 import logging
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +45,7 @@ from bridge.budget import Budget
 from bridge.errors import (
     SlackChannelRefused,
     SlackError,
+    SlackMessageRefused,
     SlackRateLimited,
     SlackRefused,
     SlackTransient,
@@ -73,6 +75,10 @@ METADATA_TYPE = "xdm_bridge_inbound"  # Slack message metadata event_type of our
 HISTORY_SKEW = 120.0  # look this far before a post began when searching Slack's history
 MAX_USERNAME = 80  # Slack truncates longer usernames
 MAX_MEDIA_BYTES = 512 * 1024 * 1024  # X's largest DM media (video)
+# Slack keeps the first 40,000 characters of chat.postMessage's text and drops the rest unsaid.
+# X allows 10,000 characters, but escaped for Slack ("&" is "&amp;") they can be 50,000.
+MAX_TEXT = 40_000
+MEDIA_KEPT_BYTES = 64 * 1024 * 1024  # fetched attachments kept in memory for a refused channel's retry
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,12 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
         who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
         verb = "joined" if item.kind == "ParticipantsJoin" else "left"
         return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
-    text = translate.to_slack(str(payload.get("text") or ""))
+    if payload.get("refused"):
+        # Not as the sender: their name or avatar may be what Slack refused.
+        line = (
+            f"A message from {handle} on X could not be shown here: Slack refused it ({payload['refused']})."
+        )
+        return line, "X", None
     notes = []
     if payload.get("sent_from_channel"):
         notes.append(f"sent from Slack in <#{payload['sent_from_channel']}>")
@@ -218,9 +229,28 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
         notes.append("history")
     if payload.get("media_note"):
         notes.append(str(payload["media_note"]))
-    if notes:
-        text = f"{text}\n_({'; '.join(notes)})_" if text else f"_({'; '.join(notes)})_"
+    tail = f"_({'; '.join(notes)})_" if notes else ""
+    text = _fit(str(payload.get("text") or ""), MAX_TEXT - len(tail) - 1)
+    if tail:
+        text = f"{text}\n{tail}" if text else tail
     return text or "(empty message)", username[:MAX_USERNAME], icon
+
+
+def _fit(text: str, room: int) -> str:
+    """X's text escaped for Slack in at most ``room`` characters: cut (never inside an escape)
+    with a visible count of what was left out, so the notes after it survive Slack's limit.
+    Cut, not split into several posts: the whole message stays readable on X, and one post per
+    X event keeps exactly-once simple (a split post could be half in Slack after a crash)."""
+    escaped = translate.to_slack(text)
+    if len(escaped) <= room:
+        return escaped
+    room -= len(f"…(cut: {len(text)} more characters)")
+    used = 0
+    for kept, char in enumerate(text):
+        used += len(translate.to_slack(char))
+        if used > room:
+            return f"{translate.to_slack(text[:kept])}…(cut: {len(text) - kept} more characters)"
+    return escaped  # not reached: the whole text did not fit
 
 
 class Inbound:
@@ -251,6 +281,7 @@ class Inbound:
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._busy: set[tuple[str, str]] = set()
+        self._media: OrderedDict[tuple[int, str], bytes] = OrderedDict()  # see _fetch
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
@@ -606,6 +637,8 @@ class Inbound:
     async def _post(self, item: InboundItem) -> InboundItem | None:
         """Post one row exactly once; returns the channel's next row when this one is done."""
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
+        refused: SlackMessageRefused | None = None
+        ts = ""
         if item.payload.get("from_self") and item.state is InboundState.QUEUED:
             checked = await self._own_echo(item)
             if checked is None:
@@ -624,9 +657,12 @@ class Inbound:
                 return None
             text, username, icon = render(claimed)
             metadata = {"event_type": METADATA_TYPE, "event_payload": {"dm_event_id": item.dm_event_id}}
-            ts = await self._slack.post_as(
-                item.team_id, item.channel_id, text, username=username, icon_url=icon, metadata=metadata
-            )
+            try:
+                ts = await self._slack.post_as(
+                    item.team_id, item.channel_id, text, username=username, icon_url=icon, metadata=metadata
+                )
+            except SlackMessageRefused as exc:
+                refused = exc  # handled below, out of this try: it posts again
         except SlackRateLimited as exc:
             # A 429 means Slack did not post it: the row (and the channel behind it) waits.
             until = self._clock.now() + max(1.0, exc.retry_after)
@@ -652,7 +688,29 @@ class Inbound:
                 item.id, InboundState.QUEUED, self._clock.now() + delay, str(exc)
             )
             return None
+        if refused is not None:
+            return await self._refused(item, refused)
         return await self._posted(item, ts)
+
+    async def _refused(self, item: InboundItem, exc: SlackMessageRefused) -> InboundItem | None:
+        """Slack refused the message for what it is: sent again, it would be refused again, and
+        the channel behind it would wait for ever. One short line goes in its place (posted like
+        the message, exactly once); if Slack refuses that too, the row fails for good, Slack's
+        reason kept. Either way the channel flows on."""
+        ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id, "error": exc.error}
+        first = item.payload.get("refused")
+        if first:
+            log.warning("Slack refused a message and the line in its place: not posted", extra=ids)
+            reason = f"Slack refused the message ({first}) and the line in its place ({exc.error})"
+            await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, reason)
+            self._post_wake.set()
+            return None
+        log.warning("Slack refused a message for good: a line goes in its place", extra=ids)
+        payload = {**item.payload, "refused": exc.error}
+        await self._store.set_inbound_payload(item.id, payload)
+        # Slack did not post it: no history to search before the line goes.
+        await self._store.reschedule_inbound(item.id, InboundState.QUEUED, 0.0, str(exc))
+        return replace(item, payload=payload, state=InboundState.QUEUED, next_attempt_at=0.0)
 
     async def _own_echo(self, item: InboundItem) -> InboundItem | None:
         """A DM the connected account sent: from X itself (post it, marked so), from another
@@ -708,7 +766,7 @@ class Inbound:
             try:
                 if account is None:
                     raise XRefused("the X account was disconnected")
-                data = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+                data = await self._fetch(account, item.id, key, url)
                 if len(data) > MAX_MEDIA_BYTES:
                     raise XRefused("the attachment is too large")
                 name = url.rsplit("/", 1)[-1] if url else f"{key}.bin"
@@ -718,11 +776,14 @@ class Inbound:
             except (SlackRateLimited, SlackChannelRefused):
                 raise  # not the attachment's fault: the row waits, the file goes with it later
             except (XError, XAuthRevoked, SlackError) as exc:
+                self._media.pop((item.id, key), None)
                 log.warning(
                     "an X attachment could not be brought over",
                     extra={"channel": item.channel_id, "dm_event_id": item.dm_event_id, "error": str(exc)},
                 )
                 failed.append(key)
+            else:
+                self._media.pop((item.id, key), None)
             # Progress is kept after each file, so a retry never uploads one twice.
             payload.update(media_done=done, media_failed=failed)
             if failed:
@@ -730,6 +791,22 @@ class Inbound:
                 payload["media_note"] = f"{many} could not be brought over from X"
             await self._store.set_inbound_payload(item.id, payload)
         return replace(item, payload=payload)
+
+    async def _fetch(self, account: Account, item_id: int, key: str, url: str) -> bytes:
+        """An attachment's bytes: fetched from X once (X bills reads), then kept for the row's
+        retries while Slack refuses its channel or holds it back. Kept in memory, up to
+        ``MEDIA_KEPT_BYTES`` in all, the oldest dropped first (fetched again if needed); a
+        restart fetches again."""
+        kept = self._media.get((item_id, key))
+        if kept is not None:
+            self._media.move_to_end((item_id, key))
+            return kept
+        data: bytes = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+        if len(data) <= MEDIA_KEPT_BYTES:
+            self._media[(item_id, key)] = data
+            while sum(len(d) for d in self._media.values()) > MEDIA_KEPT_BYTES:
+                self._media.popitem(last=False)
+        return data
 
     async def _posted(self, item: InboundItem, ts: str) -> InboundItem | None:
         following = await self._store.mark_posted(item.id, ts, self._clock.now())

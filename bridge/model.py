@@ -316,6 +316,7 @@ class InboundState(StrEnum):
     POSTING = "posting"  # chat.postMessage may be in flight: look in Slack's history first
     POSTED = "posted"
     SKIPPED = "skipped"  # our own send, an echo, or no channel bridges its conversation
+    FAILED = "failed"  # Slack refused it for what it is, and the line in its place too: for good
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ _T = TypeVar("_T")
 RESPONSE_URL_MAX_USES = 5
 #: A ``response_url`` is valid for 30 minutes after the command was sent.
 RESPONSE_URL_TTL_SECONDS = 30 * 60
+# chat.postMessage keeps this many characters of ``text`` (Slack truncates the rest).
+MAX_TEXT = 40_000
 
 _RECORDED_HEADERS = ("authorization", "content-type", "user-agent")
 
@@ -356,6 +358,9 @@ class FakeSlack:
         self.channel_errors: dict[str, str] = {}
         """Channels every call naming them (``channel`` or ``channel_id``) is refused for, with
         this error, until removed: ``is_archived``, ``not_in_channel``, ``channel_not_found``."""
+        self.text_errors: dict[str, str] = {}
+        """Markers a ``chat.postMessage`` text is refused for, with this error, until removed:
+        a refusal of that one message (``msg_too_long``, ``invalid_arguments``…), not the channel."""
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
@@ -839,8 +844,14 @@ class FakeSlack:
     def _chat_post_message(self, params: dict[str, Any], base: str) -> dict[str, Any]:
         channel = self._resolve_channel(params)
         self._require_content(params)
+        text = _opt_str(params, "text") or ""
+        for marker, error in self.text_errors.items():
+            if marker in text:
+                raise _SlackError(error)
         ts = _TS.next(self.clock)
         message = self._bot_message(params, ts)
+        # Slack keeps the first 40,000 characters of a longer text, and says nothing.
+        message["text"] = message["text"][:MAX_TEXT]
         self._messages[(channel, ts)] = {**message, "channel": channel}
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
 

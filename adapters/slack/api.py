@@ -23,7 +23,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bridge.errors import SlackChannelRefused, SlackRateLimited, SlackRefused, SlackTransient
+from bridge.errors import (
+    SlackChannelRefused,
+    SlackMessageRefused,
+    SlackRateLimited,
+    SlackRefused,
+    SlackTransient,
+)
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 from bridge.model import SlackMember
 
@@ -465,6 +471,23 @@ class SlackApi:
 
 # Slack's errors that are about the channel, not what was sent to it.
 CHANNEL_REFUSALS = frozenset({"channel_not_found", "not_in_channel", "is_archived", "restricted_action"})
+# Slack's errors that are about the message itself (chat.postMessage's documented errors): the
+# same message is refused again however long one waits; another one to that channel may be taken.
+MESSAGE_REFUSALS = frozenset(
+    {
+        "msg_too_long",
+        "no_text",
+        "invalid_arguments",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "invalid_attachments",
+        "too_many_attachments",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "metadata_must_be_sent_from_app",
+    }
+)
 
 
 def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | SlackRefused:
@@ -482,6 +505,8 @@ def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | Slac
         return SlackTransient(f"Slack failed: {error}")
     if error in CHANNEL_REFUSALS:
         return SlackChannelRefused(f"Slack refused the channel: {error}")
+    if error in MESSAGE_REFUSALS:
+        return SlackMessageRefused(f"Slack refused the message: {error}", error=error)
     return SlackRefused(f"Slack refused: {error}")
 
 

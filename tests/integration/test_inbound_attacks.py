@@ -330,3 +330,74 @@ async def test_a_channel_held_by_slacks_429_at_a_restart_is_posted_once_in_order
         await asyncio.sleep(0.3)
         assert texts(again) == ["m0", "m1", "m2"]
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(again)] == ids
+
+
+REFUSED_LINE = "A message from @alice on X could not be shown here: Slack refused it ({error})."
+
+
+@pytest.mark.parametrize("error", ["msg_too_long", "invalid_blocks", "invalid_metadata_format"])
+async def test_a_message_slack_refuses_for_itself_is_one_line_and_the_channel_flows_on(
+    tmp_path: Path, error: str
+) -> None:
+    """Slack refuses one message for what it is: it is not tried again (it never would be
+    taken), a short line stands in its place, and the messages after it follow in order."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.slack.text_errors["BOOM"] = error
+        for text in ("first", "BOOM", "third"):
+            bridge.x.add_event(CONVERSATION, ALICE, text)
+        await wait_posts(bridge, 3)
+        await asyncio.sleep(0.6)  # longer than the retry cap: nothing is tried again
+        assert texts(bridge) == ["first", REFUSED_LINE.format(error=error), "third"]
+        tried = [c for c in bridge.slack.calls_to("chat.postMessage") if "BOOM" in str(c.params.get("text"))]
+        assert len(tried) == 1
+
+
+async def test_a_refused_message_whose_line_is_refused_too_fails_alone(tmp_path: Path) -> None:
+    """Slack refuses the message and the line standing in for it: the row fails for good, with
+    Slack's reason kept, nothing more is posted for it, and the channel flows on."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.slack.text_errors["BOOM"] = "msg_too_long"
+        bridge.slack.text_errors["could not be shown"] = "invalid_arguments"
+        for text in ("first", "BOOM", "third"):
+            bridge.x.add_event(CONVERSATION, ALICE, text)
+        await wait_posts(bridge, 2)
+        await settled(bridge)
+        await asyncio.sleep(0.6)
+        assert texts(bridge) == ["first", "third"]
+        assert len(bridge.slack.calls_to("chat.postMessage")) == 4
+        failed = await bridge.sql("SELECT last_error FROM inbound WHERE state = 'failed'")
+        assert len(failed) == 1 and "msg_too_long" in str(failed[0])
+
+
+async def test_the_longest_dm_x_allows_is_cut_for_slack_and_keeps_its_notes(tmp_path: Path) -> None:
+    """10,000 "&" (what X's spec allows) are 50,000 characters escaped for Slack, past the
+    40,000 Slack keeps: the bridge cuts the text with a visible count, so the note survives."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.x.add_event(CONVERSATION, ME, "&" * 10_000)
+        await wait_posts(bridge, 1)
+        text = texts(bridge)[0]
+        assert text.endswith(" more characters)\n_(sent from X)_")
+        assert "…(cut: " in text
+
+
+async def test_a_refused_channel_does_not_fetch_the_attachment_from_x_again(tmp_path: Path) -> None:
+    """X bills reads: while Slack refuses the channel, the attachment fetched once is kept for
+    the retries, and shared once when the channel is back."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.slack.channel_errors["C100"] = "not_in_channel"
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 8
+        media_id = bridge.x.add_media(ALICE, picture)
+        bridge.x.add_event(CONVERSATION, ALICE, "first", media_ids=(media_id,))
+        await wait_until(
+            lambda: len(bridge.slack.calls_to("files.completeUploadExternal")) >= 3, 10.0, "more tries"
+        )
+        del bridge.slack.channel_errors["C100"]
+        await wait_posts(bridge, 1)
+        fetched = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/media/")]
+        assert len(fetched) == 1
+        assert [f["content"] for f in bridge.slack.shared_files if f["channel"] == "C100"] == [picture]
+        assert texts(bridge) == ["first"]

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.budget import Budget
 from bridge.errors import RateFacts, XRateLimited
-from bridge.inbound import render
+from bridge.inbound import MAX_TEXT, render
 from bridge.model import InboundItem, InboundState
 from bridge.ports import Store
 
@@ -103,4 +103,27 @@ def test_joins_and_leaves_are_one_line() -> None:
     people = [{"id": "3", "username": "carol"}, {"id": "4", "username": ""}]
     text, username, icon = render(item("ParticipantsLeave", participants=people))
     assert text == ":busts_in_silhouette: @carol, X user 4 left the conversation on X."
+    assert (username, icon) == ("X", None)
+
+
+def test_the_longest_dm_x_allows_fits_slacks_limit_with_its_notes() -> None:
+    """X allows 10,000 characters; escaped for Slack, 10,000 "&" are 50,000, past the 40,000 Slack
+    keeps. The text is cut (never inside an escape) with a visible count, and the notes survive."""
+    sender = {"id": "2", "username": "alice", "name": "Alice", "avatar": ""}
+    text, _, _ = render(item(text="&" * 10_000, sender=sender, from_self=True, history=True))
+    assert len(text) <= MAX_TEXT
+    assert text.endswith("\n_(sent from X; history)_")
+    body = text.removesuffix("\n_(sent from X; history)_")
+    kept, marker = body.split("…", 1)
+    assert kept == "&amp;" * (len(kept) // 5)
+    assert marker == f"(cut: {10_000 - len(kept) // 5} more characters)"
+    plain, _, _ = render(item(text="a" * 10_000, sender=sender))
+    assert plain == "a" * 10_000  # what fits is never cut
+
+
+def test_a_message_slack_refused_is_one_line_in_its_place() -> None:
+    sender = {"id": "2", "username": "alice", "name": "Alice", "avatar": "https://a/b.png"}
+    text, username, icon = render(item(text="whatever", sender=sender, refused="msg_too_long"))
+    assert text == "A message from @alice on X could not be shown here: Slack refused it (msg_too_long)."
+    # Not as the sender: their name or avatar may be what Slack refused.
     assert (username, icon) == ("X", None)
