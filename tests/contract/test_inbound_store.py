@@ -126,6 +126,24 @@ async def test_rescheduling_and_holding_a_channel(store: Store) -> None:
     assert held.state is InboundState.QUEUED and held.posting_since is None and held.next_attempt_at == 30.0
 
 
+async def test_a_failed_row_is_done_for_good_and_its_channel_flows_on(store: Store) -> None:
+    """Slack refused a message for what it is (and the line in its place): the row fails with
+    Slack's reason, cannot be claimed again, and the channel's next row is its head."""
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0)
+    [head] = await store.inbound_heads()
+    await store.mark_posting(head.id, 2.0)
+    await store.reschedule_inbound(head.id, InboundState.FAILED, 0.0, "Slack refused it (msg_too_long)")
+    [following] = await store.inbound_heads()
+    assert following.dm_event_id == "2"
+    assert await store.mark_posting(head.id, 3.0) is None
+    summary = await store.inbound_summary(account.id, "T1", "C1")
+    assert summary["counts"] == {"failed": 1, "queued": 1}
+    assert summary["pending"] == 1 and summary["channel_pending"] == 1
+    # The same event read again (push and poll) is not queued again.
+    assert await store.take_inbound(account.id, [event("1")], "2", 4.0) == 0
+
+
 async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be_queued(store: Store) -> None:
     account = await bridged(store, conversation="other")
     # Read while nothing bridged it: kept, not queued.
