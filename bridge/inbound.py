@@ -210,16 +210,16 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
     handle = _handle(sender)
     username = f"{name} ({handle})" if name else handle
     icon = str(sender.get("avatar") or "") or None
-    if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
-        who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
-        verb = "joined" if item.kind == "ParticipantsJoin" else "left"
-        return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
     if payload.get("refused"):
         # Not as the sender: their name or avatar may be what Slack refused.
         line = (
             f"A message from {handle} on X could not be shown here: Slack refused it ({payload['refused']})."
         )
         return line, "X", None
+    if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
+        who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
+        verb = "joined" if item.kind == "ParticipantsJoin" else "left"
+        return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
     notes = []
     if payload.get("sent_from_channel"):
         notes.append(f"sent from Slack in <#{payload['sent_from_channel']}>")

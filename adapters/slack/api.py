@@ -476,6 +476,7 @@ CHANNEL_REFUSALS = frozenset({"channel_not_found", "not_in_channel", "is_archive
 MESSAGE_REFUSALS = frozenset(
     {
         "msg_too_long",
+        "msg_blocks_too_long",
         "no_text",
         "invalid_arguments",
         "invalid_blocks",
