@@ -1148,28 +1148,19 @@ class PostgresStore:
         )
         sent_from = await self._sent_from(conn, event.dm_event_id)
         queued = 0
-        for mapping in mappings:
-            where = (mapping["team_id"], mapping["channel_id"])
-            if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
-                continue
-            state, why = InboundState.QUEUED, None
-            # "From self" is the channel's own X account's message, whichever account read it.
-            from_self = rows.from_self(event, mapping["x_user_id"])
-            payload = {**event.payload, "from_self": from_self}
-            if sent_from == where:
-                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
-            elif sent_from is not None:
-                payload["sent_from_channel"] = sent_from[1]  # news here: sent from the other channel
-            elif from_self and await conn.fetchval(
+        for row in rows.channel_rows(mappings, event, known, sent_from):
+            state, why = row.state, row.why
+            if row.check_outbox and await conn.fetchval(
                 "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
                 "AND text = $3 LIMIT 1",
-                mapping["team_id"],
-                mapping["channel_id"],
+                *row.where,
                 event.payload.get("text"),
             ):
                 # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
-                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
-            queued += await self._insert_inbound(conn, account_id, event, where, payload, state, why, now)
+                state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            queued += await self._insert_inbound(
+                conn, account_id, event, row.where, row.payload, state, why, now
+            )
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
             payload = {**event.payload, "from_self": rows.from_self(event, own_id)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.store.crypto import TokenCipher
@@ -234,6 +235,48 @@ def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> boo
         return not isinstance(asked, (int, float)) or bridged_at >= asked
     written = event.payload.get("created_at")
     return not already_taken or not isinstance(written, (int, float)) or written >= bridged_at
+
+
+ECHO_IN_FLIGHT = "relayed from Slack by the bridge (matched in the outbox)"
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    """What one bridged channel gets of an X event: the inbound row to write, before the
+    outbox check that only the store can make (``check_outbox``)."""
+
+    where: tuple[str, str]
+    payload: dict[str, Any]
+    state: InboundState
+    why: str | None
+    check_outbox: bool  # the channel's own account wrote it and no send names it: in flight?
+
+
+def channel_rows(
+    mappings: Iterable[Row],
+    event: InboundEvent,
+    known: set[tuple[str, str]],
+    sent_from: tuple[str, str] | None,
+) -> list[ChannelRow]:
+    """The rule both stores follow to fan an X event out to the channels bridged to its
+    conversation (``mappings``: team_id, channel_id, created_at and the channel's own
+    ``x_user_id``): each channel once (``known`` already have it), only where it is news,
+    never back into the channel that sent it (``sent_from``), marked in a sibling channel."""
+    found: list[ChannelRow] = []
+    for mapping in mappings:
+        where = (str(mapping["team_id"]), str(mapping["channel_id"]))
+        if where in known or not news_for(mapping["created_at"], event, bool(known)):
+            continue
+        # "From self" is the channel's own X account's message, whichever account read it.
+        mine = from_self(event, mapping["x_user_id"])
+        payload = {**event.payload, "from_self": mine}
+        state, why = InboundState.QUEUED, None
+        if sent_from == where:
+            state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
+        elif sent_from is not None:
+            payload["sent_from_channel"] = sent_from[1]  # news here: sent from the other channel
+        found.append(ChannelRow(where, payload, state, why, check_outbox=mine and sent_from is None))
+    return found
 
 
 def snowflake(event_id: str) -> int:

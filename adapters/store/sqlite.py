@@ -1328,21 +1328,11 @@ class SqliteStore:
         )
         sent_from = self._sent_from(event.dm_event_id)
         queued = 0
-        for mapping in mappings:
-            where = (mapping["team_id"], mapping["channel_id"])
-            if where in known or not rows.news_for(mapping["created_at"], event, bool(known)):
-                continue
-            state, why = InboundState.QUEUED, None
-            # "From self" is the channel's own X account's message, whichever account read it.
-            from_self = rows.from_self(event, mapping["x_user_id"])
-            payload = {**event.payload, "from_self": from_self}
-            if sent_from == where:
-                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge"
-            elif sent_from is not None:
-                payload["sent_from_channel"] = sent_from[1]  # news here: sent from the other channel
-            elif from_self and self._outbox_echo(mapping, event):
-                state, why = InboundState.SKIPPED, "relayed from Slack by the bridge (matched in the outbox)"
-            queued += self._insert_inbound(account_id, event, where, payload, state, why, now)
+        for row in rows.channel_rows(mappings, event, set(known), sent_from):
+            state, why = row.state, row.why
+            if row.check_outbox and self._outbox_echo(row.where, event):
+                state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            queued += self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
             payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
@@ -1400,14 +1390,14 @@ class SqliteStore:
     async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
         return await self._call(self._sent_from, dm_event_id)
 
-    def _outbox_echo(self, mapping: dict[str, Any], event: InboundEvent) -> bool:
+    def _outbox_echo(self, where: tuple[str, str], event: InboundEvent) -> bool:
         """A DM of ours that X has but the outbox has not recorded yet (its POST is in flight)."""
         text = event.payload.get("text")
         return (
             self._one(
                 "SELECT 1 AS echo FROM outbox WHERE team_id = ? AND channel_id = ? AND state = 'sending' "
                 "AND text = ? LIMIT 1",
-                [mapping["team_id"], mapping["channel_id"], text],
+                [*where, text],
             )
             is not None
         )
