@@ -186,8 +186,8 @@ async def test_an_event_older_than_the_cursor_in_the_middle_of_a_page_does_not_h
 async def test_nonsense_events_from_x_are_posted_sensibly_or_left_out(tmp_path: Path) -> None:
     """X's page has an event of a kind the bridge did not ask for, a message with neither text
     nor sender, one from someone X does not describe (not a participant), and a huge one. The
-    unknown kind is left out; the rest are posted in order, each once, with a readable sender;
-    the message after them is posted too."""
+    unknown kind is left out; the rest are posted in order, each once, with a readable sender
+    (the huge one cut to what Slack keeps); the message after them is posted too."""
     async with running_bridge(tmp_path) as bridge:
         await ready(bridge)
         odd = [bridge.x.add_event(CONVERSATION, ALICE, f"odd {i}") for i in range(4)]
@@ -214,7 +214,12 @@ async def test_nonsense_events_from_x_are_posted_sensibly_or_left_out(tmp_path: 
         await wait_posts(bridge, 4, timeout=10.0)
         await asyncio.sleep(0.3)
         got = posts(bridge)
-        assert [m["text"] for m in got] == ["(empty message)", "odd 2", huge, "after"]
+        shown = [m["text"] for m in got]
+        assert [shown[0], shown[1], shown[3]] == ["(empty message)", "odd 2", "after"]
+        # Far past what X allows, and past Slack's 40,000 characters: cut, with a visible count.
+        kept, cut = shown[2].split("…", 1)
+        assert len(shown[2]) <= 40_000 and huge.startswith(kept)
+        assert cut == f"(cut: {len(huge) - len(kept)} more characters)"
         senders = ["someone on X", "X user 999", "Alice (@alice)", "Alice (@alice)"]
         assert [m["username"] for m in got] == senders
 
