@@ -99,6 +99,16 @@ async def test_post_update_delete(fake: FakeSlack, client: AsyncWebClient) -> No
     assert exc.value.response["error"] == "no_text"
 
 
+async def test_one_message_refused_and_long_text_cut(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """A marker refuses that one post, not its channel; Slack keeps 40,000 characters of a text."""
+    fake.text_errors["BOOM"] = "msg_too_long"
+    with pytest.raises(SlackApiError) as exc:
+        await client.chat_postMessage(channel="C1", text="a BOOM here")
+    assert exc.value.response["error"] == "msg_too_long"
+    await client.chat_postMessage(channel="C1", text="x" * 40_001)
+    assert [m["text"] for m in fake.posted("C1")] == ["x" * 40_000]
+
+
 async def test_reactions(fake: FakeSlack, client: AsyncWebClient) -> None:
     await client.reactions_add(channel="C1", timestamp="1700000000.000100", name="white_check_mark")
     with pytest.raises(SlackApiError) as exc:
