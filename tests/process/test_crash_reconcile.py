@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
+
+import pytest
 
 from tests.harness import ALICE, wait_until
 from tests.process.support import world
 
 
+@pytest.mark.usefixtures("on_both_stores")
 async def test_kill_mid_send_then_150_dms_before_the_restart_is_no_duplicate(tmp_path: Path) -> None:
     conversation = "1000-2001"
     async with world(tmp_path, lambda x: {"C100": conversation}, X_TIMEOUT_SECONDS="30") as w:
@@ -29,6 +31,5 @@ async def test_kill_mid_send_then_150_dms_before_the_restart_is_no_duplicate(tmp
         assert await server.terminate() == 0
         ours = [e for e in w.x.events if e.sender_id == "1000"]
         assert [e.text for e in ours] == ["Ada: sent just before the crash"]
-        row = sqlite3.connect(w.db_path).execute("SELECT state, dm_event_id FROM outbox").fetchone()
-        assert row == ("sent", ours[0].id)
+        assert await w.sql("SELECT state, dm_event_id FROM outbox") == [("sent", ours[0].id)]
         assert "reconciled: X had the message already" in (tmp_path / "server.log").read_text()
