@@ -66,12 +66,17 @@ def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
 
 def _stop_on_key_problem(settings: Settings) -> None:
     if settings.database_url:
+        import asyncpg
+
         from adapters.ops import pg_admin
         from adapters.store import postgres
 
-        asyncio.run(postgres.migrate(settings.database_url))
-        with pg_admin.connect(settings.database_url) as pg_db:
-            problem = _key_problem(pg_db, settings.encryption_keys)
+        try:
+            asyncio.run(postgres.migrate(settings.database_url))
+            with pg_admin.connect(settings.database_url) as pg_db:
+                problem = _key_problem(pg_db, settings.encryption_keys)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise SystemExit(_database_failure(settings.database_url, exc)) from None
     else:
         db = open_database(settings.database_path)
         try:
@@ -151,6 +156,12 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _database_failure(url: str, exc: Exception) -> int:
+    """PostgreSQL unreachable or refusing (down, wrong host or password): one line, exit 1."""
+    print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _operator_error(problem: str) -> int:
     """An operator's mistake: one line naming it, exit 2, no traceback."""
     print(f"xdm-bridge: {problem}", file=sys.stderr)
@@ -173,8 +184,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             with pg_admin.connect(url) as pg_db:
                 problem = _key_problem(pg_db, None)
         except (OSError, asyncpg.PostgresError) as exc:
-            print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return _database_failure(url, exc)
         if problem is not None:
             print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
             return EXIT_CONFIG

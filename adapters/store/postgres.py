@@ -28,6 +28,7 @@ import asyncpg
 
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
+from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
@@ -47,6 +48,7 @@ from bridge.model import (
     Unreadable,
     XUser,
 )
+from bridge.settings import redacted
 from migrations import postgres as pg_migrations
 from migrations.postgres import PENDING_STATES
 
@@ -104,9 +106,16 @@ class PostgresStore:
             await pg_migrations.apply(conn)
         finally:
             await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=self._pool_size, reset=_keep_session, init=_define_functions
-        )
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self._pool_size, reset=_keep_session, init=_define_functions
+            )
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # Each connection defines its functions in its own temporary schema (_FUNCTIONS).
+            raise StoreUnavailable(
+                f"database {redacted(self.url)}: {exc} (the bridge needs the TEMPORARY privilege "
+                "on its database, which PostgreSQL grants by default: GRANT TEMPORARY ON DATABASE …)"
+            ) from None
         log.info("database ready", extra={"engine": "postgresql"})
 
     async def close(self) -> None:

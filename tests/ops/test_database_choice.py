@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -13,7 +15,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import describe, make_store
 from adapters.store.sqlite import SqliteStore
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, StoreUnavailable
 from bridge.settings import Settings
 from migrations.postgres import MIGRATIONS
 from tests import pg
@@ -107,3 +109,36 @@ def test_litestream_replicates_sqlite_only() -> None:
         Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "s3://b/p", "DATABASE_URL": "postgres://h/x"})
     with pytest.raises(ConfigError, match="is not a replica URL"):
         Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "bucket/path"})
+
+
+async def test_a_database_without_the_temporary_privilege_is_one_clear_error(pg_url: str) -> None:
+    """Each pool connection defines the hot path's functions in its temporary schema: a role
+    that may not create temporary objects gets one line saying which privilege, not a traceback."""
+    cipher = TokenCipher([generate_key()])
+    store = PostgresStore(pg_url, cipher)
+    await store.open()  # migrated by its owner
+    await store.close()
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    database = urlsplit(pg_url).path.lstrip("/")
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC")
+        await admin.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+        await admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        await admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        parts = urlsplit(pg_url)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        limited = PostgresStore(as_role, cipher)
+        with pytest.raises(StoreUnavailable) as caught:
+            await limited.open()
+        assert "TEMPORARY privilege" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        await admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.close()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await conn.close()

@@ -255,3 +255,15 @@ async def test_a_check_mark_that_never_reached_slack_is_added_by_the_next_proces
         await server.start(w.url, w.session)
         await wait_until(lambda: "white_check_mark" in w.slack.reactions("C0", ts), 20, "the ✅ again")
         assert len(w.x.events) == 1  # marked, not sent again
+
+
+async def test_an_unreachable_database_url_stops_serve_and_migrate_with_one_line(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens there
+    url = f"postgresql://bridge:hunter22@127.0.0.1:{closed}/xdm"
+    env = bridge_env(tmp_path / "unused.db", "http://127.0.0.1:9", "http://127.0.0.1:9/api/", free_port())
+    for command in (("serve", "--host", "127.0.0.1"), ("migrate",)):
+        code, _, err = await start_with({**env, "DATABASE_URL": url}, *command)
+        assert code == 1, err
+        line = one_line_no_traceback(err)
+        assert line.startswith(f"xdm-bridge: database postgresql://bridge:***@127.0.0.1:{closed}/xdm: "), line
+        assert "hunter22" not in err
