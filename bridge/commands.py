@@ -421,6 +421,10 @@ class CommandService:
         resets = f", resets {_clock_time(reset, now)}" if reset else ""
         line = f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets})"
         waiting = summary["channel_pending"]
+        if summary["channel_failed"]:
+            # Slack refused these for themselves and the line in their place too: never posted.
+            reason = _one_line(str(summary["channel_last_failure"] or "no reason kept"))
+            line += f"; {summary['channel_failed']} could not be posted here (last: {reason})"
         if summary["catching_up"]:
             line += (
                 "; catching up: X had more new messages than one read takes, so what came waits "
@@ -680,6 +684,12 @@ class CommandService:
             f"<@{ctx.user_id}> bridged this channel to {where}. "
             f"Messages posted here go to X as @{account.x_username}."
         )
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A stored reason, short and on one line, for a status reply."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _is_group(mapping: Mapping) -> bool:

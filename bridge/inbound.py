@@ -36,7 +36,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -286,6 +286,22 @@ class Inbound:
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
         self.on_posted: Callable[[InboundItem], None] | None = None
+        # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
+        # (the row's origin), ``echo`` (a row not posted back where it was sent from),
+        # ``failed`` (Slack's error code for the message), ``read`` (a GET /2/dm_events by
+        # outcome, see ``_counted_read``).
+        self.on_event: Callable[[str, str], None] | None = None
+
+    def _emit(self, kind: str, label: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, label)
+            except Exception:  # counting must never stop a message
+                log.exception("inbound event hook failed")
+
+    def _count_echoes(self, tally: dict[str, int]) -> None:
+        for _ in range(tally.get("echoes", 0)):
+            self._emit("echo", "store")
 
     # -- control -----------------------------------------------------------
 
@@ -480,9 +496,11 @@ class Inbound:
                 "stopped; this account's channels wait until then, to keep X's order",
                 extra={**ids, "pages": read.pages, "cut_short": None if failure is None else str(failure)},
             )
+        tally: dict[str, int] = {}
         queued = await self._store.take_inbound(
-            account.id, events, None if left is not None else read.newest, now, gap=left
+            account.id, events, None if left is not None else read.newest, now, gap=left, tally=tally
         )
+        self._count_echoes(tally)
         if queued:
             log.info("X events queued for Slack", extra={**ids, "count": queued})
             self.wake()
@@ -533,7 +551,42 @@ class Inbound:
                 account, lambda t: self._x.dm_events(t, max_results=size, pagination_token=pagination_token)
             )
 
-        return await self._budget.read(account.id, self._clock.now, call, keep=self._config.reserve)
+        return await self._counted_read(account, call, keep=self._config.reserve)
+
+    async def _counted_read(
+        self, account: Account, call: Callable[[], Awaitable[tuple[InboxPage, Any]]], *, keep: int = 0
+    ) -> InboxPage:
+        """One read within the budget, reported by outcome: ``ok``, ``rate_limited`` (X's 429),
+        ``refused``, ``auth`` (the account's token), ``error`` (X failing), or ``held`` (not
+        made: the budget kept it back, so X was not asked)."""
+        made = False
+
+        async def counted() -> tuple[InboxPage, Any]:
+            nonlocal made
+            made = True
+            try:
+                result = await call()
+            except XRateLimited:
+                self._emit("read", "rate_limited")
+                raise
+            except (XAuthExpired, XAuthRevoked):
+                self._emit("read", "auth")
+                raise
+            except XRefused:
+                self._emit("read", "refused")
+                raise
+            except BaseException:
+                self._emit("read", "error")
+                raise
+            self._emit("read", "ok")
+            return result
+
+        try:
+            return await self._budget.read(account.id, self._clock.now, counted, keep=keep)
+        except XRateLimited:
+            if not made:
+                self._emit("read", "held")
+            raise
 
     async def _backfill_account(self, account: Account, wanted: list[tuple[str, float]]) -> None:
         """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
@@ -554,7 +607,7 @@ class Inbound:
 
             ids = {"account_id": account.id, "conversation": conversation_id}
             try:
-                page = await self._budget.read(account.id, self._clock.now, call)
+                page = await self._counted_read(account, call)
             except XRateLimited as exc:
                 self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
                 return
@@ -584,7 +637,9 @@ class Inbound:
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (push, backfill); returns how many were new."""
-        queued = await self._store.take_inbound(account_id, events, None, self._clock.now())
+        tally: dict[str, int] = {}
+        queued = await self._store.take_inbound(account_id, events, None, self._clock.now(), tally=tally)
+        self._count_echoes(tally)
         if queued:
             self._last_activity[account_id] = self._clock.now()
             self.wake()
@@ -703,6 +758,7 @@ class Inbound:
             log.warning("Slack refused a message and the line in its place: not posted", extra=ids)
             reason = f"Slack refused the message ({first}) and the line in its place ({exc.error})"
             await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, reason)
+            self._emit("failed", str(first))  # the message's own reason: what kind of message fails
             self._post_wake.set()
             return None
         log.warning("Slack refused a message for good: a line goes in its place", extra=ids)
@@ -740,6 +796,7 @@ class Inbound:
             await self._store.reschedule_inbound(
                 item.id, InboundState.SKIPPED, 0.0, "relayed from Slack by the bridge"
             )
+            self._emit("echo", "core")
             self._post_wake.set()
             return None
         if origin is not None and item.payload.get("sent_from_channel") != origin[1]:
@@ -813,4 +870,5 @@ class Inbound:
         log.info("posted to Slack", extra={"channel": item.channel_id, "dm_event_id": item.dm_event_id})
         if self.on_posted is not None:
             self.on_posted(item)
+        self._emit("posted", item.origin)
         return following

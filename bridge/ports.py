@@ -256,6 +256,13 @@ class Store(Protocol):
         """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
         ...
 
+    async def inbound_gauges(self) -> dict[str, Any]:
+        """Inbound rows waiting to be posted (``queued`` or ``posting``), from the partial index of
+        unfinished rows (cost follows the backlog, not the history): ``held`` (their channel is
+        paused), ``catching_up`` (an unfinished read holds their channel), ``queued`` (the rest),
+        and ``oldest_waiting_at`` (None when none waits)."""
+        ...
+
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...
@@ -285,6 +292,7 @@ class Store(Protocol):
         now: float,
         *,
         gap: ReadGap | None = None,
+        tally: dict[str, int] | None = None,
     ) -> int:
         """Record X events (oldest first) and advance the account's cursor, in one transaction.
 
@@ -299,7 +307,8 @@ class Store(Protocol):
         the account's gap. With ``gap`` the read is unfinished: the cursor stays, the gap is
         kept (replacing any), and every channel of the account (or with a row it took) waits
         until the gap is closed, so nothing newer is posted before the older events still to come.
-        Returns how many events were queued for Slack.
+        Returns how many events were queued for Slack; a ``tally`` given is added to:
+        ``echoes``, the rows written skipped as the bridge's own sends read back.
         """
         ...
 
@@ -338,7 +347,9 @@ class Store(Protocol):
     ) -> dict[str, Any]:
         """``newest_event_id``, ``read_at``, ``catching_up`` (a read is unfinished, see
         ``take_inbound``), ``last_event_at``, ``counts`` by state, ``pending``
-        (the account's), ``channel_pending`` (the given channel's), ``next_read_at`` and
+        (the account's), ``channel_pending`` (the given channel's), ``channel_failed`` and
+        ``channel_last_failure`` (its rows Slack refused for good, and the newest one's reason),
+        ``next_read_at`` and
         ``pushed`` (as the leader last saved them)."""
         ...
 

@@ -575,6 +575,10 @@ class PostgresStore:
                 deleted += int(status.split()[-1])
         return deleted
 
+    async def inbound_gauges(self) -> dict[str, Any]:
+        """As the SQLite store's: one pass over the partial index of rows still to post."""
+        return rows.inbound_gauges(await self.pool.fetchrow(_INBOUND_GAUGES_SQL))
+
     async def outbox_gauges(self) -> dict[str, Any]:
         """``pending`` and ``oldest_pending_at``, from the partial index of unfinished rows."""
         row = await self.pool.fetchrow(
@@ -1078,6 +1082,7 @@ class PostgresStore:
         now: float,
         *,
         gap: ReadGap | None = None,
+        tally: dict[str, int] | None = None,
     ) -> int:
         """As the SQLite store's (a ``gap`` kept leaves the cursor; moving it closes the gap); any
         instance may take (a push reaches whichever X calls), and the unique key makes the first
@@ -1091,7 +1096,10 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", INBOUND_LOCK, account_id)
             own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
             for event in events:
-                queued += await self._take_one(conn, account_id, own_id, event, now)
+                taken, echoes = await self._take_one(conn, account_id, own_id, event, now)
+                queued += taken
+                if tally is not None:
+                    tally["echoes"] = tally.get("echoes", 0) + echoes
             if gap is not None:
                 await conn.execute(
                     "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
@@ -1137,7 +1145,8 @@ class PostgresStore:
 
     async def _take_one(
         self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
-    ) -> int:
+    ) -> tuple[int, int]:
+        """(rows queued, rows skipped as echoes of the bridge's own sends) for one event."""
         known = {
             (r["team_id"], r["channel_id"])
             for r in await conn.fetch(
@@ -1156,7 +1165,7 @@ class PostgresStore:
             else []
         )
         sent_from = await self._sent_from(conn, event.dm_event_id)
-        queued = 0
+        queued = echoes = 0
         for row in rows.channel_rows(mappings, event, known, sent_from):
             state, why = row.state, row.why
             if row.check_outbox and await conn.fetchval(
@@ -1167,16 +1176,18 @@ class PostgresStore:
             ):
                 # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
-            queued += await self._insert_inbound(
+            inserted = await self._insert_inbound(
                 conn, account_id, event, row.where, row.payload, state, why, now
             )
+            queued += int(inserted and state is InboundState.QUEUED)
+            echoes += int(inserted and state is InboundState.SKIPPED)
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
             payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
             await self._insert_inbound(
                 conn, account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
-        return queued
+        return queued, echoes
 
     @staticmethod
     async def _insert_inbound(
@@ -1188,7 +1199,7 @@ class PostgresStore:
         state: InboundState,
         why: str | None,
         now: float,
-    ) -> int:
+    ) -> bool:
         status = await conn.execute(
             """
             INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
@@ -1211,7 +1222,7 @@ class PostgresStore:
             why,
             now,
         )
-        return int(status == "INSERT 0 1" and state is InboundState.QUEUED)
+        return bool(status == "INSERT 0 1")
 
     @staticmethod
     async def _sent_from(conn: Conn, dm_event_id: str) -> tuple[str, str] | None:
@@ -1338,6 +1349,8 @@ class PostgresStore:
                 "SELECT MAX(created_at) FROM inbound WHERE account_id = $1 AND origin != 'sent'",
                 account_id,
             )
+            failed = await conn.fetchval(rows.FAILED_COUNT_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
+            reason = await conn.fetchval(rows.FAILED_LAST_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
         return {
             "newest_event_id": cursor["newest_event_id"] if cursor else None,
             "read_at": cursor["updated_at"] if cursor else None,
@@ -1346,6 +1359,8 @@ class PostgresStore:
             "counts": counts,
             "pending": counts.get("queued", 0) + counts.get("posting", 0),
             "channel_pending": int(here or 0),
+            "channel_failed": int(failed or 0),
+            "channel_last_failure": reason,
             "next_read_at": (
                 float(schedule["next_read_at"]) if schedule and schedule["next_read_at"] is not None else None
             ),
@@ -1602,3 +1617,4 @@ def _snowflake_sql(column: str) -> str:
 
 
 _INBOUND_WAITS = rows.inbound_waits(_snowflake_sql)
+_INBOUND_GAUGES_SQL = rows.inbound_gauges_sql(_snowflake_sql)

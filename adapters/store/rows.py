@@ -206,6 +206,44 @@ def inbound_waits(number: Callable[[str], str]) -> str:
     )
 
 
+def inbound_gauges_sql(number: Callable[[str], str], index_hint: str = "") -> str:
+    """One pass over the rows still to post (the partial index ``inbound_pending``: the backlog,
+    never the history), each classed as ``inbound_waits`` classes it: held by a paused channel,
+    waiting for an unfinished read (catching up), or neither."""
+    paused = (
+        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+        "AND m.paused_at IS NOT NULL)"
+    )
+    return (
+        "SELECT COUNT(*) AS waiting, COALESCE(SUM(CASE WHEN paused THEN 1 ELSE 0 END), 0) AS held, "
+        "COALESCE(SUM(CASE WHEN waits AND NOT paused THEN 1 ELSE 0 END), 0) AS catching_up, "
+        "MIN(created_at) AS oldest FROM ("
+        f"SELECT i.created_at, {paused} AS paused, ({inbound_waits(number)}) AS waits "
+        f"FROM inbound AS i {index_hint} WHERE i.state IN ('queued', 'posting')) AS w"
+    )
+
+
+def inbound_gauges(row: Row | None) -> dict[str, Any]:
+    waiting = int(row["waiting"] or 0) if row else 0
+    held = int(row["held"] or 0) if row else 0
+    catching_up = int(row["catching_up"] or 0) if row else 0
+    return {
+        "queued": waiting - held - catching_up,
+        "held": held,
+        "catching_up": catching_up,
+        "oldest_waiting_at": None if row is None or row["oldest"] is None else float(row["oldest"]),
+    }
+
+
+FAILED_COUNT_SQL = (
+    "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
+)
+FAILED_LAST_SQL = (
+    "SELECT last_error FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed' "
+    "ORDER BY id DESC LIMIT 1"
+)
+
+
 def read_gap(row: Row) -> ReadGap | None:
     """The unfinished read kept in a ``cursors`` row, if any."""
     if row["gap_newest"] is None:

@@ -685,6 +685,16 @@ class SqliteStore:
 
         return await self._call(work)
 
+    INBOUND_GAUGES_SQL = rows.inbound_gauges_sql(
+        lambda column: f"CAST({column} AS INTEGER)", "INDEXED BY inbound_pending"
+    )
+
+    async def inbound_gauges(self) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            return rows.inbound_gauges(self._one(self.INBOUND_GAUGES_SQL))
+
+        return await self._call(work)
+
     # -- outbox ------------------------------------------------------------
 
     @staticmethod
@@ -1257,6 +1267,7 @@ class SqliteStore:
         now: float,
         *,
         gap: ReadGap | None = None,
+        tally: dict[str, int] | None = None,
     ) -> int:
         """Queue X events (oldest first) and move the account's cursor, in one transaction.
 
@@ -1273,7 +1284,10 @@ class SqliteStore:
                 account = self._one("SELECT x_user_id FROM accounts WHERE id = ?", [account_id])
                 own_id = account["x_user_id"] if account else None
                 for event in events:
-                    queued += self._take_one(account_id, own_id, event, now)
+                    taken, echoes = self._take_one(account_id, own_id, event, now)
+                    queued += taken
+                    if tally is not None:
+                        tally["echoes"] = tally.get("echoes", 0) + echoes
                 if gap is not None:
                     self.db.execute(
                         "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
@@ -1309,7 +1323,10 @@ class SqliteStore:
 
         return await self._call(work)
 
-    def _take_one(self, account_id: int, own_id: str | None, event: InboundEvent, now: float) -> int:
+    def _take_one(
+        self, account_id: int, own_id: str | None, event: InboundEvent, now: float
+    ) -> tuple[int, int]:
+        """(rows queued, rows skipped as echoes of the bridge's own sends) for one event."""
         known = {
             (r["team_id"], r["channel_id"]): r
             for r in self._rows(
@@ -1327,19 +1344,21 @@ class SqliteStore:
             else []
         )
         sent_from = self._sent_from(event.dm_event_id)
-        queued = 0
+        queued = echoes = 0
         for row in rows.channel_rows(mappings, event, set(known), sent_from):
             state, why = row.state, row.why
             if row.check_outbox and self._outbox_echo(row.where, event):
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
-            queued += self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
+            inserted = self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
+            queued += int(inserted and state is InboundState.QUEUED)
+            echoes += int(inserted and state is InboundState.SKIPPED)
         if not known and not mappings:
             # Kept so a later read does not bill it to Slack again; a backfill may still want it.
             payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
             self._insert_inbound(
                 account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
             )
-        return queued
+        return queued, echoes
 
     def _insert_inbound(
         self,
@@ -1350,7 +1369,7 @@ class SqliteStore:
         state: InboundState,
         why: str | None,
         now: float,
-    ) -> int:
+    ) -> bool:
         cursor = self.db.execute(
             """
             INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
@@ -1375,7 +1394,7 @@ class SqliteStore:
                 now,
             ],
         )
-        return int(cursor.rowcount == 1 and state is InboundState.QUEUED)
+        return bool(cursor.rowcount == 1)
 
     def _sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
         # The message map also records what the bridge posted from X: those have an inbound row.
@@ -1520,6 +1539,8 @@ class SqliteStore:
                 "SELECT MAX(created_at) AS t FROM inbound WHERE account_id = ? AND origin != 'sent'",
                 [account_id],
             )
+            failed = self._one(rows.FAILED_COUNT_SQL.format(p1="?", p2="?"), [team_id, channel_id])
+            reason = self._one(rows.FAILED_LAST_SQL.format(p1="?", p2="?"), [team_id, channel_id])
             return {
                 "newest_event_id": cursor["newest_event_id"] if cursor else None,
                 "read_at": cursor["updated_at"] if cursor else None,
@@ -1528,6 +1549,8 @@ class SqliteStore:
                 "counts": counts,
                 "pending": counts.get("queued", 0) + counts.get("posting", 0),
                 "channel_pending": here["n"] if here else 0,
+                "channel_failed": failed["n"] if failed else 0,
+                "channel_last_failure": reason["last_error"] if reason else None,
                 "next_read_at": schedule["next_read_at"] if schedule else None,
                 "pushed": bool(schedule["pushed"]) if schedule else False,
             }

@@ -213,6 +213,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
+        inbound.on_event = metrics.inbound_hook()
         push: Push | None = None
         if settings.push_url and settings.x_bearer_token:
             push = Push(
@@ -433,6 +434,7 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
         return web.json_response({"error": "push is not configured"}, status=404)
     if not x_push.verify(settings.x_consumer_secret, body, signature):
         log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
+        request.app[METRICS].push_signature_refused()
         return web.json_response({"error": "invalid signature"}, status=401)
     try:
         delivery = x_push.parse_delivery(body)

@@ -1,6 +1,7 @@
 """Prometheus metrics for ``GET /metrics``, one registry per web application.
 
-Counters follow the core's hooks (``Relay.on_accepted``, ``Delivery.on_event``);
+Counters follow the core's hooks (``Relay.on_accepted``, ``Delivery.on_event``,
+``Inbound.on_event``) and the webhook handler (refused pushes);
 gauges are computed when scraped, from the store (on its own thread) and the
 budget; request latencies come from an aiohttp ``TraceConfig`` on the shared
 client session, labelled X or Slack by URL prefix.
@@ -18,6 +19,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from adapters.slack.api import MESSAGE_REFUSALS
 from bridge.budget import Budget
 from bridge.errors import Failure
 from bridge.model import OutboxItem, OutboxKind
@@ -32,6 +34,19 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 # Failure reasons come typed from the core (bridge.errors.Failure), kept few so the label stays
 # low-cardinality; every one is exported from the start, at 0.
 FAILURE_REASONS = tuple(f.value for f in Failure)
+
+# X → Slack labels, each a fixed set exported from the start at 0 (an unknown value is "other").
+INBOUND_ORIGINS = ("poll", "push", "backfill")
+READ_OUTCOMES = ("ok", "rate_limited", "refused", "auth", "error", "held")
+# Slack's error codes for a message refused for what it is (adapters.slack.api); any other code
+# is "other", so a new or nonsense code from Slack cannot grow the label set.
+SLACK_REFUSALS = tuple(sorted(MESSAGE_REFUSALS))
+INBOUND_WAITING_STATES = ("queued", "held", "catching_up")
+
+
+def _bounded(value: str, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else "other"
+
 
 _ID_SEGMENT = re.compile(r"(?<=.)/[0-9][0-9-]*(?=/|$)")  # not the leading /2 (the API version)
 _USERNAME = re.compile(r"/by/username/[^/]+")
@@ -70,6 +85,52 @@ class BridgeMetrics:
         )
         for reason in FAILURE_REASONS:
             self.failed.labels(reason)
+        self.inbound_posted = Counter(
+            "inbound_posted",
+            "X events posted into Slack, by how they came (poll, push, backfill)",
+            ["origin"],
+            registry=registry,
+        )
+        self.inbound_echoes = Counter(
+            "inbound_echoes_skipped",
+            "X events not posted back into the channel they were sent from (the bridge's own DMs)",
+            registry=registry,
+        )
+        self.inbound_failed = Counter(
+            "inbound_failed",
+            "X events Slack refused for good (the message and the line in its place), by Slack's error",
+            ["reason"],
+            registry=registry,
+        )
+        self.push_refused = Counter(
+            "x_push_refused",
+            "Deliveries to /x/webhook refused with 401: their signature does not verify",
+            registry=registry,
+        )
+        self.dm_reads = Counter(
+            "x_dm_reads",
+            "Reads of GET /2/dm_events by outcome (held: not made, the read budget kept it back)",
+            ["outcome"],
+            registry=registry,
+        )
+        for origin in (*INBOUND_ORIGINS, "other"):
+            self.inbound_posted.labels(origin)
+        for reason in (*SLACK_REFUSALS, "other"):
+            self.inbound_failed.labels(reason)
+        for outcome in READ_OUTCOMES:
+            self.dm_reads.labels(outcome)
+        self.inbound_waiting = Gauge(
+            "inbound_waiting",
+            "X events waiting to be posted into Slack: queued, held (paused channel) or "
+            "catching_up (an unfinished read holds the channel, to keep X's order)",
+            ["state"],
+            registry=registry,
+        )
+        self.inbound_oldest_age = Gauge(
+            "inbound_oldest_waiting_age_seconds",
+            "Age of the oldest X event waiting to be posted (0 when none waits)",
+            registry=registry,
+        )
         self.outbox_depth = Gauge(
             "outbox_depth", "Outbox rows not yet sent (queued, sending or waiting)", registry=registry
         )
@@ -125,6 +186,24 @@ class BridgeMetrics:
 
         return on_failed
 
+    def inbound_hook(self) -> Callable[[str, str], None]:
+        """``Inbound.on_event``: X → Slack counters, labels bounded to fixed sets."""
+
+        def on_event(kind: str, label: str) -> None:
+            if kind == "posted":
+                self.inbound_posted.labels(_bounded(label, INBOUND_ORIGINS)).inc()
+            elif kind == "echo":
+                self.inbound_echoes.inc()
+            elif kind == "failed":
+                self.inbound_failed.labels(_bounded(label, SLACK_REFUSALS)).inc()
+            elif kind == "read":
+                self.dm_reads.labels(_bounded(label, READ_OUTCOMES)).inc()
+
+        return on_event
+
+    def push_signature_refused(self) -> None:
+        self.push_refused.inc()
+
     # -- gauges, at scrape time ----------------------------------------------------
 
     def bind(self, store: Store, budget: Budget, clock: Clock) -> None:
@@ -139,6 +218,11 @@ class BridgeMetrics:
         self.outbox_depth.set(gauges["pending"])
         oldest = gauges["oldest_pending_at"]
         self.outbox_oldest_age.set(max(0.0, now - oldest) if oldest else 0.0)
+        inbound = await self._store.inbound_gauges()
+        for state in INBOUND_WAITING_STATES:
+            self.inbound_waiting.labels(state).set(inbound[state])
+        waiting_since = inbound["oldest_waiting_at"]
+        self.inbound_oldest_age.set(max(0.0, now - waiting_since) if waiting_since else 0.0)
         mapped = {m.account_id for m in await self._store.list_mappings()}
         accounts = [a for a in await self._store.list_accounts() if a.id in mapped]
         remaining: dict[tuple[str, str], int] = {}

@@ -88,7 +88,12 @@ async def test_what_the_bridge_sent_is_never_queued(store: Store) -> None:
     )
     assert in_flight is not None
     events = [event("20", "Ada: hello", ME), event("21", "Ada: again", ME)]
-    assert await store.take_inbound(account.id, events, "21", 4.0) == 0
+    tally: dict[str, int] = {}
+    assert await store.take_inbound(account.id, events, "21", 4.0, tally=tally) == 0
+    assert tally == {"echoes": 2}  # both counted as echoes (for the operator's metric)
+    again: dict[str, int] = {}
+    await store.take_inbound(account.id, events, "21", 4.5, tally=again)
+    assert again.get("echoes", 0) == 0  # read again: already known, not counted twice
     # The account's own DM typed on X (nothing of ours matches) is queued.
     assert await store.take_inbound(account.id, [event("23", "from my phone", ME)], "23", 5.0) == 1
     [head] = await store.inbound_heads()
@@ -413,3 +418,68 @@ async def test_an_unfinished_read_is_parked_with_its_x_account_and_read_again_wh
     await store.delete_mapping("T1", "C1")
     [head] = await store.inbound_heads()
     assert head.dm_event_id == "10"
+
+
+async def test_inbound_gauges_class_what_waits_queued_held_or_catching_up(store: Store) -> None:
+    """What ``/metrics`` shows of X → Slack's backlog: rows still to post, each counted once as
+    queued, held by a paused channel, or waiting for an unfinished read; the oldest one's age."""
+    assert await store.inbound_gauges() == {
+        "queued": 0,
+        "held": 0,
+        "catching_up": 0,
+        "oldest_waiting_at": None,
+    }
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 10.0)
+    [head] = await store.inbound_heads()
+    await store.mark_posting(head.id, 11.0)  # in flight still waits
+    gauges = await store.inbound_gauges()
+    assert gauges == {"queued": 2, "held": 0, "catching_up": 0, "oldest_waiting_at": 10.0}
+    await store.mark_posted(head.id, "1.1", 12.0)  # posted no longer waits
+    assert (await store.inbound_gauges())["queued"] == 1
+    # Another account's channel, held by an unfinished read.
+    other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
+    await store.create_mapping(Mapping("T1", "C2", MappingKind.LINK, other.id, "3000-2001", None, "U2", 0.0))
+    gap = ReadGap("tok", "60", "51", 0, 13.0)
+    await store.take_inbound(
+        other.id,
+        [event("51", conversation="3000-2001"), event("60", conversation="3000-2001")],
+        None,
+        13.0,
+        gap=gap,
+    )
+    assert await store.inbound_gauges() == {
+        "queued": 1,
+        "held": 0,
+        "catching_up": 2,
+        "oldest_waiting_at": 10.0,
+    }
+    # The first account disconnected: its channel is paused, its row held.
+    await store.disconnect_account(account.id, 14.0, "U1")
+    assert await store.inbound_gauges() == {
+        "queued": 0,
+        "held": 1,
+        "catching_up": 2,
+        "oldest_waiting_at": 10.0,
+    }
+
+
+async def test_status_counts_a_channels_failed_rows_and_says_the_last_reason(store: Store) -> None:
+    account = await bridged(store)
+    await store.create_mapping(
+        Mapping("T1", "C2", MappingKind.LINK, account.id, f"{ME}-2002", None, "U1", 0.0)
+    )
+    await store.take_inbound(
+        account.id, [event("1"), event("2"), event("3"), event("4", conversation=f"{ME}-2002")], "4", 1.0
+    )
+    summary = await store.inbound_summary(account.id, "T1", "C1")
+    assert summary["channel_failed"] == 0 and summary["channel_last_failure"] is None
+    ids = {item.dm_event_id: item.id for item in await store.inbound_heads()}
+    await store.reschedule_inbound(ids["1"], InboundState.FAILED, 0.0, "first (msg_too_long)")
+    ids = {item.dm_event_id: item.id for item in await store.inbound_heads()}
+    await store.reschedule_inbound(ids["2"], InboundState.FAILED, 0.0, "second (invalid_blocks)")
+    await store.reschedule_inbound(ids["4"], InboundState.FAILED, 0.0, "elsewhere")
+    summary = await store.inbound_summary(account.id, "T1", "C1")
+    assert summary["channel_failed"] == 2
+    assert summary["channel_last_failure"] == "second (invalid_blocks)"
+    assert (await store.inbound_summary(account.id, "T1", "C2"))["channel_failed"] == 1
