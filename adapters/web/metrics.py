@@ -126,6 +126,8 @@ class BridgeMetrics:
             ["state"],
             registry=registry,
         )
+        for state in INBOUND_WAITING_STATES:
+            self.inbound_waiting.labels(state)
         self.inbound_oldest_age = Gauge(
             "inbound_oldest_waiting_age_seconds",
             "Age of the oldest X event waiting to be posted (0 when none waits)",

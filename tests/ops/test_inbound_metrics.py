@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 from adapters.sandbox.fake_x import sign
-from adapters.web.app import METRICS
+from adapters.web.app import METRICS, create_app
 from bridge.inbound import InboundConfig
+from bridge.settings import Settings
 from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_push import pushing, subscribed
@@ -136,3 +138,24 @@ async def test_pushes_posted_and_forged_pushes_refused_are_counted(tmp_path: Pat
         samples = await scrape(bridge)
         assert value(samples, "x_push_refused_total") == 1
         assert value(samples, "inbound_posted_total", origin="push") == 1
+
+
+def test_the_readme_lists_every_metric_once() -> None:
+    """The README's metrics table names each family the registry exports, once, with its labels."""
+    settings = Settings(signing_secret="s", bot_token="xoxb-t", x_client_id="c", encryption_keys=("k",))
+    registry = create_app(settings)[METRICS].registry
+    table = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)(?:\{([a-z_,]+)\})?` \|", table, flags=re.MULTILINE)
+    listed = {name: labels for name, labels in rows}
+    assert len(rows) == len(listed), "a metric is listed twice"
+    exported: dict[str, str | None] = {}
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        # A labelled family shows its labels once it has a sample (the per-account gauge and the
+        # latency histograms have none before the first account and request).
+        labels = {k for s in family.samples for k in s.labels if k != "le"}
+        exported[name] = ",".join(sorted(labels)) if family.samples else None
+    assert set(listed) == set(exported)
+    for name, labels in exported.items():
+        if labels is not None:
+            assert listed[name] == labels, name
