@@ -575,7 +575,7 @@ class Inbound:
             except XRefused:
                 self._emit("read", "refused")
                 raise
-            except BaseException:
+            except Exception:  # a cancelled read (shutting down) is not X failing
                 self._emit("read", "error")
                 raise
             self._emit("read", "ok")
