@@ -137,7 +137,12 @@ async def main() -> None:
             )
             # Everything is a day old: with one day of retention, a batch has PRUNE_BATCH rows to take.
             keep_after = now + DAY
-            batch = await timed(5, lambda: store.prune_batch(now, keep_after=keep_after, batch=PRUNE_BATCH))
+            batch = await timed(
+                5,
+                lambda: store.prune_batch(
+                    now, keep_after=keep_after, inbound_keep_after=keep_after, batch=PRUNE_BATCH
+                ),
+            )
             print(
                 f"one prune batch ({PRUNE_BATCH} outbox rows + their maps): "
                 f"median {statistics.median(batch):.2f} ms, max {max(batch):.2f} ms"

@@ -244,11 +244,14 @@ class Store(Protocol):
         ...
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
-    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+    async def prune_batch(
+        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
+    ) -> int:
         """Delete at most ``batch`` rows of each kind past retention; returns how many went.
 
-        Finished outbox rows and message maps created before ``keep_after``; Slack event ids
-        past Slack's retry horizon. Unfinished rows are never deleted.
+        Finished outbox rows and message maps created before ``keep_after``; finished inbound
+        rows taken before ``inbound_keep_after``; Slack event ids past Slack's retry horizon.
+        Unfinished rows are never deleted.
         """
         ...
 

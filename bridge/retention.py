@@ -2,7 +2,10 @@
 
 * ``seen_events`` (Slack event ids, for deduplication) only past Slack's retry horizon;
 * finished outbox rows and the message map only ``RETENTION_DAYS`` (X's own event window):
-  after that an edit or a delete in Slack is no longer carried to X.
+  after that an edit or a delete in Slack is no longer carried to X;
+* finished inbound rows (X events posted, skipped or failed) only while X may still serve
+  the event again (a replayed push, a history read): ``RETENTION_DAYS``, never under X's
+  30-day window, since a row pruned earlier would let that event be posted a second time.
 
 Rows still to send are never pruned, however old. Pruning goes in small batches on the
 store's thread, so the requests and the worker that share that thread wait one batch at most.
@@ -20,13 +23,19 @@ log = logging.getLogger("bridge.retention")
 DAY = 86_400.0
 PRUNE_BATCH = 500  # rows of each kind per store call
 PRUNE_EVERY = 3600.0  # seconds between prunes
+X_EVENT_WINDOW_DAYS = 30  # X serves DM events this long (GET /2/dm_events, replay)
 
 
 async def prune(store: Store, now: float, *, retention_days: int, batch: int = PRUNE_BATCH) -> int:
     """Delete, batch by batch, what is past its keeping; returns how many rows went."""
     total = 0
     while True:
-        deleted = await store.prune_batch(now, keep_after=now - retention_days * DAY, batch=batch)
+        deleted = await store.prune_batch(
+            now,
+            keep_after=now - retention_days * DAY,
+            inbound_keep_after=now - max(retention_days, X_EVENT_WINDOW_DAYS) * DAY,
+            batch=batch,
+        )
         total += deleted
         if deleted == 0:
             return total

@@ -427,3 +427,21 @@ def m0016_message_map_per_channel_and_read_gaps(db: Database) -> None:
     parked = db.table("parked_cursors")
     parked.add_column("gap_newest", str)
     parked.add_column("gap_oldest", str)
+
+
+@migrations(name="0017_inbound_retention")
+def m0017_inbound_retention(db: Database) -> None:
+    """Finished inbound rows are pruned by age, and status reads indexes (issue 13).
+
+    Every X event the bridge took stayed for ever (its row is what makes a second read of the
+    same event a no-op), so the table grew with every DM read, and ``/xdm status`` counted an
+    account's whole history (0.6 s at a million rows, on the store's only thread). X serves DM
+    events for 30 days, so a finished row older than that, and than ``RETENTION_DAYS``, can go.
+    """
+    db.execute(
+        "CREATE INDEX inbound_finished_created_at ON inbound (created_at) "
+        "WHERE state IN ('posted', 'skipped', 'failed')"
+    )
+    db.execute("CREATE INDEX inbound_account_state ON inbound (account_id, state)")
+    db.execute("CREATE INDEX inbound_account_created_at ON inbound (account_id, created_at)")
+    db.execute("CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed'")

@@ -276,6 +276,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE parked_cursors ADD COLUMN gap_newest TEXT, ADD COLUMN gap_oldest TEXT;
         """,
     ),
+    (
+        # SQLite's 0017: finished inbound rows are pruned (by age), and what `/xdm status` asks
+        # of the inbound table reads an index instead of the account's whole history.
+        "0013_inbound_retention",
+        """
+        CREATE INDEX inbound_finished_created_at ON inbound (created_at)
+            WHERE state IN ('posted', 'skipped', 'failed');
+        CREATE INDEX inbound_account_state ON inbound (account_id, state);
+        CREATE INDEX inbound_account_created_at ON inbound (account_id, created_at);
+        CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed';
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -549,7 +549,9 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
             yield
 
-    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+    async def prune_batch(
+        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
+    ) -> int:
         """Delete at most ``batch`` rows of each kind past retention (as the SQLite store)."""
         async with self._tx() as conn:
             deleted = 0
@@ -569,6 +571,11 @@ class PostgresStore:
                     "SELECT team_id, channel_id, slack_ts, part FROM message_map WHERE created_at < $1 "
                     "ORDER BY created_at LIMIT $2)",
                     (keep_after, batch),
+                ),
+                (
+                    f"DELETE FROM inbound WHERE id IN (SELECT id FROM inbound WHERE {rows.INBOUND_FINISHED} "
+                    "AND created_at < $1 ORDER BY created_at LIMIT $2)",
+                    (inbound_keep_after, batch),
                 ),
             ):
                 status = await conn.execute(sql, *args)

@@ -235,6 +235,9 @@ def inbound_gauges(row: Row | None) -> dict[str, Any]:
     }
 
 
+# Inbound rows done with (the same predicate as the partial index inbound_finished_created_at).
+INBOUND_FINISHED = "state IN ('posted', 'skipped', 'failed')"
+
 FAILED_COUNT_SQL = (
     "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
 )

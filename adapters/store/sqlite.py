@@ -648,7 +648,9 @@ class SqliteStore:
             self.db.execute("UPDATE outbox SET seq = id WHERE id = ?", [row_id])
         return row_id
 
-    async def prune_batch(self, now: float, *, keep_after: float, batch: int) -> int:
+    async def prune_batch(
+        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
+    ) -> int:
         def work() -> int:
             with self.db.atomic():
                 deleted = self.db.execute(
@@ -666,6 +668,12 @@ class SqliteStore:
                     "DELETE FROM message_map WHERE rowid IN (SELECT rowid FROM message_map "
                     "INDEXED BY message_map_created_at WHERE created_at < ? ORDER BY created_at LIMIT ?)",
                     [keep_after, batch],
+                ).rowcount
+                deleted += self.db.execute(
+                    f"DELETE FROM inbound WHERE id IN (SELECT id FROM inbound "
+                    f"INDEXED BY inbound_finished_created_at WHERE {rows.INBOUND_FINISHED} "
+                    "AND created_at < ? ORDER BY created_at LIMIT ?)",
+                    [inbound_keep_after, batch],
                 ).rowcount
             return int(deleted)
 

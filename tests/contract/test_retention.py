@@ -7,7 +7,16 @@ from pathlib import Path
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
-from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, Sent, TokenSet, XUser
+from bridge.model import (
+    InboundEvent,
+    IncomingMessage,
+    Mapping,
+    MappingKind,
+    OutboxState,
+    Sent,
+    TokenSet,
+    XUser,
+)
 from bridge.retention import prune
 from tests.contract.conftest import Engine
 
@@ -75,3 +84,47 @@ async def test_gauges_read_only_the_pending_index(tmp_path: Path) -> None:
             str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {SqliteStore.GAUGES_SQL}").fetchall()
         )
     assert "INDEX outbox_pending" in plan, plan  # the backlog's index, not a scan of the history
+
+
+async def test_finished_x_events_go_after_x_window_and_waiting_ones_stay(engine: Engine) -> None:
+    """On both stores: the inbound table is bounded too, but never below X's 30-day window
+    (a replayed push or a history read of an event whose row is gone would post it again)."""
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        await store.create_mapping(mapping)
+        now = 100 * DAY
+
+        other = Mapping("T1", "C2", MappingKind.LINK, account.id, "1000-2002", None, "U1", 0.0)
+        await store.create_mapping(other)
+
+        def event(event_id: str, conversation: str = "1000-2001") -> InboundEvent:
+            return InboundEvent(event_id, "MessageCreate", conversation, "2001", {"text": event_id})
+
+        async def post_head(channel: str, at: float) -> None:
+            head = next(h for h in await store.inbound_heads() if h.channel_id == channel)
+            assert await store.mark_posting(head.id, at) is not None
+            await store.mark_posted(head.id, f"17{head.id}.000100", at)
+
+        # Taken 40 days ago: three posted, one still waiting (its channel is refused, say).
+        taken = await store.take_inbound(
+            account.id, [event(str(i)) for i in (1, 2, 3, 4)], "4", now - 40 * DAY
+        )
+        assert taken == 4
+        for _ in range(3):
+            await post_head("C1", now - 40 * DAY)
+        # Taken 10 days ago and posted: inside X's window, so kept even with RETENTION_DAYS=1.
+        assert await store.take_inbound(account.id, [event("5", "1000-2002")], "5", now - 10 * DAY) == 1
+        await post_head("C2", now - 10 * DAY)
+
+        deleted = await prune(store, now, retention_days=1, batch=2)
+
+        left = await engine.sql("SELECT dm_event_id, state FROM inbound ORDER BY dm_event_id")
+        assert left == [("4", "queued"), ("5", "posted")], left
+        assert deleted >= 3
+        # What was pruned is not news again when X serves it inside its window: the cursor holds.
+        assert await store.take_inbound(account.id, [event("5", "1000-2002")], "5", now) == 0
+    finally:
+        await store.close()

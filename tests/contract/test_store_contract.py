@@ -160,8 +160,9 @@ async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) 
             "oldest_pending_at": 1.0,
         }
         later = 1.0 + 24 * 3600 + 1.5
-        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 1  # E…1 is older than a day
-        assert await store.prune_batch(later, keep_after=0.0, batch=10) == 0
+        cut = {"keep_after": 0.0, "inbound_keep_after": 0.0, "batch": 10}
+        assert await store.prune_batch(later, **cut) == 1  # E…1 is older than a day
+        assert await store.prune_batch(later, **cut) == 0
 
 
 async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Engine) -> None:
