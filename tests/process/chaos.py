@@ -377,12 +377,12 @@ async def kill_at_random(chaos: Chaos, rng: random.Random, kills: int, done: asy
         chaos.report.kills += 1
         await asyncio.sleep(rng.uniform(0.0, 0.5))
         # After the pause: a refresh already on the wire when the process died reaches X in it.
-        if await _undo_refresh_cut_off(chaos):
+        if await undo_refresh_cut_off(chaos):
             chaos.report.refreshes_cut += 1
         await chaos.server.start(chaos.url, chaos.session)
 
 
-async def _undo_refresh_cut_off(chaos: Chaos) -> bool:
+async def undo_refresh_cut_off(chaos: Chaos) -> bool:
     """Undo at X a token refresh the kill cut off after X rotated the refresh token and before
     the server saved the new one: X's refresh tokens are single-use, so no client survives that
     (fake X's fault model spares the token endpoint such losses for the same reason). Undone,
