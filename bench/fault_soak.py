@@ -6,22 +6,31 @@ the suite. Prints one block of figures per seed and a total; exits 1 if any prom
 
     python bench/fault_soak.py --seeds 20 --minutes 10
     python bench/fault_soak.py --seed 1234 --messages 200 --kills 5   # replay one seed
+    python bench/fault_soak.py --postgres --seeds 5   # on PostgreSQL (a fresh database per seed)
+
+``--postgres`` uses the server ``TEST_DATABASE_URL`` names (it must let us create databases), or
+starts a throwaway one from this machine's PostgreSQL binaries as the tests do (tests/pg.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import os
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.sandbox.fake_x import RATE_LIMIT_SHAPES
 from bridge.model import MappingKind
+from tests import pg
 from tests.process.chaos import CHANNELS, ChannelSpec, Report, run_seed
 
 
@@ -39,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settle", type=float, default=120.0, help="seconds allowed for the outbox to settle"
     )
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run on PostgreSQL: TEST_DATABASE_URL's server, else a throwaway one started here",
+    )
+    parser.add_argument(
         "--look-past",
         default="",
         help="comma-separated issue-11 cases to step around while their fix is not in: "
@@ -47,7 +61,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def soak(args: argparse.Namespace) -> list[Report]:
+@contextlib.contextmanager
+def postgres_server(wanted: bool) -> Iterator[str | None]:
+    """The admin URL of the server to create each seed's database on (None: SQLite)."""
+    if not wanted:
+        yield None
+        return
+    given = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if given:
+        yield given
+        return
+    with pg.throwaway_server(durable=True) as url:
+        yield url
+
+
+async def soak(args: argparse.Namespace, server: str | None = None) -> list[Report]:
     channels = CHANNELS
     past = set(filter(None, args.look_past.split(",")))
     shapes = RATE_LIMIT_SHAPES
@@ -67,6 +95,7 @@ async def soak(args: argparse.Namespace) -> list[Report]:
         if deadline is not None and time.monotonic() > deadline:
             break
         with tempfile.TemporaryDirectory(prefix=f"fault-soak-{seed}-") as tmp:
+            database = await pg.create_database(server) if server else str(Path(tmp) / "bridge.db")
             try:
                 report = await run_seed(
                     Path(tmp),
@@ -76,32 +105,48 @@ async def soak(args: argparse.Namespace) -> list[Report]:
                     settle_timeout=args.settle,
                     channels=channels,
                     shapes=shapes,
+                    env={"DATABASE_URL": database} if server else None,
                 )
             except Exception as exc:  # a harness failure is a finding too: report it and go on
                 report = Report(seed, problems=[f"the run itself failed: {exc!r}"])
-            if report.problems:
-                keep = Path(tempfile.mkdtemp(prefix=f"fault-soak-{seed}-kept-"))
-                for name in ("server.log", "bridge.db"):
-                    source = Path(tmp) / name
-                    if source.exists():
-                        (keep / name).write_bytes(source.read_bytes())
-                report.problems.append(f"log and database kept in {keep}")
+            try:
+                if report.problems:
+                    keep = await _keep(seed, Path(tmp), database)
+                    report.problems.append(f"log and database kept in {keep}")
+            finally:
+                if server:
+                    await pg.drop_database(server, database)
         print(report.summary(), flush=True)
         reports.append(report)
     return reports
 
 
+async def _keep(seed: int, tmp: Path, database: str) -> Path:
+    """Copy what a failing seed left (its log, its SQLite file, its outbox as JSON) out of the way."""
+    keep = Path(tempfile.mkdtemp(prefix=f"fault-soak-{seed}-kept-"))
+    for name in ("server.log", "bridge.db"):
+        source = tmp / name
+        if source.exists():
+            (keep / name).write_bytes(source.read_bytes())
+    with contextlib.suppress(Exception):  # a database the run never created has no outbox to keep
+        rows = await pg.records(database, "SELECT * FROM outbox ORDER BY seq, part, id")
+        (keep / "outbox.json").write_text(json.dumps(rows, default=str, indent=1))
+    return keep
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    reports = asyncio.run(soak(args))
+    with postgres_server(args.postgres) as server:
+        reports = asyncio.run(soak(args, server))
     failed = [r.seed for r in reports if r.problems]
     faults: Counter[str] = Counter()
     for r in reports:
         faults.update(r.faults)
     messages = sum(r.messages for r in reports)
+    store = "PostgreSQL" if args.postgres else "SQLite"
     print(
-        f"\n{len(reports)} seeds in {time.monotonic() - started:.0f} s: {messages} messages, "
+        f"\n{len(reports)} seeds on {store} in {time.monotonic() - started:.0f} s: {messages} messages, "
         f"{sum(r.edits for r in reports)} edits, {sum(r.deletes for r in reports)} deletes, "
         f"{sum(r.kills for r in reports)} kills, {sum(r.x_requests for r in reports)} requests to X, "
         f"peak {max((r.peak_per_second for r in reports), default=0)}/s, "

@@ -11,6 +11,7 @@ missing database must never pass as a skipped test.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -127,18 +128,44 @@ async def drop_database(admin_url: str, url: str) -> None:
         await conn.close()
 
 
+def is_url(location: str) -> bool:
+    """Whether a database location is a PostgreSQL URL (else it is a SQLite path)."""
+    return location.startswith(("postgres://", "postgresql://"))
+
+
 async def query(location: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Plain SQL (``?`` placeholders) on a bridge database: a SQLite path or a PostgreSQL URL."""
-    if not location.startswith(("postgres://", "postgresql://")):
-        with sqlite3.connect(location) as db:
-            return [tuple(r) for r in db.execute(sql, params).fetchall()]
+    return [tuple(r) for r in await _fetch(location, sql, params)]
+
+
+async def records(location: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """As :func:`query`, each row a dict by column name."""
+    return [dict(r) for r in await _fetch(location, sql, params)]
+
+
+async def _fetch(location: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    # Rows that are both sequences and mappings: sqlite3.Row or asyncpg's Record.
+    if not is_url(location):
+        # In a thread: the fakes serving the bridge may share this event loop.
+        return await asyncio.to_thread(_sqlite_fetch, location, sql, params)
     numbered = iter(range(1, 10_000))
     sql = re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
     conn = await asyncpg.connect(location)
     try:
-        return [tuple(r) for r in await conn.fetch(sql, *params)]
+        return list(await conn.fetch(sql, *params))
     finally:
         await conn.close()
+
+
+def _sqlite_fetch(path: str, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    # The 30 s busy timeout: a read racing a live server's write waits it out instead of failing.
+    db = sqlite3.connect(path, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        with db:  # commits a write (tests set up states with plain UPDATEs)
+            return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
 
 
 def _serve_until_signalled() -> None:

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import random
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -47,8 +46,10 @@ import aiohttp
 from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import RATE_LIMIT_SHAPES, FakeX, FaultModel, run_fake_x
 from adapters.store.crypto import TokenCipher
-from adapters.store.sqlite import SqliteStore
+from adapters.store.select import make_store
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.settings import Settings
+from tests import pg
 from tests.harness import ALICE, BOB, CAROL, DORA, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
 from tests.process.support import Server
 
@@ -113,6 +114,7 @@ class Report:
     slack_retries: int = 0
     slack_refused: int = 0  # answers other than 200 (the server down or unable to decide)
     kills: int = 0
+    refreshes_cut: int = 0  # kills that fell between X rotating a refresh token and its saving
     x_requests: int = 0
     x_events: int = 0
     peak_per_second: int = 0
@@ -125,7 +127,8 @@ class Report:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         lines = [
             f"seed {self.seed}: {self.messages} messages, {self.edits} edits, {self.deletes} deletes, "
-            f"{self.slack_retries} Slack retries, {self.slack_refused} non-200 answers, {self.kills} kills",
+            f"{self.slack_retries} Slack retries, {self.slack_refused} non-200 answers, {self.kills} kills "
+            f"({self.refreshes_cut} cutting a token refresh)",
             f"  X: {self.x_requests} requests, {self.x_events} DMs, peak {self.peak_per_second}/s, "
             f"rows {self.states}, {self.seconds:.1f} s",
             f"  faults: {faults}",
@@ -145,7 +148,7 @@ class Chaos:
     session: aiohttp.ClientSession
     server: Server
     url: str
-    db_path: Path
+    settings: Settings  # the server's
     conversations: dict[str, str]  # channel -> conversation id (once known)
     channels: tuple[ChannelSpec, ...] = CHANNELS
     messages: list[Message] = field(default_factory=list)
@@ -155,12 +158,20 @@ class Chaos:
     def __post_init__(self) -> None:
         self.report = Report(self.seed)
 
+    @property
+    def database(self) -> str:
+        """The SQLite path or the PostgreSQL URL the server uses."""
+        return self.settings.database_url or self.settings.database_path
+
 
 @asynccontextmanager
 async def chaos_world(
     tmp_path: Path, seed: int, channels: tuple[ChannelSpec, ...] = CHANNELS, **env: str
 ) -> AsyncIterator[Chaos]:
-    """Fakes, two connected accounts, the channels mapped; the server started."""
+    """Fakes, two connected accounts, the channels mapped; the server started.
+
+    The database is the one the environment selects: SQLite at ``tmp_path/bridge.db``, or
+    PostgreSQL when ``DATABASE_URL`` is in ``env`` or in ``tests.harness.DATABASE_ENV``."""
     async with AsyncExitStack() as stack:
         x, x_url = await stack.enter_async_context(run_fake_x())
         for user_id, handle in (
@@ -195,12 +206,13 @@ async def chaos_world(
             X_READ_LIMIT_15M="10000",  # read-backs and the inbound poller share X's read window
             **env,
         )
-        conversations = await _seed_database(db_path, full_env["BRIDGE_ENCRYPTION_KEY"], x, channels)
+        settings = Settings.from_env(full_env)
+        conversations = await _seed_database(settings, x, channels)
         session = await stack.enter_async_context(aiohttp.ClientSession())
         url = f"http://127.0.0.1:{port}"
         sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
         server = Server(full_env, tmp_path / "server.log")
-        chaos = Chaos(seed, x, slack, sender, session, server, url, db_path, conversations, channels)
+        chaos = Chaos(seed, x, slack, sender, session, server, url, settings, conversations, channels)
         try:
             await server.start(url, session)
             yield chaos
@@ -209,10 +221,8 @@ async def chaos_world(
                 await server.kill()
 
 
-async def _seed_database(
-    db_path: Path, key: str, x: FakeX, channels: tuple[ChannelSpec, ...]
-) -> dict[str, str]:
-    store = SqliteStore(str(db_path), TokenCipher([key]))
+async def _seed_database(settings: Settings, x: FakeX, channels: tuple[ChannelSpec, ...]) -> dict[str, str]:
+    store = make_store(settings)
     await store.open()
     accounts = {}
     for label, (x_user, handle) in {"A": (ME, "bridge_owner"), "B": (OTHER_ME, "second_owner")}.items():
@@ -366,36 +376,55 @@ async def kill_at_random(chaos: Chaos, rng: random.Random, kills: int, done: asy
         await chaos.server.kill()
         chaos.report.kills += 1
         await asyncio.sleep(rng.uniform(0.0, 0.5))
+        # After the pause: a refresh already on the wire when the process died reaches X in it.
+        if await undo_refresh_cut_off(chaos):
+            chaos.report.refreshes_cut += 1
         await chaos.server.start(chaos.url, chaos.session)
+
+
+async def undo_refresh_cut_off(chaos: Chaos) -> bool:
+    """Undo at X a token refresh the kill cut off after X rotated the refresh token and before
+    the server saved the new one: X's refresh tokens are single-use, so no client survives that
+    (fake X's fault model spares the token endpoint such losses for the same reason). Undone,
+    it is a kill that came just before the refresh reached X. Whether one was undone."""
+    cipher = TokenCipher(chaos.settings.encryption_keys)
+    undone = False
+    stored = await pg.records(
+        chaos.database, "SELECT refresh_token FROM accounts WHERE refresh_token IS NOT NULL"
+    )
+    for row in stored:
+        token = chaos.x.refresh_tokens.get(cipher.decrypt(row["refresh_token"]))
+        if token is not None and token.used and not token.revoked:
+            token.used = False
+            undone = True
+    return undone
 
 
 # -- the run -----------------------------------------------------------------------
 
 
-def _rows(chaos: Chaos) -> list[dict[str, Any]]:
-    db = sqlite3.connect(chaos.db_path, timeout=30)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM outbox ORDER BY seq, part")]
-    finally:
-        db.close()
+async def outbox_rows(chaos: Chaos) -> list[dict[str, Any]]:
+    """Every outbox row in send order (``id`` breaks ties, the same on both stores)."""
+    return await pg.records(chaos.database, "SELECT * FROM outbox ORDER BY seq, part, id")
 
 
-def _settled(chaos: Chaos, channels: set[str] | None = None) -> bool:
+async def _settled(chaos: Chaos, channels: set[str] | None = None) -> bool:
     return all(
-        r["state"] in FINAL_STATES for r in _rows(chaos) if channels is None or r["channel_id"] in channels
+        r["state"] in FINAL_STATES
+        for r in await outbox_rows(chaos)
+        if channels is None or r["channel_id"] in channels
     )
 
 
 async def _wait_settled(chaos: Chaos, channels: set[str] | None, timeout: float, what: str) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await asyncio.to_thread(_settled, chaos, channels):
+        if await _settled(chaos, channels):
             return True
         await asyncio.sleep(0.25)
     pending = [
         f"{r['channel_id']} row {r['id']} ({r['kind']}) {r['state']}: {r['last_error']}"
-        for r in await asyncio.to_thread(_rows, chaos)
+        for r in await outbox_rows(chaos)
         if r["state"] not in FINAL_STATES and (channels is None or r["channel_id"] in channels)
     ]
     chaos.report.problems.append(f"{what} did not settle in {timeout:.0f} s: " + "; ".join(pending[:8]))
@@ -411,11 +440,14 @@ async def run_seed(
     settle_timeout: float = 60.0,
     channels: tuple[ChannelSpec, ...] = CHANNELS,
     shapes: tuple[str, ...] = RATE_LIMIT_SHAPES,
+    env: dict[str, str] | None = None,
 ) -> Report:
-    """One randomized run; returns its report (``problems`` empty when every promise held)."""
+    """One randomized run; returns its report (``problems`` empty when every promise held).
+
+    ``env`` adds to the server's environment (``{"DATABASE_URL": …}`` runs it on PostgreSQL)."""
     started = time.monotonic()
     rng = random.Random(seed)
-    async with chaos_world(tmp_path, seed, channels) as chaos:
+    async with chaos_world(tmp_path, seed, channels, **(env or {})) as chaos:
         chaos.x.fault_model = FaultModel(seed, shapes=shapes)
         sick = chaos.conversations[SICK_CHANNEL]
         chaos.x.inject("503", count=10**9, path_contains=sick)
@@ -446,7 +478,7 @@ async def run_seed(
                 f"X still heard {len(heard)} requests after everything settled: {paths}"
             )
         await chaos.server.terminate()
-        check(chaos)
+        await check(chaos)
     chaos.report.seconds = time.monotonic() - started
     return chaos.report
 
@@ -454,11 +486,11 @@ async def run_seed(
 # -- the promises ------------------------------------------------------------------
 
 
-def check(chaos: Chaos) -> None:
+async def check(chaos: Chaos) -> None:
     """Add every broken promise to the report."""
     report, x = chaos.report, chaos.x
     problems = report.problems
-    rows = _rows(chaos)
+    rows = await outbox_rows(chaos)
     report.states = dict(Counter(r["state"] for r in rows))
     report.x_requests = len(x.all_requests)
     report.x_events = len(x.events)
