@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -67,11 +66,9 @@ def postgres_server(wanted: bool) -> Iterator[str | None]:
     if not wanted:
         yield None
         return
-    given = os.environ.get("TEST_DATABASE_URL", "").strip()
-    if given:
-        yield given
-        return
-    with pg.throwaway_server(durable=True) as url:
+    from bench.stores import postgres  # TEST_DATABASE_URL, else a throwaway server
+
+    with postgres() as url:
         yield url
 
 

@@ -391,22 +391,9 @@ class PostgresStore:
     async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
         async with self._tx() as conn:
             status = await conn.execute(
-                """
-                INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                      participant_id, created_by, created_at, participant_username,
-                                      participant_ids)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
-                """,
-                mapping.team_id,
-                mapping.channel_id,
-                mapping.kind.value,
-                mapping.account_id,
-                mapping.conversation_id,
-                mapping.participant_id,
-                mapping.created_by,
-                mapping.created_at,
-                mapping.participant_username,
-                json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
+                f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                *rows.mapping_values(mapping),
             )
             created = status == "INSERT 0 1"
             if created and history and mapping.conversation_id:

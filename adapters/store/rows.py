@@ -110,6 +110,28 @@ def mapping(row: Row) -> Mapping:
     )
 
 
+MAPPING_COLUMNS = (
+    "team_id, channel_id, kind, account_id, conversation_id, participant_id, created_by, "
+    "created_at, participant_username, participant_ids"
+)
+
+
+def mapping_values(mapping: Mapping) -> list[Any]:
+    """``mapping`` as the values of ``MAPPING_COLUMNS``, in that order."""
+    return [
+        mapping.team_id,
+        mapping.channel_id,
+        mapping.kind.value,
+        mapping.account_id,
+        mapping.conversation_id,
+        mapping.participant_id,
+        mapping.created_by,
+        mapping.created_at,
+        mapping.participant_username,
+        json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
+    ]
+
+
 def item(row: Row) -> OutboxItem:
     """The row as the core's value; a row no code path writes raises (``_readable`` reports it)."""
     source = json.loads(row["source"] or "{}")

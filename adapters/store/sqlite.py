@@ -485,24 +485,9 @@ class SqliteStore:
         def work() -> Mapping | None:
             with self.db.atomic():
                 cursor = self.db.execute(
-                    """
-                    INSERT INTO mappings (team_id, channel_id, kind, account_id, conversation_id,
-                                          participant_id, created_by, created_at, participant_username,
-                                          participant_ids)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
-                    """,
-                    [
-                        mapping.team_id,
-                        mapping.channel_id,
-                        mapping.kind.value,
-                        mapping.account_id,
-                        mapping.conversation_id,
-                        mapping.participant_id,
-                        mapping.created_by,
-                        mapping.created_at,
-                        mapping.participant_username,
-                        json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
-                    ],
+                    f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    rows.mapping_values(mapping),
                 )
                 if cursor.rowcount == 1 and history and mapping.conversation_id:
                     self._request_backfill(mapping.account_id, mapping.conversation_id, mapping.created_at)
