@@ -73,7 +73,7 @@ def postgres_server(wanted: bool) -> Iterator[str | None]:
 
 
 async def soak(args: argparse.Namespace, server: str | None = None) -> list[Report]:
-    channels = CHANNELS
+    channels: tuple[ChannelSpec, ...] = CHANNELS
     past = set(filter(None, args.look_past.split(",")))
     shapes = RATE_LIMIT_SHAPES
     if "3" in past:

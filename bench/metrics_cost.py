@@ -27,14 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from run import TEAM, bulk_insert  # noqa: E402
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
+from bench.run import TEAM, bulk_insert  # noqa: E402
 from bridge.model import InboundEvent, IncomingMessage, Mapping, MappingKind, TokenSet, XUser  # noqa: E402
 from bridge.retention import DAY, PRUNE_BATCH  # noqa: E402
 

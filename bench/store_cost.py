@@ -25,15 +25,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from run import TEAM, bulk_insert  # noqa: E402
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.postgres import PostgresStore  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
+from bench.run import TEAM, bulk_insert  # noqa: E402
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser  # noqa: E402
 
 CHANNELS = 10
