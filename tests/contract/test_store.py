@@ -20,6 +20,7 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import Engine
+from tests.outbox import readable
 
 PENDING = ("queued", "sending", "waiting")
 
@@ -115,7 +116,7 @@ async def test_mark_sent_hands_on_the_channels_next_row(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         for n in (1, 2):
             await store.accept_if_mapped(message(n), float(n))
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         claimed = await store.mark_sending(head.id, 5.0, parts=[RenderedPart("Me: m1")], source=head.source)
         assert claimed is not None and claimed.state is OutboxState.SENDING and claimed.text == "Me: m1"
         following = await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
@@ -127,7 +128,7 @@ async def test_mark_sent_hands_on_the_channels_next_row(engine: Engine) -> None:
 async def test_claim_renders_every_part_and_saves_budgets_in_one_write(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1), 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         parts = [RenderedPart("(1/2) Me: a"), RenderedPart("(2/2) Me: b")]
         budget = ("user:1:15m", 200, 199, 900.0)
         claimed = await store.mark_sending(head.id, 5.0, [budget], parts=parts, source=head.source)
@@ -142,7 +143,7 @@ async def test_claim_renders_every_part_and_saves_budgets_in_one_write(engine: E
 async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1), 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         assert await store.accept_delete("T1", "C1", "1.000", "2.000", 2.0) == "cancelled"
         budget = ("user:1:15m", 200, 199, 900.0)
         claim = await store.mark_sending(
@@ -156,14 +157,14 @@ async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(engine: En
 async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1, "tpyo"), 1.0)
-        [stale] = await store.outbox_heads()
+        [stale] = readable(await store.outbox_heads())
         edit = {"text": "typo", "blocks": [], "user_id": "U1"}
         assert await store.accept_edit("T1", "C1", "1.000", "2.000", edit, 2.0) == "updated"
         assert (
             await store.mark_sending(stale.id, 3.0, parts=[RenderedPart("Me: tpyo")], source=stale.source)
             is None
         )
-        [fresh] = await store.outbox_heads()
+        [fresh] = readable(await store.outbox_heads())
         assert fresh.text is None and fresh.source["text"] == "typo"
         claimed = await store.mark_sending(
             fresh.id, 4.0, parts=[RenderedPart("Me: typo")], source=fresh.source
@@ -186,7 +187,7 @@ def test_the_sql_and_the_model_agree_on_what_is_pending() -> None:
 async def test_a_sending_row_deleted_in_slack_is_never_claimed_or_requeued(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1), 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         claimed = await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
         assert claimed is not None
         assert await store.accept_delete("T1", "C1", "1.000", "3.000", 3.0) == "queued"

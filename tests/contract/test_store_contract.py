@@ -25,6 +25,7 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import Engine
+from tests.outbox import readable
 
 AnyStore = SqliteStore | PostgresStore
 
@@ -160,9 +161,9 @@ async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) 
             "oldest_pending_at": 1.0,
         }
         later = 1.0 + 24 * 3600 + 1.5
-        cut = {"keep_after": 0.0, "inbound_keep_after": 0.0, "batch": 10}
-        assert await store.prune_batch(later, **cut) == 1  # E…1 is older than a day
-        assert await store.prune_batch(later, **cut) == 0
+        # E…1 is older than a day
+        assert await store.prune_batch(later, keep_after=0.0, inbound_keep_after=0.0, batch=10) == 1
+        assert await store.prune_batch(later, keep_after=0.0, inbound_keep_after=0.0, batch=10) == 0
 
 
 async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Engine) -> None:
@@ -249,7 +250,7 @@ async def test_sending_records_the_message_map_and_names_the_dm_conversation(eng
     async with opened(engine) as store:
         await linked(store, "C1", MappingKind.DM)
         await store.accept_if_mapped(msg(1), 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         assert head.target.participant_id == "2001"
         claimed = await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
         assert claimed is not None and claimed.sending_since == 2.0
@@ -280,7 +281,7 @@ async def test_edits_and_deletes(engine: Engine) -> None:
         edit = {"text": "m1!", "blocks": [], "user_id": "U1"}
         assert await store.accept_edit("T1", "C1", "1.000", "5.000", edit, 5.0) == "updated"
         assert await store.accept_edit("T1", "C1", "7.000", "7.100", edit, 5.0) == "unknown"
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         assert head.source["text"] == "m1!"
         await store.mark_sending(head.id, 6.0, parts=[RenderedPart("Me: m1!")], source=head.source)
         following = await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
@@ -296,7 +297,7 @@ async def test_edits_and_deletes(engine: Engine) -> None:
             ("edit", "cancelled"),  # the message is deleted: no point correcting it first
             ("delete", "queued"),
         ]
-        [deletion] = await store.outbox_heads()
+        [deletion] = readable(await store.outbox_heads())
         assert deletion.kind.value == "delete" and deletion.ref_ts == "1.000"
 
 
@@ -308,7 +309,7 @@ async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_fo
     async with opened(engine) as store:
         mapping = await linked(store)
         await store.accept(msg(1), mapping, 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
         await store.mark_sent(head.id, Sent("1000-2001", "9001"), 2.0)
         await store.accept_if_mapped(msg(2), 3.0)
@@ -332,7 +333,7 @@ async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_fo
         ]
 
         await store.hold_for_previous_account(mapping.account_id, carol, me, 9.0)  # 1000 is back
-        heads = await store.outbox_heads()
+        heads = readable(await store.outbox_heads())
         assert [(h.kind.value, h.slack_ts, h.source.get("text")) for h in heads] == [
             ("message", "2.000", "m2!")
         ]
@@ -381,7 +382,7 @@ async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> Non
         assert await store.ping()
         await store.save_budgets([("user:1:15m", 200, 150, 900.0), ("app:24h", 15000, 14000, 86400.0)])
         await store.save_budgets([("user:1:15m", 15, 3, 950.5)])
-        assert await store.save_budgets([]) is None
+        await store.save_budgets([])  # nothing to save: a no-op that keeps the saved rows
         loaded = sorted(await store.load_budgets(), key=lambda b: b["key"])
         assert loaded == [
             {"key": "app:24h", "limit_": 15000, "remaining": 14000, "reset_at": 86400.0},
@@ -521,12 +522,12 @@ async def test_slack_retrying_a_delete_does_not_cancel_the_delete(engine: Engine
     async with opened(engine) as store:
         await linked(store)
         await store.accept_if_mapped(msg(1), 1.0)
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
         await store.mark_sent(head.id, Sent("1000-2001", "9001"), 3.0)
         assert await store.accept_delete("T1", "C1", "1.000", "4.000", 4.0) == "queued"
         await store.accept_delete("T1", "C1", "1.000", "4.000", 5.0)  # Slack's retry
-        [delete] = await store.outbox_heads()
+        [delete] = readable(await store.outbox_heads())
         assert delete.kind.value == "delete" and delete.state is OutboxState.QUEUED
         assert await store.relayed_events("T1", "C1", "1.000") == ["9001"]
 
@@ -557,7 +558,7 @@ async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine
         for n in (1, 2, 3):
             await store.accept_if_mapped(msg(n), float(n))
         for sent_at in (10.0, 20.0):
-            [head] = await store.outbox_heads()
+            [head] = readable(await store.outbox_heads())
             await store.mark_sending(
                 head.id, sent_at, parts=[RenderedPart(f"Me: {head.slack_ts}")], source=head.source
             )

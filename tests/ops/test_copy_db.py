@@ -13,6 +13,7 @@ from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
 from tests import pg
+from tests.outbox import readable
 
 AnyStore = SqliteStore | PostgresStore
 
@@ -29,7 +30,7 @@ async def fill(store: AnyStore) -> None:
             await store.accept(
                 IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), mapping, n
             )
-        [head] = await store.outbox_heads()
+        [head] = readable(await store.outbox_heads())
         await store.mark_sending(
             head.id,
             5.0,
@@ -48,7 +49,7 @@ async def snapshot(store: AnyStore) -> tuple[object, ...]:
         return (
             await store.list_accounts(),
             await store.list_mappings(),
-            [(h.slack_ts, h.source, h.state) for h in await store.outbox_heads()],
+            [(h.slack_ts, h.source, h.state) for h in readable(await store.outbox_heads())],
             await store.known_event_ids(["9001"]),
             await store.load_budgets(),
             (await store.outbox_summary())["counts"],
