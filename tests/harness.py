@@ -177,8 +177,9 @@ class Bridge:
         return await pg.query(self.settings.database_url or str(self.db_path), query, *params)
 
     def texts(self, conversation_id: str | None = None) -> list[str]:
+        """The texts of the DMs at fake X, oldest first; a media-only DM (no text) reads as ""."""
         events = self.x.events if conversation_id is None else self.x.messages_in(conversation_id)
-        return [e.text for e in events]
+        return [e.text or "" for e in events]
 
 
 async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str = "C100") -> None:

@@ -95,7 +95,7 @@ async def test_status_on_the_standby_shows_the_leaders_next_read_and_reads_left(
 
             async def inbound_line(bridge: Bridge) -> str:
                 status, _ = await bridge.command("status")
-                said = json.loads(status.text)["text"]
+                said: str = json.loads(status.text)["text"]
                 return next(n for n in said.splitlines() if n.startswith("From X:"))
 
             on_standby = await inbound_line(standby)

@@ -153,8 +153,8 @@ def test_the_readme_lists_every_metric_once() -> None:
         name = family.name + ("_total" if family.type == "counter" else "")
         # A labelled family shows its labels once it has a sample (the per-account gauge and the
         # latency histograms have none before the first account and request).
-        labels = {k for s in family.samples for k in s.labels if k != "le"}
-        exported[name] = ",".join(sorted(labels)) if family.samples else None
+        label_names = {k for s in family.samples for k in s.labels if k != "le"}
+        exported[name] = ",".join(sorted(label_names)) if family.samples else None
     assert set(listed) == set(exported)
     for name, labels in exported.items():
         if labels is not None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sandbox.fake_x import FakeX
+from adapters.sandbox.fake_x import FakeX, FaultKind
 from tests.harness import ALICE, BOB, ME, wait_until
 from tests.process.support import Server, World, world
 
 CHANNELS = 20
 MESSAGES = 2_000
-FAULT_KINDS = ("503", "timeout", "lost_response", "429")
+FAULT_KINDS: tuple[FaultKind, ...] = ("503", "timeout", "lost_response", "429")
 FAULT_WEIGHTS = (3, 2, 3, 1)  # a 429 pauses the whole account, so it is the rarest
 FAULT_EVERY = 0.5  # seconds
 

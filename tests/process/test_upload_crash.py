@@ -31,7 +31,11 @@ async def test_an_upload_that_kills_the_process_twice_is_given_up_and_the_text_s
             return sum(1 for _, path in w.x.faults_served if path.endswith("/append"))
 
         for crash in (1, 2):
-            await wait_until(lambda n=crash: appends_held() == n, 20, f"upload {crash} under way")
+
+            def under_way(n: int = crash) -> bool:
+                return appends_held() == n
+
+            await wait_until(under_way, 20, f"upload {crash} under way")
             await server.kill()  # as the kernel's OOM killer would
             (unfinished,) = (
                 sqlite3.connect(w.db_path).execute("SELECT media_unfinished FROM outbox").fetchone()

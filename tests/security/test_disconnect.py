@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.ops.cli import main
+from adapters.sandbox.fake_x import AccessToken, RefreshToken
 from tests.harness import Bridge, bridge_env, linked, running_bridge, wait_until
 
 # Every test here runs on SQLite and on PostgreSQL.
@@ -30,7 +31,10 @@ async def rows_until(
 
 
 def x_tokens_live(bridge: Bridge, user_id: str) -> list[str]:
-    tokens = [*bridge.x.access_tokens.values(), *bridge.x.refresh_tokens.values()]
+    tokens: list[AccessToken | RefreshToken] = [
+        *bridge.x.access_tokens.values(),
+        *bridge.x.refresh_tokens.values(),
+    ]
     return [t.user_id for t in tokens if t.user_id == user_id and not t.revoked]
 
 
@@ -62,7 +66,11 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         paused = await bridge.sql("SELECT channel_id, paused_by FROM mappings ORDER BY channel_id")
         assert paused == [("C100", "U100"), ("C200", "U100")]
         for channel in ("C100", "C200"):
-            await wait_until(lambda channel=channel: bool(notices(bridge, channel)), 5.0, "a notice")
+
+            def noticed(channel: str = channel) -> bool:
+                return bool(notices(bridge, channel))
+
+            await wait_until(noticed, 5.0, "a notice")
             assert any("<@U100> disconnected X account @bridge_owner" in n for n in notices(bridge, channel))
 
         result, second = await bridge.post("posted while paused", channel="C200")

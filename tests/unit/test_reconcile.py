@@ -7,8 +7,14 @@ from bridge.reconcile import MARGIN, MAX_PAGES, Scan, comparable, same_text
 
 
 def event(
-    text: str, *, id: str = "10", sender: str = "1000", at: float | None = 1000.0, **links: str
+    text: str,
+    *,
+    id: str = "10",
+    sender: str = "1000",
+    at: float | None = 1000.0,
+    links: dict[str, str] | None = None,
 ) -> DmEvent:
+    links = links or {}
     return DmEvent(id=id, text=text, sender_id=sender, created_at=at, links=tuple(links.items()))
 
 
@@ -20,7 +26,7 @@ def test_links_compare_in_one_spelling() -> None:
 def test_t_co_links_are_put_back_from_the_expanded_urls() -> None:
     x = event(
         "Ada: docs https://t.co/abc and https://t.co/def",
-        **{"https://t.co/abc": "https://example.com/a", "https://t.co/def": "http://example.org"},
+        links={"https://t.co/abc": "https://example.com/a", "https://t.co/def": "http://example.org"},
     )
     assert same_text("Ada: docs https://example.com/a and example.org", x)
     assert not same_text("Ada: docs https://example.com/b and example.org", x)

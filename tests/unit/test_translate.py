@@ -853,7 +853,7 @@ BODY_PIECES = st.one_of(
     ),
 )
 BODIES = st.lists(BODY_PIECES, max_size=40).map("".join)
-NAMES = st.text(alphabet=st.characters(exclude_characters=":\n\r", exclude_categories=("Cs",)), max_size=60)
+NAMES = st.text(alphabet=st.characters(exclude_characters=":\n\r", exclude_categories=["Cs"]), max_size=60)
 
 
 @FAST
