@@ -1195,26 +1195,9 @@ class PostgresStore:
         now: float,
     ) -> bool:
         status = await conn.execute(
-            """
-            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
-                                 event_type, sender_id, payload, origin, state, attempts,
-                                 next_attempt_at, last_error, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13)
-            ON CONFLICT DO NOTHING
-            """,
-            event.dm_event_id,
-            rows.snowflake(event.dm_event_id),
-            account_id,
-            event.conversation_id,
-            where[0],
-            where[1],
-            event.kind,
-            event.sender_id,
-            json.dumps(payload, separators=(",", ":")),
-            event.origin,
-            state.value,
-            why,
-            now,
+            f"INSERT INTO inbound ({rows.INBOUND_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13) ON CONFLICT DO NOTHING",
+            *rows.inbound_values(account_id, event, where, payload, state, why, now),
         )
         return bool(status == "INSERT 0 1")
 

@@ -342,6 +342,40 @@ def channel_rows(
     return found
 
 
+INBOUND_COLUMNS = (
+    "dm_event_id, seq, account_id, conversation_id, team_id, channel_id, event_type, sender_id, "
+    "payload, origin, state, attempts, next_attempt_at, last_error, created_at"
+)
+
+
+def inbound_values(
+    account_id: int,
+    event: InboundEvent,
+    where: tuple[str | None, str | None],
+    payload: dict[str, Any],
+    state: InboundState,
+    why: str | None,
+    now: float,
+) -> list[Any]:
+    """One inbound row as the values of ``INBOUND_COLUMNS`` but ``attempts`` and
+    ``next_attempt_at`` (both 0 for a new row, written as literals by the stores)."""
+    return [
+        event.dm_event_id,
+        snowflake(event.dm_event_id),
+        account_id,
+        event.conversation_id,
+        where[0],
+        where[1],
+        event.kind,
+        event.sender_id,
+        json.dumps(payload, separators=(",", ":")),
+        event.origin,
+        state.value,
+        why,
+        now,
+    ]
+
+
 def snowflake(event_id: str) -> int:
     """X's ids are snowflakes: as integers they sort in X's order (non-digits sort first)."""
     return int(event_id) if event_id.isdigit() and len(event_id) <= 19 else 0

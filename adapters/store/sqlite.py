@@ -584,14 +584,6 @@ class SqliteStore:
     def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> int | None:
         """The new row's id; None when this event or message was accepted before."""
         target = mapping.target
-        source = {
-            "user_id": message.user_id,
-            "text": message.text,
-            "blocks": list(message.blocks),
-            "files": list(message.files),
-            "thread_ts": message.thread_ts,
-            "subtype": message.subtype,
-        }
         with self.db.atomic():
             if message.event_id is not None:
                 seen = self.db.execute(
@@ -619,7 +611,7 @@ class SqliteStore:
                     target.participant_id,
                     target.conversation_id,
                     None if target.new_group is None else json.dumps(list(target.new_group)),
-                    json.dumps(source, separators=(",", ":")),
+                    rows.message_source(message),
                     # Posted in a channel held for another X account: it waits for that account.
                     "held" if mapping.held_for else "queued",
                     now,
@@ -1364,28 +1356,9 @@ class SqliteStore:
         now: float,
     ) -> bool:
         cursor = self.db.execute(
-            """
-            INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id,
-                                 event_type, sender_id, payload, origin, state, attempts,
-                                 next_attempt_at, last_error, created_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
-            ON CONFLICT DO NOTHING
-            """,
-            [
-                event.dm_event_id,
-                rows.snowflake(event.dm_event_id),
-                account_id,
-                event.conversation_id,
-                where[0],
-                where[1],
-                event.kind,
-                event.sender_id,
-                json.dumps(payload, separators=(",", ":")),
-                event.origin,
-                state.value,
-                why,
-                now,
-            ],
+            f"INSERT INTO inbound ({rows.INBOUND_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
+            rows.inbound_values(account_id, event, where, payload, state, why, now),
         )
         return bool(cursor.rowcount == 1)
 
