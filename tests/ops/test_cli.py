@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ops.cli import main
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
@@ -24,6 +23,7 @@ from bridge.model import (
     XUser,
 )
 from tests.harness import ALICE, ME, TEAM, running_bridge
+from tests.ops.support import run
 
 ACCESS, REFRESH = "access-token-plaintext", "refresh-token-plaintext"
 SCOPES = "dm.read dm.write tweet.read users.read offline.access media.write"
@@ -65,15 +65,6 @@ async def fill(db_path: Path) -> Rows:
         return Rows(sent=ids[0], failed=ids[1], waiting=ids[2], queued=ids[3], sending=ids[4])
     finally:
         await store.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def states(db_path: Path) -> dict[int, tuple[str, str | None, float]]:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters.ops.cli import main
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, TokenSet, XUser
 from tests import pg
+from tests.ops.support import run
 
 
 @pytest.fixture
@@ -40,15 +40,6 @@ async def fill(url: str) -> list[int]:
         return [first.id, second.id, third.id]
     finally:
         await store.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def test_operator_commands_read_and_change_postgresql(

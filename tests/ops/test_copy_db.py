@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ops.cli import main
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
 from tests import pg
+from tests.ops.support import run
 from tests.outbox import readable
 
 AnyStore = SqliteStore | PostgresStore
@@ -56,15 +56,6 @@ async def snapshot(store: AnyStore) -> tuple[object, ...]:
         )
     finally:
         await store.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def test_sqlite_to_postgresql_and_back(

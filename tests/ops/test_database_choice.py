@@ -10,7 +10,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from adapters.ops.cli import main
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import describe, make_store
@@ -19,6 +18,7 @@ from bridge.errors import ConfigError, StoreUnavailable
 from bridge.settings import Settings
 from migrations.postgres import MIGRATIONS
 from tests import pg
+from tests.ops.support import run
 
 BASE = {
     "SLACK_SIGNING_SECRET": "s",
@@ -65,15 +65,6 @@ async def test_sslmode_is_honoured(pg_url: str) -> None:
         assert await plain.ping()
     finally:
         await plain.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def test_migrate_applies_postgresql_migrations_once(
