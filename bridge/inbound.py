@@ -35,10 +35,11 @@ import functools
 import logging
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from cachetools import LRUCache
 
 from bridge import translate
 from bridge.budget import Budget
@@ -281,7 +282,7 @@ class Inbound:
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._busy: set[tuple[str, str]] = set()
-        self._media: OrderedDict[tuple[int, str], bytes] = OrderedDict()  # see _fetch
+        self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         self.heartbeat = 0.0
@@ -854,15 +855,12 @@ class Inbound:
         retries while Slack refuses its channel or holds it back. Kept in memory, up to
         ``MEDIA_KEPT_BYTES`` in all, the oldest dropped first (fetched again if needed); a
         restart fetches again."""
-        kept = self._media.get((item_id, key))
+        kept = self._media.get((item_id, key))  # a hit makes it the most recent
         if kept is not None:
-            self._media.move_to_end((item_id, key))
             return kept
         data: bytes = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
-        if len(data) <= MEDIA_KEPT_BYTES:
-            self._media[(item_id, key)] = data
-            while sum(len(d) for d in self._media.values()) > MEDIA_KEPT_BYTES:
-                self._media.popitem(last=False)
+        if len(data) <= MEDIA_KEPT_BYTES:  # the cache refuses a single value past its size
+            self._media[(item_id, key)] = data  # evicts the least recently used to fit
         return data
 
     async def _posted(self, item: InboundItem, ts: str) -> InboundItem | None:
