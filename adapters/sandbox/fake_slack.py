@@ -365,6 +365,7 @@ class FakeSlack:
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
         self._holds: dict[str, asyncio.Event] = {}
+        self._held: dict[str, int] = {}  # calls waiting at a hold, by method
         self._drops: dict[str, int] = {}
         self._uploads: dict[str, dict[str, Any]] = {}
         self._upload_seq = 0
@@ -539,6 +540,10 @@ class FakeSlack:
         Held calls are recorded when they are answered."""
         return self._holds.setdefault(method, asyncio.Event())
 
+    def held(self, method: str) -> int:
+        """How many calls to ``method`` have arrived and wait at its :meth:`hold`."""
+        return self._held.get(method, 0)
+
     def drop_after(self, method: str, count: int = 1) -> None:
         """Carry out the next ``count`` calls to ``method``, then close the connection without an
         answer (Slack did it, the caller never hears so)."""
@@ -684,7 +689,11 @@ class FakeSlack:
             raw, unreadable = {}, exc
         gate = self._holds.get(method)
         if gate is not None:
-            await gate.wait()
+            self._held[method] = self._held.get(method, 0) + 1
+            try:
+                await gate.wait()
+            finally:
+                self._held[method] -= 1
         try:
             if unreadable is not None:
                 raise unreadable

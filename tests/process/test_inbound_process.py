@@ -88,6 +88,8 @@ async def test_sigkill_mid_post_to_slack_then_restart_does_not_post_twice(tmp_pa
         gate = w.slack.hold("chat.postMessage")
         w.x.add_event(CONVERSATION, ALICE, "exactly once")
         await eventually(lambda: _is(states(w), ["posting"]), 20, "a post in flight")
+        # "posting" is written before the call: kill only once Slack has the request.
+        await wait_until(lambda: w.slack.held("chat.postMessage") == 1, 10, "the post at Slack")
         await server.kill()
         gate.set()  # Slack carries out the post the dead process sent
         await wait_until(lambda: len(texts(w.slack.posted("C100"))) == 1, 10, "Slack's copy")
