@@ -169,7 +169,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "METRICS_TOKEN",
-        "bearer token /metrics requires, and that /healthz needs for its details; unset: /metrics is public",
+        "bearer token /metrics requires, and that /healthz needs for its details; unset: /metrics answers "
+        "only requests from this machine",
         None,
         secret=True,
     ),

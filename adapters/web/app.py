@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import secrets
@@ -706,17 +707,59 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
+def from_this_machine(request: web.Request) -> bool:
+    """The request came from this machine and was forwarded by no one.
+
+    The peer must be a loopback address, and every hop a proxy named (``X-Forwarded-For``,
+    which Heroku's router and most proxies append the client's address to, and RFC 7239's
+    ``Forwarded``) must be loopback too. A client can add such headers but never remove the
+    one its proxy appends, so forging them can only take access away.
+    """
+    if not _loopback(request.remote or ""):
+        return False
+    hops = [hop for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+    hops += [
+        _forwarded_node(pair.split("=", 1)[1])
+        for value in request.headers.getall("Forwarded", [])
+        for pair in value.replace(",", ";").split(";")
+        if pair.strip().lower().startswith("for=")
+    ]
+    return all(_loopback(hop) for hop in hops)
+
+
+def _forwarded_node(node: str) -> str:
+    """RFC 7239's node (``"[::1]:4711"``, ``"127.0.0.1:80"``, ``_hidden``) as a bare address."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        return node[1 : node.find("]")]
+    return node.rsplit(":", 1)[0] if node.count(":") == 1 else node
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip().split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 async def prometheus_metrics(request: web.Request) -> web.Response:
     """Prometheus text format; gauges are computed now, from the store and the budgets.
 
-    With ``METRICS_TOKEN`` set, only requests bearing it are served (Prometheus:
-    ``authorization: {credentials: …}``).
+    Private by default: with ``METRICS_TOKEN`` set, only requests bearing it are served
+    (Prometheus: ``authorization: {credentials: …}``); without it, only requests from this
+    machine (a scraper beside the bridge), never through a router or proxy.
     """
-    if request.app[SETTINGS].metrics_token and not operator_authorized(request):
+    settings = request.app[SETTINGS]
+    if settings.metrics_token and not operator_authorized(request):
         return web.json_response(
             {"error": "METRICS_TOKEN required as a bearer token"},
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="xdm-bridge metrics"'},
+        )
+    if not settings.metrics_token and not from_this_machine(request):
+        log.info("metrics refused: no METRICS_TOKEN is set and the request did not come from this machine")
+        return web.json_response(
+            {"error": "set METRICS_TOKEN to read /metrics from elsewhere than this machine"}, status=403
         )
     metrics = request.app[METRICS]
     try:

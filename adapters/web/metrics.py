@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 
 import aiohttp
@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from adapters.slack.api import MESSAGE_REFUSALS
 from bridge.budget import Budget
 from bridge.errors import Failure
-from bridge.model import OutboxItem, OutboxKind
+from bridge.model import Account, OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
 
 log = logging.getLogger("adapters.web.metrics")
@@ -55,6 +55,13 @@ _USERNAME = re.compile(r"/by/username/[^/]+")
 def x_endpoint(path: str) -> str:
     """``/2/dm_conversations/123-456/messages`` → ``/2/dm_conversations/{id}/messages``."""
     return _ID_SEGMENT.sub("/{id}", _USERNAME.sub("/by/username/{username}", path))
+
+
+def account_label(account: Account, accounts: Sequence[Account]) -> str:
+    """The bridge's own number for an X account (``xdm-bridge accounts`` lists them), never its
+    handle: a scrape reaches whoever holds the token, and handles name people. One X user
+    connected by two Slack users shares X's windows, so all its rows take its lowest number."""
+    return str(min(a.id for a in accounts if a.x_user_id == account.x_user_id))
 
 
 def worker_state(heartbeat: float, now: float, uptime: float, stale_after: float) -> str:
@@ -143,7 +150,7 @@ class BridgeMetrics:
         )
         self.rate_remaining = Gauge(
             "x_rate_limit_remaining",
-            "DM sends left in each X rate-limit window, for accounts with mapped channels",
+            "DM sends left in each X rate-limit window, by the bridge's account number (mapped accounts)",
             ["account", "window"],
             registry=registry,
         )
@@ -231,14 +238,14 @@ class BridgeMetrics:
         for account in accounts:
             snapshot = self._budget.snapshot(account.id, now)
             for window in ("15m", "24h"):
-                key = (account.x_username, window)
+                key = (account_label(account, accounts), window)
                 value = snapshot[window]["remaining"]
                 # One X user connected by two Slack users shares X's windows: the lower count is true.
                 remaining[key] = min(value, remaining.get(key, value))
             remaining[("app", "24h")] = snapshot["app_24h"]["remaining"]
         self.rate_remaining.clear()
-        for (account_label, window), value in remaining.items():
-            self.rate_remaining.labels(account_label, window).set(value)
+        for (label, window), value in remaining.items():
+            self.rate_remaining.labels(label, window).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

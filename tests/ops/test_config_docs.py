@@ -87,6 +87,8 @@ def test_app_json_lists_every_variable_with_a_description() -> None:
     # Heroku's "secret" generator makes hex, which is not a Fernet key: the user must paste one.
     assert "generator" not in env["BRIDGE_ENCRYPTION_KEY"]
     assert "keygen" in env["BRIDGE_ENCRYPTION_KEY"]["description"]
+    # /metrics is private by default: a deploy from the button gets a token to scrape with.
+    assert env["METRICS_TOKEN"]["generator"] == "secret"
     assert app["formation"]["web"]["quantity"] == 1  # SQLite: exactly one writer
     assert "Persistence" in env["DATABASE_PATH"]["description"]
 

@@ -1,4 +1,5 @@
-"""METRICS_TOKEN guards /metrics; /healthz tells the public only up or down."""
+"""METRICS_TOKEN guards /metrics (this machine alone reads it without one); /healthz tells the
+public only up or down."""
 
 from __future__ import annotations
 
@@ -24,9 +25,24 @@ async def test_metrics_need_the_token_and_healthz_details_too(tmp_path: Path) ->
             assert details["database"] == "ok" and "accounts_needing_reconnect" in details
 
 
-async def test_without_a_token_metrics_stay_open_but_healthz_details_do_not(tmp_path: Path) -> None:
+async def test_without_a_token_metrics_answer_only_this_machine(tmp_path: Path) -> None:
+    """Private by default: a scraper beside the bridge reads /metrics, nothing forwarded does.
+    Heroku's router (and any proxy) appends the client's address to X-Forwarded-For."""
     async with running_bridge(tmp_path) as bridge:
         async with bridge.session.get(f"{bridge.url}/metrics") as response:
+            assert response.status == 200 and "outbox_depth" in await response.text()
+        for forwarded in (
+            {"X-Forwarded-For": "203.0.113.7"},
+            {"X-Forwarded-For": "127.0.0.1, 198.51.100.2"},
+            {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'},
+            {"Forwarded": "for=_hidden"},
+        ):
+            async with bridge.session.get(f"{bridge.url}/metrics", headers=forwarded) as response:
+                assert response.status == 403, forwarded
+                body = await response.text()
+                assert "METRICS_TOKEN" in body and "outbox_depth" not in body
+        local_proxy = {"X-Forwarded-For": "127.0.0.1", "Forwarded": 'for="127.0.0.1:5000"'}
+        async with bridge.session.get(f"{bridge.url}/metrics", headers=local_proxy) as response:
             assert response.status == 200
         async with bridge.session.get(
             f"{bridge.url}/healthz", headers={"Authorization": "Bearer "}
