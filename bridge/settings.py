@@ -21,7 +21,7 @@ from bridge.errors import ConfigError
 from bridge.translate import render_parts
 
 SCOPES = ("dm.read", "dm.write", "tweet.read", "users.read", "offline.access", "media.write")
-KEYGEN_HINT = "run `xdm-bridge keygen` to make one"
+KEYGEN_HINT = "run `xdm-bridge keygen --save .env` to keep one in .env, which every command reads"
 DEFAULT_RELAY_FORMAT = "{name}: {text}"
 
 ThreadPolicy = Literal["all", "broadcast", "none"]
@@ -127,9 +127,15 @@ class _Reader:
         value = self.get(name)
         if value is None:
             if name not in self.placeholders:
-                self.problems.append(f"{name} is not set: {meaning}")
+                self.problems.append(f"{name} {self._unset(name)}: {meaning}")
             return ""
         return value
+
+    def _unset(self, name: str) -> str:
+        """'is not set', or 'is empty' with the usual cause: a ``$(…)`` whose command failed."""
+        if name in self.env:
+            return "is empty (a $(…) whose command failed, e.g. not on the PATH, leaves it so)"
+        return "is not set"
 
     def limit(self, name: str, *, high: int) -> int | None:
         """A rate-limit ceiling, or None when unset (X's documented figure, moved by its headers)."""
@@ -238,9 +244,11 @@ class _Reader:
     def fernet_keys(self) -> tuple[str, ...]:
         raw = self.get("BRIDGE_ENCRYPTION_KEY")
         if raw is None:
-            self.problems.append(
-                f"BRIDGE_ENCRYPTION_KEY is not set: X tokens are stored encrypted; {KEYGEN_HINT}"
-            )
+            if "BRIDGE_ENCRYPTION_KEY" not in self.placeholders:
+                self.problems.append(
+                    f"BRIDGE_ENCRYPTION_KEY {self._unset('BRIDGE_ENCRYPTION_KEY')}: "
+                    f"X tokens are stored encrypted; {KEYGEN_HINT}"
+                )
             return ()
         keys = tuple(k.strip() for k in raw.split(",") if k.strip())
         for index, key in enumerate(keys, start=1):

@@ -20,9 +20,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from adapters.ops import admin
+from adapters.ops import admin, envfile
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
@@ -269,8 +270,23 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """Print a new BRIDGE_ENCRYPTION_KEY."""
-    print(generate_key())
+    """Print a new BRIDGE_ENCRYPTION_KEY, or with ``--save FILE`` keep one in FILE (never replaced)."""
+    if args.save is None:
+        print(generate_key())
+        return EXIT_OK
+    path = Path(args.save)
+    try:
+        written, _ = envfile.save_key(path)
+    except OSError as exc:
+        return _operator_error(f"cannot write {path}: {exc.strerror or exc}")
+    if written:
+        print(
+            f"xdm-bridge: wrote a new {envfile.KEY} to {path}. Keep a copy somewhere safe: "
+            "without it the stored X tokens cannot be read.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"xdm-bridge: {path} already holds a {envfile.KEY}; kept it.", file=sys.stderr)
     return EXIT_OK
 
 
@@ -535,7 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations and exit").set_defaults(
         func=cmd_migrate
     )
-    sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY").set_defaults(func=cmd_keygen)
+    keygen = sub.add_parser("keygen", help="print a new BRIDGE_ENCRYPTION_KEY, or keep one in a file")
+    keygen.add_argument(
+        "--save",
+        metavar="FILE",
+        help="write the key into FILE (e.g. .env, which serve reads) unless FILE already holds one",
+    )
+    keygen.set_defaults(func=cmd_keygen)
     copy = sub.add_parser(
         "copy-db",
         help="copy the database into an empty one (SQLite <-> PostgreSQL), verifying counts",
@@ -558,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_sandbox:  # the sandbox builds its own settings, and needs none
+        envfile.load()
     result: int = args.func(args)
     return result
 

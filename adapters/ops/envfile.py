@@ -1,0 +1,49 @@
+"""The ``.env`` file: where a local install keeps its settings, and above all its key.
+
+``serve``, ``migrate`` and the operator commands read ``.env`` from the directory they run in,
+as ``heroku local``, foreman and docker compose do; a variable already in the environment wins
+over the file. ``keygen --save .env`` writes a key there once and never replaces one, so the
+README's commands can be pasted twice without losing the key that opens the stored tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from dotenv import dotenv_values, set_key
+
+from adapters.store.crypto import generate_key
+
+log = logging.getLogger("adapters.ops.envfile")
+
+DEFAULT = Path(".env")
+KEY = "BRIDGE_ENCRYPTION_KEY"
+
+
+def load(path: Path = DEFAULT) -> list[str]:
+    """Put the file's variables into ``os.environ`` where the environment has none (or an
+    empty one); returns the names taken from the file. No file: nothing, quietly."""
+    if not path.is_file():
+        return []
+    taken = []
+    for name, value in dotenv_values(path).items():
+        if value is not None and not os.environ.get(name, "").strip():
+            os.environ[name] = value
+            taken.append(name)
+    return taken
+
+
+def save_key(path: Path) -> tuple[bool, str]:
+    """Make sure ``path`` holds a ``BRIDGE_ENCRYPTION_KEY``: write a new one only where there is
+    none or an empty one. Returns (whether a key was written, the key in the file)."""
+    existing = (dotenv_values(path).get(KEY) or "").strip() if path.is_file() else ""
+    if existing:
+        return False, existing
+    key = generate_key()
+    if not path.exists():
+        # Created private: it holds the key to every stored token.
+        path.touch(mode=0o600)
+    set_key(path, KEY, key, quote_mode="never")
+    return True, key
