@@ -124,8 +124,9 @@ def configuration(settings: Settings) -> list[Check]:
     return checks
 
 
-def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]], set[str]]:
-    """Check the database; return the accounts (with ciphertexts) and the teams that have mappings."""
+def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]] | None, set[str]]:
+    """Check the database; return the accounts (with ciphertexts; None when the database could not
+    be read) and the teams that have mappings."""
     path = settings.database_path
     try:
         with admin.connect(path) as db:
@@ -139,7 +140,7 @@ def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, An
                         "run `xdm-bridge migrate` (the release phase does; `serve` applies them at start)",
                     )
                 )
-                return [], set()
+                return None, set()
             accounts = admin.accounts_with_tokens(db)
             teams = {m["team_id"] for m in admin.list_mappings(db)}
             summary = admin.outbox_summary(db)
@@ -153,12 +154,12 @@ def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, An
                 "`xdm-bridge migrate` creates a new one",
             )
         )
-        return [], set()
+        return None, set()
     except Exception as exc:
         checks.append(
             Check("database", "fail", f"{path}: {exc}", "check the file is a bridge database and readable")
         )
-        return [], set()
+        return None, set()
     checks.append(
         Check(
             "database",
@@ -171,7 +172,9 @@ def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, An
     return accounts, teams
 
 
-async def postgres_database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]], set[str]]:
+async def postgres_database(
+    settings: Settings, checks: list[Check]
+) -> tuple[list[dict[str, Any]] | None, set[str]]:
     """``database`` for ``DATABASE_URL``: reachable, migrated, and what it holds."""
     import asyncpg
 
@@ -185,7 +188,7 @@ async def postgres_database(settings: Settings, checks: list[Check]) -> tuple[li
     except (OSError, asyncpg.PostgresError) as exc:
         fix = "check DATABASE_URL (host, password, sslmode) and that the database accepts connections"
         checks.append(Check("database", "fail", f"{where}: {exc}", fix))
-        return [], set()
+        return None, set()
     try:
         pending = await pg_migrations.pending(conn)
         if pending:
@@ -197,7 +200,7 @@ async def postgres_database(settings: Settings, checks: list[Check]) -> tuple[li
                     "run `xdm-bridge migrate` (the release phase does; `serve` applies them at start)",
                 )
             )
-            return [], set()
+            return None, set()
         accounts = [
             dict(r)
             for r in await conn.fetch(
@@ -321,8 +324,15 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 async def x_accounts(
-    settings: Settings, session: aiohttp.ClientSession, accounts: list[dict[str, Any]], checks: list[Check]
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    accounts: list[dict[str, Any]] | None,
+    checks: list[Check],
 ) -> None:
+    if accounts is None:
+        # Not "no account yet": nobody knows until the database answers (its own check says why).
+        checks.append(Check("x", "warn", "not checked: the database could not be read (see above)"))
+        return
     if not accounts:
         checks.append(
             Check("x", "warn", "no X account is connected yet", "in Slack, run /xdm connect in any channel")
@@ -336,7 +346,7 @@ async def x_accounts(
 
 async def _x_account(account: dict[str, Any], cipher: TokenCipher, x: XApiClient, now: float) -> Check:
     name = f"x @{account['x_username']}"
-    owner = f"<@{account['slack_user_id']}> in {account['team_id']}"
+    owner = f"the Slack user {account['slack_user_id']} (workspace {account['team_id']})"
     reconnect = f"{owner} runs /xdm connect (messages for this account wait until then)"
     if account["needs_reconnect"]:
         return Check(
