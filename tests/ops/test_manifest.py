@@ -7,6 +7,7 @@ adapters/slack/scopes.py) fails here, before a deployed app silently lacks a sco
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +98,14 @@ def test_scopes_are_exactly_what_the_code_uses(manifest: dict[str, Any]) -> None
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     assert set(events) == set(EVENT_SCOPES), "manifest bot_events and slack_scopes.EVENT_SCOPES differ"
     assert set(COMMAND_SCOPES) <= requested
+
+
+def test_the_readme_lists_the_same_scopes() -> None:
+    """One list (adapters/slack/scopes.py): the manifest, the code's calls and the README agree."""
+    readme = (ROOT / "README.md").read_text()
+    sentence = re.search(r"exactly the bot scopes the code uses:(.*?)\.\s", readme, re.DOTALL)
+    assert sentence is not None, "the README no longer lists the bot scopes"
+    assert set(re.findall(r"`([a-z:.]+)`", sentence.group(1))) == BOT_SCOPES
 
 
 def test_every_slack_api_call_in_the_adapters_has_its_scopes_listed() -> None:
