@@ -445,3 +445,32 @@ def m0017_inbound_retention(db: Database) -> None:
     db.execute("CREATE INDEX inbound_account_state ON inbound (account_id, state)")
     db.execute("CREATE INDEX inbound_account_created_at ON inbound (account_id, created_at)")
     db.execute("CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed'")
+
+
+@migrations(name="0019_xchat_identities")
+def m0019_xchat_identities(db: Database) -> None:
+    """X Chat identities (issue 19): the X Chat keys of an account the operator controls, made by
+    ``xdm-bridge xchat setup`` (or imported), kept encrypted like the tokens. One per X user,
+    whichever Slack users connected it. ``state`` is ``saved`` (kept, not yet registered with X:
+    saved first, so a crash before X answers leaves keys the bridge can still register),
+    ``registered`` (X holds the public half under ``version``) or ``mismatch`` (X's registered key
+    is no longer this one: nothing is encrypted with it).
+    """
+    db.execute(XCHAT_IDENTITIES)
+
+
+# The same statement on both engines (portable types only).
+XCHAT_IDENTITIES = """
+CREATE TABLE xchat_identities (
+    x_user_id TEXT PRIMARY KEY,
+    private_keys TEXT NOT NULL,      -- Fernet ciphertext of chat_xdk's exported keys
+    registration TEXT NOT NULL,      -- JSON: the public half, as POST /2/users/{id}/public_keys takes it
+    public_key TEXT NOT NULL,        -- the identity public key (base64), to match X's records
+    fingerprint TEXT NOT NULL,       -- chat_xdk's fingerprint of it, shown to the operator
+    version TEXT,                    -- X's public_key_version, once registered
+    state TEXT NOT NULL,
+    detail TEXT,                     -- why it is in 'mismatch'
+    created_at DOUBLE PRECISION NOT NULL,
+    registered_at DOUBLE PRECISION
+)
+"""

@@ -22,6 +22,8 @@ import logging
 
 import asyncpg
 
+from migrations import XCHAT_IDENTITIES
+
 log = logging.getLogger("migrations.postgres")
 
 MIGRATION_LOCK = 0x78646D0001  # pg_advisory_lock key: "xdm" + 1, one per database
@@ -288,6 +290,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed';
         """,
     ),
+    # SQLite's 0019, the same statement: X Chat identities of accounts the operator controls.
+    ("0019_xchat_identities", XCHAT_IDENTITIES),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -304,6 +308,7 @@ TABLES = (
     "backfills",
     "read_schedule",
     "parked_cursors",
+    "xchat_identities",
 )
 
 

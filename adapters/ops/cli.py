@@ -28,7 +28,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.keys import check_keys, rotate_keys
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
-from bridge.errors import ConfigError, StoreUnavailable
+from bridge.errors import ConfigError, StoreUnavailable, XAuthRevoked, XError
 from bridge.settings import (
     Settings,
     database_path,
@@ -37,6 +37,7 @@ from bridge.settings import (
     encryption_keys,
     redacted,
 )
+from bridge.xchat import KeysElsewhere, RegistrationDeferred, XChatError
 from migrations import migrations
 
 log = logging.getLogger("adapters.ops.cli")
@@ -288,6 +289,103 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     else:
         print(f"xdm-bridge: {path} already holds a {envfile.KEY}; kept it.", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_xchat_setup(args: argparse.Namespace) -> int:
+    """Make, save and register X Chat keys for a connected account the operator controls."""
+    settings = _settings()
+    from adapters.ops import xchat
+
+    _with_db(admin.list_accounts)  # a typo in DATABASE_PATH must not create an empty database
+    try:
+        identity, changed = asyncio.run(xchat.setup(settings, args.handle, _say))
+    except (XChatError, XError, XAuthRevoked) as exc:
+        return _xchat_refusal(exc)
+    state = "registered with X" if changed else "already set up; nothing was changed"
+    print(f"@{args.handle.removeprefix('@')}: X Chat keys {state} (version {identity.version})")
+    print(f"fingerprint: {identity.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_xchat_import(args: argparse.Namespace) -> int:
+    """Keep X Chat keys made elsewhere, once X confirms they are the ones it registered."""
+    settings = _settings()
+    from adapters.ops import xchat
+
+    _with_db(admin.list_accounts)
+    try:
+        private_keys = Path(args.keys).read_bytes()
+    except OSError as exc:
+        return _operator_error(f"cannot read {args.keys}: {exc.strerror or exc}")
+    try:
+        identity = asyncio.run(xchat.import_keys(settings, args.handle, private_keys, args.version))
+    except (XChatError, XError, XAuthRevoked) as exc:
+        return _xchat_refusal(exc)
+    print(f"@{args.handle.removeprefix('@')}: X Chat keys imported (version {identity.version})")
+    print(f"fingerprint: {identity.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_xchat_status(args: argparse.Namespace) -> int:
+    """Which X accounts the bridge holds X Chat keys for, and where X stands on them."""
+    settings = _settings()
+    from adapters.ops import xchat
+
+    _with_db(admin.list_accounts)
+    listed = asyncio.run(xchat.status(settings))
+    data = [
+        {
+            "x_user_id": item.identity.x_user_id,
+            "x_username": item.handle,
+            "state": item.identity.state.value,
+            "version": item.identity.version,
+            "fingerprint": item.identity.fingerprint,
+            "detail": item.identity.detail,
+        }
+        for item in listed
+    ]
+
+    def text() -> str:
+        if not data:
+            return "No X Chat keys are held; `xdm-bridge xchat setup @handle` makes them for a team account."
+        return "\n".join(
+            f"@{row['x_username'] or '?'} ({row['x_user_id']}): {row['state']}, version "
+            f"{row['version'] or '-'}, fingerprint {row['fingerprint']}"
+            + (f" ({row['detail']})" if row["detail"] else "")
+            for row in data
+        )
+
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_xchat_forget(args: argparse.Namespace) -> int:
+    """Delete the X Chat keys held for an account (X keeps the public half it registered)."""
+    settings = _settings()
+    from adapters.ops import xchat
+
+    _with_db(admin.list_accounts)
+    try:
+        forgotten = asyncio.run(xchat.forget(settings, args.handle))
+    except XChatError as exc:
+        return _operator_error(str(exc))
+    handle = args.handle.removeprefix("@")
+    print(f"@{handle}: X Chat keys deleted" if forgotten else f"@{handle}: no X Chat keys were held")
+    return EXIT_OK
+
+
+def _xchat_refusal(exc: Exception) -> int:
+    """One line: exit 1 when X or the account stands in the way, 2 for the operator's own input."""
+    print(f"xdm-bridge: {exc}", file=sys.stderr)
+    return (
+        EXIT_FAILED
+        if isinstance(exc, KeysElsewhere | RegistrationDeferred | XError | XAuthRevoked)
+        else EXIT_CONFIG
+    )
+
+
+def _say(line: str) -> None:
+    print(f"xdm-bridge: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -575,7 +673,33 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_parser.set_defaults(func=cmd_sandbox)
     _sandbox_arguments(sandbox_parser)
     _add_operator_commands(sub)
+    _add_xchat_commands(sub)
     return parser
+
+
+def _add_xchat_commands(sub: Any) -> None:
+    xchat = sub.add_parser(
+        "xchat",
+        help="X Chat (encrypted) keys for team accounts the operator controls",
+        description="The bridge reads and writes encrypted X Chat only for accounts whose keys it "
+        "holds: team, brand or support accounts you operate. Never ask people for their Chat PIN "
+        "or keys.",
+    )
+    commands = xchat.add_subparsers(dest="xchat_command", required=True, metavar="COMMAND")
+    setup = commands.add_parser("setup", help="make, save and register keys for a connected account")
+    setup.add_argument("handle", help="the X account (@handle), connected with /xdm connect")
+    setup.set_defaults(func=cmd_xchat_setup)
+    imported = commands.add_parser("import", help="keep keys made elsewhere (chat_xdk's 64-byte export)")
+    imported.add_argument("handle", help="the X account (@handle), connected with /xdm connect")
+    imported.add_argument("--keys", required=True, metavar="FILE", help="the exported keys")
+    imported.add_argument("--version", required=True, metavar="V", help="X's public_key_version of them")
+    imported.set_defaults(func=cmd_xchat_import)
+    status = commands.add_parser("status", help="the keys held, by account")
+    _json_flag(status)
+    status.set_defaults(func=cmd_xchat_status)
+    forget = commands.add_parser("forget", help="delete the keys held for an account")
+    forget.add_argument("handle", help="the X account (@handle)")
+    forget.set_defaults(func=cmd_xchat_forget)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

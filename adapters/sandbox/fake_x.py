@@ -680,6 +680,13 @@ class FakeX:
         self.media_ttl_seconds = 86_400
         self.media_size_limits: dict[str, int] = {"image": 5 * _MB, "gif": 15 * _MB, "video": 512 * _MB}
         self.max_chunk_bytes = 5 * _MB
+        # X Chat public keys (GET/POST /2/users/{id}/public_keys): each user's registered records,
+        # and X's registration limit ("a few per 24 h per user"; a 429 names the reset).
+        self.public_keys: dict[str, list[dict[str, Any]]] = {}
+        self.key_registrations_per_day = 3
+        self._key_registrations: dict[str, list[float]] = {}
+        # What X answers for a user with no keys, which X does not document: all mean "none".
+        self.no_keys_answer: Literal["empty", "no_data", "not_found"] = "empty"
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
         self.user_limit_15m = user_limit_15m
@@ -958,6 +965,8 @@ class FakeX:
             web.post("/2/media/upload/initialize", self._media_initialize),
             web.post("/2/media/upload/{id}/append", self._media_append),
             web.post("/2/media/upload/{id}/finalize", self._media_finalize),
+            web.get("/2/users/{id}/public_keys", self._public_keys_get),
+            web.post("/2/users/{id}/public_keys", self._public_keys_add),
         ]
         app.add_routes(routes)
         return app
@@ -1501,6 +1510,46 @@ class FakeX:
         problem = _not_found_problem("user", username, "username")
         problem.pop("status")
         return _json(200, {"errors": [problem]})
+
+    # ------------------------------------------------------------ X Chat keys
+
+    def register_keys(self, user_id: str, registration: dict[str, Any]) -> str:
+        """Register a public key for ``user_id`` as X does (a person's phone, or a test)."""
+        version = str(int(self.clock() * 1000) + len(self.public_keys.get(user_id, [])))
+        key = registration["public_key"]
+        self.public_keys.setdefault(user_id, []).append(
+            {
+                "public_key": key["public_key"],
+                "signing_public_key": key["signing_public_key"],
+                "identity_public_key_signature": key["identity_public_key_signature"],
+                "public_key_version": version,
+            }
+        )
+        return version
+
+    async def _public_keys_get(self, request: web.Request) -> web.StreamResponse:
+        records = self.public_keys.get(request.match_info["id"], [])
+        if records or self.no_keys_answer == "empty":
+            return _json(200, {"data": records})
+        if self.no_keys_answer == "no_data":
+            return _json(200, {})
+        return _about_blank(404, "Not Found", "The user has no public keys")
+
+    async def _public_keys_add(self, request: web.Request) -> web.StreamResponse:
+        user_id = request.match_info["id"]
+        if request[_USER].id != user_id:
+            return _about_blank(403, "Forbidden", "You can only register keys for yourself")
+        now = self.clock()
+        recent = [t for t in self._key_registrations.get(user_id, []) if t > now - 86_400]
+        if len(recent) >= self.key_registrations_per_day:
+            response = _about_blank(429, "Too Many Requests")
+            response.headers["x-user-limit-24hour-limit"] = str(self.key_registrations_per_day)
+            response.headers["x-user-limit-24hour-remaining"] = "0"
+            response.headers["x-user-limit-24hour-reset"] = str(math.ceil(min(recent, default=now) + 86_400))
+            return response
+        self._key_registrations[user_id] = [*recent, now]
+        version = self.register_keys(user_id, json.loads(request[_BODY]))
+        return _json(200, {"data": {"public_key_version": version, "juicebox_config": {}}})
 
     # ---------------------------------------------------------------------- DMs
 

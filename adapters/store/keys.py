@@ -18,6 +18,7 @@ from adapters.store.crypto import TokenCipher
 SECRETS = (
     ("accounts", "id", ("access_token", "refresh_token"), "1 = 1"),
     ("oauth_states", "state", ("code_verifier",), "used = 0 AND expires_at > unixepoch()"),
+    ("xchat_identities", "x_user_id", ("private_keys",), "1 = 1"),
 )
 
 

@@ -28,6 +28,7 @@ import asyncpg
 
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
+from adapters.store.engine import PostgresEngine
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
@@ -122,6 +123,11 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    @property
+    def engine(self) -> PostgresEngine:
+        """Statements for the role stores written once over ``adapters.store.engine``."""
+        return PostgresEngine(lambda: self.pool)
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -9,6 +9,7 @@ operator's CLI read while the web process writes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import functools
 import json
@@ -19,12 +20,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
+from adapters.store.engine import SqliteEngine
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
@@ -56,6 +58,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is plenty
+REFRESH_LOCK_POLL = 0.05  # how often a refresh waiting for another process tries the lock again
 
 
 def open_database(path: str) -> Database:
@@ -156,6 +159,7 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: Database | None = None
         self._owner: int | None = None
+        self._refresh_lock_handle: IO[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -171,6 +175,9 @@ class SqliteStore:
         if self._db is not None:
             await self._call(self._close)
         self._executor.shutdown(wait=True)
+        if self._refresh_lock_handle is not None:
+            self._refresh_lock_handle.close()
+            self._refresh_lock_handle = None
 
     def _close(self) -> None:
         assert self._db is not None
@@ -180,6 +187,11 @@ class SqliteStore:
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def engine(self) -> SqliteEngine:
+        """Statements for the role stores written once over ``adapters.store.engine``."""
+        return SqliteEngine(self._call, lambda: self.db)
 
     @property
     def db(self) -> Database:
@@ -196,9 +208,36 @@ class SqliteStore:
 
     @asynccontextmanager
     async def refresh_lock(self, account_id: int) -> AsyncIterator[None]:
-        """Nothing to hold: one process owns a SQLite file, and ``TokenManager``'s own lock
-        already serialises its refreshes."""
-        yield
+        """One token refresh per account across processes: ``serve`` and an operator's command
+        (``xchat setup``, ``accounts disconnect``) may use one account's single-use refresh token
+        at once. A POSIX record lock on byte ``account_id`` of ``<path>.refresh-lock``; the kernel
+        drops it when the process ends however it ends. Such locks belong to the process, so
+        ``TokenManager``'s own lock is what serialises refreshes within one."""
+        if self.path == ":memory:":
+            yield
+            return
+        handle = self._refresh_lock_file()
+        # Tried without blocking and retried: a lock taken in a thread after its waiter was
+        # cancelled would never be released.
+        while True:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, account_id)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                await asyncio.sleep(REFRESH_LOCK_POLL)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN, 1, account_id)
+
+    def _refresh_lock_file(self) -> IO[str]:
+        # One handle for the store's life: closing any handle on the file would drop all of the
+        # process's locks on it.
+        if self._refresh_lock_handle is None:
+            self._refresh_lock_handle = open(f"{self.path}.refresh-lock", "a+")  # noqa: SIM115
+        return self._refresh_lock_handle
 
     # -- health ------------------------------------------------------------
 

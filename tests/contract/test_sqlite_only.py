@@ -91,3 +91,54 @@ async def test_migration_keeps_one_target_on_rows_an_old_version_wrote_with_two(
         assert head.target.conversation_id is None and not head.deleted
     finally:
         await store.close()
+
+
+HOLDER = """
+import asyncio, sys
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.sqlite import SqliteStore
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1], TokenCipher([generate_key()]))
+    await store.open()
+    async with store.refresh_lock(7):
+        print("locked", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_refresh_lock_holds_across_processes_per_account(tmp_path: Path) -> None:
+    """`serve` and an operator's command (xchat setup, accounts disconnect) share one SQLite file:
+    only one of them may spend an account's single-use refresh token at a time."""
+    import asyncio
+    import sys
+
+    db_path = str(tmp_path / "bridge.db")
+    store = SqliteStore(db_path, TokenCipher([generate_key()]))
+    await store.open()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, db_path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 30)).strip() == b"locked"
+
+        async def take(account_id: int) -> None:
+            async with store.refresh_lock(account_id):
+                pass
+
+        waiting = asyncio.create_task(take(7))
+        await asyncio.wait_for(take(8), 5)  # another account is not held up
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the other process holds account 7
+        holder.stdin.write(b"release\n")
+        await holder.stdin.drain()
+        await asyncio.wait_for(waiting, 10)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+        await store.close()

@@ -11,20 +11,26 @@ from pathlib import Path
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
+from adapters.store.xchat import XChatIdentityStore
+from adapters.x.xchat import ChatKeys
 from bridge.model import OAuthState, TokenSet, XUser
 from tests.harness import bridge_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+XCHAT_KEYS = ChatKeys().new_identity()
+
+
 async def stored_secrets(db_path: Path, key: str) -> None:
-    """An account (access + refresh token) and a live OAuth state, encrypted with ``key``."""
+    """An account (access + refresh token), a live OAuth state and X Chat keys, encrypted with ``key``."""
     store = SqliteStore(str(db_path), TokenCipher([key]))
     await store.open()
     try:
         await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("access-1", "refresh-1", None))
         await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("access-2", None, None))
         await store.save_oauth_state(OAuthState("st", "verifier", "T1", "U3", "C1", None, time.time() + 600))
+        await XChatIdentityStore(store.engine, TokenCipher([key])).save_identity("1000", XCHAT_KEYS, 1.0)
     finally:
         await store.close()
 
@@ -59,7 +65,7 @@ async def test_wrong_key_stops_migrate_and_serve_with_one_line(tmp_path: Path) -
         result = xdm_bridge(db_path, *command, BRIDGE_ENCRYPTION_KEY=wrong)
         assert result.returncode == 2, (command, result.stderr)
         line = one_line(result)
-        assert "BRIDGE_ENCRYPTION_KEY cannot decrypt 4 of the 4 secrets" in line, line
+        assert "BRIDGE_ENCRYPTION_KEY cannot decrypt 5 of the 5 secrets" in line, line
         assert "rotate-keys" in line and wrong not in line
 
 
@@ -84,7 +90,7 @@ async def test_rotate_keys_then_drop_the_old_key(tmp_path: Path) -> None:
 
     result = xdm_bridge(db_path, "rotate-keys", BRIDGE_ENCRYPTION_KEY=f"{new},{old}")
     assert result.returncode == 0, result.stderr
-    assert "re-encrypted 4 stored secret(s)" in result.stdout and "can now be removed" in result.stdout
+    assert "re-encrypted 5 stored secret(s)" in result.stdout and "can now be removed" in result.stdout
 
     assert xdm_bridge(db_path, "migrate", BRIDGE_ENCRYPTION_KEY=new).returncode == 0
     assert xdm_bridge(db_path, "migrate", BRIDGE_ENCRYPTION_KEY=old).returncode == 2
@@ -96,5 +102,7 @@ async def test_rotate_keys_then_drop_the_old_key(tmp_path: Path) -> None:
         assert account.tokens.refresh_token == "refresh-1"
         state = await store.get_oauth_state("st", time.time())
         assert state is not None and state.code_verifier == "verifier"
+        identity = await XChatIdentityStore(store.engine, TokenCipher([new])).identity("1000")
+        assert identity is not None and identity.private_keys == XCHAT_KEYS.private_keys
     finally:
         await store.close()

@@ -1,0 +1,83 @@
+"""X Chat identities (``bridge.xchat.XChatIdentities``): one SQL for both engines.
+
+The private keys are Fernet-encrypted with ``BRIDGE_ENCRYPTION_KEY``, as the tokens are; nothing
+else in the row is secret (the registration body is the public half X publishes anyway).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from adapters.store.crypto import TokenCipher
+from adapters.store.engine import Engine
+from bridge.xchat import IdentityState, NewIdentity, XChatIdentity
+
+COLUMNS = (
+    "x_user_id, private_keys, registration, public_key, fingerprint, version, state, detail, "
+    "created_at, registered_at"
+)
+
+
+class XChatIdentityStore:
+    """The ``xchat_identities`` table."""
+
+    def __init__(self, engine: Engine, cipher: TokenCipher) -> None:
+        self._engine = engine
+        self._cipher = cipher
+
+    async def identity(self, x_user_id: str) -> XChatIdentity | None:
+        rows = await self._engine.fetch(
+            f"SELECT {COLUMNS} FROM xchat_identities WHERE x_user_id = ?", x_user_id
+        )
+        return self._identity(rows[0]) if rows else None
+
+    async def save_identity(self, x_user_id: str, new: NewIdentity, now: float) -> XChatIdentity:
+        # ON CONFLICT DO NOTHING: two setups at once keep one identity, the first one saved.
+        await self._engine.execute(
+            "INSERT INTO xchat_identities (x_user_id, private_keys, registration, public_key, "
+            "fingerprint, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (x_user_id) DO NOTHING",
+            x_user_id,
+            self._cipher.encrypt(base64.b64encode(new.private_keys).decode()),
+            json.dumps(new.registration, sort_keys=True),
+            new.public_key,
+            new.fingerprint,
+            IdentityState.SAVED.value,
+            now,
+        )
+        kept = await self.identity(x_user_id)
+        assert kept is not None  # just written, or there before
+        return kept
+
+    async def mark_registered(self, x_user_id: str, version: str, now: float) -> None:
+        await self._engine.execute(
+            "UPDATE xchat_identities SET state = ?, version = ?, detail = NULL, registered_at = ? "
+            "WHERE x_user_id = ?",
+            IdentityState.REGISTERED.value,
+            version,
+            now,
+            x_user_id,
+        )
+
+    async def list_identities(self) -> list[XChatIdentity]:
+        rows = await self._engine.fetch(f"SELECT {COLUMNS} FROM xchat_identities ORDER BY x_user_id")
+        return [self._identity(row) for row in rows]
+
+    async def forget_identity(self, x_user_id: str) -> bool:
+        return await self._engine.execute("DELETE FROM xchat_identities WHERE x_user_id = ?", x_user_id) > 0
+
+    def _identity(self, row: dict[str, Any]) -> XChatIdentity:
+        return XChatIdentity(
+            x_user_id=row["x_user_id"],
+            private_keys=base64.b64decode(self._cipher.decrypt(row["private_keys"])),
+            registration=json.loads(row["registration"]),
+            public_key=row["public_key"],
+            fingerprint=row["fingerprint"],
+            state=IdentityState(row["state"]),
+            version=row["version"],
+            detail=row["detail"],
+            created_at=float(row["created_at"]),
+            registered_at=None if row["registered_at"] is None else float(row["registered_at"]),
+        )

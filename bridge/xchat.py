@@ -1,0 +1,260 @@
+"""X Chat identities for accounts the operator controls (a team, brand or support account).
+
+X's encrypted Chat needs keys that live with whoever reads and writes for the account. X's
+guidance is that an app may hold the keys of an account it operates, generated and registered by
+the app itself, and must never ask people for their Chat PIN or private keys. So only the
+operator, from the command line, gives the bridge an identity (``xdm-bridge xchat setup`` or
+``import``); nobody can from Slack.
+
+The order of the steps is what keeps a crash harmless: the keys are saved (encrypted) first, then
+X is asked whether it already holds them, and only then are they registered. A process killed at
+any point leaves keys the next run finishes registering, never a registered key the bridge lost.
+Registration is a scarce write at X (a few per account per day), so a second run never makes a
+second identity, and a 429 is waited out, not retried with new keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bridge.errors import BridgeError, XRateLimited
+from bridge.model import Account
+from bridge.ports import Clock
+
+log = logging.getLogger("bridge.xchat")
+
+# Longest wait for X's registration window the command line sits through before saying when to
+# come back (X names its 24-hour reset; the saved keys wait for the next run).
+LONGEST_WAIT = 15 * 60.0
+
+
+class IdentityState(StrEnum):
+    SAVED = "saved"  # kept; X has not confirmed the public half yet
+    REGISTERED = "registered"  # X holds the public half under ``version``
+    MISMATCH = "mismatch"  # X's registered key is another one: nothing is encrypted with these
+
+
+@dataclass(frozen=True)
+class NewIdentity:
+    """Keys as the crypto library makes them: the private half (never logged) and the public one."""
+
+    private_keys: bytes = field(repr=False)
+    registration: dict[str, Any]  # POST /2/users/{id}/public_keys's body
+    public_key: str  # the identity public key, base64
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class XChatIdentity:
+    """The keys the bridge holds for one X user, and where X stands on them."""
+
+    x_user_id: str
+    private_keys: bytes = field(repr=False)
+    registration: dict[str, Any]
+    public_key: str
+    fingerprint: str
+    state: IdentityState
+    version: str | None = None
+    detail: str | None = None
+    created_at: float = 0.0
+    registered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RegisteredKey:
+    """One record of ``GET /2/users/{id}/public_keys``."""
+
+    version: str
+    public_key: str
+    signing_public_key: str = ""
+    identity_public_key_signature: str = ""
+
+
+class XChatError(BridgeError):
+    """An identity cannot be set up or imported; ``str(err)`` tells the operator what to do."""
+
+
+class KeysElsewhere(XChatError):
+    """X already holds other keys for the account (its owner uses Chat elsewhere): a second
+    identity would be one the owner's devices do not know."""
+
+
+class KeysDoNotMatch(XChatError):
+    """Imported keys are not the ones X has registered under the version given."""
+
+
+class RegistrationDeferred(XChatError):
+    """X's registration window is spent for longer than the command waits; the keys are saved."""
+
+
+class XChatIdentities(Protocol):
+    """Role store: the identities (private keys encrypted at rest)."""
+
+    async def identity(self, x_user_id: str) -> XChatIdentity | None: ...
+
+    async def save_identity(self, x_user_id: str, new: NewIdentity, now: float) -> XChatIdentity:
+        """Keep ``new`` unless the user has an identity already; either way return the kept one."""
+        ...
+
+    async def mark_registered(self, x_user_id: str, version: str, now: float) -> None: ...
+
+    async def list_identities(self) -> list[XChatIdentity]: ...
+
+    async def forget_identity(self, x_user_id: str) -> bool: ...
+
+
+class XChatKeys(Protocol):
+    """The crypto library's key handling (X's own chat_xdk in production)."""
+
+    def new_identity(self) -> NewIdentity: ...
+
+    def fingerprint(self, private_keys: bytes) -> str:
+        """The library's fingerprint of the keys; raises ``XChatError`` if they are not keys."""
+        ...
+
+    def matches(self, private_keys: bytes, registered_public_key: str) -> bool:
+        """Are these the keys behind a public key X has registered (in whatever encoding X uses)?"""
+        ...
+
+
+class KeyDirectory(Protocol):
+    """X's public-key endpoints, on a user token."""
+
+    async def public_keys(self, token: str, user_id: str) -> list[RegisteredKey]: ...
+
+    async def register_public_key(self, token: str, user_id: str, registration: dict[str, Any]) -> str:
+        """Register; X's ``public_key_version``."""
+        ...
+
+
+# A request on the account's token (``TokenManager.call``: refreshed once on a 401).
+OnToken = Callable[[Account, Callable[[str], Awaitable[Any]]], Awaitable[Any]]
+
+
+class XChatSetup:
+    """``xchat setup`` and ``xchat import``: keys saved first, then registered with X once."""
+
+    def __init__(
+        self,
+        identities: XChatIdentities,
+        keys: XChatKeys,
+        directory: KeyDirectory,
+        on_token: OnToken,
+        clock: Clock,
+        *,
+        say: Callable[[str], None] = lambda _: None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        longest_wait: float = LONGEST_WAIT,
+    ) -> None:
+        self._identities = identities
+        self._keys = keys
+        self._directory = directory
+        self._on_token = on_token
+        self._clock = clock
+        self._say = say
+        self._sleep = sleep
+        self._longest_wait = longest_wait
+
+    async def setup(self, account: Account) -> tuple[XChatIdentity, bool]:
+        """The account's identity, registered; and whether this call changed anything."""
+        kept = await self._identities.identity(account.x_user_id)
+        if kept is not None and kept.state is IdentityState.REGISTERED:
+            return kept, False  # a second run: no request to X at all
+        if kept is None:
+            # Saved before X hears of it: a crash after X registered it leaves keys we still hold.
+            kept = await self._identities.save_identity(
+                account.x_user_id, self._keys.new_identity(), self._clock.now()
+            )
+            log.info("X Chat keys made and saved", extra={"account_id": account.id})
+        registered = await self._registered(account)
+        mine = [r for r in registered if self._keys.matches(kept.private_keys, r.public_key)]
+        if mine:  # X registered them before a crash or a lost answer: adopt, do not post again
+            return await self._registered_as(account, kept, mine[-1].version), True
+        if registered:
+            raise KeysElsewhere(
+                f"@{account.x_username} already has X Chat keys registered that the bridge does not "
+                "hold (its owner uses Chat in an X app): registering another identity could cut those "
+                f"devices off. Import those keys with `xdm-bridge xchat import @{account.x_username} "
+                "--keys FILE --version V`, or use a dedicated team account"
+            )
+        version = await self._register(account, kept)
+        return await self._registered_as(account, kept, version), True
+
+    async def import_keys(self, account: Account, private_keys: bytes, version: str) -> XChatIdentity:
+        """Keys made elsewhere (an X app's export): kept once X confirms they are registered."""
+        fingerprint = self._keys.fingerprint(private_keys)
+        registered = await self._registered(account)
+        found = [
+            r for r in registered if r.version == version and self._keys.matches(private_keys, r.public_key)
+        ]
+        if not found:
+            known = ", ".join(r.version for r in registered) or "none"
+            raise KeysDoNotMatch(
+                f"X has no key version {version} with these keys for @{account.x_username} "
+                f"(its registered versions: {known}); nothing was saved"
+            )
+        # Made elsewhere, so there is no registration body of ours: X's record is the public half.
+        new = NewIdentity(private_keys, {}, found[0].public_key, fingerprint)
+        kept = await self._identities.identity(account.x_user_id)
+        if kept is not None and kept.public_key != new.public_key:
+            await self._identities.forget_identity(account.x_user_id)
+        kept = await self._identities.save_identity(account.x_user_id, new, self._clock.now())
+        return await self._registered_as(account, kept, version)
+
+    async def _registered(self, account: Account) -> list[RegisteredKey]:
+        async def read(token: str) -> list[RegisteredKey]:
+            return await self._directory.public_keys(token, account.x_user_id)
+
+        keys: list[RegisteredKey] = await self._on_token(account, read)
+        return keys
+
+    async def _register(self, account: Account, kept: XChatIdentity) -> str:
+        async def register(token: str) -> str:
+            return await self._directory.register_public_key(token, account.x_user_id, kept.registration)
+
+        while True:
+            try:
+                version: str = await self._on_token(account, register)
+                return version
+            except XRateLimited as exc:
+                wait = max(1.0, exc.reset_at - self._clock.now())
+                if wait > self._longest_wait:
+                    raise RegistrationDeferred(
+                        f"X allows only a few key registrations per account per day, and its window "
+                        f"opens again in {_duration(wait)}. The keys are saved: run this command "
+                        "again then; it registers the same keys."
+                    ) from exc
+                self._say(
+                    f"X allows only a few key registrations per account per day; waiting "
+                    f"{_duration(wait)} for its window to open (the keys are saved)."
+                )
+                await self._sleep(wait)
+
+    async def _registered_as(self, account: Account, kept: XChatIdentity, version: str) -> XChatIdentity:
+        now = self._clock.now()
+        await self._identities.mark_registered(account.x_user_id, version, now)
+        log.info("X Chat keys registered", extra={"account_id": account.id, "version": version})
+        return XChatIdentity(
+            x_user_id=kept.x_user_id,
+            private_keys=kept.private_keys,
+            registration=kept.registration,
+            public_key=kept.public_key,
+            fingerprint=kept.fingerprint,
+            state=IdentityState.REGISTERED,
+            version=version,
+            created_at=kept.created_at,
+            registered_at=now,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
