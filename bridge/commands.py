@@ -33,6 +33,7 @@ from bridge.model import (
 from bridge.permissions import Permissions
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
+from bridge.xchat import ChatPeers, conversation_peers, one_way_note
 
 log = logging.getLogger("bridge.commands")
 
@@ -250,6 +251,7 @@ class CommandService:
         connections: ConnectService | None = None,
         connect_page: str = "",
         inbound: InboundControl | None = None,
+        chat_peers: ChatPeers | None = None,
     ) -> None:
         """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
         then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
@@ -266,6 +268,7 @@ class CommandService:
         self._connections = connections
         self._connect_page = connect_page
         self._inbound = inbound
+        self._chat_peers = chat_peers
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -367,6 +370,7 @@ class CommandService:
                     lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
                 lines.append(await self._inbound_line(mapping))
+                lines.extend(await self._known_one_way(mapping, account))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
         if pending:
@@ -493,7 +497,14 @@ class CommandService:
     async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
         account = await self._mapping_account(ctx)
         mapping = await self._map(ctx, account, MappingKind.LINK, conversation_id=conversation_id)
-        return Reply(self._mapped_text(ctx, mapping, account), in_channel=True)
+
+        async def say_if_one_way() -> None:
+            # After the ack: X is asked, and Slack wants its answer within 3 s.
+            note = await self._one_way_note(account, conversation_peers(mapping, account.x_user_id), {})
+            if note:
+                await self._slack.post_message(ctx.team_id, ctx.channel_id, note)
+
+        return Reply(self._mapped_text(ctx, mapping, account), in_channel=True, follow_up=say_if_one_way)
 
     # -- commands that talk to X ----------------------------------------------
 
@@ -512,9 +523,9 @@ class CommandService:
         # from the outbox (claimed before its POST, read back from X if the answer is lost).
         mapping = await self._map(ctx, account, MappingKind.GROUP, group_participants=tuple(ids))
         await self._queue_opening(ctx, mapping, opening)
-        return Reply(
-            self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users]), in_channel=True
-        )
+        text = self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users])
+        note = await self._one_way_note(account, ids, {u.id: u.username for u in users})
+        return Reply(text + (f"\n{note}" if note else ""), in_channel=True)
 
     async def _direct(self, ctx: CommandContext, account: Account, command: DirectMessage) -> Reply:
         user = await self._resolve(account, command.participant)
@@ -534,7 +545,25 @@ class CommandService:
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
+        note = await self._one_way_note(account, [user.id], {user.id: user.username})
+        if note:
+            warn += f"\n{note}"
         return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
+
+    async def _known_one_way(self, mapping: Mapping, account: Account) -> list[str]:
+        """Status's warning line, from the kept answers (status never asks X)."""
+        if self._chat_peers is None:
+            return []
+        on_chat = await self._chat_peers.known_on_chat(conversation_peers(mapping, account.x_user_id))
+        handles = {mapping.participant_id or "": mapping.participant_username or ""}
+        return [one_way_note([_someone(i, handles) for i in on_chat], account.x_username)] if on_chat else []
+
+    async def _one_way_note(self, account: Account, peers: list[str], handles: dict[str, str]) -> str:
+        """The channel's warning when people of the conversation are on X Chat (else "")."""
+        if self._chat_peers is None or not peers:
+            return ""
+        on_chat = await self._chat_peers.on_chat(account, peers)
+        return one_way_note([_someone(i, handles) for i in on_chat], account.x_username) if on_chat else ""
 
     async def _queue_opening(self, ctx: CommandContext, mapping: Mapping, text: str) -> None:
         """The opening message goes through the outbox like a message posted in the channel.
@@ -690,6 +719,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     """A stored reason, short and on one line, for a status reply."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _someone(x_user_id: str, handles: dict[str, str]) -> str:
+    handle = handles.get(x_user_id)
+    return f"@{handle}" if handle and handle != x_user_id else f"X user `{x_user_id}`"
 
 
 def _is_group(mapping: Mapping) -> bool:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bridge.errors import BridgeError, XRateLimited
-from bridge.model import Account
+from bridge.errors import BridgeError, XAuthRevoked, XError, XRateLimited
+from bridge.model import Account, Mapping
 from bridge.ports import Clock
 
 log = logging.getLogger("bridge.xchat")
@@ -258,3 +258,104 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+# -- peers on X Chat -------------------------------------------------------------------------------
+
+PEER_CHECK_TTL = 24 * 3600.0  # X Chat registration changes rarely: ask X about a person once a day
+
+
+@dataclass(frozen=True)
+class PeerCheck:
+    """What X said when last asked whether a person has X Chat keys registered."""
+
+    x_user_id: str
+    on_chat: bool
+    checked_at: float
+
+
+class PeerChecks(Protocol):
+    """Role store: the last answer for each person (so every instance, and status, reads it free)."""
+
+    async def peer_checks(self, x_user_ids: Sequence[str]) -> dict[str, PeerCheck]: ...
+
+    async def save_peer_check(self, check: PeerCheck) -> None: ...
+
+
+class ChatPeers:
+    """Who among a conversation's people is on X Chat, so a one-way bridge is said, not hidden.
+
+    X upgrades a conversation to encrypted Chat once the other person registers for it, and its
+    legacy DM API may then show only what the bridge sends: replies never come back. Whether a
+    person has registered keys is readable with the account's own token. X does not document its
+    answer for someone who has not: no record, an empty answer and a not-found all mean "not on
+    X Chat", and then nothing about encryption is said. An answer X did not give (a 429, a
+    time-out) is no answer: nothing is said or kept, and the next check asks again.
+    """
+
+    def __init__(
+        self,
+        checks: PeerChecks,
+        directory: KeyDirectory,
+        on_token: OnToken,
+        clock: Clock,
+        *,
+        ttl: float = PEER_CHECK_TTL,
+    ) -> None:
+        self._checks = checks
+        self._directory = directory
+        self._on_token = on_token
+        self._clock = clock
+        self._ttl = ttl
+
+    async def on_chat(self, account: Account, x_user_ids: Sequence[str]) -> list[str]:
+        """Those of ``x_user_ids`` on X Chat; asks X only about people not asked within a day."""
+        wanted = [i for i in dict.fromkeys(x_user_ids) if i != account.x_user_id]
+        now = self._clock.now()
+        known = await self._checks.peer_checks(wanted)
+        for user_id in wanted:
+            if user_id in known and now - known[user_id].checked_at < self._ttl:
+                continue
+            try:
+                keys = await self._on_token(account, _reader(self._directory, user_id))
+            except (XError, XAuthRevoked) as exc:
+                log.info("could not ask X whether a person uses X Chat", extra={"error": str(exc)[:200]})
+                known.pop(user_id, None)
+                continue
+            known[user_id] = PeerCheck(user_id, bool(keys), now)
+            await self._checks.save_peer_check(known[user_id])
+        return [i for i in wanted if i in known and known[i].on_chat]
+
+    async def known_on_chat(self, x_user_ids: Sequence[str]) -> list[str]:
+        """From the kept answers alone, asking X nothing (status, metrics)."""
+        known = await self._checks.peer_checks(list(dict.fromkeys(x_user_ids)))
+        return [i for i in dict.fromkeys(x_user_ids) if i in known and known[i].on_chat]
+
+
+def _reader(directory: KeyDirectory, user_id: str) -> Callable[[str], Awaitable[list[RegisteredKey]]]:
+    async def read(token: str) -> list[RegisteredKey]:
+        return await directory.public_keys(token, user_id)
+
+    return read
+
+
+def one_way_note(names: Sequence[str], account: str) -> str:
+    """What a channel is told when people of its conversation are on X Chat (``account``: the
+    bridged X account's handle)."""
+    who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    verb = "uses" if len(names) == 1 else "use"
+    return (
+        f":lock: {who} {verb} X's encrypted Chat. Messages from this channel still reach X, but X "
+        f"lets an app read encrypted replies only with the Chat keys of the account, and the bridge "
+        f"holds none for @{account}: their replies may never appear here."
+    )
+
+
+def conversation_peers(mapping: Mapping, own_x_user_id: str) -> list[str]:
+    """The other people of a mapping's conversation, as far as the mapping knows them (a linked
+    group's members are not kept: none)."""
+    if mapping.participant_id:
+        return [mapping.participant_id]
+    if mapping.conversation_id and "-" in mapping.conversation_id:
+        return [i for i in mapping.conversation_id.split("-") if i != own_x_user_id]
+    return list(mapping.group_participants)

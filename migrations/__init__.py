@@ -456,11 +456,20 @@ def m0019_xchat_identities(db: Database) -> None:
     ``registered`` (X holds the public half under ``version``) or ``mismatch`` (X's registered key
     is no longer this one: nothing is encrypted with it).
     """
-    db.execute(XCHAT_IDENTITIES)
+    for statement in XCHAT_IDENTITIES.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
-# The same statement on both engines (portable types only).
+# The same statements on both engines (portable types only). ``xchat_peers``: whether an X user
+# had X Chat keys registered when last asked (at most once a day each): a bridged conversation
+# with such a person may not bring their replies back, and the channel is told so.
 XCHAT_IDENTITIES = """
+CREATE TABLE xchat_peers (
+    x_user_id TEXT PRIMARY KEY,
+    on_chat INTEGER NOT NULL,
+    checked_at DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE xchat_identities (
     x_user_id TEXT PRIMARY KEY,
     private_keys TEXT NOT NULL,      -- Fernet ciphertext of chat_xdk's exported keys

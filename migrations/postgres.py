@@ -309,6 +309,7 @@ TABLES = (
     "read_schedule",
     "parked_cursors",
     "xchat_identities",
+    "xchat_peers",
 )
 
 

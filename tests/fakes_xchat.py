@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from bridge.errors import XError, XRateLimited, XTransient
-from bridge.xchat import IdentityState, NewIdentity, RegisteredKey, XChatIdentity
+from bridge.xchat import IdentityState, NewIdentity, PeerCheck, RegisteredKey, XChatIdentity
 
 
 class MemoryIdentities:
@@ -50,6 +51,19 @@ class MemoryIdentities:
 
     async def forget_identity(self, x_user_id: str) -> bool:
         return self.rows.pop(x_user_id, None) is not None
+
+
+class MemoryPeerChecks:
+    """``bridge.xchat.PeerChecks`` in a dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, PeerCheck] = {}
+
+    async def peer_checks(self, x_user_ids: Sequence[str]) -> dict[str, PeerCheck]:
+        return {i: self.rows[i] for i in x_user_ids if i in self.rows}
+
+    async def save_peer_check(self, check: PeerCheck) -> None:
+        self.rows[check.x_user_id] = check
 
 
 class FakeDirectory:

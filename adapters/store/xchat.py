@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import Engine
-from bridge.xchat import IdentityState, NewIdentity, XChatIdentity
+from bridge.xchat import IdentityState, NewIdentity, PeerCheck, XChatIdentity
 
 COLUMNS = (
     "x_user_id, private_keys, registration, public_key, fingerprint, version, state, detail, "
@@ -21,7 +22,7 @@ COLUMNS = (
 
 
 class XChatIdentityStore:
-    """The ``xchat_identities`` table."""
+    """The ``xchat_identities`` and ``xchat_peers`` tables (``XChatIdentities`` and ``PeerChecks``)."""
 
     def __init__(self, engine: Engine, cipher: TokenCipher) -> None:
         self._engine = engine
@@ -68,6 +69,26 @@ class XChatIdentityStore:
     async def forget_identity(self, x_user_id: str) -> bool:
         return await self._engine.execute("DELETE FROM xchat_identities WHERE x_user_id = ?", x_user_id) > 0
 
+    async def peer_checks(self, x_user_ids: Sequence[str]) -> dict[str, PeerCheck]:
+        if not x_user_ids:
+            return {}
+        marks = ", ".join("?" for _ in x_user_ids)
+        rows = await self._engine.fetch(
+            f"SELECT x_user_id, on_chat, checked_at FROM xchat_peers WHERE x_user_id IN ({marks})",
+            *x_user_ids,
+        )
+        return {r["x_user_id"]: _peer_check(r) for r in rows}
+
+    async def save_peer_check(self, check: PeerCheck) -> None:
+        await self._engine.execute(
+            "INSERT INTO xchat_peers (x_user_id, on_chat, checked_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (x_user_id) DO UPDATE SET on_chat = excluded.on_chat, "
+            "checked_at = excluded.checked_at",
+            check.x_user_id,
+            int(check.on_chat),
+            check.checked_at,
+        )
+
     def _identity(self, row: dict[str, Any]) -> XChatIdentity:
         return XChatIdentity(
             x_user_id=row["x_user_id"],
@@ -81,3 +102,7 @@ class XChatIdentityStore:
             created_at=float(row["created_at"]),
             registered_at=None if row["registered_at"] is None else float(row["registered_at"]),
         )
+
+
+def _peer_check(row: dict[str, Any]) -> PeerCheck:
+    return PeerCheck(row["x_user_id"], bool(row["on_chat"]), float(row["checked_at"]))

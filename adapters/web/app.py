@@ -32,14 +32,17 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
+from adapters.store.crypto import TokenCipher
 from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
+from adapters.store.xchat import XChatIdentityStore
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
 from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import oauth_client
+from adapters.x.xchat import KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
@@ -54,6 +57,7 @@ from bridge.relay import Relay
 from bridge.retention import prune_forever
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
+from bridge.xchat import ChatPeers
 
 log = logging.getLogger("adapters.web.app")
 
@@ -248,7 +252,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
-        metrics.bind(store, budget, clock)
+        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
+        metrics.bind(store, budget, clock, peer_checks)
         commands = CommandService(
             store=store,
             x=x,
@@ -265,6 +270,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             permissions=Permissions(
                 slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
             ),
+            chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
         )
         background = Background()
         slack_auth = SlackAuthorization(slack_client, poster)

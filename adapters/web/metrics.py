@@ -22,8 +22,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from adapters.slack.api import MESSAGE_REFUSALS
 from bridge.budget import Budget
 from bridge.errors import Failure
-from bridge.model import Account, OutboxItem, OutboxKind
+from bridge.model import Account, Mapping, OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
+from bridge.xchat import PeerChecks, conversation_peers
 
 log = logging.getLogger("adapters.web.metrics")
 
@@ -154,6 +155,11 @@ class BridgeMetrics:
             ["account", "window"],
             registry=registry,
         )
+        self.one_way = Gauge(
+            "xchat_one_way_conversations",
+            "Bridged conversations with someone on X's encrypted Chat, whose replies may not come back",
+            registry=registry,
+        )
         self.x_seconds = Histogram(
             "x_request_seconds",
             "Latency of requests to the X API (to response headers)",
@@ -171,6 +177,7 @@ class BridgeMetrics:
         self._store: Store | None = None
         self._budget: Budget | None = None
         self._clock: Clock | None = None
+        self._peer_checks: PeerChecks | None = None
 
     # -- counters, from the core's hooks -----------------------------------------
 
@@ -215,8 +222,9 @@ class BridgeMetrics:
 
     # -- gauges, at scrape time ----------------------------------------------------
 
-    def bind(self, store: Store, budget: Budget, clock: Clock) -> None:
+    def bind(self, store: Store, budget: Budget, clock: Clock, peer_checks: PeerChecks | None = None) -> None:
         self._store, self._budget, self._clock = store, budget, clock
+        self._peer_checks = peer_checks
 
     async def refresh(self) -> None:
         """Recompute the gauges; store calls run on the store's thread."""
@@ -232,8 +240,10 @@ class BridgeMetrics:
             self.inbound_waiting.labels(state).set(inbound[state])
         waiting_since = inbound["oldest_waiting_at"]
         self.inbound_oldest_age.set(max(0.0, now - waiting_since) if waiting_since else 0.0)
-        mapped = {m.account_id for m in await self._store.list_mappings()}
+        mappings = await self._store.list_mappings()
+        mapped = {m.account_id for m in mappings}
         accounts = [a for a in await self._store.list_accounts() if a.id in mapped]
+        await self._refresh_one_way(mappings, accounts)
         remaining: dict[tuple[str, str], int] = {}
         for account in accounts:
             snapshot = self._budget.snapshot(account.id, now)
@@ -246,6 +256,15 @@ class BridgeMetrics:
         self.rate_remaining.clear()
         for (label, window), value in remaining.items():
             self.rate_remaining.labels(label, window).set(value)
+
+    async def _refresh_one_way(self, mappings: Sequence[Mapping], accounts: Sequence[Account]) -> None:
+        """From the kept answers alone: a scrape never asks X."""
+        if self._peer_checks is None:
+            return
+        own = {a.id: a.x_user_id for a in accounts}
+        peers = {m: conversation_peers(m, own.get(m.account_id, "")) for m in mappings}
+        checks = await self._peer_checks.peer_checks(sorted({p for ids in peers.values() for p in ids}))
+        self.one_way.set(sum(any(p in checks and checks[p].on_chat for p in ids) for ids in peers.values()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

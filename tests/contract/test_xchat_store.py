@@ -15,10 +15,10 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.xchat import XChatIdentityStore
 from adapters.x.xchat import ChatKeys
 from bridge.errors import ConfigError
-from bridge.xchat import IdentityState, NewIdentity, XChatIdentities
+from bridge.xchat import IdentityState, NewIdentity, PeerCheck, PeerChecks, XChatIdentities
 from tests import pg
 from tests.contract.conftest import Engine
-from tests.fakes_xchat import MemoryIdentities
+from tests.fakes_xchat import MemoryIdentities, MemoryPeerChecks
 
 KINDS = ("memory", "sqlite", "postgres")
 
@@ -111,3 +111,29 @@ async def _check_private_keys_encrypted(engine: Engine) -> None:
             await other.identity("1000")
     finally:
         await store.close()
+
+
+@pytest.fixture(params=KINDS)
+async def checks(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[PeerChecks]:
+    if request.param == "memory":
+        yield MemoryPeerChecks()
+        return
+    async with database(request, request.param, tmp_path) as engine:
+        store = engine.store()
+        await store.open()
+        try:
+            yield XChatIdentityStore(store.engine, TokenCipher([engine.key]))
+        finally:
+            await store.close()
+
+
+async def test_peer_checks_keep_the_last_answer_per_person(checks: PeerChecks) -> None:
+    assert await checks.peer_checks([]) == {}
+    await checks.save_peer_check(PeerCheck("2001", True, 100.0))
+    await checks.save_peer_check(PeerCheck("2002", False, 100.0))
+    await checks.save_peer_check(PeerCheck("2001", False, 200.0))  # they left Chat: the new answer wins
+    assert await checks.peer_checks(["2001", "2002", "2003"]) == {
+        "2001": PeerCheck("2001", False, 200.0),
+        "2002": PeerCheck("2002", False, 100.0),
+    }
+    assert await checks.peer_checks(["2002"]) == {"2002": PeerCheck("2002", False, 100.0)}
