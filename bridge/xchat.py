@@ -359,3 +359,47 @@ def conversation_peers(mapping: Mapping, own_x_user_id: str) -> list[str]:
     if mapping.conversation_id and "-" in mapping.conversation_id:
         return [i for i in mapping.conversation_id.split("-") if i != own_x_user_id]
     return list(mapping.group_participants)
+
+
+# -- encrypted conversations ------------------------------------------------------------------------
+
+
+class ChatEventKind(StrEnum):
+    TEXT = "text"
+    EDIT = "edit"
+    DELETE = "delete"
+    REACTION = "reaction"
+    OTHER = "other"  # typing, read marks, group changes…: nothing to show
+
+
+@dataclass(frozen=True)
+class ChatSend:
+    """A message ready to post: signed and encrypted once. Kept with its outbox row, so a retry
+    after a lost answer posts the very same bytes and the other side sees one message."""
+
+    message_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """One decrypted, verified X Chat event."""
+
+    sequence_id: str  # X's place in the conversation (what edits and deletes point at)
+    message_id: str  # the sender's signed id (what duplicates are told apart by)
+    sender_id: str
+    conversation_id: str  # path form, "A-B" or "g…"
+    kind: ChatEventKind
+    text: str = ""
+    target_sequence_id: str | None = None
+    created_at: float | None = None
+    attachments: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatPage:
+    """What one read of a conversation gave: events newest first, as X lists them."""
+
+    events: tuple[ChatEvent, ...]
+    refused: int  # events whose signature or encryption did not verify: never shown, counted
+    next_token: str | None = None

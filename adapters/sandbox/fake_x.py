@@ -60,6 +60,8 @@ import aiohttp
 from aiohttp import web
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
 
+from adapters.sandbox.fake_xchat import ChatServer, NotMember, path_form
+from adapters.sandbox.fake_xchat import Conversation as ChatConversation
 from adapters.sandbox.openapi import FormPart, SpecValidator, media_type_of, parse_form
 
 __all__ = [
@@ -687,6 +689,8 @@ class FakeX:
         self._key_registrations: dict[str, list[float]] = {}
         # What X answers for a user with no keys, which X does not document: all mean "none".
         self.no_keys_answer: Literal["empty", "no_data", "not_found"] = "empty"
+        # Encrypted X Chat: conversations of envelopes, and the simulated people's phones.
+        self.chat = ChatServer(lambda: self.clock(), self.public_keys, self.register_keys)
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
         self.user_limit_15m = user_limit_15m
@@ -967,6 +971,14 @@ class FakeX:
             web.post("/2/media/upload/{id}/finalize", self._media_finalize),
             web.get("/2/users/{id}/public_keys", self._public_keys_get),
             web.post("/2/users/{id}/public_keys", self._public_keys_add),
+            web.get("/2/chat/conversations", self._chat_list),
+            web.post("/2/chat/conversations/group/initialize", self._chat_group_initialize),
+            web.post("/2/chat/conversations/group", self._chat_group_create),
+            web.get("/2/chat/conversations/{id}", self._chat_get),
+            web.get("/2/chat/conversations/{id}/events", self._chat_events),
+            web.post("/2/chat/conversations/{id}/keys", self._chat_keys),
+            web.post("/2/chat/conversations/{id}/messages", self._chat_send),
+            web.post("/2/chat/conversations/{id}/messages/delete", self._chat_delete),
         ]
         app.add_routes(routes)
         return app
@@ -1550,6 +1562,74 @@ class FakeX:
         self._key_registrations[user_id] = [*recent, now]
         version = self.register_keys(user_id, json.loads(request[_BODY]))
         return _json(200, {"data": {"public_key_version": version, "juicebox_config": {}}})
+
+    # ---------------------------------------------------------------- X Chat
+
+    def _chat_conversation(
+        self, request: web.Request, *, create_with: list[str] | None = None
+    ) -> ChatConversation:
+        return self.chat.conversation(request.match_info["id"], request[_USER].id, create_with=create_with)
+
+    async def _chat_list(self, request: web.Request) -> web.StreamResponse:
+        listed = self.chat.listing(request[_USER].id)
+        return _json(200, {"data": listed, "meta": {"result_count": len(listed)}})
+
+    async def _chat_get(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(404, "Not Found", str(exc))
+        [entry] = [c for c in self.chat.listing(request[_USER].id) if c["id"] == path_form(conv.id)]
+        return _json(200, {"data": entry})
+
+    async def _chat_events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(404, "Not Found", str(exc))
+        size = int(request.query.get("max_results", "10"))
+        return _json(200, self.chat.events_page(conv, size, request.query.get("pagination_token")))
+
+    async def _chat_keys(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(request[_BODY])
+        if not body.get("action_signatures"):
+            # Optional in the spec, required in practice (X's troubleshooting notes).
+            return _about_blank(400, "Bad Request", "action_signatures are required")
+        members = [str(k["user_id"]) for k in body["conversation_participant_keys"]]
+        path_id = request.match_info["id"]
+        try:
+            conv = self._chat_conversation(request, create_with=None if path_id.startswith("g") else members)
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        [sequence] = self.chat.take_actions(conv, request[_USER].id, body["action_signatures"])[:1]
+        return _json(200, {"data": {"conversation_id": path_form(conv.id), "sequence_id": sequence}})
+
+    async def _chat_send(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        encoded = self.chat.post_message(conv, request[_USER].id, json.loads(request[_BODY]))
+        return _json(201, {"data": {"encoded_message_event": encoded}})
+
+    async def _chat_delete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        self.chat.take_actions(conv, request[_USER].id, json.loads(request[_BODY])["action_signatures"])
+        return _json(200, {"data": {"deleted": True}})
+
+    async def _chat_group_initialize(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, {"data": {"conversation_id": self.chat.new_group_id()}})
+
+    async def _chat_group_create(self, request: web.Request) -> web.StreamResponse:
+        try:
+            cid, sequence = self.chat.create_group(request[_USER].id, json.loads(request[_BODY]))
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        data = {"conversation_id": cid, "conversation_key_change_sequence_id": sequence}
+        return _json(201, {"data": data})
 
     # ---------------------------------------------------------------------- DMs
 

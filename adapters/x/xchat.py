@@ -9,6 +9,7 @@ compared with the library's ``matches_registered_key``, never as strings.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +17,17 @@ from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
 from bridge.errors import XRefused
-from bridge.xchat import NewIdentity, RegisteredKey, XChatError
+from bridge.model import one_to_one_id
+from bridge.xchat import (
+    ChatEvent,
+    ChatEventKind,
+    ChatPage,
+    ChatSend,
+    NewIdentity,
+    RegisteredKey,
+    XChatError,
+    XChatIdentity,
+)
 
 # chat_xdk's import needs a version; the key material alone decides what is compared here.
 _ANY_VERSION = "0"
@@ -123,3 +134,272 @@ def registered_keys(payload: Any) -> list[RegisteredKey]:
                 )
             )
     return keys
+
+
+class ChatConversations:
+    """One account's encrypted conversations: its keys loaded into chat_xdk, the people's signing
+    keys (fetched from X and checked against their identity keys), and the conversation keys read
+    from each conversation's key-change events.
+
+    Every method that talks to X takes the account's token, as the legacy client does, so the
+    caller's ``TokenManager.call`` refreshes it in one place.
+    """
+
+    def __init__(self, api: XApiClient, identity: XChatIdentity) -> None:
+        if identity.version is None:
+            raise XChatError("these X Chat keys are not registered with X yet: run `xdm-bridge xchat setup`")
+        self._api = api
+        self._directory = KeyDirectory(api)
+        self.user_id = identity.x_user_id
+        self._chat = Chat()
+        self._chat.import_keys(bytes(identity.private_keys), identity.version)
+        self._chat.set_identity(identity.x_user_id, identity.version)
+        self._records: dict[str, list[RegisteredKey]] = {}
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    async def _people(self, token: str, user_ids: list[str]) -> None:
+        """Fetch and check the keys of people not seen yet; hand every signing key to chat_xdk."""
+        for user_id in dict.fromkeys(user_ids):
+            if user_id in self._records:
+                continue
+            records = await self._directory.public_keys(token, user_id)
+            self._records[user_id] = [
+                r
+                for r in records
+                if self._chat.verify_key_binding(
+                    r.public_key, r.signing_public_key, r.identity_public_key_signature
+                )
+            ]
+        self._chat.set_signing_keys(
+            [
+                {
+                    "user_id": user_id,
+                    "public_key_version": r.version,
+                    "public_key": r.signing_public_key,
+                    "identity_public_key": r.public_key,
+                    "identity_public_key_signature": r.identity_public_key_signature,
+                }
+                for user_id, records in self._records.items()
+                for r in records
+            ]
+        )
+
+    def _entries(self, user_ids: list[str]) -> list[dict[str, str]]:
+        entries = []
+        for user_id in user_ids:
+            records = self._records.get(user_id) or []
+            if not records:
+                raise XChatError(f"X user {user_id} has no X Chat keys: the conversation cannot be encrypted")
+            latest = records[-1]
+            entries.append(
+                {"user_id": user_id, "public_key": latest.public_key, "key_version": latest.version}
+            )
+        return entries
+
+    def _signed(self, signature: dict[str, Any]) -> dict[str, Any]:
+        action = {
+            "message_id": signature["message_id"],
+            "encoded_message_event_detail": signature["encoded_message_event_detail"],
+            "message_event_signature": {
+                "signature": signature["signature"],
+                "signature_version": signature["signature_version"],
+                "public_key_version": signature["public_key_version"],
+                "signing_public_key": self._chat.get_public_keys().signing,
+            },
+        }
+        if signature.get("signature_payload"):
+            action["signature_payload"] = signature["signature_payload"]
+        return action
+
+    # -- conversations --------------------------------------------------------------------------
+
+    async def open_one_to_one(self, token: str, peer_id: str) -> str:
+        """Make the conversation key of a new encrypted 1-to-1 and post it; its id (``A-B``)."""
+        await self._people(token, [self.user_id, peer_id])
+        prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
+        body = {
+            "conversation_key_version": prepared["conversation_key_version"],
+            "conversation_participant_keys": [
+                {
+                    "user_id": str(p["user_id"]),
+                    "encrypted_conversation_key": p["encrypted_key"],
+                    "public_key_version": str(p["public_key_version"]),
+                }
+                for p in prepared["participant_keys"]
+            ],
+            "action_signatures": [self._signed(s) for s in prepared["action_signatures"]],
+        }
+        data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", body)
+        return str(data.get("conversation_id") or one_to_one_id(self.user_id, peer_id))
+
+    async def create_group(self, token: str, member_ids: list[str], title: str) -> str:
+        """A new encrypted group of the account and ``member_ids``; its id (``g…``)."""
+        members = list(dict.fromkeys([self.user_id, *member_ids]))
+        await self._people(token, members)
+        group_id = str(
+            (await self._post(token, "/2/chat/conversations/group/initialize", None))["conversation_id"]
+        )
+        # The name X shows must be byte-identical to the signed title; a comma is not allowed in it.
+        title = title.replace(",", " ")
+        prepared = self._chat.prepare_group_create(
+            self._entries(members), group_id, members, [self.user_id], title=title
+        )
+        body = {
+            "conversation_id": group_id,
+            "group_members": members,
+            "group_admins": [self.user_id],
+            "group_name": title,
+            "conversation_key_version": prepared["conversation_key_version"],
+            "conversation_participant_keys": [
+                {
+                    "user_id": str(p["user_id"]),
+                    "encrypted_conversation_key": p["encrypted_key"],
+                    "public_key_version": str(p["public_key_version"]),
+                }
+                for p in prepared["participant_keys"]
+            ],
+            "action_signatures": [self._signed(s) for s in prepared["action_signatures"]],
+        }
+        await self._post(token, "/2/chat/conversations/group", body)
+        return group_id
+
+    async def prepare_text(self, token: str, conversation_id: str, text: str) -> ChatSend:
+        """Encrypt and sign ``text`` once, with the conversation's newest key."""
+        version, key = await self._conversation_key(token, conversation_id)
+        prepared = self._chat.encrypt_message(
+            _canonical(conversation_id), text, conversation_key=key, conversation_key_version=version
+        )
+        return _send(prepared)
+
+    async def prepare_edit(
+        self, token: str, conversation_id: str, target_sequence_id: str, text: str
+    ) -> ChatSend:
+        """X Chat's own edit of the account's message at ``target_sequence_id``, signed once."""
+        version, key = await self._conversation_key(token, conversation_id)
+        prepared = self._chat.encrypt_edit(
+            conversation_id=_canonical(conversation_id),
+            target_message_sequence_id=target_sequence_id,
+            updated_text=text,
+            conversation_key=key,
+            conversation_key_version=version,
+        )
+        return _send(prepared)
+
+    def prepare_delete(self, conversation_id: str, sequence_ids: list[str]) -> dict[str, Any]:
+        """A signed delete-for-all of the account's own messages (by their sequence ids)."""
+        signature = self._chat.prepare_message_delete(_canonical(conversation_id), sequence_ids, True)
+        return {
+            "delete_message_action": "delete_for_all",
+            "sequence_ids": sequence_ids,
+            "action_signatures": [self._signed(signature)],
+        }
+
+    async def send(self, token: str, conversation_id: str, message: ChatSend) -> None:
+        """Post a prepared message (the same bytes on every retry)."""
+        await self._post(token, f"/2/chat/conversations/{conversation_id}/messages", message.body)
+
+    async def delete(self, token: str, conversation_id: str, body: dict[str, Any]) -> None:
+        await self._post(token, f"/2/chat/conversations/{conversation_id}/messages/delete", body)
+
+    async def read(
+        self, token: str, conversation_id: str, *, max_results: int = 50, pagination_token: str | None = None
+    ) -> ChatPage:
+        """One page of a conversation, decrypted; an event that does not verify is refused and counted."""
+        params = {"max_results": str(max_results)}
+        if pagination_token:
+            params["pagination_token"] = pagination_token
+        path = f"/2/chat/conversations/{conversation_id}/events"
+        status, headers, payload = await self._api._call("GET", path, token, params=params)
+        self._api._raise_for(status, headers, payload)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        items = [e for e in data or [] if isinstance(e, dict) and isinstance(e.get("encoded_event"), str)]
+        key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
+        await self._people(token, [str(e.get("sender_id") or "") for e in items if e.get("sender_id")])
+        result = self._chat.decrypt_events(key_events + [e["encoded_event"] for e in items])
+        events = [_event(m["event"], conversation_id) for m in result["messages"]]
+        shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
+        # Errors are indexed over the whole batch; a key event that fails is as much a refusal.
+        refused = len(result.get("errors") or {})
+        newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
+        return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
+
+    async def _conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
+        page = await self._api._call(
+            "GET", f"/2/chat/conversations/{conversation_id}/events", token, params={"max_results": "1"}
+        )
+        status, headers, payload = page
+        self._api._raise_for(status, headers, payload)
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
+        result = self._chat.decrypt_events(key_events)
+        keys = result.get("conversation_keys") or {}
+        version = keys.get("latest_version")
+        if not version or version not in (keys.get("keys") or {}):
+            raise XChatError(f"conversation {conversation_id} has no key the account can open")
+        return str(version), bytes(keys["keys"][version])
+
+    async def _post(self, token: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        answered, headers, payload = await self._api._call("POST", path, token, body=body)
+        self._api._raise_for(answered, headers, payload)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return data if isinstance(data, dict) else {}
+
+
+def _canonical(conversation_id: str) -> str:
+    """The id signatures bind: ``min:max`` for a 1-to-1, ``g…`` for a group."""
+    if conversation_id.startswith("g"):
+        return conversation_id
+    low, high = sorted(conversation_id.replace(":", "-").split("-"), key=int)
+    return f"{low}:{high}"
+
+
+def _send(prepared: Any) -> ChatSend:
+    body = {
+        "message_id": prepared.message_id,
+        "encoded_message_create_event": prepared.encrypted_content,
+        "encoded_message_event_signature": prepared.encoded_event_signature,
+    }
+    return ChatSend(str(prepared.message_id), body)
+
+
+def _event(raw: dict[str, Any], conversation_id: str) -> ChatEvent | None:
+    """chat_xdk's decrypted event as the core's, or None when it did not verify."""
+    if not raw.get("verified", False):
+        return None
+    stamp = str(raw.get("created_at_msec") or "")
+    base = ChatEvent(
+        sequence_id=str(raw.get("sequence_id") or ""),
+        message_id=str(raw.get("id") or ""),
+        sender_id=str(raw.get("sender_id") or ""),
+        conversation_id=conversation_id,
+        kind=ChatEventKind.OTHER,  # typing, read marks, group changes…: nothing to show
+        created_at=int(stamp) / 1000 if stamp.isdigit() else None,
+    )
+    content = raw.get("content") or {}
+    if raw.get("type") == "MessageDeleted":
+        # Its "message_ids" are the deleted messages' sequence ids, whatever the name says.
+        targets = raw.get("message_ids") or []
+        return replace(
+            base, kind=ChatEventKind.DELETE, target_sequence_id=str(targets[0]) if targets else None
+        )
+    if raw.get("type") != "Message":
+        return base
+    match content.get("content_type"):
+        case "Text":
+            attachments = tuple(a for a in content.get("attachments") or [] if isinstance(a, dict))
+            return replace(
+                base, kind=ChatEventKind.TEXT, text=str(content.get("text") or ""), attachments=attachments
+            )
+        case "Edit":
+            target = str(content.get("target_message_id") or "") or None
+            return replace(
+                base,
+                kind=ChatEventKind.EDIT,
+                text=str(content.get("new_text") or ""),
+                target_sequence_id=target,
+            )
+        case "Reaction":
+            return replace(base, kind=ChatEventKind.REACTION, text=str(content.get("emoji") or ""))
+    return base
