@@ -390,6 +390,13 @@ def _say(line: str) -> None:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The real bridge between local simulators of Slack and X, with a web page to drive it."""
+    try:
+        import openapi_schema_validator  # noqa: F401 - only to say what is missing, in one line
+    except ImportError:
+        return _operator_error(
+            "the sandbox needs its extra (the simulators check every request against X's API "
+            "spec): .venv/bin/pip install -e '.[sandbox]'"
+        )
     from adapters.sandbox import sandbox
 
     return sandbox.run(args)

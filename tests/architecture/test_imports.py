@@ -47,3 +47,24 @@ def test_the_core_imports_no_edge_library() -> None:
     assert "bridge.delivery" in modules
     edges = ("aiohttp", "slack_bolt", "slack_sdk", "sqlite_utils", "asyncpg", "authlib", "adapters")
     assert [m for m in modules if m.split(".")[0] in edges] == []
+
+
+def test_a_production_install_needs_no_simulator_library_and_the_sandbox_says_which_extra() -> None:
+    """`serve` loads no spec validator (the sandbox extra) and no Litestream (its own extra), and
+    `xdm-bridge sandbox` without its extra says in one line what to install."""
+    modules = loaded_modules(SERVE_PATH)
+    heavy = ("openapi_schema_validator", "jsonschema", "pydantic", "litestream")
+    assert [m for m in modules if m.split(".")[0] in heavy] == []
+
+    blocked = (
+        "import sys\n"
+        "sys.modules['openapi_schema_validator'] = None  # as if the extra were not installed\n"
+        "from adapters.ops.cli import main\n"
+        "raise SystemExit(main(['sandbox', '--no-open']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert "'.[sandbox]'" in line
