@@ -142,6 +142,11 @@ class PostgresStore:
     async def ping(self) -> bool:
         return bool(await self.pool.fetchval("SELECT 1") == 1)
 
+    async def commit_durability(self) -> str:
+        """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for
+        its log on disk); for ``doctor``, tests and bench."""
+        return str(await self.pool.fetchval("SHOW synchronous_commit"))
+
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: Any) -> Account:
