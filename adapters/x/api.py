@@ -36,6 +36,7 @@ from bridge.errors import (
 )
 from bridge.media import BytesSource, MediaSource, read_exactly
 from bridge.model import DmEvent, EventPage, InboxPage, Sent, Target, XEvent, XUser
+from bridge.reconcile import expand_links
 
 log = logging.getLogger("adapters.x.api")
 
@@ -368,11 +369,13 @@ class XApiClient:
 
         ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
         them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
+        Links read as the sender wrote them: X's ``t.co`` addresses are put back from the
+        ``entities`` asked for.
         """
         params = {
             "max_results": str(max(1, min(100, max_results))),
             "event_types": ",".join(_DM_EVENT_KINDS),
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,attachments",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
             "expansions": "sender_id,participant_ids,attachments.media_keys",
             "user.fields": "username,name,profile_image_url",
             "media.fields": "media_key,type,url,preview_image_url",
@@ -584,7 +587,8 @@ def _is_event(raw: Any) -> bool:
     return isinstance(raw, dict) and isinstance(raw.get("id"), str | int)
 
 
-def _event(raw: dict[str, Any]) -> DmEvent:
+def _links(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``(t.co address, expanded URL)`` of each link in an event's ``entities.urls``."""
     links: list[tuple[str, str]] = []
     entities = raw.get("entities")
     urls = entities.get("urls") if isinstance(entities, dict) else None
@@ -595,6 +599,11 @@ def _event(raw: dict[str, Any]) -> DmEvent:
             and isinstance(url.get("expanded_url"), str)
         ):
             links.append((url["url"], url["expanded_url"]))
+    return tuple(links)
+
+
+def _event(raw: dict[str, Any]) -> DmEvent:
+    links = _links(raw)
     attachments = raw.get("attachments")
     keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
     return DmEvent(
@@ -602,7 +611,7 @@ def _event(raw: dict[str, Any]) -> DmEvent:
         text=str(raw.get("text", "")),
         sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
         created_at=_parse_time(raw.get("created_at")),
-        links=tuple(links),
+        links=links,
         media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
         conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
     )
@@ -682,7 +691,8 @@ def _inbox_page(payload: Any) -> InboxPage:
                 kind=str(raw.get("event_type") or "MessageCreate"),
                 conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
                 sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-                text=str(raw.get("text") or ""),
+                # As the sender wrote it: X keeps links as t.co, the entities say what they stand for.
+                text=expand_links(str(raw.get("text") or ""), _links(raw)),
                 created_at=_parse_time(raw.get("created_at")),
                 participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
                 media=tuple(media.get(k, {"media_key": k}) for k in keys),

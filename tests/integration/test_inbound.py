@@ -243,3 +243,19 @@ async def test_our_message_with_links_is_not_posted_back_though_x_rewrote_them(t
         await asyncio.sleep(0.3)
         assert posts(bridge) == []
         assert len(bridge.x.events) == 1
+
+
+async def test_links_read_by_polling_reach_slack_as_the_sender_wrote_them_not_as_t_co(tmp_path: Path) -> None:
+    """X keeps a DM's links as t.co addresses; the read asks for the entities that carry the
+    expanded URLs and puts them back (push shows them expanded already)."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "see https://example.com/a_b?x=1&y=2 and example.org")
+        assert event.stored_text is not None and event.stored_text.count("https://t.co/") == 2
+        await wait_posts(bridge, 1)
+        [post] = posts(bridge)
+        assert "t.co" not in post["text"]
+        assert "https://example.com/a_b?x=1&amp;y=2" in post["text"]
+        assert "http://example.org" in post["text"]
+        [read, *_] = [r for r in bridge.x.all_requests if r.path == "/2/dm_events"]
+        assert "entities" in read.query["dm_event.fields"].split(",")
