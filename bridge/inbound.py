@@ -600,15 +600,9 @@ class Inbound:
                 await self._store.finish_backfill(account.id, conversation_id, bridged_at)
                 continue
 
-            async def call(conversation_id: str = conversation_id) -> tuple[InboxPage, Any]:
-                return await self._tokens.call(
-                    account,
-                    lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
-                )
-
             ids = {"account_id": account.id, "conversation": conversation_id}
             try:
-                page = await self._counted_read(account, call)
+                messages, users = await self._history(account, conversation_id, bridged_at)
             except XRateLimited as exc:
                 self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
                 return
@@ -627,14 +621,45 @@ class Inbound:
                     self._clock.now() + self._config.min_interval * 4,
                 )
                 continue
-            older = [
-                e for e in page.events if e.kind == "MessageCreate" and (e.created_at or 0.0) < bridged_at
-            ]
-            messages = sorted(older, key=lambda e: int(e.id))[-size:]
-            events = [inbound_event(e, page.users, "backfill", bridged_at) for e in messages]
+            events = [inbound_event(e, users, "backfill", bridged_at) for e in messages]
             queued = await self.take(account.id, events)
             await self._store.finish_backfill(account.id, conversation_id, bridged_at)
             log.info("history queued for Slack", extra={**ids, "count": queued})
+
+    async def _history(
+        self, account: Account, conversation_id: str, bridged_at: float
+    ) -> tuple[list[XEvent], dict[str, XUser]]:
+        """The last ``backfill`` messages written before the conversation was bridged, oldest
+        first. X shows the newest first, and what came after the link (the poller's) is among
+        them: page back until there are enough, X has no more, or ``max_pages`` were read."""
+        size = self._config.backfill
+        older: dict[str, XEvent] = {}
+        users: dict[str, XUser] = {}
+        token: str | None = None
+        for _ in range(self._config.max_pages):
+
+            async def call(token: str | None = token) -> tuple[InboxPage, Any]:
+                return await self._tokens.call(
+                    account,
+                    lambda t: self._x.dm_events(
+                        t, max_results=size, conversation_id=conversation_id, pagination_token=token
+                    ),
+                )
+
+            try:
+                page = await self._counted_read(account, call)
+            except XRefused:
+                if token is None:
+                    raise
+                break  # X no longer takes its own token: what was read is the history
+            users.update(page.users)
+            for event in page.events:
+                if event.kind == "MessageCreate" and (event.created_at or 0.0) < bridged_at:
+                    older[event.id] = event
+            if len(older) >= size or page.next_token is None or page.next_token == token:
+                break
+            token = page.next_token
+        return sorted(older.values(), key=lambda e: int(e.id))[-size:], users
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (push, backfill); returns how many were new."""

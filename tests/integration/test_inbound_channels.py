@@ -106,6 +106,29 @@ async def test_history_asked_for_just_before_a_restart_is_posted_once_after_it(t
         assert sum(r.path == history for r in x.all_requests) == reads + 1
 
 
+async def test_a_live_dm_right_after_linking_does_not_push_the_oldest_history_out(tmp_path: Path) -> None:
+    """The history read shows the newest events, and a DM written after the link is among them
+    (the poller's, not history): the read pages back until it has the ``backfill`` messages
+    from before the link."""
+    history = f"/2/dm_conversations/{CONVERSATION}/dm_events"
+    async with running_bridge(tmp_path, inbound=HISTORY) as bridge:
+        for i in range(5):
+            bridge.x.add_event(CONVERSATION, ALICE, f"old {i}")
+        await bridge.connect()
+        bridge.x.inject("503", path_contains=history)  # the first history read fails: read again later
+        await bridge.map_link(CONVERSATION)
+        bridge.x.add_event(CONVERSATION, ALICE, "live")  # before the history is read again
+        await wait_posts(bridge, 4)
+        await asyncio.sleep(0.5)
+        assert sorted(texts(bridge)) == [
+            "live",
+            "old 2\n_(history)_",
+            "old 3\n_(history)_",
+            "old 4\n_(history)_",
+        ]
+        assert await bridge.sql("SELECT * FROM backfills") == []
+
+
 async def test_status_of_a_group_channel_says_it_comes_by_polling_even_with_push(tmp_path: Path) -> None:
     async with pushing(tmp_path) as bridge:
         await subscribed(bridge)  # C100: a 1-to-1, pushed
