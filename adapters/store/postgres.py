@@ -1556,12 +1556,13 @@ BEGIN
         INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id,
                                  created_at)
         SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+        WHERE $1 IS NOT NULL  -- X took it without saying which event: nothing to map
         ON CONFLICT DO NOTHING
     ),
     -- X names the 1-to-1 conversation on first send; keep it for status and reads.
     named AS (
         UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
-        WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
+        WHERE s.target_participant IS NOT NULL AND $2 IS NOT NULL AND m.team_id = s.team_id
           AND m.channel_id = s.channel_id AND m.kind = 'dm'
           AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
     )
@@ -1569,7 +1570,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    IF done.target_group IS NOT NULL THEN
+    IF done.target_group IS NOT NULL AND $2 IS NOT NULL THEN
         -- X created the channel's group: the mapping and every row still to send name it (so
         -- the next row does not create another group).
         UPDATE mappings SET conversation_id = $2

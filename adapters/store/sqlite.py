@@ -1061,20 +1061,21 @@ class SqliteStore:
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
                 assert row is not None
-                self.db.execute(
-                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                    "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [
-                        row["team_id"],
-                        row["channel_id"],
-                        row["slack_ts"],
-                        row["part"],
-                        sent.dm_conversation_id,
-                        sent.dm_event_id,
-                        now,
-                    ],
-                )
-                if row["target_participant"]:
+                if sent.dm_event_id is not None:  # X took it without saying which event: no map
+                    self.db.execute(
+                        "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                        "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [
+                            row["team_id"],
+                            row["channel_id"],
+                            row["slack_ts"],
+                            row["part"],
+                            sent.dm_conversation_id,
+                            sent.dm_event_id,
+                            now,
+                        ],
+                    )
+                if row["target_participant"] and sent.dm_conversation_id is not None:
                     # X names the 1-to-1 conversation on first send; keep it for status and reads.
                     self.db.execute(
                         "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
@@ -1087,7 +1088,7 @@ class SqliteStore:
                             sent.dm_conversation_id,
                         ],
                     )
-                if row["target_group"]:
+                if row["target_group"] and sent.dm_conversation_id is not None:
                     self._group_created(row["team_id"], row["channel_id"], sent.dm_conversation_id)
                 following = self._channel_head(row["team_id"], row["channel_id"])
             head = None if following is None else self._readable(following)
