@@ -220,7 +220,8 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
     if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
         who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
         verb = "joined" if item.kind == "ParticipantsJoin" else "left"
-        return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
+        # The emoji itself, not a :shortcode:: the post goes with Slack's markup off.
+        return f"\N{BUSTS IN SILHOUETTE} {who} {verb} the conversation on X.", "X", None
     notes = []
     if payload.get("sent_from_channel"):
         notes.append(f"sent from Slack in <#{payload['sent_from_channel']}>")
@@ -230,7 +231,9 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
         notes.append("history")
     if payload.get("media_note"):
         notes.append(str(payload["media_note"]))
-    tail = f"_({'; '.join(notes)})_" if notes else ""
+    # Plain parentheses, not _italics_: the post goes with Slack's markup off (post_as), so the
+    # X text reads literally.
+    tail = f"({'; '.join(notes)})" if notes else ""
     text = _fit(str(payload.get("text") or ""), MAX_TEXT - len(tail) - 1)
     if tail:
         text = f"{text}\n{tail}" if text else tail

@@ -70,9 +70,9 @@ async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path
             x.add_event(CONVERSATION, ALICE, "new")
             await wait_posts(leader, 4)
             assert [m["text"] for m in posts(leader)] == [
-                "old 2\n_(history)_",
-                "old 3\n_(history)_",
-                "old 4\n_(history)_",
+                "old 2\n(history)",
+                "old 3\n(history)",
+                "old 4\n(history)",
                 "new",
             ]
             assert posts(standby) == []
