@@ -9,8 +9,10 @@ Two workers, one queue:
   there, the cursor moves when it is closed, and the account's channels wait meanwhile
   (X's order). Reads draw on the one read budget that delivery's
   read-back also uses (``Budget.read``); the interval spreads what is left of the window
-  over the time left in it, faster while a conversation is busy, slower when idle or
-  when push delivers, and a read is never made that would provoke a 429.
+  over the time left in it while the account is active (an event taken, by poll or push, or a
+  DM sent: ``note_activity``), push or not, since X may not push groups and may lose a push;
+  slower when idle, slower still when push delivers and the account has no group; and a read
+  is never made that would provoke a 429.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
@@ -416,8 +418,9 @@ class Inbound:
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
-        (keeping ``reserve`` reads back), never faster than ``min_interval``; slower when idle,
-        slower still when push delivers (but polling never stops)."""
+        (keeping ``reserve`` reads back), never faster than ``min_interval``. Only while the account
+        is idle (nothing for ``active_for``): ``idle_interval`` at least, ``push_interval`` when push
+        delivers and it has no group (polling never stops)."""
         config = self._config
         now = self._clock.now()
         remaining, limit, reset_at = self._budget.reads_left(account_id, now)
@@ -430,13 +433,29 @@ class Inbound:
         else:
             paced = window / max(1, limit - config.reserve)
         interval = max(config.min_interval, paced)
-        if now - self._last_activity.get(account_id, -1e18) > config.active_for:
-            interval = max(interval, config.idle_interval)
+        if now - self._last_activity.get(account_id, -1e18) <= config.active_for:
+            # Active (events taken, by poll or push, or sends): groups X may not push, and pushes
+            # X may lose, are read at the budget's pace, push or not.
+            return interval
+        interval = max(interval, config.idle_interval)
         if self.push_active(account_id) and account_id not in self._has_groups:
             # Push may miss group conversations (INBOUND.md §3): only without any is polling a
             # mere safety net.
             interval = max(interval, config.push_interval)
         return interval
+
+    def note_activity(self, account_id: int) -> None:
+        """The account's conversations are active (an event taken, a DM sent): read at the
+        budget's pace from now on, bringing forward a read scheduled at the idle pace."""
+        now = self._clock.now()
+        self._last_activity[account_id] = now
+        scheduled = self._next_poll.get(account_id)
+        if scheduled is None:
+            return  # not read yet, or reading now: the poller schedules it at the new pace
+        sooner = now + self.interval(account_id)
+        if sooner < scheduled:
+            self._next_poll[account_id] = sooner
+            self._poll_wake.set()
 
     async def poll(self, account: Account) -> int:
         """Read new events for one account and queue them; returns how many were queued.
@@ -670,7 +689,7 @@ class Inbound:
         queued = await self._store.take_inbound(account_id, events, None, self._clock.now(), tally=tally)
         self._count_echoes(tally)
         if queued:
-            self._last_activity[account_id] = self._clock.now()
+            self.note_activity(account_id)
             self.wake()
         return queued
 
