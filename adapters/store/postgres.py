@@ -1175,6 +1175,8 @@ class PostgresStore:
             ):
                 # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            elif row.check_outbox and await self._adopt_unconfirmed(conn, row.where, event, now):
+                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
             inserted = await self._insert_inbound(
                 conn, account_id, event, row.where, row.payload, state, why, now
             )
@@ -1220,6 +1222,27 @@ class PostgresStore:
     async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
         async with self.pool.acquire() as conn:
             return await self._sent_from(conn, dm_event_id)
+
+    @staticmethod
+    async def _adopt_unconfirmed(conn: Conn, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
+        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
+        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
+        candidates = await conn.fetch(rows.UNCONFIRMED_SENDS.format(p1="$1", p2="$2"), *where)
+        found = rows.unconfirmed_match(candidates, event)
+        if found is None:
+            return False
+        await conn.execute("UPDATE outbox SET dm_event_id = $1 WHERE id = $2", event.dm_event_id, found["id"])
+        await conn.execute(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            *where,
+            found["slack_ts"],
+            found["part"],
+            event.conversation_id,
+            event.dm_event_id,
+            now,
+        )
+        return True
 
     @staticmethod
     async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:

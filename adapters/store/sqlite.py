@@ -1344,6 +1344,8 @@ class SqliteStore:
             state, why = row.state, row.why
             if row.check_outbox and self._outbox_echo(row.where, event):
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            elif row.check_outbox and self._adopt_unconfirmed(row.where, event, now):
+                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
             inserted = self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
             queued += int(inserted and state is InboundState.QUEUED)
             echoes += int(inserted and state is InboundState.SKIPPED)
@@ -1396,6 +1398,22 @@ class SqliteStore:
             )
             is not None
         )
+
+    def _adopt_unconfirmed(self, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
+        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
+        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
+        found = rows.unconfirmed_match(
+            self._rows(rows.UNCONFIRMED_SENDS.format(p1="?", p2="?"), list(where)), event
+        )
+        if found is None:
+            return False
+        self.db.execute("UPDATE outbox SET dm_event_id = ? WHERE id = ?", [event.dm_event_id, found["id"]])
+        self.db.execute(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [*where, found["slack_ts"], found["part"], event.conversation_id, event.dm_event_id, now],
+        )
+        return True
 
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(

@@ -340,3 +340,28 @@ async def test_a_group_created_with_a_2xx_naming_nothing_is_found_by_reading_bac
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts(group.id) == ["Ada: Welcome aboard", "Ada: to the same group"]
         assert len([c for c in bridge.x.conversations.values() if c.kind == "Group"]) == 1
+
+
+async def test_a_dm_recorded_without_an_id_is_known_when_x_shows_it_later_not_posted_back(
+    tmp_path: Path,
+) -> None:
+    """Sent without an id (X's reads lagged); when the poller reads it later it is our own DM:
+    not posted back into the channel as "sent from X", and its id is recorded then."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, ts = await bridge.post("see https://example.com/a and more", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert await state_of(bridge, ts) == ("sent", None)
+        bridge.x.read_lag_seconds = 0.0  # X lists it now
+        [event] = bridge.x.events
+        for _ in range(500):
+            if await bridge.sql("SELECT state FROM inbound WHERE dm_event_id = ?", event.id):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert await bridge.sql("SELECT state FROM inbound WHERE dm_event_id = ?", event.id) == [("skipped",)]
+        assert [m for m in bridge.slack.posted("C100") if m.get("username")] == []
+        assert await state_of(bridge, ts) == ("sent", event.id)
+        assert dm_posts(bridge) == 1
