@@ -522,7 +522,8 @@ class PostgresStore:
 
     async def notify_inbound(self, what: str = "") -> None:
         """Wake the leader's inbound worker now; ``what`` names a wake-up beyond "rows are queued"
-        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push)."""
+        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push).
+        Rows a standby queued are announced as ``active:<account id>`` (``take_inbound``)."""
         payload = f"{self.instance_id}:{what}" if what else self.instance_id
         await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 
@@ -1135,7 +1136,9 @@ class PostgresStore:
                     account_id,
                 )
             if queued and self.announce:
-                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, self.instance_id)
+                # "active:<account>": the leader reads that account's groups at the budget's pace.
+                payload = f"{self.instance_id}:active:{account_id}"
+                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
         return queued
 
     async def read_gap(self, account_id: int) -> ReadGap | None:

@@ -355,6 +355,9 @@ def _worker(
         # A standby queued pushed events (wake the poster), or saw a connect or a mapping (read
         # soon: a history it asked for is in the store).
         inbound.wake()
+        kind, _, account_id = what.partition(":")
+        if kind == "active" and account_id.isdigit():
+            inbound.note_activity(int(account_id))  # its groups are read at the budget's pace
         if what in ("poll", "connected"):
             inbound.poll_soon()
         if what == "connected" and push is not None:

@@ -227,11 +227,14 @@ PACED = InboundConfig(
 
 
 @asynccontextmanager
-async def group_beside_a_pushed_dm(tmp_path: Path) -> AsyncIterator[tuple[Bridge, str]]:
+async def group_beside_a_pushed_dm(
+    tmp_path: Path, *, fake_x: FakeX | None = None, key: str | None = None
+) -> AsyncIterator[tuple[Bridge, str]]:
     """C100 bridged to a pushed 1-to-1, C200 to a group (never pushed), the account idle: the
     poller's next read is the idle pace away."""
-    x = FakeX()
-    async with running_bridge(tmp_path, inbound=PACED, env=push_env(x), fake_x=x) as bridge:
+    x = fake_x or FakeX()
+    env = push_env(x) | ({"BRIDGE_ENCRYPTION_KEY": key} if key else {})
+    async with running_bridge(tmp_path, inbound=PACED, env=env, fake_x=x) as bridge:
         await wait_until(lambda: any(w["valid"] for w in x.webhooks.values()), 10, "the webhook registered")
         await linked(bridge, CONVERSATION)
         await wait_until(lambda: len(x.subscriptions) == 2, 10, "subscriptions")
