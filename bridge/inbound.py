@@ -472,9 +472,11 @@ class Inbound:
         floor = int(cursor) if cursor and cursor.isdigit() else None
         read = _Read(gap)
         failure: XError | None = None
+        since = await self._starting_point(account) if floor is None else None
         while read.pages < self._config.max_pages and not read.finished:
             try:
-                page = await self._read_page(account, read.token, full=gap is not None or read.pages > 0)
+                full = gap is not None or read.pages > 0 or floor is None
+                page = await self._read_page(account, read.token, full=full)
             except XRefused as exc:
                 if read.token is None or exc.status != 400:
                     raise
@@ -492,16 +494,12 @@ class Inbound:
                 if not self._token_refused(account, read, floor, looping=True):
                     break
                 continue
-            if floor is None:
-                break
-        if floor is None:
+            if since is not None and any((e.created_at or 0.0) < since for e in page.events):
+                break  # the first read is back before the account's first channel was bridged
+        if since is not None:
             read.finished = True  # the first read only sets the starting point (below)
             # The first read of an account sets the starting point: what was written since its
             # first channel was bridged is new; anything older is history (backfill's job).
-            since = min(
-                (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
-                default=self._clock.now(),
-            )
             read.collected = [e for e in read.collected if e.created_at is not None and e.created_at >= since]
             # With no event at all yet, everything X shows later is new: "0" says "read before".
             read.newest = read.newest or "0"
@@ -533,6 +531,14 @@ class Inbound:
         if failure is not None:
             raise failure
         return queued
+
+    async def _starting_point(self, account: Account) -> float:
+        """When the account's first channel was bridged: its first read takes what came since
+        (paging back that far, a late first read too), anything older is history."""
+        return min(
+            (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
+            default=self._clock.now(),
+        )
 
     def _token_refused(
         self, account: Account, read: _Read, floor: int | None, *, looping: bool = False

@@ -279,3 +279,17 @@ async def test_x_text_reads_literally_in_slack_nothing_formats_nothing_pings(tmp
         assert text == typed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         assert "<@" not in text and "<!" not in text
         assert "https://example.com/a_b_c~d*e" in text
+
+
+async def test_dms_written_before_the_first_read_of_an_account_are_all_posted(tmp_path: Path) -> None:
+    """The first read sets the account's starting point; when it comes late (X failed it here),
+    everything written since the channel was bridged is read, not just the newest page's worth."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.inject("503", path_contains="/2/dm_events")  # the first read fails: read again later
+        await bridge.map_link(CONVERSATION)
+        for i in range(4):
+            bridge.x.add_event(CONVERSATION, ALICE, f"early {i}")
+        await wait_posts(bridge, 4)
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge)] == [f"early {i}" for i in range(4)]
