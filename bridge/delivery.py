@@ -19,6 +19,8 @@ Rules it keeps:
 - every X call goes through the token manager's one refresh-on-401 path;
 - an unclear read-back (a refusal, an error, garbage) never concludes "not sent": the
   row stays ``sending`` and reads again later;
+- any 2xx is a send, even one that does not say which DM X made: read back for its id, else
+  recorded as sent without one, never sent again;
 - a row deleted in Slack while ``sending`` is only read back, never sent again.
 """
 
@@ -44,9 +46,11 @@ from bridge.errors import (
     Undeliverable,
     XAuthExpired,
     XAuthRevoked,
+    XError,
     XMediaUnavailable,
     XRateLimited,
     XRefused,
+    XSentUnconfirmed,
     XTransient,
     failure_of,
 )
@@ -470,6 +474,9 @@ class Delivery:
             sent, facts = await self._tokens.call(
                 account, lambda t: self._x.send(t, item.target, text, media_id=media_id), token=token
             )
+        except XSentUnconfirmed as exc:
+            # A 2xx: X took it, whatever else its answer lacks. Never sent again.
+            return await self._settle_unconfirmed(item, account, exc)
         except XTransient as exc:
             # The POST may have reached X: keep the row "sending" so it is reconciled. A 5xx
             # is no proof either way: X's front end answers 503/504 after its back end took
@@ -511,6 +518,60 @@ class Delivery:
             log.exception("could not record a DM that X took", extra=_ids(item))
             await self._retry_later(item, exc)
             return LOOK_AGAIN
+
+    async def _settle_unconfirmed(self, item: OutboxItem, account: Account, exc: XSentUnconfirmed) -> _After:
+        """X answered 2xx without saying which DM it made: read it back for its id if X lets us
+        now; otherwise (X does not list it yet, the read budget is spent, X fails) record it as
+        sent without an id. Never sent again: a 2xx is a send."""
+        budgets = self._budget.correct(account.id, exc.facts)
+        found: Sent | None = None
+        try:
+            found = await self._reconcile(item, account)
+        except (XError, XAuthRevoked) as error:
+            log.warning(
+                "X took a DM without saying which; reading it back failed", extra=_ids(item, error=str(error))
+            )
+        finally:
+            self._scans.pop(item.id, None)
+        if found is not None:
+            return await self._sent(item, found, budgets)
+        target = item.target
+        conversation = exc.conversation_id or target.conversation_id
+        if conversation is None and target.participant_id is not None:
+            conversation = one_to_one_id(account.x_user_id, target.participant_id)
+        log.warning(
+            "X took a DM without saying which and the read-back did not find it: recorded as sent "
+            "without an id, not sent again",
+            extra=_ids(item, conversation=conversation),
+        )
+        after = await self._sent(item, Sent(dm_conversation_id=conversation, dm_event_id=None), budgets)
+        if target.new_group is not None and conversation is None:
+            await self._group_unnamed(item)
+            return LOOK_AGAIN
+        return after
+
+    async def _group_unnamed(self, item: OutboxItem) -> None:
+        """X created the group (a 2xx) but neither said nor showed which conversation it is. Sending
+        the rows behind would create another group each: they fail instead, the channel is no
+        longer bridged, and told how to bridge it to the group that exists."""
+        assert item.target.new_group is not None
+        error = Undeliverable("X created the group but did not say which conversation it is", Failure.OTHER)
+        mapping, behind = await self._store.abandon_group(
+            item.team_id, item.channel_id, item.target.new_group
+        )
+        for other in behind:
+            await self._fail(other, error)
+        if mapping is None:
+            return
+        text = (
+            ":warning: X created the group this channel was bridged to (its first message went), but "
+            "did not say which conversation it is, so this channel is no longer bridged to X. "
+            f"<@{mapping.created_by}> may find the group's id on X and `/xdm link` it here."
+        )
+        try:
+            await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
+        except Exception as error:  # the authors of the rows behind were told in their ephemerals
+            log.warning("could not tell the channel", extra=_ids(item, error=str(error)[:200]))
 
     async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> _After:
         following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)

@@ -128,6 +128,23 @@ class XTransient(XError):
     """A failure worth retrying later: 5xx, timeout, lost connection."""
 
 
+class XSentUnconfirmed(XError):
+    """X answered 2xx to a send without saying which DM it made (no ``dm_event_id``, or a body
+    that cannot be read). A 2xx is a send: it is settled by reading back, never sent again.
+    ``conversation_id`` is the conversation X named, if it named one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        conversation_id: str | None = None,
+        status: int | None = None,
+        facts: RateFacts | None = None,
+    ) -> None:
+        super().__init__(message, status=status, facts=facts)
+        self.conversation_id = conversation_id
+
+
 class XRateLimited(XError):
     """HTTP 429. ``reset_at`` is the latest applicable reset (epoch seconds)."""
 

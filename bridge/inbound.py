@@ -9,8 +9,10 @@ Two workers, one queue:
   there, the cursor moves when it is closed, and the account's channels wait meanwhile
   (X's order). Reads draw on the one read budget that delivery's
   read-back also uses (``Budget.read``); the interval spreads what is left of the window
-  over the time left in it, faster while a conversation is busy, slower when idle or
-  when push delivers, and a read is never made that would provoke a 429.
+  over the time left in it while the account is active (an event taken, by poll or push, or a
+  DM sent: ``note_activity``), push or not, since X may not push groups and may lose a push;
+  slower when idle, slower still when push delivers and the account has no group; and a read
+  is never made that would provoke a 429.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
@@ -220,7 +222,8 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
     if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
         who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
         verb = "joined" if item.kind == "ParticipantsJoin" else "left"
-        return f":busts_in_silhouette: {who} {verb} the conversation on X.", "X", None
+        # The emoji itself, not a :shortcode:: the post goes with Slack's markup off.
+        return f"\N{BUSTS IN SILHOUETTE} {who} {verb} the conversation on X.", "X", None
     notes = []
     if payload.get("sent_from_channel"):
         notes.append(f"sent from Slack in <#{payload['sent_from_channel']}>")
@@ -230,7 +233,9 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
         notes.append("history")
     if payload.get("media_note"):
         notes.append(str(payload["media_note"]))
-    tail = f"_({'; '.join(notes)})_" if notes else ""
+    # Plain parentheses, not _italics_: the post goes with Slack's markup off (post_as), so the
+    # X text reads literally.
+    tail = f"({'; '.join(notes)})" if notes else ""
     text = _fit(str(payload.get("text") or ""), MAX_TEXT - len(tail) - 1)
     if tail:
         text = f"{text}\n{tail}" if text else tail
@@ -413,8 +418,9 @@ class Inbound:
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
-        (keeping ``reserve`` reads back), never faster than ``min_interval``; slower when idle,
-        slower still when push delivers (but polling never stops)."""
+        (keeping ``reserve`` reads back), never faster than ``min_interval``. Only while the account
+        is idle (nothing for ``active_for``): ``idle_interval`` at least, ``push_interval`` when push
+        delivers and it has no group (polling never stops)."""
         config = self._config
         now = self._clock.now()
         remaining, limit, reset_at = self._budget.reads_left(account_id, now)
@@ -427,13 +433,29 @@ class Inbound:
         else:
             paced = window / max(1, limit - config.reserve)
         interval = max(config.min_interval, paced)
-        if now - self._last_activity.get(account_id, -1e18) > config.active_for:
-            interval = max(interval, config.idle_interval)
+        if now - self._last_activity.get(account_id, -1e18) <= config.active_for:
+            # Active (events taken, by poll or push, or sends): groups X may not push, and pushes
+            # X may lose, are read at the budget's pace, push or not.
+            return interval
+        interval = max(interval, config.idle_interval)
         if self.push_active(account_id) and account_id not in self._has_groups:
             # Push may miss group conversations (INBOUND.md §3): only without any is polling a
             # mere safety net.
             interval = max(interval, config.push_interval)
         return interval
+
+    def note_activity(self, account_id: int) -> None:
+        """The account's conversations are active (an event taken, a DM sent): read at the
+        budget's pace from now on, bringing forward a read scheduled at the idle pace."""
+        now = self._clock.now()
+        self._last_activity[account_id] = now
+        scheduled = self._next_poll.get(account_id)
+        if scheduled is None:
+            return  # not read yet, or reading now: the poller schedules it at the new pace
+        sooner = now + self.interval(account_id)
+        if sooner < scheduled:
+            self._next_poll[account_id] = sooner
+            self._poll_wake.set()
 
     async def poll(self, account: Account) -> int:
         """Read new events for one account and queue them; returns how many were queued.
@@ -450,9 +472,11 @@ class Inbound:
         floor = int(cursor) if cursor and cursor.isdigit() else None
         read = _Read(gap)
         failure: XError | None = None
+        since = await self._starting_point(account) if floor is None else None
         while read.pages < self._config.max_pages and not read.finished:
             try:
-                page = await self._read_page(account, read.token, full=gap is not None or read.pages > 0)
+                full = gap is not None or read.pages > 0 or floor is None
+                page = await self._read_page(account, read.token, full=full)
             except XRefused as exc:
                 if read.token is None or exc.status != 400:
                     raise
@@ -470,16 +494,12 @@ class Inbound:
                 if not self._token_refused(account, read, floor, looping=True):
                     break
                 continue
-            if floor is None:
-                break
-        if floor is None:
+            if since is not None and any((e.created_at or 0.0) < since for e in page.events):
+                break  # the first read is back before the account's first channel was bridged
+        if since is not None:
             read.finished = True  # the first read only sets the starting point (below)
             # The first read of an account sets the starting point: what was written since its
             # first channel was bridged is new; anything older is history (backfill's job).
-            since = min(
-                (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
-                default=self._clock.now(),
-            )
             read.collected = [e for e in read.collected if e.created_at is not None and e.created_at >= since]
             # With no event at all yet, everything X shows later is new: "0" says "read before".
             read.newest = read.newest or "0"
@@ -511,6 +531,14 @@ class Inbound:
         if failure is not None:
             raise failure
         return queued
+
+    async def _starting_point(self, account: Account) -> float:
+        """When the account's first channel was bridged: its first read takes what came since
+        (paging back that far, a late first read too), anything older is history."""
+        return min(
+            (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
+            default=self._clock.now(),
+        )
 
     def _token_refused(
         self, account: Account, read: _Read, floor: int | None, *, looping: bool = False
@@ -600,15 +628,9 @@ class Inbound:
                 await self._store.finish_backfill(account.id, conversation_id, bridged_at)
                 continue
 
-            async def call(conversation_id: str = conversation_id) -> tuple[InboxPage, Any]:
-                return await self._tokens.call(
-                    account,
-                    lambda t: self._x.dm_events(t, max_results=size, conversation_id=conversation_id),
-                )
-
             ids = {"account_id": account.id, "conversation": conversation_id}
             try:
-                page = await self._counted_read(account, call)
+                messages, users = await self._history(account, conversation_id, bridged_at)
             except XRateLimited as exc:
                 self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
                 return
@@ -627,14 +649,45 @@ class Inbound:
                     self._clock.now() + self._config.min_interval * 4,
                 )
                 continue
-            older = [
-                e for e in page.events if e.kind == "MessageCreate" and (e.created_at or 0.0) < bridged_at
-            ]
-            messages = sorted(older, key=lambda e: int(e.id))[-size:]
-            events = [inbound_event(e, page.users, "backfill", bridged_at) for e in messages]
+            events = [inbound_event(e, users, "backfill", bridged_at) for e in messages]
             queued = await self.take(account.id, events)
             await self._store.finish_backfill(account.id, conversation_id, bridged_at)
             log.info("history queued for Slack", extra={**ids, "count": queued})
+
+    async def _history(
+        self, account: Account, conversation_id: str, bridged_at: float
+    ) -> tuple[list[XEvent], dict[str, XUser]]:
+        """The last ``backfill`` messages written before the conversation was bridged, oldest
+        first. X shows the newest first, and what came after the link (the poller's) is among
+        them: page back until there are enough, X has no more, or ``max_pages`` were read."""
+        size = self._config.backfill
+        older: dict[str, XEvent] = {}
+        users: dict[str, XUser] = {}
+        token: str | None = None
+        for _ in range(self._config.max_pages):
+
+            async def call(token: str | None = token) -> tuple[InboxPage, Any]:
+                return await self._tokens.call(
+                    account,
+                    lambda t: self._x.dm_events(
+                        t, max_results=size, conversation_id=conversation_id, pagination_token=token
+                    ),
+                )
+
+            try:
+                page = await self._counted_read(account, call)
+            except XRefused:
+                if token is None:
+                    raise
+                break  # X no longer takes its own token: what was read is the history
+            users.update(page.users)
+            for event in page.events:
+                if event.kind == "MessageCreate" and (event.created_at or 0.0) < bridged_at:
+                    older[event.id] = event
+            if len(older) >= size or page.next_token is None or page.next_token == token:
+                break
+            token = page.next_token
+        return sorted(older.values(), key=lambda e: int(e.id))[-size:], users
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (push, backfill); returns how many were new."""
@@ -642,7 +695,7 @@ class Inbound:
         queued = await self._store.take_inbound(account_id, events, None, self._clock.now(), tally=tally)
         self._count_echoes(tally)
         if queued:
-            self._last_activity[account_id] = self._clock.now()
+            self.note_activity(account_id)
             self.wake()
         return queued
 

@@ -280,10 +280,11 @@ class SlackMember:
 
 @dataclass(frozen=True)
 class Sent:
-    """X accepted a DM."""
+    """X accepted a DM. ``dm_event_id`` is None when X took it (a 2xx) without saying which event
+    it made and no read-back found it; ``dm_conversation_id`` too, for a group X never named."""
 
-    dm_conversation_id: str
-    dm_event_id: str
+    dm_conversation_id: str | None
+    dm_event_id: str | None
 
 
 @dataclass(frozen=True)

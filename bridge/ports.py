@@ -514,6 +514,10 @@ class SlackClient(Protocol):
     ) -> str:
         """Post as someone else (``chat:write.customize``) with message metadata; returns the ts.
 
+        The text is shown literally, with Slack's markup off (``mrkdwn: false``): ``*_~`` and
+        backticks never format, a leading ``>`` never quotes. Only ``&``, ``<`` and ``>`` must be
+        escaped (``translate.to_slack``); ``<…>`` tokens the caller writes itself still work.
+
         Raises ``SlackRateLimited`` (Retry-After), ``SlackTransient`` or ``SlackRefused``.
         """
         ...

@@ -27,6 +27,7 @@ Two things make a plain comparison miss our own send, and so send it twice:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge.model import DmEvent, EventPage
@@ -60,8 +61,13 @@ def comparable(text: str) -> str:
 def expanded(event: DmEvent) -> str:
     """The event's text with each ``t.co`` address X expanded put back as the URL it stands for;
     a link X added for the attachment itself (to ``…/messages/media/…``) is taken out."""
-    text = event.text
-    for short, full in event.links:
+    return expand_links(event.text, event.links)
+
+
+def expand_links(text: str, links: Sequence[tuple[str, str]]) -> str:
+    """``text`` with each ``(t.co address, expanded URL)`` X reported put back, in order; a link
+    to the DM's own attachment page is taken out (the attachment travels as a file)."""
+    for short, full in links:
         text = text.replace(short, "" if _MEDIA_PAGE.match(full) else full, 1)
     return text
 

@@ -723,6 +723,13 @@ def render_parts(
 
 
 def to_slack(text: str) -> str:
-    """X's plain text as Slack message text: only ``&``, ``<`` and ``>`` need escaping
-    (Slack would read ``<…>`` as a link or mention)."""
+    """X's plain text as Slack message text, to be posted with Slack's markup off
+    (``SlackClient.post_as``): then only ``&``, ``<`` and ``>`` need escaping (Slack would read
+    ``<@U…>`` or ``<!channel>`` as a mention that pings, ``&amp;`` as ``&``).
+
+    Why markup off rather than invisible characters around ``*``, ``_``, ``~`` and backticks:
+    Slack's mrkdwn has no escape, and where a zero-width space stops or starts formatting is
+    undocumented client behaviour; one inside a URL (``a_b``) breaks the link, and copies and
+    searches carry it. With ``mrkdwn: false`` (documented) the text stays byte for byte what the
+    X author typed, and Slack still links bare URLs."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -361,6 +361,9 @@ class FakeSlack:
         self.text_errors: dict[str, str] = {}
         """Markers a ``chat.postMessage`` text is refused for, with this error, until removed:
         a refusal of that one message (``msg_too_long``, ``invalid_arguments``…), not the channel."""
+        self.plain_posts: set[tuple[str, str]] = set()
+        """(channel, ts) of each ``chat.postMessage`` sent with ``mrkdwn: false``: Slack shows
+        its text without markup (links and ``<…>`` tokens still render)."""
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._response_seq = 0
         self._watchers: set[asyncio.Event] = set()
@@ -862,6 +865,8 @@ class FakeSlack:
         # Slack keeps the first 40,000 characters of a longer text, and says nothing.
         message["text"] = message["text"][:MAX_TEXT]
         self._messages[(channel, ts)] = {**message, "channel": channel}
+        if params.get("mrkdwn") is False:
+            self.plain_posts.add((channel, ts))
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
 
     def _chat_post_ephemeral(self, params: dict[str, Any], base: str) -> dict[str, Any]:

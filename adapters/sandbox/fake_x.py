@@ -20,7 +20,8 @@ which may disagree with the client's.
 Every request to a spec'd endpoint is checked with :meth:`SpecValidator.validate_request` and
 every JSON response it emits with :meth:`SpecValidator.validate_response`; problems land in
 :attr:`FakeX.violations` (tests assert it stays empty). The only answers off X's spec are the
-fault model's two malformed kinds, on purpose (an HTML 502 from the edge, a 2xx cut in half).
+fault model's two malformed kinds, on purpose (an HTML 502 from the edge, a 2xx cut in half),
+and a send's 2xx without its ids (:attr:`FakeX.sent_answer_omits`).
 All state is plain attributes.
 
 Quick use::
@@ -741,6 +742,12 @@ class FakeX:
         self.fault_headers: dict[str, str] = {}
         """Headers forced onto every injected fault's response (see :meth:`inject`)."""
         """Headers forced onto every DM POST response (after the computed rate-limit headers)."""
+        self.sent_answer_omits: frozenset[str] = frozenset()
+        """Left out of every DM POST's 2xx answer (``dm_event_id``, ``dm_conversation_id``): an
+        emulator of X seen doing so. **Off-spec on purpose** (the spec requires both), so such an
+        answer is not validated; X records the DM all the same."""
+        self.read_lag_seconds = 0.0
+        """DM event lists leave out events younger than this: X's reads lagging its writes."""
         self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
         """Called with every response before it is sent (may mutate headers or fake state)."""
         self.fault_model: FaultModel | None = None
@@ -1057,6 +1064,8 @@ class FakeX:
         if read_key is not None:
             self._read_headers(response, read_key)
         response = self._finish(request, response, template, user if is_dm_post else None)
+        if is_dm_post and self.sent_answer_omits:
+            response = self._without_ids(response)
         if decision is not None:
             return await self._model_after(request, decision, response)
         if fault is not None and fault.kind == "record_then_hang":
@@ -1065,6 +1074,22 @@ class FakeX:
         elif fault is not None:
             response = await self._drop_connection(request, fault)
         return response
+
+    def _without_ids(self, response: web.StreamResponse) -> web.StreamResponse:
+        """A DM POST's 2xx answer less :attr:`sent_answer_omits` (after validation: off-spec)."""
+        if not 200 <= response.status < 300 or not isinstance(response, web.Response):
+            return response
+        raw = response.body if isinstance(response.body, bytes) else b"{}"
+        document = json.loads(raw)
+        data = document.get("data") if isinstance(document, dict) else None
+        if isinstance(data, dict):
+            for key in self.sent_answer_omits:
+                data.pop(key, None)
+        answer = _json(response.status, document)
+        for key, value in response.headers.items():
+            if key.lower().startswith("x-") or key.lower() == "date":
+                answer.headers[key] = value
+        return answer
 
     @property
     def _read_window_seconds(self) -> float:
@@ -1864,7 +1889,8 @@ class FakeX:
             "ParticipantsLeave",
         }
         max_results = int(query.get("max_results", "100"))
-        events = [e for conv in convs for e in self.messages_in(conv.id)]
+        listed_until = self.clock() - self.read_lag_seconds
+        events = [e for conv in convs for e in self.messages_in(conv.id) if e.created_at <= listed_until]
         events = sorted(
             (e for e in events if e.event_type in event_types), key=lambda e: int(e.id), reverse=True
         )

@@ -89,6 +89,8 @@ class SandboxError(Exception):
 
 
 _TOKEN = re.compile(r"<([^<>\n]+)>|`([^`\n]+)`|\*([^*\n]+)\*")
+# Markup off (``mrkdwn: false``): only ``<…>`` tokens and bare web addresses (the second group).
+_PLAIN_TOKEN = re.compile(r"<([^<>\n]+)>|(https?://[^\s<>]*[^\s<>.,;:!?)\]'\"])")
 
 
 def slack_escape(text: str) -> str:
@@ -119,25 +121,32 @@ def _plain(text: str) -> str:
     return str(emoji.emojize(html.unescape(text), language="alias"))
 
 
-def text_parts(text: str, *, users: Mapping[str, str], authorize_url: str) -> list[dict[str, str]]:
+def text_parts(
+    text: str, *, users: Mapping[str, str], authorize_url: str, plain: bool = False
+) -> list[dict[str, str]]:
     """Slack ``mrkdwn`` as a list of safe parts for the page to render with ``textContent``.
 
     Parts are ``text``, ``bold``, ``code``, ``mention`` and ``link`` (http(s) only); a link to
     ``authorize_url`` is marked ``"action": "authorize"`` so the page shows it as a button.
+    ``plain``: posted with ``mrkdwn: false``, so no bold or code, but ``<…>`` tokens and bare
+    web addresses still link, as in Slack.
     """
     parts: list[dict[str, str]] = []
     pos = 0
-    for match in _TOKEN.finditer(text):
+    for match in (_PLAIN_TOKEN if plain else _TOKEN).finditer(text):
         if match.start() > pos:
             parts.append({"type": "text", "text": _plain(text[pos : match.start()])})
         pos = match.end()
-        token, code, bold = match.groups()
-        if code is not None:
+        token, code, bold = (*match.groups(), None) if plain else match.groups()
+        if plain and code is not None:  # a bare web address
+            url = html.unescape(code)
+            parts.append({"type": "link", "url": url, "text": url})
+        elif code is not None:
             parts.append({"type": "code", "text": html.unescape(code)})
         elif bold is not None:
             parts.append({"type": "bold", "text": _plain(bold)})
         else:
-            parts.append(_token_part(token, users, authorize_url))
+            parts.append(_token_part(str(token), users, authorize_url))
     if pos < len(text):
         parts.append({"type": "text", "text": _plain(text[pos:])})
     return parts
@@ -368,11 +377,13 @@ class Sandbox:
 
         # How each answer reached Slack (ack, response_url, chat.postEphemeral…) is the bridge's
         # business: Slack shows them all alike, and so does the page.
-        def add(at: float, kind: str, text: str, *, author: str, only_you: bool, **more: Any) -> None:
+        def add(
+            at: float, kind: str, text: str, *, author: str, only_you: bool, plain: bool = False, **more: Any
+        ) -> None:
             if kind == "command":  # shown as typed ("used `/xdm …`"): it is not mrkdwn
                 parts = [{"type": "text", "text": text}]
             else:
-                parts = text_parts(text, users=users, authorize_url=self.authorize_url)
+                parts = text_parts(text, users=users, authorize_url=self.authorize_url, plain=plain)
             item = {"kind": kind, "author": author, "only_you": only_you, "parts": parts}
             items.append((at, len(items), {**item, **more}))
 
@@ -415,6 +426,7 @@ class Sandbox:
                 str(post.get("text", "")),
                 author=str(as_sender or "xdm-bridge"),
                 only_you=False,
+                plain=(CHANNEL_ID, str(post["ts"])) in self.slack.plain_posts,
             )
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]

@@ -194,11 +194,13 @@ class SlackApi:
         metadata: dict[str, Any],
     ) -> str:
         """``chat.postMessage`` with ``username``/``icon_url`` (``chat:write.customize``) and
-        message metadata; Slack's failures become the core's ``SlackError`` family."""
+        message metadata; Slack's failures become the core's ``SlackError`` family. Posted with
+        ``mrkdwn`` off: the text shows as written (see ``SlackClient.post_as``)."""
         try:
             response = await self._poster.chat_postMessage(
                 channel=channel_id,
                 text=text,
+                mrkdwn=False,
                 username=username,
                 icon_url=icon_url or None,
                 metadata=metadata,

@@ -116,7 +116,8 @@ class Leadership:
             self._on_notify()
 
     def _inbound_notified(self, connection: Any, pid: int, channel: str, payload: object) -> None:
-        # "<instance>" (rows queued) or "<instance>:<what>" (a wake-up passed on by a standby).
+        # "<instance>:active:<account>" (rows queued for that account) or "<instance>:<what>" (a
+        # wake-up passed on by a standby).
         instance, _, what = str(payload).partition(":")
         if instance != self._instance and self._on_inbound is not None:
             self._on_inbound(what)

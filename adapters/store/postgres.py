@@ -148,6 +148,11 @@ class PostgresStore:
     async def ping(self) -> bool:
         return bool(await self.pool.fetchval("SELECT 1") == 1)
 
+    async def commit_durability(self) -> str:
+        """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for
+        its log on disk); for ``doctor``, tests and bench."""
+        return str(await self.pool.fetchval("SHOW synchronous_commit"))
+
     # -- accounts ----------------------------------------------------------
 
     def _account(self, row: Any) -> Account:
@@ -523,7 +528,8 @@ class PostgresStore:
 
     async def notify_inbound(self, what: str = "") -> None:
         """Wake the leader's inbound worker now; ``what`` names a wake-up beyond "rows are queued"
-        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push)."""
+        (``poll``: a channel was mapped, read X soon; ``connected``: and subscribe a new account to push).
+        Rows a standby queued are announced as ``active:<account id>`` (``take_inbound``)."""
         payload = f"{self.instance_id}:{what}" if what else self.instance_id
         await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 
@@ -1136,7 +1142,9 @@ class PostgresStore:
                     account_id,
                 )
             if queued and self.announce:
-                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, self.instance_id)
+                # "active:<account>": the leader reads that account's groups at the budget's pace.
+                payload = f"{self.instance_id}:active:{account_id}"
+                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
         return queued
 
     async def read_gap(self, account_id: int) -> ReadGap | None:
@@ -1176,6 +1184,8 @@ class PostgresStore:
             ):
                 # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            elif row.check_outbox and await self._adopt_unconfirmed(conn, row.where, event, now):
+                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
             inserted = await self._insert_inbound(
                 conn, account_id, event, row.where, row.payload, state, why, now
             )
@@ -1221,6 +1231,27 @@ class PostgresStore:
     async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
         async with self.pool.acquire() as conn:
             return await self._sent_from(conn, dm_event_id)
+
+    @staticmethod
+    async def _adopt_unconfirmed(conn: Conn, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
+        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
+        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
+        candidates = await conn.fetch(rows.UNCONFIRMED_SENDS.format(p1="$1", p2="$2"), *where)
+        found = rows.unconfirmed_match(candidates, event)
+        if found is None:
+            return False
+        await conn.execute("UPDATE outbox SET dm_event_id = $1 WHERE id = $2", event.dm_event_id, found["id"])
+        await conn.execute(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            *where,
+            found["slack_ts"],
+            found["part"],
+            event.conversation_id,
+            event.dm_event_id,
+            now,
+        )
+        return True
 
     @staticmethod
     async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
@@ -1557,12 +1588,13 @@ BEGIN
         INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id,
                                  created_at)
         SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+        WHERE $1 IS NOT NULL  -- X took it without saying which event: nothing to map
         ON CONFLICT DO NOTHING
     ),
     -- X names the 1-to-1 conversation on first send; keep it for status and reads.
     named AS (
         UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
-        WHERE s.target_participant IS NOT NULL AND m.team_id = s.team_id
+        WHERE s.target_participant IS NOT NULL AND $2 IS NOT NULL AND m.team_id = s.team_id
           AND m.channel_id = s.channel_id AND m.kind = 'dm'
           AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
     )
@@ -1570,7 +1602,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    IF done.target_group IS NOT NULL THEN
+    IF done.target_group IS NOT NULL AND $2 IS NOT NULL THEN
         -- X created the channel's group: the mapping and every row still to send name it (so
         -- the next row does not create another group).
         UPDATE mappings SET conversation_id = $2

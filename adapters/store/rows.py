@@ -26,6 +26,7 @@ from bridge.model import (
     Target,
     TokenSet,
 )
+from bridge.reconcile import comparable
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,19 @@ def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> boo
 
 
 ECHO_IN_FLIGHT = "relayed from Slack by the bridge (matched in the outbox)"
+ECHO_UNCONFIRMED = "relayed from Slack by the bridge (X took it without naming it; matched now)"
+# The outbox rows a DM of the channel's own account may be: sent, but X never said which event
+# (delivery's ``_settle_unconfirmed``). Oldest first; each store formats its placeholders in.
+UNCONFIRMED_SENDS = (
+    "SELECT id, slack_ts, part, text FROM outbox WHERE team_id = {p1} AND channel_id = {p2} "
+    "AND state = 'sent' AND dm_event_id IS NULL AND text IS NOT NULL ORDER BY seq, part"
+)
+
+
+def unconfirmed_match(candidates: Iterable[Row], event: InboundEvent) -> Row | None:
+    """The send X took without naming it that ``event`` is (same text, links in one spelling)."""
+    theirs = comparable(str(event.payload.get("text") or ""))
+    return next((r for r in candidates if comparable(str(r["text"])) == theirs), None)
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,11 @@ def _open_database(path: str) -> Database:
     db.execute("PRAGMA foreign_keys = ON")
     if path != ":memory:" and db.journal_mode != "wal":
         db.enable_wal()
-    # WAL + NORMAL survives a killed process (the dyno case); only an OS crash may
-    # roll back the last transactions.
-    db.execute("PRAGMA synchronous = NORMAL")
+    # FULL, not NORMAL: Slack gets its 200 right after the accept commits and never sends the
+    # message again, so the commit must survive an OS crash or power loss too. In WAL, NORMAL
+    # syncs only at checkpoints and may roll back the last commits then; FULL syncs the WAL at
+    # each commit (bench/durability.py measures the cost).
+    db.execute("PRAGMA synchronous = FULL")
     migrations.apply(db)
     return db
 
@@ -243,6 +245,13 @@ class SqliteStore:
 
     async def ping(self) -> bool:
         return await self._call(lambda: self._one("SELECT 1 AS ok") is not None)
+
+    async def commit_durability(self) -> str:
+        """``PRAGMA synchronous`` as the store's own connection has it (``FULL``: a commit is on
+        disk when it returns, power loss included); for ``doctor``, tests and bench."""
+        row = await self._call(lambda: self._one("PRAGMA synchronous"))
+        level = int(next(iter(row.values()))) if row else -1
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
 
     # -- accounts ----------------------------------------------------------
 
@@ -1091,20 +1100,21 @@ class SqliteStore:
                     [sent.dm_event_id, sent.dm_conversation_id, now, item_id],
                 )
                 assert row is not None
-                self.db.execute(
-                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                    "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [
-                        row["team_id"],
-                        row["channel_id"],
-                        row["slack_ts"],
-                        row["part"],
-                        sent.dm_conversation_id,
-                        sent.dm_event_id,
-                        now,
-                    ],
-                )
-                if row["target_participant"]:
+                if sent.dm_event_id is not None:  # X took it without saying which event: no map
+                    self.db.execute(
+                        "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+                        "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [
+                            row["team_id"],
+                            row["channel_id"],
+                            row["slack_ts"],
+                            row["part"],
+                            sent.dm_conversation_id,
+                            sent.dm_event_id,
+                            now,
+                        ],
+                    )
+                if row["target_participant"] and sent.dm_conversation_id is not None:
                     # X names the 1-to-1 conversation on first send; keep it for status and reads.
                     self.db.execute(
                         "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
@@ -1117,7 +1127,7 @@ class SqliteStore:
                             sent.dm_conversation_id,
                         ],
                     )
-                if row["target_group"]:
+                if row["target_group"] and sent.dm_conversation_id is not None:
                     self._group_created(row["team_id"], row["channel_id"], sent.dm_conversation_id)
                 following = self._channel_head(row["team_id"], row["channel_id"])
             head = None if following is None else self._readable(following)
@@ -1373,6 +1383,8 @@ class SqliteStore:
             state, why = row.state, row.why
             if row.check_outbox and self._outbox_echo(row.where, event):
                 state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
+            elif row.check_outbox and self._adopt_unconfirmed(row.where, event, now):
+                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
             inserted = self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
             queued += int(inserted and state is InboundState.QUEUED)
             echoes += int(inserted and state is InboundState.SKIPPED)
@@ -1425,6 +1437,22 @@ class SqliteStore:
             )
             is not None
         )
+
+    def _adopt_unconfirmed(self, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
+        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
+        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
+        found = rows.unconfirmed_match(
+            self._rows(rows.UNCONFIRMED_SENDS.format(p1="?", p2="?"), list(where)), event
+        )
+        if found is None:
+            return False
+        self.db.execute("UPDATE outbox SET dm_event_id = ? WHERE id = ?", [event.dm_event_id, found["id"]])
+        self.db.execute(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [*where, found["slack_ts"], found["part"], event.conversation_id, event.dm_event_id, now],
+        )
+        return True
 
     def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
         return self._one(

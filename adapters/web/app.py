@@ -49,7 +49,7 @@ from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthStateError
 from bridge.inbound import Inbound, InboundConfig
-from bridge.model import Account
+from bridge.model import Account, OutboxItem
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
@@ -228,7 +228,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         def make_delivery() -> Delivery:
             delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
-            delivery.on_event = metrics.delivery_hook()
+            delivery.on_event = _noting_sends(metrics.delivery_hook(), inbound)
             delivery.on_failed = metrics.failure_hook()
             return delivery
 
@@ -316,6 +316,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     log.info("shut down cleanly")
 
 
+def _noting_sends(
+    counted: Callable[[str, OutboxItem], Awaitable[None]], inbound: Inbound
+) -> Callable[[str, OutboxItem], Awaitable[None]]:
+    """``Delivery.on_event``: counted, and a DM sent makes its account's conversations active
+    (an answer is likely: its groups, never pushed, are read at the budget's pace)."""
+
+    async def on_event(kind: str, item: OutboxItem) -> None:
+        await counted(kind, item)
+        if kind == "sent":
+            inbound.note_activity(item.account_id)
+
+    return on_event
+
+
 def _worker(
     store: AnyStore,
     make: Callable[[], Delivery],
@@ -348,6 +362,9 @@ def _worker(
         # A standby queued pushed events (wake the poster), or saw a connect or a mapping (read
         # soon: a history it asked for is in the store).
         inbound.wake()
+        kind, _, account_id = what.partition(":")
+        if kind == "active" and account_id.isdigit():
+            inbound.note_activity(int(account_id))  # its groups are read at the budget's pace
         if what in ("poll", "connected"):
             inbound.poll_soon()
         if what == "connected" and push is not None:

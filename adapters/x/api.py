@@ -32,10 +32,12 @@ from bridge.errors import (
     XMediaUnavailable,
     XRateLimited,
     XRefused,
+    XSentUnconfirmed,
     XTransient,
 )
 from bridge.media import BytesSource, MediaSource, read_exactly
 from bridge.model import DmEvent, EventPage, InboxPage, Sent, Target, XEvent, XUser
+from bridge.reconcile import expand_links
 
 log = logging.getLogger("adapters.x.api")
 
@@ -212,7 +214,11 @@ class XApiClient:
                     if 200 <= status < 300:
                         # X acted (or not) and said so in words we cannot read: as unclear as no
                         # answer at all (status None), so a send is reconciled, never assumed.
-                        raise XTransient(f"X answered HTTP {status} with a body that is not JSON") from None
+                        raise XTransient(
+                            f"X answered HTTP {status} with a body that is not JSON",
+                            status=status,
+                            facts=rate_facts(response.headers),
+                        ) from None
                     payload = None  # an error page; its status says enough
         except (aiohttp.ClientError, TimeoutError) as exc:
             # No answer: the request may or may not have reached X (status None = ambiguous).
@@ -245,11 +251,32 @@ class XApiClient:
         raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts, failure=failure)
 
     @staticmethod
-    def _sent(payload: Any) -> Sent:
+    def _sent(status: int, payload: Any, facts: RateFacts) -> Sent:
+        """What a 2xx to a send says X made. A 2xx is a send even when it does not say which
+        DM (``XSentUnconfirmed``: read back, never sent again)."""
         data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, dict) or "dm_event_id" not in data:
-            raise XTransient("X answered 201 without a dm_event_id")
-        return Sent(dm_conversation_id=str(data["dm_conversation_id"]), dm_event_id=str(data["dm_event_id"]))
+        data = data if isinstance(data, dict) else {}
+        conversation, event = data.get("dm_conversation_id"), data.get("dm_event_id")
+        conversation = str(conversation) if isinstance(conversation, str | int) and conversation else None
+        if not isinstance(event, str | int) or not str(event):
+            raise XSentUnconfirmed(
+                f"X answered HTTP {status} to the send without a dm_event_id",
+                conversation_id=conversation,
+                status=status,
+                facts=facts,
+            )
+        return Sent(dm_conversation_id=conversation, dm_event_id=str(event))
+
+    async def _post_send(
+        self, path: str, token: str, body: dict[str, Any]
+    ) -> tuple[int, Mapping[str, str], Any]:
+        """A send's POST. A 2xx whose body cannot be read is still a send (``XSentUnconfirmed``)."""
+        try:
+            return await self._call("POST", path, token, body=body)
+        except XTransient as exc:
+            if exc.status is not None and 200 <= exc.status < 300:
+                raise XSentUnconfirmed(str(exc), status=exc.status, facts=exc.facts) from exc
+            raise
 
     async def me(self, token: str) -> XUser:
         status, headers, payload = await self._call("GET", "/2/users/me", token)
@@ -290,7 +317,7 @@ class XApiClient:
             path = f"/2/dm_conversations/with/{target.participant_id}/messages"
         else:
             path = f"/2/dm_conversations/{target.conversation_id}/messages"
-        status, headers, payload = await self._call("POST", path, token, body=body)
+        status, headers, payload = await self._post_send(path, token, body)
         if media_id is not None and status == 400 and _about_media(payload):
             reason = describe_error(status, payload)
             raise XMediaUnavailable(
@@ -300,7 +327,7 @@ class XApiClient:
                 failure=Failure.FILE_UNUSABLE,
             )
         facts = self._raise_for(status, headers, payload)
-        return self._sent(payload), facts
+        return self._sent(status, payload, facts), facts
 
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
@@ -310,9 +337,9 @@ class XApiClient:
             "participant_ids": list(participant_ids),
             "message": {"text": text},
         }
-        status, headers, payload = await self._call("POST", "/2/dm_conversations", token, body=body)
+        status, headers, payload = await self._post_send("/2/dm_conversations", token, body)
         facts = self._raise_for(status, headers, payload)
-        return self._sent(payload), facts
+        return self._sent(status, payload, facts), facts
 
     async def event_page(
         self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
@@ -368,11 +395,13 @@ class XApiClient:
 
         ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
         them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
+        Links read as the sender wrote them: X's ``t.co`` addresses are put back from the
+        ``entities`` asked for.
         """
         params = {
             "max_results": str(max(1, min(100, max_results))),
             "event_types": ",".join(_DM_EVENT_KINDS),
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,attachments",
+            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
             "expansions": "sender_id,participant_ids,attachments.media_keys",
             "user.fields": "username,name,profile_image_url",
             "media.fields": "media_key,type,url,preview_image_url",
@@ -584,7 +613,8 @@ def _is_event(raw: Any) -> bool:
     return isinstance(raw, dict) and isinstance(raw.get("id"), str | int)
 
 
-def _event(raw: dict[str, Any]) -> DmEvent:
+def _links(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``(t.co address, expanded URL)`` of each link in an event's ``entities.urls``."""
     links: list[tuple[str, str]] = []
     entities = raw.get("entities")
     urls = entities.get("urls") if isinstance(entities, dict) else None
@@ -595,6 +625,11 @@ def _event(raw: dict[str, Any]) -> DmEvent:
             and isinstance(url.get("expanded_url"), str)
         ):
             links.append((url["url"], url["expanded_url"]))
+    return tuple(links)
+
+
+def _event(raw: dict[str, Any]) -> DmEvent:
+    links = _links(raw)
     attachments = raw.get("attachments")
     keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
     return DmEvent(
@@ -602,7 +637,7 @@ def _event(raw: dict[str, Any]) -> DmEvent:
         text=str(raw.get("text", "")),
         sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
         created_at=_parse_time(raw.get("created_at")),
-        links=tuple(links),
+        links=links,
         media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
         conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
     )
@@ -682,7 +717,8 @@ def _inbox_page(payload: Any) -> InboxPage:
                 kind=str(raw.get("event_type") or "MessageCreate"),
                 conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
                 sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-                text=str(raw.get("text") or ""),
+                # As the sender wrote it: X keeps links as t.co, the entities say what they stand for.
+                text=expand_links(str(raw.get("text") or ""), _links(raw)),
                 created_at=_parse_time(raw.get("created_at")),
                 participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
                 media=tuple(media.get(k, {"media_key": k}) for k in keys),

@@ -158,6 +158,7 @@ async def test_send_without_media_is_unchanged(env: Env) -> None:
 
 async def test_delete_event(env: Env) -> None:
     sent, _ = await env.x.send(env.token, Target(participant_id=BOB), "oops")
+    assert sent.dm_event_id is not None
     await env.x.delete_event(env.token, sent.dm_event_id)
     assert env.fake.events[-1].deleted
     # Deleting again, or an id X never had, is quiet.
@@ -169,6 +170,7 @@ async def test_delete_event(env: Env) -> None:
 async def test_delete_of_someone_elses_event_is_refused(env: Env) -> None:
     bob = env.fake.issue_token(BOB).access_token
     sent, _ = await env.x.send(bob, Target(participant_id=ME), "from bob")
+    assert sent.dm_event_id is not None
     with pytest.raises(XRefused, match="HTTP 403"):
         await env.x.delete_event(env.token, sent.dm_event_id)
     assert not env.fake.events[-1].deleted

@@ -56,6 +56,17 @@ def msg(n: int, channel: str = "C1", **kw: object) -> IncomingMessage:
     return IncomingMessage("T1", channel, f"{n}.000", "U1", f"m{n}", event_id=f"E{channel}{n}", **kw)  # type: ignore[arg-type]
 
 
+async def test_an_accepted_message_is_on_disk_when_the_accept_returns(engine: Engine) -> None:
+    """Slack gets its 200 right after the accept's commit, and does not send the message again:
+    the commit must survive an OS crash or power loss, not only a killed process. SQLite in WAL
+    with ``synchronous = NORMAL`` may roll back the last commits then; FULL syncs the WAL at each
+    commit. PostgreSQL's accept waits for its log (``synchronous_commit`` on). Read back from the
+    store's own connection, where the setting applies."""
+    async with opened(engine) as store:
+        expected = "FULL" if engine.name == "sqlite" else "on"
+        assert await store.commit_durability() == expected
+
+
 async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: Engine) -> None:
     async with opened(engine) as store:
         first = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("acc-1", "ref-1", 10.0))

@@ -270,7 +270,7 @@ async def test_a_send_left_in_doubt_by_a_disconnected_account_does_not_hold_anot
                 break
             await asyncio.sleep(0.01)
         bridge.x.add_event(group, DORA, "from my phone")
-        mine = "from my phone\n_(sent from X)_"
+        mine = "from my phone\n(sent from X)"
         await wait_until(lambda: mine in texts(bridge, "C200"), 10.0, "DORA's own message in C200")
         assert texts(bridge, "C200")[-1] == mine
 
@@ -384,7 +384,7 @@ async def test_the_longest_dm_x_allows_is_cut_for_slack_and_keeps_its_notes(tmp_
         bridge.x.add_event(CONVERSATION, ME, "&" * 10_000)
         await wait_posts(bridge, 1)
         text = texts(bridge)[0]
-        assert text.endswith(" more characters)\n_(sent from X)_")
+        assert text.endswith(" more characters)\n(sent from X)")
         assert "…(cut: " in text
 
 

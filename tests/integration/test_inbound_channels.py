@@ -78,7 +78,7 @@ async def test_two_channels_on_one_conversation_each_get_each_message_once(tmp_p
         assert texts(bridge, "C100") == ["to both", "to both again"]
         [first, relayed, last] = posts(bridge, "C200")
         assert (first["text"], last["text"]) == ("to both", "to both again")
-        assert relayed["text"].endswith("from support\n_(sent from Slack in <#C100>)_")
+        assert relayed["text"].endswith("from support\n(sent from Slack in <#C100>)")
         assert relayed["username"] == "Bridge Owner (@bridge_owner)"
 
 
@@ -100,10 +100,33 @@ async def test_history_asked_for_just_before_a_restart_is_posted_once_after_it(t
         x.add_event(CONVERSATION, ALICE, "new")
         await wait_posts(again, 4)
         await asyncio.sleep(0.5)
-        assert texts(again) == ["old 2\n_(history)_", "old 3\n_(history)_", "old 4\n_(history)_", "new"]
+        assert texts(again) == ["old 2\n(history)", "old 3\n(history)", "old 4\n(history)", "new"]
         assert await again.sql("SELECT * FROM backfills") == []
         # Read once more after the restart, then never again (the request is finished).
         assert sum(r.path == history for r in x.all_requests) == reads + 1
+
+
+async def test_a_live_dm_right_after_linking_does_not_push_the_oldest_history_out(tmp_path: Path) -> None:
+    """The history read shows the newest events, and a DM written after the link is among them
+    (the poller's, not history): the read pages back until it has the ``backfill`` messages
+    from before the link."""
+    history = f"/2/dm_conversations/{CONVERSATION}/dm_events"
+    async with running_bridge(tmp_path, inbound=HISTORY) as bridge:
+        for i in range(5):
+            bridge.x.add_event(CONVERSATION, ALICE, f"old {i}")
+        await bridge.connect()
+        bridge.x.inject("503", path_contains=history)  # the first history read fails: read again later
+        await bridge.map_link(CONVERSATION)
+        bridge.x.add_event(CONVERSATION, ALICE, "live")  # before the history is read again
+        await wait_posts(bridge, 4)
+        await asyncio.sleep(0.5)
+        assert sorted(texts(bridge)) == [
+            "live",
+            "old 2\n(history)",
+            "old 3\n(history)",
+            "old 4\n(history)",
+        ]
+        assert await bridge.sql("SELECT * FROM backfills") == []
 
 
 async def test_status_of_a_group_channel_says_it_comes_by_polling_even_with_push(tmp_path: Path) -> None:
@@ -208,5 +231,5 @@ async def test_sent_from_x_is_marked_only_in_the_channel_of_the_account_that_sen
         await wait_posts(bridge, 2, "C100")
         await wait_posts(bridge, 2, "C200")
         await asyncio.sleep(0.3)
-        assert texts(bridge, "C100") == ["from my phone\n_(sent from X)_", "from hers"]
-        assert texts(bridge, "C200") == ["from my phone", "from hers\n_(sent from X)_"]
+        assert texts(bridge, "C100") == ["from my phone\n(sent from X)", "from hers"]
+        assert texts(bridge, "C200") == ["from my phone", "from hers\n(sent from X)"]

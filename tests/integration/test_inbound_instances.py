@@ -14,9 +14,16 @@ from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
 from adapters.web.app import SERVICES
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, ME, Bridge, running_bridge
+from tests.harness import ALICE, BOB, ME, Bridge, running_bridge
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
-from tests.integration.test_push import PUSHED, push_env, pushing, settled, subscribed
+from tests.integration.test_push import (
+    PUSHED,
+    group_beside_a_pushed_dm,
+    push_env,
+    pushing,
+    settled,
+    subscribed,
+)
 
 pytestmark = pytest.mark.usefixtures("on_postgres")
 
@@ -70,9 +77,9 @@ async def test_history_a_standby_links_is_read_and_posted_by_the_leader(tmp_path
             x.add_event(CONVERSATION, ALICE, "new")
             await wait_posts(leader, 4)
             assert [m["text"] for m in posts(leader)] == [
-                "old 2\n_(history)_",
-                "old 3\n_(history)_",
-                "old 4\n_(history)_",
+                "old 2\n(history)",
+                "old 3\n(history)",
+                "old 4\n(history)",
                 "new",
             ]
             assert posts(standby) == []
@@ -104,3 +111,25 @@ async def test_status_on_the_standby_shows_the_leaders_next_read_and_reads_left(
             assert on_standby == await inbound_line(leader)
             reads = re.search(r"reads left (\d+)/(\d+)", on_standby)
             assert reads is not None and int(reads[1]) < int(reads[2])  # the leader's read counted
+
+
+async def test_a_push_the_standby_takes_makes_the_leader_read_groups_at_the_budgets_pace(
+    tmp_path: Path,
+) -> None:
+    x, key = FakeX(), generate_key()
+    async with group_beside_a_pushed_dm(tmp_path / "a", fake_x=x, key=key) as (leader, group):
+        env = push_env(x) | {"BRIDGE_ENCRYPTION_KEY": key}
+        async with running_bridge(tmp_path / "b", inbound=PUSHED, env=env, fake_x=x) as standby:
+            x.push_drop = 1  # X's own push (to the leader's URL) is lost: this one reaches the standby
+            event = x.add_event(CONVERSATION, ALICE, "pushed to the standby")
+            body = json.dumps(x.payload_for(event, "dm.received", ME, None)).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "x-twitter-webhooks-signature": sign(x.consumer_secret, body),
+            }
+            async with standby.session.post(f"{standby.url}/x/webhook", data=body, headers=headers) as answer:
+                assert answer.status == 200
+            await wait_posts(leader, 1, timeout=4.0)
+            x.add_event(group, BOB, "in the group")
+            await wait_posts(leader, 1, "C200", timeout=5.0)
+            assert [m["text"] for m in posts(leader, "C200")] == ["in the group"]

@@ -22,9 +22,10 @@ from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 # Polling as a safety net only every few seconds once push works, so a post that arrives
-# quickly came by push.
+# quickly came by push: never "active" (active_for=0), which would read at the budget's pace
+# (here a read window is 2 s, so a read every ~0.15 s could race a push).
 PUSHED = InboundConfig(
-    min_interval=0.05, idle_interval=0.2, push_interval=5.0, retry_base=0.05, retry_cap=0.5
+    min_interval=0.05, idle_interval=0.2, push_interval=5.0, active_for=0.0, retry_base=0.05, retry_cap=0.5
 )
 
 
@@ -211,3 +212,55 @@ async def test_without_the_secrets_push_is_off_and_the_route_says_so(tmp_path: P
         await doctor.push(bridge.settings, bridge.session, checks)
         assert [c.status for c in checks] == ["ok"] and "not configured" in checks[0].detail
         assert bridge.x.webhooks == {}
+
+
+# Idle, groups are read slowly (and the safety net slower still): a reply in them that took
+# longer than a few seconds here waited for the idle pace, not the read budget's.
+PACED = InboundConfig(
+    min_interval=0.05,
+    idle_interval=30.0,
+    push_interval=60.0,
+    active_for=600.0,
+    retry_base=0.05,
+    retry_cap=0.5,
+)
+
+
+@asynccontextmanager
+async def group_beside_a_pushed_dm(
+    tmp_path: Path, *, fake_x: FakeX | None = None, key: str | None = None
+) -> AsyncIterator[tuple[Bridge, str]]:
+    """C100 bridged to a pushed 1-to-1, C200 to a group (never pushed), the account idle: the
+    poller's next read is the idle pace away."""
+    x = fake_x or FakeX()
+    env = push_env(x) | ({"BRIDGE_ENCRYPTION_KEY": key} if key else {})
+    async with running_bridge(tmp_path, inbound=PACED, env=env, fake_x=x) as bridge:
+        await wait_until(lambda: any(w["valid"] for w in x.webhooks.values()), 10, "the webhook registered")
+        await linked(bridge, CONVERSATION)
+        await wait_until(lambda: len(x.subscriptions) == 2, 10, "subscriptions")
+        group = x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        inbound = bridge.app[SERVICES].inbound
+        await wait_until(
+            lambda: (inbound.next_poll_at(1) or 0.0) > time.time() + 10, 10, "the idle pace after the link"
+        )
+        yield bridge, group
+        await x.wait_pushes()
+
+
+async def test_a_push_makes_the_groups_of_its_account_read_at_the_budgets_pace(tmp_path: Path) -> None:
+    async with group_beside_a_pushed_dm(tmp_path) as (bridge, group):
+        bridge.x.add_event(CONVERSATION, ALICE, "pushed")
+        await wait_posts(bridge, 1)
+        bridge.x.add_event(group, BOB, "in the group")
+        await wait_posts(bridge, 1, "C200", timeout=5.0)
+        assert [m["text"] for m in posts(bridge, "C200")] == ["in the group"]
+
+
+async def test_a_send_makes_the_groups_of_its_account_read_at_the_budgets_pace(tmp_path: Path) -> None:
+    async with group_beside_a_pushed_dm(tmp_path) as (bridge, group):
+        _, ts = await bridge.post("hello group", channel="C200")
+        await bridge.wait_reaction("C200", ts, "white_check_mark")
+        bridge.x.add_event(group, BOB, "an answer")
+        await wait_posts(bridge, 1, "C200", timeout=5.0)
+        assert [m["text"] for m in posts(bridge, "C200")] == ["an answer"]

@@ -272,3 +272,96 @@ async def test_a_read_back_x_keeps_refusing_is_retried_ever_more_slowly(tmp_path
         bridge.x.clear_faults()
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=20.0)
         assert [e.text for e in bridge.x.events] == ["Ada: read me back"] and dm_posts(bridge) == 1
+
+
+# -- a 2xx is a send, whatever its answer lacks ---------------------------------------------------
+
+
+async def test_a_2xx_without_an_event_id_that_no_read_back_finds_is_sent_once(tmp_path: Path) -> None:
+    """X (an emulator of it, seen so) answers the send 201 without ``dm_event_id``, and its reads do
+    not list the DM yet: recorded as sent without an id, never sent again."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, ts = await bridge.post("only once", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        await asyncio.sleep(0.5)  # room for a resend to show up
+        assert dm_posts(bridge) == 1 and bridge.texts(CONVERSATION) == ["Ada: only once"]
+        assert await state_of(bridge, ts) == ("sent", None)
+        assert dm_reads(bridge), "it tried to read the DM's id back"
+
+
+async def test_a_2xx_without_an_event_id_is_settled_by_reading_back(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id", "dm_conversation_id"})
+        _, ts = await bridge.post("read me back", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        [event] = bridge.x.events
+        assert await state_of(bridge, ts) == ("sent", event.id)
+        assert dm_posts(bridge) == 1
+
+
+async def test_a_group_created_with_a_2xx_naming_nothing_is_never_created_again(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id", "dm_conversation_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, url = await bridge.command("new-group @alice @bob Welcome aboard")
+        await bridge.follow_up(url)
+        [told] = await bridge.slack.wait_for(
+            lambda c: c.method == "chat.postMessage" and "/xdm link" in str(c.params.get("text")),
+            timeout=10.0,
+        )
+        assert "did not say which conversation" in str(told.params["text"])
+        await bridge.post("after the group", blocks=[])  # the channel is no longer bridged
+        await asyncio.sleep(0.5)
+        groups = [c for c in bridge.x.conversations.values() if c.kind == "Group"]
+        assert len(groups) == 1 and bridge.texts(groups[0].id) == ["Ada: Welcome aboard"]
+        creates = [r for r in bridge.x.all_requests if r.method == "POST" and r.path == "/2/dm_conversations"]
+        assert len(creates) == 1
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(0,)]
+
+
+async def test_a_group_created_with_a_2xx_naming_nothing_is_found_by_reading_back(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id", "dm_conversation_id"})
+        _, url = await bridge.command("new-group @alice @bob Welcome aboard")
+        await bridge.follow_up(url)
+        for _ in range(500):
+            if await bridge.sql("SELECT conversation_id FROM mappings WHERE conversation_id IS NOT NULL"):
+                break
+            await asyncio.sleep(0.02)
+        [group] = [c for c in bridge.x.conversations.values() if c.kind == "Group"]
+        assert await bridge.sql("SELECT conversation_id FROM mappings") == [(group.id,)]
+        _, ts = await bridge.post("to the same group", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert bridge.texts(group.id) == ["Ada: Welcome aboard", "Ada: to the same group"]
+        assert len([c for c in bridge.x.conversations.values() if c.kind == "Group"]) == 1
+
+
+async def test_a_dm_recorded_without_an_id_is_known_when_x_shows_it_later_not_posted_back(
+    tmp_path: Path,
+) -> None:
+    """Sent without an id (X's reads lagged); when the poller reads it later it is our own DM:
+    not posted back into the channel as "sent from X", and its id is recorded then."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, ts = await bridge.post("see https://example.com/a and more", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert await state_of(bridge, ts) == ("sent", None)
+        bridge.x.read_lag_seconds = 0.0  # X lists it now
+        [event] = bridge.x.events
+        for _ in range(500):
+            if await bridge.sql("SELECT state FROM inbound WHERE dm_event_id = ?", event.id):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert await bridge.sql("SELECT state FROM inbound WHERE dm_event_id = ?", event.id) == [("skipped",)]
+        assert [m for m in bridge.slack.posted("C100") if m.get("username")] == []
+        assert await state_of(bridge, ts) == ("sent", event.id)
+        assert dm_posts(bridge) == 1

@@ -143,9 +143,9 @@ async def test_sigkill_before_a_linked_channels_history_is_read_then_restart_pos
         await asyncio.sleep(1.0)  # room for a duplicate to show up
         assert await server.terminate() == 0
         assert texts(w.slack.posted("C100")) == [
-            "old 0\n_(history)_",
-            "old 1\n_(history)_",
-            "old 2\n_(history)_",
+            "old 0\n(history)",
+            "old 1\n(history)",
+            "old 2\n(history)",
             "new",
         ]
         assert await w.sql("SELECT * FROM backfills") == []

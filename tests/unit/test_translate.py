@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.translate import X_TEXT_LIMIT, mentioned_user_ids, quote_parent, render_parts, to_plain
+from bridge.translate import X_TEXT_LIMIT, mentioned_user_ids, quote_parent, render_parts, to_plain, to_slack
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slack"
 
@@ -867,3 +867,12 @@ def test_render_parts_properties(body: str, limit: int, name: str) -> None:
     if len(parts) > 1:
         assert all(c.strip() for c in chunks)
     assert non_ws("".join(chunks)) == non_ws(body)
+
+
+def test_x_text_for_slack_escapes_only_slacks_control_characters() -> None:
+    """Posted with Slack's markup off: ``&<>`` escaped (no ``<@U…>`` or ``<!channel>`` can ping),
+    everything else byte for byte as typed on X, links with ``_`` or ``~`` included."""
+    typed = "*b* _i_ ~s~ `c` > q <@U1> <!channel> &amp; https://x.com/a_b~c"
+    assert to_slack(typed) == (
+        "*b* _i_ ~s~ `c` &gt; q &lt;@U1&gt; &lt;!channel&gt; &amp;amp; https://x.com/a_b~c"
+    )
