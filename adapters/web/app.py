@@ -34,6 +34,7 @@ from adapters.slack.app import SlackAuthorization, build_bolt_app
 from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
+from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
@@ -132,6 +133,8 @@ INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# Refused X webhook requests (anyone may send them, in floods): a line a minute per reason.
+REFUSALS_LOG = web.AppKey("refusals_log", Sparse)
 
 
 def create_app(
@@ -157,6 +160,7 @@ def create_app(
         min_interval=min(5.0, settings.inbound_poll_seconds),
     )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
+    app[REFUSALS_LOG] = Sparse(log)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/connect", connect_page)
@@ -417,9 +421,13 @@ async def x_webhook_crc(request: web.Request) -> web.Response:
     token = request.query.get("crc_token", "")
     if not settings.x_consumer_secret:
         return web.json_response({"error": "push is not configured"}, status=404)
-    if not token:
-        return web.json_response({"error": "crc_token missing"}, status=400)
-    return web.json_response(x_push.crc_response(settings.x_consumer_secret, token))
+    answer = x_push.crc_response(settings.x_consumer_secret, token)
+    if answer is None:
+        request.app[METRICS].push_refused_crc()
+        refusals = request.app[REFUSALS_LOG]
+        refusals.warning("X CRC refused: the token is not shaped as X's", "crc", bytes=len(token))
+        return web.json_response({"error": "crc_token missing or not shaped as X's"}, status=400)
+    return web.json_response(answer)
 
 
 async def x_webhook_delivery(request: web.Request) -> web.Response:
@@ -433,8 +441,10 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     if not settings.x_consumer_secret or services.push is None:
         return web.json_response({"error": "push is not configured"}, status=404)
     if not x_push.verify(settings.x_consumer_secret, body, signature):
-        log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
         request.app[METRICS].push_signature_refused()
+        request.app[REFUSALS_LOG].warning(
+            "X push refused: signature does not verify", "signature", bytes=len(body)
+        )
         return web.json_response({"error": "invalid signature"}, status=401)
     try:
         delivery = x_push.parse_delivery(body)

@@ -107,6 +107,11 @@ class BridgeMetrics:
             "Deliveries to /x/webhook refused with 401: their signature does not verify",
             registry=registry,
         )
+        self.crc_refused = Counter(
+            "x_crc_refused",
+            "CRC checks on /x/webhook refused with 400: the token is not shaped as X's (never signed)",
+            registry=registry,
+        )
         self.dm_reads = Counter(
             "x_dm_reads",
             "Reads of GET /2/dm_events by outcome (held: not made, the read budget kept it back)",
@@ -205,6 +210,9 @@ class BridgeMetrics:
 
     def push_signature_refused(self) -> None:
         self.push_refused.inc()
+
+    def push_refused_crc(self) -> None:
+        self.crc_refused.inc()
 
     # -- gauges, at scrape time ----------------------------------------------------
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,19 @@ def _sign(secret: str, message: bytes) -> str:
     return "sha256=" + base64.b64encode(digest).decode()
 
 
-def crc_response(secret: str, crc_token: str) -> dict[str, str]:
-    """The body X expects for ``GET …?crc_token=…``."""
+# X's CRC tokens are a few dozen base64 characters. The CRC answer is the very HMAC that signs
+# a delivery (same key, same scheme, fixed by X: no domain separation is possible), so whatever
+# the CRC route signs, anyone could push. Only this shape is signed, and nothing of this shape
+# is a delivery: a delivery is a JSON object, and "{" (or the whitespace before it) is not in
+# the alphabet.
+CRC_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{8,128}")
+
+
+def crc_response(secret: str, crc_token: str) -> dict[str, str] | None:
+    """The body X expects for ``GET …?crc_token=…``; None for a token not shaped as X's (never
+    signed: see ``CRC_TOKEN``)."""
+    if CRC_TOKEN.fullmatch(crc_token) is None:
+        return None
     return {"response_token": _sign(secret, crc_token.encode())}
 
 

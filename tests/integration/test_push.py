@@ -14,7 +14,7 @@ import pytest
 from adapters.ops import doctor, webhook
 from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
-from adapters.web.app import SERVICES
+from adapters.web.app import METRICS, SERVICES
 from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, ME, Bridge, free_port, linked, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
@@ -83,12 +83,50 @@ async def subscribed(bridge: Bridge) -> None:
 
 
 async def test_crc_answers_with_the_hmac_of_the_token(tmp_path: Path) -> None:
+    token = "Xk2b_9q-ZtR4vWc8LmN0pQ7sUy1AeFh3"  # as X sends them: a few dozen base64url characters
     async with (
         pushing(tmp_path) as bridge,
-        bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": "abc123"}) as response,
+        bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": token}) as response,
     ):
         assert response.status == 200
-        assert await response.json() == {"response_token": sign(bridge.x.consumer_secret, b"abc123")}
+        assert await response.json() == {"response_token": sign(bridge.x.consumer_secret, token.encode())}
+
+
+async def test_the_crc_answer_never_signs_a_delivery(tmp_path: Path) -> None:
+    """The CRC answer and a delivery's signature are the same HMAC under the same secret: asked to
+    answer a CRC whose token is a whole delivery body, the bridge would sign that body for anyone."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")
+        forged = bridge.x.payload_for(event, "dm.received", ME, None)
+        dm = forged["data"]["payload"]["direct_message_events"][0]
+        dm["id"] = "1999999999999999999"
+        dm["message_create"]["sender_id"] = ALICE
+        dm["message_create"]["message_data"]["text"] = "wire the money to acct 666"
+        raw = json.dumps(forged).encode()
+        # The attack: have the bridge "answer a CRC" for the body, then push the body so signed.
+        async with bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": raw.decode()}) as crc:
+            answer = await crc.json()
+        headers = {
+            "Content-Type": "application/json",
+            "x-twitter-webhooks-signature": str(answer.get("response_token")),
+        }
+        async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw, headers=headers) as response:
+            assert response.status == 401
+        assert crc.status == 400 and "response_token" not in answer
+        # Nothing shaped otherwise than X's tokens is signed either.
+        tokens = (" " + raw.decode(), "a" * 129, "abc def", "{}", "short")
+        for token in tokens:
+            async with bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": token}) as answer:
+                assert answer.status == 400
+                assert "response_token" not in await answer.json()
+        await asyncio.sleep(0.3)
+        assert posts(bridge) == []
+        assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'") == [
+            (0,)
+        ]
+        metrics = bridge.app[METRICS]
+        assert metrics.crc_refused._value.get() == len(tokens) + 1
 
 
 async def test_a_pushed_reply_is_posted_and_polling_slows_but_goes_on(tmp_path: Path) -> None:
