@@ -716,7 +716,8 @@ class FakeX:
         self.push_duplicate = 0
         """Deliver the next N twice (X warns of duplicates)."""
         self.push_groups = False
-        """X's push may miss group conversations (INBOUND.md §3); the fake does by default."""
+        """X's push may miss group conversations (INBOUND.md §3); the fake does by default. Set,
+        it pushes them in the legacy shape, which cannot be told from a 1-to-1's."""
         self._push_tasks: set[asyncio.Task[None]] = set()
 
         # Faults and hooks.
@@ -1916,9 +1917,12 @@ class FakeX:
         return _json(200, {"data": {"subscription": dict(subscription)}})
 
     def payload_for(self, event: DmEvent, event_type: str, user_id: str, tag: str | None) -> dict[str, Any]:
-        """A delivery as X documents it: the legacy ``direct_message_events`` shape."""
+        """A delivery as X documents it: the legacy ``direct_message_events`` shape, which names
+        no conversation and one recipient. A group's message (``push_groups``) comes the same way:
+        to a subscriber who received it, it names that subscriber, exactly as a 1-to-1 would."""
         conv = self.conversations[event.conversation_id]
-        recipient = next(iter(sorted(conv.participants - {event.sender_id})), event.sender_id)
+        others = sorted(conv.participants - {event.sender_id})
+        recipient = user_id if event_type == "dm.received" else next(iter(others), event.sender_id)
         users = {
             uid: {"data": {"id": uid, "username": self.users[uid].username, "name": self.users[uid].name}}
             for uid in (event.sender_id, recipient)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import html
@@ -18,8 +19,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -122,9 +123,6 @@ class Services:
     started_at: float
     verifier: SignatureVerifier
     slack_auth: SlackAuthorization
-    # Pushes are taken one at a time, in the order they arrived: X's order within a channel
-    # survives a store whose calls could otherwise finish in any order (PostgreSQL's pool).
-    taking_pushes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -232,6 +230,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             return delivery
 
         worker = _worker(store, make_delivery, budget, clock, inbound, push)
+        if push is not None:
+            push.on_pushed = functools.partial(_ring, store, worker, inbound)
 
         def wake_inbound(*, connected: bool, account_id: int | None = None) -> None:
             """Read X soon (and, for a new connection, subscribe it to push): here if this
@@ -342,9 +342,14 @@ def _worker(
         pg_store.announce = True
 
     def inbound_notified(what: str) -> None:
-        # A standby queued pushed events (wake the poster), or saw a connect or a mapping (read
-        # soon: a history it asked for is in the store).
+        # A standby queued events (wake the poster), took a push (read its DMs), or saw a
+        # connect or a mapping (read soon: a history it asked for is in the store).
         inbound.wake()
+        if what.startswith(PUSHED):
+            account, _, ids = what.removeprefix(PUSHED).partition(" ")
+            if account.isdigit():
+                inbound.rang(int(account), ids.split(","))
+            return
         if what in ("poll", "connected"):
             inbound.poll_soon()
         if what == "connected" and push is not None:
@@ -366,6 +371,19 @@ def _worker(
         jobs=tuple(jobs),
     )
     return worker
+
+
+PUSHED = "pushed "  # a standby's NOTIFY for the leader: "pushed <account id> <dm id>,<dm id>…"
+
+
+def _ring(store: AnyStore, worker: Worker, inbound: Inbound, account_id: int, ids: Sequence[str]) -> None:
+    """A push for an account: its reader reads X soon, here if this instance leads, else the
+    leader's (a NOTIFY payload is at most 8,000 bytes: 100 ids of 19 digits fit)."""
+    if worker.current is not None or not isinstance(store, PostgresStore):
+        inbound.rang(account_id, ids)
+    else:
+        payload = f"{PUSHED}{account_id} {','.join(ids[:100])}"
+        worker.pass_on(lambda: store.notify_inbound(payload))
 
 
 class _LeadersInbound:
@@ -431,9 +449,11 @@ async def x_webhook_crc(request: web.Request) -> web.Response:
 
 
 async def x_webhook_delivery(request: web.Request) -> web.Response:
-    """A push from X: verified, then committed to the inbound queue before the 200.
+    """A push from X: verified, then its DMs read from X soon (``Push.take``; the push names no
+    conversation, the read does). A 200 says X was heard; polling is the safety net.
 
-    Anything whose signature does not verify is refused with 401 and nothing is taken."""
+    Anything whose signature does not verify is refused with 401, anything signed that is not
+    a delivery we can read with 400; nothing of either is taken, and each is counted."""
     settings = request.app[SETTINGS]
     services = request.app[SERVICES]
     body = await request.read()
@@ -449,13 +469,14 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     try:
         delivery = x_push.parse_delivery(body)
     except x_push.MalformedDelivery as exc:
-        log.info("X push not understood; ignored", extra={"reason": str(exc)})
+        request.app[METRICS].push_malformed_delivery(exc.reason)
+        refusals = request.app[REFUSALS_LOG]
+        refusals.warning("X push signed but not understood; refused", exc.reason, detail=str(exc))
         return web.json_response({"error": "malformed delivery"}, status=400)
-    async with services.taking_pushes:
-        queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    accounts = await services.push.take(delivery.user_id, delivery.event_ids)
     log.info(
         "X push taken",
-        extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
+        extra={"event_type": delivery.event_type, "events": len(delivery.event_ids), "accounts": accounts},
     )
     return web.json_response({"ok": True})
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,7 +175,9 @@ async def test_a_dropped_push_is_caught_by_polling(tmp_path: Path) -> None:
         assert await settled(bridge, 1) == {event.id: "poll"}
 
 
-async def test_a_forged_push_is_refused_and_nothing_is_posted(tmp_path: Path) -> None:
+async def test_a_forged_push_is_refused_and_nothing_is_posted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with pushing(tmp_path) as bridge:
         await subscribed(bridge)
         event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")
@@ -194,6 +198,13 @@ async def test_a_forged_push_is_refused_and_nothing_is_posted(tmp_path: Path) ->
                 headers["x-twitter-webhooks-signature"] = signature
             async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw, headers=headers) as response:
                 assert response.status == 401
+        # A flood of them: each counted, one log line a minute (not one each).
+        with caplog.at_level(logging.WARNING, "adapters.web.app"):
+            for _ in range(50):
+                async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw) as response:
+                    assert response.status == 401
+        assert bridge.app[METRICS].push_refused._value.get() == 54
+        assert len([r for r in caplog.records if "signature does not verify" in r.getMessage()]) == 1
         await asyncio.sleep(0.3)
         assert posts(bridge) == []
         assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'") == [
@@ -249,3 +260,75 @@ async def test_without_the_secrets_push_is_off_and_the_route_says_so(tmp_path: P
         await doctor.push(bridge.settings, bridge.session, checks)
         assert [c.status for c in checks] == ["ok"] and "not configured" in checks[0].detail
         assert bridge.x.webhooks == {}
+
+
+def _signed(x: FakeX, body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", "x-twitter-webhooks-signature": sign(x.consumer_secret, body)}
+
+
+async def test_signed_but_malformed_pushes_are_refused_and_the_next_is_taken(tmp_path: Path) -> None:
+    """X's signature on a body we cannot read (X changed its format, say): one 400 each, counted by
+    reason, never a 500; nothing of it is taken, and the deliveries after it are."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")  # pushed, taken for nothing
+
+        def shaped(change: Callable[[dict[str, Any]], object]) -> bytes:
+            body = bridge.x.payload_for(event, "dm.received", ME, None)
+            change(body["data"]["payload"]["direct_message_events"][0])
+            return json.dumps(body).encode()
+
+        def events(value: object) -> bytes:
+            body = bridge.x.payload_for(event, "dm.received", ME, None)
+            body["data"]["payload"]["direct_message_events"] = value
+            return json.dumps(body).encode()
+
+        bodies = [
+            ("not_json", b"\xff{"),
+            ("not_json", b"[" * 100_000),  # nested too deep for Python's parser
+            ("envelope", b'{"data": {"filter": {"user_id": 1000}, "event_type": "dm.received"}}'),
+            ("events", events(5)),
+            ("event", events([7])),
+            ("event", shaped(lambda e: e.pop("message_create"))),
+            ("event", shaped(lambda e: e["message_create"]["message_data"].update(text={"a": 1}))),
+            ("event", shaped(lambda e: e["message_create"].update(sender_id=[1]))),
+            ("event_id", shaped(lambda e: e.update(id="99999999999999999999"))),  # above 2^63-1
+            ("event_id", shaped(lambda e: e.update(id="12ab"))),
+        ]
+        for reason, body in bodies:
+            headers = _signed(bridge.x, body)
+            async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+                assert response.status == 400, (reason, body[:80])
+        counted = bridge.app[METRICS].push_malformed
+        for reason in {r for r, _ in bodies}:
+            assert counted.labels(reason)._value.get() == sum(r == reason for r, _ in bodies), reason
+        await bridge.x.wait_pushes()
+        reply = bridge.x.add_event(CONVERSATION, ALICE, "still pushed")
+        await wait_posts(bridge, 1, timeout=3.0)
+        assert await settled(bridge, 1) == {reply.id: "push"}
+
+
+async def test_a_pushed_group_message_goes_to_the_group_never_to_its_senders_one_to_one(
+    tmp_path: Path,
+) -> None:
+    """X's push names no conversation, and a group's message pushed to a member names that member
+    as its one recipient, exactly as a 1-to-1 would: only a read of X says where it belongs."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)  # C100: ME and Alice, 1-to-1
+        group = bridge.x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        for _ in range(1000):  # its history (none) read: what comes now is news
+            if not await bridge.sql("SELECT 1 FROM backfills"):
+                break
+            await asyncio.sleep(0.01)
+        bridge.x.push_groups = True
+        in_group = bridge.x.add_event(group, ALICE, "to the group")
+        await bridge.x.wait_pushes()
+        assert any(in_group.id.encode() in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
+        alone = bridge.x.add_event(CONVERSATION, ALICE, "to you alone")
+        await wait_posts(bridge, 1, channel="C200", timeout=3.0)
+        await wait_posts(bridge, 1, timeout=3.0)
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge, "C200")] == ["to the group"]
+        assert [m["text"] for m in posts(bridge)] == ["to you alone"]
+        assert (await origins(bridge))[alone.id] == "push"
