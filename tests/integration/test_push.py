@@ -332,3 +332,43 @@ async def test_a_pushed_group_message_goes_to_the_group_never_to_its_senders_one
         assert [m["text"] for m in posts(bridge, "C200")] == ["to the group"]
         assert [m["text"] for m in posts(bridge)] == ["to you alone"]
         assert (await origins(bridge))[alone.id] == "push"
+
+
+async def test_pushes_that_arrive_out_of_order_are_posted_in_xs_order(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        bridge.x.push_delays = [0.5]  # the older DM's push arrives after the newer one's
+        older = bridge.x.add_event(CONVERSATION, ALICE, "first")
+        newer = bridge.x.add_event(CONVERSATION, ALICE, "second")
+        await wait_posts(bridge, 2, timeout=3.0)
+        await bridge.x.wait_pushes()
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge)] == ["first", "second"]
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [older.id, newer.id]
+
+
+async def test_a_pushed_attachment_is_brought_over_at_once_and_before_what_follows(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 40
+        media_id = bridge.x.add_media(ALICE, picture)
+        photo = bridge.x.add_event(CONVERSATION, ALICE, "look at this", media_ids=(media_id,))
+        await bridge.x.wait_pushes()
+        assert b"media_url_https" in bridge.x.deliveries[-1]["body"]  # pushed as X's legacy shape does
+        after = bridge.x.add_event(CONVERSATION, ALICE, "and after it")
+        await wait_posts(bridge, 2, timeout=3.0)  # the safety-net poll comes every 5 s only
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C100" and shared["content"] == picture
+        assert [m["text"] for m in posts(bridge)] == ["look at this", "and after it"]
+        assert await settled(bridge, 2) == {photo.id: "push", after.id: "push"}
+
+
+async def test_a_pushed_message_shows_its_senders_avatar_as_a_polled_one_does(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "hello")
+        await wait_posts(bridge, 1, timeout=3.0)
+        assert await settled(bridge, 1) == {event.id: "push"}
+        [post] = posts(bridge)
+        assert post["username"] == "Alice (@alice)"
+        assert post["icons"]["image_48"].endswith(f"/{ALICE}/avatar_normal.png")
