@@ -284,6 +284,7 @@ class Inbound:
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._rung: dict[int, dict[str, int]] = {}  # pushed DM ids not read yet → reads missing them
+        self._read_at: dict[int, float] = {}  # when each account's last read began
         self._busy: set[tuple[str, str]] = set()
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self._tasks: set[asyncio.Task[None]] = set()
@@ -339,21 +340,21 @@ class Inbound:
         self._poll_wake.set()
 
     def _bell_delay(self, account_id: int) -> float:
-        """How long a read rung by a push waits: none while more than half of the window's spare
-        reads are left (a conversation comes in bursts); then what is left spread over the time
-        left in the window, so a busy conversation slows to an even pace instead of spending
-        the window and waiting for its end. The reserve is never used."""
+        """How long a read rung by a push waits: ``min_interval`` after the last read (pushes
+        close together share a read), and no more while over half the window's spare reads are
+        left (a conversation comes in bursts); past that, what is left spread over the time left
+        in the window, so a busy conversation slows to an even pace instead of spending the
+        window and waiting for its end. The reserve is never used."""
         config = self._config
         now = self._clock.now()
+        gap = max(0.0, self._read_at.get(account_id, -math.inf) + config.min_interval - now)
         remaining, limit, reset_at = self._budget.reads_left(account_id, now)
         spare = remaining - config.reserve
-        if reset_at is None:
-            return 0.0
+        if reset_at is None or spare > (limit - config.reserve) // 2:
+            return gap
         if spare <= 0:
-            return max(0.0, reset_at - now)
-        if spare > (limit - config.reserve) // 2:
-            return 0.0
-        return max(0.0, reset_at - now) / spare
+            return max(gap, reset_at - now)
+        return max(gap, (reset_at - now) / spare)
 
     def _rung_read(self, account_id: int, newest: str | None) -> set[str]:
         """After a read up to ``newest``: the pushed ids it answered for (let go), and the ones
@@ -445,6 +446,7 @@ class Inbound:
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
 
     async def _poll_account(self, account: Account) -> None:
+        self._read_at[account.id] = self._clock.now()
         try:
             queued = await self.poll(account)
             if queued:
@@ -464,7 +466,7 @@ class Inbound:
         now = self._clock.now()
         self._next_poll[account.id] = now + self.interval(account.id)
         if self._rung.get(account.id):  # pushed DMs X did not show yet: read again soon
-            again = now + max(self._config.min_interval, self._bell_delay(account.id))
+            again = now + self._bell_delay(account.id)
             self._next_poll[account.id] = min(self._next_poll[account.id], again)
 
     def interval(self, account_id: int) -> float:

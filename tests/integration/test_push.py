@@ -372,3 +372,17 @@ async def test_a_pushed_message_shows_its_senders_avatar_as_a_polled_one_does(tm
         [post] = posts(bridge)
         assert post["username"] == "Alice (@alice)"
         assert post["icons"]["image_48"].endswith(f"/{ALICE}/avatar_normal.png")
+
+
+async def test_the_push_of_the_bridges_own_send_costs_no_read(tmp_path: Path) -> None:
+    """X pushes what the bridge sent (dm.sent): its place is known, and X allows 15 reads in 15
+    minutes; reading for it would take one from the other side's replies."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
+        await bridge.post("from Slack")
+        await bridge.wait_dms(1)
+        await bridge.x.wait_pushes()
+        assert any(b'"dm.sent"' in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
+        await asyncio.sleep(0.3)
+        assert sum(r.path == "/2/dm_events" for r in bridge.x.all_requests) == reads
