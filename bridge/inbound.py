@@ -341,16 +341,17 @@ class Inbound:
 
     def _bell_delay(self, account_id: int) -> float:
         """How long a read rung by a push waits: ``min_interval`` after the last read (pushes
-        close together share a read), and no more while over half the window's spare reads are
-        left (a conversation comes in bursts); past that, what is left spread over the time left
-        in the window, so a busy conversation slows to an even pace instead of spending the
+        close together share a read), and no more while over a quarter of the window's spare
+        reads are left (conversations come in bursts: X allows 15 reads in 15 minutes, and each
+        burst should see its DMs within seconds); the last quarter is spread over the time left
+        in the window, so a long conversation slows to an even pace instead of spending the
         window and waiting for its end. The reserve is never used."""
         config = self._config
         now = self._clock.now()
         gap = max(0.0, self._read_at.get(account_id, -math.inf) + config.min_interval - now)
         remaining, limit, reset_at = self._budget.reads_left(account_id, now)
         spare = remaining - config.reserve
-        if reset_at is None or spare > (limit - config.reserve) // 2:
+        if reset_at is None or spare > (limit - config.reserve) // 4:
             return gap
         if spare <= 0:
             return max(gap, reset_at - now)
