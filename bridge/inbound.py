@@ -10,7 +10,8 @@ Two workers, one queue:
   (X's order). Reads draw on the one read budget that delivery's
   read-back also uses (``Budget.read``); the interval spreads what is left of the window
   over the time left in it, faster while a conversation is busy, slower when idle or
-  when push delivers, and a read is never made that would provoke a 429.
+  when push delivers, and a read is never made that would provoke a 429. A push only rings
+  the poller (``rang``): it names no conversation, so the read places what it announced.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;

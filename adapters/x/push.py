@@ -1,4 +1,4 @@
-"""X's push (XAA webhooks): CRC answers, delivery signatures, payloads into core events.
+"""X's push (XAA webhooks): CRC answers, delivery signatures, and the DMs a delivery announces.
 
 Both the CRC and the signature are HMAC-SHA256 keyed with the X app's OAuth 1.0a
 consumer secret (API Key Secret), base64 with a ``sha256=`` prefix (INBOUND.md §2).
