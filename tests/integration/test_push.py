@@ -380,6 +380,8 @@ async def test_the_push_of_the_bridges_own_send_costs_no_read(tmp_path: Path) ->
     async with pushing(tmp_path) as bridge:
         await subscribed(bridge)
         reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
+        # After X's 201 is recorded (a push that comes first rings a read: the send is in doubt).
+        bridge.x.push_delays = [0.5]
         await bridge.post("from Slack")
         await bridge.wait_dms(1)
         await bridge.x.wait_pushes()
