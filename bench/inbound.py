@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inbound.py              # about 2 minutes
     .venv/bin/python bench/inbound.py --window 30  # the simulated read window, in seconds
+    .venv/bin/python bench/inbound.py --window 900 --events 10 --push-only 20  # a chat, push only
 
 The bridge (the real web application, in this process), the fake X and the fake Slack run
 on loopback. Latency is from the moment the fake X records a DM (its ``created_at``) to the
@@ -152,8 +153,10 @@ class Run:
         return out
 
 
-async def measure(tmp: Path, *, push: bool, count: int, spacing: float, window: float) -> dict[str, Any]:
-    async with Run(tmp, push=push, window=window, poll_seconds=0.2) as run:
+async def measure(
+    tmp: Path, *, push: bool, count: int, spacing: float, window: float, poll_seconds: float = 0.2
+) -> dict[str, Any]:
+    async with Run(tmp, push=push, window=window, poll_seconds=poll_seconds) as run:
         if push:
             await run.wait(lambda: len(run.x.subscriptions) == 2, 20, "push subscriptions")
         await run.wait(lambda: any(r.path == "/2/dm_events" for r in run.x.all_requests), 20, "a first read")
@@ -183,7 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--window", type=float, default=30.0, help="simulated read window, seconds (X: 900)")
     parser.add_argument("--events", type=int, default=40)
+    parser.add_argument(
+        "--push-only",
+        type=float,
+        metavar="SPACING",
+        help="only a push run, one DM every SPACING seconds, polling paced as in production "
+        "(with --window 900: what a conversation sees at X's real budget)",
+    )
     args = parser.parse_args(argv)
+    if args.push_only is not None:
+        return _push_only(args.window, args.events, args.push_only)
     with tempfile.TemporaryDirectory(prefix="xdm-bench-inbound-") as folder:
         tmp = Path(folder)
         push = asyncio.run(measure(tmp, push=True, count=args.events, spacing=0.25, window=args.window))
@@ -218,6 +230,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"events read per new event ({name} run): {ratio:.2f} "
             f"({figures['events_read']} read, {figures['new_events']} new)"
         )
+    return 0
+
+
+def _push_only(window: float, events: int, spacing: float) -> int:
+    """Push latency with the production pace (a read at most every 5 s, 180 s when idle)."""
+    with tempfile.TemporaryDirectory(prefix="xdm-bench-inbound-") as folder:
+        figures = asyncio.run(
+            measure(Path(folder), push=True, count=events, spacing=spacing, window=window, poll_seconds=180.0)
+        )
+    lat = figures["latencies"]
+    print(f"push latency, X event → chat.postMessage: {events} DMs {spacing:g} s apart, {window:g} s window")
+    print(
+        f"  p50 {pct(lat, 50) * 1000:.0f} ms, p90 {pct(lat, 90) * 1000:.0f} ms, "
+        f"max {max(lat) * 1000:.0f} ms; reads per window {figures['reads_per_window']}, "
+        f"429s {figures['read_429s']}"
+    )
     return 0
 
 

@@ -12,7 +12,8 @@ Two workers, one queue:
   over the time left in it while the account is active (an event taken, by poll or push, or a
   DM sent: ``note_activity``), push or not, since X may not push groups and may lose a push;
   slower when idle, slower still when push delivers and the account has no group; and a read
-  is never made that would provoke a 429.
+  is never made that would provoke a 429. A push only rings the poller (``rang``): it names no
+  conversation, so the read places what it announced.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
@@ -37,7 +38,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -82,6 +83,8 @@ MAX_MEDIA_BYTES = 512 * 1024 * 1024  # X's largest DM media (video)
 # X allows 10,000 characters, but escaped for Slack ("&" is "&amp;") they can be 50,000.
 MAX_TEXT = 40_000
 MEDIA_KEPT_BYTES = 64 * 1024 * 1024  # fetched attachments kept in memory for a refused channel's retry
+RUNG_TRIES = 3  # reads a pushed DM may be missing from (X's read behind its push) before it is let go
+RUNG_KEPT = 200  # pushed DM ids kept per account, awaiting the read that names their conversation
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,8 @@ class Inbound:
         self._last_activity: dict[int, float] = {}
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
+        self._rung: dict[int, dict[str, int]] = {}  # pushed DM ids not read yet → reads missing them
+        self._read_at: dict[int, float] = {}  # when each account's last read began
         self._busy: set[tuple[str, str]] = set()
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self._tasks: set[asyncio.Task[None]] = set()
@@ -320,6 +325,56 @@ class Inbound:
             self._next_poll.pop(account_id, None)
         self._poll_wake.set()
         self._post_wake.set()
+
+    def rang(self, account_id: int, event_ids: Sequence[str]) -> None:
+        """X pushed these DMs for the account: read X for them soon, as the read budget allows.
+
+        A push says that DMs exist, not where they belong: the legacy payload names no
+        conversation, and a group's message pushed in it would read as a 1-to-1 (INBOUND.md §3).
+        The read (``poll``) names each event's conversation, brings its media and its sender's
+        avatar, and gives X's order: an older DM whose push comes late is read with the newer
+        one, oldest first. Pushes arriving together share one read. What the read takes of
+        these ids counts as pushed (origin ``push``)."""
+        rung = self._rung.setdefault(account_id, {})
+        for event_id in event_ids:
+            if event_id.isdigit():
+                rung.setdefault(event_id, 0)
+        while len(rung) > RUNG_KEPT:
+            rung.pop(next(iter(rung)))
+        at = self._clock.now() + self._bell_delay(account_id)
+        self._next_poll[account_id] = min(self._next_poll.get(account_id, at), at)
+        self._poll_wake.set()
+
+    def _bell_delay(self, account_id: int) -> float:
+        """How long a read rung by a push waits: ``min_interval`` after the last read (pushes
+        close together share a read), and no more while over a quarter of the window's spare
+        reads are left (conversations come in bursts: X allows 15 reads in 15 minutes, and each
+        burst should see its DMs within seconds); the last quarter is spread over the time left
+        in the window, so a long conversation slows to an even pace instead of spending the
+        window and waiting for its end. The reserve is never used."""
+        config = self._config
+        now = self._clock.now()
+        gap = max(0.0, self._read_at.get(account_id, -math.inf) + config.min_interval - now)
+        remaining, limit, reset_at = self._budget.reads_left(account_id, now)
+        spare = remaining - config.reserve
+        if reset_at is None or spare > (limit - config.reserve) // 4:
+            return gap
+        if spare <= 0:
+            return max(gap, reset_at - now)
+        return max(gap, (reset_at - now) / spare)
+
+    def _rung_read(self, account_id: int, newest: str | None) -> set[str]:
+        """After a read up to ``newest``: the pushed ids it answered for (let go), and the ones
+        still to come (X's read behind its push: kept for a few reads, then left to polling)."""
+        rung = self._rung.get(account_id)
+        if not rung:
+            return set()
+        answered = {i for i in rung if newest is not None and newest.isdigit() and int(i) <= int(newest)}
+        for event_id in list(rung):
+            rung[event_id] += 1
+            if event_id in answered or rung[event_id] >= RUNG_TRIES:
+                del rung[event_id]
+        return answered
 
     def wants_history(self) -> bool:
         """Is a newly bridged conversation's history posted (``backfill`` messages of it)?"""
@@ -398,6 +453,7 @@ class Inbound:
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
 
     async def _poll_account(self, account: Account) -> None:
+        self._read_at[account.id] = self._clock.now()
         try:
             queued = await self.poll(account)
             if queued:
@@ -414,7 +470,11 @@ class Inbound:
             log.warning("reading DMs failed", extra={"account_id": account.id, "error": str(exc)})
             self._next_poll[account.id] = self._clock.now() + self._config.min_interval * 4
             return
-        self._next_poll[account.id] = self._clock.now() + self.interval(account.id)
+        now = self._clock.now()
+        self._next_poll[account.id] = now + self.interval(account.id)
+        if self._rung.get(account.id):  # pushed DMs X did not show yet: read again soon
+            again = now + self._bell_delay(account.id)
+            self._next_poll[account.id] = min(self._next_poll[account.id], again)
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
@@ -505,8 +565,10 @@ class Inbound:
             read.newest = read.newest or "0"
             log.info("inbound cursor set", extra={"account_id": account.id, "newest": read.newest})
         self._recent_new[account.id] = len(read.collected)
+        pushed = self._rung_read(account.id, read.newest)
         events = [
-            inbound_event(e, read.users, "poll") for e in sorted(read.collected, key=lambda e: int(e.id))
+            inbound_event(e, read.users, "push" if e.id in pushed else "poll")
+            for e in sorted(read.collected, key=lambda e: int(e.id))
         ]
         now = self._clock.now()
         left = None if read.finished or read.newest is None else read.left(now)
@@ -690,7 +752,7 @@ class Inbound:
         return sorted(older.values(), key=lambda e: int(e.id))[-size:], users
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
-        """Queue events that came some other way (push, backfill); returns how many were new."""
+        """Queue events that came some other way (backfill); returns how many were new."""
         tally: dict[str, int] = {}
         queued = await self._store.take_inbound(account_id, events, None, self._clock.now(), tally=tally)
         self._count_echoes(tally)

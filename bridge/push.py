@@ -1,5 +1,6 @@
 """X's push, kept working: the webhook registered and valid, every account subscribed,
-deliveries taken into the one inbound queue, and what was missed while down replayed.
+deliveries passed on to the reader (a push announces DMs; a read of X says where they
+belong), and what was missed while down replayed.
 
 Push only speeds things up. Polling never stops (push may miss group conversations,
 and a delivery may be dropped); with push working the poller merely slows to a safety
@@ -12,13 +13,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import XAuthRevoked, XError
-from bridge.inbound import Inbound, inbound_event
-from bridge.model import Account, XEvent, XUser
+from bridge.inbound import Inbound
+from bridge.model import Account
 from bridge.ports import Clock, Store, XApp
 from bridge.tokens import TokenManager
 
@@ -65,6 +66,8 @@ class Push:
         self.state = PushState(url)
         self._stop = asyncio.Event()
         self._recheck = asyncio.Event()
+        # Where a delivery's DMs go: this instance's reader, or (a standby) the leader's.
+        self.on_pushed: Callable[[int, Sequence[str]], None] = inbound.rang
 
     def active(self, account_id: int) -> bool:
         """Push is delivering for this account (so polling may slow to a safety net)."""
@@ -168,8 +171,10 @@ class Push:
         log.info("X push replay requested", extra={"job_id": job, "from": start, "to": end})
         return job
 
-    async def take(self, user_id: str, events: Sequence[XEvent], users: dict[str, XUser]) -> int:
-        """A verified delivery for the subscription of X user ``user_id``: into the queue."""
+    async def take(self, user_id: str, event_ids: Sequence[str]) -> int:
+        """A verified delivery for the subscription of X user ``user_id``, announcing DMs: each
+        of that user's accounts reads them from X soon (``on_pushed``, ``Inbound.rang``: the
+        push names no conversation). Returns how many accounts were told."""
         self.state.last_delivery_at = self._clock.now()
         # As polling: not for an account that is disconnected (its owner took the bridge's access
         # back, so its DMs are not kept) or must reconnect. Nothing is lost: push only speeds things
@@ -177,10 +182,13 @@ class Push:
         accounts: list[Account] = [
             a for a in await self._store.list_accounts() if a.x_user_id == user_id and not a.needs_reconnect
         ]
-        queued = 0
-        for account in accounts:
-            queued += await self._inbound.take(account.id, [inbound_event(e, users, "push") for e in events])
-        return queued
+        # The bridge's own sends come back as dm.sent: their place is known (the message map), and
+        # a read for them would spend X's small read budget on nothing new.
+        news = [i for i in event_ids if await self._store.sent_from(i) is None] if accounts else []
+        if news:
+            for account in accounts:
+                self.on_pushed(account.id, news)
+        return len(accounts)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -726,9 +726,12 @@ class FakeX:
         self.push_drop = 0
         """Drop the next N deliveries (X's push is not guaranteed)."""
         self.push_duplicate = 0
+        self.push_delays: list[float] = []
+        """Delay the next deliveries by these seconds, one each (X's pushes may arrive out of order)."""
         """Deliver the next N twice (X warns of duplicates)."""
         self.push_groups = False
-        """X's push may miss group conversations (INBOUND.md §3); the fake does by default."""
+        """X's push may miss group conversations (INBOUND.md §3); the fake does by default. Set,
+        it pushes them in the legacy shape, which cannot be told from a 1-to-1's."""
         self._push_tasks: set[asyncio.Task[None]] = set()
 
         # Faults and hooks.
@@ -2071,9 +2074,12 @@ class FakeX:
         return _json(200, {"data": {"subscription": dict(subscription)}})
 
     def payload_for(self, event: DmEvent, event_type: str, user_id: str, tag: str | None) -> dict[str, Any]:
-        """A delivery as X documents it: the legacy ``direct_message_events`` shape."""
+        """A delivery as X documents it: the legacy ``direct_message_events`` shape, which names
+        no conversation and one recipient. A group's message (``push_groups``) comes the same way:
+        to a subscriber who received it, it names that subscriber, exactly as a 1-to-1 would."""
         conv = self.conversations[event.conversation_id]
-        recipient = next(iter(sorted(conv.participants - {event.sender_id})), event.sender_id)
+        others = sorted(conv.participants - {event.sender_id})
+        recipient = user_id if event_type == "dm.received" else next(iter(others), event.sender_id)
         users = {
             uid: {"data": {"id": uid, "username": self.users[uid].username, "name": self.users[uid].name}}
             for uid in (event.sender_id, recipient)
@@ -2092,10 +2098,7 @@ class FakeX:
                         "message_create": {
                             "target": {"recipient_id": recipient},
                             "sender_id": event.sender_id,
-                            "message_data": {
-                                "text": event.text or "",
-                                "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []},
-                            },
+                            "message_data": self._legacy_message_data(event),
                         },
                     }
                 ],
@@ -2105,6 +2108,28 @@ class FakeX:
         if tag is not None:
             data["tag"] = tag
         return {"data": data}
+
+    def _legacy_message_data(self, event: DmEvent) -> dict[str, Any]:
+        """``message_data`` in the legacy shape: an attachment is ``attachment.media``, named by its
+        TON URL (INBOUND.md §3, §6)."""
+        data: dict[str, Any] = {
+            "text": event.text or "",
+            "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []},
+        }
+        for media_id in event.media_ids[:1]:
+            if media_id in self.media:
+                ton = self.ton_url(event.id, media_id)
+                data["attachment"] = {
+                    "type": "media",
+                    "media": {
+                        "id": int(media_id),
+                        "id_str": media_id,
+                        "media_url": ton.replace("https://", "http://", 1),
+                        "media_url_https": ton,
+                        "type": _MEDIA_API_TYPE[_media_kind(self.media[media_id].category, None)],
+                    },
+                }
+        return data
 
     def _push(self, event: DmEvent) -> None:
         """Push a new MessageCreate to every subscribed webhook (dm.received / dm.sent)."""
@@ -2146,6 +2171,9 @@ class FakeX:
         if not replay and self.push_drop > 0:
             self.push_drop -= 1
             return
+        if not replay and self.push_delays:
+            # X's deliveries race each other: this one arrives late, after later ones.
+            await asyncio.sleep(self.push_delays.pop(0))
         copies = 1
         if not replay and self.push_duplicate > 0:
             self.push_duplicate -= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import html
@@ -19,8 +20,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -37,6 +38,7 @@ from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
 from adapters.store.xchat import XChatIdentityStore
+from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
@@ -126,9 +128,6 @@ class Services:
     started_at: float
     verifier: SignatureVerifier
     slack_auth: SlackAuthorization
-    # Pushes are taken one at a time, in the order they arrived: X's order within a channel
-    # survives a store whose calls could otherwise finish in any order (PostgreSQL's pool).
-    taking_pushes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -137,6 +136,8 @@ INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# Refused X webhook requests (anyone may send them, in floods): a line a minute per reason.
+REFUSALS_LOG = web.AppKey("refusals_log", Sparse)
 
 
 def create_app(
@@ -162,6 +163,7 @@ def create_app(
         min_interval=min(5.0, settings.inbound_poll_seconds),
     )
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
+    app[REFUSALS_LOG] = Sparse(log)
     app.cleanup_ctx.append(_services)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/x/connect", connect_page)
@@ -233,6 +235,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             return delivery
 
         worker = _worker(store, make_delivery, budget, clock, inbound, push)
+        if push is not None:
+            push.on_pushed = functools.partial(_ring, store, worker, inbound)
 
         def wake_inbound(*, connected: bool, account_id: int | None = None) -> None:
             """Read X soon (and, for a new connection, subscribe it to push): here if this
@@ -359,9 +363,14 @@ def _worker(
         pg_store.announce = True
 
     def inbound_notified(what: str) -> None:
-        # A standby queued pushed events (wake the poster), or saw a connect or a mapping (read
-        # soon: a history it asked for is in the store).
+        # A standby queued events (wake the poster), took a push (read its DMs), or saw a
+        # connect or a mapping (read soon: a history it asked for is in the store).
         inbound.wake()
+        if what.startswith(PUSHED):
+            account, _, ids = what.removeprefix(PUSHED).partition(" ")
+            if account.isdigit():
+                inbound.rang(int(account), ids.split(","))
+            return
         kind, _, account_id = what.partition(":")
         if kind == "active" and account_id.isdigit():
             inbound.note_activity(int(account_id))  # its groups are read at the budget's pace
@@ -386,6 +395,19 @@ def _worker(
         jobs=tuple(jobs),
     )
     return worker
+
+
+PUSHED = "pushed "  # a standby's NOTIFY for the leader: "pushed <account id> <dm id>,<dm id>…"
+
+
+def _ring(store: AnyStore, worker: Worker, inbound: Inbound, account_id: int, ids: Sequence[str]) -> None:
+    """A push for an account: its reader reads X soon, here if this instance leads, else the
+    leader's (a NOTIFY payload is at most 8,000 bytes: 100 ids of 19 digits fit)."""
+    if worker.current is not None or not isinstance(store, PostgresStore):
+        inbound.rang(account_id, ids)
+    else:
+        payload = f"{PUSHED}{account_id} {','.join(ids[:100])}"
+        worker.pass_on(lambda: store.notify_inbound(payload))
 
 
 class _LeadersInbound:
@@ -441,15 +463,21 @@ async def x_webhook_crc(request: web.Request) -> web.Response:
     token = request.query.get("crc_token", "")
     if not settings.x_consumer_secret:
         return web.json_response({"error": "push is not configured"}, status=404)
-    if not token:
-        return web.json_response({"error": "crc_token missing"}, status=400)
-    return web.json_response(x_push.crc_response(settings.x_consumer_secret, token))
+    answer = x_push.crc_response(settings.x_consumer_secret, token)
+    if answer is None:
+        request.app[METRICS].push_refused_crc()
+        refusals = request.app[REFUSALS_LOG]
+        refusals.warning("X CRC refused: the token is not shaped as X's", "crc", bytes=len(token))
+        return web.json_response({"error": "crc_token missing or not shaped as X's"}, status=400)
+    return web.json_response(answer)
 
 
 async def x_webhook_delivery(request: web.Request) -> web.Response:
-    """A push from X: verified, then committed to the inbound queue before the 200.
+    """A push from X: verified, then its DMs read from X soon (``Push.take``; the push names no
+    conversation, the read does). A 200 says X was heard; polling is the safety net.
 
-    Anything whose signature does not verify is refused with 401 and nothing is taken."""
+    Anything whose signature does not verify is refused with 401, anything signed that is not
+    a delivery we can read with 400; nothing of either is taken, and each is counted."""
     settings = request.app[SETTINGS]
     services = request.app[SERVICES]
     body = await request.read()
@@ -457,19 +485,22 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     if not settings.x_consumer_secret or services.push is None:
         return web.json_response({"error": "push is not configured"}, status=404)
     if not x_push.verify(settings.x_consumer_secret, body, signature):
-        log.warning("X push refused: signature does not verify", extra={"bytes": len(body)})
         request.app[METRICS].push_signature_refused()
+        request.app[REFUSALS_LOG].warning(
+            "X push refused: signature does not verify", "signature", bytes=len(body)
+        )
         return web.json_response({"error": "invalid signature"}, status=401)
     try:
         delivery = x_push.parse_delivery(body)
     except x_push.MalformedDelivery as exc:
-        log.info("X push not understood; ignored", extra={"reason": str(exc)})
+        request.app[METRICS].push_malformed_delivery(exc.reason)
+        refusals = request.app[REFUSALS_LOG]
+        refusals.warning("X push signed but not understood; refused", exc.reason, detail=str(exc))
         return web.json_response({"error": "malformed delivery"}, status=400)
-    async with services.taking_pushes:
-        queued = await services.push.take(delivery.user_id, delivery.events, delivery.users)
+    accounts = await services.push.take(delivery.user_id, delivery.event_ids)
     log.info(
         "X push taken",
-        extra={"event_type": delivery.event_type, "events": len(delivery.events), "queued": queued},
+        extra={"event_type": delivery.event_type, "events": len(delivery.event_ids), "accounts": accounts},
     )
     return web.json_response({"ok": True})
 

@@ -10,7 +10,9 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from time import monotonic
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
@@ -88,3 +90,27 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", secrets: tuple[str, ..
     root.setLevel(level)
     # aiohttp's access log would be one line per Slack event; keep it at warning.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Sparse:
+    """Log a recurring line at most once per ``every`` seconds per reason, with how many were
+    folded in since: a flood of refused requests costs a line a minute, not a line each."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, clock: Callable[[], float] = monotonic):
+        self._log = logger
+        self._every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._folded: dict[str, int] = {}
+
+    def warning(self, message: str, reason: str, **extra: Any) -> bool:
+        """Log ``message`` for ``reason`` unless it was logged within ``every``; True if it was."""
+        now = self._clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._every:
+            self._folded[reason] = self._folded.get(reason, 0) + 1
+            return False
+        self._last[reason] = now
+        folded = self._folded.pop(reason, 0)
+        self._log.warning(message, extra={**extra, "reason": reason, "similar_since_last": folded})
+        return True

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from adapters.slack.api import MESSAGE_REFUSALS
+from adapters.x.push import MALFORMED_REASONS
 from bridge.budget import Budget
 from bridge.errors import Failure
 from bridge.model import Account, Mapping, OutboxItem, OutboxKind
@@ -115,6 +116,19 @@ class BridgeMetrics:
             "Deliveries to /x/webhook refused with 401: their signature does not verify",
             registry=registry,
         )
+        self.crc_refused = Counter(
+            "x_crc_refused",
+            "CRC checks on /x/webhook refused with 400: the token is not shaped as X's (never signed)",
+            registry=registry,
+        )
+        self.push_malformed = Counter(
+            "x_push_malformed",
+            "Deliveries to /x/webhook refused with 400: signed, but not a delivery we can read",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in MALFORMED_REASONS:
+            self.push_malformed.labels(reason)
         self.dm_reads = Counter(
             "x_dm_reads",
             "Reads of GET /2/dm_events by outcome (held: not made, the read budget kept it back)",
@@ -219,6 +233,12 @@ class BridgeMetrics:
 
     def push_signature_refused(self) -> None:
         self.push_refused.inc()
+
+    def push_malformed_delivery(self, reason: str) -> None:
+        self.push_malformed.labels(_bounded(reason, MALFORMED_REASONS)).inc()
+
+    def push_refused_crc(self) -> None:
+        self.crc_refused.inc()
 
     # -- gauges, at scrape time ----------------------------------------------------
 

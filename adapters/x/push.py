@@ -1,9 +1,9 @@
-"""X's push (XAA webhooks): CRC answers, delivery signatures, payloads into core events.
+"""X's push (XAA webhooks): CRC answers, delivery signatures, and the DMs a delivery announces.
 
 Both the CRC and the signature are HMAC-SHA256 keyed with the X app's OAuth 1.0a
 consumer secret (API Key Secret), base64 with a ``sha256=`` prefix (INBOUND.md §2).
 Deliveries carry the legacy ``direct_message_events`` shape, not v2 ``DmEvent``, and
-no conversation id: a 1-to-1's is built from the two user ids (INBOUND.md §3).
+no conversation id (INBOUND.md §3): they announce DMs, which the bridge then reads from X.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
-
-from bridge.model import XEvent, XUser, one_to_one_id
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 DM_EVENT_TYPES = ("dm.received", "dm.sent")
@@ -26,8 +25,19 @@ def _sign(secret: str, message: bytes) -> str:
     return "sha256=" + base64.b64encode(digest).decode()
 
 
-def crc_response(secret: str, crc_token: str) -> dict[str, str]:
-    """The body X expects for ``GET …?crc_token=…``."""
+# X's CRC tokens are a few dozen base64 characters. The CRC answer is the very HMAC that signs
+# a delivery (same key, same scheme, fixed by X: no domain separation is possible), so whatever
+# the CRC route signs, anyone could push. Only this shape is signed, and nothing of this shape
+# is a delivery: a delivery is a JSON object, and "{" (or the whitespace before it) is not in
+# the alphabet.
+CRC_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{8,128}")
+
+
+def crc_response(secret: str, crc_token: str) -> dict[str, str] | None:
+    """The body X expects for ``GET …?crc_token=…``; None for a token not shaped as X's (never
+    signed: see ``CRC_TOKEN``)."""
+    if CRC_TOKEN.fullmatch(crc_token) is None:
+        return None
     return {"response_token": _sign(secret, crc_token.encode())}
 
 
@@ -38,82 +48,82 @@ def verify(secret: str, body: bytes, signature: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One push: whose subscription (``user_id``), what kind, and the events it carries."""
+    """One push: whose subscription (``user_id``), what kind, and the DMs it announces.
+
+    Only the DMs' ids are kept. The legacy payload names no conversation, and a group message
+    pushed in it would look like a 1-to-1 (one ``recipient_id``, INBOUND.md §3): nothing in it
+    says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``)."""
 
     user_id: str
     event_type: str
-    events: tuple[XEvent, ...]
-    users: dict[str, XUser]
+    event_ids: tuple[str, ...]
+
+
+MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id")
 
 
 class MalformedDelivery(ValueError):
-    """A signed body that is not an XAA delivery we can read."""
+    """A signed body that is not an XAA delivery we can read; ``reason`` is one of
+    ``MALFORMED_REASONS`` (a metric label: a fixed set)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_ID = 2**63 - 1  # X's ids are 64-bit signed snowflakes (and PostgreSQL's bigint)
+
+
+def snowflake(value: Any) -> bool:
+    """Is ``value`` an X id as X writes them: a string of at most 19 digits, within 64 bits?"""
+    return isinstance(value, str) and _DIGITS.fullmatch(value) is not None and int(value) <= MAX_ID
 
 
 def parse_delivery(body: bytes) -> Delivery:
-    """Turn a delivery into core events. Raises ``MalformedDelivery``; unknown event types
-    (XChat ciphertext, read receipts…) come back with no events."""
+    """Read a delivery; raises ``MalformedDelivery``. Unknown event types (XChat ciphertext,
+    read receipts…) come back with no DMs; so do direct message events of other types."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedDelivery("not JSON") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MalformedDelivery("not_json", "not JSON") from exc
     data = document.get("data") if isinstance(document, dict) else None
-    if not isinstance(data, dict):
-        raise MalformedDelivery("no data object")
-    filter_ = _dict(data.get("filter"))
-    user_id = str(filter_.get("user_id") or "")
-    event_type = str(data.get("event_type") or "")
-    if not user_id.isdigit():
-        raise MalformedDelivery("no filter.user_id")
+    if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
+        raise MalformedDelivery("envelope", "no data.filter object")
+    user_id = data["filter"].get("user_id")
+    event_type = data.get("event_type")
+    if not snowflake(user_id) or not isinstance(event_type, str):
+        raise MalformedDelivery("envelope", "no filter.user_id or event_type")
     if event_type not in DM_EVENT_TYPES:
-        return Delivery(user_id, event_type, (), {})
-    payload = _dict(data.get("payload"))
-    users = _users(payload.get("users"))
-    events = tuple(e for raw in payload.get("direct_message_events") or [] if (e := _event(raw)) is not None)
-    return Delivery(user_id, event_type, events, users)
+        return Delivery(user_id, event_type, ())
+    payload = data.get("payload")
+    events = payload.get("direct_message_events") if isinstance(payload, dict) else None
+    if not isinstance(events, list):
+        raise MalformedDelivery("events", "no list of direct_message_events")
+    return Delivery(user_id, event_type, tuple(i for raw in events if (i := _message_id(raw)) is not None))
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _users(raw: Any) -> dict[str, XUser]:
-    users: dict[str, XUser] = {}
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            inner = value.get("data") if isinstance(value, dict) else None
-            if isinstance(inner, dict):
-                users[str(key)] = XUser(
-                    id=str(inner.get("id") or key),
-                    username=str(inner.get("username") or ""),
-                    name=str(inner.get("name") or ""),
-                    profile_image_url=str(inner.get("profile_image_url") or ""),
-                )
-    return users
-
-
-def _event(raw: Any) -> XEvent | None:
-    if not isinstance(raw, dict) or raw.get("type") != "message_create":
+def _message_id(raw: Any) -> str | None:
+    """The id of a ``message_create`` event (None for other types); raises on a malformed one."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise MalformedDelivery("event", "an event is not an object with a type")
+    if raw["type"] != "message_create":
         return None
-    event_id = str(raw.get("id") or "")
     create = raw.get("message_create")
-    if not event_id.isdigit() or not isinstance(create, dict):
-        return None
-    sender = str(create.get("sender_id") or "")
-    target = _dict(create.get("target"))
-    recipient = str(target.get("recipient_id") or "")
-    if not (sender.isdigit() and recipient.isdigit()):
-        return None
-    message = _dict(create.get("message_data"))
-    if message.get("attachment"):
-        return None  # media: left to polling, whose answer names the file to download
-    stamp = str(raw.get("created_timestamp") or "")
-    return XEvent(
-        id=event_id,
-        kind="MessageCreate",
-        # Push names one recipient: a 1-to-1 (groups come by polling, INBOUND.md §3).
-        conversation_id=one_to_one_id(sender, recipient),
-        sender_id=sender,
-        text=str(message.get("text") or ""),
-        created_at=int(stamp) / 1000 if stamp.isdigit() else None,
-    )
+    if not isinstance(create, dict):
+        raise MalformedDelivery("event", "a message_create event has no message_create object")
+    # Only the id is used, but a DM of the wrong shape is not one of X's: refused, not guessed at.
+    # (A group's push might name no recipient, INBOUND.md §3: the target may be missing.)
+    target, message = create.get("target", {}), create.get("message_data", {})
+    if (
+        not snowflake(create.get("sender_id"))
+        or not isinstance(target, dict)
+        or ("recipient_id" in target and not snowflake(target["recipient_id"]))
+        or not isinstance(message, dict)
+        or not isinstance(message.get("text", ""), str)
+    ):
+        raise MalformedDelivery("event", "a message_create event is not shaped as X's")
+    if not snowflake(raw.get("id")):
+        raise MalformedDelivery("event_id", "a message_create event has no X id")
+    event_id: str = raw["id"]
+    return event_id

@@ -150,6 +150,10 @@ async def test_unlinking_a_paused_channel_posts_what_waited_for_it(tmp_path: Pat
         await subscribed(bridge)
         bridge.slack.channel_errors["C100"] = "not_in_channel"  # taken, but not posted yet
         await deliver(bridge, bridge.x.add_event(CONVERSATION, ALICE, "while paused"))
+        for _ in range(1000):  # the push's read has taken it (the 200 only says X was heard)
+            if await bridge.sql("SELECT 1 FROM inbound"):
+                break
+            await asyncio.sleep(0.01)
         _, url = await bridge.command("disconnect")
         await bridge.follow_up(url)
         del bridge.slack.channel_errors["C100"]

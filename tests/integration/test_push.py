@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.ops import doctor, webhook
 from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import generate_key
-from adapters.web.app import SERVICES
+from adapters.web.app import METRICS, SERVICES
 from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, ME, Bridge, free_port, linked, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
@@ -84,12 +86,50 @@ async def subscribed(bridge: Bridge) -> None:
 
 
 async def test_crc_answers_with_the_hmac_of_the_token(tmp_path: Path) -> None:
+    token = "Xk2b_9q-ZtR4vWc8LmN0pQ7sUy1AeFh3"  # as X sends them: a few dozen base64url characters
     async with (
         pushing(tmp_path) as bridge,
-        bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": "abc123"}) as response,
+        bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": token}) as response,
     ):
         assert response.status == 200
-        assert await response.json() == {"response_token": sign(bridge.x.consumer_secret, b"abc123")}
+        assert await response.json() == {"response_token": sign(bridge.x.consumer_secret, token.encode())}
+
+
+async def test_the_crc_answer_never_signs_a_delivery(tmp_path: Path) -> None:
+    """The CRC answer and a delivery's signature are the same HMAC under the same secret: asked to
+    answer a CRC whose token is a whole delivery body, the bridge would sign that body for anyone."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")
+        forged = bridge.x.payload_for(event, "dm.received", ME, None)
+        dm = forged["data"]["payload"]["direct_message_events"][0]
+        dm["id"] = "1999999999999999999"
+        dm["message_create"]["sender_id"] = ALICE
+        dm["message_create"]["message_data"]["text"] = "wire the money to acct 666"
+        raw = json.dumps(forged).encode()
+        # The attack: have the bridge "answer a CRC" for the body, then push the body so signed.
+        async with bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": raw.decode()}) as crc:
+            answer = await crc.json()
+        headers = {
+            "Content-Type": "application/json",
+            "x-twitter-webhooks-signature": str(answer.get("response_token")),
+        }
+        async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw, headers=headers) as response:
+            assert response.status == 401
+        assert crc.status == 400 and "response_token" not in answer
+        # Nothing shaped otherwise than X's tokens is signed either.
+        tokens = (" " + raw.decode(), "a" * 129, "abc def", "{}", "short")
+        for token in tokens:
+            async with bridge.session.get(f"{bridge.url}/x/webhook", params={"crc_token": token}) as answer:
+                assert answer.status == 400
+                assert "response_token" not in await answer.json()
+        await asyncio.sleep(0.3)
+        assert posts(bridge) == []
+        assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'") == [
+            (0,)
+        ]
+        metrics = bridge.app[METRICS]
+        assert metrics.crc_refused._value.get() == len(tokens) + 1
 
 
 async def test_a_pushed_reply_is_posted_and_polling_slows_but_goes_on(tmp_path: Path) -> None:
@@ -136,7 +176,9 @@ async def test_a_dropped_push_is_caught_by_polling(tmp_path: Path) -> None:
         assert await settled(bridge, 1) == {event.id: "poll"}
 
 
-async def test_a_forged_push_is_refused_and_nothing_is_posted(tmp_path: Path) -> None:
+async def test_a_forged_push_is_refused_and_nothing_is_posted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with pushing(tmp_path) as bridge:
         await subscribed(bridge)
         event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")
@@ -157,6 +199,13 @@ async def test_a_forged_push_is_refused_and_nothing_is_posted(tmp_path: Path) ->
                 headers["x-twitter-webhooks-signature"] = signature
             async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw, headers=headers) as response:
                 assert response.status == 401
+        # A flood of them: each counted, one log line a minute (not one each).
+        with caplog.at_level(logging.WARNING, "adapters.web.app"):
+            for _ in range(50):
+                async with bridge.session.post(f"{bridge.url}/x/webhook", data=raw) as response:
+                    assert response.status == 401
+        assert bridge.app[METRICS].push_refused._value.get() == 54
+        assert len([r for r in caplog.records if "signature does not verify" in r.getMessage()]) == 1
         await asyncio.sleep(0.3)
         assert posts(bridge) == []
         assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE dm_event_id = '1999999999999999999'") == [
@@ -264,3 +313,131 @@ async def test_a_send_makes_the_groups_of_its_account_read_at_the_budgets_pace(t
         bridge.x.add_event(group, BOB, "an answer")
         await wait_posts(bridge, 1, "C200", timeout=5.0)
         assert [m["text"] for m in posts(bridge, "C200")] == ["an answer"]
+
+
+def _signed(x: FakeX, body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", "x-twitter-webhooks-signature": sign(x.consumer_secret, body)}
+
+
+async def test_signed_but_malformed_pushes_are_refused_and_the_next_is_taken(tmp_path: Path) -> None:
+    """X's signature on a body we cannot read (X changed its format, say): one 400 each, counted by
+    reason, never a 500; nothing of it is taken, and the deliveries after it are."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")  # pushed, taken for nothing
+
+        def shaped(change: Callable[[dict[str, Any]], object]) -> bytes:
+            body = bridge.x.payload_for(event, "dm.received", ME, None)
+            change(body["data"]["payload"]["direct_message_events"][0])
+            return json.dumps(body).encode()
+
+        def events(value: object) -> bytes:
+            body = bridge.x.payload_for(event, "dm.received", ME, None)
+            body["data"]["payload"]["direct_message_events"] = value
+            return json.dumps(body).encode()
+
+        bodies = [
+            ("not_json", b"\xff{"),
+            ("not_json", b"[" * 100_000),  # nested too deep for Python's parser
+            ("envelope", b'{"data": {"filter": {"user_id": 1000}, "event_type": "dm.received"}}'),
+            ("events", events(5)),
+            ("event", events([7])),
+            ("event", shaped(lambda e: e.pop("message_create"))),
+            ("event", shaped(lambda e: e["message_create"]["message_data"].update(text={"a": 1}))),
+            ("event", shaped(lambda e: e["message_create"].update(sender_id=[1]))),
+            ("event_id", shaped(lambda e: e.update(id="99999999999999999999"))),  # above 2^63-1
+            ("event_id", shaped(lambda e: e.update(id="12ab"))),
+        ]
+        for reason, body in bodies:
+            headers = _signed(bridge.x, body)
+            async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+                assert response.status == 400, (reason, body[:80])
+        counted = bridge.app[METRICS].push_malformed
+        for reason in {r for r, _ in bodies}:
+            assert counted.labels(reason)._value.get() == sum(r == reason for r, _ in bodies), reason
+        await bridge.x.wait_pushes()
+        reply = bridge.x.add_event(CONVERSATION, ALICE, "still pushed")
+        await wait_posts(bridge, 1, timeout=3.0)
+        assert await settled(bridge, 1) == {reply.id: "push"}
+
+
+async def test_a_pushed_group_message_goes_to_the_group_never_to_its_senders_one_to_one(
+    tmp_path: Path,
+) -> None:
+    """X's push names no conversation, and a group's message pushed to a member names that member
+    as its one recipient, exactly as a 1-to-1 would: only a read of X says where it belongs."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)  # C100: ME and Alice, 1-to-1
+        group = bridge.x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        for _ in range(1000):  # its history (none) read: what comes now is news
+            if not await bridge.sql("SELECT 1 FROM backfills"):
+                break
+            await asyncio.sleep(0.01)
+        bridge.x.push_groups = True
+        in_group = bridge.x.add_event(group, ALICE, "to the group")
+        await bridge.x.wait_pushes()
+        assert any(in_group.id.encode() in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
+        alone = bridge.x.add_event(CONVERSATION, ALICE, "to you alone")
+        await wait_posts(bridge, 1, channel="C200", timeout=3.0)
+        await wait_posts(bridge, 1, timeout=3.0)
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge, "C200")] == ["to the group"]
+        assert [m["text"] for m in posts(bridge)] == ["to you alone"]
+        assert (await origins(bridge))[alone.id] == "push"
+
+
+async def test_pushes_that_arrive_out_of_order_are_posted_in_xs_order(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        bridge.x.push_delays = [0.5]  # the older DM's push arrives after the newer one's
+        older = bridge.x.add_event(CONVERSATION, ALICE, "first")
+        newer = bridge.x.add_event(CONVERSATION, ALICE, "second")
+        await wait_posts(bridge, 2, timeout=3.0)
+        await bridge.x.wait_pushes()
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge)] == ["first", "second"]
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [older.id, newer.id]
+
+
+async def test_a_pushed_attachment_is_brought_over_at_once_and_before_what_follows(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 40
+        media_id = bridge.x.add_media(ALICE, picture)
+        photo = bridge.x.add_event(CONVERSATION, ALICE, "look at this", media_ids=(media_id,))
+        await bridge.x.wait_pushes()
+        assert b"media_url_https" in bridge.x.deliveries[-1]["body"]  # pushed as X's legacy shape does
+        after = bridge.x.add_event(CONVERSATION, ALICE, "and after it")
+        await wait_posts(bridge, 2, timeout=3.0)  # the safety-net poll comes every 5 s only
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C100" and shared["content"] == picture
+        assert [m["text"] for m in posts(bridge)] == ["look at this", "and after it"]
+        assert await settled(bridge, 2) == {photo.id: "push", after.id: "push"}
+
+
+async def test_a_pushed_message_shows_its_senders_avatar_as_a_polled_one_does(tmp_path: Path) -> None:
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "hello")
+        await wait_posts(bridge, 1, timeout=3.0)
+        assert await settled(bridge, 1) == {event.id: "push"}
+        [post] = posts(bridge)
+        assert post["username"] == "Alice (@alice)"
+        assert post["icons"]["image_48"].endswith(f"/{ALICE}/avatar_normal.png")
+
+
+async def test_the_push_of_the_bridges_own_send_costs_no_read(tmp_path: Path) -> None:
+    """X pushes what the bridge sent (dm.sent): its place is known, and X allows 15 reads in 15
+    minutes; reading for it would take one from the other side's replies."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
+        # After X's 201 is recorded (a push that comes first rings a read: the send is in doubt).
+        bridge.x.push_delays = [0.5]
+        await bridge.post("from Slack")
+        await bridge.wait_dms(1)
+        await bridge.x.wait_pushes()
+        assert any(b'"dm.sent"' in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
+        await asyncio.sleep(0.3)
+        assert sum(r.path == "/2/dm_events" for r in bridge.x.all_requests) == reads

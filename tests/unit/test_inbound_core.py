@@ -9,9 +9,11 @@ import pytest
 
 from bridge.budget import Budget
 from bridge.errors import RateFacts, XRateLimited
-from bridge.inbound import MAX_TEXT, render
+from bridge.inbound import MAX_TEXT, Inbound, InboundConfig, render
 from bridge.model import InboundItem, InboundState
-from bridge.ports import Store
+from bridge.ports import Clock as ClockPort
+from bridge.ports import SlackClient, Store, XClient
+from bridge.tokens import TokenManager
 
 
 class BudgetRows:
@@ -127,3 +129,24 @@ def test_a_message_slack_refused_is_one_line_in_its_place() -> None:
     assert text == "A message from @alice on X could not be shown here: Slack refused it (msg_too_long)."
     # Not as the sender: their name or avatar may be what Slack refused.
     assert (username, icon) == ("X", None)
+
+
+async def test_reads_rung_by_pushes_go_at_once_then_the_last_ones_spread_to_the_windows_end() -> None:
+    """Pushes come in bursts: the reads they ring go at once, but the last quarter of the window's
+    spare reads are spread to its end, and the reserve is never spent."""
+    clock = Clock()
+    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    config = InboundConfig(reserve=2, min_interval=0.0)
+    store, x, slack = cast(Store, None), cast(XClient, None), cast(SlackClient, None)
+    inbound = Inbound(store, x, slack, cast(TokenManager, None), budget, cast(ClockPort, clock), config)
+    inbound.rang(1, ["10"])
+    assert inbound.next_poll_at(1) == 1000.0  # nothing read yet in this window
+    reset = 1900.0
+    for remaining in range(14, 1, -1):  # reads made, X's headers counting down
+        clock.t += 10
+        await budget.read(1, clock.now, answer(remaining, reset))
+        inbound._next_poll.clear()
+        inbound.rang(1, [str(remaining)])
+        spare = remaining - config.reserve
+        expected = clock.t if spare > 3 else (clock.t + (reset - clock.t) / spare if spare else reset)
+        assert inbound.next_poll_at(1) == pytest.approx(expected), remaining
