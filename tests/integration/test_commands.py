@@ -318,3 +318,28 @@ async def test_connect_with_dm_scopes_missing_says_so_and_binds_nothing(tmp_path
         assert await bridge.sql("SELECT COUNT(*) FROM accounts") == [(0,)]
         granted = [t for t in bridge.x.access_tokens.values() if t.user_id == ME]
         assert granted and all(t.revoked for t in granted)  # the useless grant is given back
+
+
+async def test_link_with_the_read_budget_spent_says_until_when_and_links_nothing(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        # X says the read window is spent for the next 15 minutes: too long to wait for.
+        bridge.x.injected_reset_seconds = 900
+        bridge.x.inject("429", path_contains="/2/dm_conversations/")
+        _, response_url = await bridge.command(f"link {ME}-{ALICE}")
+        told = await bridge.follow_up(response_url)
+        assert "read budget is spent until" in told["text"] and "nothing was linked" in told["text"], told
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(0,)]
+        reads = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")]
+        assert len(reads) == 1  # asked once; not again before the window opens
+
+
+async def test_link_waits_for_a_read_window_about_to_open(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.injected_reset_seconds = 1  # spent, but open again in a moment
+        bridge.x.inject("429", path_contains="/2/dm_conversations/")
+        ack = await bridge.map_link(f"{ME}-{ALICE}")
+        assert "bridged this channel" in ack.text
+        reads = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")]
+        assert len(reads) == 2  # refused once, then read when the window opened
