@@ -300,6 +300,9 @@ class ConnectService:
                 f" {channels} stay paused: they are bridged to @{previous.username}'s conversations, "
                 "not this account's (`/xdm status` there says how to map them again)."
             )
+        # The worker and the reader know first: by the time the person reads "connected", the
+        # waiting messages are indeed on their way.
+        self._on_connected(account)
         await self._reply(
             response_url,
             f":white_check_mark: Connected X account @{user.username}: "
@@ -307,7 +310,6 @@ class ConnectService:
             replace=True,
             fallback=pending,
         )
-        self._on_connected(account)
         for mapping in resumed:
             await self._announce(
                 mapping,
