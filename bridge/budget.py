@@ -297,6 +297,18 @@ class Budget:
         window.roll(now)
         return window.remaining, window.limit, window.reset_at or None
 
+    async def adopt_stored_reads(self, account_id: int, now: float) -> None:
+        """Lower this instance's view of the account's read window to what the store has.
+
+        For a read made outside the poller (`/xdm link`'s check), possibly on a standby whose
+        windows are never otherwise used: it must spend from what the leader has spent (saved
+        before each read), not from the full window the standby loaded at start."""
+        remaining, _, reset_at = await self.stored_reads_left(account_id, now)
+        window = self._read_window(account_id)
+        window.roll(now)
+        if reset_at is not None and remaining < window.remaining:
+            window.remaining, window.reset_at = remaining, reset_at
+
     @asynccontextmanager
     async def reading(self, account_id: int) -> AsyncIterator[None]:
         """Hold the account's read turn: its reads go one at a time, so headers are exact."""

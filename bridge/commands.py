@@ -7,22 +7,24 @@ that reports through ``response_url`` when X has answered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import urlencode
 
 from bridge.budget import Budget
 from bridge.connect import ConnectService, held_notice
-from bridge.errors import CommandError, XAuthRevoked, XError
+from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited, XRefused
 from bridge.model import (
     X_CONVERSATION_ID,
     X_USER_ID,
     X_USERNAME,
     Account,
+    InboxPage,
     IncomingMessage,
     Mapping,
     MappingKind,
@@ -40,12 +42,13 @@ log = logging.getLogger("bridge.commands")
 MIN_GROUP = 2
 MAX_GROUP = 49
 STATE_TTL = 600.0
+LINK_READ_WAIT = 60.0  # seconds `/xdm link` waits for a read window about to open
 
 HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm connect` – connect your X account (messages are sent as the account of whoever mapped the channel)
 • `/xdm new-group @alice @bob … [opening message]` – bridge this channel to a new X group DM (2 to 49 people)
 • `/xdm dm @alice [message]` – bridge this channel to your 1-to-1 DM with @alice
-• `/xdm link <conversation id>` – bridge this channel to an existing conversation (`123-456` or a group id)
+• `/xdm link <conversation id>` – bridge to a conversation you are in (group id, or `<your X id>-<theirs>`)
 • `/xdm unlink` – stop bridging this channel
 • `/xdm status` – this channel's mapping, its X account and what is waiting
 • `/xdm disconnect` – revoke the bridge's access to your X account; your channels pause until you reconnect
@@ -188,12 +191,15 @@ def parse(text: str) -> Command:
         return DirectMessage(found, " ".join(rest[1:]))
     if verb == "link":
         if len(rest) != 1:
-            raise CommandError("Usage: `/xdm link <conversation id>`, e.g. `/xdm link 123-456`.")
+            raise CommandError(
+                "Usage: `/xdm link <conversation id>`: a 1-to-1 id is your X user id and the other "
+                "person's, joined by `-` (smaller first); a group id is 15 to 19 digits."
+            )
         conversation_id = rest[0]
         if not X_CONVERSATION_ID.match(conversation_id):
             raise CommandError(
-                f"`{conversation_id}` is not an X conversation id: a 1-to-1 id looks like `123-456` "
-                "(two user ids), a group id is 15 to 19 digits."
+                f"`{conversation_id}` is not an X conversation id: a 1-to-1 id is two X user ids "
+                "joined by `-`, a group id is 15 to 19 digits."
             )
         return Link(conversation_id)
     return Help(unknown=words[0])
@@ -292,9 +298,13 @@ class CommandService:
             case Disconnect():
                 return await self._disconnect(ctx)
             case Link(conversation_id=conversation_id):
-                await self._mapping_account(ctx)  # "connect first" comes before the channel's rules
+                account = await self._mapping_account(ctx)  # "connect first" before the channel's rules
                 await self._may_map(ctx)
-                return await self._link(ctx, conversation_id)
+                _check_includes(account, conversation_id)
+                return Reply(
+                    f"Checking that @{account.x_username} can read X conversation `{conversation_id}`…",
+                    follow_up=lambda: self._report(ctx, self._link(ctx, account, conversation_id)),
+                )
             case NewGroup() | DirectMessage():
                 account = await self._mapping_account(ctx)
                 await self._may_map(ctx)
@@ -494,17 +504,55 @@ class CommandService:
 
         return Reply(f"Disconnecting @{account.x_username}…", follow_up=lambda: self._report(ctx, work()))
 
-    async def _link(self, ctx: CommandContext, conversation_id: str) -> Reply:
-        account = await self._mapping_account(ctx)
+    async def _link(self, ctx: CommandContext, account: Account, conversation_id: str) -> Reply:
+        """Map the channel once X has shown the account can read the conversation.
+
+        A conversation the account is not in (or that does not exist) would get every message
+        refused while `/xdm status` said "bridged": one read of its newest event, within the
+        account's read budget, tells before anything is announced.
+        """
+        await self._readable(account, conversation_id)
         mapping = await self._map(ctx, account, MappingKind.LINK, conversation_id=conversation_id)
+        note = await self._one_way_note(account, conversation_peers(mapping, account.x_user_id), {})
+        text = self._mapped_text(ctx, mapping, account) + (f"\n{note}" if note else "")
+        return Reply(text, in_channel=True)
 
-        async def say_if_one_way() -> None:
-            # After the ack: X is asked, and Slack wants its answer within 3 s.
-            note = await self._one_way_note(account, conversation_peers(mapping, account.x_user_id), {})
-            if note:
-                await self._slack.post_message(ctx.team_id, ctx.channel_id, note)
+    async def _readable(self, account: Account, conversation_id: str) -> None:
+        """One read of the conversation (``max_results=1``); raises ``CommandError`` saying why not."""
 
-        return Reply(self._mapped_text(ctx, mapping, account), in_channel=True, follow_up=say_if_one_way)
+        async def read(token: str) -> tuple[InboxPage, RateFacts]:
+            return await self._x.dm_events(token, max_results=1, conversation_id=conversation_id)
+
+        for attempt in range(2):
+            await self._budget.adopt_stored_reads(account.id, self._clock.now())
+            try:
+                await self._budget.read(account.id, self._clock.now, lambda: self._tokens.call(account, read))
+                return
+            except XRateLimited as exc:
+                wait = exc.reset_at - self._clock.now()
+                if attempt == 0 and wait <= LINK_READ_WAIT:
+                    # The poller spent the window just now: a window that opens soon is worth
+                    # waiting for (the answer goes through response_url, valid for 30 minutes).
+                    await asyncio.sleep(max(0.0, wait))
+                    continue
+                self._refuse_spent(account, conversation_id, exc)
+            except XRefused as exc:
+                log.info(
+                    "link refused: X does not let the account read the conversation",
+                    extra={"account_id": account.id, "status": exc.status},
+                )
+                raise CommandError(
+                    f"X says @{account.x_username} cannot read X conversation `{conversation_id}` "
+                    f"(HTTP {exc.status}): it does not exist or @{account.x_username} is not in it. "
+                    "Nothing was linked."
+                ) from exc
+
+    def _refuse_spent(self, account: Account, conversation_id: str, exc: XRateLimited) -> NoReturn:
+        raise CommandError(
+            f"@{account.x_username}'s X read budget is spent until "
+            f"{_clock_time(exc.reset_at, self._clock.now())}, so X conversation "
+            f"`{conversation_id}` could not be checked; nothing was linked. Try again then."
+        ) from exc
 
     # -- commands that talk to X ----------------------------------------------
 
@@ -712,6 +760,20 @@ class CommandService:
         return (
             f"<@{ctx.user_id}> bridged this channel to {where}. "
             f"Messages posted here go to X as @{account.x_username}."
+        )
+
+
+def _check_includes(account: Account, conversation_id: str) -> None:
+    """A 1-to-1 id is its two people's ids: refuse one that leaves out the account's."""
+    if "-" not in conversation_id:
+        return  # a group id says nothing of its people; the read that follows does
+    if account.x_user_id not in conversation_id.split("-"):
+        raise CommandError(
+            f"`{conversation_id}` is the 1-to-1 conversation of X users "
+            f"{' and '.join(conversation_id.split('-'))}, and your X account @{account.x_username} "
+            f"(id {account.x_user_id}) is not one of them, so it could neither read nor send there. "
+            "A 1-to-1 id with you holds your id and the other person's, smaller first; or use "
+            "`/xdm dm @name`."
         )
 
 

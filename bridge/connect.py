@@ -4,17 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
-from bridge.errors import OAuthBrowserError, OAuthStateError, XError
-from bridge.model import Account, Mapping, OAuthState, XUser
+from bridge.errors import OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable, XError
+from bridge.model import Account, Button, Mapping, OAuthState, PendingConnection, TokenSet, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
+from bridge.settings import SCOPES
 
 log = logging.getLogger("bridge.connect")
 
 
 OPERATOR = "operator"  # ``by`` when the CLI disconnects an account
+PENDING_TTL = 300.0  # seconds the Slack user has to confirm an authorization made in a browser
+CONFIRM_ACTION = "xdm_connect_confirm"  # the buttons' action_ids (Slack interactivity)
+CANCEL_ACTION = "xdm_connect_cancel"
+
+
+@dataclass(frozen=True)
+class ConnectAnswer:
+    """A click on a connect question: which button, on which pending connection, by whom."""
+
+    pending_id: str
+    team_id: str
+    user_id: str
+    confirm: bool
+    response_url: str | None
+
+
+def missing_scopes(granted: str) -> list[str]:
+    """The scopes the bridge asks for that X's token answer (``scope``, space-separated) left out.
+
+    An answer without ``scope`` grants what was asked (RFC 6749 §5.1), so nothing is missing.
+    """
+    if not granted.strip():
+        return []
+    given = set(granted.split())
+    return [scope for scope in SCOPES if scope not in given]
 
 
 def browser_hash(browser_key: str) -> str:
@@ -101,40 +129,154 @@ class ConnectService:
 
     async def complete(
         self, state: str, code: str | None, error: str | None, browser_key: str | None
-    ) -> tuple[Account, OAuthState] | None:
+    ) -> PendingConnection | None:
         """Finish one authorization in the browser that confirmed it (``browser_key``, its cookie).
+
+        Nothing is bound yet: the tokens wait as a ``PendingConnection`` and the Slack user who
+        ran `/xdm connect` is asked in Slack (``answer`` binds on their click). Whoever opened
+        the link chose the X account, so only that Slack user's click may bind it to them.
 
         Raises ``OAuthBrowserError`` without that cookie and ``OAuthStateError`` for a bad, used
         or expired state: nothing is stored then. Returns None when the user declined on X (they
-        are told in Slack). Other failures (X refusing the code) propagate as
-        ``XError``/``XAuthRevoked`` after the user has been told.
+        are told in Slack). ``OAuthScopeError`` when X granted too little; other failures (X
+        refusing the code) propagate as ``XError``/``XAuthRevoked`` after the user has been told.
         """
         if not browser_key:
             raise OAuthBrowserError(
                 "This connection can only be finished in the browser where it was confirmed on the "
                 "bridge's page, and this browser did not confirm it. Nothing was connected."
             )
-        pending = (
+        flow = (
             await self._store.consume_oauth_state(state, self._clock.now(), browser_hash(browser_key))
             if state
             else None
         )
-        if pending is None:
+        if flow is None:
             raise OAuthStateError(
                 "This link is not valid: it was already used, has expired, or was not issued by this bridge."
             )
+        await self.discard_expired()
         if error or not code:
-            log.info("X authorization declined", extra={"team": pending.team_id, "error": error})
-            await self._tell(
-                pending.response_url, pending, "X authorization was cancelled; nothing was connected."
-            )
+            log.info("X authorization declined", extra={"team": flow.team_id, "error": error})
+            await self._tell(flow.response_url, flow, "X authorization was cancelled; nothing was connected.")
             return None
         try:
-            tokens = await self._oauth.exchange(code, pending.code_verifier)
+            tokens = await self._oauth.exchange(code, flow.code_verifier)
+        except Exception as exc:
+            await self._tell(flow.response_url, flow, f":x: Connecting your X account failed: {exc}")
+            raise
+        missing = missing_scopes(tokens.scope)
+        if missing:
+            await self._refuse_grant(flow, tokens, missing)
+        try:
             user = await self._x.me(tokens.access_token)
         except Exception as exc:
-            await self._tell(pending.response_url, pending, f":x: Connecting your X account failed: {exc}")
+            await self._tell(flow.response_url, flow, f":x: Connecting your X account failed: {exc}")
             raise
+        pending = PendingConnection(
+            id=secrets.token_urlsafe(24),
+            team_id=flow.team_id,
+            slack_user_id=flow.slack_user_id,
+            channel_id=flow.channel_id,
+            response_url=flow.response_url,
+            x_user=user,
+            tokens=tokens,
+            expires_at=self._clock.now() + PENDING_TTL,
+        )
+        await self._store.save_pending_connection(pending)
+        await self._ask(pending)
+        log.info(
+            "X authorized; waiting for the Slack user's confirmation",
+            extra={"team": flow.team_id, "x_user_id": user.id},
+        )
+        return pending
+
+    async def _ask(self, pending: PendingConnection) -> None:
+        """Ask the Slack user (in the channel of their `/xdm connect`, else in a DM) to confirm."""
+        text = (
+            f"Your `/xdm connect` link was completed in a browser with X account "
+            f"*@{pending.x_user.username}*. Confirm to connect @{pending.x_user.username} to your "
+            "Slack account: channels you bridge will then send X DMs in its name. If you did not "
+            f"just approve @{pending.x_user.username} on X yourself, press Cancel (someone else "
+            f"opened your link). This question expires in {int(PENDING_TTL // 60)} minutes."
+        )
+        buttons = (
+            Button(CONFIRM_ACTION, f"Connect @{pending.x_user.username}", pending.id, "primary"),
+            Button(CANCEL_ACTION, "Cancel", pending.id, "danger"),
+        )
+        where = [pending.channel_id, None] if pending.channel_id else [None]
+        for channel in where:
+            try:
+                await self._slack.ask(pending.team_id, channel, pending.slack_user_id, text, buttons)
+                return
+            except Exception as exc:  # not in that channel, say: a DM reaches them
+                log.warning(
+                    "could not ask the Slack user to confirm",
+                    extra={"channel": channel or "dm", "error": type(exc).__name__},
+                )
+        # Nobody can confirm it: give X's grant back now rather than when it expires.
+        await self._store.take_pending_connection(
+            pending.id, pending.team_id, pending.slack_user_id, self._clock.now()
+        )
+        await self._revoke(pending.tokens, None)
+        raise SlackUnreachable(
+            "The bridge could not ask you in Slack to confirm this X account, so nothing was "
+            "connected. Run /xdm connect in a channel the bridge's bot is in, and try again."
+        )
+
+    async def answer(self, choice: ConnectAnswer) -> None:
+        """A click on a connect question's Confirm or Cancel (signature already checked).
+
+        Only the Slack user the question was for may answer it, once, before it expires;
+        Confirm binds the X account to them, Cancel revokes X's grant.
+        """
+        await self.discard_expired()
+        now = self._clock.now()
+        found = await self._store.get_pending_connection(choice.pending_id, now)
+        if found is not None and (found.team_id, found.slack_user_id) != (choice.team_id, choice.user_id):
+            log.warning(
+                "connect answer refused: clicked by another Slack user",
+                extra={"team": choice.team_id, "user": choice.user_id},
+            )
+            await self._reply(
+                choice.response_url,
+                f":no_entry: This question is for <@{found.slack_user_id}>: only they can connect an X "
+                "account to their Slack account. Nothing was changed.",
+            )
+            return
+        taken = await self._store.take_pending_connection(
+            choice.pending_id, choice.team_id, choice.user_id, now
+        )
+        if taken is None:
+            await self._reply(
+                choice.response_url,
+                "This connection was already answered or has expired; nothing was changed. "
+                "Run `/xdm connect` to start again.",
+            )
+            return
+        if not choice.confirm:
+            revoked = await self._revoke(taken.tokens, None)
+            log.info("X connection cancelled in Slack", extra={"team": taken.team_id, "revoked": revoked})
+            await self._reply(
+                choice.response_url,
+                f"Cancelled: X account @{taken.x_user.username} was not connected, and the bridge "
+                "gave back the access X granted it.",
+                replace=True,
+            )
+            return
+        await self._bind(taken, choice.response_url)
+
+    async def discard_expired(self) -> int:
+        """Revoke and forget connections nobody confirmed in time; returns how many."""
+        expired = await self._store.take_expired_pending_connections(self._clock.now())
+        for pending in expired:
+            await self._revoke(pending.tokens, None)
+            log.info("unconfirmed X connection expired", extra={"team": pending.team_id})
+        return len(expired)
+
+    async def _bind(self, pending: PendingConnection, response_url: str | None) -> Account:
+        """The Slack user confirmed: the X account is theirs from now on."""
+        user, tokens = pending.x_user, pending.tokens
         before = await self._store.account_for_user(pending.team_id, pending.slack_user_id)
         account = await self._store.save_account(pending.team_id, pending.slack_user_id, user, tokens)
         # Before anything is released: what belongs to another X account must not go as this one.
@@ -158,13 +300,16 @@ class ConnectService:
                 f" {channels} stay paused: they are bridged to @{previous.username}'s conversations, "
                 "not this account's (`/xdm status` there says how to map them again)."
             )
-        await self._tell(
-            pending.response_url,
-            pending,
+        # The worker and the reader know first: by the time the person reads "connected", the
+        # waiting messages are indeed on their way.
+        self._on_connected(account)
+        await self._reply(
+            response_url,
             f":white_check_mark: Connected X account @{user.username}: "
             f"channels you bridge from now on send as this account.{tail}",
+            replace=True,
+            fallback=pending,
         )
-        self._on_connected(account)
         for mapping in resumed:
             await self._announce(
                 mapping,
@@ -174,7 +319,7 @@ class ConnectService:
             )
         for mapping in held:
             await self._announce(mapping, held_notice(mapping, account))
-        return account, pending
+        return account
 
     async def disconnect(self, account: Account, by: str) -> Disconnected:
         """Delete the account's tokens, pause its mappings (announced in each channel), revoke at X.
@@ -185,19 +330,7 @@ class ConnectService:
         """
         paused = await self._store.disconnect_account(account.id, self._clock.now(), by)
         self._on_disconnected(account)
-        revoked = True
-        # The refresh token first: it is the one that could mint new access tokens.
-        for token in (account.tokens.refresh_token, account.tokens.access_token):
-            if not token:
-                continue
-            try:
-                await self._oauth.revoke(token)
-            except XError as exc:
-                revoked = False
-                log.warning(
-                    "X did not confirm a token revocation",
-                    extra={"account_id": account.id, "error": type(exc).__name__, "status": exc.status},
-                )
+        revoked = await self._revoke(account.tokens, account.id)
         log.info(
             "X account disconnected",
             extra={"account_id": account.id, "by": by, "paused": len(paused), "revoked": revoked},
@@ -211,6 +344,40 @@ class ConnectService:
             )
         return Disconnected(account, paused, revoked)
 
+    async def _refuse_grant(self, pending: OAuthState, tokens: TokenSet, missing: list[str]) -> NoReturn:
+        """X granted less than the bridge needs: give the grant back, tell the user, bind nothing."""
+        log.warning(
+            "X granted too few scopes; nothing connected",
+            extra={"team": pending.team_id, "missing": " ".join(missing)},
+        )
+        await self._revoke(tokens, None)
+        text = (
+            f"X granted the bridge only part of the access it asks for: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing, and without "
+            f"{'it' if len(missing) == 1 else 'them'} X would refuse the bridge's DMs. "
+            "Nothing was connected. Approve every permission X lists when you connect (if X did not "
+            "offer them, the bridge's X app needs Direct Message permissions in the X developer portal)."
+        )
+        await self._tell(pending.response_url, pending, f":x: {text}")
+        raise OAuthScopeError(text)
+
+    async def _revoke(self, tokens: TokenSet, account_id: int | None) -> bool:
+        """Ask X to revoke both tokens; True when X confirmed every revocation."""
+        revoked = True
+        # The refresh token first: it is the one that could mint new access tokens.
+        for token in (tokens.refresh_token, tokens.access_token):
+            if not token:
+                continue
+            try:
+                await self._oauth.revoke(token)
+            except XError as exc:
+                revoked = False
+                log.warning(
+                    "X did not confirm a token revocation",
+                    extra={"account_id": account_id, "error": type(exc).__name__, "status": exc.status},
+                )
+        return revoked
+
     async def _announce(self, mapping: Mapping, text: str) -> None:
         try:
             await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
@@ -219,6 +386,23 @@ class ConnectService:
                 "could not announce in the channel",
                 extra={"channel": mapping.channel_id, "error": type(exc).__name__},
             )
+
+    async def _reply(
+        self,
+        response_url: str | None,
+        text: str,
+        *,
+        replace: bool = False,
+        fallback: PendingConnection | None = None,
+    ) -> None:
+        """Answer a click through its ``response_url`` (``replace``: in place of the question)."""
+        try:
+            if response_url:
+                await self._slack.respond(response_url, text, replace=replace)
+            elif fallback is not None:
+                await self._slack.post_message(fallback.team_id, fallback.slack_user_id, text)
+        except Exception as exc:
+            log.warning("could not answer in Slack", extra={"error": type(exc).__name__})
 
     async def _tell(self, response_url: str | None, pending: OAuthState, text: str) -> None:
         try:

@@ -80,6 +80,14 @@ class OAuthBrowserError(OAuthStateError):
     """The flow was confirmed in another browser (or not at all): its cookie is missing here."""
 
 
+class OAuthScopeError(BridgeError):
+    """X granted fewer scopes than the bridge needs; ``str(err)`` names the missing ones."""
+
+
+class SlackUnreachable(BridgeError):
+    """The bridge could not ask a Slack user something; ``str(err)`` tells them what to do."""
+
+
 class StoreUnavailable(BridgeError):
     """The database cannot be opened, created or migrated; ``str(err)`` names the path and why."""
 

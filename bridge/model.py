@@ -94,6 +94,35 @@ class OAuthState:
 
 
 @dataclass(frozen=True)
+class PendingConnection:
+    """An X authorization finished in a browser, waiting for the Slack user who asked to confirm.
+
+    Whoever opened the connect link chose the X account; only the Slack user who ran
+    `/xdm connect` may bind it to themselves, by a click in Slack. Until then (or until
+    ``expires_at``) the tokens are kept, encrypted, and used for nothing.
+    """
+
+    id: str  # random; the Slack buttons carry it
+    team_id: str
+    slack_user_id: str
+    channel_id: str  # where `/xdm connect` was typed ("" for none)
+    response_url: str | None  # the command's, for the outcome
+    x_user: XUser
+    tokens: TokenSet = field(repr=False)
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Button:
+    """A button in a Slack message: ``action_id`` routes the click, ``value`` travels with it."""
+
+    action_id: str
+    text: str
+    value: str
+    style: str | None = None  # "primary" | "danger"
+
+
+@dataclass(frozen=True)
 class Target:
     """Where one DM goes: by participant (1-to-1), by conversation id, or a group to create.
 

@@ -17,6 +17,7 @@ from bridge.model import (
     Accepted,
     Account,
     AuthorizationRequest,
+    Button,
     EventPage,
     InboundEvent,
     InboundItem,
@@ -27,6 +28,7 @@ from bridge.model import (
     OAuthState,
     OutboxItem,
     OutboxState,
+    PendingConnection,
     ReadGap,
     RenderedPart,
     Sent,
@@ -100,6 +102,26 @@ class Store(Protocol):
     async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         """Use the flow once: only if unused, unexpired and confirmed by the browser whose cookie
         hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
+        ...
+
+    # connections waiting for the Slack user's confirmation
+    async def save_pending_connection(self, pending: PendingConnection) -> None:
+        """Keep an authorization (its tokens encrypted) until its Slack user confirms or cancels."""
+        ...
+
+    async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
+        """The unexpired pending connection (read only: whose it is, for a refusal's wording)."""
+        ...
+
+    async def take_pending_connection(
+        self, pending_id: str, team_id: str, slack_user_id: str, now: float
+    ) -> PendingConnection | None:
+        """Remove and return it, only for its own Slack user and before it expires. One atomic
+        step: a click replayed (or racing on another instance) gets None."""
+        ...
+
+    async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
+        """Remove and return every pending connection expired by ``now`` (their tokens to revoke)."""
         ...
 
     # mappings
@@ -499,6 +521,13 @@ class SlackClient(Protocol):
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None: ...
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None: ...
+    async def ask(
+        self, team_id: str, channel_id: str | None, user_id: str, text: str, buttons: Sequence[Button]
+    ) -> None:
+        """Ask ``user_id`` with buttons: an ephemeral message in ``channel_id``, or a direct
+        message from the bot when it is None. Clicks come back through Slack's interactivity."""
+        ...
+
     async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
         """Post as the bot; returns the message's ts."""
 
@@ -549,7 +578,13 @@ class SlackClient(Protocol):
         """The bot's user name, for "/invite @name" (``auth.test``)."""
         ...
 
-    async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None: ...
+    async def respond(
+        self, response_url: str, text: str, *, in_channel: bool = False, replace: bool = False
+    ) -> None:
+        """Answer through a ``response_url``; ``replace`` replaces the message whose button was
+        clicked (its buttons go with it)."""
+        ...
+
     async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
         """The full ``files[]`` object of a file an event carried only as a stub (``check_file_info``).
 

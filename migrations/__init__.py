@@ -447,6 +447,37 @@ def m0017_inbound_retention(db: Database) -> None:
     db.execute("CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed'")
 
 
+@migrations(name="0018_pending_connections")
+def m0018_pending_connections(db: Database) -> None:
+    """An X authorization waits for its Slack user's confirmation before it is bound (issue 17).
+
+    Whoever opens a `/xdm connect` link picks the X account, so a forwarded link could bind
+    someone else's account to the Slack user who asked. X's callback now keeps the tokens
+    here (Fernet ciphertext, like ``accounts``) for a few minutes, and the Slack user who ran
+    the command binds them with a click in Slack; Cancel or expiry deletes the row (and the
+    tokens are revoked at X). ``id`` is random and is what the Slack buttons carry.
+    """
+    db.table("pending_connections").create(
+        {
+            "id": str,
+            "team_id": str,
+            "slack_user_id": str,
+            "channel_id": str,
+            "response_url": str,
+            "x_user_id": str,
+            "x_username": str,
+            "access_token": str,  # Fernet ciphertext
+            "refresh_token": str,  # Fernet ciphertext, may be NULL
+            "token_expires_at": float,
+            "scope": str,
+            "expires_at": float,
+        },
+        pk="id",
+        not_null={"team_id", "slack_user_id", "x_user_id", "x_username", "access_token", "expires_at"},
+    )
+    db.table("pending_connections").create_index(["expires_at"])
+
+
 @migrations(name="0019_xchat_identities")
 def m0019_xchat_identities(db: Database) -> None:
     """X Chat identities (issue 19): the X Chat keys of an account the operator controls, made by

@@ -290,8 +290,30 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed';
         """,
     ),
+    (
+        # SQLite's 0018: an X authorization waits (tokens encrypted) for a click in Slack by the
+        # Slack user who ran `/xdm connect` before it is bound to them.
+        "0014_pending_connections",
+        """
+        CREATE TABLE pending_connections (
+            id TEXT PRIMARY KEY,
+            team_id TEXT NOT NULL,
+            slack_user_id TEXT NOT NULL,
+            channel_id TEXT,
+            response_url TEXT,
+            x_user_id TEXT NOT NULL,
+            x_username TEXT NOT NULL,
+            access_token TEXT NOT NULL,      -- Fernet ciphertext
+            refresh_token TEXT,              -- Fernet ciphertext
+            token_expires_at DOUBLE PRECISION,
+            scope TEXT,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX idx_pending_connections_expires_at ON pending_connections (expires_at);
+        """,
+    ),
     # SQLite's 0019, the same statement: X Chat identities of accounts the operator controls.
-    ("0019_xchat_identities", XCHAT_IDENTITIES),
+    ("0015_xchat_identities", XCHAT_IDENTITIES),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -308,6 +330,7 @@ TABLES = (
     "backfills",
     "read_schedule",
     "parked_cursors",
+    "pending_connections",
     "xchat_identities",
     "xchat_peers",
 )

@@ -8,6 +8,7 @@ the way Slack signs. Nothing of our own is mocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -20,11 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.sandbox.fake_slack import FakeSlack, SlackResult, SlackSender, run_fake_slack
+from adapters.sandbox.fake_slack import Button, FakeSlack, SlackCall, SlackResult, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web import edge
 from adapters.web.app import create_app
+from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION
 from bridge.delivery import DeliveryConfig
 from bridge.inbound import InboundConfig
 from bridge.ports import Clock
@@ -130,9 +132,27 @@ class Bridge:
             assert response.status == 303, await response.text()
             return response.headers["Location"]
 
+    def connect_button(self, user: str = "U100", *, confirm: bool = True) -> Button:
+        """The newest Confirm (or Cancel) button of a connect question shown to ``user``."""
+        action = CONFIRM_ACTION if confirm else CANCEL_ACTION
+        found = [b for b in self.slack.buttons(user) if b.action_id == action]
+        assert found, f"no {action} button shown to {user}: {self.slack.buttons()}"
+        return found[-1]
+
+    async def answer_connect(
+        self, user: str = "U100", *, confirm: bool = True, clicked_by: str | None = None
+    ) -> tuple[SlackResult, str]:
+        """Click Confirm (or Cancel) on ``user``'s connect question, as ``clicked_by`` (default:
+        ``user``); returns the bridge's HTTP answer and the click's ``response_url``."""
+        button = self.connect_button(user, confirm=confirm)
+        response_url = self.slack.click_response_url(button)
+        result = await self.sender.click(button, user_id=clicked_by or user, response_url=response_url)
+        assert result.status == 200, result.text
+        return result, response_url
+
     async def connect(self, *, user: str = "U100", channel: str = "C100", x_user: str = ME) -> str:
-        """`/xdm connect`, the bridge's page, then the browser's trip through X; returns the
-        callback page's HTML."""
+        """`/xdm connect`, the bridge's page, the browser's trip through X, then Confirm in Slack
+        (waiting until the bridge answered it); returns the callback page's HTML."""
         ack, _ = await self.command("connect", user=user, channel=channel)
         url = await self.confirm(authorize_url(ack.text))
         self.x.authorizing_user_id = x_user
@@ -142,14 +162,26 @@ class Bridge:
         async with self.session.get(location) as response:
             page = await response.text()
             assert response.status == 200, page
+        _, response_url = await self.answer_connect(user)
+        told = await self.follow_up(response_url)
+        assert "Connected X account" in told["text"], told
         return page
+
+    def notes(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Ephemeral notes the bridge posted (``connect`` leaves its question, with buttons, out)."""
+        return [e for e in self.slack.ephemerals(user) if "blocks" not in e]
 
     async def map_link(
         self, conversation_id: str, *, user: str = "U100", channel: str = "C100"
     ) -> SlackResult:
-        ack, _ = await self.command(f"link {conversation_id}", user=user, channel=channel)
+        """`/xdm link`; returns its outcome as an answer of Slack's shape (``text``/``response_type``):
+        the bridge reads the conversation at X first and says the outcome through ``response_url``."""
+        ack, response_url = await self.command(f"link {conversation_id}", user=user, channel=channel)
         assert ack.status == 200
-        return ack
+        if ":x:" in ack.text:
+            return ack  # refused at once
+        told = await self.follow_up(response_url)
+        return SlackResult(status=200, text=json.dumps(told), headers={})
 
     async def post(
         self, text: str, *, channel: str = "C100", user: str = "U100", **kw: Any
@@ -182,10 +214,16 @@ class Bridge:
         return [e.text or "" for e in events]
 
 
+def note(call: SlackCall) -> bool:
+    """A ``chat.postEphemeral`` that is a note: not the connect question, which has buttons."""
+    return call.method == "chat.postEphemeral" and "blocks" not in call.params
+
+
 async def linked(bridge: Bridge, conversation: str = "1000-2001", channel: str = "C100") -> None:
     """The usual start: U100 connects X account 1000 and links ``channel`` to ``conversation``."""
     await bridge.connect()
-    await bridge.map_link(conversation, channel=channel)
+    ack = await bridge.map_link(conversation, channel=channel)
+    assert "bridged this channel" in ack.text, ack.text
 
 
 def browser_cookies() -> aiohttp.CookieJar:

@@ -38,6 +38,7 @@ from slack_sdk.signature import SignatureVerifier
 __all__ = [
     "RESPONSE_URL_MAX_USES",
     "RESPONSE_URL_TTL_SECONDS",
+    "Button",
     "FakeSlack",
     "FileDownload",
     "SlackCall",
@@ -147,6 +148,21 @@ class FileDownload:
 class _ResponseUrl:
     created_at: float
     uses: int = 0
+    message: dict[str, Any] | None = None  # the message a click came from: replace_original edits it
+
+
+@dataclass(frozen=True)
+class Button:
+    """A button the bot showed someone, as Slack would render it (see :meth:`FakeSlack.buttons`)."""
+
+    user: str  # who sees it: the ephemeral's recipient, or the user a DM went to
+    channel: str
+    message_ts: str
+    ephemeral: bool
+    action_id: str
+    text: str
+    value: str
+    block_id: str
 
 
 @dataclass
@@ -584,6 +600,35 @@ class FakeSlack:
         given, ``blocks``, ``attachments``, ``thread_ts``.
         """
         return [dict(e) for e in self._ephemerals if user is None or e["user"] == user]
+
+    def buttons(self, user: str | None = None) -> list[Button]:
+        """Buttons on live messages, oldest first: ephemerals (for ``user``) and bot DMs to ``user``.
+
+        A message whose buttons were replaced (``replace_original`` on a click's
+        ``response_url``) shows none any more."""
+        found: list[Button] = []
+        for record in self._ephemerals:
+            if user is None or record["user"] == user:
+                found += _buttons_of(
+                    record, record["user"], str(record["channel"]), str(record["message_ts"]), True
+                )
+        for message in self._messages.values():
+            channel = str(message["channel"])
+            if channel.startswith(("U", "W")) and (user is None or channel == user):
+                found += _buttons_of(message, channel, channel, str(message["ts"]), False)
+        return found
+
+    def click_response_url(self, button: Button) -> str:
+        """A ``response_url`` for a click on ``button``: ``replace_original`` there replaces its message."""
+        url = self.new_response_url()
+        record = self._message_of(button)
+        self._response_urls[_response_id(url)].message = record
+        return url
+
+    def _message_of(self, button: Button) -> dict[str, Any] | None:
+        if not button.ephemeral:
+            return self._messages.get((button.channel, button.message_ts))
+        return next((e for e in self._ephemerals if e["message_ts"] == button.message_ts), None)
 
     def posted(self, channel: str | None = None) -> list[dict[str, Any]]:
         """Live (not deleted) messages posted with ``chat.postMessage``, in posting order.
@@ -1113,9 +1158,39 @@ class FakeSlack:
         if not has_content and not payload.get("delete_original"):
             return web.json_response({"ok": False, "error": "no_text"}, status=400)
         state.uses += 1
+        if _truthy(payload.get("replace_original")) and state.message is not None:
+            # The clicked message now reads as the answer; its buttons are gone.
+            state.message["text"] = str(payload.get("text") or "")
+            state.message["blocks"] = payload.get("blocks") or []
         self.responses.setdefault(response_id, []).append(payload)
         self._notify()
         return web.json_response({"ok": True})
+
+
+def _buttons_of(
+    message: Mapping[str, Any], user: str, channel: str, message_ts: str, ephemeral: bool
+) -> list[Button]:
+    found = []
+    for block in message.get("blocks") or []:
+        if not isinstance(block, dict) or block.get("type") != "actions":
+            continue
+        block_id = str(block.get("block_id") or f"b{message_ts}")
+        for element in block.get("elements") or []:
+            if isinstance(element, dict) and element.get("type") == "button":
+                label = element.get("text")
+                found.append(
+                    Button(
+                        user=user,
+                        channel=channel,
+                        message_ts=message_ts,
+                        ephemeral=ephemeral,
+                        action_id=str(element.get("action_id", "")),
+                        text=str(label.get("text", "")) if isinstance(label, dict) else "",
+                        value=str(element.get("value", "")),
+                        block_id=block_id,
+                    )
+                )
+    return found
 
 
 @asynccontextmanager
@@ -1468,6 +1543,64 @@ class SlackSender:
             enterprise_name=enterprise_name,
         )
         body = urlencode(fields).encode()
+        return await self.raw(
+            body,
+            "application/x-www-form-urlencoded",
+            signature_override=signature_override,
+            timestamp_override=timestamp_override,
+        )
+
+    def block_actions(self, button: Button, *, user_id: str, response_url: str) -> dict[str, Any]:
+        """The ``block_actions`` payload Slack sends when ``user_id`` clicks ``button``."""
+        container: dict[str, Any] = {
+            "type": "message",
+            "message_ts": button.message_ts,
+            "channel_id": button.channel,
+            "is_ephemeral": button.ephemeral,
+        }
+        return {
+            "type": "block_actions",
+            "user": {
+                "id": user_id,
+                "username": user_id.lower(),
+                "name": user_id.lower(),
+                "team_id": self.team_id,
+            },
+            "api_app_id": self.api_app_id,
+            "token": self.verification_token,
+            "container": container,
+            "trigger_id": f"{int(self.clock())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}",
+            "team": {"id": self.team_id, "domain": "fake"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": button.channel, "name": button.channel},
+            "state": {"values": {}},
+            "response_url": response_url,
+            "actions": [
+                {
+                    "action_id": button.action_id,
+                    "block_id": button.block_id,
+                    "text": {"type": "plain_text", "text": button.text, "emoji": True},
+                    "value": button.value,
+                    "type": "button",
+                    "action_ts": f"{self.clock():.6f}",
+                }
+            ],
+        }
+
+    async def click(
+        self,
+        button: Button,
+        *,
+        user_id: str,
+        response_url: str,
+        signature_override: str | None = None,
+        timestamp_override: int | None = None,
+    ) -> SlackResult:
+        """``user_id`` clicks ``button``: a signed, form-encoded ``payload=`` as Slack's interactivity
+        posts to the app's Request URL."""
+        payload = self.block_actions(button, user_id=user_id, response_url=response_url)
+        body = urlencode({"payload": json.dumps(payload)}).encode()
         return await self.raw(
             body,
             "application/x-www-form-urlencoded",

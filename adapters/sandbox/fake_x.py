@@ -293,6 +293,7 @@ class Fault:
     kind: FaultKind
     remaining: int
     path_contains: str | None = None
+    after: int = 0  # matching requests still let through before the fault applies
 
 
 @dataclass
@@ -656,6 +657,9 @@ class FakeX:
         """Who approves ``/i/oauth2/authorize``; defaults to the first user added."""
         self.deny_next_authorize = False
         """If set, the next authorize redirects with ``error=access_denied`` (then resets)."""
+        self.withheld_scopes: set[str] = set()
+        """Scopes the authorize step leaves out of the grant (an app whose permissions lack
+        DMs); the token answer's ``scope`` then lists only the rest, as X's does."""
         self.redirect_uris: set[str] | None = None
         """Registered callback URLs; ``None`` accepts any ``redirect_uri``."""
         self.auth_code_ttl = 30.0
@@ -854,8 +858,10 @@ class FakeX:
         prefix = f"{user_id} "
         return {k[len(prefix) :]: w.count for k, w in self._reads_15m.items() if k.startswith(prefix)}
 
-    def inject(self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None) -> None:
-        """Make the next ``count`` matching requests fail.
+    def inject(
+        self, kind: FaultKind, *, count: int = 1, path_contains: str | None = None, after: int = 0
+    ) -> None:
+        """Make the next ``count`` matching requests fail (after letting ``after`` of them through).
 
         Without ``path_contains`` faults hit the DM POST endpoints only; with it, any request whose
         path contains the string (OAuth and media included). Kinds:
@@ -878,7 +884,7 @@ class FakeX:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         if count < 1:
             raise ValueError("count must be >= 1")
-        self.faults.append(Fault(kind=kind, remaining=count, path_contains=path_contains))
+        self.faults.append(Fault(kind=kind, remaining=count, path_contains=path_contains, after=after))
 
     def expire_pagination_tokens(self) -> None:
         """Every ``next_token`` handed out so far expires: X answers 400 to it, as to a bad token
@@ -1244,6 +1250,9 @@ class FakeX:
     def _take_fault(self, path: str, *, is_dm_post: bool) -> Fault | None:
         for fault in self.faults:
             applies = is_dm_post if fault.path_contains is None else fault.path_contains in path
+            if applies and fault.after > 0:
+                fault.after -= 1
+                continue
             if applies:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -1400,7 +1409,7 @@ class FakeX:
             challenge=challenge,
             redirect_uri=redirect_uri,
             user_id=user_id,
-            scopes=scopes,
+            scopes=scopes - self.withheld_scopes,
             issued_at=self.clock(),
         )
         return redirect({"code": code})
@@ -1790,13 +1799,22 @@ class FakeX:
         conv = self.conversations[self.create_group(sender.id, others)]
         return self._record_message(conv, sender, *checked)
 
-    def _conversation_for(self, user: XUser, conv_id: str) -> Conversation | web.Response:
-        """Look up a conversation the user may access (1:1 IDs naming the user exist implicitly)."""
+    def _conversation_for(
+        self, user: XUser, conv_id: str, *, create: bool = True
+    ) -> Conversation | web.Response:
+        """Look up a conversation the user may access (1:1 IDs naming the user exist implicitly).
+
+        ``create=False`` is for reads: an implicit 1:1 conversation is answered (empty) without
+        being made, as reading it at X creates nothing."""
         conv = self.conversations.get(conv_id)
         if conv is None and "-" in conv_id:
             a, _, b = conv_id.partition("-")
             if user.id in (a, b) and a in self.users and b in self.users and one_to_one_id(a, b) == conv_id:
-                conv = self._one_to_one(a, b)
+                conv = (
+                    self._one_to_one(a, b)
+                    if create
+                    else Conversation(conv_id, "OneToOne", frozenset((a, b)), self.clock(), creator_id=a)
+                )
         if conv is None:
             return _not_found("dm_conversation", conv_id, "dm_conversation_id")
         if user.id not in conv.participants:
@@ -1921,7 +1939,7 @@ class FakeX:
         return _json(200, body)
 
     async def _events_in_conversation(self, request: web.Request) -> web.StreamResponse:
-        conv = self._conversation_for(request[_USER], request.match_info["id"])
+        conv = self._conversation_for(request[_USER], request.match_info["id"], create=False)
         if isinstance(conv, web.Response):
             return conv
         return self._list_events(request, [conv])

@@ -12,7 +12,9 @@ signed slash command (``/xdm …``, with a ``response_url`` on the fake Slack) o
 ``message`` event, so it takes the same road as in production: signature check at
 ``/slack/events``, the outbox, the delivery worker, HTTP to the fake X, reactions through the
 fake Slack Web API. ``/xdm connect``'s authorize link is followed server-side on a click, through
-the fake X's consent and the bridge's real ``/x/oauth/callback``.
+the fake X's consent and the bridge's real ``/x/oauth/callback``; the bridge then asks in the
+channel (an ephemeral message with buttons) and a click on Confirm is a signed ``block_actions``
+to ``/slack/events``, as Slack's interactivity sends it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from aiohttp import web
 from adapters.sandbox.fake_slack import (
     RESPONSE_URL_MAX_USES,
     RESPONSE_URL_TTL_SECONDS,
+    Button,
     FakeSlack,
     SlackSender,
     run_fake_slack,
@@ -53,6 +56,7 @@ from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
 from adapters.web.logs import setup_logging
+from bridge.connect import CONFIRM_ACTION
 from bridge.delivery import DeliveryConfig
 from bridge.settings import Settings
 
@@ -318,6 +322,27 @@ class Sandbox:
         self._note(f"Simulated X: you {verb}. The bridge's /x/oauth/callback answered {status}: {title}.")
         return {"status": status, "title": title, "message": said}
 
+    async def click(self, button_id: str) -> dict[str, Any]:
+        """Click a button the bot showed you (``{message_ts}/{index}``): a signed ``block_actions``
+        to the bridge, as Slack's interactivity sends it; answers replace the message or follow it."""
+        button = next((b for b in self._buttons() if _button_id(b) == button_id), None)
+        if button is None:
+            raise SandboxError("That button is no longer there.")
+        response_url = self.slack.click_response_url(button)
+        self._entries.append(
+            _Entry(
+                time.time(), "note", f"You clicked “{button.text}”.", only_you=True, response_url=response_url
+            )
+        )
+        self._watch(response_url)
+        result = await self.sender.click(button, user_id=SLACK_USER_ID, response_url=response_url)
+        if result.status != 200:
+            self._note(f"The bridge answered the click with HTTP {result.status}.")
+        return {"sent": "click", "status": result.status}
+
+    def _buttons(self) -> list[Button]:
+        return self.slack.buttons(SLACK_USER_ID)
+
     async def reply_on_x(self, conversation_id: str, username: str, text: str) -> dict[str, Any]:
         """Someone on X writes in a conversation: a real DM POST to the fake X with their token."""
         text = text.strip()
@@ -348,7 +373,10 @@ class Sandbox:
     def state(self) -> dict[str, Any]:
         """Everything the page shows, read from the simulators and this sandbox's own log."""
         channel = self._channel_items()
-        connected = any(t.user_id == YOUR_X_ID and not t.revoked for t in self.x.access_tokens.values())
+        # X issued a token the bridge kept, and the bridge's question (Confirm/Cancel) was answered.
+        asking = any(b.action_id == CONFIRM_ACTION for b in self._buttons())
+        granted = any(t.user_id == YOUR_X_ID and not t.revoked for t in self.x.access_tokens.values())
+        connected = granted and not asking
         bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values())
         relayed = any(
             "white_check_mark" in self.slack.reactions(CHANNEL_ID, e.ts) for e in self._entries if e.ts
@@ -414,10 +442,16 @@ class Sandbox:
                     at = self._response_times.setdefault((response_id, index), time.time())
                     only_you = payload.get("response_type") != "in_channel"
                     add(at, "bot", str(payload["text"]), author="xdm-bridge", only_you=only_you)
+        buttons = self._buttons()
         for ephemeral in self.slack.ephemerals(SLACK_USER_ID):
             if ephemeral["channel"] == CHANNEL_ID:
                 at = float(ephemeral["message_ts"])
-                add(at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True)
+                shown = [
+                    {"id": _button_id(b), "text": b.text, "action": b.action_id}
+                    for b in buttons
+                    if b.message_ts == ephemeral["message_ts"]
+                ]
+                add(at, "bot", ephemeral["text"], author="xdm-bridge", only_you=True, buttons=shown)
         for post in self.slack.posted(CHANNEL_ID):
             as_sender = post.get("username")  # an X reply, posted as its sender
             add(
@@ -475,6 +509,10 @@ class Sandbox:
             await asyncio.wait(set(self._tasks))
 
 
+def _button_id(button: Button) -> str:
+    return f"{button.message_ts}/{button.action_id}"
+
+
 def _between(page: str, start: str, end: str) -> str:
     _, found, tail = page.partition(start)
     return html.unescape(tail.partition(end)[0]) if found else ""
@@ -494,6 +532,7 @@ def page_app(sandbox: Sandbox) -> web.Application:
     app.router.add_get("/api/state", _state)
     app.router.add_post("/api/slack", _slack)
     app.router.add_post("/api/authorize", _authorize)
+    app.router.add_post("/api/slack/click", _click)
     app.router.add_post("/api/x/reply", _x_reply)
     return app
 
@@ -536,6 +575,11 @@ async def _authorize(request: web.Request) -> web.Response:
     body = await _body(request)
     approve = body.get("approve", True) is not False
     return await _answer(request.app[SANDBOX].authorize(str(body.get("url", "")), approve=approve))
+
+
+async def _click(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return await _answer(request.app[SANDBOX].click(str(body.get("id", ""))))
 
 
 async def _x_reply(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -31,7 +31,7 @@ from bridge.errors import (
     SlackTransient,
 )
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
-from bridge.model import SlackMember
+from bridge.model import Button, SlackMember
 
 log = logging.getLogger("adapters.slack.api")
 
@@ -179,6 +179,16 @@ class SlackApi:
     async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
         await self._client.chat_postEphemeral(channel=channel_id, user=user_id, text=text)
 
+    async def ask(
+        self, team_id: str, channel_id: str | None, user_id: str, text: str, buttons: Sequence[Button]
+    ) -> None:
+        blocks = question_blocks(text, buttons)
+        if channel_id is None:
+            # A direct message from the bot: posting to a user id opens the conversation.
+            await self._client.chat_postMessage(channel=user_id, text=text, blocks=blocks)
+        else:
+            await self._client.chat_postEphemeral(channel=channel_id, user=user_id, text=text, blocks=blocks)
+
     async def post_message(self, team_id: str, channel_id: str, text: str) -> str:
         response = await self._client.chat_postMessage(channel=channel_id, text=text)
         return str(response.get("ts") or "")
@@ -317,10 +327,12 @@ class SlackApi:
                 return "xdm"
         return self._bot_name
 
-    async def respond(self, response_url: str, text: str, *, in_channel: bool = False) -> None:
+    async def respond(
+        self, response_url: str, text: str, *, in_channel: bool = False, replace: bool = False
+    ) -> None:
         webhook = AsyncWebhookClient(response_url, session=self._session)
         response = await webhook.send(
-            text=text, response_type="in_channel" if in_channel else "ephemeral", replace_original=False
+            text=text, response_type="in_channel" if in_channel else "ephemeral", replace_original=replace
         )
         if response.status_code >= 300:
             log.warning("response_url refused the reply", extra={"status": response.status_code})
@@ -491,6 +503,25 @@ MESSAGE_REFUSALS = frozenset(
         "metadata_must_be_sent_from_app",
     }
 )
+
+
+def question_blocks(text: str, buttons: Sequence[Button]) -> list[dict[str, Any]]:
+    """Block Kit for a question: the text, then its buttons in one actions block."""
+    elements: list[dict[str, Any]] = []
+    for button in buttons:
+        element: dict[str, Any] = {
+            "type": "button",
+            "action_id": button.action_id,
+            "text": {"type": "plain_text", "text": button.text},
+            "value": button.value,
+        }
+        if button.style:
+            element["style"] = button.style
+        elements.append(element)
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "actions", "elements": elements},
+    ]
 
 
 def _slack_error(exc: SlackApiError) -> SlackRateLimited | SlackTransient | SlackRefused:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.api import SLACK_TOKEN_REFUSED, SlackWebClient
 from bridge.commands import CommandContext, CommandService
+from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION, ConnectAnswer, ConnectService
 from bridge.model import IncomingMessage, MessageChange
 from bridge.relay import Relay
 
@@ -249,6 +251,25 @@ def message_change(body: dict[str, Any], event: dict[str, Any]) -> MessageChange
     )
 
 
+def connect_answer(body: dict[str, Any], action: dict[str, Any]) -> ConnectAnswer | None:
+    """Reduce a click on a connect question (``block_actions``); None when it is not well formed."""
+    user, team = body.get("user"), body.get("team")
+    user_id = _str(user.get("id")) if isinstance(user, dict) else None
+    team_id = _str(team.get("id")) if isinstance(team, dict) else None
+    if team_id is None and isinstance(user, dict):
+        team_id = _str(user.get("team_id"))
+    value = _str(action.get("value"))
+    if not (user_id and team_id and value):
+        return None
+    return ConnectAnswer(
+        pending_id=value,
+        team_id=team_id,
+        user_id=user_id,
+        confirm=action.get("action_id") == CONFIRM_ACTION,
+        response_url=_str(body.get("response_url")),
+    )
+
+
 def build_bolt_app(
     *,
     signing_secret: str,
@@ -256,6 +277,7 @@ def build_bolt_app(
     relay: Relay,
     commands: CommandService,
     spawn: Spawn,
+    connections: ConnectService | None = None,
 ) -> AsyncApp:
     """The Bolt app for one workspace, authorized by ``authorization``.
 
@@ -325,6 +347,20 @@ def build_bolt_app(
         await ack(text=reply.text, response_type="in_channel" if reply.in_channel else "ephemeral")
         if reply.follow_up is not None:
             spawn(reply.follow_up(), f"xdm-command-{ctx.channel_id}")
+
+    if connections is not None:
+        answering = connections
+
+        @app.action(re.compile(f"^({CONFIRM_ACTION}|{CANCEL_ACTION})$"))
+        async def on_connect_answer(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+            # Reaches here only signature-checked (the web handler); whose click it may be is
+            # the core's question (``ConnectService.answer``).
+            await ack()
+            answer = connect_answer(body, action)
+            if answer is None:
+                log.info("malformed connect answer ignored")
+                return
+            spawn(answering.answer(answer), "xdm-connect-answer")
 
     return app
 

@@ -42,6 +42,7 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PendingConnection,
     ReadGap,
     RenderedPart,
     Sent,
@@ -390,6 +391,42 @@ class PostgresStore:
             browser_hash,
         )
         return self._oauth_state(row) if row else None
+
+    # -- connections waiting for a click in Slack ---------------------------
+
+    async def save_pending_connection(self, pending: PendingConnection) -> None:
+        values = rows.pending_values(pending, self._cipher)
+        marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+        await self.pool.execute(
+            f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", *values
+        )
+
+    async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM pending_connections WHERE id = $1 AND expires_at > $2", pending_id, now
+        )
+        return rows.pending_connection(row, self._cipher) if row else None
+
+    async def take_pending_connection(
+        self, pending_id: str, team_id: str, slack_user_id: str, now: float
+    ) -> PendingConnection | None:
+        # One DELETE decides, even between instances: a click binds once.
+        row = await self.pool.fetchrow(
+            "DELETE FROM pending_connections WHERE id = $1 AND team_id = $2 AND slack_user_id = $3 "
+            "AND expires_at > $4 RETURNING *",
+            pending_id,
+            team_id,
+            slack_user_id,
+            now,
+        )
+        return rows.pending_connection(row, self._cipher) if row else None
+
+    async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
+        found = await self.pool.fetch(
+            "DELETE FROM pending_connections WHERE expires_at <= $1 RETURNING *", now
+        )
+        taken = (rows.pending_connection(row, self._cipher) for row in found)
+        return [p for p in taken if p is not None]
 
     # -- mappings ----------------------------------------------------------
 

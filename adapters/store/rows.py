@@ -22,9 +22,11 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PendingConnection,
     ReadGap,
     Target,
     TokenSet,
+    XUser,
 )
 from bridge.reconcile import comparable
 
@@ -90,6 +92,57 @@ def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
         "expires_at": tokens.expires_at,
         "scope": tokens.scope,
     }
+
+
+PENDING_COLUMNS = (
+    "id, team_id, slack_user_id, channel_id, response_url, x_user_id, x_username, access_token, "
+    "refresh_token, token_expires_at, scope, expires_at"
+)
+
+
+def pending_values(pending: PendingConnection, cipher: TokenCipher) -> tuple[Any, ...]:
+    """A pending connection's values in ``PENDING_COLUMNS`` order, its tokens encrypted."""
+    tokens = token_columns(pending.tokens, cipher)
+    return (
+        pending.id,
+        pending.team_id,
+        pending.slack_user_id,
+        pending.channel_id,
+        pending.response_url,
+        pending.x_user.id,
+        pending.x_user.username,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        tokens["expires_at"],
+        tokens["scope"],
+        pending.expires_at,
+    )
+
+
+def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | None:
+    """The pending connection; None when no key opens its tokens (a rotated key: it is only
+    minutes old and can simply be asked for again)."""
+    refresh = row["refresh_token"]
+    try:
+        tokens = TokenSet(
+            access_token=cipher.decrypt(row["access_token"]),
+            refresh_token=cipher.decrypt(refresh) if refresh else None,
+            expires_at=row["token_expires_at"],
+            scope=row["scope"] or "",
+        )
+    except (ConfigError, AttributeError, TypeError, ValueError):
+        log.warning("a pending X connection's tokens cannot be decrypted", extra={"team": row["team_id"]})
+        return None
+    return PendingConnection(
+        id=row["id"],
+        team_id=row["team_id"],
+        slack_user_id=row["slack_user_id"],
+        channel_id=row["channel_id"] or "",
+        response_url=row["response_url"],
+        x_user=XUser(row["x_user_id"], row["x_username"]),
+        tokens=tokens,
+        expires_at=row["expires_at"],
+    )
 
 
 def mapping(row: Row) -> Mapping:

@@ -40,6 +40,7 @@ from bridge.model import (
     OutboxItem,
     OutboxKind,
     OutboxState,
+    PendingConnection,
     ReadGap,
     RenderedPart,
     Sent,
@@ -511,6 +512,54 @@ class SqliteStore:
                     [state, now, browser_hash],
                 )
             return self._oauth_state(row) if row else None
+
+        return await self._call(work)
+
+    # -- connections waiting for a click in Slack ---------------------------
+
+    async def save_pending_connection(self, pending: PendingConnection) -> None:
+        values = rows.pending_values(pending, self._cipher)
+        marks = ", ".join("?" * len(values))
+
+        def work() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", values
+                )
+
+        await self._call(work)
+
+    async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
+        def work() -> PendingConnection | None:
+            row = self._one(
+                "SELECT * FROM pending_connections WHERE id = ? AND expires_at > ?", [pending_id, now]
+            )
+            return rows.pending_connection(row, self._cipher) if row else None
+
+        return await self._call(work)
+
+    async def take_pending_connection(
+        self, pending_id: str, team_id: str, slack_user_id: str, now: float
+    ) -> PendingConnection | None:
+        def work() -> PendingConnection | None:
+            with self.db.atomic():
+                row = self._one(
+                    "DELETE FROM pending_connections WHERE id = ? AND team_id = ? AND slack_user_id = ? "
+                    "AND expires_at > ? RETURNING *",
+                    [pending_id, team_id, slack_user_id, now],
+                )
+            return rows.pending_connection(row, self._cipher) if row else None
+
+        return await self._call(work)
+
+    async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
+        def work() -> list[PendingConnection]:
+            with self.db.atomic():
+                found = list(
+                    self.db.query("DELETE FROM pending_connections WHERE expires_at <= ? RETURNING *", [now])
+                )
+            taken = (rows.pending_connection(row, self._cipher) for row in found)
+            return [p for p in taken if p is not None]
 
         return await self._call(work)
 

@@ -49,7 +49,7 @@ from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService
 from bridge.delivery import Delivery, DeliveryConfig
-from bridge.errors import BridgeError, OAuthBrowserError, OAuthStateError
+from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable
 from bridge.inbound import Inbound, InboundConfig
 from bridge.model import Account, OutboxItem
 from bridge.permissions import Permissions, Policy
@@ -284,6 +284,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             relay=relay,
             commands=commands,
             spawn=background.spawn,
+            connections=connect,
         )
         app[SERVICES] = Services(
             settings,
@@ -302,6 +303,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         pruning = asyncio.create_task(
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
+        sweeping = asyncio.create_task(_discard_unconfirmed(connect), name="unconfirmed-connections")
         running = asyncio.create_task(worker.run(), name="leader-work")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
@@ -310,8 +312,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await running
         authorizing.cancel()
         pruning.cancel()
+        sweeping.cancel()
         await background.drain(5.0)
-        for task in (authorizing, pruning):
+        for task in (authorizing, pruning, sweeping):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
@@ -332,6 +335,19 @@ def _noting_sends(
             inbound.note_activity(item.account_id)
 
     return on_event
+
+
+UNCONFIRMED_SWEEP = 60.0  # seconds between sweeps of connections nobody confirmed in time
+
+
+async def _discard_unconfirmed(connect: ConnectService) -> None:
+    """Revoke X's grant for connections whose Slack user never answered (any instance may)."""
+    while True:
+        await asyncio.sleep(UNCONFIRMED_SWEEP)
+        try:
+            await connect.discard_expired()
+        except Exception as exc:  # the database away for a moment: the next sweep catches up
+            log.warning("could not sweep unconfirmed X connections", extra={"error": type(exc).__name__})
 
 
 def _worker(
@@ -679,7 +695,7 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
     state = request.query.get("state", "")
     cookie_name = flow_cookie(state)
     try:
-        done = await services.connect.complete(
+        pending = await services.connect.complete(
             state, request.query.get("code"), request.query.get("error"), request.cookies.get(cookie_name)
         )
     except OAuthBrowserError as exc:
@@ -687,21 +703,25 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
         return _page("Not connected", str(exc) + " Run /xdm connect in Slack to start again.", 400)
     except OAuthStateError as exc:
         return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
+    except OAuthScopeError as exc:
+        return _page("Not connected: X granted too little", str(exc), 403)
+    except SlackUnreachable as exc:
+        return _page("Not connected", str(exc), 502)
     except BridgeError as exc:
         log.warning("X connection failed", extra={"error": type(exc).__name__})
         return _page("Connecting failed", f"X did not complete the connection: {exc}", 502)
-    if done is None:
+    if pending is None:
         response = _page(
             "Not connected", "You cancelled on X; nothing was connected. You can close this tab.", 200
         )
     else:
-        account, pending = done
-        user = pending.slack_user_name or pending.slack_user_id
-        team = pending.team_name or pending.team_id
+        # Nothing is bound until the Slack user who asked confirms: whoever holds this browser
+        # may not be them (a forwarded link).
         response = _page(
-            "X account connected",
-            f"X account @{account.x_username} is now connected to the Slack user {user} "
-            f"({pending.slack_user_id}) in the workspace {team}. You can close this tab and return to Slack.",
+            "Confirm in Slack",
+            f"X account @{pending.x_user.username} is not connected yet. The Slack user who ran "
+            f"/xdm connect ({pending.slack_user_id}) now has a question from the bridge in Slack: "
+            f"only their Confirm connects @{pending.x_user.username}. You can close this tab.",
             200,
         )
     response.del_cookie(cookie_name, path=CALLBACK_PATH)

@@ -19,6 +19,7 @@ from bridge.model import (
     MappingKind,
     OAuthState,
     OutboxState,
+    PendingConnection,
     RenderedPart,
     Sent,
     TokenSet,
@@ -578,3 +579,37 @@ async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine
         assert [item.slack_ts for item in recent] == ["2.000"]  # 1 was sent before, 3 not yet
         assert [item.slack_ts for item in await store.recently_sent(0.0, 10)] == ["2.000", "1.000"]
         assert len(await store.recently_sent(0.0, 1)) == 1
+
+
+async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_it_expires(
+    engine: Engine,
+) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        tokens = TokenSet("access-secret", "refresh-secret", 5000.0, "dm.read dm.write")
+        pending = PendingConnection(
+            "p1", "T1", "U1", "C1", "https://r", XUser("1000", "owner"), tokens, 100.0
+        )
+        await store.save_pending_connection(pending)
+        await store.save_pending_connection(
+            PendingConnection("p2", "T1", "U1", "", None, XUser("1000", "owner"), tokens, 50.0)
+        )
+        stored = await engine.sql("SELECT access_token, refresh_token FROM pending_connections")
+        assert all("secret" not in str(v) for row in stored for v in row)  # encrypted at rest
+        assert await store.get_pending_connection("p1", 10.0) == pending
+        assert await store.get_pending_connection("p1", 100.0) is None  # expired
+
+        assert await store.take_pending_connection("p1", "T1", "U2", 10.0) is None  # someone else
+        assert await store.take_pending_connection("p1", "T2", "U1", 10.0) is None  # another team
+        taken = await asyncio.gather(
+            *(store.take_pending_connection("p1", "T1", "U1", 10.0) for _ in range(4))
+        )
+        assert [t for t in taken if t is not None] == [pending]  # once, even racing
+        assert await store.get_pending_connection("p1", 10.0) is None
+
+        assert await store.take_pending_connection("p2", "T1", "U1", 60.0) is None  # expired
+        assert [p.id for p in await store.take_expired_pending_connections(60.0)] == ["p2"]
+        assert await store.take_expired_pending_connections(60.0) == []
+    finally:
+        await store.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, query_of, running_bridge
+from tests.harness import ALICE, BOB, CAROL, ME, Bridge, authorize_url, query_of, running_bridge
 
 # Every command test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
-        ack, response_url = await bridge.command("connect")
+        ack, _ = await bridge.command("connect")
         assert ack.status == 200
         assert authorize_url(ack.text).startswith(f"{bridge.url}/x/connect?state=")  # the bridge's page first
         x_url = await bridge.confirm(authorize_url(ack.text))
@@ -34,7 +34,8 @@ async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> No
         assert response.status == 200
         assert "@bridge_owner" in page and "text/html" in response.headers["Content-Type"]
 
-        told = await bridge.follow_up(response_url)
+        _, click_url = await bridge.answer_connect("U100")
+        told = await bridge.follow_up(click_url)
         assert "Connected X account @bridge_owner" in told["text"]
         grants = [r["grant_type"] for r in bridge.x.token_requests]
         assert grants == ["authorization_code"]
@@ -66,6 +67,8 @@ async def test_bad_reused_and_expired_state_store_nothing(tmp_path: Path) -> Non
             assert response.status == 200
         async with bridge.session.get(location) as response:
             assert response.status == 400
+        _, click_url = await bridge.answer_connect("U200")
+        await bridge.follow_up(click_url)
 
         # An expired state is refused even with a fresh code.
         ack, _ = await bridge.command("connect", user="U300")
@@ -261,3 +264,82 @@ async def test_commands_ack_fast_while_x_hangs(tmp_path: Path) -> None:
         assert ack.status == 200 and loop.time() - started < 2.0
         told = await bridge.follow_up(response_url)
         assert "X" in told["text"]  # the failure is reported later, not swallowed
+
+
+async def test_link_refuses_a_one_to_one_id_the_account_is_not_in(tmp_path: Path) -> None:
+    """`/xdm link 123-456`: a 1-to-1 id names its two people; unless one is the account, X
+    would refuse every message, so nothing is mapped and X is not even asked."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        for foreign in ("123-456", f"{ALICE}-{BOB}"):
+            ack, _ = await bridge.command(f"link {foreign}")
+            assert ack.json()["response_type"] == "ephemeral"
+            assert f"`{foreign}`" in ack.text and "@bridge_owner" in ack.text and ME in ack.text, ack.text
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(0,)]
+        assert [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")] == []
+
+
+async def test_link_reads_the_conversation_once_before_announcing_it(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        strangers = bridge.x.create_group(ALICE, [BOB, CAROL])  # a group the account is not in
+        _, response_url = await bridge.command(f"link {strangers}")
+        told = await bridge.follow_up(response_url)
+        assert told["response_type"] == "ephemeral" and f"`{strangers}`" in told["text"]
+        assert "cannot read" in told["text"] and "@bridge_owner" in told["text"], told
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(0,)]
+
+        ours = bridge.x.create_group(ME, [ALICE, BOB])
+        ack = await bridge.map_link(ours)
+        assert ack.json()["response_type"] == "in_channel" and f"`{ours}`" in ack.text
+        reads = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")]
+        assert [(r.path, r.query["max_results"]) for r in reads] == [
+            (f"/2/dm_conversations/{strangers}/dm_events", "1"),
+            (f"/2/dm_conversations/{ours}/dm_events", "1"),
+        ]
+        assert await bridge.sql("SELECT conversation_id FROM mappings") == [(ours,)]
+
+
+async def test_connect_with_dm_scopes_missing_says_so_and_binds_nothing(tmp_path: Path) -> None:
+    """X's token answer lists the scopes granted: without the DM ones, connecting would only
+    end in a 403 on the first message, so the page and the Slack user are told at once."""
+    async with running_bridge(tmp_path) as bridge:
+        bridge.x.withheld_scopes = {"dm.write", "offline.access"}  # an app without DM permission
+        ack, response_url = await bridge.command("connect")
+        x_url = await bridge.confirm(authorize_url(ack.text))
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
+            callback = response.headers["Location"]
+        async with bridge.session.get(callback) as response:
+            page = await response.text()
+        assert response.status == 403, page
+        assert "dm.write" in page and "offline.access" in page and "Nothing was connected" in page
+        told = await bridge.follow_up(response_url)
+        assert "dm.write" in told["text"] and "offline.access" in told["text"], told
+        assert await bridge.sql("SELECT COUNT(*) FROM accounts") == [(0,)]
+        granted = [t for t in bridge.x.access_tokens.values() if t.user_id == ME]
+        assert granted and all(t.revoked for t in granted)  # the useless grant is given back
+
+
+async def test_link_with_the_read_budget_spent_says_until_when_and_links_nothing(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        # X says the read window is spent for the next 15 minutes: too long to wait for.
+        bridge.x.injected_reset_seconds = 900
+        bridge.x.inject("429", path_contains="/2/dm_conversations/")
+        _, response_url = await bridge.command(f"link {ME}-{ALICE}")
+        told = await bridge.follow_up(response_url)
+        assert "read budget is spent until" in told["text"] and "nothing was linked" in told["text"], told
+        assert await bridge.sql("SELECT COUNT(*) FROM mappings") == [(0,)]
+        reads = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")]
+        assert len(reads) == 1  # asked once; not again before the window opens
+
+
+async def test_link_waits_for_a_read_window_about_to_open(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.injected_reset_seconds = 1  # spent, but open again in a moment
+        bridge.x.inject("429", path_contains="/2/dm_conversations/")
+        ack = await bridge.map_link(f"{ME}-{ALICE}")
+        assert "bridged this channel" in ack.text
+        reads = [r for r in bridge.x.all_requests if r.path.startswith("/2/dm_conversations/")]
+        assert len(reads) == 2  # refused once, then read when the window opened

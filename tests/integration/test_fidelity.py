@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import linked, running_bridge
+from tests.harness import linked, note, running_bridge
 
 # Every fidelity test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -117,7 +117,7 @@ async def test_delete_removes_relayed_parts_and_explains(tmp_path: Path) -> None
             "previous_message": {"type": "message", "user": "U100", "text": "oops, wrong channel", "ts": ts},
         }
         assert (await bridge.sender.event(deleted)).status == 200
-        [ephemeral] = await bridge.slack.wait_for("chat.postEphemeral")
+        [ephemeral] = await bridge.slack.wait_for(note)
         assert "only from the sending account's view" in ephemeral.params["text"]
         deletes = [r for r in bridge.x.all_requests if r.method == "DELETE"]
         assert [r.path for r in deletes] == [f"/2/dm_events/{bridge.x.events[0].id}"]
@@ -152,7 +152,7 @@ async def test_unsupported_file_is_reported_and_text_still_goes(tmp_path: Path) 
         _, ts = await bridge.post("see attached", files=[pdf], blocks=[])
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts() == ["Ada: see attached"]
-        [ephemeral] = await bridge.slack.wait_for("chat.postEphemeral")
+        [ephemeral] = await bridge.slack.wait_for(note)
         assert (
             "report.pdf" in ephemeral.params["text"] and "images, GIFs and videos" in ephemeral.params["text"]
         )

@@ -90,7 +90,9 @@ async def test_history_asked_for_just_before_a_restart_is_posted_once_after_it(t
     history = f"/2/dm_conversations/{CONVERSATION}/dm_events"
     async with running_bridge(tmp_path, inbound=HISTORY, env=env, fake_x=x) as bridge:
         await bridge.connect()
-        x.inject("timeout", path_contains=history)  # the history read hangs: the bridge stops meanwhile
+        # `/xdm link`'s check that the conversation is readable passes; the history read after it
+        # hangs, and the bridge stops meanwhile.
+        x.inject("timeout", path_contains=history, after=1)
         await bridge.map_link(CONVERSATION)
         await wait_until(lambda: any(k == "timeout" for k, _ in x.faults_served), 10, "the history read")
     assert texts(bridge) == []

@@ -89,7 +89,7 @@ async def test_file_shared_as_a_stub_is_resolved_through_files_info(tmp_path: Pa
         assert event.text == "Ada: a stub" and len(event.media_ids) == 1
         assert bridge.x.media[event.media_ids[0]].data == PNG
         assert any(c.method == "files.info" for c in bridge.slack.calls)
-        assert bridge.slack.ephemerals() == []
+        assert bridge.notes() == []
 
 
 async def test_file_x_refuses_for_good_does_not_cost_the_text(tmp_path: Path) -> None:
@@ -100,10 +100,10 @@ async def test_file_x_refuses_for_good_does_not_cost_the_text(tmp_path: Path) ->
         anim = bridge.slack.add_file("F2", name="wave.gif", mimetype="image/gif", filetype="gif", content=GIF)
         more = bridge.slack.add_file("F3", name="more.gif", mimetype="image/gif", filetype="gif", content=GIF)
         _, ts = await bridge.post("the words matter", files=[anim, more], blocks=[])
-        await wait_until(lambda: len(bridge.slack.ephemerals()) >= 2, 10.0, "both files reported")
+        await wait_until(lambda: len(bridge.notes()) >= 2, 10.0, "both files reported")
         await bridge.wait_reaction("C100", ts, "warning")
         assert bridge.texts() == ["Ada: the words matter"] and bridge.x.events[0].media_ids == ()
-        notes = [e["text"] for e in bridge.slack.ephemerals("U100")]
+        notes = [e["text"] for e in bridge.notes("U100")]
         assert "wave.gif" in notes[0] and "goes without it" in notes[0]
         assert "more.gif" in notes[1] and "X could not process the GIF" in notes[1]
         assert [state for state, _ in await outbox_errors(bridge)] == ["sent", "failed"]
@@ -119,8 +119,8 @@ async def test_a_file_slack_will_not_give_costs_only_itself(tmp_path: Path) -> N
         ghost = {"id": "F405", "file_access": "check_file_info"}  # files.info: file_not_found
         _, ts = await bridge.post("still worth reading", files=[deleted, ghost], blocks=[])
         await bridge.wait_reaction("C100", ts, "white_check_mark")
-        await wait_until(lambda: len(bridge.slack.ephemerals()) == 2, 10.0, "both files reported")
+        await wait_until(lambda: len(bridge.notes()) == 2, 10.0, "both files reported")
         assert bridge.texts() == ["Ada: still worth reading"] and bridge.x.media == {}
-        notes = " ".join(e["text"] for e in bridge.slack.ephemerals("U100"))
+        notes = " ".join(e["text"] for e in bridge.notes("U100"))
         assert "F405" in notes and "file_not_found" in notes
         assert "gone.png" in notes and "HTTP 404" in notes

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
-from tests.harness import ALICE, ME, Bridge, linked, running_bridge
+from tests.harness import ALICE, ME, Bridge, linked, note, running_bridge
 from tests.integration.test_fidelity import GIF, PNG
 
 # Every reconciliation test runs on SQLite and on PostgreSQL.
@@ -224,7 +224,7 @@ async def test_a_page_token_x_refuses_mid_read_back_is_not_taken_for_not_sent(tm
         ours = [e for e in bridge.x.events if e.text == "Ada: token went stale"]
         assert refused and len(ours) == 1 and dm_posts(bridge) == 1
         assert (await state_of(bridge, ts)) == ("sent", ours[0].id)
-        assert not [c for c in bridge.slack.calls if c.method == "chat.postEphemeral"]
+        assert not [c for c in bridge.slack.calls if note(c)]
 
 
 async def test_a_5xx_after_x_recorded_the_dm_is_read_back_not_resent(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ALICE, linked, running_bridge
+from tests.harness import ALICE, linked, note, running_bridge
 
 # Every relay test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -138,7 +138,7 @@ async def test_403_marks_warning_and_tells_author(tmp_path: Path) -> None:
         bridge.x.inject("403")
         _, ts = await bridge.post("refused")
         await bridge.wait_reaction("C100", ts, "warning")
-        [ephemeral] = await bridge.slack.wait_for("chat.postEphemeral")
+        [ephemeral] = await bridge.slack.wait_for(note)
         assert ephemeral.params["user"] == "U100"
         assert "was not sent to X" in ephemeral.params["text"]
         assert "white_check_mark" not in bridge.slack.reactions("C100", ts)
@@ -155,7 +155,7 @@ async def test_recipient_refusing_dms_fails_with_reason(tmp_path: Path) -> None:
         await linked(bridge)
         _, ts = await bridge.post("are you there")
         await bridge.wait_reaction("C100", ts, "warning")
-        [ephemeral] = await bridge.slack.wait_for("chat.postEphemeral")
+        [ephemeral] = await bridge.slack.wait_for(note)
         assert (
             "cannot send messages" in ephemeral.params["text"].lower() or "accept" in ephemeral.params["text"]
         )

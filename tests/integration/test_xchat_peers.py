@@ -70,11 +70,9 @@ async def test_a_link_and_a_group_name_who_is_on_x_chat(tmp_path: Path) -> None:
         bridge.x.register_keys(CAROL, ChatKeys().new_identity().registration)
         await bridge.connect()
 
-        await bridge.map_link("1000-2001")
-        [note] = await bridge.slack.wait_for(
-            lambda c: c.method == "chat.postMessage" and ":lock:" in str(c.params.get("text")), timeout=10
-        )
-        assert note.params["channel"] == "C100" and "X user `2001` uses" in str(note.params["text"])
+        _, response_url = await bridge.command("link 1000-2001")
+        told = await bridge.follow_up(response_url)
+        assert told["response_type"] == "in_channel" and "X user `2001` uses" in told["text"]
 
         _, response_url = await bridge.command("new-group @alice @bob @carol", channel="C200")
         text = (await bridge.follow_up(response_url))["text"]

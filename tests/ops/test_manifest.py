@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.scopes import BOT_SCOPES, COMMAND_SCOPES, EVENT_SCOPES, METHOD_SCOPES, slack_method
 from adapters.web.app import SERVICES, create_app
+from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION
 from bridge.settings import Settings
 from tests.harness import running_bridge
 
@@ -130,6 +131,14 @@ def probes(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if where:
             event["channel_type"] = {"channels": "channel", "groups": "group"}[where]
         bodies[subscription] = {"type": "event_callback", "team_id": "T1", "event_id": "Ev1", "event": event}
+    if manifest["settings"].get("interactivity", {}).get("is_enabled"):
+        for action_id in (CONFIRM_ACTION, CANCEL_ACTION):  # the buttons of the connect question
+            bodies[f"block_actions {action_id}"] = {
+                "type": "block_actions",
+                "team": {"id": "T1"},
+                "user": {"id": "U1", "team_id": "T1"},
+                "actions": [{"action_id": action_id, "type": "button", "value": "p1"}],
+            }
     for command in manifest["features"]["slash_commands"]:
         bodies[command["command"]] = {
             "command": command["command"],

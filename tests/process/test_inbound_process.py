@@ -123,16 +123,17 @@ async def test_sigkill_before_a_linked_channels_history_is_read_then_restart_pos
         w.slack.add_channel("C100", "support")
         server = w.server(tmp_path / "server.log")
         await server.start(w.url, w.session)
-        # The history read hangs at X; the process dies while it is in flight.
+        # `/xdm link`'s check of the conversation passes; the history read after it hangs at X,
+        # and the process dies while it is in flight.
         w.x.timeout_seconds = 30.0
-        w.x.inject("timeout", path_contains=history)
+        w.x.inject("timeout", path_contains=history, after=1)
+        response_url = w.slack.new_response_url()
         linked = await w.sender.command(
-            f"link {CONVERSATION}",
-            user_id="U100",
-            channel_id="C100",
-            response_url=w.slack.new_response_url(),
+            f"link {CONVERSATION}", user_id="U100", channel_id="C100", response_url=response_url
         )
-        assert linked.status == 200 and "bridged this channel" in linked.text
+        assert linked.status == 200
+        [told] = await w.slack.wait_for_response(response_url, timeout=20)
+        assert "bridged this channel" in told["text"]
         await wait_until(lambda: any(k == "timeout" for k, _ in w.x.faults_served), 20, "the history read")
         await server.kill()
         assert texts(w.slack.posted("C100")) == []

@@ -94,6 +94,19 @@ def form(**fields: str) -> bytes:
     return "&".join(f"{k}={quote(v, safe='')}" for k, v in fields.items()).encode()
 
 
+def connect_click(action: Any = DROP, **fields: Any) -> bytes:
+    """A click on the connect question's Confirm (``block_actions``), fields replaced or dropped."""
+    button = {"action_id": "xdm_connect_confirm", "type": "button", "value": "no-such-connection"}
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "team": {"id": TEAM},
+        "user": {"id": "U100", "team_id": TEAM},
+        "actions": [button if action is DROP else action],
+        **fields,
+    }
+    return form(payload=json.dumps({k: v for k, v in payload.items() if v is not DROP}))
+
+
 async def send(
     bridge: Bridge, body: bytes, content_type: str | None, auth: Auth, path: str = "/slack/events"
 ) -> tuple[int, str]:
@@ -154,6 +167,17 @@ SLACK_BODIES = [
     pytest.param(form(payload="not json"), FORM, id="form-payload-not-json"),
     pytest.param(form(payload="[1]"), FORM, id="form-payload-array"),
     pytest.param(form(payload='{"type": "block_actions", "actions": 5}'), FORM, id="form-payload-unknown"),
+    pytest.param(connect_click(), FORM, id="connect-click-unknown-connection"),
+    pytest.param(
+        connect_click({"action_id": "xdm_connect_confirm", "type": "button", "value": 5}),
+        FORM,
+        id="click-value-number",
+    ),
+    pytest.param(connect_click({"action_id": "xdm_connect_cancel"}), FORM, id="click-without-value"),
+    pytest.param(connect_click(user=DROP), FORM, id="click-without-user"),
+    pytest.param(connect_click(user="U100"), FORM, id="click-user-string"),
+    pytest.param(connect_click(team=["T"], user={"id": 7}), FORM, id="click-team-array"),
+    pytest.param(connect_click(response_url=42), FORM, id="click-response-url-number"),
     pytest.param(form(command="/xdm"), FORM, id="command-without-fields"),
     pytest.param(form(command="/other", text="x", team_id=TEAM), FORM, id="command-unknown"),
     pytest.param(b"command=%2Fxdm&text=%ZZ%ff&team_id=%00", FORM, id="command-bad-percent-encoding"),

@@ -62,6 +62,16 @@ def authorize_link(state: dict[str, Any]) -> str | None:
     return links[-1] if links else None
 
 
+def confirm_button(state: dict[str, Any]) -> str | None:
+    found = [
+        b["id"]
+        for m in state["messages"]
+        for b in m.get("buttons", [])
+        if b["action"] == "xdm_connect_confirm"
+    ]
+    return found[-1] if found else None
+
+
 async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sandbox: Sandbox) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(sandbox.url) as response:
@@ -77,7 +87,12 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
 
         url = authorize_link(state)
         status, answer = await call(session, sandbox, "/api/authorize", {"url": url, "approve": True})
-        assert (status, answer["status"], answer["title"]) == (200, 200, "X account connected")
+        assert (status, answer["status"], answer["title"]) == (200, 200, "Confirm in Slack")
+        # The bridge asks in the channel; nothing is connected until you click Confirm there.
+        state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
+        assert state["steps"]["connected"] is False
+        status, answer = await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
+        assert (status, answer["status"]) == (200, 200)
         state = await state_when(
             session,
             sandbox,
@@ -226,6 +241,9 @@ async def test_mentions_and_links_typed_in_the_channel_are_translated_on_the_way
         await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
         state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
         await call(session, sandbox, "/api/authorize", {"url": authorize_link(state), "approve": True})
+        state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
+        await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
+        await state_when(session, sandbox, lambda s: s["steps"]["connected"], "the connection")
         await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
         await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
 

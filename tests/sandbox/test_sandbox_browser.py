@@ -150,8 +150,9 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     wait_for(browser, ".authorize-button", "Connect your X account", click=True)
     WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "consent-approve").is_displayed())
     browser.find_element(By.ID, "consent-approve").click()
+    wait_for(browser, "#slack-messages .msg.note", "answered 200: Confirm in Slack")
+    wait_for(browser, "#slack-messages .slack-button", "Connect @you", "the Confirm button", click=True)
     wait_for(browser, "#slack-messages .msg.bot", "Connected X account @you", "the connect follow-up")
-    wait_for(browser, "#slack-messages .msg.note", "answered 200: X account connected")
 
     type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
     wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness import Bridge, authorize_url, browser_cookies, running_bridge
+from tests.harness import Bridge, authorize_url, browser_cookies, running_bridge, wait_until
 
 
 def accounts(bridge: Bridge) -> list[tuple[str, str]]:
@@ -28,7 +28,7 @@ async def through_x(session: aiohttp.ClientSession, x_url: str) -> tuple[int, st
 
 async def test_the_link_opens_the_bridge_page_naming_who_the_account_will_belong_to(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
-        ack, response_url = await bridge.command("connect")
+        ack, _ = await bridge.command("connect")
         page_url = authorize_url(ack.text)
         assert page_url.startswith(f"{bridge.url}/x/connect?state=") and bridge.x_url not in ack.text
         async with bridge.session.get(page_url) as response:
@@ -43,8 +43,10 @@ async def test_the_link_opens_the_bridge_page_naming_who_the_account_will_belong
         x_url = await bridge.confirm(page_url)
         assert x_url.startswith(bridge.x_url)
         status, done = await through_x(bridge.session, x_url)
-        assert status == 200 and "@bridge_owner" in done and "ada" in done and "U100" in done
-        told = await bridge.follow_up(response_url)
+        assert status == 200 and "@bridge_owner" in done and "U100" in done and "Confirm in Slack" in done
+        assert accounts(bridge) == []  # bound only once U100 confirms in Slack
+        _, click_url = await bridge.answer_connect("U100")
+        told = await bridge.follow_up(click_url)
         assert "Connected X account @bridge_owner" in told["text"]
         assert accounts(bridge) == [("U100", "1000")]
 
@@ -101,6 +103,8 @@ async def test_used_and_expired_states_are_refused_and_store_nothing(tmp_path: P
             assert response.status == 200
         async with bridge.session.get(callback) as response:  # replayed
             assert response.status == 400
+        await bridge.answer_connect("U100")
+        await wait_until(lambda: accounts(bridge) != [], 10.0, "U100's confirmation")
 
         ack, _ = await bridge.command("connect", user="U200")
         with sqlite3.connect(bridge.db_path) as db:

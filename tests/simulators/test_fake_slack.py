@@ -381,3 +381,67 @@ def test_rich_text_blocks_match_fixture() -> None:
     event = fixture["event"]
     [block] = rich_text_blocks(event["text"])
     assert block["elements"] == event["blocks"][0]["elements"]
+
+
+async def test_buttons_are_shown_clicked_signed_and_replaced(
+    fake: FakeSlack,
+    client: AsyncWebClient,
+    bridge: tuple[TestServer, list[dict[str, Any]]],
+    session: aiohttp.ClientSession,
+) -> None:
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "Connect @ada?"}},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "yes",
+                    "text": {"type": "plain_text", "text": "Yes"},
+                    "value": "p1",
+                },
+                {
+                    "type": "button",
+                    "action_id": "no",
+                    "text": {"type": "plain_text", "text": "No"},
+                    "value": "p1",
+                },
+            ],
+        },
+    ]
+    await client.chat_postEphemeral(channel="C1", user="U1", text="Connect @ada?", blocks=blocks)
+    await client.chat_postMessage(channel="U2", text="in a DM", blocks=blocks)  # the bot's DM to U2
+    assert [(b.action_id, b.text, b.ephemeral) for b in fake.buttons("U1")] == [
+        ("yes", "Yes", True),
+        ("no", "No", True),
+    ]
+    [dm_yes, _] = fake.buttons("U2")
+    assert (dm_yes.channel, dm_yes.ephemeral) == ("U2", False)
+
+    server, received = bridge
+    sender = SlackSender(session, str(server.make_url("/slack/events")), SECRET)
+    yes = fake.buttons("U1")[0]
+    response_url = fake.click_response_url(yes)
+    result = await sender.click(yes, user_id="U1", response_url=response_url)
+    assert result.status == 200 and received[-1]["valid"]
+    assert received[-1]["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    [(key, raw)] = parse_qsl(received[-1]["body"].decode())
+    payload = json.loads(raw)
+    assert key == "payload" and payload["type"] == "block_actions" and payload["user"]["id"] == "U1"
+    assert payload["container"] == {
+        "type": "message",
+        "message_ts": yes.message_ts,
+        "channel_id": "C1",
+        "is_ephemeral": True,
+    }
+    assert [(a["action_id"], a["value"]) for a in payload["actions"]] == [("yes", "p1")]
+    assert (
+        await sender.click(yes, user_id="U1", response_url=response_url, signature_override="v0=00")
+    ).status == 401
+
+    # An answer that replaces the message takes its buttons away; one that does not, leaves them.
+    await AsyncWebhookClient(response_url).send(text="noted", replace_original=False)
+    assert len(fake.buttons("U1")) == 2
+    await AsyncWebhookClient(response_url).send(text="Done.", replace_original=True)
+    assert fake.buttons("U1") == [] and fake.ephemerals("U1")[0]["text"] == "Done."
+    assert len(fake.buttons("U2")) == 2

@@ -158,6 +158,17 @@ async def test_pkce_round_trip(env: Env) -> None:
     assert env.fake.violations == []
 
 
+async def test_withheld_scopes_are_left_out_of_the_grant(env: Env) -> None:
+    env.fake.withheld_scopes = {"dm.write", "offline.access"}
+    verifier = secrets.token_urlsafe(48)
+    query = await _authorize(env, verifier)
+    status, body = await _exchange(env, query["code"][0], verifier)
+    assert status == 200 and "refresh_token" not in body
+    assert set(body["scope"].split()) == set(SCOPES.split()) - {"dm.write", "offline.access"}
+    # The token is held to what it was granted: no DM with it.
+    assert (await _send(env, BOB, headers={"Authorization": f"Bearer {body['access_token']}"})).status == 403
+
+
 async def test_authorizing_user_is_settable(env: Env) -> None:
     env.fake.authorizing_user_id = BOB
     verifier = secrets.token_urlsafe(48)
@@ -720,6 +731,29 @@ async def test_fault_model_faults_after_recording_keep_the_dm(env: Env) -> None:
             assert (await _send(env, BOB, "never")).status in (500, 502, 503, 504)
     assert len(env.fake.events) == 3
     assert env.fake.violations == []  # the cut answers are deliberately not validated
+
+
+async def test_a_fault_can_let_the_first_matching_requests_through(env: Env) -> None:
+    env.fake.inject("503", path_contains="/2/users/me", after=2)
+    statuses = []
+    for _ in range(4):
+        async with env.http.get("/2/users/me", headers=env.auth()) as r:
+            statuses.append(r.status)
+    assert statuses == [200, 200, 503, 200]
+
+
+async def test_reading_an_implicit_one_to_one_conversation_creates_nothing(env: Env) -> None:
+    conv = "-".join(sorted((ALICE, DAVE), key=int))
+    params = {"max_results": "1", "dm_event.fields": "text", "event_types": "MessageCreate"}
+    async with env.http.get(f"/2/dm_conversations/{conv}/dm_events", params=params, headers=env.auth()) as r:
+        assert r.status == 200 and "data" not in await r.json()
+    assert env.fake.conversations == {}
+    async with env.http.get(
+        f"/2/dm_conversations/{'-'.join(sorted((BOB, DAVE), key=int))}/dm_events",
+        params=params,
+        headers=env.auth(),
+    ) as r:
+        assert r.status == 404  # not ALICE's conversation: X will not say whether it exists
 
 
 async def test_fault_path_filter(env: Env) -> None:

@@ -193,3 +193,25 @@ async def test_a_read_429_naming_a_reset_pauses_reads_until_then_not_the_end_hea
         assert budget.read_blocked_until(ACCOUNT, NOW + 3) is None
     finally:
         await store.close()
+
+
+async def test_a_read_on_another_instance_spends_from_what_the_leader_saved(tmp_path: Path) -> None:
+    """`/xdm link` checks a conversation with one read, on whichever instance took the command: a
+    standby's windows were loaded at its start, so it first takes the leader's saved spending."""
+    store = SqliteStore(str(tmp_path / "b.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        standby, leader = Budget(store, reads_15m=15), Budget(store, reads_15m=15)
+        await standby.load(NOW)
+
+        async def ok() -> tuple[None, RateFacts]:
+            return None, RateFacts()
+
+        for _ in range(10):
+            await leader.read(ACCOUNT, lambda: NOW, ok)
+        assert standby.reads_left(ACCOUNT, NOW)[0] == 15  # its own view knows nothing of them
+        await standby.adopt_stored_reads(ACCOUNT, NOW)
+        await standby.read(ACCOUNT, lambda: NOW, ok)
+        assert await standby.stored_reads_left(ACCOUNT, NOW) == (4, 15, NOW + 900)
+    finally:
+        await store.close()
