@@ -757,9 +757,13 @@ class CommandService:
             where = f"a new X group with {_listed(names)}"
         else:
             where = _describe(mapping)
+        # Said in the channel, for everyone in it: whose X account this is, and that the
+        # conversation's DMs, other people's included, are now theirs to read (X's policy).
         return (
             f"<@{ctx.user_id}> bridged this channel to {where}. "
-            f"Messages posted here go to X as @{account.x_username}."
+            f"Messages posted here go to X as @{account.x_username} (<@{ctx.user_id}>'s X account), "
+            "and the direct messages of that conversation, from everyone in it, are posted here "
+            "for every member of this channel to read."
         )
 
 

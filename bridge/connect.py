@@ -7,11 +7,12 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from bridge.errors import OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable, XError
 from bridge.model import Account, Button, Mapping, OAuthState, PendingConnection, TokenSet, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
+from bridge.retention import X_EVENT_WINDOW_DAYS
 from bridge.settings import SCOPES
 
 log = logging.getLogger("bridge.connect")
@@ -76,6 +77,38 @@ def held_notice(mapping: Mapping, account: Account) -> str:
     )
 
 
+def consent_text(account: str, retention_days: int) -> str:
+    """What a person agrees to by connecting ``account`` (``@handle``, or words for the X account
+    not yet chosen): shown on the page before X, and in the question whose click binds it."""
+    return (
+        f"Channels you bridge will send X direct messages as {account}, and the direct messages "
+        f"of those conversations, yours and the other people's, will be posted in those Slack "
+        f"channels, where every member of the channel can read them. The bridge keeps its own "
+        f"copy for {max(retention_days, X_EVENT_WINDOW_DAYS)} days (Slack keeps the posts as the "
+        "workspace keeps messages); `/xdm disconnect` stops it at any time."
+    )
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Who agreed to what, and when: kept for X's Developer Policy (consent before storing DMs)."""
+
+    team_id: str
+    slack_user_id: str
+    x_user_id: str
+    x_username: str
+    text: str
+    given_at: float
+
+
+class Consents(Protocol):
+    """Role store: the consents given."""
+
+    async def record_consent(self, consent: Consent) -> None: ...
+
+    async def consents_of(self, team_id: str, slack_user_id: str) -> list[Consent]: ...
+
+
 class ConnectService:
     """Completes authorizations started by `/xdm connect`, and disconnects accounts."""
 
@@ -89,7 +122,11 @@ class ConnectService:
         clock: Clock,
         on_connected: Callable[[Account], None] = lambda account: None,
         on_disconnected: Callable[[Account], None] = lambda account: None,
+        consents: Consents | None = None,
+        retention_days: int = 30,
     ) -> None:
+        self._consents = consents
+        self._retention_days = retention_days
         self._store = store
         self._oauth = oauth
         self._x = x
@@ -196,9 +233,9 @@ class ConnectService:
         text = (
             f"Your `/xdm connect` link was completed in a browser with X account "
             f"*@{pending.x_user.username}*. Confirm to connect @{pending.x_user.username} to your "
-            "Slack account: channels you bridge will then send X DMs in its name. If you did not "
-            f"just approve @{pending.x_user.username} on X yourself, press Cancel (someone else "
-            f"opened your link). This question expires in {int(PENDING_TTL // 60)} minutes."
+            f"Slack account. {consent_text(f'@{pending.x_user.username}', self._retention_days)} If you "
+            f"did not just approve @{pending.x_user.username} on X yourself, press Cancel (someone "
+            f"else opened your link). This question expires in {int(PENDING_TTL // 60)} minutes."
         )
         buttons = (
             Button(CONFIRM_ACTION, f"Connect @{pending.x_user.username}", pending.id, "primary"),
@@ -277,6 +314,19 @@ class ConnectService:
     async def _bind(self, pending: PendingConnection, response_url: str | None) -> Account:
         """The Slack user confirmed: the X account is theirs from now on."""
         user, tokens = pending.x_user, pending.tokens
+        if self._consents is not None:
+            # X's Developer Policy: explicit consent before DMs are stored. The click that binds
+            # is that consent; who gave it, when, and to which words is kept.
+            await self._consents.record_consent(
+                Consent(
+                    pending.team_id,
+                    pending.slack_user_id,
+                    user.id,
+                    user.username,
+                    consent_text(f"@{user.username}", self._retention_days),
+                    self._clock.now(),
+                )
+            )
         before = await self._store.account_for_user(pending.team_id, pending.slack_user_id)
         account = await self._store.save_account(pending.team_id, pending.slack_user_id, user, tokens)
         # Before anything is released: what belongs to another X account must not go as this one.

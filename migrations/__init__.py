@@ -514,3 +514,24 @@ CREATE TABLE xchat_identities (
     registered_at DOUBLE PRECISION
 )
 """
+
+
+@migrations(name="0020_consents")
+def m0020_consents(db: Database) -> None:
+    """Consents (issue 21): X's Developer Policy asks for explicit consent before DMs are stored.
+    Each confirmed connection keeps who agreed (Slack team and user, X account), to which words,
+    and when. Append-only: a consent is a record of the past."""
+    db.execute(CONSENTS)
+
+
+CONSENTS = """
+CREATE TABLE consents (
+    id INTEGER PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    slack_user_id TEXT NOT NULL,
+    x_user_id TEXT NOT NULL,
+    x_username TEXT NOT NULL,
+    text TEXT NOT NULL,
+    given_at DOUBLE PRECISION NOT NULL
+)
+"""

@@ -22,7 +22,7 @@ import logging
 
 import asyncpg
 
-from migrations import XCHAT_IDENTITIES
+from migrations import CONSENTS, XCHAT_IDENTITIES
 
 log = logging.getLogger("migrations.postgres")
 
@@ -314,6 +314,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
     # SQLite's 0019, the same statement: X Chat identities of accounts the operator controls.
     ("0015_xchat_identities", XCHAT_IDENTITIES),
+    # SQLite's 0020: consents (a BIGSERIAL id where SQLite's INTEGER PRIMARY KEY numbers itself).
+    ("0016_consents", CONSENTS.replace("id INTEGER PRIMARY KEY", "id BIGSERIAL PRIMARY KEY")),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -333,6 +335,7 @@ TABLES = (
     "pending_connections",
     "xchat_identities",
     "xchat_peers",
+    "consents",
 )
 
 

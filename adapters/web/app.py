@@ -33,6 +33,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
+from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
 from adapters.store.leader import Leadership
 from adapters.store.postgres import PostgresStore
@@ -47,7 +48,7 @@ from adapters.x.oauth import oauth_client
 from adapters.x.xchat import KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
-from bridge.connect import ConnectService
+from bridge.connect import ConnectService, consent_text
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable
 from bridge.inbound import Inbound, InboundConfig
@@ -217,6 +218,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             on_connected=connected,
             on_disconnected=lambda account: tokens.forget(account.id),
+            consents=ConsentStore(store.engine),
+            retention_days=settings.retention_days,
         )
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
@@ -627,11 +630,13 @@ async def connect_page(request: web.Request) -> web.Response:
     csrf = secrets.token_urlsafe(32)
     user = pending.slack_user_name or pending.slack_user_id
     team = pending.team_name or pending.team_id
+    consent = consent_text("the X account you approve", request.app[SETTINGS].retention_days)
     body = (
         f"<p>The X account you approve next will be connected to the Slack user "
         f"<strong>{html.escape(user)}</strong> ({html.escape(pending.slack_user_id)}) in the workspace "
-        f"<strong>{html.escape(team)}</strong> ({html.escape(pending.team_id)}). Channels that person "
-        "bridges will send X direct messages in that X account's name.</p>"
+        f"<strong>{html.escape(team)}</strong> ({html.escape(pending.team_id)}).</p>"
+        f"<p>{html.escape(consent)}</p>"
+        "<p>Slack asks that person to confirm once X has approved; nothing is connected before.</p>"
         "<p>Continue only if you ran <code>/xdm connect</code> in Slack yourself just now. "
         "If someone sent you this link, close this page.</p>"
         f"<form method=post action='{CONNECT_PATH}'>"

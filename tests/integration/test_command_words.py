@@ -22,7 +22,9 @@ async def test_one_to_one_is_confirmed_and_shown_by_handle(tmp_path: Path) -> No
         told = (await bridge.follow_up(response_url))["text"]
         assert told == (
             "<@U100> bridged this channel to their DMs with @alice. "
-            "Messages posted here go to X as @bridge_owner."
+            "Messages posted here go to X as @bridge_owner (<@U100>'s X account), and the direct "
+            "messages of that conversation, from everyone in it, are posted here for every member "
+            "of this channel to read."
         )
         status = await said(bridge, "status")
         assert "This channel is bridged to the 1-to-1 X DMs with @alice." in status
