@@ -205,3 +205,29 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     assert sandbox.process.wait(timeout=15) == 0, sandbox.output()
     assert "shut down cleanly" in sandbox.err.read_text()
     assert not Path(data.group(1)).exists()
+
+
+def test_on_a_phone_the_panes_stack_and_each_stays_usable(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    """420 px wide: the Slack pane above the X pane, each message list tall enough to read, and
+    nothing wider than the screen. The screenshots are kept beside the test's files."""
+    browser.set_window_size(420, 860)
+    browser.get(sandbox.url)
+    type_in(browser, "#slack-input", "/xdm help")
+    wait_for(browser, "#slack-messages .msg", "/xdm", "the help answer")
+    boxes = browser.execute_script(
+        "const box = id => document.getElementById(id).getBoundingClientRect();"
+        "return {slack: box('slack'), x: box('x'), slackList: box('slack-messages'),"
+        " xList: box('x-messages'), page: document.documentElement.scrollWidth, view: window.innerWidth};"
+    )
+    slack, x = boxes["slack"], boxes["x"]
+    assert x["top"] >= slack["bottom"] - 1 and abs(x["left"] - slack["left"]) < 1, boxes  # stacked
+    assert boxes["page"] <= boxes["view"], boxes  # no sideways scrolling
+    for name in ("slackList", "xList"):
+        assert boxes[name]["height"] >= 200 and boxes[name]["width"] >= 300, (name, boxes)
+    for where in ("top", "x-pane"):
+        if where == "x-pane":
+            browser.execute_script("document.getElementById('x').scrollIntoView()")
+        shot = tmp_path / f"sandbox-420px-{where}.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5_000
