@@ -8,7 +8,7 @@ gets from its single writer thread is done here with locks:
   mapping row (``FOR NO KEY UPDATE``): ids (and so the send order) are drawn in commit
   order per channel, and "this row is its channel's head" is decided with no race;
 - a claim (``mark_sending``), an edit and a delete lock the outbox row they read;
-- a token refresh runs under a lock on the account's row (``refresh_lock``), so X's
+- a token refresh runs under an advisory lock per account (``refresh_lock``), so X's
   single-use refresh token is spent once across instances.
 
 Heads are found by a loose index scan over the partial ``outbox_pending`` index: one
@@ -17,11 +17,12 @@ probe per channel with unfinished rows, not a scan of the backlog.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,7 @@ from bridge.model import (
     Unreadable,
     XUser,
 )
+from bridge.ports import LockedAccount
 from bridge.settings import redacted
 from migrations import postgres as pg_migrations
 from migrations.postgres import PENDING_STATES
@@ -91,6 +93,7 @@ class PostgresStore:
         self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._refresh_slots = asyncio.Semaphore(max(1, pool_size // 2))  # see ``refresh_lock``
         # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
         self.instance_id = uuid.uuid4().hex[:12]
         # Whether new rows are announced with NOTIFY: a standby's must wake the leader, the leader's
@@ -521,20 +524,27 @@ class PostgresStore:
         payload = f"{self.instance_id}:{what}" if what else self.instance_id
         await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
-        """Held while an account's token is re-read and refreshed: one refresh at a time across every
-        instance, since X's refresh tokens are single-use. An advisory lock in a transaction on a
-        connection of its own, so the store's other calls (reading, saving the new tokens) never wait
-        on it."""
-        return self._advisory(REFRESH_LOCK, account_id)
-
     @asynccontextmanager
-    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
-        # A transaction-level lock: however the holder ends (an error, a cancellation, a dead
-        # connection), the transaction ends and the lock with it.
-        async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
-            yield
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[LockedAccount]:
+        """Held while an account's token is re-read and refreshed: one refresh at a time across every
+        instance, since X's refresh tokens are single-use.
+
+        A session advisory lock on one pooled connection, and the refresh's reads and writes go
+        through that same connection (``_AccountRow``): a holder that waited for a second one
+        would deadlock once the pool's connections were all held by refreshes. Each write commits
+        at once (the new refresh token is kept even if the caller then fails), and at most half
+        the pool refreshes at a time, so the rest of the bridge (``/healthz``) never queues behind
+        X's token endpoint."""
+        async with self._refresh_slots, self.pool.acquire() as conn:
+            await _ended_on_failure(
+                conn, conn.execute("SELECT pg_advisory_lock($1, $2)", REFRESH_LOCK, account_id)
+            )
+            try:
+                yield _AccountRow(self, conn, account_id)
+            finally:
+                await _ended_on_failure(
+                    conn, conn.execute("SELECT pg_advisory_unlock($1, $2)", REFRESH_LOCK, account_id)
+                )
 
     async def prune_batch(
         self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
@@ -1406,9 +1416,39 @@ class PostgresStore:
             await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
 
 
+class _AccountRow:
+    """``LockedAccount`` on the connection that holds the account's refresh lock."""
+
+    def __init__(self, store: PostgresStore, conn: Conn, account_id: int) -> None:
+        self._store = store
+        self._conn = conn
+        self._id = account_id
+
+    async def read(self) -> Account | None:
+        row = await self._conn.fetchrow("SELECT * FROM accounts WHERE id = $1", self._id)
+        return self._store._account(row) if row else None
+
+    async def save_tokens(self, tokens: TokenSet) -> None:
+        await self._store._update_tokens(self._conn, self._id, tokens)
+
+    async def flag_reconnect(self) -> None:
+        await self._conn.execute("UPDATE accounts SET needs_reconnect = 1 WHERE id = $1", self._id)
+
+
+async def _ended_on_failure(conn: Conn, statement: Awaitable[object]) -> None:
+    """Run a session lock's lock or unlock; if it fails or is cancelled, whether the lock is held
+    is unknown, so the session ends (and any lock with it) rather than go back to the pool."""
+    try:
+        await statement
+    except BaseException:
+        conn.terminate()
+        raise
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection returns to the pool: the store changes no session state
-    (its only lock is transaction-level), and asyncpg's default reset costs a round trip per call."""
+    (its one session lock, ``refresh_lock``, is released before the connection goes back, or the
+    connection ended), and asyncpg's default reset costs a round trip per call."""
 
 
 # The budget windows as four arrays ($3..$6 of the statements that save them with other work).

@@ -46,6 +46,7 @@ from bridge.model import (
     Unreadable,
     XUser,
 )
+from bridge.ports import LockedAccount
 from migrations import PENDING_STATES, migrations
 
 log = logging.getLogger("adapters.store.sqlite")
@@ -95,6 +96,23 @@ def _open_database(path: str) -> Database:
     db.execute("PRAGMA synchronous = NORMAL")
     migrations.apply(db)
     return db
+
+
+class _AccountRow:
+    """``LockedAccount`` through the store's ordinary calls (its one thread serialises them)."""
+
+    def __init__(self, store: SqliteStore, account_id: int) -> None:
+        self._store = store
+        self._id = account_id
+
+    async def read(self) -> Account | None:
+        return await self._store.get_account(self._id)
+
+    async def save_tokens(self, tokens: TokenSet) -> None:
+        await self._store.update_tokens(self._id, tokens)
+
+    async def flag_reconnect(self) -> None:
+        await self._store.set_needs_reconnect(self._id, True)
 
 
 class DatabaseInUse(Exception):
@@ -195,10 +213,10 @@ class SqliteStore:
         return rows[0] if rows else None
 
     @asynccontextmanager
-    async def refresh_lock(self, account_id: int) -> AsyncIterator[None]:
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[LockedAccount]:
         """Nothing to hold: one process owns a SQLite file, and ``TokenManager``'s own lock
-        already serialises its refreshes."""
-        yield
+        already serialises its refreshes. The row is read and written by the store's own calls."""
+        yield _AccountRow(self, account_id)
 
     # -- health ------------------------------------------------------------
 
