@@ -288,6 +288,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX inbound_failed ON inbound (team_id, channel_id, id) WHERE state = 'failed';
         """,
     ),
+    (
+        # PostgreSQL only (several instances): the delivery leader's lease, one row, renewed by the
+        # leader every second (adapters/store/leader.py). Times are epoch seconds, the server's.
+        "0014_leader_lease",
+        """
+        CREATE TABLE leader_lease (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT NOT NULL,
+            term BIGINT NOT NULL,
+            renewed_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -32,8 +32,8 @@ from migrations.postgres import TABLES
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
-# Tables only one engine has, derived from the others: never copied.
-DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence"}
+# Tables only one engine has, derived from the others or about the running instances: never copied.
+DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence", "leader_lease"}
 
 
 class CopyError(Exception):

@@ -63,6 +63,10 @@ class Worker:
     def role(self) -> Role:
         return "leader" if self._leadership is None or self._leadership.leading else "standby"
 
+    def leader_heartbeat_age(self) -> float | None:
+        """Seconds since any instance last renewed the leader's lease (None: no election, SQLite)."""
+        return None if self._leadership is None else self._leadership.heartbeat_age()
+
     @property
     def heartbeat(self) -> float:
         return self.current.heartbeat if self.current is not None else 0.0
