@@ -70,9 +70,22 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and str(url).split("://", 1)[0] in ("postgres", "postgresql")
 
 
+# Asked of the server by every session at its start. A client that vanished without a reset (a
+# dead network) would otherwise keep its session, and any lock it holds, for PostgreSQL's
+# default of two hours before the first keepalive: with these, the server drops it after about
+# a minute of silence, and a transaction left open (the client cut off mid-way) after one.
+# (The leader does not rely on them: its lease is fenced by time, see adapters/store/leader.py.)
+SESSION_SETTINGS = {
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "idle_in_transaction_session_timeout": "60000",  # ms; no transaction waits on X or Slack
+}
+
+
 async def connect(url: str) -> asyncpg.Connection:
     """One connection (``sslmode`` and the rest of the URL are asyncpg's to honour)."""
-    return await asyncpg.connect(url)
+    return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
 
 
 async def migrate(url: str) -> list[str]:
@@ -111,7 +124,12 @@ class PostgresStore:
             await conn.close()
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, reset=_keep_session, init=_define_functions
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                reset=_keep_session,
+                init=_define_functions,
+                server_settings=SESSION_SETTINGS,
             )
         except asyncpg.InsufficientPrivilegeError as exc:
             # Each connection defines its functions in its own temporary schema (_FUNCTIONS).
