@@ -93,6 +93,12 @@ async def _within(conn: asyncpg.Connection, statement: Coroutine[Any, Any, Any],
     return task.result()
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Read a finished task's outcome, so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Leadership:
     """Waits for the lease, runs ``lead`` while holding it, and waits again if it is lost."""
 
@@ -226,15 +232,15 @@ class Leadership:
                     raise LeaseLost("another instance holds the lease")
                 valid_until = sent + self._lease
         except BaseException as exc:
-            work.cancel()
-            # Cancelled work stops sending at once; what it cleans up after may wait on the
-            # database, which is why the wait is bounded.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(work, self._margin)
+            work.cancel()  # from here on, nothing more is sent: a send in flight is cut off
             log.warning(
                 "stopped leading: lost the lease",
                 extra={"instance": self._instance, "term": term, "error": str(exc) or repr(exc)},
             )
+            # What the cancelled work cleans up may wait on the database: bounded, and not
+            # ``wait_for``, which would wait for the cleanup however long it takes.
+            work.add_done_callback(_retrieved)
+            await asyncio.wait({work}, timeout=self._margin)
             raise
         await work
 
