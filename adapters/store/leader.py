@@ -40,10 +40,11 @@ from adapters.store.postgres import INBOUND_CHANNEL, NOW, OUTBOX_CHANNEL, connec
 log = logging.getLogger("adapters.store.leader")
 
 LEADER_LOCK = 0x786F  # pg_advisory_lock(LEADER_LOCK, term): held by each term's leader on its session
-# The lock that made an instance leader before the lease (one bigint key, so pg_locks shows its
-# high and low halves): while a previous version's leader holds it (a rolling deploy), no lease
-# is taken.
-_OLD_LEADER_LOCK = 0x78646D0002
+# The lock that made an instance leader before the lease (one bigint key). A rolling deploy
+# runs both versions at once: no lease is taken while a previous version's leader holds it (a
+# session holding it and no term lock), and a leader takes it too when it can, so that a
+# previous version's standby, which knows only this lock, stays a standby.
+OLD_LEADER_LOCK = 0x78646D0002
 LEASE_SECONDS = 10.0  # a leader that cannot renew for this long is replaced
 RENEW_EVERY = 1.0
 FENCE_MARGIN = 3.0  # the leader stops this long before its lease could run out
@@ -56,12 +57,18 @@ _ENSURE_ROW = (
 # The row, locked until the transaction ends (standbys trying at once take turns), and whether
 # the current term's leader still has a session: its advisory lock is in pg_locks.
 _READ_ROW = f"""
+    WITH held AS (
+        SELECT pid, classid::bigint AS space, objid::bigint AS lock_key, objsubid FROM pg_locks
+        WHERE locktype = 'advisory' AND granted
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    )
     SELECT holder, term, {NOW} - renewed_at AS age, expires_at < {NOW} AS expired,
-           EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND classid::bigint = $1 AND objid::bigint = term AND objsubid = 2) AS alive,
-           EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND classid::bigint = {_OLD_LEADER_LOCK >> 32}
-                   AND objid::bigint = {_OLD_LEADER_LOCK & 0xFFFFFFFF} AND objsubid = 1) AS old_leader
+           EXISTS (SELECT 1 FROM held WHERE space = $1 AND lock_key = term AND objsubid = 2) AS alive,
+           EXISTS (SELECT 1 FROM held AS o
+                   WHERE o.space = {OLD_LEADER_LOCK >> 32} AND o.lock_key = {OLD_LEADER_LOCK & 0xFFFFFFFF}
+                     AND o.objsubid = 1
+                     AND NOT EXISTS (SELECT 1 FROM held AS t
+                                     WHERE t.pid = o.pid AND t.space = $1 AND t.objsubid = 2)) AS old_leader
     FROM leader_lease WHERE id = 1 FOR UPDATE
 """
 _TAKE = (
@@ -177,12 +184,15 @@ class Leadership:
         async with conn.transaction():
             row = await conn.fetchrow(_READ_ROW, LEADER_LOCK)
             assert row is not None
-            self._seen = (asyncio.get_running_loop().time(), float(row["age"]))
+            # A previous version's leader renews no lease, but leads: count it as renewed now.
+            age = 0.0 if row["old_leader"] else float(row["age"])
+            self._seen = (asyncio.get_running_loop().time(), age)
             if row["old_leader"] or not (row["expired"] or not row["alive"]):
                 return None
             term = int(row["term"]) + 1
             # Free: the row is locked and no session can hold a term that is not written yet.
             await conn.execute("SELECT pg_advisory_lock($1, $2::integer)", LEADER_LOCK, term)
+            await conn.execute("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
             await conn.execute(_TAKE, self._instance, term, self._lease)
         return term
 

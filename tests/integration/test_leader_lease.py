@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from adapters.store.leader import LEADER_LOCK
+from adapters.store.leader import LEADER_LOCK, OLD_LEADER_LOCK
 from adapters.store.postgres import NOW
 from adapters.web.app import SERVICES
 from tests.harness import Bridge, running_bridge, wait_until
@@ -51,3 +52,23 @@ async def test_a_lease_nobody_renews_is_reported_and_its_dead_holder_replaced_at
         await wait_until(lambda: worker.role == "leader", 10, "leading again")
         status, body = await health(bridge)
         assert status == 200 and body["worker"] in ("ok", "starting"), body
+
+
+async def test_a_rolling_deploy_never_has_two_leaders(tmp_path: Path, on_postgres: dict[str, str]) -> None:
+    """The previous version elected its leader with one advisory lock (``OLD_LEADER_LOCK``)."""
+    url = on_postgres["DATABASE_URL"]
+    old = await asyncpg.connect(url)  # a previous version's leader
+    try:
+        assert await old.fetchval("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
+        async with running_bridge(tmp_path, env={"METRICS_TOKEN": "ops-token"}) as bridge:
+            worker = bridge.app[SERVICES].worker
+            await asyncio.sleep(1.5)  # three polls for the lease
+            status, body = await health(bridge)
+            assert status == 200 and body["worker"] == "standby"  # while the previous version leads
+            assert await bridge.sql("SELECT holder FROM leader_lease") == [("",)]  # never taken
+            await old.execute("SELECT pg_advisory_unlock($1)", OLD_LEADER_LOCK)
+            await wait_until(lambda: worker.role == "leader", 10, "leading once it has gone")
+            # A previous version's standby, polling its lock, stays a standby.
+            assert not await old.fetchval("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
+    finally:
+        await old.close()
