@@ -60,6 +60,7 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries wit
 NOW = "extract(epoch from clock_timestamp())::double precision"
 OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
 INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
+CLOSE_TIMEOUT = 5.0  # seconds the pool may take to close gracefully
 REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
 INBOUND_LOCK = 0x786E  # pg_advisory_xact_lock(INBOUND_LOCK, account id): one inbound take per account
 
@@ -141,7 +142,13 @@ class PostgresStore:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                # Graceful close waits for every connection to come back; one stuck on a database
+                # that stopped answering never does, and shutdown must still end.
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("database connections did not close in time; dropped")
+                self._pool.terminate()
             self._pool = None
 
     @property

@@ -2,7 +2,7 @@
 
 A leadership term gets a fresh ``Delivery`` (its budgets re-read first: the previous
 leader spent them) and runs the other leader jobs beside it: the inbound poller and
-poster, and push upkeep. Until then, or after losing the lock, the instance is a standby:
+poster, and push upkeep. Until then, or after losing the lease, the instance is a standby:
 what it accepts (an outbox row, a pushed X event) reaches the leader through a ``NOTIFY``
 at commit, and a wake-up (a reconnection, a new mapping) is passed on the same way.
 """
