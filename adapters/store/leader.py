@@ -50,6 +50,7 @@ RENEW_EVERY = 1.0
 FENCE_MARGIN = 3.0  # the leader stops this long before its lease could run out
 STATEMENT_TIMEOUT = 2.0  # a lease statement that takes longer: the connection is given up
 
+_SHORT_TRANSACTIONS = "SET idle_in_transaction_session_timeout = '2s'"
 _ENSURE_ROW = (
     "INSERT INTO leader_lease (id, holder, term, renewed_at, expires_at) VALUES (1, '', 0, 0, 0) "
     "ON CONFLICT (id) DO NOTHING"
@@ -162,6 +163,9 @@ class Leadership:
     async def _session(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         conn = await asyncio.wait_for(connect(self._url), self._lease)
         try:
+            # Its one transaction (``_try_take``) locks the lease row for milliseconds; cut off
+            # inside it, this session would hold up every renewal until the server ended it.
+            await _within(conn, conn.execute(_SHORT_TRANSACTIONS), STATEMENT_TIMEOUT)
             await _within(conn, conn.execute(_ENSURE_ROW), STATEMENT_TIMEOUT)
             while not self._stopping.is_set():
                 sent = asyncio.get_running_loop().time()
@@ -194,6 +198,7 @@ class Leadership:
             await conn.execute("SELECT pg_advisory_lock($1, $2::integer)", LEADER_LOCK, term)
             await conn.execute("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
             await conn.execute(_TAKE, self._instance, term, self._lease)
+        self._seen = (asyncio.get_running_loop().time(), 0.0)
         return term
 
     async def _term(
@@ -234,13 +239,13 @@ class Leadership:
                 sent = loop.time()
                 # The last moment this term may still work: past it, a renewal is too late.
                 deadline = min(sent + STATEMENT_TIMEOUT, valid_until - self._margin)
-                self._seen = (sent, 0.0)
                 renewed = await _within(
                     conn, conn.fetchval(_RENEW, self._instance, term, self._lease), deadline - sent
                 )
                 if renewed is None:
                     raise LeaseLost("another instance holds the lease")
                 valid_until = sent + self._lease
+                self._seen = (sent, 0.0)
         except BaseException as exc:
             work.cancel()  # from here on, nothing more is sent: a send in flight is cut off
             log.warning(
