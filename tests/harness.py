@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,19 +51,6 @@ READ_WINDOW = 2.0
 # The database every bridge started here uses: empty for SQLite at the test's DATABASE_PATH, or
 # {"DATABASE_URL": …} (the ``on_both_stores`` fixture sets it for the tests that run on both).
 DATABASE_ENV: dict[str, str] = {}
-
-
-class ShiftedClock:
-    """Real time plus a shift the test moves forward; shared by the bridge and fake X."""
-
-    def __init__(self) -> None:
-        self.shift = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.shift
-
-    def __call__(self) -> float:
-        return self.now()
 
 
 def free_port() -> int:

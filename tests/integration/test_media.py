@@ -10,11 +10,24 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
-from tests.harness import Bridge, ShiftedClock, linked, running_bridge, wait_until
+from tests.harness import Bridge, linked, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
 
 # Every media test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("on_both_stores")
+
+
+class ShiftedClock:
+    """Real time plus a shift the test moves forward; shared by the bridge and fake X."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.shift
+
+    def __call__(self) -> float:
+        return self.now()
 
 
 def uploads(bridge: Bridge) -> list[str]:
