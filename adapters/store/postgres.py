@@ -74,12 +74,14 @@ def is_postgres_url(url: str | None) -> bool:
 # Asked of the server by every session at its start. A client that vanished without a reset (a
 # dead network) would otherwise keep its session, and any lock it holds, for PostgreSQL's
 # default of two hours before the first keepalive: with these, the server drops it after about
-# a minute of silence, and a transaction left open (the client cut off mid-way) after one.
+# a minute of silence (keepalives when it waits for the client, tcp_user_timeout when its own
+# answer goes unacknowledged; PostgreSQL 12+), and a transaction left open after one.
 # (The leader does not rely on them: its lease is fenced by time, see adapters/store/leader.py.)
 SESSION_SETTINGS = {
     "tcp_keepalives_idle": "30",
     "tcp_keepalives_interval": "10",
     "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # ms
     "idle_in_transaction_session_timeout": "60000",  # ms; no transaction waits on X or Slack
 }
 

@@ -9,6 +9,7 @@ EXPECTED = {
     "tcp_keepalives_idle": "30",
     "tcp_keepalives_interval": "10",
     "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # shown in ms
     "idle_in_transaction_session_timeout": "1min",
 }
 
