@@ -160,8 +160,28 @@ class Leadership:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    async def _connect(self) -> asyncpg.Connection | None:
+        """A connection of its own, or None when ``stop`` comes first (a standby's shutdown need
+        not wait for a database that does not answer)."""
+        connecting = asyncio.ensure_future(connect(self._url))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {connecting, stopping}, timeout=self._lease, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if connecting in done:
+            return connecting.result()
+        connecting.cancel()
+        if self._stopping.is_set():
+            return None
+        raise TimeoutError(f"could not connect within {self._lease:g} s")
+
     async def _session(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        conn = await asyncio.wait_for(connect(self._url), self._lease)
+        conn = await self._connect()
+        if conn is None:
+            return
         try:
             # Its one transaction (``_try_take``) locks the lease row for milliseconds; cut off
             # inside it, this session would hold up every renewal until the server ended it.

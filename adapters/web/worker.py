@@ -131,5 +131,7 @@ class Worker:
         self._stopping = True
         if self._leadership is not None:
             self._leadership.stop()
-        if self.current is not None:
+        # A term that lost its lease has been cancelled already; what is left of it may be stuck
+        # on the database that cut it off, and there is nothing of it to finish.
+        if self.current is not None and self.role == "leader":
             await asyncio.gather(self.current.stop(grace), *(job.stop(grace) for job in self._jobs))
