@@ -38,12 +38,17 @@ class FreezingProxy:
             self._server.close()
         for writer in self._writers:
             writer.transport.abort()
-        for task in self._tasks:
+        current = asyncio.current_task()
+        waiting = [task for task in self._tasks if task is not current and not task.done()]
+        for task in waiting:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.append(writer)
+        accepting = asyncio.current_task()
+        if accepting is not None:  # cancelled by ``close`` if it is still waiting for a thaw
+            self._tasks.add(accepting)
         await self._thawed.wait()
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         self._writers.append(up_writer)
