@@ -14,6 +14,11 @@ defaults (fsync and synchronous_commit on: what Heroku Postgres runs).
 Takeover: two instances on one database; the leader (found through ``/healthz``) is SIGKILLed;
 measured until the standby reports itself leader, and until a message posted to the standby
 right after the kill reaches X.
+
+Partition: the leader reaches PostgreSQL through a TCP proxy that freezes (stops forwarding,
+keeps the sockets open: a dead network, no reset); measured from the freeze until the cut-off
+leader stops its work (its log), until the standby leads, and until a message posted to the
+standby right after the freeze reaches X.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -149,6 +157,57 @@ async def takeover(
     return figures
 
 
+async def partition(
+    session: aiohttp.ClientSession, tmp: Path, fakes: harness.Fakes, url: str, rounds: int
+) -> list[tuple[float, float, float]]:
+    """(seconds until the cut-off leader stopped, until the standby leads, until the message reached X)."""
+    from tests.freezing_proxy import FreezingProxy
+
+    key = generate_key()
+    await prepare(session, PostgresStore(url, TokenCipher([key])), fakes)
+    direct = urlsplit(url)
+    assert direct.hostname is not None and direct.port is not None
+    figures = []
+    for n in range(rounds):
+        proxy = FreezingProxy(direct.hostname, direct.port)
+        await proxy.start()
+        via = urlunsplit(direct._replace(netloc=f"{direct.username}@127.0.0.1:{proxy.port}"))
+        servers = [await start(session, tmp, fakes, key, f"partition-cut-{n}", via)]
+        try:
+            await leading(session, servers)
+            standby = await start(session, tmp, fakes, key, f"partition-standby-{n}", url)
+            servers.append(standby)
+            sender = SlackSender(session, f"{standby.url}/slack/events", harness.SECRET, team_id=harness.TEAM)
+            [shot] = harness.build_shots(sender, 1, f"partition{n}")
+            frozen_at, frozen = time.time(), time.monotonic()
+            proxy.freeze()
+            async with session.post(f"{standby.url}/slack/events", data=shot.body, headers=shot.headers) as r:
+                assert r.status == 200, await r.text()
+            await leading(session, [standby])
+            led = time.monotonic() - frozen
+            while shot.marker not in fakes.arrivals:
+                await fakes.pull(session)
+                await asyncio.sleep(0.01)
+            stopped = _logged_at(tmp / f"bridge-partition-cut-{n}.log", "stopped leading") - frozen_at
+            figures.append((stopped, led, fakes.arrivals[shot.marker] - frozen))
+            harness.note(
+                f"partition {n + 1}: stopped after {stopped:.2f} s, standby leading after {led:.2f} s"
+            )
+        finally:
+            for server in servers:
+                server.proc.stop(timeout=30.0)
+            await proxy.close()
+    return figures
+
+
+def _logged_at(log: Path, message: str) -> float:
+    """The wall-clock time of the first JSON log line whose message starts with ``message``."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("msg", "").startswith(message):
+            return datetime.fromisoformat(json.loads(line)["ts"]).timestamp()
+    raise RuntimeError(f"no {message!r} in {log}")
+
+
 async def leading(session: aiohttp.ClientSession, servers: Sequence[harness.Server]) -> harness.Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -194,19 +253,23 @@ async def main_async(quick: bool, keep: bool = False) -> int:
                 takeover_db = await pg.create_database(server_url)
                 (tmp / "takeover").mkdir()
                 taken = await takeover(session, tmp / "takeover", fakes, takeover_db, rounds)
+                partition_db = await pg.create_database(server_url)
+                (tmp / "partition").mkdir()
+                cut = await partition(session, tmp / "partition", fakes, partition_db, 1 if quick else 3)
     finally:
         fakes.proc.stop()
         if keep:
             harness.note(f"kept {tmp} (logs, SQLite databases)")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("\n".join(report(results, taken, rates, seconds)))
+    print("\n".join(report(results, taken, cut, rates, seconds)))
     return 0
 
 
 def report(
     results: dict[str, dict[int, harness.Run]],
     taken: list[tuple[float, float]],
+    cut: list[tuple[float, float, float]],
     rates: Sequence[int],
     seconds: float,
 ) -> list[str]:
@@ -230,6 +293,7 @@ def report(
             lines.append(f"| {rate} | {store} | {' | '.join(cells)} |")
     lines.append("")
     lines.extend(targets(results, taken, rates))
+    lines.extend(partition_targets(cut))
     return lines
 
 
@@ -238,6 +302,7 @@ ACK_P99_TARGET_MS = 50.0  # at 200 events/s, both stores (as bench/run.py's ack 
 RELAY_P50_TARGET_MS = 10.0  # at 200 events/s, both stores (as bench/run.py's relay target)
 KEEP_UP_RATE = 200  # both stores deliver every event as it comes, up to this rate
 TAKEOVER_TARGET_S = 5.0  # "another instance takes over within a few seconds"
+PARTITION_TARGET_S = 30.0  # a leader cut off without a reset: another leads within 30 s (issue 17)
 
 
 def targets(
@@ -302,6 +367,26 @@ def targets(
         f"{verdict(max(arrivals) < TAKEOVER_TARGET_S)} |"
     )
     return lines
+
+
+def partition_targets(cut: list[tuple[float, float, float]]) -> list[str]:
+    """The partition rounds' figures, after the others' table."""
+    if not cut:
+        return []
+
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    stopped, led, arrived = ([c[i] for c in cut] for i in range(3))
+    fenced = all(s < t for s, t in zip(stopped, led, strict=True))
+    return [
+        f"| leader cut off without a reset ({len(cut)} rounds): it stops its work | | {listed(stopped)} s "
+        f"| | before the standby leads: {'**met**' if fenced else '**missed**'} |",
+        f"| the standby leads | | {listed(led)} s | | < {PARTITION_TARGET_S:g} s: "
+        f"{'**met**' if max(led) < PARTITION_TARGET_S else '**missed**'} |",
+        f"| a message posted to the standby right after the cut reaches X | | {listed(arrived)} s | | "
+        f"< {PARTITION_TARGET_S:g} s: {'**met**' if max(arrived) < PARTITION_TARGET_S else '**missed**'} |",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

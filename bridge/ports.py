@@ -409,9 +409,24 @@ class Store(Protocol):
 
     async def ping(self) -> bool: ...
 
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[LockedAccount]:
         """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
-        so across every instance sharing the store only one refresh per account may run at a time."""
+        so across every instance sharing the store only one refresh per account may run at a time.
+
+        What the refresh reads and writes meanwhile goes through the ``LockedAccount`` it yields,
+        never through the store's other calls: a lock that holds a database connection and then
+        waits for a second one deadlocks once as many refreshes run as there are connections.
+        Its writes are kept even if the block then raises."""
+        ...
+
+
+class LockedAccount(Protocol):
+    """One account's row while its refresh lock is held (``Store.refresh_lock``)."""
+
+    async def read(self) -> Account | None: ...
+    async def save_tokens(self, tokens: TokenSet) -> None: ...
+    async def flag_reconnect(self) -> None:
+        """X refused the refresh: the account needs to be connected again."""
         ...
 
 

@@ -4,7 +4,8 @@ X access tokens live two hours and refresh tokens rotate: each refresh returns
 a new one and the old one stops working. So refreshes are serialised per
 account (one ``asyncio.Lock`` each in this process, and the store's
 ``refresh_lock`` across instances sharing a database), the account is re-read
-under the lock, and
+under the lock (through the lock's own row handle: the lock may hold a database
+connection, and must never wait for another), and
 the new pair is saved before the access token is used: a crash after X rotated
 the token but before we saved it is the only way to lose it.
 
@@ -24,7 +25,7 @@ from typing import NoReturn, TypeVar
 
 from bridge.errors import XAuthExpired, XAuthRevoked, XTransient
 from bridge.model import Account
-from bridge.ports import Clock, Store, XOAuth
+from bridge.ports import Clock, LockedAccount, Store, XOAuth
 
 log = logging.getLogger("bridge.tokens")
 
@@ -79,11 +80,7 @@ class TokenManager:
             raise XAuthRevoked("the X account needs to be reconnected")
         if self._fresh(account):
             return account.tokens.access_token
-        async with self._lock(account.id), self._store.refresh_lock(account.id):
-            current = await self._reload(account)
-            if self._fresh(current):
-                return current.tokens.access_token
-            return await self._refresh(current)
+        return await self._refreshed(account, self._fresh)
 
     async def call(
         self, account: Account, request: Callable[[str], Awaitable[T]], *, token: str | None = None
@@ -113,14 +110,24 @@ class TokenManager:
 
     async def after_unauthorized(self, account: Account, rejected: str) -> str:
         """X said 401 to ``rejected``: refresh once (unless someone already has) and return the new token."""
-        async with self._lock(account.id), self._store.refresh_lock(account.id):
-            current = await self._reload(account)
-            if current.tokens.access_token != rejected:
-                return current.tokens.access_token
-            return await self._refresh(current)
+        return await self._refreshed(account, lambda current: current.tokens.access_token != rejected)
 
-    async def _reload(self, account: Account) -> Account:
-        current = await self._store.get_account(account.id)
+    async def _refreshed(self, account: Account, usable: Callable[[Account], bool]) -> str:
+        """Under the account's refresh lock: the token someone else just got if ``usable``, else a
+        new one. X refusing the refresh is told to the owner once the lock is released (telling
+        them needs Slack, and perhaps the store, which the lock must not wait on)."""
+        try:
+            async with self._lock(account.id), self._store.refresh_lock(account.id) as row:
+                current = await self._reload(account, row)
+                if usable(current):
+                    return current.tokens.access_token
+                return await self._refresh(current, row)
+        except _Refused as refused:
+            await self._on_revoked(refused.account, refused.reason)
+            raise XAuthRevoked(refused.reason) from None
+
+    async def _reload(self, account: Account, row: LockedAccount) -> Account:
+        current = await row.read()
         self._remember(account.id, current)
         if current is None:
             raise XAuthRevoked("the X account was disconnected")
@@ -128,25 +135,33 @@ class TokenManager:
             raise XAuthRevoked("the X account needs to be reconnected")
         return current
 
-    async def _refresh(self, account: Account) -> str:
+    async def _refresh(self, account: Account, row: LockedAccount) -> str:
         refresh_token = account.tokens.refresh_token
         if not refresh_token:
-            await self._revoke(account, "X gave no refresh token (was offline.access granted?)")
+            await self._flag(account, row, "X gave no refresh token (was offline.access granted?)")
         try:
             tokens = await self._oauth.refresh(refresh_token)
         except XAuthRevoked as exc:
-            await self._revoke(account, str(exc))
+            await self._flag(account, row, str(exc))
         except XTransient:
             log.warning("token refresh failed for now; will retry", extra={"account_id": account.id})
             raise
-        await self._store.update_tokens(account.id, tokens)
+        await row.save_tokens(tokens)
         self._remember(account.id, replace(account, tokens=tokens))
         log.info("refreshed X token", extra={"account_id": account.id})
         return tokens.access_token
 
-    async def _revoke(self, account: Account, reason: str) -> NoReturn:
-        await self._store.set_needs_reconnect(account.id, True)
+    async def _flag(self, account: Account, row: LockedAccount, reason: str) -> NoReturn:
+        await row.flag_reconnect()
         self._remember(account.id, replace(account, needs_reconnect=True))
         log.warning("X account needs reconnection", extra={"account_id": account.id, "reason": reason})
-        await self._on_revoked(account, reason)
-        raise XAuthRevoked(reason)
+        raise _Refused(account, reason)
+
+
+class _Refused(Exception):
+    """X refused an account's refresh (carried out of the refresh lock to tell its owner)."""
+
+    def __init__(self, account: Account, reason: str) -> None:
+        super().__init__(reason)
+        self.account = account
+        self.reason = reason

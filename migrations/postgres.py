@@ -316,6 +316,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0015_xchat_identities", XCHAT_IDENTITIES),
     # SQLite's 0020: consents (a BIGSERIAL id where SQLite's INTEGER PRIMARY KEY numbers itself).
     ("0016_consents", CONSENTS.replace("id INTEGER PRIMARY KEY", "id BIGSERIAL PRIMARY KEY")),
+    (
+        # PostgreSQL only (several instances): the delivery leader's lease, one row, renewed by the
+        # leader every second (adapters/store/leader.py). Times are epoch seconds, the server's.
+        "0017_leader_lease",
+        """
+        CREATE TABLE leader_lease (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT NOT NULL,
+            term BIGINT NOT NULL,
+            renewed_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

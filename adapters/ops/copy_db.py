@@ -2,7 +2,9 @@
 
 Copies every bridge table from the configured database (``DATABASE_URL``, else
 ``DATABASE_PATH``) into an empty target, migrated first, in one transaction on the
-target, then counts every table on both sides and fails unless they agree. Tokens are
+target, then counts every table on both sides and fails unless they agree. Into
+PostgreSQL, each value is converted to its column's type as information_schema names it
+(SQLite's 0/1 into a BOOLEAN); a type with no conversion stops the copy. Tokens are
 copied as they are stored (Fernet ciphertext), so the target needs the same
 ``BRIDGE_ENCRYPTION_KEY``. Stop the bridge while copying: rows written meanwhile would
 not be copied (the counts would then say so).
@@ -16,20 +18,22 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlite_utils import Database
 
 from adapters.store import postgres
 from adapters.store.sqlite import open_database
+from bridge.errors import StoreUnavailable
 from migrations.postgres import TABLES
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
 
-# Tables only one engine has, derived from the others: never copied.
-DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence"}
+# Tables only one engine has, derived from the others or about the running instances: never copied.
+DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence", "leader_lease"}
 
 
 class CopyError(Exception):
@@ -66,7 +70,7 @@ def _read(location: str) -> dict[str, Table]:
 
 
 def _read_sqlite(path: str) -> dict[str, Table]:
-    open_database(path).close()  # the schema up to date, so the columns match the target's
+    _open_sqlite(path, f"the source, DATABASE_PATH={path}").close()  # migrated: its columns are the target's
     db = sqlite3.connect(path)
     try:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -116,8 +120,18 @@ def _write(location: str, data: dict[str, Table]) -> None:
         _write_sqlite(location, data)
 
 
+def _open_sqlite(path: str, what: str) -> Database:
+    """``open_database``, its refusal said in one line naming which side it is."""
+    try:
+        return open_database(path)
+    except StoreUnavailable as exc:
+        # Its reason without the ``DATABASE_PATH=`` it names for ``serve``: here it may be ``--to``.
+        reason = str(exc).removeprefix(f"DATABASE_PATH={path!r}: ")
+        raise CopyError(f"{what}: {reason}") from None
+
+
 def _write_sqlite(path: str, data: dict[str, Table]) -> None:
-    db = open_database(path)  # creates and migrates
+    db = _open_sqlite(path, f"--to {path}")  # creates and migrates
     try:
         conn = db.conn
         _refuse_non_empty({t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in data})
@@ -141,13 +155,8 @@ async def _write_postgres(url: str, data: dict[str, Table]) -> None:
         _refuse_non_empty({t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in data})
         async with conn.transaction():
             for table, (columns, rows) in data.items():
-                types = await _pg_types(conn, table)
-                missing = [c for c in columns if c not in types]
-                if missing:
-                    raise CopyError(f"PostgreSQL's {table} has no column(s) {', '.join(missing)}")
-                records = [
-                    tuple(_coerce(v, types[c]) for c, v in zip(columns, row, strict=True)) for row in rows
-                ]
+                converters = _converters(table, columns, await _pg_types(conn, table))
+                records = [_converted(row, converters) for row in rows]
                 await conn.copy_records_to_table(table, records=records, columns=columns)
             for table in ("accounts", "outbox", "inbound"):
                 # Ids were copied as they were; new rows continue after them.
@@ -179,17 +188,38 @@ async def _pg_types(conn: asyncpg.Connection, table: str) -> dict[str, str]:
     return {r["column_name"]: r["data_type"] for r in rows}
 
 
-def _coerce(value: Any, data_type: str) -> Any:
-    """SQLite keeps what it was given; PostgreSQL's binary COPY wants the column's own type."""
-    if value is None:
-        return None
-    if data_type == "double precision":
-        return float(value)
-    if data_type in ("bigint", "integer"):
-        return int(value)
-    if data_type == "text":
-        return str(value)
-    return value
+def _to_bool(value: Any) -> bool:
+    # The SQLite store writes booleans as 0/1 (sqlite-utils' ``int`` columns).
+    return bool(int(value))
+
+
+# PostgreSQL's binary COPY wants each column's own Python type, where SQLite keeps what it was
+# given: one conversion per type the schema uses, and a type not listed here stops the copy
+# (a new column type must be taught here, never copied by guess).
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "bigint": int,
+    "integer": int,
+    "smallint": int,
+    "double precision": float,
+    "real": float,
+    "text": str,
+    "boolean": _to_bool,
+}
+
+
+def _converters(table: str, columns: Sequence[str], types: dict[str, str]) -> list[Callable[[Any], Any]]:
+    """The conversion of each copied column, from the target's types (information_schema)."""
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise CopyError(f"PostgreSQL's {table} has no column(s) {', '.join(missing)}")
+    unknown = sorted({f"{c} ({types[c]})" for c in columns if types[c] not in _CONVERT})
+    if unknown:
+        raise CopyError(f"copy-db cannot convert {table}'s column(s) {', '.join(unknown)}")
+    return [_CONVERT[types[c]] for c in columns]
+
+
+def _converted(row: tuple[Any, ...], converters: Sequence[Callable[[Any], Any]]) -> tuple[Any, ...]:
+    return tuple(None if v is None else convert(v) for convert, v in zip(converters, row, strict=True))
 
 
 # -- verifying --------------------------------------------------------------------

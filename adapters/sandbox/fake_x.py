@@ -744,6 +744,8 @@ class FakeX:
         self.faults_served: list[tuple[str, str]] = []
         """(kind, path) of every injected fault that fired."""
         self.timeout_seconds = 30.0
+        self.token_delay = 0.0
+        """Seconds the token endpoint takes to answer (X's, under load, is not instant)."""
         self.injected_reset_seconds = 60.0
         self.override_headers: dict[str, str] = {}
         self.fault_headers: dict[str, str] = {}
@@ -1473,6 +1475,8 @@ class FakeX:
         return _json(200, body)
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         form = self._form(request)
         entry: dict[str, Any] = {"grant_type": form.get("grant_type") if form else None}
         self.token_requests.append(entry)

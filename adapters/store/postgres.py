@@ -8,7 +8,7 @@ gets from its single writer thread is done here with locks:
   mapping row (``FOR NO KEY UPDATE``): ids (and so the send order) are drawn in commit
   order per channel, and "this row is its channel's head" is decided with no race;
 - a claim (``mark_sending``), an edit and a delete lock the outbox row they read;
-- a token refresh runs under a lock on the account's row (``refresh_lock``), so X's
+- a token refresh runs under an advisory lock per account (``refresh_lock``), so X's
   single-use refresh token is spent once across instances.
 
 Heads are found by a loose index scan over the partial ``outbox_pending`` index: one
@@ -17,11 +17,12 @@ probe per channel with unfinished rows, not a scan of the backlog.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -50,6 +51,7 @@ from bridge.model import (
     Unreadable,
     XUser,
 )
+from bridge.ports import LockedAccount
 from bridge.settings import redacted
 from migrations import postgres as pg_migrations
 from migrations.postgres import PENDING_STATES
@@ -60,6 +62,7 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as the SQLite store: Slack retries wit
 NOW = "extract(epoch from clock_timestamp())::double precision"
 OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the instance that wrote them)
 INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
+CLOSE_TIMEOUT = 5.0  # seconds the pool may take to close gracefully
 REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
 INBOUND_LOCK = 0x786E  # pg_advisory_xact_lock(INBOUND_LOCK, account id): one inbound take per account
 
@@ -70,9 +73,24 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and str(url).split("://", 1)[0] in ("postgres", "postgresql")
 
 
+# Asked of the server by every session at its start. A client that vanished without a reset (a
+# dead network) would otherwise keep its session, and any lock it holds, for PostgreSQL's
+# default of two hours before the first keepalive: with these, the server drops it after about
+# a minute of silence (keepalives when it waits for the client, tcp_user_timeout when its own
+# answer goes unacknowledged; PostgreSQL 12+), and a transaction left open after one.
+# (The leader does not rely on them: its lease is fenced by time, see adapters/store/leader.py.)
+SESSION_SETTINGS = {
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # ms
+    "idle_in_transaction_session_timeout": "60000",  # ms; no transaction waits on X or Slack
+}
+
+
 async def connect(url: str) -> asyncpg.Connection:
     """One connection (``sslmode`` and the rest of the URL are asyncpg's to honour)."""
-    return await asyncpg.connect(url)
+    return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
 
 
 async def migrate(url: str) -> list[str]:
@@ -93,6 +111,7 @@ class PostgresStore:
         self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._refresh_slots = asyncio.Semaphore(max(1, pool_size // 2))  # see ``refresh_lock``
         # Names this process in its NOTIFYs, so the leader does not wake for rows it offered itself.
         self.instance_id = uuid.uuid4().hex[:12]
         # Whether new rows are announced with NOTIFY: a standby's must wake the leader, the leader's
@@ -110,7 +129,12 @@ class PostgresStore:
             await conn.close()
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, reset=_keep_session, init=_define_functions
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                reset=_keep_session,
+                init=_define_functions,
+                server_settings=SESSION_SETTINGS,
             )
         except asyncpg.InsufficientPrivilegeError as exc:
             # Each connection defines its functions in its own temporary schema (_FUNCTIONS).
@@ -122,7 +146,13 @@ class PostgresStore:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                # Graceful close waits for every connection to come back; one stuck on a database
+                # that stopped answering never does, and shutdown must still end.
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("database connections did not close in time; dropped")
+                self._pool.terminate()
             self._pool = None
 
     @property
@@ -570,20 +600,27 @@ class PostgresStore:
         payload = f"{self.instance_id}:{what}" if what else self.instance_id
         await self.pool.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
 
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
-        """Held while an account's token is re-read and refreshed: one refresh at a time across every
-        instance, since X's refresh tokens are single-use. An advisory lock in a transaction on a
-        connection of its own, so the store's other calls (reading, saving the new tokens) never wait
-        on it."""
-        return self._advisory(REFRESH_LOCK, account_id)
-
     @asynccontextmanager
-    async def _advisory(self, space: int, key: int) -> AsyncIterator[None]:
-        # A transaction-level lock: however the holder ends (an error, a cancellation, a dead
-        # connection), the transaction ends and the lock with it.
-        async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", space, key)
-            yield
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[LockedAccount]:
+        """Held while an account's token is re-read and refreshed: one refresh at a time across every
+        instance, since X's refresh tokens are single-use.
+
+        A session advisory lock on one pooled connection, and the refresh's reads and writes go
+        through that same connection (``_AccountRow``): a holder that waited for a second one
+        would deadlock once the pool's connections were all held by refreshes. Each write commits
+        at once (the new refresh token is kept even if the caller then fails), and at most half
+        the pool refreshes at a time, so the rest of the bridge (``/healthz``) never queues behind
+        X's token endpoint."""
+        async with self._refresh_slots, self.pool.acquire() as conn:
+            await _ended_on_failure(
+                conn, conn.execute("SELECT pg_advisory_lock($1, $2)", REFRESH_LOCK, account_id)
+            )
+            try:
+                yield _AccountRow(self, conn, account_id)
+            finally:
+                await _ended_on_failure(
+                    conn, conn.execute("SELECT pg_advisory_unlock($1, $2)", REFRESH_LOCK, account_id)
+                )
 
     async def prune_batch(
         self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
@@ -1480,9 +1517,39 @@ class PostgresStore:
             await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
 
 
+class _AccountRow:
+    """``LockedAccount`` on the connection that holds the account's refresh lock."""
+
+    def __init__(self, store: PostgresStore, conn: Conn, account_id: int) -> None:
+        self._store = store
+        self._conn = conn
+        self._id = account_id
+
+    async def read(self) -> Account | None:
+        row = await self._conn.fetchrow("SELECT * FROM accounts WHERE id = $1", self._id)
+        return self._store._account(row) if row else None
+
+    async def save_tokens(self, tokens: TokenSet) -> None:
+        await self._store._update_tokens(self._conn, self._id, tokens)
+
+    async def flag_reconnect(self) -> None:
+        await self._conn.execute("UPDATE accounts SET needs_reconnect = 1 WHERE id = $1", self._id)
+
+
+async def _ended_on_failure(conn: Conn, statement: Awaitable[object]) -> None:
+    """Run a session lock's lock or unlock; if it fails or is cancelled, whether the lock is held
+    is unknown, so the session ends (and any lock with it) rather than go back to the pool."""
+    try:
+        await statement
+    except BaseException:
+        conn.terminate()
+        raise
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection returns to the pool: the store changes no session state
-    (its only lock is transaction-level), and asyncpg's default reset costs a round trip per call."""
+    (its one session lock, ``refresh_lock``, is released before the connection goes back, or the
+    connection ended), and asyncpg's default reset costs a round trip per call."""
 
 
 # The budget windows as four arrays ($3..$6 of the statements that save them with other work).

@@ -49,6 +49,7 @@ from bridge.model import (
     Unreadable,
     XUser,
 )
+from bridge.ports import LockedAccount
 from migrations import PENDING_STATES, migrations
 
 log = logging.getLogger("adapters.store.sqlite")
@@ -101,6 +102,23 @@ def _open_database(path: str) -> Database:
     db.execute("PRAGMA synchronous = FULL")
     migrations.apply(db)
     return db
+
+
+class _AccountRow:
+    """``LockedAccount`` through the store's ordinary calls (its one thread serialises them)."""
+
+    def __init__(self, store: SqliteStore, account_id: int) -> None:
+        self._store = store
+        self._id = account_id
+
+    async def read(self) -> Account | None:
+        return await self._store.get_account(self._id)
+
+    async def save_tokens(self, tokens: TokenSet) -> None:
+        await self._store.update_tokens(self._id, tokens)
+
+    async def flag_reconnect(self) -> None:
+        await self._store.set_needs_reconnect(self._id, True)
 
 
 class DatabaseInUse(Exception):
@@ -210,14 +228,15 @@ class SqliteStore:
         return rows[0] if rows else None
 
     @asynccontextmanager
-    async def refresh_lock(self, account_id: int) -> AsyncIterator[None]:
+    async def refresh_lock(self, account_id: int) -> AsyncIterator[LockedAccount]:
         """One token refresh per account across processes: ``serve`` and an operator's command
         (``xchat setup``, ``accounts disconnect``) may use one account's single-use refresh token
         at once. A POSIX record lock on byte ``account_id`` of ``<path>.refresh-lock``; the kernel
         drops it when the process ends however it ends. Such locks belong to the process, so
-        ``TokenManager``'s own lock is what serialises refreshes within one."""
+        ``TokenManager``'s own lock is what serialises refreshes within one. The row is read and
+        written by the store's own calls (one thread, no pool to run out of)."""
         if self.path == ":memory:":
-            yield
+            yield _AccountRow(self, account_id)
             return
         handle = self._refresh_lock_file()
         # Tried without blocking and retried: a lock taken in a thread after its waiter was
@@ -231,7 +250,7 @@ class SqliteStore:
                     raise
                 await asyncio.sleep(REFRESH_LOCK_POLL)
         try:
-            yield
+            yield _AccountRow(self, account_id)
         finally:
             fcntl.lockf(handle, fcntl.LOCK_UN, 1, account_id)
 

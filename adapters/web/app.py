@@ -20,8 +20,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -35,7 +36,7 @@ from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
 from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
-from adapters.store.leader import Leadership
+from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
 from adapters.store.xchat import XChatIdentityStore
@@ -65,6 +66,12 @@ from bridge.xchat import ChatPeers
 log = logging.getLogger("adapters.web.app")
 
 SHUTDOWN_GRACE = 20.0  # of the 30 s a dyno gets after SIGTERM
+T = TypeVar("T")
+
+HEALTH_DATABASE_TIMEOUT = 5.0  # /healthz's database check; past it, the database counts as down
+# A standby's /healthz is 503 once nobody has renewed the leader's lease for this long (a new
+# leader takes over within about LEASE_SECONDS + a poll).
+LEADERLESS_AFTER = 3 * LEASE_SECONDS
 MAX_BODY = 1024 * 1024  # Slack payloads are far smaller; anything bigger is refused
 SLACK_MAX_SKEW = 300  # Bolt refuses requests whose timestamp is further off than this
 CONNECT_PATH = "/x/connect"
@@ -743,34 +750,45 @@ def operator_authorized(request: web.Request) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the database answers, the delivery worker checks in and Slack accepts the bot
-    token; 503 otherwise ("down" when Slack refused the token for good).
+    """200 while the database answers, the delivery worker checks in (on a standby: some
+    instance renews the leader's lease) and Slack accepts the bot token; 503 otherwise ("down"
+    when Slack refused the token for good).
 
     The public learns only up or down; the details (worker, accounts to reconnect by
     name) need ``METRICS_TOKEN`` as a bearer token.
     """
     services = request.app[SERVICES]
     now = time.time()
+    reconnect: list[str] | None = None
     try:
-        database_ok = await services.store.ping()
-        reconnect: list[str] | None = await services.store.usernames_needing_reconnect()
+        checked = _database_health(services.store)
+        database_ok, reconnect = await _answered_within(HEALTH_DATABASE_TIMEOUT, checked)
+    except TimeoutError as exc:
+        log.warning("health check: database error", extra={"error": str(exc)})
+        database_ok = False
     except Exception:
         log.exception("health check: database error")
-        database_ok, reconnect = False, None
+        database_ok = False
     heartbeat = services.worker.heartbeat
     stale_after = max(60.0, 3 * request.app[DELIVERY_CONFIG].rescan_every)
+    leader_age = services.worker.leader_heartbeat_age()
     worker = (
         worker_state(heartbeat, now, now - services.started_at, stale_after)
         if services.worker.role == "leader"
-        else "standby"  # another instance leads delivery; this one serves HTTP
+        # Another instance leads delivery; this one serves HTTP, and says so while the leader's
+        # lease is renewed: nobody delivering for this long is an outage, whoever holds the lease.
+        else "standby"
+        if leader_age is None or leader_age < LEADERLESS_AFTER
+        else "leaderless"
     )
     refused = services.slack_auth.refused  # down, not a blip: only a new SLACK_BOT_TOKEN helps
-    healthy = database_ok and worker != "stale" and refused is None
+    healthy = database_ok and worker not in ("stale", "leaderless") and refused is None
     body = {
         "status": "ok" if healthy else "down" if refused else "unavailable",
         "database": "ok" if database_ok else "error",
         "worker": worker,
         "worker_heartbeat_age": round(now - heartbeat, 1) if heartbeat else None,
+        "leader_heartbeat_age": None if leader_age is None else round(leader_age, 1),
         "slack": f"refused ({refused})"
         if refused
         else "authorized"
@@ -819,6 +837,22 @@ def _loopback(address: str) -> bool:
         return ipaddress.ip_address(address.strip().split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+async def _database_health(store: AnyStore) -> tuple[bool, list[str] | None]:
+    return await store.ping(), await store.usernames_needing_reconnect()
+
+
+async def _answered_within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result if it comes in ``seconds``, else ``TimeoutError`` at once: a database that
+    stopped answering must make /healthz 503, not hang it. (Not ``wait_for``, which waits for the
+    cancelled work to finish: asyncpg's cleanup on a frozen connection can take minutes.)"""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"the database did not answer within {seconds} s")
+    return task.result()
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 A leadership term gets a fresh ``Delivery`` (its budgets re-read first: the previous
 leader spent them) and runs the other leader jobs beside it: the inbound poller and
-poster, and push upkeep. Until then, or after losing the lock, the instance is a standby:
+poster, and push upkeep. Until then, or after losing the lease, the instance is a standby:
 what it accepts (an outbox row, a pushed X event) reaches the leader through a ``NOTIFY``
 at commit, and a wake-up (a reconnection, a new mapping) is passed on the same way.
 """
@@ -62,6 +62,10 @@ class Worker:
     @property
     def role(self) -> Role:
         return "leader" if self._leadership is None or self._leadership.leading else "standby"
+
+    def leader_heartbeat_age(self) -> float | None:
+        """Seconds since any instance last renewed the leader's lease (None: no election, SQLite)."""
+        return None if self._leadership is None else self._leadership.heartbeat_age()
 
     @property
     def heartbeat(self) -> float:
@@ -127,5 +131,7 @@ class Worker:
         self._stopping = True
         if self._leadership is not None:
             self._leadership.stop()
-        if self.current is not None:
+        # A term that lost its lease has been cancelled already; what is left of it may be stuck
+        # on the database that cut it off, and there is nothing of it to finish.
+        if self.current is not None and self.role == "leader":
             await asyncio.gather(self.current.stop(grace), *(job.stop(grace) for job in self._jobs))

@@ -1,14 +1,18 @@
-"""Two instances on one PostgreSQL database refresh the same X account at once: X sees one refresh."""
+"""Token refreshes under the store's refresh lock: across instances on PostgreSQL X sees one refresh,
+and on both stores what a refresh saved stays saved."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from bridge.errors import XAuthRevoked
 from bridge.model import Account, TokenSet, XUser
 from bridge.tokens import TokenManager
+from tests.contract.conftest import Engine
 
 
 class Clock:
@@ -57,3 +61,23 @@ async def test_two_instances_refreshing_at_once_spend_the_refresh_token_once(pg_
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_what_a_refresh_wrote_is_kept_when_its_block_then_fails(engine: Engine) -> None:
+    """X has rotated the refresh token once the new pair is saved: nothing after may undo that."""
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a0", "r0", 5.0))
+        with pytest.raises(RuntimeError):
+            async with store.refresh_lock(account.id) as row:
+                await row.save_tokens(TokenSet("a1", "r1", 9.0))
+                raise RuntimeError("after the save")
+        async with store.refresh_lock(account.id) as row:  # released, too
+            current = await row.read()
+            assert current is not None and current.tokens.refresh_token == "r1"
+            await row.flag_reconnect()
+        saved = await store.get_account(account.id)
+        assert saved is not None and saved.needs_reconnect and saved.tokens.access_token == "a1"
+    finally:
+        await store.close()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
-from adapters.store.postgres import PostgresStore
-from adapters.store.sqlite import SqliteStore
+from adapters.store.postgres import PostgresStore, migrate
+from adapters.store.sqlite import SqliteStore, open_database
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
+from migrations.postgres import TABLES
 from tests import pg
 from tests.ops.support import run
 from tests.outbox import readable
@@ -111,3 +114,94 @@ def test_copy_db_from_a_missing_file_is_an_error_not_a_traceback(
     assert code == 1 and "no database at" in out
     code, out = run(capsys, "copy-db", "--to", "postgres://h/x?sslmode=bogus")
     assert code == 2 and "sslmode" in out
+
+
+def pg_types(url: str) -> dict[str, dict[str, str]]:
+    """Each bridge table's PostgreSQL column types, as information_schema names them."""
+    found = asyncio.run(
+        pg.query(
+            url,
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema()",
+        )
+    )
+    types: dict[str, dict[str, str]] = {}
+    for table, column, data_type in found:
+        types.setdefault(table, {})[column] = data_type
+    return types
+
+
+# A SQLite value for each PostgreSQL type, as the SQLite store writes it (booleans as 0/1); two
+# rows per table, so each boolean column holds both.
+SQLITE_VALUE: dict[str, Callable[[int, str], object]] = {
+    "bigint": lambda n, name: n,  # ids, and the account ids that refer to them
+    "integer": lambda n, name: n,
+    "double precision": lambda n, name: n + 0.5,
+    "text": lambda n, name: f"{name}-{n}",
+    "boolean": lambda n, name: n % 2,
+}
+
+
+def sqlite_rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    db = sqlite3.connect(path)
+    try:
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES}
+    finally:
+        db.close()
+
+
+def test_every_column_of_every_table_survives_sqlite_to_postgresql_and_back(
+    tmp_path: Path, pg_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows made from the schema itself: a column added later is filled and copied too."""
+    original = tmp_path / "bridge.db"
+    open_database(str(original)).close()
+    url = asyncio.run(pg.create_database(pg_server))
+    try:
+        asyncio.run(migrate(url))
+        types = pg_types(url)
+        db = sqlite3.connect(original)
+        with db:
+            for table in TABLES:
+                columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+                assert set(columns) == set(types[table]), table  # the two schemas agree
+                for n in (1, 2):
+                    values = [SQLITE_VALUE[types[table][c]](n, c) for c in columns]
+                    marks = ", ".join("?" * len(columns))
+                    db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
+        db.close()
+        before = sqlite_rows(original)
+        assert all(len(rows) == 2 for rows in before.values())
+
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv("DATABASE_PATH", str(original))
+        code, out = run(capsys, "copy-db", "--to", url)
+        assert code == 0, out
+        pushed = asyncio.run(pg.query(url, "SELECT account_id, pushed FROM read_schedule ORDER BY 1"))
+        assert pushed == [(1, True), (2, False)]
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        back = tmp_path / "back.db"
+        code, out = run(capsys, "copy-db", "--to", str(back))
+        assert code == 0, out
+        assert sqlite_rows(back) == before
+    finally:
+        asyncio.run(pg.drop_database(pg_server, url))
+
+
+def test_a_corrupt_source_or_a_target_that_is_no_database_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a database\n" * 200)
+    monkeypatch.setenv("DATABASE_PATH", str(junk))
+    code, out = run(capsys, "copy-db", "--to", str(tmp_path / "new.db"))
+    assert code == 1 and out.count("\n") == 1 and "not a database" in out, out
+
+    good = tmp_path / "bridge.db"
+    open_database(str(good)).close()
+    monkeypatch.setenv("DATABASE_PATH", str(good))
+    code, out = run(capsys, "copy-db", "--to", str(junk))
+    assert code == 1 and out.count("\n") == 1 and f"--to {junk}" in out, out
+    assert junk.read_text() == "not a database\n" * 200  # left as it was

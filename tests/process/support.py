@@ -116,7 +116,9 @@ class Server:
         token = self.env.get("METRICS_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            async with session.get(f"{self.url}/healthz", headers=headers) as response:
+            # Bounded: a /healthz that hangs is a failure to see, not a test that never ends.
+            timeout = aiohttp.ClientTimeout(total=15)
+            async with session.get(f"{self.url}/healthz", headers=headers, timeout=timeout) as response:
                 body: dict[str, Any] = await response.json()
                 return body
         except aiohttp.ClientError:

@@ -1,0 +1,74 @@
+"""The PostgreSQL leader's lease: visible to standbys, fenced, taken over when its holder is gone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from adapters.store.leader import LEADER_LOCK, OLD_LEADER_LOCK
+from adapters.store.postgres import NOW
+from adapters.web.app import SERVICES
+from tests.harness import Bridge, running_bridge, wait_until
+
+pytestmark = pytest.mark.usefixtures("on_postgres")
+
+
+async def health(bridge: Bridge) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": "Bearer ops-token"}
+    async with bridge.session.get(f"{bridge.url}/healthz", headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_a_lease_nobody_renews_is_reported_and_its_dead_holder_replaced_at_once(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, env={"METRICS_TOKEN": "ops-token"}) as bridge:
+        worker = bridge.app[SERVICES].worker
+        await wait_until(lambda: worker.role == "leader", 10, "the only instance leading")
+        assert bridge.settings.database_url is not None
+        # Another "instance" takes the lease and then never renews it, its session still open.
+        ghost = await asyncpg.connect(bridge.settings.database_url)
+        try:
+            term = int(await ghost.fetchval("SELECT term FROM leader_lease")) + 1
+            await ghost.execute("SELECT pg_advisory_lock($1, $2::integer)", LEADER_LOCK, term)
+            await ghost.execute(
+                f"UPDATE leader_lease SET holder = 'ghost', term = $1, renewed_at = {NOW} - 100, "
+                f"expires_at = {NOW} + 3600",
+                term,
+            )
+            # Its renewal refused, the leader steps down; as a standby it sees no one lead.
+            await wait_until(lambda: worker.role == "standby", 10, "the leader stepping down")
+            await wait_until(
+                lambda: (worker.leader_heartbeat_age() or 0.0) >= 100, 10, "the standby reading the lease"
+            )
+            status, body = await health(bridge)
+            assert status == 503 and body["worker"] == "leaderless", body
+            assert body["leader_heartbeat_age"] >= 100
+        finally:
+            await ghost.close()
+        # The holder's session has ended: its lease is taken at once, not an hour later.
+        await wait_until(lambda: worker.role == "leader", 10, "leading again")
+        status, body = await health(bridge)
+        assert status == 200 and body["worker"] in ("ok", "starting"), body
+
+
+async def test_a_rolling_deploy_never_has_two_leaders(tmp_path: Path, on_postgres: dict[str, str]) -> None:
+    """The previous version elected its leader with one advisory lock (``OLD_LEADER_LOCK``)."""
+    url = on_postgres["DATABASE_URL"]
+    old = await asyncpg.connect(url)  # a previous version's leader
+    try:
+        assert await old.fetchval("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
+        async with running_bridge(tmp_path, env={"METRICS_TOKEN": "ops-token"}) as bridge:
+            worker = bridge.app[SERVICES].worker
+            await asyncio.sleep(1.5)  # three polls for the lease
+            status, body = await health(bridge)
+            assert status == 200 and body["worker"] == "standby"  # while the previous version leads
+            assert await bridge.sql("SELECT holder FROM leader_lease") == [("",)]  # never taken
+            await old.execute("SELECT pg_advisory_unlock($1)", OLD_LEADER_LOCK)
+            await wait_until(lambda: worker.role == "leader", 10, "leading once it has gone")
+            # A previous version's standby, polling its lock, stays a standby.
+            assert not await old.fetchval("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
+    finally:
+        await old.close()
