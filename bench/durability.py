@@ -31,7 +31,7 @@ from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bridge.model import IncomingMessage, Mapping, MappingKind, TokenSet, XUser  # noqa: E402
 
 TEAM = "T0001"
-TARGET_P99_MS = 50.0  # the ack's p99 target at 200 events/s (README, Performance)
+TARGET_P99_MS = 50.0  # the ack's p99 target at 200 events/s (docs/performance.md)
 SETTINGS = ("NORMAL", "FULL")
 
 

@@ -3,7 +3,7 @@
 Runs X's ``chat_xdk`` in this process as the bridge does: encrypt and sign one message for a
 conversation (Slack → X), and verify and decrypt one event read back (X → Slack), for message
 texts of a few sizes, beside the relay's own cost: its measured p50 at 200 events/s on SQLite
-(``bench/run.py``, README's Performance section). Both crypto steps are CPU on the event loop's
+(``bench/run.py``, docs/performance.md). Both crypto steps are CPU on the event loop's
 thread, so their sum is also what a message costs the loop.
 
     .venv/bin/python bench/xchat_crypto.py [--messages N]
@@ -21,7 +21,7 @@ from chat_xdk import Chat
 
 from adapters.sandbox.fake_xchat import envelope, message_detail, unb64
 
-RELAY_P50_MS = 4.1  # bench/run.py: relay p50 at 200 events/s on SQLite (README, Performance)
+RELAY_P50_MS = 4.1  # bench/run.py: relay p50 at 200 events/s on SQLite (docs/performance.md)
 
 
 def _pair() -> tuple[Chat, Chat, list[dict[str, str]]]:

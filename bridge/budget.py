@@ -39,12 +39,12 @@ ONE_DAY = 24 * 3600.0
 APP = "app"
 # When a 429 carries no usable reset, wait this long before trying again.
 FALLBACK_PAUSE = 60.0
-# X's documented DM POST limits (docs/reference/x-api/NOTES.md §4), the starting point when
+# X's documented DM POST limits (https://docs.x.com/x-api/fundamentals/rate-limits), the starting point when
 # the operator set none.
 DEFAULT_USER_15M = 15
 DEFAULT_USER_24H = 1440
 DEFAULT_APP_24H = 1440
-DEFAULT_READS_15M = 15  # GET /2/dm_events and one conversation's events, each (INBOUND.md §5)
+DEFAULT_READS_15M = 15  # GET /2/dm_events and one conversation's events, each, per user (same page)
 # No window of X's lasts longer than a day: a reset further ahead than this is not believed.
 MAX_RESET_AHEAD = ONE_DAY + 15 * 60.0
 MAX_COUNT = 10**9  # a limit or remaining count beyond this is not a count

@@ -423,7 +423,7 @@ class CommandService:
         # This instance's push state if it leads; a standby's says what the leader last saved.
         push = (self._inbound is not None and self._inbound.push_active(account_id)) or summary["pushed"]
         if _is_group(mapping):
-            # X's push may miss group conversations (INBOUND.md §3): they come by reading.
+            # X documents its DM push for 1-to-1 conversations only: groups come by reading.
             way = "polling (X does not push group conversations)"
         else:
             way = "push (polling as a safety net)" if push else "polling"

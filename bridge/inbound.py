@@ -330,7 +330,7 @@ class Inbound:
         """X pushed these DMs for the account: read X for them soon, as the read budget allows.
 
         A push says that DMs exist, not where they belong: the legacy payload names no
-        conversation, and a group's message pushed in it would read as a 1-to-1 (INBOUND.md §3).
+        conversation, and a group's message pushed in it would read as a 1-to-1.
         The read (``poll``) names each event's conversation, brings its media and its sender's
         avatar, and gives X's order: an older DM whose push comes late is read with the newer
         one, oldest first. Pushes arriving together share one read. What the read takes of
@@ -499,8 +499,8 @@ class Inbound:
             return interval
         interval = max(interval, config.idle_interval)
         if self.push_active(account_id) and account_id not in self._has_groups:
-            # Push may miss group conversations (INBOUND.md §3): only without any is polling a
-            # mere safety net.
+            # Push may miss group conversations (X documents it for 1-to-1s only): only without any
+            # is polling a mere safety net.
             interval = max(interval, config.push_interval)
         return interval
 

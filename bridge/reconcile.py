@@ -44,7 +44,7 @@ MAX_PAGES = 100
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
 _TRAILING_T_CO = re.compile(r"\s*https?://t\.co/[A-Za-z0-9]+\s*$")
-# Where X's older DM format pointed the t.co link it appended to a DM with media (INBOUND.md).
+# Where X's older DM format pointed the t.co link it appended to a DM with media.
 _MEDIA_PAGE = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/", re.IGNORECASE)
 
 

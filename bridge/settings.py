@@ -352,7 +352,7 @@ class _Reader:
         return settings
 
 
-# What the README, .env.example and app.json show where a real value belongs: an ellipsis,
+# What the README, docs/, .env.example and app.json show where a real value belongs: an ellipsis,
 # YOUR-HOST / your-host / your-bridge-1234 / your-app, or a bare prefix. Only those words:
 # real hosts and paths say "your-" too (bridge.your-company.com, /data/your_team).
 _PLACEHOLDER = re.compile(r"…|\.\.\.|\byour-(?:host|app|bridge(?:-[0-9]+)?)\b", re.IGNORECASE)

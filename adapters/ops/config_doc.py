@@ -1,8 +1,8 @@
 """Every environment variable ``bridge.settings`` reads, with its meaning and default.
 
 One table feeds ``xdm-bridge doctor`` (the fix printed next to a configuration
-problem), and the tests check that ``.env.example``, ``app.json`` and the README
-list exactly these names and that ``bridge/settings.py`` reads exactly these.
+problem), and the tests check that ``.env.example``, ``app.json`` and
+``docs/configuration.md`` list exactly these names and that ``bridge/settings.py`` reads exactly these.
 """
 
 from __future__ import annotations
@@ -186,5 +186,5 @@ def fix_for(problem: str) -> str:
     name = problem.split("=", 1)[0].split(" ", 1)[0]
     var = BY_NAME.get(name)
     if var is None:
-        return "see the Configuration section of the README"
+        return "see docs/configuration.md"
     return f"set {name}: {var.meaning} (see .env.example)"

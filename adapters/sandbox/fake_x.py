@@ -1,7 +1,7 @@
 """A fake X (Twitter) API v2 for Direct Messages, served by aiohttp.
 
 Used by the test suite and by the bridge's local sandbox mode. It implements the slice of X the
-bridge talks to (see docs/reference/x-api/NOTES.md):
+bridge talks to, as X's OpenAPI spec (https://api.x.com/2/openapi.json) and docs.x.com describe it:
 
 * OAuth 2.0 Authorization Code with PKCE (``/i/oauth2/authorize``, ``/2/oauth2/token``,
   ``/2/oauth2/revoke``), rotating single-use refresh tokens, confidential and public clients;
@@ -719,7 +719,8 @@ class FakeX:
         self._user_24h: dict[str, _Window] = {}
         self._app_24h: _Window | None = None
 
-        # Webhooks and XAA subscriptions (INBOUND.md §1-3): app Bearer token, consumer secret.
+        # Webhooks and X Activity API subscriptions: managed with the app's Bearer token, signed with its
+        # consumer secret (https://docs.x.com/x-api/webhooks/introduction).
         self.app_bearer_token = "test-app-bearer"
         self.consumer_secret = "test-consumer-secret"
         self.webhooks: dict[str, dict[str, Any]] = {}
@@ -734,7 +735,8 @@ class FakeX:
         """Delay the next deliveries by these seconds, one each (X's pushes may arrive out of order)."""
         """Deliver the next N twice (X warns of duplicates)."""
         self.push_groups = False
-        """X's push may miss group conversations (INBOUND.md §3); the fake does by default. Set,
+        """X's push may miss group conversations (X documents its DM push for 1-to-1 conversations only);
+        the fake does by default. Set,
         it pushes them in the legacy shape, which cannot be told from a 1-to-1's."""
         self._push_tasks: set[asyncio.Task[None]] = set()
 
@@ -1893,7 +1895,7 @@ class FakeX:
                 {
                     "media_key": self.media[m].media_key,
                     "type": _MEDIA_API_TYPE[_media_kind(self.media[m].category, None)],
-                    # X's v2 answer for legacy DM media: the TON URL (INBOUND.md §6).
+                    # X's v2 answer for legacy DM media: the TON URL (its last three parts name the file).
                     **({"url": self.ton_url(e.id, m)} if "url" in media_fields else {}),
                 }
                 for e in events
@@ -2073,7 +2075,8 @@ class FakeX:
         body = json.loads(request[_BODY])
         event_type, user_id = body["event_type"], str(body["filter"].get("user_id", ""))
         if event_type.startswith(("dm.", "chat.")) and (user is APP_USER or user.id != user_id):
-            # Private events: only with the monitored user's own token (INBOUND.md §1).
+            # Private events (dm.*, chat.*): only with the monitored user's own OAuth 2.0 token; the app's
+            # Bearer token subscribes to public events only.
             return _about_blank(403, "Forbidden", "Private events need the user's own token.")
         webhook_id = body.get("webhook_id")
         if webhook_id is not None and webhook_id not in self.webhooks:
@@ -2133,7 +2136,7 @@ class FakeX:
 
     def _legacy_message_data(self, event: DmEvent) -> dict[str, Any]:
         """``message_data`` in the legacy shape: an attachment is ``attachment.media``, named by its
-        TON URL (INBOUND.md §3, §6)."""
+        TON URL (``https://ton.twitter.com/1.1/ton/data/dm/{dm_id}/{media_id}/{resource_id}``)."""
         data: dict[str, Any] = {
             "text": event.text or "",
             "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []},

@@ -52,14 +52,14 @@ HTTP_METHODS: frozenset[str] = frozenset(
     {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 )
 
-# Known drift, accepted on purpose (see docs/reference/x-api/NOTES.md §1.2 and §3.2).
+# Known drift, accepted on purpose (bodies reported by X's clients and its own playground emulator).
 # Spec 2.167 dropped the generic ``about:blank`` problem from the ``Problem`` union and its
 # ``application/json`` error schema is a bare ``Error {code, message}``. Yet the live API sends:
 #   * ``{"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}``
 #     (problem+json) for missing/expired tokens, missing scopes (403 "Forbidden") and rate limits
-#     (429 "Too Many Requests"), NOTES §3.2;
+#     (429 "Too Many Requests");
 #   * the legacy ``{"errors": [{"code": 88, "message": "Rate limit exceeded"}]}`` (application/json)
-#     documented for 429 and used for the numeric refusal codes (349, 150, 93, ...), NOTES §3.2/§3.3.
+#     documented for 429 and used for the numeric refusal codes (349, 150, 93, ...).
 # Exactly these two shapes are accepted for error statuses (>= 400) and their own content type,
 # when the body fails the spec's declared schema. Keys are content types.
 DRIFT_ERROR_SCHEMAS: Mapping[str, Mapping[str, Any]] = {

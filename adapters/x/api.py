@@ -422,7 +422,8 @@ class XApiClient:
 
     async def download_dm_media(self, token: str, url: str) -> bytes:
         """``GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}``, the three parts
-        taken from the TON URL (INBOUND.md §6). Raises ``XRefused`` for a URL that is not one."""
+        taken from the TON URL (``…/ton/data/dm/{dm_id}/{media_id}/{resource_id}``). Raises
+        ``XRefused`` for a URL that is not one."""
         parts = ton_parts(url)
         if parts is None:
             raise XRefused("the attachment has no downloadable DM media URL")

@@ -2,7 +2,7 @@
 
 authlib's own clients are synchronous or httpx-based; we already run aiohttp, so we
 take authlib's parameter builders, PKCE and client authentication and do the HTTP
-ourselves (see STYLE.md: no hand-written OAuth, no second HTTP stack).
+ourselves: no hand-written OAuth, and no second HTTP stack beside aiohttp.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """X's push (XAA webhooks): CRC answers, delivery signatures, and the DMs a delivery announces.
 
 Both the CRC and the signature are HMAC-SHA256 keyed with the X app's OAuth 1.0a
-consumer secret (API Key Secret), base64 with a ``sha256=`` prefix (INBOUND.md §2).
-Deliveries carry the legacy ``direct_message_events`` shape, not v2 ``DmEvent``, and
-no conversation id (INBOUND.md §3): they announce DMs, which the bridge then reads from X.
+consumer secret (API Key Secret), base64 with a ``sha256=`` prefix
+(https://docs.x.com/x-api/webhooks/introduction). Deliveries carry the legacy
+``direct_message_events`` shape, not v2 ``DmEvent``, and no conversation id
+(https://docs.x.com/x-api/activity/event-payloads): they announce DMs, which the bridge then
+reads from X.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Delivery:
     """One push: whose subscription (``user_id``), what kind, and the DMs it announces.
 
     Only the DMs' ids are kept. The legacy payload names no conversation, and a group message
-    pushed in it would look like a 1-to-1 (one ``recipient_id``, INBOUND.md §3): nothing in it
+    pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in it
     says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``)."""
 
     user_id: str
@@ -113,7 +115,7 @@ def _message_id(raw: Any) -> str | None:
     if not isinstance(create, dict):
         raise MalformedDelivery("event", "a message_create event has no message_create object")
     # Only the id is used, but a DM of the wrong shape is not one of X's: refused, not guessed at.
-    # (A group's push might name no recipient, INBOUND.md §3: the target may be missing.)
+    # (A group's push might name no recipient: the target may be missing.)
     target, message = create.get("target", {}), create.get("message_data", {})
     if (
         not snowflake(create.get("sender_id"))

@@ -17,6 +17,12 @@ from bridge.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 READERS = {"get", "required", "integer", "number", "url", "choice", "limit", "flag", "slack_user_ids"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]+$")
+# The README and the docs/ pages it links: where a newcomer and an operator copy commands from.
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def docs_text() -> str:
+    return "\n".join(page.read_text() for page in DOC_PAGES)
 
 
 def settings_reads() -> set[str]:
@@ -93,9 +99,9 @@ def test_app_json_lists_every_variable_with_a_description() -> None:
     assert "Persistence" in env["DATABASE_PATH"]["description"]
 
 
-def test_readme_configuration_table_lists_every_variable() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_configuration_table_lists_every_variable() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    section = page.split("# Configuration", 1)[1].split("\n## ", 1)[0]
     in_table = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", section, re.MULTILINE))
     assert in_table == documented()
 
@@ -110,23 +116,29 @@ def test_procfile_serves_on_web_and_migrates_in_the_release_phase() -> None:
     assert [a["plan"].split(":")[0] for a in app["addons"]] == ["heroku-postgresql"]
 
 
-def test_every_command_in_the_readme_copies_as_one_line() -> None:
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", readme, re.DOTALL)
-    assert len(blocks) >= 5
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda page: page.name)
+def test_every_command_in_the_docs_copies_as_one_line(page: Path) -> None:
+    text = page.read_text()
+    blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", text, re.DOTALL)
     for block in blocks:
         for line in block.splitlines():
             assert not line.rstrip().endswith("\\"), f"continued line: {line}"
     # Inline commands too: a code span that breaks across lines pastes as two commands.
-    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", readme, flags=re.DOTALL))
+    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
     assert [span for span in spans if "\n" in span] == []
+
+
+def test_the_docs_hold_the_commands_checked_above() -> None:
+    """So that the test above cannot pass on pages that lost their command blocks."""
+    assert len(re.findall(r"```(?:sh|bash)?\n(.*?)```", docs_text(), re.DOTALL)) >= 5
+    assert len(DOC_PAGES) >= 2
 
 
 def test_fix_names_the_variable_and_where_to_find_it() -> None:
     assert fix_for("X_CLIENT_ID is not set: the X app's OAuth 2.0 Client ID").startswith("set X_CLIENT_ID:")
     assert "whole number" not in fix_for("PORT='x' is not a whole number")
     assert fix_for("PORT='x' is not a whole number").startswith("set PORT:")
-    assert "README" in fix_for("SOMETHING_ELSE went wrong")
+    assert "docs/configuration.md" in fix_for("SOMETHING_ELSE went wrong")
 
 
 # Variables whose documented examples can only ever be placeholders (secrets, ids, the host).
@@ -134,8 +146,8 @@ NO_REAL_EXAMPLE = ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN", "X_CLIENT_ID", "X_
 
 
 def documented_examples() -> set[tuple[str, str]]:
-    """Every ``NAME=value`` the README and .env.example show for those variables, and app.json's e.g."""
-    text = (ROOT / "README.md").read_text() + "\n" + (ROOT / ".env.example").read_text()
+    """Every ``NAME=value`` the README, docs/ and .env.example show for these, and app.json's e.g."""
+    text = docs_text() + "\n" + (ROOT / ".env.example").read_text()
     found = set()
     for name in NO_REAL_EXAMPLE:
         for value in re.findall(rf"\b{name}=([^\s`\\]+)", text):

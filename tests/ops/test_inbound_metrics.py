@@ -140,11 +140,11 @@ async def test_pushes_posted_and_forged_pushes_refused_are_counted(tmp_path: Pat
         assert value(samples, "inbound_posted_total", origin="push") == 1
 
 
-def test_the_readme_lists_every_metric_once() -> None:
-    """The README's metrics table names each family the registry exports, once, with its labels."""
+def test_the_docs_list_every_metric_once() -> None:
+    """docs/monitoring.md's metrics table names each family the registry exports, once, with its labels."""
     settings = Settings(signing_secret="s", bot_token="xoxb-t", x_client_id="c", encryption_keys=("k",))
     registry = create_app(settings)[METRICS].registry
-    table = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
     rows = re.findall(r"^\| `([a-z_]+)(?:\{([a-z_,]+)\})?` \|", table, flags=re.MULTILINE)
     listed = {name: labels for name, labels in rows}
     assert len(rows) == len(listed), "a metric is listed twice"
