@@ -195,7 +195,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     path = database_path()
     existed = os.path.exists(path)
     try:
-        db = open_database(path)
+        # An existing file's migrations are each said before they run (a big file takes a while);
+        # a new file's are its creation.
+        db = open_database(path, _progress if existed else lambda _: None)
     except StoreUnavailable as exc:
         return _operator_error(str(exc))
     try:
@@ -237,7 +239,7 @@ def cmd_copy_db(args: argparse.Namespace) -> int:
             print(f"xdm-bridge: --to: {problem.replace('DATABASE_URL', 'the URL')}", file=sys.stderr)
             return EXIT_CONFIG
     try:
-        copied = copy_db.copy(source, target)
+        copied = copy_db.copy(source, target, _progress)
     except (copy_db.CopyError, OSError, sqlite3.DatabaseError, asyncpg.PostgresError) as exc:
         print(f"xdm-bridge: copy-db: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -246,6 +248,11 @@ def cmd_copy_db(args: argparse.Namespace) -> int:
     for table, count in copied.counts.items():
         print(f"  {table}: {count}")
     return EXIT_OK
+
+
+def _progress(line: str) -> None:
+    """A long operation's progress, on stderr (stdout keeps the result, for scripts)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _where(location: str) -> str:

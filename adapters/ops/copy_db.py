@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +45,21 @@ class Copied:
     counts: dict[str, int]
 
 
-def copy(source: str, target: str) -> Copied:
-    """Copy ``source`` into the empty ``target`` (each a PostgreSQL URL or a SQLite path)."""
+Progress = Callable[[str], None]
+CHUNK = 10_000  # rows written between two progress lines of one table
+
+
+def copy(source: str, target: str, progress: Progress = lambda _: None) -> Copied:
+    """Copy ``source`` into the empty ``target`` (each a PostgreSQL URL or a SQLite path).
+
+    ``progress`` is told what is happening, a line at a time (each table read, every
+    ``CHUNK`` rows written), so a copy of a large database is seen to move."""
     if source == target:
         raise CopyError("the source and the target are the same database")
     if not postgres.is_postgres_url(source) and not os.path.exists(source):
         raise CopyError(f"no database at {source}: check DATABASE_PATH")
-    data = _read(source)
-    _write(target, data)
+    data = _read(source)  # refusals come before any progress: a bad input is one line
+    _write(target, data, progress)
     theirs = _counts(target, list(data))
     ours = {table: len(rows) for table, (_, rows) in data.items()}
     if theirs != ours:
@@ -113,11 +120,26 @@ def _check_tables(names: Sequence[str], where: str) -> None:
 # -- writing ----------------------------------------------------------------------
 
 
-def _write(location: str, data: dict[str, Table]) -> None:
+def _write(location: str, data: dict[str, Table], progress: Progress) -> None:
     if postgres.is_postgres_url(location):
-        asyncio.run(_write_postgres(location, data))
+        asyncio.run(_write_postgres(location, data, progress))
     else:
-        _write_sqlite(location, data)
+        _write_sqlite(location, data, progress)
+
+
+def _writing(data: dict[str, Table], progress: Progress) -> None:
+    """Both sides are usable (refusals come first, each one line): the copy starts."""
+    total = sum(len(rows) for _, rows in data.values())
+    progress(f"read {total} rows from {len(data)} tables; writing them into the target…")
+
+
+def _chunks(table: str, rows: Sequence[Any], progress: Progress) -> Iterator[Sequence[Any]]:
+    """``rows`` a chunk at a time, saying how far a table has got."""
+    for start in range(0, len(rows), CHUNK):
+        yield rows[start : start + CHUNK]
+        if len(rows) > CHUNK:
+            progress(f"  {table}: {min(start + CHUNK, len(rows))} of {len(rows)} rows")
+    progress(f"  {table}: {len(rows)} rows written")
 
 
 def _open_sqlite(path: str, what: str) -> Database:
@@ -130,16 +152,18 @@ def _open_sqlite(path: str, what: str) -> Database:
         raise CopyError(f"{what}: {reason}") from None
 
 
-def _write_sqlite(path: str, data: dict[str, Table]) -> None:
+def _write_sqlite(path: str, data: dict[str, Table], progress: Progress) -> None:
     db = _open_sqlite(path, f"--to {path}")  # creates and migrates
     try:
         conn = db.conn
         _refuse_non_empty({t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in data})
+        _writing(data, progress)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for table, (columns, rows) in data.items():
                 marks = ", ".join("?" * len(columns))
-                conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+                for chunk in _chunks(table, rows, progress):
+                    conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", chunk)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -148,22 +172,28 @@ def _write_sqlite(path: str, data: dict[str, Table]) -> None:
         db.close()
 
 
-async def _write_postgres(url: str, data: dict[str, Table]) -> None:
+async def _write_postgres(url: str, data: dict[str, Table], progress: Progress) -> None:
     await postgres.migrate(url)
     conn = await postgres.connect(url)
     try:
         _refuse_non_empty({t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in data})
+        _writing(data, progress)
         async with conn.transaction():
             for table, (columns, rows) in data.items():
                 converters = _converters(table, columns, await _pg_types(conn, table))
-                records = [_converted(row, converters) for row in rows]
-                await conn.copy_records_to_table(table, records=records, columns=columns)
-            for table in ("accounts", "outbox", "inbound"):
-                # Ids were copied as they were; new rows continue after them.
-                await conn.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
-                )
+                for chunk in _chunks(table, rows, progress):
+                    records = [_converted(row, converters) for row in chunk]
+                    await conn.copy_records_to_table(table, records=records, columns=columns)
+            for table, (columns, _) in data.items():
+                # Ids were copied as they were; new rows continue after them. Which tables number
+                # their rows is the schema's to say (a serial ``id``), not a list kept here.
+                if "id" not in columns:
+                    continue
+                sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
+                if sequence is not None:
+                    await conn.execute(
+                        f"SELECT setval($1, COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)", sequence
+                    )
     finally:
         await conn.close()
 

@@ -63,13 +63,14 @@ SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # Slack retries within minutes; a day is
 REFRESH_LOCK_POLL = 0.05  # how often a refresh waiting for another process tries the lock again
 
 
-def open_database(path: str) -> Database:
-    """Open (creating if needed), set the pragmas every connection needs, apply migrations.
+def open_database(path: str, progress: Callable[[str], None] = lambda _: None) -> Database:
+    """Open (creating if needed), set the pragmas every connection needs, apply migrations
+    (each one told to ``progress`` before it runs).
 
     Raises ``StoreUnavailable`` naming what is wrong with ``path`` when it cannot.
     """
     try:
-        return _open_database(path)
+        return _open_database(path, progress)
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"DATABASE_PATH={path!r}: {_why_unusable(path, exc)}") from exc
 
@@ -88,7 +89,7 @@ def _why_unusable(path: str, exc: sqlite3.Error) -> str:
     return f"cannot open or update the database: {exc}"
 
 
-def _open_database(path: str) -> Database:
+def _open_database(path: str, progress: Callable[[str], None]) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 5000")
@@ -100,8 +101,17 @@ def _open_database(path: str) -> Database:
     # syncs only at checkpoints and may roll back the last commits then; FULL syncs the WAL at
     # each commit (bench/durability.py measures the cost).
     db.execute("PRAGMA synchronous = FULL")
-    migrations.apply(db)
+    _migrate(db, progress)
     return db
+
+
+def _migrate(db: Database, progress: Callable[[str], None]) -> None:
+    """Apply the pending migrations one at a time, saying each (one may take long on a big file)."""
+    pending = [m.name for m in migrations.pending(db)]
+    for index, name in enumerate(pending):
+        progress(f"applying migration {name} ({index + 1} of {len(pending)})…")
+        following = pending[index + 1] if index + 1 < len(pending) else None
+        migrations.apply(db, stop_before=following)
 
 
 class _AccountRow:

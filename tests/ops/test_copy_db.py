@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore, migrate
 from adapters.store.sqlite import SqliteStore, open_database
+from bridge.connect import Consent
 from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
 from migrations.postgres import TABLES
 from tests import pg
@@ -42,6 +44,7 @@ async def fill(store: AnyStore) -> None:
             source=head.source,
         )
         await store.mark_sent(head.id, Sent("1000-2001", "9001"), 6.0)
+        await ConsentStore(store.engine).record_consent(Consent("T1", "U1", "1000", "me", "agreed", 2.0))
     finally:
         await store.close()
 
@@ -74,6 +77,10 @@ def test_sqlite_to_postgresql_and_back(
         code, out = run(capsys, "copy-db", "--to", url)
         assert code == 0, out
         assert "outbox: 3" in out and "accounts: 1" in out
+        # Progress, a line at a time, before the result (on stderr: run() shows it after stdout).
+        assert (
+            "rows from" in out and "writing them into the target" in out and "  outbox: 3 rows written" in out
+        )
         before = asyncio.run(snapshot(SqliteStore(str(original), key)))
         assert asyncio.run(snapshot(PostgresStore(url, key))) == before
 
@@ -95,6 +102,11 @@ def test_sqlite_to_postgresql_and_back(
                 message = IncomingMessage("T1", "C1", "4.0", "U1", "m4", event_id="E4")
                 accepted = await store.accept_if_mapped(message, 7.0)
                 assert accepted is not None and accepted.new
+                # Every table that numbers its rows goes on after the copied ids, not only the
+                # ones a list named (consents' id 1 came over: a new one must not collide).
+                await ConsentStore(store.engine).record_consent(
+                    Consent("T1", "U1", "1000", "me", "again", 8.0)
+                )
                 rows = await pg.query(url, "SELECT MAX(id) FROM outbox")
                 return int(rows[0][0])
             finally:

@@ -1,0 +1,34 @@
+"""Long operator work shows progress: `migrate` says each migration before it runs it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from migrations import migrations
+from tests.ops.support import run
+
+
+def test_migrate_says_each_pending_migration_before_applying_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "behind.db"
+    db = Database(sqlite3.connect(path))
+    names = [m.name for m in migrations.pending(db)]
+    migrations.apply(db, stop_before=names[-2])  # two behind, as after an upgrade
+    db.close()
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_PATH", str(path))
+
+    code, out = run(capsys, "migrate")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"applying migration {names[-2]} (1 of 2)…" in lines
+    assert f"applying migration {names[-1]} (2 of 2)…" in lines
+    assert f"database {path} is up to date (version {len(names)})" in lines
+
+    code, out = run(capsys, "migrate")  # nothing pending: nothing said but the result
+    assert code == 0 and "applying" not in out
