@@ -252,7 +252,7 @@ class Sandbox:
         """Post a message in #sandbox: a signed ``message`` event to the bridge (a ``file_share``
         with ``files``, a thread reply with ``thread_ts``)."""
         if thread_ts is not None:
-            self._own_message(thread_ts)
+            self._thread_root(thread_ts)
         ts = self.sender.new_ts()
         sent = slack_markup(text, dict(SLACK_PEOPLE))
         entry = _Entry(float(ts), "message", sent, False, ts, typed=text, thread_ts=thread_ts)
@@ -308,6 +308,12 @@ class Sandbox:
         result = await self.sender.event(event)
         self._check(result.status, "deletion (message_deleted)")
         return {"sent": "delete", "ts": ts, "status": result.status}
+
+    def _thread_root(self, ts: str) -> None:
+        """A thread starts at a message in the channel: yours, or one the bridge posted from X."""
+        posted = any(post["ts"] == ts for post in self.slack.posted(CHANNEL_ID))
+        if not posted:
+            self._own_message(ts)
 
     def _own_message(self, ts: str) -> _Entry:
         found = next((e for e in self._entries if e.kind == "message" and e.ts == ts), None)
@@ -530,6 +536,7 @@ class Sandbox:
                 author=str(as_sender or "xdm-bridge"),
                 only_you=False,
                 plain=(CHANNEL_ID, str(post["ts"])) in self.slack.plain_posts,
+                ts=str(post["ts"]),  # anyone may reply to it in a thread
             )
         for shared in self.slack.shared_files:  # an X attachment the bridge brought over
             if shared["channel"] == CHANNEL_ID:

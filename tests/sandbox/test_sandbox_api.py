@@ -441,6 +441,15 @@ async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -
         async with session.get(sandbox.url + shared["files"][0]["url"].lstrip("/")) as response:
             assert await response.read() == PNG
 
+        # A reply in the thread of Alice's message goes to X quoting her.
+        body_reply = {"text": "nice one", "thread_ts": text["ts"]}
+        status, answer = await call(session, sandbox, "/api/slack", body_reply)
+        assert status == 200
+        state = await state_when(
+            session, sandbox, lambda s: group_messages(s)[-1]["text"].endswith("nice one"), "the thread reply"
+        )
+        assert 're: "look here"' in group_messages(state)[-1]["text"]
+
         refused = {**body, "photo": {"name": "a.txt", "type": "text/plain", "data": "aGk="}}
         status, answer = await call(session, sandbox, "/api/x/reply", refused)
         assert status == 400 and "photo" in answer["error"]

@@ -252,6 +252,17 @@ def test_on_a_phone_the_panes_stack_and_each_stays_usable(
     assert boxes["page"] <= boxes["view"], boxes  # no sideways scrolling
     for name in ("slackList", "xList"):
         assert boxes[name]["height"] >= 200 and boxes[name]["width"] >= 300, (name, boxes)
+    # Each composer keeps its box and its Send button on one line, within the screen.
+    composers = browser.execute_script(
+        "return ['slack-form', 'x-form'].map(id => { const f = document.getElementById(id);"
+        " const box = f.querySelector('textarea').getBoundingClientRect();"
+        " const send = f.querySelector('button[type=submit]').getBoundingClientRect();"
+        " return {box: box, send: send}; });"
+    )
+    for composer in composers:
+        box, send = composer["box"], composer["send"]
+        assert send["right"] <= boxes["view"] and send["left"] >= box["right"], composer
+        assert box["width"] >= 150 and abs(send["bottom"] - box["bottom"]) < 2, composer
     for where in ("top", "x-pane"):
         if where == "x-pane":
             browser.execute_script("document.getElementById('x').scrollIntoView()")
