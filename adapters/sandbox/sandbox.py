@@ -255,8 +255,16 @@ class Sandbox:
             self._thread_root(thread_ts)
         ts = self.sender.new_ts()
         sent = slack_markup(text, dict(SLACK_PEOPLE))
-        entry = _Entry(float(ts), "message", sent, False, ts, typed=text, thread_ts=thread_ts)
-        entry.files = list(files or [])
+        entry = _Entry(
+            float(ts),
+            "message",
+            sent,
+            only_you=False,
+            ts=ts,
+            typed=text,
+            thread_ts=thread_ts,
+            files=list(files or []),
+        )
         self._entries.append(entry)
         result, _, _ = await self.sender.message(
             CHANNEL_ID, SLACK_USER_ID, sent, ts=ts, thread_ts=thread_ts, files=files
@@ -269,7 +277,7 @@ class Sandbox:
     ) -> dict[str, Any]:
         """Share a file in #sandbox: fake Slack keeps it (``files.info`` and ``url_private_download``
         answer for it, with the bot token) and the bridge gets a ``file_share`` event."""
-        name = Path(name.replace("\\", "/")).name.strip()
+        name = Path(name.replace("\\", "/")).name.strip()  # the name only, should a client send a path
         if not name or not content:
             raise SandboxError("Pick a file to attach (an empty file cannot be shared).")
         if len(content) > MAX_FILE_BYTES:
