@@ -408,12 +408,12 @@ class Sandbox:
         return self.slack.buttons(SLACK_USER_ID)
 
     async def reply_on_x(
-        self, conversation_id: str, username: str, text: str, photo: tuple[str, bytes] | None = None
+        self, conversation_id: str, username: str, text: str, photo: bytes | None = None
     ) -> dict[str, Any]:
         """Someone on X writes in a conversation: a real DM POST to the fake X with their token.
 
-        ``photo`` (media type, bytes) goes with it as X's app sends one: uploaded first (here
-        straight into the simulator), then attached to the DM by its media id.
+        ``photo`` (a PNG, GIF or JPEG, as bytes) goes with it as X's app sends one: uploaded
+        first (here straight into the simulator), then attached to the DM by its media id.
         """
         text = text.strip()
         if not text and photo is None:
@@ -427,12 +427,12 @@ class Sandbox:
             raise SandboxError(f"@{username} is not someone else in that conversation.")
         message: dict[str, Any] = {"text": text} if text else {}
         if photo is not None:
-            media_type, data = photo
-            if not media_type.startswith("image/") or not data:
-                raise SandboxError("Only a photo (an image file) can go with a reply here.")
-            if len(data) > MAX_FILE_BYTES:
+            media_type = _image_type(photo)  # what the bytes are, whatever the file's name said
+            if media_type not in IMAGE_TYPES:
+                raise SandboxError("Only a photo (a PNG, GIF or JPEG image) can go with a reply here.")
+            if len(photo) > MAX_FILE_BYTES:
                 raise SandboxError(f"The sandbox takes photos up to {MAX_FILE_BYTES // (1024 * 1024)} MB.")
-            message["attachments"] = [{"media_id": self.x.add_media(user_id, data, media_type)}]
+            message["attachments"] = [{"media_id": self.x.add_media(user_id, photo, media_type)}]
         token = self.x.issue_token(user_id).access_token
         async with self.session.post(
             f"{self.x_url}/2/dm_conversations/{conversation_id}/messages",
@@ -619,6 +619,7 @@ def _file_chip(file_id: str, name: str) -> dict[str, Any]:
 
 # What a browser may be sent as an image, by its first bytes (X keeps no type for some uploads).
 _IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"GIF8", "image/gif"), (b"\xff\xd8\xff", "image/jpeg"))
+IMAGE_TYPES = frozenset(kind for _, kind in _IMAGE_MAGIC)
 
 
 def _image_type(data: bytes) -> str:
@@ -731,7 +732,7 @@ async def _slack_file_content(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such file")
     data, mimetype = found
     # Only images are shown inline; anything else is a download, never rendered by the page's origin.
-    inline = mimetype in dict(_IMAGE_MAGIC).values() and _image_type(data) == mimetype
+    inline = mimetype in IMAGE_TYPES and _image_type(data) == mimetype
     headers = {
         "Content-Disposition": "inline" if inline else "attachment",
         "X-Content-Type-Options": "nosniff",
@@ -761,10 +762,7 @@ async def _x_reply(request: web.Request) -> web.Response:
         conversation_id, username, text = (
             str(body.get(k, "")) for k in ("conversation_id", "username", "text")
         )
-        photo = None
-        if body.get("photo") is not None:
-            _, media_type, data = _file_of(body, "photo")
-            photo = (media_type, data)
+        photo = _file_of(body, "photo")[2] if body.get("photo") is not None else None
         return await sandbox.reply_on_x(conversation_id, username, text, photo=photo)
 
     return await _answer(reply())
@@ -865,10 +863,7 @@ async def running_sandbox(
         stack.push_async_callback(bridge.cleanup)
         await web.SockSite(bridge, bridge_socket).start()
 
-        # A browser's cookies, IP address hosts included: the connect flow is bound to them.
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
         sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
         sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
         stack.push_async_callback(sandbox.close)

@@ -420,6 +420,30 @@ async def test_a_file_goes_to_x_as_media_fetched_from_slack_with_the_bot_token(s
         # The bridge fetched it from the fake Slack as from Slack: with the bot token.
         assert [d.authorized for d in sandbox.slack.downloads] == [True]
 
+        # A file X cannot take: the text goes, and the bridge says why the file did not.
+        notes = {"name": "notes.txt", "type": "text/plain", "data": base64.b64encode(b"a\nb\n").decode()}
+        status, answer = await call(session, sandbox, "/api/slack/file", {"text": "my notes", "file": notes})
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: (
+                len(group_messages(s)) == 3
+                and any("notes.txt" in text_of(m) for m in s["messages"] if m["kind"] == "bot")
+            ),
+            "the DM and the note",
+        )
+        assert (
+            group_messages(state)[-1]["text"] == "You: my notes" and group_messages(state)[-1]["media"] == []
+        )
+        [shown] = [m for m in state["messages"] if m.get("ts") == answer["ts"]]
+        [chip] = shown["files"]
+        assert chip["name"] == "notes.txt" and not chip["image"]
+        async with session.get(sandbox.url + chip["url"].lstrip("/")) as response:
+            # Served as a download, never as a page of the sandbox's origin.
+            assert response.content_type == "application/octet-stream"
+            assert response.headers["Content-Disposition"] == "attachment"
+
 
 async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -> None:
     async with browser() as session:
