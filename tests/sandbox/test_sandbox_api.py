@@ -238,6 +238,9 @@ async def test_mistakes_are_answered_not_sent(sandbox: Sandbox) -> None:
         ):
             status, answer = await call(session, sandbox, path, body)
             assert status == 400 and not answer["ok"] and answer["error"], (path, answer)
+        for path in ("api/slack/files/F0NONE", "api/x/media/404"):
+            async with session.get(sandbox.url + path) as response:
+                assert response.status == 404, path
         state = await state_when(session, sandbox, lambda s: bool(s["messages"]), "the note")
         [note] = state["messages"]
         assert note["kind"] == "note" and "/giphy is not a command here" in text_of(note)
