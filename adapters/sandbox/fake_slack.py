@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import mimetypes
 import re
 import secrets
 import time
@@ -539,6 +540,17 @@ class FakeSlack:
             created=created,
         )
         return self._file_object(file_id, base_url or self._require_base())
+
+    def file_content(self, file_id: str) -> tuple[bytes, str] | None:
+        """A file's bytes and mimetype, whether added by a person (:meth:`add_file`) or shared by
+        the app (``files.completeUploadExternal``); None for an unknown id."""
+        stored = self._files.get(file_id)
+        if stored is not None:
+            return stored.content, str(stored.meta["mimetype"])
+        for shared in self.shared_files:
+            if shared["id"] == file_id:
+                return bytes(shared["content"]), mimetypes.guess_type(str(shared["name"]))[0] or ""
+        return None
 
     def new_response_url(self, base_url: str | None = None) -> str:
         """Create a ``response_url`` (``{base}/response/{id}``) valid for 5 uses / 30 minutes."""
@@ -1062,7 +1074,14 @@ class FakeSlack:
             done.append({"id": file_id, "title": title})
             if channel:
                 self.shared_files.append(
-                    {"channel": channel, "id": file_id, "title": title, "content": upload["content"]}
+                    {
+                        "channel": channel,
+                        "id": file_id,
+                        "title": title,
+                        "name": upload["filename"],
+                        "content": upload["content"],
+                        "ts": _TS.next(self.clock),  # Slack shares a file as a message
+                    }
                 )
         return {"ok": True, "files": done}
 
@@ -1472,6 +1491,53 @@ class SlackSender:
             timestamp_override=timestamp_override,
         )
         return result, str(event["ts"]), event_id
+
+    def message_changed_event(
+        self, channel: str, user: str, ts: str, text: str, previous_text: str, *, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        """The hidden ``message_changed`` event Slack sends when ``user`` edits message ``ts``:
+        the edit has its own ``ts``; ``message`` is the new version (with ``edited``),
+        ``previous_message`` the old one."""
+        edit_ts = self.new_ts()
+        body: dict[str, Any] = {"type": "message", "user": user, "ts": ts, "team": self.team_id}
+        if thread_ts is not None:
+            body["thread_ts"] = thread_ts
+        return {
+            "type": "message",
+            "subtype": "message_changed",
+            "channel": channel,
+            "hidden": True,
+            "ts": edit_ts,
+            "event_ts": edit_ts,
+            "channel_type": "group" if channel.startswith("G") else "channel",
+            "message": {
+                **body,
+                "text": text,
+                "blocks": rich_text_blocks(text),
+                "edited": {"user": user, "ts": edit_ts},
+            },
+            "previous_message": {**body, "text": previous_text, "blocks": rich_text_blocks(previous_text)},
+        }
+
+    def message_deleted_event(
+        self, channel: str, user: str, ts: str, previous_text: str, *, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        """The hidden ``message_deleted`` event Slack sends when message ``ts`` is deleted."""
+        delete_ts = self.new_ts()
+        previous: dict[str, Any] = {"type": "message", "user": user, "text": previous_text, "ts": ts}
+        if thread_ts is not None:
+            previous["thread_ts"] = thread_ts
+        return {
+            "type": "message",
+            "subtype": "message_deleted",
+            "channel": channel,
+            "hidden": True,
+            "deleted_ts": ts,
+            "ts": delete_ts,
+            "event_ts": delete_ts,
+            "channel_type": "group" if channel.startswith("G") else "channel",
+            "previous_message": previous,
+        }
 
     def command_fields(
         self,

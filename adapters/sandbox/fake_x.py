@@ -41,6 +41,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import html
 import itertools
 import json
 import math
@@ -657,6 +658,9 @@ class FakeX:
         """Who approves ``/i/oauth2/authorize``; defaults to the first user added."""
         self.deny_next_authorize = False
         """If set, the next authorize redirects with ``error=access_denied`` (then resets)."""
+        self.consent_page = False
+        """If set, authorize first shows a consent page (for a person in a browser: the sandbox);
+        its buttons repeat the request with ``decision=allow`` or ``decision=deny``."""
         self.withheld_scopes: set[str] = set()
         """Scopes the authorize step leaves out of the grant (an app whose permissions lack
         DMs); the token answer's ``scope`` then lists only the rest, as X's does."""
@@ -1401,10 +1405,13 @@ class FakeX:
             return fail("Missing required parameter [code_challenge].")
         if query.get("code_challenge_method") != "S256":
             return fail("code_challenge_method must be S256.")
-        if self.deny_next_authorize:
+        user_id = self.authorizing_user_id
+        decision = query.get("decision")
+        if self.consent_page and decision is None and user_id in self.users:
+            return self._consent_page(request, self.users[user_id])
+        if self.deny_next_authorize or decision == "deny":
             self.deny_next_authorize = False
             return redirect({"error": "access_denied"})
-        user_id = self.authorizing_user_id
         if user_id is None or user_id not in self.users:
             return fail("No user is signed in.", "access_denied")
         code = secrets.token_urlsafe(24)
@@ -1417,6 +1424,29 @@ class FakeX:
             issued_at=self.clock(),
         )
         return redirect({"code": code})
+
+    @staticmethod
+    def _consent_page(request: web.Request, user: XUser) -> web.Response:
+        """X's "Authorize app" page, as plain as it can be: the signed-in account and two links
+        that repeat the request with the person's decision."""
+        query = [(k, v) for k, v in request.query.items() if k != "decision"]
+
+        def decide(decision: str) -> str:
+            return html.escape(f"{request.path}?{urlencode([*query, ('decision', decision)])}")
+
+        page = (
+            "<!doctype html><html lang=en><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            "<title>Authorize app · X (simulated)</title>"
+            "<body style='font-family:sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem'>"
+            "<p style='color:#8d6e00'>Simulated X consent page</p>"
+            "<h1>Authorize xdm-bridge to access your account?</h1>"
+            f"<p>Signed in as <strong id=account>@{html.escape(user.username)}</strong></p>"
+            "<ul><li>Read and send your Direct Messages</li><li>See your profile and stay connected</li></ul>"
+            f"<p><a id=approve href='{decide('allow')}'>Authorize app</a></p>"
+            f"<p><a id=cancel href='{decide('deny')}'>Cancel</a></p></body></html>"
+        )
+        return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     def _client_auth(self, request: web.Request, form: Mapping[str, str]) -> tuple[str, web.Response | None]:
         """Authenticate the client per NOTES §5.1; returns (mode, error response or None)."""

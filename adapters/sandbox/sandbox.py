@@ -11,20 +11,26 @@ The page never talks to the bridge itself. What the person types in the channel 
 signed slash command (``/xdm …``, with a ``response_url`` on the fake Slack) or a signed
 ``message`` event, so it takes the same road as in production: signature check at
 ``/slack/events``, the outbox, the delivery worker, HTTP to the fake X, reactions through the
-fake Slack Web API. ``/xdm connect``'s authorize link is followed server-side on a click, through
-the fake X's consent and the bridge's real ``/x/oauth/callback``; the bridge then asks in the
-channel (an ephemeral message with buttons) and a click on Confirm is a signed ``block_actions``
-to ``/slack/events``, as Slack's interactivity sends it.
+fake Slack Web API. Edits and deletions are Slack's ``message_changed``/``message_deleted``
+events, files are kept by the fake Slack (served with the bot token, as Slack serves
+``url_private_download``) and shared with a ``file_share`` event. ``/xdm connect``'s link opens
+the bridge's real connect page in a new tab: "Continue to X", the simulated X's consent page,
+then the bridge's ``/x/oauth/callback``; the bridge then asks in the channel (an ephemeral
+message with buttons) and a click on Confirm is a signed ``block_actions`` to ``/slack/events``,
+as Slack's interactivity sends it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import html
 import importlib.resources
 import logging
+import mimetypes
 import re
 import secrets
 import signal
@@ -83,6 +89,7 @@ X_PEOPLE = (
 
 REACTION_EMOJI = {"white_check_mark": "✅", "warning": "⚠️", "hourglass_flowing_sand": "⏳"}
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+MAX_FILE_BYTES = 5 * 1024 * 1024  # X's limit for a DM image
 
 
 class SandboxError(Exception):
@@ -188,6 +195,14 @@ class _Entry:
     """A person's message: its Slack ts (reactions are looked up live)."""
     response_url: str | None = None
     """A slash command: where the bridge's later answers go."""
+    typed: str = ""
+    """A person's message as typed (``text`` is Slack's markup of it): what Edit starts from."""
+    thread_ts: str | None = None
+    """A reply in a thread: the ts of the thread's first message."""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """Slack ``files[]`` elements shared with the message."""
+    edited: bool = False
+    deleted: bool = False
 
 
 @dataclass
@@ -207,6 +222,7 @@ class Sandbox:
     _entries: list[_Entry] = field(default_factory=list)
     _response_times: dict[tuple[str, int], float] = field(default_factory=dict)
     _replies_from_x: set[str] = field(default_factory=set)
+    _file_seq: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -216,8 +232,9 @@ class Sandbox:
 
     # -- the channel box --------------------------------------------------------
 
-    async def say(self, text: str) -> dict[str, Any]:
-        """What the person typed in #sandbox: ``/xdm …`` is a slash command, anything else a message."""
+    async def say(self, text: str, *, thread_ts: str | None = None) -> dict[str, Any]:
+        """What the person typed in #sandbox (or in a thread of it, ``thread_ts``): ``/xdm …`` is a
+        slash command, anything else a message, several lines included."""
         text = text.strip()
         if not text:
             raise SandboxError("Type a message or a /xdm command.")
@@ -227,17 +244,94 @@ class Sandbox:
         if head.startswith("/"):
             self._note(f"{head} is not a command here. This workspace only has /xdm — try `/xdm help`.")
             return {"sent": "nothing"}
-        return await self.message(text)
+        return await self.message(text, thread_ts=thread_ts)
 
-    async def message(self, text: str) -> dict[str, Any]:
-        """Post a message in #sandbox: a signed ``message`` event to the bridge."""
+    async def message(
+        self, text: str, *, thread_ts: str | None = None, files: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Post a message in #sandbox: a signed ``message`` event to the bridge (a ``file_share``
+        with ``files``, a thread reply with ``thread_ts``)."""
+        if thread_ts is not None:
+            self._thread_root(thread_ts)
         ts = self.sender.new_ts()
         sent = slack_markup(text, dict(SLACK_PEOPLE))
-        self._entries.append(_Entry(float(ts), "message", sent, only_you=False, ts=ts))
-        result, _, _ = await self.sender.message(CHANNEL_ID, SLACK_USER_ID, sent, ts=ts)
-        if result.status != 200:
-            self._note(f"The bridge answered the message event with HTTP {result.status}; Slack would retry.")
+        entry = _Entry(
+            float(ts),
+            "message",
+            sent,
+            only_you=False,
+            ts=ts,
+            typed=text,
+            thread_ts=thread_ts,
+            files=list(files or []),
+        )
+        self._entries.append(entry)
+        result, _, _ = await self.sender.message(
+            CHANNEL_ID, SLACK_USER_ID, sent, ts=ts, thread_ts=thread_ts, files=files
+        )
+        self._check(result.status, "message event")
         return {"sent": "message", "ts": ts, "status": result.status}
+
+    async def attach(
+        self, name: str, mimetype: str, content: bytes, text: str = "", *, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        """Share a file in #sandbox: fake Slack keeps it (``files.info`` and ``url_private_download``
+        answer for it, with the bot token) and the bridge gets a ``file_share`` event."""
+        name = Path(name.replace("\\", "/")).name.strip()  # the name only, should a client send a path
+        if not name or not content:
+            raise SandboxError("Pick a file to attach (an empty file cannot be shared).")
+        if len(content) > MAX_FILE_BYTES:
+            raise SandboxError(f"The sandbox takes files up to {MAX_FILE_BYTES // (1024 * 1024)} MB.")
+        mimetype = mimetype or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        filetype = name.rsplit(".", 1)[-1].lower() if "." in name else "binary"
+        self._file_seq += 1
+        file_id = f"F0SANDBOX{self._file_seq:03d}"
+        file = self.slack.add_file(
+            file_id, name=name, mimetype=mimetype, filetype=filetype, content=content, user=SLACK_USER_ID
+        )
+        return await self.message(text.strip(), thread_ts=thread_ts, files=[file])
+
+    async def edit(self, ts: str, text: str) -> dict[str, Any]:
+        """Edit your message ``ts``: Slack's hidden ``message_changed`` event, signed, to the bridge."""
+        entry = self._own_message(ts)
+        text = text.strip()
+        if not text and not entry.files:
+            raise SandboxError("A message cannot be edited to nothing; delete it instead.")
+        sent = slack_markup(text, dict(SLACK_PEOPLE))
+        event = self.sender.message_changed_event(
+            CHANNEL_ID, SLACK_USER_ID, ts, sent, entry.text, thread_ts=entry.thread_ts
+        )
+        entry.text, entry.typed, entry.edited = sent, text, True
+        result = await self.sender.event(event)
+        self._check(result.status, "edit (message_changed)")
+        return {"sent": "edit", "ts": ts, "status": result.status}
+
+    async def delete(self, ts: str) -> dict[str, Any]:
+        """Delete your message ``ts``: Slack's hidden ``message_deleted`` event, signed, to the bridge."""
+        entry = self._own_message(ts)
+        event = self.sender.message_deleted_event(
+            CHANNEL_ID, SLACK_USER_ID, ts, entry.text, thread_ts=entry.thread_ts
+        )
+        entry.deleted = True
+        result = await self.sender.event(event)
+        self._check(result.status, "deletion (message_deleted)")
+        return {"sent": "delete", "ts": ts, "status": result.status}
+
+    def _thread_root(self, ts: str) -> None:
+        """A thread starts at a message in the channel: yours, or one the bridge posted from X."""
+        posted = any(post["ts"] == ts for post in self.slack.posted(CHANNEL_ID))
+        if not posted:
+            self._own_message(ts)
+
+    def _own_message(self, ts: str) -> _Entry:
+        found = next((e for e in self._entries if e.kind == "message" and e.ts == ts), None)
+        if found is None or found.deleted:
+            raise SandboxError("That message is not in the channel (any more).")
+        return found
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 200:
+            self._note(f"The bridge answered the {what} with HTTP {status}; Slack would retry.")
 
     async def command(self, text: str) -> dict[str, Any]:
         """Run ``/xdm text``: a signed slash command whose ``response_url`` is on the fake Slack."""
@@ -292,36 +386,6 @@ class Sandbox:
 
     # -- the X side -------------------------------------------------------------
 
-    async def authorize(self, url: str, *, approve: bool) -> dict[str, Any]:
-        """The browser's trip for ``/xdm connect``: the bridge's page (confirmed), the fake X's
-        consent, then the bridge's callback, with the cookies a browser would keep."""
-        if not url.startswith(self.authorize_url + "?"):
-            raise SandboxError("That is not a link to the bridge's X authorize page.")
-        self.x.authorizing_user_id = YOUR_X_ID
-        self.x.deny_next_authorize = not approve
-        async with self.session.get(url) as response:
-            page = await response.text()
-            fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
-        async with self.session.post(self.authorize_url, data=fields, allow_redirects=False) as response:
-            url = response.headers.get("Location", "")
-            if response.status != 303 or not url.startswith(self.x_url + "/"):
-                title = _between(await response.text(), "<h1>", "</h1>") or f"HTTP {response.status}"
-                raise SandboxError(f"The bridge's connect page did not send you on to X: {title}.")
-        async with self.session.get(url, allow_redirects=False) as response:
-            location = response.headers.get("Location", "")
-            if response.status != 302 or not location.startswith(self.bridge_url + "/"):
-                raise SandboxError(
-                    f"The simulated X did not send you back to the bridge ({response.status})."
-                )
-        async with self.session.get(location, allow_redirects=False) as response:
-            page = await response.text()
-            status = response.status
-        title = _between(page, "<h1>", "</h1>") or f"HTTP {status}"
-        said = _between(page, "<p>", "</p>")
-        verb = "approved" if approve else "cancelled"
-        self._note(f"Simulated X: you {verb}. The bridge's /x/oauth/callback answered {status}: {title}.")
-        return {"status": status, "title": title, "message": said}
-
     async def click(self, button_id: str) -> dict[str, Any]:
         """Click a button the bot showed you (``{message_ts}/{index}``): a signed ``block_actions``
         to the bridge, as Slack's interactivity sends it; answers replace the message or follow it."""
@@ -343,10 +407,16 @@ class Sandbox:
     def _buttons(self) -> list[Button]:
         return self.slack.buttons(SLACK_USER_ID)
 
-    async def reply_on_x(self, conversation_id: str, username: str, text: str) -> dict[str, Any]:
-        """Someone on X writes in a conversation: a real DM POST to the fake X with their token."""
+    async def reply_on_x(
+        self, conversation_id: str, username: str, text: str, photo: bytes | None = None
+    ) -> dict[str, Any]:
+        """Someone on X writes in a conversation: a real DM POST to the fake X with their token.
+
+        ``photo`` (a PNG, GIF or JPEG, as bytes) goes with it as X's app sends one: uploaded
+        first (here straight into the simulator), then attached to the DM by its media id.
+        """
         text = text.strip()
-        if not text:
+        if not text and photo is None:
             raise SandboxError("Type a reply first.")
         conversation = self.x.conversations.get(conversation_id)
         if conversation is None:
@@ -355,10 +425,18 @@ class Sandbox:
         user_id = users.get(username.lstrip("@"))
         if user_id is None or user_id == YOUR_X_ID:
             raise SandboxError(f"@{username} is not someone else in that conversation.")
+        message: dict[str, Any] = {"text": text} if text else {}
+        if photo is not None:
+            media_type = _image_type(photo)  # what the bytes are, whatever the file's name said
+            if media_type not in IMAGE_TYPES:
+                raise SandboxError("Only a photo (a PNG, GIF or JPEG image) can go with a reply here.")
+            if len(photo) > MAX_FILE_BYTES:
+                raise SandboxError(f"The sandbox takes photos up to {MAX_FILE_BYTES // (1024 * 1024)} MB.")
+            message["attachments"] = [{"media_id": self.x.add_media(user_id, photo, media_type)}]
         token = self.x.issue_token(user_id).access_token
         async with self.session.post(
             f"{self.x_url}/2/dm_conversations/{conversation_id}/messages",
-            json={"text": text},
+            json=message,
             headers={"Authorization": f"Bearer {token}"},
         ) as response:
             body = await response.json(content_type=None)
@@ -422,11 +500,16 @@ class Sandbox:
                 add(
                     entry.at,
                     "message",
-                    entry.text,
+                    "This message was deleted." if entry.deleted else entry.text,
                     author=SLACK_USER_NAME,
                     only_you=False,
                     ts=entry.ts,
-                    reactions=reactions,
+                    reactions=[] if entry.deleted else reactions,
+                    typed="" if entry.deleted else entry.typed,
+                    thread_ts=entry.thread_ts,
+                    files=[] if entry.deleted else [_file_chip(f["id"], f["name"]) for f in entry.files],
+                    edited=entry.edited,
+                    deleted=entry.deleted,
                 )
             elif entry.kind == "command":
                 add(entry.at, "command", entry.text, author=SLACK_USER_NAME, only_you=entry.only_you)
@@ -461,7 +544,19 @@ class Sandbox:
                 author=str(as_sender or "xdm-bridge"),
                 only_you=False,
                 plain=(CHANNEL_ID, str(post["ts"])) in self.slack.plain_posts,
+                ts=str(post["ts"]),  # anyone may reply to it in a thread
             )
+        for shared in self.slack.shared_files:  # an X attachment the bridge brought over
+            if shared["channel"] == CHANNEL_ID:
+                chip = _file_chip(str(shared["id"]), str(shared["name"]))
+                add(
+                    float(shared["ts"]),
+                    "bot",
+                    str(shared["title"]),
+                    author="xdm-bridge",
+                    only_you=False,
+                    files=[chip],
+                )
         items.sort(key=lambda t: (t[0], t[1]))
         return [{**item, "id": f"m{n}", "at": at} for n, (at, _, item) in enumerate(items)]
 
@@ -476,7 +571,7 @@ class Sandbox:
                 f"@{n}" for n in others
             )
             messages = []
-            for event in self.x.messages_in(conversation.id):
+            for event in self.x.messages_in(conversation.id, include_deleted=True):
                 sender = self.x.users.get(event.sender_id)
                 from_x = event.id in self._replies_from_x
                 messages.append(
@@ -485,7 +580,9 @@ class Sandbox:
                         "sender": sender.username if sender else event.sender_id,
                         "sender_name": sender.name if sender else event.sender_id,
                         "you": event.sender_id == YOUR_X_ID,
-                        "text": event.text if event.text is not None else "[attachment]",
+                        "text": event.text or "",
+                        "media": [self._media(m) for m in event.media_ids if m in self.x.media],
+                        "deleted": event.deleted,
                         "at": event.created_at,
                         "note": FROM_X_NOTE if from_x else "",
                     }
@@ -502,6 +599,11 @@ class Sandbox:
             )
         return out
 
+    def _media(self, media_id: str) -> dict[str, str]:
+        media = self.x.media[media_id]
+        kind = media.category.removeprefix("dm_")  # image, gif or video
+        return {"id": media_id, "kind": kind, "url": f"/api/x/media/{media_id}"}
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -509,13 +611,23 @@ class Sandbox:
             await asyncio.wait(set(self._tasks))
 
 
+def _file_chip(file_id: str, name: str) -> dict[str, Any]:
+    """A file as the page shows it: its name, and a preview when it is an image."""
+    image = (mimetypes.guess_type(name)[0] or "").startswith("image/")
+    return {"id": file_id, "name": name, "image": image, "url": f"/api/slack/files/{file_id}"}
+
+
+# What a browser may be sent as an image, by its first bytes (X keeps no type for some uploads).
+_IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"GIF8", "image/gif"), (b"\xff\xd8\xff", "image/jpeg"))
+IMAGE_TYPES = frozenset(kind for _, kind in _IMAGE_MAGIC)
+
+
+def _image_type(data: bytes) -> str:
+    return next((kind for magic, kind in _IMAGE_MAGIC if data.startswith(magic)), "application/octet-stream")
+
+
 def _button_id(button: Button) -> str:
     return f"{button.message_ts}/{button.action_id}"
-
-
-def _between(page: str, start: str, end: str) -> str:
-    _, found, tail = page.partition(start)
-    return html.unescape(tail.partition(end)[0]) if found else ""
 
 
 # ---------------------------------------------------------------------------- the page
@@ -526,14 +638,19 @@ SANDBOX = web.AppKey("sandbox", Sandbox)
 
 def page_app(sandbox: Sandbox) -> web.Application:
     """The sandbox page and its small JSON API."""
-    app = web.Application(client_max_size=64 * 1024)
+    # A file travels as base64 in JSON: a third larger than the file, plus the message.
+    app = web.Application(client_max_size=MAX_FILE_BYTES * 4 // 3 + 64 * 1024)
     app[SANDBOX] = sandbox
     app.router.add_get("/", _index)
     app.router.add_get("/api/state", _state)
     app.router.add_post("/api/slack", _slack)
-    app.router.add_post("/api/authorize", _authorize)
+    app.router.add_post("/api/slack/file", _slack_file)
+    app.router.add_post("/api/slack/edit", _slack_edit)
+    app.router.add_post("/api/slack/delete", _slack_delete)
+    app.router.add_get("/api/slack/files/{file_id}", _slack_file_content)
     app.router.add_post("/api/slack/click", _click)
     app.router.add_post("/api/x/reply", _x_reply)
+    app.router.add_get("/api/x/media/{media_id}", _x_media)
     return app
 
 
@@ -566,15 +683,70 @@ async def _answer(work: Awaitable[dict[str, Any]]) -> web.Response:
         return web.json_response({"ok": False, "error": str(exc)}, status=400)
 
 
+def _thread(body: Mapping[str, Any]) -> str | None:
+    thread_ts = body.get("thread_ts")
+    return str(thread_ts) if thread_ts else None
+
+
+def _file_of(body: Mapping[str, Any], key: str) -> tuple[str, str, bytes]:
+    """``{"name", "type", "data": base64}`` under ``key``, as the page sends a picked file."""
+    file = body.get(key)
+    if not isinstance(file, dict):
+        raise SandboxError("No file came with the request.")
+    try:
+        data = base64.b64decode(str(file.get("data", "")), validate=True)
+    except binascii.Error:
+        raise SandboxError("The file did not arrive whole (not base64); pick it again.") from None
+    return str(file.get("name", "")), str(file.get("type", "")), data
+
+
 async def _slack(request: web.Request) -> web.Response:
     body = await _body(request)
-    return await _answer(request.app[SANDBOX].say(str(body.get("text", ""))))
+    return await _answer(request.app[SANDBOX].say(str(body.get("text", "")), thread_ts=_thread(body)))
 
 
-async def _authorize(request: web.Request) -> web.Response:
+async def _slack_file(request: web.Request) -> web.Response:
     body = await _body(request)
-    approve = body.get("approve", True) is not False
-    return await _answer(request.app[SANDBOX].authorize(str(body.get("url", "")), approve=approve))
+
+    async def attach() -> dict[str, Any]:
+        name, mimetype, data = _file_of(body, "file")
+        text = str(body.get("text", ""))
+        return await request.app[SANDBOX].attach(name, mimetype, data, text, thread_ts=_thread(body))
+
+    return await _answer(attach())
+
+
+async def _slack_edit(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return await _answer(request.app[SANDBOX].edit(str(body.get("ts", "")), str(body.get("text", ""))))
+
+
+async def _slack_delete(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return await _answer(request.app[SANDBOX].delete(str(body.get("ts", ""))))
+
+
+async def _slack_file_content(request: web.Request) -> web.Response:
+    found = request.app[SANDBOX].slack.file_content(request.match_info["file_id"])
+    if found is None:
+        raise web.HTTPNotFound(text="no such file")
+    data, mimetype = found
+    # Only images are shown inline; anything else is a download, never rendered by the page's origin.
+    inline = mimetype in IMAGE_TYPES and _image_type(data) == mimetype
+    headers = {
+        "Content-Disposition": "inline" if inline else "attachment",
+        "X-Content-Type-Options": "nosniff",
+    }
+    content_type = mimetype if inline else "application/octet-stream"
+    return web.Response(body=data, content_type=content_type, headers=headers)
+
+
+async def _x_media(request: web.Request) -> web.Response:
+    media = request.app[SANDBOX].x.media.get(request.match_info["media_id"])
+    if media is None:
+        raise web.HTTPNotFound(text="no such media")
+    headers = {"X-Content-Type-Options": "nosniff"}
+    return web.Response(body=media.data, content_type=_image_type(media.data), headers=headers)
 
 
 async def _click(request: web.Request) -> web.Response:
@@ -585,8 +757,15 @@ async def _click(request: web.Request) -> web.Response:
 async def _x_reply(request: web.Request) -> web.Response:
     body = await _body(request)
     sandbox = request.app[SANDBOX]
-    fields = (str(body.get(name, "")) for name in ("conversation_id", "username", "text"))
-    return await _answer(sandbox.reply_on_x(*fields))
+
+    async def reply() -> dict[str, Any]:
+        conversation_id, username, text = (
+            str(body.get(k, "")) for k in ("conversation_id", "username", "text")
+        )
+        photo = _file_of(body, "photo")[2] if body.get("photo") is not None else None
+        return await sandbox.reply_on_x(conversation_id, username, text, photo=photo)
+
+    return await _answer(reply())
 
 
 # ------------------------------------------------------------------------- composition
@@ -654,6 +833,7 @@ async def running_sandbox(
         for user_id, username, name in X_PEOPLE:
             x.add_user(user_id, username, name)
         x.authorizing_user_id = YOUR_X_ID
+        x.consent_page = True  # the person approves in their browser, as on X
         # X's read budget is 15 per 15 minutes; the simulation's window is 10 s so that group
         # replies (which X does not push) show within seconds, paced by the same budget logic.
         x.window_read_seconds = 10.0
@@ -683,10 +863,7 @@ async def running_sandbox(
         stack.push_async_callback(bridge.cleanup)
         await web.SockSite(bridge, bridge_socket).start()
 
-        # A browser's cookies, IP address hosts included: the connect flow is bound to them.
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
         sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
         sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
         stack.push_async_callback(sandbox.close)

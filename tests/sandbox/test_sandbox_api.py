@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import html
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 
 from adapters.sandbox.sandbox import (
     LABEL,
@@ -72,8 +76,51 @@ def confirm_button(state: dict[str, Any]) -> str | None:
     return found[-1] if found else None
 
 
+def browser() -> aiohttp.ClientSession:
+    """A session that keeps cookies as a browser does on http://127.0.0.1 (the connect flow's)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def open_authorize_link(session: aiohttp.ClientSession, url: str, *, approve: bool = True) -> str:
+    """What the browser tab does with the authorize link: the bridge's connect page, "Continue to
+    X", the simulated X's consent page, then the bridge's callback. Returns the callback page."""
+    async with session.get(url) as response:
+        page = await response.text()
+    assert response.status == 200 and "Continue to X" in page, page
+    fields = dict(re.findall(r"name=(\w+) value='([^']*)'", page))
+    async with session.post(url.split("?")[0], data=fields) as response:
+        consent = await response.text()
+        consent_url = response.url
+    assert "Simulated X consent page" in consent and "@you" in consent, consent
+    choice = re.search(rf"id={'approve' if approve else 'cancel'} href='([^']*)'", consent)
+    assert choice, consent
+    async with session.get(
+        consent_url.join(yarl.URL(html.unescape(choice.group(1)), encoded=True))
+    ) as response:
+        return await response.text()
+
+
+async def connect_and_bridge(session: aiohttp.ClientSession, sandbox: Sandbox) -> dict[str, Any]:
+    """/xdm connect through the real pages, Confirm, then /xdm new-group @alice @bob hi."""
+    await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+    state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+    link = authorize_link(state)
+    assert link is not None
+    assert "Confirm in Slack" in await open_authorize_link(session, link)
+    state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
+    await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
+    await state_when(session, sandbox, lambda s: s["steps"]["connected"], "the connection")
+    await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
+    state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
+    return dict(state["x"]["conversations"][0])
+
+
+def group_messages(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(state["x"]["conversations"][0]["messages"])
+
+
 async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sandbox: Sandbox) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with browser() as session:
         async with session.get(sandbox.url) as response:
             page = await response.text()
         assert response.status == 200 and LABEL in page
@@ -86,8 +133,8 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
         assert ack["only_you"] and "Connect your X account" in text_of(ack)
 
         url = authorize_link(state)
-        status, answer = await call(session, sandbox, "/api/authorize", {"url": url, "approve": True})
-        assert (status, answer["status"], answer["title"]) == (200, 200, "Confirm in Slack")
+        assert url is not None and url.startswith(sandbox.bridge_url + "/x/connect?")
+        assert "<h1>Confirm in Slack</h1>" in await open_authorize_link(session, url)
         # The bridge asks in the channel; nothing is connected until you click Confirm there.
         state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
         assert state["steps"]["connected"] is False
@@ -182,10 +229,18 @@ async def test_mistakes_are_answered_not_sent(sandbox: Sandbox) -> None:
         assert status == 400 and not answer["ok"]
         status, answer = await call(session, sandbox, "/api/slack", {"text": "/giphy cats"})
         assert status == 200 and answer["sent"] == "nothing"
-        status, answer = await call(
-            session, sandbox, "/api/authorize", {"url": "http://example.com/steal", "approve": True}
-        )
-        assert status == 400 and "authorize page" in answer["error"]
+        for path, body in (
+            ("/api/slack/edit", {"ts": "1.000001", "text": "new"}),
+            ("/api/slack/delete", {"ts": "1.000001"}),
+            ("/api/slack/file", {"file": {"name": "a.png", "type": "image/png", "data": "not base64!"}}),
+            ("/api/slack/file", {"text": "no file"}),
+            ("/api/slack/file", {"file": {"name": "empty.txt", "type": "text/plain", "data": ""}}),
+        ):
+            status, answer = await call(session, sandbox, path, body)
+            assert status == 400 and not answer["ok"] and answer["error"], (path, answer)
+        for path in ("api/slack/files/F0NONE", "api/x/media/404"):
+            async with session.get(sandbox.url + path) as response:
+                assert response.status == 404, path
         state = await state_when(session, sandbox, lambda s: bool(s["messages"]), "the note")
         [note] = state["messages"]
         assert note["kind"] == "note" and "/giphy is not a command here" in text_of(note)
@@ -237,15 +292,8 @@ def test_typed_text_becomes_slack_markup_as_slack_sends_it() -> None:
 async def test_mentions_and_links_typed_in_the_channel_are_translated_on_the_way_to_x(
     sandbox: Sandbox,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
-        state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
-        await call(session, sandbox, "/api/authorize", {"url": authorize_link(state), "approve": True})
-        state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
-        await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
-        await state_when(session, sandbox, lambda s: s["steps"]["connected"], "the connection")
-        await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
-        await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
+    async with browser() as session:
+        await connect_and_bridge(session, sandbox)
 
         typed = "@ada look: https://example.com/" + "a" * 200
         status, answer = await call(session, sandbox, "/api/slack", {"text": typed})
@@ -272,3 +320,163 @@ async def test_a_command_is_shown_as_typed_angle_brackets_and_all(sandbox: Sandb
         )
         [command] = [m for m in state["messages"] if m["kind"] == "command"]
         assert status == 200 and text_of(command) == typed
+
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    b"\x00\x00\x00\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\x00\x05\x00\x01\xff\x89\x99=\x1d\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+
+
+def png(name: str = "dot.png") -> dict[str, str]:
+    return {"name": name, "type": "image/png", "data": base64.b64encode(PNG).decode()}
+
+
+async def test_the_connect_link_opens_the_bridges_page_and_cancel_on_x_connects_nothing(
+    sandbox: Sandbox,
+) -> None:
+    async with browser() as session:
+        await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+        state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+        link = authorize_link(state)
+        assert link is not None
+        async with session.get(link) as response:
+            page = await response.text()
+        # The page says whose Slack user the X account will belong to, and asks for consent.
+        assert "Slack user <strong>you</strong> (U0SANDBOX)" in page and "Continue to X" in page
+        answer = await open_authorize_link(session, link, approve=False)
+        assert "Confirm in Slack" not in answer
+        assert not any(t.user_id == "1000" for t in sandbox.x.access_tokens.values())
+        state = await state_when(session, sandbox, lambda s: not s["steps"]["connected"], "the state")
+        assert confirm_button(state) is None
+
+
+async def test_an_edit_reaches_x_as_a_correction_and_a_deletion_deletes_the_dm(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect_and_bridge(session, sandbox)
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "the meeting is at 3"})
+        ts = answer["ts"]
+        await state_when(session, sandbox, lambda s: len(group_messages(s)) == 2, "the DM")
+
+        status, answer = await call(
+            session, sandbox, "/api/slack/edit", {"ts": ts, "text": "the meeting is at 4"}
+        )
+        assert (status, answer["sent"], answer["status"]) == (200, "edit", 200)
+        state = await state_when(session, sandbox, lambda s: len(group_messages(s)) == 3, "the correction")
+        assert group_messages(state)[-1]["text"] == "You (edited): the meeting is at 4"
+        [mine] = [m for m in state["messages"] if m.get("ts") == ts]
+        assert mine["edited"] and mine["typed"] == "the meeting is at 4"
+        assert text_of(mine) == "the meeting is at 4"
+
+        status, answer = await call(session, sandbox, "/api/slack/delete", {"ts": ts})
+        assert (status, answer["sent"], answer["status"]) == (200, "delete", 200)
+        state = await state_when(
+            session, sandbox, lambda s: sum(m["deleted"] for m in group_messages(s)) == 2, "the deletions"
+        )
+        # Both X copies (the DM and its correction) are deleted; the opening "hi" stays.
+        assert [m["deleted"] for m in group_messages(state)] == [False, True, True]
+        [mine] = [m for m in state["messages"] if m.get("ts") == ts]
+        assert mine["deleted"] and text_of(mine) == "This message was deleted."
+        status, answer = await call(session, sandbox, "/api/slack/edit", {"ts": ts, "text": "again"})
+        assert status == 400 and "not in the channel" in answer["error"]
+
+
+async def test_a_thread_reply_and_several_lines_keep_their_shape_on_x(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect_and_bridge(session, sandbox)
+        status, answer = await call(
+            session, sandbox, "/api/slack", {"text": "Is the outage over?\nAsking for Ada"}
+        )
+        parent = answer["ts"]
+        await state_when(session, sandbox, lambda s: len(group_messages(s)) == 2, "the parent")
+        body = {"text": "Yes, since noon.\nAll green.", "thread_ts": parent}
+        status, answer = await call(session, sandbox, "/api/slack", body)
+        assert status == 200
+        state = await state_when(session, sandbox, lambda s: len(group_messages(s)) == 3, "the reply")
+        first, reply = group_messages(state)[1:]
+        assert first["text"] == "You: Is the outage over?\nAsking for Ada"
+        assert "Is the outage over?" in reply["text"] and reply["text"].endswith(
+            "Yes, since noon.\nAll green."
+        )
+        [shown] = [m for m in state["messages"] if m.get("ts") == answer["ts"]]
+        assert shown["thread_ts"] == parent and text_of(shown) == "Yes, since noon.\nAll green."
+        status, answer = await call(session, sandbox, "/api/slack", {"text": "x", "thread_ts": "9.000009"})
+        assert status == 400
+
+
+async def test_a_file_goes_to_x_as_media_fetched_from_slack_with_the_bot_token(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect_and_bridge(session, sandbox)
+        body = {"text": "the dot", "file": png()}
+        status, answer = await call(session, sandbox, "/api/slack/file", body)
+        assert (status, answer["sent"]) == (200, "message")
+        state = await state_when(session, sandbox, lambda s: len(group_messages(s)) == 2, "the photo DM")
+        dm = group_messages(state)[-1]
+        assert dm["text"] == "You: the dot" and [m["kind"] for m in dm["media"]] == ["image"]
+        async with session.get(sandbox.url + dm["media"][0]["url"].lstrip("/")) as response:
+            assert (response.status, response.content_type, await response.read()) == (200, "image/png", PNG)
+        [shown] = [m for m in state["messages"] if m.get("ts") == answer["ts"]]
+        [chip] = shown["files"]
+        assert chip["name"] == "dot.png" and chip["image"]
+        async with session.get(sandbox.url + chip["url"].lstrip("/")) as response:
+            assert (response.status, await response.read()) == (200, PNG)
+        # The bridge fetched it from the fake Slack as from Slack: with the bot token.
+        assert [d.authorized for d in sandbox.slack.downloads] == [True]
+
+        # A file X cannot take: the text goes, and the bridge says why the file did not.
+        notes = {"name": "notes.txt", "type": "text/plain", "data": base64.b64encode(b"a\nb\n").decode()}
+        status, answer = await call(session, sandbox, "/api/slack/file", {"text": "my notes", "file": notes})
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: (
+                len(group_messages(s)) == 3
+                and any("notes.txt" in text_of(m) for m in s["messages"] if m["kind"] == "bot")
+            ),
+            "the DM and the note",
+        )
+        assert (
+            group_messages(state)[-1]["text"] == "You: my notes" and group_messages(state)[-1]["media"] == []
+        )
+        [shown] = [m for m in state["messages"] if m.get("ts") == answer["ts"]]
+        [chip] = shown["files"]
+        assert chip["name"] == "notes.txt" and not chip["image"]
+        async with session.get(sandbox.url + chip["url"].lstrip("/")) as response:
+            # Served as a download, never as a page of the sandbox's origin.
+            assert response.content_type == "application/octet-stream"
+            assert response.headers["Content-Disposition"] == "attachment"
+
+
+async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        group = await connect_and_bridge(session, sandbox)
+        body = {"conversation_id": group["id"], "username": "alice", "text": "look\nhere", "photo": png()}
+        status, answer = await call(session, sandbox, "/api/x/reply", body)
+        assert status == 200 and answer["ok"]
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m.get("files") and m["kind"] == "bot" for m in s["messages"]),
+            "the photo",
+        )
+        [sent] = [m for m in group_messages(state) if m["sender"] == "alice"]
+        assert sent["text"] == "look\nhere" and [m["kind"] for m in sent["media"]] == ["image"]
+        [text] = [m for m in state["messages"] if m["author"] == "Alice (@alice)"]
+        assert text_of(text) == "look\nhere"
+        [shared] = [m for m in state["messages"] if m.get("files") and m["kind"] == "bot"]
+        async with session.get(sandbox.url + shared["files"][0]["url"].lstrip("/")) as response:
+            assert await response.read() == PNG
+
+        # A reply in the thread of Alice's message goes to X quoting her.
+        body_reply = {"text": "nice one", "thread_ts": text["ts"]}
+        status, answer = await call(session, sandbox, "/api/slack", body_reply)
+        assert status == 200
+        state = await state_when(
+            session, sandbox, lambda s: group_messages(s)[-1]["text"].endswith("nice one"), "the thread reply"
+        )
+        assert 're: "look here"' in group_messages(state)[-1]["text"]
+
+        refused = {**body, "photo": {"name": "a.txt", "type": "text/plain", "data": "aGk="}}
+        status, answer = await call(session, sandbox, "/api/x/reply", refused)
+        assert status == 400 and "photo" in answer["error"]

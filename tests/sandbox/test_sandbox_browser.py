@@ -21,6 +21,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -106,9 +107,41 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def type_in(driver: WebDriver, box: str, text: str) -> None:
+    """Type ``text`` in a composer and press Enter; each newline is typed as Shift+Enter."""
     field = driver.find_element(By.CSS_SELECTOR, box)
     field.clear()
-    field.send_keys(text, Keys.ENTER)
+    first, *more = text.split("\n")
+    field.send_keys(first)
+    for line in more:
+        ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+        field.send_keys(line)
+    field.send_keys(Keys.ENTER)
+
+
+def connect_through_the_pages(driver: WebDriver, tmp_path: Path) -> None:
+    """/xdm connect; its button opens the bridge's connect page in a new tab: Continue to X, the
+    simulated X's consent, the bridge's callback page; then back to Slack to Confirm."""
+    type_in(driver, "#slack-input", "/xdm connect")
+    sandbox_tab = driver.current_window_handle
+    wait_for(driver, ".authorize-button", "Connect your X account", click=True)
+    WebDriverWait(driver, WAIT).until(lambda d: len(d.window_handles) == 2)
+    [connect_tab] = [h for h in driver.window_handles if h != sandbox_tab]
+    driver.switch_to.window(connect_tab)
+    page = wait_for(driver, "body", "Continue to X", "the bridge's connect page")
+    assert "Slack user you (U0SANDBOX)" in page.text and "Connect an X account" in driver.title
+    assert driver.save_screenshot(str(tmp_path / "connect-page.png"))
+    wait_for(driver, "button[type=submit]", "Continue to X", click=True)
+    wait_for(driver, "#approve", "Authorize app", "the simulated X consent page", click=True)
+    wait_for(driver, "h1", "Confirm in Slack", "the bridge's callback page")
+    assert driver.save_screenshot(str(tmp_path / "connect-callback.png"))
+    driver.close()
+    driver.switch_to.window(sandbox_tab)
+    wait_for(driver, "#slack-messages .slack-button", "Connect @you", "the Confirm button", click=True)
+    wait_for(driver, "#slack-messages .msg.bot", "Connected X account @you", "the connect follow-up")
+
+
+def own_message(driver: WebDriver, text: str) -> WebElement:
+    return wait_for(driver, "#slack-messages .msg.message[data-ts]", text, f"your message {text!r}")
 
 
 def wait_for(
@@ -145,14 +178,7 @@ def test_a_channel_message_reaches_x_and_gets_its_check_mark(
     browser.get(sandbox.url)
     assert "Simulation — nothing leaves this machine" in browser.find_element(By.ID, "banner").text
 
-    # /xdm connect, then the authorize button, the simulated X consent, the bridge's callback.
-    type_in(browser, "#slack-input", "/xdm connect")
-    wait_for(browser, ".authorize-button", "Connect your X account", click=True)
-    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "consent-approve").is_displayed())
-    browser.find_element(By.ID, "consent-approve").click()
-    wait_for(browser, "#slack-messages .msg.note", "answered 200: Confirm in Slack")
-    wait_for(browser, "#slack-messages .slack-button", "Connect @you", "the Confirm button", click=True)
-    wait_for(browser, "#slack-messages .msg.bot", "Connected X account @you", "the connect follow-up")
+    connect_through_the_pages(browser, tmp_path)
 
     type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
     wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")
@@ -226,8 +252,108 @@ def test_on_a_phone_the_panes_stack_and_each_stays_usable(
     assert boxes["page"] <= boxes["view"], boxes  # no sideways scrolling
     for name in ("slackList", "xList"):
         assert boxes[name]["height"] >= 200 and boxes[name]["width"] >= 300, (name, boxes)
+    # Each composer keeps its box and its Send button on one line, within the screen.
+    composers = browser.execute_script(
+        "return ['slack-form', 'x-form'].map(id => { const f = document.getElementById(id);"
+        " const box = f.querySelector('textarea').getBoundingClientRect();"
+        " const send = f.querySelector('button[type=submit]').getBoundingClientRect();"
+        " return {box: box, send: send}; });"
+    )
+    for composer in composers:
+        box, send = composer["box"], composer["send"]
+        assert send["right"] <= boxes["view"] and send["left"] >= box["right"], composer
+        assert box["width"] >= 150 and abs(send["bottom"] - box["bottom"]) < 2, composer
     for where in ("top", "x-pane"):
         if where == "x-pane":
             browser.execute_script("document.getElementById('x').scrollIntoView()")
         shot = tmp_path / f"sandbox-420px-{where}.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5_000
+
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    b"\x00\x00\x00\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\x00\x05\x00\x01\xff\x89\x99=\x1d\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+
+
+def loaded(driver: WebDriver, image: WebElement) -> bool:
+    return bool(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image))
+
+
+def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(sandbox.url)
+    connect_through_the_pages(browser, tmp_path)
+    type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
+    wait_for(browser, "#x-conversations .tab.selected", "Group with @alice, @bob", "the group on the X side")
+
+    # Several lines: Shift+Enter starts a line, Enter sends; X gets the lines as typed.
+    type_in(browser, "#slack-input", "line one\nline two")
+    bubble = wait_for(browser, "#x-messages .x-message.mine .bubble", "line two", "the two-line DM")
+    assert bubble.text == "You: line one\nline two"
+    assert (
+        own_message(browser, "line one").find_element(By.CSS_SELECTOR, ".text").text == "line one\nline two"
+    )
+
+    # Edit: the bridge gets message_changed and X gets the correction.
+    type_in(browser, "#slack-input", "the meeting is at 3")
+    wait_for(browser, "#x-messages .x-message.mine .bubble", "meeting is at 3", "the DM to edit")
+    own_message(browser, "meeting is at 3").find_element(By.CSS_SELECTOR, '[data-action="edit"]').click()
+    wait_for(browser, "#slack-context", "Editing your message")
+    assert browser.find_element(By.ID, "slack-input").get_attribute("value") == "the meeting is at 3"
+    type_in(browser, "#slack-input", "the meeting is at 4")
+    wait_for(
+        browser, "#x-messages .x-message.mine .bubble", "You (edited): the meeting is at 4", "the correction"
+    )
+    assert "(edited)" in own_message(browser, "meeting is at 4").text
+
+    # Delete: message_deleted; X deletes both copies and the page shows them as deleted.
+    own_message(browser, "meeting is at 4").find_element(By.CSS_SELECTOR, '[data-action="delete"]').click()
+    wait_for(browser, "#slack-messages .msg.deleted", "This message was deleted", "the deletion in Slack")
+    WebDriverWait(browser, WAIT).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#x-messages .x-message.deleted")) == 2
+    )
+    assert all(
+        "This message was deleted" in m.text
+        for m in browser.find_elements(By.CSS_SELECTOR, ".x-message.deleted")
+    )
+
+    # A thread reply: shown in its thread, and X gets it with a quote of the parent.
+    own_message(browser, "line one").find_element(By.CSS_SELECTOR, '[data-action="thread"]').click()
+    wait_for(browser, "#slack-context", "Replying in the thread of")
+    type_in(browser, "#slack-input", "a reply in the thread")
+    reply = wait_for(browser, "#slack-messages .msg.in-thread", "a reply in the thread", "the reply in Slack")
+    assert "in the thread of “line one" in reply.text
+    quoted = wait_for(
+        browser, "#x-messages .x-message.mine .bubble", "a reply in the thread", "the reply on X"
+    )
+    assert "line one" in quoted.text
+
+    # A file: the sample picture goes to X as an image; Slack shows it too.
+    browser.find_element(By.ID, "slack-sample").click()
+    wait_for(browser, "#slack-attachment", "sample.png")
+    type_in(browser, "#slack-input", "a picture")
+    image = wait_for(browser, "#x-messages .x-message.mine .media img", what="the picture on X")
+    WebDriverWait(browser, WAIT).until(lambda d: loaded(d, image))
+    chip = wait_for(browser, "#slack-messages .msg.message .file", "sample.png", "the file in Slack")
+    assert loaded(browser, chip.find_element(By.TAG_NAME, "img"))
+
+    # Alice sends two lines and a photo on X: both reach the channel.
+    photo = tmp_path / "alice.png"
+    photo.write_bytes(PNG)
+    browser.find_element(By.ID, "x-photo").send_keys(str(photo))
+    wait_for(browser, "#x-attachment", "alice.png")
+    type_in(browser, "#x-input", "look\nhere")
+    sent = wait_for(browser, '#x-messages .x-message[data-sender="alice"]', "look", "Alice's DM on X")
+    assert sent.find_element(By.CSS_SELECTOR, ".bubble").text == "look\nhere"
+    assert sent.find_elements(By.CSS_SELECTOR, ".media img")
+    relayed = wait_for(browser, "#slack-messages .msg.bot", "look\nhere", "Alice's lines in Slack")
+    assert "Alice (@alice)" in relayed.text
+    shared = wait_for(browser, "#slack-messages .msg.bot .file", "", "Alice's photo in Slack")
+    WebDriverWait(browser, WAIT).until(lambda d: loaded(d, shared.find_element(By.TAG_NAME, "img")))
+
+    widths = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
+    assert widths[0] <= widths[1], widths
+    screenshot = tmp_path / "sandbox-everything.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

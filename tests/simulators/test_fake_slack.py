@@ -25,6 +25,7 @@ from adapters.sandbox.fake_slack import (
     rich_text_blocks,
     run_fake_slack,
 )
+from adapters.slack.app import message_change
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slack"
 TOKEN = "xoxb-test"
@@ -329,6 +330,23 @@ async def test_sender_event_signed(
 
     _, ts2, _ = await sender.message("C1", "U1", "next")
     assert float(ts2) > float(ts)
+
+
+def test_edit_and_delete_events_have_the_shape_of_slacks_fixtures() -> None:
+    """The events :class:`SlackSender` builds for an edit and a deletion carry what Slack's own
+    ``message_changed``/``message_deleted`` payloads carry, and the bridge reads them as such."""
+    sender = SlackSender(None, "http://127.0.0.1:1/slack/events", SECRET)  # type: ignore[arg-type]
+    changed = sender.message_changed_event("C1", "U1", "1.000100", "new", "old", thread_ts="1.000001")
+    deleted = sender.message_deleted_event("C1", "U1", "1.000100", "new")
+    for event, name in ((changed, "message_changed"), (deleted, "message_deleted")):
+        fixture = json.loads((FIXTURES / f"event-message-{name}.json").read_text())["event"]
+        assert set(fixture) <= set(event), (name, set(fixture) - set(event))
+        assert event["subtype"] == name and event["hidden"] is True and event["ts"] != "1.000100"
+    change = message_change({"team_id": "T0001"}, changed)
+    assert change is not None
+    assert (change.ts, change.text, change.previous_text, change.user_id) == ("1.000100", "new", "old", "U1")
+    assert change.event_ts == changed["ts"] and changed["message"]["edited"]["ts"] == changed["ts"]
+    assert deleted["deleted_ts"] == "1.000100" and deleted["previous_message"]["text"] == "new"
 
 
 async def test_sender_bad_signatures(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import html
+import re
 import secrets
 import struct
 import zlib
@@ -208,6 +210,30 @@ async def test_deny_next_authorize(env: Env) -> None:
     assert query["error"] == ["access_denied"] and query["state"] == ["s2"] and "code" not in query
     assert env.fake.deny_next_authorize is False
     assert "code" in await _authorize(env, secrets.token_urlsafe(48))
+
+
+async def test_consent_page_asks_first_and_its_links_carry_the_decision(env: Env) -> None:
+    env.fake.consent_page = True
+    params = {
+        "response_type": "code",
+        "client_id": "test-client",
+        "redirect_uri": REDIRECT,
+        "scope": SCOPES,
+        "state": "st-9",
+        "code_challenge": _challenge(secrets.token_urlsafe(48)),
+        "code_challenge_method": "S256",
+    }
+    async with env.http.get("/i/oauth2/authorize", params=params, allow_redirects=False) as resp:
+        page = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "Authorize app" in page and env.fake.auth_codes == {}
+    links = dict(re.findall(r"id=(approve|cancel) href='([^']*)'", page))
+    for choice, expected in (("cancel", "error"), ("approve", "code")):
+        url = html.unescape(links[choice])
+        async with env.http.get(url, allow_redirects=False) as resp:
+            query = parse_qs(urlsplit(resp.headers["Location"]).query)
+        assert resp.status == 302 and expected in query and query["state"] == ["st-9"], (choice, query)
+    assert query["code"][0] in env.fake.auth_codes
 
 
 async def test_authorize_rejects_plain_method_and_unknown_scope(env: Env) -> None:
