@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,14 +304,13 @@ def cmd_xchat_setup(args: argparse.Namespace) -> int:
     from adapters.ops import xchat
 
     _with_db(admin.list_accounts)  # a typo in DATABASE_PATH must not create an empty database
-    try:
-        identity, changed = asyncio.run(xchat.setup(settings, args.handle, _say))
-    except (XChatError, XError, XAuthRevoked) as exc:
-        return _xchat_refusal(exc)
-    state = "registered with X" if changed else "already set up; nothing was changed"
-    print(f"@{args.handle.removeprefix('@')}: X Chat keys {state} (version {identity.version})")
-    print(f"fingerprint: {identity.fingerprint}")
-    return EXIT_OK
+
+    async def work() -> str:
+        identity, changed = await xchat.setup(settings, args.handle, _say)
+        state = "registered with X" if changed else "already set up; nothing was changed"
+        return f"X Chat keys {state} (version {identity.version})\nfingerprint: {identity.fingerprint}"
+
+    return _xchat_outcome(args.handle, work)
 
 
 def cmd_xchat_import(args: argparse.Namespace) -> int:
@@ -324,13 +323,12 @@ def cmd_xchat_import(args: argparse.Namespace) -> int:
         private_keys = Path(args.keys).read_bytes()
     except OSError as exc:
         return _operator_error(f"cannot read {args.keys}: {exc.strerror or exc}")
-    try:
-        identity = asyncio.run(xchat.import_keys(settings, args.handle, private_keys, args.version))
-    except (XChatError, XError, XAuthRevoked) as exc:
-        return _xchat_refusal(exc)
-    print(f"@{args.handle.removeprefix('@')}: X Chat keys imported (version {identity.version})")
-    print(f"fingerprint: {identity.fingerprint}")
-    return EXIT_OK
+
+    async def work() -> str:
+        identity = await xchat.import_keys(settings, args.handle, private_keys, args.version)
+        return f"X Chat keys imported (version {identity.version})\nfingerprint: {identity.fingerprint}"
+
+    return _xchat_outcome(args.handle, work)
 
 
 def cmd_xchat_status(args: argparse.Namespace) -> int:
@@ -378,6 +376,16 @@ def cmd_xchat_forget(args: argparse.Namespace) -> int:
         return _operator_error(str(exc))
     handle = args.handle.removeprefix("@")
     print(f"@{handle}: X Chat keys deleted" if forgotten else f"@{handle}: no X Chat keys were held")
+    return EXIT_OK
+
+
+def _xchat_outcome(handle: str, work: Callable[[], Coroutine[Any, Any, str]]) -> int:
+    """Run an ``xchat`` command: its lines under the account's handle, or its refusal in one."""
+    try:
+        said = asyncio.run(work())
+    except (XChatError, XError, XAuthRevoked) as exc:
+        return _xchat_refusal(exc)
+    print(f"@{handle.removeprefix('@')}: {said}")
     return EXIT_OK
 
 

@@ -212,13 +212,10 @@ class ChatConversations:
             action["signature_payload"] = signature["signature_payload"]
         return action
 
-    # -- conversations --------------------------------------------------------------------------
-
-    async def open_one_to_one(self, token: str, peer_id: str) -> str:
-        """Make the conversation key of a new encrypted 1-to-1 and post it; its id (``A-B``)."""
-        await self._people(token, [self.user_id, peer_id])
-        prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
-        body = {
+    def _key_change(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        """A ``prepare_*`` result as X's key-change fields: the key wrapped for each participant,
+        and the signed actions (a key change; with a group, its creation too)."""
+        return {
             "conversation_key_version": prepared["conversation_key_version"],
             "conversation_participant_keys": [
                 {
@@ -230,7 +227,14 @@ class ChatConversations:
             ],
             "action_signatures": [self._signed(s) for s in prepared["action_signatures"]],
         }
-        data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", body)
+
+    # -- conversations --------------------------------------------------------------------------
+
+    async def open_one_to_one(self, token: str, peer_id: str) -> str:
+        """Make the conversation key of a new encrypted 1-to-1 and post it; its id (``A-B``)."""
+        await self._people(token, [self.user_id, peer_id])
+        prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
+        data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", self._key_change(prepared))
         return str(data.get("conversation_id") or one_to_one_id(self.user_id, peer_id))
 
     async def create_group(self, token: str, member_ids: list[str], title: str) -> str:
@@ -250,16 +254,7 @@ class ChatConversations:
             "group_members": members,
             "group_admins": [self.user_id],
             "group_name": title,
-            "conversation_key_version": prepared["conversation_key_version"],
-            "conversation_participant_keys": [
-                {
-                    "user_id": str(p["user_id"]),
-                    "encrypted_conversation_key": p["encrypted_key"],
-                    "public_key_version": str(p["public_key_version"]),
-                }
-                for p in prepared["participant_keys"]
-            ],
-            "action_signatures": [self._signed(s) for s in prepared["action_signatures"]],
+            **self._key_change(prepared),
         }
         await self._post(token, "/2/chat/conversations/group", body)
         return group_id
