@@ -454,11 +454,16 @@ async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -
         body = {"conversation_id": group["id"], "username": "alice", "text": "look\nhere", "photo": png()}
         status, answer = await call(session, sandbox, "/api/x/reply", body)
         assert status == 200 and answer["ok"]
+        # The text and the photo are two posts in Slack: wait for both (the photo alone may come
+        # first to the state under load).
         state = await state_when(
             session,
             sandbox,
-            lambda s: any(m.get("files") and m["kind"] == "bot" for m in s["messages"]),
-            "the photo",
+            lambda s: (
+                any(m.get("files") and m["kind"] == "bot" for m in s["messages"])
+                and any(m["author"] == "Alice (@alice)" for m in s["messages"])
+            ),
+            "the photo and the text",
         )
         [sent] = [m for m in group_messages(state) if m["sender"] == "alice"]
         assert sent["text"] == "look\nhere" and [m["kind"] for m in sent["media"]] == ["image"]
