@@ -547,7 +547,9 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     except UnicodeDecodeError:
         return _bad_request("body is not UTF-8")
     signature = request.headers.get("X-Slack-Signature", "")
-    if not services.verifier.is_valid(body, timestamp, signature):
+    # Slack's signature is "v0=" and hex; the verifier's compare_digest raises on a str that is
+    # not ASCII (anyone can send one), so such a signature is refused before it is compared.
+    if not signature.isascii() or not services.verifier.is_valid(body, timestamp, signature):
         skew = round(time.time() - int(timestamp))
         log.warning(
             "Slack request refused: signature does not verify",
@@ -671,7 +673,7 @@ async def connect_confirm(request: web.Request) -> web.Response:
     form = await request.post()
     state, csrf = str(form.get("state", "")), str(form.get("csrf", ""))
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not csrf or not cookie or not hmac.compare_digest(csrf, cookie):
+    if not csrf or not cookie or not same_secret(csrf, cookie):
         log.info("connect confirmation refused: no matching page cookie")
         return _page(
             "This confirmation cannot be used",
@@ -746,7 +748,19 @@ def operator_authorized(request: web.Request) -> bool:
     if not token:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and same_secret(given.strip(), token)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """``given`` (from a request: any text at all) equals ``expected``, compared in constant time.
+
+    As bytes: ``compare_digest`` raises on two ``str`` when one is not ASCII, and a plain
+    ``encode()`` raises on the surrogates aiohttp keeps for bytes that are not UTF-8; either
+    was a 500 (and a traceback in the log) for anyone who sent such a header or form field.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
