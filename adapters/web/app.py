@@ -818,17 +818,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
+# Headers proxies set to the client's address instead of (or besides) X-Forwarded-For: nginx's
+# usual X-Real-IP, Cloudflare's, Akamai's and Fly.io's.
+CLIENT_ADDRESS_HEADERS = ("X-Real-IP", "CF-Connecting-IP", "True-Client-IP", "Fly-Client-IP", "X-Client-IP")
+
+
 def from_this_machine(request: web.Request) -> bool:
     """The request came from this machine and was forwarded by no one.
 
     The peer must be a loopback address, and every hop a proxy named (``X-Forwarded-For``,
-    which Heroku's router and most proxies append the client's address to, and RFC 7239's
-    ``Forwarded``) must be loopback too. A client can add such headers but never remove the
+    which Heroku's router and most proxies append the client's address to, RFC 7239's
+    ``Forwarded``, and the single-address headers of ``CLIENT_ADDRESS_HEADERS``) must be loopback
+    too; a ``Via`` header (a proxy that names no address) refuses outright. A proxy on this
+    machine that says nothing at all (nginx's bare ``proxy_pass``) cannot be told from a local
+    scraper: behind one, set ``METRICS_TOKEN``. A client can add such headers but never remove the
     one its proxy appends, so forging them can only take access away.
     """
     if not _loopback(request.remote or ""):
         return False
-    hops = [hop for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+    if "Via" in request.headers:  # RFC 9110's mark of a proxy, which names no client address
+        return False
+    hops = [
+        hop
+        for name in ("X-Forwarded-For", *CLIENT_ADDRESS_HEADERS)
+        for value in request.headers.getall(name, [])
+        for hop in value.split(",")
+    ]
     hops += [
         _forwarded_node(pair.split("=", 1)[1])
         for value in request.headers.getall("Forwarded", [])
