@@ -144,7 +144,8 @@ INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-# Refused X webhook requests (anyone may send them, in floods): a line a minute per reason.
+# Refused requests anyone may send, in floods (X webhook, Slack signature, connect page and
+# callback, /metrics): a line a minute per reason.
 REFUSALS_LOG = web.AppKey("refusals_log", Sparse)
 
 
@@ -551,14 +552,15 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     # not ASCII (anyone can send one), so such a signature is refused before it is compared.
     if not signature.isascii() or not services.verifier.is_valid(body, timestamp, signature):
         skew = round(time.time() - int(timestamp))
-        log.warning(
+        late = abs(skew) > SLACK_MAX_SKEW
+        # Anyone can send these, in floods: a line a minute per likely cause.
+        request.app[REFUSALS_LOG].warning(
             "Slack request refused: signature does not verify",
-            extra={
-                "clock_skew_seconds": skew,
-                "likely_cause": "server clock or a replayed request"
-                if abs(skew) > SLACK_MAX_SKEW
-                else "SLACK_SIGNING_SECRET differs from the Slack app's Signing Secret",
-            },
+            "slack-signature-late" if late else "slack-signature",
+            clock_skew_seconds=skew,
+            likely_cause="server clock or a replayed request"
+            if late
+            else "SLACK_SIGNING_SECRET differs from the Slack app's Signing Secret",
         )
         return web.json_response({"error": "invalid request"}, status=401)
     problem = malformed_slack_body(request.content_type, body)
@@ -674,7 +676,7 @@ async def connect_confirm(request: web.Request) -> web.Response:
     state, csrf = str(form.get("state", "")), str(form.get("csrf", ""))
     cookie = request.cookies.get(CSRF_COOKIE, "")
     if not csrf or not cookie or not same_secret(csrf, cookie):
-        log.info("connect confirmation refused: no matching page cookie")
+        request.app[REFUSALS_LOG].warning("connect confirmation refused: no matching page cookie", "csrf")
         return _page(
             "This confirmation cannot be used",
             "Confirm on the bridge's own page, in the browser that opened it. Run /xdm connect in "
@@ -713,7 +715,9 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
             state, request.query.get("code"), request.query.get("error"), request.cookies.get(cookie_name)
         )
     except OAuthBrowserError as exc:
-        log.warning("X callback refused: the browser did not confirm this flow")
+        request.app[REFUSALS_LOG].warning(
+            "X callback refused: the browser did not confirm this flow", "browser"
+        )
         return _page("Not connected", str(exc) + " Run /xdm connect in Slack to start again.", 400)
     except OAuthStateError as exc:
         return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
@@ -899,7 +903,10 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": 'Bearer realm="xdm-bridge metrics"'},
         )
     if not settings.metrics_token and not from_this_machine(request):
-        log.info("metrics refused: no METRICS_TOKEN is set and the request did not come from this machine")
+        request.app[REFUSALS_LOG].warning(
+            "metrics refused: no METRICS_TOKEN is set and the request did not come from this machine",
+            "metrics",
+        )
         return web.json_response(
             {"error": "set METRICS_TOKEN to read /metrics from elsewhere than this machine"}, status=403
         )
