@@ -866,10 +866,14 @@ def _forwarded_node(node: str) -> str:
 
 
 def _loopback(address: str) -> bool:
+    """A loopback address, IPv4 mapped into IPv6 (``::ffff:127.0.0.1``, an IPv4 peer of a
+    dual-stack socket) included: Python before 3.13 says it is not."""
     try:
-        return ipaddress.ip_address(address.strip().split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 async def _database_health(store: AnyStore) -> tuple[bool, list[str] | None]:
