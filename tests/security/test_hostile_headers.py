@@ -100,3 +100,18 @@ async def test_an_odd_bearer_token_is_refused_not_a_500(
         assert await raw_status(bridge, request("GET", "/metrics", headers)) == 401
         assert await raw_status(bridge, request("GET", "/healthz", headers)) == 200
     assert errors(caplog) == []
+
+
+@pytest.mark.parametrize("timestamp", [b"9" * 5000, "١٢٣".encode()])
+async def test_an_odd_slack_timestamp_is_refused_not_a_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, timestamp: bytes
+) -> None:
+    """A timestamp of digits only, but more of them than Python converts to an int (4,300)."""
+    async with running_bridge(tmp_path) as bridge:
+        headers = {
+            "Content-Type": b"application/json",
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": b"v0=00",
+        }
+        assert await raw_status(bridge, request("POST", "/slack/events", headers, b"{}")) == 401
+    assert errors(caplog) == []
