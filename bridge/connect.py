@@ -332,6 +332,13 @@ class ConnectService:
         # Before anything is released: what belongs to another X account must not go as this one.
         previous = XUser(before.x_user_id, before.x_username) if before is not None else user
         held = await self._store.hold_for_previous_account(account.id, previous, user, self._clock.now())
+        if before is not None and before.x_user_id != user.id:
+            # The previous X account's tokens were just overwritten: give its grant back, or X
+            # keeps a live one the bridge no longer knows of (and `/xdm disconnect` cannot reach).
+            revoked = await self._revoke(before.tokens, before.id)
+            log.info(
+                "previous X account's grant given back", extra={"account_id": before.id, "revoked": revoked}
+            )
         released = await self._store.release_account(account.id, self._clock.now())
         resumed = await self._store.resume_mappings(account.id)
         log.info(

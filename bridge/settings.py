@@ -73,8 +73,19 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Every configured secret's value, for the log filter to mask."""
-        values = (self.signing_secret, self.bot_token, self.x_client_secret, self.metrics_token)
+        """Every configured secret's value, for the log filter to mask: each field kept out of
+        ``repr`` (push's consumer secret and bearer token were missing, and a database URL may
+        hold a password)."""
+        values = (
+            self.signing_secret,
+            self.bot_token,
+            self.x_client_secret,
+            self.x_consumer_secret,
+            self.x_bearer_token,
+            self.metrics_token,
+            self.database_url,
+            self.litestream_replica_url,
+        )
         return tuple(v for v in (*values, *self.encryption_keys) if v)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from dotenv import dotenv_values, set_key
@@ -42,8 +43,10 @@ def save_key(path: Path) -> tuple[bool, str]:
     if existing:
         return False, existing
     key = generate_key()
-    if not path.exists():
-        # Created private: it holds the key to every stored token.
-        path.touch(mode=0o600)
+    # Private: it holds the key to every stored token. A file already there (copied from
+    # .env.example, so readable by everyone) is made private before the key goes in.
+    path.touch(mode=0o600)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o600)
     set_key(path, KEY, key, quote_mode="never")
     return True, key

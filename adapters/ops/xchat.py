@@ -124,6 +124,15 @@ async def _account(store: AnyStore, handle: str) -> Account:
     if not usable:
         why = "must reconnect (/xdm connect)" if accounts else "is not connected (/xdm connect first)"
         raise NoSuchAccount(f"the X account @{wanted} {why}; see `xdm-bridge accounts`")
+    users = sorted({a.x_user_id for a in usable})
+    if len(users) > 1:
+        # Handles move on X and the bridge keeps each as it was at connect: keys for the wrong
+        # X user would be made (and registered) in the operator's name.
+        raise NoSuchAccount(
+            f"@{wanted} names {len(users)} X accounts the bridge holds (X user ids {', '.join(users)}): "
+            "a handle changed hands since they were connected. Have each owner run /xdm connect again "
+            "so the bridge knows their current handle; see `xdm-bridge accounts`"
+        )
     return usable[0]
 
 

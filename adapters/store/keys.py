@@ -19,6 +19,9 @@ SECRETS = (
     ("accounts", "id", ("access_token", "refresh_token"), "1 = 1"),
     ("oauth_states", "state", ("code_verifier",), "used = 0 AND expires_at > unixepoch()"),
     ("xchat_identities", "x_user_id", ("private_keys",), "1 = 1"),
+    # Tokens waiting for the Slack user's click, expired ones too: the sweep must still open them
+    # to give X's grant back.
+    ("pending_connections", "id", ("access_token", "refresh_token"), "1 = 1"),
 )
 
 

@@ -144,7 +144,8 @@ INBOUND_CONFIG = web.AppKey("inbound_config", InboundConfig)
 SERVICES = web.AppKey("services", Services)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-# Refused X webhook requests (anyone may send them, in floods): a line a minute per reason.
+# Refused requests anyone may send, in floods (X webhook, Slack signature, connect page and
+# callback, /metrics): a line a minute per reason.
 REFUSALS_LOG = web.AppKey("refusals_log", Sparse)
 
 
@@ -538,7 +539,8 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     the body before it verifies anything, and a malformed body would otherwise be a 500.
     """
     timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
-    if not timestamp.isdigit():
+    # Unix seconds: ASCII digits, and few (5,000 of them are more than int() converts: a 500).
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         return web.json_response({"error": "invalid request"}, status=401)
     services = request.app[SERVICES]
     raw = await request.read()
@@ -547,16 +549,19 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
     except UnicodeDecodeError:
         return _bad_request("body is not UTF-8")
     signature = request.headers.get("X-Slack-Signature", "")
-    if not services.verifier.is_valid(body, timestamp, signature):
+    # Slack's signature is "v0=" and hex; the verifier's compare_digest raises on a str that is
+    # not ASCII (anyone can send one), so such a signature is refused before it is compared.
+    if not signature.isascii() or not services.verifier.is_valid(body, timestamp, signature):
         skew = round(time.time() - int(timestamp))
-        log.warning(
+        late = abs(skew) > SLACK_MAX_SKEW
+        # Anyone can send these, in floods: a line a minute per likely cause.
+        request.app[REFUSALS_LOG].warning(
             "Slack request refused: signature does not verify",
-            extra={
-                "clock_skew_seconds": skew,
-                "likely_cause": "server clock or a replayed request"
-                if abs(skew) > SLACK_MAX_SKEW
-                else "SLACK_SIGNING_SECRET differs from the Slack app's Signing Secret",
-            },
+            "slack-signature-late" if late else "slack-signature",
+            clock_skew_seconds=skew,
+            likely_cause="server clock or a replayed request"
+            if late
+            else "SLACK_SIGNING_SECRET differs from the Slack app's Signing Secret",
         )
         return web.json_response({"error": "invalid request"}, status=401)
     problem = malformed_slack_body(request.content_type, body)
@@ -671,8 +676,8 @@ async def connect_confirm(request: web.Request) -> web.Response:
     form = await request.post()
     state, csrf = str(form.get("state", "")), str(form.get("csrf", ""))
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not csrf or not cookie or not hmac.compare_digest(csrf, cookie):
-        log.info("connect confirmation refused: no matching page cookie")
+    if not csrf or not cookie or not same_secret(csrf, cookie):
+        request.app[REFUSALS_LOG].warning("connect confirmation refused: no matching page cookie", "csrf")
         return _page(
             "This confirmation cannot be used",
             "Confirm on the bridge's own page, in the browser that opened it. Run /xdm connect in "
@@ -711,7 +716,9 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
             state, request.query.get("code"), request.query.get("error"), request.cookies.get(cookie_name)
         )
     except OAuthBrowserError as exc:
-        log.warning("X callback refused: the browser did not confirm this flow")
+        request.app[REFUSALS_LOG].warning(
+            "X callback refused: the browser did not confirm this flow", "browser"
+        )
         return _page("Not connected", str(exc) + " Run /xdm connect in Slack to start again.", 400)
     except OAuthStateError as exc:
         return _page("This link cannot be used", str(exc) + " Run /xdm connect in Slack for a new one.", 400)
@@ -746,7 +753,19 @@ def operator_authorized(request: web.Request) -> bool:
     if not token:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and same_secret(given.strip(), token)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """``given`` (from a request: any text at all) equals ``expected``, compared in constant time.
+
+    As bytes: ``compare_digest`` raises on two ``str`` when one is not ASCII, and a plain
+    ``encode()`` raises on the surrogates aiohttp keeps for bytes that are not UTF-8; either
+    was a 500 (and a traceback in the log) for anyone who sent such a header or form field.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -804,17 +823,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
+# Headers proxies set to the client's address instead of (or besides) X-Forwarded-For: nginx's
+# usual X-Real-IP, Cloudflare's, Akamai's and Fly.io's.
+CLIENT_ADDRESS_HEADERS = ("X-Real-IP", "CF-Connecting-IP", "True-Client-IP", "Fly-Client-IP", "X-Client-IP")
+
+
 def from_this_machine(request: web.Request) -> bool:
     """The request came from this machine and was forwarded by no one.
 
     The peer must be a loopback address, and every hop a proxy named (``X-Forwarded-For``,
-    which Heroku's router and most proxies append the client's address to, and RFC 7239's
-    ``Forwarded``) must be loopback too. A client can add such headers but never remove the
+    which Heroku's router and most proxies append the client's address to, RFC 7239's
+    ``Forwarded``, and the single-address headers of ``CLIENT_ADDRESS_HEADERS``) must be loopback
+    too; a ``Via`` header (a proxy that names no address) refuses outright. A proxy on this
+    machine that says nothing at all (nginx's bare ``proxy_pass``) cannot be told from a local
+    scraper: behind one, set ``METRICS_TOKEN``. A client can add such headers but never remove the
     one its proxy appends, so forging them can only take access away.
     """
     if not _loopback(request.remote or ""):
         return False
-    hops = [hop for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+    if "Via" in request.headers:  # RFC 9110's mark of a proxy, which names no client address
+        return False
+    hops = [
+        hop
+        for name in ("X-Forwarded-For", *CLIENT_ADDRESS_HEADERS)
+        for value in request.headers.getall(name, [])
+        for hop in value.split(",")
+    ]
     hops += [
         _forwarded_node(pair.split("=", 1)[1])
         for value in request.headers.getall("Forwarded", [])
@@ -833,10 +867,14 @@ def _forwarded_node(node: str) -> str:
 
 
 def _loopback(address: str) -> bool:
+    """A loopback address, IPv4 mapped into IPv6 (``::ffff:127.0.0.1``, an IPv4 peer of a
+    dual-stack socket) included: Python before 3.13 says it is not."""
     try:
-        return ipaddress.ip_address(address.strip().split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 async def _database_health(store: AnyStore) -> tuple[bool, list[str] | None]:
@@ -870,7 +908,10 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": 'Bearer realm="xdm-bridge metrics"'},
         )
     if not settings.metrics_token and not from_this_machine(request):
-        log.info("metrics refused: no METRICS_TOKEN is set and the request did not come from this machine")
+        request.app[REFUSALS_LOG].warning(
+            "metrics refused: no METRICS_TOKEN is set and the request did not come from this machine",
+            "metrics",
+        )
         return web.json_response(
             {"error": "set METRICS_TOKEN to read /metrics from elsewhere than this machine"}, status=403
         )

@@ -10,7 +10,6 @@ client session, labelled X or Slack by URL prefix.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
@@ -50,13 +49,58 @@ def _bounded(value: str, allowed: tuple[str, ...]) -> str:
     return value if value in allowed else "other"
 
 
-_ID_SEGMENT = re.compile(r"(?<=.)/[0-9][0-9-]*(?=/|$)")  # not the leading /2 (the API version)
-_USERNAME = re.compile(r"/by/username/[^/]+")
+# The words of the X API paths the bridge calls; any other segment is a value (a user, a DM, a
+# conversation such as X Chat's "g…", a TON media resource such as "m42.jpg", a webhook id).
+_X_PATH_WORDS = frozenset(
+    [
+        "2",
+        "activity",
+        "append",
+        "chat",
+        "conversations",
+        "delete",
+        "dm_conversations",
+        "dm_events",
+        "events",
+        "finalize",
+        "group",
+        "initialize",
+        "keys",
+        "me",
+        "oauth2",
+        "revoke",
+        "token",
+        "media",
+        "messages",
+        "public_keys",
+        "replay",
+        "subscriptions",
+        "upload",
+        "users",
+        "webhooks",
+        "with",
+        "by",
+        "username",
+    ]
+)
 
 
 def x_endpoint(path: str) -> str:
-    """``/2/dm_conversations/123-456/messages`` → ``/2/dm_conversations/{id}/messages``."""
-    return _ID_SEGMENT.sub("/{id}", _USERNAME.sub("/by/username/{username}", path))
+    """``/2/dm_conversations/123-456/messages`` → ``/2/dm_conversations/{id}/messages``.
+
+    A label must be one of a few: only the API's own words are kept, every other segment
+    becomes ``{id}`` (``{username}`` after ``by/username``), whatever its shape.
+    """
+    segments = path.split("/")
+    kept = [
+        "{username}"
+        if i >= 2 and segments[i - 2 : i] == ["by", "username"]
+        else s
+        if s in _X_PATH_WORDS or not s
+        else "{id}"
+        for i, s in enumerate(segments)
+    ]
+    return "/".join(kept)
 
 
 def account_label(account: Account, accounts: Sequence[Account]) -> str:

@@ -44,8 +44,15 @@ def crc_response(secret: str, crc_token: str) -> dict[str, str] | None:
 
 
 def verify(secret: str, body: bytes, signature: str | None) -> bool:
-    """Does the delivery's signature header match its raw body? (constant time)"""
-    return bool(signature) and hmac.compare_digest(_sign(secret, body), str(signature))
+    """Does the delivery's signature header match its raw body? (constant time)
+
+    Compared as bytes: ``compare_digest`` raises on two ``str`` when one is not ASCII, and the
+    header is whatever the sender put there (aiohttp keeps bytes that are not UTF-8 as surrogates).
+    """
+    if not signature:
+        return False
+    given = signature.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(_sign(secret, body).encode(), given)
 
 
 @dataclass(frozen=True)

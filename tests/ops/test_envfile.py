@@ -53,6 +53,18 @@ async def test_an_empty_key_line_from_env_example_is_filled_and_the_rest_kept(tm
     assert len(key_in(env_file)) == 44
 
 
+async def test_a_key_written_into_a_readable_env_makes_it_private(tmp_path: Path) -> None:
+    """``cp .env.example .env`` (umask 022: readable by every local user), then ``keygen --save
+    .env``: the key that decrypts every stored token and X Chat key landed in a world-readable
+    file, beside a database file that is world-readable too."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("SLACK_SIGNING_SECRET=abc\nBRIDGE_ENCRYPTION_KEY=\n")
+    env_file.chmod(0o644)
+    assert xdm_bridge(tmp_path, "keygen", "--save", ".env").returncode == 0
+    assert len(key_in(env_file)) == 44
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
 async def test_commands_read_the_key_from_env_twice_in_a_row(tmp_path: Path) -> None:
     """The README's sequence pasted twice: the second run opens what the first stored."""
     assert xdm_bridge(tmp_path, "keygen", "--save", ".env").returncode == 0

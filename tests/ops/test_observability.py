@@ -178,6 +178,29 @@ def test_endpoints_and_worker_state_are_labelled_few_ways() -> None:
     assert worker_state(heartbeat=0.0, now=170.0, uptime=10.0, stale_after=60.0) == "starting"
 
 
+def test_x_endpoint_labels_name_no_conversation_media_or_person() -> None:
+    """Every X call is timed under its path as a label: an id left in it makes one series per
+    group conversation (X Chat's ``g…`` ids) or per photo received (a TON resource id such as
+    ``m42.jpg``), so /metrics grows with every DM that brings a file, and names conversations."""
+    calls = {
+        "/2/chat/conversations/g1849302930/events": "/2/chat/conversations/{id}/events",
+        "/2/chat/conversations/g77/messages/delete": "/2/chat/conversations/{id}/messages/delete",
+        "/2/chat/conversations/2001/keys": "/2/chat/conversations/{id}/keys",
+        "/2/dm_conversations/media/1900/1901/m1901.jpg": "/2/dm_conversations/media/{id}/{id}/{id}",
+        "/2/dm_conversations/media/1900/1901/AbC_d-E.png": "/2/dm_conversations/media/{id}/{id}/{id}",
+        "/2/webhooks/wh-abc123": "/2/webhooks/{id}",
+        "/2/users/by/username/Ada%20L": "/2/users/by/username/{username}",
+        "/2/users/2001/public_keys": "/2/users/{id}/public_keys",
+        "/2/media/upload/7yZ/append": "/2/media/upload/{id}/append",
+        "/2/dm_events/1999": "/2/dm_events/{id}",
+        "/2/dm_conversations/with/2001/dm_events": "/2/dm_conversations/with/{id}/dm_events",
+        "/2/chat/conversations/group/initialize": "/2/chat/conversations/group/initialize",
+        "/2/webhooks/replay": "/2/webhooks/replay",
+        "/2/users/me": "/2/users/me",
+    }
+    assert {path: x_endpoint(path) for path in calls} == calls
+
+
 async def test_start_up_warns_about_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,7 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.sqlite import SqliteStore
 from adapters.store.xchat import XChatIdentityStore
 from adapters.x.xchat import ChatKeys
-from tests.harness import ME, Bridge, bridge_env, running_bridge
+from tests.harness import ALICE, ME, Bridge, bridge_env, running_bridge
 from tests.ops.support import run
 
 
@@ -110,3 +110,22 @@ async def test_a_spent_registration_window_is_said_and_no_second_identity_made(
         code, out = await xdm_bridge(capsys, "xchat", "setup", "@bridge_owner")
         assert code == 0
         assert len(bridge.x.public_keys[ME]) == 1
+
+
+async def test_a_handle_two_connected_x_users_answer_to_registers_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handles move on X: the team account @bridge_owner renamed, a person took the handle and
+    connected too, and the bridge still knows both by it. `xchat setup @bridge_owner` picked the
+    first row, and could make and register Chat keys for the person's account, not the team's."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect(user="U100", x_user=ME)
+        await bridge.connect(user="U200", x_user=ALICE)
+        await bridge.sql("UPDATE accounts SET x_username = 'bridge_owner'")  # as each was when connected
+        operator_env(bridge, monkeypatch)
+
+        code, out = await xdm_bridge(capsys, "xchat", "setup", "@bridge_owner")
+        assert code == 2, out
+        assert "2 X accounts" in out and ME in out and ALICE in out
+        assert registrations(bridge) == 0
+        assert await bridge.sql("SELECT COUNT(*) FROM xchat_identities") == [(0,)]

@@ -144,3 +144,19 @@ async def test_the_question_goes_by_direct_message_where_the_bot_cannot_post(tmp
         _, response_url = await bridge.answer_connect("U100")
         assert "Connected X account" in (await bridge.follow_up(response_url))["text"]
         assert await accounts(bridge) == [("U100", ME)]
+
+
+async def test_connecting_another_x_account_gives_the_previous_ones_grant_back(tmp_path: Path) -> None:
+    """U100 connects @bridge_owner, then confirms @alice instead: the bridge overwrote
+    @bridge_owner's tokens without revoking them, so X kept a live grant (a refresh token, in any
+    backup of the database) that the bridge no longer knew of and `/xdm disconnect` could not
+    reach. Reconnecting the same X account keeps its grant."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect(x_user=ME)
+        await bridge.connect(x_user=ME)  # the same account again: nothing to give back
+        assert not any(t.revoked for t in bridge.x.access_tokens.values() if t.user_id == ME)
+        held = [t for t in bridge.x.access_tokens.values() if t.user_id == ME][-1]  # what the bridge holds
+        await bridge.connect(x_user=ALICE)
+        assert await accounts(bridge) == [("U100", ALICE)]
+        assert held.revoked
+        assert not any(t.revoked for t in bridge.x.access_tokens.values() if t.user_id == ALICE)

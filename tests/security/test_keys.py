@@ -13,7 +13,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from adapters.store.xchat import XChatIdentityStore
 from adapters.x.xchat import ChatKeys
-from bridge.model import OAuthState, TokenSet, XUser
+from bridge.model import OAuthState, PendingConnection, TokenSet, XUser
 from tests.harness import bridge_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,8 @@ XCHAT_KEYS = ChatKeys().new_identity()
 
 
 async def stored_secrets(db_path: Path, key: str) -> None:
-    """An account (access + refresh token), a live OAuth state and X Chat keys, encrypted with ``key``."""
+    """An account (access + refresh token), a live OAuth state, X Chat keys and a connection waiting
+    for its Slack click (access + refresh token), encrypted with ``key``."""
     store = SqliteStore(str(db_path), TokenCipher([key]))
     await store.open()
     try:
@@ -31,6 +32,17 @@ async def stored_secrets(db_path: Path, key: str) -> None:
         await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("access-2", None, None))
         await store.save_oauth_state(OAuthState("st", "verifier", "T1", "U3", "C1", None, time.time() + 600))
         await XChatIdentityStore(store.engine, TokenCipher([key])).save_identity("1000", XCHAT_KEYS, 1.0)
+        pending = PendingConnection(
+            "p1",
+            "T1",
+            "U4",
+            "C1",
+            None,
+            XUser("1002", "them"),
+            TokenSet("access-3", "refresh-3", None),
+            time.time() + 300,
+        )
+        await store.save_pending_connection(pending)
     finally:
         await store.close()
 
@@ -65,7 +77,7 @@ async def test_wrong_key_stops_migrate_and_serve_with_one_line(tmp_path: Path) -
         result = xdm_bridge(db_path, *command, BRIDGE_ENCRYPTION_KEY=wrong)
         assert result.returncode == 2, (command, result.stderr)
         line = one_line(result)
-        assert "BRIDGE_ENCRYPTION_KEY cannot decrypt 5 of the 5 secrets" in line, line
+        assert "BRIDGE_ENCRYPTION_KEY cannot decrypt 7 of the 7 secrets" in line, line
         assert "rotate-keys" in line and wrong not in line
 
 
@@ -90,7 +102,7 @@ async def test_rotate_keys_then_drop_the_old_key(tmp_path: Path) -> None:
 
     result = xdm_bridge(db_path, "rotate-keys", BRIDGE_ENCRYPTION_KEY=f"{new},{old}")
     assert result.returncode == 0, result.stderr
-    assert "re-encrypted 5 stored secret(s)" in result.stdout and "can now be removed" in result.stdout
+    assert "re-encrypted 7 stored secret(s)" in result.stdout and "can now be removed" in result.stdout
 
     assert xdm_bridge(db_path, "migrate", BRIDGE_ENCRYPTION_KEY=new).returncode == 0
     assert xdm_bridge(db_path, "migrate", BRIDGE_ENCRYPTION_KEY=old).returncode == 2
@@ -104,5 +116,10 @@ async def test_rotate_keys_then_drop_the_old_key(tmp_path: Path) -> None:
         assert state is not None and state.code_verifier == "verifier"
         identity = await XChatIdentityStore(store.engine, TokenCipher([new])).identity("1000")
         assert identity is not None and identity.private_keys == XCHAT_KEYS.private_keys
+        # A connection waiting for its click when the key was rotated: its tokens open with the new
+        # key (left under the old one, it could be neither bound nor revoked at X, and whoever
+        # held the old key, often the reason to rotate, could read its refresh token).
+        waiting = await store.get_pending_connection("p1", time.time())
+        assert waiting is not None and waiting.tokens.refresh_token == "refresh-3"
     finally:
         await store.close()

@@ -173,3 +173,20 @@ def test_context_that_is_not_a_string_is_masked_too() -> None:
     for line in lines:
         assert "a-configured-secret-value" not in line and "abc.DEF" not in line, line
         assert "xoxb-1-2" not in line, line
+
+
+def test_every_secret_setting_is_masked_in_the_log() -> None:
+    """The log filter masks ``Settings.secrets``: a setting kept out of ``repr`` (a secret) but
+    not listed there (push's X_CONSUMER_SECRET and X_BEARER_TOKEN were not) would be written
+    out whole by any line or traceback that quoted it."""
+    import dataclasses
+
+    from bridge.settings import Settings
+
+    hidden = [f for f in dataclasses.fields(Settings) if not f.repr]
+    values = {
+        f.name: (f"secret-{f.name}",) if f.name == "encryption_keys" else f"secret-{f.name}" for f in hidden
+    }
+    settings = Settings(x_client_id="client", **values)  # type: ignore[arg-type]
+    expected = {f"secret-{f.name}" for f in hidden}
+    assert expected <= set(settings.secrets), expected - set(settings.secrets)

@@ -36,6 +36,14 @@ async def test_without_a_token_metrics_answer_only_this_machine(tmp_path: Path) 
             {"X-Forwarded-For": "127.0.0.1, 198.51.100.2"},
             {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'},
             {"Forwarded": "for=_hidden"},
+            # A proxy on this machine that names the client otherwise (nginx's usual X-Real-IP,
+            # a Cloudflare tunnel's CF-Connecting-IP), or only says it is one (Via).
+            {"X-Real-IP": "203.0.113.7"},
+            {"CF-Connecting-IP": "2001:db8::7"},
+            {"True-Client-IP": "203.0.113.7"},
+            {"Fly-Client-IP": "203.0.113.7"},
+            {"Via": "1.1 proxy.example"},
+            {"X-Forwarded-For": "::ffff:203.0.113.7"},  # an IPv4 client as a dual-stack proxy writes it
         ):
             async with bridge.session.get(f"{bridge.url}/metrics", headers=forwarded) as response:
                 assert response.status == 403, forwarded
@@ -43,6 +51,11 @@ async def test_without_a_token_metrics_answer_only_this_machine(tmp_path: Path) 
                 assert "METRICS_TOKEN" in body and "outbox_depth" not in body
         local_proxy = {"X-Forwarded-For": "127.0.0.1", "Forwarded": 'for="127.0.0.1:5000"'}
         async with bridge.session.get(f"{bridge.url}/metrics", headers=local_proxy) as response:
+            assert response.status == 200
+        # This machine over IPv4 as a dual-stack socket (``--host ::``) names it: loopback too,
+        # whatever Python's ipaddress says of mapped addresses (3.13 changed it).
+        mapped = {"X-Forwarded-For": "::ffff:127.0.0.1", "Forwarded": 'for="[::ffff:127.0.0.1]:5000"'}
+        async with bridge.session.get(f"{bridge.url}/metrics", headers=mapped) as response:
             assert response.status == 200
         async with bridge.session.get(
             f"{bridge.url}/healthz", headers={"Authorization": "Bearer "}
