@@ -251,16 +251,21 @@ class XApiClient:
         raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts, failure=failure)
 
     @staticmethod
-    def _sent(status: int, payload: Any, facts: RateFacts) -> Sent:
+    def _sent(status: int, payload: Any, facts: RateFacts, *, creates_group: bool = False) -> Sent:
         """What a 2xx to a send says X made. A 2xx is a send even when it does not say which
-        DM (``XSentUnconfirmed``: read back, never sent again)."""
+        DM (``XSentUnconfirmed``: read back, never sent again). A group's creation must also
+        say which conversation it made: every later row of the channel is sent there, and one
+        sent as a creation again would make another group."""
         data = payload.get("data") if isinstance(payload, dict) else None
         data = data if isinstance(data, dict) else {}
         conversation, event = data.get("dm_conversation_id"), data.get("dm_event_id")
         conversation = str(conversation) if isinstance(conversation, str | int) and conversation else None
-        if not isinstance(event, str | int) or not str(event):
+        missing = "dm_event_id" if not isinstance(event, str | int) or not str(event) else None
+        if missing is None and creates_group and conversation is None:
+            missing = "dm_conversation_id"
+        if missing is not None:
             raise XSentUnconfirmed(
-                f"X answered HTTP {status} to the send without a dm_event_id",
+                f"X answered HTTP {status} to the send without a {missing}",
                 conversation_id=conversation,
                 status=status,
                 facts=facts,
@@ -327,7 +332,7 @@ class XApiClient:
                 failure=Failure.FILE_UNUSABLE,
             )
         facts = self._raise_for(status, headers, payload)
-        return self._sent(status, payload, facts), facts
+        return self._sent(status, payload, facts, creates_group=target.new_group is not None), facts
 
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
@@ -339,7 +344,7 @@ class XApiClient:
         }
         status, headers, payload = await self._post_send("/2/dm_conversations", token, body)
         facts = self._raise_for(status, headers, payload)
-        return self._sent(status, payload, facts), facts
+        return self._sent(status, payload, facts, creates_group=True), facts
 
     async def event_page(
         self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100
