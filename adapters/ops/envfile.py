@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from dotenv import dotenv_values, set_key
@@ -42,8 +43,13 @@ def save_key(path: Path) -> tuple[bool, str]:
     if existing:
         return False, existing
     key = generate_key()
+    # Private: it holds the key to every stored token. A file copied from .env.example is
+    # usually readable by everyone on the machine; it is made the owner's before the key goes in.
     if not path.exists():
-        # Created private: it holds the key to every stored token.
         path.touch(mode=0o600)
+    else:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & ~0o077)
     set_key(path, KEY, key, quote_mode="never")
     return True, key
