@@ -287,6 +287,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         written, _ = envfile.save_key(path)
     except OSError as exc:
         return _operator_error(f"cannot write {path}: {exc.strerror or exc}")
+    except envfile.HiddenKey as exc:
+        return _operator_error(str(exc))
     if written:
         print(
             f"xdm-bridge: wrote a new {envfile.KEY} to {path}. Keep a copy somewhere safe: "

@@ -88,3 +88,16 @@ async def test_a_key_written_into_a_readable_env_leaves_it_readable_by_its_owner
     assert xdm_bridge(tmp_path, "keygen", "--save", ".env").returncode == 0
     assert len(key_in(env_file)) == 44
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
+async def test_a_key_hidden_by_a_later_empty_line_is_never_replaced(tmp_path: Path) -> None:
+    """``cat .env.example >> .env`` after an upgrade: a later empty ``BRIDGE_ENCRYPTION_KEY=``
+    hides the key above it. ``keygen --save`` wrote a new key over both lines, and the key that
+    opens the stored tokens was gone."""
+    key = generate_key()
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"BRIDGE_ENCRYPTION_KEY={key}\nPORT=3000\n# .env.example\nBRIDGE_ENCRYPTION_KEY=\n")
+    result = xdm_bridge(tmp_path, "keygen", "--save", ".env")
+    assert result.returncode != 0
+    assert "more than once" in result.stderr and "Traceback" not in result.stderr
+    assert env_file.read_text().splitlines()[0] == f"BRIDGE_ENCRYPTION_KEY={key}"
