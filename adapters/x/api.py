@@ -197,6 +197,7 @@ class XApiClient:
     ) -> tuple[int, Mapping[str, str], Any]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         started = time.monotonic()
+        status: int | None = None
         try:
             async with self._session.request(
                 method,
@@ -221,6 +222,14 @@ class XApiClient:
                         ) from None
                     payload = None  # an error page; its status says enough
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if status is not None and 200 <= status < 300:
+                # X said 2xx, then its body was cut or stalled: it acted, whatever the body said
+                # (a send is a send: ``_post_send``), not "no answer".
+                raise XTransient(
+                    f"X answered HTTP {status}, then its body did not arrive ({type(exc).__name__})",
+                    status=status,
+                    facts=rate_facts(response_headers),
+                ) from exc
             # No answer: the request may or may not have reached X (status None = ambiguous).
             raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
         log.debug(
