@@ -284,12 +284,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_OK
     path = Path(args.save)
     try:
-        written, _ = envfile.save_key(path)
+        written, key = envfile.save_key(path)
     except OSError as exc:
         return _operator_error(f"cannot write {path}: {exc.strerror or exc}")
     except envfile.HiddenKey as exc:
         return _operator_error(str(exc))
-    if written:
+    if written and key == os.environ.get(envfile.KEY, "").strip():
+        print(
+            f"xdm-bridge: wrote the {envfile.KEY} this environment uses to {path} (not a new one: "
+            "it opens the stored X tokens).",
+            file=sys.stderr,
+        )
+    elif written:
         print(
             f"xdm-bridge: wrote a new {envfile.KEY} to {path}. Keep a copy somewhere safe: "
             "without it the stored X tokens cannot be read.",

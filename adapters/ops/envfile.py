@@ -48,8 +48,9 @@ def _keys_in(path: Path) -> list[str]:
 
 
 def save_key(path: Path) -> tuple[bool, str]:
-    """Make sure ``path`` holds a ``BRIDGE_ENCRYPTION_KEY``: write a new one only where there is
-    none or an empty one. Returns (whether a key was written, the key in the file).
+    """Make sure ``path`` holds a ``BRIDGE_ENCRYPTION_KEY``: write one only where there is none
+    or an empty one, the environment's if it has one, else a new one. Returns (whether a key was
+    written, the key in the file).
 
     Writing replaces every line that sets the name, so a key on any line stops it: with an empty
     line after it (``.env.example`` appended) the key is hidden, and ``HiddenKey`` says so."""
@@ -61,7 +62,9 @@ def save_key(path: Path) -> tuple[bool, str]:
             f"{path} sets {KEY} more than once and a later empty line hides the key above it: "
             "remove the empty line (no new key was written, as it would replace that one)"
         )
-    key = generate_key()
+    # A key this environment already uses (not from this file, which has none) opens what is
+    # stored: that is the one to keep, never a new one beside it.
+    key = os.environ.get(KEY, "").strip() or generate_key()
     # Private: it holds the key to every stored token. A file copied from .env.example is
     # usually readable by everyone on the machine; it is made the owner's before the key goes in.
     if not path.exists():

@@ -101,3 +101,18 @@ async def test_a_key_hidden_by_a_later_empty_line_is_never_replaced(tmp_path: Pa
     assert result.returncode != 0
     assert "more than once" in result.stderr and "Traceback" not in result.stderr
     assert env_file.read_text().splitlines()[0] == f"BRIDGE_ENCRYPTION_KEY={key}"
+
+
+async def test_keygen_save_keeps_the_key_the_environment_already_uses(tmp_path: Path) -> None:
+    """The old README had ``export BRIDGE_ENCRYPTION_KEY=$(xdm-bridge keygen)``; its tokens are
+    stored under that key. ``keygen --save .env`` in that shell wrote a different, new key (and
+    said to keep it safe); the environment hid it until the next shell, where nothing decrypted."""
+    key = generate_key()
+    await stored_secrets(tmp_path / "bridge.db", key)
+    result = xdm_bridge(tmp_path, "keygen", "--save", ".env", BRIDGE_ENCRYPTION_KEY=key)
+    assert result.returncode == 0, result.stderr
+    assert key_in(tmp_path / ".env") == key
+    with (tmp_path / ".env").open("a") as out:
+        out.write("DATABASE_PATH=bridge.db\n")
+    migrated = xdm_bridge(tmp_path, "migrate")  # a new shell: the key comes from .env alone
+    assert migrated.returncode == 0, migrated.stderr
