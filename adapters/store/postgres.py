@@ -920,11 +920,12 @@ class PostgresStore:
         )
         return row is not None
 
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
-        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message; None for
+        one X took without naming it (recorded sent without an id)."""
         found = await self.pool.fetch(
             "SELECT dm_event_id FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
-            "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+            "AND kind IN ('message', 'edit') AND state = 'sent' "
             "ORDER BY seq, part",
             team_id,
             channel_id,

@@ -387,3 +387,30 @@ async def test_a_group_created_with_a_2xx_naming_only_its_dm_is_never_created_ag
         [group] = [c for c in bridge.x.conversations.values() if c.kind == "Group"]
         assert bridge.texts(group.id) == ["Ada: Welcome aboard", "Ada: to the same group"]
         assert await bridge.sql("SELECT conversation_id FROM mappings") == [(group.id,)]
+
+
+async def test_a_slack_delete_of_a_dm_sent_without_an_id_tells_its_author_it_stays_on_x(
+    tmp_path: Path,
+) -> None:
+    """X took the DM without naming it and does not list it yet; its author deletes it in Slack.
+    No id, nothing to delete: the delete was marked done without a word, and the author believed
+    the DM gone from X."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, ts = await bridge.post("oops, wrong channel", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        deleted = {
+            "type": "message",
+            "subtype": "message_deleted",
+            "channel": "C100",
+            "hidden": True,
+            "deleted_ts": ts,
+            "ts": bridge.sender.new_ts(),
+            "previous_message": {"type": "message", "user": "U100", "text": "oops, wrong channel", "ts": ts},
+        }
+        assert (await bridge.sender.event(deleted)).status == 200
+        [told] = await bridge.slack.wait_for(note, timeout=10.0)
+        assert "not deleted on X" in told.params["text"]
+        assert not bridge.x.events[0].deleted
