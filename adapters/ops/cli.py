@@ -181,7 +181,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         from adapters.store import postgres
 
         try:
-            asyncio.run(postgres.migrate(url))
+            asyncio.run(postgres.migrate(url, _progress))
             # The release phase stops here when the key cannot open the stored secrets.
             with pg_admin.connect(url) as pg_db:
                 problem = _key_problem(pg_db, None)

@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -93,11 +93,12 @@ async def connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
 
 
-async def migrate(url: str) -> list[str]:
-    """Apply pending migrations (``xdm-bridge migrate``); the names applied."""
+async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Apply pending migrations (``xdm-bridge migrate``), each said to ``progress`` before it runs;
+    the names applied."""
     conn = await connect(url)
     try:
-        return await pg_migrations.apply(conn)
+        return await pg_migrations.apply(conn, progress)
     finally:
         await conn.close()
 
