@@ -4,6 +4,7 @@ after its status line, and the bridge must not take that for no answer at all.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -24,34 +25,42 @@ Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 async def cut(writer: asyncio.StreamWriter) -> None:
     writer.write(HEAD + PART)
-    await writer.drain()
-    writer.close()  # the rest of the body never comes: the connection ends
+    await writer.drain()  # and the connection ends (the handler closes it): the rest never comes
 
 
 async def stalled(writer: asyncio.StreamWriter) -> None:
     writer.write(HEAD + PART)
     await writer.drain()
     await asyncio.sleep(5)  # past the client's timeout
-    writer.close()
 
 
 @pytest.fixture
 async def answering() -> AsyncIterator[Callable[[Answer], Awaitable[str]]]:
     servers: list[asyncio.Server] = []
+    handlers: set[asyncio.Task[None]] = set()
 
     async def start(answer: Answer) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
-            await answer(writer)
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in lines
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                await answer(writer)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         servers.append(server)
@@ -61,6 +70,11 @@ async def answering() -> AsyncIterator[Callable[[Answer], Awaitable[str]]]:
     yield start
     for server in servers:
         server.close()
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
 
 
 @pytest.mark.parametrize("answer", [cut, stalled], ids=["cut", "stalled"])
