@@ -89,6 +89,10 @@ MAX_UNEXPECTED = 5  # unexpected errors before an unsent row is failed rather th
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
+UNNAMED_NOTE = (
+    "{what} not deleted on X: X took it without saying which DM it made, so the bridge cannot name "
+    "it to delete it. Delete it in X's app if it must go."
+)
 DELETE_NOTE = (
     "Deleted on X as well. Note that X removes a DM only from the sending account's view: "
     "the other people in the conversation may still see it."
@@ -672,12 +676,17 @@ class Delivery:
 
     async def _delete(self, item: OutboxItem, account: Account) -> None:
         """Delete X's copies of a message deleted in Slack (only the sender's view, X says)."""
-        event_ids = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
+        relayed = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
+        event_ids = [e for e in relayed if e is not None]
         for event_id in event_ids:
             await self._tokens.call(account, functools.partial(self._x.delete_event, event_id=event_id))
         await self._store.mark_done(item.id, self._clock.now())
-        log.info("deleted on X", extra=_ids(item, events=len(event_ids)))
-        if item.author_id and event_ids:
+        unnamed = len(relayed) - len(event_ids)  # X took them without saying which DM: no id to delete
+        log.info("deleted on X", extra=_ids(item, events=len(event_ids), unnamed=unnamed))
+        if item.author_id and unnamed:
+            what = "Part of this message was" if event_ids else "This message was"
+            await self._ephemeral(item, UNNAMED_NOTE.format(what=what))
+        elif item.author_id and event_ids:
             await self._ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:

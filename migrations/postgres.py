@@ -19,6 +19,7 @@ needs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -374,16 +375,17 @@ async def pending(conn: asyncpg.Connection) -> list[str]:
     return [name for name, _ in MIGRATIONS if name not in done]
 
 
-async def apply(conn: asyncpg.Connection) -> list[str]:
-    """Apply every pending migration, each in its own transaction; return the names applied."""
+async def apply(conn: asyncpg.Connection, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Apply every pending migration, each in its own transaction; return the names applied.
+    ``progress`` is told each one before it runs (one may take long on a big table)."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await _ensure_table(conn)
         done = set(await applied(conn))
+        pending = [(name, sql) for name, sql in MIGRATIONS if name not in done]
         ran = []
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
+        for index, (name, sql) in enumerate(pending):
+            progress(f"applying migration {name} ({index + 1} of {len(pending)})…")
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)

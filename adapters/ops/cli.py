@@ -181,7 +181,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         from adapters.store import postgres
 
         try:
-            asyncio.run(postgres.migrate(url))
+            asyncio.run(postgres.migrate(url, _progress))
             # The release phase stops here when the key cannot open the stored secrets.
             with pg_admin.connect(url) as pg_db:
                 problem = _key_problem(pg_db, None)
@@ -284,10 +284,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_OK
     path = Path(args.save)
     try:
-        written, _ = envfile.save_key(path)
+        written, key = envfile.save_key(path)
     except OSError as exc:
         return _operator_error(f"cannot write {path}: {exc.strerror or exc}")
-    if written:
+    except envfile.HiddenKey as exc:
+        return _operator_error(str(exc))
+    if written and key == os.environ.get(envfile.KEY, "").strip():
+        print(
+            f"xdm-bridge: wrote the {envfile.KEY} this environment uses to {path} (not a new one: "
+            "it opens the stored X tokens).",
+            file=sys.stderr,
+        )
+    elif written:
         print(
             f"xdm-bridge: wrote a new {envfile.KEY} to {path}. Keep a copy somewhere safe: "
             "without it the stored X tokens cannot be read.",

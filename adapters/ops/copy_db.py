@@ -2,12 +2,14 @@
 
 Copies every bridge table from the configured database (``DATABASE_URL``, else
 ``DATABASE_PATH``) into an empty target, migrated first, in one transaction on the
-target, then counts every table on both sides and fails unless they agree. Into
+target, then counts every table on both sides and fails unless they agree. The source is
+counted again just before the target commits: one written to meanwhile (a bridge still
+running on it) stops the copy with nothing written. Into
 PostgreSQL, each value is converted to its column's type as information_schema names it
 (SQLite's 0/1 into a BOOLEAN); a type with no conversion stops the copy. Tokens are
 copied as they are stored (Fernet ciphertext), so the target needs the same
 ``BRIDGE_ENCRYPTION_KEY``. Stop the bridge while copying: rows written meanwhile would
-not be copied (the counts would then say so).
+not be copied (the source's second count refuses the copy then).
 
 SQLite is read and written here in plain blocking calls: this is a short-lived command
 with no event loop serving anyone.
@@ -59,12 +61,38 @@ def copy(source: str, target: str, progress: Progress = lambda _: None) -> Copie
     if not postgres.is_postgres_url(source) and not os.path.exists(source):
         raise CopyError(f"no database at {source}: check DATABASE_PATH")
     data = _read(source)  # refusals come before any progress: a bad input is one line
-    _write(target, data, progress)
-    theirs = _counts(target, list(data))
     ours = {table: len(rows) for table, (_, rows) in data.items()}
+    _write(target, data, progress, Unchanged(source, ours))
+    theirs = _counts(target, list(data))
     if theirs != ours:
         raise CopyError(f"counts differ after the copy: source {ours}, target {theirs}")
     return Copied(ours)
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """The source as it was read (rows per table): checked again before the target commits."""
+
+    source: str
+    counts: dict[str, int]
+
+    def check(self, now: dict[str, int]) -> None:
+        changed = {t: (n, now.get(t)) for t, n in self.counts.items() if now.get(t) != n}
+        if changed:
+            listed = ", ".join(f"{t} ({was} read, {is_} now)" for t, (was, is_) in changed.items())
+            raise CopyError(
+                f"the source changed while it was copied: {listed}; stop every xdm-bridge serve on it "
+                "and copy again (nothing was written to the target)"
+            )
+
+    def check_now(self) -> None:
+        self.check(_counts(self.source, list(self.counts)))
+
+    async def check_async(self) -> None:
+        if postgres.is_postgres_url(self.source):
+            self.check(await _pg_counts(self.source, list(self.counts)))
+        else:
+            self.check(_sqlite_counts(self.source, list(self.counts)))
 
 
 # -- reading ----------------------------------------------------------------------
@@ -78,14 +106,16 @@ def _read(location: str) -> dict[str, Table]:
 
 def _read_sqlite(path: str) -> dict[str, Table]:
     _open_sqlite(path, f"the source, DATABASE_PATH={path}").close()  # migrated: its columns are the target's
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, isolation_level=None)
     try:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         _check_tables(names, path)
         data: dict[str, Table] = {}
+        db.execute("BEGIN")  # one snapshot of every table, as PostgreSQL's read has
         for table in TABLES:
             cursor = db.execute(f"SELECT * FROM {table}")
             data[table] = ([d[0] for d in cursor.description], [tuple(r) for r in cursor.fetchall()])
+        db.execute("COMMIT")
         return data
     finally:
         db.close()
@@ -120,11 +150,11 @@ def _check_tables(names: Sequence[str], where: str) -> None:
 # -- writing ----------------------------------------------------------------------
 
 
-def _write(location: str, data: dict[str, Table], progress: Progress) -> None:
+def _write(location: str, data: dict[str, Table], progress: Progress, source: Unchanged) -> None:
     if postgres.is_postgres_url(location):
-        asyncio.run(_write_postgres(location, data, progress))
+        asyncio.run(_write_postgres(location, data, progress, source))
     else:
-        _write_sqlite(location, data, progress)
+        _write_sqlite(location, data, progress, source)
 
 
 def _writing(data: dict[str, Table], progress: Progress) -> None:
@@ -152,7 +182,7 @@ def _open_sqlite(path: str, what: str) -> Database:
         raise CopyError(f"{what}: {reason}") from None
 
 
-def _write_sqlite(path: str, data: dict[str, Table], progress: Progress) -> None:
+def _write_sqlite(path: str, data: dict[str, Table], progress: Progress, source: Unchanged) -> None:
     db = _open_sqlite(path, f"--to {path}")  # creates and migrates
     try:
         conn = db.conn
@@ -164,6 +194,7 @@ def _write_sqlite(path: str, data: dict[str, Table], progress: Progress) -> None
                 marks = ", ".join("?" * len(columns))
                 for chunk in _chunks(table, rows, progress):
                     conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", chunk)
+            source.check_now()
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -172,7 +203,7 @@ def _write_sqlite(path: str, data: dict[str, Table], progress: Progress) -> None
         db.close()
 
 
-async def _write_postgres(url: str, data: dict[str, Table], progress: Progress) -> None:
+async def _write_postgres(url: str, data: dict[str, Table], progress: Progress, source: Unchanged) -> None:
     await postgres.migrate(url)
     conn = await postgres.connect(url)
     try:
@@ -194,6 +225,7 @@ async def _write_postgres(url: str, data: dict[str, Table], progress: Progress) 
                     await conn.execute(
                         f"SELECT setval($1, COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)", sequence
                     )
+            await source.check_async()
     finally:
         await conn.close()
 
@@ -258,6 +290,10 @@ def _converted(row: tuple[Any, ...], converters: Sequence[Callable[[Any], Any]])
 def _counts(location: str, tables: Sequence[str]) -> dict[str, int]:
     if postgres.is_postgres_url(location):
         return asyncio.run(_pg_counts(location, tables))
+    return _sqlite_counts(location, tables)
+
+
+def _sqlite_counts(location: str, tables: Sequence[str]) -> dict[str, int]:
     db = sqlite3.connect(location)
     try:
         return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from dotenv import dotenv_values, set_key
+from dotenv.parser import parse_stream
 
 from adapters.store.crypto import generate_key
 
@@ -36,17 +37,41 @@ def load(path: Path = DEFAULT) -> list[str]:
     return taken
 
 
+class HiddenKey(Exception):
+    """The file has a key on one line and an empty one on a later line, which hides it."""
+
+
+def _keys_in(path: Path) -> list[str]:
+    """Every value the file gives ``KEY``, in order (a file may set a name twice)."""
+    with path.open(encoding="utf-8") as source:
+        return [(b.value or "").strip() for b in parse_stream(source) if b.key == KEY and not b.error]
+
+
 def save_key(path: Path) -> tuple[bool, str]:
-    """Make sure ``path`` holds a ``BRIDGE_ENCRYPTION_KEY``: write a new one only where there is
-    none or an empty one. Returns (whether a key was written, the key in the file)."""
+    """Make sure ``path`` holds a ``BRIDGE_ENCRYPTION_KEY``: write one only where there is none
+    or an empty one, the environment's if it has one, else a new one. Returns (whether a key was
+    written, the key in the file).
+
+    Writing replaces every line that sets the name, so a key on any line stops it: with an empty
+    line after it (``.env.example`` appended) the key is hidden, and ``HiddenKey`` says so."""
     existing = (dotenv_values(path).get(KEY) or "").strip() if path.is_file() else ""
     if existing:
         return False, existing
-    key = generate_key()
-    # Private: it holds the key to every stored token. A file already there (copied from
-    # .env.example, so readable by everyone) is made private before the key goes in.
-    path.touch(mode=0o600)
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        path.chmod(0o600)
+    if path.is_file() and any(_keys_in(path)):
+        raise HiddenKey(
+            f"{path} sets {KEY} more than once and a later empty line hides the key above it: "
+            "remove the empty line (no new key was written, as it would replace that one)"
+        )
+    # A key this environment already uses (not from this file, which has none) opens what is
+    # stored: that is the one to keep, never a new one beside it.
+    key = os.environ.get(KEY, "").strip() or generate_key()
+    # Private: it holds the key to every stored token. A file copied from .env.example is
+    # usually readable by everyone on the machine; it is made the owner's before the key goes in.
+    if not path.exists():
+        path.touch(mode=0o600)
+    else:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & ~0o077)
     set_key(path, KEY, key, quote_mode="never")
     return True, key

@@ -3,10 +3,11 @@
 Every instance serves HTTP and writes to the outbox; only the holder of the lease runs
 delivery. The lease is one row (``leader_lease``) that the leader renews every second on
 a connection of its own; it lasts ``lease`` seconds from each renewal, by the database's
-clock. A standby takes the row when the lease has run out, or at once when the leader's
-session has ended (it died, was stopped, or lost its connection with a reset): each term's
-leader holds a session advisory lock named by the term, and ``pg_locks`` says whether it is
-still held.
+clock. A standby takes the row when the lease has run out or, sooner, when the leader's
+session has ended (it died or lost its connection with a reset) and it has not renewed for
+the few seconds (6) in which a leader whose lease connection alone ended would have found out and
+stopped; a leader that stops releases the row at once. Each term's leader holds a session
+advisory lock named by the term, and ``pg_locks`` says whether it is still held.
 
 A leader partitioned from the database without a reset keeps its session open on the
 server for as long as TCP lets it (hours), so nothing may depend on the server noticing.
@@ -211,7 +212,7 @@ class Leadership:
             # A previous version's leader renews no lease, but leads: count it as renewed now.
             age = 0.0 if row["old_leader"] else float(row["age"])
             self._seen = (asyncio.get_running_loop().time(), age)
-            if row["old_leader"] or not (row["expired"] or not row["alive"]):
+            if row["old_leader"] or not (row["expired"] or self._gone(row["alive"], float(row["age"]))):
                 return None
             term = int(row["term"]) + 1
             # Free: the row is locked and no session can hold a term that is not written yet.
@@ -220,6 +221,15 @@ class Leadership:
             await conn.execute(_TAKE, self._instance, term, self._lease)
         self._seen = (asyncio.get_running_loop().time(), 0.0)
         return term
+
+    def _gone(self, alive: bool, age: float) -> bool:
+        """Has the term's leader surely stopped working, its lease not run out yet? Its session
+        having ended is not enough: the database may have ended only the lease's connection (an
+        operator's ``pg_terminate_backend``, a reset of that one connection) while its work goes
+        on over the pool's, until its next renewal fails. That renewal comes ``renew_every``
+        after the last one and fails within ``STATEMENT_TIMEOUT``, and its cancelled work is
+        given ``margin`` to end: only past all three may another term begin."""
+        return not alive and age >= self._renew_every + STATEMENT_TIMEOUT + self._margin
 
     async def _term(
         self,

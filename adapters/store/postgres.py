@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -93,11 +93,12 @@ async def connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
 
 
-async def migrate(url: str) -> list[str]:
-    """Apply pending migrations (``xdm-bridge migrate``); the names applied."""
+async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Apply pending migrations (``xdm-bridge migrate``), each said to ``progress`` before it runs;
+    the names applied."""
     conn = await connect(url)
     try:
-        return await pg_migrations.apply(conn)
+        return await pg_migrations.apply(conn, progress)
     finally:
         await conn.close()
 
@@ -920,11 +921,12 @@ class PostgresStore:
         )
         return row is not None
 
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
-        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message; None for
+        one X took without naming it (recorded sent without an id)."""
         found = await self.pool.fetch(
             "SELECT dm_event_id FROM outbox WHERE team_id = $1 AND channel_id = $2 AND ref_ts = $3 "
-            "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+            "AND kind IN ('message', 'edit') AND state = 'sent' "
             "ORDER BY seq, part",
             team_id,
             channel_id,

@@ -1086,13 +1086,14 @@ class SqliteStore:
                 )
         return True
 
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str]:
-        """X's dm_event ids for every part (and correction) relayed for a Slack message."""
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]:
+        """X's dm_event ids for every part (and correction) relayed for a Slack message; None for
+        one X took without naming it (recorded sent without an id)."""
 
-        def work() -> list[str]:
+        def work() -> list[str | None]:
             rows = self._rows(
                 "SELECT dm_event_id FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
-                "AND kind IN ('message', 'edit') AND state = 'sent' AND dm_event_id IS NOT NULL "
+                "AND kind IN ('message', 'edit') AND state = 'sent' "
                 "ORDER BY seq, part",
                 [team_id, channel_id, ref_ts],
             )

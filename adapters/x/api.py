@@ -197,6 +197,7 @@ class XApiClient:
     ) -> tuple[int, Mapping[str, str], Any]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         started = time.monotonic()
+        status: int | None = None
         try:
             async with self._session.request(
                 method,
@@ -221,6 +222,14 @@ class XApiClient:
                         ) from None
                     payload = None  # an error page; its status says enough
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if status is not None and 200 <= status < 300:
+                # X said 2xx, then its body was cut or stalled: it acted, whatever the body said
+                # (a send is a send: ``_post_send``), not "no answer".
+                raise XTransient(
+                    f"X answered HTTP {status}, then its body did not arrive ({type(exc).__name__})",
+                    status=status,
+                    facts=rate_facts(response_headers),
+                ) from exc
             # No answer: the request may or may not have reached X (status None = ambiguous).
             raise XTransient(f"X did not answer ({type(exc).__name__})") from exc
         log.debug(
@@ -251,16 +260,21 @@ class XApiClient:
         raise XRefused(f"X refused it (HTTP {status}): {reason}", status=status, facts=facts, failure=failure)
 
     @staticmethod
-    def _sent(status: int, payload: Any, facts: RateFacts) -> Sent:
+    def _sent(status: int, payload: Any, facts: RateFacts, *, creates_group: bool = False) -> Sent:
         """What a 2xx to a send says X made. A 2xx is a send even when it does not say which
-        DM (``XSentUnconfirmed``: read back, never sent again)."""
+        DM (``XSentUnconfirmed``: read back, never sent again). A group's creation must also
+        say which conversation it made: every later row of the channel is sent there, and one
+        sent as a creation again would make another group."""
         data = payload.get("data") if isinstance(payload, dict) else None
         data = data if isinstance(data, dict) else {}
         conversation, event = data.get("dm_conversation_id"), data.get("dm_event_id")
         conversation = str(conversation) if isinstance(conversation, str | int) and conversation else None
-        if not isinstance(event, str | int) or not str(event):
+        missing = "dm_event_id" if not isinstance(event, str | int) or not str(event) else None
+        if missing is None and creates_group and conversation is None:
+            missing = "dm_conversation_id"
+        if missing is not None:
             raise XSentUnconfirmed(
-                f"X answered HTTP {status} to the send without a dm_event_id",
+                f"X answered HTTP {status} to the send without a {missing}",
                 conversation_id=conversation,
                 status=status,
                 facts=facts,
@@ -327,7 +341,7 @@ class XApiClient:
                 failure=Failure.FILE_UNUSABLE,
             )
         facts = self._raise_for(status, headers, payload)
-        return self._sent(status, payload, facts), facts
+        return self._sent(status, payload, facts, creates_group=target.new_group is not None), facts
 
     async def create_group(
         self, token: str, participant_ids: Sequence[str], text: str
@@ -339,7 +353,7 @@ class XApiClient:
         }
         status, headers, payload = await self._post_send("/2/dm_conversations", token, body)
         facts = self._raise_for(status, headers, payload)
-        return self._sent(status, payload, facts), facts
+        return self._sent(status, payload, facts, creates_group=True), facts
 
     async def event_page(
         self, token: str, target: Target, *, pagination_token: str | None = None, max_results: int = 100

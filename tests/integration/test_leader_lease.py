@@ -72,3 +72,57 @@ async def test_a_rolling_deploy_never_has_two_leaders(tmp_path: Path, on_postgre
             assert not await old.fetchval("SELECT pg_try_advisory_lock($1)", OLD_LEADER_LOCK)
     finally:
         await old.close()
+
+
+async def test_a_leader_whose_lease_session_alone_ends_never_leads_beside_its_successor(pg_url: str) -> None:
+    """The database ends only the leader's lease session (an operator's pg_terminate_backend, a
+    reset of that one connection): the leader's work, on other connections, goes on until its next
+    renewal fails. A standby that took the term at once, because its lock was gone, led beside it."""
+    from adapters.store.leader import Leadership
+    from adapters.store.postgres import migrate
+
+    await migrate(pg_url)
+    loop = asyncio.get_running_loop()
+    leading: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+
+    def lead_as(name: str) -> Any:
+        async def lead() -> None:
+            leading.append(name)
+            if len(leading) > 1:
+                overlaps.append(tuple(leading))
+            try:
+                await loop.create_future()
+            finally:
+                leading.remove(name)
+
+        return lead
+
+    first = Leadership(pg_url, instance="first", on_notify=lambda: None, poll=0.05)
+    second = Leadership(pg_url, instance="second", on_notify=lambda: None, poll=0.05)
+    runs = [asyncio.create_task(first.run(lead_as("first")))]
+    try:
+        await wait_until(lambda: first.leading, 10, "the first instance leading")
+        runs.append(asyncio.create_task(second.run(lead_as("second"))))
+        await asyncio.sleep(0.3)  # the second is a standby, polling the lease
+        admin = await asyncpg.connect(pg_url)
+        try:
+            await asyncio.sleep(0.1)  # just after a renewal: the next one is most of a second away
+            ended = await admin.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = $1 AND objsubid = 2",
+                LEADER_LOCK,
+            )
+            assert ended == 1
+        finally:
+            await admin.close()
+        await wait_until(lambda: not first.leading, 10, "the first instance stepping down")
+        await wait_until(lambda: bool(leading), 20, "a leader again")
+        await asyncio.sleep(1.5)
+        assert overlaps == []
+    finally:
+        first.stop()
+        second.stop()
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)

@@ -365,3 +365,52 @@ async def test_a_dm_recorded_without_an_id_is_known_when_x_shows_it_later_not_po
         assert [m for m in bridge.slack.posted("C100") if m.get("username")] == []
         assert await state_of(bridge, ts) == ("sent", event.id)
         assert dm_posts(bridge) == 1
+
+
+async def test_a_group_created_with_a_2xx_naming_only_its_dm_is_never_created_again(tmp_path: Path) -> None:
+    """X (on a bad day) answers the group's creation 201 with the DM's ``dm_event_id`` but no
+    ``dm_conversation_id``: the next message in the channel must not create a second group."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        bridge.x.sent_answer_omits = frozenset({"dm_conversation_id"})
+        _, url = await bridge.command("new-group @alice @bob Welcome aboard")
+        await bridge.follow_up(url)
+        for _ in range(500):
+            if await bridge.sql("SELECT state FROM outbox WHERE state = 'sent'"):
+                break
+            await asyncio.sleep(0.02)
+        bridge.x.sent_answer_omits = frozenset()
+        _, ts = await bridge.post("to the same group", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        creates = [r for r in bridge.x.all_requests if r.method == "POST" and r.path == "/2/dm_conversations"]
+        assert len(creates) == 1
+        [group] = [c for c in bridge.x.conversations.values() if c.kind == "Group"]
+        assert bridge.texts(group.id) == ["Ada: Welcome aboard", "Ada: to the same group"]
+        assert await bridge.sql("SELECT conversation_id FROM mappings") == [(group.id,)]
+
+
+async def test_a_slack_delete_of_a_dm_sent_without_an_id_tells_its_author_it_stays_on_x(
+    tmp_path: Path,
+) -> None:
+    """X took the DM without naming it and does not list it yet; its author deletes it in Slack.
+    No id, nothing to delete: the delete was marked done without a word, and the author believed
+    the DM gone from X."""
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        bridge.x.sent_answer_omits = frozenset({"dm_event_id"})
+        bridge.x.read_lag_seconds = 3600.0
+        _, ts = await bridge.post("oops, wrong channel", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        deleted = {
+            "type": "message",
+            "subtype": "message_deleted",
+            "channel": "C100",
+            "hidden": True,
+            "deleted_ts": ts,
+            "ts": bridge.sender.new_ts(),
+            "previous_message": {"type": "message", "user": "U100", "text": "oops, wrong channel", "ts": ts},
+        }
+        assert (await bridge.sender.event(deleted)).status == 200
+        [told] = await bridge.slack.wait_for(note, timeout=10.0)
+        assert "not deleted on X" in told.params["text"]
+        assert not bridge.x.events[0].deleted

@@ -217,3 +217,27 @@ def test_a_corrupt_source_or_a_target_that_is_no_database_is_one_line(
     code, out = run(capsys, "copy-db", "--to", str(junk))
     assert code == 1 and out.count("\n") == 1 and f"--to {junk}" in out, out
     assert junk.read_text() == "not a database\n" * 200  # left as it was
+
+
+def test_a_source_written_to_during_the_copy_is_refused_not_copied_short(tmp_path: Path) -> None:
+    """The operator forgot to stop the bridge: Slack's events keep landing in the source while it
+    is copied. The counts compared what was read with what was written, so they always agreed,
+    and the rows written meanwhile were silently left behind."""
+    from adapters.ops import copy_db
+
+    key = TokenCipher([generate_key()])
+    source = tmp_path / "bridge.db"
+    asyncio.run(fill(SqliteStore(str(source), key)))
+    target = tmp_path / "copy.db"
+    written: list[str] = []
+
+    def meanwhile(line: str) -> None:
+        if not written:  # the running bridge takes an event as the copy writes
+            with sqlite3.connect(source) as db:
+                db.execute("INSERT INTO seen_events (event_id, seen_at) VALUES ('Ev-late', 9.0)")
+        written.append(line)
+
+    with pytest.raises(copy_db.CopyError, match="changed while it was copied"):
+        copy_db.copy(str(source), str(target), meanwhile)
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # nothing half-copied

@@ -89,3 +89,42 @@ async def test_an_empty_key_says_it_is_empty_and_why(tmp_path: Path) -> None:
     [line] = [line for line in result.stderr.splitlines() if "BRIDGE_ENCRYPTION_KEY" in line]
     assert "BRIDGE_ENCRYPTION_KEY is empty" in line and "PATH" in line
     assert "SLACK_SIGNING_SECRET is not set" in result.stderr  # never set: said as such
+
+
+async def test_a_key_written_into_a_readable_env_leaves_it_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """``cp .env.example .env`` under umask 022 makes a file anyone on the machine can read; the key
+    that opens every stored X token must not be written into it as it is."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("SLACK_SIGNING_SECRET=abc\nBRIDGE_ENCRYPTION_KEY=\n")
+    env_file.chmod(0o644)
+    assert xdm_bridge(tmp_path, "keygen", "--save", ".env").returncode == 0
+    assert len(key_in(env_file)) == 44
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
+async def test_a_key_hidden_by_a_later_empty_line_is_never_replaced(tmp_path: Path) -> None:
+    """``cat .env.example >> .env`` after an upgrade: a later empty ``BRIDGE_ENCRYPTION_KEY=``
+    hides the key above it. ``keygen --save`` wrote a new key over both lines, and the key that
+    opens the stored tokens was gone."""
+    key = generate_key()
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"BRIDGE_ENCRYPTION_KEY={key}\nPORT=3000\n# .env.example\nBRIDGE_ENCRYPTION_KEY=\n")
+    result = xdm_bridge(tmp_path, "keygen", "--save", ".env")
+    assert result.returncode != 0
+    assert "more than once" in result.stderr and "Traceback" not in result.stderr
+    assert env_file.read_text().splitlines()[0] == f"BRIDGE_ENCRYPTION_KEY={key}"
+
+
+async def test_keygen_save_keeps_the_key_the_environment_already_uses(tmp_path: Path) -> None:
+    """The old README had ``export BRIDGE_ENCRYPTION_KEY=$(xdm-bridge keygen)``; its tokens are
+    stored under that key. ``keygen --save .env`` in that shell wrote a different, new key (and
+    said to keep it safe); the environment hid it until the next shell, where nothing decrypted."""
+    key = generate_key()
+    await stored_secrets(tmp_path / "bridge.db", key)
+    result = xdm_bridge(tmp_path, "keygen", "--save", ".env", BRIDGE_ENCRYPTION_KEY=key)
+    assert result.returncode == 0, result.stderr
+    assert key_in(tmp_path / ".env") == key
+    with (tmp_path / ".env").open("a") as out:
+        out.write("DATABASE_PATH=bridge.db\n")
+    migrated = xdm_bridge(tmp_path, "migrate")  # a new shell: the key comes from .env alone
+    assert migrated.returncode == 0, migrated.stderr

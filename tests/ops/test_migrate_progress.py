@@ -32,3 +32,30 @@ def test_migrate_says_each_pending_migration_before_applying_it(
 
     code, out = run(capsys, "migrate")  # nothing pending: nothing said but the result
     assert code == 0 and "applying" not in out
+
+
+def test_migrate_on_postgresql_says_each_pending_migration_before_applying_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same upgrade on PostgreSQL (a Heroku release phase, say) said nothing until the end,
+    however long a migration over a big table took."""
+    import asyncio
+
+    import migrations.postgres as pg_migrations
+    from adapters.store import postgres
+    from adapters.store.crypto import generate_key
+
+    names = [name for name, _ in pg_migrations.MIGRATIONS]
+    with monkeypatch.context() as behind:
+        behind.setattr(pg_migrations, "MIGRATIONS", pg_migrations.MIGRATIONS[:-2])  # two behind
+        asyncio.run(postgres.migrate(pg_url))
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("BRIDGE_ENCRYPTION_KEY", generate_key())
+    code, out = run(capsys, "migrate")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"applying migration {names[-2]} (1 of 2)…" in lines, out
+    assert f"applying migration {names[-1]} (2 of 2)…" in lines, out
+
+    code, out = run(capsys, "migrate")  # nothing pending: nothing said but the result
+    assert "applying" not in out
