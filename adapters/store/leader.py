@@ -4,10 +4,12 @@ Every instance serves HTTP and writes to the outbox; only the holder of the leas
 delivery. The lease is one row (``leader_lease``) that the leader renews every second on
 a connection of its own; it lasts ``lease`` seconds from each renewal, by the database's
 clock. A standby takes the row when the lease has run out or, sooner, when the leader's
-session has ended (it died or lost its connection with a reset) and it has not renewed for
-the few seconds (6) in which a leader whose lease connection alone ended would have found out and
-stopped; a leader that stops releases the row at once. Each term's leader holds a session
-advisory lock named by the term, and ``pg_locks`` says whether it is still held.
+session has ended: at once when no session of its process is left (it died, or lost its
+connections with a reset; every session names its instance in ``application_name``), else once
+it has not renewed for the few seconds (6) in which a leader whose lease connection alone ended
+would have found out and stopped; a leader that stops releases the row at once. Each term's
+leader holds a session advisory lock named by the term, and ``pg_locks`` says whether it is
+still held.
 
 A leader partitioned from the database without a reset keeps its session open on the
 server for as long as TCP lets it (hours), so nothing may depend on the server noticing.
@@ -66,6 +68,9 @@ _READ_ROW = f"""
     )
     SELECT holder, term, {NOW} - renewed_at AS age, expires_at < {NOW} AS expired,
            EXISTS (SELECT 1 FROM held WHERE space = $1 AND lock_key = term AND objsubid = 2) AS alive,
+           EXISTS (SELECT 1 FROM pg_stat_activity
+                   WHERE datname = current_database() AND application_name = 'xdm-bridge ' || holder)
+               AS holder_connected,
            EXISTS (SELECT 1 FROM held AS o
                    WHERE o.space = {OLD_LEADER_LOCK >> 32} AND o.lock_key = {OLD_LEADER_LOCK & 0xFFFFFFFF}
                      AND o.objsubid = 1
@@ -164,7 +169,7 @@ class Leadership:
     async def _connect(self) -> asyncpg.Connection | None:
         """A connection of its own, or None when ``stop`` comes first (a standby's shutdown need
         not wait for a database that does not answer)."""
-        connecting = asyncio.ensure_future(connect(self._url))
+        connecting = asyncio.ensure_future(connect(self._url, self._instance))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait(
@@ -212,7 +217,8 @@ class Leadership:
             # A previous version's leader renews no lease, but leads: count it as renewed now.
             age = 0.0 if row["old_leader"] else float(row["age"])
             self._seen = (asyncio.get_running_loop().time(), age)
-            if row["old_leader"] or not (row["expired"] or self._gone(row["alive"], float(row["age"]))):
+            gone = self._gone(row["alive"], row["holder_connected"], float(row["age"]))
+            if row["old_leader"] or not (row["expired"] or gone):
                 return None
             term = int(row["term"]) + 1
             # Free: the row is locked and no session can hold a term that is not written yet.
@@ -222,14 +228,19 @@ class Leadership:
         self._seen = (asyncio.get_running_loop().time(), 0.0)
         return term
 
-    def _gone(self, alive: bool, age: float) -> bool:
-        """Has the term's leader surely stopped working, its lease not run out yet? Its session
-        having ended is not enough: the database may have ended only the lease's connection (an
-        operator's ``pg_terminate_backend``, a reset of that one connection) while its work goes
-        on over the pool's, until its next renewal fails. That renewal comes ``renew_every``
-        after the last one and fails within ``STATEMENT_TIMEOUT``, and its cancelled work is
-        given ``margin`` to end: only past all three may another term begin."""
-        return not alive and age >= self._renew_every + STATEMENT_TIMEOUT + self._margin
+    def _gone(self, alive: bool, holder_connected: bool, age: float) -> bool:
+        """Has the term's leader surely stopped working, its lease not run out yet?
+
+        With no session of its process left (every session names its instance), it died or was
+        cut off with a reset: at once. With its lease session ended but others left, the database
+        may have ended only the lease's connection (an operator's ``pg_terminate_backend``, a
+        reset of that one connection) while its work goes on over the pool's, until its next
+        renewal fails. That renewal comes ``renew_every`` after the last one and fails within
+        ``STATEMENT_TIMEOUT``, and its cancelled work is given ``margin`` to end: only past all
+        three may another term begin."""
+        if alive:
+            return False
+        return not holder_connected or age >= self._renew_every + STATEMENT_TIMEOUT + self._margin
 
     async def _term(
         self,

@@ -88,9 +88,22 @@ SESSION_SETTINGS = {
 }
 
 
-async def connect(url: str) -> asyncpg.Connection:
+def instance_settings(instance: str | None) -> dict[str, str]:
+    """The session settings, with ``application_name`` naming the bridge instance a session
+    belongs to: a standby reads ``pg_stat_activity`` to know whether a leader's process still has
+    any session at all (it died) or only lost its lease connection (it may still be working)."""
+    if instance is None:
+        return SESSION_SETTINGS
+    return {**SESSION_SETTINGS, "application_name": application_name(instance)}
+
+
+def application_name(instance: str) -> str:
+    return f"xdm-bridge {instance}"
+
+
+async def connect(url: str, instance: str | None = None) -> asyncpg.Connection:
     """One connection (``sslmode`` and the rest of the URL are asyncpg's to honour)."""
-    return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
+    return await asyncpg.connect(url, server_settings=instance_settings(instance))
 
 
 async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) -> list[str]:
@@ -135,7 +148,7 @@ class PostgresStore:
                 max_size=self._pool_size,
                 reset=_keep_session,
                 init=_define_functions,
-                server_settings=SESSION_SETTINGS,
+                server_settings=instance_settings(self.instance_id),
             )
         except asyncpg.InsufficientPrivilegeError as exc:
             # Each connection defines its functions in its own temporary schema (_FUNCTIONS).

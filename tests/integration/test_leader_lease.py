@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from adapters.store.leader import LEADER_LOCK, OLD_LEADER_LOCK
-from adapters.store.postgres import NOW
+from adapters.store.postgres import NOW, connect
 from adapters.web.app import SERVICES
 from tests.harness import Bridge, running_bridge, wait_until
 
@@ -101,6 +101,8 @@ async def test_a_leader_whose_lease_session_alone_ends_never_leads_beside_its_su
     first = Leadership(pg_url, instance="first", on_notify=lambda: None, poll=0.05)
     second = Leadership(pg_url, instance="second", on_notify=lambda: None, poll=0.05)
     runs = [asyncio.create_task(first.run(lead_as("first")))]
+    # The first instance's other sessions (its store's pool), over which its work goes on.
+    its_pool = await connect(pg_url, "first")
     try:
         await wait_until(lambda: first.leading, 10, "the first instance leading")
         runs.append(asyncio.create_task(second.run(lead_as("second"))))
@@ -120,6 +122,54 @@ async def test_a_leader_whose_lease_session_alone_ends_never_leads_beside_its_su
         await wait_until(lambda: bool(leading), 20, "a leader again")
         await asyncio.sleep(1.5)
         assert overlaps == []
+    finally:
+        await its_pool.close()
+        first.stop()
+        second.stop()
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
+async def test_a_leader_whose_process_left_no_session_is_followed_at_once(pg_url: str) -> None:
+    """Every session of the leader's process gone (it died, or lost its connections with a reset):
+    nothing of it can still be working, so a standby leads at once, not after the 6 s a leader
+    that lost only its lease connection is given to notice."""
+    from adapters.store.leader import _READ_ROW, Leadership
+    from adapters.store.postgres import migrate
+
+    await migrate(pg_url)
+    first = Leadership(pg_url, instance="first", on_notify=lambda: None, poll=0.05)
+    second = Leadership(pg_url, instance="second", on_notify=lambda: None, poll=0.05)
+
+    async def never_ends() -> None:
+        await asyncio.get_running_loop().create_future()
+
+    runs = [asyncio.create_task(first.run(never_ends))]
+    try:
+        await wait_until(lambda: first.leading, 10, "the first instance leading")
+        admin = await asyncpg.connect(pg_url)
+        try:
+            ended = await admin.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'xdm-bridge first'"
+            )
+            assert ended == 1  # the lease connection was its only session
+        finally:
+            await admin.close()
+        # What the standby reads right after: no lock, no session of the first's process, a
+        # renewal younger than the 6 s a leader with sessions left is given. Gone all the same.
+        check = await asyncpg.connect(pg_url)
+        try:
+            async with check.transaction():
+                row = await check.fetchrow(_READ_ROW, LEADER_LOCK)
+        finally:
+            await check.close()
+        assert row is not None and row["holder"] == "first"
+        assert not row["alive"] and not row["holder_connected"] and float(row["age"]) < 6.0
+        assert second._gone(row["alive"], row["holder_connected"], float(row["age"]))
+        runs.append(asyncio.create_task(second.run(never_ends)))
+        await wait_until(lambda: second.leading, 10, "the standby leading")
     finally:
         first.stop()
         second.stop()
