@@ -401,15 +401,7 @@ async def test_a_slack_delete_of_a_dm_sent_without_an_id_tells_its_author_it_sta
         bridge.x.read_lag_seconds = 3600.0
         _, ts = await bridge.post("oops, wrong channel", blocks=[])
         await bridge.wait_reaction("C100", ts, "white_check_mark")
-        deleted = {
-            "type": "message",
-            "subtype": "message_deleted",
-            "channel": "C100",
-            "hidden": True,
-            "deleted_ts": ts,
-            "ts": bridge.sender.new_ts(),
-            "previous_message": {"type": "message", "user": "U100", "text": "oops, wrong channel", "ts": ts},
-        }
+        deleted = bridge.sender.message_deleted_event("C100", "U100", ts, "oops, wrong channel")
         assert (await bridge.sender.event(deleted)).status == 200
         [told] = await bridge.slack.wait_for(note, timeout=10.0)
         assert "not deleted on X" in told.params["text"]

@@ -91,17 +91,6 @@ async def test_an_empty_key_says_it_is_empty_and_why(tmp_path: Path) -> None:
     assert "SLACK_SIGNING_SECRET is not set" in result.stderr  # never set: said as such
 
 
-async def test_a_key_written_into_a_readable_env_leaves_it_readable_by_its_owner_only(tmp_path: Path) -> None:
-    """``cp .env.example .env`` under umask 022 makes a file anyone on the machine can read; the key
-    that opens every stored X token must not be written into it as it is."""
-    env_file = tmp_path / ".env"
-    env_file.write_text("SLACK_SIGNING_SECRET=abc\nBRIDGE_ENCRYPTION_KEY=\n")
-    env_file.chmod(0o644)
-    assert xdm_bridge(tmp_path, "keygen", "--save", ".env").returncode == 0
-    assert len(key_in(env_file)) == 44
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-
-
 async def test_a_key_hidden_by_a_later_empty_line_is_never_replaced(tmp_path: Path) -> None:
     """``cat .env.example >> .env`` after an upgrade: a later empty ``BRIDGE_ENCRYPTION_KEY=``
     hides the key above it. ``keygen --save`` wrote a new key over both lines, and the key that
