@@ -8,13 +8,14 @@ refreshes are locked per account across processes, and ``serve`` reads identitie
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from adapters.ops.accounts import SystemClock
 from adapters.store.crypto import TokenCipher
 from adapters.store.select import AnyStore, make_store
 from adapters.store.xchat import XChatIdentityStore
@@ -25,11 +26,6 @@ from bridge.model import Account
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import XChatError, XChatIdentity, XChatSetup
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 class NoSuchAccount(XChatError):
@@ -65,23 +61,26 @@ async def import_keys(settings: Settings, handle: str, private_keys: bytes, vers
 
 
 async def status(settings: Settings) -> list[Listed]:
-    store = make_store(settings)
-    await store.open()
-    try:
+    async with _opened(settings) as store:
         handles = {a.x_user_id: a.x_username for a in await store.list_accounts()}
         identities = await _identities(settings, store).list_identities()
         return [Listed(i, handles.get(i.x_user_id)) for i in identities]
-    finally:
-        await store.close()
 
 
 async def forget(settings: Settings, handle: str) -> bool:
     """Delete the stored keys of @handle's X user (X keeps its registration)."""
+    async with _opened(settings) as store:
+        account = await _account(store, handle)
+        return await _identities(settings, store).forget_identity(account.x_user_id)
+
+
+@asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[AnyStore]:
+    """The selected store, open for the command's length."""
     store = make_store(settings)
     await store.open()
     try:
-        account = await _account(store, handle)
-        return await _identities(settings, store).forget_identity(account.x_user_id)
+        yield store
     finally:
         await store.close()
 
@@ -92,29 +91,24 @@ async def _with_account(
     say: Callable[[str], None],
     work: Callable[[XChatSetup, Account], Awaitable[Any]],
 ) -> Any:
-    store = make_store(settings)
-    await store.open()
-    try:
+    async with _opened(settings) as store, aiohttp.ClientSession() as session:
         account = await _account(store, handle)
-        async with aiohttp.ClientSession() as session:
-            x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
-            clock = SystemClock()
+        x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
+        clock = SystemClock()
 
-            async def revoked(account: Account, reason: str) -> None:
-                say(f"X refused @{account.x_username}'s refresh token ({reason}): run /xdm connect again")
+        async def revoked(account: Account, reason: str) -> None:
+            say(f"X refused @{account.x_username}'s refresh token ({reason}): run /xdm connect again")
 
-            tokens = TokenManager(store, oauth_client(session, settings), clock, revoked)
-            service = XChatSetup(
-                _identities(settings, store),
-                ChatKeys(),
-                KeyDirectory(x),
-                tokens.call,
-                clock,
-                say=say,
-            )
-            return await work(service, account)
-    finally:
-        await store.close()
+        tokens = TokenManager(store, oauth_client(session, settings), clock, revoked)
+        service = XChatSetup(
+            _identities(settings, store),
+            ChatKeys(),
+            KeyDirectory(x),
+            tokens.call,
+            clock,
+            say=say,
+        )
+        return await work(service, account)
 
 
 async def _account(store: AnyStore, handle: str) -> Account:
