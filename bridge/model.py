@@ -167,6 +167,9 @@ class Mapping:
     # conversation this is; it resumes only when that account is connected again.
     held_for: str | None = None
     held_for_username: str | None = None
+    # An encrypted X Chat conversation (issue 19): sent and read through /2/chat/* with the
+    # account's X Chat identity, never through the legacy DM endpoints.
+    encrypted: bool = False
 
     @property
     def target(self) -> Target:

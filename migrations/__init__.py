@@ -535,3 +535,10 @@ CREATE TABLE consents (
     given_at DOUBLE PRECISION NOT NULL
 )
 """
+
+
+@migrations(name="0024_mapping_encrypted")
+def m0024_mapping_encrypted(db: Database) -> None:
+    """X Chat (issue 19): a mapping bridges either a legacy DM conversation or an encrypted X Chat
+    conversation; the ids look alike (``A-B``, ``g…``), so the kind of conversation is a column."""
+    db.table("mappings").add_column("encrypted", int, not_null_default=0)

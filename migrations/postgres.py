@@ -331,6 +331,11 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        # X Chat (issue 19): a mapping bridges a legacy DM or an encrypted X Chat conversation.
+        "0021_mapping_encrypted",
+        "ALTER TABLE mappings ADD COLUMN encrypted BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -484,7 +484,7 @@ class PostgresStore:
         async with self._tx() as conn:
             status = await conn.execute(
                 f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
                 *rows.mapping_values(mapping),
             )
             created = status == "INSERT 0 1"

@@ -161,12 +161,13 @@ def mapping(row: Row) -> Mapping:
         group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
         held_for=row.get("held_for"),
         held_for_username=row.get("held_for_username"),
+        encrypted=bool(row.get("encrypted") or False),
     )
 
 
 MAPPING_COLUMNS = (
     "team_id, channel_id, kind, account_id, conversation_id, participant_id, created_by, "
-    "created_at, participant_username, participant_ids"
+    "created_at, participant_username, participant_ids, encrypted"
 )
 
 
@@ -183,6 +184,7 @@ def mapping_values(mapping: Mapping) -> list[Any]:
         mapping.created_at,
         mapping.participant_username,
         json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
+        mapping.encrypted,
     ]
 
 

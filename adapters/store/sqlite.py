@@ -612,7 +612,7 @@ class SqliteStore:
             with self.db.atomic():
                 cursor = self.db.execute(
                     f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     rows.mapping_values(mapping),
                 )
                 if cursor.rowcount == 1 and history and mapping.conversation_id:

@@ -433,6 +433,18 @@ async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
         assert await store.get_mapping("T1", "C1") == mapping
 
 
+async def test_a_mapping_says_whether_its_conversation_is_encrypted(engine: Engine) -> None:
+    # X Chat ids look like legacy ones ("A-B", "g…"): only the stored flag tells the paths apart.
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        legacy = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        chat = Mapping("T1", "C2", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0, encrypted=True)
+        await store.create_mapping(legacy)
+        await store.create_mapping(chat)
+        assert (await store.get_mapping("T1", "C1")).encrypted is False  # type: ignore[union-attr]
+        assert (await store.get_mapping("T1", "C2")).encrypted is True  # type: ignore[union-attr]
+
+
 async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(engine: Engine) -> None:
     store = engine.store()
     await store.open()
