@@ -30,6 +30,131 @@ log = logging.getLogger("migrations.postgres")
 MIGRATION_LOCK = 0x78646D0001  # pg_advisory_lock key: "xdm" + 1, one per database
 PENDING_STATES = "('queued', 'sending', 'waiting')"
 
+# Frozen as applied (a migration never changes): xdm_accept_v1 takes a Slack message into the
+# outbox under its channel's lock; xdm_mark_sent_v1 records a send and returns the channel's next row.
+HOT_PATH_FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION xdm_accept_v1(text, text, text, text, text, double precision, text, text,
+                                                text, boolean)
+RETURNS TABLE (busy_before boolean, item outbox) LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    m mappings;
+    m_participant text;
+    m_conversation text;
+    m_group text;
+BEGIN
+    -- The channel's mapping row, locked until commit (as _lock_channel); none: not mapped.
+    SELECT * INTO m FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- Mapping.target: a DM names its participant, a group X has not created yet its members.
+    IF m.kind = 'dm' THEN
+        m_participant := m.participant_id;
+    ELSIF m.kind = 'group' AND m.conversation_id IS NULL THEN
+        m_group := COALESCE(m.participant_ids, '[]');
+    ELSE
+        m_conversation := m.conversation_id;
+    END IF;
+    RETURN QUERY
+        WITH seen AS (
+            INSERT INTO seen_events (event_id, seen_at) SELECT $7::text, $6 WHERE $7::text IS NOT NULL
+            ON CONFLICT DO NOTHING RETURNING 1
+        ),
+        fresh AS (SELECT ($7::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
+        busy AS (
+            SELECT EXISTS (
+                SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2
+                    AND state IN ('queued', 'sending', 'waiting')
+            ) AS before
+        ),
+        n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
+        ins AS (
+            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                author_id, account_id, target_participant, target_conversation,
+                                target_group, text, source, state, attempts, next_attempt_at,
+                                created_at, hourglass, kind, held_for, held_state)
+            SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, m.account_id, m_participant, m_conversation, m_group,
+                   NULL, $5, CASE WHEN m.held_for IS NULL THEN 'queued' ELSE 'held' END, 0, 0, $6, 0,
+                   'message', m.held_for, CASE WHEN m.held_for IS NULL THEN NULL ELSE 'queued' END
+            FROM n
+            ON CONFLICT DO NOTHING
+            RETURNING outbox AS item
+        ),
+        note AS (SELECT pg_notify($8, $9) FROM ins WHERE $10)
+    SELECT (SELECT before FROM busy), ins.item FROM ins WHERE (SELECT COUNT(*) FROM note) >= 0;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::boolean, NULL::outbox;  -- accepted before
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION xdm_mark_sent_v1(text, text, text[], integer[], integer[],
+                                                   double precision[], double precision, bigint)
+RETURNS outbox LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    done record;
+    head outbox;
+BEGIN
+    -- The channel's lock first, so the next head read below sees every accept committed.
+    PERFORM 1 FROM mappings
+    WHERE (team_id, channel_id) = (SELECT team_id, channel_id FROM outbox WHERE id = $8) FOR NO KEY UPDATE;
+    -- This commit need not wait for the disk: if the server lost it, the row would be 'sending'
+    -- again and read back from X before any resend, as after any crash between the POST and
+    -- here; and the next row's claim (a waiting commit) writes the log up to itself, so it never
+    -- survives without this.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    WITH budget AS (
+        INSERT INTO budgets (key, limit_, remaining, reset_at)
+        SELECT * FROM unnest($3::text[], $4::integer[], $5::integer[], $6::double precision[])
+        ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining,
+            reset_at = excluded.reset_at),
+    sent AS (
+        UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
+            target_conversation = CASE WHEN target_participant IS NULL
+                                       THEN COALESCE(target_conversation, $2) END
+        WHERE id = $8
+        RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
+    ),
+    mapped AS (
+        INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id,
+                                 created_at)
+        SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
+        WHERE $1 IS NOT NULL  -- X took it without saying which event: nothing to map
+        ON CONFLICT DO NOTHING
+    ),
+    -- X names the 1-to-1 conversation on first send; keep it for status and reads.
+    named AS (
+        UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
+        WHERE s.target_participant IS NOT NULL AND $2 IS NOT NULL AND m.team_id = s.team_id
+          AND m.channel_id = s.channel_id AND m.kind = 'dm'
+          AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
+    )
+    SELECT team_id, channel_id, target_group INTO done FROM sent;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF done.target_group IS NOT NULL AND $2 IS NOT NULL THEN
+        -- X created the channel's group: the mapping and every row still to send name it (so
+        -- the next row does not create another group).
+        UPDATE mappings SET conversation_id = $2
+        WHERE team_id = done.team_id AND channel_id = done.channel_id AND kind = 'group'
+          AND conversation_id IS NULL;
+        UPDATE outbox SET target_conversation = $2
+        WHERE team_id = done.team_id AND channel_id = done.channel_id AND target_conversation IS NULL
+          AND target_participant IS NULL AND target_group IS NOT NULL;
+    END IF;
+    SELECT * INTO head FROM outbox
+    WHERE team_id = done.team_id AND channel_id = done.channel_id
+        AND state IN ('queued', 'sending', 'waiting')
+    ORDER BY seq, part LIMIT 1;
+    RETURN head;
+END
+$fn$;
+"""
+
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
         "0001_initial",
@@ -336,6 +461,11 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0021_mapping_encrypted",
         "ALTER TABLE mappings ADD COLUMN encrypted BOOLEAN NOT NULL DEFAULT FALSE;",
     ),
+    # The hot path's two functions (adapters/store/postgres.py accept_if_mapped, mark_sent), once
+    # per database. They used to be defined on every pool connection in pg_temp, and a pooler's
+    # DISCARD TEMP/ALL left that connection failing for good. A changed body is a new migration
+    # with a new name (_v2), so instances of the old and new code can run side by side.
+    ("0024_hot_path_functions", HOT_PATH_FUNCTIONS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -147,15 +147,10 @@ class PostgresStore:
                 min_size=1,
                 max_size=self._pool_size,
                 reset=_keep_session,
-                init=_define_functions,
                 server_settings=instance_settings(self.instance_id),
             )
         except asyncpg.InsufficientPrivilegeError as exc:
-            # Each connection defines its functions in its own temporary schema (_FUNCTIONS).
-            raise StoreUnavailable(
-                f"database {redacted(self.url)}: {exc} (the bridge needs the TEMPORARY privilege "
-                "on its database, which PostgreSQL grants by default: GRANT TEMPORARY ON DATABASE …)"
-            ) from None
+            raise StoreUnavailable(f"database {redacted(self.url)}: {exc}") from None
         log.info("database ready", extra={"engine": "postgresql"})
 
     async def close(self) -> None:
@@ -558,9 +553,10 @@ class PostgresStore:
         return inserted is not None
 
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
-        # One round trip and one commit (``xdm_accept``): the channel's lock, then the insert.
+        # One round trip and one commit (``xdm_accept_v1``, migration 0024): the channel's lock,
+        # then the insert.
         found = await self.pool.fetchrow(
-            "SELECT a.busy_before, (a.item).* FROM pg_temp.xdm_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+            "SELECT a.busy_before, (a.item).* FROM xdm_accept_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, "
             "$10) AS a",
             *self._accept_args(message, now),
         )
@@ -1032,10 +1028,10 @@ class PostgresStore:
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:
-        # One round trip and one commit (``xdm_mark_sent``): the channel's lock, the bookkeeping,
-        # and the channel's next row.
+        # One round trip and one commit (``xdm_mark_sent_v1``, migration 0024): the channel's lock,
+        # the bookkeeping, and the channel's next row.
         following = await self.pool.fetchrow(
-            "SELECT * FROM pg_temp.xdm_mark_sent($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT * FROM xdm_mark_sent_v1($1, $2, $3, $4, $5, $6, $7, $8)",
             sent.dm_event_id,
             sent.dm_conversation_id,
             *_budget_columns(budgets),
@@ -1597,7 +1593,8 @@ def _accept_sql(*, account: str, participant: str, conversation: str, group: str
     the leader at commit ($8: channel, $9: this instance, $10: whether to announce). ``ins``
     returns the new row as ``item``; ``busy`` says the channel had unfinished rows; ``note`` must
     be read by the final SELECT for its NOTIFY to happen. The mapping's values are SQL
-    expressions: parameters when the caller has the mapping, the locked row's in ``xdm_accept``.
+    expressions: parameters when the caller has the mapping, the locked row's in ``xdm_accept_v1``
+    (migrations/postgres.py).
     Only what follows a lock on the channel's mapping row may run it (see ``_lock_channel``)."""
     return f"""
         WITH seen AS (
@@ -1631,118 +1628,6 @@ _ACCEPT_GIVEN = (
     _accept_sql(account="$11", participant="$12", conversation="$13", group="$14", held_for="$15::text")
     + " SELECT (SELECT COUNT(*) FROM note) AS notified FROM ins"
 )
-
-# ``xdm_accept``'s, with the values of the mapping row it locked (PL/pgSQL variables).
-_ACCEPT_LOCKED = _accept_sql(
-    account="m.account_id",
-    participant="m_participant",
-    conversation="m_conversation",
-    group="m_group",
-    held_for="m.held_for",
-)
-
-# Functions the hot path calls, defined on each pool connection in ``pg_temp`` (so they always
-# match the code that calls them, across a rolling deploy, with no schema change). Each runs a
-# lock and then the statements that must read the database as it is once the lock is held: a
-# PL/pgSQL statement takes a fresh snapshot, a CTE in the locking statement would not. The whole
-# is one round trip and one transaction, where a client-side transaction costs four (BEGIN, lock,
-# statement, COMMIT).
-_FUNCTIONS = f"""
-CREATE OR REPLACE FUNCTION pg_temp.xdm_accept(text, text, text, text, text, double precision, text, text,
-                                                text, boolean)
-RETURNS TABLE (busy_before boolean, item outbox) LANGUAGE plpgsql AS $fn$
-#variable_conflict use_column
-DECLARE
-    m mappings;
-    m_participant text;
-    m_conversation text;
-    m_group text;
-BEGIN
-    -- The channel's mapping row, locked until commit (as _lock_channel); none: not mapped.
-    SELECT * INTO m FROM mappings WHERE team_id = $1 AND channel_id = $2 FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    -- Mapping.target: a DM names its participant, a group X has not created yet its members.
-    IF m.kind = 'dm' THEN
-        m_participant := m.participant_id;
-    ELSIF m.kind = 'group' AND m.conversation_id IS NULL THEN
-        m_group := COALESCE(m.participant_ids, '[]');
-    ELSE
-        m_conversation := m.conversation_id;
-    END IF;
-    RETURN QUERY {_ACCEPT_LOCKED}
-    SELECT (SELECT before FROM busy), ins.item FROM ins WHERE (SELECT COUNT(*) FROM note) >= 0;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT NULL::boolean, NULL::outbox;  -- accepted before
-    END IF;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION pg_temp.xdm_mark_sent(text, text, text[], integer[], integer[],
-                                                   double precision[], double precision, bigint)
-RETURNS outbox LANGUAGE plpgsql AS $fn$
-#variable_conflict use_column
-DECLARE
-    done record;
-    head outbox;
-BEGIN
-    -- The channel's lock first, so the next head read below sees every accept committed.
-    PERFORM 1 FROM mappings
-    WHERE (team_id, channel_id) = (SELECT team_id, channel_id FROM outbox WHERE id = $8) FOR NO KEY UPDATE;
-    -- This commit need not wait for the disk: if the server lost it, the row would be 'sending'
-    -- again and read back from X before any resend, as after any crash between the POST and
-    -- here; and the next row's claim (a waiting commit) writes the log up to itself, so it never
-    -- survives without this.
-    PERFORM set_config('synchronous_commit', 'off', true);
-    WITH budget AS ({_SAVE_BUDGETS} {_ON_BUDGET_CONFLICT}),
-    sent AS (
-        UPDATE outbox SET state = 'sent', dm_event_id = $1, sent_at = $7, last_error = NULL,
-            target_conversation = CASE WHEN target_participant IS NULL
-                                       THEN COALESCE(target_conversation, $2) END
-        WHERE id = $8
-        RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group
-    ),
-    mapped AS (
-        INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id,
-                                 created_at)
-        SELECT team_id, channel_id, slack_ts, part, $2, $1, $7 FROM sent
-        WHERE $1 IS NOT NULL  -- X took it without saying which event: nothing to map
-        ON CONFLICT DO NOTHING
-    ),
-    -- X names the 1-to-1 conversation on first send; keep it for status and reads.
-    named AS (
-        UPDATE mappings AS m SET conversation_id = $2 FROM sent AS s
-        WHERE s.target_participant IS NOT NULL AND $2 IS NOT NULL AND m.team_id = s.team_id
-          AND m.channel_id = s.channel_id AND m.kind = 'dm'
-          AND m.participant_id = s.target_participant AND m.conversation_id IS DISTINCT FROM $2
-    )
-    SELECT team_id, channel_id, target_group INTO done FROM sent;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF done.target_group IS NOT NULL AND $2 IS NOT NULL THEN
-        -- X created the channel's group: the mapping and every row still to send name it (so
-        -- the next row does not create another group).
-        UPDATE mappings SET conversation_id = $2
-        WHERE team_id = done.team_id AND channel_id = done.channel_id AND kind = 'group'
-          AND conversation_id IS NULL;
-        UPDATE outbox SET target_conversation = $2
-        WHERE team_id = done.team_id AND channel_id = done.channel_id AND target_conversation IS NULL
-          AND target_participant IS NULL AND target_group IS NOT NULL;
-    END IF;
-    SELECT * INTO head FROM outbox
-    WHERE team_id = done.team_id AND channel_id = done.channel_id AND state IN {PENDING_STATES}
-    ORDER BY seq, part LIMIT 1;
-    RETURN head;
-END
-$fn$;
-"""
-
-
-async def _define_functions(conn: asyncpg.Connection) -> None:
-    """The pool's ``init``: this connection's ``pg_temp`` functions (``_FUNCTIONS``)."""
-    await conn.execute(_FUNCTIONS)
 
 
 def _snowflake_sql(column: str) -> str:

@@ -14,7 +14,8 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import describe, make_store
 from adapters.store.sqlite import SqliteStore
-from bridge.errors import ConfigError, StoreUnavailable
+from bridge.errors import ConfigError
+from bridge.model import IncomingMessage, Mapping, MappingKind, TokenSet, XUser
 from bridge.settings import Settings
 from migrations.postgres import MIGRATIONS
 from tests import pg
@@ -102,9 +103,10 @@ def test_litestream_replicates_sqlite_only() -> None:
         Settings.from_env({**BASE, "LITESTREAM_REPLICA_URL": "bucket/path"})
 
 
-async def test_a_database_without_the_temporary_privilege_is_one_clear_error(pg_url: str) -> None:
-    """Each pool connection defines the hot path's functions in its temporary schema: a role
-    that may not create temporary objects gets one line saying which privilege, not a traceback."""
+async def test_a_role_without_the_temporary_privilege_runs_the_bridge(pg_url: str) -> None:
+    """The hot path's functions are created once by a migration (0024), not in each connection's
+    temporary schema: a role that may not create temporary objects (hosted databases that revoke
+    it) opens the store and takes messages."""
     cipher = TokenCipher([generate_key()])
     store = PostgresStore(pg_url, cipher)
     await store.open()  # migrated by its owner
@@ -121,9 +123,20 @@ async def test_a_database_without_the_temporary_privilege_is_one_clear_error(pg_
         parts = urlsplit(pg_url)
         as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
         limited = PostgresStore(as_role, cipher)
-        with pytest.raises(StoreUnavailable) as caught:
-            await limited.open()
-        assert "TEMPORARY privilege" in str(caught.value) and "\n" not in str(caught.value)
+        await limited.open()
+        try:
+            async with limited.pool.acquire() as pooled:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the premise holds
+                    await pooled.execute("CREATE TEMPORARY TABLE t (x int)")
+            account = await limited.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+            await limited.create_mapping(
+                Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            )
+            message = IncomingMessage("T1", "C1", "1.000", "U1", "m1", event_id="E1")
+            accepted = await limited.accept_if_mapped(message, 1.0)
+            assert accepted is not None and accepted.new and accepted.head is not None
+        finally:
+            await limited.close()
     finally:
         await admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
         await admin.execute(f"DROP OWNED BY {role}")
