@@ -112,7 +112,9 @@ async def test_a_leader_whose_lease_session_alone_ends_never_leads_beside_its_su
             await asyncio.sleep(0.1)  # just after a renewal: the next one is most of a second away
             ended = await admin.fetchval(
                 "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid = $1 AND objsubid = 2",
+                "AND classid = $1 AND objsubid = 2 "
+                # This test's database only: other tests may run beside it on the same server.
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 LEADER_LOCK,
             )
             assert ended == 1
@@ -152,7 +154,7 @@ async def test_a_leader_whose_process_left_no_session_is_followed_at_once(pg_url
         try:
             ended = await admin.fetchval(
                 "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'xdm-bridge first'"
+                "WHERE application_name = 'xdm-bridge first' AND datname = current_database()"
             )
             assert ended == 1  # the lease connection was its only session
         finally:

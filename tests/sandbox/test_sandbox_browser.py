@@ -144,6 +144,17 @@ def own_message(driver: WebDriver, text: str) -> WebElement:
     return wait_for(driver, "#slack-messages .msg.message[data-ts]", text, f"your message {text!r}")
 
 
+def act_on(driver: WebDriver, text: str, action: str) -> None:
+    """Click ``action`` (edit, delete, thread) on your message containing ``text``; the pane may
+    be rebuilt between finding the message and the click, so both are tried again together."""
+
+    def clicked(d: WebDriver) -> bool:
+        own_message(d, text).find_element(By.CSS_SELECTOR, f'[data-action="{action}"]').click()
+        return True
+
+    WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(clicked)
+
+
 def wait_for(
     driver: WebDriver, css: str, text: str = "", what: str = "", *, click: bool = False
 ) -> WebElement:
@@ -299,7 +310,7 @@ def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
     # Edit: the bridge gets message_changed and X gets the correction.
     type_in(browser, "#slack-input", "the meeting is at 3")
     wait_for(browser, "#x-messages .x-message.mine .bubble", "meeting is at 3", "the DM to edit")
-    own_message(browser, "meeting is at 3").find_element(By.CSS_SELECTOR, '[data-action="edit"]').click()
+    act_on(browser, "meeting is at 3", "edit")
     wait_for(browser, "#slack-context", "Editing your message")
     assert browser.find_element(By.ID, "slack-input").get_attribute("value") == "the meeting is at 3"
     type_in(browser, "#slack-input", "the meeting is at 4")
@@ -309,7 +320,7 @@ def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
     assert "(edited)" in own_message(browser, "meeting is at 4").text
 
     # Delete: message_deleted; X deletes both copies and the page shows them as deleted.
-    own_message(browser, "meeting is at 4").find_element(By.CSS_SELECTOR, '[data-action="delete"]').click()
+    act_on(browser, "meeting is at 4", "delete")
     wait_for(browser, "#slack-messages .msg.deleted", "This message was deleted", "the deletion in Slack")
     WebDriverWait(browser, WAIT).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#x-messages .x-message.deleted")) == 2
@@ -320,7 +331,7 @@ def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
     )
 
     # A thread reply: shown in its thread, and X gets it with a quote of the parent.
-    own_message(browser, "line one").find_element(By.CSS_SELECTOR, '[data-action="thread"]').click()
+    act_on(browser, "line one", "thread")
     wait_for(browser, "#slack-context", "Replying in the thread of")
     type_in(browser, "#slack-input", "a reply in the thread")
     reply = wait_for(browser, "#slack-messages .msg.in-thread", "a reply in the thread", "the reply in Slack")
