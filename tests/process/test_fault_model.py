@@ -1,8 +1,9 @@
 """X on a bad day, Slack retrying, editing and deleting, the server SIGKILLed: every promise holds.
 
-A few fixed seeds of the randomized run in tests/process/chaos.py, each on SQLite and on
-PostgreSQL (about a minute per store on two cores); bench/fault_soak.py runs many more for
-longer (``--postgres`` for the PostgreSQL store).
+One fixed seed of the randomized run in tests/process/chaos.py, on SQLite and on PostgreSQL
+(about half a minute per store on two cores): the seed whose mix covers the most faults and
+kills. The sweep is bench/fault_soak.py (``--seeds 20``, ``--postgres`` for the PostgreSQL
+store), which replays any seed with ``--seed N``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tests import pg
 from tests.harness import wait_until
 from tests.process.chaos import CHANNELS, chaos_world, run_seed, undo_refresh_cut_off
 
-SEEDS = (11, 23, 37)
+SEEDS = (23,)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
