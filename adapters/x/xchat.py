@@ -9,6 +9,10 @@ compared with the library's ``matches_registered_key``, never as strings.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -17,17 +21,26 @@ from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
 from bridge.errors import XRefused
-from bridge.model import one_to_one_id
+from bridge.model import Account, one_to_one_id
 from bridge.xchat import (
     ChatEvent,
     ChatEventKind,
     ChatPage,
+    ChatPosted,
     ChatSend,
+    IdentityState,
+    KeyMismatch,
     NewIdentity,
+    NoChatIdentity,
     RegisteredKey,
     XChatError,
+    XChatIdentities,
     XChatIdentity,
 )
+
+# How long a conversation key read from X, or X's word that the account's key is still the one
+# registered, is used before asking again (each is a read; a message must not cost one).
+KEY_CACHE_SECONDS = 300.0
 
 # chat_xdk's import needs a version; the key material alone decides what is compared here.
 _ANY_VERSION = "0"
@@ -154,7 +167,10 @@ class ChatConversations:
         self._chat = Chat()
         self._chat.import_keys(bytes(identity.private_keys), identity.version)
         self._chat.set_identity(identity.x_user_id, identity.version)
+        self._version = identity.version
         self._records: dict[str, list[RegisteredKey]] = {}
+        self._conversation_keys: dict[str, tuple[float, str, bytes]] = {}  # id -> (read at, version, key)
+        self._keys_checked_at: float | None = None
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -230,8 +246,48 @@ class ChatConversations:
 
     # -- conversations --------------------------------------------------------------------------
 
+    async def check_keys(self, token: str) -> None:
+        """``KeyMismatch`` when X's newest registered key for the account is not this identity's."""
+        now = time.monotonic()
+        if self._keys_checked_at is not None and now - self._keys_checked_at < KEY_CACHE_SECONDS:
+            return
+        records = await self._directory.public_keys(token, self.user_id)
+        newest = records[-1] if records else None
+        if newest is None or not self._chat.matches_registered_key(newest.public_key):
+            shown = f"version {newest.version}" if newest is not None else "none"
+            raise KeyMismatch(
+                f"X's registered X Chat key for this account ({shown}) is not the one the bridge holds "
+                f"(version {self._version})"
+            )
+        self._keys_checked_at = now
+
+    async def conversations(self, token: str) -> list[str]:
+        """Every X Chat conversation X lists for the account (a few pages of 100 at most)."""
+        found: list[str] = []
+        params = {"max_results": "100"}
+        for _ in range(10):
+            status, headers, payload = await self._api._call(
+                "GET", "/2/chat/conversations", token, params=params
+            )
+            self._api._raise_for(status, headers, payload)
+            data = payload.get("data") if isinstance(payload, dict) else None
+            found += [str(c["id"]) for c in data or [] if isinstance(c, dict) and c.get("id")]
+            meta = payload.get("meta") if isinstance(payload, dict) else None
+            next_token = meta.get("next_token") if isinstance(meta, dict) else None
+            if not next_token:
+                break
+            params = {"max_results": "100", "pagination_token": str(next_token)}
+        return found
+
     async def open_one_to_one(self, token: str, peer_id: str) -> str:
-        """Make the conversation key of a new encrypted 1-to-1 and post it; its id (``A-B``)."""
+        """The encrypted 1-to-1 with ``peer_id``: one whose key the account can open is used as it
+        is; otherwise a conversation key is made and posted. Its id (``A-B``)."""
+        existing = one_to_one_id(self.user_id, peer_id)
+        try:
+            await self._conversation_key(token, existing)
+            return existing
+        except (XRefused, XChatError):
+            pass  # not a conversation yet, or none of its keys is the account's: make one
         await self._people(token, [self.user_id, peer_id])
         prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
         data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", self._key_change(prepared))
@@ -290,9 +346,20 @@ class ChatConversations:
             "action_signatures": [self._signed(signature)],
         }
 
-    async def send(self, token: str, conversation_id: str, message: ChatSend) -> None:
-        """Post a prepared message (the same bytes on every retry)."""
-        await self._post(token, f"/2/chat/conversations/{conversation_id}/messages", message.body)
+    async def send(self, token: str, conversation_id: str, message: ChatSend) -> ChatPosted:
+        """Post a prepared message (the same bytes on every retry). A 2xx whose body cannot be read
+        is still a send (``XSentUnconfirmed``); one without a readable envelope names no sequence."""
+        path = f"/2/chat/conversations/{conversation_id}/messages"
+        status, headers, payload = await self._api._post_send(path, token, message.body)
+        try:
+            facts = self._api._raise_for(status, headers, payload)
+        except XRefused:
+            # A refusal may be of the key version the message was encrypted with: read it again.
+            self._conversation_keys.pop(conversation_id, None)
+            raise
+        data = payload.get("data") if isinstance(payload, dict) else None
+        encoded = data.get("encoded_message_event") if isinstance(data, dict) else None
+        return ChatPosted(sequence_of(encoded) if isinstance(encoded, str) else None, facts)
 
     async def delete(self, token: str, conversation_id: str, body: dict[str, Any]) -> None:
         await self._post(token, f"/2/chat/conversations/{conversation_id}/messages/delete", body)
@@ -321,6 +388,14 @@ class ChatConversations:
         return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
 
     async def _conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
+        cached = self._conversation_keys.get(conversation_id)
+        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1], cached[2]
+        version, key = await self._read_conversation_key(token, conversation_id)
+        self._conversation_keys[conversation_id] = (time.monotonic(), version, key)
+        return version, key
+
+    async def _read_conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
         page = await self._api._call(
             "GET", f"/2/chat/conversations/{conversation_id}/events", token, params={"max_results": "1"}
         )
@@ -340,6 +415,102 @@ class ChatConversations:
         self._api._raise_for(answered, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         return data if isinstance(data, dict) else {}
+
+
+class AccountChats:
+    """``bridge.xchat.ChatSessions``: each account's session, built from the identity the store
+    holds when asked (a new or replaced identity is used at once, without a restart)."""
+
+    def __init__(self, api: XApiClient, identities: XChatIdentities) -> None:
+        self._api = api
+        self._identities = identities
+        self._sessions: dict[str, tuple[tuple[str, str | None], ChatConversations]] = {}
+
+    async def session(self, account: Account) -> ChatConversations:
+        identity = await self._identities.identity(account.x_user_id)
+        if identity is None:
+            raise NoChatIdentity(
+                f"the bridge holds no X Chat keys for @{account.x_username} "
+                f"(an operator runs `xdm-bridge xchat setup @{account.x_username}`)"
+            )
+        if identity.state is IdentityState.MISMATCH:
+            raise NoChatIdentity(
+                f"the X Chat keys the bridge holds for @{account.x_username} no longer match X's "
+                f"(an operator runs `xdm-bridge xchat import` or `setup` again)"
+            )
+        if identity.state is not IdentityState.REGISTERED or identity.version is None:
+            raise NoChatIdentity(
+                f"the X Chat keys of @{account.x_username} are not registered with X yet "
+                f"(an operator runs `xdm-bridge xchat setup @{account.x_username}` again)"
+            )
+        key = (identity.fingerprint, identity.version)
+        kept = self._sessions.get(account.x_user_id)
+        if kept is None or kept[0] != key:
+            kept = (key, ChatConversations(self._api, identity))
+            self._sessions[account.x_user_id] = kept
+        return kept[1]
+
+    async def has_identity(self, account: Account) -> bool:
+        return await self._identities.identity(account.x_user_id) is not None
+
+    async def flag_mismatch(self, account: Account, detail: str) -> bool:
+        self._sessions.pop(account.x_user_id, None)
+        return await self._identities.flag_mismatch(account.x_user_id, detail)
+
+
+def sequence_of(encoded_event: str) -> str | None:
+    """The sequence id (field 1) of a base64 Thrift ``MessageEvent``, as X's answer to a send
+    carries it; None when it cannot be read (the send stands: a 2xx is a send)."""
+    try:
+        raw = base64.b64decode(encoded_event + "=" * (-len(encoded_event) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    at = 0
+    try:
+        while at < len(raw) and raw[at] != 0:
+            kind = raw[at]
+            field_id = struct.unpack_from(">h", raw, at + 1)[0]
+            at += 3
+            if kind == 11:  # string (and binary)
+                size = struct.unpack_from(">i", raw, at)[0]
+                value = raw[at + 4 : at + 4 + size]
+                if field_id == 1:
+                    return value.decode() or None
+                at += 4 + size
+            else:
+                at = _skip(raw, at, kind)
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+_FIXED = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8}  # Thrift binary sizes: bool, byte, double, i16, i32, i64
+
+
+def _skip(raw: bytes, at: int, kind: int) -> int:
+    """Past one Thrift value of ``kind`` starting at ``at``."""
+    if kind in _FIXED:
+        return at + _FIXED[kind]
+    if kind == 11:
+        return at + 4 + int(struct.unpack_from(">i", raw, at)[0])
+    if kind == 12:
+        while raw[at] != 0:
+            inner = raw[at]
+            at = _skip(raw, at + 3, inner)
+        return at + 1
+    if kind in (14, 15):  # set, list
+        inner, count = raw[at], struct.unpack_from(">i", raw, at + 1)[0]
+        at += 5
+        for _ in range(count):
+            at = _skip(raw, at, inner)
+        return at
+    if kind == 13:  # map
+        key, value, count = raw[at], raw[at + 1], struct.unpack_from(">i", raw, at + 2)[0]
+        at += 6
+        for _ in range(count):
+            at = _skip(raw, _skip(raw, at, key), value)
+        return at
+    raise ValueError(f"not a Thrift type: {kind}")
 
 
 def _canonical(conversation_id: str) -> str:
