@@ -76,7 +76,15 @@ from bridge.model import (
 )
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
-from bridge.xchat import ChatSend, ChatSession, ChatSessions, KeyMismatch, NoChatIdentity, mismatch_note
+from bridge.xchat import (
+    ChatSend,
+    ChatSession,
+    ChatSessions,
+    KeyMismatch,
+    NoChatIdentity,
+    XChatError,
+    mismatch_note,
+)
 
 log = logging.getLogger("bridge.delivery")
 
@@ -445,6 +453,10 @@ class Delivery:
                 await self._retry_later(item, exc)
             else:
                 await self._fail(item, exc)
+        except XChatError as exc:
+            # An encrypted conversation the account's keys cannot write to (no key of its own in
+            # it, say): the same attempt would fail again, so the author is told why.
+            await self._fail(item, Undeliverable(f"X Chat: {exc}", Failure.OTHER))
         except (XAuthExpired, XAuthRevoked) as exc:
             # Parked only when the account really needs reconnecting: then it is flagged and its
             # owner was told (TokenManager), and `/xdm connect` releases the row. Anything else
