@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ DELETE_NOTE = (
 CHAT_DELETE_NOTE = "Deleted on X Chat as well, for everyone in the conversation."
 CHAT_WAIT = 300.0  # a row of an encrypted conversation without usable keys looks again this often
 CHAT_READ_PAGES = 3  # pages of a conversation read back for a message id before it is posted again
+# A refusal naming the account's own registered key (not a conversation key, whose staleness is X's
+# rule for one message): the identity no longer matches what X holds.
+IDENTITY_KEY_REFUSAL = re.compile(r"(public|signing|identity)[ _-]?key", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -973,7 +977,7 @@ class Delivery:
             return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
-            if "key" in str(exc).lower() and exc.status in (400, 403, 409):
+            if IDENTITY_KEY_REFUSAL.search(str(exc)) and exc.status in (400, 403, 409):
                 await self._key_mismatch(item, account, str(exc))
                 return LOOK_AGAIN
             raise  # X's own rule (a message request, a group limit…): the author is told why

@@ -698,6 +698,9 @@ class FakeX:
         self._key_registrations: dict[str, list[float]] = {}
         # What X answers for a user with no keys, which X does not document: all mean "none".
         self.no_keys_answer: Literal["empty", "no_data", "not_found"] = "empty"
+        # X's rules for X Chat sends that no simulator sees offline (a message request not yet
+        # accepted, a stale key version, a group limit): each (status, X's words) refuses one send.
+        self.chat_send_refusals: list[tuple[int, str]] = []
         # Encrypted X Chat: conversations of envelopes, and the simulated people's phones.
         self.chat = ChatServer(lambda: self.clock(), self.public_keys, self.register_keys)
 
@@ -1682,6 +1685,9 @@ class FakeX:
             conv = self._chat_conversation(request)
         except NotMember as exc:
             return _about_blank(403, "Forbidden", str(exc))
+        if self.chat_send_refusals:
+            status, detail = self.chat_send_refusals.pop(0)
+            return _about_blank(status, "Forbidden" if status == 403 else "Bad Request", detail)
         encoded = self.chat.post_message(conv, request[_USER].id, json.loads(request[_BODY]))
         return _json(201, {"data": {"encoded_message_event": encoded}})
 

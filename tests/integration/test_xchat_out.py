@@ -52,6 +52,17 @@ def texts(bridge: Bridge, person: str, conversation: str) -> list[str]:
     ]
 
 
+async def waited_row(bridge: Bridge, ts: str) -> list[tuple[Any, ...]]:
+    """The row's state and reason once it waits (the owner is told just before it is rescheduled)."""
+    query = "SELECT state, last_error FROM outbox WHERE slack_ts = ?"
+    for _ in range(200):
+        found = await bridge.sql(query, ts)
+        if found and found[0][1] and "waiting" in found[0][1]:
+            return found
+        await asyncio.sleep(0.02)
+    return await bridge.sql(query, ts)
+
+
 async def encrypted_dm(bridge: Bridge) -> None:
     await bridge.connect()
     await give_identity(bridge)
@@ -183,9 +194,8 @@ async def test_a_key_mismatch_flags_the_identity_tells_the_owner_and_sends_nothi
         assert told.params["user"] == "U100" and "no longer has the X Chat keys" in told.params["text"]
         identity = await identities(bridge).identity(ME)
         assert identity is not None and identity.state is IdentityState.MISMATCH
-        await asyncio.sleep(0.3)
+        [(state, error)] = await waited_row(bridge, ts)
         assert texts(bridge, ALICE, ALICE_CHAT) == [] and bridge.x.events == []
-        [(state, error)] = await bridge.sql("SELECT state, last_error FROM outbox WHERE slack_ts = ?", ts)
         assert state == "waiting" and "no longer match" in error
 
 
@@ -220,3 +230,30 @@ async def test_link_takes_an_x_chat_conversation_the_account_is_in(tmp_path: Pat
         _, response_url = await bridge.command("link g1234567", channel="C200")
         refused = (await bridge.follow_up(response_url))["text"]
         assert ":x:" in refused and "Nothing was linked" in refused
+
+
+async def test_xs_rules_come_back_to_the_author_as_a_reason(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_dm(bridge)
+        bridge.x.chat_send_refusals.append((403, "The recipient has not accepted your message request"))
+        _, ts = await bridge.post("knock knock", blocks=[])
+        await bridge.wait_reaction("C100", ts, "warning")
+        [told] = await bridge.slack.wait_for(note, timeout=10.0)
+        assert "not accepted your message request" in told.params["text"]
+        assert texts(bridge, ALICE, ALICE_CHAT) == [] and bridge.x.events == []
+
+
+async def test_a_refusal_naming_the_accounts_key_is_a_mismatch_and_the_message_waits(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_dm(bridge)
+        bridge.x.chat_send_refusals.append(
+            (400, "The signing key version is not the user's registered public key")
+        )
+        _, ts = await bridge.post("wait for the keys", blocks=[])
+        [told] = await bridge.slack.wait_for(note, timeout=10.0)
+        assert "no longer has the X Chat keys" in told.params["text"]
+        identity = await identities(bridge).identity(ME)
+        assert identity is not None and identity.state is IdentityState.MISMATCH
+        [(state, error)] = await waited_row(bridge, ts)
+        assert state == "sending" and "no longer match" in error  # read back before any retry
+        assert texts(bridge, ALICE, ALICE_CHAT) == [] and bridge.x.events == []
