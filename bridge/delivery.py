@@ -34,7 +34,7 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,7 +108,6 @@ DELETE_NOTE = (
     "the other people in the conversation may still see it."
 )
 CHAT_DELETE_NOTE = "Deleted on X Chat as well, for everyone in the conversation."
-CHAT_WAIT = 300.0  # a row of an encrypted conversation without usable keys looks again this often
 CHAT_READ_PAGES = 3  # pages of a conversation read back for a message id before it is posted again
 # A refusal naming the account's own registered key (not a conversation key, whose staleness is X's
 # rule for one message): the identity no longer matches what X holds.
@@ -129,6 +128,8 @@ class DeliveryConfig:
     #: At start, the ✅ of messages sent this recently is added again (a kill may have cut it off).
     recheck_sent_within: float = 300.0
     recheck_sent_limit: int = 50
+    #: A row of an encrypted conversation without usable X Chat keys looks again this often.
+    chat_wait: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -978,7 +979,9 @@ class Delivery:
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
             if IDENTITY_KEY_REFUSAL.search(str(exc)) and exc.status in (400, 403, 409):
-                await self._key_mismatch(item, account, str(exc))
+                # Refused, so X never took it: made again with the next keys, not these.
+                await self._store.drop_chat(item.id)
+                await self._key_mismatch(replace(item, state=OutboxState.WAITING), account, str(exc))
                 return LOOK_AGAIN
             raise  # X's own rule (a message request, a group limit…): the author is told why
         sent = Sent(conversation, posted.sequence_id)
@@ -1038,7 +1041,7 @@ class Delivery:
     async def _chat_wait(self, item: OutboxItem, reason: str) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
         log.warning("encrypted message waits for X Chat keys", extra=_ids(item, reason=reason))
-        await self._store.reschedule(item.id, state, self._clock.now() + CHAT_WAIT, reason)
+        await self._store.reschedule(item.id, state, self._clock.now() + self._config.chat_wait, reason)
 
     async def _key_mismatch(self, item: OutboxItem, account: Account, detail: str) -> None:
         """X's registered key is no longer the bridge's: the identity is flagged, its owner told

@@ -237,6 +237,11 @@ class Store(Protocol):
         was finished or deleted since. Only a row that still reads ``text`` takes it."""
         ...
 
+    async def drop_chat(self, item_id: int) -> None:
+        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
+        signed with keys X no longer holds; the row is encrypted again with the next keys."""
+        ...
+
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:

@@ -1098,6 +1098,9 @@ class PostgresStore:
         kept = None if row is None else rows.item(dict(row))
         return kept if kept is not None and kept.text == text and kept.chat is not None else None
 
+    async def drop_chat(self, item_id: int) -> None:
+        await self._execute("UPDATE outbox SET chat = NULL WHERE id = $1", item_id)
+
     async def set_hourglass(self, item_id: int, on: bool) -> None:
         await self._execute("UPDATE outbox SET hourglass = $1 WHERE id = $2", int(on), item_id)
 

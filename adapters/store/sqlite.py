@@ -1284,6 +1284,9 @@ class SqliteStore:
 
         return await self._call(work)
 
+    async def drop_chat(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET chat = NULL WHERE id = ?", [item_id])
+
     async def set_hourglass(self, item_id: int, on: bool) -> None:
         await self._call(self._update, "UPDATE outbox SET hourglass = ? WHERE id = ?", [int(on), item_id])
 

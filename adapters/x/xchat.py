@@ -288,6 +288,12 @@ class ChatConversations:
             return existing
         except (XRefused, XChatError):
             pass  # not a conversation yet, or none of its keys is the account's: make one
+        return await self._new_key(token, peer_id)
+
+    async def _new_key(self, token: str, peer_id: str) -> str:
+        """Post a new conversation key for the 1-to-1 with ``peer_id``, wrapped for both people's
+        current keys (a first contact, or the account's keys were replaced); the conversation's id."""
+        self._conversation_keys.pop(one_to_one_id(self.user_id, peer_id), None)
         await self._people(token, [self.user_id, peer_id])
         prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
         data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", self._key_change(prepared))
@@ -317,7 +323,7 @@ class ChatConversations:
 
     async def prepare_text(self, token: str, conversation_id: str, text: str) -> ChatSend:
         """Encrypt and sign ``text`` once, with the conversation's newest key."""
-        version, key = await self._conversation_key(token, conversation_id)
+        version, key = await self._writable_key(token, conversation_id)
         prepared = self._chat.encrypt_message(
             _canonical(conversation_id), text, conversation_key=key, conversation_key_version=version
         )
@@ -327,7 +333,7 @@ class ChatConversations:
         self, token: str, conversation_id: str, target_sequence_id: str, text: str
     ) -> ChatSend:
         """X Chat's own edit of the account's message at ``target_sequence_id``, signed once."""
-        version, key = await self._conversation_key(token, conversation_id)
+        version, key = await self._writable_key(token, conversation_id)
         prepared = self._chat.encrypt_edit(
             conversation_id=_canonical(conversation_id),
             target_message_sequence_id=target_sequence_id,
@@ -386,6 +392,21 @@ class ChatConversations:
         refused = len(result.get("errors") or {})
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
         return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
+
+    async def _writable_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
+        """The conversation key to encrypt with. A 1-to-1 whose keys none is wrapped for the
+        account's current keys (they were replaced: ``xchat import`` or a new ``setup``) gets a
+        new key first, as X's apps rotate one; a group's admin must add the new keys."""
+        try:
+            return await self._conversation_key(token, conversation_id)
+        except XChatError:
+            if conversation_id.startswith("g"):
+                raise
+            peers = [i for i in conversation_id.replace(":", "-").split("-") if i != self.user_id]
+            if len(peers) != 1:
+                raise
+            await self._new_key(token, peers[0])
+            return await self._conversation_key(token, conversation_id)
 
     async def _conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
         cached = self._conversation_keys.get(conversation_id)

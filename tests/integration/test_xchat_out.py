@@ -9,6 +9,7 @@ Both stores.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.xchat import IdentityState
-from tests.harness import ALICE, BOB, CAROL, ME, Bridge, note, running_bridge, wait_until
+from tests.harness import ALICE, BOB, CAROL, FAST, ME, Bridge, note, running_bridge, wait_until
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -255,5 +256,24 @@ async def test_a_refusal_naming_the_accounts_key_is_a_mismatch_and_the_message_w
         identity = await identities(bridge).identity(ME)
         assert identity is not None and identity.state is IdentityState.MISMATCH
         [(state, error)] = await waited_row(bridge, ts)
-        assert state == "sending" and "no longer match" in error  # read back before any retry
+        assert state == "waiting" and "no longer match" in error
+        # X refused it: it is made again with the keys the operator brings, never these.
+        assert await bridge.sql("SELECT chat FROM outbox WHERE slack_ts = ?", ts) == [(None,)]
         assert texts(bridge, ALICE, ALICE_CHAT) == [] and bridge.x.events == []
+
+
+async def test_messages_waiting_on_a_mismatch_go_once_the_operator_brings_new_keys(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, delivery=replace(FAST, chat_wait=0.2)) as bridge:
+        await encrypted_dm(bridge)
+        bridge.x.chat_send_refusals.append((400, "The signing key is not the user's registered public key"))
+        _, ts = await bridge.post("after the new keys", blocks=[])
+        await waited_row(bridge, ts)
+        await identities(bridge).forget_identity(ME)  # `xchat forget`, then `xchat setup` again
+        await give_identity(bridge)
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        [message] = [e for e in shown(bridge, ALICE, ALICE_CHAT) if e["type"] == "Message"]
+        assert message["verified"] and message["content"]["text"] == "Ada: after the new keys"
+        posts = [
+            r.json for r in bridge.x.all_requests if r.path == f"/2/chat/conversations/{ALICE_CHAT}/messages"
+        ]
+        assert len(posts) == 2 and posts[0]["message_id"] != posts[1]["message_id"]  # made again
