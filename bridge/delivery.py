@@ -109,6 +109,10 @@ DELETE_NOTE = (
 )
 CHAT_DELETE_NOTE = "Deleted on X Chat as well, for everyone in the conversation."
 CHAT_READ_PAGES = 3  # pages of a conversation read back for a message id before it is posted again
+# X Chat's attachment media types by the category a file is planned under (X's examples use 5 for
+# any other file).
+CHAT_MEDIA_TYPES = {"dm_image": 1, "dm_gif": 2, "dm_video": 3}
+CHAT_MEDIA_FILE = 5
 # A refusal naming the account's own registered key (not a conversation key, whose staleness is X's
 # rule for one message): the identity no longer matches what X holds.
 IDENTITY_KEY_REFUSAL = re.compile(r"(public|signing|identity)[ _-]?key", re.IGNORECASE)
@@ -919,15 +923,11 @@ class Delivery:
         return await self._chat_send(item, account, session, conversation)
 
     async def _chat_parts(self, item: OutboxItem, parts: list[RenderedPart]) -> list[RenderedPart]:
-        """The text parts: files do not go to encrypted conversations yet, and the author is told."""
-        if any(p.media is not None for p in parts):
-            await self._ephemeral(
-                item,
-                ":warning: Files are not sent to encrypted X Chat conversations yet: "
-                "the text of your message goes without them.",
-            )
-        texts = [RenderedPart(p.text) for p in parts if p.text]
-        return texts or [RenderedPart("[a file the bridge cannot send to X Chat yet]")]
+        """The parts as for a DM (the first file rides with the text, each further one alone); an
+        edit changes the text only (X Chat's edits carry no files)."""
+        if item.kind is OutboxKind.EDIT:
+            return [RenderedPart(p.text) for p in parts if p.text] or [RenderedPart(parts[0].text)]
+        return parts
 
     async def _chat_send(
         self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
@@ -936,11 +936,14 @@ class Delivery:
         if item.chat is None:
             text = item.text
             edit_of = await self._edit_target(item)
+            attachments = await self._chat_attachments(item, account, session, conversation)
+            if attachments is None:
+                return LOOK_AGAIN  # a file alone, given up: its row was failed and the author told
 
             async def prepare(token: str) -> ChatSend:
                 if edit_of is not None:
                     return await session.prepare_edit(token, conversation, edit_of, text)
-                return await session.prepare_text(token, conversation, text)
+                return await session.prepare_text(token, conversation, text, attachments)
 
             message = await self._tokens.call(account, prepare)
             # Kept (committed) before the first attempt: every retry posts these very bytes.
@@ -986,6 +989,39 @@ class Delivery:
             raise  # X's own rule (a message request, a group limit…): the author is told why
         sent = Sent(conversation, posted.sequence_id)
         return await self._sent(item, sent, self._budget.correct(account.id, posted.facts))
+
+    async def _chat_attachments(
+        self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
+    ) -> list[dict[str, Any]] | None:
+        """The part's file, encrypted and uploaded into the conversation, as the attachment its
+        message names ([] without one). A file X or Slack refuses is left out and its author told;
+        None when the part was only that file (the row is failed)."""
+        if item.media is None:
+            return []
+        plan = plan_media(item.media)
+        if not isinstance(plan, MediaPlan):
+            await self._without_file(item, plan.reason)
+            return [] if item.text else None
+        media_type = CHAT_MEDIA_TYPES.get(plan.category, CHAT_MEDIA_FILE)
+
+        async def upload(token: str) -> dict[str, Any]:
+            assert item.media is not None
+            async with self._slack.open_file(item.team_id, item.media, max_bytes=plan.max_bytes) as source:
+                return await session.upload_media(
+                    token, conversation, source, filename=plan.name, media_type=media_type
+                )
+
+        try:
+            attachment = await self._tokens.call(account, upload)
+        except (XRefused, FileUnavailable) as exc:
+            if isinstance(exc, FileUnavailable) and exc.retryable:
+                raise
+            await self._without_file(
+                item, str(exc) if isinstance(exc, FileUnavailable) else f"{plan.name}: {exc}"
+            )
+            return [] if item.text else None
+        log.info("uploaded file to X Chat", extra=_ids(item, file=plan.name, category=plan.category))
+        return [attachment]
 
     async def _edit_target(self, item: OutboxItem) -> str | None:
         """For a Slack edit's first part: the sequence id of the message it edits, if X named it."""

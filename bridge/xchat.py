@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRateLimited
+from bridge.media import MediaSource
 from bridge.model import Account, Mapping
 from bridge.ports import Clock
 
@@ -453,7 +454,15 @@ class ChatSession(Protocol):
         """The ids of the account's X Chat conversations (``GET /2/chat/conversations``)."""
         ...
 
-    async def prepare_text(self, token: str, conversation_id: str, text: str) -> ChatSend: ...
+    async def prepare_text(
+        self, token: str, conversation_id: str, text: str, attachments: list[dict[str, Any]] | None = None
+    ) -> ChatSend: ...
+
+    async def upload_media(
+        self, token: str, conversation_id: str, source: MediaSource, *, filename: str, media_type: int
+    ) -> dict[str, Any]:
+        """Encrypt and upload a file into the conversation; the attachment a message names it by."""
+        ...
 
     async def prepare_edit(
         self, token: str, conversation_id: str, target_sequence_id: str, text: str

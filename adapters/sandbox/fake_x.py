@@ -1006,6 +1006,9 @@ class FakeX:
             web.post("/2/chat/conversations/{id}/keys", self._chat_keys),
             web.post("/2/chat/conversations/{id}/messages", self._chat_send),
             web.post("/2/chat/conversations/{id}/messages/delete", self._chat_delete),
+            web.post("/2/chat/media/upload/initialize", self._chat_media_initialize),
+            web.post("/2/chat/media/upload/{id}/append", self._chat_media_append),
+            web.post("/2/chat/media/upload/{id}/finalize", self._chat_media_finalize),
         ]
         app.add_routes(routes)
         return app
@@ -1698,6 +1701,24 @@ class FakeX:
             return _about_blank(403, "Forbidden", str(exc))
         self.chat.take_actions(conv, request[_USER].id, json.loads(request[_BODY])["action_signatures"])
         return _json(200, {"data": {"deleted": True}})
+
+    async def _chat_media_initialize(self, request: web.Request) -> web.StreamResponse:
+        try:
+            data = self.chat.media_initialize(request[_USER].id, json.loads(request[_BODY]))
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        return _json(200, {"data": data})
+
+    async def _chat_media_append(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["id"] not in self.chat.uploads:
+            return _about_blank(404, "Not Found", "No such upload session")
+        self.chat.media_append(request.match_info["id"], json.loads(request[_BODY]))
+        return _json(200, {"data": {"expires_at": int(self.clock()) + 3600}})
+
+    async def _chat_media_finalize(self, request: web.Request) -> web.StreamResponse:
+        if not self.chat.media_finalize(request.match_info["id"], json.loads(request[_BODY])):
+            return _about_blank(400, "Bad Request", "The upload's segments do not add up to its size")
+        return _json(200, {"data": {"success": True}})
 
     async def _chat_group_initialize(self, request: web.Request) -> web.StreamResponse:
         return _json(200, {"data": {"conversation_id": self.chat.new_group_id()}})

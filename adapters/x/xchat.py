@@ -17,10 +17,12 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+import chat_xdk
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
 from bridge.errors import XRefused
+from bridge.media import MediaSource
 from bridge.model import Account, one_to_one_id
 from bridge.xchat import (
     ChatEvent,
@@ -41,6 +43,8 @@ from bridge.xchat import (
 # How long a conversation key read from X, or X's word that the account's key is still the one
 # registered, is used before asking again (each is a read; a message must not cost one).
 KEY_CACHE_SECONDS = 300.0
+READ_PIECE = 1 << 20  # a file is read from Slack, and encrypted, a MiB at a time
+SEGMENT = 3 * 1024 * 1024  # ciphertext per append (X's own examples use 3 MB segments)
 
 # chat_xdk's import needs a version; the key material alone decides what is compared here.
 _ANY_VERSION = "0"
@@ -321,13 +325,66 @@ class ChatConversations:
         await self._post(token, "/2/chat/conversations/group", body)
         return group_id
 
-    async def prepare_text(self, token: str, conversation_id: str, text: str) -> ChatSend:
-        """Encrypt and sign ``text`` once, with the conversation's newest key."""
+    async def prepare_text(
+        self, token: str, conversation_id: str, text: str, attachments: list[dict[str, Any]] | None = None
+    ) -> ChatSend:
+        """Encrypt and sign ``text`` (and the uploaded files' ``attachments``) once, with the
+        conversation's newest key."""
         version, key = await self._writable_key(token, conversation_id)
         prepared = self._chat.encrypt_message(
-            _canonical(conversation_id), text, conversation_key=key, conversation_key_version=version
+            _canonical(conversation_id),
+            text,
+            conversation_key=key,
+            conversation_key_version=version,
+            attachments=attachments or None,
         )
         return _send(prepared)
+
+    async def upload_media(
+        self, token: str, conversation_id: str, source: MediaSource, *, filename: str, media_type: int
+    ) -> dict[str, Any]:
+        """Encrypt a file with the conversation's key as it is read (a MiB in memory, a segment
+        of ciphertext at most) into X Chat's upload; the attachment that names it in a message."""
+        _, key = await self._writable_key(token, conversation_id)
+        body = {"conversation_id": _canonical(conversation_id)}
+        started = await self._post(
+            token,
+            "/2/chat/media/upload/initialize",
+            {**body, "total_bytes": chat_xdk.encrypted_stream_size(source.size)},
+        )
+        session, hash_key = str(started["session_id"]), str(started["media_hash_key"])
+        upload = {**body, "media_hash_key": hash_key}
+        encryptor = self._chat.stream_encryptor(key)
+        pending, parts, head, size = bytearray(), 0, b"", 0
+        while piece := await source.read(READ_PIECE):
+            head, size = head or piece, size + len(piece)
+            pending += encryptor.push(piece)
+            while len(pending) >= SEGMENT:
+                await self._append(token, session, upload, parts, bytes(pending[:SEGMENT]))
+                del pending[:SEGMENT]
+                parts += 1
+        pending += encryptor.finish()
+        if pending:
+            await self._append(token, session, upload, parts, bytes(pending))
+            parts += 1
+        finalize = {**upload, "num_parts": str(parts)}
+        await self._post(token, f"/2/chat/media/upload/{session}/finalize", finalize)
+        width, height = _dimensions(head) if media_type in (1, 2) else (0, 0)
+        return {
+            "attachment_type": "media",
+            "media_hash_key": hash_key,
+            "width": width,
+            "height": height,
+            "filesize_bytes": size,
+            "filename": filename,
+            "media_type": media_type,
+        }
+
+    async def _append(
+        self, token: str, session: str, upload: dict[str, str], index: int, segment: bytes
+    ) -> None:
+        body = {**upload, "segment_index": index, "media": base64.b64encode(segment).decode()}
+        await self._post(token, f"/2/chat/media/upload/{session}/append", body)
 
     async def prepare_edit(
         self, token: str, conversation_id: str, target_sequence_id: str, text: str
@@ -532,6 +589,15 @@ def _skip(raw: bytes, at: int, kind: int) -> int:
             at = _skip(raw, _skip(raw, at, key), value)
         return at
     raise ValueError(f"not a Thrift type: {kind}")
+
+
+def _dimensions(head: bytes) -> tuple[int, int]:
+    """An image's width and height from its first bytes (0, 0 when the library cannot tell)."""
+    try:
+        found = chat_xdk.detect_image_dimensions(head)
+    except ValueError:
+        return 0, 0
+    return (int(found[0]), int(found[1])) if found else (0, 0)
 
 
 def _canonical(conversation_id: str) -> str:

@@ -21,6 +21,7 @@ from adapters.web.app import SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, Bridge, note, running_bridge, wait_until
+from tests.integration.test_fidelity import GIF, PNG
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -277,3 +278,24 @@ async def test_messages_waiting_on_a_mismatch_go_once_the_operator_brings_new_ke
             r.json for r in bridge.x.all_requests if r.path == f"/2/chat/conversations/{ALICE_CHAT}/messages"
         ]
         assert len(posts) == 2 and posts[0]["message_id"] != posts[1]["message_id"]  # made again
+
+
+async def test_files_go_encrypted_and_alices_phone_decrypts_them_byte_for_byte(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_dm(bridge)
+        photo = bridge.slack.add_file(
+            "F1", name="photo.png", mimetype="image/png", filetype="png", content=PNG
+        )
+        anim = bridge.slack.add_file("F2", name="wave.gif", mimetype="image/gif", filetype="gif", content=GIF)
+        _, ts = await bridge.post("two files", files=[photo, anim], blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        messages = [e for e in shown(bridge, ALICE, ALICE_CHAT) if e["type"] == "Message"]
+        assert [m["content"]["text"] for m in messages] == ["Ada: two files", ""]
+        files = []
+        for message in messages:
+            [attachment] = message["content"]["attachments"]
+            media = attachment["media"]
+            files.append(bridge.x.chat.received_media(ALICE, ALICE_CHAT, media["media_hash_key"]))
+        assert files == [PNG, GIF]
+        assert not any(blob in (PNG, GIF) for blob in bridge.x.chat.media.values())  # X holds ciphertext
+        assert bridge.x.events == []
