@@ -720,6 +720,9 @@ class CommandService:
             reply = Reply(f":x: X refused: {exc}")
         except XAuthRevoked:
             reply = Reply(":x: Your X account needs to be reconnected: run `/xdm connect`.")
+        except XChatError as exc:  # X Chat keys that cannot make or open the conversation
+            log.warning("X Chat command failed", extra={"team": ctx.team_id, "error": str(exc)[:200]})
+            reply = Reply(f":x: X Chat: {exc}. Nothing was bridged.")
         if ctx.response_url:
             await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
         else:

@@ -307,14 +307,13 @@ class ChatConversations:
         """A new encrypted group of the account and ``member_ids``; its id (``g…``)."""
         members = list(dict.fromkeys([self.user_id, *member_ids]))
         await self._people(token, members)
+        entries = self._entries(members)  # everyone's keys checked before X is asked for a group
         group_id = str(
             (await self._post(token, "/2/chat/conversations/group/initialize", None))["conversation_id"]
         )
         # The name X shows must be byte-identical to the signed title; a comma is not allowed in it.
         title = title.replace(",", " ")
-        prepared = self._chat.prepare_group_create(
-            self._entries(members), group_id, members, [self.user_id], title=title
-        )
+        prepared = self._chat.prepare_group_create(entries, group_id, members, [self.user_id], title=title)
         body = {
             "conversation_id": group_id,
             "group_members": members,

@@ -299,3 +299,21 @@ async def test_files_go_encrypted_and_alices_phone_decrypts_them_byte_for_byte(t
         assert files == [PNG, GIF]
         assert not any(blob in (PNG, GIF) for blob in bridge.x.chat.media.values())  # X holds ciphertext
         assert bridge.x.events == []
+
+
+async def test_a_person_whose_keys_do_not_verify_is_said_and_nothing_is_bridged(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await give_identity(bridge)
+        for person in (ALICE, BOB):
+            bridge.x.chat.enroll(person)
+        forged = ChatKeys().new_identity().registration
+        forged["public_key"]["identity_public_key_signature"] = (
+            ChatKeys().new_identity().registration["public_key"]["identity_public_key_signature"]
+        )  # not a signature of these keys: a key bound to no one
+        bridge.x.register_keys(CAROL, forged)
+        _, response_url = await bridge.command("new-group @alice @bob @carol")
+        told = (await bridge.follow_up(response_url))["text"]
+        assert told.startswith(":x: X Chat:") and "2003 has no X Chat keys" in told, told
+        assert await bridge.sql("SELECT channel_id FROM mappings") == []
+        assert not any(r.path.startswith("/2/chat/conversations/group") for r in bridge.x.all_requests)
