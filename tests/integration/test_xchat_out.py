@@ -17,7 +17,7 @@ import pytest
 
 from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
-from adapters.web.app import SERVICES
+from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, Bridge, note, running_bridge, wait_until
@@ -92,6 +92,10 @@ async def test_dm_with_someone_on_x_chat_is_encrypted_end_to_end_and_never_legac
         ack, _ = await bridge.command("status")
         assert "encrypted X Chat conversation with @alice" in ack.text
         assert ":lock: This is an encrypted X Chat conversation" in ack.text
+        assert "replies may never appear" not in ack.text  # the bridge holds the keys: not one-way
+        metrics = bridge.app[METRICS]
+        await metrics.refresh()
+        assert metrics.registry.get_sample_value("xchat_one_way_conversations") == 0
 
 
 async def test_dm_with_someone_without_keys_stays_legacy_and_says_nothing_of_encryption(
