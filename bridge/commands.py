@@ -35,7 +35,15 @@ from bridge.model import (
 from bridge.permissions import Permissions
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
-from bridge.xchat import ChatPeers, conversation_peers, one_way_note
+from bridge.xchat import (
+    ChatPeers,
+    ChatSession,
+    ChatSessions,
+    NoChatIdentity,
+    XChatError,
+    conversation_peers,
+    one_way_note,
+)
 
 log = logging.getLogger("bridge.commands")
 
@@ -119,6 +127,9 @@ _X_PROFILE = re.compile(
 )
 
 
+X_CHAT_GROUP_ID = re.compile(r"^g[0-9]{1,19}$")  # an encrypted X Chat group's id
+
+
 def _participant(token: str) -> Participant | None:
     """A participant if ``token`` names one, else None (the message starts there)."""
     if token.startswith("@"):
@@ -196,7 +207,7 @@ def parse(text: str) -> Command:
                 "person's, joined by `-` (smaller first); a group id is 15 to 19 digits."
             )
         conversation_id = rest[0]
-        if not X_CONVERSATION_ID.match(conversation_id):
+        if not (X_CONVERSATION_ID.match(conversation_id) or X_CHAT_GROUP_ID.match(conversation_id)):
             raise CommandError(
                 f"`{conversation_id}` is not an X conversation id: a 1-to-1 id is two X user ids "
                 "joined by `-`, a group id is 15 to 19 digits."
@@ -258,6 +269,7 @@ class CommandService:
         connect_page: str = "",
         inbound: InboundControl | None = None,
         chat_peers: ChatPeers | None = None,
+        chats: ChatSessions | None = None,
     ) -> None:
         """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
         then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
@@ -275,6 +287,7 @@ class CommandService:
         self._connect_page = connect_page
         self._inbound = inbound
         self._chat_peers = chat_peers
+        self._chats = chats
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -360,6 +373,8 @@ class CommandService:
             lines.append("This channel is not bridged to X. See `/xdm help`.")
         else:
             lines.append(f"This channel is bridged to {_describe(mapping)}.")
+            if mapping.encrypted:
+                lines.append(ENCRYPTED_LINE)
             account = await self._store.get_account(mapping.account_id)
             if account is not None:
                 state = " – *needs reconnecting* (`/xdm connect`)" if account.needs_reconnect else ""
@@ -511,6 +526,18 @@ class CommandService:
         refused while `/xdm status` said "bridged": one read of its newest event, within the
         account's read budget, tells before anything is announced.
         """
+        session, why_not = await self._chat_session(account)
+        if session is not None and await self._chat_listed(account, session, conversation_id):
+            mapping = await self._map(
+                ctx, account, MappingKind.LINK, conversation_id=conversation_id, encrypted=True
+            )
+            return Reply(self._mapped_text(ctx, mapping, account) + f"\n{ENCRYPTED_LINE}", in_channel=True)
+        if X_CHAT_GROUP_ID.match(conversation_id):
+            raise CommandError(
+                f"`{conversation_id}` is an encrypted X Chat group, and "
+                + (why_not or f"X does not list it among @{account.x_username}'s X Chat conversations")
+                + ". Nothing was linked."
+            )
         await self._readable(account, conversation_id)
         mapping = await self._map(ctx, account, MappingKind.LINK, conversation_id=conversation_id)
         note = await self._one_way_note(account, conversation_peers(mapping, account.x_user_id), {})
@@ -566,6 +593,16 @@ class CommandService:
         opening = command.message or (
             f"This group is bridged to #{ctx.channel_name or ctx.channel_id} on Slack."
         )
+        session, _ = await self._chat_session(account)
+        if session is not None and await self._all_on_chat(account, ids):
+            title = f"#{ctx.channel_name or ctx.channel_id}"
+            group_id = await self._tokens.call(account, lambda t: session.create_group(t, ids, title))
+            mapping = await self._map(
+                ctx, account, MappingKind.GROUP, conversation_id=group_id, encrypted=True
+            )
+            await self._queue_opening(ctx, mapping, opening)
+            text = self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users])
+            return Reply(f"{text}\n{ENCRYPTED_LINE}", in_channel=True)
         # The channel is mapped first, to a group still to create: a doubled or retried command
         # finds it mapped, so X never gets two groups. The opening message creates the group
         # from the outbox (claimed before its POST, read back from X if the answer is lost).
@@ -580,6 +617,11 @@ class CommandService:
         if user.id == account.x_user_id:
             raise CommandError("That is your own X account; name someone else.")
         conversation_id = one_to_one_id(account.x_user_id, user.id)
+        session, _ = await self._chat_session(account)
+        encrypted = session is not None and await self._all_on_chat(account, [user.id])
+        if session is not None and encrypted:
+            chat = session
+            conversation_id = await self._tokens.call(account, lambda t: chat.open_one_to_one(t, user.id))
         mapping = await self._map(
             ctx,
             account,
@@ -587,9 +629,12 @@ class CommandService:
             conversation_id=conversation_id,
             participant_id=user.id,
             participant_username=user.username if user.username != user.id else None,
+            encrypted=encrypted,
         )
         if command.message:
             await self._queue_opening(ctx, mapping, command.message)
+        if encrypted:
+            return Reply(self._mapped_text(ctx, mapping, account) + f"\n{ENCRYPTED_LINE}", in_channel=True)
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
@@ -600,11 +645,36 @@ class CommandService:
 
     async def _known_one_way(self, mapping: Mapping, account: Account) -> list[str]:
         """Status's warning line, from the kept answers (status never asks X)."""
-        if self._chat_peers is None:
+        if self._chat_peers is None or mapping.encrypted:
             return []
         on_chat = await self._chat_peers.known_on_chat(conversation_peers(mapping, account.x_user_id))
         handles = {mapping.participant_id or "": mapping.participant_username or ""}
         return [one_way_note([_someone(i, handles) for i in on_chat], account.x_username)] if on_chat else []
+
+    async def _chat_session(self, account: Account) -> tuple[ChatSession | None, str]:
+        """The account's X Chat session, or None and why not ("" when it has no identity at all:
+        then nothing about X Chat is said)."""
+        if self._chats is None:
+            return None, ""
+        try:
+            return await self._chats.session(account), ""
+        except NoChatIdentity as exc:
+            return None, str(exc) if await self._chats.has_identity(account) else ""
+
+    async def _all_on_chat(self, account: Account, peers: list[str]) -> bool:
+        """Has every one of ``peers`` registered X Chat keys (the kept daily answer, else X's)?"""
+        if self._chat_peers is None or not peers:
+            return False
+        return set(await self._chat_peers.on_chat(account, peers)) == set(peers)
+
+    async def _chat_listed(self, account: Account, session: ChatSession, conversation_id: str) -> bool:
+        """Is ``conversation_id`` one of the account's X Chat conversations, as X lists them?"""
+        try:
+            listed = await self._tokens.call(account, session.conversations)
+        except (XError, XChatError) as exc:
+            log.info("could not list X Chat conversations", extra={"error": str(exc)[:200]})
+            return False
+        return conversation_id in listed
 
     async def _one_way_note(self, account: Account, peers: list[str], handles: dict[str, str]) -> str:
         """The channel's warning when people of the conversation are on X Chat (else "")."""
@@ -650,6 +720,9 @@ class CommandService:
             reply = Reply(f":x: X refused: {exc}")
         except XAuthRevoked:
             reply = Reply(":x: Your X account needs to be reconnected: run `/xdm connect`.")
+        except XChatError as exc:  # X Chat keys that cannot make or open the conversation
+            log.warning("X Chat command failed", extra={"team": ctx.team_id, "error": str(exc)[:200]})
+            reply = Reply(f":x: X Chat: {exc}. Nothing was bridged.")
         if ctx.response_url:
             await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
         else:
@@ -706,6 +779,7 @@ class CommandService:
         participant_id: str | None = None,
         participant_username: str | None = None,
         group_participants: tuple[str, ...] = (),
+        encrypted: bool = False,
     ) -> Mapping:
         mapping = Mapping(
             team_id=ctx.team_id,
@@ -718,6 +792,7 @@ class CommandService:
             created_at=self._clock.now(),
             participant_username=participant_username,
             group_participants=group_participants,
+            encrypted=encrypted,
         )
         # A linked conversation or an existing DM may have history (a new group has none). The
         # request is written with the mapping, in one transaction: a crash cannot split them.
@@ -767,6 +842,12 @@ class CommandService:
         )
 
 
+ENCRYPTED_LINE = (
+    ":lock: This is an encrypted X Chat conversation: messages from here are encrypted and signed "
+    "with the account's X Chat keys, which the bridge holds."
+)
+
+
 def _check_includes(account: Account, conversation_id: str) -> None:
     """A 1-to-1 id is its two people's ids: refuse one that leaves out the account's."""
     if "-" not in conversation_id:
@@ -800,6 +881,10 @@ def _is_group(mapping: Mapping) -> bool:
 
 
 def _describe(mapping: Mapping) -> str:
+    if mapping.encrypted and mapping.kind is MappingKind.DM:
+        return f"the encrypted X Chat conversation with {_person(mapping)}"
+    if mapping.encrypted:
+        return f"encrypted X Chat conversation `{mapping.conversation_id}`"
     if mapping.kind is MappingKind.GROUP and mapping.conversation_id is None:
         return "a new X group conversation (being created)"
     if mapping.kind is MappingKind.GROUP:

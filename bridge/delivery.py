@@ -31,9 +31,10 @@ import contextlib
 import functools
 import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,15 @@ from bridge.model import (
 )
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
+from bridge.xchat import (
+    ChatSend,
+    ChatSession,
+    ChatSessions,
+    KeyMismatch,
+    NoChatIdentity,
+    XChatError,
+    mismatch_note,
+)
 
 log = logging.getLogger("bridge.delivery")
 
@@ -97,6 +107,15 @@ DELETE_NOTE = (
     "Deleted on X as well. Note that X removes a DM only from the sending account's view: "
     "the other people in the conversation may still see it."
 )
+CHAT_DELETE_NOTE = "Deleted on X Chat as well, for everyone in the conversation."
+CHAT_READ_PAGES = 3  # pages of a conversation read back for a message id before it is posted again
+# X Chat's attachment media types by the category a file is planned under (X's examples use 5 for
+# any other file).
+CHAT_MEDIA_TYPES = {"dm_image": 1, "dm_gif": 2, "dm_video": 3}
+CHAT_MEDIA_FILE = 5
+# A refusal naming the account's own registered key (not a conversation key, whose staleness is X's
+# rule for one message): the identity no longer matches what X holds.
+IDENTITY_KEY_REFUSAL = re.compile(r"(public|signing|identity)[ _-]?key", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,8 @@ class DeliveryConfig:
     #: At start, the ✅ of messages sent this recently is added again (a kill may have cut it off).
     recheck_sent_within: float = 300.0
     recheck_sent_limit: int = 50
+    #: A row of an encrypted conversation without usable X Chat keys looks again this often.
+    chat_wait: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -144,8 +165,10 @@ class Delivery:
         budget: Budget,
         clock: Clock,
         config: DeliveryConfig | None = None,
+        chats: ChatSessions | None = None,
     ) -> None:
         self._store = store
+        self._chats = chats
         self._x = x
         self._slack = slack
         self._tokens = tokens
@@ -401,6 +424,9 @@ class Delivery:
             if account.needs_reconnect:
                 await self._park(item, account)
                 return LOOK_AGAIN
+            if item.encrypted:
+                # Only ever through X Chat with the account's keys: never the legacy DM, in the clear.
+                return await self._deliver_chat(item, account)
             if item.kind is OutboxKind.DELETE:
                 await self._delete(item, account)
                 return LOOK_AGAIN
@@ -436,6 +462,10 @@ class Delivery:
                 await self._retry_later(item, exc)
             else:
                 await self._fail(item, exc)
+        except XChatError as exc:
+            # An encrypted conversation the account's keys cannot write to (no key of its own in
+            # it, say): the same attempt would fail again, so the author is told why.
+            await self._fail(item, Undeliverable(f"X Chat: {exc}", Failure.OTHER))
         except (XAuthExpired, XAuthRevoked) as exc:
             # Parked only when the account really needs reconnecting: then it is flagged and its
             # owner was told (TokenManager), and `/xdm connect` releases the row. Anything else
@@ -782,7 +812,7 @@ class Delivery:
         if quoting and thread_ts is not None:
             parent = await self._store.message_text(item.team_id, item.channel_id, thread_ts)
         name = await self._slack.display_name(item.team_id, item.author_id)
-        if item.kind is OutboxKind.EDIT:
+        if item.kind is OutboxKind.EDIT and not item.encrypted:  # X Chat shows its own edits
             name = f"{name} (edited)"
         files, unresolved = await self._resolve_files(item, stubs)
         try:
@@ -852,6 +882,218 @@ class Delivery:
             else:
                 parts.append(RenderedPart("", file))
         return parts
+
+    # -- encrypted X Chat conversations (issue 19) ------------------------------
+
+    async def _deliver_chat(self, item: OutboxItem, account: Account) -> _After:
+        """A row of an encrypted conversation: encrypted and signed once, kept with the row before
+        its first attempt, and that same message posted on every retry (X and the people's apps
+        tell a message by its signed id, so the other side sees it once).
+
+        Without usable keys (none held, or X's registered key is another) the row waits with the
+        reason: nothing goes in the clear instead."""
+        try:
+            if self._chats is None:
+                raise NoChatIdentity("this bridge was started without X Chat")
+            session = await self._chats.session(account)
+            await self._tokens.call(account, session.check_keys)
+        except NoChatIdentity as exc:
+            await self._chat_wait(item, f"waiting: {exc}")
+            return LOOK_AGAIN
+        except KeyMismatch as exc:
+            await self._key_mismatch(item, account, str(exc))
+            return LOOK_AGAIN
+        target = item.target
+        conversation = target.conversation_id or one_to_one_id(account.x_user_id, str(target.participant_id))
+        if item.kind is OutboxKind.DELETE:
+            await self._chat_delete(item, account, session, conversation)
+            return LOOK_AGAIN
+        if item.text is None and not item.deleted:
+            parts = await self._render(item)
+            if parts is None:
+                return LOOK_AGAIN
+            item = await self._store.render(item.id, await self._chat_parts(item, parts))
+        if item.state is OutboxState.SENDING and item.chat is not None:
+            found = await self._chat_find(item, account, session, conversation)
+            if found is not None:
+                return await self._sent(item, found)
+        if item.deleted:
+            await self._cancel(item)
+            return LOOK_AGAIN
+        return await self._chat_send(item, account, session, conversation)
+
+    async def _chat_parts(self, item: OutboxItem, parts: list[RenderedPart]) -> list[RenderedPart]:
+        """The parts as for a DM (the first file rides with the text, each further one alone); an
+        edit changes the text only (X Chat's edits carry no files)."""
+        if item.kind is OutboxKind.EDIT:
+            return [RenderedPart(p.text) for p in parts if p.text] or [RenderedPart(parts[0].text)]
+        return parts
+
+    async def _chat_send(
+        self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
+    ) -> _After:
+        assert item.text is not None
+        if item.chat is None:
+            text = item.text
+            edit_of = await self._edit_target(item)
+            attachments = await self._chat_attachments(item, account, session, conversation)
+            if attachments is None:
+                return LOOK_AGAIN  # a file alone, given up: its row was failed and the author told
+
+            async def prepare(token: str) -> ChatSend:
+                if edit_of is not None:
+                    return await session.prepare_edit(token, conversation, edit_of, text)
+                return await session.prepare_text(token, conversation, text, attachments)
+
+            message = await self._tokens.call(account, prepare)
+            # Kept (committed) before the first attempt: every retry posts these very bytes.
+            kept = await self._store.keep_chat(
+                item.id, text, {"message_id": message.message_id, "body": message.body}
+            )
+            if kept is None:
+                return LOOK_AGAIN  # edited, deleted or finished meanwhile
+            item = kept
+        assert item.chat is not None
+        prepared = ChatSend(str(item.chat["message_id"]), dict(item.chat["body"]))
+        now = self._clock.now()
+        claimed = await self._store.mark_sending(item.id, now, self._budget.count(account.id, now))
+        if claimed is None:
+            return LOOK_AGAIN
+        item = claimed
+        try:
+            posted = await self._tokens.call(account, lambda t: session.send(t, conversation, prepared))
+        except XSentUnconfirmed as exc:
+            found = None
+            with contextlib.suppress(XError, XAuthRevoked):
+                found = await self._chat_find(item, account, session, conversation)
+            budgets = self._budget.correct(account.id, exc.facts)
+            return await self._sent(item, found or Sent(conversation, None), budgets)
+        except XTransient as exc:
+            await self._budget.observe(account.id, exc.facts)
+            await self._retry_later(item, exc)  # still "sending": read back before the same bytes again
+            return LOOK_AGAIN
+        except XRateLimited as exc:
+            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
+            log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
+            await self._store.reschedule(
+                item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
+            )
+            return LOOK_AGAIN
+        except XRefused as exc:
+            await self._budget.observe(account.id, exc.facts)
+            if IDENTITY_KEY_REFUSAL.search(str(exc)) and exc.status in (400, 403, 409):
+                # Refused, so X never took it: made again with the next keys, not these.
+                await self._store.drop_chat(item.id)
+                await self._key_mismatch(replace(item, state=OutboxState.WAITING), account, str(exc))
+                return LOOK_AGAIN
+            raise  # X's own rule (a message request, a group limit…): the author is told why
+        sent = Sent(conversation, posted.sequence_id)
+        return await self._sent(item, sent, self._budget.correct(account.id, posted.facts))
+
+    async def _chat_attachments(
+        self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
+    ) -> list[dict[str, Any]] | None:
+        """The part's file, encrypted and uploaded into the conversation, as the attachment its
+        message names ([] without one). A file X or Slack refuses is left out and its author told;
+        None when the part was only that file (the row is failed)."""
+        if item.media is None:
+            return []
+        plan = plan_media(item.media)
+        if not isinstance(plan, MediaPlan):
+            await self._without_file(item, plan.reason)
+            return [] if item.text else None
+        media_type = CHAT_MEDIA_TYPES.get(plan.category, CHAT_MEDIA_FILE)
+
+        async def upload(token: str) -> dict[str, Any]:
+            assert item.media is not None
+            async with self._slack.open_file(item.team_id, item.media, max_bytes=plan.max_bytes) as source:
+                return await session.upload_media(
+                    token, conversation, source, filename=plan.name, media_type=media_type
+                )
+
+        try:
+            attachment = await self._tokens.call(account, upload)
+        except (XRefused, FileUnavailable) as exc:
+            if isinstance(exc, FileUnavailable) and exc.retryable:
+                raise
+            await self._without_file(
+                item, str(exc) if isinstance(exc, FileUnavailable) else f"{plan.name}: {exc}"
+            )
+            return [] if item.text else None
+        log.info("uploaded file to X Chat", extra=_ids(item, file=plan.name, category=plan.category))
+        return [attachment]
+
+    async def _edit_target(self, item: OutboxItem) -> str | None:
+        """For a Slack edit's first part: the sequence id of the message it edits, if X named it."""
+        if item.kind is not OutboxKind.EDIT or item.part != 0:
+            return None
+        relayed = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
+        return relayed[0] if relayed else None
+
+    async def _chat_find(
+        self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
+    ) -> Sent | None:
+        """Did an attempt reach X? Read the conversation back for the row's signed message id
+        (a few pages, within the read budget). None: not seen, so the same message goes again."""
+        assert item.chat is not None
+        wanted = str(item.chat["message_id"])
+        token: str | None = None
+        for _ in range(CHAT_READ_PAGES):
+            read = functools.partial(session.read, conversation_id=conversation, pagination_token=token)
+
+            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
+                return await self._tokens.call(account, read), RateFacts()
+
+            page = await self._budget.read(account.id, self._clock.now, read_page)
+            for event in page.events:
+                if event.message_id == wanted and event.sender_id == account.x_user_id:
+                    log.info(
+                        "reconciled: X had the message already", extra=_ids(item, sequence=event.sequence_id)
+                    )
+                    return Sent(conversation, event.sequence_id)
+            token = page.next_token
+            if token is None:
+                break
+        return None
+
+    async def _chat_delete(
+        self, item: OutboxItem, account: Account, session: ChatSession, conversation: str
+    ) -> None:
+        """X Chat's own signed delete, for everyone, of every part and edit sent for the message."""
+        relayed = await self._store.relayed_events(item.team_id, item.channel_id, item.ref_ts)
+        sequence_ids = [e for e in relayed if e is not None]
+        if sequence_ids:
+            body = session.prepare_delete(conversation, sequence_ids)
+            await self._tokens.call(account, lambda t: session.delete(t, conversation, body))
+        await self._store.mark_done(item.id, self._clock.now())
+        log.info("deleted on X Chat", extra=_ids(item, events=len(sequence_ids)))
+        unnamed = len(relayed) - len(sequence_ids)
+        if item.author_id and unnamed:
+            what = "Part of this message was" if sequence_ids else "This message was"
+            await self._ephemeral(item, UNNAMED_NOTE.format(what=what))
+        elif item.author_id and sequence_ids:
+            await self._ephemeral(item, CHAT_DELETE_NOTE)
+
+    async def _chat_wait(self, item: OutboxItem, reason: str) -> None:
+        state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
+        log.warning("encrypted message waits for X Chat keys", extra=_ids(item, reason=reason))
+        await self._store.reschedule(item.id, state, self._clock.now() + self._config.chat_wait, reason)
+
+    async def _key_mismatch(self, item: OutboxItem, account: Account, detail: str) -> None:
+        """X's registered key is no longer the bridge's: the identity is flagged, its owner told
+        once, and the row waits (nothing is ever sent in the clear instead)."""
+        assert self._chats is not None
+        if await self._chats.flag_mismatch(account, detail):
+            log.error("X Chat keys no longer match X's", extra=_ids(item, detail=detail[:200]))
+            try:
+                await self._slack.post_ephemeral(
+                    item.team_id, item.channel_id, account.slack_user_id, mismatch_note(account)
+                )
+            except Exception as exc:
+                log.warning("could not tell the owner", extra=_ids(item, error=str(exc)[:200]))
+        await self._chat_wait(
+            item, f"waiting: the X Chat keys of @{account.x_username} no longer match X's; nothing is sent"
+        )
 
     # -- outcomes ------------------------------------------------------------
 

@@ -250,6 +250,11 @@ class OutboxItem:
     media_uploaded_at: float | None = None  # when ``media_id`` was obtained (X keeps it 24 h)
     media_unfinished: int = 0  # uploads begun and never finished: crashes, if it grows
     deleted: bool = False  # deleted in Slack while ``sending``: it may be read back, never sent again
+    # Of an encrypted X Chat conversation: sent only through X Chat with the account's keys, never
+    # in the clear (issue 19). ``chat`` is the message as encrypted and signed before its first
+    # attempt (``message_id`` and ``body``): every retry posts these same bytes.
+    encrypted: bool = False
+    chat: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

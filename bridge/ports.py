@@ -231,6 +231,17 @@ class Store(Protocol):
         """
         ...
 
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        """Keep the row's X Chat message (encrypted and signed from ``text``) before its first
+        attempt, unless it has one: the row as kept, or None when its text changed (an edit) or it
+        was finished or deleted since. Only a row that still reads ``text`` takes it."""
+        ...
+
+    async def drop_chat(self, item_id: int) -> None:
+        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
+        signed with keys X no longer holds; the row is encrypted again with the next keys."""
+        ...
+
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bridge.errors import BridgeError, XAuthRevoked, XError, XRateLimited
+from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRateLimited
+from bridge.media import MediaSource
 from bridge.model import Account, Mapping
 from bridge.ports import Clock
 
@@ -106,6 +107,11 @@ class XChatIdentities(Protocol):
     async def list_identities(self) -> list[XChatIdentity]: ...
 
     async def forget_identity(self, x_user_id: str) -> bool: ...
+
+    async def flag_mismatch(self, x_user_id: str, detail: str) -> bool:
+        """Mark a registered identity ``mismatch`` with why; False when it was not registered (already
+        flagged, forgotten or never registered): whoever flags first tells the owner."""
+        ...
 
 
 class XChatKeys(Protocol):
@@ -403,3 +409,101 @@ class ChatPage:
     events: tuple[ChatEvent, ...]
     refused: int  # events whose signature or encryption did not verify: never shown, counted
     next_token: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatPosted:
+    """X's answer to a posted X Chat message: the message's place in the conversation (its
+    sequence id, what edits and deletes name), when the answer could be read, and its headers."""
+
+    sequence_id: str | None
+    facts: RateFacts = field(default_factory=RateFacts)
+
+
+class NoChatIdentity(XChatError):
+    """The bridge holds no usable X Chat identity for the account (none set up, not registered
+    yet, or flagged ``mismatch``); ``str(err)`` says which and what the operator runs."""
+
+
+class KeyMismatch(XChatError):
+    """X's registered key for the account is no longer the one the bridge holds: nothing may be
+    encrypted or signed with it (its readers would refuse it, or X would)."""
+
+
+class ChatSession(Protocol):
+    """One account's encrypted X Chat conversations, through the identity the bridge holds for it.
+
+    Every call that talks to X takes the account's token (``TokenManager.call`` refreshes it);
+    the encryption and signatures happen in the adapter, so the core sees conversations and events.
+    """
+
+    user_id: str
+
+    async def check_keys(self, token: str) -> None:
+        """Raise ``KeyMismatch`` when X no longer has this identity's key registered (asked at most
+        every few minutes; between checks, the last answer stands)."""
+        ...
+
+    async def open_one_to_one(self, token: str, peer_id: str) -> str:
+        """A 1-to-1 with ``peer_id`` the account can write to (made, with its key, if needed); its id."""
+        ...
+
+    async def create_group(self, token: str, member_ids: list[str], title: str) -> str: ...
+
+    async def conversations(self, token: str) -> list[str]:
+        """The ids of the account's X Chat conversations (``GET /2/chat/conversations``)."""
+        ...
+
+    async def prepare_text(
+        self, token: str, conversation_id: str, text: str, attachments: list[dict[str, Any]] | None = None
+    ) -> ChatSend: ...
+
+    async def upload_media(
+        self, token: str, conversation_id: str, source: MediaSource, *, filename: str, media_type: int
+    ) -> dict[str, Any]:
+        """Encrypt and upload a file into the conversation; the attachment a message names it by."""
+        ...
+
+    async def prepare_edit(
+        self, token: str, conversation_id: str, target_sequence_id: str, text: str
+    ) -> ChatSend: ...
+
+    def prepare_delete(self, conversation_id: str, sequence_ids: list[str]) -> dict[str, Any]: ...
+
+    async def send(self, token: str, conversation_id: str, message: ChatSend) -> ChatPosted:
+        """Post a prepared message; raises ``XSentUnconfirmed`` for a 2xx it cannot read."""
+        ...
+
+    async def delete(self, token: str, conversation_id: str, body: dict[str, Any]) -> None: ...
+
+    async def read(
+        self, token: str, conversation_id: str, *, max_results: int = 50, pagination_token: str | None = None
+    ) -> ChatPage: ...
+
+
+class ChatSessions(Protocol):
+    """The X Chat session of each account the bridge holds keys for, read from the store on every
+    call: an identity ``xchat setup`` saves while ``serve`` runs is used on the next command."""
+
+    async def session(self, account: Account) -> ChatSession:
+        """The account's session; raises ``NoChatIdentity`` saying why there is none."""
+        ...
+
+    async def has_identity(self, account: Account) -> bool:
+        """Whether the account has an identity at all (registered or not, matching or not)."""
+        ...
+
+    async def flag_mismatch(self, account: Account, detail: str) -> bool:
+        """Flag the account's identity ``mismatch``; True when this call flagged it."""
+        ...
+
+
+def mismatch_note(account: Account) -> str:
+    """What the account's owner is told in Slack when its keys no longer match X's."""
+    return (
+        f":closed_lock_with_key: X no longer has the X Chat keys the bridge holds for @{account.x_username} "
+        "registered (they were replaced in an X app, or revoked). Nothing is sent to its encrypted "
+        "conversations, and nothing in the clear instead: the messages wait. An operator can run "
+        f"`xdm-bridge xchat import @{account.x_username} --keys FILE --version V` with the keys X "
+        "holds now, or `xdm-bridge xchat forget` and `setup` again."
+    )

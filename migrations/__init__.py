@@ -542,3 +542,33 @@ def m0024_mapping_encrypted(db: Database) -> None:
     """X Chat (issue 19): a mapping bridges either a legacy DM conversation or an encrypted X Chat
     conversation; the ids look alike (``A-B``, ``g…``), so the kind of conversation is a column."""
     db.table("mappings").add_column("encrypted", int, not_null_default=0)
+
+
+@migrations(name="0025_outbox_chat")
+def m0025_outbox_chat(db: Database) -> None:
+    """X Chat, Slack to X (issue 19): a row of an encrypted conversation is sent only through X
+    Chat, never in the clear, so it says so itself (``encrypted``), whatever later happens to its
+    channel's mapping; and ``chat`` keeps the message as encrypted and signed before its first
+    attempt (JSON: message id and body), so every retry posts the same signed message.
+
+    A trigger sets ``encrypted`` on every insert, from the message's earlier rows (its parts, the
+    original of an edit or delete) or else the channel's mapping: every path that writes a row
+    (accept, render, corrections, PostgreSQL's accept function) gets it without a change."""
+    db.table("outbox").add_column("encrypted", int, not_null_default=0)
+    db.table("outbox").add_column("chat", str)
+    db.execute(OUTBOX_ENCRYPTED_TRIGGER)
+
+
+OUTBOX_ENCRYPTED_TRIGGER = """
+CREATE TRIGGER outbox_encrypted AFTER INSERT ON outbox WHEN NEW.encrypted = 0
+BEGIN
+    UPDATE outbox SET encrypted = COALESCE(
+        (SELECT o.encrypted FROM outbox AS o WHERE o.team_id = NEW.team_id
+         AND o.channel_id = NEW.channel_id AND o.slack_ts = NEW.ref_ts AND o.part = 0
+         AND o.id <> NEW.id),
+        (SELECT m.encrypted FROM mappings AS m WHERE m.team_id = NEW.team_id
+         AND m.channel_id = NEW.channel_id AND m.account_id = NEW.account_id),
+        0)
+    WHERE id = NEW.id;
+END
+"""

@@ -466,6 +466,30 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     # DISCARD TEMP/ALL left that connection failing for good. A changed body is a new migration
     # with a new name (_v2), so instances of the old and new code can run side by side.
     ("0024_hot_path_functions", HOT_PATH_FUNCTIONS),
+    (
+        # X Chat, Slack to X (issue 19): a row of an encrypted conversation says so itself (set on
+        # insert from the message's earlier rows, else the channel's mapping), and keeps the
+        # message as encrypted and signed before its first attempt (see SQLite's 0025).
+        "0022_outbox_chat",
+        """
+        ALTER TABLE outbox ADD COLUMN encrypted BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE outbox ADD COLUMN chat TEXT;
+        CREATE FUNCTION outbox_encrypted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT NEW.encrypted THEN
+                NEW.encrypted := COALESCE(
+                    (SELECT o.encrypted FROM outbox AS o WHERE o.team_id = NEW.team_id
+                     AND o.channel_id = NEW.channel_id AND o.slack_ts = NEW.ref_ts AND o.part = 0),
+                    (SELECT m.encrypted FROM mappings AS m WHERE m.team_id = NEW.team_id
+                     AND m.channel_id = NEW.channel_id AND m.account_id = NEW.account_id),
+                    FALSE);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER outbox_encrypted BEFORE INSERT ON outbox
+            FOR EACH ROW EXECUTE FUNCTION outbox_encrypted();
+        """,
+    ),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

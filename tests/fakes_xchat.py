@@ -52,6 +52,13 @@ class MemoryIdentities:
     async def forget_identity(self, x_user_id: str) -> bool:
         return self.rows.pop(x_user_id, None) is not None
 
+    async def flag_mismatch(self, x_user_id: str, detail: str) -> bool:
+        kept = self.rows.get(x_user_id)
+        if kept is None or kept.state is not IdentityState.REGISTERED:
+            return False
+        self.rows[x_user_id] = replace(kept, state=IdentityState.MISMATCH, detail=detail)
+        return True
+
 
 class MemoryPeerChecks:
     """``bridge.xchat.PeerChecks`` in a dict."""

@@ -698,6 +698,9 @@ class FakeX:
         self._key_registrations: dict[str, list[float]] = {}
         # What X answers for a user with no keys, which X does not document: all mean "none".
         self.no_keys_answer: Literal["empty", "no_data", "not_found"] = "empty"
+        # X's rules for X Chat sends that no simulator sees offline (a message request not yet
+        # accepted, a stale key version, a group limit): each (status, X's words) refuses one send.
+        self.chat_send_refusals: list[tuple[int, str]] = []
         # Encrypted X Chat: conversations of envelopes, and the simulated people's phones.
         self.chat = ChatServer(lambda: self.clock(), self.public_keys, self.register_keys)
 
@@ -1003,6 +1006,9 @@ class FakeX:
             web.post("/2/chat/conversations/{id}/keys", self._chat_keys),
             web.post("/2/chat/conversations/{id}/messages", self._chat_send),
             web.post("/2/chat/conversations/{id}/messages/delete", self._chat_delete),
+            web.post("/2/chat/media/upload/initialize", self._chat_media_initialize),
+            web.post("/2/chat/media/upload/{id}/append", self._chat_media_append),
+            web.post("/2/chat/media/upload/{id}/finalize", self._chat_media_finalize),
         ]
         app.add_routes(routes)
         return app
@@ -1682,6 +1688,9 @@ class FakeX:
             conv = self._chat_conversation(request)
         except NotMember as exc:
             return _about_blank(403, "Forbidden", str(exc))
+        if self.chat_send_refusals:
+            status, detail = self.chat_send_refusals.pop(0)
+            return _about_blank(status, "Forbidden" if status == 403 else "Bad Request", detail)
         encoded = self.chat.post_message(conv, request[_USER].id, json.loads(request[_BODY]))
         return _json(201, {"data": {"encoded_message_event": encoded}})
 
@@ -1692,6 +1701,24 @@ class FakeX:
             return _about_blank(403, "Forbidden", str(exc))
         self.chat.take_actions(conv, request[_USER].id, json.loads(request[_BODY])["action_signatures"])
         return _json(200, {"data": {"deleted": True}})
+
+    async def _chat_media_initialize(self, request: web.Request) -> web.StreamResponse:
+        try:
+            data = self.chat.media_initialize(request[_USER].id, json.loads(request[_BODY]))
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        return _json(200, {"data": data})
+
+    async def _chat_media_append(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["id"] not in self.chat.uploads:
+            return _about_blank(404, "Not Found", "No such upload session")
+        self.chat.media_append(request.match_info["id"], json.loads(request[_BODY]))
+        return _json(200, {"data": {"expires_at": int(self.clock()) + 3600}})
+
+    async def _chat_media_finalize(self, request: web.Request) -> web.StreamResponse:
+        if not self.chat.media_finalize(request.match_info["id"], json.loads(request[_BODY])):
+            return _about_blank(400, "Bad Request", "The upload's segments do not add up to its size")
+        return _json(200, {"data": {"success": True}})
 
     async def _chat_group_initialize(self, request: web.Request) -> web.StreamResponse:
         return _json(200, {"data": {"conversation_id": self.chat.new_group_id()}})

@@ -212,6 +212,29 @@ class ChatServer:
         self._keep(conv, caller, sequence, encoded, key_event=False)
         return encoded
 
+    def media_initialize(self, caller: str, body: dict[str, Any]) -> dict[str, str]:
+        """An upload of an encrypted file into a conversation the caller is in."""
+        conv = self.conversation(body["conversation_id"], caller)
+        session_id, key = str(next(self._sequence)), f"mhk{next(self._sequence)}"
+        self.uploads[session_id] = {"conv": conv.id, "key": key, "parts": {}, "total": body["total_bytes"]}
+        return {"conversation_id": path_form(conv.id), "media_hash_key": key, "session_id": session_id}
+
+    def media_append(self, session_id: str, body: dict[str, Any]) -> None:
+        self.uploads[session_id]["parts"][int(body["segment_index"])] = unb64(body["media"])
+
+    def media_finalize(self, session_id: str, body: dict[str, Any]) -> bool:
+        """Keep the file, if every segment came and they add up to the size announced."""
+        upload = self.uploads.get(session_id)
+        parts = upload["parts"] if upload else {}
+        if upload is None or sorted(parts) != list(range(int(body["num_parts"]))):
+            return False
+        blob = b"".join(parts[i] for i in sorted(parts))
+        if len(blob) != int(upload["total"]):
+            return False
+        del self.uploads[session_id]
+        self.media[(upload["conv"], upload["key"])] = blob
+        return True
+
     def new_group_id(self) -> str:
         return f"g{next(self._sequence)}"
 
@@ -369,6 +392,12 @@ class ChatServer:
         return [m["event"] for m in result["messages"] if m["event"]["type"] != "KeyChange"] + [
             {"type": "Error", "error": error} for error in result["errors"].values()
         ]
+
+    def received_media(self, user_id: str, path_id: str, media_hash_key: str) -> bytes:
+        """A file a simulated person's phone downloads and decrypts (truncation is refused)."""
+        conv = self.conversation(path_id, user_id)
+        _, key = self._conversation_key(user_id, conv)
+        return bytes(self._phone(user_id).decrypt_stream(self.media[(conv.id, media_hash_key)], key))
 
     def _conversation_key(self, user_id: str, conv: Conversation) -> tuple[str, bytes]:
         result = self._phone(user_id).decrypt_events(list(conv.key_events), self.signing_entries())

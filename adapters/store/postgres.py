@@ -830,7 +830,7 @@ class PostgresStore:
                     ref_ts,
                 )
                 await conn.execute(
-                    "UPDATE outbox SET source = $1, text = NULL, media = NULL, media_id = NULL, "
+                    "UPDATE outbox SET source = $1, text = NULL, chat = NULL, media = NULL, media_id = NULL, "
                     "media_uploaded_at = NULL, parts_total = 1 WHERE id = $2",
                     json.dumps(merged),
                     original["id"],
@@ -1080,6 +1080,22 @@ class PostgresStore:
             error,
             item_id,
         )
+
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        row = await self.pool.fetchrow(
+            "WITH kept AS (UPDATE outbox SET chat = $1 WHERE id = $2 AND chat IS NULL AND text = $3 "
+            f"AND state IN {PENDING_STATES} AND deleted_at IS NULL RETURNING *) "
+            "SELECT * FROM kept UNION ALL SELECT * FROM outbox WHERE id = $2 AND NOT EXISTS "
+            "(SELECT 1 FROM kept)",
+            json.dumps(chat, separators=(",", ":")),
+            item_id,
+            text,
+        )
+        kept = None if row is None else rows.item(dict(row))
+        return kept if kept is not None and kept.text == text and kept.chat is not None else None
+
+    async def drop_chat(self, item_id: int) -> None:
+        await self._execute("UPDATE outbox SET chat = NULL WHERE id = $1", item_id)
 
     async def set_hourglass(self, item_id: int, on: bool) -> None:
         await self._execute("UPDATE outbox SET hourglass = $1 WHERE id = $2", int(on), item_id)

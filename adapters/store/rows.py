@@ -223,7 +223,19 @@ def item(row: Row) -> OutboxItem:
         media_uploaded_at=row.get("media_uploaded_at"),
         media_unfinished=row.get("media_unfinished") or 0,
         deleted=row.get("deleted_at") is not None,
+        encrypted=bool(row.get("encrypted") or False),
+        chat=chat_message(row.get("chat")),
     )
+
+
+def chat_message(value: Any) -> dict[str, Any] | None:
+    """A row's prepared X Chat message (``chat``), or None; anything else is not a row we wrote."""
+    if value is None:
+        return None
+    chat = json.loads(value)
+    if not isinstance(chat, dict) or not isinstance(chat.get("message_id"), str):
+        raise TypeError("the prepared X Chat message is not an object with a message id")
+    return chat
 
 
 def time(value: Any) -> float:

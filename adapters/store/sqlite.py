@@ -847,6 +847,8 @@ class SqliteStore:
             else _time(row["media_uploaded_at"]),
             media_unfinished=_int(row.get("media_unfinished") or 0),
             deleted=row.get("deleted_at") is not None,
+            encrypted=bool(row.get("encrypted") or False),
+            chat=rows.chat_message(row.get("chat")),
         )
 
     @classmethod
@@ -990,8 +992,8 @@ class SqliteStore:
                         [team_id, channel_id, ref_ts],
                     )
                     self.db.execute(
-                        "UPDATE outbox SET source = ?, text = NULL, media = NULL, media_id = NULL, "
-                        "media_uploaded_at = NULL, parts_total = 1 WHERE id = ?",
+                        "UPDATE outbox SET source = ?, text = NULL, chat = NULL, media = NULL, "
+                        "media_id = NULL, media_uploaded_at = NULL, parts_total = 1 WHERE id = ?",
                         [json.dumps(merged), original["id"]],
                     )
                     return "updated"
@@ -1268,6 +1270,22 @@ class SqliteStore:
             f"UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ? AND state IN {PENDING_STATES}",
             [error, item_id],
         )
+
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        def work() -> OutboxItem | None:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE outbox SET chat = ? WHERE id = ? AND chat IS NULL AND text = ? "
+                    f"AND state IN {PENDING_STATES} AND deleted_at IS NULL",
+                    [json.dumps(chat, separators=(",", ":")), item_id, text],
+                )
+                kept = self._outbox_item(item_id)
+            return kept if kept is not None and kept.text == text and kept.chat is not None else None
+
+        return await self._call(work)
+
+    async def drop_chat(self, item_id: int) -> None:
+        await self._call(self._update, "UPDATE outbox SET chat = NULL WHERE id = ?", [item_id])
 
     async def set_hourglass(self, item_id: int, on: bool) -> None:
         await self._call(self._update, "UPDATE outbox SET hourglass = ? WHERE id = ?", [int(on), item_id])

@@ -62,6 +62,18 @@ class XChatIdentityStore:
             x_user_id,
         )
 
+    async def flag_mismatch(self, x_user_id: str, detail: str) -> bool:
+        return (
+            await self._engine.execute(
+                "UPDATE xchat_identities SET state = ?, detail = ? WHERE x_user_id = ? AND state = ?",
+                IdentityState.MISMATCH.value,
+                detail,
+                x_user_id,
+                IdentityState.REGISTERED.value,
+            )
+            > 0
+        )
+
     async def list_identities(self) -> list[XChatIdentity]:
         rows = await self._engine.fetch(f"SELECT {COLUMNS} FROM xchat_identities ORDER BY x_user_id")
         return [self._identity(row) for row in rows]

@@ -46,7 +46,7 @@ from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
 from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import oauth_client
-from adapters.x.xchat import KeyDirectory
+from adapters.x.xchat import AccountChats, KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
 from bridge.connect import ConnectService, consent_text
@@ -239,8 +239,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             )
             inbound.push_active = push.active
 
+        # X Chat: identities are read from the store on each use, so `xdm-bridge xchat setup` run
+        # beside a serving bridge takes effect on the next command or message, without a restart.
+        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
+        chats = AccountChats(x, peer_checks)
+
         def make_delivery() -> Delivery:
-            delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG])
+            delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG], chats=chats)
             delivery.on_event = _noting_sends(metrics.delivery_hook(), inbound)
             delivery.on_failed = metrics.failure_hook()
             return delivery
@@ -267,7 +272,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
-        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
         metrics.bind(store, budget, clock, peer_checks)
         commands = CommandService(
             store=store,
@@ -286,6 +290,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
             ),
             chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
+            chats=chats,
         )
         background = Background()
         slack_auth = SlackAuthorization(slack_client, poster)

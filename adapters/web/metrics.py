@@ -326,7 +326,8 @@ class BridgeMetrics:
         if self._peer_checks is None:
             return
         own = {a.id: a.x_user_id for a in accounts}
-        peers = {m: conversation_peers(m, own.get(m.account_id, "")) for m in mappings}
+        # An encrypted conversation is bridged with the account's own X Chat keys: not one-way.
+        peers = {m: conversation_peers(m, own.get(m.account_id, "")) for m in mappings if not m.encrypted}
         checks = await self._peer_checks.peer_checks(sorted({p for ids in peers.values() for p in ids}))
         self.one_way.set(sum(any(p in checks and checks[p].on_chat for p in ids) for ids in peers.values()))
 

@@ -9,25 +9,42 @@ compared with the library's ``matches_registered_key``, never as strings.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+import chat_xdk
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
 from bridge.errors import XRefused
-from bridge.model import one_to_one_id
+from bridge.media import MediaSource
+from bridge.model import Account, one_to_one_id
 from bridge.xchat import (
     ChatEvent,
     ChatEventKind,
     ChatPage,
+    ChatPosted,
     ChatSend,
+    IdentityState,
+    KeyMismatch,
     NewIdentity,
+    NoChatIdentity,
     RegisteredKey,
     XChatError,
+    XChatIdentities,
     XChatIdentity,
 )
+
+# How long a conversation key read from X, or X's word that the account's key is still the one
+# registered, is used before asking again (each is a read; a message must not cost one).
+KEY_CACHE_SECONDS = 300.0
+READ_PIECE = 1 << 20  # a file is read from Slack, and encrypted, a MiB at a time
+SEGMENT = 3 * 1024 * 1024  # ciphertext per append (X's own examples use 3 MB segments)
 
 # chat_xdk's import needs a version; the key material alone decides what is compared here.
 _ANY_VERSION = "0"
@@ -154,7 +171,10 @@ class ChatConversations:
         self._chat = Chat()
         self._chat.import_keys(bytes(identity.private_keys), identity.version)
         self._chat.set_identity(identity.x_user_id, identity.version)
+        self._version = identity.version
         self._records: dict[str, list[RegisteredKey]] = {}
+        self._conversation_keys: dict[str, tuple[float, str, bytes]] = {}  # id -> (read at, version, key)
+        self._keys_checked_at: float | None = None
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -230,8 +250,54 @@ class ChatConversations:
 
     # -- conversations --------------------------------------------------------------------------
 
+    async def check_keys(self, token: str) -> None:
+        """``KeyMismatch`` when X's newest registered key for the account is not this identity's."""
+        now = time.monotonic()
+        if self._keys_checked_at is not None and now - self._keys_checked_at < KEY_CACHE_SECONDS:
+            return
+        records = await self._directory.public_keys(token, self.user_id)
+        newest = records[-1] if records else None
+        if newest is None or not self._chat.matches_registered_key(newest.public_key):
+            shown = f"version {newest.version}" if newest is not None else "none"
+            raise KeyMismatch(
+                f"X's registered X Chat key for this account ({shown}) is not the one the bridge holds "
+                f"(version {self._version})"
+            )
+        self._keys_checked_at = now
+
+    async def conversations(self, token: str) -> list[str]:
+        """Every X Chat conversation X lists for the account (a few pages of 100 at most)."""
+        found: list[str] = []
+        params = {"max_results": "100"}
+        for _ in range(10):
+            status, headers, payload = await self._api._call(
+                "GET", "/2/chat/conversations", token, params=params
+            )
+            self._api._raise_for(status, headers, payload)
+            data = payload.get("data") if isinstance(payload, dict) else None
+            found += [str(c["id"]) for c in data or [] if isinstance(c, dict) and c.get("id")]
+            meta = payload.get("meta") if isinstance(payload, dict) else None
+            next_token = meta.get("next_token") if isinstance(meta, dict) else None
+            if not next_token:
+                break
+            params = {"max_results": "100", "pagination_token": str(next_token)}
+        return found
+
     async def open_one_to_one(self, token: str, peer_id: str) -> str:
-        """Make the conversation key of a new encrypted 1-to-1 and post it; its id (``A-B``)."""
+        """The encrypted 1-to-1 with ``peer_id``: one whose key the account can open is used as it
+        is; otherwise a conversation key is made and posted. Its id (``A-B``)."""
+        existing = one_to_one_id(self.user_id, peer_id)
+        try:
+            await self._conversation_key(token, existing)
+            return existing
+        except (XRefused, XChatError):
+            pass  # not a conversation yet, or none of its keys is the account's: make one
+        return await self._new_key(token, peer_id)
+
+    async def _new_key(self, token: str, peer_id: str) -> str:
+        """Post a new conversation key for the 1-to-1 with ``peer_id``, wrapped for both people's
+        current keys (a first contact, or the account's keys were replaced); the conversation's id."""
+        self._conversation_keys.pop(one_to_one_id(self.user_id, peer_id), None)
         await self._people(token, [self.user_id, peer_id])
         prepared = self._chat.prepare_conversation_key_change(self._entries([self.user_id, peer_id]))
         data = await self._post(token, f"/2/chat/conversations/{peer_id}/keys", self._key_change(prepared))
@@ -241,14 +307,13 @@ class ChatConversations:
         """A new encrypted group of the account and ``member_ids``; its id (``g…``)."""
         members = list(dict.fromkeys([self.user_id, *member_ids]))
         await self._people(token, members)
+        entries = self._entries(members)  # everyone's keys checked before X is asked for a group
         group_id = str(
             (await self._post(token, "/2/chat/conversations/group/initialize", None))["conversation_id"]
         )
         # The name X shows must be byte-identical to the signed title; a comma is not allowed in it.
         title = title.replace(",", " ")
-        prepared = self._chat.prepare_group_create(
-            self._entries(members), group_id, members, [self.user_id], title=title
-        )
+        prepared = self._chat.prepare_group_create(entries, group_id, members, [self.user_id], title=title)
         body = {
             "conversation_id": group_id,
             "group_members": members,
@@ -259,19 +324,72 @@ class ChatConversations:
         await self._post(token, "/2/chat/conversations/group", body)
         return group_id
 
-    async def prepare_text(self, token: str, conversation_id: str, text: str) -> ChatSend:
-        """Encrypt and sign ``text`` once, with the conversation's newest key."""
-        version, key = await self._conversation_key(token, conversation_id)
+    async def prepare_text(
+        self, token: str, conversation_id: str, text: str, attachments: list[dict[str, Any]] | None = None
+    ) -> ChatSend:
+        """Encrypt and sign ``text`` (and the uploaded files' ``attachments``) once, with the
+        conversation's newest key."""
+        version, key = await self._writable_key(token, conversation_id)
         prepared = self._chat.encrypt_message(
-            _canonical(conversation_id), text, conversation_key=key, conversation_key_version=version
+            _canonical(conversation_id),
+            text,
+            conversation_key=key,
+            conversation_key_version=version,
+            attachments=attachments or None,
         )
         return _send(prepared)
+
+    async def upload_media(
+        self, token: str, conversation_id: str, source: MediaSource, *, filename: str, media_type: int
+    ) -> dict[str, Any]:
+        """Encrypt a file with the conversation's key as it is read (a MiB in memory, a segment
+        of ciphertext at most) into X Chat's upload; the attachment that names it in a message."""
+        _, key = await self._writable_key(token, conversation_id)
+        body = {"conversation_id": _canonical(conversation_id)}
+        started = await self._post(
+            token,
+            "/2/chat/media/upload/initialize",
+            {**body, "total_bytes": chat_xdk.encrypted_stream_size(source.size)},
+        )
+        session, hash_key = str(started["session_id"]), str(started["media_hash_key"])
+        upload = {**body, "media_hash_key": hash_key}
+        encryptor = self._chat.stream_encryptor(key)
+        pending, parts, head, size = bytearray(), 0, b"", 0
+        while piece := await source.read(READ_PIECE):
+            head, size = head or piece, size + len(piece)
+            pending += encryptor.push(piece)
+            while len(pending) >= SEGMENT:
+                await self._append(token, session, upload, parts, bytes(pending[:SEGMENT]))
+                del pending[:SEGMENT]
+                parts += 1
+        pending += encryptor.finish()
+        if pending:
+            await self._append(token, session, upload, parts, bytes(pending))
+            parts += 1
+        finalize = {**upload, "num_parts": str(parts)}
+        await self._post(token, f"/2/chat/media/upload/{session}/finalize", finalize)
+        width, height = _dimensions(head) if media_type in (1, 2) else (0, 0)
+        return {
+            "attachment_type": "media",
+            "media_hash_key": hash_key,
+            "width": width,
+            "height": height,
+            "filesize_bytes": size,
+            "filename": filename,
+            "media_type": media_type,
+        }
+
+    async def _append(
+        self, token: str, session: str, upload: dict[str, str], index: int, segment: bytes
+    ) -> None:
+        body = {**upload, "segment_index": index, "media": base64.b64encode(segment).decode()}
+        await self._post(token, f"/2/chat/media/upload/{session}/append", body)
 
     async def prepare_edit(
         self, token: str, conversation_id: str, target_sequence_id: str, text: str
     ) -> ChatSend:
         """X Chat's own edit of the account's message at ``target_sequence_id``, signed once."""
-        version, key = await self._conversation_key(token, conversation_id)
+        version, key = await self._writable_key(token, conversation_id)
         prepared = self._chat.encrypt_edit(
             conversation_id=_canonical(conversation_id),
             target_message_sequence_id=target_sequence_id,
@@ -290,9 +408,20 @@ class ChatConversations:
             "action_signatures": [self._signed(signature)],
         }
 
-    async def send(self, token: str, conversation_id: str, message: ChatSend) -> None:
-        """Post a prepared message (the same bytes on every retry)."""
-        await self._post(token, f"/2/chat/conversations/{conversation_id}/messages", message.body)
+    async def send(self, token: str, conversation_id: str, message: ChatSend) -> ChatPosted:
+        """Post a prepared message (the same bytes on every retry). A 2xx whose body cannot be read
+        is still a send (``XSentUnconfirmed``); one without a readable envelope names no sequence."""
+        path = f"/2/chat/conversations/{conversation_id}/messages"
+        status, headers, payload = await self._api._post_send(path, token, message.body)
+        try:
+            facts = self._api._raise_for(status, headers, payload)
+        except XRefused:
+            # A refusal may be of the key version the message was encrypted with: read it again.
+            self._conversation_keys.pop(conversation_id, None)
+            raise
+        data = payload.get("data") if isinstance(payload, dict) else None
+        encoded = data.get("encoded_message_event") if isinstance(data, dict) else None
+        return ChatPosted(sequence_of(encoded) if isinstance(encoded, str) else None, facts)
 
     async def delete(self, token: str, conversation_id: str, body: dict[str, Any]) -> None:
         await self._post(token, f"/2/chat/conversations/{conversation_id}/messages/delete", body)
@@ -320,7 +449,30 @@ class ChatConversations:
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
         return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
 
+    async def _writable_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
+        """The conversation key to encrypt with. A 1-to-1 whose keys none is wrapped for the
+        account's current keys (they were replaced: ``xchat import`` or a new ``setup``) gets a
+        new key first, as X's apps rotate one; a group's admin must add the new keys."""
+        try:
+            return await self._conversation_key(token, conversation_id)
+        except XChatError:
+            if conversation_id.startswith("g"):
+                raise
+            peers = [i for i in conversation_id.replace(":", "-").split("-") if i != self.user_id]
+            if len(peers) != 1:
+                raise
+            await self._new_key(token, peers[0])
+            return await self._conversation_key(token, conversation_id)
+
     async def _conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
+        cached = self._conversation_keys.get(conversation_id)
+        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1], cached[2]
+        version, key = await self._read_conversation_key(token, conversation_id)
+        self._conversation_keys[conversation_id] = (time.monotonic(), version, key)
+        return version, key
+
+    async def _read_conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
         page = await self._api._call(
             "GET", f"/2/chat/conversations/{conversation_id}/events", token, params={"max_results": "1"}
         )
@@ -340,6 +492,111 @@ class ChatConversations:
         self._api._raise_for(answered, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         return data if isinstance(data, dict) else {}
+
+
+class AccountChats:
+    """``bridge.xchat.ChatSessions``: each account's session, built from the identity the store
+    holds when asked (a new or replaced identity is used at once, without a restart)."""
+
+    def __init__(self, api: XApiClient, identities: XChatIdentities) -> None:
+        self._api = api
+        self._identities = identities
+        self._sessions: dict[str, tuple[tuple[str, str | None], ChatConversations]] = {}
+
+    async def session(self, account: Account) -> ChatConversations:
+        identity = await self._identities.identity(account.x_user_id)
+        if identity is None:
+            raise NoChatIdentity(
+                f"the bridge holds no X Chat keys for @{account.x_username} "
+                f"(an operator runs `xdm-bridge xchat setup @{account.x_username}`)"
+            )
+        if identity.state is IdentityState.MISMATCH:
+            raise NoChatIdentity(
+                f"the X Chat keys the bridge holds for @{account.x_username} no longer match X's "
+                f"(an operator runs `xdm-bridge xchat import` or `setup` again)"
+            )
+        if identity.state is not IdentityState.REGISTERED or identity.version is None:
+            raise NoChatIdentity(
+                f"the X Chat keys of @{account.x_username} are not registered with X yet "
+                f"(an operator runs `xdm-bridge xchat setup @{account.x_username}` again)"
+            )
+        key = (identity.fingerprint, identity.version)
+        kept = self._sessions.get(account.x_user_id)
+        if kept is None or kept[0] != key:
+            kept = (key, ChatConversations(self._api, identity))
+            self._sessions[account.x_user_id] = kept
+        return kept[1]
+
+    async def has_identity(self, account: Account) -> bool:
+        return await self._identities.identity(account.x_user_id) is not None
+
+    async def flag_mismatch(self, account: Account, detail: str) -> bool:
+        self._sessions.pop(account.x_user_id, None)
+        return await self._identities.flag_mismatch(account.x_user_id, detail)
+
+
+def sequence_of(encoded_event: str) -> str | None:
+    """The sequence id (field 1) of a base64 Thrift ``MessageEvent``, as X's answer to a send
+    carries it; None when it cannot be read (the send stands: a 2xx is a send)."""
+    try:
+        raw = base64.b64decode(encoded_event + "=" * (-len(encoded_event) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    at = 0
+    try:
+        while at < len(raw) and raw[at] != 0:
+            kind = raw[at]
+            field_id = struct.unpack_from(">h", raw, at + 1)[0]
+            at += 3
+            if kind == 11:  # string (and binary)
+                size = struct.unpack_from(">i", raw, at)[0]
+                value = raw[at + 4 : at + 4 + size]
+                if field_id == 1:
+                    return value.decode() or None
+                at += 4 + size
+            else:
+                at = _skip(raw, at, kind)
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+_FIXED = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8}  # Thrift binary sizes: bool, byte, double, i16, i32, i64
+
+
+def _skip(raw: bytes, at: int, kind: int) -> int:
+    """Past one Thrift value of ``kind`` starting at ``at``."""
+    if kind in _FIXED:
+        return at + _FIXED[kind]
+    if kind == 11:
+        return at + 4 + int(struct.unpack_from(">i", raw, at)[0])
+    if kind == 12:
+        while raw[at] != 0:
+            inner = raw[at]
+            at = _skip(raw, at + 3, inner)
+        return at + 1
+    if kind in (14, 15):  # set, list
+        inner, count = raw[at], struct.unpack_from(">i", raw, at + 1)[0]
+        at += 5
+        for _ in range(count):
+            at = _skip(raw, at, inner)
+        return at
+    if kind == 13:  # map
+        key, value, count = raw[at], raw[at + 1], struct.unpack_from(">i", raw, at + 2)[0]
+        at += 6
+        for _ in range(count):
+            at = _skip(raw, _skip(raw, at, key), value)
+        return at
+    raise ValueError(f"not a Thrift type: {kind}")
+
+
+def _dimensions(head: bytes) -> tuple[int, int]:
+    """An image's width and height from its first bytes (0, 0 when the library cannot tell)."""
+    try:
+        found = chat_xdk.detect_image_dimensions(head)
+    except ValueError:
+        return 0, 0
+    return (int(found[0]), int(found[1])) if found else (0, 0)
 
 
 def _canonical(conversation_id: str) -> str:

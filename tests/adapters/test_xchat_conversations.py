@@ -146,3 +146,14 @@ async def test_a_group_everyone_reads(world: World) -> None:
 async def test_someone_without_keys_cannot_be_written_to_encrypted(world: World) -> None:
     with pytest.raises(XChatError, match="has no X Chat keys"):
         await world.chat.open_one_to_one(world.token, CAROL)
+
+
+def test_the_sequence_id_of_a_send_is_read_from_xs_envelope_or_is_none() -> None:
+    from adapters.sandbox.fake_xchat import envelope, message_detail
+    from adapters.x.xchat import sequence_of
+
+    detail = message_detail(base64.b64encode(b"\x0b\x00\x01\x00\x00\x00\x02hi\x00").decode())
+    encoded = envelope("1900000000000000042", "m-1", ME, f"{ME}:{ALICE}", 1, detail, None)
+    assert sequence_of(encoded) == "1900000000000000042"
+    for garbage in ("", "not base64!", base64.b64encode(b"\x0b\x00\x01\xff").decode()):
+        assert sequence_of(garbage) is None

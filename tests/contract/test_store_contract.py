@@ -625,3 +625,57 @@ async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_i
         assert await store.take_expired_pending_connections(60.0) == []
     finally:
         await store.close()
+
+
+async def test_rows_of_an_encrypted_conversation_say_so_whatever_happens_to_the_mapping(
+    engine: Engine,
+) -> None:
+    """Every row of an encrypted channel (its parts, corrections and deletes) is encrypted, even
+    once the channel is unlinked: none may ever fall back to the legacy DM, in the clear."""
+    async with opened(engine) as store:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        secret = Mapping(
+            "T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0, encrypted=True
+        )
+        await store.create_mapping(secret)
+        await linked(store, channel="C2")  # a legacy channel beside it
+        await store.accept_if_mapped(msg(1), 1.0)
+        await store.accept_if_mapped(msg(1, channel="C2"), 1.0)
+        heads = {h.channel_id: h for h in readable(await store.outbox_heads())}
+        assert heads["C1"].encrypted and not heads["C2"].encrypted
+        head = heads["C1"]
+        await store.mark_sending(
+            head.id, 2.0, parts=[RenderedPart("Me: a"), RenderedPart("Me: b")], source=head.source
+        )
+        await store.mark_sent(head.id, Sent("1000-2001", "9001"), 2.0)
+        await store.delete_mapping("T1", "C1")  # unlinked: its corrections still go encrypted
+        assert await store.accept_edit("T1", "C1", "1.000", "4.000", {"text": "m1!"}, 4.0) == "queued"
+        rows = await engine.sql(
+            "SELECT kind, part, encrypted FROM outbox WHERE channel_id = 'C1' ORDER BY seq, part"
+        )
+        assert [(kind, part, bool(flag)) for kind, part, flag in rows] == [
+            ("message", 0, True),
+            ("message", 1, True),
+            ("edit", 0, True),
+        ]
+
+
+async def test_the_prepared_x_chat_message_is_kept_once_and_only_for_the_text_it_was_made_from(
+    engine: Engine,
+) -> None:
+    async with opened(engine) as store:
+        await linked(store)
+        await store.accept_if_mapped(msg(1), 1.0)
+        [head] = readable(await store.outbox_heads())
+        rendered = await store.render(head.id, [RenderedPart("Me: m1")])
+        first = {"message_id": "m-1", "body": {"message_id": "m-1", "encoded_message_create_event": "AA"}}
+        assert await store.keep_chat(head.id, "Me: other", first) is None  # an edit changed the text
+        kept = await store.keep_chat(rendered.id, "Me: m1", first)
+        assert kept is not None and kept.chat == first
+        second = {"message_id": "m-2", "body": {}}
+        again = await store.keep_chat(head.id, "Me: m1", second)
+        assert again is not None and again.chat == first  # a retry never makes another message
+        # An edit before anything reached X: the text is rendered again, and the message with it.
+        assert await store.accept_edit("T1", "C1", "1.000", "2.000", {"text": "m1!"}, 2.0) == "updated"
+        [edited] = readable(await store.outbox_heads())
+        assert edited.text is None and edited.chat is None

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from bridge.commands import (
     MAX_GROUP,
     MIN_GROUP,
+    X_CHAT_GROUP_ID,
     Command,
     Connect,
     DirectMessage,
@@ -238,7 +239,8 @@ def test_dm_names_a_well_formed_participant_or_refuses(token: str, message: str)
 @PROPS
 @given(conversation=st.text(min_size=1).map(lambda s: s.split()[0] if s.split() else "x"))
 def test_link_accepts_exactly_conversation_ids(conversation: str) -> None:
-    if X_CONVERSATION_ID.match(conversation):
+    # A legacy DM conversation's id, or an encrypted X Chat group's ("g" and digits).
+    if X_CONVERSATION_ID.match(conversation) or X_CHAT_GROUP_ID.match(conversation):
         assert parse(f"link {conversation}") == Link(conversation)
     else:
         with pytest.raises(CommandError):
@@ -262,3 +264,10 @@ def test_to_plain_then_render_parts_never_raises(text: str, name: str, limit: in
     parts = render_parts(body, name=name, limit=limit)
     assert parts
     assert all(0 < len(p) <= limit for p in parts)
+
+
+def test_link_takes_an_x_chat_group_id() -> None:
+    assert parse("link g1900000000000000042") == Link("g1900000000000000042")
+    for wrong in ("g", "gx12", "g12345678901234567890"):
+        with pytest.raises(CommandError):
+            parse(f"link {wrong}")
