@@ -94,10 +94,13 @@ def picked(people: tuple[str, ...] = (), conversation: str = "", message: str = 
 async def test_each_person_sees_their_own_home(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         await linked(bridge)  # U100: X account @bridge_owner, C100 bridged to 1000-2001
+        _, ts = await bridge.post("hello X")
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
 
         ada = await opened_home(bridge, "U100", "@bridge_owner")
         assert "Reconnect" in ada and "Disconnect" in ada
-        assert "<#C100>" in ada and "active" in ada and "last activity" in ada
+        assert "<#C100> → an X DM" in ada and "active" in ada
+        assert "last activity today" in ada  # the DM just sent
         assert "Workspace settings" not in ada  # Ada is no admin
 
         grace = await opened_home(bridge, "U200", "Not connected")
@@ -108,6 +111,10 @@ async def test_each_person_sees_their_own_home(tmp_path: Path) -> None:
         assert "Who may bridge" in cleo and "*Bridged channels*\n1" in cleo
         assert "*Connected X accounts*\n1" in cleo
         assert "@bridge_owner" not in cleo
+        # Whether Cleo is an admin is asked of Slack once, not at every opening.
+        await opened_home(bridge, "U300", "Workspace settings")
+        asked = [c for c in bridge.slack.calls_to("users.info") if c.params.get("user") == "U300"]
+        assert len(asked) == 1
         published = [c.params["user_id"] for c in bridge.slack.calls_to("views.publish")]
         assert {"U100", "U200", "U300"} <= set(published)
 
