@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -240,7 +240,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             consents=ConsentStore(store.engine),
             retention_days=settings.retention_days,
         )
-        tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
+        async def refused(account: Account, reason: str) -> None:
+            await connect.needs_reconnect(account, reason)
+            home.account_changed(replace(account, needs_reconnect=True))
+
+        tokens = TokenManager(store, oauth, clock, refused)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
         inbound.on_event = metrics.inbound_hook()
         push: Push | None = None

@@ -24,7 +24,7 @@ from bridge.modals import (
     PEOPLE_ACTION,
     PEOPLE_BLOCK,
 )
-from tests.harness import ALICE, BOB, ME, Bridge, linked, running_bridge, wait_until
+from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, linked, running_bridge, wait_until
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -372,3 +372,32 @@ async def test_a_signed_submission_without_a_view_type_is_a_400_not_a_500(tmp_pa
         body = urlencode({"payload": json.dumps(payload)}).encode()
         result = await bridge.sender.raw(body, "application/x-www-form-urlencoded")
         assert result.status == 400 and "view" in result.text
+
+
+async def test_connect_from_the_home_asks_in_a_dm_and_the_home_then_shows_the_account(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await opened_home(bridge, "U100", "Not connected")
+        assert (await surfaces(bridge).click(home_button(bridge, "U100", CONNECT_ACTION))).status == 200
+        modal = bridge.slack.views.modal("U100")
+        assert modal is not None, "the Home's Connect opens a modal with the connect link"
+        link = authorize_url(view_text(modal))
+        x_url = await bridge.confirm(link)
+        async with bridge.session.get(x_url, allow_redirects=False) as response:
+            callback = response.headers["Location"]
+        async with bridge.session.get(callback) as response:
+            assert response.status == 200, await response.text()
+        # No channel to ask in: the question comes as a direct message from the bot.
+        await wait_until(lambda: any(b.channel == "U100" for b in bridge.slack.buttons("U100")), 10.0, "DM")
+        _, response_url = await bridge.answer_connect("U100")
+        assert "Connected X account @bridge_owner" in (await bridge.follow_up(response_url))["text"]
+        home = await home_of(bridge, "U100", containing="@bridge_owner")
+        assert "Reconnect" in home and "Not connected" not in home
+
+
+async def test_a_refused_refresh_shows_on_the_home(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        await opened_home(bridge, "U100", "<#C100>")
+        bridge.x.revoke_user_tokens(ME)
+        await bridge.post("after the grant was revoked")
+        await home_of(bridge, "U100", containing="needs reconnecting")
