@@ -37,8 +37,9 @@ CHANNEL_BLOCK, CHANNEL_ACTION = "xdm_channel", "xdm_channel_pick"
 MESSAGE_BLOCK, MESSAGE_ACTION = "xdm_message", "xdm_message_text"
 LOOKUP_TIMEOUT = 2.0  # seconds: Slack waits 3 s for options
 LOOKUP_TTL = 600.0  # a handle's answer is reused this long (every keystroke asks)
-INBOX_READ = 50  # events read to list the account's conversations (one read)
+INBOX_READ = 20  # events read to list the account's conversations (one read; X bills each event)
 KEEP_READS = 2  # reads left for the poller: the list is not worth starving it
+INBOX_TTL = 300.0  # an account's list is reused this long: opening the form again costs no read
 MAX_OPTIONS = 100  # Slack's limit for a static select
 
 
@@ -303,6 +304,7 @@ class ModalService:
         self._views = views
         self._spawn = spawn
         self._lookups: dict[tuple[int, str], tuple[XUser | None, float]] = {}
+        self._inboxes: dict[int, tuple[list[Conversation], float]] = {}
 
     async def people_options(self, team_id: str, user_id: str, typed: str) -> list[dict[str, Any]]:
         """Options for what was typed: the X user with that handle, if there is one."""
@@ -348,6 +350,10 @@ class ModalService:
         if account.needs_reconnect:
             return [], "Your X account needs reconnecting (`/xdm connect`)."
 
+        cached = self._inboxes.get(account.id)
+        if cached is not None and time.monotonic() - cached[1] < INBOX_TTL:
+            return cached[0], ""
+
         async def read(token: str) -> Any:
             return await self._x.dm_events(token, max_results=INBOX_READ)
 
@@ -361,7 +367,9 @@ class ModalService:
         except (XError, XAuthRevoked) as exc:
             log.info("conversations not read", extra={"error": type(exc).__name__})
             return [], "X did not list your conversations just now; pick people above instead."
-        return conversations_of(page, account.x_user_id), ""
+        found = conversations_of(page, account.x_user_id)
+        self._inboxes[account.id] = (found, time.monotonic())
+        return found, ""
 
     async def submit(
         self,

@@ -34,10 +34,12 @@ def _str(value: Any) -> str:
 
 def who(body: dict[str, Any]) -> tuple[str, str]:
     """(team, user) of an interaction payload, as Slack signed it; empty strings when absent."""
-    user = body.get("user") if isinstance(body.get("user"), dict) else {}
-    team = body.get("team") if isinstance(body.get("team"), dict) else {}
-    assert isinstance(user, dict) and isinstance(team, dict)
-    return _str(team.get("id")) or _str(user.get("team_id")), _str(user.get("id"))
+    user, team = body.get("user"), body.get("team")
+    user_id = _str(user.get("id")) if isinstance(user, dict) else ""
+    team_id = _str(team.get("id")) if isinstance(team, dict) else ""
+    if not team_id and isinstance(user, dict):
+        team_id = _str(user.get("team_id"))
+    return team_id, user_id
 
 
 @dataclass

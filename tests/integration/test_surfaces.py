@@ -12,13 +12,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from aiohttp import web
 
 from adapters.sandbox.fake_slack_views import SurfaceSender, ViewButton, view_text
 from bridge.confirm import CONFIRM_CANCEL, CONFIRM_DISCONNECT, CONFIRM_UNLINK
 from bridge.home import CONNECT_ACTION, DISCONNECT_ACTION, UNLINK_ACTION
+from bridge.inbound import InboundConfig
 from bridge.modals import (
     CONVERSATION_ACTION,
     CONVERSATION_BLOCK,
+    INBOX_READ,
     MESSAGE_ACTION,
     MESSAGE_BLOCK,
     PEOPLE_ACTION,
@@ -27,6 +30,7 @@ from bridge.modals import (
 from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, linked, running_bridge, wait_until
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
+FAST_INBOUND_PAGE = InboundConfig().page_size
 
 
 def surfaces(bridge: Bridge) -> SurfaceSender:
@@ -150,6 +154,14 @@ async def test_xdm_without_text_opens_the_modal_with_the_commands_trigger_id(tmp
     async with running_bridge(tmp_path) as bridge:
         await bridge.connect()
         bridge.x.add_event(f"{ME}-{ALICE}", ALICE, "hello from alice")
+        form_reads: list[str] = []  # the inbox reads of the form's size (the poller reads 10)
+
+        def note(request: web.Request, response: web.StreamResponse) -> None:
+            size = request.query.get("max_results", "")
+            if request.path == "/2/dm_events" and size != str(FAST_INBOUND_PAGE):
+                form_reads.append(size)
+
+        bridge.x.response_hook = note
         trigger = bridge.slack.views.issue_trigger_id("U100")
         result = await bridge.sender.command(
             "",
@@ -173,6 +185,15 @@ async def test_xdm_without_text_opens_the_modal_with_the_commands_trigger_id(tmp
         )
         options = json.dumps(bridge.slack.views.modal("U100"))
         assert "DM with @alice" in options
+
+        # Opened again soon after, the form reuses the list: no second read (X bills each event).
+        assert form_reads == [str(INBOX_READ)]
+        await bridge.sender.command(
+            "", user_id="U100", channel_id="C100", response_url=bridge.slack.new_response_url()
+        )
+        await wait_until(lambda: len(bridge.slack.calls_to("views.update")) >= 2, 10.0, "the second fill")
+        assert "DM with @alice" in json.dumps(bridge.slack.views.modal("U100"))
+        assert form_reads == [str(INBOX_READ)]
 
 
 async def test_an_unusable_trigger_id_falls_back_to_the_help(tmp_path: Path) -> None:
