@@ -83,6 +83,7 @@ async def main(runs: int, channels: int) -> None:
                 opened.append(time.perf_counter() - started)
                 assert result.status == 200 and result.text == "", result.text
 
+            assert sum(1 for c in bridge.slack.calls_to("views.open") if c.ok) == runs
             homes: list[float] = []
             for _ in range(runs):
                 homes.append(await home_round_trip(bridge, ui))
