@@ -311,6 +311,29 @@ class SurfaceSender:
         }
         return await self._form(payload, **kw)
 
+    def _response_urls(
+        self, view: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, str]]:
+        """Slack's ``response_urls``: one for each channel picked in a select that asks for it
+        (``response_url_enabled``), where the app may then answer in that channel."""
+        found = []
+        for block in view.get("blocks") or []:
+            element = block.get("element") if isinstance(block, dict) else None
+            if not (isinstance(element, dict) and element.get("response_url_enabled")):
+                continue
+            state = values.get(str(block.get("block_id")), {}).get(str(element.get("action_id")), {})
+            channel = state.get("selected_conversation") or state.get("selected_channel")
+            if isinstance(channel, str) and channel:
+                found.append(
+                    {
+                        "block_id": str(block.get("block_id")),
+                        "action_id": str(element.get("action_id")),
+                        "channel_id": channel,
+                        "response_url": self.fake.new_response_url(),
+                    }
+                )
+        return found
+
     async def submit(
         self, view: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]], *, user_id: str, **kw: Any
     ) -> SlackResult:
@@ -325,7 +348,7 @@ class SurfaceSender:
             "token": self.sender.verification_token,
             "trigger_id": self.fake.views.issue_trigger_id(user_id),
             "view": {**view, "state": {"values": {k: dict(v) for k, v in values.items()}}},
-            "response_urls": [],
+            "response_urls": self._response_urls(view, values),
             "is_enterprise_install": False,
             "enterprise": None,
         }

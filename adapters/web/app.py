@@ -240,6 +240,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             consents=ConsentStore(store.engine),
             retention_days=settings.retention_days,
         )
+
         async def refused(account: Account, reason: str) -> None:
             await connect.needs_reconnect(account, reason)
             home.account_changed(replace(account, needs_reconnect=True))

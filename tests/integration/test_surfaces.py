@@ -16,9 +16,11 @@ from aiohttp import web
 
 from adapters.sandbox.fake_slack_views import SurfaceSender, ViewButton, view_text
 from bridge.confirm import CONFIRM_CANCEL, CONFIRM_DISCONNECT, CONFIRM_UNLINK
-from bridge.home import CONNECT_ACTION, DISCONNECT_ACTION, UNLINK_ACTION
+from bridge.home import CONNECT_ACTION, DISCONNECT_ACTION, NEW_BRIDGE_ACTION, UNLINK_ACTION
 from bridge.inbound import InboundConfig
 from bridge.modals import (
+    CHANNEL_ACTION,
+    CHANNEL_BLOCK,
     CONVERSATION_ACTION,
     CONVERSATION_BLOCK,
     INBOX_READ,
@@ -422,3 +424,35 @@ async def test_a_refused_refresh_shows_on_the_home(tmp_path: Path) -> None:
         bridge.x.revoke_user_tokens(ME)
         await bridge.post("after the grant was revoked")
         await home_of(bridge, "U100", containing="needs reconnecting")
+
+
+async def test_bridge_a_channel_from_the_home_picks_the_channel_too(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await opened_home(bridge, "U100", "Bridge a channel")
+        assert (await surfaces(bridge).click(home_button(bridge, "U100", NEW_BRIDGE_ACTION))).status == 200
+        modal = bridge.slack.views.modal("U100")
+        assert modal is not None and CHANNEL_BLOCK in json.dumps(modal)
+        ui = surfaces(bridge)
+        no_channel = await ui.submit(modal, picked(("alice",)), user_id="U100")
+        assert CHANNEL_BLOCK in no_channel.json()["errors"]
+
+        values = picked(("alice",))
+        values[CHANNEL_BLOCK] = {
+            CHANNEL_ACTION: {"type": "conversations_select", "selected_conversation": "C200"}
+        }
+        answer = await ui.submit(modal, values, user_id="U100")
+        assert answer.json()["response_action"] == "update", answer.text
+
+        # Slack gave a response_url for the channel picked: the typed command's announcement goes there.
+        def announced() -> list[dict[str, Any]]:
+            return [
+                r for rs in bridge.slack.responses.values() for r in rs if "bridged" in str(r.get("text"))
+            ]
+
+        await wait_until(lambda: bool(announced()), 10.0, "the announcement through the response_url")
+        [submitted] = announced()
+        assert submitted["response_type"] == "in_channel"
+        rows = await bridge.sql("SELECT channel_id, participant_id FROM mappings")
+        assert [tuple(r) for r in rows] == [("C200", ALICE)]
+        await home_of(bridge, "U100", containing="<#C200>")
