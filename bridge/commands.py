@@ -238,6 +238,8 @@ class CommandContext:
     channel_name: str = ""
     user_name: str = ""
     team_name: str = ""  # the workspace's domain, as the slash command names it
+    # Also told a follow-up's outcome (the bridge modal shows it); response_url still is.
+    report_to: Callable[[Reply], Awaitable[None]] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -270,8 +272,10 @@ class CommandService:
         inbound: InboundControl | None = None,
         chat_peers: ChatPeers | None = None,
         chats: ChatSessions | None = None,
+        on_mapping_changed: Callable[[Mapping], Awaitable[None]] | None = None,
     ) -> None:
-        """``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
+        """``on_mapping_changed`` hears of each channel bridged or unlinked (App Homes show them).
+        ``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
         then goes on to X); ``oauth_ready`` is None when connecting works, else why it does not."""
         self._store = store
         self._x = x
@@ -288,6 +292,7 @@ class CommandService:
         self._inbound = inbound
         self._chat_peers = chat_peers
         self._chats = chats
+        self._on_mapping_changed = on_mapping_changed
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -487,6 +492,7 @@ class CommandService:
             tail += f" {inbound['channel_pending']} message(s) from X that waited are posted here now."
             self._on_mapped()  # wakes the poster
         log.info("channel unlinked", extra={"team": ctx.team_id, "channel": ctx.channel_id})
+        await self._mapping_changed(mapping)
         return Reply(
             f"<@{ctx.user_id}> stopped bridging this channel to {_describe(mapping)}. "
             f"New messages here no longer go to X.{tail}",
@@ -723,6 +729,8 @@ class CommandService:
         except XChatError as exc:  # X Chat keys that cannot make or open the conversation
             log.warning("X Chat command failed", extra={"team": ctx.team_id, "error": str(exc)[:200]})
             reply = Reply(f":x: X Chat: {exc}. Nothing was bridged.")
+        if ctx.report_to is not None:
+            await ctx.report_to(reply)
         if ctx.response_url:
             await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
         else:
@@ -739,6 +747,13 @@ class CommandService:
         return user
 
     # -- helpers --------------------------------------------------------------
+
+    async def _mapping_changed(self, mapping: Mapping) -> None:
+        if self._on_mapping_changed is not None:
+            try:
+                await self._on_mapping_changed(mapping)
+            except Exception as exc:  # a view of the change must not undo the change's answer
+                log.warning("mapping change not passed on", extra={"error": type(exc).__name__})
 
     async def _mapping_account(self, ctx: CommandContext) -> Account:
         account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
@@ -817,6 +832,7 @@ class CommandService:
             },
         )
         self._on_mapped()
+        await self._mapping_changed(created)
         if history and self._inbound is not None:
             await self._inbound.history_requested(account.id)
         return created

@@ -292,7 +292,13 @@ async def running_bridge(
         # unsafe: keep cookies for an IP address (the bridge is 127.0.0.1), as a browser does.
         session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=browser_cookies()))
         url = f"http://127.0.0.1:{port}"
-        sender = SlackSender(session, f"{url}/slack/events", SIGNING_SECRET, team_id=TEAM)
+        sender = SlackSender(
+            session,
+            f"{url}/slack/events",
+            SIGNING_SECRET,
+            team_id=TEAM,
+            triggers=slack.views.issue_trigger_id,
+        )
         bridge = Bridge(x, x_url, slack, slack_url, url, settings, session, sender, app, db_path)
         yield bridge
         assert x.violations == [], "requests or responses outside X's OpenAPI spec:\n" + "\n".join(

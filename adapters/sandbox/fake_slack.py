@@ -36,6 +36,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from slack_sdk.signature import SignatureVerifier
 
+from adapters.sandbox.fake_slack_views import FakeViews, ViewError
+
 __all__ = [
     "RESPONSE_URL_MAX_USES",
     "RESPONSE_URL_TTL_SECONDS",
@@ -408,6 +410,10 @@ class FakeSlack:
             "files.completeUploadExternal": self._files_complete_upload,
             "files.info": self._files_info,
         }
+        #: App Home and modals (``views.*``), and the trigger ids that open modals.
+        self.views = FakeViews(clock, team_id)
+        for name, handler in self.views.handlers().items():
+            self._handlers[name] = _refusing(handler)
 
         self.app = web.Application()
         self.app.router.add_route("GET", "/api/{method}", self._handle_api)
@@ -1186,6 +1192,20 @@ class FakeSlack:
         return web.json_response({"ok": True})
 
 
+def _refusing(
+    handler: Callable[[dict[str, Any], str], dict[str, Any]],
+) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+    """A views handler whose refusals are the fake's Web API errors."""
+
+    def run(params: dict[str, Any], base: str) -> dict[str, Any]:
+        try:
+            return handler(params, base)
+        except ViewError as exc:
+            raise _SlackError(exc.error) from None
+
+    return run
+
+
 def _buttons_of(
     message: Mapping[str, Any], user: str, channel: str, message_ts: str, ephemeral: bool
 ) -> list[Button]:
@@ -1293,7 +1313,11 @@ class SlackSender:
         clock: Clock = time.time,
         bot_user_id: str = "UBOT",
         verification_token: str = "verification_token",
+        triggers: Callable[[str], str] | None = None,
     ) -> None:
+        """``triggers`` issues trigger ids the fake Slack's ``views.open`` accepts
+        (``FakeSlack.views.issue_trigger_id``); without it they are made up."""
+        self.triggers = triggers
         self.session = session
         self.events_url = events_url
         self.signing_secret = signing_secret
@@ -1308,6 +1332,12 @@ class SlackSender:
     def new_ts(self) -> str:
         """A fresh message ``ts`` (unique and increasing across the process)."""
         return _TS.next(self.clock)
+
+    def new_trigger_id(self, user_id: str = "") -> str:
+        """A trigger id for a request ``user_id`` makes (issued by the fake Slack when it is known)."""
+        if self.triggers is not None:
+            return self.triggers(user_id)
+        return f"{int(self.clock())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
 
     def new_event_id(self) -> str:
         """A fresh, unique ``Ev…`` event id."""
@@ -1572,9 +1602,7 @@ class SlackSender:
             fields["enterprise_id"] = enterprise_id
             fields["enterprise_name"] = enterprise_name or ""
         fields["response_url"] = response_url
-        fields["trigger_id"] = trigger_id or (
-            f"{int(self.clock())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
-        )
+        fields["trigger_id"] = trigger_id or self.new_trigger_id(user_id)
         return fields
 
     async def command(
@@ -1635,7 +1663,7 @@ class SlackSender:
             "api_app_id": self.api_app_id,
             "token": self.verification_token,
             "container": container,
-            "trigger_id": f"{int(self.clock())}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}",
+            "trigger_id": self.new_trigger_id(user_id),
             "team": {"id": self.team_id, "domain": "fake"},
             "enterprise": None,
             "is_enterprise_install": False,

@@ -58,6 +58,7 @@ from adapters.sandbox.fake_slack import (
     SlackSender,
     run_fake_slack,
 )
+from adapters.sandbox.fake_slack_views import SurfaceSender, view_text
 from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web.app import create_app
@@ -224,6 +225,9 @@ class Sandbox:
     _replies_from_x: set[str] = field(default_factory=set)
     _file_seq: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _home_open: bool = False
+    _modal_seen: str = ""
+    """The id of the modal last closed on the page (a newer one shows)."""
 
     @property
     def authorize_url(self) -> str:
@@ -407,6 +411,66 @@ class Sandbox:
     def _buttons(self) -> list[Button]:
         return self.slack.buttons(SLACK_USER_ID)
 
+    # -- the App Home tab -------------------------------------------------------
+
+    async def open_home(self) -> dict[str, Any]:
+        """Open the bridge's Home tab: a signed ``app_home_opened``, as Slack sends it."""
+        self._home_open = True
+        result = await SurfaceSender(self.sender, self.slack).home_opened(SLACK_USER_ID)
+        self._check(result.status, "Home tab")
+        return {"sent": "app_home_opened", "status": result.status}
+
+    def close_home(self) -> dict[str, Any]:
+        self._home_open = False
+        return {"closed": "home"}
+
+    async def home_click(self, action_id: str, value: str) -> dict[str, Any]:
+        """Click a button of the Home: a signed ``block_actions`` from the view."""
+        home = self.slack.views.home(SLACK_USER_ID)
+        buttons = self.slack.views.buttons(home, SLACK_USER_ID) if home else []
+        button = next((b for b in buttons if b.action_id == action_id and b.value == value), None)
+        if button is None:
+            raise SandboxError("That button is no longer on the Home.")
+        result = await SurfaceSender(self.sender, self.slack).click(button)
+        self._check(result.status, "click")
+        return {"sent": "click", "status": result.status}
+
+    def close_modal(self) -> dict[str, Any]:
+        modal = self.slack.views.modal(SLACK_USER_ID)
+        self._modal_seen = str(modal["id"]) if modal else ""
+        return {"closed": "modal"}
+
+    def _home_state(self) -> dict[str, Any]:
+        """The Home as the page draws it: blocks as safe text parts, buttons by their words."""
+        users = dict(SLACK_PEOPLE)
+        home = self.slack.views.home(SLACK_USER_ID)
+        blocks = []
+        for block in (home or {}).get("blocks") or []:
+            text = view_text(
+                {"blocks": [{k: v for k, v in block.items() if k not in ("accessory", "elements")}]}
+            )
+            buttons = self.slack.views.buttons({"blocks": [block]}, SLACK_USER_ID)
+            if block.get("type") == "context":
+                text = view_text({"blocks": [block]})
+            # Slack names a <#C…> mention by the channel's name.
+            text = text.replace(f"<#{CHANNEL_ID}>", f"<#{CHANNEL_ID}|{CHANNEL_NAME}>")
+            parts = text_parts(text, users=users, authorize_url=self.authorize_url)
+            blocks.append(
+                {
+                    "type": block.get("type"),
+                    "parts": parts,
+                    "buttons": [{"action": b.action_id, "value": b.value, "text": b.text} for b in buttons],
+                }
+            )
+        modal = self.slack.views.modal(SLACK_USER_ID)
+        shown = None
+        if modal is not None and modal["id"] != self._modal_seen:
+            shown = {
+                "title": str((modal.get("title") or {}).get("text", "")),
+                "parts": text_parts(view_text(modal), users=users, authorize_url=self.authorize_url),
+            }
+        return {"open": self._home_open, "published": home is not None, "blocks": blocks, "modal": shown}
+
     async def reply_on_x(
         self, conversation_id: str, username: str, text: str, photo: bytes | None = None
     ) -> dict[str, Any]:
@@ -475,6 +539,7 @@ class Sandbox:
                 "conversations": self._conversations(),
             },
             "servers": {"bridge": self.bridge_url, "x": self.x_url, "slack": self.slack_url},
+            "home": self._home_state(),
         }
 
     def _channel_items(self) -> list[dict[str, Any]]:
@@ -649,6 +714,8 @@ def page_app(sandbox: Sandbox) -> web.Application:
     app.router.add_post("/api/slack/delete", _slack_delete)
     app.router.add_get("/api/slack/files/{file_id}", _slack_file_content)
     app.router.add_post("/api/slack/click", _click)
+    app.router.add_post("/api/slack/home", _home)
+    app.router.add_post("/api/slack/home/click", _home_click)
     app.router.add_post("/api/x/reply", _x_reply)
     app.router.add_get("/api/x/media/{media_id}", _x_media)
     return app
@@ -752,6 +819,22 @@ async def _x_media(request: web.Request) -> web.Response:
 async def _click(request: web.Request) -> web.Response:
     body = await _body(request)
     return await _answer(request.app[SANDBOX].click(str(body.get("id", ""))))
+
+
+async def _home(request: web.Request) -> web.Response:
+    """``{"open": true}`` opens the Home tab (``app_home_opened``), ``false`` goes back to the
+    channel; ``{"close_modal": true}`` closes the modal shown over it."""
+    sandbox, body = request.app[SANDBOX], await _body(request)
+    if body.get("close_modal"):
+        return web.json_response({"ok": True, **sandbox.close_modal()})
+    if body.get("open"):
+        return await _answer(sandbox.open_home())
+    return web.json_response({"ok": True, **sandbox.close_home()})
+
+
+async def _home_click(request: web.Request) -> web.Response:
+    sandbox, body = request.app[SANDBOX], await _body(request)
+    return await _answer(sandbox.home_click(str(body.get("action") or ""), str(body.get("value") or "")))
 
 
 async def _x_reply(request: web.Request) -> web.Response:

@@ -278,8 +278,14 @@ def build_bolt_app(
     commands: CommandService,
     spawn: Spawn,
     connections: ConnectService | None = None,
+    open_modal: Callable[[AsyncWebClient, dict[str, Any]], Awaitable[bool]] | None = None,
+    client: AsyncWebClient | None = None,
 ) -> AsyncApp:
     """The Bolt app for one workspace, authorized by ``authorization``.
+
+    ``open_modal`` opens the bridge modal for a `/xdm` with no text (``adapters.slack.surfaces``);
+    without it, or when Slack refuses it, that command answers with the help. ``client`` is
+    where the ``client`` Bolt gives each listener calls (SLACK_API_URL), with the request's token.
 
     Requests reach it verified: the web handler checks each signature once, so Bolt's own
     check is off.
@@ -292,6 +298,7 @@ def build_bolt_app(
     app = AsyncApp(
         signing_secret=signing_secret,
         authorize=authorize,
+        client=client,
         request_verification_enabled=False,
         process_before_response=True,
         raise_error_for_unhandled_request=False,
@@ -333,7 +340,12 @@ def build_bolt_app(
             authorization.token_refused("tokens_revoked")
 
     @app.command("/xdm")
-    async def on_xdm(ack: AsyncAck, command: dict[str, Any]) -> None:
+    async def on_xdm(ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient) -> None:
+        # First, before anything slow: the command's trigger id opens a modal for 3 s only.
+        blank = not str(command.get("text") or "").strip()
+        if blank and open_modal is not None and await open_modal(client, command):
+            await ack()
+            return
         ctx = CommandContext(
             team_id=str(command.get("team_id") or ""),
             channel_id=str(command.get("channel_id") or ""),

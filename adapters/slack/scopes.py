@@ -26,6 +26,10 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     # is the bot in the channel before it is bridged? (public: channels:read, private: groups:read)
     "conversations.info": ("channels:read", "groups:read"),
     "files.info": ("files:read",),  # and GET url_private_download with the bot token
+    # App Home and the bridge modal: Slack's views.* methods need no scope.
+    "views.publish": (),
+    "views.open": (),
+    "views.update": (),
 }
 
 # Event subscription (as the manifest names it) → bot scopes it needs.
@@ -36,6 +40,7 @@ EVENT_SCOPES: dict[str, tuple[str, ...]] = {
     "member_left_channel": ("channels:read", "groups:read"),
     "app_uninstalled": (),
     "tokens_revoked": (),
+    "app_home_opened": (),  # the Home tab is published when opened
 }
 
 COMMAND_SCOPES: tuple[str, ...] = ("commands",)

@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -34,6 +34,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
+from adapters.slack.surfaces import Surfaces, register
+from adapters.slack.views import SlackViews, single_workspace
+from adapters.store.activity import ActivityStore
 from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
 from adapters.store.leader import LEASE_SECONDS, Leadership
@@ -49,10 +52,13 @@ from adapters.x.oauth import oauth_client
 from adapters.x.xchat import AccountChats, KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
 from bridge.commands import CommandService
+from bridge.confirm import Confirmations
 from bridge.connect import ConnectService, consent_text
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable
+from bridge.home import HomeService, WorkspaceSettings
 from bridge.inbound import Inbound, InboundConfig
+from bridge.modals import ModalService
 from bridge.model import Account, OutboxItem
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
@@ -216,6 +222,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             tokens.forget(account.id)
             worker.wake()
             wake_inbound(connected=True, account_id=account.id)
+            home.account_changed(account)
+
+        def disconnected(account: Account) -> None:
+            tokens.forget(account.id)
+            home.account_changed(account)
 
         # A refused refresh tells the owner.
         connect = ConnectService(
@@ -225,11 +236,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             slack=slack,
             clock=clock,
             on_connected=connected,
-            on_disconnected=lambda account: tokens.forget(account.id),
+            on_disconnected=disconnected,
             consents=ConsentStore(store.engine),
             retention_days=settings.retention_days,
         )
-        tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
+
+        async def refused(account: Account, reason: str) -> None:
+            await connect.needs_reconnect(account, reason)
+            home.account_changed(replace(account, needs_reconnect=True))
+
+        tokens = TokenManager(store, oauth, clock, refused)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
         inbound.on_event = metrics.inbound_hook()
         push: Push | None = None
@@ -247,7 +263,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         def make_delivery() -> Delivery:
             delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG], chats=chats)
             delivery.on_event = _noting_sends(metrics.delivery_hook(), inbound)
-            delivery.on_failed = metrics.failure_hook()
+            delivery.on_failed = _telling_home(metrics.failure_hook(), store, lambda: home)
             return delivery
 
         worker = _worker(store, make_delivery, budget, clock, inbound, push)
@@ -291,8 +307,42 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
             chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
             chats=chats,
+            on_mapping_changed=lambda mapping: home.mapping_changed(mapping),
         )
         background = Background()
+        views = SlackViews(single_workspace(slack_client))
+        home = HomeService(
+            store=store,
+            slack=slack,
+            views=views,
+            activity=ActivityStore(store.engine),
+            clock=clock,
+            settings=WorkspaceSettings(
+                admin_only=settings.admin_only,
+                allowed_users=len(settings.allowed_users),
+                retention_days=settings.retention_days,
+                relay_threads=settings.relay_threads,
+                relay_edits=settings.relay_edits,
+            ),
+            spawn=background.spawn,
+            can_connect=bool(settings.public_url),
+        )
+        surfaces = Surfaces(
+            home=home,
+            modals=ModalService(
+                commands=commands,
+                store=store,
+                x=x,
+                tokens=tokens,
+                budget=budget,
+                clock=clock,
+                views=views,
+                spawn=background.spawn,
+            ),
+            confirmations=Confirmations(commands=commands, store=store, slack=slack, spawn=background.spawn),
+            commands=commands,
+            spawn=background.spawn,
+        )
         slack_auth = SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
@@ -301,7 +351,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             commands=commands,
             spawn=background.spawn,
             connections=connect,
+            open_modal=surfaces.from_command,
+            client=slack_client,
         )
+        register(bolt, surfaces)
         app[SERVICES] = Services(
             settings,
             store,
@@ -354,6 +407,20 @@ def _noting_sends(
 
 
 UNCONFIRMED_SWEEP = 60.0  # seconds between sweeps of connections nobody confirmed in time
+
+
+def _telling_home(
+    counted: Callable[[OutboxItem, Any], Awaitable[None]], store: AnyStore, home: Callable[[], HomeService]
+) -> Callable[[OutboxItem, Any], Awaitable[None]]:
+    """``Delivery.on_failed``: counted, and the channel's owners see the failure on their Home."""
+
+    async def on_failed(item: OutboxItem, failure: Any) -> None:
+        await counted(item, failure)
+        mapping = await store.get_mapping(item.team_id, item.channel_id)
+        if mapping is not None:
+            await home().mapping_changed(mapping)
+
+    return on_failed
 
 
 async def _discard_unconfirmed(connect: ConnectService) -> None:
@@ -608,6 +675,15 @@ def malformed_slack_body(content_type: str, body: str) -> str | None:
                     return "interactivity payload is not a JSON object"
                 if not isinstance(payload.get("actions", []), list):
                     return "interactivity payload's actions is not a list"
+                view = payload.get("view", {})
+                # Bolt reads view.type and view.callback_id as it routes (a KeyError, a 500).
+                if not (
+                    isinstance(view, dict)
+                    and all(isinstance(view.get(k, ""), str) for k in ("type", "callback_id"))
+                ):
+                    return "interactivity payload's view is not a view"
+                if "view" in payload and payload.get("type") == "view_submission" and "type" not in view:
+                    return "interactivity payload's view has no type"
             return None
     except (ValueError, RecursionError):
         return "body does not parse"

@@ -20,13 +20,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.scopes import BOT_SCOPES, COMMAND_SCOPES, EVENT_SCOPES, METHOD_SCOPES, slack_method
 from adapters.web.app import SERVICES, create_app
+from bridge.confirm import ACTIONS as CONFIRMATION_ACTIONS
 from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION
+from bridge.home import CONNECT_ACTION, DISCONNECT_ACTION, NEW_BRIDGE_ACTION, UNLINK_ACTION
+from bridge.modals import BRIDGE_MODAL, PEOPLE_ACTION
 from bridge.settings import Settings
 from tests.harness import running_bridge
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "manifest.yml"
 # Code that talks to the real Slack. The simulators and the sandbox only talk to simulated Slack.
+HOME_ACTIONS = (CONNECT_ACTION, DISCONNECT_ACTION, NEW_BRIDGE_ACTION, UNLINK_ACTION)
 NOT_REAL_SLACK = ("adapters/sandbox/", "adapters/sandbox/sandbox")
 SLACK_METHODS = {name for name in vars(AsyncWebClient) if not name.startswith("_")}
 
@@ -131,14 +135,31 @@ def probes(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if where:
             event["channel_type"] = {"channels": "channel", "groups": "group"}[where]
         bodies[subscription] = {"type": "event_callback", "team_id": "T1", "event_id": "Ev1", "event": event}
-    if manifest["settings"].get("interactivity", {}).get("is_enabled"):
-        for action_id in (CONFIRM_ACTION, CANCEL_ACTION):  # the buttons of the connect question
+    interactivity = manifest["settings"].get("interactivity", {})
+    if interactivity.get("is_enabled"):
+        # The connect question's buttons, the Home's, Confirm / Cancel of unlink and disconnect.
+        for action_id in (CONFIRM_ACTION, CANCEL_ACTION, *HOME_ACTIONS, *CONFIRMATION_ACTIONS):
             bodies[f"block_actions {action_id}"] = {
                 "type": "block_actions",
                 "team": {"id": "T1"},
                 "user": {"id": "U1", "team_id": "T1"},
                 "actions": [{"action_id": action_id, "type": "button", "value": "p1"}],
             }
+        bodies["view_submission"] = {
+            "type": "view_submission",
+            "team": {"id": "T1"},
+            "user": {"id": "U1", "team_id": "T1"},
+            "view": {"type": "modal", "callback_id": BRIDGE_MODAL, "state": {"values": {}}},
+        }
+    if interactivity.get("message_menu_options_url"):
+        bodies["block_suggestion"] = {
+            "type": "block_suggestion",
+            "team": {"id": "T1"},
+            "user": {"id": "U1", "team_id": "T1"},
+            "action_id": PEOPLE_ACTION,
+            "block_id": "b",
+            "value": "ali",
+        }
     for command in manifest["features"]["slash_commands"]:
         bodies[command["command"]] = {
             "command": command["command"],

@@ -368,3 +368,31 @@ def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
     assert widths[0] <= widths[1], widths
     screenshot = tmp_path / "sandbox-everything.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+
+def test_the_home_tab_shows_your_x_account_and_bridged_channels(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(sandbox.url)
+    wait_for(browser, "#home-tab", "Home", click=True)
+    wait_for(browser, "#slack-home .home-block", "Not connected", "the Home of someone not connected")
+    # Its Connect button opens a modal with the bridge's connect link (a link of its own, once).
+    wait_for(browser, '#slack-home .slack-button[data-action="xdm_home_connect"]', "Connect", click=True)
+    link = wait_for(browser, "#slack-modal .authorize-button", "Connect your X account", "the modal's link")
+    assert "/x/connect?state=" in (link.get_attribute("href") or "")
+    wait_for(browser, "#modal-close", "Close", click=True)
+    WebDriverWait(browser, WAIT).until(lambda d: not d.find_element(By.ID, "slack-modal").is_displayed())
+
+    wait_for(browser, "#channel-tab", "sandbox", click=True)
+    connect_through_the_pages(browser, tmp_path)
+    type_in(browser, "#slack-input", "/xdm new-group @alice @bob hi")
+    wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to a new X group")
+
+    wait_for(browser, "#home-tab", "Home", click=True)
+    account = wait_for(browser, "#slack-home .home-block", "@you", "your X account on the Home")
+    assert "Your X account" in account.text
+    wait_for(browser, "#slack-home .slack-button", "Disconnect", "the Disconnect button")
+    wait_for(browser, "#slack-home .slack-button", "Reconnect", "the Reconnect button")
+    channel = wait_for(browser, "#slack-home .home-block", "#sandbox", "the bridged channel on the Home")
+    assert "last activity" in channel.text
+    assert browser.save_screenshot(str(tmp_path / "home.png"))
