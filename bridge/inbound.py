@@ -40,13 +40,15 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
 from bridge import translate
 from bridge.budget import Budget
+from bridge.chat_inbound import DELETE_KIND, FOLLOW_KINDS, ChatInbound
 from bridge.errors import (
+    RateFacts,
     SlackChannelRefused,
     SlackError,
     SlackMessageRefused,
@@ -74,6 +76,7 @@ from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.inbound")
+T = TypeVar("T")
 
 METADATA_TYPE = "xdm_bridge_inbound"  # Slack message metadata event_type of our posts
 HISTORY_SKEW = 120.0  # look this far before a post began when searching Slack's history
@@ -295,6 +298,8 @@ class Inbound:
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
+        # Encrypted X Chat conversations (bridge/chat_inbound.py), read with each account's poll.
+        self.chats: ChatInbound | None = None
         self.heartbeat = 0.0
         self.on_posted: Callable[[InboundItem], None] | None = None
         # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
@@ -456,6 +461,8 @@ class Inbound:
         self._read_at[account.id] = self._clock.now()
         try:
             queued = await self.poll(account)
+            if self.chats is not None:
+                queued += await self._poll_chats(account, self.chats)
             if queued:
                 self._last_activity[account.id] = self._clock.now()
         except XRateLimited as exc:
@@ -475,6 +482,26 @@ class Inbound:
         if self._rung.get(account.id):  # pushed DMs X did not show yet: read again soon
             again = now + self._bell_delay(account.id)
             self._next_poll[account.id] = min(self._next_poll[account.id], again)
+
+    async def _poll_chats(self, account: Account, chats: ChatInbound) -> int:
+        """The account's encrypted conversations, read and queued like its legacy DMs; each
+        conversation's cursor moves once what was read is in the store."""
+        done = await chats.poll(account, self._chat_read)
+        if not done.events and not done.cursors:
+            return 0
+        tally: dict[str, int] = {}
+        queued = await self._store.take_inbound(account.id, done.events, None, self._clock.now(), tally=tally)
+        await chats.taken(account, done)
+        self._count_echoes(tally)
+        if queued:
+            log.info("X Chat events queued for Slack", extra={"account_id": account.id, "count": queued})
+            self.wake()
+        return queued
+
+    async def _chat_read(
+        self, account: Account, call: Callable[[], Awaitable[tuple[T, RateFacts]]], keep: int
+    ) -> T:
+        return await self._counted_read(account, call, keep=keep)
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
@@ -645,14 +672,14 @@ class Inbound:
         return await self._counted_read(account, call, keep=self._config.reserve)
 
     async def _counted_read(
-        self, account: Account, call: Callable[[], Awaitable[tuple[InboxPage, Any]]], *, keep: int = 0
-    ) -> InboxPage:
+        self, account: Account, call: Callable[[], Awaitable[tuple[T, Any]]], *, keep: int = 0
+    ) -> T:
         """One read within the budget, reported by outcome: ``ok``, ``rate_limited`` (X's 429),
         ``refused``, ``auth`` (the account's token), ``error`` (X failing), or ``held`` (not
         made: the budget kept it back, so X was not asked)."""
         made = False
 
-        async def counted() -> tuple[InboxPage, Any]:
+        async def counted() -> tuple[T, Any]:
             nonlocal made
             made = True
             try:
@@ -816,6 +843,8 @@ class Inbound:
                 return None
             item = checked
         try:
+            if item.kind in FOLLOW_KINDS:
+                return await self._follow(item)
             item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
                 since = (item.posting_since or item.created_at) - HISTORY_SKEW
@@ -861,6 +890,44 @@ class Inbound:
             return None
         if refused is not None:
             return await self._refused(item, refused)
+        return await self._posted(item, ts)
+
+    async def _follow(self, item: InboundItem) -> InboundItem | None:
+        """An edit or delete made on X: the Slack message its target was posted as is updated or
+        deleted (both may be done again after a crash: the same text, a message already gone).
+        Without such a message here (bridged later, or refused by Slack) there is nothing to
+        follow: the row is skipped. Slack's 429 and failures are handled as a post's."""
+        ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
+        target = str(item.payload.get("edit_of") or item.payload.get("delete_of") or "")
+        ts = None
+        if self.chats is not None and target:
+            ts = await self.chats.target_ts(item.team_id, item.channel_id, target)
+        if ts is None:
+            log.info("an edit or delete on X of a message not posted here: nothing to follow", extra=ids)
+            await self._store.reschedule_inbound(
+                item.id, InboundState.SKIPPED, 0.0, "its message is not in this channel"
+            )
+            self._post_wake.set()
+            return None
+        claimed = await self._store.mark_posting(item.id, self._clock.now())
+        if claimed is None:
+            return None
+        try:
+            if item.kind == DELETE_KIND:
+                await self._slack.delete_message(item.team_id, item.channel_id, ts)
+            else:
+                text, _, _ = render(claimed)
+                await self._slack.update_message(item.team_id, item.channel_id, ts, text)
+        except SlackChannelRefused:
+            raise  # the channel, not this edit: held as a post would be
+        except SlackRefused as exc:  # this message (cant_update_message, edit_window_closed…)
+            log.warning(
+                "Slack refused to follow an edit or delete made on X", extra={**ids, "error": str(exc)}
+            )
+            await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, str(exc))
+            self._post_wake.set()
+            return None
+        log.info("an edit or delete made on X followed in Slack", extra=ids)
         return await self._posted(item, ts)
 
     async def _refused(self, item: InboundItem, exc: SlackMessageRefused) -> InboundItem | None:

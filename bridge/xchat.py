@@ -403,3 +403,4 @@ class ChatPage:
     events: tuple[ChatEvent, ...]
     refused: int  # events whose signature or encryption did not verify: never shown, counted
     next_token: str | None = None
+    refused_ids: tuple[str, ...] = ()  # the sequence ids X gave the refused events (not key events)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, XCHAT_IDENTITIES
+from migrations import CONSENTS, XCHAT_CURSORS, XCHAT_IDENTITIES
 
 log = logging.getLogger("migrations.postgres")
 
@@ -336,6 +336,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0021_mapping_encrypted",
         "ALTER TABLE mappings ADD COLUMN encrypted BOOLEAN NOT NULL DEFAULT FALSE;",
     ),
+    # SQLite's 0026, the same statement: how far each encrypted X Chat conversation was read.
+    ("0023_xchat_inbound", XCHAT_CURSORS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -356,6 +358,7 @@ TABLES = (
     "xchat_identities",
     "xchat_peers",
     "consents",
+    "xchat_cursors",
 )
 
 

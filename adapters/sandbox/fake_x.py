@@ -118,6 +118,8 @@ DM_READ_TEMPLATES: frozenset[str] = frozenset(
         "/2/dm_events/{event_id}",
         "/2/dm_conversations/{id}/dm_events",
         "/2/dm_conversations/with/{participant_id}/dm_events",
+        # X publishes no limit for X Chat's reads; modelled as the DM reads' (headers decide).
+        "/2/chat/conversations/{id}/events",
     }
 )
 
@@ -971,6 +973,7 @@ class FakeX:
             web.post(TOKEN_PATH, self._token),
             web.post(REVOKE_PATH, self._revoke),
             web.get("/2/users/me", self._users_me),
+            web.get("/2/users", self._users_by_ids),
             web.get("/2/users/by/username/{username}", self._user_by_username),
             web.post("/2/dm_conversations", self._create_group),
             web.post("/2/dm_conversations/with/{participant_id}/messages", self._send_to_participant),
@@ -1595,6 +1598,19 @@ class FakeX:
         problem = _not_found_problem("user", username, "username")
         problem.pop("status")
         return _json(200, {"errors": [problem]})
+
+    async def _users_by_ids(self, request: web.Request) -> web.StreamResponse:
+        fields = _csv(request.query.get("user.fields"))
+        ids = _csv(request.query.get("ids"))
+        found = [self._user_json(self.users[i], fields) for i in ids if i in self.users]
+        missing = [i for i in ids if i not in self.users]
+        body: dict[str, Any] = {"data": found} if found else {}
+        if missing:
+            errors = [_not_found_problem("user", i, "ids") for i in missing]
+            for problem in errors:
+                problem.pop("status")
+            body["errors"] = errors
+        return _json(200, body)
 
     # ------------------------------------------------------------ X Chat keys
 

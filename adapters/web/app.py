@@ -39,15 +39,16 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
-from adapters.store.xchat import XChatIdentityStore
+from adapters.store.xchat import ChatCursorStore, XChatIdentityStore
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
 from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import oauth_client
-from adapters.x.xchat import KeyDirectory
+from adapters.x.xchat import ChatAccounts, KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
+from bridge.chat_inbound import ChatInbound
 from bridge.commands import CommandService
 from bridge.connect import ConnectService, consent_text
 from bridge.delivery import Delivery, DeliveryConfig
@@ -232,6 +233,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tokens = TokenManager(store, oauth, clock, connect.needs_reconnect)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
         inbound.on_event = metrics.inbound_hook()
+        identities = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
+        inbound.chats = ChatInbound(
+            store,
+            ChatCursorStore(store.engine),
+            ChatAccounts(x, identities),
+            tokens,
+            clock,
+            reserve=app[INBOUND_CONFIG].reserve,
+        )
+        inbound.chats.on_event = inbound.on_event
         push: Push | None = None
         if settings.push_url and settings.x_bearer_token:
             push = Push(
@@ -267,7 +278,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
-        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
+        peer_checks = identities
         metrics.bind(store, budget, clock, peer_checks)
         commands = CommandService(
             store=store,

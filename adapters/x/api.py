@@ -310,6 +310,19 @@ class XApiClient:
         self._raise_for(status, headers, payload)
         return _user(payload)
 
+    async def users_by_ids(self, token: str, user_ids: Sequence[str]) -> dict[str, XUser]:
+        """``GET /2/users?ids=`` (at most 100): names and avatars of people by id; ids X does not
+        show are left out."""
+        wanted = list(dict.fromkeys(user_ids))[:100]
+        if not wanted:
+            return {}
+        params = {"ids": ",".join(wanted), "user.fields": "profile_image_url"}
+        status, headers, payload = await self._call("GET", "/2/users", token, params=params)
+        self._raise_for(status, headers, payload)
+        records = payload.get("data") if isinstance(payload, dict) else None
+        found = (_user({"data": r}) for r in records or [] if isinstance(r, dict))
+        return {u.id: u for u in found if u is not None}
+
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:

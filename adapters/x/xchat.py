@@ -16,16 +16,18 @@ from urllib.parse import quote
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
-from bridge.errors import XRefused
-from bridge.model import one_to_one_id
+from bridge.errors import RateFacts, XRefused
+from bridge.model import Account, XUser, one_to_one_id
 from bridge.xchat import (
     ChatEvent,
     ChatEventKind,
     ChatPage,
     ChatSend,
+    IdentityState,
     NewIdentity,
     RegisteredKey,
     XChatError,
+    XChatIdentities,
     XChatIdentity,
 )
 
@@ -155,6 +157,7 @@ class ChatConversations:
         self._chat.import_keys(bytes(identity.private_keys), identity.version)
         self._chat.set_identity(identity.x_user_id, identity.version)
         self._records: dict[str, list[RegisteredKey]] = {}
+        self._users: dict[str, XUser] = {}
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -301,12 +304,21 @@ class ChatConversations:
         self, token: str, conversation_id: str, *, max_results: int = 50, pagination_token: str | None = None
     ) -> ChatPage:
         """One page of a conversation, decrypted; an event that does not verify is refused and counted."""
-        params = {"max_results": str(max_results)}
+        page, _ = await self.events(
+            token, conversation_id, max_results=max_results, pagination_token=pagination_token
+        )
+        return page
+
+    async def events(
+        self, token: str, conversation_id: str, *, max_results: int, pagination_token: str | None = None
+    ) -> tuple[ChatPage, RateFacts]:
+        """``read``, with what X's headers said of the read budget (``bridge.chat_inbound``)."""
+        params = {"max_results": str(max(1, min(100, max_results)))}
         if pagination_token:
             params["pagination_token"] = pagination_token
         path = f"/2/chat/conversations/{conversation_id}/events"
         status, headers, payload = await self._api._call("GET", path, token, params=params)
-        self._api._raise_for(status, headers, payload)
+        facts = self._api._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         meta = payload.get("meta") if isinstance(payload, dict) else None
         items = [e for e in data or [] if isinstance(e, dict) and isinstance(e.get("encoded_event"), str)]
@@ -316,9 +328,22 @@ class ChatConversations:
         events = [_event(m["event"], conversation_id) for m in result["messages"]]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
         # Errors are indexed over the whole batch; a key event that fails is as much a refusal.
-        refused = len(result.get("errors") or {})
+        errors = result.get("errors") or {}
+        refused_ids = tuple(
+            str(items[int(i) - len(key_events)].get("id") or "")
+            for i in errors
+            if str(i).isdigit() and int(i) >= len(key_events)
+        )
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
-        return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
+        next_token = (meta or {}).get("next_token")
+        return ChatPage(newest_first, len(errors), next_token, refused_ids), facts
+
+    async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]:
+        """Names and avatars of senders (for posting as them), asked of X once per process."""
+        wanted = [u for u in dict.fromkeys(user_ids) if u and u not in self._users]
+        if wanted:
+            self._users.update(await self._api.users_by_ids(token, wanted))
+        return {u: self._users[u] for u in user_ids if u in self._users}
 
     async def _conversation_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
         page = await self._api._call(
@@ -398,3 +423,26 @@ def _event(raw: dict[str, Any], conversation_id: str) -> ChatEvent | None:
         case "Reaction":
             return replace(base, kind=ChatEventKind.REACTION, text=str(content.get("emoji") or ""))
     return base
+
+
+class ChatAccounts:
+    """``bridge.chat_inbound.ChatReaders``: each account's ``ChatConversations``, made from the
+    identity in the store. Looked up at every read, so keys set up (``xdm-bridge xchat setup``)
+    or forgotten while ``serve`` runs are used, or dropped, from the next read on."""
+
+    def __init__(self, api: XApiClient, identities: XChatIdentities) -> None:
+        self._api = api
+        self._identities = identities
+        self._made: dict[str, tuple[tuple[str, str], ChatConversations]] = {}
+
+    async def reader(self, account: Account) -> ChatConversations | None:
+        identity = await self._identities.identity(account.x_user_id)
+        if identity is None or identity.state is not IdentityState.REGISTERED or identity.version is None:
+            self._made.pop(account.x_user_id, None)
+            return None
+        key = (identity.version, identity.public_key)
+        kept = self._made.get(account.x_user_id)
+        if kept is None or kept[0] != key:
+            kept = (key, ChatConversations(self._api, identity))
+            self._made[account.x_user_id] = kept
+        return kept[1]

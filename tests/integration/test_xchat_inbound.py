@@ -1,0 +1,154 @@
+"""X → Slack for encrypted X Chat conversations, through the real bridge between the simulators.
+
+The bridge's account holds X Chat keys (made by ``xchat setup``'s code, kept encrypted in the
+store); Alice's phone in the X simulator holds hers. What she writes is encrypted and signed for
+real, read by the bridge over HTTP, decrypted and verified with X's ``chat_xdk``, and posted into
+the channel as her, once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chat_xdk import Chat
+
+from adapters.store.crypto import TokenCipher
+from adapters.store.xchat import XChatIdentityStore
+from adapters.web.app import METRICS, SERVICES
+from adapters.x.xchat import ChatKeys
+from bridge.inbound import METADATA_TYPE
+from bridge.model import Mapping, MappingKind
+from tests.harness import ALICE, BOB, ME, TEAM, Bridge, running_bridge, wait_until
+
+pytestmark = pytest.mark.usefixtures("on_both_stores")
+
+CONVERSATION = f"{ME}-{ALICE}"
+
+
+async def encrypted_channel(bridge: Bridge, channel: str = "C100") -> str:
+    """U100 connects X account 1000, which has X Chat keys; Alice opens an encrypted 1-to-1 with
+    it from her phone, and ``channel`` is bridged to it (a mapping marked encrypted)."""
+    await bridge.connect()
+    store = bridge.app[SERVICES].store
+    made = ChatKeys().new_identity()
+    version = bridge.x.register_keys(ME, made.registration)
+    identities = XChatIdentityStore(store.engine, TokenCipher(bridge.settings.encryption_keys))
+    await identities.save_identity(ME, made, time.time())
+    await identities.mark_registered(ME, version, time.time())
+    # The account's own "phone": its keys, writing as the Slack → X side does.
+    phone = Chat()
+    phone.import_keys(made.private_keys, version)
+    phone.set_identity(ME, version)
+    bridge.x.chat.phones[ME] = phone
+    bridge.x.chat.enroll(ALICE)
+    conversation = bridge.x.chat.person_opens(ALICE, ME)
+    [account] = await store.list_accounts()
+    mapping = Mapping(
+        TEAM, channel, MappingKind.LINK, account.id, conversation, None, "U100", time.time(), encrypted=True
+    )
+    assert await store.create_mapping(mapping) is not None
+    bridge.app[SERVICES].inbound.poll_soon(account.id)
+    return conversation
+
+
+async def first_read(bridge: Bridge) -> None:
+    """The poller's first read of the conversation is done: its cursor is kept."""
+    for _ in range(1000):
+        if await bridge.sql("SELECT newest_sequence_id FROM xchat_cursors"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no X Chat read")
+
+
+def posts(bridge: Bridge, channel: str = "C100") -> list[dict[str, Any]]:
+    return [
+        m
+        for m in bridge.slack.posted(channel)
+        if (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
+    ]
+
+
+async def wait_posts(bridge: Bridge, count: int, channel: str = "C100") -> None:
+    await wait_until(lambda: len(posts(bridge, channel)) >= count, 10, f"{count} posts in {channel}")
+
+
+def chat_reads(bridge: Bridge) -> int:
+    path = f"/2/chat/conversations/{CONVERSATION}/events"
+    return sum(1 for r in bridge.x.all_requests if r.method == "GET" and r.path == path)
+
+
+async def test_what_alice_writes_encrypted_appears_as_her_in_order_once(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        for i in range(4):
+            bridge.x.chat.person_says(ALICE, conversation, f"secret {i} <b> & co")
+        await wait_posts(bridge, 4)
+        reads = chat_reads(bridge)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
+        got = posts(bridge)
+        assert [m["text"] for m in got] == [f"secret {i} &lt;b&gt; &amp; co" for i in range(4)]
+        assert {m["username"] for m in got} == {"Alice (@alice)"}
+        assert got[0]["icons"]["image_48"].endswith(f"/{ALICE}/avatar_normal.png")
+        sequence_ids = [e["id"] for e in bridge.x.chat.conversations[f"{ME}:{ALICE}"].events]
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in got] == sequence_ids
+        assert bridge.x.read_rate_limited_count == 0
+
+
+async def test_after_a_restart_nothing_is_posted_twice(tmp_path: Path) -> None:
+    fake = None
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        bridge.x.chat.person_says(ALICE, conversation, "before the restart")
+        await wait_posts(bridge, 1)
+        fake = bridge.x
+        env = {"BRIDGE_ENCRYPTION_KEY": bridge.settings.encryption_keys[0]}
+    async with running_bridge(tmp_path, fake_x=fake, env=env) as again:
+        slack_before = len(posts(again))
+        assert slack_before == 0  # a new fake Slack: anything posted here is a repost
+        again.x.chat.person_says(ALICE, conversation, "after the restart")
+        await wait_posts(again, 1)
+        await asyncio.sleep(0.5)
+        assert [m["text"] for m in posts(again)] == ["after the restart"]
+
+
+async def test_a_tampered_or_forged_event_is_refused_counted_and_never_posted(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        bridge.x.chat.enroll(BOB)
+        bridge.x.chat.person_says(ALICE, conversation, "genuine")
+        bridge.x.chat.person_says(ALICE, conversation, "to be tampered with")
+        conv = bridge.x.chat.conversations[f"{ME}:{ALICE}"]
+        raw = bytearray(base64.b64decode(conv.events[-1]["encoded_event"]))
+        raw[-20] ^= 0x01
+        conv.events[-1]["encoded_event"] = base64.b64encode(bytes(raw)).decode()
+        # Alice's phone claims the bridge's own account wrote this: signed with her key.
+        bridge.x.chat.person_forges(ALICE, conversation, "I am the support team", as_user=ME)
+        bridge.x.chat.person_says(ALICE, conversation, "after them")
+        await wait_posts(bridge, 2)
+        reads = chat_reads(bridge)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
+        assert [m["text"] for m in posts(bridge)] == ["genuine", "after them"]
+        metrics = bridge.app[METRICS]
+        refused = metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"})
+        assert refused == 2
+
+
+async def test_what_the_account_itself_sent_is_not_posted_back(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        # The bridge's account writes (as the Slack → X side does, with its own keys).
+        bridge.x.chat.person_says(ME, conversation, "sent from Slack by the bridge")
+        bridge.x.chat.person_says(ALICE, conversation, "an answer")
+        await wait_posts(bridge, 1)
+        reads = chat_reads(bridge)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
+        assert [m["text"] for m in posts(bridge)] == ["an answer"]
