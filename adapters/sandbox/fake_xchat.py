@@ -343,6 +343,38 @@ class ChatServer:
         )
         return str(prepared.message_id)
 
+    def person_edits(self, user_id: str, path_id: str, sequence_id: str, text: str) -> None:
+        """A simulated person edits their message at ``sequence_id`` (X Chat's signed edit event)."""
+        conv = self.conversation(path_id, user_id)
+        version, key = self._conversation_key(user_id, conv)
+        prepared = self._phone(user_id).encrypt_edit(
+            conversation_id=conv.id, target_message_sequence_id=sequence_id, updated_text=text,
+            conversation_key=key, conversation_key_version=version,
+        )  # fmt: skip
+        body = {
+            "message_id": prepared.message_id,
+            "encoded_message_create_event": prepared.encrypted_content,
+            "encoded_message_event_signature": prepared.encoded_event_signature,
+        }
+        self.post_message(conv, user_id, body)
+
+    def person_deletes(self, user_id: str, path_id: str, sequence_id: str) -> None:
+        """A simulated person deletes their message at ``sequence_id`` for everyone (signed)."""
+        conv = self.conversation(path_id, user_id)
+        phone = self._phone(user_id)
+        signature = phone.prepare_message_delete(conv.id, [sequence_id], True)
+        action = {
+            "message_id": signature["message_id"],
+            "encoded_message_event_detail": signature["encoded_message_event_detail"],
+            "message_event_signature": {
+                "signature": signature["signature"],
+                "signature_version": signature["signature_version"],
+                "public_key_version": signature["public_key_version"],
+                "signing_public_key": phone.get_public_keys().signing,
+            },
+        }
+        self.take_actions(conv, user_id, [action])
+
     def person_forges(self, user_id: str, path_id: str, text: str, *, as_user: str) -> None:
         """A simulated person's phone posts a message claiming ``as_user`` wrote it (signed with
         its own key, so a reader that checks signatures refuses it)."""

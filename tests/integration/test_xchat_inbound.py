@@ -152,3 +152,36 @@ async def test_what_the_account_itself_sent_is_not_posted_back(tmp_path: Path) -
         reads = chat_reads(bridge)
         await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
         assert [m["text"] for m in posts(bridge)] == ["an answer"]
+
+
+async def test_an_edit_and_a_delete_made_on_x_follow_in_slack(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        chat = bridge.x.chat
+        chat.person_says(ALICE, conversation, "tpyo here")
+        chat.person_says(ALICE, conversation, "to be taken back")
+        await wait_posts(bridge, 2)
+        first, second = (e["id"] for e in chat.conversations[f"{ME}:{ALICE}"].events)
+        chat.person_edits(ALICE, conversation, first, "typo fixed")
+        chat.person_deletes(ALICE, conversation, second)
+        chat.person_says(ALICE, conversation, "and one more")
+        await wait_until(lambda: "and one more" in [m["text"] for m in posts(bridge)], 10, "the last post")
+        await wait_until(lambda: len(bridge.slack.deleted) == 1, 10, "the delete in Slack")
+        shown = posts(bridge)
+        assert [m["text"] for m in shown] == ["typo fixed", "and one more"]
+        assert shown[0].get("edited") and shown[0]["username"] == "Alice (@alice)"
+        assert [m["text"] for m in bridge.slack.deleted] == ["to be taken back"]
+        reads = chat_reads(bridge)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
+        assert len(bridge.slack.deleted) == 1
+        updates = [c for c in bridge.slack.calls if c.method == "chat.update"]
+        assert len(updates) == 1
+        states = await bridge.sql("SELECT event_type, state FROM inbound ORDER BY seq")
+        assert [tuple(s) for s in states] == [
+            ("MessageCreate", "posted"),
+            ("MessageCreate", "posted"),
+            ("ChatEdit", "posted"),
+            ("ChatDelete", "posted"),
+            ("MessageCreate", "posted"),
+        ]
