@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridge.errors import RateFacts, XAuthRevoked, XError
+from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError
 from bridge.model import Account, InboundEvent, Mapping, XUser
 from bridge.ports import Clock, Store
 from bridge.tokens import TokenManager
@@ -43,6 +43,22 @@ FULL_PAGE = 100  # X's largest page: once a first page is all new, read back in 
 MAX_PAGES = 20  # per conversation and read; the budget stops a longer backlog first
 
 
+@dataclass(frozen=True)
+class ChatPush:
+    """One ``chat.received`` push: only ciphertext and routing (X's Activity API). Its event is
+    verified with the account's keys before a read of its conversation is rung."""
+
+    conversation_id: str
+    sender_id: str
+    encoded_event: str = field(repr=False)
+    key_change_event: str | None = field(default=None, repr=False)
+
+
+class ChatPushRefused(BridgeError):
+    """A pushed X Chat event whose signature (or its key change's) does not verify: forged or
+    tampered with. Never posted; the push is refused and counted."""
+
+
 class ChatReader(Protocol):
     """One account's X Chat, decrypted and verified (``adapters.x.xchat.ChatConversations``)."""
 
@@ -53,6 +69,11 @@ class ChatReader(Protocol):
     ) -> tuple[ChatPage, RateFacts]: ...
 
     async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]: ...
+
+    async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
+        """The sequence id of a pushed event that verifies; None when it cannot be checked yet
+        (its conversation key is not known before a read); raises ``ChatPushRefused``."""
+        ...
 
 
 class ChatReaders(Protocol):
@@ -125,6 +146,29 @@ class ChatInbound:
         kept = self._pushed.setdefault(account_id, set())
         if len(kept) < 1000 and sequence_id.isdigit():
             kept.add(sequence_id)
+
+    async def has_keys(self, account: Account) -> bool:
+        """Does the bridge hold X Chat keys, registered with X, for the account?"""
+        return await self._readers.reader(account) is not None
+
+    async def verify_push(self, account: Account, push: ChatPush) -> str | None:
+        """Check a pushed event with the account's keys: its sequence id (the read it rings counts
+        it as pushed), or None when it cannot be checked now (no keys held, X not answering for
+        the sender's keys, its conversation key not read yet): the read that follows checks it.
+        Raises ``ChatPushRefused`` for an event that does not verify."""
+        reader = await self._readers.reader(account)
+        if reader is None:
+            return None
+        try:
+            sequence_id: str | None = await self._tokens.call(
+                account, lambda t: reader.verify_pushed(t, push)
+            )
+        except (XError, XAuthRevoked) as exc:
+            log.info("a pushed X Chat event could not be checked now", extra={"error": str(exc)[:200]})
+            return None
+        if sequence_id:
+            self.pushed(account.id, sequence_id)
+        return sequence_id
 
     async def target_ts(self, team_id: str, channel_id: str, sequence_id: str) -> str | None:
         """The Slack message an X Chat event was posted as in this channel (what an edit or a

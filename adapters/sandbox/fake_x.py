@@ -702,6 +702,7 @@ class FakeX:
         self.no_keys_answer: Literal["empty", "no_data", "not_found"] = "empty"
         # Encrypted X Chat: conversations of envelopes, and the simulated people's phones.
         self.chat = ChatServer(lambda: self.clock(), self.public_keys, self.register_keys)
+        self.chat.on_message = self._push_chat
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
         self.user_limit_15m = user_limit_15m
@@ -2219,6 +2220,32 @@ class FakeX:
             if wanted and webhook is not None and webhook["valid"]:
                 body = json.dumps(self.payload_for(event, kind, user_id, subscription.get("tag"))).encode()
                 self._spawn(self._deliver(webhook, body))
+
+    def _push_chat(self, conv: ChatConversation, sender: str, encoded: str) -> None:
+        """Push an X Chat message (``chat.received``) to every other member's subscription: only
+        ciphertext and routing, as X's Activity API sends it (xchat/real-time-events)."""
+        for subscription in list(self.subscriptions.values()):
+            user_id = subscription["filter"]["user_id"]
+            if (
+                subscription["event_type"] != "chat.received"
+                or user_id == sender
+                or user_id not in conv.members
+            ):
+                continue
+            webhook = self.webhooks.get(str(subscription.get("webhook_id")))
+            if webhook is None or not webhook["valid"]:
+                continue
+            data = {
+                "event_type": "chat.received",
+                "event_uuid": str(-secrets.randbelow(10**18)),
+                "filter": {"user_id": user_id},
+                "payload": {
+                    "conversation_id": path_form(conv.id),
+                    "sender_id": sender,
+                    "encoded_event": encoded,
+                },
+            }
+            self._spawn(self._deliver(webhook, json.dumps({"data": data}).encode()))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         try:

@@ -142,6 +142,8 @@ class ChatServer:
         self.phones: dict[str, Chat] = {}
         self._sequence = itertools.count(1_900_000_000_000_000_001)
         self._keys_of: dict[tuple[str, str], tuple[str, bytes]] = {}  # (person, conv) -> (version, key)
+        # Told of each message posted (conversation, sender, sequence id, envelope): X's push.
+        self.on_message: Any = None
 
     # -- the server ----------------------------------------------------------------------------
 
@@ -210,6 +212,8 @@ class ChatServer:
         sequence, encoded = self._envelope(conv, caller, message_id, detail, signature)
         conv.sent[message_id] = encoded
         self._keep(conv, caller, sequence, encoded, key_event=False)
+        if self.on_message is not None:
+            self.on_message(conv, caller, encoded)
         return encoded
 
     def new_group_id(self) -> str:

@@ -535,11 +535,29 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
         refusals = request.app[REFUSALS_LOG]
         refusals.warning("X push signed but not understood; refused", exc.reason, detail=str(exc))
         return web.json_response({"error": "malformed delivery"}, status=400)
+    if delivery.chats:
+        return await _chat_delivery(request, services.push, delivery)
+    assert delivery.user_id is not None  # only an X Chat push may name no subscriber
     accounts = await services.push.take(delivery.user_id, delivery.event_ids)
     log.info(
         "X push taken",
         extra={"event_type": delivery.event_type, "events": len(delivery.event_ids), "accounts": accounts},
     )
+    return web.json_response({"ok": True})
+
+
+async def _chat_delivery(request: web.Request, push: Push, delivery: x_push.Delivery) -> web.Response:
+    """An X Chat push: each event checked with the keys of the accounts bridging its
+    conversation, then read from X (``Push.take_chat``). One that does not verify is refused
+    with 400 and counted; nothing of it is posted."""
+    refused = await push.take_chat(delivery.user_id, delivery.chats)
+    if refused:
+        request.app[METRICS].chat_refused.labels("push").inc(refused)
+        request.app[REFUSALS_LOG].warning(
+            "X Chat push refused: its event does not verify", "chat-signature", events=refused
+        )
+        return web.json_response({"error": "the X Chat event does not verify"}, status=400)
+    log.info("X Chat push taken", extra={"events": len(delivery.chats)})
     return web.json_response({"ok": True})
 
 

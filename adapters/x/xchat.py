@@ -16,6 +16,7 @@ from urllib.parse import quote
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
+from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import RateFacts, XRefused
 from bridge.model import Account, XUser, one_to_one_id
 from bridge.xchat import (
@@ -156,6 +157,8 @@ class ChatConversations:
         self._chat = Chat()
         self._chat.import_keys(bytes(identity.private_keys), identity.version)
         self._chat.set_identity(identity.x_user_id, identity.version)
+        # Conversation keys read are kept, so a pushed event (no key change with it) decrypts.
+        self._chat.set_cache_keys(True)
         self._records: dict[str, list[RegisteredKey]] = {}
         self._users: dict[str, XUser] = {}
 
@@ -323,7 +326,12 @@ class ChatConversations:
         meta = payload.get("meta") if isinstance(payload, dict) else None
         items = [e for e in data or [] if isinstance(e, dict) and isinstance(e.get("encoded_event"), str)]
         key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
-        await self._people(token, [str(e.get("sender_id") or "") for e in items if e.get("sender_id")])
+        # The key events' signers too (their envelopes name them, the JSON does not): the account
+        # and, in a 1-to-1, the other person; a group's other members as they write.
+        people = [self.user_id, *_one_to_one_people(conversation_id)]
+        await self._people(
+            token, people + [str(e.get("sender_id") or "") for e in items if e.get("sender_id")]
+        )
         result = self._chat.decrypt_events(key_events + [e["encoded_event"] for e in items])
         events = [_event(m["event"], conversation_id) for m in result["messages"]]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
@@ -337,6 +345,27 @@ class ChatConversations:
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
         next_token = (meta or {}).get("next_token")
         return ChatPage(newest_first, len(errors), next_token, refused_ids), facts
+
+    async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
+        """A pushed event checked with chat_xdk: its sequence id; None while its conversation
+        key is unknown (the library checks signatures before it decrypts, so a forgery is
+        caught even then); ``ChatPushRefused`` when it does not verify."""
+        await self._people(token, [push.sender_id])
+        if push.key_change_event:
+            result = self._chat.decrypt_events([push.key_change_event])
+            if result.get("errors"):
+                raise ChatPushRefused("the pushed conversation key change does not verify")
+        try:
+            event = self._chat.decrypt_event(push.encoded_event)
+        except (ValueError, TypeError) as exc:
+            if "no matching key" in str(exc):
+                return None
+            raise ChatPushRefused(
+                f"the pushed event does not verify: {str(exc).splitlines()[0][:160]}"
+            ) from exc
+        if not event.get("verified", False):
+            raise ChatPushRefused("the pushed event is not signed")
+        return str(event.get("sequence_id") or "") or None
 
     async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]:
         """Names and avatars of senders (for posting as them), asked of X once per process."""
@@ -365,6 +394,12 @@ class ChatConversations:
         self._api._raise_for(answered, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         return data if isinstance(data, dict) else {}
+
+
+def _one_to_one_people(conversation_id: str) -> list[str]:
+    """Both people of a 1-to-1 id (``A-B`` or ``A:B``); none for a group or a bare peer id."""
+    ids = conversation_id.replace(":", "-").split("-")
+    return ids if len(ids) == 2 and all(i.isdigit() for i in ids) else []
 
 
 def _canonical(conversation_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from chat_xdk import Chat
 
+from adapters.sandbox.fake_x import FakeX, sign
 from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
@@ -24,6 +26,7 @@ from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
 from bridge.model import Mapping, MappingKind
 from tests.harness import ALICE, BOB, ME, TEAM, Bridge, running_bridge, wait_until
+from tests.integration.test_push import PUSHED, push_env
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -31,19 +34,23 @@ CONVERSATION = f"{ME}-{ALICE}"
 
 
 async def encrypted_channel(bridge: Bridge, channel: str = "C100") -> str:
-    """U100 connects X account 1000, which has X Chat keys; Alice opens an encrypted 1-to-1 with
-    it from her phone, and ``channel`` is bridged to it (a mapping marked encrypted)."""
-    await bridge.connect()
+    """X account 1000 has X Chat keys (as ``xchat setup`` leaves them) and U100 connects it;
+    Alice opens an encrypted 1-to-1 with it from her phone, and ``channel`` is bridged to it (a
+    mapping marked encrypted)."""
     store = bridge.app[SERVICES].store
     made = ChatKeys().new_identity()
     version = bridge.x.register_keys(ME, made.registration)
     identities = XChatIdentityStore(store.engine, TokenCipher(bridge.settings.encryption_keys))
-    await identities.save_identity(ME, made, time.time())
-    await identities.mark_registered(ME, version, time.time())
+    if await identities.identity(ME) is None:
+        await identities.save_identity(ME, made, time.time())
+        await identities.mark_registered(ME, version, time.time())
+    kept = await identities.identity(ME)
+    assert kept is not None and kept.version is not None
+    await bridge.connect()
     # The account's own "phone": its keys, writing as the Slack → X side does.
     phone = Chat()
-    phone.import_keys(made.private_keys, version)
-    phone.set_identity(ME, version)
+    phone.import_keys(kept.private_keys, kept.version)
+    phone.set_identity(ME, kept.version)
     bridge.x.chat.phones[ME] = phone
     bridge.x.chat.enroll(ALICE)
     conversation = bridge.x.chat.person_opens(ALICE, ME)
@@ -73,8 +80,8 @@ def posts(bridge: Bridge, channel: str = "C100") -> list[dict[str, Any]]:
     ]
 
 
-async def wait_posts(bridge: Bridge, count: int, channel: str = "C100") -> None:
-    await wait_until(lambda: len(posts(bridge, channel)) >= count, 10, f"{count} posts in {channel}")
+async def wait_posts(bridge: Bridge, count: int, channel: str = "C100", timeout: float = 10.0) -> None:
+    await wait_until(lambda: len(posts(bridge, channel)) >= count, timeout, f"{count} posts in {channel}")
 
 
 def chat_reads(bridge: Bridge) -> int:
@@ -185,3 +192,79 @@ async def test_an_edit_and_a_delete_made_on_x_follow_in_slack(tmp_path: Path) ->
             ("ChatDelete", "posted"),
             ("MessageCreate", "posted"),
         ]
+
+
+async def pushed_and_quiet(bridge: Bridge) -> str:
+    """An encrypted channel, the account subscribed to X Chat's push, and polling slowed to its
+    safety-net pace (so what arrives quickly came by push)."""
+    await wait_until(lambda: any(w["valid"] for w in bridge.x.webhooks.values()), 10, "the webhook")
+    conversation = await encrypted_channel(bridge)
+    await wait_until(
+        lambda: (
+            ("chat.received", ME)
+            in {(s["event_type"], s["filter"]["user_id"]) for s in bridge.x.subscriptions.values()}
+        ),
+        10,
+        "the chat.received subscription",
+    )
+    await first_read(bridge)
+    inbound = bridge.app[SERVICES].inbound
+    await wait_until(
+        lambda: (inbound.next_poll_at(1) or 0.0) > time.time() + PUSHED.push_interval / 2,
+        10,
+        "polling slowed to a safety net",
+    )
+    return conversation
+
+
+async def test_a_pushed_x_chat_message_is_checked_read_and_posted_once(tmp_path: Path) -> None:
+    x = FakeX()
+    async with running_bridge(tmp_path, inbound=PUSHED, env=push_env(x), fake_x=x) as bridge:
+        conversation = await pushed_and_quiet(bridge)
+        reads = chat_reads(bridge)
+        x.chat.person_says(ALICE, conversation, "pushed along")
+        await wait_posts(bridge, 1, timeout=PUSHED.push_interval / 2)
+        assert chat_reads(bridge) == reads + 1  # the push rang one read, and it brought the message
+        await x.wait_pushes()
+        assert [d["status"] for d in x.deliveries if b"chat.received" in d["body"]] == [200]
+        assert [m["text"] for m in posts(bridge)] == ["pushed along"]
+        for _ in range(500):  # the post is in Slack; its row is marked posted just after
+            if origins := await bridge.sql("SELECT origin FROM inbound WHERE state = 'posted'"):
+                break
+            await asyncio.sleep(0.01)
+        assert origins == [("push",)]
+
+
+async def test_a_forged_or_malformed_x_chat_push_is_refused_and_counted(tmp_path: Path) -> None:
+    x = FakeX()
+    async with running_bridge(tmp_path, inbound=PUSHED, env=push_env(x), fake_x=x) as bridge:
+        conversation = await pushed_and_quiet(bridge)
+        x.chat.person_says(ALICE, conversation, "genuine")
+        await wait_posts(bridge, 1, timeout=PUSHED.push_interval / 2)
+        genuine = x.chat.conversations[f"{ME}:{ALICE}"].events[-1]["encoded_event"]
+        raw = bytearray(base64.b64decode(genuine))
+        raw[-20] ^= 0x01
+        tampered = base64.b64encode(bytes(raw)).decode()
+
+        async def push(payload: dict[str, Any]) -> int:
+            data = {"event_type": "chat.received", "filter": {"user_id": ME}, "payload": payload}
+            body = json.dumps({"data": data}).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "x-twitter-webhooks-signature": sign(x.consumer_secret, body),
+            }
+            async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+                assert "Traceback" not in await response.text()
+                return response.status
+
+        forged = {"conversation_id": conversation, "sender_id": ALICE, "encoded_event": tampered}
+        assert await push(forged) == 400
+        assert await push({**forged, "conversation_id": "../../etc"}) == 400
+        assert await push({**forged, "encoded_event": "not base64!"}) == 400
+        assert await push({**forged, "encoded_event": genuine}) == 200  # again: read, never reposted
+        await asyncio.sleep(0.5)
+        assert [m["text"] for m in posts(bridge)] == ["genuine"]
+        metrics = bridge.app[METRICS]
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
+        malformed = metrics.registry.get_sample_value("x_push_malformed_total", {"reason": "chat_event"})
+        assert malformed == 2
