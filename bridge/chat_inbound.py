@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError
+from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
 from bridge.model import Account, InboundEvent, Mapping, XUser
 from bridge.ports import Clock, Store
 from bridge.tokens import TokenManager
@@ -69,6 +69,10 @@ class ChatReader(Protocol):
     ) -> tuple[ChatPage, RateFacts]: ...
 
     async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]: ...
+
+    async def media(self, token: str, conversation_id: str, media_hash_key: str, key_version: str) -> bytes:
+        """An attachment, downloaded and decrypted (raises ``XError`` when it cannot be)."""
+        ...
 
     async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
         """The sequence id of a pushed event that verifies; None when it cannot be checked yet
@@ -169,6 +173,18 @@ class ChatInbound:
         if sequence_id:
             self.pushed(account.id, sequence_id)
         return sequence_id
+
+    async def media(
+        self, account: Account, conversation_id: str, media_hash_key: str, key_version: str
+    ) -> bytes:
+        """An X Chat attachment's bytes, decrypted with the account's keys."""
+        reader = await self._readers.reader(account)
+        if reader is None:
+            raise XRefused("the bridge holds no X Chat keys for the account any more")
+        data: bytes = await self._tokens.call(
+            account, lambda t: reader.media(t, conversation_id, media_hash_key, key_version)
+        )
+        return data
 
     async def target_ts(self, team_id: str, channel_id: str, sequence_id: str) -> str | None:
         """The Slack message an X Chat event was posted as in this channel (what an edit or a
@@ -320,8 +336,11 @@ def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: str) -> In
         kind, payload["edit_of"] = EDIT_KIND, event.target_sequence_id
     elif event.kind is ChatEventKind.DELETE:
         kind, payload["delete_of"] = DELETE_KIND, event.target_sequence_id
-    if event.attachments:
-        payload["chat_media"] = [dict(a) for a in event.attachments]
+    media = [_attachment(a, event.key_version) for a in event.attachments]
+    if any(media):
+        # As the legacy path's media (brought over by the poster, progress kept in the row),
+        # marked as X Chat's: downloaded from X Chat and decrypted.
+        payload["media"] = [m for m in media if m]
     return InboundEvent(
         dm_event_id=event.sequence_id,
         kind=kind,
@@ -330,3 +349,15 @@ def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: str) -> In
         payload=payload,
         origin=origin,
     )
+
+
+def _attachment(attachment: dict[str, Any], key_version: str | None) -> dict[str, Any]:
+    """A decrypted message's media attachment as an inbound media entry ({} for other kinds,
+    a link card say)."""
+    inner = attachment.get("media")
+    media: dict[str, Any] = inner if isinstance(inner, dict) else attachment
+    key = str(media.get("media_hash_key") or "")
+    if not key or not key_version:
+        return {}
+    name = str(media.get("filename") or "")
+    return {"media_key": key, "chat": True, "key_version": key_version, "filename": name}

@@ -1006,10 +1006,10 @@ class Inbound:
             try:
                 if account is None:
                     raise XRefused("the X account was disconnected")
-                data = await self._fetch(account, item.id, key, url)
+                data = await self._fetch(account, item, entry)
                 if len(data) > MAX_MEDIA_BYTES:
                     raise XRefused("the attachment is too large")
-                name = url.rsplit("/", 1)[-1] if url else f"{key}.bin"
+                name = str(entry.get("filename") or "") or (url.rsplit("/", 1)[-1] if url else f"{key}.bin")
                 title = f"From {_handle(sender)} on X" if sender else "From X"
                 await self._slack.upload_file(item.team_id, item.channel_id, name, data, title=title)
                 done.append(key)
@@ -1032,15 +1032,23 @@ class Inbound:
             await self._store.set_inbound_payload(item.id, payload)
         return replace(item, payload=payload)
 
-    async def _fetch(self, account: Account, item_id: int, key: str, url: str) -> bytes:
+    async def _fetch(self, account: Account, item: InboundItem, entry: dict[str, Any]) -> bytes:
         """An attachment's bytes: fetched from X once (X bills reads), then kept for the row's
         retries while Slack refuses its channel or holds it back. Kept in memory, up to
         ``MEDIA_KEPT_BYTES`` in all, the oldest dropped first (fetched again if needed); a
-        restart fetches again."""
+        restart fetches again. An X Chat attachment is decrypted (``ChatInbound.media``)."""
+        item_id, key = item.id, str(entry.get("media_key"))
         kept = self._media.get((item_id, key))  # a hit makes it the most recent
         if kept is not None:
             return kept
-        data: bytes = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+        data: bytes
+        if entry.get("chat"):
+            if self.chats is None:
+                raise XRefused("X Chat attachments are not read by this bridge")
+            data = await self.chats.media(account, item.conversation_id, key, str(entry.get("key_version")))
+        else:
+            url = str(entry.get("url") or "")
+            data = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
         if len(data) <= MEDIA_KEPT_BYTES:  # the cache refuses a single value past its size
             self._media[(item_id, key)] = data  # evicts the least recently used to fit
         return data

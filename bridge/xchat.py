@@ -394,6 +394,7 @@ class ChatEvent:
     target_sequence_id: str | None = None
     created_at: float | None = None
     attachments: tuple[dict[str, Any], ...] = ()
+    key_version: str | None = None  # the conversation key it was encrypted with (its media too)
 
 
 @dataclass(frozen=True)

@@ -1007,6 +1007,7 @@ class FakeX:
             web.post("/2/chat/conversations/{id}/keys", self._chat_keys),
             web.post("/2/chat/conversations/{id}/messages", self._chat_send),
             web.post("/2/chat/conversations/{id}/messages/delete", self._chat_delete),
+            web.get("/2/chat/media/{id}/{media_hash_key}", self._chat_media),
         ]
         app.add_routes(routes)
         return app
@@ -1709,6 +1710,16 @@ class FakeX:
             return _about_blank(403, "Forbidden", str(exc))
         self.chat.take_actions(conv, request[_USER].id, json.loads(request[_BODY])["action_signatures"])
         return _json(200, {"data": {"deleted": True}})
+
+    async def _chat_media(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        blob = self.chat.media.get((conv.id, request.match_info["media_hash_key"]))
+        if blob is None:
+            return _about_blank(404, "Not Found", "no such media")
+        return web.Response(body=blob, content_type="application/octet-stream")
 
     async def _chat_group_initialize(self, request: web.Request) -> web.StreamResponse:
         return _json(200, {"data": {"conversation_id": self.chat.new_group_id()}})

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import chat_xdk
 from chat_xdk import Chat
 
 T_STOP, T_STRING, T_STRUCT = 0, 11, 12
@@ -346,6 +347,38 @@ class ChatServer:
             },
         )
         return str(prepared.message_id)
+
+    def person_sends_media(
+        self, user_id: str, path_id: str, data: bytes, filename: str, text: str = ""
+    ) -> str:
+        """A simulated person sends a file from their phone: encrypted with the conversation key
+        (chat_xdk's stream encryption), uploaded, and attached to a message. Its media hash key."""
+        conv = self.conversation(path_id, user_id)
+        version, key = self._conversation_key(user_id, conv)
+        phone = self._phone(user_id)
+        media_hash_key = f"m{next(self._sequence)}"
+        self.media[(conv.id, media_hash_key)] = bytes(phone.encrypt_stream(data, key))
+        attachment: dict[str, Any] = {
+            "attachment_type": "media",
+            "media_hash_key": media_hash_key,
+            "filesize_bytes": len(data),
+            "filename": filename,
+        }
+        try:
+            width, height = chat_xdk.detect_image_dimensions(data)
+            attachment.update(width=width, height=height, media_type=1)
+        except Exception:  # not an image: a generic file (X's examples use 5)
+            attachment.update(width=0, height=0, media_type=5)
+        prepared = phone.encrypt_message(
+            conv.id, text, conversation_key=key, conversation_key_version=version, attachments=[attachment]
+        )
+        body = {
+            "message_id": prepared.message_id,
+            "encoded_message_create_event": prepared.encrypted_content,
+            "encoded_message_event_signature": prepared.encoded_event_signature,
+        }
+        self.post_message(conv, user_id, body)
+        return media_hash_key
 
     def person_edits(self, user_id: str, path_id: str, sequence_id: str, text: str) -> None:
         """A simulated person edits their message at ``sequence_id`` (X Chat's signed edit event)."""

@@ -454,7 +454,19 @@ class XApiClient:
         parts = ton_parts(url)
         if parts is None:
             raise XRefused("the attachment has no downloadable DM media URL")
-        path = "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        return await self._get_bytes(
+            token, "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        )
+
+    async def download_chat_media(self, token: str, conversation_id: str, media_hash_key: str) -> bytes:
+        """``GET /2/chat/media/{id}/{media_hash_key}``: an X Chat attachment, still encrypted."""
+        if not media_hash_key.isalnum() or len(media_hash_key) > 50:
+            raise XRefused("the attachment has no X Chat media hash key")
+        path = f"/2/chat/media/{quote(conversation_id, safe='')}/{media_hash_key}"
+        return await self._get_bytes(token, path)
+
+    async def _get_bytes(self, token: str, path: str) -> bytes:
+        """A GET whose 200 is raw bytes (media); X's errors raised as any call's."""
         headers = {"Authorization": f"Bearer {token}"}
         try:
             async with self._session.get(

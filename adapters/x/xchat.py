@@ -161,6 +161,7 @@ class ChatConversations:
         self._chat.set_cache_keys(True)
         self._records: dict[str, list[RegisteredKey]] = {}
         self._users: dict[str, XUser] = {}
+        self._keys: dict[str, dict[str, bytes]] = {}  # conversation -> key version -> key
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -333,6 +334,7 @@ class ChatConversations:
             token, people + [str(e.get("sender_id") or "") for e in items if e.get("sender_id")]
         )
         result = self._chat.decrypt_events(key_events + [e["encoded_event"] for e in items])
+        self._keep_keys(conversation_id, result)
         events = [_event(m["event"], conversation_id) for m in result["messages"]]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
         # Errors are indexed over the whole batch; a key event that fails is as much a refusal.
@@ -366,6 +368,32 @@ class ChatConversations:
         if not event.get("verified", False):
             raise ChatPushRefused("the pushed event is not signed")
         return str(event.get("sequence_id") or "") or None
+
+    def _keep_keys(self, conversation_id: str, result: dict[str, Any]) -> None:
+        keys = (result.get("conversation_keys") or {}).get("keys") or {}
+        kept = self._keys.setdefault(conversation_id, {})
+        kept.update({str(version): bytes(key) for version, key in keys.items()})
+
+    async def media(self, token: str, conversation_id: str, media_hash_key: str, key_version: str) -> bytes:
+        """An attachment's bytes: downloaded, then decrypted with the conversation key it was
+        sent under (read from the conversation's key events if this process has not yet).
+        A truncated or tampered file is refused by the library (``XRefused``)."""
+        if key_version not in self._keys.get(conversation_id, {}):
+            path = f"/2/chat/conversations/{conversation_id}/events"
+            status, headers, payload = await self._api._call("GET", path, token, params={"max_results": "1"})
+            self._api._raise_for(status, headers, payload)
+            meta = payload.get("meta") if isinstance(payload, dict) else None
+            key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
+            await self._people(token, [self.user_id, *_one_to_one_people(conversation_id)])
+            self._keep_keys(conversation_id, self._chat.decrypt_events(key_events))
+        key = self._keys.get(conversation_id, {}).get(key_version)
+        if key is None:
+            raise XRefused("the attachment's conversation key is not one the account can open")
+        blob = await self._api.download_chat_media(token, conversation_id, media_hash_key)
+        try:
+            return bytes(self._chat.decrypt_stream(blob, key))
+        except (ValueError, TypeError) as exc:
+            raise XRefused("the attachment does not decrypt (truncated or tampered with)") from exc
 
     async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]:
         """Names and avatars of senders (for posting as them), asked of X once per process."""
@@ -431,6 +459,7 @@ def _event(raw: dict[str, Any], conversation_id: str) -> ChatEvent | None:
         conversation_id=conversation_id,
         kind=ChatEventKind.OTHER,  # typing, read marks, group changes…: nothing to show
         created_at=int(stamp) / 1000 if stamp.isdigit() else None,
+        key_version=str(raw.get("key_version") or "") or None,
     )
     content = raw.get("content") or {}
     if raw.get("type") == "MessageDeleted":

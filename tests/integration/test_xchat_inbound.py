@@ -268,3 +268,43 @@ async def test_a_forged_or_malformed_x_chat_push_is_refused_and_counted(tmp_path
         assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
         malformed = metrics.registry.get_sample_value("x_push_malformed_total", {"reason": "chat_event"})
         assert malformed == 2
+
+
+PICTURE = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+    + (64).to_bytes(4, "big")
+    + (48).to_bytes(4, "big")
+    + b"\x08\x06\x00\x00\x00"
+    + bytes(i % 251 for i in range(40_000))
+)
+
+
+async def test_a_file_sent_encrypted_is_decrypted_and_shared_with_its_message(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        media_key = bridge.x.chat.person_sends_media(ALICE, conversation, PICTURE, "cat.png", "look at this")
+        bridge.x.chat.person_says(ALICE, conversation, "after the picture")
+        await wait_posts(bridge, 2)
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C100" and shared["content"] == PICTURE  # decrypted, byte for byte
+        assert shared["title"] == "From @alice on X"
+        assert [m["text"] for m in posts(bridge)] == ["look at this", "after the picture"]
+        # What X stores and serves is ciphertext only.
+        assert bridge.x.chat.media[(f"{ME}:{ALICE}", media_key)] != PICTURE
+        downloads = [r for r in bridge.x.all_requests if r.path.startswith("/2/chat/media/")]
+        assert len(downloads) == 1
+
+
+async def test_a_tampered_file_is_not_shared_and_its_message_says_so(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        media_key = bridge.x.chat.person_sends_media(ALICE, conversation, PICTURE, "cat.png", "a picture")
+        blob = bytearray(bridge.x.chat.media[(f"{ME}:{ALICE}", media_key)])
+        blob[100] ^= 0x01
+        bridge.x.chat.media[(f"{ME}:{ALICE}", media_key)] = bytes(blob)
+        await wait_posts(bridge, 1)
+        assert bridge.slack.shared_files == []
+        [post] = posts(bridge)
+        assert post["text"] == "a picture\n(an attachment could not be brought over from X)"
