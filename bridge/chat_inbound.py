@@ -18,7 +18,7 @@ Echoes: the bridge's own sends come back in the conversation's events. One whose
 store knows as sent from a channel is skipped there (the legacy rule). Until the Slack → X side
 records X Chat sequence ids, an event the account itself wrote and that the store does not know
 is taken for the bridge's own send and not posted (a message typed in an X app on the team
-account is not shown either; said in docs/xchat.md).
+account is not shown either; said in docs/inbound.md).
 """
 
 from __future__ import annotations
