@@ -330,6 +330,33 @@ class ChatServer:
         self.take_actions(conv, user_id, actions)
         return path_form(conv.id)
 
+    def person_creates_group(self, user_id: str, member_ids: list[str], title: str) -> str:
+        """A simulated person makes an encrypted group from their phone (they are its admin)."""
+        phone = self._phone(user_id)
+        members = list(dict.fromkeys([user_id, *member_ids]))
+        group_id = self.new_group_id()
+        prepared = phone.prepare_group_create(
+            self.key_entries(members), group_id, members, [user_id], title=title
+        )
+        signing_key = phone.get_public_keys().signing
+        actions = [
+            {
+                "message_id": s["message_id"],
+                "encoded_message_event_detail": s["encoded_message_event_detail"],
+                "message_event_signature": {
+                    "signature": s["signature"],
+                    "signature_version": s["signature_version"],
+                    "public_key_version": s["public_key_version"],
+                    "signing_public_key": signing_key,
+                },
+            }
+            for s in prepared["action_signatures"]
+        ]
+        body = {"conversation_id": group_id, "group_members": members, "group_admins": [user_id],
+                "group_name": title, "action_signatures": actions}  # fmt: skip
+        cid, _ = self.create_group(user_id, body)
+        return cid
+
     def person_says(self, user_id: str, path_id: str, text: str) -> str:
         """A simulated person sends ``text`` from their phone; returns its message id."""
         conv = self.conversation(path_id, user_id)

@@ -84,8 +84,8 @@ async def wait_posts(bridge: Bridge, count: int, channel: str = "C100", timeout:
     await wait_until(lambda: len(posts(bridge, channel)) >= count, timeout, f"{count} posts in {channel}")
 
 
-def chat_reads(bridge: Bridge) -> int:
-    path = f"/2/chat/conversations/{CONVERSATION}/events"
+def chat_reads(bridge: Bridge, conversation: str = CONVERSATION) -> int:
+    path = f"/2/chat/conversations/{conversation}/events"
     return sum(1 for r in bridge.x.all_requests if r.method == "GET" and r.path == path)
 
 
@@ -308,3 +308,24 @@ async def test_a_tampered_file_is_not_shared_and_its_message_says_so(tmp_path: P
         assert bridge.slack.shared_files == []
         [post] = posts(bridge)
         assert post["text"] == "a picture\n(an attachment could not be brought over from X)"
+
+
+async def test_a_group_someone_else_made_is_read_and_posted(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_channel(bridge)  # the account's keys; C100 is bridged to the 1-to-1
+        bridge.x.chat.enroll(BOB)
+        group = bridge.x.chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, group) >= 1, 10, "the group's first read")
+        await first_read(bridge)
+        bridge.x.chat.person_says(ALICE, group, "hello group")  # its maker, Bob, has not written
+        await wait_posts(bridge, 1, "C200")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["hello group"]
+        metrics = bridge.app[METRICS]
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"}) == 0
