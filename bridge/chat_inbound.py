@@ -118,6 +118,9 @@ class ChatRead:
 
     events: list[InboundEvent] = field(default_factory=list)
     cursors: list[tuple[str, str]] = field(default_factory=list)
+    # Why the poll stopped before the last conversation (the read budget spent, X failing): what
+    # was read whole before it is taken, then this is raised (``Inbound`` schedules the retry).
+    failure: XError | None = None
 
 
 class ChatInbound:
@@ -142,6 +145,7 @@ class ChatInbound:
         self._page_size = page_size
         self._reserve = reserve
         self._pushed: dict[int, set[str]] = {}  # sequence ids pushed, not read yet, per account
+        self._turn: dict[int, int] = {}  # which conversation each account's next poll reads first
         # ``(kind, label)``: ``chat_refused`` (an event that did not verify), ``echo``.
         self.on_event: Callable[[str, str], None] = lambda kind, label: None
 
@@ -210,8 +214,17 @@ class ChatInbound:
                 extra={"account_id": account.id},
             )
             return done
-        for conversation_id, since in _conversations(mappings).items():
-            await self._conversation(account, reader, read, conversation_id, since, done)
+        conversations = list(_conversations(mappings).items())
+        # Each poll starts one conversation further, so a budget that runs out part-way through
+        # the account's conversations does not always leave the same ones unread.
+        turn = self._turn.get(account.id, 0) % len(conversations)
+        self._turn[account.id] = turn + 1
+        for conversation_id, since in conversations[turn:] + conversations[:turn]:
+            try:
+                await self._conversation(account, reader, read, conversation_id, since, done)
+            except XError as exc:
+                done.failure = exc  # a conversation read in part is not taken: read again whole
+                break
         return done
 
     async def taken(self, account: Account, done: ChatRead) -> None:

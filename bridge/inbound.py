@@ -487,15 +487,18 @@ class Inbound:
         """The account's encrypted conversations, read and queued like its legacy DMs; each
         conversation's cursor moves once what was read is in the store."""
         done = await chats.poll(account, self._chat_read)
-        if not done.events and not done.cursors:
-            return 0
-        tally: dict[str, int] = {}
-        queued = await self._store.take_inbound(account.id, done.events, None, self._clock.now(), tally=tally)
-        await chats.taken(account, done)
-        self._count_echoes(tally)
+        queued = 0
+        if done.events or done.cursors:
+            tally: dict[str, int] = {}
+            now = self._clock.now()
+            queued = await self._store.take_inbound(account.id, done.events, None, now, tally=tally)
+            await chats.taken(account, done)
+            self._count_echoes(tally)
         if queued:
             log.info("X Chat events queued for Slack", extra={"account_id": account.id, "count": queued})
             self.wake()
+        if done.failure is not None:
+            raise done.failure
         return queued
 
     async def _chat_read(

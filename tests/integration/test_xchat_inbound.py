@@ -329,3 +329,26 @@ async def test_a_group_someone_else_made_is_read_and_posted(tmp_path: Path) -> N
         assert [m["text"] for m in posts(bridge, "C200")] == ["hello group"]
         metrics = bridge.app[METRICS]
         assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"}) == 0
+
+
+async def test_a_conversation_x_fails_to_serve_does_not_hold_back_another(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        bridge.x.chat.enroll(BOB)
+        group = bridge.x.chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.x.inject("503", count=1000, path_contains=f"/2/chat/conversations/{group}/events")
+        bridge.x.chat.person_says(ALICE, conversation, "still comes through")
+        bridge.x.chat.person_says(ALICE, group, "waits for X")
+        await wait_posts(bridge, 1)
+        assert [m["text"] for m in posts(bridge)] == ["still comes through"]
+        assert posts(bridge, "C200") == []
+        bridge.x.clear_faults()  # X serves the group again: its message follows
+        await wait_posts(bridge, 1, "C200")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["waits for X"]
