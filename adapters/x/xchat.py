@@ -9,10 +9,13 @@ compared with the library's ``matches_registered_key``, never as strings.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+from cachetools import LRUCache
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
@@ -161,6 +164,11 @@ class ChatConversations:
         self._chat.set_cache_keys(True)
         self._records: dict[str, list[RegisteredKey]] = {}
         self._users: dict[str, XUser] = {}
+        self._fetched_at: dict[str, float] = {}  # when each person's keys were fetched (monotonic)
+        self._read_started = 0.0
+        self._retried: LRUCache[str, bool] = LRUCache(
+            10_000
+        )  # failed events whose signers were fetched again
         self._keys: dict[str, dict[str, bytes]] = {}  # conversation -> key version -> key
 
     # -- keys -----------------------------------------------------------------------------------
@@ -171,6 +179,7 @@ class ChatConversations:
             if user_id in self._records:
                 continue
             records = await self._directory.public_keys(token, user_id)
+            self._fetched_at[user_id] = time.monotonic()
             self._records[user_id] = [
                 r
                 for r in records
@@ -330,10 +339,19 @@ class ChatConversations:
         # The key events' signers too (their envelopes name them, the JSON does not): the account
         # and, in a 1-to-1, the other person; a group's other members as they write.
         people = [self.user_id, *_one_to_one_people(conversation_id)]
-        await self._people(
-            token, people + [str(e.get("sender_id") or "") for e in items if e.get("sender_id")]
-        )
-        result = self._chat.decrypt_events(key_events + [e["encoded_event"] for e in items])
+        people += [str(e.get("sender_id") or "") for e in items if e.get("sender_id")]
+        self._read_started = time.monotonic()
+        await self._people(token, people)
+        batch = key_events + [e["encoded_event"] for e in items]
+        result = self._chat.decrypt_events(batch)
+        stale = self._stale(result.get("errors") or {}, items, key_events, people)
+        if stale:
+            # Keys kept from earlier may be old ones (a new phone registers new keys): fetched
+            # again before anything is refused as forged.
+            for user_id in stale:
+                self._records.pop(user_id, None)
+            await self._people(token, stale)
+            result = self._chat.decrypt_events(batch)
         self._keep_keys(conversation_id, result)
         events = [_event(m["event"], conversation_id) for m in result["messages"]]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
@@ -368,6 +386,33 @@ class ChatConversations:
         if not event.get("verified", False):
             raise ChatPushRefused("the pushed event is not signed")
         return str(event.get("sequence_id") or "") or None
+
+    def _stale(
+        self, errors: dict[str, Any], items: list[dict[str, Any]], key_events: list[str], people: list[str]
+    ) -> list[str]:
+        """The signers of events that failed for the first time, whose keys were fetched before
+        this read (a failed key event's signer is not named: every person of the read). Once per
+        failed event, so a forger makes the bridge ask X again once per forgery, not per read."""
+        suspects: list[str] = []
+        for index in errors:
+            position = int(index) - len(key_events) if str(index).isdigit() else -1
+            if 0 <= position < len(items):
+                failed, signers = (
+                    f"event {items[position].get('id')}",
+                    [str(items[position].get("sender_id") or "")],
+                )
+            elif 0 <= int(index) < len(key_events):
+                failed, signers = f"key {hashlib.sha256(key_events[int(index)].encode()).hexdigest()}", people
+            else:
+                continue
+            if failed not in self._retried:
+                self._retried[failed] = True
+                suspects += signers
+        return [
+            u
+            for u in dict.fromkeys(suspects)
+            if u and self._fetched_at.get(u, self._read_started) < self._read_started
+        ]
 
     def _keep_keys(self, conversation_id: str, result: dict[str, Any]) -> None:
         keys = (result.get("conversation_keys") or {}).get("keys") or {}

@@ -352,3 +352,20 @@ async def test_a_conversation_x_fails_to_serve_does_not_hold_back_another(tmp_pa
         bridge.x.clear_faults()  # X serves the group again: its message follows
         await wait_posts(bridge, 1, "C200")
         assert [m["text"] for m in posts(bridge, "C200")] == ["waits for X"]
+
+
+async def test_a_person_with_new_keys_is_still_read(tmp_path: Path) -> None:
+    """Alice registers new X Chat keys (a new phone) and rotates the conversation key: the
+    bridge, which fetched her old keys, fetches them again rather than refuse her as forged."""
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        bridge.x.chat.person_says(ALICE, conversation, "from my old phone")
+        await wait_posts(bridge, 1)
+        bridge.x.chat.enroll(ALICE)
+        assert bridge.x.chat.person_opens(ALICE, ME) == conversation  # a key change with her new keys
+        bridge.x.chat.person_says(ALICE, conversation, "from my new phone")
+        await wait_posts(bridge, 2)
+        assert [m["text"] for m in posts(bridge)] == ["from my old phone", "from my new phone"]
+        metrics = bridge.app[METRICS]
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"}) == 0
