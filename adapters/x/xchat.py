@@ -369,8 +369,22 @@ class ChatConversations:
     async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
         """A pushed event checked with chat_xdk: its sequence id; None while its conversation
         key is unknown (the library checks signatures before it decrypts, so a forgery is
-        caught even then); ``ChatPushRefused`` when it does not verify."""
+        caught even then); ``ChatPushRefused`` when it does not verify, with the sender's keys
+        fetched again first if they were kept from earlier (new keys on a new phone)."""
+        started = time.monotonic()
         await self._people(token, [push.sender_id])
+        try:
+            return self._check_pushed(push)
+        except ChatPushRefused:
+            failed = f"push {hashlib.sha256(push.encoded_event.encode()).hexdigest()}"
+            if self._fetched_at.get(push.sender_id, started) >= started or failed in self._retried:
+                raise
+            self._retried[failed] = True
+            self._records.pop(push.sender_id, None)
+            await self._people(token, [push.sender_id])
+            return self._check_pushed(push)
+
+    def _check_pushed(self, push: ChatPush) -> str | None:
         if push.key_change_event:
             result = self._chat.decrypt_events([push.key_change_event])
             if result.get("errors"):
