@@ -40,13 +40,15 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
 from bridge import translate
 from bridge.budget import Budget
+from bridge.chat_inbound import DELETE_KIND, FOLLOW_KINDS, ChatInbound
 from bridge.errors import (
+    RateFacts,
     SlackChannelRefused,
     SlackError,
     SlackMessageRefused,
@@ -74,6 +76,7 @@ from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.inbound")
+T = TypeVar("T")
 
 METADATA_TYPE = "xdm_bridge_inbound"  # Slack message metadata event_type of our posts
 HISTORY_SKEW = 120.0  # look this far before a post began when searching Slack's history
@@ -295,6 +298,8 @@ class Inbound:
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
+        # Encrypted X Chat conversations (bridge/chat_inbound.py), read with each account's poll.
+        self.chats: ChatInbound | None = None
         self.heartbeat = 0.0
         self.on_posted: Callable[[InboundItem], None] | None = None
         # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
@@ -456,6 +461,8 @@ class Inbound:
         self._read_at[account.id] = self._clock.now()
         try:
             queued = await self.poll(account)
+            if self.chats is not None:
+                queued += await self._poll_chats(account, self.chats)
             if queued:
                 self._last_activity[account.id] = self._clock.now()
         except XRateLimited as exc:
@@ -475,6 +482,29 @@ class Inbound:
         if self._rung.get(account.id):  # pushed DMs X did not show yet: read again soon
             again = now + self._bell_delay(account.id)
             self._next_poll[account.id] = min(self._next_poll[account.id], again)
+
+    async def _poll_chats(self, account: Account, chats: ChatInbound) -> int:
+        """The account's encrypted conversations, read and queued like its legacy DMs; each
+        conversation's cursor moves once what was read is in the store."""
+        done = await chats.poll(account, self._chat_read)
+        queued = 0
+        if done.events or done.cursors:
+            tally: dict[str, int] = {}
+            now = self._clock.now()
+            queued = await self._store.take_inbound(account.id, done.events, None, now, tally=tally)
+            await chats.taken(account, done)
+            self._count_echoes(tally)
+        if queued:
+            log.info("X Chat events queued for Slack", extra={"account_id": account.id, "count": queued})
+            self.wake()
+        if done.failure is not None:
+            raise done.failure
+        return queued
+
+    async def _chat_read(
+        self, account: Account, call: Callable[[], Awaitable[tuple[T, RateFacts]]], keep: int
+    ) -> T:
+        return await self._counted_read(account, call, keep=keep)
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
@@ -645,14 +675,14 @@ class Inbound:
         return await self._counted_read(account, call, keep=self._config.reserve)
 
     async def _counted_read(
-        self, account: Account, call: Callable[[], Awaitable[tuple[InboxPage, Any]]], *, keep: int = 0
-    ) -> InboxPage:
+        self, account: Account, call: Callable[[], Awaitable[tuple[T, Any]]], *, keep: int = 0
+    ) -> T:
         """One read within the budget, reported by outcome: ``ok``, ``rate_limited`` (X's 429),
         ``refused``, ``auth`` (the account's token), ``error`` (X failing), or ``held`` (not
         made: the budget kept it back, so X was not asked)."""
         made = False
 
-        async def counted() -> tuple[InboxPage, Any]:
+        async def counted() -> tuple[T, Any]:
             nonlocal made
             made = True
             try:
@@ -816,6 +846,8 @@ class Inbound:
                 return None
             item = checked
         try:
+            if item.kind in FOLLOW_KINDS:
+                return await self._follow(item)
             item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
                 since = (item.posting_since or item.created_at) - HISTORY_SKEW
@@ -861,6 +893,44 @@ class Inbound:
             return None
         if refused is not None:
             return await self._refused(item, refused)
+        return await self._posted(item, ts)
+
+    async def _follow(self, item: InboundItem) -> InboundItem | None:
+        """An edit or delete made on X: the Slack message its target was posted as is updated or
+        deleted (both may be done again after a crash: the same text, a message already gone).
+        Without such a message here (bridged later, or refused by Slack) there is nothing to
+        follow: the row is skipped. Slack's 429 and failures are handled as a post's."""
+        ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
+        target = str(item.payload.get("edit_of") or item.payload.get("delete_of") or "")
+        ts = None
+        if self.chats is not None and target:
+            ts = await self.chats.target_ts(item.team_id, item.channel_id, target)
+        if ts is None:
+            log.info("an edit or delete on X of a message not posted here: nothing to follow", extra=ids)
+            await self._store.reschedule_inbound(
+                item.id, InboundState.SKIPPED, 0.0, "its message is not in this channel"
+            )
+            self._post_wake.set()
+            return None
+        claimed = await self._store.mark_posting(item.id, self._clock.now())
+        if claimed is None:
+            return None
+        try:
+            if item.kind == DELETE_KIND:
+                await self._slack.delete_message(item.team_id, item.channel_id, ts)
+            else:
+                text, _, _ = render(claimed)
+                await self._slack.update_message(item.team_id, item.channel_id, ts, text)
+        except SlackChannelRefused:
+            raise  # the channel, not this edit: held as a post would be
+        except SlackRefused as exc:  # this message (cant_update_message, edit_window_closed…)
+            log.warning(
+                "Slack refused to follow an edit or delete made on X", extra={**ids, "error": str(exc)}
+            )
+            await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, str(exc))
+            self._post_wake.set()
+            return None
+        log.info("an edit or delete made on X followed in Slack", extra=ids)
         return await self._posted(item, ts)
 
     async def _refused(self, item: InboundItem, exc: SlackMessageRefused) -> InboundItem | None:
@@ -939,10 +1009,10 @@ class Inbound:
             try:
                 if account is None:
                     raise XRefused("the X account was disconnected")
-                data = await self._fetch(account, item.id, key, url)
+                data = await self._fetch(account, item, entry)
                 if len(data) > MAX_MEDIA_BYTES:
                     raise XRefused("the attachment is too large")
-                name = url.rsplit("/", 1)[-1] if url else f"{key}.bin"
+                name = str(entry.get("filename") or "") or (url.rsplit("/", 1)[-1] if url else f"{key}.bin")
                 title = f"From {_handle(sender)} on X" if sender else "From X"
                 await self._slack.upload_file(item.team_id, item.channel_id, name, data, title=title)
                 done.append(key)
@@ -965,15 +1035,23 @@ class Inbound:
             await self._store.set_inbound_payload(item.id, payload)
         return replace(item, payload=payload)
 
-    async def _fetch(self, account: Account, item_id: int, key: str, url: str) -> bytes:
+    async def _fetch(self, account: Account, item: InboundItem, entry: dict[str, Any]) -> bytes:
         """An attachment's bytes: fetched from X once (X bills reads), then kept for the row's
         retries while Slack refuses its channel or holds it back. Kept in memory, up to
         ``MEDIA_KEPT_BYTES`` in all, the oldest dropped first (fetched again if needed); a
-        restart fetches again."""
+        restart fetches again. An X Chat attachment is decrypted (``ChatInbound.media``)."""
+        item_id, key = item.id, str(entry.get("media_key"))
         kept = self._media.get((item_id, key))  # a hit makes it the most recent
         if kept is not None:
             return kept
-        data: bytes = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
+        data: bytes
+        if entry.get("chat"):
+            if self.chats is None:
+                raise XRefused("X Chat attachments are not read by this bridge")
+            data = await self.chats.media(account, item.conversation_id, key, str(entry.get("key_version")))
+        else:
+            url = str(entry.get("url") or "")
+            data = await self._tokens.call(account, functools.partial(self._x.download_dm_media, url=url))
         if len(data) <= MEDIA_KEPT_BYTES:  # the cache refuses a single value past its size
             self._media[(item_id, key)] = data  # evicts the least recently used to fit
         return data

@@ -583,6 +583,16 @@ class SlackClient(Protocol):
         """Share a file into a channel (``files:write``); returns Slack's file id."""
         ...
 
+    async def update_message(self, team_id: str, channel_id: str, ts: str, text: str) -> None:
+        """``chat.update`` of a message the bot posted (its sender's name and avatar stay), the
+        text shown literally as ``post_as``'s. Raises as ``post_as`` does."""
+        ...
+
+    async def delete_message(self, team_id: str, channel_id: str, ts: str) -> bool:
+        """``chat.delete`` of a message the bot posted; False when Slack has no such message
+        (deleted already). Raises as ``post_as`` does."""
+        ...
+
     async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
         """The ts of a message we posted since ``oldest`` whose metadata carries ``event_id``."""
         ...

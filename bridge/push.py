@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
 from bridge.model import Account
@@ -26,6 +27,7 @@ from bridge.tokens import TokenManager
 log = logging.getLogger("bridge.push")
 
 EVENT_TYPES = ("dm.received", "dm.sent")
+CHAT_EVENT_TYPE = "chat.received"  # X Chat, for accounts whose X Chat keys the bridge holds
 REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
 
@@ -133,7 +135,10 @@ class Push:
             if account.needs_reconnect:
                 continue
             try:
-                for event_type in EVENT_TYPES:
+                wanted: tuple[str, ...] = EVENT_TYPES
+                if self._inbound.chats is not None and await self._inbound.chats.has_keys(account):
+                    wanted = (*EVENT_TYPES, CHAT_EVENT_TYPE)  # X bills each: only with keys to read it
+                for event_type in wanted:
                     if (event_type, account.x_user_id) not in existing:
                         subscribe = functools.partial(
                             self._subscribe,
@@ -189,6 +194,39 @@ class Push:
             for account in accounts:
                 self.on_pushed(account.id, news)
         return len(accounts)
+
+    async def take_chat(self, user_id: str | None, pushes: Sequence[ChatPush]) -> int:
+        """A verified delivery of X Chat events (``chat.received``): each is checked with the keys
+        of the accounts that bridge its conversation (``user_id``'s, when the push names a
+        subscriber), and a read of the account's conversations is rung (``on_pushed``), as a DM
+        push's: the read posts it, in order, once. Returns how many did not verify (forged or
+        tampered with: never posted; the caller refuses the push and counts them)."""
+        self.state.last_delivery_at = self._clock.now()
+        chats = self._inbound.chats
+        if chats is None:
+            return 0
+        accounts = {
+            a.id: a
+            for a in await self._store.list_accounts()
+            if not a.needs_reconnect and (user_id is None or a.x_user_id == user_id)
+        }
+        mappings = [m for m in await self._store.list_mappings() if m.encrypted and m.account_id in accounts]
+        refused = 0
+        for push in pushes:
+            bridging = sorted({m.account_id for m in mappings if m.conversation_id == push.conversation_id})
+            try:
+                for account_id in bridging:
+                    await chats.verify_push(accounts[account_id], push)
+            except ChatPushRefused as exc:
+                log.warning(
+                    "an X Chat push was refused: its event does not verify",
+                    extra={"conversation": push.conversation_id, "error": str(exc)},
+                )
+                refused += 1
+                continue
+            for account_id in bridging:
+                self.on_pushed(account_id, ())
+        return refused
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -400,6 +400,7 @@ class ChatEvent:
     target_sequence_id: str | None = None
     created_at: float | None = None
     attachments: tuple[dict[str, Any], ...] = ()
+    key_version: str | None = None  # the conversation key it was encrypted with (its media too)
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,7 @@ class ChatPage:
     events: tuple[ChatEvent, ...]
     refused: int  # events whose signature or encryption did not verify: never shown, counted
     next_token: str | None = None
+    refused_ids: tuple[str, ...] = ()  # the sequence ids X gave the refused events (not key events)
 
 
 @dataclass(frozen=True)

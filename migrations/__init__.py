@@ -572,3 +572,24 @@ BEGIN
     WHERE id = NEW.id;
 END
 """
+
+
+@migrations(name="0026_xchat_inbound")
+def m0026_xchat_inbound(db: Database) -> None:
+    """X Chat, X → Slack (issue 19): how far each encrypted conversation has been read, per
+    account (the legacy cursor is one per account: ``GET /2/dm_events`` covers every DM; X Chat
+    is read one conversation at a time)."""
+    db.execute(XCHAT_CURSORS)
+
+
+# The same statement on both engines. ``newest_sequence_id``: the newest X Chat sequence id taken
+# from a read ("0": read, nothing there yet); the events themselves are inbound rows.
+XCHAT_CURSORS = """
+CREATE TABLE xchat_cursors (
+    account_id BIGINT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    newest_sequence_id TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (account_id, conversation_id)
+)
+"""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, XCHAT_IDENTITIES
+from migrations import CONSENTS, XCHAT_CURSORS, XCHAT_IDENTITIES
 
 log = logging.getLogger("migrations.postgres")
 
@@ -490,6 +490,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             FOR EACH ROW EXECUTE FUNCTION outbox_encrypted();
         """,
     ),
+    # SQLite's 0026, the same statement: how far each encrypted X Chat conversation was read.
+    ("0023_xchat_inbound", XCHAT_CURSORS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -510,6 +512,7 @@ TABLES = (
     "xchat_identities",
     "xchat_peers",
     "consents",
+    "xchat_cursors",
 )
 
 

@@ -118,6 +118,8 @@ DM_READ_TEMPLATES: frozenset[str] = frozenset(
         "/2/dm_events/{event_id}",
         "/2/dm_conversations/{id}/dm_events",
         "/2/dm_conversations/with/{participant_id}/dm_events",
+        # X publishes no limit for X Chat's reads; modelled as the DM reads' (headers decide).
+        "/2/chat/conversations/{id}/events",
     }
 )
 
@@ -703,6 +705,7 @@ class FakeX:
         self.chat_send_refusals: list[tuple[int, str]] = []
         # Encrypted X Chat: conversations of envelopes, and the simulated people's phones.
         self.chat = ChatServer(lambda: self.clock(), self.public_keys, self.register_keys)
+        self.chat.on_message = self._push_chat
 
         # Rate limits (NOTES §4), shared by the three DM POST endpoints.
         self.user_limit_15m = user_limit_15m
@@ -974,6 +977,7 @@ class FakeX:
             web.post(TOKEN_PATH, self._token),
             web.post(REVOKE_PATH, self._revoke),
             web.get("/2/users/me", self._users_me),
+            web.get("/2/users", self._users_by_ids),
             web.get("/2/users/by/username/{username}", self._user_by_username),
             web.post("/2/dm_conversations", self._create_group),
             web.post("/2/dm_conversations/with/{participant_id}/messages", self._send_to_participant),
@@ -1009,6 +1013,7 @@ class FakeX:
             web.post("/2/chat/media/upload/initialize", self._chat_media_initialize),
             web.post("/2/chat/media/upload/{id}/append", self._chat_media_append),
             web.post("/2/chat/media/upload/{id}/finalize", self._chat_media_finalize),
+            web.get("/2/chat/media/{id}/{media_hash_key}", self._chat_media),
         ]
         app.add_routes(routes)
         return app
@@ -1602,6 +1607,19 @@ class FakeX:
         problem.pop("status")
         return _json(200, {"errors": [problem]})
 
+    async def _users_by_ids(self, request: web.Request) -> web.StreamResponse:
+        fields = _csv(request.query.get("user.fields"))
+        ids = _csv(request.query.get("ids"))
+        found = [self._user_json(self.users[i], fields) for i in ids if i in self.users]
+        missing = [i for i in ids if i not in self.users]
+        body: dict[str, Any] = {"data": found} if found else {}
+        if missing:
+            errors = [_not_found_problem("user", i, "ids") for i in missing]
+            for problem in errors:
+                problem.pop("status")
+            body["errors"] = errors
+        return _json(200, body)
+
     # ------------------------------------------------------------ X Chat keys
 
     def register_keys(self, user_id: str, registration: dict[str, Any]) -> str:
@@ -1719,6 +1737,16 @@ class FakeX:
         if not self.chat.media_finalize(request.match_info["id"], json.loads(request[_BODY])):
             return _about_blank(400, "Bad Request", "The upload's segments do not add up to its size")
         return _json(200, {"data": {"success": True}})
+
+    async def _chat_media(self, request: web.Request) -> web.StreamResponse:
+        try:
+            conv = self._chat_conversation(request)
+        except NotMember as exc:
+            return _about_blank(403, "Forbidden", str(exc))
+        blob = self.chat.media.get((conv.id, request.match_info["media_hash_key"]))
+        if blob is None:
+            return _about_blank(404, "Not Found", "no such media")
+        return web.Response(body=blob, content_type="application/octet-stream")
 
     async def _chat_group_initialize(self, request: web.Request) -> web.StreamResponse:
         return _json(200, {"data": {"conversation_id": self.chat.new_group_id()}})
@@ -2230,6 +2258,32 @@ class FakeX:
             if wanted and webhook is not None and webhook["valid"]:
                 body = json.dumps(self.payload_for(event, kind, user_id, subscription.get("tag"))).encode()
                 self._spawn(self._deliver(webhook, body))
+
+    def _push_chat(self, conv: ChatConversation, sender: str, encoded: str) -> None:
+        """Push an X Chat message (``chat.received``) to every other member's subscription: only
+        ciphertext and routing, as X's Activity API sends it (xchat/real-time-events)."""
+        for subscription in list(self.subscriptions.values()):
+            user_id = subscription["filter"]["user_id"]
+            if (
+                subscription["event_type"] != "chat.received"
+                or user_id == sender
+                or user_id not in conv.members
+            ):
+                continue
+            webhook = self.webhooks.get(str(subscription.get("webhook_id")))
+            if webhook is None or not webhook["valid"]:
+                continue
+            data = {
+                "event_type": "chat.received",
+                "event_uuid": str(-secrets.randbelow(10**18)),
+                "filter": {"user_id": user_id},
+                "payload": {
+                    "conversation_id": path_form(conv.id),
+                    "sender_id": sender,
+                    "encoded_event": encoded,
+                },
+            }
+            self._spawn(self._deliver(webhook, json.dumps({"data": data}).encode()))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         try:

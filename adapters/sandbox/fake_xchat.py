@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import chat_xdk
 from chat_xdk import Chat
 
 T_STOP, T_STRING, T_STRUCT = 0, 11, 12
@@ -142,6 +143,8 @@ class ChatServer:
         self.phones: dict[str, Chat] = {}
         self._sequence = itertools.count(1_900_000_000_000_000_001)
         self._keys_of: dict[tuple[str, str], tuple[str, bytes]] = {}  # (person, conv) -> (version, key)
+        # Told of each message posted (conversation, sender, sequence id, envelope): X's push.
+        self.on_message: Any = None
 
     # -- the server ----------------------------------------------------------------------------
 
@@ -210,6 +213,8 @@ class ChatServer:
         sequence, encoded = self._envelope(conv, caller, message_id, detail, signature)
         conv.sent[message_id] = encoded
         self._keep(conv, caller, sequence, encoded, key_event=False)
+        if self.on_message is not None:
+            self.on_message(conv, caller, encoded)
         return encoded
 
     def media_initialize(self, caller: str, body: dict[str, Any]) -> dict[str, str]:
@@ -348,6 +353,33 @@ class ChatServer:
         self.take_actions(conv, user_id, actions)
         return path_form(conv.id)
 
+    def person_creates_group(self, user_id: str, member_ids: list[str], title: str) -> str:
+        """A simulated person makes an encrypted group from their phone (they are its admin)."""
+        phone = self._phone(user_id)
+        members = list(dict.fromkeys([user_id, *member_ids]))
+        group_id = self.new_group_id()
+        prepared = phone.prepare_group_create(
+            self.key_entries(members), group_id, members, [user_id], title=title
+        )
+        signing_key = phone.get_public_keys().signing
+        actions = [
+            {
+                "message_id": s["message_id"],
+                "encoded_message_event_detail": s["encoded_message_event_detail"],
+                "message_event_signature": {
+                    "signature": s["signature"],
+                    "signature_version": s["signature_version"],
+                    "public_key_version": s["public_key_version"],
+                    "signing_public_key": signing_key,
+                },
+            }
+            for s in prepared["action_signatures"]
+        ]
+        body = {"conversation_id": group_id, "group_members": members, "group_admins": [user_id],
+                "group_name": title, "action_signatures": actions}  # fmt: skip
+        cid, _ = self.create_group(user_id, body)
+        return cid
+
     def person_says(self, user_id: str, path_id: str, text: str) -> str:
         """A simulated person sends ``text`` from their phone; returns its message id."""
         conv = self.conversation(path_id, user_id)
@@ -365,6 +397,70 @@ class ChatServer:
             },
         )
         return str(prepared.message_id)
+
+    def person_sends_media(
+        self, user_id: str, path_id: str, data: bytes, filename: str, text: str = ""
+    ) -> str:
+        """A simulated person sends a file from their phone: encrypted with the conversation key
+        (chat_xdk's stream encryption), uploaded, and attached to a message. Its media hash key."""
+        conv = self.conversation(path_id, user_id)
+        version, key = self._conversation_key(user_id, conv)
+        phone = self._phone(user_id)
+        media_hash_key = f"m{next(self._sequence)}"
+        self.media[(conv.id, media_hash_key)] = bytes(phone.encrypt_stream(data, key))
+        attachment: dict[str, Any] = {
+            "attachment_type": "media",
+            "media_hash_key": media_hash_key,
+            "filesize_bytes": len(data),
+            "filename": filename,
+        }
+        try:
+            width, height = chat_xdk.detect_image_dimensions(data)
+            attachment.update(width=width, height=height, media_type=1)
+        except Exception:  # not an image: a generic file (X's examples use 5)
+            attachment.update(width=0, height=0, media_type=5)
+        prepared = phone.encrypt_message(
+            conv.id, text, conversation_key=key, conversation_key_version=version, attachments=[attachment]
+        )
+        body = {
+            "message_id": prepared.message_id,
+            "encoded_message_create_event": prepared.encrypted_content,
+            "encoded_message_event_signature": prepared.encoded_event_signature,
+        }
+        self.post_message(conv, user_id, body)
+        return media_hash_key
+
+    def person_edits(self, user_id: str, path_id: str, sequence_id: str, text: str) -> None:
+        """A simulated person edits their message at ``sequence_id`` (X Chat's signed edit event)."""
+        conv = self.conversation(path_id, user_id)
+        version, key = self._conversation_key(user_id, conv)
+        prepared = self._phone(user_id).encrypt_edit(
+            conversation_id=conv.id, target_message_sequence_id=sequence_id, updated_text=text,
+            conversation_key=key, conversation_key_version=version,
+        )  # fmt: skip
+        body = {
+            "message_id": prepared.message_id,
+            "encoded_message_create_event": prepared.encrypted_content,
+            "encoded_message_event_signature": prepared.encoded_event_signature,
+        }
+        self.post_message(conv, user_id, body)
+
+    def person_deletes(self, user_id: str, path_id: str, sequence_id: str) -> None:
+        """A simulated person deletes their message at ``sequence_id`` for everyone (signed)."""
+        conv = self.conversation(path_id, user_id)
+        phone = self._phone(user_id)
+        signature = phone.prepare_message_delete(conv.id, [sequence_id], True)
+        action = {
+            "message_id": signature["message_id"],
+            "encoded_message_event_detail": signature["encoded_message_event_detail"],
+            "message_event_signature": {
+                "signature": signature["signature"],
+                "signature_version": signature["signature_version"],
+                "public_key_version": signature["public_key_version"],
+                "signing_public_key": phone.get_public_keys().signing,
+            },
+        }
+        self.take_actions(conv, user_id, [action])
 
     def person_forges(self, user_id: str, path_id: str, text: str, *, as_user: str) -> None:
         """A simulated person's phone posts a message claiming ``as_user`` wrote it (signed with

@@ -226,6 +226,25 @@ class SlackApi:
             raise SlackTransient("chat.postMessage answered without a ts")
         return ts
 
+    async def update_message(self, team_id: str, channel_id: str, ts: str, text: str) -> None:
+        try:
+            await self._poster.chat_update(channel=channel_id, ts=ts, text=text)
+        except SlackApiError as exc:
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
+
+    async def delete_message(self, team_id: str, channel_id: str, ts: str) -> bool:
+        try:
+            await self._poster.chat_delete(channel=channel_id, ts=ts)
+        except SlackApiError as exc:
+            if exc.response.get("error") == "message_not_found":
+                return False
+            raise _slack_error(exc) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackTransient(f"Slack did not answer ({type(exc).__name__})") from exc
+        return True
+
     async def upload_file(
         self, team_id: str, channel_id: str, filename: str, data: bytes, *, title: str
     ) -> str:

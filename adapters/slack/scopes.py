@@ -15,6 +15,9 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     # and username/icon_url need chat:write.customize.
     "chat.postMessage": ("chat:write", "chat:write.customize"),
     "chat.postEphemeral": ("chat:write",),
+    # An edit or delete made on X Chat follows on the message the bridge posted for it.
+    "chat.update": ("chat:write",),
+    "chat.delete": ("chat:write",),
     # After a crash: was this X event already posted? (its metadata carries the dm_event_id)
     "conversations.history": ("channels:history", "groups:history"),
     # Media in X messages, shared into the bridged channel.

@@ -118,3 +118,47 @@ class XChatIdentityStore:
 
 def _peer_check(row: dict[str, Any]) -> PeerCheck:
     return PeerCheck(row["x_user_id"], bool(row["on_chat"]), float(row["checked_at"]))
+
+
+class ChatCursorStore:
+    """``bridge.chat_inbound.ChatCursors``: the ``xchat_cursors`` table, and where X's events
+    were posted (the message map), one SQL for both engines."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def chat_cursor(self, account_id: int, conversation_id: str) -> str | None:
+        rows = await self._engine.fetch(
+            "SELECT newest_sequence_id FROM xchat_cursors WHERE account_id = ? AND conversation_id = ?",
+            account_id,
+            conversation_id,
+        )
+        return str(rows[0]["newest_sequence_id"]) if rows else None
+
+    async def save_chat_cursor(
+        self, account_id: int, conversation_id: str, sequence_id: str, now: float
+    ) -> None:
+        # Compared here, not in SQL (a 19-digit id is an INTEGER to SQLite, a BIGINT to
+        # PostgreSQL): only the leader reads X, so nothing writes between the two statements.
+        kept = await self.chat_cursor(account_id, conversation_id)
+        if kept is not None and int(kept or 0) >= int(sequence_id or 0):
+            return
+        await self._engine.execute(
+            "INSERT INTO xchat_cursors (account_id, conversation_id, newest_sequence_id, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE SET "
+            "newest_sequence_id = excluded.newest_sequence_id, updated_at = excluded.updated_at",
+            account_id,
+            conversation_id,
+            sequence_id,
+            now,
+        )
+
+    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str) -> str | None:
+        rows = await self._engine.fetch(
+            "SELECT slack_ts FROM message_map WHERE dm_event_id = ? AND team_id = ? AND channel_id = ? "
+            "ORDER BY part LIMIT 1",
+            dm_event_id,
+            team_id,
+            channel_id,
+        )
+        return str(rows[0]["slack_ts"]) if rows else None

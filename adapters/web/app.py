@@ -42,7 +42,7 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
-from adapters.store.xchat import XChatIdentityStore
+from adapters.store.xchat import ChatCursorStore, XChatIdentityStore
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
@@ -51,6 +51,7 @@ from adapters.x.api import XApiClient, XAppClient
 from adapters.x.oauth import oauth_client
 from adapters.x.xchat import AccountChats, KeyDirectory
 from bridge.budget import FALLBACK_PAUSE, Budget
+from bridge.chat_inbound import ChatInbound
 from bridge.commands import CommandService
 from bridge.confirm import Confirmations
 from bridge.connect import ConnectService, consent_text
@@ -248,17 +249,26 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tokens = TokenManager(store, oauth, clock, refused)
         inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
         inbound.on_event = metrics.inbound_hook()
+        # X Chat: identities are read from the store on each use, so `xdm-bridge xchat setup` run
+        # beside a serving bridge takes effect on the next command, message or read, without a
+        # restart. One session per account serves sends and reads (their keys and caches).
+        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
+        chats = AccountChats(x, peer_checks)
+        inbound.chats = ChatInbound(
+            store,
+            ChatCursorStore(store.engine),
+            chats,
+            tokens,
+            clock,
+            reserve=app[INBOUND_CONFIG].reserve,
+        )
+        inbound.chats.on_event = inbound.on_event
         push: Push | None = None
         if settings.push_url and settings.x_bearer_token:
             push = Push(
                 store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url
             )
             inbound.push_active = push.active
-
-        # X Chat: identities are read from the store on each use, so `xdm-bridge xchat setup` run
-        # beside a serving bridge takes effect on the next command or message, without a restart.
-        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
-        chats = AccountChats(x, peer_checks)
 
         def make_delivery() -> Delivery:
             delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG], chats=chats)
@@ -596,11 +606,29 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
         refusals = request.app[REFUSALS_LOG]
         refusals.warning("X push signed but not understood; refused", exc.reason, detail=str(exc))
         return web.json_response({"error": "malformed delivery"}, status=400)
+    if delivery.chats:
+        return await _chat_delivery(request, services.push, delivery)
+    assert delivery.user_id is not None  # only an X Chat push may name no subscriber
     accounts = await services.push.take(delivery.user_id, delivery.event_ids)
     log.info(
         "X push taken",
         extra={"event_type": delivery.event_type, "events": len(delivery.event_ids), "accounts": accounts},
     )
+    return web.json_response({"ok": True})
+
+
+async def _chat_delivery(request: web.Request, push: Push, delivery: x_push.Delivery) -> web.Response:
+    """An X Chat push: each event checked with the keys of the accounts bridging its
+    conversation, then read from X (``Push.take_chat``). One that does not verify is refused
+    with 400 and counted; nothing of it is posted."""
+    refused = await push.take_chat(delivery.user_id, delivery.chats)
+    if refused:
+        request.app[METRICS].chat_refused.labels("push").inc(refused)
+        request.app[REFUSALS_LOG].warning(
+            "X Chat push refused: its event does not verify", "chat-signature", events=refused
+        )
+        return web.json_response({"error": "the X Chat event does not verify"}, status=400)
+    log.info("X Chat push taken", extra={"events": len(delivery.chats)})
     return web.json_response({"ok": True})
 
 

@@ -155,6 +155,15 @@ class BridgeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.chat_refused = Counter(
+            "xchat_events_refused",
+            "X Chat events not posted: their signature or encryption does not verify (counted once, "
+            "when first read, or per push)",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("read", "push"):
+            self.chat_refused.labels(source)
         self.push_refused = Counter(
             "x_push_refused",
             "Deliveries to /x/webhook refused with 401: their signature does not verify",
@@ -272,6 +281,8 @@ class BridgeMetrics:
                 self.inbound_failed.labels(_bounded(label, SLACK_REFUSALS)).inc()
             elif kind == "read":
                 self.dm_reads.labels(_bounded(label, READ_OUTCOMES)).inc()
+            elif kind == "chat_refused":
+                self.chat_refused.labels("push" if label == "push" else "read").inc()
 
         return on_event
 

@@ -310,6 +310,19 @@ class XApiClient:
         self._raise_for(status, headers, payload)
         return _user(payload)
 
+    async def users_by_ids(self, token: str, user_ids: Sequence[str]) -> dict[str, XUser]:
+        """``GET /2/users?ids=`` (at most 100): names and avatars of people by id; ids X does not
+        show are left out."""
+        wanted = list(dict.fromkeys(user_ids))[:100]
+        if not wanted:
+            return {}
+        params = {"ids": ",".join(wanted), "user.fields": "profile_image_url"}
+        status, headers, payload = await self._call("GET", "/2/users", token, params=params)
+        self._raise_for(status, headers, payload)
+        records = payload.get("data") if isinstance(payload, dict) else None
+        found = (_user({"data": r}) for r in records or [] if isinstance(r, dict))
+        return {u.id: u for u in found if u is not None}
+
     async def send(
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
@@ -441,7 +454,19 @@ class XApiClient:
         parts = ton_parts(url)
         if parts is None:
             raise XRefused("the attachment has no downloadable DM media URL")
-        path = "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        return await self._get_bytes(
+            token, "/2/dm_conversations/media/" + "/".join(quote(p, safe="") for p in parts)
+        )
+
+    async def download_chat_media(self, token: str, conversation_id: str, media_hash_key: str) -> bytes:
+        """``GET /2/chat/media/{id}/{media_hash_key}``: an X Chat attachment, still encrypted."""
+        if not media_hash_key.isalnum() or len(media_hash_key) > 50:
+            raise XRefused("the attachment has no X Chat media hash key")
+        path = f"/2/chat/media/{quote(conversation_id, safe='')}/{media_hash_key}"
+        return await self._get_bytes(token, path)
+
+    async def _get_bytes(self, token: str, path: str) -> bytes:
+        """A GET whose 200 is raw bytes (media); X's errors raised as any call's."""
         headers = {"Authorization": f"Bearer {token}"}
         try:
             async with self._session.get(

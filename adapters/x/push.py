@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.chat_inbound import ChatPush
+
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 DM_EVENT_TYPES = ("dm.received", "dm.sent")
 
@@ -61,14 +63,22 @@ class Delivery:
 
     Only the DMs' ids are kept. The legacy payload names no conversation, and a group message
     pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in it
-    says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``)."""
+    says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``).
+    An X Chat push (``chat.received``) carries its one event as ciphertext (``chats``), and may
+    name no subscriber (X's samples show no ``filter``): then ``user_id`` is None."""
 
-    user_id: str
+    user_id: str | None
     event_type: str
     event_ids: tuple[str, ...]
+    chats: tuple[ChatPush, ...] = ()
 
 
-MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id")
+MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id", "chat_event")
+CHAT_RECEIVED = "chat.received"
+# X Chat conversation ids in REST fields and paths: a peer id, "A-B" or "g…" (X's OpenAPI pattern).
+_CHAT_CONVERSATION = re.compile(r"[0-9]{1,19}|[0-9]{1,19}-[0-9]{1,19}|g[0-9]{1,19}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+MAX_CHAT_EVENT = 1024 * 1024  # characters of base64: a Thrift envelope, never a file
 
 
 class MalformedDelivery(ValueError):
@@ -97,12 +107,16 @@ def parse_delivery(body: bytes) -> Delivery:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedDelivery("not_json", "not JSON") from exc
     data = document.get("data") if isinstance(document, dict) else None
+    if isinstance(data, dict) and data.get("event_type") == CHAT_RECEIVED and "filter" not in data:
+        return Delivery(None, CHAT_RECEIVED, (), (_chat_push(data.get("payload")),))
     if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
         raise MalformedDelivery("envelope", "no data.filter object")
     user_id = data["filter"].get("user_id")
     event_type = data.get("event_type")
     if not snowflake(user_id) or not isinstance(event_type, str):
         raise MalformedDelivery("envelope", "no filter.user_id or event_type")
+    if event_type == CHAT_RECEIVED:
+        return Delivery(user_id, event_type, (), (_chat_push(data.get("payload")),))
     if event_type not in DM_EVENT_TYPES:
         return Delivery(user_id, event_type, ())
     payload = data.get("payload")
@@ -136,3 +150,24 @@ def _message_id(raw: Any) -> str | None:
         raise MalformedDelivery("event_id", "a message_create event has no X id")
     event_id: str = raw["id"]
     return event_id
+
+
+def _chat_push(payload: Any) -> ChatPush:
+    """An X Chat push's one event, its fields shaped as X's; raises ``MalformedDelivery``. Only
+    the shape is checked here: whether the event verifies is for the account's keys to say."""
+    if not isinstance(payload, dict):
+        raise MalformedDelivery("chat_event", "a chat.received push has no payload object")
+    conversation = payload.get("conversation_id")
+    sender, event = payload.get("sender_id"), payload.get("encoded_event")
+    key_change = payload.get("conversation_key_change_event")
+    if not isinstance(conversation, str) or _CHAT_CONVERSATION.fullmatch(conversation) is None:
+        raise MalformedDelivery("chat_event", "a chat.received push names no X Chat conversation")
+    if not snowflake(sender):
+        raise MalformedDelivery("chat_event", "a chat.received push has no sender_id")
+    if not _base64(event) or (key_change is not None and not _base64(key_change)):
+        raise MalformedDelivery("chat_event", "a chat.received push's event is not base64")
+    return ChatPush(conversation, str(sender), str(event), str(key_change) if key_change else None)
+
+
+def _base64(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_CHAT_EVENT and _BASE64.fullmatch(value) is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import struct
 import time
 from dataclasses import replace
@@ -18,12 +19,14 @@ from typing import Any
 from urllib.parse import quote
 
 import chat_xdk
+from cachetools import LRUCache
 from chat_xdk import Chat
 
 from adapters.x.api import XApiClient
-from bridge.errors import XRefused
+from bridge.chat_inbound import ChatPush, ChatPushRefused
+from bridge.errors import RateFacts, XRefused
 from bridge.media import MediaSource
-from bridge.model import Account, one_to_one_id
+from bridge.model import Account, XUser, one_to_one_id
 from bridge.xchat import (
     ChatEvent,
     ChatEventKind,
@@ -175,6 +178,15 @@ class ChatConversations:
         self._records: dict[str, list[RegisteredKey]] = {}
         self._conversation_keys: dict[str, tuple[float, str, bytes]] = {}  # id -> (read at, version, key)
         self._keys_checked_at: float | None = None
+        # Conversation keys read are kept, so a pushed event (no key change with it) decrypts.
+        self._chat.set_cache_keys(True)
+        self._users: dict[str, XUser] = {}
+        self._fetched_at: dict[str, float] = {}  # when each person's keys were fetched (monotonic)
+        self._read_started = 0.0
+        self._retried: LRUCache[str, bool] = LRUCache(
+            10_000
+        )  # failed events whose signers were fetched again
+        self._keys: dict[str, dict[str, bytes]] = {}  # conversation -> key version -> key
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -184,6 +196,7 @@ class ChatConversations:
             if user_id in self._records:
                 continue
             records = await self._directory.public_keys(token, user_id)
+            self._fetched_at[user_id] = time.monotonic()
             self._records[user_id] = [
                 r
                 for r in records
@@ -430,24 +443,149 @@ class ChatConversations:
         self, token: str, conversation_id: str, *, max_results: int = 50, pagination_token: str | None = None
     ) -> ChatPage:
         """One page of a conversation, decrypted; an event that does not verify is refused and counted."""
-        params = {"max_results": str(max_results)}
+        page, _ = await self.events(
+            token, conversation_id, max_results=max_results, pagination_token=pagination_token
+        )
+        return page
+
+    async def events(
+        self, token: str, conversation_id: str, *, max_results: int, pagination_token: str | None = None
+    ) -> tuple[ChatPage, RateFacts]:
+        """``read``, with what X's headers said of the read budget (``bridge.chat_inbound``)."""
+        params = {"max_results": str(max(1, min(100, max_results)))}
         if pagination_token:
             params["pagination_token"] = pagination_token
         path = f"/2/chat/conversations/{conversation_id}/events"
         status, headers, payload = await self._api._call("GET", path, token, params=params)
-        self._api._raise_for(status, headers, payload)
+        facts = self._api._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         meta = payload.get("meta") if isinstance(payload, dict) else None
         items = [e for e in data or [] if isinstance(e, dict) and isinstance(e.get("encoded_event"), str)]
         key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
-        await self._people(token, [str(e.get("sender_id") or "") for e in items if e.get("sender_id")])
-        result = self._chat.decrypt_events(key_events + [e["encoded_event"] for e in items])
+        # The key events' signers too (their envelopes name them, the JSON does not): the account
+        # and, in a 1-to-1, the other person; a group's other members as they write.
+        people = [self.user_id, *_one_to_one_people(conversation_id)]
+        people += [str(e.get("sender_id") or "") for e in items if e.get("sender_id")]
+        self._read_started = time.monotonic()
+        await self._people(token, people)
+        batch = key_events + [e["encoded_event"] for e in items]
+        result = self._chat.decrypt_events(batch)
+        stale = self._stale(result.get("errors") or {}, items, key_events, people)
+        if stale:
+            # Keys kept from earlier may be old ones (a new phone registers new keys): fetched
+            # again before anything is refused as forged.
+            for user_id in stale:
+                self._records.pop(user_id, None)
+            await self._people(token, stale)
+            result = self._chat.decrypt_events(batch)
+        self._keep_keys(conversation_id, result)
         events = [_event(m["event"], conversation_id) for m in result["messages"]]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
         # Errors are indexed over the whole batch; a key event that fails is as much a refusal.
-        refused = len(result.get("errors") or {})
+        errors = result.get("errors") or {}
+        refused_ids = tuple(
+            str(items[int(i) - len(key_events)].get("id") or "")
+            for i in errors
+            if str(i).isdigit() and int(i) >= len(key_events)
+        )
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
-        return ChatPage(newest_first, refused, (meta or {}).get("next_token"))
+        next_token = (meta or {}).get("next_token")
+        return ChatPage(newest_first, len(errors), next_token, refused_ids), facts
+
+    async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
+        """A pushed event checked with chat_xdk: its sequence id; None while its conversation
+        key is unknown (the library checks signatures before it decrypts, so a forgery is
+        caught even then); ``ChatPushRefused`` when it does not verify, with the sender's keys
+        fetched again first if they were kept from earlier (new keys on a new phone)."""
+        started = time.monotonic()
+        await self._people(token, [push.sender_id])
+        try:
+            return self._check_pushed(push)
+        except ChatPushRefused:
+            failed = f"push {hashlib.sha256(push.encoded_event.encode()).hexdigest()}"
+            if self._fetched_at.get(push.sender_id, started) >= started or failed in self._retried:
+                raise
+            self._retried[failed] = True
+            self._records.pop(push.sender_id, None)
+            await self._people(token, [push.sender_id])
+            return self._check_pushed(push)
+
+    def _check_pushed(self, push: ChatPush) -> str | None:
+        if push.key_change_event:
+            result = self._chat.decrypt_events([push.key_change_event])
+            if result.get("errors"):
+                raise ChatPushRefused("the pushed conversation key change does not verify")
+        try:
+            event = self._chat.decrypt_event(push.encoded_event)
+        except (ValueError, TypeError) as exc:
+            if "no matching key" in str(exc):
+                return None
+            raise ChatPushRefused(
+                f"the pushed event does not verify: {str(exc).splitlines()[0][:160]}"
+            ) from exc
+        if not event.get("verified", False):
+            raise ChatPushRefused("the pushed event is not signed")
+        return str(event.get("sequence_id") or "") or None
+
+    def _stale(
+        self, errors: dict[str, Any], items: list[dict[str, Any]], key_events: list[str], people: list[str]
+    ) -> list[str]:
+        """The signers of events that failed for the first time, whose keys were fetched before
+        this read (a failed key event's signer is not named: every person of the read). Once per
+        failed event, so a forger makes the bridge ask X again once per forgery, not per read."""
+        suspects: list[str] = []
+        for index in errors:
+            position = int(index) - len(key_events) if str(index).isdigit() else -1
+            if 0 <= position < len(items):
+                failed, signers = (
+                    f"event {items[position].get('id')}",
+                    [str(items[position].get("sender_id") or "")],
+                )
+            elif 0 <= int(index) < len(key_events):
+                failed, signers = f"key {hashlib.sha256(key_events[int(index)].encode()).hexdigest()}", people
+            else:
+                continue
+            if failed not in self._retried:
+                self._retried[failed] = True
+                suspects += signers
+        return [
+            u
+            for u in dict.fromkeys(suspects)
+            if u and self._fetched_at.get(u, self._read_started) < self._read_started
+        ]
+
+    def _keep_keys(self, conversation_id: str, result: dict[str, Any]) -> None:
+        keys = (result.get("conversation_keys") or {}).get("keys") or {}
+        kept = self._keys.setdefault(conversation_id, {})
+        kept.update({str(version): bytes(key) for version, key in keys.items()})
+
+    async def media(self, token: str, conversation_id: str, media_hash_key: str, key_version: str) -> bytes:
+        """An attachment's bytes: downloaded, then decrypted with the conversation key it was
+        sent under (read from the conversation's key events if this process has not yet).
+        A truncated or tampered file is refused by the library (``XRefused``)."""
+        if key_version not in self._keys.get(conversation_id, {}):
+            path = f"/2/chat/conversations/{conversation_id}/events"
+            status, headers, payload = await self._api._call("GET", path, token, params={"max_results": "1"})
+            self._api._raise_for(status, headers, payload)
+            meta = payload.get("meta") if isinstance(payload, dict) else None
+            key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
+            await self._people(token, [self.user_id, *_one_to_one_people(conversation_id)])
+            self._keep_keys(conversation_id, self._chat.decrypt_events(key_events))
+        key = self._keys.get(conversation_id, {}).get(key_version)
+        if key is None:
+            raise XRefused("the attachment's conversation key is not one the account can open")
+        blob = await self._api.download_chat_media(token, conversation_id, media_hash_key)
+        try:
+            return bytes(self._chat.decrypt_stream(blob, key))
+        except (ValueError, TypeError) as exc:
+            raise XRefused("the attachment does not decrypt (truncated or tampered with)") from exc
+
+    async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]:
+        """Names and avatars of senders (for posting as them), asked of X once per process."""
+        wanted = [u for u in dict.fromkeys(user_ids) if u and u not in self._users]
+        if wanted:
+            self._users.update(await self._api.users_by_ids(token, wanted))
+        return {u: self._users[u] for u in user_ids if u in self._users}
 
     async def _writable_key(self, token: str, conversation_id: str) -> tuple[str, bytes]:
         """The conversation key to encrypt with. A 1-to-1 whose keys none is wrapped for the
@@ -527,6 +665,15 @@ class AccountChats:
             self._sessions[account.x_user_id] = kept
         return kept[1]
 
+    async def reader(self, account: Account) -> ChatConversations | None:
+        """``bridge.chat_inbound.ChatReaders``: the account's session, or None while it has no
+        usable identity (none, not registered yet, or ``mismatch``): nothing of it is read then."""
+        try:
+            return await self.session(account)
+        except NoChatIdentity:
+            self._sessions.pop(account.x_user_id, None)
+            return None
+
     async def has_identity(self, account: Account) -> bool:
         return await self._identities.identity(account.x_user_id) is not None
 
@@ -599,6 +746,12 @@ def _dimensions(head: bytes) -> tuple[int, int]:
     return (int(found[0]), int(found[1])) if found else (0, 0)
 
 
+def _one_to_one_people(conversation_id: str) -> list[str]:
+    """Both people of a 1-to-1 id (``A-B`` or ``A:B``); none for a group or a bare peer id."""
+    ids = conversation_id.replace(":", "-").split("-")
+    return ids if len(ids) == 2 and all(i.isdigit() for i in ids) else []
+
+
 def _canonical(conversation_id: str) -> str:
     """The id signatures bind: ``min:max`` for a 1-to-1, ``g…`` for a group."""
     if conversation_id.startswith("g"):
@@ -628,6 +781,7 @@ def _event(raw: dict[str, Any], conversation_id: str) -> ChatEvent | None:
         conversation_id=conversation_id,
         kind=ChatEventKind.OTHER,  # typing, read marks, group changes…: nothing to show
         created_at=int(stamp) / 1000 if stamp.isdigit() else None,
+        key_version=str(raw.get("key_version") or "") or None,
     )
     content = raw.get("content") or {}
     if raw.get("type") == "MessageDeleted":

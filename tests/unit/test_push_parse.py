@@ -76,8 +76,45 @@ def test_a_delivery_announces_its_dms_and_skips_other_event_types() -> None:
     typing = {"type": "indicate_typing", "sender_id": "2001"}
     delivery = push.parse_delivery(_delivery([_dm("5"), typing, _dm("7")]))
     assert (delivery.user_id, delivery.event_type, delivery.event_ids) == ("1000", "dm.received", ("5", "7"))
-    chat = push.parse_delivery(_delivery("ciphertext", event_type="chat.received"))
-    assert chat.event_ids == ()
+    receipt = push.parse_delivery(_delivery("anything", event_type="dm.read"))
+    assert receipt.event_ids == () and receipt.chats == ()
+
+
+def test_an_x_chat_push_carries_its_ciphertext_with_or_without_a_subscriber() -> None:
+    payload = {"conversation_id": "1000-2001", "sender_id": "2001", "encoded_event": "AAEC+/8="}
+    named = {"filter": {"user_id": "1000"}, "event_type": "chat.received", "payload": payload}
+    delivery = push.parse_delivery(json.dumps({"data": named}).encode())
+    assert delivery.user_id == "1000" and delivery.event_ids == ()
+    [chat] = delivery.chats
+    assert (chat.conversation_id, chat.sender_id, chat.encoded_event) == ("1000-2001", "2001", "AAEC+/8=")
+    # X's own samples show no filter: the conversation says whose it is.
+    bare = push.parse_delivery(
+        json.dumps({"data": {"event_type": "chat.received", "payload": payload}}).encode()
+    )
+    assert bare.user_id is None and bare.chats == delivery.chats
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "ciphertext",
+        {"conversation_id": "1000_2001", "sender_id": "2001", "encoded_event": "AAEC"},
+        {"conversation_id": "g42", "sender_id": 2001, "encoded_event": "AAEC"},
+        {"conversation_id": "g42", "sender_id": "2001", "encoded_event": "not base64!"},
+        {"conversation_id": "g42", "sender_id": "2001"},
+        {
+            "conversation_id": "g42",
+            "sender_id": "2001",
+            "encoded_event": "AAEC",
+            "conversation_key_change_event": 5,
+        },
+    ],
+)
+def test_a_malformed_x_chat_push_is_refused(payload: object) -> None:
+    body = {"data": {"filter": {"user_id": "1000"}, "event_type": "chat.received", "payload": payload}}
+    with pytest.raises(push.MalformedDelivery) as refused:
+        push.parse_delivery(json.dumps(body).encode())
+    assert refused.value.reason == "chat_event"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,376 @@
+"""X → Slack for encrypted X Chat conversations: read, decrypt, verify, then the legacy queue.
+
+X Chat has no inbox read across conversations (``GET /2/dm_events``): each bridged encrypted
+conversation is read on its own, ``GET /2/chat/conversations/{id}/events``, newest first, back to
+where the last read stopped (a cursor per account and conversation, in the store). Reads draw on
+the account's one read budget, as the legacy reads do (X publishes no limit for X Chat's reads;
+its headers decide), through ``Inbound``'s counted read.
+
+What a read gives is decrypted and verified at the edge (X's ``chat_xdk``): an event whose
+signature or encryption does not verify is never shown; it is counted (``chat_refused``) once,
+when first read. What verifies becomes inbound rows, the legacy path's: posted as the sender, in
+the conversation's order (X's sequence ids are snowflakes: the row's ``seq``), exactly once (rows
+are unique per event and channel, so a read again after a crash or restart queues nothing new;
+the cursor only saves reading). Edits and deletes made on X are rows too, in their place in the
+order, that update or delete the Slack message their target was posted as.
+
+Echoes: the bridge's own sends come back in the conversation's events. One whose sequence id the
+store knows as sent from a channel is skipped there (the legacy rule). Until the Slack → X side
+records X Chat sequence ids, an event the account itself wrote and that the store does not know
+is taken for the bridge's own send and not posted (a message typed in an X app on the team
+account is not shown either; said in docs/inbound.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
+from bridge.model import Account, InboundEvent, Mapping, XUser
+from bridge.ports import Clock, Store
+from bridge.tokens import TokenManager
+from bridge.xchat import ChatEvent, ChatEventKind, ChatPage
+
+log = logging.getLogger("bridge.chat_inbound")
+
+EDIT_KIND = "ChatEdit"  # an inbound row that updates the Slack message of ``edit_of``
+DELETE_KIND = "ChatDelete"  # an inbound row that deletes the Slack message of ``delete_of``
+FOLLOW_KINDS = (EDIT_KIND, DELETE_KIND)
+FULL_PAGE = 100  # X's largest page: once a first page is all new, read back in big steps
+MAX_PAGES = 20  # per conversation and read; the budget stops a longer backlog first
+
+
+@dataclass(frozen=True)
+class ChatPush:
+    """One ``chat.received`` push: only ciphertext and routing (X's Activity API). Its event is
+    verified with the account's keys before a read of its conversation is rung."""
+
+    conversation_id: str
+    sender_id: str
+    encoded_event: str = field(repr=False)
+    key_change_event: str | None = field(default=None, repr=False)
+
+
+class ChatPushRefused(BridgeError):
+    """A pushed X Chat event whose signature (or its key change's) does not verify: forged or
+    tampered with. Never posted; the push is refused and counted."""
+
+
+class ChatReader(Protocol):
+    """One account's X Chat, decrypted and verified (``adapters.x.xchat.ChatConversations``)."""
+
+    user_id: str
+
+    async def events(
+        self, token: str, conversation_id: str, *, max_results: int, pagination_token: str | None = None
+    ) -> tuple[ChatPage, RateFacts]: ...
+
+    async def users(self, token: str, user_ids: list[str]) -> dict[str, XUser]: ...
+
+    async def media(self, token: str, conversation_id: str, media_hash_key: str, key_version: str) -> bytes:
+        """An attachment, downloaded and decrypted (raises ``XError`` when it cannot be)."""
+        ...
+
+    async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
+        """The sequence id of a pushed event that verifies; None when it cannot be checked yet
+        (its conversation key is not known before a read); raises ``ChatPushRefused``."""
+        ...
+
+
+class ChatReaders(Protocol):
+    """Each account's reader, from its stored X Chat identity."""
+
+    async def reader(self, account: Account) -> ChatReader | None:
+        """None when the bridge holds no identity registered with X for the account."""
+        ...
+
+
+class ChatCursors(Protocol):
+    """Role store: how far each encrypted conversation has been read, and where X's events were
+    posted (``adapters.store.xchat.ChatCursorStore``)."""
+
+    async def chat_cursor(self, account_id: int, conversation_id: str) -> str | None: ...
+
+    async def save_chat_cursor(
+        self, account_id: int, conversation_id: str, sequence_id: str, now: float
+    ) -> None:
+        """Move the cursor forward to ``sequence_id`` (never back)."""
+        ...
+
+    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str) -> str | None:
+        """The Slack ts an X event was posted (or sent from) as in that channel, or None."""
+        ...
+
+
+# ``Inbound.budgeted_read``: one read within the account's read budget, counted by outcome.
+BudgetedRead = Callable[
+    [Account, Callable[[], Awaitable[tuple[ChatPage, RateFacts]]], int], Awaitable[ChatPage]
+]
+
+
+@dataclass
+class ChatRead:
+    """One poll of an account's encrypted conversations: the events new since the last read
+    (oldest first per conversation) and where each conversation's cursor goes once they are taken."""
+
+    events: list[InboundEvent] = field(default_factory=list)
+    cursors: list[tuple[str, str]] = field(default_factory=list)
+    # Why the poll stopped before the last conversation (the read budget spent, X failing): what
+    # was read whole before it is taken, then this is raised (``Inbound`` schedules the retry).
+    failure: XError | None = None
+
+
+class ChatInbound:
+    """Reads the account's encrypted conversations and queues what is new (leader only)."""
+
+    def __init__(
+        self,
+        store: Store,
+        cursors: ChatCursors,
+        readers: ChatReaders,
+        tokens: TokenManager,
+        clock: Clock,
+        *,
+        page_size: int = 10,
+        reserve: int = 2,
+    ) -> None:
+        self._store = store
+        self._cursors = cursors
+        self._readers = readers
+        self._tokens = tokens
+        self._clock = clock
+        self._page_size = page_size
+        self._reserve = reserve
+        self._pushed: dict[int, set[str]] = {}  # sequence ids pushed, not read yet, per account
+        self._turn: dict[int, int] = {}  # which conversation each account's next poll reads first
+        # ``(kind, label)``: ``chat_refused`` (an event that did not verify), ``echo``.
+        self.on_event: Callable[[str, str], None] = lambda kind, label: None
+
+    def pushed(self, account_id: int, sequence_id: str) -> None:
+        """X pushed this event: the read that takes it counts it as pushed."""
+        kept = self._pushed.setdefault(account_id, set())
+        if len(kept) < 1000 and sequence_id.isdigit():
+            kept.add(sequence_id)
+
+    async def has_keys(self, account: Account) -> bool:
+        """Does the bridge hold X Chat keys, registered with X, for the account?"""
+        return await self._readers.reader(account) is not None
+
+    async def verify_push(self, account: Account, push: ChatPush) -> str | None:
+        """Check a pushed event with the account's keys: its sequence id (the read it rings counts
+        it as pushed), or None when it cannot be checked now (no keys held, X not answering for
+        the sender's keys, its conversation key not read yet): the read that follows checks it.
+        Raises ``ChatPushRefused`` for an event that does not verify."""
+        reader = await self._readers.reader(account)
+        if reader is None:
+            return None
+        try:
+            sequence_id: str | None = await self._tokens.call(
+                account, lambda t: reader.verify_pushed(t, push)
+            )
+        except (XError, XAuthRevoked) as exc:
+            log.info("a pushed X Chat event could not be checked now", extra={"error": str(exc)[:200]})
+            return None
+        if sequence_id:
+            self.pushed(account.id, sequence_id)
+        return sequence_id
+
+    async def media(
+        self, account: Account, conversation_id: str, media_hash_key: str, key_version: str
+    ) -> bytes:
+        """An X Chat attachment's bytes, decrypted with the account's keys."""
+        reader = await self._readers.reader(account)
+        if reader is None:
+            raise XRefused("the bridge holds no X Chat keys for the account any more")
+        data: bytes = await self._tokens.call(
+            account, lambda t: reader.media(t, conversation_id, media_hash_key, key_version)
+        )
+        return data
+
+    async def target_ts(self, team_id: str, channel_id: str, sequence_id: str) -> str | None:
+        """The Slack message an X Chat event was posted as in this channel (what an edit or a
+        delete made on X follows), or None."""
+        return await self._cursors.posted_ts(team_id, channel_id, sequence_id)
+
+    async def poll(self, account: Account, read: BudgetedRead) -> ChatRead:
+        """Read every encrypted conversation the account bridges: the events new since the last
+        read, for ``Store.take_inbound``; ``taken`` moves the cursors once they are in the store
+        (a crash between the two reads them again, and the store's unique rows keep them once)."""
+        mappings = [
+            m
+            for m in await self._store.list_mappings()
+            if m.encrypted and m.conversation_id and m.account_id == account.id
+        ]
+        done = ChatRead()
+        if not mappings:
+            return done
+        reader = await self._readers.reader(account)
+        if reader is None:
+            log.warning(
+                "encrypted conversations bridged, but no X Chat keys registered for the account: not read",
+                extra={"account_id": account.id},
+            )
+            return done
+        conversations = list(_conversations(mappings).items())
+        # Each poll starts one conversation further, so a budget that runs out part-way through
+        # the account's conversations does not always leave the same ones unread.
+        turn = self._turn.get(account.id, 0) % len(conversations)
+        self._turn[account.id] = turn + 1
+        for conversation_id, since in conversations[turn:] + conversations[:turn]:
+            try:
+                await self._conversation(account, reader, read, conversation_id, since, done)
+            except XError as exc:
+                done.failure = exc  # a conversation read in part is not taken: read again whole
+                break
+        return done
+
+    async def taken(self, account: Account, done: ChatRead) -> None:
+        """The events of ``done`` are in the store: move the cursors past them."""
+        for conversation_id, newest in done.cursors:
+            await self._cursors.save_chat_cursor(account.id, conversation_id, newest, self._clock.now())
+
+    async def _conversation(
+        self,
+        account: Account,
+        reader: ChatReader,
+        read: BudgetedRead,
+        conversation_id: str,
+        since: float,
+        done: ChatRead,
+    ) -> None:
+        cursor = await self._cursors.chat_cursor(account.id, conversation_id)
+        floor = int(cursor) if cursor and cursor.isdigit() else None
+        collected: dict[int, ChatEvent] = {}
+        refused: set[str] = set()
+        newest: int | None = None
+        token: str | None = None
+        for page_number in range(MAX_PAGES):
+            size = self._page_size if page_number == 0 else FULL_PAGE
+
+            async def call(token: str | None = token, size: int = size) -> tuple[ChatPage, RateFacts]:
+                result: tuple[ChatPage, RateFacts] = await self._tokens.call(
+                    account,
+                    lambda t: reader.events(t, conversation_id, max_results=size, pagination_token=token),
+                )
+                return result
+
+            page = await read(account, call, self._reserve)
+            seen = [int(e.sequence_id) for e in page.events if e.sequence_id.isdigit()]
+            seen += [int(i) for i in page.refused_ids if i.isdigit()]
+            newest = max([newest or 0, *seen]) if seen else newest
+            finished = floor is not None and any(s <= floor for s in seen)
+            for event in page.events:
+                if event.sequence_id.isdigit() and (floor is None or int(event.sequence_id) > floor):
+                    collected[int(event.sequence_id)] = event
+            refused.update(i for i in page.refused_ids if i.isdigit() and (floor is None or int(i) > floor))
+            older = floor is None and any(
+                e.created_at is not None and e.created_at < since for e in page.events
+            )
+            if finished or older or page.next_token is None or page.next_token == token:
+                break
+            token = page.next_token
+        for _ in refused:
+            self.on_event("chat_refused", "read")
+        if refused:
+            log.warning(
+                "X Chat events that do not verify were refused (not posted)",
+                extra={"account_id": account.id, "conversation": conversation_id, "count": len(refused)},
+            )
+        if floor is None:
+            # The first read sets the starting point: what was written since the channel was
+            # bridged is new, anything older is not posted (X Chat history is not backfilled).
+            collected = {s: e for s, e in collected.items() if e.created_at is None or e.created_at >= since}
+        if newest is not None or floor is None:
+            done.cursors.append((conversation_id, str(newest or 0)))
+        done.events += await self._inbound(account, reader, [collected[s] for s in sorted(collected)])
+
+    async def _inbound(
+        self, account: Account, reader: ChatReader, events: list[ChatEvent]
+    ) -> list[InboundEvent]:
+        shown: list[ChatEvent] = []
+        for event in events:
+            if event.kind is ChatEventKind.REACTION:
+                continue  # not carried to Slack (yet)
+            if event.sender_id == reader.user_id and await self._store.sent_from(event.sequence_id) is None:
+                # Not known as sent from a channel: taken for the bridge's own send (see above).
+                self.on_event("echo", "core")
+                continue
+            shown.append(event)
+        users = await self._users(account, reader, sorted({e.sender_id for e in shown if e.sender_id}))
+        pushed = self._pushed.get(account.id, set())
+        found = [_inbound_event(e, users, "push" if e.sequence_id in pushed else "poll") for e in shown]
+        pushed.difference_update(e.sequence_id for e in events)
+        return found
+
+    async def _users(self, account: Account, reader: ChatReader, user_ids: list[str]) -> dict[str, XUser]:
+        if not user_ids:
+            return {}
+        try:
+            users: dict[str, XUser] = await self._tokens.call(account, lambda t: reader.users(t, user_ids))
+        except (XError, XAuthRevoked) as exc:
+            # Posted under their X id rather than held back: the message matters more than the name.
+            log.info("could not look up X Chat senders", extra={"error": str(exc)[:200]})
+            return {}
+        return users
+
+
+def _conversations(mappings: Sequence[Mapping]) -> dict[str, float]:
+    """Each encrypted conversation once, with when its first channel was bridged."""
+    found: dict[str, float] = {}
+    for mapping in mappings:
+        assert mapping.conversation_id is not None
+        found[mapping.conversation_id] = min(
+            found.get(mapping.conversation_id, mapping.created_at), mapping.created_at
+        )
+    return found
+
+
+def _sender(users: dict[str, XUser], sender_id: str) -> dict[str, Any]:
+    user = users.get(sender_id)
+    if user is None:
+        return {"id": sender_id, "username": "", "name": "", "avatar": ""}
+    return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
+
+
+def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: str) -> InboundEvent:
+    """The store's row of a verified X Chat event: what posting it (or following it) needs."""
+    payload: dict[str, Any] = {
+        "text": event.text,
+        "created_at": event.created_at,
+        "sender": _sender(users, event.sender_id),
+        "message_id": event.message_id,
+        "encrypted": True,
+    }
+    kind = "MessageCreate"
+    if event.kind is ChatEventKind.EDIT:
+        kind, payload["edit_of"] = EDIT_KIND, event.target_sequence_id
+    elif event.kind is ChatEventKind.DELETE:
+        kind, payload["delete_of"] = DELETE_KIND, event.target_sequence_id
+    media = [_attachment(a, event.key_version) for a in event.attachments]
+    if any(media):
+        # As the legacy path's media (brought over by the poster, progress kept in the row),
+        # marked as X Chat's: downloaded from X Chat and decrypted.
+        payload["media"] = [m for m in media if m]
+    return InboundEvent(
+        dm_event_id=event.sequence_id,
+        kind=kind,
+        conversation_id=event.conversation_id,
+        sender_id=event.sender_id,
+        payload=payload,
+        origin=origin,
+    )
+
+
+def _attachment(attachment: dict[str, Any], key_version: str | None) -> dict[str, Any]:
+    """A decrypted message's media attachment as an inbound media entry ({} for other kinds,
+    a link card say)."""
+    inner = attachment.get("media")
+    media: dict[str, Any] = inner if isinstance(inner, dict) else attachment
+    key = str(media.get("media_hash_key") or "")
+    if not key or not key_version:
+        return {}
+    name = str(media.get("filename") or "")
+    return {"media_key": key, "chat": True, "key_version": key_version, "filename": name}

@@ -1,0 +1,57 @@
+"""X Chat read cursors and where X's events were posted: one SQL on both engines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.store.xchat import ChatCursorStore
+from tests.contract.conftest import Engine
+from tests.contract.test_xchat_store import database
+
+# Two 19-digit sequence ids whose order as text and as numbers differ from a shorter one's.
+OLDER, NEWER = "1900000000000000009", "1900000000000000010"
+
+
+@pytest.fixture(params=("sqlite", "postgres"))
+async def cursors(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[ChatCursorStore, Engine]]:
+    async with database(request, request.param, tmp_path) as engine:
+        store = engine.store()
+        await store.open()
+        try:
+            yield ChatCursorStore(store.engine), engine
+        finally:
+            await store.close()
+
+
+async def test_a_cursor_is_per_account_and_conversation_and_only_moves_forward(
+    cursors: tuple[ChatCursorStore, Engine],
+) -> None:
+    store, _ = cursors
+    assert await store.chat_cursor(1, "1000-2001") is None
+    await store.save_chat_cursor(1, "1000-2001", "0", 1.0)
+    assert await store.chat_cursor(1, "1000-2001") == "0"
+    await store.save_chat_cursor(1, "1000-2001", NEWER, 2.0)
+    await store.save_chat_cursor(1, "1000-2001", OLDER, 3.0)  # an older read's answer: kept back
+    await store.save_chat_cursor(1, "1000-2001", "99", 4.0)
+    assert await store.chat_cursor(1, "1000-2001") == NEWER
+    assert await store.chat_cursor(1, "g42") is None
+    assert await store.chat_cursor(2, "1000-2001") is None
+
+
+async def test_where_an_event_was_posted_is_found_per_channel(
+    cursors: tuple[ChatCursorStore, Engine],
+) -> None:
+    store, engine = cursors
+    await engine.sql(
+        "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+        "created_at) VALUES (?, ?, ?, 0, ?, ?, ?)",
+        "T1", "C1", "111.000001", "1000-2001", OLDER, 1.0,
+    )  # fmt: skip
+    assert await store.posted_ts("T1", "C1", OLDER) == "111.000001"
+    assert await store.posted_ts("T1", "C2", OLDER) is None
+    assert await store.posted_ts("T1", "C1", NEWER) is None
