@@ -19,9 +19,11 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
+from bridge.inbound import METADATA_TYPE
 from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, Bridge, note, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
+from tests.integration.test_xchat_inbound import chat_reads
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
@@ -321,3 +323,31 @@ async def test_a_person_whose_keys_do_not_verify_is_said_and_nothing_is_bridged(
         assert told.startswith(":x: X Chat:") and "2003 has no X Chat keys" in told, told
         assert await bridge.sql("SELECT channel_id FROM mappings") == []
         assert not any(r.path.startswith("/2/chat/conversations/group") for r in bridge.x.all_requests)
+
+
+async def test_both_ways_in_one_encrypted_conversation_and_no_echo(tmp_path: Path) -> None:
+    """The two halves together: a message from Slack reaches Alice encrypted, her answer comes
+    back into the channel as her, and the bridge's own message is never posted back."""
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_dm(bridge)
+        _, ts = await bridge.post("are you there?", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert texts(bridge, ALICE, ALICE_CHAT) == ["Ada: are you there?"]
+        bridge.x.chat.person_says(ALICE, ALICE_CHAT, "yes, here 🔒")
+        [account] = await bridge.app[SERVICES].store.list_accounts()
+
+        def relayed() -> list[dict[str, Any]]:
+            return [
+                m
+                for m in bridge.slack.posted("C100")
+                if (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
+            ]
+
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: len(relayed()) >= 1, 10, "Alice's answer in the channel")
+        reads = chat_reads(bridge)
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 2, 10, "more reads")  # nothing more
+        [answer] = relayed()
+        assert answer["text"] == "yes, here 🔒"
+        assert answer["username"].startswith("Alice")
