@@ -35,6 +35,7 @@ from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bench.run import TEAM, bulk_insert  # noqa: E402
 from bridge.model import InboundEvent, IncomingMessage, Mapping, MappingKind, TokenSet, XUser  # noqa: E402
 from bridge.retention import DAY, PRUNE_BATCH  # noqa: E402
+from tests.outbox import accepted  # noqa: E402
 
 PENDING = 200  # a realistic backlog beside the history
 # One scrape's X → Slack gauges must cost the store's thread no more than the outbox's did
@@ -97,9 +98,7 @@ async def main() -> None:
             await store.create_mapping(mapping)
             now = time.time()
             for i in range(PENDING):
-                await store.accept(
-                    IncomingMessage(TEAM, "CPEND", f"{i}.000001", "U1", "waiting"), mapping, now
-                )
+                await accepted(store, IncomingMessage(TEAM, "CPEND", f"{i}.000001", "U1", "waiting"), now)
             before = await timed(args.repeat, store.outbox_summary)
             after = await timed(args.repeat, store.outbox_gauges)
             summary, gauges = await store.outbox_summary(), await store.outbox_gauges()

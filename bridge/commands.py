@@ -709,7 +709,8 @@ class CommandService:
             user_id=ctx.user_id,
             text=text,
         )
-        await self._store.accept(message, mapping, now)
+        # The mapping was just made; if it is already gone (unlinked at once), so is the opening.
+        await self._store.accept_if_mapped(message, now)
         self._on_mapped()
 
     async def _report(self, ctx: CommandContext, job: Awaitable[Reply]) -> None:

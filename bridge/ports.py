@@ -152,12 +152,9 @@ class Store(Protocol):
     async def list_mappings(self) -> list[Mapping]: ...
 
     # relay
-    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
-        """Commit the message to the outbox; False when this event or message was seen before."""
-        ...
-
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
-        """``accept`` with the channel's mapping looked up in the same transaction; None if unmapped.
+        """Commit the message to its channel's outbox, the channel's mapping looked up in the same
+        transaction; None if unmapped, ``new=False`` when this event or message was seen before.
 
         The new row comes back when it is its channel's head, so it can be sent without a scan.
         """

@@ -536,22 +536,6 @@ class PostgresStore:
 
     # -- relay -------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
-        target = mapping.target
-        async with self._tx() as conn:
-            await self._lock_channel(conn, message.team_id, message.channel_id)
-            inserted = await conn.fetchrow(
-                _ACCEPT_GIVEN,
-                *self._accept_args(message, now),
-                mapping.account_id,
-                target.participant_id,
-                target.conversation_id,
-                None if target.new_group is None else json.dumps(list(target.new_group)),
-                # Posted in a channel held for another X account: it waits for that account.
-                mapping.held_for,
-            )
-        return inserted is not None
-
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         # One round trip and one commit (``xdm_accept_v1``, migration 0024): the channel's lock,
         # then the insert.
@@ -580,7 +564,7 @@ class PostgresStore:
         )
 
     def _accept_args(self, message: IncomingMessage, now: float) -> tuple[Any, ...]:
-        """$1..$10 of ``_accept_sql`` (the message's; the mapping's follow for ``_ACCEPT_GIVEN``)."""
+        """$1..$10 of ``xdm_accept_v1`` (migrations/postgres.py): the message and how to announce it."""
         return (
             message.team_id,
             message.channel_id,
@@ -1602,48 +1586,6 @@ def _budget_columns(
         [latest[k][2] for k in keys],
         [float(latest[k][3]) for k in keys],
     )
-
-
-def _accept_sql(*, account: str, participant: str, conversation: str, group: str, held_for: str) -> str:
-    """A message's row, in one statement: dedupe by event id, the insert, and the NOTIFY that wakes
-    the leader at commit ($8: channel, $9: this instance, $10: whether to announce). ``ins``
-    returns the new row as ``item``; ``busy`` says the channel had unfinished rows; ``note`` must
-    be read by the final SELECT for its NOTIFY to happen. The mapping's values are SQL
-    expressions: parameters when the caller has the mapping, the locked row's in ``xdm_accept_v1``
-    (migrations/postgres.py).
-    Only what follows a lock on the channel's mapping row may run it (see ``_lock_channel``)."""
-    return f"""
-        WITH seen AS (
-            INSERT INTO seen_events (event_id, seen_at) SELECT $7::text, $6 WHERE $7::text IS NOT NULL
-            ON CONFLICT DO NOTHING RETURNING 1
-        ),
-        fresh AS (SELECT ($7::text IS NULL OR EXISTS (SELECT 1 FROM seen)) AS ok),
-        busy AS (
-            SELECT EXISTS (
-                SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state IN {PENDING_STATES}
-            ) AS before
-        ),
-        n AS (SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id FROM fresh WHERE ok),
-        ins AS (
-            INSERT INTO outbox (id, seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                author_id, account_id, target_participant, target_conversation,
-                                target_group, text, source, state, attempts, next_attempt_at,
-                                created_at, hourglass, kind, held_for, held_state)
-            SELECT n.id, n.id, 0, 1, $1, $2, $3, $3, $4, {account}, {participant}, {conversation}, {group},
-                   NULL, $5, CASE WHEN {held_for} IS NULL THEN 'queued' ELSE 'held' END, 0, 0, $6, 0,
-                   'message', {held_for}, CASE WHEN {held_for} IS NULL THEN NULL ELSE 'queued' END
-            FROM n
-            ON CONFLICT DO NOTHING
-            RETURNING outbox AS item
-        ),
-        note AS (SELECT pg_notify($8, $9) FROM ins WHERE $10)"""
-
-
-# ``accept`` with the caller's mapping (after ``_lock_channel`` in the same transaction).
-_ACCEPT_GIVEN = (
-    _accept_sql(account="$11", participant="$12", conversation="$13", group="$14", held_for="$15::text")
-    + " SELECT (SELECT COUNT(*) FROM note) AS notified FROM ins"
-)
 
 
 def _snowflake_sql(column: str) -> str:

@@ -677,9 +677,6 @@ class SqliteStore:
 
     # -- relay -------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> bool:
-        return await self._call(lambda: self._accept(message, mapping, now) is not None)
-
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         """Look up the channel's mapping and commit in one trip to the owner thread (the hot path
         before Slack's 200). None when the channel is not mapped."""

@@ -19,6 +19,7 @@ from bridge.model import (
 )
 from bridge.retention import prune
 from tests.contract.conftest import Engine
+from tests.outbox import accepted
 
 DAY = 86_400.0
 
@@ -42,7 +43,7 @@ async def test_prune_keeps_what_edits_deletes_and_retries_need(engine: Engine) -
         for i in range(46):
             at = now - 35 * DAY if i < 41 else now - DAY
             message = IncomingMessage("T1", "C1", f"{1000 + i}.000100", "U1", f"m{i}", event_id=f"Ev{i}")
-            assert await store.accept(message, mapping, at)
+            assert await accepted(store, message, at)
         rows = await store.list_outbox([OutboxState.QUEUED], limit=100)
         for row in rows:
             if row.slack_ts != "1040.000100":
@@ -73,7 +74,7 @@ async def test_gauges_read_only_the_pending_index(tmp_path: Path) -> None:
         mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         await store.create_mapping(mapping)
         for i in range(4):
-            assert await store.accept(IncomingMessage("T1", "C1", f"{i}.1", "U1", "m"), mapping, 10.0 + i)
+            assert await accepted(store, IncomingMessage("T1", "C1", f"{i}.1", "U1", "m"), 10.0 + i)
         first = (await store.list_outbox([OutboxState.QUEUED]))[0]
         await store.mark_sent(first.id, Sent("1000-2001", "9"), 20.0)
         assert await store.outbox_gauges() == {"pending": 3, "oldest_pending_at": 11.0}

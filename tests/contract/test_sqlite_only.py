@@ -8,6 +8,7 @@ from pathlib import Path
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxItem, Sent, TokenSet, XUser
+from tests.outbox import accepted
 
 
 async def test_migration_backfills_pending_channels(tmp_path: Path) -> None:
@@ -48,9 +49,7 @@ async def test_pending_channels_is_exactly_the_channels_with_unfinished_rows(tmp
         for channel in ("C1", "C2"):
             mapping = Mapping("T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
             await store.create_mapping(mapping)
-            await store.accept(
-                IncomingMessage("T1", channel, "1.000", "U1", "m", event_id=channel), mapping, 1.0
-            )
+            await accepted(store, IncomingMessage("T1", channel, "1.000", "U1", "m", event_id=channel), 1.0)
         [first, _] = sorted(await store.outbox_heads(), key=lambda h: h.channel_id)
         await store.mark_sent(first.id, Sent("1000-2001", "9001"), 2.0)
         with sqlite3.connect(db_path) as db:
@@ -97,6 +96,7 @@ HOLDER = """
 import asyncio, sys
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
+from tests.outbox import accepted
 
 async def main() -> None:
     store = SqliteStore(sys.argv[1], TokenCipher([generate_key()]))

@@ -20,7 +20,7 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import Engine
-from tests.outbox import readable
+from tests.outbox import accepted, readable
 
 PENDING = ("queued", "sending", "waiting")
 
@@ -59,7 +59,7 @@ async def test_heads_match_a_full_scan_through_random_transitions(engine: Engine
                 ts += 1
                 channel = rng.choice(channels)
                 message = IncomingMessage("T1", channel, f"{ts}.000", "U1", f"m{ts}", event_id=f"E{ts}")
-                assert await store.accept(message, mappings[channel], float(ts))
+                assert await accepted(store, message, float(ts))
                 continue
             head = rng.choice(heads)
             if action < 0.65:

@@ -26,7 +26,7 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import Engine
-from tests.outbox import readable
+from tests.outbox import accepted, readable
 
 AnyStore = SqliteStore | PostgresStore
 
@@ -159,14 +159,14 @@ async def test_a_channel_maps_once_until_unmapped(engine: Engine) -> None:
 
 async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) -> None:
     async with opened(engine) as store:
-        mapping = await linked(store)
-        assert await store.accept(msg(1), mapping, 1.0)
-        assert not await store.accept(msg(1), mapping, 2.0)  # Slack's retry: same event id
+        await linked(store)
+        assert await accepted(store, msg(1), 1.0)
+        assert not await accepted(store, msg(1), 2.0)  # Slack's retry: same event id
         retried_under_a_new_id = IncomingMessage("T1", "C1", "1.000", "U1", "m1", event_id="other")
-        assert not await store.accept(retried_under_a_new_id, mapping, 3.0)
-        accepted = await store.accept_if_mapped(msg(2), 4.0)
-        assert accepted is not None and accepted.new and accepted.head is None  # m1 is first
-        assert await store.accept_if_mapped(msg(2), 5.0) == type(accepted)(new=False)
+        assert not await accepted(store, retried_under_a_new_id, 3.0)
+        second = await store.accept_if_mapped(msg(2), 4.0)
+        assert second is not None and second.new and second.head is None  # m1 is first
+        assert await store.accept_if_mapped(msg(2), 5.0) == type(second)(new=False)
         assert await store.outbox_summary() == {
             "counts": {"queued": 2},
             "pending": 2,
@@ -320,7 +320,7 @@ async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_fo
     # corrections and deletes included, and a message never sent is simply edited in place.
     async with opened(engine) as store:
         mapping = await linked(store)
-        await store.accept(msg(1), mapping, 1.0)
+        await accepted(store, msg(1), 1.0)
         [head] = readable(await store.outbox_heads())
         await store.mark_sending(head.id, 2.0, parts=[RenderedPart("Me: m1")], source=head.source)
         await store.mark_sent(head.id, Sent("1000-2001", "9001"), 2.0)
@@ -361,7 +361,7 @@ async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_fo
 async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
     async with opened(engine) as store:
         mapping = await linked(store)
-        await store.accept(msg(1), mapping, 1.0)
+        await accepted(store, msg(1), 1.0)
         [head] = await store.outbox_heads()
         await store.reschedule(head.id, OutboxState.WAITING, 1e15, "reconnect", held_since=10.0)
         await store.reschedule(head.id, OutboxState.WAITING, 1e15, "reconnect", held_since=20.0)
@@ -382,7 +382,7 @@ async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
         assert (queued.state, queued.next_attempt_at, queued.held_since) == (OutboxState.QUEUED, 30.0, None)
         await store.mark_failed(head.id, "refused")
         assert [i.last_error for i in await store.list_outbox([OutboxState.FAILED])] == ["refused"]
-        await store.accept(msg(2), mapping, 2.0)
+        await accepted(store, msg(2), 2.0)
         [second] = await store.outbox_heads()
         await store.mark_done(second.id, 40.0)
         assert (await store.outbox_summary("T1", "C1"))["counts"] == {"failed": 1, "sent": 1}
@@ -404,8 +404,8 @@ async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> Non
 
 async def test_media_upload_bookkeeping(engine: Engine) -> None:
     async with opened(engine) as store:
-        mapping = await linked(store)
-        await store.accept(msg(1), mapping, 1.0)
+        await linked(store)
+        await accepted(store, msg(1), 1.0)
         [head] = await store.outbox_heads()
         await store.render(head.id, [RenderedPart("Me: m1", {"id": "F1", "name": "a.png"})])
         await store.begin_media_upload(head.id)

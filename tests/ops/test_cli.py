@@ -24,6 +24,7 @@ from bridge.model import (
 )
 from tests.harness import ALICE, ME, TEAM, running_bridge
 from tests.ops.support import run
+from tests.outbox import accepted
 
 ACCESS, REFRESH = "access-token-plaintext", "refresh-token-plaintext"
 SCOPES = "dm.read dm.write tweet.read users.read offline.access media.write"
@@ -52,7 +53,7 @@ async def fill(db_path: Path) -> Rows:
         assert await store.create_mapping(link) and await store.create_mapping(dm)
         for i in range(5):
             message = IncomingMessage(TEAM, "C100", f"1700000000.00000{i}", "U100", f"message {i}")
-            assert await store.accept(message, link, now - 600 + i)
+            assert await accepted(store, message, now - 600 + i)
         ids = [item.id for item in await store.list_outbox([OutboxState.QUEUED])]
         await store.mark_sent(ids[0], Sent("1000-2001", "9001"), now)
         await store.mark_failed(

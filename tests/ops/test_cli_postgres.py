@@ -13,6 +13,7 @@ from adapters.store.postgres import PostgresStore
 from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, TokenSet, XUser
 from tests import pg
 from tests.ops.support import run
+from tests.outbox import accepted
 
 
 @pytest.fixture
@@ -31,9 +32,7 @@ async def fill(url: str) -> list[int]:
         mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(mapping)
         for n in (1, 2, 3):
-            await store.accept(
-                IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), mapping, 1.0
-            )
+            await accepted(store, IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), 1.0)
         [first, second, third] = await store.list_outbox([OutboxState.QUEUED])
         await store.mark_failed(first.id, "refused")
         await store.reschedule(second.id, OutboxState.WAITING, 1e15, "reconnect")

@@ -18,7 +18,7 @@ from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Se
 from migrations.postgres import TABLES
 from tests import pg
 from tests.ops.support import run
-from tests.outbox import readable
+from tests.outbox import accepted, readable
 
 AnyStore = SqliteStore | PostgresStore
 
@@ -32,9 +32,7 @@ async def fill(store: AnyStore) -> None:
         mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(mapping)
         for n in range(1, 4):
-            await store.accept(
-                IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), mapping, n
-            )
+            await accepted(store, IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), n)
         [head] = readable(await store.outbox_heads())
         await store.mark_sending(
             head.id,
