@@ -122,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _stop_on_slack_refusal(settings: Settings) -> None:
     from adapters.slack.api import TOKEN_FIX, token_refusal
 
+    if settings.slack_install_mode:
+        return  # each workspace's token comes with its install, checked as it is used
     refusal = asyncio.run(token_refusal(settings.bot_token, settings.slack_api_url))
     if refusal is not None:
         raise SystemExit(_operator_error(f"SLACK_BOT_TOKEN: Slack refuses it ({refusal}); {TOKEN_FIX}"))
