@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, XCHAT_IDENTITIES
+from migrations import CONSENTS, SLACK_INSTALLATIONS, XCHAT_IDENTITIES
 
 log = logging.getLogger("migrations.postgres")
 
@@ -331,6 +331,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    # SQLite's 0021, the same statements: "Add to Slack" installs and their OAuth states.
+    ("0018_slack_installations", SLACK_INSTALLATIONS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -351,6 +353,8 @@ TABLES = (
     "xchat_identities",
     "xchat_peers",
     "consents",
+    "slack_installations",
+    "slack_oauth_states",
 )
 
 
