@@ -47,8 +47,10 @@ class SlackInstallStore(AsyncInstallationStore):
     """The ``slack_installations`` table, as slack-sdk's ``AsyncInstallationStore`` (bot only)."""
 
     def __init__(self, engine: Engine, cipher: TokenCipher, now: Callable[[], float]) -> None:
+        self.engine = engine
         self._engine = engine
         self._cipher = cipher
+        self.now = now
         self._now = now
 
     @property
@@ -106,6 +108,16 @@ class SlackInstallStore(AsyncInstallationStore):
             install_id(enterprise_id, team_id, is_enterprise_install),
         )
         return self._bot(rows[0]) if rows else None
+
+    async def find_team(self, team_id: str) -> Bot | None:
+        """The bot installed in workspace ``team_id``, whatever its org (Slack's team ids are
+        unique across orgs; the core names workspaces by team id alone)."""
+        rows = await self._engine.fetch(
+            f"SELECT {COLUMNS} FROM slack_installations WHERE team_id = ? AND is_enterprise_install = 0 "
+            "ORDER BY install_id",
+            team_id,
+        )
+        return self._bot(rows[0]) if rows and team_id else None
 
     async def async_find_installation(
         self,

@@ -34,11 +34,15 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
+from adapters.slack.install import INSTALL_PATH, REDIRECT_PATH, InstallFlow, install_flow
+from adapters.slack.workspaces import InstallsReady, TeamSlack, Workspaces
+from adapters.slack.workspaces import oauth_client as slack_oauth_client
 from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
 from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
+from adapters.store.slack_installs import SlackInstallStore, SlackStateStore
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
@@ -135,7 +139,10 @@ class Services:
     background: Background
     started_at: float
     verifier: SignatureVerifier
-    slack_auth: SlackAuthorization
+    slack_auth: SlackAuthorization | InstallsReady
+    # Install mode ("Add to Slack"): the OAuth flow and the installed workspaces.
+    install: InstallFlow | None = None
+    workspaces: Workspaces | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -182,6 +189,9 @@ def create_app(
     app.router.add_post("/x/webhook", x_webhook_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
+    if settings.slack_install_mode:
+        app.router.add_get(INSTALL_PATH, slack_install)
+        app.router.add_get(REDIRECT_PATH, slack_oauth_redirect)
     return app
 
 
@@ -193,9 +203,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
-        slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-        poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
-        slack = SlackApi(slack_client, session, poster)
+        slack: SlackApi | TeamSlack
+        workspaces: Workspaces | None = None
+        if settings.slack_install_mode:
+            workspaces = _workspaces(settings, store, session, clock)
+            slack = TeamSlack(workspaces, session, settings.slack_api_url)
+        else:
+            slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
+            poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
+            slack = SlackApi(slack_client, session, poster)
         fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
         x = XApiClient(
             session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
@@ -288,7 +304,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
         )
         background = Background()
-        slack_auth = SlackAuthorization(slack_client, poster)
+        slack_auth = InstallsReady() if workspaces is not None else SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
             authorization=slack_auth,
@@ -296,6 +312,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             commands=commands,
             spawn=background.spawn,
             connections=connect,
+            workspaces=workspaces,
         )
         app[SERVICES] = Services(
             settings,
@@ -309,6 +326,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock.now(),
             SignatureVerifier(settings.signing_secret),
             slack_auth,
+            _install(settings, workspaces, session, mapped),
+            workspaces,
         )
         authorizing = asyncio.create_task(slack_auth.keep_trying(), name="slack-auth")
         pruning = asyncio.create_task(
@@ -332,6 +351,51 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+def _workspaces(
+    settings: Settings, store: AnyStore, session: aiohttp.ClientSession, clock: Clock
+) -> Workspaces:
+    """Install mode: the installed workspaces' tokens, kept in the store."""
+    assert settings.slack_client_id and settings.slack_client_secret
+    cipher = TokenCipher(settings.encryption_keys)
+    return Workspaces(
+        SlackInstallStore(store.engine, cipher, clock.now),
+        slack_oauth_client(settings.slack_api_url, session),
+        client_id=settings.slack_client_id,
+        client_secret=settings.slack_client_secret,
+        now=clock.now,
+    )
+
+
+def _install(
+    settings: Settings,
+    workspaces: Workspaces | None,
+    session: aiohttp.ClientSession,
+    resumed: Callable[[], None],
+) -> InstallFlow | None:
+    """Install mode's OAuth flow; ``resumed`` wakes the workers when a reinstall resumes channels
+    (what waited for them goes now)."""
+    if workspaces is None:
+        return None
+
+    async def installed(team_id: str) -> None:
+        assert workspaces is not None
+        if await workspaces.installed(team_id):
+            resumed()
+
+    assert settings.slack_client_id and settings.slack_client_secret
+    installs = workspaces.installs
+    return install_flow(
+        client_id=settings.slack_client_id,
+        client_secret=settings.slack_client_secret,
+        redirect_uri=settings.slack_redirect_uri,
+        authorize_url=settings.slack_authorize_url,
+        client=slack_oauth_client(settings.slack_api_url, session),
+        installs=installs,
+        states=SlackStateStore(installs.engine, installs.now),
+        on_installed=installed,
+    )
 
 
 def _noting_sends(
@@ -744,6 +808,28 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
             200,
         )
     response.del_cookie(cookie_name, path=CALLBACK_PATH)
+    return response
+
+
+async def slack_install(request: web.Request) -> web.StreamResponse:
+    """Install mode: the "Add to Slack" page, its link carrying a fresh single-use state."""
+    return await _install_step(request, lambda flow, bolt_request: flow.handle_installation(bolt_request))
+
+
+async def slack_oauth_redirect(request: web.Request) -> web.StreamResponse:
+    """Install mode: where Slack sends the browser back; the state is checked and used, the code
+    exchanged, the install saved; every outcome is a page (``adapters.slack.install``)."""
+    return await _install_step(request, lambda flow, bolt_request: flow.handle_callback(bolt_request))
+
+
+async def _install_step(
+    request: web.Request, step: Callable[[InstallFlow, AsyncBoltRequest], Awaitable[Any]]
+) -> web.StreamResponse:
+    flow = request.app[SERVICES].install
+    assert flow is not None  # the routes exist only in install mode
+    bolt_request = AsyncBoltRequest(body="", query=request.query_string, headers=dict(request.headers))
+    response = await to_aiohttp_response(await step(flow, bolt_request))
+    response.headers.update(PAGE_HEADERS)
     return response
 
 
