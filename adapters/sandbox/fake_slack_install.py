@@ -87,6 +87,11 @@ class SlackInstalls:
         self.teams[team_id] = team
         return team
 
+    def grant(self, team_id: str) -> dict[str, Any]:
+        """The token part of ``oauth.v2.access``'s answer for ``team_id``, as an install would get
+        it (for tests that start from an installed workspace)."""
+        return self._issue(self.teams[team_id])
+
     def tokens_of(self, team_id: str) -> list[str]:
         """The live bot tokens issued to ``team_id``, oldest first."""
         return [t for t, i in self.tokens.items() if i.team.team_id == team_id and not i.revoked]

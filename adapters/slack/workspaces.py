@@ -38,6 +38,8 @@ log = logging.getLogger("adapters.slack.workspaces")
 REFRESH_BEFORE = 300.0  # seconds before a rotating token expires that it is refreshed
 CACHE_SECONDS = 5.0  # a workspace's bot is read from the store at most this often per instance
 WAIT_FOR_OTHER_REFRESH = 5.0  # how long to wait for another instance's refresh to land
+DAY = 86_400.0
+EXPIRE_EVERY = 3600.0  # seconds between looks for messages that waited too long for a reinstall
 NOT_INSTALLED = "the app is not installed in this workspace (it was removed); reinstall it to resume"
 
 
@@ -116,6 +118,26 @@ class Workspaces:
         log.info("Slack workspace installed the app", extra={"team": team_id, "resumed": resumed})
         return resumed
 
+    async def expire_waiting(self, retention_days: int) -> int:
+        """Fail (with a reason) the X messages that waited ``RETENTION_DAYS`` for a workspace that
+        removed the app; they stay in the store like any failed message."""
+        failed = await self.installs.fail_waiting(
+            self._now() - retention_days * DAY,
+            f"the Slack workspace removed the app and did not install it again within {retention_days} days",
+        )
+        if failed:
+            log.warning("X messages for a removed Slack workspace failed", extra={"failed": failed})
+        return failed
+
+    async def expire_forever(self, retention_days: int, every: float = EXPIRE_EVERY) -> None:
+        """``expire_waiting`` at start and then every ``every`` seconds."""
+        while True:
+            try:
+                await self.expire_waiting(retention_days)
+            except Exception:
+                log.exception("failing messages for removed workspaces failed; trying again later")
+            await asyncio.sleep(every)
+
     def _due(self, bot: Bot) -> bool:
         expires = bot.bot_token_expires_at
         return bool(bot.bot_refresh_token and expires and expires - self._now() < self._refresh_before)
@@ -165,7 +187,12 @@ class Workspaces:
     async def _awaited(self, bot: Bot) -> Bot:
         """Another instance holds the refresh: wait (briefly) for its tokens; the current token
         stays good until it expires, so it is used meanwhile."""
-        deadline = self._now() + WAIT_FOR_OTHER_REFRESH
+        claimed_at = await self.installs.refresh_claimed_at(bot)
+        if claimed_at is None or self._now() - claimed_at > WAIT_FOR_OTHER_REFRESH:
+            # A refresh whose outcome nobody learnt: its token may be spent, so it is never tried
+            # again; the current token serves until it expires, then the workspace reinstalls.
+            return bot
+        deadline = claimed_at + WAIT_FOR_OTHER_REFRESH
         while self._now() < deadline:
             await asyncio.sleep(0.1)
             current = await self.installs.async_find_bot(enterprise_id=bot.enterprise_id, team_id=bot.team_id)

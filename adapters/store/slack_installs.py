@@ -206,6 +206,18 @@ class SlackInstallStore(AsyncInstallationStore):
             > 0
         )
 
+    async def refresh_claimed_at(self, bot: Bot) -> float | None:
+        """When the refresh of ``bot``'s token was claimed (by any instance), or None."""
+        rows = await self._engine.fetch(
+            "SELECT refresh_claimed_at FROM slack_installations WHERE install_id = ?",
+            install_id(bot.enterprise_id, bot.team_id, bot.is_enterprise_install),
+        )
+        return (
+            None
+            if not rows or rows[0]["refresh_claimed_at"] is None
+            else float(rows[0]["refresh_claimed_at"])
+        )
+
     async def release_refresh(self, bot: Bot, claim: str) -> None:
         """Give the claim back: the refresh token never reached Slack."""
         await self._engine.execute(
@@ -235,6 +247,18 @@ class SlackInstallStore(AsyncInstallationStore):
             "WHERE team_id = ? AND paused_by = ? AND held_for IS NULL AND account_id IN "
             "(SELECT id FROM accounts WHERE disconnected_at IS NULL)",
             team_id,
+            UNINSTALLED,
+        )
+
+    async def fail_waiting(self, older_than: float, reason: str) -> int:
+        """X messages that waited past ``older_than`` for a workspace that removed the app fail
+        with ``reason`` (kept, not posted); returns how many."""
+        return await self._engine.execute(
+            "UPDATE inbound SET state = 'failed', last_error = ? WHERE state = 'queued' AND created_at < ? "
+            "AND EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = inbound.team_id "
+            "AND m.channel_id = inbound.channel_id AND m.paused_by = ?)",
+            reason,
+            older_than,
             UNINSTALLED,
         )
 

@@ -334,6 +334,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
         sweeping = asyncio.create_task(_discard_unconfirmed(connect), name="unconfirmed-connections")
+        expiring = (
+            asyncio.create_task(workspaces.expire_forever(settings.retention_days), name="removed-workspaces")
+            if workspaces is not None
+            else None
+        )
         running = asyncio.create_task(worker.run(), name="leader-work")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
@@ -343,8 +348,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         authorizing.cancel()
         pruning.cancel()
         sweeping.cancel()
+        if expiring is not None:
+            expiring.cancel()
         await background.drain(5.0)
-        for task in (authorizing, pruning, sweeping):
+        for task in (authorizing, pruning, sweeping, *((expiring,) if expiring else ())):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:

@@ -165,3 +165,27 @@ async def test_an_uninstall_pauses_only_that_workspaces_channels_and_a_reinstall
         assert await installs.resume_workspace("T1") == 1
         resumed = await store.get_mapping("T1", "C1")
         assert resumed is not None and resumed.paused_at is None
+
+
+async def test_x_messages_waiting_past_retention_for_a_removed_workspace_fail_with_a_reason(
+    engine: Engine,
+) -> None:
+    async with opened(engine) as store:
+        installs = SlackInstallStore(store.engine, TokenCipher([engine.key]), Clock())
+        for team in ("T1", "T2"):
+            account = await store.save_account(team, "U1", XUser(f"{team}00", "me"), TokenSet("a", "r", None))
+            await store.create_mapping(Mapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0))
+        for n, (team, created) in enumerate((("T1", 10.0), ("T1", 500.0), ("T2", 10.0))):
+            await engine.sql(
+                "INSERT INTO inbound (dm_event_id, seq, team_id, channel_id, origin, state, created_at) "
+                "VALUES (?, ?, ?, 'C1', 'poll', 'queued', ?)",
+                f"e{n}",
+                n,
+                team,
+                created,
+            )
+        await installs.pause_workspace("T1", 5.0)
+        assert await installs.fail_waiting(100.0, "removed") == 1
+        rows = await engine.sql("SELECT dm_event_id, state, last_error FROM inbound ORDER BY dm_event_id")
+        # Only the old row of the removed workspace; the newer one waits on, the other team's is untouched.
+        assert rows == [("e0", "failed", "removed"), ("e1", "queued", None), ("e2", "queued", None)]
