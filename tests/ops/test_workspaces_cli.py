@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from slack_sdk.oauth.installation_store.models.installation import Installation
 
+from adapters.ops import doctor
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.slack_installs import SlackInstallStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.settings import Settings
 from tests import pg
 from tests.ops.support import run
 
@@ -68,3 +70,23 @@ def test_workspaces_are_listed_apart_with_their_install_and_channels(
     code, text = run(capsys, "workspaces")
     assert code == 0 and "T1" in text and "One" in text and "removed: channels paused" in text
     assert "xoxb-" not in out + text
+
+
+@pytest.mark.parametrize(("public_url", "status"), [("https://bridge.example.org", "ok"), (None, "fail")])
+def test_doctor_in_install_mode_names_the_install_page_or_the_missing_public_url(
+    public_url: str | None, status: str
+) -> None:
+    env = {
+        "SLACK_SIGNING_SECRET": "s",
+        "SLACK_CLIENT_ID": "1.2",
+        "SLACK_CLIENT_SECRET": "c",
+        "X_CLIENT_ID": "x",
+        "BRIDGE_ENCRYPTION_KEY": generate_key(),
+        **({"PUBLIC_URL": public_url} if public_url else {}),
+    }
+    check = doctor.install_mode(Settings.from_env(env))
+    assert check.status == status
+    if public_url:
+        assert f"{public_url}/slack/install" in check.detail and "/slack/oauth_redirect" in check.detail
+    else:
+        assert check.fix is not None and "/slack/oauth_redirect" in check.fix
