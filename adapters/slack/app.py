@@ -225,6 +225,7 @@ def incoming_message(body: dict[str, Any], event: dict[str, Any]) -> IncomingMes
         thread_ts=thread_ts,
         blocks=_dicts(event.get("blocks")),
         files=_dicts(event.get("files")),
+        author_team_id=_str(event.get("user_team")),
     )
 
 

@@ -57,7 +57,7 @@ from bridge.connect import ConnectService, consent_text
 from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable
 from bridge.inbound import Inbound, InboundConfig
-from bridge.model import Account, OutboxItem
+from bridge.model import Account, IncomingMessage, OutboxItem
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
@@ -283,6 +283,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
+        background = Background()
+        relay.on_refused = lambda message, reason: background.spawn(
+            _tell_author(slack, message, reason), "xdm-relay-refused"
+        )
         peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
         metrics.bind(store, budget, clock, peer_checks)
         commands = CommandService(
@@ -303,7 +307,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
             chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
         )
-        background = Background()
         slack_auth = InstallsReady() if workspaces is not None else SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
@@ -403,6 +406,12 @@ def _install(
         states=SlackStateStore(installs.engine, installs.now),
         on_installed=installed,
     )
+
+
+async def _tell_author(slack: SlackApi | TeamSlack, message: IncomingMessage, reason: str) -> None:
+    """An ephemeral note to the author of a message that was not relayed, saying why."""
+    if message.user_id:
+        await slack.post_ephemeral(message.team_id, message.channel_id, message.user_id, reason)
 
 
 def _noting_sends(

@@ -266,3 +266,23 @@ async def wait_until_rows(bridge: Bridge, query: str, count: int) -> None:
 
 async def _pause() -> None:
     await asyncio.sleep(0.02)
+
+
+async def test_a_member_of_another_organisation_in_a_bridged_shared_channel_is_told_not_relayed(
+    bridge: Bridge,
+) -> None:
+    await install(bridge, T1)
+    one = in_team(bridge, T1)
+    await connected_and_linked(one, user="U100", channel="C100", x_user="1000", conversation="1000-2001")
+    # Slack Connect: the event reaches team one's install; its author belongs to another org.
+    result, _ = await one.post(
+        "from a partner org", channel="C100", user="UEXT", extra={"user_team": "TPARTNER"}
+    )
+    assert result.status == 200
+    told = await bridge.slack.wait_for(
+        lambda c: c.method == "chat.postEphemeral" and c.params.get("user") == "UEXT", timeout=10.0
+    )
+    assert "not sent to X" in str(told[-1].params.get("text"))
+    await one.post("from ada", channel="C100", user="U100", extra={"user_team": T1})
+    await bridge.wait_dms(1)
+    assert [e.text for e in bridge.x.events] == ["Ada: from ada"]
