@@ -30,7 +30,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from adapters.slack.api import SlackApi, web_client
 from adapters.store.slack_installs import SlackInstallStore
 from bridge.errors import SlackRefused
-from bridge.media import MediaSource
+from bridge.media import FileUnavailable, MediaSource
 from bridge.model import Button, SlackMember
 
 log = logging.getLogger("adapters.slack.workspaces")
@@ -353,18 +353,25 @@ class TeamSlack:
         await self._tokenless.respond(response_url, text, in_channel=in_channel, replace=replace)
 
     async def download_file(self, team_id: str, file: Mapping[str, Any], *, max_bytes: int) -> bytes:
-        return await (await self.api(team_id)).download_file(team_id, file, max_bytes=max_bytes)
+        return await (await self._file_api(team_id)).download_file(team_id, file, max_bytes=max_bytes)
 
     async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:
-        return await (await self.api(team_id)).file_info(team_id, file_id)
+        return await (await self._file_api(team_id)).file_info(team_id, file_id)
 
     @contextlib.asynccontextmanager
     async def open_file(
         self, team_id: str, file: Mapping[str, Any], *, max_bytes: int
     ) -> AsyncIterator[MediaSource]:
-        api = await self.api(team_id)
+        api = await self._file_api(team_id)
         async with api.open_file(team_id, file, max_bytes=max_bytes) as source:
             yield source
+
+    async def _file_api(self, team_id: str) -> SlackApi:
+        """The files calls' contract is ``FileUnavailable``: a removed workspace's files are."""
+        try:
+            return await self.api(team_id)
+        except SlackRefused as exc:
+            raise FileUnavailable(str(exc)) from exc
 
     def slack_file_host(self, url: str) -> bool:
         return self._tokenless.slack_file_host(url)
