@@ -286,3 +286,31 @@ async def test_a_member_of_another_organisation_in_a_bridged_shared_channel_is_t
     await one.post("from ada", channel="C100", user="U100", extra={"user_team": T1})
     await bridge.wait_dms(1)
     assert [e.text for e in bridge.x.events] == ["Ada: from ada"]
+
+
+async def test_the_same_user_id_in_another_workspace_cannot_use_or_disconnect_the_account(
+    bridge: Bridge,
+) -> None:
+    await install(bridge, T1)
+    await install(bridge, T2)
+    one, two = in_team(bridge, T1), in_team(bridge, T2)
+    await connected_and_linked(one, user="U100", channel="C100", x_user="1000", conversation="1000-2001")
+    # Team two's U100 is another person: they have no X account here, whatever team one's U100 has.
+    dm, _ = await two.command("dm @alice", user="U100", channel="C200")
+    assert "Connect your X account first" in dm.text, dm.text
+    gone, _ = await two.command("disconnect", user="U100", channel="C200")
+    assert "no X account connected" in gone.text, gone.text
+    assert await bridge.sql("SELECT team_id, disconnected_at FROM accounts") == [(T1, None)]
+    assert await bridge.sql("SELECT team_id, channel_id, paused_at FROM mappings") == [(T1, "C100", None)]
+
+
+@pytest.mark.parametrize(("tokens", "removed"), [({"bot": ["UBOT2"]}, True), ({"oauth": ["U200"]}, False)])
+async def test_tokens_revoked_removes_the_workspace_only_for_the_bots_token(
+    bridge: Bridge, tokens: dict[str, list[str]], removed: bool
+) -> None:
+    await install(bridge, T1)
+    await install(bridge, T2)
+    result = await in_team(bridge, T2).sender.event({"type": "tokens_revoked", "tokens": tokens})
+    assert result.status == 200
+    left = await bridge.sql("SELECT team_id FROM slack_installations ORDER BY team_id")
+    assert left == ([(T1,)] if removed else [(T1,), (T2,)])
