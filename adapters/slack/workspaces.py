@@ -185,22 +185,19 @@ class Workspaces:
         return fresh or bot
 
     async def _awaited(self, bot: Bot) -> Bot:
-        """Another instance holds the refresh: wait (briefly) for its tokens; the current token
-        stays good until it expires, so it is used meanwhile."""
-        claimed_at = await self.installs.refresh_claimed_at(bot)
-        if claimed_at is None or self._now() - claimed_at > WAIT_FOR_OTHER_REFRESH:
-            # A refresh whose outcome nobody learnt: its token may be spent, so it is never tried
-            # again; the current token serves until it expires, then the workspace reinstalls.
-            return bot
-        deadline = claimed_at + WAIT_FOR_OTHER_REFRESH
-        while self._now() < deadline:
-            await asyncio.sleep(0.1)
+        """Another instance holds the refresh (or just finished it): its tokens once saved, else,
+        after a short wait, the current token, which stays good until it expires."""
+        while True:
             current = await self.installs.async_find_bot(enterprise_id=bot.enterprise_id, team_id=bot.team_id)
-            if current is None:
-                return bot
-            if current.bot_token_expires_at != bot.bot_token_expires_at:
+            if current is None or current.bot_token_expires_at != bot.bot_token_expires_at:
+                return current or bot  # refreshed meanwhile (or removed)
+            claimed_at = await self.installs.refresh_claimed_at(bot)
+            if claimed_at is None or self._now() - claimed_at > WAIT_FOR_OTHER_REFRESH:
+                # No refresh under way, or one whose outcome nobody learnt: its token may be spent,
+                # so it is never tried again; the current token serves until it expires, then the
+                # workspace installs the app again.
                 return current
-        return bot
+            await asyncio.sleep(0.1)
 
 
 class InstallsReady:

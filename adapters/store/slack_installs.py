@@ -199,7 +199,7 @@ class SlackInstallStore(AsyncInstallationStore):
                 "WHERE install_id = ? AND refresh_claim = ?",
                 self._cipher.encrypt(token),
                 self._cipher.encrypt(refresh_token),
-                expires_at,
+                float(int(expires_at)),  # whole seconds, as slack-sdk's Bot holds it (claims compare it)
                 install_id(bot.enterprise_id, bot.team_id, bot.is_enterprise_install),
                 claim,
             )

@@ -137,7 +137,7 @@ async def test_two_instances_racing_one_refresh_let_exactly_one_present_the_toke
         # Nobody takes it again while it is held, nor after a refresh under a stale view.
         assert await b.claim_refresh(bot) is None
         assert await a.save_refreshed(bot, "someone-else", "xoxb-x", "xoxe-x", 2.0) is False
-        assert await a.save_refreshed(bot, winners[0], "xoxb-2", "xoxe-2", 1_043_200.0) is True
+        assert await a.save_refreshed(bot, winners[0], "xoxb-2", "xoxe-2", 1_043_200.7) is True
         assert await b.claim_refresh(bot) is None  # its expiry is the old one: already refreshed
         fresh = await b.async_find_bot(enterprise_id=None, team_id="T1")
         assert fresh is not None and (fresh.bot_token, fresh.bot_refresh_token) == ("xoxb-2", "xoxe-2")

@@ -94,4 +94,4 @@ async def test_a_refresh_whose_answer_was_lost_is_never_presented_again(engine: 
 @pytest.fixture(autouse=True)
 def _quick_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # An instance waits this long for another's refresh; the lost-answer case waits it out once.
-    monkeypatch.setattr("adapters.slack.workspaces.WAIT_FOR_OTHER_REFRESH", 1.0)
+    monkeypatch.setattr("adapters.slack.workspaces.WAIT_FOR_OTHER_REFRESH", 3.0)

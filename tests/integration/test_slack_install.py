@@ -314,3 +314,20 @@ async def test_tokens_revoked_removes_the_workspace_only_for_the_bots_token(
     assert result.status == 200
     left = await bridge.sql("SELECT team_id FROM slack_installations ORDER BY team_id")
     assert left == ([(T1,)] if removed else [(T1,), (T2,)])
+
+
+async def test_a_workspace_of_an_enterprise_grid_org_installs_and_is_known_by_its_org(bridge: Bridge) -> None:
+    bridge.slack.installs.add_team("T0009", "Grid Team", enterprise_id="E0001")
+    await install(bridge, "T0009")
+    assert await bridge.sql("SELECT enterprise_id, team_id FROM slack_installations") == [("E0001", "T0009")]
+    grid = in_team(bridge, "T0009")
+    response_url = bridge.slack.new_response_url()
+    ack = await grid.sender.command(
+        "help", user_id="U100", channel_id="C100", response_url=response_url, enterprise_id="E0001"
+    )
+    assert ack.status == 200 and "/xdm connect" in ack.text, ack.text
+    # The same team id claimed under another org is not that install.
+    other = await grid.sender.command(
+        "help", user_id="U100", channel_id="C100", response_url=response_url, enterprise_id="E0666"
+    )
+    assert "/xdm connect" not in other.text
