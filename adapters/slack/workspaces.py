@@ -259,11 +259,19 @@ class TeamSlack:
         self._workspaces = workspaces
         self._session = session
         self._base_url = base_url
-        self._apis: dict[str, tuple[str, SlackApi]] = {}  # team → (token, its client)
+        self._apis: dict[str, tuple[str, SlackApi, AsyncWebClient]] = {}  # team → its token's clients
         self._tokenless = SlackApi(AsyncWebClient(base_url=base_url, session=session), session)
 
     async def api(self, team_id: str) -> SlackApi:
         """The ``SlackApi`` holding ``team_id``'s current token; ``SlackRefused`` when not installed."""
+        return (await self._held(team_id))[1]
+
+    async def client_for(self, team_id: str) -> AsyncWebClient:
+        """``team_id``'s Web API client (its current token), for calls outside the core's port
+        (views: App Home, modals); ``SlackRefused`` when the app is not installed there."""
+        return (await self._held(team_id))[2]
+
+    async def _held(self, team_id: str) -> tuple[str, SlackApi, AsyncWebClient]:
         bot = await self._workspaces.bot(team_id)
         if bot is None or not bot.bot_token:
             raise SlackRefused(NOT_INSTALLED)
@@ -271,9 +279,9 @@ class TeamSlack:
         if held is None or held[0] != bot.bot_token:
             client = web_client(bot.bot_token, self._base_url, self._session)
             poster = web_client(bot.bot_token, self._base_url, self._session, idempotent=False)
-            held = (bot.bot_token, SlackApi(client, self._session, poster))
+            held = (bot.bot_token, SlackApi(client, self._session, poster), client)
             self._apis[team_id] = held
-        return held[1]
+        return held
 
     async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
         await (await self.api(team_id)).add_reaction(team_id, channel_id, ts, name)

@@ -14,9 +14,10 @@ import pytest
 from slack_sdk.oauth.installation_store.models.installation import Installation
 
 from adapters.sandbox.fake_slack import FakeSlack, run_fake_slack
-from adapters.slack.workspaces import Workspaces, oauth_client
+from adapters.slack.workspaces import TeamSlack, Workspaces, oauth_client
 from adapters.store.crypto import TokenCipher
 from adapters.store.slack_installs import SlackInstallStore
+from bridge.errors import SlackRefused
 from tests.contract.conftest import Engine
 
 REFRESH_BEFORE = 60.0
@@ -74,8 +75,14 @@ async def test_two_instances_needing_a_fresh_token_at_once_refresh_it_once(engin
         assert len(world.slack.installs.refreshes) == 1  # one refresh token, presented once
         newest = world.slack.installs.tokens_of("T1")[-1]
         assert {b.bot_token for b in bots if b is not None} == {newest}
-        # Fresh now: later calls refresh nothing.
+        # Fresh now: later calls refresh nothing, and every client made for the workspace has the new token.
         assert (await world.instances[1].bot("T1")) is not None
+        async with aiohttp.ClientSession() as session:
+            teams = TeamSlack(world.instances[1], session, world.slack.api_url)
+            assert (await teams.client_for("T1")).token == newest
+            assert (await teams.bot_name("T1")) == world.slack.bot_name  # auth.test with that token
+            with pytest.raises(SlackRefused):
+                await teams.client_for("T9")  # not installed
         assert len(world.slack.installs.refreshes) == 1
 
 
