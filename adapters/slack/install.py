@@ -25,7 +25,7 @@ from slack_sdk.oauth.installation_store.models.installation import Installation
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.scopes import BOT_SCOPES
-from adapters.store.slack_installs import STATE_TTL, SlackInstallStore, SlackStateStore
+from adapters.store.slack_installs import STATE_TTL, SlackInstallStore, SlackStateStore, TooManyInstalls
 
 log = logging.getLogger("adapters.slack.install")
 
@@ -33,6 +33,7 @@ INSTALL_PATH = "/slack/install"
 REDIRECT_PATH = "/slack/oauth_redirect"
 ORG_WIDE = "org_wide_install"  # the BoltError message store_installation raises for one
 NO_ANSWER = "slack_no_answer"
+BUSY = "too_many_installs"
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -66,6 +67,7 @@ FAILURES: dict[str, tuple[int, str]] = {
         "This bridge does not take org-wide (Enterprise Grid) installs: nothing was installed. An "
         "admin can install it into each workspace of the org instead.",
     ),
+    BUSY: (503, "Too many installs are in progress at once. Try again in a few minutes."),
     "storage_error": (503, "The bridge could not save the install (its database). Try again in a moment."),
 }
 
@@ -105,6 +107,13 @@ class InstallFlow(AsyncOAuthFlow):
         except Exception as exc:
             log.exception("Slack install could not be saved", extra={"team": installation.team_id})
             raise BoltError("storage_error") from exc
+
+    async def handle_installation(self, request: AsyncBoltRequest) -> BoltResponse:
+        try:
+            return await super().handle_installation(request)
+        except TooManyInstalls:
+            log.warning("Slack install page refused: too many install links open at once")
+            return failure_response(BUSY, self.settings.state_utils.build_set_cookie_for_deletion())
 
     async def handle_callback(self, request: AsyncBoltRequest) -> BoltResponse:
         try:

@@ -29,6 +29,7 @@ from adapters.store.engine import Engine
 log = logging.getLogger("adapters.store.slack_installs")
 
 STATE_TTL = 600.0  # seconds an install link stays usable (Bolt's state cookie lives as long)
+STATE_CAP = 10_000  # install links open at once (each lives STATE_TTL); more are refused for now
 UNINSTALLED = "slack-uninstalled"  # ``mappings.paused_by`` while the workspace has no install
 COLUMNS = (
     "enterprise_id, team_id, enterprise_name, team_name, app_id, bot_id, bot_user_id, bot_scopes, "
@@ -283,24 +284,36 @@ class SlackInstallStore(AsyncInstallationStore):
         )
 
 
+class TooManyInstalls(Exception):
+    """Too many install links are open at once (``STATE_CAP``): try again in a few minutes."""
+
+
 class SlackStateStore(AsyncOAuthStateStore):
     """The ``slack_oauth_states`` table, as slack-sdk's ``AsyncOAuthStateStore``: single-use states
     that expire after ``STATE_TTL``."""
 
-    def __init__(self, engine: Engine, now: Callable[[], float], ttl: float = STATE_TTL) -> None:
+    def __init__(
+        self, engine: Engine, now: Callable[[], float], ttl: float = STATE_TTL, cap: int | None = None
+    ) -> None:
         self._engine = engine
         self._now = now
         self._ttl = ttl
+        self._cap = STATE_CAP if cap is None else cap
 
     @property
     def logger(self) -> logging.Logger:
         return log
 
     async def async_issue(self, *args: Any, **kwargs: Any) -> str:
+        """A new state; ``TooManyInstalls`` when ``cap`` unexpired ones exist already (anyone can
+        open the install page, so a flood must not grow the table without end)."""
         state = secrets.token_urlsafe(32)
         now = self._now()
         # Expired states go as new ones come: the table holds only the last few minutes' links.
         await self._engine.execute("DELETE FROM slack_oauth_states WHERE expires_at <= ?", now)
+        live = await self._engine.fetch("SELECT COUNT(*) AS n FROM slack_oauth_states")
+        if int(live[0]["n"]) >= self._cap:
+            raise TooManyInstalls(f"{self._cap} install links are open already")
         await self._engine.execute(
             "INSERT INTO slack_oauth_states (state, expires_at) VALUES (?, ?)", state, now + self._ttl
         )

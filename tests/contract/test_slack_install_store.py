@@ -14,7 +14,7 @@ from adapters.ops import pg_admin
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.keys import rotate_keys
 from adapters.store.select import AnyStore
-from adapters.store.slack_installs import SlackInstallStore, SlackStateStore
+from adapters.store.slack_installs import SlackInstallStore, SlackStateStore, TooManyInstalls
 from bridge.errors import ConfigError
 from bridge.model import Mapping, MappingKind, TokenSet, XUser
 from tests.contract.conftest import Engine
@@ -189,3 +189,15 @@ async def test_x_messages_waiting_past_retention_for_a_removed_workspace_fail_wi
         rows = await engine.sql("SELECT dm_event_id, state, last_error FROM inbound ORDER BY dm_event_id")
         # Only the old row of the removed workspace; the newer one waits on, the other team's is untouched.
         assert rows == [("e0", "failed", "removed"), ("e1", "queued", None), ("e2", "queued", None)]
+
+
+async def test_install_links_open_at_once_are_capped_and_expired_ones_make_room(engine: Engine) -> None:
+    async with opened(engine) as store:
+        clock = Clock()
+        states = SlackStateStore(store.engine, clock, ttl=600, cap=2)
+        await states.async_issue()
+        await states.async_issue()
+        with pytest.raises(TooManyInstalls):
+            await states.async_issue()
+        clock.t += 601
+        assert await states.async_issue()  # the expired two went first

@@ -331,3 +331,15 @@ async def test_a_workspace_of_an_enterprise_grid_org_installs_and_is_known_by_it
         "help", user_id="U100", channel_id="C100", response_url=response_url, enterprise_id="E0666"
     )
     assert "/xdm connect" not in other.text
+
+
+async def test_a_flood_of_install_page_views_is_capped_with_a_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapters.store.slack_installs.STATE_CAP", 1)
+    async with running_bridge(tmp_path, env=INSTALL_ENV) as bridge:
+        await start_install(bridge)
+        async with bridge.session.get(f"{bridge.url}/slack/install") as response:
+            page = await response.text()
+        assert response.status == 503 and "Try again in a few minutes" in page
+        assert await bridge.sql("SELECT COUNT(*) FROM slack_oauth_states") == [(1,)]
