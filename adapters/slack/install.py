@@ -26,8 +26,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.scopes import BOT_SCOPES
 from adapters.store.slack_installs import STATE_TTL, SlackInstallStore, SlackStateStore, TooManyInstalls
+from adapters.web.logs import Sparse
 
 log = logging.getLogger("adapters.slack.install")
+# Anyone can open these pages with a bad or stale link, in floods: a line a minute per reason.
+REFUSALS = Sparse(log)
 
 INSTALL_PATH = "/slack/install"
 REDIRECT_PATH = "/slack/oauth_redirect"
@@ -112,7 +115,7 @@ class InstallFlow(AsyncOAuthFlow):
         try:
             return await super().handle_installation(request)
         except TooManyInstalls:
-            log.warning("Slack install page refused: too many install links open at once")
+            REFUSALS.warning("Slack install page refused: too many install links open at once", BUSY)
             return failure_response(BUSY, self.settings.state_utils.build_set_cookie_for_deletion())
 
     async def handle_callback(self, request: AsyncBoltRequest) -> BoltResponse:
@@ -155,7 +158,7 @@ def install_flow(
 
     async def failure(args: AsyncFailureArgs) -> BoltResponse:
         reason = str(args.error) if args.reason == "storage_error" and args.error else args.reason
-        log.info("Slack install did not complete", extra={"reason": reason[:80]})
+        REFUSALS.warning("Slack install did not complete", reason[:80])
         return failure_response(reason, args.settings.state_utils.build_set_cookie_for_deletion())
 
     settings = AsyncOAuthSettings(
