@@ -197,10 +197,18 @@ class IncomingMessage:
     thread_ts: str | None = None
     blocks: tuple[dict[str, Any], ...] = ()
     files: tuple[dict[str, Any], ...] = ()
+    # The author's own workspace when Slack names it (``user_team``): in a channel shared with
+    # another organisation (Slack Connect) it is not ``team_id``, the workspace the bridge serves.
+    author_team_id: str | None = None
 
     @property
     def is_from_bot(self) -> bool:
         return self.bot_id is not None or self.subtype == "bot_message" or self.user_id is None
+
+    @property
+    def from_other_workspace(self) -> bool:
+        """Written by a member of another workspace (a Slack Connect shared channel)."""
+        return self.author_team_id is not None and self.author_team_id != self.team_id
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ log = logging.getLogger("bridge.relay")
 # Message subtypes that carry something a person wrote. Everything else
 # (joins, topic changes, bot posts, edits and deletes) is not a new message.
 RELAYED_SUBTYPES = frozenset({None, "thread_broadcast", "file_share", "me_message"})
+# Said (ephemeral) to a member of another workspace who writes in a bridged shared channel.
+OTHER_WORKSPACE = (
+    "This channel is bridged to X by the workspace that shares it with you, with the X account of one "
+    "of its members. Messages from members of other workspaces or organisations are not sent to X: "
+    "your message stays in Slack only."
+)
 
 
 class Relay:
@@ -42,6 +48,8 @@ class Relay:
         self._threads = threads
         self._edits = edits
         self.on_accepted: Callable[[IncomingMessage], None] | None = None
+        # Told when a message is refused with a reason its author should read (``OTHER_WORKSPACE``).
+        self.on_refused: Callable[[IncomingMessage, str], None] | None = None
 
     def wanted(self, message: IncomingMessage) -> bool:
         """Would this message be relayed if its channel is mapped?"""
@@ -57,6 +65,18 @@ class Relay:
     async def accept(self, message: IncomingMessage) -> bool:
         """Commit ``message`` to the outbox if it should go to X; True when newly accepted."""
         if not self.wanted(message):
+            return False
+        if message.from_other_workspace:
+            # Slack Connect: the sending X account belongs to a member of this workspace, who did
+            # not speak for people of another organisation (nor did they consent to X).
+            if self.on_refused is not None and await self._store.get_mapping(
+                message.team_id, message.channel_id
+            ):
+                log.info(
+                    "message from another workspace not relayed",
+                    extra={"team": message.team_id, "channel": message.channel_id},
+                )
+                self.on_refused(message, OTHER_WORKSPACE)
             return False
         accepted = await self._store.accept_if_mapped(message, self._clock.now())
         if accepted is None:

@@ -70,6 +70,20 @@ class Settings:
     admin_only: bool = False
     allowed_users: frozenset[str] = frozenset()
     metrics_token: str | None = field(default=None, repr=False)
+    # Install mode ("Add to Slack"): the app's OAuth credentials instead of one bot token.
+    slack_client_id: str | None = None
+    slack_client_secret: str | None = field(default=None, repr=False)
+    slack_authorize_url: str = "https://slack.com/oauth/v2/authorize"
+
+    @property
+    def slack_install_mode(self) -> bool:
+        """Many workspaces, each installing the app ("Add to Slack"), instead of one bot token."""
+        return bool(self.slack_client_id and self.slack_client_secret)
+
+    @property
+    def slack_redirect_uri(self) -> str | None:
+        """Where Slack sends the browser back after an install, or None without ``PUBLIC_URL``."""
+        return f"{self.public_url}/slack/oauth_redirect" if self.public_url else None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -79,6 +93,7 @@ class Settings:
         values = (
             self.signing_secret,
             self.bot_token,
+            self.slack_client_secret,
             self.x_client_secret,
             self.x_consumer_secret,
             self.x_bearer_token,
@@ -310,13 +325,45 @@ class _Reader:
             return DEFAULT_RELAY_FORMAT
         return fmt
 
+    def slack_mode(self) -> tuple[str, str | None, str | None]:
+        """One workspace (``SLACK_BOT_TOKEN``) or installs (``SLACK_CLIENT_ID`` and
+        ``SLACK_CLIENT_SECRET``): exactly one of the two, said in one line otherwise."""
+        bot_token = self.get("SLACK_BOT_TOKEN")
+        client_id, client_secret = self.get("SLACK_CLIENT_ID"), self.get("SLACK_CLIENT_SECRET")
+        if bot_token and not bot_token.startswith("xoxb-"):
+            self.problems.append("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        if (client_id is None) != (client_secret is None):
+            have, lack = (
+                ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
+                if client_id
+                else ("SLACK_CLIENT_SECRET", "SLACK_CLIENT_ID")
+            )
+            self.problems.append(
+                f"{have} is set but {lack} is not: set both (Basic Information → App Credentials) "
+                'for the "Add to Slack" install, or neither'
+            )
+            return bot_token or "", None, None
+        if bot_token and client_id:
+            self.problems.append(
+                "SLACK_BOT_TOKEN and SLACK_CLIENT_ID/SLACK_CLIENT_SECRET are both set: keep SLACK_BOT_TOKEN "
+                'for one workspace, or the client id and secret for "Add to Slack" installs, not both'
+            )
+            return bot_token, None, None
+        if bot_token is None and client_id is None:
+            if "SLACK_BOT_TOKEN" not in self.placeholders:
+                self.problems.append(
+                    f"SLACK_BOT_TOKEN {self._unset('SLACK_BOT_TOKEN')}: the Slack app's Bot User OAuth Token "
+                    "(xoxb-…) for one workspace, or set SLACK_CLIENT_ID and SLACK_CLIENT_SECRET instead "
+                    'for "Add to Slack" installs'
+                )
+            return "", None, None
+        return bot_token or "", client_id, client_secret
+
     def build(self) -> Settings:
         signing_secret = self.required(
             "SLACK_SIGNING_SECRET", "the Slack app's Signing Secret (Basic Information)"
         )
-        bot_token = self.required("SLACK_BOT_TOKEN", "the Slack app's Bot User OAuth Token (xoxb-…)")
-        if bot_token and not bot_token.startswith("xoxb-"):
-            self.problems.append("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        bot_token, slack_client_id, slack_client_secret = self.slack_mode()
         client_id = self.required("X_CLIENT_ID", "the X app's OAuth 2.0 Client ID")
         keys = self.fernet_keys()
         x_api_url = (self.url("X_API_URL", "https://api.x.com") or "https://api.x.com").rstrip("/")
@@ -357,6 +404,10 @@ class _Reader:
             admin_only=self.flag("XDM_ADMIN_ONLY"),
             allowed_users=self.slack_user_ids("XDM_ALLOWED_USERS"),
             metrics_token=self.get("METRICS_TOKEN"),
+            slack_client_id=slack_client_id,
+            slack_client_secret=slack_client_secret,
+            slack_authorize_url=self.url("SLACK_AUTHORIZE_URL", None)
+            or "https://slack.com/oauth/v2/authorize",
         )
         if self.problems:
             raise ConfigError("\n".join(self.problems))

@@ -593,3 +593,44 @@ CREATE TABLE xchat_cursors (
     PRIMARY KEY (account_id, conversation_id)
 )
 """
+
+
+@migrations(name="0027_slack_installations")
+def m0027_slack_installations(db: Database) -> None:
+    """Installs ("Add to Slack", issue 20): one row per workspace that installed the app, its bot
+    token (and, with token rotation, refresh token) Fernet-encrypted like the X tokens; and the
+    install flow's OAuth states, single-use with an expiry."""
+    for statement in SLACK_INSTALLATIONS.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# The same statements on both engines. ``install_id`` is ``{enterprise_id}/{team_id}`` (either may
+# be empty), the one key ``rotate-keys`` needs. ``refresh_claim``: the instance refreshing the bot
+# token now (Slack's refresh tokens are single-use: one refresh across instances).
+SLACK_INSTALLATIONS = """
+CREATE TABLE slack_installations (
+    install_id TEXT PRIMARY KEY,
+    enterprise_id TEXT NOT NULL,
+    team_id TEXT NOT NULL,
+    enterprise_name TEXT,
+    team_name TEXT,
+    app_id TEXT,
+    bot_id TEXT,
+    bot_user_id TEXT,
+    bot_scopes TEXT NOT NULL,
+    bot_token TEXT NOT NULL,          -- Fernet ciphertext
+    bot_refresh_token TEXT,           -- Fernet ciphertext, with token rotation
+    bot_token_expires_at DOUBLE PRECISION,
+    installer_user_id TEXT,
+    is_enterprise_install INTEGER NOT NULL,
+    installed_at DOUBLE PRECISION NOT NULL,
+    refresh_claim TEXT,
+    refresh_claimed_at DOUBLE PRECISION
+);
+CREATE TABLE slack_oauth_states (
+    state TEXT PRIMARY KEY,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+)
+"""

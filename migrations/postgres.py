@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, XCHAT_CURSORS, XCHAT_IDENTITIES
+from migrations import CONSENTS, SLACK_INSTALLATIONS, XCHAT_CURSORS, XCHAT_IDENTITIES
 
 log = logging.getLogger("migrations.postgres")
 
@@ -461,11 +461,6 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0021_mapping_encrypted",
         "ALTER TABLE mappings ADD COLUMN encrypted BOOLEAN NOT NULL DEFAULT FALSE;",
     ),
-    # The hot path's two functions (adapters/store/postgres.py accept_if_mapped, mark_sent), once
-    # per database. They used to be defined on every pool connection in pg_temp, and a pooler's
-    # DISCARD TEMP/ALL left that connection failing for good. A changed body is a new migration
-    # with a new name (_v2), so instances of the old and new code can run side by side.
-    ("0024_hot_path_functions", HOT_PATH_FUNCTIONS),
     (
         # X Chat, Slack to X (issue 19): a row of an encrypted conversation says so itself (set on
         # insert from the message's earlier rows, else the channel's mapping), and keeps the
@@ -492,6 +487,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
     # SQLite's 0026, the same statement: how far each encrypted X Chat conversation was read.
     ("0023_xchat_inbound", XCHAT_CURSORS),
+    # The hot path's two functions (adapters/store/postgres.py accept_if_mapped, mark_sent), once
+    # per database. They used to be defined on every pool connection in pg_temp, and a pooler's
+    # DISCARD TEMP/ALL left that connection failing for good. A changed body is a new migration
+    # with a new name (_v2), so instances of the old and new code can run side by side.
+    ("0024_hot_path_functions", HOT_PATH_FUNCTIONS),
+    # SQLite's 0027, the same statements: "Add to Slack" installs and their OAuth states.
+    ("0025_slack_installations", SLACK_INSTALLATIONS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).
@@ -513,6 +515,8 @@ TABLES = (
     "xchat_peers",
     "consents",
     "xchat_cursors",
+    "slack_installations",
+    "slack_oauth_states",
 )
 
 

@@ -284,7 +284,9 @@ async def running_bridge(
             before_start(slack)
         port = port or free_port()
         db_path = tmp_path / "bridge.db"
-        settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **(env or {})))
+        # "{SLACK_URL}" in a value: the fake Slack's origin, known only now (SLACK_AUTHORIZE_URL).
+        extra = {name: value.replace("{SLACK_URL}", slack_url) for name, value in (env or {}).items()}
+        settings = Settings.from_env(bridge_env(db_path, x_url, f"{slack_url}/api/", port, **extra))
         app = create_app(settings, delivery_config=delivery, inbound_config=inbound, clock=clock)
         runner = edge.runner(app, shutdown_timeout=2.0)  # the edge `xdm-bridge serve` listens behind
         stack.push_async_callback(runner.cleanup)

@@ -14,7 +14,11 @@ import time
 import aiohttp
 
 from adapters.slack.api import SlackApi, web_client
-from adapters.store.select import make_store
+from adapters.slack.workspaces import TeamSlack, Workspaces
+from adapters.slack.workspaces import oauth_client as slack_oauth_client
+from adapters.store.crypto import TokenCipher
+from adapters.store.select import AnyStore, make_store
+from adapters.store.slack_installs import SlackInstallStore
 from adapters.x.api import XApiClient
 from adapters.x.oauth import oauth_client
 from bridge.connect import OPERATOR, ConnectService, Disconnected
@@ -28,6 +32,22 @@ class SystemClock:
 
 class NoSuchAccount(Exception):
     """The id names no account, or one already disconnected; ``str`` says which."""
+
+
+def _slack(settings: Settings, store: AnyStore, session: aiohttp.ClientSession) -> SlackApi | TeamSlack:
+    """The channel notices go out with the bot token, or (install mode) each workspace's own."""
+    if not settings.slack_install_mode:
+        return SlackApi(web_client(settings.bot_token, settings.slack_api_url, session), session)
+    assert settings.slack_client_id and settings.slack_client_secret
+    installs = SlackInstallStore(store.engine, TokenCipher(settings.encryption_keys), time.time)
+    workspaces = Workspaces(
+        installs,
+        slack_oauth_client(settings.slack_api_url, session),
+        client_id=settings.slack_client_id,
+        client_secret=settings.slack_client_secret,
+        now=time.time,
+    )
+    return TeamSlack(workspaces, session, settings.slack_api_url)
 
 
 async def disconnect(settings: Settings, account_id: int) -> Disconnected:
@@ -48,7 +68,7 @@ async def disconnect(settings: Settings, account_id: int) -> Disconnected:
                 store=store,
                 oauth=oauth_client(session, settings),
                 x=XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds),
-                slack=SlackApi(web_client(settings.bot_token, settings.slack_api_url, session), session),
+                slack=_slack(settings, store, session),
                 clock=SystemClock(),
             )
             return await service.disconnect(account, OPERATOR)

@@ -119,6 +119,44 @@ def list_accounts(db: Database, now: float | None = None) -> list[dict[str, Any]
     return accounts
 
 
+def list_workspaces(db: Database) -> list[dict[str, Any]]:
+    """Every Slack workspace the bridge knows (installed, or with accounts or channels), with its
+    install (never its token) and how many accounts and channels it has; per workspace, so an
+    operator of an "Add to Slack" bridge sees each one apart."""
+    _require_schema(db)
+    installs = db["slack_installations"].exists()
+    install_columns = (
+        "i.enterprise_id, i.team_name, i.installed_at, i.bot_token_expires_at, "
+        "i.bot_refresh_token IS NOT NULL AS rotating, i.install_id IS NOT NULL AS installed"
+        if installs
+        else "NULL AS enterprise_id, NULL AS team_name, NULL AS installed_at, NULL AS bot_token_expires_at, "
+        "0 AS rotating, 0 AS installed"
+    )
+    teams = "SELECT team_id FROM accounts UNION SELECT team_id FROM mappings"
+    if installs:
+        teams += " UNION SELECT team_id FROM slack_installations WHERE is_enterprise_install = 0"
+    joined = (
+        "LEFT JOIN slack_installations i ON i.team_id = t.team_id AND i.is_enterprise_install = 0"
+        if installs
+        else ""
+    )
+    rows = db.query(
+        f"""
+        SELECT t.team_id, {install_columns},
+               (SELECT COUNT(*) FROM accounts a WHERE a.team_id = t.team_id
+                AND a.disconnected_at IS NULL) AS accounts,
+               (SELECT COUNT(*) FROM mappings m WHERE m.team_id = t.team_id) AS mappings,
+               (SELECT COUNT(*) FROM mappings m WHERE m.team_id = t.team_id
+                AND m.paused_at IS NOT NULL) AS paused
+        FROM ({teams}) AS t {joined}
+        ORDER BY t.team_id
+        """
+    )
+    return [
+        {**dict(row), "rotating": bool(row["rotating"]), "installed": bool(row["installed"])} for row in rows
+    ]
+
+
 def list_mappings(db: Database) -> list[dict[str, Any]]:
     _require_schema(db)
     rows = db.query(
@@ -333,6 +371,28 @@ def accounts_text(accounts: list[dict[str, Any]], now: float) -> str:
         "REFRESH",
         "MAPPINGS",
     ]
+    return table(headers, rows)
+
+
+def workspaces_text(workspaces: list[dict[str, Any]]) -> str:
+    if not workspaces:
+        return "No Slack workspace yet. Workspaces install the app at {PUBLIC_URL}/slack/install."
+    rows = [
+        [
+            w["team_id"],
+            w["enterprise_id"] or "-",
+            w["team_name"] or "-",
+            f"since {when(w['installed_at'])}"
+            if w["installed"]
+            else "no (one bot token, or removed: channels paused)",
+            "rotating" if w["rotating"] else "-",
+            w["accounts"],
+            w["mappings"],
+            w["paused"],
+        ]
+        for w in workspaces
+    ]
+    headers = ["TEAM", "ENTERPRISE", "NAME", "INSTALLED", "TOKEN", "ACCOUNTS", "CHANNELS", "PAUSED"]
     return table(headers, rows)
 
 

@@ -122,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _stop_on_slack_refusal(settings: Settings) -> None:
     from adapters.slack.api import TOKEN_FIX, token_refusal
 
+    if settings.slack_install_mode:
+        return  # each workspace's token comes with its install, checked as it is used
     refusal = asyncio.run(token_refusal(settings.bot_token, settings.slack_api_url))
     if refusal is not None:
         raise SystemExit(_operator_error(f"SLACK_BOT_TOKEN: Slack refuses it ({refusal}); {TOKEN_FIX}"))
@@ -470,6 +472,13 @@ def cmd_mappings(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_workspaces(args: argparse.Namespace) -> int:
+    """Slack workspaces: installed or not, and their accounts and channels (never a token)."""
+    rows = _with_db(admin.list_workspaces)
+    _emit(args, rows, lambda: admin.workspaces_text(rows))
+    return EXIT_OK
+
+
 def cmd_accounts(args: argparse.Namespace) -> int:
     """Connected X accounts (never their tokens)."""
     now = time.time()
@@ -602,6 +611,11 @@ def _add_operator_commands(sub: Any) -> None:
     hook.add_argument("--minutes", type=int, default=60, help="replay: how far back (default 60, max 1440)")
     _json_flag(hook)
     hook.set_defaults(func=cmd_webhook)
+    workspaces = sub.add_parser(
+        "workspaces", help="list Slack workspaces: installed or not, their accounts and channels"
+    )
+    _json_flag(workspaces)
+    workspaces.set_defaults(func=cmd_workspaces)
     mappings = sub.add_parser("mappings", help="list bridged channels")
     _json_flag(mappings)
     mappings.set_defaults(func=cmd_mappings)

@@ -29,9 +29,22 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "SLACK_BOT_TOKEN",
-        "the Bot User OAuth Token, xoxb-… (OAuth & Permissions, after installing the app)",
+        "the Bot User OAuth Token, xoxb-… (OAuth & Permissions, after installing the app), for one "
+        'workspace; unset when SLACK_CLIENT_ID and SLACK_CLIENT_SECRET select "Add to Slack" installs',
         None,
         required=True,
+        secret=True,
+    ),
+    EnvVar(
+        "SLACK_CLIENT_ID",
+        "the Slack app's Client ID (Basic Information → App Credentials): with SLACK_CLIENT_SECRET and "
+        "no SLACK_BOT_TOKEN, workspaces install the app at {PUBLIC_URL}/slack/install",
+        None,
+    ),
+    EnvVar(
+        "SLACK_CLIENT_SECRET",
+        "the Slack app's Client Secret (Basic Information → App Credentials), for installs",
+        None,
         secret=True,
     ),
     EnvVar("X_CLIENT_ID", "the X app's OAuth 2.0 Client ID (Keys and tokens)", None, required=True),
@@ -90,6 +103,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "SLACK_API_URL", "Slack Web API base URL (tests and the sandbox change it)", "https://slack.com/api/"
+    ),
+    EnvVar(
+        "SLACK_AUTHORIZE_URL",
+        "Slack's OAuth v2 authorize page, for installs (the sandbox changes it)",
+        "https://slack.com/oauth/v2/authorize",
     ),
     EnvVar("X_API_URL", "X API base URL", "https://api.x.com"),
     EnvVar("X_AUTHORIZE_URL", "X's OAuth 2.0 authorize page", "https://x.com/i/oauth2/authorize"),

@@ -100,6 +100,24 @@ async def run(env: Mapping[str, str] | None = None) -> Report:
     return Report(checks, EXIT_FAILED if failed else EXIT_OK)
 
 
+def install_mode(settings: Settings) -> Check:
+    """ "Add to Slack" installs: no one token to test; Slack needs the redirect URL to come back to."""
+    if settings.slack_redirect_uri is None:
+        return Check(
+            "slack",
+            "fail",
+            "install mode (SLACK_CLIENT_ID/SLACK_CLIENT_SECRET), but PUBLIC_URL is not set: Slack cannot "
+            "send installers back",
+            "set PUBLIC_URL and add {PUBLIC_URL}/slack/oauth_redirect to the Slack app's Redirect URLs",
+        )
+    return Check(
+        "slack",
+        "ok",
+        f"install mode: workspaces add the app at {settings.public_url}/slack/install (Slack's redirect "
+        f"URL must be {settings.slack_redirect_uri}); `xdm-bridge workspaces` lists them",
+    )
+
+
 def configuration(settings: Settings) -> list[Check]:
     checks = [Check("configuration", "ok", "every required variable is set and valid")]
     if settings.public_url is None:
@@ -262,6 +280,9 @@ def _outbox_checks(summary: dict[str, Any]) -> list[Check]:
 async def slack(
     settings: Settings, session: aiohttp.ClientSession, mapped_teams: set[str], checks: list[Check]
 ) -> None:
+    if settings.slack_install_mode:
+        checks.append(install_mode(settings))
+        return
     client = AsyncWebClient(
         token=settings.bot_token,
         base_url=settings.slack_api_url,

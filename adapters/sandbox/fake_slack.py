@@ -36,6 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from slack_sdk.signature import SignatureVerifier
 
+from adapters.sandbox.fake_slack_install import InstallError, SlackInstalls, Team
 from adapters.sandbox.fake_slack_views import FakeViews, ViewError
 
 __all__ = [
@@ -393,6 +394,9 @@ class FakeSlack:
         self._upload_seq = 0
         #: Files shared into channels with files.completeUploadExternal: channel, id, title, content.
         self.shared_files: list[dict[str, Any]] = []
+        #: "Add to Slack": workspaces that install the app, each with its own bot tokens.
+        self.installs = SlackInstalls(clock=clock, app_id=app_id)
+        self._caller: Team | None = None  # the workspace of the token of the call being answered
 
         self._handlers: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "api.test": self._api_test,
@@ -421,8 +425,14 @@ class FakeSlack:
         self.app.router.add_post("/response/{response_id}", self._handle_response_url)
         self.app.router.add_get("/files-pri/{team_file}/{tail:.+}", self._handle_file)
         self.app.router.add_post("/upload/{file_id}", self._handle_upload)
+        self.app.router.add_get("/oauth/v2/authorize", self.installs.authorize)
 
     # ---------------------------------------------------------------- configuration
+
+    @property
+    def authorize_url(self) -> str:
+        """Slack's authorize page for installs (``SLACK_AUTHORIZE_URL``)."""
+        return f"{self._require_base()}/oauth/v2/authorize"
 
     @property
     def api_url(self) -> str:
@@ -818,15 +828,26 @@ class FakeSlack:
     def _dispatch(
         self, method: str, params: dict[str, Any], headers: Mapping[str, str], base: str
     ) -> dict[str, Any]:
+        auth = headers.get("authorization", "")
+        if method == "oauth.v2.access":  # the app's client id and secret, not a bot token
+            try:
+                return self.installs.access(params, auth)
+            except InstallError as exc:
+                raise _SlackError(exc.error) from None
         handler = self._handlers.get(method)
         if handler is None:
             raise _SlackError("unknown_method")
-        auth = headers.get("authorization", "")
         token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else _opt_str(params, "token")
         if not token:
             raise _SlackError("not_authed")
+        self._caller = None
         if token != self.bot_token:
-            raise _SlackError("invalid_auth")
+            try:
+                self._caller = self.installs.team_of(token)
+            except InstallError as exc:
+                raise _SlackError(exc.error) from None
+            if self._caller is None:
+                raise _SlackError("invalid_auth")
         pending_429 = self._ratelimits.get(method)
         if pending_429:
             retry_after = pending_429.pop(0)
@@ -846,6 +867,19 @@ class FakeSlack:
         return {"ok": True, "args": {k: v for k, v in params.items() if isinstance(v, str)}}
 
     def _auth_test(self, params: dict[str, Any], base: str) -> dict[str, Any]:
+        team = self._caller
+        if team is not None:  # a token an install issued: that workspace's bot
+            return {
+                "ok": True,
+                "url": f"https://{team.team_id.lower()}.slack.com/",
+                "team": team.name,
+                "user": self.bot_name,
+                "team_id": team.team_id,
+                "user_id": team.bot_user_id,
+                "bot_id": team.bot_id,
+                "enterprise_id": team.enterprise_id,
+                "is_enterprise_install": team.org_wide,
+            }
         return {
             "ok": True,
             "url": f"https://{self.team_domain}.slack.com/",

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -35,6 +35,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.api import SLACK_TOKEN_REFUSED, SlackWebClient
+from adapters.slack.workspaces import InstallsReady, Workspaces
 from bridge.commands import CommandContext, CommandService
 from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION, ConnectAnswer, ConnectService
 from bridge.model import IncomingMessage, MessageChange
@@ -224,6 +225,7 @@ def incoming_message(body: dict[str, Any], event: dict[str, Any]) -> IncomingMes
         thread_ts=thread_ts,
         blocks=_dicts(event.get("blocks")),
         files=_dicts(event.get("files")),
+        author_team_id=_str(event.get("user_team")),
     )
 
 
@@ -273,15 +275,17 @@ def connect_answer(body: dict[str, Any], action: dict[str, Any]) -> ConnectAnswe
 def build_bolt_app(
     *,
     signing_secret: str,
-    authorization: SlackAuthorization,
+    authorization: SlackAuthorization | InstallsReady,
     relay: Relay,
     commands: CommandService,
     spawn: Spawn,
     connections: ConnectService | None = None,
     open_modal: Callable[[AsyncWebClient, dict[str, Any]], Awaitable[bool]] | None = None,
     client: AsyncWebClient | None = None,
+    workspaces: Workspaces | None = None,
 ) -> AsyncApp:
-    """The Bolt app for one workspace, authorized by ``authorization``.
+    """The Bolt app for one workspace, authorized by ``authorization``; or, with ``workspaces``
+    (install mode), for every installed workspace, each request by its own team's token.
 
     ``open_modal`` opens the bridge modal for a `/xdm` with no text (``adapters.slack.surfaces``);
     without it, or when Slack refuses it, that command answers with the help. ``client`` is
@@ -297,7 +301,7 @@ def build_bolt_app(
 
     app = AsyncApp(
         signing_secret=signing_secret,
-        authorize=authorize,
+        authorize=authorize if workspaces is None else _by_team(workspaces),
         client=client,
         request_verification_enabled=False,
         process_before_response=True,
@@ -328,16 +332,25 @@ def build_bolt_app(
     for name in QUIET_EVENTS:
         app.event(name)(_ignore)
 
+    async def token_gone(body: dict[str, Any], reason: str) -> None:
+        if workspaces is None:
+            authorization.token_refused(reason)
+            return
+        # The signed request's own team: a workspace can only ever remove itself.
+        team = _str(body.get("team_id"))
+        if team:
+            await workspaces.uninstalled(_str(body.get("enterprise_id")), team, reason)
+
     @app.event("app_uninstalled")
-    async def on_uninstalled() -> None:
-        authorization.token_refused("app_uninstalled")
+    async def on_uninstalled(body: dict[str, Any]) -> None:
+        await token_gone(body, "app_uninstalled")
 
     @app.event("tokens_revoked")
-    async def on_tokens_revoked(event: dict[str, Any]) -> None:
+    async def on_tokens_revoked(body: dict[str, Any], event: dict[str, Any]) -> None:
         tokens = event.get("tokens")
         # User tokens may be revoked too; the bridge holds only the bot's.
         if isinstance(tokens, dict) and tokens.get("bot"):
-            authorization.token_refused("tokens_revoked")
+            await token_gone(body, "tokens_revoked")
 
     @app.command("/xdm")
     async def on_xdm(ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient) -> None:
@@ -375,6 +388,19 @@ def build_bolt_app(
             spawn(answering.answer(answer), "xdm-connect-answer")
 
     return app
+
+
+def _by_team(workspaces: Workspaces) -> Callable[..., Awaitable[AuthorizeResult]]:
+    """Bolt's ``authorize`` in install mode: the token of the signed request's own team."""
+
+    async def authorize(
+        enterprise_id: str | None, team_id: str | None, context: dict[str, Any]
+    ) -> AuthorizeResult | None:
+        return await workspaces.authorize(enterprise_id, team_id, bool(context.get("is_enterprise_install")))
+
+    # Bolt takes None for "not installed in this workspace" (its own store-backed authorize returns
+    # it too) and answers with its reinstall message; its annotation says otherwise.
+    return cast(Callable[..., Awaitable[AuthorizeResult]], authorize)
 
 
 async def _ignore(body: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 # Web API method (as Slack names it) → bot scopes it needs. ``auth.test`` needs none.
 METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "auth.test": (),  # Bolt calls it on start-up; doctor calls it
+    "oauth.v2.access": (),  # installs: the code (and, with token rotation, a refresh token) for a token
     # Also to a user id (the app's Messages tab); X replies are posted as their sender,
     # and username/icon_url need chat:write.customize.
     "chat.postMessage": ("chat:write", "chat:write.customize"),

@@ -22,6 +22,8 @@ SECRETS = (
     # Tokens waiting for the Slack user's click, expired ones too: the sweep must still open them
     # to give X's grant back.
     ("pending_connections", "id", ("access_token", "refresh_token"), "1 = 1"),
+    # "Add to Slack" installs: each workspace's bot token (and refresh token, with rotation).
+    ("slack_installations", "install_id", ("bot_token", "bot_refresh_token"), "1 = 1"),
 )
 
 

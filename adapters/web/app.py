@@ -34,14 +34,18 @@ from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack.api import SlackApi, web_client
 from adapters.slack.app import SlackAuthorization, build_bolt_app
+from adapters.slack.install import INSTALL_PATH, REDIRECT_PATH, InstallFlow, install_flow
 from adapters.slack.surfaces import Surfaces, register
 from adapters.slack.views import SlackViews, single_workspace
+from adapters.slack.workspaces import InstallsReady, TeamSlack, Workspaces
+from adapters.slack.workspaces import oauth_client as slack_oauth_client
 from adapters.store.activity import ActivityStore
 from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
 from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
+from adapters.store.slack_installs import SlackInstallStore, SlackStateStore
 from adapters.store.xchat import ChatCursorStore, XChatIdentityStore
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
@@ -60,7 +64,7 @@ from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuth
 from bridge.home import HomeService, WorkspaceSettings
 from bridge.inbound import Inbound, InboundConfig
 from bridge.modals import ModalService
-from bridge.model import Account, OutboxItem
+from bridge.model import Account, IncomingMessage, OutboxItem
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
@@ -142,7 +146,10 @@ class Services:
     background: Background
     started_at: float
     verifier: SignatureVerifier
-    slack_auth: SlackAuthorization
+    slack_auth: SlackAuthorization | InstallsReady
+    # Install mode ("Add to Slack"): the OAuth flow and the installed workspaces.
+    install: InstallFlow | None = None
+    workspaces: Workspaces | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -189,6 +196,9 @@ def create_app(
     app.router.add_post("/x/webhook", x_webhook_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus_metrics)
+    if settings.slack_install_mode:
+        app.router.add_get(INSTALL_PATH, slack_install)
+        app.router.add_get(REDIRECT_PATH, slack_oauth_redirect)
     return app
 
 
@@ -200,9 +210,18 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
     try:
-        slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-        poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
-        slack = SlackApi(slack_client, session, poster)
+        slack: SlackApi | TeamSlack
+        workspaces: Workspaces | None = None
+        if settings.slack_install_mode:
+            workspaces = _workspaces(settings, store, session, clock)
+            slack = TeamSlack(workspaces, session, settings.slack_api_url)
+            # No token of its own: Bolt copies it for each request with that workspace's token,
+            # so the client its listeners get calls SLACK_API_URL as the request's workspace.
+            slack_client = web_client("", settings.slack_api_url, session)
+        else:
+            slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
+            poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
+            slack = SlackApi(slack_client, session, poster)
         fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
         x = XApiClient(
             session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
@@ -298,6 +317,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
         relay.on_accepted = metrics.message_accepted
+        background = Background()
+        relay.on_refused = lambda message, reason: background.spawn(
+            _tell_author(slack, message, reason), "xdm-relay-refused"
+        )
         metrics.bind(store, budget, clock, peer_checks)
         commands = CommandService(
             store=store,
@@ -319,8 +342,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             chats=chats,
             on_mapping_changed=lambda mapping: home.mapping_changed(mapping),
         )
-        background = Background()
-        views = SlackViews(single_workspace(slack_client))
+        # Views go out with each workspace's own token in install mode.
+        views = SlackViews(
+            slack.client_for if isinstance(slack, TeamSlack) else single_workspace(slack_client)
+        )
         home = HomeService(
             store=store,
             slack=slack,
@@ -353,7 +378,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             commands=commands,
             spawn=background.spawn,
         )
-        slack_auth = SlackAuthorization(slack_client, poster)
+        slack_auth = InstallsReady() if workspaces is not None else SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
             authorization=slack_auth,
@@ -363,6 +388,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             connections=connect,
             open_modal=surfaces.from_command,
             client=slack_client,
+            workspaces=workspaces,
         )
         register(bolt, surfaces)
         app[SERVICES] = Services(
@@ -377,12 +403,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock.now(),
             SignatureVerifier(settings.signing_secret),
             slack_auth,
+            _install(settings, workspaces, session, mapped),
+            workspaces,
         )
         authorizing = asyncio.create_task(slack_auth.keep_trying(), name="slack-auth")
         pruning = asyncio.create_task(
             prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
         )
         sweeping = asyncio.create_task(_discard_unconfirmed(connect), name="unconfirmed-connections")
+        expiring = (
+            asyncio.create_task(workspaces.expire_forever(settings.retention_days), name="removed-workspaces")
+            if workspaces is not None
+            else None
+        )
         running = asyncio.create_task(worker.run(), name="leader-work")
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
@@ -392,14 +425,67 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         authorizing.cancel()
         pruning.cancel()
         sweeping.cancel()
+        if expiring is not None:
+            expiring.cancel()
         await background.drain(5.0)
-        for task in (authorizing, pruning, sweeping):
+        for task in (authorizing, pruning, sweeping, *((expiring,) if expiring else ())):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
         await session.close()
         await store.close()
     log.info("shut down cleanly")
+
+
+def _workspaces(
+    settings: Settings, store: AnyStore, session: aiohttp.ClientSession, clock: Clock
+) -> Workspaces:
+    """Install mode: the installed workspaces' tokens, kept in the store."""
+    assert settings.slack_client_id and settings.slack_client_secret
+    cipher = TokenCipher(settings.encryption_keys)
+    return Workspaces(
+        SlackInstallStore(store.engine, cipher, clock.now),
+        slack_oauth_client(settings.slack_api_url, session),
+        client_id=settings.slack_client_id,
+        client_secret=settings.slack_client_secret,
+        now=clock.now,
+    )
+
+
+def _install(
+    settings: Settings,
+    workspaces: Workspaces | None,
+    session: aiohttp.ClientSession,
+    resumed: Callable[[], None],
+) -> InstallFlow | None:
+    """Install mode's OAuth flow; ``resumed`` wakes the workers when a reinstall resumes channels
+    (what waited for them goes now)."""
+    if workspaces is None:
+        return None
+
+    async def installed(team_id: str) -> None:
+        assert workspaces is not None
+        if await workspaces.installed(team_id):
+            resumed()
+
+    assert settings.slack_client_id and settings.slack_client_secret
+    installs = workspaces.installs
+    return install_flow(
+        client_id=settings.slack_client_id,
+        client_secret=settings.slack_client_secret,
+        redirect_uri=settings.slack_redirect_uri,
+        authorize_url=settings.slack_authorize_url,
+        client=slack_oauth_client(settings.slack_api_url, session),
+        installs=installs,
+        states=SlackStateStore(installs.engine, installs.now),
+        on_installed=installed,
+    )
+
+
+async def _tell_author(slack: SlackApi | TeamSlack, message: IncomingMessage, reason: str) -> None:
+    """An ephemeral note to the author of a message that was not relayed, saying why."""
+    if message.user_id:
+        await slack.post_ephemeral(message.team_id, message.channel_id, message.user_id, reason)
 
 
 def _noting_sends(
@@ -853,6 +939,28 @@ async def x_oauth_callback(request: web.Request) -> web.Response:
             200,
         )
     response.del_cookie(cookie_name, path=CALLBACK_PATH)
+    return response
+
+
+async def slack_install(request: web.Request) -> web.StreamResponse:
+    """Install mode: the "Add to Slack" page, its link carrying a fresh single-use state."""
+    return await _install_step(request, lambda flow, bolt_request: flow.handle_installation(bolt_request))
+
+
+async def slack_oauth_redirect(request: web.Request) -> web.StreamResponse:
+    """Install mode: where Slack sends the browser back; the state is checked and used, the code
+    exchanged, the install saved; every outcome is a page (``adapters.slack.install``)."""
+    return await _install_step(request, lambda flow, bolt_request: flow.handle_callback(bolt_request))
+
+
+async def _install_step(
+    request: web.Request, step: Callable[[InstallFlow, AsyncBoltRequest], Awaitable[Any]]
+) -> web.StreamResponse:
+    flow = request.app[SERVICES].install
+    assert flow is not None  # the routes exist only in install mode
+    bolt_request = AsyncBoltRequest(body="", query=request.query_string, headers=dict(request.headers))
+    response = await to_aiohttp_response(await step(flow, bolt_request))
+    response.headers.update(PAGE_HEADERS)
     return response
 
 

@@ -195,3 +195,25 @@ async def test_bolt_listeners_and_manifest_subscriptions_match(
             f"Bolt listeners {orphans} match nothing manifest.yml subscribes to: add the event "
             "(and its scopes in adapters/slack/scopes.py) to the manifest"
         )
+
+
+def test_the_install_redirect_url_is_served_in_install_mode(manifest: dict[str, Any]) -> None:
+    [redirect] = manifest["oauth_config"]["redirect_urls"]
+    assert redirect.startswith("https://YOUR-HOST/")
+    assert manifest["settings"]["org_deploy_enabled"] is False  # org-wide installs are refused
+    settings = Settings(
+        signing_secret="s",
+        bot_token="",
+        x_client_id="c",
+        encryption_keys=("k",),
+        slack_client_id="1.2",
+        slack_client_secret="secret",
+    )
+    gets = {
+        r.resource.canonical for r in create_app(settings).router.routes() if r.method == "GET" and r.resource
+    }
+    assert {urlsplit(redirect).path, "/slack/install"} <= gets
+    # One workspace (a bot token): no install pages to find.
+    single = Settings(signing_secret="s", bot_token="xoxb-t", x_client_id="c", encryption_keys=("k",))
+    single_gets = {r.resource.canonical for r in create_app(single).router.routes() if r.resource}
+    assert "/slack/install" not in single_gets
