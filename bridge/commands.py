@@ -534,7 +534,7 @@ class CommandService:
         account = await self._store.get_account(mapping.account_id)
         sent_as = f" (sent as X account @{account.x_username})" if account is not None else ""
         lines = [
-            f"*Stop bridging {channel} to {_describe(mapping)}{sent_as}?*",
+            f"Stop bridging {channel} to {_describe(mapping)}{sent_as}?",
             f"New messages in {channel} will no longer go to X, and what is written in the X "
             f"conversation will no longer be posted in {channel}. The conversation stays as it is on X.",
         ]
@@ -562,7 +562,7 @@ class CommandService:
             if m.team_id == ctx.team_id and m.account_id == account.id
         ]
         lines = [
-            f"*Disconnect X account {name} from the bridge?*",
+            f"Disconnect X account {name} from the bridge?",
             f"The bridge gives X back its access to {name} and deletes the account's tokens.",
         ]
         if bridged:

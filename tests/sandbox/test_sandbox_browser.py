@@ -401,5 +401,6 @@ def test_the_home_tab_shows_your_x_account_and_bridged_channels(
     wait_for(browser, "#channel-tab", "sandbox", click=True)
     type_in(browser, "#slack-input", "/xdm unlink")
     wait_for(browser, "#slack-messages .msg.only-you", "Stop bridging", "the unlink question")
+    assert browser.save_screenshot(str(tmp_path / "unlink-question.png"))
     wait_for(browser, "#slack-messages .slack-button", "Confirm: Unlink", "the Confirm button", click=True)
     wait_for(browser, "#slack-messages .msg.bot", "stopped bridging", "the unlink announced")
