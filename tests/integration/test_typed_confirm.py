@@ -7,6 +7,7 @@ within 10 minutes, and only on the state the question described. Each test runs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -201,3 +202,35 @@ async def test_a_disconnect_confirmed_after_another_account_was_connected_change
         told = await bridge.follow_up(url)
         assert "changed since you were asked" in told["text"] and "@carol" in told["text"]
         assert await bridge.sql("SELECT COUNT(*) FROM accounts WHERE disconnected_at IS NULL") == [(1,)]
+
+
+async def test_permission_is_checked_again_when_confirm_is_clicked(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)  # Ada's mapping
+        # Cleo, a workspace admin, may unlink it: she is asked.
+        await bridge.ask("unlink", user="U300")
+        assert "Stop bridging <#C100>" in question_text(bridge, "U300")
+        bridge.slack.add_user("U300", display_name="Cleo", real_name="Cleo Admin", is_admin=False)
+        _, url = await bridge.click_question("U300")
+        told = await bridge.follow_up(url)
+        assert told["text"].startswith(":x:") and "belongs to <@U100>" in told["text"]
+        assert await mapped_channels(bridge) == [("C100", "1000-2001")]
+
+        # Grace, no admin, is refused at once: no question to confirm.
+        ack, _ = await bridge.command("unlink", user="U200")
+        assert "belongs to <@U100>" in ack.text and not bridge.slack.buttons("U200")
+
+
+async def test_a_button_from_before_questions_named_their_subject_is_answered_not_acted_on(
+    tmp_path: Path,
+) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await linked(bridge)
+        await bridge.ask("unlink")
+        # A question sent before this version: its value names only team, user and channel.
+        old = dataclasses.replace(bridge.question_button("U100"), value="unlink:T0001:U100:C100")
+        url = bridge.slack.click_response_url(old)
+        assert (await bridge.sender.click(old, user_id="U100", response_url=url)).status == 200
+        told = await bridge.follow_up(url)
+        assert "Nothing was changed; run the command again" in told["text"]
+        assert await mapped_channels(bridge) == [("C100", "1000-2001")]
