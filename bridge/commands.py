@@ -17,6 +17,7 @@ from typing import NoReturn, Protocol
 from urllib.parse import urlencode
 
 from bridge.budget import Budget
+from bridge.confirm import Question, question_buttons
 from bridge.connect import ConnectService, held_notice
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited, XRefused
 from bridge.model import (
@@ -24,6 +25,7 @@ from bridge.model import (
     X_USER_ID,
     X_USERNAME,
     Account,
+    Button,
     InboxPage,
     IncomingMessage,
     Mapping,
@@ -57,9 +59,9 @@ HELP = """*Bridge this channel to an X (Twitter) DM conversation*
 • `/xdm new-group @alice @bob … [opening message]` – bridge this channel to a new X group DM (2 to 49 people)
 • `/xdm dm @alice [message]` – bridge this channel to your 1-to-1 DM with @alice
 • `/xdm link <conversation id>` – bridge to a conversation you are in (group id, or `<your X id>-<theirs>`)
-• `/xdm unlink` – stop bridging this channel
+• `/xdm unlink` – stop bridging this channel (asks you to confirm first)
 • `/xdm status` – this channel's mapping, its X account and what is waiting
-• `/xdm disconnect` – revoke the bridge's access to your X account; your channels pause until you reconnect
+• `/xdm disconnect` – revoke the bridge's access to your X account; its channels pause (asks first)
 Participants are X handles (`@name`) or numeric X user ids."""
 
 
@@ -240,15 +242,21 @@ class CommandContext:
     team_name: str = ""  # the workspace's domain, as the slash command names it
     # Also told a follow-up's outcome (the bridge modal shows it); response_url still is.
     report_to: Callable[[Reply], Awaitable[None]] | None = field(default=None, compare=False)
+    # The follow-up's outcome replaces the message at response_url (a confirmed question's).
+    replaces: bool = False
 
 
 @dataclass(frozen=True)
 class Reply:
-    """What Slack shows at once; ``follow_up`` runs after the acknowledgement."""
+    """What Slack shows at once; ``follow_up`` runs after the acknowledgement.
+
+    A reply with ``buttons`` is a question: its ``follow_up`` shows it (text and buttons) through
+    response_url, so the acknowledgement itself says nothing."""
 
     text: str
     in_channel: bool = False
     follow_up: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+    buttons: tuple[Button, ...] = ()
 
 
 class CommandService:
@@ -312,9 +320,9 @@ class CommandService:
             case Status():
                 return await self._status(ctx)
             case Unlink():
-                return await self._unlink(ctx)
+                return await self._ask(ctx, "unlink")
             case Disconnect():
-                return await self._disconnect(ctx)
+                return await self._ask(ctx, "disconnect")
             case Link(conversation_id=conversation_id):
                 account = await self._mapping_account(ctx)  # "connect first" before the channel's rules
                 await self._may_map(ctx)
@@ -470,10 +478,112 @@ class CommandService:
             )
         return f"{line}; {waiting} waiting to be posted here." if waiting else f"{line}."
 
-    async def _unlink(self, ctx: CommandContext) -> Reply:
+    # -- questions first: unlink and disconnect (bridge.confirm answers the clicks) -----------
+
+    async def question(self, verb: str, team_id: str, user_id: str, channel_id: str = "") -> Reply:
+        """The question `/xdm unlink` (``verb``) or `/xdm disconnect` asks, for whoever shows it
+        elsewhere (the Home's buttons, in a DM); a reply without buttons says why none is asked."""
+        ctx = CommandContext(team_id=team_id, channel_id=channel_id, user_id=user_id)
+        try:
+            return await self._ask(ctx, verb)
+        except CommandError as exc:
+            return Reply(f":x: {exc}")
+
+    async def confirmed(self, question: Question, response_url: str | None) -> Reply:
+        """Carry out a question its person confirmed, checking again what it checked when asked:
+        who may, and that the mapping or the account is still the one it named."""
+        ctx = CommandContext(
+            team_id=question.team_id,
+            channel_id=question.channel_id,
+            user_id=question.user_id,
+            response_url=response_url,
+            replaces=True,
+        )
+        try:
+            if question.verb == "unlink":
+                return await self._unlink(ctx, question.subject)
+            return await self._disconnect(ctx, question.subject)
+        except CommandError as exc:
+            return Reply(f":x: {exc}")
+
+    async def _ask(self, ctx: CommandContext, verb: str) -> Reply:
+        asking = self._unlink_question if verb == "unlink" else self._disconnect_question
+        text, subject = await asking(ctx)
+        if subject is None:
+            return Reply(text)
+        question = Question(verb, ctx.team_id, ctx.user_id, ctx.channel_id, subject, int(self._clock.now()))
+        buttons = question_buttons(question)
+        return Reply(text, buttons=buttons, follow_up=lambda: self._show_question(ctx, text, buttons))
+
+    async def _show_question(self, ctx: CommandContext, text: str, buttons: tuple[Button, ...]) -> None:
+        try:
+            if ctx.response_url:
+                await self._slack.respond(ctx.response_url, text, buttons=buttons)
+            else:
+                await self._slack.ask(ctx.team_id, ctx.channel_id or None, ctx.user_id, text, buttons)
+        except Exception as exc:
+            log.warning("could not ask to confirm", extra={"team": ctx.team_id, "error": type(exc).__name__})
+
+    async def _unlink_question(self, ctx: CommandContext) -> tuple[str, str | None]:
+        """What unlinking this channel would do, and the mapping it is about (None: nothing to ask)."""
+        channel = f"<#{ctx.channel_id}>"
+        mapping = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
+        if mapping is None:
+            return f"{channel} is not bridged to X; nothing to unlink.", None
+        await self._may_change(ctx, mapping, "unlink")  # refused now rather than after a click
+        account = await self._store.get_account(mapping.account_id)
+        sent_as = f" (sent as X account @{account.x_username})" if account is not None else ""
+        lines = [
+            f"Stop bridging {channel} to {_describe(mapping)}{sent_as}?",
+            f"New messages in {channel} will no longer go to X, and what is written in the X "
+            f"conversation will no longer be posted in {channel}. The conversation stays as it is on X.",
+        ]
+        waiting = (await self._store.outbox_summary(ctx.team_id, ctx.channel_id))["pending"]
+        if waiting:
+            lines.append(f"{waiting} message(s) already accepted for X are still delivered.")
+        inbound = await self._store.inbound_summary(mapping.account_id, ctx.team_id, ctx.channel_id)
+        if inbound["channel_pending"]:
+            lines.append(
+                f"{inbound['channel_pending']} message(s) from X that are waiting are posted in {channel}."
+            )
+        return "\n".join(lines), repr(mapping.created_at)
+
+    async def _disconnect_question(self, ctx: CommandContext) -> tuple[str, str | None]:
+        """What disconnecting the user's X account would do, and the account (None: nothing to ask)."""
+        account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
+        if account is None or account.disconnected:
+            return "You have no X account connected to this bridge; nothing to disconnect.", None
+        if self._connections is None:
+            return ":x: Disconnecting is not available on this bridge.", None
+        name = f"@{account.x_username}"
+        bridged = [
+            m
+            for m in await self._store.list_mappings()
+            if m.team_id == ctx.team_id and m.account_id == account.id
+        ]
+        lines = [
+            f"Disconnect X account {name} from the bridge?",
+            f"The bridge gives X back its access to {name} and deletes the account's tokens.",
+        ]
+        if bridged:
+            channels = ", ".join(f"<#{m.channel_id}>" for m in bridged)
+            lines.append(
+                f"Bridged as {name}: {channels}. They pause: messages written there wait (kept, not "
+                f"lost) and nothing is read from X for them until you run `/xdm connect` again."
+            )
+        else:
+            lines.append(f"No channel is bridged as {name}.")
+        return "\n".join(lines), _account_subject(account)
+
+    async def _unlink(self, ctx: CommandContext, asked: str) -> Reply:
         existing = await self._store.get_mapping(ctx.team_id, ctx.channel_id)
         if existing is None:
-            return Reply("This channel is not bridged to X; nothing to unlink.")
+            return Reply(f"<#{ctx.channel_id}> is not bridged to X any more; nothing was changed.")
+        if repr(existing.created_at) != asked:
+            return Reply(
+                f"<#{ctx.channel_id}>'s bridge changed since you were asked: it is now bridged to "
+                f"{_describe(existing)}. Nothing was changed; run `/xdm unlink` again to stop that one."
+            )
         await self._may_change(ctx, existing, "unlink")
         # Only the mapping just checked: one made since (by someone this user may not overrule)
         # is not this command's to delete.
@@ -499,10 +609,15 @@ class CommandService:
             in_channel=True,
         )
 
-    async def _disconnect(self, ctx: CommandContext) -> Reply:
+    async def _disconnect(self, ctx: CommandContext, asked: str) -> Reply:
         account = await self._store.account_for_user(ctx.team_id, ctx.user_id)
         if account is None or account.disconnected:
-            return Reply("You have no X account connected to this bridge; nothing to disconnect.")
+            return Reply("Your X account is already disconnected; nothing was changed.")
+        if _account_subject(account) != asked:
+            return Reply(
+                f"Your connected X account changed since you were asked (it is now @{account.x_username}). "
+                "Nothing was changed; run `/xdm disconnect` again to disconnect this one."
+            )
         connections = self._connections
         if connections is None:
             return Reply(":x: Disconnecting is not available on this bridge.")
@@ -733,7 +848,9 @@ class CommandService:
         if ctx.report_to is not None:
             await ctx.report_to(reply)
         if ctx.response_url:
-            await self._slack.respond(ctx.response_url, reply.text, in_channel=reply.in_channel)
+            await self._slack.respond(
+                ctx.response_url, reply.text, in_channel=reply.in_channel, replace=ctx.replaces
+            )
         else:
             await self._slack.post_ephemeral(ctx.team_id, ctx.channel_id, ctx.user_id, reply.text)
 
@@ -863,6 +980,11 @@ ENCRYPTED_LINE = (
     ":lock: This is an encrypted X Chat conversation: messages from here are encrypted and signed "
     "with the account's X Chat keys, which the bridge holds."
 )
+
+
+def _account_subject(account: Account) -> str:
+    """Which account a disconnect question is about: reconnecting another X account changes it."""
+    return f"{account.id}-{account.x_user_id}"
 
 
 def _check_includes(account: Account, conversation_id: str) -> None:

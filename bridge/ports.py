@@ -612,10 +612,17 @@ class SlackClient(Protocol):
         ...
 
     async def respond(
-        self, response_url: str, text: str, *, in_channel: bool = False, replace: bool = False
+        self,
+        response_url: str,
+        text: str,
+        *,
+        in_channel: bool = False,
+        replace: bool = False,
+        buttons: Sequence[Button] = (),
     ) -> None:
         """Answer through a ``response_url``; ``replace`` replaces the message whose button was
-        clicked (its buttons go with it)."""
+        clicked (its buttons go with it). With ``buttons`` the answer is a question (its clicks
+        come back through Slack's interactivity)."""
         ...
 
     async def file_info(self, team_id: str, file_id: str) -> dict[str, Any]:

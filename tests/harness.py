@@ -26,6 +26,7 @@ from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.crypto import generate_key
 from adapters.web import edge
 from adapters.web.app import create_app
+from bridge.confirm import CONFIRM_CANCEL, CONFIRM_DISCONNECT, CONFIRM_UNLINK
 from bridge.connect import CANCEL_ACTION, CONFIRM_ACTION
 from bridge.delivery import DeliveryConfig
 from bridge.inbound import InboundConfig
@@ -104,7 +105,7 @@ class Bridge:
         self, text: str, *, user: str = "U100", channel: str = "C100"
     ) -> tuple[SlackResult, str]:
         """Run `/xdm …` as Slack would; returns the ack and the response_url used."""
-        response_url = self.slack.new_response_url()
+        response_url = self.slack.new_response_url(user=user, channel=channel)
         result = await self.sender.command(
             text,
             user_id=user,
@@ -114,6 +115,50 @@ class Bridge:
             user_name=HANDLES.get(user, ""),
         )
         return result, response_url
+
+    def question_button(self, user: str = "U100", *, confirm: bool = True) -> Button:
+        """The newest Confirm (or Cancel) of an unlink or disconnect question shown to ``user``."""
+        wanted = (CONFIRM_UNLINK, CONFIRM_DISCONNECT) if confirm else (CONFIRM_CANCEL,)
+        found = [b for b in self.slack.buttons(user) if b.action_id in wanted]
+        assert found, f"no {wanted} button shown to {user}: {self.slack.buttons()}"
+        return found[-1]
+
+    async def ask(self, text: str, *, user: str = "U100", channel: str = "C100") -> tuple[SlackResult, str]:
+        """`/xdm unlink` or `/xdm disconnect`: the ack, and the command's response_url once the
+        question (with its buttons) reached it; an ack with text answered at once instead."""
+        ack, response_url = await self.command(text, user=user, channel=channel)
+        assert ack.status == 200, ack.text
+        if not ack.text:
+            await self.follow_up(response_url)
+        return ack, response_url
+
+    async def click_question(
+        self, user: str = "U100", *, confirm: bool = True, clicked_by: str | None = None
+    ) -> tuple[SlackResult, str]:
+        """Click Confirm (or Cancel) on ``user``'s newest question as ``clicked_by`` (default:
+        ``user``), a signed ``block_actions``; returns the bridge's HTTP answer and the click's
+        response_url."""
+        button = self.question_button(user, confirm=confirm)
+        response_url = self.slack.click_response_url(button)
+        result = await self.sender.click(button, user_id=clicked_by or user, response_url=response_url)
+        return result, response_url
+
+    async def confirmed(
+        self, text: str, *, user: str = "U100", channel: str = "C100"
+    ) -> tuple[SlackResult, str]:
+        """Type `/xdm unlink` (or `disconnect`), then Confirm its question as the same person.
+
+        Returns the click's first answer in the shape of a command's ack (``text``,
+        ``response_type``), which is what the command used to answer at once, and the click's
+        response_url, where any later answer comes (the second on). A command answered at once
+        (refused, or nothing to do) is returned as it is, with its own response_url."""
+        ack, response_url = await self.ask(text, user=user, channel=channel)
+        if ack.text:
+            return ack, response_url
+        result, click_url = await self.click_question(user)
+        assert result.status == 200, result.text
+        first = await self.follow_up(click_url)
+        return SlackResult(status=200, text=json.dumps(first, ensure_ascii=False), headers={}), click_url
 
     async def follow_up(self, response_url: str, count: int = 1) -> dict[str, Any]:
         """The ``count``-th message posted to ``response_url`` (the command's later answer)."""

@@ -153,6 +153,10 @@ class _ResponseUrl:
     created_at: float
     uses: int = 0
     message: dict[str, Any] | None = None  # the message a click came from: replace_original edits it
+    # Whom and where a slash command's answers show (the command's own response_url): an ephemeral
+    # answer with blocks becomes an ephemeral message there, whose buttons can be clicked.
+    user: str | None = None
+    channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -568,12 +572,18 @@ class FakeSlack:
                 return bytes(shared["content"]), mimetypes.guess_type(str(shared["name"]))[0] or ""
         return None
 
-    def new_response_url(self, base_url: str | None = None) -> str:
-        """Create a ``response_url`` (``{base}/response/{id}``) valid for 5 uses / 30 minutes."""
+    def new_response_url(
+        self, base_url: str | None = None, *, user: str | None = None, channel: str | None = None
+    ) -> str:
+        """Create a ``response_url`` (``{base}/response/{id}``) valid for 5 uses / 30 minutes.
+
+        ``user`` and ``channel`` say whose slash command it answers: an ephemeral answer with
+        blocks (a question with buttons) is then shown to ``user`` in ``channel`` as an ephemeral
+        message (see :meth:`ephemerals` and :meth:`buttons`), as Slack shows it."""
         base = (base_url or self._require_base()).rstrip("/")
         self._response_seq += 1
         response_id = f"R{self._response_seq:04d}{secrets.token_hex(4)}"
-        self._response_urls[response_id] = _ResponseUrl(created_at=self.clock())
+        self._response_urls[response_id] = _ResponseUrl(created_at=self.clock(), user=user, channel=channel)
         self.responses[response_id] = []
         return f"{base}/response/{response_id}"
 
@@ -1221,9 +1231,23 @@ class FakeSlack:
             # The clicked message now reads as the answer; its buttons are gone.
             state.message["text"] = str(payload.get("text") or "")
             state.message["blocks"] = payload.get("blocks") or []
+        elif state.user and state.channel and payload.get("blocks") and not _in_channel(payload):
+            self._ephemerals.append(
+                {
+                    "channel": state.channel,
+                    "user": state.user,
+                    "text": str(payload.get("text") or ""),
+                    "message_ts": _TS.next(self.clock),
+                    "blocks": payload["blocks"],
+                }
+            )
         self.responses.setdefault(response_id, []).append(payload)
         self._notify()
         return web.json_response({"ok": True})
+
+
+def _in_channel(payload: Mapping[str, Any]) -> bool:
+    return payload.get("response_type") == "in_channel"
 
 
 def _refusing(

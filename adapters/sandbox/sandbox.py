@@ -17,7 +17,9 @@ events, files are kept by the fake Slack (served with the bot token, as Slack se
 the bridge's real connect page in a new tab: "Continue to X", the simulated X's consent page,
 then the bridge's ``/x/oauth/callback``; the bridge then asks in the channel (an ephemeral
 message with buttons) and a click on Confirm is a signed ``block_actions`` to ``/slack/events``,
-as Slack's interactivity sends it.
+as Slack's interactivity sends it. ``/xdm unlink`` and ``/xdm disconnect`` ask the same way,
+their question coming through the command's ``response_url``: it shows with its Confirm and
+Cancel buttons.
 """
 
 from __future__ import annotations
@@ -338,8 +340,11 @@ class Sandbox:
             self._note(f"The bridge answered the {what} with HTTP {status}; Slack would retry.")
 
     async def command(self, text: str) -> dict[str, Any]:
-        """Run ``/xdm text``: a signed slash command whose ``response_url`` is on the fake Slack."""
-        response_url = self.slack.new_response_url()
+        """Run ``/xdm text``: a signed slash command whose ``response_url`` is on the fake Slack.
+
+        A question the bridge answers with there (``/xdm unlink``, ``/xdm disconnect``) is shown
+        to you in the channel with its buttons, as Slack shows an ephemeral answer."""
+        response_url = self.slack.new_response_url(user=SLACK_USER_ID, channel=CHANNEL_ID)
         entry = _Entry(
             time.time(), "command", f"/xdm {text}".strip(), only_you=True, response_url=response_url
         )
@@ -587,6 +592,8 @@ class Sandbox:
                 for index, payload in enumerate(self.slack.responses.get(response_id, [])):
                     if payload.get("delete_original") or not payload.get("text"):
                         continue
+                    if payload.get("blocks") and not payload.get("replace_original"):
+                        continue  # a question: shown below as the ephemeral message it became
                     at = self._response_times.setdefault((response_id, index), time.time())
                     only_you = payload.get("response_type") != "in_channel"
                     add(at, "bot", str(payload["text"]), author="xdm-bridge", only_you=only_you)

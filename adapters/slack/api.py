@@ -347,11 +347,20 @@ class SlackApi:
         return self._bot_name
 
     async def respond(
-        self, response_url: str, text: str, *, in_channel: bool = False, replace: bool = False
+        self,
+        response_url: str,
+        text: str,
+        *,
+        in_channel: bool = False,
+        replace: bool = False,
+        buttons: Sequence[Button] = (),
     ) -> None:
         webhook = AsyncWebhookClient(response_url, session=self._session)
         response = await webhook.send(
-            text=text, response_type="in_channel" if in_channel else "ephemeral", replace_original=replace
+            text=text,
+            blocks=question_blocks(text, buttons) if buttons else None,
+            response_type="in_channel" if in_channel else "ephemeral",
+            replace_original=replace,
         )
         if response.status_code >= 300:
             log.warning("response_url refused the reply", extra={"status": response.status_code})

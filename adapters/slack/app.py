@@ -369,7 +369,10 @@ def build_bolt_app(
             team_name=str(command.get("team_domain") or ""),
         )
         reply = await commands.handle(ctx, scrub(str(command.get("text") or "")))
-        await ack(text=reply.text, response_type="in_channel" if reply.in_channel else "ephemeral")
+        if reply.buttons:
+            await ack()  # a question: its follow-up shows it, buttons and all, through response_url
+        else:
+            await ack(text=reply.text, response_type="in_channel" if reply.in_channel else "ephemeral")
         if reply.follow_up is not None:
             spawn(reply.follow_up(), f"xdm-command-{ctx.channel_id}")
 

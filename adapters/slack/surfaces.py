@@ -132,12 +132,15 @@ def register(app: AsyncApp, surfaces: Surfaces) -> None:
         if not (team and user):
             log.info("malformed confirmation click ignored")
             return
+        channel, container = body.get("channel"), body.get("container")
         click = Click(
             action_id=_str(action.get("action_id")),
             value=_str(action.get("value")),
             team_id=team,
             user_id=user,
             response_url=_str(body.get("response_url")) or None,
+            channel_id=(_str(channel.get("id")) if isinstance(channel, dict) else "")
+            or (_str(container.get("channel_id")) if isinstance(container, dict) else ""),
         )
         spawn(surfaces.confirmations.answer(click), "xdm-confirmation")
 

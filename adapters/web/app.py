@@ -374,7 +374,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 views=views,
                 spawn=background.spawn,
             ),
-            confirmations=Confirmations(commands=commands, store=store, slack=slack, spawn=background.spawn),
+            confirmations=Confirmations(commands=commands, slack=slack, clock=clock, spawn=background.spawn),
             commands=commands,
             spawn=background.spawn,
         )

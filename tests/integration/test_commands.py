@@ -233,10 +233,10 @@ async def test_unlink_status_help(tmp_path: Path) -> None:
         assert "No messages waiting" in ack.text
         assert "X DM budget left" in ack.text
 
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert ack.json()["response_type"] == "in_channel"
         assert "stopped bridging" in ack.text
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert "nothing to unlink" in ack.text
 
         await bridge.post("not relayed any more")

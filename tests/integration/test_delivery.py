@@ -206,7 +206,7 @@ async def test_accepted_messages_survive_unlink(tmp_path: Path) -> None:
         bridge.x.injected_reset_seconds = 1.0
         bridge.x.inject("429")
         _, ts = await bridge.post("accepted before unlink")
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert "1 message(s) already accepted will still be delivered" in ack.text
         await bridge.wait_reaction("C100", ts, "white_check_mark", timeout=10.0)
         assert bridge.texts() == ["Ada: accepted before unlink"]

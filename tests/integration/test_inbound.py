@@ -211,7 +211,7 @@ async def test_linking_a_conversation_with_history_posts_it_once_oldest_first(tm
         bridge.x.add_event(CONVERSATION, ALICE, "new")
         await wait_posts(bridge, 4)
         # Unlinking and linking again brings nothing twice.
-        await bridge.command("unlink")
+        await bridge.confirmed("unlink")
         await bridge.map_link(CONVERSATION)
         await asyncio.sleep(0.6)
         assert [m["text"] for m in posts(bridge)] == [

@@ -95,8 +95,8 @@ async def test_an_unfinished_read_of_a_disconnected_account_does_not_hold_anothe
         refuse_reads_of(bridge.x, blocked)
         sent = [bridge.x.add_event(group, ALICE, f"m{i}") for i in range(BURST)]
         await gap_open(bridge)
-        _, response_url = await bridge.command("disconnect")
-        await bridge.follow_up(response_url)
+        _, response_url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(response_url, count=2)
         blocked.clear()  # X answers DORA again
         await wait_posts(bridge, BURST, "C200", timeout=30.0)
         await asyncio.sleep(0.3)
@@ -263,8 +263,8 @@ async def test_a_send_left_in_doubt_by_a_disconnected_account_does_not_hold_anot
         bridge.x.inject("record_then_hang")
         await bridge.post("hello from slack")
         await bridge.wait_dms(1)
-        _, response_url = await bridge.command("disconnect")
-        await bridge.follow_up(response_url)
+        _, response_url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(response_url, count=2)
         for _ in range(1000):
             if await bridge.sql("SELECT 1 FROM outbox WHERE state = 'sending'"):
                 break
@@ -283,8 +283,8 @@ async def test_a_push_for_a_disconnected_account_is_not_kept_and_nothing_is_lost
     the kept cursor brings the message into the channel, once."""
     async with pushing(tmp_path) as bridge:
         await subscribed(bridge)
-        _, response_url = await bridge.command("disconnect")
-        await bridge.follow_up(response_url)
+        _, response_url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(response_url, count=2)
         event = bridge.x.add_event(CONVERSATION, ALICE, "while you were away")
         await bridge.x.wait_pushes()
         assert [d["status"] for d in bridge.x.deliveries][-1:] == [200]
@@ -308,7 +308,7 @@ async def test_unlinking_a_channel_held_by_an_unfinished_read_posts_what_it_has_
         bridge.x.inject("timeout", count=1000, path_contains="/2/dm_events")
         await asyncio.sleep(0.2)  # a read answered before the fault has landed
         taken = len(await bridge.sql("SELECT 1 FROM inbound WHERE state = 'queued'"))
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert f"{taken} message(s) from X that waited are posted here now" in ack.text
         await wait_posts(bridge, taken, timeout=10.0)
         assert texts(bridge) == [f"m{i}" for i in range(BURST - taken, BURST)]

@@ -45,8 +45,8 @@ async def test_a_paused_channel_shows_nothing_from_x_until_resumed_then_everythi
         await subscribed(bridge)
         bridge.x.add_event(CONVERSATION, ALICE, "before")
         await wait_posts(bridge, 1)
-        _, url = await bridge.command("disconnect")
-        await bridge.follow_up(url)
+        _, url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(url, count=2)
         # Pushes X makes for the disconnected account: not kept (its owner took the bridge's
         # access back), not shown, not lost: the read from the kept cursor brings them back.
         for text in ("while paused 1", "while paused 2"):
@@ -157,12 +157,12 @@ async def test_unlinking_a_paused_channel_posts_what_waited_for_it(tmp_path: Pat
             if await bridge.sql("SELECT 1 FROM inbound"):
                 break
             await asyncio.sleep(0.01)
-        _, url = await bridge.command("disconnect")
-        await bridge.follow_up(url)
+        _, url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(url, count=2)
         del bridge.slack.channel_errors["C100"]
         await asyncio.sleep(0.3)
         assert texts(bridge) == []
-        unlinked, _ = await bridge.command("unlink")
+        unlinked, _ = await bridge.confirmed("unlink")
         assert "1 message(s) from X that waited are posted here now." in unlinked.text
         await wait_posts(bridge, 1)
         assert texts(bridge) == ["while paused"]

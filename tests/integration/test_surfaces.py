@@ -133,11 +133,11 @@ async def test_home_is_republished_when_what_it_shows_changes(tmp_path: Path) ->
         ack = await bridge.map_link("1000-2001")
         assert "bridged this channel" in ack.text
         await home_of(bridge, "U100", containing="<#C100>")
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert "stopped bridging" in ack.text
         await wait_until(lambda: "<#C100>" not in bridge.slack.views.home_text("U100"), 10.0, "C100 gone")
-        ack, response_url = await bridge.command("disconnect")
-        await bridge.follow_up(response_url)
+        ack, response_url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(response_url, count=2)
         await home_of(bridge, "U100", containing="Not connected")
 
 

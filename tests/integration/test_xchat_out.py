@@ -122,7 +122,7 @@ async def test_an_identity_saved_while_serving_is_used_on_the_next_command(tmp_p
         bridge.x.chat.enroll(ALICE)
         _, response_url = await bridge.command("dm @alice")
         assert ":lock: @alice uses X's encrypted Chat" in (await bridge.follow_up(response_url))["text"]
-        await bridge.command("unlink")
+        await bridge.confirmed("unlink")
         await give_identity(bridge)  # `xchat setup` in another process, the bridge still running
         _, response_url = await bridge.command("dm @alice")
         assert "This is an encrypted X Chat conversation" in (await bridge.follow_up(response_url))["text"]

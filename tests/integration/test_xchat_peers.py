@@ -36,7 +36,7 @@ async def test_a_dm_with_someone_on_x_chat_warns_the_channel_once_a_day_and_stat
         assert key_reads(bridge, ALICE) == 1  # status reads what was kept, never X
 
         # Another channel with alice within the day: the kept answer, no second request.
-        await bridge.command("unlink")
+        await bridge.confirmed("unlink")
         _, response_url = await bridge.command("dm @alice")
         assert ":lock:" in (await bridge.follow_up(response_url))["text"]
         assert key_reads(bridge, ALICE) == 1
@@ -86,7 +86,7 @@ async def test_x_failing_the_check_says_nothing_and_asks_again_next_time(tmp_pat
         bridge.x.inject("503", path_contains="/public_keys")
         _, response_url = await bridge.command("dm @alice")
         assert ":lock:" not in (await bridge.follow_up(response_url))["text"]
-        await bridge.command("unlink")
+        await bridge.confirmed("unlink")
         _, response_url = await bridge.command("dm @alice")
         assert ":lock:" in (await bridge.follow_up(response_url))["text"]
         await wait_until(lambda: key_reads(bridge, ALICE) == 2, 5, "a second check after X failed")

@@ -103,8 +103,8 @@ async def test_a_paused_channels_backlog_is_held(tmp_path: Path) -> None:
         bridge.x.add_event(CONVERSATION, ALICE, "waits")
         samples = await backlog(bridge, "queued", 1)
         # Its owner disconnects the account: the channel is paused, what waits for it is held.
-        _, url = await bridge.command("disconnect")
-        await bridge.follow_up(url)
+        _, url = await bridge.confirmed("disconnect")
+        await bridge.follow_up(url, count=2)
         samples = await backlog(bridge, "held", 1)
         assert value(samples, "inbound_waiting", state="queued") == 0
         del bridge.slack.channel_errors["C100"]

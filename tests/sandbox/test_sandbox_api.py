@@ -485,3 +485,33 @@ async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -
         refused = {**body, "photo": {"name": "a.txt", "type": "text/plain", "data": "aGk="}}
         status, answer = await call(session, sandbox, "/api/x/reply", refused)
         assert status == 400 and "photo" in answer["error"]
+
+
+def buttons_of(state: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [b for m in state["messages"] for b in m.get("buttons", []) if b["action"] == action]
+
+
+async def test_typed_unlink_asks_in_the_channel_and_its_confirm_button_can_be_clicked(
+    sandbox: Sandbox,
+) -> None:
+    async with browser() as session:
+        await connect_and_bridge(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm unlink"})
+        state = await state_when(
+            session, sandbox, lambda s: bool(buttons_of(s, "xdm_confirm_unlink")), "the question"
+        )
+        [question] = [m for m in state["messages"] if m.get("buttons")]
+        assert question["only_you"] and "Stop bridging" in text_of(question)
+        assert [b["text"] for b in question["buttons"]] == ["Confirm: Unlink", "Cancel"]
+        assert sum("Stop bridging" in text_of(m) for m in state["messages"]) == 1  # shown once
+
+        [confirm] = buttons_of(state, "xdm_confirm_unlink")
+        status, answer = await call(session, sandbox, "/api/slack/click", {"id": confirm["id"]})
+        assert (status, answer["status"]) == (200, 200)
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any("stopped bridging" in text_of(m) and not m["only_you"] for m in s["messages"]),
+            "the unlink announced in the channel",
+        )
+        assert not buttons_of(state, "xdm_confirm_unlink")  # the question's buttons went with it

@@ -396,3 +396,11 @@ def test_the_home_tab_shows_your_x_account_and_bridged_channels(
     channel = wait_for(browser, "#slack-home .home-block", "#sandbox", "the bridged channel on the Home")
     assert "last activity" in channel.text
     assert browser.save_screenshot(str(tmp_path / "home.png"))
+
+    # A typed /xdm unlink asks in the channel first; its Confirm button unlinks.
+    wait_for(browser, "#channel-tab", "sandbox", click=True)
+    type_in(browser, "#slack-input", "/xdm unlink")
+    wait_for(browser, "#slack-messages .msg.only-you", "Stop bridging", "the unlink question")
+    assert browser.save_screenshot(str(tmp_path / "unlink-question.png"))
+    wait_for(browser, "#slack-messages .slack-button", "Confirm: Unlink", "the Confirm button", click=True)
+    wait_for(browser, "#slack-messages .msg.bot", "stopped bridging", "the unlink announced")

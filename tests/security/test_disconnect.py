@@ -54,9 +54,9 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
         _, first = await bridge.post("queued before disconnect")
         await rows_until(bridge, "SELECT attempts FROM outbox", lambda r: r[0][0] >= 1, "a failed attempt")
 
-        ack, response_url = await bridge.command("disconnect")
+        ack, response_url = await bridge.confirmed("disconnect")
         assert "Disconnecting @bridge_owner" in ack.text
-        told = await bridge.follow_up(response_url)
+        told = await bridge.follow_up(response_url, count=2)
         bridge.x.clear_faults()
         assert "Disconnected X account @bridge_owner" in told["text"] and "X revoked" in told["text"]
         assert "<#C100>" in told["text"] and "<#C200>" in told["text"]
@@ -95,7 +95,7 @@ async def test_disconnect_with_messages_queued_loses_nothing_and_reconnect_resum
 
 async def test_disconnect_without_an_account_says_so(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
-        ack, _ = await bridge.command("disconnect")
+        ack, _ = await bridge.confirmed("disconnect")
         assert "nothing to disconnect" in ack.text
 
 

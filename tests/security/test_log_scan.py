@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+from bridge.confirm import CONFIRM_DISCONNECT
 from tests.harness import ME, SIGNING_SECRET, authorize_url, browser_cookies, wait_until
 from tests.process.support import World, world
 
@@ -17,7 +18,7 @@ METRICS_TOKEN = "metrics-token-for-the-log-scan"
 
 
 async def command(w: World, text: str, user: str = "U100") -> tuple[str, str]:
-    response_url = w.slack.new_response_url()
+    response_url = w.slack.new_response_url(user=user, channel="C100")
     result = await w.sender.command(text, user_id=user, channel_id="C100", response_url=response_url)
     assert result.status == 200, result.text
     return result.text, response_url
@@ -90,7 +91,11 @@ async def test_a_full_run_logs_no_secret(tmp_path: Path) -> None:
                 pages.append(await response.text())
             await command(w, "status")
             ack, response_url = await command(w, "disconnect")
-            await w.slack.wait_for_response(response_url, count=1, timeout=10.0)
+            await w.slack.wait_for_response(response_url, count=1, timeout=10.0)  # the question
+            [confirm] = [b for b in w.slack.buttons("U100") if b.action_id == CONFIRM_DISCONNECT]
+            click_url = w.slack.click_response_url(confirm)
+            assert (await w.sender.click(confirm, user_id="U100", response_url=click_url)).status == 200
+            await w.slack.wait_for_response(click_url, count=2, timeout=10.0)  # disconnected
             w.x.authorizing_user_id = ME
             ack, _ = await command(w, "connect")
             codes.append(await connect_in_browser(w, browser, ack, pages, cookies))

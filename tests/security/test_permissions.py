@@ -29,7 +29,7 @@ async def test_another_member_can_neither_unlink_nor_relink_a_mapping(tmp_path: 
         assert bridge.x.dm_posts == 0 and bridge.x.conversations == {}
 
         # A workspace admin may, and the channel is told who did it.
-        ack, _ = await bridge.command("unlink", user="U300")
+        ack, _ = await bridge.confirmed("unlink", user="U300")
         assert ack.json()["response_type"] == "in_channel"
         assert "<@U300> stopped bridging" in ack.text
         assert mappings(bridge.db_path) == []
@@ -40,7 +40,7 @@ async def test_the_maker_may_unlink_and_the_channel_is_told_who(tmp_path: Path) 
         await bridge.connect()
         ack = await bridge.map_link("1000-2001")
         assert ack.json()["response_type"] == "in_channel" and "<@U100> bridged this channel" in ack.text
-        ack, _ = await bridge.command("unlink")
+        ack, _ = await bridge.confirmed("unlink")
         assert ack.json()["response_type"] == "in_channel" and "<@U100> stopped bridging" in ack.text
 
 

@@ -45,8 +45,8 @@ async def disconnected_with_waiting_messages(bridge: Bridge) -> None:
     ack, response_url = await bridge.command("dm @bob", channel="C200")
     assert ack.status == 200
     assert "@bob" in (await bridge.follow_up(response_url))["text"]
-    ack, response_url = await bridge.command("disconnect")
-    await bridge.follow_up(response_url)
+    ack, response_url = await bridge.confirmed("disconnect")
+    await bridge.follow_up(response_url, count=2)
     await bridge.post("written for bridge_owner", blocks=[])
     await bridge.post("to bob, whoever sends it", channel="C200", blocks=[])
     await rows_become(
@@ -90,8 +90,8 @@ async def test_reconnecting_as_another_account_keeps_the_old_accounts_conversati
         assert len(bridge.x.events) == 1
 
         # Mapping again as @carol: new messages flow; the held ones still wait for bridge_owner.
-        ack, _ = await bridge.command("unlink")
-        assert ack.status == 200
+        ack, _ = await bridge.confirmed("unlink")
+        assert "stopped bridging" in ack.text
         await bridge.map_link(f"{BOB}-{CAROL}")
         await bridge.post("as carol now", blocks=[])
         await wait_until(lambda: len(bridge.x.events) == 2, 10.0, "the new mapping's message")

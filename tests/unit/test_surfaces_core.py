@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.confirm import Question
+from bridge.confirm import QUESTION_TTL, Question, question_buttons
 from bridge.home import (
     CONNECT_ACTION,
     DISCONNECT_ACTION,
@@ -184,8 +184,35 @@ def test_conversations_are_named_by_their_people() -> None:
     ]
 
 
-def test_a_question_names_whom_it_asks() -> None:
-    question = Question("unlink", "T1", "U1", "C1")
+def test_a_question_names_whom_it_asks_about_what_and_when() -> None:
+    question = Question("unlink", "T1", "U1", "C1", repr(1765000000.123456), 1765000000)
     assert Question.parse(question.value()) == question
-    for junk in ("", "unlink:T1", "drop:T1:U1:", "unlink::U1:C1", "unlink:T1:U1:C1:extra"):
-        assert Question.parse(junk) is None
+    disconnect = Question("disconnect", "T1", "U1", "", "7-1000", 1765000000)
+    assert Question.parse(disconnect.value()) == disconnect
+    for junk in (
+        "",
+        "unlink:T1",
+        "drop:T1:U1:C1:1.5:1",
+        "unlink::U1:C1:1.5:1",
+        "unlink:T1:U1::1.5:1",  # an unlink names its channel
+        "unlink:T1:U1:C1::1",  # and the mapping it is about
+        "unlink:T1:U1:C1:1.5:soon",
+        "unlink:T1:U1:C1",  # a question from before questions named their subject and time
+        "unlink:T1:U1:C1:1.5:1:extra",
+    ):
+        assert Question.parse(junk) is None, junk
+
+
+def test_a_question_expires_after_ten_minutes() -> None:
+    question = Question("disconnect", "T1", "U1", "", "7-1000", 1000)
+    assert not question.expired(1000 + QUESTION_TTL)
+    assert question.expired(1000 + QUESTION_TTL + 1)
+    assert QUESTION_TTL == 600.0
+
+
+def test_question_buttons_say_what_they_do() -> None:
+    for verb, label in (("unlink", "Confirm: Unlink"), ("disconnect", "Confirm: Disconnect")):
+        question = Question(verb, "T1", "U1", "C1", "1", 5)
+        confirm, cancel = question_buttons(question)
+        assert (confirm.text, confirm.style, cancel.text) == (label, "danger", "Cancel")
+        assert confirm.value == cancel.value == question.value()
