@@ -485,3 +485,148 @@ async def test_a_photo_and_lines_sent_on_x_reach_the_channel(sandbox: Sandbox) -
         refused = {**body, "photo": {"name": "a.txt", "type": "text/plain", "data": "aGk="}}
         status, answer = await call(session, sandbox, "/api/x/reply", refused)
         assert status == 400 and "photo" in answer["error"]
+
+
+# -- X Chat (issue 19) and the /xdm form (issue 20) ---------------------------------------
+
+
+async def connect(session: aiohttp.ClientSession, sandbox: Sandbox) -> dict[str, Any]:
+    """/xdm connect through the real pages and Confirm; the sandbox then runs `xchat setup`."""
+    await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+    state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+    link = authorize_link(state)
+    assert link is not None
+    await open_authorize_link(session, link)
+    state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
+    await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
+    return await state_when(session, sandbox, lambda s: s["x"]["keys"]["state"] == "held", "@you's keys")
+
+
+def said(state: dict[str, Any], words: str) -> list[dict[str, Any]]:
+    return [m for m in state["messages"] if words in text_of(m)]
+
+
+def chat_of(state: dict[str, Any], title: str) -> dict[str, Any] | None:
+    found = [c for c in state["x"]["conversations"] if c["encrypted"] and c["title"] == title]
+    return found[0] if found else None
+
+
+async def test_an_encrypted_dm_goes_both_ways_through_x_chat_beside_a_legacy_one(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        state = await connect(session, sandbox)
+        # `xdm-bridge xchat setup @you`, through the CLI's own code: registered with X, and said.
+        [setup] = said(state, "xdm-bridge xchat setup @you")
+        assert state["x"]["keys"]["fingerprint"] in text_of(setup)
+        assert len(sandbox.x.public_keys["1000"]) == 1
+        people = {p["username"]: p["x_chat"] for p in state["x"]["people"]}
+        assert people == {"you": True, "alice": True, "bob": False, "carol": True}
+
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @alice"})
+        state = await state_when(session, sandbox, lambda s: bool(said(s, "encrypted X Chat")), "the lock")
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None and chat["id"] == "chat:1000-2001" and chat["reply_as"] == ["alice"]
+
+        _, answer = await call(session, sandbox, "/api/slack", {"text": "secret plans"})
+
+        def arrived(s: dict[str, Any]) -> bool:
+            found = chat_of(s, "DM with @alice")
+            return bool(found and found["messages"]) and bool(
+                [m for m in s["messages"] if m.get("ts") == answer["ts"] and m["reactions"]]
+            )
+
+        state = await state_when(session, sandbox, arrived, "the encrypted DM and its ✅")
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None
+        [mine] = chat["messages"]
+        assert (mine["text"], mine["you"], mine["verified"]) == ("You: secret plans", True, True)
+        assert sandbox.x.events == []  # nothing over the legacy DM API, in the clear
+
+        # Alice answers from her phone: encrypted and signed there, decrypted by the bridge.
+        reply = {"conversation_id": chat["id"], "username": "alice", "text": "see you at 3"}
+        status, _ = await call(session, sandbox, "/api/x/reply", reply)
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m["author"] == "Alice (@alice)" for m in s["messages"]),
+            "her reply",
+        )
+        [back] = [m for m in state["messages"] if m["author"] == "Alice (@alice)"]
+        assert text_of(back) == "see you at 3"
+
+        # A DM with Bob, who is not on X Chat, is a legacy one: both show on the X side.
+        await call(session, sandbox, "/api/slack", {"text": "/xdm unlink"})
+        await state_when(session, sandbox, lambda s: bool(said(s, "stopped bridging")), "the unlink")
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @bob hello Bob"})
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(
+                not c["encrypted"] and c["title"] == "DM with @bob" for c in s["x"]["conversations"]
+            ),
+            "the legacy DM",
+        )
+        assert [(c["title"], c["encrypted"]) for c in state["x"]["conversations"]] == [
+            ("DM with @bob", False),
+            ("DM with @alice", True),
+        ]
+        assert not said(state, "may never appear")
+
+
+async def test_a_peer_on_x_chat_without_keys_at_the_bridge_is_warned_of(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        status, answer = await call(session, sandbox, "/api/xchat/forget", {})
+        assert (status, answer["forgotten"]) == (200, "you")
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @carol"})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "uses X's encrypted")), "the warning"
+        )
+        [warning] = said(state, "uses X's encrypted")
+        assert "may never appear" in text_of(warning)
+        assert "@carol uses X's encrypted Chat" in text_of(warning) and not warning["only_you"]
+        assert [c["encrypted"] for c in state["x"]["conversations"]] in ([], [False])
+        status, answer = await call(session, sandbox, "/api/xchat/forget", {})
+        assert status == 400 and "holds no X Chat keys" in answer["error"]
+
+
+async def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm"})
+        state = await state_when(session, sandbox, lambda s: bool(s["home"]["modal"]), "the form")
+        modal = state["home"]["modal"]
+        assert (
+            modal["title"] == "Bridge to X"
+            and modal["form"]["people"]
+            and modal["form"]["submit"] == "Bridge"
+        )
+        assert not said(state, "/xdm new-group")  # the form, not the help text
+
+        status, answer = await call(session, sandbox, "/api/slack/modal/submit", {"people": []})
+        assert status == 200 and answer["errors"]  # nothing picked: said in the form
+        _, found = await call(session, sandbox, "/api/slack/modal/suggest", {"value": "bo"})
+        _, found = await call(session, sandbox, "/api/slack/modal/suggest", {"value": "bob"})
+        assert [o["value"] for o in found["options"]] == ["bob"]
+        body = {"people": ["bob"], "message": "Hi Bob, from the form"}
+        status, answer = await call(session, sandbox, "/api/slack/modal/submit", body)
+        assert (status, answer["errors"]) == (200, {})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "bridged this channel")), "the channel told"
+        )
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(
+                m["text"].endswith("Hi Bob, from the form")
+                for c in s["x"]["conversations"]
+                for m in c["messages"]
+            ),
+            "the opening message on X",
+        )
+        modal = state["home"]["modal"]
+        assert (
+            modal is not None
+            and modal["form"] is None
+            and "bridged this channel" in "".join(p["text"] for p in modal["parts"])
+        )
