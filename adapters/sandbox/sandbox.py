@@ -705,7 +705,9 @@ class Sandbox:
         asking = any(b.action_id == CONFIRM_ACTION for b in self._buttons())
         granted = any(t.user_id == YOUR_X_ID and not t.revoked for t in self.x.access_tokens.values())
         connected = granted and not asking
-        bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values())
+        bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values()) or any(
+            YOUR_X_ID in c.members for c in self.x.chat.conversations.values()
+        )
         relayed = any(
             "white_check_mark" in self.slack.reactions(CHANNEL_ID, e.ts) for e in self._entries if e.ts
         )

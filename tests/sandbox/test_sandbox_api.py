@@ -525,6 +525,7 @@ async def test_an_encrypted_dm_goes_both_ways_through_x_chat_beside_a_legacy_one
         state = await state_when(session, sandbox, lambda s: bool(said(s, "encrypted X Chat")), "the lock")
         chat = chat_of(state, "DM with @alice")
         assert chat is not None and chat["id"] == "chat:1000-2001" and chat["reply_as"] == ["alice"]
+        assert state["steps"]["bridged"] is True
 
         _, answer = await call(session, sandbox, "/api/slack", {"text": "secret plans"})
 
