@@ -68,6 +68,8 @@ from bridge.connect import CONFIRM_ACTION
 from bridge.delivery import DeliveryConfig
 from bridge.modals import (
     BRIDGE_MODAL,
+    CHANNEL_ACTION,
+    CHANNEL_BLOCK,
     CONVERSATION_ACTION,
     CONVERSATION_BLOCK,
     MESSAGE_ACTION,
@@ -470,7 +472,10 @@ class Sandbox:
         with someone on X Chat is bridged one-way, and the channel is told so."""
         if self.settings is None or self.xchat_keys != "held":
             raise SandboxError("The bridge holds no X Chat keys for @you (connect first).")
-        await xchat_ops.forget(self.settings, f"@{YOUR_X_USERNAME}")
+        try:
+            await xchat_ops.forget(self.settings, f"@{YOUR_X_USERNAME}")
+        except XChatError as exc:
+            raise SandboxError(f"`xdm-bridge xchat forget @{YOUR_X_USERNAME}` failed: {exc}") from None
         self.xchat_keys, self.xchat_fingerprint = "forgotten", ""
         self._note(
             f"The sandbox ran `xdm-bridge xchat forget @{YOUR_X_USERNAME}`: the bridge holds no X Chat "
@@ -566,6 +571,10 @@ class Sandbox:
             listing = blocks.get(CONVERSATION_BLOCK, {})
             options = (listing.get("element") or {}).get("options") or []
             form = {
+                # Opened from the Home: which channel (Slack's conversations_select; one here).
+                "channels": [{"value": CHANNEL_ID, "text": f"#{CHANNEL_NAME}"}]
+                if CHANNEL_BLOCK in blocks
+                else [],
                 "people": PEOPLE_BLOCK in blocks,
                 "conversations": [{"value": o["value"], "text": o["text"]["text"]} for o in options],
                 "conversations_note": view_text({"blocks": [listing]}) if not options else "",
@@ -595,7 +604,9 @@ class Sandbox:
         options = result.json().get("options", []) if result.status == 200 and result.text else []
         return {"options": [{"value": o["value"], "text": o["text"]["text"]} for o in options]}
 
-    async def modal_submit(self, people: list[str], conversation: str, message: str) -> dict[str, Any]:
+    async def modal_submit(
+        self, people: list[str], conversation: str, message: str, channel: str = ""
+    ) -> dict[str, Any]:
         """Submit the /xdm form as Slack does (``view_submission``, signed); the bridge's refusals
         come back per field, and its outcome replaces the modal."""
         modal = self._open_modal()
@@ -612,6 +623,10 @@ class Sandbox:
             },
             MESSAGE_BLOCK: {MESSAGE_ACTION: {"type": "plain_text_input", "value": message.strip() or None}},
         }
+        if channel:
+            values[CHANNEL_BLOCK] = {
+                CHANNEL_ACTION: {"type": "conversations_select", "selected_conversation": channel}
+            }
         if conversation:
             values[CONVERSATION_BLOCK] = {
                 CONVERSATION_ACTION: {
@@ -622,8 +637,17 @@ class Sandbox:
                     },
                 }
             }
+        known = set(self.slack.responses)
         result = await SurfaceSender(self.sender, self.slack).submit(modal, values, user_id=SLACK_USER_ID)
         answer = result.json() if result.status == 200 and result.text.strip().startswith("{") else {}
+        # A channel picked in the form gets a response_url of its own (a form opened by `/xdm`
+        # answers through the command's): the channel shows what the bridge says there.
+        for response_id in [r for r in self.slack.responses if r not in known]:
+            url = f"{self.slack_url}/response/{response_id}"
+            self._entries.append(
+                _Entry(time.time(), "note", "You submitted the form.", only_you=True, response_url=url)
+            )
+            self._watch(url)
         if answer.get("response_action") == "errors":
             return {"sent": "view_submission", "errors": answer.get("errors", {})}
         if result.status != 200:
@@ -928,15 +952,19 @@ class Sandbox:
             sender = self.x.users.get(str(event["sender_id"]))
             sequence = str(event["sequence_id"])
             text = edits.get(sequence, str(content.get("text") or ""))
-            files = [a.get("filename", "a file") for a in content.get("attachments") or []]
+            media = [
+                self._chat_media(chat_id, a)
+                for a in event.get("attachments") or []
+                if a.get("media_hash_key")
+            ]
             messages.append(
                 {
                     "id": sequence,
                     "sender": sender.username if sender else str(event["sender_id"]),
                     "sender_name": sender.name if sender else str(event["sender_id"]),
                     "you": str(event["sender_id"]) == YOUR_X_ID,
-                    "text": text + "".join(f"\n📎 {name} (encrypted file)" for name in files),
-                    "media": [],
+                    "text": text,
+                    "media": media,
                     "deleted": sequence in deleted,
                     "edited": sequence in edits,
                     "at": int(event.get("created_at_msec") or 0) / 1000,
@@ -946,6 +974,23 @@ class Sandbox:
             )
         self._chat_seen[chat_id] = (len(chat.events), len(chat.key_events), messages)
         return messages
+
+    def _chat_media(self, chat_id: str, attachment: Mapping[str, Any]) -> dict[str, str]:
+        """An encrypted file as the page links it: the phone decrypts it when it is asked for."""
+        key = str(attachment["media_hash_key"])
+        kind = "image" if str(attachment.get("media_type", "")).lower() == "image" else "file"
+        url = f"/api/x/chat-media/{chat_id.replace(':', '-')}/{key}"
+        return {"id": key, "kind": kind, "url": url, "name": str(attachment.get("filename") or "a file")}
+
+    def chat_media(self, path_id: str, media_hash_key: str) -> bytes | None:
+        """An X Chat file, downloaded and decrypted by a simulated phone in that conversation."""
+        chat = self.x.chat.conversations.get(path_id.replace("-", ":")) or self.x.chat.conversations.get(
+            path_id
+        )
+        if chat is None or (chat.id, media_hash_key) not in self.x.chat.media:
+            return None
+        reader = next((u for u in sorted(chat.members) if u in self.x.chat.phones and u != YOUR_X_ID), None)
+        return self.x.chat.received_media(reader, path_id, media_hash_key) if reader else None
 
     def _media(self, media_id: str) -> dict[str, str]:
         media = self.x.media[media_id]
@@ -1004,6 +1049,7 @@ def page_app(sandbox: Sandbox) -> web.Application:
     app.router.add_post("/api/x/reply", _x_reply)
     app.router.add_post("/api/xchat/forget", _xchat_forget)
     app.router.add_get("/api/x/media/{media_id}", _x_media)
+    app.router.add_get("/api/x/chat-media/{conversation}/{key}", _x_chat_media)
     return app
 
 
@@ -1102,6 +1148,18 @@ async def _x_media(request: web.Request) -> web.Response:
     return web.Response(body=media.data, content_type=_image_type(media.data), headers=headers)
 
 
+async def _x_chat_media(request: web.Request) -> web.Response:
+    data = request.app[SANDBOX].chat_media(request.match_info["conversation"], request.match_info["key"])
+    if data is None:
+        raise web.HTTPNotFound(text="no such file")
+    kind = _image_type(data)
+    # Only images are shown inline; anything else is a download, never rendered by the page's origin.
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if kind not in IMAGE_TYPES:
+        headers["Content-Disposition"] = "attachment"
+    return web.Response(body=data, content_type=kind, headers=headers)
+
+
 async def _click(request: web.Request) -> web.Response:
     body = await _body(request)
     return await _answer(request.app[SANDBOX].click(str(body.get("id", ""))))
@@ -1134,7 +1192,10 @@ async def _modal_submit(request: web.Request) -> web.Response:
     if not isinstance(people, list):
         raise web.HTTPBadRequest(text="people: expected a list of handles")
     work = request.app[SANDBOX].modal_submit(
-        [str(p) for p in people], str(body.get("conversation") or ""), str(body.get("message") or "")
+        [str(p) for p in people],
+        str(body.get("conversation") or ""),
+        str(body.get("message") or ""),
+        str(body.get("channel") or ""),
     )
     return await _answer(work)
 

@@ -631,3 +631,81 @@ async def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel(sa
             and modal["form"] is None
             and "bridged this channel" in "".join(p["text"] for p in modal["parts"])
         )
+
+
+async def test_edits_deletions_and_files_of_an_encrypted_dm_show_on_both_sides(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @alice"})
+        await state_when(session, sandbox, lambda s: chat_of(s, "DM with @alice") is not None, "the chat")
+
+        def chat_messages(s: dict[str, Any]) -> list[dict[str, Any]]:
+            found = chat_of(s, "DM with @alice")
+            return list(found["messages"]) if found else []
+
+        _, first = await call(session, sandbox, "/api/slack", {"text": "at 3"})
+        await state_when(session, sandbox, lambda s: len(chat_messages(s)) == 1, "the first DM")
+        await call(session, sandbox, "/api/slack/edit", {"ts": first["ts"], "text": "at 4"})
+        state = await state_when(
+            session, sandbox, lambda s: [m["text"] for m in chat_messages(s)] == ["You: at 4"], "the edit"
+        )
+        assert chat_messages(state)[0]["edited"] and chat_messages(state)[0]["verified"]
+        await call(session, sandbox, "/api/slack/delete", {"ts": first["ts"]})
+        await state_when(session, sandbox, lambda s: chat_messages(s)[0]["deleted"], "the deletion")
+
+        # A picture from Slack goes as X Chat's encrypted media; Alice's phone decrypts it.
+        status, answer = await call(session, sandbox, "/api/slack/file", {"text": "the dot", "file": png()})
+        assert (status, answer["sent"]) == (200, "message")
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: len(chat_messages(s)) == 2 and bool(chat_messages(s)[-1]["media"]),
+            "file",
+        )
+        [media] = chat_messages(state)[-1]["media"]
+        assert media["kind"] == "image" and media["name"] == "dot.png"
+        async with session.get(sandbox.url + media["url"].lstrip("/")) as response:
+            assert (response.status, response.content_type, await response.read()) == (200, "image/png", PNG)
+        assert not any(PNG in blob for blob in sandbox.x.chat.media.values())  # X holds ciphertext
+
+        # Alice sends a photo from her phone: encrypted there, decrypted by the bridge, shared in Slack.
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None
+        body = {"conversation_id": chat["id"], "username": "alice", "text": "mine", "photo": png()}
+        status, _ = await call(session, sandbox, "/api/x/reply", body)
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m["author"] == "xdm-bridge" and m.get("files") for m in s["messages"]),
+            "her photo in the channel",
+        )
+        [shared] = [m for m in state["messages"] if m["author"] == "xdm-bridge" and m.get("files")]
+        async with session.get(sandbox.url + shared["files"][0]["url"].lstrip("/")) as response:
+            assert await response.read() == PNG
+
+
+async def test_the_form_opened_from_the_home_asks_for_the_channel(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack/home", {"open": True})
+        await state_when(session, sandbox, lambda s: s["home"]["published"], "the Home")
+        status, _ = await call(
+            session,
+            sandbox,
+            "/api/slack/home/click",
+            {"action": "xdm_home_new_bridge", "value": "xdm_home_new_bridge"},
+        )
+        assert status == 200
+        state = await state_when(session, sandbox, lambda s: bool(s["home"]["modal"]), "the form")
+        assert state["home"]["modal"]["form"]["channels"] == [{"value": "C0SANDBOX", "text": "#sandbox"}]
+        _, answer = await call(session, sandbox, "/api/slack/modal/submit", {"people": ["alice"]})
+        assert answer["errors"]  # no channel picked
+        body = {"channel": "C0SANDBOX", "people": ["alice"]}
+        _, answer = await call(session, sandbox, "/api/slack/modal/submit", body)
+        assert answer["errors"] == {}
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "bridged this channel")), "the channel told"
+        )
+        [told] = said(state, "bridged this channel")
+        assert not told["only_you"] and "encrypted X Chat" in text_of(told)
