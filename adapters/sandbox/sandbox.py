@@ -18,6 +18,14 @@ the bridge's real connect page in a new tab: "Continue to X", the simulated X's 
 then the bridge's ``/x/oauth/callback``; the bridge then asks in the channel (an ephemeral
 message with buttons) and a click on Confirm is a signed ``block_actions`` to ``/slack/events``,
 as Slack's interactivity sends it.
+
+``/xdm`` alone opens the bridge's form with the command's trigger id, as in Slack; the page's
+people search and its Bridge button are Slack's signed ``block_suggestion`` and
+``view_submission``. X Chat (encrypted, with X's real ``chat_xdk`` crypto): Alice and Carol hold
+keys on their simulated phones, Bob none; once @you is connected the sandbox runs the operator's
+``xdm-bridge xchat setup @you`` (the command line's code, on the bridge's database), so a DM with
+Alice is encrypted beside a legacy one with Bob. Forgetting the keys (``xchat forget``) shows what
+a channel is told of a peer on X Chat when the bridge holds no keys.
 """
 
 from __future__ import annotations
