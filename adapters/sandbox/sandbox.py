@@ -20,6 +20,14 @@ message with buttons) and a click on Confirm is a signed ``block_actions`` to ``
 as Slack's interactivity sends it. ``/xdm unlink`` and ``/xdm disconnect`` ask the same way,
 their question coming through the command's ``response_url``: it shows with its Confirm and
 Cancel buttons.
+
+``/xdm`` alone opens the bridge's form with the command's trigger id, as in Slack; the page's
+people search and its Bridge button are Slack's signed ``block_suggestion`` and
+``view_submission``. X Chat (encrypted, with X's real ``chat_xdk`` crypto): Alice and Carol hold
+keys on their simulated phones, Bob none; once @you is connected the sandbox runs the operator's
+``xdm-bridge xchat setup @you`` (the command line's code, on the bridge's database), so a DM with
+Alice is encrypted beside a legacy one with Bob. Forgetting the keys (``xchat forget``) shows what
+a channel is told of a peer on X Chat when the bridge holds no keys.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import aiohttp
 import emoji
 from aiohttp import web
 
+from adapters.ops import xchat as xchat_ops
 from adapters.sandbox.fake_slack import (
     RESPONSE_URL_MAX_USES,
     RESPONSE_URL_TTL_SECONDS,
@@ -67,7 +76,19 @@ from adapters.web.app import create_app
 from adapters.web.logs import setup_logging
 from bridge.connect import CONFIRM_ACTION
 from bridge.delivery import DeliveryConfig
+from bridge.modals import (
+    BRIDGE_MODAL,
+    CHANNEL_ACTION,
+    CHANNEL_BLOCK,
+    CONVERSATION_ACTION,
+    CONVERSATION_BLOCK,
+    MESSAGE_ACTION,
+    MESSAGE_BLOCK,
+    PEOPLE_ACTION,
+    PEOPLE_BLOCK,
+)
 from bridge.settings import Settings
+from bridge.xchat import XChatError
 
 log = logging.getLogger("adapters.sandbox.sandbox")
 
@@ -89,6 +110,11 @@ X_PEOPLE = (
     ("2002", "bob", "Bob"),
     ("2003", "carol", "Carol"),
 )
+# People with X Chat keys on their phones: the bridge can encrypt for them once @you has keys.
+# Bob has none, so a DM with him stays a legacy one.
+X_CHAT_PEOPLE = ("2001", "2003")
+CHAT_PREFIX = "chat:"  # the page's id of an X Chat conversation (its X id looks like a legacy one)
+SETUP_WAIT_SECONDS = 10.0
 
 REACTION_EMOJI = {"white_check_mark": "✅", "warning": "⚠️", "hourglass_flowing_sand": "⏳"}
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -230,6 +256,13 @@ class Sandbox:
     _home_open: bool = False
     _modal_seen: str = ""
     """The id of the modal last closed on the page (a newer one shows)."""
+    settings: Settings | None = None
+    """The bridge's settings: what the operator's `xdm-bridge xchat …` commands run with."""
+    xchat_keys: str = "none"
+    """@you's X Chat keys at the bridge: ``none`` (not connected yet), ``setting up``, ``held``,
+    ``forgotten`` (`xchat forget`) or ``failed``."""
+    xchat_fingerprint: str = ""
+    _chat_seen: dict[str, tuple[int, int, list[dict[str, Any]]]] = field(default_factory=dict)
 
     @property
     def authorize_url(self) -> str:
@@ -411,7 +444,67 @@ class Sandbox:
         result = await self.sender.click(button, user_id=SLACK_USER_ID, response_url=response_url)
         if result.status != 200:
             self._note(f"The bridge answered the click with HTTP {result.status}.")
+        elif button.action_id == CONFIRM_ACTION and self.xchat_keys == "none":
+            self._spawn(self._xchat_setup(), "sandbox-xchat-setup")
         return {"sent": "click", "status": result.status}
+
+    # -- the operator's X Chat step -------------------------------------------------
+
+    async def _xchat_setup(self) -> None:
+        """What the operator runs once @you is connected: `xdm-bridge xchat setup @you`, the CLI's
+        own code on the bridge's database (serve uses the keys on the next command)."""
+        if self.settings is None:
+            return
+        self.xchat_keys = "setting up"
+        deadline = time.monotonic() + SETUP_WAIT_SECONDS
+        while True:
+            try:
+                identity, _ = await xchat_ops.setup(self.settings, f"@{YOUR_X_USERNAME}", self._note)
+                break
+            except xchat_ops.NoSuchAccount:  # the confirmation is still being saved
+                if time.monotonic() > deadline:
+                    self.xchat_keys = "failed"
+                    self._note("The sandbox could not give @you X Chat keys: the account never showed up.")
+                    return
+                await asyncio.sleep(0.1)
+            except XChatError as exc:
+                self.xchat_keys = "failed"
+                self._note(f"`xdm-bridge xchat setup @{YOUR_X_USERNAME}` failed: {exc}")
+                return
+        self.xchat_keys, self.xchat_fingerprint = "held", identity.fingerprint
+        self._note(
+            f"As the operator would, the sandbox ran `xdm-bridge xchat setup @{YOUR_X_USERNAME}`: "
+            "X Chat keys made, saved encrypted in the bridge's database and registered with X "
+            f"(fingerprint {identity.fingerprint}). @alice and @carol are on X Chat, so "
+            "`/xdm dm @alice` bridges an encrypted conversation; @bob is not, so `/xdm dm @bob` "
+            "stays a legacy DM."
+        )
+
+    async def forget_keys(self) -> dict[str, Any]:
+        """`xdm-bridge xchat forget @you`: the bridge no longer holds @you's keys, so a conversation
+        with someone on X Chat is bridged one-way, and the channel is told so."""
+        if self.settings is None or self.xchat_keys != "held":
+            raise SandboxError("The bridge holds no X Chat keys for @you (connect first).")
+        try:
+            await xchat_ops.forget(self.settings, f"@{YOUR_X_USERNAME}")
+        except XChatError as exc:
+            raise SandboxError(f"`xdm-bridge xchat forget @{YOUR_X_USERNAME}` failed: {exc}") from None
+        self.xchat_keys, self.xchat_fingerprint = "forgotten", ""
+        self._note(
+            f"The sandbox ran `xdm-bridge xchat forget @{YOUR_X_USERNAME}`: the bridge holds no X Chat "
+            "keys for @you any more (X keeps their registration). Now `/xdm dm @carol`, who is on "
+            "X Chat, is bridged over the legacy DM API, and the channel is told her replies may "
+            "never appear."
+        )
+        return {"forgotten": YOUR_X_USERNAME}
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _buttons(self) -> list[Button]:
         return self.slack.buttons(SLACK_USER_ID)
@@ -467,14 +560,114 @@ class Sandbox:
                     "buttons": [{"action": b.action_id, "value": b.value, "text": b.text} for b in buttons],
                 }
             )
+        return {
+            "open": self._home_open,
+            "published": home is not None,
+            "blocks": blocks,
+            "modal": self._modal_state(),
+        }
+
+    def _open_modal(self) -> dict[str, Any] | None:
         modal = self.slack.views.modal(SLACK_USER_ID)
-        shown = None
-        if modal is not None and modal["id"] != self._modal_seen:
-            shown = {
-                "title": str((modal.get("title") or {}).get("text", "")),
-                "parts": text_parts(view_text(modal), users=users, authorize_url=self.authorize_url),
+        return modal if modal is not None and modal["id"] != self._modal_seen else None
+
+    def _modal_state(self) -> dict[str, Any] | None:
+        """The modal shown over the page: its words, and for the bridge modal its form (the
+        people picker, the conversations listed, the message box, the submit button)."""
+        modal = self._open_modal()
+        if modal is None:
+            return None
+        users = dict(SLACK_PEOPLE)
+        form = None
+        if modal.get("callback_id") == BRIDGE_MODAL and modal.get("submit"):
+            blocks = {str(b.get("block_id")): b for b in modal.get("blocks") or []}
+            listing = blocks.get(CONVERSATION_BLOCK, {})
+            options = (listing.get("element") or {}).get("options") or []
+            form = {
+                # Opened from the Home: which channel (Slack's conversations_select; one here).
+                "channels": [{"value": CHANNEL_ID, "text": f"#{CHANNEL_NAME}"}]
+                if CHANNEL_BLOCK in blocks
+                else [],
+                "people": PEOPLE_BLOCK in blocks,
+                "conversations": [{"value": o["value"], "text": o["text"]["text"]} for o in options],
+                "conversations_note": view_text({"blocks": [listing]}) if not options else "",
+                "message": MESSAGE_BLOCK in blocks,
+                "submit": str(modal["submit"].get("text", "Submit")),
             }
-        return {"open": self._home_open, "published": home is not None, "blocks": blocks, "modal": shown}
+            intro = [b for b in modal.get("blocks") or [] if b.get("type") == "section"]
+            text = view_text({"blocks": intro})
+        else:
+            text = view_text(modal)
+        return {
+            "id": str(modal["id"]),
+            "title": str((modal.get("title") or {}).get("text", "")),
+            "parts": text_parts(text, users=users, authorize_url=self.authorize_url),
+            "form": form,
+        }
+
+    async def modal_suggest(self, typed: str) -> dict[str, Any]:
+        """The people picker's options for what was typed: Slack's ``block_suggestion`` to the
+        bridge, which looks the handle up at X."""
+        modal = self._open_modal()
+        if modal is None or modal.get("callback_id") != BRIDGE_MODAL:
+            raise SandboxError("The /xdm form is not open.")
+        result = await SurfaceSender(self.sender, self.slack).suggest(
+            modal, action_id=PEOPLE_ACTION, block_id=PEOPLE_BLOCK, value=typed, user_id=SLACK_USER_ID
+        )
+        options = result.json().get("options", []) if result.status == 200 and result.text else []
+        return {"options": [{"value": o["value"], "text": o["text"]["text"]} for o in options]}
+
+    async def modal_submit(
+        self, people: list[str], conversation: str, message: str, channel: str = ""
+    ) -> dict[str, Any]:
+        """Submit the /xdm form as Slack does (``view_submission``, signed); the bridge's refusals
+        come back per field, and its outcome replaces the modal."""
+        modal = self._open_modal()
+        if modal is None or modal.get("callback_id") != BRIDGE_MODAL or not modal.get("submit"):
+            raise SandboxError("The /xdm form is not open.")
+        values: dict[str, Any] = {
+            PEOPLE_BLOCK: {
+                PEOPLE_ACTION: {
+                    "type": "multi_external_select",
+                    "selected_options": [
+                        {"text": {"type": "plain_text", "text": f"@{p}"}, "value": p} for p in people
+                    ],
+                }
+            },
+            MESSAGE_BLOCK: {MESSAGE_ACTION: {"type": "plain_text_input", "value": message.strip() or None}},
+        }
+        if channel:
+            values[CHANNEL_BLOCK] = {
+                CHANNEL_ACTION: {"type": "conversations_select", "selected_conversation": channel}
+            }
+        if conversation:
+            values[CONVERSATION_BLOCK] = {
+                CONVERSATION_ACTION: {
+                    "type": "static_select",
+                    "selected_option": {
+                        "text": {"type": "plain_text", "text": conversation},
+                        "value": conversation,
+                    },
+                }
+            }
+        known = set(self.slack.responses)
+        result = await SurfaceSender(self.sender, self.slack).submit(modal, values, user_id=SLACK_USER_ID)
+        answer = result.json() if result.status == 200 and result.text.strip().startswith("{") else {}
+        # A channel picked in the form gets a response_url of its own (a form opened by `/xdm`
+        # answers through the command's): the channel shows what the bridge says there.
+        for response_id in [r for r in self.slack.responses if r not in known]:
+            url = f"{self.slack_url}/response/{response_id}"
+            self._entries.append(
+                _Entry(time.time(), "note", "You submitted the form.", only_you=True, response_url=url)
+            )
+            self._watch(url)
+        if answer.get("response_action") == "errors":
+            return {"sent": "view_submission", "errors": answer.get("errors", {})}
+        if result.status != 200:
+            self._note(f"The bridge answered the form with HTTP {result.status}.")
+        if not answer:  # an empty 200 closes the modal, as in Slack
+            self._modal_seen = str(modal["id"])
+        return {"sent": "view_submission", "errors": {}}
 
     async def reply_on_x(
         self, conversation_id: str, username: str, text: str, photo: bytes | None = None
@@ -487,6 +680,8 @@ class Sandbox:
         text = text.strip()
         if not text and photo is None:
             raise SandboxError("Type a reply first.")
+        if conversation_id.startswith(CHAT_PREFIX):
+            return self._say_on_x_chat(conversation_id.removeprefix(CHAT_PREFIX), username, text, photo)
         conversation = self.x.conversations.get(conversation_id)
         if conversation is None:
             raise SandboxError("There is no such conversation on the simulated X.")
@@ -515,6 +710,29 @@ class Sandbox:
         self._replies_from_x.add(event_id)
         return {"dm_event_id": event_id}
 
+    def _say_on_x_chat(self, path_id: str, username: str, text: str, photo: bytes | None) -> dict[str, Any]:
+        """Someone writes in an encrypted conversation from their phone: encrypted and signed with
+        their own X Chat keys (``chat_xdk``), posted to the simulated X, which pushes it."""
+        chat = self.x.chat.conversations.get(path_id.replace("-", ":")) or self.x.chat.conversations.get(
+            path_id
+        )
+        user_id = next((u.id for u in self.x.users.values() if u.username == username.lstrip("@")), None)
+        if chat is None:
+            raise SandboxError("There is no such X Chat conversation on the simulated X.")
+        if user_id is None or user_id == YOUR_X_ID or user_id not in chat.members:
+            raise SandboxError(f"@{username} is not someone else in that conversation.")
+        if user_id not in self.x.chat.phones:
+            raise SandboxError(f"@{username} has no X Chat keys on this simulated X.")
+        if photo is not None:
+            if _image_type(photo) not in IMAGE_TYPES:
+                raise SandboxError("Only a photo (a PNG, GIF or JPEG image) can go with a reply here.")
+            kind = _image_type(photo).split("/")[1]
+            self.x.chat.person_sends_media(user_id, path_id, photo, f"photo.{kind}", text)
+            return {"sent": "x chat"}
+        message_id = self.x.chat.person_says(user_id, path_id, text)
+        self._replies_from_x.add(message_id)
+        return {"sent": "x chat", "message_id": message_id}
+
     # -- what the page shows ----------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -524,7 +742,9 @@ class Sandbox:
         asking = any(b.action_id == CONFIRM_ACTION for b in self._buttons())
         granted = any(t.user_id == YOUR_X_ID and not t.revoked for t in self.x.access_tokens.values())
         connected = granted and not asking
-        bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values())
+        bridged = any(YOUR_X_ID in c.participants for c in self.x.conversations.values()) or any(
+            YOUR_X_ID in c.members for c in self.x.chat.conversations.values()
+        )
         relayed = any(
             "white_check_mark" in self.slack.reactions(CHANNEL_ID, e.ts) for e in self._entries if e.ts
         )
@@ -538,10 +758,16 @@ class Sandbox:
             "x": {
                 "you": YOUR_X_USERNAME,
                 "people": [
-                    {"username": u.username, "name": u.name, "you": u.id == YOUR_X_ID}
+                    {
+                        "username": u.username,
+                        "name": u.name,
+                        "you": u.id == YOUR_X_ID,
+                        "x_chat": u.id in self.x.chat.phones or u.id in self.x.public_keys,
+                    }
                     for u in self.x.users.values()
                 ],
-                "conversations": self._conversations(),
+                "conversations": self._conversations() + self._chat_conversations(),
+                "keys": {"state": self.xchat_keys, "fingerprint": self.xchat_fingerprint},
             },
             "servers": {"bridge": self.bridge_url, "x": self.x_url, "slack": self.slack_url},
             "home": self._home_state(),
@@ -665,11 +891,121 @@ class Sandbox:
                     "kind": conversation.kind,
                     "title": title,
                     "participants": [YOUR_X_USERNAME, *others] if YOUR_X_ID in names else others,
+                    "encrypted": False,
                     "reply_as": others,
                     "messages": messages,
                 }
             )
         return out
+
+    def _chat_conversations(self) -> list[dict[str, Any]]:
+        """X Chat conversations as an X app shows them to the people in them: each message
+        decrypted on a simulated person's phone, its signature checked."""
+        out = []
+        chats = sorted(self.x.chat.conversations.values(), key=lambda c: c.created_ms)
+        for chat in chats:
+            names = {uid: self.x.users[uid].username for uid in chat.members if uid in self.x.users}
+            others = sorted(n for uid, n in names.items() if uid != YOUR_X_ID)
+            reader = next(
+                (uid for uid in sorted(chat.members) if uid in self.x.chat.phones and uid != YOUR_X_ID), None
+            )
+            group = chat.id.startswith("g")
+            title = ("Group with " if group else "DM with ") + ", ".join(f"@{n}" for n in others)
+            out.append(
+                {
+                    "id": CHAT_PREFIX + chat.id.replace(":", "-"),
+                    "kind": "Group" if group else "OneToOne",
+                    "encrypted": True,
+                    "title": title,
+                    "participants": [YOUR_X_USERNAME, *others] if YOUR_X_ID in names else others,
+                    "reply_as": [
+                        n
+                        for uid, n in sorted(names.items())
+                        if uid != YOUR_X_ID and uid in self.x.chat.phones
+                    ],
+                    "read_on": names.get(reader or "", ""),
+                    "messages": self._chat_messages(chat.id, reader) if reader else [],
+                }
+            )
+        return out
+
+    def _chat_messages(self, chat_id: str, reader: str) -> list[dict[str, Any]]:
+        """What ``reader``'s phone shows, decrypted and verified (once per change: decrypting is
+        the costly part, and the page asks twice a second)."""
+        chat = self.x.chat.conversations[chat_id]
+        seen = self._chat_seen.get(chat_id)
+        if seen is not None and seen[:2] == (len(chat.events), len(chat.key_events)):
+            return seen[2]
+        shown = self.x.chat.received(reader, chat_id.replace(":", "-"))
+        deleted = {str(i) for e in shown if e["type"] == "MessageDeleted" for i in e.get("message_ids", [])}
+        edits = {
+            str(e["content"].get("target_message_id")): str(e["content"].get("new_text", ""))
+            for e in shown
+            if e["type"] == "Message" and e["content"].get("content_type") == "Edit"
+        }
+        messages: list[dict[str, Any]] = []
+        for event in shown:
+            if event["type"] == "Error":
+                messages.append(
+                    {
+                        "id": f"error{len(messages)}",
+                        "sender": "",
+                        "sender_name": "",
+                        "you": False,
+                        "text": "",
+                        "media": [],
+                        "deleted": False,
+                        "at": time.time(),
+                        "verified": False,
+                        "note": f"Refused by the phone: {event['error']}",
+                    }
+                )
+                continue
+            content = event.get("content") or {}
+            if event["type"] != "Message" or content.get("content_type") == "Edit":
+                continue
+            sender = self.x.users.get(str(event["sender_id"]))
+            sequence = str(event["sequence_id"])
+            text = edits.get(sequence, str(content.get("text") or ""))
+            media = [
+                self._chat_media(chat_id, a)
+                for a in event.get("attachments") or []
+                if a.get("media_hash_key")
+            ]
+            messages.append(
+                {
+                    "id": sequence,
+                    "sender": sender.username if sender else str(event["sender_id"]),
+                    "sender_name": sender.name if sender else str(event["sender_id"]),
+                    "you": str(event["sender_id"]) == YOUR_X_ID,
+                    "text": text,
+                    "media": media,
+                    "deleted": sequence in deleted,
+                    "edited": sequence in edits,
+                    "at": int(event.get("created_at_msec") or 0) / 1000,
+                    "verified": bool(event.get("verified")),
+                    "note": FROM_X_NOTE if str(event.get("id")) in self._replies_from_x else "",
+                }
+            )
+        self._chat_seen[chat_id] = (len(chat.events), len(chat.key_events), messages)
+        return messages
+
+    def _chat_media(self, chat_id: str, attachment: Mapping[str, Any]) -> dict[str, str]:
+        """An encrypted file as the page links it: the phone decrypts it when it is asked for."""
+        key = str(attachment["media_hash_key"])
+        kind = "image" if str(attachment.get("media_type", "")).lower() == "image" else "file"
+        url = f"/api/x/chat-media/{chat_id.replace(':', '-')}/{key}"
+        return {"id": key, "kind": kind, "url": url, "name": str(attachment.get("filename") or "a file")}
+
+    def chat_media(self, path_id: str, media_hash_key: str) -> bytes | None:
+        """An X Chat file, downloaded and decrypted by a simulated phone in that conversation."""
+        chat = self.x.chat.conversations.get(path_id.replace("-", ":")) or self.x.chat.conversations.get(
+            path_id
+        )
+        if chat is None or (chat.id, media_hash_key) not in self.x.chat.media:
+            return None
+        reader = next((u for u in sorted(chat.members) if u in self.x.chat.phones and u != YOUR_X_ID), None)
+        return self.x.chat.received_media(reader, path_id, media_hash_key) if reader else None
 
     def _media(self, media_id: str) -> dict[str, str]:
         media = self.x.media[media_id]
@@ -723,8 +1059,12 @@ def page_app(sandbox: Sandbox) -> web.Application:
     app.router.add_post("/api/slack/click", _click)
     app.router.add_post("/api/slack/home", _home)
     app.router.add_post("/api/slack/home/click", _home_click)
+    app.router.add_post("/api/slack/modal/suggest", _modal_suggest)
+    app.router.add_post("/api/slack/modal/submit", _modal_submit)
     app.router.add_post("/api/x/reply", _x_reply)
+    app.router.add_post("/api/xchat/forget", _xchat_forget)
     app.router.add_get("/api/x/media/{media_id}", _x_media)
+    app.router.add_get("/api/x/chat-media/{conversation}/{key}", _x_chat_media)
     return app
 
 
@@ -823,6 +1163,18 @@ async def _x_media(request: web.Request) -> web.Response:
     return web.Response(body=media.data, content_type=_image_type(media.data), headers=headers)
 
 
+async def _x_chat_media(request: web.Request) -> web.Response:
+    data = request.app[SANDBOX].chat_media(request.match_info["conversation"], request.match_info["key"])
+    if data is None:
+        raise web.HTTPNotFound(text="no such file")
+    kind = _image_type(data)
+    # Only images are shown inline; anything else is a download, never rendered by the page's origin.
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if kind not in IMAGE_TYPES:
+        headers["Content-Disposition"] = "attachment"
+    return web.Response(body=data, content_type=kind, headers=headers)
+
+
 async def _click(request: web.Request) -> web.Response:
     body = await _body(request)
     return await _answer(request.app[SANDBOX].click(str(body.get("id", ""))))
@@ -842,6 +1194,29 @@ async def _home(request: web.Request) -> web.Response:
 async def _home_click(request: web.Request) -> web.Response:
     sandbox, body = request.app[SANDBOX], await _body(request)
     return await _answer(sandbox.home_click(str(body.get("action") or ""), str(body.get("value") or "")))
+
+
+async def _modal_suggest(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return await _answer(request.app[SANDBOX].modal_suggest(str(body.get("value") or "")))
+
+
+async def _modal_submit(request: web.Request) -> web.Response:
+    body = await _body(request)
+    people = body.get("people") or []
+    if not isinstance(people, list):
+        raise web.HTTPBadRequest(text="people: expected a list of handles")
+    work = request.app[SANDBOX].modal_submit(
+        [str(p) for p in people],
+        str(body.get("conversation") or ""),
+        str(body.get("message") or ""),
+        str(body.get("channel") or ""),
+    )
+    return await _answer(work)
+
+
+async def _xchat_forget(request: web.Request) -> web.Response:
+    return await _answer(request.app[SANDBOX].forget_keys())
 
 
 async def _x_reply(request: web.Request) -> web.Response:
@@ -922,6 +1297,8 @@ async def running_sandbox(
         )
         for user_id, username, name in X_PEOPLE:
             x.add_user(user_id, username, name)
+        for user_id in X_CHAT_PEOPLE:  # keys made on their phones and registered with X
+            x.chat.enroll(user_id)
         x.authorizing_user_id = YOUR_X_ID
         x.consent_page = True  # the person approves in their browser, as on X
         # X's read budget is 15 per 15 minutes; the simulation's window is 10 s so that group
@@ -954,8 +1331,17 @@ async def running_sandbox(
         await web.SockSite(bridge, bridge_socket).start()
 
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        sender = SlackSender(session, f"{bridge_url}/slack/events", signing_secret, team_id=TEAM_ID)
-        sandbox = Sandbox(x, x_url, slack, slack_url, bridge_url, data_dir, session, sender)
+        # Trigger ids the fake Slack issues and views.open accepts: `/xdm` alone opens the form.
+        sender = SlackSender(
+            session,
+            f"{bridge_url}/slack/events",
+            signing_secret,
+            team_id=TEAM_ID,
+            triggers=slack.views.issue_trigger_id,
+        )
+        sandbox = Sandbox(
+            x, x_url, slack, slack_url, bridge_url, data_dir, session, sender, settings=settings
+        )
         stack.push_async_callback(sandbox.close)
 
         page = web.AppRunner(page_app(sandbox), access_log=None, shutdown_timeout=1.0)

@@ -358,10 +358,18 @@ class TeamSlack:
         return await api.bot_name(team_id)
 
     async def respond(
-        self, response_url: str, text: str, *, in_channel: bool = False, replace: bool = False
+        self,
+        response_url: str,
+        text: str,
+        *,
+        in_channel: bool = False,
+        replace: bool = False,
+        buttons: Sequence[Button] = (),
     ) -> None:
         # A response_url carries its own authority: no token needed.
-        await self._tokenless.respond(response_url, text, in_channel=in_channel, replace=replace)
+        await self._tokenless.respond(
+            response_url, text, in_channel=in_channel, replace=replace, buttons=buttons
+        )
 
     async def download_file(self, team_id: str, file: Mapping[str, Any], *, max_bytes: int) -> bytes:
         return await (await self._file_api(team_id)).download_file(team_id, file, max_bytes=max_bytes)

@@ -515,3 +515,233 @@ async def test_typed_unlink_asks_in_the_channel_and_its_confirm_button_can_be_cl
             "the unlink announced in the channel",
         )
         assert not buttons_of(state, "xdm_confirm_unlink")  # the question's buttons went with it
+
+
+# -- X Chat (issue 19) and the /xdm form (issue 20) ---------------------------------------
+
+
+async def connect(session: aiohttp.ClientSession, sandbox: Sandbox) -> dict[str, Any]:
+    """/xdm connect through the real pages and Confirm; the sandbox then runs `xchat setup`."""
+    await call(session, sandbox, "/api/slack", {"text": "/xdm connect"})
+    state = await state_when(session, sandbox, lambda s: authorize_link(s) is not None, "the link")
+    link = authorize_link(state)
+    assert link is not None
+    await open_authorize_link(session, link)
+    state = await state_when(session, sandbox, lambda s: confirm_button(s) is not None, "the question")
+    await call(session, sandbox, "/api/slack/click", {"id": confirm_button(state)})
+    return await state_when(session, sandbox, lambda s: s["x"]["keys"]["state"] == "held", "@you's keys")
+
+
+def said(state: dict[str, Any], words: str) -> list[dict[str, Any]]:
+    return [m for m in state["messages"] if words in text_of(m)]
+
+
+def chat_of(state: dict[str, Any], title: str) -> dict[str, Any] | None:
+    found = [c for c in state["x"]["conversations"] if c["encrypted"] and c["title"] == title]
+    return found[0] if found else None
+
+
+async def test_an_encrypted_dm_goes_both_ways_through_x_chat_beside_a_legacy_one(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        state = await connect(session, sandbox)
+        # `xdm-bridge xchat setup @you`, through the CLI's own code: registered with X, and said.
+        [setup] = said(state, "xdm-bridge xchat setup @you")
+        assert state["x"]["keys"]["fingerprint"] in text_of(setup)
+        assert len(sandbox.x.public_keys["1000"]) == 1
+        people = {p["username"]: p["x_chat"] for p in state["x"]["people"]}
+        assert people == {"you": True, "alice": True, "bob": False, "carol": True}
+
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @alice"})
+        state = await state_when(session, sandbox, lambda s: bool(said(s, "encrypted X Chat")), "the lock")
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None and chat["id"] == "chat:1000-2001" and chat["reply_as"] == ["alice"]
+        assert state["steps"]["bridged"] is True
+
+        _, answer = await call(session, sandbox, "/api/slack", {"text": "secret plans"})
+
+        def arrived(s: dict[str, Any]) -> bool:
+            found = chat_of(s, "DM with @alice")
+            return bool(found and found["messages"]) and bool(
+                [m for m in s["messages"] if m.get("ts") == answer["ts"] and m["reactions"]]
+            )
+
+        state = await state_when(session, sandbox, arrived, "the encrypted DM and its ✅")
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None
+        [mine] = chat["messages"]
+        assert (mine["text"], mine["you"], mine["verified"]) == ("You: secret plans", True, True)
+        assert sandbox.x.events == []  # nothing over the legacy DM API, in the clear
+
+        # Alice answers from her phone: encrypted and signed there, decrypted by the bridge.
+        reply = {"conversation_id": chat["id"], "username": "alice", "text": "see you at 3"}
+        status, _ = await call(session, sandbox, "/api/x/reply", reply)
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m["author"] == "Alice (@alice)" for m in s["messages"]),
+            "her reply",
+        )
+        [back] = [m for m in state["messages"] if m["author"] == "Alice (@alice)"]
+        assert text_of(back) == "see you at 3"
+
+        # A DM with Bob, who is not on X Chat, is a legacy one: both show on the X side.
+        await call(session, sandbox, "/api/slack", {"text": "/xdm unlink"})
+        asked = await state_when(
+            session, sandbox, lambda s: bool(buttons_of(s, "xdm_confirm_unlink")), "asked"
+        )
+        await call(
+            session, sandbox, "/api/slack/click", {"id": buttons_of(asked, "xdm_confirm_unlink")[0]["id"]}
+        )
+        await state_when(session, sandbox, lambda s: bool(said(s, "stopped bridging")), "the unlink")
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @bob hello Bob"})
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(
+                not c["encrypted"] and c["title"] == "DM with @bob" for c in s["x"]["conversations"]
+            ),
+            "the legacy DM",
+        )
+        assert [(c["title"], c["encrypted"]) for c in state["x"]["conversations"]] == [
+            ("DM with @bob", False),
+            ("DM with @alice", True),
+        ]
+        assert not said(state, "may never appear")
+
+
+async def test_a_peer_on_x_chat_without_keys_at_the_bridge_is_warned_of(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        status, answer = await call(session, sandbox, "/api/xchat/forget", {})
+        assert (status, answer["forgotten"]) == (200, "you")
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @carol"})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "uses X's encrypted")), "the warning"
+        )
+        [warning] = said(state, "uses X's encrypted")
+        assert "may never appear" in text_of(warning)
+        assert "@carol uses X's encrypted Chat" in text_of(warning) and not warning["only_you"]
+        assert [c["encrypted"] for c in state["x"]["conversations"]] in ([], [False])
+        status, answer = await call(session, sandbox, "/api/xchat/forget", {})
+        assert status == 400 and "holds no X Chat keys" in answer["error"]
+
+
+async def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm"})
+        state = await state_when(session, sandbox, lambda s: bool(s["home"]["modal"]), "the form")
+        modal = state["home"]["modal"]
+        assert (
+            modal["title"] == "Bridge to X"
+            and modal["form"]["people"]
+            and modal["form"]["submit"] == "Bridge"
+        )
+        assert not said(state, "/xdm new-group")  # the form, not the help text
+
+        status, answer = await call(session, sandbox, "/api/slack/modal/submit", {"people": []})
+        assert status == 200 and answer["errors"]  # nothing picked: said in the form
+        _, found = await call(session, sandbox, "/api/slack/modal/suggest", {"value": "bo"})
+        _, found = await call(session, sandbox, "/api/slack/modal/suggest", {"value": "bob"})
+        assert [o["value"] for o in found["options"]] == ["bob"]
+        body = {"people": ["bob"], "message": "Hi Bob, from the form"}
+        status, answer = await call(session, sandbox, "/api/slack/modal/submit", body)
+        assert (status, answer["errors"]) == (200, {})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "bridged this channel")), "the channel told"
+        )
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(
+                m["text"].endswith("Hi Bob, from the form")
+                for c in s["x"]["conversations"]
+                for m in c["messages"]
+            ),
+            "the opening message on X",
+        )
+        modal = state["home"]["modal"]
+        assert (
+            modal is not None
+            and modal["form"] is None
+            and "bridged this channel" in "".join(p["text"] for p in modal["parts"])
+        )
+
+
+async def test_edits_deletions_and_files_of_an_encrypted_dm_show_on_both_sides(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm dm @alice"})
+        await state_when(session, sandbox, lambda s: chat_of(s, "DM with @alice") is not None, "the chat")
+
+        def chat_messages(s: dict[str, Any]) -> list[dict[str, Any]]:
+            found = chat_of(s, "DM with @alice")
+            return list(found["messages"]) if found else []
+
+        _, first = await call(session, sandbox, "/api/slack", {"text": "at 3"})
+        await state_when(session, sandbox, lambda s: len(chat_messages(s)) == 1, "the first DM")
+        await call(session, sandbox, "/api/slack/edit", {"ts": first["ts"], "text": "at 4"})
+        state = await state_when(
+            session, sandbox, lambda s: [m["text"] for m in chat_messages(s)] == ["You: at 4"], "the edit"
+        )
+        assert chat_messages(state)[0]["edited"] and chat_messages(state)[0]["verified"]
+        await call(session, sandbox, "/api/slack/delete", {"ts": first["ts"]})
+        await state_when(session, sandbox, lambda s: chat_messages(s)[0]["deleted"], "the deletion")
+
+        # A picture from Slack goes as X Chat's encrypted media; Alice's phone decrypts it.
+        status, answer = await call(session, sandbox, "/api/slack/file", {"text": "the dot", "file": png()})
+        assert (status, answer["sent"]) == (200, "message")
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: len(chat_messages(s)) == 2 and bool(chat_messages(s)[-1]["media"]),
+            "file",
+        )
+        [media] = chat_messages(state)[-1]["media"]
+        assert media["kind"] == "image" and media["name"] == "dot.png"
+        async with session.get(sandbox.url + media["url"].lstrip("/")) as response:
+            assert (response.status, response.content_type, await response.read()) == (200, "image/png", PNG)
+        assert not any(PNG in blob for blob in sandbox.x.chat.media.values())  # X holds ciphertext
+
+        # Alice sends a photo from her phone: encrypted there, decrypted by the bridge, shared in Slack.
+        chat = chat_of(state, "DM with @alice")
+        assert chat is not None
+        body = {"conversation_id": chat["id"], "username": "alice", "text": "mine", "photo": png()}
+        status, _ = await call(session, sandbox, "/api/x/reply", body)
+        assert status == 200
+        state = await state_when(
+            session,
+            sandbox,
+            lambda s: any(m["author"] == "xdm-bridge" and m.get("files") for m in s["messages"]),
+            "her photo in the channel",
+        )
+        [shared] = [m for m in state["messages"] if m["author"] == "xdm-bridge" and m.get("files")]
+        async with session.get(sandbox.url + shared["files"][0]["url"].lstrip("/")) as response:
+            assert await response.read() == PNG
+
+
+async def test_the_form_opened_from_the_home_asks_for_the_channel(sandbox: Sandbox) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack/home", {"open": True})
+        await state_when(session, sandbox, lambda s: s["home"]["published"], "the Home")
+        status, _ = await call(
+            session,
+            sandbox,
+            "/api/slack/home/click",
+            {"action": "xdm_home_new_bridge", "value": "xdm_home_new_bridge"},
+        )
+        assert status == 200
+        state = await state_when(session, sandbox, lambda s: bool(s["home"]["modal"]), "the form")
+        assert state["home"]["modal"]["form"]["channels"] == [{"value": "C0SANDBOX", "text": "#sandbox"}]
+        _, answer = await call(session, sandbox, "/api/slack/modal/submit", {"people": ["alice"]})
+        assert answer["errors"]  # no channel picked
+        body = {"channel": "C0SANDBOX", "people": ["alice"]}
+        _, answer = await call(session, sandbox, "/api/slack/modal/submit", body)
+        assert answer["errors"] == {}
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "bridged this channel")), "the channel told"
+        )
+        [told] = said(state, "bridged this channel")
+        assert not told["only_you"] and "encrypted X Chat" in text_of(told)

@@ -144,6 +144,20 @@ def own_message(driver: WebDriver, text: str) -> WebElement:
     return wait_for(driver, "#slack-messages .msg.message[data-ts]", text, f"your message {text!r}")
 
 
+def block_with(driver: WebDriver, css: str, *texts: str) -> None:
+    """Wait for one element matching ``css`` that shows every one of ``texts``; the Home is
+    published again as things change, so an element read a moment ago may be gone."""
+
+    def found(d: WebDriver) -> bool:
+        return any(all(t in e.text for t in texts) for e in d.find_elements(By.CSS_SELECTOR, css))
+
+    try:
+        WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(found)
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"never saw {css} showing {texts}; the page shows:\n{page}") from None
+
+
 def act_on(driver: WebDriver, text: str, action: str) -> None:
     """Click ``action`` (edit, delete, thread) on your message containing ``text``; the pane may
     be rebuilt between finding the message and the click, so both are tried again together."""
@@ -389,12 +403,10 @@ def test_the_home_tab_shows_your_x_account_and_bridged_channels(
     wait_for(browser, "#slack-messages .msg.bot", "bridged this channel to a new X group")
 
     wait_for(browser, "#home-tab", "Home", click=True)
-    account = wait_for(browser, "#slack-home .home-block", "@you", "your X account on the Home")
-    assert "Your X account" in account.text
+    block_with(browser, "#slack-home .home-block", "@you", "Your X account")
     wait_for(browser, "#slack-home .slack-button", "Disconnect", "the Disconnect button")
     wait_for(browser, "#slack-home .slack-button", "Reconnect", "the Reconnect button")
-    channel = wait_for(browser, "#slack-home .home-block", "#sandbox", "the bridged channel on the Home")
-    assert "last activity" in channel.text
+    block_with(browser, "#slack-home .home-block", "#sandbox", "last activity")
     assert browser.save_screenshot(str(tmp_path / "home.png"))
 
     # A typed /xdm unlink asks in the channel first; its Confirm button unlinks.
@@ -404,3 +416,78 @@ def test_the_home_tab_shows_your_x_account_and_bridged_channels(
     assert browser.save_screenshot(str(tmp_path / "unlink-question.png"))
     wait_for(browser, "#slack-messages .slack-button", "Confirm: Unlink", "the Confirm button", click=True)
     wait_for(browser, "#slack-messages .msg.bot", "stopped bridging", "the unlink announced")
+
+
+def test_an_encrypted_conversation_both_ways_and_the_warning_for_a_peer_on_x_chat(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(sandbox.url)
+    connect_through_the_pages(browser, tmp_path)
+    # The operator's step, run by the sandbox once @you is connected.
+    wait_for(browser, "#slack-messages .msg.note", "xdm-bridge xchat setup @you", "the keys made")
+    wait_for(browser, "#x-keys", "held by the bridge", "the keys on the X side")
+    assert "@alice 🔒" in browser.find_element(By.ID, "x-people").text
+    assert "@bob 🔒" not in browser.find_element(By.ID, "x-people").text
+
+    type_in(browser, "#slack-input", "/xdm dm @alice")
+    wait_for(browser, "#slack-messages .msg.bot", "This is an encrypted X Chat conversation", "the lock")
+    tab = wait_for(browser, '#x-conversations .tab.selected[data-encrypted="true"]', "DM with @alice")
+    assert tab.text.startswith("🔒")
+    wait_for(browser, "#x-lock", "Encrypted X Chat", "the mark on the X side")
+
+    type_in(browser, "#slack-input", "the plans are in the safe")
+    mine = wait_for(browser, "#x-messages .x-message.mine", "the plans are in the safe", "the decrypted DM")
+    assert "You: the plans are in the safe" in mine.text and "signature verified" in mine.text
+    wait_for(browser, '.msg.message[data-ts] .reaction[data-name="white_check_mark"]', "✅", "the ✅")
+
+    type_in(browser, "#x-input", "Got it, from my phone")
+    wait_for(browser, '#x-messages .x-message[data-sender="alice"]', "signature verified", "Alice's message")
+    relayed = wait_for(browser, "#slack-messages .msg.bot", "Got it, from my phone", "Alice's reply in Slack")
+    assert "Alice (@alice)" in relayed.text
+    assert browser.save_screenshot(str(tmp_path / "sandbox-x-chat.png"))
+
+    # Without keys at the bridge, a DM with Carol (on X Chat) is one-way, and the channel is told.
+    type_in(browser, "#slack-input", "/xdm unlink")
+    wait_for(browser, "#slack-messages .slack-button", "Confirm: Unlink", "the Confirm button", click=True)
+    wait_for(browser, "#slack-messages .msg.bot", "stopped bridging", "the unlink")
+    wait_for(browser, "#x-forget", "Forget", click=True)
+    wait_for(browser, "#x-keys", "forgotten", "the keys forgotten")
+    type_in(browser, "#slack-input", "/xdm dm @carol")
+    warning = wait_for(browser, "#slack-messages .msg.bot", "@carol uses X's encrypted Chat", "the warning")
+    assert "may never appear here" in warning.text and "Only visible to you" not in warning.text
+    assert browser.save_screenshot(str(tmp_path / "sandbox-x-chat-warning.png"))
+
+
+def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel_on_a_phone(
+    sandbox: SandboxProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.set_window_size(420, 860)
+    browser.get(sandbox.url)
+    connect_through_the_pages(browser, tmp_path)
+    type_in(browser, "#slack-input", "/xdm")
+    wait_for(browser, "#slack-modal h2", "Bridge to X", "the /xdm form")
+    wait_for(browser, "#modal-submit", "Bridge", "the form's submit button")
+
+    browser.find_element(By.ID, "modal-people").send_keys("bob")
+    wait_for(browser, "#modal-options .modal-option", "@bob", "Bob found at X", click=True)
+    wait_for(browser, "#modal-picked .modal-chip", "@bob", "Bob picked")
+    browser.find_element(By.ID, "modal-message").send_keys("Hi Bob, from the form")
+    dialog = browser.execute_script(
+        "const r = document.querySelector('#slack-modal .dialog').getBoundingClientRect();"
+        "return {left: r.left, right: r.right, view: window.innerWidth};"
+    )
+    assert dialog["left"] >= 0 and dialog["right"] <= dialog["view"], dialog  # fits the phone
+    assert browser.save_screenshot(str(tmp_path / "sandbox-form-420px.png"))
+    browser.find_element(By.ID, "modal-submit").click()
+
+    wait_for(browser, "#modal-body", "bridged this channel", "the outcome in the form")
+    wait_for(browser, "#modal-close", "Close", click=True)
+    WebDriverWait(browser, WAIT).until(lambda d: not d.find_element(By.ID, "slack-modal").is_displayed())
+    wait_for(
+        browser, "#slack-messages .msg.bot", "bridged this channel to their DMs with @bob", "the channel"
+    )
+    tab = wait_for(browser, '#x-conversations .tab[data-encrypted="false"]', "DM with @bob", "a legacy DM")
+    assert not tab.text.startswith("🔒")
+    wait_for(browser, "#x-messages .x-message.mine .bubble", "Hi Bob, from the form", "the opening message")
+    widths = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
+    assert widths[0] <= widths[1], widths
