@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from adapters.sandbox.fake_slack import SlackSender
+from adapters.sandbox.fake_slack_views import SurfaceSender
 from adapters.store.crypto import TokenCipher, generate_key
 from bridge.errors import ConfigError
 from tests.harness import (
@@ -343,3 +344,37 @@ async def test_a_flood_of_install_page_views_is_capped_with_a_page(
             page = await response.text()
         assert response.status == 503 and "Try again in a few minutes" in page
         assert await bridge.sql("SELECT COUNT(*) FROM slack_oauth_states") == [(1,)]
+
+
+async def test_each_workspaces_home_and_form_go_out_with_its_own_token(bridge: Bridge) -> None:
+    """App Home and the /xdm form in install mode: views are published and opened with the
+    token of the workspace whose person asked, never another's or none."""
+    await install(bridge, T1)
+    await install(bridge, T2)
+    [token_1], [token_2] = bridge.slack.installs.tokens_of(T1), bridge.slack.installs.tokens_of(T2)
+    for team, user, token in ((T1, "U100", token_1), (T2, "U200", token_2)):
+        sender = SlackSender(
+            bridge.session,
+            f"{bridge.url}/slack/events",
+            SIGNING_SECRET,
+            team_id=team,
+            triggers=bridge.slack.views.issue_trigger_id,
+        )
+        result = await SurfaceSender(sender, bridge.slack).home_opened(user)
+        assert result.status == 200
+        await wait_until(
+            lambda user=user: any(  # type: ignore[misc]
+                c.params.get("user_id") == user for c in bridge.slack.calls_to("views.publish")
+            ),
+            10.0,
+            f"{user}'s Home published",
+        )
+        [published] = [c for c in bridge.slack.calls_to("views.publish") if c.params.get("user_id") == user]
+        assert published.headers.get("authorization") == f"Bearer {token}"
+        assert "Connect" in bridge.slack.views.home_text(user)
+
+        before = len(bridge.slack.calls_to("views.open"))
+        ack = await sender.command("", user_id=user, channel_id="C100", response_url="", channel_name="x")
+        assert ack.status == 200
+        opened = bridge.slack.calls_to("views.open")[before:]
+        assert [c.headers.get("authorization") for c in opened] == [f"Bearer {token}"]
