@@ -457,10 +457,10 @@ class Sandbox:
             return
         self.xchat_keys = "setting up"
         deadline = time.monotonic() + SETUP_WAIT_SECONDS
-        while True:
+        identity = None
+        while identity is None:
             try:
                 identity, _ = await xchat_ops.setup(self.settings, f"@{YOUR_X_USERNAME}", self._note)
-                break
             except xchat_ops.NoSuchAccount:  # the confirmation is still being saved
                 if time.monotonic() > deadline:
                     self.xchat_keys = "failed"

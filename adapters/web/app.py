@@ -218,10 +218,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             # No token of its own: Bolt copies it for each request with that workspace's token,
             # so the client its listeners get calls SLACK_API_URL as the request's workspace.
             slack_client = web_client("", settings.slack_api_url, session)
+            slack_auth: SlackAuthorization | InstallsReady = InstallsReady()
         else:
             slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
             poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
             slack = SlackApi(slack_client, session, poster)
+            slack_auth = SlackAuthorization(slack_client, poster)
         fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
         x = XApiClient(
             session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
@@ -378,7 +380,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             commands=commands,
             spawn=background.spawn,
         )
-        slack_auth = InstallsReady() if workspaces is not None else SlackAuthorization(slack_client, poster)
         bolt = build_bolt_app(
             signing_secret=settings.signing_secret,
             authorization=slack_auth,

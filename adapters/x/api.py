@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.budget import MAX_COUNT, MAX_RESET_AHEAD
 from bridge.errors import (
@@ -198,6 +199,7 @@ class XApiClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         started = time.monotonic()
         status: int | None = None
+        response_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         try:
             async with self._session.request(
                 method,

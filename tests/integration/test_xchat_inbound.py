@@ -228,6 +228,7 @@ async def test_a_pushed_x_chat_message_is_checked_read_and_posted_once(tmp_path:
         await x.wait_pushes()
         assert [d["status"] for d in x.deliveries if b"chat.received" in d["body"]] == [200]
         assert [m["text"] for m in posts(bridge)] == ["pushed along"]
+        origins: list[tuple[object, ...]] = []
         for _ in range(500):  # the post is in Slack; its row is marked posted just after
             if origins := await bridge.sql("SELECT origin FROM inbound WHERE state = 'posted'"):
                 break
