@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import NoReturn, Protocol
 from urllib.parse import urlencode
 
-from bridge.budget import Budget
+from bridge.budget import Budget, ReadEndpoint
 from bridge.connect import ConnectService, held_notice
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited, XRefused
 from bridge.model import (
@@ -523,10 +523,16 @@ class CommandService:
         async def read(token: str) -> tuple[InboxPage, RateFacts]:
             return await self._x.dm_events(token, max_results=1, conversation_id=conversation_id)
 
+        conversation = ReadEndpoint.CONVERSATION
         for attempt in range(2):
-            await self._budget.adopt_stored_reads(account.id, self._clock.now())
+            await self._budget.adopt_stored_reads(account.id, self._clock.now(), conversation)
             try:
-                await self._budget.read(account.id, self._clock.now, lambda: self._tokens.call(account, read))
+                await self._budget.read(
+                    account.id,
+                    self._clock.now,
+                    lambda: self._tokens.call(account, read),
+                    endpoint=conversation,
+                )
                 return
             except XRateLimited as exc:
                 wait = exc.reset_at - self._clock.now()
