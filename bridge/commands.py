@@ -434,6 +434,16 @@ class CommandService:
         remaining, limit, reset = await self._budget.stored_reads_left(account_id, now)
         resets = f", resets {_clock_time(reset, now)}" if reset else ""
         line = f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets})"
+        if push:
+            # X counts each read endpoint apart: pushed DMs are placed from their own windows.
+            placing = []
+            for endpoint, what in (
+                (ReadEndpoint.WITH, "1-to-1 reads"),
+                (ReadEndpoint.EVENT, "lookups by id"),
+            ):
+                left, most, _ = await self._budget.stored_reads_left(account_id, now, endpoint)
+                placing.append(f"{what} left {left}/{most}")
+            line += f"; placing pushes: {', '.join(placing)}"
         waiting = summary["channel_pending"]
         if summary["channel_failed"]:
             # Slack refused these for themselves and the line in their place too: never posted.

@@ -141,6 +141,8 @@ async def test_a_pushed_reply_is_posted_and_polling_slows_but_goes_on(tmp_path: 
         assert [m["text"] for m in posts(bridge)] == ["pushed to you"]
         status, _ = await bridge.command("status")
         assert "From X: push (polling as a safety net)" in status.text
+        # Placed by one read of the 1-to-1 with its sender, from that endpoint's own window.
+        assert "placing pushes: 1-to-1 reads left 14/15, lookups by id left 15/15" in status.text
         # Groups are not pushed (as X may not): the safety net still brings them in.
         reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
         await wait_until(
@@ -498,3 +500,6 @@ async def test_pushes_are_placed_without_the_pollers_read_budget(tmp_path: Path)
         assert x.read_rate_limited_count == 0
         placing = {r.path for r in x.all_requests if r.at >= sent[0].created_at and r.method == "GET"}
         assert f"/2/dm_conversations/with/{ALICE}/dm_events" in placing
+        counted = bridge.app[METRICS].dm_endpoint_reads
+        assert counted.labels("/2/dm_conversations/with/{participant_id}/dm_events")._value.get() > 0
+        assert counted.labels("/2/dm_events")._value.get() == reads
