@@ -424,7 +424,7 @@ class Inbound:
         Cheapest certain read first:
         1. ``GET /2/dm_conversations/with/{peer}/dm_events``, the 1-to-1 the push names (its
            sender, or for a DM the account sent from X, its recipient): a DM found there IS in
-           that 1-to-1, and one read places every pushed DM of it with the DMs just before them
+           that 1-to-1, and one read places every pushed DM of it with the DM just before them
            (an older DM whose push comes late is taken in X's order). Its window is used by
            nothing else but delivery's read-back (whose reserve is kept).
         2. ``GET /2/dm_events/{id}``, one read per DM, names the DM's conversation for certain:
@@ -501,7 +501,7 @@ class Inbound:
         DMs newer than the cursor that came before them), what it does not is tried otherwise."""
         pending = self._pushed.setdefault(account.id, {})
         if step.endpoint is ReadEndpoint.WITH:
-            size = min(100, len(step.ids) + 2)  # and the DMs just before them: X's order
+            size = min(100, len(step.ids) + 1)  # and the DM just before them: X's order (a late push)
 
             async def call() -> tuple[InboxPage, Any]:
                 return await self._tokens.call(
