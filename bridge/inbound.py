@@ -7,13 +7,15 @@ Two workers, one queue:
   restart neither reposts nor skips. A burst bigger than one poll reads is an unfinished
   read (a gap, with X's pagination token) kept in the store: the next polls go on from
   there, the cursor moves when it is closed, and the account's channels wait meanwhile
-  (X's order). Reads draw on the one read budget that delivery's
-  read-back also uses (``Budget.read``); the interval spreads what is left of the window
+  (X's order). Reads draw on the account's window of ``GET /2/dm_events`` (``Budget.read``;
+  X counts each DM read endpoint apart); the interval spreads what is left of the window
   over the time left in it while the account is active (an event taken, by poll or push, or a
   DM sent: ``note_activity``), push or not, since X may not push groups and may lose a push;
   slower when idle, slower still when push delivers and the account has no group; and a read
-  is never made that would provoke a 429. A push only rings the poller (``rang``): it names no
-  conversation, so the read places what it announced.
+  is never made that would provoke a 429.
+- pushed DMs (``rang``) name no conversation: each is *placed* by a read that names it, the
+  1-to-1 the push names first, then the DM by its id, then the poller's read (``_next_step``),
+  each from its own window; one a list read leaves out is looked up by its id, never let go.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
@@ -329,8 +331,8 @@ class Inbound:
         self.on_posted: Callable[[InboundItem], None] | None = None
         # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
         # (the row's origin), ``echo`` (a row not posted back where it was sent from),
-        # ``failed`` (Slack's error code for the message), ``read`` (a GET /2/dm_events by
-        # outcome, see ``_counted_read``).
+        # ``failed`` (Slack's error code for the message), ``read`` (a DM event read by outcome)
+        # and ``read_endpoint`` (a read made, by ``ReadEndpoint`` value): see ``_counted_read``.
         self.on_event: Callable[[str, str], None] | None = None
 
     def _emit(self, kind: str, label: str) -> None:
@@ -580,7 +582,7 @@ class Inbound:
                     missed.lookups, self._config.retry_base, self._config.retry_cap
                 )
 
-    def held_until(self, item: InboundItem, now: float) -> float | None:
+    def _held_until(self, item: InboundItem, now: float) -> float | None:
         """Until when a channel's next row waits: an older DM of its account was pushed moments
         ago and is not placed yet, and may belong before it (X's order). At most ``REORDER_HOLD``
         after that push: a DM the budgets cannot place soon does not hold the channel."""
@@ -1008,7 +1010,7 @@ class Inbound:
             if head.next_attempt_at > now:
                 wake_at = min(wake_at, head.next_attempt_at)
                 continue
-            held = self.held_until(head, now)
+            held = self._held_until(head, now)
             if held is not None:
                 wake_at = min(wake_at, held)
                 continue
@@ -1027,7 +1029,7 @@ class Inbound:
                 current = await self._post(current)
                 now = self._clock.now()
                 if current is not None and (
-                    current.next_attempt_at > now or self.held_until(current, now) is not None
+                    current.next_attempt_at > now or self._held_until(current, now) is not None
                 ):
                     break
         except Exception:
