@@ -322,6 +322,7 @@ class Inbound:
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
         self._pushed: dict[int, dict[str, _Pushed]] = {}  # pushed DMs not placed yet, per account
         self._place_at: dict[int, float] = {}  # when an account's pushed DMs are placed next
+        self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
         self._busy: set[tuple[str, str]] = set()
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
@@ -561,6 +562,8 @@ class Inbound:
                 ],
             )
         now = self._clock.now()
+        if floor is not None:  # newer than the cursor: the poller's next read lists them again
+            self._placed[account.id] = self._placed.get(account.id, 0) + sum(int(e.id) > floor for e in taken)
         for event_id in [e.id for e in taken]:
             pending.pop(event_id, None)
         for event_id in set(step.ids) - found:
@@ -752,10 +755,12 @@ class Inbound:
         failure: XError | None = None
         since = await self._starting_point(account) if floor is None else None
         wanted = frozenset(self._pushed.get(account.id) or ())
+        placed = placed_before = self._placed.pop(account.id, 0)
         while read.pages < self._config.max_pages and not read.finished:
             try:
                 full = gap is not None or read.pages > 0 or floor is None
-                page = await self._read_page(account, read.token, full=full)
+                page = await self._read_page(account, read.token, full=full, placed=placed)
+                placed = 0  # the first page asked for them
             except XRefused as exc:
                 if read.token is None or exc.status != 400:
                     raise
@@ -783,7 +788,8 @@ class Inbound:
             # With no event at all yet, everything X shows later is new: "0" says "read before".
             read.newest = read.newest or "0"
             log.info("inbound cursor set", extra={"account_id": account.id, "newest": read.newest})
-        self._recent_new[account.id] = len(read.collected)
+        # What came since, less what placing pushes had taken (the next read's guess of its size).
+        self._recent_new[account.id] = max(0, len(read.collected) - placed_before)
         pushed = self._listed(account.id, read.collected)
         events = [
             inbound_event(e, read.users, "push" if e.id in pushed else "poll")
@@ -849,12 +855,17 @@ class Inbound:
         read.behind = None
         return True
 
-    async def _read_page(self, account: Account, pagination_token: str | None, *, full: bool) -> InboxPage:
+    async def _read_page(
+        self, account: Account, pagination_token: str | None, *, full: bool, placed: int = 0
+    ) -> InboxPage:
         # X bills every event returned and has no "since": ask for about as many as came last
         # time, plus one to see the cursor, paging back (another read, a full page) only when
-        # all were new.
+        # all were new. DMs placed from pushes since the last read are newer than the cursor and
+        # listed again: asked for too (billed once a day, already), so they cost no second read
+        # and no unfinished read that would hold the account's channels.
         expected = self._recent_new.get(account.id, 0) + 1
         size = self._config.page_size if full else max(2, min(self._config.page_size, expected))
+        size = min(100, size + placed)
 
         async def call() -> tuple[InboxPage, Any]:
             return await self._tokens.call(

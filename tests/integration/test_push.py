@@ -503,3 +503,27 @@ async def test_pushes_are_placed_without_the_pollers_read_budget(tmp_path: Path)
         counted = bridge.app[METRICS].dm_endpoint_reads
         assert counted.labels("/2/dm_conversations/with/{participant_id}/dm_events")._value.get() > 0
         assert counted.labels("/2/dm_events")._value.get() == reads
+
+
+async def test_the_pollers_read_after_placed_pushes_takes_them_in_one_page(tmp_path: Path) -> None:
+    """DMs placed from pushes are newer than the poller's cursor, so its next read lists them
+    again: it asks for them in its first page (billed once a day, already), not page after page,
+    and never leaves an unfinished read that would hold the account's channels."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        sent = [bridge.x.add_event(CONVERSATION, ALICE, f"many {i}") for i in range(30)]
+        await wait_posts(bridge, 30, timeout=10.0)
+        await bridge.x.wait_pushes()
+        reads = [r for r in bridge.x.all_requests if r.path == "/2/dm_events"]
+        bridge.app[SERVICES].inbound.poll_soon(1)
+        for _ in range(500):
+            if await bridge.sql("SELECT 1 FROM cursors WHERE newest_event_id = ?", sent[-1].id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the poller did not read up to the newest DM")
+        now = [r for r in bridge.x.all_requests if r.path == "/2/dm_events"]
+        [read] = now[len(reads) :]
+        assert int(read.query["max_results"]) > 30 and "pagination_token" not in read.query
+        assert await bridge.sql("SELECT gap_newest FROM cursors") == [(None,)]
+        assert len(posts(bridge)) == 30
