@@ -756,6 +756,7 @@ class Inbound:
         since = await self._starting_point(account) if floor is None else None
         wanted = frozenset(self._pushed.get(account.id) or ())
         placed = placed_before = self._placed.pop(account.id, 0)
+        placed += len(wanted)  # pushed and not placed yet: newer than the cursor too, most likely
         while read.pages < self._config.max_pages and not read.finished:
             try:
                 full = gap is not None or read.pages > 0 or floor is None
@@ -860,9 +861,9 @@ class Inbound:
     ) -> InboxPage:
         # X bills every event returned and has no "since": ask for about as many as came last
         # time, plus one to see the cursor, paging back (another read, a full page) only when
-        # all were new. DMs placed from pushes since the last read are newer than the cursor and
-        # listed again: asked for too (billed once a day, already), so they cost no second read
-        # and no unfinished read that would hold the account's channels.
+        # all were new. DMs pushed since the last read are newer than the cursor: asked for too
+        # (those placed already are billed once a day, already), so they cost no second read and
+        # no unfinished read that would hold the account's channels.
         expected = self._recent_new.get(account.id, 0) + 1
         size = self._config.page_size if full else max(2, min(self._config.page_size, expected))
         size = min(100, size + placed)
