@@ -527,3 +527,28 @@ async def test_the_pollers_read_after_placed_pushes_takes_them_in_one_page(tmp_p
         assert int(read.query["max_results"]) > 30 and "pagination_token" not in read.query
         assert await bridge.sql("SELECT gap_newest FROM cursors") == [(None,)]
         assert len(posts(bridge)) == 30
+
+
+async def test_a_pushed_group_photo_placed_by_its_id_is_brought_over(tmp_path: Path) -> None:
+    """A group's DM is not in the 1-to-1 its push names: it is looked up by its id, which names
+    the group and its attachment; the photo reaches the group's channel, not the sender's 1-to-1."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        group = bridge.x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        for _ in range(1000):  # its history (none) read: what comes now is news
+            if not await bridge.sql("SELECT 1 FROM backfills"):
+                break
+            await asyncio.sleep(0.01)
+        # A group is polled every idle interval: with the poller's window spent, the push alone places it.
+        window = bridge.app[SERVICES].inbound._budget._read_window(1)
+        window.remaining, window.reset_at = 0, time.time() + 3600.0
+        bridge.x.push_groups = True
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 20
+        photo = bridge.x.add_event(group, ALICE, "our photo", media_ids=(bridge.x.add_media(ALICE, picture),))
+        await wait_posts(bridge, 1, channel="C200", timeout=3.0)
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C200" and shared["content"] == picture
+        assert [m["text"] for m in posts(bridge, "C200")] == ["our photo"] and posts(bridge) == []
+        assert (await settled(bridge, 1)) == {photo.id: "push"}
+        assert any(r.path == f"/2/dm_events/{photo.id}" for r in bridge.x.all_requests)
