@@ -8,13 +8,16 @@ operator set is a ceiling instead: headers may lower it, never raise it. The wor
 ``blocked_until`` before each send and never sends while a known remaining count
 is 0, so in steady state the bridge provokes no 429 at all.
 
-Reads: X documents 15 per 15 minutes per user for ``GET /2/dm_events`` and the same,
-counted separately, for one conversation's events. The bridge plans both from ONE
-window (the inbound poller, delivery's read-back after a crash, backfill): every read
-is counted before it goes, reads of one account never overlap (``reading``), and a
-response's headers can only lower what is left (whichever endpoint answered), never
-raise it, so neither of X's counters can be overrun. A read X refused (4xx) without rate
-headers is given back: X's limiter puts its headers on every answer it counted.
+Reads: X documents 15 per 15 minutes per user for each DM event GET, counted separately:
+``GET /2/dm_events`` (every conversation: the inbound poller), ``GET /2/dm_events/{id}`` (one
+event: placing a pushed DM), ``GET /2/dm_conversations/{id}/dm_events`` (one conversation:
+backfill, ``/xdm link``'s check, delivery's read-back) and
+``GET /2/dm_conversations/with/{participant_id}/dm_events`` (a 1-to-1 by its peer: placing
+pushed DMs, delivery's read-back). The bridge keeps one window per account and endpoint
+(``ReadEndpoint``): every read is counted before it goes, reads of one window never overlap
+(``reading``), and the headers of the endpoint that answered correct that endpoint's window
+only (they only lower what is left, so X's counter cannot be overrun). A read X refused (4xx)
+without rate headers is given back: X's limiter puts its headers on every answer it counted.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from bridge.errors import RateFacts, XAuthExpired, XError, XRateLimited, XRefused
+from bridge.model import Target
 from bridge.ports import Store
 
 log = logging.getLogger("bridge.budget")
@@ -44,7 +49,40 @@ FALLBACK_PAUSE = 60.0
 DEFAULT_USER_15M = 15
 DEFAULT_USER_24H = 1440
 DEFAULT_APP_24H = 1440
-DEFAULT_READS_15M = 15  # GET /2/dm_events and one conversation's events, each, per user (same page)
+DEFAULT_READS_15M = 15  # each DM event GET, per user, counted separately (same page)
+
+
+class ReadEndpoint(StrEnum):
+    """X's DM event reads, each with its own per-user window. The value ends the window's key
+    (``account:<id>:<value>``): ``reads`` is the key the one read window had, kept for the poller."""
+
+    EVENTS = "reads"  # GET /2/dm_events: every conversation of the account
+    EVENT = "reads_event"  # GET /2/dm_events/{event_id}: one event
+    CONVERSATION = "reads_conversation"  # GET /2/dm_conversations/{id}/dm_events
+    WITH = "reads_with"  # GET /2/dm_conversations/with/{participant_id}/dm_events
+    CHAT = "reads_chat"  # GET /2/chat/conversations/{id}/events: one encrypted X Chat conversation
+
+    @property
+    def path(self) -> str:
+        """X's path template, for logs, metrics and the bench."""
+        return _READ_PATHS[self]
+
+
+def read_endpoint(target: Target) -> ReadEndpoint:
+    """The endpoint ``XClient.event_page`` reads for ``target``: every conversation for a group
+    being created (its id not known yet), else the conversation, or the 1-to-1 by its peer."""
+    if target.new_group is not None:
+        return ReadEndpoint.EVENTS
+    return ReadEndpoint.CONVERSATION if target.conversation_id is not None else ReadEndpoint.WITH
+
+
+_READ_PATHS = {
+    ReadEndpoint.EVENTS: "/2/dm_events",
+    ReadEndpoint.EVENT: "/2/dm_events/{event_id}",
+    ReadEndpoint.CONVERSATION: "/2/dm_conversations/{id}/dm_events",
+    ReadEndpoint.WITH: "/2/dm_conversations/with/{participant_id}/dm_events",
+    ReadEndpoint.CHAT: "/2/chat/conversations/{id}/events",
+}
 # No window of X's lasts longer than a day: a reset further ahead than this is not believed.
 MAX_RESET_AHEAD = ONE_DAY + 15 * 60.0
 MAX_COUNT = 10**9  # a limit or remaining count beyond this is not a count
@@ -146,13 +184,14 @@ class Budget:
         self._limits = {
             "15m": (FIFTEEN_MINUTES, user_15m, DEFAULT_USER_15M),
             "24h": (ONE_DAY, user_24h, DEFAULT_USER_24H),
-            "reads": (FIFTEEN_MINUTES, reads_15m, DEFAULT_READS_15M),
+            **{e.value: (FIFTEEN_MINUTES, reads_15m, DEFAULT_READS_15M) for e in ReadEndpoint},
         }
         self._app_limit = (ONE_DAY, app_24h, DEFAULT_APP_24H)
         self._windows: dict[str, Window] = {}
-        self._read_locks: dict[int, asyncio.Lock] = {}
+        self._read_locks: dict[tuple[int, ReadEndpoint], asyncio.Lock] = {}
         self._reset_from_headers: set[str] = set()
         self.reads_made = 0  # every read request sent (bench and tests)
+        self.reads_by_endpoint: dict[ReadEndpoint, int] = dict.fromkeys(ReadEndpoint, 0)
 
     async def load(self, now: float) -> None:
         """Read the saved windows; values no window could have (an old version saved X's
@@ -265,27 +304,33 @@ class Budget:
 
     # -- reads -------------------------------------------------------------
 
-    def _read_window(self, account_id: int) -> Window:
-        return self._window(f"account:{account_id}:reads")
+    def _read_window(self, account_id: int, endpoint: ReadEndpoint = ReadEndpoint.EVENTS) -> Window:
+        return self._window(f"account:{account_id}:{endpoint.value}")
 
-    def read_blocked_until(self, account_id: int, now: float, *, keep: int = 0) -> float | None:
+    def read_blocked_until(
+        self, account_id: int, now: float, *, keep: int = 0, endpoint: ReadEndpoint = ReadEndpoint.EVENTS
+    ) -> float | None:
         """None when a read may go now leaving ``keep`` reads in the window; else when it resets."""
-        window = self._read_window(account_id)
+        window = self._read_window(account_id, endpoint)
         window.roll(now)
         if window.remaining > keep:
             return None
         return window.reset_at or now + FALLBACK_PAUSE
 
-    def reads_left(self, account_id: int, now: float) -> tuple[int, int, float | None]:
-        """(remaining, limit, reset_at) of the account's read window."""
-        window = self._read_window(account_id)
+    def reads_left(
+        self, account_id: int, now: float, endpoint: ReadEndpoint = ReadEndpoint.EVENTS
+    ) -> tuple[int, int, float | None]:
+        """(remaining, limit, reset_at) of the account's read window of ``endpoint``."""
+        window = self._read_window(account_id, endpoint)
         window.roll(now)
         return window.remaining, window.limit, window.reset_at or None
 
-    async def stored_reads_left(self, account_id: int, now: float) -> tuple[int, int, float | None]:
+    async def stored_reads_left(
+        self, account_id: int, now: float, endpoint: ReadEndpoint = ReadEndpoint.EVENTS
+    ) -> tuple[int, int, float | None]:
         """``reads_left`` as the store has it (every read is saved before it is made): what the
         leader has spent, seen from any instance (a standby's own windows are never used)."""
-        mine = self._read_window(account_id)
+        mine = self._read_window(account_id, endpoint)
         window = Window(mine.key, mine.length, mine.ceiling, mine.limit, mine.remaining, mine.reset_at)
         for row in await self._store.load_budgets():
             if row.get("key") == window.key:
@@ -297,22 +342,27 @@ class Budget:
         window.roll(now)
         return window.remaining, window.limit, window.reset_at or None
 
-    async def adopt_stored_reads(self, account_id: int, now: float) -> None:
+    async def adopt_stored_reads(
+        self, account_id: int, now: float, endpoint: ReadEndpoint = ReadEndpoint.EVENTS
+    ) -> None:
         """Lower this instance's view of the account's read window to what the store has.
 
         For a read made outside the poller (`/xdm link`'s check), possibly on a standby whose
         windows are never otherwise used: it must spend from what the leader has spent (saved
         before each read), not from the full window the standby loaded at start."""
-        remaining, _, reset_at = await self.stored_reads_left(account_id, now)
-        window = self._read_window(account_id)
+        remaining, _, reset_at = await self.stored_reads_left(account_id, now, endpoint)
+        window = self._read_window(account_id, endpoint)
         window.roll(now)
         if reset_at is not None and remaining < window.remaining:
             window.remaining, window.reset_at = remaining, reset_at
 
     @asynccontextmanager
-    async def reading(self, account_id: int) -> AsyncIterator[None]:
-        """Hold the account's read turn: its reads go one at a time, so headers are exact."""
-        lock = self._read_locks.setdefault(account_id, asyncio.Lock())
+    async def reading(
+        self, account_id: int, endpoint: ReadEndpoint = ReadEndpoint.EVENTS
+    ) -> AsyncIterator[None]:
+        """Hold the turn of the account's window of ``endpoint``: its reads go one at a time, so
+        headers are exact. Reads of other endpoints go meanwhile (X counts them apart)."""
+        lock = self._read_locks.setdefault((account_id, endpoint), asyncio.Lock())
         async with lock:
             yield
 
@@ -323,20 +373,22 @@ class Budget:
         call: Callable[[], Awaitable[tuple[T, RateFacts]]],
         *,
         keep: int = 0,
+        endpoint: ReadEndpoint = ReadEndpoint.EVENTS,
     ) -> T:
-        """Make one read within the account's read window; raise ``XRateLimited`` (without asking
-        X) when it would leave fewer than ``keep`` reads for others."""
-        async with self.reading(account_id):
+        """Make one read of ``endpoint`` within the account's window of it; raise ``XRateLimited``
+        (without asking X) when it would leave fewer than ``keep`` reads for others."""
+        async with self.reading(account_id, endpoint):
             started = now()
-            blocked = self.read_blocked_until(account_id, started, keep=keep)
+            blocked = self.read_blocked_until(account_id, started, keep=keep, endpoint=endpoint)
             if blocked is not None:
                 raise XRateLimited("the DM read budget is spent for now", reset_at=blocked)
-            window = self._read_window(account_id)
+            window = self._read_window(account_id, endpoint)
             if not window.reset_at or started >= window.reset_at:
                 self._reset_from_headers.discard(window.key)  # a new window: its end is our guess
             before = (window.remaining, window.reset_at)
             window.consume(started)
             self.reads_made += 1
+            self.reads_by_endpoint[endpoint] += 1
             await self._store.save_budgets([self._row(window)])
             try:
                 result, facts = await call()
@@ -355,9 +407,7 @@ class Budget:
                 reset = exc.facts.window_reset if exc.facts is not None else None
                 if reset is not None and reset > started:
                     # X's word on the counter that refused, even sooner than the end an earlier
-                    # answer gave the window: taking the later of the two held every read-back
-                    # that long. If the other endpoint's counter is still spent, its own 429
-                    # names its reset in turn.
+                    # answer gave the window.
                     window.remaining, window.reset_at = 0, plausible_reset(exc.reset_at, started) or reset
                     self._reset_from_headers.add(window.key)
                 else:
@@ -373,14 +423,16 @@ class Budget:
             return result
 
     async def _observe_read(self, window: Window, facts: RateFacts) -> None:
-        """Headers only lower what is left (and may move the reset later): safe for both endpoints."""
+        """The headers of the endpoint that answered, for its own window: they only lower what is
+        left (a read of the window may have gone since X counted this one), and X's reset
+        replaces the bridge's guess of when the window ends."""
         if facts.window_remaining is None:
             return
         if facts.window_limit is not None:
             window.limit = window.capped(facts.window_limit)
         window.remaining = max(0, min(window.remaining, facts.window_remaining, window.limit))
         if facts.window_reset is not None:
-            # X's reset replaces our guess; after that, the later of the two endpoints' resets.
+            # X's reset replaces our guess; after that, the later of what X said.
             known = window.key in self._reset_from_headers
             window.reset_at = max(window.reset_at, facts.window_reset) if known else facts.window_reset
             self._reset_from_headers.add(window.key)

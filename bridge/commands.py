@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import NoReturn, Protocol
 from urllib.parse import urlencode
 
-from bridge.budget import Budget
+from bridge.budget import Budget, ReadEndpoint
 from bridge.confirm import Question, question_buttons
 from bridge.connect import ConnectService, held_notice
 from bridge.errors import CommandError, RateFacts, XAuthRevoked, XError, XRateLimited, XRefused
@@ -462,6 +462,16 @@ class CommandService:
         remaining, limit, reset = await self._budget.stored_reads_left(account_id, now)
         resets = f", resets {_clock_time(reset, now)}" if reset else ""
         line = f"From X: {way}; {seen}; {upcoming}; reads left {remaining}/{limit} (15 min{resets})"
+        if push:
+            # X counts each read endpoint apart: pushed DMs are placed from their own windows.
+            placing = []
+            for endpoint, what in (
+                (ReadEndpoint.WITH, "1-to-1 reads"),
+                (ReadEndpoint.EVENT, "lookups by id"),
+            ):
+                left, most, _ = await self._budget.stored_reads_left(account_id, now, endpoint)
+                placing.append(f"{what} left {left}/{most}")
+            line += f"; placing pushes: {', '.join(placing)}"
         waiting = summary["channel_pending"]
         if summary["channel_failed"]:
             # Slack refused these for themselves and the line in their place too: never posted.
@@ -671,10 +681,16 @@ class CommandService:
         async def read(token: str) -> tuple[InboxPage, RateFacts]:
             return await self._x.dm_events(token, max_results=1, conversation_id=conversation_id)
 
+        conversation = ReadEndpoint.CONVERSATION
         for attempt in range(2):
-            await self._budget.adopt_stored_reads(account.id, self._clock.now())
+            await self._budget.adopt_stored_reads(account.id, self._clock.now(), conversation)
             try:
-                await self._budget.read(account.id, self._clock.now, lambda: self._tokens.call(account, read))
+                await self._budget.read(
+                    account.id,
+                    self._clock.now,
+                    lambda: self._tokens.call(account, read),
+                    endpoint=conversation,
+                )
                 return
             except XRateLimited as exc:
                 wait = exc.reset_at - self._clock.now()

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge import reconcile, translate
-from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
+from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow, ReadEndpoint, read_endpoint
 from bridge.errors import (
     BridgeError,
     Failure,
@@ -741,8 +741,11 @@ class Delivery:
                 return page, page.facts
 
             try:
-                # A read: it draws on the account's one DM read budget, shared with inbound polling.
-                page = await self._budget.read(account.id, self._clock.now, read_page)
+                # A read: it draws on the account's window of the endpoint it reads (X counts each
+                # apart), shared with inbound polling (every conversation) or placing pushes (a 1-to-1).
+                page = await self._budget.read(
+                    account.id, self._clock.now, read_page, endpoint=read_endpoint(item.target)
+                )
             except XRefused as exc:
                 # A refusal says nothing about whether X has the message: read again later, from
                 # the newest page (a page token may have gone stale while the reading waited).
@@ -1044,7 +1047,7 @@ class Delivery:
             async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
                 return await self._tokens.call(account, read), RateFacts()
 
-            page = await self._budget.read(account.id, self._clock.now, read_page)
+            page = await self._budget.read(account.id, self._clock.now, read_page, endpoint=ReadEndpoint.CHAT)
             for event in page.events:
                 if event.message_id == wanted and event.sender_id == account.x_user_id:
                     log.info(

@@ -7,13 +7,15 @@ Two workers, one queue:
   restart neither reposts nor skips. A burst bigger than one poll reads is an unfinished
   read (a gap, with X's pagination token) kept in the store: the next polls go on from
   there, the cursor moves when it is closed, and the account's channels wait meanwhile
-  (X's order). Reads draw on the one read budget that delivery's
-  read-back also uses (``Budget.read``); the interval spreads what is left of the window
+  (X's order). Reads draw on the account's window of ``GET /2/dm_events`` (``Budget.read``;
+  X counts each DM read endpoint apart); the interval spreads what is left of the window
   over the time left in it while the account is active (an event taken, by poll or push, or a
   DM sent: ``note_activity``), push or not, since X may not push groups and may lose a push;
   slower when idle, slower still when push delivers and the account has no group; and a read
-  is never made that would provoke a 429. A push only rings the poller (``rang``): it names no
-  conversation, so the read places what it announced.
+  is never made that would provoke a 429.
+- pushed DMs (``rang``) name no conversation: each is *placed* by a read that names it, the
+  1-to-1 the push names first, then the DM by its id, then the poller's read (``_next_step``),
+  each from its own window; one a list read leaves out is looked up by its id, never let go.
 - the *poster* posts each queued event into its channel with ``chat.postMessage`` as the
   X sender, one channel head at a time (X's order), exactly once: the row is marked
   ``posting`` before the call and carries the ``dm_event_id`` in Slack message metadata;
@@ -45,7 +47,7 @@ from typing import Any, TypeVar
 from cachetools import LRUCache
 
 from bridge import translate
-from bridge.budget import Budget
+from bridge.budget import Budget, ReadEndpoint
 from bridge.chat_inbound import DELETE_KIND, FOLLOW_KINDS, ChatInbound
 from bridge.errors import (
     RateFacts,
@@ -68,9 +70,11 @@ from bridge.model import (
     InboundState,
     InboxPage,
     MappingKind,
+    PushedDM,
     ReadGap,
     XEvent,
     XUser,
+    one_to_one_id,
 )
 from bridge.ports import Clock, SlackClient, Store, XClient
 from bridge.tokens import TokenManager
@@ -86,8 +90,32 @@ MAX_MEDIA_BYTES = 512 * 1024 * 1024  # X's largest DM media (video)
 # X allows 10,000 characters, but escaped for Slack ("&" is "&amp;") they can be 50,000.
 MAX_TEXT = 40_000
 MEDIA_KEPT_BYTES = 64 * 1024 * 1024  # fetched attachments kept in memory for a refused channel's retry
-RUNG_TRIES = 3  # reads a pushed DM may be missing from (X's read behind its push) before it is let go
+RUNG_TRIES = 3  # list reads a pushed DM may be missing from before it is looked up by its id alone
+LOOKUP_TRIES = 6  # lookups of a pushed DM by its id that do not find it (deleted on X) before it is let go
 RUNG_KEPT = 200  # pushed DM ids kept per account, awaiting the read that names their conversation
+REORDER_HOLD = 2.0  # seconds a channel's newer rows wait for an older pushed DM not placed yet
+
+
+@dataclass
+class _Pushed:
+    """A pushed DM not placed yet (its conversation unknown), and what was tried for it."""
+
+    dm: PushedDM
+    at: float  # when it was pushed
+    misses: int = 0  # list reads that did not show it
+    lookups: int = 0  # lookups by its id that did not find it
+    alone: bool = False  # not in the 1-to-1 its push names (a group, or X's list behind): by its id
+    not_before: float = 0.0  # a lookup that missed it waits a little before the next
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One placing read: ``WITH`` the 1-to-1 with ``key`` (a peer) for ``ids``, or ``EVENT``
+    (``key`` the DM's id)."""
+
+    endpoint: ReadEndpoint
+    key: str
+    ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -127,10 +155,11 @@ class _Read:
         # newest goes through events older than that again.)
         self.behind: int | None = None
 
-    def take(self, page: InboxPage, floor: int | None) -> bool:
-        """The page's events newer than ``floor`` (the cursor); finished at the cursor. False
-        when X's pagination goes nowhere: a page asked for with a token names that token again,
-        or shows nothing older than the page before (X going round in circles)."""
+    def take(self, page: InboxPage, floor: int | None, wanted: frozenset[str] = frozenset()) -> bool:
+        """The page's events newer than ``floor`` (the cursor), and the ``wanted`` ones (pushed
+        DMs not placed yet: X may list a DM after a newer one, past the cursor); finished at the
+        cursor. False when X's pagination goes nowhere: a page asked for with a token names that
+        token again, or shows nothing older than the page before (X going round in circles)."""
         asked = self.token
         self.pages += 1
         self.users.update(page.users)
@@ -140,6 +169,8 @@ class _Read:
                 self.newest = event.id
             if floor is not None and int(event.id) <= floor:
                 self.finished = True
+                if event.id in wanted:
+                    self.collected.append(event)
                 continue
             if self.oldest is None or int(event.id) < int(self.oldest):
                 self.oldest = event.id
@@ -292,7 +323,9 @@ class Inbound:
         self._last_activity: dict[int, float] = {}
         self._has_groups: set[int] = set()  # accounts with a bridged group conversation
         self._recent_new: dict[int, int] = {}  # events the last poll found new, per account
-        self._rung: dict[int, dict[str, int]] = {}  # pushed DM ids not read yet → reads missing them
+        self._pushed: dict[int, dict[str, _Pushed]] = {}  # pushed DMs not placed yet, per account
+        self._place_at: dict[int, float] = {}  # when an account's pushed DMs are placed next
+        self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
         self._busy: set[tuple[str, str]] = set()
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
@@ -304,8 +337,8 @@ class Inbound:
         self.on_posted: Callable[[InboundItem], None] | None = None
         # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
         # (the row's origin), ``echo`` (a row not posted back where it was sent from),
-        # ``failed`` (Slack's error code for the message), ``read`` (a GET /2/dm_events by
-        # outcome, see ``_counted_read``).
+        # ``failed`` (Slack's error code for the message), ``read`` (a DM event read by outcome)
+        # and ``read_endpoint`` (a read made, by ``ReadEndpoint`` value): see ``_counted_read``.
         self.on_event: Callable[[str, str], None] | None = None
 
     def _emit(self, kind: str, label: str) -> None:
@@ -331,55 +364,248 @@ class Inbound:
         self._poll_wake.set()
         self._post_wake.set()
 
-    def rang(self, account_id: int, event_ids: Sequence[str]) -> None:
-        """X pushed these DMs for the account: read X for them soon, as the read budget allows.
+    def rang(self, account_id: int, dms: Sequence[PushedDM]) -> None:
+        """X pushed these DMs for the account: place each in its conversation soon, as the read
+        budgets allow (``_place``; pushes arriving together share reads).
 
         A push says that DMs exist, not where they belong: the legacy payload names no
-        conversation, and a group's message pushed in it would read as a 1-to-1.
-        The read (``poll``) names each event's conversation, brings its media and its sender's
-        avatar, and gives X's order: an older DM whose push comes late is read with the newer
-        one, oldest first. Pushes arriving together share one read. What the read takes of
-        these ids counts as pushed (origin ``push``)."""
-        rung = self._rung.setdefault(account_id, {})
-        for event_id in event_ids:
-            if event_id.isdigit():
-                rung.setdefault(event_id, 0)
-        while len(rung) > RUNG_KEPT:
-            rung.pop(next(iter(rung)))
-        at = self._clock.now() + self._bell_delay(account_id)
-        self._next_poll[account_id] = min(self._next_poll.get(account_id, at), at)
-        self._poll_wake.set()
+        conversation, and a group's message pushed in it would read as a 1-to-1. A read of X
+        names each event's conversation, brings its media and its sender's avatar; what it takes
+        of these ids counts as pushed (origin ``push``).
 
-    def _bell_delay(self, account_id: int) -> float:
-        """How long a read rung by a push waits: ``min_interval`` after the last read (pushes
-        close together share a read), and no more while over a quarter of the window's spare
-        reads are left (conversations come in bursts: X allows 15 reads in 15 minutes, and each
-        burst should see its DMs within seconds); the last quarter is spread over the time left
-        in the window, so a long conversation slows to an even pace instead of spending the
-        window and waiting for its end. The reserve is never used."""
+        No DMs named (an X Chat push: its conversation is read with the account's next read,
+        which the push makes now, within the read budgets)."""
+        if not dms:
+            self.poll_soon(account_id)
+            return
+        now = self._clock.now()
+        pending = self._pushed.setdefault(account_id, {})
+        for dm in dms:
+            if dm.id.isdigit() and dm.id not in pending:
+                pending[dm.id] = _Pushed(dm, now)
+        while len(pending) > RUNG_KEPT:
+            dropped = pending.pop(next(iter(pending)))
+            log.warning(
+                "too many pushed DMs wait to be placed: one is left to polling",
+                extra={"account_id": account_id, "dm_event_id": dropped.dm.id},
+            )
+        if pending:
+            self._place_at[account_id] = now
+            self._poll_wake.set()
+
+    def _bell_delay(self, account_id: int, endpoint: ReadEndpoint = ReadEndpoint.EVENTS) -> float:
+        """How long a read of ``endpoint`` made for pushed DMs waits: no more while over a quarter
+        of the window's spare reads are left (conversations come in bursts: X allows 15 reads
+        in 15 minutes per endpoint, and each burst should see its DMs within seconds); the last
+        quarter is spread over the time left in the window, so a long conversation slows to an
+        even pace instead of spending the window and waiting for its end. The reserve (reads of
+        ``GET /2/dm_events`` and of a 1-to-1 kept for delivery's read-back and backfill) is never
+        used. A read of ``GET /2/dm_events`` also waits ``min_interval`` after the poller's last
+        (pushes close together share it)."""
         config = self._config
         now = self._clock.now()
-        gap = max(0.0, self._read_at.get(account_id, -math.inf) + config.min_interval - now)
-        remaining, limit, reset_at = self._budget.reads_left(account_id, now)
-        spare = remaining - config.reserve
-        if reset_at is None or spare > (limit - config.reserve) // 4:
+        gap = 0.0
+        if endpoint is ReadEndpoint.EVENTS:
+            gap = max(0.0, self._read_at.get(account_id, -math.inf) + config.min_interval - now)
+        reserve = 0 if endpoint is ReadEndpoint.EVENT else config.reserve
+        remaining, limit, reset_at = self._budget.reads_left(account_id, now, endpoint)
+        spare = remaining - reserve
+        if reset_at is None or spare > (limit - reserve) // 4:
             return gap
         if spare <= 0:
             return max(gap, reset_at - now)
         return max(gap, (reset_at - now) / spare)
 
-    def _rung_read(self, account_id: int, newest: str | None) -> set[str]:
-        """After a read up to ``newest``: the pushed ids it answered for (let go), and the ones
-        still to come (X's read behind its push: kept for a few reads, then left to polling)."""
-        rung = self._rung.get(account_id)
-        if not rung:
+    def _listed(self, account_id: int, events: Sequence[XEvent]) -> set[str]:
+        """After a list read of ``GET /2/dm_events``: the pushed DMs it placed (let go), and a
+        miss for each one it did not show (after ``RUNG_TRIES`` of those, it is looked up by its
+        id: X may list a DM after newer ones, or never in this list)."""
+        pending = self._pushed.get(account_id)
+        if not pending:
             return set()
-        answered = {i for i in rung if newest is not None and newest.isdigit() and int(i) <= int(newest)}
-        for event_id in list(rung):
-            rung[event_id] += 1
-            if event_id in answered or rung[event_id] >= RUNG_TRIES:
-                del rung[event_id]
-        return answered
+        found = {e.id for e in events} & pending.keys()
+        for event_id in list(pending):
+            if event_id in found:
+                del pending[event_id]
+            else:
+                pending[event_id].misses += 1
+        return found
+
+    def _next_step(self, account: Account) -> _Step | None:
+        """The next placing read that may go now, for the oldest pushed DM it can place; None when
+        the budgets hold every one back (the poller's read places them then: ``_place``).
+
+        Cheapest certain read first:
+        1. ``GET /2/dm_conversations/with/{peer}/dm_events``, the 1-to-1 the push names (its
+           sender, or for a DM the account sent from X, its recipient): a DM found there IS in
+           that 1-to-1, and one read places every pushed DM of it with the DM just before them
+           (an older DM whose push comes late is taken in X's order). Its window is used by
+           nothing else but delivery's read-back (whose reserve is kept).
+        2. ``GET /2/dm_events/{id}``, one read per DM, names the DM's conversation for certain:
+           for what the 1-to-1 did not show (a group's message, X's list behind its push, a DM
+           the poller's reads missed ``RUNG_TRIES`` times) or while that window is paced.
+        3. Otherwise ``GET /2/dm_events``, the poller's read of every conversation, which places
+           them all at once; its window is also the safety net's and the groups'.
+        """
+        now = self._clock.now()
+        pending = self._pushed.get(account.id) or {}
+        due = sorted((p for p in pending.values() if p.not_before <= now), key=lambda p: int(p.dm.id))
+        if not due:
+            return None
+        me = account.x_user_id
+
+        def paired(p: _Pushed) -> str | None:
+            return None if p.alone or p.misses >= RUNG_TRIES else p.dm.peer(me)
+
+        with_free = self._bell_delay(account.id, ReadEndpoint.WITH) <= 0
+        event_free = self._bell_delay(account.id, ReadEndpoint.EVENT) <= 0
+        for p in due:
+            peer = paired(p)
+            if peer is not None and with_free:
+                ids = tuple(q.dm.id for q in due if paired(q) == peer)
+                return _Step(ReadEndpoint.WITH, peer, ids)
+            if event_free:
+                return _Step(ReadEndpoint.EVENT, p.dm.id, (p.dm.id,))
+        return None
+
+    async def _place(self, account: Account) -> None:
+        """Place the account's pushed DMs: each read ``_next_step`` names, while the budgets let
+        them go at once; what is left is placed by the poller's next read (as soon as its window
+        allows) or by a later step. Never fails the poll loop."""
+        self._place_at.pop(account.id, None)
+        try:
+            for _ in range(RUNG_KEPT):  # each step places or rules out at least one DM
+                step = self._next_step(account)
+                if step is None:
+                    break
+                await self._place_step(account, step)
+        except XRateLimited:
+            pass  # X's word on a window: the plan below sees it
+        except (XAuthExpired, XAuthRevoked):
+            return  # the poller says the account needs reconnecting
+        except Exception:
+            log.exception("placing pushed DMs failed", extra={"account_id": account.id})
+        self._plan_next(account.id)
+
+    def _plan_next(self, account_id: int) -> None:
+        """When the account's pushed DMs not placed yet are tried next: the poller's read at its
+        window's pace for those due now, a placing step when its window or a lookup's wait allows."""
+        pending = self._pushed.get(account_id)
+        if not pending:
+            return
+        now = self._clock.now()
+        due = any(p.not_before <= now for p in pending.values())
+        if due:
+            ring = now + self._bell_delay(account_id)
+            self._next_poll[account_id] = min(self._next_poll.get(account_id, ring), ring)
+        waits = [p.not_before for p in pending.values() if p.not_before > now]
+        if due:
+            waits.append(
+                now
+                + min(
+                    self._bell_delay(account_id, ReadEndpoint.WITH),
+                    self._bell_delay(account_id, ReadEndpoint.EVENT),
+                )
+            )
+        at = max(now + self._config.min_interval / 10, min(waits))
+        self._place_at[account_id] = min(self._place_at.get(account_id, at), at)
+
+    async def _place_step(self, account: Account, step: _Step) -> None:
+        """One placing read; what it shows of the pushed DMs is queued (with, from a 1-to-1, the
+        DMs newer than the cursor that came before them), what it does not is tried otherwise."""
+        pending = self._pushed.setdefault(account.id, {})
+        if step.endpoint is ReadEndpoint.WITH:
+            size = min(100, len(step.ids) + 1)  # and the DM just before them: X's order (a late push)
+
+            async def call() -> tuple[InboxPage, Any]:
+                return await self._tokens.call(
+                    account, lambda t: self._x.dm_events(t, max_results=size, participant_id=step.key)
+                )
+
+            conversation = one_to_one_id(account.x_user_id, step.key)
+        else:
+
+            async def call() -> tuple[InboxPage, Any]:
+                return await self._tokens.call(account, lambda t: self._x.dm_event(t, step.key))
+
+            conversation = None
+        keep = 0 if step.endpoint is ReadEndpoint.EVENT else self._config.reserve
+        try:
+            page = await self._counted_read(account, call, keep=keep, endpoint=step.endpoint)
+        except XRefused as exc:
+            # X will not show that 1-to-1 (or that DM) to the account: try the other ways.
+            log.warning(
+                "a pushed DM could not be read this way",
+                extra={"account_id": account.id, "endpoint": step.endpoint.path, "error": str(exc)},
+            )
+            page = InboxPage(events=(), users={}, next_token=None)
+        except (XRateLimited, XAuthExpired, XAuthRevoked):
+            raise
+        except XError as exc:
+            log.warning(
+                "placing a pushed DM failed for now",
+                extra={"account_id": account.id, "endpoint": step.endpoint.path, "error": str(exc)},
+            )
+            for event_id in step.ids:
+                if (p := pending.get(event_id)) is not None:
+                    p.not_before = self._clock.now() + self._config.min_interval
+            return
+        events = [
+            e if e.conversation_id or conversation is None else replace(e, conversation_id=conversation)
+            for e in page.events
+        ]
+        # Placed for certain: a DM a 1-to-1's read shows is in that 1-to-1 (whatever id X wrote).
+        events = [
+            e
+            for e in events
+            if e.conversation_id and (conversation is None or e.conversation_id == conversation)
+        ]
+        found = {e.id for e in events} & set(step.ids)
+        cursor = await self._store.get_cursor(account.id)
+        floor = int(cursor) if cursor and cursor.isdigit() else None
+        taken = [e for e in events if e.id in found or (floor is not None and int(e.id) > floor)]
+        if taken:
+            await self.take(
+                account.id,
+                [
+                    inbound_event(e, page.users, "push" if e.id in pending else "poll")
+                    for e in sorted(taken, key=lambda e: int(e.id))
+                ],
+            )
+        now = self._clock.now()
+        if floor is not None:  # newer than the cursor: the poller's next read lists them again
+            self._placed[account.id] = self._placed.get(account.id, 0) + sum(int(e.id) > floor for e in taken)
+        for event_id in [e.id for e in taken]:
+            pending.pop(event_id, None)
+        for event_id in set(step.ids) - found:
+            missed = pending.get(event_id)
+            if missed is None:
+                continue
+            if step.endpoint is ReadEndpoint.WITH:
+                missed.alone = True  # not in that 1-to-1 as X lists it now: looked up by its id
+                continue
+            missed.lookups += 1
+            if missed.lookups >= LOOKUP_TRIES:
+                del pending[event_id]
+                log.warning(
+                    "a pushed DM is not on X (deleted?): left to polling",
+                    extra={"account_id": account.id, "dm_event_id": event_id},
+                )
+            else:
+                missed.not_before = now + _backoff(
+                    missed.lookups, self._config.retry_base, self._config.retry_cap
+                )
+
+    def _held_until(self, item: InboundItem, now: float) -> float | None:
+        """Until when a channel's next row waits: an older DM of its account was pushed moments
+        ago and is not placed yet, and may belong before it (X's order). At most ``REORDER_HOLD``
+        after that push: a DM the budgets cannot place soon does not hold the channel."""
+        pending = self._pushed.get(item.account_id)
+        if not pending or item.state is not InboundState.QUEUED:
+            return None
+        holds = [p.at + REORDER_HOLD for p in pending.values() if int(p.dm.id) < item.seq]
+        until = max(holds, default=0.0)
+        return until if until > now else None
 
     def wants_history(self) -> bool:
         """Is a newly bridged conversation's history posted (``backfill`` messages of it)?"""
@@ -447,7 +673,8 @@ class Inbound:
             wanted.setdefault(account_id, []).append((conversation_id, bridged_at))
         await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in accounts if a.id in wanted))
         due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
-        await asyncio.gather(*(self._poll_account(a) for a in due))
+        placing = [a for a in accounts if self._place_at.get(a.id, math.inf) <= now]
+        await asyncio.gather(*(self._poll_account(a) for a in due), *(self._place(a) for a in placing))
         for account in due:
             if account.id in self._next_poll:
                 # Kept in the store: `/xdm status` on any instance says when the next read is.
@@ -455,6 +682,7 @@ class Inbound:
                     account.id, self._next_poll[account.id], pushed=self.push_active(account.id)
                 )
         upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
+        upcoming += [self._place_at[a.id] for a in accounts if a.id in self._place_at]
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
 
     async def _poll_account(self, account: Account) -> None:
@@ -479,9 +707,8 @@ class Inbound:
             return
         now = self._clock.now()
         self._next_poll[account.id] = now + self.interval(account.id)
-        if self._rung.get(account.id):  # pushed DMs X did not show yet: read again soon
-            again = now + self._bell_delay(account.id)
-            self._next_poll[account.id] = min(self._next_poll[account.id], again)
+        if self._pushed.get(account.id):  # pushed DMs X did not show yet: placed otherwise
+            self._place_at[account.id] = min(self._place_at.get(account.id, now), now)
 
     async def _poll_chats(self, account: Account, chats: ChatInbound) -> int:
         """The account's encrypted conversations, read and queued like its legacy DMs; each
@@ -504,7 +731,7 @@ class Inbound:
     async def _chat_read(
         self, account: Account, call: Callable[[], Awaitable[tuple[T, RateFacts]]], keep: int
     ) -> T:
-        return await self._counted_read(account, call, keep=keep)
+        return await self._counted_read(account, call, keep=keep, endpoint=ReadEndpoint.CHAT)
 
     def interval(self, account_id: int) -> float:
         """Seconds to the next read: what is left of the window spread over the time left in it
@@ -563,10 +790,14 @@ class Inbound:
         read = _Read(gap)
         failure: XError | None = None
         since = await self._starting_point(account) if floor is None else None
+        wanted = frozenset(self._pushed.get(account.id) or ())
+        placed = placed_before = self._placed.pop(account.id, 0)
+        placed += len(wanted)  # pushed and not placed yet: newer than the cursor too, most likely
         while read.pages < self._config.max_pages and not read.finished:
             try:
                 full = gap is not None or read.pages > 0 or floor is None
-                page = await self._read_page(account, read.token, full=full)
+                page = await self._read_page(account, read.token, full=full, placed=placed)
+                placed = 0  # the first page asked for them
             except XRefused as exc:
                 if read.token is None or exc.status != 400:
                     raise
@@ -580,7 +811,7 @@ class Inbound:
                     raise
                 failure = exc  # what was read so far is kept (a gap); the poll fails after that
                 break
-            if not read.take(page, floor):
+            if not read.take(page, floor, wanted):
                 if not self._token_refused(account, read, floor, looping=True):
                     break
                 continue
@@ -594,8 +825,9 @@ class Inbound:
             # With no event at all yet, everything X shows later is new: "0" says "read before".
             read.newest = read.newest or "0"
             log.info("inbound cursor set", extra={"account_id": account.id, "newest": read.newest})
-        self._recent_new[account.id] = len(read.collected)
-        pushed = self._rung_read(account.id, read.newest)
+        # What came since, less what placing pushes had taken (the next read's guess of its size).
+        self._recent_new[account.id] = max(0, len(read.collected) - placed_before)
+        pushed = self._listed(account.id, read.collected)
         events = [
             inbound_event(e, read.users, "push" if e.id in pushed else "poll")
             for e in sorted(read.collected, key=lambda e: int(e.id))
@@ -660,12 +892,17 @@ class Inbound:
         read.behind = None
         return True
 
-    async def _read_page(self, account: Account, pagination_token: str | None, *, full: bool) -> InboxPage:
+    async def _read_page(
+        self, account: Account, pagination_token: str | None, *, full: bool, placed: int = 0
+    ) -> InboxPage:
         # X bills every event returned and has no "since": ask for about as many as came last
         # time, plus one to see the cursor, paging back (another read, a full page) only when
-        # all were new.
+        # all were new. DMs pushed since the last read are newer than the cursor: asked for too
+        # (those placed already are billed once a day, already), so they cost no second read and
+        # no unfinished read that would hold the account's channels.
         expected = self._recent_new.get(account.id, 0) + 1
         size = self._config.page_size if full else max(2, min(self._config.page_size, expected))
+        size = min(100, size + placed)
 
         async def call() -> tuple[InboxPage, Any]:
             return await self._tokens.call(
@@ -675,16 +912,23 @@ class Inbound:
         return await self._counted_read(account, call, keep=self._config.reserve)
 
     async def _counted_read(
-        self, account: Account, call: Callable[[], Awaitable[tuple[T, Any]]], *, keep: int = 0
+        self,
+        account: Account,
+        call: Callable[[], Awaitable[tuple[T, Any]]],
+        *,
+        keep: int = 0,
+        endpoint: ReadEndpoint = ReadEndpoint.EVENTS,
     ) -> T:
-        """One read within the budget, reported by outcome: ``ok``, ``rate_limited`` (X's 429),
-        ``refused``, ``auth`` (the account's token), ``error`` (X failing), or ``held`` (not
-        made: the budget kept it back, so X was not asked)."""
+        """One read within the endpoint's budget, reported by outcome: ``ok``, ``rate_limited``
+        (X's 429), ``refused``, ``auth`` (the account's token), ``error`` (X failing), or ``held``
+        (not made: the budget kept it back, so X was not asked); and each read made, by endpoint
+        (``read_endpoint``, the ``ReadEndpoint`` value)."""
         made = False
 
         async def counted() -> tuple[T, Any]:
             nonlocal made
             made = True
+            self._emit("read_endpoint", endpoint.value)
             try:
                 result = await call()
             except XRateLimited:
@@ -703,7 +947,7 @@ class Inbound:
             return result
 
         try:
-            return await self._budget.read(account.id, self._clock.now, counted, keep=keep)
+            return await self._budget.read(account.id, self._clock.now, counted, keep=keep, endpoint=endpoint)
         except XRateLimited:
             if not made:
                 self._emit("read", "held")
@@ -767,7 +1011,7 @@ class Inbound:
                 )
 
             try:
-                page = await self._counted_read(account, call)
+                page = await self._counted_read(account, call, endpoint=ReadEndpoint.CONVERSATION)
             except XRefused:
                 if token is None:
                     raise
@@ -814,6 +1058,10 @@ class Inbound:
             if head.next_attempt_at > now:
                 wake_at = min(wake_at, head.next_attempt_at)
                 continue
+            held = self._held_until(head, now)
+            if held is not None:
+                wake_at = min(wake_at, held)
+                continue
             self._busy.add(key)
             task = asyncio.create_task(self._drive(head), name=f"inbound-{head.channel_id}")
             self._tasks.add(task)
@@ -827,7 +1075,10 @@ class Inbound:
         try:
             while current is not None and not self._stopping:
                 current = await self._post(current)
-                if current is not None and current.next_attempt_at > self._clock.now():
+                now = self._clock.now()
+                if current is not None and (
+                    current.next_attempt_at > now or self._held_until(current, now) is not None
+                ):
                     break
         except Exception:
             log.exception("inbound post failed", extra={"channel": item.channel_id})

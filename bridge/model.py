@@ -405,6 +405,22 @@ class InboundEvent:
 
 
 @dataclass(frozen=True)
+class PushedDM:
+    """A DM X pushed: its id and who X says wrote it and to whom. Not where it belongs: X's
+    legacy push names no conversation, and a group's message reads as a 1-to-1 to its one
+    ``recipient_id`` (None when X names none). ``peer`` is the other side of the 1-to-1 it would
+    be, as seen by the account ``user_id``: the one conversation worth reading first."""
+
+    id: str
+    sender_id: str | None = None
+    recipient_id: str | None = None
+
+    def peer(self, user_id: str) -> str | None:
+        other = self.recipient_id if self.sender_id == user_id else self.sender_id
+        return other if other and other != user_id else None
+
+
+@dataclass(frozen=True)
 class ReadGap:
     """A read of an account's DMs that one poll could not finish (X had more new events than
     it reads at once): the next polls go on from ``token`` back to the cursor, which moves to

@@ -471,9 +471,17 @@ class XClient(Protocol):
         max_results: int,
         pagination_token: str | None = None,
         conversation_id: str | None = None,
+        participant_id: str | None = None,
     ) -> tuple[InboxPage, RateFacts]:
-        """One page of events, newest first: every conversation's (``GET /2/dm_events``) or,
-        with ``conversation_id``, that one's. Each is a read on the DM read budget."""
+        """One page of events, newest first: every conversation's (``GET /2/dm_events``),
+        with ``conversation_id`` that one's, with ``participant_id`` the 1-to-1 with that user's
+        (``GET /2/dm_conversations/with/{participant_id}/dm_events``). Each is a read on the
+        window of its endpoint (``bridge.budget.ReadEndpoint``)."""
+        ...
+
+    async def dm_event(self, token: str, event_id: str) -> tuple[InboxPage, RateFacts]:
+        """``GET /2/dm_events/{event_id}``: a page of that one event (its conversation named), or
+        an empty page when X does not show it (not yet listed, or deleted)."""
         ...
 
     async def download_dm_media(self, token: str, url: str) -> bytes:

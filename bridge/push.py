@@ -20,7 +20,7 @@ from typing import Any
 from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
-from bridge.model import Account
+from bridge.model import Account, PushedDM
 from bridge.ports import Clock, Store, XApp
 from bridge.tokens import TokenManager
 
@@ -69,7 +69,7 @@ class Push:
         self._stop = asyncio.Event()
         self._recheck = asyncio.Event()
         # Where a delivery's DMs go: this instance's reader, or (a standby) the leader's.
-        self.on_pushed: Callable[[int, Sequence[str]], None] = inbound.rang
+        self.on_pushed: Callable[[int, Sequence[PushedDM]], None] = inbound.rang
 
     def active(self, account_id: int) -> bool:
         """Push is delivering for this account (so polling may slow to a safety net)."""
@@ -176,9 +176,9 @@ class Push:
         log.info("X push replay requested", extra={"job_id": job, "from": start, "to": end})
         return job
 
-    async def take(self, user_id: str, event_ids: Sequence[str]) -> int:
+    async def take(self, user_id: str, dms: Sequence[PushedDM]) -> int:
         """A verified delivery for the subscription of X user ``user_id``, announcing DMs: each
-        of that user's accounts reads them from X soon (``on_pushed``, ``Inbound.rang``: the
+        of that user's accounts places them from X soon (``on_pushed``, ``Inbound.rang``: the
         push names no conversation). Returns how many accounts were told."""
         self.state.last_delivery_at = self._clock.now()
         # As polling: not for an account that is disconnected (its owner took the bridge's access
@@ -189,7 +189,7 @@ class Push:
         ]
         # The bridge's own sends come back as dm.sent: their place is known (the message map), and
         # a read for them would spend X's small read budget on nothing new.
-        news = [i for i in event_ids if await self._store.sent_from(i) is None] if accounts else []
+        news = [dm for dm in dms if await self._store.sent_from(dm.id) is None] if accounts else []
         if news:
             for account in accounts:
                 self.on_pushed(account.id, news)

@@ -130,8 +130,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "X_READ_LIMIT_15M",
-        "a ceiling on DM event reads per X account per 15 minutes, shared by inbound polling, backfill "
-        "and delivery's read-back; X's headers may lower it, never raise it. Unset: X's documented 15",
+        "a ceiling on DM event reads per X account per 15 minutes and read endpoint (X counts each "
+        "apart: polling, placing pushed DMs, history); X's headers may lower it, never raise it. "
+        "Unset: X's documented 15",
         None,
     ),
     EnvVar(

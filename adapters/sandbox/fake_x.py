@@ -768,7 +768,12 @@ class FakeX:
         emulator of X seen doing so. **Off-spec on purpose** (the spec requires both), so such an
         answer is not validated; X records the DM all the same."""
         self.read_lag_seconds = 0.0
-        """DM event lists leave out events younger than this: X's reads lagging its writes."""
+        """DM event reads (lists and the single-event lookup) leave out events younger than this:
+        X's reads lagging its writes."""
+        self.unlisted_until: dict[str, float] = {}
+        """DM event id -> X time until which the lists (``GET /2/dm_events``, one conversation's,
+        the 1-to-1 with a participant) leave it out while showing newer ones: X's lists are not
+        consistent. ``GET /2/dm_events/{event_id}`` shows it."""
         self.response_hook: Callable[[web.Request, web.StreamResponse], None] | None = None
         """Called with every response before it is sent (may mutate headers or fake state)."""
         self.fault_model: FaultModel | None = None
@@ -2001,8 +2006,14 @@ class FakeX:
             "ParticipantsLeave",
         }
         max_results = int(query.get("max_results", "100"))
-        listed_until = self.clock() - self.read_lag_seconds
-        events = [e for conv in convs for e in self.messages_in(conv.id) if e.created_at <= listed_until]
+        now = self.clock()
+        listed_until = now - self.read_lag_seconds
+        events = [
+            e
+            for conv in convs
+            for e in self.messages_in(conv.id)
+            if e.created_at <= listed_until and self.unlisted_until.get(e.id, 0.0) <= now
+        ]
         events = sorted(
             (e for e in events if e.event_type in event_types), key=lambda e: int(e.id), reverse=True
         )
@@ -2057,14 +2068,19 @@ class FakeX:
     async def _get_event(self, request: web.Request) -> web.StreamResponse:
         event_id = request.match_info["event_id"]
         event = self._visible_event(request[_USER], event_id)
-        if event is None:
+        if event is None or event.created_at > self.clock() - self.read_lag_seconds:
             problem = _not_found_problem("dm_event", event_id, "event_id")
             problem.pop("status")
             return _json(200, {"errors": [problem]})
         fields = set(_csv(request.query.get("dm_event.fields")))
         expansions = set(_csv(request.query.get("expansions")))
         body: dict[str, Any] = {"data": self._event_json(event, fields, expansions)}
-        includes = self._includes([event], expansions, _csv(request.query.get("user.fields")))
+        includes = self._includes(
+            [event],
+            expansions,
+            _csv(request.query.get("user.fields")),
+            frozenset(_csv(request.query.get("media.fields"))),
+        )
         if includes:
             body["includes"] = includes
         return _json(200, body)

@@ -64,7 +64,7 @@ from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuth
 from bridge.home import HomeService, WorkspaceSettings
 from bridge.inbound import Inbound, InboundConfig
 from bridge.modals import ModalService
-from bridge.model import Account, IncomingMessage, OutboxItem
+from bridge.model import Account, IncomingMessage, OutboxItem, PushedDM
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
@@ -563,9 +563,9 @@ def _worker(
         # connect or a mapping (read soon: a history it asked for is in the store).
         inbound.wake()
         if what.startswith(PUSHED):
-            account, _, ids = what.removeprefix(PUSHED).partition(" ")
+            account, _, dms = what.removeprefix(PUSHED).partition(" ")
             if account.isdigit():
-                inbound.rang(int(account), ids.split(","))
+                inbound.rang(int(account), [_pushed_dm(dm) for dm in dms.split(",")])
             return
         kind, _, account_id = what.partition(":")
         if kind == "active" and account_id.isdigit():
@@ -593,16 +593,26 @@ def _worker(
     return worker
 
 
-PUSHED = "pushed "  # a standby's NOTIFY for the leader: "pushed <account id> <dm id>,<dm id>…"
+PUSHED = "pushed "  # a standby's NOTIFY for the leader: "pushed <account id> <dm>,<dm>…"
 
 
-def _ring(store: AnyStore, worker: Worker, inbound: Inbound, account_id: int, ids: Sequence[str]) -> None:
-    """A push for an account: its reader reads X soon, here if this instance leads, else the
-    leader's (a NOTIFY payload is at most 8,000 bytes: 100 ids of 19 digits fit)."""
+def _pushed_dm(text: str) -> PushedDM:
+    """One ``<id>:<sender>:<recipient>`` of a ``PUSHED`` payload (either id may be empty)."""
+    event_id, _, rest = text.partition(":")
+    sender, _, recipient = rest.partition(":")
+    return PushedDM(event_id, sender or None, recipient or None)
+
+
+def _ring(
+    store: AnyStore, worker: Worker, inbound: Inbound, account_id: int, dms: Sequence[PushedDM]
+) -> None:
+    """A push for an account: its reader places the DMs soon, here if this instance leads, else
+    the leader's (a NOTIFY payload is at most 8,000 bytes: 100 DMs of three 19-digit ids fit)."""
     if worker.current is not None or not isinstance(store, PostgresStore):
-        inbound.rang(account_id, ids)
+        inbound.rang(account_id, dms)
     else:
-        payload = f"{PUSHED}{account_id} {','.join(ids[:100])}"
+        said = ",".join(f"{dm.id}:{dm.sender_id or ''}:{dm.recipient_id or ''}" for dm in dms[:100])
+        payload = f"{PUSHED}{account_id} {said}"
         worker.pass_on(lambda: store.notify_inbound(payload))
 
 
@@ -696,7 +706,7 @@ async def x_webhook_delivery(request: web.Request) -> web.Response:
     if delivery.chats:
         return await _chat_delivery(request, services.push, delivery)
     assert delivery.user_id is not None  # only an X Chat push may name no subscriber
-    accounts = await services.push.take(delivery.user_id, delivery.event_ids)
+    accounts = await services.push.take(delivery.user_id, delivery.dms)
     log.info(
         "X push taken",
         extra={"event_type": delivery.event_type, "events": len(delivery.event_ids), "accounts": accounts},

@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from adapters.slack.api import MESSAGE_REFUSALS
 from adapters.x.push import MALFORMED_REASONS
-from bridge.budget import Budget
+from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import Failure
 from bridge.model import Account, Mapping, OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
@@ -43,6 +43,7 @@ READ_OUTCOMES = ("ok", "rate_limited", "refused", "auth", "error", "held")
 # is "other", so a new or nonsense code from Slack cannot grow the label set.
 SLACK_REFUSALS = tuple(sorted(MESSAGE_REFUSALS))
 INBOUND_WAITING_STATES = ("queued", "held", "catching_up")
+READ_PATHS = {e.value: e.path for e in ReadEndpoint}
 
 
 def _bounded(value: str, allowed: tuple[str, ...]) -> str:
@@ -184,10 +185,20 @@ class BridgeMetrics:
             self.push_malformed.labels(reason)
         self.dm_reads = Counter(
             "x_dm_reads",
-            "Reads of GET /2/dm_events by outcome (held: not made, the read budget kept it back)",
+            "X → Slack reads of DM events by outcome (held: not made, the read budget kept it back)",
             ["outcome"],
             registry=registry,
         )
+        self.dm_endpoint_reads = Counter(
+            "x_dm_endpoint_reads",
+            "X → Slack reads of DM events made, by X endpoint (each has its own 15-minute budget): "
+            "every conversation (the poller), one event or a 1-to-1 (placing pushed DMs), one "
+            "conversation (history)",
+            ["endpoint"],
+            registry=registry,
+        )
+        for endpoint in ReadEndpoint:
+            self.dm_endpoint_reads.labels(endpoint.path)
         for origin in (*INBOUND_ORIGINS, "other"):
             self.inbound_posted.labels(origin)
         for reason in (*SLACK_REFUSALS, "other"):
@@ -283,6 +294,8 @@ class BridgeMetrics:
                 self.dm_reads.labels(_bounded(label, READ_OUTCOMES)).inc()
             elif kind == "chat_refused":
                 self.chat_refused.labels("push" if label == "push" else "read").inc()
+            elif kind == "read_endpoint" and label in READ_PATHS:
+                self.dm_endpoint_reads.labels(READ_PATHS[label]).inc()
 
         return on_event
 

@@ -418,9 +418,11 @@ class XApiClient:
         max_results: int,
         pagination_token: str | None = None,
         conversation_id: str | None = None,
+        participant_id: str | None = None,
     ) -> tuple[InboxPage, RateFacts]:
-        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first), or of
-        one conversation's (``GET /2/dm_conversations/{id}/dm_events``) for backfill.
+        """One page of ``GET /2/dm_events`` (all the user's conversations, newest first), of
+        one conversation's (``GET /2/dm_conversations/{id}/dm_events``) for backfill, or of the
+        1-to-1 with ``participant_id`` (``GET /2/dm_conversations/with/{id}/dm_events``).
 
         ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
         them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
@@ -430,14 +432,16 @@ class XApiClient:
         params = {
             "max_results": str(max(1, min(100, max_results))),
             "event_types": ",".join(_DM_EVENT_KINDS),
-            "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
-            "expansions": "sender_id,participant_ids,attachments.media_keys",
-            "user.fields": "username,name,profile_image_url",
-            "media.fields": "media_key,type,url,preview_image_url",
+            **_INBOX_FIELDS,
         }
         if pagination_token:
             params["pagination_token"] = pagination_token
-        path = f"/2/dm_conversations/{conversation_id}/dm_events" if conversation_id else "/2/dm_events"
+        if conversation_id:
+            path = f"/2/dm_conversations/{quote(conversation_id, safe='')}/dm_events"
+        elif participant_id:
+            path = f"/2/dm_conversations/with/{quote(participant_id, safe='')}/dm_events"
+        else:
+            path = "/2/dm_events"
         status, headers, payload = await self._call("GET", path, token, params=params)
         facts = self._raise_for(status, headers, payload)
         page = _inbox_page(payload)
@@ -448,6 +452,21 @@ class XApiClient:
             )
             page = replace(page, events=events)
         return page, facts
+
+    async def dm_event(self, token: str, event_id: str) -> tuple[InboxPage, RateFacts]:
+        """``GET /2/dm_events/{event_id}`` as a page of that one event (empty when X does not show
+        it: X answers 200 with a "not found" problem, or 404)."""
+        path = f"/2/dm_events/{quote(event_id, safe='')}"
+        status, headers, payload = await self._call("GET", path, token, params=dict(_INBOX_FIELDS))
+        if status == 404:
+            return InboxPage(events=(), users={}, next_token=None), rate_facts(headers)
+        facts = self._raise_for(status, headers, payload)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict):
+            return InboxPage(events=(), users={}, next_token=None), facts
+        page = _inbox_page({**payload, "data": [data]})
+        # Only the event asked for: an answer naming another is X's nonsense, never placed.
+        return replace(page, events=tuple(e for e in page.events if e.id == event_id)), facts
 
     async def download_dm_media(self, token: str, url: str) -> bytes:
         """``GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}``, the three parts
@@ -728,6 +747,14 @@ def ton_parts(url: str) -> tuple[str, str, str] | None:
 
 
 _DM_EVENT_KINDS = ("MessageCreate", "ParticipantsJoin", "ParticipantsLeave")  # what dm_events asks for
+# What inbound asks X for with each event: everything posting it needs (``sender_id`` and
+# ``participant_ids`` as expansions: spec 2.167 dropped them from ``dm_event.fields``).
+_INBOX_FIELDS = {
+    "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
+    "expansions": "sender_id,participant_ids,attachments.media_keys",
+    "user.fields": "username,name,profile_image_url",
+    "media.fields": "media_key,type,url,preview_image_url",
+}
 
 
 def _inbox_page(payload: Any) -> InboxPage:

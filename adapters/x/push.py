@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.chat_inbound import ChatPush
+from bridge.model import PushedDM
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 DM_EVENT_TYPES = ("dm.received", "dm.sent")
@@ -61,16 +62,21 @@ def verify(secret: str, body: bytes, signature: str | None) -> bool:
 class Delivery:
     """One push: whose subscription (``user_id``), what kind, and the DMs it announces.
 
-    Only the DMs' ids are kept. The legacy payload names no conversation, and a group message
-    pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in it
-    says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``).
+    Only each DM's id, sender and recipient are kept. The legacy payload names no conversation,
+    and a group message pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in
+    it says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``),
+    the 1-to-1 its sender and recipient name first.
     An X Chat push (``chat.received``) carries its one event as ciphertext (``chats``), and may
     name no subscriber (X's samples show no ``filter``): then ``user_id`` is None."""
 
     user_id: str | None
     event_type: str
-    event_ids: tuple[str, ...]
+    dms: tuple[PushedDM, ...]
     chats: tuple[ChatPush, ...] = ()
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        return tuple(dm.id for dm in self.dms)
 
 
 MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id", "chat_event")
@@ -123,11 +129,11 @@ def parse_delivery(body: bytes) -> Delivery:
     events = payload.get("direct_message_events") if isinstance(payload, dict) else None
     if not isinstance(events, list):
         raise MalformedDelivery("events", "no list of direct_message_events")
-    return Delivery(user_id, event_type, tuple(i for raw in events if (i := _message_id(raw)) is not None))
+    return Delivery(user_id, event_type, tuple(dm for raw in events if (dm := _message(raw)) is not None))
 
 
-def _message_id(raw: Any) -> str | None:
-    """The id of a ``message_create`` event (None for other types); raises on a malformed one."""
+def _message(raw: Any) -> PushedDM | None:
+    """A ``message_create`` event (None for other types); raises on a malformed one."""
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise MalformedDelivery("event", "an event is not an object with a type")
     if raw["type"] != "message_create":
@@ -135,8 +141,8 @@ def _message_id(raw: Any) -> str | None:
     create = raw.get("message_create")
     if not isinstance(create, dict):
         raise MalformedDelivery("event", "a message_create event has no message_create object")
-    # Only the id is used, but a DM of the wrong shape is not one of X's: refused, not guessed at.
-    # (A group's push might name no recipient: the target may be missing.)
+    # Only the ids are used, but a DM of the wrong shape is not one of X's: refused, not guessed
+    # at. (A group's push might name no recipient: the target may be missing.)
     target, message = create.get("target", {}), create.get("message_data", {})
     if (
         not snowflake(create.get("sender_id"))
@@ -148,8 +154,7 @@ def _message_id(raw: Any) -> str | None:
         raise MalformedDelivery("event", "a message_create event is not shaped as X's")
     if not snowflake(raw.get("id")):
         raise MalformedDelivery("event_id", "a message_create event has no X id")
-    event_id: str = raw["id"]
-    return event_id
+    return PushedDM(raw["id"], create["sender_id"], target.get("recipient_id"))
 
 
 def _chat_push(payload: Any) -> ChatPush:

@@ -50,6 +50,9 @@ async def test_a_push_the_standby_takes_is_posted_by_the_leader_at_once(tmp_path
             await wait_posts(leader, 1, timeout=4.0)
             assert await settled(leader, 1) == {event.id: "push"}
             assert [m["text"] for m in posts(leader)] == ["pushed to the standby"]
+            # The NOTIFY carried who wrote it: the leader read the 1-to-1 with its sender.
+            assert any(r.path == f"/2/dm_conversations/with/{ALICE}/dm_events" for r in x.all_requests)
+            assert not any(r.path == f"/2/dm_events/{event.id}" for r in x.all_requests)
             assert posts(standby) == []  # the standby never posts
             assert standby.app[SERVICES].worker.role == "standby"
             assert standby.app[SERVICES].worker.current is None  # no delivery, no poller, no upkeep

@@ -141,6 +141,8 @@ async def test_a_pushed_reply_is_posted_and_polling_slows_but_goes_on(tmp_path: 
         assert [m["text"] for m in posts(bridge)] == ["pushed to you"]
         status, _ = await bridge.command("status")
         assert "From X: push (polling as a safety net)" in status.text
+        # Placed by one read of the 1-to-1 with its sender, from that endpoint's own window.
+        assert "placing pushes: 1-to-1 reads left 14/15, lookups by id left 15/15" in status.text
         # Groups are not pushed (as X may not): the safety net still brings them in.
         reads = sum(r.path == "/2/dm_events" for r in bridge.x.all_requests)
         await wait_until(
@@ -441,3 +443,112 @@ async def test_the_push_of_the_bridges_own_send_costs_no_read(tmp_path: Path) ->
         assert any(b'"dm.sent"' in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
         await asyncio.sleep(0.3)
         assert sum(r.path == "/2/dm_events" for r in bridge.x.all_requests) == reads
+
+
+async def test_a_pushed_dm_x_lists_after_a_newer_one_is_never_lost(tmp_path: Path) -> None:
+    """X's lists are not consistent: a read may show a newer DM and not yet the older pushed one,
+    and the cursor moves past it. The pushed DM is placed all the same (looked up by its id) and
+    posted before the newer one."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        older = bridge.x.add_event(CONVERSATION, ALICE, "first")
+        bridge.x.unlisted_until[older.id] = bridge.x.clock() + 3600.0
+        newer = bridge.x.add_event(CONVERSATION, ALICE, "second")
+        await wait_posts(bridge, 2, timeout=5.0)
+        await bridge.x.wait_pushes()
+        await asyncio.sleep(0.3)
+        assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [older.id, newer.id]
+        assert [m["text"] for m in posts(bridge)] == ["first", "second"]
+        assert (await settled(bridge, 2))[older.id] == "push"
+
+
+async def test_a_pushed_dm_no_read_lists_is_rescued_by_its_id_not_dropped(tmp_path: Path) -> None:
+    """A pushed DM X's lists never show (within the tries a list read gets) is looked up by its
+    id, and posted: it was let go, and lost once a newer DM moved the cursor past it."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        hidden = bridge.x.add_event(CONVERSATION, ALICE, "never listed")
+        bridge.x.unlisted_until[hidden.id] = bridge.x.clock() + 3600.0
+        await wait_posts(bridge, 1, timeout=5.0)
+        later = bridge.x.add_event(CONVERSATION, ALICE, "listed")
+        await wait_posts(bridge, 2, timeout=5.0)
+        assert [m["text"] for m in posts(bridge)] == ["never listed", "listed"]
+        assert (await settled(bridge, 2)) == {hidden.id: "push", later.id: "push"}
+        lookups = [r for r in bridge.x.all_requests if r.path == f"/2/dm_events/{hidden.id}"]
+        assert len(lookups) == 1
+
+
+async def test_pushes_are_placed_without_the_pollers_read_budget(tmp_path: Path) -> None:
+    """Each DM event GET has its own 15 per 15 minutes: with the poller's (GET /2/dm_events)
+    spent, a burst of pushed DMs is placed at once by reading the 1-to-1 and the events by id,
+    every one in X's order and none of it a 429."""
+    x = FakeX()
+    x.enforce_read_limit = True
+    async with pushing(tmp_path, fake_x=x) as bridge:
+        await subscribed(bridge)
+        # The poller's window spent (as X would say after 15 reads): pushes must not wait for it.
+        window = bridge.app[SERVICES].inbound._budget._read_window(1)
+        window.remaining, window.reset_at = 0, time.time() + 3600.0
+        reads = sum(r.path == "/2/dm_events" for r in x.all_requests)
+        sent = []
+        for i in range(20):
+            sent.append(x.add_event(CONVERSATION, ALICE, f"burst {i}"))
+            await asyncio.sleep(0.05)
+        await wait_posts(bridge, 20, timeout=10.0)
+        assert [m["text"] for m in posts(bridge)] == [f"burst {i}" for i in range(20)]
+        assert sum(r.path == "/2/dm_events" for r in x.all_requests) == reads
+        assert x.read_rate_limited_count == 0
+        placing = {r.path for r in x.all_requests if r.at >= sent[0].created_at and r.method == "GET"}
+        assert f"/2/dm_conversations/with/{ALICE}/dm_events" in placing
+        counted = bridge.app[METRICS].dm_endpoint_reads
+        assert counted.labels("/2/dm_conversations/with/{participant_id}/dm_events")._value.get() > 0
+        assert counted.labels("/2/dm_events")._value.get() == reads
+
+
+async def test_the_pollers_read_after_placed_pushes_takes_them_in_one_page(tmp_path: Path) -> None:
+    """DMs placed from pushes are newer than the poller's cursor, so its next read lists them
+    again: it asks for them in its first page (billed once a day, already), not page after page,
+    and never leaves an unfinished read that would hold the account's channels."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        sent = [bridge.x.add_event(CONVERSATION, ALICE, f"many {i}") for i in range(30)]
+        await wait_posts(bridge, 30, timeout=10.0)
+        await bridge.x.wait_pushes()
+        reads = [r for r in bridge.x.all_requests if r.path == "/2/dm_events"]
+        bridge.app[SERVICES].inbound.poll_soon(1)
+        for _ in range(500):
+            if await bridge.sql("SELECT 1 FROM cursors WHERE newest_event_id = ?", sent[-1].id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the poller did not read up to the newest DM")
+        now = [r for r in bridge.x.all_requests if r.path == "/2/dm_events"]
+        [read] = now[len(reads) :]
+        assert int(read.query["max_results"]) > 30 and "pagination_token" not in read.query
+        assert await bridge.sql("SELECT gap_newest FROM cursors") == [(None,)]
+        assert len(posts(bridge)) == 30
+
+
+async def test_a_pushed_group_photo_placed_by_its_id_is_brought_over(tmp_path: Path) -> None:
+    """A group's DM is not in the 1-to-1 its push names: it is looked up by its id, which names
+    the group and its attachment; the photo reaches the group's channel, not the sender's 1-to-1."""
+    async with pushing(tmp_path) as bridge:
+        await subscribed(bridge)
+        group = bridge.x.create_group(ME, [ALICE, BOB])
+        await bridge.map_link(group, channel="C200")
+        for _ in range(1000):  # its history (none) read: what comes now is news
+            if not await bridge.sql("SELECT 1 FROM backfills"):
+                break
+            await asyncio.sleep(0.01)
+        # A group is polled every idle interval: with the poller's window spent, the push alone places it.
+        window = bridge.app[SERVICES].inbound._budget._read_window(1)
+        window.remaining, window.reset_at = 0, time.time() + 3600.0
+        bridge.x.push_groups = True
+        picture = b"\xff\xd8\xff" + bytes(range(256)) * 20
+        photo = bridge.x.add_event(group, ALICE, "our photo", media_ids=(bridge.x.add_media(ALICE, picture),))
+        await wait_posts(bridge, 1, channel="C200", timeout=3.0)
+        [shared] = bridge.slack.shared_files
+        assert shared["channel"] == "C200" and shared["content"] == picture
+        assert [m["text"] for m in posts(bridge, "C200")] == ["our photo"] and posts(bridge) == []
+        assert (await settled(bridge, 1)) == {photo.id: "push"}
+        assert any(r.path == f"/2/dm_events/{photo.id}" for r in bridge.x.all_requests)

@@ -203,7 +203,7 @@ async def chaos_world(
             X_USER_LIMIT_15M=big,
             X_USER_LIMIT_24H=big,
             X_APP_LIMIT_24H=big,
-            X_READ_LIMIT_15M="10000",  # read-backs and the inbound poller share X's read window
+            X_READ_LIMIT_15M="10000",  # read-backs and the inbound poller read often: no window binds
             **env,
         )
         settings = Settings.from_env(full_env)

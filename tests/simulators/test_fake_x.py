@@ -541,6 +541,43 @@ async def test_answers_carry_xs_clock_and_reads_have_their_own_window(env: Env) 
         assert r.status == 200 and r.headers["x-rate-limit-remaining"] == "1"
 
 
+async def test_each_dm_event_read_has_its_own_window_and_the_lookup_names_the_conversation(env: Env) -> None:
+    """X counts GET /2/dm_events, /2/dm_events/{id} and the 1-to-1 by participant apart: one spent,
+    the others still answer, each with its own headers. The lookup by id shows a DM a list leaves
+    out (``unlisted_until``), with its conversation and its attachment's TON URL, but not one
+    younger than X's read lag."""
+    env.fake.enforce_read_limit = True
+    env.fake.read_limit_15m = 1
+    media_id = env.fake.add_media(BOB, b"\xff\xd8\xff" + bytes(100))
+    older = env.fake.add_event(one_to_one_id(ALICE, BOB), BOB, "older", media_ids=(media_id,))
+    env.fake.unlisted_until[older.id] = env.clock.now + 60
+    newer = env.fake.add_event(one_to_one_id(ALICE, BOB), BOB, "newer")
+    fields = {
+        "dm_event.fields": "id,text,dm_conversation_id,attachments",
+        "expansions": "sender_id,attachments.media_keys",
+        "media.fields": "media_key,type,url",
+    }
+    async with env.http.get("/2/dm_events", params=fields, headers=env.auth()) as r:
+        assert [e["id"] for e in (await r.json())["data"]] == [newer.id]  # the older one not yet
+        assert r.headers["x-rate-limit-remaining"] == "0"
+    async with env.http.get("/2/dm_events", params=fields, headers=env.auth()) as r:
+        assert r.status == 429
+    async with env.http.get(f"/2/dm_events/{older.id}", params=fields, headers=env.auth()) as r:
+        body = await r.json()
+        assert r.status == 200 and r.headers["x-rate-limit-remaining"] == "0"
+    assert body["data"]["dm_conversation_id"] == one_to_one_id(ALICE, BOB)
+    assert body["includes"]["media"][0]["url"] == env.fake.ton_url(older.id, media_id)
+    path = f"/2/dm_conversations/with/{BOB}/dm_events"
+    async with env.http.get(path, params=fields, headers=env.auth()) as r:
+        assert [e["id"] for e in (await r.json())["data"]] == [newer.id]
+        assert r.status == 200 and r.headers["x-rate-limit-remaining"] == "0"
+    env.clock.now += 900
+    env.fake.read_lag_seconds = 3600.0
+    async with env.http.get(f"/2/dm_events/{newer.id}", headers=env.auth()) as r:
+        assert "data" not in await r.json()  # X's read behind its write
+    assert env.fake.violations == []
+
+
 async def test_get_and_delete_event(env: Env) -> None:
     resp = await _send(env, BOB, "oops")
     event_id = (await resp.json())["data"]["dm_event_id"]

@@ -7,10 +7,10 @@ from typing import Any, cast
 
 import pytest
 
-from bridge.budget import Budget
+from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import RateFacts, XRateLimited
-from bridge.inbound import MAX_TEXT, Inbound, InboundConfig, render
-from bridge.model import InboundItem, InboundState
+from bridge.inbound import MAX_TEXT, RUNG_TRIES, Inbound, InboundConfig, _Step, render
+from bridge.model import Account, InboundItem, InboundState, PushedDM, TokenSet
 from bridge.ports import Clock as ClockPort
 from bridge.ports import SlackClient, Store, XClient
 from bridge.tokens import TokenManager
@@ -61,13 +61,27 @@ async def test_reads_stop_before_x_would_refuse_and_resume_at_its_reset() -> Non
     assert budget.read_blocked_until(1, clock.now(), keep=1) is None
 
 
-async def test_another_endpoints_headers_never_raise_what_is_left() -> None:
+async def test_each_endpoints_headers_correct_its_own_window() -> None:
+    """X counts each DM event GET apart (15 per 15 minutes each): one endpoint spent leaves the
+    others' reads, and an answer's headers correct only the window of the endpoint that gave them."""
     clock = Clock()
     budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     await budget.read(1, clock.now, answer(4, 1500.0))  # GET /2/dm_events: 4 left
-    await budget.read(1, clock.now, answer(14, 1600.0))  # one conversation's events: its own 14
-    remaining, _, reset = budget.reads_left(1, clock.now())
-    assert remaining == 3 and reset == 1600.0  # the stricter count, the later reset
+    conversation = ReadEndpoint.CONVERSATION
+    await budget.read(1, clock.now, answer(14, 1600.0), endpoint=conversation)  # its own 14
+    assert budget.reads_left(1, clock.now()) == (4, 15, 1500.0)
+    assert budget.reads_left(1, clock.now(), conversation) == (14, 15, 1600.0)
+    await budget.read(1, clock.now, answer(0, 1500.0))
+    with pytest.raises(XRateLimited):
+        await budget.read(1, clock.now, answer(3, 1500.0))
+    assert await budget.read(1, clock.now, answer(13, 1600.0), endpoint=ReadEndpoint.EVENT) == "page"
+    assert budget.reads_by_endpoint == {
+        ReadEndpoint.EVENTS: 2,
+        ReadEndpoint.EVENT: 1,
+        ReadEndpoint.CONVERSATION: 1,
+        ReadEndpoint.WITH: 0,
+        ReadEndpoint.CHAT: 0,
+    }
 
 
 def item(kind: str = "MessageCreate", **payload: Any) -> InboundItem:
@@ -131,22 +145,64 @@ def test_a_message_slack_refused_is_one_line_in_its_place() -> None:
     assert (username, icon) == ("X", None)
 
 
-async def test_reads_rung_by_pushes_go_at_once_then_the_last_ones_spread_to_the_windows_end() -> None:
-    """Pushes come in bursts: the reads they ring go at once, but the last quarter of the window's
-    spare reads are spread to its end, and the reserve is never spent."""
+def _inbound(clock: Clock, budget: Budget, config: InboundConfig) -> Inbound:
+    store, x, slack = cast(Store, None), cast(XClient, None), cast(SlackClient, None)
+    return Inbound(store, x, slack, cast(TokenManager, None), budget, cast(ClockPort, clock), config)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reserve"), [(ReadEndpoint.EVENTS, 2), (ReadEndpoint.WITH, 2), (ReadEndpoint.EVENT, 0)]
+)
+async def test_reads_for_pushes_go_at_once_then_the_last_ones_spread_to_the_windows_end(
+    endpoint: ReadEndpoint, reserve: int
+) -> None:
+    """Pushes come in bursts: the reads placing them go at once, but the last quarter of each
+    window's spare reads are spread to its end, and the reserve (delivery's read-back) is never
+    spent; the single-event lookup has no other use, so no reserve."""
     clock = Clock()
     budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     config = InboundConfig(reserve=2, min_interval=0.0)
-    store, x, slack = cast(Store, None), cast(XClient, None), cast(SlackClient, None)
-    inbound = Inbound(store, x, slack, cast(TokenManager, None), budget, cast(ClockPort, clock), config)
-    inbound.rang(1, ["10"])
-    assert inbound.next_poll_at(1) == 1000.0  # nothing read yet in this window
+    inbound = _inbound(clock, budget, config)
+    assert inbound._bell_delay(1, endpoint) == 0.0  # nothing read yet in this window
     reset = 1900.0
-    for remaining in range(14, 1, -1):  # reads made, X's headers counting down
+    for remaining in range(14, -1, -1):  # reads made, X's headers counting down
         clock.t += 10
-        await budget.read(1, clock.now, answer(remaining, reset))
-        inbound._next_poll.clear()
-        inbound.rang(1, [str(remaining)])
-        spare = remaining - config.reserve
-        expected = clock.t if spare > 3 else (clock.t + (reset - clock.t) / spare if spare else reset)
-        assert inbound.next_poll_at(1) == pytest.approx(expected), remaining
+        await budget.read(1, clock.now, answer(remaining, reset), endpoint=endpoint)
+        spare = remaining - reserve
+        quarter = (15 - reserve) // 4
+        expected = 0.0 if spare > quarter else ((reset - clock.t) / spare if spare > 0 else reset - clock.t)
+        assert inbound._bell_delay(1, endpoint) == pytest.approx(expected), remaining
+        if endpoint is not ReadEndpoint.EVENTS:  # the others' windows are untouched
+            assert inbound._bell_delay(1, ReadEndpoint.EVENTS) == 0.0
+
+
+ME_ID = "100"
+
+
+def _account() -> Account:
+    return Account(1, "T", "U", ME_ID, "me", TokenSet("a", "r", None))
+
+
+async def test_a_pushed_dm_is_placed_from_its_one_to_one_first_then_by_its_id_then_by_the_list() -> None:
+    clock = Clock()
+    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    inbound = _inbound(clock, budget, InboundConfig(reserve=2, min_interval=0.0))
+    account = _account()
+    inbound.rang(1, [PushedDM("11", "7", ME_ID), PushedDM("12", "8", ME_ID), PushedDM("13", "7", ME_ID)])
+    inbound.rang(1, [PushedDM("14", ME_ID, "7"), PushedDM("15", ME_ID, None)])  # sent from X itself
+    # One read of the 1-to-1 with 7 places every pushed DM in it, its own too (11, 13, 14).
+    assert inbound._next_step(account) == _Step(ReadEndpoint.WITH, "7", ("11", "13", "14"))
+    inbound._pushed[1]["11"].alone = True  # that read did not show it (a group's, say)
+    assert inbound._next_step(account) == _Step(ReadEndpoint.EVENT, "11", ("11",))
+    del inbound._pushed[1]["11"]
+    assert inbound._next_step(account) == _Step(ReadEndpoint.WITH, "8", ("12",))
+    del inbound._pushed[1]["12"]
+    # No peer named: looked up by its id.
+    inbound._pushed[1]["13"].misses = inbound._pushed[1]["14"].misses = RUNG_TRIES
+    assert inbound._next_step(account) == _Step(ReadEndpoint.EVENT, "13", ("13",))
+    # Both windows spent: nothing goes (the poller's list read places them, _plan_next).
+    for endpoint in (ReadEndpoint.WITH, ReadEndpoint.EVENT):
+        await budget.read(1, clock.now, answer(0, 1900.0), endpoint=endpoint)
+    assert inbound._next_step(account) is None
+    inbound._plan_next(1)
+    assert inbound.next_poll_at(1) == clock.t
