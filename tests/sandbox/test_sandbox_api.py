@@ -147,6 +147,15 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
             "the connect follow-up",
         )
         assert state["steps"]["connected"] is True
+        # The answer takes the question's place (replace_original): one message, without buttons.
+        [connected] = [m for m in state["messages"] if "Connected X account @you" in text_of(m)]
+        assert connected["only_you"] and not connected.get("buttons")
+        # The bridge said it once, in place of the question: the page had shown that answer twice.
+        said_at_slack = [
+            p for ps in sandbox.slack.responses.values() for p in ps if "Connected X" in p["text"]
+        ]
+        assert [p.get("replace_original") for p in said_at_slack] == [True]
+        assert not any("Connected X" in str(m.get("text")) for m in sandbox.slack.posted())
 
         await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
         state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
@@ -515,6 +524,11 @@ async def test_typed_unlink_asks_in_the_channel_and_its_confirm_button_can_be_cl
             "the unlink announced in the channel",
         )
         assert not buttons_of(state, "xdm_confirm_unlink")  # the question's buttons went with it
+        # As in Slack: the channel reads the announcement, and the question now reads the same.
+        state = await state_when(
+            session, sandbox, lambda s: len(said(s, "stopped bridging")) >= 2, "the question replaced"
+        )
+        assert sorted(m["only_you"] for m in said(state, "stopped bridging")) == [False, True]
 
 
 # -- X Chat (issue 19) and the /xdm form (issue 20) ---------------------------------------
