@@ -641,6 +641,22 @@ async def test_a_peer_on_x_chat_without_keys_at_the_bridge_is_warned_of(sandbox:
         assert status == 400 and "holds no X Chat keys" in answer["error"]
 
 
+async def test_a_legacy_group_with_someone_on_x_chat_is_warned_of_though_keys_are_held(
+    sandbox: Sandbox,
+) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob"})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "uses X's encrypted")), "the warning"
+        )
+        [warning] = said(state, "uses X's encrypted")
+        assert "@alice uses X's encrypted Chat, but this channel is bridged to a legacy DM" in text_of(
+            warning
+        )
+        assert "holds none" not in text_of(warning) and state["x"]["keys"]["state"] == "held"
+
+
 async def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel(sandbox: Sandbox) -> None:
     async with browser() as session:
         await connect(session, sandbox)
