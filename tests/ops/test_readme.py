@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +212,30 @@ def test_the_readme_stays_short_and_in_a_newcomers_order() -> None:
 )
 def test_no_page_repeats_a_claim_the_code_outgrew(stale: str) -> None:
     assert [page.name for page in PAGES if stale.lower() in page.read_text().lower()] == []
+
+
+def test_the_heroku_lines_pasted_twice_set_the_same_key(tmp_path: Path) -> None:
+    """``$(xdm-bridge keygen)`` in ``heroku config:set`` made a new key on every paste, and the
+    second paste left the stored tokens unreadable. The README's lines take the key from ``.env``."""
+    [block] = [
+        b for b in re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL) if "heroku create" in b
+    ]
+    lines = [line for line in block.splitlines() if "keygen" in line or "BRIDGE_ENCRYPTION_KEY" in line]
+    assert len(lines) == 2 and "$(" not in lines[0]
+    # Run as a shell runs them, with this checkout's command for `.venv/bin/xdm-bridge` and a
+    # stand-in for `heroku config:set` that prints what it would set.
+    script = "\n".join(lines).replace(".venv/bin/xdm-bridge", f"{sys.executable} -m bridge")
+    script = script.replace("heroku config:set", "printf '%s\\n'")
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DATABASE_", "SLACK_", "X_"))
+    }
+    clean["PYTHONPATH"] = str(ROOT)
+    runs = [
+        subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=60
+        )
+        for _ in range(2)
+    ]
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+    first, second = (run.stdout.strip() for run in runs)
+    assert first == second and re.fullmatch(r"BRIDGE_ENCRYPTION_KEY=[A-Za-z0-9_-]{43}=", first)
