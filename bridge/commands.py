@@ -41,6 +41,7 @@ from bridge.xchat import (
     ChatPeers,
     ChatSession,
     ChatSessions,
+    HeldKeys,
     NoChatIdentity,
     XChatError,
     conversation_peers,
@@ -671,7 +672,8 @@ class CommandService:
             )
         await self._readable(account, conversation_id)
         mapping = await self._map(ctx, account, MappingKind.LINK, conversation_id=conversation_id)
-        note = await self._one_way_note(account, conversation_peers(mapping, account.x_user_id), {})
+        peers = conversation_peers(mapping, account.x_user_id)
+        note = await self._one_way_note(account, peers, {}, _held(session, why_not), group=_is_group(mapping))
         text = self._mapped_text(ctx, mapping, account) + (f"\n{note}" if note else "")
         return Reply(text, in_channel=True)
 
@@ -730,7 +732,7 @@ class CommandService:
         opening = command.message or (
             f"This group is bridged to #{ctx.channel_name or ctx.channel_id} on Slack."
         )
-        session, _ = await self._chat_session(account)
+        session, why_not = await self._chat_session(account)
         if session is not None and await self._all_on_chat(account, ids):
             title = f"#{ctx.channel_name or ctx.channel_id}"
             group_id = await self._tokens.call(account, lambda t: session.create_group(t, ids, title))
@@ -746,7 +748,8 @@ class CommandService:
         mapping = await self._map(ctx, account, MappingKind.GROUP, group_participants=tuple(ids))
         await self._queue_opening(ctx, mapping, opening)
         text = self._mapped_text(ctx, mapping, account, [f"@{u.username}" for u in users])
-        note = await self._one_way_note(account, ids, {u.id: u.username for u in users})
+        handles = {u.id: u.username for u in users}
+        note = await self._one_way_note(account, ids, handles, _held(session, why_not), group=True)
         return Reply(text + (f"\n{note}" if note else ""), in_channel=True)
 
     async def _direct(self, ctx: CommandContext, account: Account, command: DirectMessage) -> Reply:
@@ -754,7 +757,7 @@ class CommandService:
         if user.id == account.x_user_id:
             raise CommandError("That is your own X account; name someone else.")
         conversation_id = one_to_one_id(account.x_user_id, user.id)
-        session, _ = await self._chat_session(account)
+        session, why_not = await self._chat_session(account)
         encrypted = session is not None and await self._all_on_chat(account, [user.id])
         if session is not None and encrypted:
             chat = session
@@ -775,7 +778,7 @@ class CommandService:
         warn = ""
         if user.receives_your_dm is False:
             warn = f"\n:warning: X says @{user.username} may not accept DMs from @{account.x_username}."
-        note = await self._one_way_note(account, [user.id], {user.id: user.username})
+        note = await self._one_way_note(account, [user.id], {user.id: user.username}, _held(session, why_not))
         if note:
             warn += f"\n{note}"
         return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
@@ -785,8 +788,12 @@ class CommandService:
         if self._chat_peers is None or mapping.encrypted:
             return []
         on_chat = await self._chat_peers.known_on_chat(conversation_peers(mapping, account.x_user_id))
+        if not on_chat:
+            return []
         handles = {mapping.participant_id or "": mapping.participant_username or ""}
-        return [one_way_note([_someone(i, handles) for i in on_chat], account.x_username)] if on_chat else []
+        keys = _held(*await self._chat_session(account))
+        names = [_someone(i, handles) for i in on_chat]
+        return [one_way_note(names, account.x_username, keys, group=_is_group(mapping))]
 
     async def _chat_session(self, account: Account) -> tuple[ChatSession | None, str]:
         """The account's X Chat session, or None and why not ("" when it has no identity at all:
@@ -813,12 +820,22 @@ class CommandService:
             return False
         return conversation_id in listed
 
-    async def _one_way_note(self, account: Account, peers: list[str], handles: dict[str, str]) -> str:
-        """The channel's warning when people of the conversation are on X Chat (else "")."""
+    async def _one_way_note(
+        self,
+        account: Account,
+        peers: list[str],
+        handles: dict[str, str],
+        keys: HeldKeys,
+        *,
+        group: bool = False,
+    ) -> str:
+        """The channel's warning when people of its legacy conversation are on X Chat (else "")."""
         if self._chat_peers is None or not peers:
             return ""
         on_chat = await self._chat_peers.on_chat(account, peers)
-        return one_way_note([_someone(i, handles) for i in on_chat], account.x_username) if on_chat else ""
+        if not on_chat:
+            return ""
+        return one_way_note([_someone(i, handles) for i in on_chat], account.x_username, keys, group=group)
 
     async def _queue_opening(self, ctx: CommandContext, mapping: Mapping, text: str) -> None:
         """The opening message goes through the outbox like a message posted in the channel.
@@ -1021,6 +1038,13 @@ def _one_line(text: str, limit: int = 200) -> str:
     """A stored reason, short and on one line, for a status reply."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _held(session: ChatSession | None, why_not: str) -> HeldKeys:
+    """What ``_chat_session``'s answer says of the account's keys, for a legacy conversation."""
+    if session is not None:
+        return HeldKeys.USABLE
+    return HeldKeys.UNUSABLE if why_not else HeldKeys.NONE
 
 
 def _someone(x_user_id: str, handles: dict[str, str]) -> str:

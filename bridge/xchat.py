@@ -345,15 +345,44 @@ def _reader(directory: KeyDirectory, user_id: str) -> Callable[[str], Awaitable[
     return read
 
 
-def one_way_note(names: Sequence[str], account: str) -> str:
-    """What a channel is told when people of its conversation are on X Chat (``account``: the
-    bridged X account's handle)."""
+class HeldKeys(StrEnum):
+    """The X Chat keys the bridge holds for the account of a conversation bridged over X's legacy
+    DM API, which decide why replies from people on X Chat may not come back."""
+
+    NONE = "none"  # no keys for the account
+    UNUSABLE = "unusable"  # keys, but not usable now: not registered with X yet, or no longer X's
+    USABLE = "usable"  # keys, but this conversation is a legacy one, which they do not open
+
+
+def one_way_note(
+    names: Sequence[str], account: str, keys: HeldKeys = HeldKeys.NONE, *, group: bool = False
+) -> str:
+    """What a channel is told when people of its legacy conversation are on X Chat (``account``:
+    the bridged X account's handle; ``group``: the conversation is a group)."""
     who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     verb = "uses" if len(names) == 1 else "use"
+    never = "their replies may never appear here."
+    if keys is HeldKeys.USABLE:
+        instead = (
+            "an encrypted group needs everyone in it on X Chat"
+            if group
+            else "`/xdm dm` bridges the encrypted one instead"
+        )
+        return (
+            f":lock: {who} {verb} X's encrypted Chat, but this channel is bridged to a legacy DM "
+            f"conversation, not an encrypted one ({instead}). Messages from this channel still reach "
+            f"X; the X Chat keys the bridge holds for @{account} open only encrypted conversations, "
+            f"and X may not pass on replies written in X Chat: {never}"
+        )
+    held = (
+        f"the X Chat keys the bridge holds for @{account} cannot be used now (not registered with X "
+        "yet, or no longer X's: an operator's `xdm-bridge xchat status` says which)"
+        if keys is HeldKeys.UNUSABLE
+        else f"the bridge holds none for @{account}"
+    )
     return (
         f":lock: {who} {verb} X's encrypted Chat. Messages from this channel still reach X, but X "
-        f"lets an app read encrypted replies only with the Chat keys of the account, and the bridge "
-        f"holds none for @{account}: their replies may never appear here."
+        f"lets an app read encrypted replies only with the Chat keys of the account, and {held}: {never}"
     )
 
 

@@ -224,6 +224,9 @@ class _Entry:
     """A person's message: its Slack ts (reactions are looked up live)."""
     response_url: str | None = None
     """A slash command: where the bridge's later answers go."""
+    replaces_shown: bool = False
+    """A click on a message the channel shows: an answer there with ``replace_original`` becomes
+    that message (the fake Slack edits it), so it is not shown a second time below the click."""
     typed: str = ""
     """A person's message as typed (``text`` is Slack's markup of it): what Edit starts from."""
     thread_ts: str | None = None
@@ -437,7 +440,12 @@ class Sandbox:
         response_url = self.slack.click_response_url(button)
         self._entries.append(
             _Entry(
-                time.time(), "note", f"You clicked “{button.text}”.", only_you=True, response_url=response_url
+                time.time(),
+                "note",
+                f"You clicked “{button.text}”.",
+                only_you=True,
+                response_url=response_url,
+                replaces_shown=button.channel == CHANNEL_ID,
             )
         )
         self._watch(response_url)
@@ -820,6 +828,8 @@ class Sandbox:
                         continue
                     if payload.get("blocks") and not payload.get("replace_original"):
                         continue  # a question: shown below as the ephemeral message it became
+                    if payload.get("replace_original") and entry.replaces_shown:
+                        continue  # shown in place of the clicked message, which now reads so
                     at = self._response_times.setdefault((response_id, index), time.time())
                     only_you = payload.get("response_type") != "in_channel"
                     add(at, "bot", str(payload["text"]), author="xdm-bridge", only_you=only_you)

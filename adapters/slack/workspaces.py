@@ -86,7 +86,7 @@ class Workspaces:
     ) -> AuthorizeResult | None:
         """Bolt's ``authorize``: the signed request's own workspace's bot, or None (not installed)."""
         if not team_id or is_enterprise_install:
-            return None  # org-wide installs are refused at install time (README: Enterprise Grid)
+            return None  # org-wide installs are refused at install time (docs/slack.md: Enterprise Grid)
         bot = await self.bot(team_id, enterprise_id)
         if bot is None or (bot.enterprise_id or None) != (enterprise_id or None):
             return None

@@ -222,6 +222,54 @@ async def test_new_group_of_people_on_x_chat_is_an_x_chat_group(tmp_path: Path) 
         assert bridge.x.events == []
 
 
+async def test_a_legacy_group_of_an_account_with_keys_says_why_replies_may_not_come(tmp_path: Path) -> None:
+    """Bob holds no X Chat keys, so the group is a legacy one although the bridge holds keys for
+    the account: the warning for Alice and Carol must not say the bridge holds none."""
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await give_identity(bridge)
+        for person in (ALICE, CAROL):
+            bridge.x.chat.enroll(person)
+        _, response_url = await bridge.command("new-group @alice @bob @carol")
+        told = (await bridge.follow_up(response_url))["text"]
+        assert "This is an encrypted X Chat conversation" not in told
+        assert (
+            ":lock: @alice and @carol use X's encrypted Chat, but this channel is bridged to a legacy DM"
+            in told
+        )
+        assert "the X Chat keys the bridge holds for @bridge_owner" in told
+        assert "an encrypted group needs everyone in it on X Chat" in told
+        assert "holds none" not in told and "may never appear here" in told
+
+        ack, _ = await bridge.command("status")
+        assert "bridged to a legacy DM" in ack.text and "holds none" not in ack.text
+
+        # A legacy 1-to-1 linked by its id: the encrypted one is a `/xdm dm` away.
+        _, response_url = await bridge.command(f"link {ME}-{ALICE}", channel="C200")
+        told = (await bridge.follow_up(response_url))["text"]
+        assert f":lock: X user `{ALICE}` uses X's encrypted Chat, but" in told
+        assert "`/xdm dm` bridges the encrypted one instead" in told and "holds none" not in told
+
+
+async def test_keys_that_cannot_be_used_are_said_as_such_not_as_none(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await give_identity(bridge)
+        await identities(bridge).flag_mismatch(ME, "another key registered on X")
+        bridge.x.chat.enroll(ALICE)
+        _, response_url = await bridge.command("dm @alice")
+        told = (await bridge.follow_up(response_url))["text"]
+        assert ":lock: @alice uses X's encrypted Chat." in told
+        assert "the X Chat keys the bridge holds for @bridge_owner cannot be used now" in told
+        assert "holds none" not in told
+        ack, _ = await bridge.command("status")
+        assert "cannot be used now" in ack.text
+
+        await identities(bridge).forget_identity(ME)  # `xchat forget`: now none are held
+        ack, _ = await bridge.command("status")
+        assert "the bridge holds none for @bridge_owner" in ack.text
+
+
 async def test_link_takes_an_x_chat_conversation_the_account_is_in(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as bridge:
         await bridge.connect()

@@ -147,6 +147,15 @@ async def test_message_goes_through_the_bridge_to_x_and_gets_its_check_mark(sand
             "the connect follow-up",
         )
         assert state["steps"]["connected"] is True
+        # The answer takes the question's place (replace_original): one message, without buttons.
+        [connected] = [m for m in state["messages"] if "Connected X account @you" in text_of(m)]
+        assert connected["only_you"] and not connected.get("buttons")
+        # The bridge said it once, in place of the question: the page had shown that answer twice.
+        said_at_slack = [
+            p for ps in sandbox.slack.responses.values() for p in ps if "Connected X" in p["text"]
+        ]
+        assert [p.get("replace_original") for p in said_at_slack] == [True]
+        assert not any("Connected X" in str(m.get("text")) for m in sandbox.slack.posted())
 
         await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob hi"})
         state = await state_when(session, sandbox, lambda s: bool(s["x"]["conversations"]), "the group")
@@ -515,6 +524,11 @@ async def test_typed_unlink_asks_in_the_channel_and_its_confirm_button_can_be_cl
             "the unlink announced in the channel",
         )
         assert not buttons_of(state, "xdm_confirm_unlink")  # the question's buttons went with it
+        # As in Slack: the channel reads the announcement, and the question now reads the same.
+        state = await state_when(
+            session, sandbox, lambda s: len(said(s, "stopped bridging")) >= 2, "the question replaced"
+        )
+        assert sorted(m["only_you"] for m in said(state, "stopped bridging")) == [False, True]
 
 
 # -- X Chat (issue 19) and the /xdm form (issue 20) ---------------------------------------
@@ -625,6 +639,22 @@ async def test_a_peer_on_x_chat_without_keys_at_the_bridge_is_warned_of(sandbox:
         assert [c["encrypted"] for c in state["x"]["conversations"]] in ([], [False])
         status, answer = await call(session, sandbox, "/api/xchat/forget", {})
         assert status == 400 and "holds no X Chat keys" in answer["error"]
+
+
+async def test_a_legacy_group_with_someone_on_x_chat_is_warned_of_though_keys_are_held(
+    sandbox: Sandbox,
+) -> None:
+    async with browser() as session:
+        await connect(session, sandbox)
+        await call(session, sandbox, "/api/slack", {"text": "/xdm new-group @alice @bob"})
+        state = await state_when(
+            session, sandbox, lambda s: bool(said(s, "uses X's encrypted")), "the warning"
+        )
+        [warning] = said(state, "uses X's encrypted")
+        assert "@alice uses X's encrypted Chat, but this channel is bridged to a legacy DM" in text_of(
+            warning
+        )
+        assert "holds none" not in text_of(warning) and state["x"]["keys"]["state"] == "held"
 
 
 async def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel(sandbox: Sandbox) -> None:
