@@ -14,11 +14,10 @@ are unique per event and channel, so a read again after a crash or restart queue
 the cursor only saves reading). Edits and deletes made on X are rows too, in their place in the
 order, that update or delete the Slack message their target was posted as.
 
-Echoes: the bridge's own sends come back in the conversation's events. One whose sequence id the
-store knows as sent from a channel is skipped there (the legacy rule). Until the Slack → X side
-records X Chat sequence ids, an event the account itself wrote and that the store does not know
-is taken for the bridge's own send and not posted (a message typed in an X app on the team
-account is not shown either; said in docs/inbound.md).
+Echoes: the bridge's own sends come back in the conversation's events. Delivery records each
+send's sequence id, so the legacy rules apply as they are: one the store knows as sent from a
+channel is skipped there, one read while its channel has a send in doubt waits for it to settle,
+and one the team account wrote in an X app is posted, marked "sent from X".
 """
 
 from __future__ import annotations
@@ -294,10 +293,6 @@ class ChatInbound:
         for event in events:
             if event.kind is ChatEventKind.REACTION:
                 continue  # not carried to Slack (yet)
-            if event.sender_id == reader.user_id and await self._store.sent_from(event.sequence_id) is None:
-                # Not known as sent from a channel: taken for the bridge's own send (see above).
-                self.on_event("echo", "core")
-                continue
             shown.append(event)
         users = await self._users(account, reader, sorted({e.sender_id for e in shown if e.sender_id}))
         pushed = self._pushed.get(account.id, set())

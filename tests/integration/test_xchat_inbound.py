@@ -148,17 +148,21 @@ async def test_a_tampered_or_forged_event_is_refused_counted_and_never_posted(tm
         assert refused == 2
 
 
-async def test_what_the_account_itself_sent_is_not_posted_back(tmp_path: Path) -> None:
+async def test_what_the_team_account_writes_in_an_x_app_is_posted_marked_sent_from_x(
+    tmp_path: Path,
+) -> None:
+    """As for legacy DMs: the account's own message that the bridge did not send (typed in X's
+    app) is news to the channel, marked so; the bridge's own sends are never posted back (their
+    sequence ids are recorded: test_xchat_out's both-ways test)."""
     async with running_bridge(tmp_path) as bridge:
         conversation = await encrypted_channel(bridge)
         await first_read(bridge)
-        # The bridge's account writes (as the Slack → X side does, with its own keys).
-        bridge.x.chat.person_says(ME, conversation, "sent from Slack by the bridge")
+        bridge.x.chat.person_says(ME, conversation, "typed in the X app")
         bridge.x.chat.person_says(ALICE, conversation, "an answer")
-        await wait_posts(bridge, 1)
+        await wait_posts(bridge, 2)
         reads = chat_reads(bridge)
         await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
-        assert [m["text"] for m in posts(bridge)] == ["an answer"]
+        assert [m["text"] for m in posts(bridge)] == ["typed in the X app\n(sent from X)", "an answer"]
 
 
 async def test_an_edit_and_a_delete_made_on_x_follow_in_slack(tmp_path: Path) -> None:
