@@ -26,6 +26,7 @@ from bridge.model import (
     X_USERNAME,
     Account,
     Button,
+    HistoryState,
     InboxPage,
     IncomingMessage,
     Mapping,
@@ -230,6 +231,14 @@ class InboundControl(Protocol):
     async def history_requested(self, account_id: int) -> None: ...
 
 
+class HistoryProgress(Protocol):
+    """How far a newly bridged conversation's history is (``adapters.store.history``)."""
+
+    async def history(
+        self, account_id: int, conversation_id: str, team_id: str, channel_id: str
+    ) -> HistoryState: ...
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """Who ran the command, where, and where to answer later."""
@@ -282,6 +291,7 @@ class CommandService:
         chat_peers: ChatPeers | None = None,
         chats: ChatSessions | None = None,
         on_mapping_changed: Callable[[Mapping], Awaitable[None]] | None = None,
+        history: HistoryProgress | None = None,
     ) -> None:
         """``on_mapping_changed`` hears of each channel bridged or unlinked (App Homes show them).
         ``connect_page`` is the bridge's own page that `/xdm connect` links to (it confirms,
@@ -302,6 +312,7 @@ class CommandService:
         self._chat_peers = chat_peers
         self._chats = chats
         self._on_mapping_changed = on_mapping_changed
+        self._history = history
 
     async def handle(self, ctx: CommandContext, text: str) -> Reply:
         """Answer a `/xdm` command. Never raises for a user's mistake: it becomes the reply."""
@@ -409,6 +420,9 @@ class CommandService:
                     lines.append(f"Messages are sent as {sender}{state}.")
                 lines.append(self._budget_line(account.id))
                 lines.append(await self._inbound_line(mapping))
+                history = await self._history_line(mapping)
+                if history:
+                    lines.append(history)
                 lines.extend(await self._known_one_way(mapping, account))
         summary = await self._store.outbox_summary(ctx.team_id, ctx.channel_id)
         pending = summary["pending"]
@@ -442,6 +456,23 @@ class CommandService:
             when = f", resets {_clock_time(reset, now)}" if reset else ""
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
+
+    async def _history_line(self, mapping: Mapping) -> str:
+        """The progress of the history `/xdm link` or `/xdm dm` brings over, while there is any."""
+        if self._history is None or not mapping.conversation_id:
+            return ""
+        state = await self._history.history(
+            mapping.account_id, mapping.conversation_id, mapping.team_id, mapping.channel_id
+        )
+        if state.to_read:
+            return (
+                "History: the earlier messages of this conversation will be read from X at the "
+                "next read X's budget allows (see the next read above), then posted here."
+            )
+        if state.waiting:
+            total = state.posted + state.waiting
+            return f"History: {state.posted} of {total} earlier messages posted; the rest follow."
+        return ""
 
     async def _inbound_line(self, mapping: Mapping) -> str:
         """How X → Slack is doing: push or polling, last event, next read, reads left, and what

@@ -463,3 +463,14 @@ class AuthorizationRequest:
     url: str
     state: str
     code_verifier: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class HistoryState:
+    """How far a newly bridged conversation's history is: still to be read from X (``to_read``:
+    the read waits for X's read budget), and of what was read, how many messages are posted in
+    the channel and how many wait to be."""
+
+    to_read: bool
+    posted: int
+    waiting: int

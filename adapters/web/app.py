@@ -42,6 +42,7 @@ from adapters.slack.workspaces import oauth_client as slack_oauth_client
 from adapters.store.activity import ActivityStore
 from adapters.store.consents import ConsentStore
 from adapters.store.crypto import TokenCipher
+from adapters.store.history import HistoryStore
 from adapters.store.leader import LEASE_SECONDS, Leadership
 from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
@@ -343,6 +344,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
             chats=chats,
             on_mapping_changed=lambda mapping: home.mapping_changed(mapping),
+            history=HistoryStore(store.engine),
         )
         # Views go out with each workspace's own token in install mode.
         views = SlackViews(

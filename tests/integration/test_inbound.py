@@ -294,3 +294,24 @@ async def test_dms_written_before_the_first_read_of_an_account_are_all_posted(tm
         await wait_posts(bridge, 4)
         await asyncio.sleep(0.3)
         assert [m["text"] for m in posts(bridge)] == [f"early {i}" for i in range(4)]
+
+
+async def test_status_shows_how_far_the_history_of_a_linked_conversation_is(tmp_path: Path) -> None:
+    """Issue 21: long work the bridge does for a command shows its progress. While Slack holds the
+    history's posts back, `/xdm status` says how many of them are posted; once all are, nothing."""
+    config = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
+    async with running_bridge(tmp_path, inbound=config) as bridge:
+        for i in range(3):
+            bridge.x.add_event(CONVERSATION, ALICE, f"old {i}")
+        await bridge.connect()
+        bridge.slack.ratelimit_next("chat.postMessage", count=6, retry_after=2)
+        await bridge.map_link(CONVERSATION)
+        for _ in range(500):
+            if await bridge.sql("SELECT COUNT(*) FROM inbound WHERE origin = 'backfill'") == [(3,)]:
+                break
+            await asyncio.sleep(0.01)
+        status, _ = await bridge.command("status")
+        assert "History: 0 of 3 earlier messages posted; the rest follow." in status.text, status.text
+        await wait_posts(bridge, 3, timeout=20.0)
+        status, _ = await bridge.command("status")
+        assert "History:" not in status.text
