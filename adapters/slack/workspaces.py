@@ -99,11 +99,24 @@ class Workspaces:
             bot_scopes=bot.bot_scopes,
         )
 
-    async def uninstalled(self, enterprise_id: str | None, team_id: str, reason: str) -> int:
-        """``app_uninstalled`` / ``tokens_revoked``: delete the token, pause the channels."""
-        paused = await self.installs.pause_workspace(team_id, self._now())
-        await self.installs.async_delete_all(enterprise_id=enterprise_id, team_id=team_id)
+    async def uninstalled(
+        self, enterprise_id: str | None, team_id: str, reason: str, event_time: float | None = None
+    ) -> int:
+        """``app_uninstalled`` / ``tokens_revoked``: delete the token, pause the channels.
+
+        ``event_time`` is the event's (Slack's envelope): Slack redelivers an event whose first
+        delivery timed out minutes later, as it was, so a removal can arrive after the workspace
+        installed the app again; that newer install is kept."""
+        paused = await self.installs.remove_workspace(
+            enterprise_id, team_id, as_of=event_time, now=self._now()
+        )
         self._cache.pop(team_id, None)
+        if paused is None:
+            log.warning(
+                "Slack workspace's removal of the app came after it installed the app again: ignored",
+                extra={"team": team_id, "reason": reason},
+            )
+            return 0
         log.warning(
             "Slack workspace removed the app: its token is deleted and its channels paused until it "
             "installs the app again",
