@@ -265,9 +265,7 @@ class ChatInbound:
                 if event.sequence_id.isdigit() and (floor is None or int(event.sequence_id) > floor):
                     collected[int(event.sequence_id)] = event
             refused.update(i for i in page.refused_ids if i.isdigit() and (floor is None or int(i) > floor))
-            older = floor is None and any(
-                e.created_at is not None and e.created_at < since for e in page.events
-            )
+            older = any(e.created_at is not None and e.created_at < since for e in page.events)
             if finished or older or page.next_token is None or page.next_token == token:
                 break
             token = page.next_token
@@ -278,10 +276,11 @@ class ChatInbound:
                 "X Chat events that do not verify were refused (not posted)",
                 extra={"account_id": account.id, "conversation": conversation_id, "count": len(refused)},
             )
-        if floor is None:
-            # The first read sets the starting point: what was written since the channel was
-            # bridged is new, anything older is not posted (X Chat history is not backfilled).
-            collected = {s: e for s, e in collected.items() if e.created_at is None or e.created_at >= since}
+        # What was written since the channel was bridged is new, anything older is not posted (X
+        # Chat history is not backfilled). On every read, not the first only: a cursor outlives
+        # its mapping, so a conversation unlinked and bridged again reads from where the old
+        # bridging stopped, and what was written in between was never meant for Slack.
+        collected = {s: e for s, e in collected.items() if e.created_at is None or e.created_at >= since}
         if newest is not None or floor is None:
             done.cursors.append((conversation_id, str(newest or 0)))
         done.events += await self._inbound(account, reader, [collected[s] for s in sorted(collected)])

@@ -1091,6 +1091,10 @@ class Inbound:
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
         refused: SlackMessageRefused | None = None
         ts = ""
+        # A row found "posting" may be in Slack already: whatever fails in this attempt (the
+        # history lookup itself, a 429, a refusal), it stays "posting" so the next attempt looks
+        # before it posts. Only a row that never reached chat.postMessage may go back to "queued".
+        unsent = InboundState.POSTING if item.state is InboundState.POSTING else InboundState.QUEUED
         if item.payload.get("from_self") and item.state is InboundState.QUEUED:
             checked = await self._own_echo(item)
             if checked is None:
@@ -1123,7 +1127,7 @@ class Inbound:
             log.warning(
                 "Slack rate limit: holding the channel", extra={**ids, "retry_after": exc.retry_after}
             )
-            await self._store.reschedule_inbound(item.id, InboundState.QUEUED, until, str(exc))
+            await self._store.reschedule_inbound(item.id, unsent, until, str(exc))
             await self._store.hold_channel(item.team_id, item.channel_id, until)
             return None
         except SlackTransient as exc:
@@ -1138,9 +1142,7 @@ class Inbound:
             # The bot left the channel, say: keep it, retry slowly (nothing accepted is dropped).
             delay = self._config.retry_cap
             log.warning("Slack refused the post", extra={**ids, "error": str(exc)})
-            await self._store.reschedule_inbound(
-                item.id, InboundState.QUEUED, self._clock.now() + delay, str(exc)
-            )
+            await self._store.reschedule_inbound(item.id, unsent, self._clock.now() + delay, str(exc))
             return None
         if refused is not None:
             return await self._refused(item, refused)

@@ -8,8 +8,11 @@ running on it) stops the copy with nothing written. Into
 PostgreSQL, each value is converted to its column's type as information_schema names it
 (SQLite's 0/1 into a BOOLEAN); a type with no conversion stops the copy. Tokens are
 copied as they are stored (Fernet ciphertext), so the target needs the same
-``BRIDGE_ENCRYPTION_KEY``. Stop the bridge while copying: rows written meanwhile would
-not be copied (the source's second count refuses the copy then).
+``BRIDGE_ENCRYPTION_KEY``. The target's triggers that fill in a new row from other rows are
+off while rows are written: a copied row is copied as it was (the outbox's ``encrypted`` would
+otherwise be taken from the channel's mapping of now, not of when the row was written). Stop the
+bridge while copying: rows written meanwhile would not be copied (the source's second count
+refuses the copy then).
 
 SQLite is read and written here in plain blocking calls: this is a short-lived command
 with no event loop serving anyone.
@@ -36,6 +39,11 @@ Table = tuple[list[str], list[tuple[Any, ...]]]
 
 # Tables only one engine has, derived from the others or about the running instances: never copied.
 DERIVED = {"pending_channels", "_sqlite_migrations", "schema_migrations", "sqlite_sequence", "leader_lease"}
+
+# Triggers that fill in an inserted row from other rows, (table, trigger) on both engines: a copied
+# row is already complete, and these are off while the copy writes. (SQLite's pending_channels
+# triggers stay on: they derive a table the copy does not write.)
+FILLING_TRIGGERS = (("outbox", "outbox_encrypted"),)
 
 
 class CopyError(Exception):
@@ -190,10 +198,20 @@ def _write_sqlite(path: str, data: dict[str, Table], progress: Progress, source:
         _writing(data, progress)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # SQLite cannot disable a trigger: it is dropped and made again in the same transaction.
+            marks = ", ".join("?" * len(FILLING_TRIGGERS))
+            triggers = conn.execute(
+                f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({marks})",
+                [name for _, name in FILLING_TRIGGERS],
+            ).fetchall()
+            for name, _ in triggers:
+                conn.execute(f"DROP TRIGGER {name}")
             for table, (columns, rows) in data.items():
                 marks = ", ".join("?" * len(columns))
                 for chunk in _chunks(table, rows, progress):
                     conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", chunk)
+            for _, sql in triggers:
+                conn.execute(sql)
             source.check_now()
         except BaseException:
             conn.execute("ROLLBACK")
@@ -210,6 +228,8 @@ async def _write_postgres(url: str, data: dict[str, Table], progress: Progress, 
         _refuse_non_empty({t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in data})
         _writing(data, progress)
         async with conn.transaction():
+            for table, name in FILLING_TRIGGERS:  # as the tables' owner (it migrated them)
+                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {name}")
             for table, (columns, rows) in data.items():
                 converters = _converters(table, columns, await _pg_types(conn, table))
                 for chunk in _chunks(table, rows, progress):
@@ -225,6 +245,8 @@ async def _write_postgres(url: str, data: dict[str, Table], progress: Progress, 
                     await conn.execute(
                         f"SELECT setval($1, COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)", sequence
                     )
+            for table, name in FILLING_TRIGGERS:
+                await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {name}")
             await source.check_async()
     finally:
         await conn.close()

@@ -840,6 +840,7 @@ class FakeSlack:
     ) -> dict[str, Any]:
         auth = headers.get("authorization", "")
         if method == "oauth.v2.access":  # the app's client id and secret, not a bot token
+            self._limited(method)  # Slack answers 429 before it looks at a code or refresh token
             try:
                 return self.installs.access(params, auth)
             except InstallError as exc:
@@ -858,10 +859,7 @@ class FakeSlack:
                 raise _SlackError(exc.error) from None
             if self._caller is None:
                 raise _SlackError("invalid_auth")
-        pending_429 = self._ratelimits.get(method)
-        if pending_429:
-            retry_after = pending_429.pop(0)
-            raise _SlackError("ratelimited", status=429, headers={"Retry-After": str(retry_after)})
+        self._limited(method)
         pending_fail = self._failures.get(method)
         if pending_fail:
             error, status = pending_fail.pop(0)
@@ -870,6 +868,13 @@ class FakeSlack:
         if isinstance(named, str) and named in self.channel_errors:
             raise _SlackError(self.channel_errors[named])
         return handler(params, base)
+
+    def _limited(self, method: str) -> None:
+        """A 429 queued by :meth:`ratelimit_next` for ``method``, if any."""
+        pending_429 = self._ratelimits.get(method)
+        if pending_429:
+            retry_after = pending_429.pop(0)
+            raise _SlackError("ratelimited", status=429, headers={"Retry-After": str(retry_after)})
 
     # ---------------------------------------------------------------- method handlers
 

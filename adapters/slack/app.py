@@ -338,8 +338,14 @@ def build_bolt_app(
             return
         # The signed request's own team: a workspace can only ever remove itself.
         team = _str(body.get("team_id"))
+        when = body.get("event_time")
         if team:
-            await workspaces.uninstalled(_str(body.get("enterprise_id")), team, reason)
+            await workspaces.uninstalled(
+                _str(body.get("enterprise_id")),
+                team,
+                reason,
+                float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None,
+            )
 
     @app.event("app_uninstalled")
     async def on_uninstalled(body: dict[str, Any]) -> None:

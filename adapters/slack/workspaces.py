@@ -64,6 +64,7 @@ class Workspaces:
         self._refresh_before = refresh_before
         self._cache: TTLCache[str, Bot] = TTLCache(maxsize=10_000, ttl=CACHE_SECONDS)
         self._refreshing: dict[str, asyncio.Lock] = {}
+        self._limited_until: dict[str, float] = {}  # team → when Slack's 429 on a refresh ends
 
     async def bot(self, team_id: str, enterprise_id: str | None = None) -> Bot | None:
         """The bot installed in ``team_id`` (its token fresh), or None when none is."""
@@ -99,11 +100,24 @@ class Workspaces:
             bot_scopes=bot.bot_scopes,
         )
 
-    async def uninstalled(self, enterprise_id: str | None, team_id: str, reason: str) -> int:
-        """``app_uninstalled`` / ``tokens_revoked``: delete the token, pause the channels."""
-        paused = await self.installs.pause_workspace(team_id, self._now())
-        await self.installs.async_delete_all(enterprise_id=enterprise_id, team_id=team_id)
+    async def uninstalled(
+        self, enterprise_id: str | None, team_id: str, reason: str, event_time: float | None = None
+    ) -> int:
+        """``app_uninstalled`` / ``tokens_revoked``: delete the token, pause the channels.
+
+        ``event_time`` is the event's (Slack's envelope): Slack redelivers an event whose first
+        delivery timed out minutes later, as it was, so a removal can arrive after the workspace
+        installed the app again; that newer install is kept."""
+        paused = await self.installs.remove_workspace(
+            enterprise_id, team_id, as_of=event_time, now=self._now()
+        )
         self._cache.pop(team_id, None)
+        if paused is None:
+            log.warning(
+                "Slack workspace's removal of the app came after it installed the app again: ignored",
+                extra={"team": team_id, "reason": reason},
+            )
+            return 0
         log.warning(
             "Slack workspace removed the app: its token is deleted and its channels paused until it "
             "installs the app again",
@@ -149,6 +163,8 @@ class Workspaces:
             current = await self.installs.async_find_bot(enterprise_id=bot.enterprise_id, team_id=bot.team_id)
             if current is None or not self._due(current):
                 return current or bot
+            if self._now() < self._limited_until.get(bot.team_id or "", 0.0):
+                return current  # still valid (refreshed early); Slack asked to wait
             claim = await self.installs.claim_refresh(current)
             if claim is None:
                 return await self._awaited(current)
@@ -167,22 +183,40 @@ class Workspaces:
             await self.installs.release_refresh(bot, claim)  # never reached Slack: try again later
             log.warning("Slack token refresh: no connection; tried again later", extra={"team": bot.team_id})
             return bot
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
-            # Slack may have taken (or refused) the single-use refresh token: never present it again.
-            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
-            log.error(
-                "Slack token refresh failed (%s): the workspace must install the app again once its "
-                "current token expires",
-                error,
-                extra={"team": bot.team_id},
+        except SlackApiError as exc:
+            if exc.response.status_code != 429:
+                return self._refresh_failed(bot, exc)
+            # Rate limited: Slack answers before it looks at the request, so the refresh token
+            # was not spent. Kept aside as spent, it cost the workspace its bridge once the
+            # current token expired.
+            await self.installs.release_refresh(bot, claim)
+            given = str(exc.response.headers.get("Retry-After") or "")
+            wait = float(given) if given.isdigit() else 1.0
+            self._limited_until[bot.team_id or ""] = self._now() + wait
+            log.warning(
+                "Slack token refresh: rate limited; tried again later",
+                extra={"team": bot.team_id, "wait": wait},
             )
             return bot
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._refresh_failed(bot, exc)
         expires_at = self._now() + float(response.get("expires_in") or 0)
         token, refresh = str(response["access_token"]), str(response["refresh_token"])
         await self.installs.save_refreshed(bot, claim, token, refresh, expires_at)
         log.info("Slack token refreshed", extra={"team": bot.team_id})
         fresh = await self.installs.async_find_bot(enterprise_id=bot.enterprise_id, team_id=bot.team_id)
         return fresh or bot
+
+    def _refresh_failed(self, bot: Bot, exc: Exception) -> Bot:
+        """Slack may have taken (or refused) the single-use refresh token: never present it again."""
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+        log.error(
+            "Slack token refresh failed (%s): the workspace must install the app again once its "
+            "current token expires",
+            error,
+            extra={"team": bot.team_id},
+        )
+        return bot
 
     async def _awaited(self, bot: Bot) -> Bot:
         """Another instance holds the refresh (or just finished it): its tokens once saved, else,

@@ -30,6 +30,9 @@ log = logging.getLogger("adapters.store.slack_installs")
 
 STATE_TTL = 600.0  # seconds an install link stays usable (Bolt's state cookie lives as long)
 STATE_CAP = 10_000  # install links open at once (each lives STATE_TTL); more are refused for now
+# Slack's event_time is whole seconds (up to 1 s before the event) and its clock is not ours: an
+# install made less than this after a removal's event_time counts as made before it.
+REMOVAL_CLOCK_SLACK = 2.0
 UNINSTALLED = "slack-uninstalled"  # ``mappings.paused_by`` while the workspace has no install
 COLUMNS = (
     "enterprise_id, team_id, enterprise_name, team_name, app_id, bot_id, bot_user_id, bot_scopes, "
@@ -238,6 +241,38 @@ class SlackInstallStore(AsyncInstallationStore):
             now,
             UNINSTALLED,
             team_id,
+        )
+
+    async def remove_workspace(
+        self, enterprise_id: str | None, team_id: str, *, as_of: float | None, now: float
+    ) -> int | None:
+        """The workspace removed the app (``as_of``: when Slack says it did): its install is deleted
+        and its bridged channels paused (their history and queued messages stay); returns how
+        many were paused now.
+
+        An install made after ``as_of`` (more than ``REMOVAL_CLOCK_SLACK`` later) is kept and
+        nothing paused (None): the event is a late redelivery of a removal the workspace has since
+        undone by installing the app again."""
+        key = install_id(enterprise_id, team_id, False)
+        if as_of is None:
+            await self._engine.execute("DELETE FROM slack_installations WHERE install_id = ?", key)
+        else:
+            await self._engine.execute(
+                "DELETE FROM slack_installations WHERE install_id = ? AND installed_at < ?",
+                key,
+                float(as_of) + REMOVAL_CLOCK_SLACK,
+            )
+            if await self._engine.fetch("SELECT 1 FROM slack_installations WHERE install_id = ?", key):
+                return None
+        # Only while no install is left: a reinstall committed meanwhile resumes what it finds
+        # paused, and one committed before this statement keeps its channels running.
+        return await self._engine.execute(
+            "UPDATE mappings SET paused_at = ?, paused_by = ? WHERE team_id = ? AND paused_at IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM slack_installations AS s WHERE s.install_id = ?)",
+            now,
+            UNINSTALLED,
+            team_id,
+            key,
         )
 
     async def resume_workspace(self, team_id: str) -> int:

@@ -102,6 +102,24 @@ async def test_a_refresh_whose_answer_was_lost_is_never_presented_again(engine: 
         assert {b.bot_token for b in again if b is not None} == {old.bot_token}
 
 
+async def test_a_refresh_slack_refused_unseen_is_tried_again(engine: Engine) -> None:
+    """A 429 (Slack's rate limit, answered before it looks at the request) means Slack never
+    took the single-use refresh token: it is presented again, not kept aside as spent. It was
+    kept aside, so one rate-limited refresh cost the workspace its bridge when the current token
+    expired 12 hours later (the operator told to have the app installed again)."""
+    async with two_instances(engine) as world:
+        first, second = world.instances
+        original = world.slack.installs.tokens_of("T1")[-1]
+        world.slack.ratelimit_next("oauth.v2.access", retry_after=0)
+        old = await first.bot("T1")
+        assert old is not None and old.bot_token == original  # the current token serves meanwhile
+        assert world.slack.installs.refreshes == []
+        fresh = await second.bot("T1")
+        assert len(world.slack.installs.refreshes) == 1
+        newest = world.slack.installs.tokens_of("T1")[-1]
+        assert fresh is not None and fresh.bot_token == newest != original
+
+
 @pytest.fixture(autouse=True)
 def _quick_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # An instance waits this long for another's refresh; the lost-answer case waits it out once.

@@ -157,6 +157,32 @@ async def test_a_post_whose_answer_is_lost_is_found_in_history_not_posted_twice(
         assert ts == [(posts(bridge)[0]["ts"],)]
 
 
+@pytest.mark.parametrize("history", ["rate limited", "not_in_channel"])
+async def test_a_lost_answer_whose_history_lookup_fails_is_still_looked_up_not_posted_twice(
+    tmp_path: Path, history: str
+) -> None:
+    """Slack posts it but its answer is lost, then the history lookup before a repost fails: a
+    429 (conversations.history is Tier 3, the first call to hit it) or a refusal (the bot
+    removed from the channel, a workspace that removed the app). Either left the row "queued",
+    so the next attempt posted again without looking: Alice's message twice in the channel."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.slack.drop_after("chat.postMessage")
+        if history == "rate limited":  # more 429s than the Slack client retries by itself
+            bridge.slack.ratelimit_next("conversations.history", count=5, retry_after=1)
+        else:
+            bridge.slack.fail_next("conversations.history", history)
+        bridge.x.add_event(CONVERSATION, ALICE, "only once")
+        for _ in range(3000):
+            if await bridge.sql("SELECT state FROM inbound") == [("posted",)]:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert [m["text"] for m in posts(bridge)] == ["only once"]
+        assert len(bridge.slack.calls_to("chat.postMessage")) == 1
+        assert await bridge.sql("SELECT state FROM inbound") == [("posted",)]
+
+
 async def test_zero_429s_under_a_tightened_read_budget(tmp_path: Path) -> None:
     config = InboundConfig(min_interval=0.01, idle_interval=0.01, retry_base=0.05, retry_cap=0.5, reserve=1)
     async with running_bridge(tmp_path, inbound=config) as bridge:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from adapters.sandbox.fake_slack import SlackSender
 from adapters.sandbox.fake_slack_views import SurfaceSender
 from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.slack_installs import REMOVAL_CLOCK_SLACK
 from bridge.errors import ConfigError
 from tests.harness import (
     ALICE,
@@ -255,6 +257,36 @@ async def test_an_uninstall_pauses_the_workspace_keeps_its_messages_and_a_reinst
     )
     assert posted[-1].headers["authorization"] == f"Bearer {new_token}"
     assert await bridge.sql("SELECT paused_at FROM mappings") == [(None,)]
+
+
+async def test_a_late_retry_of_an_uninstall_leaves_the_install_made_since(bridge: Bridge) -> None:
+    """Removed, then added again within minutes (the usual "turn it off and on"), and Slack
+    delivers the removal's app_uninstalled again after that (its first delivery timed out:
+    Slack retries after 1 and 5 minutes, with the event as it was). The retry deleted the new
+    install's token and paused the channels: the workspace the admin had just added back was
+    bridged by nothing, its messages waiting, until someone installed the app a third time."""
+    await install(bridge, T2)
+    two = in_team(bridge, T2)
+    await connected_and_linked(two, user="U200", channel="C200", x_user=BOB, conversation="2001-2002")
+    await two.post("before the removal", channel="C200", user="U200")
+    await bridge.wait_dms(1)
+    removal = json.dumps(two.sender.envelope({"type": "app_uninstalled"})).encode()
+    assert (await two.sender.raw(removal, "application/json")).status == 200
+    bridge.slack.installs.uninstall(T2)
+    await asyncio.sleep(REMOVAL_CLOCK_SLACK + 0.2)  # added back a few seconds later
+    await install(bridge, T2)
+    assert await bridge.sql("SELECT paused_at FROM mappings") == [(None,)]
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    assert (await two.sender.raw(removal, "application/json", headers=retry)).status == 200
+    assert await bridge.sql("SELECT COUNT(*) FROM slack_installations") == [(1,)]
+    assert await bridge.sql("SELECT paused_at FROM mappings") == [(None,)]
+    [new_token] = bridge.slack.installs.tokens_of(T2)
+    bridge.x.add_message("2001-2002", ALICE, "after the reinstall")
+    posted = await bridge.slack.wait_for(
+        lambda c: c.method == "chat.postMessage" and "after the reinstall" in str(c.params.get("text")),
+        timeout=10.0,
+    )
+    assert posted[-1].headers["authorization"] == f"Bearer {new_token}"
 
 
 async def wait_until_rows(bridge: Bridge, query: str, count: int) -> None:

@@ -374,3 +374,45 @@ async def test_a_person_with_new_keys_is_still_read(tmp_path: Path) -> None:
         assert [m["text"] for m in posts(bridge)] == ["from my old phone", "from my new phone"]
         metrics = bridge.app[METRICS]
         assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"}) == 0
+
+
+async def test_what_was_written_while_no_channel_bridged_it_is_not_posted_when_one_does_again(
+    tmp_path: Path,
+) -> None:
+    """/xdm unlink, then (later, maybe in another channel with other members) the same encrypted
+    conversation bridged again: what was written in between was never meant for Slack, as a first
+    bridging posts nothing written before it. The conversation's read cursor outlives its
+    mapping, and a later read went from it: everything written while unbridged (up to 20 pages)
+    was posted into the new channel."""
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        await first_read(bridge)
+        bridge.x.chat.person_says(ALICE, conversation, "while bridged")
+        await wait_posts(bridge, 1)
+        store = bridge.app[SERVICES].store
+        assert await store.delete_mapping(TEAM, "C100") is not None  # /xdm unlink
+        reads = chat_reads(bridge)
+        bridge.x.chat.person_says(ALICE, conversation, "while nobody bridged it")
+        bridge.x.chat.person_says(ALICE, conversation, "still unbridged")
+        await asyncio.sleep(0.05)  # X's clock moves on before the channel is bridged again
+        [account] = await store.list_accounts()
+        again = Mapping(
+            TEAM,
+            "C200",
+            MappingKind.LINK,
+            account.id,
+            conversation,
+            None,
+            "U100",
+            time.time(),
+            encrypted=True,
+        )
+        assert await store.create_mapping(again) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 1, 10, "a read after the bridging")
+        bridge.x.chat.person_says(ALICE, conversation, "after bridging again")
+        await wait_posts(bridge, 1, channel="C200")
+        reads = chat_reads(bridge)
+        await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["after bridging again"]
+        assert [m["text"] for m in posts(bridge)] == ["while bridged"]

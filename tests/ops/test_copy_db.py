@@ -239,3 +239,54 @@ def test_a_source_written_to_during_the_copy_is_refused_not_copied_short(tmp_pat
         copy_db.copy(str(source), str(target), meanwhile)
     with sqlite3.connect(target) as db:
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # nothing half-copied
+
+
+def outbox_flags(location: str) -> list[tuple[str, bool]]:
+    """Each outbox row's Slack ts and whether it goes only through X Chat, on either engine."""
+    if location.startswith("postgres"):
+        rows = asyncio.run(pg.query(location, "SELECT slack_ts, encrypted FROM outbox ORDER BY id"))
+    else:
+        with sqlite3.connect(location) as db:
+            rows = db.execute("SELECT slack_ts, encrypted FROM outbox ORDER BY id").fetchall()
+    return [(ts, bool(flag)) for ts, flag in rows]
+
+
+def test_a_row_keeps_its_own_conversation_kind_through_the_copy(
+    tmp_path: Path, pg_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Messages written to a legacy DM (one sent, two waiting), then the channel unlinked and
+    bridged by the same account to an encrypted X Chat conversation: each row keeps saying it
+    is a legacy one (it goes where and how its author wrote it). The outbox's insert trigger
+    fills ``encrypted`` from the channel's mapping for a row that says 0, and it fired on every
+    copied row: the copy turned legacy rows into X Chat ones (an edit of the sent one would
+    then be sent through X Chat, the waiting ones wait for keys instead of going)."""
+    key = TokenCipher([generate_key()])
+    original = tmp_path / "bridge.db"
+    asyncio.run(fill(SqliteStore(str(original), key)))
+    with sqlite3.connect(original) as db:  # /xdm unlink, then /xdm dm with someone on X Chat
+        db.execute("UPDATE mappings SET encrypted = 1, conversation_id = '1000-2002'")
+    before = outbox_flags(str(original))
+    assert before == [("1.0", False), ("2.0", False), ("3.0", False)]
+    url = asyncio.run(pg.create_database(pg_server))
+    try:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv("DATABASE_PATH", str(original))
+        code, out = run(capsys, "copy-db", "--to", url)
+        assert code == 0, out
+        assert outbox_flags(url) == before
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        back = tmp_path / "back.db"
+        code, out = run(capsys, "copy-db", "--to", str(back))
+        assert code == 0, out
+        assert outbox_flags(str(back)) == before
+        with sqlite3.connect(back) as db:  # the trigger is back for the bridge's own inserts
+            assert db.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'outbox_encrypted'"
+            ).fetchone() == (1,)
+        triggers = asyncio.run(
+            pg.query(url, "SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'outbox_encrypted'")
+        )
+        assert triggers == [("O",)]  # enabled again
+    finally:
+        asyncio.run(pg.drop_database(pg_server, url))
