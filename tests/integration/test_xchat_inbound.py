@@ -369,3 +369,49 @@ async def test_a_person_with_new_keys_is_still_read(tmp_path: Path) -> None:
         assert [m["text"] for m in posts(bridge)] == ["from my old phone", "from my new phone"]
         metrics = bridge.app[METRICS]
         assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "read"}) == 0
+
+
+async def test_an_edit_or_delete_of_someone_elses_message_is_not_followed(tmp_path: Path) -> None:
+    """In a group, Bob's phone signs an edit of Alice's message and a delete of another of hers
+    (X Chat's events are each signed by their own sender, so Bob can sign these): followed, the
+    Slack message posted as Alice would say what Bob wrote, or vanish at his word. Only the
+    author's own edit or delete is followed."""
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_channel(bridge)
+        chat = bridge.x.chat
+        chat.enroll(BOB)
+        group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, group) >= 1, 10, "the group's first read")
+        chat.person_says(ALICE, group, "the meeting is at 5")
+        chat.person_says(ALICE, group, "bring the contract")
+        await wait_posts(bridge, 2, "C200")
+        first, second = (e["id"] for e in chat.conversations[group].events[-2:])
+        chat.person_edits(BOB, group, first, "the meeting is cancelled")
+        chat.person_deletes(BOB, group, second)
+        chat.person_says(ALICE, group, "see you")
+        await wait_until(lambda: "see you" in [m["text"] for m in posts(bridge, "C200")], 10, "the last post")
+        reads = chat_reads(bridge, group)
+        await wait_until(lambda: chat_reads(bridge, group) >= reads + 3, 10, "more reads")
+        shown = posts(bridge, "C200")
+        assert [m["text"] for m in shown] == ["the meeting is at 5", "bring the contract", "see you"]
+        assert not shown[0].get("edited")
+        assert bridge.slack.deleted == []
+        assert [c for c in bridge.slack.calls if c.method in ("chat.update", "chat.delete")] == []
+        states = await bridge.sql(
+            "SELECT event_type, state FROM inbound WHERE channel_id = 'C200' ORDER BY seq"
+        )
+        assert [tuple(s) for s in states] == [
+            ("MessageCreate", "posted"),
+            ("MessageCreate", "posted"),
+            ("ChatEdit", "skipped"),
+            ("ChatDelete", "skipped"),
+            ("MessageCreate", "posted"),
+        ]
+
