@@ -415,3 +415,35 @@ async def test_an_edit_or_delete_of_someone_elses_message_is_not_followed(tmp_pa
             ("MessageCreate", "posted"),
         ]
 
+
+async def test_an_event_of_another_conversation_served_in_a_group_is_not_posted_there(
+    tmp_path: Path,
+) -> None:
+    """X holds only ciphertext, and serves each conversation's events: an event Alice wrote in
+    her 1-to-1 with the account, served (replayed) among a group's events, is hers and verifies,
+    but it was never said in the group: posted in the group's channel, a private message would
+    reach everyone there. The signature binds its own conversation; that one is the read's."""
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        chat = bridge.x.chat
+        chat.enroll(BOB)
+        group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, group) >= 1, 10, "the group's first read")
+        await first_read(bridge)
+        chat.person_says(ALICE, conversation, "my home address, just for you")
+        await wait_posts(bridge, 1)
+        private = chat.conversations[f"{ME}:{ALICE}"].events[-1]
+        chat.conversations[group].events.append(dict(private))  # X replays it in the group
+        chat.person_says(ALICE, group, "hello group")
+        await wait_posts(bridge, 1, "C200")
+        reads = chat_reads(bridge, group)
+        await wait_until(lambda: chat_reads(bridge, group) >= reads + 3, 10, "more reads")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["hello group"]
+        assert [m["text"] for m in posts(bridge)] == ["my home address, just for you"]
