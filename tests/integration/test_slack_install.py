@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
+import io
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,8 @@ import pytest
 
 from adapters.sandbox.fake_slack import SlackSender
 from adapters.store.crypto import TokenCipher, generate_key
+from adapters.web import logs
+from adapters.web.logs import JsonFormatter
 from bridge.errors import ConfigError
 from tests.harness import (
     ALICE,
@@ -343,3 +347,34 @@ async def test_a_flood_of_install_page_views_is_capped_with_a_page(
             page = await response.text()
         assert response.status == 503 and "Try again in a few minutes" in page
         assert await bridge.sql("SELECT COUNT(*) FROM slack_oauth_states") == [(1,)]
+
+
+async def test_debug_logs_of_an_install_hold_no_token_refresh_token_or_client_secret(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOG_LEVEL=debug (what an operator sets to see a problem) and an install with rotating
+    tokens: slack-sdk logs each call's body at debug, oauth.v2.access's among them (the client
+    secret and code sent, the bot token and its refresh token answered). None may reach a log."""
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    monkeypatch.setattr(logs, "_KNOWN", sorted(bridge.settings.secrets, key=len, reverse=True))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        bridge.slack.installs.token_rotation = True
+        await install(bridge, T2)
+        await in_team(bridge, T2).sender.message("C100", "U100", "hello")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    written = lines.getvalue()
+    assert "oauth.v2.access" in written  # the exchange was logged (at debug), so this looks at it
+    [token] = bridge.slack.installs.tokens_of(T2)
+    [refresh] = await bridge.sql("SELECT bot_refresh_token FROM slack_installations")
+    cipher = TokenCipher(bridge.settings.encryption_keys)
+    for secret in (token, cipher.decrypt(refresh[0]), INSTALL_ENV["SLACK_CLIENT_SECRET"]):
+        assert secret not in written
+    assert "xoxe-" not in written and "xoxb-" not in written
