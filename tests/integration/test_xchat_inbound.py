@@ -25,7 +25,7 @@ from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
 from bridge.model import Mapping, MappingKind
-from tests.harness import ALICE, BOB, ME, TEAM, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, CAROL, ME, TEAM, Bridge, running_bridge, wait_until
 from tests.integration.test_push import PUSHED, push_env
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -447,3 +447,38 @@ async def test_an_event_of_another_conversation_served_in_a_group_is_not_posted_
         await wait_until(lambda: chat_reads(bridge, group) >= reads + 3, 10, "more reads")
         assert [m["text"] for m in posts(bridge, "C200")] == ["hello group"]
         assert [m["text"] for m in posts(bridge)] == ["my home address, just for you"]
+
+
+async def test_a_push_whose_event_is_signed_for_another_conversation_is_refused(tmp_path: Path) -> None:
+    """A push names its conversation outside the signature: Carol's genuine event and key change
+    of her own 1-to-1 with the account, pushed as Alice's conversation's, are refused (400,
+    counted), as a forgery is; named as her own conversation's, the same push is not refused."""
+    x = FakeX()
+    async with running_bridge(tmp_path, inbound=PUSHED, env=push_env(x), fake_x=x) as bridge:
+        conversation = await pushed_and_quiet(bridge)
+        x.chat.enroll(CAROL)
+        carols = x.chat.conversation(x.chat.person_opens(CAROL, ME), CAROL)
+        x.chat.person_says(CAROL, carols.id, "for the account only")
+        event = carols.events[-1]
+
+        async def push(conversation_id: str) -> int:
+            payload = {
+                "conversation_id": conversation_id,
+                "sender_id": CAROL,
+                "encoded_event": event["encoded_event"],
+                "conversation_key_change_event": carols.key_events[-1],
+            }
+            data = {"event_type": "chat.received", "filter": {"user_id": ME}, "payload": payload}
+            body = json.dumps({"data": data}).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "x-twitter-webhooks-signature": sign(x.consumer_secret, body),
+            }
+            async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+                return response.status
+
+        assert await push(conversation) == 400
+        assert await push(f"{ME}-{CAROL}") == 200  # named as hers: not refused (nothing bridges it)
+        metrics = bridge.app[METRICS]
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
+        assert posts(bridge) == []
