@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from adapters.sandbox.fake_slack import SlackSender
+from adapters.slack.install import REFUSALS
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.web import logs
 from adapters.web.logs import JsonFormatter
@@ -378,3 +379,27 @@ async def test_debug_logs_of_an_install_hold_no_token_refresh_token_or_client_se
     for secret in (token, cipher.decrypt(refresh[0]), INSTALL_ENV["SLACK_CLIENT_SECRET"]):
         assert secret not in written
     assert "xoxe-" not in written and "xoxb-" not in written
+
+
+async def test_made_up_oauth_errors_cost_a_line_a_minute_and_are_not_echoed(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can open Slack's redirect with any ``error=``: each made-up reason must not be a
+    new log line (a line a minute per reason is no cap when the reasons are endless), nor a new
+    entry kept in memory, nor words of the sender's shown on the bridge's page."""
+    planted = "Your workspace is suspended. Call +1 555 0100 to restore it"
+    with caplog.at_level(logging.INFO, "adapters"):
+        for n in range(30):
+            async with bridge.session.get(
+                f"{bridge.url}/slack/oauth_redirect", params={"error": f"{planted} {n}"}
+            ) as response:
+                page = await response.text()
+                assert response.status == 400, page
+                assert "Call +1" not in page and "Start again from the install page" in page
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("adapters.slack.install")]
+    assert len(lines) <= 1, lines
+    assert not [key for key in REFUSALS._last if "555" in key]  # no reason of theirs kept
+    async with bridge.session.get(
+        f"{bridge.url}/slack/oauth_redirect", params={"error": "access_denied"}
+    ) as response:
+        assert "You cancelled on Slack" in await response.text()  # Slack's own reasons still read
