@@ -99,8 +99,9 @@ class ChatCursors(Protocol):
         """Move the cursor forward to ``sequence_id`` (never back)."""
         ...
 
-    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str) -> str | None:
-        """The Slack ts an X event was posted (or sent from) as in that channel, or None."""
+    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str, author: str) -> str | None:
+        """The Slack ts X event ``dm_event_id`` of ``author``'s was posted as in that channel, or
+        None (not posted there, or not theirs)."""
         ...
 
 
@@ -189,10 +190,14 @@ class ChatInbound:
         )
         return data
 
-    async def target_ts(self, team_id: str, channel_id: str, sequence_id: str) -> str | None:
-        """The Slack message an X Chat event was posted as in this channel (what an edit or a
-        delete made on X follows), or None."""
-        return await self._cursors.posted_ts(team_id, channel_id, sequence_id)
+    async def target_ts(self, team_id: str, channel_id: str, sequence_id: str, author: str) -> str | None:
+        """The Slack message an X Chat event of ``author``'s was posted as in this channel (what
+        their edit or delete made on X follows), or None.
+
+        Each X Chat event is signed by its own sender only: a member of a group can sign an edit
+        or a delete naming anyone's message. Only the author's own is followed, else a message
+        posted in Slack as Alice could be rewritten or removed at Bob's word."""
+        return await self._cursors.posted_ts(team_id, channel_id, sequence_id, author)
 
     async def poll(self, account: Account, read: BudgetedRead) -> ChatRead:
         """Read every encrypted conversation the account bridges: the events new since the last

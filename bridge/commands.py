@@ -203,7 +203,10 @@ def parse(text: str) -> Command:
         found = _participant(rest[0])
         if found is None:
             raise CommandError(f"`{rest[0]}` is not an X handle (`@name`) or a numeric X user id.")
-        return DirectMessage(found, " ".join(rest[1:]))
+        words = rest[1:]
+        if words[:1] == ["--"]:  # "--" ends the people (the form writes it): not the message's
+            words = words[1:]
+        return DirectMessage(found, " ".join(words))
     if verb == "link":
         if len(rest) != 1:
             raise CommandError(

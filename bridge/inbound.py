@@ -1150,18 +1150,22 @@ class Inbound:
 
     async def _follow(self, item: InboundItem) -> InboundItem | None:
         """An edit or delete made on X: the Slack message its target was posted as is updated or
-        deleted (both may be done again after a crash: the same text, a message already gone).
-        Without such a message here (bridged later, or refused by Slack) there is nothing to
-        follow: the row is skipped. Slack's 429 and failures are handled as a post's."""
+        deleted, when the target is the editor's own message (both may be done again after a
+        crash: the same text, a message already gone). Without such a message here (bridged
+        later, refused by Slack, or someone else's) there is nothing to follow: the row is skipped.
+        Slack's 429 and failures are handled as a post's."""
         ids = {"channel": item.channel_id, "dm_event_id": item.dm_event_id}
         target = str(item.payload.get("edit_of") or item.payload.get("delete_of") or "")
         ts = None
-        if self.chats is not None and target:
-            ts = await self.chats.target_ts(item.team_id, item.channel_id, target)
+        if self.chats is not None and target and item.sender_id:
+            ts = await self.chats.target_ts(item.team_id, item.channel_id, target, item.sender_id)
         if ts is None:
-            log.info("an edit or delete on X of a message not posted here: nothing to follow", extra=ids)
+            log.info(
+                "an edit or delete on X of a message not posted here by its sender: nothing to follow",
+                extra=ids,
+            )
             await self._store.reschedule_inbound(
-                item.id, InboundState.SKIPPED, 0.0, "its message is not in this channel"
+                item.id, InboundState.SKIPPED, 0.0, "its message is not in this channel, or not its sender's"
             )
             self._post_wake.set()
             return None

@@ -214,6 +214,16 @@ def _selected(values: dict[str, Any], block: str, action: str) -> dict[str, Any]
     return found if isinstance(found, dict) else {}
 
 
+def slack_escaped(text: str) -> str:
+    """``text`` as Slack gives a typed command's text: ``&``, ``<`` and ``>`` escaped.
+
+    A text input's value comes raw, and the opening message is shown in the channel by the bot:
+    raw, ``<!channel>`` or ``<!subteam^…>`` would be the bot's own broadcast (a workspace may keep
+    its members from them, not bots) and ``<https://a|b>`` a link disguised as another. Escaped,
+    it is the text the typed command would carry: shown as typed, and sent to X as typed."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def submission(values: dict[str, Any]) -> tuple[str, str | None, dict[str, str]]:
     """A submission's values as a typed command's text, the channel picked (if any), and errors.
 
@@ -226,7 +236,7 @@ def submission(values: dict[str, Any]) -> tuple[str, str | None, dict[str, str]]
     ]
     picked = _selected(values, CONVERSATION_BLOCK, CONVERSATION_ACTION).get("selected_option")
     conversation = str(picked.get("value", "")) if isinstance(picked, dict) else ""
-    message = str(_selected(values, MESSAGE_BLOCK, MESSAGE_ACTION).get("value") or "").strip()
+    message = slack_escaped(str(_selected(values, MESSAGE_BLOCK, MESSAGE_ACTION).get("value") or "").strip())
     channel = _selected(values, CHANNEL_BLOCK, CHANNEL_ACTION).get("selected_conversation")
     channel_id = str(channel) if isinstance(channel, str) and channel else None
     bad = [p for p in people if not X_USERNAME.match(p)]

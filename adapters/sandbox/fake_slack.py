@@ -918,21 +918,24 @@ class FakeSlack:
         return channel
 
     def _bot_message(self, params: Mapping[str, Any], ts: str) -> dict[str, Any]:
+        # Posted with an install's token: that workspace's bot (as auth.test says).
+        team = self._caller
+        bot_id = team.bot_id if team is not None else self.bot_id
         message: dict[str, Any] = {
-            "user": self.bot_user_id,
+            "user": team.bot_user_id if team is not None else self.bot_user_id,
             "type": "message",
             "ts": ts,
-            "bot_id": self.bot_id,
+            "bot_id": bot_id,
             "app_id": self.app_id,
             "text": _opt_str(params, "text") or "",
-            "team": self.team_id,
+            "team": team.team_id if team is not None else self.team_id,
             "bot_profile": {
-                "id": self.bot_id,
+                "id": bot_id,
                 "deleted": False,
                 "name": self.bot_name,
                 "updated": int(self.clock()),
                 "app_id": self.app_id,
-                "team_id": self.team_id,
+                "team_id": team.team_id if team is not None else self.team_id,
             },
         }
         username = _opt_str(params, "username")

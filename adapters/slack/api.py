@@ -30,6 +30,7 @@ from bridge.errors import (
     SlackRefused,
     SlackTransient,
 )
+from bridge.inbound import METADATA_TYPE
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 from bridge.model import Button, SlackMember
 
@@ -159,6 +160,7 @@ class SlackApi:
         self._session = session
         self._names: TTLCache[tuple[str, str], str] = TTLCache(maxsize=name_cache_size, ttl=NAME_TTL)
         self._bot_name: str | None = None
+        self._bot_id: str | None = None  # auth.test's: whose posts are the bridge's own
         api = urlsplit(client.base_url)
         self._api_origin = (api.scheme, api.netloc.lower())
 
@@ -266,9 +268,13 @@ class SlackApi:
         return file_id
 
     async def find_posted(self, team_id: str, channel_id: str, event_id: str, oldest: float) -> str | None:
-        """Search ``conversations.history`` since ``oldest`` for our post carrying ``event_id``."""
+        """Search ``conversations.history`` since ``oldest`` for our post carrying ``event_id``.
+
+        Only the bridge's own bot's post counts: any app in the workspace can post a message
+        carrying the same metadata, and taken for ours it would keep the X message from Slack."""
         cursor: str | None = None
         try:
+            own = await self._own_bot_id()
             while True:
                 response = await self._client.conversations_history(
                     channel=channel_id,
@@ -278,8 +284,10 @@ class SlackApi:
                     cursor=cursor,
                 )
                 for message in response.get("messages") or []:
-                    payload = (message.get("metadata") or {}).get("event_payload") or {}
-                    if payload.get("dm_event_id") == event_id:
+                    metadata = message.get("metadata") or {}
+                    payload = metadata.get("event_payload") or {}
+                    ours = metadata.get("event_type") == METADATA_TYPE and message.get("bot_id") == own
+                    if ours and payload.get("dm_event_id") == event_id:
                         return str(message.get("ts"))
                 cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
                 if not cursor:
@@ -336,6 +344,13 @@ class SlackApi:
         channel = response.get("channel") or {}
         # Slack leaves is_member out of DMs; the bot is always in a DM it can see.
         return channel.get("is_member") is True or channel.get("is_im") is True
+
+    async def _own_bot_id(self) -> str:
+        """The bot's id (``auth.test``), asked once; Slack's errors raised as any call's."""
+        if self._bot_id is None:
+            response = await self._client.auth_test()
+            self._bot_id = str(response.get("bot_id") or "")
+        return self._bot_id
 
     async def bot_name(self, team_id: str) -> str:
         if self._bot_name is None:

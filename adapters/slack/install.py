@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
@@ -37,6 +38,8 @@ REDIRECT_PATH = "/slack/oauth_redirect"
 ORG_WIDE = "org_wide_install"  # the BoltError message store_installation raises for one
 NO_ANSWER = "slack_no_answer"
 BUSY = "too_many_installs"
+OTHER = "unexpected"  # a reason not shaped as Slack's codes (see ``slack_reason``)
+_SLACK_CODE = re.compile(r"[a-z][a-z0-9_.]{0,59}")
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -158,7 +161,10 @@ def install_flow(
 
     async def failure(args: AsyncFailureArgs) -> BoltResponse:
         reason = str(args.error) if args.reason == "storage_error" and args.error else args.reason
-        REFUSALS.warning("Slack install did not complete", reason[:80])
+        reason = slack_reason(reason)
+        # A line a minute per known reason; every other one (anyone can make up an error=) shares one.
+        key = reason if reason in FAILURES else OTHER
+        REFUSALS.warning("Slack install did not complete", key, slack_reason=reason)
         return failure_response(reason, args.settings.state_utils.build_set_cookie_for_deletion())
 
     settings = AsyncOAuthSettings(
@@ -178,6 +184,13 @@ def install_flow(
         logger=log,
     )
     return InstallFlow(client=client, settings=settings, logger=log)
+
+
+def slack_reason(reason: str) -> str:
+    """``reason`` when it is shaped as Slack's error codes (``invalid_team_for_non_distributed_app``),
+    else ``OTHER``: the redirect's ``error=`` is whatever the link that was opened says, and its
+    words are neither shown on the bridge's page nor written to its log."""
+    return reason if _SLACK_CODE.fullmatch(reason) else OTHER
 
 
 def failure_response(reason: str, delete_cookie: str) -> BoltResponse:

@@ -280,10 +280,18 @@ class OAuthWebClient(AsyncWebClient):
         return await self.api_call("oauth.v2.access", data=data)
 
 
+# slack-sdk writes each call's request and answer at debug level whenever its logger's own level
+# allows it (unset, it does): for oauth.v2.access that is the client secret and the code sent,
+# the bot token and refresh token answered. This client's logger never goes below info.
+OAUTH_CLIENT_LOG = logging.getLogger("adapters.slack.workspaces.oauth_client")
+OAUTH_CLIENT_LOG.setLevel(logging.INFO)
+
+
 def oauth_client(base_url: str, session: aiohttp.ClientSession) -> AsyncWebClient:
     """The client that exchanges codes and refresh tokens: no retries (a code or a refresh token
-    presented twice is refused, and a refresh token lost with it)."""
-    return OAuthWebClient(base_url=base_url, session=session, retry_handlers=[])
+    presented twice is refused, and a refresh token lost with it), and no debug lines (they would
+    hold the secret and the tokens: ``OAUTH_CLIENT_LOG``)."""
+    return OAuthWebClient(base_url=base_url, session=session, retry_handlers=[], logger=OAUTH_CLIENT_LOG)
 
 
 class TeamSlack:

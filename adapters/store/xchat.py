@@ -153,12 +153,17 @@ class ChatCursorStore:
             now,
         )
 
-    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str) -> str | None:
+    async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str, author: str) -> str | None:
+        # Only a message of ``author``'s, posted here from X: one whose inbound row names them as
+        # its sender (a message sent from Slack, or one whose row is pruned, is nobody's to follow).
         rows = await self._engine.fetch(
-            "SELECT slack_ts FROM message_map WHERE dm_event_id = ? AND team_id = ? AND channel_id = ? "
-            "ORDER BY part LIMIT 1",
+            "SELECT m.slack_ts FROM message_map AS m WHERE m.dm_event_id = ? AND m.team_id = ? "
+            "AND m.channel_id = ? AND EXISTS (SELECT 1 FROM inbound AS i WHERE i.dm_event_id = m.dm_event_id "
+            "AND i.team_id = m.team_id AND i.channel_id = m.channel_id AND i.sender_id = ?) "
+            "ORDER BY m.part LIMIT 1",
             dm_event_id,
             team_id,
             channel_id,
+            author,
         )
         return str(rows[0]["slack_ts"]) if rows else None

@@ -16,9 +16,10 @@ from time import monotonic
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
-# Bot tokens, and bearer or basic credentials (16+ characters, so "Basic Information" stays).
+# Slack's tokens (bot, user, app; a rotating one, xoxe.xoxb-…, and its refresh token, xoxe-…),
+# and bearer or basic credentials (16+ characters, so "Basic Information" stays).
 _SECRET = re.compile(
-    r"(xox[abposr]-[A-Za-z0-9-]+|Bearer\s+[A-Za-z0-9._~+/=-]+|Basic\s+[A-Za-z0-9+/]{16,}={0,2})"
+    r"(xox[a-z](?:\.xox[a-z])?-[A-Za-z0-9-]+|Bearer\s+[A-Za-z0-9._~+/=-]+|Basic\s+[A-Za-z0-9+/]{16,}={0,2})"
 )
 _KNOWN: list[str] = []  # the configured secrets' values, longest first
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import struct
 import time
 from dataclasses import replace
@@ -42,6 +43,8 @@ from bridge.xchat import (
     XChatIdentities,
     XChatIdentity,
 )
+
+log = logging.getLogger("adapters.x.xchat")
 
 # How long a conversation key read from X, or X's word that the account's key is still the one
 # registered, is used before asking again (each is a read; a message must not cost one).
@@ -478,8 +481,9 @@ class ChatConversations:
                 self._records.pop(user_id, None)
             await self._people(token, stale)
             result = self._chat.decrypt_events(batch)
-        self._keep_keys(conversation_id, result)
-        events = [_event(m["event"], conversation_id) for m in result["messages"]]
+        mine, elsewhere = _own_messages(self._signed_id(conversation_id), result)
+        self._keep_keys(conversation_id, self._keys_of(conversation_id, mine))
+        events = [_event(m["event"], conversation_id) for m in mine]
         shown = tuple(e for e in events if e is not None and e.kind is not ChatEventKind.OTHER)
         # Errors are indexed over the whole batch; a key event that fails is as much a refusal.
         errors = result.get("errors") or {}
@@ -488,9 +492,17 @@ class ChatConversations:
             for i in errors
             if str(i).isdigit() and int(i) >= len(key_events)
         )
+        # An event signed for another conversation (served here by X) is refused as a forgery is.
+        ids_of = {e["encoded_event"]: str(e.get("id") or "") for e in items}
+        refused_ids += tuple(ids_of[b] for b in elsewhere if b in ids_of)
+        if elsewhere:
+            log.warning(
+                "X Chat events of another conversation were served in this one: refused",
+                extra={"conversation": conversation_id, "count": len(elsewhere)},
+            )
         newest_first = tuple(sorted(shown, key=lambda e: int(e.sequence_id), reverse=True))
         next_token = (meta or {}).get("next_token")
-        return ChatPage(newest_first, len(errors), next_token, refused_ids), facts
+        return ChatPage(newest_first, len(errors) + len(elsewhere), next_token, refused_ids), facts
 
     async def verify_pushed(self, token: str, push: ChatPush) -> str | None:
         """A pushed event checked with chat_xdk: its sequence id; None while its conversation
@@ -515,6 +527,8 @@ class ChatConversations:
             result = self._chat.decrypt_events([push.key_change_event])
             if result.get("errors"):
                 raise ChatPushRefused("the pushed conversation key change does not verify")
+            if _own_messages(self._signed_id(push.conversation_id), result)[1]:
+                raise ChatPushRefused("the pushed key change is another conversation's")
         try:
             event = self._chat.decrypt_event(push.encoded_event)
         except (ValueError, TypeError) as exc:
@@ -525,6 +539,8 @@ class ChatConversations:
             ) from exc
         if not event.get("verified", False):
             raise ChatPushRefused("the pushed event is not signed")
+        if str(event.get("conversation_id") or "") != self._signed_id(push.conversation_id):
+            raise ChatPushRefused("the pushed event is signed for another conversation")
         return str(event.get("sequence_id") or "") or None
 
     def _stale(
@@ -554,8 +570,30 @@ class ChatConversations:
             if u and self._fetched_at.get(u, self._read_started) < self._read_started
         ]
 
-    def _keep_keys(self, conversation_id: str, result: dict[str, Any]) -> None:
-        keys = (result.get("conversation_keys") or {}).get("keys") or {}
+    def _signed_id(self, conversation_id: str) -> str:
+        """The id an event of ``conversation_id`` is signed for (``_canonical``); a bare peer id
+        (X's push may name a 1-to-1 so) is the account's 1-to-1 with that person."""
+        if conversation_id.isdigit():
+            conversation_id = f"{self.user_id}-{conversation_id}"
+        try:
+            return _canonical(conversation_id)
+        except ValueError:
+            return conversation_id  # not an id X Chat signs: nothing is this conversation's
+
+    def _keys_of(self, conversation_id: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
+        """The conversation keys of ``conversation_id``'s own key changes (``mine``).
+
+        chat_xdk gives the keys of every key change in a batch, whatever conversation each is
+        signed for: X serving another conversation's key change here (one whose other people
+        hold its key) would have the bridge encrypt this conversation's messages for them."""
+        key_changes = [str(m["original_b64"]) for m in mine if m["event"].get("type") == "KeyChange"]
+        if not key_changes:
+            return {}
+        found: dict[str, Any] = self._chat.decrypt_events(key_changes).get("conversation_keys") or {}
+        return found
+
+    def _keep_keys(self, conversation_id: str, keys_found: dict[str, Any]) -> None:
+        keys = keys_found.get("keys") or {}
         kept = self._keys.setdefault(conversation_id, {})
         kept.update({str(version): bytes(key) for version, key in keys.items()})
 
@@ -570,7 +608,8 @@ class ChatConversations:
             meta = payload.get("meta") if isinstance(payload, dict) else None
             key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
             await self._people(token, [self.user_id, *_one_to_one_people(conversation_id)])
-            self._keep_keys(conversation_id, self._chat.decrypt_events(key_events))
+            mine, _ = _own_messages(self._signed_id(conversation_id), self._chat.decrypt_events(key_events))
+            self._keep_keys(conversation_id, self._keys_of(conversation_id, mine))
         key = self._keys.get(conversation_id, {}).get(key_version)
         if key is None:
             raise XRefused("the attachment's conversation key is not one the account can open")
@@ -618,8 +657,8 @@ class ChatConversations:
         self._api._raise_for(status, headers, payload)
         meta = payload.get("meta") if isinstance(payload, dict) else None
         key_events = [k for k in (meta or {}).get("conversation_key_events") or [] if isinstance(k, str)]
-        result = self._chat.decrypt_events(key_events)
-        keys = result.get("conversation_keys") or {}
+        mine, _ = _own_messages(self._signed_id(conversation_id), self._chat.decrypt_events(key_events))
+        keys = self._keys_of(conversation_id, mine)
         version = keys.get("latest_version")
         if not version or version not in (keys.get("keys") or {}):
             raise XChatError(f"conversation {conversation_id} has no key the account can open")
@@ -744,6 +783,20 @@ def _dimensions(head: bytes) -> tuple[int, int]:
     except ValueError:
         return 0, 0
     return (int(found[0]), int(found[1])) if found else (0, 0)
+
+
+def _own_messages(signed_id: str, result: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A decryption's messages signed for conversation ``signed_id`` (``_canonical``: the id
+    signatures bind), and the raw events of those signed for another conversation."""
+    canonical = signed_id
+    mine: list[dict[str, Any]] = []
+    elsewhere: list[str] = []
+    for message in result.get("messages") or []:
+        if str(message["event"].get("conversation_id") or "") == canonical:
+            mine.append(message)
+        else:
+            elsewhere.append(str(message.get("original_b64") or ""))
+    return mine, elsewhere
 
 
 def _one_to_one_people(conversation_id: str) -> list[str]:

@@ -52,6 +52,38 @@ async def test_where_an_event_was_posted_is_found_per_channel(
         "created_at) VALUES (?, ?, ?, 0, ?, ?, ?)",
         "T1", "C1", "111.000001", "1000-2001", OLDER, 1.0,
     )  # fmt: skip
-    assert await store.posted_ts("T1", "C1", OLDER) == "111.000001"
-    assert await store.posted_ts("T1", "C2", OLDER) is None
-    assert await store.posted_ts("T1", "C1", NEWER) is None
+    for channel in ("C1", "C2"):  # posted from X in C1, written by 2001
+        await engine.sql(
+            "INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id, "
+            "event_type, sender_id, payload, origin, state, created_at) "
+            "VALUES (?, 1, 1, ?, ?, ?, 'MessageCreate', ?, '{}', 'poll', 'posted', 1.0)",
+            OLDER, "1000-2001", "T1", channel, "2001",
+        )  # fmt: skip
+    assert await store.posted_ts("T1", "C1", OLDER, "2001") == "111.000001"
+    assert await store.posted_ts("T1", "C2", OLDER, "2001") is None
+    assert await store.posted_ts("T1", "C1", NEWER, "2001") is None
+
+
+async def test_an_event_is_found_only_for_its_own_sender(
+    cursors: tuple[ChatCursorStore, Engine],
+) -> None:
+    """What an edit or a delete made on X follows: only a message its editor wrote (each X Chat
+    event is signed by its own sender, so anyone in a group can name anyone's message)."""
+    store, engine = cursors
+    for event, sender in ((OLDER, "2001"), (NEWER, None)):  # NEWER: sent from Slack, no X sender
+        await engine.sql(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
+            "created_at) VALUES (?, ?, ?, 0, ?, ?, ?)",
+            "T1", "C1", f"11{event[-1]}.000001", "g42", event, 1.0,
+        )  # fmt: skip
+        if sender:
+            await engine.sql(
+                "INSERT INTO inbound (dm_event_id, seq, account_id, conversation_id, team_id, channel_id, "
+                "event_type, sender_id, payload, origin, state, created_at) "
+                "VALUES (?, 1, 1, 'g42', 'T1', 'C1', 'MessageCreate', ?, '{}', 'poll', 'posted', 1.0)",
+                event, sender,
+            )  # fmt: skip
+    assert await store.posted_ts("T1", "C1", OLDER, "2001") == "119.000001"
+    assert await store.posted_ts("T1", "C1", OLDER, "2002") is None  # another member of the group
+    assert await store.posted_ts("T1", "C1", NEWER, "2001") is None
+    assert await store.posted_ts("T1", "C1", NEWER, "1000") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
+from bridge.inbound import METADATA_TYPE
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
@@ -406,3 +408,29 @@ async def test_a_refused_channel_does_not_fetch_the_attachment_from_x_again(tmp_
         assert len(fetched) == 1
         assert [f["content"] for f in bridge.slack.shared_files if f["channel"] == "C100"] == [picture]
         assert texts(bridge) == ["first"]
+
+
+async def test_another_apps_message_carrying_the_bridges_metadata_does_not_pass_for_its_post(
+    tmp_path: Path,
+) -> None:
+    """A post Slack failed is looked for in the channel's history before it is made again (it
+    may have gone through). Any app in the workspace can post a message carrying the bridge's
+    metadata type and an X event's id: taken for the bridge's post, the DM would never show
+    (and its edits would follow the other app's message). Only the bridge's own bot's post is."""
+    async with running_bridge(tmp_path) as bridge:
+        await ready(bridge)
+        bridge.slack.fail_next("chat.postMessage", "internal_error", status=500)
+        event = bridge.x.add_event(CONVERSATION, ALICE, "the real message")
+        ts = f"{time.time():.6f}"
+        bridge.slack._messages[("C100", ts)] = {
+            "type": "message",
+            "ts": ts,
+            "channel": "C100",
+            "text": "a decoy",
+            "bot_id": "BOTHERAPP",
+            "app_id": "AOTHERAPP",
+            "metadata": {"event_type": METADATA_TYPE, "event_payload": {"dm_event_id": event.id}},
+        }
+        await wait_until(lambda: "the real message" in texts(bridge), 10, "the DM posted by the bridge")
+        [(posted_ts,)] = await bridge.sql("SELECT slack_ts FROM inbound WHERE dm_event_id = ?", event.id)
+        assert posted_ts != ts

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
+import io
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +19,11 @@ import pytest
 
 from adapters.sandbox.fake_slack import SlackSender
 from adapters.sandbox.fake_slack_views import SurfaceSender
+from adapters.slack.install import REFUSALS
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.slack_installs import REMOVAL_CLOCK_SLACK
+from adapters.web import logs
+from adapters.web.logs import JsonFormatter
 from bridge.errors import ConfigError
 from tests.harness import (
     ALICE,
@@ -410,3 +415,58 @@ async def test_each_workspaces_home_and_form_go_out_with_its_own_token(bridge: B
         assert ack.status == 200
         opened = bridge.slack.calls_to("views.open")[before:]
         assert [c.headers.get("authorization") for c in opened] == [f"Bearer {token}"]
+
+
+async def test_debug_logs_of_an_install_hold_no_token_refresh_token_or_client_secret(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOG_LEVEL=debug (what an operator sets to see a problem) and an install with rotating
+    tokens: slack-sdk logs each call's body at debug, oauth.v2.access's among them (the client
+    secret and code sent, the bot token and its refresh token answered). None may reach a log."""
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    monkeypatch.setattr(logs, "_KNOWN", sorted(bridge.settings.secrets, key=len, reverse=True))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        bridge.slack.installs.token_rotation = True
+        await install(bridge, T2)
+        await in_team(bridge, T2).sender.message("C100", "U100", "hello")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    written = lines.getvalue()
+    assert "oauth.v2.access" in written  # the exchange was logged (at debug), so this looks at it
+    [token] = bridge.slack.installs.tokens_of(T2)
+    [refresh] = await bridge.sql("SELECT bot_refresh_token FROM slack_installations")
+    cipher = TokenCipher(bridge.settings.encryption_keys)
+    for secret in (token, cipher.decrypt(refresh[0]), INSTALL_ENV["SLACK_CLIENT_SECRET"]):
+        assert secret not in written
+    assert "xoxe-" not in written and "xoxb-" not in written
+
+
+async def test_made_up_oauth_errors_cost_a_line_a_minute_and_are_not_echoed(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can open Slack's redirect with any ``error=``: each made-up reason must not be a
+    new log line (a line a minute per reason is no cap when the reasons are endless), nor a new
+    entry kept in memory, nor words of the sender's shown on the bridge's page."""
+    planted = "Your workspace is suspended. Call +1 555 0100 to restore it"
+    with caplog.at_level(logging.INFO, "adapters"):
+        for n in range(30):
+            async with bridge.session.get(
+                f"{bridge.url}/slack/oauth_redirect", params={"error": f"{planted} {n}"}
+            ) as response:
+                page = await response.text()
+                assert response.status == 400, page
+                assert "Call +1" not in page and "Start again from the install page" in page
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("adapters.slack.install")]
+    assert len(lines) <= 1, lines
+    assert not [key for key in REFUSALS._last if "555" in key]  # no reason of theirs kept
+    async with bridge.session.get(
+        f"{bridge.url}/slack/oauth_redirect", params={"error": "access_denied"}
+    ) as response:
+        assert "You cancelled on Slack" in await response.text()  # Slack's own reasons still read

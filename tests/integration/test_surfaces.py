@@ -456,3 +456,33 @@ async def test_bridge_a_channel_from_the_home_picks_the_channel_too(tmp_path: Pa
         rows = await bridge.sql("SELECT channel_id, participant_id FROM mappings")
         assert [tuple(r) for r in rows] == [("C200", ALICE)]
         await home_of(bridge, "U100", containing="<#C200>")
+
+
+async def test_a_modals_opening_message_is_posted_as_typed_never_as_a_broadcast_or_a_disguised_link(
+    tmp_path: Path,
+) -> None:
+    """A form's text input gives the text raw, where a typed command's comes escaped by Slack.
+    The bot shows the opening message in the channel: raw, ``<!channel>`` would be the bot's own
+    @channel (workspaces may keep it from their members; bots are not kept from it) and
+    ``<https://…|…>`` a link disguised as another. It is shown and sent as typed."""
+    typed = "<!channel> <!subteam^S1> read <https://evil.example|docs.example.com> & co"
+    async with running_bridge(tmp_path) as bridge:
+        await bridge.connect()
+        await bridge.sender.command(
+            "", user_id="U100", channel_id="C100", response_url=bridge.slack.new_response_url()
+        )
+        modal = bridge.slack.views.modal("U100")
+        assert modal is not None
+        answer = await surfaces(bridge).submit(modal, picked(("alice",), message=typed), user_id="U100")
+        assert answer.status == 200 and answer.json()["response_action"] == "update", answer.text
+        [shown] = await bridge.slack.wait_for(
+            lambda c: c.method == "chat.postMessage" and "opening message" in str(c.params.get("text")),
+            timeout=10.0,
+        )
+        text = str(shown.params["text"])
+        assert "<!" not in text and "<https" not in text, text
+        assert text.endswith(
+            "&lt;!channel&gt; &lt;!subteam^S1&gt; read &lt;https://evil.example|docs.example.com&gt; &amp; co"
+        )
+        await bridge.wait_dms(1)
+        assert bridge.texts(f"{ME}-{ALICE}")[-1] == f"Ada: {typed}"  # X gets it as typed

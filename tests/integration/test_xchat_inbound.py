@@ -25,7 +25,7 @@ from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
 from bridge.model import Mapping, MappingKind
-from tests.harness import ALICE, BOB, ME, TEAM, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, CAROL, ME, TEAM, Bridge, running_bridge, wait_until
 from tests.integration.test_push import PUSHED, push_env
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
@@ -416,3 +416,116 @@ async def test_what_was_written_while_no_channel_bridged_it_is_not_posted_when_o
         await wait_until(lambda: chat_reads(bridge) >= reads + 3, 10, "more reads")
         assert [m["text"] for m in posts(bridge, "C200")] == ["after bridging again"]
         assert [m["text"] for m in posts(bridge)] == ["while bridged"]
+
+
+async def test_an_edit_or_delete_of_someone_elses_message_is_not_followed(tmp_path: Path) -> None:
+    """In a group, Bob's phone signs an edit of Alice's message and a delete of another of hers
+    (X Chat's events are each signed by their own sender, so Bob can sign these): followed, the
+    Slack message posted as Alice would say what Bob wrote, or vanish at his word. Only the
+    author's own edit or delete is followed."""
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_channel(bridge)
+        chat = bridge.x.chat
+        chat.enroll(BOB)
+        group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, group) >= 1, 10, "the group's first read")
+        chat.person_says(ALICE, group, "the meeting is at 5")
+        chat.person_says(ALICE, group, "bring the contract")
+        await wait_posts(bridge, 2, "C200")
+        first, second = (e["id"] for e in chat.conversations[group].events[-2:])
+        chat.person_edits(BOB, group, first, "the meeting is cancelled")
+        chat.person_deletes(BOB, group, second)
+        chat.person_says(ALICE, group, "see you")
+        await wait_until(lambda: "see you" in [m["text"] for m in posts(bridge, "C200")], 10, "the last post")
+        reads = chat_reads(bridge, group)
+        await wait_until(lambda: chat_reads(bridge, group) >= reads + 3, 10, "more reads")
+        shown = posts(bridge, "C200")
+        assert [m["text"] for m in shown] == ["the meeting is at 5", "bring the contract", "see you"]
+        assert not shown[0].get("edited")
+        assert bridge.slack.deleted == []
+        assert [c for c in bridge.slack.calls if c.method in ("chat.update", "chat.delete")] == []
+        states = await bridge.sql(
+            "SELECT event_type, state FROM inbound WHERE channel_id = 'C200' ORDER BY seq"
+        )
+        assert [tuple(s) for s in states] == [
+            ("MessageCreate", "posted"),
+            ("MessageCreate", "posted"),
+            ("ChatEdit", "skipped"),
+            ("ChatDelete", "skipped"),
+            ("MessageCreate", "posted"),
+        ]
+
+
+async def test_an_event_of_another_conversation_served_in_a_group_is_not_posted_there(
+    tmp_path: Path,
+) -> None:
+    """X holds only ciphertext, and serves each conversation's events: an event Alice wrote in
+    her 1-to-1 with the account, served (replayed) among a group's events, is hers and verifies,
+    but it was never said in the group: posted in the group's channel, a private message would
+    reach everyone there. The signature binds its own conversation; that one is the read's."""
+    async with running_bridge(tmp_path) as bridge:
+        conversation = await encrypted_channel(bridge)
+        chat = bridge.x.chat
+        chat.enroll(BOB)
+        group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, group) >= 1, 10, "the group's first read")
+        await first_read(bridge)
+        chat.person_says(ALICE, conversation, "my home address, just for you")
+        await wait_posts(bridge, 1)
+        private = chat.conversations[f"{ME}:{ALICE}"].events[-1]
+        chat.conversations[group].events.append(dict(private))  # X replays it in the group
+        chat.person_says(ALICE, group, "hello group")
+        await wait_posts(bridge, 1, "C200")
+        reads = chat_reads(bridge, group)
+        await wait_until(lambda: chat_reads(bridge, group) >= reads + 3, 10, "more reads")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["hello group"]
+        assert [m["text"] for m in posts(bridge)] == ["my home address, just for you"]
+
+
+async def test_a_push_whose_event_is_signed_for_another_conversation_is_refused(tmp_path: Path) -> None:
+    """A push names its conversation outside the signature: Carol's genuine event and key change
+    of her own 1-to-1 with the account, pushed as Alice's conversation's, are refused (400,
+    counted), as a forgery is; named as her own conversation's, the same push is not refused."""
+    x = FakeX()
+    async with running_bridge(tmp_path, inbound=PUSHED, env=push_env(x), fake_x=x) as bridge:
+        conversation = await pushed_and_quiet(bridge)
+        x.chat.enroll(CAROL)
+        carols = x.chat.conversation(x.chat.person_opens(CAROL, ME), CAROL)
+        x.chat.person_says(CAROL, carols.id, "for the account only")
+        event = carols.events[-1]
+
+        async def push(conversation_id: str) -> int:
+            payload = {
+                "conversation_id": conversation_id,
+                "sender_id": CAROL,
+                "encoded_event": event["encoded_event"],
+                "conversation_key_change_event": carols.key_events[-1],
+            }
+            data = {"event_type": "chat.received", "filter": {"user_id": ME}, "payload": payload}
+            body = json.dumps({"data": data}).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "x-twitter-webhooks-signature": sign(x.consumer_secret, body),
+            }
+            async with bridge.session.post(f"{bridge.url}/x/webhook", data=body, headers=headers) as response:
+                return response.status
+
+        assert await push(conversation) == 400
+        assert await push(f"{ME}-{CAROL}") == 200  # named as hers: not refused (nothing bridges it)
+        metrics = bridge.app[METRICS]
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
+        assert posts(bridge) == []

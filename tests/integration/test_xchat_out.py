@@ -9,6 +9,7 @@ Both stores.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
+from bridge.model import Mapping, MappingKind
 from bridge.xchat import IdentityState
-from tests.harness import ALICE, BOB, CAROL, FAST, ME, Bridge, note, running_bridge, wait_until
+from tests.harness import ALICE, BOB, CAROL, FAST, ME, TEAM, Bridge, note, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
 from tests.integration.test_xchat_inbound import chat_reads
 
@@ -399,3 +401,44 @@ async def test_both_ways_in_one_encrypted_conversation_and_no_echo(tmp_path: Pat
         [answer] = relayed()
         assert answer["text"] == "yes, here 🔒"
         assert answer["username"].startswith("Alice")
+
+
+async def test_another_conversations_key_served_here_is_never_encrypted_to(tmp_path: Path) -> None:
+    """X serves the conversation's key changes. Carol's key change of her own 1-to-1 with the
+    account (signed by her, the key wrapped for the account too) served among Alice's would, if
+    taken, have the bridge encrypt what is meant for Alice with a key Carol holds: X hands her the
+    ciphertext, and she reads it. A key is this conversation's only when signed for it."""
+    async with running_bridge(tmp_path) as bridge:
+        await encrypted_dm(bridge)
+        chat = bridge.x.chat
+        chat.enroll(CAROL)
+        carols = chat.conversations[chat.conversation(chat.person_opens(CAROL, ME), CAROL).id]
+        # Carol's conversation is bridged too (C200): the bridge knows her signing keys.
+        store = bridge.app[SERVICES].store
+        [account] = await store.list_accounts()
+        mapping = Mapping(
+            TEAM,
+            "C200",
+            MappingKind.LINK,
+            account.id,
+            f"{ME}-{CAROL}",
+            None,
+            "U100",
+            time.time(),
+            encrypted=True,
+        )
+        assert await store.create_mapping(mapping) is not None
+        bridge.app[SERVICES].inbound.poll_soon(account.id)
+        await wait_until(lambda: chat_reads(bridge, f"{ME}-{CAROL}") >= 1, 10, "Carol's conversation read")
+        alices = chat.conversations[chat.conversation(ALICE_CHAT, ALICE).id]
+        alices.key_events.append(carols.key_events[-1])  # the newest key change here is Carol's
+        chats = bridge.app[SERVICES].inbound.chats
+        assert chats is not None
+        for _, session in chats._readers._sessions.values():  # type: ignore[attr-defined]
+            session._conversation_keys.clear()  # read from X now, not kept from the command
+        _, ts = await bridge.post("for Alice only", blocks=[])
+        await bridge.wait_reaction("C100", ts, "white_check_mark")
+        assert texts(bridge, ALICE, ALICE_CHAT) == ["Ada: for Alice only"]
+        sent = alices.events[-1]["encoded_event"]
+        read = chat._phone(CAROL).decrypt_events([*carols.key_events, sent], chat.signing_entries())
+        assert [m["event"]["type"] for m in read["messages"]] == ["KeyChange"]  # not the message

@@ -195,3 +195,21 @@ def test_every_secret_setting_is_masked_in_the_log() -> None:
     settings = Settings(x_client_id="client", **values)  # type: ignore[arg-type]
     expected = {f"secret-{f.name}" for f in hidden}
     assert expected <= set(settings.secrets), expected - set(settings.secrets)
+
+
+def test_slacks_rotating_tokens_and_refresh_tokens_are_masked_by_their_shape() -> None:
+    """Install mode's tokens are made at run time (not configured secrets): a rotating bot token
+    (``xoxe.xoxb-…``) and its refresh token (``xoxe-…``) are masked whole, as ``xoxb-`` is."""
+    import logging
+
+    from adapters.web import logs
+
+    record = logging.makeLogRecord(
+        {
+            "msg": "answer {'access_token': 'xoxe.xoxb-1-MTIzNDU2', 'refresh_token': 'xoxe-1-abcdef012345'}",
+            "levelname": "DEBUG",
+        }
+    )
+    for line in (logs.JsonFormatter().format(record), logs.TextFormatter().format(record)):
+        assert "MTIzNDU2" not in line and "abcdef012345" not in line, line
+        assert "xoxe" not in line, line
