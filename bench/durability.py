@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
-from bridge.model import IncomingMessage, Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, TokenSet, XUser  # noqa: E402
 
 TEAM = "T0001"
 TARGET_P99_MS = 50.0  # the ack's p99 target at 200 events/s (docs/performance.md)
@@ -45,7 +45,7 @@ async def accepts(folder: Path, setting: str, count: int, run: int) -> list[floa
         assert await store.commit_durability() == setting
         account = await store.save_account(TEAM, "U100", XUser("1000", "bench"), TokenSet("a", "r", None))
         await store.create_mapping(
-            Mapping(TEAM, "C100", MappingKind.LINK, account.id, "1000-2001", None, "U100", 0.0)
+            ChannelMapping(TEAM, "C100", MappingKind.LINK, account.id, "1000-2001", None, "U100", 0.0)
         )
         times = []
         for i in range(count):

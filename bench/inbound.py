@@ -41,7 +41,7 @@ from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from adapters.web.app import create_app  # noqa: E402
 from bridge.inbound import METADATA_TYPE  # noqa: E402
-from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
 
 ME, ALICE = "1000", "2001"
@@ -116,7 +116,9 @@ class Run:
             TokenSet(grant.access_token, grant.refresh_token, grant.expires_at),
         )
         await store.create_mapping(
-            Mapping("T0001", "C100", MappingKind.LINK, account.id, CONVERSATION, None, "U100", time.time())
+            ChannelMapping(
+                "T0001", "C100", MappingKind.LINK, account.id, CONVERSATION, None, "U100", time.time()
+            )
         )
         await store.close()
         port = _free_port()

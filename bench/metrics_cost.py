@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bench.run import TEAM, bulk_insert  # noqa: E402
-from bridge.model import InboundEvent, IncomingMessage, Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, InboundEvent, IncomingMessage, MappingKind, TokenSet, XUser  # noqa: E402
 from bridge.retention import DAY, PRUNE_BATCH  # noqa: E402
 from tests.outbox import accepted  # noqa: E402
 
@@ -94,7 +94,9 @@ async def main() -> None:
         store = SqliteStore(str(path), TokenCipher([key]))
         await store.open()
         try:
-            mapping = Mapping(TEAM, "CPEND", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            mapping = ChannelMapping(
+                TEAM, "CPEND", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0
+            )
             await store.create_mapping(mapping)
             now = time.time()
             for i in range(PENDING):
@@ -110,7 +112,7 @@ async def main() -> None:
             print(f"  before: outbox_summary()  {statistics.median(before):8.2f} / {max(before):8.2f}")
             print(f"  after:  outbox_gauges()   {statistics.median(after):8.2f} / {max(after):8.2f}")
             # A conversation of its own (the bulk outbox's channels all bridge 1000-2001).
-            inbound_mapping = Mapping(
+            inbound_mapping = ChannelMapping(
                 TEAM, "CINB", MappingKind.LINK, account.id, "1000-3003", None, "U1", 0.0
             )
             await store.create_mapping(inbound_mapping)

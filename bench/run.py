@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 from adapters.sandbox.fake_slack import SlackSender  # noqa: E402
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore, open_database  # noqa: E402
-from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 TEAM = "T0001"
@@ -370,7 +370,7 @@ async def prepare_database(
                 TokenSet(grant["access_token"], grant["refresh_token"], grant["expires_at"], grant["scope"]),
             )
             await store.create_mapping(
-                Mapping(
+                ChannelMapping(
                     team_id=TEAM,
                     channel_id=f"C{100 + index}",
                     kind=MappingKind.LINK,

@@ -32,7 +32,7 @@ from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.postgres import PostgresStore  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bench.run import TEAM, bulk_insert  # noqa: E402
-from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, RenderedPart, Sent, TokenSet, XUser  # noqa: E402
 
 CHANNELS = 10
 
@@ -51,7 +51,7 @@ async def build(location: Path | str, key: str, bulk: int) -> None:
             user = XUser(str(1000 + i), f"bench{i}")
             account = await store.save_account(TEAM, f"U{100 + i}", user, TokenSet("a", "r", None))
             conversation = f"{1000 + i}-2001"
-            mapping = Mapping(
+            mapping = ChannelMapping(
                 TEAM, f"C{100 + i}", MappingKind.LINK, account.id, conversation, None, "U1", 0.0
             )
             await store.create_mapping(mapping)

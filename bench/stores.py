@@ -47,7 +47,7 @@ from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.postgres import PostgresStore  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bench import run as harness  # noqa: E402
-from bridge.model import Mapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
 from tests import pg  # noqa: E402
 
 METRICS_TOKEN = "bench-operator"
@@ -71,8 +71,8 @@ async def prepare(
             )
             channel = f"C{100 + index}"
             await store.create_mapping(
-                Mapping(harness.TEAM, channel, MappingKind.LINK, account.id, f"{x_user}-{harness.PEER}",
-                        None, f"U{100 + index}", time.time())
+                ChannelMapping(harness.TEAM, channel, MappingKind.LINK, account.id,
+                               f"{x_user}-{harness.PEER}", None, f"U{100 + index}", time.time())
             )  # fmt: skip
     finally:
         await store.close()

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 from adapters.sandbox.fake_slack_views import SurfaceSender  # noqa: E402
 from adapters.web.app import SERVICES  # noqa: E402
 from bridge.modals import PEOPLE_ACTION, PEOPLE_BLOCK  # noqa: E402
-from bridge.model import Mapping, MappingKind  # noqa: E402
+from bridge.model import ChannelMapping, MappingKind  # noqa: E402
 from tests.harness import ME, Bridge, running_bridge, wait_until  # noqa: E402
 
 
@@ -61,7 +61,7 @@ async def main(runs: int, channels: int) -> None:
                 bridge.slack.add_channel(f"CB{n:03d}", f"bench-{n}")
                 conversation = f"{ME}-{3000 + n}"
                 await store.create_mapping(
-                    Mapping(
+                    ChannelMapping(
                         "T0001",
                         f"CB{n:03d}",
                         MappingKind.LINK,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
-from bridge.model import Account, InboundEvent, Mapping, XUser
+from bridge.model import Account, ChannelMapping, InboundEvent, XUser
 from bridge.ports import Clock, Store
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatEvent, ChatEventKind, ChatPage
@@ -316,7 +316,7 @@ class ChatInbound:
         return users
 
 
-def _conversations(mappings: Sequence[Mapping]) -> dict[str, float]:
+def _conversations(mappings: Sequence[ChannelMapping]) -> dict[str, float]:
     """Each encrypted conversation once, with when its first channel was bridged."""
     found: dict[str, float] = {}
     for mapping in mappings:

@@ -26,10 +26,10 @@ from bridge.model import (
     X_USERNAME,
     Account,
     Button,
+    ChannelMapping,
     HistoryState,
     InboxPage,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OAuthState,
     XUser,
@@ -293,7 +293,7 @@ class CommandService:
         inbound: InboundControl | None = None,
         chat_peers: ChatPeers | None = None,
         chats: ChatSessions | None = None,
-        on_mapping_changed: Callable[[Mapping], Awaitable[None]] | None = None,
+        on_mapping_changed: Callable[[ChannelMapping], Awaitable[None]] | None = None,
         history: HistoryProgress | None = None,
     ) -> None:
         """``on_mapping_changed`` hears of each channel bridged or unlinked (App Homes show them).
@@ -460,7 +460,7 @@ class CommandService:
             parts.append(f"{window['remaining']}/{window['limit']} ({label}{when})")
         return "X DM budget left: " + "; ".join(parts) + "."
 
-    async def _history_line(self, mapping: Mapping) -> str:
+    async def _history_line(self, mapping: ChannelMapping) -> str:
         """The progress of the history `/xdm link` or `/xdm dm` brings over, while there is any."""
         if self._history is None or not mapping.conversation_id:
             return ""
@@ -477,7 +477,7 @@ class CommandService:
             return f"History: {state.posted} of {total} earlier messages posted; the rest follow."
         return ""
 
-    async def _inbound_line(self, mapping: Mapping) -> str:
+    async def _inbound_line(self, mapping: ChannelMapping) -> str:
         """How X → Slack is doing: push or polling, last event, next read, reads left, and what
         waits for this channel. Read from the store, so any instance (a standby too) says it."""
         now = self._clock.now()
@@ -817,7 +817,7 @@ class CommandService:
             warn += f"\n{note}"
         return Reply(self._mapped_text(ctx, mapping, account) + warn, in_channel=True)
 
-    async def _known_one_way(self, mapping: Mapping, account: Account) -> list[str]:
+    async def _known_one_way(self, mapping: ChannelMapping, account: Account) -> list[str]:
         """Status's warning line, from the kept answers (status never asks X)."""
         if self._chat_peers is None or mapping.encrypted:
             return []
@@ -871,7 +871,7 @@ class CommandService:
             return ""
         return one_way_note([_someone(i, handles) for i in on_chat], account.x_username, keys, group=group)
 
-    async def _queue_opening(self, ctx: CommandContext, mapping: Mapping, text: str) -> None:
+    async def _queue_opening(self, ctx: CommandContext, mapping: ChannelMapping, text: str) -> None:
         """The opening message goes through the outbox like a message posted in the channel.
 
         It is shown in the channel (the bot's post carries its ✅ or ⚠️) and sent as the
@@ -933,7 +933,7 @@ class CommandService:
 
     # -- helpers --------------------------------------------------------------
 
-    async def _mapping_changed(self, mapping: Mapping) -> None:
+    async def _mapping_changed(self, mapping: ChannelMapping) -> None:
         if self._on_mapping_changed is not None:
             try:
                 await self._on_mapping_changed(mapping)
@@ -955,7 +955,7 @@ class CommandService:
         await self._permissions.may_map(ctx.team_id, ctx.channel_id, ctx.user_id)
         await self._refuse_if_mapped(ctx)
 
-    async def _may_change(self, ctx: CommandContext, mapping: Mapping, what: str) -> None:
+    async def _may_change(self, ctx: CommandContext, mapping: ChannelMapping, what: str) -> None:
         account = await self._store.get_account(mapping.account_id)
         owner = account.slack_user_id if account is not None else None
         await self._permissions.may_change(ctx.team_id, ctx.user_id, mapping, owner, what)
@@ -980,8 +980,8 @@ class CommandService:
         participant_username: str | None = None,
         group_participants: tuple[str, ...] = (),
         encrypted: bool = False,
-    ) -> Mapping:
-        mapping = Mapping(
+    ) -> ChannelMapping:
+        mapping = ChannelMapping(
             team_id=ctx.team_id,
             channel_id=ctx.channel_id,
             kind=kind,
@@ -1024,7 +1024,7 @@ class CommandService:
 
     @staticmethod
     def _mapped_text(
-        ctx: CommandContext, mapping: Mapping, account: Account, names: list[str] | None = None
+        ctx: CommandContext, mapping: ChannelMapping, account: Account, names: list[str] | None = None
     ) -> str:
         if mapping.kind is MappingKind.DM:
             where = f"their DMs with {_person(mapping)}"
@@ -1086,14 +1086,14 @@ def _someone(x_user_id: str, handles: dict[str, str]) -> str:
     return f"@{handle}" if handle and handle != x_user_id else f"X user `{x_user_id}`"
 
 
-def _is_group(mapping: Mapping) -> bool:
+def _is_group(mapping: ChannelMapping) -> bool:
     """A group conversation: made as one, or linked by a group id (a 1-to-1 id has a "-")."""
     return mapping.kind is MappingKind.GROUP or bool(
         mapping.conversation_id and "-" not in mapping.conversation_id
     )
 
 
-def _describe(mapping: Mapping) -> str:
+def _describe(mapping: ChannelMapping) -> str:
     if mapping.encrypted and mapping.kind is MappingKind.DM:
         return f"the encrypted X Chat conversation with {_person(mapping)}"
     if mapping.encrypted:
@@ -1107,7 +1107,7 @@ def _describe(mapping: Mapping) -> str:
     return f"X conversation `{mapping.conversation_id}`"
 
 
-def _person(mapping: Mapping) -> str:
+def _person(mapping: ChannelMapping) -> str:
     """A 1-to-1 mapping's other person: @handle when known, else their X user id."""
     if mapping.participant_username:
         return f"@{mapping.participant_username}"

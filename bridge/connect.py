@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from bridge.errors import OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable, XError
-from bridge.model import Account, Button, Mapping, OAuthState, PendingConnection, TokenSet, XUser
+from bridge.model import Account, Button, ChannelMapping, OAuthState, PendingConnection, TokenSet, XUser
 from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
 from bridge.retention import X_EVENT_WINDOW_DAYS
 from bridge.settings import SCOPES
@@ -56,7 +56,7 @@ class Disconnected:
     """What disconnecting an account did."""
 
     account: Account
-    paused: list[Mapping]
+    paused: list[ChannelMapping]
     revoked: bool  # X confirmed the revocation of every token we held
 
 
@@ -65,7 +65,7 @@ def who(by: str) -> str:
     return "The bridge's operator" if by == OPERATOR else f"<@{by}>"
 
 
-def held_notice(mapping: Mapping, account: Account) -> str:
+def held_notice(mapping: ChannelMapping, account: Account) -> str:
     """What a channel held for another X account is told (also what `/xdm status` says there)."""
     old = mapping.held_for_username or mapping.held_for
     return (
@@ -435,7 +435,7 @@ class ConnectService:
                 )
         return revoked
 
-    async def _announce(self, mapping: Mapping, text: str) -> None:
+    async def _announce(self, mapping: ChannelMapping, text: str) -> None:
         try:
             await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
         except Exception as exc:  # one channel's failure must not keep the others uninformed

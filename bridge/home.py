@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.model import Account, Mapping, MappingKind, SlackMember
+from bridge.model import Account, ChannelMapping, MappingKind, SlackMember
 from bridge.ports import Clock, SlackClient, Store
 
 log = logging.getLogger("bridge.home")
@@ -48,7 +48,7 @@ class WorkspaceSettings:
 class ChannelState:
     """One bridged channel as its owner's Home shows it."""
 
-    mapping: Mapping
+    mapping: ChannelMapping
     waiting: int = 0  # Slack → X messages not yet sent
     failed: int = 0  # messages X will never get (marked ⚠️ in the channel)
     last_activity: float | None = None  # the newest message sent to X or posted from X
@@ -153,7 +153,7 @@ def state_line(channel: ChannelState, account: Account | None, now: float) -> st
     return " · ".join(parts)
 
 
-def describe_target(mapping: Mapping) -> str:
+def describe_target(mapping: ChannelMapping) -> str:
     """What a channel is bridged to, in words (no raw ids where a handle is known)."""
     if mapping.kind is MappingKind.DM:
         who = f"@{mapping.participant_username}" if mapping.participant_username else "one person"
@@ -238,7 +238,7 @@ def home_view(facts: HomeFacts, now: float) -> dict[str, Any]:
 # -- gathering and publishing ---------------------------------------------------------
 
 
-def owned_by(mapping: Mapping, user_id: str, account: Account | None) -> bool:
+def owned_by(mapping: ChannelMapping, user_id: str, account: Account | None) -> bool:
     """A mapping is someone's when they made it or it sends as their X account."""
     return mapping.created_by == user_id or (account is not None and mapping.account_id == account.id)
 
@@ -281,7 +281,7 @@ class HomeService:
             workspace = WorkspaceFacts(self._settings, len(mappings), connected)
         return HomeFacts(team_id, user_id, account, channels, workspace, self._can_connect)
 
-    async def _channel(self, mapping: Mapping) -> ChannelState:
+    async def _channel(self, mapping: ChannelMapping) -> ChannelState:
         summary = await self._store.outbox_summary(mapping.team_id, mapping.channel_id)
         last = await self._activity.last_activity(mapping.team_id, mapping.channel_id)
         return ChannelState(mapping, summary["pending"], summary["counts"].get("failed", 0), last)
@@ -314,7 +314,7 @@ class HomeService:
         for user_id in dict.fromkeys(u for u in user_ids if u):
             self._spawn(self.publish(team_id, user_id), f"xdm-home-{user_id}")
 
-    async def mapping_changed(self, mapping: Mapping) -> None:
+    async def mapping_changed(self, mapping: ChannelMapping) -> None:
         """A channel was bridged, unlinked, paused or failed: its owners' Homes change."""
         account = await self._store.get_account(mapping.account_id)
         self.changed(mapping.team_id, mapping.created_by, account.slack_user_id if account else "")

@@ -148,7 +148,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Mapping:
+class ChannelMapping:
     """A Slack channel bound to one X DM conversation, sent as ``account_id``."""
 
     team_id: str

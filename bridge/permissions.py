@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from bridge.errors import CommandError
-from bridge.model import Mapping, SlackMember
+from bridge.model import ChannelMapping, SlackMember
 from bridge.ports import SlackClient
 
 log = logging.getLogger("bridge.permissions")
@@ -52,7 +52,7 @@ def policy_refusal(policy: Policy, user_id: str, member: SlackMember | None) -> 
     )
 
 
-def owners_of(mapping: Mapping, account_owner: str | None) -> list[str]:
+def owners_of(mapping: ChannelMapping, account_owner: str | None) -> list[str]:
     """The Slack users a mapping belongs to: who made it, and whose X account it sends as."""
     found = [mapping.created_by, account_owner or ""]
     return [user for user in dict.fromkeys(found) if user]
@@ -83,7 +83,7 @@ class Permissions:
             )
 
     async def may_change(
-        self, team_id: str, user_id: str, mapping: Mapping, account_owner: str | None, what: str
+        self, team_id: str, user_id: str, mapping: ChannelMapping, account_owner: str | None, what: str
     ) -> None:
         """``user_id`` may unlink or replace ``mapping`` (``what`` says which, for the refusal)."""
         owners = owners_of(mapping, account_owner)

@@ -18,13 +18,13 @@ from bridge.model import (
     Account,
     AuthorizationRequest,
     Button,
+    ChannelMapping,
     EventPage,
     InboundEvent,
     InboundItem,
     InboundState,
     InboxPage,
     IncomingMessage,
-    Mapping,
     OAuthState,
     OutboxItem,
     OutboxState,
@@ -58,7 +58,7 @@ class Store(Protocol):
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
     async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
-    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """In one transaction: delete the account's tokens, mark it disconnected (and needing
         reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
 
@@ -67,7 +67,7 @@ class Store(Protocol):
         """
         ...
 
-    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+    async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
         """Un-pause the account's paused mappings (it is connected again); returns them.
 
         Mappings held for another X account (``hold_for_previous_account``) stay paused."""
@@ -75,7 +75,7 @@ class Store(Protocol):
 
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
-    ) -> list[Mapping]:
+    ) -> list[ChannelMapping]:
         """The account now connects ``current`` instead of ``previous``: hold what was theirs.
 
         Mappings and unsent rows held for ``current`` are released (due now, in the state they
@@ -125,8 +125,10 @@ class Store(Protocol):
         ...
 
     # mappings
-    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None: ...
-    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
+    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None: ...
+    async def create_mapping(
+        self, mapping: ChannelMapping, *, history: bool = False
+    ) -> ChannelMapping | None:
         """Insert; return None when the channel is already mapped (nothing written). With
         ``history`` (and a conversation id), the conversation's history is asked for in the
         same transaction (as ``request_backfill`` at ``created_at``): a crash cannot leave a
@@ -134,22 +136,22 @@ class Store(Protocol):
         ...
 
     async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: Mapping | None = None
-    ) -> Mapping | None:
+        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
+    ) -> ChannelMapping | None:
         """Unmap the channel; with ``made``, only if its mapping is still that one (whoever
         checked ``made`` must not delete a mapping made since). Returns what was deleted."""
         ...
 
     async def abandon_group(
         self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[Mapping | None, list[OutboxItem]]:
+    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
         """X refused for good to create the group ``group``: unmap the channel if it still waits
         for that group, and return the mapping removed and the channel's unfinished rows
         addressed to that group (for the caller to fail), in one transaction."""
         ...
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
-    async def list_mappings(self) -> list[Mapping]: ...
+    async def list_mappings(self) -> list[ChannelMapping]: ...
 
     # relay
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRateLimited
 from bridge.media import MediaSource
-from bridge.model import Account, Mapping
+from bridge.model import Account, ChannelMapping
 from bridge.ports import Clock
 
 log = logging.getLogger("bridge.xchat")
@@ -386,7 +386,7 @@ def one_way_note(
     )
 
 
-def conversation_peers(mapping: Mapping, own_x_user_id: str) -> list[str]:
+def conversation_peers(mapping: ChannelMapping, own_x_user_id: str) -> list[str]:
     """The other people of a mapping's conversation, as far as the mapping knows them (a linked
     group's members are not kept: none)."""
     if mapping.participant_id:

@@ -34,11 +34,11 @@ from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
+    ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
-    Mapping,
     OAuthState,
     OutboxItem,
     OutboxKind,
@@ -266,7 +266,7 @@ class PostgresStore:
         )
         return [r["x_username"] for r in found if rows.needs_reconnect(r, self._cipher)]
 
-    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """Forget the account's tokens and pause its mappings (as the SQLite store)."""
         async with self._tx() as conn:
             await conn.execute(
@@ -284,7 +284,7 @@ class PostgresStore:
             )
         return sorted((rows.mapping(r) for r in paused), key=lambda m: (m.team_id, m.channel_id))
 
-    async def resume_mappings(self, account_id: int) -> list[Mapping]:
+    async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
         resumed = await self.pool.fetch(
             # Not those held for another X account (``hold_for_previous_account``).
             "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
@@ -325,7 +325,7 @@ class PostgresStore:
 
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
-    ) -> list[Mapping]:
+    ) -> list[ChannelMapping]:
         async with self._tx() as conn:
             held: list[Any] = []
             if previous.id != current.id:
@@ -469,13 +469,15 @@ class PostgresStore:
 
     # -- mappings ----------------------------------------------------------
 
-    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
+    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
         row = await self.pool.fetchrow(
             "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2", team_id, channel_id
         )
         return rows.mapping(row) if row else None
 
-    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
+    async def create_mapping(
+        self, mapping: ChannelMapping, *, history: bool = False
+    ) -> ChannelMapping | None:
         async with self._tx() as conn:
             status = await conn.execute(
                 f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
@@ -490,8 +492,8 @@ class PostgresStore:
         return mapping if created else None
 
     async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: Mapping | None = None
-    ) -> Mapping | None:
+        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
+    ) -> ChannelMapping | None:
         sql = "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2"
         args: list[Any] = [team_id, channel_id]
         if made is not None:
@@ -502,7 +504,7 @@ class PostgresStore:
 
     async def abandon_group(
         self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[Mapping | None, list[OutboxItem]]:
+    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
         members = json.dumps(list(group))  # as create_mapping and accept write it
         async with self._tx() as conn:
             # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
@@ -530,7 +532,7 @@ class PostgresStore:
             channel_id,
         )
 
-    async def list_mappings(self) -> list[Mapping]:
+    async def list_mappings(self) -> list[ChannelMapping]:
         found = await self.pool.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
         return [rows.mapping(r) for r in found]
 

@@ -13,11 +13,11 @@ from adapters.store.crypto import TokenCipher
 from bridge.errors import ConfigError
 from bridge.model import (
     Account,
+    ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OutboxItem,
     OutboxKind,
@@ -145,8 +145,8 @@ def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | Non
     )
 
 
-def mapping(row: Row) -> Mapping:
-    return Mapping(
+def mapping(row: Row) -> ChannelMapping:
+    return ChannelMapping(
         team_id=row["team_id"],
         channel_id=row["channel_id"],
         kind=MappingKind(row["kind"]),
@@ -171,7 +171,7 @@ MAPPING_COLUMNS = (
 )
 
 
-def mapping_values(mapping: Mapping) -> list[Any]:
+def mapping_values(mapping: ChannelMapping) -> list[Any]:
     """``mapping`` as the values of ``MAPPING_COLUMNS``, in that order."""
     return [
         mapping.team_id,

@@ -31,11 +31,11 @@ from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     Account,
+    ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
-    Mapping,
     OAuthState,
     OutboxItem,
     OutboxKind,
@@ -361,8 +361,8 @@ class SqliteStore:
 
         await self._call(work)
 
-    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[Mapping]:
-        def work() -> list[Mapping]:
+    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
+        def work() -> list[ChannelMapping]:
             with self.db.atomic():
                 self.db.execute(
                     "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
@@ -378,8 +378,8 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def resume_mappings(self, account_id: int) -> list[Mapping]:
-        def work() -> list[Mapping]:
+    async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
+        def work() -> list[ChannelMapping]:
             with self.db.atomic():
                 # Not those held for another X account (``hold_for_previous_account``).
                 rows = self._rows(
@@ -393,8 +393,8 @@ class SqliteStore:
 
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
-    ) -> list[Mapping]:
-        def work() -> list[Mapping]:
+    ) -> list[ChannelMapping]:
+        def work() -> list[ChannelMapping]:
             with self.db.atomic():
                 rows: list[dict[str, Any]] = []
                 if previous.id != current.id:
@@ -595,11 +595,11 @@ class SqliteStore:
     # -- mappings ----------------------------------------------------------
 
     @staticmethod
-    def _mapping(row: dict[str, Any]) -> Mapping:
+    def _mapping(row: dict[str, Any]) -> ChannelMapping:
         return rows.mapping(row)
 
-    async def get_mapping(self, team_id: str, channel_id: str) -> Mapping | None:
-        def work() -> Mapping | None:
+    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
+        def work() -> ChannelMapping | None:
             row = self._one(
                 "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?", [team_id, channel_id]
             )
@@ -607,8 +607,10 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def create_mapping(self, mapping: Mapping, *, history: bool = False) -> Mapping | None:
-        def work() -> Mapping | None:
+    async def create_mapping(
+        self, mapping: ChannelMapping, *, history: bool = False
+    ) -> ChannelMapping | None:
+        def work() -> ChannelMapping | None:
             with self.db.atomic():
                 cursor = self.db.execute(
                     f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
@@ -622,15 +624,15 @@ class SqliteStore:
         return await self._call(work)
 
     async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: Mapping | None = None
-    ) -> Mapping | None:
+        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
+    ) -> ChannelMapping | None:
         sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
         params: list[Any] = [team_id, channel_id]
         if made is not None:
             sql += " AND created_by = ? AND created_at = ?"
             params += [made.created_by, made.created_at]
 
-        def work() -> Mapping | None:
+        def work() -> ChannelMapping | None:
             with self.db.atomic():
                 row = self._one(sql + " RETURNING *", params)
             return self._mapping(row) if row else None
@@ -639,10 +641,10 @@ class SqliteStore:
 
     async def abandon_group(
         self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[Mapping | None, list[OutboxItem]]:
+    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
         members = json.dumps(list(group))  # as create_mapping and accept write it
 
-        def work() -> tuple[Mapping | None, list[OutboxItem]]:
+        def work() -> tuple[ChannelMapping | None, list[OutboxItem]]:
             with self.db.atomic():
                 row = self._one(
                     "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
@@ -668,7 +670,7 @@ class SqliteStore:
 
         await self._call(work)
 
-    async def list_mappings(self) -> list[Mapping]:
+    async def list_mappings(self) -> list[ChannelMapping]:
         return await self._call(
             lambda: [
                 self._mapping(r) for r in self._rows("SELECT * FROM mappings ORDER BY team_id, channel_id")
@@ -704,7 +706,7 @@ class SqliteStore:
 
         return await self._call(work)
 
-    def _accept(self, message: IncomingMessage, mapping: Mapping, now: float) -> int | None:
+    def _accept(self, message: IncomingMessage, mapping: ChannelMapping, now: float) -> int | None:
         """The new row's id; None when this event or message was accepted before."""
         target = mapping.target
         with self.db.atomic():

@@ -22,7 +22,7 @@ from adapters.slack.api import MESSAGE_REFUSALS
 from adapters.x.push import MALFORMED_REASONS
 from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import Failure
-from bridge.model import Account, Mapping, OutboxItem, OutboxKind
+from bridge.model import Account, ChannelMapping, OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
 from bridge.xchat import PeerChecks, conversation_peers
 
@@ -345,7 +345,7 @@ class BridgeMetrics:
         for (label, window), value in remaining.items():
             self.rate_remaining.labels(label, window).set(value)
 
-    async def _refresh_one_way(self, mappings: Sequence[Mapping], accounts: Sequence[Account]) -> None:
+    async def _refresh_one_way(self, mappings: Sequence[ChannelMapping], accounts: Sequence[Account]) -> None:
         """From the kept answers alone: a scrape never asks X."""
         if self._peer_checks is None:
             return

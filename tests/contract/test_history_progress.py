@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adapters.store.history import HistoryStore
-from bridge.model import HistoryState, InboundEvent, Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, HistoryState, InboundEvent, MappingKind, TokenSet, XUser
 from tests.contract.conftest import Engine
 
 
@@ -13,7 +13,7 @@ async def test_history_to_read_then_waiting_then_posted(engine: Engine) -> None:
     try:
         history = HistoryStore(store.engine)
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 100.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 100.0)
         assert await history.history(account.id, "1000-2001", "T1", "C1") == HistoryState(False, 0, 0)
         await store.create_mapping(mapping, history=True)
         assert await history.history(account.id, "1000-2001", "T1", "C1") == HistoryState(True, 0, 0)

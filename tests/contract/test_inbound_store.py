@@ -8,10 +8,10 @@ import pytest
 
 from bridge.model import (
     Account,
+    ChannelMapping,
     InboundEvent,
     InboundState,
     IncomingMessage,
-    Mapping,
     MappingKind,
     ReadGap,
     RenderedPart,
@@ -39,7 +39,7 @@ async def store(engine: Engine) -> AsyncIterator[Store]:
 async def bridged(store: Store, channel: str = "C1", conversation: str = CONVERSATION) -> Account:
     account = await store.save_account("T1", "U1", XUser(ME, "me"), TokenSet("a", "r", None))
     await store.create_mapping(
-        Mapping("T1", channel, MappingKind.LINK, account.id, conversation, None, "U1", 0.0)
+        ChannelMapping("T1", channel, MappingKind.LINK, account.id, conversation, None, "U1", 0.0)
     )
     return account
 
@@ -154,7 +154,7 @@ async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be
     # Read while nothing bridged it: kept, not queued.
     assert await store.take_inbound(account.id, [event("7")], "7", 1.0) == 0
     await store.create_mapping(
-        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 2.0)
+        ChannelMapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 2.0)
     )
     history = InboundEvent(
         "7", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "history": True}, "backfill"
@@ -246,7 +246,7 @@ async def test_a_channel_held_for_a_previous_account_keeps_its_events_until_rele
 async def test_two_channels_on_one_conversation_each_get_each_event_once(store: Store) -> None:
     account = await bridged(store)
     await store.create_mapping(
-        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        ChannelMapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
     )
     assert await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0) == 4
     assert await store.take_inbound(account.id, [event("1"), event("2")], "2", 2.0) == 0  # push + poll
@@ -254,7 +254,7 @@ async def test_two_channels_on_one_conversation_each_get_each_event_once(store: 
     assert heads == [("C1", "1"), ("C2", "1")]
     # A push replayed later is not news in a channel bridged after the event was written.
     await store.create_mapping(
-        Mapping("T1", "C3", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 50.0)
+        ChannelMapping("T1", "C3", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 50.0)
     )
     old = InboundEvent("1", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "created_at": 10.0}, "push")
     assert await store.take_inbound(account.id, [old], None, 60.0) == 0
@@ -263,7 +263,7 @@ async def test_two_channels_on_one_conversation_each_get_each_event_once(store: 
 async def test_a_message_sent_from_one_channel_is_news_in_the_other_but_not_in_its_own(store: Store) -> None:
     account = await bridged(store)
     await store.create_mapping(
-        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        ChannelMapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
     )
     accepted = await store.accept_if_mapped(IncomingMessage("T1", "C1", "1.0001", "U1", "hello"), 1.0)
     assert accepted is not None and accepted.head is not None
@@ -308,15 +308,15 @@ async def test_linking_with_history_writes_the_request_with_the_mapping_in_one_s
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser(ME, "me"), TokenSet("a", "r", None))
-        linked = Mapping("T1", "C1", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 7.0)
+        linked = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 7.0)
         assert await store.create_mapping(linked, history=True) == linked
         assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
         # The channel was mapped already: neither the mapping nor a request is written.
-        again = Mapping("T1", "C1", MappingKind.LINK, account.id, "other", None, "U1", 8.0)
+        again = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "other", None, "U1", 8.0)
         assert await store.create_mapping(again, history=True) is None
         assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
         # Without history (a new group, or backfill off): no request.
-        plain = Mapping("T1", "C2", MappingKind.LINK, account.id, "third", None, "U1", 9.0)
+        plain = ChannelMapping("T1", "C2", MappingKind.LINK, account.id, "third", None, "U1", 9.0)
         assert await store.create_mapping(plain) == plain
         assert await store.pending_backfills() == [(account.id, CONVERSATION, 7.0)]
     finally:
@@ -326,7 +326,7 @@ async def test_linking_with_history_writes_the_request_with_the_mapping_in_one_s
 async def test_a_post_into_a_second_channel_is_mapped_there_too(store: Store) -> None:
     account = await bridged(store)
     await store.create_mapping(
-        Mapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        ChannelMapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
     )
     await store.take_inbound(account.id, [event("1", "is the outage over?")], "1", 1.0)
     for head, ts in zip(
@@ -347,8 +347,8 @@ async def test_from_self_is_judged_by_each_channels_own_account(store: Store) ->
     group = "1500000000000000001"
     mine = await store.save_account("T1", "U1", XUser(ME, "me"), TokenSet("a", "r", None))
     dora = await store.save_account("T1", "U2", XUser("3000", "dora"), TokenSet("b", "r", None))
-    await store.create_mapping(Mapping("T1", "C1", MappingKind.LINK, mine.id, group, None, "U1", 0.0))
-    await store.create_mapping(Mapping("T1", "C2", MappingKind.LINK, dora.id, group, None, "U2", 0.0))
+    await store.create_mapping(ChannelMapping("T1", "C1", MappingKind.LINK, mine.id, group, None, "U1", 0.0))
+    await store.create_mapping(ChannelMapping("T1", "C2", MappingKind.LINK, dora.id, group, None, "U2", 0.0))
     # Sent by @me from X's app, read with @dora's token: from self in C1 only.
     assert await store.take_inbound(dora.id, [event("5", "from my phone", ME, group)], "5", 1.0) == 2
     heads = {h.channel_id: h for h in await store.inbound_heads()}
@@ -439,7 +439,9 @@ async def test_inbound_gauges_class_what_waits_queued_held_or_catching_up(store:
     assert (await store.inbound_gauges())["queued"] == 1
     # Another account's channel, held by an unfinished read.
     other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
-    await store.create_mapping(Mapping("T1", "C2", MappingKind.LINK, other.id, "3000-2001", None, "U2", 0.0))
+    await store.create_mapping(
+        ChannelMapping("T1", "C2", MappingKind.LINK, other.id, "3000-2001", None, "U2", 0.0)
+    )
     gap = ReadGap("tok", "60", "51", 0, 13.0)
     await store.take_inbound(
         other.id,
@@ -467,7 +469,7 @@ async def test_inbound_gauges_class_what_waits_queued_held_or_catching_up(store:
 async def test_status_counts_a_channels_failed_rows_and_says_the_last_reason(store: Store) -> None:
     account = await bridged(store)
     await store.create_mapping(
-        Mapping("T1", "C2", MappingKind.LINK, account.id, f"{ME}-2002", None, "U1", 0.0)
+        ChannelMapping("T1", "C2", MappingKind.LINK, account.id, f"{ME}-2002", None, "U1", 0.0)
     )
     await store.take_inbound(
         account.id, [event("1"), event("2"), event("3"), event("4", conversation=f"{ME}-2002")], "4", 1.0

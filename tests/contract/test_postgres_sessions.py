@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import Conn, PostgresStore, connect
-from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, RenderedPart, Sent, TokenSet, XUser
 
 EXPECTED = {
     "tcp_keepalives_idle": "30",
@@ -43,7 +43,7 @@ async def test_a_poolers_discard_all_leaves_the_hot_path_working(pg_url: str) ->
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         await store.create_mapping(
-            Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         )
         async with store.pool.acquire() as conn:  # the pool's only connection
             await conn.execute("DISCARD ALL")

@@ -8,9 +8,9 @@ from pathlib import Path
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
+    ChannelMapping,
     InboundEvent,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OutboxState,
     Sent,
@@ -36,7 +36,7 @@ async def test_prune_keeps_what_edits_deletes_and_retries_need(engine: Engine) -
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         await store.create_mapping(mapping)
         now = 100 * DAY
         # 40 old messages (35 days), sent; 1 old one still waiting; 5 recent sent ones.
@@ -71,7 +71,7 @@ async def test_gauges_read_only_the_pending_index(tmp_path: Path) -> None:
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         await store.create_mapping(mapping)
         for i in range(4):
             assert await accepted(store, IncomingMessage("T1", "C1", f"{i}.1", "U1", "m"), 10.0 + i)
@@ -94,11 +94,11 @@ async def test_finished_x_events_go_after_x_window_and_waiting_ones_stay(engine:
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         await store.create_mapping(mapping)
         now = 100 * DAY
 
-        other = Mapping("T1", "C2", MappingKind.LINK, account.id, "1000-2002", None, "U1", 0.0)
+        other = ChannelMapping("T1", "C2", MappingKind.LINK, account.id, "1000-2002", None, "U1", 0.0)
         await store.create_mapping(other)
 
         def event(event_id: str, conversation: str = "1000-2001") -> InboundEvent:

@@ -16,7 +16,7 @@ from adapters.store.keys import rotate_keys
 from adapters.store.select import AnyStore
 from adapters.store.slack_installs import SlackInstallStore, SlackStateStore, TooManyInstalls
 from bridge.errors import ConfigError
-from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
 from tests.contract.conftest import Engine
 
 
@@ -155,7 +155,9 @@ async def test_an_uninstall_pauses_only_that_workspaces_channels_and_a_reinstall
         mine = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         theirs = await store.save_account("T2", "U1", XUser("2000", "them"), TokenSet("a", "r", None))
         for team, account in (("T1", mine), ("T2", theirs)):
-            await store.create_mapping(Mapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0))
+            await store.create_mapping(
+                ChannelMapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0)
+            )
         assert await installs.pause_workspace("T1", 5.0) == 1
         paused = await store.get_mapping("T1", "C1")
         assert paused is not None and paused.paused_at == 5.0 and paused.paused_by == "slack-uninstalled"
@@ -174,7 +176,9 @@ async def test_x_messages_waiting_past_retention_for_a_removed_workspace_fail_wi
         installs = SlackInstallStore(store.engine, TokenCipher([engine.key]), Clock())
         for team in ("T1", "T2"):
             account = await store.save_account(team, "U1", XUser(f"{team}00", "me"), TokenSet("a", "r", None))
-            await store.create_mapping(Mapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0))
+            await store.create_mapping(
+                ChannelMapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0)
+            )
         for n, (team, created) in enumerate((("T1", 10.0), ("T1", 500.0), ("T2", 10.0))):
             await engine.sql(
                 "INSERT INTO inbound (dm_event_id, seq, team_id, channel_id, origin, state, created_at) "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
-from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxItem, Sent, TokenSet, XUser
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, OutboxItem, Sent, TokenSet, XUser
 from tests.outbox import accepted
 
 
@@ -47,7 +47,9 @@ async def test_pending_channels_is_exactly_the_channels_with_unfinished_rows(tmp
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         for channel in ("C1", "C2"):
-            mapping = Mapping("T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            mapping = ChannelMapping(
+                "T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0
+            )
             await store.create_mapping(mapping)
             await accepted(store, IncomingMessage("T1", channel, "1.000", "U1", "m", event_id=channel), 1.0)
         [first, _] = sorted(await store.outbox_heads(), key=lambda h: h.channel_id)

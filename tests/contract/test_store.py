@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
+    ChannelMapping,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OutboxItem,
     OutboxState,
@@ -46,7 +46,9 @@ async def test_heads_match_a_full_scan_through_random_transitions(engine: Engine
         channels = [f"C{i}" for i in range(6)]
         mappings = {}
         for channel in channels:
-            mapping = Mapping("T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+            mapping = ChannelMapping(
+                "T1", channel, MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0
+            )
             await store.create_mapping(mapping)
             mappings[channel] = mapping
         rng = random.Random(42)
@@ -83,12 +85,12 @@ async def test_heads_match_a_full_scan_through_random_transitions(engine: Engine
 
 
 @contextlib.asynccontextmanager
-async def one_channel(engine: Engine) -> AsyncIterator[tuple[SqliteStore | PostgresStore, Mapping]]:
+async def one_channel(engine: Engine) -> AsyncIterator[tuple[SqliteStore | PostgresStore, ChannelMapping]]:
     store = engine.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         await store.create_mapping(mapping)
         yield store, mapping
     finally:
@@ -216,7 +218,7 @@ async def test_an_edit_before_any_part_reached_x_replaces_a_rendered_message(eng
 async def test_reconnecting_releases_every_unfinished_row_of_the_account(engine: Engine) -> None:
     async with one_channel(engine) as (store, mapping):
         for n in (1, 2, 3):
-            other = Mapping(
+            other = ChannelMapping(
                 "T1", f"C{n}0", MappingKind.LINK, mapping.account_id, "1000-2001", None, "U1", 0.0
             )
             await store.create_mapping(other)

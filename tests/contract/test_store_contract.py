@@ -14,8 +14,8 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
+    ChannelMapping,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OAuthState,
     OutboxState,
@@ -41,14 +41,16 @@ async def opened(engine: Engine) -> AsyncIterator[AnyStore]:
         await store.close()
 
 
-async def linked(store: AnyStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK) -> Mapping:
+async def linked(
+    store: AnyStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK
+) -> ChannelMapping:
     account = await store.account_for_user("T1", "U1")
     if account is None:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
     if kind is MappingKind.DM:
-        mapping = Mapping("T1", channel, kind, account.id, None, "2001", "U1", 0.0)
+        mapping = ChannelMapping("T1", channel, kind, account.id, None, "2001", "U1", 0.0)
     else:
-        mapping = Mapping("T1", channel, kind, account.id, "1000-2001", None, "U1", 0.0)
+        mapping = ChannelMapping("T1", channel, kind, account.id, "1000-2001", None, "U1", 0.0)
     assert await store.create_mapping(mapping) == mapping
     return mapping
 
@@ -241,7 +243,7 @@ async def test_the_first_send_to_a_new_group_names_it_for_the_rows_behind(engine
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         group = ("2001", "2002")
         await store.create_mapping(
-            Mapping(
+            ChannelMapping(
                 "T1", "C1", MappingKind.GROUP, account.id, None, None, "U1", 1.0, group_participants=group
             )
         )
@@ -426,7 +428,7 @@ async def test_media_upload_bookkeeping(engine: Engine) -> None:
 async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
     async with opened(engine) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        mapping = Mapping(
+        mapping = ChannelMapping(
             "T1", "C1", MappingKind.DM, account.id, None, "2001", "U1", 0.0, participant_username="alice"
         )
         await store.create_mapping(mapping)
@@ -437,8 +439,10 @@ async def test_a_mapping_says_whether_its_conversation_is_encrypted(engine: Engi
     # X Chat ids look like legacy ones ("A-B", "g…"): only the stored flag tells the paths apart.
     async with opened(engine) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        legacy = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
-        chat = Mapping("T1", "C2", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0, encrypted=True)
+        legacy = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        chat = ChannelMapping(
+            "T1", "C2", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0, encrypted=True
+        )
         await store.create_mapping(legacy)
         await store.create_mapping(chat)
         assert (await store.get_mapping("T1", "C1")).encrypted is False  # type: ignore[union-attr]
@@ -452,7 +456,7 @@ async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(e
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
         other = await store.save_account("T1", "U2", XUser("1001", "you"), TokenSet("b", "s", 5.0))
         for channel, owner in (("C1", account), ("C2", account), ("C3", other)):
-            mapping = Mapping(
+            mapping = ChannelMapping(
                 "T1", channel, MappingKind.LINK, owner.id, "1000-2001", None, owner.slack_user_id, 0
             )
             await store.create_mapping(mapping)
@@ -507,10 +511,10 @@ async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(engine
     else made in between (the first unlinked meanwhile) must not be what that delete removes."""
     async with opened(engine) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        checked = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        checked = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(checked)
         assert await store.delete_mapping("T1", "C1", made=checked) is not None
-        since = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2002", None, "U2", 2.0)
+        since = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2002", None, "U2", 2.0)
         await store.create_mapping(since)
         assert await store.delete_mapping("T1", "C1", made=checked) is None
         assert await store.get_mapping("T1", "C1") == since
@@ -522,7 +526,7 @@ async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(e
     async with opened(engine) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         group = ("2001", "2002")
-        waiting = Mapping(
+        waiting = ChannelMapping(
             "T1", "C1", MappingKind.GROUP, account.id, None, None, "U1", 1.0, group_participants=group
         )
         await store.create_mapping(waiting)
@@ -634,7 +638,7 @@ async def test_rows_of_an_encrypted_conversation_say_so_whatever_happens_to_the_
     once the channel is unlinked: none may ever fall back to the legacy DM, in the clear."""
     async with opened(engine) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
-        secret = Mapping(
+        secret = ChannelMapping(
             "T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0, encrypted=True
         )
         await store.create_mapping(secret)

@@ -24,7 +24,7 @@ from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
-from bridge.model import Mapping, MappingKind
+from bridge.model import ChannelMapping, MappingKind
 from tests.harness import ALICE, BOB, CAROL, ME, TEAM, Bridge, running_bridge, wait_until
 from tests.integration.test_push import PUSHED, push_env
 
@@ -55,7 +55,7 @@ async def encrypted_channel(bridge: Bridge, channel: str = "C100") -> str:
     bridge.x.chat.enroll(ALICE)
     conversation = bridge.x.chat.person_opens(ALICE, ME)
     [account] = await store.list_accounts()
-    mapping = Mapping(
+    mapping = ChannelMapping(
         TEAM, channel, MappingKind.LINK, account.id, conversation, None, "U100", time.time(), encrypted=True
     )
     assert await store.create_mapping(mapping) is not None
@@ -322,7 +322,7 @@ async def test_a_group_someone_else_made_is_read_and_posted(tmp_path: Path) -> N
         group = bridge.x.chat.person_creates_group(BOB, [ME, ALICE], "support EU")
         store = bridge.app[SERVICES].store
         [account] = await store.list_accounts()
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
         )
         assert await store.create_mapping(mapping) is not None
@@ -344,7 +344,7 @@ async def test_a_conversation_x_fails_to_serve_does_not_hold_back_another(tmp_pa
         group = bridge.x.chat.person_creates_group(BOB, [ME, ALICE], "support EU")
         store = bridge.app[SERVICES].store
         [account] = await store.list_accounts()
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
         )
         assert await store.create_mapping(mapping) is not None
@@ -396,7 +396,7 @@ async def test_what_was_written_while_no_channel_bridged_it_is_not_posted_when_o
         bridge.x.chat.person_says(ALICE, conversation, "still unbridged")
         await asyncio.sleep(0.05)  # X's clock moves on before the channel is bridged again
         [account] = await store.list_accounts()
-        again = Mapping(
+        again = ChannelMapping(
             TEAM,
             "C200",
             MappingKind.LINK,
@@ -430,7 +430,7 @@ async def test_an_edit_or_delete_of_someone_elses_message_is_not_followed(tmp_pa
         group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
         store = bridge.app[SERVICES].store
         [account] = await store.list_accounts()
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
         )
         assert await store.create_mapping(mapping) is not None
@@ -477,7 +477,7 @@ async def test_an_event_of_another_conversation_served_in_a_group_is_not_posted_
         group = chat.person_creates_group(BOB, [ME, ALICE], "support EU")
         store = bridge.app[SERVICES].store
         [account] = await store.list_accounts()
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM, "C200", MappingKind.LINK, account.id, group, None, "U100", time.time(), encrypted=True
         )
         assert await store.create_mapping(mapping) is not None

@@ -21,7 +21,7 @@ from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
 from bridge.inbound import METADATA_TYPE
-from bridge.model import Mapping, MappingKind
+from bridge.model import ChannelMapping, MappingKind
 from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, TEAM, Bridge, note, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
@@ -416,7 +416,7 @@ async def test_another_conversations_key_served_here_is_never_encrypted_to(tmp_p
         # Carol's conversation is bridged too (C200): the bridge knows her signing keys.
         store = bridge.app[SERVICES].store
         [account] = await store.list_accounts()
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM,
             "C200",
             MappingKind.LINK,

@@ -13,8 +13,8 @@ import pytest
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
+    ChannelMapping,
     IncomingMessage,
-    Mapping,
     MappingKind,
     OutboxState,
     RenderedPart,
@@ -48,8 +48,8 @@ async def fill(db_path: Path) -> Rows:
         account = await store.save_account(
             TEAM, "U100", XUser(ME, "bridge_owner"), TokenSet(ACCESS, REFRESH, now + 3600, SCOPES)
         )
-        link = Mapping(TEAM, "C100", MappingKind.LINK, account.id, "1000-2001", None, "U100", now)
-        dm = Mapping(TEAM, "C200", MappingKind.DM, account.id, None, ALICE, "U100", now)
+        link = ChannelMapping(TEAM, "C100", MappingKind.LINK, account.id, "1000-2001", None, "U100", now)
+        dm = ChannelMapping(TEAM, "C200", MappingKind.DM, account.id, None, ALICE, "U100", now)
         assert await store.create_mapping(link) and await store.create_mapping(dm)
         for i in range(5):
             message = IncomingMessage(TEAM, "C100", f"1700000000.00000{i}", "U100", f"message {i}")

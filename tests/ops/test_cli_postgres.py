@@ -10,7 +10,7 @@ import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
-from bridge.model import IncomingMessage, Mapping, MappingKind, OutboxState, TokenSet, XUser
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, OutboxState, TokenSet, XUser
 from tests import pg
 from tests.ops.support import run
 from tests.outbox import accepted
@@ -29,7 +29,7 @@ async def fill(url: str) -> list[int]:
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("tok-a", "tok-r", None))
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(mapping)
         for n in (1, 2, 3):
             await accepted(store, IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), 1.0)

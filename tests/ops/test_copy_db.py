@@ -14,7 +14,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore, migrate
 from adapters.store.sqlite import SqliteStore, open_database
 from bridge.connect import Consent
-from bridge.model import IncomingMessage, Mapping, MappingKind, RenderedPart, Sent, TokenSet, XUser
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, RenderedPart, Sent, TokenSet, XUser
 from migrations.postgres import TABLES
 from tests import pg
 from tests.ops.support import run
@@ -29,7 +29,7 @@ async def fill(store: AnyStore) -> None:
         account = await store.save_account(
             "T1", "U1", XUser("1000", "me"), TokenSet("secret-a", "secret-r", 5.0)
         )
-        mapping = Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
+        mapping = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(mapping)
         for n in range(1, 4):
             await accepted(store, IncomingMessage("T1", "C1", f"{n}.0", "U1", f"m{n}", event_id=f"E{n}"), n)

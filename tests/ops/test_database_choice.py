@@ -15,7 +15,7 @@ from adapters.store.postgres import PostgresStore
 from adapters.store.select import describe, make_store
 from adapters.store.sqlite import SqliteStore
 from bridge.errors import ConfigError
-from bridge.model import IncomingMessage, Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, IncomingMessage, MappingKind, TokenSet, XUser
 from bridge.settings import Settings
 from migrations.postgres import MIGRATIONS
 from tests import pg
@@ -130,7 +130,7 @@ async def test_a_role_without_the_temporary_privilege_runs_the_bridge(pg_url: st
                     await pooled.execute("CREATE TEMPORARY TABLE t (x int)")
             account = await limited.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
             await limited.create_mapping(
-                Mapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+                ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
             )
             message = IncomingMessage("T1", "C1", "1.000", "U1", "m1", event_id="E1")
             accepted = await limited.accept_if_mapped(message, 1.0)

@@ -15,7 +15,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.slack_installs import SlackInstallStore
 from adapters.store.sqlite import SqliteStore
-from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
 from bridge.settings import Settings
 from tests import pg
 from tests.ops.support import run
@@ -48,7 +48,9 @@ async def fill(store: SqliteStore | PostgresStore, cipher: TokenCipher) -> None:
                 Installation(team_id=team, team_name=name, bot_token=f"xoxb-{team}-secret", user_id="U1")
             )
             account = await store.save_account(team, "U1", XUser(f"{team}0", "me"), TokenSet("a", "r", None))
-            await store.create_mapping(Mapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0))
+            await store.create_mapping(
+                ChannelMapping(team, "C1", MappingKind.DM, account.id, None, "9", "U1", 0.0)
+            )
         await installs.pause_workspace("T2", 5.0)
         await installs.async_delete_all(enterprise_id=None, team_id="T2")
         await store.save_account("T3", "U9", XUser("T30", "other"), TokenSet("a", "r", None))

@@ -47,7 +47,7 @@ from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import RATE_LIMIT_SHAPES, FakeX, FaultModel, run_fake_x
 from adapters.store.crypto import TokenCipher
 from adapters.store.select import make_store
-from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
 from bridge.settings import Settings
 from tests import pg
 from tests.harness import ALICE, BOB, CAROL, DORA, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
@@ -242,7 +242,7 @@ async def _seed_database(settings: Settings, x: FakeX, channels: tuple[ChannelSp
             conversation = x.create_group(account.x_user_id, list(spec.members))
             participant = None
             conversations[spec.channel] = conversation
-        mapping = Mapping(
+        mapping = ChannelMapping(
             TEAM,
             spec.channel,
             spec.kind,

@@ -20,7 +20,7 @@ import aiohttp
 from adapters.sandbox.fake_slack import FakeSlack, SlackSender, run_fake_slack
 from adapters.sandbox.fake_x import FakeX, run_fake_x
 from adapters.store.select import make_store
-from bridge.model import Mapping, MappingKind, TokenSet, XUser
+from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
 from bridge.settings import Settings
 from tests import pg
 from tests.harness import ALICE, BOB, CAROL, ME, SIGNING_SECRET, TEAM, bridge_env, free_port
@@ -82,7 +82,9 @@ async def world(
         )
         for channel, conversation in channels(x).items():
             await store.create_mapping(
-                Mapping(TEAM, channel, MappingKind.LINK, account.id, conversation, None, "U100", time.time())
+                ChannelMapping(
+                    TEAM, channel, MappingKind.LINK, account.id, conversation, None, "U100", time.time()
+                )
             )
         await store.close()
         session = await stack.enter_async_context(aiohttp.ClientSession())

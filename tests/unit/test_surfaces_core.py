@@ -31,13 +31,13 @@ from bridge.modals import (
     person_option,
     submission,
 )
-from bridge.model import Account, InboxPage, Mapping, MappingKind, TokenSet, XEvent, XUser
+from bridge.model import Account, ChannelMapping, InboxPage, MappingKind, TokenSet, XEvent, XUser
 
 NOW = 1_800_000_000.0
 ACCOUNT = Account(1, "T1", "U1", "1000", "me", TokenSet("a", "r", None))
 
 
-def mapping(**kw: Any) -> Mapping:
+def mapping(**kw: Any) -> ChannelMapping:
     fields: dict[str, Any] = {
         "team_id": "T1",
         "channel_id": "C1",
@@ -50,7 +50,7 @@ def mapping(**kw: Any) -> Mapping:
         "participant_username": "alice",
     }
     fields.update(kw)
-    return Mapping(**fields)
+    return ChannelMapping(**fields)
 
 
 def buttons(view: dict[str, Any]) -> dict[str, str]:
