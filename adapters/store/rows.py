@@ -336,6 +336,12 @@ INBOUND_FINISHED = "state IN ('posted', 'skipped', 'failed')"
 FAILED_COUNT_SQL = (
     "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
 )
+# Is a read of the channel's encrypted X Chat conversation unfinished (its rows wait)?
+CHAT_GAP_SQL = (
+    "SELECT COUNT(*) AS n FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
+    "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
+    "WHERE m.team_id = {p1} AND m.channel_id = {p2} AND m.encrypted"
+)
 FAILED_LAST_SQL = (
     "SELECT last_error FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed' "
     "ORDER BY id DESC LIMIT 1"

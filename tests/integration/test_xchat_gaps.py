@@ -101,6 +101,8 @@ async def stopped_mid_gap(tmp_path: Path, x: FakeX, env: dict[str, str]) -> list
         await gap_open(bridge)
         await asyncio.sleep(0.3)
         assert texts(bridge) == []  # nothing newer went before the older events still to come
+        status, _ = await bridge.command("status")
+        assert "catching up: X had more new messages than one read takes" in status.text
         [(token,)] = await bridge.sql("SELECT gap_token FROM xchat_cursors")
         assert token  # where the next read goes on from
     x.clear_faults()
