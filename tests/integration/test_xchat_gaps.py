@@ -17,7 +17,7 @@ import pytest
 from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, ME, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_xchat_inbound import (
     CONVERSATION,
     encrypted_channel,
@@ -88,6 +88,25 @@ async def test_a_backlog_bigger_than_one_read_arrives_whole_once_and_in_order(tm
             sum(int(r.query["max_results"]) for r in reads) - sum(int(r.query["max_results"]) for r in firsts)
             < 2 * BACKLOG
         )
+
+
+async def test_an_unfinished_x_chat_read_holds_its_own_channel_only(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path, inbound=SMALL_READS) as bridge:
+        conversation = await encrypted_channel(bridge)
+        ack = await bridge.map_link(f"{ME}-{BOB}", channel="C200")  # a legacy DM, same account
+        assert "bridged this channel" in ack.text, ack.text
+        await first_read(bridge)
+        bridge.x.inject("timeout", count=1000, path_contains=EVENTS, after=1)
+        for i in range(BACKLOG):
+            bridge.x.chat.person_says(ALICE, conversation, f"m{i}")
+        await gap_open(bridge)
+        bridge.x.add_event(f"{ME}-{BOB}", BOB, "meanwhile, a legacy DM")
+        await wait_posts(bridge, 1, channel="C200")
+        assert [m["text"] for m in posts(bridge, "C200")] == ["meanwhile, a legacy DM"]
+        assert texts(bridge) == []
+        bridge.x.clear_faults()
+        await wait_posts(bridge, BACKLOG, timeout=30.0)
+        assert texts(bridge) == [f"m{i}" for i in range(BACKLOG)]
 
 
 async def stopped_mid_gap(tmp_path: Path, x: FakeX, env: dict[str, str]) -> list[str]:
