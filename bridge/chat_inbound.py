@@ -14,6 +14,15 @@ are unique per event and channel, so a read again after a crash or restart queue
 the cursor only saves reading). Edits and deletes made on X are rows too, in their place in the
 order, that update or delete the Slack message their target was posted as.
 
+A backlog bigger than one read takes (``max_pages``, or the read budget running out first) is
+read on, not lost: X pages a conversation's events newest first only, so the read is left
+unfinished, a gap kept in the store with X's pagination token and the newest sequence id seen;
+the cursor stays where it was, what was read is queued, and the conversation's channels post
+nothing meanwhile (``rows.inbound_waits``), so nothing newer goes before the older events still
+to come. The next reads (after a restart too) go on from the token until they reach the cursor;
+then it moves to the kept newest and the channels post, in the conversation's order. A token X
+refuses (expired) is read again from the newest, as the legacy poller does.
+
 Echoes: the bridge's own sends come back in the conversation's events. Delivery records each
 send's sequence id, so the legacy rules apply as they are: one the store knows as sent from a
 channel is skipped there, one read while its channel has a send in doubt waits for it to settle,
@@ -39,7 +48,19 @@ EDIT_KIND = "ChatEdit"  # an inbound row that updates the Slack message of ``edi
 DELETE_KIND = "ChatDelete"  # an inbound row that deletes the Slack message of ``delete_of``
 FOLLOW_KINDS = (EDIT_KIND, DELETE_KIND)
 FULL_PAGE = 100  # X's largest page: once a first page is all new, read back in big steps
-MAX_PAGES = 20  # per conversation and read; the budget stops a longer backlog first
+MAX_PAGES = 20  # per conversation and read; a longer backlog is read on by the next reads
+TOKEN_RESTARTS = 3  # X refused an unfinished read's token: read again from the newest
+
+
+@dataclass(frozen=True)
+class ChatGap:
+    """An unfinished read of one conversation: the next read goes on from ``token`` (X's
+    pagination token; None: from the newest again) back to the cursor, which then moves to
+    ``newest`` (the newest sequence id any of its reads saw)."""
+
+    token: str | None
+    newest: str
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,21 @@ class ChatCursors(Protocol):
         """Move the cursor forward to ``sequence_id`` (never back)."""
         ...
 
+    async def chat_gap(self, account_id: int, conversation_id: str) -> ChatGap | None:
+        """The conversation's unfinished read, if any."""
+        ...
+
+    async def save_chat_gap(self, account_id: int, conversation_id: str, gap: ChatGap, now: float) -> None:
+        """Keep (or open) the conversation's unfinished read: its channels wait until it closes."""
+        ...
+
+    async def close_chat_gap(
+        self, account_id: int, conversation_id: str, sequence_id: str, now: float
+    ) -> None:
+        """The unfinished read reached the cursor: move it to ``sequence_id`` and let the
+        conversation's channels post, in one step."""
+        ...
+
     async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str, author: str) -> str | None:
         """The Slack ts X event ``dm_event_id`` of ``author``'s was posted as in that channel, or
         None (not posted there, or not theirs)."""
@@ -118,6 +154,12 @@ class ChatRead:
 
     events: list[InboundEvent] = field(default_factory=list)
     cursors: list[tuple[str, str]] = field(default_factory=list)
+    # Conversations whose read reached the cursor after an unfinished one: closed on ``taken``.
+    closing: set[str] = field(default_factory=set)
+    # Conversations whose read is unfinished: (the gap to keep before the events are taken, its
+    # token where this read started, so a crash before ``taken`` reads them again; the gap to go
+    # on from once they are in the store).
+    gaps: list[tuple[str, ChatGap, ChatGap]] = field(default_factory=list)
     # Why the poll stopped before the last conversation (the read budget spent, X failing): what
     # was read whole before it is taken, then this is raised (``Inbound`` schedules the retry).
     failure: XError | None = None
@@ -136,6 +178,9 @@ class ChatInbound:
         *,
         page_size: int = 10,
         reserve: int = 2,
+        max_pages: int = MAX_PAGES,
+        full_page: int = FULL_PAGE,
+        token_restarts: int = TOKEN_RESTARTS,
     ) -> None:
         self._store = store
         self._cursors = cursors
@@ -144,6 +189,9 @@ class ChatInbound:
         self._clock = clock
         self._page_size = page_size
         self._reserve = reserve
+        self._max_pages = max_pages
+        self._full_page = full_page
+        self._token_restarts = token_restarts
         self._pushed: dict[int, set[str]] = {}  # sequence ids pushed, not read yet, per account
         self._turn: dict[int, int] = {}  # which conversation each account's next poll reads first
         # ``(kind, label)``: ``chat_refused`` (an event that did not verify), ``echo``.
@@ -227,14 +275,34 @@ class ChatInbound:
             try:
                 await self._conversation(account, reader, read, conversation_id, since, done)
             except XError as exc:
-                done.failure = exc  # a conversation read in part is not taken: read again whole
+                # Nothing read of this conversation (what a read in part took is a gap, kept).
+                done.failure = exc
+            if done.failure is not None:
                 break
         return done
 
+    async def holding(self, account: Account, done: ChatRead) -> None:
+        """Before the events of ``done`` go into the store: the conversations read in part wait
+        (their channels post nothing newer before the older events still to come)."""
+        now = self._clock.now()
+        for conversation_id, before, _ in done.gaps:
+            await self._cursors.save_chat_gap(account.id, conversation_id, before, now)
+
     async def taken(self, account: Account, done: ChatRead) -> None:
-        """The events of ``done`` are in the store: move the cursors past them."""
+        """The events of ``done`` are in the store: move the cursors past them, or keep where an
+        unfinished read goes on from; a read that reached its cursor lets its channels post."""
+        now = self._clock.now()
+        for conversation_id, _, after in done.gaps:
+            await self._cursors.save_chat_gap(account.id, conversation_id, after, now)
         for conversation_id, newest in done.cursors:
-            await self._cursors.save_chat_cursor(account.id, conversation_id, newest, self._clock.now())
+            if conversation_id in done.closing:
+                await self._cursors.close_chat_gap(account.id, conversation_id, newest, now)
+                log.info(
+                    "the unfinished X Chat read is complete: posting resumes",
+                    extra={"account_id": account.id, "conversation": conversation_id},
+                )
+            else:
+                await self._cursors.save_chat_cursor(account.id, conversation_id, newest, now)
 
     async def _conversation(
         self,
@@ -246,13 +314,18 @@ class ChatInbound:
         done: ChatRead,
     ) -> None:
         cursor = await self._cursors.chat_cursor(account.id, conversation_id)
+        gap = await self._cursors.chat_gap(account.id, conversation_id)
         floor = int(cursor) if cursor and cursor.isdigit() else None
         collected: dict[int, ChatEvent] = {}
         refused: set[str] = set()
-        newest: int | None = None
-        token: str | None = None
-        for page_number in range(MAX_PAGES):
-            size = self._page_size if page_number == 0 else FULL_PAGE
+        newest: int | None = int(gap.newest) if gap and gap.newest.isdigit() else None
+        token = gap.token if gap else None
+        started_from = token  # where this read began: kept until what it read is in the store
+        restarts = gap.restarts if gap else 0
+        finished = False
+        pages = 0
+        while pages < self._max_pages:
+            size = self._page_size if pages == 0 and gap is None else self._full_page
 
             async def call(token: str | None = token, size: int = size) -> tuple[ChatPage, RateFacts]:
                 result: tuple[ChatPage, RateFacts] = await self._tokens.call(
@@ -261,7 +334,25 @@ class ChatInbound:
                 )
                 return result
 
-            page = await read(account, call, self._reserve)
+            try:
+                page = await read(account, call, self._reserve)
+            except XRefused as exc:
+                if token is None or exc.status != 400:
+                    raise
+                # X no longer knows the token (expired: X does not say how long one lives).
+                pages += 1
+                restarts += 1
+                finished = self._token_refused(account, conversation_id, restarts)
+                if finished:
+                    break
+                token = started_from = None
+                continue
+            except XError as exc:
+                if pages == 0:
+                    raise
+                done.failure = exc  # what was read so far is kept (a gap); the poll fails after that
+                break
+            pages += 1
             seen = [int(e.sequence_id) for e in page.events if e.sequence_id.isdigit()]
             seen += [int(i) for i in page.refused_ids if i.isdigit()]
             newest = max([newest or 0, *seen]) if seen else newest
@@ -271,7 +362,9 @@ class ChatInbound:
                     collected[int(event.sequence_id)] = event
             refused.update(i for i in page.refused_ids if i.isdigit() and (floor is None or int(i) > floor))
             older = any(e.created_at is not None and e.created_at < since for e in page.events)
-            if finished or older or page.next_token is None or page.next_token == token:
+            if older or page.next_token is None or page.next_token == token:
+                finished = True
+            if finished:
                 break
             token = page.next_token
         for _ in refused:
@@ -286,9 +379,43 @@ class ChatInbound:
         # its mapping, so a conversation unlinked and bridged again reads from where the old
         # bridging stopped, and what was written in between was never meant for Slack.
         collected = {s: e for s, e in collected.items() if e.created_at is None or e.created_at >= since}
-        if newest is not None or floor is None:
-            done.cursors.append((conversation_id, str(newest or 0)))
+        if finished:
+            if newest is not None or floor is None or gap is not None:
+                done.cursors.append((conversation_id, str(newest or 0)))
+            if gap is not None:
+                done.closing.add(conversation_id)
+        elif newest is not None:
+            kept = str(newest)
+            done.gaps.append(
+                (conversation_id, ChatGap(started_from, kept, restarts), ChatGap(token, kept, restarts))
+            )
+            if gap is None:
+                log.warning(
+                    "more new X Chat events than one read takes: the next reads go on from where "
+                    "this one stopped; the conversation's channels wait until then, to keep X's order",
+                    extra={"account_id": account.id, "conversation": conversation_id, "pages": pages},
+                )
         done.events += await self._inbound(account, reader, [collected[s] for s in sorted(collected)])
+
+    def _token_refused(self, account: Account, conversation_id: str, restarts: int) -> bool:
+        """X refused an unfinished read's pagination token. Read back from the newest again
+        (what was read already is read, and billed, again; nothing is lost): False. After
+        ``token_restarts`` of those, give the gap up (the read counts as finished; the events
+        between the oldest read and the cursor are never read, X showing no way to them): True."""
+        ids = {"account_id": account.id, "conversation": conversation_id, "restarts": restarts}
+        if restarts > self._token_restarts:
+            log.warning(
+                "X refused the saved pagination token again: the unfinished X Chat read is given "
+                "up; events newer than the cursor and older than the oldest read are not posted",
+                extra=ids,
+            )
+            return True
+        log.warning(
+            "X refused the saved pagination token (expired?): reading back from the newest event "
+            "again; events already taken are read (and billed) again, none is lost",
+            extra=ids,
+        )
+        return False
 
     async def _inbound(
         self, account: Account, reader: ChatReader, events: list[ChatEvent]

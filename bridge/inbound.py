@@ -133,6 +133,8 @@ class InboundConfig:
     retry_cap: float = 300.0
     backfill: int = 20
     token_restarts: int = 3  # X refused an unfinished read's token: read again from the newest
+    chat_max_pages: int = 20  # per X Chat conversation and read; a longer backlog: the next reads
+    chat_full_page: int = 100  # an X Chat read's pages after its first (X's largest)
 
 
 @dataclass
@@ -715,12 +717,16 @@ class Inbound:
         conversation's cursor moves once what was read is in the store."""
         done = await chats.poll(account, self._chat_read)
         queued = 0
-        if done.events or done.cursors:
+        if done.events or done.cursors or done.gaps:
             tally: dict[str, int] = {}
+            # A conversation read in part holds its channels before its rows are in the store.
+            await chats.holding(account, done)
             now = self._clock.now()
             queued = await self._store.take_inbound(account.id, done.events, None, now, tally=tally)
             await chats.taken(account, done)
             self._count_echoes(tally)
+        if done.closing:
+            self.wake()  # the rows an unfinished read held are due now, though none may be new
         if queued:
             log.info("X Chat events queued for Slack", extra={"account_id": account.id, "count": queued})
             self.wake()

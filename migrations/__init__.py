@@ -634,3 +634,25 @@ CREATE TABLE slack_oauth_states (
     used INTEGER NOT NULL DEFAULT 0
 )
 """
+
+
+@migrations(name="0028_xchat_read_gaps")
+def m0028_xchat_read_gaps(db: Database) -> None:
+    """An X Chat read left unfinished, kept across polls (issue 19), as ``cursors.gap_*`` (0016)
+    is for the legacy DMs: X pages a conversation's events newest first only, so when it has more
+    new ones than one read takes, the cursor stays where it was (``newest_sequence_id``) and the
+    next reads go on from ``gap_token`` (X's pagination token; NULL: from the newest again) until
+    they reach it; only then does the cursor move to ``gap_newest`` (the newest event that read
+    saw). Meanwhile the conversation's channels post nothing (``rows.inbound_waits``), to keep X's
+    order. ``gap_restarts``: how often X refused the token."""
+    for statement in XCHAT_READ_GAPS.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# The same statement on both engines.
+XCHAT_READ_GAPS = (
+    "ALTER TABLE xchat_cursors ADD COLUMN gap_token TEXT; "
+    "ALTER TABLE xchat_cursors ADD COLUMN gap_newest TEXT; "
+    "ALTER TABLE xchat_cursors ADD COLUMN gap_restarts INTEGER NOT NULL DEFAULT 0"
+)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, SLACK_INSTALLATIONS, XCHAT_CURSORS, XCHAT_IDENTITIES
+from migrations import CONSENTS, SLACK_INSTALLATIONS, XCHAT_CURSORS, XCHAT_IDENTITIES, XCHAT_READ_GAPS
 
 log = logging.getLogger("migrations.postgres")
 
@@ -494,6 +494,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0024_hot_path_functions", HOT_PATH_FUNCTIONS),
     # SQLite's 0027, the same statements: "Add to Slack" installs and their OAuth states.
     ("0025_slack_installations", SLACK_INSTALLATIONS),
+    # SQLite's 0028, the same statements: an unfinished X Chat read kept across polls.
+    ("0026_xchat_read_gaps", XCHAT_READ_GAPS),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

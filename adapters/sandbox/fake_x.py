@@ -1690,7 +1690,15 @@ class FakeX:
         except NotMember as exc:
             return _about_blank(404, "Not Found", str(exc))
         size = int(request.query.get("max_results", "10"))
-        return _json(200, self.chat.events_page(conv, size, request.query.get("pagination_token")))
+        token = request.query.get("pagination_token")
+        before = None if token is None else _decode_token(token, self.pagination_epoch)
+        if token is not None and before is None:
+            # An expired token (``expire_pagination_tokens``) too, as for the legacy DM reads.
+            return _invalid_request("Invalid pagination_token.", parameter="pagination_token", value=token)
+        page = self.chat.events_page(
+            conv, size, before, lambda oldest: _encode_token(oldest, self.pagination_epoch)
+        )
+        return _json(200, page)
 
     async def _chat_keys(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(request[_BODY])

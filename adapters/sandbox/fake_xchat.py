@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,14 +256,19 @@ class ChatServer:
         sequences = self.take_actions(conv, caller, body.get("action_signatures") or [])
         return path_form(cid), sequences[0] if sequences else ""
 
-    def events_page(self, conv: Conversation, max_results: int, token: str | None) -> dict[str, Any]:
-        """Newest first; the token is the index to go on from."""
-        newest_first = list(reversed(conv.events))
-        start = int(token) if token and token.isdigit() else 0
-        page = newest_first[start : start + max_results]
+    def events_page(
+        self, conv: Conversation, max_results: int, before: int | None, token_for: Callable[[int], str]
+    ) -> dict[str, Any]:
+        """Newest first, older than ``before`` (the sequence id a pagination token pages back
+        from); ``next_token`` (``token_for`` the page's oldest) while older events remain. As at
+        X, a token stays true when new events arrive: it names where to go on, not a position."""
+        newest_first = sorted(conv.events, key=lambda e: int(e["id"]), reverse=True)
+        if before is not None:
+            newest_first = [e for e in newest_first if int(e["id"]) < before]
+        page, rest = newest_first[:max_results], newest_first[max_results:]
         meta: dict[str, Any] = {"result_count": len(page), "conversation_key_events": list(conv.key_events)}
-        if start + max_results < len(newest_first):
-            meta["next_token"] = str(start + max_results)
+        if page and rest:
+            meta["next_token"] = token_for(int(page[-1]["id"]))
             meta["has_more"] = True
         return {"data": page, "meta": meta}
 

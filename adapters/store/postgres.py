@@ -1452,10 +1452,11 @@ class PostgresStore:
             )
             failed = await conn.fetchval(rows.FAILED_COUNT_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
             reason = await conn.fetchval(rows.FAILED_LAST_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
+            chat_gap = await conn.fetchval(rows.CHAT_GAP_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
         return {
             "newest_event_id": cursor["newest_event_id"] if cursor else None,
             "read_at": cursor["updated_at"] if cursor else None,
-            "catching_up": bool(cursor and cursor["gap_newest"] is not None),
+            "catching_up": bool(cursor and cursor["gap_newest"] is not None) or bool(chat_gap),
             "last_event_at": last,
             "counts": counts,
             "pending": counts.get("queued", 0) + counts.get("posting", 0),

@@ -282,11 +282,16 @@ NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not
 # come, and X's order comes first. A row another account's read took waits on that account's
 # gap only until the channel's own account has read past it (all older events are rows then):
 # an account that is never read again (disconnected mid-gap) holds no one else's channel for
-# ever. A channel no longer bridged gets nothing more, so it waits for nothing.
+# ever. A channel no longer bridged gets nothing more, so it waits for nothing. A channel bridged
+# to an encrypted X Chat conversation waits while a read of that conversation is unfinished
+# (``xchat_cursors.gap_newest``): X Chat is read one conversation at a time, so only its own.
 def inbound_waits(number: Callable[[str], str]) -> str:
     return (
         "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
         "AND m.paused_at IS NOT NULL) "
+        "OR EXISTS (SELECT 1 FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
+        "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
+        "WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id AND m.encrypted) "
         "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
         "AND c.account_id = m.account_id WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id) "
         "OR EXISTS (SELECT 1 FROM mappings AS m JOIN cursors AS c ON c.gap_newest IS NOT NULL "
@@ -330,6 +335,12 @@ INBOUND_FINISHED = "state IN ('posted', 'skipped', 'failed')"
 
 FAILED_COUNT_SQL = (
     "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
+)
+# Is a read of the channel's encrypted X Chat conversation unfinished (its rows wait)?
+CHAT_GAP_SQL = (
+    "SELECT COUNT(*) AS n FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
+    "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
+    "WHERE m.team_id = {p1} AND m.channel_id = {p2} AND m.encrypted"
 )
 FAILED_LAST_SQL = (
     "SELECT last_error FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed' "

@@ -1670,10 +1670,12 @@ class SqliteStore:
             )
             failed = self._one(rows.FAILED_COUNT_SQL.format(p1="?", p2="?"), [team_id, channel_id])
             reason = self._one(rows.FAILED_LAST_SQL.format(p1="?", p2="?"), [team_id, channel_id])
+            chat_gap = self._one(rows.CHAT_GAP_SQL.format(p1="?", p2="?"), [team_id, channel_id])
             return {
                 "newest_event_id": cursor["newest_event_id"] if cursor else None,
                 "read_at": cursor["updated_at"] if cursor else None,
-                "catching_up": bool(cursor and cursor["gap_newest"] is not None),
+                "catching_up": bool(cursor and cursor["gap_newest"] is not None)
+                or bool(chat_gap and chat_gap["n"]),
                 "last_event_at": last["t"] if last else None,
                 "counts": counts,
                 "pending": counts.get("queued", 0) + counts.get("posting", 0),

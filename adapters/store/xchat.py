@@ -13,6 +13,7 @@ from typing import Any
 
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import Engine
+from bridge.chat_inbound import ChatGap
 from bridge.xchat import IdentityState, NewIdentity, PeerCheck, XChatIdentity
 
 COLUMNS = (
@@ -151,6 +152,52 @@ class ChatCursorStore:
             conversation_id,
             sequence_id,
             now,
+        )
+
+    async def chat_gap(self, account_id: int, conversation_id: str) -> ChatGap | None:
+        rows = await self._engine.fetch(
+            "SELECT gap_token, gap_newest, gap_restarts FROM xchat_cursors "
+            "WHERE account_id = ? AND conversation_id = ? AND gap_newest IS NOT NULL",
+            account_id,
+            conversation_id,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        token = None if row["gap_token"] is None else str(row["gap_token"])
+        return ChatGap(token, str(row["gap_newest"]), int(row["gap_restarts"] or 0))
+
+    async def save_chat_gap(self, account_id: int, conversation_id: str, gap: ChatGap, now: float) -> None:
+        # A conversation never read before gets "0" as its cursor: read, and everything newer
+        # is new (the read's bridging time still keeps out what came before the channel).
+        await self._engine.execute(
+            "INSERT INTO xchat_cursors (account_id, conversation_id, newest_sequence_id, updated_at, "
+            "gap_token, gap_newest, gap_restarts) VALUES (?, ?, '0', ?, ?, ?, ?) "
+            "ON CONFLICT (account_id, conversation_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            "gap_token = excluded.gap_token, gap_newest = excluded.gap_newest, "
+            "gap_restarts = excluded.gap_restarts",
+            account_id,
+            conversation_id,
+            now,
+            gap.token,
+            gap.newest,
+            gap.restarts,
+        )
+
+    async def close_chat_gap(
+        self, account_id: int, conversation_id: str, sequence_id: str, now: float
+    ) -> None:
+        # One statement: the cursor moves and the channels are let go together (a crash before
+        # it reads on from the token again, and the rows' unique key keeps each event once).
+        kept = await self.chat_cursor(account_id, conversation_id)
+        newest = max(int(kept or 0), int(sequence_id or 0))
+        await self._engine.execute(
+            "UPDATE xchat_cursors SET newest_sequence_id = ?, updated_at = ?, gap_token = NULL, "
+            "gap_newest = NULL, gap_restarts = 0 WHERE account_id = ? AND conversation_id = ?",
+            str(newest),
+            now,
+            account_id,
+            conversation_id,
         )
 
     async def posted_ts(self, team_id: str, channel_id: str, dm_event_id: str, author: str) -> str | None:

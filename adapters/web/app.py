@@ -283,6 +283,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             tokens,
             clock,
             reserve=app[INBOUND_CONFIG].reserve,
+            max_pages=app[INBOUND_CONFIG].chat_max_pages,
+            full_page=app[INBOUND_CONFIG].chat_full_page,
+            token_restarts=app[INBOUND_CONFIG].token_restarts,
         )
         inbound.chats.on_event = inbound.on_event
         push: Push | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store.xchat import ChatCursorStore
+from bridge.chat_inbound import ChatGap
 from tests.contract.conftest import Engine
 from tests.contract.test_xchat_store import database
 
@@ -41,6 +42,27 @@ async def test_a_cursor_is_per_account_and_conversation_and_only_moves_forward(
     assert await store.chat_cursor(1, "1000-2001") == NEWER
     assert await store.chat_cursor(1, "g42") is None
     assert await store.chat_cursor(2, "1000-2001") is None
+
+
+async def test_an_unfinished_read_is_kept_beside_its_cursor_until_it_closes(
+    cursors: tuple[ChatCursorStore, Engine],
+) -> None:
+    store, _ = cursors
+    # A conversation never read before: its first read stopped at its page limit.
+    await store.save_chat_gap(1, "1000-2001", ChatGap(None, NEWER), 1.0)
+    assert await store.chat_gap(1, "1000-2001") == ChatGap(None, NEWER, 0)
+    assert await store.chat_cursor(1, "1000-2001") == "0"  # read: everything newer is new
+    await store.save_chat_gap(1, "1000-2001", ChatGap("tok", NEWER, 2), 2.0)
+    assert await store.chat_gap(1, "1000-2001") == ChatGap("tok", NEWER, 2)
+    assert await store.chat_gap(2, "1000-2001") is None
+    await store.close_chat_gap(1, "1000-2001", NEWER, 3.0)
+    assert await store.chat_gap(1, "1000-2001") is None
+    assert await store.chat_cursor(1, "1000-2001") == NEWER
+    # A gap over a cursor that is already further (never moved back by closing).
+    await store.save_chat_gap(1, "1000-2001", ChatGap("tok", OLDER), 4.0)
+    await store.close_chat_gap(1, "1000-2001", OLDER, 5.0)
+    assert await store.chat_cursor(1, "1000-2001") == NEWER
+    assert await store.chat_gap(1, "1000-2001") is None
 
 
 async def test_where_an_event_was_posted_is_found_per_channel(
