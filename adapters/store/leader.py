@@ -214,8 +214,11 @@ class Leadership:
         async with conn.transaction():
             row = await conn.fetchrow(_READ_ROW, LEADER_LOCK)
             assert row is not None
-            # A previous version's leader renews no lease, but leads: count it as renewed now.
-            age = 0.0 if row["old_leader"] else float(row["age"])
+            # A previous version's leader renews no lease, but leads: count it as renewed now. A
+            # lease never held (a new database, term 0) has the epoch's age: count it from now,
+            # or /healthz says "leaderless" while the first instance is taking it.
+            never_held = int(row["term"]) == 0
+            age = 0.0 if row["old_leader"] or never_held else float(row["age"])
             self._seen = (asyncio.get_running_loop().time(), age)
             gone = self._gone(row["alive"], row["holder_connected"], float(row["age"]))
             if row["old_leader"] or not (row["expired"] or gone):

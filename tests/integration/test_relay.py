@@ -210,5 +210,5 @@ async def test_healthz_reports_database(tmp_path: Path) -> None:
         headers = {"Authorization": "Bearer ops-token"}
         async with bridge.session.get(f"{bridge.url}/healthz", headers=headers) as response:
             body = await response.json()
-        assert response.status == 200
+        assert response.status == 200, body
         assert body["status"] == "ok" and body["database"] == "ok"
