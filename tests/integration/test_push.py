@@ -386,7 +386,10 @@ async def test_a_pushed_group_message_goes_to_the_group_never_to_its_senders_one
         await asyncio.sleep(0.3)
         assert [m["text"] for m in posts(bridge, "C200")] == ["to the group"]
         assert [m["text"] for m in posts(bridge)] == ["to you alone"]
-        assert (await origins(bridge))[alone.id] == "push"
+        # Its push was taken too (which read placed it first, the push's or the poller's, is a
+        # race on a busy machine; either posts it once, in its own channel).
+        await bridge.x.wait_pushes()
+        assert any(alone.id.encode() in d["body"] and d["status"] == 200 for d in bridge.x.deliveries)
 
 
 async def test_pushes_that_arrive_out_of_order_are_posted_in_xs_order(tmp_path: Path) -> None:
@@ -546,6 +549,9 @@ async def test_a_pushed_group_photo_placed_by_its_id_is_brought_over(tmp_path: P
         bridge.x.push_groups = True
         picture = b"\xff\xd8\xff" + bytes(range(256)) * 20
         photo = bridge.x.add_event(group, ALICE, "our photo", media_ids=(bridge.x.add_media(ALICE, picture),))
+        # X's lists leave it out (a read in flight when the window was spent may still list):
+        # only the lookup by its id can place it.
+        bridge.x.unlisted_until[photo.id] = bridge.x.clock() + 3600.0
         await wait_posts(bridge, 1, channel="C200", timeout=3.0)
         [shared] = bridge.slack.shared_files
         assert shared["channel"] == "C200" and shared["content"] == picture
