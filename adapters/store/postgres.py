@@ -310,12 +310,25 @@ class PostgresStore:
             account_id,
         )
         await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
+        # A read of the previous account may commit its cursor between this DELETE and the
+        # INSERT (there was no row to lock): the current account's parked cursor wins, and with
+        # none parked (a first read) no cursor stays. A plain INSERT failed the whole switch
+        # (a unique violation), and the connect with it.
         await conn.execute(
             "INSERT INTO cursors (account_id, newest_event_id, gap_newest, gap_oldest, gap_opened_at, "
             "updated_at) SELECT account_id, newest_event_id, gap_newest, gap_oldest, "
             "CASE WHEN gap_newest IS NOT NULL THEN $1::double precision END, $1 FROM parked_cursors "
-            "WHERE account_id = $2 AND x_user_id = $3",
+            "WHERE account_id = $2 AND x_user_id = $3 ON CONFLICT (account_id) DO UPDATE SET "
+            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
+            "gap_oldest = excluded.gap_oldest, gap_opened_at = excluded.gap_opened_at, "
+            "gap_token = NULL, gap_restarts = 0, updated_at = excluded.updated_at",
             now,
+            account_id,
+            current_id,
+        )
+        await conn.execute(
+            "DELETE FROM cursors WHERE account_id = $1 AND NOT EXISTS (SELECT 1 FROM parked_cursors "
+            "WHERE account_id = $1 AND x_user_id = $2)",
             account_id,
             current_id,
         )
