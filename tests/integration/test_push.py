@@ -426,7 +426,10 @@ async def test_a_pushed_attachment_is_brought_over_at_once_and_before_what_follo
         [shared] = bridge.slack.shared_files
         assert shared["channel"] == "C100" and shared["content"] == picture
         assert [m["text"] for m in posts(bridge)] == ["look at this", "and after it"]
-        assert await settled(bridge, 2) == {photo.id: "push", after.id: "push"}
+        # The photo came by its push. The DM after it may be placed by the same 1-to-1 read
+        # before its own push arrives (origin "poll" then): either way after the photo, once.
+        origins = await settled(bridge, 2)
+        assert origins[photo.id] == "push" and set(origins) == {photo.id, after.id}
 
 
 async def test_a_pushed_message_shows_its_senders_avatar_as_a_polled_one_does(tmp_path: Path) -> None:

@@ -348,12 +348,11 @@ def test_edits_deletions_files_threads_and_lines_show_on_both_sides(
     act_on(browser, "line one", "thread")
     wait_for(browser, "#slack-context", "Replying in the thread of")
     type_in(browser, "#slack-input", "a reply in the thread")
-    reply = wait_for(browser, "#slack-messages .msg.in-thread", "a reply in the thread", "the reply in Slack")
-    assert "in the thread of “line one" in reply.text
-    quoted = wait_for(
-        browser, "#x-messages .x-message.mine .bubble", "a reply in the thread", "the reply on X"
+    # Read within the wait: the panes are rebuilt as the bridge answers.
+    block_with(
+        browser, "#slack-messages .msg.in-thread", "a reply in the thread", "in the thread of “line one"
     )
-    assert "line one" in quoted.text
+    block_with(browser, "#x-messages .x-message.mine .bubble", "a reply in the thread", "line one")
 
     # A file: the sample picture goes to X as an image; Slack shows it too.
     browser.find_element(By.ID, "slack-sample").click()
