@@ -519,12 +519,7 @@ class Delivery:
             await self._retry_later(item, exc)
             return LOOK_AGAIN
         except XRateLimited as exc:
-            now = self._clock.now()
-            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
-            log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
-            await self._store.reschedule(
-                item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
-            )
+            await self._rate_limited(item, account, exc, self._clock.now())
             return LOOK_AGAIN
         except XMediaUnavailable as exc:
             # X refused the POST (it did not take the message) because of the attached file.
@@ -976,11 +971,7 @@ class Delivery:
             await self._retry_later(item, exc)  # still "sending": read back before the same bytes again
             return LOOK_AGAIN
         except XRateLimited as exc:
-            until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
-            log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
-            await self._store.reschedule(
-                item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
-            )
+            await self._rate_limited(item, account, exc, now)
             return LOOK_AGAIN
         except XRefused as exc:
             await self._budget.observe(account.id, exc.facts)
@@ -1104,6 +1095,15 @@ class Delivery:
         """When a rate-limited row may try again: never at once, never past X's longest window."""
         now = self._clock.now()
         return min(max(reset_at, now + MIN_RATE_PAUSE), now + MAX_RESET_AHEAD)
+
+    async def _rate_limited(self, item: OutboxItem, account: Account, exc: XRateLimited, now: float) -> None:
+        """X's 429 for a send (legacy or X Chat): the account pauses until the window X names, and
+        the row waits with that time shown."""
+        until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
+        log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
+        await self._store.reschedule(
+            item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
+        )
 
     async def _retry_later(self, item: OutboxItem, exc: Exception) -> None:
         # Failures since the row last moved count too: a row that fails before its claim (a

@@ -37,7 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.sandbox.fake_slack_install import InstallError, SlackInstalls, Team
-from adapters.sandbox.fake_slack_views import FakeViews, ViewError
+from adapters.sandbox.fake_slack_views import FakeViews, ViewError, pressed
 
 __all__ = [
     "RESPONSE_URL_MAX_USES",
@@ -1736,16 +1736,7 @@ class SlackSender:
             "channel": {"id": button.channel, "name": button.channel},
             "state": {"values": {}},
             "response_url": response_url,
-            "actions": [
-                {
-                    "action_id": button.action_id,
-                    "block_id": button.block_id,
-                    "text": {"type": "plain_text", "text": button.text, "emoji": True},
-                    "value": button.value,
-                    "type": "button",
-                    "action_ts": f"{self.clock():.6f}",
-                }
-            ],
+            "actions": [pressed(button.action_id, button.block_id, button.text, button.value, self.clock())],
         }
 
     async def click(

@@ -227,6 +227,18 @@ def view_text(view: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pressed(action_id: str, block_id: str, text: str, value: str, at: float) -> dict[str, Any]:
+    """A button as a ``block_actions`` payload names the one pressed (a message's or a view's)."""
+    return {
+        "action_id": action_id,
+        "block_id": block_id,
+        "text": {"type": "plain_text", "text": text, "emoji": True},
+        "value": value,
+        "type": "button",
+        "action_ts": f"{at:.6f}",
+    }
+
+
 class SurfaceSender:
     """Signed interaction payloads from App Home and modals, as Slack posts them."""
 
@@ -275,14 +287,7 @@ class SurfaceSender:
             "is_enterprise_install": False,
             "view": view,
             "actions": [
-                {
-                    "action_id": button.action_id,
-                    "block_id": button.block_id,
-                    "text": {"type": "plain_text", "text": button.text, "emoji": True},
-                    "value": button.value,
-                    "type": "button",
-                    "action_ts": f"{self.sender.clock():.6f}",
-                }
+                pressed(button.action_id, button.block_id, button.text, button.value, self.sender.clock())
             ],
         }
 

@@ -342,20 +342,7 @@ class ChatServer:
         phone = self._phone(user_id)
         prepared = phone.prepare_conversation_key_change(self.key_entries([user_id, peer_id]))
         conv = self.conversation(peer_id, user_id, create_with=[user_id, peer_id])
-        signing_key = phone.get_public_keys().signing
-        actions = [
-            {
-                "message_id": s["message_id"],
-                "encoded_message_event_detail": s["encoded_message_event_detail"],
-                "message_event_signature": {
-                    "signature": s["signature"],
-                    "signature_version": s["signature_version"],
-                    "public_key_version": s["public_key_version"],
-                    "signing_public_key": signing_key,
-                },
-            }
-            for s in prepared["action_signatures"]
-        ]
+        actions = [signed_action(phone, s) for s in prepared["action_signatures"]]
         self.take_actions(conv, user_id, actions)
         return path_form(conv.id)
 
@@ -367,20 +354,7 @@ class ChatServer:
         prepared = phone.prepare_group_create(
             self.key_entries(members), group_id, members, [user_id], title=title
         )
-        signing_key = phone.get_public_keys().signing
-        actions = [
-            {
-                "message_id": s["message_id"],
-                "encoded_message_event_detail": s["encoded_message_event_detail"],
-                "message_event_signature": {
-                    "signature": s["signature"],
-                    "signature_version": s["signature_version"],
-                    "public_key_version": s["public_key_version"],
-                    "signing_public_key": signing_key,
-                },
-            }
-            for s in prepared["action_signatures"]
-        ]
+        actions = [signed_action(phone, s) for s in prepared["action_signatures"]]
         body = {"conversation_id": group_id, "group_members": members, "group_admins": [user_id],
                 "group_name": title, "action_signatures": actions}  # fmt: skip
         cid, _ = self.create_group(user_id, body)
@@ -456,17 +430,7 @@ class ChatServer:
         conv = self.conversation(path_id, user_id)
         phone = self._phone(user_id)
         signature = phone.prepare_message_delete(conv.id, [sequence_id], True)
-        action = {
-            "message_id": signature["message_id"],
-            "encoded_message_event_detail": signature["encoded_message_event_detail"],
-            "message_event_signature": {
-                "signature": signature["signature"],
-                "signature_version": signature["signature_version"],
-                "public_key_version": signature["public_key_version"],
-                "signing_public_key": phone.get_public_keys().signing,
-            },
-        }
-        self.take_actions(conv, user_id, [action])
+        self.take_actions(conv, user_id, [signed_action(phone, signature)])
 
     def person_forges(self, user_id: str, path_id: str, text: str, *, as_user: str) -> None:
         """A simulated person's phone posts a message claiming ``as_user`` wrote it (signed with
@@ -512,3 +476,17 @@ def _iso(ms: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def signed_action(phone: Chat, signature: dict[str, Any]) -> dict[str, Any]:
+    """One of a phone's action signatures as X's API takes it (``action_signatures[]``)."""
+    return {
+        "message_id": signature["message_id"],
+        "encoded_message_event_detail": signature["encoded_message_event_detail"],
+        "message_event_signature": {
+            "signature": signature["signature"],
+            "signature_version": signature["signature_version"],
+            "public_key_version": signature["public_key_version"],
+            "signing_public_key": phone.get_public_keys().signing,
+        },
+    }

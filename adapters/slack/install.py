@@ -27,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.scopes import BOT_SCOPES
 from adapters.store.slack_installs import STATE_TTL, SlackInstallStore, SlackStateStore, TooManyInstalls
+from adapters.web.edge import PAGE_HEADERS
 from adapters.web.logs import Sparse
 
 log = logging.getLogger("adapters.slack.install")
@@ -40,13 +41,6 @@ NO_ANSWER = "slack_no_answer"
 BUSY = "too_many_installs"
 OTHER = "unexpected"  # a reason not shaped as Slack's codes (see ``slack_reason``)
 _SLACK_CODE = re.compile(r"[a-z][a-z0-9_.]{0,59}")
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
 # Why an install failed (Bolt's reason, or Slack's error) → HTTP status and what the person reads.
 FAILURES: dict[str, tuple[int, str]] = {
     "access_denied": (200, "You cancelled on Slack: nothing was installed. You can close this tab."),

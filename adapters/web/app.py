@@ -48,6 +48,7 @@ from adapters.store.postgres import PostgresStore
 from adapters.store.select import AnyStore, describe, make_store
 from adapters.store.slack_installs import SlackInstallStore, SlackStateStore
 from adapters.store.xchat import ChatCursorStore, XChatIdentityStore
+from adapters.web.edge import PAGE_HEADERS
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
 from adapters.web.worker import Job, Worker
@@ -90,15 +91,6 @@ CONNECT_PATH = "/x/connect"
 CALLBACK_PATH = "/x/oauth/callback"
 CSRF_COOKIE = "xdm_csrf"
 FLOW_TTL = 600  # seconds; as long as the flow's state lives
-# Pages that show a flow must not be framed (a hidden "Continue" button), cached or leak
-# their URL (it holds the state) through Referer.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
 
 
 class SystemClock:

@@ -40,6 +40,15 @@ KEEPALIVE_TIMEOUT = 15.0  # an idle keep-alive connection is closed after this
 MAX_CONNECTIONS = 1000
 LOG_EVERY = 10.0
 END_OF_HEAD = b"\r\n\r\n"
+# The bridge's own HTML pages (the X connect flow, the Slack install flow) must not be framed
+# (a hidden "Continue" button), cached, or leak their URL (it holds a state) through Referer.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
