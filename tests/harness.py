@@ -327,7 +327,14 @@ async def running_bridge(
         slack.add_channel("C200", "sales")
         if before_start is not None:
             before_start(slack)
-        port = port or free_port()
+        # Bound here and handed to the server: a port only looked up (free_port) may be taken by
+        # a test on another xdist worker before the bridge binds it.
+        listening: socket.socket | None = None
+        if port is None:
+            listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            stack.callback(listening.close)
+            listening.bind(("127.0.0.1", 0))
+            port = int(listening.getsockname()[1])
         db_path = tmp_path / "bridge.db"
         # "{SLACK_URL}" in a value: the fake Slack's origin, known only now (SLACK_AUTHORIZE_URL).
         extra = {name: value.replace("{SLACK_URL}", slack_url) for name, value in (env or {}).items()}
@@ -335,7 +342,10 @@ async def running_bridge(
         app = create_app(settings, delivery_config=delivery, inbound_config=inbound, clock=clock)
         runner = edge.runner(app, shutdown_timeout=2.0)  # the edge `xdm-bridge serve` listens behind
         stack.push_async_callback(runner.cleanup)
-        await edge.start(runner, "127.0.0.1", port)
+        if listening is not None:
+            await edge.start(runner, sock=listening)
+        else:
+            await edge.start(runner, "127.0.0.1", port)
         # unsafe: keep cookies for an IP address (the bridge is 127.0.0.1), as a browser does.
         session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=browser_cookies()))
         url = f"http://127.0.0.1:{port}"
