@@ -1,45 +1,141 @@
-"""The seam under the role stores: run one statement, on whichever database is selected.
+"""The seam under the role stores: statements and transactions, on whichever database is selected.
 
 A role's SQL is written once against this, with ``?`` placeholders, and runs on SQLite (on the
 store's one owner thread) and on PostgreSQL (asyncpg's pool, placeholders numbered here). Only
 portable SQL goes through it: ``INSERT … ON CONFLICT``, ``RETURNING`` and plain types work on
-both (SQLite 3.35+), and a role whose statement needs a dialect of its own says so where it is.
+both (SQLite 3.35+). The few statements that need a dialect of their own ask ``engine.dialect``
+where they are, so the difference is read in one place, beside the portable version.
+
+``transaction()`` makes several statements one commit. On PostgreSQL it holds one pooled
+connection; on SQLite it takes the write lock (``BEGIN IMMEDIATE``) and keeps every other caller
+of the store's thread waiting until it ends, so nothing else joins it half-way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import StrEnum
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from sqlite_utils import Database
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Dialect(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
 
 
 class Engine(Protocol):
-    """One statement at a time; rows as dicts."""
+    """One statement at a time, or several in one transaction; rows as dicts."""
+
+    @property
+    def dialect(self) -> Dialect: ...
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        """The first row, or ``None``."""
+        ...
 
     async def execute(self, sql: str, *params: Any) -> int:
         """Run a write; the number of rows it touched."""
         ...
 
+    def transaction(self) -> AbstractAsyncContextManager[Engine]:
+        """Statements on the engine it yields commit together when the block ends, or not at all
+        when it raises. Inside, ``transaction()`` again joins the open one."""
+        ...
+
+
+class SqliteThread:
+    """The SQLite store's one owner thread, shared by its own calls and its engine.
+
+    ``run`` hops a function to the thread. While a transaction is open only the task that opened
+    it (and the tasks it starts) reach the thread; everyone else waits for the commit, so no
+    statement of theirs lands inside somebody else's transaction.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._lock = asyncio.Lock()
+        self._inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"sqlite-tx-{id(self)}", default=False
+        )
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        if self._inside.get() or not self._lock.locked():
+            # No transaction open, or ours: the single-worker executor keeps calls in order.
+            return await loop.run_in_executor(self._executor, call)
+        async with self._lock:
+            return await loop.run_in_executor(self._executor, call)
+
+    @asynccontextmanager
+    async def transaction(self, db: Callable[[], Database]) -> AsyncIterator[None]:
+        if self._inside.get():
+            yield
+            return
+        async with self._lock:
+            token = self._inside.set(True)
+            try:
+                await self.run(lambda: db().execute("BEGIN IMMEDIATE"))
+                try:
+                    yield
+                except BaseException:
+                    # Shielded: a cancelled caller must still leave the connection usable.
+                    await asyncio.shield(self.run(_rollback, db))
+                    raise
+                try:
+                    await asyncio.shield(self.run(lambda: db().execute("COMMIT")))
+                except BaseException:
+                    await asyncio.shield(self.run(_rollback, db))
+                    raise
+            finally:
+                self._inside.reset(token)
+
+
+def _rollback(db: Callable[[], Database]) -> None:
+    # A failed statement (a RAISE(ROLLBACK) trigger, a full disk) may have ended it already.
+    if db().conn.in_transaction:
+        db().conn.execute("ROLLBACK")
+
 
 class SqliteEngine:
-    """Statements on the SQLite store's owner thread (``run`` is the store's ``_call``)."""
+    """Statements on the SQLite store's owner thread."""
 
-    def __init__(self, run: Callable[..., Any], db: Callable[[], Database]) -> None:
-        self._run = run
+    dialect = Dialect.SQLITE
+
+    def __init__(self, thread: SqliteThread, db: Callable[[], Database]) -> None:
+        self._thread = thread
         self._db = db
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._run(lambda: list(self._db().query(sql, params)))
-        return rows
+        return await self._thread.run(lambda: list(self._db().query(sql, params)))
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(sql, *params)
+        return rows[0] if rows else None
 
     async def execute(self, sql: str, *params: Any) -> int:
-        count: int = await self._run(lambda: self._db().execute(sql, params).rowcount)
+        count: int = await self._thread.run(lambda: self._db().execute(sql, params).rowcount)
         return count
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteEngine]:
+        async with self._thread.transaction(self._db):
+            yield self
 
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -54,15 +150,50 @@ def numbered(sql: str) -> str:
 class PostgresEngine:
     """Statements on the PostgreSQL store's pool, each in its own implicit transaction."""
 
+    dialect = Dialect.POSTGRES
+
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self._pool = pool
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await self._pool().fetch(numbered(sql), *params)]
 
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        row = await self._pool().fetchrow(numbered(sql), *params)
+        return dict(row) if row is not None else None
+
     async def execute(self, sql: str, *params: Any) -> int:
         status: str = await self._pool().execute(numbered(sql), *params)
         return _affected(status.split())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        async with self._pool().acquire() as conn, conn.transaction():
+            yield PostgresTransaction(conn)
+
+
+class PostgresTransaction:
+    """Statements on one connection inside its open transaction."""
+
+    dialect = Dialect.POSTGRES
+
+    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.conn.fetch(numbered(sql), *params)]
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        row = await self.conn.fetchrow(numbered(sql), *params)
+        return dict(row) if row is not None else None
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        status: str = await self.conn.execute(numbered(sql), *params)
+        return _affected(status.split())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        yield self
 
 
 def _affected(words: Sequence[str]) -> int:

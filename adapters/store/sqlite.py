@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from sqlite_utils import Database
 
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
-from adapters.store.engine import SqliteEngine
+from adapters.store.engine import SqliteEngine, SqliteThread
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
@@ -188,6 +187,7 @@ class SqliteStore:
         self._cipher = cipher
         self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._thread = SqliteThread(self._executor)
         self._db: Database | None = None
         self._owner: int | None = None
         self._refresh_lock_handle: IO[str] | None = None
@@ -216,13 +216,12 @@ class SqliteStore:
         self._db = None
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._thread.run(fn, *args, **kwargs)
 
     @property
     def engine(self) -> SqliteEngine:
         """Statements for the role stores written once over ``adapters.store.engine``."""
-        return SqliteEngine(self._call, lambda: self.db)
+        return SqliteEngine(self._thread, lambda: self.db)
 
     @property
     def db(self) -> Database:

@@ -1,0 +1,123 @@
+"""The seam the role stores are written on (adapters/store/engine.py), on both engines: a
+transaction commits whole or not at all, and nobody else's statement lands inside it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.contract.conftest import Engine
+
+
+class Boom(Exception):
+    pass
+
+
+async def _table(engine: Engine) -> None:
+    await engine.sql("CREATE TABLE IF NOT EXISTS seam_probe (id INTEGER PRIMARY KEY, note TEXT)")
+
+
+async def test_a_transaction_commits_every_statement_together(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+        async with store.engine.transaction() as tx:
+            assert await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "a") == 1
+            assert await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "b") == 1
+            # Its own writes are visible inside it.
+            assert await tx.fetchone("SELECT note FROM seam_probe WHERE id = ?", 2) == {"note": "b"}
+        assert await engine.sql("SELECT id, note FROM seam_probe ORDER BY id") == [(1, "a"), (2, "b")]
+    finally:
+        await store.close()
+
+
+async def test_a_transaction_that_raises_leaves_nothing_and_the_engine_usable(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+        with pytest.raises(Boom):
+            async with store.engine.transaction() as tx:
+                await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "a")
+                # Joining the open transaction, not a new one.
+                async with tx.transaction() as inner:
+                    await inner.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "b")
+                raise Boom
+        assert await engine.sql("SELECT COUNT(*) FROM seam_probe") == [(0,)]
+        assert await store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 3, "c") == 1
+        assert await store.engine.fetch("SELECT id FROM seam_probe") == [{"id": 3}]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_statement_rolls_the_whole_transaction_back(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+        await store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "a")
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            async with store.engine.transaction() as tx:
+                await tx.execute("UPDATE seam_probe SET note = ? WHERE id = ?", "changed", 1)
+                await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "again")
+        assert await store.engine.fetch("SELECT note FROM seam_probe") == [{"note": "a"}]
+    finally:
+        await store.close()
+
+
+async def test_another_caller_waits_for_the_commit_instead_of_joining(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+        inside = asyncio.Event()
+        release = asyncio.Event()
+
+        async def long_transaction() -> None:
+            with pytest.raises(Boom):
+                async with store.engine.transaction() as tx:
+                    await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "rolled back")
+                    inside.set()
+                    await release.wait()
+                    raise Boom
+
+        task = asyncio.create_task(long_transaction())
+        await inside.wait()
+        # Another caller's write, issued while the transaction is open, must not be rolled back
+        # with it (on SQLite it would be, were it to run on the shared connection in between).
+        other = asyncio.create_task(
+            store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "kept")
+        )
+        await asyncio.sleep(0.05)
+        release.set()
+        await task
+        assert await other == 1
+        assert await engine.sql("SELECT id, note FROM seam_probe") == [(2, "kept")]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_transaction_rolls_back_and_frees_the_engine(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+        inside = asyncio.Event()
+
+        async def stuck() -> None:
+            async with store.engine.transaction() as tx:
+                await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "never")
+                inside.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(stuck())
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "after") == 1
+        assert await engine.sql("SELECT id FROM seam_probe") == [(2,)]
+    finally:
+        await store.close()
