@@ -30,6 +30,7 @@ import asyncpg
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import PostgresEngine
+from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
@@ -116,7 +117,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
