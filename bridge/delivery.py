@@ -96,6 +96,7 @@ READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for 
 MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
 CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
 MAX_UNEXPECTED = 5  # unexpected errors before an unsent row is failed rather than retried
+UNTOLD_BATCH = 100  # failed rows whose authors a stopped process did not tell, read at a time
 SENT = "white_check_mark"
 WARNING = "warning"
 HOURGLASS = "hourglass_flowing_sand"
@@ -185,6 +186,7 @@ class Delivery:
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
         self._failures: dict[int, int] = defaultdict(int)  # row -> failed attempts since it last moved
+        self._failing: set[int] = set()  # rows this worker is failing and telling right now
         self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
         self.heartbeat: float = 0.0
@@ -235,6 +237,7 @@ class Delivery:
         last_scan = 0.0
         loop = asyncio.get_running_loop()
         self._follow_up(self._recheck_recent_sends(), None)
+        self._follow_up(self._tell_untold_failures(), None)
         while True:
             since = loop.time() - last_scan
             if since < self._config.min_scan_interval:
@@ -682,16 +685,10 @@ class Delivery:
     async def _without_file(self, item: OutboxItem, reason: str) -> None:
         """Give up a part's file for good; its text still goes. A part that is only the file fails."""
         if not item.text:
-            await self._store.mark_failed(item.id, reason)
+            await self._store.mark_failed(item.id, reason, Failure.FILE_UNUSABLE)
             log.warning("file not sent to X", extra=_ids(item, reason=reason))
-            if item.hourglass:
-                await self._unreact(item, HOURGLASS)
-            await self._react(item, WARNING)
-            await self._ephemeral(item, f":warning: A file of your message was not sent to X: {reason}")
-            if self.on_event is not None:
-                await self.on_event("failed", item)
-            if self.on_failed is not None:
-                await self.on_failed(item, Failure.FILE_UNUSABLE)
+            text = f":warning: A file of your message was not sent to X: {reason}"
+            await self._tell_failure(item, Failure.FILE_UNUSABLE, text)
             return
         await self._store.drop_media(item.id)
         log.warning("file not sent to X; the text goes alone", extra=_ids(item, reason=reason))
@@ -1139,22 +1136,57 @@ class Delivery:
     async def _fail(self, item: OutboxItem | Unreadable, error: BridgeError) -> None:
         """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
         reason = str(error)
-        await self._store.mark_failed(item.id, reason)
-        self._failures.pop(item.id, None)
-        log.warning("message not sent to X", extra=_ids(item, reason=reason))
-        if not item.team_id or not item.channel_id:
-            return  # nothing in Slack to mark or tell (an unreadable row lost even these)
-        if item.hourglass:
-            await self._unreact(item, HOURGLASS)
-        await self._react(item, WARNING)
-        if item.author_id:
-            await self._ephemeral(item, f":warning: Your message was not sent to X: {reason}")
-        if not isinstance(item, OutboxItem):
+        failure = failure_of(error)
+        self._failing.add(item.id)
+        try:
+            await self._store.mark_failed(item.id, reason, failure)
+            self._failures.pop(item.id, None)
+            log.warning("message not sent to X", extra=_ids(item, reason=reason))
+            await self._tell_failure(item, failure, _not_sent(reason))
+        finally:
+            self._failing.discard(item.id)
+
+    async def _tell_failure(self, item: OutboxItem | Unreadable, failure: Failure, text: str) -> None:
+        """The ⚠️ and the author's ephemeral for a failed row, then the row marked told.
+
+        Failing a row records that its author is still to be told in the same commit, so a
+        process stopped before this point leaves the telling to the next start
+        (``_tell_untold_failures``); one stopped after the ephemeral but before the mark tells
+        twice, which is the better side to err on."""
+        if item.team_id and item.channel_id:  # an unreadable row may have lost even these
+            if item.hourglass:
+                await self._unreact(item, HOURGLASS)
+            await self._react(item, WARNING)
+            if item.author_id:
+                await self._ephemeral(item, text)
+        await self._store.failure_told(item.id)
+        if not isinstance(item, OutboxItem) or not item.team_id or not item.channel_id:
             return
         if self.on_event is not None:
             await self.on_event("failed", item)
         if self.on_failed is not None:
-            await self.on_failed(item, failure_of(error))
+            await self.on_failed(item, failure)
+
+    async def _tell_untold_failures(self) -> None:
+        """Tell the authors of rows that failed while a process stopped before telling them."""
+        told: set[int] = set()
+        while True:
+            try:
+                untold = await self._store.failures_to_tell(UNTOLD_BATCH)
+            except Exception as exc:  # the database away: the next start tries again
+                log.warning("could not list failures to tell", extra={"error": str(exc)})
+                return
+            fresh = [(i, f) for i, f in untold if i.id not in told and i.id not in self._failing]
+            if not fresh:
+                return
+            for item, failure in fresh:
+                told.add(item.id)
+                reason = item.reason if isinstance(item, Unreadable) else (item.last_error or "unknown")
+                log.info("telling a failure a stopped process did not", extra=_ids(item, reason=reason))
+                try:
+                    await self._tell_failure(item, failure, _not_sent(reason))
+                except Exception as exc:
+                    log.warning("could not tell a failure", extra=_ids(item, error=str(exc)[:200]))
 
     async def _group_refused(self, item: OutboxItem, error: XRefused) -> None:
         """X refused for good to create the group this row was to create.
@@ -1228,6 +1260,11 @@ class Delivery:
             await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
         except Exception as exc:
             log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
+
+
+def _not_sent(reason: str) -> str:
+    """What the author of a failed message is told, in an ephemeral beside it."""
+    return f":warning: Your message was not sent to X: {reason}"
 
 
 def _is_group(conversation_id: str | None) -> bool:

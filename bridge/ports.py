@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from bridge.errors import RateFacts
+from bridge.errors import Failure, RateFacts
 from bridge.media import MediaSource
 from bridge.model import (
     Accepted,
@@ -267,7 +267,15 @@ class Store(Protocol):
         """Finish a row that has no DM of its own (a delete)."""
         ...
 
-    async def mark_failed(self, item_id: int, error: str) -> None: ...
+    async def mark_failed(self, item_id: int, error: str, failure: Failure = Failure.OTHER) -> None:
+        """Fail the row for good, its author still to be told (``failures_to_tell``)."""
+        ...
+
+    async def failures_to_tell(self, limit: int = 100) -> list[tuple[OutboxItem | Unreadable, Failure]]:
+        """Failed rows whose author was not told yet (the process stopped in between), oldest first."""
+        ...
+
+    async def failure_told(self, item_id: int) -> None: ...
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
     async def release_account(self, account_id: int, now: float) -> int:
         """Make every unfinished row of the account due now, whatever it waited for (a reconnection,

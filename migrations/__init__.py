@@ -656,3 +656,21 @@ XCHAT_READ_GAPS = (
     "ALTER TABLE xchat_cursors ADD COLUMN gap_newest TEXT; "
     "ALTER TABLE xchat_cursors ADD COLUMN gap_restarts INTEGER NOT NULL DEFAULT 0"
 )
+
+
+@migrations(name="0029_outbox_untold_failure")
+def m0029_outbox_untold_failure(db: Database) -> None:
+    """A failed row whose author has not been told yet (``outbox.untold_failure``: the failure's
+    kind, cleared once the ⚠️ and the ephemeral are out). It is written in the same commit as the
+    failure, so a process killed between failing a message and telling its author leaves a row
+    the next start tells (before, a failed row was final and the author never heard)."""
+    for statement in OUTBOX_UNTOLD_FAILURE.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# The same statements on both engines; rows that failed before this was kept were told then.
+OUTBOX_UNTOLD_FAILURE = (
+    "ALTER TABLE outbox ADD COLUMN untold_failure TEXT; "
+    "CREATE INDEX outbox_untold_failure ON outbox (id) WHERE untold_failure IS NOT NULL"
+)

@@ -23,7 +23,14 @@ from collections.abc import Callable
 
 import asyncpg
 
-from migrations import CONSENTS, SLACK_INSTALLATIONS, XCHAT_CURSORS, XCHAT_IDENTITIES, XCHAT_READ_GAPS
+from migrations import (
+    CONSENTS,
+    OUTBOX_UNTOLD_FAILURE,
+    SLACK_INSTALLATIONS,
+    XCHAT_CURSORS,
+    XCHAT_IDENTITIES,
+    XCHAT_READ_GAPS,
+)
 
 log = logging.getLogger("migrations.postgres")
 
@@ -496,6 +503,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0025_slack_installations", SLACK_INSTALLATIONS),
     # SQLite's 0028, the same statements: an unfinished X Chat read kept across polls.
     ("0026_xchat_read_gaps", XCHAT_READ_GAPS),
+    # SQLite's 0029, the same statements: a failed row whose author is still to be told.
+    ("0027_outbox_untold_failure", OUTBOX_UNTOLD_FAILURE),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

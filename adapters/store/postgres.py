@@ -30,6 +30,7 @@ import asyncpg
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import PostgresEngine
+from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
@@ -117,7 +118,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(StoreBase):
+class PostgresStore(OutboxRole, StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
@@ -1071,14 +1072,6 @@ class PostgresStore(StoreBase):
     async def mark_done(self, item_id: int, now: float) -> None:
         await self._execute(
             "UPDATE outbox SET state = 'sent', sent_at = $1, last_error = NULL WHERE id = $2", now, item_id
-        )
-
-    async def mark_failed(self, item_id: int, error: str) -> None:
-        await self._execute(
-            "UPDATE outbox SET state = 'failed', last_error = $1 "
-            f"WHERE id = $2 AND state IN {PENDING_STATES}",
-            error,
-            item_id,
         )
 
     async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:

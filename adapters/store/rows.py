@@ -26,6 +26,7 @@ from bridge.model import (
     ReadGap,
     Target,
     TokenSet,
+    Unreadable,
     XUser,
 )
 from bridge.reconcile import comparable
@@ -226,6 +227,30 @@ def item(row: Row) -> OutboxItem:
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
     )
+
+
+def readable(row: Row) -> OutboxItem | Unreadable:
+    """The row as an ``OutboxItem``, or what is needed to fail it when its columns make none."""
+    try:
+        return item(row)
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        log.error("outbox row cannot be read", extra={"outbox_id": row.get("id"), "error": str(exc)})
+
+        def text(name: str) -> str:
+            value = row.get(name)
+            return value if isinstance(value, str) else ""
+
+        account_id = row.get("account_id")
+        return Unreadable(
+            id=row["id"],
+            team_id=text("team_id"),
+            channel_id=text("channel_id"),
+            slack_ts=text("slack_ts"),
+            ref_ts=text("ref_ts") or text("slack_ts"),
+            author_id=text("author_id"),
+            account_id=account_id if isinstance(account_id, int) else None,
+            reason=f"the bridge's stored copy of it could not be read ({exc})",
+        )
 
 
 def chat_message(value: Any) -> dict[str, Any] | None:

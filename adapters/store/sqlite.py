@@ -26,6 +26,7 @@ from sqlite_utils import Database
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
@@ -180,7 +181,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(StoreBase):
+class SqliteStore(OutboxRole, StoreBase):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
@@ -1261,13 +1262,6 @@ class SqliteStore(StoreBase):
             self._update,
             "UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
             [now, item_id],
-        )
-
-    async def mark_failed(self, item_id: int, error: str) -> None:
-        await self._call(
-            self._update,
-            f"UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ? AND state IN {PENDING_STATES}",
-            [error, item_id],
         )
 
     async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:

@@ -13,11 +13,13 @@ import pytest
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
+from bridge.errors import Failure
 from bridge.model import (
     ChannelMapping,
     IncomingMessage,
     MappingKind,
     OAuthState,
+    OutboxItem,
     OutboxState,
     PendingConnection,
     RenderedPart,
@@ -683,3 +685,26 @@ async def test_the_prepared_x_chat_message_is_kept_once_and_only_for_the_text_it
         assert await store.accept_edit("T1", "C1", "1.000", "2.000", {"text": "m1!"}, 2.0) == "updated"
         [edited] = readable(await store.outbox_heads())
         assert edited.text is None and edited.chat is None
+
+
+async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine) -> None:
+    async with opened(engine) as store:
+        await linked(store)
+        await accepted(store, msg(1), 1.0)
+        await accepted(store, msg(2), 2.0)
+        first, *_ = readable(await store.outbox_heads())
+        assert await store.failures_to_tell() == []
+        await store.mark_failed(first.id, "X refused", Failure.RECIPIENT_REFUSES_DMS)
+        [(untold, failure)] = await store.failures_to_tell()
+        assert (untold.id, failure) == (first.id, Failure.RECIPIENT_REFUSES_DMS)
+        assert isinstance(untold, OutboxItem) and untold.last_error == "X refused"
+        # Failing a row already failed changes nothing (a second worker, a retried call).
+        await store.mark_failed(first.id, "other", Failure.OTHER)
+        assert [(i.id, f) for i, f in await store.failures_to_tell()] == [
+            (first.id, Failure.RECIPIENT_REFUSES_DMS)
+        ]
+        await store.failure_told(first.id)
+        assert await store.failures_to_tell() == []
+        [second] = readable(await store.outbox_heads())
+        await store.mark_failed(second.id, "gone")
+        assert [(i.id, f) for i, f in await store.failures_to_tell(limit=5)] == [(second.id, Failure.OTHER)]
