@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -76,6 +75,7 @@ from bridge.model import (
     one_to_one_id,
 )
 from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.scheduler import Lanes, WakeLoop, backoff, drain
 from bridge.tokens import TokenManager
 from bridge.xchat import (
     ChatSend,
@@ -148,12 +148,6 @@ class _After:
 LOOK_AGAIN = _After()
 
 
-def backoff(attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter (half to full of the exponential step)."""
-    step = min(cap, base * (2 ** max(0, attempts - 1)))
-    return random.uniform(step / 2, step)
-
-
 class Delivery:
     """Owns the background task that sends outbox rows."""
 
@@ -176,12 +170,14 @@ class Delivery:
         self._budget = budget
         self._clock = clock
         self._config = config or DeliveryConfig()
-        self._wake = asyncio.Event()
+        self._loop = WakeLoop(
+            "delivery scheduling", clock, self._schedule, min_gap=self._config.min_scan_interval
+        )
         self._stopping = False
         self._serving: dict[int, tuple[str, str]] = {}  # busy account -> the channel it is sending
         self._recheck: set[int] = set()  # busy accounts offered work: scan when their task ends
         self._contended: set[int] = set()  # accounts with more than one channel due (last scan)
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._lanes: Lanes[int, bool] = Lanes("deliver")  # by account: one send at a time each
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
@@ -189,7 +185,6 @@ class Delivery:
         self._failing: set[int] = set()  # rows this worker is failing and telling right now
         self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
-        self.heartbeat: float = 0.0
         self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
         # Told why a row failed for good, as a type (metrics count it; sentences may change).
         self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
@@ -198,7 +193,12 @@ class Delivery:
 
     def wake(self) -> None:
         """Something changed (new rows, a reconnection): look again now."""
-        self._wake.set()
+        self._loop.wake()
+
+    @property
+    def heartbeat(self) -> float:
+        """When the scheduler last finished a look (health checks read it)."""
+        return self._loop.heartbeat
 
     def offer(self, head: OutboxItem | None) -> None:
         """New work. A channel's head whose account is idle starts at once, with no scan;
@@ -234,27 +234,9 @@ class Delivery:
 
     async def run(self) -> None:
         """The worker loop; returns when ``stop`` is called."""
-        last_scan = 0.0
-        loop = asyncio.get_running_loop()
         self._follow_up(self._recheck_recent_sends(), None)
         self._follow_up(self._tell_untold_failures(), None)
-        while True:
-            since = loop.time() - last_scan
-            if since < self._config.min_scan_interval:
-                # Coalesce bursts of wake-ups (hundreds of accepted events a second).
-                await asyncio.sleep(self._config.min_scan_interval - since)
-            if self._stopping:
-                break  # checked after the pause too: ``stop`` may have woken us during it
-            self._wake.clear()
-            last_scan = loop.time()
-            try:
-                delay = await self._schedule()
-            except Exception:
-                log.exception("delivery scheduling failed; retrying")
-                delay = 1.0
-            self.heartbeat = self._clock.now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+        await self._loop.run()
 
     async def stop(self, grace: float = 20.0) -> None:
         """Stop taking new sends; let in-flight sends finish for up to ``grace`` seconds.
@@ -263,26 +245,18 @@ class Delivery:
         against X on the next start, so abandoning it is safe.
         """
         self._stopping = True
-        self._wake.set()
-        deadline = asyncio.get_running_loop().time() + grace
-        groups: tuple[tuple[set[Any], str], ...] = (
-            (self._tasks, "in-flight sends"),
-            (self._followups, "Slack reactions"),
-        )
-        for tasks, what in groups:
-            if not tasks:
-                continue
-            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-            _, pending = await asyncio.wait(set(tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-                log.warning("abandoned work at shutdown", extra={"what": what, "count": len(pending)})
+        self._loop.stop()
+        deadline = self._clock.now() + grace
+        abandoned = await self._lanes.drain(grace)
+        if abandoned:
+            log.warning("abandoned work at shutdown", extra={"what": "in-flight sends", "count": abandoned})
+        abandoned = await drain(self._followups, deadline - self._clock.now())
+        if abandoned:
+            log.warning("abandoned work at shutdown", extra={"what": "Slack reactions", "count": abandoned})
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._lanes)
 
     # -- scheduling --------------------------------------------------------
 
@@ -342,11 +316,8 @@ class Delivery:
         """A task for the item's account: it sends this item, then its channel's next while it may."""
         account_id = item.account_id
         self._serve(item)
-        task = asyncio.create_task(self._drive(item), name=f"deliver-{item.id}")
-        self._tasks.add(task)
 
         def done(t: asyncio.Task[bool]) -> None:
-            self._tasks.discard(t)
             self._serving.pop(account_id, None)
             failed = not t.cancelled() and t.exception() is not None
             if failed:  # _deliver handles every error; this would be a bug in the worker itself
@@ -357,9 +328,9 @@ class Delivery:
             waiting = account_id in self._recheck or account_id in self._contended
             self._recheck.discard(account_id)
             if waiting or failed or t.cancelled() or t.result():
-                self._wake.set()
+                self._loop.wake()
 
-        task.add_done_callback(done)
+        self._lanes.start(account_id, self._drive(item), done, label=str(item.id))
 
     async def _hold(self, items: list[OutboxItem], now: float, until: float) -> None:
         """Mark heads held for budget as waiting; past a few seconds, show the hourglass."""

@@ -35,11 +35,9 @@ the request and the read does not lose it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -77,6 +75,7 @@ from bridge.model import (
     one_to_one_id,
 )
 from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.scheduler import Lanes, WakeLoop, backoff
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.inbound")
@@ -199,11 +198,6 @@ class _Read:
         return ReadGap(self.token, self.newest, self.oldest, self.restarts, opened_at)
 
 
-def _backoff(attempts: int, base: float, cap: float) -> float:
-    step = min(cap, base * (2 ** max(0, attempts - 1)))
-    return random.uniform(step / 2, step)
-
-
 def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
     if user is None:
         return {"id": user_id, "username": "", "name": "", "avatar": ""}
@@ -318,8 +312,10 @@ class Inbound:
         self._budget = budget
         self._clock = clock
         self._config = config or InboundConfig()
-        self._poll_wake = asyncio.Event()
-        self._post_wake = asyncio.Event()
+        self._poller = WakeLoop(
+            "inbound polling", clock, self._poll_due, retry_after=self._config.min_interval
+        )
+        self._poster = WakeLoop("inbound posting", clock, self._schedule)
         self._stopping = False
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
@@ -329,13 +325,11 @@ class Inbound:
         self._place_at: dict[int, float] = {}  # when an account's pushed DMs are placed next
         self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
-        self._busy: set[tuple[str, str]] = set()
+        self._lanes: Lanes[tuple[str, str], None] = Lanes("inbound")  # by channel: one post at a time
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
-        self._tasks: set[asyncio.Task[None]] = set()
         self.push_active: Callable[[int], bool] = lambda account_id: False
         # Encrypted X Chat conversations (bridge/chat_inbound.py), read with each account's poll.
         self.chats: ChatInbound | None = None
-        self.heartbeat = 0.0
         self.on_posted: Callable[[InboundItem], None] | None = None
         # What an operator counts (adapters/web/metrics.py), as ``(kind, label)``: ``posted``
         # (the row's origin), ``echo`` (a row not posted back where it was sent from),
@@ -363,8 +357,8 @@ class Inbound:
             self._next_poll.clear()
         else:
             self._next_poll.pop(account_id, None)
-        self._poll_wake.set()
-        self._post_wake.set()
+        self._poller.wake()
+        self._poster.wake()
 
     def rang(self, account_id: int, dms: Sequence[PushedDM]) -> None:
         """X pushed these DMs for the account: place each in its conversation soon, as the read
@@ -393,7 +387,7 @@ class Inbound:
             )
         if pending:
             self._place_at[account_id] = now
-            self._poll_wake.set()
+            self._poller.wake()
 
     def _bell_delay(self, account_id: int, endpoint: ReadEndpoint = ReadEndpoint.EVENTS) -> float:
         """How long a read of ``endpoint`` made for pushed DMs waits: no more while over a quarter
@@ -594,7 +588,7 @@ class Inbound:
                     extra={"account_id": account.id, "dm_event_id": event_id},
                 )
             else:
-                missed.not_before = now + _backoff(
+                missed.not_before = now + backoff(
                     missed.lookups, self._config.retry_base, self._config.retry_cap
                 )
 
@@ -618,47 +612,35 @@ class Inbound:
         mapping, ``Store.create_mapping``): read it soon. What was written before the channel was
         bridged is posted once, marked as history; the poller takes what comes after. The request
         stays in the store until the history is queued, so a crash before then does not lose it."""
-        self._poll_wake.set()
+        self._poller.wake()
 
     def wake(self) -> None:
         """New rows are queued: post them."""
-        self._post_wake.set()
+        self._poster.wake()
 
     def next_poll_at(self, account_id: int) -> float | None:
         """When this instance (leading) reads the account next; the store has it for all."""
         return self._next_poll.get(account_id)
 
+    @property
+    def heartbeat(self) -> float:
+        """When the poller last finished a look (health checks read it)."""
+        return self._poller.heartbeat
+
     async def run(self) -> None:
         """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
         that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
         self._stopping = False
-        await asyncio.gather(self._poll_loop(), self._post_loop())
+        await asyncio.gather(self._poller.run(), self._poster.run())
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new work; posts cut off here stay ``posting`` and are checked on restart."""
         self._stopping = True
-        self._poll_wake.set()
-        self._post_wake.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        self._poller.stop()
+        self._poster.stop()
+        await self._lanes.drain(grace)
 
     # -- polling -----------------------------------------------------------
-
-    async def _poll_loop(self) -> None:
-        while not self._stopping:
-            self._poll_wake.clear()
-            try:
-                delay = await self._poll_due()
-            except Exception:
-                log.exception("inbound polling failed; retrying")
-                delay = self._config.min_interval
-            self.heartbeat = self._clock.now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_wake.wait(), timeout=max(0.0, delay))
 
     async def _poll_due(self) -> float:
         """Poll every account that is due; return how long until the next one is."""
@@ -778,7 +760,7 @@ class Inbound:
         sooner = now + self.interval(account_id)
         if sooner < scheduled:
             self._next_poll[account_id] = sooner
-            self._poll_wake.set()
+            self._poller.wake()
 
     async def poll(self, account: Account) -> int:
         """Read new events for one account and queue them; returns how many were queued.
@@ -1043,23 +1025,12 @@ class Inbound:
 
     # -- posting -----------------------------------------------------------
 
-    async def _post_loop(self) -> None:
-        while not self._stopping:
-            self._post_wake.clear()
-            try:
-                delay = await self._schedule()
-            except Exception:
-                log.exception("inbound posting failed; retrying")
-                delay = 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._post_wake.wait(), timeout=max(0.0, delay))
-
     async def _schedule(self) -> float:
         now = self._clock.now()
         wake_at = now + 30.0
         for head in await self._store.inbound_heads():
             key = (head.team_id, head.channel_id)
-            if key in self._busy:
+            if self._lanes.busy(key):
                 continue
             if head.next_attempt_at > now:
                 wake_at = min(wake_at, head.next_attempt_at)
@@ -1068,15 +1039,12 @@ class Inbound:
             if held is not None:
                 wake_at = min(wake_at, held)
                 continue
-            self._busy.add(key)
-            task = asyncio.create_task(self._drive(head), name=f"inbound-{head.channel_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # The next look once the lane is free again (so it sees the channel's next row).
+            self._lanes.start(key, self._drive(head), lambda _: self._poster.wake(), label=head.channel_id)
         return wake_at - now
 
     async def _drive(self, item: InboundItem) -> None:
         """Post the channel's head, then its next rows while they are due."""
-        key = (item.team_id, item.channel_id)
         current: InboundItem | None = item
         try:
             while current is not None and not self._stopping:
@@ -1088,9 +1056,6 @@ class Inbound:
                     break
         except Exception:
             log.exception("inbound post failed", extra={"channel": item.channel_id})
-        finally:
-            self._busy.discard(key)
-            self._post_wake.set()
 
     async def _post(self, item: InboundItem) -> InboundItem | None:
         """Post one row exactly once; returns the channel's next row when this one is done."""
@@ -1138,7 +1103,7 @@ class Inbound:
             return None
         except SlackTransient as exc:
             # It may have been posted: stay "posting" so the history is checked before a retry.
-            delay = _backoff(item.attempts + 1, self._config.retry_base, self._config.retry_cap)
+            delay = backoff(item.attempts + 1, self._config.retry_base, self._config.retry_cap)
             log.warning("Slack post failed for now", extra={**ids, "error": str(exc)})
             await self._store.reschedule_inbound(
                 item.id, InboundState.POSTING, self._clock.now() + delay, str(exc)
@@ -1173,7 +1138,7 @@ class Inbound:
             await self._store.reschedule_inbound(
                 item.id, InboundState.SKIPPED, 0.0, "its message is not in this channel, or not its sender's"
             )
-            self._post_wake.set()
+            self._poster.wake()
             return None
         claimed = await self._store.mark_posting(item.id, self._clock.now())
         if claimed is None:
@@ -1191,7 +1156,7 @@ class Inbound:
                 "Slack refused to follow an edit or delete made on X", extra={**ids, "error": str(exc)}
             )
             await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, str(exc))
-            self._post_wake.set()
+            self._poster.wake()
             return None
         log.info("an edit or delete made on X followed in Slack", extra=ids)
         return await self._posted(item, ts)
@@ -1208,7 +1173,7 @@ class Inbound:
             reason = f"Slack refused the message ({first}) and the line in its place ({exc.error})"
             await self._store.reschedule_inbound(item.id, InboundState.FAILED, 0.0, reason)
             self._emit("failed", str(first))  # the message's own reason: what kind of message fails
-            self._post_wake.set()
+            self._poster.wake()
             return None
         log.warning("Slack refused a message for good: a line goes in its place", extra=ids)
         payload = {**item.payload, "refused": exc.error}
@@ -1246,7 +1211,7 @@ class Inbound:
                 item.id, InboundState.SKIPPED, 0.0, "relayed from Slack by the bridge"
             )
             self._emit("echo", "core")
-            self._post_wake.set()
+            self._poster.wake()
             return None
         if origin is not None and item.payload.get("sent_from_channel") != origin[1]:
             payload = {**item.payload, "sent_from_channel": origin[1]}

@@ -6,6 +6,7 @@ SQLite store runs its work on one owner thread behind these coroutines.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping as FileInfo
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -41,8 +42,17 @@ from bridge.model import (
 
 
 class Clock(Protocol):
+    """Time, and waiting for it: ``bridge.scheduler.SystemClock`` in production, virtual time in
+    unit tests (tests/virtual_clock.py), so the workers' timing is tested without real sleeps."""
+
     def now(self) -> float:
         """Wall-clock time in epoch seconds (X's resets are epoch seconds)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Until ``event`` is set (True) or ``seconds`` have passed (False)."""
         ...
 
 

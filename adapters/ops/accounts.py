@@ -22,12 +22,8 @@ from adapters.store.slack_installs import SlackInstallStore
 from adapters.x.api import XApiClient
 from adapters.x.oauth import oauth_client
 from bridge.connect import OPERATOR, ConnectService, Disconnected
+from bridge.scheduler import SystemClock
 from bridge.settings import Settings
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 class NoSuchAccount(Exception):

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 
-from adapters.ops.accounts import SystemClock
 from adapters.store.crypto import TokenCipher
 from adapters.store.select import AnyStore, make_store
 from adapters.store.xchat import XChatIdentityStore
@@ -23,6 +22,7 @@ from adapters.x.api import XApiClient
 from adapters.x.oauth import oauth_client
 from adapters.x.xchat import ChatKeys, KeyDirectory
 from bridge.model import Account
+from bridge.scheduler import SystemClock
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import XChatError, XChatIdentity, XChatSetup

@@ -72,6 +72,7 @@ from bridge.ports import Clock
 from bridge.push import Push
 from bridge.relay import Relay
 from bridge.retention import prune_forever
+from bridge.scheduler import SystemClock
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatPeers
@@ -91,11 +92,6 @@ CONNECT_PATH = "/x/connect"
 CALLBACK_PATH = "/x/oauth/callback"
 CSRF_COOKIE = "xdm_csrf"
 FLOW_TTL = 600  # seconds; as long as the flow's state lives
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 class Background:

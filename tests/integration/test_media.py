@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
+from bridge.scheduler import SystemClock
 from tests.harness import Bridge, linked, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
 
@@ -17,7 +18,7 @@ from tests.integration.test_fidelity import GIF, PNG
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
-class ShiftedClock:
+class ShiftedClock(SystemClock):
     """Real time plus a shift the test moves forward; shared by the bridge and fake X."""
 
     def __init__(self) -> None:

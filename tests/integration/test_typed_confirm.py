@@ -17,12 +17,13 @@ from urllib.parse import urlencode
 import pytest
 
 from bridge.confirm import CONFIRM_CANCEL, CONFIRM_DISCONNECT, CONFIRM_UNLINK, QUESTION_TTL
+from bridge.scheduler import SystemClock
 from tests.harness import Bridge, linked, running_bridge
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
-class ShiftedClock:
+class ShiftedClock(SystemClock):
     """Real time plus a shift the test moves forward (the bridge's clock only)."""
 
     def __init__(self) -> None:

@@ -7,6 +7,7 @@ contract as the real store (tests/contract/test_xchat_store.py).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -46,6 +47,11 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.t += seconds
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        if not event.is_set():
+            await self.sleep(seconds)
+        return event.is_set()
 
 
 def service(
