@@ -32,7 +32,7 @@ import functools
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +54,7 @@ from bridge.errors import (
     XTransient,
     failure_of,
 )
+from bridge.feedback import HOURGLASS, EventHook, FailedHook, Feedback, ids, not_sent
 from bridge.media import (
     MAX_UNFINISHED_UPLOADS,
     MEDIA_REUSE_SECONDS,
@@ -96,10 +97,6 @@ READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for 
 MIN_RATE_PAUSE = 1.0  # a 429 waits at least this long, whatever its reset says
 CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
 MAX_UNEXPECTED = 5  # unexpected errors before an unsent row is failed rather than retried
-UNTOLD_BATCH = 100  # failed rows whose authors a stopped process did not tell, read at a time
-SENT = "white_check_mark"
-WARNING = "warning"
-HOURGLASS = "hourglass_flowing_sand"
 UNNAMED_NOTE = (
     "{what} not deleted on X: X took it without saying which DM it made, so the bridge cannot name "
     "it to delete it. Delete it in X's app if it must go."
@@ -182,14 +179,31 @@ class Delivery:
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
         self._failures: dict[int, int] = defaultdict(int)  # row -> failed attempts since it last moved
-        self._failing: set[int] = set()  # rows this worker is failing and telling right now
         self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
-        self.on_event: Callable[[str, OutboxItem], Awaitable[None]] | None = None
-        # Told why a row failed for good, as a type (metrics count it; sentences may change).
-        self.on_failed: Callable[[OutboxItem, Failure], Awaitable[None]] | None = None
+        self._feedback = Feedback(
+            store, slack, self._config.recheck_sent_within, self._config.recheck_sent_limit, clock
+        )
 
     # -- control -----------------------------------------------------------
+
+    @property
+    def on_event(self) -> EventHook | None:
+        """Told each row sent or failed, as ``("sent" | "failed", item)``."""
+        return self._feedback.on_event
+
+    @on_event.setter
+    def on_event(self, hook: EventHook | None) -> None:
+        self._feedback.on_event = hook
+
+    @property
+    def on_failed(self) -> FailedHook | None:
+        """Told why a row failed for good, as a type (metrics count it; sentences may change)."""
+        return self._feedback.on_failed
+
+    @on_failed.setter
+    def on_failed(self, hook: FailedHook | None) -> None:
+        self._feedback.on_failed = hook
 
     def wake(self) -> None:
         """Something changed (new rows, a reconnection): look again now."""
@@ -234,8 +248,8 @@ class Delivery:
 
     async def run(self) -> None:
         """The worker loop; returns when ``stop`` is called."""
-        self._follow_up(self._recheck_recent_sends(), None)
-        self._follow_up(self._tell_untold_failures(), None)
+        self._follow_up(self._feedback.recheck_recent_sends(), None)
+        self._follow_up(self._feedback.tell_untold_failures(), None)
         await self._loop.run()
 
     async def stop(self, grace: float = 20.0) -> None:
@@ -346,7 +360,7 @@ class Delivery:
             held_since = item.held_since if item.held_since is not None else now
             if not item.hourglass and now - held_since >= self._config.hourglass_after:
                 await self._store.set_hourglass(item.id, True)
-                await self._react(item, HOURGLASS)
+                await self._feedback.react(item, HOURGLASS)
 
     def _hourglass_due(self, item: OutboxItem, now: float) -> float:
         if item.hourglass:
@@ -425,7 +439,7 @@ class Delivery:
             # From reading events back, uploading media or deleting: each has its own window,
             # separate from the DM POST budget, so only this row waits.
             until = self._pause_until(exc.reset_at)
-            log.warning("X rate limit on a read, upload or delete", extra=_ids(item, until=until))
+            log.warning("X rate limit on a read, upload or delete", extra=ids(item, until=until))
             await self._store.reschedule(item.id, item.state, until, f"rate limited until {_hhmm(until)}")
         except XTransient as exc:
             await self._retry_later(item, exc)
@@ -452,7 +466,7 @@ class Delivery:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("unexpected delivery error", extra=_ids(item))
+            log.exception("unexpected delivery error", extra=ids(item))
             await self._unexpected(item, exc)
         return LOOK_AGAIN
 
@@ -473,7 +487,7 @@ class Delivery:
             source=item.source if parts is not None else None,
         )
         if claimed is None:
-            log.info("outbox row changed before its send; looking again", extra=_ids(item))
+            log.info("outbox row changed before its send; looking again", extra=ids(item))
             return LOOK_AGAIN
         item = claimed
         assert item.text is not None
@@ -511,14 +525,14 @@ class Delivery:
         except Exception as exc:
             # Not an answer from X, so X may have the message: the claimed row stays "sending"
             # and is reconciled before any resend (the caller's handler would requeue it).
-            log.exception("unexpected error sending to X", extra=_ids(item))
+            log.exception("unexpected error sending to X", extra=ids(item))
             await self._retry_later(item, exc)
             return LOOK_AGAIN
         try:
             return await self._sent(item, sent, self._budget.correct(account.id, facts))
         except Exception as exc:
             # X has it, we could not record it: left "sending", reconciliation will find it.
-            log.exception("could not record a DM that X took", extra=_ids(item))
+            log.exception("could not record a DM that X took", extra=ids(item))
             await self._retry_later(item, exc)
             return LOOK_AGAIN
 
@@ -532,7 +546,7 @@ class Delivery:
             found = await self._reconcile(item, account)
         except (XError, XAuthRevoked) as error:
             log.warning(
-                "X took a DM without saying which; reading it back failed", extra=_ids(item, error=str(error))
+                "X took a DM without saying which; reading it back failed", extra=ids(item, error=str(error))
             )
         finally:
             self._scans.pop(item.id, None)
@@ -545,7 +559,7 @@ class Delivery:
         log.warning(
             "X took a DM without saying which and the read-back did not find it: recorded as sent "
             "without an id, not sent again",
-            extra=_ids(item, conversation=conversation),
+            extra=ids(item, conversation=conversation),
         )
         after = await self._sent(item, Sent(dm_conversation_id=conversation, dm_event_id=None), budgets)
         if target.new_group is not None and conversation is None:
@@ -574,23 +588,14 @@ class Delivery:
         try:
             await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
         except Exception as error:  # the authors of the rows behind were told in their ephemerals
-            log.warning("could not tell the channel", extra=_ids(item, error=str(error)[:200]))
+            log.warning("could not tell the channel", extra=ids(item, error=str(error)[:200]))
 
     async def _sent(self, item: OutboxItem, sent: Sent, budgets: Sequence[BudgetRow] = ()) -> _After:
         following = await self._store.mark_sent(item.id, sent, self._clock.now(), budgets)
         self._failures.pop(item.id, None)
-        log.info("relayed to X", extra=_ids(item, dm_event_id=sent.dm_event_id))
-        self._follow_up(self._acknowledge(item), item)
+        log.info("relayed to X", extra=ids(item, dm_event_id=sent.dm_event_id))
+        self._follow_up(self._feedback.acknowledge(item), item)
         return _After(following, settled=True)
-
-    async def _acknowledge(self, item: OutboxItem) -> None:
-        """Slack's side of a send: the ✅ on a message's last part, the ⏳ gone."""
-        if item.hourglass:
-            await self._unreact(item, HOURGLASS)
-        if item.part == item.parts_total - 1 and item.kind is OutboxKind.MESSAGE and not item.deleted:
-            await self._react(item, SENT)
-        if self.on_event is not None:
-            await self.on_event("sent", item)
 
     async def _media_id(self, item: OutboxItem, account: Account) -> tuple[str | None, bool]:
         """X's id for the part's file, and whether it was uploaded just now.
@@ -627,7 +632,7 @@ class Delivery:
             # It ended without taking the process down (a refusal and a shutdown included).
             await self._store.end_media_upload(item.id)
         await self._store.set_media_id(item.id, media_id, self._clock.now())
-        log.info("uploaded file to X", extra=_ids(item, file=plan.name, category=plan.category))
+        log.info("uploaded file to X", extra=ids(item, file=plan.name, category=plan.category))
         return media_id, True
 
     async def _upload(self, item: OutboxItem, plan: MediaPlan, token: str) -> str:
@@ -647,7 +652,7 @@ class Delivery:
             reason = "X refused the file; sending the text alone"
         else:
             log.info(
-                "X no longer knows the media id; uploading again", extra=_ids(item, media_id=item.media_id)
+                "X no longer knows the media id; uploading again", extra=ids(item, media_id=item.media_id)
             )
             await self._store.set_media_id(item.id, None)
             reason = "X no longer had the file; uploading it again"
@@ -657,13 +662,13 @@ class Delivery:
         """Give up a part's file for good; its text still goes. A part that is only the file fails."""
         if not item.text:
             await self._store.mark_failed(item.id, reason, Failure.FILE_UNUSABLE)
-            log.warning("file not sent to X", extra=_ids(item, reason=reason))
+            log.warning("file not sent to X", extra=ids(item, reason=reason))
             text = f":warning: A file of your message was not sent to X: {reason}"
-            await self._tell_failure(item, Failure.FILE_UNUSABLE, text)
+            await self._feedback.tell_failure(item, Failure.FILE_UNUSABLE, text)
             return
         await self._store.drop_media(item.id)
-        log.warning("file not sent to X; the text goes alone", extra=_ids(item, reason=reason))
-        await self._ephemeral(
+        log.warning("file not sent to X; the text goes alone", extra=ids(item, reason=reason))
+        await self._feedback.ephemeral(
             item, f":warning: A file was not sent to X: {reason}. The text of your message goes without it."
         )
 
@@ -675,12 +680,12 @@ class Delivery:
             await self._tokens.call(account, functools.partial(self._x.delete_event, event_id=event_id))
         await self._store.mark_done(item.id, self._clock.now())
         unnamed = len(relayed) - len(event_ids)  # X took them without saying which DM: no id to delete
-        log.info("deleted on X", extra=_ids(item, events=len(event_ids), unnamed=unnamed))
+        log.info("deleted on X", extra=ids(item, events=len(event_ids), unnamed=unnamed))
         if item.author_id and unnamed:
             what = "Part of this message was" if event_ids else "This message was"
-            await self._ephemeral(item, UNNAMED_NOTE.format(what=what))
+            await self._feedback.ephemeral(item, UNNAMED_NOTE.format(what=what))
         elif item.author_id and event_ids:
-            await self._ephemeral(item, DELETE_NOTE)
+            await self._feedback.ephemeral(item, DELETE_NOTE)
 
     async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
         """Did an earlier attempt reach X? Read the conversation back until events are older
@@ -729,7 +734,7 @@ class Delivery:
                 until = scan.to_local(reset) if spent and reset is not None else now + 60.0
                 until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
                 log.info(
-                    "reconciling: read budget spent; reading on later", extra=_ids(item, pages=scan.pages)
+                    "reconciling: read budget spent; reading on later", extra=ids(item, pages=scan.pages)
                 )
                 raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
         self._scans.pop(item.id, None)
@@ -748,14 +753,14 @@ class Delivery:
                 or (event.conversation_id if target.new_group is not None else None)
                 or one_to_one_id(account.x_user_id, str(target.participant_id))
             )
-            log.info("reconciled: X had the message already", extra=_ids(item, dm_event_id=event.id))
+            log.info("reconciled: X had the message already", extra=ids(item, dm_event_id=event.id))
             return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
         if not scan.reached:
             # X ended the reading before it got back to the attempt (paging in circles, say):
             # not finding it proves nothing, so the row stays "sending" and is read again later.
-            log.warning("reconciling: X's paging ended early; reading again later", extra=_ids(item))
+            log.warning("reconciling: X's paging ended early; reading again later", extra=ids(item))
             raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
-        log.info("reconciled: not on X, sending again", extra=_ids(item, pages=scan.pages))
+        log.info("reconciled: not on X, sending again", extra=ids(item, pages=scan.pages))
         return None
 
     async def _render(self, item: OutboxItem) -> list[RenderedPart] | None:
@@ -794,7 +799,7 @@ class Delivery:
             return None
         if skipped:
             listed = "\n".join(f"• {s.reason}" for s in skipped)
-            await self._ephemeral(item, f":warning: Not every file went to X:\n{listed}")
+            await self._feedback.ephemeral(item, f":warning: Not every file went to X:\n{listed}")
         if not parts:
             if skipped:
                 error = Undeliverable("; ".join(s.reason for s in skipped), Failure.FILE_UNUSABLE)
@@ -805,7 +810,7 @@ class Delivery:
         return parts
 
     async def _unrenderable(self, item: OutboxItem, exc: Exception) -> None:
-        log.error("outbox row cannot be rendered", extra=_ids(item), exc_info=exc)
+        log.error("outbox row cannot be rendered", extra=ids(item), exc_info=exc)
         reason = f"the bridge could not turn it into a DM ({type(exc).__name__}: {exc})"
         await self._fail(item, Undeliverable(reason, Failure.OTHER))
 
@@ -982,7 +987,7 @@ class Delivery:
                 item, str(exc) if isinstance(exc, FileUnavailable) else f"{plan.name}: {exc}"
             )
             return [] if item.text else None
-        log.info("uploaded file to X Chat", extra=_ids(item, file=plan.name, category=plan.category))
+        log.info("uploaded file to X Chat", extra=ids(item, file=plan.name, category=plan.category))
         return [attachment]
 
     async def _edit_target(self, item: OutboxItem) -> str | None:
@@ -1010,7 +1015,7 @@ class Delivery:
             for event in page.events:
                 if event.message_id == wanted and event.sender_id == account.x_user_id:
                     log.info(
-                        "reconciled: X had the message already", extra=_ids(item, sequence=event.sequence_id)
+                        "reconciled: X had the message already", extra=ids(item, sequence=event.sequence_id)
                     )
                     return Sent(conversation, event.sequence_id)
             token = page.next_token
@@ -1028,17 +1033,17 @@ class Delivery:
             body = session.prepare_delete(conversation, sequence_ids)
             await self._tokens.call(account, lambda t: session.delete(t, conversation, body))
         await self._store.mark_done(item.id, self._clock.now())
-        log.info("deleted on X Chat", extra=_ids(item, events=len(sequence_ids)))
+        log.info("deleted on X Chat", extra=ids(item, events=len(sequence_ids)))
         unnamed = len(relayed) - len(sequence_ids)
         if item.author_id and unnamed:
             what = "Part of this message was" if sequence_ids else "This message was"
-            await self._ephemeral(item, UNNAMED_NOTE.format(what=what))
+            await self._feedback.ephemeral(item, UNNAMED_NOTE.format(what=what))
         elif item.author_id and sequence_ids:
-            await self._ephemeral(item, CHAT_DELETE_NOTE)
+            await self._feedback.ephemeral(item, CHAT_DELETE_NOTE)
 
     async def _chat_wait(self, item: OutboxItem, reason: str) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
-        log.warning("encrypted message waits for X Chat keys", extra=_ids(item, reason=reason))
+        log.warning("encrypted message waits for X Chat keys", extra=ids(item, reason=reason))
         await self._store.reschedule(item.id, state, self._clock.now() + self._config.chat_wait, reason)
 
     async def _key_mismatch(self, item: OutboxItem, account: Account, detail: str) -> None:
@@ -1046,13 +1051,13 @@ class Delivery:
         once, and the row waits (nothing is ever sent in the clear instead)."""
         assert self._chats is not None
         if await self._chats.flag_mismatch(account, detail):
-            log.error("X Chat keys no longer match X's", extra=_ids(item, detail=detail[:200]))
+            log.error("X Chat keys no longer match X's", extra=ids(item, detail=detail[:200]))
             try:
                 await self._slack.post_ephemeral(
                     item.team_id, item.channel_id, account.slack_user_id, mismatch_note(account)
                 )
             except Exception as exc:
-                log.warning("could not tell the owner", extra=_ids(item, error=str(exc)[:200]))
+                log.warning("could not tell the owner", extra=ids(item, error=str(exc)[:200]))
         await self._chat_wait(
             item, f"waiting: the X Chat keys of @{account.x_username} no longer match X's; nothing is sent"
         )
@@ -1068,7 +1073,7 @@ class Delivery:
         """X's 429 for a send (legacy or X Chat): the account pauses until the window X names, and
         the row waits with that time shown."""
         until = await self._budget.rate_limited(account.id, exc.facts, exc.reset_at, now)
-        log.warning("X rate limit hit; pausing account", extra=_ids(item, until=until))
+        log.warning("X rate limit hit; pausing account", extra=ids(item, until=until))
         await self._store.reschedule(
             item.id, OutboxState.WAITING, until, f"rate limited until {_hhmm(until)}", held_since=now
         )
@@ -1081,7 +1086,7 @@ class Delivery:
         delay = backoff(attempts, self._config.retry_base, self._config.retry_cap)
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.QUEUED
         log.warning(
-            "X send failed for now; retrying", extra=_ids(item, error=str(exc), retry_in=round(delay, 2))
+            "X send failed for now; retrying", extra=ids(item, error=str(exc), retry_in=round(delay, 2))
         )
         await self._store.reschedule(
             item.id, state, self._clock.now() + delay, str(exc) or type(exc).__name__
@@ -1102,62 +1107,20 @@ class Delivery:
         await self._store.reschedule(item.id, OutboxState.CANCELLED, 0.0, reason)
         self._failures.pop(item.id, None)
         self._scans.pop(item.id, None)
-        log.info("deleted in Slack mid-send and not on X: not sent", extra=_ids(item))
+        log.info("deleted in Slack mid-send and not on X: not sent", extra=ids(item))
 
     async def _fail(self, item: OutboxItem | Unreadable, error: BridgeError) -> None:
         """Give up on ``item`` for good: ``str(error)`` is recorded and told, its failure counted."""
         reason = str(error)
         failure = failure_of(error)
-        self._failing.add(item.id)
+        self._feedback.failing.add(item.id)
         try:
             await self._store.mark_failed(item.id, reason, failure)
             self._failures.pop(item.id, None)
-            log.warning("message not sent to X", extra=_ids(item, reason=reason))
-            await self._tell_failure(item, failure, _not_sent(reason))
+            log.warning("message not sent to X", extra=ids(item, reason=reason))
+            await self._feedback.tell_failure(item, failure, not_sent(reason))
         finally:
-            self._failing.discard(item.id)
-
-    async def _tell_failure(self, item: OutboxItem | Unreadable, failure: Failure, text: str) -> None:
-        """The ⚠️ and the author's ephemeral for a failed row, then the row marked told.
-
-        Failing a row records that its author is still to be told in the same commit, so a
-        process stopped before this point leaves the telling to the next start
-        (``_tell_untold_failures``); one stopped after the ephemeral but before the mark tells
-        twice, which is the better side to err on."""
-        if item.team_id and item.channel_id:  # an unreadable row may have lost even these
-            if item.hourglass:
-                await self._unreact(item, HOURGLASS)
-            await self._react(item, WARNING)
-            if item.author_id:
-                await self._ephemeral(item, text)
-        await self._store.failure_told(item.id)
-        if not isinstance(item, OutboxItem) or not item.team_id or not item.channel_id:
-            return
-        if self.on_event is not None:
-            await self.on_event("failed", item)
-        if self.on_failed is not None:
-            await self.on_failed(item, failure)
-
-    async def _tell_untold_failures(self) -> None:
-        """Tell the authors of rows that failed while a process stopped before telling them."""
-        told: set[int] = set()
-        while True:
-            try:
-                untold = await self._store.failures_to_tell(UNTOLD_BATCH)
-            except Exception as exc:  # the database away: the next start tries again
-                log.warning("could not list failures to tell", extra={"error": str(exc)})
-                return
-            fresh = [(i, f) for i, f in untold if i.id not in told and i.id not in self._failing]
-            if not fresh:
-                return
-            for item, failure in fresh:
-                told.add(item.id)
-                reason = item.reason if isinstance(item, Unreadable) else (item.last_error or "unknown")
-                log.info("telling a failure a stopped process did not", extra=_ids(item, reason=reason))
-                try:
-                    await self._tell_failure(item, failure, _not_sent(reason))
-                except Exception as exc:
-                    log.warning("could not tell a failure", extra=_ids(item, error=str(exc)[:200]))
+            self._feedback.failing.discard(item.id)
 
     async def _group_refused(self, item: OutboxItem, error: XRefused) -> None:
         """X refused for good to create the group this row was to create.
@@ -1175,7 +1138,7 @@ class Delivery:
             await self._fail(other, error)
         if mapping is None:
             return  # unlinked or remapped meanwhile: nothing of the channel's to undo
-        log.warning("X refused to create a group; channel unmapped", extra=_ids(item, failed=len(behind)))
+        log.warning("X refused to create a group; channel unmapped", extra=ids(item, failed=len(behind)))
         text = (
             f":x: X could not create the group this channel was bridged to ({error}), so this channel "
             f"is no longer bridged to X. <@{mapping.created_by}> may run `/xdm new-group` again once "
@@ -1184,7 +1147,7 @@ class Delivery:
         try:
             await self._slack.post_message(mapping.team_id, mapping.channel_id, text)
         except Exception as exc:  # the authors were told in their ephemerals
-            log.warning("could not tell the channel", extra=_ids(item, error=str(exc)[:200]))
+            log.warning("could not tell the channel", extra=ids(item, error=str(exc)[:200]))
 
     async def _park(self, item: OutboxItem, account: Account) -> None:
         state = OutboxState.SENDING if item.state is OutboxState.SENDING else OutboxState.WAITING
@@ -1194,48 +1157,6 @@ class Delivery:
             UNTIL_RECONNECTED,
             f"waiting for <@{account.slack_user_id}> to reconnect @{account.x_username} with /xdm connect",
         )
-
-    async def _recheck_recent_sends(self) -> None:
-        """Give the messages sent just before this worker started their ✅ (and take their ⏳).
-
-        Marking a row sent and reacting in Slack are two steps; a process killed between them
-        leaves a delivered message unmarked. Adding a reaction Slack already has is harmless,
-        so the last few minutes' sends are simply marked again, one at a time (Slack's tier).
-        """
-        since = self._clock.now() - self._config.recheck_sent_within
-        try:
-            items = await self._store.recently_sent(since, self._config.recheck_sent_limit)
-        except Exception as exc:  # a missing ✅ must never stop delivery
-            log.warning("could not list recent sends to mark", extra={"error": str(exc)})
-            return
-        for item in reversed(items):  # oldest first, as they were sent
-            if item.hourglass:
-                await self._unreact(item, HOURGLASS)
-            if not item.deleted:
-                await self._react(item, SENT)
-
-    async def _react(self, item: OutboxItem | Unreadable, name: str) -> None:
-        try:
-            await self._slack.add_reaction(item.team_id, item.channel_id, item.ref_ts, name)
-        except Exception as exc:  # a missing reaction must never stop delivery
-            log.warning("could not add reaction", extra=_ids(item, reaction=name, error=str(exc)))
-
-    async def _unreact(self, item: OutboxItem | Unreadable, name: str) -> None:
-        try:
-            await self._slack.remove_reaction(item.team_id, item.channel_id, item.ref_ts, name)
-        except Exception as exc:
-            log.warning("could not remove reaction", extra=_ids(item, reaction=name, error=str(exc)))
-
-    async def _ephemeral(self, item: OutboxItem | Unreadable, text: str) -> None:
-        try:
-            await self._slack.post_ephemeral(item.team_id, item.channel_id, item.author_id, text)
-        except Exception as exc:
-            log.warning("could not tell the author", extra=_ids(item, error=str(exc)))
-
-
-def _not_sent(reason: str) -> str:
-    """What the author of a failed message is told, in an ephemeral beside it."""
-    return f":warning: Your message was not sent to X: {reason}"
 
 
 def _is_group(conversation_id: str | None) -> bool:
@@ -1260,15 +1181,3 @@ def _source_fields(source: Any) -> tuple[str, list[Any] | None, str | None, list
     thread_ts = source.get("thread_ts")
     files = [f for f in source.get("files") or [] if isinstance(f, dict)]
     return str(source.get("text") or ""), blocks, str(thread_ts) if thread_ts else None, files
-
-
-def _ids(item: OutboxItem | Unreadable, **more: object) -> dict[str, object]:
-    return {
-        "team": item.team_id,
-        "channel": item.channel_id,
-        "outbox_id": item.id,
-        "account_id": item.account_id,
-        "slack_ts": item.slack_ts,
-        "part": item.part,
-        **more,
-    }
