@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,19 @@ class Engine:
         return await pg.query(self.location, query, *params)
 
 
-@pytest.fixture(params=ENGINES)
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
-    if request.param == "sqlite":
+@asynccontextmanager
+async def engine_named(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    """A fresh database of engine ``name``: a file, or a database on the test server."""
+    if name == "sqlite":
         yield Engine("sqlite", str(tmp_path / "store.db"), generate_key())
         return
     server = request.getfixturevalue("pg_server")  # started only when a PostgreSQL case runs
     url = await pg.create_database(server)
     yield Engine("postgres", url, generate_key())
     await pg.drop_database(server, url)
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    async with engine_named(request.param, request, tmp_path) as chosen:
+        yield chosen
