@@ -253,8 +253,8 @@ class ChatInbound:
         (a crash between the two reads them again, and the store's unique rows keep them once)."""
         mappings = [
             m
-            for m in await self._store.list_mappings()
-            if m.encrypted and m.conversation_id and m.account_id == account.id
+            for m in await self._store.find_mappings(account_id=account.id)
+            if m.encrypted and m.conversation_id
         ]
         done = ChatRead()
         if not mappings:

@@ -601,11 +601,7 @@ class CommandService:
         if self._connections is None:
             return ":x: Disconnecting is not available on this bridge.", None
         name = f"@{account.x_username}"
-        bridged = [
-            m
-            for m in await self._store.list_mappings()
-            if m.team_id == ctx.team_id and m.account_id == account.id
-        ]
+        bridged = await self._store.find_mappings(team_id=ctx.team_id, account_id=account.id)
         lines = [
             f"Disconnect X account {name} from the bridge?",
             f"The bridge gives X back its access to {name} and deletes the account's tokens.",

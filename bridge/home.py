@@ -271,12 +271,12 @@ class HomeService:
     async def facts(self, team_id: str, user_id: str) -> HomeFacts:
         """What ``user_id`` of ``team_id`` sees on their Home."""
         account = await self._store.account_for_user(team_id, user_id)
-        mappings = [m for m in await self._store.list_mappings() if m.team_id == team_id]
+        mappings = await self._store.find_mappings(team_id=team_id)
         mine = [m for m in mappings if owned_by(m, user_id, account)]
         channels = tuple([await self._channel(m) for m in sorted(mine, key=lambda m: m.created_at)])
         workspace = None
         if await self._is_admin(team_id, user_id):
-            accounts = [a for a in await self._store.list_accounts() if a.team_id == team_id]
+            accounts = await self._store.find_accounts(team_id=team_id)
             connected = sum(1 for a in accounts if not a.disconnected)
             workspace = WorkspaceFacts(self._settings, len(mappings), connected)
         return HomeFacts(team_id, user_id, account, channels, workspace, self._can_connect)

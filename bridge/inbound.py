@@ -848,7 +848,7 @@ class Inbound:
         """When the account's first channel was bridged: its first read takes what came since
         (paging back that far, a late first read too), anything older is history."""
         return min(
-            (m.created_at for m in await self._store.list_mappings() if m.account_id == account.id),
+            (m.created_at for m in await self._store.find_mappings(account_id=account.id)),
             default=self._clock.now(),
         )
 
@@ -1190,11 +1190,10 @@ class Inbound:
         then the message map decides. Returns the row to post (its note set), or None."""
         # Only a send by the X account that wrote this DM can be its echo: another account's send
         # in doubt (never to be settled, if that account was disconnected) is no reason to wait.
-        senders = {a.id for a in await self._store.list_accounts() if a.x_user_id == item.sender_id}
+        senders = {a.id for a in await self._store.find_accounts(x_user_id=item.sender_id)}
+        bridging = await self._store.find_mappings(conversation_id=item.conversation_id) if senders else []
         channels = {(item.team_id, item.channel_id)} | {
-            (m.team_id, m.channel_id)
-            for m in await self._store.list_mappings()
-            if m.conversation_id and m.conversation_id == item.conversation_id and m.account_id in senders
+            (m.team_id, m.channel_id) for m in bridging if m.account_id in senders
         }
         for team_id, channel_id in sorted(channels):
             summary = await self._store.outbox_summary(team_id, channel_id)

@@ -68,6 +68,12 @@ class Store(Protocol):
     async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
     async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
+    async def find_accounts(
+        self, *, team_id: str | None = None, x_user_id: str | None = None
+    ) -> list[Account]:
+        """The accounts matching every filter given (by index: never the whole table)."""
+        ...
+
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """In one transaction: delete the account's tokens, mark it disconnected (and needing
         reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
@@ -162,6 +168,15 @@ class Store(Protocol):
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[ChannelMapping]: ...
+    async def find_mappings(
+        self,
+        *,
+        team_id: str | None = None,
+        account_id: int | None = None,
+        conversation_id: str | None = None,
+    ) -> list[ChannelMapping]:
+        """The mappings matching every filter given (by index: never the whole table)."""
+        ...
 
     # relay
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:

@@ -185,7 +185,7 @@ class Push:
         # back, so its DMs are not kept) or must reconnect. Nothing is lost: push only speeds things
         # up, and the read from the kept cursor after reconnecting brings the same events.
         accounts: list[Account] = [
-            a for a in await self._store.list_accounts() if a.x_user_id == user_id and not a.needs_reconnect
+            a for a in await self._store.find_accounts(x_user_id=user_id) if not a.needs_reconnect
         ]
         # The bridge's own sends come back as dm.sent: their place is known (the message map), and
         # a read for them would spend X's small read budget on nothing new.
@@ -205,15 +205,14 @@ class Push:
         chats = self._inbound.chats
         if chats is None:
             return 0
-        accounts = {
-            a.id: a
-            for a in await self._store.list_accounts()
-            if not a.needs_reconnect and (user_id is None or a.x_user_id == user_id)
-        }
-        mappings = [m for m in await self._store.list_mappings() if m.encrypted and m.account_id in accounts]
+        candidates = await (
+            self._store.list_accounts() if user_id is None else self._store.find_accounts(x_user_id=user_id)
+        )
+        accounts = {a.id: a for a in candidates if not a.needs_reconnect}
         refused = 0
         for push in pushes:
-            bridging = sorted({m.account_id for m in mappings if m.conversation_id == push.conversation_id})
+            mappings = await self._store.find_mappings(conversation_id=push.conversation_id)
+            bridging = sorted({m.account_id for m in mappings if m.encrypted and m.account_id in accounts})
             try:
                 for account_id in bridging:
                     await chats.verify_push(accounts[account_id], push)

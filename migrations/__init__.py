@@ -674,3 +674,21 @@ OUTBOX_UNTOLD_FAILURE = (
     "ALTER TABLE outbox ADD COLUMN untold_failure TEXT; "
     "CREATE INDEX outbox_untold_failure ON outbox (id) WHERE untold_failure IS NOT NULL"
 )
+
+
+@migrations(name="0031_lookup_indexes")
+def m0031_lookup_indexes(db: Database) -> None:
+    """Indexes for the hot paths' targeted reads (``find_accounts``, ``find_mappings``): a push,
+    an echo check or a Home view reads the few rows it needs, not the whole table, so its cost
+    stays flat as a deployment grows to thousands of accounts and mappings (issue 18)."""
+    for statement in LOOKUP_INDEXES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# The same statements on both engines.
+LOOKUP_INDEXES = (
+    "CREATE INDEX accounts_x_user ON accounts (x_user_id); "
+    "CREATE INDEX mappings_conversation ON mappings (conversation_id); "
+    "CREATE INDEX mappings_account ON mappings (account_id)"
+)

@@ -25,6 +25,7 @@ import asyncpg
 
 from migrations import (
     CONSENTS,
+    LOOKUP_INDEXES,
     OUTBOX_UNTOLD_FAILURE,
     SLACK_INSTALLATIONS,
     XCHAT_CURSORS,
@@ -505,6 +506,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0026_xchat_read_gaps", XCHAT_READ_GAPS),
     # SQLite's 0029, the same statements: a failed row whose author is still to be told.
     ("0027_outbox_untold_failure", OUTBOX_UNTOLD_FAILURE),
+    # SQLite's 0031, the same statements: the hot paths' targeted reads of accounts and mappings.
+    ("0029_lookup_indexes", LOOKUP_INDEXES),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -30,6 +30,7 @@ import asyncpg
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import PostgresEngine
+from adapters.store.lookups import LookupsRole
 from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
@@ -118,7 +119,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(OutboxRole, StoreBase):
+class PostgresStore(LookupsRole, OutboxRole, StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:

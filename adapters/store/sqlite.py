@@ -26,6 +26,7 @@ from sqlite_utils import Database
 from adapters.store import rows
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.lookups import LookupsRole
 from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
@@ -181,7 +182,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(OutboxRole, StoreBase):
+class SqliteStore(LookupsRole, OutboxRole, StoreBase):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:

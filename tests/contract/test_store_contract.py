@@ -708,3 +708,24 @@ async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine)
         [second] = readable(await store.outbox_heads())
         await store.mark_failed(second.id, "gone")
         assert [(i.id, f) for i, f in await store.failures_to_tell(limit=5)] == [(second.id, Failure.OTHER)]
+
+
+async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(engine: Engine) -> None:
+    async with opened(engine) as store:
+        ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
+        bob = await store.save_account("T2", "U2", XUser("1000", "ada"), TokenSet("b", "r", None))
+        cy = await store.save_account("T2", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
+        assert [a.id for a in await store.find_accounts(x_user_id="1000")] == [ada.id, bob.id]
+        assert [a.id for a in await store.find_accounts(team_id="T2")] == [bob.id, cy.id]
+        assert [a.id for a in await store.find_accounts(team_id="T2", x_user_id="3000")] == [cy.id]
+        assert await store.find_accounts(x_user_id="9999") == []
+        link = MappingKind.LINK
+        await store.create_mapping(ChannelMapping("T1", "C1", link, ada.id, "1000-2001", None, "U1", 1.0))
+        await store.create_mapping(ChannelMapping("T2", "C2", link, bob.id, "1000-2001", None, "U2", 2.0))
+        await store.create_mapping(ChannelMapping("T2", "C3", link, cy.id, "3000-2001", None, "U3", 3.0))
+        found = await store.find_mappings(conversation_id="1000-2001")
+        assert [(m.team_id, m.channel_id) for m in found] == [("T1", "C1"), ("T2", "C2")]
+        assert [m.channel_id for m in await store.find_mappings(team_id="T2")] == ["C2", "C3"]
+        assert [m.channel_id for m in await store.find_mappings(team_id="T2", account_id=cy.id)] == ["C3"]
+        assert [m.channel_id for m in await store.find_mappings()] == ["C1", "C2", "C3"]
+        assert await store.find_mappings(account_id=ada.id, conversation_id="3000-2001") == []

@@ -1,0 +1,46 @@
+"""Targeted reads of accounts and mappings, written once over the ``Engine`` seam.
+
+The hot paths (a push, an echo check, a Home view, a poll's starting point) used to list every
+account and mapping and filter in Python: their cost grew with the deployment, and listing
+accounts decrypts every account's tokens. These read only the rows asked for, by index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.store import rows
+from adapters.store.roles import StoreBase
+from bridge.model import Account, ChannelMapping
+
+
+class LookupsRole(StoreBase):
+    """Accounts and mappings by what the caller knows of them."""
+
+    async def find_accounts(
+        self, *, team_id: str | None = None, x_user_id: str | None = None
+    ) -> list[Account]:
+        where, params = _where(team_id=team_id, x_user_id=x_user_id)
+        found = await self.engine.fetch(f"SELECT * FROM accounts{where} ORDER BY id", *params)
+        return [rows.account(r, self._cipher, self._unreadable_accounts) for r in found]
+
+    async def find_mappings(
+        self,
+        *,
+        team_id: str | None = None,
+        account_id: int | None = None,
+        conversation_id: str | None = None,
+    ) -> list[ChannelMapping]:
+        where, params = _where(team_id=team_id, account_id=account_id, conversation_id=conversation_id)
+        found = await self.engine.fetch(
+            f"SELECT * FROM mappings{where} ORDER BY team_id, channel_id", *params
+        )
+        return [rows.mapping(r) for r in found]
+
+
+def _where(**equal: Any) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND b = ?`` for the filters given (None: not filtered); names are ours."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{column} = ?" for column in given), list(given.values())
