@@ -156,12 +156,20 @@ async def open_clients(
 ) -> AsyncIterator[Clients]:
     """The store (opened: the caller checks a SQLite file exists when a typo must not create
     one) and the HTTP clients, closed when the context ends."""
-    clock = clock or SystemClock()
-    store = make_store(settings)  # SQLite, or PostgreSQL with DATABASE_URL
+    async with (
+        open_store(settings) as store,
+        aiohttp.ClientSession(trace_configs=list(trace_configs)) as session,
+    ):
+        yield _clients(settings, clock or SystemClock(), store, session)
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[AnyStore]:
+    """The store the settings select (SQLite, or PostgreSQL with ``DATABASE_URL``), open."""
+    store = make_store(settings)
     await store.open()
     try:
-        async with aiohttp.ClientSession(trace_configs=list(trace_configs)) as session:
-            yield _clients(settings, clock, store, session)
+        yield store
     finally:
         await store.close()
 
