@@ -8,21 +8,16 @@ refreshes are locked per account across processes, and ``serve`` reads identitie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from adapters.services import open_clients, open_store
 from adapters.store.crypto import TokenCipher
-from adapters.store.select import AnyStore, make_store
+from adapters.store.select import AnyStore
 from adapters.store.xchat import XChatIdentityStore
-from adapters.x.api import XApiClient
-from adapters.x.oauth import oauth_client
 from adapters.x.xchat import ChatKeys, KeyDirectory
 from bridge.model import Account
-from bridge.scheduler import SystemClock
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import XChatError, XChatIdentity, XChatSetup
@@ -61,7 +56,7 @@ async def import_keys(settings: Settings, handle: str, private_keys: bytes, vers
 
 
 async def status(settings: Settings) -> list[Listed]:
-    async with _opened(settings) as store:
+    async with open_store(settings) as store:
         handles = {a.x_user_id: a.x_username for a in await store.list_accounts()}
         identities = await _identities(settings, store).list_identities()
         return [Listed(i, handles.get(i.x_user_id)) for i in identities]
@@ -69,20 +64,9 @@ async def status(settings: Settings) -> list[Listed]:
 
 async def forget(settings: Settings, handle: str) -> bool:
     """Delete the stored keys of @handle's X user (X keeps its registration)."""
-    async with _opened(settings) as store:
+    async with open_store(settings) as store:
         account = await _account(store, handle)
         return await _identities(settings, store).forget_identity(account.x_user_id)
-
-
-@asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[AnyStore]:
-    """The selected store, open for the command's length."""
-    store = make_store(settings)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def _with_account(
@@ -91,19 +75,18 @@ async def _with_account(
     say: Callable[[str], None],
     work: Callable[[XChatSetup, Account], Awaitable[Any]],
 ) -> Any:
-    async with _opened(settings) as store, aiohttp.ClientSession() as session:
+    async with open_clients(settings) as clients:
+        store, clock = clients.store, clients.clock
         account = await _account(store, handle)
-        x = XApiClient(session, settings.x_api_url, timeout=settings.x_timeout_seconds)
-        clock = SystemClock()
 
         async def revoked(account: Account, reason: str) -> None:
             say(f"X refused @{account.x_username}'s refresh token ({reason}): run /xdm connect again")
 
-        tokens = TokenManager(store, oauth_client(session, settings), clock, revoked)
+        tokens = TokenManager(store, clients.oauth, clock, revoked)
         service = XChatSetup(
             _identities(settings, store),
             ChatKeys(),
-            KeyDirectory(x),
+            KeyDirectory(clients.x),
             tokens.call,
             clock,
             say=say,

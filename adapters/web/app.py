@@ -1,8 +1,8 @@
-"""The web process: one aiohttp application, and the composition root that wires it.
+"""The web process: one aiohttp application over the composition root's services.
 
-``cleanup_ctx`` owns every resource: the store (SQLite's owner thread or a
-PostgreSQL pool), the HTTP session, the delivery worker and the command
-follow-ups. On SIGTERM (``run_app`` handles it) the worker stops taking new sends
+``cleanup_ctx`` owns every resource through ``adapters.services.build_services``: the
+store (SQLite's owner thread or a PostgreSQL pool), the HTTP session, the delivery worker
+and the command follow-ups. On SIGTERM (``run_app`` handles it) the worker stops taking new sends
 and gets a grace period for in-flight ones; anything cut off stays ``sending``
 and is reconciled on the next start.
 """
@@ -10,8 +10,6 @@ and is reconciled on the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import hmac
 import html
@@ -20,66 +18,39 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
-from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_sdk.signature import SignatureVerifier
 
-from adapters.slack.api import SlackApi, web_client
-from adapters.slack.app import SlackAuthorization, build_bolt_app
-from adapters.slack.install import INSTALL_PATH, REDIRECT_PATH, InstallFlow, install_flow
-from adapters.slack.surfaces import Surfaces, register
-from adapters.slack.views import SlackViews, single_workspace
-from adapters.slack.workspaces import InstallsReady, TeamSlack, Workspaces
-from adapters.slack.workspaces import oauth_client as slack_oauth_client
-from adapters.store.activity import ActivityStore
-from adapters.store.consents import ConsentStore
-from adapters.store.crypto import TokenCipher
-from adapters.store.history import HistoryStore
-from adapters.store.leader import LEASE_SECONDS, Leadership
-from adapters.store.postgres import PostgresStore
-from adapters.store.select import AnyStore, describe, make_store
-from adapters.store.slack_installs import SlackInstallStore, SlackStateStore
-from adapters.store.xchat import ChatCursorStore, XChatIdentityStore
+from adapters.services import (
+    CONNECT_PATH,
+    Services,
+    build_services,
+    default_delivery_config,
+    default_inbound_config,
+)
+from adapters.slack.install import INSTALL_PATH, REDIRECT_PATH, InstallFlow
+from adapters.store.leader import LEASE_SECONDS
+from adapters.store.select import AnyStore, describe
 from adapters.web.edge import PAGE_HEADERS
 from adapters.web.logs import Sparse
 from adapters.web.metrics import CONTENT_TYPE, BridgeMetrics, worker_state
-from adapters.web.worker import Job, Worker
 from adapters.x import push as x_push
-from adapters.x.api import XApiClient, XAppClient
-from adapters.x.oauth import oauth_client
-from adapters.x.xchat import AccountChats, KeyDirectory
-from bridge.budget import FALLBACK_PAUSE, Budget
-from bridge.chat_inbound import ChatInbound
-from bridge.commands import CommandService
-from bridge.confirm import Confirmations
-from bridge.connect import ConnectService, consent_text
-from bridge.delivery import Delivery, DeliveryConfig
+from bridge.connect import consent_text
+from bridge.delivery import DeliveryConfig
 from bridge.errors import BridgeError, OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable
-from bridge.home import HomeService, WorkspaceSettings
-from bridge.inbound import Inbound, InboundConfig
-from bridge.modals import ModalService
-from bridge.model import Account, IncomingMessage, OutboxItem, PushedDM
-from bridge.permissions import Permissions, Policy
+from bridge.inbound import InboundConfig
 from bridge.ports import Clock
 from bridge.push import Push
-from bridge.relay import Relay
-from bridge.retention import prune_forever
 from bridge.scheduler import SystemClock
 from bridge.settings import Settings
-from bridge.tokens import TokenManager
-from bridge.xchat import ChatPeers
 
 log = logging.getLogger("adapters.web.app")
 
-SHUTDOWN_GRACE = 20.0  # of the 30 s a dyno gets after SIGTERM
 T = TypeVar("T")
 
 HEALTH_DATABASE_TIMEOUT = 5.0  # /healthz's database check; past it, the database counts as down
@@ -88,57 +59,9 @@ HEALTH_DATABASE_TIMEOUT = 5.0  # /healthz's database check; past it, the databas
 LEADERLESS_AFTER = 3 * LEASE_SECONDS
 MAX_BODY = 1024 * 1024  # Slack payloads are far smaller; anything bigger is refused
 SLACK_MAX_SKEW = 300  # Bolt refuses requests whose timestamp is further off than this
-CONNECT_PATH = "/x/connect"
 CALLBACK_PATH = "/x/oauth/callback"
 CSRF_COOKIE = "xdm_csrf"
 FLOW_TTL = 600  # seconds; as long as the flow's state lives
-
-
-class Background:
-    """Fire-and-forget work that is still tracked: logged if it fails, awaited at shutdown."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, work: Awaitable[None], name: str) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("background task failed", extra={"task": name})
-
-        task = asyncio.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self, grace: float) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-
-
-@dataclass
-class Services:
-    """Everything the routes need, built once per process."""
-
-    settings: Settings
-    store: AnyStore
-    worker: Worker
-    inbound: Inbound
-    push: Push | None
-    bolt: AsyncApp
-    connect: ConnectService
-    background: Background
-    started_at: float
-    verifier: SignatureVerifier
-    slack_auth: SlackAuthorization | InstallsReady
-    # Install mode ("Add to Slack"): the OAuth flow and the installed workspaces.
-    install: InstallFlow | None = None
-    workspaces: Workspaces | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -166,14 +89,8 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
-    app[DELIVERY_CONFIG] = delivery_config or DeliveryConfig(
-        relay_format=settings.relay_format, retry_cap=settings.x_retry_cap_seconds
-    )
-    app[INBOUND_CONFIG] = inbound_config or InboundConfig(
-        backfill=settings.backfill_messages,
-        idle_interval=settings.inbound_poll_seconds,
-        min_interval=min(5.0, settings.inbound_poll_seconds),
-    )
+    app[DELIVERY_CONFIG] = delivery_config or default_delivery_config(settings)
+    app[INBOUND_CONFIG] = inbound_config or default_inbound_config(settings)
     app[METRICS] = BridgeMetrics(x_api_url=settings.x_api_url, slack_api_url=settings.slack_api_url)
     app[REFUSALS_LOG] = Sparse(log)
     app.cleanup_ctx.append(_services)
@@ -192,468 +109,20 @@ def create_app(
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
+    """The app's ``cleanup_ctx``: the composition root's services, for as long as the app runs."""
     settings = app[SETTINGS]
-    clock = app[CLOCK]
-    store = make_store(settings)
-    await store.open()
-    metrics = app[METRICS]
-    session = aiohttp.ClientSession(trace_configs=[metrics.trace_config()])
-    try:
-        slack: SlackApi | TeamSlack
-        workspaces: Workspaces | None = None
-        if settings.slack_install_mode:
-            workspaces = _workspaces(settings, store, session, clock)
-            slack = TeamSlack(workspaces, session, settings.slack_api_url)
-            # No token of its own: Bolt copies it for each request with that workspace's token,
-            # so the client its listeners get calls SLACK_API_URL as the request's workspace.
-            slack_client = web_client("", settings.slack_api_url, session)
-            slack_auth: SlackAuthorization | InstallsReady = InstallsReady()
-        else:
-            slack_client = web_client(settings.bot_token, settings.slack_api_url, session)
-            poster = web_client(settings.bot_token, settings.slack_api_url, session, idempotent=False)
-            slack = SlackApi(slack_client, session, poster)
-            slack_auth = SlackAuthorization(slack_client, poster)
-        fallback_pause = min(FALLBACK_PAUSE, settings.x_retry_cap_seconds)
-        x = XApiClient(
-            session, settings.x_api_url, timeout=settings.x_timeout_seconds, fallback_pause=fallback_pause
-        )
-        oauth = oauth_client(session, settings)
-        budget = Budget(
-            store,
-            user_15m=settings.x_user_limit_15m,
-            user_24h=settings.x_user_limit_24h,
-            app_24h=settings.x_app_limit_24h,
-            fallback_pause=fallback_pause,
-            reads_15m=settings.x_read_limit_15m,
-        )
-        await budget.load(clock.now())
-
-        def connected(account: Account) -> None:
-            # New tokens for the worker, and parked rows may go now.
-            tokens.forget(account.id)
-            worker.wake()
-            wake_inbound(connected=True, account_id=account.id)
-            home.account_changed(account)
-
-        def disconnected(account: Account) -> None:
-            tokens.forget(account.id)
-            home.account_changed(account)
-
-        # A refused refresh tells the owner.
-        connect = ConnectService(
-            store=store,
-            oauth=oauth,
-            x=x,
-            slack=slack,
-            clock=clock,
-            on_connected=connected,
-            on_disconnected=disconnected,
-            consents=ConsentStore(store.engine),
-            retention_days=settings.retention_days,
-        )
-
-        async def refused(account: Account, reason: str) -> None:
-            await connect.needs_reconnect(account, reason)
-            home.account_changed(replace(account, needs_reconnect=True))
-
-        tokens = TokenManager(store, oauth, clock, refused)
-        inbound = Inbound(store, x, slack, tokens, budget, clock, app[INBOUND_CONFIG])
-        inbound.on_event = metrics.inbound_hook()
-        # X Chat: identities are read from the store on each use, so `xdm-bridge xchat setup` run
-        # beside a serving bridge takes effect on the next command, message or read, without a
-        # restart. One session per account serves sends and reads (their keys and caches).
-        peer_checks = XChatIdentityStore(store.engine, TokenCipher(settings.encryption_keys))
-        chats = AccountChats(x, peer_checks)
-        inbound.chats = ChatInbound(
-            store,
-            ChatCursorStore(store.engine),
-            chats,
-            tokens,
-            clock,
-            reserve=app[INBOUND_CONFIG].reserve,
-            max_pages=app[INBOUND_CONFIG].chat_max_pages,
-            full_page=app[INBOUND_CONFIG].chat_full_page,
-            token_restarts=app[INBOUND_CONFIG].token_restarts,
-        )
-        inbound.chats.on_event = inbound.on_event
-        push: Push | None = None
-        if settings.push_url and settings.x_bearer_token:
-            push = Push(
-                store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url
-            )
-            inbound.push_active = push.active
-
-        def make_delivery() -> Delivery:
-            delivery = Delivery(store, x, slack, tokens, budget, clock, app[DELIVERY_CONFIG], chats=chats)
-            delivery.on_event = _noting_sends(metrics.delivery_hook(), inbound)
-            delivery.on_failed = _telling_home(metrics.failure_hook(), store, lambda: home)
-            return delivery
-
-        worker = _worker(store, make_delivery, budget, clock, inbound, push)
-        if push is not None:
-            push.on_pushed = functools.partial(_ring, store, worker, inbound)
-
-        def wake_inbound(*, connected: bool, account_id: int | None = None) -> None:
-            """Read X soon (and, for a new connection, subscribe it to push): here if this
-            instance leads, else passed on to the leader (PostgreSQL)."""
-            if worker.current is not None or not isinstance(store, PostgresStore):
-                inbound.poll_soon(account_id)
-                if connected and push is not None:
-                    push.recheck()
-            else:
-                worker.pass_on(lambda: store.notify_inbound("connected" if connected else "poll"))
-
-        def mapped() -> None:
-            worker.wake()
-            wake_inbound(connected=False)
-
-        leaders_inbound = _LeadersInbound(inbound, worker, store)
-
-        relay = Relay(store, clock, worker.offer, threads=settings.relay_threads, edits=settings.relay_edits)
-        relay.on_accepted = metrics.message_accepted
-        background = Background()
-        relay.on_refused = lambda message, reason: background.spawn(
-            _tell_author(slack, message, reason), "xdm-relay-refused"
-        )
-        metrics.bind(store, budget, clock, peer_checks)
-        commands = CommandService(
-            store=store,
-            x=x,
-            oauth=oauth,
-            tokens=tokens,
-            budget=budget,
-            slack=slack,
-            clock=clock,
-            oauth_ready=None if settings.public_url else "PUBLIC_URL is not set, so X cannot redirect back.",
-            on_mapped=mapped,
-            inbound=leaders_inbound,
-            connections=connect,
-            connect_page=f"{settings.public_url}{CONNECT_PATH}",
-            permissions=Permissions(
-                slack, Policy(admin_only=settings.admin_only, allowed_users=settings.allowed_users)
-            ),
-            chat_peers=ChatPeers(peer_checks, KeyDirectory(x), tokens.call, clock),
-            chats=chats,
-            on_mapping_changed=lambda mapping: home.mapping_changed(mapping),
-            history=HistoryStore(store.engine),
-        )
-        # Views go out with each workspace's own token in install mode.
-        views = SlackViews(
-            slack.client_for if isinstance(slack, TeamSlack) else single_workspace(slack_client)
-        )
-        home = HomeService(
-            store=store,
-            slack=slack,
-            views=views,
-            activity=ActivityStore(store.engine),
-            clock=clock,
-            settings=WorkspaceSettings(
-                admin_only=settings.admin_only,
-                allowed_users=len(settings.allowed_users),
-                retention_days=settings.retention_days,
-                relay_threads=settings.relay_threads,
-                relay_edits=settings.relay_edits,
-            ),
-            spawn=background.spawn,
-            can_connect=bool(settings.public_url),
-        )
-        surfaces = Surfaces(
-            home=home,
-            modals=ModalService(
-                commands=commands,
-                store=store,
-                x=x,
-                tokens=tokens,
-                budget=budget,
-                clock=clock,
-                views=views,
-                spawn=background.spawn,
-            ),
-            confirmations=Confirmations(commands=commands, slack=slack, clock=clock, spawn=background.spawn),
-            commands=commands,
-            spawn=background.spawn,
-        )
-        bolt = build_bolt_app(
-            signing_secret=settings.signing_secret,
-            authorization=slack_auth,
-            relay=relay,
-            commands=commands,
-            spawn=background.spawn,
-            connections=connect,
-            open_modal=surfaces.from_command,
-            client=slack_client,
-            workspaces=workspaces,
-        )
-        register(bolt, surfaces)
-        app[SERVICES] = Services(
-            settings,
-            store,
-            worker,
-            inbound,
-            push,
-            bolt,
-            connect,
-            background,
-            clock.now(),
-            SignatureVerifier(settings.signing_secret),
-            slack_auth,
-            _install(settings, workspaces, session, mapped),
-            workspaces,
-        )
-        authorizing = asyncio.create_task(slack_auth.keep_trying(), name="slack-auth")
-        pruning = asyncio.create_task(
-            prune_forever(store, clock, retention_days=settings.retention_days), name="retention"
-        )
-        sweeping = asyncio.create_task(_discard_unconfirmed(connect), name="unconfirmed-connections")
-        expiring = (
-            asyncio.create_task(workspaces.expire_forever(settings.retention_days), name="removed-workspaces")
-            if workspaces is not None
-            else None
-        )
-        running = asyncio.create_task(worker.run(), name="leader-work")
+    async with build_services(
+        settings,
+        app[CLOCK],
+        delivery_config=app[DELIVERY_CONFIG],
+        inbound_config=app[INBOUND_CONFIG],
+        metrics=app[METRICS],
+    ) as services:
+        app[SERVICES] = services
         log.info("bridge ready", extra={"port": settings.port, "database": describe(settings)})
         yield
         log.info("shutting down: finishing in-flight sends and posts")
-        await worker.stop(SHUTDOWN_GRACE)
-        await running
-        authorizing.cancel()
-        pruning.cancel()
-        sweeping.cancel()
-        if expiring is not None:
-            expiring.cancel()
-        await background.drain(5.0)
-        for task in (authorizing, pruning, sweeping, *((expiring,) if expiring else ())):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    finally:
-        await session.close()
-        await store.close()
     log.info("shut down cleanly")
-
-
-def _workspaces(
-    settings: Settings, store: AnyStore, session: aiohttp.ClientSession, clock: Clock
-) -> Workspaces:
-    """Install mode: the installed workspaces' tokens, kept in the store."""
-    assert settings.slack_client_id and settings.slack_client_secret
-    cipher = TokenCipher(settings.encryption_keys)
-    return Workspaces(
-        SlackInstallStore(store.engine, cipher, clock.now),
-        slack_oauth_client(settings.slack_api_url, session),
-        client_id=settings.slack_client_id,
-        client_secret=settings.slack_client_secret,
-        now=clock.now,
-    )
-
-
-def _install(
-    settings: Settings,
-    workspaces: Workspaces | None,
-    session: aiohttp.ClientSession,
-    resumed: Callable[[], None],
-) -> InstallFlow | None:
-    """Install mode's OAuth flow; ``resumed`` wakes the workers when a reinstall resumes channels
-    (what waited for them goes now)."""
-    if workspaces is None:
-        return None
-
-    async def installed(team_id: str) -> None:
-        assert workspaces is not None
-        if await workspaces.installed(team_id):
-            resumed()
-
-    assert settings.slack_client_id and settings.slack_client_secret
-    installs = workspaces.installs
-    return install_flow(
-        client_id=settings.slack_client_id,
-        client_secret=settings.slack_client_secret,
-        redirect_uri=settings.slack_redirect_uri,
-        authorize_url=settings.slack_authorize_url,
-        client=slack_oauth_client(settings.slack_api_url, session),
-        installs=installs,
-        states=SlackStateStore(installs.engine, installs.now),
-        on_installed=installed,
-    )
-
-
-async def _tell_author(slack: SlackApi | TeamSlack, message: IncomingMessage, reason: str) -> None:
-    """An ephemeral note to the author of a message that was not relayed, saying why."""
-    if message.user_id:
-        await slack.post_ephemeral(message.team_id, message.channel_id, message.user_id, reason)
-
-
-def _noting_sends(
-    counted: Callable[[str, OutboxItem], Awaitable[None]], inbound: Inbound
-) -> Callable[[str, OutboxItem], Awaitable[None]]:
-    """``Delivery.on_event``: counted, and a DM sent makes its account's conversations active
-    (an answer is likely: its groups, never pushed, are read at the budget's pace)."""
-
-    async def on_event(kind: str, item: OutboxItem) -> None:
-        await counted(kind, item)
-        if kind == "sent":
-            inbound.note_activity(item.account_id)
-
-    return on_event
-
-
-UNCONFIRMED_SWEEP = 60.0  # seconds between sweeps of connections nobody confirmed in time
-
-
-def _telling_home(
-    counted: Callable[[OutboxItem, Any], Awaitable[None]], store: AnyStore, home: Callable[[], HomeService]
-) -> Callable[[OutboxItem, Any], Awaitable[None]]:
-    """``Delivery.on_failed``: counted, and the channel's owners see the failure on their Home."""
-
-    async def on_failed(item: OutboxItem, failure: Any) -> None:
-        await counted(item, failure)
-        mapping = await store.get_mapping(item.team_id, item.channel_id)
-        if mapping is not None:
-            await home().mapping_changed(mapping)
-
-    return on_failed
-
-
-async def _discard_unconfirmed(connect: ConnectService) -> None:
-    """Revoke X's grant for connections whose Slack user never answered (any instance may)."""
-    while True:
-        await asyncio.sleep(UNCONFIRMED_SWEEP)
-        try:
-            await connect.discard_expired()
-        except Exception as exc:  # the database away for a moment: the next sweep catches up
-            log.warning("could not sweep unconfirmed X connections", extra={"error": type(exc).__name__})
-
-
-def _worker(
-    store: AnyStore,
-    make: Callable[[], Delivery],
-    budget: Budget,
-    clock: Clock,
-    inbound: Inbound,
-    push: Push | None,
-) -> Worker:
-    """Delivery, the inbound poller and poster, and push upkeep: the work that talks to X, run
-    by the one instance that leads (on PostgreSQL, while it holds the leader lock)."""
-    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2))]
-    if push is not None:
-        jobs.append(_push_job(push))
-
-    async def before_lead() -> None:
-        await budget.load(clock.now())  # the previous leader spent from the same windows
-
-    if not isinstance(store, PostgresStore):
-        return Worker(make, before_lead=before_lead, jobs=tuple(jobs))
-    pg_store = store
-
-    async def lead() -> None:
-        await before_lead()
-        pg_store.announce = False  # the leader offers its own rows to its workers directly
-
-    def standby() -> None:
-        pg_store.announce = True
-
-    def inbound_notified(what: str) -> None:
-        # A standby queued events (wake the poster), took a push (read its DMs), or saw a
-        # connect or a mapping (read soon: a history it asked for is in the store).
-        inbound.wake()
-        if what.startswith(PUSHED):
-            account, _, dms = what.removeprefix(PUSHED).partition(" ")
-            if account.isdigit():
-                inbound.rang(int(account), [_pushed_dm(dm) for dm in dms.split(",")])
-            return
-        kind, _, account_id = what.partition(":")
-        if kind == "active" and account_id.isdigit():
-            inbound.note_activity(int(account_id))  # its groups are read at the budget's pace
-        if what in ("poll", "connected"):
-            inbound.poll_soon()
-        if what == "connected" and push is not None:
-            push.recheck()
-
-    worker: Worker
-    leadership = Leadership(
-        store.url,
-        instance=store.instance_id,
-        on_notify=lambda: worker.wake(),
-        on_inbound=inbound_notified,
-    )
-    worker = Worker(
-        make,
-        before_lead=lead,
-        after_lead=standby,
-        leadership=leadership,
-        notify=store.notify_outbox,
-        jobs=tuple(jobs),
-    )
-    return worker
-
-
-PUSHED = "pushed "  # a standby's NOTIFY for the leader: "pushed <account id> <dm>,<dm>…"
-
-
-def _pushed_dm(text: str) -> PushedDM:
-    """One ``<id>:<sender>:<recipient>`` of a ``PUSHED`` payload (either id may be empty)."""
-    event_id, _, rest = text.partition(":")
-    sender, _, recipient = rest.partition(":")
-    return PushedDM(event_id, sender or None, recipient or None)
-
-
-def _ring(
-    store: AnyStore, worker: Worker, inbound: Inbound, account_id: int, dms: Sequence[PushedDM]
-) -> None:
-    """A push for an account: its reader places the DMs soon, here if this instance leads, else
-    the leader's (a NOTIFY payload is at most 8,000 bytes: 100 DMs of three 19-digit ids fit)."""
-    if worker.current is not None or not isinstance(store, PostgresStore):
-        inbound.rang(account_id, dms)
-    else:
-        said = ",".join(f"{dm.id}:{dm.sender_id or ''}:{dm.recipient_id or ''}" for dm in dms[:100])
-        payload = f"{PUSHED}{account_id} {said}"
-        worker.pass_on(lambda: store.notify_inbound(payload))
-
-
-class _LeadersInbound:
-    """``Inbound`` as commands see it on any instance: history a standby's `/xdm link` wants is
-    kept in the store and read by the leader (woken by NOTIFY), since only the leader reads X."""
-
-    def __init__(self, inbound: Inbound, worker: Worker, store: AnyStore) -> None:
-        self._inbound = inbound
-        self._worker = worker
-        self._store = store
-
-    def push_active(self, account_id: int) -> bool:
-        return self._inbound.push_active(account_id)
-
-    def wants_history(self) -> bool:
-        return self._inbound.wants_history()
-
-    async def history_requested(self, account_id: int) -> None:
-        store = self._store
-        await self._inbound.history_requested(account_id)
-        if self._worker.current is None and isinstance(store, PostgresStore):
-            self._worker.pass_on(lambda: store.notify_inbound("poll"))
-
-
-def _push_job(push: Push) -> Job:
-    """Push upkeep as a leader job: registration, subscriptions, replay of the downtime."""
-    running: list[asyncio.Task[None]] = []
-
-    async def run() -> None:
-        task = asyncio.create_task(_push_after_start(push), name="push")
-        running[:] = [task]
-        await asyncio.wait({task})  # a cancelled term stops the task through ``stop``
-
-    async def stop(grace: float) -> None:
-        push.stop()
-        for task in running:  # an X call in flight need not finish: the next leader re-checks
-            task.cancel()
-
-    return Job("push", run, stop)
-
-
-async def _push_after_start(push: Push) -> None:
-    await asyncio.sleep(0.5)  # let the site start listening: registering makes X call us back
-    try:
-        await push.run()
-    except Exception:
-        log.exception("X push upkeep failed; polling carries on")
 
 
 async def x_webhook_crc(request: web.Request) -> web.Response:

@@ -15,8 +15,11 @@ find no room. So every connection here is wrapped:
   out a real one;
 * what is dropped is counted and logged at most once per ``LOG_EVERY`` seconds.
 
-Only asyncio's public protocol interface is used: the wrapper forwards to aiohttp's own
-request handler, which writes to the transport directly.
+Only public interfaces are used: the listening socket is asyncio's own server, whose
+protocol factory wraps the protocols aiohttp's public ``web.Server`` makes (the runner's
+``server``); the wrapper speaks asyncio's ``Protocol`` interface and forwards every call to
+aiohttp's handler, which writes to the transport directly; the body deadline is a middleware,
+and finds its connection by the request's public ``transport``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ import logging
 import resource
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("adapters.web.edge")
 
@@ -100,7 +103,7 @@ class Guard:
         self.max_connections = max_connections or connection_cap()
         self.head_timeout = head_timeout
         self.open: collections.OrderedDict[GuardedConnection, None] = collections.OrderedDict()
-        self.by_handler: dict[RequestHandler, GuardedConnection] = {}
+        self.by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
         self._dropped: collections.Counter[str] = collections.Counter()
         self._last_log = 0.0
 
@@ -113,12 +116,14 @@ class Guard:
                 return False
             waiting.close("evicted: its request had not arrived when the connection cap was reached")
         self.open[connection] = None
-        self.by_handler[connection.inner] = connection
+        if connection.transport is not None:
+            self.by_transport[connection.transport] = connection
         return True
 
     def forget(self, connection: GuardedConnection) -> None:
         self.open.pop(connection, None)
-        self.by_handler.pop(connection.inner, None)
+        if connection.transport is not None:
+            self.by_transport.pop(connection.transport, None)
 
     def dropped(self, why: str) -> None:
         """Count a dropped connection; log the counts at most once per ``LOG_EVERY``."""
@@ -135,13 +140,13 @@ class Guard:
 
 
 class GuardedConnection(asyncio.Protocol):
-    """One client connection in front of aiohttp's request handler."""
+    """One client connection in front of aiohttp's request handler (``inner``, any protocol)."""
 
-    def __init__(self, guard: Guard, inner: RequestHandler) -> None:
+    def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self.inner = inner
         self._started = False
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # the request's ``transport`` too
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
         self.head_done = False
@@ -149,7 +154,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self.transport = transport
         if not self._guard.admit(self):
             transport.abort()
             return
@@ -170,8 +175,8 @@ class GuardedConnection(asyncio.Protocol):
     def close(self, why: str) -> None:
         self._guard.dropped(why)
         self._guard.forget(self)
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def request_done(self) -> None:
         """A response went out: the next request's head has the keep-alive time plus its own."""
@@ -220,7 +225,8 @@ async def body_deadline(
     """Read a request's body within ``BODY_TIMEOUT`` (408 otherwise); then tell the connection's
     guard the request is done, so the next head on a kept-alive connection is timed too."""
     guard = request.app.get(GUARD)
-    connection = guard.by_handler.get(request.protocol) if guard is not None else None
+    transport = request.transport
+    connection = guard.by_transport.get(transport) if guard is not None and transport else None
     try:
         if request.can_read_body:
             try:
@@ -240,57 +246,43 @@ async def body_deadline(
             connection.request_done()
 
 
-class GuardedSite(web.BaseSite):
-    """A TCP site whose every connection goes through a ``Guard``."""
+class Listener:
+    """A listening socket whose every connection goes through a ``Guard`` to the runner's server.
 
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        guard: Guard,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        sock: socket.socket | None = None,
-        backlog: int | None = None,
-    ) -> None:
-        """Listen on ``host:port``, or on ``sock`` (bound already, so a port in use is found early)."""
-        super().__init__(runner, backlog=backlog or accept_backlog())
-        self._host = host
-        self._port = port
-        self._sock = sock
-        self.guard = guard
+    asyncio's own server with a protocol factory of ours (not a ``web.BaseSite``, whose
+    subclasses must set its private attributes); ``GuardedRunner`` closes it first at cleanup,
+    as the runner stops its sites, so nothing new is accepted while in-flight requests finish.
+    """
 
-    @property
-    def name(self) -> str:
-        if self._sock is not None:
-            host, port = self._sock.getsockname()[:2]
-            return f"http://{host}:{port}"
-        return f"http://{self._host}:{self._port}"
+    def __init__(self, server: asyncio.AbstractServer, name: str) -> None:
+        self._server = server
+        self.name = name
 
-    async def start(self) -> None:
-        await super().start()
-        server = self._runner.server
-        assert server is not None
-
-        def connection() -> GuardedConnection:
-            return GuardedConnection(self.guard, server())
-
-        loop = asyncio.get_running_loop()
-        if self._sock is not None:
-            self._server = await loop.create_server(connection, sock=self._sock, backlog=self._backlog)
-        else:
-            assert self._port is not None, "a port, or a bound socket"
-            self._server = await loop.create_server(
-                connection, self._host, self._port, backlog=self._backlog, reuse_address=True
-            )
+    def close(self) -> None:
+        """Stop accepting; open connections are left to the runner's graceful shutdown."""
+        self._server.close()
 
 
-def runner(app: web.Application, *, shutdown_timeout: float, handle_signals: bool = False) -> web.AppRunner:
+class GuardedRunner(web.AppRunner):
+    """An ``AppRunner`` that stops its ``Listener``s first when it cleans up."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.listeners: list[Listener] = []
+
+    async def cleanup(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        await super().cleanup()
+
+
+def runner(app: web.Application, *, shutdown_timeout: float, handle_signals: bool = False) -> GuardedRunner:
     """The app's runner with the edge's keep-alive bound (and no access log); ``handle_signals``
     turns SIGTERM and SIGINT into a graceful stop, as ``web.run_app`` does."""
     app[GUARD] = Guard()
     app.middlewares.insert(0, body_deadline)
-    return web.AppRunner(
+    return GuardedRunner(
         app,
         access_log=None,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
@@ -300,17 +292,36 @@ def runner(app: web.Application, *, shutdown_timeout: float, handle_signals: boo
 
 
 async def start(
-    app_runner: web.AppRunner,
+    app_runner: GuardedRunner,
     host: str | None = None,
     port: int | None = None,
     *,
     sock: socket.socket | None = None,
-) -> GuardedSite:
-    """Listen on ``host:port`` (or ``sock``) behind the app's guard (``runner`` made the runner)."""
+    backlog: int | None = None,
+) -> Listener:
+    """Listen on ``host:port``, or on ``sock`` (bound already, so a port in use is found early),
+    behind the app's guard (``runner`` made the runner)."""
     await app_runner.setup()
-    site = GuardedSite(app_runner, app_runner.app[GUARD], host=host, port=port, sock=sock)
-    await site.start()
-    return site
+    server = app_runner.server
+    assert server is not None  # set up just now
+    guard = app_runner.app[GUARD]
+
+    def connection() -> GuardedConnection:
+        return GuardedConnection(guard, server())
+
+    loop = asyncio.get_running_loop()
+    backlog = backlog or accept_backlog()
+    if sock is not None:
+        listening = await loop.create_server(connection, sock=sock, backlog=backlog)
+        bound, bound_port = sock.getsockname()[:2]
+        name = f"http://{bound}:{bound_port}"
+    else:
+        assert port is not None, "a port, or a bound socket"
+        listening = await loop.create_server(connection, host, port, backlog=backlog, reuse_address=True)
+        name = f"http://{host}:{port}"
+    listener = Listener(listening, name)
+    app_runner.listeners.append(listener)
+    return listener
 
 
 def serve(app: web.Application, *, sock: socket.socket, shutdown_timeout: float) -> None:

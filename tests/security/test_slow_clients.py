@@ -148,3 +148,28 @@ async def test_connections_trickling_a_body_cannot_shut_out_a_real_event(tmp_pat
         assert result.status == 200, result.text
         for _, writer in slow:
             writer.transport.abort()
+
+
+async def test_a_kept_alive_connection_must_send_its_next_head_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its answer, a kept-alive connection is timed again: one that trickles its next head
+    is closed (the guard learns from the request's middleware that the answer went out)."""
+    async with running_bridge(tmp_path) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        guard = bridge.app[GUARD]
+        guard.head_timeout = 0.3
+        monkeypatch.setattr(edge, "KEEPALIVE_TIMEOUT", 0.0)  # the guard's, not aiohttp's (15 s)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 10.0)).startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        (connection,) = guard.open
+        assert not connection.handling and not connection.head_done
+        writer.write(b"POST /slack/events HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        await writer.drain()
+        # The body of the first answer, then the close: no answer to the unfinished head.
+        assert b"HTTP/1.1" not in await asyncio.wait_for(reader.read(), 10.0)
+        assert not guard.open
+        writer.close()
