@@ -27,8 +27,8 @@ from bridge.model import (
     Account,
     Button,
     ChannelMapping,
+    EventPage,
     HistoryState,
-    InboxPage,
     IncomingMessage,
     MappingKind,
     OAuthState,
@@ -714,7 +714,7 @@ class CommandService:
     async def _readable(self, account: Account, conversation_id: str) -> None:
         """One read of the conversation (``max_results=1``); raises ``CommandError`` saying why not."""
 
-        async def read(token: str) -> tuple[InboxPage, RateFacts]:
+        async def read(token: str) -> tuple[EventPage, RateFacts]:
             return await self._x.dm_events(token, max_results=1, conversation_id=conversation_id)
 
         conversation = ReadEndpoint.CONVERSATION

@@ -20,7 +20,7 @@ from typing import Any
 from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
-from bridge.model import Account, PushedDM
+from bridge.model import Account, DmEvent, InboundOrigin
 from bridge.ports import Clock, Store, XApp
 from bridge.tokens import TokenManager
 
@@ -69,7 +69,7 @@ class Push:
         self._stop = asyncio.Event()
         self._recheck = asyncio.Event()
         # Where a delivery's DMs go: this instance's reader, or (a standby) the leader's.
-        self.on_pushed: Callable[[int, Sequence[PushedDM]], None] = inbound.rang
+        self.on_pushed: Callable[[int, Sequence[DmEvent]], None] = inbound.rang
 
     def active(self, account_id: int) -> bool:
         """Push is delivering for this account (so polling may slow to a safety net)."""
@@ -163,7 +163,7 @@ class Push:
 
     async def replay_downtime(self, now: float) -> str | None:
         """Ask X to push again what it pushed since the last delivery we took (within 24 h)."""
-        since = await self._store.latest_inbound_at("push")
+        since = await self._store.latest_inbound_at(InboundOrigin.PUSH)
         if since is None or self.state.webhook_id is None or not self.state.valid:
             return None
         return await self.replay(max(since, now - REPLAY_HORIZON + 60.0), now)
@@ -176,7 +176,7 @@ class Push:
         log.info("X push replay requested", extra={"job_id": job, "from": start, "to": end})
         return job
 
-    async def take(self, user_id: str, dms: Sequence[PushedDM]) -> int:
+    async def take(self, user_id: str, dms: Sequence[DmEvent]) -> int:
         """A verified delivery for the subscription of X user ``user_id``, announcing DMs: each
         of that user's accounts places them from X soon (``on_pushed``, ``Inbound.rang``: the
         push names no conversation). Returns how many accounts were told."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.chat_inbound import ChatPush
-from bridge.model import PushedDM
+from bridge.model import DmEvent
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 DM_EVENT_TYPES = ("dm.received", "dm.sent")
@@ -62,16 +62,16 @@ def verify(secret: str, body: bytes, signature: str | None) -> bool:
 class Delivery:
     """One push: whose subscription (``user_id``), what kind, and the DMs it announces.
 
-    Only each DM's id, sender and recipient are kept. The legacy payload names no conversation,
-    and a group message pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in
-    it says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``),
-    the 1-to-1 its sender and recipient name first.
+    Each DM is a ``DmEvent`` with only its id, sender and recipient (its text is not kept). The
+    legacy payload names no conversation, and a group message pushed in it would look like a
+    1-to-1 (one ``recipient_id``): nothing in it says for certain where a DM belongs, so the
+    bridge reads X for that (``Inbound.rang``), the 1-to-1 its sender and recipient name first.
     An X Chat push (``chat.received``) carries its one event as ciphertext (``chats``), and may
     name no subscriber (X's samples show no ``filter``): then ``user_id`` is None."""
 
     user_id: str | None
     event_type: str
-    dms: tuple[PushedDM, ...]
+    dms: tuple[DmEvent, ...]
     chats: tuple[ChatPush, ...] = ()
 
     @property
@@ -132,7 +132,7 @@ def parse_delivery(body: bytes) -> Delivery:
     return Delivery(user_id, event_type, tuple(dm for raw in events if (dm := _message(raw)) is not None))
 
 
-def _message(raw: Any) -> PushedDM | None:
+def _message(raw: Any) -> DmEvent | None:
     """A ``message_create`` event (None for other types); raises on a malformed one."""
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise MalformedDelivery("event", "an event is not an object with a type")
@@ -154,7 +154,7 @@ def _message(raw: Any) -> PushedDM | None:
         raise MalformedDelivery("event", "a message_create event is not shaped as X's")
     if not snowflake(raw.get("id")):
         raise MalformedDelivery("event_id", "a message_create event has no X id")
-    return PushedDM(raw["id"], create["sender_id"], target.get("recipient_id"))
+    return DmEvent(raw["id"], sender_id=create["sender_id"], recipient_id=target.get("recipient_id"))
 
 
 def _chat_push(payload: Any) -> ChatPush:
