@@ -32,6 +32,7 @@ from bridge.model import (
     IncomingMessage,
     MappingKind,
     OAuthState,
+    OutboxState,
     XUser,
     one_to_one_id,
 )
@@ -434,12 +435,12 @@ class CommandService:
             lines.append(f"{pending} message(s) waiting to go to X; the oldest for {_duration(age)}.")
         else:
             lines.append("No messages waiting.")
-        held = summary["counts"].get("held", 0)
+        held = summary["counts"].get(OutboxState.HELD, 0)
         if held:
             lines.append(
                 f"{held} message(s) written for another X account wait for it to be connected again."
             )
-        failed = summary["counts"].get("failed", 0)
+        failed = summary["counts"].get(OutboxState.FAILED, 0)
         if failed:
             lines.append(f"{failed} message(s) could not be sent (marked :warning:).")
         own = await self._store.account_for_user(ctx.team_id, ctx.user_id)

@@ -73,6 +73,7 @@ from bridge.model import (
     InboundOrigin,
     InboundState,
     MappingKind,
+    OutboxState,
     ReadGap,
     XUser,
     one_to_one_id,
@@ -1239,7 +1240,7 @@ class Inbound:
         }
         for team_id, channel_id in sorted(channels):
             summary = await self._store.outbox_summary(team_id, channel_id)
-            if summary["counts"].get("sending"):
+            if summary["counts"].get(OutboxState.SENDING):
                 until = self._clock.now() + max(self._config.retry_base, 0.5)
                 await self._store.reschedule_inbound(
                     item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"

@@ -366,6 +366,18 @@ class InboundOrigin(StrEnum):
     SENT = "sent"  # older versions only: a DM the bridge itself sent
 
 
+class PushEventType(StrEnum):
+    """The X Activity events the bridge subscribes each account to (a push's ``event_type``)."""
+
+    DM_RECEIVED = "dm.received"
+    DM_SENT = "dm.sent"
+    CHAT_RECEIVED = "chat.received"  # X Chat: only for accounts whose X Chat keys the bridge holds
+
+
+# The pushes that announce legacy DMs (``direct_message_events``).
+DM_PUSH_TYPES = (PushEventType.DM_RECEIVED, PushEventType.DM_SENT)
+
+
 @dataclass(frozen=True)
 class DmEvent:
     """One X DM event, however it was read: a REST page (``GET /2/dm_events`` and the

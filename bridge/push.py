@@ -20,14 +20,12 @@ from typing import Any
 from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
-from bridge.model import Account, DmEvent, InboundOrigin
+from bridge.model import DM_PUSH_TYPES, Account, DmEvent, InboundOrigin, PushEventType
 from bridge.ports import Clock, Store, XApp
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.push")
 
-EVENT_TYPES = ("dm.received", "dm.sent")
-CHAT_EVENT_TYPE = "chat.received"  # X Chat, for accounts whose X Chat keys the bridge holds
 REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
 
@@ -135,9 +133,9 @@ class Push:
             if account.needs_reconnect:
                 continue
             try:
-                wanted: tuple[str, ...] = EVENT_TYPES
+                wanted: tuple[PushEventType, ...] = DM_PUSH_TYPES
                 if self._inbound.chats is not None and await self._inbound.chats.has_keys(account):
-                    wanted = (*EVENT_TYPES, CHAT_EVENT_TYPE)  # X bills each: only with keys to read it
+                    wanted = (*DM_PUSH_TYPES, PushEventType.CHAT_RECEIVED)  # X bills each: only with keys
                 for event_type in wanted:
                     if (event_type, account.x_user_id) not in existing:
                         subscribe = functools.partial(

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.chat_inbound import ChatPush
-from bridge.model import DmEvent
+from bridge.model import DM_PUSH_TYPES, DmEvent, PushEventType
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
-DM_EVENT_TYPES = ("dm.received", "dm.sent")
 
 
 def _sign(secret: str, message: bytes) -> str:
@@ -80,7 +79,6 @@ class Delivery:
 
 
 MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id", "chat_event")
-CHAT_RECEIVED = "chat.received"
 # X Chat conversation ids in REST fields and paths: a peer id, "A-B" or "g…" (X's OpenAPI pattern).
 _CHAT_CONVERSATION = re.compile(r"[0-9]{1,19}|[0-9]{1,19}-[0-9]{1,19}|g[0-9]{1,19}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
@@ -113,17 +111,21 @@ def parse_delivery(body: bytes) -> Delivery:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedDelivery("not_json", "not JSON") from exc
     data = document.get("data") if isinstance(document, dict) else None
-    if isinstance(data, dict) and data.get("event_type") == CHAT_RECEIVED and "filter" not in data:
-        return Delivery(None, CHAT_RECEIVED, (), (_chat_push(data.get("payload")),))
+    if (
+        isinstance(data, dict)
+        and data.get("event_type") == PushEventType.CHAT_RECEIVED
+        and "filter" not in data
+    ):
+        return Delivery(None, PushEventType.CHAT_RECEIVED, (), (_chat_push(data.get("payload")),))
     if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
         raise MalformedDelivery("envelope", "no data.filter object")
     user_id = data["filter"].get("user_id")
     event_type = data.get("event_type")
     if not snowflake(user_id) or not isinstance(event_type, str):
         raise MalformedDelivery("envelope", "no filter.user_id or event_type")
-    if event_type == CHAT_RECEIVED:
+    if event_type == PushEventType.CHAT_RECEIVED:
         return Delivery(user_id, event_type, (), (_chat_push(data.get("payload")),))
-    if event_type not in DM_EVENT_TYPES:
+    if event_type not in DM_PUSH_TYPES:
         return Delivery(user_id, event_type, ())
     payload = data.get("payload")
     events = payload.get("direct_message_events") if isinstance(payload, dict) else None

@@ -14,11 +14,13 @@ from adapters.x.api import event_page_of
 from bridge.inbound import inbound_event
 from bridge.model import (
     DM_EVENT_KINDS,
+    DM_PUSH_TYPES,
     DmEvent,
     EventKind,
     InboundEvent,
     InboundOrigin,
     InboundState,
+    PushEventType,
     XUser,
 )
 from bridge.reconcile import same_text
@@ -159,6 +161,8 @@ def test_kinds_and_origins_keep_the_stored_text() -> None:
         EventKind.PARTICIPANTS_LEAVE,
     ]
     assert json.dumps([EventKind.MESSAGE_CREATE, InboundOrigin.PUSH]) == '["MessageCreate", "push"]'
+    assert [t.value for t in PushEventType] == ["dm.received", "dm.sent", "chat.received"]
+    assert DM_PUSH_TYPES == (PushEventType.DM_RECEIVED, PushEventType.DM_SENT)
 
 
 def test_the_store_edge_writes_plain_text_and_reads_enums_back() -> None:
