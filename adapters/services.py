@@ -54,7 +54,7 @@ from bridge.delivery import Delivery, DeliveryConfig
 from bridge.home import HomeService, WorkspaceSettings
 from bridge.inbound import Inbound, InboundConfig
 from bridge.modals import ModalService
-from bridge.model import Account, IncomingMessage, OutboxItem, PushedDM
+from bridge.model import Account, DmEvent, IncomingMessage, OutboxItem
 from bridge.permissions import Permissions, Policy
 from bridge.ports import Clock
 from bridge.push import Push
@@ -590,15 +590,15 @@ def _worker(
     return instances.worker(make, before_lead=before_lead, jobs=tuple(jobs), on_inbound=inbound_notified)
 
 
-def _pushed_dm(text: str) -> PushedDM:
+def _pushed_dm(text: str) -> DmEvent:
     """One ``<id>:<sender>:<recipient>`` of a ``PUSHED`` payload (either id may be empty)."""
     event_id, _, rest = text.partition(":")
     sender, _, recipient = rest.partition(":")
-    return PushedDM(event_id, sender or None, recipient or None)
+    return DmEvent(event_id, sender_id=sender or None, recipient_id=recipient or None)
 
 
 def _ring(
-    instances: Instances, worker: Worker, inbound: Inbound, account_id: int, dms: Sequence[PushedDM]
+    instances: Instances, worker: Worker, inbound: Inbound, account_id: int, dms: Sequence[DmEvent]
 ) -> None:
     """A push for an account: its reader places the DMs soon, here if this instance leads, else
     the leader's (a NOTIFY payload is at most 8,000 bytes: 100 DMs of three 19-digit ids fit)."""

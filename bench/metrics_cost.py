@@ -33,7 +33,15 @@ if str(ROOT) not in sys.path:
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from bench.run import TEAM, bulk_insert  # noqa: E402
-from bridge.model import ChannelMapping, InboundEvent, IncomingMessage, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.model import (  # noqa: E402
+    ChannelMapping,
+    EventKind,
+    InboundEvent,
+    IncomingMessage,
+    MappingKind,
+    TokenSet,
+    XUser,
+)
 from bridge.retention import DAY, PRUNE_BATCH  # noqa: E402
 from tests.outbox import accepted  # noqa: E402
 
@@ -117,7 +125,9 @@ async def main() -> None:
             )
             await store.create_mapping(inbound_mapping)
             events = [
-                InboundEvent(str(2 * 10**17 + i), "MessageCreate", "1000-3003", "3003", {"text": "new"})
+                InboundEvent(
+                    str(2 * 10**17 + i), EventKind.MESSAGE_CREATE, "1000-3003", "3003", {"text": "new"}
+                )
                 for i in range(PENDING)
             ]
             assert await store.take_inbound(account.id, events, events[-1].dm_event_id, now) == PENDING

@@ -37,16 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
-from bridge.model import Account, ChannelMapping, InboundEvent, XUser
+from bridge.model import Account, ChannelMapping, EventKind, InboundEvent, InboundOrigin, XUser
 from bridge.ports import Clock, Store
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatEvent, ChatEventKind, ChatPage
 
 log = logging.getLogger("bridge.chat_inbound")
 
-EDIT_KIND = "ChatEdit"  # an inbound row that updates the Slack message of ``edit_of``
-DELETE_KIND = "ChatDelete"  # an inbound row that deletes the Slack message of ``delete_of``
-FOLLOW_KINDS = (EDIT_KIND, DELETE_KIND)
 FULL_PAGE = 100  # X's largest page: once a first page is all new, read back in big steps
 MAX_PAGES = 20  # per conversation and read; a longer backlog is read on by the next reads
 TOKEN_RESTARTS = 3  # X refused an unfinished read's token: read again from the newest
@@ -427,7 +424,7 @@ class ChatInbound:
             shown.append(event)
         users = await self._users(account, reader, sorted({e.sender_id for e in shown if e.sender_id}))
         pushed = self._pushed.get(account.id, set())
-        found = [_inbound_event(e, users, "push" if e.sequence_id in pushed else "poll") for e in shown]
+        found = [_inbound_event(e, users, _origin(e.sequence_id in pushed)) for e in shown]
         pushed.difference_update(e.sequence_id for e in events)
         return found
 
@@ -461,7 +458,11 @@ def _sender(users: dict[str, XUser], sender_id: str) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
 
 
-def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: str) -> InboundEvent:
+def _origin(pushed: bool) -> InboundOrigin:
+    return InboundOrigin.PUSH if pushed else InboundOrigin.POLL
+
+
+def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: InboundOrigin) -> InboundEvent:
     """The store's row of a verified X Chat event: what posting it (or following it) needs."""
     payload: dict[str, Any] = {
         "text": event.text,
@@ -470,11 +471,11 @@ def _inbound_event(event: ChatEvent, users: dict[str, XUser], origin: str) -> In
         "message_id": event.message_id,
         "encrypted": True,
     }
-    kind = "MessageCreate"
+    kind = EventKind.MESSAGE_CREATE
     if event.kind is ChatEventKind.EDIT:
-        kind, payload["edit_of"] = EDIT_KIND, event.target_sequence_id
+        kind, payload["edit_of"] = EventKind.CHAT_EDIT, event.target_sequence_id
     elif event.kind is ChatEventKind.DELETE:
-        kind, payload["delete_of"] = DELETE_KIND, event.target_sequence_id
+        kind, payload["delete_of"] = EventKind.CHAT_DELETE, event.target_sequence_id
     media = [_attachment(a, event.key_version) for a in event.attachments]
     if any(media):
         # As the legacy path's media (brought over by the poster, progress kept in the row),

@@ -27,11 +27,12 @@ from bridge.model import (
     Account,
     Button,
     ChannelMapping,
+    EventPage,
     HistoryState,
-    InboxPage,
     IncomingMessage,
     MappingKind,
     OAuthState,
+    OutboxState,
     XUser,
     one_to_one_id,
 )
@@ -434,12 +435,12 @@ class CommandService:
             lines.append(f"{pending} message(s) waiting to go to X; the oldest for {_duration(age)}.")
         else:
             lines.append("No messages waiting.")
-        held = summary["counts"].get("held", 0)
+        held = summary["counts"].get(OutboxState.HELD, 0)
         if held:
             lines.append(
                 f"{held} message(s) written for another X account wait for it to be connected again."
             )
-        failed = summary["counts"].get("failed", 0)
+        failed = summary["counts"].get(OutboxState.FAILED, 0)
         if failed:
             lines.append(f"{failed} message(s) could not be sent (marked :warning:).")
         own = await self._store.account_for_user(ctx.team_id, ctx.user_id)
@@ -710,7 +711,7 @@ class CommandService:
     async def _readable(self, account: Account, conversation_id: str) -> None:
         """One read of the conversation (``max_results=1``); raises ``CommandError`` saying why not."""
 
-        async def read(token: str) -> tuple[InboxPage, RateFacts]:
+        async def read(token: str) -> tuple[EventPage, RateFacts]:
             return await self._x.dm_events(token, max_results=1, conversation_id=conversation_id)
 
         conversation = ReadEndpoint.CONVERSATION

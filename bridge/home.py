@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.model import Account, ChannelMapping, MappingKind, SlackMember
+from bridge.model import Account, ChannelMapping, MappingKind, OutboxState, SlackMember
 from bridge.ports import Clock, SlackClient, Store
 
 log = logging.getLogger("bridge.home")
@@ -284,7 +284,7 @@ class HomeService:
     async def _channel(self, mapping: ChannelMapping) -> ChannelState:
         summary = await self._store.outbox_summary(mapping.team_id, mapping.channel_id)
         last = await self._activity.last_activity(mapping.team_id, mapping.channel_id)
-        return ChannelState(mapping, summary["pending"], summary["counts"].get("failed", 0), last)
+        return ChannelState(mapping, summary["pending"], summary["counts"].get(OutboxState.FAILED, 0), last)
 
     async def _is_admin(self, team_id: str, user_id: str) -> bool:
         """users.info's is_admin / is_owner, reused for ``ADMIN_TTL`` (a Home is opened often)."""

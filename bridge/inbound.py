@@ -46,7 +46,7 @@ from cachetools import LRUCache
 
 from bridge import translate
 from bridge.budget import Budget, ReadEndpoint
-from bridge.chat_inbound import DELETE_KIND, FOLLOW_KINDS, ChatInbound
+from bridge.chat_inbound import ChatInbound
 from bridge.errors import (
     RateFacts,
     SlackChannelRefused,
@@ -63,14 +63,16 @@ from bridge.errors import (
 )
 from bridge.model import (
     Account,
+    DmEvent,
+    EventKind,
+    EventPage,
     InboundEvent,
     InboundItem,
+    InboundOrigin,
     InboundState,
-    InboxPage,
     MappingKind,
-    PushedDM,
+    OutboxState,
     ReadGap,
-    XEvent,
     XUser,
     one_to_one_id,
 )
@@ -99,7 +101,7 @@ REORDER_HOLD = 2.0  # seconds a channel's newer rows wait for an older pushed DM
 class _Pushed:
     """A pushed DM not placed yet (its conversation unknown), and what was tried for it."""
 
-    dm: PushedDM
+    dm: DmEvent  # as the push named it: id, sender and recipient
     at: float  # when it was pushed
     misses: int = 0  # list reads that did not show it
     lookups: int = 0  # lookups by its id that did not find it
@@ -141,7 +143,7 @@ class _Read:
     """One poll's read of an account's DMs, going on from the unfinished read ``start`` if any."""
 
     start: ReadGap | None
-    collected: list[XEvent] = field(default_factory=list)
+    collected: list[DmEvent] = field(default_factory=list)
     users: dict[str, XUser] = field(default_factory=dict)
     pages: int = 0
     finished: bool = False  # back at the cursor, or at the end of what X shows
@@ -156,7 +158,7 @@ class _Read:
         # newest goes through events older than that again.)
         self.behind: int | None = None
 
-    def take(self, page: InboxPage, floor: int | None, wanted: frozenset[str] = frozenset()) -> bool:
+    def take(self, page: EventPage, floor: int | None, wanted: frozenset[str] = frozenset()) -> bool:
         """The page's events newer than ``floor`` (the cursor), and the ``wanted`` ones (pushed
         DMs not placed yet: X may list a DM after a newer one, past the cursor); finished at the
         cursor. False when X's pagination goes nowhere: a page asked for with a token names that
@@ -204,13 +206,18 @@ def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
 
 
+def _origin(pushed: bool) -> InboundOrigin:
+    """A DM a push announced came by push, even though a read of X placed it."""
+    return InboundOrigin.PUSH if pushed else InboundOrigin.POLL
+
+
 def inbound_event(
-    event: XEvent, users: dict[str, XUser], origin: str, bridged_at: float | None = None
+    event: DmEvent, users: dict[str, XUser], origin: InboundOrigin, bridged_at: float | None = None
 ) -> InboundEvent:
     """What the store keeps of an X event: everything posting it needs, nothing secret.
     History (``origin`` backfill) carries when its channel was bridged: it is for that channel."""
     payload: dict[str, Any] = {
-        "text": event.text,
+        "text": event.written,
         "created_at": event.created_at,
         "sender": _user_json(users.get(event.sender_id or ""), event.sender_id),
     }
@@ -218,7 +225,7 @@ def inbound_event(
         payload["media"] = [dict(m) for m in event.media]
     if event.participant_ids:
         payload["participants"] = [_user_json(users.get(p), p) for p in event.participant_ids]
-    if origin == "backfill":
+    if origin is InboundOrigin.BACKFILL:
         payload["history"] = True
         if bridged_at is not None:
             payload["bridged_at"] = bridged_at
@@ -252,9 +259,9 @@ def render(item: InboundItem) -> tuple[str, str, str | None]:
             f"A message from {handle} on X could not be shown here: Slack refused it ({payload['refused']})."
         )
         return line, "X", None
-    if item.kind in ("ParticipantsJoin", "ParticipantsLeave"):
+    if item.kind.membership:
         who = ", ".join(_handle(p) for p in payload.get("participants") or []) or "someone"
-        verb = "joined" if item.kind == "ParticipantsJoin" else "left"
+        verb = "joined" if item.kind is EventKind.PARTICIPANTS_JOIN else "left"
         # The emoji itself, not a :shortcode:: the post goes with Slack's markup off.
         return f"\N{BUSTS IN SILHOUETTE} {who} {verb} the conversation on X.", "X", None
     notes = []
@@ -360,7 +367,7 @@ class Inbound:
         self._poller.wake()
         self._poster.wake()
 
-    def rang(self, account_id: int, dms: Sequence[PushedDM]) -> None:
+    def rang(self, account_id: int, dms: Sequence[DmEvent]) -> None:
         """X pushed these DMs for the account: place each in its conversation soon, as the read
         budgets allow (``_place``; pushes arriving together share reads).
 
@@ -412,7 +419,7 @@ class Inbound:
             return max(gap, reset_at - now)
         return max(gap, (reset_at - now) / spare)
 
-    def _listed(self, account_id: int, events: Sequence[XEvent]) -> set[str]:
+    def _listed(self, account_id: int, events: Sequence[DmEvent]) -> set[str]:
         """After a list read of ``GET /2/dm_events``: the pushed DMs it placed (let go), and a
         miss for each one it did not show (after ``RUNG_TRIES`` of those, it is looked up by its
         id: X may list a DM after newer ones, or never in this list)."""
@@ -513,7 +520,7 @@ class Inbound:
         if step.endpoint is ReadEndpoint.WITH:
             size = min(100, len(step.ids) + 1)  # and the DM just before them: X's order (a late push)
 
-            async def call() -> tuple[InboxPage, Any]:
+            async def call() -> tuple[EventPage, Any]:
                 return await self._tokens.call(
                     account, lambda t: self._x.dm_events(t, max_results=size, participant_id=step.key)
                 )
@@ -521,7 +528,7 @@ class Inbound:
             conversation = one_to_one_id(account.x_user_id, step.key)
         else:
 
-            async def call() -> tuple[InboxPage, Any]:
+            async def call() -> tuple[EventPage, Any]:
                 return await self._tokens.call(account, lambda t: self._x.dm_event(t, step.key))
 
             conversation = None
@@ -534,7 +541,7 @@ class Inbound:
                 "a pushed DM could not be read this way",
                 extra={"account_id": account.id, "endpoint": step.endpoint.path, "error": str(exc)},
             )
-            page = InboxPage(events=(), users={}, next_token=None)
+            page = EventPage(events=(), next_token=None)
         except (XRateLimited, XAuthExpired, XAuthRevoked):
             raise
         except XError as exc:
@@ -564,7 +571,7 @@ class Inbound:
             await self.take(
                 account.id,
                 [
-                    inbound_event(e, page.users, "push" if e.id in pending else "poll")
+                    inbound_event(e, page.users, _origin(e.id in pending))
                     for e in sorted(taken, key=lambda e: int(e.id))
                 ],
             )
@@ -817,7 +824,7 @@ class Inbound:
         self._recent_new[account.id] = max(0, len(read.collected) - placed_before)
         pushed = self._listed(account.id, read.collected)
         events = [
-            inbound_event(e, read.users, "push" if e.id in pushed else "poll")
+            inbound_event(e, read.users, _origin(e.id in pushed))
             for e in sorted(read.collected, key=lambda e: int(e.id))
         ]
         now = self._clock.now()
@@ -882,7 +889,7 @@ class Inbound:
 
     async def _read_page(
         self, account: Account, pagination_token: str | None, *, full: bool, placed: int = 0
-    ) -> InboxPage:
+    ) -> EventPage:
         # X bills every event returned and has no "since": ask for about as many as came last
         # time, plus one to see the cursor, paging back (another read, a full page) only when
         # all were new. DMs pushed since the last read are newer than the cursor: asked for too
@@ -892,7 +899,7 @@ class Inbound:
         size = self._config.page_size if full else max(2, min(self._config.page_size, expected))
         size = min(100, size + placed)
 
-        async def call() -> tuple[InboxPage, Any]:
+        async def call() -> tuple[EventPage, Any]:
             return await self._tokens.call(
                 account, lambda t: self._x.dm_events(t, max_results=size, pagination_token=pagination_token)
             )
@@ -973,24 +980,24 @@ class Inbound:
                     self._clock.now() + self._config.min_interval * 4,
                 )
                 continue
-            events = [inbound_event(e, users, "backfill", bridged_at) for e in messages]
+            events = [inbound_event(e, users, InboundOrigin.BACKFILL, bridged_at) for e in messages]
             queued = await self.take(account.id, events)
             await self._store.finish_backfill(account.id, conversation_id, bridged_at)
             log.info("history queued for Slack", extra={**ids, "count": queued})
 
     async def _history(
         self, account: Account, conversation_id: str, bridged_at: float
-    ) -> tuple[list[XEvent], dict[str, XUser]]:
+    ) -> tuple[list[DmEvent], dict[str, XUser]]:
         """The last ``backfill`` messages written before the conversation was bridged, oldest
         first. X shows the newest first, and what came after the link (the poller's) is among
         them: page back until there are enough, X has no more, or ``max_pages`` were read."""
         size = self._config.backfill
-        older: dict[str, XEvent] = {}
+        older: dict[str, DmEvent] = {}
         users: dict[str, XUser] = {}
         token: str | None = None
         for _ in range(self._config.max_pages):
 
-            async def call(token: str | None = token) -> tuple[InboxPage, Any]:
+            async def call(token: str | None = token) -> tuple[EventPage, Any]:
                 return await self._tokens.call(
                     account,
                     lambda t: self._x.dm_events(
@@ -1006,7 +1013,7 @@ class Inbound:
                 break  # X no longer takes its own token: what was read is the history
             users.update(page.users)
             for event in page.events:
-                if event.kind == "MessageCreate" and (event.created_at or 0.0) < bridged_at:
+                if event.kind is EventKind.MESSAGE_CREATE and (event.created_at or 0.0) < bridged_at:
                     older[event.id] = event
             if len(older) >= size or page.next_token is None or page.next_token == token:
                 break
@@ -1072,7 +1079,7 @@ class Inbound:
                 return None
             item = checked
         try:
-            if item.kind in FOLLOW_KINDS:
+            if item.kind.follow_up:
                 return await self._follow(item)
             item = await self._bring_media(item)
             if item.state is InboundState.POSTING:
@@ -1144,7 +1151,7 @@ class Inbound:
         if claimed is None:
             return None
         try:
-            if item.kind == DELETE_KIND:
+            if item.kind is EventKind.CHAT_DELETE:
                 await self._slack.delete_message(item.team_id, item.channel_id, ts)
             else:
                 text, _, _ = render(claimed)
@@ -1197,7 +1204,7 @@ class Inbound:
         }
         for team_id, channel_id in sorted(channels):
             summary = await self._store.outbox_summary(team_id, channel_id)
-            if summary["counts"].get("sending"):
+            if summary["counts"].get(OutboxState.SENDING):
                 until = self._clock.now() + max(self._config.retry_base, 0.5)
                 await self._store.reschedule_inbound(
                     item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from bridge.budget import Budget
 from bridge.commands import MAX_GROUP, CommandContext, CommandService, Reply
 from bridge.errors import XAuthRevoked, XError, XRateLimited
-from bridge.model import X_USERNAME, Account, InboxPage, XUser
+from bridge.model import X_USERNAME, Account, EventPage, XUser
 from bridge.ports import Clock, Store, XClient
 from bridge.tokens import TokenManager
 
@@ -267,7 +267,7 @@ def person_option(user: XUser) -> dict[str, Any]:
     return {"text": _plain(f"@{user.username}{name}{accepts}"[:75]), "value": user.username}
 
 
-def conversations_of(page: InboxPage, me: str) -> list[Conversation]:
+def conversations_of(page: EventPage, me: str) -> list[Conversation]:
     """The conversations one inbox page shows, newest first, each named by its people."""
     people: dict[str, list[str]] = {}
     for event in page.events:

@@ -332,26 +332,110 @@ class Sent:
     dm_event_id: str | None
 
 
+class EventKind(StrEnum):
+    """What an X event is: X's ``event_type`` of a DM event, or an X Chat follow-up. Stored as
+    the inbound row's ``event_type`` (the same text)."""
+
+    MESSAGE_CREATE = "MessageCreate"
+    PARTICIPANTS_JOIN = "ParticipantsJoin"
+    PARTICIPANTS_LEAVE = "ParticipantsLeave"
+    CHAT_EDIT = "ChatEdit"  # an X Chat edit: updates the Slack message of the payload's ``edit_of``
+    CHAT_DELETE = "ChatDelete"  # an X Chat delete: deletes the Slack message of ``delete_of``
+
+    @property
+    def membership(self) -> bool:
+        """Someone joined or left a group (posted as a line, not as a message)."""
+        return self in (EventKind.PARTICIPANTS_JOIN, EventKind.PARTICIPANTS_LEAVE)
+
+    @property
+    def follow_up(self) -> bool:
+        """It changes a message posted before (an X Chat edit or delete), rather than posting one."""
+        return self in (EventKind.CHAT_EDIT, EventKind.CHAT_DELETE)
+
+
+# The kinds of X's legacy DM events (``GET /2/dm_events``'s ``event_types``).
+DM_EVENT_KINDS = (EventKind.MESSAGE_CREATE, EventKind.PARTICIPANTS_JOIN, EventKind.PARTICIPANTS_LEAVE)
+
+
+class InboundOrigin(StrEnum):
+    """How an X event came to the bridge (the inbound row's ``origin``; a metric label)."""
+
+    POLL = "poll"  # a read of the account's DMs
+    PUSH = "push"  # announced by X's push, then read
+    BACKFILL = "backfill"  # a newly bridged conversation's history
+    SENT = "sent"  # older versions only: a DM the bridge itself sent
+
+
+class PushEventType(StrEnum):
+    """The X Activity events the bridge subscribes each account to (a push's ``event_type``)."""
+
+    DM_RECEIVED = "dm.received"
+    DM_SENT = "dm.sent"
+    CHAT_RECEIVED = "chat.received"  # X Chat: only for accounts whose X Chat keys the bridge holds
+
+
+# The pushes that announce legacy DMs (``direct_message_events``).
+DM_PUSH_TYPES = (PushEventType.DM_RECEIVED, PushEventType.DM_SENT)
+
+
 @dataclass(frozen=True)
 class DmEvent:
-    """A message seen when reading a conversation back (for crash reconciliation)."""
+    """One X DM event, however it was read: a REST page (``GET /2/dm_events`` and the
+    per-conversation reads) or a push delivery. Each wire shape has one parser into it
+    (``adapters.x.api.event_page_of``, ``adapters.x.push.parse_delivery``).
+
+    ``text`` is as X stores it (every link a ``t.co`` address); ``links`` are the (t.co
+    address, expanded URL) pairs X reported, and ``written`` the text as the sender wrote it.
+    ``media`` holds what X said of each attachment (at least ``media_key``; ``type`` and
+    ``url`` when X expanded them). A push names no conversation and carries only ids: its
+    event has ``sender_id`` and ``recipient_id`` (a group's message reads as a 1-to-1 to its
+    one recipient, or names none), and a read of X says where it belongs (``peer``).
+    """
 
     id: str
-    text: str  # as X stores it: every link rewritten to a t.co address
-    sender_id: str | None
-    created_at: float | None  # X's clock
-    links: tuple[tuple[str, str], ...] = ()  # (t.co address, expanded URL), as X reported them
-    media_keys: tuple[str, ...] = ()  # attachments, as X's media keys ("<type>_<media id>")
-    conversation_id: str | None = None  # read from the account's events (a group being created)
+    kind: EventKind = EventKind.MESSAGE_CREATE
+    conversation_id: str | None = None
+    sender_id: str | None = None
+    text: str = ""
+    created_at: float | None = None  # X's clock
+    links: tuple[tuple[str, str], ...] = ()
+    media: tuple[dict[str, Any], ...] = ()
+    participant_ids: tuple[str, ...] = ()  # who joined or left (ParticipantsJoin/Leave)
+    recipient_id: str | None = None  # a push's: the one recipient X named, if any
+
+    @property
+    def media_keys(self) -> tuple[str, ...]:
+        """X's media keys of the attachments (``"<type>_<media id>"``)."""
+        return tuple(str(m["media_key"]) for m in self.media if m.get("media_key"))
+
+    @property
+    def written(self) -> str:
+        """The text as the sender wrote it: each ``t.co`` address X expanded put back, and a
+        link X added to the DM's own attachment page taken out (the attachment is a file)."""
+        text = self.text
+        for short, full in self.links:
+            text = text.replace(short, "" if _MEDIA_PAGE.match(full) else full, 1)
+        return text
+
+    def peer(self, user_id: str) -> str | None:
+        """The other side of the 1-to-1 this (pushed) event would be, as seen by the account
+        ``user_id``: the one conversation worth reading first. None when it names no other."""
+        other = self.recipient_id if self.sender_id == user_id else self.sender_id
+        return other if other and other != user_id else None
+
+
+# Where X's older DM format pointed the t.co link it appended to a DM with media.
+_MEDIA_PAGE = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class EventPage:
-    """One page of a conversation's events, newest first, and what X said about reading it."""
+    """One page of DM events, newest first, the users they name, and what X said about reading it."""
 
     events: tuple[DmEvent, ...]
     next_token: str | None  # ask for the next (older) page with this
-    server_time: float | None  # X's clock when it answered (its Date header), if plausible
+    users: dict[str, XUser] = field(default_factory=dict)  # expanded: each sender and participant
+    server_time: float | None = None  # X's clock when it answered (its Date header), if plausible
     facts: RateFacts = field(default_factory=RateFacts)  # the read window's budget
 
 
@@ -366,58 +450,16 @@ class InboundState(StrEnum):
 
 
 @dataclass(frozen=True)
-class XEvent:
-    """One DM event read from X (by poll or push), in the core's terms.
-
-    ``kind`` is X's ``event_type`` (MessageCreate, ParticipantsJoin, ParticipantsLeave);
-    ``media`` holds what X said of each attachment (``media_key``, ``type``, ``url``).
-    """
-
-    id: str
-    kind: str
-    conversation_id: str | None
-    sender_id: str | None
-    text: str = ""
-    created_at: float | None = None
-    participant_ids: tuple[str, ...] = ()
-    media: tuple[dict[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class InboxPage:
-    """One page of ``GET /2/dm_events`` (newest first) and the users it names."""
-
-    events: tuple[XEvent, ...]
-    users: dict[str, XUser]
-    next_token: str | None
-
-
-@dataclass(frozen=True)
 class InboundEvent:
-    """An X event as handed to the store: ``payload`` is what posting it needs."""
+    """What the store queues of an X event (a DM event, or a verified X Chat event) for each
+    channel bridging its conversation: its routing, and ``payload``, what posting it needs."""
 
     dm_event_id: str
-    kind: str
+    kind: EventKind
     conversation_id: str | None
     sender_id: str | None
     payload: dict[str, Any]
-    origin: str = "poll"  # poll | push | backfill
-
-
-@dataclass(frozen=True)
-class PushedDM:
-    """A DM X pushed: its id and who X says wrote it and to whom. Not where it belongs: X's
-    legacy push names no conversation, and a group's message reads as a 1-to-1 to its one
-    ``recipient_id`` (None when X names none). ``peer`` is the other side of the 1-to-1 it would
-    be, as seen by the account ``user_id``: the one conversation worth reading first."""
-
-    id: str
-    sender_id: str | None = None
-    recipient_id: str | None = None
-
-    def peer(self, user_id: str) -> str | None:
-        other = self.recipient_id if self.sender_id == user_id else self.sender_id
-        return other if other and other != user_id else None
+    origin: InboundOrigin = InboundOrigin.POLL
 
 
 @dataclass(frozen=True)
@@ -444,10 +486,10 @@ class InboundItem:
     conversation_id: str
     team_id: str
     channel_id: str
-    kind: str
+    kind: EventKind
     sender_id: str | None
     payload: dict[str, Any]
-    origin: str
+    origin: InboundOrigin
     state: InboundState
     attempts: int
     next_attempt_at: float

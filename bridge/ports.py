@@ -23,8 +23,8 @@ from bridge.model import (
     EventPage,
     InboundEvent,
     InboundItem,
+    InboundOrigin,
     InboundState,
-    InboxPage,
     IncomingMessage,
     OAuthState,
     OutboxItem,
@@ -406,8 +406,8 @@ class Store(Protocol):
         """Slack said 429: nothing more is posted to this channel before ``until``."""
         ...
 
-    async def latest_inbound_at(self, origin: str) -> float | None:
-        """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
+    async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
+        """When the newest row that came by ``origin`` was recorded."""
         ...
 
     async def inbound_summary(
@@ -507,14 +507,14 @@ class XClient(Protocol):
         pagination_token: str | None = None,
         conversation_id: str | None = None,
         participant_id: str | None = None,
-    ) -> tuple[InboxPage, RateFacts]:
+    ) -> tuple[EventPage, RateFacts]:
         """One page of events, newest first: every conversation's (``GET /2/dm_events``),
         with ``conversation_id`` that one's, with ``participant_id`` the 1-to-1 with that user's
         (``GET /2/dm_conversations/with/{participant_id}/dm_events``). Each is a read on the
         window of its endpoint (``bridge.budget.ReadEndpoint``)."""
         ...
 
-    async def dm_event(self, token: str, event_id: str) -> tuple[InboxPage, RateFacts]:
+    async def dm_event(self, token: str, event_id: str) -> tuple[EventPage, RateFacts]:
         """``GET /2/dm_events/{event_id}``: a page of that one event (its conversation named), or
         an empty page when X does not show it (not yet listed, or deleted)."""
         ...

@@ -20,14 +20,12 @@ from typing import Any
 from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
-from bridge.model import Account, PushedDM
+from bridge.model import DM_PUSH_TYPES, Account, DmEvent, InboundOrigin, PushEventType
 from bridge.ports import Clock, Store, XApp
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.push")
 
-EVENT_TYPES = ("dm.received", "dm.sent")
-CHAT_EVENT_TYPE = "chat.received"  # X Chat, for accounts whose X Chat keys the bridge holds
 REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
 
@@ -69,7 +67,7 @@ class Push:
         self._stop = asyncio.Event()
         self._recheck = asyncio.Event()
         # Where a delivery's DMs go: this instance's reader, or (a standby) the leader's.
-        self.on_pushed: Callable[[int, Sequence[PushedDM]], None] = inbound.rang
+        self.on_pushed: Callable[[int, Sequence[DmEvent]], None] = inbound.rang
 
     def active(self, account_id: int) -> bool:
         """Push is delivering for this account (so polling may slow to a safety net)."""
@@ -135,9 +133,9 @@ class Push:
             if account.needs_reconnect:
                 continue
             try:
-                wanted: tuple[str, ...] = EVENT_TYPES
+                wanted: tuple[PushEventType, ...] = DM_PUSH_TYPES
                 if self._inbound.chats is not None and await self._inbound.chats.has_keys(account):
-                    wanted = (*EVENT_TYPES, CHAT_EVENT_TYPE)  # X bills each: only with keys to read it
+                    wanted = (*DM_PUSH_TYPES, PushEventType.CHAT_RECEIVED)  # X bills each: only with keys
                 for event_type in wanted:
                     if (event_type, account.x_user_id) not in existing:
                         subscribe = functools.partial(
@@ -163,7 +161,7 @@ class Push:
 
     async def replay_downtime(self, now: float) -> str | None:
         """Ask X to push again what it pushed since the last delivery we took (within 24 h)."""
-        since = await self._store.latest_inbound_at("push")
+        since = await self._store.latest_inbound_at(InboundOrigin.PUSH)
         if since is None or self.state.webhook_id is None or not self.state.valid:
             return None
         return await self.replay(max(since, now - REPLAY_HORIZON + 60.0), now)
@@ -176,7 +174,7 @@ class Push:
         log.info("X push replay requested", extra={"job_id": job, "from": start, "to": end})
         return job
 
-    async def take(self, user_id: str, dms: Sequence[PushedDM]) -> int:
+    async def take(self, user_id: str, dms: Sequence[DmEvent]) -> int:
         """A verified delivery for the subscription of X user ``user_id``, announcing DMs: each
         of that user's accounts places them from X soon (``on_pushed``, ``Inbound.rang``: the
         push names no conversation). Returns how many accounts were told."""

@@ -27,7 +27,6 @@ Two things make a plain comparison miss our own send, and so send it twice:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge.model import DmEvent, EventPage
@@ -44,8 +43,6 @@ MAX_PAGES = 100
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
 _TRAILING_T_CO = re.compile(r"\s*https?://t\.co/[A-Za-z0-9]+\s*$")
-# Where X's older DM format pointed the t.co link it appended to a DM with media.
-_MEDIA_PAGE = re.compile(r"https?://(?:www\.|mobile\.)?(?:twitter|x)\.com/messages/media/", re.IGNORECASE)
 
 
 def comparable(text: str) -> str:
@@ -58,23 +55,9 @@ def comparable(text: str) -> str:
     return _SCHEME_URL.sub(one, text).strip()
 
 
-def expanded(event: DmEvent) -> str:
-    """The event's text with each ``t.co`` address X expanded put back as the URL it stands for;
-    a link X added for the attachment itself (to ``…/messages/media/…``) is taken out."""
-    return expand_links(event.text, event.links)
-
-
-def expand_links(text: str, links: Sequence[tuple[str, str]]) -> str:
-    """``text`` with each ``(t.co address, expanded URL)`` X reported put back, in order; a link
-    to the DM's own attachment page is taken out (the attachment travels as a file)."""
-    for short, full in links:
-        text = text.replace(short, "" if _MEDIA_PAGE.match(full) else full, 1)
-    return text
-
-
 def same_text(ours: str, event: DmEvent) -> bool:
     """Whether ``event`` carries the text we sent, whatever X did to its links."""
-    theirs = expanded(event)
+    theirs = event.written
     if comparable(theirs) == comparable(ours):
         return True
     if event.media_keys:

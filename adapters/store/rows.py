@@ -14,8 +14,10 @@ from bridge.errors import ConfigError
 from bridge.model import (
     Account,
     ChannelMapping,
+    EventKind,
     InboundEvent,
     InboundItem,
+    InboundOrigin,
     InboundState,
     IncomingMessage,
     MappingKind,
@@ -397,7 +399,7 @@ def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> boo
     first seen now is news everywhere its conversation is bridged; one seen before (a replayed
     or doubled push) only where the channel was bridged before it was written, so a channel
     linked later does not get an old message as if it were new."""
-    if event.origin == "backfill":
+    if event.origin is InboundOrigin.BACKFILL:
         asked = event.payload.get("bridged_at")
         return not isinstance(asked, (int, float)) or bridged_at >= asked
     written = event.payload.get("created_at")
@@ -483,10 +485,10 @@ def inbound_values(
         event.conversation_id,
         where[0],
         where[1],
-        event.kind,
+        str(event.kind),  # the enum's text: the database keeps plain strings
         event.sender_id,
         json.dumps(payload, separators=(",", ":")),
-        event.origin,
+        str(event.origin),
         state.value,
         why,
         now,
@@ -507,10 +509,10 @@ def inbound_item(row: Row) -> InboundItem:
         conversation_id=row["conversation_id"] or "",
         team_id=row["team_id"] or "",
         channel_id=row["channel_id"] or "",
-        kind=row["event_type"] or "MessageCreate",
+        kind=EventKind(row["event_type"] or EventKind.MESSAGE_CREATE),
         sender_id=row["sender_id"],
         payload=json.loads(row["payload"] or "{}"),
-        origin=row["origin"],
+        origin=InboundOrigin(row["origin"]),
         state=InboundState(row["state"]),
         attempts=row["attempts"],
         next_attempt_at=time(row["next_attempt_at"] or 0.0),

@@ -22,7 +22,7 @@ from adapters.slack.api import MESSAGE_REFUSALS
 from adapters.x.push import MALFORMED_REASONS
 from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import Failure
-from bridge.model import Account, ChannelMapping, OutboxItem, OutboxKind
+from bridge.model import Account, ChannelMapping, InboundOrigin, OutboxItem, OutboxKind
 from bridge.ports import Clock, Store
 from bridge.xchat import PeerChecks, conversation_peers
 
@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 FAILURE_REASONS = tuple(f.value for f in Failure)
 
 # X → Slack labels, each a fixed set exported from the start at 0 (an unknown value is "other").
-INBOUND_ORIGINS = ("poll", "push", "backfill")
+INBOUND_ORIGINS = tuple(o.value for o in InboundOrigin if o is not InboundOrigin.SENT)
 READ_OUTCOMES = ("ok", "rate_limited", "refused", "auth", "error", "held")
 # Slack's error codes for a message refused for what it is (adapters.slack.api); any other code
 # is "other", so a new or nonsense code from Slack cannot grow the label set.

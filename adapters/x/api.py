@@ -37,8 +37,7 @@ from bridge.errors import (
     XTransient,
 )
 from bridge.media import BytesSource, MediaSource, read_exactly
-from bridge.model import DmEvent, EventPage, InboxPage, Sent, Target, XEvent, XUser
-from bridge.reconcile import expand_links
+from bridge.model import DM_EVENT_KINDS, DmEvent, EventKind, EventPage, Sent, Target, XUser
 
 log = logging.getLogger("adapters.x.api")
 
@@ -401,15 +400,7 @@ class XApiClient:
         data = payload.get("data", [])
         if not isinstance(data, list):
             raise XTransient("X's list of DM events had no list of events", status=status, facts=facts)
-        events = tuple(_event(raw) for raw in data if _is_event(raw))
-        meta = payload.get("meta")
-        next_token = meta.get("next_token") if isinstance(meta, dict) else None
-        return EventPage(
-            events=events,
-            next_token=next_token if isinstance(next_token, str) and next_token else None,
-            server_time=_http_date(headers.get("Date")),
-            facts=facts,
-        )
+        return event_page_of(payload, server_time=_http_date(headers.get("Date")), facts=facts)
 
     async def dm_events(
         self,
@@ -419,19 +410,19 @@ class XApiClient:
         pagination_token: str | None = None,
         conversation_id: str | None = None,
         participant_id: str | None = None,
-    ) -> tuple[InboxPage, RateFacts]:
+    ) -> tuple[EventPage, RateFacts]:
         """One page of ``GET /2/dm_events`` (all the user's conversations, newest first), of
         one conversation's (``GET /2/dm_conversations/{id}/dm_events``) for backfill, or of the
         1-to-1 with ``participant_id`` (``GET /2/dm_conversations/with/{id}/dm_events``).
 
         ``sender_id`` and ``participant_ids`` are asked for as expansions (spec 2.167 dropped
         them from ``dm_event.fields``, NOTES §1.2); malformed events are left out, never fatal.
-        Links read as the sender wrote them: X's ``t.co`` addresses are put back from the
-        ``entities`` asked for.
+        Links come with the ``entities`` asked for: ``DmEvent.written`` puts X's ``t.co``
+        addresses back.
         """
         params = {
             "max_results": str(max(1, min(100, max_results))),
-            "event_types": ",".join(_DM_EVENT_KINDS),
+            "event_types": ",".join(DM_EVENT_KINDS),
             **_INBOX_FIELDS,
         }
         if pagination_token:
@@ -444,7 +435,7 @@ class XApiClient:
             path = "/2/dm_events"
         status, headers, payload = await self._call("GET", path, token, params=params)
         facts = self._raise_for(status, headers, payload)
-        page = _inbox_page(payload)
+        page = event_page_of(payload, server_time=_http_date(headers.get("Date")), facts=facts)
         if conversation_id:
             # The per-conversation answer may leave dm_conversation_id out: it is the one asked for.
             events = tuple(
@@ -453,18 +444,18 @@ class XApiClient:
             page = replace(page, events=events)
         return page, facts
 
-    async def dm_event(self, token: str, event_id: str) -> tuple[InboxPage, RateFacts]:
+    async def dm_event(self, token: str, event_id: str) -> tuple[EventPage, RateFacts]:
         """``GET /2/dm_events/{event_id}`` as a page of that one event (empty when X does not show
         it: X answers 200 with a "not found" problem, or 404)."""
         path = f"/2/dm_events/{quote(event_id, safe='')}"
         status, headers, payload = await self._call("GET", path, token, params=dict(_INBOX_FIELDS))
         if status == 404:
-            return InboxPage(events=(), users={}, next_token=None), rate_facts(headers)
+            return EventPage(events=(), next_token=None), rate_facts(headers)
         facts = self._raise_for(status, headers, payload)
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, dict):
-            return InboxPage(events=(), users={}, next_token=None), facts
-        page = _inbox_page({**payload, "data": [data]})
+            return EventPage(events=(), next_token=None), facts
+        page = event_page_of({**payload, "data": [data]}, facts=facts)
         # Only the event asked for: an answer naming another is X's nonsense, never placed.
         return replace(page, events=tuple(e for e in page.events if e.id == event_id)), facts
 
@@ -670,10 +661,6 @@ def _about_media(payload: Any) -> bool:
     return False
 
 
-def _is_event(raw: Any) -> bool:
-    return isinstance(raw, dict) and isinstance(raw.get("id"), str | int)
-
-
 def _links(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """``(t.co address, expanded URL)`` of each link in an event's ``entities.urls``."""
     links: list[tuple[str, str]] = []
@@ -687,21 +674,6 @@ def _links(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         ):
             links.append((url["url"], url["expanded_url"]))
     return tuple(links)
-
-
-def _event(raw: dict[str, Any]) -> DmEvent:
-    links = _links(raw)
-    attachments = raw.get("attachments")
-    keys = attachments.get("media_keys") if isinstance(attachments, dict) else None
-    return DmEvent(
-        id=str(raw["id"]),
-        text=str(raw.get("text", "")),
-        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-        created_at=_parse_time(raw.get("created_at")),
-        links=links,
-        media_keys=tuple(str(k) for k in keys if isinstance(k, str)) if isinstance(keys, list) else (),
-        conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
-    )
 
 
 # X's clock is trusted only within these years; anything else is a broken header.
@@ -746,9 +718,9 @@ def ton_parts(url: str) -> tuple[str, str, str] | None:
     return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
-_DM_EVENT_KINDS = ("MessageCreate", "ParticipantsJoin", "ParticipantsLeave")  # what dm_events asks for
-# What inbound asks X for with each event: everything posting it needs (``sender_id`` and
-# ``participant_ids`` as expansions: spec 2.167 dropped them from ``dm_event.fields``).
+# What every read of DM events asks X for: everything reconciling and posting need
+# (``sender_id`` and ``participant_ids`` as expansions: spec 2.167 dropped them from
+# ``dm_event.fields``).
 _INBOX_FIELDS = {
     "dm_event.fields": "id,text,created_at,event_type,dm_conversation_id,entities,attachments",
     "expansions": "sender_id,participant_ids,attachments.media_keys",
@@ -757,8 +729,11 @@ _INBOX_FIELDS = {
 }
 
 
-def _inbox_page(payload: Any) -> InboxPage:
-    """Parse a ``GET /2/dm_events`` answer; anything malformed is dropped, not raised."""
+def event_page_of(
+    payload: Any, *, server_time: float | None = None, facts: RateFacts | None = None
+) -> EventPage:
+    """The one parser of X's REST answers of DM events (``GET /2/dm_events``, a conversation's,
+    or one event's as a page of one); anything malformed is dropped, not raised."""
     body: dict[str, Any] = payload if isinstance(payload, dict) else {}
     includes: dict[str, Any] = body["includes"] if isinstance(body.get("includes"), dict) else {}
     users: dict[str, XUser] = {}
@@ -771,34 +746,44 @@ def _inbox_page(payload: Any) -> InboxPage:
         for m in includes.get("media") or []
         if isinstance(m, dict) and isinstance(m.get("media_key"), str)
     }
-    events: list[XEvent] = []
-    for raw in body.get("data") or []:
-        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].isdigit():
-            continue
-        if raw.get("event_type", "MessageCreate") not in _DM_EVENT_KINDS:
-            continue  # not a kind asked for (X's nonsense): nothing to post
-        attachments: dict[str, Any] = raw["attachments"] if isinstance(raw.get("attachments"), dict) else {}
-        keys = [k for k in attachments.get("media_keys") or [] if isinstance(k, str)]
-        participants = raw.get("participant_ids")
-        events.append(
-            XEvent(
-                id=raw["id"],
-                kind=str(raw.get("event_type") or "MessageCreate"),
-                conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
-                sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
-                # As the sender wrote it: X keeps links as t.co, the entities say what they stand for.
-                text=expand_links(str(raw.get("text") or ""), _links(raw)),
-                created_at=_parse_time(raw.get("created_at")),
-                participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
-                media=tuple(media.get(k, {"media_key": k}) for k in keys),
-            )
-        )
+    data: list[Any] = body["data"] if isinstance(body.get("data"), list) else []
+    events = tuple(e for raw in data if (e := _dm_event(raw, media)) is not None)
     meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
     next_token = meta.get("next_token")
-    return InboxPage(
-        events=tuple(events),
-        users=users,
+    return EventPage(
+        events=events,
         next_token=next_token if isinstance(next_token, str) and next_token else None,
+        users=users,
+        server_time=server_time,
+        facts=facts if facts is not None else RateFacts(),
+    )
+
+
+def _dm_event(raw: Any, media: dict[str, Any]) -> DmEvent | None:
+    """One REST DM event; None when it is not one (no X id, or a kind not asked for)."""
+    if not isinstance(raw, dict):
+        return None
+    event_id = raw.get("id")
+    if isinstance(event_id, int) and not isinstance(event_id, bool) and event_id >= 0:
+        event_id = str(event_id)
+    if not isinstance(event_id, str) or not event_id.isdigit():
+        return None
+    kind = raw.get("event_type") or EventKind.MESSAGE_CREATE
+    if kind not in DM_EVENT_KINDS:
+        return None  # not a kind asked for (X's nonsense): nothing to post
+    attachments: dict[str, Any] = raw["attachments"] if isinstance(raw.get("attachments"), dict) else {}
+    keys = [k for k in attachments.get("media_keys") or [] if isinstance(k, str)]
+    participants = raw.get("participant_ids")
+    return DmEvent(
+        id=event_id,
+        kind=EventKind(kind),
+        conversation_id=str(raw["dm_conversation_id"]) if raw.get("dm_conversation_id") else None,
+        sender_id=str(raw["sender_id"]) if raw.get("sender_id") else None,
+        text=str(raw.get("text") or ""),
+        created_at=_parse_time(raw.get("created_at")),
+        links=_links(raw),
+        media=tuple(media.get(k, {"media_key": k}) for k in keys),
+        participant_ids=tuple(str(p) for p in participants) if isinstance(participants, list) else (),
     )
 
 

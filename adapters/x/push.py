@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.chat_inbound import ChatPush
-from bridge.model import PushedDM
+from bridge.model import DM_PUSH_TYPES, DmEvent, PushEventType
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
-DM_EVENT_TYPES = ("dm.received", "dm.sent")
 
 
 def _sign(secret: str, message: bytes) -> str:
@@ -62,16 +61,16 @@ def verify(secret: str, body: bytes, signature: str | None) -> bool:
 class Delivery:
     """One push: whose subscription (``user_id``), what kind, and the DMs it announces.
 
-    Only each DM's id, sender and recipient are kept. The legacy payload names no conversation,
-    and a group message pushed in it would look like a 1-to-1 (one ``recipient_id``): nothing in
-    it says for certain where a DM belongs, so the bridge reads X for that (``Inbound.rang``),
-    the 1-to-1 its sender and recipient name first.
+    Each DM is a ``DmEvent`` with only its id, sender and recipient (its text is not kept). The
+    legacy payload names no conversation, and a group message pushed in it would look like a
+    1-to-1 (one ``recipient_id``): nothing in it says for certain where a DM belongs, so the
+    bridge reads X for that (``Inbound.rang``), the 1-to-1 its sender and recipient name first.
     An X Chat push (``chat.received``) carries its one event as ciphertext (``chats``), and may
     name no subscriber (X's samples show no ``filter``): then ``user_id`` is None."""
 
     user_id: str | None
     event_type: str
-    dms: tuple[PushedDM, ...]
+    dms: tuple[DmEvent, ...]
     chats: tuple[ChatPush, ...] = ()
 
     @property
@@ -80,7 +79,6 @@ class Delivery:
 
 
 MALFORMED_REASONS = ("not_json", "envelope", "events", "event", "event_id", "chat_event")
-CHAT_RECEIVED = "chat.received"
 # X Chat conversation ids in REST fields and paths: a peer id, "A-B" or "g…" (X's OpenAPI pattern).
 _CHAT_CONVERSATION = re.compile(r"[0-9]{1,19}|[0-9]{1,19}-[0-9]{1,19}|g[0-9]{1,19}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
@@ -113,17 +111,21 @@ def parse_delivery(body: bytes) -> Delivery:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedDelivery("not_json", "not JSON") from exc
     data = document.get("data") if isinstance(document, dict) else None
-    if isinstance(data, dict) and data.get("event_type") == CHAT_RECEIVED and "filter" not in data:
-        return Delivery(None, CHAT_RECEIVED, (), (_chat_push(data.get("payload")),))
+    if (
+        isinstance(data, dict)
+        and data.get("event_type") == PushEventType.CHAT_RECEIVED
+        and "filter" not in data
+    ):
+        return Delivery(None, PushEventType.CHAT_RECEIVED, (), (_chat_push(data.get("payload")),))
     if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
         raise MalformedDelivery("envelope", "no data.filter object")
     user_id = data["filter"].get("user_id")
     event_type = data.get("event_type")
     if not snowflake(user_id) or not isinstance(event_type, str):
         raise MalformedDelivery("envelope", "no filter.user_id or event_type")
-    if event_type == CHAT_RECEIVED:
+    if event_type == PushEventType.CHAT_RECEIVED:
         return Delivery(user_id, event_type, (), (_chat_push(data.get("payload")),))
-    if event_type not in DM_EVENT_TYPES:
+    if event_type not in DM_PUSH_TYPES:
         return Delivery(user_id, event_type, ())
     payload = data.get("payload")
     events = payload.get("direct_message_events") if isinstance(payload, dict) else None
@@ -132,7 +134,7 @@ def parse_delivery(body: bytes) -> Delivery:
     return Delivery(user_id, event_type, tuple(dm for raw in events if (dm := _message(raw)) is not None))
 
 
-def _message(raw: Any) -> PushedDM | None:
+def _message(raw: Any) -> DmEvent | None:
     """A ``message_create`` event (None for other types); raises on a malformed one."""
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise MalformedDelivery("event", "an event is not an object with a type")
@@ -154,7 +156,7 @@ def _message(raw: Any) -> PushedDM | None:
         raise MalformedDelivery("event", "a message_create event is not shaped as X's")
     if not snowflake(raw.get("id")):
         raise MalformedDelivery("event_id", "a message_create event has no X id")
-    return PushedDM(raw["id"], create["sender_id"], target.get("recipient_id"))
+    return DmEvent(raw["id"], sender_id=create["sender_id"], recipient_id=target.get("recipient_id"))
 
 
 def _chat_push(payload: Any) -> ChatPush:

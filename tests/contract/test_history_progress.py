@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from adapters.store.history import HistoryStore
-from bridge.model import ChannelMapping, HistoryState, InboundEvent, MappingKind, TokenSet, XUser
+from bridge.model import (
+    ChannelMapping,
+    EventKind,
+    HistoryState,
+    InboundEvent,
+    InboundOrigin,
+    MappingKind,
+    TokenSet,
+    XUser,
+)
 from tests.contract.conftest import Engine
 
 
@@ -19,7 +28,12 @@ async def test_history_to_read_then_waiting_then_posted(engine: Engine) -> None:
         assert await history.history(account.id, "1000-2001", "T1", "C1") == HistoryState(True, 0, 0)
         events = [
             InboundEvent(
-                str(9000 + i), "MessageCreate", "1000-2001", "2001", {"text": f"old {i}"}, "backfill"
+                str(9000 + i),
+                EventKind.MESSAGE_CREATE,
+                "1000-2001",
+                "2001",
+                {"text": f"old {i}"},
+                InboundOrigin.BACKFILL,
             )
             for i in range(3)
         ]

@@ -9,7 +9,9 @@ import pytest
 from bridge.model import (
     Account,
     ChannelMapping,
+    EventKind,
     InboundEvent,
+    InboundOrigin,
     InboundState,
     IncomingMessage,
     MappingKind,
@@ -47,7 +49,7 @@ async def bridged(store: Store, channel: str = "C1", conversation: str = CONVERS
 def event(
     event_id: str, text: str = "hi", sender: str = ALICE, conversation: str = CONVERSATION
 ) -> InboundEvent:
-    return InboundEvent(event_id, "MessageCreate", conversation, sender, {"text": text})
+    return InboundEvent(event_id, EventKind.MESSAGE_CREATE, conversation, sender, {"text": text})
 
 
 async def test_events_queue_once_in_x_order_and_the_cursor_only_moves_forward(store: Store) -> None:
@@ -157,7 +159,12 @@ async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be
         ChannelMapping("T1", "C2", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 2.0)
     )
     history = InboundEvent(
-        "7", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "history": True}, "backfill"
+        "7",
+        EventKind.MESSAGE_CREATE,
+        CONVERSATION,
+        ALICE,
+        {"text": "hi", "history": True},
+        InboundOrigin.BACKFILL,
     )
     assert await store.take_inbound(account.id, [history], None, 3.0) == 1
     assert await store.take_inbound(account.id, [history], None, 4.0) == 0  # once
@@ -170,12 +177,14 @@ async def test_history_of_a_conversation_read_before_it_was_bridged_can_still_be
 
 async def test_latest_inbound_at_by_origin(store: Store) -> None:
     account = await bridged(store)
-    assert await store.latest_inbound_at("push") is None
-    pushed = InboundEvent("3", "MessageCreate", CONVERSATION, ALICE, {"text": "x"}, "push")
+    assert await store.latest_inbound_at(InboundOrigin.PUSH) is None
+    pushed = InboundEvent(
+        "3", EventKind.MESSAGE_CREATE, CONVERSATION, ALICE, {"text": "x"}, InboundOrigin.PUSH
+    )
     await store.take_inbound(account.id, [pushed], None, 50.0)
     await store.take_inbound(account.id, [event("4")], "4", 60.0)
-    assert await store.latest_inbound_at("push") == 50.0
-    assert await store.latest_inbound_at("poll") == 60.0
+    assert await store.latest_inbound_at(InboundOrigin.PUSH) == 50.0
+    assert await store.latest_inbound_at(InboundOrigin.POLL) == 60.0
 
 
 async def test_a_backfill_request_survives_a_restart_until_it_is_finished(engine: Engine) -> None:
@@ -256,7 +265,14 @@ async def test_two_channels_on_one_conversation_each_get_each_event_once(store: 
     await store.create_mapping(
         ChannelMapping("T1", "C3", MappingKind.LINK, account.id, CONVERSATION, None, "U1", 50.0)
     )
-    old = InboundEvent("1", "MessageCreate", CONVERSATION, ALICE, {"text": "hi", "created_at": 10.0}, "push")
+    old = InboundEvent(
+        "1",
+        EventKind.MESSAGE_CREATE,
+        CONVERSATION,
+        ALICE,
+        {"text": "hi", "created_at": 10.0},
+        InboundOrigin.PUSH,
+    )
     assert await store.take_inbound(account.id, [old], None, 60.0) == 0
 
 
@@ -376,7 +392,9 @@ async def test_an_unfinished_read_holds_the_accounts_channels_and_survives_a_res
         assert await first.take_inbound(account.id, [event("51"), event("60")], None, 2.0, gap=gap) == 2
         assert await first.get_cursor(account.id) == "10"  # not moved: the gap is not closed
         assert await first.inbound_heads() == []  # nothing newer goes before the older ones
-        pushed = InboundEvent("61", "MessageCreate", CONVERSATION, ALICE, {"text": "p"}, "push")
+        pushed = InboundEvent(
+            "61", EventKind.MESSAGE_CREATE, CONVERSATION, ALICE, {"text": "p"}, InboundOrigin.PUSH
+        )
         assert await first.take_inbound(account.id, [pushed], None, 2.5) == 1
         assert await first.inbound_heads() == []  # a push meanwhile waits too
     finally:

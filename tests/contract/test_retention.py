@@ -9,6 +9,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
     ChannelMapping,
+    EventKind,
     InboundEvent,
     IncomingMessage,
     MappingKind,
@@ -102,7 +103,7 @@ async def test_finished_x_events_go_after_x_window_and_waiting_ones_stay(engine:
         await store.create_mapping(other)
 
         def event(event_id: str, conversation: str = "1000-2001") -> InboundEvent:
-            return InboundEvent(event_id, "MessageCreate", conversation, "2001", {"text": event_id})
+            return InboundEvent(event_id, EventKind.MESSAGE_CREATE, conversation, "2001", {"text": event_id})
 
         async def post_head(channel: str, at: float) -> None:
             head = next(h for h in await store.inbound_heads() if h.channel_id == channel)

@@ -10,7 +10,7 @@ import pytest
 from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import RateFacts, XRateLimited
 from bridge.inbound import MAX_TEXT, RUNG_TRIES, Inbound, InboundConfig, _Step, render
-from bridge.model import Account, InboundItem, InboundState, PushedDM, TokenSet
+from bridge.model import Account, DmEvent, EventKind, InboundItem, InboundOrigin, InboundState, TokenSet
 from bridge.ports import Clock as ClockPort
 from bridge.ports import SlackClient, Store, XClient
 from bridge.tokens import TokenManager
@@ -84,7 +84,7 @@ async def test_each_endpoints_headers_correct_its_own_window() -> None:
     }
 
 
-def item(kind: str = "MessageCreate", **payload: Any) -> InboundItem:
+def item(kind: EventKind = EventKind.MESSAGE_CREATE, **payload: Any) -> InboundItem:
     return InboundItem(
         id=1,
         dm_event_id="9",
@@ -96,7 +96,7 @@ def item(kind: str = "MessageCreate", **payload: Any) -> InboundItem:
         kind=kind,
         sender_id="2",
         payload=payload,
-        origin="poll",
+        origin=InboundOrigin.POLL,
         state=InboundState.QUEUED,
         attempts=0,
         next_attempt_at=0.0,
@@ -117,7 +117,7 @@ def test_a_message_is_posted_as_its_sender_with_notes() -> None:
 
 def test_joins_and_leaves_are_one_line() -> None:
     people = [{"id": "3", "username": "carol"}, {"id": "4", "username": ""}]
-    text, username, icon = render(item("ParticipantsLeave", participants=people))
+    text, username, icon = render(item(EventKind.PARTICIPANTS_LEAVE, participants=people))
     assert text == "\N{BUSTS IN SILHOUETTE} @carol, X user 4 left the conversation on X."
     assert (username, icon) == ("X", None)
 
@@ -188,8 +188,18 @@ async def test_a_pushed_dm_is_placed_from_its_one_to_one_first_then_by_its_id_th
     budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     inbound = _inbound(clock, budget, InboundConfig(reserve=2, min_interval=0.0))
     account = _account()
-    inbound.rang(1, [PushedDM("11", "7", ME_ID), PushedDM("12", "8", ME_ID), PushedDM("13", "7", ME_ID)])
-    inbound.rang(1, [PushedDM("14", ME_ID, "7"), PushedDM("15", ME_ID, None)])  # sent from X itself
+    inbound.rang(
+        1,
+        [
+            DmEvent("11", sender_id="7", recipient_id=ME_ID),
+            DmEvent("12", sender_id="8", recipient_id=ME_ID),
+            DmEvent("13", sender_id="7", recipient_id=ME_ID),
+        ],
+    )
+    inbound.rang(
+        1,
+        [DmEvent("14", sender_id=ME_ID, recipient_id="7"), DmEvent("15", sender_id=ME_ID, recipient_id=None)],
+    )  # sent from X itself
     # One read of the 1-to-1 with 7 places every pushed DM in it, its own too (11, 13, 14).
     assert inbound._next_step(account) == _Step(ReadEndpoint.WITH, "7", ("11", "13", "14"))
     inbound._pushed[1]["11"].alone = True  # that read did not show it (a group's, say)

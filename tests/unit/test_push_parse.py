@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adapters.web.logs import Sparse
 from adapters.x import push
-from bridge.model import PushedDM
+from bridge.model import DmEvent
 
 SECRET = "consumer-secret"
 
@@ -78,13 +78,15 @@ def test_a_delivery_announces_its_dms_and_skips_other_event_types() -> None:
     delivery = push.parse_delivery(_delivery([_dm("5"), typing, _dm("7")]))
     assert (delivery.user_id, delivery.event_type, delivery.event_ids) == ("1000", "dm.received", ("5", "7"))
     # Who wrote each and to whom: the 1-to-1 read first to place it (never taken as its conversation).
-    assert delivery.dms[0] == PushedDM("5", "2001", "1000")
+    assert delivery.dms[0] == DmEvent("5", sender_id="2001", recipient_id="1000")
     assert delivery.dms[0].peer("1000") == "2001"
     sent = push.parse_delivery(_delivery([_dm("9", sender_id="1000", target={"recipient_id": "2001"})]))
     assert sent.dms[0].peer("1000") == "2001"  # sent from X itself: the recipient's 1-to-1
     unnamed = push.parse_delivery(_delivery([_dm("9", target={})]))
-    assert unnamed.dms == (PushedDM("9", "2001", None),)
-    assert PushedDM("9", "1000", None).peer("1000") is None  # no 1-to-1 named: looked up by its id
+    assert unnamed.dms == (DmEvent("9", sender_id="2001", recipient_id=None),)
+    assert (
+        DmEvent("9", sender_id="1000", recipient_id=None).peer("1000") is None
+    )  # no 1-to-1 named: looked up by its id
     receipt = push.parse_delivery(_delivery("anything", event_type="dm.read"))
     assert receipt.event_ids == () and receipt.chats == ()
 

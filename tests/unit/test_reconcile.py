@@ -68,8 +68,8 @@ def test_a_reading_that_goes_in_circles_ends() -> None:
 
 def test_attachments_tell_file_only_dms_apart() -> None:
     scan = Scan(attempt_at=1000.0, sender_id="1000", text="", media_id="77")
-    theirs = DmEvent(id="11", text="", sender_id="1000", created_at=1001.0, media_keys=("3_76",))
-    ours = DmEvent(id="12", text="", sender_id="1000", created_at=1002.0, media_keys=("3_77",))
+    theirs = DmEvent(id="11", text="", sender_id="1000", created_at=1001.0, media=({"media_key": "3_76"},))
+    ours = DmEvent(id="12", text="", sender_id="1000", created_at=1002.0, media=({"media_key": "3_77"},))
     plain = DmEvent(id="13", text="", sender_id="1000", created_at=1003.0)
     scan.take(EventPage(events=(plain, ours, theirs), next_token=None, server_time=None), now=1004.0)
     assert [e.id for e in scan.candidates] == ["13", "12"]
@@ -145,7 +145,7 @@ def test_the_link_x_adds_for_an_attachment_is_not_held_against_our_text() -> Non
         sender_id="1000",
         created_at=1001.0,
         links=tuple(media_page.items()),
-        media_keys=("3_77",),
+        media=({"media_key": "3_77"},),
     )
     assert same_text("Ada: photo", with_entity)
     file_only = DmEvent(
@@ -154,11 +154,15 @@ def test_the_link_x_adds_for_an_attachment_is_not_held_against_our_text() -> Non
         sender_id="1000",
         created_at=1001.0,
         links=tuple(media_page.items()),
-        media_keys=("3_77",),
+        media=({"media_key": "3_77"},),
     )
     assert same_text("", file_only)
     no_entity = DmEvent(
-        id="14", text="Ada: photo https://t.co/m3d", sender_id="1000", created_at=1001.0, media_keys=("3_77",)
+        id="14",
+        text="Ada: photo https://t.co/m3d",
+        sender_id="1000",
+        created_at=1001.0,
+        media=({"media_key": "3_77"},),
     )
     assert same_text("Ada: photo", no_entity)
     assert not same_text("Ada: photos", no_entity)

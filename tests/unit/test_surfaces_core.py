@@ -31,7 +31,7 @@ from bridge.modals import (
     person_option,
     submission,
 )
-from bridge.model import Account, ChannelMapping, InboxPage, MappingKind, TokenSet, XEvent, XUser
+from bridge.model import Account, ChannelMapping, DmEvent, EventKind, EventPage, MappingKind, TokenSet, XUser
 
 NOW = 1_800_000_000.0
 ACCOUNT = Account(1, "T1", "U1", "1000", "me", TokenSet("a", "r", None))
@@ -169,11 +169,11 @@ def test_a_person_option_says_whether_they_accept_dms() -> None:
 
 
 def test_conversations_are_named_by_their_people() -> None:
-    page = InboxPage(
+    page = EventPage(
         events=(
-            XEvent("3", "MessageCreate", "1000-2001", "2001"),
-            XEvent("2", "MessageCreate", "555555555555555555", "2002"),
-            XEvent("1", "MessageCreate", "1000-2001", "1000"),
+            DmEvent("3", EventKind.MESSAGE_CREATE, "1000-2001", "2001"),
+            DmEvent("2", EventKind.MESSAGE_CREATE, "555555555555555555", "2002"),
+            DmEvent("1", EventKind.MESSAGE_CREATE, "1000-2001", "1000"),
         ),
         users={"2001": XUser("2001", "alice"), "2002": XUser("2002", "bob")},
         next_token=None,
