@@ -14,7 +14,7 @@ the drop. Slack is not told (no ⚠️ reaction) about an operator's drop.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,7 +202,9 @@ class OperatorStore:
             return await _outcome(tx, ids, {int(r["id"]) for r in changed}, _not_dropped)
 
 
-async def _outcome(tx: Engine, ids: Sequence[int], changed: set[int], reason: Any) -> Outcome:
+async def _outcome(
+    tx: Engine, ids: Sequence[int], changed: set[int], reason: Callable[[str | None], str]
+) -> Outcome:
     """The ids asked for, in their order: done, or skipped with why (from the row's state now)."""
     outcome = Outcome([], {})
     left = [i for i in dict.fromkeys(ids) if i not in changed]
