@@ -19,13 +19,19 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import asyncpg
 
 from adapters.ops import admin, envfile
+from adapters.store import operator as operator_store
 from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.engine import Engine
 from adapters.store.keys import check_keys, rotate_keys
+from adapters.store.operator import DROPPED, LISTED_STATES, OperatorStore, Outcome
+from adapters.store.select import operator_engine
 from adapters.store.sqlite import open_database
 from adapters.web.logs import setup_logging
 from bridge.errors import ConfigError, StoreUnavailable, XAuthRevoked, XError
@@ -43,6 +49,7 @@ from migrations import migrations
 log = logging.getLogger("adapters.ops.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -54,37 +61,36 @@ def _settings() -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def _key_problem(db: Any, keys: Sequence[str] | None) -> str | None:
-    """Why the configured keys cannot serve this database, or None. No secrets stored: no problem."""
-    if keys is None:
-        try:
-            keys = encryption_keys()
-        except ConfigError as exc:
-            if check_keys(db, None).total == 0:
-                return None  # nothing to open yet; serve will insist on a key
-            return str(exc).splitlines()[0]
-    return check_keys(db, TokenCipher(keys)).problem()
+async def _key_problem(location: str, keys: Sequence[str] | None) -> str | None:
+    """Why the configured keys cannot serve the (migrated) database at ``location``, or None. No
+    secrets stored: no problem."""
+    async with operator_engine(location) as engine:
+        if keys is None:
+            try:
+                keys = encryption_keys()
+            except ConfigError as exc:
+                if (await check_keys(engine, None)).total == 0:
+                    return None  # nothing to open yet; serve will insist on a key
+                return str(exc).splitlines()[0]
+        return (await check_keys(engine, TokenCipher(keys))).problem()
 
 
 def _stop_on_key_problem(settings: Settings) -> None:
     if settings.database_url:
-        import asyncpg
-
-        from adapters.ops import pg_admin
         from adapters.store import postgres
 
+        async def migrated() -> str | None:
+            assert settings.database_url is not None
+            await postgres.migrate(settings.database_url)
+            return await _key_problem(settings.database_url, settings.encryption_keys)
+
         try:
-            asyncio.run(postgres.migrate(settings.database_url))
-            with pg_admin.connect(settings.database_url) as pg_db:
-                problem = _key_problem(pg_db, settings.encryption_keys)
+            problem = asyncio.run(migrated())
         except (OSError, asyncpg.PostgresError) as exc:
             raise SystemExit(_database_failure(settings.database_url, exc)) from None
     else:
-        db = open_database(settings.database_path)
-        try:
-            problem = _key_problem(db, settings.encryption_keys)
-        finally:
-            db.close()
+        open_database(settings.database_path).close()  # creates or migrates it, as serve's store would
+        problem = asyncio.run(_key_problem(settings.database_path, settings.encryption_keys))
     if problem is not None:
         print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
@@ -177,16 +183,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     setup_logging("INFO", "text")
     url = _database_url()
     if url is not None:
-        import asyncpg
-
-        from adapters.ops import pg_admin
         from adapters.store import postgres
 
-        try:
-            asyncio.run(postgres.migrate(url, _progress))
+        async def migrated() -> str | None:
+            assert url is not None
+            await postgres.migrate(url, _progress)
             # The release phase stops here when the key cannot open the stored secrets.
-            with pg_admin.connect(url) as pg_db:
-                problem = _key_problem(pg_db, None)
+            return await _key_problem(url, None)
+
+        try:
+            problem = asyncio.run(migrated())
         except (OSError, asyncpg.PostgresError) as exc:
             return _database_failure(url, exc)
         if problem is not None:
@@ -204,10 +210,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return _operator_error(str(exc))
     try:
         version = len(migrations.applied(db))
-        # The release phase (or a deploy script) stops here when the key cannot open the secrets.
-        problem = _key_problem(db, None)
     finally:
         db.close()
+    # The release phase (or a deploy script) stops here when the key cannot open the secrets.
+    problem = asyncio.run(_key_problem(path, None))
     if problem is not None:
         print(f"xdm-bridge: configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -270,7 +276,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
             print(f"xdm-bridge: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        count = _with_db(lambda db: rotate_keys(db, TokenCipher(keys)))
+        count = _with_engine(lambda engine: rotate_keys(engine, TokenCipher(keys)))
     except ValueError as exc:
         print(f"xdm-bridge: nothing changed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -313,7 +319,7 @@ def cmd_xchat_setup(args: argparse.Namespace) -> int:
     settings = _settings()
     from adapters.ops import xchat
 
-    _with_db(admin.list_accounts)  # a typo in DATABASE_PATH must not create an empty database
+    _with_operator(OperatorStore.require_schema)  # a typo in DATABASE_PATH must not create a database
 
     async def work() -> str:
         identity, changed = await xchat.setup(settings, args.handle, _say)
@@ -328,7 +334,7 @@ def cmd_xchat_import(args: argparse.Namespace) -> int:
     settings = _settings()
     from adapters.ops import xchat
 
-    _with_db(admin.list_accounts)
+    _with_operator(OperatorStore.require_schema)
     try:
         private_keys = Path(args.keys).read_bytes()
     except OSError as exc:
@@ -346,7 +352,7 @@ def cmd_xchat_status(args: argparse.Namespace) -> int:
     settings = _settings()
     from adapters.ops import xchat
 
-    _with_db(admin.list_accounts)
+    _with_operator(OperatorStore.require_schema)
     listed = asyncio.run(xchat.status(settings))
     data = [
         {
@@ -379,7 +385,7 @@ def cmd_xchat_forget(args: argparse.Namespace) -> int:
     settings = _settings()
     from adapters.ops import xchat
 
-    _with_db(admin.list_accounts)
+    _with_operator(OperatorStore.require_schema)
     try:
         forgotten = asyncio.run(xchat.forget(settings, args.handle))
     except XChatError as exc:
@@ -467,14 +473,14 @@ def cmd_webhook(args: argparse.Namespace) -> int:
 
 def cmd_mappings(args: argparse.Namespace) -> int:
     """Bridged channels."""
-    rows = _with_db(admin.list_mappings)
+    rows = _with_operator(OperatorStore.mappings)
     _emit(args, rows, lambda: admin.mappings_text(rows))
     return EXIT_OK
 
 
 def cmd_workspaces(args: argparse.Namespace) -> int:
     """Slack workspaces: installed or not, and their accounts and channels (never a token)."""
-    rows = _with_db(admin.list_workspaces)
+    rows = _with_operator(OperatorStore.workspaces)
     _emit(args, rows, lambda: admin.workspaces_text(rows))
     return EXIT_OK
 
@@ -482,7 +488,7 @@ def cmd_workspaces(args: argparse.Namespace) -> int:
 def cmd_accounts(args: argparse.Namespace) -> int:
     """Connected X accounts (never their tokens)."""
     now = time.time()
-    rows = _with_db(lambda db: admin.list_accounts(db, now))
+    rows = _with_operator(lambda store: store.accounts(now))
     _emit(args, rows, lambda: admin.accounts_text(rows, now))
     return EXIT_OK
 
@@ -492,7 +498,7 @@ def cmd_accounts_disconnect(args: argparse.Namespace) -> int:
     settings = _settings()
     from adapters.ops.accounts import NoSuchAccount, disconnect
 
-    _with_db(admin.list_accounts)  # exits with the reason when there is no usable database
+    _with_operator(OperatorStore.require_schema)  # exits with the reason when there is no usable database
     try:
         done = asyncio.run(disconnect(settings, args.id))
     except NoSuchAccount as exc:
@@ -520,29 +526,30 @@ def cmd_accounts_disconnect(args: argparse.Namespace) -> int:
 def cmd_outbox(args: argparse.Namespace) -> int:
     """List waiting and failed messages."""
     now = time.time()
-    states = tuple(args.state) if args.state else admin.LISTED_STATES
+    states = tuple(args.state) if args.state else LISTED_STATES
 
-    def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return admin.list_outbox(db, states, args.limit, now), admin.outbox_summary(db, now)
+    async def read(store: OperatorStore) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return await store.outbox(now, states, args.limit), await store.outbox_summary(now)
 
-    items, summary = _with_db(read)
+    items, summary = _with_operator(read)
     _emit(args, {"summary": summary, "items": items}, lambda: admin.outbox_text(items, summary, now))
     return EXIT_OK
 
 
 def cmd_outbox_retry(args: argparse.Namespace) -> int:
     """Make rows due now; a running server picks them up within its rescan interval."""
-    outcome = _with_db(lambda db: admin.retry(db, args.ids, all_failed=args.all_failed))
+    now = time.time()
+    outcome = _with_operator(lambda store: store.retry(args.ids, all_failed=args.all_failed, now=now))
     return _report_outcome(args, outcome, "retried", "queued for another attempt")
 
 
 def cmd_outbox_drop(args: argparse.Namespace) -> int:
     """Give up on unsent rows (marked failed: "dropped by operator")."""
-    outcome = _with_db(lambda db: admin.drop(db, args.ids))
-    return _report_outcome(args, outcome, "dropped", f"marked failed ({admin.DROPPED})")
+    outcome = _with_operator(lambda store: store.drop(args.ids))
+    return _report_outcome(args, outcome, "dropped", f"marked failed ({DROPPED})")
 
 
-def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str, meaning: str) -> int:
+def _report_outcome(args: argparse.Namespace, outcome: Outcome, verb: str, meaning: str) -> int:
     def text() -> str:
         lines = []
         if outcome.done:
@@ -556,42 +563,31 @@ def _report_outcome(args: argparse.Namespace, outcome: admin.Outcome, verb: str,
     return EXIT_FAILED if outcome.skipped else EXIT_OK
 
 
-def _with_db(work: Callable[[Any], Any]) -> Any:
+def _with_operator(work: Callable[[OperatorStore], Awaitable[T]]) -> T:
+    """Run an operator's reads or changes (``adapters.store.operator``) on the configured database."""
+    return _with_engine(lambda engine: work(OperatorStore(engine)))
+
+
+def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
+    """Run ``work`` on the existing database ``DATABASE_URL`` or ``DATABASE_PATH`` names (never
+    creating or migrating it); a database that is missing, unreachable or not the bridge's exits 1
+    with one line saying why."""
     url = _database_url()
-    if url is not None:
-        return _with_postgres(url, work)
+    location = url or database_path()
+
+    async def run() -> T:
+        async with operator_engine(location) as engine:
+            return await work(engine)
+
     try:
-        with admin.connect(database_path()) as db:
-            return work(db)
-    except admin.AdminError as exc:
+        return asyncio.run(run())
+    except StoreUnavailable as exc:
         print(f"xdm-bridge: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
     except sqlite3.DatabaseError as exc:  # not a database, locked past the timeout, read-only disk…
-        print(f"xdm-bridge: database {database_path()}: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
-
-
-def _with_postgres(url: str, work: Callable[[Any], Any]) -> Any:
-    """The same commands on PostgreSQL (``adapters/ops/pg_admin.py`` gives ``admin`` its database)."""
-    import asyncpg
-
-    from adapters.ops import pg_admin
-
-    try:
-        with pg_admin.connect(url) as db:
-            return work(db)
-    except admin.AdminError as exc:
-        print(f"xdm-bridge: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
-    except asyncpg.SerializationError:
-        print(
-            "xdm-bridge: the running bridge changed those rows at the same moment; run it again",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_FAILED) from None
+        print(f"xdm-bridge: database {location}: {exc}", file=sys.stderr)
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"xdm-bridge: database {redacted(url)}: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
+        print(f"xdm-bridge: database {_where(location)}: {exc}", file=sys.stderr)
+    raise SystemExit(EXIT_FAILED)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
@@ -638,7 +634,7 @@ def _add_operator_commands(sub: Any) -> None:
         description="Without an action: list rows that are queued, sending, waiting or failed.",
     )
     _json_flag(outbox)
-    outbox.add_argument("--state", action="append", choices=admin.LISTED_STATES, help="only this state")
+    outbox.add_argument("--state", action="append", choices=LISTED_STATES, help="only this state")
     outbox.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     outbox.set_defaults(func=cmd_outbox)
     actions = outbox.add_subparsers(dest="action", metavar="ACTION")
@@ -655,7 +651,7 @@ def _add_operator_commands(sub: Any) -> None:
     drop_ = actions.add_parser(
         "drop",
         help='give up on unsent rows (marked failed, "dropped by operator")',
-        description=admin.__doc__,
+        description=operator_store.__doc__,
     )
     drop_.add_argument("ids", nargs="+", type=int, metavar="ID", help="outbox row id")
     _json_flag(drop_, default=argparse.SUPPRESS)

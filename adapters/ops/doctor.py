@@ -14,6 +14,7 @@ The server refreshes on the next send anyway, so reporting costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -27,10 +28,13 @@ from adapters.ops import admin
 from adapters.ops.config_doc import fix_for
 from adapters.slack.api import SLACK_TOKEN_REFUSED, TOKEN_FIX
 from adapters.slack.scopes import BOT_SCOPES
+from adapters.store import sqlite
 from adapters.store.crypto import TokenCipher
+from adapters.store.operator import OperatorStore
+from adapters.store.select import describe, operator_engine
 from adapters.x.api import XApiClient, XAppClient
-from bridge.errors import ConfigError, XAuthExpired, XError, XRateLimited, XRefused
-from bridge.settings import SCOPES, Settings, redacted
+from bridge.errors import ConfigError, StoreUnavailable, XAuthExpired, XError, XRateLimited, XRefused
+from bridge.settings import SCOPES, Settings
 
 Status = Literal["ok", "warn", "fail"]
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -87,10 +91,7 @@ async def run(env: Mapping[str, str] | None = None) -> Report:
         ]
         return Report(problems, EXIT_CONFIG)
     checks = configuration(settings)
-    if settings.database_url:
-        accounts, mapped_teams = await postgres_database(settings, checks)
-    else:
-        accounts, mapped_teams = database(settings, checks)
+    accounts, mapped_teams = await database(settings, checks)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await slack(settings, session, mapped_teams, checks)
@@ -142,100 +143,46 @@ def configuration(settings: Settings) -> list[Check]:
     return checks
 
 
-def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]] | None, set[str]]:
-    """Check the database; return the accounts (with ciphertexts; None when the database could not
-    be read) and the teams that have mappings."""
-    path = settings.database_path
+async def database(settings: Settings, checks: list[Check]) -> tuple[list[dict[str, Any]] | None, set[str]]:
+    """Check the database (there, migrated, readable); return the accounts (with ciphertexts; None
+    when the database could not be read) and the teams that have mappings. Nothing is migrated."""
+    import asyncpg
+
+    location = settings.database_url or settings.database_path
+    where = describe(settings)
     try:
-        with admin.connect(path) as db:
-            pending = admin.pending_migrations(db)
+        async with operator_engine(location) as engine:
+            pending = await _pending_migrations(settings)
             if pending:
                 checks.append(
                     Check(
                         "database",
                         "fail",
-                        f"{path}: {len(pending)} migration(s) pending ({', '.join(pending)})",
+                        f"{where}: {len(pending)} migration(s) pending ({', '.join(pending)})",
                         "run `xdm-bridge migrate` (the release phase does; `serve` applies them at start)",
                     )
                 )
                 return None, set()
-            accounts = admin.accounts_with_tokens(db)
-            teams = {m["team_id"] for m in admin.list_mappings(db)}
-            summary = admin.outbox_summary(db)
-    except admin.AdminError as exc:
-        checks.append(
-            Check(
-                "database",
-                "fail",
-                str(exc),
-                "point DATABASE_PATH at the bridge's SQLite file (on the persistent disk); "
-                "`xdm-bridge migrate` creates a new one",
-            )
+            store = OperatorStore(engine)
+            accounts = await store.accounts_with_tokens()
+            teams = await store.mapped_teams()
+            summary = await store.outbox_summary(time.time())
+    except StoreUnavailable as exc:  # no file at DATABASE_PATH
+        fix = (
+            "point DATABASE_PATH at the bridge's SQLite file (on the persistent disk); "
+            "`xdm-bridge migrate` creates a new one"
         )
+        checks.append(Check("database", "fail", str(exc), fix))
         return None, set()
-    except Exception as exc:
-        checks.append(
-            Check("database", "fail", f"{path}: {exc}", "check the file is a bridge database and readable")
-        )
-        return None, set()
-    checks.append(
-        Check(
-            "database",
-            "ok",
-            f"{path}: schema up to date; {len(accounts)} account(s), "
-            f"{len(teams)} workspace(s) with bridged channels",
-        )
-    )
-    checks.extend(_outbox_checks(summary))
-    return accounts, teams
-
-
-async def postgres_database(
-    settings: Settings, checks: list[Check]
-) -> tuple[list[dict[str, Any]] | None, set[str]]:
-    """``database`` for ``DATABASE_URL``: reachable, migrated, and what it holds."""
-    import asyncpg
-
-    from adapters.store import postgres
-    from migrations import postgres as pg_migrations
-
-    assert settings.database_url is not None
-    where = redacted(settings.database_url)
-    try:
-        conn = await postgres.connect(settings.database_url)
     except (OSError, asyncpg.PostgresError) as exc:
         fix = "check DATABASE_URL (host, password, sslmode) and that the database accepts connections"
         checks.append(Check("database", "fail", f"{where}: {exc}", fix))
         return None, set()
-    try:
-        pending = await pg_migrations.pending(conn)
-        if pending:
-            checks.append(
-                Check(
-                    "database",
-                    "fail",
-                    f"{where}: {len(pending)} migration(s) pending ({', '.join(pending)})",
-                    "run `xdm-bridge migrate` (the release phase does; `serve` applies them at start)",
-                )
-            )
-            return None, set()
-        accounts = [
-            dict(r)
-            for r in await conn.fetch(
-                "SELECT id, team_id, slack_user_id, x_user_id, x_username, access_token, refresh_token, "
-                "expires_at, scope, needs_reconnect FROM accounts ORDER BY id"
-            )
-        ]
-        teams = {r["team_id"] for r in await conn.fetch("SELECT DISTINCT team_id FROM mappings")}
-        counts = {
-            r["state"]: r["n"]
-            for r in await conn.fetch("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
-        }
-        oldest = await conn.fetchval(
-            "SELECT MIN(created_at) FROM outbox WHERE state IN ('queued', 'sending', 'waiting')"
+    except Exception as exc:
+        checks.append(
+            Check("database", "fail", f"{where}: {exc}", "check the file is a bridge database and readable")
         )
-    finally:
-        await conn.close()
+        return None, set()
     checks.append(
         Check(
             "database",
@@ -244,13 +191,22 @@ async def postgres_database(
             f"{len(teams)} workspace(s) with bridged channels",
         )
     )
-    summary = {
-        "pending": sum(counts.get(s, 0) for s in admin.PENDING),
-        "failed": counts.get("failed", 0),
-        "oldest_pending_age_seconds": round(time.time() - oldest, 1) if oldest else None,
-    }
     checks.extend(_outbox_checks(summary))
     return accounts, teams
+
+
+async def _pending_migrations(settings: Settings) -> list[str]:
+    """Names of the migrations not yet applied (the database is known to exist)."""
+    if settings.database_url:
+        from adapters.store import postgres
+        from migrations import postgres as pg_migrations
+
+        conn = await postgres.connect(settings.database_url)
+        try:
+            return await pg_migrations.pending(conn)
+        finally:
+            await conn.close()
+    return await asyncio.to_thread(sqlite.pending_migrations, settings.database_path)
 
 
 def _outbox_checks(summary: dict[str, Any]) -> list[Check]:

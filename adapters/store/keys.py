@@ -2,22 +2,23 @@
 
 A key that cannot open what is stored must stop ``migrate`` (the release phase, so a
 bad deploy never goes live) and ``serve``: otherwise the bridge starts, reports healthy,
-and every send and `/xdm status` fails. Plain functions over one sqlite-utils
-``Database``, for the CLI (its own process, before any server work starts).
+and every send and `/xdm status` fails. One SQL for both engines, over the ``Engine`` seam,
+for the CLI (its own process, before any server work starts).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from sqlite_utils import Database
-
 from adapters.store.crypto import TokenCipher
+from adapters.store.engine import Engine
+from adapters.store.operator import table_exists
 
 # (table, key column, secret columns, which rows still matter)
 SECRETS = (
     ("accounts", "id", ("access_token", "refresh_token"), "1 = 1"),
-    ("oauth_states", "state", ("code_verifier",), "used = 0 AND expires_at > unixepoch()"),
+    ("oauth_states", "state", ("code_verifier",), "used = 0 AND expires_at > ?"),
     ("xchat_identities", "x_user_id", ("private_keys",), "1 = 1"),
     # Tokens waiting for the Slack user's click, expired ones too: the sweep must still open them
     # to give X's grant back.
@@ -45,49 +46,51 @@ class KeyCheck:
         )
 
 
-def _ciphertexts(db: Database) -> list[tuple[str, str, str, object, str]]:
+async def _ciphertexts(engine: Engine, now: float) -> list[tuple[str, str, str, object, str]]:
     found: list[tuple[str, str, str, object, str]] = []
     for table, key, columns, live in SECRETS:
-        if not db[table].exists():
+        if not await table_exists(engine, table):
             continue
         for column in columns:
             sql = (
                 f"SELECT {key} AS k, {column} AS c FROM {table} "
                 f"WHERE {live} AND {column} IS NOT NULL AND {column} != ''"
             )
-            found.extend((table, key, column, row["k"], row["c"]) for row in db.query(sql))
+            params = [now] * live.count("?")
+            found.extend((table, key, column, row["k"], row["c"]) for row in await engine.fetch(sql, *params))
     return found
 
 
-def check_keys(db: Database, cipher: TokenCipher | None) -> KeyCheck:
+async def check_keys(engine: Engine, cipher: TokenCipher | None, now: float | None = None) -> KeyCheck:
     """Try every live stored secret with the configured keys (``None``: only count them)."""
-    secrets = _ciphertexts(db)
+    secrets = await _ciphertexts(engine, time.time() if now is None else now)
     if cipher is None:
         return KeyCheck(total=len(secrets), unreadable=0)
     return KeyCheck(total=len(secrets), unreadable=sum(not cipher.opens(c) for *_, c in secrets))
 
 
-def rotate_keys(db: Database, cipher: TokenCipher) -> int:
+async def rotate_keys(engine: Engine, cipher: TokenCipher, now: float | None = None) -> int:
     """Re-encrypt every stored secret under the newest key, in one transaction; returns how many.
 
     Used and expired OAuth states are deleted first (nothing reads them). Raises
     ``ValueError`` (the ``KeyCheck`` problem) without changing anything when a secret
     cannot be opened.
     """
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        if db["oauth_states"].exists():
-            db.execute("DELETE FROM oauth_states WHERE used = 1 OR expires_at <= unixepoch()")
-        secrets = _ciphertexts(db)
+    now = time.time() if now is None else now
+    async with engine.transaction() as tx:
+        if await table_exists(tx, "oauth_states"):
+            await tx.execute("DELETE FROM oauth_states WHERE used = 1 OR expires_at <= ?", now)
+        secrets = await _ciphertexts(tx, now)
         unreadable = sum(not cipher.opens(c) for *_, c in secrets)
         if unreadable:
             raise ValueError(KeyCheck(len(secrets), unreadable).problem())
         for table, key, column, row_key, ciphertext in secrets:
-            db.execute(
-                f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [cipher.rotate(ciphertext), row_key]
+            # Only while it still holds what was read: a running bridge may save a new token
+            # meanwhile (a refresh, under its own newest key), and that one must not be lost.
+            await tx.execute(
+                f"UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?",
+                cipher.rotate(ciphertext),
+                row_key,
+                ciphertext,
             )
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
     return len(secrets)

@@ -8,12 +8,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 from slack_sdk.oauth.installation_store.models.installation import Installation
-from sqlite_utils import Database
 
-from adapters.ops import pg_admin
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.keys import rotate_keys
-from adapters.store.select import AnyStore
+from adapters.store.select import AnyStore, operator_engine
 from adapters.store.slack_installs import SlackInstallStore, SlackStateStore, TooManyInstalls
 from bridge.errors import ConfigError
 from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
@@ -95,19 +93,13 @@ async def test_rotate_keys_re_encrypts_the_bot_tokens(engine: Engine) -> None:
             installation("T1", "xoxb-one", bot_refresh_token="xoxe-1-r", bot_token_expires_in=43200)
         )
     new = generate_key()
-    # The CLI's own path (its own process and loop): sqlite-utils, or pg_admin's synchronous facade.
-    assert await asyncio.to_thread(rotated, engine, TokenCipher([new, engine.key])) == 2
+    # The CLI's own path: the operator's engine on the database, no store opened.
+    async with operator_engine(engine.location) as on_database:
+        assert await rotate_keys(on_database, TokenCipher([new, engine.key])) == 2
     async with opened(engine) as store:
         installs = SlackInstallStore(store.engine, TokenCipher([new]), Clock())
         bot = await installs.async_find_bot(enterprise_id=None, team_id="T1")
         assert bot is not None and (bot.bot_token, bot.bot_refresh_token) == ("xoxb-one", "xoxe-1-r")
-
-
-def rotated(engine: Engine, cipher: TokenCipher) -> int:
-    if engine.name == "sqlite":
-        return rotate_keys(Database(engine.location), cipher)
-    with pg_admin.connect(engine.location) as db:
-        return rotate_keys(db, cipher)  # type: ignore[arg-type]  # the same surface (pg_admin)
 
 
 async def test_an_oauth_state_is_used_once_and_never_after_it_expires(engine: Engine) -> None:

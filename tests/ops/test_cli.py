@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,8 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
-from tests.harness import ALICE, ME, TEAM, running_bridge
-from tests.ops.support import run
+from tests.harness import ALICE, FAST, ME, TEAM, running_bridge
+from tests.ops.support import run, run_beside
 from tests.outbox import accepted
 
 ACCESS, REFRESH = "access-token-plaintext", "refresh-token-plaintext"
@@ -91,27 +91,32 @@ async def test_accounts_and_mappings_list_rows_and_never_tokens(
         sqlite3.connect(db_path).execute("SELECT access_token, refresh_token FROM accounts").fetchone()
     )
 
-    code, text = run(capsys, "accounts")
+    code, text = await run_beside(capsys, "accounts")
     assert code == 0
     assert "@bridge_owner" in text and "U100" in text and "ok" in text
-    code, raw = run(capsys, "accounts", "--json")
+    code, raw = await run_beside(capsys, "accounts", "--json")
     assert code == 0
     [account] = json.loads(raw)
     assert account["x_username"] == "bridge_owner" and account["mappings"] == 2
     assert account["has_refresh_token"] is True and account["needs_reconnect"] is False
     assert "dm.write" in account["scopes"]
 
-    code, text = run(capsys, "mappings")
+    code, text = await run_beside(capsys, "mappings")
     assert code == 0
     assert "C100" in text and "1000-2001" in text and "with X user 2001" in text
-    code, raw = run(capsys, "mappings", "--json")
+    code, raw = await run_beside(capsys, "mappings", "--json")
     rows = json.loads(raw)
     assert [(r["channel_id"], r["kind"], r["x_username"]) for r in rows] == [
         ("C100", "link", "bridge_owner"),
         ("C200", "dm", "bridge_owner"),
     ]
 
-    everything = text + raw + run(capsys, "accounts")[1] + run(capsys, "accounts", "--json")[1]
+    everything = (
+        text
+        + raw
+        + (await run_beside(capsys, "accounts"))[1]
+        + (await run_beside(capsys, "accounts", "--json"))[1]
+    )
     for secret in (ACCESS, REFRESH, *ciphertexts):
         assert secret not in everything
 
@@ -120,7 +125,7 @@ async def test_outbox_lists_waiting_and_failed_rows(
     db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = await fill(db_path)
-    code, raw = run(capsys, "outbox", "--json")
+    code, raw = await run_beside(capsys, "outbox", "--json")
     assert code == 0
     listed = json.loads(raw)
     by_id = {item["id"]: item for item in listed["items"]}
@@ -133,13 +138,13 @@ async def test_outbox_lists_waiting_and_failed_rows(
     assert by_id[rows.sending]["attempts"] == 1
     assert listed["summary"]["counts"] == {"sent": 1, "failed": 1, "waiting": 1, "queued": 1, "sending": 1}
 
-    code, text = run(capsys, "outbox")
+    code, text = await run_beside(capsys, "outbox")
     assert code == 0
     assert "1 failed" in text and "on reconnect" in text and " 9m " in text
     line = next(line for line in text.splitlines() if line.startswith(f"{rows.failed} "))
     assert "failed" in line and "1700000000.000001" in line and "verified" in line
 
-    code, raw = run(capsys, "outbox", "--state", "failed", "--json")
+    code, raw = await run_beside(capsys, "outbox", "--state", "failed", "--json")
     assert [i["id"] for i in json.loads(raw)["items"]] == [rows.failed]
 
 
@@ -148,7 +153,9 @@ async def test_retry_makes_rows_due_now_and_keeps_sending_rows_for_reconciliatio
 ) -> None:
     rows = await fill(db_path)
     before = time.time()
-    code, text = run(capsys, "outbox", "retry", str(rows.failed), str(rows.waiting), str(rows.sending))
+    code, text = await run_beside(
+        capsys, "outbox", "retry", str(rows.failed), str(rows.waiting), str(rows.sending)
+    )
     assert code == 0, text
     assert "3 row(s) queued for another attempt" in text
     after = states(db_path)
@@ -157,7 +164,7 @@ async def test_retry_makes_rows_due_now_and_keeps_sending_rows_for_reconciliatio
     # A row that may already be on X stays "sending": the worker checks X before resending.
     assert after[rows.sending][0] == "sending" and after[rows.sending][2] >= before - 1
 
-    code, raw = run(capsys, "outbox", "retry", str(rows.sent), "999", "--json")
+    code, raw = await run_beside(capsys, "outbox", "retry", str(rows.sent), "999", "--json")
     assert code == 1
     result = json.loads(raw)
     assert result["retried"] == []
@@ -168,22 +175,22 @@ async def test_retry_makes_rows_due_now_and_keeps_sending_rows_for_reconciliatio
 
 async def test_retry_all_failed_and_drop(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = await fill(db_path)
-    code, text = run(capsys, "outbox", "drop", str(rows.queued), str(rows.waiting))
+    code, text = await run_beside(capsys, "outbox", "drop", str(rows.queued), str(rows.waiting))
     assert code == 0, text
     after = states(db_path)
     assert after[rows.queued][:2] == ("failed", "dropped by operator")
     assert after[rows.waiting][:2] == ("failed", "dropped by operator")
 
-    code, raw = run(capsys, "outbox", "drop", str(rows.sent), "--json")
+    code, raw = await run_beside(capsys, "outbox", "drop", str(rows.sent), "--json")
     assert code == 1
     assert json.loads(raw)["dropped"] == [] and states(db_path)[rows.sent][0] == "sent"
 
-    code, raw = run(capsys, "outbox", "retry", "--all-failed", "--json")
+    code, raw = await run_beside(capsys, "outbox", "retry", "--all-failed", "--json")
     assert code == 0
     assert sorted(json.loads(raw)["retried"]) == sorted([rows.failed, rows.queued, rows.waiting])
     assert [s for s in states(db_path).values() if s[0] == "failed"] == []
 
-    code, text = run(capsys, "outbox", "retry", "--all-failed")
+    code, text = await run_beside(capsys, "outbox", "retry", "--all-failed")
     assert code == 0 and "nothing to do" in text
 
 
@@ -202,7 +209,9 @@ def test_usage_and_missing_database_exit_codes(
 async def test_retry_is_picked_up_by_a_running_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with running_bridge(tmp_path) as bridge:
+    # The server notices an operator's change at its next rescan (the harness's is 600 s: a
+    # lost wake-up must not hide behind it; the command, its own process, wakes nothing).
+    async with running_bridge(tmp_path, delivery=replace(FAST, rescan_every=0.5)) as bridge:
         await bridge.connect()
         await bridge.map_link("1000-2001")
         bridge.x.inject("403")
@@ -211,14 +220,14 @@ async def test_retry_is_picked_up_by_a_running_server(
         assert bridge.texts() == []
 
         monkeypatch.setenv("DATABASE_PATH", str(bridge.db_path))
-        code, raw = run(capsys, "outbox", "--state", "failed", "--json")
+        code, raw = await run_beside(capsys, "outbox", "--state", "failed", "--json")
         [item] = json.loads(raw)["items"]
         assert code == 0 and item["slack_ts"] == ts
-        code, _ = run(capsys, "outbox", "retry", str(item["id"]))
+        code, _ = await run_beside(capsys, "outbox", "retry", str(item["id"]))
         assert code == 0
         await bridge.wait_reaction("C100", ts, "white_check_mark")
         assert bridge.texts() == ["Ada: second chance"]
-        code, raw = run(capsys, "outbox", "--json")
+        code, raw = await run_beside(capsys, "outbox", "--json")
         assert json.loads(raw)["items"] == []
 
 

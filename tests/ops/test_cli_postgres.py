@@ -66,3 +66,12 @@ def test_operator_commands_read_and_change_postgresql(
         (waiting, "failed", "dropped by operator"),
         (queued, "queued", None),
     ]
+
+
+def test_a_database_without_the_bridge_tables_says_to_migrate_and_stays_as_it_was(
+    pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (["outbox"], ["accounts"], ["workspaces"], ["outbox", "retry", "--all-failed"]):
+        code, out = run(capsys, *command)
+        assert code == 1 and "run `xdm-bridge migrate`" in out and "Traceback" not in out, command
+    assert asyncio.run(pg.query(pg_database, "SELECT to_regclass('outbox') IS NULL")) == [(True,)]

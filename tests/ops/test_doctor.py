@@ -24,6 +24,7 @@ from adapters.store.select import AnyStore, make_store
 from bridge.model import TokenSet, XUser
 from bridge.settings import Settings
 from migrations import migrations
+from tests import pg
 from tests.harness import ALICE, BOB, ME, TEAM, bridge_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,6 +198,16 @@ async def test_database_missing_or_behind(tmp_path: Path) -> None:
     report = await doctor.run({**env, "DATABASE_PATH": str(behind)})
     [database] = by_name(report, "database")
     assert database.status == "fail" and "pending" in database.detail and last in database.detail
+
+
+async def test_a_postgresql_database_behind_is_reported_not_migrated(pg_url: str, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = bridge_env(tmp_path / "unused.db", dead, f"{dead}/api/", 3000, DATABASE_URL=pg_url)
+    report = await doctor.run(env)
+    [database] = by_name(report, "database")
+    assert database.status == "fail" and "migration(s) pending" in database.detail
+    assert database.fix is not None and "xdm-bridge migrate" in database.fix
+    assert await pg.query(pg_url, "SELECT to_regclass('outbox') IS NULL") == [(True,)]  # left as it was
 
 
 async def test_missing_slack_scopes_are_named(tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
