@@ -169,7 +169,9 @@ class OperatorStore:
         async with self._engine.transaction() as tx:
             if all_failed:
                 changed = await tx.fetch(
-                    "UPDATE outbox SET state = 'queued', next_attempt_at = ? WHERE state = 'failed' "
+                    # A failure retried is no longer one to tell its author about.
+                    "UPDATE outbox SET state = 'queued', next_attempt_at = ?, untold_failure = NULL "
+                    "WHERE state = 'failed' "
                     "RETURNING id",
                     now,
                 )
@@ -177,7 +179,7 @@ class OperatorStore:
             if not ids:
                 return Outcome([], {})
             changed = await tx.fetch(
-                "UPDATE outbox SET next_attempt_at = ?, "
+                "UPDATE outbox SET next_attempt_at = ?, untold_failure = NULL, "
                 "state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END "
                 f"WHERE id IN ({_marks(ids)}) AND state IN ('sending', 'failed', 'waiting', 'queued') "
                 "RETURNING id",

@@ -108,6 +108,8 @@ async def test_retry_makes_rows_due_and_keeps_a_sending_row_sending(engine: Engi
     assert after[rows.sending][0] == "sending"  # its POST may have reached X: the worker checks first
     assert {after[i][2] for i in (rows.failed, rows.waiting, rows.sending)} == {NOW + 1}
     assert after[rows.sent][0] == "sent"
+    # Retried, a failure is no longer one to tell its author about at the next start.
+    assert await engine.sql("SELECT id FROM outbox WHERE untold_failure IS NOT NULL") == []
 
 
 async def test_drop_fails_unsent_rows_and_retry_all_failed_undoes_it(engine: Engine) -> None:
@@ -125,7 +127,9 @@ async def test_drop_fails_unsent_rows_and_retry_all_failed_undoes_it(engine: Eng
         assert after[rows.queued][:2] == after[rows.sending][:2] == ("failed", DROPPED)
         assert after[rows.failed][:2] == ("failed", "refused")
 
+        assert await engine.sql("SELECT id FROM outbox WHERE untold_failure IS NOT NULL") == [(rows.failed,)]
         retried = await store.retry(all_failed=True, now=NOW)
+        assert await engine.sql("SELECT id FROM outbox WHERE untold_failure IS NOT NULL") == []
         assert retried.done == sorted([rows.queued, rows.sending, rows.failed]) and not retried.skipped
         assert [s for s in (await states(engine)).values() if s[0] == "failed"] == []
         assert (await store.retry(all_failed=True, now=NOW)).done == []
