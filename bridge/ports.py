@@ -46,10 +46,10 @@ class Clock(Protocol):
         ...
 
 
-class Store(Protocol):
-    """Durable state. Every method is one transaction."""
+class AccountStore(Protocol):
+    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
+    one transaction."""
 
-    # accounts
     async def save_account(
         self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
     ) -> Account: ...
@@ -85,7 +85,21 @@ class Store(Protocol):
         """
         ...
 
-    # OAuth states
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[LockedAccount]:
+        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
+        so across every instance sharing the store only one refresh per account may run at a time.
+
+        What the refresh reads and writes meanwhile goes through the ``LockedAccount`` it yields,
+        never through the store's other calls: a lock that holds a database connection and then
+        waits for a second one deadlocks once as many refreshes run as there are connections.
+        Its writes are kept even if the block then raises."""
+        ...
+
+
+class ConnectFlowStore(Protocol):
+    """An X authorization on its way to becoming an account: OAuth states, then the connection
+    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+
     async def save_oauth_state(self, state: OAuthState) -> None: ...
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
         """The flow, if it is unused, unexpired and not yet confirmed in a browser (read only)."""
@@ -123,6 +137,11 @@ class Store(Protocol):
     async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
         """Remove and return every pending connection expired by ``now`` (their tokens to revoke)."""
         ...
+
+
+class Store(AccountStore, ConnectFlowStore, Protocol):
+    """Durable state: every role's port, and the roles not split out yet. Every method is one
+    transaction."""
 
     # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None: ...
@@ -418,16 +437,6 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> bool: ...
-
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[LockedAccount]:
-        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
-        so across every instance sharing the store only one refresh per account may run at a time.
-
-        What the refresh reads and writes meanwhile goes through the ``LockedAccount`` it yields,
-        never through the store's other calls: a lock that holds a database connection and then
-        waits for a second one deadlocks once as many refreshes run as there are connections.
-        Its writes are kept even if the block then raises."""
-        ...
 
 
 class LockedAccount(Protocol):
