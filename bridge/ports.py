@@ -139,11 +139,10 @@ class ConnectFlowStore(Protocol):
         ...
 
 
-class Store(AccountStore, ConnectFlowStore, Protocol):
-    """Durable state: every role's port, and the roles not split out yet. Every method is one
-    transaction."""
+class MappingStore(Protocol):
+    """Which Slack channel bridges which X conversation (``adapters/store/mappings.py``). Every
+    method is one transaction."""
 
-    # mappings
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None: ...
     async def create_mapping(
         self, mapping: ChannelMapping, *, history: bool = False
@@ -171,6 +170,11 @@ class Store(AccountStore, ConnectFlowStore, Protocol):
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[ChannelMapping]: ...
+
+
+class Store(AccountStore, ConnectFlowStore, MappingStore, Protocol):
+    """Durable state: every role's port, and the roles not split out yet. Every method is one
+    transaction."""
 
     # relay
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:

@@ -31,11 +31,11 @@ from adapters.store import rows
 from adapters.store.accounts import AccountsRole, ConnectFlowRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import PostgresEngine, PostgresTransaction
+from adapters.store.mappings import MappingsRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
-    ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
@@ -113,7 +113,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(AccountsRole, ConnectFlowRole, StoreBase):
+class PostgresStore(AccountsRole, ConnectFlowRole, MappingsRole, StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
@@ -189,75 +189,6 @@ class PostgresStore(AccountsRole, ConnectFlowRole, StoreBase):
         """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for
         its log on disk); for ``doctor``, tests and bench."""
         return str(await self.pool.fetchval("SHOW synchronous_commit"))
-
-    # -- mappings ----------------------------------------------------------
-
-    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2", team_id, channel_id
-        )
-        return rows.mapping(row) if row else None
-
-    async def create_mapping(
-        self, mapping: ChannelMapping, *, history: bool = False
-    ) -> ChannelMapping | None:
-        async with self._tx() as conn:
-            status = await conn.execute(
-                f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-                *rows.mapping_values(mapping),
-            )
-            created = status == "INSERT 0 1"
-            if created and history and mapping.conversation_id:
-                await self._request_backfill(
-                    conn, mapping.account_id, mapping.conversation_id, mapping.created_at
-                )
-        return mapping if created else None
-
-    async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
-    ) -> ChannelMapping | None:
-        sql = "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2"
-        args: list[Any] = [team_id, channel_id]
-        if made is not None:
-            sql += " AND created_by = $3 AND created_at = $4"
-            args += [made.created_by, made.created_at]
-        row = await self.pool.fetchrow(sql + " RETURNING *", *args)
-        return rows.mapping(row) if row else None
-
-    async def abandon_group(
-        self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
-        members = json.dumps(list(group))  # as create_mapping and accept write it
-        async with self._tx() as conn:
-            # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
-            row = await conn.fetchrow(
-                "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 AND kind = 'group' "
-                "AND conversation_id IS NULL AND participant_ids = $3 RETURNING *",
-                team_id,
-                channel_id,
-                members,
-            )
-            found = await conn.fetch(
-                f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND target_group = $3 "
-                f"AND state IN {PENDING_STATES} ORDER BY seq, part",
-                team_id,
-                channel_id,
-                members,
-            )
-        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
-
-    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
-        await self._execute(
-            "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3",
-            conversation_id,
-            team_id,
-            channel_id,
-        )
-
-    async def list_mappings(self) -> list[ChannelMapping]:
-        found = await self.pool.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
-        return [rows.mapping(r) for r in found]
 
     # -- relay -------------------------------------------------------------
 

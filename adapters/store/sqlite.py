@@ -27,6 +27,7 @@ from adapters.store import rows
 from adapters.store.accounts import AccountsRole, ConnectFlowRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.mappings import MappingsRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
@@ -159,7 +160,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(AccountsRole, ConnectFlowRole, StoreBase):
+class SqliteStore(AccountsRole, ConnectFlowRole, MappingsRole, StoreBase):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
@@ -261,91 +262,6 @@ class SqliteStore(AccountsRole, ConnectFlowRole, StoreBase):
         row = await self._call(lambda: self._one("PRAGMA synchronous"))
         level = int(next(iter(row.values()))) if row else -1
         return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
-
-    # -- mappings ----------------------------------------------------------
-
-    @staticmethod
-    def _mapping(row: dict[str, Any]) -> ChannelMapping:
-        return rows.mapping(row)
-
-    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
-        def work() -> ChannelMapping | None:
-            row = self._one(
-                "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?", [team_id, channel_id]
-            )
-            return self._mapping(row) if row else None
-
-        return await self._call(work)
-
-    async def create_mapping(
-        self, mapping: ChannelMapping, *, history: bool = False
-    ) -> ChannelMapping | None:
-        def work() -> ChannelMapping | None:
-            with self.db.atomic():
-                cursor = self.db.execute(
-                    f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    rows.mapping_values(mapping),
-                )
-                if cursor.rowcount == 1 and history and mapping.conversation_id:
-                    self._request_backfill(mapping.account_id, mapping.conversation_id, mapping.created_at)
-            return mapping if cursor.rowcount == 1 else None
-
-        return await self._call(work)
-
-    async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
-    ) -> ChannelMapping | None:
-        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
-        params: list[Any] = [team_id, channel_id]
-        if made is not None:
-            sql += " AND created_by = ? AND created_at = ?"
-            params += [made.created_by, made.created_at]
-
-        def work() -> ChannelMapping | None:
-            with self.db.atomic():
-                row = self._one(sql + " RETURNING *", params)
-            return self._mapping(row) if row else None
-
-        return await self._call(work)
-
-    async def abandon_group(
-        self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
-        members = json.dumps(list(group))  # as create_mapping and accept write it
-
-        def work() -> tuple[ChannelMapping | None, list[OutboxItem]]:
-            with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
-                    "AND conversation_id IS NULL AND participant_ids = ? RETURNING *",
-                    [team_id, channel_id, members],
-                )
-                rows = self._rows(
-                    f"SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND target_group = ? "
-                    f"AND state IN {PENDING_STATES} ORDER BY seq, part",
-                    [team_id, channel_id, members],
-                )
-            return (self._mapping(row) if row else None), [self._item(r) for r in rows]
-
-        return await self._call(work)
-
-    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
-        def work() -> None:
-            with self.db.atomic():
-                self.db.execute(
-                    "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ?",
-                    [conversation_id, team_id, channel_id],
-                )
-
-        await self._call(work)
-
-    async def list_mappings(self) -> list[ChannelMapping]:
-        return await self._call(
-            lambda: [
-                self._mapping(r) for r in self._rows("SELECT * FROM mappings ORDER BY team_id, channel_id")
-            ]
-        )
 
     # -- relay -------------------------------------------------------------
 
