@@ -29,17 +29,14 @@ class MappingsRole(StoreBase):
     async def create_mapping(
         self, mapping: ChannelMapping, *, history: bool = False
     ) -> ChannelMapping | None:
-        async with self.engine.transaction() as tx:
-            created = (
-                await tx.execute(
-                    f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    *rows.mapping_values(mapping),
-                )
-                == 1
-            )
-            if created and history and mapping.conversation_id:
-                await ask_history(tx, mapping.account_id, mapping.conversation_id, mapping.created_at)
+        if history and mapping.conversation_id:
+            async with self.engine.transaction() as tx:
+                created = await _insert(tx, mapping)
+                if created:
+                    await ask_history(tx, mapping.account_id, mapping.conversation_id, mapping.created_at)
+        else:
+            # One statement needs no transaction of its own (on PostgreSQL: no BEGIN/COMMIT trips).
+            created = await _insert(self.engine, mapping)
         return mapping if created else None
 
     async def delete_mapping(
@@ -86,6 +83,16 @@ class MappingsRole(StoreBase):
     async def list_mappings(self) -> list[ChannelMapping]:
         found = await self.engine.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
         return [rows.mapping(r) for r in found]
+
+
+async def _insert(engine: Engine, mapping: ChannelMapping) -> bool:
+    """Whether the mapping was written (no other is there for its channel)."""
+    written = await engine.execute(
+        f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        *rows.mapping_values(mapping),
+    )
+    return written == 1
 
 
 async def ask_history(tx: Engine, account_id: int, conversation_id: str, bridged_at: float) -> None:
