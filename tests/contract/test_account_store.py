@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from adapters.store.engine import Dialect
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
-from bridge.model import Account, ChannelMapping, InboundEvent, MappingKind, TokenSet, XUser
+from bridge.model import Account, ChannelMapping, InboundEvent, MappingKind, OAuthState, TokenSet, XUser
 from tests.contract.conftest import Engine
 
 ME, OTHER, ALICE = "1000", "3000", "2001"
@@ -79,3 +80,18 @@ async def test_switching_x_accounts_survives_a_read_committing_its_cursor_mid_sw
     # And what the other account had read waits, parked, for it.
     await store.hold_for_previous_account(account.id, XUser(ME, "me"), XUser(OTHER, "other"), 5.0)
     assert await store.get_cursor(account.id) == "70"
+
+
+async def test_a_new_oauth_state_sweeps_those_expired_over_an_hour_ago(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        now = time.time()
+        for name, expires_at in (("old", now - 3700), ("recent", now - 3500), ("live", now + 600)):
+            await store.save_oauth_state(OAuthState(name, "verifier", "T1", "U1", "C1", None, expires_at))
+        await store.save_oauth_state(OAuthState("new", "verifier", "T1", "U1", "C1", None, now + 600))
+        kept = await engine.sql("SELECT state FROM oauth_states ORDER BY state")
+        assert [state for (state,) in kept] == ["live", "new", "recent"]
+        assert await store.get_oauth_state("recent", now) is None  # kept a while, but expired
+    finally:
+        await store.close()
