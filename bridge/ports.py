@@ -56,10 +56,10 @@ class Clock(Protocol):
         ...
 
 
-class Store(Protocol):
-    """Durable state. Every method is one transaction."""
+class AccountStore(Protocol):
+    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
+    one transaction."""
 
-    # accounts
     async def save_account(
         self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
     ) -> Account: ...
@@ -101,7 +101,21 @@ class Store(Protocol):
         """
         ...
 
-    # OAuth states
+    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[LockedAccount]:
+        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
+        so across every instance sharing the store only one refresh per account may run at a time.
+
+        What the refresh reads and writes meanwhile goes through the ``LockedAccount`` it yields,
+        never through the store's other calls: a lock that holds a database connection and then
+        waits for a second one deadlocks once as many refreshes run as there are connections.
+        Its writes are kept even if the block then raises."""
+        ...
+
+
+class ConnectFlowStore(Protocol):
+    """An X authorization on its way to becoming an account: OAuth states, then the connection
+    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+
     async def save_oauth_state(self, state: OAuthState) -> None: ...
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
         """The flow, if it is unused, unexpired and not yet confirmed in a browser (read only)."""
@@ -140,7 +154,11 @@ class Store(Protocol):
         """Remove and return every pending connection expired by ``now`` (their tokens to revoke)."""
         ...
 
-    # mappings
+
+class MappingStore(Protocol):
+    """Which Slack channel bridges which X conversation (``adapters/store/mappings.py``). Every
+    method is one transaction."""
+
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None: ...
     async def create_mapping(
         self, mapping: ChannelMapping, *, history: bool = False
@@ -177,6 +195,11 @@ class Store(Protocol):
     ) -> list[ChannelMapping]:
         """The mappings matching every filter given (by index: never the whole table)."""
         ...
+
+
+class Store(AccountStore, ConnectFlowStore, MappingStore, Protocol):
+    """Durable state: every role's port, and the roles not split out yet. Every method is one
+    transaction."""
 
     # relay
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
@@ -451,16 +474,6 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> bool: ...
-
-    def refresh_lock(self, account_id: int) -> AbstractAsyncContextManager[LockedAccount]:
-        """Held while an account's token is re-read and refreshed: X's refresh tokens are single-use,
-        so across every instance sharing the store only one refresh per account may run at a time.
-
-        What the refresh reads and writes meanwhile goes through the ``LockedAccount`` it yields,
-        never through the store's other calls: a lock that holds a database connection and then
-        waits for a second one deadlocks once as many refreshes run as there are connections.
-        Its writes are kept even if the block then raises."""
-        ...
 
 
 class LockedAccount(Protocol):

@@ -25,7 +25,7 @@ from typing import NoReturn, TypeVar
 
 from bridge.errors import XAuthExpired, XAuthRevoked, XTransient
 from bridge.model import Account
-from bridge.ports import Clock, LockedAccount, Store, XOAuth
+from bridge.ports import AccountStore, Clock, LockedAccount, XOAuth
 
 log = logging.getLogger("bridge.tokens")
 
@@ -39,7 +39,7 @@ T = TypeVar("T")
 class TokenManager:
     """Hands out usable access tokens; marks accounts for reconnection when X refuses a refresh."""
 
-    def __init__(self, store: Store, oauth: XOAuth, clock: Clock, on_revoked: RevokedHook) -> None:
+    def __init__(self, store: AccountStore, oauth: XOAuth, clock: Clock, on_revoked: RevokedHook) -> None:
         self._store = store
         self._oauth = oauth
         self._clock = clock

@@ -28,31 +28,27 @@ from typing import Any
 import asyncpg
 
 from adapters.store import rows
+from adapters.store.accounts import AccountsRole, ConnectFlowRole
 from adapters.store.crypto import TokenCipher
-from adapters.store.engine import PostgresEngine
+from adapters.store.engine import PostgresEngine, PostgresTransaction
 from adapters.store.lookups import LookupsRole
+from adapters.store.mappings import MappingsRole
 from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
-    Account,
-    ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
-    OAuthState,
     OutboxItem,
     OutboxKind,
     OutboxState,
-    PendingConnection,
     ReadGap,
     RenderedPart,
     Sent,
-    TokenSet,
     Unreadable,
-    XUser,
 )
 from bridge.ports import LockedAccount
 from bridge.settings import redacted
@@ -119,7 +115,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(LookupsRole, OutboxRole, StoreBase):
+class PostgresStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, OutboxRole, StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
@@ -195,362 +191,6 @@ class PostgresStore(LookupsRole, OutboxRole, StoreBase):
         """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for
         its log on disk); for ``doctor``, tests and bench."""
         return str(await self.pool.fetchval("SHOW synchronous_commit"))
-
-    # -- accounts ----------------------------------------------------------
-
-    def _account(self, row: Any) -> Account:
-        return rows.account(row, self._cipher, self._unreadable_accounts)
-
-    async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
-        columns = rows.token_columns(tokens, self._cipher)
-        async with self._tx() as conn:
-            row = await conn.fetchrow(
-                f"""
-                INSERT INTO accounts (team_id, slack_user_id, x_user_id, x_username, access_token,
-                                      refresh_token, expires_at, scope, needs_reconnect,
-                                      created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, {NOW}, {NOW})
-                ON CONFLICT (team_id, slack_user_id) DO UPDATE SET
-                    x_user_id = excluded.x_user_id, x_username = excluded.x_username,
-                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
-                    expires_at = excluded.expires_at, scope = excluded.scope,
-                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
-                RETURNING *
-                """,
-                team_id,
-                slack_user_id,
-                user.id,
-                user.username,
-                columns["access_token"],
-                columns["refresh_token"],
-                columns["expires_at"],
-                columns["scope"],
-            )
-        assert row is not None
-        return self._account(row)
-
-    async def get_account(self, account_id: int) -> Account | None:
-        row = await self.pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
-        return self._account(row) if row else None
-
-    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM accounts WHERE team_id = $1 AND slack_user_id = $2", team_id, slack_user_id
-        )
-        return self._account(row) if row else None
-
-    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
-        await self._update_tokens(self.pool, account_id, tokens)
-
-    async def _update_tokens(self, conn: Any, account_id: int, tokens: TokenSet) -> None:
-        columns = rows.token_columns(tokens, self._cipher)
-        await conn.execute(
-            f"UPDATE accounts SET access_token = $1, refresh_token = $2, expires_at = $3, scope = $4, "
-            f"updated_at = {NOW} WHERE id = $5",
-            columns["access_token"],
-            columns["refresh_token"],
-            columns["expires_at"],
-            columns["scope"],
-            account_id,
-        )
-
-    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None:
-        await self._execute("UPDATE accounts SET needs_reconnect = $1 WHERE id = $2", int(needs), account_id)
-
-    async def list_accounts(self) -> list[Account]:
-        return [self._account(r) for r in await self.pool.fetch("SELECT * FROM accounts ORDER BY id")]
-
-    async def usernames_needing_reconnect(self) -> list[str]:
-        """X usernames of accounts whose refresh X refused or whose tokens no key opens (for
-        /healthz: no token is kept decrypted)."""
-        found = await self.pool.fetch(
-            "SELECT x_username, needs_reconnect, access_token, refresh_token FROM accounts "
-            "WHERE disconnected_at IS NULL ORDER BY x_username"
-        )
-        return [r["x_username"] for r in found if rows.needs_reconnect(r, self._cipher)]
-
-    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
-        """Forget the account's tokens and pause its mappings (as the SQLite store)."""
-        async with self._tx() as conn:
-            await conn.execute(
-                "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
-                "needs_reconnect = 1, disconnected_at = $1, updated_at = $1 WHERE id = $2",
-                now,
-                account_id,
-            )
-            paused = await conn.fetch(
-                "UPDATE mappings SET paused_at = $1, paused_by = $2 "
-                "WHERE account_id = $3 AND paused_at IS NULL RETURNING *",
-                now,
-                by,
-                account_id,
-            )
-        return sorted((rows.mapping(r) for r in paused), key=lambda m: (m.team_id, m.channel_id))
-
-    async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
-        resumed = await self.pool.fetch(
-            # Not those held for another X account (``hold_for_previous_account``).
-            "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
-            "WHERE account_id = $1 AND paused_at IS NOT NULL AND held_for IS NULL RETURNING *",
-            account_id,
-        )
-        return sorted((rows.mapping(r) for r in resumed), key=lambda m: (m.team_id, m.channel_id))
-
-    @staticmethod
-    async def _switch_cursor(
-        conn: Conn, account_id: int, previous_id: str, current_id: str, now: float
-    ) -> None:
-        """As the SQLite store's: the read cursor is the X account's; the previous one's is
-        parked, the current one's put back (or none: a first read)."""
-        await conn.execute(
-            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, gap_newest, gap_oldest, "
-            "updated_at) SELECT account_id, $1, newest_event_id, gap_newest, gap_oldest, $2 FROM cursors "
-            "WHERE account_id = $3 ON CONFLICT (account_id, x_user_id) DO UPDATE SET "
-            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
-            "gap_oldest = excluded.gap_oldest, updated_at = excluded.updated_at",
-            previous_id,
-            now,
-            account_id,
-        )
-        await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
-        # A read of the previous account may commit its cursor between this DELETE and the
-        # INSERT (there was no row to lock): the current account's parked cursor wins, and with
-        # none parked (a first read) no cursor stays. A plain INSERT failed the whole switch
-        # (a unique violation), and the connect with it.
-        await conn.execute(
-            "INSERT INTO cursors (account_id, newest_event_id, gap_newest, gap_oldest, gap_opened_at, "
-            "updated_at) SELECT account_id, newest_event_id, gap_newest, gap_oldest, "
-            "CASE WHEN gap_newest IS NOT NULL THEN $1::double precision END, $1 FROM parked_cursors "
-            "WHERE account_id = $2 AND x_user_id = $3 ON CONFLICT (account_id) DO UPDATE SET "
-            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
-            "gap_oldest = excluded.gap_oldest, gap_opened_at = excluded.gap_opened_at, "
-            "gap_token = NULL, gap_restarts = 0, updated_at = excluded.updated_at",
-            now,
-            account_id,
-            current_id,
-        )
-        await conn.execute(
-            "DELETE FROM cursors WHERE account_id = $1 AND NOT EXISTS (SELECT 1 FROM parked_cursors "
-            "WHERE account_id = $1 AND x_user_id = $2)",
-            account_id,
-            current_id,
-        )
-        await conn.execute(
-            "DELETE FROM parked_cursors WHERE account_id = $1 AND x_user_id = $2", account_id, current_id
-        )
-
-    async def hold_for_previous_account(
-        self, account_id: int, previous: XUser, current: XUser, now: float
-    ) -> list[ChannelMapping]:
-        async with self._tx() as conn:
-            held: list[Any] = []
-            if previous.id != current.id:
-                # A conversation id is the previous account's conversation; a 1-to-1 by person
-                # (kind dm) or a group not created yet is not anyone's yet.
-                held = await conn.fetch(
-                    "UPDATE mappings SET paused_at = COALESCE(paused_at, $1), "
-                    "paused_by = COALESCE(paused_by, 'switch'), held_for = $2, held_for_username = $3 "
-                    "WHERE account_id = $4 AND held_for IS NULL AND kind != 'dm' "
-                    "AND conversation_id IS NOT NULL RETURNING *",
-                    now,
-                    previous.id,
-                    previous.username,
-                    account_id,
-                )
-                await conn.execute(
-                    "UPDATE outbox SET held_state = state, state = 'held', held_for = $1 "
-                    f"WHERE account_id = $2 AND state IN {PENDING_STATES} "
-                    "AND target_conversation IS NOT NULL",
-                    previous.id,
-                    account_id,
-                )
-                await self._switch_cursor(conn, account_id, previous.id, current.id, now)
-            # What was held for the account connected now is its own again.
-            await conn.execute(
-                "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
-                "WHERE account_id = $1 AND held_for = $2",
-                account_id,
-                current.id,
-            )
-            await conn.execute(
-                "UPDATE outbox SET state = COALESCE(held_state, 'queued'), held_for = NULL, "
-                "held_state = NULL, next_attempt_at = $1 "
-                "WHERE account_id = $2 AND state = 'held' AND held_for = $3",
-                now,
-                account_id,
-                current.id,
-            )
-        return sorted((rows.mapping(r) for r in held), key=lambda m: (m.team_id, m.channel_id))
-
-    # -- OAuth states ------------------------------------------------------
-
-    async def save_oauth_state(self, state: OAuthState) -> None:
-        async with self._tx() as conn:
-            # Expired states are useless; sweep them whenever a new one is made.
-            await conn.execute(f"DELETE FROM oauth_states WHERE expires_at < {NOW} - 3600")
-            await conn.execute(
-                "INSERT INTO oauth_states (state, code_verifier, team_id, slack_user_id, channel_id, "
-                "response_url, expires_at, used, slack_user_name, team_name) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)",
-                state.state,
-                self._cipher.encrypt(state.code_verifier),
-                state.team_id,
-                state.slack_user_id,
-                state.channel_id,
-                state.response_url,
-                state.expires_at,
-                state.slack_user_name,
-                state.team_name,
-            )
-
-    def _oauth_state(self, row: Any) -> OAuthState:
-        return OAuthState(
-            state=row["state"],
-            code_verifier=self._cipher.decrypt(row["code_verifier"]),
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
-            channel_id=row["channel_id"] or "",
-            response_url=row["response_url"],
-            expires_at=row["expires_at"],
-            slack_user_name=row["slack_user_name"] or "",
-            team_name=row["team_name"] or "",
-        )
-
-    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM oauth_states WHERE state = $1 AND used = 0 AND expires_at > $2 "
-            "AND browser_hash IS NULL",
-            state,
-            now,
-        )
-        return self._oauth_state(row) if row else None
-
-    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
-        # One UPDATE decides, even between instances: one browser confirms a state.
-        row = await self.pool.fetchrow(
-            "UPDATE oauth_states SET browser_hash = $1 WHERE state = $2 AND used = 0 "
-            "AND expires_at > $3 AND browser_hash IS NULL RETURNING *",
-            browser_hash,
-            state,
-            now,
-        )
-        return self._oauth_state(row) if row else None
-
-    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
-        # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
-        row = await self.pool.fetchrow(
-            "UPDATE oauth_states SET used = 1 WHERE state = $1 AND used = 0 AND expires_at > $2 "
-            "AND browser_hash = $3 RETURNING *",
-            state,
-            now,
-            browser_hash,
-        )
-        return self._oauth_state(row) if row else None
-
-    # -- connections waiting for a click in Slack ---------------------------
-
-    async def save_pending_connection(self, pending: PendingConnection) -> None:
-        values = rows.pending_values(pending, self._cipher)
-        marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
-        await self.pool.execute(
-            f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", *values
-        )
-
-    async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM pending_connections WHERE id = $1 AND expires_at > $2", pending_id, now
-        )
-        return rows.pending_connection(row, self._cipher) if row else None
-
-    async def take_pending_connection(
-        self, pending_id: str, team_id: str, slack_user_id: str, now: float
-    ) -> PendingConnection | None:
-        # One DELETE decides, even between instances: a click binds once.
-        row = await self.pool.fetchrow(
-            "DELETE FROM pending_connections WHERE id = $1 AND team_id = $2 AND slack_user_id = $3 "
-            "AND expires_at > $4 RETURNING *",
-            pending_id,
-            team_id,
-            slack_user_id,
-            now,
-        )
-        return rows.pending_connection(row, self._cipher) if row else None
-
-    async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
-        found = await self.pool.fetch(
-            "DELETE FROM pending_connections WHERE expires_at <= $1 RETURNING *", now
-        )
-        taken = (rows.pending_connection(row, self._cipher) for row in found)
-        return [p for p in taken if p is not None]
-
-    # -- mappings ----------------------------------------------------------
-
-    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM mappings WHERE team_id = $1 AND channel_id = $2", team_id, channel_id
-        )
-        return rows.mapping(row) if row else None
-
-    async def create_mapping(
-        self, mapping: ChannelMapping, *, history: bool = False
-    ) -> ChannelMapping | None:
-        async with self._tx() as conn:
-            status = await conn.execute(
-                f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-                *rows.mapping_values(mapping),
-            )
-            created = status == "INSERT 0 1"
-            if created and history and mapping.conversation_id:
-                await self._request_backfill(
-                    conn, mapping.account_id, mapping.conversation_id, mapping.created_at
-                )
-        return mapping if created else None
-
-    async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
-    ) -> ChannelMapping | None:
-        sql = "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2"
-        args: list[Any] = [team_id, channel_id]
-        if made is not None:
-            sql += " AND created_by = $3 AND created_at = $4"
-            args += [made.created_by, made.created_at]
-        row = await self.pool.fetchrow(sql + " RETURNING *", *args)
-        return rows.mapping(row) if row else None
-
-    async def abandon_group(
-        self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
-        members = json.dumps(list(group))  # as create_mapping and accept write it
-        async with self._tx() as conn:
-            # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
-            row = await conn.fetchrow(
-                "DELETE FROM mappings WHERE team_id = $1 AND channel_id = $2 AND kind = 'group' "
-                "AND conversation_id IS NULL AND participant_ids = $3 RETURNING *",
-                team_id,
-                channel_id,
-                members,
-            )
-            found = await conn.fetch(
-                f"SELECT * FROM outbox WHERE team_id = $1 AND channel_id = $2 AND target_group = $3 "
-                f"AND state IN {PENDING_STATES} ORDER BY seq, part",
-                team_id,
-                channel_id,
-                members,
-            )
-        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
-
-    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
-        await self._execute(
-            "UPDATE mappings SET conversation_id = $1 WHERE team_id = $2 AND channel_id = $3",
-            conversation_id,
-            team_id,
-            channel_id,
-        )
-
-    async def list_mappings(self) -> list[ChannelMapping]:
-        found = await self.pool.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
-        return [rows.mapping(r) for r in found]
 
     # -- relay -------------------------------------------------------------
 
@@ -628,7 +268,7 @@ class PostgresStore(LookupsRole, OutboxRole, StoreBase):
                 conn, conn.execute("SELECT pg_advisory_lock($1, $2)", REFRESH_LOCK, account_id)
             )
             try:
-                yield _AccountRow(self, conn, account_id)
+                yield self.locked_account(PostgresTransaction(conn), account_id)
             finally:
                 await _ended_on_failure(
                     conn, conn.execute("SELECT pg_advisory_unlock($1, $2)", REFRESH_LOCK, account_id)
@@ -1537,25 +1177,6 @@ class PostgresStore(LookupsRole, OutboxRole, StoreBase):
                 _SAVE_BUDGETS.replace("$3", "$1").replace("$4", "$2").replace("$5", "$3").replace("$6", "$4")
             )
             await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
-
-
-class _AccountRow:
-    """``LockedAccount`` on the connection that holds the account's refresh lock."""
-
-    def __init__(self, store: PostgresStore, conn: Conn, account_id: int) -> None:
-        self._store = store
-        self._conn = conn
-        self._id = account_id
-
-    async def read(self) -> Account | None:
-        row = await self._conn.fetchrow("SELECT * FROM accounts WHERE id = $1", self._id)
-        return self._store._account(row) if row else None
-
-    async def save_tokens(self, tokens: TokenSet) -> None:
-        await self._store._update_tokens(self._conn, self._id, tokens)
-
-    async def flag_reconnect(self) -> None:
-        await self._conn.execute("UPDATE accounts SET needs_reconnect = 1 WHERE id = $1", self._id)
 
 
 async def _ended_on_failure(conn: Conn, statement: Awaitable[object]) -> None:

@@ -24,32 +24,29 @@ from typing import IO, Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from adapters.store import rows
+from adapters.store.accounts import AccountsRole, ConnectFlowRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
 from adapters.store.lookups import LookupsRole
+from adapters.store.mappings import MappingsRole
 from adapters.store.outbox import OutboxRole
 from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
-    Account,
     ChannelMapping,
     InboundEvent,
     InboundItem,
     InboundState,
     IncomingMessage,
-    OAuthState,
     OutboxItem,
     OutboxKind,
     OutboxState,
-    PendingConnection,
     ReadGap,
     RenderedPart,
     Sent,
     Target,
-    TokenSet,
     Unreadable,
-    XUser,
 )
 from bridge.ports import LockedAccount
 from migrations import PENDING_STATES, migrations
@@ -116,23 +113,6 @@ def _migrate(db: Database, progress: Callable[[str], None]) -> None:
         migrations.apply(db, stop_before=following)
 
 
-class _AccountRow:
-    """``LockedAccount`` through the store's ordinary calls (its one thread serialises them)."""
-
-    def __init__(self, store: SqliteStore, account_id: int) -> None:
-        self._store = store
-        self._id = account_id
-
-    async def read(self) -> Account | None:
-        return await self._store.get_account(self._id)
-
-    async def save_tokens(self, tokens: TokenSet) -> None:
-        await self._store.update_tokens(self._id, tokens)
-
-    async def flag_reconnect(self) -> None:
-        await self._store.set_needs_reconnect(self._id, True)
-
-
 class DatabaseInUse(Exception):
     """Another ``serve`` holds this SQLite file; the message says what to do."""
 
@@ -182,7 +162,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(LookupsRole, OutboxRole, StoreBase):
+class SqliteStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, OutboxRole, StoreBase):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
@@ -248,7 +228,7 @@ class SqliteStore(LookupsRole, OutboxRole, StoreBase):
         ``TokenManager``'s own lock is what serialises refreshes within one. The row is read and
         written by the store's own calls (one thread, no pool to run out of)."""
         if self.path == ":memory:":
-            yield _AccountRow(self, account_id)
+            yield self.locked_account(self.engine, account_id)
             return
         handle = self._refresh_lock_file()
         # Tried without blocking and retried: a lock taken in a thread after its waiter was
@@ -262,7 +242,7 @@ class SqliteStore(LookupsRole, OutboxRole, StoreBase):
                     raise
                 await asyncio.sleep(REFRESH_LOCK_POLL)
         try:
-            yield _AccountRow(self, account_id)
+            yield self.locked_account(self.engine, account_id)
         finally:
             fcntl.lockf(handle, fcntl.LOCK_UN, 1, account_id)
 
@@ -284,400 +264,6 @@ class SqliteStore(LookupsRole, OutboxRole, StoreBase):
         row = await self._call(lambda: self._one("PRAGMA synchronous"))
         level = int(next(iter(row.values()))) if row else -1
         return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
-
-    # -- accounts ----------------------------------------------------------
-
-    def _account(self, row: dict[str, Any]) -> Account:
-        return rows.account(row, self._cipher, self._unreadable_accounts)
-
-    def _token_columns(self, tokens: TokenSet) -> dict[str, Any]:
-        return rows.token_columns(tokens, self._cipher)
-
-    async def save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
-        return await self._call(self._save_account, team_id, slack_user_id, user, tokens)
-
-    def _save_account(self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet) -> Account:
-        columns = {
-            "x_user_id": user.id,
-            "x_username": user.username,
-            "needs_reconnect": 0,
-            **self._token_columns(tokens),
-        }
-        with self.db.atomic():
-            self.db.execute(
-                """
-                INSERT INTO accounts (team_id, slack_user_id, x_user_id, x_username, access_token,
-                                      refresh_token, expires_at, scope, needs_reconnect,
-                                      created_at, updated_at)
-                VALUES (:team_id, :slack_user_id, :x_user_id, :x_username, :access_token,
-                        :refresh_token, :expires_at, :scope, 0, unixepoch('subsec'), unixepoch('subsec'))
-                ON CONFLICT (team_id, slack_user_id) DO UPDATE SET
-                    x_user_id = excluded.x_user_id, x_username = excluded.x_username,
-                    access_token = excluded.access_token, refresh_token = excluded.refresh_token,
-                    expires_at = excluded.expires_at, scope = excluded.scope,
-                    needs_reconnect = 0, disconnected_at = NULL, updated_at = excluded.updated_at
-                """,
-                {"team_id": team_id, "slack_user_id": slack_user_id, **columns},
-            )
-        row = self._one(
-            "SELECT * FROM accounts WHERE team_id = ? AND slack_user_id = ?", [team_id, slack_user_id]
-        )
-        assert row is not None
-        return self._account(row)
-
-    async def get_account(self, account_id: int) -> Account | None:
-        return await self._call(self._get_account, account_id)
-
-    def _get_account(self, account_id: int) -> Account | None:
-        row = self._one("SELECT * FROM accounts WHERE id = ?", [account_id])
-        return self._account(row) if row else None
-
-    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
-        def work() -> Account | None:
-            row = self._one(
-                "SELECT * FROM accounts WHERE team_id = ? AND slack_user_id = ?", [team_id, slack_user_id]
-            )
-            return self._account(row) if row else None
-
-        return await self._call(work)
-
-    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None:
-        def work() -> None:
-            columns = self._token_columns(tokens)
-            with self.db.atomic():
-                self.db.execute(
-                    "UPDATE accounts SET access_token = :access_token, refresh_token = :refresh_token, "
-                    "expires_at = :expires_at, scope = :scope, updated_at = unixepoch('subsec') "
-                    "WHERE id = :id",
-                    {**columns, "id": account_id},
-                )
-
-        await self._call(work)
-
-    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None:
-        def work() -> None:
-            with self.db.atomic():
-                self.db.execute(
-                    "UPDATE accounts SET needs_reconnect = ? WHERE id = ?", [int(needs), account_id]
-                )
-
-        await self._call(work)
-
-    async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
-        def work() -> list[ChannelMapping]:
-            with self.db.atomic():
-                self.db.execute(
-                    "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
-                    "needs_reconnect = 1, disconnected_at = ?, updated_at = ? WHERE id = ?",
-                    [now, now, account_id],
-                )
-                rows = self._rows(
-                    "UPDATE mappings SET paused_at = ?, paused_by = ? "
-                    "WHERE account_id = ? AND paused_at IS NULL RETURNING *",
-                    [now, by, account_id],
-                )
-            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
-
-        return await self._call(work)
-
-    async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
-        def work() -> list[ChannelMapping]:
-            with self.db.atomic():
-                # Not those held for another X account (``hold_for_previous_account``).
-                rows = self._rows(
-                    "UPDATE mappings SET paused_at = NULL, paused_by = NULL "
-                    "WHERE account_id = ? AND paused_at IS NOT NULL AND held_for IS NULL RETURNING *",
-                    [account_id],
-                )
-            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
-
-        return await self._call(work)
-
-    async def hold_for_previous_account(
-        self, account_id: int, previous: XUser, current: XUser, now: float
-    ) -> list[ChannelMapping]:
-        def work() -> list[ChannelMapping]:
-            with self.db.atomic():
-                rows: list[dict[str, Any]] = []
-                if previous.id != current.id:
-                    # A conversation id is the previous account's conversation; a 1-to-1 by person
-                    # (kind dm) or a group not created yet is not anyone's yet.
-                    rows = self._rows(
-                        "UPDATE mappings SET paused_at = COALESCE(paused_at, ?), "
-                        "paused_by = COALESCE(paused_by, ?), held_for = ?, held_for_username = ? "
-                        "WHERE account_id = ? AND held_for IS NULL AND kind != 'dm' "
-                        "AND conversation_id IS NOT NULL RETURNING *",
-                        [now, "switch", previous.id, previous.username, account_id],
-                    )
-                    self.db.execute(
-                        "UPDATE outbox SET held_state = state, state = 'held', held_for = ? "
-                        f"WHERE account_id = ? AND state IN {PENDING_STATES} "
-                        "AND target_conversation IS NOT NULL",
-                        [previous.id, account_id],
-                    )
-                    self._switch_cursor(account_id, previous.id, current.id, now)
-                # Then what was held for the account connected now is its own again (resumed and
-                # released by resume_mappings and release_account, like any paused mapping).
-                self.db.execute(
-                    "UPDATE mappings SET held_for = NULL, held_for_username = NULL "
-                    "WHERE account_id = ? AND held_for = ?",
-                    [account_id, current.id],
-                )
-                self.db.execute(
-                    "UPDATE outbox SET state = COALESCE(held_state, 'queued'), held_for = NULL, "
-                    "held_state = NULL, next_attempt_at = ? "
-                    "WHERE account_id = ? AND state = 'held' AND held_for = ?",
-                    [now, account_id, current.id],
-                )
-            return sorted((self._mapping(r) for r in rows), key=lambda m: (m.team_id, m.channel_id))
-
-        return await self._call(work)
-
-    def _switch_cursor(self, account_id: int, previous_id: str, current_id: str, now: float) -> None:
-        """The read cursor is the X account's: the previous one's is parked (its ids say nothing
-        of the new account's inbox, and the new one's higher ids would make it skip what it gets
-        meanwhile), the current one's put back, or none: a first read (see ``Inbound.poll``).
-        An unfinished read is parked with it and put back without its token (long expired by
-        then): the read starts again from the newest, its channels waiting until it is done."""
-        self.db.execute(
-            "INSERT INTO parked_cursors (account_id, x_user_id, newest_event_id, gap_newest, gap_oldest, "
-            "updated_at) SELECT account_id, ?, newest_event_id, gap_newest, gap_oldest, ? FROM cursors "
-            "WHERE account_id = ? ON CONFLICT (account_id, x_user_id) DO UPDATE SET "
-            "newest_event_id = excluded.newest_event_id, gap_newest = excluded.gap_newest, "
-            "gap_oldest = excluded.gap_oldest, updated_at = excluded.updated_at",
-            [previous_id, now, account_id],
-        )
-        self.db.execute("DELETE FROM cursors WHERE account_id = ?", [account_id])
-        self.db.execute(
-            "INSERT INTO cursors (account_id, newest_event_id, gap_newest, gap_oldest, gap_opened_at, "
-            "updated_at) SELECT account_id, newest_event_id, gap_newest, gap_oldest, "
-            "CASE WHEN gap_newest IS NOT NULL THEN ? END, ? FROM parked_cursors "
-            "WHERE account_id = ? AND x_user_id = ?",
-            [now, now, account_id, current_id],
-        )
-        self.db.execute(
-            "DELETE FROM parked_cursors WHERE account_id = ? AND x_user_id = ?", [account_id, current_id]
-        )
-
-    async def list_accounts(self) -> list[Account]:
-        return await self._call(lambda: [self._account(r) for r in self._rows("SELECT * FROM accounts")])
-
-    async def usernames_needing_reconnect(self) -> list[str]:
-        """X usernames of accounts whose refresh X refused or whose tokens no key opens (for
-        /healthz: no token is kept decrypted)."""
-        sql = (
-            "SELECT x_username, needs_reconnect, access_token, refresh_token FROM accounts "
-            "WHERE disconnected_at IS NULL ORDER BY x_username"
-        )
-        return await self._call(
-            lambda: [r["x_username"] for r in self._rows(sql) if rows.needs_reconnect(r, self._cipher)]
-        )
-
-    # -- OAuth states ------------------------------------------------------
-
-    async def save_oauth_state(self, state: OAuthState) -> None:
-        def work() -> None:
-            with self.db.atomic():
-                # Expired states are useless; sweep them whenever a new one is made.
-                self.db.execute("DELETE FROM oauth_states WHERE expires_at < unixepoch() - 3600")
-                self.db.table("oauth_states").insert(
-                    {
-                        "state": state.state,
-                        "code_verifier": self._cipher.encrypt(state.code_verifier),
-                        "team_id": state.team_id,
-                        "slack_user_id": state.slack_user_id,
-                        "channel_id": state.channel_id,
-                        "response_url": state.response_url,
-                        "expires_at": state.expires_at,
-                        "used": 0,
-                        "slack_user_name": state.slack_user_name,
-                        "team_name": state.team_name,
-                    }
-                )
-
-        await self._call(work)
-
-    def _oauth_state(self, row: dict[str, Any]) -> OAuthState:
-        return OAuthState(
-            state=row["state"],
-            code_verifier=self._cipher.decrypt(row["code_verifier"]),
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
-            channel_id=row["channel_id"] or "",
-            response_url=row["response_url"],
-            expires_at=row["expires_at"],
-            slack_user_name=row.get("slack_user_name") or "",
-            team_name=row.get("team_name") or "",
-        )
-
-    async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
-        def work() -> OAuthState | None:
-            row = self._one(
-                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
-                "AND browser_hash IS NULL",
-                [state, now],
-            )
-            return self._oauth_state(row) if row else None
-
-        return await self._call(work)
-
-    async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
-        def work() -> OAuthState | None:
-            with self.db.atomic():
-                row = self._one(
-                    "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
-                    "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
-                    [browser_hash, state, now],
-                )
-            return self._oauth_state(row) if row else None
-
-        return await self._call(work)
-
-    async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
-        def work() -> OAuthState | None:
-            with self.db.atomic():
-                # One UPDATE decides: a state is used once, even by racing callbacks.
-                row = self._one(
-                    "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                    "AND browser_hash = ? RETURNING *",
-                    [state, now, browser_hash],
-                )
-            return self._oauth_state(row) if row else None
-
-        return await self._call(work)
-
-    # -- connections waiting for a click in Slack ---------------------------
-
-    async def save_pending_connection(self, pending: PendingConnection) -> None:
-        values = rows.pending_values(pending, self._cipher)
-        marks = ", ".join("?" * len(values))
-
-        def work() -> None:
-            with self.db.atomic():
-                self.db.execute(
-                    f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", values
-                )
-
-        await self._call(work)
-
-    async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
-        def work() -> PendingConnection | None:
-            row = self._one(
-                "SELECT * FROM pending_connections WHERE id = ? AND expires_at > ?", [pending_id, now]
-            )
-            return rows.pending_connection(row, self._cipher) if row else None
-
-        return await self._call(work)
-
-    async def take_pending_connection(
-        self, pending_id: str, team_id: str, slack_user_id: str, now: float
-    ) -> PendingConnection | None:
-        def work() -> PendingConnection | None:
-            with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM pending_connections WHERE id = ? AND team_id = ? AND slack_user_id = ? "
-                    "AND expires_at > ? RETURNING *",
-                    [pending_id, team_id, slack_user_id, now],
-                )
-            return rows.pending_connection(row, self._cipher) if row else None
-
-        return await self._call(work)
-
-    async def take_expired_pending_connections(self, now: float) -> list[PendingConnection]:
-        def work() -> list[PendingConnection]:
-            with self.db.atomic():
-                found = list(
-                    self.db.query("DELETE FROM pending_connections WHERE expires_at <= ? RETURNING *", [now])
-                )
-            taken = (rows.pending_connection(row, self._cipher) for row in found)
-            return [p for p in taken if p is not None]
-
-        return await self._call(work)
-
-    # -- mappings ----------------------------------------------------------
-
-    @staticmethod
-    def _mapping(row: dict[str, Any]) -> ChannelMapping:
-        return rows.mapping(row)
-
-    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
-        def work() -> ChannelMapping | None:
-            row = self._one(
-                "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?", [team_id, channel_id]
-            )
-            return self._mapping(row) if row else None
-
-        return await self._call(work)
-
-    async def create_mapping(
-        self, mapping: ChannelMapping, *, history: bool = False
-    ) -> ChannelMapping | None:
-        def work() -> ChannelMapping | None:
-            with self.db.atomic():
-                cursor = self.db.execute(
-                    f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    rows.mapping_values(mapping),
-                )
-                if cursor.rowcount == 1 and history and mapping.conversation_id:
-                    self._request_backfill(mapping.account_id, mapping.conversation_id, mapping.created_at)
-            return mapping if cursor.rowcount == 1 else None
-
-        return await self._call(work)
-
-    async def delete_mapping(
-        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
-    ) -> ChannelMapping | None:
-        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
-        params: list[Any] = [team_id, channel_id]
-        if made is not None:
-            sql += " AND created_by = ? AND created_at = ?"
-            params += [made.created_by, made.created_at]
-
-        def work() -> ChannelMapping | None:
-            with self.db.atomic():
-                row = self._one(sql + " RETURNING *", params)
-            return self._mapping(row) if row else None
-
-        return await self._call(work)
-
-    async def abandon_group(
-        self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
-        members = json.dumps(list(group))  # as create_mapping and accept write it
-
-        def work() -> tuple[ChannelMapping | None, list[OutboxItem]]:
-            with self.db.atomic():
-                row = self._one(
-                    "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
-                    "AND conversation_id IS NULL AND participant_ids = ? RETURNING *",
-                    [team_id, channel_id, members],
-                )
-                rows = self._rows(
-                    f"SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND target_group = ? "
-                    f"AND state IN {PENDING_STATES} ORDER BY seq, part",
-                    [team_id, channel_id, members],
-                )
-            return (self._mapping(row) if row else None), [self._item(r) for r in rows]
-
-        return await self._call(work)
-
-    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
-        def work() -> None:
-            with self.db.atomic():
-                self.db.execute(
-                    "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ?",
-                    [conversation_id, team_id, channel_id],
-                )
-
-        await self._call(work)
-
-    async def list_mappings(self) -> list[ChannelMapping]:
-        return await self._call(
-            lambda: [
-                self._mapping(r) for r in self._rows("SELECT * FROM mappings ORDER BY team_id, channel_id")
-            ]
-        )
 
     # -- relay -------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""Channel mappings (a Slack channel bridged to an X conversation): one SQL for both engines
+(``bridge.ports.MappingStore``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adapters.store import rows
+from adapters.store.engine import Engine
+from adapters.store.roles import StoreBase
+from bridge.model import ChannelMapping, OutboxItem
+from migrations import PENDING_STATES
+
+
+class MappingsRole(StoreBase):
+    """The ``mappings`` table."""
+
+    @staticmethod
+    def _mapping(row: dict[str, Any]) -> ChannelMapping:
+        return rows.mapping(row)
+
+    async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
+        row = await self.engine.fetchone(
+            "SELECT * FROM mappings WHERE team_id = ? AND channel_id = ?", team_id, channel_id
+        )
+        return rows.mapping(row) if row else None
+
+    async def create_mapping(
+        self, mapping: ChannelMapping, *, history: bool = False
+    ) -> ChannelMapping | None:
+        if history and mapping.conversation_id:
+            async with self.engine.transaction() as tx:
+                created = await _insert(tx, mapping)
+                if created:
+                    await ask_history(tx, mapping.account_id, mapping.conversation_id, mapping.created_at)
+        else:
+            # One statement needs no transaction of its own (on PostgreSQL: no BEGIN/COMMIT trips).
+            created = await _insert(self.engine, mapping)
+        return mapping if created else None
+
+    async def delete_mapping(
+        self, team_id: str, channel_id: str, *, made: ChannelMapping | None = None
+    ) -> ChannelMapping | None:
+        sql = "DELETE FROM mappings WHERE team_id = ? AND channel_id = ?"
+        params: list[Any] = [team_id, channel_id]
+        if made is not None:
+            sql += " AND created_by = ? AND created_at = ?"
+            params += [made.created_by, made.created_at]
+        row = await self.engine.fetchone(sql + " RETURNING *", *params)
+        return rows.mapping(row) if row else None
+
+    async def abandon_group(
+        self, team_id: str, channel_id: str, group: tuple[str, ...]
+    ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
+        members = json.dumps(list(group))  # as create_mapping and accept write it
+        async with self.engine.transaction() as tx:
+            # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
+            row = await tx.fetchone(
+                "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
+                "AND conversation_id IS NULL AND participant_ids = ? RETURNING *",
+                team_id,
+                channel_id,
+                members,
+            )
+            found = await tx.fetch(
+                "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND target_group = ? "
+                f"AND state IN {PENDING_STATES} ORDER BY seq, part",
+                team_id,
+                channel_id,
+                members,
+            )
+        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
+
+    async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
+        await self.engine.execute(
+            "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ?",
+            conversation_id,
+            team_id,
+            channel_id,
+        )
+
+    async def list_mappings(self) -> list[ChannelMapping]:
+        found = await self.engine.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
+        return [rows.mapping(r) for r in found]
+
+
+async def _insert(engine: Engine, mapping: ChannelMapping) -> bool:
+    """Whether the mapping was written (no other is there for its channel)."""
+    written = await engine.execute(
+        f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        *rows.mapping_values(mapping),
+    )
+    return written == 1
+
+
+async def ask_history(tx: Engine, account_id: int, conversation_id: str, bridged_at: float) -> None:
+    """Ask for a conversation's history from ``bridged_at`` on (``backfills``), in the caller's
+    transaction: linking with history writes the mapping and this request in one commit."""
+    await tx.execute(
+        "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE "
+        "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
+        account_id,
+        conversation_id,
+        bridged_at,
+        bridged_at,
+    )
