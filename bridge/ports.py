@@ -46,7 +46,20 @@ class Clock(Protocol):
         ...
 
 
-class Store(Protocol):
+class BudgetStore(Protocol):
+    """X's rate-limit windows, persisted so restarts keep respecting them."""
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        """Every saved window: ``key``, ``limit_``, ``remaining``, ``reset_at``."""
+        ...
+
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """(key, limit, remaining, reset_at) for several windows, in one transaction (the last
+        one given for a key wins)."""
+        ...
+
+
+class Store(BudgetStore, Protocol):
     """Durable state. Every method is one transaction."""
 
     # accounts
@@ -409,12 +422,6 @@ class Store(Protocol):
 
     async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
         """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
-        ...
-
-    # budgets (rate-limit windows), persisted so restarts keep respecting them
-    async def load_budgets(self) -> list[dict[str, Any]]: ...
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """(key, limit, remaining, reset_at) for several windows, in one transaction."""
         ...
 
     async def ping(self) -> bool: ...

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from adapters.store import rows
+from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import PostgresEngine
 from adapters.store.roles import StoreBase
@@ -117,7 +118,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(StoreBase):
+class PostgresStore(BudgetsRole, StoreBase):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
@@ -1523,26 +1524,6 @@ class PostgresStore(StoreBase):
             conversation_id,
             bridged_at,
         )
-
-    # -- budgets -----------------------------------------------------------
-
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return [
-            dict(r) for r in await self.pool.fetch("SELECT key, limit_, remaining, reset_at FROM budgets")
-        ]
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """Several windows in one transaction (a send touches three)."""
-        async with self._tx() as conn:
-            await self._save_budgets(conn, windows)
-
-    @staticmethod
-    async def _save_budgets(conn: Conn, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        if windows:
-            save = (
-                _SAVE_BUDGETS.replace("$3", "$1").replace("$4", "$2").replace("$5", "$3").replace("$6", "$4")
-            )
-            await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
 
 
 class _AccountRow:

@@ -23,7 +23,8 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
-from adapters.store import rows
+from adapters.store import budgets, rows
+from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
 from adapters.store.roles import StoreBase
@@ -180,7 +181,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(StoreBase):
+class SqliteStore(BudgetsRole, StoreBase):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
@@ -1731,26 +1732,12 @@ class SqliteStore(StoreBase):
 
     # -- budgets -----------------------------------------------------------
 
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return await self._call(lambda: self._rows("SELECT key, limit_, remaining, reset_at FROM budgets"))
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """Several windows in one transaction (a send touches three)."""
-
-        def work() -> None:
-            with self.db.atomic():
-                self._save_budgets(windows)
-
-        await self._call(work)
-
     def _save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        for window in windows:
-            self.db.execute(
-                "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
-                "remaining = excluded.remaining, reset_at = excluded.reset_at",
-                list(window),
-            )
+        """``budgets.save_windows`` on this thread, for the outbox's claims that save them in
+        their own transaction (the role itself is ``BudgetsRole``)."""
+        count, params = budgets.save_params(windows)
+        if count:
+            self.db.execute(budgets.save_sql(count), params)
 
 
 def _target(row: dict[str, Any]) -> Target:
