@@ -64,19 +64,19 @@ async def relay(store: SqliteStore | PostgresStore, events: int, first_id: int) 
 async def main_async(events: int, reps: int, postgres: bool) -> None:
     for rep in range(reps):
         key = generate_key()
-        if postgres:
-            server = os.environ["TEST_DATABASE_URL"]
-            url = await pg.create_database(server)
-            store: SqliteStore | PostgresStore = PostgresStore(url, TokenCipher([key]))
-        else:
-            folder = tempfile.mkdtemp()
-            store = SqliteStore(str(Path(folder) / "bench.db"), TokenCipher([key]))
+        server = os.environ.get("TEST_DATABASE_URL", "")
+        url = await pg.create_database(server) if postgres else ""
+        store: SqliteStore | PostgresStore = (
+            PostgresStore(url, TokenCipher([key]))
+            if postgres
+            else SqliteStore(str(Path(tempfile.mkdtemp()) / "bench.db"), TokenCipher([key]))
+        )
         await store.open()
         try:
             wall, cpu = await relay(store, events, 10**15 + rep * events)
         finally:
             await store.close()
-            if postgres:
+            if url:
                 await pg.drop_database(server, url)
         print(
             f"{'postgres' if postgres else 'sqlite'} run {rep + 1}: "
