@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from bridge.errors import RateFacts, XAuthExpired, XError, XRateLimited, XRefused
 from bridge.model import Target
-from bridge.ports import Store
+from bridge.ports import BudgetStore
 
 log = logging.getLogger("bridge.budget")
 
@@ -170,7 +170,7 @@ class Budget:
 
     def __init__(
         self,
-        store: Store,
+        store: BudgetStore,
         *,
         user_15m: int | None = None,
         user_24h: int | None = None,

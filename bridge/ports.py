@@ -197,7 +197,129 @@ class MappingStore(Protocol):
         ...
 
 
-class Store(AccountStore, ConnectFlowStore, MappingStore, Protocol):
+class InboundStore(Protocol):
+    """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a time."""
+
+    async def take_inbound(
+        self,
+        account_id: int,
+        events: Sequence[InboundEvent],
+        newest_event_id: str | None,
+        now: float,
+        *,
+        gap: ReadGap | None = None,
+        tally: dict[str, int] | None = None,
+    ) -> int:
+        """Record X events (oldest first) and advance the account's cursor, in one transaction.
+
+        Each event lands once per channel, whoever reads it (unique ``dm_event_id`` and
+        channel). It is queued for every channel bridging its conversation (an event seen
+        before only where that channel was bridged before it was written; history only for
+        channels bridged since it was asked for), skipped in the channel it was sent from (in
+        the message map, or an outbox row ``sending`` the same text there; elsewhere it is
+        news, with ``sent_from_channel`` in its payload), or kept as skipped when no channel
+        bridges it. ``from_self`` in a row's payload says its channel's own X account sent it
+        (whichever account read it). The cursor only ever moves forward, and moving it closes
+        the account's gap. With ``gap`` the read is unfinished: the cursor stays, the gap is
+        kept (replacing any), and every channel of the account (or with a row it took) waits
+        until the gap is closed, so nothing newer is posted before the older events still to come.
+        Returns how many events were queued for Slack; a ``tally`` given is added to:
+        ``echoes``, the rows written skipped as the bridge's own sends read back.
+        """
+        ...
+
+    async def inbound_heads(self) -> list[InboundItem]:
+        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
+        ...
+
+    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
+        """Claim a row for ``chat.postMessage`` (committed before the call); None if it is finished."""
+        ...
+
+    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
+        """Record the Slack message (and a message-map entry); returns the channel's next head."""
+        ...
+
+    async def reschedule_inbound(
+        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
+    ) -> None:
+        """Set a row's state and next attempt (leaving ``posting`` forgets when the post began)."""
+        ...
+
+    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
+        """Replace a row's payload (media brought over so far, a note), so a retry resumes there."""
+        ...
+
+    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
+        """Slack said 429: nothing more is posted to this channel before ``until``."""
+        ...
+
+    async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
+        """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
+        ...
+
+    async def inbound_summary(
+        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]:
+        """``newest_event_id``, ``read_at``, ``catching_up`` (a read is unfinished, see
+        ``take_inbound``), ``last_event_at``, ``counts`` by state, ``pending``
+        (the account's), ``channel_pending`` (the given channel's), ``channel_failed`` and
+        ``channel_last_failure`` (its rows Slack refused for good, and the newest one's reason),
+        ``next_read_at`` and
+        ``pushed`` (as the leader last saved them)."""
+        ...
+
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
+        what the bridge posted from X do not count)."""
+        ...
+
+
+class CursorStore(Protocol):
+    """Where each account's reads of X stand: its cursor and unfinished read, the leader's next
+    read, and conversation histories still to read."""
+
+    async def get_cursor(self, account_id: int) -> str | None:
+        """The newest X ``dm_event_id`` already taken for this account, or None before its first read."""
+        ...
+
+    async def read_gap(self, account_id: int) -> ReadGap | None:
+        """The account's unfinished read (kept by ``take_inbound``), or None."""
+        ...
+
+    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
+        """When the leader reads this account's DMs next, and whether X pushes to it (for
+        `/xdm status` on any instance)."""
+        ...
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
+        ``finish_backfill`` (a later request for the same conversation replaces it)."""
+        ...
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        """(account id, conversation id, bridged at) of every history still wanted."""
+        ...
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
+        ...
+
+
+class BudgetStore(Protocol):
+    """X's rate-limit windows, persisted so restarts keep respecting them."""
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        """Every saved window: ``key``, ``limit_``, ``remaining``, ``reset_at``."""
+        ...
+
+    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """(key, limit, remaining, reset_at) for several windows, in one transaction (the last
+        one given for a key wins)."""
+        ...
+
+
+class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorStore, BudgetStore, Protocol):
     """Durable state: every role's port, and the roles not split out yet. Every method is one
     transaction."""
 
@@ -364,113 +486,6 @@ class Store(AccountStore, ConnectFlowStore, MappingStore, Protocol):
         Delivery adds their ✅ again at start-up: a process killed between marking a row sent
         and reacting in Slack would otherwise leave a delivered message without its mark.
         """
-        ...
-
-    # inbound (X → Slack)
-    async def get_cursor(self, account_id: int) -> str | None:
-        """The newest X ``dm_event_id`` already taken for this account, or None before its first read."""
-        ...
-
-    async def read_gap(self, account_id: int) -> ReadGap | None:
-        """The account's unfinished read (kept by ``take_inbound``), or None."""
-        ...
-
-    async def take_inbound(
-        self,
-        account_id: int,
-        events: Sequence[InboundEvent],
-        newest_event_id: str | None,
-        now: float,
-        *,
-        gap: ReadGap | None = None,
-        tally: dict[str, int] | None = None,
-    ) -> int:
-        """Record X events (oldest first) and advance the account's cursor, in one transaction.
-
-        Each event lands once per channel, whoever reads it (unique ``dm_event_id`` and
-        channel). It is queued for every channel bridging its conversation (an event seen
-        before only where that channel was bridged before it was written; history only for
-        channels bridged since it was asked for), skipped in the channel it was sent from (in
-        the message map, or an outbox row ``sending`` the same text there; elsewhere it is
-        news, with ``sent_from_channel`` in its payload), or kept as skipped when no channel
-        bridges it. ``from_self`` in a row's payload says its channel's own X account sent it
-        (whichever account read it). The cursor only ever moves forward, and moving it closes
-        the account's gap. With ``gap`` the read is unfinished: the cursor stays, the gap is
-        kept (replacing any), and every channel of the account (or with a row it took) waits
-        until the gap is closed, so nothing newer is posted before the older events still to come.
-        Returns how many events were queued for Slack; a ``tally`` given is added to:
-        ``echoes``, the rows written skipped as the bridge's own sends read back.
-        """
-        ...
-
-    async def inbound_heads(self) -> list[InboundItem]:
-        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
-        ...
-
-    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
-        """Claim a row for ``chat.postMessage`` (committed before the call); None if it is finished."""
-        ...
-
-    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
-        """Record the Slack message (and a message-map entry); returns the channel's next head."""
-        ...
-
-    async def reschedule_inbound(
-        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
-    ) -> None:
-        """Set a row's state and next attempt (leaving ``posting`` forgets when the post began)."""
-        ...
-
-    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
-        """Replace a row's payload (media brought over so far, a note), so a retry resumes there."""
-        ...
-
-    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
-        """Slack said 429: nothing more is posted to this channel before ``until``."""
-        ...
-
-    async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
-        """When the newest row that came by ``origin`` was recorded."""
-        ...
-
-    async def inbound_summary(
-        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]:
-        """``newest_event_id``, ``read_at``, ``catching_up`` (a read is unfinished, see
-        ``take_inbound``), ``last_event_at``, ``counts`` by state, ``pending``
-        (the account's), ``channel_pending`` (the given channel's), ``channel_failed`` and
-        ``channel_last_failure`` (its rows Slack refused for good, and the newest one's reason),
-        ``next_read_at`` and
-        ``pushed`` (as the leader last saved them)."""
-        ...
-
-    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
-        what the bridge posted from X do not count)."""
-        ...
-
-    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
-        """When the leader reads this account's DMs next, and whether X pushes to it (for
-        `/xdm status` on any instance)."""
-        ...
-
-    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
-        ``finish_backfill`` (a later request for the same conversation replaces it)."""
-        ...
-
-    async def pending_backfills(self) -> list[tuple[int, str, float]]:
-        """(account id, conversation id, bridged at) of every history still wanted."""
-        ...
-
-    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
-        ...
-
-    # budgets (rate-limit windows), persisted so restarts keep respecting them
-    async def load_budgets(self) -> list[dict[str, Any]]: ...
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """(key, limit, remaining, reset_at) for several windows, in one transaction."""
         ...
 
     async def ping(self) -> bool: ...

@@ -27,10 +27,12 @@ from typing import Any
 
 import asyncpg
 
-from adapters.store import rows
+from adapters.store import inbound, rows
 from adapters.store.accounts import AccountsRole, ConnectFlowRole
+from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
-from adapters.store.engine import PostgresEngine, PostgresTransaction
+from adapters.store.engine import Dialect, Engine, PostgresEngine, PostgresTransaction
+from adapters.store.inbound import CursorsRole, InboundRole
 from adapters.store.lookups import LookupsRole
 from adapters.store.mappings import MappingsRole
 from adapters.store.outbox import OutboxRole
@@ -38,14 +40,10 @@ from adapters.store.roles import StoreBase
 from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
-    InboundEvent,
-    InboundItem,
-    InboundState,
     IncomingMessage,
     OutboxItem,
     OutboxKind,
     OutboxState,
-    ReadGap,
     RenderedPart,
     Sent,
     Unreadable,
@@ -63,7 +61,6 @@ OUTBOX_CHANNEL = "xdm_outbox"  # NOTIFY: new outbox rows (the payload names the 
 INBOUND_CHANNEL = "xdm_inbound"  # NOTIFY: new inbound rows queued for Slack (a push a standby took)
 CLOSE_TIMEOUT = 5.0  # seconds the pool may take to close gracefully
 REFRESH_LOCK = 0x786D  # pg_advisory_lock(REFRESH_LOCK, account id): one token refresh per account
-INBOUND_LOCK = 0x786E  # pg_advisory_xact_lock(INBOUND_LOCK, account id): one inbound take per account
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -115,7 +112,17 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, OutboxRole, StoreBase):
+class PostgresStore(
+    AccountsRole,
+    ConnectFlowRole,
+    LookupsRole,
+    MappingsRole,
+    OutboxRole,
+    InboundRole,
+    CursorsRole,
+    BudgetsRole,
+    StoreBase,
+):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
@@ -809,374 +816,19 @@ class PostgresStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, Ou
 
     # -- inbound (X → Slack) ----------------------------------------------
 
-    async def get_cursor(self, account_id: int) -> str | None:
-        value = await self.pool.fetchval(
-            "SELECT newest_event_id FROM cursors WHERE account_id = $1", account_id
-        )
-        return None if value is None else str(value)
-
-    async def take_inbound(
-        self,
-        account_id: int,
-        events: Sequence[InboundEvent],
-        newest_event_id: str | None,
-        now: float,
-        *,
-        gap: ReadGap | None = None,
-        tally: dict[str, int] | None = None,
-    ) -> int:
-        """As the SQLite store's (a ``gap`` kept leaves the cursor; moving it closes the gap); any
-        instance may take (a push reaches whichever X calls), and the unique key makes the first
-        commit win. Queued rows written by a standby wake the
-        leader's poster with a ``NOTIFY`` on ``INBOUND_CHANNEL`` at commit."""
-        queued = 0
-        async with self._tx() as conn:
-            # One take per account at a time, in the order they came (PostgreSQL queues lock
-            # requests): as the SQLite store's single writer, so pushes delivered one after the
-            # other are not committed out of X's order by two pool connections racing.
-            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", INBOUND_LOCK, account_id)
-            own_id = await conn.fetchval("SELECT x_user_id FROM accounts WHERE id = $1", account_id)
-            for event in events:
-                taken, echoes = await self._take_one(conn, account_id, own_id, event, now)
-                queued += taken
-                if tally is not None:
-                    tally["echoes"] = tally.get("echoes", 0) + echoes
-            if gap is not None:
-                await conn.execute(
-                    "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
-                    "gap_restarts, gap_opened_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                    "ON CONFLICT (account_id) DO UPDATE SET updated_at = excluded.updated_at, "
-                    "gap_token = excluded.gap_token, gap_newest = excluded.gap_newest, "
-                    "gap_oldest = excluded.gap_oldest, gap_restarts = excluded.gap_restarts, "
-                    "gap_opened_at = excluded.gap_opened_at",
-                    account_id,
-                    now,
-                    gap.token,
-                    gap.newest,
-                    gap.oldest,
-                    gap.restarts,
-                    gap.opened_at,
-                )
-            elif newest_event_id is not None:
-                await conn.execute(
-                    f"""
-                    INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES ($1, $2, $3)
-                    ON CONFLICT (account_id) DO UPDATE
-                    SET newest_event_id = excluded.newest_event_id, updated_at = excluded.updated_at
-                    WHERE cursors.newest_event_id IS NULL
-                          OR {_snowflake_sql("excluded.newest_event_id")}
-                          > {_snowflake_sql("cursors.newest_event_id")}
-                    """,
-                    account_id,
-                    newest_event_id,
-                    now,
-                )
-                await conn.execute(
-                    "UPDATE cursors SET gap_token = NULL, gap_newest = NULL, gap_oldest = NULL, "
-                    "gap_restarts = 0, gap_opened_at = NULL WHERE account_id = $1",
-                    account_id,
-                )
-            if queued and self.announce:
-                # "active:<account>": the leader reads that account's groups at the budget's pace.
-                payload = f"{self.instance_id}:active:{account_id}"
-                await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, payload)
-        return queued
-
-    async def read_gap(self, account_id: int) -> ReadGap | None:
-        row = await self.pool.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
-        return rows.read_gap(row) if row else None
-
-    async def _take_one(
-        self, conn: Conn, account_id: int, own_id: str | None, event: InboundEvent, now: float
-    ) -> tuple[int, int]:
-        """(rows queued, rows skipped as echoes of the bridge's own sends) for one event."""
-        known = {
-            (r["team_id"], r["channel_id"])
-            for r in await conn.fetch(
-                "SELECT team_id, channel_id FROM inbound WHERE dm_event_id = $1", event.dm_event_id
-            )
-        }
-        mappings = (
-            await conn.fetch(
-                "SELECT m.team_id, m.channel_id, m.created_at, a.x_user_id FROM mappings AS m "
-                "LEFT JOIN accounts AS a ON a.id = m.account_id WHERE m.conversation_id = $1 "
-                "ORDER BY m.account_id = $2 DESC, m.created_at",
-                event.conversation_id,
-                account_id,
-            )
-            if event.conversation_id
-            else []
-        )
-        sent_from = await self._sent_from(conn, event.dm_event_id)
-        queued = echoes = 0
-        for row in rows.channel_rows(mappings, event, known, sent_from):
-            state, why = row.state, row.why
-            if row.check_outbox and await conn.fetchval(
-                "SELECT 1 FROM outbox WHERE team_id = $1 AND channel_id = $2 AND state = 'sending' "
-                "AND text = $3 LIMIT 1",
-                *row.where,
-                event.payload.get("text"),
-            ):
-                # A DM of ours that X has but the outbox has not recorded yet (its POST is in flight).
-                state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
-            elif row.check_outbox and await self._adopt_unconfirmed(conn, row.where, event, now):
-                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
-            inserted = await self._insert_inbound(
-                conn, account_id, event, row.where, row.payload, state, why, now
-            )
-            queued += int(inserted and state is InboundState.QUEUED)
-            echoes += int(inserted and state is InboundState.SKIPPED)
-        if not known and not mappings:
-            # Kept so a later read does not bill it to Slack again; a backfill may still want it.
-            payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
-            await self._insert_inbound(
-                conn, account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
-            )
-        return queued, echoes
-
-    @staticmethod
-    async def _insert_inbound(
-        conn: Conn,
-        account_id: int,
-        event: InboundEvent,
-        where: tuple[str | None, str | None],
-        payload: dict[str, Any],
-        state: InboundState,
-        why: str | None,
-        now: float,
-    ) -> bool:
-        status = await conn.execute(
-            f"INSERT INTO inbound ({rows.INBOUND_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, $12, $13) ON CONFLICT DO NOTHING",
-            *rows.inbound_values(account_id, event, where, payload, state, why, now),
-        )
-        return bool(status == "INSERT 0 1")
-
-    @staticmethod
-    async def _sent_from(conn: Conn, dm_event_id: str) -> tuple[str, str] | None:
-        # The message map also records what the bridge posted from X: those have an inbound row.
-        row = await conn.fetchrow(
-            "SELECT m.team_id, m.channel_id FROM message_map AS m WHERE m.dm_event_id = $1 AND NOT EXISTS "
-            "(SELECT 1 FROM inbound AS i WHERE i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id "
-            "AND i.channel_id = m.channel_id AND i.slack_ts = m.slack_ts) LIMIT 1",
-            dm_event_id,
-        )
-        return (row["team_id"], row["channel_id"]) if row else None
-
-    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        async with self.pool.acquire() as conn:
-            return await self._sent_from(conn, dm_event_id)
-
-    @staticmethod
-    async def _adopt_unconfirmed(conn: Conn, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
-        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
-        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
-        candidates = await conn.fetch(rows.UNCONFIRMED_SENDS.format(p1="$1", p2="$2"), *where)
-        found = rows.unconfirmed_match(candidates, event)
-        if found is None:
-            return False
-        await conn.execute("UPDATE outbox SET dm_event_id = $1 WHERE id = $2", event.dm_event_id, found["id"])
-        await conn.execute(
-            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
-            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            *where,
-            found["slack_ts"],
-            found["part"],
-            event.conversation_id,
-            event.dm_event_id,
-            now,
-        )
-        return True
-
-    @staticmethod
-    async def _inbound_head(conn: Conn, team_id: str, channel_id: str) -> Any:
-        return await conn.fetchrow(
-            "SELECT i.* FROM (SELECT * FROM inbound WHERE team_id = $1 AND channel_id = $2 "
-            "AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
-            f"WHERE NOT ({_INBOUND_WAITS})",
-            team_id,
-            channel_id,
-        )
-
-    async def inbound_heads(self) -> list[InboundItem]:
-        # A channel waits (rows.inbound_waits) with its rows kept; one no longer bridged still
-        # gets what was taken for it.
-        found = await self.pool.fetch(
-            "SELECT * FROM (SELECT DISTINCT ON (team_id, channel_id) * FROM inbound "
-            "WHERE state IN ('queued', 'posting') ORDER BY team_id, channel_id, seq) AS i "
-            f"WHERE NOT ({_INBOUND_WAITS})"
-        )
-        return [rows.inbound_item(r) for r in found]
-
-    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
-        row = await self.pool.fetchrow(
-            "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
-            "posting_since = COALESCE(posting_since, $1) "
-            "WHERE id = $2 AND state IN ('queued', 'posting') RETURNING *",
-            now,
-            item_id,
-        )
-        return rows.inbound_item(row) if row else None
-
-    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
-        async with self._tx() as conn:
-            row = await conn.fetchrow(
-                "UPDATE inbound SET state = 'posted', slack_ts = $1, posted_at = $2, last_error = NULL "
-                "WHERE id = $3 RETURNING *",
-                slack_ts,
-                now,
-                item_id,
-            )
-            assert row is not None
-            await conn.execute(
-                "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                "dm_event_id, created_at) VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT DO NOTHING",
-                row["team_id"],
-                row["channel_id"],
-                slack_ts,
-                row["conversation_id"],
-                row["dm_event_id"],
-                now,
-            )
-            following = await self._inbound_head(conn, row["team_id"], row["channel_id"])
-        return None if following is None else rows.inbound_item(following)
-
-    async def reschedule_inbound(
-        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
-    ) -> None:
-        await self._execute(
-            "UPDATE inbound SET state = $1, next_attempt_at = $2, last_error = $3, "
-            "posting_since = CASE WHEN $1 = 'posting' THEN posting_since END WHERE id = $4",
-            state.value,
-            next_attempt_at,
-            error,
-            item_id,
-        )
-
-    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
-        await self._execute(
-            "UPDATE inbound SET payload = $1 WHERE id = $2",
-            json.dumps(payload, separators=(",", ":")),
-            item_id,
-        )
-
-    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
-        await self._execute(
-            "UPDATE inbound SET next_attempt_at = GREATEST(next_attempt_at, $1) WHERE team_id = $2 "
-            "AND channel_id = $3 AND state IN ('queued', 'posting')",
-            until,
-            team_id,
-            channel_id,
-        )
-
-    async def latest_inbound_at(self, origin: str) -> float | None:
-        value = await self.pool.fetchval("SELECT MAX(created_at) FROM inbound WHERE origin = $1", origin)
-        return None if value is None else float(value)
-
-    async def inbound_summary(
-        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]:
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await conn.fetchrow("SELECT * FROM cursors WHERE account_id = $1", account_id)
-            schedule = await conn.fetchrow(
-                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = $1", account_id
-            )
-            here = await conn.fetchval(
-                "SELECT COUNT(*) FROM inbound WHERE team_id = $1 AND channel_id = $2 "
-                "AND state IN ('queued', 'posting')",
-                team_id,
-                channel_id,
-            )
-            counts = {
-                r["state"]: r["n"]
-                for r in await conn.fetch(
-                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = $1 GROUP BY state",
-                    account_id,
-                )
-            }
-            last = await conn.fetchval(
-                "SELECT MAX(created_at) FROM inbound WHERE account_id = $1 AND origin != 'sent'",
-                account_id,
-            )
-            failed = await conn.fetchval(rows.FAILED_COUNT_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
-            reason = await conn.fetchval(rows.FAILED_LAST_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
-            chat_gap = await conn.fetchval(rows.CHAT_GAP_SQL.format(p1="$1", p2="$2"), team_id, channel_id)
-        return {
-            "newest_event_id": cursor["newest_event_id"] if cursor else None,
-            "read_at": cursor["updated_at"] if cursor else None,
-            "catching_up": bool(cursor and cursor["gap_newest"] is not None) or bool(chat_gap),
-            "last_event_at": last,
-            "counts": counts,
-            "pending": counts.get("queued", 0) + counts.get("posting", 0),
-            "channel_pending": int(here or 0),
-            "channel_failed": int(failed or 0),
-            "channel_last_failure": reason,
-            "next_read_at": (
-                float(schedule["next_read_at"]) if schedule and schedule["next_read_at"] is not None else None
-            ),
-            "pushed": bool(schedule["pushed"]) if schedule else False,
-        }
-
-    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
-        await self._execute(
-            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) "
-            "VALUES ($1, $2, $3, $2) "
-            "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
-            "pushed = excluded.pushed, updated_at = excluded.updated_at",
-            account_id,
-            at,
-            pushed,
-        )
-
-    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        async with self._tx() as conn:
-            await self._request_backfill(conn, account_id, conversation_id, bridged_at)
+    async def _inbound_queued(self, tx: Engine, account_id: int) -> None:
+        """Queued rows written by a standby wake the leader's poster with a ``NOTIFY`` on
+        ``INBOUND_CHANNEL`` at commit: "active:<account>", the leader reads that account's groups
+        at the budget's pace."""
+        if self.announce:
+            payload = f"{self.instance_id}:active:{account_id}"
+            await tx.execute("SELECT pg_notify(?, ?)", INBOUND_CHANNEL, payload)
 
     @staticmethod
     async def _request_backfill(conn: Conn, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        await conn.execute(
-            "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
-            "VALUES ($1, $2, $3, $3) ON CONFLICT (account_id, conversation_id) DO UPDATE "
-            "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
-            account_id,
-            conversation_id,
-            bridged_at,
-        )
-
-    async def pending_backfills(self) -> list[tuple[int, str, float]]:
-        found = await self.pool.fetch(
-            "SELECT account_id, conversation_id, bridged_at FROM backfills "
-            "ORDER BY account_id, conversation_id"
-        )
-        return [(int(r["account_id"]), str(r["conversation_id"]), float(r["bridged_at"])) for r in found]
-
-    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        await self._execute(
-            "DELETE FROM backfills WHERE account_id = $1 AND conversation_id = $2 AND bridged_at = $3",
-            account_id,
-            conversation_id,
-            bridged_at,
-        )
-
-    # -- budgets -----------------------------------------------------------
-
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return [
-            dict(r) for r in await self.pool.fetch("SELECT key, limit_, remaining, reset_at FROM budgets")
-        ]
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """Several windows in one transaction (a send touches three)."""
-        async with self._tx() as conn:
-            await self._save_budgets(conn, windows)
-
-    @staticmethod
-    async def _save_budgets(conn: Conn, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        if windows:
-            save = (
-                _SAVE_BUDGETS.replace("$3", "$1").replace("$4", "$2").replace("$5", "$3").replace("$6", "$4")
-            )
-            await conn.execute(f"{save} {_ON_BUDGET_CONFLICT}", *_budget_columns(windows))
+        """``inbound.request_backfill_in`` on a connection in its transaction (a mapping made
+        with its history; the role itself is ``CursorsRole``)."""
+        await inbound.request_backfill_in(PostgresTransaction(conn), account_id, conversation_id, bridged_at)
 
 
 async def _ended_on_failure(conn: Conn, statement: Awaitable[object]) -> None:
@@ -1220,10 +872,6 @@ def _budget_columns(
     )
 
 
-def _snowflake_sql(column: str) -> str:
-    """An event id as a number, for comparing (non-digits count as 0, as SQLite's CAST)."""
-    return f"(CASE WHEN {column} ~ '^[0-9]+$' THEN {column}::numeric ELSE 0 END)"
-
-
-_INBOUND_WAITS = rows.inbound_waits(_snowflake_sql)
+# An event id as a number, for comparing (non-digits count as 0, as SQLite's CAST).
+_snowflake_sql = inbound.NUMBER[Dialect.POSTGRES]
 _INBOUND_GAUGES_SQL = rows.inbound_gauges_sql(_snowflake_sql)

@@ -23,10 +23,12 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
-from adapters.store import rows
+from adapters.store import budgets, inbound, rows
 from adapters.store.accounts import AccountsRole, ConnectFlowRole
+from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.inbound import CursorsRole, InboundRole
 from adapters.store.lookups import LookupsRole
 from adapters.store.mappings import MappingsRole
 from adapters.store.outbox import OutboxRole
@@ -35,14 +37,10 @@ from bridge.errors import StoreUnavailable
 from bridge.model import (
     Accepted,
     ChannelMapping,
-    InboundEvent,
-    InboundItem,
-    InboundState,
     IncomingMessage,
     OutboxItem,
     OutboxKind,
     OutboxState,
-    ReadGap,
     RenderedPart,
     Sent,
     Target,
@@ -52,8 +50,6 @@ from bridge.ports import LockedAccount
 from migrations import PENDING_STATES, migrations
 
 log = logging.getLogger("adapters.store.sqlite")
-# Event ids are text (X's snowflakes); compared as numbers.
-_INBOUND_WAITS = rows.inbound_waits(lambda column: f"CAST({column} AS INTEGER)")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -162,7 +158,17 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, OutboxRole, StoreBase):
+class SqliteStore(
+    AccountsRole,
+    ConnectFlowRole,
+    LookupsRole,
+    MappingsRole,
+    OutboxRole,
+    InboundRole,
+    CursorsRole,
+    BudgetsRole,
+    StoreBase,
+):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
@@ -963,375 +969,19 @@ class SqliteStore(AccountsRole, ConnectFlowRole, LookupsRole, MappingsRole, Outb
 
     # -- inbound (X → Slack) ----------------------------------------------
 
-    async def get_cursor(self, account_id: int) -> str | None:
-        def work() -> str | None:
-            row = self._one("SELECT newest_event_id FROM cursors WHERE account_id = ?", [account_id])
-            return row["newest_event_id"] if row else None
-
-        return await self._call(work)
-
-    async def take_inbound(
-        self,
-        account_id: int,
-        events: Sequence[InboundEvent],
-        newest_event_id: str | None,
-        now: float,
-        *,
-        gap: ReadGap | None = None,
-        tally: dict[str, int] | None = None,
-    ) -> int:
-        """Queue X events (oldest first) and move the account's cursor, in one transaction.
-
-        Events already known (by ``dm_event_id``) are left alone; events the bridge sent
-        itself, or whose conversation no channel bridges, are kept as ``skipped`` so a later
-        read does not bill them to Slack again. With ``gap`` the read is unfinished: the
-        cursor stays and the gap is kept (the account's channels wait); moving the cursor
-        closes any gap. Returns how many were queued for Slack.
-        """
-
-        def work() -> int:
-            queued = 0
-            with self.db.atomic():
-                account = self._one("SELECT x_user_id FROM accounts WHERE id = ?", [account_id])
-                own_id = account["x_user_id"] if account else None
-                for event in events:
-                    taken, echoes = self._take_one(account_id, own_id, event, now)
-                    queued += taken
-                    if tally is not None:
-                        tally["echoes"] = tally.get("echoes", 0) + echoes
-                if gap is not None:
-                    self.db.execute(
-                        "INSERT INTO cursors (account_id, updated_at, gap_token, gap_newest, gap_oldest, "
-                        "gap_restarts, gap_opened_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (account_id) DO UPDATE SET updated_at = excluded.updated_at, "
-                        "gap_token = excluded.gap_token, gap_newest = excluded.gap_newest, "
-                        "gap_oldest = excluded.gap_oldest, gap_restarts = excluded.gap_restarts, "
-                        "gap_opened_at = excluded.gap_opened_at",
-                        [account_id, now, gap.token, gap.newest, gap.oldest, gap.restarts, gap.opened_at],
-                    )
-                elif newest_event_id is not None:
-                    self.db.execute(
-                        "INSERT INTO cursors (account_id, newest_event_id, updated_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT (account_id) DO UPDATE SET newest_event_id = excluded.newest_event_id, "
-                        "updated_at = excluded.updated_at "
-                        "WHERE newest_event_id IS NULL "
-                        "OR CAST(excluded.newest_event_id AS INTEGER) > CAST(newest_event_id AS INTEGER)",
-                        [account_id, newest_event_id, now],
-                    )
-                    self.db.execute(
-                        "UPDATE cursors SET gap_token = NULL, gap_newest = NULL, gap_oldest = NULL, "
-                        "gap_restarts = 0, gap_opened_at = NULL WHERE account_id = ?",
-                        [account_id],
-                    )
-            return queued
-
-        return await self._call(work)
-
-    async def read_gap(self, account_id: int) -> ReadGap | None:
-        def work() -> ReadGap | None:
-            row = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
-            return rows.read_gap(row) if row else None
-
-        return await self._call(work)
-
-    def _take_one(
-        self, account_id: int, own_id: str | None, event: InboundEvent, now: float
-    ) -> tuple[int, int]:
-        """(rows queued, rows skipped as echoes of the bridge's own sends) for one event."""
-        known = {
-            (r["team_id"], r["channel_id"]): r
-            for r in self._rows(
-                "SELECT id, team_id, channel_id FROM inbound WHERE dm_event_id = ?", [event.dm_event_id]
-            )
-        }
-        mappings = (
-            self._rows(
-                "SELECT m.team_id, m.channel_id, m.created_at, a.x_user_id FROM mappings AS m "
-                "LEFT JOIN accounts AS a ON a.id = m.account_id WHERE m.conversation_id = ? "
-                "ORDER BY m.account_id = ? DESC, m.created_at",
-                [event.conversation_id, account_id],
-            )
-            if event.conversation_id
-            else []
-        )
-        sent_from = self._sent_from(event.dm_event_id)
-        queued = echoes = 0
-        for row in rows.channel_rows(mappings, event, set(known), sent_from):
-            state, why = row.state, row.why
-            if row.check_outbox and self._outbox_echo(row.where, event):
-                state, why = InboundState.SKIPPED, rows.ECHO_IN_FLIGHT
-            elif row.check_outbox and self._adopt_unconfirmed(row.where, event, now):
-                state, why = InboundState.SKIPPED, rows.ECHO_UNCONFIRMED
-            inserted = self._insert_inbound(account_id, event, row.where, row.payload, state, why, now)
-            queued += int(inserted and state is InboundState.QUEUED)
-            echoes += int(inserted and state is InboundState.SKIPPED)
-        if not known and not mappings:
-            # Kept so a later read does not bill it to Slack again; a backfill may still want it.
-            payload = {**event.payload, "from_self": rows.from_self(event, own_id)}
-            self._insert_inbound(
-                account_id, event, (None, None), payload, InboundState.SKIPPED, rows.NOT_BRIDGED, now
-            )
-        return queued, echoes
-
-    def _insert_inbound(
-        self,
-        account_id: int,
-        event: InboundEvent,
-        where: tuple[str | None, str | None],
-        payload: dict[str, Any],
-        state: InboundState,
-        why: str | None,
-        now: float,
-    ) -> bool:
-        cursor = self.db.execute(
-            f"INSERT INTO inbound ({rows.INBOUND_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?) ON CONFLICT DO NOTHING",
-            rows.inbound_values(account_id, event, where, payload, state, why, now),
-        )
-        return bool(cursor.rowcount == 1)
-
-    def _sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        # The message map also records what the bridge posted from X: those have an inbound row.
-        row = self._one(
-            "SELECT m.team_id, m.channel_id FROM message_map AS m WHERE m.dm_event_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM inbound AS i WHERE i.dm_event_id = m.dm_event_id AND i.team_id = m.team_id "
-            "AND i.channel_id = m.channel_id AND i.slack_ts = m.slack_ts) LIMIT 1",
-            [dm_event_id],
-        )
-        return (row["team_id"], row["channel_id"]) if row else None
-
-    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        return await self._call(self._sent_from, dm_event_id)
-
-    def _outbox_echo(self, where: tuple[str, str], event: InboundEvent) -> bool:
-        """A DM of ours that X has but the outbox has not recorded yet (its POST is in flight)."""
-        text = event.payload.get("text")
-        return (
-            self._one(
-                "SELECT 1 AS echo FROM outbox WHERE team_id = ? AND channel_id = ? AND state = 'sending' "
-                "AND text = ? LIMIT 1",
-                [*where, text],
-            )
-            is not None
-        )
-
-    def _adopt_unconfirmed(self, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
-        """A DM of ours X took without naming it (recorded sent without an id): it is this event.
-        Its id is recorded now, in the outbox and the message map, as a send's would have been."""
-        found = rows.unconfirmed_match(
-            self._rows(rows.UNCONFIRMED_SENDS.format(p1="?", p2="?"), list(where)), event
-        )
-        if found is None:
-            return False
-        self.db.execute("UPDATE outbox SET dm_event_id = ? WHERE id = ?", [event.dm_event_id, found["id"]])
-        self.db.execute(
-            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, dm_event_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [*where, found["slack_ts"], found["part"], event.conversation_id, event.dm_event_id, now],
-        )
-        return True
-
-    def _inbound_head(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
-        return self._one(
-            "SELECT i.* FROM (SELECT * FROM inbound INDEXED BY inbound_pending WHERE team_id = ? "
-            "AND channel_id = ? AND state IN ('queued', 'posting') ORDER BY seq LIMIT 1) AS i "
-            f"WHERE NOT ({_INBOUND_WAITS})",
-            [team_id, channel_id],
-        )
-
-    async def inbound_heads(self) -> list[InboundItem]:
-        def work() -> list[InboundItem]:
-            # A channel waits (rows.inbound_waits) with its rows kept; one no longer bridged still
-            # gets what was taken for it.
-            found = self._rows(
-                "SELECT i.* FROM inbound AS i JOIN ("
-                "  SELECT team_id, channel_id, MIN(seq) AS seq FROM inbound INDEXED BY inbound_pending"
-                "  WHERE state IN ('queued', 'posting') GROUP BY team_id, channel_id"
-                ") AS h ON i.team_id = h.team_id AND i.channel_id = h.channel_id AND i.seq = h.seq "
-                f"WHERE NOT ({_INBOUND_WAITS})"
-            )
-            return [rows.inbound_item(r) for r in found]
-
-        return await self._call(work)
-
-    async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
-        def work() -> InboundItem | None:
-            with self.db.atomic():
-                row = self._one(
-                    "UPDATE inbound SET state = 'posting', attempts = attempts + 1, "
-                    "posting_since = COALESCE(posting_since, ?) "
-                    "WHERE id = ? AND state IN ('queued', 'posting') RETURNING *",
-                    [now, item_id],
-                )
-            return rows.inbound_item(row) if row else None
-
-        return await self._call(work)
-
-    async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
-        def work() -> InboundItem | None:
-            with self.db.atomic():
-                row = self._one(
-                    "UPDATE inbound SET state = 'posted', slack_ts = ?, posted_at = ?, last_error = NULL "
-                    "WHERE id = ? RETURNING *",
-                    [slack_ts, now, item_id],
-                )
-                assert row is not None
-                self.db.execute(
-                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                    "dm_event_id, created_at) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [
-                        row["team_id"],
-                        row["channel_id"],
-                        slack_ts,
-                        row["conversation_id"],
-                        row["dm_event_id"],
-                        now,
-                    ],
-                )
-                following = self._inbound_head(row["team_id"], row["channel_id"])
-            return None if following is None else rows.inbound_item(following)
-
-        return await self._call(work)
-
-    async def reschedule_inbound(
-        self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
-    ) -> None:
-        await self._call(
-            self._update,
-            "UPDATE inbound SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "posting_since = CASE WHEN ? = 'posting' THEN posting_since END WHERE id = ?",
-            [state.value, next_attempt_at, error, state.value, item_id],
-        )
-
-    async def set_inbound_payload(self, item_id: int, payload: dict[str, Any]) -> None:
-        await self._call(
-            self._update,
-            "UPDATE inbound SET payload = ? WHERE id = ?",
-            [json.dumps(payload, separators=(",", ":")), item_id],
-        )
-
-    async def hold_channel(self, team_id: str, channel_id: str, until: float) -> None:
-        await self._call(
-            self._update,
-            "UPDATE inbound SET next_attempt_at = MAX(next_attempt_at, ?) WHERE team_id = ? "
-            "AND channel_id = ? AND state IN ('queued', 'posting')",
-            [until, team_id, channel_id],
-        )
-
-    async def latest_inbound_at(self, origin: str) -> float | None:
-        def work() -> float | None:
-            row = self._one("SELECT MAX(created_at) AS t FROM inbound WHERE origin = ?", [origin])
-            return row["t"] if row else None
-
-        return await self._call(work)
-
-    async def inbound_summary(
-        self, account_id: int, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            cursor = self._one("SELECT * FROM cursors WHERE account_id = ?", [account_id])
-            schedule = self._one(
-                "SELECT next_read_at, pushed FROM read_schedule WHERE account_id = ?", [account_id]
-            )
-            here = self._one(
-                "SELECT COUNT(*) AS n FROM inbound WHERE team_id = ? AND channel_id = ? "
-                "AND state IN ('queued', 'posting')",
-                [team_id, channel_id],
-            )
-            counts = {
-                r["state"]: r["n"]
-                for r in self._rows(
-                    "SELECT state, COUNT(*) AS n FROM inbound WHERE account_id = ? GROUP BY state",
-                    [account_id],
-                )
-            }
-            last = self._one(
-                "SELECT MAX(created_at) AS t FROM inbound WHERE account_id = ? AND origin != 'sent'",
-                [account_id],
-            )
-            failed = self._one(rows.FAILED_COUNT_SQL.format(p1="?", p2="?"), [team_id, channel_id])
-            reason = self._one(rows.FAILED_LAST_SQL.format(p1="?", p2="?"), [team_id, channel_id])
-            chat_gap = self._one(rows.CHAT_GAP_SQL.format(p1="?", p2="?"), [team_id, channel_id])
-            return {
-                "newest_event_id": cursor["newest_event_id"] if cursor else None,
-                "read_at": cursor["updated_at"] if cursor else None,
-                "catching_up": bool(cursor and cursor["gap_newest"] is not None)
-                or bool(chat_gap and chat_gap["n"]),
-                "last_event_at": last["t"] if last else None,
-                "counts": counts,
-                "pending": counts.get("queued", 0) + counts.get("posting", 0),
-                "channel_pending": here["n"] if here else 0,
-                "channel_failed": failed["n"] if failed else 0,
-                "channel_last_failure": reason["last_error"] if reason else None,
-                "next_read_at": schedule["next_read_at"] if schedule else None,
-                "pushed": bool(schedule["pushed"]) if schedule else False,
-            }
-
-        return await self._call(work)
-
-    async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
-        await self._call(
-            self._update,
-            "INSERT INTO read_schedule (account_id, next_read_at, pushed, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (account_id) DO UPDATE SET next_read_at = excluded.next_read_at, "
-            "pushed = excluded.pushed, updated_at = excluded.updated_at",
-            [account_id, at, int(pushed), at],
-        )
-
-    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        def work() -> None:
-            with self.db.atomic():
-                self._request_backfill(account_id, conversation_id, bridged_at)
-
-        await self._call(work)
-
     def _request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        self.db.execute(
-            "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE "
-            "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
-            [account_id, conversation_id, bridged_at, bridged_at],
-        )
-
-    async def pending_backfills(self) -> list[tuple[int, str, float]]:
-        def work() -> list[tuple[int, str, float]]:
-            found = self._rows(
-                "SELECT account_id, conversation_id, bridged_at FROM backfills "
-                "ORDER BY account_id, conversation_id"
-            )
-            return [(r["account_id"], r["conversation_id"], r["bridged_at"]) for r in found]
-
-        return await self._call(work)
-
-    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        await self._call(
-            self._update,
-            "DELETE FROM backfills WHERE account_id = ? AND conversation_id = ? AND bridged_at = ?",
-            [account_id, conversation_id, bridged_at],
-        )
+        """``inbound.request_backfill_in`` on this thread, for a mapping made with its history in
+        its own transaction (the role itself is ``CursorsRole``)."""
+        self.db.execute(inbound.REQUEST_BACKFILL_SQL, [account_id, conversation_id, bridged_at, bridged_at])
 
     # -- budgets -----------------------------------------------------------
 
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return await self._call(lambda: self._rows("SELECT key, limit_, remaining, reset_at FROM budgets"))
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        """Several windows in one transaction (a send touches three)."""
-
-        def work() -> None:
-            with self.db.atomic():
-                self._save_budgets(windows)
-
-        await self._call(work)
-
     def _save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        for window in windows:
-            self.db.execute(
-                "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, "
-                "remaining = excluded.remaining, reset_at = excluded.reset_at",
-                list(window),
-            )
+        """``budgets.save_windows`` on this thread, for the outbox's claims that save them in
+        their own transaction (the role itself is ``BudgetsRole``)."""
+        count, params = budgets.save_params(windows)
+        if count:
+            self.db.execute(budgets.save_sql(count), params)
 
 
 def _target(row: dict[str, Any]) -> Target:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -503,3 +504,67 @@ async def test_status_counts_a_channels_failed_rows_and_says_the_last_reason(sto
     assert summary["channel_failed"] == 2
     assert summary["channel_last_failure"] == "second (invalid_blocks)"
     assert (await store.inbound_summary(account.id, "T1", "C2"))["channel_failed"] == 1
+
+
+async def test_the_cursor_compares_x_ids_as_numbers_not_as_text(store: Store) -> None:
+    """X's ids are snowflakes kept as text: "100" is newer than "99" though it sorts before it."""
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("99")], "99", 1.0)
+    await store.take_inbound(account.id, [event("100")], "100", 2.0)
+    assert await store.get_cursor(account.id) == "100"
+    await store.take_inbound(account.id, [], "99", 3.0)  # an older read finishing late
+    assert await store.get_cursor(account.id) == "100"
+    [head] = await store.inbound_heads()
+    assert head.dm_event_id == "99"  # X's order, not the text's
+
+
+async def test_holding_a_channel_never_brings_a_later_retry_earlier(store: Store) -> None:
+    account = await bridged(store)
+    await store.take_inbound(account.id, [event("1")], "1", 1.0)
+    [head] = await store.inbound_heads()
+    await store.reschedule_inbound(head.id, InboundState.QUEUED, 40.0, "timeout")
+    await store.hold_channel("T1", "C1", 30.0)
+    [held] = await store.inbound_heads()
+    assert held.next_attempt_at == 40.0
+
+
+async def test_a_send_x_took_without_naming_it_is_recognised_in_its_echo(store: Store) -> None:
+    """X answered 2xx without the event's id: the account's own DM with that text, read back, is
+    the bridge's send (skipped, counted as an echo) and its id is recorded for edits and deletes."""
+    account = await bridged(store)
+    accepted = await store.accept_if_mapped(IncomingMessage("T1", "C1", "1.0001", "U1", "hello"), 1.0)
+    assert accepted is not None and accepted.head is not None
+    item = await store.mark_sending(
+        accepted.head.id, 1.0, parts=[RenderedPart("Ada: hello")], source=accepted.head.source
+    )
+    assert item is not None
+    await store.mark_sent(item.id, Sent(CONVERSATION, None), 2.0)
+    assert await store.sent_from("30") is None
+    tally: dict[str, int] = {}
+    assert await store.take_inbound(account.id, [event("30", "Ada: hello", ME)], "30", 3.0, tally=tally) == 0
+    assert tally == {"echoes": 1}
+    assert await store.sent_from("30") == ("T1", "C1")
+    assert await store.inbound_heads() == []
+
+
+async def test_two_instances_taking_the_same_read_queue_each_event_once(engine: Engine) -> None:
+    """A push and a poll (or two instances) take the same events at once: each lands once."""
+    first, second = engine.store(), engine.store()
+    await first.open()
+    await second.open()
+    try:
+        account = await bridged(first)
+        events = [event(str(n)) for n in range(1, 6)]
+        taken = await asyncio.gather(
+            first.take_inbound(account.id, events, "5", 1.0),
+            second.take_inbound(account.id, events, "5", 1.0),
+            first.take_inbound(account.id, events[:3], "3", 1.0),
+        )
+        assert sum(taken) == 5
+        heads = await second.inbound_heads()
+        assert [h.dm_event_id for h in heads] == ["1"]
+        summary = await second.inbound_summary(account.id, "T1", "C1")
+        assert summary["channel_pending"] == 5 and summary["newest_event_id"] == "5"
+    finally:
+        await first.close()
+        await second.close()

@@ -406,6 +406,14 @@ async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> Non
         ]
 
 
+async def test_budgets_saved_twice_in_one_call_keep_the_last(engine: Engine) -> None:
+    async with opened(engine) as store:
+        await store.save_budgets([("app:24h", 15000, 14000, 86400.0), ("app:24h", 15000, 13999, 86400.0)])
+        assert await store.load_budgets() == [
+            {"key": "app:24h", "limit_": 15000, "remaining": 13999, "reset_at": 86400.0}
+        ]
+
+
 async def test_media_upload_bookkeeping(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)

@@ -1,0 +1,49 @@
+"""X's rate-limit windows (``bridge.ports.BudgetStore``), kept so a restart keeps respecting them:
+one SQL for both engines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adapters.store.engine import Engine
+from adapters.store.roles import StoreBase
+
+Window = tuple[str, int, int, float]  # key, limit, remaining, reset_at
+
+_ON_CONFLICT = (
+    "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
+    "reset_at = excluded.reset_at"
+)
+
+
+def save_sql(count: int) -> str:
+    """An upsert of ``count`` windows in one statement (``?`` placeholders, four per window)."""
+    values = ", ".join(["(?, ?, ?, ?)"] * count)
+    return f"INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES {values} {_ON_CONFLICT}"
+
+
+def save_params(windows: Sequence[Window]) -> tuple[int, list[Any]]:
+    """How many rows and their values, one per key, the last one given winning (as saving them one
+    by one would; PostgreSQL refuses one upsert touching a row twice)."""
+    latest = {key: (key, limit, remaining, float(reset)) for key, limit, remaining, reset in windows}
+    return len(latest), [value for window in latest.values() for value in window]
+
+
+async def save_windows(engine: Engine, windows: Sequence[Window]) -> None:
+    """Upsert the windows with one statement, on ``engine`` (or a transaction of it, so they commit
+    with the caller's other work)."""
+    count, params = save_params(windows)
+    if count:
+        await engine.execute(save_sql(count), *params)
+
+
+class BudgetsRole(StoreBase):
+    """The ``budgets`` table: one row per window key."""
+
+    async def load_budgets(self) -> list[dict[str, Any]]:
+        return await self.engine.fetch("SELECT key, limit_, remaining, reset_at FROM budgets")
+
+    async def save_budgets(self, windows: Sequence[Window]) -> None:
+        """Several windows in one statement, so one commit (a send touches three)."""
+        await save_windows(self.engine, windows)
