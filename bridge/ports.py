@@ -46,7 +46,189 @@ class Clock(Protocol):
         ...
 
 
-class Store(Protocol):
+class RelayStore(Protocol):
+    """What Slack hands the bridge, taken into the outbox (``adapters/store/relay.py``)."""
+
+    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
+        """Commit the message to its channel's outbox, the channel's mapping looked up in the same
+        transaction; None if unmapped, ``new=False`` when this event or message was seen before.
+
+        The new row comes back when it is its channel's head, so it can be sent without a scan.
+        """
+        ...
+
+    async def accept_edit(
+        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
+    ) -> str:
+        """ "updated" (no part handed to X yet, in any unsent state: the text is replaced and the
+        row rendered again), "queued" (a correction follows) or "unknown"."""
+        ...
+
+    async def accept_delete(
+        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
+    ) -> str:
+        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown".
+
+        A part caught ``sending`` is marked deleted: it is read back (and deleted on X if it
+        landed) but never sent again; ``reschedule`` turns it ``cancelled`` instead of requeuing.
+        """
+        ...
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+
+class OutboxStore(Protocol):
+    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
+
+        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
+        pending): the worker fails it, so it holds up neither its channel nor anyone else.
+        """
+        ...
+
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
+        """Give an unrendered row its text; extra parts become rows right behind it."""
+        ...
+
+    async def mark_sending(
+        self,
+        item_id: int,
+        now: float,
+        budgets: Sequence[tuple[str, int, int, float]] = (),
+        *,
+        parts: Sequence[RenderedPart] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> OutboxItem | None:
+        """Claim a row for its POST, committed before it; ``budgets`` are saved in the same transaction.
+
+        With ``parts`` the row is rendered in the same transaction, but only if its source is
+        still ``source`` (an edit may have landed meanwhile). Returns the row as claimed, or None
+        when it was cancelled, finished or edited since it was read: nothing is written then.
+        """
+        ...
+
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        """Keep the row's X Chat message (encrypted and signed from ``text``) before its first
+        attempt, unless it has one: the row as kept, or None when its text changed (an edit) or it
+        was finished or deleted since. Only a row that still reads ``text`` takes it."""
+        ...
+
+    async def drop_chat(self, item_id: int) -> None:
+        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
+        signed with keys X no longer holds; the row is encrypted again with the next keys."""
+        ...
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> OutboxItem | None:
+        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping).
+
+        Returns the channel's new head (its next unfinished row), if any, read in the same trip.
+        """
+        ...
+
+    async def reschedule(
+        self,
+        item_id: int,
+        state: OutboxState,
+        next_attempt_at: float,
+        error: str | None,
+        *,
+        held_since: float | None = None,
+    ) -> None:
+        """Set state and next attempt of a row still pending (a cancelled or finished row is left
+        alone); ``held_since`` records when a hold began (kept if already set)."""
+        ...
+
+    async def mark_done(self, item_id: int, now: float) -> None:
+        """Finish a row that has no DM of its own (a delete)."""
+        ...
+
+    async def mark_failed(self, item_id: int, error: str, failure: Failure = Failure.OTHER) -> None:
+        """Fail the row for good, its author still to be told (``failures_to_tell``)."""
+        ...
+
+    async def failures_to_tell(self, limit: int = 100) -> list[tuple[OutboxItem | Unreadable, Failure]]:
+        """Failed rows whose author was not told yet (the process stopped in between), oldest first."""
+        ...
+
+    async def failure_told(self, item_id: int) -> None: ...
+    async def set_hourglass(self, item_id: int, on: bool) -> None: ...
+
+    async def release_account(self, account_id: int, now: float) -> int:
+        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
+        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
+        Returns how many."""
+        ...
+
+
+class OutboxMediaStore(Protocol):
+    """A row's media upload to X (``adapters/store/outbox.py``)."""
+
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
+        ...
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
+        ...
+
+    async def end_media_upload(self, item_id: int) -> None:
+        """The upload attempt ended without taking the process down."""
+        ...
+
+    async def drop_media(self, item_id: int) -> None:
+        """Give up the row's file for good; its text (if any) goes alone."""
+        ...
+
+
+class UpkeepStore(Protocol):
+    """Retention, gauges and listings (``adapters/store/upkeep.py``)."""
+
+    async def prune_batch(
+        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
+    ) -> int:
+        """Delete at most ``batch`` rows of each kind past retention; returns how many went.
+
+        Finished outbox rows and message maps created before ``keep_after``; finished inbound
+        rows taken before ``inbound_keep_after``; Slack event ids past Slack's retry horizon.
+        Unfinished rows are never deleted.
+        """
+        ...
+
+    async def outbox_gauges(self) -> dict[str, Any]:
+        """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
+        ...
+
+    async def inbound_gauges(self) -> dict[str, Any]:
+        """Inbound rows waiting to be posted (``queued`` or ``posting``), from the partial index of
+        unfinished rows (cost follows the backlog, not the history): ``held`` (their channel is
+        paused), ``catching_up`` (an unfinished read holds their channel), ``queued`` (the rest),
+        and ``oldest_waiting_at`` (None when none waits)."""
+        ...
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
+
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        """The last parts of messages marked sent at or after ``since``, newest first.
+
+        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
+        and reacting in Slack would otherwise leave a delivered message without its mark.
+        """
+        ...
+
+
+class Store(RelayStore, OutboxStore, OutboxMediaStore, UpkeepStore, Protocol):
     """Durable state. Every method is one transaction."""
 
     # accounts
@@ -152,171 +334,6 @@ class Store(Protocol):
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[ChannelMapping]: ...
-
-    # relay
-    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
-        """Commit the message to its channel's outbox, the channel's mapping looked up in the same
-        transaction; None if unmapped, ``new=False`` when this event or message was seen before.
-
-        The new row comes back when it is its channel's head, so it can be sent without a scan.
-        """
-        ...
-
-    # outbox (the delivery worker)
-    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
-        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
-
-        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
-        pending): the worker fails it, so it holds up neither its channel nor anyone else.
-        """
-        ...
-
-    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
-        """Give an unrendered row its text; extra parts become rows right behind it."""
-        ...
-
-    async def set_media_id(
-        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
-    ) -> None:
-        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
-        ...
-
-    async def begin_media_upload(self, item_id: int) -> None:
-        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
-        ...
-
-    async def end_media_upload(self, item_id: int) -> None:
-        """The upload attempt ended without taking the process down."""
-        ...
-
-    async def drop_media(self, item_id: int) -> None:
-        """Give up the row's file for good; its text (if any) goes alone."""
-        ...
-
-    async def accept_edit(
-        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
-    ) -> str:
-        """ "updated" (no part handed to X yet, in any unsent state: the text is replaced and the
-        row rendered again), "queued" (a correction follows) or "unknown"."""
-        ...
-
-    async def accept_delete(
-        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
-    ) -> str:
-        """ "cancelled" (nothing reached X), "queued" (X's copies will be deleted) or "unknown".
-
-        A part caught ``sending`` is marked deleted: it is read back (and deleted on X if it
-        landed) but never sent again; ``reschedule`` turns it ``cancelled`` instead of requeuing.
-        """
-        ...
-
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
-    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
-
-    async def mark_sending(
-        self,
-        item_id: int,
-        now: float,
-        budgets: Sequence[tuple[str, int, int, float]] = (),
-        *,
-        parts: Sequence[RenderedPart] | None = None,
-        source: dict[str, Any] | None = None,
-    ) -> OutboxItem | None:
-        """Claim a row for its POST, committed before it; ``budgets`` are saved in the same transaction.
-
-        With ``parts`` the row is rendered in the same transaction, but only if its source is
-        still ``source`` (an edit may have landed meanwhile). Returns the row as claimed, or None
-        when it was cancelled, finished or edited since it was read: nothing is written then.
-        """
-        ...
-
-    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
-        """Keep the row's X Chat message (encrypted and signed from ``text``) before its first
-        attempt, unless it has one: the row as kept, or None when its text changed (an edit) or it
-        was finished or deleted since. Only a row that still reads ``text`` takes it."""
-        ...
-
-    async def drop_chat(self, item_id: int) -> None:
-        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
-        signed with keys X no longer holds; the row is encrypted again with the next keys."""
-        ...
-
-    async def mark_sent(
-        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> OutboxItem | None:
-        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping).
-
-        Returns the channel's new head (its next unfinished row), if any, read in the same trip.
-        """
-        ...
-
-    async def reschedule(
-        self,
-        item_id: int,
-        state: OutboxState,
-        next_attempt_at: float,
-        error: str | None,
-        *,
-        held_since: float | None = None,
-    ) -> None:
-        """Set state and next attempt of a row still pending (a cancelled or finished row is left
-        alone); ``held_since`` records when a hold began (kept if already set)."""
-        ...
-
-    async def mark_done(self, item_id: int, now: float) -> None:
-        """Finish a row that has no DM of its own (a delete)."""
-        ...
-
-    async def mark_failed(self, item_id: int, error: str, failure: Failure = Failure.OTHER) -> None:
-        """Fail the row for good, its author still to be told (``failures_to_tell``)."""
-        ...
-
-    async def failures_to_tell(self, limit: int = 100) -> list[tuple[OutboxItem | Unreadable, Failure]]:
-        """Failed rows whose author was not told yet (the process stopped in between), oldest first."""
-        ...
-
-    async def failure_told(self, item_id: int) -> None: ...
-    async def set_hourglass(self, item_id: int, on: bool) -> None: ...
-    async def release_account(self, account_id: int, now: float) -> int:
-        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
-        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
-        Returns how many."""
-        ...
-
-    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
-    async def prune_batch(
-        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
-    ) -> int:
-        """Delete at most ``batch`` rows of each kind past retention; returns how many went.
-
-        Finished outbox rows and message maps created before ``keep_after``; finished inbound
-        rows taken before ``inbound_keep_after``; Slack event ids past Slack's retry horizon.
-        Unfinished rows are never deleted.
-        """
-        ...
-
-    async def outbox_gauges(self) -> dict[str, Any]:
-        """``pending`` rows and ``oldest_pending_at``, read from the index of unfinished rows."""
-        ...
-
-    async def inbound_gauges(self) -> dict[str, Any]:
-        """Inbound rows waiting to be posted (``queued`` or ``posting``), from the partial index of
-        unfinished rows (cost follows the backlog, not the history): ``held`` (their channel is
-        paused), ``catching_up`` (an unfinished read holds their channel), ``queued`` (the rest),
-        and ``oldest_waiting_at`` (None when none waits)."""
-        ...
-
-    async def outbox_summary(
-        self, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]: ...
-    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
-    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
-        """The last parts of messages marked sent at or after ``since``, newest first.
-
-        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
-        and reacting in Slack would otherwise leave a delivered message without its mark.
-        """
-        ...
 
     # inbound (X → Slack)
     async def get_cursor(self, account_id: int) -> str | None:

@@ -190,43 +190,64 @@ def mapping_values(mapping: ChannelMapping) -> list[Any]:
 
 
 def item(row: Row) -> OutboxItem:
-    """The row as the core's value; a row no code path writes raises (``_readable`` reports it)."""
+    """The row as the core's value. SQLite keeps any type in any column, so each value is checked
+    as it is read: a row no code path writes raises (``readable`` reports it)."""
     source = json.loads(row["source"] or "{}")
     media = json.loads(row["media"]) if row["media"] else None
     if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
         raise TypeError("source or media is not a JSON object")
     return OutboxItem(
-        id=row["id"],
-        seq=row["seq"],
-        part=row["part"],
-        parts_total=row["parts_total"],
-        team_id=row["team_id"],
-        channel_id=row["channel_id"],
-        slack_ts=row["slack_ts"],
-        author_id=row["author_id"] or "",
-        account_id=row["account_id"],
+        id=_int(row["id"]),
+        seq=_int(row["seq"]),
+        part=_int(row["part"]),
+        parts_total=_int(row["parts_total"]),
+        team_id=_text(row["team_id"]),
+        channel_id=_text(row["channel_id"]),
+        slack_ts=_text(row["slack_ts"]),
+        author_id=_text(row["author_id"] or ""),
+        account_id=_int(row["account_id"]),
         target=target(row),
-        text=row["text"],
+        text=_text_or_none(row["text"]),
         source=source,
         state=OutboxState(row["state"]),
-        attempts=row["attempts"],
+        attempts=_int(row["attempts"] or 0),
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
         last_error=row["last_error"],
-        dm_event_id=row["dm_event_id"],
-        created_at=row["created_at"],
-        sending_since=row["sending_since"],
-        held_since=row["held_since"],
+        dm_event_id=_text_or_none(row["dm_event_id"]),
+        created_at=time(row["created_at"] or 0.0),
+        sending_since=_time_or_none(row["sending_since"]),
+        held_since=_time_or_none(row["held_since"]),
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
-        ref_ts=row["ref_ts"] or row["slack_ts"],
+        ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
         media=media,
-        media_id=row["media_id"],
-        media_uploaded_at=row.get("media_uploaded_at"),
-        media_unfinished=row.get("media_unfinished") or 0,
+        media_id=_text_or_none(row["media_id"]),
+        media_uploaded_at=_time_or_none(row.get("media_uploaded_at")),
+        media_unfinished=_int(row.get("media_unfinished") or 0),
         deleted=row.get("deleted_at") is not None,
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
     )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _time_or_none(value: Any) -> float | None:
+    return None if value is None else time(value)
 
 
 def readable(row: Row) -> OutboxItem | Unreadable:
@@ -273,10 +294,11 @@ def time(value: Any) -> float:
 
 def target(row: Row) -> Target:
     """A row's target; a group X has created (``target_conversation``) wins over creating it."""
-    participant, conversation = row["target_participant"], row["target_conversation"]
-    group = row.get("target_group")
+    participant = _text_or_none(row["target_participant"])
+    conversation = _text_or_none(row["target_conversation"])
+    group = _text_or_none(row.get("target_group"))
     if participant is None and conversation is None and group:
-        return Target(new_group=tuple(str(member) for member in json.loads(group)))
+        return Target(new_group=tuple(_text(member) for member in json.loads(group)))
     return Target(participant_id=participant, conversation_id=conversation)
 
 
