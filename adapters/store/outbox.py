@@ -170,9 +170,10 @@ class OutboxRole(StoreBase):
     ) -> OutboxItem | None:
         if self.engine.dialect is Dialect.POSTGRES:
             # One round trip and one commit (``xdm_mark_sent_v1``, migration 0024): the channel's
-            # lock, the bookkeeping, and the channel's next row.
+            # lock, the bookkeeping, and the channel's next row (PostgreSQL's own placeholders:
+            # nothing for the engine to number on the hot path).
             following = await self.engine.fetchone(
-                "SELECT * FROM xdm_mark_sent_v1(?, ?, ?, ?, ?, ?, ?, ?)",
+                "SELECT * FROM xdm_mark_sent_v1($1, $2, $3, $4, $5, $6, $7, $8)",
                 sent.dm_event_id,
                 sent.dm_conversation_id,
                 *_budget_arrays(budgets),

@@ -52,10 +52,12 @@ class RelayRole(StoreBase):
 
     async def _accept_in_one_call(self, message: IncomingMessage, now: float) -> Accepted | None:
         # One round trip and one commit (``xdm_accept_v1``, migration 0024): the channel's lock,
-        # then the insert, and the NOTIFY when the host announces.
+        # then the insert, and the NOTIFY when the host announces. PostgreSQL's own placeholders,
+        # as the statement is PostgreSQL's only: the engine has none to number on the hot path.
         wake = self._outbox_wake()
         found = await self.engine.fetchone(
-            "SELECT a.busy_before, (a.item).* FROM xdm_accept_v1(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) AS a",
+            "SELECT a.busy_before, (a.item).* "
+            "FROM xdm_accept_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS a",
             message.team_id,
             message.channel_id,
             message.ts,
