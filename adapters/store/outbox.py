@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import rows
-from adapters.store.engine import Dialect, Engine
+from adapters.store.engine import Dialect, Engine, SqliteEngine, Statements
 from adapters.store.roles import StoreBase
 from bridge.errors import Failure
 from bridge.model import OutboxItem, OutboxState, RenderedPart, Sent, Unreadable
@@ -29,10 +29,6 @@ Window = tuple[str, int, int, float]  # a rate-limit window: key, limit, remaini
 
 class OutboxRole(StoreBase):
     """Slack messages on their way to X: the delivery worker's reads and writes."""
-
-    # The budgets role's (on the host): on SQLite a claim or a send saves X's windows inside its
-    # own transaction. Only declared, so it never shadows the host's in the method order.
-    save_budgets: Callable[[Sequence[Window]], Awaitable[None]]
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         if self.engine.dialect is Dialect.POSTGRES:
@@ -88,28 +84,10 @@ class OutboxRole(StoreBase):
         parts: Sequence[RenderedPart] | None = None,
         source: dict[str, Any] | None = None,
     ) -> OutboxItem | None:
-        if self.engine.dialect is Dialect.POSTGRES:
+        engine = self.engine
+        if not isinstance(engine, SqliteEngine):
             return await self._claim_in_one_statement(item_id, now, budgets, parts, source)
-        async with self.engine.transaction() as tx:
-            current = await _item(tx, item_id)
-            if current is None or not current.state.pending or current.deleted:
-                return None  # cancelled (deleted in Slack), or finished, since it was read
-            if parts is None and current.text is None:
-                return None  # an edit reset its text since it was read: render it again
-            if parts is not None:
-                # Rendered from ``source``: an edit that landed since then must not be lost.
-                if current.text is not None or current.source != source:
-                    return None
-                await _write_render(tx, item_id, parts)
-            await self.save_budgets(budgets)  # joins this transaction (the store's thread is held)
-            claimed = await tx.fetchone(
-                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? "
-                "WHERE id = ? RETURNING *",
-                now,
-                item_id,
-            )
-        assert claimed is not None
-        return rows.item(claimed)
+        return await engine.at_once(lambda sql: _claim(sql, item_id, now, budgets, parts, source))
 
     async def _claim_in_one_statement(
         self,
@@ -183,79 +161,11 @@ class OutboxRole(StoreBase):
             if following is not None and following["id"] is None:
                 following = None  # the function's NULL row: the channel has nothing more
         else:
-            following = await self._record_sent(item_id, sent, now, budgets)
+            assert isinstance(self.engine, SqliteEngine)
+            following = await self.engine.at_once(lambda sql: _record_sent(sql, item_id, sent, now, budgets))
         head = None if following is None else rows.readable(following)
         # An unreadable head is left to the scheduler, which fails it (the send is recorded).
         return head if isinstance(head, OutboxItem) else None
-
-    async def _record_sent(
-        self, item_id: int, sent: Sent, now: float, budgets: Sequence[Window]
-    ) -> dict[str, Any] | None:
-        """SQLite's send, step by step as ``xdm_mark_sent_v1`` does it; the channel's next row."""
-        conversation_id = sent.dm_conversation_id
-        async with self.engine.transaction() as tx:
-            await self.save_budgets(budgets)  # joins this transaction (the store's thread is held)
-            row = await tx.fetchone(
-                # A row names one target: a 1-to-1 row keeps its participant (the conversation id
-                # goes to the message map and the mapping below, not beside it).
-                "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
-                "CASE WHEN target_participant IS NULL THEN COALESCE(target_conversation, ?) END, "
-                "sent_at = ?, last_error = NULL WHERE id = ? "
-                "RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group",
-                sent.dm_event_id,
-                conversation_id,
-                now,
-                item_id,
-            )
-            assert row is not None
-            team_id, channel_id = row["team_id"], row["channel_id"]
-            if sent.dm_event_id is not None:  # X took it without saying which event: no map
-                await tx.execute(
-                    "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
-                    "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    team_id,
-                    channel_id,
-                    row["slack_ts"],
-                    row["part"],
-                    conversation_id,
-                    sent.dm_event_id,
-                    now,
-                )
-            if row["target_participant"] and conversation_id is not None:
-                # X names the 1-to-1 conversation on first send; keep it for status and reads.
-                await tx.execute(
-                    "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
-                    "AND kind = 'dm' AND participant_id = ? AND conversation_id IS NOT ?",
-                    conversation_id,
-                    team_id,
-                    channel_id,
-                    row["target_participant"],
-                    conversation_id,
-                )
-            if row["target_group"] and conversation_id is not None:
-                # X created the channel's group: the mapping and every row still to send name it
-                # (so the next row does not create another group).
-                await tx.execute(
-                    "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
-                    "AND kind = 'group' AND conversation_id IS NULL",
-                    conversation_id,
-                    team_id,
-                    channel_id,
-                )
-                await tx.execute(
-                    "UPDATE outbox SET target_conversation = ? WHERE team_id = ? AND channel_id = ? "
-                    "AND target_conversation IS NULL AND target_participant IS NULL "
-                    "AND target_group IS NOT NULL",
-                    conversation_id,
-                    team_id,
-                    channel_id,
-                )
-            return await tx.fetchone(
-                f"SELECT * FROM outbox INDEXED BY outbox_pending WHERE team_id = ? AND channel_id = ? "
-                f"AND state IN {PENDING_STATES} ORDER BY seq, part LIMIT 1",
-                team_id,
-                channel_id,
-            )
 
     async def reschedule(
         self,
@@ -371,41 +281,156 @@ class OutboxMediaRole(StoreBase):
         )
 
 
+def _claim(
+    sql: Statements,
+    item_id: int,
+    now: float,
+    budgets: Sequence[Window],
+    parts: Sequence[RenderedPart] | None,
+    source: dict[str, Any] | None,
+) -> OutboxItem | None:
+    """SQLite's claim, in one hop to the store's thread (one transaction)."""
+    row = sql.fetchone("SELECT * FROM outbox WHERE id = ?", item_id)
+    current = rows.item(row) if row else None
+    if current is None or not current.state.pending or current.deleted:
+        return None  # cancelled (deleted in Slack), or finished, since it was read
+    if parts is None and current.text is None:
+        return None  # an edit reset its text since it was read: render it again
+    if parts is not None:
+        # Rendered from ``source``: an edit that landed since then must not be lost.
+        if current.text is not None or current.source != source:
+            return None
+        for statement, params in _render_statements(item_id, parts):
+            sql.execute(statement, *params)
+    _save_windows(sql, budgets)
+    claimed = sql.fetchone(
+        "UPDATE outbox SET state = 'sending', attempts = attempts + 1, sending_since = ? "
+        "WHERE id = ? RETURNING *",
+        now,
+        item_id,
+    )
+    assert claimed is not None
+    return rows.item(claimed)
+
+
+def _save_windows(sql: Statements, windows: Sequence[Window]) -> None:
+    """X's rate-limit windows, saved with the claim or send that learnt them (the budgets role
+    saves the same rows on its own)."""
+    for window in windows:
+        sql.execute(
+            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
+            f"{_ON_BUDGET_CONFLICT}",
+            *window,
+        )
+
+
+def _record_sent(
+    sql: Statements, item_id: int, sent: Sent, now: float, budgets: Sequence[Window]
+) -> dict[str, Any] | None:
+    """SQLite's send, step by step as ``xdm_mark_sent_v1`` does it; the channel's next row."""
+    conversation_id = sent.dm_conversation_id
+    _save_windows(sql, budgets)
+    row = sql.fetchone(
+        # A row names one target: a 1-to-1 row keeps its participant (the conversation id
+        # goes to the message map and the mapping below, not beside it).
+        "UPDATE outbox SET state = 'sent', dm_event_id = ?, target_conversation = "
+        "CASE WHEN target_participant IS NULL THEN COALESCE(target_conversation, ?) END, "
+        "sent_at = ?, last_error = NULL WHERE id = ? "
+        "RETURNING team_id, channel_id, slack_ts, part, target_participant, target_group",
+        sent.dm_event_id,
+        conversation_id,
+        now,
+        item_id,
+    )
+    assert row is not None
+    team_id, channel_id = row["team_id"], row["channel_id"]
+    if sent.dm_event_id is not None:  # X took it without saying which event: no map
+        sql.execute(
+            "INSERT INTO message_map (team_id, channel_id, slack_ts, part, conversation_id, "
+            "dm_event_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            team_id,
+            channel_id,
+            row["slack_ts"],
+            row["part"],
+            conversation_id,
+            sent.dm_event_id,
+            now,
+        )
+    if row["target_participant"] and conversation_id is not None:
+        # X names the 1-to-1 conversation on first send; keep it for status and reads.
+        sql.execute(
+            "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
+            "AND kind = 'dm' AND participant_id = ? AND conversation_id IS NOT ?",
+            conversation_id,
+            team_id,
+            channel_id,
+            row["target_participant"],
+            conversation_id,
+        )
+    if row["target_group"] and conversation_id is not None:
+        # X created the channel's group: the mapping and every row still to send name it
+        # (so the next row does not create another group).
+        sql.execute(
+            "UPDATE mappings SET conversation_id = ? WHERE team_id = ? AND channel_id = ? "
+            "AND kind = 'group' AND conversation_id IS NULL",
+            conversation_id,
+            team_id,
+            channel_id,
+        )
+        sql.execute(
+            "UPDATE outbox SET target_conversation = ? WHERE team_id = ? AND channel_id = ? "
+            "AND target_conversation IS NULL AND target_participant IS NULL "
+            "AND target_group IS NOT NULL",
+            conversation_id,
+            team_id,
+            channel_id,
+        )
+    return sql.fetchone(
+        f"SELECT * FROM outbox INDEXED BY outbox_pending WHERE team_id = ? AND channel_id = ? "
+        f"AND state IN {PENDING_STATES} ORDER BY seq, part LIMIT 1",
+        team_id,
+        channel_id,
+    )
+
+
 async def _item(engine: Engine, item_id: int) -> OutboxItem | None:
     row = await engine.fetchone("SELECT * FROM outbox WHERE id = ?", item_id)
     return rows.item(row) if row else None
 
 
 async def _write_render(engine: Engine, item_id: int, parts: Sequence[RenderedPart]) -> None:
+    for statement, params in _render_statements(item_id, parts):
+        await engine.execute(statement, *params)
+
+
+def _render_statements(item_id: int, parts: Sequence[RenderedPart]) -> list[tuple[str, tuple[Any, ...]]]:
     """The first part's text on the row itself; further parts as rows right behind it."""
     assert parts, "a message renders to at least one part"
     first = parts[0]
-    await engine.execute(
-        "UPDATE outbox SET text = ?, media = ?, parts_total = ? WHERE id = ?",
-        first.text,
-        rows.json_or_none(first.media),
-        len(parts),
-        item_id,
-    )
-    for index, part in enumerate(parts[1:], start=1):
-        await engine.execute(
-            """
-            INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                author_id, account_id, target_participant,
-                                target_conversation, target_group, text, media, source, state,
-                                attempts, next_attempt_at, created_at, hourglass, kind)
-            SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
-                   target_participant, target_conversation, target_group, ?, ?, '{}', 'queued',
-                   0, 0, created_at, 0, kind
-            FROM outbox WHERE id = ?
-            ON CONFLICT DO NOTHING
-            """,
-            index,
-            len(parts),
-            part.text,
-            rows.json_or_none(part.media),
-            item_id,
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (
+            "UPDATE outbox SET text = ?, media = ?, parts_total = ? WHERE id = ?",
+            (first.text, rows.json_or_none(first.media), len(parts), item_id),
         )
+    ]
+    for index, part in enumerate(parts[1:], start=1):
+        statements.append(
+            (
+                """
+                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
+                                    author_id, account_id, target_participant,
+                                    target_conversation, target_group, text, media, source, state,
+                                    attempts, next_attempt_at, created_at, hourglass, kind)
+                SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
+                       target_participant, target_conversation, target_group, ?, ?, '{}', 'queued',
+                       0, 0, created_at, 0, kind
+                FROM outbox WHERE id = ?
+                ON CONFLICT DO NOTHING
+                """,
+                (index, len(parts), part.text, rows.json_or_none(part.media), item_id),
+            )
+        )
+    return statements
 
 
 def _failure(value: str) -> Failure:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import rows
-from adapters.store.engine import Dialect, Engine
+from adapters.store.engine import Dialect, Engine, SqliteEngine, Statements
 from adapters.store.roles import StoreBase
 from bridge.model import Accepted, IncomingMessage, OutboxKind
 
@@ -31,24 +31,10 @@ class RelayRole(StoreBase):
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         """Look up the channel's mapping and commit in one transaction (the hot path before Slack's
         200). None when the channel is not mapped."""
-        if self.engine.dialect is Dialect.POSTGRES:
+        engine = self.engine
+        if not isinstance(engine, SqliteEngine):
             return await self._accept_in_one_call(message, now)
-        async with self.engine.transaction() as tx:
-            found = await tx.fetchone(
-                # A channel with nothing unfinished before this message has it as its head (the
-                # transaction holds the one write lock: nothing changes before the insert).
-                "SELECT m.*, EXISTS (SELECT 1 FROM pending_channels WHERE team_id = m.team_id "
-                "AND channel_id = m.channel_id) AS busy_before "
-                "FROM mappings AS m WHERE m.team_id = ? AND m.channel_id = ?",
-                message.team_id,
-                message.channel_id,
-            )
-            if found is None:
-                return None
-            row = await _insert_message(tx, message, found, now)
-        if row is None:
-            return Accepted(new=False)
-        return Accepted(new=True, head=None if found["busy_before"] else rows.item(row))
+        return await engine.at_once(lambda sql: _accept(sql, message, now))
 
     async def _accept_in_one_call(self, message: IncomingMessage, now: float) -> Accepted | None:
         # One round trip and one commit (``xdm_accept_v1``, migration 0024): the channel's lock,
@@ -279,22 +265,30 @@ class RelayRole(StoreBase):
         return {r["dm_event_id"] for r in found}
 
 
-async def _insert_message(
-    tx: Engine, message: IncomingMessage, mapping: dict[str, Any], now: float
-) -> dict[str, Any] | None:
-    """SQLite's accept (as ``xdm_accept_v1``): the new row; None when this event or message was
-    accepted before."""
+def _accept(sql: Statements, message: IncomingMessage, now: float) -> Accepted | None:
+    """SQLite's accept (as ``xdm_accept_v1``), in one hop to the store's thread."""
+    found = sql.fetchone(
+        # A channel with nothing unfinished before this message has it as its head (the
+        # transaction holds the one write lock: nothing changes before the insert).
+        "SELECT m.*, EXISTS (SELECT 1 FROM pending_channels WHERE team_id = m.team_id "
+        "AND channel_id = m.channel_id) AS busy_before "
+        "FROM mappings AS m WHERE m.team_id = ? AND m.channel_id = ?",
+        message.team_id,
+        message.channel_id,
+    )
+    if found is None:
+        return None
     if message.event_id is not None:
-        seen = await tx.execute(
+        seen = sql.execute(
             "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             message.event_id,
             now,
         )
         if seen == 0:
-            return None
-    channel = rows.mapping(mapping)
+            return Accepted(new=False)
+    channel = rows.mapping(found)
     target, held_for = channel.target, channel.held_for
-    inserted = await tx.fetchone(
+    inserted = sql.fetchone(
         """
         INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
                             account_id, target_participant, target_conversation, target_group,
@@ -321,8 +315,10 @@ async def _insert_message(
         "queued" if held_for else None,
     )
     if inserted is None:
-        return None
-    return await tx.fetchone("UPDATE outbox SET seq = id WHERE id = ? RETURNING *", inserted["id"])
+        return Accepted(new=False)
+    row = sql.fetchone("UPDATE outbox SET seq = id WHERE id = ? RETURNING *", inserted["id"])
+    assert row is not None
+    return Accepted(new=True, head=None if found["busy_before"] else rows.item(row))
 
 
 async def _lock_channel(tx: Engine, team_id: str, channel_id: str) -> None:
