@@ -182,6 +182,8 @@ _PLACEHOLDER = re.compile(r"\?")
 
 def numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2, …`` (the role SQL has no ``?`` in a literal)."""
+    if "?" not in sql:
+        return sql  # written for PostgreSQL alone (its hot path): nothing to number
     counter = iter(range(1, 1_000_000))
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 

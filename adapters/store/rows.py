@@ -191,63 +191,80 @@ def mapping_values(mapping: ChannelMapping) -> list[Any]:
 
 def item(row: Row) -> OutboxItem:
     """The row as the core's value. SQLite keeps any type in any column, so each value is checked
-    as it is read: a row no code path writes raises (``readable`` reports it)."""
+    as it is read: a row no code path writes raises (``readable`` reports it). The checks go in
+    one pass (this runs two or three times per relayed message)."""
     source = json.loads(row["source"] or "{}")
     media = json.loads(row["media"]) if row["media"] else None
     if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
         raise TypeError("source or media is not a JSON object")
+    numbers = (
+        row["id"],
+        row["seq"],
+        row["part"],
+        row["parts_total"],
+        row["account_id"],
+        row["attempts"] or 0,
+        row.get("media_unfinished") or 0,
+    )
+    texts = (
+        row["team_id"],
+        row["channel_id"],
+        row["slack_ts"],
+        row["author_id"] or "",
+        row["ref_ts"] or row["slack_ts"],
+    )
+    optional = (row["text"], row["dm_event_id"], row["media_id"])
+    _check(numbers, texts, optional)
+    sending_since, held_since, uploaded_at = (
+        row["sending_since"],
+        row["held_since"],
+        row.get("media_uploaded_at"),
+    )
     return OutboxItem(
-        id=_int(row["id"]),
-        seq=_int(row["seq"]),
-        part=_int(row["part"]),
-        parts_total=_int(row["parts_total"]),
-        team_id=_text(row["team_id"]),
-        channel_id=_text(row["channel_id"]),
-        slack_ts=_text(row["slack_ts"]),
-        author_id=_text(row["author_id"] or ""),
-        account_id=_int(row["account_id"]),
+        id=numbers[0],
+        seq=numbers[1],
+        part=numbers[2],
+        parts_total=numbers[3],
+        team_id=texts[0],
+        channel_id=texts[1],
+        slack_ts=texts[2],
+        author_id=texts[3],
+        account_id=numbers[4],
         target=target(row),
-        text=_text_or_none(row["text"]),
+        text=optional[0],
         source=source,
         state=OutboxState(row["state"]),
-        attempts=_int(row["attempts"] or 0),
+        attempts=numbers[5],
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
         last_error=row["last_error"],
-        dm_event_id=_text_or_none(row["dm_event_id"]),
+        dm_event_id=optional[1],
         created_at=time(row["created_at"] or 0.0),
-        sending_since=_time_or_none(row["sending_since"]),
-        held_since=_time_or_none(row["held_since"]),
+        sending_since=None if sending_since is None else time(sending_since),
+        held_since=None if held_since is None else time(held_since),
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
-        ref_ts=_text(row["ref_ts"] or row["slack_ts"]),
+        ref_ts=texts[4],
         media=media,
-        media_id=_text_or_none(row["media_id"]),
-        media_uploaded_at=_time_or_none(row.get("media_uploaded_at")),
-        media_unfinished=_int(row.get("media_unfinished") or 0),
+        media_id=optional[2],
+        media_uploaded_at=None if uploaded_at is None else time(uploaded_at),
+        media_unfinished=numbers[6],
         deleted=row.get("deleted_at") is not None,
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
     )
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{value!r} is not an integer")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{value!r} is not text")
-    return value
-
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _time_or_none(value: Any) -> float | None:
-    return None if value is None else time(value)
+def _check(numbers: tuple[Any, ...], texts: tuple[Any, ...], optional_texts: tuple[Any, ...]) -> None:
+    """Integers (not booleans), text, and text or NULL, as the columns hold them."""
+    for value in numbers:
+        if type(value) is not int:
+            raise TypeError(f"{value!r} is not an integer")
+    for value in texts:
+        if type(value) is not str:
+            raise TypeError(f"{value!r} is not text")
+    for value in optional_texts:
+        if value is not None and type(value) is not str:
+            raise TypeError(f"{value!r} is not text")
 
 
 def readable(row: Row) -> OutboxItem | Unreadable:
@@ -294,11 +311,13 @@ def time(value: Any) -> float:
 
 def target(row: Row) -> Target:
     """A row's target; a group X has created (``target_conversation``) wins over creating it."""
-    participant = _text_or_none(row["target_participant"])
-    conversation = _text_or_none(row["target_conversation"])
-    group = _text_or_none(row.get("target_group"))
+    participant, conversation = row["target_participant"], row["target_conversation"]
+    group = row.get("target_group")
+    _check((), (), (participant, conversation, group))
     if participant is None and conversation is None and group:
-        return Target(new_group=tuple(_text(member) for member in json.loads(group)))
+        members = tuple(json.loads(group))
+        _check((), members, ())
+        return Target(new_group=members)
     return Target(participant_id=participant, conversation_id=conversation)
 
 
