@@ -319,48 +319,15 @@ class BudgetStore(Protocol):
         ...
 
 
-class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorStore, BudgetStore, Protocol):
-    """Durable state: every role's port, and the roles not split out yet. Every method is one
-    transaction."""
+class RelayStore(Protocol):
+    """What Slack hands the bridge, taken into the outbox (``adapters/store/relay.py``)."""
 
-    # relay
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
         """Commit the message to its channel's outbox, the channel's mapping looked up in the same
         transaction; None if unmapped, ``new=False`` when this event or message was seen before.
 
         The new row comes back when it is its channel's head, so it can be sent without a scan.
         """
-        ...
-
-    # outbox (the delivery worker)
-    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
-        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
-
-        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
-        pending): the worker fails it, so it holds up neither its channel nor anyone else.
-        """
-        ...
-
-    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
-        """Give an unrendered row its text; extra parts become rows right behind it."""
-        ...
-
-    async def set_media_id(
-        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
-    ) -> None:
-        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
-        ...
-
-    async def begin_media_upload(self, item_id: int) -> None:
-        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
-        ...
-
-    async def end_media_upload(self, item_id: int) -> None:
-        """The upload attempt ended without taking the process down."""
-        ...
-
-    async def drop_media(self, item_id: int) -> None:
-        """Give up the row's file for good; its text (if any) goes alone."""
         ...
 
     async def accept_edit(
@@ -382,6 +349,23 @@ class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorSt
 
     async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
     async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+
+class OutboxStore(Protocol):
+    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
+
+        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
+        pending): the worker fails it, so it holds up neither its channel nor anyone else.
+        """
+        ...
+
+    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
+        """Give an unrendered row its text; extra parts become rows right behind it."""
+        ...
 
     async def mark_sending(
         self,
@@ -447,13 +431,39 @@ class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorSt
 
     async def failure_told(self, item_id: int) -> None: ...
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
+
     async def release_account(self, account_id: int, now: float) -> int:
         """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
         a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
         Returns how many."""
         ...
 
-    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+class OutboxMediaStore(Protocol):
+    """A row's media upload to X (``adapters/store/outbox.py``)."""
+
+    async def set_media_id(
+        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
+    ) -> None:
+        """Keep X's id for the row's file (None forgets it); also ends the upload attempt."""
+        ...
+
+    async def begin_media_upload(self, item_id: int) -> None:
+        """Count an upload attempt, committed before it starts: a crash during it leaves the count."""
+        ...
+
+    async def end_media_upload(self, item_id: int) -> None:
+        """The upload attempt ended without taking the process down."""
+        ...
+
+    async def drop_media(self, item_id: int) -> None:
+        """Give up the row's file for good; its text (if any) goes alone."""
+        ...
+
+
+class UpkeepStore(Protocol):
+    """Retention, gauges and listings (``adapters/store/upkeep.py``)."""
+
     async def prune_batch(
         self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
     ) -> int:
@@ -479,7 +489,9 @@ class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorSt
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]: ...
+
     async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
+
     async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
         """The last parts of messages marked sent at or after ``since``, newest first.
 
@@ -487,6 +499,23 @@ class Store(AccountStore, ConnectFlowStore, MappingStore, InboundStore, CursorSt
         and reacting in Slack would otherwise leave a delivered message without its mark.
         """
         ...
+
+
+class Store(
+    AccountStore,
+    ConnectFlowStore,
+    MappingStore,
+    InboundStore,
+    CursorStore,
+    BudgetStore,
+    RelayStore,
+    OutboxStore,
+    OutboxMediaStore,
+    UpkeepStore,
+    Protocol,
+):
+    """Durable state: every role's port, and the roles not split out yet. Every method is one
+    transaction."""
 
     async def ping(self) -> bool: ...
 

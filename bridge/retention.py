@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bridge.ports import Clock, Store
+from bridge.ports import Clock, UpkeepStore
 
 log = logging.getLogger("bridge.retention")
 
@@ -26,7 +26,7 @@ PRUNE_EVERY = 3600.0  # seconds between prunes
 X_EVENT_WINDOW_DAYS = 30  # X serves DM events this long (GET /2/dm_events, replay)
 
 
-async def prune(store: Store, now: float, *, retention_days: int, batch: int = PRUNE_BATCH) -> int:
+async def prune(store: UpkeepStore, now: float, *, retention_days: int, batch: int = PRUNE_BATCH) -> int:
     """Delete, batch by batch, what is past its keeping; returns how many rows went."""
     total = 0
     while True:
@@ -43,7 +43,7 @@ async def prune(store: Store, now: float, *, retention_days: int, batch: int = P
 
 
 async def prune_forever(
-    store: Store, clock: Clock, *, retention_days: int, every: float = PRUNE_EVERY
+    store: UpkeepStore, clock: Clock, *, retention_days: int, every: float = PRUNE_EVERY
 ) -> None:
     """Prune at start and then every ``every`` seconds; a failed prune is retried next time."""
     while True:

@@ -137,12 +137,53 @@ class SqliteEngine:
         async with self._thread.transaction(self._db):
             yield self
 
+    async def at_once(self, work: Callable[[Statements], T]) -> T:
+        """Run ``work``'s statements in one transaction and one hop to the store's thread.
+
+        For SQLite's hot paths (an accept, a claim, a send): a transaction of several awaited
+        statements holds the thread across as many event-loop turns, and every other caller of
+        the store waits for all of them."""
+
+        def run() -> T:
+            with self._db().atomic():
+                return work(SqliteStatements(self._db()))
+
+        return await self._thread.run(run)
+
+
+class Statements(Protocol):
+    """Statements run synchronously on the SQLite store's thread (``SqliteEngine.at_once``)."""
+
+    def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+    def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None: ...
+    def execute(self, sql: str, *params: Any) -> int: ...
+
+
+class SqliteStatements:
+    """``Statements`` on the SQLite connection, called on its owner thread only."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return list(self._db.query(sql, params))
+
+    def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        rows = self.fetch(sql, *params)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, *params: Any) -> int:
+        count: int = self._db.execute(sql, params).rowcount
+        return count
+
 
 _PLACEHOLDER = re.compile(r"\?")
 
 
 def numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2, …`` (the role SQL has no ``?`` in a literal)."""
+    if "?" not in sql:
+        return sql  # written for PostgreSQL alone (its hot path): nothing to number
     counter = iter(range(1, 1_000_000))
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 

@@ -192,43 +192,81 @@ def mapping_values(mapping: ChannelMapping) -> list[Any]:
 
 
 def item(row: Row) -> OutboxItem:
-    """The row as the core's value; a row no code path writes raises (``_readable`` reports it)."""
+    """The row as the core's value. SQLite keeps any type in any column, so each value is checked
+    as it is read: a row no code path writes raises (``readable`` reports it). The checks go in
+    one pass (this runs two or three times per relayed message)."""
     source = json.loads(row["source"] or "{}")
     media = json.loads(row["media"]) if row["media"] else None
     if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
         raise TypeError("source or media is not a JSON object")
+    numbers = (
+        row["id"],
+        row["seq"],
+        row["part"],
+        row["parts_total"],
+        row["account_id"],
+        row["attempts"] or 0,
+        row.get("media_unfinished") or 0,
+    )
+    texts = (
+        row["team_id"],
+        row["channel_id"],
+        row["slack_ts"],
+        row["author_id"] or "",
+        row["ref_ts"] or row["slack_ts"],
+    )
+    optional = (row["text"], row["dm_event_id"], row["media_id"])
+    _check(numbers, texts, optional)
+    sending_since, held_since, uploaded_at = (
+        row["sending_since"],
+        row["held_since"],
+        row.get("media_uploaded_at"),
+    )
     return OutboxItem(
-        id=row["id"],
-        seq=row["seq"],
-        part=row["part"],
-        parts_total=row["parts_total"],
-        team_id=row["team_id"],
-        channel_id=row["channel_id"],
-        slack_ts=row["slack_ts"],
-        author_id=row["author_id"] or "",
-        account_id=row["account_id"],
+        id=numbers[0],
+        seq=numbers[1],
+        part=numbers[2],
+        parts_total=numbers[3],
+        team_id=texts[0],
+        channel_id=texts[1],
+        slack_ts=texts[2],
+        author_id=texts[3],
+        account_id=numbers[4],
         target=target(row),
-        text=row["text"],
+        text=optional[0],
         source=source,
         state=OutboxState(row["state"]),
-        attempts=row["attempts"],
+        attempts=numbers[5],
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
         last_error=row["last_error"],
-        dm_event_id=row["dm_event_id"],
-        created_at=row["created_at"],
-        sending_since=row["sending_since"],
-        held_since=row["held_since"],
+        dm_event_id=optional[1],
+        created_at=time(row["created_at"] or 0.0),
+        sending_since=None if sending_since is None else time(sending_since),
+        held_since=None if held_since is None else time(held_since),
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
-        ref_ts=row["ref_ts"] or row["slack_ts"],
+        ref_ts=texts[4],
         media=media,
-        media_id=row["media_id"],
-        media_uploaded_at=row.get("media_uploaded_at"),
-        media_unfinished=row.get("media_unfinished") or 0,
+        media_id=optional[2],
+        media_uploaded_at=None if uploaded_at is None else time(uploaded_at),
+        media_unfinished=numbers[6],
         deleted=row.get("deleted_at") is not None,
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
     )
+
+
+def _check(numbers: tuple[Any, ...], texts: tuple[Any, ...], optional_texts: tuple[Any, ...]) -> None:
+    """Integers (not booleans), text, and text or NULL, as the columns hold them."""
+    for value in numbers:
+        if type(value) is not int:
+            raise TypeError(f"{value!r} is not an integer")
+    for value in texts:
+        if type(value) is not str:
+            raise TypeError(f"{value!r} is not text")
+    for value in optional_texts:
+        if value is not None and type(value) is not str:
+            raise TypeError(f"{value!r} is not text")
 
 
 def readable(row: Row) -> OutboxItem | Unreadable:
@@ -277,8 +315,11 @@ def target(row: Row) -> Target:
     """A row's target; a group X has created (``target_conversation``) wins over creating it."""
     participant, conversation = row["target_participant"], row["target_conversation"]
     group = row.get("target_group")
+    _check((), (), (participant, conversation, group))
     if participant is None and conversation is None and group:
-        return Target(new_group=tuple(str(member) for member in json.loads(group)))
+        members = tuple(json.loads(group))
+        _check((), members, ())
+        return Target(new_group=members)
     return Target(participant_id=participant, conversation_id=conversation)
 
 

@@ -4,9 +4,13 @@ transaction commits whole or not at all, and nobody else's statement lands insid
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.engine import Statements
+from adapters.store.sqlite import SqliteStore
 from tests.contract.conftest import Engine
 
 
@@ -119,5 +123,31 @@ async def test_a_cancelled_transaction_rolls_back_and_frees_the_engine(engine: E
             await task
         assert await store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "after") == 1
         assert await engine.sql("SELECT id FROM seam_probe") == [(2,)]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_runs_a_hot_path_at_once_whole_or_not_at_all(tmp_path: Path) -> None:
+    """SQLite only (``at_once``: one hop to the store's thread for an accept, a claim, a send):
+    its statements commit together, and a raise leaves none of them."""
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        await store.engine.execute("CREATE TABLE seam_probe (id INTEGER PRIMARY KEY, note TEXT)")
+
+        def two(sql: Statements) -> int:
+            sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "a")
+            row = sql.fetchone("INSERT INTO seam_probe (id, note) VALUES (?, ?) RETURNING id", 2, "b")
+            assert row is not None
+            return int(row["id"])
+
+        def half(sql: Statements) -> None:
+            sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 3, "c")
+            raise Boom
+
+        assert await store.engine.at_once(two) == 2
+        with pytest.raises(Boom):
+            await store.engine.at_once(half)
+        assert await store.engine.fetch("SELECT id FROM seam_probe ORDER BY id") == [{"id": 1}, {"id": 2}]
     finally:
         await store.close()

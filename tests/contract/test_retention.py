@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.engine import Dialect
 from adapters.store.sqlite import SqliteStore
+from adapters.store.upkeep import outbox_gauges_sql
 from bridge.model import (
     ChannelMapping,
     EventKind,
@@ -83,7 +85,8 @@ async def test_gauges_read_only_the_pending_index(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(db_path) as db:
         plan = " ".join(
-            str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {SqliteStore.GAUGES_SQL}").fetchall()
+            str(r[-1])
+            for r in db.execute(f"EXPLAIN QUERY PLAN {outbox_gauges_sql(Dialect.SQLITE)}").fetchall()
         )
     assert "INDEX outbox_pending" in plan, plan  # the backlog's index, not a scan of the history
 

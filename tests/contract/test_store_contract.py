@@ -695,6 +695,25 @@ async def test_the_prepared_x_chat_message_is_kept_once_and_only_for_the_text_it
         assert edited.text is None and edited.chat is None
 
 
+async def test_a_dropped_x_chat_message_is_replaced_by_the_next_one_kept(engine: Engine) -> None:
+    """X refused the prepared message (signed with keys it no longer holds): once dropped, the row
+    takes the next one, still only for the text it was made from."""
+    async with opened(engine) as store:
+        await linked(store)
+        await store.accept_if_mapped(msg(1), 1.0)
+        [head] = readable(await store.outbox_heads())
+        await store.render(head.id, [RenderedPart("Me: m1")])
+        first = {"message_id": "m-1", "body": {}}
+        assert (kept := await store.keep_chat(head.id, "Me: m1", first)) and kept.chat == first
+        await store.drop_chat(head.id)
+        dropped = await store.get_item(head.id)
+        assert dropped is not None and dropped.chat is None and dropped.text == "Me: m1"
+        second = {"message_id": "m-2", "body": {}}
+        assert await store.keep_chat(head.id, "Me: other", second) is None
+        again = await store.keep_chat(head.id, "Me: m1", second)
+        assert again is not None and again.chat == second
+
+
 async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)
