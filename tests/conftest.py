@@ -69,7 +69,11 @@ async def on_both_stores(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[dict[str, str]]:
     """Run the test once on SQLite and once on PostgreSQL: the harness and the process tests'
-    world take their database from ``tests.harness.DATABASE_ENV``."""
+    world take their database from ``tests.harness.DATABASE_ENV``.
+
+    Only for tests whose subject is the store on a real server (a pool's connections, a typed
+    column, an unreadable row) and for process tests: integration tests run on SQLite, and the
+    store's behaviour on both engines is held by tests/contract (issue 18)."""
     if request.param == "sqlite":
         yield {}
         return

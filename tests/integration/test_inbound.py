@@ -14,8 +14,6 @@ from tests.harness import ALICE, BOB, CAROL, ME, READ_WINDOW, Bridge, linked, ru
 
 CONVERSATION = f"{ME}-{ALICE}"
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 
 async def ready(bridge: Bridge, conversation: str = CONVERSATION) -> None:
     """Linked, and the poller has taken its first read (its starting point)."""

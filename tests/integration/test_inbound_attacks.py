@@ -23,8 +23,6 @@ from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_post
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
 from tests.integration.test_push import pushing, subscribed
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 BURST = 20
 
 

@@ -9,16 +9,12 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from adapters.sandbox.fake_x import DmEvent, FakeX, sign
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_push import pushing, subscribed
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 HISTORY = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
 

@@ -17,8 +17,6 @@ from bridge.inbound import InboundConfig
 from tests.harness import ALICE, Bridge, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 # Two pages of three per poll: a burst of more than six new events leaves a gap.
 SMALL_READS = InboundConfig(
     min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=0, page_size=3, max_pages=2

@@ -26,8 +26,6 @@ from tests.integration.test_xchat_inbound import (
     wait_posts,
 )
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 # Two pages of three per read: a backlog of more than six new events leaves a gap.
 SMALL_READS = InboundConfig(
     min_interval=0.05,
