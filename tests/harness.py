@@ -318,6 +318,35 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.01)
 
 
+_CHAT_EVENTS = re.compile(r"^/2/chat/conversations/[^/]+/events$")
+
+
+def polls(x: FakeX) -> int:
+    """The reads of new DMs the bridge's poller has sent X so far: ``GET /2/dm_events`` and X
+    Chat conversations' events (a backfill's reads of one conversation's history are not polls)."""
+    return sum(
+        1
+        for r in x.all_requests
+        if r.method == "GET" and (r.path == "/2/dm_events" or _CHAT_EVENTS.match(r.path))
+    )
+
+
+async def settled(bridge: Bridge, *, reads: int = 2, timeout: float = 10.0) -> None:
+    """Wait until nothing more can come of what X holds now, instead of sleeping for it: the
+    poller sent X ``reads`` more reads (it reads one at a time, so every read before the last
+    has been answered and its events stored), and no inbound row is left queued or posting (each
+    is posted or skipped). A duplicate or a stray post a further read could cause shows by then;
+    under load this waits longer where a fixed sleep would have seen fewer reads."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    start = polls(bridge.x)
+    await wait_until(lambda: polls(bridge.x) >= start + reads, timeout, f"{reads} more reads of X")
+    while await bridge.sql("SELECT 1 FROM inbound WHERE state IN ('queued', 'posting') LIMIT 1"):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for the inbound rows to be done")
+        await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
 async def running_bridge(
     tmp_path: Path,
