@@ -15,18 +15,29 @@ PG_FIXTURES = frozenset({"pg_server", "pg_url", "on_postgres"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark by what a test needs, so that ``-m "not slow"`` is the inner loop: ``process`` (a real
-    ``xdm-bridge`` process), ``postgres`` (a PostgreSQL server), both also ``slow``; and the browser
-    test. Marked here, from the fixtures and folders, so that a new test cannot forget its mark."""
+    """Mark by what a test needs, so that ``-m "not slow"`` is the inner loop (the core, the
+    contract suite on SQLite, robustness, security, adapters, simulators and ops in-process):
+    ``process`` (a real process: tests/process, and tests marked so that run ``python -m
+    bridge``), ``postgres`` (a PostgreSQL server), ``integration`` (tests/integration: a whole
+    bridge between the simulators in real time, paced by read windows, retries and Retry-After),
+    all of them also ``slow``; and the browser test. Marked here, from the fixtures and folders,
+    so that a new test cannot forget its mark."""
     for item in items:
         path = item.path.as_posix()
         params = getattr(getattr(item, "callspec", None), "params", {})
         uses_pg = bool(PG_FIXTURES & set(getattr(item, "fixturenames", ()))) or "postgres" in params.values()
         if "/tests/process/" in path:
             item.add_marker(pytest.mark.process)
+        if "/tests/integration/" in path:
+            item.add_marker(pytest.mark.integration)
         if uses_pg:
             item.add_marker(pytest.mark.postgres)
-        if "/tests/process/" in path or uses_pg or path.endswith("test_sandbox_browser.py"):
+        if (
+            item.get_closest_marker("process")
+            or item.get_closest_marker("integration")
+            or uses_pg
+            or path.endswith("test_sandbox_browser.py")
+        ):
             item.add_marker(pytest.mark.slow)
 
 
@@ -69,7 +80,11 @@ async def on_both_stores(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[dict[str, str]]:
     """Run the test once on SQLite and once on PostgreSQL: the harness and the process tests'
-    world take their database from ``tests.harness.DATABASE_ENV``."""
+    world take their database from ``tests.harness.DATABASE_ENV``.
+
+    Only for tests whose subject is the store on a real server (a pool's connections, a typed
+    column, an unreadable row) and for process tests: integration tests run on SQLite, and the
+    store's behaviour on both engines is held by tests/contract (issue 18)."""
     if request.param == "sqlite":
         yield {}
         return

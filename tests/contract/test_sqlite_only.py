@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from bridge.model import ChannelMapping, IncomingMessage, MappingKind, OutboxItem, Sent, TokenSet, XUser
@@ -112,6 +114,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.process
 async def test_refresh_lock_holds_across_processes_per_account(tmp_path: Path) -> None:
     """`serve` and an operator's command (xchat setup, accounts disconnect) share one SQLite file:
     only one of them may spend an account's single-use refresh token at a time."""

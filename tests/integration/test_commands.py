@@ -5,12 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from tests.harness import ALICE, BOB, CAROL, ME, Bridge, authorize_url, query_of, running_bridge
-
-# Every command test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def test_connect_round_trip_stores_encrypted_account(tmp_path: Path) -> None:

@@ -13,9 +13,6 @@ from aiohttp import web
 from adapters.sandbox.fake_x import FaultModel
 from tests.harness import Bridge, linked, running_bridge, wait_until
 
-# Every delivery test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 
 async def outbox(bridge: Bridge) -> list[tuple[Any, ...]]:
     return await bridge.sql("SELECT slack_ts, state, dm_event_id FROM outbox ORDER BY id")

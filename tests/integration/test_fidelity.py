@@ -5,12 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from tests.harness import linked, note, running_bridge
-
-# Every fidelity test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"

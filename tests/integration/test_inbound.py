@@ -10,11 +10,20 @@ import pytest
 
 from adapters.sandbox.fake_x import FakeX
 from bridge.inbound import METADATA_TYPE, InboundConfig
-from tests.harness import ALICE, BOB, CAROL, ME, READ_WINDOW, Bridge, linked, running_bridge, wait_until
+from tests.harness import (
+    ALICE,
+    BOB,
+    CAROL,
+    ME,
+    READ_WINDOW,
+    Bridge,
+    linked,
+    running_bridge,
+    settled,
+    wait_until,
+)
 
 CONVERSATION = f"{ME}-{ALICE}"
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def ready(bridge: Bridge, conversation: str = CONVERSATION) -> None:
@@ -49,7 +58,7 @@ async def test_replies_on_x_appear_as_their_sender_in_order_once(tmp_path: Path)
         await ready(bridge)
         sent = [bridge.x.add_event(CONVERSATION, ALICE, f"reply {i} <b> & co") for i in range(5)]
         await wait_posts(bridge, 5)
-        await asyncio.sleep(0.5)  # more polls: nothing posted twice
+        await settled(bridge)  # more polls: nothing posted twice
         got = posts(bridge)
         assert [m["text"] for m in got] == [f"reply {i} &lt;b&gt; &amp; co" for i in range(5)]
         assert {m["username"] for m in got} == {"Alice (@alice)"}
@@ -64,7 +73,7 @@ async def test_only_the_bridged_conversation_is_posted(tmp_path: Path) -> None:
         bridge.x.add_event(f"{ME}-{BOB}", BOB, "not bridged")
         bridge.x.add_event(CONVERSATION, ALICE, "bridged")
         await wait_posts(bridge, 1)
-        await asyncio.sleep(0.4)
+        await settled(bridge)
         assert [m["text"] for m in bridge.slack.posted()] == [
             m["text"] for m in bridge.slack.posted() if "bridged" in m["text"]
         ]
@@ -79,7 +88,7 @@ async def test_what_the_bridge_sent_is_never_posted_back(tmp_path: Path) -> None
             await bridge.wait_reaction("C100", ts, "white_check_mark")
         bridge.x.add_event(CONVERSATION, ALICE, "an answer")
         await wait_posts(bridge, 1)
-        await asyncio.sleep(0.5)
+        await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["an answer"]
         states = await bridge.sql("SELECT state, COUNT(*) FROM inbound GROUP BY state ORDER BY state")
         assert dict(states) == {"posted": 1, "skipped": 3}
@@ -133,7 +142,7 @@ async def test_slack_429_holds_the_channel_back_in_order_and_drops_nothing(tmp_p
         for i in range(4):
             bridge.x.add_event(CONVERSATION, ALICE, f"m{i}")
         await wait_posts(bridge, 4, timeout=20.0)
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["m0", "m1", "m2", "m3"]
 
 
@@ -148,7 +157,7 @@ async def test_a_post_whose_answer_is_lost_is_found_in_history_not_posted_twice(
             if await bridge.sql("SELECT state FROM inbound") == [("posted",)]:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["only once"]
         assert len(bridge.slack.calls_to("chat.postMessage")) == 1
         [lookup] = bridge.slack.calls_to("conversations.history")
@@ -177,7 +186,7 @@ async def test_a_lost_answer_whose_history_lookup_fails_is_still_looked_up_not_p
             if await bridge.sql("SELECT state FROM inbound") == [("posted",)]:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["only once"]
         assert len(bridge.slack.calls_to("chat.postMessage")) == 1
         assert await bridge.sql("SELECT state FROM inbound") == [("posted",)]
@@ -267,7 +276,7 @@ async def test_our_message_with_links_is_not_posted_back_though_x_rewrote_them(t
             10,
             "two more reads",
         )
-        await asyncio.sleep(0.3)
+        await settled(bridge, reads=1)
         assert posts(bridge) == []
         assert len(bridge.x.events) == 1
 
@@ -318,7 +327,7 @@ async def test_dms_written_before_the_first_read_of_an_account_are_all_posted(tm
         for i in range(4):
             bridge.x.add_event(CONVERSATION, ALICE, f"early {i}")
         await wait_posts(bridge, 4)
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == [f"early {i}" for i in range(4)]
 
 

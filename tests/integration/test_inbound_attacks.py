@@ -19,11 +19,10 @@ from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
 from bridge.inbound import METADATA_TYPE
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
+from tests.harness import settled as read_and_settled
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_inbound_gaps import SMALL_READS, gap_open
 from tests.integration.test_push import pushing, subscribed
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 BURST = 20
 
@@ -181,7 +180,7 @@ async def test_an_event_older_than_the_cursor_in_the_middle_of_a_page_does_not_h
         bridge.x.add_event(CONVERSATION, ALICE, "new 1")
         bridge.x.add_event(CONVERSATION, ALICE, "new 2")
         await wait_posts(bridge, 2, timeout=10.0)
-        await asyncio.sleep(0.3)
+        await read_and_settled(bridge)
         assert texts(bridge) == ["new 1", "new 2"]
 
 
@@ -214,7 +213,7 @@ async def test_nonsense_events_from_x_are_posted_sensibly_or_left_out(tmp_path: 
         on_reads(bridge.x, rewrite)
         bridge.x.add_event(CONVERSATION, ALICE, "after")
         await wait_posts(bridge, 4, timeout=10.0)
-        await asyncio.sleep(0.3)
+        await read_and_settled(bridge)
         got = posts(bridge)
         shown = [m["text"] for m in got]
         assert [shown[0], shown[1], shown[3]] == ["(empty message)", "odd 2", "after"]
@@ -248,7 +247,7 @@ async def test_a_channel_slack_refuses_waits_alone_and_gets_everything_once_it_i
         assert texts(bridge) == []
         del bridge.slack.channel_errors["C100"]
         await wait_posts(bridge, 2, timeout=10.0)
-        await asyncio.sleep(0.3)
+        await read_and_settled(bridge)
         assert texts(bridge) == ["first", "second"]
         assert [f["content"] for f in bridge.slack.shared_files if f["channel"] == "C100"] == [picture]
         assert texts(bridge, "C200") == ["elsewhere"]
@@ -334,7 +333,7 @@ async def test_a_channel_held_by_slacks_429_at_a_restart_is_posted_once_in_order
         assert texts(bridge) == []
     async with running_bridge(tmp_path, env=env, fake_x=x) as again:
         await wait_posts(again, 3, timeout=10.0)
-        await asyncio.sleep(0.3)
+        await read_and_settled(again)
         assert texts(again) == ["m0", "m1", "m2"]
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(again)] == ids
 

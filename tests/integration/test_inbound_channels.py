@@ -9,16 +9,12 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from adapters.sandbox.fake_x import DmEvent, FakeX, sign
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, settled, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_push import pushing, subscribed
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 HISTORY = InboundConfig(min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=3)
 
@@ -56,7 +52,7 @@ async def test_a_paused_channel_shows_nothing_from_x_until_resumed_then_everythi
         assert await bridge.sql("SELECT COUNT(*) FROM inbound WHERE state = 'queued'") == [(0,)]
         await bridge.connect()
         await wait_posts(bridge, 3)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # pushed, with polls seconds apart: no read to settle on
         assert texts(bridge) == ["before", "while paused 1", "while paused 2"]
 
 
@@ -74,7 +70,7 @@ async def test_two_channels_on_one_conversation_each_get_each_message_once(tmp_p
         bridge.x.add_event(CONVERSATION, ALICE, "to both again")
         await wait_posts(bridge, 2, "C100")
         await wait_posts(bridge, 3, "C200")
-        await asyncio.sleep(0.5)  # more reads: nothing twice
+        await settled(bridge)  # more reads: nothing twice
         assert texts(bridge, "C100") == ["to both", "to both again"]
         [first, relayed, last] = posts(bridge, "C200")
         assert (first["text"], last["text"]) == ("to both", "to both again")
@@ -188,7 +184,7 @@ async def test_what_the_previous_account_got_while_its_channel_was_held_arrives_
         assert texts(bridge) == []
         await bridge.connect(x_user=ME)  # the previous account again: released
         await wait_posts(bridge, 1)
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert texts(bridge) == ["while held"]
 
 
@@ -243,6 +239,6 @@ async def test_sent_from_x_is_marked_only_in_the_channel_of_the_account_that_sen
         bridge.x.add_event(group, DORA, "from hers")
         await wait_posts(bridge, 2, "C100")
         await wait_posts(bridge, 2, "C200")
-        await asyncio.sleep(0.3)
+        await settled(bridge)
         assert texts(bridge, "C100") == ["from my phone\n(sent from X)", "from hers"]
         assert texts(bridge, "C200") == ["from my phone", "from hers\n(sent from X)"]

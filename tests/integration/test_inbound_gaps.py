@@ -14,10 +14,8 @@ import pytest
 from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, Bridge, running_bridge, settled, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 # Two pages of three per poll: a burst of more than six new events leaves a gap.
 SMALL_READS = InboundConfig(
@@ -44,7 +42,7 @@ async def test_a_burst_bigger_than_one_poll_arrives_whole_once_and_in_order(tmp_
         sent = [bridge.x.add_event(CONVERSATION, ALICE, f"m{i}") for i in range(BURST)]
         await gap_open(bridge)
         await wait_posts(bridge, BURST, timeout=30.0)
-        await asyncio.sleep(0.5)  # more polls: nothing twice
+        await settled(bridge)  # more polls: nothing twice
         assert texts(bridge) == [f"m{i}" for i in range(BURST)]
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(bridge)] == [e.id for e in sent]
         assert await bridge.sql("SELECT newest_event_id, gap_newest FROM cursors") == [(sent[-1].id, None)]
@@ -77,7 +75,7 @@ async def test_a_restart_mid_gap_goes_on_where_the_read_stopped(tmp_path: Path) 
     before = len(x.all_requests)
     async with running_bridge(tmp_path, inbound=SMALL_READS, env=env, fake_x=x) as again:
         await wait_posts(again, BURST, timeout=30.0)
-        await asyncio.sleep(0.5)
+        await settled(again)
         assert texts(again) == [f"m{i}" for i in range(BURST)]
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(again)] == ids
         # The first read after the restart went on with the saved token, not from the newest.
@@ -96,7 +94,7 @@ async def test_an_expired_token_reads_back_from_the_newest_and_loses_nothing(
     async with running_bridge(tmp_path, inbound=SMALL_READS, env=env, fake_x=x) as again:
         later = x.add_event(CONVERSATION, ALICE, "later")
         await wait_posts(again, BURST + 1, timeout=30.0)
-        await asyncio.sleep(0.5)
+        await settled(again)
         assert texts(again) == [f"m{i}" for i in range(BURST)] + ["later"]
         assert [m["metadata"]["event_payload"]["dm_event_id"] for m in posts(again)] == [*ids, later.id]
         assert x.read_rate_limited_count == 0
@@ -115,7 +113,7 @@ async def test_when_x_keeps_refusing_the_token_the_gap_is_given_up_and_the_log_s
     once = InboundConfig(**{**SMALL_READS.__dict__, "token_restarts": 0})
     async with running_bridge(tmp_path, inbound=once, env=env, fake_x=x) as again:
         await wait_until(lambda: len(posts(again)) >= 5, 30.0, "the newest events")
-        await asyncio.sleep(0.5)
+        await settled(again)
         got = texts(again)
         # What was read is posted, in order; the older part of the gap is not read again.
         assert len(got) < BURST and got == [f"m{i}" for i in range(BURST - len(got), BURST)]

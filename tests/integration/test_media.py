@@ -6,16 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from bridge.scheduler import SystemClock
 from tests.harness import Bridge, linked, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
-
-# Every media test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 class ShiftedClock(SystemClock):

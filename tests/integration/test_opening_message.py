@@ -10,8 +10,6 @@ import pytest
 from adapters.sandbox.fake_x import FaultKind
 from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 
 async def opening_ts(bridge: Bridge) -> str:
     [call] = await bridge.slack.wait_for(

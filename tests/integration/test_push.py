@@ -21,8 +21,6 @@ from bridge.inbound import InboundConfig
 from tests.harness import ALICE, BOB, ME, Bridge, free_port, linked, running_bridge, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 # Polling as a safety net only every few seconds once push works, so a post that arrives
 # quickly came by push: never "active" (active_for=0), which would read at the budget's pace
 # (here a read window is 2 s, so a read every ~0.15 s could race a push).

@@ -12,15 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from tests.harness import ALICE, ME, Bridge, linked, note, running_bridge
 from tests.integration.test_fidelity import GIF, PNG
-
-# Every reconciliation test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 CONVERSATION = "1000-2001"
 LOSE_ANSWERS = {"X_TIMEOUT_SECONDS": "0.5"}

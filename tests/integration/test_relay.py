@@ -7,12 +7,7 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.harness import ALICE, linked, note, running_bridge
-
-# Every relay test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def test_message_relayed_with_display_name_and_check_mark(tmp_path: Path) -> None:

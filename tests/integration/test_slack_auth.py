@@ -16,10 +16,6 @@ def slack_down(slack: FakeSlack) -> None:
     slack.fail_next("auth.test", "fatal_error", count=10_000)
 
 
-# Every test here runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
-
 async def accepted_rows(bridge: Bridge) -> int:
     [(n,)] = await bridge.sql("SELECT COUNT(*) FROM outbox")
     return int(n)

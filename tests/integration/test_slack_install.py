@@ -36,8 +36,6 @@ from tests.harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 T1, T2 = "T0001", "T0002"
 INSTALL_ENV = {
     "SLACK_BOT_TOKEN": "",

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
 from aiohttp import web
 
 from adapters.sandbox.fake_slack_views import SurfaceSender, ViewButton, view_text
@@ -31,7 +30,6 @@ from bridge.modals import (
 )
 from tests.harness import ALICE, BOB, ME, Bridge, authorize_url, linked, running_bridge, wait_until
 
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 FAST_INBOUND_PAGE = InboundConfig().page_size
 
 

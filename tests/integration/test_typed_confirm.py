@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
-
 from bridge.confirm import CONFIRM_CANCEL, CONFIRM_DISCONNECT, CONFIRM_UNLINK, QUESTION_TTL
 from bridge.scheduler import SystemClock
 from tests.harness import Bridge, linked, running_bridge
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 class ShiftedClock(SystemClock):

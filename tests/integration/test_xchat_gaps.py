@@ -17,7 +17,7 @@ import pytest
 from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, wait_until
+from tests.harness import ALICE, BOB, ME, Bridge, running_bridge, settled, wait_until
 from tests.integration.test_xchat_inbound import (
     CONVERSATION,
     encrypted_channel,
@@ -25,8 +25,6 @@ from tests.integration.test_xchat_inbound import (
     posts,
     wait_posts,
 )
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 # Two pages of three per read: a backlog of more than six new events leaves a gap.
 SMALL_READS = InboundConfig(
@@ -73,7 +71,7 @@ async def test_a_backlog_bigger_than_one_read_arrives_whole_once_and_in_order(tm
             bridge.x.chat.person_says(ALICE, conversation, f"m{i}")
         await gap_open(bridge)
         await wait_posts(bridge, BACKLOG, timeout=30.0)
-        await asyncio.sleep(0.5)  # more reads: nothing twice
+        await settled(bridge)  # more reads: nothing twice
         assert texts(bridge) == [f"m{i}" for i in range(BACKLOG)]
         assert sequence_ids(bridge) == chat_events(bridge.x)
         kept = await bridge.sql("SELECT newest_sequence_id, gap_newest, gap_token FROM xchat_cursors")
@@ -135,7 +133,7 @@ async def test_a_restart_mid_gap_goes_on_where_the_read_stopped(tmp_path: Path) 
     before = len(x.all_requests)
     async with running_bridge(tmp_path, inbound=SMALL_READS, env=env, fake_x=x) as again:
         await wait_posts(again, BACKLOG, timeout=30.0)
-        await asyncio.sleep(0.5)
+        await settled(again)
         assert texts(again) == [f"m{i}" for i in range(BACKLOG)]
         assert sequence_ids(again) == ids
         # The first read after the restart went on with the saved token, not from the newest.
@@ -155,7 +153,7 @@ async def test_an_expired_token_reads_back_from_the_newest_and_loses_nothing(
     async with running_bridge(tmp_path, inbound=SMALL_READS, env=env, fake_x=x) as again:
         x.chat.person_says(ALICE, CONVERSATION, "later")
         await wait_posts(again, BACKLOG + 1, timeout=30.0)
-        await asyncio.sleep(0.5)
+        await settled(again)
         assert texts(again) == [f"m{i}" for i in range(BACKLOG)] + ["later"]
         assert sequence_ids(again) == [*ids, chat_events(x)[-1]]
         assert x.read_rate_limited_count == 0
@@ -174,7 +172,7 @@ async def test_when_x_keeps_refusing_the_token_the_gap_is_given_up_and_the_chann
     once = InboundConfig(**{**SMALL_READS.__dict__, "token_restarts": 0})
     async with running_bridge(tmp_path, inbound=once, env=env, fake_x=x) as again:
         await wait_until(lambda: len(posts(again)) >= 3, 30.0, "the newest events")
-        await asyncio.sleep(0.5)
+        await settled(again)
         got = texts(again)
         # What was read is posted, in order; the older part of the gap is not read again.
         assert len(got) < BACKLOG and got == [f"m{i}" for i in range(BACKLOG - len(got), BACKLOG)]

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from chat_xdk import Chat
 
 from adapters.sandbox.fake_x import FakeX, sign
@@ -27,8 +26,6 @@ from bridge.inbound import METADATA_TYPE
 from bridge.model import ChannelMapping, MappingKind
 from tests.harness import ALICE, BOB, CAROL, ME, TEAM, Bridge, running_bridge, wait_until
 from tests.integration.test_push import PUSHED, push_env
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 CONVERSATION = f"{ME}-{ALICE}"
 

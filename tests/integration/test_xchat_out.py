@@ -14,8 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
@@ -26,8 +24,6 @@ from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, TEAM, Bridge, note, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG
 from tests.integration.test_xchat_inbound import chat_reads
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 ALICE_CHAT = f"{ME}-{ALICE}"
 

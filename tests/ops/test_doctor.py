@@ -91,6 +91,7 @@ def by_name(report: doctor.Report, prefix: str) -> list[doctor.Check]:
 
 
 @pytest.mark.usefixtures("on_both_stores")
+@pytest.mark.process
 async def test_all_good_exits_0_and_says_what_it_checked(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         await connect(w, "U100", ME)
@@ -148,6 +149,7 @@ async def test_expired_token_is_reported_not_refreshed(tmp_path: Path) -> None:
         assert report.exit_code == 0
 
 
+@pytest.mark.process
 async def test_missing_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
     env = bridge_env(tmp_path / "bridge.db", "http://127.0.0.1:9", "http://127.0.0.1:9/api/", 3000)
     del env["X_CLIENT_ID"]
@@ -159,6 +161,7 @@ async def test_missing_configuration_exits_2_naming_the_variable(tmp_path: Path)
     assert not (tmp_path / "bridge.db").exists()
 
 
+@pytest.mark.process
 async def test_placeholders_copied_from_the_docs_exit_2_naming_each_variable(tmp_path: Path) -> None:
     env = bridge_env(
         tmp_path / "bridge.db",

@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from adapters.store.crypto import generate_key
 from tests.security.test_keys import stored_secrets
+
+# Every test here runs `python -m bridge` as a real process.
+pytestmark = pytest.mark.process
 
 
 def xdm_bridge(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -214,6 +214,7 @@ def test_no_page_repeats_a_claim_the_code_outgrew(stale: str) -> None:
     assert [page.name for page in PAGES if stale.lower() in page.read_text().lower()] == []
 
 
+@pytest.mark.process
 def test_the_heroku_lines_pasted_twice_set_the_same_key(tmp_path: Path) -> None:
     """``$(xdm-bridge keygen)`` in ``heroku config:set`` made a new key on every paste, and the
     second paste left the stored tokens unreadable. The README's lines take the key from ``.env``."""

@@ -12,12 +12,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
-import pytest
 
 from adapters.sandbox.fake_slack import SlackResult
 from tests.harness import ALICE, ME, Bridge, authorize_url, browser_cookies, running_bridge
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def authorize_in(

@@ -6,14 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from adapters.store.consents import ConsentStore
 from adapters.web.app import SERVICES
 from tests.harness import ALICE, ME, authorize_url, running_bridge
 from tests.security.test_connect_confirm import authorize_in
-
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 SAID = "every member of the channel can read them"
 

@@ -13,9 +13,6 @@ from adapters.ops.cli import main
 from adapters.sandbox.fake_x import AccessToken, RefreshToken
 from tests.harness import Bridge, bridge_env, linked, running_bridge, wait_until
 
-# Every test here runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
-
 
 async def rows_until(
     bridge: Bridge, sql: str, done: Callable[[list[tuple[Any, ...]]], bool], what: str

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.sqlite import SqliteStore
 from adapters.store.xchat import XChatIdentityStore
@@ -69,6 +71,7 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.process
 async def test_wrong_key_stops_migrate_and_serve_with_one_line(tmp_path: Path) -> None:
     db_path = tmp_path / "bridge.db"
     await stored_secrets(db_path, generate_key())
@@ -81,11 +84,13 @@ async def test_wrong_key_stops_migrate_and_serve_with_one_line(tmp_path: Path) -
         assert "rotate-keys" in line and wrong not in line
 
 
+@pytest.mark.process
 async def test_migrate_of_a_fresh_database_needs_no_key(tmp_path: Path) -> None:
     result = xdm_bridge(tmp_path / "new.db", "migrate", BRIDGE_ENCRYPTION_KEY="")
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.process
 async def test_rotate_keys_then_drop_the_old_key(tmp_path: Path) -> None:
     db_path = tmp_path / "bridge.db"
     old, new = generate_key(), generate_key()

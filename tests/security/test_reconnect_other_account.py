@@ -12,12 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.harness import ALICE, BOB, CAROL, ME, Bridge, linked, running_bridge, wait_until
-
-# Every test here runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.usefixtures("on_both_stores")
 
 
 async def rows_become(bridge: Bridge, sql: str, expected: list[tuple[Any, ...]], what: str) -> None:

@@ -48,6 +48,7 @@ def test_formats_the_delivery_can_render_are_accepted(fmt: str) -> None:
     assert Settings.from_env(env(RELAY_FORMAT=fmt)).relay_format == fmt
 
 
+@pytest.mark.process
 def test_serve_exits_2_naming_the_variable(tmp_path: Path) -> None:
     # A real process: before the fix it would start serving, so the timeout guards the suite.
     result = subprocess.run(
