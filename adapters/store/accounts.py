@@ -112,7 +112,8 @@ class AccountsRole(StoreBase):
 
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """Forget the account's tokens and pause its mappings, in one transaction."""
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> list[ChannelMapping]:
             await tx.execute(
                 "UPDATE accounts SET access_token = '', refresh_token = NULL, expires_at = NULL, "
                 "needs_reconnect = 1, disconnected_at = ?, updated_at = ? WHERE id = ?",
@@ -127,7 +128,9 @@ class AccountsRole(StoreBase):
                 by,
                 account_id,
             )
-        return _by_channel(paused)
+            return _by_channel(paused)
+
+        return await self.engine.atomic(work)
 
     async def resume_mappings(self, account_id: int) -> list[ChannelMapping]:
         resumed = await self.engine.fetch(
@@ -141,7 +144,7 @@ class AccountsRole(StoreBase):
     async def hold_for_previous_account(
         self, account_id: int, previous: XUser, current: XUser, now: float
     ) -> list[ChannelMapping]:
-        async with self.engine.transaction() as tx:
+        async def work(tx: Engine) -> list[ChannelMapping]:
             held: list[dict[str, Any]] = []
             if previous.id != current.id:
                 # A conversation id is the previous account's conversation; a 1-to-1 by person
@@ -180,7 +183,9 @@ class AccountsRole(StoreBase):
                 account_id,
                 current.id,
             )
-        return _by_channel(held)
+            return _by_channel(held)
+
+        return await self.engine.atomic(work)
 
 
 async def _switch_cursor(tx: Engine, account_id: int, previous_id: str, current_id: str, now: float) -> None:
@@ -256,7 +261,7 @@ class ConnectFlowRole(StoreBase):
     becoming an account."""
 
     async def save_oauth_state(self, state: OAuthState) -> None:
-        async with self.engine.transaction() as tx:
+        async def work(tx: Engine) -> None:
             # Expired states are useless; sweep them whenever a new one is made.
             await tx.execute("DELETE FROM oauth_states WHERE expires_at < ?", time.time() - OAUTH_STATE_KEEP)
             await tx.execute(
@@ -273,6 +278,8 @@ class ConnectFlowRole(StoreBase):
                 state.slack_user_name,
                 state.team_name,
             )
+
+        return await self.engine.atomic(work)
 
     def _oauth_state(self, row: dict[str, Any] | None) -> OAuthState | None:
         if row is None:

@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import StrEnum
@@ -57,6 +57,14 @@ class Engine(Protocol):
         when it raises. Inside, ``transaction()`` again joins the open one."""
         ...
 
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        """``work(tx)`` as one transaction: committed when it returns, rolled back if it raises.
+
+        The same role code as ``transaction()``, cheaper on SQLite: there ``work`` runs whole on
+        the store's thread, in one hop instead of one per statement (and the thread is held for
+        that one hop only). So ``work`` must await nothing but ``tx``'s statements."""
+        ...
+
 
 class SqliteThread:
     """The SQLite store's one owner thread, shared by its own calls and its engine.
@@ -72,6 +80,10 @@ class SqliteThread:
         self._inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
             f"sqlite-tx-{id(self)}", default=False
         )
+
+    def inside(self) -> bool:
+        """Is this task inside a ``transaction()`` of this thread's?"""
+        return self._inside.get()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(fn, *args, **kwargs)
@@ -137,6 +149,23 @@ class SqliteEngine:
         async with self._thread.transaction(self._db):
             yield self
 
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        if self._thread.inside():
+            return await work(self)  # joins the transaction() open in this task
+
+        def run() -> T:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = _drive(work(SqliteDirect(db)))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(lambda: db)
+                raise
+            return result
+
+        return await self._thread.run(run)
+
     async def at_once(self, work: Callable[[Statements], T]) -> T:
         """Run ``work``'s statements in one transaction and one hop to the store's thread.
 
@@ -149,6 +178,47 @@ class SqliteEngine:
                 return work(SqliteStatements(self._db()))
 
         return await self._thread.run(run)
+
+
+class SqliteDirect:
+    """The ``Engine`` of an ``atomic`` block on the SQLite store's thread: its statements run
+    when awaited, without leaving the thread (the block is driven there by ``_drive``)."""
+
+    dialect = Dialect.SQLITE
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return list(self._db.query(sql, params))
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        for row in self._db.query(sql, params):
+            return row
+        return None
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        count: int = self._db.execute(sql, params).rowcount
+        return count
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteDirect]:
+        yield self
+
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        return await work(self)
+
+
+def _drive(block: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (it awaits only ``SqliteDirect``'s statements) to its
+    end, here on the calling thread; one that suspends is a bug in the role, said at once."""
+    try:
+        block.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    block.close()
+    raise RuntimeError("an atomic block on SQLite awaited something other than its statements")
 
 
 class Statements(Protocol):
@@ -212,6 +282,10 @@ class PostgresEngine:
         async with self._pool().acquire() as conn, conn.transaction():
             yield PostgresTransaction(conn)
 
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        async with self.transaction() as tx:
+            return await work(tx)
+
 
 class PostgresTransaction:
     """Statements on one connection inside its open transaction."""
@@ -235,6 +309,9 @@ class PostgresTransaction:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         yield self
+
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        return await work(self)
 
 
 def _affected(words: Sequence[str]) -> int:

@@ -129,8 +129,9 @@ class InboundRole(StoreBase):
         closes any gap. Returns how many were queued for Slack. Any instance may take (a push
         reaches whichever X calls): the unique key makes the first commit win.
         """
-        queued = 0
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> int:
+            queued = 0
             if tx.dialect is Dialect.POSTGRES:
                 # One take per account at a time, in the order they came (PostgreSQL queues lock
                 # requests): as the SQLite store's single writer, so pushes delivered one after the
@@ -149,7 +150,9 @@ class InboundRole(StoreBase):
                 await _move_cursor(tx, account_id, newest_event_id, now)
             if queued:
                 await self._inbound_queued(tx, account_id)
-        return queued
+            return queued
+
+        return await self.engine.atomic(work)
 
     async def _take_one(
         self, tx: Engine, account_id: int, own_id: str | None, event: InboundEvent, now: float
@@ -224,7 +227,7 @@ class InboundRole(StoreBase):
         return rows.inbound_item(row) if row else None
 
     async def mark_posted(self, item_id: int, slack_ts: str, now: float) -> InboundItem | None:
-        async with self.engine.transaction() as tx:
+        async def work(tx: Engine) -> InboundItem | None:
             row = await tx.fetchone(
                 "UPDATE inbound SET state = 'posted', slack_ts = ?, posted_at = ?, last_error = NULL "
                 "WHERE id = ? RETURNING *",
@@ -244,7 +247,9 @@ class InboundRole(StoreBase):
                 now,
             )
             following = await _inbound_head(tx, row["team_id"], row["channel_id"])
-        return None if following is None else rows.inbound_item(following)
+            return None if following is None else rows.inbound_item(following)
+
+        return await self.engine.atomic(work)
 
     async def reschedule_inbound(
         self, item_id: int, state: InboundState, next_attempt_at: float, error: str | None
@@ -281,7 +286,7 @@ class InboundRole(StoreBase):
     async def inbound_summary(
         self, account_id: int, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]:
-        async with self.engine.transaction() as tx:
+        async def work(tx: Engine) -> dict[str, Any]:
             if tx.dialect is Dialect.POSTGRES:
                 # One snapshot for every count (SQLite's transaction already keeps other writers out).
                 await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -308,20 +313,22 @@ class InboundRole(StoreBase):
             failed = await tx.fetchone(rows.FAILED_COUNT_SQL.format(p1="?", p2="?"), team_id, channel_id)
             reason = await tx.fetchone(rows.FAILED_LAST_SQL.format(p1="?", p2="?"), team_id, channel_id)
             chat_gap = await tx.fetchone(rows.CHAT_GAP_SQL.format(p1="?", p2="?"), team_id, channel_id)
-        return {
-            "newest_event_id": cursor["newest_event_id"] if cursor else None,
-            "read_at": cursor["updated_at"] if cursor else None,
-            "catching_up": bool(cursor and cursor["gap_newest"] is not None)
-            or bool(chat_gap and chat_gap["n"]),
-            "last_event_at": _float_or_none(last["t"] if last else None),
-            "counts": counts,
-            "pending": counts.get("queued", 0) + counts.get("posting", 0),
-            "channel_pending": int(here["n"]) if here else 0,
-            "channel_failed": int(failed["n"]) if failed else 0,
-            "channel_last_failure": reason["last_error"] if reason else None,
-            "next_read_at": _float_or_none(schedule["next_read_at"] if schedule else None),
-            "pushed": bool(schedule["pushed"]) if schedule else False,
-        }
+            return {
+                "newest_event_id": cursor["newest_event_id"] if cursor else None,
+                "read_at": cursor["updated_at"] if cursor else None,
+                "catching_up": bool(cursor and cursor["gap_newest"] is not None)
+                or bool(chat_gap and chat_gap["n"]),
+                "last_event_at": _float_or_none(last["t"] if last else None),
+                "counts": counts,
+                "pending": counts.get("queued", 0) + counts.get("posting", 0),
+                "channel_pending": int(here["n"]) if here else 0,
+                "channel_failed": int(failed["n"]) if failed else 0,
+                "channel_last_failure": reason["last_error"] if reason else None,
+                "next_read_at": _float_or_none(schedule["next_read_at"] if schedule else None),
+                "pushed": bool(schedule["pushed"]) if schedule else False,
+            }
+
+        return await self.engine.atomic(work)
 
 
 async def _keep_gap(tx: Engine, account_id: int, gap: ReadGap, now: float) -> None:

@@ -29,11 +29,16 @@ class MappingsRole(StoreBase):
     async def create_mapping(
         self, mapping: ChannelMapping, *, history: bool = False
     ) -> ChannelMapping | None:
-        if history and mapping.conversation_id:
-            async with self.engine.transaction() as tx:
+        conversation_id = mapping.conversation_id
+        if history and conversation_id:
+
+            async def work(tx: Engine) -> bool:
                 created = await _insert(tx, mapping)
                 if created:
-                    await ask_history(tx, mapping.account_id, mapping.conversation_id, mapping.created_at)
+                    await ask_history(tx, mapping.account_id, conversation_id, mapping.created_at)
+                return created
+
+            created = await self.engine.atomic(work)
         else:
             # One statement needs no transaction of its own (on PostgreSQL: no BEGIN/COMMIT trips).
             created = await _insert(self.engine, mapping)
@@ -54,7 +59,8 @@ class MappingsRole(StoreBase):
         self, team_id: str, channel_id: str, group: tuple[str, ...]
     ) -> tuple[ChannelMapping | None, list[OutboxItem]]:
         members = json.dumps(list(group))  # as create_mapping and accept write it
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> tuple[ChannelMapping | None, list[OutboxItem]]:
             # Deleting the mapping row waits for (and then excludes) an accept holding its lock.
             row = await tx.fetchone(
                 "DELETE FROM mappings WHERE team_id = ? AND channel_id = ? AND kind = 'group' "
@@ -70,7 +76,9 @@ class MappingsRole(StoreBase):
                 channel_id,
                 members,
             )
-        return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
+            return (rows.mapping(row) if row else None), [rows.item(r) for r in found]
+
+        return await self.engine.atomic(work)
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
         await self.engine.execute(

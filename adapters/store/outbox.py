@@ -69,11 +69,13 @@ class OutboxRole(StoreBase):
         return await _item(self.engine, item_id)
 
     async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
-        async with self.engine.transaction() as tx:
+        async def work(tx: Engine) -> OutboxItem:
             await _write_render(tx, item_id, parts)
             updated = await _item(tx, item_id)
-        assert updated is not None
-        return updated
+            assert updated is not None
+            return updated
+
+        return await self.engine.atomic(work)
 
     async def mark_sending(
         self,

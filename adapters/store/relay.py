@@ -67,7 +67,8 @@ class RelayRole(StoreBase):
     ) -> str:
         """An edit of a relayed message: "updated" when the original was not yet rendered (its text
         is simply replaced), "queued" when a correction row was added, "unknown" otherwise."""
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> str:
             await _lock_channel(tx, team_id, channel_id)
             original = await tx.fetchone(
                 "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND slack_ts = ? AND part = 0 "
@@ -107,12 +108,15 @@ class RelayRole(StoreBase):
             inserted = await self._insert_follow_up(tx, original, OutboxKind.EDIT, edit_ts, source, now)
             return "queued" if inserted else "unknown"
 
+        return await self.engine.atomic(work)
+
     async def accept_delete(
         self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
     ) -> str:
         """A Slack delete: "cancelled" when nothing had reached X yet, "queued" when a delete row
         was added for the DMs X has, "unknown" when the message was never relayed."""
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> str:
             await _lock_channel(tx, team_id, channel_id)
             found = await tx.fetch(
                 "SELECT * FROM outbox WHERE team_id = ? AND channel_id = ? AND ref_ts = ? "
@@ -149,6 +153,8 @@ class RelayRole(StoreBase):
                 return "cancelled"
             inserted = await self._insert_follow_up(tx, found[0], OutboxKind.DELETE, delete_ts, {}, now)
             return "queued" if inserted else "unknown"
+
+        return await self.engine.atomic(work)
 
     async def _insert_follow_up(
         self,

@@ -67,11 +67,14 @@ class UpkeepRole(StoreBase):
                 inbound_keep_after,
             ),
         )
-        deleted = 0
-        async with self.engine.transaction() as tx:
+
+        async def work(tx: Engine) -> int:
+            deleted = 0
             for sql, before in statements:
                 deleted += await tx.execute(sql, before, batch)
-        return deleted
+            return deleted
+
+        return await self.engine.atomic(work)
 
     async def outbox_gauges(self) -> dict[str, Any]:
         """``pending`` and ``oldest_pending_at``, from the partial index of unfinished rows: the

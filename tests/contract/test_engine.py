@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,5 +150,49 @@ async def test_sqlite_runs_a_hot_path_at_once_whole_or_not_at_all(tmp_path: Path
         with pytest.raises(Boom):
             await store.engine.at_once(half)
         assert await store.engine.fetch("SELECT id FROM seam_probe ORDER BY id") == [{"id": 1}, {"id": 2}]
+    finally:
+        await store.close()
+
+
+async def test_an_atomic_block_commits_whole_or_not_at_all(engine: Engine) -> None:
+    store = engine.store()
+    await store.open()
+    try:
+        await _table(engine)
+
+        async def two(tx: Any) -> int:
+            await tx.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1, "a")
+            async with tx.transaction() as inner:  # joins, as in transaction()
+                await inner.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 2, "b")
+            row = await tx.fetchone("SELECT COUNT(*) AS n FROM seam_probe")
+            return int(row["n"])
+
+        assert await store.engine.atomic(two) == 2
+
+        async def failing(tx: Any) -> None:
+            await tx.execute("UPDATE seam_probe SET note = ? WHERE id = ?", "changed", 1)
+            raise Boom
+
+        with pytest.raises(Boom):
+            await store.engine.atomic(failing)
+        assert await engine.sql("SELECT id, note FROM seam_probe ORDER BY id") == [(1, "a"), (2, "b")]
+    finally:
+        await store.close()
+
+
+async def test_an_atomic_block_that_awaits_anything_else_is_refused_on_sqlite(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+
+        async def waits(tx: Any) -> None:
+            await tx.execute("CREATE TABLE seam_probe (id INTEGER PRIMARY KEY)")
+            await asyncio.sleep(0)  # would leave the store's thread mid-transaction
+
+        with pytest.raises(RuntimeError, match="awaited something other than its statements"):
+            await store.engine.atomic(waits)
+        # Rolled back, and the store still works.
+        assert await store.engine.fetch("SELECT name FROM sqlite_master WHERE name = 'seam_probe'") == []
+        assert await store.ping()
     finally:
         await store.close()
