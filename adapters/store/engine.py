@@ -173,9 +173,21 @@ class SqliteEngine:
         statements holds the thread across as many event-loop turns, and every other caller of
         the store waits for all of them."""
 
+        if self._thread.inside():  # joins the transaction() open in this task
+            return await self._thread.run(lambda: work(SqliteStatements(self._db())))
+
         def run() -> T:
-            with self._db().atomic():
-                return work(SqliteStatements(self._db()))
+            db = self._db()
+            # IMMEDIATE, as every write transaction here: a deferred one that reads first cannot
+            # wait for another connection's write lock (SQLite answers "database is locked" at once).
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(SqliteStatements(db))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(lambda: db)
+                raise
+            return result
 
         return await self._thread.run(run)
 
