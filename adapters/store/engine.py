@@ -152,19 +152,7 @@ class SqliteEngine:
     async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
         if self._thread.inside():
             return await work(self)  # joins the transaction() open in this task
-
-        def run() -> T:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = _drive(work(SqliteDirect(db)))
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(lambda: db)
-                raise
-            return result
-
-        return await self._thread.run(run)
+        return await self._thread.run(_immediate, self._db, lambda db: _drive(work(SqliteDirect(db))))
 
     async def at_once(self, work: Callable[[Statements], T]) -> T:
         """Run ``work``'s statements in one transaction and one hop to the store's thread.
@@ -172,24 +160,24 @@ class SqliteEngine:
         For SQLite's hot paths (an accept, a claim, a send): a transaction of several awaited
         statements holds the thread across as many event-loop turns, and every other caller of
         the store waits for all of them."""
-
         if self._thread.inside():  # joins the transaction() open in this task
             return await self._thread.run(lambda: work(SqliteStatements(self._db())))
+        return await self._thread.run(_immediate, self._db, lambda db: work(SqliteStatements(db)))
 
-        def run() -> T:
-            db = self._db()
-            # IMMEDIATE, as every write transaction here: a deferred one that reads first cannot
-            # wait for another connection's write lock (SQLite answers "database is locked" at once).
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(SqliteStatements(db))
-                db.execute("COMMIT")
-            except BaseException:
-                _rollback(lambda: db)
-                raise
-            return result
 
-        return await self._thread.run(run)
+def _immediate(connection: Callable[[], Database], work: Callable[[Database], T]) -> T:
+    """``work`` in one write transaction, on the store's thread. IMMEDIATE, as every write
+    transaction here: a deferred one that reads first cannot wait for another connection's
+    write lock (SQLite answers "database is locked" at once)."""
+    db = connection()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(lambda: db)
+        raise
+    return result
 
 
 class SqliteDirect:

@@ -25,17 +25,9 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from adapters.store.accounts import AccountsRole, ConnectFlowRole
-from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import Engine, PostgresEngine, PostgresTransaction
-from adapters.store.inbound import CursorsRole, InboundRole
-from adapters.store.lookups import LookupsRole
-from adapters.store.mappings import MappingsRole
-from adapters.store.outbox import OutboxMediaRole, OutboxRole
-from adapters.store.relay import RelayRole
-from adapters.store.roles import StoreBase
-from adapters.store.upkeep import UpkeepRole
+from adapters.store.every_role import RoleStore
 from bridge.errors import StoreUnavailable
 from bridge.ports import LockedAccount
 from bridge.settings import redacted
@@ -99,20 +91,7 @@ async def migrate(url: str, progress: Callable[[str], None] = lambda _: None) ->
         await conn.close()
 
 
-class PostgresStore(
-    AccountsRole,
-    ConnectFlowRole,
-    LookupsRole,
-    MappingsRole,
-    RelayRole,
-    OutboxRole,
-    OutboxMediaRole,
-    UpkeepRole,
-    InboundRole,
-    CursorsRole,
-    BudgetsRole,
-    StoreBase,
-):
+class PostgresStore(RoleStore):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:

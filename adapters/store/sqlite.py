@@ -22,17 +22,9 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 
-from adapters.store.accounts import AccountsRole, ConnectFlowRole
-from adapters.store.budgets import BudgetsRole
 from adapters.store.crypto import TokenCipher
 from adapters.store.engine import SqliteEngine, SqliteThread
-from adapters.store.inbound import CursorsRole, InboundRole
-from adapters.store.lookups import LookupsRole
-from adapters.store.mappings import MappingsRole
-from adapters.store.outbox import OutboxMediaRole, OutboxRole
-from adapters.store.relay import RelayRole
-from adapters.store.roles import StoreBase
-from adapters.store.upkeep import UpkeepRole
+from adapters.store.every_role import RoleStore
 from bridge.errors import StoreUnavailable
 from bridge.ports import LockedAccount
 from migrations import migrations
@@ -145,20 +137,7 @@ def pending_migrations(path: str) -> list[str]:
         db.close()
 
 
-class SqliteStore(
-    AccountsRole,
-    ConnectFlowRole,
-    LookupsRole,
-    MappingsRole,
-    RelayRole,
-    OutboxRole,
-    OutboxMediaRole,
-    UpkeepRole,
-    InboundRole,
-    CursorsRole,
-    BudgetsRole,
-    StoreBase,
-):
+class SqliteStore(RoleStore):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:

@@ -1,0 +1,35 @@
+"""Every role, written once over the ``Engine`` seam, in one class both stores inherit.
+
+``SqliteStore`` and ``PostgresStore`` add only what differs between the engines: opening the
+database, its engine, locks across processes, PostgreSQL's NOTIFY (see ``bridge.ports.Store``
+for the role ports each consumer takes a part of).
+"""
+
+from __future__ import annotations
+
+from adapters.store.accounts import AccountsRole, ConnectFlowRole
+from adapters.store.budgets import BudgetsRole
+from adapters.store.inbound import CursorsRole, InboundRole
+from adapters.store.lookups import LookupsRole
+from adapters.store.mappings import MappingsRole
+from adapters.store.outbox import OutboxMediaRole, OutboxRole
+from adapters.store.relay import RelayRole
+from adapters.store.roles import StoreBase
+from adapters.store.upkeep import UpkeepRole
+
+
+class RoleStore(
+    AccountsRole,
+    ConnectFlowRole,
+    LookupsRole,
+    MappingsRole,
+    RelayRole,
+    OutboxRole,
+    OutboxMediaRole,
+    UpkeepRole,
+    InboundRole,
+    CursorsRole,
+    BudgetsRole,
+    StoreBase,
+):
+    """The store's behaviour on either engine."""
