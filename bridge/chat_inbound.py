@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
 from bridge.model import Account, ChannelMapping, EventKind, InboundEvent, InboundOrigin, XUser
-from bridge.ports import Clock, Store
+from bridge.ports import Clock, MappingStore
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatEvent, ChatEventKind, ChatPage
 
@@ -47,6 +47,10 @@ log = logging.getLogger("bridge.chat_inbound")
 FULL_PAGE = 100  # X's largest page: once a first page is all new, read back in big steps
 MAX_PAGES = 20  # per conversation and read; a longer backlog is read on by the next reads
 TOKEN_RESTARTS = 3  # X refused an unfinished read's token: read again from the newest
+
+
+class ChatInboundStore(MappingStore, Protocol):
+    """The roles X Chat reads use: which encrypted conversations an account bridges."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ class ChatInbound:
 
     def __init__(
         self,
-        store: Store,
+        store: ChatInboundStore,
         cursors: ChatCursors,
         readers: ChatReaders,
         tokens: TokenManager,

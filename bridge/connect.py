@@ -11,7 +11,7 @@ from typing import NoReturn, Protocol
 
 from bridge.errors import OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable, XError
 from bridge.model import Account, Button, ChannelMapping, OAuthState, PendingConnection, TokenSet, XUser
-from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
+from bridge.ports import AccountStore, Clock, ConnectFlowStore, OutboxStore, SlackClient, XClient, XOAuth
 from bridge.retention import X_EVENT_WINDOW_DAYS
 from bridge.settings import SCOPES
 
@@ -22,6 +22,10 @@ OPERATOR = "operator"  # ``by`` when the CLI disconnects an account
 PENDING_TTL = 300.0  # seconds the Slack user has to confirm an authorization made in a browser
 CONFIRM_ACTION = "xdm_connect_confirm"  # the buttons' action_ids (Slack interactivity)
 CANCEL_ACTION = "xdm_connect_cancel"
+
+
+class ConnectStore(AccountStore, ConnectFlowStore, OutboxStore, Protocol):
+    """The roles the connect flow uses: accounts, OAuth states and pending connections, held rows."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class ConnectService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: ConnectStore,
         oauth: XOAuth,
         x: XClient,
         slack: SlackClient,

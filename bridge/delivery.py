@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bridge import reconcile, translate
 from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow, ReadEndpoint, read_endpoint
@@ -75,7 +75,16 @@ from bridge.model import (
     Unreadable,
     one_to_one_id,
 )
-from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.ports import (
+    Clock,
+    MappingStore,
+    OutboxMediaStore,
+    OutboxStore,
+    RelayStore,
+    SlackClient,
+    UpkeepStore,
+    XClient,
+)
 from bridge.scheduler import Lanes, WakeLoop, backoff, drain
 from bridge.tokens import TokenManager
 from bridge.xchat import (
@@ -116,6 +125,10 @@ CHAT_MEDIA_FILE = 5
 IDENTITY_KEY_REFUSAL = re.compile(r"(public|signing|identity)[ _-]?key", re.IGNORECASE)
 
 
+class DeliveryStore(OutboxStore, OutboxMediaStore, RelayStore, MappingStore, UpkeepStore, Protocol):
+    """The roles Delivery uses: the outbox and its files, what was relayed, a group's mapping."""
+
+
 @dataclass(frozen=True)
 class DeliveryConfig:
     """Knobs, mostly for tests; the defaults are production values."""
@@ -150,7 +163,7 @@ class Delivery:
 
     def __init__(
         self,
-        store: Store,
+        store: DeliveryStore,
         x: XClient,
         slack: SlackClient,
         tokens: TokenManager,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bridge.model import Account, ChannelMapping, MappingKind, OutboxState, SlackMember
-from bridge.ports import Clock, SlackClient, Store
+from bridge.ports import AccountStore, Clock, MappingStore, SlackClient, UpkeepStore
 
 log = logging.getLogger("bridge.home")
 
@@ -31,6 +31,10 @@ UNLINK_ACTION = "xdm_home_unlink"  # value: the channel id; asks to confirm firs
 NEW_BRIDGE_ACTION = "xdm_home_new_bridge"  # opens the same modal as /xdm with no text
 ADMIN_TTL = 300.0  # seconds an answer of users.info (is_admin / is_owner) is reused for the Home
 MAX_CHANNELS_SHOWN = 40  # a Home holds 100 blocks; each channel takes two
+
+
+class HomeStore(AccountStore, MappingStore, UpkeepStore, Protocol):
+    """The roles the App Home reads: accounts, mappings, each channel's outbox summary."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ class HomeService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: HomeStore,
         slack: SlackClient,
         views: HomeViews,
         activity: Activity,

@@ -25,7 +25,7 @@ from bridge.budget import Budget
 from bridge.commands import MAX_GROUP, CommandContext, CommandService, Reply
 from bridge.errors import XAuthRevoked, XError, XRateLimited
 from bridge.model import X_USERNAME, Account, EventPage, XUser
-from bridge.ports import Clock, Store, XClient
+from bridge.ports import AccountStore, Clock, XClient
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.modals")
@@ -41,6 +41,10 @@ INBOX_READ = 20  # events read to list the account's conversations (one read; X 
 KEEP_READS = 2  # reads left for the poller: the list is not worth starving it
 INBOX_TTL = 300.0  # an account's list is reused this long: opening the form again costs no read
 MAX_OPTIONS = 100  # Slack's limit for a static select
+
+
+class ModalStore(AccountStore, Protocol):
+    """The modal's one role: whose X account a Slack user connected."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,7 @@ class ModalService:
         self,
         *,
         commands: CommandService,
-        store: Store,
+        store: ModalStore,
         x: XClient,
         tokens: TokenManager,
         budget: Budget,

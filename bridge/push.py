@@ -15,19 +15,23 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
 from bridge.model import DM_PUSH_TYPES, Account, DmEvent, InboundOrigin, PushEventType
-from bridge.ports import Clock, Store, XApp
+from bridge.ports import AccountStore, Clock, InboundStore, MappingStore, XApp
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.push")
 
 REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
+
+
+class PushStore(AccountStore, MappingStore, InboundStore, Protocol):
+    """The roles push uses: whose accounts a delivery is for, what was relayed, push's last delivery."""
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Push:
 
     def __init__(
         self,
-        store: Store,
+        store: PushStore,
         app: XApp,
         tokens: TokenManager,
         inbound: Inbound,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from bridge.model import IncomingMessage, MessageChange, OutboxItem
-from bridge.ports import Clock, Store
+from bridge.ports import Clock, MappingStore, RelayStore
 from bridge.settings import EditPolicy, ThreadPolicy
 
 log = logging.getLogger("bridge.relay")
@@ -26,6 +27,10 @@ OTHER_WORKSPACE = (
 )
 
 
+class RelayingStore(RelayStore, MappingStore, Protocol):
+    """The roles the relay uses: taking Slack's messages in, by their channel's mapping."""
+
+
 class Relay:
     """Turns Slack message events into outbox rows.
 
@@ -35,7 +40,7 @@ class Relay:
 
     def __init__(
         self,
-        store: Store,
+        store: RelayingStore,
         clock: Clock,
         ready: Callable[[OutboxItem | None], None],
         *,
