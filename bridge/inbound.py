@@ -136,6 +136,10 @@ class InboundConfig:
     token_restarts: int = 3  # X refused an unfinished read's token: read again from the newest
     chat_max_pages: int = 20  # per X Chat conversation and read; a longer backlog: the next reads
     chat_full_page: int = 100  # an X Chat read's pages after its first (X's largest)
+    # Channels posted to at once: a backlog waits its turn, a window at a time, and leaves the
+    # store (one thread on SQLite) to acks and delivery too; Slack allows about one post a second
+    # per channel anyway.
+    post_channels: int = 16
 
 
 @dataclass
@@ -333,6 +337,10 @@ class Inbound:
         self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
         self._lanes: Lanes[tuple[str, str], None] = Lanes("inbound")  # by channel: one post at a time
+        # The poster's walk over the channels with rows waiting (``_schedule``): where the next
+        # window starts, and the earliest time a head seen in this walk becomes due.
+        self._heads_after: tuple[str, str] | None = None
+        self._walk_wake = math.inf
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self.push_active: Callable[[int], bool] = lambda account_id: False
         # Encrypted X Chat conversations (bridge/chat_inbound.py), read with each account's poll.
@@ -1033,21 +1041,41 @@ class Inbound:
     # -- posting -----------------------------------------------------------
 
     async def _schedule(self) -> float:
+        """Start the due channels' heads, at most ``post_channels`` channels at once.
+
+        The channels with rows waiting are walked in order a window at a time, the walk going on
+        where the last window stopped: a backlog of 100,000s of rows in 10,000s of channels costs
+        each pass one window (not the backlog, holding the store while acks and /healthz wait),
+        and every channel gets its turn. Returns how long to sleep unless woken: 0 to go on with
+        the walk, else until the earliest head seen in the whole walk is due.
+        """
         now = self._clock.now()
-        wake_at = now + 30.0
-        for head in await self._store.inbound_heads():
+        room = self._config.post_channels - len(self._lanes)
+        if room <= 0:
+            return 30.0  # a lane that ends wakes the loop
+        limit = room + len(self._lanes)  # busy channels may be in the window: room for the others
+        heads = await self._store.inbound_heads(self._heads_after, limit)
+        for head in heads:
             key = (head.team_id, head.channel_id)
+            if room == 0:
+                return 30.0  # the walk goes on from the last head started, once a lane ends
+            self._heads_after = key
             if self._lanes.busy(key):
                 continue
             if head.next_attempt_at > now:
-                wake_at = min(wake_at, head.next_attempt_at)
+                self._walk_wake = min(self._walk_wake, head.next_attempt_at)
                 continue
             held = self._held_until(head, now)
             if held is not None:
-                wake_at = min(wake_at, held)
+                self._walk_wake = min(self._walk_wake, held)
                 continue
+            room -= 1
             # The next look once the lane is free again (so it sees the channel's next row).
             self._lanes.start(key, self._drive(head), lambda _: self._poster.wake(), label=head.channel_id)
+        if len(heads) == limit:
+            return 0.0  # more channels after this window
+        # The walk reached the last channel: the next one starts from the first.
+        wake_at, self._heads_after, self._walk_wake = min(self._walk_wake, now + 30.0), None, math.inf
         return wake_at - now
 
     async def _drive(self, item: InboundItem) -> None:

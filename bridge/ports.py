@@ -228,8 +228,14 @@ class InboundStore(Protocol):
         """
         ...
 
-    async def inbound_heads(self) -> list[InboundItem]:
-        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
+    async def inbound_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[InboundItem]:
+        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted.
+
+        In ``(team_id, channel_id)`` order; with ``after``, only the channels that sort after it,
+        and at most ``limit`` heads: a big backlog is walked a window at a time, each window
+        costing its own size, not the backlog's."""
         ...
 
     async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:

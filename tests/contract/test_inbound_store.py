@@ -12,6 +12,7 @@ from bridge.model import (
     ChannelMapping,
     EventKind,
     InboundEvent,
+    InboundItem,
     InboundOrigin,
     InboundState,
     IncomingMessage,
@@ -568,3 +569,26 @@ async def test_two_instances_taking_the_same_read_queue_each_event_once(engine: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_heads_come_in_channel_order_a_window_at_a_time(store: Store) -> None:
+    account = await bridged(store)
+    for channel in ("C4", "C2", "C5"):
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        )
+    other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
+    await store.create_mapping(
+        ChannelMapping("T1", "C3", MappingKind.LINK, other.id, CONVERSATION, None, "U2", 0.0)
+    )
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0)
+    await store.disconnect_account(other.id, 2.0, "U2")  # C3 waits: neither a head nor counted
+
+    def keys(heads: list[InboundItem]) -> list[tuple[str, str]]:
+        return [(h.channel_id, h.dm_event_id) for h in heads]
+
+    assert keys(await store.inbound_heads()) == [("C1", "1"), ("C2", "1"), ("C4", "1"), ("C5", "1")]
+    assert keys(await store.inbound_heads(None, 2)) == [("C1", "1"), ("C2", "1")]
+    assert keys(await store.inbound_heads(("T1", "C2"), 2)) == [("C4", "1"), ("C5", "1")]
+    assert keys(await store.inbound_heads(("T1", "C4"), 2)) == [("C5", "1")]
+    assert await store.inbound_heads(("T1", "C5"), 2) == []
