@@ -361,6 +361,14 @@ class RelayStore(Protocol):
 class OutboxStore(Protocol):
     """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
 
+    async def send_in_doubt(
+        self, team_id: str, channel_id: str, conversation_id: str | None, account_ids: Sequence[int]
+    ) -> bool:
+        """Is a part caught ``sending`` in this channel, or one of ``account_ids``' in a channel
+        they bridge to ``conversation_id``? By the pending rows only (index), never the history:
+        the poster asks it for each X message its own account wrote."""
+        ...
+
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         """Per channel, the oldest row not yet sent or failed: only heads may be sent.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
@@ -592,3 +592,39 @@ async def test_heads_come_in_channel_order_a_window_at_a_time(store: Store) -> N
     assert keys(await store.inbound_heads(("T1", "C2"), 2)) == [("C4", "1"), ("C5", "1")]
     assert keys(await store.inbound_heads(("T1", "C4"), 2)) == [("C5", "1")]
     assert await store.inbound_heads(("T1", "C5"), 2) == []
+
+
+async def test_a_send_in_doubt_is_found_here_or_in_a_channel_the_writer_bridges_to_the_conversation(
+    store: Store,
+) -> None:
+    account = await bridged(store)
+    other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
+    for channel, owner, conversation in (
+        ("C2", account.id, CONVERSATION),
+        ("C3", account.id, "1000-4004"),
+        ("C4", other.id, CONVERSATION),
+    ):
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, owner, conversation, None, "U1", 0.0)
+        )
+
+    async def in_flight(channel: str, ts: str) -> None:
+        accepted = await store.accept_if_mapped(IncomingMessage("T1", channel, ts, "U1", "hi"), 1.0)
+        assert accepted is not None and accepted.head is not None
+        sending = await store.mark_sending(
+            accepted.head.id, 1.0, parts=[RenderedPart("Ada: hi")], source=accepted.head.source
+        )
+        assert sending is not None
+
+    def doubt(channel: str, accounts: list[int]) -> Awaitable[bool]:
+        return store.send_in_doubt("T1", channel, CONVERSATION, accounts)
+
+    assert not await doubt("C1", [account.id, other.id])
+    await in_flight("C3", "1.1")  # another conversation: no doubt about this one
+    await in_flight("C4", "1.2")  # the other account's channel on this conversation
+    assert not await doubt("C1", [account.id])
+    assert await doubt("C1", [other.id])
+    assert await doubt("C4", [])  # in the channel itself, whoever wrote the DM
+    assert not await store.send_in_doubt("T1", "C1", None, [other.id])  # no conversation: here only
+    await in_flight("C2", "1.3")
+    assert await doubt("C1", [account.id])
