@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
+from adapters.store.sqlite import TAKE_ROWS_PER_TRANSACTION
 from bridge.model import (
     Account,
     ChannelMapping,
@@ -628,3 +629,23 @@ async def test_a_send_in_doubt_is_found_here_or_in_a_channel_the_writer_bridges_
     assert not await store.send_in_doubt("T1", "C1", None, [other.id])  # no conversation: here only
     await in_flight("C2", "1.3")
     assert await doubt("C1", [account.id])
+
+
+async def test_an_event_bridged_to_more_channels_than_one_transaction_writes_reaches_each_once(
+    store: Store,
+) -> None:
+    account = await bridged(store)
+    channels = [f"CB{i:04d}" for i in range(2 * TAKE_ROWS_PER_TRANSACTION + 50)]
+    for channel in channels:
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        )
+    tally: dict[str, int] = {}
+    taken = await store.take_inbound(account.id, [event("7"), event("8")], "8", 1.0, tally=tally)
+    assert taken == 2 * (len(channels) + 1)
+    assert tally == {"echoes": 0}
+    assert await store.get_cursor(account.id) == "8"
+    assert await store.take_inbound(account.id, [event("7"), event("8")], "8", 2.0) == 0
+    heads = await store.inbound_heads()
+    assert sorted(h.channel_id for h in heads) == sorted(["C1", *channels])
+    assert {h.dm_event_id for h in heads} == {"7"}
