@@ -70,7 +70,6 @@ from bridge.model import (
     InboundItem,
     InboundOrigin,
     InboundState,
-    MappingKind,
     ReadGap,
     XUser,
     one_to_one_id,
@@ -660,12 +659,7 @@ class Inbound:
         """Poll every account that is due; return how long until the next one is."""
         now = self._clock.now()
         accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
-        self._has_groups = {
-            m.account_id
-            for m in await self._store.list_mappings()
-            # A group (one being created has no id yet); a linked group's id has no "-".
-            if m.kind is MappingKind.GROUP or (m.conversation_id and "-" not in m.conversation_id)
-        }
+        self._has_groups = await self._store.accounts_with_groups()
         wanted: dict[int, list[tuple[str, float]]] = {}
         for account_id, conversation_id, bridged_at in await self._store.pending_backfills():
             wanted.setdefault(account_id, []).append((conversation_id, bridged_at))
@@ -861,10 +855,8 @@ class Inbound:
     async def _starting_point(self, account: Account) -> float:
         """When the account's first channel was bridged: its first read takes what came since
         (paging back that far, a late first read too), anything older is history."""
-        return min(
-            (m.created_at for m in await self._store.find_mappings(account_id=account.id)),
-            default=self._clock.now(),
-        )
+        first = await self._store.first_bridged_at(account.id)
+        return self._clock.now() if first is None else first
 
     def _token_refused(
         self, account: Account, read: _Read, floor: int | None, *, looping: bool = False

@@ -196,6 +196,15 @@ class MappingStore(Protocol):
         """The mappings matching every filter given (by index: never the whole table)."""
         ...
 
+    async def accounts_with_groups(self) -> set[int]:
+        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
+        group's id): the poller reads their groups, which X pushes nothing for."""
+        ...
+
+    async def first_bridged_at(self, account_id: int) -> float | None:
+        """When the account's first channel still bridged was bridged (None: it bridges none)."""
+        ...
+
 
 class InboundStore(Protocol):
     """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a time."""
