@@ -335,6 +335,7 @@ class Inbound:
         self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
         self._lanes: Lanes[tuple[str, str], None] = Lanes("inbound")  # by channel: one post at a time
+        self._polling: asyncio.Task[None] | None = None  # the poller's loop while ``run`` runs
         # The poster's walk over the channels with rows waiting (``_schedule``): where the next
         # window starts, and the earliest time a head seen in this walk becomes due.
         self._heads_after: tuple[str, str] | None = None
@@ -644,7 +645,13 @@ class Inbound:
         """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
         that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
         self._stopping = False
-        await asyncio.gather(self._poller.run(), self._poster.run())
+        polling = asyncio.create_task(self._poller.run(), name="inbound-polling")
+        self._polling = polling
+        try:
+            # asyncio.wait: a read cut short by ``stop`` ends the loop, not ``run`` with an error.
+            await asyncio.gather(asyncio.wait({polling}), self._poster.run())
+        finally:
+            polling.cancel()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new work; posts cut off here stay ``posting`` and are checked on restart."""
@@ -652,6 +659,14 @@ class Inbound:
         self._poller.stop()
         self._poster.stop()
         await self._lanes.drain(grace)
+        polling = self._polling
+        if polling is not None and not polling.done():
+            # A read taking a big backlog into the store (many transactions) is cut short past the
+            # grace: its cursor has not moved, so the next start reads those events again and
+            # takes what is not in the store yet. Shutting down must not wait for it.
+            await asyncio.wait({polling}, timeout=grace)
+            polling.cancel()
+            await asyncio.wait({polling})
 
     # -- polling -----------------------------------------------------------
 
