@@ -219,7 +219,10 @@ class InboundStore(Protocol):
         gap: ReadGap | None = None,
         tally: dict[str, int] | None = None,
     ) -> int:
-        """Record X events (oldest first) and advance the account's cursor, in one transaction.
+        """Record X events (oldest first) and advance the account's cursor, one take per account
+        at a time: in one transaction, or (SQLite, whose one thread must stay free for acks) in
+        transactions of a few rows each, the cursor moved (or the gap kept) with the last and the
+        account's channels waiting from the first when the read is unfinished.
 
         Each event lands once per channel, whoever reads it (unique ``dm_event_id`` and
         channel). It is queued for every channel bridging its conversation (an event seen

@@ -160,7 +160,7 @@ class InboundRole(StoreBase):
                 lambda tx: self._take_some(tx, taking, newest_event_id, now, gap)
             ):
                 await self._between_takes()
-        if tally is not None:
+        if tally is not None and events:
             tally["echoes"] = tally.get("echoes", 0) + taking.echoes
         return taking.queued
 
