@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -331,7 +332,11 @@ async def start_bridge(
     started = time.monotonic()
     proc = Proc(f"bridge-{label}", argv, env, tmp / f"bridge-{label}.log", pipe=False)
     url = f"http://127.0.0.1:{port}"
-    await wait_healthy(session, url, proc)
+    try:
+        await wait_healthy(session, url, proc)
+    except BaseException:
+        proc.stop()  # not left running (and writing its database) after the bench gives up
+        raise
     return Server(proc, url, time.monotonic() - started)
 
 
@@ -648,6 +653,31 @@ class Results:
     exit_codes: list[tuple[str, int | None]] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
     load_at_start: str = ""
+    # The big database: inbound rows waiting when each of its servers started, and every /healthz
+    # answer while it ran (ms, status; 0 for none within 2 s).
+    waiting_big: list[int] = field(default_factory=list)
+    health_big: list[tuple[float, int]] = field(default_factory=list)
+
+
+def inbound_waiting(db_path: Path) -> int:
+    """Inbound rows still to post (read with the bridge stopped)."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        found = db.execute("SELECT COUNT(*) FROM inbound WHERE state IN ('queued', 'posting')").fetchone()
+        return int(found[0])
+
+
+async def probe_health(session: aiohttp.ClientSession, url: str, out: list[tuple[float, int]]) -> None:
+    """GET /healthz every 100 ms until cancelled, as a load balancer would; each answer's time
+    and status (0: none within 2 s) go to ``out``."""
+    while True:
+        started = time.monotonic()
+        status = 0
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                await r.read()
+                status = r.status
+        out.append(((time.monotonic() - started) * 1000, status))
+        await asyncio.sleep(0.1)
 
 
 def note(message: str) -> None:
@@ -680,6 +710,7 @@ async def benchmark(
     profile: Sequence[int],
     only_profile: bool = False,
     trace: bool = False,
+    only_cost: bool = False,
 ) -> Results:
     results = Results()
     results.load_at_start = load_average()
@@ -697,57 +728,10 @@ async def benchmark(
                         session, sender, tmp, small, fakes, key, plan, rate, trace=trace
                     )
                 return results
-            # 1. The floor.
-            note("floor: bare aiohttp handler")
-            floor = await start_floor(session, tmp)
-            results.floor_startup = floor.startup_s
-            try:
-                await warm_up(session, sender, floor, None, plan)
-                for rate in plan.rates:
-                    results.floor[rate] = await run_load(
-                        session, sender, floor, None, rate, plan.seconds, f"f{rate}", relay=False
-                    )
-                    note(f"  floor {rate} ev/s: p50 {fmt(pct(results.floor[rate].ack_ms, 50), 2)} ms")
-            finally:
-                results.exit_codes.append(("floor", floor.proc.stop()))
-
-            # 2. The bridge with 10 mappings: start-up, rates, ramp.
             small = tmp / "small.db"
             await prepare_database(session, small, fakes, key, 0)
-            bridge: Server | None = None
-            for attempt in range(plan.startups):
-                if bridge is not None:
-                    results.exit_codes.append((f"bridge-startup-{attempt}", bridge.proc.stop()))
-                bridge = await start_bridge(session, tmp, small, fakes, key, f"small-{attempt}")
-                results.startup_small.append(bridge.startup_s)
-            assert bridge is not None
-            note(f"bridge (10 mappings) healthy after {bridge.startup_s * 1000:.0f} ms")
-            try:
-                await warm_up(session, sender, bridge, fakes, plan)
-                for rate in plan.rates:
-                    run = await run_load(
-                        session, sender, bridge, fakes, rate, plan.seconds, f"b{rate}", relay=True
-                    )
-                    results.bridge[rate] = run
-                    note(
-                        f"  bridge {rate} ev/s: ack p50 {fmt(pct(run.ack_ms, 50), 2)} ms, "
-                        f"relay p50 {fmt(pct(run.relay_ms, 50), 2)} ms, lost {run.lost}"
-                    )
-                for rate in plan.ramp:
-                    run = await run_load(
-                        session, sender, bridge, fakes, rate, plan.ramp_seconds, f"r{rate}", relay=True
-                    )
-                    results.ramp.append(run)
-                    note(
-                        f"  ramp {rate} ev/s: ok {len(run.ok)}/{len(run.outcomes)}, acked "
-                        f"{run.acked_rate:.0f}/s, p99 {fmt(pct(run.ack_ms, 99))} ms, lost {run.lost}, "
-                        f"delivered {run.delivered_rate:.0f}/s"
-                    )
-                    if not ramp_ok(run):
-                        break
-                results.rss_small_kb = proc_status_kb(bridge.proc.pid, "VmHWM")
-            finally:
-                results.exit_codes.append(("bridge-small", bridge.proc.stop()))
+            if not only_cost:
+                await small_phases(session, sender, tmp, small, fakes, key, plan, results)
 
             # 3. Per-event cost, 10 vs 100,000 mappings (fresh servers, alternating), RSS, start-up.
             big = tmp / "big.db"
@@ -756,7 +740,14 @@ async def benchmark(
             results.db_big_mb = database_mb(tmp, "big.db")
             for rep in range(plan.cost_reps):
                 for size, db_path in (("small", small), ("big", big)):
+                    if size == "big":
+                        results.waiting_big.append(await asyncio.to_thread(inbound_waiting, db_path))
                     server = await start_bridge(session, tmp, db_path, fakes, key, f"cost-{size}-{rep}")
+                    prober = (
+                        asyncio.create_task(probe_health(session, server.url, results.health_big))
+                        if size == "big"
+                        else None
+                    )
                     try:
                         if size == "big":
                             results.startup_big.append(server.startup_s)
@@ -784,6 +775,10 @@ async def benchmark(
                             f"CPU {run.server_us_per_event:.0f} µs/event, lost {run.lost}"
                         )
                     finally:
+                        if prober is not None:
+                            prober.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await prober
                         results.exit_codes.append((f"bridge-cost-{size}-{rep}", server.proc.stop()))
 
             # 4. Optional: where the time goes at 1,000 ev/s.
@@ -797,6 +792,66 @@ async def benchmark(
         finally:
             results.exit_codes.append(("fakes", fakes.proc.stop()))
     return results
+
+
+async def small_phases(
+    session: aiohttp.ClientSession,
+    sender: SlackSender,
+    tmp: Path,
+    small: Path,
+    fakes: Fakes,
+    key: str,
+    plan: Plan,
+    results: Results,
+) -> None:
+    """Phases 1 and 2: the floor, then the bridge with 10 mappings (start-up, rates, ramp)."""
+    # 1. The floor.
+    note("floor: bare aiohttp handler")
+    floor = await start_floor(session, tmp)
+    results.floor_startup = floor.startup_s
+    try:
+        await warm_up(session, sender, floor, None, plan)
+        for rate in plan.rates:
+            results.floor[rate] = await run_load(
+                session, sender, floor, None, rate, plan.seconds, f"f{rate}", relay=False
+            )
+            note(f"  floor {rate} ev/s: p50 {fmt(pct(results.floor[rate].ack_ms, 50), 2)} ms")
+    finally:
+        results.exit_codes.append(("floor", floor.proc.stop()))
+
+    # 2. The bridge with 10 mappings: start-up, rates, ramp.
+    bridge: Server | None = None
+    for attempt in range(plan.startups):
+        if bridge is not None:
+            results.exit_codes.append((f"bridge-startup-{attempt}", bridge.proc.stop()))
+        bridge = await start_bridge(session, tmp, small, fakes, key, f"small-{attempt}")
+        results.startup_small.append(bridge.startup_s)
+    assert bridge is not None
+    note(f"bridge (10 mappings) healthy after {bridge.startup_s * 1000:.0f} ms")
+    try:
+        await warm_up(session, sender, bridge, fakes, plan)
+        for rate in plan.rates:
+            run = await run_load(session, sender, bridge, fakes, rate, plan.seconds, f"b{rate}", relay=True)
+            results.bridge[rate] = run
+            note(
+                f"  bridge {rate} ev/s: ack p50 {fmt(pct(run.ack_ms, 50), 2)} ms, "
+                f"relay p50 {fmt(pct(run.relay_ms, 50), 2)} ms, lost {run.lost}"
+            )
+        for rate in plan.ramp:
+            run = await run_load(
+                session, sender, bridge, fakes, rate, plan.ramp_seconds, f"r{rate}", relay=True
+            )
+            results.ramp.append(run)
+            note(
+                f"  ramp {rate} ev/s: ok {len(run.ok)}/{len(run.outcomes)}, acked "
+                f"{run.acked_rate:.0f}/s, p99 {fmt(pct(run.ack_ms, 99))} ms, lost {run.lost}, "
+                f"delivered {run.delivered_rate:.0f}/s"
+            )
+            if not ramp_ok(run):
+                break
+        results.rss_small_kb = proc_status_kb(bridge.proc.pid, "VmHWM")
+    finally:
+        results.exit_codes.append(("bridge-small", bridge.proc.stop()))
 
 
 def ramp_ok(run: Run) -> bool:
@@ -1047,6 +1102,12 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
         f"relay p50 {', '.join(fmt(pct(r.relay_ms, 50), 2) for r in results.cost_big)} ms; "
         f"bridge CPU {b_cpu:.0f} µs/event"
     )
+    for rep, (run, waiting) in enumerate(zip(results.cost_big, results.waiting_big, strict=False)):
+        w(
+            f"   big #{rep}: {waiting:,} inbound rows waiting at start, start-up "
+            f"{results.startup_big[rep] * 1000:.0f} ms, bridge CPU {run.server_us_per_event:.0f} µs/event, "
+            f"ack p50 {fmt(pct(run.ack_ms, 50), 2)} ms, accepted {len(run.ok)}, relayed {run.delivered}"
+        )
     ratio = b50 / s50 if s50 else float("nan")
     w(
         f"   ratio (mean p50): {ratio:.2f}x; DB with bulk rows {results.db_big_mb:.0f} MB, "
@@ -1090,6 +1151,33 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
         f"{verdict(abs(ratio - 1) <= 0.2)}"
     )
     w(f"   peak RSS < 150 MB ({plan.big:,} + {plan.big:,})    {rss_mb:>10.1f} MB   {verdict(rss_mb < 150)}")
+    # Issue 18: CPU per event flat from 10 to 100,000 mappings and with the inbound backlog waiting,
+    # start-up with that database under 2 s, /healthz answering throughout.
+    for rep, run in enumerate(results.cost_big):
+        waiting = results.waiting_big[rep] if rep < len(results.waiting_big) else 0
+        cpu_ratio = run.server_us_per_event / s_cpu if s_cpu else float("nan")
+        w(
+            f"   CPU/event big #{rep} vs 10 mappings within 10% {(cpu_ratio - 1) * 100:>+7.1f} %    "
+            f"{verdict(abs(cpu_ratio - 1) <= 0.1)}   ({waiting:,} inbound rows waiting at start)"
+        )
+    backlog_starts = [s for s, n in zip(results.startup_big, results.waiting_big, strict=False) if n]
+    slowest = max(backlog_starts, default=float("nan"))
+    w(
+        f"   start-up with the backlog < 2 s           {fmt(slowest * 1000, 0):>10} ms   "
+        f"{verdict(slowest < 2)}"
+    )
+    answers = results.health_big
+    late = sum(1 for ms, status in answers if status != 200)
+    worst = max((ms for ms, _ in answers), default=float("nan"))
+    if late:
+        w(
+            "   (/healthz answers not 200 within 2 s, as (ms, status): "
+            f"{[a for a in answers if a[1] != 200][:5]})"
+        )
+    w(
+        f"   /healthz answering throughout (big)     {late:>6} of {len(answers)} not 200 within 2 s, "
+        f"slowest {fmt(worst, 0)} ms   {verdict(bool(answers) and late == 0)}"
+    )
     total_dups = xs.get("duplicates", 0)
     w(
         f"   no loss, no duplicates                  "
@@ -1117,6 +1205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--only-profile", action="store_true", help="skip the table, just profile")
     parser.add_argument(
+        "--only-cost", action="store_true", help="skip the floor, rates and ramp: only the cost phase (4-5)"
+    )
+    parser.add_argument(
+        "--cost-reps",
+        type=int,
+        help="repetitions of the cost phase (the second starts on the backlog the first left)",
+    )
+    parser.add_argument(
+        "--big", type=int, help="mappings and outbox rows of the big database (default 100,000)"
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="profile runs use bench/instrument.py (timers on the ports)"
     )
     parser.add_argument("--no-validate", action="store_true", help="fake X skips its OpenAPI checks")
@@ -1124,6 +1223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.big is not None:
+        plan = dataclasses.replace(plan, big=args.big)
+    if args.cost_reps is not None:
+        plan = dataclasses.replace(plan, cost_reps=args.cost_reps)
     profile: list[int] = [] if args.profile is None else (args.profile or [200, 1000])
     if args.only_profile and not profile:
         profile = [200, 1000]
@@ -1133,6 +1236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--quick", args.quick),
             ("--profile " + " ".join(map(str, profile)), bool(profile) and not args.only_profile),
             ("--only-profile", args.only_profile),
+            ("--only-cost", args.only_cost),
+            (f"--big {args.big}", args.big is not None),
+            (f"--cost-reps {args.cost_reps}", args.cost_reps is not None),
             ("--trace", args.trace),
             ("--no-validate", args.no_validate),
         )
@@ -1142,7 +1248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xdm-bench-"))
     try:
         results = asyncio.run(
-            benchmark(plan, tmp, not args.no_validate, profile, args.only_profile, args.trace)
+            benchmark(plan, tmp, not args.no_validate, profile, args.only_profile, args.trace, args.only_cost)
         )
         if args.only_profile:
             text = "\n".join([command, *machine_info(), *results.profile])

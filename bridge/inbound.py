@@ -70,8 +70,6 @@ from bridge.model import (
     InboundItem,
     InboundOrigin,
     InboundState,
-    MappingKind,
-    OutboxState,
     ReadGap,
     XUser,
     one_to_one_id,
@@ -136,6 +134,10 @@ class InboundConfig:
     token_restarts: int = 3  # X refused an unfinished read's token: read again from the newest
     chat_max_pages: int = 20  # per X Chat conversation and read; a longer backlog: the next reads
     chat_full_page: int = 100  # an X Chat read's pages after its first (X's largest)
+    # Channels posted to at once: a backlog waits its turn, a window at a time, and leaves the
+    # store (one thread on SQLite) to acks and delivery too; Slack allows about one post a second
+    # per channel anyway.
+    post_channels: int = 16
 
 
 @dataclass
@@ -333,6 +335,11 @@ class Inbound:
         self._placed: dict[int, int] = {}  # events placing pushes took since the poller's last read
         self._read_at: dict[int, float] = {}  # when each account's last read began
         self._lanes: Lanes[tuple[str, str], None] = Lanes("inbound")  # by channel: one post at a time
+        self._polling: asyncio.Task[None] | None = None  # the poller's loop while ``run`` runs
+        # The poster's walk over the channels with rows waiting (``_schedule``): where the next
+        # window starts, and the earliest time a head seen in this walk becomes due.
+        self._heads_after: tuple[str, str] | None = None
+        self._walk_wake = math.inf
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self.push_active: Callable[[int], bool] = lambda account_id: False
         # Encrypted X Chat conversations (bridge/chat_inbound.py), read with each account's poll.
@@ -638,7 +645,13 @@ class Inbound:
         """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
         that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
         self._stopping = False
-        await asyncio.gather(self._poller.run(), self._poster.run())
+        polling = asyncio.create_task(self._poller.run(), name="inbound-polling")
+        self._polling = polling
+        try:
+            # asyncio.wait: a read cut short by ``stop`` ends the loop, not ``run`` with an error.
+            await asyncio.gather(asyncio.wait({polling}), self._poster.run())
+        finally:
+            polling.cancel()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new work; posts cut off here stay ``posting`` and are checked on restart."""
@@ -646,6 +659,14 @@ class Inbound:
         self._poller.stop()
         self._poster.stop()
         await self._lanes.drain(grace)
+        polling = self._polling
+        if polling is not None and not polling.done():
+            # A read taking a big backlog into the store (many transactions) is cut short past the
+            # grace: its cursor has not moved, so the next start reads those events again and
+            # takes what is not in the store yet. Shutting down must not wait for it.
+            await asyncio.wait({polling}, timeout=grace)
+            polling.cancel()
+            await asyncio.wait({polling})
 
     # -- polling -----------------------------------------------------------
 
@@ -653,12 +674,7 @@ class Inbound:
         """Poll every account that is due; return how long until the next one is."""
         now = self._clock.now()
         accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
-        self._has_groups = {
-            m.account_id
-            for m in await self._store.list_mappings()
-            # A group (one being created has no id yet); a linked group's id has no "-".
-            if m.kind is MappingKind.GROUP or (m.conversation_id and "-" not in m.conversation_id)
-        }
+        self._has_groups = await self._store.accounts_with_groups()
         wanted: dict[int, list[tuple[str, float]]] = {}
         for account_id, conversation_id, bridged_at in await self._store.pending_backfills():
             wanted.setdefault(account_id, []).append((conversation_id, bridged_at))
@@ -854,10 +870,8 @@ class Inbound:
     async def _starting_point(self, account: Account) -> float:
         """When the account's first channel was bridged: its first read takes what came since
         (paging back that far, a late first read too), anything older is history."""
-        return min(
-            (m.created_at for m in await self._store.find_mappings(account_id=account.id)),
-            default=self._clock.now(),
-        )
+        first = await self._store.first_bridged_at(account.id)
+        return self._clock.now() if first is None else first
 
     def _token_refused(
         self, account: Account, read: _Read, floor: int | None, *, looping: bool = False
@@ -1033,21 +1047,41 @@ class Inbound:
     # -- posting -----------------------------------------------------------
 
     async def _schedule(self) -> float:
+        """Start the due channels' heads, at most ``post_channels`` channels at once.
+
+        The channels with rows waiting are walked in order a window at a time, the walk going on
+        where the last window stopped: a backlog of 100,000s of rows in 10,000s of channels costs
+        each pass one window (not the backlog, holding the store while acks and /healthz wait),
+        and every channel gets its turn. Returns how long to sleep unless woken: 0 to go on with
+        the walk, else until the earliest head seen in the whole walk is due.
+        """
         now = self._clock.now()
-        wake_at = now + 30.0
-        for head in await self._store.inbound_heads():
+        room = self._config.post_channels - len(self._lanes)
+        if room <= 0:
+            return 30.0  # a lane that ends wakes the loop
+        limit = room + len(self._lanes)  # busy channels may be in the window: room for the others
+        heads = await self._store.inbound_heads(self._heads_after, limit)
+        for head in heads:
             key = (head.team_id, head.channel_id)
+            if room == 0:
+                return 30.0  # the walk goes on from the last head started, once a lane ends
+            self._heads_after = key
             if self._lanes.busy(key):
                 continue
             if head.next_attempt_at > now:
-                wake_at = min(wake_at, head.next_attempt_at)
+                self._walk_wake = min(self._walk_wake, head.next_attempt_at)
                 continue
             held = self._held_until(head, now)
             if held is not None:
-                wake_at = min(wake_at, held)
+                self._walk_wake = min(self._walk_wake, held)
                 continue
+            room -= 1
             # The next look once the lane is free again (so it sees the channel's next row).
             self._lanes.start(key, self._drive(head), lambda _: self._poster.wake(), label=head.channel_id)
+        if len(heads) == limit:
+            return 0.0  # more channels after this window
+        # The walk reached the last channel: the next one starts from the first.
+        wake_at, self._heads_after, self._walk_wake = min(self._walk_wake, now + 30.0), None, math.inf
         return wake_at - now
 
     async def _drive(self, item: InboundItem) -> None:
@@ -1198,18 +1232,16 @@ class Inbound:
         # Only a send by the X account that wrote this DM can be its echo: another account's send
         # in doubt (never to be settled, if that account was disconnected) is no reason to wait.
         senders = {a.id for a in await self._store.find_accounts(x_user_id=item.sender_id)}
-        bridging = await self._store.find_mappings(conversation_id=item.conversation_id) if senders else []
-        channels = {(item.team_id, item.channel_id)} | {
-            (m.team_id, m.channel_id) for m in bridging if m.account_id in senders
-        }
-        for team_id, channel_id in sorted(channels):
-            summary = await self._store.outbox_summary(team_id, channel_id)
-            if summary["counts"].get(OutboxState.SENDING):
-                until = self._clock.now() + max(self._config.retry_base, 0.5)
-                await self._store.reschedule_inbound(
-                    item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
-                )
-                return None
+        # Asked of the pending sends only: a conversation bridged to 10,000 channels, each with
+        # its history, made this 10,000 summaries of every row for each message posted.
+        if await self._store.send_in_doubt(
+            item.team_id, item.channel_id, item.conversation_id, sorted(senders)
+        ):
+            until = self._clock.now() + max(self._config.retry_base, 0.5)
+            await self._store.reschedule_inbound(
+                item.id, InboundState.QUEUED, until, "waiting: a send is in doubt"
+            )
+            return None
         origin = await self._store.sent_from(item.dm_event_id)
         if origin == (item.team_id, item.channel_id):
             log.info("our own DM read back: not posted", extra={"dm_event_id": item.dm_event_id})

@@ -196,6 +196,15 @@ class MappingStore(Protocol):
         """The mappings matching every filter given (by index: never the whole table)."""
         ...
 
+    async def accounts_with_groups(self) -> set[int]:
+        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
+        group's id): the poller reads their groups, which X pushes nothing for."""
+        ...
+
+    async def first_bridged_at(self, account_id: int) -> float | None:
+        """When the account's first channel still bridged was bridged (None: it bridges none)."""
+        ...
+
 
 class InboundStore(Protocol):
     """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a time."""
@@ -210,7 +219,10 @@ class InboundStore(Protocol):
         gap: ReadGap | None = None,
         tally: dict[str, int] | None = None,
     ) -> int:
-        """Record X events (oldest first) and advance the account's cursor, in one transaction.
+        """Record X events (oldest first) and advance the account's cursor, one take per account
+        at a time: in one transaction, or (SQLite, whose one thread must stay free for acks) in
+        transactions of a few rows each, the cursor moved (or the gap kept) with the last and the
+        account's channels waiting from the first when the read is unfinished.
 
         Each event lands once per channel, whoever reads it (unique ``dm_event_id`` and
         channel). It is queued for every channel bridging its conversation (an event seen
@@ -228,8 +240,14 @@ class InboundStore(Protocol):
         """
         ...
 
-    async def inbound_heads(self) -> list[InboundItem]:
-        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted."""
+    async def inbound_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[InboundItem]:
+        """Per channel, the queued or posting row with the lowest ``seq``: only heads may be posted.
+
+        In ``(team_id, channel_id)`` order; with ``after``, only the channels that sort after it,
+        and at most ``limit`` heads: a big backlog is walked a window at a time, each window
+        costing its own size, not the backlog's."""
         ...
 
     async def mark_posting(self, item_id: int, now: float) -> InboundItem | None:
@@ -354,6 +372,14 @@ class RelayStore(Protocol):
 
 class OutboxStore(Protocol):
     """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+
+    async def send_in_doubt(
+        self, team_id: str, channel_id: str, conversation_id: str | None, account_ids: Sequence[int]
+    ) -> bool:
+        """Is a part caught ``sending`` in this channel, or one of ``account_ids``' in a channel
+        they bridge to ``conversation_id``? By the pending rows only (index), never the history:
+        the poster asks it for each X message its own account wrote."""
+        ...
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         """Per channel, the oldest row not yet sent or failed: only heads may be sent.

@@ -14,6 +14,7 @@ of the store's thread waiting until it ends, so nothing else joins it half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import re
@@ -80,19 +81,38 @@ class SqliteThread:
         self._inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
             f"sqlite-tx-{id(self)}", default=False
         )
+        self._calls = 0  # calls submitted to the thread and not answered yet (``after_others``)
+        self._idle = asyncio.Event()  # set while there are none
+        self._idle.set()
 
     def inside(self) -> bool:
         """Is this task inside a ``transaction()`` of this thread's?"""
         return self._inside.get()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        call = functools.partial(fn, *args, **kwargs)
+        self._calls += 1
+        self._idle.clear()
+        try:
+            return await self._run(functools.partial(fn, *args, **kwargs))
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
+
+    async def _run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         if self._inside.get() or not self._lock.locked():
             # No transaction open, or ours: the single-worker executor keeps calls in order.
             return await loop.run_in_executor(self._executor, call)
         async with self._lock:
             return await loop.run_in_executor(self._executor, call)
+
+    async def after_others(self, at_most: float) -> None:
+        """Let the calls waiting for the thread go first, for at most ``at_most`` seconds: bulk
+        work (a big take, many transactions) goes on between an ack's, a delivery step's and
+        /healthz's calls instead of ahead of each step of theirs."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), at_most)
 
     @asynccontextmanager
     async def transaction(self, db: Callable[[], Database]) -> AsyncIterator[None]:

@@ -37,6 +37,23 @@ class LookupsRole(StoreBase):
         )
         return [rows.mapping(r) for r in found]
 
+    async def accounts_with_groups(self) -> set[int]:
+        # A group: made by the bridge (one being created has no id yet), or linked by its id (a
+        # 1-to-1's id is "A-B"). Ids only: the poller asks on each pass, and converting 100,000
+        # mappings for it cost more than the pass.
+        found = await self.engine.fetch(
+            "SELECT DISTINCT account_id FROM mappings WHERE kind = 'group' "
+            "OR (conversation_id <> '' AND conversation_id NOT LIKE '%-%')"
+        )
+        return {int(r["account_id"]) for r in found}
+
+    async def first_bridged_at(self, account_id: int) -> float | None:
+        # By ``mappings_account``: the account's own mappings only.
+        row = await self.engine.fetchone(
+            "SELECT MIN(created_at) AS t FROM mappings WHERE account_id = ?", account_id
+        )
+        return None if row is None or row["t"] is None else float(row["t"])
+
 
 def _where(**equal: Any) -> tuple[str, list[Any]]:
     """`` WHERE a = ? AND b = ?`` for the filters given (None: not filtered); names are ours."""

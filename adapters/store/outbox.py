@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 Window = tuple[str, int, int, float]  # a rate-limit window: key, limit, remaining, reset_at
 
 
+# A send in doubt of the accounts given (``{accounts}``: their placeholders, used twice) in any
+# channel they bridge to the conversation: by ``outbox_account_state``, the pending rows only.
+_SENDS_IN_DOUBT = (
+    "SELECT 1 AS x FROM outbox AS o WHERE o.account_id IN ({accounts}) AND o.state = 'sending' "
+    "AND EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = o.team_id AND m.channel_id = o.channel_id "
+    "AND m.conversation_id = ? AND m.account_id IN ({accounts})) LIMIT 1"
+)
+
+
 class OutboxRole(StoreBase):
     """Slack messages on their way to X: the delivery worker's reads and writes."""
 
@@ -252,6 +261,27 @@ class OutboxRole(StoreBase):
             now,
             account_id,
         )
+
+    async def send_in_doubt(
+        self, team_id: str, channel_id: str, conversation_id: str | None, account_ids: Sequence[int]
+    ) -> bool:
+        # Asked of the pending rows only (``outbox_pending``, ``outbox_account_state``), never the
+        # history: the poster asks it for each X message its own account wrote, and a conversation
+        # bridged to 10,000 channels made that 10,000 summaries of every row.
+        hint = " INDEXED BY outbox_pending" if self.engine.dialect is Dialect.SQLITE else ""
+        here = await self.engine.fetchone(
+            f"SELECT 1 AS x FROM outbox{hint} WHERE team_id = ? AND channel_id = ? "
+            f"AND state IN {PENDING_STATES} AND state = 'sending' LIMIT 1",
+            team_id,
+            channel_id,
+        )
+        if here is not None or not conversation_id or not account_ids:
+            return here is not None
+        marks = ", ".join("?" for _ in account_ids)
+        found = await self.engine.fetchone(
+            _SENDS_IN_DOUBT.format(accounts=marks), *account_ids, conversation_id, *account_ids
+        )
+        return found is not None
 
 
 class OutboxMediaRole(StoreBase):

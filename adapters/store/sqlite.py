@@ -15,9 +15,10 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import IO, Any, ParamSpec, TypeVar
 
 from sqlite_utils import Database
@@ -34,6 +35,12 @@ log = logging.getLogger("adapters.store.sqlite")
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# Inbound rows (and events planned) one transaction of ``take_inbound`` writes at most. An event
+# of a conversation bridged to 10,000 channels is 10,000 rows: written at once they held the
+# store's one thread for seconds (25 s for a read of 50 such events) while acks, delivery and
+# /healthz queued behind.
+TAKE_ROWS_PER_TRANSACTION = 100
+TAKE_YIELD = 0.02  # how long a take's next transaction waits at most for the calls queued meanwhile
 REFRESH_LOCK_POLL = 0.05  # how often a refresh waiting for another process tries the lock again
 
 
@@ -149,6 +156,9 @@ class SqliteStore(RoleStore):
         self._db: Database | None = None
         self._owner: int | None = None
         self._refresh_lock_handle: IO[str] | None = None
+        # One take per account at a time (as PostgreSQL's advisory lock): a take spans several
+        # transactions here, and two interleaved could commit one channel's rows out of X's order.
+        self._take_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -175,6 +185,16 @@ class SqliteStore(RoleStore):
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._thread.run(fn, *args, **kwargs)
+
+    # -- inbound (X → Slack): a take in transactions of a few rows each ------
+
+    _take_rows = TAKE_ROWS_PER_TRANSACTION
+
+    def _take_lock(self, account_id: int) -> AbstractAsyncContextManager[None]:
+        return self._take_locks[account_id]
+
+    async def _between_takes(self) -> None:
+        await self._thread.after_others(TAKE_YIELD)
 
     @property
     def engine(self) -> SqliteEngine:

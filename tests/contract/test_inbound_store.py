@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
+from adapters.store.sqlite import TAKE_ROWS_PER_TRANSACTION
 from bridge.model import (
     Account,
     ChannelMapping,
     EventKind,
     InboundEvent,
+    InboundItem,
     InboundOrigin,
     InboundState,
     IncomingMessage,
@@ -568,3 +570,82 @@ async def test_two_instances_taking_the_same_read_queue_each_event_once(engine: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_heads_come_in_channel_order_a_window_at_a_time(store: Store) -> None:
+    account = await bridged(store)
+    for channel in ("C4", "C2", "C5"):
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        )
+    other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
+    await store.create_mapping(
+        ChannelMapping("T1", "C3", MappingKind.LINK, other.id, CONVERSATION, None, "U2", 0.0)
+    )
+    await store.take_inbound(account.id, [event("1"), event("2")], "2", 1.0)
+    await store.disconnect_account(other.id, 2.0, "U2")  # C3 waits: neither a head nor counted
+
+    def keys(heads: list[InboundItem]) -> list[tuple[str, str]]:
+        return [(h.channel_id, h.dm_event_id) for h in heads]
+
+    assert keys(await store.inbound_heads()) == [("C1", "1"), ("C2", "1"), ("C4", "1"), ("C5", "1")]
+    assert keys(await store.inbound_heads(None, 2)) == [("C1", "1"), ("C2", "1")]
+    assert keys(await store.inbound_heads(("T1", "C2"), 2)) == [("C4", "1"), ("C5", "1")]
+    assert keys(await store.inbound_heads(("T1", "C4"), 2)) == [("C5", "1")]
+    assert await store.inbound_heads(("T1", "C5"), 2) == []
+
+
+async def test_a_send_in_doubt_is_found_here_or_in_a_channel_the_writer_bridges_to_the_conversation(
+    store: Store,
+) -> None:
+    account = await bridged(store)
+    other = await store.save_account("T1", "U2", XUser("3000", "other"), TokenSet("a", "r", None))
+    for channel, owner, conversation in (
+        ("C2", account.id, CONVERSATION),
+        ("C3", account.id, "1000-4004"),
+        ("C4", other.id, CONVERSATION),
+    ):
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, owner, conversation, None, "U1", 0.0)
+        )
+
+    async def in_flight(channel: str, ts: str) -> None:
+        accepted = await store.accept_if_mapped(IncomingMessage("T1", channel, ts, "U1", "hi"), 1.0)
+        assert accepted is not None and accepted.head is not None
+        sending = await store.mark_sending(
+            accepted.head.id, 1.0, parts=[RenderedPart("Ada: hi")], source=accepted.head.source
+        )
+        assert sending is not None
+
+    def doubt(channel: str, accounts: list[int]) -> Awaitable[bool]:
+        return store.send_in_doubt("T1", channel, CONVERSATION, accounts)
+
+    assert not await doubt("C1", [account.id, other.id])
+    await in_flight("C3", "1.1")  # another conversation: no doubt about this one
+    await in_flight("C4", "1.2")  # the other account's channel on this conversation
+    assert not await doubt("C1", [account.id])
+    assert await doubt("C1", [other.id])
+    assert await doubt("C4", [])  # in the channel itself, whoever wrote the DM
+    assert not await store.send_in_doubt("T1", "C1", None, [other.id])  # no conversation: here only
+    await in_flight("C2", "1.3")
+    assert await doubt("C1", [account.id])
+
+
+async def test_an_event_bridged_to_more_channels_than_one_transaction_writes_reaches_each_once(
+    store: Store,
+) -> None:
+    account = await bridged(store)
+    channels = [f"CB{i:04d}" for i in range(2 * TAKE_ROWS_PER_TRANSACTION + 50)]
+    for channel in channels:
+        await store.create_mapping(
+            ChannelMapping("T1", channel, MappingKind.LINK, account.id, CONVERSATION, None, "U1", 0.0)
+        )
+    tally: dict[str, int] = {}
+    taken = await store.take_inbound(account.id, [event("7"), event("8")], "8", 1.0, tally=tally)
+    assert taken == 2 * (len(channels) + 1)
+    assert tally == {"echoes": 0}
+    assert await store.get_cursor(account.id) == "8"
+    assert await store.take_inbound(account.id, [event("7"), event("8")], "8", 2.0) == 0
+    heads = await store.inbound_heads()
+    assert sorted(h.channel_id for h in heads) == sorted(["C1", *channels])
+    assert {h.dm_event_id for h in heads} == {"7"}

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
-from adapters.store.sqlite import SqliteStore
-from bridge.model import ChannelMapping, IncomingMessage, MappingKind, OutboxItem, Sent, TokenSet, XUser
+from adapters.store.sqlite import TAKE_ROWS_PER_TRANSACTION, SqliteStore
+from bridge.model import (
+    ChannelMapping,
+    EventKind,
+    InboundEvent,
+    IncomingMessage,
+    MappingKind,
+    OutboxItem,
+    ReadGap,
+    Sent,
+    TokenSet,
+    XUser,
+)
 from tests.outbox import accepted
 
 
@@ -146,4 +158,54 @@ async def test_refresh_lock_holds_across_processes_per_account(tmp_path: Path) -
         if holder.returncode is None:
             holder.kill()
         await holder.wait()
+        await store.close()
+
+
+async def _fanned_out(tmp_path: Path) -> tuple[SqliteStore, int]:
+    """A store whose account's conversation is bridged to three transactions' worth of channels."""
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+    for i in range(3 * TAKE_ROWS_PER_TRANSACTION):
+        await store.create_mapping(
+            ChannelMapping("T1", f"C{i}", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
+        )
+    return store, account.id
+
+
+async def test_a_take_of_many_rows_lets_other_calls_run_between_its_transactions(tmp_path: Path) -> None:
+    """The store has one thread: a read fanned out to thousands of channels must not hold it
+    while acks and /healthz wait (they run between its transactions, in the order they came)."""
+    store, account_id = await _fanned_out(tmp_path)
+    try:
+        event = InboundEvent("5", EventKind.MESSAGE_CREATE, "1000-2001", "2001", {"text": "hi"})
+        take = asyncio.create_task(store.take_inbound(account_id, [event], "5", 1.0))
+        await asyncio.sleep(0)  # the take's first transaction is on the thread
+        assert await store.ping()
+        assert not take.done()  # the ping was answered between the take's transactions
+        assert await store.get_cursor(account_id) is None  # the cursor moves with the last one
+        assert await take == 3 * TAKE_ROWS_PER_TRANSACTION
+        assert await store.get_cursor(account_id) == "5"
+    finally:
+        await store.close()
+
+
+async def test_the_channels_of_an_unfinished_read_wait_from_the_first_of_its_transactions(
+    tmp_path: Path,
+) -> None:
+    """X's order: rows a take wrote in its first transactions are not posted before the read's
+    gap is kept (the older events still to come would land behind them)."""
+    store, account_id = await _fanned_out(tmp_path)
+    try:
+        event = InboundEvent("5", EventKind.MESSAGE_CREATE, "1000-2001", "2001", {"text": "hi"})
+        gap = ReadGap("next-page", "5", "5", 0, 1.0)
+        take = asyncio.create_task(store.take_inbound(account_id, [event], None, 1.0, gap=gap))
+        await asyncio.sleep(0)
+        assert await store.inbound_heads() == []  # rows written, their channels waiting
+        held = await store.read_gap(account_id)
+        assert not take.done() and held is not None and held.token is None  # a crash: read again
+        assert await take == 3 * TAKE_ROWS_PER_TRANSACTION
+        assert await store.read_gap(account_id) == gap
+        assert await store.inbound_heads() == []
+    finally:
         await store.close()

@@ -756,3 +756,28 @@ async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(engine: 
         assert [m.channel_id for m in await store.find_mappings(team_id="T2", account_id=cy.id)] == ["C3"]
         assert [m.channel_id for m in await store.find_mappings()] == ["C1", "C2", "C3"]
         assert await store.find_mappings(account_id=ada.id, conversation_id="3000-2001") == []
+
+
+async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_of_the_mappings(
+    engine: Engine,
+) -> None:
+    async with opened(engine) as store:
+        ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
+        bob = await store.save_account("T1", "U2", XUser("2000", "bob"), TokenSet("b", "r", None))
+        cy = await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
+        assert await store.accounts_with_groups() == set()
+        assert await store.first_bridged_at(ada.id) is None
+        link = MappingKind.LINK
+        await store.create_mapping(ChannelMapping("T1", "C1", link, ada.id, "1000-2001", None, "U1", 5.0))
+        await store.create_mapping(ChannelMapping("T1", "C2", link, ada.id, "1000-2002", None, "U1", 3.0))
+        await store.create_mapping(ChannelMapping("T1", "C3", link, bob.id, "1234567", None, "U2", 4.0))
+        assert await store.accounts_with_groups() == {bob.id}  # linked by a group's id
+        # A group being created (no id yet) counts too; a 1-to-1 (an "A-B" id) does not.
+        await store.create_mapping(
+            ChannelMapping("T1", "C4", MappingKind.GROUP, cy.id, None, None, "U3", 6.0)
+        )
+        assert await store.accounts_with_groups() == {bob.id, cy.id}
+        assert await store.first_bridged_at(ada.id) == 3.0
+        assert await store.first_bridged_at(cy.id) == 6.0
+        await store.delete_mapping("T1", "C2")
+        assert await store.first_bridged_at(ada.id) == 5.0

@@ -9,10 +9,11 @@ import json
 import re
 from pathlib import Path
 
+from adapters.sandbox.fake_slack import FakeSlack
 from adapters.sandbox.fake_x import DmEvent, FakeX, sign
 from adapters.store.crypto import generate_key
 from bridge.inbound import InboundConfig
-from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, settled, wait_until
+from tests.harness import ALICE, BOB, DORA, FAST_INBOUND, ME, Bridge, running_bridge, settled, wait_until
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts
 from tests.integration.test_push import pushing, subscribed
 
@@ -242,3 +243,26 @@ async def test_sent_from_x_is_marked_only_in_the_channel_of_the_account_that_sen
         await settled(bridge)
         assert texts(bridge, "C100") == ["from my phone\n(sent from X)", "from hers"]
         assert texts(bridge, "C200") == ["from my phone", "from hers\n(sent from X)"]
+
+
+async def test_more_channels_than_are_posted_to_at_once_each_get_everything_in_order(
+    tmp_path: Path,
+) -> None:
+    # One channel at a time: the poster walks the channels waiting, a window at a time, and
+    # comes back to the first when it reaches the last.
+    one_at_a_time = InboundConfig(**{**FAST_INBOUND.__dict__, "post_channels": 1})
+
+    def third_channel(slack: FakeSlack) -> None:
+        slack.add_channel("C300", "ops")
+
+    async with running_bridge(tmp_path, inbound=one_at_a_time, before_start=third_channel) as bridge:
+        await ready(bridge)
+        for channel in ("C200", "C300"):
+            await bridge.map_link(CONVERSATION, channel=channel)
+        for text in ("first", "second", "third"):
+            bridge.x.add_event(CONVERSATION, ALICE, text)
+        for channel in ("C100", "C200", "C300"):
+            await wait_posts(bridge, 3, channel)
+        await settled(bridge)  # more walks: nothing twice
+        for channel in ("C100", "C200", "C300"):
+            assert texts(bridge, channel) == ["first", "second", "third"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ from bridge.inbound import MAX_TEXT, RUNG_TRIES, Inbound, InboundConfig, _Step, 
 from bridge.model import Account, DmEvent, EventKind, InboundItem, InboundOrigin, InboundState, TokenSet
 from bridge.ports import Clock as ClockPort
 from bridge.ports import SlackClient, Store, XClient
+from bridge.scheduler import SystemClock
 from bridge.tokens import TokenManager
 
 
@@ -216,3 +218,40 @@ async def test_a_pushed_dm_is_placed_from_its_one_to_one_first_then_by_its_id_th
     assert inbound._next_step(account) is None
     inbound._plan_next(1)
     assert inbound.next_poll_at(1) == clock.t
+
+
+class _StuckStore:
+    """A store whose accounts never come (a poll pass stuck taking a big backlog) and that has no
+    channel waiting: the two calls ``run`` makes before it is stopped."""
+
+    def __init__(self) -> None:
+        self.polling = asyncio.Event()
+
+    async def list_accounts(self) -> list[Account]:
+        self.polling.set()
+        await asyncio.Event().wait()  # never answered
+        return []
+
+    async def inbound_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[InboundItem]:
+        return []
+
+
+async def test_a_shutdown_cuts_a_poll_pass_short_after_the_grace() -> None:
+    """A read taking a big backlog into the store (many transactions) must not hold a shutdown:
+    its cursor has not moved, so the next start reads it again."""
+    store = _StuckStore()
+    inbound = Inbound(
+        cast(Store, store),
+        cast(XClient, None),
+        cast(SlackClient, None),
+        cast(TokenManager, None),
+        cast(Budget, None),
+        SystemClock(),
+        InboundConfig(),
+    )
+    running = asyncio.create_task(inbound.run())
+    await asyncio.wait_for(store.polling.wait(), 5.0)
+    await asyncio.wait_for(inbound.stop(grace=0.05), 5.0)
+    await asyncio.wait_for(running, 5.0)  # ``run`` ends too, without an error
