@@ -40,8 +40,8 @@ from adapters.sandbox.fake_x import run_fake_x  # noqa: E402
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore  # noqa: E402
 from adapters.web.app import create_app  # noqa: E402
-from bridge.inbound import METADATA_TYPE  # noqa: E402
 from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
+from bridge.poster import METADATA_TYPE  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
 
 ME, ALICE = "1000", "2001"

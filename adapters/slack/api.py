@@ -30,9 +30,9 @@ from bridge.errors import (
     SlackRefused,
     SlackTransient,
 )
-from bridge.inbound import METADATA_TYPE
 from bridge.media import FileTooLarge, FileUnavailable, MediaSource, file_name, human_size, read_exactly
 from bridge.model import Button, SlackMember
+from bridge.poster import METADATA_TYPE
 
 log = logging.getLogger("adapters.slack.api")
 

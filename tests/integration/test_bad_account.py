@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
-from bridge.inbound import METADATA_TYPE
+from bridge.poster import METADATA_TYPE
 from tests.harness import ALICE, BOB, CAROL, ME, Bridge, linked, running_bridge, wait_until
 
 pytestmark = pytest.mark.usefixtures("on_both_stores")

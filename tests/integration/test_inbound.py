@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from adapters.sandbox.fake_x import FakeX
-from bridge.inbound import METADATA_TYPE, InboundConfig
+from bridge.inbound import InboundConfig
+from bridge.poster import METADATA_TYPE
 from tests.harness import (
     ALICE,
     BOB,

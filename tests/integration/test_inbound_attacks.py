@@ -17,7 +17,7 @@ from aiohttp import web
 
 from adapters.sandbox.fake_x import FakeX
 from adapters.store.crypto import generate_key
-from bridge.inbound import METADATA_TYPE
+from bridge.poster import METADATA_TYPE
 from tests.harness import ALICE, BOB, DORA, ME, Bridge, running_bridge, wait_until
 from tests.harness import settled as read_and_settled
 from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_posts

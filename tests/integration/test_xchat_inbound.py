@@ -22,8 +22,8 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
-from bridge.inbound import METADATA_TYPE
 from bridge.model import ChannelMapping, MappingKind
+from bridge.poster import METADATA_TYPE
 from tests.harness import ALICE, BOB, CAROL, ME, TEAM, Bridge, running_bridge, wait_until
 from tests.integration.test_push import PUSHED, push_env
 

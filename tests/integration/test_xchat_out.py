@@ -18,8 +18,8 @@ from adapters.store.crypto import TokenCipher
 from adapters.store.xchat import XChatIdentityStore
 from adapters.web.app import METRICS, SERVICES
 from adapters.x.xchat import ChatKeys
-from bridge.inbound import METADATA_TYPE
 from bridge.model import ChannelMapping, MappingKind
+from bridge.poster import METADATA_TYPE
 from bridge.xchat import IdentityState
 from tests.harness import ALICE, BOB, CAROL, FAST, ME, TEAM, Bridge, note, running_bridge, wait_until
 from tests.integration.test_fidelity import GIF, PNG

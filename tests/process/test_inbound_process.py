@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.sandbox.fake_x import FakeX
-from bridge.inbound import METADATA_TYPE
+from bridge.poster import METADATA_TYPE
 from tests.harness import ALICE, ME, wait_until
 from tests.process.support import World, world
 

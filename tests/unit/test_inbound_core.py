@@ -10,10 +10,11 @@ import pytest
 
 from bridge.budget import Budget, ReadEndpoint
 from bridge.errors import RateFacts, XRateLimited
-from bridge.inbound import MAX_TEXT, RUNG_TRIES, Inbound, InboundConfig, _Step, render
+from bridge.inbound import RUNG_TRIES, Inbound, InboundConfig, _Step
 from bridge.model import Account, DmEvent, EventKind, InboundItem, InboundOrigin, InboundState, TokenSet
 from bridge.ports import Clock as ClockPort
 from bridge.ports import SlackClient, Store, XClient
+from bridge.poster import MAX_TEXT, render
 from bridge.scheduler import SystemClock
 from bridge.tokens import TokenManager
 
