@@ -8,7 +8,9 @@ What runs, on loopback, driven the same way:
   an ``app.event("message")`` listener that does nothing, Bolt verifying each signature with the
   signing secret; this script started again with ``--serve-bolt``;
 - (b) the bridge, ``xdm-bridge serve`` on a fresh SQLite database between the simulators, started
-  as ``bench/run.py`` starts it (10 accounts, each mapping one channel; the events go to them).
+  as ``bench/run.py`` starts it (10 accounts, each mapping one channel; the events go to them and
+  are relayed to the fake X; with ``--unmapped`` they go to channels with no mapping instead, so
+  the figure is the ack path without the relay's work beside it).
 
 Both talk to the same fake Slack (``bench/fakes.py``), so Bolt's ``auth.test`` is answered
 alike. The load is a closed loop: ``--concurrency`` workers each send the next signed
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -158,14 +161,27 @@ async def closed_loop(
     return Loop(label, acks, failures, time.monotonic() - started)
 
 
+def shots_for(sender: SlackSender, count: int, prefix: str, *, unmapped: bool) -> list[Shot]:
+    """``bench/run.py``'s signed events to the 10 mapped channels, or (``unmapped``) the same
+    events to 10 channels with no mapping, which the bridge acks without relaying anything."""
+    if not unmapped:
+        return build_shots(sender, count, prefix)
+    shots = []
+    for i in range(count):
+        event = sender.message_event(f"CUNMAPPED{i % 10}", f"U{100 + i % 10}", f"bench {prefix}-{i} hello")
+        body = json.dumps(sender.envelope(event)).encode()
+        shots.append(Shot(f"{prefix}-{i}", body, {"Content-Type": "application/json", **sender.sign(body)}))
+    return shots
+
+
 async def measure(
     session: aiohttp.ClientSession, sender: SlackSender, server: Server, args: argparse.Namespace, label: str
 ) -> Loop:
     """Warm-up (unrecorded, Bolt's auth.test and first-request costs), then the measured loop."""
-    warm = build_shots(sender, args.warmup, f"w{label}")
+    warm = shots_for(sender, args.warmup, f"w{label}", unmapped=args.unmapped)
     await closed_loop(session, server.url, warm, args.concurrency, f"warm-{label}")
     await asyncio.sleep(args.settle)  # the bridge's relay of the warm-up, not the measured acks
-    shots = build_shots(sender, args.events, f"m{label}")
+    shots = shots_for(sender, args.events, f"m{label}", unmapped=args.unmapped)
     loop = await closed_loop(session, server.url, shots, args.concurrency, label)
     if label.startswith("bolt"):
         async with session.get(f"{server.url}/healthz") as r:
@@ -209,11 +225,13 @@ async def bench(args: argparse.Namespace) -> list[tuple[Loop, Loop]]:
 
 
 def report(pairs: list[tuple[Loop, Loop]], args: argparse.Namespace, load_start: str) -> str:
+    where = "unmapped" if args.unmapped else "mapped"
     lines = [
         "# Ack at saturation: the bridge vs a no-op Bolt app (issue 18)",
         *machine_info(),
         f"load: {args.events:,} signed message events per server, closed loop at concurrency "
-        f"{args.concurrency} (after {args.warmup} unrecorded); load average at start {load_start}, "
+        f"{args.concurrency} (after {args.warmup} unrecorded), to 10 {where} channels; "
+        f"load average at start {load_start}, "
         f"at end {load_average()}",
         "",
         "| rep | server | ack p50 | ack p90 | acks/s | failed | p50 ratio (target ≤ 3×) |",
@@ -240,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="unrecorded events before each run")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds after the warm-up")
     parser.add_argument("--reps", type=int, default=1, help="pairs (Bolt, bridge), alternating")
+    parser.add_argument(
+        "--unmapped",
+        action="store_true",
+        help="events to channels with no mapping: the bridge's ack path without the relay's work",
+    )
     parser.add_argument("--no-validate", action="store_true", help="the fake X skips OpenAPI checks")
     parser.add_argument("--serve-bolt", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--slack-url", help=argparse.SUPPRESS)
