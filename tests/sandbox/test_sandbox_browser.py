@@ -169,6 +169,20 @@ def act_on(driver: WebDriver, text: str, action: str) -> None:
     WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(clicked)
 
 
+def fill_in(driver: WebDriver, element_id: str, text: str) -> None:
+    """Type ``text`` into the field ``element_id`` of a pane that may be rebuilt meanwhile (the
+    bridge updates an open form as its lookups answer): tried again until the field holds it."""
+
+    def filled(d: WebDriver) -> bool:
+        field = d.find_element(By.ID, element_id)
+        if text not in (field.get_attribute("value") or ""):
+            field.clear()  # what a rebuilt pane kept of an earlier try
+            field.send_keys(text)
+        return text in (d.find_element(By.ID, element_id).get_attribute("value") or "")
+
+    WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(filled)
+
+
 def wait_for(
     driver: WebDriver, css: str, text: str = "", what: str = "", *, click: bool = False
 ) -> WebElement:
@@ -467,10 +481,10 @@ def test_xdm_alone_opens_the_form_and_submitting_it_bridges_the_channel_on_a_pho
     wait_for(browser, "#slack-modal h2", "Bridge to X", "the /xdm form")
     wait_for(browser, "#modal-submit", "Bridge", "the form's submit button")
 
-    browser.find_element(By.ID, "modal-people").send_keys("bob")
+    fill_in(browser, "modal-people", "bob")
     wait_for(browser, "#modal-options .modal-option", "@bob", "Bob found at X", click=True)
     wait_for(browser, "#modal-picked .modal-chip", "@bob", "Bob picked")
-    browser.find_element(By.ID, "modal-message").send_keys("Hi Bob, from the form")
+    fill_in(browser, "modal-message", "Hi Bob, from the form")
     dialog = browser.execute_script(
         "const r = document.querySelector('#slack-modal .dialog').getBoundingClientRect();"
         "return {left: r.left, right: r.right, view: window.innerWidth};"
