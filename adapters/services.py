@@ -60,7 +60,7 @@ from bridge.ports import Clock
 from bridge.push import Push
 from bridge.relay import Relay
 from bridge.retention import prune_forever
-from bridge.scheduler import SystemClock
+from bridge.scheduler import SystemClock, drain
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatPeers
@@ -91,13 +91,7 @@ class Background:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self, grace: float) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await drain(self._tasks, grace)
 
 
 @dataclass(frozen=True)

@@ -207,19 +207,16 @@ class SqliteDirect:
     dialect = Dialect.SQLITE
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._sql = SqliteStatements(db)
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return list(self._db.query(sql, params))
+        return self._sql.fetch(sql, *params)
 
     async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        for row in self._db.query(sql, params):
-            return row
-        return None
+        return self._sql.fetchone(sql, *params)
 
     async def execute(self, sql: str, *params: Any) -> int:
-        count: int = self._db.execute(sql, params).rowcount
-        return count
+        return self._sql.execute(sql, *params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteDirect]:
@@ -259,8 +256,9 @@ class SqliteStatements:
         return list(self._db.query(sql, params))
 
     def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        rows = self.fetch(sql, *params)
-        return rows[0] if rows else None
+        for row in self._db.query(sql, params):
+            return row  # the first: the rest are not read
+        return None
 
     def execute(self, sql: str, *params: Any) -> int:
         count: int = self._db.execute(sql, params).rowcount
