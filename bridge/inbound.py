@@ -580,6 +580,8 @@ class Inbound:
         """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
         that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
         self._stopping = False
+        self._poller.resume()
+        self.poster.resume()
         polling = asyncio.create_task(self._poller.run(), name="inbound-polling")
         self._polling = polling
         try:

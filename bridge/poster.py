@@ -155,8 +155,12 @@ class Poster:
         """New rows are queued: post them."""
         self._loop.wake()
 
-    async def run(self) -> None:
+    def resume(self) -> None:
+        """Allow ``run`` again after ``stop`` (an instance that leads again)."""
         self._stopping = False
+        self._loop.resume()
+
+    async def run(self) -> None:
         await self._loop.run()
 
     async def stop(self, grace: float) -> None:

@@ -86,9 +86,13 @@ class WakeLoop:
         # A method, not the attribute: ``stop`` is called from other tasks while ``run`` awaits.
         return self.stopping
 
-    async def run(self) -> None:
-        """Passes until ``stop``; may run again after it (an instance that leads again)."""
+    def resume(self) -> None:
+        """Allow ``run`` again after ``stop`` (an instance that leads again). Not done by ``run``
+        itself: a ``stop`` that comes before the task running it has started must still end it."""
         self.stopping = False
+
+    async def run(self) -> None:
+        """Passes until ``stop`` (at once, if ``stop`` came first)."""
         last = -math.inf
         while not self.stopping:
             gap = self._min_gap - (self._clock.now() - last)

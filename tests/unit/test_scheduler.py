@@ -96,6 +96,7 @@ async def test_stop_during_the_gap_ends_the_loop_without_another_pass() -> None:
     await task
     assert step.at == [0.0]
     # And it may run again (an instance that leads again).
+    loop.resume()
     again = asyncio.create_task(loop.run())
     await clock.advance(0)
     assert step.at == [0.0, 11.0]
@@ -143,3 +144,15 @@ def test_backoff_grows_with_jitter_and_stays_under_its_cap() -> None:
     for attempts, low, high in ((1, 1, 2), (2, 2, 4), (3, 4, 8), (20, 30, 60)):
         for _ in range(50):
             assert low <= backoff(attempts, 2.0, 60.0) <= high
+
+
+async def test_a_stop_before_the_loop_has_started_still_ends_it() -> None:
+    """A bridge stopped right after it started: the task running the loop had not begun yet
+    when ``stop`` came (it used to reset the flag and run forever, hanging the shutdown)."""
+    clock = VirtualClock()
+    step = Passes(clock, delay=30.0)
+    loop = WakeLoop("test", clock, step)
+    task = asyncio.create_task(loop.run())
+    loop.stop()
+    await clock.advance(60)
+    assert task.done() and step.at == []
