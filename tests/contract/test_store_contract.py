@@ -1,4 +1,5 @@
-"""The Store port's behaviour, method by method, on both engines (what a new store must do)."""
+"""The Store port's behaviour, method by method, on both engines (what a new store must do); the
+account-side roles' tests (``account_side``) also on their in-memory fake, tests/memory_accounts.py."""
 
 from __future__ import annotations
 
