@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.model import (
     Account,
@@ -38,6 +38,8 @@ from bridge.model import (
 from bridge.ports import AccountStore, BudgetStore, ConnectFlowStore, LockedAccount, MappingStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OAUTH_STATE_KEEP = 3600.0  # as adapters/store/accounts.py: expired states swept by the next save
 
@@ -94,6 +96,12 @@ class _Role:
 def _tokens(tokens: TokenSet) -> TokenSet:
     """The tokens as a read gives them back: an empty refresh token is none (as the column is)."""
     return replace(tokens, refresh_token=tokens.refresh_token or None)
+
+
+def _matching(found: list[T], equal: dict[str, Any]) -> list[T]:
+    """Those of ``found`` whose attributes equal every filter given (None: not filtered), in order."""
+    given = {name: value for name, value in equal.items() if value is not None}
+    return [one for one in found if all(getattr(one, name) == value for name, value in given.items())]
 
 
 def _by_channel(found: list[ChannelMapping]) -> list[ChannelMapping]:
@@ -165,12 +173,7 @@ class MemoryAccounts(_Role):
         return await self._find(team_id=team_id, x_user_id=x_user_id)
 
     async def _find(self, **equal: str | None) -> list[Account]:
-        given = {name: value for name, value in equal.items() if value is not None}
-        return [
-            account
-            for account in await self.list_accounts()
-            if all(getattr(account, name) == value for name, value in given.items())
-        ]
+        return _matching(await self.list_accounts(), equal)
 
     async def usernames_needing_reconnect(self) -> list[str]:
         """X usernames of the connected accounts X refused a refresh or whose tokens do not open."""
@@ -385,12 +388,7 @@ class MemoryMappings(_Role):
         conversation_id: str | None = None,
     ) -> list[ChannelMapping]:
         given = {"team_id": team_id, "account_id": account_id, "conversation_id": conversation_id}
-        wanted = {name: value for name, value in given.items() if value is not None}
-        return [
-            mapping
-            for mapping in await self.list_mappings()
-            if all(getattr(mapping, name) == value for name, value in wanted.items())
-        ]
+        return _matching(await self.list_mappings(), given)
 
     async def accounts_with_groups(self) -> set[int]:
         # A group made by the bridge (no id while it is created), or linked by its id (a 1-to-1's
