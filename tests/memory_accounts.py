@@ -60,7 +60,7 @@ class _AccountRow:
 
     account: Account
     disconnected_at: float | None = None
-    unreadable: bool = False  # its tokens would open with no key (``make_unreadable``)
+    unreadable: bool = False  # no key would open its stored tokens (``make_unreadable``)
 
 
 @dataclass
@@ -109,8 +109,8 @@ def _by_channel(found: list[ChannelMapping]) -> list[ChannelMapping]:
 
 
 class MemoryAccounts(_Role):
-    """``AccountStore`` (and ``find_accounts``): accounts, their tokens, their refresh lock, and
-    what disconnecting or switching an account does to its mappings."""
+    """``AccountStore``: accounts, their tokens and refresh lock, finding them by team or X user,
+    and what disconnecting or switching an account does to its mappings."""
 
     def _read(self, row: _AccountRow) -> Account:
         if not row.unreadable:
@@ -323,7 +323,8 @@ class MemoryConnectFlow(_Role):
 
 
 class MemoryMappings(_Role):
-    """``MappingStore``: one mapping per channel, and the lookups by what the caller knows."""
+    """``MappingStore``: one mapping per channel, and the lookups by what the caller knows (which
+    accounts bridge groups, when an account first bridged)."""
 
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
         return self.tables.mappings.get((team_id, channel_id))
