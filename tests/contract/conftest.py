@@ -53,3 +53,50 @@ async def engine_named(name: str, request: pytest.FixtureRequest, tmp_path: Path
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
     async with engine_named(request.param, request, tmp_path) as chosen:
         yield chosen
+
+
+# -- the account-side roles on both engines and on their in-memory fake (tests/memory_accounts.py) --
+
+# Imported here, not at the top, so that this section stays one addition to the file.
+from tests.memory_accounts import AccountSideStore, AccountTables, MemoryAccountSide  # noqa: E402
+
+ACCOUNT_SIDE = (*ENGINES, "memory")
+
+
+class MemoryAccountEngine:
+    """The account-side fake where a test takes an ``Engine``: ``store()`` is another store on the
+    same tables (as another store on the same database). There is no SQL beside it: checks of the
+    stored columns stay on the engines."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.tables = AccountTables()
+
+    def store(self) -> MemoryAccountSide:
+        return MemoryAccountSide(self.tables)
+
+
+AccountSide = Engine | MemoryAccountEngine
+
+
+@pytest.fixture(params=ACCOUNT_SIDE)
+async def account_side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AccountSide]:
+    """Where the account-side roles (accounts, the connect flow, mappings and their lookups,
+    budgets) are tested: each engine, and the fake the unit tests use, held to the same tests."""
+    if request.param == "memory":
+        yield MemoryAccountEngine()
+        return
+    async with engine_named(request.param, request, tmp_path) as chosen:
+        yield chosen
+
+
+@asynccontextmanager
+async def opened_side(side: AccountSide) -> AsyncIterator[AccountSideStore]:
+    """A store of ``side``, open for the block."""
+    store: AccountSideStore = side.store()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

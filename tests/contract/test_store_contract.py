@@ -1,4 +1,5 @@
-"""The Store port's behaviour, method by method, on both engines (what a new store must do)."""
+"""The Store port's behaviour, method by method, on both engines (what a new store must do); the
+account-side roles' tests (``account_side``) also on their in-memory fake, tests/memory_accounts.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
-from tests.contract.conftest import Engine
+from tests.contract.conftest import AccountSide, Engine, opened_side
+from tests.memory_accounts import AccountSideStore, MemoryAccountSide
 from tests.outbox import accepted, readable
 
 AnyStore = SqliteStore | PostgresStore
@@ -44,7 +46,7 @@ async def opened(engine: Engine) -> AsyncIterator[AnyStore]:
 
 
 async def linked(
-    store: AnyStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK
+    store: AccountSideStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK
 ) -> ChannelMapping:
     account = await store.account_for_user("T1", "U1")
     if account is None:
@@ -72,8 +74,8 @@ async def test_an_accepted_message_is_on_disk_when_the_accept_returns(engine: En
         assert await store.commit_durability() == expected
 
 
-async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         first = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("acc-1", "ref-1", 10.0))
         await store.set_needs_reconnect(first.id, True)
         assert await store.usernames_needing_reconnect() == ["me"]
@@ -90,26 +92,31 @@ async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine: 
         other = await store.save_account("T1", "U2", XUser("1002", "you"), TokenSet("x", "y", None))
         assert [a.id for a in await store.list_accounts()] == [first.id, other.id]
         assert await store.usernames_needing_reconnect() == []
-    raw = await engine.sql("SELECT access_token, refresh_token FROM accounts")
-    assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
+    if isinstance(account_side, Engine):  # the fake keeps no columns, so no ciphertext
+        raw = await account_side.sql("SELECT access_token, refresh_token FROM accounts")
+        assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
 
 
 async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
-    engine: Engine, caplog: pytest.LogCaptureFixture
+    account_side: AccountSide, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Its key rotated away, or its ciphertext corrupt: listing accounts (inbound polling, push
     # subscriptions) must still hand out everyone else, and the bad one reads as needing
     # reconnection (parked, told in status and health) rather than raising.
-    async with opened(engine) as store:
+    async with opened_side(account_side) as store:
         good = await store.save_account("T1", "U1", XUser("1000", "good"), TokenSet("acc-g", "ref-g", 10.0))
         bad = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-b", "ref-b", 10.0))
         other_key = TokenCipher([generate_key()]).encrypt("acc-under-a-retired-key")
-        await engine.sql(
-            "UPDATE accounts SET access_token = ?, refresh_token = ? WHERE id = ?",
-            other_key,
-            "corrupt-ciphertext",
-            bad.id,
-        )
+        if isinstance(account_side, Engine):
+            await account_side.sql(
+                "UPDATE accounts SET access_token = ?, refresh_token = ? WHERE id = ?",
+                other_key,
+                "corrupt-ciphertext",
+                bad.id,
+            )
+        else:
+            assert isinstance(store, MemoryAccountSide)
+            store.make_unreadable(bad.id)
         with caplog.at_level(logging.INFO):
             listed = await store.list_accounts()
             again = await store.list_accounts()
@@ -133,8 +140,8 @@ async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
         assert await store.usernames_needing_reconnect() == []
 
 
-async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         now = time.time()  # saving sweeps states long expired by the wall clock
         state = OAuthState("s1", "verifier", "T1", "U1", "C1", "https://hooks/1", now + 600)
         await store.save_oauth_state(state)
@@ -147,8 +154,8 @@ async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(engine
         assert await store.consume_oauth_state("nope", now, "browser") is None
 
 
-async def test_a_channel_maps_once_until_unmapped(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_a_channel_maps_once_until_unmapped(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         mapping = await linked(store)
         assert await store.create_mapping(mapping) is None
         assert await store.get_mapping("T1", "C1") == mapping
@@ -393,8 +400,8 @@ async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
         assert (await store.outbox_summary("T1", "C9"))["pending"] == 0
 
 
-async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_budgets_are_saved_together_and_overwritten(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         assert await store.ping()
         await store.save_budgets([("user:1:15m", 200, 150, 900.0), ("app:24h", 15000, 14000, 86400.0)])
         await store.save_budgets([("user:1:15m", 15, 3, 950.5)])
@@ -406,8 +413,8 @@ async def test_budgets_are_saved_together_and_overwritten(engine: Engine) -> Non
         ]
 
 
-async def test_budgets_saved_twice_in_one_call_keep_the_last(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_budgets_saved_twice_in_one_call_keep_the_last(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         await store.save_budgets([("app:24h", 15000, 14000, 86400.0), ("app:24h", 15000, 13999, 86400.0)])
         assert await store.load_budgets() == [
             {"key": "app:24h", "limit_": 15000, "remaining": 13999, "reset_at": 86400.0}
@@ -435,8 +442,8 @@ async def test_media_upload_bookkeeping(engine: Engine) -> None:
         assert item.text == "Me: m1"
 
 
-async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_a_mapping_keeps_the_participants_handle(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         mapping = ChannelMapping(
             "T1", "C1", MappingKind.DM, account.id, None, "2001", "U1", 0.0, participant_username="alice"
@@ -445,9 +452,9 @@ async def test_a_mapping_keeps_the_participants_handle(engine: Engine) -> None:
         assert await store.get_mapping("T1", "C1") == mapping
 
 
-async def test_a_mapping_says_whether_its_conversation_is_encrypted(engine: Engine) -> None:
+async def test_a_mapping_says_whether_its_conversation_is_encrypted(account_side: AccountSide) -> None:
     # X Chat ids look like legacy ones ("A-B", "g…"): only the stored flag tells the paths apart.
-    async with opened(engine) as store:
+    async with opened_side(account_side) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         legacy = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         chat = ChannelMapping(
@@ -459,8 +466,10 @@ async def test_a_mapping_says_whether_its_conversation_is_encrypted(engine: Engi
         assert (await store.get_mapping("T1", "C2")).encrypted is True  # type: ignore[union-attr]
 
 
-async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(engine: Engine) -> None:
-    store = engine.store()
+async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(
+    account_side: AccountSide,
+) -> None:
+    store = account_side.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
@@ -491,8 +500,10 @@ async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(e
         await store.close()
 
 
-async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(engine: Engine) -> None:
-    store = engine.store()
+async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(
+    account_side: AccountSide,
+) -> None:
+    store = account_side.store()
     await store.open()
     try:
         state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
@@ -516,10 +527,10 @@ async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(en
         await store.close()
 
 
-async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(engine: Engine) -> None:
+async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(account_side: AccountSide) -> None:
     """`/xdm unlink` checks who may unlink the mapping it read, then deletes: a mapping someone
     else made in between (the first unlinked meanwhile) must not be what that delete removes."""
-    async with opened(engine) as store:
+    async with opened_side(account_side) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         checked = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(checked)
@@ -608,9 +619,9 @@ async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine
 
 
 async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_it_expires(
-    engine: Engine,
+    account_side: AccountSide,
 ) -> None:
-    store = engine.store()
+    store = account_side.store()
     await store.open()
     try:
         tokens = TokenSet("access-secret", "refresh-secret", 5000.0, "dm.read dm.write")
@@ -621,8 +632,9 @@ async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_i
         await store.save_pending_connection(
             PendingConnection("p2", "T1", "U1", "", None, XUser("1000", "owner"), tokens, 50.0)
         )
-        stored = await engine.sql("SELECT access_token, refresh_token FROM pending_connections")
-        assert all("secret" not in str(v) for row in stored for v in row)  # encrypted at rest
+        if isinstance(account_side, Engine):  # the fake keeps no columns, so no ciphertext
+            stored = await account_side.sql("SELECT access_token, refresh_token FROM pending_connections")
+            assert all("secret" not in str(v) for row in stored for v in row)  # encrypted at rest
         assert await store.get_pending_connection("p1", 10.0) == pending
         assert await store.get_pending_connection("p1", 100.0) is None  # expired
 
@@ -737,8 +749,8 @@ async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine)
         assert [(i.id, f) for i, f in await store.failures_to_tell(limit=5)] == [(second.id, Failure.OTHER)]
 
 
-async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(engine: Engine) -> None:
-    async with opened(engine) as store:
+async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(account_side: AccountSide) -> None:
+    async with opened_side(account_side) as store:
         ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
         bob = await store.save_account("T2", "U2", XUser("1000", "ada"), TokenSet("b", "r", None))
         cy = await store.save_account("T2", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
@@ -759,9 +771,9 @@ async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(engine: 
 
 
 async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_of_the_mappings(
-    engine: Engine,
+    account_side: AccountSide,
 ) -> None:
-    async with opened(engine) as store:
+    async with opened_side(account_side) as store:
         ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
         bob = await store.save_account("T1", "U2", XUser("2000", "bob"), TokenSet("b", "r", None))
         cy = await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))

@@ -12,6 +12,7 @@ from adapters.store.sqlite import SqliteStore
 from bridge.budget import Budget
 from bridge.errors import RateFacts, XAuthExpired, XRateLimited, XRefused, XTransient
 from bridge.settings import Settings
+from tests.memory_accounts import MemoryBudgets
 
 NOW = 1_000_000.0
 ACCOUNT = 1
@@ -215,3 +216,18 @@ async def test_a_read_on_another_instance_spends_from_what_the_leader_saved(tmp_
         assert await standby.stored_reads_left(ACCOUNT, NOW) == (4, 15, NOW + 900)
     finally:
         await store.close()
+
+
+async def test_a_window_x_said_is_spent_still_holds_sends_after_a_restart() -> None:
+    """Over the in-memory budgets role (tests/memory_accounts.py), as the bridge's own restart
+    would over the store: what X's headers said is saved, and the next process waits for it."""
+    store = MemoryBudgets()
+    budget = Budget(store)
+    await budget.consume(ACCOUNT, NOW)
+    await budget.observe(ACCOUNT, headers(15, 0))
+    assert budget.blocked_until(ACCOUNT, NOW) == NOW + 900
+    restarted = Budget(store)
+    await restarted.load(NOW + 1)
+    assert restarted.blocked_until(ACCOUNT, NOW + 1) == NOW + 900
+    assert limits(restarted)["15m"] == (15, 0)
+    assert restarted.blocked_until(ACCOUNT, NOW + 900) is None  # the window X named is over

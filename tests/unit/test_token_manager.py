@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from adapters.store.sqlite import SqliteStore
 from bridge.errors import XAuthRevoked
 from bridge.model import Account, TokenSet, XUser
 from bridge.tokens import ACCOUNT_TTL, TokenManager
+from tests.memory_accounts import AccountTables, MemoryAccounts
 
 
 class Clock:
@@ -105,3 +107,31 @@ async def test_a_refused_refresh_marks_the_copy_for_reconnection(store: SqliteSt
     assert current is not None and current.needs_reconnect
     stored = await store.get_account(saved.id)
     assert stored is not None and stored.needs_reconnect
+
+
+async def test_two_instances_on_one_store_spend_a_single_use_refresh_token_once() -> None:
+    """Over the in-memory accounts role (tests/memory_accounts.py): two processes' managers, each
+    with its own per-account lock, share one store, whose refresh lock makes the second wait and
+    take the token the first got instead of spending the rotated refresh token again."""
+    tables = AccountTables()
+    clock = Clock()
+    oauth = SingleUse()
+    saved = await MemoryAccounts(tables).save_account(
+        "T1", "U1", XUser("1000", "me"), TokenSet("a0", "r0", clock.t)
+    )
+    managers = [TokenManager(MemoryAccounts(tables), oauth, clock, Revoked()) for _ in range(2)]  # type: ignore[arg-type]
+    tokens = await asyncio.gather(*(m.access_token(saved) for m in managers for _ in range(2)))
+    assert tokens == ["access-1"] * 4
+    assert oauth.refreshed == ["r0"]
+    stored = await MemoryAccounts(tables).get_account(saved.id)
+    assert stored is not None and stored.tokens.refresh_token == "refresh-1" and not stored.needs_reconnect
+
+
+class SingleUse(OAuth):
+    """A refresh that lets others run while it waits for X, and refuses a spent refresh token."""
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        await asyncio.sleep(0)  # X answering: another instance's refresh may start meanwhile
+        if refresh_token in self.refreshed:
+            raise XAuthRevoked("invalid_request: Value passed for the token was invalid.")
+        return await super().refresh(refresh_token)
