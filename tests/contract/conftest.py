@@ -14,6 +14,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from tests import pg
+from tests.memory_store import MemoryTablesEngine
 
 ENGINES = ("sqlite", "postgres")
 
@@ -51,5 +52,23 @@ async def engine_named(name: str, request: pytest.FixtureRequest, tmp_path: Path
 
 @pytest.fixture(params=ENGINES)
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    async with engine_named(request.param, request, tmp_path) as chosen:
+        yield chosen
+
+
+# -- The in-memory fakes of the message-side roles (inbound, cursors, relay, outbox, upkeep) --------
+# held to the same tests as the engines: a test module of those roles takes ``message_side_engine``
+# as its ``engine``. ``MemoryTablesEngine`` has no SQL, so tests reading tables stay engine-only.
+
+MESSAGE_SIDE_ENGINES = (*ENGINES, "memory")
+
+
+@pytest.fixture(params=MESSAGE_SIDE_ENGINES)
+async def message_side_engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    if request.param == "memory":
+        yield MemoryTablesEngine()
+        return
     async with engine_named(request.param, request, tmp_path) as chosen:
         yield chosen
