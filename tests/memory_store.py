@@ -51,6 +51,16 @@ class MemoryMessageStore(MemoryInbound, MemoryOutbox):
         self.tables.accounts[account_id] = account
         return account
 
+    async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None:
+        return next(
+            (
+                a
+                for a in self.tables.accounts.values()
+                if (a.team_id, a.slack_user_id) == (team_id, slack_user_id)
+            ),
+            None,
+        )
+
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
         return self.tables.mappings.get((team_id, channel_id))
 

@@ -57,18 +57,31 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 # -- The in-memory fakes of the message-side roles (inbound, cursors, relay, outbox, upkeep) --------
-# held to the same tests as the engines: a test module of those roles takes ``message_side_engine``
-# as its ``engine``. ``MemoryTablesEngine`` has no SQL, so tests reading tables stay engine-only.
+# held to the same tests as the engines. A module of those roles only takes ``message_side_engine``
+# as its ``engine``; a module mixing them with tests that read tables (``engine.sql``: the memory
+# engine has no SQL) or of other roles defines its ``engine`` over ``engine_or_memory_named``
+# (params ``ENGINES``) and marks the tests the fakes must pass too with ``@memory_too``.
 
 MESSAGE_SIDE_ENGINES = (*ENGINES, "memory")
+
+memory_too = pytest.mark.parametrize("engine", MESSAGE_SIDE_ENGINES, indirect=True)
+
+
+@asynccontextmanager
+async def engine_or_memory_named(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    """``engine_named``, or the in-memory fakes' tables for ``memory``."""
+    if name == "memory":
+        yield MemoryTablesEngine()
+        return
+    async with engine_named(name, request, tmp_path) as chosen:
+        yield chosen
 
 
 @pytest.fixture(params=MESSAGE_SIDE_ENGINES)
 async def message_side_engine(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Engine | MemoryTablesEngine]:
-    if request.param == "memory":
-        yield MemoryTablesEngine()
-        return
-    async with engine_named(request.param, request, tmp_path) as chosen:
+    async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
         yield chosen
