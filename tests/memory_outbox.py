@@ -1,5 +1,6 @@
-"""Slack → X in memory (``RelayStore``, ``OutboxStore``, ``OutboxMediaStore``, ``UpkeepStore``),
-for Delivery's unit tests in virtual time.
+"""Slack → X in memory (``OutboxStore``, ``OutboxMediaStore``, and with tests/memory_relay.py and
+tests/memory_upkeep.py ``RelayStore`` and the outbox side of ``UpkeepStore``), for Delivery's unit
+tests in virtual time.
 
 The same rules as ``adapters/store/relay.py``, ``outbox.py`` and ``upkeep.py``, held to the same
 contract tests (tests/contract): a channel's head is its oldest unfinished row, a row leaves the
@@ -16,16 +17,11 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from adapters.store import rows
 from bridge.errors import Failure
 from bridge.model import (
-    Accepted,
     Account,
-    InboundState,
-    IncomingMessage,
     MappingKind,
     OutboxItem,
-    OutboxKind,
     OutboxState,
     RenderedPart,
     Sent,
@@ -34,17 +30,15 @@ from bridge.model import (
     Unreadable,
 )
 from bridge.ports import BudgetStore, OutboxMediaStore, OutboxStore, RelayStore
-from tests.memory_tables import MapEntry, MemoryTables, OutboxExtra
+from tests.memory_relay import MemoryRelay
+from tests.memory_tables import OUTBOX_PENDING, MapEntry, OutboxExtra
+from tests.memory_upkeep import MemoryUpkeep
 
-PENDING = (OutboxState.QUEUED, OutboxState.WAITING, OutboxState.SENDING)
-SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as adapters/store/upkeep.py
 
-
-class MemoryOutbox:
-    """The ``outbox`` table (and the message map and budgets it writes) in memory."""
-
-    def __init__(self, tables: MemoryTables | None = None) -> None:
-        self.tables = tables if tables is not None else MemoryTables()
+class MemoryOutbox(MemoryRelay, MemoryUpkeep):
+    """The ``outbox`` table (and the message map and budgets it writes) in memory: the relay's
+    side (tests/memory_relay.py), the delivery worker's (here) and the upkeep's
+    (tests/memory_upkeep.py) over one set of tables."""
 
     @property
     def rows(self) -> dict[int, OutboxItem]:
@@ -105,52 +99,6 @@ class MemoryOutbox:
     def state(self, row_id: int) -> OutboxState:
         return self.tables.outbox[row_id].state
 
-    # -- rows -----------------------------------------------------------------
-
-    def _extra(self, item_id: int) -> OutboxExtra:
-        return self.tables.outbox_extra.setdefault(item_id, OutboxExtra())
-
-    def _insert_row(self, row: OutboxItem, extra: OutboxExtra | None = None) -> OutboxItem | None:
-        """Insert unless the message part is there (the unique key); encrypted as its message
-        (or its channel's mapping) is, as the SQL's trigger sets it."""
-        key = (row.team_id, row.channel_id, row.slack_ts, row.part)
-        if any((r.team_id, r.channel_id, r.slack_ts, r.part) == key for r in self.tables.outbox.values()):
-            return None
-        if not row.encrypted:
-            message = next(
-                (
-                    r
-                    for r in self.tables.outbox.values()
-                    if (r.team_id, r.channel_id, r.slack_ts, r.part)
-                    == (row.team_id, row.channel_id, row.ref_ts, 0)
-                ),
-                None,
-            )
-            mapping = self.tables.mappings.get((row.team_id, row.channel_id))
-            if message is not None:
-                row = replace(row, encrypted=message.encrypted)
-            elif mapping is not None and mapping.account_id == row.account_id:
-                row = replace(row, encrypted=mapping.encrypted)
-        self.tables.outbox[row.id] = row
-        self.tables.outbox_extra[row.id] = extra or OutboxExtra()
-        return row
-
-    def _set(self, item_id: int, **changes: Any) -> OutboxItem:
-        row = replace(self.tables.outbox[item_id], **changes)
-        self.tables.outbox[item_id] = row
-        return row
-
-    def _update(self, item_id: int, **changes: Any) -> OutboxItem | None:
-        """Change a row still pending; None (and nothing changed) for a finished one."""
-        row = self.tables.outbox.get(item_id)
-        if row is None or row.state not in PENDING:
-            return None
-        return self._set(item_id, **changes)
-
-    def _head(self, team_id: str, channel_id: str) -> OutboxItem | None:
-        pending = self.tables.pending_outbox(team_id, channel_id)
-        return pending[0] if pending else None
-
     # -- BudgetStore (the part Delivery's Budget uses) --------------------------
 
     async def get_account(self, account_id: int) -> Account | None:
@@ -171,216 +119,6 @@ class MemoryOutbox:
     async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
         for window in windows:
             self.budgets[window[0]] = window
-
-    # -- RelayStore -------------------------------------------------------------
-
-    async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
-        mapping = self.tables.mappings.get((message.team_id, message.channel_id))
-        if mapping is None:
-            return None
-        if message.event_id is not None:
-            if message.event_id in self.tables.seen_events:
-                return Accepted(new=False)
-            self.tables.seen_events[message.event_id] = now
-        busy_before = bool(self.tables.pending_outbox(message.team_id, message.channel_id))
-        row_id = self.tables.next_id("outbox")
-        held_for = mapping.held_for
-        row = OutboxItem(
-            id=row_id,
-            seq=row_id,
-            part=0,
-            parts_total=1,
-            team_id=message.team_id,
-            channel_id=message.channel_id,
-            slack_ts=message.ts,
-            author_id=message.user_id or "",
-            account_id=mapping.account_id,
-            target=mapping.target,
-            text=None,
-            source=json.loads(rows.message_source(message)),
-            state=OutboxState.HELD if held_for else OutboxState.QUEUED,
-            attempts=0,
-            next_attempt_at=0.0,
-            last_error=None,
-            dm_event_id=None,
-            created_at=now,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
-            ref_ts=message.ts,
-        )
-        extra = OutboxExtra(
-            held_for=held_for,
-            held_state=OutboxState.QUEUED if held_for else None,
-            target_group=mapping.target.new_group,
-        )
-        inserted = self._insert_row(row, extra)
-        if inserted is None:
-            return Accepted(new=False)
-        return Accepted(new=True, head=None if busy_before else inserted)
-
-    async def accept_edit(
-        self, team_id: str, channel_id: str, ref_ts: str, edit_ts: str, source: dict[str, Any], now: float
-    ) -> str:
-        messages = [
-            r
-            for r in self.tables.outbox.values()
-            if (r.team_id, r.channel_id, r.slack_ts, r.kind)
-            == (team_id, channel_id, ref_ts, OutboxKind.MESSAGE)
-        ]
-        original = next((r for r in messages if r.part == 0), None)
-        if original is None:
-            return "unknown"
-        untouched = all(self._was(r) in (OutboxState.QUEUED, OutboxState.WAITING) for r in messages)
-        if not original.deleted and untouched:
-            for part in messages:
-                if part.part > 0:
-                    del self.tables.outbox[part.id]
-                    del self.tables.outbox_extra[part.id]
-            self._set(
-                original.id,
-                source={**original.source, **source},
-                text=None,
-                chat=None,
-                media=None,
-                media_id=None,
-                media_uploaded_at=None,
-                parts_total=1,
-            )
-            return "updated"
-        inserted = self._follow_up(original, OutboxKind.EDIT, edit_ts, source, now)
-        return "queued" if inserted else "unknown"
-
-    def _was(self, row: OutboxItem) -> OutboxState:
-        """A row's state, a held one's as it was when held (``COALESCE(held_state, state)``)."""
-        held = self._extra(row.id).held_state
-        return held if held is not None else row.state
-
-    async def accept_delete(
-        self, team_id: str, channel_id: str, ref_ts: str, delete_ts: str, now: float
-    ) -> str:
-        found = sorted(
-            (
-                r
-                for r in self.tables.outbox.values()
-                if (r.team_id, r.channel_id, r.ref_ts) == (team_id, channel_id, ref_ts)
-                and r.kind in (OutboxKind.MESSAGE, OutboxKind.EDIT)
-            ),
-            key=lambda r: (r.seq, r.part),
-        )
-        if not found:
-            return "unknown"
-        reached_x = any(self._was(r) in (OutboxState.SENT, OutboxState.SENDING) for r in found)
-        first, first_extra = found[0], replace(self._extra(found[0].id))
-        for row in found:
-            if self._was(row) in (OutboxState.QUEUED, OutboxState.WAITING):
-                self._set(
-                    row.id, state=OutboxState.CANCELLED, last_error="deleted in Slack before it was sent"
-                )
-                extra = self._extra(row.id)
-                extra.held_for, extra.held_state = None, None
-        for row in list(self.tables.outbox.values()):
-            # A part caught mid-send may or may not be on X: read back, never sent again.
-            if (row.team_id, row.channel_id, row.ref_ts) == (team_id, channel_id, ref_ts) and self._was(
-                row
-            ) is OutboxState.SENDING:
-                self._set(row.id, deleted=True)
-                self._extra(row.id).deleted_at = now
-        if not reached_x:
-            return "cancelled"
-        inserted = self._follow_up(first, OutboxKind.DELETE, delete_ts, {}, now, first_extra)
-        return "queued" if inserted else "unknown"
-
-    def _follow_up(
-        self,
-        original: OutboxItem,
-        kind: OutboxKind,
-        key_ts: str,
-        source: dict[str, Any],
-        now: float,
-        original_extra: OutboxExtra | None = None,
-    ) -> bool:
-        """A correction or delete row behind the message's own, to the same target."""
-        extra = original_extra or self._extra(original.id)
-        held_for = None
-        if original.target.conversation_id is not None:
-            mapping = self.tables.mappings.get((original.team_id, original.channel_id))
-            held_for = extra.held_for or (mapping.held_for if mapping else None)
-        row_id = self.tables.next_id("outbox")
-        row = replace(
-            original,
-            id=row_id,
-            seq=row_id,
-            part=0,
-            parts_total=1,
-            slack_ts=f"{key_ts}:{kind.value}",
-            ref_ts=original.ref_ts or original.slack_ts,
-            text=None,
-            source=dict(source),
-            state=OutboxState.HELD if held_for else OutboxState.QUEUED,
-            attempts=0,
-            next_attempt_at=0.0,
-            last_error=None,
-            dm_event_id=None,
-            created_at=now,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
-            kind=kind,
-            media=None,
-            media_id=None,
-            media_uploaded_at=None,
-            media_unfinished=0,
-            deleted=False,
-            encrypted=False,
-            chat=None,
-        )
-        new_extra = OutboxExtra(
-            held_for=held_for or None,
-            held_state=OutboxState.QUEUED if held_for else None,
-            target_group=extra.target_group,
-        )
-        return self._insert_row(row, new_extra) is not None
-
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]:
-        found = sorted(
-            (
-                r
-                for r in self.tables.outbox.values()
-                if (r.team_id, r.channel_id, r.ref_ts) == (team_id, channel_id, ref_ts)
-                and r.kind in (OutboxKind.MESSAGE, OutboxKind.EDIT)
-                and r.state is OutboxState.SENT
-            ),
-            key=lambda r: (r.seq, r.part),
-        )
-        return [r.dm_event_id for r in found]
-
-    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None:
-        source: dict[str, Any] | None = next(
-            (
-                r.source
-                for r in self.tables.outbox.values()
-                if (r.team_id, r.channel_id, r.slack_ts, r.part) == (team_id, channel_id, ts, 0)
-            ),
-            None,
-        )
-        if source is None:
-            source = next(
-                (
-                    i.payload
-                    for m in self.tables.message_map
-                    if (m.team_id, m.channel_id, m.slack_ts, m.part) == (team_id, channel_id, ts, 0)
-                    for i in self.tables.inbound.values()
-                    if (i.dm_event_id, i.team_id, i.channel_id) == (m.dm_event_id, m.team_id, m.channel_id)
-                ),
-                None,
-            )
-        text = (source or {}).get("text")
-        return str(text) if text else None
-
-    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        wanted = set(event_ids)
-        return {m.dm_event_id for m in self.tables.message_map if m.dm_event_id in wanted}
 
     # -- OutboxStore --------------------------------------------------------------
 
@@ -404,7 +142,8 @@ class MemoryOutbox:
         return False
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
-        channels = {(r.team_id, r.channel_id) for r in self.tables.outbox.values() if r.state in PENDING}
+        pending = (r for r in self.tables.outbox.values() if r.state in OUTBOX_PENDING)
+        channels = {(r.team_id, r.channel_id) for r in pending}
         return [head for key in sorted(channels) if (head := self._head(*key)) is not None]
 
     async def get_item(self, item_id: int) -> OutboxItem | None:
@@ -454,7 +193,7 @@ class MemoryOutbox:
         source: dict[str, Any] | None = None,
     ) -> OutboxItem | None:
         current = self.tables.outbox.get(item_id)
-        if current is None or current.state not in PENDING or current.deleted:
+        if current is None or current.state not in OUTBOX_PENDING or current.deleted:
             return None  # cancelled (deleted in Slack), or finished, since it was read
         if parts is None and current.text is None:
             return None  # an edit reset its text since it was read: render it again
@@ -472,7 +211,7 @@ class MemoryOutbox:
             row is not None
             and row.chat is None
             and row.text == text
-            and row.state in PENDING
+            and row.state in OUTBOX_PENDING
             and not row.deleted
         ):
             row = self._set(item_id, chat=json.loads(json.dumps(chat)))
@@ -572,7 +311,7 @@ class MemoryOutbox:
     async def release_account(self, account_id: int, now: float) -> int:
         released = 0
         for row in list(self.tables.outbox.values()):
-            if row.account_id == account_id and row.state in PENDING:
+            if row.account_id == account_id and row.state in OUTBOX_PENDING:
                 state = OutboxState.SENDING if row.state is OutboxState.SENDING else OutboxState.QUEUED
                 self._set(row.id, state=state, next_attempt_at=now)
                 released += 1
@@ -597,80 +336,6 @@ class MemoryOutbox:
     async def drop_media(self, item_id: int) -> None:
         if item_id in self.tables.outbox:
             self._set(item_id, media=None, media_id=None, media_uploaded_at=None, media_unfinished=0)
-
-    # -- UpkeepStore ------------------------------------------------------------------
-
-    async def prune_batch(
-        self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
-    ) -> int:
-        tables = self.tables
-        seen = sorted((at, e) for e, at in tables.seen_events.items() if at < now - SEEN_EVENTS_KEEP_SECONDS)
-        for _, event_id in seen[:batch]:
-            del tables.seen_events[event_id]
-        finished = sorted(
-            (r.created_at, r.id)
-            for r in tables.outbox.values()
-            if r.created_at < keep_after and r.state not in PENDING and r.state is not OutboxState.HELD
-        )
-        for _, row_id in finished[:batch]:
-            del tables.outbox[row_id]
-            tables.outbox_extra.pop(row_id, None)
-        old_maps = sorted(
-            (m for m in tables.message_map if m.created_at < keep_after), key=lambda m: m.created_at
-        )
-        gone = old_maps[:batch]
-        tables.message_map = [m for m in tables.message_map if m not in gone]
-        done = (InboundState.POSTED, InboundState.SKIPPED, InboundState.FAILED)
-        old_inbound = sorted(
-            (r.created_at, r.id)
-            for r in tables.inbound.values()
-            if r.state in done and r.created_at < inbound_keep_after
-        )
-        for _, row_id in old_inbound[:batch]:
-            del tables.inbound[row_id]
-        return min(len(seen), batch) + min(len(finished), batch) + len(gone) + min(len(old_inbound), batch)
-
-    async def outbox_gauges(self) -> dict[str, Any]:
-        pending = [r.created_at for r in self.tables.outbox.values() if r.state in PENDING]
-        return {"pending": len(pending), "oldest_pending_at": min(pending, default=None)}
-
-    async def outbox_summary(
-        self, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]:
-        chosen = [
-            r
-            for r in self.tables.outbox.values()
-            if (team_id is None or r.team_id == team_id)
-            and (channel_id is None or r.channel_id == channel_id)
-        ]
-        counts: dict[str, int] = {}
-        for row in chosen:
-            counts[row.state.value] = counts.get(row.state.value, 0) + 1
-        return {
-            "counts": counts,
-            "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
-            "oldest_pending_at": min((r.created_at for r in chosen if r.state in PENDING), default=None),
-        }
-
-    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]:
-        found = sorted(
-            (r for r in self.tables.outbox.values() if r.state in states), key=lambda r: (r.seq, r.part)
-        )
-        return found[:limit]
-
-    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
-        sent = [
-            (sent_at, r)
-            for r in self.tables.outbox.values()
-            if r.created_at >= since - 86_400
-            and r.state is OutboxState.SENT
-            and r.kind is OutboxKind.MESSAGE
-            and (sent_at := self._extra(r.id).sent_at) is not None
-            and sent_at >= since
-            and r.part == r.parts_total - 1
-        ]
-        sent.sort(key=lambda pair: pair[0], reverse=True)
-        return [r for _, r in sent[:limit]]
 
 
 def _entry(row: OutboxItem, conversation_id: str | None, dm_event_id: str, now: float) -> MapEntry:

@@ -1,6 +1,7 @@
 """The tables the in-memory fakes of the message-side roles share (tests/memory_inbound.py,
-tests/memory_outbox.py): one world, as one database is for the engines' roles, so what one role
-writes (an outbox row sending, a message map entry) is what another reads (an echo skipped).
+memory_relay.py, memory_outbox.py, memory_upkeep.py): one world, as one database is for the
+engines' roles, so what one role writes (an outbox row sending, a message map entry) is what
+another reads (an echo skipped). ``OutboxRows`` is how the outbox fakes read and write its rows.
 
 Each table keeps the columns the SQL reads; the rules live in the fakes, held to the same
 contract tests as both engines (tests/contract).
@@ -9,7 +10,7 @@ contract tests as both engines (tests/contract).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.errors import Failure
@@ -23,6 +24,9 @@ class CursorRow:
     newest_event_id: str | None = None
     updated_at: float = 0.0
     gap: ReadGap | None = None
+
+
+OUTBOX_PENDING = (OutboxState.QUEUED, OutboxState.WAITING, OutboxState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -117,3 +121,60 @@ def payload_copy(payload: dict[str, Any]) -> dict[str, Any]:
     """A payload as stored: a copy, so the caller's later changes do not reach the row (JSON)."""
     copied: dict[str, Any] = json.loads(json.dumps(payload))
     return copied
+
+
+class OutboxRows:
+    """The outbox rows as the outbox fakes (tests/memory_relay.py, memory_outbox.py,
+    memory_upkeep.py) read and write them, on ``tables``."""
+
+    def __init__(self, tables: MemoryTables | None = None) -> None:
+        self.tables = tables if tables is not None else MemoryTables()
+
+    def _extra(self, item_id: int) -> OutboxExtra:
+        return self.tables.outbox_extra.setdefault(item_id, OutboxExtra())
+
+    def _insert_row(self, row: OutboxItem, extra: OutboxExtra | None = None) -> OutboxItem | None:
+        """Insert unless the message part is there (the unique key); encrypted as its message
+        (or its channel's mapping) is, as the SQL's trigger sets it."""
+        key = (row.team_id, row.channel_id, row.slack_ts, row.part)
+        if any((r.team_id, r.channel_id, r.slack_ts, r.part) == key for r in self.tables.outbox.values()):
+            return None
+        if not row.encrypted:
+            message = next(
+                (
+                    r
+                    for r in self.tables.outbox.values()
+                    if (r.team_id, r.channel_id, r.slack_ts, r.part)
+                    == (row.team_id, row.channel_id, row.ref_ts, 0)
+                ),
+                None,
+            )
+            mapping = self.tables.mappings.get((row.team_id, row.channel_id))
+            if message is not None:
+                row = replace(row, encrypted=message.encrypted)
+            elif mapping is not None and mapping.account_id == row.account_id:
+                row = replace(row, encrypted=mapping.encrypted)
+        self.tables.outbox[row.id] = row
+        self.tables.outbox_extra[row.id] = extra or OutboxExtra()
+        return row
+
+    def _set(self, item_id: int, **changes: Any) -> OutboxItem:
+        row = replace(self.tables.outbox[item_id], **changes)
+        self.tables.outbox[item_id] = row
+        return row
+
+    def _update(self, item_id: int, **changes: Any) -> OutboxItem | None:
+        """Change a row still pending; None (and nothing changed) for a finished one."""
+        row = self.tables.outbox.get(item_id)
+        if row is None or row.state not in OUTBOX_PENDING:
+            return None
+        return self._set(item_id, **changes)
+
+    def _head(self, team_id: str, channel_id: str) -> OutboxItem | None:
+        pending = self.tables.pending_outbox(team_id, channel_id)
+        return pending[0] if pending else None
+
+    def _was(self, row: OutboxItem) -> OutboxState:
+        """A row's state, a held one's as it was when held (``COALESCE(held_state, state)``)."""
+        held = self._extra(row.id).held_state
+        return held if held is not None else row.state
