@@ -14,6 +14,7 @@ from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from tests import pg
+from tests.memory_store import MemoryTablesEngine
 
 ENGINES = ("sqlite", "postgres")
 
@@ -100,3 +101,34 @@ async def opened_side(side: AccountSide) -> AsyncIterator[AccountSideStore]:
         yield store
     finally:
         await store.close()
+
+
+# -- The in-memory fakes of the message-side roles (inbound, cursors, relay, outbox, upkeep) --------
+# held to the same tests as the engines. A module of those roles only takes ``message_side_engine``
+# as its ``engine``; a module mixing them with tests that read tables (``engine.sql``: the memory
+# engine has no SQL) or of other roles defines its ``engine`` over ``engine_or_memory_named``
+# (params ``ENGINES``) and marks the tests the fakes must pass too with ``@memory_too``.
+
+MESSAGE_SIDE_ENGINES = (*ENGINES, "memory")
+
+memory_too = pytest.mark.parametrize("engine", MESSAGE_SIDE_ENGINES, indirect=True)
+
+
+@asynccontextmanager
+async def engine_or_memory_named(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    """``engine_named``, or the in-memory fakes' tables for ``memory``."""
+    if name == "memory":
+        yield MemoryTablesEngine()
+        return
+    async with engine_named(name, request, tmp_path) as chosen:
+        yield chosen
+
+
+@pytest.fixture(params=MESSAGE_SIDE_ENGINES)
+async def message_side_engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
+        yield chosen

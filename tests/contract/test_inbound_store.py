@@ -26,9 +26,16 @@ from bridge.model import (
 )
 from bridge.ports import Store
 from tests.contract.conftest import Engine
+from tests.memory_store import MemoryTablesEngine
 
 ME, ALICE = "1000", "2001"
 CONVERSATION = f"{ME}-{ALICE}"
+
+
+@pytest.fixture
+def engine(message_side_engine: Engine | MemoryTablesEngine) -> Engine | MemoryTablesEngine:
+    """Both engines and the in-memory fakes (tests/memory_store.py): any store must pass these."""
+    return message_side_engine
 
 
 @pytest.fixture

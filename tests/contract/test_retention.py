@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.engine import Dialect
@@ -21,10 +24,20 @@ from bridge.model import (
     XUser,
 )
 from bridge.retention import prune
-from tests.contract.conftest import Engine
+from tests.contract.conftest import ENGINES, Engine, engine_or_memory_named, memory_too
+from tests.memory_store import MemoryTablesEngine
 from tests.outbox import accepted
 
 DAY = 86_400.0
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
+    async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
+        yield chosen
 
 
 def count(db_path: Path, table: str) -> int:
@@ -131,5 +144,65 @@ async def test_finished_x_events_go_after_x_window_and_waiting_ones_stay(engine:
         assert deleted >= 3
         # What was pruned is not news again when X serves it inside its window: the cursor holds.
         assert await store.take_inbound(account.id, [event("5", "1000-2002")], "5", now) == 0
+    finally:
+        await store.close()
+
+
+@memory_too
+async def test_what_retention_prunes_is_gone_from_every_listing_and_what_waits_stays(engine: Engine) -> None:
+    """Through the port only (so the in-memory fakes are held to it too): old finished rows of
+    both directions, their message maps and old Slack event ids go, batch by batch; rows still
+    to send or post stay, however old, and so does everything recent."""
+    store = engine.store()
+    await store.open()
+    try:
+        account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
+        for channel, conversation in (("C1", "1000-2001"), ("C2", "1000-2002")):
+            await store.create_mapping(
+                ChannelMapping("T1", channel, MappingKind.LINK, account.id, conversation, None, "U1", 0.0)
+            )
+        now = 100 * DAY
+        for n, at in ((1, now - 35 * DAY), (2, now - 35 * DAY), (3, now - 35 * DAY), (4, now - DAY / 2)):
+            message = IncomingMessage("T1", "C1", f"{n}.000100", "U1", f"m{n}", event_id=f"Ev{n}")
+            assert await accepted(store, message, at)
+        rows = await store.list_outbox([OutboxState.QUEUED])
+        for row in rows:
+            if row.slack_ts != "3.000100":
+                await store.mark_sent(row.id, Sent("1000-2001", f"90{row.slack_ts[0]}"), row.created_at + 1)
+        waiting = next(r for r in rows if r.slack_ts == "3.000100")
+        await store.reschedule(waiting.id, OutboxState.WAITING, 1e15, "held")
+
+        def event(event_id: str, conversation: str = "1000-2001") -> InboundEvent:
+            return InboundEvent(event_id, EventKind.MESSAGE_CREATE, conversation, "2001", {"text": event_id})
+
+        old = [event(str(i)) for i in (11, 12, 13, 14)]
+        assert await store.take_inbound(account.id, old, "14", now - 40 * DAY) == 4
+        for _ in range(3):
+            head = next(h for h in await store.inbound_heads() if h.channel_id == "C1")
+            assert await store.mark_posting(head.id, now - 40 * DAY) is not None
+            await store.mark_posted(head.id, f"17{head.dm_event_id}.000100", now - 40 * DAY)
+        assert await store.take_inbound(account.id, [event("15", "1000-2002")], "15", now - 10 * DAY) == 1
+        [recent] = [h for h in await store.inbound_heads() if h.channel_id == "C2"]
+        await store.mark_posting(recent.id, now - 10 * DAY)
+        await store.mark_posted(recent.id, "1715.000100", now - 10 * DAY)
+
+        # 3 Slack event ids, 2 outbox rows sent, 5 message maps (those 2 sends and 3 posts), and
+        # 3 inbound rows posted.
+        assert await prune(store, now, retention_days=30, batch=2) == 13
+        assert await prune(store, now, retention_days=30, batch=2) == 0
+
+        assert [r.slack_ts for r in await store.list_outbox([OutboxState.SENT])] == ["4.000100"]
+        assert [r.slack_ts for r in await store.list_outbox([OutboxState.WAITING])] == ["3.000100"]
+        assert await store.outbox_gauges() == {"pending": 1, "oldest_pending_at": now - 35 * DAY}
+        assert await store.relayed_events("T1", "C1", "1.000100") == []
+        assert await store.relayed_events("T1", "C1", "4.000100") == ["904"]
+        assert await store.known_event_ids(["901", "902", "904", "11", "15"]) == {"904", "15"}
+        assert (await store.inbound_summary(account.id))["counts"] == {"queued": 1, "posted": 1}
+        [left] = await store.inbound_heads()
+        assert left.dm_event_id == "14"
+        # Slack retrying the recent message is still known; X serving event 15 again is not news.
+        retried = IncomingMessage("T1", "C1", "9.000100", "U1", "m4", event_id="Ev4")
+        assert not await accepted(store, retried, now)
+        assert await store.take_inbound(account.id, [event("15", "1000-2002")], "15", now) == 0
     finally:
         await store.close()

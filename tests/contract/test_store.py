@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
@@ -19,10 +22,20 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
-from tests.contract.conftest import Engine
+from tests.contract.conftest import ENGINES, Engine, engine_or_memory_named, memory_too
+from tests.memory_store import MemoryTablesEngine
 from tests.outbox import accepted, readable
 
 PENDING = ("queued", "sending", "waiting")
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
+    async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
+        yield chosen
 
 
 async def naive_heads(engine: Engine) -> set[int]:
@@ -101,6 +114,7 @@ def message(n: int, text: str | None = None) -> IncomingMessage:
     return IncomingMessage("T1", "C1", f"{n}.000", "U1", text or f"m{n}", event_id=f"E{n}")
 
 
+@memory_too
 async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         first = await store.accept_if_mapped(message(1), 1.0)
@@ -114,6 +128,7 @@ async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(engine: En
         assert await store.accept_if_mapped(unmapped, 4.0) is None
 
 
+@memory_too
 async def test_mark_sent_hands_on_the_channels_next_row(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         for n in (1, 2):
@@ -156,6 +171,7 @@ async def test_claim_refuses_a_row_deleted_in_slack_since_it_was_read(engine: En
         assert await store.load_budgets() == []  # nothing written
 
 
+@memory_too
 async def test_claim_refuses_a_render_of_text_edited_since_it_was_read(engine: Engine) -> None:
     async with one_channel(engine) as (store, _):
         await store.accept_if_mapped(message(1, "tpyo"), 1.0)

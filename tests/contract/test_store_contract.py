@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -28,11 +29,28 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
-from tests.contract.conftest import AccountSide, Engine, opened_side
+from tests.contract.conftest import (
+    ENGINES,
+    AccountSide,
+    Engine,
+    engine_or_memory_named,
+    memory_too,
+    opened_side,
+)
 from tests.memory_accounts import AccountSideStore, MemoryAccountSide
+from tests.memory_store import MemoryTablesEngine
 from tests.outbox import accepted, readable
 
 AnyStore = SqliteStore | PostgresStore
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Engine | MemoryTablesEngine]:
+    """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
+    async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
+        yield chosen
 
 
 @asynccontextmanager
@@ -168,6 +186,7 @@ async def test_a_channel_maps_once_until_unmapped(account_side: AccountSide) -> 
         assert await store.delete_mapping("T1", "C1") is None and await store.get_mapping("T1", "C1") is None
 
 
+@memory_too
 async def test_a_message_is_accepted_once_by_event_id_and_by_ts(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)
@@ -216,6 +235,7 @@ async def test_concurrent_accepts_hand_out_exactly_one_head_in_order(engine: Eng
                 await other.close()
 
 
+@memory_too
 async def test_an_accept_racing_the_channels_last_send_is_handed_on_exactly_once(engine: Engine) -> None:
     """A row is handed on by its accept (its channel was idle) or by the previous row's
     ``mark_sent`` (which returns the channel's next row): never both, never neither, when the two
@@ -245,6 +265,7 @@ async def test_an_accept_racing_the_channels_last_send_is_handed_on_exactly_once
                 await accepter.close()
 
 
+@memory_too
 async def test_the_first_send_to_a_new_group_names_it_for_the_rows_behind(engine: Engine) -> None:
     """X creates the group on the first send; the mapping and the next row then address it, so no
     second group is created."""
@@ -269,6 +290,7 @@ async def test_the_first_send_to_a_new_group_names_it_for_the_rows_behind(engine
         assert mapping is not None and mapping.conversation_id == "G1"
 
 
+@memory_too
 async def test_sending_records_the_message_map_and_names_the_dm_conversation(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store, "C1", MappingKind.DM)
@@ -369,6 +391,7 @@ async def test_edits_and_deletes_of_messages_held_for_a_previous_account_wait_fo
         ]
 
 
+@memory_too
 async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
     async with opened(engine) as store:
         mapping = await linked(store)
@@ -421,6 +444,7 @@ async def test_budgets_saved_twice_in_one_call_keep_the_last(account_side: Accou
         ]
 
 
+@memory_too
 async def test_media_upload_bookkeeping(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)
@@ -564,6 +588,7 @@ async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(e
         assert await store.abandon_group("T1", "C1", group) == (None, [])
 
 
+@memory_too
 async def test_slack_retrying_a_delete_does_not_cancel_the_delete(engine: Engine) -> None:
     # Found by the fault model (bench/fault_soak.py seed 103): Slack delivered one
     # message_deleted twice; the second cancelled the first's queued delete row (same ref_ts),
@@ -601,6 +626,7 @@ async def test_a_row_cancelled_in_slack_stays_cancelled_whatever_a_stale_reader_
         assert await engine.sql("SELECT state FROM outbox") == [("cancelled",)]
 
 
+@memory_too
 async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)
@@ -686,6 +712,7 @@ async def test_rows_of_an_encrypted_conversation_say_so_whatever_happens_to_the_
         ]
 
 
+@memory_too
 async def test_the_prepared_x_chat_message_is_kept_once_and_only_for_the_text_it_was_made_from(
     engine: Engine,
 ) -> None:
@@ -707,6 +734,7 @@ async def test_the_prepared_x_chat_message_is_kept_once_and_only_for_the_text_it
         assert edited.text is None and edited.chat is None
 
 
+@memory_too
 async def test_a_dropped_x_chat_message_is_replaced_by_the_next_one_kept(engine: Engine) -> None:
     """X refused the prepared message (signed with keys it no longer holds): once dropped, the row
     takes the next one, still only for the text it was made from."""
@@ -726,6 +754,7 @@ async def test_a_dropped_x_chat_message_is_replaced_by_the_next_one_kept(engine:
         assert again is not None and again.chat == second
 
 
+@memory_too
 async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine) -> None:
     async with opened(engine) as store:
         await linked(store)
