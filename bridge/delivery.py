@@ -32,14 +32,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from bridge import reconcile
-from bridge.budget import Budget, read_endpoint
+from bridge.budget import Budget
 from bridge.chat_sender import ChatSender
 from bridge.errors import (
     Failure,
-    RateFacts,
     Undeliverable,
     XAuthExpired,
     XAuthRevoked,
@@ -80,6 +78,7 @@ from bridge.ports import (
     UpkeepStore,
     XClient,
 )
+from bridge.reconcile import Reconciler
 from bridge.render import Renderer
 from bridge.scheduler import Lanes, WakeLoop, drain
 from bridge.tokens import TokenManager
@@ -87,7 +86,6 @@ from bridge.xchat import ChatSessions, XChatError
 
 log = logging.getLogger("bridge.delivery")
 
-READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 CRASH_PAUSE = 1.0  # an account whose task crashed (a bug) is left alone this long
 DELETE_NOTE = (
     "Deleted on X as well. Note that X removes a DM only from the sending account's view: "
@@ -149,7 +147,6 @@ class Delivery:
         self._lanes: Lanes[int, bool] = Lanes("deliver")  # by account: one send at a time each
         self._followups: set[asyncio.Task[None]] = set()
         self._served: dict[tuple[str, str], int] = defaultdict(int)
-        self._scans: dict[int, reconcile.Scan] = {}  # read-backs paused for the read budget, by row
         self._cooldown: dict[int, float] = {}  # account -> when a crashed task's account may start again
         self._turn = 0
         self._feedback = Feedback(
@@ -164,6 +161,7 @@ class Delivery:
             self._config.retry_base,
             self._config.retry_cap,
         )
+        self._reconciler = Reconciler(store, x, tokens, budget, clock)
         self._renderer = Renderer(store, slack, self._outcomes, self._config.relay_format)
         self._chat = ChatSender(
             store, chats, slack, tokens, budget, clock, self._outcomes, self._renderer, self._config.chat_wait
@@ -411,12 +409,12 @@ class Delivery:
                     # Uploads come before the claim and may fail for good: keep every part first.
                     item, parts = await self._store.render(item.id, parts), None
             if item.state is OutboxState.SENDING:
-                found = await self._reconcile(item, account)
+                found = await self._reconciler.find(item, account)
                 if found is not None:
                     return await self._outcomes.sent(item, found)
             if item.deleted:
                 # Deleted in Slack mid-send, and X does not have it: it is never sent again.
-                self._scans.pop(item.id, None)
+                self._reconciler.forget(item.id)
                 await self._outcomes.cancel(item)
                 return LOOK_AGAIN
             return await self._send(item, account, parts)
@@ -528,13 +526,13 @@ class Delivery:
         budgets = self._budget.correct(account.id, exc.facts)
         found: Sent | None = None
         try:
-            found = await self._reconcile(item, account)
+            found = await self._reconciler.find(item, account)
         except (XError, XAuthRevoked) as error:
             log.warning(
                 "X took a DM without saying which; reading it back failed", extra=ids(item, error=str(error))
             )
         finally:
-            self._scans.pop(item.id, None)
+            self._reconciler.forget(item.id)
         if found is not None:
             return await self._outcomes.sent(item, found, budgets)
         target = item.target
@@ -652,82 +650,6 @@ class Delivery:
             await self._feedback.ephemeral(item, UNNAMED_NOTE.format(what=what))
         elif item.author_id and event_ids:
             await self._feedback.ephemeral(item, DELETE_NOTE)
-
-    async def _reconcile(self, item: OutboxItem, account: Account) -> Sent | None:
-        """Did an earlier attempt reach X? Read the conversation back until events are older
-        than the attempt (see bridge/reconcile), within the read budget.
-
-        When the budget runs out first, the row waits for it (still ``sending``: never resent
-        while undecided) and the reading goes on from where it stopped. A reading X ends before
-        it got back to the attempt decides nothing: the row waits and reads again.
-        """
-        assert item.text is not None
-        scan = self._scans.get(item.id)
-        if scan is None or scan.text != item.text:
-            attempt_at = item.sending_since or item.created_at
-            scan = reconcile.Scan(attempt_at, account.x_user_id, item.text, item.media_id)
-        passed = 0
-        while not scan.done:
-            read = functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token)
-
-            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
-                page = await self._tokens.call(account, read)
-                return page, page.facts
-
-            try:
-                # A read: it draws on the account's window of the endpoint it reads (X counts each
-                # apart), shared with inbound polling (every conversation) or placing pushes (a 1-to-1).
-                page = await self._budget.read(
-                    account.id, self._clock.now, read_page, endpoint=read_endpoint(item.target)
-                )
-            except XRefused as exc:
-                # A refusal says nothing about whether X has the message: read again later, from
-                # the newest page (a page token may have gone stale while the reading waited).
-                self._scans.pop(item.id, None)
-                raise XTransient(
-                    f"X did not let the bridge check whether it has the message ({exc})",
-                    status=exc.status,
-                    facts=exc.facts,
-                ) from exc
-            now = self._clock.now()
-            passed += 1
-            if scan.take(page, now):
-                break
-            self._scans[item.id] = scan
-            spent = page.facts.window_remaining == 0
-            if spent or passed >= reconcile.MAX_PAGES_PER_PASS:
-                reset = page.facts.window_reset
-                until = scan.to_local(reset) if spent and reset is not None else now + 60.0
-                until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
-                log.info(
-                    "reconciling: read budget spent; reading on later", extra=ids(item, pages=scan.pages)
-                )
-                raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
-        self._scans.pop(item.id, None)
-        target = item.target
-        if target.new_group is not None:
-            # Creating a group: the account's events in every conversation were read, and only
-            # a group (not a 1-to-1 "a-b") no row has claimed can be the one this attempt made.
-            scan.candidates = [
-                c for c in scan.candidates if c.conversation_id and "-" not in c.conversation_id
-            ]
-        known = await self._store.known_event_ids([e.id for e in scan.candidates])
-        event = scan.oldest(known)
-        if event is not None:
-            conversation = (
-                target.conversation_id
-                or (event.conversation_id if target.new_group is not None else None)
-                or one_to_one_id(account.x_user_id, str(target.participant_id))
-            )
-            log.info("reconciled: X had the message already", extra=ids(item, dm_event_id=event.id))
-            return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
-        if not scan.reached:
-            # X ended the reading before it got back to the attempt (paging in circles, say):
-            # not finding it proves nothing, so the row stays "sending" and is read again later.
-            log.warning("reconciling: X's paging ended early; reading again later", extra=ids(item))
-            raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
-        log.info("reconciled: not on X, sending again", extra=ids(item, pages=scan.pages))
-        return None
 
     # -- encrypted X Chat conversations (issue 19) ------------------------------
 

@@ -25,6 +25,7 @@ class MemoryOutbox:
         self.untold: dict[int, Failure] = {}
         self.budgets: dict[str, tuple[str, int, int, float]] = {}
         self.accounts: dict[int, Account] = {}
+        self.known: set[str] = set()  # X event ids the message map holds (sent by the bridge)
 
     # -- what tests set up ----------------------------------------------------
 
@@ -128,6 +129,8 @@ class MemoryOutbox:
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:
         row = self._update(item_id, state=OutboxState.SENT, dm_event_id=sent.dm_event_id, sending_since=None)
+        if row is not None and sent.dm_event_id is not None:
+            self.known.add(sent.dm_event_id)
         await self.save_budgets(budgets)
         return self._head(row.team_id, row.channel_id) if row is not None else None
 
@@ -170,3 +173,6 @@ class MemoryOutbox:
 
     async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
         return []
+
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        return self.known & set(event_ids)
