@@ -3,7 +3,8 @@ virtual time over an in-memory outbox and a stand-in of X's conversation read.
 
 Its decisions: the attempt found on X is the row's DM (never posted again); read back to the
 attempt without finding it, the row goes again; X refusing the read, paging in circles or the
-read budget running out decide nothing (the row waits, still ``sending``).
+read budget running out decide nothing (the row waits, still ``sending``). A 2xx that names no
+DM is read back for its id, and is a send either way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from bridge.budget import Budget
 from bridge.delivery import Delivery, DeliveryConfig
-from bridge.errors import RateFacts, XRateLimited, XRefused, XTransient
+from bridge.errors import RateFacts, XRateLimited, XRefused, XSentUnconfirmed, XTransient
 from bridge.model import DmEvent, EventPage, OutboxItem, OutboxState, Sent, Target
 from bridge.ports import AccountStore, SlackClient, Store, XClient, XOAuth
 from bridge.reconcile import Reconciler
@@ -45,6 +46,8 @@ class XReads:
         self.circle = False  # every page points at the same next page
         self.remaining: int | None = None  # what each read's headers say is left of the window
         self.reset: float | None = None
+        self.unnamed = False  # a POST's 2xx does not say which DM it made
+        self.listed = True  # a DM POSTed shows in the reads
 
     def dm(self, text: str, at: float, sender: str = ME) -> DmEvent:
         event = DmEvent(
@@ -74,7 +77,12 @@ class XReads:
         self, token: str, target: Target, text: str, *, media_id: str | None = None
     ) -> tuple[Sent, RateFacts]:
         self.sent.append(text)
-        return Sent(CONVERSATION, self.dm(text, self.clock.now()).id), RateFacts()
+        event = self.dm(text, self.clock.now())
+        if not self.listed:
+            self.events.remove(event)
+        if self.unnamed:
+            raise XSentUnconfirmed("X answered 201 without a dm_event_id", status=201)
+        return Sent(CONVERSATION, event.id), RateFacts()
 
 
 class Slack:
@@ -264,3 +272,35 @@ async def test_delivery_keeps_a_send_in_doubt_waiting_while_x_refuses_the_read()
         await clock.until(lambda: outbox.state(row.id) is OutboxState.SENT, limit=30)
     assert x.sent == []  # never posted again while it could not tell
     assert outbox.rows[row.id].dm_event_id == ours.id
+
+
+def queued(outbox: MemoryOutbox, clock: VirtualClock) -> tuple[OutboxItem, XReads]:
+    outbox.account()
+    x = XReads(clock)
+    history(x, clock)
+    row = outbox.add("C1", TEXT, at=clock.now())
+    row = replace(row, target=Target(conversation_id=CONVERSATION))
+    outbox.rows[row.id] = row
+    return row, x
+
+
+async def test_a_2xx_that_names_no_dm_is_read_back_for_its_id_and_never_sent_again() -> None:
+    clock, outbox = VirtualClock(), MemoryOutbox()
+    row, x = queued(outbox, clock)
+    x.unnamed = True
+    async with delivering(outbox, clock, x):
+        await clock.until(lambda: outbox.state(row.id) is OutboxState.SENT, limit=5)
+        await clock.advance(60)
+    assert x.sent == [TEXT]
+    assert outbox.rows[row.id].dm_event_id == x.events[-1].id
+
+
+async def test_a_2xx_that_names_no_dm_and_is_not_listed_yet_is_sent_without_an_id() -> None:
+    clock, outbox = VirtualClock(), MemoryOutbox()
+    row, x = queued(outbox, clock)
+    x.unnamed, x.listed = True, False
+    async with delivering(outbox, clock, x):
+        await clock.until(lambda: outbox.state(row.id) is OutboxState.SENT, limit=5)
+        await clock.advance(60)
+    assert x.sent == [TEXT]  # a 2xx is a send: not again, though the read-back did not find it
+    assert outbox.rows[row.id].dm_event_id is None
