@@ -176,3 +176,14 @@ class MemoryOutbox:
 
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         return self.known & set(event_ids)
+
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        row = self.rows[item_id]
+        if row.text != text or row.deleted:
+            return None
+        if row.chat is not None:
+            return row
+        return self._update(item_id, chat=chat)
+
+    async def drop_chat(self, item_id: int) -> None:
+        self._update(item_id, chat=None)
