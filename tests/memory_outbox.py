@@ -178,12 +178,10 @@ class MemoryOutbox:
         return self.known & set(event_ids)
 
     async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
-        row = self.rows[item_id]
-        if row.text != text or row.deleted:
-            return None
-        if row.chat is not None:
-            return row
-        return self._update(item_id, chat=chat)
+        row = self.rows.get(item_id)
+        if row is not None and row.chat is None and row.text == text and not row.deleted:
+            row = self._update(item_id, chat=chat) or row  # a finished row keeps nothing
+        return row if row is not None and row.text == text and row.chat is not None else None
 
     async def drop_chat(self, item_id: int) -> None:
-        self._update(item_id, chat=None)
+        self.rows[item_id] = replace(self.rows[item_id], chat=None)
