@@ -1,10 +1,13 @@
-"""Did an earlier attempt reach X? The pure half of reading a conversation back.
+"""Did an earlier attempt reach X? Reading a conversation back before a resend.
 
 A row left ``sending`` (a crash, a time-out) may or may not be on X, and X has no
 idempotency key. So the worker reads the conversation back, newest first, page by page,
 until the events are older than the attempt, and takes the oldest event of ours with the
-same text that no other row has claimed. A :class:`Scan` is that reading's state; it can
-stop when the read budget is spent and go on later from where it was.
+same text that no other row has claimed. A :class:`Scan` is that reading's state (pure); it
+can stop when the read budget is spent and go on later from where it was. The
+:class:`Reconciler` does the reading for ``Delivery``'s legacy DM sender: found on X, the row
+is sent; read back to the attempt without it, the row goes again; X refusing the read, paging
+in circles or the budget running out decide nothing, and the row waits, still ``sending``.
 
 Only a reading that got back to the attempt (an event older than it, or the start of the
 conversation) can say "not on X". One that X ends otherwise (a page token seen before, more
@@ -26,10 +29,21 @@ Two things make a plain comparison miss our own send, and so send it twice:
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from bridge.model import DmEvent, EventPage
+from bridge.budget import Budget, read_endpoint
+from bridge.errors import RateFacts, XRateLimited, XRefused, XTransient
+from bridge.feedback import ids
+from bridge.model import Account, DmEvent, EventPage, OutboxItem, Sent, one_to_one_id
+from bridge.ports import Clock, XClient
+from bridge.tokens import TokenManager
+
+log = logging.getLogger(__name__)
 
 MARGIN = 120.0  # seconds before the attempt (on X's clock) that still count as "this attempt"
 # The most our clock is believed to run ahead of X's: a Date header further behind is broken,
@@ -39,6 +53,7 @@ MAX_PAGES_PER_PASS = 15  # X's read budget: 15 reads per 15 minutes per user (NO
 # 10,000 events after one attempt is beyond any real conversation (X sends 15 per 15 minutes):
 # a reading that long is X paging in circles, and must end rather than hold the channel forever.
 MAX_PAGES = 100
+READ_WAIT_CAP = 16 * 60.0  # a read window is 15 minutes: never wait on one for longer
 
 _SCHEME_URL = re.compile(r"\bhttps?://([^\s/?#]+)([^\s]*)", re.IGNORECASE)
 _T_CO = re.compile(r"https?://t\.co/[A-Za-z0-9]+")
@@ -133,3 +148,104 @@ class Scan:
         """The earliest candidate no other row has claimed (the attempt came before any resend)."""
         free = [e for e in self.candidates if e.id not in claimed]
         return min(free, key=lambda e: (len(e.id), e.id), default=None)
+
+
+class ReadBackStore(Protocol):
+    """Which events the bridge itself sent (a part of ``bridge.ports.Store``)."""
+
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+
+class Reconciler:
+    """Reads a conversation back for rows left ``sending``, within the account's read budget;
+    a reading paused for the budget is kept, by row, and goes on from where it stopped."""
+
+    def __init__(
+        self, store: ReadBackStore, x: XClient, tokens: TokenManager, budget: Budget, clock: Clock
+    ) -> None:
+        self._store = store
+        self._x = x
+        self._tokens = tokens
+        self._budget = budget
+        self._clock = clock
+        self._scans: dict[int, Scan] = {}  # read-backs paused for the read budget, by row
+
+    def forget(self, item_id: int) -> None:
+        """Drop the row's paused reading, if any: the next one starts from the newest page."""
+        self._scans.pop(item_id, None)
+
+    async def find(self, item: OutboxItem, account: Account) -> Sent | None:
+        """Did an earlier attempt reach X? Read the conversation back until events are older
+        than the attempt (see :class:`Scan`), within the read budget.
+
+        When the budget runs out first, the row waits for it (still ``sending``: never resent
+        while undecided) and the reading goes on from where it stopped. A reading X ends before
+        it got back to the attempt decides nothing: the row waits and reads again.
+        """
+        assert item.text is not None
+        scan = self._scans.get(item.id)
+        if scan is None or scan.text != item.text:
+            attempt_at = item.sending_since or item.created_at
+            scan = Scan(attempt_at, account.x_user_id, item.text, item.media_id)
+        passed = 0
+        while not scan.done:
+            read = functools.partial(self._x.event_page, target=item.target, pagination_token=scan.token)
+
+            async def read_page(read: Any = read) -> tuple[Any, RateFacts]:
+                page = await self._tokens.call(account, read)
+                return page, page.facts
+
+            try:
+                # A read: it draws on the account's window of the endpoint it reads (X counts each
+                # apart), shared with inbound polling (every conversation) or placing pushes (a 1-to-1).
+                page = await self._budget.read(
+                    account.id, self._clock.now, read_page, endpoint=read_endpoint(item.target)
+                )
+            except XRefused as exc:
+                # A refusal says nothing about whether X has the message: read again later, from
+                # the newest page (a page token may have gone stale while the reading waited).
+                self._scans.pop(item.id, None)
+                raise XTransient(
+                    f"X did not let the bridge check whether it has the message ({exc})",
+                    status=exc.status,
+                    facts=exc.facts,
+                ) from exc
+            now = self._clock.now()
+            passed += 1
+            if scan.take(page, now):
+                break
+            self._scans[item.id] = scan
+            spent = page.facts.window_remaining == 0
+            if spent or passed >= MAX_PAGES_PER_PASS:
+                reset = page.facts.window_reset
+                until = scan.to_local(reset) if spent and reset is not None else now + 60.0
+                until = min(max(until, now + 1.0), now + READ_WAIT_CAP)
+                log.info(
+                    "reconciling: read budget spent; reading on later", extra=ids(item, pages=scan.pages)
+                )
+                raise XRateLimited("read budget spent while reconciling", reset_at=until, facts=page.facts)
+        self._scans.pop(item.id, None)
+        target = item.target
+        if target.new_group is not None:
+            # Creating a group: the account's events in every conversation were read, and only
+            # a group (not a 1-to-1 "a-b") no row has claimed can be the one this attempt made.
+            scan.candidates = [
+                c for c in scan.candidates if c.conversation_id and "-" not in c.conversation_id
+            ]
+        known = await self._store.known_event_ids([e.id for e in scan.candidates])
+        event = scan.oldest(known)
+        if event is not None:
+            conversation = (
+                target.conversation_id
+                or (event.conversation_id if target.new_group is not None else None)
+                or one_to_one_id(account.x_user_id, str(target.participant_id))
+            )
+            log.info("reconciled: X had the message already", extra=ids(item, dm_event_id=event.id))
+            return Sent(dm_conversation_id=conversation, dm_event_id=event.id)
+        if not scan.reached:
+            # X ended the reading before it got back to the attempt (paging in circles, say):
+            # not finding it proves nothing, so the row stays "sending" and is read again later.
+            log.warning("reconciling: X's paging ended early; reading again later", extra=ids(item))
+            raise XTransient(f"X's events ended after {scan.pages} pages, before the attempt")
+        log.info("reconciled: not on X, sending again", extra=ids(item, pages=scan.pages))
+        return None

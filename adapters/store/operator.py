@@ -25,7 +25,7 @@ from bridge.errors import StoreUnavailable
 LISTED_STATES = ("queued", "sending", "waiting", "failed")
 PENDING = ("queued", "sending", "waiting")
 DROPPED = "dropped by operator"
-UNTIL_RECONNECTED = 1e15  # bridge.delivery parks rows for a reconnection at this next_attempt_at
+UNTIL_RECONNECTED = 1e15  # bridge.outcomes parks rows for a reconnection at this next_attempt_at
 NO_SCHEMA = "the database has no bridge tables yet: run `xdm-bridge migrate`"
 
 

@@ -125,3 +125,30 @@ async def test_a_reschedule_keeps_when_the_hold_began_and_a_failure_waits_to_be_
     assert (await heads(store))["C1"].id != head.id  # the next row is the head now
     await store.failure_told(head.id)
     assert await store.failures_to_tell() == []
+
+
+async def test_the_events_of_sent_rows_are_known_and_no_others(outbox: tuple[Any, Add]) -> None:
+    store, add = outbox
+    await add("C1", "first")
+    head = (await heads(store))["C1"]
+    assert await store.known_event_ids(["900"]) == set()
+    await store.mark_sending(head.id, 10.0)
+    await store.mark_sent(head.id, Sent("1001-2001", "900"), 11.0)
+    assert await store.known_event_ids(["900", "901"]) == {"900"}
+    assert await store.known_event_ids([]) == set()
+
+
+async def test_an_x_chat_message_is_kept_once_for_the_text_it_was_made_from(outbox: tuple[Any, Add]) -> None:
+    store, add = outbox
+    await add("C1", "sealed")
+    head = (await heads(store))["C1"]
+    first = {"message_id": "m1", "body": {"n": 1}}
+    second = {"message_id": "m2", "body": {"n": 2}}
+    assert await store.keep_chat(head.id, "edited since", first) is None  # made from other words
+    kept = await store.keep_chat(head.id, "sealed", first)
+    assert kept is not None and kept.chat == first
+    again = await store.keep_chat(head.id, "sealed", second)  # a retry keeps the first message
+    assert again is not None and again.chat == first
+    await store.drop_chat(head.id)  # X refused it: made again with the next keys
+    remade = await store.keep_chat(head.id, "sealed", second)
+    assert remade is not None and remade.chat == second

@@ -8,7 +8,7 @@ import aiohttp
 
 from adapters.sandbox.fake_slack import run_fake_slack
 from adapters.slack.api import SlackApi, web_client
-from bridge.delivery import MENTION_LOOKUPS
+from bridge.render import MENTION_LOOKUPS
 from tests.harness import linked, running_bridge
 
 
