@@ -39,7 +39,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bridge.budget import Budget, ReadEndpoint
 from bridge.chat_inbound import ChatInbound
@@ -64,8 +64,8 @@ from bridge.model import (
     XUser,
     one_to_one_id,
 )
-from bridge.ports import Clock, SlackClient, Store, XClient
-from bridge.poster import Poster
+from bridge.ports import Clock, CursorStore, InboundTaking, PollLookups, SlackClient, XClient
+from bridge.poster import Poster, PosterStore
 from bridge.scheduler import WakeLoop, backoff
 from bridge.tokens import TokenManager
 
@@ -76,6 +76,11 @@ RUNG_TRIES = 3  # list reads a pushed DM may be missing from before it is looked
 LOOKUP_TRIES = 6  # lookups of a pushed DM by its id that do not find it (deleted on X) before it is let go
 RUNG_KEPT = 200  # pushed DM ids kept per account, awaiting the read that names their conversation
 REORDER_HOLD = 2.0  # seconds a channel's newer rows wait for an older pushed DM not placed yet
+
+
+class InboundWorkStore(PosterStore, PollLookups, CursorStore, InboundTaking, Protocol):
+    """The roles the poller (accounts to read, their cursors and wanted histories, the events
+    taken) and its poster use."""
 
 
 @dataclass
@@ -229,7 +234,7 @@ class Inbound:
 
     def __init__(
         self,
-        store: Store,
+        store: InboundWorkStore,
         x: XClient,
         slack: SlackClient,
         tokens: TokenManager,

@@ -56,17 +56,12 @@ class Clock(Protocol):
         ...
 
 
-class AccountStore(Protocol):
-    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
-    one transaction."""
+class AccountReads(Protocol):
+    """Connected X accounts looked up, never changed (``adapters/store/accounts.py`` and
+    ``lookups.py``): what commands and the poster ask. Each account read decrypts its tokens."""
 
-    async def save_account(
-        self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
-    ) -> Account: ...
     async def get_account(self, account_id: int) -> Account | None: ...
     async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None: ...
-    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
-    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
     async def find_accounts(
         self, *, team_id: str | None = None, x_user_id: str | None = None
@@ -74,6 +69,16 @@ class AccountStore(Protocol):
         """The accounts matching every filter given (by index: never the whole table)."""
         ...
 
+
+class AccountStore(AccountReads, Protocol):
+    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
+    one transaction."""
+
+    async def save_account(
+        self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
+    ) -> Account: ...
+    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
+    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """In one transaction: delete the account's tokens, mark it disconnected (and needing
         reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
@@ -196,6 +201,11 @@ class MappingStore(Protocol):
         """The mappings matching every filter given (by index: never the whole table)."""
         ...
 
+
+class PollLookups(Protocol):
+    """What the poller asks on each pass, by index and without decrypting any token
+    (``adapters/store/lookups.py``)."""
+
     async def accounts_with_groups(self) -> set[int]:
         """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
         group's id): the poller reads their groups, which X pushes nothing for."""
@@ -206,8 +216,9 @@ class MappingStore(Protocol):
         ...
 
 
-class InboundStore(Protocol):
-    """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a time."""
+class InboundTaking(Protocol):
+    """X → Slack, the readers' side: events read from X (poll, push placed, history, X Chat)
+    taken into rows per channel."""
 
     async def take_inbound(
         self,
@@ -239,6 +250,10 @@ class InboundStore(Protocol):
         ``echoes``, the rows written skipped as the bridge's own sends read back.
         """
         ...
+
+
+class InboundPosting(Protocol):
+    """X → Slack, the poster's side: the rows' channel heads posted into Slack once, in order."""
 
     async def inbound_heads(
         self, after: tuple[str, str] | None = None, limit: int | None = None
@@ -272,6 +287,15 @@ class InboundStore(Protocol):
         """Slack said 429: nothing more is posted to this channel before ``until``."""
         ...
 
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
+        what the bridge posted from X do not count)."""
+        ...
+
+
+class InboundStatus(Protocol):
+    """X → Slack as status reads see it (`/xdm status`, push health)."""
+
     async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
         """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
         ...
@@ -287,10 +311,10 @@ class InboundStore(Protocol):
         ``pushed`` (as the leader last saved them)."""
         ...
 
-    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
-        what the bridge posted from X do not count)."""
-        ...
+
+class InboundStore(InboundTaking, InboundPosting, InboundStatus, Protocol):
+    """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a
+    time (``adapters/store/inbound.py``)."""
 
 
 class CursorStore(Protocol):
@@ -370,8 +394,8 @@ class RelayStore(Protocol):
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
 
-class OutboxStore(Protocol):
-    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+class OutboxInDoubt(Protocol):
+    """The outbox's side of the poster's echo check (``store/outbox.py``)."""
 
     async def send_in_doubt(
         self, team_id: str, channel_id: str, conversation_id: str | None, account_ids: Sequence[int]
@@ -380,6 +404,10 @@ class OutboxStore(Protocol):
         they bridge to ``conversation_id``? By the pending rows only (index), never the history:
         the poster asks it for each X message its own account wrote."""
         ...
+
+
+class OutboxStore(OutboxInDoubt, Protocol):
+    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         """Per channel, the oldest row not yet sent or failed: only heads may be sent.
@@ -531,6 +559,7 @@ class Store(
     AccountStore,
     ConnectFlowStore,
     MappingStore,
+    PollLookups,
     InboundStore,
     CursorStore,
     BudgetStore,
