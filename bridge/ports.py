@@ -317,7 +317,24 @@ class InboundStore(InboundTaking, InboundPosting, InboundStatus, Protocol):
     time (``adapters/store/inbound.py``)."""
 
 
-class CursorStore(Protocol):
+class BackfillRequests(Protocol):
+    """Conversation histories still to read (``adapters/store/inbound.py``)."""
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
+        ``finish_backfill`` (a later request for the same conversation replaces it)."""
+        ...
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        """(account id, conversation id, bridged at) of every history still wanted."""
+        ...
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
+        ...
+
+
+class CursorStore(BackfillRequests, Protocol):
     """Where each account's reads of X stand: its cursor and unfinished read, the leader's next
     read, and conversation histories still to read."""
 
@@ -332,19 +349,6 @@ class CursorStore(Protocol):
     async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
         """When the leader reads this account's DMs next, and whether X pushes to it (for
         `/xdm status` on any instance)."""
-        ...
-
-    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
-        ``finish_backfill`` (a later request for the same conversation replaces it)."""
-        ...
-
-    async def pending_backfills(self) -> list[tuple[int, str, float]]:
-        """(account id, conversation id, bridged at) of every history still wanted."""
-        ...
-
-    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
         ...
 
 
