@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -580,14 +580,21 @@ class Inbound:
     # -- polling -----------------------------------------------------------
 
     async def _poll_due(self) -> float:
-        """Poll every account that is due; return how long until the next one is."""
+        """Poll every account that is due; return how long until the next one is.
+
+        The pass asks the store for ids (no token decrypted) and reads in full only the accounts
+        it works on: those due, placing pushed DMs, or with a history wanted."""
         now = self._clock.now()
-        accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
+        ids = await self._store.account_ids_to_read()
         self._has_groups = await self._store.accounts_with_groups()
         wanted = await self.backfill.requests()
-        await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in accounts if a.id in wanted))
-        due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
-        placing = [a for a in accounts if self._place_at.get(a.id, math.inf) <= now]
+        read = await self._accounts([i for i in ids if i in wanted])
+        await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in read.values()))
+        due_ids = [i for i in ids if self._next_poll.get(i, 0.0) <= now]
+        placing_ids = [i for i in ids if self._place_at.get(i, math.inf) <= now]
+        read.update(await self._accounts([i for i in {*due_ids, *placing_ids} if i not in read]))
+        due = [read[i] for i in due_ids if i in read]
+        placing = [read[i] for i in placing_ids if i in read]
         await asyncio.gather(*(self._poll_account(a) for a in due), *(self._place(a) for a in placing))
         for account in due:
             if account.id in self._next_poll:
@@ -595,9 +602,15 @@ class Inbound:
                 await self._store.set_next_read(
                     account.id, self._next_poll[account.id], pushed=self.push_active(account.id)
                 )
-        upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
-        upcoming += [self._place_at[a.id] for a in accounts if a.id in self._place_at]
+        upcoming = [self._next_poll[i] for i in ids if i in self._next_poll]
+        upcoming += [self._place_at[i] for i in ids if i in self._place_at]
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
+
+    async def _accounts(self, ids: Iterable[int]) -> dict[int, Account]:
+        """The accounts ``ids`` with their tokens, those still readable (not disconnected meanwhile,
+        their tokens opened by a key)."""
+        found = [await self._store.get_account(i) for i in sorted(ids)]
+        return {a.id: a for a in found if a is not None and not a.needs_reconnect}
 
     async def _poll_account(self, account: Account) -> None:
         self._read_at[account.id] = self._clock.now()

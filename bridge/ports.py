@@ -206,6 +206,11 @@ class PollLookups(Protocol):
     """What the poller asks on each pass, by index and without decrypting any token
     (``adapters/store/lookups.py``)."""
 
+    async def account_ids_to_read(self) -> list[int]:
+        """Ids of the accounts whose DMs are read: connected, not needing reconnection (one whose
+        tokens no key opens shows as needing it once read, ``get_account``), in id order."""
+        ...
+
     async def accounts_with_groups(self) -> set[int]:
         """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
         group's id): the poller reads their groups, which X pushes nothing for."""

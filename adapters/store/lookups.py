@@ -54,6 +54,11 @@ class LookupsRole(StoreBase):
         )
         return None if row is None or row["t"] is None else float(row["t"])
 
+    async def account_ids_to_read(self) -> list[int]:
+        # Ids only: the poller asks on each pass, and listing the accounts decrypted every token.
+        found = await self.engine.fetch("SELECT id FROM accounts WHERE needs_reconnect = 0 ORDER BY id")
+        return [int(r["id"]) for r in found]
+
 
 def _where(**equal: Any) -> tuple[str, list[Any]]:
     """`` WHERE a = ? AND b = ?`` for the filters given (None: not filtered); names are ours."""

@@ -781,3 +781,18 @@ async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_o
         assert await store.first_bridged_at(cy.id) == 6.0
         await store.delete_mapping("T1", "C2")
         assert await store.first_bridged_at(ada.id) == 5.0
+
+
+async def test_the_accounts_to_read_are_those_connected_and_not_needing_reconnection(engine: Engine) -> None:
+    async with opened(engine) as store:
+        assert await store.account_ids_to_read() == []
+        ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
+        bob = await store.save_account("T1", "U2", XUser("2000", "bob"), TokenSet("b", "r", None))
+        cy = await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
+        assert await store.account_ids_to_read() == [ada.id, bob.id, cy.id]
+        await store.set_needs_reconnect(bob.id, True)  # X refused its refresh
+        await store.disconnect_account(cy.id, 10.0, "U3")
+        assert await store.account_ids_to_read() == [ada.id]
+        await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c2", "r", None))  # back
+        await store.set_needs_reconnect(bob.id, False)
+        assert await store.account_ids_to_read() == [ada.id, bob.id, cy.id]
