@@ -557,7 +557,7 @@ def _worker(
 ) -> Worker:
     """Delivery, the inbound poller and poster, and push upkeep: the work that talks to X, run
     by the one instance that leads (on PostgreSQL, while it holds the leader lock)."""
-    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2))]
+    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2), inbound.resume)]
     if push is not None:
         jobs.append(_push_job(push))
 

@@ -549,12 +549,17 @@ class Inbound:
         """When the poller last finished a look (health checks read it)."""
         return self._poller.heartbeat
 
-    async def run(self) -> None:
-        """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
-        that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
+    def resume(self) -> None:
+        """Allow ``run`` again after ``stop`` (an instance that leads again on PostgreSQL): the
+        state it keeps is a schedule, the store has the rest. The worker's, when it starts
+        leading; not ``run``'s own, since a ``stop`` that comes before the task running it has
+        started must still end it."""
         self._stopping = False
         self._poller.resume()
         self.poster.resume()
+
+    async def run(self) -> None:
+        """Both loops; returns when ``stop`` is called (at once, if ``stop`` came first)."""
         polling = asyncio.create_task(self._poller.run(), name="inbound-polling")
         self._polling = polling
         try:

@@ -115,3 +115,38 @@ async def test_a_pass_reads_in_full_only_the_accounts_it_reads_from_x() -> None:
     retry = clock.now() + config.min_interval * 4  # X failing: read again soon
     assert store.next_reads == {1: retry}
     assert wait == retry - clock.now()
+
+
+async def test_a_stop_before_inbound_has_started_still_ends_it() -> None:
+    """A bridge stopped right after it started leading: ``run``'s task had not begun when
+    ``stop`` came. Resuming is the worker's, when it leads, never ``run``'s."""
+    clock = VirtualClock()
+    store = Accounts([_account(1)])
+    inbound = _inbound(store, FailingX(), clock, InboundConfig())
+    inbound.resume()
+    running = asyncio.create_task(inbound.run())
+    await inbound.stop(grace=1.0)
+    await clock.advance(60)
+    assert running.done() and running.exception() is None
+    assert store.read_in_full == []  # no pass ran
+
+
+async def test_inbound_runs_again_once_resumed_after_a_stop() -> None:
+    """An instance that leads again (PostgreSQL): the worker resumes it before its next term."""
+    clock = VirtualClock()
+    store = Accounts([_account(1)])
+    inbound = _inbound(store, FailingX(), clock, InboundConfig())
+    inbound.resume()
+    first = asyncio.create_task(inbound.run())
+    await clock.advance(1)
+    await inbound.stop(grace=1.0)
+    await clock.advance(1)
+    assert first.done()
+    store.read_in_full.clear()
+    inbound.resume()
+    again = asyncio.create_task(inbound.run())
+    await clock.advance(30)  # past the read X failed
+    assert store.read_in_full == [1] and not again.done()  # polling again
+    await inbound.stop(grace=1.0)
+    await clock.advance(1)
+    assert again.done()
