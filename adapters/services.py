@@ -635,7 +635,7 @@ def _push_job(push: Push) -> Job:
         for task in running:  # an X call in flight need not finish: the next leader re-checks
             task.cancel()
 
-    return Job("push", run, stop)
+    return Job("push", run, stop, push.resume)
 
 
 async def _push_after_start(push: Push) -> None:

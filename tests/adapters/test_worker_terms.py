@@ -6,14 +6,19 @@ leads again."""
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from adapters.web.worker import Job, Worker
 from bridge.budget import Budget
 from bridge.delivery import Delivery
-from bridge.ports import SlackClient, Store, XClient, XOAuth
+from bridge.errors import XTransient
+from bridge.inbound import Inbound
+from bridge.model import InboundOrigin
+from bridge.ports import SlackClient, Store, XApp, XClient, XOAuth
+from bridge.push import Push, PushStore
 from bridge.scheduler import WakeLoop
 from bridge.tokens import TokenManager
 from tests.memory_outbox import MemoryOutbox
@@ -73,3 +78,31 @@ async def test_a_term_after_a_lost_one_runs_the_jobs_again() -> None:
     await clock.advance(1)
     await stopping
     assert again.done() and again.exception() is None
+
+
+class NoWebhooks:
+    """X's webhook API failing (push is then not set up, and polling carries on)."""
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        raise XTransient("X answered 503")
+
+
+class NothingPushed:
+    async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
+        return None
+
+
+async def test_push_stopped_before_its_term_began_ends_once_set_up() -> None:
+    """Push upkeep's ``run`` cleared its stop as it began, so a stop before that ran on to the
+    hourly re-check and held the shutdown; resuming is the worker's, when a term begins."""
+    clock = VirtualClock()
+    pushed: list[int] = []
+    inbound = cast(Inbound, SimpleNamespace(rang=lambda account_id, dms: pushed.append(account_id)))
+    tokens = cast(TokenManager, None)
+    push = Push(
+        cast(PushStore, NothingPushed()), cast(XApp, NoWebhooks()), tokens, inbound, clock, "https://b/x"
+    )
+    push.resume()
+    push.stop()
+    await asyncio.wait_for(push.run(), 5.0)
+    assert push.state.last_error == "X answered 503"  # it did set up (and failed to) first
