@@ -40,12 +40,12 @@ from bridge.permissions import Permissions
 from bridge.ports import (
     AccountReads,
     Clock,
-    ConnectFlowStore,
     InboundStatus,
     MappingStore,
+    OAuthStates,
+    OutboxListings,
     RelayStore,
     SlackClient,
-    UpkeepStore,
     XClient,
     XOAuth,
 )
@@ -239,7 +239,7 @@ def parse(text: str) -> Command:
 
 
 class CommandStore(
-    AccountReads, ConnectFlowStore, MappingStore, RelayStore, InboundStatus, UpkeepStore, Protocol
+    AccountReads, OAuthStates, MappingStore, RelayStore, InboundStatus, OutboxListings, Protocol
 ):
     """The roles `/xdm` uses: the caller's account, a connect flow's state, the channel's
     mapping, an opening message accepted, and the status summaries."""

@@ -117,9 +117,9 @@ class AccountStore(AccountReads, Protocol):
         ...
 
 
-class ConnectFlowStore(Protocol):
-    """An X authorization on its way to becoming an account: OAuth states, then the connection
-    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+class OAuthStates(Protocol):
+    """An X authorization's first step: its OAuth state, from `/xdm connect` to X's callback
+    (``adapters/store/accounts.py``)."""
 
     async def save_oauth_state(self, state: OAuthState) -> None: ...
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
@@ -139,7 +139,11 @@ class ConnectFlowStore(Protocol):
         hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
         ...
 
-    # connections waiting for the Slack user's confirmation
+
+class ConnectFlowStore(OAuthStates, Protocol):
+    """An X authorization on its way to becoming an account: OAuth states, then the connection
+    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+
     async def save_pending_connection(self, pending: PendingConnection) -> None:
         """Keep an authorization (its tokens encrypted) until its Slack user confirms or cancels."""
         ...
@@ -524,7 +528,25 @@ class OutboxMediaStore(Protocol):
         ...
 
 
-class UpkeepStore(Protocol):
+class OutboxListings(Protocol):
+    """The outbox as status reads and start-up see it (``adapters/store/upkeep.py``)."""
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
+
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        """The last parts of messages marked sent at or after ``since``, newest first.
+
+        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
+        and reacting in Slack would otherwise leave a delivered message without its mark.
+        """
+        ...
+
+
+class UpkeepStore(OutboxListings, Protocol):
     """Retention, gauges and listings (``adapters/store/upkeep.py``)."""
 
     async def prune_batch(
@@ -547,20 +569,6 @@ class UpkeepStore(Protocol):
         unfinished rows (cost follows the backlog, not the history): ``held`` (their channel is
         paused), ``catching_up`` (an unfinished read holds their channel), ``queued`` (the rest),
         and ``oldest_waiting_at`` (None when none waits)."""
-        ...
-
-    async def outbox_summary(
-        self, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]: ...
-
-    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
-
-    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
-        """The last parts of messages marked sent at or after ``since``, newest first.
-
-        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
-        and reacting in Slack would otherwise leave a delivered message without its mark.
-        """
         ...
 
 
