@@ -588,7 +588,7 @@ class Inbound:
         """Poll every account that is due; return how long until the next one is.
 
         The pass asks the store for ids (no token decrypted) and reads in full only the accounts
-        it works on: those due, placing pushed DMs, or with a history wanted."""
+        it works on: those due, placing pushed DMs, or with a history wanted (one read each time)."""
         now = self._clock.now()
         ids = await self._store.account_ids_to_read()
         self._has_groups = await self._store.accounts_with_groups()
@@ -614,8 +614,9 @@ class Inbound:
     async def _accounts(self, ids: Iterable[int]) -> dict[int, Account]:
         """The accounts ``ids`` with their tokens, those still readable (not disconnected meanwhile,
         their tokens opened by a key)."""
-        found = [await self._store.get_account(i) for i in sorted(ids)]
-        return {a.id: a for a in found if a is not None and not a.needs_reconnect}
+        wanted = sorted(ids)
+        found = await self._store.accounts_by_id(wanted) if wanted else []
+        return {a.id: a for a in found if not a.needs_reconnect}
 
     async def _poll_account(self, account: Account) -> None:
         self._read_at[account.id] = self._clock.now()

@@ -215,6 +215,10 @@ class PollLookups(Protocol):
         tokens no key opens shows as needing it once read, ``get_account``), in id order."""
         ...
 
+    async def accounts_by_id(self, ids: Sequence[int]) -> list[Account]:
+        """The accounts of ``ids`` still in the store, with their tokens, in id order."""
+        ...
+
     async def accounts_with_groups(self) -> set[int]:
         """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
         group's id): the poller reads their groups, which X pushes nothing for."""
