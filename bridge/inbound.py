@@ -65,7 +65,7 @@ from bridge.model import (
     inbound_event,
     one_to_one_id,
 )
-from bridge.ports import Clock, CursorStore, InboundTaking, PollLookups, SlackClient, XClient
+from bridge.ports import Clock, CursorStore, InboundTaking, MappingLookups, PollLookups, SlackClient, XClient
 from bridge.poster import Poster, PosterStore
 from bridge.scheduler import WakeLoop, backoff
 from bridge.tokens import TokenManager
@@ -79,7 +79,7 @@ RUNG_KEPT = 200  # pushed DM ids kept per account, awaiting the read that names 
 REORDER_HOLD = 2.0  # seconds a channel's newer rows wait for an older pushed DM not placed yet
 
 
-class InboundWorkStore(PosterStore, PollLookups, CursorStore, InboundTaking, Protocol):
+class InboundWorkStore(PosterStore, PollLookups, MappingLookups, CursorStore, InboundTaking, Protocol):
     """The roles the poller (accounts to read, their cursors and wanted histories, the events
     taken) and its poster use."""
 

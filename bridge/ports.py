@@ -164,7 +164,20 @@ class ConnectFlowStore(OAuthStates, Protocol):
         ...
 
 
-class MappingStore(Protocol):
+class MappingLookups(Protocol):
+    """What the poller asks of the mappings on each pass, by index (``adapters/store/lookups.py``)."""
+
+    async def accounts_with_groups(self) -> set[int]:
+        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
+        group's id): the poller reads their groups, which X pushes nothing for."""
+        ...
+
+    async def first_bridged_at(self, account_id: int) -> float | None:
+        """When the account's first channel still bridged was bridged (None: it bridges none)."""
+        ...
+
+
+class MappingStore(MappingLookups, Protocol):
     """Which Slack channel bridges which X conversation (``adapters/store/mappings.py``). Every
     method is one transaction."""
 
@@ -207,8 +220,8 @@ class MappingStore(Protocol):
 
 
 class PollLookups(Protocol):
-    """What the poller asks on each pass, by index and without decrypting any token
-    (``adapters/store/lookups.py``)."""
+    """The accounts the poller reads on each pass: ids by index without decrypting any token,
+    then in full only those it works on (``adapters/store/lookups.py``)."""
 
     async def account_ids_to_read(self) -> list[int]:
         """Ids of the accounts whose DMs are read: connected, not needing reconnection (one whose
@@ -217,15 +230,6 @@ class PollLookups(Protocol):
 
     async def accounts_by_id(self, ids: Sequence[int]) -> list[Account]:
         """The accounts of ``ids`` still in the store, with their tokens, in id order."""
-        ...
-
-    async def accounts_with_groups(self) -> set[int]:
-        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
-        group's id): the poller reads their groups, which X pushes nothing for."""
-        ...
-
-    async def first_bridged_at(self, account_id: int) -> float | None:
-        """When the account's first channel still bridged was bridged (None: it bridges none)."""
         ...
 
 
