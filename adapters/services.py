@@ -557,7 +557,7 @@ def _worker(
 ) -> Worker:
     """Delivery, the inbound poller and poster, and push upkeep: the work that talks to X, run
     by the one instance that leads (on PostgreSQL, while it holds the leader lock)."""
-    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2))]
+    jobs = [Job("inbound", inbound.run, lambda grace: inbound.stop(grace / 2), inbound.resume)]
     if push is not None:
         jobs.append(_push_job(push))
 
@@ -635,7 +635,7 @@ def _push_job(push: Push) -> Job:
         for task in running:  # an X call in flight need not finish: the next leader re-checks
             task.cancel()
 
-    return Job("push", run, stop)
+    return Job("push", run, stop, push.resume)
 
 
 async def _push_after_start(push: Push) -> None:

@@ -37,7 +37,18 @@ from bridge.model import (
     one_to_one_id,
 )
 from bridge.permissions import Permissions
-from bridge.ports import Clock, SlackClient, Store, XClient, XOAuth
+from bridge.ports import (
+    AccountReads,
+    Clock,
+    InboundStatus,
+    MappingStore,
+    OAuthStates,
+    OutboxListings,
+    RelayStore,
+    SlackClient,
+    XClient,
+    XOAuth,
+)
 from bridge.tokens import TokenManager
 from bridge.xchat import (
     ChatPeers,
@@ -227,6 +238,13 @@ def parse(text: str) -> Command:
 # -- carrying out ----------------------------------------------------------------
 
 
+class CommandStore(
+    AccountReads, OAuthStates, MappingStore, RelayStore, InboundStatus, OutboxListings, Protocol
+):
+    """The roles `/xdm` uses: the caller's account, a connect flow's state, the channel's
+    mapping, an opening message accepted, and the status summaries."""
+
+
 class InboundControl(Protocol):
     """What commands ask of X → Slack: ``Inbound``, or whatever passes it on to the leader."""
 
@@ -279,7 +297,7 @@ class CommandService:
     def __init__(
         self,
         *,
-        store: Store,
+        store: CommandStore,
         x: XClient,
         oauth: XOAuth,
         tokens: TokenManager,

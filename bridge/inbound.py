@@ -29,7 +29,7 @@ store (message map, or the outbox row still ``sending`` that text) and never pos
 there; in another channel on the same conversation they are news, marked as sent from the
 first. The Slack listener ignores bot posts, so what this module posts is never relayed to X.
 History asked for on linking is a row in the store until it is queued, so a crash between
-the request and the read does not lose it.
+the request and the read does not lose it; the poller's passes read it (``bridge/backfill.py``).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from bridge.backfill import Backfill
 from bridge.budget import Budget, ReadEndpoint
 from bridge.chat_inbound import ChatInbound
 from bridge.errors import (
@@ -54,7 +55,6 @@ from bridge.errors import (
 from bridge.model import (
     Account,
     DmEvent,
-    EventKind,
     EventPage,
     InboundEvent,
     InboundItem,
@@ -62,10 +62,11 @@ from bridge.model import (
     InboundState,
     ReadGap,
     XUser,
+    inbound_event,
     one_to_one_id,
 )
-from bridge.ports import Clock, SlackClient, Store, XClient
-from bridge.poster import Poster
+from bridge.ports import Clock, CursorStore, InboundTaking, MappingLookups, PollLookups, SlackClient, XClient
+from bridge.poster import Poster, PosterStore
 from bridge.scheduler import WakeLoop, backoff
 from bridge.tokens import TokenManager
 
@@ -76,6 +77,11 @@ RUNG_TRIES = 3  # list reads a pushed DM may be missing from before it is looked
 LOOKUP_TRIES = 6  # lookups of a pushed DM by its id that do not find it (deleted on X) before it is let go
 RUNG_KEPT = 200  # pushed DM ids kept per account, awaiting the read that names their conversation
 REORDER_HOLD = 2.0  # seconds a channel's newer rows wait for an older pushed DM not placed yet
+
+
+class InboundWorkStore(PosterStore, PollLookups, MappingLookups, CursorStore, InboundTaking, Protocol):
+    """The roles the poller (accounts to read, their cursors and wanted histories, the events
+    taken) and its poster use."""
 
 
 @dataclass
@@ -185,51 +191,17 @@ class _Read:
         return ReadGap(self.token, self.newest, self.oldest, self.restarts, opened_at)
 
 
-def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
-    if user is None:
-        return {"id": user_id, "username": "", "name": "", "avatar": ""}
-    return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
-
-
 def _origin(pushed: bool) -> InboundOrigin:
     """A DM a push announced came by push, even though a read of X placed it."""
     return InboundOrigin.PUSH if pushed else InboundOrigin.POLL
 
 
-def inbound_event(
-    event: DmEvent, users: dict[str, XUser], origin: InboundOrigin, bridged_at: float | None = None
-) -> InboundEvent:
-    """What the store keeps of an X event: everything posting it needs, nothing secret.
-    History (``origin`` backfill) carries when its channel was bridged: it is for that channel."""
-    payload: dict[str, Any] = {
-        "text": event.written,
-        "created_at": event.created_at,
-        "sender": _user_json(users.get(event.sender_id or ""), event.sender_id),
-    }
-    if event.media:
-        payload["media"] = [dict(m) for m in event.media]
-    if event.participant_ids:
-        payload["participants"] = [_user_json(users.get(p), p) for p in event.participant_ids]
-    if origin is InboundOrigin.BACKFILL:
-        payload["history"] = True
-        if bridged_at is not None:
-            payload["bridged_at"] = bridged_at
-    return InboundEvent(
-        dm_event_id=event.id,
-        kind=event.kind,
-        conversation_id=event.conversation_id,
-        sender_id=event.sender_id,
-        payload=payload,
-        origin=origin,
-    )
-
-
 class Inbound:
-    """Owns the poller and the poster (both in the leader's process)."""
+    """Owns the poller, the poster and the backfill (all in the leader's process)."""
 
     def __init__(
         self,
-        store: Store,
+        store: InboundWorkStore,
         x: XClient,
         slack: SlackClient,
         tokens: TokenManager,
@@ -248,6 +220,7 @@ class Inbound:
             "inbound polling", clock, self._poll_due, retry_after=self._config.min_interval
         )
         self.poster = Poster(store, x, slack, tokens, clock, self._config, self._held_until, self._emit)
+        self.backfill = Backfill(store, x, tokens, clock, self._config, self._history_read, self.take)
         self._stopping = False
         self._next_poll: dict[int, float] = {}
         self._last_activity: dict[int, float] = {}
@@ -554,7 +527,7 @@ class Inbound:
 
     def wants_history(self) -> bool:
         """Is a newly bridged conversation's history posted (``backfill`` messages of it)?"""
-        return self._config.backfill > 0
+        return self.backfill.wanted
 
     async def history_requested(self, account_id: int) -> None:
         """A channel was just bridged and its history asked for (the request was written with the
@@ -576,12 +549,17 @@ class Inbound:
         """When the poller last finished a look (health checks read it)."""
         return self._poller.heartbeat
 
-    async def run(self) -> None:
-        """Both loops; returns when ``stop`` is called. May run again after ``stop`` (an instance
-        that leads again on PostgreSQL): the state it keeps is a schedule, the store has the rest."""
+    def resume(self) -> None:
+        """Allow ``run`` again after ``stop`` (an instance that leads again on PostgreSQL): the
+        state it keeps is a schedule, the store has the rest. The worker's, when it starts
+        leading; not ``run``'s own, since a ``stop`` that comes before the task running it has
+        started must still end it."""
         self._stopping = False
         self._poller.resume()
         self.poster.resume()
+
+    async def run(self) -> None:
+        """Both loops; returns when ``stop`` is called (at once, if ``stop`` came first)."""
         polling = asyncio.create_task(self._poller.run(), name="inbound-polling")
         self._polling = polling
         try:
@@ -607,16 +585,21 @@ class Inbound:
     # -- polling -----------------------------------------------------------
 
     async def _poll_due(self) -> float:
-        """Poll every account that is due; return how long until the next one is."""
+        """Poll every account that is due; return how long until the next one is.
+
+        The pass asks the store for ids (no token decrypted) and reads in full only the accounts
+        it works on: those due, placing pushed DMs, or with a history wanted (one read each time)."""
         now = self._clock.now()
-        accounts = [a for a in await self._store.list_accounts() if not a.needs_reconnect]
+        ids = await self._store.account_ids_to_read()
         self._has_groups = await self._store.accounts_with_groups()
-        wanted: dict[int, list[tuple[str, float]]] = {}
-        for account_id, conversation_id, bridged_at in await self._store.pending_backfills():
-            wanted.setdefault(account_id, []).append((conversation_id, bridged_at))
-        await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in accounts if a.id in wanted))
-        due = [a for a in accounts if self._next_poll.get(a.id, 0.0) <= now]
-        placing = [a for a in accounts if self._place_at.get(a.id, math.inf) <= now]
+        wanted = await self.backfill.requests()
+        read = await self._accounts([i for i in ids if i in wanted])
+        await asyncio.gather(*(self._backfill_account(a, wanted[a.id]) for a in read.values()))
+        due_ids = [i for i in ids if self._next_poll.get(i, 0.0) <= now]
+        placing_ids = [i for i in ids if self._place_at.get(i, math.inf) <= now]
+        read.update(await self._accounts([i for i in {*due_ids, *placing_ids} if i not in read]))
+        due = [read[i] for i in due_ids if i in read]
+        placing = [read[i] for i in placing_ids if i in read]
         await asyncio.gather(*(self._poll_account(a) for a in due), *(self._place(a) for a in placing))
         for account in due:
             if account.id in self._next_poll:
@@ -624,9 +607,16 @@ class Inbound:
                 await self._store.set_next_read(
                     account.id, self._next_poll[account.id], pushed=self.push_active(account.id)
                 )
-        upcoming = [self._next_poll[a.id] for a in accounts if a.id in self._next_poll]
-        upcoming += [self._place_at[a.id] for a in accounts if a.id in self._place_at]
+        upcoming = [self._next_poll[i] for i in ids if i in self._next_poll]
+        upcoming += [self._place_at[i] for i in ids if i in self._place_at]
         return (min(upcoming) if upcoming else now + self._config.idle_interval) - self._clock.now()
+
+    async def _accounts(self, ids: Iterable[int]) -> dict[int, Account]:
+        """The accounts ``ids`` with their tokens, those still readable (not disconnected meanwhile,
+        their tokens opened by a key)."""
+        wanted = sorted(ids)
+        found = await self._store.accounts_by_id(wanted) if wanted else []
+        return {a.id: a for a in found if not a.needs_reconnect}
 
     async def _poll_account(self, account: Account) -> None:
         self._read_at[account.id] = self._clock.now()
@@ -674,6 +664,11 @@ class Inbound:
         if done.failure is not None:
             raise done.failure
         return queued
+
+    async def _history_read(
+        self, account: Account, call: Callable[[], Awaitable[tuple[EventPage, Any]]]
+    ) -> EventPage:
+        return await self._counted_read(account, call, endpoint=ReadEndpoint.CONVERSATION)
 
     async def _chat_read(
         self, account: Account, call: Callable[[], Awaitable[tuple[T, RateFacts]]], keep: int
@@ -899,76 +894,9 @@ class Inbound:
             raise
 
     async def _backfill_account(self, account: Account, wanted: list[tuple[str, float]]) -> None:
-        """The last ``backfill`` messages of each newly bridged conversation, oldest first, marked
-        as history. Reads come from the reserve the poller leaves; a spent budget waits. The
-        request is finished only once its history is queued (a crash before reads it again:
-        the queue's unique key keeps what was queued from being queued twice)."""
-        size = self._config.backfill
-        for conversation_id, bridged_at in wanted:
-            if size <= 0:
-                await self._store.finish_backfill(account.id, conversation_id, bridged_at)
-                continue
-
-            ids = {"account_id": account.id, "conversation": conversation_id}
-            try:
-                messages, users = await self._history(account, conversation_id, bridged_at)
-            except XRateLimited as exc:
-                self._next_poll[account.id] = min(self._next_poll.get(account.id, exc.reset_at), exc.reset_at)
-                return
-            except XRefused as exc:
-                # X will not show this conversation to this account: there is no history to post.
-                log.warning("could not read a conversation's history", extra={**ids, "error": str(exc)})
-                await self._store.finish_backfill(account.id, conversation_id, bridged_at)
-                continue
-            except (XError, XAuthRevoked) as exc:
-                # Kept: read again later (after a reconnect, if the account needs one).
-                log.warning(
-                    "reading a conversation's history failed; trying again", extra={**ids, "error": str(exc)}
-                )
-                self._next_poll[account.id] = min(
-                    self._next_poll.get(account.id, math.inf),
-                    self._clock.now() + self._config.min_interval * 4,
-                )
-                continue
-            events = [inbound_event(e, users, InboundOrigin.BACKFILL, bridged_at) for e in messages]
-            queued = await self.take(account.id, events)
-            await self._store.finish_backfill(account.id, conversation_id, bridged_at)
-            log.info("history queued for Slack", extra={**ids, "count": queued})
-
-    async def _history(
-        self, account: Account, conversation_id: str, bridged_at: float
-    ) -> tuple[list[DmEvent], dict[str, XUser]]:
-        """The last ``backfill`` messages written before the conversation was bridged, oldest
-        first. X shows the newest first, and what came after the link (the poller's) is among
-        them: page back until there are enough, X has no more, or ``max_pages`` were read."""
-        size = self._config.backfill
-        older: dict[str, DmEvent] = {}
-        users: dict[str, XUser] = {}
-        token: str | None = None
-        for _ in range(self._config.max_pages):
-
-            async def call(token: str | None = token) -> tuple[EventPage, Any]:
-                return await self._tokens.call(
-                    account,
-                    lambda t: self._x.dm_events(
-                        t, max_results=size, conversation_id=conversation_id, pagination_token=token
-                    ),
-                )
-
-            try:
-                page = await self._counted_read(account, call, endpoint=ReadEndpoint.CONVERSATION)
-            except XRefused:
-                if token is None:
-                    raise
-                break  # X no longer takes its own token: what was read is the history
-            users.update(page.users)
-            for event in page.events:
-                if event.kind is EventKind.MESSAGE_CREATE and (event.created_at or 0.0) < bridged_at:
-                    older[event.id] = event
-            if len(older) >= size or page.next_token is None or page.next_token == token:
-                break
-            token = page.next_token
-        return sorted(older.values(), key=lambda e: int(e.id))[-size:], users
+        retry_at = await self.backfill.account(account, wanted)
+        if retry_at is not None:  # a pass then, whenever the account is read next
+            self._next_poll[account.id] = min(self._next_poll.get(account.id, retry_at), retry_at)
 
     async def take(self, account_id: int, events: list[InboundEvent]) -> int:
         """Queue events that came some other way (backfill); returns how many were new."""

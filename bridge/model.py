@@ -516,3 +516,37 @@ class HistoryState:
     to_read: bool
     posted: int
     waiting: int
+
+
+def _user_json(user: XUser | None, user_id: str | None) -> dict[str, Any]:
+    if user is None:
+        return {"id": user_id, "username": "", "name": "", "avatar": ""}
+    return {"id": user.id, "username": user.username, "name": user.name, "avatar": user.profile_image_url}
+
+
+def inbound_event(
+    event: DmEvent, users: dict[str, XUser], origin: InboundOrigin, bridged_at: float | None = None
+) -> InboundEvent:
+    """What the store keeps of an X event: everything posting it needs, nothing secret.
+    History (``origin`` backfill) carries when its channel was bridged: it is for that channel."""
+    payload: dict[str, Any] = {
+        "text": event.written,
+        "created_at": event.created_at,
+        "sender": _user_json(users.get(event.sender_id or ""), event.sender_id),
+    }
+    if event.media:
+        payload["media"] = [dict(m) for m in event.media]
+    if event.participant_ids:
+        payload["participants"] = [_user_json(users.get(p), p) for p in event.participant_ids]
+    if origin is InboundOrigin.BACKFILL:
+        payload["history"] = True
+        if bridged_at is not None:
+            payload["bridged_at"] = bridged_at
+    return InboundEvent(
+        dm_event_id=event.id,
+        kind=event.kind,
+        conversation_id=event.conversation_id,
+        sender_id=event.sender_id,
+        payload=payload,
+        origin=origin,
+    )

@@ -56,17 +56,12 @@ class Clock(Protocol):
         ...
 
 
-class AccountStore(Protocol):
-    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
-    one transaction."""
+class AccountReads(Protocol):
+    """Connected X accounts looked up, never changed (``adapters/store/accounts.py`` and
+    ``lookups.py``): what commands and the poster ask. Each account read decrypts its tokens."""
 
-    async def save_account(
-        self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
-    ) -> Account: ...
     async def get_account(self, account_id: int) -> Account | None: ...
     async def account_for_user(self, team_id: str, slack_user_id: str) -> Account | None: ...
-    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
-    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def list_accounts(self) -> list[Account]: ...
     async def find_accounts(
         self, *, team_id: str | None = None, x_user_id: str | None = None
@@ -74,6 +69,16 @@ class AccountStore(Protocol):
         """The accounts matching every filter given (by index: never the whole table)."""
         ...
 
+
+class AccountStore(AccountReads, Protocol):
+    """Connected X accounts and their tokens (``adapters/store/accounts.py``). Every method is
+    one transaction."""
+
+    async def save_account(
+        self, team_id: str, slack_user_id: str, user: XUser, tokens: TokenSet
+    ) -> Account: ...
+    async def update_tokens(self, account_id: int, tokens: TokenSet) -> None: ...
+    async def set_needs_reconnect(self, account_id: int, needs: bool) -> None: ...
     async def disconnect_account(self, account_id: int, now: float, by: str) -> list[ChannelMapping]:
         """In one transaction: delete the account's tokens, mark it disconnected (and needing
         reconnection), and pause every mapping that sends as it (``paused_by`` = ``by``).
@@ -112,9 +117,9 @@ class AccountStore(Protocol):
         ...
 
 
-class ConnectFlowStore(Protocol):
-    """An X authorization on its way to becoming an account: OAuth states, then the connection
-    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+class OAuthStates(Protocol):
+    """An X authorization's first step: its OAuth state, from `/xdm connect` to X's callback
+    (``adapters/store/accounts.py``)."""
 
     async def save_oauth_state(self, state: OAuthState) -> None: ...
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
@@ -134,7 +139,11 @@ class ConnectFlowStore(Protocol):
         hashes to ``browser_hash``. One atomic step, so racing callbacks cannot both win."""
         ...
 
-    # connections waiting for the Slack user's confirmation
+
+class ConnectFlowStore(OAuthStates, Protocol):
+    """An X authorization on its way to becoming an account: OAuth states, then the connection
+    waiting for its Slack user's click (``adapters/store/accounts.py``)."""
+
     async def save_pending_connection(self, pending: PendingConnection) -> None:
         """Keep an authorization (its tokens encrypted) until its Slack user confirms or cancels."""
         ...
@@ -155,7 +164,20 @@ class ConnectFlowStore(Protocol):
         ...
 
 
-class MappingStore(Protocol):
+class MappingLookups(Protocol):
+    """What the poller asks of the mappings on each pass, by index (``adapters/store/lookups.py``)."""
+
+    async def accounts_with_groups(self) -> set[int]:
+        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
+        group's id): the poller reads their groups, which X pushes nothing for."""
+        ...
+
+    async def first_bridged_at(self, account_id: int) -> float | None:
+        """When the account's first channel still bridged was bridged (None: it bridges none)."""
+        ...
+
+
+class MappingStore(MappingLookups, Protocol):
     """Which Slack channel bridges which X conversation (``adapters/store/mappings.py``). Every
     method is one transaction."""
 
@@ -196,18 +218,24 @@ class MappingStore(Protocol):
         """The mappings matching every filter given (by index: never the whole table)."""
         ...
 
-    async def accounts_with_groups(self) -> set[int]:
-        """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
-        group's id): the poller reads their groups, which X pushes nothing for."""
+
+class PollLookups(Protocol):
+    """The accounts the poller reads on each pass: ids by index without decrypting any token,
+    then in full only those it works on (``adapters/store/lookups.py``)."""
+
+    async def account_ids_to_read(self) -> list[int]:
+        """Ids of the accounts whose DMs are read: connected, not needing reconnection (one whose
+        tokens no key opens shows as needing it once read, ``get_account``), in id order."""
         ...
 
-    async def first_bridged_at(self, account_id: int) -> float | None:
-        """When the account's first channel still bridged was bridged (None: it bridges none)."""
+    async def accounts_by_id(self, ids: Sequence[int]) -> list[Account]:
+        """The accounts of ``ids`` still in the store, with their tokens, in id order."""
         ...
 
 
-class InboundStore(Protocol):
-    """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a time."""
+class InboundTaking(Protocol):
+    """X → Slack, the readers' side: events read from X (poll, push placed, history, X Chat)
+    taken into rows per channel."""
 
     async def take_inbound(
         self,
@@ -239,6 +267,10 @@ class InboundStore(Protocol):
         ``echoes``, the rows written skipped as the bridge's own sends read back.
         """
         ...
+
+
+class InboundPosting(Protocol):
+    """X → Slack, the poster's side: the rows' channel heads posted into Slack once, in order."""
 
     async def inbound_heads(
         self, after: tuple[str, str] | None = None, limit: int | None = None
@@ -272,6 +304,15 @@ class InboundStore(Protocol):
         """Slack said 429: nothing more is posted to this channel before ``until``."""
         ...
 
+    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
+        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
+        what the bridge posted from X do not count)."""
+        ...
+
+
+class InboundStatus(Protocol):
+    """X → Slack as status reads see it (`/xdm status`, push health)."""
+
     async def latest_inbound_at(self, origin: InboundOrigin) -> float | None:
         """When the newest row that came by ``origin`` (poll, push, backfill) was recorded."""
         ...
@@ -287,13 +328,30 @@ class InboundStore(Protocol):
         ``pushed`` (as the leader last saved them)."""
         ...
 
-    async def sent_from(self, dm_event_id: str) -> tuple[str, str] | None:
-        """(team, channel) a DM the bridge sent came from, or None (the message map's rows of
-        what the bridge posted from X do not count)."""
+
+class InboundStore(InboundTaking, InboundPosting, InboundStatus, Protocol):
+    """X → Slack: events taken from X into rows per channel, posted to Slack a channel head at a
+    time (``adapters/store/inbound.py``)."""
+
+
+class BackfillRequests(Protocol):
+    """Conversation histories still to read (``adapters/store/inbound.py``)."""
+
+    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
+        ``finish_backfill`` (a later request for the same conversation replaces it)."""
+        ...
+
+    async def pending_backfills(self) -> list[tuple[int, str, float]]:
+        """(account id, conversation id, bridged at) of every history still wanted."""
+        ...
+
+    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
+        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
         ...
 
 
-class CursorStore(Protocol):
+class CursorStore(BackfillRequests, Protocol):
     """Where each account's reads of X stand: its cursor and unfinished read, the leader's next
     read, and conversation histories still to read."""
 
@@ -308,19 +366,6 @@ class CursorStore(Protocol):
     async def set_next_read(self, account_id: int, at: float, *, pushed: bool = False) -> None:
         """When the leader reads this account's DMs next, and whether X pushes to it (for
         `/xdm status` on any instance)."""
-        ...
-
-    async def request_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """A channel bridged at ``bridged_at`` wants the conversation's history: kept until
-        ``finish_backfill`` (a later request for the same conversation replaces it)."""
-        ...
-
-    async def pending_backfills(self) -> list[tuple[int, str, float]]:
-        """(account id, conversation id, bridged at) of every history still wanted."""
-        ...
-
-    async def finish_backfill(self, account_id: int, conversation_id: str, bridged_at: float) -> None:
-        """The history asked for at ``bridged_at`` is queued (a newer request stays)."""
         ...
 
 
@@ -370,8 +415,8 @@ class RelayStore(Protocol):
     async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
 
-class OutboxStore(Protocol):
-    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+class OutboxInDoubt(Protocol):
+    """The outbox's side of the poster's echo check (``store/outbox.py``)."""
 
     async def send_in_doubt(
         self, team_id: str, channel_id: str, conversation_id: str | None, account_ids: Sequence[int]
@@ -380,6 +425,10 @@ class OutboxStore(Protocol):
         they bridge to ``conversation_id``? By the pending rows only (index), never the history:
         the poster asks it for each X message its own account wrote."""
         ...
+
+
+class OutboxStore(OutboxInDoubt, Protocol):
+    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
         """Per channel, the oldest row not yet sent or failed: only heads may be sent.
@@ -487,7 +536,25 @@ class OutboxMediaStore(Protocol):
         ...
 
 
-class UpkeepStore(Protocol):
+class OutboxListings(Protocol):
+    """The outbox as status reads and start-up see it (``adapters/store/upkeep.py``)."""
+
+    async def outbox_summary(
+        self, team_id: str | None = None, channel_id: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
+
+    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
+        """The last parts of messages marked sent at or after ``since``, newest first.
+
+        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
+        and reacting in Slack would otherwise leave a delivered message without its mark.
+        """
+        ...
+
+
+class UpkeepStore(OutboxListings, Protocol):
     """Retention, gauges and listings (``adapters/store/upkeep.py``)."""
 
     async def prune_batch(
@@ -512,25 +579,12 @@ class UpkeepStore(Protocol):
         and ``oldest_waiting_at`` (None when none waits)."""
         ...
 
-    async def outbox_summary(
-        self, team_id: str | None = None, channel_id: str | None = None
-    ) -> dict[str, Any]: ...
-
-    async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]: ...
-
-    async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
-        """The last parts of messages marked sent at or after ``since``, newest first.
-
-        Delivery adds their ✅ again at start-up: a process killed between marking a row sent
-        and reacting in Slack would otherwise leave a delivered message without its mark.
-        """
-        ...
-
 
 class Store(
     AccountStore,
     ConnectFlowStore,
     MappingStore,
+    PollLookups,
     InboundStore,
     CursorStore,
     BudgetStore,

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import LRUCache
 
@@ -39,7 +39,7 @@ from bridge.model import (
     InboundItem,
     InboundState,
 )
-from bridge.ports import Clock, SlackClient, Store, XClient
+from bridge.ports import AccountReads, Clock, InboundPosting, OutboxInDoubt, SlackClient, XClient
 from bridge.scheduler import Lanes, WakeLoop, backoff
 from bridge.tokens import TokenManager
 
@@ -56,6 +56,11 @@ MEDIA_KEPT_BYTES = 64 * 1024 * 1024  # fetched attachments kept in memory for a 
 # Slack keeps the first 40,000 characters of chat.postMessage's text and drops the rest unsaid.
 # X allows 10,000 characters, but escaped for Slack ("&" is "&amp;") they can be 50,000.
 MAX_TEXT = 40_000
+
+
+class PosterStore(InboundPosting, AccountReads, OutboxInDoubt, Protocol):
+    """The roles the poster uses: the inbound rows' heads and posts, and for its echo check the
+    accounts of an X user and the outbox's sends in doubt."""
 
 
 def _handle(user: dict[str, Any]) -> str:
@@ -123,7 +128,7 @@ class Poster:
 
     def __init__(
         self,
-        store: Store,
+        store: PosterStore,
         x: XClient,
         slack: SlackClient,
         tokens: TokenManager,

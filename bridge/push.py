@@ -82,9 +82,8 @@ class Push:
         self._recheck.set()
 
     async def run(self) -> None:
-        """Set up, replay the downtime, then re-check hourly until ``stop``. May run again after
-        ``stop`` (an instance that leads again on PostgreSQL)."""
-        self._stop.clear()
+        """Set up, replay the downtime, then re-check hourly until ``stop`` (once set up, if
+        ``stop`` came first)."""
         started = self._clock.now()
         await self.ensure()
         with contextlib.suppress(XError, XAuthRevoked):
@@ -100,6 +99,11 @@ class Push:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def resume(self) -> None:
+        """Allow ``run`` again after ``stop`` (an instance that leads again on PostgreSQL): the
+        worker's, when it starts leading; not ``run``'s, so a ``stop`` before it began still ends it."""
+        self._stop.clear()
 
     async def ensure(self) -> None:
         """The webhook exists and is valid; every connected account is subscribed to it."""

@@ -7,6 +7,7 @@ accounts decrypts every account's tokens. These read only the rows asked for, by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import rows
@@ -53,6 +54,21 @@ class LookupsRole(StoreBase):
             "SELECT MIN(created_at) AS t FROM mappings WHERE account_id = ?", account_id
         )
         return None if row is None or row["t"] is None else float(row["t"])
+
+    async def account_ids_to_read(self) -> list[int]:
+        # Ids only: the poller asks on each pass, and listing the accounts decrypted every token.
+        found = await self.engine.fetch("SELECT id FROM accounts WHERE needs_reconnect = 0 ORDER BY id")
+        return [int(r["id"]) for r in found]
+
+    async def accounts_by_id(self, ids: Sequence[int]) -> list[Account]:
+        # The accounts a pass works on in one read (its first pass: every account), not one each.
+        found: list[Account] = []
+        for start in range(0, len(ids), 500):  # under any engine's limit of parameters
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            got = await self.engine.fetch(f"SELECT * FROM accounts WHERE id IN ({marks}) ORDER BY id", *chunk)
+            found += [rows.account(r, self._cipher, self._unreadable_accounts) for r in got]
+        return found
 
 
 def _where(**equal: Any) -> tuple[str, list[Any]]:

@@ -28,11 +28,14 @@ Role = Literal["leader", "standby"]
 class Job:
     """Leader-only work beside delivery: ``run`` until ``stop(grace)`` is called.
 
-    ``run`` may be called again after ``stop`` (a later leadership term)."""
+    ``run`` may be called again after ``stop`` (a later leadership term): ``resume``, if any, is
+    called first, when the term begins, before the task running ``run`` is created (a ``stop``
+    coming before that task starts must still end it)."""
 
     name: str
     run: Callable[[], Coroutine[Any, Any, None]]
     stop: Callable[[float], Awaitable[None]]
+    resume: Callable[[], None] | None = None
 
 
 class Worker:
@@ -107,6 +110,9 @@ class Worker:
             return
         delivery = self._make()
         self.current = delivery
+        for job in self._jobs:
+            if job.resume is not None:
+                job.resume()
         self._running = {job.name: asyncio.create_task(job.run(), name=job.name) for job in self._jobs}
         try:
             await delivery.run()

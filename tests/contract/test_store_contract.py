@@ -822,3 +822,36 @@ async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_o
         assert await store.first_bridged_at(cy.id) == 6.0
         await store.delete_mapping("T1", "C2")
         assert await store.first_bridged_at(ada.id) == 5.0
+
+
+async def test_the_accounts_to_read_are_those_connected_and_not_needing_reconnection(engine: Engine) -> None:
+    async with opened(engine) as store:
+        assert await store.account_ids_to_read() == []
+        ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
+        bob = await store.save_account("T1", "U2", XUser("2000", "bob"), TokenSet("b", "r", None))
+        cy = await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
+        assert await store.account_ids_to_read() == [ada.id, bob.id, cy.id]
+        await store.set_needs_reconnect(bob.id, True)  # X refused its refresh
+        await store.disconnect_account(cy.id, 10.0, "U3")
+        assert await store.account_ids_to_read() == [ada.id]
+        await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c2", "r", None))  # back
+        await store.set_needs_reconnect(bob.id, False)
+        assert await store.account_ids_to_read() == [ada.id, bob.id, cy.id]
+
+
+async def test_the_accounts_a_pass_works_on_are_read_in_one_go(engine: Engine) -> None:
+    async with opened(engine) as store:
+        made = [
+            await store.save_account(
+                "T1", f"U{n}", XUser(str(1000 + n), f"u{n}"), TokenSet(f"a{n}", "r", None)
+            )
+            for n in range(503)
+        ]
+        wanted = [made[n].id for n in (502, 0, 250, 5)] + [99_999]  # the last one is not there
+        found = await store.accounts_by_id(wanted)
+        assert [(a.id, a.tokens.access_token) for a in found] == [
+            (made[n].id, f"a{n}") for n in (0, 5, 250, 502)
+        ]
+        every = await store.accounts_by_id([a.id for a in made])  # past one read's parameters
+        assert [a.id for a in every] == [a.id for a in made]
+        assert await store.accounts_by_id([]) == []

@@ -11,7 +11,6 @@ import pytest
 from adapters.store import rows
 from adapters.x import push
 from adapters.x.api import event_page_of
-from bridge.inbound import inbound_event
 from bridge.model import (
     DM_EVENT_KINDS,
     DM_PUSH_TYPES,
@@ -22,6 +21,7 @@ from bridge.model import (
     InboundState,
     PushEventType,
     XUser,
+    inbound_event,
 )
 from bridge.reconcile import same_text
 

@@ -228,7 +228,7 @@ class _StuckStore:
     def __init__(self) -> None:
         self.polling = asyncio.Event()
 
-    async def list_accounts(self) -> list[Account]:
+    async def account_ids_to_read(self) -> list[int]:
         self.polling.set()
         await asyncio.Event().wait()  # never answered
         return []
