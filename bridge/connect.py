@@ -11,7 +11,7 @@ from typing import NoReturn, Protocol
 
 from bridge.errors import OAuthBrowserError, OAuthScopeError, OAuthStateError, SlackUnreachable, XError
 from bridge.model import Account, Button, ChannelMapping, OAuthState, PendingConnection, TokenSet, XUser
-from bridge.ports import AccountStore, Clock, ConnectFlowStore, OutboxStore, SlackClient, XClient, XOAuth
+from bridge.ports import AccountStore, Clock, ConnectFlowStore, OutboxRelease, SlackClient, XClient, XOAuth
 from bridge.retention import X_EVENT_WINDOW_DAYS
 from bridge.settings import SCOPES
 
@@ -24,7 +24,7 @@ CONFIRM_ACTION = "xdm_connect_confirm"  # the buttons' action_ids (Slack interac
 CANCEL_ACTION = "xdm_connect_cancel"
 
 
-class ConnectStore(AccountStore, ConnectFlowStore, OutboxStore, Protocol):
+class ConnectStore(AccountStore, ConnectFlowStore, OutboxRelease, Protocol):
     """The roles the connect flow uses: accounts, OAuth states and pending connections, held rows."""
 
 

@@ -427,7 +427,17 @@ class OutboxInDoubt(Protocol):
         ...
 
 
-class OutboxStore(OutboxInDoubt, Protocol):
+class OutboxRelease(Protocol):
+    """The outbox's side of a reconnection (``store/outbox.py``): the connect flow's only call."""
+
+    async def release_account(self, account_id: int, now: float) -> int:
+        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
+        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
+        Returns how many."""
+        ...
+
+
+class OutboxStore(OutboxInDoubt, OutboxRelease, Protocol):
     """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
 
     async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
@@ -506,12 +516,6 @@ class OutboxStore(OutboxInDoubt, Protocol):
 
     async def failure_told(self, item_id: int) -> None: ...
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
-
-    async def release_account(self, account_id: int, now: float) -> int:
-        """Make every unfinished row of the account due now, whatever it waited for (a reconnection,
-        a retry); ``sending`` rows stay ``sending``, so they are read back before any resend.
-        Returns how many."""
-        ...
 
 
 class OutboxMediaStore(Protocol):

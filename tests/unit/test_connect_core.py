@@ -67,7 +67,7 @@ async def connected_world() -> tuple[ConnectWorld, Slack, OAuth, ConnectService,
     )
     await store.save_pending_connection(pending)
     service = ConnectService(
-        store=store,  # type: ignore[arg-type]  # of the outbox, only release_account is used
+        store=store,
         oauth=oauth,  # type: ignore[arg-type]
         x=None,  # type: ignore[arg-type]  # answering asks nothing of X's API
         slack=slack,  # type: ignore[arg-type]
