@@ -10,10 +10,10 @@ from typing import Any
 
 from adapters.store import rows
 from bridge.model import Accepted, IncomingMessage, OutboxItem, OutboxKind, OutboxState
-from tests.memory_tables import OutboxExtra, OutboxRows
+from tests.memory_tables import MemoryRole, OutboxExtra
 
 
-class MemoryRelay(OutboxRows):
+class MemoryRelay(MemoryRole):
     """Accepts, edits and deletes from Slack, and what the relay asks of what it relayed."""
 
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:

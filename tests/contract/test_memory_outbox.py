@@ -22,7 +22,7 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import engine_named
-from tests.memory_outbox import MemoryOutbox
+from tests.memory_store import MemoryStore
 from tests.outbox import accepted, readable
 
 Add = Callable[[str, str], Awaitable[None]]
@@ -34,7 +34,7 @@ async def outbox_of(
 ) -> AsyncIterator[tuple[Any, Add]]:
     """The outbox under test, and how to queue a message in one of its channels."""
     if kind == "memory":
-        memory = MemoryOutbox()
+        memory = MemoryStore()
         memory.account()
 
         async def add_memory(channel: str, text: str) -> None:
