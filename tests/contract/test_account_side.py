@@ -1,6 +1,7 @@
-"""What the account-side roles do to mappings, on both engines and on the in-memory fake
-(``engine_or_memory``): switching X accounts and giving up a group, whose effects on the outbox and
-the read cursor are held by test_store_contract.py and test_account_store.py on the engines."""
+"""What the account-side roles do to mappings, on both engines and on the in-memory store
+(``engine_or_memory``): switching X accounts and giving up a group. Their effects on the outbox
+and the read cursor are held by test_relay_store.py, test_inbound_store.py and
+test_store_contract.py (on the fake too where they read through the port)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The Store port's behaviour, method by method, on both engines (what a new store must do); the
-account-side roles' tests (``engine_or_memory``) also on their in-memory fake, tests/memory_accounts.py."""
+tests taking ``engine_or_memory`` or marked ``@memory_too`` also on the in-memory store,
+tests/memory_store.py."""
 
 from __future__ import annotations
 
@@ -560,6 +561,7 @@ async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(
         assert await store.get_mapping("T1", "C1") == since
 
 
+@memory_too
 async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(engine: Engine) -> None:
     """X refused the group for good: the mapping goes, and the rows addressed to that group come
     back for the caller to fail; another group's channel, or a created group, is left alone."""
