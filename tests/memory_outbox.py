@@ -30,7 +30,7 @@ from bridge.model import (
 )
 from bridge.ports import OutboxMediaStore, OutboxStore, RelayStore
 from tests.memory_relay import MemoryRelay
-from tests.memory_tables import OUTBOX_PENDING, AccountRow, MapEntry, OutboxExtra
+from tests.memory_tables import OUTBOX_PENDING, AccountRow, MapEntry, OutboxExtra, unsent_copy, unsent_row
 from tests.memory_upkeep import MemoryUpkeep
 
 
@@ -63,11 +63,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
     def add(self, channel: str, text: str, account_id: int = 1, at: float = 0.0) -> OutboxItem:
         """A rendered message waiting in ``channel`` (as Delivery finds one after its first render)."""
         row_id = self.tables.next_id("outbox")
-        row = OutboxItem(
-            id=row_id,
-            seq=row_id,
-            part=0,
-            parts_total=1,
+        row = unsent_row(
+            row_id,
             team_id="T1",
             channel_id=channel,
             slack_ts=f"{row_id}.000",
@@ -76,15 +73,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
             target=Target(conversation_id=f"{1000 + account_id}-2001"),
             text=text,
             source={},
-            state=OutboxState.QUEUED,
-            attempts=0,
             next_attempt_at=at,
-            last_error=None,
-            dm_event_id=None,
             created_at=at,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
             ref_ts=f"{row_id}.000",
         )
         self._insert_row(row)
@@ -132,27 +122,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
         row = self._set(item_id, text=parts[0].text, media=parts[0].media, parts_total=len(parts))
         extra = self._extra(item_id)
         for index, part in enumerate(parts[1:], start=1):
-            further = replace(
-                row,
-                id=self.tables.next_id("outbox"),
-                part=index,
-                text=part.text,
-                media=part.media,
-                source={},
-                state=OutboxState.QUEUED,
-                attempts=0,
-                next_attempt_at=0.0,
-                last_error=None,
-                dm_event_id=None,
-                sending_since=None,
-                held_since=None,
-                hourglass=False,
-                media_id=None,
-                media_uploaded_at=None,
-                media_unfinished=0,
-                deleted=False,
-                encrypted=False,
-                chat=None,
+            further = unsent_copy(
+                row, self.tables.next_id("outbox"), part=index, text=part.text, media=part.media, source={}
             )
             self._insert_row(further, OutboxExtra(target_group=extra.target_group))
 

@@ -155,6 +155,36 @@ class MemoryTables:
         return sorted(found, key=lambda r: (r.seq, r.part))
 
 
+# The columns of an outbox row that its sending fills, as an insert leaves them (nothing attempted).
+UNSENT: dict[str, Any] = {
+    "state": OutboxState.QUEUED,
+    "attempts": 0,
+    "next_attempt_at": 0.0,
+    "last_error": None,
+    "dm_event_id": None,
+    "sending_since": None,
+    "held_since": None,
+    "hourglass": False,
+    "media_id": None,
+    "media_uploaded_at": None,
+    "media_unfinished": 0,
+    "deleted": False,
+    "encrypted": False,
+    "chat": None,
+}
+
+
+def unsent_row(row_id: int, **columns: Any) -> OutboxItem:
+    """A new outbox row of one part: id and seq ``row_id``, ``columns``, the rest ``UNSENT``."""
+    return OutboxItem(**{"id": row_id, "seq": row_id, "part": 0, "parts_total": 1, **UNSENT, **columns})
+
+
+def unsent_copy(row: OutboxItem, row_id: int, **columns: Any) -> OutboxItem:
+    """A new row ``row_id`` made from ``row`` (a further part, a correction): its columns but
+    ``columns``, and nothing of its sending (``UNSENT``)."""
+    return replace(row, id=row_id, **{**UNSENT, **columns})
+
+
 def snowflake_number(event_id: str | None) -> int | None:
     """An event id as the SQL compares it (``inbound.NUMBER``): digits as a number, else 0."""
     if event_id is None:
