@@ -44,6 +44,11 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
         return self.tables.outbox
 
     @property
+    def accounts(self) -> dict[int, Account]:
+        """The accounts as saved, by id (what tests set up with ``account``)."""
+        return {i: row.account for i, row in sorted(self.tables.accounts.items())}
+
+    @property
     def untold(self) -> dict[int, Failure]:
         """The failed rows whose author is still to be told."""
         return {i: e.untold for i, e in sorted(self.tables.outbox_extra.items()) if e.untold is not None}
