@@ -2,28 +2,26 @@
 mappings (with their lookups) and X's rate-limit windows, for unit tests that need a store
 without a database.
 
-Held to the same contract tests as both engines (tests/contract: ``account_side`` runs them on
-SQLite, PostgreSQL and this fake), so the fast tests cannot drift from the SQL. Each role is a
-class of its own over one ``AccountTables`` (the "database"), so a consumer can be handed only
-the role it takes; ``MemoryAccountSide`` is all four together, as the stores are.
+Held to the same contract tests as both engines (tests/contract runs them on SQLite, PostgreSQL
+and ``tests.memory_store.MemoryStore``), so the fast tests cannot drift from the SQL. Each role is
+a class of its own over one ``MemoryTables`` (the "database" every role's fake shares), so a
+consumer can be handed only the role it takes; ``MemoryStore`` is every role together. What the
+SQL of these roles does to the other roles' tables is done here too: switching X accounts holds
+the outbox rows for the previous one and parks its read cursor, and giving up a group returns the
+rows addressed to it.
 
 What it does not model: tokens are kept in the clear (there is no cipher; ``make_unreadable``
-stands in for tokens no key opens), and the effects on roles it does not hold are left out:
-``hold_for_previous_account`` neither holds outbox rows nor parks the read cursor, and
-``abandon_group`` returns no outbox rows (there is no outbox here). A ``create_mapping`` with
-``history`` records its request in ``AccountTables.backfills``.
+stands in for tokens no key opens).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from bridge.model import (
     Account,
@@ -31,66 +29,19 @@ from bridge.model import (
     MappingKind,
     OAuthState,
     OutboxItem,
+    OutboxState,
     PendingConnection,
     TokenSet,
     XUser,
 )
 from bridge.ports import AccountStore, BudgetStore, ConnectFlowStore, LockedAccount, MappingStore
+from tests.memory_tables import OUTBOX_PENDING, AccountRow, CursorRow, MemoryRole, StateRow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 OAUTH_STATE_KEEP = 3600.0  # as adapters/store/accounts.py: expired states swept by the next save
-
-
-class AccountSideStore(AccountStore, ConnectFlowStore, MappingStore, BudgetStore, Protocol):
-    """The four account-side roles, and the few calls beside them the contract tests make: what
-    both engines' stores and ``MemoryAccountSide`` offer alike."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> bool: ...
-    async def usernames_needing_reconnect(self) -> list[str]: ...
-
-
-@dataclass
-class _AccountRow:
-    """An ``accounts`` row: the account as saved, and what the port's reads derive from."""
-
-    account: Account
-    disconnected_at: float | None = None
-    unreadable: bool = False  # no key would open its stored tokens (``make_unreadable``)
-
-
-@dataclass
-class _StateRow:
-    state: OAuthState
-    used: bool = False
-    browser_hash: str | None = None
-
-
-@dataclass
-class AccountTables:
-    """The fake's "database": several role objects (or several stores, as two instances on one
-    database) share it."""
-
-    accounts: dict[int, _AccountRow] = field(default_factory=dict)
-    mappings: dict[tuple[str, str], ChannelMapping] = field(default_factory=dict)
-    oauth_states: dict[str, _StateRow] = field(default_factory=dict)
-    pending: dict[str, PendingConnection] = field(default_factory=dict)
-    budgets: dict[str, tuple[str, int, int, float]] = field(default_factory=dict)
-    # (account id, conversation id) -> bridged at: histories asked for by ``create_mapping``.
-    backfills: dict[tuple[int, str], float] = field(default_factory=dict)
-    last_account_id: int = 0
-    refresh_locks: defaultdict[int, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-
-
-class _Role:
-    def __init__(self, tables: AccountTables | None = None) -> None:
-        self.tables = tables if tables is not None else AccountTables()
-        # Ids of accounts whose unreadable tokens were logged, once per store (as ``rows.account``).
-        self._unreadable_told: set[int] = set()
 
 
 def _tokens(tokens: TokenSet) -> TokenSet:
@@ -108,16 +59,16 @@ def _by_channel(found: list[ChannelMapping]) -> list[ChannelMapping]:
     return sorted(found, key=lambda m: (m.team_id, m.channel_id))
 
 
-class MemoryAccounts(_Role):
+class MemoryAccounts(MemoryRole):
     """``AccountStore``: accounts, their tokens and refresh lock, finding them by team or X user,
     and what disconnecting or switching an account does to its mappings."""
 
-    def _read(self, row: _AccountRow) -> Account:
+    def _read(self, row: AccountRow) -> Account:
         if not row.unreadable:
-            self._unreadable_told.discard(row.account.id)
+            self.unreadable_told.discard(row.account.id)
             return row.account
-        if row.account.id not in self._unreadable_told:
-            self._unreadable_told.add(row.account.id)
+        if row.account.id not in self.unreadable_told:
+            self.unreadable_told.add(row.account.id)
             log.error(
                 "an X account's stored tokens cannot be decrypted: it needs reconnecting",
                 extra={"account_id": row.account.id},
@@ -136,13 +87,9 @@ class MemoryAccounts(_Role):
             for r in rows
             if (r.account.team_id, r.account.slack_user_id) == (team_id, slack_user_id)
         ]
-        if same:
-            account_id = same[0]
-        else:
-            self.tables.last_account_id += 1
-            account_id = self.tables.last_account_id
+        account_id = same[0] if same else self.tables.next_id("accounts")
         account = Account(account_id, team_id, slack_user_id, user.id, user.username, _tokens(tokens))
-        self.tables.accounts[account_id] = _AccountRow(account)
+        self.tables.accounts[account_id] = AccountRow(account)
         return self._read(self.tables.accounts[account_id])
 
     async def get_account(self, account_id: int) -> Account | None:
@@ -204,35 +151,80 @@ class MemoryAccounts(_Role):
     ) -> list[ChannelMapping]:
         held: list[ChannelMapping] = []
         if previous.id != current.id:
-            for key, m in self.tables.mappings.items():
-                if (
+            # A conversation id is the previous account's conversation; a 1-to-1 by person (kind
+            # dm) or a group not created yet is not anyone's yet.
+            held = self._update_mappings(
+                lambda m: (
                     m.account_id == account_id
                     and m.held_for is None
                     and m.kind is not MappingKind.DM
                     and m.conversation_id is not None
-                ):
-                    self.tables.mappings[key] = replace(
-                        m,
-                        paused_at=now if m.paused_at is None else m.paused_at,
-                        paused_by=m.paused_by if m.paused_by is not None else "switch",
-                        held_for=previous.id,
-                        held_for_username=previous.username,
-                    )
-                    held.append(self.tables.mappings[key])
+                ),
+                held_for=previous.id,
+                held_for_username=previous.username,
+                when_paused=now,
+            )
+            self._hold_rows(account_id, previous.id)
+            self._switch_cursor(account_id, previous.id, current.id, now)
+        # Then what was held for the account connected now is its own again (resumed and
+        # released by resume_mappings and release_account, like any paused mapping).
         self._update_mappings(
             lambda m: m.account_id == account_id and m.held_for == current.id,
             held_for=None,
             held_for_username=None,
         )
-        return _by_channel(held)
+        self._release_rows(account_id, current.id, now)
+        return held
+
+    def _hold_rows(self, account_id: int, x_user_id: str) -> None:
+        """The account's unsent rows for a conversation id wait for ``x_user_id`` (``held``)."""
+        for row in list(self.tables.outbox.values()):
+            if (
+                row.account_id == account_id
+                and row.state in OUTBOX_PENDING
+                and row.target.conversation_id is not None
+            ):
+                extra = self._extra(row.id)
+                extra.held_state, extra.held_for = row.state, x_user_id
+                self._set(row.id, state=OutboxState.HELD)
+
+    def _release_rows(self, account_id: int, x_user_id: str, now: float) -> None:
+        """The account's rows held for ``x_user_id`` are due now, in the state they had."""
+        for row in list(self.tables.outbox.values()):
+            extra = self._extra(row.id)
+            if row.account_id == account_id and row.state is OutboxState.HELD and extra.held_for == x_user_id:
+                state = extra.held_state or OutboxState.QUEUED
+                extra.held_for, extra.held_state = None, None
+                self._set(row.id, state=state, next_attempt_at=now)
+
+    def _switch_cursor(self, account_id: int, previous_id: str, current_id: str, now: float) -> None:
+        """The cursor is the X account's: the previous one's parked (its unfinished read
+        without its token), the current one's put back (its read starting again from the newest)."""
+        cursors, parked = self.tables.cursors, self.tables.parked_cursors
+        if account_id in cursors:
+            kept = cursors.pop(account_id)
+            gap = kept.gap and replace(kept.gap, token=None, restarts=0)
+            parked[(account_id, previous_id)] = CursorRow(kept.newest_event_id, now, gap)
+        back = parked.pop((account_id, current_id), None)
+        if back is not None:
+            gap = back.gap and replace(back.gap, token=None, restarts=0, opened_at=now)
+            cursors[account_id] = CursorRow(back.newest_event_id, now, gap)
 
     def _update_mappings(
-        self, which: Callable[[ChannelMapping], bool], **changes: Any
+        self,
+        which: Callable[[ChannelMapping], bool],
+        *,
+        when_paused: float | None = None,
+        **changes: Any,
     ) -> list[ChannelMapping]:
-        """Change the mappings ``which`` accepts; returns them as changed, by channel."""
+        """Change the mappings ``which`` accepts; returns them as changed, by channel. With
+        ``when_paused`` those not paused yet are paused then, by "switch"."""
         changed: list[ChannelMapping] = []
         for key, mapping in self.tables.mappings.items():
             if which(mapping):
+                if when_paused is not None:
+                    changes["paused_at"] = mapping.paused_at if mapping.paused_at is not None else when_paused
+                    changes["paused_by"] = mapping.paused_by if mapping.paused_by is not None else "switch"
                 self.tables.mappings[key] = replace(mapping, **changes)
                 changed.append(self.tables.mappings[key])
         return _by_channel(changed)
@@ -262,7 +254,7 @@ class _LockedRow:
         await self._accounts.set_needs_reconnect(self._id, True)
 
 
-class MemoryConnectFlow(_Role):
+class MemoryConnectFlow(MemoryRole):
     """``ConnectFlowStore``: OAuth states used once by the browser that confirmed them, and
     connections waiting for their Slack user's click. No call awaits midway, so each "use once"
     step is atomic, as the engines' single statements are."""
@@ -274,9 +266,9 @@ class MemoryConnectFlow(_Role):
             del states[name]
         if state.state in states:
             raise ValueError("an OAuth state with this value exists")  # the primary key's refusal
-        states[state.state] = _StateRow(state)
+        states[state.state] = StateRow(state)
 
-    def _live(self, state: str, now: float) -> _StateRow | None:
+    def _live(self, state: str, now: float) -> StateRow | None:
         row = self.tables.oauth_states.get(state)
         return row if row is not None and not row.used and row.state.expires_at > now else None
 
@@ -322,7 +314,7 @@ class MemoryConnectFlow(_Role):
         return [self.tables.pending.pop(i) for i in expired]
 
 
-class MemoryMappings(_Role):
+class MemoryMappings(MemoryRole):
     """``MappingStore``: one mapping per channel, and the lookups by what the caller knows (which
     accounts bridge groups, when an account first bridged)."""
 
@@ -369,9 +361,13 @@ class MemoryMappings(_Role):
             and found.conversation_id is None
             and found.group_participants == tuple(group)
         )
-        if not waiting:
-            return None, []
-        return self.tables.mappings.pop((team_id, channel_id)), []  # no outbox rows here
+        removed = self.tables.mappings.pop((team_id, channel_id)) if waiting else None
+        rows = [
+            r
+            for r in self.tables.pending_outbox(team_id, channel_id)
+            if self._extra(r.id).target_group == tuple(group)
+        ]
+        return removed, rows
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None:
         found = self.tables.mappings.get((team_id, channel_id))
@@ -405,7 +401,7 @@ class MemoryMappings(_Role):
         return float(min(times)) if times else None
 
 
-class MemoryBudgets(_Role):
+class MemoryBudgets(MemoryRole):
     """``BudgetStore``: one window per key, the last one saved winning."""
 
     async def load_budgets(self) -> list[dict[str, Any]]:
@@ -415,21 +411,7 @@ class MemoryBudgets(_Role):
         ]
 
     async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        for key, limit, remaining, reset_at in windows:
-            self.tables.budgets[key] = (key, limit, remaining, float(reset_at))
-
-
-class MemoryAccountSide(MemoryAccounts, MemoryConnectFlow, MemoryMappings, MemoryBudgets):
-    """The four account-side roles over one set of tables, opened and closed as a store is."""
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def ping(self) -> bool:
-        return True
+        self.tables.save_budgets(windows)
 
 
 # mypy holds each fake to its port (a method missing or of another shape fails the check).
@@ -437,4 +419,3 @@ _accounts: AccountStore = MemoryAccounts()
 _connect_flow: ConnectFlowStore = MemoryConnectFlow()
 _mappings: MappingStore = MemoryMappings()
 _budgets: BudgetStore = MemoryBudgets()
-_account_side: AccountSideStore = MemoryAccountSide()

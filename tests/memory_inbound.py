@@ -26,16 +26,13 @@ from bridge.model import (
     ReadGap,
 )
 from bridge.ports import CursorStore, InboundStore
-from tests.memory_tables import CursorRow, MapEntry, MemoryTables, payload_copy, snowflake_number
+from tests.memory_tables import CursorRow, MapEntry, MemoryRole, payload_copy, snowflake_number
 
 PENDING = (InboundState.QUEUED, InboundState.POSTING)
 
 
-class MemoryInbound:
+class MemoryInbound(MemoryRole):
     """The ``inbound``, ``cursors``, ``read_schedule`` and ``backfills`` tables in memory."""
-
-    def __init__(self, tables: MemoryTables | None = None) -> None:
-        self.tables = tables if tables is not None else MemoryTables()
 
     # -- InboundStore -----------------------------------------------------------
 
@@ -49,8 +46,8 @@ class MemoryInbound:
         gap: ReadGap | None = None,
         tally: dict[str, int] | None = None,
     ) -> int:
-        account = self.tables.accounts.get(account_id)
-        own_id = account.x_user_id if account else None
+        row = self.tables.accounts.get(account_id)
+        own_id = row.account.x_user_id if row else None
         queued = echoes = 0
         for event in events:
             for state in self._take_event(account_id, own_id, event, now):
@@ -105,7 +102,7 @@ class MemoryInbound:
                 "team_id": m.team_id,
                 "channel_id": m.channel_id,
                 "created_at": m.created_at,
-                "x_user_id": accounts[m.account_id].x_user_id if m.account_id in accounts else None,
+                "x_user_id": accounts[m.account_id].account.x_user_id if m.account_id in accounts else None,
             }
             for m in found
         ]

@@ -12,8 +12,7 @@ channel's next head, an edit or delete before anything reached X changes the row
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,9 +28,9 @@ from bridge.model import (
     TokenSet,
     Unreadable,
 )
-from bridge.ports import BudgetStore, OutboxMediaStore, OutboxStore, RelayStore
+from bridge.ports import OutboxMediaStore, OutboxStore, RelayStore
 from tests.memory_relay import MemoryRelay
-from tests.memory_tables import OUTBOX_PENDING, MapEntry, OutboxExtra
+from tests.memory_tables import OUTBOX_PENDING, AccountRow, MapEntry, OutboxExtra, unsent_copy, unsent_row
 from tests.memory_upkeep import MemoryUpkeep
 
 
@@ -46,11 +45,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
 
     @property
     def accounts(self) -> dict[int, Account]:
-        return self.tables.accounts
-
-    @property
-    def budgets(self) -> dict[str, tuple[str, int, int, float]]:
-        return self.tables.budgets
+        """The accounts as saved, by id (what tests set up with ``account``)."""
+        return {i: row.account for i, row in sorted(self.tables.accounts.items())}
 
     @property
     def untold(self) -> dict[int, Failure]:
@@ -60,20 +56,20 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
     # -- what tests set up ----------------------------------------------------
 
     def account(self, account_id: int = 1) -> Account:
+        """Account ``account_id`` of Slack user ``U<id>``, X user ``1000 + id``, connected."""
         account = Account(
             account_id, "T1", f"U{account_id}", str(1000 + account_id), "me", TokenSet("a", None, None)
         )
-        self.tables.accounts[account_id] = account
+        self.tables.accounts[account_id] = AccountRow(account)
+        # As an insert naming its id: the next account saved takes a later one.
+        self.tables.last_ids["accounts"] = max(self.tables.last_ids.get("accounts", 0), account_id)
         return account
 
     def add(self, channel: str, text: str, account_id: int = 1, at: float = 0.0) -> OutboxItem:
         """A rendered message waiting in ``channel`` (as Delivery finds one after its first render)."""
         row_id = self.tables.next_id("outbox")
-        row = OutboxItem(
-            id=row_id,
-            seq=row_id,
-            part=0,
-            parts_total=1,
+        row = unsent_row(
+            row_id,
             team_id="T1",
             channel_id=channel,
             slack_ts=f"{row_id}.000",
@@ -82,15 +78,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
             target=Target(conversation_id=f"{1000 + account_id}-2001"),
             text=text,
             source={},
-            state=OutboxState.QUEUED,
-            attempts=0,
             next_attempt_at=at,
-            last_error=None,
-            dm_event_id=None,
             created_at=at,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
             ref_ts=f"{row_id}.000",
         )
         self._insert_row(row)
@@ -98,27 +87,6 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
 
     def state(self, row_id: int) -> OutboxState:
         return self.tables.outbox[row_id].state
-
-    # -- BudgetStore (the part Delivery's Budget uses) --------------------------
-
-    async def get_account(self, account_id: int) -> Account | None:
-        return self.tables.accounts.get(account_id)
-
-    @asynccontextmanager
-    async def refresh_lock(self, account_id: int) -> AsyncIterator[Any]:
-        # These tests' tokens never expire: a refresh would be a bug in the test's setup.
-        if account_id:
-            raise AssertionError("no refresh in these tests")
-        yield None
-
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return [
-            {"key": k, "limit_": v[1], "remaining": v[2], "reset_at": v[3]} for k, v in self.budgets.items()
-        ]
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        for window in windows:
-            self.budgets[window[0]] = window
 
     # -- OutboxStore --------------------------------------------------------------
 
@@ -159,27 +127,8 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
         row = self._set(item_id, text=parts[0].text, media=parts[0].media, parts_total=len(parts))
         extra = self._extra(item_id)
         for index, part in enumerate(parts[1:], start=1):
-            further = replace(
-                row,
-                id=self.tables.next_id("outbox"),
-                part=index,
-                text=part.text,
-                media=part.media,
-                source={},
-                state=OutboxState.QUEUED,
-                attempts=0,
-                next_attempt_at=0.0,
-                last_error=None,
-                dm_event_id=None,
-                sending_since=None,
-                held_since=None,
-                hourglass=False,
-                media_id=None,
-                media_uploaded_at=None,
-                media_unfinished=0,
-                deleted=False,
-                encrypted=False,
-                chat=None,
+            further = unsent_copy(
+                row, self.tables.next_id("outbox"), part=index, text=part.text, media=part.media, source={}
             )
             self._insert_row(further, OutboxExtra(target_group=extra.target_group))
 
@@ -201,7 +150,7 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
             if current.text is not None or current.source != source:
                 return None  # rendered from a source an edit has replaced since
             self._render(item_id, parts)
-        await self.save_budgets(budgets)
+        self.tables.save_budgets(budgets)
         row = self.tables.outbox[item_id]
         return self._set(item_id, state=OutboxState.SENDING, attempts=row.attempts + 1, sending_since=now)
 
@@ -224,7 +173,7 @@ class MemoryOutbox(MemoryRelay, MemoryUpkeep):
     async def mark_sent(
         self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
     ) -> OutboxItem | None:
-        await self.save_budgets(budgets)
+        self.tables.save_budgets(budgets)
         row = self.tables.outbox[item_id]
         conversation_id = sent.dm_conversation_id
         target = row.target
@@ -342,6 +291,6 @@ def _entry(row: OutboxItem, conversation_id: str | None, dm_event_id: str, now: 
     return MapEntry(row.team_id, row.channel_id, row.slack_ts, row.part, conversation_id, dm_event_id, now)
 
 
-def _held_to_the_ports(memory: MemoryOutbox) -> tuple[RelayStore, OutboxStore, OutboxMediaStore, BudgetStore]:
+def _held_to_the_ports(memory: MemoryOutbox) -> tuple[RelayStore, OutboxStore, OutboxMediaStore]:
     """Never called: mypy checks here that the fake is each of these role ports, as the engines are."""
-    return memory, memory, memory, memory
+    return memory, memory, memory

@@ -10,10 +10,10 @@ from typing import Any
 
 from adapters.store import rows
 from bridge.model import Accepted, IncomingMessage, OutboxItem, OutboxKind, OutboxState
-from tests.memory_tables import OutboxExtra, OutboxRows
+from tests.memory_tables import MemoryRole, OutboxExtra, unsent_copy, unsent_row
 
 
-class MemoryRelay(OutboxRows):
+class MemoryRelay(MemoryRole):
     """Accepts, edits and deletes from Slack, and what the relay asks of what it relayed."""
 
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
@@ -27,11 +27,8 @@ class MemoryRelay(OutboxRows):
         busy_before = bool(self.tables.pending_outbox(message.team_id, message.channel_id))
         row_id = self.tables.next_id("outbox")
         held_for = mapping.held_for
-        row = OutboxItem(
-            id=row_id,
-            seq=row_id,
-            part=0,
-            parts_total=1,
+        row = unsent_row(
+            row_id,
             team_id=message.team_id,
             channel_id=message.channel_id,
             slack_ts=message.ts,
@@ -41,14 +38,7 @@ class MemoryRelay(OutboxRows):
             text=None,
             source=json.loads(rows.message_source(message)),
             state=OutboxState.HELD if held_for else OutboxState.QUEUED,
-            attempts=0,
-            next_attempt_at=0.0,
-            last_error=None,
-            dm_event_id=None,
             created_at=now,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
             ref_ts=message.ts,
         )
         extra = OutboxExtra(
@@ -144,9 +134,9 @@ class MemoryRelay(OutboxRows):
             mapping = self.tables.mappings.get((original.team_id, original.channel_id))
             held_for = extra.held_for or (mapping.held_for if mapping else None)
         row_id = self.tables.next_id("outbox")
-        row = replace(
+        row = unsent_copy(
             original,
-            id=row_id,
+            row_id,
             seq=row_id,
             part=0,
             parts_total=1,
@@ -155,22 +145,9 @@ class MemoryRelay(OutboxRows):
             text=None,
             source=dict(source),
             state=OutboxState.HELD if held_for else OutboxState.QUEUED,
-            attempts=0,
-            next_attempt_at=0.0,
-            last_error=None,
-            dm_event_id=None,
             created_at=now,
-            sending_since=None,
-            held_since=None,
-            hourglass=False,
             kind=kind,
             media=None,
-            media_id=None,
-            media_uploaded_at=None,
-            media_unfinished=0,
-            deleted=False,
-            encrypted=False,
-            chat=None,
         )
         new_extra = OutboxExtra(
             held_for=held_for or None,

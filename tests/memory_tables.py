@@ -1,7 +1,9 @@
-"""The tables the in-memory fakes of the message-side roles share (tests/memory_inbound.py,
-memory_relay.py, memory_outbox.py, memory_upkeep.py): one world, as one database is for the
-engines' roles, so what one role writes (an outbox row sending, a message map entry) is what
-another reads (an echo skipped). ``OutboxRows`` is how the outbox fakes read and write its rows.
+"""The tables every in-memory fake of a store role shares (tests/memory_accounts.py,
+memory_inbound.py, memory_relay.py, memory_outbox.py, memory_upkeep.py): one world, as one
+database is for the engines' roles, so what one role writes (an outbox row sending, a message map
+entry, a mapping held for another X account) is what another reads (an echo skipped, a row held).
+``MemoryRole`` is every fake's base: its tables, and the outbox rows' reads and writes that
+several roles make (the relay's, the outbox's, the upkeep's, and switching X accounts').
 
 Each table keeps the columns the SQL reads; the rules live in the fakes, held to the same
 contract tests as both engines (tests/contract).
@@ -9,12 +11,42 @@ contract tests as both engines (tests/contract).
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.errors import Failure
-from bridge.model import Account, ChannelMapping, InboundItem, OutboxItem, OutboxState, ReadGap
+from bridge.model import (
+    Account,
+    ChannelMapping,
+    InboundItem,
+    OAuthState,
+    OutboxItem,
+    OutboxState,
+    PendingConnection,
+    ReadGap,
+)
+
+
+@dataclass
+class AccountRow:
+    """An ``accounts`` row: the account as saved, and what the port's reads derive from."""
+
+    account: Account
+    disconnected_at: float | None = None
+    unreadable: bool = False  # no key would open its stored tokens (``make_unreadable``)
+
+
+@dataclass
+class StateRow:
+    """An ``oauth_states`` row: the flow, whether it was used, the browser that confirmed it."""
+
+    state: OAuthState
+    used: bool = False
+    browser_hash: str | None = None
 
 
 @dataclass
@@ -56,9 +88,15 @@ class OutboxExtra:
 
 @dataclass
 class MemoryTables:
-    """Every table of the message side, and the few of the account side it reads."""
+    """The fakes' "database": every table of every role. Several role objects (or several
+    stores, as two instances on one database) share one."""
 
-    accounts: dict[int, Account] = field(default_factory=dict)
+    accounts: dict[int, AccountRow] = field(default_factory=dict)
+    oauth_states: dict[str, StateRow] = field(default_factory=dict)
+    pending: dict[str, PendingConnection] = field(default_factory=dict)  # pending_connections
+    # One refresh per account at a time among the stores sharing these tables (the engines'
+    # row or advisory locks).
+    refresh_locks: defaultdict[int, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     mappings: dict[tuple[str, str], ChannelMapping] = field(default_factory=dict)
     outbox: dict[int, OutboxItem] = field(default_factory=dict)
     outbox_extra: dict[int, OutboxExtra] = field(default_factory=dict)
@@ -69,7 +107,8 @@ class MemoryTables:
     cursors: dict[int, CursorRow] = field(default_factory=dict)
     parked_cursors: dict[tuple[int, str], CursorRow] = field(default_factory=dict)
     read_schedule: dict[int, tuple[float, bool]] = field(default_factory=dict)  # next read, pushed
-    backfills: dict[tuple[int, str], float] = field(default_factory=dict)  # -> bridged_at
+    # (account id, conversation id) -> bridged at: histories asked for and not yet queued.
+    backfills: dict[tuple[int, str], float] = field(default_factory=dict)
     chat_gaps: set[tuple[int, str]] = field(default_factory=set)  # X Chat reads unfinished
     seen_events: dict[str, float] = field(default_factory=dict)
     budgets: dict[str, tuple[str, int, int, float]] = field(default_factory=dict)
@@ -79,6 +118,12 @@ class MemoryTables:
         """A new row id of ``table`` (never reused, as a sequence's)."""
         self.last_ids[table] = self.last_ids.get(table, 0) + 1
         return self.last_ids[table]
+
+    def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
+        """One window per key, the last one given winning (the budgets role's write, which
+        claiming and sending a row make in the same transaction)."""
+        for key, limit, remaining, reset_at in windows:
+            self.budgets[key] = (key, limit, remaining, float(reset_at))
 
     def map_event(self, entry: MapEntry) -> bool:
         """Insert into the message map unless a row has its key or its event in its channel
@@ -110,6 +155,36 @@ class MemoryTables:
         return sorted(found, key=lambda r: (r.seq, r.part))
 
 
+# The columns of an outbox row that its sending fills, as an insert leaves them (nothing attempted).
+UNSENT: dict[str, Any] = {
+    "state": OutboxState.QUEUED,
+    "attempts": 0,
+    "next_attempt_at": 0.0,
+    "last_error": None,
+    "dm_event_id": None,
+    "sending_since": None,
+    "held_since": None,
+    "hourglass": False,
+    "media_id": None,
+    "media_uploaded_at": None,
+    "media_unfinished": 0,
+    "deleted": False,
+    "encrypted": False,
+    "chat": None,
+}
+
+
+def unsent_row(row_id: int, **columns: Any) -> OutboxItem:
+    """A new outbox row of one part: id and seq ``row_id``, ``columns``, the rest ``UNSENT``."""
+    return OutboxItem(**{"id": row_id, "seq": row_id, "part": 0, "parts_total": 1, **UNSENT, **columns})
+
+
+def unsent_copy(row: OutboxItem, row_id: int, **columns: Any) -> OutboxItem:
+    """A new row ``row_id`` made from ``row`` (a further part, a correction): its columns but
+    ``columns``, and nothing of its sending (``UNSENT``)."""
+    return replace(row, id=row_id, **{**UNSENT, **columns})
+
+
 def snowflake_number(event_id: str | None) -> int | None:
     """An event id as the SQL compares it (``inbound.NUMBER``): digits as a number, else 0."""
     if event_id is None:
@@ -123,12 +198,15 @@ def payload_copy(payload: dict[str, Any]) -> dict[str, Any]:
     return copied
 
 
-class OutboxRows:
-    """The outbox rows as the outbox fakes (tests/memory_relay.py, memory_outbox.py,
-    memory_upkeep.py) read and write them, on ``tables``."""
+class MemoryRole:
+    """A role's fake on ``tables`` (new empty ones when none are given), and the outbox rows as
+    the roles that write them read and write them (the relay, outbox and upkeep fakes, and the
+    accounts' and mappings' that hold or give up rows)."""
 
     def __init__(self, tables: MemoryTables | None = None) -> None:
         self.tables = tables if tables is not None else MemoryTables()
+        # Ids of accounts whose unreadable tokens were logged, once per store (as ``rows.account``).
+        self.unreadable_told: set[int] = set()
 
     def _extra(self, item_id: int) -> OutboxExtra:
         return self.tables.outbox_extra.setdefault(item_id, OutboxExtra())

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge.model import InboundState, OutboxItem, OutboxKind, OutboxState
-from tests.memory_tables import OUTBOX_PENDING, OutboxRows
+from tests.memory_tables import OUTBOX_PENDING, MemoryRole
 
 SEEN_EVENTS_KEEP_SECONDS = 24 * 3600.0  # as adapters/store/upkeep.py
 
 
-class MemoryUpkeep(OutboxRows):
+class MemoryUpkeep(MemoryRole):
     """Pruning, counting and listing the outbox (and pruning the inbound rows and Slack ids)."""
 
     async def prune_batch(

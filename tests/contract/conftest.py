@@ -6,15 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
+from bridge.model import OutboxItem
+from bridge.ports import Store
 from tests import pg
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine
 
 ENGINES = ("sqlite", "postgres")
 
@@ -56,79 +58,55 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield chosen
 
 
-# -- the account-side roles on both engines and on their in-memory fake (tests/memory_accounts.py) --
+# -- Every role on both engines and on its in-memory fake (tests/memory_store.py) -------------------
+# A module of roles only takes ``engine_or_memory``; a module mixing them with tests that read
+# tables (``engine.sql``: the memory engine has no SQL) defines its ``engine`` over
+# ``engine_or_memory_named`` (params ``ENGINES``) and marks the tests the fake must pass too with
+# ``@memory_too``.
 
-# Imported here, not at the top, so that this section stays one addition to the file.
-from tests.memory_accounts import AccountSideStore, AccountTables, MemoryAccountSide  # noqa: E402
+STORES = (*ENGINES, "memory")
 
-ACCOUNT_SIDE = (*ENGINES, "memory")
+memory_too = pytest.mark.parametrize("engine", STORES, indirect=True)
 
-
-class MemoryAccountEngine:
-    """The account-side fake where a test takes an ``Engine``: ``store()`` is another store on the
-    same tables (as another store on the same database). There is no SQL beside it: checks of the
-    stored columns stay on the engines."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.tables = AccountTables()
-
-    def store(self) -> MemoryAccountSide:
-        return MemoryAccountSide(self.tables)
+AnyEngine = Engine | MemoryEngine
 
 
-AccountSide = Engine | MemoryAccountEngine
+class ContractStore(Store, Protocol):
+    """What both engines' stores and ``MemoryStore`` offer alike: every role's port, and the few
+    calls beside them the contract tests make."""
 
-
-@pytest.fixture(params=ACCOUNT_SIDE)
-async def account_side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AccountSide]:
-    """Where the account-side roles (accounts, the connect flow, mappings and their lookups,
-    budgets) are tested: each engine, and the fake the unit tests use, held to the same tests."""
-    if request.param == "memory":
-        yield MemoryAccountEngine()
-        return
-    async with engine_named(request.param, request, tmp_path) as chosen:
-        yield chosen
-
-
-@asynccontextmanager
-async def opened_side(side: AccountSide) -> AsyncIterator[AccountSideStore]:
-    """A store of ``side``, open for the block."""
-    store: AccountSideStore = side.store()
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-# -- The in-memory fakes of the message-side roles (inbound, cursors, relay, outbox, upkeep) --------
-# held to the same tests as the engines. A module of those roles only takes ``message_side_engine``
-# as its ``engine``; a module mixing them with tests that read tables (``engine.sql``: the memory
-# engine has no SQL) or of other roles defines its ``engine`` over ``engine_or_memory_named``
-# (params ``ENGINES``) and marks the tests the fakes must pass too with ``@memory_too``.
-
-MESSAGE_SIDE_ENGINES = (*ENGINES, "memory")
-
-memory_too = pytest.mark.parametrize("engine", MESSAGE_SIDE_ENGINES, indirect=True)
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def usernames_needing_reconnect(self) -> list[str]: ...
+    async def get_item(self, item_id: int) -> OutboxItem | None: ...
+    async def set_held_since(self, item_id: int, since: float | None) -> None: ...
 
 
 @asynccontextmanager
 async def engine_or_memory_named(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Engine | MemoryTablesEngine]:
-    """``engine_named``, or the in-memory fakes' tables for ``memory``."""
+) -> AsyncIterator[AnyEngine]:
+    """``engine_named``, or the in-memory fake's tables for ``memory``."""
     if name == "memory":
-        yield MemoryTablesEngine()
+        yield MemoryEngine()
         return
     async with engine_named(name, request, tmp_path) as chosen:
         yield chosen
 
 
-@pytest.fixture(params=MESSAGE_SIDE_ENGINES)
-async def message_side_engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Engine | MemoryTablesEngine]:
+@pytest.fixture(params=STORES)
+async def engine_or_memory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyEngine]:
+    """Where a role is tested: each engine, and the fake the unit tests use, held to the same tests."""
     async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
         yield chosen
+
+
+@asynccontextmanager
+async def opened(side: AnyEngine) -> AsyncIterator[ContractStore]:
+    """A store of ``side``, open for the block."""
+    store: ContractStore = side.store()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,18 +1,18 @@
-"""What the account-side roles do to mappings, on both engines and on the in-memory fake
-(``account_side``): switching X accounts and giving up a group, whose effects on the outbox and
-the read cursor are held by test_store_contract.py and test_account_store.py on the engines."""
+"""What the account-side roles do to mappings, on both engines and on the in-memory store
+(``engine_or_memory``): switching X accounts and giving up a group. Their effects on the outbox
+and the read cursor are held by test_relay_store.py, test_inbound_store.py and
+test_store_contract.py (on the fake too where they read through the port)."""
 
 from __future__ import annotations
 
 from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser
-from tests.contract.conftest import AccountSide, opened_side
-from tests.memory_accounts import AccountSideStore
+from tests.contract.conftest import AnyEngine, ContractStore, opened
 
 ME, OTHER = XUser("1000", "me"), XUser("3000", "other")
 GROUP = ("2001", "2002")
 
 
-async def four_channels(store: AccountSideStore) -> int:
+async def four_channels(store: ContractStore) -> int:
     """An account bridging C1 by conversation id, C2 by person, C3 as a group to create, C4 a
     group created since, and C5 by person once its conversation's id is known."""
     account = await store.save_account("T1", "U1", ME, TokenSet("a", "r", None))
@@ -31,15 +31,15 @@ async def four_channels(store: AccountSideStore) -> int:
     return account.id
 
 
-async def paused(store: AccountSideStore) -> dict[str, tuple[float | None, str | None, str | None]]:
+async def paused(store: ContractStore) -> dict[str, tuple[float | None, str | None, str | None]]:
     """Per channel: when and by whom it was paused, and for which X user it is held."""
     return {m.channel_id: (m.paused_at, m.paused_by, m.held_for) for m in await store.list_mappings()}
 
 
 async def test_another_x_account_holds_the_conversations_of_the_previous_one_until_it_is_back(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         account_id = await four_channels(store)
         assert await store.hold_for_previous_account(account_id, ME, ME, 2.0) == []  # the same X user
         held = await store.hold_for_previous_account(account_id, ME, OTHER, 2.0)
@@ -70,8 +70,8 @@ async def test_another_x_account_holds_the_conversations_of_the_previous_one_unt
         assert set((await paused(store)).values()) == {(None, None, None)}
 
 
-async def test_a_channel_paused_before_the_switch_keeps_when_and_by_whom(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_a_channel_paused_before_the_switch_keeps_when_and_by_whom(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         account_id = await four_channels(store)
         assert len(await store.disconnect_account(account_id, 1.5, "U1")) == 5
         again = await store.save_account("T1", "U1", OTHER, TokenSet("b", "s", None))
@@ -86,9 +86,9 @@ async def test_a_channel_paused_before_the_switch_keeps_when_and_by_whom(account
 
 
 async def test_giving_up_a_group_unmaps_only_the_channel_still_waiting_for_that_group(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         account_id = await four_channels(store)
         waiting = await store.get_mapping("T1", "C3")
         assert await store.abandon_group("T1", "C3", ("2001", "2003")) == (None, [])  # another group

@@ -13,7 +13,7 @@ from adapters.store.engine import Dialect
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import Account, ChannelMapping, MappingKind, OAuthState, TokenSet, XUser
-from tests.contract.conftest import AccountSide, Engine
+from tests.contract.conftest import AnyEngine, Engine
 
 ME, OTHER, ALICE = "1000", "3000", "2001"
 CONVERSATION = f"{ME}-{ALICE}"
@@ -82,18 +82,18 @@ async def test_switching_x_accounts_survives_a_read_committing_its_cursor_mid_sw
     assert await store.get_cursor(account.id) == "70"
 
 
-async def test_a_new_oauth_state_sweeps_those_expired_over_an_hour_ago(account_side: AccountSide) -> None:
-    store = account_side.store()
+async def test_a_new_oauth_state_sweeps_those_expired_over_an_hour_ago(engine_or_memory: AnyEngine) -> None:
+    store = engine_or_memory.store()
     await store.open()
     try:
         now = time.time()
         for name, expires_at in (("old", now - 3700), ("recent", now - 3500), ("live", now + 600)):
             await store.save_oauth_state(OAuthState(name, "verifier", "T1", "U1", "C1", None, expires_at))
         await store.save_oauth_state(OAuthState("new", "verifier", "T1", "U1", "C1", None, now + 600))
-        if isinstance(account_side, Engine):
-            kept = await account_side.sql("SELECT state FROM oauth_states ORDER BY state")
+        if isinstance(engine_or_memory, Engine):
+            kept = await engine_or_memory.sql("SELECT state FROM oauth_states ORDER BY state")
         else:  # the fake's table of states
-            kept = [(state,) for state in sorted(account_side.tables.oauth_states)]
+            kept = [(state,) for state in sorted(engine_or_memory.tables.oauth_states)]
         assert [state for (state,) in kept] == ["live", "new", "recent"]
         assert await store.get_oauth_state("recent", now) is None  # kept a while, but expired
     finally:

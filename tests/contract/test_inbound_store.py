@@ -26,16 +26,16 @@ from bridge.model import (
 )
 from bridge.ports import Store
 from tests.contract.conftest import Engine
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine
 
 ME, ALICE = "1000", "2001"
 CONVERSATION = f"{ME}-{ALICE}"
 
 
 @pytest.fixture
-def engine(message_side_engine: Engine | MemoryTablesEngine) -> Engine | MemoryTablesEngine:
+def engine(engine_or_memory: Engine | MemoryEngine) -> Engine | MemoryEngine:
     """Both engines and the in-memory fakes (tests/memory_store.py): any store must pass these."""
-    return message_side_engine
+    return engine_or_memory
 
 
 @pytest.fixture

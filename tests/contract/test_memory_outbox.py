@@ -1,11 +1,10 @@
-"""The in-memory outbox Delivery's unit tests run on (tests/memory_outbox.py) is held to the
-same rules as both engines, by the same assertions, so the fast tests cannot drift from the SQL."""
+"""The in-memory outbox Delivery's unit tests run on (tests/memory_outbox.py, in MemoryStore) is
+held to the same rules as both engines, by the same assertions and the same setup through the
+ports, so the fast tests cannot drift from the SQL."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 
@@ -21,66 +20,46 @@ from bridge.model import (
     TokenSet,
     XUser,
 )
-from tests.contract.conftest import engine_named
-from tests.memory_outbox import MemoryOutbox
+from tests.contract.conftest import AnyEngine, ContractStore, opened
 from tests.outbox import accepted, readable
 
 Add = Callable[[str, str], Awaitable[None]]
+Outbox = tuple[ContractStore, Add]
 
 
-@asynccontextmanager
-async def outbox_of(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Any
-) -> AsyncIterator[tuple[Any, Add]]:
-    """The outbox under test, and how to queue a message in one of its channels."""
-    if kind == "memory":
-        memory = MemoryOutbox()
-        memory.account()
+@pytest.fixture
+async def outbox(engine_or_memory: AnyEngine) -> AsyncIterator[Outbox]:
+    """The outbox under test, and how to queue a message in one of its channels (as the relay
+    does: mapped, accepted, then rendered as Delivery does before the first claim)."""
+    async with opened(engine_or_memory) as store:
+        account = await store.save_account("T1", "U1", XUser("1001", "me"), TokenSet("a", "r", None))
+        mapped: set[str] = set()
+        count = 0
 
-        async def add_memory(channel: str, text: str) -> None:
-            memory.add(channel, text)
+        async def add(channel: str, text: str) -> None:
+            nonlocal count
+            if channel not in mapped:
+                mapping = ChannelMapping(
+                    "T1", channel, MappingKind.LINK, account.id, "1001-2001", None, "U1", 0.0
+                )
+                await store.create_mapping(mapping)
+                mapped.add(channel)
+            count += 1
+            message = IncomingMessage("T1", channel, f"{count}.000", "U1", text, event_id=f"E{count}")
+            assert await accepted(store, message, float(count))
+            [row] = [r for r in await store.list_outbox([OutboxState.QUEUED]) if r.slack_ts == message.ts]
+            await store.render(row.id, [RenderedPart(text)])
 
-        yield memory, add_memory
-        return
-    async with engine_named(kind, request, tmp_path) as engine:
-        store = engine.store()
-        await store.open()
-        try:
-            account = await store.save_account("T1", "U1", XUser("1001", "me"), TokenSet("a", "r", None))
-            mapped: set[str] = set()
-            count = 0
-
-            async def add_real(channel: str, text: str) -> None:
-                nonlocal count
-                if channel not in mapped:
-                    mapping = ChannelMapping(
-                        "T1", channel, MappingKind.LINK, account.id, "1001-2001", None, "U1", 0.0
-                    )
-                    await store.create_mapping(mapping)
-                    mapped.add(channel)
-                count += 1
-                message = IncomingMessage("T1", channel, f"{count}.000", "U1", text, event_id=f"E{count}")
-                assert await accepted(store, message, float(count))
-                # Rendered, as Delivery does before the first claim (the memory outbox's rows are).
-                [row] = [r for r in await store.list_outbox([OutboxState.QUEUED]) if r.slack_ts == message.ts]
-                await store.render(row.id, [RenderedPart(text)])
-
-            yield store, add_real
-        finally:
-            await store.close()
+        yield store, add
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def outbox(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[tuple[Any, Add]]:
-    async with outbox_of(request.param, request, tmp_path) as pair:
-        yield pair
-
-
-async def heads(store: Any) -> dict[str, OutboxItem]:
+async def heads(store: ContractStore) -> dict[str, OutboxItem]:
     return {h.channel_id: h for h in readable(await store.outbox_heads())}
 
 
-async def test_a_channel_sends_its_oldest_unfinished_row_one_at_a_time(outbox: tuple[Any, Add]) -> None:
+async def test_a_channel_sends_its_oldest_unfinished_row_one_at_a_time(
+    outbox: Outbox,
+) -> None:
     store, add = outbox
     await add("C1", "first")
     await add("C1", "second")
@@ -102,7 +81,7 @@ async def test_a_channel_sends_its_oldest_unfinished_row_one_at_a_time(outbox: t
 
 
 async def test_a_reschedule_keeps_when_the_hold_began_and_a_failure_waits_to_be_told(
-    outbox: tuple[Any, Add],
+    outbox: Outbox,
 ) -> None:
     store, add = outbox
     await add("C1", "held")

@@ -12,7 +12,7 @@ from adapters.store.postgres import PostgresStore
 from bridge.errors import XAuthRevoked
 from bridge.model import Account, TokenSet, XUser
 from bridge.tokens import TokenManager
-from tests.contract.conftest import AccountSide
+from tests.contract.conftest import AnyEngine
 
 
 class Clock:
@@ -63,9 +63,9 @@ async def test_two_instances_refreshing_at_once_spend_the_refresh_token_once(pg_
             await store.close()
 
 
-async def test_what_a_refresh_wrote_is_kept_when_its_block_then_fails(account_side: AccountSide) -> None:
+async def test_what_a_refresh_wrote_is_kept_when_its_block_then_fails(engine_or_memory: AnyEngine) -> None:
     """X has rotated the refresh token once the new pair is saved: nothing after may undo that."""
-    store = account_side.store()
+    store = engine_or_memory.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a0", "r0", 5.0))

@@ -28,15 +28,15 @@ from bridge.model import (
 )
 from bridge.ports import Store
 from tests.contract.conftest import Engine
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine
 from tests.outbox import accepted, readable
 
 EVERY_STATE = list(OutboxState)
 
 
 @pytest.fixture
-def engine(message_side_engine: Engine | MemoryTablesEngine) -> Engine | MemoryTablesEngine:
-    return message_side_engine
+def engine(engine_or_memory: Engine | MemoryEngine) -> Engine | MemoryEngine:
+    return engine_or_memory
 
 
 @asynccontextmanager

@@ -25,16 +25,14 @@ from bridge.model import (
 )
 from bridge.retention import prune
 from tests.contract.conftest import ENGINES, Engine, engine_or_memory_named, memory_too
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine
 from tests.outbox import accepted
 
 DAY = 86_400.0
 
 
 @pytest.fixture(params=ENGINES)
-async def engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Engine | MemoryTablesEngine]:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine | MemoryEngine]:
     """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
     async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
         yield chosen

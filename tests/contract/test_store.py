@@ -23,16 +23,14 @@ from bridge.model import (
     XUser,
 )
 from tests.contract.conftest import ENGINES, Engine, engine_or_memory_named, memory_too
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine
 from tests.outbox import accepted, readable
 
 PENDING = ("queued", "sending", "waiting")
 
 
 @pytest.fixture(params=ENGINES)
-async def engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Engine | MemoryTablesEngine]:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine | MemoryEngine]:
     """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
     async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
         yield chosen

@@ -1,5 +1,6 @@
 """The Store port's behaviour, method by method, on both engines (what a new store must do); the
-account-side roles' tests (``account_side``) also on their in-memory fake, tests/memory_accounts.py."""
+tests taking ``engine_or_memory`` or marked ``@memory_too`` also on the in-memory store,
+tests/memory_store.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -31,40 +31,28 @@ from bridge.model import (
 )
 from tests.contract.conftest import (
     ENGINES,
-    AccountSide,
+    AnyEngine,
+    ContractStore,
     Engine,
     engine_or_memory_named,
     memory_too,
-    opened_side,
+    opened,
 )
-from tests.memory_accounts import AccountSideStore, MemoryAccountSide
-from tests.memory_store import MemoryTablesEngine
+from tests.memory_store import MemoryEngine, MemoryStore
 from tests.outbox import accepted, readable
 
 AnyStore = SqliteStore | PostgresStore
 
 
 @pytest.fixture(params=ENGINES)
-async def engine(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Engine | MemoryTablesEngine]:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine | MemoryEngine]:
     """Both engines; the in-memory fakes too for the tests marked ``@memory_too``."""
     async with engine_or_memory_named(request.param, request, tmp_path) as chosen:
         yield chosen
 
 
-@asynccontextmanager
-async def opened(engine: Engine) -> AsyncIterator[AnyStore]:
-    store = engine.store()
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 async def linked(
-    store: AccountSideStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK
+    store: ContractStore, channel: str = "C1", kind: MappingKind = MappingKind.LINK
 ) -> ChannelMapping:
     account = await store.account_for_user("T1", "U1")
     if account is None:
@@ -87,13 +75,17 @@ async def test_an_accepted_message_is_on_disk_when_the_accept_returns(engine: En
     with ``synchronous = NORMAL`` may roll back the last commits then; FULL syncs the WAL at each
     commit. PostgreSQL's accept waits for its log (``synchronous_commit`` on). Read back from the
     store's own connection, where the setting applies."""
-    async with opened(engine) as store:
+    store = engine.store()  # the engines' own call: not a role's
+    await store.open()
+    try:
         expected = "FULL" if engine.name == "sqlite" else "on"
         assert await store.commit_durability() == expected
+    finally:
+        await store.close()
 
 
-async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         first = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("acc-1", "ref-1", 10.0))
         await store.set_needs_reconnect(first.id, True)
         assert await store.usernames_needing_reconnect() == ["me"]
@@ -110,30 +102,30 @@ async def test_accounts_upsert_per_slack_user_and_keep_tokens_encrypted(account_
         other = await store.save_account("T1", "U2", XUser("1002", "you"), TokenSet("x", "y", None))
         assert [a.id for a in await store.list_accounts()] == [first.id, other.id]
         assert await store.usernames_needing_reconnect() == []
-    if isinstance(account_side, Engine):  # the fake keeps no columns, so no ciphertext
-        raw = await account_side.sql("SELECT access_token, refresh_token FROM accounts")
+    if isinstance(engine_or_memory, Engine):  # the fake keeps no columns, so no ciphertext
+        raw = await engine_or_memory.sql("SELECT access_token, refresh_token FROM accounts")
         assert all("acc-" not in str(cell) and "ref-" not in str(cell) for row in raw for cell in row)
 
 
 async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
-    account_side: AccountSide, caplog: pytest.LogCaptureFixture
+    engine_or_memory: AnyEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Its key rotated away, or its ciphertext corrupt: listing accounts (inbound polling, push
     # subscriptions) must still hand out everyone else, and the bad one reads as needing
     # reconnection (parked, told in status and health) rather than raising.
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         good = await store.save_account("T1", "U1", XUser("1000", "good"), TokenSet("acc-g", "ref-g", 10.0))
         bad = await store.save_account("T1", "U2", XUser("1001", "bad"), TokenSet("acc-b", "ref-b", 10.0))
         other_key = TokenCipher([generate_key()]).encrypt("acc-under-a-retired-key")
-        if isinstance(account_side, Engine):
-            await account_side.sql(
+        if isinstance(engine_or_memory, Engine):
+            await engine_or_memory.sql(
                 "UPDATE accounts SET access_token = ?, refresh_token = ? WHERE id = ?",
                 other_key,
                 "corrupt-ciphertext",
                 bad.id,
             )
         else:
-            assert isinstance(store, MemoryAccountSide)
+            assert isinstance(store, MemoryStore)
             store.make_unreadable(bad.id)
         with caplog.at_level(logging.INFO):
             listed = await store.list_accounts()
@@ -158,8 +150,10 @@ async def test_an_account_whose_tokens_cannot_be_decrypted_costs_only_itself(
         assert await store.usernames_needing_reconnect() == []
 
 
-async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(
+    engine_or_memory: AnyEngine,
+) -> None:
+    async with opened(engine_or_memory) as store:
         now = time.time()  # saving sweeps states long expired by the wall clock
         state = OAuthState("s1", "verifier", "T1", "U1", "C1", "https://hooks/1", now + 600)
         await store.save_oauth_state(state)
@@ -172,8 +166,8 @@ async def test_an_oauth_state_is_consumed_once_and_never_after_it_expires(accoun
         assert await store.consume_oauth_state("nope", now, "browser") is None
 
 
-async def test_a_channel_maps_once_until_unmapped(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_a_channel_maps_once_until_unmapped(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         mapping = await linked(store)
         assert await store.create_mapping(mapping) is None
         assert await store.get_mapping("T1", "C1") == mapping
@@ -423,8 +417,8 @@ async def test_rescheduling_holding_and_releasing(engine: Engine) -> None:
         assert (await store.outbox_summary("T1", "C9"))["pending"] == 0
 
 
-async def test_budgets_are_saved_together_and_overwritten(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_budgets_are_saved_together_and_overwritten(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         assert await store.ping()
         await store.save_budgets([("user:1:15m", 200, 150, 900.0), ("app:24h", 15000, 14000, 86400.0)])
         await store.save_budgets([("user:1:15m", 15, 3, 950.5)])
@@ -436,8 +430,8 @@ async def test_budgets_are_saved_together_and_overwritten(account_side: AccountS
         ]
 
 
-async def test_budgets_saved_twice_in_one_call_keep_the_last(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_budgets_saved_twice_in_one_call_keep_the_last(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         await store.save_budgets([("app:24h", 15000, 14000, 86400.0), ("app:24h", 15000, 13999, 86400.0)])
         assert await store.load_budgets() == [
             {"key": "app:24h", "limit_": 15000, "remaining": 13999, "reset_at": 86400.0}
@@ -466,8 +460,8 @@ async def test_media_upload_bookkeeping(engine: Engine) -> None:
         assert item.text == "Me: m1"
 
 
-async def test_a_mapping_keeps_the_participants_handle(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_a_mapping_keeps_the_participants_handle(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         mapping = ChannelMapping(
             "T1", "C1", MappingKind.DM, account.id, None, "2001", "U1", 0.0, participant_username="alice"
@@ -476,9 +470,9 @@ async def test_a_mapping_keeps_the_participants_handle(account_side: AccountSide
         assert await store.get_mapping("T1", "C1") == mapping
 
 
-async def test_a_mapping_says_whether_its_conversation_is_encrypted(account_side: AccountSide) -> None:
+async def test_a_mapping_says_whether_its_conversation_is_encrypted(engine_or_memory: AnyEngine) -> None:
     # X Chat ids look like legacy ones ("A-B", "g…"): only the stored flag tells the paths apart.
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         legacy = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 0.0)
         chat = ChannelMapping(
@@ -491,9 +485,9 @@ async def test_a_mapping_says_whether_its_conversation_is_encrypted(account_side
 
 
 async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    store = account_side.store()
+    store = engine_or_memory.store()
     await store.open()
     try:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", 5.0))
@@ -525,9 +519,9 @@ async def test_disconnect_deletes_tokens_pauses_mappings_and_reconnect_resumes(
 
 
 async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    store = account_side.store()
+    store = engine_or_memory.store()
     await store.open()
     try:
         state = OAuthState("s1", "verifier", "T1", "U1", "C1", None, 1000.0, "ada", "fake")
@@ -551,10 +545,12 @@ async def test_an_oauth_state_is_confirmed_by_one_browser_and_used_once_by_it(
         await store.close()
 
 
-async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(account_side: AccountSide) -> None:
+async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(
+    engine_or_memory: AnyEngine,
+) -> None:
     """`/xdm unlink` checks who may unlink the mapping it read, then deletes: a mapping someone
     else made in between (the first unlinked meanwhile) must not be what that delete removes."""
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         account = await store.save_account("T1", "U1", XUser("1000", "me"), TokenSet("a", "r", None))
         checked = ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)
         await store.create_mapping(checked)
@@ -565,6 +561,7 @@ async def test_delete_mapping_leaves_a_mapping_made_since_the_check_alone(accoun
         assert await store.get_mapping("T1", "C1") == since
 
 
+@memory_too
 async def test_abandoning_a_group_unmaps_only_the_channel_still_waiting_for_it(engine: Engine) -> None:
     """X refused the group for good: the mapping goes, and the rows addressed to that group come
     back for the caller to fail; another group's channel, or a created group, is left alone."""
@@ -645,9 +642,9 @@ async def test_recently_sent_lists_the_last_parts_sent_since_newest_first(engine
 
 
 async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_it_expires(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    store = account_side.store()
+    store = engine_or_memory.store()
     await store.open()
     try:
         tokens = TokenSet("access-secret", "refresh-secret", 5000.0, "dm.read dm.write")
@@ -658,8 +655,8 @@ async def test_a_pending_connection_is_taken_once_by_its_own_slack_user_before_i
         await store.save_pending_connection(
             PendingConnection("p2", "T1", "U1", "", None, XUser("1000", "owner"), tokens, 50.0)
         )
-        if isinstance(account_side, Engine):  # the fake keeps no columns, so no ciphertext
-            stored = await account_side.sql("SELECT access_token, refresh_token FROM pending_connections")
+        if isinstance(engine_or_memory, Engine):  # the fake keeps no columns, so no ciphertext
+            stored = await engine_or_memory.sql("SELECT access_token, refresh_token FROM pending_connections")
             assert all("secret" not in str(v) for row in stored for v in row)  # encrypted at rest
         assert await store.get_pending_connection("p1", 10.0) == pending
         assert await store.get_pending_connection("p1", 100.0) is None  # expired
@@ -778,8 +775,8 @@ async def test_a_failure_is_kept_untold_until_its_author_is_told(engine: Engine)
         assert [(i.id, f) for i, f in await store.failures_to_tell(limit=5)] == [(second.id, Failure.OTHER)]
 
 
-async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(account_side: AccountSide) -> None:
-    async with opened_side(account_side) as store:
+async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(engine_or_memory: AnyEngine) -> None:
+    async with opened(engine_or_memory) as store:
         ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
         bob = await store.save_account("T2", "U2", XUser("1000", "ada"), TokenSet("b", "r", None))
         cy = await store.save_account("T2", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))
@@ -800,9 +797,9 @@ async def test_accounts_and_mappings_are_found_by_what_the_caller_knows(account_
 
 
 async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_of_the_mappings(
-    account_side: AccountSide,
+    engine_or_memory: AnyEngine,
 ) -> None:
-    async with opened_side(account_side) as store:
+    async with opened(engine_or_memory) as store:
         ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
         bob = await store.save_account("T1", "U2", XUser("2000", "bob"), TokenSet("b", "r", None))
         cy = await store.save_account("T1", "U3", XUser("3000", "cy"), TokenSet("c", "r", None))

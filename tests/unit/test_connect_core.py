@@ -1,5 +1,5 @@
-"""ConnectService's answer to a connect question (bridge/connect.py), over the in-memory account
-roles (tests/memory_accounts.py): who may bind a pending connection, once, and what binding
+"""ConnectService's answer to a connect question (bridge/connect.py), over the in-memory store
+(tests/memory_store.py): who may bind a pending connection, once, and what binding
 another X account does to the channels of the previous one."""
 
 from __future__ import annotations
@@ -8,17 +8,10 @@ from typing import Any
 
 from bridge.connect import ConnectAnswer, ConnectService
 from bridge.model import ChannelMapping, MappingKind, PendingConnection, TokenSet, XUser
-from tests.memory_accounts import MemoryAccountSide
+from tests.memory_store import MemoryStore
 from tests.virtual_clock import VirtualClock
 
 ME, OTHER = XUser("1000", "me"), XUser("3000", "other")
-
-
-class ConnectWorld(MemoryAccountSide):
-    """The account roles in memory, and an outbox with nothing waiting (release_account's part)."""
-
-    async def release_account(self, account_id: int, now: float) -> int:
-        return 0
 
 
 class Slack:
@@ -44,10 +37,10 @@ class OAuth:
         self.revoked.append(token)
 
 
-async def connected_world() -> tuple[ConnectWorld, Slack, OAuth, ConnectService, VirtualClock]:
+async def connected_world() -> tuple[MemoryStore, Slack, OAuth, ConnectService, VirtualClock]:
     """U1 bridges C1 (a conversation of @me's) and C2 (a 1-to-1 by person), and has authorized
     @other in a browser: the question waits for their click."""
-    store, slack, oauth, clock = ConnectWorld(), Slack(), OAuth(), VirtualClock()
+    store, slack, oauth, clock = MemoryStore(), Slack(), OAuth(), VirtualClock()
     account = await store.save_account("T1", "U1", ME, TokenSet("old-access", "old-refresh", None))
     await store.create_mapping(
         ChannelMapping("T1", "C1", MappingKind.LINK, account.id, "1000-2001", None, "U1", 1.0)

@@ -18,7 +18,7 @@ from bridge.errors import Failure, RateFacts, XRateLimited, XRefused
 from bridge.model import OutboxState, Sent, Target
 from bridge.ports import SlackClient, Store, XClient, XOAuth
 from bridge.tokens import TokenManager
-from tests.memory_outbox import MemoryOutbox
+from tests.memory_store import MemoryStore
 from tests.virtual_clock import VirtualClock
 
 WINDOW = 900.0  # X's DM send window: 15 per 15 minutes per user
@@ -77,9 +77,9 @@ class Slack:
 
 @asynccontextmanager
 async def delivering(
-    outbox: MemoryOutbox, clock: VirtualClock, x: X, slack: Slack, **config: object
+    outbox: MemoryStore, clock: VirtualClock, x: X, slack: Slack, **config: object
 ) -> AsyncIterator[Delivery]:
-    store = cast(Store, outbox)
+    store: Store = outbox
     tokens = TokenManager(store, cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0))
     budget = Budget(store, user_15m=15, user_24h=1440, app_24h=1440)
     delivery = Delivery(
@@ -102,7 +102,7 @@ async def delivering(
 
 
 async def test_two_channels_of_one_account_take_turns() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryOutbox(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
     x = X(clock)
     outbox.account()
     for n in range(3):
@@ -116,7 +116,7 @@ async def test_two_channels_of_one_account_take_turns() -> None:
 
 
 async def test_past_xs_window_messages_wait_for_its_reset_with_an_hourglass_then_go() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryOutbox(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
     x = X(clock, per_window=15)
     outbox.account()
     for n in range(17):
@@ -136,7 +136,7 @@ async def test_past_xs_window_messages_wait_for_its_reset_with_an_hourglass_then
 
 
 async def test_a_refused_message_fails_alone_and_its_author_is_told() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryOutbox(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
     x = X(clock)
     outbox.account()
     outbox.add("C1", "before")
@@ -153,7 +153,7 @@ async def test_a_refused_message_fails_alone_and_its_author_is_told() -> None:
 
 
 async def test_one_account_at_its_limit_never_holds_up_another() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryOutbox(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
     x = X(clock, per_window=15)
     outbox.account(1)
     outbox.account(2)

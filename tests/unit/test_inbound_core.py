@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -17,20 +16,7 @@ from bridge.ports import SlackClient, Store, XClient
 from bridge.poster import MAX_TEXT, render
 from bridge.scheduler import SystemClock
 from bridge.tokens import TokenManager
-
-
-class BudgetRows:
-    """The two Store methods a Budget uses, in memory."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, tuple[str, int, int, float]] = {}
-
-    async def load_budgets(self) -> list[dict[str, Any]]:
-        return [{"key": k, "limit_": v[1], "remaining": v[2], "reset_at": v[3]} for k, v in self.rows.items()]
-
-    async def save_budgets(self, windows: Sequence[tuple[str, int, int, float]]) -> None:
-        for window in windows:
-            self.rows[window[0]] = window
+from tests.memory_accounts import MemoryBudgets
 
 
 class Clock:
@@ -50,7 +36,7 @@ def answer(remaining: int, reset: float, limit: int = 15) -> Any:
 
 async def test_reads_stop_before_x_would_refuse_and_resume_at_its_reset() -> None:
     clock = Clock()
-    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    budget = Budget(MemoryBudgets(), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     # X says this endpoint allows 3 in a window ending at 1010 (tighter than configured).
     assert await budget.read(1, clock.now, answer(2, 1010.0, limit=3)) == "page"
     assert budget.reads_left(1, clock.now()) == (2, 3, 1010.0)
@@ -68,7 +54,7 @@ async def test_each_endpoints_headers_correct_its_own_window() -> None:
     """X counts each DM event GET apart (15 per 15 minutes each): one endpoint spent leaves the
     others' reads, and an answer's headers correct only the window of the endpoint that gave them."""
     clock = Clock()
-    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    budget = Budget(MemoryBudgets(), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     await budget.read(1, clock.now, answer(4, 1500.0))  # GET /2/dm_events: 4 left
     conversation = ReadEndpoint.CONVERSATION
     await budget.read(1, clock.now, answer(14, 1600.0), endpoint=conversation)  # its own 14
@@ -163,7 +149,7 @@ async def test_reads_for_pushes_go_at_once_then_the_last_ones_spread_to_the_wind
     window's spare reads are spread to its end, and the reserve (delivery's read-back) is never
     spent; the single-event lookup has no other use, so no reserve."""
     clock = Clock()
-    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    budget = Budget(MemoryBudgets(), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     config = InboundConfig(reserve=2, min_interval=0.0)
     inbound = _inbound(clock, budget, config)
     assert inbound._bell_delay(1, endpoint) == 0.0  # nothing read yet in this window
@@ -188,7 +174,7 @@ def _account() -> Account:
 
 async def test_a_pushed_dm_is_placed_from_its_one_to_one_first_then_by_its_id_then_by_the_list() -> None:
     clock = Clock()
-    budget = Budget(cast(Store, BudgetRows()), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
+    budget = Budget(MemoryBudgets(), user_15m=200, user_24h=1000, app_24h=15000, reads_15m=15)
     inbound = _inbound(clock, budget, InboundConfig(reserve=2, min_interval=0.0))
     account = _account()
     inbound.rang(

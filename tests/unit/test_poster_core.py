@@ -15,7 +15,7 @@ from bridge.model import ChannelMapping, EventKind, InboundEvent, InboundItem, I
 from bridge.ports import AccountStore, SlackClient, Store, XClient, XOAuth
 from bridge.poster import Poster
 from bridge.tokens import TokenManager
-from tests.memory_store import MemoryMessageStore
+from tests.memory_store import MemoryStore
 from tests.virtual_clock import VirtualClock
 
 CONVERSATION = "1001-2001"
@@ -43,7 +43,7 @@ class Slack:
         return [text for posted_in, text, _ in self.posts if posted_in == channel]
 
 
-async def bridged(store: MemoryMessageStore, *channels: str) -> int:
+async def bridged(store: MemoryStore, *channels: str) -> int:
     account = store.account(1)  # X user 1001
     for channel in channels:
         await store.create_mapping(
@@ -57,7 +57,7 @@ def event(event_id: str) -> InboundEvent:
 
 
 @asynccontextmanager
-async def posting(store: MemoryMessageStore, slack: Slack, clock: VirtualClock) -> AsyncIterator[Poster]:
+async def posting(store: MemoryStore, slack: Slack, clock: VirtualClock) -> AsyncIterator[Poster]:
     # Tokens are asked for media only (none here): the account side is not the inbound fake's.
     accounts = cast(AccountStore, store)
     tokens = TokenManager(accounts, cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0))
@@ -82,12 +82,12 @@ async def posting(store: MemoryMessageStore, slack: Slack, clock: VirtualClock) 
         await task
 
 
-def states(store: MemoryMessageStore) -> set[InboundState]:
+def states(store: MemoryStore) -> set[InboundState]:
     return {row.state for row in store.tables.inbound.values()}
 
 
 async def test_each_event_is_posted_once_into_each_channel_in_x_order() -> None:
-    clock, store = VirtualClock(), MemoryMessageStore()
+    clock, store = VirtualClock(), MemoryStore()
     slack = Slack(clock)
     account_id = await bridged(store, "C1", "C2", "C3")  # more channels than post at once (2)
     # Read out of order (a push before the poll that reads the older ones): X's order wins.
@@ -108,7 +108,7 @@ async def test_each_event_is_posted_once_into_each_channel_in_x_order() -> None:
 
 
 async def test_a_channel_slack_holds_back_waits_in_order_and_holds_up_no_other() -> None:
-    clock, store = VirtualClock(), MemoryMessageStore()
+    clock, store = VirtualClock(), MemoryStore()
     slack = Slack(clock)
     account_id = await bridged(store, "C1", "C2")
     await store.take_inbound(account_id, [event("10"), event("20")], "20", clock.now())

@@ -13,7 +13,8 @@ from adapters.store.sqlite import SqliteStore
 from bridge.errors import XAuthRevoked
 from bridge.model import Account, TokenSet, XUser
 from bridge.tokens import ACCOUNT_TTL, TokenManager
-from tests.memory_accounts import AccountTables, MemoryAccounts
+from tests.memory_accounts import MemoryAccounts
+from tests.memory_tables import MemoryTables
 
 
 class Clock:
@@ -113,7 +114,7 @@ async def test_two_instances_on_one_store_spend_a_single_use_refresh_token_once(
     """Over the in-memory accounts role (tests/memory_accounts.py): two processes' managers, each
     with its own per-account lock, share one store, whose refresh lock makes the second wait and
     take the token the first got instead of spending the rotated refresh token again."""
-    tables = AccountTables()
+    tables = MemoryTables()
     clock = Clock()
     oauth = SingleUse()
     saved = await MemoryAccounts(tables).save_account(
