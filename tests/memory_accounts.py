@@ -122,6 +122,14 @@ class MemoryAccounts(MemoryRole):
     async def _find(self, **equal: str | None) -> list[Account]:
         return _matching(await self.list_accounts(), equal)
 
+    async def account_ids_to_read(self) -> list[int]:
+        # The stored flag, as the SQL reads it: an unreadable account is listed, and flagged on reading.
+        rows = self.tables.accounts
+        return [i for i in sorted(rows) if not rows[i].account.needs_reconnect]
+
+    async def accounts_by_id(self, ids: Sequence[int]) -> list[Account]:
+        return [self._read(self.tables.accounts[i]) for i in sorted(set(ids)) if i in self.tables.accounts]
+
     async def usernames_needing_reconnect(self) -> list[str]:
         """X usernames of the connected accounts X refused a refresh or whose tokens do not open."""
         rows = [r for r in self.tables.accounts.values() if r.disconnected_at is None]

@@ -106,7 +106,7 @@ async def test_a_reschedule_keeps_when_the_hold_began_and_a_failure_waits_to_be_
     assert await store.failures_to_tell() == []
 
 
-async def test_the_events_of_sent_rows_are_known_and_no_others(outbox: tuple[Any, Add]) -> None:
+async def test_the_events_of_sent_rows_are_known_and_no_others(outbox: Outbox) -> None:
     store, add = outbox
     await add("C1", "first")
     head = (await heads(store))["C1"]
@@ -117,7 +117,7 @@ async def test_the_events_of_sent_rows_are_known_and_no_others(outbox: tuple[Any
     assert await store.known_event_ids([]) == set()
 
 
-async def test_an_x_chat_message_is_kept_once_for_the_text_it_was_made_from(outbox: tuple[Any, Add]) -> None:
+async def test_an_x_chat_message_is_kept_once_for_the_text_it_was_made_from(outbox: Outbox) -> None:
     store, add = outbox
     await add("C1", "sealed")
     head = (await heads(store))["C1"]

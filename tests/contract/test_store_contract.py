@@ -821,6 +821,7 @@ async def test_the_accounts_with_groups_and_an_accounts_first_bridge_are_asked_o
         assert await store.first_bridged_at(ada.id) == 5.0
 
 
+@memory_too
 async def test_the_accounts_to_read_are_those_connected_and_not_needing_reconnection(engine: Engine) -> None:
     async with opened(engine) as store:
         assert await store.account_ids_to_read() == []
@@ -836,6 +837,7 @@ async def test_the_accounts_to_read_are_those_connected_and_not_needing_reconnec
         assert await store.account_ids_to_read() == [ada.id, bob.id, cy.id]
 
 
+@memory_too
 async def test_the_accounts_a_pass_works_on_are_read_in_one_go(engine: Engine) -> None:
     async with opened(engine) as store:
         made = [

@@ -31,10 +31,10 @@ from bridge.xchat import (
     ChatSessions,
     NoChatIdentity,
 )
-from tests.memory_outbox import MemoryOutbox
+from tests.memory_store import MemoryStore
 from tests.virtual_clock import VirtualClock
 
-ME = "1001"  # MemoryOutbox.account(1)'s X user
+ME = "1001"  # MemoryStore.account(1)'s X user
 CONVERSATION = f"{ME}-2001"
 TEXT = "Ada: sealed"
 
@@ -103,7 +103,7 @@ class Slack:
         raise AssertionError(f"no author is told anything here: {text}")
 
 
-def encrypted(outbox: MemoryOutbox, clock: VirtualClock, **changes: Any) -> OutboxItem:
+def encrypted(outbox: MemoryStore, clock: VirtualClock, **changes: Any) -> OutboxItem:
     outbox.account()
     row = outbox.add("C1", TEXT, at=clock.now())
     row = replace(row, target=Target(conversation_id=CONVERSATION), encrypted=True, **changes)
@@ -112,7 +112,7 @@ def encrypted(outbox: MemoryOutbox, clock: VirtualClock, **changes: Any) -> Outb
 
 
 @asynccontextmanager
-async def delivering(outbox: MemoryOutbox, clock: VirtualClock, chat: Chat) -> AsyncIterator[Slack]:
+async def delivering(outbox: MemoryStore, clock: VirtualClock, chat: Chat) -> AsyncIterator[Slack]:
     slack = Slack()
     tokens = TokenManager(
         cast(AccountStore, outbox), cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0)
@@ -138,7 +138,7 @@ async def delivering(outbox: MemoryOutbox, clock: VirtualClock, chat: Chat) -> A
 
 
 async def test_a_message_is_made_once_kept_with_its_row_and_sent_with_its_sequence_id() -> None:
-    clock, outbox, chat = VirtualClock(), MemoryOutbox(), Chat()
+    clock, outbox, chat = VirtualClock(), MemoryStore(), Chat()
     row = encrypted(outbox, clock)
     async with delivering(outbox, clock, chat) as slack:
         await clock.until(lambda: outbox.state(row.id) is OutboxState.SENT, limit=5)
@@ -150,7 +150,7 @@ async def test_a_message_is_made_once_kept_with_its_row_and_sent_with_its_sequen
 
 
 async def test_a_send_in_doubt_that_x_has_is_sent_without_posting_it_again() -> None:
-    clock, outbox, chat = VirtualClock(), MemoryOutbox(), Chat()
+    clock, outbox, chat = VirtualClock(), MemoryStore(), Chat()
     kept = {"message_id": "m0", "body": {"text": TEXT}}
     row = encrypted(
         outbox, clock, state=OutboxState.SENDING, attempts=1, sending_since=clock.now(), chat=kept
@@ -163,7 +163,7 @@ async def test_a_send_in_doubt_that_x_has_is_sent_without_posting_it_again() -> 
 
 
 async def test_a_send_in_doubt_that_x_lacks_posts_the_same_message_once_more() -> None:
-    clock, outbox, chat = VirtualClock(), MemoryOutbox(), Chat()
+    clock, outbox, chat = VirtualClock(), MemoryStore(), Chat()
     kept = {"message_id": "m0", "body": {"text": TEXT}}
     row = encrypted(
         outbox, clock, state=OutboxState.SENDING, attempts=1, sending_since=clock.now(), chat=kept
@@ -178,7 +178,7 @@ async def test_a_send_in_doubt_that_x_lacks_posts_the_same_message_once_more() -
 
 @pytest.mark.parametrize("listed", [True, False])
 async def test_a_2xx_without_a_sequence_id_is_a_send_found_or_not(listed: bool) -> None:
-    clock, outbox, chat = VirtualClock(), MemoryOutbox(), Chat()
+    clock, outbox, chat = VirtualClock(), MemoryStore(), Chat()
     chat.unnamed, chat.listed = True, listed
     row = encrypted(outbox, clock)
     async with delivering(outbox, clock, chat):
@@ -189,7 +189,7 @@ async def test_a_2xx_without_a_sequence_id_is_a_send_found_or_not(listed: bool) 
 
 
 async def test_without_an_identity_the_row_waits_and_nothing_is_sent() -> None:
-    clock, outbox, chat = VirtualClock(), MemoryOutbox(), Chat()
+    clock, outbox, chat = VirtualClock(), MemoryStore(), Chat()
     chat.identity = False
     row = encrypted(outbox, clock)
     async with delivering(outbox, clock, chat):

@@ -24,11 +24,11 @@ from bridge.model import DmEvent, EventPage, OutboxItem, OutboxState, Sent, Targ
 from bridge.ports import AccountStore, SlackClient, Store, XClient, XOAuth
 from bridge.reconcile import Reconciler
 from bridge.tokens import TokenManager
-from tests.memory_outbox import MemoryOutbox
+from tests.memory_store import MemoryStore
 from tests.memory_tables import MapEntry
 from tests.virtual_clock import VirtualClock
 
-ME = "1001"  # MemoryOutbox.account(1)'s X user
+ME = "1001"  # MemoryStore.account(1)'s X user
 PEER = "2001"
 CONVERSATION = f"{ME}-{PEER}"
 TEXT = "Ada: did it arrive"
@@ -100,7 +100,7 @@ class Slack:
         raise AssertionError(f"no author is told anything here: {text}")
 
 
-def in_doubt(outbox: MemoryOutbox, clock: VirtualClock) -> OutboxItem:
+def in_doubt(outbox: MemoryStore, clock: VirtualClock) -> OutboxItem:
     """A row claimed for its POST just now, whose answer never came: X may or may not have it."""
     row = outbox.add("C1", TEXT, at=clock.now() - 5)
     row = replace(
@@ -114,15 +114,15 @@ def in_doubt(outbox: MemoryOutbox, clock: VirtualClock) -> OutboxItem:
     return row
 
 
-def parts(outbox: MemoryOutbox, clock: VirtualClock, x: XReads) -> tuple[TokenManager, Budget]:
+def parts(outbox: MemoryStore, clock: VirtualClock, x: XReads) -> tuple[TokenManager, Budget]:
     tokens = TokenManager(
         cast(AccountStore, outbox), cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0)
     )
     return tokens, Budget(outbox, user_15m=15, user_24h=1440, app_24h=1440)
 
 
-def reconciler(per_page: int = 2) -> tuple[Reconciler, MemoryOutbox, VirtualClock, XReads]:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+def reconciler(per_page: int = 2) -> tuple[Reconciler, MemoryStore, VirtualClock, XReads]:
+    clock, outbox = VirtualClock(), MemoryStore()
     outbox.account()
     x = XReads(clock, per_page)
     tokens, budget = parts(outbox, clock, x)
@@ -211,7 +211,7 @@ async def test_a_refused_read_decides_nothing_and_the_next_reading_starts_from_t
 
 
 @asynccontextmanager
-async def delivering(outbox: MemoryOutbox, clock: VirtualClock, x: XReads) -> AsyncIterator[Slack]:
+async def delivering(outbox: MemoryStore, clock: VirtualClock, x: XReads) -> AsyncIterator[Slack]:
     slack = Slack()
     tokens, budget = parts(outbox, clock, x)
     delivery = Delivery(
@@ -233,7 +233,7 @@ async def delivering(outbox: MemoryOutbox, clock: VirtualClock, x: XReads) -> As
         await task
 
 
-def sent_in_doubt(outbox: MemoryOutbox, clock: VirtualClock) -> tuple[OutboxItem, XReads]:
+def sent_in_doubt(outbox: MemoryStore, clock: VirtualClock) -> tuple[OutboxItem, XReads]:
     outbox.account()
     x = XReads(clock)
     history(x, clock)
@@ -241,7 +241,7 @@ def sent_in_doubt(outbox: MemoryOutbox, clock: VirtualClock) -> tuple[OutboxItem
 
 
 async def test_delivery_marks_a_send_in_doubt_found_on_x_sent_without_posting_it_again() -> None:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+    clock, outbox = VirtualClock(), MemoryStore()
     row, x = sent_in_doubt(outbox, clock)
     ours = x.dm(TEXT, clock.now() + 0.2)
     async with delivering(outbox, clock, x) as slack:
@@ -252,7 +252,7 @@ async def test_delivery_marks_a_send_in_doubt_found_on_x_sent_without_posting_it
 
 
 async def test_delivery_sends_a_send_in_doubt_not_on_x_once_more() -> None:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+    clock, outbox = VirtualClock(), MemoryStore()
     row, x = sent_in_doubt(outbox, clock)
     async with delivering(outbox, clock, x):
         await clock.until(lambda: outbox.state(row.id) is OutboxState.SENT, limit=5)
@@ -262,7 +262,7 @@ async def test_delivery_sends_a_send_in_doubt_not_on_x_once_more() -> None:
 
 
 async def test_delivery_keeps_a_send_in_doubt_waiting_while_x_refuses_the_read() -> None:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+    clock, outbox = VirtualClock(), MemoryStore()
     row, x = sent_in_doubt(outbox, clock)
     ours = x.dm(TEXT, clock.now() + 0.2)
     x.refuse_reads = True
@@ -276,7 +276,7 @@ async def test_delivery_keeps_a_send_in_doubt_waiting_while_x_refuses_the_read()
     assert outbox.rows[row.id].dm_event_id == ours.id
 
 
-def queued(outbox: MemoryOutbox, clock: VirtualClock) -> tuple[OutboxItem, XReads]:
+def queued(outbox: MemoryStore, clock: VirtualClock) -> tuple[OutboxItem, XReads]:
     outbox.account()
     x = XReads(clock)
     history(x, clock)
@@ -287,7 +287,7 @@ def queued(outbox: MemoryOutbox, clock: VirtualClock) -> tuple[OutboxItem, XRead
 
 
 async def test_a_2xx_that_names_no_dm_is_read_back_for_its_id_and_never_sent_again() -> None:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+    clock, outbox = VirtualClock(), MemoryStore()
     row, x = queued(outbox, clock)
     x.unnamed = True
     async with delivering(outbox, clock, x):
@@ -298,7 +298,7 @@ async def test_a_2xx_that_names_no_dm_is_read_back_for_its_id_and_never_sent_aga
 
 
 async def test_a_2xx_that_names_no_dm_and_is_not_listed_yet_is_sent_without_an_id() -> None:
-    clock, outbox = VirtualClock(), MemoryOutbox()
+    clock, outbox = VirtualClock(), MemoryStore()
     row, x = queued(outbox, clock)
     x.unnamed, x.listed = True, False
     async with delivering(outbox, clock, x):
