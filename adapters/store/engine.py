@@ -276,24 +276,44 @@ def numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
-class PostgresEngine:
-    """Statements on the PostgreSQL store's pool, each in its own implicit transaction."""
+class PostgresTransaction:
+    """Statements on one connection inside its open transaction."""
 
     dialect = Dialect.POSTGRES
+
+    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        self.conn = conn
+
+    def _on(self) -> asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool:
+        return self.conn
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._on().fetch(numbered(sql), *params)]
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        row = await self._on().fetchrow(numbered(sql), *params)
+        return dict(row) if row is not None else None
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        status: str = await self._on().execute(numbered(sql), *params)
+        return _affected(status.split())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        yield self
+
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        return await work(self)
+
+
+class PostgresEngine(PostgresTransaction):
+    """The same statements on the PostgreSQL store's pool, each in its own implicit transaction."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self._pool = pool
 
-    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._pool().fetch(numbered(sql), *params)]
-
-    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        row = await self._pool().fetchrow(numbered(sql), *params)
-        return dict(row) if row is not None else None
-
-    async def execute(self, sql: str, *params: Any) -> int:
-        status: str = await self._pool().execute(numbered(sql), *params)
-        return _affected(status.split())
+    def _on(self) -> asyncpg.Pool:
+        return self._pool()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -303,33 +323,6 @@ class PostgresEngine:
     async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
         async with self.transaction() as tx:
             return await work(tx)
-
-
-class PostgresTransaction:
-    """Statements on one connection inside its open transaction."""
-
-    dialect = Dialect.POSTGRES
-
-    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
-        self.conn = conn
-
-    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.conn.fetch(numbered(sql), *params)]
-
-    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        row = await self.conn.fetchrow(numbered(sql), *params)
-        return dict(row) if row is not None else None
-
-    async def execute(self, sql: str, *params: Any) -> int:
-        status: str = await self.conn.execute(numbered(sql), *params)
-        return _affected(status.split())
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
-        yield self
-
-    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
-        return await work(self)
 
 
 def _affected(words: Sequence[str]) -> int:

@@ -33,3 +33,6 @@ class RoleStore(
     StoreBase,
 ):
     """The store's behaviour on either engine."""
+
+    async def ping(self) -> bool:
+        return await self.engine.fetchone("SELECT 1 AS ok") is not None

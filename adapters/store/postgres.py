@@ -149,15 +149,7 @@ class PostgresStore(RoleStore):
         assert self._pool is not None, "store not open"
         return self._pool
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
-
     # -- health ------------------------------------------------------------
-
-    async def ping(self) -> bool:
-        return bool(await self.pool.fetchval("SELECT 1") == 1)
 
     async def commit_durability(self) -> str:
         """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for
