@@ -47,10 +47,7 @@ class AccountsRole(StoreBase):
             slack_user_id,
             user.id,
             user.username,
-            columns["access_token"],
-            columns["refresh_token"],
-            columns["expires_at"],
-            columns["scope"],
+            *columns.values(),
             now,
             now,
         )
@@ -78,10 +75,7 @@ class AccountsRole(StoreBase):
         await engine.execute(
             "UPDATE accounts SET access_token = ?, refresh_token = ?, expires_at = ?, scope = ?, "
             "updated_at = ? WHERE id = ?",
-            columns["access_token"],
-            columns["refresh_token"],
-            columns["expires_at"],
-            columns["scope"],
+            *columns.values(),
             time.time(),
             account_id,
         )
@@ -284,14 +278,11 @@ class ConnectFlowRole(StoreBase):
     def _oauth_state(self, row: dict[str, Any] | None) -> OAuthState | None:
         if row is None:
             return None
-        return OAuthState(
-            state=row["state"],
+        return rows.by_name(
+            OAuthState,
+            row,
             code_verifier=self._cipher.decrypt(row["code_verifier"]),
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
             channel_id=row["channel_id"] or "",
-            response_url=row["response_url"],
-            expires_at=row["expires_at"],
             slack_user_name=row["slack_user_name"] or "",
             team_name=row["team_name"] or "",
         )
@@ -331,11 +322,8 @@ class ConnectFlowRole(StoreBase):
         )
 
     async def save_pending_connection(self, pending: PendingConnection) -> None:
-        values = rows.pending_values(pending, self._cipher)
-        marks = ", ".join("?" * len(values))
-        await self.engine.execute(
-            f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", *values
-        )
+        row = rows.pending_row(pending, self._cipher)
+        await self.engine.execute(rows.insert_sql("pending_connections", row), *row.values())
 
     async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
         row = await self.engine.fetchone(

@@ -95,10 +95,9 @@ class MappingsRole(StoreBase):
 
 async def _insert(engine: Engine, mapping: ChannelMapping) -> bool:
     """Whether the mapping was written (no other is there for its channel)."""
+    row = rows.mapping_row(mapping)
     written = await engine.execute(
-        f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        *rows.mapping_values(mapping),
+        rows.insert_sql("mappings", row) + " ON CONFLICT DO NOTHING", *row.values()
     )
     return written == 1
 

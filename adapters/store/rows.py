@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from adapters.store.crypto import TokenCipher
 from bridge.errors import ConfigError
@@ -43,6 +45,27 @@ class Row(Protocol):
     def get(self, key: str, /) -> Any: ...
 
 
+D = TypeVar("D")
+
+
+@functools.cache
+def _fields(cls: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def by_name(cls: Callable[..., D], row: Row, **read: Any) -> D:
+    """The dataclass ``cls`` from the row's columns of its fields' names; ``read``: the fields not
+    stored as they are (JSON, enums, 0/1 booleans, NULL for an empty text, another column)."""
+    values = {name: row.get(name) for name in _fields(cls)}
+    values.update(read)
+    return cls(**values)
+
+
+def insert_sql(table: str, row: dict[str, Any]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …)`` for ``row`` (``{column: value}``)."""
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+
+
 def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
     """The account; one whose stored tokens no key opens (its key rotated away, its ciphertext
     corrupt) reads as needing reconnection, with no tokens, so it costs only itself: it is
@@ -67,12 +90,9 @@ def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
     else:
         reported.discard(row["id"])
         unreadable = False
-    return Account(
-        id=row["id"],
-        team_id=row["team_id"],
-        slack_user_id=row["slack_user_id"],
-        x_user_id=row["x_user_id"],
-        x_username=row["x_username"],
+    return by_name(
+        Account,
+        row,
         tokens=tokens,
         needs_reconnect=unreadable or bool(row["needs_reconnect"]),
         disconnected=row.get("disconnected_at") is not None,
@@ -89,6 +109,7 @@ def needs_reconnect(row: Row, cipher: TokenCipher) -> bool:
 
 
 def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
+    """The four token columns of ``accounts``, in their order there, the tokens encrypted."""
     return {
         "access_token": cipher.encrypt(tokens.access_token),
         "refresh_token": cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
@@ -97,29 +118,23 @@ def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
     }
 
 
-PENDING_COLUMNS = (
-    "id, team_id, slack_user_id, channel_id, response_url, x_user_id, x_username, access_token, "
-    "refresh_token, token_expires_at, scope, expires_at"
-)
-
-
-def pending_values(pending: PendingConnection, cipher: TokenCipher) -> tuple[Any, ...]:
-    """A pending connection's values in ``PENDING_COLUMNS`` order, its tokens encrypted."""
-    tokens = token_columns(pending.tokens, cipher)
-    return (
-        pending.id,
-        pending.team_id,
-        pending.slack_user_id,
-        pending.channel_id,
-        pending.response_url,
-        pending.x_user.id,
-        pending.x_user.username,
-        tokens["access_token"],
-        tokens["refresh_token"],
-        tokens["expires_at"],
-        tokens["scope"],
-        pending.expires_at,
-    )
+def pending_row(pending: PendingConnection, cipher: TokenCipher) -> dict[str, Any]:
+    """A pending connection's columns, its tokens encrypted."""
+    access, refresh, expires_at, scope = token_columns(pending.tokens, cipher).values()
+    return {
+        "id": pending.id,
+        "team_id": pending.team_id,
+        "slack_user_id": pending.slack_user_id,
+        "channel_id": pending.channel_id,
+        "response_url": pending.response_url,
+        "x_user_id": pending.x_user.id,
+        "x_username": pending.x_user.username,
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_expires_at": expires_at,
+        "scope": scope,
+        "expires_at": pending.expires_at,
+    }
 
 
 def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | None:
@@ -136,59 +151,44 @@ def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | Non
     except (ConfigError, AttributeError, TypeError, ValueError):
         log.warning("a pending X connection's tokens cannot be decrypted", extra={"team": row["team_id"]})
         return None
-    return PendingConnection(
-        id=row["id"],
-        team_id=row["team_id"],
-        slack_user_id=row["slack_user_id"],
+    return by_name(
+        PendingConnection,
+        row,
         channel_id=row["channel_id"] or "",
-        response_url=row["response_url"],
         x_user=XUser(row["x_user_id"], row["x_username"]),
         tokens=tokens,
-        expires_at=row["expires_at"],
     )
 
 
 def mapping(row: Row) -> ChannelMapping:
-    return ChannelMapping(
-        team_id=row["team_id"],
-        channel_id=row["channel_id"],
+    return by_name(
+        ChannelMapping,
+        row,
         kind=MappingKind(row["kind"]),
-        account_id=row["account_id"],
-        conversation_id=row["conversation_id"],
-        participant_id=row["participant_id"],
         created_by=row["created_by"] or "",
         created_at=row["created_at"] or 0.0,
-        paused_at=row.get("paused_at"),
-        paused_by=row.get("paused_by"),
-        participant_username=row.get("participant_username"),
         group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
-        held_for=row.get("held_for"),
-        held_for_username=row.get("held_for_username"),
         encrypted=bool(row.get("encrypted") or False),
     )
 
 
-MAPPING_COLUMNS = (
-    "team_id, channel_id, kind, account_id, conversation_id, participant_id, created_by, "
-    "created_at, participant_username, participant_ids, encrypted"
-)
-
-
-def mapping_values(mapping: ChannelMapping) -> list[Any]:
-    """``mapping`` as the values of ``MAPPING_COLUMNS``, in that order."""
-    return [
-        mapping.team_id,
-        mapping.channel_id,
-        mapping.kind.value,
-        mapping.account_id,
-        mapping.conversation_id,
-        mapping.participant_id,
-        mapping.created_by,
-        mapping.created_at,
-        mapping.participant_username,
-        json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
-        mapping.encrypted,
-    ]
+def mapping_row(mapping: ChannelMapping) -> dict[str, Any]:
+    """The columns ``create_mapping`` writes."""
+    return {
+        "team_id": mapping.team_id,
+        "channel_id": mapping.channel_id,
+        "kind": mapping.kind.value,
+        "account_id": mapping.account_id,
+        "conversation_id": mapping.conversation_id,
+        "participant_id": mapping.participant_id,
+        "created_by": mapping.created_by,
+        "created_at": mapping.created_at,
+        "participant_username": mapping.participant_username,
+        "participant_ids": json.dumps(list(mapping.group_participants))
+        if mapping.group_participants
+        else None,
+        "encrypted": mapping.encrypted,
+    }
 
 
 def item(row: Row) -> OutboxItem:
@@ -542,22 +542,16 @@ def snowflake(event_id: str) -> int:
 
 
 def inbound_item(row: Row) -> InboundItem:
-    return InboundItem(
-        id=row["id"],
-        dm_event_id=row["dm_event_id"],
-        seq=row["seq"],
-        account_id=row["account_id"],
+    return by_name(
+        InboundItem,
+        row,
         conversation_id=row["conversation_id"] or "",
         team_id=row["team_id"] or "",
         channel_id=row["channel_id"] or "",
         kind=EventKind(row["event_type"] or EventKind.MESSAGE_CREATE),
-        sender_id=row["sender_id"],
         payload=json.loads(row["payload"] or "{}"),
         origin=InboundOrigin(row["origin"]),
         state=InboundState(row["state"]),
-        attempts=row["attempts"],
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
-        posting_since=row["posting_since"],
-        slack_ts=row["slack_ts"],
         created_at=row["created_at"] or 0.0,
     )
