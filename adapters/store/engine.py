@@ -325,6 +325,16 @@ class PostgresEngine(PostgresTransaction):
             return await work(tx)
 
 
+def marks(values: Sequence[Any]) -> str:
+    """One ``?`` a value, for ``IN (…)``."""
+    return ", ".join("?" * len(values))
+
+
+def indexed_by(dialect: Dialect, index: str) -> str:
+    """SQLite's ``INDEXED BY`` where its planner scanned without it; nothing on PostgreSQL."""
+    return f" INDEXED BY {index}" if dialect is Dialect.SQLITE else ""
+
+
 def _affected(words: Sequence[str]) -> int:
     """asyncpg's command tag (``UPDATE 3``, ``INSERT 0 1``, ``DELETE 0``): its last number."""
     return int(words[-1]) if words and words[-1].isdigit() else 0
