@@ -402,16 +402,16 @@ def inbound_gauges(row: Row | None) -> dict[str, Any]:
 INBOUND_FINISHED = "state IN ('posted', 'skipped', 'failed')"
 
 FAILED_COUNT_SQL = (
-    "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
+    "SELECT COUNT(*) AS n FROM inbound WHERE team_id = ? AND channel_id = ? AND state = 'failed'"
 )
 # Is a read of the channel's encrypted X Chat conversation unfinished (its rows wait)?
 CHAT_GAP_SQL = (
     "SELECT COUNT(*) AS n FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
     "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
-    "WHERE m.team_id = {p1} AND m.channel_id = {p2} AND m.encrypted"
+    "WHERE m.team_id = ? AND m.channel_id = ? AND m.encrypted"
 )
 FAILED_LAST_SQL = (
-    "SELECT last_error FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed' "
+    "SELECT last_error FROM inbound WHERE team_id = ? AND channel_id = ? AND state = 'failed' "
     "ORDER BY id DESC LIMIT 1"
 )
 
@@ -450,9 +450,9 @@ def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> boo
 ECHO_IN_FLIGHT = "relayed from Slack by the bridge (matched in the outbox)"
 ECHO_UNCONFIRMED = "relayed from Slack by the bridge (X took it without naming it; matched now)"
 # The outbox rows a DM of the channel's own account may be: sent, but X never said which event
-# (delivery's ``_settle_unconfirmed``). Oldest first; each store formats its placeholders in.
+# (delivery's ``_settle_unconfirmed``). Oldest first.
 UNCONFIRMED_SENDS = (
-    "SELECT id, slack_ts, part, text FROM outbox WHERE team_id = {p1} AND channel_id = {p2} "
+    "SELECT id, slack_ts, part, text FROM outbox WHERE team_id = ? AND channel_id = ? "
     "AND state = 'sent' AND dm_event_id IS NULL AND text IS NOT NULL ORDER BY seq, part"
 )
 
