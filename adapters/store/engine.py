@@ -125,13 +125,9 @@ class SqliteThread:
                 await self.run(lambda: db().execute("BEGIN IMMEDIATE"))
                 try:
                     yield
-                except BaseException:
-                    # Shielded: a cancelled caller must still leave the connection usable.
-                    await asyncio.shield(self.run(_rollback, db))
-                    raise
-                try:
                     await asyncio.shield(self.run(lambda: db().execute("COMMIT")))
-                except BaseException:
+                except BaseException:  # the block's, or the commit's
+                    # Shielded: a cancelled caller must still leave the connection usable.
                     await asyncio.shield(self.run(_rollback, db))
                     raise
             finally:
