@@ -49,16 +49,14 @@ D = TypeVar("D")
 
 
 @functools.cache
-def _fields(cls: Any) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+def _as_stored(cls: Any, read: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in read)
 
 
 def by_name(cls: Callable[..., D], row: Row, **read: Any) -> D:
     """The dataclass ``cls`` from the row's columns of its fields' names; ``read``: the fields not
     stored as they are (JSON, enums, 0/1 booleans, NULL for an empty text, another column)."""
-    values = {name: row.get(name) for name in _fields(cls)}
-    values.update(read)
-    return cls(**values)
+    return cls(**{name: row.get(name) for name in _as_stored(cls, tuple(read))}, **read)
 
 
 def insert_sql(table: str, row: dict[str, Any]) -> str:
@@ -199,57 +197,36 @@ def item(row: Row) -> OutboxItem:
     media = json.loads(row["media"]) if row["media"] else None
     if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
         raise TypeError("source or media is not a JSON object")
-    numbers = (
-        row["id"],
-        row["seq"],
-        row["part"],
-        row["parts_total"],
-        row["account_id"],
-        row["attempts"] or 0,
-        row.get("media_unfinished") or 0,
+    attempts, unfinished = row["attempts"] or 0, row.get("media_unfinished") or 0
+    author_id, ref_ts = row["author_id"] or "", row["ref_ts"] or row["slack_ts"]
+    _check(
+        (row["id"], row["seq"], row["part"], row["parts_total"], row["account_id"], attempts, unfinished),
+        (row["team_id"], row["channel_id"], row["slack_ts"], author_id, ref_ts),
+        (row["text"], row["dm_event_id"], row["media_id"]),
     )
-    texts = (
-        row["team_id"],
-        row["channel_id"],
-        row["slack_ts"],
-        row["author_id"] or "",
-        row["ref_ts"] or row["slack_ts"],
-    )
-    optional = (row["text"], row["dm_event_id"], row["media_id"])
-    _check(numbers, texts, optional)
     sending_since, held_since, uploaded_at = (
         row["sending_since"],
         row["held_since"],
         row.get("media_uploaded_at"),
     )
-    return OutboxItem(
-        id=numbers[0],
-        seq=numbers[1],
-        part=numbers[2],
-        parts_total=numbers[3],
-        team_id=texts[0],
-        channel_id=texts[1],
-        slack_ts=texts[2],
-        author_id=texts[3],
-        account_id=numbers[4],
+    return by_name(
+        OutboxItem,
+        row,
+        author_id=author_id,
         target=target(row),
-        text=optional[0],
         source=source,
         state=OutboxState(row["state"]),
-        attempts=numbers[5],
+        attempts=attempts,
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
-        last_error=row["last_error"],
-        dm_event_id=optional[1],
         created_at=time(row["created_at"] or 0.0),
         sending_since=None if sending_since is None else time(sending_since),
         held_since=None if held_since is None else time(held_since),
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
-        ref_ts=texts[4],
+        ref_ts=ref_ts,
         media=media,
-        media_id=optional[2],
         media_uploaded_at=None if uploaded_at is None else time(uploaded_at),
-        media_unfinished=numbers[6],
+        media_unfinished=unfinished,
         deleted=row.get("deleted_at") is not None,
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
