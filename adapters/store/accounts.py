@@ -275,7 +275,9 @@ class ConnectFlowRole(StoreBase):
 
         return await self.engine.atomic(work)
 
-    def _oauth_state(self, row: dict[str, Any] | None) -> OAuthState | None:
+    async def _oauth_state(self, sql: str, *params: Any) -> OAuthState | None:
+        """The state ``sql`` reads or updates (``RETURNING *``), its verifier decrypted."""
+        row = await self.engine.fetchone(sql, *params)
         if row is None:
             return None
         return rows.by_name(
@@ -288,37 +290,31 @@ class ConnectFlowRole(StoreBase):
         )
 
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
-                "AND browser_hash IS NULL",
-                state,
-                now,
-            )
+        return await self._oauth_state(
+            "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
+            "AND browser_hash IS NULL",
+            state,
+            now,
         )
 
     async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         # One UPDATE decides, even between instances: one browser confirms a state.
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
-                "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
-                browser_hash,
-                state,
-                now,
-            )
+        return await self._oauth_state(
+            "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
+            "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
+            browser_hash,
+            state,
+            now,
         )
 
     async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                "AND browser_hash = ? RETURNING *",
-                state,
-                now,
-                browser_hash,
-            )
+        return await self._oauth_state(
+            "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
+            "AND browser_hash = ? RETURNING *",
+            state,
+            now,
+            browser_hash,
         )
 
     async def save_pending_connection(self, pending: PendingConnection) -> None:
