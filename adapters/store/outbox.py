@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import rows
+from adapters.store.budgets import ON_CONFLICT, Window, latest, save_params, save_sql
 from adapters.store.engine import Dialect, Engine, SqliteEngine, Statements, indexed_by, marks
 from adapters.store.roles import StoreBase
 from bridge.errors import Failure
@@ -23,8 +24,6 @@ from bridge.model import OutboxItem, OutboxState, RenderedPart, Sent, Unreadable
 from migrations import PENDING_STATES
 
 log = logging.getLogger(__name__)
-
-Window = tuple[str, int, int, float]  # a rate-limit window: key, limit, remaining, reset_at
 
 
 # A send in doubt of the accounts given (``{accounts}``: their placeholders, used twice) in any
@@ -136,7 +135,7 @@ class OutboxRole(StoreBase):
                 WHERE id = $1 AND state IN {PENDING_STATES} AND deleted_at IS NULL{condition}
                 RETURNING *
             ),
-            budget AS ({_PG_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {_ON_BUDGET_CONFLICT}){extra}
+            budget AS ({_PG_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {ON_CONFLICT}){extra}
             SELECT * FROM claimed
             """,
             *args,
@@ -333,14 +332,11 @@ def _claim(
 
 
 def _save_windows(sql: Statements, windows: Sequence[Window]) -> None:
-    """X's rate-limit windows, saved with the claim or send that learnt them (the budgets role
-    saves the same rows on its own)."""
-    for window in windows:
-        sql.execute(
-            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-            f"{_ON_BUDGET_CONFLICT}",
-            *window,
-        )
+    """X's rate-limit windows, saved with the claim or send that learnt them (as the budgets role's
+    ``save_windows``, on the store's thread)."""
+    count, params = save_params(windows)
+    if count:
+        sql.execute(save_sql(count), *params)
 
 
 def _record_sent(
@@ -475,19 +471,9 @@ _PG_SAVE_BUDGETS = (
     "INSERT INTO budgets (key, limit_, remaining, reset_at) "
     "SELECT * FROM unnest($3::text[], $4::integer[], $5::integer[], $6::double precision[])"
 )
-_ON_BUDGET_CONFLICT = (
-    "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
-    "reset_at = excluded.reset_at"
-)
 
 
 def _budget_arrays(windows: Sequence[Window]) -> tuple[list[str], list[int], list[int], list[float]]:
-    """Column arrays, one row per key (the last wins, as saving them one by one would)."""
-    latest = {key: (key, limit, remaining, reset) for key, limit, remaining, reset in windows}
-    keys = list(latest)
-    return (
-        keys,
-        [latest[k][1] for k in keys],
-        [latest[k][2] for k in keys],
-        [float(latest[k][3]) for k in keys],
-    )
+    """Column arrays, one row per key (``budgets.latest``)."""
+    rows_ = latest(windows)
+    return [w[0] for w in rows_], [w[1] for w in rows_], [w[2] for w in rows_], [w[3] for w in rows_]
