@@ -69,15 +69,9 @@ def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
     corrupt) reads as needing reconnection, with no tokens, so it costs only itself: it is
     not polled, its rows are parked, and connecting it again writes tokens that open. It is
     logged once (by id, never a token) per store: ``reported`` holds the ids told."""
-    refresh, access = row["refresh_token"], row["access_token"]
     try:
-        tokens = TokenSet(
-            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["expires_at"],
-            scope=row["scope"] or "",
-        )
-    except (ConfigError, AttributeError, TypeError, ValueError):  # not a key's, or not even text
+        tokens = _tokens(row, cipher, row["expires_at"])
+    except UNREADABLE:
         if row["id"] not in reported:
             reported.add(row["id"])
             log.error(
@@ -104,6 +98,20 @@ def needs_reconnect(row: Row, cipher: TokenCipher) -> bool:
         return True
     tokens = [t for t in (row["access_token"], row["refresh_token"]) if t]
     return not all(isinstance(t, str) and cipher.opens(t) for t in tokens)
+
+
+# What decrypting a stored token raises when no key opens it: not a key's, or not even text.
+UNREADABLE = (ConfigError, AttributeError, TypeError, ValueError)
+
+
+def _tokens(row: Row, cipher: TokenCipher, expires_at: float | None) -> TokenSet:
+    access, refresh = row["access_token"], row["refresh_token"]
+    return TokenSet(
+        access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
+        refresh_token=cipher.decrypt(refresh) if refresh else None,
+        expires_at=expires_at,
+        scope=row["scope"] or "",
+    )
 
 
 def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
@@ -138,15 +146,9 @@ def pending_row(pending: PendingConnection, cipher: TokenCipher) -> dict[str, An
 def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | None:
     """The pending connection; None when no key opens its tokens (a rotated key: it is only
     minutes old and can simply be asked for again)."""
-    refresh = row["refresh_token"]
     try:
-        tokens = TokenSet(
-            access_token=cipher.decrypt(row["access_token"]),
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["token_expires_at"],
-            scope=row["scope"] or "",
-        )
-    except (ConfigError, AttributeError, TypeError, ValueError):
+        tokens = _tokens(row, cipher, row["token_expires_at"])
+    except UNREADABLE:
         log.warning("a pending X connection's tokens cannot be decrypted", extra={"team": row["team_id"]})
         return None
     return by_name(
