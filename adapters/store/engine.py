@@ -326,6 +326,14 @@ def marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+def where(*conditions: str, **equal: Any) -> tuple[str, list[Any]]:
+    """`` WHERE c AND a = ? AND b = ?``: the ``conditions``, and the filters given (None: not
+    filtered; the names are ours, never the caller's), with the filters' values."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    clauses = [*conditions, *(f"{column} = ?" for column in given)]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), list(given.values())
+
+
 def indexed_by(dialect: Dialect, index: str) -> str:
     """SQLite's ``INDEXED BY`` where its planner scanned without it; nothing on PostgreSQL."""
     return f" INDEXED BY {index}" if dialect is Dialect.SQLITE else ""

@@ -123,7 +123,7 @@ class OperatorStore:
     async def outbox_summary(self, now: float) -> dict[str, Any]:
         """Rows per state, how many are unsent, and how long the oldest unsent one has waited."""
         await self.require_schema()
-        counts, oldest = await outbox_counts(self._engine, "1 = 1")
+        counts, oldest = await outbox_counts(self._engine)
         return {
             "counts": counts,
             "pending": sum(counts.get(s, 0) for s in PENDING),

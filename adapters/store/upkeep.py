@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import inbound, rows
-from adapters.store.engine import Dialect, Engine, indexed_by, marks
+from adapters.store.engine import Dialect, Engine, indexed_by, marks, where
 from adapters.store.roles import StoreBase
 from bridge.model import OutboxItem, OutboxState
 from migrations import PENDING_STATES
@@ -86,15 +86,7 @@ class UpkeepRole(StoreBase):
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]:
-        where = ["1 = 1"]
-        params: list[Any] = []
-        if team_id is not None:
-            where.append("team_id = ?")
-            params.append(team_id)
-        if channel_id is not None:
-            where.append("channel_id = ?")
-            params.append(channel_id)
-        counts, oldest = await outbox_counts(self.engine, " AND ".join(where), *params)
+        counts, oldest = await outbox_counts(self.engine, team_id=team_id, channel_id=channel_id)
         return {
             "counts": counts,
             "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
@@ -134,12 +126,11 @@ async def outbox_in(engine: Engine, states: Sequence[str], limit: int) -> list[d
     )
 
 
-async def outbox_counts(engine: Engine, where: str, *params: Any) -> tuple[dict[str, int], float | None]:
-    """Rows ``where`` per state, and when the oldest unfinished one was written."""
-    found = await engine.fetch(
-        f"SELECT state, COUNT(*) AS n FROM outbox WHERE {where} GROUP BY state", *params
-    )
-    oldest = await engine.fetchone(
-        f"SELECT MIN(created_at) AS t FROM outbox WHERE {where} AND state IN {PENDING_STATES}", *params
-    )
+async def outbox_counts(engine: Engine, **equal: Any) -> tuple[dict[str, int], float | None]:
+    """Rows per state (of the team or channel ``equal`` names, if any), and when the oldest
+    unfinished one was written."""
+    filtered, params = where(**equal)
+    pending, _ = where(f"state IN {PENDING_STATES}", **equal)
+    found = await engine.fetch(f"SELECT state, COUNT(*) AS n FROM outbox{filtered} GROUP BY state", *params)
+    oldest = await engine.fetchone(f"SELECT MIN(created_at) AS t FROM outbox{pending}", *params)
     return {str(r["state"]): int(r["n"]) for r in found}, oldest["t"] if oldest else None
