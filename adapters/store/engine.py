@@ -171,11 +171,8 @@ class SqliteEngine:
         return await self._thread.run(_immediate, self._db, lambda db: _drive(work(SqliteDirect(db))))
 
     async def at_once(self, work: Callable[[Statements], T]) -> T:
-        """Run ``work``'s statements in one transaction and one hop to the store's thread.
-
-        For SQLite's hot paths (an accept, a claim, a send): a transaction of several awaited
-        statements holds the thread across as many event-loop turns, and every other caller of
-        the store waits for all of them."""
+        """``atomic`` for synchronous ``work`` (SQLite's accept, claim and send): its statements in
+        one transaction and one hop to the store's thread."""
         if self._thread.inside():  # joins the transaction() open in this task
             return await self._thread.run(lambda: work(SqliteStatements(self._db())))
         return await self._thread.run(_immediate, self._db, lambda db: work(SqliteStatements(db)))
