@@ -322,6 +322,13 @@ def json_or_none(value: dict[str, Any] | None) -> str | None:
 NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
 
 
+# Is the channel of the inbound row ``i`` paused (held until it is resumed)?
+_PAUSED = (
+    "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+    "AND m.paused_at IS NOT NULL)"
+)
+
+
 # When a channel's next inbound row (``i``) waits, SQL shared by both stores (``number`` turns an
 # event id column into a number the engine compares): the channel is paused (its account
 # disconnected, or held for a previous X account) until it is resumed; or it is bridged and a
@@ -334,8 +341,7 @@ NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not
 # (``xchat_cursors.gap_newest``): X Chat is read one conversation at a time, so only its own.
 def inbound_waits(number: Callable[[str], str]) -> str:
     return (
-        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
-        "AND m.paused_at IS NOT NULL) "
+        f"{_PAUSED} "
         "OR EXISTS (SELECT 1 FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
         "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
         "WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id AND m.encrypted) "
@@ -352,15 +358,11 @@ def inbound_gauges_sql(number: Callable[[str], str], index_hint: str = "") -> st
     """One pass over the rows still to post (the partial index ``inbound_pending``: the backlog,
     never the history), each classed as ``inbound_waits`` classes it: held by a paused channel,
     waiting for an unfinished read (catching up), or neither."""
-    paused = (
-        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
-        "AND m.paused_at IS NOT NULL)"
-    )
     return (
         "SELECT COUNT(*) AS waiting, COALESCE(SUM(CASE WHEN paused THEN 1 ELSE 0 END), 0) AS held, "
         "COALESCE(SUM(CASE WHEN waits AND NOT paused THEN 1 ELSE 0 END), 0) AS catching_up, "
         "MIN(created_at) AS oldest FROM ("
-        f"SELECT i.created_at, {paused} AS paused, ({inbound_waits(number)}) AS waits "
+        f"SELECT i.created_at, {_PAUSED} AS paused, ({inbound_waits(number)}) AS waits "
         f"FROM inbound AS i {index_hint} WHERE i.state IN ('queued', 'posting')) AS w"
     )
 
