@@ -145,9 +145,8 @@ class SqliteStore(RoleStore):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
+        super().__init__(cipher)
         self.path = path
-        self._cipher = cipher
-        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._thread = SqliteThread(self._executor)
         self._db: Database | None = None
