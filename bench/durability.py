@@ -41,7 +41,7 @@ async def accepts(folder: Path, setting: str, count: int, run: int) -> list[floa
     await store.open()
     try:
         # The bench's one reach into the store: the setting under test, on its own connection.
-        await store._call(lambda: store.db.execute(f"PRAGMA synchronous = {setting}"))
+        await store.engine.execute(f"PRAGMA synchronous = {setting}")
         assert await store.commit_durability() == setting
         account = await store.save_account(TEAM, "U100", XUser("1000", "bench"), TokenSet("a", "r", None))
         await store.create_mapping(

@@ -5,9 +5,10 @@
 
 Before handing over to ``adapters.ops.cli.main`` it wraps, at run time and without editing them,
 the coroutine methods of the SQLite store, the X and Slack clients, the token manager, the
-budget, the relay and the delivery worker, and the SQLite owner thread's ``_call`` (split into
-time queued for the thread, time running on it, and time until the event loop resumed the
-caller). A monitor task records event-loop lag. On exit the figures are written as JSON.
+budget, the relay and the delivery worker, and each hop to the SQLite owner thread
+(``SqliteThread._run``, split into time queued for the thread, an open transaction's included,
+time running on it, and time until the event loop resumed the caller). A monitor task records
+event-loop lag. On exit the figures are written as JSON.
 
 Timers perturb what they measure a little; use them to see *where* time goes, not for the
 headline figures (``bench/run.py`` without ``--trace`` runs the bridge untouched).
@@ -55,28 +56,29 @@ def _wrap_class(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> N
 
 
 def _wrap_store_call() -> None:
-    from adapters.store.sqlite import SqliteStore
+    from adapters.store.engine import SqliteThread
 
-    async def _call(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
+    hop = SqliteThread._run
+
+    async def _run(self: Any, call: Callable[[], Any]) -> Any:
         submitted = time.perf_counter()
         marks: list[float] = []
 
         def work() -> Any:
             marks.append(time.perf_counter())
             try:
-                return fn(*args, **kwargs)
+                return call()
             finally:
                 marks.append(time.perf_counter())
 
-        result = await loop.run_in_executor(self._executor, work)
+        result = await hop(self, work)
         resumed = time.perf_counter()
         TIMINGS["sqlite thread: queued"].append(marks[0] - submitted)
         TIMINGS["sqlite thread: running"].append(marks[1] - marks[0])
         TIMINGS["sqlite thread: back on loop"].append(resumed - marks[1])
         return result
 
-    SqliteStore._call = _call  # type: ignore[method-assign]
+    SqliteThread._run = _run  # type: ignore[method-assign]
 
 
 async def _loop_lag_monitor() -> None:
@@ -117,7 +119,7 @@ def install() -> None:
     from bridge.sender import Sender
     from bridge.tokens import TokenManager
 
-    _wrap_class(SqliteStore, "store", skip=frozenset({"_call", "open", "close"}))
+    _wrap_class(SqliteStore, "store", skip=frozenset({"open", "close"}))
     _wrap_store_call()
     _wrap_class(XApiClient, "x")
     _wrap_class(SlackApi, "slack")

@@ -47,10 +47,7 @@ class AccountsRole(StoreBase):
             slack_user_id,
             user.id,
             user.username,
-            columns["access_token"],
-            columns["refresh_token"],
-            columns["expires_at"],
-            columns["scope"],
+            *columns.values(),
             now,
             now,
         )
@@ -78,10 +75,7 @@ class AccountsRole(StoreBase):
         await engine.execute(
             "UPDATE accounts SET access_token = ?, refresh_token = ?, expires_at = ?, scope = ?, "
             "updated_at = ? WHERE id = ?",
-            columns["access_token"],
-            columns["refresh_token"],
-            columns["expires_at"],
-            columns["scope"],
+            *columns.values(),
             time.time(),
             account_id,
         )
@@ -281,61 +275,51 @@ class ConnectFlowRole(StoreBase):
 
         return await self.engine.atomic(work)
 
-    def _oauth_state(self, row: dict[str, Any] | None) -> OAuthState | None:
+    async def _oauth_state(self, sql: str, *params: Any) -> OAuthState | None:
+        """The state ``sql`` reads or updates (``RETURNING *``), its verifier decrypted."""
+        row = await self.engine.fetchone(sql, *params)
         if row is None:
             return None
-        return OAuthState(
-            state=row["state"],
+        return rows.by_name(
+            OAuthState,
+            row,
             code_verifier=self._cipher.decrypt(row["code_verifier"]),
-            team_id=row["team_id"],
-            slack_user_id=row["slack_user_id"],
             channel_id=row["channel_id"] or "",
-            response_url=row["response_url"],
-            expires_at=row["expires_at"],
             slack_user_name=row["slack_user_name"] or "",
             team_name=row["team_name"] or "",
         )
 
     async def get_oauth_state(self, state: str, now: float) -> OAuthState | None:
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
-                "AND browser_hash IS NULL",
-                state,
-                now,
-            )
+        return await self._oauth_state(
+            "SELECT * FROM oauth_states WHERE state = ? AND used = 0 AND expires_at > ? "
+            "AND browser_hash IS NULL",
+            state,
+            now,
         )
 
     async def confirm_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         # One UPDATE decides, even between instances: one browser confirms a state.
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
-                "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
-                browser_hash,
-                state,
-                now,
-            )
+        return await self._oauth_state(
+            "UPDATE oauth_states SET browser_hash = ? WHERE state = ? AND used = 0 "
+            "AND expires_at > ? AND browser_hash IS NULL RETURNING *",
+            browser_hash,
+            state,
+            now,
         )
 
     async def consume_oauth_state(self, state: str, now: float, browser_hash: str) -> OAuthState | None:
         # One UPDATE decides: a state is used once, even by racing callbacks on two instances.
-        return self._oauth_state(
-            await self.engine.fetchone(
-                "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
-                "AND browser_hash = ? RETURNING *",
-                state,
-                now,
-                browser_hash,
-            )
+        return await self._oauth_state(
+            "UPDATE oauth_states SET used = 1 WHERE state = ? AND used = 0 AND expires_at > ? "
+            "AND browser_hash = ? RETURNING *",
+            state,
+            now,
+            browser_hash,
         )
 
     async def save_pending_connection(self, pending: PendingConnection) -> None:
-        values = rows.pending_values(pending, self._cipher)
-        marks = ", ".join("?" * len(values))
-        await self.engine.execute(
-            f"INSERT INTO pending_connections ({rows.PENDING_COLUMNS}) VALUES ({marks})", *values
-        )
+        row = rows.pending_row(pending, self._cipher)
+        await self.engine.execute(rows.insert_sql("pending_connections", row), *row.values())
 
     async def get_pending_connection(self, pending_id: str, now: float) -> PendingConnection | None:
         row = await self.engine.fetchone(

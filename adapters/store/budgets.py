@@ -11,7 +11,7 @@ from adapters.store.roles import StoreBase
 
 Window = tuple[str, int, int, float]  # key, limit, remaining, reset_at
 
-_ON_CONFLICT = (
+ON_CONFLICT = (
     "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
     "reset_at = excluded.reset_at"
 )
@@ -20,14 +20,19 @@ _ON_CONFLICT = (
 def save_sql(count: int) -> str:
     """An upsert of ``count`` windows in one statement (``?`` placeholders, four per window)."""
     values = ", ".join(["(?, ?, ?, ?)"] * count)
-    return f"INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES {values} {_ON_CONFLICT}"
+    return f"INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES {values} {ON_CONFLICT}"
+
+
+def latest(windows: Sequence[Window]) -> list[Window]:
+    """One window per key, the last one given winning (as saving them one by one would;
+    PostgreSQL refuses one upsert touching a row twice)."""
+    return list({key: (key, limit, left, float(reset)) for key, limit, left, reset in windows}.values())
 
 
 def save_params(windows: Sequence[Window]) -> tuple[int, list[Any]]:
-    """How many rows and their values, one per key, the last one given winning (as saving them one
-    by one would; PostgreSQL refuses one upsert touching a row twice)."""
-    latest = {key: (key, limit, remaining, float(reset)) for key, limit, remaining, reset in windows}
-    return len(latest), [value for window in latest.values() for value in window]
+    """How many rows (``latest``) and their values."""
+    rows = latest(windows)
+    return len(rows), [value for window in rows for value in window]
 
 
 async def save_windows(engine: Engine, windows: Sequence[Window]) -> None:

@@ -125,13 +125,9 @@ class SqliteThread:
                 await self.run(lambda: db().execute("BEGIN IMMEDIATE"))
                 try:
                     yield
-                except BaseException:
-                    # Shielded: a cancelled caller must still leave the connection usable.
-                    await asyncio.shield(self.run(_rollback, db))
-                    raise
-                try:
                     await asyncio.shield(self.run(lambda: db().execute("COMMIT")))
-                except BaseException:
+                except BaseException:  # the block's, or the commit's
+                    # Shielded: a cancelled caller must still leave the connection usable.
                     await asyncio.shield(self.run(_rollback, db))
                     raise
             finally:
@@ -175,11 +171,8 @@ class SqliteEngine:
         return await self._thread.run(_immediate, self._db, lambda db: _drive(work(SqliteDirect(db))))
 
     async def at_once(self, work: Callable[[Statements], T]) -> T:
-        """Run ``work``'s statements in one transaction and one hop to the store's thread.
-
-        For SQLite's hot paths (an accept, a claim, a send): a transaction of several awaited
-        statements holds the thread across as many event-loop turns, and every other caller of
-        the store waits for all of them."""
+        """``atomic`` for synchronous ``work`` (SQLite's accept, claim and send): its statements in
+        one transaction and one hop to the store's thread."""
         if self._thread.inside():  # joins the transaction() open in this task
             return await self._thread.run(lambda: work(SqliteStatements(self._db())))
         return await self._thread.run(_immediate, self._db, lambda db: work(SqliteStatements(db)))
@@ -276,24 +269,44 @@ def numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
-class PostgresEngine:
-    """Statements on the PostgreSQL store's pool, each in its own implicit transaction."""
+class PostgresTransaction:
+    """Statements on one connection inside its open transaction."""
 
     dialect = Dialect.POSTGRES
+
+    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        self.conn = conn
+
+    def _on(self) -> asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool:
+        return self.conn
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._on().fetch(numbered(sql), *params)]
+
+    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        row = await self._on().fetchrow(numbered(sql), *params)
+        return dict(row) if row is not None else None
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        status: str = await self._on().execute(numbered(sql), *params)
+        return _affected(status.split())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        yield self
+
+    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
+        return await work(self)
+
+
+class PostgresEngine(PostgresTransaction):
+    """The same statements on the PostgreSQL store's pool, each in its own implicit transaction."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self._pool = pool
 
-    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._pool().fetch(numbered(sql), *params)]
-
-    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        row = await self._pool().fetchrow(numbered(sql), *params)
-        return dict(row) if row is not None else None
-
-    async def execute(self, sql: str, *params: Any) -> int:
-        status: str = await self._pool().execute(numbered(sql), *params)
-        return _affected(status.split())
+    def _on(self) -> asyncpg.Pool:
+        return self._pool()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -305,31 +318,22 @@ class PostgresEngine:
             return await work(tx)
 
 
-class PostgresTransaction:
-    """Statements on one connection inside its open transaction."""
+def marks(values: Sequence[Any]) -> str:
+    """One ``?`` a value, for ``IN (…)``."""
+    return ", ".join("?" * len(values))
 
-    dialect = Dialect.POSTGRES
 
-    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
-        self.conn = conn
+def where(*conditions: str, **equal: Any) -> tuple[str, list[Any]]:
+    """`` WHERE c AND a = ? AND b = ?``: the ``conditions``, and the filters given (None: not
+    filtered; the names are ours, never the caller's), with the filters' values."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    clauses = [*conditions, *(f"{column} = ?" for column in given)]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), list(given.values())
 
-    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.conn.fetch(numbered(sql), *params)]
 
-    async def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        row = await self.conn.fetchrow(numbered(sql), *params)
-        return dict(row) if row is not None else None
-
-    async def execute(self, sql: str, *params: Any) -> int:
-        status: str = await self.conn.execute(numbered(sql), *params)
-        return _affected(status.split())
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
-        yield self
-
-    async def atomic(self, work: Callable[[Engine], Coroutine[Any, Any, T]]) -> T:
-        return await work(self)
+def indexed_by(dialect: Dialect, index: str) -> str:
+    """SQLite's ``INDEXED BY`` where its planner scanned without it; nothing on PostgreSQL."""
+    return f" INDEXED BY {index}" if dialect is Dialect.SQLITE else ""
 
 
 def _affected(words: Sequence[str]) -> int:

@@ -1,9 +1,5 @@
-"""Every role, written once over the ``Engine`` seam, in one class both stores inherit.
-
-``SqliteStore`` and ``PostgresStore`` add only what differs between the engines: opening the
-database, its engine, locks across processes, PostgreSQL's NOTIFY (see ``bridge.ports.Store``
-for the role ports each consumer takes a part of).
-"""
+"""Every role, written once over the ``Engine`` seam, in one class both stores inherit (the host's
+side of a role, and what the stores add, is said in ``roles``)."""
 
 from __future__ import annotations
 
@@ -33,3 +29,6 @@ class RoleStore(
     StoreBase,
 ):
     """The store's behaviour on either engine."""
+
+    async def ping(self) -> bool:
+        return await self.engine.fetchone("SELECT 1 AS ok") is not None

@@ -377,9 +377,9 @@ class InboundRole(StoreBase):
                 "SELECT MAX(created_at) AS t FROM inbound WHERE account_id = ? AND origin != 'sent'",
                 account_id,
             )
-            failed = await tx.fetchone(rows.FAILED_COUNT_SQL.format(p1="?", p2="?"), team_id, channel_id)
-            reason = await tx.fetchone(rows.FAILED_LAST_SQL.format(p1="?", p2="?"), team_id, channel_id)
-            chat_gap = await tx.fetchone(rows.CHAT_GAP_SQL.format(p1="?", p2="?"), team_id, channel_id)
+            failed = await tx.fetchone(rows.FAILED_COUNT_SQL, team_id, channel_id)
+            reason = await tx.fetchone(rows.FAILED_LAST_SQL, team_id, channel_id)
+            chat_gap = await tx.fetchone(rows.CHAT_GAP_SQL, team_id, channel_id)
             return {
                 "newest_event_id": cursor["newest_event_id"] if cursor else None,
                 "read_at": cursor["updated_at"] if cursor else None,
@@ -492,7 +492,7 @@ async def _outbox_echo(tx: Engine, where: tuple[str, str], event: InboundEvent) 
 async def _adopt_unconfirmed(tx: Engine, where: tuple[str, str], event: InboundEvent, now: float) -> bool:
     """A DM of ours X took without naming it (recorded sent without an id): it is this event.
     Its id is recorded now, in the outbox and the message map, as a send's would have been."""
-    candidates = await tx.fetch(rows.UNCONFIRMED_SENDS.format(p1="?", p2="?"), *where)
+    candidates = await tx.fetch(rows.UNCONFIRMED_SENDS, *where)
     found = rows.unconfirmed_match(candidates, event)
     if found is None:
         return False

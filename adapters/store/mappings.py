@@ -8,6 +8,7 @@ from typing import Any
 
 from adapters.store import rows
 from adapters.store.engine import Engine
+from adapters.store.inbound import request_backfill_in
 from adapters.store.roles import StoreBase
 from bridge.model import ChannelMapping, OutboxItem
 from migrations import PENDING_STATES
@@ -15,10 +16,6 @@ from migrations import PENDING_STATES
 
 class MappingsRole(StoreBase):
     """The ``mappings`` table."""
-
-    @staticmethod
-    def _mapping(row: dict[str, Any]) -> ChannelMapping:
-        return rows.mapping(row)
 
     async def get_mapping(self, team_id: str, channel_id: str) -> ChannelMapping | None:
         row = await self.engine.fetchone(
@@ -35,7 +32,7 @@ class MappingsRole(StoreBase):
             async def work(tx: Engine) -> bool:
                 created = await _insert(tx, mapping)
                 if created:
-                    await ask_history(tx, mapping.account_id, conversation_id, mapping.created_at)
+                    await request_backfill_in(tx, mapping.account_id, conversation_id, mapping.created_at)
                 return created
 
             created = await self.engine.atomic(work)
@@ -95,23 +92,8 @@ class MappingsRole(StoreBase):
 
 async def _insert(engine: Engine, mapping: ChannelMapping) -> bool:
     """Whether the mapping was written (no other is there for its channel)."""
+    row = rows.mapping_row(mapping)
     written = await engine.execute(
-        f"INSERT INTO mappings ({rows.MAPPING_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        *rows.mapping_values(mapping),
+        rows.insert_sql("mappings", row) + " ON CONFLICT DO NOTHING", *row.values()
     )
     return written == 1
-
-
-async def ask_history(tx: Engine, account_id: int, conversation_id: str, bridged_at: float) -> None:
-    """Ask for a conversation's history from ``bridged_at`` on (``backfills``), in the caller's
-    transaction: linking with history writes the mapping and this request in one commit."""
-    await tx.execute(
-        "INSERT INTO backfills (account_id, conversation_id, bridged_at, requested_at) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, conversation_id) DO UPDATE "
-        "SET bridged_at = excluded.bridged_at, requested_at = excluded.requested_at",
-        account_id,
-        conversation_id,
-        bridged_at,
-        bridged_at,
-    )

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.store.engine import Dialect, Engine
+from adapters.store.engine import Dialect, Engine, marks
+from adapters.store.upkeep import outbox_counts, outbox_in
 from bridge.errors import StoreUnavailable
 
 # Rows an operator may want to act on: not yet sent, or refused.
@@ -39,10 +40,6 @@ async def table_exists(engine: Engine, table: str) -> bool:
         "SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", table
     )
     return row is not None
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" * len(values))
 
 
 @dataclass
@@ -121,24 +118,12 @@ class OperatorStore:
     ) -> list[dict[str, Any]]:
         """Rows in ``states``, oldest first, with their age and what they wait for."""
         await self.require_schema()
-        found = await self._engine.fetch(
-            f"SELECT * FROM outbox WHERE state IN ({_marks(states)}) ORDER BY seq, part LIMIT ?",
-            *states,
-            limit,
-        )
-        return [_outbox_row(row, now) for row in found]
+        return [_outbox_row(row, now) for row in await outbox_in(self._engine, states, limit)]
 
     async def outbox_summary(self, now: float) -> dict[str, Any]:
         """Rows per state, how many are unsent, and how long the oldest unsent one has waited."""
         await self.require_schema()
-        counts = {
-            str(r["state"]): int(r["n"])
-            for r in await self._engine.fetch("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
-        }
-        row = await self._engine.fetchone(
-            f"SELECT MIN(created_at) AS t FROM outbox WHERE state IN ({_marks(PENDING)})", *PENDING
-        )
-        oldest = row["t"] if row else None
+        counts, oldest = await outbox_counts(self._engine)
         return {
             "counts": counts,
             "pending": sum(counts.get(s, 0) for s in PENDING),
@@ -181,7 +166,7 @@ class OperatorStore:
             changed = await tx.fetch(
                 "UPDATE outbox SET next_attempt_at = ?, untold_failure = NULL, "
                 "state = CASE WHEN state = 'sending' THEN 'sending' ELSE 'queued' END "
-                f"WHERE id IN ({_marks(ids)}) AND state IN ('sending', 'failed', 'waiting', 'queued') "
+                f"WHERE id IN ({marks(ids)}) AND state IN ('sending', 'failed', 'waiting', 'queued') "
                 "RETURNING id",
                 now,
                 *ids,
@@ -196,7 +181,7 @@ class OperatorStore:
         async with self._engine.transaction() as tx:
             changed = await tx.fetch(
                 "UPDATE outbox SET state = 'failed', last_error = ? "
-                f"WHERE id IN ({_marks(ids)}) AND state IN ({_marks(PENDING)}) RETURNING id",
+                f"WHERE id IN ({marks(ids)}) AND state IN ({marks(PENDING)}) RETURNING id",
                 DROPPED,
                 *ids,
                 *PENDING,
@@ -212,7 +197,7 @@ async def _outcome(
     left = [i for i in dict.fromkeys(ids) if i not in changed]
     states: dict[int, str] = {}
     if left:
-        found = await tx.fetch(f"SELECT id, state FROM outbox WHERE id IN ({_marks(left)})", *left)
+        found = await tx.fetch(f"SELECT id, state FROM outbox WHERE id IN ({marks(left)})", *left)
         states = {int(r["id"]): str(r["state"]) for r in found}
     for item_id in dict.fromkeys(ids):
         if item_id in changed:

@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import rows
-from adapters.store.engine import Dialect, Engine, SqliteEngine, Statements
+from adapters.store.budgets import ON_CONFLICT, Window, latest, save_params, save_sql
+from adapters.store.engine import Dialect, Engine, SqliteEngine, Statements, indexed_by, marks
 from adapters.store.roles import StoreBase
 from bridge.errors import Failure
 from bridge.model import OutboxItem, OutboxState, RenderedPart, Sent, Unreadable
 from migrations import PENDING_STATES
 
 log = logging.getLogger(__name__)
-
-Window = tuple[str, int, int, float]  # a rate-limit window: key, limit, remaining, reset_at
 
 
 # A send in doubt of the accounts given (``{accounts}``: their placeholders, used twice) in any
@@ -118,18 +117,7 @@ class OutboxRole(StoreBase):
             assert parts, "a message renders to at least one part"
             render = ", text = $8, media = $9, parts_total = $10"
             condition = " AND text IS NULL AND source::jsonb IS NOT DISTINCT FROM $7::jsonb"
-            extra = """,
-            extra AS (
-                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id,
-                                    account_id, target_participant, target_conversation, target_group,
-                                    text, media, source, state, attempts, next_attempt_at, created_at,
-                                    hourglass, kind)
-                SELECT c.seq, p.ord::integer, $10, c.team_id, c.channel_id, c.slack_ts, c.ref_ts, c.author_id,
-                       c.account_id, c.target_participant, c.target_conversation, c.target_group, p.text,
-                       p.media, '{}', 'queued', 0, 0, c.created_at, 0, c.kind
-                FROM claimed AS c, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p (text, media, ord)
-                ON CONFLICT DO NOTHING
-            )"""
+            extra = f", extra AS ({_PG_FURTHER_PARTS})"
         args: list[Any] = [item_id, now, *_budget_arrays(budgets)]
         if parts is not None:
             args += [
@@ -147,7 +135,7 @@ class OutboxRole(StoreBase):
                 WHERE id = $1 AND state IN {PENDING_STATES} AND deleted_at IS NULL{condition}
                 RETURNING *
             ),
-            budget AS ({_PG_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {_ON_BUDGET_CONFLICT}){extra}
+            budget AS ({_PG_SAVE_BUDGETS} WHERE EXISTS (SELECT 1 FROM claimed) {ON_CONFLICT}){extra}
             SELECT * FROM claimed
             """,
             *args,
@@ -268,18 +256,16 @@ class OutboxRole(StoreBase):
         # Asked of the pending rows only (``outbox_pending``, ``outbox_account_state``), never the
         # history: the poster asks it for each X message its own account wrote, and a conversation
         # bridged to 10,000 channels made that 10,000 summaries of every row.
-        hint = " INDEXED BY outbox_pending" if self.engine.dialect is Dialect.SQLITE else ""
         here = await self.engine.fetchone(
-            f"SELECT 1 AS x FROM outbox{hint} WHERE team_id = ? AND channel_id = ? "
-            f"AND state IN {PENDING_STATES} AND state = 'sending' LIMIT 1",
+            f"SELECT 1 AS x FROM outbox{indexed_by(self.engine.dialect, 'outbox_pending')} WHERE team_id = ? "
+            f"AND channel_id = ? AND state IN {PENDING_STATES} AND state = 'sending' LIMIT 1",
             team_id,
             channel_id,
         )
         if here is not None or not conversation_id or not account_ids:
             return here is not None
-        marks = ", ".join("?" for _ in account_ids)
         found = await self.engine.fetchone(
-            _SENDS_IN_DOUBT.format(accounts=marks), *account_ids, conversation_id, *account_ids
+            _SENDS_IN_DOUBT.format(accounts=marks(account_ids)), *account_ids, conversation_id, *account_ids
         )
         return found is not None
 
@@ -346,14 +332,11 @@ def _claim(
 
 
 def _save_windows(sql: Statements, windows: Sequence[Window]) -> None:
-    """X's rate-limit windows, saved with the claim or send that learnt them (the budgets role
-    saves the same rows on its own)."""
-    for window in windows:
-        sql.execute(
-            "INSERT INTO budgets (key, limit_, remaining, reset_at) VALUES (?, ?, ?, ?) "
-            f"{_ON_BUDGET_CONFLICT}",
-            *window,
-        )
+    """X's rate-limit windows, saved with the claim or send that learnt them (as the budgets role's
+    ``save_windows``, on the store's thread)."""
+    count, params = save_params(windows)
+    if count:
+        sql.execute(save_sql(count), *params)
 
 
 def _record_sent(
@@ -448,21 +431,31 @@ def _render_statements(item_id: int, parts: Sequence[RenderedPart]) -> list[tupl
     for index, part in enumerate(parts[1:], start=1):
         statements.append(
             (
-                """
-                INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts,
-                                    author_id, account_id, target_participant,
-                                    target_conversation, target_group, text, media, source, state,
-                                    attempts, next_attempt_at, created_at, hourglass, kind)
-                SELECT seq, ?, ?, team_id, channel_id, slack_ts, ref_ts, author_id, account_id,
-                       target_participant, target_conversation, target_group, ?, ?, '{}', 'queued',
-                       0, 0, created_at, 0, kind
-                FROM outbox WHERE id = ?
-                ON CONFLICT DO NOTHING
-                """,
+                _FURTHER_PART,
                 (index, len(parts), part.text, rows.json_or_none(part.media), item_id),
             )
         )
     return statements
+
+
+# A further part of a message, as a row copied from its first one (``{}``: its part, parts_total,
+# text and media, and the first row's FROM), by SQLite's render and PostgreSQL's claim alike.
+_PART_INSERT = (
+    "INSERT INTO outbox (seq, part, parts_total, team_id, channel_id, slack_ts, ref_ts, author_id, "
+    "account_id, target_participant, target_conversation, target_group, text, media, source, state, "
+    "attempts, next_attempt_at, created_at, hourglass, kind) SELECT seq, {}, {}, team_id, channel_id, "
+    "slack_ts, ref_ts, author_id, account_id, target_participant, target_conversation, target_group, "
+    "{}, {}, '{{}}', 'queued', 0, 0, created_at, 0, kind FROM {} ON CONFLICT DO NOTHING"
+)
+_FURTHER_PART = _PART_INSERT.format("?", "?", "?", "?", "outbox WHERE id = ?")
+# PostgreSQL's claim: every further part at once, from the row it claimed.
+_PG_FURTHER_PARTS = _PART_INSERT.format(
+    "ord::integer",
+    "$10",
+    "p_text",
+    "p_media",
+    "claimed, unnest($11::text[], $12::text[]) WITH ORDINALITY AS p (p_text, p_media, ord)",
+)
 
 
 def _failure(value: str) -> Failure:
@@ -478,19 +471,9 @@ _PG_SAVE_BUDGETS = (
     "INSERT INTO budgets (key, limit_, remaining, reset_at) "
     "SELECT * FROM unnest($3::text[], $4::integer[], $5::integer[], $6::double precision[])"
 )
-_ON_BUDGET_CONFLICT = (
-    "ON CONFLICT (key) DO UPDATE SET limit_ = excluded.limit_, remaining = excluded.remaining, "
-    "reset_at = excluded.reset_at"
-)
 
 
 def _budget_arrays(windows: Sequence[Window]) -> tuple[list[str], list[int], list[int], list[float]]:
-    """Column arrays, one row per key (the last wins, as saving them one by one would)."""
-    latest = {key: (key, limit, remaining, reset) for key, limit, remaining, reset in windows}
-    keys = list(latest)
-    return (
-        keys,
-        [latest[k][1] for k in keys],
-        [latest[k][2] for k in keys],
-        [float(latest[k][3]) for k in keys],
-    )
+    """Column arrays, one row per key (``budgets.latest``)."""
+    rows_ = latest(windows)
+    return [w[0] for w in rows_], [w[1] for w in rows_], [w[2] for w in rows_], [w[3] for w in rows_]

@@ -1,18 +1,10 @@
 """The ``Store`` port on PostgreSQL (asyncpg), for ``DATABASE_URL``.
 
-Same tables, same semantics as ``adapters/store/sqlite.py`` (one contract suite runs
-against both), but several instances may share the database, so what the SQLite store
-gets from its single writer thread is done here with locks:
-
-- a message is accepted, and a channel's head handed on, under a lock on the channel's
-  mapping row (``FOR NO KEY UPDATE``): ids (and so the send order) are drawn in commit
-  order per channel, and "this row is its channel's head" is decided with no race;
-- a claim (``mark_sending``), an edit and a delete lock the outbox row they read;
-- a token refresh runs under an advisory lock per account (``refresh_lock``), so X's
-  single-use refresh token is spent once across instances.
-
-Heads are found by a loose index scan over the partial ``outbox_pending`` index: one
-probe per channel with unfinished rows, not a scan of the backlog.
+The roles' SQL is the SQLite store's too (``every_role``; one contract suite runs against both).
+What is PostgreSQL's own is here: the pool and its session settings, the advisory lock a token
+refresh runs under (several instances may share the database, and X's refresh token is
+single-use), and the NOTIFYs that wake the leader. Where SQLite has its single writer thread, the
+roles lock rows (``relay``, ``outbox``) and heads are found by a loose index scan (``outbox``).
 """
 
 from __future__ import annotations
@@ -69,11 +61,7 @@ def instance_settings(instance: str | None) -> dict[str, str]:
     any session at all (it died) or only lost its lease connection (it may still be working)."""
     if instance is None:
         return SESSION_SETTINGS
-    return {**SESSION_SETTINGS, "application_name": application_name(instance)}
-
-
-def application_name(instance: str) -> str:
-    return f"xdm-bridge {instance}"
+    return {**SESSION_SETTINGS, "application_name": f"xdm-bridge {instance}"}
 
 
 async def connect(url: str, instance: str | None = None) -> asyncpg.Connection:
@@ -95,9 +83,8 @@ class PostgresStore(RoleStore):
     """PostgreSQL implementation of ``bridge.ports.Store``."""
 
     def __init__(self, url: str, cipher: TokenCipher, *, pool_size: int = 10) -> None:
+        super().__init__(cipher)
         self.url = url
-        self._cipher = cipher
-        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._refresh_slots = asyncio.Semaphore(max(1, pool_size // 2))  # see ``refresh_lock``
@@ -149,15 +136,7 @@ class PostgresStore(RoleStore):
         assert self._pool is not None, "store not open"
         return self._pool
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
-
     # -- health ------------------------------------------------------------
-
-    async def ping(self) -> bool:
-        return bool(await self.pool.fetchval("SELECT 1") == 1)
 
     async def commit_durability(self) -> str:
         """``synchronous_commit`` as the store's connections have it (``on``: a commit waits for

@@ -15,9 +15,10 @@ from adapters.store.engine import Engine
 class StoreBase:
     """The host's side of a role: its engine, and the token cipher for rows holding secrets."""
 
-    _cipher: TokenCipher
-    # Ids of accounts whose tokens no key opens, logged once per store (``rows.account``).
-    _unreadable_accounts: set[int]
+    def __init__(self, cipher: TokenCipher) -> None:
+        self._cipher = cipher
+        # Ids of accounts whose tokens no key opens, logged once per store (``rows.account``).
+        self._unreadable_accounts: set[int] = set()
 
     @property
     def engine(self) -> Engine:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from adapters.store.crypto import TokenCipher
 from bridge.errors import ConfigError
@@ -43,20 +45,33 @@ class Row(Protocol):
     def get(self, key: str, /) -> Any: ...
 
 
+D = TypeVar("D")
+
+
+@functools.cache
+def _as_stored(cls: Any, read: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in read)
+
+
+def by_name(cls: Callable[..., D], row: Row, **read: Any) -> D:
+    """The dataclass ``cls`` from the row's columns of its fields' names; ``read``: the fields not
+    stored as they are (JSON, enums, 0/1 booleans, NULL for an empty text, another column)."""
+    return cls(**{name: row.get(name) for name in _as_stored(cls, tuple(read))}, **read)
+
+
+def insert_sql(table: str, row: dict[str, Any]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …)`` for ``row`` (``{column: value}``)."""
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+
+
 def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
     """The account; one whose stored tokens no key opens (its key rotated away, its ciphertext
     corrupt) reads as needing reconnection, with no tokens, so it costs only itself: it is
     not polled, its rows are parked, and connecting it again writes tokens that open. It is
     logged once (by id, never a token) per store: ``reported`` holds the ids told."""
-    refresh, access = row["refresh_token"], row["access_token"]
     try:
-        tokens = TokenSet(
-            access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["expires_at"],
-            scope=row["scope"] or "",
-        )
-    except (ConfigError, AttributeError, TypeError, ValueError):  # not a key's, or not even text
+        tokens = _tokens(row, cipher, row["expires_at"])
+    except UNREADABLE:
         if row["id"] not in reported:
             reported.add(row["id"])
             log.error(
@@ -67,12 +82,9 @@ def account(row: Row, cipher: TokenCipher, reported: set[int]) -> Account:
     else:
         reported.discard(row["id"])
         unreadable = False
-    return Account(
-        id=row["id"],
-        team_id=row["team_id"],
-        slack_user_id=row["slack_user_id"],
-        x_user_id=row["x_user_id"],
-        x_username=row["x_username"],
+    return by_name(
+        Account,
+        row,
         tokens=tokens,
         needs_reconnect=unreadable or bool(row["needs_reconnect"]),
         disconnected=row.get("disconnected_at") is not None,
@@ -88,7 +100,22 @@ def needs_reconnect(row: Row, cipher: TokenCipher) -> bool:
     return not all(isinstance(t, str) and cipher.opens(t) for t in tokens)
 
 
+# What decrypting a stored token raises when no key opens it: not a key's, or not even text.
+UNREADABLE = (ConfigError, AttributeError, TypeError, ValueError)
+
+
+def _tokens(row: Row, cipher: TokenCipher, expires_at: float | None) -> TokenSet:
+    access, refresh = row["access_token"], row["refresh_token"]
+    return TokenSet(
+        access_token=cipher.decrypt(access) if access else "",  # empty once disconnected
+        refresh_token=cipher.decrypt(refresh) if refresh else None,
+        expires_at=expires_at,
+        scope=row["scope"] or "",
+    )
+
+
 def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
+    """The four token columns of ``accounts``, in their order there, the tokens encrypted."""
     return {
         "access_token": cipher.encrypt(tokens.access_token),
         "refresh_token": cipher.encrypt(tokens.refresh_token) if tokens.refresh_token else None,
@@ -97,98 +124,71 @@ def token_columns(tokens: TokenSet, cipher: TokenCipher) -> dict[str, Any]:
     }
 
 
-PENDING_COLUMNS = (
-    "id, team_id, slack_user_id, channel_id, response_url, x_user_id, x_username, access_token, "
-    "refresh_token, token_expires_at, scope, expires_at"
-)
-
-
-def pending_values(pending: PendingConnection, cipher: TokenCipher) -> tuple[Any, ...]:
-    """A pending connection's values in ``PENDING_COLUMNS`` order, its tokens encrypted."""
-    tokens = token_columns(pending.tokens, cipher)
-    return (
-        pending.id,
-        pending.team_id,
-        pending.slack_user_id,
-        pending.channel_id,
-        pending.response_url,
-        pending.x_user.id,
-        pending.x_user.username,
-        tokens["access_token"],
-        tokens["refresh_token"],
-        tokens["expires_at"],
-        tokens["scope"],
-        pending.expires_at,
-    )
+def pending_row(pending: PendingConnection, cipher: TokenCipher) -> dict[str, Any]:
+    """A pending connection's columns, its tokens encrypted."""
+    access, refresh, expires_at, scope = token_columns(pending.tokens, cipher).values()
+    return {
+        "id": pending.id,
+        "team_id": pending.team_id,
+        "slack_user_id": pending.slack_user_id,
+        "channel_id": pending.channel_id,
+        "response_url": pending.response_url,
+        "x_user_id": pending.x_user.id,
+        "x_username": pending.x_user.username,
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_expires_at": expires_at,
+        "scope": scope,
+        "expires_at": pending.expires_at,
+    }
 
 
 def pending_connection(row: Row, cipher: TokenCipher) -> PendingConnection | None:
     """The pending connection; None when no key opens its tokens (a rotated key: it is only
     minutes old and can simply be asked for again)."""
-    refresh = row["refresh_token"]
     try:
-        tokens = TokenSet(
-            access_token=cipher.decrypt(row["access_token"]),
-            refresh_token=cipher.decrypt(refresh) if refresh else None,
-            expires_at=row["token_expires_at"],
-            scope=row["scope"] or "",
-        )
-    except (ConfigError, AttributeError, TypeError, ValueError):
+        tokens = _tokens(row, cipher, row["token_expires_at"])
+    except UNREADABLE:
         log.warning("a pending X connection's tokens cannot be decrypted", extra={"team": row["team_id"]})
         return None
-    return PendingConnection(
-        id=row["id"],
-        team_id=row["team_id"],
-        slack_user_id=row["slack_user_id"],
+    return by_name(
+        PendingConnection,
+        row,
         channel_id=row["channel_id"] or "",
-        response_url=row["response_url"],
         x_user=XUser(row["x_user_id"], row["x_username"]),
         tokens=tokens,
-        expires_at=row["expires_at"],
     )
 
 
 def mapping(row: Row) -> ChannelMapping:
-    return ChannelMapping(
-        team_id=row["team_id"],
-        channel_id=row["channel_id"],
+    return by_name(
+        ChannelMapping,
+        row,
         kind=MappingKind(row["kind"]),
-        account_id=row["account_id"],
-        conversation_id=row["conversation_id"],
-        participant_id=row["participant_id"],
         created_by=row["created_by"] or "",
         created_at=row["created_at"] or 0.0,
-        paused_at=row.get("paused_at"),
-        paused_by=row.get("paused_by"),
-        participant_username=row.get("participant_username"),
         group_participants=tuple(json.loads(row.get("participant_ids") or "[]")),
-        held_for=row.get("held_for"),
-        held_for_username=row.get("held_for_username"),
         encrypted=bool(row.get("encrypted") or False),
     )
 
 
-MAPPING_COLUMNS = (
-    "team_id, channel_id, kind, account_id, conversation_id, participant_id, created_by, "
-    "created_at, participant_username, participant_ids, encrypted"
-)
-
-
-def mapping_values(mapping: ChannelMapping) -> list[Any]:
-    """``mapping`` as the values of ``MAPPING_COLUMNS``, in that order."""
-    return [
-        mapping.team_id,
-        mapping.channel_id,
-        mapping.kind.value,
-        mapping.account_id,
-        mapping.conversation_id,
-        mapping.participant_id,
-        mapping.created_by,
-        mapping.created_at,
-        mapping.participant_username,
-        json.dumps(list(mapping.group_participants)) if mapping.group_participants else None,
-        mapping.encrypted,
-    ]
+def mapping_row(mapping: ChannelMapping) -> dict[str, Any]:
+    """The columns ``create_mapping`` writes."""
+    return {
+        "team_id": mapping.team_id,
+        "channel_id": mapping.channel_id,
+        "kind": mapping.kind.value,
+        "account_id": mapping.account_id,
+        "conversation_id": mapping.conversation_id,
+        "participant_id": mapping.participant_id,
+        "created_by": mapping.created_by,
+        "created_at": mapping.created_at,
+        "participant_username": mapping.participant_username,
+        "participant_ids": json.dumps(list(mapping.group_participants))
+        if mapping.group_participants
+        else None,
+        "encrypted": mapping.encrypted,
+    }
 
 
 def item(row: Row) -> OutboxItem:
@@ -199,57 +199,36 @@ def item(row: Row) -> OutboxItem:
     media = json.loads(row["media"]) if row["media"] else None
     if not isinstance(source, dict) or not (media is None or isinstance(media, dict)):
         raise TypeError("source or media is not a JSON object")
-    numbers = (
-        row["id"],
-        row["seq"],
-        row["part"],
-        row["parts_total"],
-        row["account_id"],
-        row["attempts"] or 0,
-        row.get("media_unfinished") or 0,
+    attempts, unfinished = row["attempts"] or 0, row.get("media_unfinished") or 0
+    author_id, ref_ts = row["author_id"] or "", row["ref_ts"] or row["slack_ts"]
+    _check(
+        (row["id"], row["seq"], row["part"], row["parts_total"], row["account_id"], attempts, unfinished),
+        (row["team_id"], row["channel_id"], row["slack_ts"], author_id, ref_ts),
+        (row["text"], row["dm_event_id"], row["media_id"]),
     )
-    texts = (
-        row["team_id"],
-        row["channel_id"],
-        row["slack_ts"],
-        row["author_id"] or "",
-        row["ref_ts"] or row["slack_ts"],
-    )
-    optional = (row["text"], row["dm_event_id"], row["media_id"])
-    _check(numbers, texts, optional)
     sending_since, held_since, uploaded_at = (
         row["sending_since"],
         row["held_since"],
         row.get("media_uploaded_at"),
     )
-    return OutboxItem(
-        id=numbers[0],
-        seq=numbers[1],
-        part=numbers[2],
-        parts_total=numbers[3],
-        team_id=texts[0],
-        channel_id=texts[1],
-        slack_ts=texts[2],
-        author_id=texts[3],
-        account_id=numbers[4],
+    return by_name(
+        OutboxItem,
+        row,
+        author_id=author_id,
         target=target(row),
-        text=optional[0],
         source=source,
         state=OutboxState(row["state"]),
-        attempts=numbers[5],
+        attempts=attempts,
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
-        last_error=row["last_error"],
-        dm_event_id=optional[1],
         created_at=time(row["created_at"] or 0.0),
         sending_since=None if sending_since is None else time(sending_since),
         held_since=None if held_since is None else time(held_since),
         hourglass=bool(row["hourglass"]),
         kind=OutboxKind(row["kind"] or "message"),
-        ref_ts=texts[4],
+        ref_ts=ref_ts,
         media=media,
-        media_id=optional[2],
         media_uploaded_at=None if uploaded_at is None else time(uploaded_at),
-        media_unfinished=numbers[6],
+        media_unfinished=unfinished,
         deleted=row.get("deleted_at") is not None,
         encrypted=bool(row.get("encrypted") or False),
         chat=chat_message(row.get("chat")),
@@ -343,6 +322,13 @@ def json_or_none(value: dict[str, Any] | None) -> str | None:
 NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not queued
 
 
+# Is the channel of the inbound row ``i`` paused (held until it is resumed)?
+_PAUSED = (
+    "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
+    "AND m.paused_at IS NOT NULL)"
+)
+
+
 # When a channel's next inbound row (``i``) waits, SQL shared by both stores (``number`` turns an
 # event id column into a number the engine compares): the channel is paused (its account
 # disconnected, or held for a previous X account) until it is resumed; or it is bridged and a
@@ -355,8 +341,7 @@ NOT_BRIDGED = "no channel bridges this conversation"  # an inbound row kept, not
 # (``xchat_cursors.gap_newest``): X Chat is read one conversation at a time, so only its own.
 def inbound_waits(number: Callable[[str], str]) -> str:
     return (
-        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
-        "AND m.paused_at IS NOT NULL) "
+        f"{_PAUSED} "
         "OR EXISTS (SELECT 1 FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
         "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
         "WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id AND m.encrypted) "
@@ -373,15 +358,11 @@ def inbound_gauges_sql(number: Callable[[str], str], index_hint: str = "") -> st
     """One pass over the rows still to post (the partial index ``inbound_pending``: the backlog,
     never the history), each classed as ``inbound_waits`` classes it: held by a paused channel,
     waiting for an unfinished read (catching up), or neither."""
-    paused = (
-        "EXISTS (SELECT 1 FROM mappings AS m WHERE m.team_id = i.team_id AND m.channel_id = i.channel_id "
-        "AND m.paused_at IS NOT NULL)"
-    )
     return (
         "SELECT COUNT(*) AS waiting, COALESCE(SUM(CASE WHEN paused THEN 1 ELSE 0 END), 0) AS held, "
         "COALESCE(SUM(CASE WHEN waits AND NOT paused THEN 1 ELSE 0 END), 0) AS catching_up, "
         "MIN(created_at) AS oldest FROM ("
-        f"SELECT i.created_at, {paused} AS paused, ({inbound_waits(number)}) AS waits "
+        f"SELECT i.created_at, {_PAUSED} AS paused, ({inbound_waits(number)}) AS waits "
         f"FROM inbound AS i {index_hint} WHERE i.state IN ('queued', 'posting')) AS w"
     )
 
@@ -402,16 +383,16 @@ def inbound_gauges(row: Row | None) -> dict[str, Any]:
 INBOUND_FINISHED = "state IN ('posted', 'skipped', 'failed')"
 
 FAILED_COUNT_SQL = (
-    "SELECT COUNT(*) AS n FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed'"
+    "SELECT COUNT(*) AS n FROM inbound WHERE team_id = ? AND channel_id = ? AND state = 'failed'"
 )
 # Is a read of the channel's encrypted X Chat conversation unfinished (its rows wait)?
 CHAT_GAP_SQL = (
     "SELECT COUNT(*) AS n FROM mappings AS m JOIN xchat_cursors AS x ON x.gap_newest IS NOT NULL "
     "AND x.account_id = m.account_id AND x.conversation_id = m.conversation_id "
-    "WHERE m.team_id = {p1} AND m.channel_id = {p2} AND m.encrypted"
+    "WHERE m.team_id = ? AND m.channel_id = ? AND m.encrypted"
 )
 FAILED_LAST_SQL = (
-    "SELECT last_error FROM inbound WHERE team_id = {p1} AND channel_id = {p2} AND state = 'failed' "
+    "SELECT last_error FROM inbound WHERE team_id = ? AND channel_id = ? AND state = 'failed' "
     "ORDER BY id DESC LIMIT 1"
 )
 
@@ -450,9 +431,9 @@ def news_for(bridged_at: float, event: InboundEvent, already_taken: bool) -> boo
 ECHO_IN_FLIGHT = "relayed from Slack by the bridge (matched in the outbox)"
 ECHO_UNCONFIRMED = "relayed from Slack by the bridge (X took it without naming it; matched now)"
 # The outbox rows a DM of the channel's own account may be: sent, but X never said which event
-# (delivery's ``_settle_unconfirmed``). Oldest first; each store formats its placeholders in.
+# (delivery's ``_settle_unconfirmed``). Oldest first.
 UNCONFIRMED_SENDS = (
-    "SELECT id, slack_ts, part, text FROM outbox WHERE team_id = {p1} AND channel_id = {p2} "
+    "SELECT id, slack_ts, part, text FROM outbox WHERE team_id = ? AND channel_id = ? "
     "AND state = 'sent' AND dm_event_id IS NULL AND text IS NOT NULL ORDER BY seq, part"
 )
 
@@ -542,22 +523,16 @@ def snowflake(event_id: str) -> int:
 
 
 def inbound_item(row: Row) -> InboundItem:
-    return InboundItem(
-        id=row["id"],
-        dm_event_id=row["dm_event_id"],
-        seq=row["seq"],
-        account_id=row["account_id"],
+    return by_name(
+        InboundItem,
+        row,
         conversation_id=row["conversation_id"] or "",
         team_id=row["team_id"] or "",
         channel_id=row["channel_id"] or "",
         kind=EventKind(row["event_type"] or EventKind.MESSAGE_CREATE),
-        sender_id=row["sender_id"],
         payload=json.loads(row["payload"] or "{}"),
         origin=InboundOrigin(row["origin"]),
         state=InboundState(row["state"]),
-        attempts=row["attempts"],
         next_attempt_at=time(row["next_attempt_at"] or 0.0),
-        posting_since=row["posting_since"],
-        slack_ts=row["slack_ts"],
         created_at=row["created_at"] or 0.0,
     )

@@ -16,10 +16,10 @@ import os
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO
 
 from sqlite_utils import Database
 
@@ -31,9 +31,6 @@ from bridge.ports import LockedAccount
 from migrations import migrations
 
 log = logging.getLogger("adapters.store.sqlite")
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 # Inbound rows (and events planned) one transaction of ``take_inbound`` writes at most. An event
 # of a conversation bridged to 10,000 channels is 10,000 rows: written at once they held the
@@ -148,9 +145,8 @@ class SqliteStore(RoleStore):
     """SQLite implementation of ``bridge.ports.Store``."""
 
     def __init__(self, path: str, cipher: TokenCipher) -> None:
+        super().__init__(cipher)
         self.path = path
-        self._cipher = cipher
-        self._unreadable_accounts: set[int] = set()  # ids whose tokens no key opens, logged once
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._thread = SqliteThread(self._executor)
         self._db: Database | None = None
@@ -163,7 +159,7 @@ class SqliteStore(RoleStore):
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
-        await self._call(self._open)
+        await self._thread.run(self._open)
 
     def _open(self) -> None:
         self._db = open_database(self.path)
@@ -172,7 +168,7 @@ class SqliteStore(RoleStore):
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._call(self._close)
+            await self._thread.run(self._close)
         self._executor.shutdown(wait=True)
         if self._refresh_lock_handle is not None:
             self._refresh_lock_handle.close()
@@ -182,9 +178,6 @@ class SqliteStore(RoleStore):
         assert self._db is not None
         self._db.close()
         self._db = None
-
-    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._thread.run(fn, *args, **kwargs)
 
     # -- inbound (X → Slack): a take in transactions of a few rows each ------
 
@@ -206,13 +199,6 @@ class SqliteStore(RoleStore):
         assert self._db is not None, "store not open"
         assert threading.get_ident() == self._owner, "SQLite touched outside its owner thread"
         return self._db
-
-    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        return list(self.db.query(sql, params))
-
-    def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
-        rows = self._rows(sql, params)
-        return rows[0] if rows else None
 
     @asynccontextmanager
     async def refresh_lock(self, account_id: int) -> AsyncIterator[LockedAccount]:
@@ -250,12 +236,9 @@ class SqliteStore(RoleStore):
 
     # -- health ------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        return await self._call(lambda: self._one("SELECT 1 AS ok") is not None)
-
     async def commit_durability(self) -> str:
         """``PRAGMA synchronous`` as the store's own connection has it (``FULL``: a commit is on
         disk when it returns, power loss included); for ``doctor``, tests and bench."""
-        row = await self._call(lambda: self._one("PRAGMA synchronous"))
+        row = await self.engine.fetchone("PRAGMA synchronous")
         level = int(next(iter(row.values()))) if row else -1
         return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.store import inbound, rows
-from adapters.store.engine import Dialect, Engine
+from adapters.store.engine import Dialect, Engine, indexed_by, marks, where
 from adapters.store.roles import StoreBase
 from bridge.model import OutboxItem, OutboxState
 from migrations import PENDING_STATES
@@ -37,7 +37,8 @@ class UpkeepRole(StoreBase):
         self, now: float, *, keep_after: float, inbound_keep_after: float, batch: int
     ) -> int:
         """Delete at most ``batch`` rows of each kind past retention, in one transaction."""
-        sqlite = self.engine.dialect is Dialect.SQLITE
+        dialect = self.engine.dialect
+        sqlite = dialect is Dialect.SQLITE
         # SQLite deletes by rowid; PostgreSQL by each table's key.
         seen_key = "rowid" if sqlite else "event_id"
         map_key = "rowid" if sqlite else "team_id, channel_id, slack_ts, part"
@@ -49,20 +50,20 @@ class UpkeepRole(StoreBase):
             ),
             (
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                f"{_hint(self.engine, 'outbox_created_at')} "
+                f"{indexed_by(dialect, 'outbox_created_at')} "
                 f"WHERE created_at < ? AND state NOT IN {PENDING_STATES} AND state != 'held' "
                 "ORDER BY created_at LIMIT ?)",
                 keep_after,
             ),
             (
                 f"DELETE FROM message_map WHERE ({map_key}) IN (SELECT {map_key} FROM message_map"
-                f"{_hint(self.engine, 'message_map_created_at')} WHERE created_at < ? "
+                f"{indexed_by(dialect, 'message_map_created_at')} WHERE created_at < ? "
                 "ORDER BY created_at LIMIT ?)",
                 keep_after,
             ),
             (
                 f"DELETE FROM inbound WHERE id IN (SELECT id FROM inbound"
-                f"{_hint(self.engine, 'inbound_finished_created_at')} WHERE {rows.INBOUND_FINISHED} "
+                f"{indexed_by(dialect, 'inbound_finished_created_at')} WHERE {rows.INBOUND_FINISHED} "
                 "AND created_at < ? ORDER BY created_at LIMIT ?)",
                 inbound_keep_after,
             ),
@@ -85,39 +86,17 @@ class UpkeepRole(StoreBase):
     async def outbox_summary(
         self, team_id: str | None = None, channel_id: str | None = None
     ) -> dict[str, Any]:
-        where = ["1 = 1"]
-        params: list[Any] = []
-        if team_id is not None:
-            where.append("team_id = ?")
-            params.append(team_id)
-        if channel_id is not None:
-            where.append("channel_id = ?")
-            params.append(channel_id)
-        clause = " AND ".join(where)
-        found = await self.engine.fetch(
-            f"SELECT state, COUNT(*) AS n FROM outbox WHERE {clause} GROUP BY state", *params
-        )
-        counts = {r["state"]: r["n"] for r in found}
-        oldest = await self.engine.fetchone(
-            f"SELECT MIN(created_at) AS t FROM outbox WHERE {clause} AND state IN {PENDING_STATES}",
-            *params,
-        )
+        counts, oldest = await outbox_counts(self.engine, team_id=team_id, channel_id=channel_id)
         return {
             "counts": counts,
             "pending": sum(counts.get(s, 0) for s in ("queued", "sending", "waiting")),
-            "oldest_pending_at": oldest["t"] if oldest else None,
+            "oldest_pending_at": oldest,
         }
 
     async def list_outbox(self, states: Sequence[OutboxState], limit: int = 100) -> list[OutboxItem]:
         if not states:
             return []
-        marks = ", ".join("?" * len(states))
-        found = await self.engine.fetch(
-            f"SELECT * FROM outbox WHERE state IN ({marks}) ORDER BY seq, part LIMIT ?",
-            *(s.value for s in states),
-            limit,
-        )
-        return [rows.item(r) for r in found]
+        return [rows.item(r) for r in await outbox_in(self.engine, [s.value for s in states], limit)]
 
     async def recently_sent(self, since: float, limit: int) -> list[OutboxItem]:
         # created_at bounds the scan to the retention index: a row sent since ``since`` was
@@ -134,13 +113,24 @@ class UpkeepRole(StoreBase):
 
 def outbox_gauges_sql(dialect: Dialect) -> str:
     """The gauges' one statement, over the partial index of unfinished rows."""
-    hint = " INDEXED BY outbox_pending" if dialect is Dialect.SQLITE else ""
     return (
-        f"SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox{hint} "
-        f"WHERE state IN {PENDING_STATES}"
+        f"SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox"
+        f"{indexed_by(dialect, 'outbox_pending')} WHERE state IN {PENDING_STATES}"
     )
 
 
-def _hint(engine: Engine, index: str) -> str:
-    """SQLite's ``INDEXED BY`` (its planner scanned without it); nothing on PostgreSQL."""
-    return f" INDEXED BY {index}" if engine.dialect is Dialect.SQLITE else ""
+async def outbox_in(engine: Engine, states: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """Rows in ``states``, oldest first (for ``list_outbox`` and the operator's ``outbox``)."""
+    return await engine.fetch(
+        f"SELECT * FROM outbox WHERE state IN ({marks(states)}) ORDER BY seq, part LIMIT ?", *states, limit
+    )
+
+
+async def outbox_counts(engine: Engine, **equal: Any) -> tuple[dict[str, int], float | None]:
+    """Rows per state (of the team or channel ``equal`` names, if any), and when the oldest
+    unfinished one was written."""
+    filtered, params = where(**equal)
+    pending, _ = where(f"state IN {PENDING_STATES}", **equal)
+    found = await engine.fetch(f"SELECT state, COUNT(*) AS n FROM outbox{filtered} GROUP BY state", *params)
+    oldest = await engine.fetchone(f"SELECT MIN(created_at) AS t FROM outbox{pending}", *params)
+    return {str(r["state"]): int(r["n"]) for r in found}, oldest["t"] if oldest else None
