@@ -8,9 +8,9 @@ accounts decrypts every account's tokens. These read only the rows asked for, by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from adapters.store import rows
+from adapters.store.engine import marks, where
 from adapters.store.roles import StoreBase
 from bridge.model import Account, ChannelMapping
 
@@ -21,8 +21,8 @@ class LookupsRole(StoreBase):
     async def find_accounts(
         self, *, team_id: str | None = None, x_user_id: str | None = None
     ) -> list[Account]:
-        where, params = _where(team_id=team_id, x_user_id=x_user_id)
-        found = await self.engine.fetch(f"SELECT * FROM accounts{where} ORDER BY id", *params)
+        clause, params = where(team_id=team_id, x_user_id=x_user_id)
+        found = await self.engine.fetch(f"SELECT * FROM accounts{clause} ORDER BY id", *params)
         return [rows.account(r, self._cipher, self._unreadable_accounts) for r in found]
 
     async def find_mappings(
@@ -32,9 +32,9 @@ class LookupsRole(StoreBase):
         account_id: int | None = None,
         conversation_id: str | None = None,
     ) -> list[ChannelMapping]:
-        where, params = _where(team_id=team_id, account_id=account_id, conversation_id=conversation_id)
+        clause, params = where(team_id=team_id, account_id=account_id, conversation_id=conversation_id)
         found = await self.engine.fetch(
-            f"SELECT * FROM mappings{where} ORDER BY team_id, channel_id", *params
+            f"SELECT * FROM mappings{clause} ORDER BY team_id, channel_id", *params
         )
         return [rows.mapping(r) for r in found]
 
@@ -65,15 +65,8 @@ class LookupsRole(StoreBase):
         found: list[Account] = []
         for start in range(0, len(ids), 500):  # under any engine's limit of parameters
             chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            got = await self.engine.fetch(f"SELECT * FROM accounts WHERE id IN ({marks}) ORDER BY id", *chunk)
+            got = await self.engine.fetch(
+                f"SELECT * FROM accounts WHERE id IN ({marks(chunk)}) ORDER BY id", *chunk
+            )
             found += [rows.account(r, self._cipher, self._unreadable_accounts) for r in got]
         return found
-
-
-def _where(**equal: Any) -> tuple[str, list[Any]]:
-    """`` WHERE a = ? AND b = ?`` for the filters given (None: not filtered); names are ours."""
-    given = {column: value for column, value in equal.items() if value is not None}
-    if not given:
-        return "", []
-    return " WHERE " + " AND ".join(f"{column} = ?" for column in given), list(given.values())
