@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from bridge.errors import BridgeError, RateFacts, XAuthRevoked, XError, XRefused
 from bridge.model import Account, ChannelMapping, EventKind, InboundEvent, InboundOrigin, XUser
-from bridge.ports import Clock, MappingStore
+from bridge.ports import Clock, MappingLookups
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatEvent, ChatEventKind, ChatPage
 
@@ -49,7 +49,7 @@ MAX_PAGES = 20  # per conversation and read; a longer backlog is read on by the 
 TOKEN_RESTARTS = 3  # X refused an unfinished read's token: read again from the newest
 
 
-class ChatInboundStore(MappingStore, Protocol):
+class ChatInboundStore(MappingLookups, Protocol):
     """The roles X Chat reads use: which encrypted conversations an account bridges."""
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bridge.model import Account, ChannelMapping, MappingKind, OutboxState, SlackMember
-from bridge.ports import AccountStore, Clock, MappingStore, SlackClient, UpkeepStore
+from bridge.ports import AccountReads, Clock, MappingLookups, OutboxListings, SlackClient
 
 log = logging.getLogger("bridge.home")
 
@@ -33,7 +33,7 @@ ADMIN_TTL = 300.0  # seconds an answer of users.info (is_admin / is_owner) is re
 MAX_CHANNELS_SHOWN = 40  # a Home holds 100 blocks; each channel takes two
 
 
-class HomeStore(AccountStore, MappingStore, UpkeepStore, Protocol):
+class HomeStore(AccountReads, MappingLookups, OutboxListings, Protocol):
     """The roles the App Home reads: accounts, mappings, each channel's outbox summary."""
 
 

@@ -165,7 +165,18 @@ class ConnectFlowStore(OAuthStates, Protocol):
 
 
 class MappingLookups(Protocol):
-    """What the poller asks of the mappings on each pass, by index (``adapters/store/lookups.py``)."""
+    """The mappings found by index, never by listing the table (``adapters/store/lookups.py``):
+    what the poller, push, X Chat reads and the App Home ask."""
+
+    async def find_mappings(
+        self,
+        *,
+        team_id: str | None = None,
+        account_id: int | None = None,
+        conversation_id: str | None = None,
+    ) -> list[ChannelMapping]:
+        """The mappings matching every filter given (by index: never the whole table)."""
+        ...
 
     async def accounts_with_groups(self) -> set[int]:
         """Ids of the accounts with a group conversation bridged (kind ``group``, or linked by a
@@ -208,15 +219,6 @@ class MappingStore(MappingLookups, Protocol):
 
     async def set_conversation_id(self, team_id: str, channel_id: str, conversation_id: str) -> None: ...
     async def list_mappings(self) -> list[ChannelMapping]: ...
-    async def find_mappings(
-        self,
-        *,
-        team_id: str | None = None,
-        account_id: int | None = None,
-        conversation_id: str | None = None,
-    ) -> list[ChannelMapping]:
-        """The mappings matching every filter given (by index: never the whole table)."""
-        ...
 
 
 class PollLookups(Protocol):

@@ -21,7 +21,7 @@ from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
 from bridge.model import DM_PUSH_TYPES, Account, DmEvent, InboundOrigin, PushEventType
-from bridge.ports import AccountStore, Clock, InboundStore, MappingStore, XApp
+from bridge.ports import AccountReads, Clock, InboundPosting, InboundStatus, MappingLookups, XApp
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.push")
@@ -30,7 +30,7 @@ REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
 
 
-class PushStore(AccountStore, MappingStore, InboundStore, Protocol):
+class PushStore(AccountReads, MappingLookups, InboundPosting, InboundStatus, Protocol):
     """The roles push uses: whose accounts a delivery is for, what was relayed, push's last delivery."""
 
 
