@@ -13,6 +13,9 @@ from adapters.store.roles import StoreBase
 from bridge.model import ChannelMapping, OutboxItem
 from migrations import PENDING_STATES
 
+LIST_PAGE = 1_000  # mappings a read of list_mappings
+_IN_ORDER = " ORDER BY team_id, channel_id LIMIT ?"
+
 
 class MappingsRole(StoreBase):
     """The ``mappings`` table."""
@@ -86,8 +89,22 @@ class MappingsRole(StoreBase):
         )
 
     async def list_mappings(self) -> list[ChannelMapping]:
-        found = await self.engine.fetch("SELECT * FROM mappings ORDER BY team_id, channel_id")
-        return [rows.mapping(r) for r in found]
+        # A page a read, by the key: 100,000 mappings in one read held SQLite's only thread for
+        # over a second, and every ack and send with it; between pages they go.
+        found: list[ChannelMapping] = []
+        page = await self.engine.fetch(f"SELECT * FROM mappings{_IN_ORDER}", LIST_PAGE)
+        while True:
+            found += [rows.mapping(r) for r in page]
+            if len(page) < LIST_PAGE:
+                return found
+            team_id, channel_id = page[-1]["team_id"], page[-1]["channel_id"]
+            page = await self.engine.fetch(
+                f"SELECT * FROM mappings WHERE team_id > ? OR (team_id = ? AND channel_id > ?){_IN_ORDER}",
+                team_id,
+                team_id,
+                channel_id,
+                LIST_PAGE,
+            )
 
 
 async def _insert(engine: Engine, mapping: ChannelMapping) -> bool:

@@ -43,6 +43,7 @@ READ_OUTCOMES = ("ok", "rate_limited", "refused", "auth", "error", "held")
 # is "other", so a new or nonsense code from Slack cannot grow the label set.
 SLACK_REFUSALS = tuple(sorted(MESSAGE_REFUSALS))
 INBOUND_WAITING_STATES = ("queued", "held", "catching_up")
+MAPPINGS_EVERY = 60.0  # seconds between the gauges' reads of every mapping (see _mapped_accounts)
 READ_PATHS = {e.value: e.path for e in ReadEndpoint}
 
 
@@ -256,6 +257,7 @@ class BridgeMetrics:
         self._budget: Budget | None = None
         self._clock: Clock | None = None
         self._peer_checks: PeerChecks | None = None
+        self._mapped: tuple[float, set[int]] | None = None  # when read, and the mapped accounts
 
     # -- counters, from the core's hooks -----------------------------------------
 
@@ -313,6 +315,7 @@ class BridgeMetrics:
     def bind(self, store: Store, budget: Budget, clock: Clock, peer_checks: PeerChecks | None = None) -> None:
         self._store, self._budget, self._clock = store, budget, clock
         self._peer_checks = peer_checks
+        self._mapped = None
 
     async def refresh(self) -> None:
         """Recompute the gauges; store calls run on the store's thread."""
@@ -328,10 +331,9 @@ class BridgeMetrics:
             self.inbound_waiting.labels(state).set(inbound[state])
         waiting_since = inbound["oldest_waiting_at"]
         self.inbound_oldest_age.set(max(0.0, now - waiting_since) if waiting_since else 0.0)
-        mappings = await self._store.list_mappings()
-        mapped = {m.account_id for m in mappings}
-        accounts = [a for a in await self._store.list_accounts() if a.id in mapped]
-        await self._refresh_one_way(mappings, accounts)
+        every = await self._store.list_accounts()
+        mapped = await self._mapped_accounts(self._store, now, every)
+        accounts = [a for a in every if a.id in mapped]
         remaining: dict[tuple[str, str], int] = {}
         for account in accounts:
             snapshot = self._budget.snapshot(account.id, now)
@@ -344,6 +346,17 @@ class BridgeMetrics:
         self.rate_remaining.clear()
         for (label, window), value in remaining.items():
             self.rate_remaining.labels(label, window).set(value)
+
+    async def _mapped_accounts(self, store: Store, now: float, accounts: Sequence[Account]) -> set[int]:
+        """Ids of the accounts bridging a channel, and the one-way gauge beside them. Both need
+        every mapping (100,000 take over a second to read), so they are read again at most every
+        ``MAPPINGS_EVERY`` seconds, not on each scrape (Prometheus scrapes every 15 s or so)."""
+        if self._mapped is not None and now - self._mapped[0] < MAPPINGS_EVERY:
+            return self._mapped[1]
+        mappings = await store.list_mappings()
+        await self._refresh_one_way(mappings, accounts)
+        self._mapped = (now, {m.account_id for m in mappings})
+        return self._mapped[1]
 
     async def _refresh_one_way(self, mappings: Sequence[ChannelMapping], accounts: Sequence[Account]) -> None:
         """From the kept answers alone: a scrape never asks X."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store.crypto import TokenCipher, generate_key
+from adapters.store.mappings import LIST_PAGE
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.errors import Failure
@@ -854,3 +855,22 @@ async def test_the_accounts_a_pass_works_on_are_read_in_one_go(engine: Engine) -
         every = await store.accounts_by_id([a.id for a in made])  # past one read's parameters
         assert [a.id for a in every] == [a.id for a in made]
         assert await store.accounts_by_id([]) == []
+
+
+@memory_too
+async def test_every_mapping_is_listed_once_in_channel_order_across_read_pages(engine: Engine) -> None:
+    # list_mappings reads a page at a time (the store's thread free between pages): the pages
+    # must meet exactly, across a team's boundary too.
+    async with opened(engine) as store:
+        ada = await store.save_account("T1", "U1", XUser("1000", "ada"), TokenSet("a", "r", None))
+        made = [
+            (team, f"C{n:05d}")
+            for team, count in (("T1", LIST_PAGE + 1), ("T2", LIST_PAGE - 1), ("T3", 2))
+            for n in range(count)
+        ]
+        for team, channel in reversed(made):
+            kind = MappingKind.LINK
+            await store.create_mapping(
+                ChannelMapping(team, channel, kind, ada.id, f"1000-{channel[1:]}", None, "U1", 1.0)
+            )
+        assert [(m.team_id, m.channel_id) for m in await store.list_mappings()] == made
