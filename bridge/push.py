@@ -21,7 +21,7 @@ from bridge.chat_inbound import ChatPush, ChatPushRefused
 from bridge.errors import XAuthRevoked, XError
 from bridge.inbound import Inbound
 from bridge.model import DM_PUSH_TYPES, Account, DmEvent, InboundOrigin, PushEventType
-from bridge.ports import AccountReads, Clock, InboundPosting, InboundStatus, MappingLookups, XApp
+from bridge.ports import AccountReads, Clock, InboundPosting, InboundStatus, MappingLookups, PollLookups, XApp
 from bridge.tokens import TokenManager
 
 log = logging.getLogger("bridge.push")
@@ -30,7 +30,7 @@ REPLAY_HORIZON = 24 * 3600.0  # X replays the last 24 hours only
 RECHECK_EVERY = 3600.0  # X re-checks hourly; so do we (re-validating if X turned it off)
 
 
-class PushStore(AccountReads, MappingLookups, InboundPosting, InboundStatus, Protocol):
+class PushStore(AccountReads, PollLookups, MappingLookups, InboundPosting, InboundStatus, Protocol):
     """The roles push uses: whose accounts a delivery is for, what was relayed, push's last delivery."""
 
 
@@ -211,13 +211,15 @@ class Push:
         chats = self._inbound.chats
         if chats is None:
             return 0
-        candidates = await (
-            self._store.list_accounts() if user_id is None else self._store.find_accounts(x_user_id=user_id)
-        )
+        found = [await self._store.find_mappings(conversation_id=p.conversation_id) for p in pushes]
+        if user_id is None:  # the accounts bridging these conversations only: never every token
+            wanted = sorted({m.account_id for mappings in found for m in mappings if m.encrypted})
+            candidates = await self._store.accounts_by_id(wanted)
+        else:
+            candidates = await self._store.find_accounts(x_user_id=user_id)
         accounts = {a.id: a for a in candidates if not a.needs_reconnect}
         refused = 0
-        for push in pushes:
-            mappings = await self._store.find_mappings(conversation_id=push.conversation_id)
+        for push, mappings in zip(pushes, found, strict=True):
             bridging = sorted({m.account_id for m in mappings if m.encrypted and m.account_id in accounts})
             try:
                 for account_id in bridging:

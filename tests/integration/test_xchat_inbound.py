@@ -248,8 +248,10 @@ async def test_a_forged_or_malformed_x_chat_push_is_refused_and_counted(tmp_path
         raw[-20] ^= 0x01
         tampered = base64.b64encode(bytes(raw)).decode()
 
-        async def push(payload: dict[str, Any]) -> int:
-            data = {"event_type": "chat.received", "filter": {"user_id": ME}, "payload": payload}
+        async def push(payload: dict[str, Any], named: bool = True) -> int:
+            data: dict[str, Any] = {"event_type": "chat.received", "payload": payload}
+            if named:  # whose subscription it is; without it, the accounts bridging the conversation
+                data["filter"] = {"user_id": ME}
             body = json.dumps({"data": data}).encode()
             headers = {
                 "Content-Type": "application/json",
@@ -261,13 +263,14 @@ async def test_a_forged_or_malformed_x_chat_push_is_refused_and_counted(tmp_path
 
         forged = {"conversation_id": conversation, "sender_id": ALICE, "encoded_event": tampered}
         assert await push(forged) == 400
+        assert await push(forged, named=False) == 400  # checked with the keys of who bridges it
         assert await push({**forged, "conversation_id": "../../etc"}) == 400
         assert await push({**forged, "encoded_event": "not base64!"}) == 400
         assert await push({**forged, "encoded_event": genuine}) == 200  # again: read, never reposted
         await asyncio.sleep(0.5)
         assert [m["text"] for m in posts(bridge)] == ["genuine"]
         metrics = bridge.app[METRICS]
-        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 2
         malformed = metrics.registry.get_sample_value("x_push_malformed_total", {"reason": "chat_event"})
         assert malformed == 2
 
@@ -524,5 +527,5 @@ async def test_a_push_whose_event_is_signed_for_another_conversation_is_refused(
         assert await push(conversation) == 400
         assert await push(f"{ME}-{CAROL}") == 200  # named as hers: not refused (nothing bridges it)
         metrics = bridge.app[METRICS]
-        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 1
+        assert metrics.registry.get_sample_value("xchat_events_refused_total", {"source": "push"}) == 2
         assert posts(bridge) == []
