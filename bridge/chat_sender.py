@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -31,7 +30,7 @@ from bridge.feedback import ids
 from bridge.media import FileUnavailable, MediaPlan, plan_media
 from bridge.model import Account, OutboxItem, OutboxKind, OutboxState, RenderedPart, Sent, one_to_one_id
 from bridge.outcomes import LOOK_AGAIN, UNNAMED_NOTE, After, Outcomes
-from bridge.ports import Clock, SlackClient
+from bridge.ports import Clock, OutboxChat, OutboxSending, RelayedEvents, SlackClient
 from bridge.render import Renderer
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatSend, ChatSession, ChatSessions, KeyMismatch, NoChatIdentity, mismatch_note
@@ -49,32 +48,8 @@ CHAT_MEDIA_FILE = 5
 IDENTITY_KEY_REFUSAL = re.compile(r"(public|signing|identity)[ _-]?key", re.IGNORECASE)
 
 
-class ChatSenderStore(Protocol):
-    """The outbox writes of an X Chat send and what was relayed (a part of ``bridge.ports.Store``)."""
-
-    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem: ...
-    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None: ...
-    async def drop_chat(self, item_id: int) -> None: ...
-    async def mark_sending(
-        self,
-        item_id: int,
-        now: float,
-        budgets: Sequence[tuple[str, int, int, float]] = (),
-        *,
-        parts: Sequence[RenderedPart] | None = None,
-        source: dict[str, Any] | None = None,
-    ) -> OutboxItem | None: ...
-    async def mark_done(self, item_id: int, now: float) -> None: ...
-    async def reschedule(
-        self,
-        item_id: int,
-        state: OutboxState,
-        next_attempt_at: float,
-        error: str | None,
-        *,
-        held_since: float | None = None,
-    ) -> None: ...
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
+class ChatSenderStore(OutboxSending, OutboxChat, RelayedEvents, Protocol):
+    """The outbox writes of an X Chat send and what was relayed (parts of ``bridge.ports.Store``)."""
 
 
 class ChatSender:

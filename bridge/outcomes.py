@@ -19,7 +19,7 @@ from bridge.budget import MAX_RESET_AHEAD, Budget, BudgetRow
 from bridge.errors import BridgeError, Failure, Undeliverable, XRateLimited, failure_of
 from bridge.feedback import Feedback, ids, not_sent
 from bridge.model import Account, OutboxItem, OutboxState, Sent, Unreadable
-from bridge.ports import Clock
+from bridge.ports import Clock, OutboxMediaStore, OutboxSending, OutboxSettling
 from bridge.scheduler import backoff
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,8 @@ class After:
 LOOK_AGAIN = After()
 
 
-class OutcomeStore(Protocol):
-    """The outbox writes that settle a row (a part of ``bridge.ports.Store``)."""
-
-    async def mark_sent(
-        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> OutboxItem | None: ...
-    async def mark_failed(self, item_id: int, error: str, failure: Failure = Failure.OTHER) -> None: ...
-    async def reschedule(
-        self,
-        item_id: int,
-        state: OutboxState,
-        next_attempt_at: float,
-        error: str | None,
-        *,
-        held_since: float | None = None,
-    ) -> None: ...
-    async def drop_media(self, item_id: int) -> None: ...
+class OutcomeStore(OutboxSettling, OutboxSending, OutboxMediaStore, Protocol):
+    """The outbox writes that settle a row (parts of ``bridge.ports.Store``)."""
 
 
 class Outcomes:

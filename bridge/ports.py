@@ -384,7 +384,15 @@ class BudgetStore(Protocol):
         ...
 
 
-class RelayStore(Protocol):
+class RelayedEvents(Protocol):
+    """What became of relayed messages: their X events, a thread's parent (``store/relay.py``)."""
+
+    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
+    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
+    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+
+class RelayStore(RelayedEvents, Protocol):
     """What Slack hands the bridge, taken into the outbox (``adapters/store/relay.py``)."""
 
     async def accept_if_mapped(self, message: IncomingMessage, now: float) -> Accepted | None:
@@ -412,10 +420,6 @@ class RelayStore(Protocol):
         """
         ...
 
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
-    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
-    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
-
 
 class OutboxInDoubt(Protocol):
     """The outbox's side of the poster's echo check (``store/outbox.py``)."""
@@ -439,16 +443,8 @@ class OutboxRelease(Protocol):
         ...
 
 
-class OutboxStore(OutboxInDoubt, OutboxRelease, Protocol):
-    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
-
-    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
-        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
-
-        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
-        pending): the worker fails it, so it holds up neither its channel nor anyone else.
-        """
-        ...
+class OutboxSending(Protocol):
+    """A row on its way to X: rendered, claimed before its POST, or later (``store/outbox.py``)."""
 
     async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem:
         """Give an unrendered row its text; extra parts become rows right behind it."""
@@ -471,26 +467,6 @@ class OutboxStore(OutboxInDoubt, OutboxRelease, Protocol):
         """
         ...
 
-    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
-        """Keep the row's X Chat message (encrypted and signed from ``text``) before its first
-        attempt, unless it has one: the row as kept, or None when its text changed (an edit) or it
-        was finished or deleted since. Only a row that still reads ``text`` takes it."""
-        ...
-
-    async def drop_chat(self, item_id: int) -> None:
-        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
-        signed with keys X no longer holds; the row is encrypted again with the next keys."""
-        ...
-
-    async def mark_sent(
-        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
-    ) -> OutboxItem | None:
-        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping).
-
-        Returns the channel's new head (its next unfinished row), if any, read in the same trip.
-        """
-        ...
-
     async def reschedule(
         self,
         item_id: int,
@@ -508,8 +484,48 @@ class OutboxStore(OutboxInDoubt, OutboxRelease, Protocol):
         """Finish a row that has no DM of its own (a delete)."""
         ...
 
+
+class OutboxChat(Protocol):
+    """An encrypted row's X Chat message, made once and kept with it (``store/outbox.py``)."""
+
+    async def keep_chat(self, item_id: int, text: str, chat: dict[str, Any]) -> OutboxItem | None:
+        """Keep the row's X Chat message (encrypted and signed from ``text``) before its first
+        attempt, unless it has one: the row as kept, or None when its text changed (an edit) or it
+        was finished or deleted since. Only a row that still reads ``text`` takes it."""
+        ...
+
+    async def drop_chat(self, item_id: int) -> None:
+        """Forget the row's prepared X Chat message: X refused it (it never took it), and it was
+        signed with keys X no longer holds; the row is encrypted again with the next keys."""
+        ...
+
+
+class OutboxSettling(Protocol):
+    """A row settled: sent, or failed for good (``store/outbox.py``)."""
+
+    async def mark_sent(
+        self, item_id: int, sent: Sent, now: float, budgets: Sequence[tuple[str, int, int, float]] = ()
+    ) -> OutboxItem | None:
+        """Record the DM in the message map (and the conversation id on a 1-to-1 mapping).
+
+        Returns the channel's new head (its next unfinished row), if any, read in the same trip.
+        """
+        ...
+
     async def mark_failed(self, item_id: int, error: str, failure: Failure = Failure.OTHER) -> None:
         """Fail the row for good, its author still to be told (``failures_to_tell``)."""
+        ...
+
+
+class OutboxStore(OutboxInDoubt, OutboxRelease, OutboxSending, OutboxChat, OutboxSettling, Protocol):
+    """The delivery worker's outbox: heads, claims, sends, retries, failures (``store/outbox.py``)."""
+
+    async def outbox_heads(self) -> list[OutboxItem | Unreadable]:
+        """Per channel, the oldest row not yet sent or failed: only heads may be sent.
+
+        A head whose stored columns make no ``OutboxItem`` comes back as ``Unreadable`` (still
+        pending): the worker fails it, so it holds up neither its channel nor anyone else.
+        """
         ...
 
     async def failures_to_tell(self, limit: int = 100) -> list[tuple[OutboxItem | Unreadable, Failure]]:
@@ -517,6 +533,7 @@ class OutboxStore(OutboxInDoubt, OutboxRelease, Protocol):
         ...
 
     async def failure_told(self, item_id: int) -> None: ...
+
     async def set_hourglass(self, item_id: int, on: bool) -> None: ...
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +39,7 @@ from bridge.budget import Budget, read_endpoint
 from bridge.errors import RateFacts, XRateLimited, XRefused, XTransient
 from bridge.feedback import ids
 from bridge.model import Account, DmEvent, EventPage, OutboxItem, Sent, one_to_one_id
-from bridge.ports import Clock, XClient
+from bridge.ports import Clock, RelayedEvents, XClient
 from bridge.tokens import TokenManager
 
 log = logging.getLogger(__name__)
@@ -150,10 +149,8 @@ class Scan:
         return min(free, key=lambda e: (len(e.id), e.id), default=None)
 
 
-class ReadBackStore(Protocol):
+class ReadBackStore(RelayedEvents, Protocol):
     """Which events the bridge itself sent (a part of ``bridge.ports.Store``)."""
-
-    async def known_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
 
 class Reconciler:

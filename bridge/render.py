@@ -16,7 +16,7 @@ from bridge.feedback import ids
 from bridge.media import FileUnavailable, MediaPlan, SkippedFile, file_name, plan_files
 from bridge.model import OutboxItem, OutboxKind, RenderedPart
 from bridge.outcomes import Outcomes
-from bridge.ports import SlackClient
+from bridge.ports import RelayedEvents, SlackClient
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,8 @@ MENTION_LOOKUPS = 50  # users.info calls one message may cost for its mentions
 UNNAMED_USER = "someone"  # a mention beyond that bound, with no label of its own
 
 
-class RenderStore(Protocol):
+class RenderStore(RelayedEvents, Protocol):
     """What rendering reads of the store: a thread's parent (a part of ``bridge.ports.Store``)."""
-
-    async def message_text(self, team_id: str, channel_id: str, ts: str) -> str | None: ...
 
 
 class Renderer:

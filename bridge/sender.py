@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from bridge.budget import Budget
 from bridge.errors import (
@@ -38,7 +37,6 @@ from bridge.media import (
 )
 from bridge.model import (
     Account,
-    ChannelMapping,
     OutboxItem,
     OutboxKind,
     OutboxState,
@@ -47,7 +45,15 @@ from bridge.model import (
     one_to_one_id,
 )
 from bridge.outcomes import LOOK_AGAIN, UNNAMED_NOTE, After, Outcomes
-from bridge.ports import Clock, SlackClient, XClient
+from bridge.ports import (
+    Clock,
+    MappingStore,
+    OutboxMediaStore,
+    OutboxSending,
+    RelayedEvents,
+    SlackClient,
+    XClient,
+)
 from bridge.reconcile import Reconciler
 from bridge.render import Renderer
 from bridge.tokens import TokenManager
@@ -60,38 +66,8 @@ DELETE_NOTE = (
 )
 
 
-class SenderStore(Protocol):
-    """The outbox writes of a DM send, its file and its group (a part of ``bridge.ports.Store``)."""
-
-    async def render(self, item_id: int, parts: Sequence[RenderedPart]) -> OutboxItem: ...
-    async def mark_sending(
-        self,
-        item_id: int,
-        now: float,
-        budgets: Sequence[tuple[str, int, int, float]] = (),
-        *,
-        parts: Sequence[RenderedPart] | None = None,
-        source: dict[str, Any] | None = None,
-    ) -> OutboxItem | None: ...
-    async def mark_done(self, item_id: int, now: float) -> None: ...
-    async def reschedule(
-        self,
-        item_id: int,
-        state: OutboxState,
-        next_attempt_at: float,
-        error: str | None,
-        *,
-        held_since: float | None = None,
-    ) -> None: ...
-    async def set_media_id(
-        self, item_id: int, media_id: str | None, uploaded_at: float | None = None
-    ) -> None: ...
-    async def begin_media_upload(self, item_id: int) -> None: ...
-    async def end_media_upload(self, item_id: int) -> None: ...
-    async def relayed_events(self, team_id: str, channel_id: str, ref_ts: str) -> list[str | None]: ...
-    async def abandon_group(
-        self, team_id: str, channel_id: str, group: tuple[str, ...]
-    ) -> tuple[ChannelMapping | None, list[OutboxItem]]: ...
+class SenderStore(OutboxSending, OutboxMediaStore, RelayedEvents, MappingStore, Protocol):
+    """The outbox writes of a DM send, its file and its group (parts of ``bridge.ports.Store``)."""
 
 
 class Sender:
