@@ -24,7 +24,7 @@ from typing import IO, Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from adapters.store.crypto import TokenCipher
-from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.engine import GroupCommits, SqliteEngine, SqliteThread
 from adapters.store.every_role import RoleStore
 from bridge.errors import StoreUnavailable
 from bridge.ports import LockedAccount
@@ -200,6 +200,11 @@ class SqliteStore(RoleStore):
     def engine(self) -> SqliteEngine:
         """Statements for the role stores written once over ``adapters.store.engine``."""
         return SqliteEngine(self._thread, lambda: self.db)
+
+    @property
+    def group_commits(self) -> GroupCommits:
+        """How the hot path's calls (accepts, claims, sends) were committed so far, in groups."""
+        return self._thread.group_commits
 
     @property
     def db(self) -> Database:
