@@ -10,6 +10,7 @@ virtual time (tests/virtual_clock.py) instead of waiting for real seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -110,6 +111,51 @@ class WakeLoop:
             self.heartbeat = self._clock.now()
             if not self.stopping:
                 await self._clock.wait(self._wake, max(0.0, delay))
+
+
+class AcksFirst:
+    """Slack's acks before the relay's work, without starving the relay.
+
+    The web edge counts the Slack requests it is answering (``acking``); the relay calls ``turn``
+    before each step (a look at the outbox, a send, a reaction). With fewer than ``busy_at`` acks
+    under way the step goes at once; otherwise it waits until they drop below ``busy_at``, or
+    until the relay's floor slot: one step every ``floor_gap`` seconds across all the relay's
+    tasks. So a flood of Slack events slows the relay to that floor, it catches up after, and it
+    never stops. With ``busy_at`` 1 a message's relay starts once its own ack is out (it is
+    offered to the relay during that ack), which at a modest rate costs it the ack's last few
+    hundred microseconds and nothing else.
+    """
+
+    def __init__(self, clock: Clock, *, busy_at: int = 1, floor_gap: float = 0.02) -> None:
+        self._clock = clock
+        self._busy_at = busy_at
+        self._floor_gap = floor_gap
+        self._acking = 0
+        self._calm = asyncio.Event()  # set while fewer than ``busy_at`` acks are under way
+        self._calm.set()
+        self._last_step = -math.inf
+
+    @contextlib.contextmanager
+    def acking(self) -> Iterator[None]:
+        """Around the answering of one Slack request."""
+        self._acking += 1
+        if self._acking >= self._busy_at:
+            self._calm.clear()
+        try:
+            yield
+        finally:
+            self._acking -= 1
+            if self._acking < self._busy_at:
+                self._calm.set()
+
+    async def turn(self) -> None:
+        """Return when the relay's next step may go (at once unless acks are queued)."""
+        while not self._calm.is_set():
+            wait = self._last_step + self._floor_gap - self._clock.now()
+            if wait <= 0:
+                break  # the floor: this step goes although acks are queued
+            await self._clock.wait(self._calm, wait)
+        self._last_step = self._clock.now()
 
 
 class Lanes(Generic[K, R]):

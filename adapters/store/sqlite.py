@@ -173,6 +173,10 @@ class SqliteStore(RoleStore):
     async def close(self) -> None:
         if self._db is not None:
             await self._call(self._close)
+            grouped = self._thread.group_commits
+            log.info(
+                "database closed", extra={"grouped_calls": grouped.calls, "group_commits": grouped.groups}
+            )
         self._executor.shutdown(wait=True)
         if self._refresh_lock_handle is not None:
             self._refresh_lock_handle.close()
