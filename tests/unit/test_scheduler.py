@@ -169,7 +169,7 @@ async def test_the_relay_goes_at_once_while_no_acks_are_queued() -> None:
 
 async def test_queued_acks_hold_the_relay_until_they_are_answered() -> None:
     clock = VirtualClock()
-    acks = AcksFirst(clock, busy_at=2, floor_gap=10.0)
+    acks = AcksFirst(clock, busy_at=2, floor_gap=10.0, linger=0.0)
     started = clock.now()
     with acks.acking():
         first = asyncio.create_task(acks.turn())
@@ -202,3 +202,23 @@ async def test_under_acks_that_never_stop_the_relay_still_gets_one_step_per_floo
         await clock.advance(0.05)
         assert granted == [0.0, 0.02, 0.04, 0.06, 0.08]
     await asyncio.gather(*steps)
+
+
+async def test_a_step_waits_a_moment_after_the_last_ack_in_case_more_follow() -> None:
+    clock = VirtualClock()
+    acks = AcksFirst(clock, busy_at=1, floor_gap=10.0, linger=0.002)
+    started = clock.now()
+    with acks.acking():
+        await acks.turn()  # the floor's first step
+        held = asyncio.create_task(acks.turn())
+        await clock.advance(0.001)
+    await clock.advance(0.001)  # 1 ms after the ack: the next request may be on its way
+    assert not held.done()
+    with acks.acking():  # and it was
+        await clock.advance(0.005)
+        assert not held.done()
+    await clock.advance(0.0019)
+    assert not held.done()
+    await clock.advance(0.0002)  # 2 ms after the last ack, none since: the relay's turn
+    assert held.done()
+    assert round(clock.now() - started, 4) == 0.0091
