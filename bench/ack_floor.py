@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ack_floor.py                     # 1,000 events, concurrency 20
     .venv/bin/python bench/ack_floor.py --events 2000 --reps 2
+    .venv/bin/python bench/ack_floor.py --profile /tmp/prof   # py-spy on the bridge's loop too
 
 What runs, on loopback, driven the same way:
 - (a) a no-op slack-bolt ``AsyncApp`` on aiohttp (Bolt's own aiohttp adapter, ``app.web_app()``),
