@@ -60,7 +60,7 @@ from bridge.ports import Clock
 from bridge.push import Push
 from bridge.relay import Relay
 from bridge.retention import prune_forever
-from bridge.scheduler import SystemClock, drain
+from bridge.scheduler import AcksFirst, SystemClock, drain
 from bridge.settings import Settings
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatPeers
@@ -126,6 +126,8 @@ class Services:
     background: Background
     started_at: float
     verifier: SignatureVerifier
+    # Slack's requests being answered, which the relay's steps make way for.
+    acks: AcksFirst
     slack_auth: SlackAuthorization | InstallsReady
     # Install mode ("Add to Slack"): the OAuth flow and the installed workspaces.
     install: InstallFlow | None
@@ -305,8 +307,10 @@ async def _build(
         push = Push(store, XAppClient(x, settings.x_bearer_token), tokens, inbound, clock, settings.push_url)
         inbound.push_active = push.active
 
+    acks = AcksFirst(clock)
+
     def make_delivery() -> Delivery:
-        delivery = Delivery(store, x, slack, tokens, budget, clock, delivery_config, chats=chats)
+        delivery = Delivery(store, x, slack, tokens, budget, clock, delivery_config, chats=chats, acks=acks)
         delivery.on_event = _noting_sends(metrics.delivery_hook(), inbound)
         delivery.on_failed = _telling_home(metrics.failure_hook(), store, lambda: home)
         return delivery
@@ -414,6 +418,7 @@ async def _build(
         background=background,
         started_at=clock.now(),
         verifier=SignatureVerifier(settings.signing_secret),
+        acks=acks,
         slack_auth=clients.slack_auth,
         install=_install(settings, workspaces, clients.session, mapped),
         workspaces=workspaces,

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ack_floor.py                     # 1,000 events, concurrency 20
     .venv/bin/python bench/ack_floor.py --events 2000 --reps 2
+    .venv/bin/python bench/ack_floor.py --profile /tmp/prof   # py-spy on the bridge's loop too
 
 What runs, on loopback, driven the same way:
 - (a) a no-op slack-bolt ``AsyncApp`` on aiohttp (Bolt's own aiohttp adapter, ``app.web_app()``),
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -49,6 +51,7 @@ from bench.run import (  # noqa: E402
     Server,
     Shot,
     build_shots,
+    cpu_seconds,
     fmt,
     free_port,
     load_average,
@@ -58,10 +61,13 @@ from bench.run import (  # noqa: E402
     prepare_database,
     start_bridge,
     start_fakes,
+    start_pyspy,
+    summarise_profile,
     wait_healthy,
 )
 
 TARGET_RATIO = 3.0
+DRAIN_LIMIT_S = 120.0
 
 # ---------------------------------------------------------------------------------------------
 # (a) The no-op Bolt app (this script run with --serve-bolt)
@@ -125,6 +131,16 @@ class Loop:
     ack_ms: list[float]
     failures: int
     span_s: float
+    cpu_s: float = 0.0  # the server process's CPU (user + system) during the loop
+    cpu_main_s: float = 0.0  # of which its main thread's (the event loop; the rest is SQLite's)
+    relayed_in_loop: int = 0  # the bridge's: messages on the fake X when the loop ended
+    drain_s: float = 0.0  # the bridge's: from the loop's end until every message was on the fake X
+    cpu_total_s: float = 0.0  # the bridge's CPU from the loop's start until then
+    grouped: tuple[int, int] | None = None  # the bridge's: (calls, commits) of SQLite's group commit
+
+    @property
+    def cpu_us_per_ack(self) -> float:
+        return self.cpu_s / len(self.ack_ms) * 1e6 if self.ack_ms else 0.0
 
     @property
     def rate(self) -> float:
@@ -174,15 +190,67 @@ def shots_for(sender: SlackSender, count: int, prefix: str, *, unmapped: bool) -
     return shots
 
 
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU of one thread of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def grouped_commits(log_path: Path) -> tuple[int, int] | None:
+    """The SQLite store's group commits over the bridge's life, from its closing log line."""
+    for line in reversed(log_path.read_text().splitlines()):
+        if '"database closed"' in line:
+            record = json.loads(line)
+            return int(record["grouped_calls"]), int(record["group_commits"])
+    return None
+
+
+async def relayed(session: aiohttp.ClientSession, fakes: Fakes, shots: list[Shot], loop: Loop) -> None:
+    """How many of the loop's messages the fake X had when it ended, and how long the rest took
+    (the relay may fall behind under saturation; it must catch up, not stop)."""
+    wanted = {shot.marker for shot in shots}
+    await fakes.pull(session)
+    loop.relayed_in_loop = len(wanted & fakes.arrivals.keys())
+    started = time.monotonic()
+    while not wanted <= fakes.arrivals.keys():
+        if time.monotonic() - started > DRAIN_LIMIT_S:
+            raise RuntimeError(
+                f"{len(wanted - fakes.arrivals.keys())} messages not relayed after {DRAIN_LIMIT_S} s"
+            )
+        await asyncio.sleep(0.05)
+        await fakes.pull(session)
+    loop.drain_s = time.monotonic() - started
+
+
 async def measure(
-    session: aiohttp.ClientSession, sender: SlackSender, server: Server, args: argparse.Namespace, label: str
+    session: aiohttp.ClientSession,
+    sender: SlackSender,
+    fakes: Fakes,
+    server: Server,
+    args: argparse.Namespace,
+    label: str,
 ) -> Loop:
     """Warm-up (unrecorded, Bolt's auth.test and first-request costs), then the measured loop."""
     warm = shots_for(sender, args.warmup, f"w{label}", unmapped=args.unmapped)
     await closed_loop(session, server.url, warm, args.concurrency, f"warm-{label}")
     await asyncio.sleep(args.settle)  # the bridge's relay of the warm-up, not the measured acks
     shots = shots_for(sender, args.events, f"m{label}", unmapped=args.unmapped)
+    raw = Path(args.profile or ".") / f"{label}.txt"
+    spy = None
+    if args.profile and not label.startswith("bolt"):
+        spy = start_pyspy(Path(sys.executable).with_name("py-spy"), server.proc.pid, 600, raw)
+    cpu_before = cpu_seconds(server.proc.pid)
+    main_before = thread_cpu_seconds(server.proc.pid, server.proc.pid)
     loop = await closed_loop(session, server.url, shots, args.concurrency, label)
+    loop.cpu_s = cpu_seconds(server.proc.pid) - cpu_before
+    loop.cpu_main_s = thread_cpu_seconds(server.proc.pid, server.proc.pid) - main_before
+    if spy is not None:  # the loop only, not the relay's catching up after it
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far and exits
+        await asyncio.to_thread(spy.communicate)
+        note("\n".join(["  py-spy on " + label + f": {raw}", *summarise_profile(raw, top=40)]))
+    if not label.startswith("bolt") and not args.unmapped:
+        await relayed(session, fakes, shots, loop)
+        loop.cpu_total_s = cpu_seconds(server.proc.pid) - cpu_before
     if label.startswith("bolt"):
         async with session.get(f"{server.url}/healthz") as r:
             handled = (await r.json())["handled"]
@@ -206,7 +274,7 @@ async def bench(args: argparse.Namespace) -> list[tuple[Loop, Loop]]:
                 for rep in range(args.reps):
                     bolt = await start_bolt(session, tmp, fakes, str(rep))
                     try:
-                        a = await measure(session, sender, bolt, args, f"bolt{rep}")
+                        a = await measure(session, sender, fakes, bolt, args, f"bolt{rep}")
                     finally:
                         bolt.proc.stop()
                     note(f"  bolt #{rep}: ack p50 {fmt(pct(a.ack_ms, 50), 2)} ms, {a.rate:.0f}/s")
@@ -214,9 +282,10 @@ async def bench(args: argparse.Namespace) -> list[tuple[Loop, Loop]]:
                     await prepare_database(session, db, fakes, key, 0)
                     bridge = await start_bridge(session, tmp, db, fakes, key, f"ack-{rep}")
                     try:
-                        b = await measure(session, sender, bridge, args, f"bridge{rep}")
+                        b = await measure(session, sender, fakes, bridge, args, f"bridge{rep}")
                     finally:
                         bridge.proc.stop()
+                    b.grouped = grouped_commits(bridge.proc.log_path)
                     note(f"  bridge #{rep}: ack p50 {fmt(pct(b.ack_ms, 50), 2)} ms, {b.rate:.0f}/s")
                     pairs.append((a, b))
             finally:
@@ -234,17 +303,31 @@ def report(pairs: list[tuple[Loop, Loop]], args: argparse.Namespace, load_start:
         f"load average at start {load_start}, "
         f"at end {load_average()}",
         "",
-        "| rep | server | ack p50 | ack p90 | acks/s | failed | p50 ratio (target ≤ 3×) |",
-        "|---|---|---|---|---|---|---|",
+        "| rep | server | ack p50 | ack p90 | acks/s | server CPU per ack (event loop's) | failed "
+        "| p50 ratio (target ≤ 3×) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rep, (a, b) in enumerate(pairs):
         ratio = pct(b.ack_ms, 50) / pct(a.ack_ms, 50)
         verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
         for loop, cell in ((a, ""), (b, f"{ratio:.2f}× — {verdict}")):
             name = "no-op Bolt" if loop is a else "xdm-bridge (SQLite)"
+            main_us = loop.cpu_main_s / max(1, len(loop.ack_ms)) * 1e6
             lines.append(
                 f"| {rep} | {name} | {fmt(pct(loop.ack_ms, 50), 2)} ms | {fmt(pct(loop.ack_ms, 90), 2)} ms "
-                f"| {loop.rate:.0f} | {loop.failures} | {cell} |"
+                f"| {loop.rate:.0f} | {loop.cpu_us_per_ack:,.0f} µs ({main_us:,.0f}) "
+                f"| {loop.failures} | {cell} |"
+            )
+    lines += ["", "The bridge's relay of the measured messages (to the fake X):", ""]
+    header = "| rep | on X when the loop ended | the rest relayed within | bridge CPU per message"
+    lines += [header + ", loop start to all relayed | hot-path calls per SQLite commit (whole run) |"]
+    lines += ["|---|---|---|---|---|"]
+    for rep, (_, b) in enumerate(pairs):
+        if b.cpu_total_s:
+            per_commit = f"{b.grouped[0] / max(1, b.grouped[1]):.1f}" if b.grouped else "?"
+            lines.append(
+                f"| {rep} | {b.relayed_in_loop:,} of {len(b.ack_ms) + b.failures:,} | {b.drain_s:.2f} s "
+                f"| {b.cpu_total_s / len(b.ack_ms) * 1e6:,.0f} µs | {per_commit} |"
             )
     return "\n".join(lines)
 
@@ -262,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         "--unmapped",
         action="store_true",
         help="events to channels with no mapping: the bridge's ack path without the relay's work",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the bridge during each measured loop; raw stacks kept in DIR, a summary printed",
     )
     parser.add_argument("--no-validate", action="store_true", help="the fake X skips OpenAPI checks")
     parser.add_argument("--serve-bolt", type=int, metavar="PORT", help=argparse.SUPPRESS)

@@ -66,7 +66,7 @@ from bridge.ports import (
 )
 from bridge.reconcile import Reconciler
 from bridge.render import Renderer
-from bridge.scheduler import Lanes, WakeLoop, drain
+from bridge.scheduler import AcksFirst, Lanes, WakeLoop, drain
 from bridge.sender import Sender
 from bridge.tokens import TokenManager
 from bridge.xchat import ChatSessions, XChatError
@@ -111,8 +111,11 @@ class Delivery:
         clock: Clock,
         config: DeliveryConfig | None = None,
         chats: ChatSessions | None = None,
+        acks: AcksFirst | None = None,
     ) -> None:
         self._store = store
+        # Slack's acks go first: each send and each reaction waits its turn while they queue.
+        self._acks = acks
         self._tokens = tokens
         self._budget = budget
         self._clock = clock
@@ -241,6 +244,8 @@ class Delivery:
 
     async def _schedule(self) -> float:
         """Start what may start; return how long to sleep before looking again."""
+        if self._acks is not None:
+            await self._acks.turn()  # a look is relay work too (each accepted message wakes one)
         now = self._clock.now()
         heads = await self._store.outbox_heads()
         by_account: dict[int, list[OutboxItem]] = defaultdict(list)
@@ -335,10 +340,15 @@ class Delivery:
 
     def _follow_up(self, work: Awaitable[None], item: OutboxItem | None) -> None:
         """Run Slack-side work after a send without holding the account's next send."""
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(self._in_turn(work))
         task.set_name(f"follow-up-{item.id if item else 'start'}")
         self._followups.add(task)
         task.add_done_callback(self._followups.discard)
+
+    async def _in_turn(self, work: Awaitable[None]) -> None:
+        if self._acks is not None:
+            await self._acks.turn()
+        await work
 
     # -- one send ----------------------------------------------------------
 
@@ -348,6 +358,8 @@ class Delivery:
         Returns whether the scheduler should look again (anything but an emptied channel)."""
         current = item
         while True:
+            if self._acks is not None:
+                await self._acks.turn()
             after = await self._deliver(current)
             following = self._next_in_turn(current, after.following)
             if following is None:

@@ -10,6 +10,7 @@ virtual time (tests/virtual_clock.py) instead of waiting for real seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -110,6 +111,66 @@ class WakeLoop:
             self.heartbeat = self._clock.now()
             if not self.stopping:
                 await self._clock.wait(self._wake, max(0.0, delay))
+
+
+class AcksFirst:
+    """Slack's acks before the relay's work, without starving the relay.
+
+    The web edge counts the Slack requests it is answering (``acking``); the relay calls ``turn``
+    before each step (a look at the outbox, a send, a reaction). With fewer than ``busy_at`` acks
+    under way the step goes at once; with more, acks are queued (a flood: at 200 events/s an ack
+    of a few milliseconds rarely has three others beside it), so the step waits until they drop
+    below ``busy_at`` and ``linger`` has passed with no new queue, or until the relay's floor
+    slot: one step every ``floor_gap`` seconds across all the relay's tasks. So a flood of Slack
+    events slows the relay to that floor, it catches up after, and it never stops.
+    """
+
+    def __init__(
+        self, clock: Clock, *, busy_at: int = 4, floor_gap: float = 0.02, linger: float = 0.002
+    ) -> None:
+        self._clock = clock
+        self._busy_at = busy_at
+        self._floor_gap = floor_gap
+        self._linger = linger
+        self._acking = 0
+        self._calm = asyncio.Event()  # set while fewer than ``busy_at`` acks are under way
+        self._calm.set()
+        self._calm_since = -math.inf
+        self._last_step = -math.inf
+
+    @contextlib.contextmanager
+    def acking(self) -> Iterator[None]:
+        """Around the answering of one Slack request."""
+        self._acking += 1
+        if self._acking >= self._busy_at:
+            self._calm.clear()
+        try:
+            yield
+        finally:
+            self._acking -= 1
+            if self._acking < self._busy_at and not self._calm.is_set():
+                self._calm_since = self._clock.now()
+                self._calm.set()
+
+    async def turn(self) -> None:
+        """Return when the relay's next step may go: at once unless acks are queued, or were
+        until less than ``linger`` ago (under a flood the next requests are a round trip away
+        when the last ack goes out, and a step started in that gap holds the event loop for a
+        send's or a reaction's worth of work while they wait)."""
+        while True:
+            now = self._clock.now()
+            calm = self._calm.is_set()
+            settled = self._calm_since + self._linger - now if calm else math.inf
+            if settled <= 0:
+                break
+            floor = self._last_step + self._floor_gap - now
+            if floor <= 0:
+                break  # the floor: this step goes although acks are queued
+            if calm:
+                await self._clock.sleep(min(settled, floor))  # an ack may begin meanwhile
+            else:
+                await self._clock.wait(self._calm, floor)
+        self._last_step = self._clock.now()
 
 
 class Lanes(Generic[K, R]):

@@ -20,7 +20,6 @@ messages committed) with the identity already cached, so nothing Slack sends is 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -187,8 +186,13 @@ def scrub(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogate(text) else text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    # A regular expression, not a loop over the characters: this runs on every message's text
+    # before its ack (a 4,000-character message took ~100 µs of the event loop that way).
+    return _SURROGATE.search(text) is not None
 
 
 def _str(value: Any) -> str | None:
@@ -198,8 +202,10 @@ def _str(value: Any) -> str | None:
 def _dicts(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list):
         return ()
-    # Round-trip through JSON with ASCII escapes: drops nothing, and lone surrogates stay escaped.
-    return tuple(json.loads(scrub(json.dumps(item))) for item in value if isinstance(item, dict))
+    # As parsed from this request's JSON body, not copied (nothing changes them): their lone
+    # surrogates, if any, stay escaped wherever they are written as JSON (ASCII escapes), as they
+    # did through the JSON round trip that used to copy each one here before the ack.
+    return tuple(item for item in value if isinstance(item, dict))
 
 
 def incoming_message(body: dict[str, Any], event: dict[str, Any]) -> IncomingMessage | None:

@@ -9,6 +9,11 @@ where they are, so the difference is read in one place, beside the portable vers
 ``transaction()`` makes several statements one commit. On PostgreSQL it holds one pooled
 connection; on SQLite it takes the write lock (``BEGIN IMMEDIATE``) and keeps every other caller
 of the store's thread waiting until it ends, so nothing else joins it half-way.
+
+SQLite's hot paths (``SqliteEngine.at_once``: an accept, a claim, a send) commit in groups: the
+calls that queue while the store's thread is busy run together in one transaction, one fsync for
+all of them (``synchronous = FULL``), each in a savepoint of its own so one that fails is undone
+alone, and every caller is answered once the commit holding its writes has returned.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import contextlib
 import contextvars
 import functools
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from sqlite_utils import Database
+from sqlite_utils.utils import dedupe_keys
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +75,29 @@ class Engine(Protocol):
         ...
 
 
+# Calls one group commit takes at most: a burst of thousands waits for a few commits, not for one
+# transaction holding the thread for all of them.
+GROUP_MAX = 100
+
+
+@dataclass(frozen=True)
+class GroupCommits:
+    """How SQLite's hot-path calls were committed: ``calls`` answered in ``groups`` transactions."""
+
+    groups: int = 0
+    calls: int = 0
+
+
+class _Waiter:
+    """One ``at_once`` call in the group queue: its work, and the future its caller awaits."""
+
+    __slots__ = ("future", "work")
+
+    def __init__(self, work: Callable[[Database], Any], future: asyncio.Future[Any]) -> None:
+        self.work = work
+        self.future = future
+
+
 class SqliteThread:
     """The SQLite store's one owner thread, shared by its own calls and its engine.
 
@@ -84,6 +115,12 @@ class SqliteThread:
         self._calls = 0  # calls submitted to the thread and not answered yet (``after_others``)
         self._idle = asyncio.Event()  # set while there are none
         self._idle.set()
+        # ``at_once`` calls waiting for a group commit. Appended on the event loop, taken by the
+        # store's thread when the group's hop starts (deque's append and popleft are thread-safe),
+        # so a group holds everything queued while the thread was busy with something else.
+        self._group: deque[_Waiter] = deque()
+        self._committer: asyncio.Task[None] | None = None
+        self.group_commits = GroupCommits()
 
     def inside(self) -> bool:
         """Is this task inside a ``transaction()`` of this thread's?"""
@@ -114,6 +151,37 @@ class SqliteThread:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), at_most)
 
+    async def grouped(self, db: Callable[[], Database], work: Callable[[Database], T]) -> T:
+        """``work`` committed in a group with the other calls queued meanwhile (module docstring).
+        ``work`` may run twice (a group whose whole transaction was lost runs each call again,
+        alone), so it must do nothing but its statements."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._group.append(_Waiter(work, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_groups(db), name="sqlite group commit")
+        return await future
+
+    async def _commit_groups(self, db: Callable[[], Database]) -> None:
+        """Commit groups while calls are queued; one group's hop at a time, so the calls that
+        arrive during a commit make up the next group."""
+        try:
+            while self._group:
+                taken: list[_Waiter] = []
+                try:
+                    outcomes = await self.run(_commit_group, db, self._group, taken)
+                except BaseException as exc:  # the hop itself failed (store closed, cancelled)
+                    for waiter in (*taken, *self._group):
+                        _settle(waiter.future, False, exc)
+                    self._group.clear()
+                    raise
+                self.group_commits = GroupCommits(
+                    self.group_commits.groups + outcomes.commits, self.group_commits.calls + len(taken)
+                )
+                for waiter, (ok, value) in zip(taken, outcomes.results, strict=True):
+                    _settle(waiter.future, ok, value)
+        finally:
+            self._committer = None
+
     @asynccontextmanager
     async def transaction(self, db: Callable[[], Database]) -> AsyncIterator[None]:
         if self._inside.get():
@@ -132,6 +200,65 @@ class SqliteThread:
                     raise
             finally:
                 self._inside.reset(token)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # its caller gave up waiting (the work was done all the same)
+        return
+    if ok:
+        future.set_result(value)
+    elif isinstance(value, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(value)
+
+
+@dataclass
+class _Outcomes:
+    """A group's answers in order, ``(True, result)`` or ``(False, exception)``, and the
+    transactions it took (one, unless the group's own was lost)."""
+
+    results: list[tuple[bool, Any]]
+    commits: int
+
+
+def _commit_group(
+    connection: Callable[[], Database], queue: deque[_Waiter], taken: list[_Waiter]
+) -> _Outcomes:
+    """On the store's thread: take up to ``GROUP_MAX`` queued calls (into ``taken``, which the
+    event loop reads if this fails), run each in its own savepoint of one transaction, commit."""
+    while queue and len(taken) < GROUP_MAX:
+        taken.append(queue.popleft())
+    db = connection()
+    conn = db.conn
+    results: list[tuple[bool, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for waiter in taken:
+            conn.execute("SAVEPOINT grouped")
+            try:
+                results.append((True, waiter.work(db)))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # the whole transaction is gone (below)
+                conn.execute("ROLLBACK TO grouped")
+                results.append((False, exc))
+            conn.execute("RELEASE grouped")
+        conn.execute("COMMIT")
+        return _Outcomes(results, 1)
+    except Exception:
+        # The transaction itself was lost (the commit failed, a statement rolled everything back,
+        # the write lock never came): nothing of the group is on disk. Each call again, alone,
+        # so only the ones that fail on their own fail.
+        _rollback(lambda: db)
+    return _Outcomes([_alone(connection, waiter.work) for waiter in taken], len(taken))
+
+
+def _alone(connection: Callable[[], Database], work: Callable[[Database], Any]) -> tuple[bool, Any]:
+    try:
+        return True, _immediate(connection, work)
+    except Exception as exc:
+        return False, exc
 
 
 def _rollback(db: Callable[[], Database]) -> None:
@@ -171,11 +298,16 @@ class SqliteEngine:
         return await self._thread.run(_immediate, self._db, lambda db: _drive(work(SqliteDirect(db))))
 
     async def at_once(self, work: Callable[[Statements], T]) -> T:
-        """``atomic`` for synchronous ``work`` (SQLite's accept, claim and send): its statements in
-        one transaction and one hop to the store's thread."""
+        """Run ``work``'s statements atomically in one hop to the store's thread, committed in a
+        group with the other ``at_once`` calls queued meanwhile (one fsync for all).
+
+        For SQLite's hot paths (an accept, a claim, a send): a transaction of several awaited
+        statements holds the thread across as many event-loop turns, and every other caller of
+        the store waits for all of them. ``work`` may run twice (``SqliteThread.grouped``): it
+        must do nothing but its statements."""
         if self._thread.inside():  # joins the transaction() open in this task
             return await self._thread.run(lambda: work(SqliteStatements(self._db())))
-        return await self._thread.run(_immediate, self._db, lambda db: work(SqliteStatements(db)))
+        return await self._thread.grouped(self._db, lambda db: work(SqliteStatements(db)))
 
 
 def _immediate(connection: Callable[[], Database], work: Callable[[Database], T]) -> T:
@@ -240,21 +372,40 @@ class Statements(Protocol):
 
 
 class SqliteStatements:
-    """``Statements`` on the SQLite connection, called on its owner thread only."""
+    """``Statements`` on the SQLite connection, called on its owner thread only, always inside a
+    transaction opened by the engine (``at_once``, ``atomic``).
+
+    On the connection itself rather than through sqlite-utils' ``query`` and ``execute``: those
+    wrap each statement in a savepoint of its own and guard autocommit, three statements for
+    one, which the open transaction makes useless; the hot path runs four per accept. Rows are
+    dicts by column name as sqlite-utils makes them (a repeated name gets ``_2``)."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._conn = db.conn
 
     def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return list(self._db.query(sql, params))
+        cursor = self._conn.execute(sql, params)
+        if cursor.description is None:
+            return []
+        keys = dedupe_keys(d[0] for d in cursor.description)
+        return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
     def fetchone(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        for row in self._db.query(sql, params):
-            return row  # the first: the rest are not read
-        return None
+        cursor = self._conn.execute(sql, params)
+        try:
+            if cursor.description is None:
+                return None
+            row = cursor.fetchone()  # the first: the rest are not read (a write is done by now)
+            return (
+                None
+                if row is None
+                else dict(zip(dedupe_keys(d[0] for d in cursor.description), row, strict=True))
+            )
+        finally:
+            cursor.close()  # resets the statement, so nothing is left running at the commit
 
     def execute(self, sql: str, *params: Any) -> int:
-        count: int = self._db.execute(sql, params).rowcount
+        count: int = self._conn.execute(sql, params).rowcount
         return count
 
 

@@ -24,7 +24,7 @@ from typing import IO
 from sqlite_utils import Database
 
 from adapters.store.crypto import TokenCipher
-from adapters.store.engine import SqliteEngine, SqliteThread
+from adapters.store.engine import GroupCommits, SqliteEngine, SqliteThread
 from adapters.store.every_role import RoleStore
 from bridge.errors import StoreUnavailable
 from bridge.ports import LockedAccount
@@ -169,6 +169,10 @@ class SqliteStore(RoleStore):
     async def close(self) -> None:
         if self._db is not None:
             await self._thread.run(self._close)
+            grouped = self._thread.group_commits
+            log.info(
+                "database closed", extra={"grouped_calls": grouped.calls, "group_commits": grouped.groups}
+            )
         self._executor.shutdown(wait=True)
         if self._refresh_lock_handle is not None:
             self._refresh_lock_handle.close()
@@ -193,6 +197,11 @@ class SqliteStore(RoleStore):
     def engine(self) -> SqliteEngine:
         """Statements for the role stores written once over ``adapters.store.engine``."""
         return SqliteEngine(self._thread, lambda: self.db)
+
+    @property
+    def group_commits(self) -> GroupCommits:
+        """How the hot path's calls (accepts, claims, sends) were committed so far, in groups."""
+        return self._thread.group_commits
 
     @property
     def db(self) -> Database:

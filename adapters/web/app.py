@@ -196,7 +196,13 @@ async def slack_events(request: web.Request) -> web.StreamResponse:
 
     The signature, the encoding and the body's shape are checked here first: Bolt parses
     the body before it verifies anything, and a malformed body would otherwise be a 500.
+    While several are being answered the relay's work waits its turn (``AcksFirst``).
     """
+    with request.app[SERVICES].acks.acking():
+        return await _slack_request(request)
+
+
+async def _slack_request(request: web.Request) -> web.StreamResponse:
     timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
     # Unix seconds: ASCII digits, and few (5,000 of them are more than int() converts: a 500).
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):

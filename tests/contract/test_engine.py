@@ -4,6 +4,9 @@ transaction commits whole or not at all, and nobody else's statement lands insid
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 from adapters.store.crypto import TokenCipher, generate_key
 from adapters.store.engine import Statements
 from adapters.store.sqlite import SqliteStore
+from tests import pg
 from tests.contract.conftest import Engine
 
 
@@ -150,6 +154,117 @@ async def test_sqlite_runs_a_hot_path_at_once_whole_or_not_at_all(tmp_path: Path
         with pytest.raises(Boom):
             await store.engine.at_once(half)
         assert await store.engine.fetch("SELECT id FROM seam_probe ORDER BY id") == [{"id": 1}, {"id": 2}]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_commits_hot_path_calls_that_queue_together_as_one_group(tmp_path: Path) -> None:
+    """SQLite only: ``at_once`` calls that arrive while the store's thread is busy are committed
+    in one transaction (one fsync), each caller answered after that commit with its own result;
+    one that raises, or whose statement fails, fails alone and leaves nothing behind."""
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        await store.engine.execute("CREATE TABLE seam_probe (id INTEGER PRIMARY KEY, note TEXT)")
+        await store.engine.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1000, "taken")
+
+        def insert(n: int) -> Callable[[Statements], int]:
+            def work(sql: Statements) -> int:
+                row = sql.fetchone("INSERT INTO seam_probe (id, note) VALUES (?, ?) RETURNING id", n, f"n{n}")
+                assert row is not None
+                return int(row["id"])
+
+            return work
+
+        def half(sql: Statements) -> None:
+            sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 500, "half")
+            raise Boom
+
+        def clash(sql: Statements) -> None:
+            sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 501, "clash")
+            sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", 1000, "again")  # taken
+
+        async def call(work: Callable[[Statements], Any]) -> Any:
+            result = await store.engine.at_once(work)
+            # Answered after the commit that holds its row: another connection sees it.
+            seen = await pg.query(
+                str(tmp_path / "store.db"), "SELECT COUNT(*) FROM seam_probe WHERE id = ?", result
+            )
+            assert seen == [(1,)]
+            return result
+
+        before = store.group_commits
+        busy, release = threading.Event(), threading.Event()
+
+        async def hold(tx: Any) -> None:
+            busy.set()
+            release.wait(5)  # the store's thread is busy: the calls below queue up behind it
+
+        holding = asyncio.ensure_future(store.engine.atomic(hold))
+        await asyncio.to_thread(busy.wait, 5)
+        calls = [asyncio.ensure_future(call(insert(n))) for n in range(1, 11)]
+        calls.insert(3, asyncio.ensure_future(call(half)))
+        calls.insert(7, asyncio.ensure_future(call(clash)))
+        await asyncio.sleep(0.01)
+        release.set()
+        await holding
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(outcomes[3], Boom)
+        assert isinstance(outcomes[7], sqlite3.IntegrityError)
+        assert [o for i, o in enumerate(outcomes) if i not in (3, 7)] == list(range(1, 11))
+        assert await store.engine.fetch("SELECT id FROM seam_probe ORDER BY id") == [
+            {"id": n} for n in [*range(1, 11), 1000]
+        ]
+        # Twelve calls that queued together, one commit.
+        after = store.group_commits
+        assert (after.groups - before.groups, after.calls - before.calls) == (1, 12)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_group_whose_transaction_a_call_ends_still_commits_the_others(tmp_path: Path) -> None:
+    """A statement that rolls back the whole transaction (a ``RAISE(ROLLBACK)`` trigger, as a full
+    disk would) takes the calls grouped before it with it: they are run again, each alone, and
+    only the one that failed fails."""
+    store = SqliteStore(str(tmp_path / "store.db"), TokenCipher([generate_key()]))
+    await store.open()
+    try:
+        await store.engine.execute("CREATE TABLE seam_probe (id INTEGER PRIMARY KEY, note TEXT)")
+        await store.engine.execute(
+            "CREATE TRIGGER seam_veto BEFORE INSERT ON seam_probe WHEN NEW.note = 'veto' "
+            "BEGIN SELECT RAISE(ROLLBACK, 'vetoed'); END"
+        )
+
+        def insert(n: int, note: str) -> Callable[[Statements], int]:
+            def work(sql: Statements) -> int:
+                sql.execute("INSERT INTO seam_probe (id, note) VALUES (?, ?)", n, note)
+                return n
+
+            return work
+
+        busy, release = threading.Event(), threading.Event()
+
+        async def hold(tx: Any) -> None:
+            busy.set()
+            release.wait(5)
+
+        holding = asyncio.ensure_future(store.engine.atomic(hold))
+        await asyncio.to_thread(busy.wait, 5)
+        notes = ["a", "b", "veto", "c", "d"]
+        calls = [asyncio.ensure_future(store.engine.at_once(insert(n, note))) for n, note in enumerate(notes)]
+        await asyncio.sleep(0.01)
+        release.set()
+        await holding
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(outcomes[2], sqlite3.IntegrityError) and "vetoed" in str(outcomes[2])
+        assert [o for i, o in enumerate(outcomes) if i != 2] == [0, 1, 3, 4]
+        assert await store.engine.fetch("SELECT id, note FROM seam_probe ORDER BY id") == [
+            {"id": 0, "note": "a"},
+            {"id": 1, "note": "b"},
+            {"id": 3, "note": "c"},
+            {"id": 4, "note": "d"},
+        ]
+        assert await store.ping()
     finally:
         await store.close()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from adapters.store.postgres import PostgresStore
 from adapters.store.sqlite import SqliteStore
 from bridge.model import (
+    Accepted,
     ChannelMapping,
     IncomingMessage,
     MappingKind,
@@ -124,6 +127,51 @@ async def test_accept_hands_back_the_row_only_when_it_is_next_to_send(engine: En
         assert again is not None and not again.new
         unmapped = IncomingMessage("T1", "C9", "4.000", "U1", "x", event_id="E4")
         assert await store.accept_if_mapped(unmapped, 4.0) is None
+
+
+async def test_concurrent_accepts_each_commit_their_own_row_and_a_bad_one_fails_alone(
+    engine: Engine,
+) -> None:
+    """Accepts arriving together (SQLite commits them as one group, one fsync): every caller is
+    answered only once its row is committed, with its own row, and the one message that cannot be
+    stored fails its own accept only."""
+    async with one_channel(engine) as (store, mapping):
+        for channel in ("C2", "C3"):
+            await store.create_mapping(dataclasses.replace(mapping, channel_id=channel))
+        messages = [
+            IncomingMessage("T1", f"C{1 + n % 3}", f"{n}.000", "U1", f"m{n}", event_id=f"E{n}")
+            for n in range(30)
+        ]
+        # Its blocks cannot be written down (not JSON): this accept must fail, alone.
+        bad = IncomingMessage("T1", "C2", "99.000", "U1", "bad", event_id="E99", blocks=({"x": object()},))
+
+        async def accept(message: IncomingMessage) -> Accepted | None:
+            result = await store.accept_if_mapped(message, 1.0)
+            # Answered only once the row is committed: another connection sees it already.
+            found = await engine.sql(
+                "SELECT COUNT(*) FROM outbox WHERE channel_id = ? AND slack_ts = ?",
+                message.channel_id,
+                message.ts,
+            )
+            assert found == [(1,)], message
+            return result
+
+        outcomes = await asyncio.gather(
+            *(accept(m) for m in messages[:15]),
+            accept(bad),
+            *(accept(m) for m in messages[15:]),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[15], TypeError)
+        results = [r for i, r in enumerate(outcomes) if i != 15]
+        assert all(isinstance(r, Accepted) and r.new for r in results), results
+        stored = await engine.sql("SELECT channel_id, slack_ts, id FROM outbox ORDER BY id")
+        assert sorted((c, ts) for c, ts, _ in stored) == sorted((m.channel_id, m.ts) for m in messages)
+        # One head per channel: the accept that found its channel idle, and it is the oldest row.
+        heads = [r.head for r in results if isinstance(r, Accepted) and r.head is not None]
+        assert sorted(h.channel_id for h in heads) == ["C1", "C2", "C3"]
+        first = {c: min(i for ch, _, i in stored if ch == c) for c in ("C1", "C2", "C3")}
+        assert {h.channel_id: h.id for h in heads} == first
 
 
 @memory_too

@@ -8,6 +8,7 @@ message waits, a refusal that fails one message and not its channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -17,6 +18,7 @@ from bridge.delivery import Delivery, DeliveryConfig
 from bridge.errors import Failure, RateFacts, XRateLimited, XRefused
 from bridge.model import OutboxState, Sent, Target
 from bridge.ports import SlackClient, Store, XClient, XOAuth
+from bridge.scheduler import AcksFirst
 from bridge.tokens import TokenManager
 from tests.memory_store import MemoryStore
 from tests.virtual_clock import VirtualClock
@@ -77,7 +79,12 @@ class Slack:
 
 @asynccontextmanager
 async def delivering(
-    outbox: MemoryStore, clock: VirtualClock, x: X, slack: Slack, **config: object
+    outbox: MemoryStore,
+    clock: VirtualClock,
+    x: X,
+    slack: Slack,
+    acks: AcksFirst | None = None,
+    **config: object,
 ) -> AsyncIterator[Delivery]:
     store: Store = outbox
     tokens = TokenManager(store, cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0))
@@ -90,6 +97,7 @@ async def delivering(
         budget,
         clock,
         DeliveryConfig(**config),  # type: ignore[arg-type]
+        acks=acks,
     )
     task = asyncio.create_task(delivery.run())
     try:
@@ -113,6 +121,25 @@ async def test_two_channels_of_one_account_take_turns() -> None:
     assert [text for _, text in x.sent] == ["one-0", "two-0", "one-1", "two-1", "one-2", "two-2"]
     assert {state for state in map(outbox.state, outbox.rows)} == {OutboxState.SENT}
     assert [name for _, name in slack.reactions] == ["white_check_mark"] * 6
+
+
+async def test_queued_acks_slow_the_relay_to_its_floor_and_it_catches_up_after() -> None:
+    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    x = X(clock, per_window=100)
+    acks = AcksFirst(clock, busy_at=2, floor_gap=0.1)
+    outbox.account()
+    for n in range(10):
+        outbox.add(f"C{n}", f"m{n}")
+    with contextlib.ExitStack() as answering:
+        for _ in range(3):  # Slack's requests being answered: acks are queued
+            answering.enter_context(acks.acking())
+        async with delivering(outbox, clock, x, slack, acks):
+            await clock.advance(0.35)
+            # A send and its ✅ are each a step: the floor lets a few through, not all, not none.
+            assert 1 <= len(x.sent) <= 3
+            answering.close()  # the acks are answered: the rest goes without waiting for the floor
+            took = await clock.until(lambda: len(x.sent) == 10 and len(slack.reactions) == 10, 1.0, 0.01)
+            assert took < 0.2  # at the floor the rest would take 1.4 s (7 sends, 7 ✅s)
 
 
 async def test_past_xs_window_messages_wait_for_its_reset_with_an_hourglass_then_go() -> None:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bridge.scheduler import Lanes, WakeLoop, backoff
+from bridge.scheduler import AcksFirst, Lanes, WakeLoop, backoff
 from tests.virtual_clock import VirtualClock
 
 
@@ -156,3 +156,69 @@ async def test_a_stop_before_the_loop_has_started_still_ends_it() -> None:
     loop.stop()
     await clock.advance(60)
     assert task.done() and step.at == []
+
+
+async def test_the_relay_goes_at_once_while_no_acks_are_queued() -> None:
+    clock = VirtualClock()
+    acks = AcksFirst(clock, busy_at=2, floor_gap=0.02)
+    with acks.acking():  # one ack being answered is not a queue
+        turn = asyncio.create_task(acks.turn())
+        await clock.settle()
+        assert turn.done()
+
+
+async def test_queued_acks_hold_the_relay_until_they_are_answered() -> None:
+    clock = VirtualClock()
+    acks = AcksFirst(clock, busy_at=2, floor_gap=10.0, linger=0.0)
+    started = clock.now()
+    with acks.acking():
+        first = asyncio.create_task(acks.turn())
+        await clock.settle()
+        assert first.done()
+        with acks.acking():
+            held = asyncio.create_task(acks.turn())  # its floor slot is 10 s after the last step
+            await clock.advance(1.0)
+            assert not held.done()
+        await clock.settle()  # down to one ack: no longer a queue
+        assert held.done()
+    assert clock.now() - started == 1.0
+
+
+async def test_under_acks_that_never_stop_the_relay_still_gets_one_step_per_floor_gap() -> None:
+    clock = VirtualClock()
+    acks = AcksFirst(clock, busy_at=2, floor_gap=0.02)
+    granted: list[float] = []
+    started = clock.now()
+
+    async def step() -> None:
+        await acks.turn()
+        granted.append(round(clock.now() - started, 3))
+
+    with acks.acking(), acks.acking(), acks.acking():
+        steps = [asyncio.create_task(step()) for _ in range(5)]
+        await clock.advance(0.05)
+        # Steps waiting together are spread out, one per gap, never all at once, never none.
+        assert granted == [0.0, 0.02, 0.04]
+        await clock.advance(0.05)
+        assert granted == [0.0, 0.02, 0.04, 0.06, 0.08]
+    await asyncio.gather(*steps)
+
+
+async def test_a_step_waits_a_moment_after_the_last_ack_in_case_more_follow() -> None:
+    clock = VirtualClock()
+    acks = AcksFirst(clock, busy_at=1, floor_gap=10.0, linger=0.002)
+    started = clock.now()
+    with acks.acking():
+        await acks.turn()  # the floor's first step
+        held = asyncio.create_task(acks.turn())
+        await clock.advance(0.001)
+    await clock.advance(0.001)  # 1 ms after the ack: the next request may be on its way
+    assert not held.done()
+    with acks.acking():  # and it was
+        await clock.advance(0.005)
+        assert not held.done()
+    await clock.advance(0.0019)
+    assert not held.done()
+    await clock.advance(0.0002)  # 2 ms after the last ack, none since: the relay's turn
+    assert held.done()
+    assert round(clock.now() - started, 4) == 0.0091
