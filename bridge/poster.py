@@ -118,6 +118,46 @@ def _fit(text: str, room: int) -> str:
     return escaped  # not reached: the whole text did not fit
 
 
+class _Pace:
+    """Slack's pace for ``chat.postMessage``: each channel a token bucket (``post_rate`` a
+    second, bursts of ``post_burst``), as Slack allows about one post a second per channel with
+    short bursts; and a workspace held back after a 429 that Slack's client could not wait out
+    (its limit is workspace-wide too, of a size Slack does not publish: every channel posting on
+    into it would meet 429 after 429)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(max(1, burst))
+        self._channels: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, as of when
+        self._teams: dict[str, float] = {}  # held until
+
+    def _tokens(self, key: tuple[str, str], now: float) -> float:
+        tokens, at = self._channels.get(key, (self._burst, now))
+        return min(self._burst, tokens + max(0.0, now - at) * self._rate)
+
+    def ready_at(self, key: tuple[str, str], now: float) -> float:
+        """When the channel may be posted to next (``now`` or earlier: at once)."""
+        ready = self._teams.get(key[0], now)
+        if self._rate > 0 and key in self._channels:
+            tokens = self._tokens(key, now)
+            if tokens < 1.0:
+                ready = max(ready, now + (1.0 - tokens) / self._rate)
+        return ready
+
+    def posting(self, key: tuple[str, str], now: float) -> None:
+        """A post to the channel goes now."""
+        if self._rate > 0:
+            self._channels[key] = (self._tokens(key, now) - 1.0, now)
+
+    def hold_team(self, team_id: str, until: float) -> None:
+        self._teams[team_id] = max(until, self._teams.get(team_id, until))
+
+    def forget(self, now: float) -> None:
+        """Drop what no longer holds anything back (bounded by the channels posted to lately)."""
+        self._channels = {k: v for k, v in self._channels.items() if self._tokens(k, now) < self._burst}
+        self._teams = {k: v for k, v in self._teams.items() if v > now}
+
+
 class Poster:
     """Posts the queued rows' channel heads into Slack (in the leader's process)."""
 
@@ -147,6 +187,7 @@ class Poster:
         # starts, and the earliest time a head seen in this walk becomes due.
         self._heads_after: tuple[str, str] | None = None
         self._walk_wake = math.inf
+        self._pace = _Pace(config.post_rate, config.post_burst)
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self.chats: ChatInbound | None = None  # an X Chat row's media and edits come through it
         self.on_posted: Callable[[InboundItem], None] | None = None
@@ -198,6 +239,10 @@ class Poster:
             if held is not None:
                 self._walk_wake = min(self._walk_wake, held)
                 continue
+            ready = self._pace.ready_at(key, now)
+            if ready > now:
+                self._walk_wake = min(self._walk_wake, ready)
+                continue
             room -= 1
             # The next look once the lane is free again (so it sees the channel's next row).
             self._lanes.start(key, self._drive(head), lambda _: self._loop.wake(), label=head.channel_id)
@@ -205,18 +250,25 @@ class Poster:
             return 0.0  # more channels after this window
         # The walk reached the last channel: the next one starts from the first.
         wake_at, self._heads_after, self._walk_wake = min(self._walk_wake, now + 30.0), None, math.inf
+        self._pace.forget(now)
         return wake_at - now
 
     async def _drive(self, item: InboundItem) -> None:
-        """Post the channel's head, then its next rows while they are due."""
+        """Post the channel's head, then its next rows while they are due and Slack's pace
+        allows; else the walk comes back to the channel when its next row is due."""
         current: InboundItem | None = item
+        key = (item.team_id, item.channel_id)
         try:
             while current is not None and not self._stopping:
                 current = await self._post(current)
                 now = self._clock.now()
-                if current is not None and (
-                    current.next_attempt_at > now or self._held_until(current, now) is not None
-                ):
+                if current is None:
+                    break
+                ready = self._pace.ready_at(key, now)
+                if ready > now:
+                    self._walk_wake = min(self._walk_wake, ready)  # seen busy by the walk
+                    break
+                if current.next_attempt_at > now or self._held_until(current, now) is not None:
                     break
         except Exception:
             log.exception("inbound post failed", extra={"channel": item.channel_id})
@@ -256,6 +308,9 @@ class Poster:
                 )
             except SlackMessageRefused as exc:
                 refused = exc  # handled below, out of this try: it posts again
+            finally:
+                # Counted once Slack answered (it counts the post when it arrives, before that).
+                self._pace.posting((item.team_id, item.channel_id), self._clock.now())
         except SlackRateLimited as exc:
             # A 429 means Slack did not post it: the row (and the channel behind it) waits.
             until = self._clock.now() + max(1.0, exc.retry_after)
@@ -264,6 +319,8 @@ class Poster:
             )
             await self._store.reschedule_inbound(item.id, unsent, until, str(exc))
             await self._store.hold_channel(item.team_id, item.channel_id, until)
+            # Slack's limit may be the workspace's: no channel of it is posted to before then.
+            self._pace.hold_team(item.team_id, until)
             return None
         except SlackTransient as exc:
             # It may have been posted: stay "posting" so the history is checked before a retry.

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from adapters.sandbox.fake_slack import PostLimits
 from adapters.sandbox.fake_x import FakeX
 from bridge.inbound import InboundConfig
 from bridge.poster import METADATA_TYPE
@@ -15,6 +16,7 @@ from tests.harness import (
     ALICE,
     BOB,
     CAROL,
+    FAST_INBOUND,
     ME,
     READ_WINDOW,
     Bridge,
@@ -145,6 +147,45 @@ async def test_slack_429_holds_the_channel_back_in_order_and_drops_nothing(tmp_p
         await wait_posts(bridge, 4, timeout=20.0)
         await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["m0", "m1", "m2", "m3"]
+
+
+async def test_posts_keep_to_slacks_pace_per_channel_without_meeting_its_429(tmp_path: Path) -> None:
+    """Slack allows about one post a second per channel, with short bursts: a burst of replies
+    goes out at that pace (a burst, then one a second), in order, and Slack never answers 429."""
+    paced = InboundConfig(**{**FAST_INBOUND.__dict__, "post_rate": 1.0, "post_burst": 2})
+    async with running_bridge(tmp_path, inbound=paced) as bridge:
+        bridge.slack.post_limits = PostLimits(per_channel_per_s=1.0, channel_burst=2)
+        await ready(bridge)
+        for i in range(4):
+            bridge.x.add_event(CONVERSATION, ALICE, f"m{i}")
+        await wait_posts(bridge, 4, timeout=20.0)
+        await settled(bridge)
+        assert [m["text"] for m in posts(bridge)] == ["m0", "m1", "m2", "m3"]
+        calls = bridge.slack.calls_to("chat.postMessage")
+        assert [c.status for c in calls] == [200] * 4
+        # The two after the burst each waited for Slack's second.
+        assert calls[3].at - calls[1].at >= 1.9
+
+
+async def test_a_429_slack_could_not_wait_out_holds_the_workspaces_other_channels_too(
+    tmp_path: Path,
+) -> None:
+    """Slack's posting limit is workspace-wide as well as per channel: after a 429 the Slack
+    client's own retries did not wait out, no channel of the workspace is posted to before its
+    Retry-After (each posting on into the limit would meet 429 after 429)."""
+    one_at_a_time = InboundConfig(**{**FAST_INBOUND.__dict__, "post_channels": 1})
+    async with running_bridge(tmp_path, inbound=one_at_a_time) as bridge:
+        await ready(bridge)
+        await bridge.map_link(CONVERSATION, channel="C200")
+        # The first post and the client's three retries of it.
+        bridge.slack.ratelimit_next("chat.postMessage", count=4, retry_after=1)
+        bridge.x.add_event(CONVERSATION, ALICE, "hello")
+        await wait_posts(bridge, 1, timeout=20.0)
+        await wait_posts(bridge, 1, "C200", timeout=20.0)
+        calls = bridge.slack.calls_to("chat.postMessage")
+        assert [c.status for c in calls] == [429] * 4 + [200, 200]
+        # The 429 Slack's client gave up on held every channel for its Retry-After.
+        assert calls[4].at - calls[3].at >= 0.9
 
 
 async def test_a_post_whose_answer_is_lost_is_found_in_history_not_posted_twice(tmp_path: Path) -> None:
