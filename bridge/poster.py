@@ -149,6 +149,11 @@ class _Pace:
         if self._rate > 0:
             self._channels[key] = (self._tokens(key, now) - 1.0, now)
 
+    def team_held(self, team_id: str, now: float) -> float | None:
+        """Until when the workspace is held back, if it is."""
+        until = self._teams.get(team_id)
+        return until if until is not None and until > now else None
+
     def hold_team(self, team_id: str, until: float) -> None:
         self._teams[team_id] = max(until, self._teams.get(team_id, until))
 
@@ -225,12 +230,18 @@ class Poster:
             return 30.0  # a lane that ends wakes the loop
         limit = room + len(self._lanes)  # busy channels may be in the window: room for the others
         heads = await self._store.inbound_heads(self._heads_after, limit)
+        started, team_wake = room, math.inf
         for head in heads:
             key = (head.team_id, head.channel_id)
             if room == 0:
                 return 30.0  # the walk goes on from the last head started, once a lane ends
             self._heads_after = key
             if self._lanes.busy(key):
+                continue
+            team_held = self._pace.team_held(head.team_id, now)
+            if team_held is not None:
+                team_wake = min(team_wake, team_held)
+                self._walk_wake = min(self._walk_wake, team_held)
                 continue
             if head.next_attempt_at > now:
                 self._walk_wake = min(self._walk_wake, head.next_attempt_at)
@@ -246,6 +257,11 @@ class Poster:
             room -= 1
             # The next look once the lane is free again (so it sees the channel's next row).
             self._lanes.start(key, self._drive(head), lambda _: self._loop.wake(), label=head.channel_id)
+        if len(heads) == limit and room == started and team_wake < math.inf:
+            # A workspace held by Slack's 429, nothing started in this window: its channels fill
+            # the windows after it too, and walking them all (a query a window) would be for
+            # nothing until the hold ends; a lane that ends wakes the loop sooner.
+            return team_wake - now
         if len(heads) == limit:
             return 0.0  # more channels after this window
         # The walk reached the last channel: the next one starts from the first.

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bridge.poster import _Pace
+from typing import Any, cast
+
+from bridge.inbound import InboundConfig
+from bridge.model import EventKind, InboundItem, InboundOrigin, InboundState
+from bridge.ports import Clock as ClockPort
+from bridge.ports import SlackClient, Store, XClient
+from bridge.poster import Poster, _Pace
+from bridge.tokens import TokenManager
 
 C1 = ("T1", "C1")
 C2 = ("T1", "C2")
@@ -51,3 +58,68 @@ def test_forget_keeps_only_what_still_holds_back() -> None:
     pace.forget(103.0)
     assert pace._channels == {}
     assert pace._teams == {}
+
+
+class Heads:
+    """The one Store method the poster's walk uses (``inbound_heads``), over channels in memory,
+    counting the windows asked for."""
+
+    def __init__(self, channels: int) -> None:
+        self.heads = [_head(i, f"C{i:05d}") for i in range(channels)]
+        self.windows = 0
+
+    async def inbound_heads(
+        self, after: tuple[str, str] | None = None, limit: int | None = None
+    ) -> list[Any]:
+        self.windows += 1
+        found = [h for h in self.heads if after is None or (h.team_id, h.channel_id) > after]
+        return found[:limit]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def _head(row_id: int, channel: str) -> InboundItem:
+    return InboundItem(
+        id=row_id,
+        dm_event_id=str(row_id),
+        seq=row_id,
+        account_id=1,
+        conversation_id="1-2",
+        team_id="T1",
+        channel_id=channel,
+        kind=EventKind.MESSAGE_CREATE,
+        sender_id="2",
+        payload={"text": "hi"},
+        origin=InboundOrigin.POLL,
+        state=InboundState.QUEUED,
+        attempts=0,
+        next_attempt_at=0.0,
+        posting_since=None,
+        slack_ts=None,
+        created_at=0.0,
+    )
+
+
+async def test_a_held_workspace_is_not_walked_window_after_window_until_its_hold_ends() -> None:
+    """10,000 channels waiting in a workspace Slack holds back: one window is read, and the
+    walk sleeps until the hold ends instead of reading the other 624 windows for nothing."""
+    store, clock = Heads(10_000), Clock()
+    poster = Poster(
+        cast(Store, store),
+        cast(XClient, None),
+        cast(SlackClient, None),
+        cast(TokenManager, None),
+        cast(ClockPort, clock),
+        InboundConfig(post_channels=16),
+        lambda item, now: None,
+        lambda what, why: None,
+    )
+    poster._pace.hold_team("T1", clock.t + 5.0)
+    assert await poster._schedule() == 5.0
+    assert store.windows == 1
