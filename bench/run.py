@@ -60,6 +60,7 @@ from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore, open_database  # noqa: E402
 from bench import cost_split  # noqa: E402
 from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
+from migrations import PENDING_STATES  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 PYSPY = Path(sys.executable).with_name("py-spy")
@@ -704,6 +705,24 @@ async def backlog_progress(session: aiohttp.ClientSession, fakes: Fakes, db_path
     return int(stats.get("posts", 0)), await asyncio.to_thread(inbound_written, db_path)
 
 
+def outbox_pending(db_path: Path) -> int:
+    """Accepted messages not delivered to X yet (read beside the bridge)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        found = db.execute(f"SELECT COUNT(*) FROM outbox WHERE state IN {PENDING_STATES}").fetchone()
+        return int(found[0] or 0)
+
+
+async def delivered_all(db_path: Path, limit_s: float = 60.0) -> None:
+    """Until the bridge has delivered everything accepted (a load it could not keep up with
+    leaves deliveries behind), at most ``limit_s``: an idle window measures the backlog's own
+    work, not the relay's leftovers."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(outbox_pending, db_path):
+            return
+        await asyncio.sleep(0.5)
+
+
 async def idle_window(
     session: aiohttp.ClientSession,
     server: Server,
@@ -714,7 +733,9 @@ async def idle_window(
 ) -> cost_split.Window:
     """The bridge's CPU over ``seconds`` with no events sent: the backlog's own work (and the
     bridge's timers), to be told from the load's. py-spy (when installed) samples it into
-    ``spy``, which tells the take's share from the poster's."""
+    ``spy``, which tells the take's share from the poster's. It starts once the outbox is
+    delivered (at most a minute)."""
+    await delivered_all(db_path)
     posts, taken = await backlog_progress(session, fakes, db_path)
     pyspy = start_pyspy(PYSPY, server.proc.pid, seconds, spy) if PYSPY.exists() else None
     cpu = cpu_seconds(server.proc.pid)
@@ -1222,7 +1243,8 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
             f"ack p50 {fmt(pct(run.ack_ms, 50), 2)} ms, accepted {len(run.ok)}, relayed {run.delivered}"
         )
     w(
-        "   the backlog's own work: before each load an idle window (no events) as long, its CPU above the "
+        "   the backlog's own work: before each load (once the outbox is delivered, at most a minute) an "
+        "idle window (no events) as long, its CPU above the "
         "10-mapping bridge's idle rate costed per unit of backlog work (row taken, Slack post; shared by "
         "py-spy's take/poster samples when both ran); net = (load CPU - idle base rate x span - rows taken "
         "x per-row cost - posts x per-post cost) / events"
