@@ -118,18 +118,23 @@ def _fit(text: str, room: int) -> str:
     return escaped  # not reached: the whole text did not fit
 
 
+WORKSPACE_LIMITED = 60.0  # 429s on two channels of a workspace this close: the workspace's limit
+
+
 class _Pace:
     """Slack's pace for ``chat.postMessage``: each channel a token bucket (``post_rate`` a
     second, bursts of ``post_burst``), as Slack allows about one post a second per channel with
-    short bursts; and a workspace held back after a 429 that Slack's client could not wait out
-    (its limit is workspace-wide too, of a size Slack does not publish: every channel posting on
-    into it would meet 429 after 429)."""
+    short bursts; and a workspace held back when a second channel of it meets a 429 that Slack's
+    client could not wait out (Slack's limit is workspace-wide too, of a size it does not
+    publish: every channel posting on into it would meet 429 after 429). One channel's 429
+    holds that channel only."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(max(1, burst))
         self._channels: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, as of when
         self._teams: dict[str, float] = {}  # held until
+        self._limited: dict[str, tuple[str, float]] = {}  # a workspace's last 429: channel, when
 
     def _tokens(self, key: tuple[str, str], now: float) -> float:
         tokens, at = self._channels.get(key, (self._burst, now))
@@ -154,6 +159,15 @@ class _Pace:
         until = self._teams.get(team_id)
         return until if until is not None and until > now else None
 
+    def limited(self, key: tuple[str, str], until: float, now: float) -> None:
+        """A 429 Slack's client could not wait out, on this channel (held by the caller): a
+        second channel of the workspace meeting one within ``WORKSPACE_LIMITED`` holds all of
+        it until ``until``."""
+        last = self._limited.get(key[0])
+        if last is not None and last[0] != key[1] and now - last[1] <= WORKSPACE_LIMITED:
+            self.hold_team(key[0], until)
+        self._limited[key[0]] = (key[1], now)
+
     def hold_team(self, team_id: str, until: float) -> None:
         self._teams[team_id] = max(until, self._teams.get(team_id, until))
 
@@ -161,6 +175,7 @@ class _Pace:
         """Drop what no longer holds anything back (bounded by the channels posted to lately)."""
         self._channels = {k: v for k, v in self._channels.items() if self._tokens(k, now) < self._burst}
         self._teams = {k: v for k, v in self._teams.items() if v > now}
+        self._limited = {k: v for k, v in self._limited.items() if now - v[1] <= WORKSPACE_LIMITED}
 
 
 class Poster:
@@ -335,8 +350,8 @@ class Poster:
             )
             await self._store.reschedule_inbound(item.id, unsent, until, str(exc))
             await self._store.hold_channel(item.team_id, item.channel_id, until)
-            # Slack's limit may be the workspace's: no channel of it is posted to before then.
-            self._pace.hold_team(item.team_id, until)
+            # The second channel to meet it says the limit is the workspace's: all of it waits.
+            self._pace.limited((item.team_id, item.channel_id), until, self._clock.now())
             return None
         except SlackTransient as exc:
             # It may have been posted: stay "posting" so the history is checked before a retry.

@@ -47,6 +47,21 @@ def test_a_held_workspace_holds_its_channels_only_until_then() -> None:
     assert pace.ready_at(C1, 106.0) <= 106.0
 
 
+def test_a_429_on_one_channel_holds_no_other_but_on_a_second_holds_the_workspace() -> None:
+    pace = _Pace(rate=0.0, burst=3)
+    pace.limited(C1, 105.0, 100.0)
+    assert pace.ready_at(C2, 100.0) <= 100.0  # one channel's limit, maybe its own
+    pace.limited(C1, 110.0, 102.0)  # the same channel again: still its own
+    assert pace.ready_at(C2, 102.0) <= 102.0
+    pace.limited(C2, 112.0, 110.0)  # a second channel within a minute: the workspace's limit
+    assert pace.ready_at(("T1", "C3"), 110.0) == 112.0
+    assert pace.ready_at(OTHER_TEAM, 110.0) <= 110.0
+    later = _Pace(rate=0.0, burst=3)
+    later.limited(C1, 101.0, 100.0)
+    later.limited(C2, 262.0, 161.0)  # more than a minute after: not taken for the workspace's
+    assert later.ready_at(("T1", "C3"), 161.0) <= 161.0
+
+
 def test_forget_keeps_only_what_still_holds_back() -> None:
     pace = _Pace(rate=1.0, burst=2)
     pace.posting(C1, 100.0)
@@ -55,9 +70,13 @@ def test_forget_keeps_only_what_still_holds_back() -> None:
     pace.hold_team("T2", 101.0)
     pace.forget(100.5)
     assert pace.ready_at(C1, 100.5) == 101.0  # still empty: kept
+    pace.limited(C1, 101.0, 100.0)
     pace.forget(103.0)
     assert pace._channels == {}
     assert pace._teams == {}
+    assert pace._limited == {"T1": ("C1", 100.0)}  # within the minute: kept
+    pace.forget(161.0)
+    assert pace._limited == {}
 
 
 class Heads:
