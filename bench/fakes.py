@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from adapters.sandbox.fake_slack import FakeSlack
+from adapters.sandbox.fake_slack import FakeSlack, PostLimits
 from adapters.sandbox.fake_x import FakeX
 from adapters.sandbox.openapi import SpecValidator
 
@@ -89,6 +89,7 @@ def control_app(fake_x: FakeX, fake_slack: FakeSlack, recorder: Recorder) -> web
                 "violations": len(fake_x.violations),
                 "first_violations": fake_x.violations[:5],
                 "reactions": reactions,
+                "posts": sum(1 for c in fake_slack.calls if c.method == "chat.postMessage" and c.ok),
                 "slack_calls": len(fake_slack.calls),
             }
         )
@@ -100,13 +101,19 @@ def control_app(fake_x: FakeX, fake_slack: FakeSlack, recorder: Recorder) -> web
     return app
 
 
-async def serve(users: int, validate: bool) -> None:
+async def serve(users: int, validate: bool, workspace_posts: float) -> None:
     fake_x = FakeX() if validate else FakeX(spec=NoValidation())
     fake_x.user_limit_15m = fake_x.user_limit_24h = fake_x.app_limit_24h = 10**9
     fake_x.add_user("2001", "bench_peer", "Bench Peer")
     for index in range(users):
         fake_x.add_user(str(1000 + index), f"bench{index}", f"Bench {index}")
     fake_slack = FakeSlack(team_id=TEAM)
+    if workspace_posts >= 0:
+        # Slack's chat.postMessage limits: a second per channel with short bursts (documented),
+        # and a workspace-wide limit Slack gives no number for (``--slack-workspace-posts``).
+        fake_slack.post_limits = PostLimits(
+            per_channel_per_s=1.0, channel_burst=3, workspace_per_min=workspace_posts or None
+        )
     for index in range(users):
         fake_slack.add_user(f"U{100 + index}", display_name=f"Bench User {index}")
         fake_slack.add_channel(f"C{100 + index}", f"bench-{index}")
@@ -142,8 +149,15 @@ def main() -> int:
     parser.add_argument(
         "--no-validate", action="store_true", help="skip the fake X's OpenAPI checks (less CPU)"
     )
+    parser.add_argument(
+        "--slack-workspace-posts",
+        type=float,
+        default=-1,
+        help="enforce Slack's posting limits: a second per channel with bursts of 3, and this many "
+        "posts a minute in the workspace (0: no workspace limit); unset: no limits at all",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.users, validate=not args.no_validate))
+    asyncio.run(serve(args.users, validate=not args.no_validate, workspace_posts=args.slack_workspace_posts))
     return 0
 
 

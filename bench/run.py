@@ -22,6 +22,13 @@ What runs:
 Latency is measured from the moment a request is handed to aiohttp until its response body is
 read. Relay overhead is from that same moment to the fake X receiving the DM POST.
 
+The cost phase (``--only-cost`` runs it alone) compares 10 with 100,000 mappings and outbox
+rows, the big database's inbound backlog growing as its first reads fan out to 10,000 channels a
+conversation. Before each load an idle window as long measures the backlog's own work (the
+bridge's CPU, Slack posts, rows taken), so a net CPU per event is printed beside the raw one;
+``--profile-cost`` splits each window's py-spy samples by work (``bench/cost_split.py``). The fake
+Slack enforces Slack's posting limits unless ``--no-slack-limits``.
+
 This runs the bridge on SQLite. ``bench/stores.py`` drives the same harness against SQLite and
 PostgreSQL side by side, each figure beside its target, and times the leader takeover.
 """
@@ -58,14 +65,21 @@ if str(ROOT) not in sys.path:
 from adapters.sandbox.fake_slack import SlackSender  # noqa: E402
 from adapters.store.crypto import TokenCipher, generate_key  # noqa: E402
 from adapters.store.sqlite import SqliteStore, open_database  # noqa: E402
+from bench import cost_split  # noqa: E402
 from bridge.model import ChannelMapping, MappingKind, TokenSet, XUser  # noqa: E402
+from migrations import PENDING_STATES  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+PYSPY = Path(sys.executable).with_name("py-spy")
 TEAM = "T0001"
 SECRET = "bench-signing-secret"
 PEER = "2001"
 ACCOUNTS = 10  # Slack users, each with an X account, each mapping one channel
 SLACK_ACK_LIMIT_MS = 3000.0
+# The fake Slack's workspace-wide chat.postMessage limit, posts a minute: Slack documents one a
+# second per channel and "a workspace-wide limit" without its number; several hundred a minute
+# is the usual reading. Backlogs are posted at this pace, as production would see them.
+SLACK_WORKSPACE_POSTS = 300.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,10 +258,14 @@ class Fakes:
             return result
 
 
-async def start_fakes(tmp: Path, validate: bool) -> Fakes:
+async def start_fakes(tmp: Path, validate: bool, workspace_posts: float | None = None) -> Fakes:
+    """The fakes' process; with ``workspace_posts`` its Slack enforces Slack's posting limits
+    (a second per channel, and that many posts a minute in the workspace)."""
     argv = [sys.executable, str(BENCH / "fakes.py"), "--users", str(ACCOUNTS)]
     if not validate:
         argv.append("--no-validate")
+    if workspace_posts is not None:
+        argv += ["--slack-workspace-posts", str(workspace_posts)]
     proc = Proc("fakes", argv, dict(os.environ), tmp / "fakes.log", pipe=True)
     assert proc.popen.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(proc.popen.stdout.readline), timeout=60)
@@ -536,6 +554,7 @@ class Run:
     lost: int = 0
     drain_s: float = 0.0
     last_arrival: float = 0.0
+    window: cost_split.Window | None = None
 
     def cpu_share(self, seconds: float) -> float:
         """CPU seconds as a share of one core over the run."""
@@ -586,11 +605,19 @@ async def run_load(
     label: str,
     *,
     relay: bool,
+    backlog_of: Path | None = None,
+    spy: Path | None = None,
 ) -> Run:
+    """One open-loop phase. With ``backlog_of`` (the bridge's database) the run's ``window``
+    also counts the inbound backlog's progress over the load (Slack posts, rows taken); with
+    ``spy`` py-spy records the bridge over the load into that file."""
     shots = build_shots(sender, max(1, int(rate * seconds)), label)
+    progress = await backlog_progress(session, fakes, backlog_of) if fakes and backlog_of else (0, 0)
+    pyspy = start_pyspy(PYSPY, server.proc.pid, seconds, spy) if spy else None
     cpu_server = cpu_seconds(server.proc.pid)
     cpu_fakes = cpu_seconds(fakes.proc.pid) if fakes else 0.0
     cpu_bench = time.process_time()
+    started = time.monotonic()
     outcomes = await drive(session, server.url, shots, rate)
     run = Run(
         label,
@@ -600,6 +627,12 @@ async def run_load(
         (cpu_seconds(fakes.proc.pid) - cpu_fakes) if fakes else 0.0,
         time.process_time() - cpu_bench,
     )
+    run.window = cost_split.Window(time.monotonic() - started, run.cpu_server_s)
+    if fakes and backlog_of:
+        posts, taken = await backlog_progress(session, fakes, backlog_of)
+        run.window.posts, run.window.taken = posts - progress[0], taken - progress[1]
+    if pyspy is not None:
+        await asyncio.to_thread(pyspy.communicate)
     if relay and fakes is not None:
         await drain(session, fakes, shots, outcomes, run)
     return run
@@ -657,6 +690,71 @@ class Results:
     # answer while it ran (ms, status; 0 for none within 2 s).
     waiting_big: list[int] = field(default_factory=list)
     health_big: list[tuple[float, int]] = field(default_factory=list)
+    # Each cost run's idle window (no events, just before the load) and its load window, by size.
+    windows: dict[str, list[tuple[cost_split.Window, cost_split.Window]]] = field(
+        default_factory=lambda: {"small": [], "big": []}
+    )
+    cost_profile: list[str] = field(default_factory=list)
+    nets: dict[str, list[float]] = field(default_factory=lambda: {"small": [], "big": []})
+    slack_limits: str = ""
+
+
+def inbound_written(db_path: Path) -> int:
+    """The highest inbound row id: how many rows were ever written (read beside the bridge)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        found = db.execute("SELECT MAX(id) FROM inbound").fetchone()
+        return int(found[0] or 0)
+
+
+async def backlog_progress(session: aiohttp.ClientSession, fakes: Fakes, db_path: Path) -> tuple[int, int]:
+    """(Slack posts so far, inbound rows written so far)."""
+    stats = await fakes.stats(session)
+    return int(stats.get("posts", 0)), await asyncio.to_thread(inbound_written, db_path)
+
+
+def outbox_pending(db_path: Path) -> int:
+    """Accepted messages not delivered to X yet (read beside the bridge)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        found = db.execute(f"SELECT COUNT(*) FROM outbox WHERE state IN {PENDING_STATES}").fetchone()
+        return int(found[0] or 0)
+
+
+async def delivered_all(db_path: Path, limit_s: float = 60.0) -> None:
+    """Until the bridge has delivered everything accepted (a load it could not keep up with
+    leaves deliveries behind), at most ``limit_s``: an idle window measures the backlog's own
+    work, not the relay's leftovers."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(outbox_pending, db_path):
+            return
+        await asyncio.sleep(0.5)
+
+
+async def idle_window(
+    session: aiohttp.ClientSession,
+    server: Server,
+    fakes: Fakes,
+    db_path: Path,
+    seconds: float,
+    spy: Path,
+) -> cost_split.Window:
+    """The bridge's CPU over ``seconds`` with no events sent: the backlog's own work (and the
+    bridge's timers), to be told from the load's. py-spy (when installed) samples it into
+    ``spy``, which tells the take's share from the poster's. It starts once the outbox is
+    delivered (at most a minute)."""
+    await delivered_all(db_path)
+    posts, taken = await backlog_progress(session, fakes, db_path)
+    pyspy = start_pyspy(PYSPY, server.proc.pid, seconds, spy) if PYSPY.exists() else None
+    cpu = cpu_seconds(server.proc.pid)
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    window = cost_split.Window(time.monotonic() - started, cpu_seconds(server.proc.pid) - cpu)
+    if pyspy is not None:
+        await asyncio.to_thread(pyspy.communicate)
+        window.samples = (await asyncio.to_thread(cost_split.split, spy))[0] or None
+    posts_after, taken_after = await backlog_progress(session, fakes, db_path)
+    window.posts, window.taken = posts_after - posts, taken_after - taken
+    return window
 
 
 def inbound_waiting(db_path: Path) -> int:
@@ -711,13 +809,21 @@ async def benchmark(
     only_profile: bool = False,
     trace: bool = False,
     only_cost: bool = False,
+    profile_cost: bool = False,
+    workspace_posts: float | None = None,
 ) -> Results:
     results = Results()
     results.load_at_start = load_average()
     key = generate_key()
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=256)
     async with aiohttp.ClientSession(connector=connector) as session:
-        fakes = await start_fakes(tmp, validate)
+        fakes = await start_fakes(tmp, validate, workspace_posts)
+        results.slack_limits = (
+            "the fake Slack posts as fast as asked (no limits)"
+            if workspace_posts is None
+            else "the fake Slack enforces Slack's posting limits: 1 a second per channel (bursts of 3), "
+            + (f"{workspace_posts:g} a minute in the workspace" if workspace_posts else "no workspace limit")
+        )
         sender = SlackSender(session, "unused", SECRET, team_id=TEAM)
         try:
             if only_profile:
@@ -755,6 +861,10 @@ async def benchmark(
                                 results.rss_big_idle_kb, proc_status_kb(server.proc.pid, "VmHWM")
                             )
                         await warm_up(session, sender, server, fakes, plan)
+                        spied = tmp / f"cost-{size}-{rep}"
+                        idle = await idle_window(
+                            session, server, fakes, db_path, plan.cost_seconds, spied.with_suffix(".idle.txt")
+                        )
                         run = await run_load(
                             session,
                             sender,
@@ -764,8 +874,16 @@ async def benchmark(
                             plan.cost_seconds,
                             f"c{size}{rep}",
                             relay=True,
+                            backlog_of=db_path,
+                            spy=spied.with_suffix(".load.txt") if profile_cost else None,
                         )
                         (results.cost_small if size == "small" else results.cost_big).append(run)
+                        assert run.window is not None
+                        results.windows[size].append((idle, run.window))
+                        if profile_cost:
+                            results.cost_profile += profile_lines(
+                                f"{size} #{rep}", spied, idle, run.window, len(run.outcomes)
+                            )
                         if size == "big":
                             results.rss_big_kb = max(
                                 results.rss_big_kb, proc_status_kb(server.proc.pid, "VmHWM")
@@ -910,6 +1028,29 @@ async def profile_bridge(
     if trace_out is not None and trace_out.exists():
         lines += summarise_trace(trace_out)
     return lines
+
+
+def profile_lines(
+    label: str, spied: Path, idle: cost_split.Window, load: cost_split.Window, events: int
+) -> list[str]:
+    """One cost run's py-spy samples split by what they were doing, for its idle and load windows."""
+    out: list[str] = []
+    for name, window, raw in (
+        ("idle", idle, spied.with_suffix(".idle.txt")),
+        ("load", load, spied.with_suffix(".load.txt")),
+    ):
+        if not raw.exists():
+            out.append(f"{label} {name}: py-spy wrote nothing")
+            continue
+        counts, leaves = cost_split.split(raw)
+        out.append(
+            f"{label} {name} ({window.cpu_s:.2f} s CPU in {window.seconds:.1f} s, {window.posts} posts, "
+            f"{window.taken:,} rows taken): {cost_split.split_line(counts, window.cpu_s, events)}"
+        )
+        total = sum(counts.values()) or 1
+        for (cat, leaf), n in leaves.most_common(8):
+            out.append(f"      {n / total:6.1%}  [{cat}] {leaf}")
+    return out
 
 
 def summarise_trace(path: Path, top: int = 40) -> list[str]:
@@ -1087,7 +1228,7 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
     b_cpu = sum(r.server_us_per_event for r in results.cost_big) / max(1, len(results.cost_big))
     w(
         f"4. Per-event cost at {plan.cost_rate} ev/s for {plan.cost_seconds:.0f} s "
-        f"(fresh server each, {plan.cost_reps} alternating repetition(s))"
+        f"(fresh server each, {plan.cost_reps} alternating repetition(s)); {results.slack_limits}"
     )
     w(
         f"   10 mappings:            ack p50 {', '.join(f'{v:.2f}' for v in small_p50)} ms; "
@@ -1108,6 +1249,33 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
             f"{results.startup_big[rep] * 1000:.0f} ms, bridge CPU {run.server_us_per_event:.0f} µs/event, "
             f"ack p50 {fmt(pct(run.ack_ms, 50), 2)} ms, accepted {len(run.ok)}, relayed {run.delivered}"
         )
+    w(
+        "   the backlog's own work: before each load (once the outbox is delivered, at most a minute) an "
+        "idle window (no events) as long, its CPU above the "
+        "10-mapping bridge's idle rate costed per unit of backlog work (row taken, Slack post; shared by "
+        "py-spy's take/poster samples when both ran); net = (load CPU - idle base rate x span - rows taken "
+        "x per-row cost - posts x per-post cost) / events"
+    )
+    nets: dict[str, list[float]] = {"small": [], "big": []}
+    idles = [idle for idle, _ in results.windows["small"]]
+    base = sum(i.cpu_s for i in idles) / max(1e-9, sum(i.seconds for i in idles)) if idles else 0.0
+    for size, runs in (("small", results.cost_small), ("big", results.cost_big)):
+        for rep, (run, (idle, load)) in enumerate(zip(runs, results.windows[size], strict=False)):
+            costs = cost_split.unit_costs(idle, base)
+            net = cost_split.net_us_per_event(load, costs, len(run.outcomes)) if costs else float("nan")
+            nets[size].append(net)
+            unit = (
+                f"{costs.per_row * 1e6:.0f} µs/row, {costs.per_post * 1e6:.0f} µs/post ({costs.how})"
+                if costs
+                else "unit costs unknown (both kinds of work and no py-spy)"
+            )
+            w(
+                f"   {size} #{rep}: idle {idle.cpu_s / idle.seconds * 1000:.0f} ms CPU/s, "
+                f"{idle.posts} posts, {idle.taken:,} rows taken; load {load.cpu_s / load.seconds * 1000:.0f} "
+                f"ms CPU/s, {load.posts} posts, {load.taken:,} rows taken; {unit}; "
+                f"raw {run.server_us_per_event:.0f}, net {net:.0f} µs/event"
+            )
+    results.nets = nets
     ratio = b50 / s50 if s50 else float("nan")
     w(
         f"   ratio (mean p50): {ratio:.2f}x; DB with bulk rows {results.db_big_mb:.0f} MB, "
@@ -1160,6 +1328,14 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
             f"   CPU/event big #{rep} vs 10 mappings within 10% {(cpu_ratio - 1) * 100:>+7.1f} %    "
             f"{verdict(abs(cpu_ratio - 1) <= 0.1)}   ({waiting:,} inbound rows waiting at start)"
         )
+    s_net = sum(results.nets["small"]) / max(1, len(results.nets["small"]))
+    for rep, net in enumerate(results.nets["big"]):
+        net_ratio = net / s_net if s_net else float("nan")
+        w(
+            f"   net CPU/event big #{rep} vs 10 mappings within 10% {(net_ratio - 1) * 100:>+3.1f} %  "
+            f"{verdict(abs(net_ratio - 1) <= 0.1)}   (the rows taken and posts made during the load "
+            "out at their idle cost: the relay's own, without the backlog's work)"
+        )
     backlog_starts = [s for s, n in zip(results.startup_big, results.waiting_big, strict=False) if n]
     slowest = max(backlog_starts, default=float("nan"))
     w(
@@ -1184,6 +1360,10 @@ def report(plan: Plan, results: Results, validate: bool, started: float, command
         f"{sum(r.lost for r in [*results.bridge.values(), *results.cost_small, *results.cost_big]):>6} lost "
         f"{total_dups} dup {verdict(total_dups == 0 and all(r.lost == 0 for r in results.bridge.values()))}"
     )
+    if results.cost_profile:
+        w("")
+        w("Cost phase by py-spy (samples of the bridge's busy threads, split by what they were doing)")
+        out.extend("   " + line for line in results.cost_profile)
     if results.profile:
         w("")
         w("Profile")
@@ -1218,6 +1398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--trace", action="store_true", help="profile runs use bench/instrument.py (timers on the ports)"
     )
+    parser.add_argument(
+        "--profile-cost",
+        action="store_true",
+        help="py-spy the bridge over each cost run's idle and load windows, the samples split by work",
+    )
+    parser.add_argument(
+        "--slack-workspace-posts",
+        type=float,
+        default=SLACK_WORKSPACE_POSTS,
+        metavar="N",
+        help="the fake Slack enforces Slack's posting limits: one post a second per channel (bursts "
+        f"of 3) and N a minute in the workspace, a number Slack does not publish (default "
+        f"{SLACK_WORKSPACE_POSTS:.0f}; 0: no workspace limit)",
+    )
+    parser.add_argument(
+        "--no-slack-limits",
+        action="store_true",
+        help="the fake Slack posts as fast as it is asked (as before)",
+    )
     parser.add_argument("--no-validate", action="store_true", help="fake X skips its OpenAPI checks")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -1237,6 +1436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--profile " + " ".join(map(str, profile)), bool(profile) and not args.only_profile),
             ("--only-profile", args.only_profile),
             ("--only-cost", args.only_cost),
+            ("--profile-cost", args.profile_cost),
+            ("--no-slack-limits", args.no_slack_limits),
+            (
+                f"--slack-workspace-posts {args.slack_workspace_posts:g}",
+                args.slack_workspace_posts != SLACK_WORKSPACE_POSTS,
+            ),
             (f"--big {args.big}", args.big is not None),
             (f"--cost-reps {args.cost_reps}", args.cost_reps is not None),
             ("--trace", args.trace),
@@ -1248,7 +1453,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xdm-bench-"))
     try:
         results = asyncio.run(
-            benchmark(plan, tmp, not args.no_validate, profile, args.only_profile, args.trace, args.only_cost)
+            benchmark(
+                plan,
+                tmp,
+                not args.no_validate,
+                profile,
+                args.only_profile,
+                args.trace,
+                args.only_cost,
+                args.profile_cost,
+                None if args.no_slack_limits else args.slack_workspace_posts,
+            )
         )
         if args.only_profile:
             text = "\n".join([command, *machine_info(), *results.profile])

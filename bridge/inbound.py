@@ -127,6 +127,10 @@ class InboundConfig:
     # store (one thread on SQLite) to acks and delivery too; Slack allows about one post a second
     # per channel anyway.
     post_channels: int = 16
+    # Slack's chat.postMessage limit, about one post a second per channel with short bursts: the
+    # poster paces each channel to it (a token bucket) rather than meeting 429s.
+    post_rate: float = 1.0
+    post_burst: int = 3
 
 
 @dataclass

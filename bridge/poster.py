@@ -123,6 +123,66 @@ def _fit(text: str, room: int) -> str:
     return escaped  # not reached: the whole text did not fit
 
 
+WORKSPACE_LIMITED = 60.0  # 429s on two channels of a workspace this close: the workspace's limit
+
+
+class _Pace:
+    """Slack's pace for ``chat.postMessage``: each channel a token bucket (``post_rate`` a
+    second, bursts of ``post_burst``), as Slack allows about one post a second per channel with
+    short bursts; and a workspace held back when a second channel of it meets a 429 that Slack's
+    client could not wait out (Slack's limit is workspace-wide too, of a size it does not
+    publish: every channel posting on into it would meet 429 after 429). One channel's 429
+    holds that channel only."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(max(1, burst))
+        self._channels: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, as of when
+        self._teams: dict[str, float] = {}  # held until
+        self._limited: dict[str, tuple[str, float]] = {}  # a workspace's last 429: channel, when
+
+    def _tokens(self, key: tuple[str, str], now: float) -> float:
+        tokens, at = self._channels.get(key, (self._burst, now))
+        return min(self._burst, tokens + max(0.0, now - at) * self._rate)
+
+    def ready_at(self, key: tuple[str, str], now: float) -> float:
+        """When the channel may be posted to next (``now`` or earlier: at once)."""
+        ready = self._teams.get(key[0], now)
+        if self._rate > 0 and key in self._channels:
+            tokens = self._tokens(key, now)
+            if tokens < 1.0:
+                ready = max(ready, now + (1.0 - tokens) / self._rate)
+        return ready
+
+    def posting(self, key: tuple[str, str], now: float) -> None:
+        """A post to the channel goes now."""
+        if self._rate > 0:
+            self._channels[key] = (self._tokens(key, now) - 1.0, now)
+
+    def team_held(self, team_id: str, now: float) -> float | None:
+        """Until when the workspace is held back, if it is."""
+        until = self._teams.get(team_id)
+        return until if until is not None and until > now else None
+
+    def limited(self, key: tuple[str, str], until: float, now: float) -> None:
+        """A 429 Slack's client could not wait out, on this channel (held by the caller): a
+        second channel of the workspace meeting one within ``WORKSPACE_LIMITED`` holds all of
+        it until ``until``."""
+        last = self._limited.get(key[0])
+        if last is not None and last[0] != key[1] and now - last[1] <= WORKSPACE_LIMITED:
+            self.hold_team(key[0], until)
+        self._limited[key[0]] = (key[1], now)
+
+    def hold_team(self, team_id: str, until: float) -> None:
+        self._teams[team_id] = max(until, self._teams.get(team_id, until))
+
+    def forget(self, now: float) -> None:
+        """Drop what no longer holds anything back (bounded by the channels posted to lately)."""
+        self._channels = {k: v for k, v in self._channels.items() if self._tokens(k, now) < self._burst}
+        self._teams = {k: v for k, v in self._teams.items() if v > now}
+        self._limited = {k: v for k, v in self._limited.items() if now - v[1] <= WORKSPACE_LIMITED}
+
+
 class Poster:
     """Posts the queued rows' channel heads into Slack (in the leader's process)."""
 
@@ -152,6 +212,7 @@ class Poster:
         # starts, and the earliest time a head seen in this walk becomes due.
         self._heads_after: tuple[str, str] | None = None
         self._walk_wake = math.inf
+        self._pace = _Pace(config.post_rate, config.post_burst)
         self._media: LRUCache[tuple[int, str], bytes] = LRUCache(MEDIA_KEPT_BYTES, getsizeof=len)  # _fetch
         self.chats: ChatInbound | None = None  # an X Chat row's media and edits come through it
         self.on_posted: Callable[[InboundItem], None] | None = None
@@ -189,12 +250,18 @@ class Poster:
             return 30.0  # a lane that ends wakes the loop
         limit = room + len(self._lanes)  # busy channels may be in the window: room for the others
         heads = await self._store.inbound_heads(self._heads_after, limit)
+        started, team_wake = room, math.inf
         for head in heads:
             key = (head.team_id, head.channel_id)
             if room == 0:
                 return 30.0  # the walk goes on from the last head started, once a lane ends
             self._heads_after = key
             if self._lanes.busy(key):
+                continue
+            team_held = self._pace.team_held(head.team_id, now)
+            if team_held is not None:
+                team_wake = min(team_wake, team_held)
+                self._walk_wake = min(self._walk_wake, team_held)
                 continue
             if head.next_attempt_at > now:
                 self._walk_wake = min(self._walk_wake, head.next_attempt_at)
@@ -203,25 +270,41 @@ class Poster:
             if held is not None:
                 self._walk_wake = min(self._walk_wake, held)
                 continue
+            ready = self._pace.ready_at(key, now)
+            if ready > now:
+                self._walk_wake = min(self._walk_wake, ready)
+                continue
             room -= 1
             # The next look once the lane is free again (so it sees the channel's next row).
             self._lanes.start(key, self._drive(head), lambda _: self._loop.wake(), label=head.channel_id)
+        if len(heads) == limit and room == started and team_wake < math.inf:
+            # A workspace held by Slack's 429, nothing started in this window: its channels fill
+            # the windows after it too, and walking them all (a query a window) would be for
+            # nothing until the hold ends; a lane that ends wakes the loop sooner.
+            return team_wake - now
         if len(heads) == limit:
             return 0.0  # more channels after this window
         # The walk reached the last channel: the next one starts from the first.
         wake_at, self._heads_after, self._walk_wake = min(self._walk_wake, now + 30.0), None, math.inf
+        self._pace.forget(now)
         return wake_at - now
 
     async def _drive(self, item: InboundItem) -> None:
-        """Post the channel's head, then its next rows while they are due."""
+        """Post the channel's head, then its next rows while they are due and Slack's pace
+        allows; else the walk comes back to the channel when its next row is due."""
         current: InboundItem | None = item
+        key = (item.team_id, item.channel_id)
         try:
             while current is not None and not self._stopping:
                 current = await self._post(current)
                 now = self._clock.now()
-                if current is not None and (
-                    current.next_attempt_at > now or self._held_until(current, now) is not None
-                ):
+                if current is None:
+                    break
+                ready = self._pace.ready_at(key, now)
+                if ready > now:
+                    self._walk_wake = min(self._walk_wake, ready)  # seen busy by the walk
+                    break
+                if current.next_attempt_at > now or self._held_until(current, now) is not None:
                     break
         except Exception:
             log.exception("inbound post failed", extra={"channel": item.channel_id})
@@ -261,6 +344,9 @@ class Poster:
                 )
             except SlackMessageRefused as exc:
                 refused = exc  # handled below, out of this try: it posts again
+            finally:
+                # Counted once Slack answered (it counts the post when it arrives, before that).
+                self._pace.posting((item.team_id, item.channel_id), self._clock.now())
         except SlackRateLimited as exc:
             # A 429 means Slack did not post it: the row (and the channel behind it) waits.
             until = self._clock.now() + max(1.0, exc.retry_after)
@@ -269,6 +355,8 @@ class Poster:
             )
             await self._store.reschedule_inbound(item.id, unsent, until, str(exc))
             await self._store.hold_channel(item.team_id, item.channel_id, until)
+            # The second channel to meet it says the limit is the workspace's: all of it waits.
+            self._pace.limited((item.team_id, item.channel_id), until, self._clock.now())
             return None
         except SlackTransient as exc:
             # It may have been posted: stay "posting" so the history is checked before a retry.

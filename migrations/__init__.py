@@ -692,3 +692,19 @@ LOOKUP_INDEXES = (
     "CREATE INDEX mappings_conversation ON mappings (conversation_id); "
     "CREATE INDEX mappings_account ON mappings (account_id)"
 )
+
+
+@migrations(name="0033_mappings_groups")
+def m0033_mappings_groups(db: Database) -> None:
+    """The accounts with a group bridged, read by the poller on every pass
+    (``accounts_with_groups``), found by a partial index of the group mappings instead of a scan
+    of every mapping (66 ms a pass with 100,000 mappings; issue 18)."""
+    db.execute(MAPPINGS_GROUPS_INDEX)
+
+
+# The same statement on both engines; its WHERE is ``accounts_with_groups``'s, word for word, so
+# both planners can use it.
+MAPPINGS_GROUPS_INDEX = (
+    "CREATE INDEX mappings_groups ON mappings (account_id) WHERE kind = 'group' "
+    "OR (conversation_id <> '' AND conversation_id NOT LIKE '%-%')"
+)

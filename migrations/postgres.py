@@ -26,6 +26,7 @@ import asyncpg
 from migrations import (
     CONSENTS,
     LOOKUP_INDEXES,
+    MAPPINGS_GROUPS_INDEX,
     OUTBOX_UNTOLD_FAILURE,
     SLACK_INSTALLATIONS,
     XCHAT_CURSORS,
@@ -508,6 +509,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0027_outbox_untold_failure", OUTBOX_UNTOLD_FAILURE),
     # SQLite's 0031, the same statements: the hot paths' targeted reads of accounts and mappings.
     ("0029_lookup_indexes", LOOKUP_INDEXES),
+    # SQLite's 0033, the same statement: the poller's accounts with a group, by a partial index.
+    ("0031_mappings_groups", MAPPINGS_GROUPS_INDEX),
 )
 
 # Tables in an order that satisfies the foreign keys (for copy-db and for tests).

@@ -50,8 +50,16 @@ FAST = DeliveryConfig(retry_base=0.05, retry_cap=0.5, hourglass_after=0.3, resca
 # Polling as in production, paced by the read budget, but idle polls come quickly: the fake X
 # runs read windows of READ_WINDOW seconds instead of 15 minutes (its headers say so).
 # No history on linking unless a test asks for it (its read would meet faults meant for others).
+# Posts are not paced to Slack's second per channel (the fake Slack does not limit them unless a
+# test asks it to): bursts of replies reach it at once; test_inbound.py tests the pace itself.
 FAST_INBOUND = InboundConfig(
-    min_interval=0.05, idle_interval=0.2, push_interval=1.0, retry_base=0.05, retry_cap=0.5, backfill=0
+    min_interval=0.05,
+    idle_interval=0.2,
+    push_interval=1.0,
+    retry_base=0.05,
+    retry_cap=0.5,
+    backfill=0,
+    post_rate=0.0,
 )
 READ_WINDOW = 2.0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import math
 import mimetypes
 import re
 import secrets
@@ -178,6 +179,35 @@ class _StoredFile:
     meta: dict[str, Any]
     content: bytes
     created: int
+
+
+@dataclass(frozen=True)
+class PostLimits:
+    """Slack's limits on ``chat.postMessage``, enforced when set (:attr:`FakeSlack.post_limits`).
+
+    Slack documents "one message per second per channel, short bursts allowed", and a
+    workspace-wide limit whose number it does not publish. Each is a token bucket here: a burst,
+    refilled at the rate; a post past either is answered 429 ``ratelimited`` with ``Retry-After``
+    (whole seconds, rounded up) and not posted. ``None`` leaves that limit out."""
+
+    per_channel_per_s: float | None = 1.0
+    channel_burst: int = 3
+    workspace_per_min: float | None = None
+    workspace_burst: int = 20
+
+
+class _Bucket:
+    """A token bucket on the fake's clock."""
+
+    def __init__(self, per_s: float, burst: int, now: float) -> None:
+        self.per_s, self.burst = per_s, burst
+        self.tokens, self.at = float(burst), now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is free (0: one is now)."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.per_s)
+        self.at = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.per_s
 
 
 class _SlackError(Exception):
@@ -378,6 +408,9 @@ class FakeSlack:
         self._ephemerals: list[dict[str, Any]] = []
         self._reactions: dict[tuple[str, str], set[str]] = {}
         self._ratelimits: dict[str, list[int]] = {}
+        #: Slack's posting limits, enforced when set (off by default: tests post freely).
+        self.post_limits: PostLimits | None = None
+        self._post_buckets: dict[str, _Bucket] = {}  # by channel, and "" for the workspace
         self._failures: dict[str, list[tuple[str, int]]] = {}
         self.channel_errors: dict[str, str] = {}
         """Channels every call naming them (``channel`` or ``channel_id``) is refused for, with
@@ -860,6 +893,8 @@ class FakeSlack:
             if self._caller is None:
                 raise _SlackError("invalid_auth")
         self._limited(method)
+        if method == "chat.postMessage" and self.post_limits is not None:
+            self._post_limited(self.post_limits, params)
         pending_fail = self._failures.get(method)
         if pending_fail:
             error, status = pending_fail.pop(0)
@@ -875,6 +910,29 @@ class FakeSlack:
         if pending_429:
             retry_after = pending_429.pop(0)
             raise _SlackError("ratelimited", status=429, headers={"Retry-After": str(retry_after)})
+
+    def _post_limited(self, limits: PostLimits, params: Mapping[str, Any]) -> None:
+        """A 429 when the channel's or the workspace's posting bucket is empty; else a token of
+        each is taken."""
+        now = self.clock()
+        channel = str(params.get("channel") or "")
+        buckets = []
+        if limits.per_channel_per_s:
+            buckets.append(self._bucket(channel, limits.per_channel_per_s, limits.channel_burst, now))
+        if limits.workspace_per_min:
+            buckets.append(self._bucket("", limits.workspace_per_min / 60.0, limits.workspace_burst, now))
+        wait = max((b.wait(now) for b in buckets), default=0.0)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise _SlackError("ratelimited", status=429, headers={"Retry-After": str(retry_after)})
+        for bucket in buckets:
+            bucket.tokens -= 1.0
+
+    def _bucket(self, key: str, per_s: float, burst: int, now: float) -> _Bucket:
+        bucket = self._post_buckets.get(key)
+        if bucket is None or (bucket.per_s, bucket.burst) != (per_s, burst):
+            bucket = self._post_buckets[key] = _Bucket(per_s, burst, now)
+        return bucket
 
     # ---------------------------------------------------------------- method handlers
 

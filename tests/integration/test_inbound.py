@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from adapters.sandbox.fake_slack import FakeSlack, PostLimits
 from adapters.sandbox.fake_x import FakeX
 from bridge.inbound import InboundConfig
 from bridge.poster import METADATA_TYPE
@@ -15,6 +16,7 @@ from tests.harness import (
     ALICE,
     BOB,
     CAROL,
+    FAST_INBOUND,
     ME,
     READ_WINDOW,
     Bridge,
@@ -145,6 +147,51 @@ async def test_slack_429_holds_the_channel_back_in_order_and_drops_nothing(tmp_p
         await wait_posts(bridge, 4, timeout=20.0)
         await settled(bridge)
         assert [m["text"] for m in posts(bridge)] == ["m0", "m1", "m2", "m3"]
+
+
+async def test_posts_keep_to_slacks_pace_per_channel_without_meeting_its_429(tmp_path: Path) -> None:
+    """Slack allows about one post a second per channel, with short bursts: a burst of replies
+    goes out at that pace (a burst, then one a second), in order, and Slack never answers 429."""
+    paced = InboundConfig(**{**FAST_INBOUND.__dict__, "post_rate": 1.0, "post_burst": 2})
+    async with running_bridge(tmp_path, inbound=paced) as bridge:
+        bridge.slack.post_limits = PostLimits(per_channel_per_s=1.0, channel_burst=2)
+        await ready(bridge)
+        for i in range(4):
+            bridge.x.add_event(CONVERSATION, ALICE, f"m{i}")
+        await wait_posts(bridge, 4, timeout=20.0)
+        await settled(bridge)
+        assert [m["text"] for m in posts(bridge)] == ["m0", "m1", "m2", "m3"]
+        calls = bridge.slack.calls_to("chat.postMessage")
+        assert [c.status for c in calls] == [200] * 4
+        # The two after the burst each waited for Slack's second.
+        assert calls[3].at - calls[1].at >= 1.9
+
+
+async def test_429s_slack_could_not_wait_out_on_two_channels_hold_the_workspace(tmp_path: Path) -> None:
+    """Slack's posting limit is workspace-wide as well as per channel: one channel's 429 that
+    Slack's client could not wait out holds that channel only, but a second channel meeting one
+    says the limit is the workspace's, and no channel of it is posted to before its Retry-After
+    (each posting on into the limit would meet 429 after 429)."""
+    one_at_a_time = InboundConfig(**{**FAST_INBOUND.__dict__, "post_channels": 1})
+
+    def third_channel(slack: FakeSlack) -> None:
+        slack.add_channel("C300", "ops")
+
+    async with running_bridge(tmp_path, inbound=one_at_a_time, before_start=third_channel) as bridge:
+        await ready(bridge)
+        for channel in ("C200", "C300"):
+            await bridge.map_link(CONVERSATION, channel=channel)
+        # Two channels' first posts, each with the client's three retries of it.
+        bridge.slack.ratelimit_next("chat.postMessage", count=8, retry_after=1)
+        bridge.x.add_event(CONVERSATION, ALICE, "hello")
+        for channel in ("C100", "C200", "C300"):
+            await wait_posts(bridge, 1, channel, timeout=30.0)
+        calls = bridge.slack.calls_to("chat.postMessage")
+        assert [c.status for c in calls] == [429] * 8 + [200] * 3
+        assert [c.params["channel"] for c in calls[:8]] == ["C100"] * 4 + ["C200"] * 4
+        # C100's 429 held C100 only (C200 was tried at once); C200's held the workspace.
+        assert calls[4].at - calls[3].at < 0.9
+        assert calls[8].at - calls[7].at >= 0.9
 
 
 async def test_a_post_whose_answer_is_lost_is_found_in_history_not_posted_twice(tmp_path: Path) -> None:

@@ -19,7 +19,14 @@ from tests.integration.test_inbound import CONVERSATION, posts, ready, wait_post
 
 # Two pages of three per poll: a burst of more than six new events leaves a gap.
 SMALL_READS = InboundConfig(
-    min_interval=0.05, idle_interval=0.2, retry_base=0.05, retry_cap=0.5, backfill=0, page_size=3, max_pages=2
+    min_interval=0.05,
+    idle_interval=0.2,
+    retry_base=0.05,
+    retry_cap=0.5,
+    backfill=0,
+    page_size=3,
+    max_pages=2,
+    post_rate=0.0,  # bursts reach the fake Slack at once (test_inbound.py tests Slack's pace)
 )
 BURST = 20
 

@@ -25,7 +25,13 @@ from tests.integration.test_inbound import CONVERSATION, posts, wait_posts
 # quickly came by push: never "active" (active_for=0), which would read at the budget's pace
 # (here a read window is 2 s, so a read every ~0.15 s could race a push).
 PUSHED = InboundConfig(
-    min_interval=0.05, idle_interval=0.2, push_interval=5.0, active_for=0.0, retry_base=0.05, retry_cap=0.5
+    min_interval=0.05,
+    idle_interval=0.2,
+    push_interval=5.0,
+    active_for=0.0,
+    retry_base=0.05,
+    retry_cap=0.5,
+    post_rate=0.0,  # bursts reach the fake Slack at once (test_inbound.py tests Slack's pace)
 )
 
 
@@ -272,6 +278,7 @@ PACED = InboundConfig(
     active_for=600.0,
     retry_base=0.05,
     retry_cap=0.5,
+    post_rate=0.0,  # bursts reach the fake Slack at once (test_inbound.py tests Slack's pace)
 )
 
 

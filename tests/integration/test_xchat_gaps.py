@@ -37,6 +37,7 @@ SMALL_READS = InboundConfig(
     page_size=3,
     chat_max_pages=2,
     chat_full_page=3,
+    post_rate=0.0,  # bursts reach the fake Slack at once (test_inbound.py tests Slack's pace)
 )
 BACKLOG = 18  # three reads' worth
 EVENTS = f"/2/chat/conversations/{CONVERSATION}/events"

@@ -21,6 +21,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.sandbox.fake_slack import (
     RESPONSE_URL_MAX_USES,
     FakeSlack,
+    PostLimits,
     SlackSender,
     rich_text_blocks,
     run_fake_slack,
@@ -181,6 +182,45 @@ async def test_ratelimit_injection(fake: FakeSlack, client: AsyncWebClient) -> N
     # Only the next call was limited.
     assert (await client.chat_postMessage(channel="C1", text="hi"))["ok"]
     assert [c.status for c in fake.calls_to("chat.postMessage")] == [429, 200]
+
+
+async def test_post_limits_per_channel(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """Slack's chat.postMessage limit, when set: a burst per channel, then one a second; another
+    channel has its own; the 429 says how long to wait (whole seconds, as Slack's header)."""
+    now = [1000.0]
+    fake.clock = lambda: now[0]
+    fake.post_limits = PostLimits(per_channel_per_s=1.0, channel_burst=2)
+    for _ in range(2):
+        assert (await client.chat_postMessage(channel="C1", text="hi"))["ok"]
+    with pytest.raises(SlackApiError) as exc:
+        await client.chat_postMessage(channel="C1", text="one too many")
+    assert exc.value.response.status_code == 429
+    assert exc.value.response["error"] == "ratelimited"
+    assert exc.value.response.headers["Retry-After"] == "1"
+    assert (await client.chat_postMessage(channel="C2", text="another channel"))["ok"]
+    now[0] += 1.0
+    assert (await client.chat_postMessage(channel="C1", text="a second later"))["ok"]
+    assert [m["text"] for m in fake.posted("C1")] == ["hi", "hi", "a second later"]
+    other = [c.status for c in fake.calls if c.method != "chat.postMessage"]
+    assert other == []  # only chat.postMessage is limited here
+
+
+async def test_post_limits_workspace(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """The workspace-wide limit counts every channel's posts together."""
+    now = [1000.0]
+    fake.clock = lambda: now[0]
+    fake.post_limits = PostLimits(workspace_per_min=60.0, workspace_burst=3)
+    for channel in ("C1", "C2", "C3"):
+        assert (await client.chat_postMessage(channel=channel, text="hi"))["ok"]
+    with pytest.raises(SlackApiError) as exc:
+        await client.chat_postMessage(channel="C4", text="past the workspace's limit")
+    assert exc.value.response.status_code == 429
+    assert exc.value.response.headers["Retry-After"] == "1"
+    now[0] += 1.0
+    assert (await client.chat_postMessage(channel="C4", text="a second later"))["ok"]
+    fake.post_limits = None  # off again: no limit at all
+    for _ in range(10):
+        assert (await client.chat_postMessage(channel="C4", text="unlimited"))["ok"]
 
 
 async def test_fail_next(fake: FakeSlack, client: AsyncWebClient) -> None:
