@@ -209,6 +209,7 @@ def default_inbound_config(settings: Settings) -> InboundConfig:
         backfill=settings.backfill_messages,
         idle_interval=settings.inbound_poll_seconds,
         min_interval=min(5.0, settings.inbound_poll_seconds),
+        post_rate=settings.slack_posts_per_second,
     )
 
 

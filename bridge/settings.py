@@ -59,6 +59,7 @@ class Settings:
     x_read_limit_15m: int | None = None  # as above, for DM event reads (X documents 15)
     backfill_messages: int = 20
     inbound_poll_seconds: float = 180.0
+    slack_posts_per_second: float = 1.0  # per channel (Slack's own pace); 0: not paced
     x_timeout_seconds: float = 20.0
     x_retry_cap_seconds: float = 300.0
     relay_format: str = "{name}: {text}"
@@ -393,6 +394,7 @@ class _Reader:
             x_read_limit_15m=self.limit("X_READ_LIMIT_15M", high=10_000),
             backfill_messages=self.integer("BACKFILL_MESSAGES", 20, low=0, high=100),
             inbound_poll_seconds=self.number("INBOUND_POLL_SECONDS", 180.0, low=0.05, high=3600.0),
+            slack_posts_per_second=self.number("SLACK_POSTS_PER_SECOND", 1.0, low=0.0, high=100.0),
             x_timeout_seconds=self.number("X_TIMEOUT_SECONDS", 20.0, low=0.1, high=300.0),
             x_retry_cap_seconds=self.number("X_RETRY_CAP_SECONDS", 300.0, low=1.0, high=3600.0),
             relay_format=self.relay_format(),

@@ -142,6 +142,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "180",
     ),
     EnvVar(
+        "SLACK_POSTS_PER_SECOND",
+        "posts to one Slack channel per second at most, as Slack allows (short bursts of 3); "
+        "0: not paced, Slack's 429s still hold the channel",
+        "1",
+    ),
+    EnvVar(
         "BACKFILL_MESSAGES",
         "messages of history posted once when a channel is linked to a conversation (0 for none)",
         "20",

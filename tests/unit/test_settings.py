@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.services import default_inbound_config
 from adapters.store.crypto import generate_key
 from bridge.errors import ConfigError
 from bridge.settings import Settings
@@ -46,6 +47,20 @@ def test_a_relay_format_that_cannot_render_a_message_is_refused_in_one_line(fmt:
 @pytest.mark.parametrize("fmt", ["{name}: {text}", "{text}", "[{name}] {text} — {name}", "{{x}} {text}"])
 def test_formats_the_delivery_can_render_are_accepted(fmt: str) -> None:
     assert Settings.from_env(env(RELAY_FORMAT=fmt)).relay_format == fmt
+
+
+@pytest.mark.parametrize(("raw", "rate"), [(None, 1.0), ("0", 0.0), ("2.5", 2.5)])
+def test_the_slack_posting_pace_reaches_the_poster(raw: str | None, rate: float) -> None:
+    given = {} if raw is None else {"SLACK_POSTS_PER_SECOND": raw}
+    assert default_inbound_config(Settings.from_env(env(**given))).post_rate == rate
+
+
+@pytest.mark.parametrize("raw", ["-1", "fast", "1000"])
+def test_a_slack_posting_pace_out_of_range_is_refused_in_one_line(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env(SLACK_POSTS_PER_SECOND=raw))
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("SLACK_POSTS_PER_SECOND="), lines
 
 
 @pytest.mark.process
