@@ -32,6 +32,7 @@ from bridge.xchat import (
     NoChatIdentity,
 )
 from tests.memory_store import MemoryStore
+from tests.recording_slack import RecordingSlack
 from tests.virtual_clock import VirtualClock
 
 ME = "1001"  # MemoryStore.account(1)'s X user
@@ -89,20 +90,6 @@ class Chat:
         return ChatPage(tuple(self.events[::-1]), refused=0)
 
 
-class Slack:
-    def __init__(self) -> None:
-        self.reactions: list[tuple[str, str]] = []
-
-    async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, name))
-
-    async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, f"-{name}"))
-
-    async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
-        raise AssertionError(f"no author is told anything here: {text}")
-
-
 def encrypted(outbox: MemoryStore, clock: VirtualClock, **changes: Any) -> OutboxItem:
     outbox.account()
     row = outbox.add("C1", TEXT, at=clock.now())
@@ -112,8 +99,8 @@ def encrypted(outbox: MemoryStore, clock: VirtualClock, **changes: Any) -> Outbo
 
 
 @asynccontextmanager
-async def delivering(outbox: MemoryStore, clock: VirtualClock, chat: Chat) -> AsyncIterator[Slack]:
-    slack = Slack()
+async def delivering(outbox: MemoryStore, clock: VirtualClock, chat: Chat) -> AsyncIterator[RecordingSlack]:
+    slack = RecordingSlack(tell_authors=False)
     tokens = TokenManager(
         cast(AccountStore, outbox), cast(XOAuth, object()), clock, on_revoked=lambda *_: asyncio.sleep(0)
     )

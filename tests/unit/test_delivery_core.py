@@ -21,6 +21,7 @@ from bridge.ports import SlackClient, Store, XClient, XOAuth
 from bridge.scheduler import AcksFirst
 from bridge.tokens import TokenManager
 from tests.memory_store import MemoryStore
+from tests.recording_slack import RecordingSlack
 from tests.virtual_clock import VirtualClock
 
 WINDOW = 900.0  # X's DM send window: 15 per 15 minutes per user
@@ -62,27 +63,12 @@ class X:
         return Sent(target.conversation_id, str(len(self.sent))), facts
 
 
-class Slack:
-    def __init__(self) -> None:
-        self.reactions: list[tuple[str, str]] = []  # (ts, name); "-name" when removed
-        self.ephemerals: list[str] = []
-
-    async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, name))
-
-    async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, f"-{name}"))
-
-    async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
-        self.ephemerals.append(text)
-
-
 @asynccontextmanager
 async def delivering(
     outbox: MemoryStore,
     clock: VirtualClock,
     x: X,
-    slack: Slack,
+    slack: RecordingSlack,
     acks: AcksFirst | None = None,
     **config: object,
 ) -> AsyncIterator[Delivery]:
@@ -110,7 +96,7 @@ async def delivering(
 
 
 async def test_two_channels_of_one_account_take_turns() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), RecordingSlack()
     x = X(clock)
     outbox.account()
     for n in range(3):
@@ -124,7 +110,7 @@ async def test_two_channels_of_one_account_take_turns() -> None:
 
 
 async def test_queued_acks_slow_the_relay_to_its_floor_and_it_catches_up_after() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), RecordingSlack()
     x = X(clock, per_window=100)
     acks = AcksFirst(clock, busy_at=2, floor_gap=0.1)
     outbox.account()
@@ -143,7 +129,7 @@ async def test_queued_acks_slow_the_relay_to_its_floor_and_it_catches_up_after()
 
 
 async def test_past_xs_window_messages_wait_for_its_reset_with_an_hourglass_then_go() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), RecordingSlack()
     x = X(clock, per_window=15)
     outbox.account()
     for n in range(17):
@@ -163,7 +149,7 @@ async def test_past_xs_window_messages_wait_for_its_reset_with_an_hourglass_then
 
 
 async def test_a_refused_message_fails_alone_and_its_author_is_told() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), RecordingSlack()
     x = X(clock)
     outbox.account()
     outbox.add("C1", "before")
@@ -180,7 +166,7 @@ async def test_a_refused_message_fails_alone_and_its_author_is_told() -> None:
 
 
 async def test_one_account_at_its_limit_never_holds_up_another() -> None:
-    clock, outbox, slack = VirtualClock(), MemoryStore(), Slack()
+    clock, outbox, slack = VirtualClock(), MemoryStore(), RecordingSlack()
     x = X(clock, per_window=15)
     outbox.account(1)
     outbox.account(2)

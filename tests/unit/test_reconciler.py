@@ -26,6 +26,7 @@ from bridge.reconcile import Reconciler
 from bridge.tokens import TokenManager
 from tests.memory_store import MemoryStore
 from tests.memory_tables import MapEntry
+from tests.recording_slack import RecordingSlack
 from tests.virtual_clock import VirtualClock
 
 ME = "1001"  # MemoryStore.account(1)'s X user
@@ -84,20 +85,6 @@ class XReads:
         if self.unnamed:
             raise XSentUnconfirmed("X answered 201 without a dm_event_id", status=201)
         return Sent(CONVERSATION, event.id), RateFacts()
-
-
-class Slack:
-    def __init__(self) -> None:
-        self.reactions: list[tuple[str, str]] = []
-
-    async def add_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, name))
-
-    async def remove_reaction(self, team_id: str, channel_id: str, ts: str, name: str) -> None:
-        self.reactions.append((ts, f"-{name}"))
-
-    async def post_ephemeral(self, team_id: str, channel_id: str, user_id: str, text: str) -> None:
-        raise AssertionError(f"no author is told anything here: {text}")
 
 
 def in_doubt(outbox: MemoryStore, clock: VirtualClock) -> OutboxItem:
@@ -211,8 +198,8 @@ async def test_a_refused_read_decides_nothing_and_the_next_reading_starts_from_t
 
 
 @asynccontextmanager
-async def delivering(outbox: MemoryStore, clock: VirtualClock, x: XReads) -> AsyncIterator[Slack]:
-    slack = Slack()
+async def delivering(outbox: MemoryStore, clock: VirtualClock, x: XReads) -> AsyncIterator[RecordingSlack]:
+    slack = RecordingSlack(tell_authors=False)
     tokens, budget = parts(outbox, clock, x)
     delivery = Delivery(
         cast(Store, outbox),
